@@ -1,0 +1,28 @@
+//! Stamps the build with its git commit, date and compiler for `GET /version`.
+//! Everything is optional: a build from a tarball without git still works.
+
+use std::process::Command;
+
+fn main() {
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    if let Some(hash) = run("git", &["rev-parse", "--short=12", "HEAD"]) {
+        println!("cargo:rustc-env=RTCD_BUILD_HASH={hash}");
+    }
+    if let Some(date) = run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]) {
+        println!("cargo:rustc-env=RTCD_BUILD_DATE={date}");
+    }
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    if let Some(version) = run(&rustc, &["--version"]) {
+        println!("cargo:rustc-env=RTCD_RUSTC_VERSION={version}");
+    }
+    println!("cargo:rerun-if-changed=../.git/HEAD");
+    println!("cargo:rerun-if-changed=../.git/refs/heads");
+    println!("cargo:rerun-if-changed=build.rs");
+}

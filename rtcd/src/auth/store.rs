@@ -1,0 +1,132 @@
+//! The client registry on disk: sled, one tree, client ID -> bcrypt hash record.
+//!
+//! Only hashes are stored, never a key. Writes are insert-if-absent (first registration wins,
+//! a second one is a conflict) and callers flush before they acknowledge, so an answered
+//! registration survives `kill -9`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::ClientId;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process (usually a running rtcd) holds the database lock.
+    #[error(
+        "the store at {0} is in use by another process (is rtcd running? use its HTTP API, or stop it first)"
+    )]
+    Locked(String),
+    /// Any other sled or I/O failure.
+    #[error("store error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record on disk could not be decoded (corruption or a newer format).
+    #[error("corrupt record for client {0}")]
+    Corrupt(String),
+}
+
+/// What is kept per client. Versioned so the format can evolve without a migration tool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// Record format version (1).
+    pub v: u32,
+    /// bcrypt hash of the auth key (`$2b$...`).
+    pub hash: String,
+    /// Registration time, seconds since the Unix epoch.
+    pub created_unix: u64,
+}
+
+/// Handle to the registry database. Cheap to clone (sled handles are reference counted).
+#[derive(Clone)]
+pub struct ClientStore {
+    db: sled::Db,
+    clients: sled::Tree,
+}
+
+impl ClientStore {
+    /// Opens (creating if needed) the database directory, readable by its owner only.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Sled(e.into()))?;
+        restrict_permissions(path);
+        let db = sled::Config::new().path(path).open().map_err(|e| match e {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
+                StoreError::Locked(path.display().to_string())
+            }
+            other => StoreError::Sled(other),
+        })?;
+        let clients = db.open_tree("clients")?;
+        Ok(Self { db, clients })
+    }
+
+    /// Inserts `record` for `id` only if `id` is absent. Returns false on conflict.
+    pub fn insert_new(&self, id: &ClientId, record: &ClientRecord) -> Result<bool, StoreError> {
+        let value = serde_json::to_vec(record).expect("a record always serializes");
+        Ok(self
+            .clients
+            .compare_and_swap(id.as_str(), None as Option<&[u8]>, Some(value))?
+            .is_ok())
+    }
+
+    /// The record of `id`, if registered.
+    pub fn get(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        match self.clients.get(id.as_str())? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt(id.to_string())),
+        }
+    }
+
+    /// Removes `id`. Returns false if it was not registered.
+    pub fn remove(&self, id: &ClientId) -> Result<bool, StoreError> {
+        Ok(self.clients.remove(id.as_str())?.is_some())
+    }
+
+    /// All registered client IDs, sorted.
+    pub fn list(&self) -> Result<Vec<ClientId>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.clients.iter() {
+            let (key, _) = entry?;
+            let id = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|s| ClientId::parse(s).ok())
+                .ok_or_else(|| StoreError::Corrupt(String::from_utf8_lossy(&key).into_owned()))?;
+            out.push(id);
+        }
+        Ok(out)
+    }
+
+    /// Number of registered clients.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether no client is registered.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Makes every write so far durable. Await it before acknowledging a change.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Blocking flush, for the CLI and shutdown paths outside a runtime.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn restrict_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot restrict store directory permissions to 0700");
+    }
+}

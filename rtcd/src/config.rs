@@ -1,0 +1,618 @@
+//! Configuration: one typed tree for the whole daemon, loaded from TOML, overridden by
+//! `RTCD_<SECTION>_<KEY>` environment variables, validated before anything binds a port.
+//!
+//! The TOML layout follows Mattermost rtcd's (`[api.http]`, `[api.security]`, `[store]`,
+//! `[logger]`) so operators can carry their knowledge over. Environment names are derived
+//! mechanically from the TOML path: `api.security.admin_secret_key` is
+//! `RTCD_API_SECURITY_ADMIN_SECRET_KEY`. The environment is passed in as a map (never read
+//! from inside this module) so tests can run in parallel without touching the process env.
+//!
+//! Every value has a default; `deploy/rtcd.sample.toml` documents each key and a test keeps
+//! that file parseable and complete.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "RTCD_";
+
+/// Everything rtcd can be told at start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP API (admin, registration, health) and its security settings.
+    pub api: ApiConfig,
+    /// Where the client registry lives on disk.
+    pub store: StoreConfig,
+    /// Log level and format.
+    pub logger: LoggerConfig,
+}
+
+/// `[api]`: the HTTP API and who may use it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// `[api.http]`: the public listener.
+    pub http: HttpConfig,
+    /// `[api.security]`: admin, self-registration, bcrypt and rate limits.
+    pub security: SecurityConfig,
+    /// `[api.metrics]`: the internal listener for Prometheus.
+    pub metrics: MetricsConfig,
+}
+
+/// `[api.http]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `host:port` (or rtcd-style `:port` for all interfaces). Loopback by default: exposing
+    /// the API is a decision the operator makes, with TLS.
+    pub listen_address: String,
+    /// PEM certificate chain; with `tls_key_file` it turns on HTTPS (rustls).
+    pub tls_cert_file: String,
+    /// PEM private key matching `tls_cert_file`.
+    pub tls_key_file: String,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub max_body_bytes: u64,
+    /// How long shutdown waits for in-flight requests before closing connections.
+    pub shutdown_timeout_seconds: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen_address: "127.0.0.1:8045".into(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            max_body_bytes: 16 * 1024,
+            shutdown_timeout_seconds: 10,
+        }
+    }
+}
+
+/// `[api.security]`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Whether HTTP basic auth with `admin_secret_key` as the password grants admin rights.
+    pub enable_admin: bool,
+    /// The admin password (at least 32 bytes). Prefer the environment variable over the file.
+    pub admin_secret_key: String,
+    /// Lets anyone who can reach the API register a *new* client ID (never overwrite one).
+    pub allow_self_registration: bool,
+    /// Lifetime of bearer tokens issued by `/login`.
+    pub session_ttl_seconds: u64,
+    /// bcrypt cost for stored key hashes (4-31); 10 costs ~60 ms per hash on this class of CPU.
+    pub bcrypt_cost: u32,
+    /// How many bcrypt computations may run at once (0 = half the CPUs, at least 1).
+    pub bcrypt_concurrency: usize,
+    /// How many bcrypt requests may wait for a slot before new ones are refused with 503.
+    pub bcrypt_queue: usize,
+    /// How long a verified (client ID, key) pair is remembered so that bcrypt is not re-run.
+    pub auth_cache_ttl_seconds: u64,
+    /// Failed authentications allowed in a burst, per client ID and per source address.
+    pub failed_auth_burst: u32,
+    /// Sustained failed authentications allowed per minute, per client ID and per source address.
+    pub failed_auth_per_minute: u32,
+    /// Self-registrations allowed per minute per source address (admins are not limited).
+    pub self_registrations_per_minute: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            enable_admin: false,
+            admin_secret_key: String::new(),
+            allow_self_registration: false,
+            session_ttl_seconds: 24 * 60 * 60,
+            bcrypt_cost: 10,
+            bcrypt_concurrency: 0,
+            bcrypt_queue: 64,
+            auth_cache_ttl_seconds: 10 * 60,
+            failed_auth_burst: 10,
+            failed_auth_per_minute: 10,
+            self_registrations_per_minute: 10,
+        }
+    }
+}
+
+impl std::fmt::Debug for SecurityConfig {
+    /// Hand-written so the admin secret can never reach a log through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityConfig")
+            .field("enable_admin", &self.enable_admin)
+            .field(
+                "admin_secret_key",
+                &if self.admin_secret_key.is_empty() {
+                    "<unset>"
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("allow_self_registration", &self.allow_self_registration)
+            .field("session_ttl_seconds", &self.session_ttl_seconds)
+            .field("bcrypt_cost", &self.bcrypt_cost)
+            .field("bcrypt_concurrency", &self.bcrypt_concurrency)
+            .field("bcrypt_queue", &self.bcrypt_queue)
+            .field("auth_cache_ttl_seconds", &self.auth_cache_ttl_seconds)
+            .field("failed_auth_burst", &self.failed_auth_burst)
+            .field("failed_auth_per_minute", &self.failed_auth_per_minute)
+            .field(
+                "self_registrations_per_minute",
+                &self.self_registrations_per_minute,
+            )
+            .finish()
+    }
+}
+
+/// `[api.metrics]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A separate, unauthenticated listener for `/metrics` (and `/healthz`, `/readyz`). Keep it
+    /// on loopback or an internal network; empty disables it. `/metrics` on the public
+    /// listener always requires admin auth.
+    pub listen_address: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen_address: "127.0.0.1:8046".into(),
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Directory of the sled database holding the client registry. Persistent by default
+    /// (Mattermost rtcd defaults to /tmp and loses every registration on reboot).
+    pub data_source: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_source: "/var/lib/rtcd/db".into(),
+        }
+    }
+}
+
+/// `[logger]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggerConfig {
+    /// A tracing filter directive, e.g. `info` or `info,rtcd::auth=debug`.
+    pub level: String,
+    /// One JSON object per line instead of human-readable text.
+    pub json: bool,
+}
+
+impl Default for LoggerConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            json: false,
+        }
+    }
+}
+
+/// Why the configuration could not be loaded; each message names the key or variable at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file named on the command line.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys / wrong types.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file named on the command line.
+        path: PathBuf,
+        /// What the TOML parser said, with the key and position.
+        message: String,
+    },
+    /// An environment variable could not be applied.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("invalid setting {key}: {message}")]
+    Invalid {
+        /// The TOML path of the setting, e.g. `api.security.admin_secret_key`.
+        key: &'static str,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads defaults, then the TOML file (if any), then `RTCD_*` overrides from `env`, then
+    /// validates. `env` is usually `std::env::vars()`; variables without the prefix are ignored,
+    /// unknown `RTCD_*` variables are an error (a typo must not silently do nothing).
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults = toml::Table::try_from(Config::default())
+            .expect("the default config always serializes to a TOML table");
+        apply_env(&mut table, &defaults, ENV_PREFIX, env)?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path
+                        .map(Path::to_owned)
+                        .unwrap_or_else(|| PathBuf::from("<environment>")),
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every rule that serde cannot express. Called by `load`; call it again after
+    /// changing a loaded config in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_listen_address(&self.api.http.listen_address)
+            .map_err(|message| invalid("api.http.listen_address", message))?;
+        if !self.api.metrics.listen_address.is_empty() {
+            parse_listen_address(&self.api.metrics.listen_address)
+                .map_err(|message| invalid("api.metrics.listen_address", message))?;
+        }
+        let http = &self.api.http;
+        match (http.tls_cert_file.is_empty(), http.tls_key_file.is_empty()) {
+            (true, true) => {}
+            (false, false) => {
+                crate::tls::server_config(
+                    Path::new(&http.tls_cert_file),
+                    Path::new(&http.tls_key_file),
+                )
+                .map_err(|e| invalid("api.http.tls_cert_file", e.to_string()))?;
+            }
+            (false, true) => {
+                return Err(invalid(
+                    "api.http.tls_key_file",
+                    "must be set when tls_cert_file is set".into(),
+                ));
+            }
+            (true, false) => {
+                return Err(invalid(
+                    "api.http.tls_cert_file",
+                    "must be set when tls_key_file is set".into(),
+                ));
+            }
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&http.max_body_bytes) {
+            return Err(invalid(
+                "api.http.max_body_bytes",
+                "must be between 1024 and 16777216".into(),
+            ));
+        }
+        let sec = &self.api.security;
+        if sec.enable_admin && sec.admin_secret_key.len() < crate::auth::MIN_KEY_BYTES {
+            return Err(invalid(
+                "api.security.admin_secret_key",
+                format!(
+                    "must be at least {} bytes when enable_admin is true (generate one with `head -c 32 /dev/urandom | base64`)",
+                    crate::auth::MIN_KEY_BYTES
+                ),
+            ));
+        }
+        if !(4..=31).contains(&sec.bcrypt_cost) {
+            return Err(invalid(
+                "api.security.bcrypt_cost",
+                "must be between 4 and 31".into(),
+            ));
+        }
+        if sec.session_ttl_seconds == 0 || sec.session_ttl_seconds > 30 * 24 * 3600 {
+            return Err(invalid(
+                "api.security.session_ttl_seconds",
+                "must be between 1 and 2592000 (30 days)".into(),
+            ));
+        }
+        if sec.auth_cache_ttl_seconds > 24 * 3600 {
+            return Err(invalid(
+                "api.security.auth_cache_ttl_seconds",
+                "must be at most 86400".into(),
+            ));
+        }
+        if sec.bcrypt_queue == 0 {
+            return Err(invalid(
+                "api.security.bcrypt_queue",
+                "must be at least 1".into(),
+            ));
+        }
+        if sec.failed_auth_burst == 0 || sec.failed_auth_per_minute == 0 {
+            return Err(invalid(
+                "api.security.failed_auth_burst",
+                "failed_auth_burst and failed_auth_per_minute must be at least 1".into(),
+            ));
+        }
+        if sec.allow_self_registration && sec.self_registrations_per_minute == 0 {
+            return Err(invalid(
+                "api.security.self_registrations_per_minute",
+                "must be at least 1 when allow_self_registration is true".into(),
+            ));
+        }
+        if self.store.data_source.trim().is_empty() {
+            return Err(invalid("store.data_source", "must name a directory".into()));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.logger.level)
+            .map_err(|e| invalid("logger.level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The public listener's socket address (validated).
+    pub fn http_addr(&self) -> SocketAddr {
+        parse_listen_address(&self.api.http.listen_address).expect("validated by Config::validate")
+    }
+
+    /// The metrics listener's socket address, if enabled (validated).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let addr = &self.api.metrics.listen_address;
+        (!addr.is_empty())
+            .then(|| parse_listen_address(addr).expect("validated by Config::validate"))
+    }
+}
+
+fn invalid(key: &'static str, message: String) -> ConfigError {
+    ConfigError::Invalid { key, message }
+}
+
+/// Accepts `ip:port`, `[v6]:port` and rtcd's `:port` (all IPv4 interfaces).
+pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse()
+        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8045 or :8045"))
+}
+
+/// Overlays environment variables onto `table`. The set of variables and the type of each is
+/// derived from `defaults`, so adding a config field adds its variable with no extra code.
+pub fn apply_env(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    prefix: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut leaves = BTreeMap::new();
+    collect_leaves(defaults, &mut Vec::new(), prefix, &mut leaves);
+    for (var, raw) in env {
+        if !var.starts_with(prefix) {
+            continue;
+        }
+        let Some((path, default)) = leaves.get(&var) else {
+            return Err(ConfigError::Env {
+                var,
+                message: "not a known setting (see deploy/ for the list of variables)".into(),
+            });
+        };
+        let value = parse_env_value(&raw, default).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+        set_path(table, path, value).map_err(|message| ConfigError::Env { var, message })?;
+    }
+    Ok(())
+}
+
+fn collect_leaves(
+    table: &toml::Table,
+    path: &mut Vec<String>,
+    prefix: &str,
+    out: &mut BTreeMap<String, (Vec<String>, toml::Value)>,
+) {
+    for (key, value) in table {
+        path.push(key.clone());
+        match value {
+            toml::Value::Table(inner) => collect_leaves(inner, path, prefix, out),
+            leaf => {
+                let var = format!("{prefix}{}", path.join("_").to_uppercase());
+                out.insert(var, (path.clone(), leaf.clone()));
+            }
+        }
+        path.pop();
+    }
+}
+
+fn parse_env_value(raw: &str, default: &toml::Value) -> Result<toml::Value, String> {
+    Ok(match default {
+        toml::Value::String(_) => toml::Value::String(raw.to_owned()),
+        toml::Value::Boolean(_) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+            _ => return Err(format!("expected true or false, got `{raw}`")),
+        },
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("expected an integer, got `{raw}`"))?,
+        ),
+        toml::Value::Float(_) => toml::Value::Float(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("expected a number, got `{raw}`"))?,
+        ),
+        toml::Value::Array(_) => {
+            let trimmed = raw.trim();
+            if trimmed.starts_with('[') {
+                let parsed: serde_json::Value = serde_json::from_str(trimmed)
+                    .map_err(|e| format!("expected a JSON array: {e}"))?;
+                toml::Value::try_from(parsed).map_err(|e| format!("unsupported array: {e}"))?
+            } else {
+                toml::Value::Array(
+                    trimmed
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_owned()))
+                        .collect(),
+                )
+            }
+        }
+        other => {
+            return Err(format!(
+                "settings of type {} cannot be set from the environment",
+                other.type_str()
+            ));
+        }
+    })
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().expect("leaf paths are never empty");
+    let mut current = table;
+    for key in parents {
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("config file has `{key}` as a value, not a section")),
+        };
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_least_privilege() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert!(!c.api.security.enable_admin);
+        assert!(!c.api.security.allow_self_registration);
+        assert!(c.http_addr().ip().is_loopback());
+        assert!(c.metrics_addr().unwrap().ip().is_loopback());
+        assert!(!c.store.data_source.starts_with("/tmp"));
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_with_types() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("RTCD_API_SECURITY_ENABLE_ADMIN", "true"),
+                (
+                    "RTCD_API_SECURITY_ADMIN_SECRET_KEY",
+                    "0123456789abcdef0123456789abcdef",
+                ),
+                ("RTCD_API_SECURITY_BCRYPT_COST", "12"),
+                ("RTCD_STORE_DATA_SOURCE", "/srv/rtcd"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.api.security.enable_admin);
+        assert_eq!(c.api.security.bcrypt_cost, 12);
+        assert_eq!(c.store.data_source, "/srv/rtcd");
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let e = Config::load(None, env(&[("RTCD_API_SECURITY_BCRYPT_COST", "ten")])).unwrap_err();
+        assert!(
+            e.to_string().contains("RTCD_API_SECURITY_BCRYPT_COST"),
+            "{e}"
+        );
+        let e = Config::load(None, env(&[("RTCD_API_SECURITY_ADMIN_SECRT_KEY", "x")])).unwrap_err();
+        assert!(
+            e.to_string().contains("RTCD_API_SECURITY_ADMIN_SECRT_KEY"),
+            "{e}"
+        );
+        let e =
+            Config::load(None, env(&[("RTCD_API_SECURITY_ENABLE_ADMIN", "maybe")])).unwrap_err();
+        assert!(e.to_string().contains("true or false"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let e = Config::load(None, env(&[("RTCD_API_SECURITY_ENABLE_ADMIN", "true")])).unwrap_err();
+        assert!(
+            e.to_string().contains("api.security.admin_secret_key"),
+            "{e}"
+        );
+        let e =
+            Config::load(None, env(&[("RTCD_API_HTTP_LISTEN_ADDRESS", "nowhere")])).unwrap_err();
+        assert!(e.to_string().contains("api.http.listen_address"), "{e}");
+        let e = Config::load(None, env(&[("RTCD_API_HTTP_TLS_CERT_FILE", "/x.pem")])).unwrap_err();
+        assert!(e.to_string().contains("api.http.tls_key_file"), "{e}");
+        let e = Config::load(None, env(&[("RTCD_LOGGER_LEVEL", "info,[")])).unwrap_err();
+        assert!(e.to_string().contains("logger.level"), "{e}");
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rtcd.toml");
+        std::fs::write(&path, "[api.http]\nlisten_adress = \":8045\"\n").unwrap();
+        let e = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("listen_adress"), "{e}");
+        std::fs::write(&path, "[api.security]\nbcrypt_cost = \"high\"\n").unwrap();
+        let e = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("bcrypt_cost"), "{e}");
+    }
+
+    #[test]
+    fn rtcd_style_port_only_address() {
+        assert_eq!(
+            parse_listen_address(":8045").unwrap(),
+            "0.0.0.0:8045".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn sample_config_parses_and_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rtcd.sample.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let sample: toml::Table = text.parse().unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        let mut want = BTreeMap::new();
+        collect_leaves(&defaults, &mut Vec::new(), ENV_PREFIX, &mut want);
+        let mut have = BTreeMap::new();
+        collect_leaves(&sample, &mut Vec::new(), ENV_PREFIX, &mut have);
+        let missing: Vec<_> = want.keys().filter(|k| !have.contains_key(*k)).collect();
+        assert!(missing.is_empty(), "sample config lacks {missing:?}");
+        // The sample enables admin with a placeholder the operator must replace: it must parse.
+        let _: Config = toml::Value::Table(sample).try_into().unwrap();
+    }
+}

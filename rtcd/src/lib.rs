@@ -1,0 +1,212 @@
+//! rtcd, the media daemon: the registry of its clients (one signaling proxy deployment per
+//! platform, a "tenant"), the HTTP API admins and clients use to manage them, and the
+//! authentication every later interface (gRPC signaling, the SFU) relies on.
+//!
+//! # Layout
+//!
+//! * [`config`]: the typed configuration, TOML + `RTCD_*` environment, validated at start.
+//! * [`auth`]: client IDs, keys, bcrypt hashes in sled ([`auth::store`]), verification cache,
+//!   bearer tokens, rate limits, audit log. Knows nothing of HTTP or gRPC.
+//! * [`api`]: the warp HTTP API (Mattermost rtcd wire format), its listener (TCP / TLS,
+//!   graceful shutdown) and the single error-to-status mapping.
+//! * [`health`], [`system`], [`metrics`]: readiness, host load, Prometheus registry.
+//! * [`cli`]: the `rtcd` command line (serve, dev, clients add / remove / list).
+//! * [`Rtcd`]: the composition root. `start` builds store -> auth -> listeners; `shutdown`
+//!   undoes it in reverse and flushes the store last.
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod logging;
+pub mod metrics;
+pub mod shutdown;
+pub mod system;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ApiState;
+use crate::auth::{AuthError, AuthService, ClientStore, StoreError};
+use crate::config::Config;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::system::SystemLoad;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The registry could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The auth service could not be built.
+    #[error("auth service: {0}")]
+    Auth(#[from] AuthError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// A running daemon. Drop does not stop it; call [`Rtcd::shutdown`].
+pub struct Rtcd {
+    config: Config,
+    health: Arc<Health>,
+    auth: AuthService,
+    metrics: Arc<Metrics>,
+    http_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    cancel: CancellationToken,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Rtcd {
+    /// Opens the store, builds the services and binds every listener. Returns once the
+    /// daemon is ready (`/readyz` answers 200).
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let health = Arc::new(Health::default());
+        let metrics = Metrics::new();
+        let store = ClientStore::open(Path::new(&config.store.data_source))?;
+        let security = config.api.security.clone();
+        let auth = {
+            let metrics = metrics.clone();
+            tokio::task::spawn_blocking(move || AuthService::new(store, security, metrics))
+                .await
+                .map_err(|_| AuthError::Internal)??
+        };
+        let cancel = CancellationToken::new();
+        let load = Arc::new(SystemLoad::default());
+        load.spawn_sampler(cancel.child_token());
+
+        let state = ApiState {
+            auth: auth.clone(),
+            health: health.clone(),
+            metrics: metrics.clone(),
+            load,
+            max_body_bytes: config.api.http.max_body_bytes,
+        };
+        let drain = Duration::from_secs(config.api.http.shutdown_timeout_seconds);
+        let http = &config.api.http;
+        let tls = if http.tls_cert_file.is_empty() {
+            None
+        } else {
+            Some(tls::server_config(
+                Path::new(&http.tls_cert_file),
+                Path::new(&http.tls_key_file),
+            )?)
+        };
+        let http_listener = bind(config.http_addr()).await?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.http_addr(),
+                source,
+            })?;
+        if tls.is_none() && !http_addr.ip().is_loopback() {
+            tracing::warn!(%http_addr, "the HTTP API listens beyond loopback without TLS: client keys and the admin secret cross the network in clear; set api.http.tls_cert_file / tls_key_file");
+        }
+        let mut servers = vec![api::listener::spawn(
+            http_listener,
+            tls,
+            api::public_routes(state.clone()),
+            cancel.clone(),
+            drain,
+        )];
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics_addr() {
+            let listener = bind(addr).await?;
+            metrics_addr = Some(
+                listener
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            );
+            servers.push(api::listener::spawn(
+                listener,
+                None,
+                api::internal_routes(state),
+                cancel.clone(),
+                drain,
+            ));
+        }
+        health.set_ready();
+        tracing::info!(%http_addr, ?metrics_addr, store = %config.store.data_source, clients = auth.store().len(), "rtcd ready");
+        Ok(Self {
+            config,
+            health,
+            auth,
+            metrics,
+            http_addr,
+            metrics_addr,
+            cancel,
+            servers,
+        })
+    }
+
+    /// The bound address of the public HTTP API (useful with port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The bound address of the internal metrics listener, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The authentication service (the gRPC signaling service authenticates through it).
+    pub fn auth(&self) -> &AuthService {
+        &self.auth
+    }
+
+    /// The lifecycle phase shared by every interface.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The configuration the daemon runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Graceful shutdown: not ready, stop accepting, let in-flight requests finish (bounded by
+    /// `api.http.shutdown_timeout_seconds`), then flush the store.
+    pub async fn shutdown(self) {
+        self.health.set_draining();
+        self.cancel.cancel();
+        for server in self.servers {
+            let _ = server.await;
+        }
+        if let Err(e) = self.auth.store().flush().await {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+        tracing::info!("rtcd stopped");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
