@@ -1,1 +1,6 @@
+//! Harness for the workspace's end-to-end tests: start real daemons in-process (or as real
+//! processes) on loopback with ephemeral ports and temporary data directories.
+//!
+//! Modules are per component; the tests themselves live in `tests/e2e/` (one binary).
 
+pub mod daemon;

@@ -66,7 +66,7 @@ pub fn public_routes(
     });
     let peer = warp::ext::get::<PeerAddr>().map(|p: PeerAddr| p.0.ip());
     let authz = warp::header::optional::<String>("authorization");
-    let body = warp::body::content_length_limit(state.max_body_bytes).and(warp::body::bytes());
+    let body = capped_body(state.max_body_bytes);
 
     let version = warp::path!("version").and(warp::get()).map(version);
     let system = warp::path!("system")
@@ -78,14 +78,14 @@ pub fn public_routes(
         .and(s.clone())
         .and(peer)
         .and(authz)
-        .and(body)
+        .and(body.clone())
         .then(register);
     let unregister = warp::path!("unregister")
         .and(warp::post())
         .and(s.clone())
         .and(peer)
         .and(authz)
-        .and(body)
+        .and(body.clone())
         .then(unregister);
     let login = warp::path!("login")
         .and(warp::post())
@@ -214,6 +214,47 @@ struct ClientKeyBody {
 struct ClientIdBody {
     #[serde(rename = "clientID")]
     client_id: String,
+}
+
+/// The request body, refused with 413 beyond `max` bytes, whether announced by
+/// `Content-Length` (refused before reading) or streamed chunked (refused once exceeded).
+fn capped_body(max: u64) -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and_then(move |announced: Option<u64>| async move {
+            match announced {
+                Some(len) if len > max => Err(warp::reject::custom(reply::BodyTooLarge)),
+                _ => Ok(()),
+            }
+        })
+        .untuple_one()
+        .and(warp::body::stream())
+        .and_then(move |stream| collect_capped(stream, max))
+}
+
+async fn collect_capped<S, B>(stream: S, max: u64) -> Result<Bytes, warp::Rejection>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: warp::Buf,
+{
+    use futures_util::TryStreamExt as _;
+    let mut body = bytes::BytesMut::new();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(mut chunk) = stream
+        .try_next()
+        .await
+        .map_err(|_| warp::reject::custom(reply::BodyTooLarge))?
+    {
+        if (body.len() + chunk.remaining()) as u64 > max {
+            return Err(warp::reject::custom(reply::BodyTooLarge));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            body.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(body.freeze())
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {

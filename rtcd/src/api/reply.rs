@@ -63,6 +63,12 @@ impl ApiError {
     }
 }
 
+/// Rejection for a body over `api.http.max_body_bytes` (or one that broke off mid-stream).
+#[derive(Debug)]
+pub struct BodyTooLarge;
+
+impl warp::reject::Reject for BodyTooLarge {}
+
 /// A JSON reply with `status`.
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
@@ -80,15 +86,10 @@ pub fn error(status: StatusCode, message: &str) -> warp::reply::Response {
 pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
     let (status, message) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "not found".to_owned())
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+    } else if rejection.find::<BodyTooLarge>().is_some() {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large".to_owned(),
-        )
-    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        (
-            StatusCode::LENGTH_REQUIRED,
-            "a Content-Length header is required".to_owned(),
         )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         (

@@ -1,1 +1,5 @@
+//! End-to-end tests of the workspace: one test binary, one module per area, every test on
+//! loopback with ephemeral ports and its own temporary data directory.
 
+mod process;
+mod registry;

@@ -1,0 +1,209 @@
+//! rtcd under test: in-process ([`TestRtcd`]) or as a child process ([`RtcdProcess`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use rtcd::Rtcd;
+use rtcd::config::Config;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::sync::mpsc;
+
+/// The admin secret every test daemon uses.
+pub const ADMIN_SECRET: &str = "test-admin-secret-0123456789abcdef";
+
+/// Environment overrides for a loopback test daemon storing its data in `dir`. bcrypt cost 4
+/// keeps hashing at ~1 ms; tests that need slow hashing override it.
+pub fn test_env(dir: &Path, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("RTCD_API_HTTP_LISTEN_ADDRESS", "127.0.0.1:0"),
+        ("RTCD_API_METRICS_LISTEN_ADDRESS", "127.0.0.1:0"),
+        ("RTCD_API_SECURITY_ENABLE_ADMIN", "true"),
+        ("RTCD_API_SECURITY_ADMIN_SECRET_KEY", ADMIN_SECRET),
+        ("RTCD_API_SECURITY_BCRYPT_COST", "4"),
+        ("RTCD_API_HTTP_SHUTDOWN_TIMEOUT_SECONDS", "5"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.push((
+        "RTCD_STORE_DATA_SOURCE".into(),
+        dir.join("db").display().to_string(),
+    ));
+    for (k, v) in overrides {
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
+
+/// An rtcd running inside the test process.
+pub struct TestRtcd {
+    /// The daemon (taken by `stop`).
+    pub rtcd: Rtcd,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// `http://127.0.0.1:PORT` of the internal metrics listener.
+    pub internal: String,
+}
+
+impl TestRtcd {
+    /// Starts a daemon whose data lives in `dir` (which the caller keeps, so it can restart).
+    pub async fn start_in(dir: &Path, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let config = Config::load(None, test_env(dir, overrides))?;
+        let rtcd = Rtcd::start(config).await?;
+        let base = format!("http://{}", rtcd.http_addr());
+        let internal = format!(
+            "http://{}",
+            rtcd.metrics_addr().context("metrics listener enabled")?
+        );
+        Ok(Self {
+            rtcd,
+            base,
+            internal,
+        })
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Graceful shutdown.
+    pub async fn stop(self) {
+        self.rtcd.shutdown().await;
+    }
+}
+
+/// An HTTP client whose connections come from `source` (any 127.x.y.z works on Linux), so
+/// tests can play several source addresses against per-address rate limits.
+pub fn client_from(source: IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client builds")
+}
+
+/// A plain loopback HTTP client.
+pub fn client() -> reqwest::Client {
+    client_from("127.0.0.1".parse().expect("literal address"))
+}
+
+/// A 32..72-byte auth key unique to `tag`.
+pub fn key_for(tag: &str) -> String {
+    let mut key = format!("key-{tag}-");
+    while key.len() < 40 {
+        key.push('x');
+    }
+    key.truncate(72);
+    key
+}
+
+/// The rtcd CLI as a child process (the `rtcd-under-test` binary of this crate, which is
+/// `rtcd::cli::main`), with stderr collected line by line.
+pub struct RtcdProcess {
+    /// The child.
+    pub child: tokio::process::Child,
+    /// Every stderr line so far arrives here.
+    lines: mpsc::UnboundedReceiver<String>,
+    /// All lines read so far.
+    pub log: Vec<String>,
+}
+
+impl RtcdProcess {
+    /// Runs `bin serve` with `env` (no inherited RTCD_* variables) and JSON debug logs.
+    pub fn spawn(bin: &Path, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.arg("serve")
+            .env_clear()
+            .envs(env.iter().cloned())
+            .env("RTCD_LOGGER_JSON", "true")
+            .env("RTCD_LOGGER_LEVEL", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let stderr = child.stderr.take().context("stderr piped")?;
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            lines,
+            log: Vec::new(),
+        })
+    }
+
+    /// Waits for the "rtcd ready" line and returns the HTTP API address.
+    pub async fn ready(&mut self) -> anyhow::Result<SocketAddr> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .context("rtcd did not become ready within 30 s")?;
+            let Some(line) = line else {
+                bail!("rtcd exited before ready; log:\n{}", self.log.join("\n"))
+            };
+            self.log.push(line.clone());
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "rtcd ready"
+            {
+                let addr = v["http_addr"].as_str().context("http_addr field")?;
+                return Ok(addr.parse()?);
+            }
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") to the child.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("child still running")?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+        Ok(())
+    }
+
+    /// Waits for exit (bounded) and drains the remaining log lines.
+    pub async fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .context("rtcd did not exit within 30 s")??;
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(5), self.lines.recv()).await
+        {
+            self.log.push(line);
+        }
+        Ok(status)
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,356 @@
+//! rtcd as a real process: durability under SIGKILL, graceful SIGTERM, secrets kept out of
+//! disk and logs, the operator CLI, configuration errors, TLS.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use rtcd_e2e::daemon::{
+    ADMIN_SECRET, RtcdProcess, TestRtcd, client, files_under, key_for, test_env,
+};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rtcd-under-test");
+
+async fn register_at(base: &str, id: &str, key: &str) -> StatusCode {
+    client()
+        .post(format!("{base}/register"))
+        .basic_auth("", Some(ADMIN_SECRET))
+        .json(&json!({"clientID": id, "authKey": key}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Runs the CLI with `args`, a clean environment plus `env`, and `stdin`.
+fn cli(args: &[&str], env: &[(String, String)], stdin: &str) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().cloned())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn sigkill_right_after_201_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(dir.path(), &[]);
+    let mut proc = RtcdProcess::spawn(Path::new(BIN), &env).unwrap();
+    let base = format!("http://{}", proc.ready().await.unwrap());
+    for i in 0..20 {
+        assert_eq!(
+            register_at(&base, &format!("durable-{i}"), &key_for(&format!("d{i}"))).await,
+            StatusCode::CREATED
+        );
+    }
+    // No grace: SIGKILL the instant the last 201 arrived.
+    proc.signal("KILL").unwrap();
+    let status = proc.wait().await.unwrap();
+    assert!(!status.success());
+
+    let d = TestRtcd::start_in(dir.path(), &[]).await.unwrap();
+    let ids = d.rtcd.auth().list().unwrap();
+    assert_eq!(ids.len(), 20, "{ids:?}");
+    let resp = client()
+        .post(d.url("/login"))
+        .json(&json!({"clientID": "durable-19", "authKey": key_for("d19")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn keys_never_reach_disk_or_logs_and_audit_lines_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(dir.path(), &[]);
+    let mut proc = RtcdProcess::spawn(Path::new(BIN), &env).unwrap();
+    let base = format!("http://{}", proc.ready().await.unwrap());
+    let key = "SECRET-KEY-MARKER-7f3a9c1e5b2d4f6a8c0e1b3d5f7a9c1e";
+    assert_eq!(
+        register_at(&base, "audited", key).await,
+        StatusCode::CREATED
+    );
+    let login = |k: &'static str| {
+        client()
+            .post(format!("{base}/login"))
+            .json(&json!({"clientID": "audited", "authKey": k}))
+            .send()
+    };
+    assert_eq!(login(key).await.unwrap().status(), StatusCode::OK);
+    let wrong = "WRONG-KEY-MARKER-0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        login(wrong).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // A wrongly typed key is echoed to its sender only, never logged.
+    let resp = client()
+        .post(format!("{base}/login"))
+        .body("{\"clientID\":\"audited\",\"authKey\":98765432123456789}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let token = {
+        let body: Value = login(key).await.unwrap().json().await.unwrap();
+        body["bearerToken"].as_str().unwrap().to_owned()
+    };
+    proc.signal("TERM").unwrap();
+    assert!(proc.wait().await.unwrap().success());
+
+    let logs = proc.log.join("\n");
+    for secret in [
+        key,
+        wrong,
+        ADMIN_SECRET,
+        token.as_str(),
+        "98765432123456789",
+    ] {
+        assert!(!logs.contains(secret), "{secret} leaked into the logs");
+    }
+    for file in files_under(dir.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        for secret in [key, wrong, ADMIN_SECRET] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} found in {}",
+                file.display()
+            );
+        }
+    }
+    let audit: Vec<Value> = proc
+        .log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "audit")
+        .collect();
+    let has = |event: &str, outcome: &str| {
+        audit.iter().any(|v| {
+            v["event"] == event
+                && v["outcome"] == outcome
+                && v["client_id"] == "audited"
+                && v["remote_addr"] == "127.0.0.1"
+        })
+    };
+    assert!(has("register", "ok"), "{audit:#?}");
+    assert!(has("login", "ok"), "{audit:#?}");
+    assert!(has("authenticate", "unauthenticated"), "{audit:#?}");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_then_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Cost 13: one hash takes several hundred milliseconds, long enough to signal mid-request.
+    let env = test_env(dir.path(), &[("RTCD_API_SECURITY_BCRYPT_COST", "13")]);
+    let mut proc = RtcdProcess::spawn(Path::new(BIN), &env).unwrap();
+    let addr = proc.ready().await.unwrap();
+    let base = format!("http://{addr}");
+    let in_flight = {
+        let base = base.clone();
+        tokio::spawn(async move { register_at(&base, "in-flight", &key_for("in-flight")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proc.signal("TERM").unwrap();
+    assert_eq!(
+        in_flight.await.unwrap(),
+        StatusCode::CREATED,
+        "the request in flight at SIGTERM completes"
+    );
+    assert!(
+        proc.wait().await.unwrap().success(),
+        "clean exit after the drain"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+
+    let d = TestRtcd::start_in(dir.path(), &[]).await.unwrap();
+    assert_eq!(d.rtcd.auth().list().unwrap().len(), 1);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn operator_cli_manages_the_store_directly() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(dir.path(), &[]);
+    let (code, out, err) = cli(&["clients", "add", "bootstrap"], &env, "");
+    assert_eq!(code, 0, "{err}");
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("authKey: "))
+        .expect("generated key printed")
+        .to_owned();
+    assert!(key.len() >= 32);
+    let (code, _, err) = cli(
+        &["clients", "add", "piped", "--key-stdin"],
+        &env,
+        &format!("{}\n", key_for("piped")),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cli(&["clients", "add", "bootstrap"], &env, "");
+    assert_ne!(code, 0);
+    assert!(err.contains("already registered"), "{err}");
+    let (code, _, err) = cli(
+        &["clients", "add", "short", "--key-stdin"],
+        &env,
+        "tooshort",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("at least 32"), "{err}");
+    let (code, _, err) = cli(&["clients", "add", "bad id"], &env, "");
+    assert_ne!(code, 0);
+    assert!(err.contains("may contain only"), "{err}");
+    let (code, out, _) = cli(&["clients", "list"], &env, "");
+    assert_eq!((code, out.as_str()), (0, "bootstrap\npiped\n"));
+
+    // The daemon accepts what the CLI registered; while it runs, the CLI is refused clearly.
+    let d = TestRtcd::start_in(dir.path(), &[]).await.unwrap();
+    let resp = client()
+        .post(d.url("/login"))
+        .json(&json!({"clientID": "bootstrap", "authKey": key}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (code, _, err) = cli(&["clients", "list"], &env, "");
+    assert_ne!(code, 0);
+    assert!(err.contains("in use"), "{err}");
+    d.stop().await;
+
+    let (code, out, _) = cli(&["clients", "remove", "piped"], &env, "");
+    assert_eq!(code, 0);
+    assert!(out.contains("removed piped"));
+    let (code, _, err) = cli(&["clients", "remove", "piped"], &env, "");
+    assert_ne!(code, 0);
+    assert!(err.contains("not registered"), "{err}");
+    let (_, out, _) = cli(&["clients", "list"], &env, "");
+    assert_eq!(out, "bootstrap\n");
+
+    let (code, out, _) = cli(&["--version"], &[], "");
+    assert_eq!(code, 0);
+    assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtcd.toml");
+    std::fs::write(
+        &path,
+        "[api.security]\nenable_admin = true\nadmin_secret_key = \"short\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = cli(&["--config", path.to_str().unwrap()], &[], "");
+    assert_eq!(code, 64);
+    assert!(err.contains("api.security.admin_secret_key"), "{err}");
+    assert!(
+        !err.contains("short\""),
+        "the secret itself is not echoed: {err}"
+    );
+
+    std::fs::write(
+        &path,
+        "[api.http]\nlisten_address = \"127.0.0.1:0\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let (code, _, err) = cli(&["--config", path.to_str().unwrap()], &[], "");
+    assert_eq!(code, 64);
+    assert!(err.contains("bogus"), "{err}");
+
+    let env = vec![("RTCD_API_SECURITY_BCRYPT_COST".to_owned(), "ten".to_owned())];
+    let (code, _, err) = cli(&[], &env, "");
+    assert_eq!(code, 64);
+    assert!(err.contains("RTCD_API_SECURITY_BCRYPT_COST"), "{err}");
+
+    let (code, _, err) = cli(&["--config", "/nonexistent/rtcd.toml"], &[], "");
+    assert_eq!(code, 64);
+    assert!(err.contains("/nonexistent/rtcd.toml"), "{err}");
+
+    // The documented sample parses (it enables admin with a placeholder secret that is long enough).
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rtcd.sample.toml");
+    let env = test_env(dir.path(), &[])
+        .into_iter()
+        .filter(|(k, _)| k == "RTCD_STORE_DATA_SOURCE")
+        .collect::<Vec<_>>();
+    let (code, _, err) = cli(&["--config", sample, "clients", "list"], &env, "");
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test]
+async fn https_when_certificate_and_key_are_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let d = TestRtcd::start_in(
+        dir.path(),
+        &[
+            ("RTCD_API_HTTP_TLS_CERT_FILE", cert_path.to_str().unwrap()),
+            ("RTCD_API_HTTP_TLS_KEY_FILE", key_path.to_str().unwrap()),
+        ],
+    )
+    .await
+    .unwrap();
+    let port = d.rtcd.http_addr().port();
+    let tls_client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", d.rtcd.http_addr())
+        .build()
+        .unwrap();
+    let resp = tls_client
+        .post(format!("https://localhost:{port}/register"))
+        .basic_auth("", Some(ADMIN_SECRET))
+        .json(&json!({"clientID": "over-tls", "authKey": key_for("tls")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // Plain HTTP to the TLS port gets no answer.
+    assert!(
+        client()
+            .get(format!("http://127.0.0.1:{port}/version"))
+            .send()
+            .await
+            .is_err()
+    );
+    d.stop().await;
+
+    // A key that does not match the certificate is refused at start, naming the setting.
+    let other = rcgen::generate_simple_self_signed(vec!["x".to_owned()]).unwrap();
+    std::fs::write(&key_path, other.signing_key.serialize_pem()).unwrap();
+    let err = rtcd::config::Config::load(
+        None,
+        test_env(
+            dir.path(),
+            &[
+                ("RTCD_API_HTTP_TLS_CERT_FILE", cert_path.to_str().unwrap()),
+                ("RTCD_API_HTTP_TLS_KEY_FILE", key_path.to_str().unwrap()),
+            ],
+        ),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("api.http.tls_cert_file"), "{err}");
+}
