@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
-use serde::Deserialize;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
@@ -145,20 +144,6 @@ fn system(state: ApiState) -> warp::reply::Response {
     json(StatusCode::OK, &serde_json::json!({ "cpu_load": state.load.cpu_load() }))
 }
 
-#[derive(Deserialize)]
-struct ClientKeyBody {
-    #[serde(rename = "clientID")]
-    client_id: String,
-    #[serde(rename = "authKey")]
-    auth_key: Secret,
-}
-
-#[derive(Deserialize)]
-struct ClientIdBody {
-    #[serde(rename = "clientID")]
-    client_id: String,
-}
-
 /// The request body, refused with 413 beyond `max` bytes, whether announced by
 /// `Content-Length` (refused before reading) or streamed chunked (refused once exceeded).
 fn capped_body(max: u64) -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
@@ -196,11 +181,46 @@ where
     Ok(body.freeze())
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::BadRequest("request body is empty; expected a JSON object".into()));
+/// A JSON object request body. Fields are read one by one with messages that name the field
+/// and the expected type but never echo a value: a mistyped key must not come back in an error.
+struct JsonBody(serde_json::Map<String, serde_json::Value>);
+
+impl JsonBody {
+    fn parse(body: &Bytes) -> Result<Self, ApiError> {
+        if body.is_empty() {
+            return Err(ApiError::BadRequest("request body is empty; expected a JSON object".into()));
+        }
+        match serde_json::from_slice(body) {
+            Ok(serde_json::Value::Object(map)) => Ok(Self(map)),
+            Ok(_) => Err(ApiError::BadRequest("invalid JSON body: expected a JSON object".into())),
+            // Syntax errors say where, not what: serde_json does not quote the input in them.
+            Err(e) => Err(ApiError::BadRequest(format!("invalid JSON body: {e}"))),
+        }
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+
+    fn string(&self, field: &str) -> Result<&str, ApiError> {
+        match self.0.get(field) {
+            Some(serde_json::Value::String(s)) => Ok(s),
+            None | Some(serde_json::Value::Null) => Err(ApiError::BadRequest(format!("missing field `{field}`"))),
+            Some(other) => {
+                let kind = match other {
+                    serde_json::Value::Bool(_) => "a boolean",
+                    serde_json::Value::Number(_) => "a number",
+                    serde_json::Value::Array(_) => "an array",
+                    _ => "an object",
+                };
+                Err(ApiError::BadRequest(format!("invalid type for field `{field}`: expected a string, got {kind}")))
+            }
+        }
+    }
+
+    fn client_id(&self) -> Result<ClientId, ApiError> {
+        Ok(ClientId::parse(self.string("clientID")?)?)
+    }
+
+    fn auth_key(&self) -> Result<Secret, ApiError> {
+        Ok(Secret::new(self.string("authKey")?))
+    }
 }
 
 /// Authenticates the `Authorization` header if there is one.
@@ -216,13 +236,13 @@ async fn caller(state: &ApiState, authz: Option<String>, ip: IpAddr) -> Result<O
 
 async fn register(state: ApiState, ip: IpAddr, authz: Option<String>, body: Bytes) -> warp::reply::Response {
     let result: Result<_, ApiError> = async {
-        let request: ClientKeyBody = parse_body(&body)?;
-        let id = ClientId::parse(&request.client_id)?;
+        let request = JsonBody::parse(&body)?;
+        let (id, key) = (request.client_id()?, request.auth_key()?);
         let caller = caller(&state, authz, ip).await?;
         if caller.is_none() && !state.auth.self_registration_allowed() {
             return Err(AuthError::Unauthenticated.into());
         }
-        state.auth.register(caller.as_ref(), id.clone(), request.auth_key, ip).await?;
+        state.auth.register(caller.as_ref(), id.clone(), key, ip).await?;
         Ok(json(StatusCode::CREATED, &serde_json::json!({"clientID": id.as_str(), "code": "201"})))
     }
     .await;
@@ -232,8 +252,7 @@ async fn register(state: ApiState, ip: IpAddr, authz: Option<String>, body: Byte
 async fn unregister(state: ApiState, ip: IpAddr, authz: Option<String>, body: Bytes) -> warp::reply::Response {
     let result: Result<_, ApiError> = async {
         let caller = caller(&state, authz, ip).await?.ok_or(AuthError::Unauthenticated)?;
-        let request: ClientIdBody = parse_body(&body)?;
-        let id = ClientId::parse(&request.client_id)?;
+        let id = JsonBody::parse(&body)?.client_id()?;
         state.auth.unregister(&caller, id.clone(), ip).await?;
         Ok(json(StatusCode::OK, &serde_json::json!({"clientID": id.as_str(), "code": "200"})))
     }
@@ -243,9 +262,8 @@ async fn unregister(state: ApiState, ip: IpAddr, authz: Option<String>, body: By
 
 async fn login(state: ApiState, ip: IpAddr, body: Bytes) -> warp::reply::Response {
     let result: Result<_, ApiError> = async {
-        let request: ClientKeyBody = parse_body(&body)?;
-        let id = ClientId::parse(&request.client_id)?;
-        let token = state.auth.login(id, request.auth_key, ip).await?;
+        let request = JsonBody::parse(&body)?;
+        let token = state.auth.login(request.client_id()?, request.auth_key()?, ip).await?;
         let expires = token.expires_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Ok(json(
             StatusCode::OK,

@@ -115,9 +115,13 @@ async fn validation_rules_each_give_a_clear_400() {
         (json!({"clientID": "ok", "authKey": "k".repeat(31)}), "at least 32 bytes"),
         (json!({"clientID": "ok", "authKey": "k".repeat(73)}), "at most 72 bytes"),
         (json!({"clientID": "ok"}), "missing field `authKey`"),
-        (json!({"clientID": 7, "authKey": good}), "invalid type"),
-        (json!({"clientID": "ok", "authKey": ["x"]}), "invalid type"),
-        (json!(["not", "an", "object"]), "invalid"),
+        (json!({"clientID": 7, "authKey": good}), "invalid type for field `clientID`: expected a string, got a number"),
+        (
+            json!({"clientID": "ok", "authKey": ["x"]}),
+            "invalid type for field `authKey`: expected a string, got an array",
+        ),
+        (json!(["not", "an", "object"]), "expected a JSON object"),
+        (json!({"clientID": null, "authKey": good}), "missing field `clientID`"),
     ];
     for (body, want) in cases {
         let (status, reply) = post(&d.url("/register"), &body, Some(("", ADMIN_SECRET))).await;
