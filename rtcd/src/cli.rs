@@ -24,7 +24,11 @@ use crate::{Rtcd, logging, shutdown};
 pub const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "rtcd", version, about = "Media daemon: SFU, client registry and admin API")]
+#[command(
+    name = "rtcd",
+    version,
+    about = "Media daemon: SFU, client registry and admin API"
+)]
 struct Cli {
     /// TOML configuration file; every key can also be set with RTCD_<SECTION>_<KEY>.
     #[arg(long, short, global = true, value_name = "FILE")]
@@ -94,8 +98,14 @@ pub fn main() -> ExitCode {
             };
             let overrides = [
                 ("RTCD_API_SECURITY_ENABLE_ADMIN", "true".to_owned()),
-                ("RTCD_API_SECURITY_ADMIN_SECRET_KEY", secret.expose().to_owned()),
-                ("RTCD_STORE_DATA_SOURCE", data_dir.join("db").display().to_string()),
+                (
+                    "RTCD_API_SECURITY_ADMIN_SECRET_KEY",
+                    secret.expose().to_owned(),
+                ),
+                (
+                    "RTCD_STORE_DATA_SOURCE",
+                    data_dir.join("db").display().to_string(),
+                ),
             ];
             match load(&overrides) {
                 Ok(config) => {
@@ -120,7 +130,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(future: impl Future<Output = Result<(), String>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rtcd: cannot start the async runtime: {e}");
@@ -138,7 +151,11 @@ fn run(future: impl Future<Output = Result<(), String>>) -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), String> {
     logging::init(&config.logger);
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), ?config, "starting rtcd");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        ?config,
+        "starting rtcd"
+    );
     let rtcd = Rtcd::start(config).await.map_err(|e| e.to_string())?;
     shutdown::signal().await;
     // A second signal during the drain stops at once.
@@ -153,20 +170,29 @@ async fn serve(config: Config) -> Result<(), String> {
 
 async fn clients(config: Config, action: &ClientsAction) -> Result<(), String> {
     logging::init(&config.logger);
-    let store = ClientStore::open(Path::new(&config.store.data_source)).map_err(|e| e.to_string())?;
-    let auth = AuthService::new(store, config.api.security.clone(), Metrics::new()).map_err(|e| e.to_string())?;
+    let store =
+        ClientStore::open(Path::new(&config.store.data_source)).map_err(|e| e.to_string())?;
+    let auth = AuthService::new(store, config.api.security.clone(), Metrics::new())
+        .map_err(|e| e.to_string())?;
     let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
     match action {
-        ClientsAction::Add { client_id, key_stdin } => {
+        ClientsAction::Add {
+            client_id,
+            key_stdin,
+        } => {
             let id = ClientId::parse(client_id).map_err(|e| e.to_string())?;
             let (key, generated) = if *key_stdin {
                 let mut text = String::new();
-                std::io::stdin().read_to_string(&mut text).map_err(|e| format!("reading the key from stdin: {e}"))?;
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .map_err(|e| format!("reading the key from stdin: {e}"))?;
                 (Secret::new(text.trim_end_matches(['\r', '\n'])), false)
             } else {
                 (generate_key(), true)
             };
-            auth.register(Some(&Principal::Admin), id.clone(), key.clone(), local).await.map_err(|e| e.to_string())?;
+            auth.register(Some(&Principal::Admin), id.clone(), key.clone(), local)
+                .await
+                .map_err(|e| e.to_string())?;
             if generated {
                 println!("clientID: {id}\nauthKey: {}", key.expose());
                 eprintln!("Store the key now: only its bcrypt hash is kept.");
@@ -176,7 +202,9 @@ async fn clients(config: Config, action: &ClientsAction) -> Result<(), String> {
         }
         ClientsAction::Remove { client_id } => {
             let id = ClientId::parse(client_id).map_err(|e| e.to_string())?;
-            auth.unregister(&Principal::Admin, id.clone(), local).await.map_err(|e| e.to_string())?;
+            auth.unregister(&Principal::Admin, id.clone(), local)
+                .await
+                .map_err(|e| e.to_string())?;
             println!("removed {id}");
         }
         ClientsAction::List => {
@@ -197,7 +225,11 @@ fn dev_admin_secret(data_dir: &Path) -> std::io::Result<Secret> {
         Ok(text) => Ok(Secret::new(text.trim())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret = generate_key();
-            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
             std::io::Write::write_all(&mut file, secret.expose().as_bytes())?;
             Ok(secret)
         }

@@ -123,7 +123,14 @@ impl std::fmt::Debug for SecurityConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecurityConfig")
             .field("enable_admin", &self.enable_admin)
-            .field("admin_secret_key", &if self.admin_secret_key.is_empty() { "<unset>" } else { "<redacted>" })
+            .field(
+                "admin_secret_key",
+                &if self.admin_secret_key.is_empty() {
+                    "<unset>"
+                } else {
+                    "<redacted>"
+                },
+            )
             .field("allow_self_registration", &self.allow_self_registration)
             .field("session_ttl_seconds", &self.session_ttl_seconds)
             .field("bcrypt_cost", &self.bcrypt_cost)
@@ -132,7 +139,10 @@ impl std::fmt::Debug for SecurityConfig {
             .field("auth_cache_ttl_seconds", &self.auth_cache_ttl_seconds)
             .field("failed_auth_burst", &self.failed_auth_burst)
             .field("failed_auth_per_minute", &self.failed_auth_per_minute)
-            .field("self_registrations_per_minute", &self.self_registrations_per_minute)
+            .field(
+                "self_registrations_per_minute",
+                &self.self_registrations_per_minute,
+            )
             .finish()
     }
 }
@@ -149,7 +159,9 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { listen_address: "127.0.0.1:8046".into() }
+        Self {
+            listen_address: "127.0.0.1:8046".into(),
+        }
     }
 }
 
@@ -164,7 +176,9 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { data_source: "/var/lib/rtcd/db".into() }
+        Self {
+            data_source: "/var/lib/rtcd/db".into(),
+        }
     }
 }
 
@@ -180,7 +194,10 @@ pub struct LoggerConfig {
 
 impl Default for LoggerConfig {
     fn default() -> Self {
-        Self { level: "info".into(), json: false }
+        Self {
+            level: "info".into(),
+            json: false,
+        }
     }
 }
 
@@ -226,23 +243,36 @@ impl Config {
     /// Loads defaults, then the TOML file (if any), then `RTCD_*` overrides from `env`, then
     /// validates. `env` is usually `std::env::vars()`; variables without the prefix are ignored,
     /// unknown `RTCD_*` variables are an error (a typo must not silently do nothing).
-    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let mut table = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
                 text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?
             }
             None => toml::Table::new(),
         };
-        let defaults =
-            toml::Table::try_from(Config::default()).expect("the default config always serializes to a TOML table");
+        let defaults = toml::Table::try_from(Config::default())
+            .expect("the default config always serializes to a TOML table");
         apply_env(&mut table, &defaults, ENV_PREFIX, env)?;
-        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: path.map(Path::to_owned).unwrap_or_else(|| PathBuf::from("<environment>")),
-            message: e.to_string(),
-        })?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path
+                        .map(Path::to_owned)
+                        .unwrap_or_else(|| PathBuf::from("<environment>")),
+                    message: e.to_string(),
+                })?;
         config.validate()?;
         Ok(config)
     }
@@ -260,18 +290,30 @@ impl Config {
         match (http.tls_cert_file.is_empty(), http.tls_key_file.is_empty()) {
             (true, true) => {}
             (false, false) => {
-                crate::tls::server_config(Path::new(&http.tls_cert_file), Path::new(&http.tls_key_file))
-                    .map_err(|e| invalid("api.http.tls_cert_file", e.to_string()))?;
+                crate::tls::server_config(
+                    Path::new(&http.tls_cert_file),
+                    Path::new(&http.tls_key_file),
+                )
+                .map_err(|e| invalid("api.http.tls_cert_file", e.to_string()))?;
             }
             (false, true) => {
-                return Err(invalid("api.http.tls_key_file", "must be set when tls_cert_file is set".into()));
+                return Err(invalid(
+                    "api.http.tls_key_file",
+                    "must be set when tls_cert_file is set".into(),
+                ));
             }
             (true, false) => {
-                return Err(invalid("api.http.tls_cert_file", "must be set when tls_key_file is set".into()));
+                return Err(invalid(
+                    "api.http.tls_cert_file",
+                    "must be set when tls_key_file is set".into(),
+                ));
             }
         }
         if !(1024..=16 * 1024 * 1024).contains(&http.max_body_bytes) {
-            return Err(invalid("api.http.max_body_bytes", "must be between 1024 and 16777216".into()));
+            return Err(invalid(
+                "api.http.max_body_bytes",
+                "must be between 1024 and 16777216".into(),
+            ));
         }
         let sec = &self.api.security;
         if sec.enable_admin && sec.admin_secret_key.len() < crate::auth::MIN_KEY_BYTES {
@@ -284,16 +326,28 @@ impl Config {
             ));
         }
         if !(4..=31).contains(&sec.bcrypt_cost) {
-            return Err(invalid("api.security.bcrypt_cost", "must be between 4 and 31".into()));
+            return Err(invalid(
+                "api.security.bcrypt_cost",
+                "must be between 4 and 31".into(),
+            ));
         }
         if sec.session_ttl_seconds == 0 || sec.session_ttl_seconds > 30 * 24 * 3600 {
-            return Err(invalid("api.security.session_ttl_seconds", "must be between 1 and 2592000 (30 days)".into()));
+            return Err(invalid(
+                "api.security.session_ttl_seconds",
+                "must be between 1 and 2592000 (30 days)".into(),
+            ));
         }
         if sec.auth_cache_ttl_seconds > 24 * 3600 {
-            return Err(invalid("api.security.auth_cache_ttl_seconds", "must be at most 86400".into()));
+            return Err(invalid(
+                "api.security.auth_cache_ttl_seconds",
+                "must be at most 86400".into(),
+            ));
         }
         if sec.bcrypt_queue == 0 {
-            return Err(invalid("api.security.bcrypt_queue", "must be at least 1".into()));
+            return Err(invalid(
+                "api.security.bcrypt_queue",
+                "must be at least 1".into(),
+            ));
         }
         if sec.failed_auth_burst == 0 || sec.failed_auth_per_minute == 0 {
             return Err(invalid(
@@ -323,7 +377,8 @@ impl Config {
     /// The metrics listener's socket address, if enabled (validated).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         let addr = &self.api.metrics.listen_address;
-        (!addr.is_empty()).then(|| parse_listen_address(addr).expect("validated by Config::validate"))
+        (!addr.is_empty())
+            .then(|| parse_listen_address(addr).expect("validated by Config::validate"))
     }
 }
 
@@ -333,8 +388,13 @@ fn invalid(key: &'static str, message: String) -> ConfigError {
 
 /// Accepts `ip:port`, `[v6]:port` and rtcd's `:port` (all IPv4 interfaces).
 pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
-    full.parse().map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8045 or :8045"))
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse()
+        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8045 or :8045"))
 }
 
 /// Overlays environment variables onto `table`. The set of variables and the type of each is
@@ -357,7 +417,10 @@ pub fn apply_env(
                 message: "not a known setting (see deploy/ for the list of variables)".into(),
             });
         };
-        let value = parse_env_value(&raw, default).map_err(|message| ConfigError::Env { var: var.clone(), message })?;
+        let value = parse_env_value(&raw, default).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
         set_path(table, path, value).map_err(|message| ConfigError::Env { var, message })?;
     }
     Ok(())
@@ -390,17 +453,21 @@ fn parse_env_value(raw: &str, default: &toml::Value) -> Result<toml::Value, Stri
             "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
             _ => return Err(format!("expected true or false, got `{raw}`")),
         },
-        toml::Value::Integer(_) => {
-            toml::Value::Integer(raw.trim().parse().map_err(|_| format!("expected an integer, got `{raw}`"))?)
-        }
-        toml::Value::Float(_) => {
-            toml::Value::Float(raw.trim().parse().map_err(|_| format!("expected a number, got `{raw}`"))?)
-        }
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("expected an integer, got `{raw}`"))?,
+        ),
+        toml::Value::Float(_) => toml::Value::Float(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("expected a number, got `{raw}`"))?,
+        ),
         toml::Value::Array(_) => {
             let trimmed = raw.trim();
             if trimmed.starts_with('[') {
-                let parsed: serde_json::Value =
-                    serde_json::from_str(trimmed).map_err(|e| format!("expected a JSON array: {e}"))?;
+                let parsed: serde_json::Value = serde_json::from_str(trimmed)
+                    .map_err(|e| format!("expected a JSON array: {e}"))?;
                 toml::Value::try_from(parsed).map_err(|e| format!("unsupported array: {e}"))?
             } else {
                 toml::Value::Array(
@@ -414,7 +481,10 @@ fn parse_env_value(raw: &str, default: &toml::Value) -> Result<toml::Value, Stri
             }
         }
         other => {
-            return Err(format!("settings of type {} cannot be set from the environment", other.type_str()));
+            return Err(format!(
+                "settings of type {} cannot be set from the environment",
+                other.type_str()
+            ));
         }
     })
 }
@@ -423,7 +493,9 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     let (last, parents) = path.split_last().expect("leaf paths are never empty");
     let mut current = table;
     for key in parents {
-        let entry = current.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         current = match entry {
             toml::Value::Table(t) => t,
             _ => return Err(format!("config file has `{key}` as a value, not a section")),
@@ -438,7 +510,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -457,7 +532,10 @@ mod tests {
             None,
             env(&[
                 ("RTCD_API_SECURITY_ENABLE_ADMIN", "true"),
-                ("RTCD_API_SECURITY_ADMIN_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
+                (
+                    "RTCD_API_SECURITY_ADMIN_SECRET_KEY",
+                    "0123456789abcdef0123456789abcdef",
+                ),
                 ("RTCD_API_SECURITY_BCRYPT_COST", "12"),
                 ("RTCD_STORE_DATA_SOURCE", "/srv/rtcd"),
                 ("HOME", "/root"),
@@ -472,18 +550,29 @@ mod tests {
     #[test]
     fn env_errors_name_the_variable() {
         let e = Config::load(None, env(&[("RTCD_API_SECURITY_BCRYPT_COST", "ten")])).unwrap_err();
-        assert!(e.to_string().contains("RTCD_API_SECURITY_BCRYPT_COST"), "{e}");
+        assert!(
+            e.to_string().contains("RTCD_API_SECURITY_BCRYPT_COST"),
+            "{e}"
+        );
         let e = Config::load(None, env(&[("RTCD_API_SECURITY_ADMIN_SECRT_KEY", "x")])).unwrap_err();
-        assert!(e.to_string().contains("RTCD_API_SECURITY_ADMIN_SECRT_KEY"), "{e}");
-        let e = Config::load(None, env(&[("RTCD_API_SECURITY_ENABLE_ADMIN", "maybe")])).unwrap_err();
+        assert!(
+            e.to_string().contains("RTCD_API_SECURITY_ADMIN_SECRT_KEY"),
+            "{e}"
+        );
+        let e =
+            Config::load(None, env(&[("RTCD_API_SECURITY_ENABLE_ADMIN", "maybe")])).unwrap_err();
         assert!(e.to_string().contains("true or false"), "{e}");
     }
 
     #[test]
     fn validation_names_the_key() {
         let e = Config::load(None, env(&[("RTCD_API_SECURITY_ENABLE_ADMIN", "true")])).unwrap_err();
-        assert!(e.to_string().contains("api.security.admin_secret_key"), "{e}");
-        let e = Config::load(None, env(&[("RTCD_API_HTTP_LISTEN_ADDRESS", "nowhere")])).unwrap_err();
+        assert!(
+            e.to_string().contains("api.security.admin_secret_key"),
+            "{e}"
+        );
+        let e =
+            Config::load(None, env(&[("RTCD_API_HTTP_LISTEN_ADDRESS", "nowhere")])).unwrap_err();
         assert!(e.to_string().contains("api.http.listen_address"), "{e}");
         let e = Config::load(None, env(&[("RTCD_API_HTTP_TLS_CERT_FILE", "/x.pem")])).unwrap_err();
         assert!(e.to_string().contains("api.http.tls_key_file"), "{e}");
@@ -505,7 +594,10 @@ mod tests {
 
     #[test]
     fn rtcd_style_port_only_address() {
-        assert_eq!(parse_listen_address(":8045").unwrap(), "0.0.0.0:8045".parse().unwrap());
+        assert_eq!(
+            parse_listen_address(":8045").unwrap(),
+            "0.0.0.0:8045".parse().unwrap()
+        );
     }
 
     #[test]

@@ -32,7 +32,9 @@ impl Health {
 
     /// Marks the daemon ready (no effect once draining).
     pub fn set_ready(&self) {
-        let _ = self.0.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self
+            .0
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Marks the daemon draining; irreversible.

@@ -108,25 +108,56 @@ impl Rtcd {
         let tls = if http.tls_cert_file.is_empty() {
             None
         } else {
-            Some(tls::server_config(Path::new(&http.tls_cert_file), Path::new(&http.tls_key_file))?)
+            Some(tls::server_config(
+                Path::new(&http.tls_cert_file),
+                Path::new(&http.tls_key_file),
+            )?)
         };
         let http_listener = bind(config.http_addr()).await?;
-        let http_addr =
-            http_listener.local_addr().map_err(|source| StartError::Bind { addr: config.http_addr(), source })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.http_addr(),
+                source,
+            })?;
         if tls.is_none() && !http_addr.ip().is_loopback() {
             tracing::warn!(%http_addr, "the HTTP API listens beyond loopback without TLS: client keys and the admin secret cross the network in clear; set api.http.tls_cert_file / tls_key_file");
         }
-        let mut servers =
-            vec![api::listener::spawn(http_listener, tls, api::public_routes(state.clone()), cancel.clone(), drain)];
+        let mut servers = vec![api::listener::spawn(
+            http_listener,
+            tls,
+            api::public_routes(state.clone()),
+            cancel.clone(),
+            drain,
+        )];
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics_addr() {
             let listener = bind(addr).await?;
-            metrics_addr = Some(listener.local_addr().map_err(|source| StartError::Bind { addr, source })?);
-            servers.push(api::listener::spawn(listener, None, api::internal_routes(state), cancel.clone(), drain));
+            metrics_addr = Some(
+                listener
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            );
+            servers.push(api::listener::spawn(
+                listener,
+                None,
+                api::internal_routes(state),
+                cancel.clone(),
+                drain,
+            ));
         }
         health.set_ready();
         tracing::info!(%http_addr, ?metrics_addr, store = %config.store.data_source, clients = auth.store().len(), "rtcd ready");
-        Ok(Self { config, health, auth, metrics, http_addr, metrics_addr, cancel, servers })
+        Ok(Self {
+            config,
+            health,
+            auth,
+            metrics,
+            http_addr,
+            metrics_addr,
+            cancel,
+            servers,
+        })
     }
 
     /// The bound address of the public HTTP API (useful with port 0).
@@ -175,5 +206,7 @@ impl Rtcd {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }

@@ -51,27 +51,57 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("rtcd");
         let auth_attempts = Family::<AuthLabels, Counter>::default();
-        registry.register("auth_attempts", "Authentication attempts by method and outcome", auth_attempts.clone());
+        registry.register(
+            "auth_attempts",
+            "Authentication attempts by method and outcome",
+            auth_attempts.clone(),
+        );
         let bcrypt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
-        registry.register("bcrypt_seconds", "Time spent in one bcrypt hash or verify", bcrypt_seconds.clone());
+        registry.register(
+            "bcrypt_seconds",
+            "Time spent in one bcrypt hash or verify",
+            bcrypt_seconds.clone(),
+        );
         let bcrypt_pending = Gauge::default();
-        registry.register("bcrypt_pending", "bcrypt computations running or queued", bcrypt_pending.clone());
+        registry.register(
+            "bcrypt_pending",
+            "bcrypt computations running or queued",
+            bcrypt_pending.clone(),
+        );
         let clients_registered = Gauge::default();
-        registry.register("clients_registered", "Clients in the registry", clients_registered.clone());
+        registry.register(
+            "clients_registered",
+            "Clients in the registry",
+            clients_registered.clone(),
+        );
         let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register("http_requests", "HTTP API requests by route and status", http_requests.clone());
-        Arc::new(Self { registry, auth_attempts, bcrypt_seconds, bcrypt_pending, clients_registered, http_requests })
+        registry.register(
+            "http_requests",
+            "HTTP API requests by route and status",
+            http_requests.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            auth_attempts,
+            bcrypt_seconds,
+            bcrypt_pending,
+            clients_registered,
+            http_requests,
+        })
     }
 
     /// Records one authentication attempt.
     pub fn auth(&self, method: &'static str, outcome: &'static str) {
-        self.auth_attempts.get_or_create(&AuthLabels { method, outcome }).inc();
+        self.auth_attempts
+            .get_or_create(&AuthLabels { method, outcome })
+            .inc();
     }
 
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

@@ -39,7 +39,8 @@ impl SystemLoad {
                     let total = total1.saturating_sub(total0);
                     if total > 0 {
                         let value = busy1.saturating_sub(busy0) as f64 / total as f64;
-                        load.0.store(value.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+                        load.0
+                            .store(value.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
                     }
                 }
                 previous = current;
@@ -52,7 +53,11 @@ impl SystemLoad {
 async fn read_proc_stat() -> Option<(u64, u64)> {
     let text = tokio::fs::read_to_string("/proc/stat").await.ok()?;
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
     let total: u64 = fields.iter().sum();
     // idle + iowait are not busy.
     let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);

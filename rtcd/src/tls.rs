@@ -34,25 +34,45 @@ pub enum TlsError {
 /// Builds a server config for `cert` + `key` (PEM), offering HTTP/2 and HTTP/1.1 via ALPN.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = read_certs(cert)?;
-    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read { path: key.to_owned(), source })?;
+    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read {
+        path: key.to_owned(),
+        source,
+    })?;
     let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|source| TlsError::Read { path: key.to_owned(), source })?
-        .ok_or_else(|| TlsError::Pem { path: key.to_owned(), message: "no private key found".into() })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)?;
+        .map_err(|source| TlsError::Read {
+            path: key.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::Pem {
+            path: key.to_owned(),
+            message: "no private key found".into(),
+        })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key_der)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
 fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
+        .map_err(|source| TlsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::Pem { path: path.to_owned(), message: "no certificate found".into() });
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            message: "no certificate found".into(),
+        });
     }
     Ok(certs)
 }

@@ -28,7 +28,10 @@ pub fn test_env(dir: &Path, overrides: &[(&str, &str)]) -> Vec<(String, String)>
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    env.push(("RTCD_STORE_DATA_SOURCE".into(), dir.join("db").display().to_string()));
+    env.push((
+        "RTCD_STORE_DATA_SOURCE".into(),
+        dir.join("db").display().to_string(),
+    ));
     for (k, v) in overrides {
         env.retain(|(key, _)| key != k);
         env.push((k.to_string(), v.to_string()));
@@ -52,8 +55,15 @@ impl TestRtcd {
         let config = Config::load(None, test_env(dir, overrides))?;
         let rtcd = Rtcd::start(config).await?;
         let base = format!("http://{}", rtcd.http_addr());
-        let internal = format!("http://{}", rtcd.metrics_addr().context("metrics listener enabled")?);
-        Ok(Self { rtcd, base, internal })
+        let internal = format!(
+            "http://{}",
+            rtcd.metrics_addr().context("metrics listener enabled")?
+        );
+        Ok(Self {
+            rtcd,
+            base,
+            internal,
+        })
     }
 
     /// `base` + `path`.
@@ -70,7 +80,11 @@ impl TestRtcd {
 /// An HTTP client whose connections come from `source` (any 127.x.y.z works on Linux), so
 /// tests can play several source addresses against per-address rate limits.
 pub fn client_from(source: IpAddr) -> reqwest::Client {
-    reqwest::Client::builder().local_address(source).timeout(Duration::from_secs(30)).build().expect("client builds")
+    reqwest::Client::builder()
+        .local_address(source)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client builds")
 }
 
 /// A plain loopback HTTP client.
@@ -112,7 +126,9 @@ impl RtcdProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| format!("spawning {}", bin.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
         let stderr = child.stderr.take().context("stderr piped")?;
         let (tx, lines) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -123,7 +139,11 @@ impl RtcdProcess {
                 }
             }
         });
-        Ok(Self { child, lines, log: Vec::new() })
+        Ok(Self {
+            child,
+            lines,
+            log: Vec::new(),
+        })
     }
 
     /// Waits for the "rtcd ready" line and returns the HTTP API address.
@@ -133,7 +153,9 @@ impl RtcdProcess {
             let line = tokio::time::timeout_at(deadline, self.lines.recv())
                 .await
                 .context("rtcd did not become ready within 30 s")?;
-            let Some(line) = line else { bail!("rtcd exited before ready; log:\n{}", self.log.join("\n")) };
+            let Some(line) = line else {
+                bail!("rtcd exited before ready; log:\n{}", self.log.join("\n"))
+            };
             self.log.push(line.clone());
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                 && v["message"] == "rtcd ready"
@@ -147,7 +169,10 @@ impl RtcdProcess {
     /// Sends `signal` (e.g. "TERM", "KILL") to the child.
     pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
         let pid = self.child.id().context("child still running")?;
-        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
         anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
         Ok(())
     }
@@ -157,7 +182,9 @@ impl RtcdProcess {
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .context("rtcd did not exit within 30 s")??;
-        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), self.lines.recv()).await {
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(5), self.lines.recv()).await
+        {
             self.log.push(line);
         }
         Ok(status)

@@ -57,37 +57,47 @@ where
             };
             let _ = tcp.set_nodelay(true);
             let service = warp::service(filter.clone());
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                let mut service = service.clone();
-                async move { service.call(req).await }
-            });
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(PeerAddr(peer));
+                    let mut service = service.clone();
+                    async move { service.call(req).await }
+                },
+            );
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT);
             let builder = Arc::new(builder);
             let watcher = graceful.watcher();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 match acceptor {
                     None => {
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
                         if let Err(e) = watcher.watch(conn.into_owned()).await {
                             tracing::debug!(%peer, error = %e, "connection ended with error");
                         }
                     }
                     Some(acceptor) => {
-                        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        let stream =
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         if let Err(e) = watcher.watch(conn.into_owned()).await {
                             tracing::debug!(%peer, error = %e, "connection ended with error");
                         }
@@ -96,8 +106,14 @@ where
             });
         }
         drop(listener);
-        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-            tracing::warn!(?drain, "in-flight requests did not finish in time; closing their connections");
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain,
+                "in-flight requests did not finish in time; closing their connections"
+            );
         }
     })
 }

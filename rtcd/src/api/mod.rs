@@ -56,7 +56,9 @@ pub struct ApiState {
 }
 
 /// The public API's routes, with rejections already turned into JSON replies.
-pub fn public_routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+pub fn public_routes(
+    state: ApiState,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let s = warp::any().map({
         let state = state.clone();
         move || state.clone()
@@ -66,9 +68,17 @@ pub fn public_routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Er
     let body = capped_body(state.max_body_bytes);
 
     let version = warp::path!("version").and(warp::get()).map(version);
-    let system = warp::path!("system").and(warp::get()).and(s.clone()).map(system);
-    let register =
-        warp::path!("register").and(warp::post()).and(s.clone()).and(peer).and(authz).and(body.clone()).then(register);
+    let system = warp::path!("system")
+        .and(warp::get())
+        .and(s.clone())
+        .map(system);
+    let register = warp::path!("register")
+        .and(warp::post())
+        .and(s.clone())
+        .and(peer)
+        .and(authz)
+        .and(body.clone())
+        .then(register);
     let unregister = warp::path!("unregister")
         .and(warp::post())
         .and(s.clone())
@@ -76,8 +86,18 @@ pub fn public_routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Er
         .and(authz)
         .and(body.clone())
         .then(unregister);
-    let login = warp::path!("login").and(warp::post()).and(s.clone()).and(peer).and(body).then(login);
-    let metrics = warp::path!("metrics").and(warp::get()).and(s.clone()).and(peer).and(authz).then(admin_metrics);
+    let login = warp::path!("login")
+        .and(warp::post())
+        .and(s.clone())
+        .and(peer)
+        .and(body)
+        .then(login);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(s.clone())
+        .and(peer)
+        .and(authz)
+        .then(admin_metrics);
 
     let metrics_for_log = state.metrics.clone();
     version
@@ -95,34 +115,68 @@ pub fn public_routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Er
         .unify()
         .recover(reply::recover)
         .unify()
-        .with(warp::log::custom(move |info| count_request(&metrics_for_log, info)))
+        .with(warp::log::custom(move |info| {
+            count_request(&metrics_for_log, info)
+        }))
 }
 
 /// The internal listener's routes: metrics and health, no auth.
-pub fn internal_routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+pub fn internal_routes(
+    state: ApiState,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let metrics = warp::path!("metrics").and(warp::get()).map({
         let metrics = state.metrics.clone();
         move || prometheus_reply(&metrics)
     });
-    metrics.or(health_routes(state)).unify().recover(reply::recover).unify()
+    metrics
+        .or(health_routes(state))
+        .unify()
+        .recover(reply::recover)
+        .unify()
 }
 
-fn health_routes(state: ApiState) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    let healthz =
-        warp::path!("healthz").and(warp::get()).map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
+fn health_routes(
+    state: ApiState,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
     let readyz = warp::path!("readyz").and(warp::get()).map(move || {
         let phase = state.health.phase();
-        let status = if phase == Phase::Ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let status = if phase == Phase::Ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
         json(status, &serde_json::json!({"status": phase.as_str()}))
     });
     healthz.or(readyz).unify()
 }
 
 fn count_request(metrics: &Metrics, info: warp::log::Info<'_>) {
-    const ROUTES: [&str; 9] =
-        ["/version", "/system", "/healthz", "/readyz", "/register", "/unregister", "/login", "/metrics", "/"];
-    let route = ROUTES.iter().find(|r| **r == info.path()).copied().unwrap_or("other");
-    metrics.http_requests.get_or_create(&crate::metrics::HttpLabels { route, status: info.status().as_u16() }).inc();
+    const ROUTES: [&str; 9] = [
+        "/version",
+        "/system",
+        "/healthz",
+        "/readyz",
+        "/register",
+        "/unregister",
+        "/login",
+        "/metrics",
+        "/",
+    ];
+    let route = ROUTES
+        .iter()
+        .find(|r| **r == info.path())
+        .copied()
+        .unwrap_or("other");
+    metrics
+        .http_requests
+        .get_or_create(&crate::metrics::HttpLabels {
+            route,
+            status: info.status().as_u16(),
+        })
+        .inc();
     tracing::debug!(method = %info.method(), route, status = info.status().as_u16(), elapsed_ms = info.elapsed().as_millis() as u64, "http request");
 }
 
@@ -141,7 +195,10 @@ fn version() -> warp::reply::Response {
 }
 
 fn system(state: ApiState) -> warp::reply::Response {
-    json(StatusCode::OK, &serde_json::json!({ "cpu_load": state.load.cpu_load() }))
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "cpu_load": state.load.cpu_load() }),
+    )
 }
 
 /// The request body, refused with 413 beyond `max` bytes, whether announced by
@@ -167,7 +224,11 @@ where
     use futures_util::TryStreamExt as _;
     let mut body = bytes::BytesMut::new();
     let mut stream = std::pin::pin!(stream);
-    while let Some(mut chunk) = stream.try_next().await.map_err(|_| warp::reject::custom(reply::BodyTooLarge))? {
+    while let Some(mut chunk) = stream
+        .try_next()
+        .await
+        .map_err(|_| warp::reject::custom(reply::BodyTooLarge))?
+    {
         if (body.len() + chunk.remaining()) as u64 > max {
             return Err(warp::reject::custom(reply::BodyTooLarge));
         }
@@ -188,11 +249,15 @@ struct JsonBody(serde_json::Map<String, serde_json::Value>);
 impl JsonBody {
     fn parse(body: &Bytes) -> Result<Self, ApiError> {
         if body.is_empty() {
-            return Err(ApiError::BadRequest("request body is empty; expected a JSON object".into()));
+            return Err(ApiError::BadRequest(
+                "request body is empty; expected a JSON object".into(),
+            ));
         }
         match serde_json::from_slice(body) {
             Ok(serde_json::Value::Object(map)) => Ok(Self(map)),
-            Ok(_) => Err(ApiError::BadRequest("invalid JSON body: expected a JSON object".into())),
+            Ok(_) => Err(ApiError::BadRequest(
+                "invalid JSON body: expected a JSON object".into(),
+            )),
             // Syntax errors say where, not what: serde_json does not quote the input in them.
             Err(e) => Err(ApiError::BadRequest(format!("invalid JSON body: {e}"))),
         }
@@ -201,7 +266,9 @@ impl JsonBody {
     fn string(&self, field: &str) -> Result<&str, ApiError> {
         match self.0.get(field) {
             Some(serde_json::Value::String(s)) => Ok(s),
-            None | Some(serde_json::Value::Null) => Err(ApiError::BadRequest(format!("missing field `{field}`"))),
+            None | Some(serde_json::Value::Null) => {
+                Err(ApiError::BadRequest(format!("missing field `{field}`")))
+            }
             Some(other) => {
                 let kind = match other {
                     serde_json::Value::Bool(_) => "a boolean",
@@ -209,7 +276,9 @@ impl JsonBody {
                     serde_json::Value::Array(_) => "an array",
                     _ => "an object",
                 };
-                Err(ApiError::BadRequest(format!("invalid type for field `{field}`: expected a string, got {kind}")))
+                Err(ApiError::BadRequest(format!(
+                    "invalid type for field `{field}`: expected a string, got {kind}"
+                )))
             }
         }
     }
@@ -224,7 +293,11 @@ impl JsonBody {
 }
 
 /// Authenticates the `Authorization` header if there is one.
-async fn caller(state: &ApiState, authz: Option<String>, ip: IpAddr) -> Result<Option<Principal>, ApiError> {
+async fn caller(
+    state: &ApiState,
+    authz: Option<String>,
+    ip: IpAddr,
+) -> Result<Option<Principal>, ApiError> {
     match authz {
         None => Ok(None),
         Some(value) => {
@@ -234,7 +307,12 @@ async fn caller(state: &ApiState, authz: Option<String>, ip: IpAddr) -> Result<O
     }
 }
 
-async fn register(state: ApiState, ip: IpAddr, authz: Option<String>, body: Bytes) -> warp::reply::Response {
+async fn register(
+    state: ApiState,
+    ip: IpAddr,
+    authz: Option<String>,
+    body: Bytes,
+) -> warp::reply::Response {
     let result: Result<_, ApiError> = async {
         let request = JsonBody::parse(&body)?;
         let (id, key) = (request.client_id()?, request.auth_key()?);
@@ -242,19 +320,35 @@ async fn register(state: ApiState, ip: IpAddr, authz: Option<String>, body: Byte
         if caller.is_none() && !state.auth.self_registration_allowed() {
             return Err(AuthError::Unauthenticated.into());
         }
-        state.auth.register(caller.as_ref(), id.clone(), key, ip).await?;
-        Ok(json(StatusCode::CREATED, &serde_json::json!({"clientID": id.as_str(), "code": "201"})))
+        state
+            .auth
+            .register(caller.as_ref(), id.clone(), key, ip)
+            .await?;
+        Ok(json(
+            StatusCode::CREATED,
+            &serde_json::json!({"clientID": id.as_str(), "code": "201"}),
+        ))
     }
     .await;
     result.unwrap_or_else(ApiError::into_response)
 }
 
-async fn unregister(state: ApiState, ip: IpAddr, authz: Option<String>, body: Bytes) -> warp::reply::Response {
+async fn unregister(
+    state: ApiState,
+    ip: IpAddr,
+    authz: Option<String>,
+    body: Bytes,
+) -> warp::reply::Response {
     let result: Result<_, ApiError> = async {
-        let caller = caller(&state, authz, ip).await?.ok_or(AuthError::Unauthenticated)?;
+        let caller = caller(&state, authz, ip)
+            .await?
+            .ok_or(AuthError::Unauthenticated)?;
         let id = JsonBody::parse(&body)?.client_id()?;
         state.auth.unregister(&caller, id.clone(), ip).await?;
-        Ok(json(StatusCode::OK, &serde_json::json!({"clientID": id.as_str(), "code": "200"})))
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({"clientID": id.as_str(), "code": "200"}),
+        ))
     }
     .await;
     result.unwrap_or_else(ApiError::into_response)
@@ -274,11 +368,17 @@ async fn login(state: ApiState, ip: IpAddr, body: Bytes) -> warp::reply::Respons
     result.unwrap_or_else(ApiError::into_response)
 }
 
-async fn admin_metrics(state: ApiState, ip: IpAddr, authz: Option<String>) -> warp::reply::Response {
+async fn admin_metrics(
+    state: ApiState,
+    ip: IpAddr,
+    authz: Option<String>,
+) -> warp::reply::Response {
     let result: Result<_, ApiError> = async {
         match caller(&state, authz, ip).await? {
             Some(Principal::Admin) => Ok(prometheus_reply(&state.metrics)),
-            Some(Principal::Client(_)) => Err(AuthError::Forbidden("metrics require the admin secret").into()),
+            Some(Principal::Client(_)) => {
+                Err(AuthError::Forbidden("metrics require the admin secret").into())
+            }
             None => Err(AuthError::Unauthenticated.into()),
         }
     }
@@ -287,6 +387,10 @@ async fn admin_metrics(state: ApiState, ip: IpAddr, authz: Option<String>) -> wa
 }
 
 fn prometheus_reply(metrics: &Metrics) -> warp::reply::Response {
-    warp::reply::with_header(metrics.encode(), "content-type", "text/plain; version=0.0.4; charset=utf-8")
-        .into_response()
+    warp::reply::with_header(
+        metrics.encode(),
+        "content-type",
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
+    .into_response()
 }

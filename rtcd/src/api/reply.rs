@@ -26,16 +26,21 @@ impl ApiError {
         let (status, retry_after) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, None),
             ApiError::Auth(e) => match e {
-                AuthError::InvalidClientId(_) | AuthError::InvalidKey(_) => (StatusCode::BAD_REQUEST, None),
+                AuthError::InvalidClientId(_) | AuthError::InvalidKey(_) => {
+                    (StatusCode::BAD_REQUEST, None)
+                }
                 AuthError::Unauthenticated => (StatusCode::UNAUTHORIZED, None),
                 AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, None),
                 AuthError::Conflict(_) => (StatusCode::CONFLICT, None),
                 AuthError::NotFound(_) => (StatusCode::NOT_FOUND, None),
-                AuthError::RateLimited { retry_after } => {
-                    (StatusCode::TOO_MANY_REQUESTS, Some(retry_after.as_secs().max(1)))
-                }
+                AuthError::RateLimited { retry_after } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Some(retry_after.as_secs().max(1)),
+                ),
                 AuthError::Busy => (StatusCode::SERVICE_UNAVAILABLE, Some(1)),
-                AuthError::Store(_) | AuthError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, None),
+                AuthError::Store(_) | AuthError::Internal => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, None)
+                }
             },
         };
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -49,9 +54,10 @@ impl ApiError {
             response.headers_mut().insert("retry-after", secs.into());
         }
         if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert("www-authenticate", warp::http::HeaderValue::from_static("Basic realm=\"rtcd\""));
+            response.headers_mut().insert(
+                "www-authenticate",
+                warp::http::HeaderValue::from_static("Basic realm=\"rtcd\""),
+            );
         }
         response
     }
@@ -70,7 +76,10 @@ pub fn json<T: Serialize>(status: StatusCode, body: &T) -> warp::reply::Response
 
 /// The rtcd error shape: `{"code": "<status>", "error": message}`.
 pub fn error(status: StatusCode, message: &str) -> warp::reply::Response {
-    json(status, &serde_json::json!({"code": status.as_u16().to_string(), "error": message}))
+    json(
+        status,
+        &serde_json::json!({"code": status.as_u16().to_string(), "error": message}),
+    )
 }
 
 /// Turns warp's own rejections (unknown path, wrong method, body limits) into JSON errors.
@@ -78,9 +87,15 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
     let (status, message) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "not found".to_owned())
     } else if rejection.find::<BodyTooLarge>().is_some() {
-        (StatusCode::PAYLOAD_TOO_LARGE, "request body too large".to_owned())
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large".to_owned(),
+        )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".to_owned())
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed".to_owned(),
+        )
     } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
         (StatusCode::BAD_REQUEST, e.to_string())
     } else {

@@ -66,11 +66,18 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
 
     /// `Err(wait)` if `key` has no token left, without consuming anything.
     pub fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
-        let buckets = self.buckets.lock().expect("limiter lock is never poisoned: no panics inside");
+        let buckets = self
+            .buckets
+            .lock()
+            .expect("limiter lock is never poisoned: no panics inside");
         match buckets.get(key) {
             Some(bucket) => {
                 let tokens = self.refilled(bucket, now);
-                if tokens >= 1.0 { Ok(()) } else { Err(self.wait_for_one(tokens)) }
+                if tokens >= 1.0 {
+                    Ok(())
+                } else {
+                    Err(self.wait_for_one(tokens))
+                }
             }
             None => Ok(()),
         }
@@ -78,25 +85,37 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
 
     /// Consumes one token for `key`; `Err(wait)` if there was none (nothing is consumed then).
     pub fn take(&self, key: &K, now: Instant) -> Result<(), Duration> {
-        let mut buckets = self.buckets.lock().expect("limiter lock is never poisoned: no panics inside");
+        let mut buckets = self
+            .buckets
+            .lock()
+            .expect("limiter lock is never poisoned: no panics inside");
         if buckets.len() >= MAX_TRACKED_KEYS && !buckets.contains_key(key) {
             buckets.retain(|_, b| self.refilled(b, now) < self.burst);
             if buckets.len() >= MAX_TRACKED_KEYS {
                 return Ok(());
             }
         }
-        let bucket = buckets.entry(key.clone()).or_insert(Bucket { tokens: self.burst, updated: now });
+        let bucket = buckets.entry(key.clone()).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
+        });
         let tokens = self.refilled(bucket, now);
         if tokens < 1.0 {
             return Err(self.wait_for_one(tokens));
         }
-        *bucket = Bucket { tokens: tokens - 1.0, updated: now };
+        *bucket = Bucket {
+            tokens: tokens - 1.0,
+            updated: now,
+        };
         Ok(())
     }
 
     /// Forgets `key` (e.g. after a success, so a client that fixed its key starts fresh).
     pub fn reset(&self, key: &K) {
-        self.buckets.lock().expect("limiter lock is never poisoned: no panics inside").remove(key);
+        self.buckets
+            .lock()
+            .expect("limiter lock is never poisoned: no panics inside")
+            .remove(key);
     }
 
     fn refilled(&self, bucket: &Bucket, now: Instant) -> f64 {
@@ -124,7 +143,10 @@ mod tests {
         assert!(wait <= Duration::from_secs(1) && wait > Duration::ZERO);
         assert!(l.check(&"a", t0).is_err());
         assert!(l.check(&"b", t0).is_ok(), "keys are independent");
-        assert!(l.take(&"a", t0 + Duration::from_millis(1001)).is_ok(), "one token per second refills");
+        assert!(
+            l.take(&"a", t0 + Duration::from_millis(1001)).is_ok(),
+            "one token per second refills"
+        );
         l.reset(&"a");
         assert!(l.check(&"a", t0).is_ok());
     }
@@ -137,6 +159,9 @@ mod tests {
         assert_eq!(LimitKey::addr(a), LimitKey::addr(b));
         assert_ne!(LimitKey::addr(a), LimitKey::addr(c));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(LimitKey::addr(mapped), LimitKey::Addr("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            LimitKey::addr(mapped),
+            LimitKey::Addr("10.0.0.1".parse().unwrap())
+        );
     }
 }

@@ -108,8 +108,13 @@ impl ClientId {
         if s.len() > MAX_CLIENT_ID_LEN {
             return Err(AuthError::InvalidClientId("must be at most 64 characters"));
         }
-        if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-            return Err(AuthError::InvalidClientId("may contain only A-Z, a-z, 0-9, '.', '_' and '-'"));
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(AuthError::InvalidClientId(
+                "may contain only A-Z, a-z, 0-9, '.', '_' and '-'",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -164,7 +169,9 @@ impl<'de> serde::Deserialize<'de> for Secret {
 pub fn validate_key(key: &Secret) -> Result<(), AuthError> {
     let len = key.expose().len();
     if len < MIN_KEY_BYTES {
-        return Err(AuthError::InvalidKey(format!("must be at least {MIN_KEY_BYTES} bytes, got {len}")));
+        return Err(AuthError::InvalidKey(format!(
+            "must be at least {MIN_KEY_BYTES} bytes, got {len}"
+        )));
     }
     if len > MAX_KEY_BYTES {
         return Err(AuthError::InvalidKey(format!(
@@ -198,14 +205,21 @@ pub enum Credentials {
 impl Credentials {
     /// Parses an `Authorization` header (or gRPC `authorization` metadata) value.
     pub fn from_authorization(value: &str) -> Result<Self, AuthError> {
-        let (scheme, rest) = value.trim().split_once(' ').ok_or(AuthError::Unauthenticated)?;
+        let (scheme, rest) = value
+            .trim()
+            .split_once(' ')
+            .ok_or(AuthError::Unauthenticated)?;
         let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("basic") {
-            let decoded =
-                base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| AuthError::Unauthenticated)?;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .map_err(|_| AuthError::Unauthenticated)?;
             let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Unauthenticated)?;
             let (user, password) = decoded.split_once(':').ok_or(AuthError::Unauthenticated)?;
-            Ok(Credentials::Basic { user: user.to_owned(), password: Secret(password.to_owned()) })
+            Ok(Credentials::Basic {
+                user: user.to_owned(),
+                password: Secret(password.to_owned()),
+            })
         } else if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
             Ok(Credentials::Bearer(Secret(rest.to_owned())))
         } else {
@@ -286,12 +300,17 @@ pub struct AuthService {
 impl AuthService {
     /// Builds the service over an opened store. Computes one dummy bcrypt hash (used to make
     /// unknown client IDs cost as much as known ones), so call it at start, not per request.
-    pub fn new(store: ClientStore, config: SecurityConfig, metrics: Arc<Metrics>) -> Result<Self, AuthError> {
+    pub fn new(
+        store: ClientStore,
+        config: SecurityConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, AuthError> {
         let admin_digest = (config.enable_admin && !config.admin_secret_key.is_empty())
             .then(|| Sha256::digest(config.admin_secret_key.as_bytes()).into());
         let mut mac_key = [0u8; 32];
         rand::rng().fill_bytes(&mut mac_key);
-        let dummy_hash = bcrypt::hash(generate_key().expose(), config.bcrypt_cost).map_err(|_| AuthError::Internal)?;
+        let dummy_hash = bcrypt::hash(generate_key().expose(), config.bcrypt_cost)
+            .map_err(|_| AuthError::Internal)?;
         let concurrency = match config.bcrypt_concurrency {
             0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             n => n,
@@ -299,8 +318,14 @@ impl AuthService {
         metrics.clients_registered.set(store.len() as i64);
         Ok(Self {
             inner: Arc::new(Inner {
-                failures_by_addr: Limiter::new(config.failed_auth_burst, config.failed_auth_per_minute),
-                failures_by_client: Limiter::new(config.failed_auth_burst, config.failed_auth_per_minute),
+                failures_by_addr: Limiter::new(
+                    config.failed_auth_burst,
+                    config.failed_auth_per_minute,
+                ),
+                failures_by_client: Limiter::new(
+                    config.failed_auth_burst,
+                    config.failed_auth_per_minute,
+                ),
                 self_registrations: Limiter::new(
                     config.self_registrations_per_minute,
                     config.self_registrations_per_minute,
@@ -339,7 +364,13 @@ impl AuthService {
         origin: IpAddr,
     ) -> Result<(), AuthError> {
         let result = self.register_inner(caller, &id, &key, origin).await;
-        audit("register", Some(&id), caller, origin, result.as_ref().map(|_| ()));
+        audit(
+            "register",
+            Some(&id),
+            caller,
+            origin,
+            result.as_ref().map(|_| ()),
+        );
         result
     }
 
@@ -371,9 +402,15 @@ impl AuthService {
         }
         let cost = inner.config.bcrypt_cost;
         let key_owned = key.clone();
-        let hash =
-            self.bcrypt(move || bcrypt::hash(key_owned.expose(), cost)).await?.map_err(|_| AuthError::Internal)?;
-        let record = ClientRecord { v: 1, hash, created_unix: unix_now() };
+        let hash = self
+            .bcrypt(move || bcrypt::hash(key_owned.expose(), cost))
+            .await?
+            .map_err(|_| AuthError::Internal)?;
+        let record = ClientRecord {
+            v: 1,
+            hash,
+            created_unix: unix_now(),
+        };
         if !inner.store.insert_new(id, &record)? {
             return Err(AuthError::Conflict(id.clone()));
         }
@@ -382,9 +419,20 @@ impl AuthService {
 
     /// Removes `id`. The admin may remove anyone, a client only itself. Its cached
     /// verification and bearer tokens stop working before this returns.
-    pub async fn unregister(&self, caller: &Principal, id: ClientId, origin: IpAddr) -> Result<(), AuthError> {
+    pub async fn unregister(
+        &self,
+        caller: &Principal,
+        id: ClientId,
+        origin: IpAddr,
+    ) -> Result<(), AuthError> {
         let result = self.unregister_inner(caller, &id).await;
-        audit("unregister", Some(&id), Some(caller), origin, result.as_ref().map(|_| ()));
+        audit(
+            "unregister",
+            Some(&id),
+            Some(caller),
+            origin,
+            result.as_ref().map(|_| ()),
+        );
         result
     }
 
@@ -409,40 +457,71 @@ impl AuthService {
     async fn commit(&self) -> Result<(), AuthError> {
         let store = &self.inner.store;
         store.flush().await?;
-        self.inner.metrics.clients_registered.set(store.len() as i64);
+        self.inner
+            .metrics
+            .clients_registered
+            .set(store.len() as i64);
         Ok(())
     }
 
     /// Drops every cached verification and bearer token of `id`.
     fn forget(&self, id: &ClientId) {
-        let mut state = self.inner.state.lock().expect("auth state lock is never poisoned");
+        let mut state = self
+            .inner
+            .state
+            .lock()
+            .expect("auth state lock is never poisoned");
         state.verified.remove(id);
         state.sessions.retain(|_, s| &s.client != id);
     }
 
     /// Verifies `id` + `key` and issues a bearer token valid for `session_ttl_seconds`.
-    pub async fn login(&self, id: ClientId, key: Secret, origin: IpAddr) -> Result<BearerToken, AuthError> {
+    pub async fn login(
+        &self,
+        id: ClientId,
+        key: Secret,
+        origin: IpAddr,
+    ) -> Result<BearerToken, AuthError> {
         let result = self.login_inner(&id, &key, origin).await;
         let principal = Principal::Client(id.clone());
-        audit("login", Some(&id), result.as_ref().ok().map(|_| &principal), origin, result.as_ref().map(|_| ()));
+        audit(
+            "login",
+            Some(&id),
+            result.as_ref().ok().map(|_| &principal),
+            origin,
+            result.as_ref().map(|_| ()),
+        );
         result
     }
 
-    async fn login_inner(&self, id: &ClientId, key: &Secret, origin: IpAddr) -> Result<BearerToken, AuthError> {
+    async fn login_inner(
+        &self,
+        id: &ClientId,
+        key: &Secret,
+        origin: IpAddr,
+    ) -> Result<BearerToken, AuthError> {
         let record = self.verify_client_key(id, key, origin, "login").await?;
         let mut raw = [0u8; TOKEN_BYTES];
         rand::rng().fill_bytes(&mut raw);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
         let ttl = Duration::from_secs(self.inner.config.session_ttl_seconds);
         let now = Instant::now();
-        let mut state = self.inner.state.lock().expect("auth state lock is never poisoned");
+        let mut state = self
+            .inner
+            .state
+            .lock()
+            .expect("auth state lock is never poisoned");
         // Re-check under the lock: an unregister that raced this login must win.
         if !self.still_registered_with(id, &record)? {
             return Err(AuthError::Unauthenticated);
         }
         state.sessions.retain(|_, s| s.expires > now);
-        let mut own: Vec<([u8; 32], Instant)> =
-            state.sessions.iter().filter(|(_, s)| &s.client == id).map(|(k, s)| (*k, s.issued)).collect();
+        let mut own: Vec<([u8; 32], Instant)> = state
+            .sessions
+            .iter()
+            .filter(|(_, s)| &s.client == id)
+            .map(|(k, s)| (*k, s.issued))
+            .collect();
         if own.len() >= MAX_TOKENS_PER_CLIENT {
             own.sort_by_key(|(_, issued)| *issued);
             for (k, _) in own.iter().take(own.len() + 1 - MAX_TOKENS_PER_CLIENT) {
@@ -451,13 +530,24 @@ impl AuthService {
         }
         state.sessions.insert(
             Sha256::digest(token.as_bytes()).into(),
-            Session { client: id.clone(), issued: now, expires: now + ttl },
+            Session {
+                client: id.clone(),
+                issued: now,
+                expires: now + ttl,
+            },
         );
-        Ok(BearerToken { token: Secret(token), expires_at: SystemTime::now() + ttl })
+        Ok(BearerToken {
+            token: Secret(token),
+            expires_at: SystemTime::now() + ttl,
+        })
     }
 
     /// Authenticates a caller. Success from the cache or a bearer token costs no bcrypt.
-    pub async fn authenticate(&self, credentials: &Credentials, origin: IpAddr) -> Result<Principal, AuthError> {
+    pub async fn authenticate(
+        &self,
+        credentials: &Credentials,
+        origin: IpAddr,
+    ) -> Result<Principal, AuthError> {
         match credentials {
             Credentials::Basic { user, password } => {
                 if let Some(digest) = &self.inner.admin_digest {
@@ -475,14 +565,19 @@ impl AuthService {
                         return Err(err);
                     }
                 };
-                self.verify_client_key(&id, password, origin, "basic").await?;
+                self.verify_client_key(&id, password, origin, "basic")
+                    .await?;
                 Ok(Principal::Client(id))
             }
             Credentials::Bearer(token) => {
                 let digest: [u8; 32] = Sha256::digest(token.expose().as_bytes()).into();
                 let now = Instant::now();
                 {
-                    let state = self.inner.state.lock().expect("auth state lock is never poisoned");
+                    let state = self
+                        .inner
+                        .state
+                        .lock()
+                        .expect("auth state lock is never poisoned");
                     if let Some(session) = state.sessions.get(&digest).filter(|s| s.expires > now) {
                         self.inner.metrics.auth("bearer", "ok");
                         return Ok(Principal::Client(session.client.clone()));
@@ -512,7 +607,10 @@ impl AuthService {
         let mac = self.mac(id, key);
         let now = Instant::now();
         {
-            let state = inner.state.lock().expect("auth state lock is never poisoned");
+            let state = inner
+                .state
+                .lock()
+                .expect("auth state lock is never poisoned");
             if let Some(v) = state.verified.get(id)
                 && v.expires > now
                 && bool::from(v.mac.ct_eq(&mac))
@@ -542,9 +640,14 @@ impl AuthService {
             return Err(err);
         }
         let record = inner.store.get(id)?;
-        let hash = record.as_ref().map_or_else(|| inner.dummy_hash.clone(), |r| r.hash.clone());
+        let hash = record
+            .as_ref()
+            .map_or_else(|| inner.dummy_hash.clone(), |r| r.hash.clone());
         let key_owned = key.clone();
-        let matched = match self.bcrypt(move || bcrypt::verify(key_owned.expose(), &hash)).await {
+        let matched = match self
+            .bcrypt(move || bcrypt::verify(key_owned.expose(), &hash))
+            .await
+        {
             Ok(result) => result.unwrap_or(false),
             Err(e) => {
                 inner.metrics.auth(method, "busy");
@@ -553,11 +656,20 @@ impl AuthService {
         };
         match record {
             Some(record) if matched => {
-                let mut state = inner.state.lock().expect("auth state lock is never poisoned");
+                let mut state = inner
+                    .state
+                    .lock()
+                    .expect("auth state lock is never poisoned");
                 // Cache only if the client was not unregistered (or re-registered) meanwhile.
                 if self.still_registered_with(id, &record)? {
                     let ttl = Duration::from_secs(inner.config.auth_cache_ttl_seconds);
-                    state.verified.insert(id.clone(), Verified { mac, expires: Instant::now() + ttl });
+                    state.verified.insert(
+                        id.clone(),
+                        Verified {
+                            mac,
+                            expires: Instant::now() + ttl,
+                        },
+                    );
                 }
                 drop(state);
                 inner.failures_by_client.reset(&client_key);
@@ -582,7 +694,11 @@ impl AuthService {
         let now = Instant::now();
         let mut limited = inner.failures_by_addr.take(&LimitKey::addr(origin), now);
         if let Some(id) = id {
-            limited = limited.and(inner.failures_by_client.take(&LimitKey::Client(id.to_string()), now));
+            limited = limited.and(
+                inner
+                    .failures_by_client
+                    .take(&LimitKey::Client(id.to_string()), now),
+            );
         }
         match limited {
             Ok(()) => {
@@ -596,12 +712,21 @@ impl AuthService {
         }
     }
 
-    fn still_registered_with(&self, id: &ClientId, record: &ClientRecord) -> Result<bool, AuthError> {
-        Ok(self.inner.store.get(id)?.is_some_and(|now| now.hash == record.hash))
+    fn still_registered_with(
+        &self,
+        id: &ClientId,
+        record: &ClientRecord,
+    ) -> Result<bool, AuthError> {
+        Ok(self
+            .inner
+            .store
+            .get(id)?
+            .is_some_and(|now| now.hash == record.hash))
     }
 
     fn mac(&self, id: &ClientId, key: &Secret) -> [u8; 32] {
-        let mut mac = HmacSha256::new_from_slice(&self.inner.mac_key).expect("HMAC accepts any key length");
+        let mut mac =
+            HmacSha256::new_from_slice(&self.inner.mac_key).expect("HMAC accepts any key length");
         mac.update(id.as_str().as_bytes());
         mac.update(&[0]);
         mac.update(key.expose().as_bytes());
@@ -610,7 +735,10 @@ impl AuthService {
 
     /// Runs `work` (a bcrypt hash or verify) on the blocking pool, at most
     /// `bcrypt_concurrency` at a time, with at most `bcrypt_queue` callers waiting.
-    async fn bcrypt<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, AuthError> {
+    async fn bcrypt<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AuthError> {
         let inner = &self.inner;
         let pending = inner.bcrypt_pending.clone();
         if pending.fetch_add(1, Ordering::SeqCst) >= inner.config.bcrypt_queue {
@@ -618,15 +746,25 @@ impl AuthService {
             return Err(AuthError::Busy);
         }
         inner.metrics.bcrypt_pending.inc();
-        let guard = PendingGuard { pending, metrics: inner.metrics.clone() };
-        let permit = inner.bcrypt_slots.clone().acquire_owned().await.map_err(|_| AuthError::Internal)?;
+        let guard = PendingGuard {
+            pending,
+            metrics: inner.metrics.clone(),
+        };
+        let permit = inner
+            .bcrypt_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AuthError::Internal)?;
         let metrics = inner.metrics.clone();
         // The permit and the pending count move into the blocking task: if the caller goes away
         // (client disconnected), the slot stays taken until the hash really finishes.
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let out = work();
-            metrics.bcrypt_seconds.observe(started.elapsed().as_secs_f64());
+            metrics
+                .bcrypt_seconds
+                .observe(started.elapsed().as_secs_f64());
             drop(permit);
             drop(guard);
             out
@@ -649,7 +787,9 @@ impl Drop for PendingGuard {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// One audit line per security decision: event, client, caller, address, outcome. Never a key.
@@ -719,10 +859,23 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(Credentials::from_authorization("bearer abc").unwrap(), Credentials::Bearer(_)));
-        for bad in ["", "Basic", "Basic !!!", "Bearer ", "Digest abc", "Basic bm9jb2xvbg=="] {
+        assert!(matches!(
+            Credentials::from_authorization("bearer abc").unwrap(),
+            Credentials::Bearer(_)
+        ));
+        for bad in [
+            "",
+            "Basic",
+            "Basic !!!",
+            "Bearer ",
+            "Digest abc",
+            "Basic bm9jb2xvbg==",
+        ] {
             assert!(Credentials::from_authorization(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(<redacted>)");
+        assert_eq!(
+            format!("{:?}", Secret::new("hunter2")),
+            "Secret(<redacted>)"
+        );
     }
 }

@@ -15,7 +15,9 @@ use super::ClientId;
 #[non_exhaustive]
 pub enum StoreError {
     /// Another process (usually a running rtcd) holds the database lock.
-    #[error("the store at {0} is in use by another process (is rtcd running? use its HTTP API, or stop it first)")]
+    #[error(
+        "the store at {0} is in use by another process (is rtcd running? use its HTTP API, or stop it first)"
+    )]
     Locked(String),
     /// Any other sled or I/O failure.
     #[error("store error: {0}")]
@@ -49,7 +51,10 @@ impl ClientStore {
         std::fs::create_dir_all(path).map_err(|e| StoreError::Sled(e.into()))?;
         restrict_permissions(path);
         let db = sled::Config::new().path(path).open().map_err(|e| match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
                 StoreError::Locked(path.display().to_string())
             }
             other => StoreError::Sled(other),
@@ -61,14 +66,19 @@ impl ClientStore {
     /// Inserts `record` for `id` only if `id` is absent. Returns false on conflict.
     pub fn insert_new(&self, id: &ClientId, record: &ClientRecord) -> Result<bool, StoreError> {
         let value = serde_json::to_vec(record).expect("a record always serializes");
-        Ok(self.clients.compare_and_swap(id.as_str(), None as Option<&[u8]>, Some(value))?.is_ok())
+        Ok(self
+            .clients
+            .compare_and_swap(id.as_str(), None as Option<&[u8]>, Some(value))?
+            .is_ok())
     }
 
     /// The record of `id`, if registered.
     pub fn get(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
         match self.clients.get(id.as_str())? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| StoreError::Corrupt(id.to_string())),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt(id.to_string())),
         }
     }
 

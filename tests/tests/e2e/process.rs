@@ -6,7 +6,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use rtcd_e2e::daemon::{ADMIN_SECRET, RtcdProcess, TestRtcd, client, files_under, key_for, test_env};
+use rtcd_e2e::daemon::{
+    ADMIN_SECRET, RtcdProcess, TestRtcd, client, files_under, key_for, test_env,
+};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rtcd-under-test");
@@ -34,7 +36,12 @@ fn cli(args: &[&str], env: &[(String, String)], stdin: &str) -> (i32, String, St
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -50,7 +57,10 @@ async fn sigkill_right_after_201_loses_nothing() {
     let mut proc = RtcdProcess::spawn(Path::new(BIN), &env).unwrap();
     let base = format!("http://{}", proc.ready().await.unwrap());
     for i in 0..20 {
-        assert_eq!(register_at(&base, &format!("durable-{i}"), &key_for(&format!("d{i}"))).await, StatusCode::CREATED);
+        assert_eq!(
+            register_at(&base, &format!("durable-{i}"), &key_for(&format!("d{i}"))).await,
+            StatusCode::CREATED
+        );
     }
     // No grace: SIGKILL the instant the last 201 arrived.
     proc.signal("KILL").unwrap();
@@ -77,13 +87,22 @@ async fn keys_never_reach_disk_or_logs_and_audit_lines_are_written() {
     let mut proc = RtcdProcess::spawn(Path::new(BIN), &env).unwrap();
     let base = format!("http://{}", proc.ready().await.unwrap());
     let key = "SECRET-KEY-MARKER-7f3a9c1e5b2d4f6a8c0e1b3d5f7a9c1e";
-    assert_eq!(register_at(&base, "audited", key).await, StatusCode::CREATED);
+    assert_eq!(
+        register_at(&base, "audited", key).await,
+        StatusCode::CREATED
+    );
     let login = |k: &'static str| {
-        client().post(format!("{base}/login")).json(&json!({"clientID": "audited", "authKey": k})).send()
+        client()
+            .post(format!("{base}/login"))
+            .json(&json!({"clientID": "audited", "authKey": k}))
+            .send()
     };
     assert_eq!(login(key).await.unwrap().status(), StatusCode::OK);
     let wrong = "WRONG-KEY-MARKER-0123456789abcdef0123456789abcdef";
-    assert_eq!(login(wrong).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login(wrong).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
     // A wrongly typed key is neither echoed in the error nor logged.
     let resp = client()
         .post(format!("{base}/login"))
@@ -93,7 +112,10 @@ async fn keys_never_reach_disk_or_logs_and_audit_lines_are_written() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let reply = resp.text().await.unwrap();
-    assert!(!reply.contains("98765432123456789") && reply.contains("authKey"), "{reply}");
+    assert!(
+        !reply.contains("98765432123456789") && reply.contains("authKey"),
+        "{reply}"
+    );
     let token = {
         let body: Value = login(key).await.unwrap().json().await.unwrap();
         body["bearerToken"].as_str().unwrap().to_owned()
@@ -102,7 +124,13 @@ async fn keys_never_reach_disk_or_logs_and_audit_lines_are_written() {
     assert!(proc.wait().await.unwrap().success());
 
     let logs = proc.log.join("\n");
-    for secret in [key, wrong, ADMIN_SECRET, token.as_str(), "98765432123456789"] {
+    for secret in [
+        key,
+        wrong,
+        ADMIN_SECRET,
+        token.as_str(),
+        "98765432123456789",
+    ] {
         assert!(!logs.contains(secret), "{secret} leaked into the logs");
     }
     for file in files_under(dir.path()) {
@@ -148,9 +176,19 @@ async fn sigterm_finishes_in_flight_requests_then_flushes() {
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     proc.signal("TERM").unwrap();
-    assert_eq!(in_flight.await.unwrap(), StatusCode::CREATED, "the request in flight at SIGTERM completes");
-    assert!(proc.wait().await.unwrap().success(), "clean exit after the drain");
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the listener is closed");
+    assert_eq!(
+        in_flight.await.unwrap(),
+        StatusCode::CREATED,
+        "the request in flight at SIGTERM completes"
+    );
+    assert!(
+        proc.wait().await.unwrap().success(),
+        "clean exit after the drain"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
 
     let d = TestRtcd::start_in(dir.path(), &[]).await.unwrap();
     assert_eq!(d.rtcd.auth().list().unwrap().len(), 1);
@@ -163,14 +201,26 @@ async fn operator_cli_manages_the_store_directly() {
     let env = test_env(dir.path(), &[]);
     let (code, out, err) = cli(&["clients", "add", "bootstrap"], &env, "");
     assert_eq!(code, 0, "{err}");
-    let key = out.lines().find_map(|l| l.strip_prefix("authKey: ")).expect("generated key printed").to_owned();
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("authKey: "))
+        .expect("generated key printed")
+        .to_owned();
     assert!(key.len() >= 32);
-    let (code, _, err) = cli(&["clients", "add", "piped", "--key-stdin"], &env, &format!("{}\n", key_for("piped")));
+    let (code, _, err) = cli(
+        &["clients", "add", "piped", "--key-stdin"],
+        &env,
+        &format!("{}\n", key_for("piped")),
+    );
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = cli(&["clients", "add", "bootstrap"], &env, "");
     assert_ne!(code, 0);
     assert!(err.contains("already registered"), "{err}");
-    let (code, _, err) = cli(&["clients", "add", "short", "--key-stdin"], &env, "tooshort");
+    let (code, _, err) = cli(
+        &["clients", "add", "short", "--key-stdin"],
+        &env,
+        "tooshort",
+    );
     assert_ne!(code, 0);
     assert!(err.contains("at least 32"), "{err}");
     let (code, _, err) = cli(&["clients", "add", "bad id"], &env, "");
@@ -181,8 +231,12 @@ async fn operator_cli_manages_the_store_directly() {
 
     // The daemon accepts what the CLI registered; while it runs, the CLI is refused clearly.
     let d = TestRtcd::start_in(dir.path(), &[]).await.unwrap();
-    let resp =
-        client().post(d.url("/login")).json(&json!({"clientID": "bootstrap", "authKey": key})).send().await.unwrap();
+    let resp = client()
+        .post(d.url("/login"))
+        .json(&json!({"clientID": "bootstrap", "authKey": key}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let (code, _, err) = cli(&["clients", "list"], &env, "");
     assert_ne!(code, 0);
@@ -207,13 +261,24 @@ async fn operator_cli_manages_the_store_directly() {
 async fn bad_configuration_exits_64_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rtcd.toml");
-    std::fs::write(&path, "[api.security]\nenable_admin = true\nadmin_secret_key = \"short\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[api.security]\nenable_admin = true\nadmin_secret_key = \"short\"\n",
+    )
+    .unwrap();
     let (code, _, err) = cli(&["--config", path.to_str().unwrap()], &[], "");
     assert_eq!(code, 64);
     assert!(err.contains("api.security.admin_secret_key"), "{err}");
-    assert!(!err.contains("short\""), "the secret itself is not echoed: {err}");
+    assert!(
+        !err.contains("short\""),
+        "the secret itself is not echoed: {err}"
+    );
 
-    std::fs::write(&path, "[api.http]\nlisten_address = \"127.0.0.1:0\"\nbogus = 1\n").unwrap();
+    std::fs::write(
+        &path,
+        "[api.http]\nlisten_address = \"127.0.0.1:0\"\nbogus = 1\n",
+    )
+    .unwrap();
     let (code, _, err) = cli(&["--config", path.to_str().unwrap()], &[], "");
     assert_eq!(code, 64);
     assert!(err.contains("bogus"), "{err}");
@@ -229,7 +294,10 @@ async fn bad_configuration_exits_64_naming_the_key() {
 
     // The documented sample parses (it enables admin with a placeholder secret that is long enough).
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rtcd.sample.toml");
-    let env = test_env(dir.path(), &[]).into_iter().filter(|(k, _)| k == "RTCD_STORE_DATA_SOURCE").collect::<Vec<_>>();
+    let env = test_env(dir.path(), &[])
+        .into_iter()
+        .filter(|(k, _)| k == "RTCD_STORE_DATA_SOURCE")
+        .collect::<Vec<_>>();
     let (code, _, err) = cli(&["--config", sample, "clients", "list"], &env, "");
     assert_eq!(code, 0, "{err}");
 }
@@ -266,7 +334,13 @@ async fn https_when_certificate_and_key_are_configured() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
     // Plain HTTP to the TLS port gets no answer.
-    assert!(client().get(format!("http://127.0.0.1:{port}/version")).send().await.is_err());
+    assert!(
+        client()
+            .get(format!("http://127.0.0.1:{port}/version"))
+            .send()
+            .await
+            .is_err()
+    );
     d.stop().await;
 
     // A key that does not match the certificate is refused at start, naming the setting.
