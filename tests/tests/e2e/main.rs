@@ -1,1 +1,1 @@
-
+mod proxy_auth;
