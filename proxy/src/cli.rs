@@ -16,7 +16,7 @@ use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
-use crate::auth::{Verifier, unix_now};
+use crate::auth::{AuthError, Verifier, unix_now};
 use crate::close::CloseReason;
 use crate::config::{Config, LoggerConfig};
 use crate::protocol::RoomName;
@@ -43,7 +43,7 @@ enum Command {
     /// Run the proxy (the default).
     Serve,
     /// Mint a token, or explain why one does not verify.
-    Token(TokenCommand),
+    Token(Box<TokenCommand>),
 }
 
 #[derive(Debug, Args)]
@@ -114,13 +114,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match cli.command {
-        None | Some(Command::Serve) => run(serve(config)),
-        Some(Command::Token(TokenCommand {
+    let token = match cli.command {
+        None | Some(Command::Serve) => return run(serve(config)),
+        Some(Command::Token(token)) => *token,
+    };
+    match token {
+        TokenCommand {
             action: Some(TokenAction::Explain { jwt, room }),
             ..
-        })) => run(explain(config, jwt, room)),
-        Some(Command::Token(TokenCommand { action: None, mint })) => {
+        } => run(explain(config, jwt, room)),
+        TokenCommand { action: None, mint } => {
             match mint_token(&config, &MintArgsRef::from(&mint), unix_now()) {
                 Ok(token) => {
                     println!("{token}");
@@ -422,10 +425,10 @@ pub async fn explain_report(
             .filter(|r| *r != "*")
             .map(str::to_owned)
     });
-    let Some(room) = room else {
-        out.push_str("room: the token names no single room; pass --room to check it for one\n");
-        return (out, false);
-    };
+    // Without a room to check against, everything else is still checked (the room check
+    // comes last), with a placeholder room whose refusal is then explained as such.
+    let guessed = room.is_none();
+    let room = room.unwrap_or_else(|| "_".to_owned());
     let room = match RoomName::parse(&room) {
         Ok(r) => r,
         Err(e) => {
@@ -433,6 +436,18 @@ pub async fn explain_report(
             return (out, false);
         }
     };
+    if guessed {
+        match verifier.verify(jwt, &room, now).await {
+            Err(
+                AuthError::WrongRoom | AuthError::WildcardRoom | AuthError::MissingClaim("room"),
+            )
+            | Ok(_) => {
+                out.push_str("signature and claims verify, but the token names no single room: pass --room to check it for one\n");
+                return (out, false);
+            }
+            Err(_) => {}
+        }
+    }
     match verifier.verify(jwt, &room, now).await {
         Ok(g) => {
             out.push_str(&format!(
@@ -449,8 +464,12 @@ pub async fn explain_report(
         Err(e) => {
             let reason = CloseReason::Auth(e.clone());
             out.push_str(&format!(
-                "REJECTED for room {}: {e}\n  a client gets close code {} `{}`\n",
-                room.as_str(),
+                "REJECTED{}: {e}\n  a client gets close code {} `{}`\n",
+                if guessed {
+                    String::new()
+                } else {
+                    format!(" for room {}", room.as_str())
+                },
                 reason.code(),
                 reason.label()
             ));

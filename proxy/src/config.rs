@@ -284,7 +284,7 @@ impl Default for PermissionsConfig {
 
 /// `[rtcd]`: the media daemon (the relay is wired to it in a later change; today the
 /// settings are parsed and validated only).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtcdConfig {
     /// `http://` or `https://` gRPC endpoint; empty = no media server (joins get
@@ -304,21 +304,6 @@ pub struct RtcdConfig {
     pub client_cert_file: String,
     /// Key of `client_cert_file`.
     pub client_key_file: String,
-}
-
-impl Default for RtcdConfig {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            client_id: String::new(),
-            auth_key: SecretString::default(),
-            auth_key_file: String::new(),
-            ca_file: String::new(),
-            server_name: String::new(),
-            client_cert_file: String::new(),
-            client_key_file: String::new(),
-        }
-    }
 }
 
 /// `[logger]`.

@@ -460,14 +460,7 @@ impl Session {
         let grant = match result {
             Ok(grant) => grant,
             Err(e) => {
-                self.state
-                    .auth_failure_limiter
-                    .take(self.peer, Instant::now());
-                self.state
-                    .metrics
-                    .auth_failures
-                    .get_or_create(&ReasonLabel { reason: e.reason() })
-                    .inc();
+                self.record_auth_failure(&e);
                 let mut detail = e.to_string();
                 if e == AuthError::Missing && query.is_some() {
                     detail.push_str(" (the ?jwt= query parameter is disabled on this proxy)");
@@ -530,6 +523,18 @@ impl Session {
             warned: false,
         });
         Next::Continue
+    }
+
+    /// Counts a refused token against the peer's address and in the metrics.
+    fn record_auth_failure(&self, e: &AuthError) {
+        self.state
+            .auth_failure_limiter
+            .take(self.peer, Instant::now());
+        self.state
+            .metrics
+            .auth_failures
+            .get_or_create(&ReasonLabel { reason: e.reason() })
+            .inc();
     }
 
     async fn on_joined_message(&mut self, message: ClientMessage) -> Next {
@@ -666,14 +671,7 @@ impl Session {
                 .await;
             }
             Err(e) => {
-                self.state
-                    .auth_failure_limiter
-                    .take(self.peer, Instant::now());
-                self.state
-                    .metrics
-                    .auth_failures
-                    .get_or_create(&ReasonLabel { reason: e.reason() })
-                    .inc();
+                self.record_auth_failure(&e);
                 // The current token stays valid until it expires; the client may try again.
                 self.error(e.reason(), e.to_string(), Some("refresh")).await;
             }
