@@ -122,8 +122,11 @@ pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A byte stream the client speaks WebSocket over (TCP, or TLS over TCP).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
 /// How a connection ended, or the message that came instead.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,13 +145,48 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `/ws` (plus `query`), with optional extra headers.
+    /// Connects to `ws://addr/ws` (plus `query`), with optional extra headers.
     pub async fn connect(
         addr: SocketAddr,
         query: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let mut request = format!("ws://{addr}/ws{query}").into_client_request()?;
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        Self::handshake(Box::new(tcp), &format!("ws://{addr}/ws{query}"), headers).await
+    }
+
+    /// Connects to `wss://localhost:port/ws`, trusting only the CA in `ca_file`.
+    pub async fn connect_tls(addr: SocketAddr, ca_file: &std::path::Path) -> anyhow::Result<Self> {
+        let pem = std::fs::read(ca_file)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        Self::handshake(
+            Box::new(tls),
+            &format!("wss://localhost:{}/ws", addr.port()),
+            &[],
+        )
+        .await
+    }
+
+    async fn handshake(
+        io: Box<dyn Io>,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut request = url.into_client_request()?;
         for (k, v) in headers {
             request.headers_mut().insert(
                 http::HeaderName::from_bytes(k.as_bytes())?,
@@ -160,11 +198,16 @@ impl Client {
         config.max_frame_size = Some(64 << 20);
         let (ws, _) = tokio::time::timeout(
             STEP,
-            tokio_tungstenite::connect_async_with_config(request, Some(config), false),
+            tokio_tungstenite::client_async_with_config(request, io, Some(config)),
         )
         .await
-        .context("connect timed out")??;
+        .context("WebSocket handshake timed out")??;
         Ok(Self { ws })
+    }
+
+    /// Waits `quiet` without reading or writing anything (not even pong replies).
+    pub async fn stay_silent(&mut self, quiet: Duration) {
+        tokio::time::sleep(quiet).await;
     }
 
     /// Sends a JSON value as a text frame.

@@ -723,3 +723,41 @@ async fn health_metrics_and_graceful_drain() -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(10), drain).await??;
     Ok(())
 }
+
+#[tokio::test]
+async fn wss_when_a_certificate_is_configured() -> anyhow::Result<()> {
+    let mut config = base_config();
+    config.server.tls_cert_file = fixture("tls-server.pem").display().to_string();
+    config.server.tls_key_file = fixture("tls-server.key").display().to_string();
+    let proxy = start(config).await?;
+    let mut client = Client::connect_tls(proxy.addr(), &fixture("tls-ca.pem")).await?;
+    client
+        .send(&json!({"type": "join", "room": "standup", "token": hs_token(&claims("olga", "standup"))}))
+        .await?;
+    assert_eq!(client.expect("joined").await?["identity"], "olga");
+    // Plain ws:// to a TLS listener does not get a session.
+    assert!(Client::connect(proxy.addr(), "", &[]).await.is_err());
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_for_idleness() -> anyhow::Result<()> {
+    let mut config = base_config();
+    config.limits.ping_interval_seconds = 1;
+    config.limits.idle_timeout_seconds = 2;
+    let proxy = start(config).await?;
+    let (mut client, outcome) = join(
+        proxy.addr(),
+        Some(&hs_token(&claims("pia", "standup"))),
+        "standup",
+    )
+    .await?;
+    assert_eq!(outcome.code(), 0);
+    // Not reading means not answering the proxy's pings either.
+    client.stay_silent(Duration::from_millis(3500)).await;
+    let (code, reason, _) = client.closed().await?;
+    assert_eq!((code, reason.as_str()), (4002, "idle_timeout"));
+    proxy.shutdown().await;
+    Ok(())
+}
