@@ -74,10 +74,18 @@ pub fn base_config() -> Config {
     c
 }
 
-/// Starts a proxy with `config` (validated first, as the binary does).
+/// Starts a proxy with `config` (validated first, as the binary does), without media.
 pub async fn start(config: Config) -> anyhow::Result<Proxy> {
+    start_with_relay(config, None).await
+}
+
+/// Starts a proxy with `config` and a relay.
+pub async fn start_with_relay(
+    config: Config,
+    relay: Option<Arc<dyn rtcd_proxy::relay::Relay>>,
+) -> anyhow::Result<Proxy> {
     config.validate().context("test config")?;
-    Ok(Proxy::start(config, None).await?)
+    Ok(Proxy::start(config, relay).await?)
 }
 
 /// Claims for `sub` in `room`, valid for 10 minutes, issued now.

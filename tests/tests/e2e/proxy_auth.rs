@@ -761,3 +761,148 @@ async fn silent_connection_is_closed_for_idleness() -> anyhow::Result<()> {
     proxy.shutdown().await;
     Ok(())
 }
+
+/// The far end of one relayed session, as the test sees it.
+struct RelayedSession {
+    request: rtcd_proxy::relay::JoinRequest,
+    commands: tokio::sync::mpsc::Receiver<rtcd_proxy::relay::RelayCommand>,
+    events: tokio::sync::mpsc::Sender<rtcd_proxy::relay::RelayEvent>,
+}
+
+/// A [`Relay`](rtcd_proxy::relay::Relay) whose far end is this test: it exercises the
+/// session's side of the seam (policy before relaying, event mapping, loss of the media
+/// server) until the rtcd gRPC relay, being built on another branch, can stand there.
+struct TestRelay(tokio::sync::mpsc::UnboundedSender<RelayedSession>);
+
+impl rtcd_proxy::relay::Relay for TestRelay {
+    fn join(
+        &self,
+        request: rtcd_proxy::relay::JoinRequest,
+    ) -> rtcd_proxy::relay::BoxFuture<
+        '_,
+        Result<rtcd_proxy::relay::RelayLink, rtcd_proxy::relay::RelayError>,
+    > {
+        use rtcd_proxy::relay::{LINK_CAPACITY, RelayError, RelayLink};
+        Box::pin(async move {
+            let (command_tx, command_rx) = tokio::sync::mpsc::channel(LINK_CAPACITY);
+            let (event_tx, event_rx) = tokio::sync::mpsc::channel(LINK_CAPACITY);
+            self.0
+                .send(RelayedSession {
+                    request,
+                    commands: command_rx,
+                    events: event_tx,
+                })
+                .map_err(|_| RelayError::Unavailable("test relay gone".into()))?;
+            Ok(RelayLink {
+                commands: command_tx,
+                events: event_rx,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn relay_seam_forwards_only_authorized_messages_and_reports_a_lost_media_server()
+-> anyhow::Result<()> {
+    use rtcd_proxy::policy::TrackSource;
+    use rtcd_proxy::protocol::{Identity, Participant};
+    use rtcd_proxy::relay::{RelayCommand, RelayEvent};
+    let (tx, mut joins) = tokio::sync::mpsc::unbounded_channel();
+    let proxy = start_with_relay(base_config(), Some(std::sync::Arc::new(TestRelay(tx)))).await?;
+    let member = with(claims("quinn", "standup"), "role", json!("member"));
+    let (mut client, outcome) = join(proxy.addr(), Some(&hs_token(&member)), "standup").await?;
+    let JoinOutcome::Joined(m) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(m["media"], true);
+    let mut far = tokio::time::timeout(STEP, joins.recv())
+        .await?
+        .expect("relay join");
+    assert_eq!(far.request.grant.identity.as_str(), "quinn");
+    assert!(
+        far.request.grant.permissions.publish_video
+            && !far.request.grant.permissions.publish_screen
+    );
+
+    // A forbidden offer never reaches the relay; an allowed one does, with its sources.
+    let screen = sdp(&[("video", "0", "sendonly")]);
+    client
+        .send(&json!({"type": "offer", "sdp": screen, "tracks": {"0": "screen"}}))
+        .await?;
+    assert_eq!(client.expect("error").await?["code"], "forbidden");
+    let camera = sdp(&[("audio", "0", "sendrecv"), ("video", "1", "sendonly")]);
+    client
+        .send(&json!({"type": "offer", "sdp": camera, "tracks": {"1": "camera"}}))
+        .await?;
+    client
+        .send(&json!({"type": "candidate", "candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}))
+        .await?;
+    client
+        .send(&json!({"type": "mute", "source": "microphone"}))
+        .await?;
+    let first = tokio::time::timeout(STEP, far.commands.recv())
+        .await?
+        .expect("command");
+    assert_eq!(
+        first,
+        RelayCommand::Offer {
+            sdp: camera.clone(),
+            tracks: [("1".to_string(), TrackSource::Camera)]
+                .into_iter()
+                .collect()
+        },
+        "the forbidden offer was not relayed before it"
+    );
+    let RelayCommand::Candidate(c) = tokio::time::timeout(STEP, far.commands.recv())
+        .await?
+        .expect("candidate")
+    else {
+        panic!("expected a candidate")
+    };
+    assert_eq!(
+        (c.sdp_mid.as_deref(), c.sdp_mline_index),
+        (Some("0"), Some(0))
+    );
+    assert_eq!(
+        tokio::time::timeout(STEP, far.commands.recv()).await?,
+        Some(RelayCommand::Mute {
+            source: TrackSource::Microphone,
+            muted: true
+        })
+    );
+
+    // Media server events reach the client in protocol form.
+    far.events
+        .send(RelayEvent::Answer("v=0\r\n".into()))
+        .await?;
+    far.events
+        .send(RelayEvent::ParticipantJoined(Participant {
+            identity: Identity::new("rita"),
+            name: None,
+            role: rtcd_proxy::policy::Role::Guest,
+        }))
+        .await?;
+    far.events
+        .send(RelayEvent::VoiceActivity(vec![Identity::new("rita")]))
+        .await?;
+    assert_eq!(client.expect("answer").await?["sdp"], "v=0\r\n");
+    assert_eq!(
+        client.expect("participant_joined").await?["participant"],
+        json!({"identity": "rita", "role": "guest"})
+    );
+    assert_eq!(
+        client.expect("voice_activity").await?["speakers"],
+        json!(["rita"])
+    );
+
+    // The media server goes away: the client is told and the connection closes with 4008.
+    drop(far.events);
+    let (code, reason, seen) = client.closed().await?;
+    assert_eq!((code, reason.as_str()), (4008, "media_server_lost"));
+    assert!(
+        seen.iter().any(|m| m["type"] == "media_server_lost"),
+        "{seen:?}"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
