@@ -32,6 +32,8 @@ pub enum CloseReason {
     TooManySessions,
     /// The media server hosting the session went away.
     MediaServerLost,
+    /// The client stopped reading: a frame could not be written in `limits.send_timeout_seconds`.
+    SlowClient,
     /// The token was refused (or a refresh failed, or the token expired in session).
     Auth(AuthError),
 }
@@ -51,6 +53,7 @@ impl CloseReason {
             CloseReason::TooManyAuthFailures => 4006,
             CloseReason::TooManySessions => 4007,
             CloseReason::MediaServerLost => 4008,
+            CloseReason::SlowClient => 4009,
             CloseReason::Auth(e) => match e {
                 AuthError::Missing => 4100,
                 AuthError::Malformed(_) => 4101,
@@ -86,6 +89,7 @@ impl CloseReason {
             CloseReason::TooManyAuthFailures => "too_many_auth_failures",
             CloseReason::TooManySessions => "too_many_sessions",
             CloseReason::MediaServerLost => "media_server_lost",
+            CloseReason::SlowClient => "slow_client",
             CloseReason::Auth(e) => e.reason(),
         }
     }
@@ -104,6 +108,7 @@ impl CloseReason {
             CloseReason::TooManyAuthFailures,
             CloseReason::TooManySessions,
             CloseReason::MediaServerLost,
+            CloseReason::SlowClient,
             CloseReason::Auth(AuthError::Missing),
             CloseReason::Auth(AuthError::Malformed(String::new())),
             CloseReason::Auth(AuthError::TooLarge { size: 0, max: 0 }),

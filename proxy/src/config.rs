@@ -128,6 +128,9 @@ pub struct LimitsConfig {
     pub ping_interval_seconds: u64,
     /// A connection that sends nothing (not even a pong) for this long is closed.
     pub idle_timeout_seconds: u64,
+    /// A frame that cannot be written for this long means the client stopped reading: the
+    /// session is dropped (close 4009 `slow_client`).
+    pub send_timeout_seconds: u64,
 }
 
 impl Default for LimitsConfig {
@@ -146,6 +149,7 @@ impl Default for LimitsConfig {
             join_timeout_seconds: 10,
             ping_interval_seconds: 20,
             idle_timeout_seconds: 60,
+            send_timeout_seconds: 10,
         }
     }
 }
@@ -433,7 +437,8 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let positive: [(&str, u64); 10] = [
+        let positive: [(&str, u64); 11] = [
+            ("limits.send_timeout_seconds", l.send_timeout_seconds),
             ("limits.max_message_bytes", l.max_message_bytes as u64),
             ("limits.max_token_bytes", l.max_token_bytes as u64),
             ("limits.messages_per_second", l.messages_per_second.into()),

@@ -182,6 +182,8 @@ struct Session {
     bucket: Bucket,
     last_seen: Instant,
     joined: Option<Joined>,
+    /// A send timed out: the client does not read.
+    stalled: bool,
 }
 
 /// What to do after handling one event.
@@ -214,6 +216,7 @@ pub async fn run(
         stream,
         last_seen: Instant::now(),
         joined: None,
+        stalled: false,
     };
     let _slot = match admitted {
         Ok(slot) => slot,
@@ -275,7 +278,7 @@ impl Session {
                     if self.last_seen.elapsed() >= idle {
                         Next::Close(CloseReason::IdleTimeout, None)
                     } else {
-                        let _ = self.sink.send(Message::ping(Vec::new())).await;
+                        self.send_frame(Message::ping(Vec::new())).await;
                         Next::Continue
                     }
                 }
@@ -297,14 +300,33 @@ impl Session {
             if let Next::Close(reason, detail) = next {
                 return (reason, detail);
             }
+            if self.stalled {
+                return (CloseReason::SlowClient, None);
+            }
         }
     }
 
     async fn send(&mut self, message: ServerMessage) {
         self.state.metrics.message("out", message.kind());
         let text = serde_json::to_string(&message).expect("server messages always serialize");
-        if let Err(e) = self.sink.send(Message::text(text)).await {
-            tracing::debug!(session = %self.id, error = %e, "send failed");
+        self.send_frame(Message::text(text)).await;
+    }
+
+    /// Writes one frame, bounded by `limits.send_timeout_seconds`: a frame that cannot be
+    /// written in that time means the client stopped reading, and the session is dropped
+    /// rather than left blocking on its socket.
+    async fn send_frame(&mut self, frame: Message) {
+        if self.stalled {
+            return;
+        }
+        let limit = Duration::from_secs(self.state.config.limits.send_timeout_seconds);
+        match tokio::time::timeout(limit, self.sink.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(session = %self.id, error = %e, "send failed"),
+            Err(_) => {
+                tracing::info!(session = %self.id, "client stopped reading; dropping the session");
+                self.stalled = true;
+            }
         }
     }
 
@@ -331,10 +353,11 @@ impl Session {
         if let Some(detail) = detail {
             self.error(reason.label(), detail, None).await;
         }
-        let _ = self
-            .sink
-            .send(Message::close_with(reason.code(), reason.label()))
+        self.send_frame(Message::close_with(reason.code(), reason.label()))
             .await;
+        if self.stalled {
+            return;
+        }
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
             let mut errors = 0;
             while let Some(frame) = self.stream.next().await {
@@ -351,7 +374,7 @@ impl Session {
             }
         })
         .await;
-        let _ = self.sink.close().await;
+        let _ = tokio::time::timeout(CLOSE_LINGER, self.sink.close()).await;
     }
 
     async fn on_frame(

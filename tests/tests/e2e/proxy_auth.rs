@@ -906,3 +906,48 @@ async fn relay_seam_forwards_only_authorized_messages_and_reports_a_lost_media_s
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn client_that_stops_reading_is_dropped_not_waited_on() -> anyhow::Result<()> {
+    use rtcd_proxy::relay::RelayEvent;
+    let (tx, mut joins) = tokio::sync::mpsc::unbounded_channel();
+    let mut config = base_config();
+    config.limits.send_timeout_seconds = 1;
+    let proxy = start_with_relay(config, Some(std::sync::Arc::new(TestRelay(tx)))).await?;
+    let (client, outcome) = join(
+        proxy.addr(),
+        Some(&hs_token(&claims("sam", "standup"))),
+        "standup",
+    )
+    .await?;
+    assert_eq!(outcome.code(), 0);
+    let far = tokio::time::timeout(STEP, joins.recv())
+        .await?
+        .expect("relay join");
+    // The media server keeps sending; the client never reads. Socket buffers fill, a write
+    // stalls past the send timeout, and the session ends (its relay link is dropped).
+    let big = format!("v=0\r\n{}", "a=x-filler\r\n".repeat(4000));
+    let flood = async {
+        loop {
+            if far
+                .events
+                .send(RelayEvent::Offer(big.clone()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), flood)
+        .await
+        .map_err(|_| anyhow::anyhow!("the session never gave up on a client that does not read"))?;
+    let metrics = proxy.metrics().encode();
+    assert!(
+        metrics.contains(r#"proxy_closes_total{reason="slow_client"} 1"#),
+        "{metrics}"
+    );
+    drop(client);
+    proxy.shutdown().await;
+    Ok(())
+}
