@@ -4,3 +4,4 @@
 //! Modules are per component; the tests themselves live in `tests/e2e/` (one binary).
 
 pub mod daemon;
+pub mod proxy;

@@ -2,4 +2,5 @@
 //! loopback with ephemeral ports and its own temporary data directory.
 
 mod process;
+mod proxy_auth;
 mod registry;

@@ -1,0 +1,804 @@
+//! Token verification: from a JWT and the room a client asks for to a [`Grant`] (who, where,
+//! with what permissions), or an [`AuthError`] saying exactly why not.
+//!
+//! Signatures are checked by `jsonwebtoken`; everything else (header sanity, `none`, the
+//! per-key algorithm allow-list, time claims with leeway, lifetime cap, issuer / audience
+//! lists, room scope, role and permissions) is checked here so every failure has its own
+//! variant, mapped once to a WebSocket close code in [`crate::close`]. The token text is
+//! never logged.
+
+pub mod keys;
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+
+use crate::config::AuthConfig;
+use crate::policy::{Capability, Permissions, Role};
+use crate::protocol::{Identity, RoomName};
+use keys::KeyRing;
+
+/// Why a token was refused. One variant per reason a client (or its operator) can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No token was presented.
+    #[error("no token: send it in the join message or an Authorization: Bearer header")]
+    Missing,
+    /// Larger than `limits.max_token_bytes`; refused before parsing.
+    #[error("token too large: {size} bytes, at most {max}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// Not a compact JWS, or its header / claims are not the expected JSON.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// `alg` is `none`, unknown, or not allowed for the key (e.g. an HS token naming an RSA
+    /// key: algorithm confusion).
+    #[error("algorithm not accepted: {0}")]
+    AlgorithmRejected(String),
+    /// No configured or published key has the token's `kid`.
+    #[error("unknown signing key: {0}")]
+    UnknownKey(String),
+    /// The key set could not be fetched and nothing is cached; retrying later may work.
+    #[error("signing keys unavailable: {0}")]
+    KeysUnavailable(String),
+    /// The signature does not match (forged, tampered or signed with another key).
+    #[error("bad signature")]
+    BadSignature,
+    /// `exp` (plus leeway) has passed.
+    #[error("token expired {ago} s ago")]
+    Expired {
+        /// Seconds since `exp`.
+        ago: i64,
+    },
+    /// `nbf` (or `iat`) is in the future beyond the leeway.
+    #[error("token not valid for another {wait} s")]
+    NotYetValid {
+        /// Seconds until it becomes valid (without leeway).
+        wait: i64,
+    },
+    /// Lifetime above `auth.max_lifetime_seconds`.
+    #[error("token lifetime {lifetime} s exceeds the maximum of {max} s")]
+    TooLongLived {
+        /// `exp - iat` (or `exp - now`).
+        lifetime: i64,
+        /// The cap.
+        max: u64,
+    },
+    /// `iss` is missing or not an accepted issuer.
+    #[error("issuer not accepted")]
+    WrongIssuer,
+    /// `aud` is missing or names no accepted audience.
+    #[error("audience not accepted")]
+    WrongAudience,
+    /// The token's `room` does not cover the requested room.
+    #[error("token not valid for this room")]
+    WrongRoom,
+    /// `room: "*"` while `auth.allow_wildcard_room` is off.
+    #[error("wildcard room tokens are not accepted here")]
+    WildcardRoom,
+    /// A required claim is absent (`exp`, `room`, `sub`).
+    #[error("missing claim `{0}`")]
+    MissingClaim(&'static str),
+    /// A refresh token for another identity or room than the session's.
+    #[error("refresh token is for another identity or room")]
+    IdentityMismatch,
+}
+
+impl AuthError {
+    /// A stable label for metrics and the close reason (`expired`, `bad_signature`, ...).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::TooLarge { .. } => "token_too_large",
+            AuthError::Malformed(_) => "token_malformed",
+            AuthError::AlgorithmRejected(_) => "token_algorithm_rejected",
+            AuthError::UnknownKey(_) => "token_unknown_key",
+            AuthError::KeysUnavailable(_) => "keys_unavailable",
+            AuthError::BadSignature => "token_bad_signature",
+            AuthError::Expired { .. } => "token_expired",
+            AuthError::NotYetValid { .. } => "token_not_yet_valid",
+            AuthError::TooLongLived { .. } => "token_too_long_lived",
+            AuthError::WrongIssuer => "token_wrong_issuer",
+            AuthError::WrongAudience => "token_wrong_audience",
+            AuthError::WrongRoom => "token_wrong_room",
+            AuthError::WildcardRoom => "token_wildcard_room",
+            AuthError::MissingClaim(_) => "token_missing_claim",
+            AuthError::IdentityMismatch => "token_identity_mismatch",
+        }
+    }
+}
+
+/// What a verified token grants for one room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Who: `context.user.id`, else `sub`.
+    pub identity: Identity,
+    /// Jitsi-style tenant / domain: `sub` when `context.user.id` carries the identity.
+    pub tenant: Option<String>,
+    /// Display name (`context.user.name` or `name`).
+    pub name: Option<String>,
+    /// The room the grant is for (the requested one, covered by the token).
+    pub room: RoomName,
+    /// Role, which chose the base permissions.
+    pub role: Role,
+    /// Effective permissions (role defaults plus token overrides).
+    pub permissions: Permissions,
+    /// `exp` as Unix seconds.
+    pub expires_at: i64,
+    /// The `kid` that verified it (for audit logs; never the token).
+    pub key_id: String,
+}
+
+/// `aud` and `room` may be one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        let slice: &[String] = match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        };
+        slice.iter().map(String::as_str)
+    }
+}
+
+/// Jitsi encodes booleans as JSON booleans or as strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum LooseBool {
+    Bool(bool),
+    Text(String),
+}
+
+impl LooseBool {
+    fn value(&self) -> Option<bool> {
+        match self {
+            LooseBool::Bool(b) => Some(*b),
+            LooseBool::Text(t) => match t.as_str() {
+                "true" => Some(true),
+                "false" => Some(false),
+                _ => None,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct UserContext {
+    id: Option<String>,
+    name: Option<String>,
+    moderator: Option<LooseBool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Context {
+    user: Option<UserContext>,
+}
+
+/// The claims this proxy reads; unknown claims are ignored.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    iat: Option<f64>,
+    iss: Option<String>,
+    aud: Option<OneOrMany>,
+    sub: Option<String>,
+    room: Option<OneOrMany>,
+    role: Option<String>,
+    name: Option<String>,
+    context: Option<Context>,
+    permissions: Option<BTreeMap<Capability, bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JoseHeader {
+    alg: String,
+    kid: Option<String>,
+    crit: Option<serde_json::Value>,
+}
+
+/// Longest identity, name or room claim kept.
+const MAX_CLAIM_CHARS: usize = 256;
+
+/// Verifies tokens against the configured keys and rules. Cheap to share behind an `Arc`.
+pub struct Verifier {
+    keys: KeyRing,
+    rules: AuthConfig,
+    max_token_bytes: usize,
+}
+
+fn numeric_date(name: &'static str, v: Option<f64>) -> Result<Option<i64>, AuthError> {
+    match v {
+        None => Ok(None),
+        Some(x) if x.is_finite() && x.abs() < 1e12 => Ok(Some(x.floor() as i64)),
+        Some(_) => Err(AuthError::Malformed(format!(
+            "`{name}` is not a valid date"
+        ))),
+    }
+}
+
+impl Verifier {
+    /// Builds the verifier; reads key files (errors name the key entry).
+    pub fn new(rules: &AuthConfig, max_token_bytes: usize) -> Result<Self, String> {
+        Ok(Self {
+            keys: KeyRing::new(&rules.keys, &rules.jwks)?,
+            rules: rules.clone(),
+            max_token_bytes,
+        })
+    }
+
+    /// Loads the JWKS, if any (failure is logged; lookups retry).
+    pub async fn warm_up(&self) {
+        self.keys.warm_up().await;
+    }
+
+    /// The rules (for the CLI's explanations).
+    pub fn rules(&self) -> &AuthConfig {
+        &self.rules
+    }
+
+    /// Checks `token` for `room` at Unix time `now`.
+    pub async fn verify(&self, token: &str, room: &RoomName, now: i64) -> Result<Grant, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLarge {
+                size: token.len(),
+                max: self.max_token_bytes,
+            });
+        }
+        let header = parse_header(token)?;
+        if header.alg.eq_ignore_ascii_case("none") {
+            return Err(AuthError::AlgorithmRejected(
+                "`none` (unsigned tokens)".into(),
+            ));
+        }
+        let alg: Algorithm = header
+            .alg
+            .parse()
+            .map_err(|_| AuthError::AlgorithmRejected(format!("unsupported `{}`", header.alg)))?;
+        if header.crit.is_some() {
+            return Err(AuthError::Malformed(
+                "unsupported critical header parameters".into(),
+            ));
+        }
+        let key = self.keys.find(header.kid.as_deref()).await?;
+        if !key.algorithms.contains(&alg) {
+            return Err(AuthError::AlgorithmRejected(format!(
+                "{alg:?} is not allowed for this key"
+            )));
+        }
+        let mut validation = Validation::new(alg);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::InvalidSignature => AuthError::BadSignature,
+                    K::InvalidAlgorithm | K::MissingAlgorithm => {
+                        AuthError::AlgorithmRejected(format!("{alg:?} is not allowed for this key"))
+                    }
+                    K::Json(_) => AuthError::Malformed("claims are not the expected JSON".into()),
+                    K::Base64(_) | K::Utf8(_) | K::InvalidToken => {
+                        AuthError::Malformed("not a compact JWS".into())
+                    }
+                    // A signature of the wrong shape for the key (e.g. ECDSA bytes) is still a
+                    // signature that does not verify.
+                    _ => AuthError::BadSignature,
+                }
+            })?
+            .claims;
+        self.check_claims(claims, room, now, key.kid)
+    }
+
+    fn check_claims(
+        &self,
+        claims: Claims,
+        room: &RoomName,
+        now: i64,
+        key_id: String,
+    ) -> Result<Grant, AuthError> {
+        let rules = &self.rules;
+        let leeway = rules.leeway_seconds as i64;
+        let exp = numeric_date("exp", claims.exp)?.ok_or(AuthError::MissingClaim("exp"))?;
+        let nbf = numeric_date("nbf", claims.nbf)?;
+        let iat = numeric_date("iat", claims.iat)?;
+        if now > exp + leeway {
+            return Err(AuthError::Expired { ago: now - exp });
+        }
+        for not_before in [nbf, iat].into_iter().flatten() {
+            if not_before > now + leeway {
+                return Err(AuthError::NotYetValid {
+                    wait: not_before - now,
+                });
+            }
+        }
+        let start = iat.or(nbf).unwrap_or(now);
+        let lifetime = exp - start;
+        if lifetime > rules.max_lifetime_seconds as i64 {
+            return Err(AuthError::TooLongLived {
+                lifetime,
+                max: rules.max_lifetime_seconds,
+            });
+        }
+        let any = |list: &[String]| list.iter().any(|v| v == "*");
+        if !any(&rules.issuers) {
+            let iss = claims.iss.as_deref().ok_or(AuthError::WrongIssuer)?;
+            if !rules.issuers.iter().any(|i| i == iss) {
+                return Err(AuthError::WrongIssuer);
+            }
+        }
+        if !any(&rules.audiences) {
+            let aud = claims.aud.as_ref().ok_or(AuthError::WrongAudience)?;
+            if !aud.iter().any(|a| rules.audiences.iter().any(|r| r == a)) {
+                return Err(AuthError::WrongAudience);
+            }
+        }
+        let rooms = claims
+            .room
+            .as_ref()
+            .ok_or(AuthError::MissingClaim("room"))?;
+        let mut wildcard = false;
+        let mut covered = false;
+        for r in rooms.iter() {
+            if r == "*" {
+                wildcard = true;
+            } else if r == room.as_str() {
+                covered = true;
+            }
+        }
+        if !covered {
+            match (wildcard, rules.allow_wildcard_room) {
+                (true, true) => {}
+                (true, false) => return Err(AuthError::WildcardRoom),
+                (false, _) => return Err(AuthError::WrongRoom),
+            }
+        }
+        self.finish(claims, room, exp, key_id)
+    }
+
+    fn finish(
+        &self,
+        claims: Claims,
+        room: &RoomName,
+        exp: i64,
+        key_id: String,
+    ) -> Result<Grant, AuthError> {
+        let user = claims.context.and_then(|c| c.user).unwrap_or_default();
+        let bounded = |what: &str, v: String| {
+            if v.is_empty() || v.chars().count() > MAX_CLAIM_CHARS {
+                Err(AuthError::Malformed(format!(
+                    "`{what}` must be 1-{MAX_CLAIM_CHARS} characters"
+                )))
+            } else {
+                Ok(v)
+            }
+        };
+        let (identity, tenant) = match (user.id, claims.sub) {
+            (Some(id), sub) => (bounded("context.user.id", id)?, sub),
+            (None, Some(sub)) => (bounded("sub", sub)?, None),
+            (None, None) => return Err(AuthError::MissingClaim("sub")),
+        };
+        let name = match user.name.or(claims.name) {
+            Some(n) => Some(bounded("name", n)?),
+            None => None,
+        };
+        let perms = &self.rules.permissions;
+        let (role, base) = match (
+            claims.role.as_deref(),
+            user.moderator.and_then(|m| m.value()),
+        ) {
+            (Some("moderator"), _) | (None, Some(true)) => (Role::Moderator, &perms.moderator),
+            (Some("member"), _) | (None, Some(false)) => (Role::Member, &perms.member),
+            (Some("guest"), _) => (Role::Guest, &perms.guest),
+            (Some(other), _) => {
+                return Err(AuthError::Malformed(format!(
+                    "unknown role `{}` (moderator, member or guest)",
+                    other.chars().take(32).collect::<String>()
+                )));
+            }
+            (None, None) => (Role::Member, &perms.no_role),
+        };
+        let mut permissions = Permissions::from_capabilities(base);
+        for (cap, on) in claims.permissions.unwrap_or_default() {
+            permissions.set(cap, on);
+        }
+        Ok(Grant {
+            identity: Identity::new(identity),
+            tenant,
+            name,
+            room: room.clone(),
+            role,
+            permissions,
+            expires_at: exp,
+            key_id,
+        })
+    }
+
+    /// Checks a refresh token for a live session: valid, for the same room, identity and
+    /// tenant.
+    pub async fn verify_refresh(
+        &self,
+        current: &Grant,
+        token: &str,
+        now: i64,
+    ) -> Result<Grant, AuthError> {
+        let next = self.verify(token, &current.room, now).await?;
+        if next.identity != current.identity || next.tenant != current.tenant {
+            return Err(AuthError::IdentityMismatch);
+        }
+        Ok(next)
+    }
+}
+
+fn parse_header(token: &str) -> Result<JoseHeader, AuthError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed(
+            "a JWT has three dot-separated parts".into(),
+        ));
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .map_err(|_| AuthError::Malformed("header is not base64url".into()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|_| AuthError::Malformed("header is not a JSON object with `alg`".into()))
+}
+
+/// The current Unix time in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KeyConfig, SecretString};
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
+    const NOW: i64 = 1_800_000_000;
+
+    fn rules() -> AuthConfig {
+        AuthConfig {
+            issuers: vec!["app".into()],
+            audiences: vec!["proxy".into()],
+            keys: vec![KeyConfig {
+                kid: "k1".into(),
+                algorithms: vec!["HS256".into()],
+                secret: SecretString::new(SECRET),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn base() -> serde_json::Value {
+        json!({"iss":"app","aud":"proxy","sub":"alice","room":"r1","exp":NOW+600,"iat":NOW})
+    }
+
+    fn sign(claims: &serde_json::Value) -> String {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k1".into());
+        encode(&h, claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    }
+
+    fn room(r: &str) -> RoomName {
+        RoomName::parse(r).unwrap()
+    }
+
+    async fn check(
+        rules: AuthConfig,
+        claims: serde_json::Value,
+        r: &str,
+    ) -> Result<Grant, AuthError> {
+        Verifier::new(&rules, 8192)
+            .unwrap()
+            .verify(&sign(&claims), &room(r), NOW)
+            .await
+    }
+
+    fn with(mut v: serde_json::Value, k: &str, x: serde_json::Value) -> serde_json::Value {
+        if x.is_null() {
+            v.as_object_mut().unwrap().remove(k);
+        } else {
+            v[k] = x;
+        }
+        v
+    }
+
+    #[tokio::test]
+    async fn good_token_grants_member_of_no_role_defaults() {
+        let g = check(rules(), base(), "r1").await.unwrap();
+        assert_eq!(g.identity.as_str(), "alice");
+        assert_eq!(g.role, Role::Member);
+        assert_eq!(
+            g.permissions,
+            Permissions::default(),
+            "no role = default deny"
+        );
+        assert_eq!(g.expires_at, NOW + 600);
+        assert_eq!(g.key_id, "k1");
+    }
+
+    #[tokio::test]
+    async fn time_claims_with_leeway() {
+        let r = rules(); // leeway 30
+        let e = check(r.clone(), with(base(), "exp", json!(NOW - 31)), "r1")
+            .await
+            .unwrap_err();
+        assert_eq!(e, AuthError::Expired { ago: 31 });
+        check(r.clone(), with(base(), "exp", json!(NOW - 29)), "r1")
+            .await
+            .unwrap();
+        let e = check(r.clone(), with(base(), "nbf", json!(NOW + 31)), "r1")
+            .await
+            .unwrap_err();
+        assert_eq!(e, AuthError::NotYetValid { wait: 31 });
+        check(r.clone(), with(base(), "nbf", json!(NOW + 29)), "r1")
+            .await
+            .unwrap();
+        let e = check(r.clone(), with(base(), "iat", json!(NOW + 100)), "r1")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthError::NotYetValid { .. }));
+        let e = check(r.clone(), with(base(), "exp", json!(null)), "r1")
+            .await
+            .unwrap_err();
+        assert_eq!(e, AuthError::MissingClaim("exp"));
+        let e = check(r.clone(), with(base(), "exp", json!("soon")), "r1")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthError::Malformed(_)));
+        let e = check(r.clone(), with(base(), "exp", json!(NOW + 86_401)), "r1")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthError::TooLongLived { .. }));
+        // Without iat the remaining lifetime counts.
+        let no_iat = with(with(base(), "iat", json!(null)), "exp", json!(NOW + 86_401));
+        assert!(matches!(
+            check(r, no_iat, "r1").await,
+            Err(AuthError::TooLongLived { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn issuer_and_audience_lists() {
+        let e = check(rules(), with(base(), "iss", json!("evil")), "r1")
+            .await
+            .unwrap_err();
+        assert_eq!(e, AuthError::WrongIssuer);
+        let e = check(rules(), with(base(), "iss", json!(null)), "r1")
+            .await
+            .unwrap_err();
+        assert_eq!(e, AuthError::WrongIssuer);
+        let e = check(rules(), with(base(), "aud", json!(["a", "b"])), "r1")
+            .await
+            .unwrap_err();
+        assert_eq!(e, AuthError::WrongAudience);
+        check(rules(), with(base(), "aud", json!(["a", "proxy"])), "r1")
+            .await
+            .unwrap();
+        let e = check(rules(), with(base(), "aud", json!("*")), "r1")
+            .await
+            .unwrap_err();
+        assert_eq!(e, AuthError::WrongAudience, "a token's * is not a wildcard");
+        let mut open = rules();
+        open.audiences = vec!["*".into()];
+        open.issuers = vec!["*".into()];
+        check(
+            open,
+            with(with(base(), "aud", json!(null)), "iss", json!("x")),
+            "r1",
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn room_scope() {
+        assert_eq!(
+            check(rules(), base(), "r2").await.unwrap_err(),
+            AuthError::WrongRoom
+        );
+        let list = with(base(), "room", json!(["r1", "r2"]));
+        check(rules(), list.clone(), "r2").await.unwrap();
+        assert_eq!(
+            check(rules(), list, "r3").await.unwrap_err(),
+            AuthError::WrongRoom
+        );
+        let star = with(base(), "room", json!("*"));
+        assert_eq!(
+            check(rules(), star.clone(), "r9").await.unwrap_err(),
+            AuthError::WildcardRoom
+        );
+        let mut wild = rules();
+        wild.allow_wildcard_room = true;
+        assert_eq!(check(wild, star, "r9").await.unwrap().room.as_str(), "r9");
+        let e = check(rules(), with(base(), "room", json!(null)), "r1")
+            .await
+            .unwrap_err();
+        assert_eq!(e, AuthError::MissingClaim("room"));
+    }
+
+    #[tokio::test]
+    async fn jitsi_context_identity_name_and_moderator() {
+        let claims = with(
+            base(),
+            "context",
+            json!({"user": {"id": "u-42", "name": "Alice A.", "moderator": "true"}}),
+        );
+        let g = check(rules(), claims, "r1").await.unwrap();
+        assert_eq!(g.identity.as_str(), "u-42");
+        assert_eq!(g.tenant.as_deref(), Some("alice"));
+        assert_eq!(g.name.as_deref(), Some("Alice A."));
+        assert_eq!(g.role, Role::Moderator);
+        assert!(g.permissions.publish_screen);
+        let claims = with(base(), "context", json!({"user": {"moderator": false}}));
+        let g = check(rules(), claims, "r1").await.unwrap();
+        assert_eq!(g.role, Role::Member);
+        assert!(g.permissions.publish_video && !g.permissions.publish_screen);
+        let e = check(rules(), with(base(), "sub", json!(null)), "r1")
+            .await
+            .unwrap_err();
+        assert_eq!(e, AuthError::MissingClaim("sub"));
+    }
+
+    #[tokio::test]
+    async fn roles_and_capability_overrides() {
+        let g = check(rules(), with(base(), "role", json!("guest")), "r1")
+            .await
+            .unwrap();
+        assert_eq!(
+            g.permissions,
+            Permissions::from_capabilities(&[Capability::Subscribe])
+        );
+        let claims = with(
+            with(base(), "role", json!("member")),
+            "permissions",
+            json!({"publish_screen": true, "publish_video": false}),
+        );
+        let g = check(rules(), claims, "r1").await.unwrap();
+        assert!(
+            g.permissions.publish_screen
+                && !g.permissions.publish_video
+                && g.permissions.publish_audio
+        );
+        let e = check(rules(), with(base(), "role", json!("admin")), "r1")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthError::Malformed(_)));
+        let e = check(
+            rules(),
+            with(base(), "permissions", json!({"fly": true})),
+            "r1",
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, AuthError::Malformed(_)));
+    }
+
+    #[tokio::test]
+    async fn header_checks_before_any_key_work() {
+        let v = Verifier::new(&rules(), 64).unwrap();
+        let r = room("r1");
+        assert_eq!(v.verify("", &r, NOW).await.unwrap_err(), AuthError::Missing);
+        assert!(matches!(
+            v.verify(&"a".repeat(65), &r, NOW).await,
+            Err(AuthError::TooLarge { size: 65, max: 64 })
+        ));
+        let v = Verifier::new(&rules(), 8192).unwrap();
+        for garbage in ["x", "a.b", "a.b.c.d", "!!.e30.x", "e30.e30.x"] {
+            assert!(
+                matches!(
+                    v.verify(garbage, &r, NOW).await,
+                    Err(AuthError::Malformed(_))
+                ),
+                "{garbage}"
+            );
+        }
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","kid":"k1"}"#),
+            b64(&base().to_string())
+        );
+        assert!(matches!(
+            v.verify(&none, &r, NOW).await,
+            Err(AuthError::AlgorithmRejected(_))
+        ));
+        let rs = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"RS256","kid":"k1"}"#),
+            b64(&base().to_string())
+        );
+        assert!(matches!(
+            v.verify(&rs, &r, NOW).await,
+            Err(AuthError::AlgorithmRejected(_))
+        ));
+        let unknown = format!("{}.{}.sig", b64(r#"{"alg":"HS256","kid":"zz"}"#), b64("{}"));
+        assert!(matches!(
+            v.verify(&unknown, &r, NOW).await,
+            Err(AuthError::UnknownKey(_))
+        ));
+        let good = sign(&base());
+        let (head, rest) = good.split_once('.').unwrap();
+        let (_, sig) = rest.split_once('.').unwrap();
+        let tampered = format!(
+            "{head}.{}.{sig}",
+            b64(&with(base(), "sub", json!("mallory")).to_string())
+        );
+        assert_eq!(
+            v.verify(&tampered, &r, NOW).await.unwrap_err(),
+            AuthError::BadSignature
+        );
+    }
+
+    #[tokio::test]
+    async fn refresh_must_keep_identity() {
+        let v = Verifier::new(&rules(), 8192).unwrap();
+        let g = v.verify(&sign(&base()), &room("r1"), NOW).await.unwrap();
+        let later = with(base(), "exp", json!(NOW + 1200));
+        assert_eq!(
+            v.verify_refresh(&g, &sign(&later), NOW)
+                .await
+                .unwrap()
+                .expires_at,
+            NOW + 1200
+        );
+        let other = with(base(), "sub", json!("bob"));
+        assert_eq!(
+            v.verify_refresh(&g, &sign(&other), NOW).await.unwrap_err(),
+            AuthError::IdentityMismatch
+        );
+        let other_room = with(base(), "room", json!("r2"));
+        assert_eq!(
+            v.verify_refresh(&g, &sign(&other_room), NOW)
+                .await
+                .unwrap_err(),
+            AuthError::WrongRoom
+        );
+    }
+
+    #[test]
+    fn jwks_parsing_skips_unusable_keys() {
+        let set = json!({"keys": [
+            {"kty":"RSA","kid":"enc","use":"enc","alg":"RSA-OAEP","n":"sXch","e":"AQAB"},
+            {"kty":"oct","kid":"sym","k":"c2VjcmV0"},
+            {"kty":"OKP","kid":"ed","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+            {"kty":"EC","kid":"p521","crv":"P-521","x":"AA","y":"AA"},
+            {"kty":"weird","kid":"w"}
+        ]});
+        let keys = keys::parse_jwks(
+            set.to_string().as_bytes(),
+            &[Algorithm::RS256, Algorithm::EdDSA],
+        )
+        .unwrap();
+        assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["ed"]);
+        assert_eq!(keys["ed"].algorithms, vec![Algorithm::EdDSA]);
+        assert!(keys::parse_jwks(b"[]", &[Algorithm::RS256]).is_err());
+    }
+}

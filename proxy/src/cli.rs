@@ -1,0 +1,512 @@
+//! The `rtcd-proxy` command line.
+//!
+//! * `rtcd-proxy [--config FILE] [serve]`: run until SIGINT / SIGTERM, then drain.
+//! * `rtcd-proxy [--config FILE] token --room R --user U [--role moderator] [--ttl 1h]`: print a
+//!   token signed with a configured HS key (or `--private-key FILE --alg RS256 --kid K`).
+//! * `rtcd-proxy [--config FILE] token explain JWT [--room R]`: say whether the token verifies
+//!   against this configuration and, if not, exactly why (with the close code a client would
+//!   get).
+//!
+//! Exit codes: 0 success, 1 failure (or a token that does not verify), 64 bad usage or config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+use crate::auth::{AuthError, Verifier, unix_now};
+use crate::close::CloseReason;
+use crate::config::{Config, LoggerConfig};
+use crate::protocol::RoomName;
+
+/// Exit code for bad usage or configuration (BSD `EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rtcd-proxy",
+    version,
+    about = "Client WebSocket signaling proxy for rtcd"
+)]
+struct Cli {
+    /// TOML configuration; every key can also be set with PROXY_<SECTION>_<KEY>.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Serve,
+    /// Mint a token, or explain why one does not verify.
+    Token(Box<TokenCommand>),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct TokenCommand {
+    #[command(subcommand)]
+    action: Option<TokenAction>,
+    #[command(flatten)]
+    mint: MintArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Verify a token against this configuration and say why it fails, if it does.
+    Explain {
+        /// The JWT.
+        jwt: String,
+        /// The room to check it for (default: the token's own `room` claim).
+        #[arg(long)]
+        room: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct MintArgs {
+    /// Room the token is for (`*` for any room, where the proxy allows wildcards).
+    #[arg(long)]
+    room: Option<String>,
+    /// The user's identity (`sub`).
+    #[arg(long)]
+    user: Option<String>,
+    /// moderator, member or guest; omitted = no role (the proxy's `no_role` permissions).
+    #[arg(long)]
+    role: Option<String>,
+    /// Display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Lifetime: 90s, 15m, 1h, 2d, or seconds.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// Key ID; default: the first HS key in the configuration.
+    #[arg(long)]
+    kid: Option<String>,
+    /// Sign with this PEM private key instead of a configured HS secret (needs --kid).
+    #[arg(long, value_name = "FILE")]
+    private_key: Option<PathBuf>,
+    /// Algorithm with --private-key: RS256, ES256, EdDSA...
+    #[arg(long, default_value = "RS256")]
+    alg: String,
+    /// Issuer; default: the first configured issuer.
+    #[arg(long)]
+    iss: Option<String>,
+    /// Audience; default: the first configured audience.
+    #[arg(long)]
+    aud: Option<String>,
+    /// Capability overrides, e.g. --permission publish_screen=true.
+    #[arg(long = "permission", value_name = "CAP=BOOL")]
+    permissions: Vec<String>,
+}
+
+/// Parses the command line and runs it; what `main` calls.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rtcd-proxy: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let token = match cli.command {
+        None | Some(Command::Serve) => return run(serve(config)),
+        Some(Command::Token(token)) => *token,
+    };
+    match token {
+        TokenCommand {
+            action: Some(TokenAction::Explain { jwt, room }),
+            ..
+        } => run(explain(config, jwt, room)),
+        TokenCommand { action: None, mint } => {
+            match mint_token(&config, &MintArgsRef::from(&mint), unix_now()) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rtcd-proxy token: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
+        }
+    }
+}
+
+fn run(future: impl Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rtcd-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rtcd-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the global log subscriber (a second call is a no-op, which in-process tests rely
+/// on).
+pub fn init_logging(config: &LoggerConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if config.json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.with_ansi(false).try_init()
+    };
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    init_logging(&config.logger);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        ?config,
+        "starting rtcd-proxy"
+    );
+    if !config.rtcd.url.is_empty() {
+        tracing::warn!(url = %config.rtcd.url, "rtcd.url is set, but this build has no rtcd relay yet: joins answer media_unavailable");
+    }
+    let proxy = crate::Proxy::start(config, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    signal().await;
+    tokio::spawn(async {
+        signal().await;
+        tracing::warn!("second signal: exiting without waiting for the drain");
+        std::process::exit(130);
+    });
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "no SIGTERM handler; only SIGINT stops the proxy");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `90s`, `15m`, `1h`, `2d` or plain seconds.
+pub fn parse_ttl(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 90s, 15m, 1h, 2d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
+    };
+    match n.checked_mul(unit) {
+        Some(0) | None => Err(format!("`{s}` must be positive and reasonable")),
+        Some(v) => Ok(v),
+    }
+}
+
+/// Signs a token for `args` with a key from `config` (or the given private key).
+pub fn mint_token(config: &Config, args: &MintArgsRef<'_>, now: i64) -> Result<String, String> {
+    args.mint(config, now)
+}
+
+/// What a token is minted from (borrowed, so tests and the binary share one minting path).
+#[derive(Debug, Default)]
+pub struct MintArgsRef<'a> {
+    /// Room claim.
+    pub room: Option<&'a str>,
+    /// `sub`.
+    pub user: Option<&'a str>,
+    /// Role claim.
+    pub role: Option<&'a str>,
+    /// Display name.
+    pub name: Option<&'a str>,
+    /// Lifetime.
+    pub ttl: &'a str,
+    /// Key ID.
+    pub kid: Option<&'a str>,
+    /// PEM private key file.
+    pub private_key: Option<&'a std::path::Path>,
+    /// Algorithm for the private key.
+    pub alg: &'a str,
+    /// Issuer.
+    pub iss: Option<&'a str>,
+    /// Audience.
+    pub aud: Option<&'a str>,
+    /// `cap=bool` overrides.
+    pub permissions: &'a [String],
+}
+
+impl<'a> From<&'a MintArgs> for MintArgsRef<'a> {
+    fn from(a: &'a MintArgs) -> Self {
+        Self {
+            room: a.room.as_deref(),
+            user: a.user.as_deref(),
+            role: a.role.as_deref(),
+            name: a.name.as_deref(),
+            ttl: &a.ttl,
+            kid: a.kid.as_deref(),
+            private_key: a.private_key.as_deref(),
+            alg: &a.alg,
+            iss: a.iss.as_deref(),
+            aud: a.aud.as_deref(),
+            permissions: &a.permissions,
+        }
+    }
+}
+
+impl MintArgsRef<'_> {
+    fn mint(&self, config: &Config, now: i64) -> Result<String, String> {
+        let room = self.room.ok_or("--room is required")?;
+        let user = self.user.ok_or("--user is required")?;
+        let ttl = parse_ttl(self.ttl)? as i64;
+        let first = |list: &[String], flag: &str| {
+            list.iter()
+                .find(|v| *v != "*")
+                .cloned()
+                .ok_or_else(|| format!("the configuration accepts any value; pass {flag}"))
+        };
+        let iss = match self.iss {
+            Some(i) => i.to_owned(),
+            None => first(&config.auth.issuers, "--iss")?,
+        };
+        let aud = match self.aud {
+            Some(a) => a.to_owned(),
+            None => first(&config.auth.audiences, "--aud")?,
+        };
+        let mut claims = serde_json::json!({
+            "iss": iss, "aud": aud, "sub": user, "room": room, "iat": now, "nbf": now, "exp": now + ttl,
+        });
+        if let Some(role) = self.role {
+            if !matches!(role, "moderator" | "member" | "guest") {
+                return Err(format!("--role `{role}`: moderator, member or guest"));
+            }
+            claims["role"] = role.into();
+        }
+        if let Some(name) = self.name {
+            claims["name"] = name.into();
+        }
+        if !self.permissions.is_empty() {
+            let mut map = serde_json::Map::new();
+            for p in self.permissions {
+                let (cap, on) = p
+                    .split_once('=')
+                    .ok_or_else(|| format!("--permission `{p}`: use CAP=true|false"))?;
+                let _: crate::policy::Capability = serde_json::from_value(cap.into())
+                    .map_err(|_| format!("--permission `{cap}`: publish_audio, publish_video, publish_screen or subscribe"))?;
+                let on: bool = on
+                    .parse()
+                    .map_err(|_| format!("--permission `{p}`: true or false"))?;
+                map.insert(cap.to_owned(), on.into());
+            }
+            claims["permissions"] = map.into();
+        }
+        let (header, key) = match self.private_key {
+            Some(path) => {
+                let kid = self.kid.ok_or("--private-key needs --kid")?;
+                let alg: Algorithm = self
+                    .alg
+                    .parse()
+                    .map_err(|_| format!("--alg `{}` is unknown", self.alg))?;
+                let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let key = match alg.family() {
+                    jsonwebtoken::AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(&pem),
+                    jsonwebtoken::AlgorithmFamily::Ec => EncodingKey::from_ec_pem(&pem),
+                    jsonwebtoken::AlgorithmFamily::Ed => EncodingKey::from_ed_pem(&pem),
+                    jsonwebtoken::AlgorithmFamily::Hmac => {
+                        return Err("--private-key is for RS/PS/ES/EdDSA".into());
+                    }
+                }
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+                let mut header = Header::new(alg);
+                header.kid = Some(kid.to_owned());
+                (header, key)
+            }
+            None => {
+                let entry = config
+                    .auth
+                    .keys
+                    .iter()
+                    .filter(|k| self.kid.is_none_or(|kid| k.kid == kid))
+                    .find(|k| k.public_key_file.is_empty())
+                    .ok_or("no HS key with that kid in the configuration (public keys cannot sign; use --private-key)")?;
+                let secret = if entry.secret_file.is_empty() {
+                    entry.secret.expose().as_bytes().to_vec()
+                } else {
+                    let mut s = std::fs::read(&entry.secret_file)
+                        .map_err(|e| format!("{}: {e}", entry.secret_file))?;
+                    while s.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                        s.pop();
+                    }
+                    s
+                };
+                let alg: Algorithm = entry.algorithms[0]
+                    .parse()
+                    .map_err(|_| "bad algorithm in config".to_owned())?;
+                let mut header = Header::new(alg);
+                header.kid = Some(entry.kid.clone());
+                (header, EncodingKey::from_secret(&secret))
+            }
+        };
+        jsonwebtoken::encode(&header, &claims, &key).map_err(|e| format!("signing failed: {e}"))
+    }
+}
+
+/// Verifies `jwt` and returns a report and whether it verified. Shows header and claims
+/// (the operator's own token), never key material.
+pub async fn explain_report(
+    verifier: &Verifier,
+    jwt: &str,
+    room: Option<&str>,
+    now: i64,
+) -> (String, bool) {
+    let mut out = String::new();
+    let jwt = jwt.trim();
+    let decode_part = |i: usize| -> Option<serde_json::Value> {
+        let part = jwt.split('.').nth(i)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    };
+    let header = decode_part(0);
+    let claims = decode_part(1);
+    match &header {
+        Some(h) => out.push_str(&format!("header: {h}\n")),
+        None => out.push_str("header: (not decodable)\n"),
+    }
+    match &claims {
+        Some(c) => {
+            out.push_str(&format!("claims: {c}\n"));
+            for name in ["iat", "nbf", "exp"] {
+                if let Some(t) = c.get(name).and_then(|v| v.as_i64()) {
+                    out.push_str(&format!("  {name}: {t} ({:+} s from now)\n", t - now));
+                }
+            }
+        }
+        None => out.push_str("claims: (not decodable)\n"),
+    }
+    let room = room.map(str::to_owned).or_else(|| {
+        claims
+            .as_ref()
+            .and_then(|c| c.get("room"))
+            .and_then(|r| r.as_str().or_else(|| r.get(0).and_then(|v| v.as_str())))
+            .filter(|r| *r != "*")
+            .map(str::to_owned)
+    });
+    // Without a room to check against, everything else is still checked (the room check
+    // comes last), with a placeholder room whose refusal is then explained as such.
+    let guessed = room.is_none();
+    let room = room.unwrap_or_else(|| "_".to_owned());
+    let room = match RoomName::parse(&room) {
+        Ok(r) => r,
+        Err(e) => {
+            out.push_str(&format!("room `{room}`: {e}\n"));
+            return (out, false);
+        }
+    };
+    if guessed {
+        match verifier.verify(jwt, &room, now).await {
+            Err(
+                AuthError::WrongRoom | AuthError::WildcardRoom | AuthError::MissingClaim("room"),
+            )
+            | Ok(_) => {
+                out.push_str("signature and claims verify, but the token names no single room: pass --room to check it for one\n");
+                return (out, false);
+            }
+            Err(_) => {}
+        }
+    }
+    match verifier.verify(jwt, &room, now).await {
+        Ok(g) => {
+            out.push_str(&format!(
+                "VALID for room {}: identity {}, role {}, permissions {}, expires in {} s (key {})\n",
+                g.room.as_str(),
+                g.identity.as_str(),
+                g.role.as_str(),
+                serde_json::to_string(&g.permissions).unwrap_or_default(),
+                g.expires_at - now,
+                g.key_id
+            ));
+            (out, true)
+        }
+        Err(e) => {
+            let reason = CloseReason::Auth(e.clone());
+            out.push_str(&format!(
+                "REJECTED{}: {e}\n  a client gets close code {} `{}`\n",
+                if guessed {
+                    String::new()
+                } else {
+                    format!(" for room {}", room.as_str())
+                },
+                reason.code(),
+                reason.label()
+            ));
+            (out, false)
+        }
+    }
+}
+
+async fn explain(config: Config, jwt: String, room: Option<String>) -> Result<(), String> {
+    init_logging(&LoggerConfig {
+        level: "warn".into(),
+        json: false,
+    });
+    let verifier = Verifier::new(&config.auth, config.limits.max_token_bytes)?;
+    verifier.warm_up().await;
+    let (report, ok) = explain_report(&verifier, &jwt, room.as_deref(), unix_now()).await;
+    print!("{report}");
+    if ok {
+        Ok(())
+    } else {
+        Err("the token does not verify".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_parsing() {
+        assert_eq!(parse_ttl("90s").unwrap(), 90);
+        assert_eq!(parse_ttl("15m").unwrap(), 900);
+        assert_eq!(parse_ttl("1h").unwrap(), 3600);
+        assert_eq!(parse_ttl("2d").unwrap(), 172_800);
+        assert_eq!(parse_ttl("42").unwrap(), 42);
+        for bad in ["", "h", "1w", "0s", "-1h", "99999999999999999999d"] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Why a WebSocket session ends, and the one mapping from each reason to its close code.
+//!
+//! Codes 4000-4099 are session and limit reasons, 4100-4199 token reasons (one per
+//! [`AuthError`] variant), so a client can tell "fix your token" from "slow down" from "try
+//! again" by range. The close reason text is the stable label (at most 123 bytes, as RFC 6455
+//! allows); details go in the `error` message sent just before the close.
+
+use crate::auth::AuthError;
+
+/// Every reason the proxy closes a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent `leave`.
+    Normal,
+    /// The proxy is shutting down; reconnect (to another replica).
+    GoingAway,
+    /// Unparseable JSON, unknown `type`, a second `join`, or a message before `join`.
+    BadMessage,
+    /// No `join` within `limits.join_timeout_seconds`.
+    JoinTimeout,
+    /// Nothing received within `limits.idle_timeout_seconds`.
+    IdleTimeout,
+    /// A message above `limits.max_message_bytes`.
+    MessageTooLarge,
+    /// Over the per-connection message rate.
+    RateLimited,
+    /// Over the per-address connection rate or the global connection cap.
+    TooManyConnections,
+    /// Too many failed authentications from this address; retry later.
+    TooManyAuthFailures,
+    /// The identity already has `limits.max_sessions_per_user` sessions.
+    TooManySessions,
+    /// The media server hosting the session went away.
+    MediaServerLost,
+    /// The client stopped reading: a frame could not be written in `limits.send_timeout_seconds`.
+    SlowClient,
+    /// The token was refused (or a refresh failed, or the token expired in session).
+    Auth(AuthError),
+}
+
+impl CloseReason {
+    /// The WebSocket close code.
+    pub fn code(&self) -> u16 {
+        match self {
+            CloseReason::Normal => 1000,
+            CloseReason::GoingAway => 1001,
+            CloseReason::BadMessage => 4000,
+            CloseReason::JoinTimeout => 4001,
+            CloseReason::IdleTimeout => 4002,
+            CloseReason::MessageTooLarge => 4003,
+            CloseReason::RateLimited => 4004,
+            CloseReason::TooManyConnections => 4005,
+            CloseReason::TooManyAuthFailures => 4006,
+            CloseReason::TooManySessions => 4007,
+            CloseReason::MediaServerLost => 4008,
+            CloseReason::SlowClient => 4009,
+            CloseReason::Auth(e) => match e {
+                AuthError::Missing => 4100,
+                AuthError::Malformed(_) => 4101,
+                AuthError::TooLarge { .. } => 4102,
+                AuthError::AlgorithmRejected(_) => 4103,
+                AuthError::UnknownKey(_) => 4104,
+                AuthError::BadSignature => 4105,
+                AuthError::Expired { .. } => 4106,
+                AuthError::NotYetValid { .. } => 4107,
+                AuthError::TooLongLived { .. } => 4108,
+                AuthError::WrongIssuer => 4109,
+                AuthError::WrongAudience => 4110,
+                AuthError::WrongRoom => 4111,
+                AuthError::WildcardRoom => 4112,
+                AuthError::MissingClaim(_) => 4113,
+                AuthError::IdentityMismatch => 4114,
+                AuthError::KeysUnavailable(_) => 4115,
+            },
+        }
+    }
+
+    /// The close reason text: a stable snake_case label, also the `error` code.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::GoingAway => "going_away",
+            CloseReason::BadMessage => "bad_message",
+            CloseReason::JoinTimeout => "join_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::MessageTooLarge => "message_too_large",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::TooManyConnections => "too_many_connections",
+            CloseReason::TooManyAuthFailures => "too_many_auth_failures",
+            CloseReason::TooManySessions => "too_many_sessions",
+            CloseReason::MediaServerLost => "media_server_lost",
+            CloseReason::SlowClient => "slow_client",
+            CloseReason::Auth(e) => e.reason(),
+        }
+    }
+
+    /// Every reason with a representative value, for the docs test and the CLI.
+    pub fn all() -> Vec<CloseReason> {
+        vec![
+            CloseReason::Normal,
+            CloseReason::GoingAway,
+            CloseReason::BadMessage,
+            CloseReason::JoinTimeout,
+            CloseReason::IdleTimeout,
+            CloseReason::MessageTooLarge,
+            CloseReason::RateLimited,
+            CloseReason::TooManyConnections,
+            CloseReason::TooManyAuthFailures,
+            CloseReason::TooManySessions,
+            CloseReason::MediaServerLost,
+            CloseReason::SlowClient,
+            CloseReason::Auth(AuthError::Missing),
+            CloseReason::Auth(AuthError::Malformed(String::new())),
+            CloseReason::Auth(AuthError::TooLarge { size: 0, max: 0 }),
+            CloseReason::Auth(AuthError::AlgorithmRejected(String::new())),
+            CloseReason::Auth(AuthError::UnknownKey(String::new())),
+            CloseReason::Auth(AuthError::BadSignature),
+            CloseReason::Auth(AuthError::Expired { ago: 0 }),
+            CloseReason::Auth(AuthError::NotYetValid { wait: 0 }),
+            CloseReason::Auth(AuthError::TooLongLived {
+                lifetime: 0,
+                max: 0,
+            }),
+            CloseReason::Auth(AuthError::WrongIssuer),
+            CloseReason::Auth(AuthError::WrongAudience),
+            CloseReason::Auth(AuthError::WrongRoom),
+            CloseReason::Auth(AuthError::WildcardRoom),
+            CloseReason::Auth(AuthError::MissingClaim("exp")),
+            CloseReason::Auth(AuthError::IdentityMismatch),
+            CloseReason::Auth(AuthError::KeysUnavailable(String::new())),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_labels_are_unique_and_documented() {
+        let all = CloseReason::all();
+        let mut codes: Vec<_> = all.iter().map(CloseReason::code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len(), "every reason has its own code");
+        let mut labels: Vec<_> = all.iter().map(CloseReason::label).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), all.len(), "every reason has its own label");
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md"),
+        )
+        .unwrap();
+        for reason in &all {
+            let row = format!("| {} | `{}` |", reason.code(), reason.label());
+            assert!(doc.contains(&row), "docs/protocol.md lacks the row `{row}`");
+        }
+    }
+}

@@ -1,0 +1,893 @@
+//! Configuration: one typed tree, loaded from TOML, overridden by `PROXY_<SECTION>_<KEY>`
+//! environment variables, validated before any port is bound.
+//!
+//! Environment names come from the TOML path of each key in the *default* tree
+//! (`auth.leeway_seconds` is `PROXY_AUTH_LEEWAY_SECONDS`), so a new field gets its variable for
+//! free. Lists take `a,b,c` or a JSON array; `auth.keys` (an array of tables) takes a JSON array
+//! of objects. The environment is passed in, never read here, so tests stay parallel-safe.
+//! `deploy/proxy.sample.toml` documents every key; a test keeps it complete.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use jsonwebtoken::Algorithm;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Capability;
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "PROXY_";
+
+/// Shortest HS secret accepted: RFC 7518 §3.2 asks for at least the hash output size.
+pub const MIN_HS_SECRET_BYTES: usize = 32;
+
+/// A secret read from config: serialized as is (the sample needs it), but never printed by
+/// `{:?}`, so a config dump in a log cannot leak it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Whether no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<unset>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+/// Everything the proxy is told at start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners and TLS.
+    pub server: ServerConfig,
+    /// What a client may send and how fast.
+    pub limits: LimitsConfig,
+    /// Which tokens are accepted and what they grant.
+    pub auth: AuthConfig,
+    /// The media daemon sessions are relayed to.
+    pub rtcd: RtcdConfig,
+    /// Log level and format.
+    pub logger: LoggerConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Public listener for `/ws`, `/healthz`, `/readyz` (`ip:port`, `[v6]:port` or `:port`).
+    pub listen_address: String,
+    /// PEM certificate chain; with `tls_key_file` the listener speaks `wss` (browsers need a
+    /// secure context for cameras off localhost).
+    pub tls_cert_file: String,
+    /// PEM private key matching `tls_cert_file`.
+    pub tls_key_file: String,
+    /// Internal listener for `/metrics` (plus health); empty disables it. Keep it private.
+    pub metrics_listen_address: String,
+    /// On SIGTERM, how long sessions get to finish before they are cut.
+    pub shutdown_timeout_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen_address: "127.0.0.1:8080".into(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            metrics_listen_address: "127.0.0.1:8081".into(),
+            shutdown_timeout_seconds: 10,
+        }
+    }
+}
+
+/// `[limits]`: everything an anonymous client can make the proxy spend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest WebSocket message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest token accepted; checked before any parsing.
+    pub max_token_bytes: usize,
+    /// Sustained messages per second per connection.
+    pub messages_per_second: u32,
+    /// Messages a connection may send in a burst.
+    pub message_burst: u32,
+    /// New connections per minute per source address (IPv6 per /64).
+    pub connections_per_minute: u32,
+    /// New connections a source address may open in a burst.
+    pub connection_burst: u32,
+    /// Failed authentications per minute per source address.
+    pub failed_auth_per_minute: u32,
+    /// Failed authentications a source address may have in a burst.
+    pub failed_auth_burst: u32,
+    /// Open WebSocket connections in total; beyond it new ones are refused.
+    pub max_connections: usize,
+    /// Simultaneous sessions of one identity (0 = unlimited).
+    pub max_sessions_per_user: usize,
+    /// Time allowed between upgrade and the `join` message.
+    pub join_timeout_seconds: u64,
+    /// Interval of WebSocket pings sent by the proxy.
+    pub ping_interval_seconds: u64,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout_seconds: u64,
+    /// A frame that cannot be written for this long means the client stopped reading: the
+    /// session is dropped (close 4009 `slow_client`).
+    pub send_timeout_seconds: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_token_bytes: 8 * 1024,
+            messages_per_second: 20,
+            message_burst: 50,
+            connections_per_minute: 60,
+            connection_burst: 20,
+            failed_auth_per_minute: 10,
+            failed_auth_burst: 10,
+            max_connections: 10_000,
+            max_sessions_per_user: 4,
+            join_timeout_seconds: 10,
+            ping_interval_seconds: 20,
+            idle_timeout_seconds: 60,
+            send_timeout_seconds: 10,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accepted `iss` values (Jitsi's application ID). `*` accepts any issuer.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; the token must name one. `*` accepts any audience.
+    pub audiences: Vec<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_seconds: u64,
+    /// Longest token lifetime accepted (`exp - iat`, or `exp - now` without `iat`).
+    pub max_lifetime_seconds: u64,
+    /// Whether `room: "*"` (any room) is honoured, as Jitsi does.
+    pub allow_wildcard_room: bool,
+    /// Whether `?jwt=` on the WebSocket URL is accepted (URLs end up in access logs).
+    pub allow_query_token: bool,
+    /// What happens when a session's token expires: `keep` or `refresh`.
+    pub expiry_policy: ExpiryPolicy,
+    /// With `refresh`: how long before expiry `token_expiring` is sent.
+    pub refresh_warning_seconds: u64,
+    /// HS secrets and PEM public keys, selected by `kid`.
+    pub keys: Vec<KeyConfig>,
+    /// A JSON Web Key Set (OIDC providers such as Keycloak).
+    pub jwks: JwksConfig,
+    /// What each role may do unless the token overrides it.
+    pub permissions: PermissionsConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway_seconds: 30,
+            max_lifetime_seconds: 24 * 3600,
+            allow_wildcard_room: false,
+            allow_query_token: false,
+            expiry_policy: ExpiryPolicy::Refresh,
+            refresh_warning_seconds: 60,
+            keys: Vec::new(),
+            jwks: JwksConfig::default(),
+            permissions: PermissionsConfig::default(),
+        }
+    }
+}
+
+/// What the proxy does when the token of a live session expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpiryPolicy {
+    /// The token gates the join only (LiveKit, Jitsi); the session lives on.
+    Keep,
+    /// `token_expiring` before expiry; without an in-band `refresh` the session is closed.
+    Refresh,
+}
+
+/// One `[[auth.keys]]` entry: exactly one of `secret`, `secret_file`, `public_key_file`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyConfig {
+    /// The `kid` header that selects this key. A token without `kid` is accepted only when
+    /// exactly one key is configured.
+    pub kid: String,
+    /// Algorithms this key may verify; must all belong to the key's family.
+    pub algorithms: Vec<String>,
+    /// HS shared secret (prefer `secret_file` or the environment).
+    pub secret: SecretString,
+    /// File holding the HS shared secret (trailing newline ignored).
+    pub secret_file: String,
+    /// PEM public key (RSA, EC P-256 or Ed25519).
+    pub public_key_file: String,
+}
+
+/// `[auth.jwks]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwksConfig {
+    /// A local JWKS file, re-read on an unknown `kid`.
+    pub file: String,
+    /// A JWKS URL (`https://…/protocol/openid-connect/certs`), fetched and cached.
+    pub url: String,
+    /// Algorithms JWKS keys may verify.
+    pub algorithms: Vec<String>,
+    /// Age after which the cached set is refetched even without an unknown `kid`.
+    pub cache_seconds: u64,
+    /// Minimum time between two refetches (an unknown `kid` cannot make the proxy hammer
+    /// the provider).
+    pub min_refetch_seconds: u64,
+    /// Timeout of one fetch.
+    pub fetch_timeout_seconds: u64,
+}
+
+impl Default for JwksConfig {
+    fn default() -> Self {
+        Self {
+            file: String::new(),
+            url: String::new(),
+            algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+            cache_seconds: 3600,
+            min_refetch_seconds: 30,
+            fetch_timeout_seconds: 5,
+        }
+    }
+}
+
+/// `[auth.permissions]`: capability lists per role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PermissionsConfig {
+    /// `role: "moderator"` or Jitsi `context.user.moderator: true`.
+    pub moderator: Vec<Capability>,
+    /// `role: "member"` or Jitsi `context.user.moderator: false`.
+    pub member: Vec<Capability>,
+    /// `role: "guest"`.
+    pub guest: Vec<Capability>,
+    /// A token with no role at all: treated as a member with these capabilities (default
+    /// deny: none).
+    pub no_role: Vec<Capability>,
+}
+
+impl Default for PermissionsConfig {
+    fn default() -> Self {
+        use Capability::*;
+        Self {
+            moderator: vec![PublishAudio, PublishVideo, PublishScreen, Subscribe],
+            member: vec![PublishAudio, PublishVideo, Subscribe],
+            guest: vec![Subscribe],
+            no_role: Vec::new(),
+        }
+    }
+}
+
+/// `[rtcd]`: the media daemon (the relay is wired to it in a later change; today the
+/// settings are parsed and validated only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtcdConfig {
+    /// `http://` or `https://` gRPC endpoint; empty = no media server (joins get
+    /// `media_unavailable`).
+    pub url: String,
+    /// The client ID this proxy is registered under in rtcd.
+    pub client_id: String,
+    /// Its auth key (prefer `auth_key_file` or the environment).
+    pub auth_key: SecretString,
+    /// File holding the auth key.
+    pub auth_key_file: String,
+    /// PEM CA bundle for an `https` URL (empty = the platform's web PKI roots).
+    pub ca_file: String,
+    /// TLS server name, when it differs from the URL's host.
+    pub server_name: String,
+    /// Optional client certificate (mutual TLS).
+    pub client_cert_file: String,
+    /// Key of `client_cert_file`.
+    pub client_key_file: String,
+}
+
+/// `[logger]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggerConfig {
+    /// A tracing filter directive, e.g. `info` or `info,rtcd_proxy::session=debug`.
+    pub level: String,
+    /// One JSON object per line instead of text.
+    pub json: bool,
+}
+
+impl Default for LoggerConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            json: false,
+        }
+    }
+}
+
+/// Why the configuration could not be loaded; every message names the key or variable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not TOML, an unknown key, or a wrong type.
+    #[error("invalid config {origin}: {message}")]
+    Parse {
+        /// The file, or `<environment>`.
+        origin: String,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// An environment variable could not be applied.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A value parsed but is unacceptable.
+    #[error("invalid setting {key}: {message}")]
+    Invalid {
+        /// TOML path, e.g. `auth.keys[0].secret`.
+        key: String,
+        /// What is expected.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Defaults, then the file, then `PROXY_*` variables from `env`, then validation.
+    /// Unknown `PROXY_*` variables are errors: a typo must not silently do nothing.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            None => toml::Table::new(),
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    origin: path.display().to_string(),
+                    message: e.to_string(),
+                })?,
+        };
+        let defaults = toml::Table::try_from(Config::default())
+            .expect("the default config serializes to a table");
+        overlay_env(&mut table, &defaults, env)?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: path.map_or("<environment>".into(), |p| p.display().to_string()),
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every rule serde cannot express. Key files are read here too, so a bad path fails at
+    /// start rather than at the first join.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        parse_listen_address(&s.listen_address).map_err(|m| invalid("server.listen_address", m))?;
+        if !s.metrics_listen_address.is_empty() {
+            parse_listen_address(&s.metrics_listen_address)
+                .map_err(|m| invalid("server.metrics_listen_address", m))?;
+        }
+        match (s.tls_cert_file.is_empty(), s.tls_key_file.is_empty()) {
+            (true, true) => {}
+            (false, false) => {
+                crate::tls::server_config(Path::new(&s.tls_cert_file), Path::new(&s.tls_key_file))
+                    .map_err(|e| invalid("server.tls_cert_file", e.to_string()))?;
+            }
+            (false, true) => {
+                return Err(invalid(
+                    "server.tls_key_file",
+                    "required with tls_cert_file",
+                ));
+            }
+            (true, false) => {
+                return Err(invalid(
+                    "server.tls_cert_file",
+                    "required with tls_key_file",
+                ));
+            }
+        }
+        let l = &self.limits;
+        let positive: [(&str, u64); 11] = [
+            ("limits.send_timeout_seconds", l.send_timeout_seconds),
+            ("limits.max_message_bytes", l.max_message_bytes as u64),
+            ("limits.max_token_bytes", l.max_token_bytes as u64),
+            ("limits.messages_per_second", l.messages_per_second.into()),
+            ("limits.message_burst", l.message_burst.into()),
+            (
+                "limits.connections_per_minute",
+                l.connections_per_minute.into(),
+            ),
+            ("limits.connection_burst", l.connection_burst.into()),
+            (
+                "limits.failed_auth_per_minute",
+                l.failed_auth_per_minute.into(),
+            ),
+            ("limits.failed_auth_burst", l.failed_auth_burst.into()),
+            ("limits.max_connections", l.max_connections as u64),
+            ("limits.join_timeout_seconds", l.join_timeout_seconds),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if l.max_token_bytes > l.max_message_bytes {
+            return Err(invalid(
+                "limits.max_token_bytes",
+                "must not exceed limits.max_message_bytes",
+            ));
+        }
+        if l.ping_interval_seconds == 0 || l.idle_timeout_seconds <= l.ping_interval_seconds {
+            return Err(invalid(
+                "limits.idle_timeout_seconds",
+                "must be greater than limits.ping_interval_seconds (which must be at least 1)",
+            ));
+        }
+        self.validate_auth()?;
+        self.validate_rtcd()?;
+        tracing_subscriber::EnvFilter::try_new(&self.logger.level)
+            .map_err(|e| invalid("logger.level", e.to_string()))?;
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        for (key, list) in [
+            ("auth.issuers", &a.issuers),
+            ("auth.audiences", &a.audiences),
+        ] {
+            if list.is_empty() || list.iter().any(|v| v.trim().is_empty()) {
+                return Err(invalid(
+                    key,
+                    "list the accepted values (non-empty strings); \"*\" accepts any, deliberately",
+                ));
+            }
+        }
+        if a.max_lifetime_seconds == 0 {
+            return Err(invalid("auth.max_lifetime_seconds", "must be at least 1"));
+        }
+        if a.leeway_seconds > 300 {
+            return Err(invalid("auth.leeway_seconds", "must be at most 300"));
+        }
+        if a.keys.is_empty() && a.jwks.file.is_empty() && a.jwks.url.is_empty() {
+            return Err(invalid(
+                "auth.keys",
+                "no verification key: configure [[auth.keys]], auth.jwks.file or auth.jwks.url",
+            ));
+        }
+        let mut kids = std::collections::HashSet::new();
+        for (i, key) in a.keys.iter().enumerate() {
+            let at = |field: &str| format!("auth.keys[{i}].{field}");
+            if key.kid.trim().is_empty() {
+                return Err(invalid(
+                    at("kid"),
+                    "must be set (tokens select keys by kid)",
+                ));
+            }
+            if !kids.insert(key.kid.as_str()) {
+                return Err(invalid(at("kid"), format!("duplicate kid `{}`", key.kid)));
+            }
+            crate::auth::keys::StaticKey::from_config(key)
+                .map_err(|m| invalid(at(m.field), m.message))?;
+        }
+        if !a.jwks.url.is_empty() {
+            let url = reqwest::Url::parse(&a.jwks.url)
+                .map_err(|e| invalid("auth.jwks.url", e.to_string()))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(invalid("auth.jwks.url", "must be http:// or https://"));
+            }
+        }
+        crate::auth::keys::parse_algorithms(&a.jwks.algorithms)
+            .and_then(|algs| {
+                if algs.iter().any(|alg| {
+                    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+                }) {
+                    Err("JWKS keys are public keys: HS algorithms are not allowed".into())
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(|m| invalid("auth.jwks.algorithms", m))?;
+        if a.jwks.fetch_timeout_seconds == 0 {
+            return Err(invalid(
+                "auth.jwks.fetch_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_rtcd(&self) -> Result<(), ConfigError> {
+        let r = &self.rtcd;
+        if r.url.is_empty() {
+            return Ok(());
+        }
+        let url = reqwest::Url::parse(&r.url).map_err(|e| invalid("rtcd.url", e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(invalid(
+                "rtcd.url",
+                "must be http://host:port or https://host:port",
+            ));
+        }
+        if r.client_id.is_empty() {
+            return Err(invalid("rtcd.client_id", "required when rtcd.url is set"));
+        }
+        let key_len = if !r.auth_key_file.is_empty() {
+            if !r.auth_key.is_empty() {
+                return Err(invalid(
+                    "rtcd.auth_key_file",
+                    "set auth_key or auth_key_file, not both",
+                ));
+            }
+            std::fs::read_to_string(&r.auth_key_file)
+                .map_err(|e| invalid("rtcd.auth_key_file", format!("{}: {e}", r.auth_key_file)))?
+                .trim_end_matches(['\r', '\n'])
+                .len()
+        } else {
+            r.auth_key.expose().len()
+        };
+        if key_len < 32 {
+            return Err(invalid(
+                "rtcd.auth_key",
+                "required when rtcd.url is set, at least 32 bytes",
+            ));
+        }
+        for (key, file) in [
+            ("rtcd.ca_file", &r.ca_file),
+            ("rtcd.client_cert_file", &r.client_cert_file),
+            ("rtcd.client_key_file", &r.client_key_file),
+        ] {
+            if !file.is_empty() && !Path::new(file).is_file() {
+                return Err(invalid(key, format!("{file} is not a readable file")));
+            }
+        }
+        if r.client_cert_file.is_empty() != r.client_key_file.is_empty() {
+            return Err(invalid(
+                "rtcd.client_key_file",
+                "client_cert_file and client_key_file go together",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The public listener's address (validated).
+    pub fn listen_addr(&self) -> SocketAddr {
+        parse_listen_address(&self.server.listen_address).expect("validated")
+    }
+
+    /// The metrics listener's address, if enabled (validated).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let a = &self.server.metrics_listen_address;
+        (!a.is_empty()).then(|| parse_listen_address(a).expect("validated"))
+    }
+}
+
+/// `ip:port`, `[v6]:port`, or `:port` for every IPv4 interface.
+pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    let candidate = match s.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => s.to_owned(),
+    };
+    candidate
+        .parse()
+        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8080 or :8080"))
+}
+
+/// Every leaf of `tree` by its environment variable name: (TOML path, default value).
+fn env_leaves(tree: &toml::Table) -> BTreeMap<String, (Vec<String>, toml::Value)> {
+    let mut out = BTreeMap::new();
+    let mut stack: Vec<(Vec<String>, &toml::Table)> = vec![(Vec::new(), tree)];
+    while let Some((path, table)) = stack.pop() {
+        for (key, value) in table {
+            let mut here = path.clone();
+            here.push(key.clone());
+            match value {
+                toml::Value::Table(inner) => stack.push((here, inner)),
+                leaf => {
+                    let var = format!("{ENV_PREFIX}{}", here.join("_").to_uppercase());
+                    out.insert(var, (here, leaf.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Writes each `PROXY_*` variable into `table` at the path its name denotes, typed like the
+/// default value there.
+fn overlay_env(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let leaves = env_leaves(defaults);
+    for (var, raw) in env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)) {
+        let fail = |message: String| ConfigError::Env {
+            var: var.clone(),
+            message,
+        };
+        let (path, default) = leaves
+            .get(&var)
+            .ok_or_else(|| fail("not a known setting (see deploy/proxy.sample.toml)".into()))?;
+        let value = typed_like(default, &raw).map_err(fail)?;
+        let (last, parents) = path.split_last().expect("leaf paths are never empty");
+        let mut node = &mut *table;
+        for key in parents {
+            node = match node
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(fail(format!(
+                        "the config file has `{key}` as a value, not a section"
+                    )));
+                }
+            };
+        }
+        node.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+fn typed_like(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    let trimmed = raw.trim();
+    match default {
+        toml::Value::String(_) => Ok(toml::Value::String(raw.to_owned())),
+        toml::Value::Boolean(_) => match trimmed.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
+            "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
+            _ => Err(format!("expected true or false, got `{raw}`")),
+        },
+        toml::Value::Integer(_) => trimmed
+            .parse()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("expected an integer, got `{raw}`")),
+        toml::Value::Array(_) if trimmed.starts_with('[') => {
+            let json: serde_json::Value =
+                serde_json::from_str(trimmed).map_err(|e| format!("expected a JSON array: {e}"))?;
+            toml::Value::try_from(json).map_err(|e| format!("unsupported array: {e}"))
+        }
+        toml::Value::Array(_) => Ok(toml::Value::Array(
+            trimmed
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        )),
+        other => Err(format!(
+            "a {} cannot be set from the environment",
+            other.type_str()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn minimal() -> Vec<(String, String)> {
+        env(&[
+            ("PROXY_AUTH_ISSUERS", "my-app"),
+            ("PROXY_AUTH_AUDIENCES", "rtcd-proxy, other"),
+            (
+                "PROXY_AUTH_KEYS",
+                &format!(r#"[{{"kid":"k1","algorithms":["HS256"],"secret":"{SECRET}"}}]"#),
+            ),
+        ])
+    }
+
+    #[test]
+    fn defaults_need_keys_and_name_the_key() {
+        let e = Config::load(None, env(&[])).unwrap_err();
+        assert!(e.to_string().contains("auth.issuers"), "{e}");
+        let mut vars = minimal();
+        vars.retain(|(k, _)| k != "PROXY_AUTH_KEYS");
+        let e = Config::load(None, vars).unwrap_err();
+        assert!(e.to_string().contains("auth.keys"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_are_typed_and_secrets_redacted() {
+        let mut vars = minimal();
+        vars.extend(env(&[
+            ("PROXY_LIMITS_MAX_MESSAGE_BYTES", "131072"),
+            ("PROXY_AUTH_ALLOW_WILDCARD_ROOM", "yes"),
+            ("PROXY_AUTH_PERMISSIONS_NO_ROLE", "subscribe"),
+            ("PROXY_AUTH_EXPIRY_POLICY", "keep"),
+            ("HOME", "/root"),
+        ]));
+        let c = Config::load(None, vars).unwrap();
+        assert_eq!(c.limits.max_message_bytes, 131072);
+        assert!(c.auth.allow_wildcard_room);
+        assert_eq!(c.auth.audiences, ["rtcd-proxy", "other"]);
+        assert_eq!(c.auth.permissions.no_role, [Capability::Subscribe]);
+        assert_eq!(c.auth.expiry_policy, ExpiryPolicy::Keep);
+        assert_eq!(c.auth.keys[0].secret.expose(), SECRET);
+        assert!(
+            !format!("{c:?}").contains(SECRET),
+            "Debug must not print secrets"
+        );
+        assert!(!c.auth.allow_query_token, "query tokens are off by default");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_or_variable() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "PROXY_LIMITS_MAX_MESSAGE_BYTES",
+                "big",
+                "PROXY_LIMITS_MAX_MESSAGE_BYTES",
+            ),
+            ("PROXY_AUTH_LEEWAY_SECS", "1", "PROXY_AUTH_LEEWAY_SECS"),
+            (
+                "PROXY_SERVER_LISTEN_ADDRESS",
+                "nowhere",
+                "server.listen_address",
+            ),
+            (
+                "PROXY_SERVER_TLS_CERT_FILE",
+                "/x.pem",
+                "server.tls_key_file",
+            ),
+            (
+                "PROXY_LIMITS_MAX_TOKEN_BYTES",
+                "1000000",
+                "limits.max_token_bytes",
+            ),
+            (
+                "PROXY_AUTH_JWKS_ALGORITHMS",
+                "HS256",
+                "auth.jwks.algorithms",
+            ),
+            ("PROXY_AUTH_JWKS_URL", "ftp://x/jwks", "auth.jwks.url"),
+            ("PROXY_RTCD_URL", "https://rtcd:8045", "rtcd.client_id"),
+            ("PROXY_AUTH_EXPIRY_POLICY", "forever", "expiry_policy"),
+            ("PROXY_AUTH_PERMISSIONS_GUEST", "fly", "fly"),
+            ("PROXY_LOGGER_LEVEL", "info,[", "logger.level"),
+        ];
+        for (var, value, needle) in cases {
+            let mut vars = minimal();
+            vars.push((var.to_string(), value.to_string()));
+            let e = Config::load(None, vars).unwrap_err().to_string();
+            assert!(
+                e.contains(needle),
+                "{var}={value}: `{e}` should name {needle}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_entries_are_checked() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"[{"kid":"a","algorithms":["HS256"],"secret":"short"}]"#,
+                "auth.keys[0].secret",
+            ),
+            (
+                r#"[{"kid":"a","algorithms":["RS256"],"secret":"0123456789abcdef0123456789abcdef"}]"#,
+                "auth.keys[0].algorithms",
+            ),
+            (
+                r#"[{"kid":"a","algorithms":["none"],"secret":"0123456789abcdef0123456789abcdef"}]"#,
+                "auth.keys[0].algorithms",
+            ),
+            (
+                r#"[{"kid":"a","algorithms":["RS256"],"public_key_file":"/nonexistent.pem"}]"#,
+                "auth.keys[0].public_key_file",
+            ),
+            (
+                r#"[{"kid":"","algorithms":["HS256"],"secret":"0123456789abcdef0123456789abcdef"}]"#,
+                "auth.keys[0].kid",
+            ),
+            (r#"[{"kid":"a","algorithms":["HS256"]}]"#, "auth.keys[0]"),
+        ];
+        for (keys, needle) in cases {
+            let mut vars = minimal();
+            vars.retain(|(k, _)| k != "PROXY_AUTH_KEYS");
+            vars.push(("PROXY_AUTH_KEYS".into(), keys.to_string()));
+            let e = Config::load(None, vars).unwrap_err().to_string();
+            assert!(e.contains(needle), "{keys}: `{e}` should name {needle}");
+        }
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, "[auth]\nleway_seconds = 3\n").unwrap();
+        let e = Config::load(Some(&path), minimal()).unwrap_err();
+        assert!(e.to_string().contains("leway_seconds"), "{e}");
+    }
+
+    #[test]
+    fn sample_config_parses_and_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/proxy.sample.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let sample: toml::Table = text.parse().unwrap();
+        let want = env_leaves(&toml::Table::try_from(Config::default()).unwrap());
+        let have = env_leaves(&sample);
+        let missing: Vec<_> = want.keys().filter(|k| !have.contains_key(*k)).collect();
+        assert!(missing.is_empty(), "sample config lacks {missing:?}");
+        let config: Config = toml::Value::Table(sample).try_into().unwrap();
+        // Every field of a key entry is shown in the sample too.
+        let fields = [
+            "kid",
+            "algorithms",
+            "secret",
+            "secret_file",
+            "public_key_file",
+        ];
+        for field in fields {
+            assert!(
+                text.lines().any(|l| l
+                    .trim_start()
+                    .trim_start_matches('#')
+                    .trim_start()
+                    .starts_with(&format!("{field} ="))),
+                "sample lacks auth.keys field {field}"
+            );
+        }
+        assert!(!config.auth.keys.is_empty());
+    }
+}

@@ -1,0 +1,190 @@
+//! rtcd-proxy: the service end users' browsers and apps connect to. It verifies the
+//! platform's JWTs, enforces what each token permits on every signaling message, and relays
+//! what passes to the rtcd hosting the room.
+//!
+//! # Layout
+//!
+//! * [`config`]: the typed configuration, TOML + `PROXY_*` environment, validated at start.
+//! * [`auth`]: JWT verification (HS secrets by `kid`, PEM public keys, JWKS file / URL) into a
+//!   [`auth::Grant`], or an [`auth::AuthError`] naming the exact reason.
+//! * [`policy`]: permissions and the pure SDP inspection deciding what a session may send.
+//! * [`protocol`]: the JSON messages of the client WebSocket (see `docs/protocol.md`).
+//! * [`close`]: the single mapping from every failure to its WebSocket close code.
+//! * [`session`]: one WebSocket from upgrade to close; [`limits`]: rate limiting.
+//! * [`relay`]: the seam to the media server (the rtcd gRPC relay implements [`relay::Relay`]).
+//! * [`server`]: routes and the TCP / TLS accept loop; [`health`], [`metrics`]; [`cli`].
+//! * [`Proxy`]: the composition root: `start` binds and serves, `shutdown` drains.
+
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod cli;
+pub mod close;
+pub mod config;
+pub mod health;
+pub mod limits;
+pub mod metrics;
+pub mod policy;
+pub mod protocol;
+pub mod relay;
+pub mod server;
+pub mod session;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::relay::Relay;
+use crate::session::ProxyState;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A key could not be loaded.
+    #[error("auth: {0}")]
+    Keys(String),
+    /// The TLS certificate or key is unusable.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy. Call [`Proxy::shutdown`] to stop it.
+pub struct Proxy {
+    state: Arc<ProxyState>,
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    listeners: Vec<JoinHandle<()>>,
+    sessions: TaskTracker,
+    stop_accepting: CancellationToken,
+}
+
+impl Proxy {
+    /// Loads keys (and the JWKS), binds the listeners, and serves. `relay` is the media
+    /// server connection; `None` runs the proxy without media (joins get `media_unavailable`).
+    pub async fn start(config: Config, relay: Option<Arc<dyn Relay>>) -> Result<Self, StartError> {
+        let config = Arc::new(config);
+        let verifier = Arc::new(
+            Verifier::new(&config.auth, config.limits.max_token_bytes).map_err(StartError::Keys)?,
+        );
+        verifier.warm_up().await;
+        let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
+            (c, k) if !c.is_empty() && !k.is_empty() => {
+                Some(tls::server_config(Path::new(c), Path::new(k)).map_err(StartError::Tls)?)
+            }
+            _ => None,
+        };
+        let health = Arc::new(Health::default());
+        let state = Arc::new(ProxyState::new(
+            config.clone(),
+            verifier,
+            relay,
+            Metrics::new(),
+            health.clone(),
+            CancellationToken::new(),
+        ));
+        let stop_accepting = CancellationToken::new();
+        let drain = Duration::from_secs(config.server.shutdown_timeout_seconds);
+        let sessions = TaskTracker::new();
+        let listener = bind(config.listen_addr()).await?;
+        let addr = local_addr(&listener, config.listen_addr())?;
+        if tls.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "serving ws:// beyond loopback: tokens cross the network in clear and browsers refuse cameras; set server.tls_cert_file / tls_key_file");
+        }
+        let mut listeners = vec![server::serve(
+            listener,
+            tls,
+            server::public_routes(state.clone(), sessions.clone()),
+            stop_accepting.clone(),
+            drain,
+        )];
+        let mut metrics_addr = None;
+        if let Some(want) = config.metrics_addr() {
+            let listener = bind(want).await?;
+            metrics_addr = Some(local_addr(&listener, want)?);
+            listeners.push(server::serve(
+                listener,
+                None,
+                server::internal_routes(state.clone()),
+                stop_accepting.clone(),
+                drain,
+            ));
+        }
+        health.set_ready();
+        tracing::info!(%addr, ?metrics_addr, media = state.relay.is_some(), "rtcd-proxy ready");
+        Ok(Self {
+            state,
+            addr,
+            metrics_addr,
+            listeners,
+            sessions,
+            stop_accepting,
+        })
+    }
+
+    /// The public listener's bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The metrics listener's bound address, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Metrics, for tests and embedding.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.state.metrics
+    }
+
+    /// Graceful drain: not ready, stop accepting, every session closes with `going_away`
+    /// (1001), bounded by `server.shutdown_timeout_seconds`.
+    pub async fn shutdown(self) {
+        self.state.health.set_draining();
+        self.stop_accepting.cancel();
+        self.state.shutdown.cancel();
+        self.sessions.close();
+        let drain = Duration::from_secs(self.state.config.server.shutdown_timeout_seconds);
+        if tokio::time::timeout(drain, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?drain, "sessions still open after the drain timeout");
+        }
+        for listener in self.listeners {
+            let _ = listener.await;
+        }
+        tracing::info!("rtcd-proxy stopped");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })
+}

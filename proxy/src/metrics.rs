@@ -1,0 +1,106 @@
+//! Prometheus metrics (`proxy_*`). Label values come from fixed sets (message types, close
+//! labels, failure reasons), never from client input, so clients cannot create series.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of `proxy_messages_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    /// `in` (client to proxy) or `out`.
+    pub direction: &'static str,
+    /// The message `type`, or `invalid`.
+    pub kind: &'static str,
+}
+
+/// A single `reason` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A stable snake_case label.
+    pub reason: &'static str,
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Connections accepted since start.
+    pub connections_total: Counter,
+    /// Joined (authenticated) sessions.
+    pub sessions: Gauge,
+    /// Messages by direction and type.
+    pub messages: Family<MessageLabels, Counter>,
+    /// Token rejections by reason.
+    pub auth_failures: Family<ReasonLabel, Counter>,
+    /// Closes by reason.
+    pub closes: Family<ReasonLabel, Counter>,
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("proxy");
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
+        let connections_total = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "WebSocket connections accepted",
+            connections_total.clone(),
+        );
+        let sessions = Gauge::default();
+        registry.register("sessions", "Joined sessions", sessions.clone());
+        let messages = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "messages",
+            "Signaling messages by direction and type",
+            messages.clone(),
+        );
+        let auth_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Rejected tokens by reason",
+            auth_failures.clone(),
+        );
+        let closes = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "closes",
+            "Connections closed by the proxy, by reason",
+            closes.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            connections,
+            connections_total,
+            sessions,
+            messages,
+            auth_failures,
+            closes,
+        })
+    }
+
+    /// Counts a message.
+    pub fn message(&self, direction: &'static str, kind: &'static str) {
+        self.messages
+            .get_or_create(&MessageLabels { direction, kind })
+            .inc();
+    }
+
+    /// Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

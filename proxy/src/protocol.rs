@@ -1,0 +1,391 @@
+//! The client wire protocol: JSON text frames, one object per frame, tagged by `type`.
+//! `docs/protocol.md` is the reference for client authors; this file is its source of truth.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{Permissions, Role, TrackSource};
+
+/// A room name as clients send it: 1-128 characters of `A-Z a-z 0-9 - _ . ~ @ :`.
+/// `*` is never a room (it is the token wildcard).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RoomName(String);
+
+impl RoomName {
+    /// Validates a requested room name.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.~@:".contains(&b));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err("a room is 1-128 characters of A-Z a-z 0-9 - _ . ~ @ :".into())
+        }
+    }
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Who a participant is, as the token says (`context.user.id` or `sub`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Identity(String);
+
+impl Identity {
+    /// Wraps a verified identity.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The identity.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One WebSocket session on this proxy, unique per process (logs, relay streams).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct SessionId(pub u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// An ICE candidate in the browser's `RTCIceCandidateInit` shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// The `candidate:` line; empty means end of candidates.
+    pub candidate: String,
+    /// The media section's mid.
+    #[serde(default, rename = "sdpMid", skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    /// The media section's index.
+    #[serde(
+        default,
+        rename = "sdpMLineIndex",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sdp_mline_index: Option<u16>,
+    /// The ICE username fragment.
+    #[serde(
+        default,
+        rename = "usernameFragment",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub username_fragment: Option<String>,
+}
+
+/// Everything a client may send.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// First message: enter a room. `token` may be omitted when it came in the
+    /// `Authorization` header (or `?jwt=` where enabled).
+    Join {
+        /// The JWT.
+        #[serde(default)]
+        token: Option<String>,
+        /// The room to enter.
+        room: String,
+    },
+    /// An SDP offer (publishing, or renegotiating).
+    Offer {
+        /// The SDP.
+        sdp: String,
+        /// What each sending media section carries, by mid (cameras are assumed otherwise).
+        #[serde(default)]
+        tracks: BTreeMap<String, TrackSource>,
+    },
+    /// An SDP answer to a server offer.
+    Answer {
+        /// The SDP.
+        sdp: String,
+        /// As in `offer`.
+        #[serde(default)]
+        tracks: BTreeMap<String, TrackSource>,
+    },
+    /// A trickled ICE candidate (`RTCIceCandidateInit` fields).
+    Candidate {
+        /// The `candidate:` line; empty means end of candidates.
+        candidate: String,
+        /// The media section's mid.
+        #[serde(default, rename = "sdpMid")]
+        sdp_mid: Option<String>,
+        /// The media section's index.
+        #[serde(default, rename = "sdpMLineIndex")]
+        sdp_mline_index: Option<u16>,
+        /// The ICE username fragment.
+        #[serde(default, rename = "usernameFragment")]
+        username_fragment: Option<String>,
+    },
+    /// Stop sending a source (the track stays negotiated).
+    Mute {
+        /// Which source.
+        source: TrackSource,
+    },
+    /// Resume sending a source.
+    Unmute {
+        /// Which source.
+        source: TrackSource,
+    },
+    /// Announce a screen share starting (before its offer).
+    ScreenShareStart {},
+    /// Announce a screen share ending.
+    ScreenShareStop {},
+    /// Leave the room; the proxy closes with 1000.
+    Leave {},
+    /// Application-level keepalive (for clients that cannot see WebSocket pings).
+    Ping {
+        /// Echoed in the pong.
+        #[serde(default)]
+        id: Option<u64>,
+    },
+    /// A new token for the same identity and room (answer to `token_expiring`).
+    Refresh {
+        /// The JWT.
+        token: String,
+    },
+}
+
+impl ClientMessage {
+    /// The `type` value, for metrics and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Join { .. } => "join",
+            ClientMessage::Offer { .. } => "offer",
+            ClientMessage::Answer { .. } => "answer",
+            ClientMessage::Candidate { .. } => "candidate",
+            ClientMessage::Mute { .. } => "mute",
+            ClientMessage::Unmute { .. } => "unmute",
+            ClientMessage::ScreenShareStart {} => "screen_share_start",
+            ClientMessage::ScreenShareStop {} => "screen_share_stop",
+            ClientMessage::Leave {} => "leave",
+            ClientMessage::Ping { .. } => "ping",
+            ClientMessage::Refresh { .. } => "refresh",
+        }
+    }
+}
+
+/// A participant as other participants see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Participant {
+    /// Identity from the token.
+    pub identity: Identity,
+    /// Display name, if the token has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Role.
+    pub role: Role,
+}
+
+/// Everything the proxy may send.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The token was accepted for the room.
+    Joined {
+        /// This session.
+        session_id: SessionId,
+        /// The room.
+        room: RoomName,
+        /// The verified identity.
+        identity: Identity,
+        /// Display name.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Jitsi-style tenant (`sub` when `context.user.id` gave the identity).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
+        /// Role.
+        role: Role,
+        /// Effective permissions.
+        permissions: Permissions,
+        /// Token expiry, Unix seconds.
+        expires_at: i64,
+        /// Whether a media server is attached (false: offers get `media_unavailable`).
+        media: bool,
+    },
+    /// A request was refused; the session continues unless a close follows.
+    Error {
+        /// Stable machine-readable code (see docs/protocol.md).
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+        /// The `type` of the client message that caused it, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request: Option<&'static str>,
+    },
+    /// An SDP offer from the media server (new subscriptions).
+    Offer {
+        /// The SDP.
+        sdp: String,
+    },
+    /// The media server's answer to the client's offer.
+    Answer {
+        /// The SDP.
+        sdp: String,
+    },
+    /// A media server ICE candidate.
+    Candidate {
+        /// The candidate.
+        #[serde(flatten)]
+        candidate: Candidate,
+    },
+    /// Someone entered the room.
+    ParticipantJoined {
+        /// Who.
+        participant: Participant,
+    },
+    /// Someone left.
+    ParticipantLeft {
+        /// Who.
+        identity: Identity,
+    },
+    /// A participant published a track.
+    TrackPublished {
+        /// Publisher.
+        identity: Identity,
+        /// Track ID (the stream's `msid` track).
+        track_id: String,
+        /// What it is.
+        source: TrackSource,
+    },
+    /// A participant stopped a track.
+    TrackUnpublished {
+        /// Publisher.
+        identity: Identity,
+        /// Track ID.
+        track_id: String,
+    },
+    /// A participant muted or unmuted a source.
+    MuteChanged {
+        /// Who.
+        identity: Identity,
+        /// Which source.
+        source: TrackSource,
+        /// Now muted?
+        muted: bool,
+    },
+    /// Who is speaking now (loudest first); empty when silence.
+    VoiceActivity {
+        /// Speakers.
+        speakers: Vec<Identity>,
+    },
+    /// The token expires soon; send `refresh` before `expires_at`.
+    TokenExpiring {
+        /// Unix seconds.
+        expires_at: i64,
+    },
+    /// A `refresh` was accepted.
+    Refreshed {
+        /// The new expiry, Unix seconds.
+        expires_at: i64,
+        /// Permissions of the new token.
+        permissions: Permissions,
+    },
+    /// The media server hosting the room is gone; rejoin to be placed on another.
+    MediaServerLost {
+        /// Why.
+        message: String,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// The ping's `id`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+}
+
+impl ServerMessage {
+    /// The `type` value, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::Joined { .. } => "joined",
+            ServerMessage::Error { .. } => "error",
+            ServerMessage::Offer { .. } => "offer",
+            ServerMessage::Answer { .. } => "answer",
+            ServerMessage::Candidate { .. } => "candidate",
+            ServerMessage::ParticipantJoined { .. } => "participant_joined",
+            ServerMessage::ParticipantLeft { .. } => "participant_left",
+            ServerMessage::TrackPublished { .. } => "track_published",
+            ServerMessage::TrackUnpublished { .. } => "track_unpublished",
+            ServerMessage::MuteChanged { .. } => "mute_changed",
+            ServerMessage::VoiceActivity { .. } => "voice_activity",
+            ServerMessage::TokenExpiring { .. } => "token_expiring",
+            ServerMessage::Refreshed { .. } => "refreshed",
+            ServerMessage::MediaServerLost { .. } => "media_server_lost",
+            ServerMessage::Pong { .. } => "pong",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn client_messages_parse_and_junk_is_refused() {
+        let m: ClientMessage =
+            serde_json::from_value(json!({"type":"join","token":"t","room":"r"})).unwrap();
+        assert_eq!(m.kind(), "join");
+        let m: ClientMessage = serde_json::from_value(
+            json!({"type":"candidate","candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}),
+        )
+        .unwrap();
+        assert!(
+            matches!(m, ClientMessage::Candidate { ref sdp_mid, .. } if sdp_mid.as_deref() == Some("0"))
+        );
+        let m: ClientMessage =
+            serde_json::from_value(json!({"type":"offer","sdp":"v=0","tracks":{"1":"screen"}}))
+                .unwrap();
+        assert!(
+            matches!(m, ClientMessage::Offer { ref tracks, .. } if tracks["1"] == TrackSource::Screen)
+        );
+        for bad in [
+            json!({"type":"teleport"}),
+            json!({"room":"r"}),
+            json!({"type":"join"}),
+            json!({"type":"mute","source":"nose"}),
+            json!({"type":"leave","extra":1}),
+            json!([1, 2]),
+        ] {
+            assert!(
+                serde_json::from_value::<ClientMessage>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn server_messages_are_tagged() {
+        let v = serde_json::to_value(ServerMessage::Pong { id: Some(7) }).unwrap();
+        assert_eq!(v, json!({"type":"pong","id":7}));
+        let v = serde_json::to_value(ServerMessage::Error {
+            code: "forbidden",
+            message: "no".into(),
+            request: Some("offer"),
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"error","code":"forbidden","message":"no","request":"offer"})
+        );
+    }
+
+    #[test]
+    fn room_names() {
+        assert!(RoomName::parse("daily-standup_2026.11").is_ok());
+        for bad in ["", "*", "a b", "a/b", &"x".repeat(129), "é"] {
+            assert!(RoomName::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

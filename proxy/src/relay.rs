@@ -1,0 +1,149 @@
+//! The seam between a client session and the media server hosting its room.
+//!
+//! A session calls [`Relay::join`] once it holds a [`Grant`]; the relay answers with a
+//! [`RelayLink`]: a bounded command channel (session -> media server) and a bounded event
+//! channel (media server -> session). That pair maps one-to-one onto a bidirectional gRPC
+//! stream per session, which is how the rtcd relay will implement it. The session has already
+//! applied the permission policy to every command it sends; the grant travels in the
+//! [`JoinRequest`] so the media server enforces the same permissions on media.
+//!
+//! Today no implementation is wired in: the proxy runs with `relay = None` and answers joins
+//! with `media_unavailable` (see `session`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+
+use crate::auth::Grant;
+use crate::policy::TrackSource;
+use crate::protocol::{Candidate, Identity, Participant, SessionId};
+
+/// Capacity of each direction of a [`RelayLink`]. Overflow policy: the sender awaits (the
+/// session stops reading its socket, which back-pressures the client); a session whose
+/// events back up past this is too slow and is dropped by the relay.
+pub const LINK_CAPACITY: usize = 64;
+
+/// What the media server needs to admit a session.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// The proxy's session.
+    pub session: SessionId,
+    /// Who, where, with which permissions.
+    pub grant: Grant,
+}
+
+/// Client actions, already authorized by the policy layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayCommand {
+    /// The client's offer, with its declared track sources.
+    Offer {
+        /// SDP.
+        sdp: String,
+        /// Sources by mid.
+        tracks: BTreeMap<String, TrackSource>,
+    },
+    /// The client's answer to a media server offer.
+    Answer {
+        /// SDP.
+        sdp: String,
+    },
+    /// A client ICE candidate.
+    Candidate(Candidate),
+    /// A source muted (`true`) or unmuted.
+    Mute {
+        /// Which.
+        source: TrackSource,
+        /// Muted?
+        muted: bool,
+    },
+    /// Screen share announced on (`true`) or off.
+    ScreenShare(bool),
+    /// Permissions changed after a token refresh.
+    UpdateGrant(Grant),
+    /// The client left; the stream ends after this.
+    Leave,
+}
+
+/// Media server events for one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// A media server offer (subscriptions changed).
+    Offer(String),
+    /// The answer to the client's offer.
+    Answer(String),
+    /// A media server ICE candidate.
+    Candidate(Candidate),
+    /// Someone joined the room.
+    ParticipantJoined(Participant),
+    /// Someone left.
+    ParticipantLeft(Identity),
+    /// A track was published.
+    TrackPublished {
+        /// Publisher.
+        identity: Identity,
+        /// Track ID.
+        track_id: String,
+        /// Source.
+        source: TrackSource,
+    },
+    /// A track was removed.
+    TrackUnpublished {
+        /// Publisher.
+        identity: Identity,
+        /// Track ID.
+        track_id: String,
+    },
+    /// Mute state changed.
+    MuteChanged {
+        /// Who.
+        identity: Identity,
+        /// Which source.
+        source: TrackSource,
+        /// Muted?
+        muted: bool,
+    },
+    /// Current speakers.
+    VoiceActivity(Vec<Identity>),
+}
+
+/// A joined session's connection to its media server. When `events` ends without a `Leave`
+/// having been sent, the media server was lost.
+#[derive(Debug)]
+pub struct RelayLink {
+    /// Session -> media server.
+    pub commands: mpsc::Sender<RelayCommand>,
+    /// Media server -> session.
+    pub events: mpsc::Receiver<RelayEvent>,
+}
+
+/// Why a join could not be relayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    /// No media server is configured or reachable; the client may retry later.
+    #[error("media server unavailable: {0}")]
+    Unavailable(String),
+    /// The media server refused the join.
+    #[error("media server refused the join: {0}")]
+    Refused(String),
+}
+
+impl RelayError {
+    /// The `error` code sent to the client.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RelayError::Unavailable(_) => "media_unavailable",
+            RelayError::Refused(_) => "media_refused",
+        }
+    }
+}
+
+/// A boxed, sendable future (the trait is object-safe without extra dependencies).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Connects sessions to media servers. Implemented by the rtcd gRPC relay.
+pub trait Relay: Send + Sync + 'static {
+    /// Places the session's room on a media server and opens its stream.
+    fn join(&self, request: JoinRequest) -> BoxFuture<'_, Result<RelayLink, RelayError>>;
+}

@@ -1,0 +1,758 @@
+//! One client WebSocket, from upgrade to close: wait for `join`, verify the token, then apply
+//! the permission policy to every message and relay what passes.
+//!
+//! A session is one task that owns its socket and state and `select!`s over: the next client
+//! frame, the relay's events, the ping / idle timer, the join and token-expiry deadlines, and
+//! the proxy's shutdown. Nothing is shared with other sessions except the [`ProxyState`]
+//! (limiters, metrics, the per-user session count), so no lock is held across an await.
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio_util::sync::CancellationToken;
+use warp::ws::{Message, WebSocket};
+
+use crate::auth::{AuthError, Grant, Verifier, unix_now};
+use crate::close::CloseReason;
+use crate::config::{Config, ExpiryPolicy};
+use crate::health::Health;
+use crate::limits::{AddressLimiter, Bucket};
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::policy::{Capability, PolicyError, TrackSource, authorize_sdp};
+use crate::protocol::{Candidate, ClientMessage, Identity, RoomName, ServerMessage, SessionId};
+use crate::relay::{JoinRequest, Relay, RelayCommand, RelayEvent, RelayLink};
+
+/// How long the proxy waits for the client's close frame after sending its own, so the
+/// client reads the close code instead of a connection reset.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// What every session shares.
+pub struct ProxyState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Token verification.
+    pub verifier: Arc<Verifier>,
+    /// The media relay; `None` until an rtcd relay is configured.
+    pub relay: Option<Arc<dyn Relay>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Lifecycle phase.
+    pub health: Arc<Health>,
+    /// New connections per address.
+    pub connection_limiter: AddressLimiter,
+    /// Failed authentications per address.
+    pub auth_failure_limiter: AddressLimiter,
+    /// Cancelled on shutdown: every session closes with `going_away`.
+    pub shutdown: CancellationToken,
+    sessions_by_user: Mutex<HashMap<(Option<String>, Identity), usize>>,
+    open_connections: AtomicUsize,
+    next_session: AtomicU64,
+}
+
+impl ProxyState {
+    /// Builds the shared state.
+    pub fn new(
+        config: Arc<Config>,
+        verifier: Arc<Verifier>,
+        relay: Option<Arc<dyn Relay>>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let l = &config.limits;
+        Self {
+            connection_limiter: AddressLimiter::per_minute(
+                l.connection_burst,
+                l.connections_per_minute,
+            ),
+            auth_failure_limiter: AddressLimiter::per_minute(
+                l.failed_auth_burst,
+                l.failed_auth_per_minute,
+            ),
+            config,
+            verifier,
+            relay,
+            metrics,
+            health,
+            shutdown,
+            sessions_by_user: Mutex::new(HashMap::new()),
+            open_connections: AtomicUsize::new(0),
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    /// Admits a new connection from `ip`, or says why not (checked before the upgrade
+    /// completes any work).
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, CloseReason> {
+        if !self.health.is_ready() {
+            return Err(CloseReason::GoingAway);
+        }
+        if !self.connection_limiter.take(ip, Instant::now()) {
+            return Err(CloseReason::TooManyConnections);
+        }
+        let max = self.config.limits.max_connections;
+        if self.open_connections.fetch_add(1, Ordering::AcqRel) >= max {
+            self.open_connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(CloseReason::TooManyConnections);
+        }
+        self.metrics.connections.inc();
+        self.metrics.connections_total.inc();
+        Ok(ConnectionSlot(self.clone()))
+    }
+
+    fn reserve_user(self: &Arc<Self>, grant: &Grant) -> Option<UserSlot> {
+        let key = (grant.tenant.clone(), grant.identity.clone());
+        let max = self.config.limits.max_sessions_per_user;
+        let mut map = self
+            .sessions_by_user
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let count = map.entry(key.clone()).or_insert(0);
+        if max != 0 && *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(UserSlot {
+            state: self.clone(),
+            key,
+        })
+    }
+}
+
+/// An admitted connection; releases its place in the global count when dropped.
+pub struct ConnectionSlot(Arc<ProxyState>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.connections.dec();
+    }
+}
+
+/// A session counted against its identity's limit.
+struct UserSlot {
+    state: Arc<ProxyState>,
+    key: (Option<String>, Identity),
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .state
+            .sessions_by_user
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = map.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Tokens presented outside the join message, taken from the upgrade request.
+#[derive(Debug, Default)]
+pub struct UpgradeTokens {
+    /// `Authorization: Bearer …`.
+    pub header: Option<String>,
+    /// `?jwt=…` (present even when disabled, so the refusal can say why).
+    pub query: Option<String>,
+}
+
+struct Joined {
+    grant: Grant,
+    link: Option<RelayLink>,
+    _slot: UserSlot,
+    warned: bool,
+}
+
+struct Session {
+    id: SessionId,
+    peer: IpAddr,
+    state: Arc<ProxyState>,
+    sink: SplitSink<WebSocket, Message>,
+    stream: SplitStream<WebSocket>,
+    bucket: Bucket,
+    last_seen: Instant,
+    joined: Option<Joined>,
+    /// A send timed out: the client does not read.
+    stalled: bool,
+}
+
+/// What to do after handling one event.
+enum Next {
+    Continue,
+    Close(CloseReason, Option<String>),
+}
+
+/// Runs a session to completion. `refused` closes at once (limits checked before upgrade).
+pub async fn run(
+    ws: WebSocket,
+    state: Arc<ProxyState>,
+    peer: IpAddr,
+    tokens: UpgradeTokens,
+    admitted: Result<ConnectionSlot, CloseReason>,
+) {
+    let (sink, stream) = ws.split();
+    let id = SessionId(state.next_session.fetch_add(1, Ordering::Relaxed));
+    let limits = &state.config.limits;
+    let mut session = Session {
+        id,
+        peer,
+        bucket: Bucket::new(
+            limits.message_burst,
+            f64::from(limits.messages_per_second),
+            Instant::now(),
+        ),
+        state: state.clone(),
+        sink,
+        stream,
+        last_seen: Instant::now(),
+        joined: None,
+        stalled: false,
+    };
+    let _slot = match admitted {
+        Ok(slot) => slot,
+        Err(reason) => {
+            session.close(reason, None).await;
+            return;
+        }
+    };
+    let (reason, detail) = session.serve(tokens).await;
+    session.close(reason, detail).await;
+    if let Some(joined) = session.joined.take() {
+        state.metrics.sessions.dec();
+        tracing::info!(session = %id, identity = %joined.grant.identity.as_str(), room = %joined.grant.room.as_str(), "session ended");
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600)
+}
+
+/// `Instant` at Unix time `at` (now if it has passed).
+fn instant_at(at: i64) -> tokio::time::Instant {
+    let now = unix_now();
+    tokio::time::Instant::now() + Duration::from_secs(at.saturating_sub(now).max(0) as u64)
+}
+
+impl Session {
+    async fn serve(&mut self, mut tokens: UpgradeTokens) -> (CloseReason, Option<String>) {
+        let limits = self.state.config.limits.clone();
+        let auth = self.state.config.auth.clone();
+        let join_deadline =
+            tokio::time::Instant::now() + Duration::from_secs(limits.join_timeout_seconds);
+        let idle = Duration::from_secs(limits.idle_timeout_seconds);
+        let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_seconds));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            let (warn_at, expire_at) = match (&self.joined, auth.expiry_policy) {
+                (Some(j), ExpiryPolicy::Refresh) => (
+                    if j.warned {
+                        far_future()
+                    } else {
+                        instant_at(j.grant.expires_at - auth.refresh_warning_seconds as i64)
+                    },
+                    instant_at(j.grant.expires_at + auth.leeway_seconds as i64),
+                ),
+                _ => (far_future(), far_future()),
+            };
+            let join_at = if self.joined.is_none() {
+                join_deadline
+            } else {
+                far_future()
+            };
+            let next = tokio::select! {
+                frame = self.stream.next() => self.on_frame(frame, &mut tokens).await,
+                event = next_event(&mut self.joined) => self.on_relay_event(event).await,
+                _ = ping.tick() => {
+                    if self.last_seen.elapsed() >= idle {
+                        Next::Close(CloseReason::IdleTimeout, None)
+                    } else {
+                        self.send_frame(Message::ping(Vec::new())).await;
+                        Next::Continue
+                    }
+                }
+                _ = tokio::time::sleep_until(join_at) => Next::Close(CloseReason::JoinTimeout, Some(format!("no join within {} s", limits.join_timeout_seconds))),
+                _ = tokio::time::sleep_until(warn_at) => {
+                    let expires_at = self.joined.as_ref().map_or(0, |j| j.grant.expires_at);
+                    if let Some(j) = self.joined.as_mut() {
+                        j.warned = true;
+                    }
+                    self.send(ServerMessage::TokenExpiring { expires_at }).await;
+                    Next::Continue
+                }
+                _ = tokio::time::sleep_until(expire_at) => {
+                    let ago = self.joined.as_ref().map_or(0, |j| unix_now() - j.grant.expires_at);
+                    Next::Close(CloseReason::Auth(AuthError::Expired { ago }), Some("the session's token expired without a refresh".into()))
+                }
+                _ = shutdown.cancelled() => Next::Close(CloseReason::GoingAway, Some("the proxy is shutting down; reconnect".into())),
+            };
+            if let Next::Close(reason, detail) = next {
+                return (reason, detail);
+            }
+            if self.stalled {
+                return (CloseReason::SlowClient, None);
+            }
+        }
+    }
+
+    async fn send(&mut self, message: ServerMessage) {
+        self.state.metrics.message("out", message.kind());
+        let text = serde_json::to_string(&message).expect("server messages always serialize");
+        self.send_frame(Message::text(text)).await;
+    }
+
+    /// Writes one frame, bounded by `limits.send_timeout_seconds`: a frame that cannot be
+    /// written in that time means the client stopped reading, and the session is dropped
+    /// rather than left blocking on its socket.
+    async fn send_frame(&mut self, frame: Message) {
+        if self.stalled {
+            return;
+        }
+        let limit = Duration::from_secs(self.state.config.limits.send_timeout_seconds);
+        match tokio::time::timeout(limit, self.sink.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(session = %self.id, error = %e, "send failed"),
+            Err(_) => {
+                tracing::info!(session = %self.id, "client stopped reading; dropping the session");
+                self.stalled = true;
+            }
+        }
+    }
+
+    async fn error(&mut self, code: &'static str, message: String, request: Option<&'static str>) {
+        self.send(ServerMessage::Error {
+            code,
+            message,
+            request,
+        })
+        .await;
+    }
+
+    /// Sends the reason (as an `error` with details, then the close frame) and waits briefly
+    /// for the client's close, discarding whatever it still sends.
+    async fn close(&mut self, reason: CloseReason, detail: Option<String>) {
+        self.state
+            .metrics
+            .closes
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+        tracing::debug!(session = %self.id, code = reason.code(), reason = reason.label(), "closing");
+        if let Some(detail) = detail {
+            self.error(reason.label(), detail, None).await;
+        }
+        self.send_frame(Message::close_with(reason.code(), reason.label()))
+            .await;
+        if self.stalled {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            let mut errors = 0;
+            while let Some(frame) = self.stream.next().await {
+                match frame {
+                    Ok(m) if m.is_close() => break,
+                    Ok(_) => {}
+                    Err(_) => {
+                        errors += 1;
+                        if errors > 64 {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        let _ = tokio::time::timeout(CLOSE_LINGER, self.sink.close()).await;
+    }
+
+    async fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, warp::Error>>,
+        tokens: &mut UpgradeTokens,
+    ) -> Next {
+        let message = match frame {
+            None => return Next::Close(CloseReason::Normal, None),
+            Some(Err(e)) => {
+                let too_big = e
+                    .source()
+                    .and_then(|s| s.downcast_ref::<tokio_tungstenite::tungstenite::Error>())
+                    .is_some_and(|t| {
+                        matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_))
+                    });
+                if too_big {
+                    let max = self.state.config.limits.max_message_bytes;
+                    return Next::Close(
+                        CloseReason::MessageTooLarge,
+                        Some(format!("messages are limited to {max} bytes")),
+                    );
+                }
+                tracing::debug!(session = %self.id, error = %e, "read failed");
+                return Next::Close(CloseReason::BadMessage, None);
+            }
+            Some(Ok(m)) => m,
+        };
+        self.last_seen = Instant::now();
+        if message.is_close() {
+            return Next::Close(CloseReason::Normal, None);
+        }
+        if message.is_ping() || message.is_pong() {
+            return Next::Continue;
+        }
+        if !self.bucket.take(Instant::now()) {
+            return Next::Close(
+                CloseReason::RateLimited,
+                Some(format!(
+                    "at most {} messages per second",
+                    self.state.config.limits.messages_per_second
+                )),
+            );
+        }
+        let Ok(text) = message.to_str() else {
+            self.state.metrics.message("in", "invalid");
+            return Next::Close(
+                CloseReason::BadMessage,
+                Some("only JSON text frames are accepted".into()),
+            );
+        };
+        let parsed: ClientMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.state.metrics.message("in", "invalid");
+                return Next::Close(
+                    CloseReason::BadMessage,
+                    Some(format!("not a valid message: {e}")),
+                );
+            }
+        };
+        self.state.metrics.message("in", parsed.kind());
+        if self.joined.is_none() {
+            return match parsed {
+                ClientMessage::Join { token, room } => self.join(token, room, tokens).await,
+                other => Next::Close(
+                    CloseReason::BadMessage,
+                    Some(format!("`{}` before `join`", other.kind())),
+                ),
+            };
+        }
+        self.on_joined_message(parsed).await
+    }
+
+    async fn join(
+        &mut self,
+        token: Option<String>,
+        room: String,
+        tokens: &mut UpgradeTokens,
+    ) -> Next {
+        let room = match RoomName::parse(&room) {
+            Ok(r) => r,
+            Err(e) => return Next::Close(CloseReason::BadMessage, Some(e)),
+        };
+        if !self
+            .state
+            .auth_failure_limiter
+            .allows(self.peer, Instant::now())
+        {
+            return Next::Close(
+                CloseReason::TooManyAuthFailures,
+                Some("too many failed authentications from this address; retry later".into()),
+            );
+        }
+        let allow_query = self.state.config.auth.allow_query_token;
+        let query = tokens.query.take();
+        let token = token.or_else(|| tokens.header.take()).or(if allow_query {
+            query.clone()
+        } else {
+            None
+        });
+        let result = match token {
+            Some(token) => self.state.verifier.verify(&token, &room, unix_now()).await,
+            None => Err(AuthError::Missing),
+        };
+        let grant = match result {
+            Ok(grant) => grant,
+            Err(e) => {
+                self.record_auth_failure(&e);
+                let mut detail = e.to_string();
+                if e == AuthError::Missing && query.is_some() {
+                    detail.push_str(" (the ?jwt= query parameter is disabled on this proxy)");
+                }
+                tracing::info!(target: "audit", session = %self.id, peer = %self.peer, reason = e.reason(), "join refused");
+                return Next::Close(CloseReason::Auth(e), Some(detail));
+            }
+        };
+        let Some(slot) = self.state.reserve_user(&grant) else {
+            return Next::Close(
+                CloseReason::TooManySessions,
+                Some(format!(
+                    "at most {} sessions per user",
+                    self.state.config.limits.max_sessions_per_user
+                )),
+            );
+        };
+        tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), kid = %grant.key_id, role = grant.role.as_str(), "joined");
+        self.state.metrics.sessions.inc();
+        self.send(ServerMessage::Joined {
+            session_id: self.id,
+            room: grant.room.clone(),
+            identity: grant.identity.clone(),
+            name: grant.name.clone(),
+            tenant: grant.tenant.clone(),
+            role: grant.role,
+            permissions: grant.permissions,
+            expires_at: grant.expires_at,
+            media: self.state.relay.is_some(),
+        })
+        .await;
+        let link = match &self.state.relay {
+            None => {
+                self.error(
+                    "media_unavailable",
+                    "no media server is configured on this proxy".into(),
+                    Some("join"),
+                )
+                .await;
+                None
+            }
+            Some(relay) => match relay
+                .join(JoinRequest {
+                    session: self.id,
+                    grant: grant.clone(),
+                })
+                .await
+            {
+                Ok(link) => Some(link),
+                Err(e) => {
+                    self.error(e.code(), e.to_string(), Some("join")).await;
+                    None
+                }
+            },
+        };
+        self.joined = Some(Joined {
+            grant,
+            link,
+            _slot: slot,
+            warned: false,
+        });
+        Next::Continue
+    }
+
+    /// Counts a refused token against the peer's address and in the metrics.
+    fn record_auth_failure(&self, e: &AuthError) {
+        self.state
+            .auth_failure_limiter
+            .take(self.peer, Instant::now());
+        self.state
+            .metrics
+            .auth_failures
+            .get_or_create(&ReasonLabel { reason: e.reason() })
+            .inc();
+    }
+
+    async fn on_joined_message(&mut self, message: ClientMessage) -> Next {
+        let kind = message.kind();
+        let perms = self.joined.as_ref().expect("joined").grant.permissions;
+        let command = match message {
+            ClientMessage::Join { .. } => {
+                self.error(
+                    "bad_message",
+                    "already joined; open another connection for another room".into(),
+                    Some(kind),
+                )
+                .await;
+                return Next::Continue;
+            }
+            ClientMessage::Ping { id } => {
+                self.send(ServerMessage::Pong { id }).await;
+                return Next::Continue;
+            }
+            ClientMessage::Leave {} => {
+                self.forward(RelayCommand::Leave, None).await;
+                return Next::Close(CloseReason::Normal, None);
+            }
+            ClientMessage::Refresh { token } => return self.refresh(token).await,
+            ClientMessage::Offer { sdp, tracks } => match authorize_sdp(&sdp, &tracks, &perms) {
+                Ok(_) => RelayCommand::Offer { sdp, tracks },
+                Err(e) => return self.refuse(e, kind).await,
+            },
+            ClientMessage::Answer { sdp, tracks } => match authorize_sdp(&sdp, &tracks, &perms) {
+                Ok(_) => RelayCommand::Answer { sdp },
+                Err(e) => return self.refuse(e, kind).await,
+            },
+            ClientMessage::Candidate {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+                username_fragment,
+            } => RelayCommand::Candidate(Candidate {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+                username_fragment,
+            }),
+            ClientMessage::Mute { source } => RelayCommand::Mute {
+                source,
+                muted: true,
+            },
+            ClientMessage::Unmute { source } => {
+                if !perms.allows(source.capability()) {
+                    return self
+                        .forbid(kind, format!("unmute {source:?}"), source.capability())
+                        .await;
+                }
+                RelayCommand::Mute {
+                    source,
+                    muted: false,
+                }
+            }
+            ClientMessage::ScreenShareStart {} => {
+                if !perms.allows(TrackSource::Screen.capability()) {
+                    return self
+                        .forbid(kind, "share a screen".into(), Capability::PublishScreen)
+                        .await;
+                }
+                RelayCommand::ScreenShare(true)
+            }
+            ClientMessage::ScreenShareStop {} => RelayCommand::ScreenShare(false),
+        };
+        self.forward(command, Some(kind)).await;
+        Next::Continue
+    }
+
+    async fn refuse(&mut self, e: PolicyError, kind: &'static str) -> Next {
+        let code = match e {
+            PolicyError::Forbidden { .. } => "forbidden",
+            PolicyError::MalformedSdp(_) => "bad_sdp",
+            PolicyError::BadTrack(_) => "bad_track",
+        };
+        tracing::info!(session = %self.id, code, error = %e, "message refused by policy");
+        self.error(code, e.to_string(), Some(kind)).await;
+        Next::Continue
+    }
+
+    async fn forbid(&mut self, kind: &'static str, action: String, capability: Capability) -> Next {
+        self.refuse(PolicyError::Forbidden { action, capability }, kind)
+            .await
+    }
+
+    /// Hands an authorized command to the relay, or says there is no media server.
+    async fn forward(&mut self, command: RelayCommand, kind: Option<&'static str>) {
+        let sender = self
+            .joined
+            .as_ref()
+            .and_then(|j| j.link.as_ref())
+            .map(|l| l.commands.clone());
+        match sender {
+            Some(tx) => {
+                if tx.send(command).await.is_err() {
+                    tracing::debug!(session = %self.id, "relay stream already ended");
+                }
+            }
+            None => {
+                if let Some(kind) = kind {
+                    self.error(
+                        "media_unavailable",
+                        "this session has no media server".into(),
+                        Some(kind),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    async fn refresh(&mut self, token: String) -> Next {
+        let current = self.joined.as_ref().expect("joined").grant.clone();
+        match self
+            .state
+            .verifier
+            .verify_refresh(&current, &token, unix_now())
+            .await
+        {
+            Ok(grant) => {
+                let (expires_at, permissions) = (grant.expires_at, grant.permissions);
+                if let Some(j) = self.joined.as_mut() {
+                    j.grant = grant.clone();
+                    j.warned = false;
+                }
+                self.forward(RelayCommand::UpdateGrant(grant), None).await;
+                self.send(ServerMessage::Refreshed {
+                    expires_at,
+                    permissions,
+                })
+                .await;
+            }
+            Err(e) => {
+                self.record_auth_failure(&e);
+                // The current token stays valid until it expires; the client may try again.
+                self.error(e.reason(), e.to_string(), Some("refresh")).await;
+            }
+        }
+        Next::Continue
+    }
+
+    async fn on_relay_event(&mut self, event: Option<RelayEvent>) -> Next {
+        let Some(event) = event else {
+            if let Some(j) = self.joined.as_mut() {
+                j.link = None;
+            }
+            self.send(ServerMessage::MediaServerLost {
+                message: "the media server hosting this room is gone; rejoin".into(),
+            })
+            .await;
+            return Next::Close(CloseReason::MediaServerLost, None);
+        };
+        let message = match event {
+            RelayEvent::Offer(sdp) => ServerMessage::Offer { sdp },
+            RelayEvent::Answer(sdp) => ServerMessage::Answer { sdp },
+            RelayEvent::Candidate(candidate) => ServerMessage::Candidate { candidate },
+            RelayEvent::ParticipantJoined(participant) => {
+                ServerMessage::ParticipantJoined { participant }
+            }
+            RelayEvent::ParticipantLeft(identity) => ServerMessage::ParticipantLeft { identity },
+            RelayEvent::TrackPublished {
+                identity,
+                track_id,
+                source,
+            } => ServerMessage::TrackPublished {
+                identity,
+                track_id,
+                source,
+            },
+            RelayEvent::TrackUnpublished { identity, track_id } => {
+                ServerMessage::TrackUnpublished { identity, track_id }
+            }
+            RelayEvent::MuteChanged {
+                identity,
+                source,
+                muted,
+            } => ServerMessage::MuteChanged {
+                identity,
+                source,
+                muted,
+            },
+            RelayEvent::VoiceActivity(speakers) => ServerMessage::VoiceActivity { speakers },
+        };
+        self.send(message).await;
+        Next::Continue
+    }
+}
+
+/// The next relay event, or pending forever when there is no link.
+async fn next_event(joined: &mut Option<Joined>) -> Option<RelayEvent> {
+    match joined.as_mut().and_then(|j| j.link.as_mut()) {
+        Some(link) => link.events.recv().await,
+        None => std::future::pending().await,
+    }
+}

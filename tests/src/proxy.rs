@@ -1,0 +1,394 @@
+//! Harness for rtcd-proxy end-to-end tests: a real proxy on 127.0.0.1:0, a real WebSocket
+//! client (tokio-tungstenite), token minting with the test keys in `tests/fixtures/proxy`, and
+//! a real HTTP server serving a JWKS whose content a test can change.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures_util::{SinkExt as _, StreamExt as _};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rtcd_proxy::Proxy;
+use rtcd_proxy::config::{Config, KeyConfig, SecretString};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// The HS secret of key `hs1` (test only).
+pub const HS_SECRET: &str = "e2e-test-secret-0123456789abcdef0123456789";
+/// Issuer and audience the test proxy accepts.
+pub const ISSUER: &str = "e2e-platform";
+/// See [`ISSUER`].
+pub const AUDIENCE: &str = "rtcd-proxy";
+/// How long a test waits for any single proxy reaction.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// A file in `tests/fixtures/proxy`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/proxy")
+        .join(name)
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    rtcd_proxy::auth::unix_now()
+}
+
+/// A config with HS key `hs1`, RSA key `rsa-a`, EC key `ec`, Ed25519 key `ed`, generous
+/// limits (so the token matrix is not rate limited), loopback listeners on port 0.
+pub fn base_config() -> Config {
+    let mut c = Config::default();
+    c.server.listen_address = "127.0.0.1:0".into();
+    c.server.metrics_listen_address = "127.0.0.1:0".into();
+    c.server.shutdown_timeout_seconds = 5;
+    c.auth.issuers = vec![ISSUER.into()];
+    c.auth.audiences = vec![AUDIENCE.into()];
+    c.auth.leeway_seconds = 30;
+    c.auth.max_lifetime_seconds = 3600;
+    let key = |kid: &str, alg: &str, file: &str| KeyConfig {
+        kid: kid.into(),
+        algorithms: vec![alg.into()],
+        public_key_file: fixture(file).display().to_string(),
+        ..Default::default()
+    };
+    c.auth.keys = vec![
+        KeyConfig {
+            kid: "hs1".into(),
+            algorithms: vec!["HS256".into(), "HS384".into()],
+            secret: SecretString::new(HS_SECRET),
+            ..Default::default()
+        },
+        key("rsa-a", "RS256", "rsa-a.pub.pem"),
+        key("ec", "ES256", "ec.pub.pem"),
+        key("ed", "EdDSA", "ed.pub.pem"),
+    ];
+    c.limits.failed_auth_burst = 1000;
+    c.limits.failed_auth_per_minute = 1000;
+    c.limits.connection_burst = 1000;
+    c.limits.connections_per_minute = 1000;
+    c
+}
+
+/// Starts a proxy with `config` (validated first, as the binary does), without media.
+pub async fn start(config: Config) -> anyhow::Result<Proxy> {
+    start_with_relay(config, None).await
+}
+
+/// Starts a proxy with `config` and a relay.
+pub async fn start_with_relay(
+    config: Config,
+    relay: Option<Arc<dyn rtcd_proxy::relay::Relay>>,
+) -> anyhow::Result<Proxy> {
+    config.validate().context("test config")?;
+    Ok(Proxy::start(config, relay).await?)
+}
+
+/// Claims for `sub` in `room`, valid for 10 minutes, issued now.
+pub fn claims(sub: &str, room: &str) -> Value {
+    let t = now();
+    json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "room": room, "iat": t, "nbf": t, "exp": t + 600})
+}
+
+/// Signs `claims` with HS key `hs1`.
+pub fn hs_token(claims: &Value) -> String {
+    sign(
+        Algorithm::HS256,
+        Some("hs1"),
+        claims,
+        &EncodingKey::from_secret(HS_SECRET.as_bytes()),
+    )
+}
+
+/// Signs `claims` with a fixture private key.
+pub fn pem_token(alg: Algorithm, kid: &str, key_file: &str, claims: &Value) -> String {
+    let pem = std::fs::read(fixture(key_file)).expect("fixture key");
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
+        other => panic!("no fixture for {other:?}"),
+    }
+    .expect("fixture key parses");
+    sign(alg, Some(kid), claims, &key)
+}
+
+/// Signs with any key and header.
+pub fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value, key: &EncodingKey) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key).expect("signing")
+}
+
+/// base64url without padding.
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A byte stream the client speaks WebSocket over (TCP, or TLS over TCP).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+
+/// How a connection ended, or the message that came instead.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A JSON text message.
+    Message(Value),
+    /// A close frame (code, reason).
+    Closed(u16, String),
+    /// The connection dropped without a close frame.
+    Dropped(String),
+}
+
+/// A WebSocket client.
+pub struct Client {
+    ws: Ws,
+}
+
+impl Client {
+    /// Connects to `ws://addr/ws` (plus `query`), with optional extra headers.
+    pub async fn connect(
+        addr: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        Self::handshake(Box::new(tcp), &format!("ws://{addr}/ws{query}"), headers).await
+    }
+
+    /// Connects to `wss://localhost:port/ws`, trusting only the CA in `ca_file`.
+    pub async fn connect_tls(addr: SocketAddr, ca_file: &std::path::Path) -> anyhow::Result<Self> {
+        let pem = std::fs::read(ca_file)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        Self::handshake(
+            Box::new(tls),
+            &format!("wss://localhost:{}/ws", addr.port()),
+            &[],
+        )
+        .await
+    }
+
+    async fn handshake(
+        io: Box<dyn Io>,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut request = url.into_client_request()?;
+        for (k, v) in headers {
+            request.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes())?,
+                http::HeaderValue::from_str(v)?,
+            );
+        }
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(64 << 20);
+        config.max_frame_size = Some(64 << 20);
+        let (ws, _) = tokio::time::timeout(
+            STEP,
+            tokio_tungstenite::client_async_with_config(request, io, Some(config)),
+        )
+        .await
+        .context("WebSocket handshake timed out")??;
+        Ok(Self { ws })
+    }
+
+    /// Waits `quiet` without reading or writing anything (not even pong replies).
+    pub async fn stay_silent(&mut self, quiet: Duration) {
+        tokio::time::sleep(quiet).await;
+    }
+
+    /// Sends a JSON value as a text frame.
+    pub async fn send(&mut self, value: &Value) -> anyhow::Result<()> {
+        self.send_text(value.to_string()).await
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: String) -> anyhow::Result<()> {
+        Ok(self.ws.send(Message::text(text)).await?)
+    }
+
+    /// The next JSON message or the close, skipping pings.
+    pub async fn next(&mut self) -> anyhow::Result<Event> {
+        loop {
+            let frame = tokio::time::timeout(STEP, self.ws.next())
+                .await
+                .context("no reaction from the proxy")?;
+            return Ok(match frame {
+                None => Event::Dropped("stream ended".into()),
+                Some(Err(e)) => Event::Dropped(e.to_string()),
+                Some(Ok(Message::Text(t))) => Event::Message(serde_json::from_str(&t)?),
+                Some(Ok(Message::Close(Some(f)))) => {
+                    Event::Closed(f.code.into(), f.reason.to_string())
+                }
+                Some(Ok(Message::Close(None))) => Event::Closed(1005, String::new()),
+                Some(Ok(_)) => continue,
+            });
+        }
+    }
+
+    /// Reads until the close frame; returns (code, reason, messages seen before it).
+    pub async fn closed(&mut self) -> anyhow::Result<(u16, String, Vec<Value>)> {
+        let mut seen = Vec::new();
+        loop {
+            match self.next().await? {
+                Event::Message(m) => seen.push(m),
+                Event::Closed(code, reason) => return Ok((code, reason, seen)),
+                Event::Dropped(e) => bail!("dropped without a close frame: {e}; saw {seen:?}"),
+            }
+        }
+    }
+
+    /// The next message, which must be JSON of `type`.
+    pub async fn expect(&mut self, kind: &str) -> anyhow::Result<Value> {
+        match self.next().await? {
+            Event::Message(m) if m["type"] == kind => Ok(m),
+            other => bail!("expected `{kind}`, got {other:?}"),
+        }
+    }
+}
+
+/// The outcome of a join attempt.
+#[derive(Debug)]
+pub enum JoinOutcome {
+    /// `joined` (the message).
+    Joined(Value),
+    /// Closed with (code, reason, the `error` message's `message` if any).
+    Refused(u16, String, Option<String>),
+}
+
+impl JoinOutcome {
+    /// The close code, or 0 when joined.
+    pub fn code(&self) -> u16 {
+        match self {
+            JoinOutcome::Joined(_) => 0,
+            JoinOutcome::Refused(code, ..) => *code,
+        }
+    }
+}
+
+/// Connects, sends `join` (token in the message if given), reports what happened.
+pub async fn join(
+    addr: SocketAddr,
+    token: Option<&str>,
+    room: &str,
+) -> anyhow::Result<(Client, JoinOutcome)> {
+    join_with(addr, "", &[], token, room).await
+}
+
+/// [`join`] with a query string and headers.
+pub async fn join_with(
+    addr: SocketAddr,
+    query: &str,
+    headers: &[(&str, &str)],
+    token: Option<&str>,
+    room: &str,
+) -> anyhow::Result<(Client, JoinOutcome)> {
+    let mut client = Client::connect(addr, query, headers).await?;
+    let mut message = json!({"type": "join", "room": room});
+    if let Some(t) = token {
+        message["token"] = t.into();
+    }
+    client.send(&message).await?;
+    let outcome = match client.next().await? {
+        Event::Message(m) if m["type"] == "joined" => JoinOutcome::Joined(m),
+        Event::Message(m) if m["type"] == "error" => {
+            let detail = m["message"].as_str().map(str::to_owned);
+            let (code, reason, _) = client.closed().await?;
+            JoinOutcome::Refused(code, reason, detail)
+        }
+        Event::Closed(code, reason) => JoinOutcome::Refused(code, reason, None),
+        other => bail!("unexpected answer to join: {other:?}"),
+    };
+    Ok((client, outcome))
+}
+
+/// A real HTTP server on 127.0.0.1 serving a JWKS at `/jwks` whose content tests change.
+pub struct JwksServer {
+    /// Its address.
+    pub addr: SocketAddr,
+    body: Arc<Mutex<String>>,
+    hits: Arc<AtomicUsize>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl JwksServer {
+    /// Serves a set made of the given fixture JWK files.
+    pub async fn start(jwk_files: &[&str]) -> anyhow::Result<Self> {
+        use warp::Filter as _;
+        let body = Arc::new(Mutex::new(jwks(jwk_files)));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let route = {
+            let (body, hits) = (body.clone(), hits.clone());
+            warp::path!("jwks").map(move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let text = body.lock().expect("lock").clone();
+                warp::reply::with_header(text, "content-type", "application/json")
+            })
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            warp::serve(route)
+                .incoming(listener)
+                .graceful(async {
+                    let _ = rx.await;
+                })
+                .run(),
+        );
+        Ok(Self {
+            addr,
+            body,
+            hits,
+            _shutdown: tx,
+        })
+    }
+
+    /// The JWKS URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/jwks", self.addr)
+    }
+
+    /// Replaces the served set.
+    pub fn set(&self, jwk_files: &[&str]) {
+        *self.body.lock().expect("lock") = jwks(jwk_files);
+    }
+
+    /// Requests served so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// A JWKS document of fixture JWK files.
+pub fn jwks(files: &[&str]) -> String {
+    let keys: Vec<Value> = files
+        .iter()
+        .map(|f| {
+            serde_json::from_str(&std::fs::read_to_string(fixture(f)).expect("jwk fixture"))
+                .expect("jwk json")
+        })
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
