@@ -180,10 +180,17 @@ async fn serve(config: Config) -> Result<(), String> {
         ?config,
         "starting rtcd-proxy"
     );
-    if !config.rtcd.url.is_empty() {
-        tracing::warn!(url = %config.rtcd.url, "rtcd.url is set, but this build has no rtcd relay yet: joins answer media_unavailable");
-    }
-    let proxy = crate::Proxy::start(config, None)
+    let relay_cancel = tokio_util::sync::CancellationToken::new();
+    let relay: Option<std::sync::Arc<dyn crate::relay::Relay>> = if config.rtcd.url.is_empty() {
+        tracing::warn!("rtcd.url is not set: joins answer media_unavailable");
+        None
+    } else {
+        let relay = crate::relay::rtcd::RtcdRelay::start(&config.rtcd, relay_cancel.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        Some(relay)
+    };
+    let proxy = crate::Proxy::start(config, relay)
         .await
         .map_err(|e| e.to_string())?;
     signal().await;
@@ -193,6 +200,7 @@ async fn serve(config: Config) -> Result<(), String> {
         std::process::exit(130);
     });
     proxy.shutdown().await;
+    relay_cancel.cancel();
     Ok(())
 }
 

@@ -286,13 +286,14 @@ impl Default for PermissionsConfig {
     }
 }
 
-/// `[rtcd]`: the media daemon (the relay is wired to it in a later change; today the
-/// settings are parsed and validated only).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `[rtcd]`: the media daemons rooms are placed on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtcdConfig {
-    /// `http://` or `https://` gRPC endpoint; empty = no media server (joins get
-    /// `media_unavailable`).
+    /// `http://` or `https://` gRPC endpoint of rtcd; empty = no media server (joins get
+    /// `media_unavailable`). A host name that resolves to several addresses is several rtcd
+    /// hosts (re-resolved every `resolve_interval_seconds`); rooms are spread over the ready
+    /// ones by rendezvous hashing.
     pub url: String,
     /// The client ID this proxy is registered under in rtcd.
     pub client_id: String,
@@ -308,6 +309,30 @@ pub struct RtcdConfig {
     pub client_cert_file: String,
     /// Key of `client_cert_file`.
     pub client_key_file: String,
+    /// Port of rtcd's HTTP API on every host (`/readyz` for health, `/login` for tokens).
+    pub api_port: u16,
+    /// How often each host's `/readyz` is probed.
+    pub health_interval_seconds: u64,
+    /// How often `url`'s host name is resolved again.
+    pub resolve_interval_seconds: u64,
+}
+
+impl Default for RtcdConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            client_id: String::new(),
+            auth_key: SecretString::default(),
+            auth_key_file: String::new(),
+            ca_file: String::new(),
+            server_name: String::new(),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
+            api_port: 8045,
+            health_interval_seconds: 5,
+            resolve_interval_seconds: 10,
+        }
+    }
 }
 
 /// `[logger]`.

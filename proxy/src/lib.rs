@@ -24,6 +24,7 @@ pub mod config;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod placement;
 pub mod policy;
 pub mod protocol;
 pub mod relay;

@@ -7,8 +7,10 @@
 //! applied the permission policy to every command it sends; the grant travels in the
 //! [`JoinRequest`] so the media server enforces the same permissions on media.
 //!
-//! Today no implementation is wired in: the proxy runs with `relay = None` and answers joins
-//! with `media_unavailable` (see `session`).
+//! [`rtcd::RtcdRelay`] implements it over rtcd's gRPC signaling; without `rtcd.url` the proxy
+//! runs with `relay = None` and answers joins with `media_unavailable` (see `session`).
+
+pub mod rtcd;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -106,6 +108,13 @@ pub enum RelayEvent {
     },
     /// Current speakers.
     VoiceActivity(Vec<Identity>),
+    /// The media server refused one client message; the session continues.
+    Error {
+        /// The client-facing error code (`bad_sdp`, `forbidden`, ...).
+        code: &'static str,
+        /// Details from the media server.
+        message: String,
+    },
 }
 
 /// A joined session's connection to its media server. When `events` ends without a `Leave`

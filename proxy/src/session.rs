@@ -743,6 +743,10 @@ impl Session {
                 muted,
             },
             RelayEvent::VoiceActivity(speakers) => ServerMessage::VoiceActivity { speakers },
+            RelayEvent::Error { code, message } => {
+                self.error(code, message, None).await;
+                return Next::Continue;
+            }
         };
         self.send(message).await;
         Next::Continue
