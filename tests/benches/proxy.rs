@@ -11,9 +11,8 @@
 //!
 //! `BENCH_PROXY_CONNECTIONS` (default 10000) and `BENCH_PROXY_ROUNDS` (default 5000) scale it.
 
-use std::io::BufRead as _;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rtcd_e2e::proxy::{AUDIENCE, Client, HS_SECRET, ISSUER, claims, hs_token};
@@ -26,42 +25,22 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Starts the proxy binary on an ephemeral loopback port; returns it and its address.
+/// Starts the proxy binary on an ephemeral loopback port with limits out of the way.
 fn spawn_proxy() -> anyhow::Result<(Child, SocketAddr)> {
-    let keys = format!(r#"[{{"kid":"hs1","algorithms":["HS256"],"secret":"{HS_SECRET}"}}]"#);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_proxy-under-test"))
-        .env_clear()
-        .env("PROXY_SERVER_LISTEN_ADDRESS", "127.0.0.1:0")
-        .env("PROXY_SERVER_METRICS_LISTEN_ADDRESS", "")
-        .env("PROXY_AUTH_ISSUERS", ISSUER)
-        .env("PROXY_AUTH_AUDIENCES", AUDIENCE)
-        .env("PROXY_AUTH_KEYS", keys)
-        .env("PROXY_LIMITS_CONNECTION_BURST", "100000")
-        .env("PROXY_LIMITS_CONNECTIONS_PER_MINUTE", "100000")
-        .env("PROXY_LIMITS_MESSAGE_BURST", "100000")
-        .env("PROXY_LIMITS_MESSAGES_PER_SECOND", "100000")
-        .env("PROXY_LIMITS_MAX_CONNECTIONS", "100000")
-        .env("PROXY_LIMITS_MAX_SESSIONS_PER_USER", "0")
-        .env("PROXY_LIMITS_IDLE_TIMEOUT_SECONDS", "3600")
-        .env("PROXY_LIMITS_PING_INTERVAL_SECONDS", "600")
-        .env("PROXY_LOGGER_LEVEL", "warn,rtcd_proxy=info")
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().expect("piped");
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("proxy exited before ready"))??;
-        if line.contains("rtcd-proxy ready")
-            && let Some(rest) = line.split("addr=").nth(1)
-        {
-            break rest.split_whitespace().next().unwrap_or_default().parse()?;
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Ok((child, addr))
+    let mut env = process_env();
+    for (k, v) in [
+        ("PROXY_LIMITS_CONNECTION_BURST", "100000"),
+        ("PROXY_LIMITS_CONNECTIONS_PER_MINUTE", "100000"),
+        ("PROXY_LIMITS_MESSAGE_BURST", "100000"),
+        ("PROXY_LIMITS_MESSAGES_PER_SECOND", "100000"),
+        ("PROXY_LIMITS_MAX_CONNECTIONS", "100000"),
+        ("PROXY_LIMITS_MAX_SESSIONS_PER_USER", "0"),
+        ("PROXY_LIMITS_IDLE_TIMEOUT_SECONDS", "3600"),
+        ("PROXY_LIMITS_PING_INTERVAL_SECONDS", "600"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    spawn_process(env!("CARGO_BIN_EXE_proxy-under-test"), &env)
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {

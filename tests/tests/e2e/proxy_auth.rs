@@ -951,3 +951,180 @@ async fn client_that_stops_reading_is_dropped_not_waited_on() -> anyhow::Result<
     proxy.shutdown().await;
     Ok(())
 }
+
+/// Log output captured from the current thread (the test's current-thread runtime runs the
+/// proxy's tasks there too).
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn tokens_and_secrets_never_reach_the_logs() -> anyhow::Result<()> {
+    let logs = CapturedLogs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let config = base_config();
+    tracing::info!(?config, "as `serve` logs it at start");
+    let proxy = start(config).await?;
+    let good = hs_token(&claims("tess", "standup"));
+    let expired = hs_token(&with(claims("tess", "standup"), "exp", json!(now() - 3600)));
+    let (mut c, outcome) = join(proxy.addr(), Some(&good), "standup").await?;
+    assert_eq!(outcome.code(), 0);
+    c.send(&json!({"type": "refresh", "token": expired}))
+        .await?;
+    assert_eq!(c.expect("error").await?["code"], "media_unavailable");
+    assert_eq!(c.expect("error").await?["code"], "token_expired");
+    let bearer = format!("Bearer {good}");
+    let (_c, outcome) = join_with(
+        proxy.addr(),
+        "",
+        &[("authorization", &bearer)],
+        None,
+        "standup",
+    )
+    .await?;
+    assert_eq!(outcome.code(), 0);
+    assert_eq!(
+        join(proxy.addr(), Some(&expired), "standup")
+            .await?
+            .1
+            .code(),
+        4106
+    );
+    proxy.shutdown().await;
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("joined") && text.contains("join refused"),
+        "the audit lines are there:\n{text}"
+    );
+    for (what, secret) in [
+        ("token", good.as_str()),
+        ("expired token", expired.as_str()),
+        ("HS secret", HS_SECRET),
+    ] {
+        assert!(!text.contains(secret), "the {what} reached the logs");
+        // Not even its signature part.
+        let tail = secret.rsplit('.').next().unwrap();
+        assert!(!text.contains(tail), "part of the {what} reached the logs");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn handshake_errors_are_clear_http_answers() -> anyhow::Result<()> {
+    let proxy = start(base_config()).await?;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/ws", proxy.addr());
+    assert_eq!(http.post(&url).send().await?.status(), 405);
+    let wrong_version = http
+        .get(&url)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await?;
+    assert_eq!(wrong_version.status(), 426);
+    assert_eq!(wrong_version.headers()["sec-websocket-version"], "13");
+    let no_key = http
+        .get(&url)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .send()
+        .await?;
+    assert_eq!(no_key.status(), 400);
+    assert_eq!(
+        http.get(format!("http://{}/nope", proxy.addr()))
+            .send()
+            .await?
+            .status(),
+        404
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+const PROXY_BIN: &str = env!("CARGO_BIN_EXE_proxy-under-test");
+
+fn run_cli(args: &[&str], env: &[(String, String)]) -> anyhow::Result<(i32, String, String)> {
+    let out = std::process::Command::new(PROXY_BIN)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+#[tokio::test]
+async fn binary_token_commands_and_sigterm_drain() -> anyhow::Result<()> {
+    let env = process_env();
+    let (code, token, err) = run_cli(
+        &[
+            "token", "--room", "standup", "--user", "uma", "--role", "guest", "--ttl", "10m",
+        ],
+        &env,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_owned();
+    let (code, report, _) = run_cli(&["token", "explain", &token], &env)?;
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report.contains("VALID for room standup") && report.contains("role guest"),
+        "{report}"
+    );
+    let (code, report, _) = run_cli(&["token", "explain", &token, "--room", "other"], &env)?;
+    assert_eq!(code, 1);
+    assert!(
+        report.contains("4111") && report.contains("token_wrong_room"),
+        "{report}"
+    );
+    let mut bad = env.clone();
+    bad.push(("PROXY_AUTH_LEEWAY_SECONDS".into(), "soon".into()));
+    let (code, _, err) = run_cli(&["token", "explain", &token], &bad)?;
+    assert_eq!(code, 64);
+    assert!(err.contains("PROXY_AUTH_LEEWAY_SECONDS"), "{err}");
+
+    // serve, then SIGTERM: the session is told to go away and the process exits cleanly.
+    let (mut child, addr) = spawn_process(PROXY_BIN, &env)?;
+    let (mut client, outcome) = join(addr, Some(&token), "standup").await?;
+    assert_eq!(outcome.code(), 0, "{outcome:?}");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let (code, reason, _) = client.closed().await?;
+    assert_eq!((code, reason.as_str()), (1001, "going_away"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = child.try_wait()? {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    Ok(())
+}
