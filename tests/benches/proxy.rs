@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use rtcd_e2e::proxy::{AUDIENCE, Client, HS_SECRET, ISSUER, claims, hs_token};
+use rtcd_e2e::proxy::{Client, claims, hs_token, process_env, spawn_process};
 use serde_json::json;
 
 fn env_usize(name: &str, default: usize) -> usize {
