@@ -265,8 +265,10 @@ fn instant_at(at: i64) -> tokio::time::Instant {
 
 impl Session {
     async fn serve(&mut self, mut tokens: UpgradeTokens) -> (CloseReason, Option<String>) {
-        let limits = self.state.config.limits.clone();
-        let auth = self.state.config.auth.clone();
+        // Borrowed through a local handle rather than cloned: this future lives as long as
+        // the session, and idle sessions should cost little memory.
+        let config = self.state.config.clone();
+        let (limits, auth) = (&config.limits, &config.auth);
         let join_deadline =
             tokio::time::Instant::now() + Duration::from_secs(limits.join_timeout_seconds);
         let idle = Duration::from_secs(limits.idle_timeout_seconds);
