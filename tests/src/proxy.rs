@@ -296,6 +296,11 @@ pub async fn join(
     join_with(addr, "", &[], token, room).await
 }
 
+/// The close code of a join attempt (0 when joined).
+pub async fn join_code(addr: SocketAddr, token: &str, room: &str) -> anyhow::Result<u16> {
+    Ok(join(addr, Some(token), room).await?.1.code())
+}
+
 /// [`join`] with a query string and headers.
 pub async fn join_with(
     addr: SocketAddr,

@@ -224,7 +224,7 @@ async fn token_matrix_each_failure_has_its_own_close_code() -> anyhow::Result<()
     }
     // An RS256 token naming the EC key: the key's allow-list refuses it.
     let mismatch = pem_token(Algorithm::RS256, "ec", "rsa-a.key", &good);
-    assert_eq!(join(addr, Some(&mismatch), "standup").await?.1.code(), 4103);
+    assert_eq!(join_code(addr, &mismatch, "standup").await?, 4103);
 
     let metrics = proxy.metrics().encode();
     for reason in [
@@ -356,47 +356,48 @@ async fn member_without_screen_permission_cannot_offer_a_screen_track() -> anyho
     Ok(())
 }
 
+/// The base config, verifying through a JWKS URL only.
+fn jwks_only(url: String) -> rtcd_proxy::config::Config {
+    let mut config = base_config();
+    config.auth.keys.clear();
+    config.auth.jwks.url = url;
+    config
+}
+
 #[tokio::test]
 async fn jwks_rotation_new_kid_verifies_without_restart() -> anyhow::Result<()> {
     let jwks = JwksServer::start(&["rsa-a.jwk.json", "ed.jwk.json"]).await?;
-    let mut config = base_config();
-    config.auth.keys.clear();
-    config.auth.jwks.url = jwks.url();
+    let mut config = jwks_only(jwks.url());
     config.auth.jwks.min_refetch_seconds = 0;
     let proxy = start(config).await?;
     let good = claims("frank", "standup");
     let a = pem_token(Algorithm::RS256, "rsa-a", "rsa-a.key", &good);
     let b = pem_token(Algorithm::RS256, "rsa-b", "rsa-b.key", &good);
-    assert_eq!(join(proxy.addr(), Some(&a), "standup").await?.1.code(), 0);
+    assert_eq!(join_code(proxy.addr(), &a, "standup").await?, 0);
     assert_eq!(
-        join(
+        join_code(
             proxy.addr(),
-            Some(&pem_token(Algorithm::EdDSA, "ed", "ed.key", &good)),
+            &pem_token(Algorithm::EdDSA, "ed", "ed.key", &good),
             "standup"
         )
-        .await?
-        .1
-        .code(),
+        .await?,
         0
     );
     assert_eq!(
-        join(proxy.addr(), Some(&b), "standup").await?.1.code(),
+        join_code(proxy.addr(), &b, "standup").await?,
         4104,
         "rsa-b is not published yet"
     );
     // The provider rotates: rsa-b appears, rsa-a is retired.
     jwks.set(&["rsa-b.jwk.json"]);
     assert_eq!(
-        join(proxy.addr(), Some(&b), "standup").await?.1.code(),
+        join_code(proxy.addr(), &b, "standup").await?,
         0,
         "new kid after rotation"
     );
     // A forged kid still fails cleanly.
     let forged = pem_token(Algorithm::RS256, "rsa-a-forged", "rsa-b.key", &good);
-    assert_eq!(
-        join(proxy.addr(), Some(&forged), "standup").await?.1.code(),
-        4104
-    );
+    assert_eq!(join_code(proxy.addr(), &forged, "standup").await?, 4104);
     proxy.shutdown().await;
     Ok(())
 }
@@ -405,9 +406,7 @@ async fn jwks_rotation_new_kid_verifies_without_restart() -> anyhow::Result<()> 
 async fn jwks_refetch_is_rate_limited_and_an_unreachable_provider_is_a_clear_error()
 -> anyhow::Result<()> {
     let jwks = JwksServer::start(&["rsa-a.jwk.json"]).await?;
-    let mut config = base_config();
-    config.auth.keys.clear();
-    config.auth.jwks.url = jwks.url();
+    let mut config = jwks_only(jwks.url());
     config.auth.jwks.min_refetch_seconds = 3600;
     let proxy = start(config).await?;
     let hits_at_start = jwks.hits();
@@ -415,10 +414,7 @@ async fn jwks_refetch_is_rate_limited_and_an_unreachable_provider_is_a_clear_err
     let good = claims("gina", "standup");
     for i in 0..5 {
         let forged = pem_token(Algorithm::RS256, &format!("forged-{i}"), "rsa-b.key", &good);
-        assert_eq!(
-            join(proxy.addr(), Some(&forged), "standup").await?.1.code(),
-            4104
-        );
+        assert_eq!(join_code(proxy.addr(), &forged, "standup").await?, 4104);
     }
     assert_eq!(
         jwks.hits(),
@@ -431,16 +427,11 @@ async fn jwks_refetch_is_rate_limited_and_an_unreachable_provider_is_a_clear_err
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let dead = format!("http://{}/jwks", closed.local_addr()?);
     drop(closed);
-    let mut config = base_config();
-    config.auth.keys.clear();
-    config.auth.jwks.url = dead;
+    let mut config = jwks_only(dead);
     config.auth.jwks.fetch_timeout_seconds = 2;
     let proxy = start(config).await?;
     let token = pem_token(Algorithm::RS256, "rsa-a", "rsa-a.key", &good);
-    assert_eq!(
-        join(proxy.addr(), Some(&token), "standup").await?.1.code(),
-        4115
-    );
+    assert_eq!(join_code(proxy.addr(), &token, "standup").await?, 4115);
     proxy.shutdown().await;
     Ok(())
 }
@@ -509,7 +500,7 @@ async fn protocol_violations_and_limits_close_with_their_codes() -> anyhow::Resu
     let (mut c, outcome) = join(addr, Some(&token), "standup").await?;
     assert_eq!(outcome.code(), 0);
     // One session per user: a second one is refused while the first lives.
-    assert_eq!(join(addr, Some(&token), "standup").await?.1.code(), 4007);
+    assert_eq!(join_code(addr, &token, "standup").await?, 4007);
     let big = json!({"type": "offer", "sdp": "v=0\r\n".to_string() + &"a=x\r\n".repeat(20_000)});
     c.send(&big).await?;
     assert_eq!(c.closed().await?.0, 4003);
@@ -537,39 +528,18 @@ async fn failed_auth_and_connection_rates_per_address() -> anyhow::Result<()> {
     config.limits.failed_auth_per_minute = 1;
     let proxy = start(config).await?;
     let good = hs_token(&claims("judy", "standup"));
-    assert_eq!(
-        join(proxy.addr(), Some("garbage"), "standup")
-            .await?
-            .1
-            .code(),
-        4101
-    );
-    assert_eq!(
-        join(proxy.addr(), Some("garbage"), "standup")
-            .await?
-            .1
-            .code(),
-        4101
-    );
+    assert_eq!(join_code(proxy.addr(), "garbage", "standup").await?, 4101);
+    assert_eq!(join_code(proxy.addr(), "garbage", "standup").await?, 4101);
     // Now even a good token is refused before verification.
-    assert_eq!(
-        join(proxy.addr(), Some(&good), "standup").await?.1.code(),
-        4006
-    );
+    assert_eq!(join_code(proxy.addr(), &good, "standup").await?, 4006);
     proxy.shutdown().await;
 
     let mut config = base_config();
     config.limits.connection_burst = 2;
     config.limits.connections_per_minute = 1;
     let proxy = start(config).await?;
-    assert_eq!(
-        join(proxy.addr(), Some(&good), "standup").await?.1.code(),
-        0
-    );
-    assert_eq!(
-        join(proxy.addr(), Some(&good), "standup").await?.1.code(),
-        0
-    );
+    assert_eq!(join_code(proxy.addr(), &good, "standup").await?, 0);
+    assert_eq!(join_code(proxy.addr(), &good, "standup").await?, 0);
     let mut c = Client::connect(proxy.addr(), "", &[]).await?;
     assert_eq!(c.closed().await?.0, 4005);
     proxy.shutdown().await;
@@ -650,13 +620,7 @@ async fn cli_minted_token_joins_and_explain_says_why_not() -> anyhow::Result<()>
         ..args
     };
     let rs_token = mint_token(&config, &rs, now()).map_err(anyhow::Error::msg)?;
-    assert_eq!(
-        join(proxy.addr(), Some(&rs_token), "standup")
-            .await?
-            .1
-            .code(),
-        0
-    );
+    assert_eq!(join_code(proxy.addr(), &rs_token, "standup").await?, 0);
     proxy.shutdown().await;
 
     let verifier =
@@ -999,13 +963,7 @@ async fn tokens_and_secrets_never_reach_the_logs() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(outcome.code(), 0);
-    assert_eq!(
-        join(proxy.addr(), Some(&expired), "standup")
-            .await?
-            .1
-            .code(),
-        4106
-    );
+    assert_eq!(join_code(proxy.addr(), &expired, "standup").await?, 4106);
     proxy.shutdown().await;
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     assert!(
