@@ -1086,3 +1086,30 @@ async fn binary_token_commands_and_sigterm_drain() -> anyhow::Result<()> {
     assert!(exit.success(), "{exit:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn jwks_file_is_reread_on_an_unknown_kid() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("jwks.json");
+    std::fs::write(&file, jwks(&["rsa-a.jwk.json"]))?;
+    let mut config = base_config();
+    config.auth.keys.clear();
+    config.auth.jwks.file = file.display().to_string();
+    config.auth.jwks.min_refetch_seconds = 0;
+    let proxy = start(config).await?;
+    let good = claims("vera", "standup");
+    let a = pem_token(Algorithm::RS256, "rsa-a", "rsa-a.key", &good);
+    let b = pem_token(Algorithm::RS256, "rsa-b", "rsa-b.key", &good);
+    assert_eq!(join_code(proxy.addr(), &a, "standup").await?, 0);
+    assert_eq!(join_code(proxy.addr(), &b, "standup").await?, 4104);
+    std::fs::write(&file, jwks(&["rsa-a.jwk.json", "rsa-b.jwk.json"]))?;
+    assert_eq!(join_code(proxy.addr(), &b, "standup").await?, 0);
+    // A broken file (re-read because of an unknown kid) keeps the last good keys.
+    std::fs::write(&file, "{not json")?;
+    let forged = pem_token(Algorithm::RS256, "rsa-c", "rsa-b.key", &good);
+    assert_eq!(join_code(proxy.addr(), &forged, "standup").await?, 4104);
+    assert_eq!(join_code(proxy.addr(), &a, "standup").await?, 0);
+    assert_eq!(join_code(proxy.addr(), &b, "standup").await?, 0);
+    proxy.shutdown().await;
+    Ok(())
+}
