@@ -114,7 +114,11 @@ impl Proxy {
         let mut listeners = vec![server::serve(
             listener,
             tls,
-            server::public_routes(state.clone(), sessions.clone()),
+            server::public_routes(state.clone()),
+            Some(server::Upgrades {
+                state: state.clone(),
+                sessions: sessions.clone(),
+            }),
             stop_accepting.clone(),
             drain,
         )];
@@ -126,6 +130,7 @@ impl Proxy {
                 listener,
                 None,
                 server::internal_routes(state.clone()),
+                None,
                 stop_accepting.clone(),
                 drain,
             ));

@@ -5,7 +5,6 @@
 //! (a silent client cannot pin a task), then hyper's HTTP/1 driver with upgrades (WebSocket).
 //! Each request carries the peer address as a [`PeerAddr`] extension, which the limits key on.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,44 +38,121 @@ fn bearer(header: Option<String>) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// Public routes: `GET /ws` (WebSocket), `/healthz`, `/readyz`.
+/// Public routes besides `/ws` (which [`serve`] upgrades itself): `/healthz`, `/readyz`.
 pub fn public_routes(
     state: Arc<ProxyState>,
-    sessions: TaskTracker,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    let with_state = {
-        let state = state.clone();
-        warp::any().map(move || state.clone())
+    health_routes(state).recover(not_found)
+}
+
+/// Where `GET /ws` upgrades go: the sessions' shared state and the tracker drain waits on.
+#[derive(Clone)]
+pub struct Upgrades {
+    /// Shared session state.
+    pub state: Arc<ProxyState>,
+    /// Every session task, so shutdown can wait for them.
+    pub sessions: TaskTracker,
+}
+
+/// Answers a `/ws` request: validates the WebSocket handshake (RFC 6455 §4.2.1), reads
+/// the tokens of the upgrade request, applies the admission limits, and hands the upgraded
+/// connection to a session task. warp's own `ws()` filter is not used because it cannot
+/// set tungstenite's read buffer, whose 128 KiB default would dominate an idle session.
+fn upgrade(
+    mut req: hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    upgrades: &Upgrades,
+) -> warp::reply::Response {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    let refuse = |status: StatusCode, message: &'static str| {
+        let body = serde_json::json!({ "code": status.as_u16(), "error": message });
+        warp::reply::with_status(warp::reply::json(&body), status).into_response()
     };
-    let ws = warp::path!("ws")
-        .and(warp::get())
-        .and(warp::ws())
-        .and(warp::ext::get::<PeerAddr>())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::query::<HashMap<String, String>>())
-        .and(with_state.clone())
-        .map(
-            move |ws: warp::ws::Ws,
-                  peer: PeerAddr,
-                  authorization: Option<String>,
-                  query: HashMap<String, String>,
-                  state: Arc<ProxyState>| {
-                let ip = peer.0.ip();
-                let admitted = state.admit(ip);
-                let tokens = UpgradeTokens {
-                    header: bearer(authorization),
-                    query: query.get("jwt").cloned(),
-                };
-                let max = state.config.limits.max_message_bytes;
-                let sessions = sessions.clone();
-                ws.max_message_size(max)
-                    .max_frame_size(max)
-                    .on_upgrade(move |socket| {
-                        sessions.track_future(session::run(socket, state, ip, tokens, admitted))
-                    })
-            },
+    if req.method() != hyper::Method::GET {
+        return refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET /ws with a WebSocket upgrade",
         );
-    ws.or(health_routes(state)).recover(not_found)
+    }
+    let headers = req.headers();
+    let has_token = |name: http::header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(http::header::CONNECTION, "upgrade")
+        || !has_token(http::header::UPGRADE, "websocket")
+    {
+        return refuse(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+    }
+    if headers
+        .get(http::header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut response = refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket version 13 required",
+        );
+        response.headers_mut().insert(
+            http::header::SEC_WEBSOCKET_VERSION,
+            http::HeaderValue::from_static("13"),
+        );
+        return response;
+    }
+    let Some(key) = headers.get(http::header::SEC_WEBSOCKET_KEY) else {
+        return refuse(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let header = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let query = req.uri().query().and_then(|q| {
+        reqwest::Url::parse(&format!("http://query/?{q}"))
+            .ok()?
+            .query_pairs()
+            .find(|(k, _)| k == "jwt")
+            .map(|(_, v)| v.into_owned())
+    });
+    let tokens = UpgradeTokens {
+        header: bearer(header),
+        query,
+    };
+    let state = upgrades.state.clone();
+    let admitted = state.admit(peer.ip());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    upgrades.sessions.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let config = session::socket_config(state.config.limits.max_message_bytes);
+                let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    hyper_util::rt::TokioIo::new(upgraded),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    Some(config),
+                )
+                .await;
+                session::run(socket, state, peer.ip(), tokens, admitted).await;
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    let mut response =
+        warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&accept) {
+        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    response
 }
 
 /// Internal routes: `/metrics`, `/healthz`, `/readyz`.
@@ -124,12 +200,14 @@ async fn not_found(rejection: Rejection) -> Result<warp::reply::Response, Infall
     Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
 }
 
-/// Serves `filter` on `listener` until `shutdown`; then stops accepting and gives in-flight
-/// HTTP requests up to `drain` (upgraded WebSockets are drained by their sessions).
+/// Serves `filter` (and, with `upgrades`, WebSocket sessions at `/ws`) on `listener` until
+/// `shutdown`; then stops accepting and gives in-flight HTTP requests up to `drain` (upgraded
+/// WebSockets are drained by their sessions).
 pub fn serve<F, R>(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     filter: F,
+    upgrades: Option<Upgrades>,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> JoinHandle<()>
@@ -162,11 +240,21 @@ where
             };
             let _ = tcp.set_nodelay(true);
             let routes = warp::service(filter.clone());
+            let upgrades = upgrades.clone();
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    let ws = upgrades
+                        .as_ref()
+                        .filter(|_| req.uri().path() == "/ws")
+                        .cloned();
                     req.extensions_mut().insert(PeerAddr(peer));
                     let mut routes = routes.clone();
-                    async move { routes.call(req).await }
+                    async move {
+                        match ws {
+                            Some(upgrades) => Ok(upgrade(req, peer, &upgrades)),
+                            None => routes.call(req).await,
+                        }
+                    }
                 },
             );
             let (http, tls, watcher) = (http.clone(), tls.clone(), graceful.watcher());

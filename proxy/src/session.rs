@@ -7,7 +7,6 @@
 //! (limiters, metrics, the per-user session count), so no lock is held across an await.
 
 use std::collections::HashMap;
-use std::error::Error as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,8 +14,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
-use warp::ws::{Message, WebSocket};
 
 use crate::auth::{AuthError, Grant, Verifier, unix_now};
 use crate::close::CloseReason;
@@ -31,6 +34,23 @@ use crate::relay::{JoinRequest, Relay, RelayCommand, RelayEvent, RelayLink};
 /// How long the proxy waits for the client's close frame after sending its own, so the
 /// client reads the close code instead of a connection reset.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// A client connection after the HTTP upgrade.
+pub type ClientSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The WebSocket settings of a client connection. The read buffer is small on purpose:
+/// tungstenite's default (128 KiB, zero-filled) would dominate the memory of an idle session;
+/// larger messages just take more reads.
+pub fn socket_config(
+    max_message_bytes: usize,
+) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * max_message_bytes)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
 
 /// What every session shares.
 pub struct ProxyState {
@@ -177,8 +197,8 @@ struct Session {
     id: SessionId,
     peer: IpAddr,
     state: Arc<ProxyState>,
-    sink: SplitSink<WebSocket, Message>,
-    stream: SplitStream<WebSocket>,
+    sink: SplitSink<ClientSocket, Message>,
+    stream: SplitStream<ClientSocket>,
     bucket: Bucket,
     last_seen: Instant,
     joined: Option<Joined>,
@@ -194,7 +214,7 @@ enum Next {
 
 /// Runs a session to completion. `refused` closes at once (limits checked before upgrade).
 pub async fn run(
-    ws: WebSocket,
+    ws: ClientSocket,
     state: Arc<ProxyState>,
     peer: IpAddr,
     tokens: UpgradeTokens,
@@ -245,8 +265,10 @@ fn instant_at(at: i64) -> tokio::time::Instant {
 
 impl Session {
     async fn serve(&mut self, mut tokens: UpgradeTokens) -> (CloseReason, Option<String>) {
-        let limits = self.state.config.limits.clone();
-        let auth = self.state.config.auth.clone();
+        // Borrowed through a local handle rather than cloned: this future lives as long as
+        // the session, and idle sessions should cost little memory.
+        let config = self.state.config.clone();
+        let (limits, auth) = (&config.limits, &config.auth);
         let join_deadline =
             tokio::time::Instant::now() + Duration::from_secs(limits.join_timeout_seconds);
         let idle = Duration::from_secs(limits.idle_timeout_seconds);
@@ -278,7 +300,7 @@ impl Session {
                     if self.last_seen.elapsed() >= idle {
                         Next::Close(CloseReason::IdleTimeout, None)
                     } else {
-                        self.send_frame(Message::ping(Vec::new())).await;
+                        self.send_frame(Message::Ping(Default::default())).await;
                         Next::Continue
                     }
                 }
@@ -322,6 +344,10 @@ impl Session {
         let limit = Duration::from_secs(self.state.config.limits.send_timeout_seconds);
         match tokio::time::timeout(limit, self.sink.send(frame)).await {
             Ok(Ok(())) => {}
+            Ok(Err(WsError::WriteBufferFull(_))) => {
+                tracing::info!(session = %self.id, "client does not read; write buffer full");
+                self.stalled = true;
+            }
             Ok(Err(e)) => tracing::debug!(session = %self.id, error = %e, "send failed"),
             Err(_) => {
                 tracing::info!(session = %self.id, "client stopped reading; dropping the session");
@@ -353,8 +379,11 @@ impl Session {
         if let Some(detail) = detail {
             self.error(reason.label(), detail, None).await;
         }
-        self.send_frame(Message::close_with(reason.code(), reason.label()))
-            .await;
+        self.send_frame(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(reason.code()),
+            reason: reason.label().into(),
+        })))
+        .await;
         if self.stalled {
             return;
         }
@@ -362,7 +391,7 @@ impl Session {
             let mut errors = 0;
             while let Some(frame) = self.stream.next().await {
                 match frame {
-                    Ok(m) if m.is_close() => break,
+                    Ok(Message::Close(_)) => break,
                     Ok(_) => {}
                     Err(_) => {
                         errors += 1;
@@ -379,37 +408,31 @@ impl Session {
 
     async fn on_frame(
         &mut self,
-        frame: Option<Result<Message, warp::Error>>,
+        frame: Option<Result<Message, WsError>>,
         tokens: &mut UpgradeTokens,
     ) -> Next {
         let message = match frame {
             None => return Next::Close(CloseReason::Normal, None),
+            Some(Err(WsError::Capacity(_))) => {
+                let max = self.state.config.limits.max_message_bytes;
+                return Next::Close(
+                    CloseReason::MessageTooLarge,
+                    Some(format!("messages are limited to {max} bytes")),
+                );
+            }
             Some(Err(e)) => {
-                let too_big = e
-                    .source()
-                    .and_then(|s| s.downcast_ref::<tokio_tungstenite::tungstenite::Error>())
-                    .is_some_and(|t| {
-                        matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_))
-                    });
-                if too_big {
-                    let max = self.state.config.limits.max_message_bytes;
-                    return Next::Close(
-                        CloseReason::MessageTooLarge,
-                        Some(format!("messages are limited to {max} bytes")),
-                    );
-                }
                 tracing::debug!(session = %self.id, error = %e, "read failed");
                 return Next::Close(CloseReason::BadMessage, None);
             }
             Some(Ok(m)) => m,
         };
         self.last_seen = Instant::now();
-        if message.is_close() {
-            return Next::Close(CloseReason::Normal, None);
-        }
-        if message.is_ping() || message.is_pong() {
-            return Next::Continue;
-        }
+        let text = match message {
+            Message::Close(_) => return Next::Close(CloseReason::Normal, None),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Next::Continue,
+            Message::Text(text) => Some(text),
+            Message::Binary(_) => None,
+        };
         if !self.bucket.take(Instant::now()) {
             return Next::Close(
                 CloseReason::RateLimited,
@@ -419,14 +442,14 @@ impl Session {
                 )),
             );
         }
-        let Ok(text) = message.to_str() else {
+        let Some(text) = text else {
             self.state.metrics.message("in", "invalid");
             return Next::Close(
                 CloseReason::BadMessage,
                 Some("only JSON text frames are accepted".into()),
             );
         };
-        let parsed: ClientMessage = match serde_json::from_str(text) {
+        let parsed: ClientMessage = match serde_json::from_str(text.as_str()) {
             Ok(m) => m,
             Err(e) => {
                 self.state.metrics.message("in", "invalid");

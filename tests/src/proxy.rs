@@ -296,6 +296,11 @@ pub async fn join(
     join_with(addr, "", &[], token, room).await
 }
 
+/// The close code of a join attempt (0 when joined).
+pub async fn join_code(addr: SocketAddr, token: &str, room: &str) -> anyhow::Result<u16> {
+    Ok(join(addr, Some(token), room).await?.1.code())
+}
+
 /// [`join`] with a query string and headers.
 pub async fn join_with(
     addr: SocketAddr,
@@ -391,4 +396,49 @@ pub fn jwks(files: &[&str]) -> String {
         })
         .collect();
     json!({ "keys": keys }).to_string()
+}
+
+/// Environment for the proxy binary: HS key `hs1`, the test issuer / audience, loopback on
+/// port 0 without a metrics listener.
+pub fn process_env() -> Vec<(String, String)> {
+    let keys = format!(r#"[{{"kid":"hs1","algorithms":["HS256"],"secret":"{HS_SECRET}"}}]"#);
+    [
+        ("PROXY_SERVER_LISTEN_ADDRESS", "127.0.0.1:0"),
+        ("PROXY_SERVER_METRICS_LISTEN_ADDRESS", ""),
+        ("PROXY_AUTH_ISSUERS", ISSUER),
+        ("PROXY_AUTH_AUDIENCES", AUDIENCE),
+        ("PROXY_AUTH_KEYS", &keys),
+        ("PROXY_LOGGER_LEVEL", "warn,rtcd_proxy=info"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Runs the proxy binary at `binary` (`serve`) with exactly `env`; returns the child once it
+/// logged readiness, and the address it listens on. Its stderr keeps being drained.
+pub fn spawn_process(
+    binary: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<(std::process::Child, SocketAddr)> {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(binary)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().expect("piped");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the proxy exited before it was ready"))??;
+        if line.contains("rtcd-proxy ready")
+            && let Some(rest) = line.split("addr=").nth(1)
+        {
+            break rest.split_whitespace().next().unwrap_or_default().parse()?;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok((child, addr))
 }

@@ -224,7 +224,7 @@ async fn token_matrix_each_failure_has_its_own_close_code() -> anyhow::Result<()
     }
     // An RS256 token naming the EC key: the key's allow-list refuses it.
     let mismatch = pem_token(Algorithm::RS256, "ec", "rsa-a.key", &good);
-    assert_eq!(join(addr, Some(&mismatch), "standup").await?.1.code(), 4103);
+    assert_eq!(join_code(addr, &mismatch, "standup").await?, 4103);
 
     let metrics = proxy.metrics().encode();
     for reason in [
@@ -356,47 +356,48 @@ async fn member_without_screen_permission_cannot_offer_a_screen_track() -> anyho
     Ok(())
 }
 
+/// The base config, verifying through a JWKS URL only.
+fn jwks_only(url: String) -> rtcd_proxy::config::Config {
+    let mut config = base_config();
+    config.auth.keys.clear();
+    config.auth.jwks.url = url;
+    config
+}
+
 #[tokio::test]
 async fn jwks_rotation_new_kid_verifies_without_restart() -> anyhow::Result<()> {
     let jwks = JwksServer::start(&["rsa-a.jwk.json", "ed.jwk.json"]).await?;
-    let mut config = base_config();
-    config.auth.keys.clear();
-    config.auth.jwks.url = jwks.url();
+    let mut config = jwks_only(jwks.url());
     config.auth.jwks.min_refetch_seconds = 0;
     let proxy = start(config).await?;
     let good = claims("frank", "standup");
     let a = pem_token(Algorithm::RS256, "rsa-a", "rsa-a.key", &good);
     let b = pem_token(Algorithm::RS256, "rsa-b", "rsa-b.key", &good);
-    assert_eq!(join(proxy.addr(), Some(&a), "standup").await?.1.code(), 0);
+    assert_eq!(join_code(proxy.addr(), &a, "standup").await?, 0);
     assert_eq!(
-        join(
+        join_code(
             proxy.addr(),
-            Some(&pem_token(Algorithm::EdDSA, "ed", "ed.key", &good)),
+            &pem_token(Algorithm::EdDSA, "ed", "ed.key", &good),
             "standup"
         )
-        .await?
-        .1
-        .code(),
+        .await?,
         0
     );
     assert_eq!(
-        join(proxy.addr(), Some(&b), "standup").await?.1.code(),
+        join_code(proxy.addr(), &b, "standup").await?,
         4104,
         "rsa-b is not published yet"
     );
     // The provider rotates: rsa-b appears, rsa-a is retired.
     jwks.set(&["rsa-b.jwk.json"]);
     assert_eq!(
-        join(proxy.addr(), Some(&b), "standup").await?.1.code(),
+        join_code(proxy.addr(), &b, "standup").await?,
         0,
         "new kid after rotation"
     );
     // A forged kid still fails cleanly.
     let forged = pem_token(Algorithm::RS256, "rsa-a-forged", "rsa-b.key", &good);
-    assert_eq!(
-        join(proxy.addr(), Some(&forged), "standup").await?.1.code(),
-        4104
-    );
+    assert_eq!(join_code(proxy.addr(), &forged, "standup").await?, 4104);
     proxy.shutdown().await;
     Ok(())
 }
@@ -405,9 +406,7 @@ async fn jwks_rotation_new_kid_verifies_without_restart() -> anyhow::Result<()> 
 async fn jwks_refetch_is_rate_limited_and_an_unreachable_provider_is_a_clear_error()
 -> anyhow::Result<()> {
     let jwks = JwksServer::start(&["rsa-a.jwk.json"]).await?;
-    let mut config = base_config();
-    config.auth.keys.clear();
-    config.auth.jwks.url = jwks.url();
+    let mut config = jwks_only(jwks.url());
     config.auth.jwks.min_refetch_seconds = 3600;
     let proxy = start(config).await?;
     let hits_at_start = jwks.hits();
@@ -415,10 +414,7 @@ async fn jwks_refetch_is_rate_limited_and_an_unreachable_provider_is_a_clear_err
     let good = claims("gina", "standup");
     for i in 0..5 {
         let forged = pem_token(Algorithm::RS256, &format!("forged-{i}"), "rsa-b.key", &good);
-        assert_eq!(
-            join(proxy.addr(), Some(&forged), "standup").await?.1.code(),
-            4104
-        );
+        assert_eq!(join_code(proxy.addr(), &forged, "standup").await?, 4104);
     }
     assert_eq!(
         jwks.hits(),
@@ -431,16 +427,11 @@ async fn jwks_refetch_is_rate_limited_and_an_unreachable_provider_is_a_clear_err
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let dead = format!("http://{}/jwks", closed.local_addr()?);
     drop(closed);
-    let mut config = base_config();
-    config.auth.keys.clear();
-    config.auth.jwks.url = dead;
+    let mut config = jwks_only(dead);
     config.auth.jwks.fetch_timeout_seconds = 2;
     let proxy = start(config).await?;
     let token = pem_token(Algorithm::RS256, "rsa-a", "rsa-a.key", &good);
-    assert_eq!(
-        join(proxy.addr(), Some(&token), "standup").await?.1.code(),
-        4115
-    );
+    assert_eq!(join_code(proxy.addr(), &token, "standup").await?, 4115);
     proxy.shutdown().await;
     Ok(())
 }
@@ -509,7 +500,7 @@ async fn protocol_violations_and_limits_close_with_their_codes() -> anyhow::Resu
     let (mut c, outcome) = join(addr, Some(&token), "standup").await?;
     assert_eq!(outcome.code(), 0);
     // One session per user: a second one is refused while the first lives.
-    assert_eq!(join(addr, Some(&token), "standup").await?.1.code(), 4007);
+    assert_eq!(join_code(addr, &token, "standup").await?, 4007);
     let big = json!({"type": "offer", "sdp": "v=0\r\n".to_string() + &"a=x\r\n".repeat(20_000)});
     c.send(&big).await?;
     assert_eq!(c.closed().await?.0, 4003);
@@ -537,39 +528,18 @@ async fn failed_auth_and_connection_rates_per_address() -> anyhow::Result<()> {
     config.limits.failed_auth_per_minute = 1;
     let proxy = start(config).await?;
     let good = hs_token(&claims("judy", "standup"));
-    assert_eq!(
-        join(proxy.addr(), Some("garbage"), "standup")
-            .await?
-            .1
-            .code(),
-        4101
-    );
-    assert_eq!(
-        join(proxy.addr(), Some("garbage"), "standup")
-            .await?
-            .1
-            .code(),
-        4101
-    );
+    assert_eq!(join_code(proxy.addr(), "garbage", "standup").await?, 4101);
+    assert_eq!(join_code(proxy.addr(), "garbage", "standup").await?, 4101);
     // Now even a good token is refused before verification.
-    assert_eq!(
-        join(proxy.addr(), Some(&good), "standup").await?.1.code(),
-        4006
-    );
+    assert_eq!(join_code(proxy.addr(), &good, "standup").await?, 4006);
     proxy.shutdown().await;
 
     let mut config = base_config();
     config.limits.connection_burst = 2;
     config.limits.connections_per_minute = 1;
     let proxy = start(config).await?;
-    assert_eq!(
-        join(proxy.addr(), Some(&good), "standup").await?.1.code(),
-        0
-    );
-    assert_eq!(
-        join(proxy.addr(), Some(&good), "standup").await?.1.code(),
-        0
-    );
+    assert_eq!(join_code(proxy.addr(), &good, "standup").await?, 0);
+    assert_eq!(join_code(proxy.addr(), &good, "standup").await?, 0);
     let mut c = Client::connect(proxy.addr(), "", &[]).await?;
     assert_eq!(c.closed().await?.0, 4005);
     proxy.shutdown().await;
@@ -650,13 +620,7 @@ async fn cli_minted_token_joins_and_explain_says_why_not() -> anyhow::Result<()>
         ..args
     };
     let rs_token = mint_token(&config, &rs, now()).map_err(anyhow::Error::msg)?;
-    assert_eq!(
-        join(proxy.addr(), Some(&rs_token), "standup")
-            .await?
-            .1
-            .code(),
-        0
-    );
+    assert_eq!(join_code(proxy.addr(), &rs_token, "standup").await?, 0);
     proxy.shutdown().await;
 
     let verifier =
@@ -948,6 +912,204 @@ async fn client_that_stops_reading_is_dropped_not_waited_on() -> anyhow::Result<
         "{metrics}"
     );
     drop(client);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Log output captured from the current thread (the test's current-thread runtime runs the
+/// proxy's tasks there too).
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn tokens_and_secrets_never_reach_the_logs() -> anyhow::Result<()> {
+    let logs = CapturedLogs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let config = base_config();
+    tracing::info!(?config, "as `serve` logs it at start");
+    let proxy = start(config).await?;
+    let good = hs_token(&claims("tess", "standup"));
+    let expired = hs_token(&with(claims("tess", "standup"), "exp", json!(now() - 3600)));
+    let (mut c, outcome) = join(proxy.addr(), Some(&good), "standup").await?;
+    assert_eq!(outcome.code(), 0);
+    c.send(&json!({"type": "refresh", "token": expired}))
+        .await?;
+    assert_eq!(c.expect("error").await?["code"], "media_unavailable");
+    assert_eq!(c.expect("error").await?["code"], "token_expired");
+    let bearer = format!("Bearer {good}");
+    let (_c, outcome) = join_with(
+        proxy.addr(),
+        "",
+        &[("authorization", &bearer)],
+        None,
+        "standup",
+    )
+    .await?;
+    assert_eq!(outcome.code(), 0);
+    assert_eq!(join_code(proxy.addr(), &expired, "standup").await?, 4106);
+    proxy.shutdown().await;
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("joined") && text.contains("join refused"),
+        "the audit lines are there:\n{text}"
+    );
+    for (what, secret) in [
+        ("token", good.as_str()),
+        ("expired token", expired.as_str()),
+        ("HS secret", HS_SECRET),
+    ] {
+        assert!(!text.contains(secret), "the {what} reached the logs");
+        // Not even its signature part.
+        let tail = secret.rsplit('.').next().unwrap();
+        assert!(!text.contains(tail), "part of the {what} reached the logs");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn handshake_errors_are_clear_http_answers() -> anyhow::Result<()> {
+    let proxy = start(base_config()).await?;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/ws", proxy.addr());
+    assert_eq!(http.post(&url).send().await?.status(), 405);
+    let wrong_version = http
+        .get(&url)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await?;
+    assert_eq!(wrong_version.status(), 426);
+    assert_eq!(wrong_version.headers()["sec-websocket-version"], "13");
+    let no_key = http
+        .get(&url)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .send()
+        .await?;
+    assert_eq!(no_key.status(), 400);
+    assert_eq!(
+        http.get(format!("http://{}/nope", proxy.addr()))
+            .send()
+            .await?
+            .status(),
+        404
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+const PROXY_BIN: &str = env!("CARGO_BIN_EXE_proxy-under-test");
+
+fn run_cli(args: &[&str], env: &[(String, String)]) -> anyhow::Result<(i32, String, String)> {
+    let out = std::process::Command::new(PROXY_BIN)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+#[tokio::test]
+async fn binary_token_commands_and_sigterm_drain() -> anyhow::Result<()> {
+    let env = process_env();
+    let (code, token, err) = run_cli(
+        &[
+            "token", "--room", "standup", "--user", "uma", "--role", "guest", "--ttl", "10m",
+        ],
+        &env,
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_owned();
+    let (code, report, _) = run_cli(&["token", "explain", &token], &env)?;
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report.contains("VALID for room standup") && report.contains("role guest"),
+        "{report}"
+    );
+    let (code, report, _) = run_cli(&["token", "explain", &token, "--room", "other"], &env)?;
+    assert_eq!(code, 1);
+    assert!(
+        report.contains("4111") && report.contains("token_wrong_room"),
+        "{report}"
+    );
+    let mut bad = env.clone();
+    bad.push(("PROXY_AUTH_LEEWAY_SECONDS".into(), "soon".into()));
+    let (code, _, err) = run_cli(&["token", "explain", &token], &bad)?;
+    assert_eq!(code, 64);
+    assert!(err.contains("PROXY_AUTH_LEEWAY_SECONDS"), "{err}");
+
+    // serve, then SIGTERM: the session is told to go away and the process exits cleanly.
+    let (mut child, addr) = spawn_process(PROXY_BIN, &env)?;
+    let (mut client, outcome) = join(addr, Some(&token), "standup").await?;
+    assert_eq!(outcome.code(), 0, "{outcome:?}");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let (code, reason, _) = client.closed().await?;
+    assert_eq!((code, reason.as_str()), (1001, "going_away"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = child.try_wait()? {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn jwks_file_is_reread_on_an_unknown_kid() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("jwks.json");
+    std::fs::write(&file, jwks(&["rsa-a.jwk.json"]))?;
+    let mut config = base_config();
+    config.auth.keys.clear();
+    config.auth.jwks.file = file.display().to_string();
+    config.auth.jwks.min_refetch_seconds = 0;
+    let proxy = start(config).await?;
+    let good = claims("vera", "standup");
+    let a = pem_token(Algorithm::RS256, "rsa-a", "rsa-a.key", &good);
+    let b = pem_token(Algorithm::RS256, "rsa-b", "rsa-b.key", &good);
+    assert_eq!(join_code(proxy.addr(), &a, "standup").await?, 0);
+    assert_eq!(join_code(proxy.addr(), &b, "standup").await?, 4104);
+    std::fs::write(&file, jwks(&["rsa-a.jwk.json", "rsa-b.jwk.json"]))?;
+    assert_eq!(join_code(proxy.addr(), &b, "standup").await?, 0);
+    // A broken file (re-read because of an unknown kid) keeps the last good keys.
+    std::fs::write(&file, "{not json")?;
+    let forged = pem_token(Algorithm::RS256, "rsa-c", "rsa-b.key", &good);
+    assert_eq!(join_code(proxy.addr(), &forged, "standup").await?, 4104);
+    assert_eq!(join_code(proxy.addr(), &a, "standup").await?, 0);
+    assert_eq!(join_code(proxy.addr(), &b, "standup").await?, 0);
     proxy.shutdown().await;
     Ok(())
 }
