@@ -290,10 +290,10 @@ impl Default for PermissionsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtcdConfig {
-    /// `http://` or `https://` gRPC endpoint of rtcd; empty = no media server (joins get
-    /// `media_unavailable`). A host name that resolves to several addresses is several rtcd
-    /// hosts (re-resolved every `resolve_interval_seconds`); rooms are spread over the ready
-    /// ones by rendezvous hashing.
+    /// `http://` or `https://` gRPC endpoints of rtcd, comma-separated; empty = no media server
+    /// (joins get `media_unavailable`). Each entry is a static host, or a host name whose
+    /// addresses are re-resolved every `resolve_interval_seconds` (each address one rtcd host);
+    /// rooms are spread over the ready hosts by rendezvous hashing.
     pub url: String,
     /// The client ID this proxy is registered under in rtcd.
     pub client_id: String,
@@ -315,6 +315,13 @@ pub struct RtcdConfig {
     pub health_interval_seconds: u64,
     /// How often `url`'s host name is resolved again.
     pub resolve_interval_seconds: u64,
+}
+
+impl RtcdConfig {
+    /// The entries of `url`.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty())
+    }
 }
 
 impl Default for RtcdConfig {
@@ -577,11 +584,25 @@ impl Config {
         if r.url.is_empty() {
             return Ok(());
         }
-        let url = reqwest::Url::parse(&r.url).map_err(|e| invalid("rtcd.url", e.to_string()))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        let mut schemes = std::collections::BTreeSet::new();
+        for entry in r.urls() {
+            let url = reqwest::Url::parse(entry)
+                .map_err(|e| invalid("rtcd.url", format!("{entry}: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(invalid(
+                    "rtcd.url",
+                    "each entry must be http://host:port or https://host:port",
+                ));
+            }
+            schemes.insert(url.scheme().to_owned());
+        }
+        if schemes.len() > 1 {
+            return Err(invalid("rtcd.url", "mixes http and https entries"));
+        }
+        if r.api_port == 0 || r.health_interval_seconds == 0 || r.resolve_interval_seconds == 0 {
             return Err(invalid(
-                "rtcd.url",
-                "must be http://host:port or https://host:port",
+                "rtcd.api_port",
+                "api_port, health_interval_seconds and resolve_interval_seconds must be at least 1",
             ));
         }
         if r.client_id.is_empty() {

@@ -22,12 +22,20 @@ pub fn score(host: &str, room: &str) -> u64 {
     h.update([0]);
     h.update(room.as_bytes());
     let digest = h.finalize();
-    u64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
+    u64::from_be_bytes(
+        digest[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 32 bytes"),
+    )
 }
 
 /// The host with the highest score for `room` (ties, vanishingly rare, go to the smaller name).
 pub fn pick<'a>(room: &str, hosts: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    hosts.into_iter().map(|h| (score(h, room), h)).max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1))).map(|(_, h)| h)
+    hosts
+        .into_iter()
+        .map(|h| (score(h, room), h))
+        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)))
+        .map(|(_, h)| h)
 }
 
 /// Health of one host as last probed.
@@ -73,12 +81,24 @@ impl HostSet {
     /// The host for `room` among the ready ones, if any is ready.
     pub fn place(&self, room: &str) -> Option<String> {
         let hosts = self.hosts.read().expect("host set lock is never poisoned");
-        pick(room, hosts.iter().filter(|(_, h)| **h == HostHealth::Ready).map(|(u, _)| u.as_str())).map(str::to_owned)
+        pick(
+            room,
+            hosts
+                .iter()
+                .filter(|(_, h)| **h == HostHealth::Ready)
+                .map(|(u, _)| u.as_str()),
+        )
+        .map(str::to_owned)
     }
 
     /// A snapshot of every host and its health (for `/readyz` and metrics).
     pub fn snapshot(&self) -> Vec<(String, HostHealth)> {
-        self.hosts.read().expect("host set lock is never poisoned").iter().map(|(u, h)| (u.clone(), *h)).collect()
+        self.hosts
+            .read()
+            .expect("host set lock is never poisoned")
+            .iter()
+            .map(|(u, h)| (u.clone(), *h))
+            .collect()
     }
 }
 
@@ -89,9 +109,19 @@ mod tests {
     #[test]
     fn scores_are_stable_across_processes() {
         // Pinned values: a change here would move every room in every deployment.
-        assert_eq!(score("http://a:8045", "room-1"), score("http://a:8045", "room-1"));
-        assert_ne!(score("http://a:8045", "room-1"), score("http://b:8045", "room-1"));
-        assert_ne!(score("ab", "c"), score("a", "bc"), "the separator keeps (host, room) pairs distinct");
+        assert_eq!(
+            score("http://a:8045", "room-1"),
+            score("http://a:8045", "room-1")
+        );
+        assert_ne!(
+            score("http://a:8045", "room-1"),
+            score("http://b:8045", "room-1")
+        );
+        assert_ne!(
+            score("ab", "c"),
+            score("a", "bc"),
+            "the separator keeps (host, room) pairs distinct"
+        );
     }
 
     #[test]
@@ -121,9 +151,23 @@ mod tests {
         set.set_health("http://a", HostHealth::Ready);
         assert_eq!(set.place("r").as_deref(), Some("http://a"));
         set.set_health("http://b", HostHealth::Ready);
-        set.set_hosts(["http://a".to_owned(), "http://b".to_owned(), "http://c".to_owned()]);
-        assert_eq!(set.snapshot().iter().filter(|(_, h)| *h == HostHealth::Ready).count(), 2);
+        set.set_hosts([
+            "http://a".to_owned(),
+            "http://b".to_owned(),
+            "http://c".to_owned(),
+        ]);
+        assert_eq!(
+            set.snapshot()
+                .iter()
+                .filter(|(_, h)| *h == HostHealth::Ready)
+                .count(),
+            2
+        );
         set.set_health("http://zzz", HostHealth::Ready);
-        assert_eq!(set.snapshot().len(), 3, "probes of removed hosts are ignored");
+        assert_eq!(
+            set.snapshot().len(),
+            3,
+            "probes of removed hosts are ignored"
+        );
     }
 }

@@ -18,7 +18,7 @@
 //! session), the event channel closes and the session reports `media_server_lost`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use super::{BoxFuture, JoinRequest, LINK_CAPACITY, Relay, RelayCommand, RelayError, RelayEvent, RelayLink};
+use super::{
+    BoxFuture, JoinRequest, LINK_CAPACITY, Relay, RelayCommand, RelayError, RelayEvent, RelayLink,
+};
 use crate::config::RtcdConfig;
 use crate::placement::{HostHealth, HostSet};
 use crate::policy::TrackSource;
@@ -64,11 +66,13 @@ struct Host {
     http: reqwest::Client,
 }
 
-/// TLS material for the HTTP API clients (kept to build one client per host).
-#[derive(Clone, Default)]
-struct HttpTls {
+/// TLS material from config, kept to build each host's clients.
+#[derive(Default)]
+struct TlsMaterial {
+    /// PEM CA bundle; None = web PKI roots.
     ca_pem: Option<Vec<u8>>,
-    identity_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key (mutual TLS).
+    client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 struct Login {
@@ -81,8 +85,7 @@ pub struct RtcdRelay {
     client_id: String,
     auth_key: String,
     instance: String,
-    tls: Option<ClientTlsConfig>,
-    http_tls: HttpTls,
+    tls: TlsMaterial,
     hosts: HostSet,
     /// Host key (`ip:grpc_port`, identical on every replica) -> the host.
     channels: Mutex<HashMap<String, Arc<Host>>>,
@@ -93,49 +96,72 @@ impl RtcdRelay {
     /// Builds the relay and starts host discovery and health probing (stopped by `cancel`).
     /// Returns once the first resolution and probe have run, so a join right after start can
     /// already be placed.
-    pub async fn start(config: &RtcdConfig, cancel: CancellationToken) -> Result<Arc<Self>, RtcdRelayError> {
-        let url = reqwest::Url::parse(&config.url)
-            .map_err(|e| RtcdRelayError::Config { key: "rtcd.url", message: e.to_string() })?;
-        let https = url.scheme() == "https";
-        let host_name = url.host_str().unwrap_or_default().to_owned();
+    pub async fn start(
+        config: &RtcdConfig,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Self>, RtcdRelayError> {
         let auth_key = if config.auth_key_file.is_empty() {
             config.auth_key.expose().to_owned()
         } else {
             std::fs::read_to_string(&config.auth_key_file)
-                .map_err(|e| RtcdRelayError::Config { key: "rtcd.auth_key_file", message: e.to_string() })?
+                .map_err(|e| RtcdRelayError::Config {
+                    key: "rtcd.auth_key_file",
+                    message: e.to_string(),
+                })?
                 .trim_end_matches(['\r', '\n'])
                 .to_owned()
         };
         let read = |key: &'static str, path: &str| {
-            std::fs::read(path).map_err(|e| RtcdRelayError::Config { key, message: format!("{path}: {e}") })
+            std::fs::read(path).map_err(|e| RtcdRelayError::Config {
+                key,
+                message: format!("{path}: {e}"),
+            })
         };
-        let server_name = if config.server_name.is_empty() { host_name.clone() } else { config.server_name.clone() };
-        let mut http_tls = HttpTls::default();
-        let tls = if https {
-            let mut tls = ClientTlsConfig::new().domain_name(server_name.clone());
-            if config.ca_file.is_empty() {
-                tls = tls.with_webpki_roots();
+        let mut tls = TlsMaterial::default();
+        if !config.ca_file.is_empty() {
+            let ca = read("rtcd.ca_file", &config.ca_file)?;
+            reqwest::Certificate::from_pem(&ca).map_err(|e| RtcdRelayError::Config {
+                key: "rtcd.ca_file",
+                message: e.to_string(),
+            })?;
+            tls.ca_pem = Some(ca);
+        }
+        if !config.client_cert_file.is_empty() {
+            let cert = read("rtcd.client_cert_file", &config.client_cert_file)?;
+            let key = read("rtcd.client_key_file", &config.client_key_file)?;
+            let mut pem = cert.clone();
+            pem.extend_from_slice(&key);
+            reqwest::Identity::from_pem(&pem).map_err(|e| RtcdRelayError::Config {
+                key: "rtcd.client_cert_file",
+                message: e.to_string(),
+            })?;
+            tls.client = Some((cert, key));
+        }
+        let mut discoveries = Vec::new();
+        for entry in config.urls() {
+            let url = reqwest::Url::parse(entry).map_err(|e| RtcdRelayError::Config {
+                key: "rtcd.url",
+                message: format!("{entry}: {e}"),
+            })?;
+            let host_name = url
+                .host_str()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_owned();
+            let server_name = if config.server_name.is_empty() {
+                host_name.clone()
             } else {
-                let ca = read("rtcd.ca_file", &config.ca_file)?;
-                reqwest::Certificate::from_pem(&ca)
-                    .map_err(|e| RtcdRelayError::Config { key: "rtcd.ca_file", message: e.to_string() })?;
-                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(&ca));
-                http_tls.ca_pem = Some(ca);
-            }
-            if !config.client_cert_file.is_empty() {
-                let cert = read("rtcd.client_cert_file", &config.client_cert_file)?;
-                let key = read("rtcd.client_key_file", &config.client_key_file)?;
-                tls = tls.identity(tonic::transport::Identity::from_pem(&cert, &key));
-                let mut pem = cert;
-                pem.extend_from_slice(&key);
-                reqwest::Identity::from_pem(&pem)
-                    .map_err(|e| RtcdRelayError::Config { key: "rtcd.client_cert_file", message: e.to_string() })?;
-                http_tls.identity_pem = Some(pem);
-            }
-            Some(tls)
-        } else {
-            None
-        };
+                config.server_name.clone()
+            };
+            discoveries.push(Discovery {
+                https: url.scheme() == "https",
+                grpc_port: url.port_or_known_default().unwrap_or(443),
+                api_port: config.api_port,
+                host_name,
+                server_name,
+                last: Mutex::new(Vec::new()),
+            });
+        }
         let mut instance = [0u8; 6];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut instance);
         let relay = Arc::new(Self {
@@ -143,20 +169,11 @@ impl RtcdRelay {
             auth_key,
             instance: instance.iter().map(|b| format!("{b:02x}")).collect(),
             tls,
-            http_tls,
             hosts: HostSet::default(),
             channels: Mutex::new(HashMap::new()),
             logins: tokio::sync::Mutex::new(HashMap::new()),
         });
-        let grpc_port = url.port_or_known_default().unwrap_or(443);
-        let discovery = Discovery {
-            scheme: url.scheme().to_owned(),
-            host_name,
-            server_name,
-            grpc_port,
-            api_port: config.api_port,
-        };
-        relay.refresh_hosts(&discovery).await;
+        relay.refresh_hosts(&discoveries).await;
         relay.probe().await;
         let weak = Arc::downgrade(&relay);
         let (resolve_every, probe_every) = (
@@ -171,7 +188,7 @@ impl RtcdRelay {
                     _ = cancel.cancelled() => return,
                     _ = resolve.tick() => {
                         let Some(relay) = weak.upgrade() else { return };
-                        relay.refresh_hosts(&discovery).await;
+                        relay.refresh_hosts(&discoveries).await;
                     }
                     _ = probe.tick() => {
                         let Some(relay) = weak.upgrade() else { return };
@@ -188,23 +205,46 @@ impl RtcdRelay {
         &self.hosts
     }
 
-    async fn refresh_hosts(&self, d: &Discovery) {
-        let addrs: Vec<IpAddr> = match d.host_name.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => match tokio::net::lookup_host((d.host_name.as_str(), d.grpc_port)).await {
-                Ok(addrs) => addrs.map(|a| a.ip()).collect::<BTreeSet<_>>().into_iter().collect(),
-                Err(e) => {
-                    // Keep the last known hosts: a DNS hiccup must not empty the pool.
-                    tracing::warn!(host = %d.host_name, error = %e, "cannot resolve rtcd hosts");
-                    return;
+    async fn refresh_hosts(&self, discoveries: &[Discovery]) {
+        let mut found: Vec<(String, &Discovery, IpAddr)> = Vec::new();
+        for d in discoveries {
+            let addrs: Vec<IpAddr> = match d.host_name.parse::<IpAddr>() {
+                Ok(ip) => vec![ip],
+                Err(_) => {
+                    match tokio::net::lookup_host((d.host_name.as_str(), d.grpc_port)).await {
+                        Ok(addrs) => {
+                            let addrs: Vec<IpAddr> = addrs
+                                .map(|a| a.ip())
+                                .collect::<BTreeSet<_>>()
+                                .into_iter()
+                                .collect();
+                            *d.last
+                                .lock()
+                                .expect("resolution cache lock is never poisoned") = addrs.clone();
+                            addrs
+                        }
+                        Err(e) => {
+                            // Keep the last known hosts: a DNS hiccup must not empty the pool.
+                            tracing::warn!(host = %d.host_name, error = %e, "cannot resolve rtcd hosts");
+                            d.last
+                                .lock()
+                                .expect("resolution cache lock is never poisoned")
+                                .clone()
+                        }
+                    }
                 }
-            },
-        };
-        let keys: Vec<(String, IpAddr)> = addrs.into_iter().map(|ip| (format!("{}", std::net::SocketAddr::new(ip, d.grpc_port)), ip)).collect();
+            };
+            for ip in addrs {
+                found.push((SocketAddr::new(ip, d.grpc_port).to_string(), d, ip));
+            }
+        }
         {
-            let mut channels = self.channels.lock().expect("channel map lock is never poisoned");
-            channels.retain(|key, _| keys.iter().any(|(k, _)| k == key));
-            for (key, ip) in &keys {
+            let mut channels = self
+                .channels
+                .lock()
+                .expect("channel map lock is never poisoned");
+            channels.retain(|key, _| found.iter().any(|(k, _, _)| k == key));
+            for (key, d, ip) in &found {
                 if channels.contains_key(key) {
                     continue;
                 }
@@ -216,7 +256,7 @@ impl RtcdRelay {
                 }
             }
         }
-        self.hosts.set_hosts(keys.into_iter().map(|(k, _)| k));
+        self.hosts.set_hosts(found.into_iter().map(|(k, _, _)| k));
     }
 
     /// The channel (connected lazily) and API client for the host at `ip`.
@@ -225,31 +265,45 @@ impl RtcdRelay {
             IpAddr::V4(v4) => v4.to_string(),
             IpAddr::V6(v6) => format!("[{v6}]"),
         };
-        let mut endpoint = Endpoint::from_shared(format!("{}://{literal}:{}", d.scheme, d.grpc_port))
+        let scheme = if d.https { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{literal}:{}", d.grpc_port))
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(4))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_while_idle(true);
         let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
-        let api = match &self.tls {
-            Some(tls) => {
-                endpoint = endpoint.tls_config(tls.clone()).map_err(|e| e.to_string())?;
-                // Certificates name the service, so the API is addressed by that name, pinned
-                // to this host's address.
-                http = http.resolve(&d.server_name, std::net::SocketAddr::new(ip, d.api_port));
-                if let Some(ca) = &self.http_tls.ca_pem {
+        let api = if d.https {
+            let mut tls = ClientTlsConfig::new().domain_name(d.server_name.clone());
+            match &self.tls.ca_pem {
+                Some(ca) => {
+                    tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
                     let cert = reqwest::Certificate::from_pem(ca).map_err(|e| e.to_string())?;
-                    http = http.add_root_certificate(cert).tls_built_in_root_certs(false);
+                    http = http
+                        .add_root_certificate(cert)
+                        .tls_built_in_root_certs(false);
                 }
-                if let Some(pem) = &self.http_tls.identity_pem {
-                    http = http.identity(reqwest::Identity::from_pem(pem).map_err(|e| e.to_string())?);
-                }
-                format!("https://{}:{}", d.server_name, d.api_port)
+                None => tls = tls.with_webpki_roots(),
             }
-            None => format!("http://{literal}:{}", d.api_port),
+            if let Some((cert, key)) = &self.tls.client {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+                let mut pem = cert.clone();
+                pem.extend_from_slice(key);
+                http = http.identity(reqwest::Identity::from_pem(&pem).map_err(|e| e.to_string())?);
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+            // Certificates name the service, so the API is addressed by that name, pinned to
+            // this host's address.
+            http = http.resolve(&d.server_name, SocketAddr::new(ip, d.api_port));
+            format!("https://{}:{}", d.server_name, d.api_port)
+        } else {
+            format!("http://{literal}:{}", d.api_port)
         };
-        Ok(Host { channel: endpoint.connect_lazy(), api, http: http.build().map_err(|e| e.to_string())? })
+        Ok(Host {
+            channel: endpoint.connect_lazy(),
+            api,
+            http: http.build().map_err(|e| e.to_string())?,
+        })
     }
 
     /// Probes every host's `/readyz` concurrently and records the results.
@@ -269,7 +323,14 @@ impl RtcdRelay {
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == reqwest::StatusCode::OK);
-            (key, if ready { HostHealth::Ready } else { HostHealth::Unready })
+            (
+                key,
+                if ready {
+                    HostHealth::Ready
+                } else {
+                    HostHealth::Unready
+                },
+            )
         });
         for (key, health) in futures_util::future::join_all(probes).await {
             if self.hosts.set_health(&key, health) {
@@ -298,7 +359,9 @@ impl RtcdRelay {
         let status = response.status();
         if !status.is_success() {
             tracing::error!(host = %api, %status, "rtcd refused this proxy's credentials (is rtcd.client_id registered on every rtcd host?)");
-            return Err(RelayError::Unavailable(format!("media server login refused ({status})")));
+            return Err(RelayError::Unavailable(format!(
+                "media server login refused ({status})"
+            )));
         }
         let body: serde_json::Value = response
             .json()
@@ -311,9 +374,20 @@ impl RtcdRelay {
         let now_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let lifetime = Duration::from_secs(body["expiresAt"].as_u64().unwrap_or(now_unix + 300).saturating_sub(now_unix));
+        let lifetime = Duration::from_secs(
+            body["expiresAt"]
+                .as_u64()
+                .unwrap_or(now_unix + 300)
+                .saturating_sub(now_unix),
+        );
         let renew_at = Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN);
-        logins.insert(key.to_owned(), Login { token: token.clone(), renew_at });
+        logins.insert(
+            key.to_owned(),
+            Login {
+                token: token.clone(),
+                renew_at,
+            },
+        );
         Ok(token)
     }
 
@@ -350,11 +424,13 @@ impl RtcdRelay {
         loop {
             let token = self.token(&key, &host, renew).await?;
             let (to_rtcd, outbound) = mpsc::channel(LINK_CAPACITY);
-            to_rtcd.try_send(join.clone()).expect("a fresh channel has room");
+            to_rtcd
+                .try_send(join.clone())
+                .expect("a fresh channel has room");
             let mut call = tonic::Request::new(ReceiverStream::new(outbound));
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| RelayError::Unavailable("media server token is not a header value".into()))?;
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                RelayError::Unavailable("media server token is not a header value".into())
+            })?;
             call.metadata_mut().insert("authorization", value);
             let mut client = SignalingClient::new(host.channel.clone());
             let opened = tokio::time::timeout(JOIN_TIMEOUT, async {
@@ -363,20 +439,43 @@ impl RtcdRelay {
                 Ok::<_, tonic::Status>((inbound, first))
             })
             .await
-            .map_err(|_| RelayError::Unavailable("media server did not answer the join in time".into()))?;
+            .map_err(|_| {
+                RelayError::Unavailable("media server did not answer the join in time".into())
+            })?;
             match opened {
-                Ok((inbound, Some(pb::ServerSignal { signal: Some(pb::server_signal::Signal::Joined(_)) }))) => {
+                Ok((
+                    inbound,
+                    Some(pb::ServerSignal {
+                        signal: Some(pb::server_signal::Signal::Joined(_)),
+                    }),
+                )) => {
                     tracing::debug!(session = %request.session, rtcd_session = %session_id, host = %key, "joined on rtcd");
                     return Ok(spawn_pumps(to_rtcd, inbound));
                 }
-                Ok((_, Some(pb::ServerSignal { signal: Some(pb::server_signal::Signal::SessionClosed(c)) }))) => {
+                Ok((
+                    _,
+                    Some(pb::ServerSignal {
+                        signal: Some(pb::server_signal::Signal::SessionClosed(c)),
+                    }),
+                )) => {
                     return Err(RelayError::Refused(c.reason));
                 }
-                Ok((_, Some(pb::ServerSignal { signal: Some(pb::server_signal::Signal::Error(e)) }))) => {
+                Ok((
+                    _,
+                    Some(pb::ServerSignal {
+                        signal: Some(pb::server_signal::Signal::Error(e)),
+                    }),
+                )) => {
                     return Err(RelayError::Refused(e.message));
                 }
-                Ok(_) => return Err(RelayError::Unavailable("media server ended the stream".into())),
-                Err(status) if status.code() == tonic::Code::Unauthenticated && !renew => renew = true,
+                Ok(_) => {
+                    return Err(RelayError::Unavailable(
+                        "media server ended the stream".into(),
+                    ));
+                }
+                Err(status) if status.code() == tonic::Code::Unauthenticated && !renew => {
+                    renew = true
+                }
                 Err(status) => return Err(status_to_error(&status)),
             }
         }
@@ -389,25 +488,34 @@ impl Relay for RtcdRelay {
     }
 }
 
+/// One entry of `rtcd.url`.
 struct Discovery {
-    scheme: String,
+    https: bool,
     host_name: String,
     server_name: String,
     grpc_port: u16,
     api_port: u16,
+    /// The last successful resolution, kept when DNS fails.
+    last: Mutex<Vec<IpAddr>>,
 }
 
 fn status_to_error(status: &tonic::Status) -> RelayError {
     use tonic::Code;
     match status.code() {
-        Code::InvalidArgument | Code::PermissionDenied | Code::ResourceExhausted | Code::FailedPrecondition
+        Code::InvalidArgument
+        | Code::PermissionDenied
+        | Code::ResourceExhausted
+        | Code::FailedPrecondition
         | Code::AlreadyExists => RelayError::Refused(status.message().to_owned()),
         _ => RelayError::Unavailable(format!("{:?}: {}", status.code(), status.message())),
     }
 }
 
 /// Starts the two halves of a joined session's stream and returns the session's ends.
-fn spawn_pumps(to_rtcd: mpsc::Sender<pb::ClientSignal>, mut inbound: tonic::Streaming<pb::ServerSignal>) -> RelayLink {
+fn spawn_pumps(
+    to_rtcd: mpsc::Sender<pb::ClientSignal>,
+    mut inbound: tonic::Streaming<pb::ServerSignal>,
+) -> RelayLink {
     let (commands, mut command_rx) = mpsc::channel::<RelayCommand>(LINK_CAPACITY);
     let (event_tx, events) = mpsc::channel::<RelayEvent>(LINK_CAPACITY);
     tokio::spawn(async move {
@@ -415,7 +523,13 @@ fn spawn_pumps(to_rtcd: mpsc::Sender<pb::ClientSignal>, mut inbound: tonic::Stre
         while let Some(command) = command_rx.recv().await {
             let leaving = matches!(command, RelayCommand::Leave);
             for signal in translate_command(command, &mut screen_pending) {
-                if to_rtcd.send(pb::ClientSignal { signal: Some(signal) }).await.is_err() {
+                if to_rtcd
+                    .send(pb::ClientSignal {
+                        signal: Some(signal),
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -433,7 +547,9 @@ fn spawn_pumps(to_rtcd: mpsc::Sender<pb::ClientSignal>, mut inbound: tonic::Stre
                 m = inbound.message() => m,
             };
             let signal = match message {
-                Ok(Some(pb::ServerSignal { signal: Some(signal) })) => signal,
+                Ok(Some(pb::ServerSignal {
+                    signal: Some(signal),
+                })) => signal,
                 Ok(Some(_)) => continue,
                 Ok(None) => return,
                 Err(status) => {
@@ -459,9 +575,10 @@ fn spawn_pumps(to_rtcd: mpsc::Sender<pb::ClientSignal>, mut inbound: tonic::Stre
                     },
                     None => continue,
                 },
-                pb::server_signal::Signal::TrackRemoved(t) => {
-                    RelayEvent::TrackUnpublished { identity: Identity::new(t.user_id), track_id: t.track_id }
-                }
+                pb::server_signal::Signal::TrackRemoved(t) => RelayEvent::TrackUnpublished {
+                    identity: Identity::new(t.user_id),
+                    track_id: t.track_id,
+                },
                 pb::server_signal::Signal::VoiceActivity(v) => {
                     let key = (v.session_id, v.user_id);
                     if v.speaking {
@@ -477,7 +594,10 @@ fn spawn_pumps(to_rtcd: mpsc::Sender<pb::ClientSignal>, mut inbound: tonic::Stre
                     }
                     RelayEvent::VoiceActivity(speakers)
                 }
-                pb::server_signal::Signal::Error(e) => RelayEvent::Error { code: error_label(e.code), message: e.message },
+                pb::server_signal::Signal::Error(e) => RelayEvent::Error {
+                    code: error_label(e.code),
+                    message: e.message,
+                },
                 pb::server_signal::Signal::SessionClosed(c) => {
                     tracing::debug!(reason = %c.reason, "rtcd closed the session");
                     return;
@@ -492,7 +612,10 @@ fn spawn_pumps(to_rtcd: mpsc::Sender<pb::ClientSignal>, mut inbound: tonic::Stre
 }
 
 /// One client command as zero or more rtcd signals.
-fn translate_command(command: RelayCommand, screen_pending: &mut bool) -> Vec<pb::client_signal::Signal> {
+fn translate_command(
+    command: RelayCommand,
+    screen_pending: &mut bool,
+) -> Vec<pb::client_signal::Signal> {
     use pb::client_signal::Signal;
     match command {
         RelayCommand::Offer { sdp, tracks } => {
@@ -523,7 +646,10 @@ fn translate_command(command: RelayCommand, screen_pending: &mut bool) -> Vec<pb
                 // rtcd has no separate screen-audio kind yet: nothing to mute there.
                 TrackSource::ScreenAudio => return Vec::new(),
             };
-            vec![Signal::Mute(pb::Mute { kind: kind as i32, muted })]
+            vec![Signal::Mute(pb::Mute {
+                kind: kind as i32,
+                muted,
+            })]
         }
         RelayCommand::ScreenShare(true) => {
             *screen_pending = true;
@@ -531,7 +657,10 @@ fn translate_command(command: RelayCommand, screen_pending: &mut bool) -> Vec<pb
         }
         RelayCommand::ScreenShare(false) => {
             *screen_pending = false;
-            vec![Signal::ScreenShare(pb::ScreenShare { on: false, track_id: String::new() })]
+            vec![Signal::ScreenShare(pb::ScreenShare {
+                on: false,
+                track_id: String::new(),
+            })]
         }
         // Permissions travel with the join; rtcd has no in-session update yet, and the proxy
         // keeps enforcing the refreshed grant on every message.
@@ -579,7 +708,9 @@ fn msid_track(sdp: &str, mid: &str) -> Option<String> {
             section_track = msid.split_whitespace().nth(1).map(str::to_owned);
         }
     }
-    (in_section && section_mid.as_deref() == Some(mid)).then_some(section_track).flatten()
+    (in_section && section_mid.as_deref() == Some(mid))
+        .then_some(section_track)
+        .flatten()
 }
 
 #[cfg(test)]
@@ -602,13 +733,33 @@ mod tests {
     fn screen_share_is_announced_with_its_track_before_the_offer() {
         let mut pending = false;
         assert!(translate_command(RelayCommand::ScreenShare(true), &mut pending).is_empty());
-        let tracks = [("2".to_owned(), TrackSource::Screen)].into_iter().collect();
-        let out = translate_command(RelayCommand::Offer { sdp: SDP.into(), tracks }, &mut pending);
+        let tracks = [("2".to_owned(), TrackSource::Screen)]
+            .into_iter()
+            .collect();
+        let out = translate_command(
+            RelayCommand::Offer {
+                sdp: SDP.into(),
+                tracks,
+            },
+            &mut pending,
+        );
         assert_eq!(out.len(), 2);
-        assert!(matches!(&out[0], pb::client_signal::Signal::ScreenShare(s) if s.on && s.track_id == "screen-track"));
+        assert!(
+            matches!(&out[0], pb::client_signal::Signal::ScreenShare(s) if s.on && s.track_id == "screen-track")
+        );
         assert!(matches!(&out[1], pb::client_signal::Signal::Offer(_)));
         assert!(!pending);
-        let out = translate_command(RelayCommand::Offer { sdp: SDP.into(), tracks: Default::default() }, &mut pending);
-        assert_eq!(out.len(), 1, "no announcement without a pending screen share");
+        let out = translate_command(
+            RelayCommand::Offer {
+                sdp: SDP.into(),
+                tracks: Default::default(),
+            },
+            &mut pending,
+        );
+        assert_eq!(
+            out.len(),
+            1,
+            "no announcement without a pending screen share"
+        );
     }
 }
