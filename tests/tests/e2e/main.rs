@@ -4,3 +4,4 @@
 mod process;
 mod proxy_auth;
 mod registry;
+mod relay;
