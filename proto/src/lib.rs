@@ -1,0 +1,15 @@
+//! The wire contract between signaling proxies (rtcd's clients, one per tenant platform) and
+//! rtcd. Only generated code lives here: conversions to domain types belong to the consumers
+//! (`rtcd::signaling::convert`, the proxy's relay), so the contract never depends on either side.
+//!
+//! The `.proto` file (`proto/rtcd/v1/signaling.proto`) is the documentation of record: every
+//! message and field is commented there, including why the RPC is one bidirectional stream per
+//! session.
+
+#![warn(missing_docs)]
+
+/// Version 1 of the signaling contract (`rtcd.v1`). Breaking changes go to `v2` side by side.
+#[allow(missing_docs, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("rtcd.v1");
+}
