@@ -1,1 +1,4 @@
+//! End-to-end tests: one binary, one module per area.
 
+mod forwarding;
+mod signaling;
