@@ -526,6 +526,14 @@ impl Session {
         };
         tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), kid = %grant.key_id, role = grant.role.as_str(), "joined");
         self.state.metrics.sessions.inc();
+        // The media link first, so `joined.media` says whether media can flow right now.
+        let (link, failure) = match &self.state.relay {
+            None => (None, Some(("media_unavailable", "no media server is configured on this proxy".to_owned()))),
+            Some(relay) => match relay.join(JoinRequest { session: self.id, grant: grant.clone() }).await {
+                Ok(link) => (Some(link), None),
+                Err(e) => (None, Some((e.code(), e.to_string()))),
+            },
+        };
         self.send(ServerMessage::Joined {
             session_id: self.id,
             room: grant.room.clone(),
@@ -535,33 +543,12 @@ impl Session {
             role: grant.role,
             permissions: grant.permissions,
             expires_at: grant.expires_at,
-            media: self.state.relay.is_some(),
+            media: link.is_some(),
         })
         .await;
-        let link = match &self.state.relay {
-            None => {
-                self.error(
-                    "media_unavailable",
-                    "no media server is configured on this proxy".into(),
-                    Some("join"),
-                )
-                .await;
-                None
-            }
-            Some(relay) => match relay
-                .join(JoinRequest {
-                    session: self.id,
-                    grant: grant.clone(),
-                })
-                .await
-            {
-                Ok(link) => Some(link),
-                Err(e) => {
-                    self.error(e.code(), e.to_string(), Some("join")).await;
-                    None
-                }
-            },
-        };
+        if let Some((code, message)) = failure {
+            self.error(code, message, Some("join")).await;
+        }
         self.joined = Some(Joined {
             grant,
             link,

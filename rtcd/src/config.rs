@@ -29,6 +29,88 @@ pub struct Config {
     pub store: StoreConfig,
     /// Log level and format.
     pub logger: LoggerConfig,
+    /// `[grpc]`: the signaling listener proxies connect to.
+    pub grpc: GrpcConfig,
+    /// `[rtc]`: the SFU's ICE transport and limits.
+    pub rtc: RtcConfig,
+}
+
+/// `[grpc]`: the signaling service's own listener (separate from the HTTP API so that it can be
+/// exposed to proxies while the admin API stays internal).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// `host:port` or `:port`. Loopback by default, like the HTTP API.
+    pub listen_address: String,
+    /// PEM certificate chain; with `tls_key_file` it turns on TLS (rustls).
+    pub tls_cert_file: String,
+    /// PEM private key matching `tls_cert_file`.
+    pub tls_key_file: String,
+    /// PEM CA bundle; when set (TLS required), proxies must present a client certificate it signed.
+    pub tls_client_ca_file: String,
+    /// Largest gRPC message accepted, in bytes (an SDP plus framing).
+    pub max_message_bytes: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen_address: "127.0.0.1:8047".into(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_client_ca_file: String::new(),
+            max_message_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// `[rtc]`: how the SFU reaches peers, and what one tenant may consume.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtcConfig {
+    /// The IP the single ICE UDP socket binds to.
+    pub ice_address_udp: String,
+    /// The single UDP port every session shares (UDP mux); 0 = ephemeral (tests).
+    pub ice_port_udp: u16,
+    /// Public IPs advertised instead of the interface addresses (NAT 1:1), comma-separated.
+    pub ice_host_override: String,
+    /// STUN URLs (`stun:host:port`) used to learn a server-reflexive address; usually empty.
+    pub ice_servers: Vec<String>,
+    /// Network interfaces whose addresses are advertised; empty = all.
+    pub ice_interfaces: Vec<String>,
+    /// Advertise loopback candidates (only for tests and single-host development).
+    pub include_loopback_candidates: bool,
+    /// Sessions one call may hold.
+    pub max_sessions_per_call: usize,
+    /// Sessions one client (tenant) may hold across all its calls.
+    pub max_sessions_per_client: usize,
+    /// Tracks one session may publish.
+    pub max_tracks_per_session: usize,
+    /// Largest SDP accepted, in bytes.
+    pub max_sdp_bytes: usize,
+    /// Shortest interval between two keyframe requests sent to one published track.
+    pub keyframe_request_interval_ms: u64,
+    /// On shutdown, how long calls may continue before they are closed with reason "shutdown".
+    pub drain_timeout_seconds: u64,
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        Self {
+            ice_address_udp: "0.0.0.0".into(),
+            ice_port_udp: 8443,
+            ice_host_override: String::new(),
+            ice_servers: Vec::new(),
+            ice_interfaces: Vec::new(),
+            include_loopback_candidates: false,
+            max_sessions_per_call: 50,
+            max_sessions_per_client: 1000,
+            max_tracks_per_session: 4,
+            max_sdp_bytes: 64 * 1024,
+            keyframe_request_interval_ms: 500,
+            drain_timeout_seconds: 30,
+        }
+    }
 }
 
 /// `[api]`: the HTTP API and who may use it.
@@ -361,12 +443,82 @@ impl Config {
                 "must be at least 1 when allow_self_registration is true".into(),
             ));
         }
+        self.validate_media()?;
         if self.store.data_source.trim().is_empty() {
             return Err(invalid("store.data_source", "must name a directory".into()));
         }
         tracing_subscriber::EnvFilter::try_new(&self.logger.level)
             .map_err(|e| invalid("logger.level", e.to_string()))?;
         Ok(())
+    }
+
+    fn validate_media(&self) -> Result<(), ConfigError> {
+        let grpc = &self.grpc;
+        parse_listen_address(&grpc.listen_address)
+            .map_err(|message| invalid("grpc.listen_address", message))?;
+        if grpc.tls_cert_file.is_empty() != grpc.tls_key_file.is_empty() {
+            return Err(invalid(
+                "grpc.tls_cert_file",
+                "tls_cert_file and tls_key_file must be set together".into(),
+            ));
+        }
+        if !grpc.tls_client_ca_file.is_empty() && grpc.tls_cert_file.is_empty() {
+            return Err(invalid(
+                "grpc.tls_client_ca_file",
+                "client certificates need TLS: set tls_cert_file and tls_key_file".into(),
+            ));
+        }
+        if !(4096..=16 * 1024 * 1024).contains(&grpc.max_message_bytes) {
+            return Err(invalid(
+                "grpc.max_message_bytes",
+                "must be between 4096 and 16777216".into(),
+            ));
+        }
+        let rtc = &self.rtc;
+        rtc.ice_address_udp
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| invalid("rtc.ice_address_udp", "must be an IP address".into()))?;
+        for ip in rtc
+            .ice_host_override
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+        {
+            ip.trim().parse::<std::net::IpAddr>().map_err(|_| {
+                invalid(
+                    "rtc.ice_host_override",
+                    format!("`{ip}` is not an IP address"),
+                )
+            })?;
+        }
+        if let Some(bad) = rtc.ice_servers.iter().find(|u| !u.starts_with("stun:")) {
+            return Err(invalid(
+                "rtc.ice_servers",
+                format!("`{bad}` is not a stun: URL"),
+            ));
+        }
+        for (key, value) in [
+            ("rtc.max_sessions_per_call", rtc.max_sessions_per_call),
+            ("rtc.max_sessions_per_client", rtc.max_sessions_per_client),
+            ("rtc.max_tracks_per_session", rtc.max_tracks_per_session),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if !(1024..=1024 * 1024).contains(&rtc.max_sdp_bytes)
+            || rtc.max_sdp_bytes > grpc.max_message_bytes
+        {
+            return Err(invalid(
+                "rtc.max_sdp_bytes",
+                "must be between 1024 and 1048576 and at most grpc.max_message_bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The gRPC signaling listener's socket address (validated).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        parse_listen_address(&self.grpc.listen_address).expect("validated by Config::validate")
     }
 
     /// The public listener's socket address (validated).
@@ -596,7 +748,7 @@ mod tests {
     fn rtcd_style_port_only_address() {
         assert_eq!(
             parse_listen_address(":8045").unwrap(),
-            "0.0.0.0:8045".parse().unwrap()
+            "0.0.0.0:8045".parse::<SocketAddr>().unwrap()
         );
     }
 

@@ -9,6 +9,8 @@
 //!   bearer tokens, rate limits, audit log. Knows nothing of HTTP or gRPC.
 //! * [`api`]: the warp HTTP API (Mattermost rtcd wire format), its listener (TCP / TLS,
 //!   graceful shutdown) and the single error-to-status mapping.
+//! * [`signaling`]: the gRPC service proxies use (authenticated per RPC, tenant-scoped).
+//! * [`sfu`]: calls, sessions and RTP forwarding on webrtc-rs (knows no gRPC, proto or auth).
 //! * [`health`], [`system`], [`metrics`]: readiness, host load, Prometheus registry.
 //! * [`cli`]: the `rtcd` command line (serve, dev, clients add / remove / list).
 //! * [`Rtcd`]: the composition root. `start` builds store -> auth -> listeners; `shutdown`
@@ -23,7 +25,9 @@ pub mod config;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod sfu;
 pub mod shutdown;
+pub mod signaling;
 pub mod system;
 pub mod tls;
 
@@ -41,6 +45,8 @@ use crate::auth::{AuthError, AuthService, ClientStore, StoreError};
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::sfu::{Sfu, SfuConfig};
+use crate::signaling::SignalingService;
 use crate::system::SystemLoad;
 
 /// Why the daemon could not start.
@@ -64,6 +70,12 @@ pub enum StartError {
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The SFU could not start (ICE UDP socket, media engine).
+    #[error("sfu: {0}")]
+    Sfu(#[from] sfu::SfuError),
+    /// The gRPC listener could not be set up (TLS files, bind).
+    #[error("grpc: {0}")]
+    Grpc(String),
 }
 
 /// A running daemon. Drop does not stop it; call [`Rtcd::shutdown`].
@@ -74,6 +86,10 @@ pub struct Rtcd {
     metrics: Arc<Metrics>,
     http_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    grpc_addr: SocketAddr,
+    sfu: Sfu,
+    grpc_cancel: CancellationToken,
+    grpc_server: JoinHandle<()>,
     cancel: CancellationToken,
     servers: Vec<JoinHandle<()>>,
 }
@@ -146,8 +162,16 @@ impl Rtcd {
                 drain,
             ));
         }
+        let sfu = Sfu::new(sfu_config(&config.rtc)?, metrics.clone()).await?;
+        let grpc_cancel = CancellationToken::new();
+        let (grpc_addr, grpc_server) = start_grpc(
+            &config,
+            SignalingService::new(auth.clone(), sfu.clone()),
+            grpc_cancel.clone(),
+        )
+        .await?;
         health.set_ready();
-        tracing::info!(%http_addr, ?metrics_addr, store = %config.store.data_source, clients = auth.store().len(), "rtcd ready");
+        tracing::info!(%http_addr, ?metrics_addr, %grpc_addr, ice_udp = %sfu.udp_addr(), store = %config.store.data_source, clients = auth.store().len(), "rtcd ready");
         Ok(Self {
             config,
             health,
@@ -155,6 +179,10 @@ impl Rtcd {
             metrics,
             http_addr,
             metrics_addr,
+            grpc_addr,
+            sfu,
+            grpc_cancel,
+            grpc_server,
             cancel,
             servers,
         })
@@ -168,6 +196,16 @@ impl Rtcd {
     /// The bound address of the internal metrics listener, if enabled.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The bound address of the gRPC signaling listener (useful with port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The SFU (for tests and admin queries: session and call counts, ICE socket address).
+    pub fn sfu(&self) -> &Sfu {
+        &self.sfu
     }
 
     /// The authentication service (the gRPC signaling service authenticates through it).
@@ -190,10 +228,21 @@ impl Rtcd {
         &self.config
     }
 
-    /// Graceful shutdown: not ready, stop accepting, let in-flight requests finish (bounded by
-    /// `api.http.shutdown_timeout_seconds`), then flush the store.
+    /// Graceful shutdown: not ready and no new joins; running calls continue until they end or
+    /// `rtc.drain_timeout_seconds`, then close with reason "shutdown"; then the listeners stop
+    /// (in-flight HTTP requests bounded by `api.http.shutdown_timeout_seconds`) and the store is
+    /// flushed.
     pub async fn shutdown(self) {
         self.health.set_draining();
+        let drain = Duration::from_secs(self.config.rtc.drain_timeout_seconds);
+        self.sfu.drain(drain, "shutdown").await;
+        self.grpc_cancel.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), self.grpc_server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("gRPC listener did not stop within 5 s");
+        }
         self.cancel.cancel();
         for server in self.servers {
             let _ = server.await;
@@ -203,6 +252,74 @@ impl Rtcd {
         }
         tracing::info!("rtcd stopped");
     }
+}
+
+fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
+    let ip: std::net::IpAddr = rtc
+        .ice_address_udp
+        .parse()
+        .map_err(|_| sfu::SfuError::InvalidArgument("rtc.ice_address_udp".into()))?;
+    Ok(SfuConfig {
+        udp_addr: SocketAddr::new(ip, rtc.ice_port_udp),
+        host_override: rtc
+            .ice_host_override
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        stun_servers: rtc.ice_servers.clone(),
+        interfaces: rtc.ice_interfaces.clone(),
+        include_loopback: rtc.include_loopback_candidates,
+        max_sessions_per_call: rtc.max_sessions_per_call,
+        max_sessions_per_tenant: rtc.max_sessions_per_client,
+        max_tracks_per_session: rtc.max_tracks_per_session,
+        max_sdp_bytes: rtc.max_sdp_bytes,
+        keyframe_interval: Duration::from_millis(rtc.keyframe_request_interval_ms),
+    })
+}
+
+/// Binds the gRPC listener (TLS / mTLS when configured) and serves signaling until `cancel`.
+async fn start_grpc(
+    config: &Config,
+    service: SignalingService,
+    cancel: CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+    let grpc = &config.grpc;
+    let mut builder = Server::builder();
+    if !grpc.tls_cert_file.is_empty() {
+        let read = |p: &str| std::fs::read(p).map_err(|e| StartError::Grpc(format!("{p}: {e}")));
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read(&grpc.tls_cert_file)?,
+            read(&grpc.tls_key_file)?,
+        ));
+        if !grpc.tls_client_ca_file.is_empty() {
+            tls = tls.client_ca_root(Certificate::from_pem(read(&grpc.tls_client_ca_file)?));
+        }
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| StartError::Grpc(e.to_string()))?;
+    }
+    let listener = bind(config.grpc_addr()).await?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.grpc_addr(),
+        source,
+    })?;
+    if grpc.tls_cert_file.is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "gRPC signaling listens beyond loopback without TLS: client keys cross the network in clear; set grpc.tls_cert_file / tls_key_file");
+    }
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let router = builder.add_service(service.into_server(grpc.max_message_bytes));
+    let handle = tokio::spawn(async move {
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+    Ok((addr, handle))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -31,6 +31,55 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// Labels carrying only the tenant (registered client ID, admin-controlled cardinality).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    /// The registered client ID.
+    pub client_id: String,
+}
+
+/// Labels of per-kind media metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// The registered client ID.
+    pub client_id: String,
+    /// `audio`, `video` or `screen`.
+    pub kind: &'static str,
+}
+
+/// Labels of `rtcd_sfu_dropped_packets_total` and `rtcd_sfu_errors_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The registered client ID.
+    pub client_id: String,
+    /// A fixed reason or error type (`muted`, `not_permitted`, `invalid_argument`...).
+    pub reason: &'static str,
+}
+
+/// The SFU's and signaling's metrics, all labelled by client ID.
+pub struct SfuMetrics {
+    /// Live sessions.
+    pub sessions: Family<ClientLabels, Gauge>,
+    /// Live calls.
+    pub calls: Family<ClientLabels, Gauge>,
+    /// Published tracks being received, by kind.
+    pub tracks_in: Family<KindLabels, Gauge>,
+    /// Tracks being sent to subscribers, by kind.
+    pub tracks_out: Family<KindLabels, Gauge>,
+    /// RTP packets written to subscribers (one per subscriber).
+    pub forwarded_packets: Family<KindLabels, Counter>,
+    /// RTP payload bytes written to subscribers.
+    pub forwarded_bytes: Family<KindLabels, Counter>,
+    /// Packets not forwarded, by reason.
+    pub dropped_packets: Family<ReasonLabels, Counter>,
+    /// Keyframe requests (PLI) sent to publishers.
+    pub pli_sent: Family<ClientLabels, Counter>,
+    /// Errors by type (signaling and media).
+    pub errors: Family<ReasonLabels, Counter>,
+    /// Time from peer connection creation to `connected`, in seconds.
+    pub connect_seconds: Histogram,
+}
+
 /// Every metric rtcd exports. Clone the `Arc` into whoever records.
 pub struct Metrics {
     registry: Registry,
@@ -44,6 +93,8 @@ pub struct Metrics {
     pub clients_registered: Gauge,
     /// HTTP requests by route and status.
     pub http_requests: Family<HttpLabels, Counter>,
+    /// The SFU's metrics.
+    pub sfu: SfuMetrics,
 }
 
 impl Metrics {
@@ -80,7 +131,63 @@ impl Metrics {
             "HTTP API requests by route and status",
             http_requests.clone(),
         );
+        let sfu = SfuMetrics {
+            sessions: Family::default(),
+            calls: Family::default(),
+            tracks_in: Family::default(),
+            tracks_out: Family::default(),
+            forwarded_packets: Family::default(),
+            forwarded_bytes: Family::default(),
+            dropped_packets: Family::default(),
+            pli_sent: Family::default(),
+            errors: Family::default(),
+            connect_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+        };
+        let sub = registry.sub_registry_with_prefix("sfu");
+        sub.register("sessions", "Live sessions", sfu.sessions.clone());
+        sub.register("calls", "Live calls", sfu.calls.clone());
+        sub.register(
+            "tracks_in",
+            "Published tracks received, by kind",
+            sfu.tracks_in.clone(),
+        );
+        sub.register(
+            "tracks_out",
+            "Tracks sent to subscribers, by kind",
+            sfu.tracks_out.clone(),
+        );
+        sub.register(
+            "forwarded_packets",
+            "RTP packets forwarded to subscribers",
+            sfu.forwarded_packets.clone(),
+        );
+        sub.register(
+            "forwarded_bytes",
+            "RTP payload bytes forwarded to subscribers",
+            sfu.forwarded_bytes.clone(),
+        );
+        sub.register(
+            "dropped_packets",
+            "RTP packets not forwarded, by reason",
+            sfu.dropped_packets.clone(),
+        );
+        sub.register(
+            "pli_sent",
+            "Keyframe requests sent to publishers",
+            sfu.pli_sent.clone(),
+        );
+        sub.register(
+            "errors",
+            "Signaling and media errors by type",
+            sfu.errors.clone(),
+        );
+        sub.register(
+            "connect_seconds",
+            "Peer connection creation to connected",
+            sfu.connect_seconds.clone(),
+        );
         Arc::new(Self {
+            sfu,
             registry,
             auth_attempts,
             bcrypt_seconds,

@@ -24,6 +24,12 @@ pub fn test_env(dir: &Path, overrides: &[(&str, &str)]) -> Vec<(String, String)>
         ("RTCD_API_SECURITY_ADMIN_SECRET_KEY", ADMIN_SECRET),
         ("RTCD_API_SECURITY_BCRYPT_COST", "4"),
         ("RTCD_API_HTTP_SHUTDOWN_TIMEOUT_SECONDS", "5"),
+        // Media and signaling on loopback, ephemeral ports: never the machine's own address.
+        ("RTCD_GRPC_LISTEN_ADDRESS", "127.0.0.1:0"),
+        ("RTCD_RTC_ICE_ADDRESS_UDP", "127.0.0.1"),
+        ("RTCD_RTC_ICE_PORT_UDP", "0"),
+        ("RTCD_RTC_ICE_INTERFACES", "[\"lo\"]"),
+        ("RTCD_RTC_INCLUDE_LOOPBACK_CANDIDATES", "true"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

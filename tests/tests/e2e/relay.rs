@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use rtcd::auth::{ClientId, Principal, Secret};
 use rtcd_e2e::daemon::{TestRtcd, key_for};
+use rtcd_e2e::media::Participant;
 use rtcd_proxy::config::{RtcdConfig, SecretString};
 use rtcd_proxy::placement::HostHealth;
 use rtcd_proxy::relay::rtcd::RtcdRelay;
@@ -107,5 +108,102 @@ async fn rooms_spread_over_ready_hosts_and_leave_a_draining_one() {
     }
     b.stop().await;
     eventually("no host ready", || hosts.place("room-0").is_none()).await;
+    cancel.cancel();
+}
+
+/// Moderator claims (every permission) for `sub` in `room`.
+fn moderator(sub: &str, room: &str) -> String {
+    let mut claims = rtcd_e2e::proxy::claims(sub, room);
+    claims["role"] = "moderator".into();
+    rtcd_e2e::proxy::hs_token(&claims)
+}
+
+/// A proxy relaying to `rtcd` as client `proxy-1`.
+async fn proxy_for(rtcd: &rtcd_e2e::media::TestRtcd, cancel: &CancellationToken) -> rtcd_proxy::Proxy {
+    rtcd.rtcd
+        .auth()
+        .register(
+            Some(&Principal::Admin),
+            ClientId::parse("proxy-1").unwrap(),
+            Secret::new(key_for("proxy-1")),
+            "127.0.0.1".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut config = rtcd_e2e::proxy::base_config();
+    config.rtcd = RtcdConfig {
+        url: format!("http://{}", rtcd.grpc_addr()),
+        client_id: "proxy-1".into(),
+        auth_key: SecretString::new(key_for("proxy-1")),
+        api_port: rtcd.rtcd.http_addr().port(),
+        health_interval_seconds: 1,
+        ..RtcdConfig::default()
+    };
+    let relay = RtcdRelay::start(&config.rtcd, cancel.clone()).await.unwrap();
+    rtcd_e2e::proxy::start_with_relay(config, Some(relay)).await.unwrap()
+}
+
+#[tokio::test]
+async fn participants_exchange_audio_and_video_through_proxy_and_rtcd() {
+    if let Ok(filter) = std::env::var("E2E_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    }
+    let rtcd = rtcd_e2e::media::TestRtcd::start(&[]).await.unwrap();
+    let cancel = CancellationToken::new();
+    let proxy = proxy_for(&rtcd, &cancel).await;
+    let ws = format!("ws://{}/ws", proxy.addr());
+    let names = ["alice", "bob", "carol"];
+    let mut people = Vec::new();
+    for name in names {
+        let p = Participant::join_via_proxy(&ws, &moderator(name, "standup"), "standup", name).await.unwrap();
+        p.add_track("audio").await.unwrap();
+        p.add_track("video").await.unwrap();
+        p.renegotiate().await.unwrap();
+        people.push(p);
+    }
+    eventually("everyone receives the others' audio and video", || {
+        people.iter().all(|p| {
+            names.iter().filter(|n| **n != p.session).all(|other| {
+                p.received(other, "audio") >= 25 && p.received(other, "video") >= 25
+            })
+        })
+    })
+    .await;
+    for p in &people {
+        assert_eq!(p.received(&p.session, "audio"), 0, "no echo of one's own tracks");
+        for (flow, stats) in p.flows() {
+            assert!(stats.lost() <= stats.packets / 10 + 2, "{} lost too much on {flow}: {stats:?}", p.session);
+        }
+    }
+    // rtcd's events reach the clients through the proxy.
+    assert!(people[0].saw(|e| matches!(e, rtcd_proto::v1::server_signal::Signal::TrackPublished(t) if t.user_id == "bob")));
+    for p in &people {
+        p.close().await;
+    }
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_lost_rtcd_is_reported_to_its_sessions() {
+    let rtcd = rtcd_e2e::media::TestRtcd::start(&[]).await.unwrap();
+    let cancel = CancellationToken::new();
+    let proxy = proxy_for(&rtcd, &cancel).await;
+    let mut client = rtcd_e2e::proxy::Client::connect(proxy.addr(), "", &[]).await.unwrap();
+    client.send(&serde_json::json!({"type": "join", "room": "r1", "token": moderator("dave", "r1")})).await.unwrap();
+    let joined = client.expect("joined").await.unwrap();
+    assert_eq!(joined["media"], true);
+    let (rtcd_daemon, _dir) = rtcd.split();
+    rtcd_daemon.shutdown().await;
+    let lost = client.expect("media_server_lost").await.unwrap();
+    assert!(lost["message"].as_str().unwrap().contains("media server"), "{lost}");
+    let (code, label, _) = client.closed().await.unwrap();
+    assert_eq!((code, label.as_str()), (4008, "media_server_lost"));
+
+    // With no rtcd left, a new join gets a clear error instead of hanging.
+    let mut late = rtcd_e2e::proxy::Client::connect(proxy.addr(), "", &[]).await.unwrap();
+    late.send(&serde_json::json!({"type": "join", "room": "r2", "token": moderator("erin", "r2")})).await.unwrap();
+    late.expect("joined").await.unwrap();
+    let error = late.expect("error").await.unwrap();
+    assert_eq!(error["code"], "media_unavailable", "{error}");
     cancel.cancel();
 }

@@ -1,0 +1,499 @@
+//! The SFU: calls, their sessions (one `RTCPeerConnection` each) and the forwarding of every
+//! published track to the other sessions of the same call.
+//!
+//! # Ownership and threading
+//!
+//! * [`Sfu`] is a cheap handle. Its registry (calls, sessions per tenant) sits behind one std
+//!   mutex that is only held for map updates, never across an `.await`.
+//! * Each session is an actor task ([`session`]) that owns its peer connection and processes, in
+//!   order: commands from signaling, events from webrtc-rs callbacks (which capture nothing but a
+//!   bounded sender and only enqueue), and changes of its call's published-track set.
+//! * A call's published tracks are a `watch` snapshot (`Arc<Vec<..>>`): publishing or withdrawing
+//!   a track replaces the snapshot and every session reconciles its subscriptions from it, so a
+//!   burst of changes coalesces and nothing can overflow.
+//! * Each published track has a forwarder task ([`forwarder`]) that reads RTP and writes it to one
+//!   shared `TrackLocalStaticRTP` bound to every subscriber; it reads only atomics (mute,
+//!   subscriber count) and never awaits the control plane.
+//!
+//! Calls and sessions are keyed by the tenant (the authenticated client, opaque here), so two
+//! tenants using the same IDs never meet. This module knows nothing of gRPC, proto or auth.
+
+pub mod forwarder;
+pub mod peer;
+pub mod session;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+pub use forwarder::PublishedTrack;
+pub use peer::PeerFactory;
+pub use session::{SessionCommand, SessionEvent, SessionHandle};
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Wraps a value already validated by the caller (or by [`JoinRequest::validate`]).
+            pub fn new(s: impl Into<String>) -> Self {
+                Self(s.into())
+            }
+            /// The raw string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// The tenant (an authenticated rtcd client); the namespace of every call and session.
+    TenantId
+);
+id_type!(
+    /// A call (room), unique within a tenant.
+    CallId
+);
+id_type!(
+    /// A session (one peer connection), unique within a call.
+    SessionId
+);
+id_type!(
+    /// An end user; informational (events name the user of a track).
+    UserId
+);
+
+/// What a session publishes; decides permissions, metrics labels and event contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrackKind {
+    /// Microphone (Opus).
+    Audio,
+    /// Camera (VP8 / H.264).
+    Video,
+    /// Screen share (video).
+    Screen,
+}
+
+impl TrackKind {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackKind::Audio => "audio",
+            TrackKind::Video => "video",
+            TrackKind::Screen => "screen",
+        }
+    }
+}
+
+/// What a session may do; everything defaults to "no" (least privilege).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// May publish a microphone track.
+    pub publish_audio: bool,
+    /// May publish a camera track.
+    pub publish_video: bool,
+    /// May publish a screen-share track.
+    pub publish_screen: bool,
+    /// May receive the other sessions' tracks.
+    pub subscribe: bool,
+}
+
+impl Permissions {
+    /// Whether a track of this kind may be forwarded from this session.
+    pub fn may_publish(&self, kind: TrackKind) -> bool {
+        match kind {
+            TrackKind::Audio => self.publish_audio,
+            TrackKind::Video => self.publish_video,
+            TrackKind::Screen => self.publish_screen,
+        }
+    }
+}
+
+/// A request to join a call.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// Whose namespace.
+    pub tenant: TenantId,
+    /// The call to join (created if absent).
+    pub call: CallId,
+    /// The new session.
+    pub session: SessionId,
+    /// The end user.
+    pub user: UserId,
+    /// Shown to others; not interpreted.
+    pub display_name: String,
+    /// What the session may do.
+    pub permissions: Permissions,
+}
+
+/// Longest call, session or user ID accepted.
+pub const MAX_ID_BYTES: usize = 128;
+
+impl JoinRequest {
+    /// Rejects empty or oversized IDs before anything is allocated for them.
+    pub fn validate(&self) -> Result<(), SfuError> {
+        for (what, value) in [
+            ("call_id", self.call.as_str()),
+            ("session_id", self.session.as_str()),
+            ("user_id", self.user.as_str()),
+        ] {
+            if value.is_empty() || value.len() > MAX_ID_BYTES {
+                return Err(SfuError::InvalidArgument(format!(
+                    "{what} must be 1-{MAX_ID_BYTES} bytes"
+                )));
+            }
+        }
+        if self.display_name.len() > 256 {
+            return Err(SfuError::InvalidArgument(
+                "display_name must be at most 256 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why an SFU operation failed. Signaling maps this to a gRPC status in one place.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SfuError {
+    /// Bad input from the client (malformed SDP, bad IDs, oversized SDP, bad candidate).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A message that is valid but not now (answer without an offer, second join...).
+    #[error("out of order: {0}")]
+    OutOfOrder(String),
+    /// No such call or session in the caller's namespace.
+    #[error("no such session")]
+    NotFound,
+    /// The session ID is already in use in this call.
+    #[error("session already exists in this call")]
+    AlreadyExists,
+    /// A limit (sessions per call or client, tracks per session) was reached.
+    #[error("limit reached: {0}")]
+    LimitReached(&'static str),
+    /// The daemon is draining: no new sessions.
+    #[error("rtcd is shutting down; join another instance")]
+    Draining,
+    /// The session has ended; no more commands are taken.
+    #[error("session closed")]
+    Closed,
+    /// A webrtc-rs failure that is not the client's fault.
+    #[error("media engine error: {0}")]
+    Media(String),
+}
+
+impl SfuError {
+    /// A short, fixed label for the errors-by-type metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SfuError::InvalidArgument(_) => "invalid_argument",
+            SfuError::OutOfOrder(_) => "out_of_order",
+            SfuError::NotFound => "not_found",
+            SfuError::AlreadyExists => "already_exists",
+            SfuError::LimitReached(_) => "limit",
+            SfuError::Draining => "draining",
+            SfuError::Closed => "closed",
+            SfuError::Media(_) => "media",
+        }
+    }
+}
+
+/// The SFU settings (from `[rtc]`; the SFU keeps its own struct so it does not depend on the
+/// configuration file's layout).
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// The single UDP socket's address (port 0 = ephemeral).
+    pub udp_addr: std::net::SocketAddr,
+    /// NAT 1:1 IPs advertised instead of interface addresses.
+    pub host_override: Vec<String>,
+    /// STUN URLs.
+    pub stun_servers: Vec<String>,
+    /// Interfaces to gather on; empty = all.
+    pub interfaces: Vec<String>,
+    /// Advertise loopback candidates.
+    pub include_loopback: bool,
+    /// Sessions per call.
+    pub max_sessions_per_call: usize,
+    /// Sessions per tenant.
+    pub max_sessions_per_tenant: usize,
+    /// Published tracks per session.
+    pub max_tracks_per_session: usize,
+    /// Largest SDP accepted.
+    pub max_sdp_bytes: usize,
+    /// Minimum interval between keyframe requests to one track.
+    pub keyframe_interval: Duration,
+}
+
+/// Notices fanned out to every session of a call (voice activity). A `broadcast` channel: a
+/// session that lags loses the oldest notices (voice activity is advisory, the next change
+/// supersedes it) and the forwarder that sends never waits.
+#[derive(Debug, Clone)]
+pub(crate) enum CallNotice {
+    Voice {
+        session: SessionId,
+        user: UserId,
+        speaking: bool,
+    },
+}
+
+/// The published tracks of a call, as one immutable snapshot.
+pub(crate) type TrackSet = Arc<Vec<Arc<PublishedTrack>>>;
+
+/// What a session needs to reach its call.
+#[derive(Clone)]
+pub(crate) struct CallLink {
+    pub tracks: Arc<watch::Sender<TrackSet>>,
+    pub notices: broadcast::Sender<CallNotice>,
+}
+
+struct SessionEntry {
+    close: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+}
+
+struct CallState {
+    link: CallLink,
+    sessions: HashMap<SessionId, SessionEntry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    calls: HashMap<(TenantId, CallId), CallState>,
+    per_tenant: HashMap<TenantId, usize>,
+    sessions: usize,
+}
+
+pub(crate) struct SfuInner {
+    pub peers: PeerFactory,
+    pub config: SfuConfig,
+    pub metrics: Arc<Metrics>,
+    registry: Mutex<Registry>,
+    draining: AtomicBool,
+    empty: watch::Sender<usize>,
+}
+
+/// The SFU handle: join sessions, close them, drain. Clone it freely.
+#[derive(Clone)]
+pub struct Sfu {
+    inner: Arc<SfuInner>,
+}
+
+impl Sfu {
+    /// Binds the shared ICE UDP socket and builds the webrtc API.
+    pub async fn new(config: SfuConfig, metrics: Arc<Metrics>) -> Result<Self, SfuError> {
+        let peers = PeerFactory::new(&config).await?;
+        Ok(Self {
+            inner: Arc::new(SfuInner {
+                peers,
+                config,
+                metrics,
+                registry: Mutex::default(),
+                draining: AtomicBool::new(false),
+                empty: watch::channel(0).0,
+            }),
+        })
+    }
+
+    /// The local address of the shared ICE UDP socket.
+    pub fn udp_addr(&self) -> std::net::SocketAddr {
+        self.inner.peers.local_addr()
+    }
+
+    /// Creates the session (and the call if needed) and starts its actor. The receiver yields the
+    /// session's events and ends after [`SessionEvent::Closed`].
+    pub async fn join(
+        &self,
+        req: JoinRequest,
+    ) -> Result<(SessionHandle, mpsc::Receiver<SessionEvent>), SfuError> {
+        req.validate()?;
+        let close = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        let link = {
+            let mut reg = self.registry();
+            if self.inner.draining.load(Ordering::Acquire) {
+                return Err(SfuError::Draining);
+            }
+            let tenant_count = reg.per_tenant.get(&req.tenant).copied().unwrap_or(0);
+            if tenant_count >= self.inner.config.max_sessions_per_tenant {
+                return Err(SfuError::LimitReached("sessions per client"));
+            }
+            let key = (req.tenant.clone(), req.call.clone());
+            let new_call = !reg.calls.contains_key(&key);
+            let call = reg.calls.entry(key).or_insert_with(|| CallState {
+                link: CallLink {
+                    tracks: Arc::new(watch::channel(Arc::new(Vec::new())).0),
+                    notices: broadcast::channel(64).0,
+                },
+                sessions: HashMap::new(),
+            });
+            if call.sessions.contains_key(&req.session) {
+                return Err(SfuError::AlreadyExists);
+            }
+            if call.sessions.len() >= self.inner.config.max_sessions_per_call {
+                return Err(SfuError::LimitReached("sessions per call"));
+            }
+            call.sessions.insert(
+                req.session.clone(),
+                SessionEntry {
+                    close: close.clone(),
+                    reason: reason.clone(),
+                },
+            );
+            let link = call.link.clone();
+            *reg.per_tenant.entry(req.tenant.clone()).or_default() += 1;
+            reg.sessions += 1;
+            let n = reg.sessions;
+            drop(reg);
+            self.inner.empty.send_replace(n);
+            if new_call {
+                self.inner
+                    .metrics
+                    .sfu
+                    .calls
+                    .get_or_create(&tenant_label(&req.tenant))
+                    .inc();
+            }
+            link
+        };
+        match session::spawn(self.inner.clone(), req.clone(), link, close, reason).await {
+            Ok(pair) => Ok(pair),
+            Err(e) => {
+                self.inner
+                    .remove_session(&req.tenant, &req.call, &req.session);
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes one of the tenant's sessions with `reason`. `NotFound` if the tenant has no such
+    /// session, whoever else does.
+    pub fn close(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        session: &SessionId,
+        reason: &str,
+    ) -> Result<(), SfuError> {
+        let reg = self.registry();
+        let entry = reg
+            .calls
+            .get(&(tenant.clone(), call.clone()))
+            .and_then(|c| c.sessions.get(session))
+            .ok_or(SfuError::NotFound)?;
+        close_entry(entry, reason);
+        Ok(())
+    }
+
+    /// Refuses new joins from now on; existing sessions continue.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// Sessions alive right now.
+    pub fn session_count(&self) -> usize {
+        self.registry().sessions
+    }
+
+    /// Calls alive right now.
+    pub fn call_count(&self) -> usize {
+        self.registry().calls.len()
+    }
+
+    /// Waits until no session is left, or `timeout`; then closes whatever remains with `reason`
+    /// and waits (bounded) for those sessions to finish their cleanup.
+    pub async fn drain(&self, timeout: Duration, reason: &str) {
+        self.start_draining();
+        let mut rx = self.inner.empty.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
+        {
+            let reg = self.registry();
+            for call in reg.calls.values() {
+                for entry in call.sessions.values() {
+                    close_entry(entry, reason);
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|n| *n == 0)).await;
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.inner.registry()
+    }
+}
+
+fn close_entry(entry: &SessionEntry, reason: &str) {
+    let mut slot = entry.reason.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.is_none() {
+        *slot = Some(reason.to_owned());
+    }
+    entry.close.cancel();
+}
+
+pub(crate) fn tenant_label(tenant: &TenantId) -> crate::metrics::ClientLabels {
+    crate::metrics::ClientLabels {
+        client_id: tenant.as_str().to_owned(),
+    }
+}
+
+impl SfuInner {
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A panic while holding this lock would be a bug in a few lines of map code; the maps
+        // stay consistent, so keep serving rather than poisoning every later join.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called once by each session actor when it ends (and by `join` if the actor never started).
+    pub(crate) fn remove_session(&self, tenant: &TenantId, call: &CallId, session: &SessionId) {
+        let mut reg = self.registry();
+        let key = (tenant.clone(), call.clone());
+        let mut removed = false;
+        let mut call_gone = false;
+        if let Some(state) = reg.calls.get_mut(&key) {
+            removed = state.sessions.remove(session).is_some();
+            if state.sessions.is_empty() {
+                reg.calls.remove(&key);
+                call_gone = true;
+            }
+        }
+        if removed {
+            reg.sessions -= 1;
+            if let Some(n) = reg.per_tenant.get_mut(tenant) {
+                *n -= 1;
+                if *n == 0 {
+                    reg.per_tenant.remove(tenant);
+                }
+            }
+        }
+        let n = reg.sessions;
+        drop(reg);
+        if call_gone {
+            self.metrics
+                .sfu
+                .calls
+                .get_or_create(&tenant_label(tenant))
+                .dec();
+        }
+        self.empty.send_replace(n);
+    }
+}

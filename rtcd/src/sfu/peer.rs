@@ -1,0 +1,188 @@
+//! The seam to webrtc-rs (0.17, classic API): building the API with the shared UDP mux and the
+//! ICE settings, and the few peer-connection operations the session actor needs. A later move
+//! (ICE-TCP, webrtc 0.2x) should only have to touch this file and [`super::forwarder`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::MediaEngine;
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::{API, APIBuilder};
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
+use webrtc::ice::udp_network::UDPNetwork;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
+use webrtc::ice_transport::ice_server::RTCIceServer;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::sdp_type::RTCSdpType;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::signaling_state::RTCSignalingState;
+use webrtc::rtp_transceiver::rtp_codec::{RTCRtpHeaderExtensionCapability, RTPCodecType};
+
+use super::{SfuConfig, SfuError};
+
+/// RFC 6464 client-to-mixer audio level, negotiated so the SFU can detect voice activity.
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
+/// Builds peer connections that all share one UDP socket.
+pub struct PeerFactory {
+    api: API,
+    ice_servers: Vec<RTCIceServer>,
+    local_addr: SocketAddr,
+}
+
+impl PeerFactory {
+    /// Binds the mux socket and configures ICE from `config`.
+    pub async fn new(config: &SfuConfig) -> Result<Self, SfuError> {
+        let socket = tokio::net::UdpSocket::bind(config.udp_addr)
+            .await
+            .map_err(|e| {
+                SfuError::Media(format!("cannot bind ICE UDP {}: {e}", config.udp_addr))
+            })?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|e| SfuError::Media(e.to_string()))?;
+        let mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
+
+        let mut settings = SettingEngine::default();
+        settings.set_udp_network(UDPNetwork::Muxed(mux));
+        settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        settings.set_network_types(vec![NetworkType::Udp4, NetworkType::Udp6]);
+        settings.set_include_loopback_candidate(config.include_loopback);
+        if !config.interfaces.is_empty() {
+            let allowed = config.interfaces.clone();
+            settings.set_interface_filter(Box::new(move |name: &str| {
+                allowed.iter().any(|a| a == name)
+            }));
+        }
+        if !config.host_override.is_empty() {
+            settings.set_nat_1to1_ips(config.host_override.clone(), RTCIceCandidateType::Host);
+        }
+
+        let mut media = MediaEngine::default();
+        media
+            .register_default_codecs()
+            .map_err(|e| SfuError::Media(e.to_string()))?;
+        media
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: AUDIO_LEVEL_URI.to_owned(),
+                },
+                RTPCodecType::Audio,
+                None,
+            )
+            .map_err(|e| SfuError::Media(e.to_string()))?;
+        // NACK generator + responder (retransmission buffer), sender / receiver reports, TWCC.
+        let registry = register_default_interceptors(Registry::new(), &mut media)
+            .map_err(|e| SfuError::Media(e.to_string()))?;
+        let api = APIBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(settings)
+            .build();
+        let ice_servers = if config.stun_servers.is_empty() {
+            Vec::new()
+        } else {
+            vec![RTCIceServer {
+                urls: config.stun_servers.clone(),
+                ..Default::default()
+            }]
+        };
+        Ok(Self {
+            api,
+            ice_servers,
+            local_addr,
+        })
+    }
+
+    /// The shared socket's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A new peer connection on the shared socket.
+    pub async fn create(&self) -> Result<Arc<RTCPeerConnection>, SfuError> {
+        let config = RTCConfiguration {
+            ice_servers: self.ice_servers.clone(),
+            ..Default::default()
+        };
+        self.api
+            .new_peer_connection(config)
+            .await
+            .map(Arc::new)
+            .map_err(|e| SfuError::Media(e.to_string()))
+    }
+}
+
+/// Applies a remote offer (rolling back our own pending offer first: rtcd is the polite peer)
+/// and returns the answer SDP.
+pub async fn answer_offer(pc: &RTCPeerConnection, sdp: String) -> Result<String, SfuError> {
+    let offer = RTCSessionDescription::offer(sdp)
+        .map_err(|e| SfuError::InvalidArgument(format!("malformed SDP offer: {e}")))?;
+    if pc.signaling_state() == RTCSignalingState::HaveLocalOffer {
+        let mut rollback = RTCSessionDescription::default();
+        rollback.sdp_type = RTCSdpType::Rollback;
+        pc.set_local_description(rollback)
+            .await
+            .map_err(|e| SfuError::Media(format!("rollback failed: {e}")))?;
+    }
+    pc.set_remote_description(offer)
+        .await
+        .map_err(|e| SfuError::InvalidArgument(format!("unusable SDP offer: {e}")))?;
+    let answer = pc
+        .create_answer(None)
+        .await
+        .map_err(|e| SfuError::InvalidArgument(format!("cannot answer this offer: {e}")))?;
+    let sdp = answer.sdp.clone();
+    pc.set_local_description(answer)
+        .await
+        .map_err(|e| SfuError::Media(e.to_string()))?;
+    Ok(sdp)
+}
+
+/// Creates and applies a local offer; returns its SDP.
+pub async fn create_offer(pc: &RTCPeerConnection) -> Result<String, SfuError> {
+    let offer = pc
+        .create_offer(None)
+        .await
+        .map_err(|e| SfuError::Media(e.to_string()))?;
+    let sdp = offer.sdp.clone();
+    pc.set_local_description(offer)
+        .await
+        .map_err(|e| SfuError::Media(e.to_string()))?;
+    Ok(sdp)
+}
+
+/// Applies the client's answer to our outstanding offer.
+pub async fn apply_answer(pc: &RTCPeerConnection, sdp: String) -> Result<(), SfuError> {
+    if pc.signaling_state() != RTCSignalingState::HaveLocalOffer {
+        return Err(SfuError::OutOfOrder(
+            "answer without an outstanding offer".into(),
+        ));
+    }
+    let answer = RTCSessionDescription::answer(sdp)
+        .map_err(|e| SfuError::InvalidArgument(format!("malformed SDP answer: {e}")))?;
+    pc.set_remote_description(answer)
+        .await
+        .map_err(|e| SfuError::InvalidArgument(format!("unusable SDP answer: {e}")))
+}
+
+/// Adds a trickled remote candidate.
+pub async fn add_candidate(
+    pc: &RTCPeerConnection,
+    candidate: RTCIceCandidateInit,
+) -> Result<(), SfuError> {
+    pc.add_ice_candidate(candidate)
+        .await
+        .map_err(|e| SfuError::InvalidArgument(format!("bad ICE candidate: {e}")))
+}
+
+/// Whether a remote description has been applied (candidates before that are queued).
+pub async fn has_remote_description(pc: &RTCPeerConnection) -> bool {
+    pc.remote_description().await.is_some()
+}

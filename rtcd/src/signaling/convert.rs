@@ -1,0 +1,128 @@
+//! proto (`rtcd.v1`) <-> SFU types. Total in both directions: anything the SFU cannot take is an
+//! `InvalidArgument` here, before it gets there.
+
+use rtcd_proto::v1 as pb;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+
+use crate::sfu::{
+    CallId, JoinRequest, Permissions, SessionCommand, SessionEvent, SessionId, SfuError, TenantId,
+    TrackKind, UserId, session::TrackInfo,
+};
+
+/// A `Join` in the caller's namespace.
+pub fn join_request(tenant: TenantId, join: pb::Join) -> Result<JoinRequest, SfuError> {
+    let p = join.permissions.unwrap_or_default();
+    let req = JoinRequest {
+        tenant,
+        call: CallId::new(join.call_id),
+        session: SessionId::new(join.session_id),
+        user: UserId::new(join.user_id),
+        display_name: join.display_name,
+        permissions: Permissions {
+            publish_audio: p.publish_audio,
+            publish_video: p.publish_video,
+            publish_screen: p.publish_screen,
+            subscribe: p.subscribe,
+        },
+    };
+    req.validate()?;
+    Ok(req)
+}
+
+fn kind_from(k: i32) -> Result<TrackKind, SfuError> {
+    match pb::TrackKind::try_from(k) {
+        Ok(pb::TrackKind::Audio) => Ok(TrackKind::Audio),
+        Ok(pb::TrackKind::Video) => Ok(TrackKind::Video),
+        Ok(pb::TrackKind::Screen) => Ok(TrackKind::Screen),
+        _ => Err(SfuError::InvalidArgument(format!("unknown track kind {k}"))),
+    }
+}
+
+fn kind_to(k: TrackKind) -> i32 {
+    match k {
+        TrackKind::Audio => pb::TrackKind::Audio as i32,
+        TrackKind::Video => pb::TrackKind::Video as i32,
+        TrackKind::Screen => pb::TrackKind::Screen as i32,
+    }
+}
+
+/// A client message after the join. `Join` again is out of order.
+pub fn command(signal: pb::client_signal::Signal) -> Result<SessionCommand, SfuError> {
+    use pb::client_signal::Signal;
+    Ok(match signal {
+        Signal::Join(_) => {
+            return Err(SfuError::OutOfOrder("already joined".into()));
+        }
+        Signal::Offer(d) => SessionCommand::Offer(d.sdp),
+        Signal::Answer(d) => SessionCommand::Answer(d.sdp),
+        Signal::Candidate(c) => SessionCommand::Candidate(RTCIceCandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c
+                .sdp_mline_index
+                .map(|i| {
+                    u16::try_from(i)
+                        .map_err(|_| SfuError::InvalidArgument("sdp_mline_index too large".into()))
+                })
+                .transpose()?,
+            username_fragment: None,
+        }),
+        Signal::Leave(_) => SessionCommand::Leave,
+        Signal::Mute(m) => SessionCommand::Mute {
+            kind: kind_from(m.kind)?,
+            muted: m.muted,
+        },
+        Signal::ScreenShare(s) => SessionCommand::ScreenShare {
+            on: s.on,
+            track_id: s.track_id,
+        },
+    })
+}
+
+fn track_event(t: TrackInfo) -> pb::TrackEvent {
+    pb::TrackEvent {
+        session_id: t.session.as_str().to_owned(),
+        user_id: t.user.as_str().to_owned(),
+        kind: kind_to(t.kind),
+        track_id: t.track_id,
+    }
+}
+
+/// An SFU event as a server message.
+pub fn event(e: SessionEvent) -> pb::ServerSignal {
+    use pb::server_signal::Signal;
+    let signal = match e {
+        SessionEvent::Answer(sdp) => Signal::Answer(pb::SessionDescription { sdp }),
+        SessionEvent::Offer(sdp) => Signal::Offer(pb::SessionDescription { sdp }),
+        SessionEvent::Candidate(c) => Signal::Candidate(pb::IceCandidate {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_mline_index.map(u32::from),
+        }),
+        SessionEvent::TrackPublished(t) => Signal::TrackPublished(track_event(t)),
+        SessionEvent::TrackRemoved(t) => Signal::TrackRemoved(track_event(t)),
+        SessionEvent::VoiceActivity {
+            session,
+            user,
+            speaking,
+        } => Signal::VoiceActivity(pb::VoiceActivity {
+            session_id: session.as_str().to_owned(),
+            user_id: user.as_str().to_owned(),
+            speaking,
+        }),
+        SessionEvent::Error(e) => error(&e),
+        SessionEvent::Closed { reason } => Signal::SessionClosed(pb::SessionClosed { reason }),
+    };
+    pb::ServerSignal {
+        signal: Some(signal),
+    }
+}
+
+/// An error event carrying the gRPC code the same error would have as a status.
+pub fn error(e: &SfuError) -> pb::server_signal::Signal {
+    let status = super::status::from_sfu(e);
+    pb::server_signal::Signal::Error(pb::Error {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    })
+}

@@ -1,0 +1,168 @@
+//! The gRPC signaling service (`rtcd.v1.Signaling`): authenticates every RPC from its
+//! `authorization` metadata, scopes it to the caller's tenant, and relays between one
+//! bidirectional stream and one SFU session. It holds no media state.
+
+pub mod convert;
+pub mod status;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+
+use rtcd_proto::v1 as pb;
+use rtcd_proto::v1::signaling_server::Signaling;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{AuthService, Credentials, Principal};
+use crate::sfu::{CallId, SessionId, Sfu, TenantId};
+
+/// The service; cheap to clone (both members are handles).
+#[derive(Clone)]
+pub struct SignalingService {
+    auth: AuthService,
+    sfu: Sfu,
+}
+
+impl SignalingService {
+    /// A service over the daemon's auth and SFU.
+    pub fn new(auth: AuthService, sfu: Sfu) -> Self {
+        Self { auth, sfu }
+    }
+
+    /// The tonic server wrapper, with the message size limit applied in both directions.
+    pub fn into_server(
+        self,
+        max_message_bytes: usize,
+    ) -> pb::signaling_server::SignalingServer<Self> {
+        pb::signaling_server::SignalingServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
+    }
+
+    /// Who is calling: a registered client, from basic credentials or a bearer token (cached
+    /// in `AuthService`, so no bcrypt per stream once verified). Admins are not tenants.
+    async fn tenant<T>(&self, req: &Request<T>) -> Result<TenantId, Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("authentication failed"))?;
+        let credentials =
+            Credentials::from_authorization(header).map_err(|e| status::from_auth(&e))?;
+        let origin = req
+            .remote_addr()
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        match self.auth.authenticate(&credentials, origin).await {
+            Ok(Principal::Client(id)) => Ok(TenantId::new(id.as_str())),
+            Ok(Principal::Admin) => Err(Status::permission_denied(
+                "the admin cannot join calls; use a client's credentials",
+            )),
+            Err(e) => Err(status::from_auth(&e)),
+        }
+    }
+}
+
+type ServerStream = Pin<Box<dyn Stream<Item = Result<pb::ServerSignal, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Signaling for SignalingService {
+    type SessionStream = ServerStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::ClientSignal>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let mut inbound = request.into_inner();
+        let join = match inbound.message().await? {
+            Some(pb::ClientSignal {
+                signal: Some(pb::client_signal::Signal::Join(join)),
+            }) => join,
+            Some(_) => {
+                return Err(Status::failed_precondition(
+                    "the first message of a session must be Join",
+                ));
+            }
+            None => return Err(Status::cancelled("stream ended before Join")),
+        };
+        let join = convert::join_request(tenant, join).map_err(|e| status::from_sfu(&e))?;
+        let session_id = join.session.as_str().to_owned();
+        let (handle, mut events) = self
+            .sfu
+            .join(join)
+            .await
+            .map_err(|e| status::from_sfu(&e))?;
+        // Bounded: if the proxy reads slowly, the session's events wait (per-session backpressure).
+        let (tx, rx) = mpsc::channel::<Result<pb::ServerSignal, Status>>(64);
+        let joined = pb::ServerSignal {
+            signal: Some(pb::server_signal::Signal::Joined(pb::Joined { session_id })),
+        };
+        let _ = tx.send(Ok(joined)).await;
+        tokio::spawn(async move {
+            let mut handle = Some(handle);
+            loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Some(event) => {
+                            if tx.send(Ok(convert::event(event))).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                    msg = inbound.message(), if handle.is_some() => {
+                        let Some(h) = handle.as_ref() else { continue };
+                        match msg {
+                            Ok(Some(pb::ClientSignal { signal: Some(signal) })) => {
+                                let result = match convert::command(signal) {
+                                    Ok(cmd) => h.send(cmd).await,
+                                    Err(e) => Err(e),
+                                };
+                                if let Err(e) = result {
+                                    let error = pb::ServerSignal { signal: Some(convert::error(&e)) };
+                                    if tx.send(Ok(error)).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                            Ok(Some(pb::ClientSignal { signal: None })) => {
+                                let status = status::malformed("empty ClientSignal");
+                                let error = pb::ServerSignal { signal: Some(pb::server_signal::Signal::Error(pb::Error {
+                                    code: status.code() as i32,
+                                    message: status.message().to_owned(),
+                                })) };
+                                if tx.send(Ok(error)).await.is_err() {
+                                    break;
+                                }
+                            }
+                            // The proxy closed its side or the connection broke: dropping the
+                            // handle ends the session ("disconnected"); keep relaying until Closed.
+                            Ok(None) | Err(_) => handle = None,
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        self.sfu
+            .close(
+                &tenant,
+                &CallId::new(req.call_id),
+                &SessionId::new(req.session_id),
+                "closed by client",
+            )
+            .map_err(|e| status::from_sfu(&e))?;
+        Ok(Response::new(pb::CloseSessionResponse {}))
+    }
+}

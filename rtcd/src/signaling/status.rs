@@ -1,0 +1,42 @@
+//! The one place where SFU and auth errors become gRPC statuses. Messages never carry secrets;
+//! authentication failures all read the same so they reveal nothing about which part was wrong.
+
+use tonic::Status;
+
+use crate::auth::AuthError;
+use crate::sfu::SfuError;
+
+/// An SFU error as a gRPC status (also used for the code of in-stream `Error` events).
+pub fn from_sfu(e: &SfuError) -> Status {
+    match e {
+        SfuError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+        SfuError::OutOfOrder(m) => Status::failed_precondition(m.clone()),
+        SfuError::NotFound => Status::not_found("no such session"),
+        SfuError::AlreadyExists => Status::already_exists("session already exists in this call"),
+        SfuError::LimitReached(what) => {
+            Status::resource_exhausted(format!("limit reached: {what}"))
+        }
+        SfuError::Draining => Status::unavailable("rtcd is shutting down; join another instance"),
+        SfuError::Closed => Status::failed_precondition("session closed"),
+        SfuError::Media(_) => Status::internal("media engine error"),
+    }
+}
+
+/// An authentication failure as a gRPC status.
+pub fn from_auth(e: &AuthError) -> Status {
+    match e {
+        AuthError::RateLimited { retry_after } => Status::resource_exhausted(format!(
+            "too many failed attempts, retry in {} s",
+            retry_after.as_secs().max(1)
+        )),
+        AuthError::Busy => Status::unavailable("authentication is overloaded, retry shortly"),
+        AuthError::Store(_) | AuthError::Internal => Status::internal("internal error"),
+        AuthError::Forbidden(m) => Status::permission_denied(*m),
+        _ => Status::unauthenticated("authentication failed"),
+    }
+}
+
+/// A malformed client message that never reached the SFU.
+pub fn malformed(what: &str) -> Status {
+    Status::invalid_argument(what.to_owned())
+}

@@ -1,0 +1,122 @@
+//! Lets the webrtc-rs [`crate::media::Participant`] join through the proxy's WebSocket instead
+//! of rtcd's gRPC: the same peer, signaling translated between the proxy's JSON protocol
+//! (docs/protocol.md) and the `rtcd.v1` messages the participant speaks.
+
+use anyhow::{Context as _, bail};
+use futures_util::{SinkExt as _, StreamExt as _};
+use rtcd_proto::v1 as pb;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_tungstenite::tungstenite::protocol::Message;
+
+/// The inbound half, shaped like a tonic stream.
+pub type Inbound = ReceiverStream<Result<pb::ServerSignal, tonic::Status>>;
+
+/// Opens `/ws` at `url`, joins `room` with `token`, and returns the outbound sender and the
+/// inbound stream once the proxy answered `joined` with a media server attached.
+pub async fn join(url: &str, token: &str, room: &str) -> anyhow::Result<(mpsc::Sender<pb::ClientSignal>, Inbound)> {
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.context("WebSocket connect")?;
+    let (mut sink, mut stream) = ws.split();
+    sink.send(Message::text(json!({"type": "join", "room": room, "token": token}).to_string())).await?;
+    loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(15), stream.next())
+            .await
+            .context("no answer to join")?
+            .context("closed before joined")??;
+        let Message::Text(text) = frame else { continue };
+        let msg: Value = serde_json::from_str(&text)?;
+        match msg["type"].as_str() {
+            Some("joined") if msg["media"] == true => break,
+            Some("joined") => bail!("joined without a media server: {msg}"),
+            Some("error") => bail!("join refused: {msg}"),
+            _ => {}
+        }
+    }
+    let (out_tx, mut out_rx) = mpsc::channel::<pb::ClientSignal>(64);
+    let (in_tx, in_rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(signal) = out_rx.recv().await {
+            let Some(value) = signal.signal.as_ref().and_then(client_json) else { continue };
+            if sink.send(Message::text(value.to_string())).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.send(Message::Close(None)).await;
+    });
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = stream.next().await {
+            let Message::Text(text) = frame else { continue };
+            let Ok(msg) = serde_json::from_str::<Value>(&text) else { continue };
+            if std::env::var_os("BRIDGE_DEBUG").is_some() { eprintln!("bridge <- {}", &text[..text.len().min(160)]); }
+            if let Some(signal) = server_signal(&msg)
+                && in_tx.send(Ok(pb::ServerSignal { signal: Some(signal) })).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok((out_tx, ReceiverStream::new(in_rx)))
+}
+
+/// A harness signal as a proxy client message (None for what the proxy protocol lacks).
+pub fn client_json(signal: &pb::client_signal::Signal) -> Option<Value> {
+    use pb::client_signal::Signal;
+    Some(match signal {
+        Signal::Offer(d) => json!({"type": "offer", "sdp": d.sdp}),
+        Signal::Answer(d) => json!({"type": "answer", "sdp": d.sdp}),
+        Signal::Candidate(c) => json!({
+            "type": "candidate",
+            "candidate": c.candidate,
+            "sdpMid": c.sdp_mid,
+            "sdpMLineIndex": c.sdp_mline_index,
+        }),
+        Signal::Leave(_) => json!({"type": "leave"}),
+        Signal::Mute(m) => {
+            let source = match m.kind() {
+                pb::TrackKind::Audio => "microphone",
+                pb::TrackKind::Video => "camera",
+                pb::TrackKind::Screen => "screen",
+                pb::TrackKind::Unspecified => return None,
+            };
+            json!({"type": if m.muted { "mute" } else { "unmute" }, "source": source})
+        }
+        Signal::ScreenShare(s) => json!({"type": if s.on { "screen_share_start" } else { "screen_share_stop" }}),
+        Signal::Join(_) => return None,
+    })
+}
+
+/// A proxy server message as a harness signal (None for what rtcd.v1 lacks).
+pub fn server_signal(msg: &Value) -> Option<pb::server_signal::Signal> {
+    use pb::server_signal::Signal;
+    let text = |k: &str| msg[k].as_str().unwrap_or_default().to_owned();
+    let kind = |source: &str| match source {
+        "microphone" => pb::TrackKind::Audio,
+        "camera" => pb::TrackKind::Video,
+        "screen" => pb::TrackKind::Screen,
+        _ => pb::TrackKind::Unspecified,
+    } as i32;
+    Some(match msg["type"].as_str()? {
+        "offer" => Signal::Offer(pb::SessionDescription { sdp: text("sdp") }),
+        "answer" => Signal::Answer(pb::SessionDescription { sdp: text("sdp") }),
+        "candidate" => Signal::Candidate(pb::IceCandidate {
+            candidate: text("candidate"),
+            sdp_mid: msg["sdpMid"].as_str().map(str::to_owned),
+            sdp_mline_index: msg["sdpMLineIndex"].as_u64().map(|i| i as u32),
+        }),
+        "track_published" => Signal::TrackPublished(pb::TrackEvent {
+            session_id: String::new(),
+            user_id: text("identity"),
+            kind: kind(&text("source")),
+            track_id: text("track_id"),
+        }),
+        "track_unpublished" => Signal::TrackRemoved(pb::TrackEvent {
+            session_id: String::new(),
+            user_id: text("identity"),
+            kind: 0,
+            track_id: text("track_id"),
+        }),
+        "error" => Signal::Error(pb::Error { code: 0, message: format!("{}: {}", text("code"), text("message")) }),
+        _ => return None,
+    })
+}

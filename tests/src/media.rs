@@ -1,0 +1,596 @@
+//! Media test harness: an in-process rtcd with gRPC signaling and the SFU on loopback, and
+//! [`Participant`], a real webrtc-rs peer that joins through the real gRPC service, publishes
+//! synthetic Opus / VP8 RTP whose payload names the sender, and records what it receives.
+//!
+//! Participants behave like a browser that is the impolite peer: an rtcd offer that arrives
+//! while their own offer is outstanding is ignored (rtcd rolls back and re-offers).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use base64::Engine;
+use bytes::Bytes;
+use rtcd::auth::{ClientId, Principal, Secret};
+use rtcd::config::Config;
+use rtcd_proto::v1 as pb;
+use rtcd_proto::v1::signaling_client::SignalingClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Request;
+use tonic::transport::Channel;
+use webrtc::api::APIBuilder;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::signaling_state::RTCSignalingState;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp::extension::HeaderExtension;
+use webrtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
+};
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::track::track_local::TrackLocal;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+
+/// How long any eventual condition may take (generous: DTLS retransmits after 1 s in debug).
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// An rtcd running in this process, with its temp store.
+pub struct TestRtcd {
+    /// The daemon.
+    pub rtcd: rtcd::Rtcd,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRtcd {
+    /// Starts rtcd on loopback ephemeral ports; `extra` adds or overrides `RTCD_*` variables.
+    pub async fn start(extra: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut env: Vec<(String, String)> = vec![
+            ("RTCD_STORE_DATA_SOURCE".into(), dir.path().join("db").display().to_string()),
+            ("RTCD_API_HTTP_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
+            ("RTCD_API_METRICS_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
+            ("RTCD_API_SECURITY_ENABLE_ADMIN".into(), "true".into()),
+            ("RTCD_API_SECURITY_ADMIN_SECRET_KEY".into(), "an-admin-secret-of-at-least-32-bytes!!".into()),
+            ("RTCD_API_SECURITY_BCRYPT_COST".into(), "4".into()),
+            ("RTCD_GRPC_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
+            ("RTCD_RTC_ICE_ADDRESS_UDP".into(), "127.0.0.1".into()),
+            ("RTCD_RTC_ICE_PORT_UDP".into(), "0".into()),
+            ("RTCD_RTC_ICE_INTERFACES".into(), "[\"lo\"]".into()),
+            ("RTCD_RTC_INCLUDE_LOOPBACK_CANDIDATES".into(), "true".into()),
+        ];
+        for (k, v) in extra {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).into(), (*v).into()));
+        }
+        let config = Config::load(None, env)?;
+        let rtcd = rtcd::Rtcd::start(config).await?;
+        Ok(Self { rtcd, _dir: dir })
+    }
+
+    /// The daemon and its store directory, separately (to shut down in a task while the
+    /// directory outlives it).
+    pub fn split(self) -> (rtcd::Rtcd, tempfile::TempDir) {
+        (self.rtcd, self._dir)
+    }
+
+    /// Registers a client and returns its `authorization` value (Basic).
+    pub async fn register(&self, id: &str) -> anyhow::Result<String> {
+        let key = format!("{id}-key-that-is-long-enough-0123456789");
+        self.rtcd
+            .auth()
+            .register(
+                Some(&Principal::Admin),
+                ClientId::parse(id)?,
+                Secret::new(key.clone()),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+            )
+            .await?;
+        Ok(basic(id, &key))
+    }
+
+    /// The gRPC endpoint.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.rtcd.grpc_addr()
+    }
+
+    /// A gRPC client (plaintext, loopback).
+    pub async fn client(&self) -> anyhow::Result<SignalingClient<Channel>> {
+        Ok(SignalingClient::connect(format!("http://{}", self.grpc_addr())).await?)
+    }
+}
+
+/// `Basic base64(id:key)`.
+pub fn basic(id: &str, key: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{key}"))
+    )
+}
+
+/// Attaches `authorization` metadata (if any) to a request.
+pub fn authorized<T>(msg: T, auth: Option<&str>) -> Request<T> {
+    let mut req = Request::new(msg);
+    if let Some(auth) = auth {
+        req.metadata_mut()
+            .insert("authorization", auth.parse().expect("ASCII header value"));
+    }
+    req
+}
+
+/// Polls `check` until it returns true or [`PATIENCE`] passes.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(anyhow!("timed out waiting for: {what}"))
+}
+
+/// Full permissions.
+pub fn all_permissions() -> pb::Permissions {
+    pb::Permissions {
+        publish_audio: true,
+        publish_video: true,
+        publish_screen: true,
+        subscribe: true,
+    }
+}
+
+/// A join message.
+pub fn join(call: &str, session: &str, permissions: pb::Permissions) -> pb::ClientSignal {
+    pb::ClientSignal {
+        signal: Some(pb::client_signal::Signal::Join(pb::Join {
+            call_id: call.into(),
+            session_id: session.into(),
+            user_id: format!("user-{session}"),
+            display_name: session.into(),
+            permissions: Some(permissions),
+        })),
+    }
+}
+
+/// Per (sender, kind) reception statistics, from payloads `sender|kind|seq`.
+#[derive(Debug, Default, Clone)]
+pub struct Flow {
+    /// Packets received.
+    pub packets: u64,
+    /// Lowest and highest sender sequence counter seen.
+    pub first: u64,
+    /// Highest sender sequence counter seen.
+    pub last: u64,
+}
+
+impl Flow {
+    /// Packets missing between the first and last seen.
+    pub fn lost(&self) -> u64 {
+        (self.last - self.first + 1).saturating_sub(self.packets)
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    events: Mutex<Vec<pb::server_signal::Signal>>,
+    flows: Mutex<HashMap<String, Flow>>,
+    plis: AtomicU64,
+    negotiations: AtomicU64,
+    closed: AtomicBool,
+}
+
+enum Control {
+    Renegotiate,
+    Send(pb::ClientSignal),
+}
+
+/// A webrtc-rs end user joined through gRPC.
+pub struct Participant {
+    /// The session ID (also the payload sender tag).
+    pub session: String,
+    /// The peer connection.
+    pub pc: Arc<RTCPeerConnection>,
+    shared: Arc<Shared>,
+    control: mpsc::Sender<Control>,
+    senders: Mutex<HashMap<String, (Arc<RTCRtpSender>, Arc<AtomicBool>)>>,
+}
+
+impl Participant {
+    /// Opens the stream and joins; returns the gRPC status if rtcd refuses.
+    pub async fn join(
+        client: &mut SignalingClient<Channel>,
+        auth: Option<&str>,
+        call: &str,
+        session: &str,
+        permissions: pb::Permissions,
+    ) -> Result<Self, tonic::Status> {
+        let (out_tx, out_rx) = mpsc::channel::<pb::ClientSignal>(64);
+        out_tx
+            .send(join(call, session, permissions))
+            .await
+            .map_err(|_| tonic::Status::internal("harness"))?;
+        let mut inbound = client
+            .session(authorized(ReceiverStream::new(out_rx), auth))
+            .await?
+            .into_inner();
+        match inbound.message().await? {
+            Some(pb::ServerSignal {
+                signal: Some(pb::server_signal::Signal::Joined(_)),
+            }) => {}
+            other => return Err(tonic::Status::internal(format!("expected Joined, got {other:?}"))),
+        }
+        Self::start(session, out_tx, inbound)
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+
+    /// Joins `room` through the proxy's WebSocket at `ws_url` with `token`: the same peer,
+    /// its signaling translated to the proxy's JSON protocol ([`crate::bridge`]). `session` is
+    /// the payload tag of this participant's tracks.
+    pub async fn join_via_proxy(ws_url: &str, token: &str, room: &str, session: &str) -> anyhow::Result<Self> {
+        let (out_tx, inbound) = crate::bridge::join(ws_url, token, room).await?;
+        Self::start(session, out_tx, inbound).await
+    }
+
+    /// Creates the peer and starts the driver over an already joined signaling stream.
+    async fn start<S>(session: &str, out_tx: mpsc::Sender<pb::ClientSignal>, inbound: S) -> anyhow::Result<Self>
+    where
+        S: futures_util::Stream<Item = Result<pb::ServerSignal, tonic::Status>> + Unpin + Send + 'static,
+    {
+        let pc = new_peer().await?;
+        let shared = Arc::new(Shared::default());
+        let (control_tx, control_rx) = mpsc::channel(16);
+        record_incoming(&pc, &shared);
+        let tx = out_tx.clone();
+        pc.on_ice_candidate(Box::new(move |c| {
+            let tx = tx.clone();
+            Box::pin(async move {
+                if let Some(init) = c.and_then(|c| c.to_json().ok()) {
+                    let _ = tx
+                        .send(pb::ClientSignal {
+                            signal: Some(pb::client_signal::Signal::Candidate(pb::IceCandidate {
+                                candidate: init.candidate,
+                                sdp_mid: init.sdp_mid,
+                                sdp_mline_index: init.sdp_mline_index.map(u32::from),
+                            })),
+                        })
+                        .await;
+                }
+            })
+        }));
+        tokio::spawn(drive(pc.clone(), shared.clone(), inbound, out_tx, control_rx));
+        Ok(Self {
+            session: session.into(),
+            pc,
+            shared,
+            control: control_tx,
+            senders: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Adds a synthetic track (`kind` = "audio", "video" or "screen"), sending ~50 packets/s
+    /// with payload `session|kind|n`. Call [`Participant::renegotiate`] afterwards.
+    pub async fn add_track(&self, kind: &str) -> anyhow::Result<()> {
+        let (mime, track_id) = match kind {
+            "audio" => (MIME_TYPE_OPUS, "mic"),
+            "video" => (MIME_TYPE_VP8, "cam"),
+            _ => (MIME_TYPE_VP8, "screen"),
+        };
+        let track = Arc::new(TrackLocalStaticRTP::new(
+            RTCRtpCodecCapability {
+                mime_type: mime.to_owned(),
+                ..Default::default()
+            },
+            track_id.to_owned(),
+            self.session.clone(),
+        ));
+        let local: Arc<dyn TrackLocal + Send + Sync> = track.clone();
+        let sender = self.pc.add_track(local).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        // Count PLIs the SFU sends us.
+        let shared = self.shared.clone();
+        let s = sender.clone();
+        tokio::spawn(async move {
+            while let Ok((packets, _)) = s.read_rtcp().await {
+                for p in packets {
+                    if p.as_any().is::<PictureLossIndication>() {
+                        shared.plis.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        let tag = format!("{}|{}|", self.session, kind);
+        let audio = kind == "audio";
+        let st = stop.clone();
+        tokio::spawn(async move {
+            let mut n: u64 = 0;
+            let ssrc = rand_ssrc(&tag);
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            while !st.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let packet = webrtc::rtp::packet::Packet {
+                    header: webrtc::rtp::header::Header {
+                        version: 2,
+                        marker: true,
+                        sequence_number: n as u16,
+                        timestamp: (n as u32).wrapping_mul(if audio { 960 } else { 3000 }),
+                        ssrc,
+                        ..Default::default()
+                    },
+                    payload: Bytes::from(format!("{tag}{n}")),
+                };
+                let exts = if audio {
+                    vec![HeaderExtension::AudioLevel(AudioLevelExtension {
+                        level: 10,
+                        voice: true,
+                    })]
+                } else {
+                    Vec::new()
+                };
+                let _ = track.write_rtp_with_extensions(&packet, &exts).await;
+                n += 1;
+            }
+        });
+        self.senders
+            .lock()
+            .unwrap()
+            .insert(kind.to_owned(), (sender, stop));
+        Ok(())
+    }
+
+    /// Stops sending a track and removes it from the peer connection.
+    pub async fn remove_track(&self, kind: &str) -> anyhow::Result<()> {
+        let (sender, stop) = self
+            .senders
+            .lock()
+            .unwrap()
+            .remove(kind)
+            .context("no such track")?;
+        stop.store(true, Ordering::Relaxed);
+        self.pc.remove_track(&sender).await?;
+        Ok(())
+    }
+
+    /// Offers (through the driver, so offers and answers never interleave).
+    pub async fn renegotiate(&self) -> anyhow::Result<()> {
+        self.control
+            .send(Control::Renegotiate)
+            .await
+            .map_err(|_| anyhow!("driver gone"))
+    }
+
+    /// Sends a raw client message.
+    pub async fn send(&self, signal: pb::client_signal::Signal) -> anyhow::Result<()> {
+        self.control
+            .send(Control::Send(pb::ClientSignal {
+                signal: Some(signal),
+            }))
+            .await
+            .map_err(|_| anyhow!("driver gone"))
+    }
+
+    /// Reception statistics keyed `sender/kind`.
+    pub fn flows(&self) -> HashMap<String, Flow> {
+        self.shared.flows.lock().unwrap().clone()
+    }
+
+    /// Packets received from `sender` of `kind`.
+    pub fn received(&self, sender: &str, kind: &str) -> u64 {
+        self.shared
+            .flows
+            .lock()
+            .unwrap()
+            .get(&format!("{sender}/{kind}"))
+            .map_or(0, |f| f.packets)
+    }
+
+    /// PLIs the SFU sent to this participant's tracks.
+    pub fn plis(&self) -> u64 {
+        self.shared.plis.load(Ordering::Relaxed)
+    }
+
+    /// Server-initiated offers answered so far.
+    pub fn negotiations(&self) -> u64 {
+        self.shared.negotiations.load(Ordering::Relaxed)
+    }
+
+    /// Every server event so far.
+    pub fn events(&self) -> Vec<pb::server_signal::Signal> {
+        self.shared.events.lock().unwrap().clone()
+    }
+
+    /// Whether an event matching `f` arrived.
+    pub fn saw(&self, f: impl Fn(&pb::server_signal::Signal) -> bool) -> bool {
+        self.shared.events.lock().unwrap().iter().any(f)
+    }
+
+    /// Whether the stream has ended.
+    pub fn stream_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Relaxed)
+    }
+
+    /// The error events received (code, message).
+    pub fn errors(&self) -> Vec<(i32, String)> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                pb::server_signal::Signal::Error(e) => Some((e.code, e.message)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether the current remote description still sends a track of `sender` to us.
+    pub async fn remote_sdp_mentions(&self, sender: &str) -> bool {
+        self.pc
+            .remote_description()
+            .await
+            .is_some_and(|d| d.sdp.contains(&format!("msid:{sender} ")))
+    }
+
+    /// Closes the peer connection (the gRPC stream stays until the participant is dropped).
+    pub async fn close(&self) {
+        for (_, (_, stop)) in self.senders.lock().unwrap().iter() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let _ = self.pc.close().await;
+    }
+}
+
+fn rand_ssrc(tag: &str) -> u32 {
+    tag.bytes()
+        .fold(0x9e37_79b9u32, |h, b| h.rotate_left(5) ^ u32::from(b))
+}
+
+async fn new_peer() -> anyhow::Result<Arc<RTCPeerConnection>> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs()?;
+    media.register_header_extension(
+        RTCRtpHeaderExtensionCapability {
+            uri: "urn:ietf:params:rtp-hdrext:ssrc-audio-level".to_owned(),
+        },
+        RTPCodecType::Audio,
+        None,
+    )?;
+    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    let mut settings = SettingEngine::default();
+    settings.set_include_loopback_candidate(true);
+    settings.set_interface_filter(Box::new(|n: &str| n == "lo"));
+    settings.set_network_types(vec![NetworkType::Udp4]);
+    settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+    let api = APIBuilder::new()
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings)
+        .build();
+    Ok(Arc::new(
+        api.new_peer_connection(RTCConfiguration::default()).await?,
+    ))
+}
+
+fn record_incoming(pc: &Arc<RTCPeerConnection>, shared: &Arc<Shared>) {
+    let shared = Arc::downgrade(shared);
+    pc.on_track(Box::new(move |track, _, _| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Ok((packet, _)) = track.read_rtp().await {
+                let Some(shared) = shared.upgrade() else { break };
+                let text = String::from_utf8_lossy(&packet.payload);
+                let mut parts = text.split('|');
+                let (Some(sender), Some(kind), Some(n)) = (parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                let Ok(n) = n.parse::<u64>() else { continue };
+                let mut flows = shared.flows.lock().unwrap();
+                let flow = flows.entry(format!("{sender}/{kind}")).or_insert(Flow {
+                    packets: 0,
+                    first: n,
+                    last: n,
+                });
+                flow.packets += 1;
+                flow.first = flow.first.min(n);
+                flow.last = flow.last.max(n);
+            }
+        });
+        Box::pin(async {})
+    }));
+}
+
+async fn send_offer(
+    pc: &RTCPeerConnection,
+    out: &mpsc::Sender<pb::ClientSignal>,
+) -> anyhow::Result<()> {
+    let offer = pc.create_offer(None).await?;
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(offer).await?;
+    let _ = gathered.recv().await;
+    let sdp = pc.local_description().await.context("no local description")?.sdp;
+    out.send(pb::ClientSignal {
+        signal: Some(pb::client_signal::Signal::Offer(pb::SessionDescription { sdp })),
+    })
+    .await?;
+    Ok(())
+}
+
+async fn drive(
+    pc: Arc<RTCPeerConnection>,
+    shared: Arc<Shared>,
+    mut inbound: impl futures_util::Stream<Item = Result<pb::ServerSignal, tonic::Status>> + Unpin,
+    out: mpsc::Sender<pb::ClientSignal>,
+    mut control: mpsc::Receiver<Control>,
+) {
+    use futures_util::StreamExt as _;
+    use pb::server_signal::Signal;
+    let mut pending: Vec<RTCIceCandidateInit> = Vec::new();
+    let mut want_offer = false;
+    loop {
+        tokio::select! {
+            c = control.recv() => match c {
+                None => break,
+                Some(Control::Send(m)) => { let _ = out.send(m).await; }
+                Some(Control::Renegotiate) => want_offer = true,
+            },
+            m = inbound.next() => {
+                let Some(Ok(pb::ServerSignal { signal: Some(signal) })) = m else { break };
+                shared.events.lock().unwrap().push(signal.clone());
+                match signal {
+                    Signal::Answer(d) => {
+                        if let Ok(answer) = RTCSessionDescription::answer(d.sdp) {
+                            let _ = pc.set_remote_description(answer).await;
+                        }
+                        for c in pending.drain(..) { let _ = pc.add_ice_candidate(c).await; }
+                    }
+                    Signal::Offer(d) => {
+                        // Impolite: ignore a colliding offer; rtcd rolls back and re-offers.
+                        if pc.signaling_state() == RTCSignalingState::HaveLocalOffer { continue; }
+                        let Ok(offer) = RTCSessionDescription::offer(d.sdp) else { continue };
+                        if pc.set_remote_description(offer).await.is_err() { continue; }
+                        for c in pending.drain(..) { let _ = pc.add_ice_candidate(c).await; }
+                        if let Ok(answer) = pc.create_answer(None).await {
+                            let sdp = answer.sdp.clone();
+                            if pc.set_local_description(answer).await.is_ok() {
+                                shared.negotiations.fetch_add(1, Ordering::Relaxed);
+                                let _ = out.send(pb::ClientSignal {
+                                    signal: Some(pb::client_signal::Signal::Answer(pb::SessionDescription { sdp })),
+                                }).await;
+                            }
+                        }
+                    }
+                    Signal::Candidate(c) => {
+                        let init = RTCIceCandidateInit {
+                            candidate: c.candidate,
+                            sdp_mid: c.sdp_mid,
+                            sdp_mline_index: c.sdp_mline_index.map(|i| i as u16),
+                            username_fragment: None,
+                        };
+                        if pc.remote_description().await.is_some() {
+                            let _ = pc.add_ice_candidate(init).await;
+                        } else {
+                            pending.push(init);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if want_offer && pc.signaling_state() == RTCSignalingState::Stable {
+            want_offer = false;
+            let _ = send_offer(&pc, &out).await;
+        }
+    }
+    shared.closed.store(true, Ordering::Relaxed);
+}
