@@ -44,6 +44,9 @@ use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
+/// Whether participants trickle candidates (false: complete SDP, like the stack check).
+const TRICKLE: bool = false;
+
 /// How long any eventual condition may take (generous: DTLS retransmits after 1 s in debug).
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -70,12 +73,16 @@ impl TestRtcd {
             ("RTCD_RTC_ICE_PORT_UDP".into(), "0".into()),
             ("RTCD_RTC_ICE_INTERFACES".into(), "[\"lo\"]".into()),
             ("RTCD_RTC_INCLUDE_LOOPBACK_CANDIDATES".into(), "true".into()),
+            ("RTCD_RTC_DRAIN_TIMEOUT_SECONDS".into(), "0".into()),
         ];
         for (k, v) in extra {
             env.retain(|(key, _)| key != k);
             env.push(((*k).into(), (*v).into()));
         }
         let config = Config::load(None, env)?;
+        if let Ok(level) = std::env::var("RTCD_TEST_LOG") {
+            rtcd::logging::init(&rtcd::config::LoggerConfig { level, json: false });
+        }
         let rtcd = rtcd::Rtcd::start(config).await?;
         Ok(Self { rtcd, _dir: dir })
     }
@@ -238,23 +245,6 @@ impl Participant {
         let shared = Arc::new(Shared::default());
         let (control_tx, control_rx) = mpsc::channel(16);
         record_incoming(&pc, &shared);
-        let tx = out_tx.clone();
-        pc.on_ice_candidate(Box::new(move |c| {
-            let tx = tx.clone();
-            Box::pin(async move {
-                if let Some(init) = c.and_then(|c| c.to_json().ok()) {
-                    let _ = tx
-                        .send(pb::ClientSignal {
-                            signal: Some(pb::client_signal::Signal::Candidate(pb::IceCandidate {
-                                candidate: init.candidate,
-                                sdp_mid: init.sdp_mid,
-                                sdp_mline_index: init.sdp_mline_index.map(u32::from),
-                            })),
-                        })
-                        .await;
-                }
-            })
-        }));
         tokio::spawn(drive(pc.clone(), shared.clone(), inbound, out_tx, control_rx));
         Ok(Self {
             session: session.into(),
@@ -553,7 +543,9 @@ async fn drive(
                             }
                         }
                     }
-                    Signal::Candidate(c) => {
+                    // rtcd's SDP already carries its candidates (it finishes host gathering before
+                    // sending it); the trickled copies are recorded but only added with TRICKLE.
+                    Signal::Candidate(c) if TRICKLE => {
                         let init = RTCIceCandidateInit {
                             candidate: c.candidate,
                             sdp_mid: c.sdp_mid,
