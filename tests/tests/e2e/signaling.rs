@@ -144,6 +144,7 @@ async fn tenants_cannot_touch_each_others_calls() -> anyhow::Result<()> {
     a1.add_track("audio").await?;
     a1.renegotiate().await?;
     let a2 = Participant::join(&mut client, Some(&a), "call", "s2", all_permissions()).await?;
+    a2.renegotiate().await?;
     eventually("a2 receives a1", || a2.received("s1", "audio") > 20).await?;
 
     // B cannot close A's session, even knowing both IDs.
@@ -164,6 +165,7 @@ async fn tenants_cannot_touch_each_others_calls() -> anyhow::Result<()> {
     b1.add_track("audio").await?;
     b1.renegotiate().await?;
     let b2 = Participant::join(&mut client, Some(&b), "call", "s2", all_permissions()).await?;
+    b2.renegotiate().await?;
     eventually("b2 receives b1", || b2.received("s1", "audio") > 20).await?;
     assert_eq!(rtcd.rtcd.sfu().call_count(), 2);
     assert_eq!(rtcd.rtcd.sfu().session_count(), 4);
@@ -213,6 +215,7 @@ async fn shutdown_drains_then_closes_with_reason_shutdown() -> anyhow::Result<()
     p1.add_track("audio").await?;
     p1.renegotiate().await?;
     let p2 = Participant::join(&mut client, Some(&a), "call", "s2", all_permissions()).await?;
+    p2.renegotiate().await?;
     eventually("media flows", || p2.received("s1", "audio") > 10).await?;
 
     let metrics = rtcd.rtcd.metrics_addr().unwrap();
