@@ -41,6 +41,8 @@ use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
@@ -336,6 +338,21 @@ impl Participant {
         stop.store(true, Ordering::Relaxed);
         self.pc.remove_track(&sender).await?;
         Ok(())
+    }
+
+    /// For a participant that publishes nothing: a receive-only audio transceiver (an offer needs
+    /// a media section to set up the transport), then the first offer.
+    pub async fn receive_only(&self) -> anyhow::Result<()> {
+        self.pc
+            .add_transceiver_from_kind(
+                RTPCodecType::Audio,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    send_encodings: Vec::new(),
+                }),
+            )
+            .await?;
+        self.renegotiate().await
     }
 
     /// Offers (through the driver, so offers and answers never interleave).

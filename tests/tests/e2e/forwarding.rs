@@ -117,7 +117,7 @@ async fn late_joiner_gets_everything_and_leave_renegotiates_removal() -> anyhow:
         },
     )
     .await?;
-    late.renegotiate().await?;
+    late.receive_only().await?;
     receives_exactly(&late, &["alice", "bob", "carol"]).await?;
     // Its arrival made rtcd ask every publisher for a keyframe.
     eventually("keyframe requests", || {
