@@ -424,12 +424,16 @@ impl Participant {
             .collect()
     }
 
-    /// Whether the current remote description still sends a track of `sender` to us.
+    /// Whether the current remote description still has a sending media section for a track of
+    /// `sender` (a withdrawn track's section stays, as `recvonly` / `inactive`).
     pub async fn remote_sdp_mentions(&self, sender: &str) -> bool {
-        self.pc
-            .remote_description()
-            .await
-            .is_some_and(|d| d.sdp.contains(&format!("msid:{sender} ")))
+        let Some(desc) = self.pc.remote_description().await else {
+            return false;
+        };
+        desc.sdp.split("\r\nm=").any(|section| {
+            section.contains(&format!("msid:{sender} "))
+                && (section.contains("a=sendonly") || section.contains("a=sendrecv"))
+        })
     }
 
     /// Closes the peer connection (the gRPC stream stays until the participant is dropped).
