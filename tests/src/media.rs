@@ -41,8 +41,13 @@ use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+
+/// Whether participants trickle candidates (false: complete SDP, like the stack check).
+const TRICKLE: bool = false;
 
 /// How long any eventual condition may take (generous: DTLS retransmits after 1 s in debug).
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -70,12 +75,16 @@ impl TestRtcd {
             ("RTCD_RTC_ICE_PORT_UDP".into(), "0".into()),
             ("RTCD_RTC_ICE_INTERFACES".into(), "[\"lo\"]".into()),
             ("RTCD_RTC_INCLUDE_LOOPBACK_CANDIDATES".into(), "true".into()),
+            ("RTCD_RTC_DRAIN_TIMEOUT_SECONDS".into(), "0".into()),
         ];
         for (k, v) in extra {
             env.retain(|(key, _)| key != k);
             env.push(((*k).into(), (*v).into()));
         }
         let config = Config::load(None, env)?;
+        if let Ok(level) = std::env::var("RTCD_TEST_LOG") {
+            rtcd::logging::init(&rtcd::config::LoggerConfig { level, json: false });
+        }
         let rtcd = rtcd::Rtcd::start(config).await?;
         Ok(Self { rtcd, _dir: dir })
     }
@@ -254,23 +263,6 @@ impl Participant {
         let shared = Arc::new(Shared::default());
         let (control_tx, control_rx) = mpsc::channel(16);
         record_incoming(&pc, &shared);
-        let tx = out_tx.clone();
-        pc.on_ice_candidate(Box::new(move |c| {
-            let tx = tx.clone();
-            Box::pin(async move {
-                if let Some(init) = c.and_then(|c| c.to_json().ok()) {
-                    let _ = tx
-                        .send(pb::ClientSignal {
-                            signal: Some(pb::client_signal::Signal::Candidate(pb::IceCandidate {
-                                candidate: init.candidate,
-                                sdp_mid: init.sdp_mid,
-                                sdp_mline_index: init.sdp_mline_index.map(u32::from),
-                            })),
-                        })
-                        .await;
-                }
-            })
-        }));
         tokio::spawn(drive(pc.clone(), shared.clone(), inbound, out_tx, control_rx));
         Ok(Self {
             session: session.into(),
@@ -364,6 +356,21 @@ impl Participant {
         Ok(())
     }
 
+    /// For a participant that publishes nothing: a receive-only audio transceiver (an offer needs
+    /// a media section to set up the transport), then the first offer.
+    pub async fn receive_only(&self) -> anyhow::Result<()> {
+        self.pc
+            .add_transceiver_from_kind(
+                RTPCodecType::Audio,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    send_encodings: Vec::new(),
+                }),
+            )
+            .await?;
+        self.renegotiate().await
+    }
+
     /// Offers (through the driver, so offers and answers never interleave).
     pub async fn renegotiate(&self) -> anyhow::Result<()> {
         self.control
@@ -433,12 +440,16 @@ impl Participant {
             .collect()
     }
 
-    /// Whether the current remote description still sends a track of `sender` to us.
+    /// Whether the current remote description still has a sending media section for a track of
+    /// `sender` (a withdrawn track's section stays, as `recvonly` / `inactive`).
     pub async fn remote_sdp_mentions(&self, sender: &str) -> bool {
-        self.pc
-            .remote_description()
-            .await
-            .is_some_and(|d| d.sdp.contains(&format!("msid:{sender} ")))
+        let Some(desc) = self.pc.remote_description().await else {
+            return false;
+        };
+        desc.sdp.split("\r\nm=").any(|section| {
+            section.contains(&format!("msid:{sender} "))
+                && (section.contains("a=sendonly") || section.contains("a=sendrecv"))
+        })
     }
 
     /// Closes the peer connection (the gRPC stream stays until the participant is dropped).
@@ -570,7 +581,9 @@ async fn drive(
                             }
                         }
                     }
-                    Signal::Candidate(c) => {
+                    // rtcd's SDP already carries its candidates (it finishes host gathering before
+                    // sending it); the trickled copies are recorded but only added with TRICKLE.
+                    Signal::Candidate(c) if TRICKLE => {
                         let init = RTCIceCandidateInit {
                             candidate: c.candidate,
                             sdp_mid: c.sdp_mid,

@@ -134,25 +134,27 @@ pub(crate) fn publish(
             .clone(),
         stop: CancellationToken::new(),
     });
+    // One statement per handle: a `get_or_create` guard alive while another call on the same
+    // family inserts would deadlock the family's lock.
+    let dropped = |reason: &'static str| {
+        metrics
+            .sfu
+            .dropped_packets
+            .get_or_create(&ReasonLabels {
+                client_id: labels.client_id.clone(),
+                reason,
+            })
+            .clone()
+    };
+    let muted = dropped("muted");
+    let failed = dropped("write_failed");
+    let forwarded = metrics.sfu.forwarded_packets.get_or_create(&labels).clone();
+    let bytes = metrics.sfu.forwarded_bytes.get_or_create(&labels).clone();
     let handles = Handles {
-        forwarded: metrics.sfu.forwarded_packets.get_or_create(&labels).clone(),
-        bytes: metrics.sfu.forwarded_bytes.get_or_create(&labels).clone(),
-        muted: metrics
-            .sfu
-            .dropped_packets
-            .get_or_create(&ReasonLabels {
-                client_id: labels.client_id.clone(),
-                reason: "muted",
-            })
-            .clone(),
-        failed: metrics
-            .sfu
-            .dropped_packets
-            .get_or_create(&ReasonLabels {
-                client_id: labels.client_id.clone(),
-                reason: "write_failed",
-            })
-            .clone(),
+        forwarded,
+        bytes,
+        muted,
+        failed,
     };
     let vad = audio_level_id.map(|id| (id, VoiceDetector::default()));
     tokio::spawn(forward(src.remote, track.clone(), handles, vad, notices));

@@ -52,7 +52,14 @@ impl PeerFactory {
         let mut settings = SettingEngine::default();
         settings.set_udp_network(UDPNetwork::Muxed(mux));
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
-        settings.set_network_types(vec![NetworkType::Udp4, NetworkType::Udp6]);
+        // One family only, matching the socket: every local candidate of an agent reads from the
+        // same mux connection, so a candidate of the other family would consume (and drop)
+        // packets meant for its sibling.
+        settings.set_network_types(vec![if config.udp_addr.is_ipv4() {
+            NetworkType::Udp4
+        } else {
+            NetworkType::Udp6
+        }]);
         settings.set_include_loopback_candidate(config.include_loopback);
         if !config.interfaces.is_empty() {
             let allowed = config.interfaces.clone();
@@ -138,11 +145,28 @@ pub async fn answer_offer(pc: &RTCPeerConnection, sdp: String) -> Result<String,
         .create_answer(None)
         .await
         .map_err(|e| SfuError::InvalidArgument(format!("cannot answer this offer: {e}")))?;
-    let sdp = answer.sdp.clone();
-    pc.set_local_description(answer)
+    set_local_and_gather(pc, answer).await
+}
+
+/// Applies a local description and returns its SDP once host candidate gathering is done
+/// (bounded): with a UDP mux and host candidates this takes milliseconds, and an SDP that
+/// already carries our candidates lets clients connect without waiting for trickle. Candidates
+/// are still trickled as they are gathered, for clients that want them early.
+async fn set_local_and_gather(
+    pc: &RTCPeerConnection,
+    desc: RTCSessionDescription,
+) -> Result<String, SfuError> {
+    let mut gathered = pc.gathering_complete_promise().await;
+    let fallback = desc.sdp.clone();
+    pc.set_local_description(desc)
         .await
         .map_err(|e| SfuError::Media(e.to_string()))?;
-    Ok(sdp)
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), gathered.recv()).await;
+    Ok(pc
+        .local_description()
+        .await
+        .map(|d| d.sdp)
+        .unwrap_or(fallback))
 }
 
 /// Creates and applies a local offer; returns its SDP.
@@ -151,11 +175,7 @@ pub async fn create_offer(pc: &RTCPeerConnection) -> Result<String, SfuError> {
         .create_offer(None)
         .await
         .map_err(|e| SfuError::Media(e.to_string()))?;
-    let sdp = offer.sdp.clone();
-    pc.set_local_description(offer)
-        .await
-        .map_err(|e| SfuError::Media(e.to_string()))?;
-    Ok(sdp)
+    set_local_and_gather(pc, offer).await
 }
 
 /// Applies the client's answer to our outstanding offer.

@@ -145,6 +145,9 @@ struct Actor {
     screen_track_id: Option<String>,
     offer_outstanding: bool,
     needs_offer: bool,
+    /// rtcd offers only after the client's first offer was answered: the client's first offer
+    /// sets up the transport (and the DTLS/ICE roles), so the common join path has no glare.
+    client_offered: bool,
     created: Instant,
     connected: bool,
     track_seq: u32,
@@ -183,6 +186,7 @@ pub(crate) async fn spawn(
         screen_track_id: None,
         offer_outstanding: false,
         needs_offer: false,
+        client_offered: false,
         created: Instant::now(),
         connected: false,
         track_seq: 0,
@@ -286,6 +290,7 @@ impl Actor {
                     self.offer_outstanding = false;
                     self.needs_offer = true;
                 }
+                self.client_offered = true;
                 self.flush_candidates().await;
                 let _ = self.events.send(SessionEvent::Answer(answer)).await;
                 self.maybe_offer().await
@@ -368,7 +373,7 @@ impl Actor {
     }
 
     async fn maybe_offer(&mut self) -> Result<(), SfuError> {
-        if !self.needs_offer || self.offer_outstanding {
+        if !self.needs_offer || self.offer_outstanding || !self.client_offered {
             return Ok(());
         }
         if self.pc.signaling_state()

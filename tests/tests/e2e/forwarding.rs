@@ -24,12 +24,23 @@ async fn publisher(
 /// Waits until `p` receives audio and video from every one of `others`, then checks it receives
 /// nothing else (not its own tracks) and loses at most 5 %.
 async fn receives_exactly(p: &Participant, others: &[&str]) -> anyhow::Result<()> {
-    eventually(&format!("{} receives {others:?}", p.session), || {
+    let waited = eventually(&format!("{} receives {others:?}", p.session), || {
         others.iter().all(|o| {
             p.received(o, "audio") >= ENOUGH && p.received(o, "video") >= ENOUGH
         })
     })
-    .await?;
+    .await;
+    if let Err(e) = waited {
+        anyhow::bail!(
+            "{e}: state {:?}, flows {:?}, events {:?}",
+            p.pc.connection_state(),
+            p.flows(),
+            p.events()
+                .iter()
+                .map(|e| format!("{e:?}").chars().take(120).collect::<String>())
+                .collect::<Vec<_>>()
+        );
+    }
     let flows = p.flows();
     let mut keys: Vec<_> = flows.keys().cloned().collect();
     keys.sort();
@@ -106,6 +117,7 @@ async fn late_joiner_gets_everything_and_leave_renegotiates_removal() -> anyhow:
         },
     )
     .await?;
+    late.receive_only().await?;
     receives_exactly(&late, &["alice", "bob", "carol"]).await?;
     // Its arrival made rtcd ask every publisher for a keyframe.
     eventually("keyframe requests", || {
