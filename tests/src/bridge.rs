@@ -48,7 +48,6 @@ pub async fn join(url: &str, token: &str, room: &str) -> anyhow::Result<(mpsc::S
         while let Some(Ok(frame)) = stream.next().await {
             let Message::Text(text) = frame else { continue };
             let Ok(msg) = serde_json::from_str::<Value>(&text) else { continue };
-            if std::env::var_os("BRIDGE_DEBUG").is_some() { eprintln!("bridge <- {}", &text[..text.len().min(160)]); }
             if let Some(signal) = server_signal(&msg)
                 && in_tx.send(Ok(pb::ServerSignal { signal: Some(signal) })).await.is_err()
             {

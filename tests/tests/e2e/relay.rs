@@ -145,9 +145,6 @@ async fn proxy_for(rtcd: &rtcd_e2e::media::TestRtcd, cancel: &CancellationToken)
 
 #[tokio::test]
 async fn participants_exchange_audio_and_video_through_proxy_and_rtcd() {
-    if let Ok(filter) = std::env::var("E2E_LOG") {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
-    }
     let rtcd = rtcd_e2e::media::TestRtcd::start(&[]).await.unwrap();
     let cancel = CancellationToken::new();
     let proxy = proxy_for(&rtcd, &cancel).await;
@@ -205,5 +202,61 @@ async fn a_lost_rtcd_is_reported_to_its_sessions() {
     late.expect("joined").await.unwrap();
     let error = late.expect("error").await.unwrap();
     assert_eq!(error["code"], "media_unavailable", "{error}");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn relay_speaks_tls_to_rtcd_and_media_still_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ca.cert.pem()).unwrap();
+    std::fs::write(&key, ca.signing_key.serialize_pem()).unwrap();
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let rtcd = rtcd_e2e::media::TestRtcd::start(&[
+        ("RTCD_GRPC_TLS_CERT_FILE", cert_s),
+        ("RTCD_GRPC_TLS_KEY_FILE", key_s),
+        ("RTCD_API_HTTP_TLS_CERT_FILE", cert_s),
+        ("RTCD_API_HTTP_TLS_KEY_FILE", key_s),
+    ])
+    .await
+    .unwrap();
+    rtcd.rtcd
+        .auth()
+        .register(
+            Some(&Principal::Admin),
+            ClientId::parse("proxy-tls").unwrap(),
+            Secret::new(key_for("proxy-tls")),
+            "127.0.0.1".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut config = rtcd_e2e::proxy::base_config();
+    config.rtcd = RtcdConfig {
+        url: format!("https://{}", rtcd.grpc_addr()),
+        client_id: "proxy-tls".into(),
+        auth_key: SecretString::new(key_for("proxy-tls")),
+        api_port: rtcd.rtcd.http_addr().port(),
+        ca_file: cert_s.to_owned(),
+        // The certificate names the service, not the address.
+        server_name: "localhost".into(),
+        health_interval_seconds: 1,
+        ..RtcdConfig::default()
+    };
+    let cancel = CancellationToken::new();
+    let relay = RtcdRelay::start(&config.rtcd, cancel.clone()).await.unwrap();
+    assert!(relay.hosts().snapshot().iter().all(|(_, h)| *h == HostHealth::Ready), "health probe over HTTPS");
+    let proxy = rtcd_e2e::proxy::start_with_relay(config, Some(relay)).await.unwrap();
+    let ws = format!("ws://{}/ws", proxy.addr());
+    let a = Participant::join_via_proxy(&ws, &moderator("ann", "secure"), "secure", "ann").await.unwrap();
+    let b = Participant::join_via_proxy(&ws, &moderator("ben", "secure"), "secure", "ben").await.unwrap();
+    for p in [&a, &b] {
+        p.add_track("audio").await.unwrap();
+        p.renegotiate().await.unwrap();
+    }
+    eventually("audio both ways over a TLS relay", || a.received("ben", "audio") >= 20 && b.received("ann", "audio") >= 20)
+        .await;
+    a.close().await;
+    b.close().await;
     cancel.cancel();
 }
