@@ -528,8 +528,20 @@ impl Session {
         self.state.metrics.sessions.inc();
         // The media link first, so `joined.media` says whether media can flow right now.
         let (link, failure) = match &self.state.relay {
-            None => (None, Some(("media_unavailable", "no media server is configured on this proxy".to_owned()))),
-            Some(relay) => match relay.join(JoinRequest { session: self.id, grant: grant.clone() }).await {
+            None => (
+                None,
+                Some((
+                    "media_unavailable",
+                    "no media server is configured on this proxy".to_owned(),
+                )),
+            ),
+            Some(relay) => match relay
+                .join(JoinRequest {
+                    session: self.id,
+                    grant: grant.clone(),
+                })
+                .await
+            {
                 Ok(link) => (Some(link), None),
                 Err(e) => (None, Some((e.code(), e.to_string()))),
             },

@@ -15,10 +15,19 @@ pub type Inbound = ReceiverStream<Result<pb::ServerSignal, tonic::Status>>;
 
 /// Opens `/ws` at `url`, joins `room` with `token`, and returns the outbound sender and the
 /// inbound stream once the proxy answered `joined` with a media server attached.
-pub async fn join(url: &str, token: &str, room: &str) -> anyhow::Result<(mpsc::Sender<pb::ClientSignal>, Inbound)> {
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.context("WebSocket connect")?;
+pub async fn join(
+    url: &str,
+    token: &str,
+    room: &str,
+) -> anyhow::Result<(mpsc::Sender<pb::ClientSignal>, Inbound)> {
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .context("WebSocket connect")?;
     let (mut sink, mut stream) = ws.split();
-    sink.send(Message::text(json!({"type": "join", "room": room, "token": token}).to_string())).await?;
+    sink.send(Message::text(
+        json!({"type": "join", "room": room, "token": token}).to_string(),
+    ))
+    .await?;
     loop {
         let frame = tokio::time::timeout(std::time::Duration::from_secs(15), stream.next())
             .await
@@ -37,7 +46,9 @@ pub async fn join(url: &str, token: &str, room: &str) -> anyhow::Result<(mpsc::S
     let (in_tx, in_rx) = mpsc::channel(64);
     tokio::spawn(async move {
         while let Some(signal) = out_rx.recv().await {
-            let Some(value) = signal.signal.as_ref().and_then(client_json) else { continue };
+            let Some(value) = signal.signal.as_ref().and_then(client_json) else {
+                continue;
+            };
             if sink.send(Message::text(value.to_string())).await.is_err() {
                 return;
             }
@@ -47,9 +58,16 @@ pub async fn join(url: &str, token: &str, room: &str) -> anyhow::Result<(mpsc::S
     tokio::spawn(async move {
         while let Some(Ok(frame)) = stream.next().await {
             let Message::Text(text) = frame else { continue };
-            let Ok(msg) = serde_json::from_str::<Value>(&text) else { continue };
+            let Ok(msg) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
             if let Some(signal) = server_signal(&msg)
-                && in_tx.send(Ok(pb::ServerSignal { signal: Some(signal) })).await.is_err()
+                && in_tx
+                    .send(Ok(pb::ServerSignal {
+                        signal: Some(signal),
+                    }))
+                    .await
+                    .is_err()
             {
                 return;
             }
@@ -80,7 +98,9 @@ pub fn client_json(signal: &pb::client_signal::Signal) -> Option<Value> {
             };
             json!({"type": if m.muted { "mute" } else { "unmute" }, "source": source})
         }
-        Signal::ScreenShare(s) => json!({"type": if s.on { "screen_share_start" } else { "screen_share_stop" }}),
+        Signal::ScreenShare(s) => {
+            json!({"type": if s.on { "screen_share_start" } else { "screen_share_stop" }})
+        }
         Signal::Join(_) => return None,
     })
 }
@@ -115,7 +135,10 @@ pub fn server_signal(msg: &Value) -> Option<pb::server_signal::Signal> {
             kind: 0,
             track_id: text("track_id"),
         }),
-        "error" => Signal::Error(pb::Error { code: 0, message: format!("{}: {}", text("code"), text("message")) }),
+        "error" => Signal::Error(pb::Error {
+            code: 0,
+            message: format!("{}: {}", text("code"), text("message")),
+        }),
         _ => return None,
     })
 }

@@ -37,12 +37,12 @@ use webrtc::peer_connection::signaling_state::RTCSignalingState;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp::extension::HeaderExtension;
 use webrtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
-use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
@@ -64,11 +64,20 @@ impl TestRtcd {
     pub async fn start(extra: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut env: Vec<(String, String)> = vec![
-            ("RTCD_STORE_DATA_SOURCE".into(), dir.path().join("db").display().to_string()),
+            (
+                "RTCD_STORE_DATA_SOURCE".into(),
+                dir.path().join("db").display().to_string(),
+            ),
             ("RTCD_API_HTTP_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
-            ("RTCD_API_METRICS_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
+            (
+                "RTCD_API_METRICS_LISTEN_ADDRESS".into(),
+                "127.0.0.1:0".into(),
+            ),
             ("RTCD_API_SECURITY_ENABLE_ADMIN".into(), "true".into()),
-            ("RTCD_API_SECURITY_ADMIN_SECRET_KEY".into(), "an-admin-secret-of-at-least-32-bytes!!".into()),
+            (
+                "RTCD_API_SECURITY_ADMIN_SECRET_KEY".into(),
+                "an-admin-secret-of-at-least-32-bytes!!".into(),
+            ),
             ("RTCD_API_SECURITY_BCRYPT_COST".into(), "4".into()),
             ("RTCD_GRPC_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
             ("RTCD_RTC_ICE_ADDRESS_UDP".into(), "127.0.0.1".into()),
@@ -239,7 +248,11 @@ impl Participant {
             Some(pb::ServerSignal {
                 signal: Some(pb::server_signal::Signal::Joined(_)),
             }) => {}
-            other => return Err(tonic::Status::internal(format!("expected Joined, got {other:?}"))),
+            other => {
+                return Err(tonic::Status::internal(format!(
+                    "expected Joined, got {other:?}"
+                )));
+            }
         }
         Self::start(session, out_tx, inbound)
             .await
@@ -249,21 +262,39 @@ impl Participant {
     /// Joins `room` through the proxy's WebSocket at `ws_url` with `token`: the same peer,
     /// its signaling translated to the proxy's JSON protocol ([`crate::bridge`]). `session` is
     /// the payload tag of this participant's tracks.
-    pub async fn join_via_proxy(ws_url: &str, token: &str, room: &str, session: &str) -> anyhow::Result<Self> {
+    pub async fn join_via_proxy(
+        ws_url: &str,
+        token: &str,
+        room: &str,
+        session: &str,
+    ) -> anyhow::Result<Self> {
         let (out_tx, inbound) = crate::bridge::join(ws_url, token, room).await?;
         Self::start(session, out_tx, inbound).await
     }
 
     /// Creates the peer and starts the driver over an already joined signaling stream.
-    async fn start<S>(session: &str, out_tx: mpsc::Sender<pb::ClientSignal>, inbound: S) -> anyhow::Result<Self>
+    async fn start<S>(
+        session: &str,
+        out_tx: mpsc::Sender<pb::ClientSignal>,
+        inbound: S,
+    ) -> anyhow::Result<Self>
     where
-        S: futures_util::Stream<Item = Result<pb::ServerSignal, tonic::Status>> + Unpin + Send + 'static,
+        S: futures_util::Stream<Item = Result<pb::ServerSignal, tonic::Status>>
+            + Unpin
+            + Send
+            + 'static,
     {
         let pc = new_peer().await?;
         let shared = Arc::new(Shared::default());
         let (control_tx, control_rx) = mpsc::channel(16);
         record_incoming(&pc, &shared);
-        tokio::spawn(drive(pc.clone(), shared.clone(), inbound, out_tx, control_rx));
+        tokio::spawn(drive(
+            pc.clone(),
+            shared.clone(),
+            inbound,
+            out_tx,
+            control_rx,
+        ));
         Ok(Self {
             session: session.into(),
             pc,
@@ -498,10 +529,13 @@ fn record_incoming(pc: &Arc<RTCPeerConnection>, shared: &Arc<Shared>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             while let Ok((packet, _)) = track.read_rtp().await {
-                let Some(shared) = shared.upgrade() else { break };
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
                 let text = String::from_utf8_lossy(&packet.payload);
                 let mut parts = text.split('|');
-                let (Some(sender), Some(kind), Some(n)) = (parts.next(), parts.next(), parts.next())
+                let (Some(sender), Some(kind), Some(n)) =
+                    (parts.next(), parts.next(), parts.next())
                 else {
                     continue;
                 };
@@ -529,9 +563,15 @@ async fn send_offer(
     let mut gathered = pc.gathering_complete_promise().await;
     pc.set_local_description(offer).await?;
     let _ = gathered.recv().await;
-    let sdp = pc.local_description().await.context("no local description")?.sdp;
+    let sdp = pc
+        .local_description()
+        .await
+        .context("no local description")?
+        .sdp;
     out.send(pb::ClientSignal {
-        signal: Some(pb::client_signal::Signal::Offer(pb::SessionDescription { sdp })),
+        signal: Some(pb::client_signal::Signal::Offer(pb::SessionDescription {
+            sdp,
+        })),
     })
     .await?;
     Ok(())

@@ -119,7 +119,10 @@ fn moderator(sub: &str, room: &str) -> String {
 }
 
 /// A proxy relaying to `rtcd` as client `proxy-1`.
-async fn proxy_for(rtcd: &rtcd_e2e::media::TestRtcd, cancel: &CancellationToken) -> rtcd_proxy::Proxy {
+async fn proxy_for(
+    rtcd: &rtcd_e2e::media::TestRtcd,
+    cancel: &CancellationToken,
+) -> rtcd_proxy::Proxy {
     rtcd.rtcd
         .auth()
         .register(
@@ -139,8 +142,12 @@ async fn proxy_for(rtcd: &rtcd_e2e::media::TestRtcd, cancel: &CancellationToken)
         health_interval_seconds: 1,
         ..RtcdConfig::default()
     };
-    let relay = RtcdRelay::start(&config.rtcd, cancel.clone()).await.unwrap();
-    rtcd_e2e::proxy::start_with_relay(config, Some(relay)).await.unwrap()
+    let relay = RtcdRelay::start(&config.rtcd, cancel.clone())
+        .await
+        .unwrap();
+    rtcd_e2e::proxy::start_with_relay(config, Some(relay))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -152,7 +159,9 @@ async fn participants_exchange_audio_and_video_through_proxy_and_rtcd() {
     let names = ["alice", "bob", "carol"];
     let mut people = Vec::new();
     for name in names {
-        let p = Participant::join_via_proxy(&ws, &moderator(name, "standup"), "standup", name).await.unwrap();
+        let p = Participant::join_via_proxy(&ws, &moderator(name, "standup"), "standup", name)
+            .await
+            .unwrap();
         p.add_track("audio").await.unwrap();
         p.add_track("video").await.unwrap();
         p.renegotiate().await.unwrap();
@@ -160,16 +169,25 @@ async fn participants_exchange_audio_and_video_through_proxy_and_rtcd() {
     }
     eventually("everyone receives the others' audio and video", || {
         people.iter().all(|p| {
-            names.iter().filter(|n| **n != p.session).all(|other| {
-                p.received(other, "audio") >= 25 && p.received(other, "video") >= 25
-            })
+            names
+                .iter()
+                .filter(|n| **n != p.session)
+                .all(|other| p.received(other, "audio") >= 25 && p.received(other, "video") >= 25)
         })
     })
     .await;
     for p in &people {
-        assert_eq!(p.received(&p.session, "audio"), 0, "no echo of one's own tracks");
+        assert_eq!(
+            p.received(&p.session, "audio"),
+            0,
+            "no echo of one's own tracks"
+        );
         for (flow, stats) in p.flows() {
-            assert!(stats.lost() <= stats.packets / 10 + 2, "{} lost too much on {flow}: {stats:?}", p.session);
+            assert!(
+                stats.lost() <= stats.packets / 10 + 2,
+                "{} lost too much on {flow}: {stats:?}",
+                p.session
+            );
         }
     }
     // rtcd's events reach the clients through the proxy.
@@ -185,20 +203,32 @@ async fn a_lost_rtcd_is_reported_to_its_sessions() {
     let rtcd = rtcd_e2e::media::TestRtcd::start(&[]).await.unwrap();
     let cancel = CancellationToken::new();
     let proxy = proxy_for(&rtcd, &cancel).await;
-    let mut client = rtcd_e2e::proxy::Client::connect(proxy.addr(), "", &[]).await.unwrap();
-    client.send(&serde_json::json!({"type": "join", "room": "r1", "token": moderator("dave", "r1")})).await.unwrap();
+    let mut client = rtcd_e2e::proxy::Client::connect(proxy.addr(), "", &[])
+        .await
+        .unwrap();
+    client
+        .send(&serde_json::json!({"type": "join", "room": "r1", "token": moderator("dave", "r1")}))
+        .await
+        .unwrap();
     let joined = client.expect("joined").await.unwrap();
     assert_eq!(joined["media"], true);
     let (rtcd_daemon, _dir) = rtcd.split();
     rtcd_daemon.shutdown().await;
     let lost = client.expect("media_server_lost").await.unwrap();
-    assert!(lost["message"].as_str().unwrap().contains("media server"), "{lost}");
+    assert!(
+        lost["message"].as_str().unwrap().contains("media server"),
+        "{lost}"
+    );
     let (code, label, _) = client.closed().await.unwrap();
     assert_eq!((code, label.as_str()), (4008, "media_server_lost"));
 
     // With no rtcd left, a new join gets a clear error instead of hanging.
-    let mut late = rtcd_e2e::proxy::Client::connect(proxy.addr(), "", &[]).await.unwrap();
-    late.send(&serde_json::json!({"type": "join", "room": "r2", "token": moderator("erin", "r2")})).await.unwrap();
+    let mut late = rtcd_e2e::proxy::Client::connect(proxy.addr(), "", &[])
+        .await
+        .unwrap();
+    late.send(&serde_json::json!({"type": "join", "room": "r2", "token": moderator("erin", "r2")}))
+        .await
+        .unwrap();
     late.expect("joined").await.unwrap();
     let error = late.expect("error").await.unwrap();
     assert_eq!(error["code"], "media_unavailable", "{error}");
@@ -244,18 +274,35 @@ async fn relay_speaks_tls_to_rtcd_and_media_still_flows() {
         ..RtcdConfig::default()
     };
     let cancel = CancellationToken::new();
-    let relay = RtcdRelay::start(&config.rtcd, cancel.clone()).await.unwrap();
-    assert!(relay.hosts().snapshot().iter().all(|(_, h)| *h == HostHealth::Ready), "health probe over HTTPS");
-    let proxy = rtcd_e2e::proxy::start_with_relay(config, Some(relay)).await.unwrap();
+    let relay = RtcdRelay::start(&config.rtcd, cancel.clone())
+        .await
+        .unwrap();
+    assert!(
+        relay
+            .hosts()
+            .snapshot()
+            .iter()
+            .all(|(_, h)| *h == HostHealth::Ready),
+        "health probe over HTTPS"
+    );
+    let proxy = rtcd_e2e::proxy::start_with_relay(config, Some(relay))
+        .await
+        .unwrap();
     let ws = format!("ws://{}/ws", proxy.addr());
-    let a = Participant::join_via_proxy(&ws, &moderator("ann", "secure"), "secure", "ann").await.unwrap();
-    let b = Participant::join_via_proxy(&ws, &moderator("ben", "secure"), "secure", "ben").await.unwrap();
+    let a = Participant::join_via_proxy(&ws, &moderator("ann", "secure"), "secure", "ann")
+        .await
+        .unwrap();
+    let b = Participant::join_via_proxy(&ws, &moderator("ben", "secure"), "secure", "ben")
+        .await
+        .unwrap();
     for p in [&a, &b] {
         p.add_track("audio").await.unwrap();
         p.renegotiate().await.unwrap();
     }
-    eventually("audio both ways over a TLS relay", || a.received("ben", "audio") >= 20 && b.received("ann", "audio") >= 20)
-        .await;
+    eventually("audio both ways over a TLS relay", || {
+        a.received("ben", "audio") >= 20 && b.received("ann", "audio") >= 20
+    })
+    .await;
     a.close().await;
     b.close().await;
     cancel.cancel();
