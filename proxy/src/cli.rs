@@ -180,6 +180,11 @@ async fn serve(config: Config) -> Result<(), String> {
         ?config,
         "starting rtcd-proxy"
     );
+    if config.server.dev_tokens {
+        tracing::warn!(
+            "DEVELOPMENT MODE: GET /dev/token mints a moderator token for anyone who can reach this proxy; never use server.dev_tokens in production"
+        );
+    }
     let relay_cancel = tokio_util::sync::CancellationToken::new();
     let relay: Option<std::sync::Arc<dyn crate::relay::Relay>> = if config.rtcd.url.is_empty() {
         tracing::warn!("rtcd.url is not set: joins answer media_unavailable");

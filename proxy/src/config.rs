@@ -84,6 +84,9 @@ pub struct ServerConfig {
     pub metrics_listen_address: String,
     /// On SIGTERM, how long sessions get to finish before they are cut.
     pub shutdown_timeout_seconds: u64,
+    /// DEVELOPMENT ONLY: serve `GET /dev/token?room=R&name=N`, which mints a moderator token
+    /// for anyone who asks. Needs an HS key in `[[auth.keys]]`.
+    pub dev_tokens: bool,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +97,7 @@ impl Default for ServerConfig {
             tls_key_file: String::new(),
             metrics_listen_address: "127.0.0.1:8081".into(),
             shutdown_timeout_seconds: 10,
+            dev_tokens: false,
         }
     }
 }

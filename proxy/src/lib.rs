@@ -21,6 +21,7 @@ pub mod auth;
 pub mod cli;
 pub mod close;
 pub mod config;
+pub mod dev;
 pub mod health;
 pub mod limits;
 pub mod metrics;

@@ -38,11 +38,16 @@ fn bearer(header: Option<String>) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// Public routes besides `/ws` (which [`serve`] upgrades itself): `/healthz`, `/readyz`.
+/// Public routes besides `/ws` (which [`serve`] upgrades itself): `/healthz`, `/readyz`, and
+/// `/dev/token` in development mode.
 pub fn public_routes(
     state: Arc<ProxyState>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    health_routes(state).recover(not_found)
+    let config = state.config.clone();
+    health_routes(state)
+        .or(crate::dev::routes(config))
+        .unify()
+        .recover(not_found)
 }
 
 /// Where `GET /ws` upgrades go: the sessions' shared state and the tracker drain waits on.

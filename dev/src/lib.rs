@@ -1,0 +1,163 @@
+//! `rtcd-dev`: the whole stack on one machine with embedded defaults, for trying it out and
+//! for developing the web client. One process runs rtcd (media + registry) and the proxy
+//! (WebSocket signaling + the demo page), wired together the way a deployment wires them:
+//! the proxy is a registered rtcd client that logs in and relays over gRPC.
+//!
+//! Secrets (rtcd's admin secret, the proxy's rtcd key, the JWT secret) are generated on first
+//! start into `--data-dir` (mode 0600) and reused afterwards; the client registry persists
+//! there too. The proxy runs with `server.dev_tokens` on: `/dev/token` mints a token for
+//! anyone, which is why this binary is for development only.
+//!
+//! This crate may depend on both `rtcd` and `rtcd-proxy`: it is a deployable of its own (the
+//! development stack); the two services still share nothing but `proto`.
+
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use rtcd::auth::{AuthError, ClientId, Principal, Secret};
+use rtcd_proxy::config::{KeyConfig, RtcdConfig, SecretString};
+use tokio_util::sync::CancellationToken;
+
+/// The proxy's client ID in rtcd.
+const PROXY_CLIENT_ID: &str = "dev-proxy";
+/// Issuer and audience of dev tokens.
+const DEV_ISSUER: &str = "rtcd-dev";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where secrets and the client registry are kept.
+    pub data_dir: PathBuf,
+    /// The proxy's listen address (port 0 = ephemeral).
+    pub listen: String,
+    /// Advertise only 127.0.0.1 media candidates.
+    pub loopback: bool,
+    /// rtcd's UDP media port (0 = ephemeral).
+    pub udp_port: u16,
+}
+
+/// A running development stack.
+pub struct DevStack {
+    /// The media daemon.
+    pub rtcd: rtcd::Rtcd,
+    /// The signaling proxy serving the demo page.
+    pub proxy: rtcd_proxy::Proxy,
+    relay_cancel: CancellationToken,
+}
+
+impl DevStack {
+    /// Stops the proxy (draining sessions), then the relay, then rtcd.
+    pub async fn shutdown(self) {
+        self.proxy.shutdown().await;
+        self.relay_cancel.cancel();
+        self.rtcd.shutdown().await;
+    }
+}
+
+/// Starts rtcd and the proxy wired together, creating the secrets on first use.
+pub async fn start(args: Options) -> anyhow::Result<DevStack> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let admin_secret = secret_file(&args.data_dir.join("admin-secret"))?;
+    let proxy_key = secret_file(&args.data_dir.join("proxy-key"))?;
+    let jwt_secret = secret_file(&args.data_dir.join("jwt-secret"))?;
+
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "RTCD_STORE_DATA_SOURCE".into(),
+            args.data_dir.join("rtcd-db").display().to_string(),
+        ),
+        ("RTCD_API_SECURITY_ENABLE_ADMIN".into(), "true".into()),
+        (
+            "RTCD_API_SECURITY_ADMIN_SECRET_KEY".into(),
+            admin_secret.clone(),
+        ),
+        ("RTCD_API_HTTP_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
+        ("RTCD_API_METRICS_LISTEN_ADDRESS".into(), String::new()),
+        ("RTCD_GRPC_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
+        ("RTCD_RTC_ICE_PORT_UDP".into(), args.udp_port.to_string()),
+    ];
+    if args.loopback {
+        env.extend([
+            ("RTCD_RTC_ICE_ADDRESS_UDP".into(), "127.0.0.1".into()),
+            ("RTCD_RTC_ICE_INTERFACES".into(), "[\"lo\"]".into()),
+            ("RTCD_RTC_INCLUDE_LOOPBACK_CANDIDATES".into(), "true".into()),
+        ]);
+    }
+    let rtcd_config = rtcd::config::Config::load(None, env)?;
+    let rtcd = rtcd::Rtcd::start(rtcd_config).await?;
+    match rtcd
+        .auth()
+        .register(
+            Some(&Principal::Admin),
+            ClientId::parse(PROXY_CLIENT_ID)?,
+            Secret::new(proxy_key.clone()),
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        )
+        .await
+    {
+        Ok(()) | Err(AuthError::Conflict(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+
+    let mut config = rtcd_proxy::config::Config::default();
+    config.server.listen_address = args.listen.clone();
+    config.server.metrics_listen_address = String::new();
+    config.server.dev_tokens = true;
+    config.auth.issuers = vec![DEV_ISSUER.into()];
+    config.auth.audiences = vec![DEV_ISSUER.into()];
+    config.auth.keys = vec![KeyConfig {
+        kid: "dev".into(),
+        algorithms: vec!["HS256".into()],
+        secret: SecretString::new(jwt_secret),
+        ..KeyConfig::default()
+    }];
+    config.rtcd = RtcdConfig {
+        url: format!("http://{}", rtcd.grpc_addr()),
+        client_id: PROXY_CLIENT_ID.into(),
+        auth_key: SecretString::new(proxy_key),
+        api_port: rtcd.http_addr().port(),
+        health_interval_seconds: 2,
+        ..RtcdConfig::default()
+    };
+    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cancel = CancellationToken::new();
+    let relay = rtcd_proxy::relay::rtcd::RtcdRelay::start(&config.rtcd, cancel.clone()).await?;
+    let proxy =
+        rtcd_proxy::Proxy::start(config, Some(relay as Arc<dyn rtcd_proxy::relay::Relay>)).await?;
+    tracing::warn!(
+        "DEVELOPMENT MODE: /dev/token mints tokens for anyone who can reach {}",
+        proxy.addr()
+    );
+    Ok(DevStack {
+        rtcd,
+        proxy,
+        relay_cancel: cancel,
+    })
+}
+
+/// Reads a secret from `path`, creating it (32 random bytes, base64url, mode 0600) on first use.
+fn secret_file(path: &Path) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+            let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            std::io::Write::write_all(&mut file, secret.as_bytes())?;
+            Ok(secret)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}

@@ -1,0 +1,96 @@
+//! The one-command development stack (`rtcd-dev`): dev tokens from the proxy, a call through
+//! proxy and rtcd, secrets created once (owner-only) and reused on restart.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::{Duration, Instant};
+
+use rtcd_e2e::media::Participant;
+
+fn options(dir: &std::path::Path) -> rtcd_dev::Options {
+    rtcd_dev::Options {
+        data_dir: dir.to_owned(),
+        listen: "127.0.0.1:0".into(),
+        loopback: true,
+        udp_port: 0,
+    }
+}
+
+async fn dev_token(base: &str, room: &str, name: &str) -> (reqwest::StatusCode, serde_json::Value) {
+    let resp = reqwest::get(format!("{base}/dev/token?room={room}&name={name}"))
+        .await
+        .unwrap();
+    (resp.status(), resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn dev_stack_mints_tokens_and_carries_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = rtcd_dev::start(options(dir.path())).await.unwrap();
+    let base = format!("http://{}", stack.proxy.addr());
+    let ws = format!("ws://{}/ws", stack.proxy.addr());
+
+    let (status, alice) = dev_token(&base, "demo", "Alice").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{alice}");
+    let (_, bob) = dev_token(&base, "demo", "Bob").await;
+    assert_ne!(alice["user"], bob["user"], "every tab is its own user");
+    let (status, body) = dev_token(&base, "bad%20room%2F", "x").await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+
+    let a = Participant::join_via_proxy(&ws, alice["token"].as_str().unwrap(), "demo", "alice")
+        .await
+        .unwrap();
+    let b = Participant::join_via_proxy(&ws, bob["token"].as_str().unwrap(), "demo", "bob")
+        .await
+        .unwrap();
+    for p in [&a, &b] {
+        p.add_track("audio").await.unwrap();
+        p.add_track("video").await.unwrap();
+        p.renegotiate().await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(a.received("bob", "video") >= 20
+        && b.received("alice", "video") >= 20
+        && a.received("bob", "audio") >= 20)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "media did not flow through the dev stack: {:?} / {:?}",
+            a.flows(),
+            b.flows()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.close().await;
+    b.close().await;
+    stack.shutdown().await;
+
+    for secret in ["admin-secret", "proxy-key", "jwt-secret"] {
+        let meta = std::fs::metadata(dir.path().join(secret)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{secret}");
+    }
+    let before = std::fs::read_to_string(dir.path().join("jwt-secret")).unwrap();
+    // A restart reuses the secrets and the proxy's existing registration.
+    let again = rtcd_dev::start(options(dir.path())).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("jwt-secret")).unwrap(),
+        before
+    );
+    let (status, _) = dev_token(&format!("http://{}", again.proxy.addr()), "demo", "Carol").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    again.shutdown().await;
+}
+
+#[tokio::test]
+async fn dev_tokens_do_not_exist_outside_dev_mode() {
+    let proxy = rtcd_e2e::proxy::start(rtcd_e2e::proxy::base_config())
+        .await
+        .unwrap();
+    let resp = reqwest::get(format!(
+        "http://{}/dev/token?room=demo&name=x",
+        proxy.addr()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::NOT_FOUND);
+    proxy.shutdown().await;
+}
