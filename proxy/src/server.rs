@@ -39,7 +39,8 @@ fn bearer(header: Option<String>) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// Public routes: `GET /ws` (WebSocket), `/healthz`, `/readyz`.
+/// Public routes: `GET /ws` (WebSocket), `/healthz`, `/readyz`, and the web client
+/// ([`crate::web`]).
 pub fn public_routes(
     state: Arc<ProxyState>,
     sessions: TaskTracker,
@@ -76,7 +77,9 @@ pub fn public_routes(
                     })
             },
         );
-    ws.or(health_routes(state)).recover(not_found)
+    ws.or(health_routes(state))
+        .or(crate::web::routes())
+        .recover(not_found)
 }
 
 /// Internal routes: `/metrics`, `/healthz`, `/readyz`.
