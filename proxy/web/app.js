@@ -53,7 +53,8 @@ function render() {
 
 /** @param {string} reason @param {string} title @param {string} message @param {boolean} fatal */
 function problem(reason, title, message, fatal) {
-  view.problem = { reason, title, message, fatal };
+  const text = message ? message[0].toUpperCase() + message.slice(1) : '';
+  view.problem = { reason, title, message: text, fatal };
   render();
 }
 
@@ -235,7 +236,9 @@ function wireClient(client) {
     view.sdk = e.detail.state;
     // A new session starts clean; its own problems (e.g. media_unavailable) follow.
     if (view.sdk === 'connected' && view.problem && !view.problem.fatal) view.problem = null;
-    if (view.sdk === 'closed' && !view.problem) problem('normal', 'You left the call.', 'Reload the page to join again.', false);
+    if (view.sdk === 'closed' && !(view.problem && view.problem.fatal)) {
+      problem('normal', 'You left the call.', 'Reload the page to join again.', false);
+    }
     if (view.sdk === 'closed' || view.sdk === 'error') setControls(false);
     render();
   });
@@ -354,6 +357,7 @@ async function main() {
   const name = params.get('name');
   let token = params.get('token');
   setControls(false);
+  updateGrid();
   $('local-tile').classList.add('camera-off');
   if (!room || (!token && !name)) {
     view.sdk = 'closed';

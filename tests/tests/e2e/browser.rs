@@ -1,0 +1,375 @@
+//! The browser client in a real Chromium (headless, fake camera and microphone) against a real
+//! rtcd-proxy on 127.0.0.1: the demo page and the SDK it loads, as served by the proxy.
+//!
+//! No media server is attached yet (the proxy's rtcd relay lands later), so what a page can
+//! reach today is: signaling joined, and the state the page defines for that case, `error` with
+//! reason `media_unavailable`. The token refusals, the SDK's reconnect after the proxy goes
+//! away, the page's assets and the SDK's code tables are checked here; two pages seeing each
+//! other waits for the relay.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rtcd_e2e::browser::{Chromedriver, Page, artifacts_dir};
+use rtcd_e2e::proxy::{base_config, claims, hs_token, now, start};
+use serde_json::{Value, json};
+
+/// A member's token (may publish audio and video) with a display name.
+fn member_token(sub: &str, name: &str, room: &str) -> String {
+    let mut c = claims(sub, room);
+    c["role"] = json!("member");
+    c["name"] = json!(name);
+    hs_token(&c)
+}
+
+fn page_url(addr: std::net::SocketAddr, query: &str) -> String {
+    format!("http://{addr}/?{query}")
+}
+
+async fn assert_no_console_errors(page: &Page, expected: &[&str]) -> anyhow::Result<()> {
+    let errors = page.unexpected_errors(expected).await?;
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn web_client_files_are_served_with_their_types_and_the_page_with_a_csp() -> anyhow::Result<()>
+{
+    let proxy = start(base_config()).await?;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", proxy.addr());
+    for (path, content_type) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/?room=r&token=t", "text/html; charset=utf-8"),
+        ("/app.js", "text/javascript; charset=utf-8"),
+        ("/style.css", "text/css; charset=utf-8"),
+        ("/sdk/client.js", "text/javascript; charset=utf-8"),
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await?;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], content_type, "{path}");
+        assert!(r.headers().contains_key("etag"), "{path}");
+        let csp = r.headers().get("content-security-policy");
+        assert_eq!(csp.is_some(), path.starts_with("/?") || path == "/");
+    }
+    let tag = http
+        .get(format!("{base}/sdk/client.js"))
+        .send()
+        .await?
+        .headers()["etag"]
+        .clone();
+    let again = http
+        .get(format!("{base}/sdk/client.js"))
+        .header("if-none-match", tag)
+        .send()
+        .await?;
+    assert_eq!(again.status(), 304);
+    for path in [
+        "/index.html",
+        "/sdk/",
+        "/sdk/other.js",
+        "/app.js/x",
+        "/web/app.js",
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await?;
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    let post = http.post(format!("{base}/")).send().await?;
+    assert!(!post.status().is_success(), "POST / is not served");
+    // The WebSocket route is still there.
+    assert_eq!(http.get(format!("{base}/ws")).send().await?.status(), 400);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn demo_page_joins_and_shows_media_unavailable_without_a_media_server() -> anyhow::Result<()>
+{
+    let proxy = start(base_config()).await?;
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    let token = member_token("alice", "Alice Liddell", "standup");
+    page.goto(&page_url(
+        proxy.addr(),
+        &format!("room=standup&token={token}"),
+    ))
+    .await?;
+    page.wait_state("error", "media_unavailable").await?;
+
+    // Signaling is joined with the token's identity; there is no media path.
+    let seen = page
+        .eval(
+            "return {joins: document.body.dataset.joins, sdkState: window.rtcd.state, \
+             media: window.rtcd.session.media, identity: window.rtcd.session.identity, \
+             pc: window.rtcd.peerConnection, search: location.search, \
+             pill: document.getElementById('state').innerText, \
+             banner: document.getElementById('banner').innerText, \
+             who: document.getElementById('identity').innerText, \
+             room: document.getElementById('room').innerText};",
+            json!([]),
+        )
+        .await?;
+    assert_eq!(seen["joins"], "1", "{seen}");
+    assert_eq!(seen["sdkState"], "connected", "{seen}");
+    assert_eq!(seen["media"], false);
+    assert_eq!(seen["identity"], "alice");
+    assert_eq!(seen["pc"], Value::Null, "no peer connection without media");
+    assert_eq!(seen["room"], "standup");
+    assert_eq!(seen["who"], "as Alice Liddell");
+    assert_eq!(seen["pill"], "Error");
+    let banner = seen["banner"].as_str().unwrap_or_default();
+    assert!(banner.contains("media_unavailable"), "{banner}");
+    assert!(
+        banner
+            .to_lowercase()
+            .contains("no media server is configured"),
+        "the proxy's message is shown: {banner}"
+    );
+    assert!(
+        !seen["search"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("token"),
+        "the token is removed from the address bar: {seen}"
+    );
+
+    // The local preview runs from the fake camera even without a media server.
+    page.wait_for(
+        "document.getElementById('local-video').videoWidth > 0 && \
+         !document.getElementById('local-video').paused",
+        Duration::from_secs(20),
+    )
+    .await?;
+    let controls = page
+        .eval(
+            "return ['mic','camera','screen','leave'].map(id => document.getElementById(id).disabled);",
+            json!([]),
+        )
+        .await?;
+    assert_eq!(
+        controls,
+        json!([false, false, true, false]),
+        "members may not share screens"
+    );
+
+    // The SDK's typed codes cover docs/protocol.md: every close code and every error code.
+    let codes = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];\
+             import('/sdk/client.js').then(m => done({close: m.CloseCode, errors: m.ErrorCode,\
+               label4111: m.closeLabel(4111), label1006: m.closeLabel(1006),\
+               token4106: m.isTokenCloseCode(4106), token4115: m.isTokenCloseCode(4115),\
+               going: m.isTokenCloseCode(1001)}));",
+            json!([]),
+        )
+        .await?;
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md"))?;
+    let (close_rows, error_rows) = protocol_codes(&doc);
+    assert!(close_rows.len() >= 27 && error_rows.len() >= 6);
+    for (code, label) in &close_rows {
+        assert_eq!(codes["close"][label], json!(code), "CloseCode.{label}");
+    }
+    for label in &error_rows {
+        assert!(
+            codes["errors"][label] == json!(label) || codes["close"].get(label).is_some(),
+            "ErrorCode lacks `{label}`"
+        );
+    }
+    assert_eq!(codes["label4111"], "token_wrong_room");
+    assert_eq!(codes["label1006"], "connection_failed");
+    assert_eq!(codes["token4106"], true);
+    assert_eq!(codes["token4115"], false, "keys_unavailable is temporary");
+    assert_eq!(codes["going"], false);
+
+    let shot = artifacts_dir().join("browser-demo-media-unavailable.png");
+    page.screenshot(&shot).await?;
+    assert!(
+        std::fs::metadata(&shot)?.len() > 10_000,
+        "a real screenshot"
+    );
+    assert_no_console_errors(&page, &[]).await?;
+
+    // Leave: the proxy closes with 1000 and the page says so.
+    page.eval("document.getElementById('leave').click();", json!([]))
+        .await?;
+    page.wait_state("closed", "normal").await?;
+    assert_no_console_errors(&page, &[]).await?;
+    page.close().await?;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// `(code, label)` of every close code row and the label of every error code row.
+fn protocol_codes(doc: &str) -> (Vec<(u16, String)>, Vec<String>) {
+    let mut close = Vec::new();
+    let mut errors = Vec::new();
+    let mut in_errors = false;
+    for line in doc.lines() {
+        if line.starts_with('#') {
+            in_errors = line.contains("Error codes");
+        }
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 3 {
+            continue;
+        }
+        if let Ok(code) = cells[1].parse::<u16>() {
+            close.push((code, cells[2].trim_matches('`').to_owned()));
+        } else if in_errors && cells[1].starts_with('`') {
+            errors.push(cells[1].trim_matches('`').to_owned());
+        }
+    }
+    (close, errors)
+}
+
+#[tokio::test]
+async fn refused_tokens_show_the_close_label_and_are_not_retried() -> anyhow::Result<()> {
+    let proxy = start(base_config()).await?;
+    let driver = Chromedriver::start().await?;
+    let t = now();
+    let mut expired = claims("bob", "standup");
+    expired["role"] = json!("member");
+    expired["iat"] = json!(t - 1200);
+    expired["nbf"] = json!(t - 1200);
+    expired["exp"] = json!(t - 600);
+    let cases = [
+        (hs_token(&expired), "token_expired", "expired"),
+        (
+            member_token("carol", "Carol", "another-room"),
+            "token_wrong_room",
+            "room",
+        ),
+    ];
+    for (token, label, detail) in cases {
+        let before = proxy.metrics().connections_total.get();
+        let page = driver.page().await?;
+        page.goto(&page_url(
+            proxy.addr(),
+            &format!("room=standup&token={token}"),
+        ))
+        .await?;
+        page.wait_state("error", label).await?;
+        let banner = page
+            .eval(
+                "return document.getElementById('banner').innerText;",
+                json!([]),
+            )
+            .await?;
+        let banner = banner.as_str().unwrap_or_default().to_owned();
+        assert!(banner.contains(label), "{banner}");
+        assert!(
+            banner.to_lowercase().contains(detail),
+            "the proxy's detail is shown: {banner}"
+        );
+        // A token close code is final: no reconnect, however long we wait.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = page.dataset().await?;
+        assert_eq!(after["state"], "error", "{after}");
+        assert_eq!(after["reason"], label, "{after}");
+        assert_eq!(
+            proxy.metrics().connections_total.get() - before,
+            1,
+            "{label}: one connection, no retry"
+        );
+        let sdk = page
+            .eval(
+                "return window.rtcd.state + ' ' + window.rtcd.joins;",
+                json!([]),
+            )
+            .await?;
+        assert_eq!(sdk, "error 0");
+        assert_no_console_errors(&page, &[]).await?;
+        page.close().await?;
+    }
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn dev_mode_link_without_dev_endpoint_and_bare_page_say_what_to_do() -> anyhow::Result<()> {
+    let proxy = start(base_config()).await?;
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    // This proxy is not in dev mode: /dev/token is a 404 and the page says how to join instead.
+    page.goto(&page_url(proxy.addr(), "room=standup&name=alice"))
+        .await?;
+    page.wait_state("error", "dev_mode_disabled").await?;
+    let banner = page
+        .eval(
+            "return document.getElementById('banner').innerText;",
+            json!([]),
+        )
+        .await?;
+    assert!(
+        banner
+            .as_str()
+            .unwrap_or_default()
+            .contains("not in dev mode"),
+        "{banner}"
+    );
+    // The expected 404 of /dev/token is the only console error.
+    assert_no_console_errors(&page, &["/dev/token"]).await?;
+
+    page.goto(&format!("http://{}/", proxy.addr())).await?;
+    page.wait_state("closed", "no_room").await?;
+    let form = page
+        .eval(
+            "return !document.getElementById('join-form').hidden;",
+            json!([]),
+        )
+        .await?;
+    assert_eq!(form, true, "the join form is shown");
+    assert_no_console_errors(&page, &[]).await?;
+    page.close().await?;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sdk_reconnects_and_rejoins_after_the_proxy_restarts() -> anyhow::Result<()> {
+    let mut config = base_config();
+    config.server.shutdown_timeout_seconds = 2;
+    let proxy = start(config.clone()).await?;
+    let addr = proxy.addr();
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    let token = member_token("dave", "Dave", "standup");
+    page.goto(&page_url(addr, &format!("room=standup&token={token}")))
+        .await?;
+    page.wait_state("error", "media_unavailable").await?;
+    assert_eq!(page.dataset().await?["joins"], "1");
+
+    // Drain: the session closes with 1001 going_away; the SDK backs off and retries. While
+    // the port is closed its retries fail (1006), and it keeps trying.
+    proxy.shutdown().await;
+    page.wait_for(
+        "document.body.dataset.state === 'connecting' && window.rtcd.state === 'reconnecting'",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let reason = page.dataset().await?["reason"].clone();
+    assert!(
+        reason == "going_away" || reason == "connection_failed",
+        "{reason}"
+    );
+
+    // The same port again: the SDK rejoins on its own, with the token it had.
+    config.server.listen_address = addr.to_string();
+    let proxy = start(config).await?;
+    page.wait_for(
+        "document.body.dataset.joins === '2'",
+        Duration::from_secs(30),
+    )
+    .await?;
+    page.wait_state("error", "media_unavailable").await?;
+    assert_eq!(proxy.metrics().sessions.get(), 1, "rejoined the new proxy");
+    let identity = page
+        .eval("return window.rtcd.session.identity;", json!([]))
+        .await?;
+    assert_eq!(identity, "dave");
+    // Only the failed reconnect attempts may have logged errors.
+    assert_no_console_errors(&page, &["WebSocket connection to"]).await?;
+    page.close().await?;
+    proxy.shutdown().await;
+    Ok(())
+}
