@@ -39,7 +39,8 @@ function render() {
   body.dataset.state = state;
   body.dataset.reason = view.problem ? view.problem.reason : '';
   const pill = $('state');
-  pill.textContent = view.sdk === 'reconnecting' ? 'Reconnecting…' : PILL_TEXT[state];
+  pill.textContent = view.sdk === 'reconnecting' ? 'Reconnecting…'
+    : view.problem && view.problem.reason === 'no_room' ? 'Not joined' : PILL_TEXT[state];
   pill.className = `pill ${state}`;
   const banner = $('banner');
   banner.hidden = !view.problem;
@@ -255,7 +256,9 @@ function wireClient(client) {
     const error = e.detail.error;
     console.warn(`rtcd: ${error.code}${error.closeCode ? ` (${error.closeCode})` : ''}: ${error.message}`);
     if (error.fatal) {
-      problem(error.code, 'Disconnected.', error.message, true);
+      // Never joined: there is no call to show, only the reason.
+      if (client.joins === 0) $('grid').hidden = $('controls').hidden = true;
+      problem(error.code, client.joins === 0 ? 'Cannot join.' : 'Disconnected.', error.message, true);
     } else if (error.code === ErrorCode.media_unavailable) {
       problem(error.code, 'No media server.', `${error.message}. Signaling works, but no one can be seen or heard.`, false);
     } else if (error.closeCode) {
@@ -364,7 +367,7 @@ async function main() {
     const form = /** @type {HTMLFormElement} */ ($('join-form'));
     form.hidden = false;
     if (room) /** @type {HTMLInputElement} */ (form.elements.namedItem('room')).value = room;
-    $('grid').hidden = true;
+    $('grid').hidden = $('controls').hidden = true;
     problem('no_room', 'Not in a call.', 'Choose a room to join.', false);
     body.dataset.state = 'closed';
     return;
@@ -382,6 +385,7 @@ async function main() {
     try {
       token = await devToken(room, name);
     } catch (e) {
+      $('grid').hidden = $('controls').hidden = true;
       problem(e.reason, 'Cannot join.', e.message, true);
       return;
     }

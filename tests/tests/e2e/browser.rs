@@ -278,6 +278,8 @@ async fn refused_tokens_show_the_close_label_and_are_not_retried() -> anyhow::Re
             )
             .await?;
         assert_eq!(sdk, "error 0");
+        page.screenshot(&artifacts_dir().join(format!("browser-{label}.png")))
+            .await?;
         assert_no_console_errors(&page, &[]).await?;
         page.close().await?;
     }
@@ -319,6 +321,8 @@ async fn dev_mode_link_without_dev_endpoint_and_bare_page_say_what_to_do() -> an
         )
         .await?;
     assert_eq!(form, true, "the join form is shown");
+    page.screenshot(&artifacts_dir().join("browser-join-form.png"))
+        .await?;
     assert_no_console_errors(&page, &[]).await?;
     page.close().await?;
     proxy.shutdown().await;
@@ -369,6 +373,197 @@ async fn sdk_reconnects_and_rejoins_after_the_proxy_restarts() -> anyhow::Result
     assert_eq!(identity, "dave");
     // Only the failed reconnect attempts may have logged errors.
     assert_no_console_errors(&page, &["WebSocket connection to"]).await?;
+    page.close().await?;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// `m=` kind of the section whose `a=mid:` is `mid`, and its direction.
+fn section_of(sdp: &str, mid: &str) -> Option<(String, String)> {
+    sdp.split("\r\nm=").skip(1).find_map(|section| {
+        let lines: Vec<&str> = section.split("\r\n").collect();
+        lines.contains(&format!("a=mid:{mid}").as_str()).then(|| {
+            let kind = lines[0].split(' ').next().unwrap_or_default().to_owned();
+            let direction = lines
+                .iter()
+                .find(|l| ["a=sendonly", "a=sendrecv", "a=recvonly", "a=inactive"].contains(l))
+                .map(|l| l.trim_start_matches("a=").to_owned())
+                .unwrap_or_default();
+            (kind, direction)
+        })
+    })
+}
+
+#[tokio::test]
+async fn sdk_publishes_with_declared_sources_trickles_ice_shows_room_events_and_rejoins_after_media_server_loss()
+-> anyhow::Result<()> {
+    use rtcd_e2e::relay::ScriptedRelay;
+    use rtcd_proxy::policy::{Role, TrackSource};
+    use rtcd_proxy::protocol::{Identity, Participant};
+    use rtcd_proxy::relay::{RelayCommand, RelayEvent};
+
+    let (relay, mut sessions) = ScriptedRelay::new();
+    let proxy = rtcd_e2e::proxy::start_with_relay(base_config(), Some(relay)).await?;
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    let token = member_token("erin", "Erin", "standup");
+    page.goto(&page_url(
+        proxy.addr(),
+        &format!("room=standup&token={token}"),
+    ))
+    .await?;
+    let step = Duration::from_secs(30);
+    let mut far = tokio::time::timeout(step, sessions.recv())
+        .await?
+        .expect("relay join");
+    assert_eq!(far.request.grant.identity.as_str(), "erin");
+    page.wait_state("connected", "").await?;
+
+    // The publish offer declares each sending section's source, matching the SDP.
+    let (sdp, tracks) = loop {
+        match far.command(step).await? {
+            RelayCommand::Offer { sdp, tracks } => break (sdp, tracks),
+            RelayCommand::Candidate(_) => {}
+            other => panic!("unexpected before the offer: {other:?}"),
+        }
+    };
+    let mut sources: Vec<_> = tracks.values().copied().collect();
+    sources.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(sources, [TrackSource::Camera, TrackSource::Microphone]);
+    for (mid, source) in &tracks {
+        let (kind, direction) = section_of(&sdp, mid).expect("declared mid is in the SDP");
+        let want = if *source == TrackSource::Microphone {
+            "audio"
+        } else {
+            "video"
+        };
+        assert_eq!(
+            (kind.as_str(), direction.as_str()),
+            (want, "sendonly"),
+            "mid {mid}"
+        );
+    }
+
+    // Trickle ICE: loopback host candidates with their mid, then the end of candidates.
+    let (mut loopback, mut ended) = (false, false);
+    while !(loopback && ended) {
+        if let RelayCommand::Candidate(c) = far.command(step).await? {
+            if c.candidate.is_empty() {
+                ended = true;
+            } else {
+                assert!(c.sdp_mid.is_some(), "{c:?}");
+                loopback |= c.candidate.contains(" 127.0.0.1 ");
+            }
+        }
+    }
+
+    // Room events become tiles, badges and the speaking outline.
+    far.send(RelayEvent::ParticipantJoined(Participant {
+        identity: Identity::new("frank"),
+        name: Some("Frank Zappa".into()),
+        role: Role::Member,
+    }))
+    .await?;
+    let tile = "document.querySelector('figure[data-identity=\"frank\"]')";
+    page.wait_for(
+        &format!("{tile} && {tile}.innerText.includes('Frank Zappa') && document.querySelector('video[data-participant=\"frank\"]')"),
+        step,
+    )
+    .await?;
+    far.send(RelayEvent::MuteChanged {
+        identity: Identity::new("frank"),
+        source: TrackSource::Microphone,
+        muted: true,
+    })
+    .await?;
+    far.send(RelayEvent::VoiceActivity(vec![Identity::new("frank")]))
+        .await?;
+    page.wait_for(
+        &format!("{tile}.innerText.includes('mic off') && {tile}.classList.contains('speaking')"),
+        step,
+    )
+    .await?;
+    let shot = artifacts_dir().join("browser-demo-participant.png");
+    page.screenshot(&shot).await?;
+    far.send(RelayEvent::ParticipantLeft(Identity::new("frank")))
+        .await?;
+    page.wait_for(&format!("!{tile}"), step).await?;
+
+    // Mute reaches the media server.
+    page.eval("document.getElementById('mic').click();", json!([]))
+        .await?;
+    loop {
+        if let RelayCommand::Mute { source, muted } = far.command(step).await? {
+            assert_eq!((source, muted), (TrackSource::Microphone, true));
+            break;
+        }
+    }
+
+    // The media server goes away: 4008, and the SDK joins again (to be placed on another one),
+    // publishes again and restores its mute.
+    drop(far.events);
+    let mut again = tokio::time::timeout(step, sessions.recv())
+        .await?
+        .expect("rejoin");
+    assert_eq!(again.request.grant.identity.as_str(), "erin");
+    let (mut offered, mut muted) = (false, false);
+    while !(offered && muted) {
+        match again.command(step).await? {
+            RelayCommand::Offer { tracks, .. } => offered = tracks.len() == 2,
+            RelayCommand::Mute { source, muted: m } => {
+                muted = source == TrackSource::Microphone && m;
+            }
+            _ => {}
+        }
+    }
+    page.wait_for("document.body.dataset.joins === '2'", step)
+        .await?;
+    page.wait_state("connected", "").await?;
+    assert_no_console_errors(&page, &[]).await?;
+    page.close().await?;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sdk_refreshes_its_token_on_token_expiring() -> anyhow::Result<()> {
+    let mut config = base_config();
+    config.auth.refresh_warning_seconds = 57;
+    let proxy = start(config).await?;
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    // The bare page loads the SDK without joining; the test drives the SDK itself.
+    page.goto(&format!("http://{}/", proxy.addr())).await?;
+    page.wait_state("closed", "no_room").await?;
+    let t = now();
+    let mut first = claims("gina", "standup");
+    first["exp"] = json!(t + 60);
+    let mut second = claims("gina", "standup");
+    second["exp"] = json!(t + 600);
+    let result = page
+        .eval_async(
+            "const [first, second, done] = arguments;\
+             import('/sdk/client.js').then(async ({RtcdClient}) => {\
+               const asked = [];\
+               const client = new RtcdClient({room: 'standup', token: first,\
+                 getToken: async (request) => { asked.push(request); return second; }});\
+               client.addEventListener('refreshed', (e) => { done({asked, refreshed: e.detail,\
+                 expiresAt: client.session.expires_at}); client.leave(); });\
+               client.addEventListener('error', (e) => {\
+                 if (e.detail.error.code !== 'media_unavailable') done({error: e.detail.error.code}); });\
+               await client.connect();\
+             }).catch(e => done({error: String(e)}));",
+            json!([hs_token(&first), hs_token(&second)]),
+        )
+        .await?;
+    assert_eq!(result["error"], Value::Null, "{result}");
+    assert_eq!(
+        result["asked"],
+        json!([{"reason": "refresh", "room": "standup"}])
+    );
+    assert_eq!(result["refreshed"]["expiresAt"], json!(t + 600));
+    assert_eq!(result["expiresAt"], json!(t + 600));
+    assert_no_console_errors(&page, &[]).await?;
     page.close().await?;
     proxy.shutdown().await;
     Ok(())
