@@ -44,12 +44,12 @@ impl FarEnd {
     }
 }
 
-/// The relay; sessions arrive on the receiver returned by [`ScriptedRelay::new`].
+/// The relay; sessions arrive on the receiver returned by [`ScriptedRelay::start`].
 pub struct ScriptedRelay(mpsc::UnboundedSender<FarEnd>);
 
 impl ScriptedRelay {
     /// A relay for `rtcd_e2e::proxy::start_with_relay`, and where its sessions arrive.
-    pub fn new() -> (Arc<dyn Relay>, mpsc::UnboundedReceiver<FarEnd>) {
+    pub fn start() -> (Arc<dyn Relay>, mpsc::UnboundedReceiver<FarEnd>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (Arc::new(Self(tx)), rx)
     }

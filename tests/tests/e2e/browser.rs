@@ -32,6 +32,25 @@ async fn assert_no_console_errors(page: &Page, expected: &[&str]) -> anyhow::Res
     Ok(())
 }
 
+/// The end of every browser test: no console error beyond `expected`, then everything closes.
+async fn finish(page: Page, proxy: rtcd_proxy::Proxy, expected: &[&str]) -> anyhow::Result<()> {
+    assert_no_console_errors(&page, expected).await?;
+    page.close().await?;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// The text of the page's problem banner.
+async fn banner(page: &Page) -> anyhow::Result<String> {
+    let text = page
+        .eval(
+            "return document.getElementById('banner').innerText;",
+            json!([]),
+        )
+        .await?;
+    Ok(text.as_str().unwrap_or_default().to_owned())
+}
+
 #[tokio::test]
 async fn web_client_files_are_served_with_their_types_and_the_page_with_a_csp() -> anyhow::Result<()>
 {
@@ -194,10 +213,7 @@ async fn demo_page_joins_and_shows_media_unavailable_without_a_media_server() ->
     page.eval("document.getElementById('leave').click();", json!([]))
         .await?;
     page.wait_state("closed", "normal").await?;
-    assert_no_console_errors(&page, &[]).await?;
-    page.close().await?;
-    proxy.shutdown().await;
-    Ok(())
+    finish(page, proxy, &[]).await
 }
 
 /// `(code, label)` of every close code row and the label of every error code row.
@@ -249,13 +265,7 @@ async fn refused_tokens_show_the_close_label_and_are_not_retried() -> anyhow::Re
         ))
         .await?;
         page.wait_state("error", label).await?;
-        let banner = page
-            .eval(
-                "return document.getElementById('banner').innerText;",
-                json!([]),
-            )
-            .await?;
-        let banner = banner.as_str().unwrap_or_default().to_owned();
+        let banner = banner(&page).await?;
         assert!(banner.contains(label), "{banner}");
         assert!(
             banner.to_lowercase().contains(detail),
@@ -296,19 +306,8 @@ async fn dev_mode_link_without_dev_endpoint_and_bare_page_say_what_to_do() -> an
     page.goto(&page_url(proxy.addr(), "room=standup&name=alice"))
         .await?;
     page.wait_state("error", "dev_mode_disabled").await?;
-    let banner = page
-        .eval(
-            "return document.getElementById('banner').innerText;",
-            json!([]),
-        )
-        .await?;
-    assert!(
-        banner
-            .as_str()
-            .unwrap_or_default()
-            .contains("not in dev mode"),
-        "{banner}"
-    );
+    let banner = banner(&page).await?;
+    assert!(banner.contains("not in dev mode"), "{banner}");
     // The expected 404 of /dev/token is the only console error.
     assert_no_console_errors(&page, &["/dev/token"]).await?;
 
@@ -323,10 +322,7 @@ async fn dev_mode_link_without_dev_endpoint_and_bare_page_say_what_to_do() -> an
     assert_eq!(form, true, "the join form is shown");
     page.screenshot(&artifacts_dir().join("browser-join-form.png"))
         .await?;
-    assert_no_console_errors(&page, &[]).await?;
-    page.close().await?;
-    proxy.shutdown().await;
-    Ok(())
+    finish(page, proxy, &[]).await
 }
 
 #[tokio::test]
@@ -372,10 +368,7 @@ async fn sdk_reconnects_and_rejoins_after_the_proxy_restarts() -> anyhow::Result
         .await?;
     assert_eq!(identity, "dave");
     // Only the failed reconnect attempts may have logged errors.
-    assert_no_console_errors(&page, &["WebSocket connection to"]).await?;
-    page.close().await?;
-    proxy.shutdown().await;
-    Ok(())
+    finish(page, proxy, &["WebSocket connection to"]).await
 }
 
 /// `m=` kind of the section whose `a=mid:` is `mid`, and its direction.
@@ -402,7 +395,7 @@ async fn sdk_publishes_with_declared_sources_trickles_ice_shows_room_events_and_
     use rtcd_proxy::protocol::{Identity, Participant};
     use rtcd_proxy::relay::{RelayCommand, RelayEvent};
 
-    let (relay, mut sessions) = ScriptedRelay::new();
+    let (relay, mut sessions) = ScriptedRelay::start();
     let proxy = rtcd_e2e::proxy::start_with_relay(base_config(), Some(relay)).await?;
     let driver = Chromedriver::start().await?;
     let page = driver.page().await?;
@@ -519,10 +512,7 @@ async fn sdk_publishes_with_declared_sources_trickles_ice_shows_room_events_and_
     page.wait_for("document.body.dataset.joins === '2'", step)
         .await?;
     page.wait_state("connected", "").await?;
-    assert_no_console_errors(&page, &[]).await?;
-    page.close().await?;
-    proxy.shutdown().await;
-    Ok(())
+    finish(page, proxy, &[]).await
 }
 
 #[tokio::test]
@@ -563,8 +553,5 @@ async fn sdk_refreshes_its_token_on_token_expiring() -> anyhow::Result<()> {
     );
     assert_eq!(result["refreshed"]["expiresAt"], json!(t + 600));
     assert_eq!(result["expiresAt"], json!(t + 600));
-    assert_no_console_errors(&page, &[]).await?;
-    page.close().await?;
-    proxy.shutdown().await;
-    Ok(())
+    finish(page, proxy, &[]).await
 }
