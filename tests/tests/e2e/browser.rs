@@ -555,3 +555,102 @@ async fn sdk_refreshes_its_token_on_token_expiring() -> anyhow::Result<()> {
     assert_eq!(result["expiresAt"], json!(t + 600));
     finish(page, proxy, &[]).await
 }
+
+#[tokio::test]
+async fn sdk_negotiation_answers_server_offers_and_ignores_one_that_collides_with_its_own()
+-> anyhow::Result<()> {
+    use rtcd_e2e::relay::ScriptedRelay;
+    use rtcd_proxy::relay::{RelayCommand, RelayEvent};
+
+    let (relay, mut sessions) = ScriptedRelay::start();
+    let proxy = rtcd_e2e::proxy::start_with_relay(base_config(), Some(relay)).await?;
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    let token = member_token("hana", "Hana", "standup");
+    page.goto(&page_url(
+        proxy.addr(),
+        &format!("room=standup&token={token}"),
+    ))
+    .await?;
+    let step = Duration::from_secs(30);
+    let mut far = tokio::time::timeout(step, sessions.recv())
+        .await?
+        .expect("relay join");
+    let client_offer = loop {
+        if let RelayCommand::Offer { sdp, .. } = far.command(step).await? {
+            break sdp;
+        }
+    };
+    let signaling = "return window.rtcd.peerConnection.signalingState;";
+    assert_eq!(page.eval(signaling, json!([])).await?, "have-local-offer");
+
+    // The media server's side is a second RTCPeerConnection in the browser (a real WebRTC
+    // stack producing real SDP), driven by the test in place of rtcd.
+    // Glare: an offer from the server while the client's own is outstanding. The client is the
+    // impolite peer (rtcd is polite): it ignores it and keeps waiting for its answer.
+    let glare = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];\
+             const pc = new RTCPeerConnection(); pc.addTransceiver('video', {direction: 'sendonly'});\
+             pc.setLocalDescription().then(() => done(pc.localDescription.sdp));",
+            json!([]),
+        )
+        .await?;
+    far.send(RelayEvent::Offer(glare.as_str().unwrap_or_default().into()))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(page.eval(signaling, json!([])).await?, "have-local-offer");
+
+    // The answer to the client's offer makes it stable.
+    let answer = page
+        .eval_async(
+            "const [offer, done] = arguments;\
+             window.__far = new RTCPeerConnection();\
+             __far.setRemoteDescription({type: 'offer', sdp: offer})\
+               .then(() => __far.setLocalDescription()).then(() => done(__far.localDescription.sdp));",
+            json!([client_offer]),
+        )
+        .await?;
+    far.send(RelayEvent::Answer(
+        answer.as_str().unwrap_or_default().into(),
+    ))
+    .await?;
+    page.wait_for(
+        "window.rtcd.peerConnection.signalingState === 'stable'",
+        step,
+    )
+    .await?;
+
+    // A server-initiated renegotiation (a new subscription) is answered.
+    let offer = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];\
+             __far.addTransceiver('video', {direction: 'sendonly'});\
+             __far.setLocalDescription().then(() => done(__far.localDescription.sdp));",
+            json!([]),
+        )
+        .await?;
+    far.send(RelayEvent::Offer(offer.as_str().unwrap_or_default().into()))
+        .await?;
+    let client_answer = loop {
+        match far.command(step).await? {
+            RelayCommand::Answer { sdp } => break sdp,
+            RelayCommand::Offer { .. } => {
+                panic!("the ignored glare offer must not be answered late")
+            }
+            _ => {}
+        }
+    };
+    let applied = page
+        .eval_async(
+            "const [answer, done] = arguments;\
+             __far.setRemoteDescription({type: 'answer', sdp: answer})\
+               .then(() => done(__far.signalingState), e => done(String(e)));",
+            json!([client_answer]),
+        )
+        .await?;
+    assert_eq!(applied, "stable", "the client's answer is valid SDP");
+    assert_eq!(page.eval(signaling, json!([])).await?, "stable");
+    page.wait_state("connected", "").await?;
+    finish(page, proxy, &[]).await
+}
