@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rtcd_e2e::browser::{Chromedriver, Page, artifacts_dir};
+use rtcd_e2e::browser::{BROWSER_STEP, Chromedriver, Page, artifacts_dir};
 use rtcd_e2e::proxy::{base_config, claims, hs_token, now, start};
 use serde_json::{Value, json};
 
@@ -38,6 +38,41 @@ async fn finish(page: Page, proxy: rtcd_proxy::Proxy, expected: &[&str]) -> anyh
     page.close().await?;
     proxy.shutdown().await;
     Ok(())
+}
+
+/// A demo page joined through a proxy whose media server is the test ([`ScriptedRelay`]).
+struct Relayed {
+    proxy: rtcd_proxy::Proxy,
+    page: Page,
+    far: rtcd_e2e::relay::FarEnd,
+    sessions: tokio::sync::mpsc::UnboundedReceiver<rtcd_e2e::relay::FarEnd>,
+    // Last: dropping it ends the browser.
+    _driver: Chromedriver,
+}
+
+/// Opens the demo page as member `sub` of room `standup` and waits for its relayed session.
+async fn relayed_page(sub: &str, name: &str) -> anyhow::Result<Relayed> {
+    let (relay, mut sessions) = rtcd_e2e::relay::ScriptedRelay::start();
+    let proxy = rtcd_e2e::proxy::start_with_relay(base_config(), Some(relay)).await?;
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    let token = member_token(sub, name, "standup");
+    page.goto(&page_url(
+        proxy.addr(),
+        &format!("room=standup&token={token}"),
+    ))
+    .await?;
+    let far = tokio::time::timeout(BROWSER_STEP, sessions.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no relayed session"))?;
+    assert_eq!(far.request.grant.identity.as_str(), sub);
+    Ok(Relayed {
+        proxy,
+        page,
+        far,
+        sessions,
+        _driver: driver,
+    })
 }
 
 /// The text of the page's problem banner.
@@ -390,26 +425,18 @@ fn section_of(sdp: &str, mid: &str) -> Option<(String, String)> {
 #[tokio::test]
 async fn sdk_publishes_with_declared_sources_trickles_ice_shows_room_events_and_rejoins_after_media_server_loss()
 -> anyhow::Result<()> {
-    use rtcd_e2e::relay::ScriptedRelay;
     use rtcd_proxy::policy::{Role, TrackSource};
     use rtcd_proxy::protocol::{Identity, Participant};
     use rtcd_proxy::relay::{RelayCommand, RelayEvent};
 
-    let (relay, mut sessions) = ScriptedRelay::start();
-    let proxy = rtcd_e2e::proxy::start_with_relay(base_config(), Some(relay)).await?;
-    let driver = Chromedriver::start().await?;
-    let page = driver.page().await?;
-    let token = member_token("erin", "Erin", "standup");
-    page.goto(&page_url(
-        proxy.addr(),
-        &format!("room=standup&token={token}"),
-    ))
-    .await?;
-    let step = Duration::from_secs(30);
-    let mut far = tokio::time::timeout(step, sessions.recv())
-        .await?
-        .expect("relay join");
-    assert_eq!(far.request.grant.identity.as_str(), "erin");
+    let Relayed {
+        proxy,
+        page,
+        mut far,
+        mut sessions,
+        _driver,
+    } = relayed_page("erin", "Erin").await?;
+    let step = BROWSER_STEP;
     page.wait_state("connected", "").await?;
 
     // The publish offer declares each sending section's source, matching the SDP.
@@ -559,23 +586,16 @@ async fn sdk_refreshes_its_token_on_token_expiring() -> anyhow::Result<()> {
 #[tokio::test]
 async fn sdk_negotiation_answers_server_offers_and_ignores_one_that_collides_with_its_own()
 -> anyhow::Result<()> {
-    use rtcd_e2e::relay::ScriptedRelay;
     use rtcd_proxy::relay::{RelayCommand, RelayEvent};
 
-    let (relay, mut sessions) = ScriptedRelay::start();
-    let proxy = rtcd_e2e::proxy::start_with_relay(base_config(), Some(relay)).await?;
-    let driver = Chromedriver::start().await?;
-    let page = driver.page().await?;
-    let token = member_token("hana", "Hana", "standup");
-    page.goto(&page_url(
-        proxy.addr(),
-        &format!("room=standup&token={token}"),
-    ))
-    .await?;
-    let step = Duration::from_secs(30);
-    let mut far = tokio::time::timeout(step, sessions.recv())
-        .await?
-        .expect("relay join");
+    let Relayed {
+        proxy,
+        page,
+        mut far,
+        _driver,
+        ..
+    } = relayed_page("hana", "Hana").await?;
+    let step = BROWSER_STEP;
     let client_offer = loop {
         if let RelayCommand::Offer { sdp, .. } = far.command(step).await? {
             break sdp;
@@ -652,5 +672,143 @@ async fn sdk_negotiation_answers_server_offers_and_ignores_one_that_collides_wit
     assert_eq!(applied, "stable", "the client's answer is valid SDP");
     assert_eq!(page.eval(signaling, json!([])).await?, "stable");
     page.wait_state("connected", "").await?;
+    finish(page, proxy, &[]).await
+}
+
+#[tokio::test]
+async fn sdk_plays_a_remote_track_matched_by_track_published_over_trickled_loopback_ice()
+-> anyhow::Result<()> {
+    use rtcd_proxy::policy::{Role, TrackSource};
+    use rtcd_proxy::protocol::{Candidate, Identity, Participant};
+    use rtcd_proxy::relay::{RelayCommand, RelayEvent};
+
+    let Relayed {
+        proxy,
+        page,
+        mut far,
+        _driver,
+        ..
+    } = relayed_page("ivan", "Ivan").await?;
+    let client_offer = loop {
+        if let RelayCommand::Offer { sdp, .. } = far.command(BROWSER_STEP).await? {
+            break sdp;
+        }
+    };
+    // The media server's side: a second RTCPeerConnection in the browser sending the fake
+    // camera, as the SFU would forward a participant's camera. Its candidates are collected
+    // for the test to trickle through the proxy.
+    let answer = page
+        .eval_async(
+            "const [offer, done] = arguments;\
+             window.__farCandidates = [];\
+             window.__far = new RTCPeerConnection();\
+             __far.onicecandidate = (e) => __farCandidates.push(e.candidate ? e.candidate.toJSON() : {candidate: ''});\
+             __far.setRemoteDescription({type: 'offer', sdp: offer})\
+               .then(() => __far.setLocalDescription()).then(() => done(__far.localDescription.sdp));",
+            json!([client_offer]),
+        )
+        .await?;
+    far.send(RelayEvent::Answer(
+        answer.as_str().unwrap_or_default().into(),
+    ))
+    .await?;
+    let offer = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];\
+             navigator.mediaDevices.getUserMedia({video: true}).then(async (stream) => {\
+               const track = stream.getVideoTracks()[0];\
+               __far.addTransceiver(track, {direction: 'sendonly', streams: [stream]});\
+               await __far.setLocalDescription();\
+               done({sdp: __far.localDescription.sdp, trackId: track.id});\
+             });",
+            json!([]),
+        )
+        .await?;
+    let track_id = offer["trackId"].as_str().unwrap_or_default().to_owned();
+    far.send(RelayEvent::ParticipantJoined(Participant {
+        identity: Identity::new("judy"),
+        name: Some("Judy".into()),
+        role: Role::Member,
+    }))
+    .await?;
+    far.send(RelayEvent::TrackPublished {
+        identity: Identity::new("judy"),
+        track_id: track_id.clone(),
+        source: TrackSource::Camera,
+    })
+    .await?;
+    far.send(RelayEvent::Offer(
+        offer["sdp"].as_str().unwrap_or_default().into(),
+    ))
+    .await?;
+
+    // Trickle both ways until Judy's tile plays: the client's candidates (relayed commands) go
+    // to the far side, the far side's go to the client as proxy `candidate` messages.
+    let playing = "(() => { const v = document.querySelector('video[data-participant=\"judy\"]');\
+                   return !!v && v.videoWidth > 0 && !v.paused; })()";
+    let deadline = tokio::time::Instant::now() + BROWSER_STEP;
+    let mut answered = false;
+    loop {
+        while let Ok(command) = far.commands.try_recv() {
+            match command {
+                RelayCommand::Candidate(c) => {
+                    page.eval(
+                        "__far.addIceCandidate(arguments[0]).catch(() => {});",
+                        json!([serde_json::to_value(&c)?]),
+                    )
+                    .await?;
+                }
+                RelayCommand::Answer { sdp } => {
+                    let state = page
+                        .eval_async(
+                            "const [answer, done] = arguments;\
+                             __far.setRemoteDescription({type: 'answer', sdp: answer})\
+                               .then(() => done(__far.signalingState), e => done(String(e)));",
+                            json!([sdp]),
+                        )
+                        .await?;
+                    assert_eq!(state, "stable");
+                    answered = true;
+                }
+                _ => {}
+            }
+        }
+        let pending = page
+            .eval("return __farCandidates.splice(0);", json!([]))
+            .await?;
+        for c in pending.as_array().into_iter().flatten() {
+            let candidate: Candidate = serde_json::from_value(c.clone())?;
+            far.send(RelayEvent::Candidate(candidate)).await?;
+        }
+        if answered && page.eval(&format!("return {playing};"), json!([])).await? == true {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "judy's video never played; page {}",
+            page.dataset().await?
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The tile is Judy's, named, and holds exactly the published track.
+    let tile = page
+        .eval(
+            "const v = document.querySelector('video[data-participant=\"judy\"]');\
+             return {name: v.closest('figure').innerText, ids: v.srcObject.getTracks().map(t => t.id),\
+                     ice: window.rtcd.peerConnection.iceConnectionState};",
+            json!([]),
+        )
+        .await?;
+    assert!(
+        tile["name"].as_str().unwrap_or_default().contains("Judy"),
+        "{tile}"
+    );
+    assert_eq!(tile["ids"], json!([track_id]));
+    assert!(
+        ["connected", "completed"].contains(&tile["ice"].as_str().unwrap_or_default()),
+        "{tile}"
+    );
+    page.screenshot(&artifacts_dir().join("browser-remote-track.png"))
+        .await?;
     finish(page, proxy, &[]).await
 }
