@@ -7,10 +7,12 @@
 //! media path's signaling: offers with their declared sources, trickled candidates, mute,
 //! room events, and the loss of the media server (drop [`FarEnd::events`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rtcd_proxy::policy::TrackSource;
 use rtcd_proxy::relay::{
     BoxFuture, JoinRequest, LINK_CAPACITY, Relay, RelayCommand, RelayError, RelayEvent, RelayLink,
 };
@@ -33,6 +35,18 @@ impl FarEnd {
             .await
             .context("no command relayed in time")?
             .context("the session ended")
+    }
+
+    /// The next relayed offer `(sdp, tracks)`, skipping other commands (candidates...).
+    pub async fn offer(
+        &mut self,
+        wait: Duration,
+    ) -> anyhow::Result<(String, BTreeMap<String, TrackSource>)> {
+        loop {
+            if let RelayCommand::Offer { sdp, tracks } = self.command(wait).await? {
+                return Ok((sdp, tracks));
+            }
+        }
     }
 
     /// Pushes an event to the client.

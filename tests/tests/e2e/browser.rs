@@ -16,8 +16,13 @@ use serde_json::{Value, json};
 
 /// A member's token (may publish audio and video) with a display name.
 fn member_token(sub: &str, name: &str, room: &str) -> String {
+    role_token(sub, name, room, "member")
+}
+
+/// A token with a display name and a role.
+fn role_token(sub: &str, name: &str, room: &str, role: &str) -> String {
     let mut c = claims(sub, room);
-    c["role"] = json!("member");
+    c["role"] = json!(role);
     c["name"] = json!(name);
     hs_token(&c)
 }
@@ -52,11 +57,16 @@ struct Relayed {
 
 /// Opens the demo page as member `sub` of room `standup` and waits for its relayed session.
 async fn relayed_page(sub: &str, name: &str) -> anyhow::Result<Relayed> {
+    relayed_page_as(sub, name, "member").await
+}
+
+/// [`relayed_page`] with another role.
+async fn relayed_page_as(sub: &str, name: &str, role: &str) -> anyhow::Result<Relayed> {
     let (relay, mut sessions) = rtcd_e2e::relay::ScriptedRelay::start();
     let proxy = rtcd_e2e::proxy::start_with_relay(base_config(), Some(relay)).await?;
     let driver = Chromedriver::start().await?;
     let page = driver.page().await?;
-    let token = member_token(sub, name, "standup");
+    let token = role_token(sub, name, "standup", role);
     page.goto(&page_url(
         proxy.addr(),
         &format!("room=standup&token={token}"),
@@ -73,6 +83,28 @@ async fn relayed_page(sub: &str, name: &str) -> anyhow::Result<Relayed> {
         sessions,
         _driver: driver,
     })
+}
+
+/// Answers the client's `offer` from the media server's side: an RTCPeerConnection in the
+/// same browser (`window.__far`, created on first use), and relays the answer to the client.
+async fn answer_from_far_side(
+    page: &Page,
+    far: &rtcd_e2e::relay::FarEnd,
+    offer: &str,
+) -> anyhow::Result<()> {
+    let answer = page
+        .eval_async(
+            "const [offer, done] = arguments;\
+             window.__far = window.__far || new RTCPeerConnection();\
+             __far.setRemoteDescription({type: 'offer', sdp: offer})\
+               .then(() => __far.setLocalDescription()).then(() => done(__far.localDescription.sdp));",
+            json!([offer]),
+        )
+        .await?;
+    far.send(rtcd_proxy::relay::RelayEvent::Answer(
+        answer.as_str().unwrap_or_default().into(),
+    ))
+    .await
 }
 
 /// The text of the page's problem banner.
@@ -596,11 +628,7 @@ async fn sdk_negotiation_answers_server_offers_and_ignores_one_that_collides_wit
         ..
     } = relayed_page("hana", "Hana").await?;
     let step = BROWSER_STEP;
-    let client_offer = loop {
-        if let RelayCommand::Offer { sdp, .. } = far.command(step).await? {
-            break sdp;
-        }
-    };
+    let (client_offer, _) = far.offer(step).await?;
     let signaling = "return window.rtcd.peerConnection.signalingState;";
     assert_eq!(page.eval(signaling, json!([])).await?, "have-local-offer");
 
@@ -622,19 +650,7 @@ async fn sdk_negotiation_answers_server_offers_and_ignores_one_that_collides_wit
     assert_eq!(page.eval(signaling, json!([])).await?, "have-local-offer");
 
     // The answer to the client's offer makes it stable.
-    let answer = page
-        .eval_async(
-            "const [offer, done] = arguments;\
-             window.__far = new RTCPeerConnection();\
-             __far.setRemoteDescription({type: 'offer', sdp: offer})\
-               .then(() => __far.setLocalDescription()).then(() => done(__far.localDescription.sdp));",
-            json!([client_offer]),
-        )
-        .await?;
-    far.send(RelayEvent::Answer(
-        answer.as_str().unwrap_or_default().into(),
-    ))
-    .await?;
+    answer_from_far_side(&page, &far, &client_offer).await?;
     page.wait_for(
         "window.rtcd.peerConnection.signalingState === 'stable'",
         step,
@@ -689,29 +705,18 @@ async fn sdk_plays_a_remote_track_matched_by_track_published_over_trickled_loopb
         _driver,
         ..
     } = relayed_page("ivan", "Ivan").await?;
-    let client_offer = loop {
-        if let RelayCommand::Offer { sdp, .. } = far.command(BROWSER_STEP).await? {
-            break sdp;
-        }
-    };
+    let (client_offer, _) = far.offer(BROWSER_STEP).await?;
     // The media server's side: a second RTCPeerConnection in the browser sending the fake
     // camera, as the SFU would forward a participant's camera. Its candidates are collected
     // for the test to trickle through the proxy.
-    let answer = page
-        .eval_async(
-            "const [offer, done] = arguments;\
-             window.__farCandidates = [];\
-             window.__far = new RTCPeerConnection();\
-             __far.onicecandidate = (e) => __farCandidates.push(e.candidate ? e.candidate.toJSON() : {candidate: ''});\
-             __far.setRemoteDescription({type: 'offer', sdp: offer})\
-               .then(() => __far.setLocalDescription()).then(() => done(__far.localDescription.sdp));",
-            json!([client_offer]),
-        )
-        .await?;
-    far.send(RelayEvent::Answer(
-        answer.as_str().unwrap_or_default().into(),
-    ))
+    page.eval(
+        "window.__farCandidates = [];\
+         window.__far = new RTCPeerConnection();\
+         __far.onicecandidate = (e) => __farCandidates.push(e.candidate ? e.candidate.toJSON() : {candidate: ''});",
+        json!([]),
+    )
     .await?;
+    answer_from_far_side(&page, &far, &client_offer).await?;
     let offer = page
         .eval_async(
             "const done = arguments[arguments.length - 1];\
@@ -810,5 +815,70 @@ async fn sdk_plays_a_remote_track_matched_by_track_published_over_trickled_loopb
     );
     page.screenshot(&artifacts_dir().join("browser-remote-track.png"))
         .await?;
+    finish(page, proxy, &[]).await
+}
+
+#[tokio::test]
+async fn sdk_screen_share_is_announced_then_offered_as_a_screen_section_and_stopped()
+-> anyhow::Result<()> {
+    use rtcd_proxy::policy::TrackSource;
+    use rtcd_proxy::relay::RelayCommand;
+
+    let Relayed {
+        proxy,
+        page,
+        mut far,
+        _driver,
+        ..
+    } = relayed_page_as("kate", "Kate", "moderator").await?;
+    page.wait_state("connected", "").await?;
+    let (sdp, tracks) = far.offer(BROWSER_STEP).await?;
+    assert_eq!(tracks.len(), 2, "microphone and camera first");
+    answer_from_far_side(&page, &far, &sdp).await?;
+    page.wait_for("!document.getElementById('screen').disabled", BROWSER_STEP)
+        .await?;
+    page.eval("document.getElementById('screen').click();", json!([]))
+        .await?;
+    // `screen_share_start` comes before the offer that adds the screen section.
+    let mut announced = false;
+    let (sdp, tracks) = loop {
+        match far.command(BROWSER_STEP).await? {
+            RelayCommand::ScreenShare(true) => announced = true,
+            RelayCommand::Offer { sdp, tracks } => break (sdp, tracks),
+            _ => {}
+        }
+    };
+    assert!(announced, "screen_share_start before the offer");
+    answer_from_far_side(&page, &far, &sdp).await?;
+    let (mid, _) = tracks
+        .iter()
+        .find(|(_, s)| **s == TrackSource::Screen)
+        .expect("a screen section is declared");
+    assert_eq!(
+        section_of(&sdp, mid),
+        Some(("video".into(), "sendonly".into()))
+    );
+    page.wait_for(
+        "document.getElementById('screen').innerText === 'Stop sharing'",
+        BROWSER_STEP,
+    )
+    .await?;
+
+    page.eval("document.getElementById('screen').click();", json!([]))
+        .await?;
+    let mut stopped = false;
+    let sdp = loop {
+        match far.command(BROWSER_STEP).await? {
+            RelayCommand::ScreenShare(false) => stopped = true,
+            RelayCommand::Offer { sdp, .. } => break sdp,
+            _ => {}
+        }
+    };
+    assert!(stopped, "screen_share_stop");
+    assert_eq!(
+        section_of(&sdp, mid).map(|(_, d)| d).as_deref(),
+        Some("inactive"),
+        "the screen section stops sending and stays for the next share"
+    );
     finish(page, proxy, &[]).await
 }
