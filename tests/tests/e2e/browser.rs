@@ -107,6 +107,20 @@ async fn answer_from_far_side(
     .await
 }
 
+/// Applies the client's `answer` on the far side (`window.__far`), which must accept it.
+async fn far_side_accepts(page: &Page, answer: &str) -> anyhow::Result<()> {
+    let state = page
+        .eval_async(
+            "const [answer, done] = arguments;\
+             __far.setRemoteDescription({type: 'answer', sdp: answer})\
+               .then(() => done(__far.signalingState), e => done(String(e)));",
+            json!([answer]),
+        )
+        .await?;
+    assert_eq!(state, "stable", "the client's answer is valid SDP");
+    Ok(())
+}
+
 /// The text of the page's problem banner.
 async fn banner(page: &Page) -> anyhow::Result<String> {
     let text = page
@@ -677,15 +691,7 @@ async fn sdk_negotiation_answers_server_offers_and_ignores_one_that_collides_wit
             _ => {}
         }
     };
-    let applied = page
-        .eval_async(
-            "const [answer, done] = arguments;\
-             __far.setRemoteDescription({type: 'answer', sdp: answer})\
-               .then(() => done(__far.signalingState), e => done(String(e)));",
-            json!([client_answer]),
-        )
-        .await?;
-    assert_eq!(applied, "stable", "the client's answer is valid SDP");
+    far_side_accepts(&page, &client_answer).await?;
     assert_eq!(page.eval(signaling, json!([])).await?, "stable");
     page.wait_state("connected", "").await?;
     finish(page, proxy, &[]).await
@@ -764,15 +770,7 @@ async fn sdk_plays_a_remote_track_matched_by_track_published_over_trickled_loopb
                     .await?;
                 }
                 RelayCommand::Answer { sdp } => {
-                    let state = page
-                        .eval_async(
-                            "const [answer, done] = arguments;\
-                             __far.setRemoteDescription({type: 'answer', sdp: answer})\
-                               .then(() => done(__far.signalingState), e => done(String(e)));",
-                            json!([sdp]),
-                        )
-                        .await?;
-                    assert_eq!(state, "stable");
+                    far_side_accepts(&page, &sdp).await?;
                     answered = true;
                 }
                 _ => {}
