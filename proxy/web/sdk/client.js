@@ -602,6 +602,9 @@ export class RtcdClient extends EventTarget {
 
   /** @param {RTCPeerConnection} pc */
   async _negotiate(pc) {
+    // One offer at a time, and only from a stable state (a pending remote offer is answered
+    // first; the answer path calls this again if something is left to negotiate).
+    if (this._makingOffer || pc.signalingState !== 'stable') return;
     try {
       this._makingOffer = true;
       await pc.setLocalDescription();
@@ -629,6 +632,8 @@ export class RtcdClient extends EventTarget {
       await pc.setLocalDescription();
       if (pc !== this._pc || !pc.localDescription) return;
       this._send({ type: 'answer', sdp: pc.localDescription.sdp, tracks: this._trackMap() });
+      // Back in `stable`: a section of ours whose offer was rolled back fires
+      // `negotiationneeded` again, and `_negotiate` offers it.
     }
   }
 

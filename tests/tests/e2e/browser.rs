@@ -880,3 +880,69 @@ async fn sdk_screen_share_is_announced_then_offered_as_a_screen_section_and_stop
     );
     finish(page, proxy, &[]).await
 }
+
+#[tokio::test]
+async fn sdk_as_the_polite_peer_rolls_back_its_offer_on_glare_answers_and_offers_again()
+-> anyhow::Result<()> {
+    use rtcd_proxy::relay::{RelayCommand, RelayEvent};
+
+    let (relay, mut sessions) = rtcd_e2e::relay::ScriptedRelay::start();
+    let proxy = rtcd_e2e::proxy::start_with_relay(base_config(), Some(relay)).await?;
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    // The bare page loads the SDK; the test makes its own client with `polite: true`.
+    page.goto(&format!("http://{}/", proxy.addr())).await?;
+    page.wait_state("closed", "no_room").await?;
+    page.eval_async(
+        "const [token, done] = arguments;\
+         import('/sdk/client.js').then(async ({RtcdClient}) => {\
+           window.polite = new RtcdClient({room: 'standup', token, polite: true});\
+           window.__errors = []; polite.addEventListener('error', (e) => __errors.push(e.detail.error.code + ': ' + e.detail.error.message));\
+           await polite.connect(); await polite.publish({audio: false, video: true}); done(true);\
+         }).catch(e => done(String(e)));",
+        json!([member_token("lena", "Lena", "standup")]),
+    )
+    .await?;
+    let mut far = tokio::time::timeout(BROWSER_STEP, sessions.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no relayed session"))?;
+    let (first, _) = far.offer(BROWSER_STEP).await?;
+    let signaling = "return polite.peerConnection.signalingState;";
+    assert_eq!(page.eval(signaling, json!([])).await?, "have-local-offer");
+
+    // Glare: the server offers while the client's offer is outstanding. The polite client
+    // rolls its offer back, answers the server's, then offers again.
+    let glare = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];\
+             window.__far = new RTCPeerConnection(); __far.addTransceiver('video', {direction: 'sendonly'});\
+             __far.setLocalDescription().then(() => done(__far.localDescription.sdp));",
+            json!([]),
+        )
+        .await?;
+    far.send(RelayEvent::Offer(glare.as_str().unwrap_or_default().into()))
+        .await?;
+    let answer = loop {
+        match far.command(BROWSER_STEP).await? {
+            RelayCommand::Answer { sdp } => break sdp,
+            RelayCommand::Offer { .. } => panic!("answer first, then offer again"),
+            _ => {}
+        }
+    };
+    far_side_accepts(&page, &answer).await?;
+    let (again, tracks) = match far.offer(BROWSER_STEP).await {
+        Ok(offer) => offer,
+        Err(e) => panic!(
+            "{e}: {}",
+            page.eval("return [polite.peerConnection.signalingState, __errors, polite.peerConnection.getTransceivers().map(t => t.mid + ':' + t.direction)];", json!([])).await?
+        ),
+    };
+    assert_ne!(again, first);
+    assert_eq!(
+        tracks.values().collect::<Vec<_>>(),
+        [&rtcd_proxy::policy::TrackSource::Camera],
+        "the re-offer still declares the camera"
+    );
+    assert_eq!(page.eval(signaling, json!([])).await?, "have-local-offer");
+    finish(page, proxy, &[]).await
+}
