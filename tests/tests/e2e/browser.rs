@@ -1,11 +1,19 @@
 //! The browser client in a real Chromium (headless, fake camera and microphone) against a real
 //! rtcd-proxy on 127.0.0.1: the demo page and the SDK it loads, as served by the proxy.
 //!
-//! No media server is attached yet (the proxy's rtcd relay lands later), so what a page can
-//! reach today is: signaling joined, and the state the page defines for that case, `error` with
-//! reason `media_unavailable`. The token refusals, the SDK's reconnect after the proxy goes
-//! away, the page's assets and the SDK's code tables are checked here; two pages seeing each
-//! other waits for the relay.
+//! Without a media server (the proxy's rtcd relay lands later) a page reaches: signaling
+//! joined, and the state the page defines for that case, `error` with reason
+//! `media_unavailable`. Those tests cover the page, token refusals, dev-mode links, the assets
+//! and the SDK's reconnect after the proxy restarts.
+//!
+//! The media-path signaling is exercised through the proxy with a [`ScriptedRelay`] standing
+//! where rtcd will stand; the media server's side of the WebRTC session is a second
+//! RTCPeerConnection in the same browser (real SDP, real ICE over loopback): publish offers
+//! with declared sources, trickle ICE both ways, perfect negotiation (impolite and polite),
+//! screen share, a remote track played from `track_published`, token refresh, and the rejoin
+//! after `media_server_lost`. Two pages seeing each other through rtcd waits for the relay.
+//!
+//! [`ScriptedRelay`]: rtcd_e2e::relay::ScriptedRelay
 
 use std::path::Path;
 use std::time::Duration;
