@@ -1,18 +1,50 @@
 #!/usr/bin/env bash
 # The full test suite, from a fresh machine: installs what it needs, then runs the same
 # gates CI runs. README's second command; .ci/run calls exactly this.
+#
+# The tests run inside a fresh network namespace that has only `lo` (`unshare -n`, needs root):
+# every server and the headless Chromium of the browser tests stay on 127.0.0.1 by
+# construction. Everything is built before entering it (cargo cannot reach the registry there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+need_root() {
+	if [ "$(id -u)" != 0 ]; then
+		echo "scripts/test.sh: $1 needs root (run as root, or install it yourself)" >&2
+		exit 1
+	fi
+}
+
+echo "== system packages"
+# Browser tests drive Debian's Chromium through chromedriver; they fail (never skip) without it.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || ! command -v ip >/dev/null; then
+	need_root "installing chromium, chromium-driver and iproute2"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update
+	apt-get install -y --no-install-recommends chromium chromium-driver iproute2
+fi
+for bin in /usr/bin/chromium /usr/bin/chromedriver; do
+	if [ ! -x "$bin" ]; then
+		echo "scripts/test.sh: $bin is still missing after apt-get install; the browser tests cannot run" >&2
+		exit 1
+	fi
+done
+need_root "unshare -n (a network namespace with only loopback)"
 
 echo "== fmt"
 cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== tests"
+echo "== build"
+# No doc tests: the crates have none, and their empty runs would be the last lines printed.
+tests=(--workspace --locked --lib --bins --tests)
+cargo test "${tests[@]}" --no-run
+echo "== tests (network namespace: lo only)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-# No doc tests: the crates have none, and their empty runs would be the last lines printed.
-cargo test --workspace --locked --lib --bins --tests 2>&1 | tee "$log"
+status=0
+unshare -n sh -c 'ip link set lo up && exec cargo test --offline "$@"' sh "${tests[@]}" 2>&1 | tee "$log" || status=$?
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
 echo "summary: ${passed} passed, ${failed} failed"
+exit "$status"

@@ -13,6 +13,7 @@
 //! * [`session`]: one WebSocket from upgrade to close; [`limits`]: rate limiting.
 //! * [`relay`]: the seam to the media server (the rtcd gRPC relay implements [`relay::Relay`]).
 //! * [`server`]: routes and the TCP / TLS accept loop; [`health`], [`metrics`]; [`cli`].
+//! * [`web`]: the browser SDK and demo call page, embedded in the binary.
 //! * [`Proxy`]: the composition root: `start` binds and serves, `shutdown` drains.
 
 #![warn(missing_docs)]
@@ -32,6 +33,7 @@ pub mod relay;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::Path;

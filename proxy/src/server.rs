@@ -38,8 +38,8 @@ fn bearer(header: Option<String>) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// Public routes besides `/ws` (which [`serve`] upgrades itself): `/healthz`, `/readyz`, and
-/// `/dev/token` in development mode.
+/// Public routes besides `/ws` (which [`serve`] upgrades itself): `/healthz`, `/readyz`, the
+/// web client ([`crate::web`]) and `/dev/token` in development mode.
 pub fn public_routes(
     state: Arc<ProxyState>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
@@ -47,6 +47,7 @@ pub fn public_routes(
     health_routes(state)
         .or(crate::dev::routes(config))
         .unify()
+        .or(crate::web::routes())
         .recover(not_found)
 }
 

@@ -1,10 +1,12 @@
 //! Harness for the workspace's end-to-end tests: start real daemons in-process (or as real
-//! processes) on loopback with ephemeral ports and temporary data directories, and real
-//! webrtc-rs participants.
+//! processes) on loopback with ephemeral ports and temporary data directories, real webrtc-rs
+//! participants, and real Chromium pages.
 //!
 //! Modules are per component; the tests themselves live in `tests/e2e/` (one binary).
 
 pub mod bridge;
+pub mod browser;
 pub mod daemon;
 pub mod media;
 pub mod proxy;
+pub mod relay;

@@ -1,0 +1,416 @@
+// The demo call page: joins the room named in the URL and shows everyone in a grid.
+//
+//   /?room=R&token=T   join with a token issued by the platform
+//   /?room=R&name=N    dev mode: the proxy mints a token (GET /dev/token, dev mode only)
+//
+// For automated checks the page mirrors its state on <body>:
+//   data-state   connecting | connected | closed | error
+//   data-reason  the protocol label of the last problem (close label or error code), e.g.
+//                token_expired, token_wrong_room, media_unavailable, going_away
+//   data-joins   how many times the client joined (1 + successful reconnects)
+// `error` with reason `media_unavailable` means: signaling works and the token was accepted,
+// but the proxy has no media server, so no call media can flow (the local preview still runs).
+// Each remote participant's camera + microphone play in <video data-participant="IDENTITY">
+// (screen shares in a second one with data-source="screen").
+
+import { RtcdClient, ErrorCode } from '/sdk/client.js';
+
+const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
+const body = document.body;
+
+/** What the page shows, derived from the SDK's state and the last problem. */
+const view = {
+  /** @type {string} the SDK state */
+  sdk: 'connecting',
+  /** @type {{reason: string, title: string, message: string, fatal: boolean}|null} */
+  problem: null,
+};
+
+const PILL_TEXT = { connecting: 'Connecting…', connected: 'Connected', closed: 'Left', error: 'Error' };
+
+function render() {
+  let state;
+  if (view.problem && view.problem.fatal) state = 'error';
+  else if (view.sdk === 'connected') state = view.problem ? 'error' : 'connected';
+  else if (view.sdk === 'closed') state = 'closed';
+  else if (view.sdk === 'error') state = 'error';
+  else state = 'connecting';
+  if (view.sdk === 'reconnecting' && view.problem) state = 'connecting';
+  body.dataset.state = state;
+  body.dataset.reason = view.problem ? view.problem.reason : '';
+  const pill = $('state');
+  pill.textContent = view.sdk === 'reconnecting' ? 'Reconnecting…'
+    : view.problem && view.problem.reason === 'no_room' ? 'Not joined' : PILL_TEXT[state];
+  pill.className = `pill ${state}`;
+  const banner = $('banner');
+  banner.hidden = !view.problem;
+  if (view.problem) {
+    banner.className = `banner ${state}`;
+    $('banner-title').textContent = view.problem.title;
+    $('banner-text').textContent = view.problem.message;
+    $('reason').textContent = view.problem.reason;
+  }
+}
+
+/** @param {string} reason @param {string} title @param {string} message @param {boolean} fatal */
+function problem(reason, title, message, fatal) {
+  const text = message ? message[0].toUpperCase() + message.slice(1) : '';
+  view.problem = { reason, title, message: text, fatal };
+  render();
+}
+
+/** A short-lived notice for errors that do not end the call. */
+function toast(text) {
+  const el = document.createElement('div');
+  el.className = 'toast';
+  el.textContent = text;
+  $('toasts').append(el);
+  setTimeout(() => el.remove(), 6000);
+}
+
+// ---- tiles --------------------------------------------------------------------------------
+
+/** @type {Map<string, {tile: HTMLElement, video: HTMLVideoElement, stream: MediaStream, screen?: HTMLElement}>} */
+const tiles = new Map();
+
+function initials(text) {
+  return text.split(/[\s._-]+/).filter(Boolean).slice(0, 2).map((w) => w[0].toUpperCase()).join('') || '?';
+}
+
+/** @param {HTMLVideoElement} video */
+function play(video) {
+  video.play().catch((e) => {
+    if (e.name !== 'NotAllowedError') return;
+    // Autoplay with sound needs a user gesture: play muted and offer to enable sound.
+    video.muted = true;
+    video.play().catch(() => {});
+    offerSound();
+  });
+}
+
+function offerSound() {
+  if (document.getElementById('enable-sound')) return;
+  const button = document.createElement('button');
+  button.id = 'enable-sound';
+  button.type = 'button';
+  button.textContent = 'Enable sound';
+  button.addEventListener('click', () => {
+    for (const { video } of tiles.values()) {
+      video.muted = false;
+      play(video);
+    }
+    button.remove();
+  });
+  $('toasts').append(button);
+}
+
+function makeTile(identity, label, source) {
+  const tile = document.createElement('figure');
+  tile.className = source === 'screen' ? 'tile screen' : 'tile';
+  tile.dataset.identity = identity;
+  const video = document.createElement('video');
+  video.autoplay = true;
+  video.playsInline = true;
+  video.dataset.participant = identity;
+  if (source === 'screen') video.dataset.source = 'screen';
+  const avatar = document.createElement('div');
+  avatar.className = 'avatar';
+  avatar.textContent = initials(label);
+  const caption = document.createElement('figcaption');
+  const name = document.createElement('span');
+  name.className = 'name';
+  name.textContent = source === 'screen' ? `${label} (screen)` : label;
+  const badges = document.createElement('span');
+  badges.className = 'badges';
+  caption.append(name, badges);
+  tile.append(video, avatar, caption);
+  $('grid').append(tile);
+  updateGrid();
+  return { tile, video };
+}
+
+function tileFor(identity, name) {
+  let entry = tiles.get(identity);
+  if (!entry) {
+    const { tile, video } = makeTile(identity, name || identity, 'camera');
+    entry = { tile, video, stream: new MediaStream() };
+    video.srcObject = entry.stream;
+    tiles.set(identity, entry);
+  } else if (name) {
+    entry.tile.querySelector('.name').textContent = name;
+  }
+  return entry;
+}
+
+function removeTile(identity) {
+  const entry = tiles.get(identity);
+  if (!entry) return;
+  entry.tile.remove();
+  if (entry.screen) entry.screen.remove();
+  tiles.delete(identity);
+  updateGrid();
+}
+
+function updateGrid() {
+  $('grid').dataset.count = String($('grid').children.length);
+}
+
+function setBadges(identity, participant) {
+  const entry = tiles.get(identity);
+  if (!entry) return;
+  const muted = participant.muted || {};
+  const badges = entry.tile.querySelector('.badges');
+  badges.textContent = '';
+  if (muted.microphone) badges.append(badge('mic off', 'off'));
+  if (muted.camera) badges.append(badge('camera off', 'off'));
+  entry.tile.classList.toggle('speaking', Boolean(participant.speaking));
+  entry.tile.classList.toggle('camera-off', Boolean(muted.camera) || entry.stream.getVideoTracks().length === 0);
+}
+
+function badge(text, kind) {
+  const el = document.createElement('span');
+  el.className = `badge ${kind}`;
+  el.textContent = text;
+  return el;
+}
+
+// ---- controls -----------------------------------------------------------------------------
+
+/** @param {RtcdClient} client */
+function wireControls(client) {
+  const toggle = (id, source, on, off) => {
+    const button = /** @type {HTMLButtonElement} */ ($(id));
+    const show = () => {
+      const muted = client.muted.has(source);
+      button.setAttribute('aria-pressed', String(muted));
+      button.textContent = muted ? off : on;
+      button.classList.toggle('off', muted);
+    };
+    button.addEventListener('click', () => {
+      client.setMuted(source, !client.muted.has(source));
+      show();
+      if (source === 'camera') $('local-tile').classList.toggle('camera-off', client.muted.has('camera'));
+      if (source === 'microphone') localBadges(client);
+    });
+    show();
+  };
+  toggle('mic', 'microphone', 'Mute', 'Unmute');
+  toggle('camera', 'camera', 'Stop video', 'Start video');
+  const screen = /** @type {HTMLButtonElement} */ ($('screen'));
+  screen.addEventListener('click', async () => {
+    if (client.localTracks.has('screen')) {
+      client.stopScreenShare();
+    } else {
+      try {
+        await client.startScreenShare();
+      } catch {
+        // Reported through the client's `error` event.
+      }
+    }
+  });
+  $('leave').addEventListener('click', () => client.leave());
+}
+
+/** @param {RtcdClient} client */
+function localBadges(client) {
+  const badges = $('local-tile').querySelector('.badges');
+  badges.textContent = '';
+  if (client.muted.has('microphone')) badges.append(badge('mic off', 'off'));
+}
+
+function setControls(enabled, permissions) {
+  for (const id of ['mic', 'camera', 'screen', 'leave']) {
+    /** @type {HTMLButtonElement} */ ($(id)).disabled = !enabled;
+  }
+  if (enabled && permissions) {
+    /** @type {HTMLButtonElement} */ ($('mic')).disabled = !permissions.publish_audio;
+    /** @type {HTMLButtonElement} */ ($('camera')).disabled = !permissions.publish_video;
+    /** @type {HTMLButtonElement} */ ($('screen')).disabled = !permissions.publish_screen;
+  }
+}
+
+// ---- wiring the client ------------------------------------------------------------------
+
+/** @param {RtcdClient} client */
+function wireClient(client) {
+  client.addEventListener('state', (e) => {
+    view.sdk = e.detail.state;
+    // A new session starts clean; its own problems (e.g. media_unavailable) follow.
+    if (view.sdk === 'connected' && view.problem && !view.problem.fatal) view.problem = null;
+    if (view.sdk === 'closed' && !(view.problem && view.problem.fatal)) {
+      problem('normal', 'You left the call.', 'Reload the page to join again.', false);
+    }
+    if (view.sdk === 'closed' || view.sdk === 'error') setControls(false);
+    render();
+  });
+  client.addEventListener('joined', (e) => {
+    const info = e.detail;
+    body.dataset.joins = String(client.joins);
+    $('identity').textContent = `as ${info.name || info.identity}`;
+    $('local-tile').querySelector('.name').textContent = `${info.name || info.identity} (you)`;
+    view.problem = null;
+    setControls(true, info.permissions);
+    render();
+  });
+  client.addEventListener('error', (e) => {
+    const error = e.detail.error;
+    console.warn(`rtcd: ${error.code}${error.closeCode ? ` (${error.closeCode})` : ''}: ${error.message}`);
+    if (error.fatal) {
+      // Never joined: there is no call to show, only the reason.
+      if (client.joins === 0) $('grid').hidden = $('controls').hidden = true;
+      problem(error.code, client.joins === 0 ? 'Cannot join.' : 'Disconnected.', error.message, true);
+    } else if (error.code === ErrorCode.media_unavailable) {
+      problem(error.code, 'No media server.', `${error.message}. Signaling works, but no one can be seen or heard.`, false);
+    } else if (error.closeCode) {
+      problem(error.code, 'Connection lost.', error.message, false);
+    } else {
+      toast(`${error.code}: ${error.message}`);
+    }
+  });
+  client.addEventListener('reconnecting', (e) => {
+    const { attempt, delayMs, error } = e.detail;
+    problem(error.code, 'Reconnecting…', `${error.message} (attempt ${attempt}, in ${(delayMs / 1000).toFixed(1)} s)`, false);
+  });
+  client.addEventListener('participantjoined', (e) => {
+    tileFor(e.detail.identity, e.detail.name);
+    setBadges(e.detail.identity, e.detail);
+  });
+  client.addEventListener('participantleft', (e) => removeTile(e.detail.identity));
+  client.addEventListener('track', (e) => {
+    const { identity, source, track } = e.detail;
+    const participant = client.participants.get(identity);
+    const entry = tileFor(identity, participant && participant.name);
+    if (source === 'screen' || source === 'screen_audio') {
+      if (!entry.screen) {
+        const { tile, video } = makeTile(identity, (participant && participant.name) || identity, 'screen');
+        video.srcObject = new MediaStream();
+        entry.screen = tile;
+      }
+      const video = /** @type {HTMLVideoElement} */ (entry.screen.querySelector('video'));
+      /** @type {MediaStream} */ (video.srcObject).addTrack(track);
+      play(video);
+    } else {
+      entry.stream.addTrack(track);
+      play(entry.video);
+    }
+    setBadges(identity, participant || { muted: {} });
+  });
+  client.addEventListener('trackended', (e) => {
+    const { identity, source, track } = e.detail;
+    const entry = tiles.get(identity);
+    if (!entry) return;
+    if (source === 'screen' || source === 'screen_audio') {
+      if (entry.screen) {
+        const stream = /** @type {MediaStream} */ (entry.screen.querySelector('video').srcObject);
+        stream.removeTrack(track);
+        if (stream.getTracks().length === 0) {
+          entry.screen.remove();
+          entry.screen = undefined;
+          updateGrid();
+        }
+      }
+    } else {
+      entry.stream.removeTrack(track);
+      setBadges(identity, client.participants.get(identity) || { muted: {} });
+    }
+  });
+  client.addEventListener('mutechanged', (e) => setBadges(e.detail.identity, client.participants.get(e.detail.identity) || { muted: {} }));
+  client.addEventListener('voiceactivity', () => {
+    for (const [identity, participant] of client.participants) setBadges(identity, participant);
+  });
+  client.addEventListener('localtrack', (e) => {
+    if (e.detail.source !== 'camera') return;
+    const video = /** @type {HTMLVideoElement} */ ($('local-video'));
+    video.srcObject = new MediaStream([e.detail.track]);
+    $('local-tile').classList.remove('camera-off');
+    play(video);
+  });
+  client.addEventListener('localtrackended', (e) => {
+    if (e.detail.source === 'screen') /** @type {HTMLButtonElement} */ ($('screen')).textContent = 'Share screen';
+  });
+  client.addEventListener('localtrack', (e) => {
+    if (e.detail.source === 'screen') /** @type {HTMLButtonElement} */ ($('screen')).textContent = 'Stop sharing';
+  });
+}
+
+// ---- start --------------------------------------------------------------------------------
+
+/** A dev-mode token from the proxy, or a problem shown on the page. */
+async function devToken(room, name) {
+  const url = `/dev/token?room=${encodeURIComponent(room)}&name=${encodeURIComponent(name)}`;
+  let response;
+  try {
+    response = await fetch(url, { cache: 'no-store' });
+  } catch (e) {
+    throw Object.assign(new Error(`cannot reach the proxy: ${e.message}`), { reason: 'dev_token_unavailable' });
+  }
+  if (response.status === 404) {
+    throw Object.assign(new Error('This proxy is not in dev mode, so it cannot mint tokens: open the page with ?room=ROOM&token=JWT.'), { reason: 'dev_mode_disabled' });
+  }
+  if (!response.ok) {
+    throw Object.assign(new Error(`the proxy refused a dev token (HTTP ${response.status})`), { reason: 'dev_token_unavailable' });
+  }
+  const { token } = await response.json();
+  return token;
+}
+
+async function main() {
+  const params = new URLSearchParams(location.search);
+  const room = params.get('room');
+  const name = params.get('name');
+  let token = params.get('token');
+  setControls(false);
+  updateGrid();
+  $('local-tile').classList.add('camera-off');
+  if (!room || (!token && !name)) {
+    view.sdk = 'closed';
+    const form = /** @type {HTMLFormElement} */ ($('join-form'));
+    form.hidden = false;
+    if (room) /** @type {HTMLInputElement} */ (form.elements.namedItem('room')).value = room;
+    $('grid').hidden = $('controls').hidden = true;
+    problem('no_room', 'Not in a call.', 'Choose a room to join.', false);
+    body.dataset.state = 'closed';
+    return;
+  }
+  $('room').textContent = room;
+  document.title = `${room} · rtcd`;
+  render();
+  if (token) {
+    // Keep the token out of the history and of screenshots; it stays in memory for reconnects.
+    params.delete('token');
+    history.replaceState(null, '', `${location.pathname}?${params}`);
+  }
+  let getToken;
+  if (!token) {
+    try {
+      token = await devToken(room, name);
+    } catch (e) {
+      $('grid').hidden = $('controls').hidden = true;
+      problem(e.reason, 'Cannot join.', e.message, true);
+      return;
+    }
+    getToken = () => devToken(room, name);
+  }
+  const client = new RtcdClient({ room, token, getToken });
+  wireClient(client);
+  wireControls(client);
+  // For debugging from the console (and for tests reading getStats()).
+  window.rtcd = client;
+  let info;
+  try {
+    info = await client.connect();
+  } catch {
+    return; // shown by the `error` handler
+  }
+  const { publish_audio: audio, publish_video: video } = info.permissions;
+  if (audio || video) {
+    try {
+      await client.publish({ audio, video });
+    } catch {
+      // Reported through the `error` event (e.g. no camera, permission denied).
+    }
+    localBadges(client);
+  }
+}
+
+main();

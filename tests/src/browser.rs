@@ -1,0 +1,391 @@
+//! Harness for browser end-to-end tests: Debian's `chromium` driven through `chromedriver`
+//! over the W3C WebDriver HTTP protocol (plain JSON with reqwest: no WebDriver crate, no extra
+//! TLS stack).
+//!
+//! One [`Chromedriver`] process per test on `127.0.0.1` with an ephemeral port (`--port=0`;
+//! the port is read from its start line), one browser session ([`Page`]) per page, each with its
+//! own fresh profile directory, headless, with fake camera / microphone and loopback ICE (the
+//! flags checked in `shared/notes/stack.md` section 6). Missing binaries are an error that says
+//! how to install them: a browser test never skips.
+//!
+//! Environment: `CHROMIUM` and `CHROMEDRIVER` override the binaries (default `/usr/bin/...`);
+//! `RTCD_E2E_ARTIFACTS` overrides where screenshots go (default `target/artifacts`).
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+/// Default Chromium binary (Debian package `chromium`).
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+/// Default chromedriver binary (Debian package `chromium-driver`).
+pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// Longest wait for one browser-side condition (page load, join, reconnect).
+pub const BROWSER_STEP: Duration = Duration::from_secs(30);
+
+/// Chromium flags: headless as root, no background traffic, fake media devices that need no
+/// permission prompt, loopback ICE candidates without mDNS obfuscation, sound allowed to
+/// autoplay (a test cannot click), a laptop-sized window for screenshots.
+const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--allow-loopback-in-peer-connection",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,800",
+];
+
+/// Where screenshots and other test artifacts go (created on demand).
+pub fn artifacts_dir() -> PathBuf {
+    std::env::var_os("RTCD_E2E_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts"))
+}
+
+fn binary(var: &str, default: &str, package: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default));
+    if !path.is_file() {
+        bail!(
+            "{} not found at {} (set {var} to override): the browser tests need Debian's \
+             `{package}` package; scripts/test.sh installs it (apt-get install -y chromium \
+             chromium-driver)",
+            package,
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running chromedriver; on drop its open sessions are ended (so no browser outlives a
+/// failed test) and it is killed.
+pub struct Chromedriver {
+    child: Child,
+    port: u16,
+    base: String,
+    http: reqwest::Client,
+    chromium: PathBuf,
+    sessions: Arc<Mutex<Vec<String>>>,
+}
+
+impl Chromedriver {
+    /// Starts chromedriver on `127.0.0.1` with a port of its own choosing.
+    pub async fn start() -> anyhow::Result<Self> {
+        let chromium = binary("CHROMIUM", CHROMIUM, "chromium")?;
+        let driver = binary("CHROMEDRIVER", CHROMEDRIVER, "chromium-driver")?;
+        let mut child = Command::new(&driver)
+            .args(["--port=0", "--log-level=WARNING"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            // Its log would interleave with the test output (and keep the runner's pipe open).
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", driver.display()))?;
+        let stdout = child.stdout.take().context("chromedriver stdout")?;
+        // "ChromeDriver was started successfully on port 38327." Read on a thread (the pipe is
+        // blocking), which then keeps draining so chromedriver never blocks on a full pipe.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = line
+                    .split("started successfully on port ")
+                    .nth(1)
+                    .and_then(|rest| rest.trim_end_matches('.').trim().parse::<u16>().ok())
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        let port = match tokio::time::timeout(BROWSER_STEP, rx).await {
+            Ok(Ok(port)) => port,
+            _ => {
+                let _ = child.kill();
+                bail!("chromedriver did not report its port");
+            }
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()?;
+        Ok(Self {
+            child,
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            http,
+            chromium,
+            sessions: Arc::default(),
+        })
+    }
+
+    /// A new browser session (a fresh profile) showing nothing yet.
+    pub async fn page(&self) -> anyhow::Result<Page> {
+        let profile = tempfile::tempdir()?;
+        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| (*s).to_owned()).collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": self.chromium, "args": args},
+            "goog:loggingPrefs": {"browser": "ALL"},
+        }}});
+        let value = call(
+            &self.http,
+            reqwest::Method::POST,
+            &format!("{}/session", self.base),
+            Some(capabilities),
+        )
+        .await
+        .context("starting a Chromium session")?;
+        let id = value["sessionId"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no sessionId in {value}"))?;
+        lock(&self.sessions).push(id.to_owned());
+        let page = Page {
+            http: self.http.clone(),
+            base: format!("{}/session/{id}", self.base),
+            id: id.to_owned(),
+            sessions: self.sessions.clone(),
+            _profile: profile,
+        };
+        // Record uncaught errors and rejections from the first script on, next to the
+        // browser log (belt and braces: the log has them as SEVERE entries too).
+        page.command(
+            "goog/cdp/execute",
+            json!({"cmd": "Page.addScriptToEvaluateOnNewDocument", "params": {"source": ERROR_HOOK}}),
+        )
+        .await?;
+        Ok(page)
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        // Drop cannot await: end leftover sessions with a blocking HTTP/1.1 DELETE each.
+        for id in lock(&self.sessions).drain(..) {
+            let _ = delete_session_blocking(self.port, &id);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn delete_session_blocking(port: u16, id: &str) -> std::io::Result<()> {
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        tcp,
+        "DELETE /session/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer)?;
+    Ok(())
+}
+
+const ERROR_HOOK: &str = "window.__pageErrors = [];\
+    window.addEventListener('error', e => window.__pageErrors.push(String(e.message)));\
+    window.addEventListener('unhandledrejection', e => window.__pageErrors.push('unhandled rejection: ' + String(e.reason && e.reason.message || e.reason)));";
+
+/// One WebDriver request; returns `value`, or the WebDriver error as an `Err`.
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let mut request = http.request(method, url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.with_context(|| url.to_owned())?;
+    let status = response.status();
+    let mut body: Value = response.json().await.with_context(|| url.to_owned())?;
+    let value = body["value"].take();
+    if !status.is_success() {
+        bail!(
+            "WebDriver {url}: {} {}",
+            value["error"].as_str().unwrap_or("error"),
+            value["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(value)
+}
+
+/// A browser console message.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// `SEVERE`, `WARNING`, `INFO`, `DEBUG`.
+    pub level: String,
+    /// The text (source URL, position, message).
+    pub message: String,
+}
+
+/// One browser session showing one page.
+pub struct Page {
+    http: reqwest::Client,
+    base: String,
+    id: String,
+    sessions: Arc<Mutex<Vec<String>>>,
+    _profile: tempfile::TempDir,
+}
+
+impl Page {
+    async fn command(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        call(
+            &self.http,
+            reqwest::Method::POST,
+            &format!("{}/{path}", self.base),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Navigates and waits for the load event.
+    pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
+        self.command("url", json!({ "url": url })).await?;
+        Ok(())
+    }
+
+    /// Runs `script` (a function body; `arguments` holds `args`) and returns its result.
+    pub async fn eval(&self, script: &str, args: Value) -> anyhow::Result<Value> {
+        self.command("execute/sync", json!({"script": script, "args": args}))
+            .await
+            .with_context(|| format!("script `{script}`"))
+    }
+
+    /// Runs `script` asynchronously: it calls `arguments[arguments.length - 1](result)`.
+    pub async fn eval_async(&self, script: &str, args: Value) -> anyhow::Result<Value> {
+        self.command("execute/async", json!({"script": script, "args": args}))
+            .await
+            .with_context(|| format!("async script `{script}`"))
+    }
+
+    /// `document.body.dataset` as JSON (state, reason, joins...).
+    pub async fn dataset(&self) -> anyhow::Result<Value> {
+        self.eval(
+            "return Object.assign({}, document.body.dataset);",
+            json!([]),
+        )
+        .await
+    }
+
+    /// Polls the expression `condition` until it is truthy; fails after `timeout` with what
+    /// the page showed.
+    pub async fn wait_for(&self, condition: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let script = format!("return ({condition});");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let value = self.eval(&script, json!([])).await?;
+            if !(value.is_null() || value == false || value == "" || value == 0) {
+                return Ok(value);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let shown = self.dataset().await.unwrap_or(Value::Null);
+                let banner = self
+                    .eval(
+                        "const b = document.getElementById('banner'); return b ? b.innerText : null;",
+                        json!([]),
+                    )
+                    .await
+                    .unwrap_or(Value::Null);
+                bail!(
+                    "`{condition}` still false after {timeout:?}; body data {shown}, banner {banner}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `document.body.dataset` has `state` and `reason`.
+    pub async fn wait_state(&self, state: &str, reason: &str) -> anyhow::Result<()> {
+        let condition = format!(
+            "document.body.dataset.state === {} && document.body.dataset.reason === {}",
+            json!(state),
+            json!(reason)
+        );
+        self.wait_for(&condition, BROWSER_STEP).await.map(|_| ())
+    }
+
+    /// Saves a PNG screenshot of the viewport to `path`.
+    pub async fn screenshot(&self, path: &Path) -> anyhow::Result<()> {
+        let value = call(
+            &self.http,
+            reqwest::Method::GET,
+            &format!("{}/screenshot", self.base),
+            None,
+        )
+        .await?;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(value.as_str().context("screenshot is not a string")?)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, png)?;
+        Ok(())
+    }
+
+    /// Console messages since the last call (chromedriver's `goog:loggingPrefs` log).
+    pub async fn console(&self) -> anyhow::Result<Vec<LogEntry>> {
+        let value = self.command("se/log", json!({"type": "browser"})).await?;
+        Ok(value
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| LogEntry {
+                        level: e["level"].as_str().unwrap_or("").to_owned(),
+                        message: e["message"].as_str().unwrap_or("").to_owned(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Console errors (`SEVERE`) and uncaught page errors, minus those matching one of
+    /// `expected` (substrings).
+    pub async fn unexpected_errors(&self, expected: &[&str]) -> anyhow::Result<Vec<String>> {
+        let mut errors: Vec<String> = self
+            .console()
+            .await?
+            .into_iter()
+            .filter(|e| e.level == "SEVERE")
+            .map(|e| e.message)
+            .collect();
+        let hooked = self
+            .eval("return window.__pageErrors || [];", json!([]))
+            .await?;
+        errors.extend(
+            hooked
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| format!("page error: {}", e.as_str().unwrap_or_default())),
+        );
+        errors.retain(|e| !expected.iter().any(|x| e.contains(x)));
+        Ok(errors)
+    }
+
+    /// Ends the session (the browser quits).
+    pub async fn close(self) -> anyhow::Result<()> {
+        lock(&self.sessions).retain(|s| *s != self.id);
+        call(&self.http, reqwest::Method::DELETE, &self.base, None).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,956 @@
+//! The browser client in a real Chromium (headless, fake camera and microphone) against a real
+//! rtcd-proxy on 127.0.0.1: the demo page and the SDK it loads, as served by the proxy.
+//!
+//! Without a media server (the proxy's rtcd relay lands later) a page reaches: signaling
+//! joined, and the state the page defines for that case, `error` with reason
+//! `media_unavailable`. Those tests cover the page, token refusals, dev-mode links, the assets
+//! and the SDK's reconnect after the proxy restarts.
+//!
+//! The media-path signaling is exercised through the proxy with a [`ScriptedRelay`] standing
+//! where rtcd will stand; the media server's side of the WebRTC session is a second
+//! RTCPeerConnection in the same browser (real SDP, real ICE over loopback): publish offers
+//! with declared sources, trickle ICE both ways, perfect negotiation (impolite and polite),
+//! screen share, a remote track played from `track_published`, token refresh, and the rejoin
+//! after `media_server_lost`. Two pages seeing each other through rtcd waits for the relay.
+//!
+//! [`ScriptedRelay`]: rtcd_e2e::relay::ScriptedRelay
+
+use std::path::Path;
+use std::time::Duration;
+
+use rtcd_e2e::browser::{BROWSER_STEP, Chromedriver, Page, artifacts_dir};
+use rtcd_e2e::proxy::{base_config, claims, hs_token, now, start};
+use serde_json::{Value, json};
+
+/// A member's token (may publish audio and video) with a display name.
+fn member_token(sub: &str, name: &str, room: &str) -> String {
+    role_token(sub, name, room, "member")
+}
+
+/// A token with a display name and a role.
+fn role_token(sub: &str, name: &str, room: &str, role: &str) -> String {
+    let mut c = claims(sub, room);
+    c["role"] = json!(role);
+    c["name"] = json!(name);
+    hs_token(&c)
+}
+
+fn page_url(addr: std::net::SocketAddr, query: &str) -> String {
+    format!("http://{addr}/?{query}")
+}
+
+async fn assert_no_console_errors(page: &Page, expected: &[&str]) -> anyhow::Result<()> {
+    let errors = page.unexpected_errors(expected).await?;
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    Ok(())
+}
+
+/// The end of every browser test: no console error beyond `expected`, then everything closes.
+async fn finish(page: Page, proxy: rtcd_proxy::Proxy, expected: &[&str]) -> anyhow::Result<()> {
+    assert_no_console_errors(&page, expected).await?;
+    page.close().await?;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A demo page joined through a proxy whose media server is the test ([`ScriptedRelay`]).
+struct Relayed {
+    proxy: rtcd_proxy::Proxy,
+    page: Page,
+    far: rtcd_e2e::relay::FarEnd,
+    sessions: tokio::sync::mpsc::UnboundedReceiver<rtcd_e2e::relay::FarEnd>,
+    // Last: dropping it ends the browser.
+    _driver: Chromedriver,
+}
+
+/// Opens the demo page as member `sub` of room `standup` and waits for its relayed session.
+async fn relayed_page(sub: &str, name: &str) -> anyhow::Result<Relayed> {
+    relayed_page_as(sub, name, "member").await
+}
+
+/// [`relayed_page`] with another role.
+async fn relayed_page_as(sub: &str, name: &str, role: &str) -> anyhow::Result<Relayed> {
+    let (relay, mut sessions) = rtcd_e2e::relay::ScriptedRelay::start();
+    let proxy = rtcd_e2e::proxy::start_with_relay(base_config(), Some(relay)).await?;
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    let token = role_token(sub, name, "standup", role);
+    page.goto(&page_url(
+        proxy.addr(),
+        &format!("room=standup&token={token}"),
+    ))
+    .await?;
+    let far = tokio::time::timeout(BROWSER_STEP, sessions.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no relayed session"))?;
+    assert_eq!(far.request.grant.identity.as_str(), sub);
+    Ok(Relayed {
+        proxy,
+        page,
+        far,
+        sessions,
+        _driver: driver,
+    })
+}
+
+/// Answers the client's `offer` from the media server's side: an RTCPeerConnection in the
+/// same browser (`window.__far`, created on first use), and relays the answer to the client.
+async fn answer_from_far_side(
+    page: &Page,
+    far: &rtcd_e2e::relay::FarEnd,
+    offer: &str,
+) -> anyhow::Result<()> {
+    let answer = page
+        .eval_async(
+            "const [offer, done] = arguments;\
+             window.__far = window.__far || new RTCPeerConnection();\
+             __far.setRemoteDescription({type: 'offer', sdp: offer})\
+               .then(() => __far.setLocalDescription()).then(() => done(__far.localDescription.sdp));",
+            json!([offer]),
+        )
+        .await?;
+    far.send(rtcd_proxy::relay::RelayEvent::Answer(
+        answer.as_str().unwrap_or_default().into(),
+    ))
+    .await
+}
+
+/// Applies the client's `answer` on the far side (`window.__far`), which must accept it.
+async fn far_side_accepts(page: &Page, answer: &str) -> anyhow::Result<()> {
+    let state = page
+        .eval_async(
+            "const [answer, done] = arguments;\
+             __far.setRemoteDescription({type: 'answer', sdp: answer})\
+               .then(() => done(__far.signalingState), e => done(String(e)));",
+            json!([answer]),
+        )
+        .await?;
+    assert_eq!(state, "stable", "the client's answer is valid SDP");
+    Ok(())
+}
+
+/// The text of the page's problem banner.
+async fn banner(page: &Page) -> anyhow::Result<String> {
+    let text = page
+        .eval(
+            "return document.getElementById('banner').innerText;",
+            json!([]),
+        )
+        .await?;
+    Ok(text.as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn web_client_files_are_served_with_their_types_and_the_page_with_a_csp() -> anyhow::Result<()>
+{
+    let proxy = start(base_config()).await?;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", proxy.addr());
+    for (path, content_type) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/?room=r&token=t", "text/html; charset=utf-8"),
+        ("/app.js", "text/javascript; charset=utf-8"),
+        ("/style.css", "text/css; charset=utf-8"),
+        ("/sdk/client.js", "text/javascript; charset=utf-8"),
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await?;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], content_type, "{path}");
+        assert!(r.headers().contains_key("etag"), "{path}");
+        let csp = r.headers().get("content-security-policy");
+        assert_eq!(csp.is_some(), path.starts_with("/?") || path == "/");
+    }
+    let tag = http
+        .get(format!("{base}/sdk/client.js"))
+        .send()
+        .await?
+        .headers()["etag"]
+        .clone();
+    let again = http
+        .get(format!("{base}/sdk/client.js"))
+        .header("if-none-match", tag)
+        .send()
+        .await?;
+    assert_eq!(again.status(), 304);
+    for path in [
+        "/index.html",
+        "/sdk/",
+        "/sdk/other.js",
+        "/app.js/x",
+        "/web/app.js",
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await?;
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    let post = http.post(format!("{base}/")).send().await?;
+    assert!(!post.status().is_success(), "POST / is not served");
+    // The WebSocket route is still there.
+    assert_eq!(http.get(format!("{base}/ws")).send().await?.status(), 400);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn demo_page_joins_and_shows_media_unavailable_without_a_media_server() -> anyhow::Result<()>
+{
+    let proxy = start(base_config()).await?;
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    let token = member_token("alice", "Alice Liddell", "standup");
+    page.goto(&page_url(
+        proxy.addr(),
+        &format!("room=standup&token={token}"),
+    ))
+    .await?;
+    page.wait_state("error", "media_unavailable").await?;
+
+    // Signaling is joined with the token's identity; there is no media path.
+    let seen = page
+        .eval(
+            "return {joins: document.body.dataset.joins, sdkState: window.rtcd.state, \
+             media: window.rtcd.session.media, identity: window.rtcd.session.identity, \
+             pc: window.rtcd.peerConnection, search: location.search, \
+             pill: document.getElementById('state').innerText, \
+             banner: document.getElementById('banner').innerText, \
+             who: document.getElementById('identity').innerText, \
+             room: document.getElementById('room').innerText};",
+            json!([]),
+        )
+        .await?;
+    assert_eq!(seen["joins"], "1", "{seen}");
+    assert_eq!(seen["sdkState"], "connected", "{seen}");
+    assert_eq!(seen["media"], false);
+    assert_eq!(seen["identity"], "alice");
+    assert_eq!(seen["pc"], Value::Null, "no peer connection without media");
+    assert_eq!(seen["room"], "standup");
+    assert_eq!(seen["who"], "as Alice Liddell");
+    assert_eq!(seen["pill"], "Error");
+    let banner = seen["banner"].as_str().unwrap_or_default();
+    assert!(banner.contains("media_unavailable"), "{banner}");
+    assert!(
+        banner
+            .to_lowercase()
+            .contains("no media server is configured"),
+        "the proxy's message is shown: {banner}"
+    );
+    assert!(
+        !seen["search"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("token"),
+        "the token is removed from the address bar: {seen}"
+    );
+
+    // The local preview runs from the fake camera even without a media server.
+    page.wait_for(
+        "document.getElementById('local-video').videoWidth > 0 && \
+         !document.getElementById('local-video').paused",
+        Duration::from_secs(20),
+    )
+    .await?;
+    let controls = page
+        .eval(
+            "return ['mic','camera','screen','leave'].map(id => document.getElementById(id).disabled);",
+            json!([]),
+        )
+        .await?;
+    assert_eq!(
+        controls,
+        json!([false, false, true, false]),
+        "members may not share screens"
+    );
+
+    // The SDK's typed codes cover docs/protocol.md: every close code and every error code.
+    let codes = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];\
+             import('/sdk/client.js').then(m => done({close: m.CloseCode, errors: m.ErrorCode,\
+               label4111: m.closeLabel(4111), label1006: m.closeLabel(1006),\
+               token4106: m.isTokenCloseCode(4106), token4115: m.isTokenCloseCode(4115),\
+               going: m.isTokenCloseCode(1001)}));",
+            json!([]),
+        )
+        .await?;
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md"))?;
+    let (close_rows, error_rows) = protocol_codes(&doc);
+    assert!(close_rows.len() >= 27 && error_rows.len() >= 6);
+    for (code, label) in &close_rows {
+        assert_eq!(codes["close"][label], json!(code), "CloseCode.{label}");
+    }
+    for label in &error_rows {
+        assert!(
+            codes["errors"][label] == json!(label) || codes["close"].get(label).is_some(),
+            "ErrorCode lacks `{label}`"
+        );
+    }
+    assert_eq!(codes["label4111"], "token_wrong_room");
+    assert_eq!(codes["label1006"], "connection_failed");
+    assert_eq!(codes["token4106"], true);
+    assert_eq!(codes["token4115"], false, "keys_unavailable is temporary");
+    assert_eq!(codes["going"], false);
+
+    let shot = artifacts_dir().join("browser-demo-media-unavailable.png");
+    page.screenshot(&shot).await?;
+    assert!(
+        std::fs::metadata(&shot)?.len() > 10_000,
+        "a real screenshot"
+    );
+    assert_no_console_errors(&page, &[]).await?;
+
+    // Leave: the proxy closes with 1000 and the page says so.
+    page.eval("document.getElementById('leave').click();", json!([]))
+        .await?;
+    page.wait_state("closed", "normal").await?;
+    finish(page, proxy, &[]).await
+}
+
+/// `(code, label)` of every close code row and the label of every error code row.
+fn protocol_codes(doc: &str) -> (Vec<(u16, String)>, Vec<String>) {
+    let mut close = Vec::new();
+    let mut errors = Vec::new();
+    let mut in_errors = false;
+    for line in doc.lines() {
+        if line.starts_with('#') {
+            in_errors = line.contains("Error codes");
+        }
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 3 {
+            continue;
+        }
+        if let Ok(code) = cells[1].parse::<u16>() {
+            close.push((code, cells[2].trim_matches('`').to_owned()));
+        } else if in_errors && cells[1].starts_with('`') {
+            errors.push(cells[1].trim_matches('`').to_owned());
+        }
+    }
+    (close, errors)
+}
+
+#[tokio::test]
+async fn refused_tokens_show_the_close_label_and_are_not_retried() -> anyhow::Result<()> {
+    let proxy = start(base_config()).await?;
+    let driver = Chromedriver::start().await?;
+    let t = now();
+    let mut expired = claims("bob", "standup");
+    expired["role"] = json!("member");
+    expired["iat"] = json!(t - 1200);
+    expired["nbf"] = json!(t - 1200);
+    expired["exp"] = json!(t - 600);
+    let cases = [
+        (hs_token(&expired), "token_expired", "expired"),
+        (
+            member_token("carol", "Carol", "another-room"),
+            "token_wrong_room",
+            "room",
+        ),
+    ];
+    for (token, label, detail) in cases {
+        let before = proxy.metrics().connections_total.get();
+        let page = driver.page().await?;
+        page.goto(&page_url(
+            proxy.addr(),
+            &format!("room=standup&token={token}"),
+        ))
+        .await?;
+        page.wait_state("error", label).await?;
+        let banner = banner(&page).await?;
+        assert!(banner.contains(label), "{banner}");
+        assert!(
+            banner.to_lowercase().contains(detail),
+            "the proxy's detail is shown: {banner}"
+        );
+        // A token close code is final: no reconnect, however long we wait.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = page.dataset().await?;
+        assert_eq!(after["state"], "error", "{after}");
+        assert_eq!(after["reason"], label, "{after}");
+        assert_eq!(
+            proxy.metrics().connections_total.get() - before,
+            1,
+            "{label}: one connection, no retry"
+        );
+        let sdk = page
+            .eval(
+                "return window.rtcd.state + ' ' + window.rtcd.joins;",
+                json!([]),
+            )
+            .await?;
+        assert_eq!(sdk, "error 0");
+        page.screenshot(&artifacts_dir().join(format!("browser-{label}.png")))
+            .await?;
+        assert_no_console_errors(&page, &[]).await?;
+        page.close().await?;
+    }
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn dev_mode_link_without_dev_endpoint_and_bare_page_say_what_to_do() -> anyhow::Result<()> {
+    let proxy = start(base_config()).await?;
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    // This proxy is not in dev mode: /dev/token is a 404 and the page says how to join instead.
+    page.goto(&page_url(proxy.addr(), "room=standup&name=alice"))
+        .await?;
+    page.wait_state("error", "dev_mode_disabled").await?;
+    let banner = banner(&page).await?;
+    assert!(banner.contains("not in dev mode"), "{banner}");
+    // The expected 404 of /dev/token is the only console error.
+    assert_no_console_errors(&page, &["/dev/token"]).await?;
+
+    page.goto(&format!("http://{}/", proxy.addr())).await?;
+    page.wait_state("closed", "no_room").await?;
+    let form = page
+        .eval(
+            "return !document.getElementById('join-form').hidden;",
+            json!([]),
+        )
+        .await?;
+    assert_eq!(form, true, "the join form is shown");
+    page.screenshot(&artifacts_dir().join("browser-join-form.png"))
+        .await?;
+    finish(page, proxy, &[]).await
+}
+
+#[tokio::test]
+async fn sdk_reconnects_and_rejoins_after_the_proxy_restarts() -> anyhow::Result<()> {
+    let mut config = base_config();
+    config.server.shutdown_timeout_seconds = 2;
+    let proxy = start(config.clone()).await?;
+    let addr = proxy.addr();
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    let token = member_token("dave", "Dave", "standup");
+    page.goto(&page_url(addr, &format!("room=standup&token={token}")))
+        .await?;
+    page.wait_state("error", "media_unavailable").await?;
+    assert_eq!(page.dataset().await?["joins"], "1");
+
+    // Drain: the session closes with 1001 going_away; the SDK backs off and retries. While
+    // the port is closed its retries fail (1006), and it keeps trying.
+    proxy.shutdown().await;
+    page.wait_for(
+        "document.body.dataset.state === 'connecting' && window.rtcd.state === 'reconnecting'",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let reason = page.dataset().await?["reason"].clone();
+    assert!(
+        reason == "going_away" || reason == "connection_failed",
+        "{reason}"
+    );
+
+    // The same port again: the SDK rejoins on its own, with the token it had.
+    config.server.listen_address = addr.to_string();
+    let proxy = start(config).await?;
+    page.wait_for(
+        "document.body.dataset.joins === '2'",
+        Duration::from_secs(30),
+    )
+    .await?;
+    page.wait_state("error", "media_unavailable").await?;
+    assert_eq!(proxy.metrics().sessions.get(), 1, "rejoined the new proxy");
+    let identity = page
+        .eval("return window.rtcd.session.identity;", json!([]))
+        .await?;
+    assert_eq!(identity, "dave");
+    // Only the failed reconnect attempts may have logged errors.
+    finish(page, proxy, &["WebSocket connection to"]).await
+}
+
+/// `m=` kind of the section whose `a=mid:` is `mid`, and its direction.
+fn section_of(sdp: &str, mid: &str) -> Option<(String, String)> {
+    sdp.split("\r\nm=").skip(1).find_map(|section| {
+        let lines: Vec<&str> = section.split("\r\n").collect();
+        lines.contains(&format!("a=mid:{mid}").as_str()).then(|| {
+            let kind = lines[0].split(' ').next().unwrap_or_default().to_owned();
+            let direction = lines
+                .iter()
+                .find(|l| ["a=sendonly", "a=sendrecv", "a=recvonly", "a=inactive"].contains(l))
+                .map(|l| l.trim_start_matches("a=").to_owned())
+                .unwrap_or_default();
+            (kind, direction)
+        })
+    })
+}
+
+#[tokio::test]
+async fn sdk_publishes_with_declared_sources_trickles_ice_shows_room_events_and_rejoins_after_media_server_loss()
+-> anyhow::Result<()> {
+    use rtcd_proxy::policy::{Role, TrackSource};
+    use rtcd_proxy::protocol::{Identity, Participant};
+    use rtcd_proxy::relay::{RelayCommand, RelayEvent};
+
+    let Relayed {
+        proxy,
+        page,
+        mut far,
+        mut sessions,
+        _driver,
+    } = relayed_page("erin", "Erin").await?;
+    let step = BROWSER_STEP;
+    page.wait_state("connected", "").await?;
+
+    // The publish offer declares each sending section's source, matching the SDP.
+    let (sdp, tracks) = loop {
+        match far.command(step).await? {
+            RelayCommand::Offer { sdp, tracks } => break (sdp, tracks),
+            RelayCommand::Candidate(_) => {}
+            other => panic!("unexpected before the offer: {other:?}"),
+        }
+    };
+    let mut sources: Vec<_> = tracks.values().copied().collect();
+    sources.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(sources, [TrackSource::Camera, TrackSource::Microphone]);
+    for (mid, source) in &tracks {
+        let (kind, direction) = section_of(&sdp, mid).expect("declared mid is in the SDP");
+        let want = if *source == TrackSource::Microphone {
+            "audio"
+        } else {
+            "video"
+        };
+        assert_eq!(
+            (kind.as_str(), direction.as_str()),
+            (want, "sendonly"),
+            "mid {mid}"
+        );
+    }
+
+    // Trickle ICE: loopback host candidates with their mid, then the end of candidates.
+    let (mut loopback, mut ended) = (false, false);
+    while !(loopback && ended) {
+        if let RelayCommand::Candidate(c) = far.command(step).await? {
+            if c.candidate.is_empty() {
+                ended = true;
+            } else {
+                assert!(c.sdp_mid.is_some(), "{c:?}");
+                loopback |= c.candidate.contains(" 127.0.0.1 ");
+            }
+        }
+    }
+
+    // Room events become tiles, badges and the speaking outline.
+    far.send(RelayEvent::ParticipantJoined(Participant {
+        identity: Identity::new("frank"),
+        name: Some("Frank Zappa".into()),
+        role: Role::Member,
+    }))
+    .await?;
+    let tile = "document.querySelector('figure[data-identity=\"frank\"]')";
+    page.wait_for(
+        &format!("{tile} && {tile}.innerText.includes('Frank Zappa') && document.querySelector('video[data-participant=\"frank\"]')"),
+        step,
+    )
+    .await?;
+    far.send(RelayEvent::MuteChanged {
+        identity: Identity::new("frank"),
+        source: TrackSource::Microphone,
+        muted: true,
+    })
+    .await?;
+    far.send(RelayEvent::VoiceActivity(vec![Identity::new("frank")]))
+        .await?;
+    page.wait_for(
+        &format!("{tile}.innerText.includes('mic off') && {tile}.classList.contains('speaking')"),
+        step,
+    )
+    .await?;
+    let shot = artifacts_dir().join("browser-demo-participant.png");
+    page.screenshot(&shot).await?;
+    far.send(RelayEvent::ParticipantLeft(Identity::new("frank")))
+        .await?;
+    page.wait_for(&format!("!{tile}"), step).await?;
+
+    // Mute reaches the media server.
+    page.eval("document.getElementById('mic').click();", json!([]))
+        .await?;
+    loop {
+        if let RelayCommand::Mute { source, muted } = far.command(step).await? {
+            assert_eq!((source, muted), (TrackSource::Microphone, true));
+            break;
+        }
+    }
+
+    // The media server goes away: 4008, and the SDK joins again (to be placed on another one),
+    // publishes again and restores its mute.
+    drop(far.events);
+    let mut again = tokio::time::timeout(step, sessions.recv())
+        .await?
+        .expect("rejoin");
+    assert_eq!(again.request.grant.identity.as_str(), "erin");
+    let (mut offered, mut muted) = (false, false);
+    while !(offered && muted) {
+        match again.command(step).await? {
+            RelayCommand::Offer { tracks, .. } => offered = tracks.len() == 2,
+            RelayCommand::Mute { source, muted: m } => {
+                muted = source == TrackSource::Microphone && m;
+            }
+            _ => {}
+        }
+    }
+    page.wait_for("document.body.dataset.joins === '2'", step)
+        .await?;
+    page.wait_state("connected", "").await?;
+    finish(page, proxy, &[]).await
+}
+
+#[tokio::test]
+async fn sdk_refreshes_its_token_on_token_expiring() -> anyhow::Result<()> {
+    let mut config = base_config();
+    config.auth.refresh_warning_seconds = 57;
+    let proxy = start(config).await?;
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    // The bare page loads the SDK without joining; the test drives the SDK itself.
+    page.goto(&format!("http://{}/", proxy.addr())).await?;
+    page.wait_state("closed", "no_room").await?;
+    let t = now();
+    let mut first = claims("gina", "standup");
+    first["exp"] = json!(t + 60);
+    let mut second = claims("gina", "standup");
+    second["exp"] = json!(t + 600);
+    let result = page
+        .eval_async(
+            "const [first, second, done] = arguments;\
+             import('/sdk/client.js').then(async ({RtcdClient}) => {\
+               const asked = [];\
+               const client = new RtcdClient({room: 'standup', token: first,\
+                 getToken: async (request) => { asked.push(request); return second; }});\
+               client.addEventListener('refreshed', (e) => { done({asked, refreshed: e.detail,\
+                 expiresAt: client.session.expires_at}); client.leave(); });\
+               client.addEventListener('error', (e) => {\
+                 if (e.detail.error.code !== 'media_unavailable') done({error: e.detail.error.code}); });\
+               await client.connect();\
+             }).catch(e => done({error: String(e)}));",
+            json!([hs_token(&first), hs_token(&second)]),
+        )
+        .await?;
+    assert_eq!(result["error"], Value::Null, "{result}");
+    assert_eq!(
+        result["asked"],
+        json!([{"reason": "refresh", "room": "standup"}])
+    );
+    assert_eq!(result["refreshed"]["expiresAt"], json!(t + 600));
+    assert_eq!(result["expiresAt"], json!(t + 600));
+    finish(page, proxy, &[]).await
+}
+
+#[tokio::test]
+async fn sdk_negotiation_answers_server_offers_and_ignores_one_that_collides_with_its_own()
+-> anyhow::Result<()> {
+    use rtcd_proxy::relay::{RelayCommand, RelayEvent};
+
+    let Relayed {
+        proxy,
+        page,
+        mut far,
+        _driver,
+        ..
+    } = relayed_page("hana", "Hana").await?;
+    let step = BROWSER_STEP;
+    let (client_offer, _) = far.offer(step).await?;
+    let signaling = "return window.rtcd.peerConnection.signalingState;";
+    assert_eq!(page.eval(signaling, json!([])).await?, "have-local-offer");
+
+    // The media server's side is a second RTCPeerConnection in the browser (a real WebRTC
+    // stack producing real SDP), driven by the test in place of rtcd.
+    // Glare: an offer from the server while the client's own is outstanding. The client is the
+    // impolite peer (rtcd is polite): it ignores it and keeps waiting for its answer.
+    let glare = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];\
+             const pc = new RTCPeerConnection(); pc.addTransceiver('video', {direction: 'sendonly'});\
+             pc.setLocalDescription().then(() => done(pc.localDescription.sdp));",
+            json!([]),
+        )
+        .await?;
+    far.send(RelayEvent::Offer(glare.as_str().unwrap_or_default().into()))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(page.eval(signaling, json!([])).await?, "have-local-offer");
+
+    // The answer to the client's offer makes it stable.
+    answer_from_far_side(&page, &far, &client_offer).await?;
+    page.wait_for(
+        "window.rtcd.peerConnection.signalingState === 'stable'",
+        step,
+    )
+    .await?;
+
+    // A server-initiated renegotiation (a new subscription) is answered.
+    let offer = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];\
+             __far.addTransceiver('video', {direction: 'sendonly'});\
+             __far.setLocalDescription().then(() => done(__far.localDescription.sdp));",
+            json!([]),
+        )
+        .await?;
+    far.send(RelayEvent::Offer(offer.as_str().unwrap_or_default().into()))
+        .await?;
+    let client_answer = loop {
+        match far.command(step).await? {
+            RelayCommand::Answer { sdp } => break sdp,
+            RelayCommand::Offer { .. } => {
+                panic!("the ignored glare offer must not be answered late")
+            }
+            _ => {}
+        }
+    };
+    far_side_accepts(&page, &client_answer).await?;
+    assert_eq!(page.eval(signaling, json!([])).await?, "stable");
+    page.wait_state("connected", "").await?;
+    finish(page, proxy, &[]).await
+}
+
+#[tokio::test]
+async fn sdk_plays_a_remote_track_matched_by_track_published_over_trickled_loopback_ice()
+-> anyhow::Result<()> {
+    use rtcd_proxy::policy::{Role, TrackSource};
+    use rtcd_proxy::protocol::{Candidate, Identity, Participant};
+    use rtcd_proxy::relay::{RelayCommand, RelayEvent};
+
+    let Relayed {
+        proxy,
+        page,
+        mut far,
+        _driver,
+        ..
+    } = relayed_page("ivan", "Ivan").await?;
+    let (client_offer, _) = far.offer(BROWSER_STEP).await?;
+    // The media server's side: a second RTCPeerConnection in the browser sending the fake
+    // camera, as the SFU would forward a participant's camera. Its candidates are collected
+    // for the test to trickle through the proxy.
+    page.eval(
+        "window.__farCandidates = [];\
+         window.__far = new RTCPeerConnection();\
+         __far.onicecandidate = (e) => __farCandidates.push(e.candidate ? e.candidate.toJSON() : {candidate: ''});",
+        json!([]),
+    )
+    .await?;
+    answer_from_far_side(&page, &far, &client_offer).await?;
+    let offer = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];\
+             navigator.mediaDevices.getUserMedia({video: true}).then(async (stream) => {\
+               const track = stream.getVideoTracks()[0];\
+               __far.addTransceiver(track, {direction: 'sendonly', streams: [stream]});\
+               await __far.setLocalDescription();\
+               done({sdp: __far.localDescription.sdp, trackId: track.id});\
+             });",
+            json!([]),
+        )
+        .await?;
+    let track_id = offer["trackId"].as_str().unwrap_or_default().to_owned();
+    far.send(RelayEvent::ParticipantJoined(Participant {
+        identity: Identity::new("judy"),
+        name: Some("Judy".into()),
+        role: Role::Member,
+    }))
+    .await?;
+    far.send(RelayEvent::TrackPublished {
+        identity: Identity::new("judy"),
+        track_id: track_id.clone(),
+        source: TrackSource::Camera,
+    })
+    .await?;
+    far.send(RelayEvent::Offer(
+        offer["sdp"].as_str().unwrap_or_default().into(),
+    ))
+    .await?;
+
+    // Trickle both ways until Judy's tile plays: the client's candidates (relayed commands) go
+    // to the far side, the far side's go to the client as proxy `candidate` messages.
+    let playing = "(() => { const v = document.querySelector('video[data-participant=\"judy\"]');\
+                   return !!v && v.videoWidth > 0 && !v.paused; })()";
+    let deadline = tokio::time::Instant::now() + BROWSER_STEP;
+    let mut answered = false;
+    loop {
+        while let Ok(command) = far.commands.try_recv() {
+            match command {
+                RelayCommand::Candidate(c) => {
+                    page.eval(
+                        "__far.addIceCandidate(arguments[0]).catch(() => {});",
+                        json!([serde_json::to_value(&c)?]),
+                    )
+                    .await?;
+                }
+                RelayCommand::Answer { sdp } => {
+                    far_side_accepts(&page, &sdp).await?;
+                    answered = true;
+                }
+                _ => {}
+            }
+        }
+        let pending = page
+            .eval("return __farCandidates.splice(0);", json!([]))
+            .await?;
+        for c in pending.as_array().into_iter().flatten() {
+            let candidate: Candidate = serde_json::from_value(c.clone())?;
+            far.send(RelayEvent::Candidate(candidate)).await?;
+        }
+        if answered && page.eval(&format!("return {playing};"), json!([])).await? == true {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "judy's video never played; page {}",
+            page.dataset().await?
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The tile is Judy's, named, and holds exactly the published track.
+    let tile = page
+        .eval(
+            "const v = document.querySelector('video[data-participant=\"judy\"]');\
+             return {name: v.closest('figure').innerText, ids: v.srcObject.getTracks().map(t => t.id),\
+                     ice: window.rtcd.peerConnection.iceConnectionState};",
+            json!([]),
+        )
+        .await?;
+    assert!(
+        tile["name"].as_str().unwrap_or_default().contains("Judy"),
+        "{tile}"
+    );
+    assert_eq!(tile["ids"], json!([track_id]));
+    assert!(
+        ["connected", "completed"].contains(&tile["ice"].as_str().unwrap_or_default()),
+        "{tile}"
+    );
+    page.screenshot(&artifacts_dir().join("browser-remote-track.png"))
+        .await?;
+    finish(page, proxy, &[]).await
+}
+
+#[tokio::test]
+async fn sdk_screen_share_is_announced_then_offered_as_a_screen_section_and_stopped()
+-> anyhow::Result<()> {
+    use rtcd_proxy::policy::TrackSource;
+    use rtcd_proxy::relay::RelayCommand;
+
+    let Relayed {
+        proxy,
+        page,
+        mut far,
+        _driver,
+        ..
+    } = relayed_page_as("kate", "Kate", "moderator").await?;
+    page.wait_state("connected", "").await?;
+    let (sdp, tracks) = far.offer(BROWSER_STEP).await?;
+    assert_eq!(tracks.len(), 2, "microphone and camera first");
+    answer_from_far_side(&page, &far, &sdp).await?;
+    page.wait_for("!document.getElementById('screen').disabled", BROWSER_STEP)
+        .await?;
+    page.eval("document.getElementById('screen').click();", json!([]))
+        .await?;
+    // `screen_share_start` comes before the offer that adds the screen section.
+    let mut announced = false;
+    let (sdp, tracks) = loop {
+        match far.command(BROWSER_STEP).await? {
+            RelayCommand::ScreenShare(true) => announced = true,
+            RelayCommand::Offer { sdp, tracks } => break (sdp, tracks),
+            _ => {}
+        }
+    };
+    assert!(announced, "screen_share_start before the offer");
+    answer_from_far_side(&page, &far, &sdp).await?;
+    let (mid, _) = tracks
+        .iter()
+        .find(|(_, s)| **s == TrackSource::Screen)
+        .expect("a screen section is declared");
+    assert_eq!(
+        section_of(&sdp, mid),
+        Some(("video".into(), "sendonly".into()))
+    );
+    page.wait_for(
+        "document.getElementById('screen').innerText === 'Stop sharing'",
+        BROWSER_STEP,
+    )
+    .await?;
+
+    page.eval("document.getElementById('screen').click();", json!([]))
+        .await?;
+    let mut stopped = false;
+    let sdp = loop {
+        match far.command(BROWSER_STEP).await? {
+            RelayCommand::ScreenShare(false) => stopped = true,
+            RelayCommand::Offer { sdp, .. } => break sdp,
+            _ => {}
+        }
+    };
+    assert!(stopped, "screen_share_stop");
+    assert_eq!(
+        section_of(&sdp, mid).map(|(_, d)| d).as_deref(),
+        Some("inactive"),
+        "the screen section stops sending and stays for the next share"
+    );
+    finish(page, proxy, &[]).await
+}
+
+#[tokio::test]
+async fn sdk_as_the_polite_peer_rolls_back_its_offer_on_glare_answers_and_offers_again()
+-> anyhow::Result<()> {
+    use rtcd_proxy::relay::{RelayCommand, RelayEvent};
+
+    let (relay, mut sessions) = rtcd_e2e::relay::ScriptedRelay::start();
+    let proxy = rtcd_e2e::proxy::start_with_relay(base_config(), Some(relay)).await?;
+    let driver = Chromedriver::start().await?;
+    let page = driver.page().await?;
+    // The bare page loads the SDK; the test makes its own client with `polite: true`.
+    page.goto(&format!("http://{}/", proxy.addr())).await?;
+    page.wait_state("closed", "no_room").await?;
+    page.eval_async(
+        "const [token, done] = arguments;\
+         import('/sdk/client.js').then(async ({RtcdClient}) => {\
+           window.polite = new RtcdClient({room: 'standup', token, polite: true});\
+           window.__errors = []; polite.addEventListener('error', (e) => __errors.push(e.detail.error.code + ': ' + e.detail.error.message));\
+           await polite.connect(); await polite.publish({audio: false, video: true}); done(true);\
+         }).catch(e => done(String(e)));",
+        json!([member_token("lena", "Lena", "standup")]),
+    )
+    .await?;
+    let mut far = tokio::time::timeout(BROWSER_STEP, sessions.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no relayed session"))?;
+    let (first, _) = far.offer(BROWSER_STEP).await?;
+    let signaling = "return polite.peerConnection.signalingState;";
+    assert_eq!(page.eval(signaling, json!([])).await?, "have-local-offer");
+
+    // Glare: the server offers while the client's offer is outstanding. The polite client
+    // rolls its offer back, answers the server's, then offers again.
+    let glare = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];\
+             window.__far = new RTCPeerConnection(); __far.addTransceiver('video', {direction: 'sendonly'});\
+             __far.setLocalDescription().then(() => done(__far.localDescription.sdp));",
+            json!([]),
+        )
+        .await?;
+    far.send(RelayEvent::Offer(glare.as_str().unwrap_or_default().into()))
+        .await?;
+    let answer = loop {
+        match far.command(BROWSER_STEP).await? {
+            RelayCommand::Answer { sdp } => break sdp,
+            RelayCommand::Offer { .. } => panic!("answer first, then offer again"),
+            _ => {}
+        }
+    };
+    far_side_accepts(&page, &answer).await?;
+    let (again, tracks) = match far.offer(BROWSER_STEP).await {
+        Ok(offer) => offer,
+        Err(e) => panic!(
+            "{e}: {}",
+            page.eval("return [polite.peerConnection.signalingState, __errors, polite.peerConnection.getTransceivers().map(t => t.mid + ':' + t.direction)];", json!([])).await?
+        ),
+    };
+    assert_ne!(again, first);
+    assert_eq!(
+        tracks.values().collect::<Vec<_>>(),
+        [&rtcd_proxy::policy::TrackSource::Camera],
+        "the re-offer still declares the camera"
+    );
+    assert_eq!(page.eval(signaling, json!([])).await?, "have-local-offer");
+    finish(page, proxy, &[]).await
+}
