@@ -37,12 +37,12 @@ use webrtc::peer_connection::signaling_state::RTCSignalingState;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp::extension::HeaderExtension;
 use webrtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
-use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
@@ -64,11 +64,20 @@ impl TestRtcd {
     pub async fn start(extra: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut env: Vec<(String, String)> = vec![
-            ("RTCD_STORE_DATA_SOURCE".into(), dir.path().join("db").display().to_string()),
+            (
+                "RTCD_STORE_DATA_SOURCE".into(),
+                dir.path().join("db").display().to_string(),
+            ),
             ("RTCD_API_HTTP_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
-            ("RTCD_API_METRICS_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
+            (
+                "RTCD_API_METRICS_LISTEN_ADDRESS".into(),
+                "127.0.0.1:0".into(),
+            ),
             ("RTCD_API_SECURITY_ENABLE_ADMIN".into(), "true".into()),
-            ("RTCD_API_SECURITY_ADMIN_SECRET_KEY".into(), "an-admin-secret-of-at-least-32-bytes!!".into()),
+            (
+                "RTCD_API_SECURITY_ADMIN_SECRET_KEY".into(),
+                "an-admin-secret-of-at-least-32-bytes!!".into(),
+            ),
             ("RTCD_API_SECURITY_BCRYPT_COST".into(), "4".into()),
             ("RTCD_GRPC_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
             ("RTCD_RTC_ICE_ADDRESS_UDP".into(), "127.0.0.1".into()),
@@ -201,6 +210,9 @@ struct Shared {
     closed: AtomicBool,
 }
 
+/// A published track's sender and the flag that stops its packet generator.
+type Outgoing = (Arc<RTCRtpSender>, Arc<AtomicBool>);
+
 enum Control {
     Renegotiate,
     Send(pb::ClientSignal),
@@ -214,7 +226,7 @@ pub struct Participant {
     pub pc: Arc<RTCPeerConnection>,
     shared: Arc<Shared>,
     control: mpsc::Sender<Control>,
-    senders: Mutex<HashMap<String, (Arc<RTCRtpSender>, Arc<AtomicBool>)>>,
+    senders: Mutex<HashMap<String, Outgoing>>,
 }
 
 impl Participant {
@@ -239,7 +251,11 @@ impl Participant {
             Some(pb::ServerSignal {
                 signal: Some(pb::server_signal::Signal::Joined(_)),
             }) => {}
-            other => return Err(tonic::Status::internal(format!("expected Joined, got {other:?}"))),
+            other => {
+                return Err(tonic::Status::internal(format!(
+                    "expected Joined, got {other:?}"
+                )));
+            }
         }
         let pc = new_peer()
             .await
@@ -247,7 +263,13 @@ impl Participant {
         let shared = Arc::new(Shared::default());
         let (control_tx, control_rx) = mpsc::channel(16);
         record_incoming(&pc, &shared);
-        tokio::spawn(drive(pc.clone(), shared.clone(), inbound, out_tx, control_rx));
+        tokio::spawn(drive(
+            pc.clone(),
+            shared.clone(),
+            inbound,
+            out_tx,
+            control_rx,
+        ));
         Ok(Self {
             session: session.into(),
             pc,
@@ -260,6 +282,18 @@ impl Participant {
     /// Adds a synthetic track (`kind` = "audio", "video" or "screen"), sending ~50 packets/s
     /// with payload `session|kind|n`. Call [`Participant::renegotiate`] afterwards.
     pub async fn add_track(&self, kind: &str) -> anyhow::Result<()> {
+        self.add_track_paced(kind, Duration::from_millis(20), 0)
+            .await
+    }
+
+    /// Like [`Participant::add_track`] with a packet interval and `pad` extra payload bytes
+    /// (for benchmarks).
+    pub async fn add_track_paced(
+        &self,
+        kind: &str,
+        interval: Duration,
+        pad: usize,
+    ) -> anyhow::Result<()> {
         let (mime, track_id) = match kind {
             "audio" => (MIME_TYPE_OPUS, "mic"),
             "video" => (MIME_TYPE_VP8, "cam"),
@@ -294,7 +328,9 @@ impl Participant {
         tokio::spawn(async move {
             let mut n: u64 = 0;
             let ssrc = rand_ssrc(&tag);
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let padding = "x".repeat(pad);
             while !st.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let packet = webrtc::rtp::packet::Packet {
@@ -306,7 +342,7 @@ impl Participant {
                         ssrc,
                         ..Default::default()
                     },
-                    payload: Bytes::from(format!("{tag}{n}")),
+                    payload: Bytes::from(format!("{tag}{n}|{padding}")),
                 };
                 let exts = if audio {
                     vec![HeaderExtension::AudioLevel(AudioLevelExtension {
@@ -482,10 +518,13 @@ fn record_incoming(pc: &Arc<RTCPeerConnection>, shared: &Arc<Shared>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             while let Ok((packet, _)) = track.read_rtp().await {
-                let Some(shared) = shared.upgrade() else { break };
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
                 let text = String::from_utf8_lossy(&packet.payload);
                 let mut parts = text.split('|');
-                let (Some(sender), Some(kind), Some(n)) = (parts.next(), parts.next(), parts.next())
+                let (Some(sender), Some(kind), Some(n)) =
+                    (parts.next(), parts.next(), parts.next())
                 else {
                     continue;
                 };
@@ -513,9 +552,15 @@ async fn send_offer(
     let mut gathered = pc.gathering_complete_promise().await;
     pc.set_local_description(offer).await?;
     let _ = gathered.recv().await;
-    let sdp = pc.local_description().await.context("no local description")?.sdp;
+    let sdp = pc
+        .local_description()
+        .await
+        .context("no local description")?
+        .sdp;
     out.send(pb::ClientSignal {
-        signal: Some(pb::client_signal::Signal::Offer(pb::SessionDescription { sdp })),
+        signal: Some(pb::client_signal::Signal::Offer(pb::SessionDescription {
+            sdp,
+        })),
     })
     .await?;
     Ok(())

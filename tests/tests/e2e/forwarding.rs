@@ -25,9 +25,9 @@ async fn publisher(
 /// nothing else (not its own tracks) and loses at most 5 %.
 async fn receives_exactly(p: &Participant, others: &[&str]) -> anyhow::Result<()> {
     let waited = eventually(&format!("{} receives {others:?}", p.session), || {
-        others.iter().all(|o| {
-            p.received(o, "audio") >= ENOUGH && p.received(o, "video") >= ENOUGH
-        })
+        others
+            .iter()
+            .all(|o| p.received(o, "audio") >= ENOUGH && p.received(o, "video") >= ENOUGH)
     })
     .await;
     if let Err(e) = waited {
@@ -88,8 +88,14 @@ async fn participants_receive_exactly_the_others_audio_and_video() -> anyhow::Re
     })
     .await?;
     let metrics = rtcd.rtcd.metrics().encode();
-    assert!(metrics.contains("rtcd_sfu_forwarded_packets_total{client_id=\"tenant-a\",kind=\"video\"}"), "{metrics}");
-    assert!(metrics.contains("rtcd_sfu_sessions{client_id=\"tenant-a\"} 3"), "{metrics}");
+    assert!(
+        metrics.contains("rtcd_sfu_forwarded_packets_total{client_id=\"tenant-a\",kind=\"video\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rtcd_sfu_sessions{client_id=\"tenant-a\"} 3"),
+        "{metrics}"
+    );
     rtcd.rtcd.shutdown().await;
     Ok(())
 }
@@ -127,7 +133,8 @@ async fn late_joiner_gets_everything_and_leave_renegotiates_removal() -> anyhow:
 
     // Carol leaves: the others get the removal event and a renegotiation without her tracks.
     let negotiations = [a.negotiations(), b.negotiations(), late.negotiations()];
-    c.send(pb::client_signal::Signal::Leave(pb::Leave {})).await?;
+    c.send(pb::client_signal::Signal::Leave(pb::Leave {}))
+        .await?;
     eventually("carol closed", || {
         c.saw(|e| matches!(e, pb::server_signal::Signal::SessionClosed(r) if r.reason == "leave"))
     })
@@ -144,14 +151,21 @@ async fn late_joiner_gets_everything_and_leave_renegotiates_removal() -> anyhow:
         eventually("renegotiated", || p.negotiations() > before).await?;
         let deadline = tokio::time::Instant::now() + rtcd_e2e::media::PATIENCE;
         while p.remote_sdp_mentions("carol").await {
-            assert!(tokio::time::Instant::now() < deadline, "{}'s SDP still has carol", p.session);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}'s SDP still has carol",
+                p.session
+            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
     eventually("three sessions", || rtcd.rtcd.sfu().session_count() == 3).await?;
     // Everyone else keeps flowing.
     let before = late.received("alice", "video");
-    eventually("flows continue", || late.received("alice", "video") > before + 20).await?;
+    eventually("flows continue", || {
+        late.received("alice", "video") > before + 20
+    })
+    .await?;
     rtcd.rtcd.shutdown().await;
     Ok(())
 }
@@ -176,15 +190,25 @@ async fn mute_drops_packets_and_screen_share_comes_and_goes() -> anyhow::Result<
     eventually("video continues", || b.received("alice", "video") > v0 + 10).await?;
     let audio_muted = b.received("alice", "audio");
     let v1 = b.received("alice", "video");
-    eventually("video continues more", || b.received("alice", "video") > v1 + 50).await?;
-    assert_eq!(b.received("alice", "audio"), audio_muted, "muted audio was forwarded");
+    eventually("video continues more", || {
+        b.received("alice", "video") > v1 + 50
+    })
+    .await?;
+    assert_eq!(
+        b.received("alice", "audio"),
+        audio_muted,
+        "muted audio was forwarded"
+    );
     assert!(rtcd.rtcd.metrics().encode().contains("reason=\"muted\""));
     a.send(pb::client_signal::Signal::Mute(pb::Mute {
         kind: pb::TrackKind::Audio as i32,
         muted: false,
     }))
     .await?;
-    eventually("audio resumes", || b.received("alice", "audio") > audio_muted + 20).await?;
+    eventually("audio resumes", || {
+        b.received("alice", "audio") > audio_muted + 20
+    })
+    .await?;
 
     // Screen share on: bob gets a third track from alice, announced as SCREEN.
     a.send(pb::client_signal::Signal::ScreenShare(pb::ScreenShare {
@@ -194,9 +218,14 @@ async fn mute_drops_packets_and_screen_share_comes_and_goes() -> anyhow::Result<
     .await?;
     a.add_track("screen").await?;
     a.renegotiate().await?;
-    eventually("screen received", || b.received("alice", "screen") >= ENOUGH).await?;
-    assert!(b.saw(|e| matches!(e, pb::server_signal::Signal::TrackPublished(t)
-        if t.session_id == "alice" && t.kind == pb::TrackKind::Screen as i32)));
+    eventually("screen received", || {
+        b.received("alice", "screen") >= ENOUGH
+    })
+    .await?;
+    assert!(
+        b.saw(|e| matches!(e, pb::server_signal::Signal::TrackPublished(t)
+        if t.session_id == "alice" && t.kind == pb::TrackKind::Screen as i32))
+    );
     // Screen share off: withdrawn from bob by renegotiation.
     a.send(pb::client_signal::Signal::ScreenShare(pb::ScreenShare {
         on: false,
@@ -204,16 +233,24 @@ async fn mute_drops_packets_and_screen_share_comes_and_goes() -> anyhow::Result<
     }))
     .await?;
     eventually("screen removed", || {
-        b.saw(|e| matches!(e, pb::server_signal::Signal::TrackRemoved(t)
-            if t.session_id == "alice" && t.kind == pb::TrackKind::Screen as i32))
+        b.saw(|e| {
+            matches!(e, pb::server_signal::Signal::TrackRemoved(t)
+            if t.session_id == "alice" && t.kind == pb::TrackKind::Screen as i32)
+        })
     })
     .await?;
     a.remove_track("screen").await?;
     a.renegotiate().await?;
     let screen = b.received("alice", "screen");
     let v2 = b.received("alice", "video");
-    eventually("video after screen off", || b.received("alice", "video") > v2 + 50).await?;
-    assert!(b.received("alice", "screen") <= screen + 5, "screen still forwarded");
+    eventually("video after screen off", || {
+        b.received("alice", "video") > v2 + 50
+    })
+    .await?;
+    assert!(
+        b.received("alice", "screen") <= screen + 5,
+        "screen still forwarded"
+    );
 
     // A session without publish rights gets nothing forwarded.
     let lurker = Participant::join(
@@ -230,7 +267,10 @@ async fn mute_drops_packets_and_screen_share_comes_and_goes() -> anyhow::Result<
     lurker.add_track("audio").await?;
     lurker.renegotiate().await?;
     eventually("refused publish", || {
-        lurker.errors().iter().any(|(c, _)| *c == tonic::Code::InvalidArgument as i32)
+        lurker
+            .errors()
+            .iter()
+            .any(|(c, _)| *c == tonic::Code::InvalidArgument as i32)
     })
     .await?;
     let v3 = b.received("alice", "video");

@@ -1,6 +1,8 @@
 //! gRPC signaling: authentication on every RPC, bad input, tenant isolation, drain.
 
-use rtcd_e2e::media::{Participant, TestRtcd, all_permissions, authorized, basic, eventually, join};
+use rtcd_e2e::media::{
+    Participant, TestRtcd, all_permissions, authorized, basic, eventually, join,
+};
 use rtcd_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -8,7 +10,10 @@ use tonic::Code;
 
 async fn join_code(rtcd: &TestRtcd, auth: Option<&str>) -> Code {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let session = format!("s{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let session = format!(
+        "s{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let mut client = rtcd.client().await.unwrap();
     match Participant::join(&mut client, auth, "call", &session, all_permissions()).await {
         Ok(_) => Code::Ok,
@@ -20,16 +25,44 @@ async fn join_code(rtcd: &TestRtcd, auth: Option<&str>) -> Code {
 async fn signaling_rpc_requires_valid_credentials() -> anyhow::Result<()> {
     let rtcd = TestRtcd::start(&[("RTCD_API_SECURITY_SESSION_TTL_SECONDS", "1")]).await?;
     let good = rtcd.register("tenant-a").await?;
-    assert_eq!(join_code(&rtcd, None).await, Code::Unauthenticated, "no key");
+    assert_eq!(
+        join_code(&rtcd, None).await,
+        Code::Unauthenticated,
+        "no key"
+    );
     let wrong = basic("tenant-a", "a-wrong-key-that-is-long-enough-0123456789");
-    assert_eq!(join_code(&rtcd, Some(&wrong)).await, Code::Unauthenticated, "wrong key");
+    assert_eq!(
+        join_code(&rtcd, Some(&wrong)).await,
+        Code::Unauthenticated,
+        "wrong key"
+    );
     let unknown = basic("nobody", "a-wrong-key-that-is-long-enough-0123456789");
-    assert_eq!(join_code(&rtcd, Some(&unknown)).await, Code::Unauthenticated, "unknown client");
-    assert_eq!(join_code(&rtcd, Some("Bearer forged")).await, Code::Unauthenticated, "forged bearer");
-    assert_eq!(join_code(&rtcd, Some("Digest x")).await, Code::Unauthenticated, "bad scheme");
+    assert_eq!(
+        join_code(&rtcd, Some(&unknown)).await,
+        Code::Unauthenticated,
+        "unknown client"
+    );
+    assert_eq!(
+        join_code(&rtcd, Some("Bearer forged")).await,
+        Code::Unauthenticated,
+        "forged bearer"
+    );
+    assert_eq!(
+        join_code(&rtcd, Some("Digest x")).await,
+        Code::Unauthenticated,
+        "bad scheme"
+    );
     let admin = basic("admin", "an-admin-secret-of-at-least-32-bytes!!");
-    assert_eq!(join_code(&rtcd, Some(&admin)).await, Code::PermissionDenied, "admin is no tenant");
-    assert_eq!(join_code(&rtcd, Some(&good)).await, Code::Ok, "basic credentials");
+    assert_eq!(
+        join_code(&rtcd, Some(&admin)).await,
+        Code::PermissionDenied,
+        "admin is no tenant"
+    );
+    assert_eq!(
+        join_code(&rtcd, Some(&good)).await,
+        Code::Ok,
+        "basic credentials"
+    );
 
     // A bearer token from the real HTTP /login works, then expires.
     let login: serde_json::Value = reqwest::Client::new()
@@ -43,7 +76,11 @@ async fn signaling_rpc_requires_valid_credentials() -> anyhow::Result<()> {
         .json()
         .await?;
     let bearer = format!("Bearer {}", login["bearerToken"].as_str().unwrap());
-    assert_eq!(join_code(&rtcd, Some(&bearer)).await, Code::Ok, "fresh bearer");
+    assert_eq!(
+        join_code(&rtcd, Some(&bearer)).await,
+        Code::Ok,
+        "fresh bearer"
+    );
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         // The token lives 1 s; poll until it is refused (never sleep-as-assertion).
@@ -52,7 +89,10 @@ async fn signaling_rpc_requires_valid_credentials() -> anyhow::Result<()> {
             break;
         }
         assert_eq!(code, Code::Ok);
-        assert!(tokio::time::Instant::now() < deadline, "bearer never expired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bearer never expired"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     // CloseSession is authenticated too.
@@ -61,7 +101,10 @@ async fn signaling_rpc_requires_valid_credentials() -> anyhow::Result<()> {
         call_id: "call".into(),
         session_id: "s1".into(),
     };
-    let err = client.close_session(authorized(req, None)).await.unwrap_err();
+    let err = client
+        .close_session(authorized(req, None))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     rtcd.rtcd.shutdown().await;
     Ok(())
@@ -113,7 +156,11 @@ async fn signaling_rejects_bad_input_with_clear_statuses() -> anyhow::Result<()>
     }))
     .await?;
     p.send(Signal::Join(pb::Join::default())).await?;
-    p.send(Signal::Mute(pb::Mute { kind: 42, muted: true })).await?;
+    p.send(Signal::Mute(pb::Mute {
+        kind: 42,
+        muted: true,
+    }))
+    .await?;
     eventually("five error events", || p.errors().len() >= 5).await?;
     // Messages rejected during conversion are reported before those the session actor
     // rejects, so compare as a multiset.
@@ -127,12 +174,7 @@ async fn signaling_rejects_bad_input_with_clear_statuses() -> anyhow::Result<()>
         Code::InvalidArgument as i32,    // unknown kind
     ];
     want.sort();
-    assert_eq!(
-        codes,
-        want,
-        "{:?}",
-        p.errors()
-    );
+    assert_eq!(codes, want, "{:?}", p.errors());
     // The session survived all of it.
     assert!(!p.stream_closed());
     assert_eq!(rtcd.rtcd.sfu().session_count(), 1);
@@ -208,7 +250,10 @@ async fn tenants_cannot_touch_each_others_calls() -> anyhow::Result<()> {
     .await?;
     assert!(!b1.saw(|e| matches!(e, pb::server_signal::Signal::SessionClosed(_))));
     assert!(!b2.saw(|e| matches!(e, pb::server_signal::Signal::TrackRemoved(_))));
-    eventually("three sessions left", || rtcd.rtcd.sfu().session_count() == 3).await?;
+    eventually("three sessions left", || {
+        rtcd.rtcd.sfu().session_count() == 3
+    })
+    .await?;
     rtcd.rtcd.shutdown().await;
     Ok(())
 }
@@ -233,13 +278,22 @@ async fn shutdown_drains_then_closes_with_reason_shutdown() -> anyhow::Result<()
     let shutdown = tokio::spawn(daemon.shutdown());
     eventually("not ready", || health.phase() != rtcd::health::Phase::Ready).await?;
     let ready = reqwest::get(format!("http://{metrics}/readyz")).await?;
-    assert!(!ready.status().is_success(), "/readyz while draining: {}", ready.status());
+    assert!(
+        !ready.status().is_success(),
+        "/readyz while draining: {}",
+        ready.status()
+    );
     // New joins are refused while the call continues.
-    let mut late = rtcd_proto::v1::signaling_client::SignalingClient::connect(format!("http://{grpc}")).await?;
+    let mut late =
+        rtcd_proto::v1::signaling_client::SignalingClient::connect(format!("http://{grpc}"))
+            .await?;
     let refused = Participant::join(&mut late, Some(&a), "call", "s3", all_permissions()).await;
     assert_eq!(refused.err().map(|s| s.code()), Some(Code::Unavailable));
     let before = p2.received("s1", "audio");
-    eventually("media still flows while draining", || p2.received("s1", "audio") > before + 10).await?;
+    eventually("media still flows while draining", || {
+        p2.received("s1", "audio") > before + 10
+    })
+    .await?;
     // Then the drain timeout closes everyone with reason "shutdown".
     for p in [&p1, &p2] {
         eventually("closed with shutdown", || {
