@@ -320,10 +320,18 @@ async fn session_limits_per_call_and_per_client() -> anyhow::Result<()> {
     let _s1 = Participant::join(&mut client, Some(&a), "c1", "s1", all_permissions()).await?;
     let _s2 = Participant::join(&mut client, Some(&a), "c1", "s2", all_permissions()).await?;
     let full = Participant::join(&mut client, Some(&a), "c1", "s3", all_permissions()).await;
-    assert_eq!(full.err().map(|s| s.code()), Some(Code::ResourceExhausted), "per call");
+    assert_eq!(
+        full.err().map(|s| s.code()),
+        Some(Code::ResourceExhausted),
+        "per call"
+    );
     let _s3 = Participant::join(&mut client, Some(&a), "c2", "s1", all_permissions()).await?;
     let over = Participant::join(&mut client, Some(&a), "c3", "s1", all_permissions()).await;
-    assert_eq!(over.err().map(|s| s.code()), Some(Code::ResourceExhausted), "per client");
+    assert_eq!(
+        over.err().map(|s| s.code()),
+        Some(Code::ResourceExhausted),
+        "per client"
+    );
     // Another tenant is not affected by tenant-a's usage.
     let _b1 = Participant::join(&mut client, Some(&b), "c1", "s1", all_permissions()).await?;
     // A session that ends frees its slot.
