@@ -341,3 +341,35 @@ async fn session_limits_per_call_and_per_client() -> anyhow::Result<()> {
     rtcd.rtcd.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_disconnects_mid_negotiation_leaves_no_orphan() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[]).await?;
+    let a = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    // Gone right after the join.
+    let p = Participant::join(&mut client, Some(&a), "call", "s1", all_permissions()).await?;
+    drop(p);
+    // Gone right after sending an offer (the answer may or may not have been produced).
+    let q = Participant::join(&mut client, Some(&a), "call", "s2", all_permissions()).await?;
+    q.add_track("audio").await?;
+    q.renegotiate().await?;
+    eventually("offer answered or in flight", || {
+        q.saw(|e| matches!(e, pb::server_signal::Signal::Answer(_)))
+    })
+    .await?;
+    drop(q);
+    eventually("no sessions", || rtcd.rtcd.sfu().session_count() == 0).await?;
+    eventually("no calls", || rtcd.rtcd.sfu().call_count() == 0).await?;
+    let metrics = rtcd.rtcd.metrics().encode();
+    assert!(
+        metrics.contains("rtcd_sfu_sessions{client_id=\"tenant-a\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rtcd_sfu_calls{client_id=\"tenant-a\"} 0"),
+        "{metrics}"
+    );
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
