@@ -210,6 +210,9 @@ struct Shared {
     closed: AtomicBool,
 }
 
+/// A published track's sender and the flag that stops its packet generator.
+type Outgoing = (Arc<RTCRtpSender>, Arc<AtomicBool>);
+
 enum Control {
     Renegotiate,
     Send(pb::ClientSignal),
@@ -223,7 +226,7 @@ pub struct Participant {
     pub pc: Arc<RTCPeerConnection>,
     shared: Arc<Shared>,
     control: mpsc::Sender<Control>,
-    senders: Mutex<HashMap<String, (Arc<RTCRtpSender>, Arc<AtomicBool>)>>,
+    senders: Mutex<HashMap<String, Outgoing>>,
 }
 
 impl Participant {
@@ -307,6 +310,18 @@ impl Participant {
     /// Adds a synthetic track (`kind` = "audio", "video" or "screen"), sending ~50 packets/s
     /// with payload `session|kind|n`. Call [`Participant::renegotiate`] afterwards.
     pub async fn add_track(&self, kind: &str) -> anyhow::Result<()> {
+        self.add_track_paced(kind, Duration::from_millis(20), 0)
+            .await
+    }
+
+    /// Like [`Participant::add_track`] with a packet interval and `pad` extra payload bytes
+    /// (for benchmarks).
+    pub async fn add_track_paced(
+        &self,
+        kind: &str,
+        interval: Duration,
+        pad: usize,
+    ) -> anyhow::Result<()> {
         let (mime, track_id) = match kind {
             "audio" => (MIME_TYPE_OPUS, "mic"),
             "video" => (MIME_TYPE_VP8, "cam"),
@@ -341,7 +356,9 @@ impl Participant {
         tokio::spawn(async move {
             let mut n: u64 = 0;
             let ssrc = rand_ssrc(&tag);
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let padding = "x".repeat(pad);
             while !st.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let packet = webrtc::rtp::packet::Packet {
@@ -353,7 +370,7 @@ impl Participant {
                         ssrc,
                         ..Default::default()
                     },
-                    payload: Bytes::from(format!("{tag}{n}")),
+                    payload: Bytes::from(format!("{tag}{n}|{padding}")),
                 };
                 let exts = if audio {
                     vec![HeaderExtension::AudioLevel(AudioLevelExtension {

@@ -151,6 +151,8 @@ struct Actor {
     created: Instant,
     connected: bool,
     track_seq: u32,
+    /// Set when the event queue to signaling overflowed; the session then ends.
+    backlog: bool,
 }
 
 pub(crate) async fn spawn(
@@ -190,6 +192,7 @@ pub(crate) async fn spawn(
         created: Instant::now(),
         connected: false,
         track_seq: 0,
+        backlog: false,
     };
     tokio::spawn(actor.run(cmd_rx, peer_rx, alive_rx, close, reason));
     Ok((
@@ -240,6 +243,9 @@ impl Actor {
         let initial = tracks.borrow_and_update().clone();
         self.reconcile(initial).await;
         let why: String = loop {
+            if self.backlog {
+                break "signaling backlog".into();
+            }
             tokio::select! {
                 _ = close.cancelled() => {
                     let why = reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -252,7 +258,7 @@ impl Actor {
                     Some(cmd) => {
                         if let Err(e) = self.command(cmd).await {
                             self.count_error(&e);
-                            let _ = self.events.send(SessionEvent::Error(e)).await;
+                            self.emit(SessionEvent::Error(e));
                         }
                     }
                 },
@@ -268,7 +274,7 @@ impl Actor {
                 notice = notices.recv() => match notice {
                     Ok(CallNotice::Voice { session, user, speaking }) => {
                         if session != self.req.session && self.req.permissions.subscribe {
-                            let _ = self.events.send(SessionEvent::VoiceActivity { session, user, speaking }).await;
+                            self.emit(SessionEvent::VoiceActivity { session, user, speaking });
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -292,7 +298,7 @@ impl Actor {
                 }
                 self.client_offered = true;
                 self.flush_candidates().await;
-                let _ = self.events.send(SessionEvent::Answer(answer)).await;
+                self.emit(SessionEvent::Answer(answer));
                 self.maybe_offer().await
             }
             SessionCommand::Answer(sdp) => {
@@ -353,6 +359,15 @@ impl Actor {
         }
     }
 
+    /// Queues an event for signaling without waiting. Overflow policy: the queue (256) only
+    /// fills when the proxy stops reading its stream; waiting would pin this actor (and its
+    /// peer connection) forever, so the session ends with reason "signaling backlog" instead.
+    fn emit(&mut self, event: SessionEvent) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(event) {
+            self.backlog = true;
+        }
+    }
+
     fn check_sdp(&self, sdp: &str) -> Result<(), SfuError> {
         if sdp.len() > self.inner.config.max_sdp_bytes {
             return Err(SfuError::InvalidArgument(format!(
@@ -367,7 +382,7 @@ impl Actor {
     async fn flush_candidates(&mut self) {
         for c in std::mem::take(&mut self.pending_candidates) {
             if let Err(e) = peer::add_candidate(&self.pc, c).await {
-                let _ = self.events.send(SessionEvent::Error(e)).await;
+                self.emit(SessionEvent::Error(e));
             }
         }
     }
@@ -384,14 +399,14 @@ impl Actor {
         let sdp = peer::create_offer(&self.pc).await?;
         self.needs_offer = false;
         self.offer_outstanding = true;
-        let _ = self.events.send(SessionEvent::Offer(sdp)).await;
+        self.emit(SessionEvent::Offer(sdp));
         Ok(())
     }
 
     async fn peer_event(&mut self, ev: PeerEvent) -> Option<String> {
         match ev {
             PeerEvent::Candidate(c) => {
-                let _ = self.events.send(SessionEvent::Candidate(c)).await;
+                self.emit(SessionEvent::Candidate(c));
             }
             PeerEvent::State(state) => match state {
                 RTCPeerConnectionState::Connected if !self.connected => {
@@ -446,7 +461,7 @@ impl Actor {
                 }
             });
             self.count_error(&err);
-            let _ = self.events.send(SessionEvent::Error(err)).await;
+            self.emit(SessionEvent::Error(err));
             return;
         }
         self.track_seq += 1;
@@ -530,10 +545,7 @@ impl Actor {
         for id in stale {
             if let Some(sub) = self.subscribed.remove(&id) {
                 self.drop_subscription(&sub).await;
-                let _ = self
-                    .events
-                    .send(SessionEvent::TrackRemoved(info(&sub.track)))
-                    .await;
+                self.emit(SessionEvent::TrackRemoved(info(&sub.track)));
                 changed = true;
             }
         }
@@ -562,10 +574,7 @@ impl Actor {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.kind_gauge(track.kind, false).inc();
             self.pending_keyframes.push(track.clone());
-            let _ = self
-                .events
-                .send(SessionEvent::TrackPublished(info(track)))
-                .await;
+            self.emit(SessionEvent::TrackPublished(info(track)));
             self.subscribed.insert(
                 track.id.clone(),
                 Subscription {
@@ -580,7 +589,7 @@ impl Actor {
             self.needs_offer = true;
             if let Err(e) = self.maybe_offer().await {
                 self.count_error(&e);
-                let _ = self.events.send(SessionEvent::Error(e)).await;
+                self.emit(SessionEvent::Error(e));
             }
         }
     }

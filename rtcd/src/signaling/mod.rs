@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthService, Credentials, Principal};
-use crate::sfu::{CallId, SessionId, Sfu, TenantId};
+use crate::sfu::{CallId, SessionId, Sfu, SfuError, TenantId};
 
 /// The service; cheap to clone (both members are handles).
 #[derive(Clone)]
@@ -129,11 +129,8 @@ impl Signaling for SignalingService {
                                 }
                             }
                             Ok(Some(pb::ClientSignal { signal: None })) => {
-                                let status = status::malformed("empty ClientSignal");
-                                let error = pb::ServerSignal { signal: Some(pb::server_signal::Signal::Error(pb::Error {
-                                    code: status.code() as i32,
-                                    message: status.message().to_owned(),
-                                })) };
+                                let e = SfuError::InvalidArgument("empty ClientSignal".into());
+                                let error = pb::ServerSignal { signal: Some(convert::error(&e)) };
                                 if tx.send(Ok(error)).await.is_err() {
                                     break;
                                 }

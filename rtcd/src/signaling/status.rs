@@ -35,8 +35,3 @@ pub fn from_auth(e: &AuthError) -> Status {
         _ => Status::unauthenticated("authentication failed"),
     }
 }
-
-/// A malformed client message that never reached the SFU.
-pub fn malformed(what: &str) -> Status {
-    Status::invalid_argument(what.to_owned())
-}

@@ -4,6 +4,7 @@
 mod browser;
 mod dev;
 mod forwarding;
+mod grpc_tls;
 mod process;
 mod proxy_auth;
 mod registry;

@@ -306,3 +306,70 @@ async fn shutdown_drains_then_closes_with_reason_shutdown() -> anyhow::Result<()
     assert_eq!(sfu.call_count(), 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_limits_per_call_and_per_client() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[
+        ("RTCD_RTC_MAX_SESSIONS_PER_CALL", "2"),
+        ("RTCD_RTC_MAX_SESSIONS_PER_CLIENT", "3"),
+    ])
+    .await?;
+    let a = rtcd.register("tenant-a").await?;
+    let b = rtcd.register("tenant-b").await?;
+    let mut client = rtcd.client().await?;
+    let _s1 = Participant::join(&mut client, Some(&a), "c1", "s1", all_permissions()).await?;
+    let _s2 = Participant::join(&mut client, Some(&a), "c1", "s2", all_permissions()).await?;
+    let full = Participant::join(&mut client, Some(&a), "c1", "s3", all_permissions()).await;
+    assert_eq!(
+        full.err().map(|s| s.code()),
+        Some(Code::ResourceExhausted),
+        "per call"
+    );
+    let _s3 = Participant::join(&mut client, Some(&a), "c2", "s1", all_permissions()).await?;
+    let over = Participant::join(&mut client, Some(&a), "c3", "s1", all_permissions()).await;
+    assert_eq!(
+        over.err().map(|s| s.code()),
+        Some(Code::ResourceExhausted),
+        "per client"
+    );
+    // Another tenant is not affected by tenant-a's usage.
+    let _b1 = Participant::join(&mut client, Some(&b), "c1", "s1", all_permissions()).await?;
+    // A session that ends frees its slot.
+    drop(_s1);
+    eventually("slot freed", || rtcd.rtcd.sfu().session_count() == 3).await?;
+    let _again = Participant::join(&mut client, Some(&a), "c1", "s4", all_permissions()).await?;
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_disconnects_mid_negotiation_leaves_no_orphan() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[]).await?;
+    let a = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    // Gone right after the join.
+    let p = Participant::join(&mut client, Some(&a), "call", "s1", all_permissions()).await?;
+    drop(p);
+    // Gone right after sending an offer (the answer may or may not have been produced).
+    let q = Participant::join(&mut client, Some(&a), "call", "s2", all_permissions()).await?;
+    q.add_track("audio").await?;
+    q.renegotiate().await?;
+    eventually("offer answered or in flight", || {
+        q.saw(|e| matches!(e, pb::server_signal::Signal::Answer(_)))
+    })
+    .await?;
+    drop(q);
+    eventually("no sessions", || rtcd.rtcd.sfu().session_count() == 0).await?;
+    eventually("no calls", || rtcd.rtcd.sfu().call_count() == 0).await?;
+    let metrics = rtcd.rtcd.metrics().encode();
+    assert!(
+        metrics.contains("rtcd_sfu_sessions{client_id=\"tenant-a\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rtcd_sfu_calls{client_id=\"tenant-a\"} 0"),
+        "{metrics}"
+    );
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
