@@ -38,6 +38,7 @@ export const CloseCode = Object.freeze({
   too_many_auth_failures: 4006,
   too_many_sessions: 4007,
   media_server_lost: 4008,
+  slow_client: 4009,
   token_missing: 4100,
   token_malformed: 4101,
   token_too_large: 4102,
@@ -68,6 +69,10 @@ export const ErrorCode = Object.freeze({
   bad_sdp: 'bad_sdp',
   bad_track: 'bad_track',
   bad_message: 'bad_message',
+  /** The media server hit a limit (sessions per call, tracks per session...). */
+  media_limit: 'media_limit',
+  /** The media server failed to process a message. */
+  media_error: 'media_error',
   /** The WebSocket could not be opened, or dropped without a close frame (1006). */
   connection_failed: 'connection_failed',
   /** getUserMedia / getDisplayMedia failed (permission denied, no device). */
