@@ -285,7 +285,7 @@ async fn client_offer_colliding_with_an_rtcd_offer_is_refused_as_glare() -> anyh
     let rtcd = TestRtcd::start(&[]).await?;
     let auth = rtcd.register("tenant-a").await?;
     let mut client = rtcd.client().await?;
-    let a = publisher(&mut client, &auth, "alice").await?;
+    let _a = publisher(&mut client, &auth, "alice").await?;
     let b = publisher(&mut client, &auth, "bob").await?;
     receives_exactly(&b, &["alice"]).await?;
     // Bob sits on rtcd's next offer (carol's tracks), so it stays outstanding at rtcd...
