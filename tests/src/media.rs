@@ -2,8 +2,9 @@
 //! [`Participant`], a real webrtc-rs peer that joins through the real gRPC service, publishes
 //! synthetic Opus / VP8 RTP whose payload names the sender, and records what it receives.
 //!
-//! Participants behave like a browser that is the impolite peer: an rtcd offer that arrives
-//! while their own offer is outstanding is ignored (rtcd rolls back and re-offers).
+//! Participants offer only from a stable state and ignore an rtcd offer that arrives while their
+//! own is outstanding (webrtc-rs 0.17 cannot roll back a local offer, so they cannot be the
+//! polite peer; the glare test provokes the collision deliberately and checks rtcd's refusal).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -208,6 +209,9 @@ struct Shared {
     plis: AtomicU64,
     negotiations: AtomicU64,
     closed: AtomicBool,
+    /// While set, rtcd's offers are dropped unanswered (to provoke glare deterministically).
+    hold_offers: AtomicBool,
+    offers_dropped: AtomicU64,
 }
 
 /// A published track's sender and the flag that stops its packet generator.
@@ -452,6 +456,12 @@ impl Participant {
             .map_or(0, |f| f.packets)
     }
 
+    /// Drop (true) or answer (false) rtcd's offers from now on; returns offers dropped so far.
+    pub fn hold_offers(&self, hold: bool) -> u64 {
+        self.shared.hold_offers.store(hold, Ordering::Relaxed);
+        self.shared.offers_dropped.load(Ordering::Relaxed)
+    }
+
     /// PLIs the SFU sent to this participant's tracks.
     pub fn plis(&self) -> u64 {
         self.shared.plis.load(Ordering::Relaxed)
@@ -622,8 +632,11 @@ async fn drive(
                         }
                         for c in pending.drain(..) { let _ = pc.add_ice_candidate(c).await; }
                     }
+                    Signal::Offer(_) if shared.hold_offers.load(Ordering::Relaxed) => {
+                        shared.offers_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                     Signal::Offer(d) => {
-                        // Impolite: ignore a colliding offer; rtcd rolls back and re-offers.
+                        // Ignore a colliding offer (rtcd refuses ours as glare in that case).
                         if pc.signaling_state() == RTCSignalingState::HaveLocalOffer { continue; }
                         let Ok(offer) = RTCSessionDescription::offer(d.sdp) else { continue };
                         if pc.set_remote_description(offer).await.is_err() { continue; }

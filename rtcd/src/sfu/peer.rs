@@ -19,7 +19,6 @@ use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
-use webrtc::peer_connection::sdp::sdp_type::RTCSdpType;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::signaling_state::RTCSignalingState;
 use webrtc::rtp_transceiver::rtp_codec::{RTCRtpHeaderExtensionCapability, RTPCodecType};
@@ -126,18 +125,11 @@ impl PeerFactory {
     }
 }
 
-/// Applies a remote offer (rolling back our own pending offer first: rtcd is the polite peer)
-/// and returns the answer SDP.
+/// Applies a remote offer and returns the answer SDP. The caller refuses offers that collide
+/// with its own outstanding offer (webrtc-rs 0.17 cannot roll back a local offer).
 pub async fn answer_offer(pc: &RTCPeerConnection, sdp: String) -> Result<String, SfuError> {
     let offer = RTCSessionDescription::offer(sdp)
         .map_err(|e| SfuError::InvalidArgument(format!("malformed SDP offer: {e}")))?;
-    if pc.signaling_state() == RTCSignalingState::HaveLocalOffer {
-        let mut rollback = RTCSessionDescription::default();
-        rollback.sdp_type = RTCSdpType::Rollback;
-        pc.set_local_description(rollback)
-            .await
-            .map_err(|e| SfuError::Media(format!("rollback failed: {e}")))?;
-    }
     pc.set_remote_description(offer)
         .await
         .map_err(|e| SfuError::InvalidArgument(format!("unusable SDP offer: {e}")))?;

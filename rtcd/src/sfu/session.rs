@@ -3,8 +3,10 @@
 //!
 //! Negotiation: the client offers to publish; the actor offers when its outgoing track set
 //! changes. At most one actor offer is outstanding; further changes set `needs_offer` and are
-//! offered after the answer. Glare: the actor is the polite peer, it rolls back its own offer,
-//! answers the client's, and re-offers afterwards.
+//! offered after the answer. Glare: rtcd is the impolite peer (webrtc-rs 0.17 cannot roll back
+//! a local offer): a client offer that collides with rtcd's outstanding offer is refused with
+//! FAILED_PRECONDITION ("glare") and rtcd's offer stands; the client rolls back (a browser's
+//! setRemoteDescription does it implicitly), answers, and offers again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -289,13 +291,13 @@ impl Actor {
         match cmd {
             SessionCommand::Offer(sdp) => {
                 self.check_sdp(&sdp)?;
-                let had_offer = self.offer_outstanding;
-                let answer = peer::answer_offer(&self.pc, sdp).await?;
-                if had_offer {
-                    // Glare: our offer was rolled back; offer again after this exchange.
-                    self.offer_outstanding = false;
-                    self.needs_offer = true;
+                if self.offer_outstanding {
+                    return Err(SfuError::OutOfOrder(
+                        "glare: rtcd's offer is outstanding; roll back, answer it, then offer again"
+                            .into(),
+                    ));
                 }
+                let answer = peer::answer_offer(&self.pc, sdp).await?;
                 self.client_offered = true;
                 self.flush_candidates().await;
                 self.emit(SessionEvent::Answer(answer));
@@ -606,6 +608,7 @@ impl Actor {
     }
 
     fn count_error(&self, e: &SfuError) {
+        tracing::debug!(client = %self.req.tenant, session = %self.req.session, error = %e, "session error");
         self.inner
             .metrics
             .sfu
