@@ -391,7 +391,10 @@ async function main() {
     }
     getToken = () => devToken(room, name);
   }
-  const client = new RtcdClient({ room, token, getToken });
+  // `?polite=0` makes this page the impolite side of perfect negotiation (for experiments and
+  // tests); by default it is polite, because rtcd is the impolite peer.
+  const polite = params.get('polite') !== '0';
+  const client = new RtcdClient({ room, token, getToken, polite });
   wireClient(client);
   wireControls(client);
   // For debugging from the console (and for tests reading getStats()).

@@ -9,8 +9,8 @@
 //  * publishes microphone / camera / screen on one RTCPeerConnection, declaring each sending
 //    section's source in `tracks` (mid -> source) as the proxy's permission policy expects;
 //  * negotiates "perfect negotiation" style: both sides may offer at any time. rtcd is the
-//    polite peer (it rolls its own offer back on glare), so the default here is impolite;
-//    `polite: true` makes this side roll back instead, and either combination is glare-free;
+//    impolite peer (on glare it refuses the client's offer with an error and keeps its own),
+//    so this side is polite by default: it rolls its offer back, answers, and offers again;
 //  * trickles ICE both ways;
 //  * reports remote participants, their tracks (matched by `track_published`'s track_id, which
 //    is the msid track id, i.e. `MediaStreamTrack.id` on the receiving side), mute and
@@ -174,7 +174,7 @@ export class RtcdClient extends EventTarget {
     super();
     if (!options || !options.room) throw new TypeError('RtcdClient: `room` is required');
     this.options = {
-      polite: false,
+      polite: true,
       iceServers: [],
       pingIntervalMs: 25000,
       pongTimeoutMs: 10000,

@@ -70,6 +70,11 @@ async fn relayed_page(sub: &str, name: &str) -> anyhow::Result<Relayed> {
 
 /// [`relayed_page`] with another role.
 async fn relayed_page_as(sub: &str, name: &str, role: &str) -> anyhow::Result<Relayed> {
+    relayed_page_with(sub, name, role, "").await
+}
+
+/// [`relayed_page_as`] with extra page query parameters (e.g. `&polite=0`).
+async fn relayed_page_with(sub: &str, name: &str, role: &str, extra: &str) -> anyhow::Result<Relayed> {
     let (relay, mut sessions) = rtcd_e2e::relay::ScriptedRelay::start();
     let proxy = rtcd_e2e::proxy::start_with_relay(base_config(), Some(relay)).await?;
     let driver = Chromedriver::start().await?;
@@ -77,7 +82,7 @@ async fn relayed_page_as(sub: &str, name: &str, role: &str) -> anyhow::Result<Re
     let token = role_token(sub, name, "standup", role);
     page.goto(&page_url(
         proxy.addr(),
-        &format!("room=standup&token={token}"),
+        &format!("room=standup&token={token}{extra}"),
     ))
     .await?;
     let far = tokio::time::timeout(BROWSER_STEP, sessions.recv())
@@ -642,13 +647,14 @@ async fn sdk_negotiation_answers_server_offers_and_ignores_one_that_collides_wit
 -> anyhow::Result<()> {
     use rtcd_proxy::relay::{RelayCommand, RelayEvent};
 
+    // This page is the impolite side (`?polite=0`); the default, polite, is tested below.
     let Relayed {
         proxy,
         page,
         mut far,
         _driver,
         ..
-    } = relayed_page("hana", "Hana").await?;
+    } = relayed_page_with("hana", "Hana", "member", "&polite=0").await?;
     let step = BROWSER_STEP;
     let (client_offer, _) = far.offer(step).await?;
     let signaling = "return window.rtcd.peerConnection.signalingState;";
@@ -656,8 +662,8 @@ async fn sdk_negotiation_answers_server_offers_and_ignores_one_that_collides_wit
 
     // The media server's side is a second RTCPeerConnection in the browser (a real WebRTC
     // stack producing real SDP), driven by the test in place of rtcd.
-    // Glare: an offer from the server while the client's own is outstanding. The client is the
-    // impolite peer (rtcd is polite): it ignores it and keeps waiting for its answer.
+    // Glare: an offer from the server while the client's own is outstanding. An impolite client
+    // ignores it and keeps waiting for its answer.
     let glare = page
         .eval_async(
             "const done = arguments[arguments.length - 1];\
