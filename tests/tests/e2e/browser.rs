@@ -74,7 +74,12 @@ async fn relayed_page_as(sub: &str, name: &str, role: &str) -> anyhow::Result<Re
 }
 
 /// [`relayed_page_as`] with extra page query parameters (e.g. `&polite=0`).
-async fn relayed_page_with(sub: &str, name: &str, role: &str, extra: &str) -> anyhow::Result<Relayed> {
+async fn relayed_page_with(
+    sub: &str,
+    name: &str,
+    role: &str,
+    extra: &str,
+) -> anyhow::Result<Relayed> {
     let (relay, mut sessions) = rtcd_e2e::relay::ScriptedRelay::start();
     let proxy = rtcd_e2e::proxy::start_with_relay(base_config(), Some(relay)).await?;
     let driver = Chromedriver::start().await?;
@@ -959,4 +964,105 @@ async fn sdk_as_the_polite_peer_rolls_back_its_offer_on_glare_answers_and_offers
     );
     assert_eq!(page.eval(signaling, json!([])).await?, "have-local-offer");
     finish(page, proxy, &[]).await
+}
+
+/// Inbound media counters of a page's peer connection: video frames decoded, audio packets.
+async fn inbound(page: &Page) -> anyhow::Result<(u64, u64)> {
+    let stats = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];\
+             window.rtcd.peerConnection.getStats().then(r => { let f = 0, a = 0;\
+               r.forEach(s => { if (s.type === 'inbound-rtp') {\
+                 if (s.kind === 'video') f += s.framesDecoded || 0; else a += s.packetsReceived || 0; } });\
+               done([f, a]); }).catch(e => done([0, 0]));",
+            json!([]),
+        )
+        .await?;
+    Ok((
+        stats[0].as_u64().unwrap_or(0),
+        stats[1].as_u64().unwrap_or(0),
+    ))
+}
+
+/// Waits until `page` plays `count` remote camera videos with real dimensions.
+async fn plays_remote_videos(page: &Page, count: usize) -> anyhow::Result<()> {
+    page.wait_for(
+        &format!(
+            "[...document.querySelectorAll('video[data-participant]:not([data-source=screen])')]\
+               .filter(v => v.videoWidth > 0 && v.videoHeight > 0).length === {count}"
+        ),
+        BROWSER_STEP,
+    )
+    .await
+    .map(|_| ())
+}
+
+#[tokio::test]
+async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stack = rtcd_dev::start(rtcd_dev::Options {
+        data_dir: dir.path().to_owned(),
+        listen: "127.0.0.1:0".into(),
+        loopback: true,
+        udp_port: 0,
+    })
+    .await?;
+    let driver = Chromedriver::start().await?;
+    let url = |name: &str| format!("http://{}/?room=demo&name={name}", stack.proxy.addr());
+    let alice = driver.page().await?;
+    alice.goto(&url("Alice")).await?;
+    alice.wait_state("connected", "").await?;
+    let bob = driver.page().await?;
+    bob.goto(&url("Bob")).await?;
+    bob.wait_state("connected", "").await?;
+
+    // Each plays the other's camera, and frames and audio keep arriving.
+    for page in [&alice, &bob] {
+        plays_remote_videos(page, 1).await?;
+    }
+    let before = (inbound(&alice).await?, inbound(&bob).await?);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = (inbound(&alice).await?, inbound(&bob).await?);
+    for (name, (f0, a0), (f1, a1)) in [("alice", before.0, after.0), ("bob", before.1, after.1)] {
+        assert!(f1 > f0, "{name}: framesDecoded stalled ({f0} -> {f1})");
+        assert!(
+            a1 > a0,
+            "{name}: inbound audio packets stalled ({a0} -> {a1})"
+        );
+    }
+
+    // A third page joins: the first two see it.
+    let carol = driver.page().await?;
+    carol.goto(&url("Carol")).await?;
+    carol.wait_state("connected", "").await?;
+    for page in [&alice, &bob, &carol] {
+        plays_remote_videos(page, 2).await?;
+    }
+    alice
+        .screenshot(&artifacts_dir().join("browser-real-call-three.png"))
+        .await?;
+
+    // One leaves: the others' tiles for it go away.
+    carol
+        .eval(
+            "document.getElementById('leave').click(); return true;",
+            json!([]),
+        )
+        .await?;
+    carol.wait_state("closed", "normal").await?;
+    for page in [&alice, &bob] {
+        page.wait_for(
+            "document.querySelectorAll('video[data-participant]:not([data-source=screen])').length === 1",
+            BROWSER_STEP,
+        )
+        .await?;
+    }
+    for page in [&alice, &bob, &carol] {
+        assert_no_console_errors(page, &[]).await?;
+    }
+    for page in [alice, bob, carol] {
+        page.close().await?;
+    }
+    stack.shutdown().await;
+    Ok(())
 }
