@@ -596,7 +596,7 @@ mod tests {
     fn rtcd_style_port_only_address() {
         assert_eq!(
             parse_listen_address(":8045").unwrap(),
-            "0.0.0.0:8045".parse().unwrap()
+            "0.0.0.0:8045".parse::<SocketAddr>().unwrap()
         );
     }
 
