@@ -1031,6 +1031,17 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
         );
     }
 
+    // Alice shares her screen: Bob plays it in a screen tile; when she stops, it goes away.
+    let screen_tile = "[...document.querySelectorAll('video[data-participant][data-source=screen]')]\
+        .filter(v => v.videoWidth > 0).length";
+    alice.wait_for("!document.getElementById('screen').disabled", BROWSER_STEP).await?;
+    alice.eval("document.getElementById('screen').click(); return true;", json!([])).await?;
+    bob.wait_for(&format!("{screen_tile} === 1"), BROWSER_STEP).await?;
+    bob.screenshot(&artifacts_dir().join("browser-real-call-screen.png")).await?;
+    alice.eval("document.getElementById('screen').click(); return true;", json!([])).await?;
+    bob.wait_for("document.querySelectorAll('video[data-source=screen]').length === 0", BROWSER_STEP).await?;
+    plays_remote_videos(&bob, 1).await?;
+
     // A third page joins: the first two see it.
     let carol = driver.page().await?;
     carol.goto(&url("Carol")).await?;
