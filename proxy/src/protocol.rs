@@ -182,8 +182,10 @@ pub struct Participant {
     /// Display name, if the token has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Role.
-    pub role: Role,
+    /// Role, when the source of the event knows it (rtcd does not: its events carry identity
+    /// and display name only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 /// Everything the proxy may send.

@@ -128,12 +128,14 @@ pub fn server_signal(msg: &Value) -> Option<pb::server_signal::Signal> {
             user_id: text("identity"),
             kind: kind(&text("source")),
             track_id: text("track_id"),
+            ..Default::default()
         }),
         "track_unpublished" => Signal::TrackRemoved(pb::TrackEvent {
             session_id: String::new(),
             user_id: text("identity"),
             kind: 0,
             track_id: text("track_id"),
+            ..Default::default()
         }),
         "error" => Signal::Error(pb::Error {
             code: 0,

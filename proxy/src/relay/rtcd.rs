@@ -35,7 +35,7 @@ use super::{
 use crate::config::RtcdConfig;
 use crate::placement::{HostHealth, HostSet};
 use crate::policy::TrackSource;
-use crate::protocol::{Candidate, Identity};
+use crate::protocol::{Candidate, Identity, Participant};
 
 /// How long opening a stream and receiving `Joined` may take.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -541,6 +541,9 @@ fn spawn_pumps(
     });
     tokio::spawn(async move {
         let mut speaking: BTreeSet<(String, String)> = BTreeSet::new();
+        // rtcd knows participants by their tracks: a user's first track means they are here,
+        // their last withdrawn track that they left.
+        let mut tracks_by_user: HashMap<String, BTreeSet<String>> = HashMap::new();
         loop {
             let message = tokio::select! {
                 _ = event_tx.closed() => return,
@@ -567,18 +570,46 @@ fn spawn_pumps(
                     sdp_mline_index: c.sdp_mline_index.and_then(|i| u16::try_from(i).ok()),
                     username_fragment: None,
                 }),
-                pb::server_signal::Signal::TrackPublished(t) => match source_of(t.kind()) {
-                    Some(source) => RelayEvent::TrackPublished {
+                pb::server_signal::Signal::TrackPublished(t) => {
+                    let Some(source) = source_of(t.kind()) else {
+                        continue;
+                    };
+                    let tracks = tracks_by_user.entry(t.user_id.clone()).or_default();
+                    if tracks.is_empty() {
+                        let joined = RelayEvent::ParticipantJoined(Participant {
+                            identity: Identity::new(t.user_id.clone()),
+                            name: (!t.display_name.is_empty()).then(|| t.display_name.clone()),
+                            role: None,
+                        });
+                        if event_tx.send(joined).await.is_err() {
+                            return;
+                        }
+                    }
+                    tracks.insert(t.track_id.clone());
+                    RelayEvent::TrackPublished {
                         identity: Identity::new(t.user_id),
                         track_id: t.track_id,
                         source,
-                    },
-                    None => continue,
-                },
-                pb::server_signal::Signal::TrackRemoved(t) => RelayEvent::TrackUnpublished {
-                    identity: Identity::new(t.user_id),
-                    track_id: t.track_id,
-                },
+                    }
+                }
+                pb::server_signal::Signal::TrackRemoved(t) => {
+                    let removed = RelayEvent::TrackUnpublished {
+                        identity: Identity::new(t.user_id.clone()),
+                        track_id: t.track_id.clone(),
+                    };
+                    if event_tx.send(removed).await.is_err() {
+                        return;
+                    }
+                    let left = tracks_by_user.get_mut(&t.user_id).is_some_and(|tracks| {
+                        tracks.remove(&t.track_id);
+                        tracks.is_empty()
+                    });
+                    if !left {
+                        continue;
+                    }
+                    tracks_by_user.remove(&t.user_id);
+                    RelayEvent::ParticipantLeft(Identity::new(t.user_id))
+                }
                 pb::server_signal::Signal::VoiceActivity(v) => {
                     let key = (v.session_id, v.user_id);
                     if v.speaking {

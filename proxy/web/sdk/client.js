@@ -518,13 +518,6 @@ export class RtcdClient extends EventTarget {
           this._remote.delete(m.track_id);
           this._emit('trackended', remote);
         }
-        // rtcd.v1 has no participant events yet (`participant_left` is planned): someone whose
-        // last track was withdrawn has left.
-        const publishing = [...this._published.values()].some((p) => p.identity === m.identity);
-        if (!publishing) {
-          this.participants.delete(m.identity);
-          this._emit('participantleft', { identity: m.identity });
-        }
         return;
       }
       case 'mute_changed': {

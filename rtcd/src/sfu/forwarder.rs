@@ -31,6 +31,8 @@ pub struct PublishedTrack {
     pub owner: SessionId,
     /// The publishing user.
     pub user: UserId,
+    /// The publishing session's display name (for events; not interpreted).
+    pub display_name: String,
     /// What it is.
     pub kind: TrackKind,
     /// The track every subscriber's sender is bound to.
@@ -85,6 +87,7 @@ pub(crate) struct TrackSource {
     pub tenant: TenantId,
     pub owner: SessionId,
     pub user: UserId,
+    pub display_name: String,
     pub kind: TrackKind,
     pub id: String,
     pub muted: bool,
@@ -118,6 +121,7 @@ pub(crate) fn publish(
         id: src.id,
         owner: src.owner,
         user: src.user,
+        display_name: src.display_name,
         kind: src.kind,
         local,
         muted: AtomicBool::new(src.muted),

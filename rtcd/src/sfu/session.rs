@@ -65,6 +65,8 @@ pub struct TrackInfo {
     pub session: SessionId,
     /// The publishing user.
     pub user: UserId,
+    /// The publishing session's display name.
+    pub display_name: String,
     /// What it is.
     pub kind: TrackKind,
     /// Its msid track id in our SDP.
@@ -474,6 +476,7 @@ impl Actor {
                 tenant: self.req.tenant.clone(),
                 owner: self.req.session.clone(),
                 user: self.req.user.clone(),
+                display_name: self.req.display_name.clone(),
                 kind,
                 id: format!("{}-{}-{}", self.req.session, kind.as_str(), self.track_seq),
                 muted: self.muted.contains(&kind),
@@ -650,6 +653,7 @@ fn info(t: &PublishedTrack) -> TrackInfo {
     TrackInfo {
         session: t.owner.clone(),
         user: t.user.clone(),
+        display_name: t.display_name.clone(),
         kind: t.kind,
         track_id: t.id.clone(),
     }

@@ -85,6 +85,7 @@ fn track_event(t: TrackInfo) -> pb::TrackEvent {
         user_id: t.user.as_str().to_owned(),
         kind: kind_to(t.kind),
         track_id: t.track_id,
+        display_name: t.display_name,
     }
 }
 

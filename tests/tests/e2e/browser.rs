@@ -545,7 +545,7 @@ async fn sdk_publishes_with_declared_sources_trickles_ice_shows_room_events_and_
     far.send(RelayEvent::ParticipantJoined(Participant {
         identity: Identity::new("frank"),
         name: Some("Frank Zappa".into()),
-        role: Role::Member,
+        role: Some(Role::Member),
     }))
     .await?;
     let tile = "document.querySelector('figure[data-identity=\"frank\"]')";
@@ -758,7 +758,7 @@ async fn sdk_plays_a_remote_track_matched_by_track_published_over_trickled_loopb
     far.send(RelayEvent::ParticipantJoined(Participant {
         identity: Identity::new("judy"),
         name: Some("Judy".into()),
-        role: Role::Member,
+        role: Some(Role::Member),
     }))
     .await?;
     far.send(RelayEvent::TrackPublished {
@@ -1016,9 +1016,18 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
     bob.goto(&url("Bob")).await?;
     bob.wait_state("connected", "").await?;
 
-    // Each plays the other's camera, and frames and audio keep arriving.
-    for page in [&alice, &bob] {
+    // Each plays the other's camera, labelled with the other's display name, and frames and
+    // audio keep arriving.
+    for (page, other) in [(&alice, "Bob"), (&bob, "Alice")] {
         plays_remote_videos(page, 1).await?;
+        page.wait_for(
+            &format!(
+                "[...document.querySelectorAll('figure .name')].some(n => n.innerText === {})",
+                json!(other)
+            ),
+            BROWSER_STEP,
+        )
+        .await?;
     }
     let before = (inbound(&alice).await?, inbound(&bob).await?);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1034,12 +1043,30 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
     // Alice shares her screen: Bob plays it in a screen tile; when she stops, it goes away.
     let screen_tile = "[...document.querySelectorAll('video[data-participant][data-source=screen]')]\
         .filter(v => v.videoWidth > 0).length";
-    alice.wait_for("!document.getElementById('screen').disabled", BROWSER_STEP).await?;
-    alice.eval("document.getElementById('screen').click(); return true;", json!([])).await?;
-    bob.wait_for(&format!("{screen_tile} === 1"), BROWSER_STEP).await?;
-    bob.screenshot(&artifacts_dir().join("browser-real-call-screen.png")).await?;
-    alice.eval("document.getElementById('screen').click(); return true;", json!([])).await?;
-    bob.wait_for("document.querySelectorAll('video[data-source=screen]').length === 0", BROWSER_STEP).await?;
+    alice
+        .wait_for("!document.getElementById('screen').disabled", BROWSER_STEP)
+        .await?;
+    alice
+        .eval(
+            "document.getElementById('screen').click(); return true;",
+            json!([]),
+        )
+        .await?;
+    bob.wait_for(&format!("{screen_tile} === 1"), BROWSER_STEP)
+        .await?;
+    bob.screenshot(&artifacts_dir().join("browser-real-call-screen.png"))
+        .await?;
+    alice
+        .eval(
+            "document.getElementById('screen').click(); return true;",
+            json!([]),
+        )
+        .await?;
+    bob.wait_for(
+        "document.querySelectorAll('video[data-source=screen]').length === 0",
+        BROWSER_STEP,
+    )
+    .await?;
     plays_remote_videos(&bob, 1).await?;
 
     // A third page joins: the first two see it.

@@ -843,7 +843,7 @@ async fn relay_seam_forwards_only_authorized_messages_and_reports_a_lost_media_s
         .send(RelayEvent::ParticipantJoined(Participant {
             identity: Identity::new("rita"),
             name: None,
-            role: rtcd_proxy::policy::Role::Guest,
+            role: Some(rtcd_proxy::policy::Role::Guest),
         }))
         .await?;
     far.events
