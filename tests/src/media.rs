@@ -64,33 +64,11 @@ impl TestRtcd {
     /// Starts rtcd on loopback ephemeral ports; `extra` adds or overrides `RTCD_*` variables.
     pub async fn start(extra: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut env: Vec<(String, String)> = vec![
-            (
-                "RTCD_STORE_DATA_SOURCE".into(),
-                dir.path().join("db").display().to_string(),
-            ),
-            ("RTCD_API_HTTP_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
-            (
-                "RTCD_API_METRICS_LISTEN_ADDRESS".into(),
-                "127.0.0.1:0".into(),
-            ),
-            ("RTCD_API_SECURITY_ENABLE_ADMIN".into(), "true".into()),
-            (
-                "RTCD_API_SECURITY_ADMIN_SECRET_KEY".into(),
-                "an-admin-secret-of-at-least-32-bytes!!".into(),
-            ),
-            ("RTCD_API_SECURITY_BCRYPT_COST".into(), "4".into()),
-            ("RTCD_GRPC_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
-            ("RTCD_RTC_ICE_ADDRESS_UDP".into(), "127.0.0.1".into()),
-            ("RTCD_RTC_ICE_PORT_UDP".into(), "0".into()),
-            ("RTCD_RTC_ICE_INTERFACES".into(), "[\"lo\"]".into()),
-            ("RTCD_RTC_INCLUDE_LOOPBACK_CANDIDATES".into(), "true".into()),
-            ("RTCD_RTC_DRAIN_TIMEOUT_SECONDS".into(), "0".into()),
-        ];
-        for (k, v) in extra {
-            env.retain(|(key, _)| key != k);
-            env.push(((*k).into(), (*v).into()));
-        }
+        // Media settings on loopback come from the shared test environment; calls here drain
+        // at once on shutdown unless a test asks otherwise.
+        let mut overrides = vec![("RTCD_RTC_DRAIN_TIMEOUT_SECONDS", "0")];
+        overrides.extend_from_slice(extra);
+        let env = crate::daemon::test_env(dir.path(), &overrides);
         let config = Config::load(None, env)?;
         if let Ok(level) = std::env::var("RTCD_TEST_LOG") {
             rtcd::logging::init(&rtcd::config::LoggerConfig { level, json: false });

@@ -2,10 +2,10 @@
 //! [`FarEnd`] holding the join request, the commands the proxy forwarded (after its policy),
 //! and a sender for the events the media server would push.
 //!
-//! It stands where the rtcd gRPC relay will stand (that relay is built on another branch), so
-//! that clients, the browser SDK in particular, can be driven through a real proxy on the
-//! media path's signaling: offers with their declared sources, trickled candidates, mute,
-//! room events, and the loss of the media server (drop [`FarEnd::events`]).
+//! The real path (proxy -> rtcd relay -> rtcd) is covered by the `relay`, `dev` and browser
+//! call tests; this stand-in is for what a real rtcd cannot be made to do on cue: exact glare
+//! timing, scripted room events, a server offer at a chosen moment, and the loss of the media
+//! server (drop [`FarEnd::events`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

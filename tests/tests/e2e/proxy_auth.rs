@@ -726,53 +726,14 @@ async fn silent_connection_is_closed_for_idleness() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The far end of one relayed session, as the test sees it.
-struct RelayedSession {
-    request: rtcd_proxy::relay::JoinRequest,
-    commands: tokio::sync::mpsc::Receiver<rtcd_proxy::relay::RelayCommand>,
-    events: tokio::sync::mpsc::Sender<rtcd_proxy::relay::RelayEvent>,
-}
-
-/// A [`Relay`](rtcd_proxy::relay::Relay) whose far end is this test: it exercises the
-/// session's side of the seam (policy before relaying, event mapping, loss of the media
-/// server) until the rtcd gRPC relay, being built on another branch, can stand there.
-struct TestRelay(tokio::sync::mpsc::UnboundedSender<RelayedSession>);
-
-impl rtcd_proxy::relay::Relay for TestRelay {
-    fn join(
-        &self,
-        request: rtcd_proxy::relay::JoinRequest,
-    ) -> rtcd_proxy::relay::BoxFuture<
-        '_,
-        Result<rtcd_proxy::relay::RelayLink, rtcd_proxy::relay::RelayError>,
-    > {
-        use rtcd_proxy::relay::{LINK_CAPACITY, RelayError, RelayLink};
-        Box::pin(async move {
-            let (command_tx, command_rx) = tokio::sync::mpsc::channel(LINK_CAPACITY);
-            let (event_tx, event_rx) = tokio::sync::mpsc::channel(LINK_CAPACITY);
-            self.0
-                .send(RelayedSession {
-                    request,
-                    commands: command_rx,
-                    events: event_tx,
-                })
-                .map_err(|_| RelayError::Unavailable("test relay gone".into()))?;
-            Ok(RelayLink {
-                commands: command_tx,
-                events: event_rx,
-            })
-        })
-    }
-}
-
 #[tokio::test]
 async fn relay_seam_forwards_only_authorized_messages_and_reports_a_lost_media_server()
 -> anyhow::Result<()> {
     use rtcd_proxy::policy::TrackSource;
     use rtcd_proxy::protocol::{Identity, Participant};
     use rtcd_proxy::relay::{RelayCommand, RelayEvent};
-    let (tx, mut joins) = tokio::sync::mpsc::unbounded_channel();
-    let proxy = start_with_relay(base_config(), Some(std::sync::Arc::new(TestRelay(tx)))).await?;
+    let (relay, mut joins) = rtcd_e2e::relay::ScriptedRelay::start();
+    let proxy = start_with_relay(base_config(), Some(relay)).await?;
     let member = with(claims("quinn", "standup"), "role", json!("member"));
     let (mut client, outcome) = join(proxy.addr(), Some(&hs_token(&member)), "standup").await?;
     let JoinOutcome::Joined(m) = outcome else {
@@ -874,10 +835,10 @@ async fn relay_seam_forwards_only_authorized_messages_and_reports_a_lost_media_s
 #[tokio::test]
 async fn client_that_stops_reading_is_dropped_not_waited_on() -> anyhow::Result<()> {
     use rtcd_proxy::relay::RelayEvent;
-    let (tx, mut joins) = tokio::sync::mpsc::unbounded_channel();
+    let (relay, mut joins) = rtcd_e2e::relay::ScriptedRelay::start();
     let mut config = base_config();
     config.limits.send_timeout_seconds = 1;
-    let proxy = start_with_relay(config, Some(std::sync::Arc::new(TestRelay(tx)))).await?;
+    let proxy = start_with_relay(config, Some(relay)).await?;
     let (client, outcome) = join(
         proxy.addr(),
         Some(&hs_token(&claims("sam", "standup"))),

@@ -11,6 +11,19 @@ use rtcd_proxy::placement::HostHealth;
 use rtcd_proxy::relay::rtcd::RtcdRelay;
 use tokio_util::sync::CancellationToken;
 
+/// Registers client `id` (key [`key_for`]`(id)`) in `rtcd`, as an operator would for a proxy.
+async fn register_proxy(rtcd: &rtcd::Rtcd, id: &str) {
+    rtcd.auth()
+        .register(
+            Some(&Principal::Admin),
+            ClientId::parse(id).unwrap(),
+            Secret::new(key_for(id)),
+            "127.0.0.1".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
 /// A port free on both 127.0.0.2 and 127.0.0.3, so two rtcd hosts can share one API port as
 /// they would on two machines.
 fn shared_port() -> u16 {
@@ -29,16 +42,7 @@ async fn host(dir: &std::path::Path, ip: &str, port: u16) -> TestRtcd {
     let d = TestRtcd::start_in(dir, &[("RTCD_API_HTTP_LISTEN_ADDRESS", &addr)])
         .await
         .unwrap();
-    d.rtcd
-        .auth()
-        .register(
-            Some(&Principal::Admin),
-            ClientId::parse("proxy-1").unwrap(),
-            Secret::new(key_for("proxy-1")),
-            "127.0.0.1".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+    register_proxy(&d.rtcd, "proxy-1").await;
     d
 }
 
@@ -123,16 +127,7 @@ async fn proxy_for(
     rtcd: &rtcd_e2e::media::TestRtcd,
     cancel: &CancellationToken,
 ) -> rtcd_proxy::Proxy {
-    rtcd.rtcd
-        .auth()
-        .register(
-            Some(&Principal::Admin),
-            ClientId::parse("proxy-1").unwrap(),
-            Secret::new(key_for("proxy-1")),
-            "127.0.0.1".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+    register_proxy(&rtcd.rtcd, "proxy-1").await;
     let mut config = rtcd_e2e::proxy::base_config();
     config.rtcd = RtcdConfig {
         url: format!("http://{}", rtcd.grpc_addr()),
@@ -251,16 +246,7 @@ async fn relay_speaks_tls_to_rtcd_and_media_still_flows() {
     ])
     .await
     .unwrap();
-    rtcd.rtcd
-        .auth()
-        .register(
-            Some(&Principal::Admin),
-            ClientId::parse("proxy-tls").unwrap(),
-            Secret::new(key_for("proxy-tls")),
-            "127.0.0.1".parse().unwrap(),
-        )
-        .await
-        .unwrap();
+    register_proxy(&rtcd.rtcd, "proxy-tls").await;
     let mut config = rtcd_e2e::proxy::base_config();
     config.rtcd = RtcdConfig {
         url: format!("https://{}", rtcd.grpc_addr()),

@@ -52,7 +52,7 @@ async fn signaling_rpc_requires_valid_credentials() -> anyhow::Result<()> {
         Code::Unauthenticated,
         "bad scheme"
     );
-    let admin = basic("admin", "an-admin-secret-of-at-least-32-bytes!!");
+    let admin = basic("admin", rtcd_e2e::daemon::ADMIN_SECRET);
     assert_eq!(
         join_code(&rtcd, Some(&admin)).await,
         Code::PermissionDenied,
