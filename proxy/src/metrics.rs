@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Labels of `proxy_messages_total`.
@@ -40,6 +41,20 @@ pub struct Metrics {
     pub auth_failures: Family<ReasonLabel, Counter>,
     /// Closes by reason.
     pub closes: Family<ReasonLabel, Counter>,
+    /// Time to open a session on the media server (placement, login if needed, stream, Joined).
+    pub relay_join_seconds: Histogram,
+    /// Client offer relayed -> media server answer delivered: what the relay adds to a
+    /// negotiation, media server included.
+    pub relay_answer_seconds: Histogram,
+    /// Media server hosts by health (`ready`, `unready`, `unknown`), as of the last scrape.
+    pub rtcd_hosts: Family<HealthLabel, Gauge>,
+}
+
+/// Labels of `proxy_rtcd_hosts`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabel {
+    /// `ready`, `unready` or `unknown`.
+    pub health: &'static str,
 }
 
 impl Metrics {
@@ -78,8 +93,30 @@ impl Metrics {
             "Connections closed by the proxy, by reason",
             closes.clone(),
         );
+        // 1 ms .. ~16 s: joins include a login on a cold host; answers include rtcd's gathering.
+        let relay_join_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "relay_join_seconds",
+            "Time to open a session on the media server",
+            relay_join_seconds.clone(),
+        );
+        let relay_answer_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "relay_answer_seconds",
+            "Client offer relayed to the media server's answer delivered",
+            relay_answer_seconds.clone(),
+        );
+        let rtcd_hosts = Family::<HealthLabel, Gauge>::default();
+        registry.register(
+            "rtcd_hosts",
+            "Media server hosts by health",
+            rtcd_hosts.clone(),
+        );
         Arc::new(Self {
             registry,
+            relay_join_seconds,
+            relay_answer_seconds,
+            rtcd_hosts,
             connections,
             connections_total,
             sessions,

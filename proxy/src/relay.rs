@@ -155,4 +155,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Relay: Send + Sync + 'static {
     /// Places the session's room on a media server and opens its stream.
     fn join(&self, request: JoinRequest) -> BoxFuture<'_, Result<RelayLink, RelayError>>;
+
+    /// Media server hosts as (ready, unready, unknown), for metrics; None if not applicable.
+    fn host_health(&self) -> Option<(usize, usize, usize)> {
+        None
+    }
 }

@@ -168,6 +168,14 @@ pub fn internal_routes(
     let metrics = {
         let state = state.clone();
         warp::path!("metrics").and(warp::get()).map(move || {
+            if let Some((ready, unready, unknown)) =
+                state.relay.as_ref().and_then(|r| r.host_health())
+            {
+                for (health, n) in [("ready", ready), ("unready", unready), ("unknown", unknown)] {
+                    let label = crate::metrics::HealthLabel { health };
+                    state.metrics.rtcd_hosts.get_or_create(&label).set(n as i64);
+                }
+            }
             warp::reply::with_header(
                 state.metrics.encode(),
                 "content-type",

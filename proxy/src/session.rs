@@ -189,6 +189,8 @@ pub struct UpgradeTokens {
 struct Joined {
     grant: Grant,
     link: Option<RelayLink>,
+    /// When the last client offer was relayed, until its answer comes back.
+    offer_sent: Option<Instant>,
     _slot: UserSlot,
     warned: bool,
 }
@@ -535,16 +537,23 @@ impl Session {
                     "no media server is configured on this proxy".to_owned(),
                 )),
             ),
-            Some(relay) => match relay
-                .join(JoinRequest {
-                    session: self.id,
-                    grant: grant.clone(),
-                })
-                .await
-            {
-                Ok(link) => (Some(link), None),
-                Err(e) => (None, Some((e.code(), e.to_string()))),
-            },
+            Some(relay) => {
+                let started = Instant::now();
+                let result = relay
+                    .join(JoinRequest {
+                        session: self.id,
+                        grant: grant.clone(),
+                    })
+                    .await;
+                self.state
+                    .metrics
+                    .relay_join_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                match result {
+                    Ok(link) => (Some(link), None),
+                    Err(e) => (None, Some((e.code(), e.to_string()))),
+                }
+            }
         };
         self.send(ServerMessage::Joined {
             session_id: self.id,
@@ -564,6 +573,7 @@ impl Session {
         self.joined = Some(Joined {
             grant,
             link,
+            offer_sent: None,
             _slot: slot,
             warned: false,
         });
@@ -677,6 +687,11 @@ impl Session {
             .map(|l| l.commands.clone());
         match sender {
             Some(tx) => {
+                if matches!(command, RelayCommand::Offer { .. })
+                    && let Some(j) = self.joined.as_mut()
+                {
+                    j.offer_sent = Some(Instant::now());
+                }
                 if tx.send(command).await.is_err() {
                     tracing::debug!(session = %self.id, "relay stream already ended");
                 }
@@ -737,7 +752,15 @@ impl Session {
         };
         let message = match event {
             RelayEvent::Offer(sdp) => ServerMessage::Offer { sdp },
-            RelayEvent::Answer(sdp) => ServerMessage::Answer { sdp },
+            RelayEvent::Answer(sdp) => {
+                if let Some(sent) = self.joined.as_mut().and_then(|j| j.offer_sent.take()) {
+                    self.state
+                        .metrics
+                        .relay_answer_seconds
+                        .observe(sent.elapsed().as_secs_f64());
+                }
+                ServerMessage::Answer { sdp }
+            }
             RelayEvent::Candidate(candidate) => ServerMessage::Candidate { candidate },
             RelayEvent::ParticipantJoined(participant) => {
                 ServerMessage::ParticipantJoined { participant }

@@ -486,6 +486,18 @@ impl Relay for RtcdRelay {
     fn join(&self, request: JoinRequest) -> BoxFuture<'_, Result<RelayLink, RelayError>> {
         Box::pin(async move { self.open(&request).await })
     }
+
+    fn host_health(&self) -> Option<(usize, usize, usize)> {
+        let mut counts = (0, 0, 0);
+        for (_, health) in self.hosts.snapshot() {
+            match health {
+                HostHealth::Ready => counts.0 += 1,
+                HostHealth::Unready => counts.1 += 1,
+                HostHealth::Unknown => counts.2 += 1,
+            }
+        }
+        Some(counts)
+    }
 }
 
 /// One entry of `rtcd.url`.

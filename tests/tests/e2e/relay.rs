@@ -185,6 +185,24 @@ async fn participants_exchange_audio_and_video_through_proxy_and_rtcd() {
             );
         }
     }
+    // Operators see the relay: join and offer->answer latency, and the hosts' health.
+    let metrics_addr = proxy.metrics_addr().expect("internal listener");
+    let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "proxy_relay_join_seconds_count 3",
+        "proxy_rtcd_hosts{health=\"ready\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing in:\n{text}");
+    }
+    assert!(
+        !text.contains("proxy_relay_answer_seconds_count 0"),
+        "answers are timed"
+    );
     // rtcd's events reach the clients through the proxy.
     assert!(people[0].saw(|e| matches!(e, rtcd_proto::v1::server_signal::Signal::TrackPublished(t) if t.user_id == "bob")));
     for p in &people {
