@@ -43,6 +43,17 @@ async fn login(d: &TestRtcd, id: &str, key: &str) -> (StatusCode, Value) {
     .await
 }
 
+async fn login_from(client: &reqwest::Client, d: &TestRtcd, id: &str, key: &str) -> StatusCode {
+    post_from(
+        client,
+        &d.url("/login"),
+        &json!({"clientID": id, "authKey": key}),
+        None,
+    )
+    .await
+    .0
+}
+
 async fn unregister(d: &TestRtcd, id: &str, auth: Option<(&str, &str)>) -> (StatusCode, Value) {
     post(&d.url("/unregister"), &json!({"clientID": id}), auth).await
 }
@@ -555,14 +566,7 @@ async fn repeated_bad_keys_are_rate_limited_without_slowing_good_clients() {
     let login_body = |id: &str, key: &str| json!({"clientID": id, "authKey": key});
     // The good client has authenticated once (cached).
     assert_eq!(
-        post_from(
-            &good,
-            &d.url("/login"),
-            &login_body("good", &good_key),
-            None
-        )
-        .await
-        .0,
+        login_from(&good, &d, "good", &good_key).await,
         StatusCode::OK
     );
 
@@ -609,39 +613,18 @@ async fn repeated_bad_keys_are_rate_limited_without_slowing_good_clients() {
     // The good client, already verified, is not affected at all.
     for _ in 0..5 {
         assert_eq!(
-            post_from(
-                &good,
-                &d.url("/login"),
-                &login_body("good", &good_key),
-                None
-            )
-            .await
-            .0,
+            login_from(&good, &d, "good", &good_key).await,
             StatusCode::OK
         );
     }
     // Another client from another address, never seen before, goes through bcrypt normally.
     assert_eq!(
-        post_from(
-            &bystander,
-            &d.url("/login"),
-            &login_body("other", &other_key),
-            None
-        )
-        .await
-        .0,
+        login_from(&bystander, &d, "other", &other_key).await,
         StatusCode::OK
     );
     // The attacker's address stays limited even for other IDs; basic auth is limited the same way.
     assert_eq!(
-        post_from(
-            &attacker,
-            &d.url("/login"),
-            &login_body("other", &key_for("nope")),
-            None
-        )
-        .await
-        .0,
+        login_from(&attacker, &d, "other", &key_for("nope")).await,
         StatusCode::TOO_MANY_REQUESTS
     );
     let (status, _) = post_from(
