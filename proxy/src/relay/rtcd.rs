@@ -637,6 +637,14 @@ fn spawn_pumps(
                     }
                     RelayEvent::VoiceActivity(speakers)
                 }
+                pb::server_signal::Signal::MuteChanged(m) => match source_of(m.kind()) {
+                    Some(source) => RelayEvent::MuteChanged {
+                        identity: Identity::new(m.user_id),
+                        source,
+                        muted: m.muted,
+                    },
+                    None => continue,
+                },
                 pb::server_signal::Signal::Error(e) => RelayEvent::Error {
                     code: error_label(e.code),
                     message: e.message,

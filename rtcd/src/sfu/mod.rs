@@ -245,15 +245,21 @@ pub struct SfuConfig {
     pub keyframe_interval: Duration,
 }
 
-/// Notices fanned out to every session of a call (voice activity). A `broadcast` channel: a
-/// session that lags loses the oldest notices (voice activity is advisory, the next change
-/// supersedes it) and the forwarder that sends never waits.
+/// Notices fanned out to every session of a call (voice activity, mute). A `broadcast`
+/// channel: a session that lags loses the oldest notices (both are advisory, the next change
+/// supersedes them) and the sender never waits.
 #[derive(Debug, Clone)]
 pub(crate) enum CallNotice {
     Voice {
         session: SessionId,
         user: UserId,
         speaking: bool,
+    },
+    Mute {
+        session: SessionId,
+        user: UserId,
+        kind: TrackKind,
+        muted: bool,
     },
 }
 

@@ -95,6 +95,17 @@ pub enum SessionEvent {
         /// Started (true) or stopped.
         speaking: bool,
     },
+    /// Another session muted or unmuted one of its tracks.
+    MuteChanged {
+        /// Who.
+        session: SessionId,
+        /// Their user.
+        user: UserId,
+        /// Which track kind.
+        kind: TrackKind,
+        /// Muted (true) or unmuted.
+        muted: bool,
+    },
     /// A recoverable error about one command.
     Error(SfuError),
     /// The session ended; nothing follows.
@@ -281,6 +292,11 @@ impl Actor {
                             self.emit(SessionEvent::VoiceActivity { session, user, speaking });
                         }
                     }
+                    Ok(CallNotice::Mute { session, user, kind, muted }) => {
+                        if session != self.req.session && self.req.permissions.subscribe {
+                            self.emit(SessionEvent::MuteChanged { session, user, kind, muted });
+                        }
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => break "call ended".into(),
                 },
@@ -343,6 +359,13 @@ impl Actor {
                 for t in self.published.iter().filter(|t| t.kind == kind) {
                     t.muted.store(muted, std::sync::atomic::Ordering::Relaxed);
                 }
+                // No receiver (alone in the call) is not an error.
+                let _ = self.link.notices.send(CallNotice::Mute {
+                    session: self.req.session.clone(),
+                    user: self.req.user.clone(),
+                    kind,
+                    muted,
+                });
                 Ok(())
             }
             SessionCommand::ScreenShare { on, track_id } => {

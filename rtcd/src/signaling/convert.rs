@@ -111,6 +111,17 @@ pub fn event(e: SessionEvent) -> pb::ServerSignal {
             user_id: user.as_str().to_owned(),
             speaking,
         }),
+        SessionEvent::MuteChanged {
+            session,
+            user,
+            kind,
+            muted,
+        } => Signal::MuteChanged(pb::MuteEvent {
+            session_id: session.as_str().to_owned(),
+            user_id: user.as_str().to_owned(),
+            kind: kind_to(kind),
+            muted,
+        }),
         SessionEvent::Error(e) => error(&e),
         SessionEvent::Closed { reason } => Signal::SessionClosed(pb::SessionClosed { reason }),
     };

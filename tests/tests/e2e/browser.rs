@@ -1040,6 +1040,26 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
         );
     }
 
+    // Alice mutes her microphone: Bob's tile for her says so (rtcd drops her audio and tells the
+    // call); unmuting clears it.
+    let alice_mic_off = "[...document.querySelectorAll('figure')]\
+        .some(f => f.innerText.includes('Alice') && f.innerText.includes('mic off'))";
+    alice
+        .eval(
+            "document.getElementById('mic').click(); return true;",
+            json!([]),
+        )
+        .await?;
+    bob.wait_for(alice_mic_off, BROWSER_STEP).await?;
+    alice
+        .eval(
+            "document.getElementById('mic').click(); return true;",
+            json!([]),
+        )
+        .await?;
+    bob.wait_for(&format!("!({alice_mic_off})"), BROWSER_STEP)
+        .await?;
+
     // Alice shares her screen: Bob plays it in a screen tile; when she stops, it goes away.
     let screen_tile = "[...document.querySelectorAll('video[data-participant][data-source=screen]')]\
         .filter(v => v.videoWidth > 0).length";
