@@ -6,8 +6,11 @@
 //!    divided by N. Target from issue 4: under 64 KiB per connection with 10,000 open.
 //! 2. The proxy's own per-message cost, WebSocket in -> parse -> policy -> WebSocket out, as
 //!    round trips on one joined connection (ping -> pong, and an SDP offer through the
-//!    permission policy). The rtcd relay hop is not in this build; when it lands, its
-//!    overhead adds to these numbers.
+//!    permission policy).
+//! 3. What the relay adds: the same SDP offer sent to a real rtcd (in this process) directly
+//!    over gRPC, and through the proxy (WebSocket -> policy -> gRPC -> rtcd -> back); rtcd
+//!    refuses the SDP (no ICE credentials) at once, so the round trip is signaling only. The
+//!    difference of the two distributions is the proxy's relay overhead.
 //!
 //! `BENCH_PROXY_CONNECTIONS` (default 10000) and `BENCH_PROXY_ROUNDS` (default 5000) scale it.
 
@@ -25,9 +28,11 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Starts the proxy binary on an ephemeral loopback port with limits out of the way.
-fn spawn_proxy() -> anyhow::Result<(Child, SocketAddr)> {
+/// Starts the proxy binary on an ephemeral loopback port with limits out of the way, plus
+/// `extra` settings.
+fn spawn_proxy(extra: &[(String, String)]) -> anyhow::Result<(Child, SocketAddr)> {
     let mut env = process_env();
+    env.extend_from_slice(extra);
     for (k, v) in [
         ("PROXY_LIMITS_CONNECTION_BURST", "100000"),
         ("PROXY_LIMITS_CONNECTIONS_PER_MINUTE", "100000"),
@@ -95,6 +100,121 @@ async fn round_trips(addr: SocketAddr, rounds: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sorts `samples`, prints p50 / p99 / max under `name`, and returns them sorted.
+fn report(name: &str, mut samples: Vec<Duration>) -> Vec<Duration> {
+    samples.sort_unstable();
+    println!(
+        "{name:<28} n={:<6} p50={:>8.1?} p99={:>8.1?} max={:>8.1?}",
+        samples.len(),
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.99),
+        samples[samples.len() - 1]
+    );
+    samples
+}
+
+/// Section 3: offer -> rtcd's refusal, directly over gRPC and through the proxy's relay.
+async fn relay_overhead(rounds: usize) -> anyhow::Result<()> {
+    use rtcd_proto::v1 as pb;
+    use tokio_stream::StreamExt as _;
+    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendrecv\r\n";
+    let rtcd = rtcd_e2e::media::TestRtcd::start(&[]).await?;
+    let basic = rtcd.register("bench-proxy").await?;
+    let key = basic_key("bench-proxy");
+
+    // Direct: one gRPC stream, offer -> Error event.
+    let mut client = rtcd.client().await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(rtcd_e2e::media::join(
+        "bench",
+        "direct",
+        rtcd_e2e::media::all_permissions(),
+    ))
+    .await?;
+    let mut inbound = client
+        .session(rtcd_e2e::media::authorized(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            Some(&basic),
+        ))
+        .await?
+        .into_inner();
+    inbound.next().await; // Joined
+    let offer = || pb::ClientSignal {
+        signal: Some(pb::client_signal::Signal::Offer(pb::SessionDescription {
+            sdp: sdp.into(),
+        })),
+    };
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        tx.send(offer()).await?;
+        loop {
+            match inbound.next().await {
+                Some(Ok(pb::ServerSignal {
+                    signal: Some(pb::server_signal::Signal::Error(_)),
+                })) => break,
+                Some(Ok(_)) => continue,
+                other => anyhow::bail!("stream ended: {other:?}"),
+            }
+        }
+        samples.push(t.elapsed());
+    }
+    let direct = report("offer -> rtcd error (gRPC)", samples);
+
+    // Through the proxy (a separate process) and its relay.
+    let extra: Vec<(String, String)> = [
+        ("PROXY_RTCD_URL", format!("http://{}", rtcd.grpc_addr())),
+        ("PROXY_RTCD_CLIENT_ID", "bench-proxy".into()),
+        ("PROXY_RTCD_AUTH_KEY", key),
+        (
+            "PROXY_RTCD_API_PORT",
+            rtcd.rtcd.http_addr().port().to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let (mut child, addr) = spawn_proxy(&extra)?;
+    let result = async {
+        let mut moderator = claims("bench-relay", "bench");
+        moderator["role"] = "moderator".into();
+        let mut ws = Client::connect(addr, "", &[]).await?;
+        ws.send(&json!({"type": "join", "room": "bench", "token": hs_token(&moderator)}))
+            .await?;
+        anyhow::ensure!(
+            ws.expect("joined").await?["media"] == true,
+            "the proxy has no media link"
+        );
+        let message = json!({"type": "offer", "sdp": sdp});
+        let mut samples = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            ws.send(&message).await?;
+            ws.expect("error").await?;
+            samples.push(t.elapsed());
+        }
+        let relayed = report("offer -> rtcd error (proxy)", samples);
+        for (p, label) in [(0.50, "p50"), (0.99, "p99")] {
+            let added = percentile(&relayed, p).saturating_sub(percentile(&direct, p));
+            println!(
+                "relay overhead {label}: {added:.1?} (proxy {:.1?} - direct {:.1?})",
+                percentile(&relayed, p),
+                percentile(&direct, p)
+            );
+        }
+        Ok(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// The auth key `TestRtcd::register` gives `id`.
+fn basic_key(id: &str) -> String {
+    format!("{id}-key-that-is-long-enough-0123456789")
+}
+
 async fn idle_memory(addr: SocketAddr, pid: u32, n: usize) -> anyhow::Result<()> {
     // Warm up allocator pools and lazy statics with a few sessions first.
     let mut clients = Vec::with_capacity(n);
@@ -131,10 +251,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (mut child, addr) = spawn_proxy()?;
+    let (mut child, addr) = spawn_proxy(&[])?;
     let pid = child.id();
     let result = runtime.block_on(async {
         round_trips(addr, rounds).await?;
+        relay_overhead(rounds.min(2_000)).await?;
         idle_memory(addr, pid, connections).await
     });
     let _ = child.kill();

@@ -311,3 +311,49 @@ async fn relay_speaks_tls_to_rtcd_and_media_still_flows() {
     b.close().await;
     cancel.cancel();
 }
+
+#[tokio::test]
+async fn a_host_name_is_resolved_into_hosts() {
+    // `localhost` comes from /etc/hosts: the name path of discovery (resolve, one host per
+    // address, health, placement) without a DNS server.
+    let rtcd = rtcd_e2e::media::TestRtcd::start(&[]).await.unwrap();
+    register_proxy(&rtcd.rtcd, "proxy-1").await;
+    let config = RtcdConfig {
+        url: format!("http://localhost:{}", rtcd.grpc_addr().port()),
+        client_id: "proxy-1".into(),
+        auth_key: SecretString::new(key_for("proxy-1")),
+        api_port: rtcd.rtcd.http_addr().port(),
+        health_interval_seconds: 1,
+        resolve_interval_seconds: 1,
+        ..RtcdConfig::default()
+    };
+    let cancel = CancellationToken::new();
+    let relay = RtcdRelay::start(&config, cancel.clone()).await.unwrap();
+    let expected = format!("127.0.0.1:{}", rtcd.grpc_addr().port());
+    let snapshot = relay.hosts().snapshot();
+    assert!(
+        snapshot
+            .iter()
+            .any(|(host, health)| *host == expected && *health == HostHealth::Ready),
+        "{snapshot:?}"
+    );
+    assert!(
+        snapshot
+            .iter()
+            .all(|(host, health)| *host == expected || *health != HostHealth::Ready),
+        "only the address rtcd listens on is ready: {snapshot:?}"
+    );
+    assert_eq!(relay.hosts().place("any-room"), Some(expected));
+    // A join through the named host reaches rtcd.
+    let mut proxy_config = rtcd_e2e::proxy::base_config();
+    proxy_config.rtcd = config;
+    let proxy = rtcd_e2e::proxy::start_with_relay(proxy_config, Some(relay))
+        .await
+        .unwrap();
+    let mut client = rtcd_e2e::proxy::Client::connect(proxy.addr(), "", &[])
+        .await
+        .unwrap();
+    client.send(&serde_json::json!({"type": "join", "room": "named", "token": moderator("gus", "named")})).await.unwrap();
+    assert_eq!(client.expect("joined").await.unwrap()["media"], true);
+    cancel.cancel();
+}
