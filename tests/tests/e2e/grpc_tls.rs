@@ -62,7 +62,9 @@ fn leaf(dir: &Path, name: &str, ext: &str) -> anyhow::Result<()> {
     )
 }
 
-fn make_pki(dir: &Path) -> anyhow::Result<()> {
+/// A test PKI in `dir`: `ca.pem`, `server.{pem,key}` (localhost, 127.0.0.1) and
+/// `proxy.{pem,key}` (client auth).
+pub(crate) fn make_pki(dir: &Path) -> anyhow::Result<()> {
     openssl(
         dir,
         &[

@@ -357,3 +357,109 @@ async fn a_host_name_is_resolved_into_hosts() {
     assert_eq!(client.expect("joined").await.unwrap()["media"], true);
     cancel.cancel();
 }
+
+#[tokio::test]
+async fn a_revoked_bearer_token_is_replaced_by_a_fresh_login() {
+    let rtcd = rtcd_e2e::media::TestRtcd::start(&[]).await.unwrap();
+    let cancel = CancellationToken::new();
+    let proxy = proxy_for(&rtcd, &cancel).await;
+    let join = |room: &'static str, user: &'static str| {
+        let addr = proxy.addr();
+        async move {
+            let mut client = rtcd_e2e::proxy::Client::connect(addr, "", &[])
+                .await
+                .unwrap();
+            client.send(&serde_json::json!({"type": "join", "room": room, "token": moderator(user, room)})).await.unwrap();
+            client.expect("joined").await.unwrap()["media"].clone()
+        }
+    };
+    assert_eq!(join("before", "ivy").await, true);
+    // Unregistering revokes every bearer token of the client; the operator re-registers it
+    // with the same key. The relay's cached token is now refused (UNAUTHENTICATED): it must
+    // log in again and retry, invisibly to the user.
+    let id = ClientId::parse("proxy-1").unwrap();
+    rtcd.rtcd
+        .auth()
+        .unregister(&Principal::Admin, id, "127.0.0.1".parse().unwrap())
+        .await
+        .unwrap();
+    register_proxy(&rtcd.rtcd, "proxy-1").await;
+    assert_eq!(join("after", "jay").await, true);
+    let metrics = rtcd.rtcd.metrics().encode();
+    for line in [
+        "rtcd_auth_attempts_total{method=\"bearer\",outcome=\"failed\"} 1",
+        "rtcd_auth_attempts_total{method=\"login\",outcome=\"ok\"} 2",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "{line} missing: the relay must retry once with a fresh login\n{metrics}"
+        );
+    }
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn relay_presents_its_client_certificate_when_rtcd_requires_one() {
+    let dir = tempfile::tempdir().unwrap();
+    super::grpc_tls::make_pki(dir.path()).unwrap();
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let (ca, cert, key) = (file("ca.pem"), file("server.pem"), file("server.key"));
+    let rtcd = rtcd_e2e::media::TestRtcd::start(&[
+        ("RTCD_GRPC_TLS_CERT_FILE", &cert),
+        ("RTCD_GRPC_TLS_KEY_FILE", &key),
+        ("RTCD_GRPC_TLS_CLIENT_CA_FILE", &ca),
+        ("RTCD_API_HTTP_TLS_CERT_FILE", &cert),
+        ("RTCD_API_HTTP_TLS_KEY_FILE", &key),
+    ])
+    .await
+    .unwrap();
+    register_proxy(&rtcd.rtcd, "proxy-1").await;
+    let relay_config = |with_certificate: bool| RtcdConfig {
+        url: format!("https://{}", rtcd.grpc_addr()),
+        client_id: "proxy-1".into(),
+        auth_key: SecretString::new(key_for("proxy-1")),
+        api_port: rtcd.rtcd.http_addr().port(),
+        ca_file: ca.clone(),
+        server_name: "localhost".into(),
+        client_cert_file: if with_certificate {
+            file("proxy.pem")
+        } else {
+            String::new()
+        },
+        client_key_file: if with_certificate {
+            file("proxy.key")
+        } else {
+            String::new()
+        },
+        health_interval_seconds: 1,
+        ..RtcdConfig::default()
+    };
+    let cancel = CancellationToken::new();
+    for (with_certificate, media) in [(true, true), (false, false)] {
+        let mut config = rtcd_e2e::proxy::base_config();
+        config.rtcd = relay_config(with_certificate);
+        let relay = RtcdRelay::start(&config.rtcd, cancel.clone())
+            .await
+            .unwrap();
+        let proxy = rtcd_e2e::proxy::start_with_relay(config, Some(relay))
+            .await
+            .unwrap();
+        let mut client = rtcd_e2e::proxy::Client::connect(proxy.addr(), "", &[])
+            .await
+            .unwrap();
+        client.send(&serde_json::json!({"type": "join", "room": "mtls", "token": moderator("kim", "mtls")})).await.unwrap();
+        let joined = client.expect("joined").await.unwrap();
+        assert_eq!(
+            joined["media"], media,
+            "client certificate presented: {with_certificate}"
+        );
+        if !media {
+            assert_eq!(
+                client.expect("error").await.unwrap()["code"],
+                "media_unavailable"
+            );
+        }
+        proxy.shutdown().await;
+    }
+    cancel.cancel();
+}
