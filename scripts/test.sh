@@ -17,11 +17,11 @@ need_root() {
 
 echo "== system packages"
 # Browser tests drive Debian's Chromium through chromedriver; they fail (never skip) without it.
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || ! command -v ip >/dev/null; then
-	need_root "installing chromium, chromium-driver and iproute2"
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || ! command -v ip >/dev/null || ! command -v openssl >/dev/null; then
+	need_root "installing chromium, chromium-driver, iproute2 and openssl (test PKI)"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update
-	apt-get install -y --no-install-recommends chromium chromium-driver iproute2
+	apt-get install -y --no-install-recommends chromium chromium-driver iproute2 openssl
 fi
 for bin in /usr/bin/chromium /usr/bin/chromedriver; do
 	if [ ! -x "$bin" ]; then
