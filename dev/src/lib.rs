@@ -139,25 +139,8 @@ pub async fn start(args: Options) -> anyhow::Result<DevStack> {
     })
 }
 
-/// Reads a secret from `path`, creating it (32 random bytes, base64url, mode 0600) on first use.
+/// The secret in `path`, created on first use (see [`rtcd::auth::secret_file`]).
 fn secret_file(path: &Path) -> anyhow::Result<String> {
-    use base64::Engine as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(text.trim().to_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; 32];
-            rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
-            let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            std::io::Write::write_all(&mut file, secret.as_bytes())?;
-            Ok(secret)
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
+    let secret = rtcd::auth::secret_file(path).with_context(|| format!("{}", path.display()))?;
+    Ok(secret.expose().to_owned())
 }

@@ -218,21 +218,6 @@ async fn clients(config: Config, action: &ClientsAction) -> Result<(), String> {
 
 /// Reads the dev admin secret from `data_dir/admin-secret`, creating it (0600) on first use.
 fn dev_admin_secret(data_dir: &Path) -> std::io::Result<Secret> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::create_dir_all(data_dir)?;
-    let path = data_dir.join("admin-secret");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Secret::new(text.trim())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let secret = generate_key();
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)?;
-            std::io::Write::write_all(&mut file, secret.expose().as_bytes())?;
-            Ok(secret)
-        }
-        Err(e) => Err(e),
-    }
+    crate::auth::secret_file(&data_dir.join("admin-secret"))
 }

@@ -69,7 +69,6 @@ where
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HANDSHAKE_TIMEOUT);
-            let builder = Arc::new(builder);
             let watcher = graceful.watcher();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {

@@ -188,6 +188,26 @@ pub fn generate_key() -> Secret {
     Secret(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// Reads a secret from `path`, or creates it there ([`generate_key`], mode 0600) on first use:
+/// how development setups keep generated secrets across restarts without printing them.
+pub fn secret_file(path: &std::path::Path) -> std::io::Result<Secret> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Secret::new(text.trim())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = generate_key();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+            std::io::Write::write_all(&mut file, secret.expose().as_bytes())?;
+            Ok(secret)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Credentials as presented by a caller, parsed from an `Authorization` value.
 #[derive(Debug, Clone)]
 pub enum Credentials {
