@@ -10,3 +10,4 @@ pub mod daemon;
 pub mod media;
 pub mod proxy;
 pub mod relay;
+pub mod loadgen;

@@ -1,0 +1,469 @@
+//! The load tool: C calls x P participants against a target (our proxy + rtcd, Janus, or the raw
+//! UDP relay ceiling), identical clients and measurements for each, so that ratios between
+//! targets mean something. `src/bin/loadgen.rs` is its command line; `docs/benchmarks.md` has
+//! the scenarios and results.
+//!
+//! A run: joins ramp at a configured rate (each participant's join time runs from token to ICE
+//! connected); once all are in (or failed), a warm-up, then a measurement window over which
+//! forwarded packets, loss, latency and the target processes' CPU time are taken. A progress
+//! line goes to stderr every second; the result is JSON plus a Markdown summary and an SVG plot.
+
+pub mod janus;
+pub mod ours;
+pub mod peer;
+pub mod raw;
+pub mod report;
+pub mod stats;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use peer::{PeerConfig, PeerOutcome, Source, TrackSpec};
+use report::{Report, Sample};
+use stats::{Counters, Histogram, LossTotals, Watched, cpu_seconds, memory_kib, percentile};
+
+/// The load shape.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scenario {
+    /// A label for the report.
+    pub name: String,
+    /// Calls (rooms).
+    pub calls: usize,
+    /// Participants per call; everyone subscribes to everything.
+    pub participants: usize,
+    /// Of those, how many publish audio (the first ones of each call).
+    pub audio: usize,
+    /// How many publish camera video.
+    pub video: usize,
+    /// How many share a screen.
+    pub screen: usize,
+    /// Camera bitrate (kbit/s of payload).
+    pub video_kbps: u32,
+    /// Screen share bitrate (kbit/s).
+    pub screen_kbps: u32,
+    /// Video RTP payload bytes per packet.
+    pub video_payload: usize,
+    /// Opus payload bytes per packet (50 packets/s).
+    pub audio_payload: usize,
+    /// Joins per second (0 = all at once, as fast as the target admits them).
+    pub join_rate: f64,
+    /// Settling time after the last join, before measuring.
+    #[serde(with = "secs")]
+    pub warmup: Duration,
+    /// The measurement window.
+    #[serde(with = "secs")]
+    pub duration: Duration,
+    /// The address clients bind and advertise.
+    pub bind_ip: IpAddr,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+impl Scenario {
+    /// Named presets from the load-bench issue; flags override their fields.
+    pub fn preset(name: &str) -> Option<Self> {
+        let base = Self {
+            name: name.to_owned(),
+            calls: 1,
+            participants: 2,
+            audio: 0,
+            video: 0,
+            screen: 0,
+            video_kbps: 1000,
+            screen_kbps: 500,
+            video_payload: 1100,
+            audio_payload: 100,
+            join_rate: 20.0,
+            warmup: Duration::from_secs(3),
+            duration: Duration::from_secs(20),
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+        };
+        Some(match name {
+            // 1 call x 50 participants, 2 speaking: audio fan-out.
+            "fanout" => Self {
+                participants: 50,
+                audio: 2,
+                ..base
+            },
+            // 50 one-to-one calls, both publishing audio and video: the per-session cost case.
+            "one-to-one" => Self {
+                calls: 50,
+                participants: 2,
+                audio: 2,
+                video: 2,
+                ..base
+            },
+            // 10 calls x 10, one camera each.
+            "rooms" => Self {
+                calls: 10,
+                participants: 10,
+                video: 1,
+                ..base
+            },
+            // 200 joins as fast as the target admits them (4 calls x 50), no media.
+            "storm" => Self {
+                calls: 4,
+                participants: 50,
+                join_rate: 0.0,
+                warmup: Duration::from_secs(1),
+                duration: Duration::from_secs(3),
+                ..base
+            },
+            // Video fan-out 16: one camera, 16 subscribers (the 125k pkt/core-s target).
+            "fanout16" => Self {
+                participants: 17,
+                video: 1,
+                video_kbps: 4000,
+                ..base
+            },
+            // The test suite's smoke run.
+            "smoke" => Self {
+                participants: 3,
+                audio: 3,
+                video: 1,
+                screen: 1,
+                warmup: Duration::from_secs(1),
+                duration: Duration::from_secs(3),
+                ..base
+            },
+            _ => return None,
+        })
+    }
+
+    /// Total participants.
+    pub fn total(&self) -> usize {
+        self.calls * self.participants
+    }
+
+    /// What participant `index` of a call publishes.
+    pub fn tracks_for(&self, index: usize) -> Vec<TrackSpec> {
+        let mut tracks = Vec::new();
+        if index < self.audio {
+            tracks.push(TrackSpec {
+                source: Source::Microphone,
+                packets_per_second: 50,
+                payload_bytes: self.audio_payload,
+                frames_per_second: 50,
+            });
+        }
+        let video = |source, kbps: u32, fps| TrackSpec {
+            source,
+            packets_per_second: ((kbps as usize * 1000 / 8) / self.video_payload).max(1) as u32,
+            payload_bytes: self.video_payload,
+            frames_per_second: fps,
+        };
+        if index < self.video {
+            tracks.push(video(Source::Camera, self.video_kbps, 30));
+        }
+        if index < self.screen {
+            tracks.push(video(Source::Screen, self.screen_kbps, 15));
+        }
+        tracks
+    }
+
+    /// Forwarded packets per second the scenario should produce once everyone is connected.
+    pub fn expected_forwarded_pps(&self) -> f64 {
+        let per_call: f64 = (0..self.participants)
+            .flat_map(|i| self.tracks_for(i))
+            .map(|t| t.packets_per_second as f64)
+            .sum();
+        per_call * (self.participants.saturating_sub(1)) as f64 * self.calls as f64
+    }
+}
+
+/// What to run the scenario against.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Our proxy's WebSocket (`ws://host:port/ws`), tokens minted for the spawned proxy's key.
+    Ours {
+        /// The proxy URL.
+        ws_url: String,
+    },
+    /// The raw UDP relay.
+    Raw {
+        /// Its address.
+        relay: SocketAddr,
+    },
+    /// Janus's WebSocket API (VideoRoom).
+    Janus {
+        /// e.g. `ws://127.0.0.1:8188`.
+        ws_url: String,
+    },
+}
+
+impl Target {
+    /// The label used in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Ours { .. } => "ours",
+            Target::Raw { .. } => "raw-udp",
+            Target::Janus { .. } => "janus",
+        }
+    }
+}
+
+/// Runs `scenario` against `target`, measuring the `watched` processes. `progress` prints the
+/// live line to stderr.
+pub async fn run(
+    scenario: &Scenario,
+    target: &Target,
+    watched: &[Watched],
+    progress: bool,
+) -> anyhow::Result<Report> {
+    let counters = Arc::new(Counters::default());
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let rss_before: Vec<u64> = watched
+        .iter()
+        .map(|w| memory_kib(w.pid).map(|m| m.0).unwrap_or(0))
+        .collect();
+
+    let mut series = Vec::new();
+    let mut last = Snapshot::take(&counters, started);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+
+    // Ramp: spawn joins at the configured rate while sampling every second.
+    let total = scenario.total();
+    let mut tasks = Vec::with_capacity(total);
+    let gap = if scenario.join_rate > 0.0 {
+        Duration::from_secs_f64(1.0 / scenario.join_rate)
+    } else {
+        Duration::ZERO
+    };
+    let mut next_join = tokio::time::Instant::now();
+    for n in 0..total {
+        let (call, index) = (n / scenario.participants, n % scenario.participants);
+        if !gap.is_zero() {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_join) => break,
+                    _ = tick.tick() => sample(&counters, &mut last, &mut series, started, total, progress),
+                }
+            }
+            next_join += gap;
+        }
+        let config = PeerConfig {
+            publisher: n as u32,
+            tracks: scenario.tracks_for(index),
+            offer_first: true,
+            bind_ip: scenario.bind_ip,
+            keyframe_interval: Duration::from_secs(2),
+        };
+        tasks.push(tokio::spawn(participant(
+            target.clone(),
+            call,
+            index,
+            config,
+            counters.clone(),
+            stop.clone(),
+        )));
+    }
+    // Wait for everyone to be in (or failed), bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while counters.connected.load(Relaxed) + counters.failed.load(Relaxed) < total as u64
+        && tokio::time::Instant::now() < deadline
+    {
+        tick.tick().await;
+        sample(&counters, &mut last, &mut series, started, total, progress);
+    }
+    let ramp_done = started.elapsed();
+    let rss_joined: Vec<u64> = watched
+        .iter()
+        .map(|w| memory_kib(w.pid).map(|m| m.0).unwrap_or(0))
+        .collect();
+
+    let warm_until = tokio::time::Instant::now() + scenario.warmup;
+    while tokio::time::Instant::now() < warm_until {
+        tick.tick().await;
+        sample(&counters, &mut last, &mut series, started, total, progress);
+    }
+
+    // Measurement window.
+    let window_start = Snapshot::take(&counters, started);
+    let cpu_start: Vec<Option<f64>> = watched.iter().map(|w| cpu_seconds(w.pid)).collect();
+    let own_cpu_start = cpu_seconds(std::process::id());
+    let measure_until = tokio::time::Instant::now() + scenario.duration;
+    while tokio::time::Instant::now() < measure_until {
+        tick.tick().await;
+        sample(&counters, &mut last, &mut series, started, total, progress);
+    }
+    let window_end = Snapshot::take(&counters, started);
+    let cpu_end: Vec<Option<f64>> = watched.iter().map(|w| cpu_seconds(w.pid)).collect();
+    let own_cpu_end = cpu_seconds(std::process::id());
+    let memory: Vec<Option<(u64, u64)>> = watched.iter().map(|w| memory_kib(w.pid)).collect();
+    if progress {
+        eprintln!();
+    }
+
+    stop.cancel();
+    let mut join_times = Vec::new();
+    let mut loss = LossTotals::default();
+    let mut errors: Vec<String> = Vec::new();
+    for task in tasks {
+        match tokio::time::timeout(Duration::from_secs(10), task).await {
+            Ok(Ok(outcome)) => {
+                let PeerOutcome {
+                    join_time,
+                    loss: l,
+                    error,
+                } = outcome;
+                join_times.extend(join_time);
+                l.add_to(&mut loss);
+                errors.extend(error);
+            }
+            Ok(Err(e)) => errors.push(format!("participant task: {e}")),
+            Err(_) => errors.push("participant did not stop within 10 s".into()),
+        }
+    }
+    join_times.sort();
+    errors.sort();
+    errors.dedup();
+
+    let window = (window_end.at - window_start.at).max(1e-9);
+    let forwarded = window_end.received - window_start.received;
+    let processes = watched
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let cpu = match (cpu_start[i], cpu_end[i]) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            };
+            report::Process {
+                name: w.name.clone(),
+                cpu_seconds: cpu,
+                cpu_per_million_forwarded: cpu
+                    .filter(|_| forwarded > 0)
+                    .map(|c| c / (forwarded as f64 / 1e6)),
+                cpu_utilisation: cpu.map(|c| c / window),
+                rss_kib: memory[i].map(|m| m.0),
+                peak_rss_kib: memory[i].map(|m| m.1),
+                rss_per_session_kib: (total > 0)
+                    .then(|| rss_joined[i].saturating_sub(rss_before[i]) as f64 / total as f64),
+            }
+        })
+        .collect();
+    let client_cpu = match (own_cpu_start, own_cpu_end) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    Ok(Report {
+        scenario: scenario.clone(),
+        target: target.name().to_owned(),
+        participants: total,
+        joined: counters.joined.load(Relaxed),
+        connected: join_times.len(),
+        failed: counters.failed.load(Relaxed),
+        join_ms: report::Quantiles {
+            p50: ms(percentile(&join_times, 0.50)),
+            p95: ms(percentile(&join_times, 0.95)),
+            p99: ms(percentile(&join_times, 0.99)),
+            max: ms(join_times.last().copied()),
+        },
+        ramp_seconds: ramp_done.as_secs_f64(),
+        window_seconds: window,
+        sent_pps: (window_end.sent - window_start.sent) as f64 / window,
+        forwarded_pps: forwarded as f64 / window,
+        forwarded_bits_per_second: (window_end.bytes - window_start.bytes) as f64 * 8.0 / window,
+        expected_forwarded_pps: scenario.expected_forwarded_pps(),
+        loss_percent: loss.percent(),
+        loss,
+        latency_us: report::LatencyQuantiles {
+            p50: Histogram::quantile_between(&window_start.latency, &window_end.latency, 0.50),
+            p99: Histogram::quantile_between(&window_start.latency, &window_end.latency, 0.99),
+        },
+        processes,
+        client_cpu_utilisation: client_cpu.map(|c| c / window),
+        errors: errors.into_iter().take(20).collect(),
+        series,
+    })
+}
+
+async fn participant(
+    target: Target,
+    call: usize,
+    index: usize,
+    config: PeerConfig,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+) -> PeerOutcome {
+    let room = format!("lg-{call}");
+    let identity = format!("lg-{call}-{index}");
+    match target {
+        Target::Ours { ws_url } => {
+            ours::participant(ws_url, identity, room, config, counters, stop).await
+        }
+        Target::Raw { relay } => raw::participant(relay, room, config, counters, stop).await,
+        Target::Janus { ws_url } => {
+            janus::participant(ws_url, call, index, config, counters, stop).await
+        }
+    }
+}
+
+struct Snapshot {
+    at: f64,
+    sent: u64,
+    received: u64,
+    bytes: u64,
+    latency: Vec<u64>,
+}
+
+impl Snapshot {
+    fn take(c: &Counters, started: Instant) -> Self {
+        Self {
+            at: started.elapsed().as_secs_f64(),
+            sent: c.sent_packets.load(Relaxed),
+            received: c.received_packets.load(Relaxed),
+            bytes: c.received_bytes.load(Relaxed),
+            latency: c.latency.snapshot(),
+        }
+    }
+}
+
+fn sample(
+    counters: &Counters,
+    last: &mut Snapshot,
+    series: &mut Vec<Sample>,
+    started: Instant,
+    total: usize,
+    progress: bool,
+) {
+    let now = Snapshot::take(counters, started);
+    let dt = (now.at - last.at).max(1e-9);
+    let s = Sample {
+        t: now.at,
+        connected: counters.connected.load(Relaxed),
+        sent_pps: (now.sent - last.sent) as f64 / dt,
+        forwarded_pps: (now.received - last.received) as f64 / dt,
+        forwarded_bps: (now.bytes - last.bytes) as f64 * 8.0 / dt,
+        latency_p50_us: Histogram::quantile_between(&last.latency, &now.latency, 0.5),
+        latency_p99_us: Histogram::quantile_between(&last.latency, &now.latency, 0.99),
+    };
+    if progress {
+        let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.1}", v as f64 / 1000.0));
+        eprint!(
+            "\r[{:>4.0}s] joined {}/{total} connected {} failed {} | out {:>7.0} pkt/s in {:>7.0} pkt/s {:>6.1} Mbit/s | latency p50 {} ms p99 {} ms   ",
+            s.t,
+            counters.joined.load(Relaxed),
+            s.connected,
+            counters.failed.load(Relaxed),
+            s.sent_pps,
+            s.forwarded_pps,
+            s.forwarded_bps / 1e6,
+            ms(s.latency_p50_us),
+            ms(s.latency_p99_us),
+        );
+    }
+    series.push(s);
+    *last = now;
+}

@@ -1,0 +1,338 @@
+//! Target "ours": rtcd and rtcd-proxy as two real processes (so their CPU and memory are
+//! measured separately), and a participant that joins exactly as a browser does: a JWT minted
+//! for the room, the proxy's WebSocket, `join`, then offer / answer / candidates relayed to rtcd.
+
+use std::io::BufRead as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::peer::{self, FromPeer, PeerConfig, PeerOutcome, ToPeer};
+use super::stats::{Counters, Watched};
+
+/// Where the two binaries are and how rtcd's media is set up.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// The rtcd binary (`rtcd` from `cargo build --release -p rtcd`, or `rtcd-under-test`).
+    pub rtcd_bin: PathBuf,
+    /// The proxy binary (`rtcd-proxy`, or `proxy-under-test`).
+    pub proxy_bin: PathBuf,
+    /// Extra `RTCD_*` settings (e.g. the ICE address and interfaces inside a network namespace).
+    pub rtcd_env: Vec<(String, String)>,
+    /// rtcd's log level (warn for benchmarks: logging is not what we measure).
+    pub log_level: String,
+}
+
+/// The running pair; both processes are killed when it is dropped.
+pub struct Stack {
+    rtcd: Child,
+    proxy: Child,
+    /// `ws://.../ws` of the proxy.
+    pub ws_url: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Mints the tokens the spawned proxy accepts (HS256, key `hs1`).
+pub fn token(identity: &str, room: &str) -> String {
+    let mut claims = crate::proxy::claims(identity, room);
+    claims["role"] = "moderator".into();
+    claims["exp"] = (crate::proxy::now() + 3600).into();
+    crate::proxy::hs_token(&claims)
+}
+
+impl Stack {
+    /// Starts rtcd (temp data dir, a registered client for the proxy), then the proxy linked to
+    /// it, with admission limits raised so that the load, not the limiter, is what we measure.
+    pub async fn start(config: &StackConfig) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut env = crate::daemon::test_env(dir.path(), &[]);
+        env.extend(config.rtcd_env.iter().cloned());
+        env.push(("RTCD_LOGGER_JSON".into(), "true".into()));
+        env.push((
+            "RTCD_LOGGER_LEVEL".into(),
+            format!("{},rtcd=info", config.log_level),
+        ));
+        env.push(("RTCD_RTC_MAX_SESSIONS_PER_CALL".into(), "1000".into()));
+        env.push(("RTCD_RTC_MAX_SESSIONS_PER_CLIENT".into(), "100000".into()));
+        let mut rtcd = Command::new(&config.rtcd_bin)
+            .arg("serve")
+            .env_clear()
+            .envs(dedup(env))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {}", config.rtcd_bin.display()))?;
+        let (http, grpc) = rtcd_ready(&mut rtcd)?;
+
+        let key = crate::daemon::key_for("loadgen");
+        let response = reqwest::Client::new()
+            .post(format!("http://{http}/register"))
+            .basic_auth("admin", Some(crate::daemon::ADMIN_SECRET))
+            .json(&json!({"clientID": "loadgen", "authKey": key}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "registering the proxy's client: {}",
+            response.status()
+        );
+
+        let mut env = crate::proxy::process_env();
+        env.retain(|(k, _)| k != "PROXY_LOGGER_LEVEL");
+        for (k, v) in [
+            ("PROXY_LOGGER_LEVEL", config.log_level.as_str()),
+            ("PROXY_RTCD_URL", &format!("http://{grpc}")),
+            ("PROXY_RTCD_CLIENT_ID", "loadgen"),
+            ("PROXY_RTCD_AUTH_KEY", &key),
+            ("PROXY_RTCD_API_PORT", &http.port().to_string()),
+            ("PROXY_LIMITS_CONNECTION_BURST", "100000"),
+            ("PROXY_LIMITS_CONNECTIONS_PER_MINUTE", "1000000"),
+            ("PROXY_LIMITS_MESSAGE_BURST", "100000"),
+            ("PROXY_LIMITS_MESSAGES_PER_SECOND", "100000"),
+            ("PROXY_LIMITS_MAX_CONNECTIONS", "100000"),
+            ("PROXY_LIMITS_MAX_SESSIONS_PER_USER", "0"),
+            ("PROXY_LIMITS_IDLE_TIMEOUT_SECONDS", "3600"),
+        ] {
+            env.push((k.to_owned(), v.to_owned()));
+        }
+        let proxy_bin = config.proxy_bin.display().to_string();
+        let (proxy, addr) = match crate::proxy::spawn_process(&proxy_bin, &env) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = rtcd.kill();
+                return Err(e.context(format!("starting {proxy_bin}")));
+            }
+        };
+        Ok(Self {
+            rtcd,
+            proxy,
+            ws_url: format!("ws://{addr}/ws"),
+            _dir: dir,
+        })
+    }
+
+    /// The processes to measure.
+    pub fn watched(&self) -> Vec<Watched> {
+        vec![
+            Watched {
+                name: "rtcd".into(),
+                pid: self.rtcd.id(),
+            },
+            Watched {
+                name: "proxy".into(),
+                pid: self.proxy.id(),
+            },
+        ]
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for child in [&mut self.proxy, &mut self.rtcd] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Later settings win (the child sees each variable once).
+fn dedup(env: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in env {
+        out.retain(|(key, _)| *key != k);
+        out.push((k, v));
+    }
+    out
+}
+
+/// Reads rtcd's JSON log until "rtcd ready"; returns (HTTP API, gRPC) addresses and keeps
+/// draining stderr so the child never blocks on a full pipe.
+fn rtcd_ready(child: &mut Child) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    let stderr = child.stderr.take().context("stderr piped")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let ready = loop {
+        let Some(line) = lines.next() else {
+            bail!("rtcd exited before ready:\n{}", seen.join("\n"))
+        };
+        let line = line?;
+        if let Ok(v) = serde_json::from_str::<Value>(&line)
+            && v["fields"]["message"] == "rtcd ready"
+        {
+            break v["fields"].clone();
+        }
+        if let Ok(v) = serde_json::from_str::<Value>(&line)
+            && v["message"] == "rtcd ready"
+        {
+            break v;
+        }
+        seen.push(line);
+    };
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("\"ERROR\"") {
+                eprintln!("rtcd: {line}");
+            }
+        }
+    });
+    let addr = |k: &str| -> anyhow::Result<SocketAddr> {
+        Ok(ready[k]
+            .as_str()
+            .with_context(|| format!("{k} in the ready line"))?
+            .parse()?)
+    };
+    Ok((addr("http_addr")?, addr("grpc_addr")?))
+}
+
+/// One participant through the proxy: join, then relay between the WebSocket and the peer
+/// until `stop`. Screen publishers announce the share first, as the SDK does.
+pub async fn participant(
+    ws_url: String,
+    identity: String,
+    room: String,
+    config: PeerConfig,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+) -> PeerOutcome {
+    use std::sync::atomic::Ordering::Relaxed;
+    let started = Instant::now();
+    let failed = |counters: &Counters, e: anyhow::Error| {
+        counters.failed.fetch_add(1, Relaxed);
+        PeerOutcome {
+            join_time: None,
+            loss: Default::default(),
+            error: Some(format!("{e:#}")),
+        }
+    };
+    let ws = match join(&ws_url, &identity, &room).await {
+        Ok(ws) => ws,
+        Err(e) => return failed(&counters, e),
+    };
+    counters.joined.fetch_add(1, Relaxed);
+    let (mut sink, mut stream) = ws.split();
+    if config
+        .tracks
+        .iter()
+        .any(|t| t.source == peer::Source::Screen)
+        && let Err(e) = sink
+            .send(Message::text(json!({"type": "screen_share_start"}).to_string()))
+            .await
+    {
+        return failed(&counters, e.into());
+    }
+
+    // Bounded both ways; signaling is a handful of messages per peer, so a full channel means
+    // the other side is stuck and waiting is right.
+    let (to_adapter, mut from_peer) = mpsc::channel(16);
+    let (to_peer, from_adapter) = mpsc::channel(16);
+    let peer_stop = stop.child_token();
+    let peer_task = tokio::spawn(peer::run(
+        config,
+        started,
+        to_adapter,
+        from_adapter,
+        counters.clone(),
+        peer_stop.clone(),
+    ));
+    let relay_error: Option<String> = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break None,
+            out = from_peer.recv() => {
+                let text = match out {
+                    Some(FromPeer::Offer { sdp, tracks }) => {
+                        let tracks: serde_json::Map<String, Value> = tracks
+                            .into_iter()
+                            .map(|(mid, s)| (mid, Value::from(s.name())))
+                            .collect();
+                        json!({"type": "offer", "sdp": sdp, "tracks": tracks})
+                    }
+                    Some(FromPeer::Answer(sdp)) => json!({"type": "answer", "sdp": sdp}),
+                    Some(FromPeer::Connected) => continue,
+                    None => break None, // the peer stopped; its outcome says why
+                };
+                if let Err(e) = sink.send(Message::text(text.to_string())).await {
+                    break Some(format!("WebSocket send: {e}"));
+                }
+            }
+            frame = stream.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(close))) => break Some(format!("proxy closed: {close:?}")),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => break Some(format!("WebSocket: {e}")),
+                    None => break Some("WebSocket ended".into()),
+                };
+                let Ok(msg) = serde_json::from_str::<Value>(&text) else { continue };
+                let field = |k: &str| msg[k].as_str().unwrap_or_default().to_owned();
+                let signal = match msg["type"].as_str() {
+                    Some("answer") => ToPeer::Answer(field("sdp")),
+                    Some("offer") => ToPeer::Offer(field("sdp")),
+                    Some("candidate") => ToPeer::Candidate(field("candidate")),
+                    Some("error") => break Some(format!("proxy error: {msg}")),
+                    _ => continue,
+                };
+                if to_peer.send(signal).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    peer_stop.cancel();
+    let _ = sink
+        .send(Message::text(json!({"type": "leave"}).to_string()))
+        .await;
+    let mut outcome = match peer_task.await {
+        Ok(outcome) => outcome,
+        Err(e) => return failed(&counters, e.into()),
+    };
+    if outcome.error.is_none() {
+        outcome.error = relay_error;
+    }
+    if outcome.join_time.is_none() {
+        counters.failed.fetch_add(1, Relaxed);
+    }
+    outcome
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+>;
+
+async fn join(url: &str, identity: &str, room: &str) -> anyhow::Result<Ws> {
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .context("WebSocket connect timed out")?
+    .context("WebSocket connect")?;
+    let token = token(identity, room);
+    ws.send(Message::text(
+        json!({"type": "join", "room": room, "token": token}).to_string(),
+    ))
+    .await?;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .context("no answer to join")?
+            .context("closed before joined")??;
+        let Message::Text(text) = frame else { continue };
+        let msg: Value = serde_json::from_str(&text)?;
+        match msg["type"].as_str() {
+            Some("joined") if msg["media"] == true => return Ok(ws),
+            Some("joined") => bail!("joined without a media server: {msg}"),
+            Some("error") => bail!("join refused: {msg}"),
+            _ => {}
+        }
+    }
+}
