@@ -7,7 +7,7 @@
 pub mod bridge;
 pub mod browser;
 pub mod daemon;
+pub mod loadgen;
 pub mod media;
 pub mod proxy;
 pub mod relay;
-pub mod loadgen;

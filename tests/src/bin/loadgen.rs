@@ -100,6 +100,12 @@ fn sibling(names: &[&str]) -> anyhow::Result<PathBuf> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let mut scenario = Scenario::preset(&args.scenario)
         .with_context(|| format!("unknown scenario {:?}", args.scenario))?;
     macro_rules! set {
@@ -138,7 +144,9 @@ fn main() -> anyhow::Result<()> {
         let mut _stack = None;
         let target = match args.target.as_str() {
             "ours" => match &args.proxy_url {
-                Some(url) => Target::Ours { ws_url: url.clone() },
+                Some(url) => Target::Ours {
+                    ws_url: url.clone(),
+                },
                 None => {
                     let rtcd_env = args
                         .rtcd_env
@@ -182,10 +190,7 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("{}-{}", scenario.name, target.name()));
         report.write(&args.out, &stem)?;
         println!("{}", report.markdown());
-        println!(
-            "wrote {}/{stem}.json, .md, .svg",
-            args.out.display()
-        );
+        println!("wrote {}/{stem}.json, .md, .svg", args.out.display());
         Ok(())
     })
 }

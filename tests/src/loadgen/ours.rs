@@ -89,8 +89,10 @@ impl Stack {
 
         let mut env = crate::proxy::process_env();
         env.retain(|(k, _)| k != "PROXY_LOGGER_LEVEL");
+        // The readiness line (with the address) is logged at info.
+        let proxy_level = format!("{},rtcd_proxy=info", config.log_level);
         for (k, v) in [
-            ("PROXY_LOGGER_LEVEL", config.log_level.as_str()),
+            ("PROXY_LOGGER_LEVEL", proxy_level.as_str()),
             ("PROXY_RTCD_URL", &format!("http://{grpc}")),
             ("PROXY_RTCD_CLIENT_ID", "loadgen"),
             ("PROXY_RTCD_AUTH_KEY", &key),
@@ -225,7 +227,9 @@ pub async fn participant(
         .iter()
         .any(|t| t.source == peer::Source::Screen)
         && let Err(e) = sink
-            .send(Message::text(json!({"type": "screen_share_start"}).to_string()))
+            .send(Message::text(
+                json!({"type": "screen_share_start"}).to_string(),
+            ))
             .await
     {
         return failed(&counters, e.into());
@@ -260,6 +264,7 @@ pub async fn participant(
                     Some(FromPeer::Connected) => continue,
                     None => break None, // the peer stopped; its outcome says why
                 };
+                tracing::debug!(%identity, "to proxy: {}", truncate(&text));
                 if let Err(e) = sink.send(Message::text(text.to_string())).await {
                     break Some(format!("WebSocket send: {e}"));
                 }
@@ -272,6 +277,7 @@ pub async fn participant(
                     Some(Err(e)) => break Some(format!("WebSocket: {e}")),
                     None => break Some("WebSocket ended".into()),
                 };
+                tracing::debug!(%identity, "from proxy: {}", truncate(&text));
                 let Ok(msg) = serde_json::from_str::<Value>(&text) else { continue };
                 let field = |k: &str| msg[k].as_str().unwrap_or_default().to_owned();
                 let signal = match msg["type"].as_str() {
@@ -304,9 +310,8 @@ pub async fn participant(
     outcome
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn join(url: &str, identity: &str, room: &str) -> anyhow::Result<Ws> {
     let (mut ws, _) = tokio::time::timeout(
@@ -335,4 +340,16 @@ async fn join(url: &str, identity: &str, room: &str) -> anyhow::Result<Ws> {
             _ => {}
         }
     }
+}
+
+fn truncate(text: &impl std::fmt::Display) -> String {
+    let mut s = text.to_string();
+    if s.len() > 300 {
+        let mut end = 300;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }

@@ -218,6 +218,7 @@ struct Peer {
     counters: Arc<Counters>,
     publishing: Vec<Publishing>,
     pending: Option<SdpPendingOffer>,
+    /// DTLS connected (media may be sent).
     connected: bool,
 }
 
@@ -386,14 +387,16 @@ impl Peer {
                     .record(now_micros().saturating_sub(sent));
                 self.loss.packet(*packet.header.ssrc, *packet.seq_no);
             }
-            Event::IceConnectionStateChange(IceConnectionState::Connected)
-                if !self.connected =>
-            {
-                self.connected = true;
+            // A controlling agent with one candidate pair goes straight to "completed".
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) if self.join_time.is_none() => {
                 self.join_time = Some(started.elapsed());
                 self.counters.connected.fetch_add(1, Relaxed);
                 let _ = to_adapter.send(FromPeer::Connected).await;
             }
+            // DTLS is up: SRTP keys exist, media can flow.
+            Event::Connected => self.connected = true,
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 anyhow::bail!("ICE disconnected");
             }
@@ -415,8 +418,7 @@ impl Peer {
                 Some(pt) => pt,
                 None => {
                     let codec = if audio { Codec::Opus } else { Codec::Vp8 };
-                    let Some(params) = rtc.codec_config().find(|p| p.spec().codec == codec)
-                    else {
+                    let Some(params) = rtc.codec_config().find(|p| p.spec().codec == codec) else {
                         continue;
                     };
                     *track.pt.insert(params.pt())

@@ -230,7 +230,20 @@ mod tests {
     #[test]
     fn histogram_buckets_are_monotonic_and_close() {
         let mut last = 0;
-        for v in [0u64, 1, 7, 8, 9, 15, 16, 100, 1_000, 12_345, 1_000_000, 3_600_000_000] {
+        for v in [
+            0u64,
+            1,
+            7,
+            8,
+            9,
+            15,
+            16,
+            100,
+            1_000,
+            12_345,
+            1_000_000,
+            3_600_000_000,
+        ] {
             let i = Histogram::index(v);
             assert!(i >= last, "{v}");
             last = i;
