@@ -17,11 +17,12 @@ need_root() {
 
 echo "== system packages"
 # Browser tests drive Debian's Chromium through chromedriver; they fail (never skip) without it.
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || ! command -v ip >/dev/null || ! command -v openssl >/dev/null; then
-	need_root "installing chromium, chromium-driver, iproute2 and openssl (test PKI)"
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || ! command -v ip >/dev/null || ! command -v openssl >/dev/null \
+	|| ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl; then
+	need_root "installing chromium, chromium-driver, iproute2, openssl (test PKI), pkg-config and libssl-dev (the load tool's WebRTC stack)"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update
-	apt-get install -y --no-install-recommends chromium chromium-driver iproute2 openssl
+	apt-get install -y --no-install-recommends chromium chromium-driver iproute2 openssl pkg-config libssl-dev
 fi
 for bin in /usr/bin/chromium /usr/bin/chromedriver; do
 	if [ ! -x "$bin" ]; then

@@ -71,6 +71,9 @@ struct Args {
     /// ours: log level of the spawned processes.
     #[arg(long, default_value = "warn")]
     log_level: String,
+    /// ours: pin the spawned rtcd and proxy to these CPUs (`taskset -c` syntax, e.g. "0").
+    #[arg(long)]
+    target_cpus: Option<String>,
     /// raw: the relay's address.
     #[arg(long)]
     relay: Option<SocketAddr>,
@@ -167,6 +170,7 @@ fn main() -> anyhow::Result<()> {
                         },
                         rtcd_env,
                         log_level: args.log_level.clone(),
+                        cpus: args.target_cpus.clone(),
                     };
                     let stack = ours::Stack::start(&config).await?;
                     watched.extend(stack.watched());

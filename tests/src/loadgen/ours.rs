@@ -30,6 +30,20 @@ pub struct StackConfig {
     pub rtcd_env: Vec<(String, String)>,
     /// rtcd's log level (warn for benchmarks: logging is not what we measure).
     pub log_level: String,
+    /// Run both processes under `taskset -c <cpus>` (e.g. "0"), away from the load tool's core.
+    pub cpus: Option<String>,
+}
+
+/// `bin`, or `taskset -c <cpus> bin` (taskset execs, so the PID is the binary's).
+fn command(bin: &std::path::Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
 }
 
 /// The running pair; both processes are killed when it is dropped.
@@ -63,7 +77,7 @@ impl Stack {
         ));
         env.push(("RTCD_RTC_MAX_SESSIONS_PER_CALL".into(), "1000".into()));
         env.push(("RTCD_RTC_MAX_SESSIONS_PER_CLIENT".into(), "100000".into()));
-        let mut rtcd = Command::new(&config.rtcd_bin)
+        let mut rtcd = command(&config.rtcd_bin, config.cpus.as_deref())
             .arg("serve")
             .env_clear()
             .envs(dedup(env))
@@ -115,6 +129,17 @@ impl Stack {
                 return Err(e.context(format!("starting {proxy_bin}")));
             }
         };
+        if let Some(cpus) = &config.cpus {
+            // The proxy is already running: move all of its threads.
+            let status = Command::new("taskset")
+                .args(["-a", "-cp", cpus, &proxy.id().to_string()])
+                .stdout(Stdio::null())
+                .status()?;
+            anyhow::ensure!(
+                status.success(),
+                "taskset -a -cp {cpus} on the proxy failed"
+            );
+        }
         Ok(Self {
             rtcd,
             proxy,
