@@ -80,6 +80,11 @@ pub struct RtcConfig {
     pub ice_interfaces: Vec<String>,
     /// Advertise loopback candidates (only for tests and single-host development).
     pub include_loopback_candidates: bool,
+    /// Receive and send buffer of the shared UDP socket, in bytes (0 = the kernel default).
+    /// Every session's media arrives on this one socket: with the default (~208 KiB) a burst of
+    /// video frames overflows it long before the CPU is busy. The kernel caps it at
+    /// `net.core.rmem_max` / `wmem_max`; rtcd warns when it got less.
+    pub udp_buffer_bytes: usize,
     /// Sessions one call may hold.
     pub max_sessions_per_call: usize,
     /// Sessions one client (tenant) may hold across all its calls.
@@ -103,6 +108,7 @@ impl Default for RtcConfig {
             ice_servers: Vec::new(),
             ice_interfaces: Vec::new(),
             include_loopback_candidates: false,
+            udp_buffer_bytes: 4 * 1024 * 1024,
             max_sessions_per_call: 50,
             max_sessions_per_client: 1000,
             max_tracks_per_session: 4,
@@ -505,6 +511,13 @@ impl Config {
                 return Err(invalid(key, "must be at least 1".into()));
             }
         }
+        if rtc.udp_buffer_bytes != 0 && !(65_536..=256 * 1024 * 1024).contains(&rtc.udp_buffer_bytes)
+        {
+            return Err(invalid(
+                "rtc.udp_buffer_bytes",
+                "must be 0 (kernel default) or between 65536 and 268435456".into(),
+            ));
+        }
         if !(1024..=1024 * 1024).contains(&rtc.max_sdp_bytes)
             || rtc.max_sdp_bytes > grpc.max_message_bytes
         {
@@ -730,6 +743,9 @@ mod tests {
         assert!(e.to_string().contains("api.http.tls_key_file"), "{e}");
         let e = Config::load(None, env(&[("RTCD_LOGGER_LEVEL", "info,[")])).unwrap_err();
         assert!(e.to_string().contains("logger.level"), "{e}");
+        let e = Config::load(None, env(&[("RTCD_RTC_UDP_BUFFER_BYTES", "1000")])).unwrap_err();
+        assert!(e.to_string().contains("rtc.udp_buffer_bytes"), "{e}");
+        Config::load(None, env(&[("RTCD_RTC_UDP_BUFFER_BYTES", "0")])).unwrap();
     }
 
     #[test]

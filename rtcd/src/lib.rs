@@ -271,6 +271,7 @@ fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
         stun_servers: rtc.ice_servers.clone(),
         interfaces: rtc.ice_interfaces.clone(),
         include_loopback: rtc.include_loopback_candidates,
+        udp_buffer_bytes: rtc.udp_buffer_bytes,
         max_sessions_per_call: rtc.max_sessions_per_call,
         max_sessions_per_tenant: rtc.max_sessions_per_client,
         max_tracks_per_session: rtc.max_tracks_per_session,

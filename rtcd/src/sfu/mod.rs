@@ -233,6 +233,8 @@ pub struct SfuConfig {
     pub interfaces: Vec<String>,
     /// Advertise loopback candidates.
     pub include_loopback: bool,
+    /// SO_RCVBUF / SO_SNDBUF of the shared socket (0 = kernel default).
+    pub udp_buffer_bytes: usize,
     /// Sessions per call.
     pub max_sessions_per_call: usize,
     /// Sessions per tenant.

@@ -38,11 +38,9 @@ pub struct PeerFactory {
 impl PeerFactory {
     /// Binds the mux socket and configures ICE from `config`.
     pub async fn new(config: &SfuConfig) -> Result<Self, SfuError> {
-        let socket = tokio::net::UdpSocket::bind(config.udp_addr)
-            .await
-            .map_err(|e| {
-                SfuError::Media(format!("cannot bind ICE UDP {}: {e}", config.udp_addr))
-            })?;
+        let socket = bind_udp(config.udp_addr, config.udp_buffer_bytes).map_err(|e| {
+            SfuError::Media(format!("cannot bind ICE UDP {}: {e}", config.udp_addr))
+        })?;
         let local_addr = socket
             .local_addr()
             .map_err(|e| SfuError::Media(e.to_string()))?;
@@ -197,4 +195,33 @@ pub async fn add_candidate(
 /// Whether a remote description has been applied (candidates before that are queued).
 pub async fn has_remote_description(pc: &RTCPeerConnection) -> bool {
     pc.remote_description().await.is_some()
+}
+
+/// The shared media socket, with its buffers sized before `bind` (so no datagram arrives into
+/// a default-sized queue). Every session's packets queue here: the kernel default (~208 KiB,
+/// about 180 video packets) overflows on a burst of frames from many publishers long before the
+/// CPU is busy, and each overflow is a loss every subscriber sees. The kernel silently caps the
+/// size at `net.core.rmem_max` / `wmem_max`, so we read it back and say so.
+fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if buffer > 0 {
+        socket.set_recv_buffer_size(buffer)?;
+        socket.set_send_buffer_size(buffer)?;
+        // Linux reports twice what it grants (the doubling covers its bookkeeping).
+        let (recv, send) = (socket.recv_buffer_size()? / 2, socket.send_buffer_size()? / 2);
+        if recv < buffer || send < buffer {
+            tracing::warn!(
+                requested = buffer,
+                receive = recv,
+                send,
+                "the kernel capped the media socket's buffers: raise net.core.rmem_max and \
+                 net.core.wmem_max to at least rtc.udp_buffer_bytes, or expect packet loss \
+                 under load"
+            );
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
 }
