@@ -1,7 +1,10 @@
 //! SFU forwarding with real webrtc-rs peers over the real gRPC service: fan-out verified by
-//! payload, late joiner + keyframe request, leave by renegotiation, mute, screen share.
+//! payload, late joiner + keyframe request, leave by renegotiation, mute, screen share, H.264,
+//! voice activity on and off, the per-session track limit.
 
-use rtcd_e2e::media::{Participant, TestRtcd, all_permissions, eventually};
+use std::time::Duration;
+
+use rtcd_e2e::media::{Participant, TestRtcd, all_permissions, eventually, h264};
 use rtcd_proto::v1 as pb;
 use rtcd_proto::v1::signaling_client::SignalingClient;
 use tonic::transport::Channel;
@@ -318,6 +321,147 @@ async fn client_offer_colliding_with_an_rtcd_offer_is_refused_as_glare() -> anyh
     })
     .await?;
     assert_eq!(rtcd.rtcd.sfu().session_count(), 3);
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_video_is_forwarded_as_h264() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[]).await?;
+    let auth = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    // Alice's camera is H.264; Bob's is VP8.
+    let a = Participant::join(&mut client, Some(&auth), "call", "alice", all_permissions()).await?;
+    a.add_track("audio").await?;
+    a.add_track_with("video", h264(), Duration::from_millis(20), 0)
+        .await?;
+    a.renegotiate().await?;
+    let b = publisher(&mut client, &auth, "bob").await?;
+    let c = Participant::join(
+        &mut client,
+        Some(&auth),
+        "call",
+        "carol",
+        pb::Permissions {
+            subscribe: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    c.receive_only().await?;
+    receives_exactly(&b, &["alice"]).await?;
+    receives_exactly(&a, &["bob"]).await?;
+    receives_exactly(&c, &["alice", "bob"]).await?;
+    for p in [&b, &c] {
+        assert_eq!(p.flows()["alice/video"].mime, "video/H264", "{}", p.session);
+        assert_eq!(p.flows()["alice/audio"].mime, "audio/opus", "{}", p.session);
+    }
+    assert_eq!(a.flows()["bob/video"].mime, "video/VP8");
+    assert!(
+        b.saw(|e| matches!(e, pb::server_signal::Signal::TrackPublished(t)
+        if t.session_id == "alice" && t.kind == pb::TrackKind::Video as i32))
+    );
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+/// Voice activity events about `who` seen by `p`, in order (true = speaking).
+fn voice(p: &Participant, who: &str) -> Vec<bool> {
+    p.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            pb::server_signal::Signal::VoiceActivity(v) if v.session_id == who => Some(v.speaking),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_activity_turns_on_and_off_with_the_audio_level() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[]).await?;
+    let auth = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    let a = publisher(&mut client, &auth, "alice").await?;
+    let b = publisher(&mut client, &auth, "bob").await?;
+    // Both talk (the synthetic audio is loud by default): each hears the other start.
+    eventually("alice speaking", || voice(&b, "alice") == [true]).await?;
+    eventually("bob speaking", || voice(&a, "bob") == [true]).await?;
+    // Alice goes silent (RFC 6464 level 127): off after rtcd's hangover, and only for her.
+    a.set_audio_level(127);
+    eventually("alice silent", || voice(&b, "alice") == [true, false]).await?;
+    // Quiet noise (-90 dBov) is not speech either; loud again is.
+    a.set_audio_level(90);
+    let b_audio = b.received("alice", "audio");
+    eventually("time passes", || {
+        b.received("alice", "audio") > b_audio + 50
+    })
+    .await?;
+    assert_eq!(voice(&b, "alice"), [true, false]);
+    a.set_audio_level(5);
+    eventually("alice speaking again", || {
+        voice(&b, "alice") == [true, false, true]
+    })
+    .await?;
+    assert_eq!(voice(&a, "bob"), [true], "bob kept talking");
+    // Nobody hears themselves.
+    assert!(voice(&a, "alice").is_empty() && voice(&b, "bob").is_empty());
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_track_beyond_the_session_limit_is_refused_and_not_forwarded() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[("RTCD_RTC_MAX_TRACKS_PER_SESSION", "2")]).await?;
+    let auth = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    let a = publisher(&mut client, &auth, "alice").await?;
+    let b = publisher(&mut client, &auth, "bob").await?;
+    receives_exactly(&b, &["alice"]).await?;
+    // A third track (a permitted screen share) is one too many.
+    a.send(pb::client_signal::Signal::ScreenShare(pb::ScreenShare {
+        on: true,
+        track_id: "screen".into(),
+    }))
+    .await?;
+    a.add_track("screen").await?;
+    a.renegotiate().await?;
+    eventually("limit error", || {
+        a.errors().iter().any(|(code, m)| {
+            *code == tonic::Code::ResourceExhausted as i32 && m.contains("tracks per session")
+        })
+    })
+    .await?;
+    eventually("refused packets counted", || {
+        rtcd.rtcd.metrics().encode().contains(
+            "rtcd_sfu_dropped_packets_total{client_id=\"tenant-a\",reason=\"over_limit\"}",
+        )
+    })
+    .await?;
+    // The session otherwise keeps working both ways, and the extra track goes nowhere.
+    let (v_ab, v_ba) = (b.received("alice", "video"), a.received("bob", "video"));
+    eventually("media continues", || {
+        b.received("alice", "video") > v_ab + 50 && a.received("bob", "video") > v_ba + 50
+    })
+    .await?;
+    assert_eq!(b.received("alice", "screen"), 0);
+    assert!(
+        !b.saw(|e| matches!(e, pb::server_signal::Signal::TrackPublished(t)
+        if t.session_id == "alice" && t.kind == pb::TrackKind::Screen as i32))
+    );
+    assert!(
+        a.errors()
+            .iter()
+            .all(|(code, _)| *code == tonic::Code::ResourceExhausted as i32),
+        "{:?}",
+        a.errors()
+    );
+    assert!(
+        rtcd.rtcd
+            .metrics()
+            .encode()
+            .contains("rtcd_sfu_tracks_in{client_id=\"tenant-a\",kind=\"video\"} 2"),
+        "one camera each, no screen"
+    );
     rtcd.rtcd.shutdown().await;
     Ok(())
 }

@@ -9,4 +9,5 @@ mod process;
 mod proxy_auth;
 mod registry;
 mod relay;
+mod rtcp;
 mod signaling;
