@@ -5,6 +5,7 @@ mod browser;
 mod dev;
 mod forwarding;
 mod grpc_tls;
+mod lifecycle;
 mod process;
 mod proxy_auth;
 mod registry;
