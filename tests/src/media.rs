@@ -154,6 +154,14 @@ pub fn all_permissions() -> pb::Permissions {
     }
 }
 
+/// May only receive (least privilege for a listener).
+pub fn subscribe_only() -> pb::Permissions {
+    pb::Permissions {
+        subscribe: true,
+        ..Default::default()
+    }
+}
+
 /// A join message.
 pub fn join(call: &str, session: &str, permissions: pb::Permissions) -> pb::ClientSignal {
     pb::ClientSignal {
@@ -404,6 +412,20 @@ impl Participant {
         Self::start(session, out_tx, inbound, options)
             .await
             .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+
+    /// Joins with [`subscribe_only`] rights and makes the first offer (receive only).
+    pub async fn listener(
+        client: &mut SignalingClient<Channel>,
+        auth: &str,
+        call: &str,
+        session: &str,
+        options: PeerOptions,
+    ) -> anyhow::Result<Self> {
+        let p =
+            Self::join_with(client, Some(auth), call, session, subscribe_only(), options).await?;
+        p.receive_only().await?;
+        Ok(p)
     }
 
     /// Joins `room` through the proxy's WebSocket at `ws_url` with `token`: the same peer,
@@ -760,6 +782,43 @@ impl Participant {
             section.contains(&format!("msid:{sender} "))
                 && (section.contains("a=sendonly") || section.contains("a=sendrecv"))
         })
+    }
+
+    /// Waits until `sender`'s `tracks` tracks are withdrawn from this participant: as many
+    /// TrackRemoved events, a renegotiation after `negotiations_before` (see
+    /// [`Participant::negotiations`]), and no sending media section of theirs left in the SDP.
+    pub async fn lost_tracks_of(
+        &self,
+        sender: &str,
+        tracks: usize,
+        negotiations_before: u64,
+    ) -> anyhow::Result<()> {
+        use pb::server_signal::Signal;
+        eventually(
+            &format!("{}: {tracks} removal events", self.session),
+            || {
+                self.events()
+                    .iter()
+                    .filter(|e| matches!(e, Signal::TrackRemoved(t) if t.session_id == sender))
+                    .count()
+                    == tracks
+            },
+        )
+        .await?;
+        eventually(&format!("{} renegotiated", self.session), || {
+            self.negotiations() > negotiations_before
+        })
+        .await?;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.remote_sdp_mentions(sender).await {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{}'s SDP still sends {sender}'s tracks",
+                self.session
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     /// Closes the peer connection (the gRPC stream stays until the participant is dropped).

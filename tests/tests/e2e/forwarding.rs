@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rtcd_e2e::media::{Participant, TestRtcd, all_permissions, eventually, h264};
+use rtcd_e2e::media::{Participant, TestRtcd, all_permissions, eventually, h264, subscribe_only};
 use rtcd_proto::v1 as pb;
 use rtcd_proto::v1::signaling_client::SignalingClient;
 use tonic::transport::Channel;
@@ -22,6 +22,22 @@ async fn publisher(
     p.add_track("video").await?;
     p.renegotiate().await?;
     Ok(p)
+}
+
+/// Announces a screen share, then publishes it (the order a client must use).
+async fn share_screen(p: &Participant) -> anyhow::Result<()> {
+    p.send(pb::client_signal::Signal::ScreenShare(pb::ScreenShare {
+        on: true,
+        track_id: "screen".into(),
+    }))
+    .await?;
+    p.add_track("screen").await?;
+    p.renegotiate().await
+}
+
+/// Whether every error event `p` got carries `code`.
+fn all_errors_are(p: &Participant, code: tonic::Code) -> bool {
+    p.errors().iter().all(|(c, _)| *c == code as i32)
 }
 
 /// Waits until `p` receives audio and video from every one of `others`, then checks it receives
@@ -115,18 +131,8 @@ async fn late_joiner_gets_everything_and_leave_renegotiates_removal() -> anyhow:
     let plis_before = [a.plis(), b.plis(), c.plis()];
 
     // A subscriber-only late joiner.
-    let late = Participant::join(
-        &mut client,
-        Some(&auth),
-        "call",
-        "dave",
-        pb::Permissions {
-            subscribe: true,
-            ..Default::default()
-        },
-    )
-    .await?;
-    late.receive_only().await?;
+    let late =
+        Participant::listener(&mut client, &auth, "call", "dave", Default::default()).await?;
     receives_exactly(&late, &["alice", "bob", "carol"]).await?;
     // Its arrival made rtcd ask every publisher for a keyframe.
     eventually("keyframe requests", || {
@@ -143,24 +149,7 @@ async fn late_joiner_gets_everything_and_leave_renegotiates_removal() -> anyhow:
     })
     .await?;
     for (p, before) in [&a, &b, &late].into_iter().zip(negotiations) {
-        eventually("removal events", || {
-            p.events()
-                .iter()
-                .filter(|e| matches!(e, pb::server_signal::Signal::TrackRemoved(t) if t.session_id == "carol"))
-                .count()
-                == 2
-        })
-        .await?;
-        eventually("renegotiated", || p.negotiations() > before).await?;
-        let deadline = tokio::time::Instant::now() + rtcd_e2e::media::PATIENCE;
-        while p.remote_sdp_mentions("carol").await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}'s SDP still has carol",
-                p.session
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        p.lost_tracks_of("carol", 2, before).await?;
     }
     eventually("three sessions", || rtcd.rtcd.sfu().session_count() == 3).await?;
     // Everyone else keeps flowing.
@@ -214,13 +203,7 @@ async fn mute_drops_packets_and_screen_share_comes_and_goes() -> anyhow::Result<
     .await?;
 
     // Screen share on: bob gets a third track from alice, announced as SCREEN.
-    a.send(pb::client_signal::Signal::ScreenShare(pb::ScreenShare {
-        on: true,
-        track_id: "screen".into(),
-    }))
-    .await?;
-    a.add_track("screen").await?;
-    a.renegotiate().await?;
+    share_screen(&a).await?;
     eventually("screen received", || {
         b.received("alice", "screen") >= ENOUGH
     })
@@ -256,17 +239,8 @@ async fn mute_drops_packets_and_screen_share_comes_and_goes() -> anyhow::Result<
     );
 
     // A session without publish rights gets nothing forwarded.
-    let lurker = Participant::join(
-        &mut client,
-        Some(&auth),
-        "call",
-        "lurker",
-        pb::Permissions {
-            subscribe: true,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let lurker =
+        Participant::join(&mut client, Some(&auth), "call", "lurker", subscribe_only()).await?;
     lurker.add_track("audio").await?;
     lurker.renegotiate().await?;
     eventually("refused publish", || {
@@ -308,9 +282,7 @@ async fn client_offer_colliding_with_an_rtcd_offer_is_refused_as_glare() -> anyh
     })
     .await?;
     assert!(
-        b.errors()
-            .iter()
-            .all(|(code, _)| *code == tonic::Code::FailedPrecondition as i32),
+        all_errors_are(&b, tonic::Code::FailedPrecondition),
         "{:?}",
         b.errors()
     );
@@ -337,18 +309,7 @@ async fn h264_video_is_forwarded_as_h264() -> anyhow::Result<()> {
         .await?;
     a.renegotiate().await?;
     let b = publisher(&mut client, &auth, "bob").await?;
-    let c = Participant::join(
-        &mut client,
-        Some(&auth),
-        "call",
-        "carol",
-        pb::Permissions {
-            subscribe: true,
-            ..Default::default()
-        },
-    )
-    .await?;
-    c.receive_only().await?;
+    let c = Participant::listener(&mut client, &auth, "call", "carol", Default::default()).await?;
     receives_exactly(&b, &["alice"]).await?;
     receives_exactly(&a, &["bob"]).await?;
     receives_exactly(&c, &["alice", "bob"]).await?;
@@ -418,13 +379,7 @@ async fn a_track_beyond_the_session_limit_is_refused_and_not_forwarded() -> anyh
     let b = publisher(&mut client, &auth, "bob").await?;
     receives_exactly(&b, &["alice"]).await?;
     // A third track (a permitted screen share) is one too many.
-    a.send(pb::client_signal::Signal::ScreenShare(pb::ScreenShare {
-        on: true,
-        track_id: "screen".into(),
-    }))
-    .await?;
-    a.add_track("screen").await?;
-    a.renegotiate().await?;
+    share_screen(&a).await?;
     eventually("limit error", || {
         a.errors().iter().any(|(code, m)| {
             *code == tonic::Code::ResourceExhausted as i32 && m.contains("tracks per session")
@@ -449,9 +404,7 @@ async fn a_track_beyond_the_session_limit_is_refused_and_not_forwarded() -> anyh
         if t.session_id == "alice" && t.kind == pb::TrackKind::Screen as i32))
     );
     assert!(
-        a.errors()
-            .iter()
-            .all(|(code, _)| *code == tonic::Code::ResourceExhausted as i32),
+        all_errors_are(&a, tonic::Code::ResourceExhausted),
         "{:?}",
         a.errors()
     );

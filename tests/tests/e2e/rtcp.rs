@@ -14,7 +14,6 @@
 use std::time::Duration;
 
 use rtcd_e2e::media::{PATIENCE, Participant, PeerOptions, TestRtcd, all_permissions, eventually};
-use rtcd_proto::v1 as pb;
 
 /// Packets a flow must deliver before the checks start.
 const ENOUGH: u64 = 25;
@@ -23,9 +22,8 @@ const ENOUGH: u64 = 25;
 /// Bob receives Alice.
 async fn alice_and_bob(
     rtcd: &TestRtcd,
-    bob: PeerOptions,
+    options: PeerOptions,
 ) -> anyhow::Result<(Participant, Participant)> {
-    let options = bob;
     let auth = rtcd.register("tenant-rtcp").await?;
     let mut client = rtcd.client().await?;
     let alice =
@@ -33,19 +31,7 @@ async fn alice_and_bob(
     alice.add_track("audio").await?;
     alice.add_track("video").await?;
     alice.renegotiate().await?;
-    let bob = Participant::join_with(
-        &mut client,
-        Some(&auth),
-        "call",
-        "bob",
-        pb::Permissions {
-            subscribe: true,
-            ..Default::default()
-        },
-        options,
-    )
-    .await?;
-    bob.receive_only().await?;
+    let bob = Participant::listener(&mut client, &auth, "call", "bob", options).await?;
     eventually("bob receives alice", || {
         bob.received("alice", "audio") >= ENOUGH && bob.received("alice", "video") >= ENOUGH
     })
