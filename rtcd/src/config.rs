@@ -95,6 +95,16 @@ pub struct RtcConfig {
     pub max_sdp_bytes: usize,
     /// Shortest interval between two keyframe requests sent to one published track.
     pub keyframe_request_interval_ms: u64,
+    /// Silence on a session's ICE connection after which it counts as disconnected (it may
+    /// still recover; nothing is torn down yet).
+    pub ice_disconnected_timeout_ms: u64,
+    /// Further silence after "disconnected" before the connection counts as failed: the session
+    /// is then closed and its tracks withdrawn. Shorter = dead peers freed sooner, but a
+    /// network hiccup of that length ends the call for that user.
+    pub ice_failed_timeout_ms: u64,
+    /// How often ICE keepalives (STUN binding requests) go out on an idle connection; must be
+    /// below `ice_disconnected_timeout_ms`, or a healthy but quiet peer would flap.
+    pub ice_keepalive_interval_ms: u64,
     /// On shutdown, how long calls may continue before they are closed with reason "shutdown".
     pub drain_timeout_seconds: u64,
 }
@@ -114,6 +124,11 @@ impl Default for RtcConfig {
             max_tracks_per_session: 4,
             max_sdp_bytes: 64 * 1024,
             keyframe_request_interval_ms: 500,
+            // webrtc-rs 0.17's own defaults (webrtc-ice agent_config.rs), so that not setting
+            // them changes nothing.
+            ice_disconnected_timeout_ms: 5_000,
+            ice_failed_timeout_ms: 25_000,
+            ice_keepalive_interval_ms: 2_000,
             drain_timeout_seconds: 30,
         }
     }
@@ -526,6 +541,31 @@ impl Config {
                 "must be between 1024 and 1048576 and at most grpc.max_message_bytes".into(),
             ));
         }
+        // 0 would mean "never" to webrtc-rs: a vanished peer would hold its session forever.
+        for (key, value) in [
+            (
+                "rtc.ice_disconnected_timeout_ms",
+                rtc.ice_disconnected_timeout_ms,
+            ),
+            ("rtc.ice_failed_timeout_ms", rtc.ice_failed_timeout_ms),
+            (
+                "rtc.ice_keepalive_interval_ms",
+                rtc.ice_keepalive_interval_ms,
+            ),
+        ] {
+            if !(1..=MAX_ICE_TIMEOUT_MS).contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("must be between 1 and {MAX_ICE_TIMEOUT_MS} (ms)"),
+                ));
+            }
+        }
+        if rtc.ice_keepalive_interval_ms >= rtc.ice_disconnected_timeout_ms {
+            return Err(invalid(
+                "rtc.ice_keepalive_interval_ms",
+                "must be below rtc.ice_disconnected_timeout_ms (a quiet peer would flap)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -546,6 +586,9 @@ impl Config {
             .then(|| parse_listen_address(addr).expect("validated by Config::validate"))
     }
 }
+
+/// Longest ICE timeout or keepalive interval accepted (10 minutes).
+const MAX_ICE_TIMEOUT_MS: u64 = 600_000;
 
 fn invalid(key: &'static str, message: String) -> ConfigError {
     ConfigError::Invalid { key, message }
@@ -746,6 +789,46 @@ mod tests {
         let e = Config::load(None, env(&[("RTCD_RTC_UDP_BUFFER_BYTES", "1000")])).unwrap_err();
         assert!(e.to_string().contains("rtc.udp_buffer_bytes"), "{e}");
         Config::load(None, env(&[("RTCD_RTC_UDP_BUFFER_BYTES", "0")])).unwrap();
+    }
+
+    #[test]
+    fn ice_timeouts_default_to_webrtc_rs_and_are_validated() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(
+            (
+                c.rtc.ice_disconnected_timeout_ms,
+                c.rtc.ice_failed_timeout_ms,
+                c.rtc.ice_keepalive_interval_ms
+            ),
+            (5_000, 25_000, 2_000)
+        );
+        let c = Config::load(
+            None,
+            env(&[
+                ("RTCD_RTC_ICE_DISCONNECTED_TIMEOUT_MS", "800"),
+                ("RTCD_RTC_ICE_FAILED_TIMEOUT_MS", "700"),
+                ("RTCD_RTC_ICE_KEEPALIVE_INTERVAL_MS", "200"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.rtc.ice_failed_timeout_ms, 700);
+        let e = Config::load(None, env(&[("RTCD_RTC_ICE_FAILED_TIMEOUT_MS", "0")])).unwrap_err();
+        assert!(e.to_string().contains("rtc.ice_failed_timeout_ms"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[("RTCD_RTC_ICE_DISCONNECTED_TIMEOUT_MS", "600001")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("rtc.ice_disconnected_timeout_ms"),
+            "{e}"
+        );
+        let e =
+            Config::load(None, env(&[("RTCD_RTC_ICE_KEEPALIVE_INTERVAL_MS", "5000")])).unwrap_err();
+        assert!(
+            e.to_string().contains("rtc.ice_keepalive_interval_ms"),
+            "{e}"
+        );
     }
 
     #[test]

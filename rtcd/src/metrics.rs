@@ -95,6 +95,10 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     /// The SFU's metrics.
     pub sfu: SfuMetrics,
+    /// Tasks alive on the runtime that renders the metrics, refreshed on every scrape: a
+    /// count that keeps climbing while sessions come and go is a leak (the e2e leak check
+    /// asserts it returns to its baseline).
+    pub runtime_alive_tasks: Gauge,
 }
 
 impl Metrics {
@@ -186,8 +190,15 @@ impl Metrics {
             "Peer connection creation to connected",
             sfu.connect_seconds.clone(),
         );
+        let runtime_alive_tasks = Gauge::default();
+        registry.register(
+            "runtime_alive_tasks",
+            "Tokio tasks alive in rtcd's runtime (refreshed on scrape)",
+            runtime_alive_tasks.clone(),
+        );
         Arc::new(Self {
             sfu,
+            runtime_alive_tasks,
             registry,
             auth_attempts,
             bcrypt_seconds,
@@ -204,8 +215,14 @@ impl Metrics {
             .inc();
     }
 
-    /// The registry in Prometheus text format.
+    /// The registry in Prometheus text format (refreshing the runtime gauges first).
     pub fn encode(&self) -> String {
+        // Outside a runtime (unit tests) the gauge keeps its last value.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let alive = handle.metrics().num_alive_tasks();
+            self.runtime_alive_tasks
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -117,6 +117,8 @@ pub struct RtcdProcess {
     lines: mpsc::UnboundedReceiver<String>,
     /// All lines read so far.
     pub log: Vec<String>,
+    /// The "rtcd ready" line's fields (addresses of every listener), once seen.
+    pub ready_fields: Option<serde_json::Value>,
 }
 
 impl RtcdProcess {
@@ -149,6 +151,7 @@ impl RtcdProcess {
             child,
             lines,
             log: Vec::new(),
+            ready_fields: None,
         })
     }
 
@@ -166,10 +169,23 @@ impl RtcdProcess {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                 && v["message"] == "rtcd ready"
             {
-                let addr = v["http_addr"].as_str().context("http_addr field")?;
-                return Ok(addr.parse()?);
+                let addr = v["http_addr"]
+                    .as_str()
+                    .context("http_addr field")?
+                    .parse()?;
+                self.ready_fields = Some(v);
+                return Ok(addr);
             }
         }
+    }
+
+    /// An address from the ready line, e.g. `grpc_addr` or `ice_udp` (after [`Self::ready`]).
+    pub fn ready_addr(&self, field: &str) -> anyhow::Result<SocketAddr> {
+        let v = self.ready_fields.as_ref().context("not ready yet")?;
+        let text = v[field]
+            .as_str()
+            .with_context(|| format!("no {field} field"))?;
+        Ok(text.parse()?)
     }
 
     /// Sends `signal` (e.g. "TERM", "KILL") to the child.

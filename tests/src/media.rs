@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,10 +25,12 @@ use tonic::Request;
 use tonic::transport::Channel;
 use webrtc::api::APIBuilder;
 use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
+use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
+use webrtc::ice::udp_mux::{UDPMux, UDPMuxDefault, UDPMuxParams};
+use webrtc::ice::udp_network::UDPNetwork;
 use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::RTCPeerConnection;
@@ -36,6 +38,9 @@ use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::signaling_state::RTCSignalingState;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtcp::receiver_report::ReceiverReport;
+use webrtc::rtcp::sender_report::SenderReport;
+use webrtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
 use webrtc::rtp::extension::HeaderExtension;
 use webrtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
@@ -149,6 +154,14 @@ pub fn all_permissions() -> pb::Permissions {
     }
 }
 
+/// May only receive (least privilege for a listener).
+pub fn subscribe_only() -> pb::Permissions {
+    pb::Permissions {
+        subscribe: true,
+        ..Default::default()
+    }
+}
+
 /// A join message.
 pub fn join(call: &str, session: &str, permissions: pb::Permissions) -> pb::ClientSignal {
     pb::ClientSignal {
@@ -165,25 +178,87 @@ pub fn join(call: &str, session: &str, permissions: pb::Permissions) -> pb::Clie
 /// Per (sender, kind) reception statistics, from payloads `sender|kind|seq`.
 #[derive(Debug, Default, Clone)]
 pub struct Flow {
-    /// Packets received.
+    /// Distinct packets received (a retransmitted copy counts in `repeated`, not here).
     pub packets: u64,
     /// Lowest and highest sender sequence counter seen.
     pub first: u64,
     /// Highest sender sequence counter seen.
     pub last: u64,
+    /// The SSRC the flow arrives on (what a NACK names).
+    pub ssrc: u32,
+    /// The negotiated codec's MIME type, e.g. `video/H264`.
+    pub mime: String,
+    /// The RTP sequence number of the latest packet, and its payload counter.
+    pub latest: Option<(u16, u64)>,
+    /// Payload counters that arrived more than once (retransmissions), the first 64.
+    pub repeated: Vec<u64>,
+    /// Recently seen payload counters: slot `n % RECENT` holds `n + 1`.
+    recent: Vec<u64>,
 }
+
+/// How many recent payload counters a flow remembers to spot repeats.
+const RECENT: usize = 1024;
 
 impl Flow {
     /// Packets missing between the first and last seen.
     pub fn lost(&self) -> u64 {
         (self.last - self.first + 1).saturating_sub(self.packets)
     }
+
+    fn record(&mut self, n: u64, seq: u16) {
+        if self.recent.is_empty() {
+            self.recent = vec![0; RECENT];
+            self.first = n;
+            self.last = n;
+        }
+        let slot = &mut self.recent[(n % RECENT as u64) as usize];
+        if *slot == n + 1 {
+            if self.repeated.len() < 64 {
+                self.repeated.push(n);
+            }
+            return;
+        }
+        *slot = n + 1;
+        self.packets += 1;
+        self.first = self.first.min(n);
+        self.last = self.last.max(n);
+        self.latest = Some((seq, n));
+    }
+}
+
+/// H.264 (constrained baseline, packetization mode 1: what browsers offer first).
+pub fn h264() -> RTCRtpCodecCapability {
+    RTCRtpCodecCapability {
+        mime_type: MIME_TYPE_H264.to_owned(),
+        clock_rate: 90_000,
+        sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+            .to_owned(),
+        ..Default::default()
+    }
+}
+
+/// How a participant's peer connection is built.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerOptions {
+    /// All ICE traffic on one UDP socket (a UDP mux) that [`Participant::vanish`] can cut:
+    /// the peer then goes silent without a DTLS close_notify, like a dead network.
+    pub closable_socket: bool,
+    /// Accept an SRTP packet that was already received. webrtc-rs's SRTP sessions drop such
+    /// replays by default (a 64-packet window), which would hide a retransmission of a packet
+    /// the peer already has; a retransmission test turns this on to see it.
+    pub accept_replays: bool,
 }
 
 #[derive(Default)]
 struct Shared {
     events: Mutex<Vec<pb::server_signal::Signal>>,
     flows: Mutex<HashMap<String, Flow>>,
+    /// Sender reports received, by the SSRC they describe (one of the flows we receive).
+    sender_reports: Mutex<HashMap<u32, u64>>,
+    /// Receiver reports about our published tracks, by kind.
+    receiver_reports: Mutex<HashMap<String, u64>>,
+    /// RFC 6464 level our audio carries (0 = loudest, 127 = silence).
+    audio_level: AtomicU8,
     plis: AtomicU64,
     negotiations: AtomicU64,
     closed: AtomicBool,
@@ -209,6 +284,81 @@ pub struct Participant {
     shared: Arc<Shared>,
     control: mpsc::Sender<Control>,
     senders: Mutex<HashMap<String, Outgoing>>,
+    socket: Option<Cuttable>,
+}
+
+/// The UDP mux of a peer built with [`PeerOptions::closable_socket`], and its kill switch.
+struct Cuttable {
+    mux: Arc<UDPMuxDefault>,
+    cut: Arc<AtomicBool>,
+}
+
+/// A UDP socket that goes deaf and mute once `cut` is set: sends are swallowed, arrivals are
+/// discarded. Closing webrtc-rs's UDP mux is not enough to silence a peer: its connections
+/// still send through the mux's socket (ICE keepalives kept rtcd's side connected).
+struct CuttableSocket {
+    socket: tokio::net::UdpSocket,
+    cut: Arc<AtomicBool>,
+}
+
+#[tonic::async_trait]
+impl webrtc::util::Conn for CuttableSocket {
+    async fn connect(&self, addr: SocketAddr) -> webrtc::util::Result<()> {
+        Ok(self.socket.connect(addr).await?)
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc::util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc::util::Result<(usize, SocketAddr)> {
+        loop {
+            let got = self.socket.recv_from(buf).await?;
+            if !self.cut.load(Ordering::Relaxed) {
+                return Ok(got);
+            }
+        }
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc::util::Result<usize> {
+        if self.cut.load(Ordering::Relaxed) {
+            return Ok(buf.len());
+        }
+        Ok(self.socket.send(buf).await?)
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc::util::Result<usize> {
+        if self.cut.load(Ordering::Relaxed) {
+            return Ok(buf.len());
+        }
+        Ok(self.socket.send_to(buf, target).await?)
+    }
+
+    fn local_addr(&self) -> webrtc::util::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> webrtc::util::Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+impl Drop for Participant {
+    /// Stops the packet generators (they would otherwise outlive the participant).
+    fn drop(&mut self) {
+        let senders = self.senders.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (_, stop) in senders.values() {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Participant {
@@ -219,6 +369,26 @@ impl Participant {
         call: &str,
         session: &str,
         permissions: pb::Permissions,
+    ) -> Result<Self, tonic::Status> {
+        Self::join_with(
+            client,
+            auth,
+            call,
+            session,
+            permissions,
+            PeerOptions::default(),
+        )
+        .await
+    }
+
+    /// [`Participant::join`] with a differently built peer.
+    pub async fn join_with(
+        client: &mut SignalingClient<Channel>,
+        auth: Option<&str>,
+        call: &str,
+        session: &str,
+        permissions: pb::Permissions,
+        options: PeerOptions,
     ) -> Result<Self, tonic::Status> {
         let (out_tx, out_rx) = mpsc::channel::<pb::ClientSignal>(64);
         out_tx
@@ -239,9 +409,23 @@ impl Participant {
                 )));
             }
         }
-        Self::start(session, out_tx, inbound)
+        Self::start(session, out_tx, inbound, options)
             .await
             .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+
+    /// Joins with [`subscribe_only`] rights and makes the first offer (receive only).
+    pub async fn listener(
+        client: &mut SignalingClient<Channel>,
+        auth: &str,
+        call: &str,
+        session: &str,
+        options: PeerOptions,
+    ) -> anyhow::Result<Self> {
+        let p =
+            Self::join_with(client, Some(auth), call, session, subscribe_only(), options).await?;
+        p.receive_only().await?;
+        Ok(p)
     }
 
     /// Joins `room` through the proxy's WebSocket at `ws_url` with `token`: the same peer,
@@ -254,7 +438,7 @@ impl Participant {
         session: &str,
     ) -> anyhow::Result<Self> {
         let (out_tx, inbound) = crate::bridge::join(ws_url, token, room).await?;
-        Self::start(session, out_tx, inbound).await
+        Self::start(session, out_tx, inbound, PeerOptions::default()).await
     }
 
     /// Creates the peer and starts the driver over an already joined signaling stream.
@@ -262,6 +446,7 @@ impl Participant {
         session: &str,
         out_tx: mpsc::Sender<pb::ClientSignal>,
         inbound: S,
+        options: PeerOptions,
     ) -> anyhow::Result<Self>
     where
         S: futures_util::Stream<Item = Result<pb::ServerSignal, tonic::Status>>
@@ -269,8 +454,11 @@ impl Participant {
             + Send
             + 'static,
     {
-        let pc = new_peer().await?;
-        let shared = Arc::new(Shared::default());
+        let (pc, socket) = new_peer(options).await?;
+        let shared = Arc::new(Shared {
+            audio_level: AtomicU8::new(10),
+            ..Default::default()
+        });
         let (control_tx, control_rx) = mpsc::channel(16);
         record_incoming(&pc, &shared);
         tokio::spawn(drive(
@@ -286,6 +474,7 @@ impl Participant {
             shared,
             control: control_tx,
             senders: Mutex::new(HashMap::new()),
+            socket,
         })
     }
 
@@ -304,30 +493,67 @@ impl Participant {
         interval: Duration,
         pad: usize,
     ) -> anyhow::Result<()> {
-        let (mime, track_id) = match kind {
-            "audio" => (MIME_TYPE_OPUS, "mic"),
-            "video" => (MIME_TYPE_VP8, "cam"),
-            _ => (MIME_TYPE_VP8, "screen"),
+        let mime = if kind == "audio" {
+            MIME_TYPE_OPUS
+        } else {
+            MIME_TYPE_VP8
+        };
+        let codec = RTCRtpCodecCapability {
+            mime_type: mime.to_owned(),
+            ..Default::default()
+        };
+        self.add_track_with(kind, codec, interval, pad).await
+    }
+
+    /// Like [`Participant::add_track_paced`] with an explicit codec (e.g. [`h264`]).
+    pub async fn add_track_with(
+        &self,
+        kind: &str,
+        codec: RTCRtpCodecCapability,
+        interval: Duration,
+        pad: usize,
+    ) -> anyhow::Result<()> {
+        let track_id = match kind {
+            "audio" => "mic",
+            "video" => "cam",
+            _ => "screen",
         };
         let track = Arc::new(TrackLocalStaticRTP::new(
-            RTCRtpCodecCapability {
-                mime_type: mime.to_owned(),
-                ..Default::default()
-            },
+            codec,
             track_id.to_owned(),
             self.session.clone(),
         ));
         let local: Arc<dyn TrackLocal + Send + Sync> = track.clone();
         let sender = self.pc.add_track(local).await?;
         let stop = Arc::new(AtomicBool::new(false));
-        // Count PLIs the SFU sends us.
-        let shared = self.shared.clone();
+        let our_ssrc = sender
+            .get_parameters()
+            .await
+            .encodings
+            .first()
+            .map(|e| e.ssrc);
+        // Count PLIs the SFU sends us, and its receiver reports about this track.
+        let shared = Arc::downgrade(&self.shared);
         let s = sender.clone();
+        let k = kind.to_owned();
         tokio::spawn(async move {
             while let Ok((packets, _)) = s.read_rtcp().await {
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
                 for p in packets {
-                    if p.as_any().is::<PictureLossIndication>() {
+                    let any = p.as_any();
+                    if any.is::<PictureLossIndication>() {
                         shared.plis.fetch_add(1, Ordering::Relaxed);
+                    } else if let Some(rr) = any.downcast_ref::<ReceiverReport>()
+                        && rr.reports.iter().any(|r| Some(r.ssrc) == our_ssrc)
+                    {
+                        *shared
+                            .receiver_reports
+                            .lock()
+                            .unwrap()
+                            .entry(k.clone())
+                            .or_default() += 1;
                     }
                 }
             }
@@ -335,6 +561,7 @@ impl Participant {
         let tag = format!("{}|{}|", self.session, kind);
         let audio = kind == "audio";
         let st = stop.clone();
+        let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
             let mut n: u64 = 0;
             let ssrc = rand_ssrc(&tag);
@@ -355,9 +582,12 @@ impl Participant {
                     payload: Bytes::from(format!("{tag}{n}|{padding}")),
                 };
                 let exts = if audio {
+                    let level = shared
+                        .upgrade()
+                        .map_or(127, |s| s.audio_level.load(Ordering::Relaxed));
                     vec![HeaderExtension::AudioLevel(AudioLevelExtension {
-                        level: 10,
-                        voice: true,
+                        level,
+                        voice: level < 127,
                     })]
                 } else {
                     Vec::new()
@@ -440,6 +670,72 @@ impl Participant {
         self.shared.offers_dropped.load(Ordering::Relaxed)
     }
 
+    /// Sets the RFC 6464 level of this participant's audio from now on (0 = loudest, 127 =
+    /// silence; the default is 10, i.e. talking).
+    pub fn set_audio_level(&self, level: u8) {
+        self.shared
+            .audio_level
+            .store(level.min(127), Ordering::Relaxed);
+    }
+
+    /// Asks rtcd to retransmit the latest packet received from `sender` of `kind`
+    /// (a TransportLayerNack naming its SSRC and RTP sequence number); returns that packet's
+    /// payload counter, which [`Flow::repeated`] then shows if it came again.
+    pub async fn nack_latest(&self, sender: &str, kind: &str) -> anyhow::Result<u64> {
+        let flow = self
+            .flows()
+            .remove(&format!("{sender}/{kind}"))
+            .context("no such flow yet")?;
+        let (seq, n) = flow.latest.context("no packet yet")?;
+        let nack = TransportLayerNack {
+            sender_ssrc: 0,
+            media_ssrc: flow.ssrc,
+            nacks: vec![NackPair {
+                packet_id: seq,
+                lost_packets: 0,
+            }],
+        };
+        self.pc.write_rtcp(&[Box::new(nack)]).await?;
+        Ok(n)
+    }
+
+    /// Sender reports received for the SSRC `ssrc`.
+    pub fn sender_reports(&self, ssrc: u32) -> u64 {
+        self.shared
+            .sender_reports
+            .lock()
+            .unwrap()
+            .get(&ssrc)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Receiver reports received about this participant's `kind` track.
+    pub fn receiver_reports(&self, kind: &str) -> u64 {
+        self.shared
+            .receiver_reports
+            .lock()
+            .unwrap()
+            .get(kind)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Makes the peer go silent at once, as if its network died: the packet generators stop and
+    /// its UDP socket closes, so nothing (not even a DTLS close_notify) reaches rtcd, while the
+    /// gRPC stream stays open. Needs [`PeerOptions::closable_socket`].
+    pub fn vanish(&self) -> anyhow::Result<()> {
+        let socket = self
+            .socket
+            .as_ref()
+            .context("joined without a closable socket")?;
+        for (_, (_, stop)) in self.senders.lock().unwrap().iter() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        socket.cut.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// PLIs the SFU sent to this participant's tracks.
     pub fn plis(&self) -> u64 {
         self.shared.plis.load(Ordering::Relaxed)
@@ -488,12 +784,52 @@ impl Participant {
         })
     }
 
+    /// Waits until `sender`'s `tracks` tracks are withdrawn from this participant: as many
+    /// TrackRemoved events, a renegotiation after `negotiations_before` (see
+    /// [`Participant::negotiations`]), and no sending media section of theirs left in the SDP.
+    pub async fn lost_tracks_of(
+        &self,
+        sender: &str,
+        tracks: usize,
+        negotiations_before: u64,
+    ) -> anyhow::Result<()> {
+        use pb::server_signal::Signal;
+        eventually(
+            &format!("{}: {tracks} removal events", self.session),
+            || {
+                self.events()
+                    .iter()
+                    .filter(|e| matches!(e, Signal::TrackRemoved(t) if t.session_id == sender))
+                    .count()
+                    == tracks
+            },
+        )
+        .await?;
+        eventually(&format!("{} renegotiated", self.session), || {
+            self.negotiations() > negotiations_before
+        })
+        .await?;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.remote_sdp_mentions(sender).await {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{}'s SDP still sends {sender}'s tracks",
+                self.session
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     /// Closes the peer connection (the gRPC stream stays until the participant is dropped).
     pub async fn close(&self) {
         for (_, (_, stop)) in self.senders.lock().unwrap().iter() {
             stop.store(true, Ordering::Relaxed);
         }
         let _ = self.pc.close().await;
+        if let Some(socket) = &self.socket {
+            let _ = socket.mux.close().await;
+        }
     }
 }
 
@@ -502,7 +838,9 @@ fn rand_ssrc(tag: &str) -> u32 {
         .fold(0x9e37_79b9u32, |h, b| h.rotate_left(5) ^ u32::from(b))
 }
 
-async fn new_peer() -> anyhow::Result<Arc<RTCPeerConnection>> {
+async fn new_peer(
+    options: PeerOptions,
+) -> anyhow::Result<(Arc<RTCPeerConnection>, Option<Cuttable>)> {
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
     media.register_header_extension(
@@ -518,20 +856,57 @@ async fn new_peer() -> anyhow::Result<Arc<RTCPeerConnection>> {
     settings.set_interface_filter(Box::new(|n: &str| n == "lo"));
     settings.set_network_types(vec![NetworkType::Udp4]);
     settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+    if options.accept_replays {
+        settings.disable_srtp_replay_protection(true);
+    }
+    let socket = if options.closable_socket {
+        let cut = Arc::new(AtomicBool::new(false));
+        let socket = CuttableSocket {
+            socket: tokio::net::UdpSocket::bind("127.0.0.1:0").await?,
+            cut: cut.clone(),
+        };
+        let mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
+        settings.set_udp_network(UDPNetwork::Muxed(mux.clone()));
+        Some(Cuttable { mux, cut })
+    } else {
+        None
+    };
     let api = APIBuilder::new()
         .with_media_engine(media)
         .with_interceptor_registry(registry)
         .with_setting_engine(settings)
         .build();
-    Ok(Arc::new(
-        api.new_peer_connection(RTCConfiguration::default()).await?,
-    ))
+    let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
+    Ok((pc, socket))
 }
 
 fn record_incoming(pc: &Arc<RTCPeerConnection>, shared: &Arc<Shared>) {
     let shared = Arc::downgrade(shared);
-    pc.on_track(Box::new(move |track, _, _| {
+    pc.on_track(Box::new(move |track, receiver, _| {
         let shared = shared.clone();
+        // Sender reports from rtcd about this track (reading also drives the interceptors).
+        let reports = shared.clone();
+        let ssrc = track.ssrc();
+        tokio::spawn(async move {
+            while let Ok((packets, _)) = receiver.read_rtcp().await {
+                let Some(shared) = reports.upgrade() else {
+                    break;
+                };
+                for p in packets {
+                    if let Some(sr) = p.as_any().downcast_ref::<SenderReport>()
+                        && sr.ssrc == ssrc
+                    {
+                        *shared
+                            .sender_reports
+                            .lock()
+                            .unwrap()
+                            .entry(ssrc)
+                            .or_default() += 1;
+                    }
+                }
+            }
+        });
+        let mime = track.codec().capability.mime_type;
         tokio::spawn(async move {
             while let Ok((packet, _)) = track.read_rtp().await {
                 let Some(shared) = shared.upgrade() else {
@@ -546,14 +921,14 @@ fn record_incoming(pc: &Arc<RTCPeerConnection>, shared: &Arc<Shared>) {
                 };
                 let Ok(n) = n.parse::<u64>() else { continue };
                 let mut flows = shared.flows.lock().unwrap();
-                let flow = flows.entry(format!("{sender}/{kind}")).or_insert(Flow {
-                    packets: 0,
-                    first: n,
-                    last: n,
-                });
-                flow.packets += 1;
-                flow.first = flow.first.min(n);
-                flow.last = flow.last.max(n);
+                let flow = flows
+                    .entry(format!("{sender}/{kind}"))
+                    .or_insert_with(|| Flow {
+                        ssrc,
+                        mime: mime.clone(),
+                        ..Default::default()
+                    });
+                flow.record(n, packet.header.sequence_number);
             }
         });
         Box::pin(async {})

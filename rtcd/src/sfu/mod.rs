@@ -245,6 +245,12 @@ pub struct SfuConfig {
     pub max_sdp_bytes: usize,
     /// Minimum interval between keyframe requests to one track.
     pub keyframe_interval: Duration,
+    /// ICE silence before a connection counts as disconnected.
+    pub ice_disconnected_timeout: Duration,
+    /// Further silence before it counts as failed (the session then ends).
+    pub ice_failed_timeout: Duration,
+    /// ICE keepalive interval on idle connections.
+    pub ice_keepalive_interval: Duration,
 }
 
 /// Notices fanned out to every session of a call (voice activity, mute). A `broadcast`

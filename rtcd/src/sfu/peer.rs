@@ -49,6 +49,12 @@ impl PeerFactory {
         let mut settings = SettingEngine::default();
         settings.set_udp_network(UDPNetwork::Muxed(mux));
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        // How fast a vanished peer is noticed: "failed" ends its session and frees its tracks.
+        settings.set_ice_timeouts(
+            Some(config.ice_disconnected_timeout),
+            Some(config.ice_failed_timeout),
+            Some(config.ice_keepalive_interval),
+        );
         // One family only, matching the socket: every local candidate of an agent reads from the
         // same mux connection, so a candidate of the other family would consume (and drop)
         // packets meant for its sibling.

@@ -470,6 +470,11 @@ impl Actor {
             None
         };
         if let Some(err) = refusal {
+            let reason = match err {
+                SfuError::LimitReached(_) => "over_limit",
+                _ => "not_permitted",
+            };
+            tracing::info!(client = %self.req.tenant, session = %self.req.session, kind = kind.as_str(), error = %err, "track refused");
             // Read and discard so the receiver's buffers and reports keep working; count it.
             let dropped = self
                 .inner
@@ -478,7 +483,7 @@ impl Actor {
                 .dropped_packets
                 .get_or_create(&ReasonLabels {
                     client_id: self.req.tenant.as_str().to_owned(),
-                    reason: "not_permitted",
+                    reason,
                 })
                 .clone();
             tokio::spawn(async move {

@@ -1,7 +1,10 @@
 //! SFU forwarding with real webrtc-rs peers over the real gRPC service: fan-out verified by
-//! payload, late joiner + keyframe request, leave by renegotiation, mute, screen share.
+//! payload, late joiner + keyframe request, leave by renegotiation, mute, screen share, H.264,
+//! voice activity on and off, the per-session track limit.
 
-use rtcd_e2e::media::{Participant, TestRtcd, all_permissions, eventually};
+use std::time::Duration;
+
+use rtcd_e2e::media::{Participant, TestRtcd, all_permissions, eventually, h264, subscribe_only};
 use rtcd_proto::v1 as pb;
 use rtcd_proto::v1::signaling_client::SignalingClient;
 use tonic::transport::Channel;
@@ -19,6 +22,22 @@ async fn publisher(
     p.add_track("video").await?;
     p.renegotiate().await?;
     Ok(p)
+}
+
+/// Announces a screen share, then publishes it (the order a client must use).
+async fn share_screen(p: &Participant) -> anyhow::Result<()> {
+    p.send(pb::client_signal::Signal::ScreenShare(pb::ScreenShare {
+        on: true,
+        track_id: "screen".into(),
+    }))
+    .await?;
+    p.add_track("screen").await?;
+    p.renegotiate().await
+}
+
+/// Whether every error event `p` got carries `code`.
+fn all_errors_are(p: &Participant, code: tonic::Code) -> bool {
+    p.errors().iter().all(|(c, _)| *c == code as i32)
 }
 
 /// Waits until `p` receives audio and video from every one of `others`, then checks it receives
@@ -112,18 +131,8 @@ async fn late_joiner_gets_everything_and_leave_renegotiates_removal() -> anyhow:
     let plis_before = [a.plis(), b.plis(), c.plis()];
 
     // A subscriber-only late joiner.
-    let late = Participant::join(
-        &mut client,
-        Some(&auth),
-        "call",
-        "dave",
-        pb::Permissions {
-            subscribe: true,
-            ..Default::default()
-        },
-    )
-    .await?;
-    late.receive_only().await?;
+    let late =
+        Participant::listener(&mut client, &auth, "call", "dave", Default::default()).await?;
     receives_exactly(&late, &["alice", "bob", "carol"]).await?;
     // Its arrival made rtcd ask every publisher for a keyframe.
     eventually("keyframe requests", || {
@@ -140,24 +149,7 @@ async fn late_joiner_gets_everything_and_leave_renegotiates_removal() -> anyhow:
     })
     .await?;
     for (p, before) in [&a, &b, &late].into_iter().zip(negotiations) {
-        eventually("removal events", || {
-            p.events()
-                .iter()
-                .filter(|e| matches!(e, pb::server_signal::Signal::TrackRemoved(t) if t.session_id == "carol"))
-                .count()
-                == 2
-        })
-        .await?;
-        eventually("renegotiated", || p.negotiations() > before).await?;
-        let deadline = tokio::time::Instant::now() + rtcd_e2e::media::PATIENCE;
-        while p.remote_sdp_mentions("carol").await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}'s SDP still has carol",
-                p.session
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        p.lost_tracks_of("carol", 2, before).await?;
     }
     eventually("three sessions", || rtcd.rtcd.sfu().session_count() == 3).await?;
     // Everyone else keeps flowing.
@@ -211,13 +203,7 @@ async fn mute_drops_packets_and_screen_share_comes_and_goes() -> anyhow::Result<
     .await?;
 
     // Screen share on: bob gets a third track from alice, announced as SCREEN.
-    a.send(pb::client_signal::Signal::ScreenShare(pb::ScreenShare {
-        on: true,
-        track_id: "screen".into(),
-    }))
-    .await?;
-    a.add_track("screen").await?;
-    a.renegotiate().await?;
+    share_screen(&a).await?;
     eventually("screen received", || {
         b.received("alice", "screen") >= ENOUGH
     })
@@ -253,17 +239,8 @@ async fn mute_drops_packets_and_screen_share_comes_and_goes() -> anyhow::Result<
     );
 
     // A session without publish rights gets nothing forwarded.
-    let lurker = Participant::join(
-        &mut client,
-        Some(&auth),
-        "call",
-        "lurker",
-        pb::Permissions {
-            subscribe: true,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let lurker =
+        Participant::join(&mut client, Some(&auth), "call", "lurker", subscribe_only()).await?;
     lurker.add_track("audio").await?;
     lurker.renegotiate().await?;
     eventually("refused publish", || {
@@ -305,9 +282,7 @@ async fn client_offer_colliding_with_an_rtcd_offer_is_refused_as_glare() -> anyh
     })
     .await?;
     assert!(
-        b.errors()
-            .iter()
-            .all(|(code, _)| *code == tonic::Code::FailedPrecondition as i32),
+        all_errors_are(&b, tonic::Code::FailedPrecondition),
         "{:?}",
         b.errors()
     );
@@ -318,6 +293,128 @@ async fn client_offer_colliding_with_an_rtcd_offer_is_refused_as_glare() -> anyh
     })
     .await?;
     assert_eq!(rtcd.rtcd.sfu().session_count(), 3);
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_video_is_forwarded_as_h264() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[]).await?;
+    let auth = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    // Alice's camera is H.264; Bob's is VP8.
+    let a = Participant::join(&mut client, Some(&auth), "call", "alice", all_permissions()).await?;
+    a.add_track("audio").await?;
+    a.add_track_with("video", h264(), Duration::from_millis(20), 0)
+        .await?;
+    a.renegotiate().await?;
+    let b = publisher(&mut client, &auth, "bob").await?;
+    let c = Participant::listener(&mut client, &auth, "call", "carol", Default::default()).await?;
+    receives_exactly(&b, &["alice"]).await?;
+    receives_exactly(&a, &["bob"]).await?;
+    receives_exactly(&c, &["alice", "bob"]).await?;
+    for p in [&b, &c] {
+        assert_eq!(p.flows()["alice/video"].mime, "video/H264", "{}", p.session);
+        assert_eq!(p.flows()["alice/audio"].mime, "audio/opus", "{}", p.session);
+    }
+    assert_eq!(a.flows()["bob/video"].mime, "video/VP8");
+    assert!(
+        b.saw(|e| matches!(e, pb::server_signal::Signal::TrackPublished(t)
+        if t.session_id == "alice" && t.kind == pb::TrackKind::Video as i32))
+    );
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+/// Voice activity events about `who` seen by `p`, in order (true = speaking).
+fn voice(p: &Participant, who: &str) -> Vec<bool> {
+    p.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            pb::server_signal::Signal::VoiceActivity(v) if v.session_id == who => Some(v.speaking),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_activity_turns_on_and_off_with_the_audio_level() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[]).await?;
+    let auth = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    let a = publisher(&mut client, &auth, "alice").await?;
+    let b = publisher(&mut client, &auth, "bob").await?;
+    // Both talk (the synthetic audio is loud by default): each hears the other start.
+    eventually("alice speaking", || voice(&b, "alice") == [true]).await?;
+    eventually("bob speaking", || voice(&a, "bob") == [true]).await?;
+    // Alice goes silent (RFC 6464 level 127): off after rtcd's hangover, and only for her.
+    a.set_audio_level(127);
+    eventually("alice silent", || voice(&b, "alice") == [true, false]).await?;
+    // Quiet noise (-90 dBov) is not speech either; loud again is.
+    a.set_audio_level(90);
+    let b_audio = b.received("alice", "audio");
+    eventually("time passes", || {
+        b.received("alice", "audio") > b_audio + 50
+    })
+    .await?;
+    assert_eq!(voice(&b, "alice"), [true, false]);
+    a.set_audio_level(5);
+    eventually("alice speaking again", || {
+        voice(&b, "alice") == [true, false, true]
+    })
+    .await?;
+    assert_eq!(voice(&a, "bob"), [true], "bob kept talking");
+    // Nobody hears themselves.
+    assert!(voice(&a, "alice").is_empty() && voice(&b, "bob").is_empty());
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_track_beyond_the_session_limit_is_refused_and_not_forwarded() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[("RTCD_RTC_MAX_TRACKS_PER_SESSION", "2")]).await?;
+    let auth = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    let a = publisher(&mut client, &auth, "alice").await?;
+    let b = publisher(&mut client, &auth, "bob").await?;
+    receives_exactly(&b, &["alice"]).await?;
+    // A third track (a permitted screen share) is one too many.
+    share_screen(&a).await?;
+    eventually("limit error", || {
+        a.errors().iter().any(|(code, m)| {
+            *code == tonic::Code::ResourceExhausted as i32 && m.contains("tracks per session")
+        })
+    })
+    .await?;
+    eventually("refused packets counted", || {
+        rtcd.rtcd.metrics().encode().contains(
+            "rtcd_sfu_dropped_packets_total{client_id=\"tenant-a\",reason=\"over_limit\"}",
+        )
+    })
+    .await?;
+    // The session otherwise keeps working both ways, and the extra track goes nowhere.
+    let (v_ab, v_ba) = (b.received("alice", "video"), a.received("bob", "video"));
+    eventually("media continues", || {
+        b.received("alice", "video") > v_ab + 50 && a.received("bob", "video") > v_ba + 50
+    })
+    .await?;
+    assert_eq!(b.received("alice", "screen"), 0);
+    assert!(
+        !b.saw(|e| matches!(e, pb::server_signal::Signal::TrackPublished(t)
+        if t.session_id == "alice" && t.kind == pb::TrackKind::Screen as i32))
+    );
+    assert!(
+        all_errors_are(&a, tonic::Code::ResourceExhausted),
+        "{:?}",
+        a.errors()
+    );
+    assert!(
+        rtcd.rtcd
+            .metrics()
+            .encode()
+            .contains("rtcd_sfu_tracks_in{client_id=\"tenant-a\",kind=\"video\"} 2"),
+        "one camera each, no screen"
+    );
     rtcd.rtcd.shutdown().await;
     Ok(())
 }

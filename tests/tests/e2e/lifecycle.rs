@@ -1,0 +1,316 @@
+//! Session lifecycle beyond signaling: a peer whose network dies is removed by ICE failure
+//! (configurable timeouts), and join / publish / leave cycles against the real rtcd process
+//! leave no file descriptors, threads or tokio tasks behind.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rtcd_e2e::daemon::{ADMIN_SECRET, RtcdProcess, client, key_for, test_env};
+use rtcd_e2e::media::{
+    PATIENCE, Participant, PeerOptions, TestRtcd, all_permissions, basic, eventually,
+};
+use rtcd_proto::v1 as pb;
+use rtcd_proto::v1::signaling_client::SignalingClient;
+use tonic::transport::Channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rtcd-under-test");
+
+/// Joins `session` to `call` on a closable socket and publishes audio + video.
+async fn vanishable_publisher(
+    client: &mut SignalingClient<Channel>,
+    auth: &str,
+    call: &str,
+    session: &str,
+) -> anyhow::Result<Participant> {
+    let p = Participant::join_with(
+        client,
+        Some(auth),
+        call,
+        session,
+        all_permissions(),
+        PeerOptions {
+            closable_socket: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    p.add_track("audio").await?;
+    p.add_track("video").await?;
+    p.renegotiate().await?;
+    Ok(p)
+}
+
+fn closed_because(p: &Participant, reason: &str) -> bool {
+    p.saw(|e| matches!(e, pb::server_signal::Signal::SessionClosed(c) if c.reason == reason))
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_network_dies_is_removed_with_its_tracks_and_call() -> anyhow::Result<()> {
+    // Seconds instead of webrtc-rs's 5 s + 25 s; keepalives well inside the window so the
+    // healthy peer never looks idle.
+    let rtcd = TestRtcd::start(&[
+        ("RTCD_RTC_ICE_DISCONNECTED_TIMEOUT_MS", "1500"),
+        ("RTCD_RTC_ICE_FAILED_TIMEOUT_MS", "1500"),
+        ("RTCD_RTC_ICE_KEEPALIVE_INTERVAL_MS", "300"),
+    ])
+    .await?;
+    let auth = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    let a = vanishable_publisher(&mut client, &auth, "call", "alice").await?;
+    let b = vanishable_publisher(&mut client, &auth, "call", "bob").await?;
+    eventually("both receive", || {
+        a.received("bob", "video") >= 25 && b.received("alice", "video") >= 25
+    })
+    .await?;
+    let negotiations = b.negotiations();
+
+    // Alice's network dies; her gRPC stream stays open, so only ICE can tell.
+    a.vanish()?;
+    eventually("alice's session closed as failed", || {
+        closed_because(&a, "peer connection failed")
+    })
+    .await?;
+    eventually("alice's stream ends", || a.stream_closed()).await?;
+    // Bob loses her two tracks by event and by renegotiation, and keeps his session.
+    b.lost_tracks_of("alice", 2, negotiations).await?;
+    assert_eq!(rtcd.rtcd.sfu().session_count(), 1);
+    assert!(!closed_because(&b, "peer connection failed"));
+    let text = rtcd.rtcd.metrics().encode();
+    assert_eq!(
+        metric(
+            &text,
+            "rtcd_sfu_tracks_in{client_id=\"tenant-a\",kind=\"video\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+
+    // Bob's network dies too: the call is gone.
+    b.vanish()?;
+    eventually("bob's session closed as failed", || {
+        closed_because(&b, "peer connection failed")
+    })
+    .await?;
+    eventually("no call left", || {
+        rtcd.rtcd.sfu().call_count() == 0 && rtcd.rtcd.sfu().session_count() == 0
+    })
+    .await?;
+    let text = rtcd.rtcd.metrics().encode();
+    for series in [
+        "rtcd_sfu_calls{client_id=\"tenant-a\"}",
+        "rtcd_sfu_sessions{client_id=\"tenant-a\"}",
+        "rtcd_sfu_tracks_in{client_id=\"tenant-a\",kind=\"audio\"}",
+        "rtcd_sfu_tracks_out{client_id=\"tenant-a\",kind=\"video\"}",
+    ] {
+        assert_eq!(metric(&text, series), Some(0.0), "{series}: {text}");
+    }
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+/// What the leak check watches in the rtcd process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Footprint {
+    fds: usize,
+    /// Threads other than sled's elastic I/O pool (`sled-io-N`: sled grows and shrinks it on
+    /// its own schedule, and sessions never touch the store).
+    threads: usize,
+    tasks: f64,
+    rss_kib: u64,
+}
+
+/// What the process holds, for a leak report: each descriptor's target, each thread's name.
+fn inventory(pid: u32) -> String {
+    let list = |what: &str, describe: &dyn Fn(std::path::PathBuf) -> String| {
+        let mut items: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/{what}"))
+            .map(|d| d.flatten().map(|e| describe(e.path())).collect())
+            .unwrap_or_default();
+        items.sort();
+        items
+    };
+    let fds = list("fd", &|p| {
+        std::fs::read_link(&p).map_or_else(|e| e.to_string(), |t| t.display().to_string())
+    });
+    let threads = list("task", &|p| {
+        std::fs::read_to_string(p.join("comm")).map_or_else(|e| e.to_string(), |c| c.trim().into())
+    });
+    format!("fds {fds:?}, threads {threads:?}")
+}
+
+/// rtcd's metrics page (admin-authenticated on the public listener).
+async fn scrape(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(http
+        .get(format!("{base}/metrics"))
+        .basic_auth("", Some(ADMIN_SECRET))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
+/// Waits until rtcd reports no session of the client `leak`.
+async fn sessions_gone(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metric(
+        &scrape(http, base).await?,
+        "rtcd_sfu_sessions{client_id=\"leak\"}",
+    ) != Some(0.0)
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "sessions never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn footprint(pid: u32, http: &reqwest::Client, base: &str) -> anyhow::Result<Footprint> {
+    let text = scrape(http, base).await?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    Ok(Footprint {
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count(),
+        threads: std::fs::read_dir(format!("/proc/{pid}/task"))?
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|name| !name.starts_with("sled-io-"))
+            })
+            .count(),
+        tasks: metric(&text, "rtcd_runtime_alive_tasks")
+            .ok_or_else(|| anyhow::anyhow!("no rtcd_runtime_alive_tasks in {text}"))?,
+        rss_kib,
+    })
+}
+
+/// Where to take a footprint of the rtcd process (pid, metrics client, HTTP base).
+type Probe<'a> = (u32, &'a reqwest::Client, &'a str);
+
+/// One call of two publishers: join, exchange media, leave, close. With a probe, returns the
+/// footprint taken while both sessions are live.
+async fn cycle(
+    client: &mut SignalingClient<Channel>,
+    auth: &str,
+    i: usize,
+    probe: Option<Probe<'_>>,
+) -> anyhow::Result<Option<Footprint>> {
+    let call = format!("cycle-{i}");
+    let mut people = Vec::new();
+    for name in ["alice", "bob"] {
+        let p = Participant::join(client, Some(auth), &call, name, all_permissions()).await?;
+        p.add_track("audio").await?;
+        p.add_track("video").await?;
+        p.renegotiate().await?;
+        people.push(p);
+    }
+    let (a, b) = (&people[0], &people[1]);
+    eventually("media both ways", || {
+        a.received("bob", "video") >= 5 && b.received("alice", "video") >= 5
+    })
+    .await?;
+    let live = match probe {
+        Some((pid, http, base)) => Some(footprint(pid, http, base).await?),
+        None => None,
+    };
+    for p in &people {
+        p.send(pb::client_signal::Signal::Leave(pb::Leave {}))
+            .await?;
+    }
+    for p in &people {
+        eventually("left", || closed_because(p, "leave")).await?;
+        p.close().await;
+    }
+    Ok(live)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_publish_leave_cycles_leak_no_fds_threads_or_tasks() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut proc = RtcdProcess::spawn(Path::new(BIN), &test_env(dir.path(), &[]))?;
+    let base = format!("http://{}", proc.ready().await?);
+    let grpc = proc.ready_addr("grpc_addr")?;
+    let pid = proc.child.id().expect("running");
+    let http = client();
+    let key = key_for("leak");
+    let status = http
+        .post(format!("{base}/register"))
+        .basic_auth("", Some(ADMIN_SECRET))
+        .json(&serde_json::json!({"clientID": "leak", "authKey": key}))
+        .send()
+        .await?
+        .status();
+    assert_eq!(status, reqwest::StatusCode::CREATED);
+    let auth = basic("leak", &key);
+    let mut signaling = SignalingClient::connect(format!("http://{grpc}")).await?;
+
+    // Warm-up: the first calls create what lives for the daemon's lifetime (metric series,
+    // the auth cache entry, the gRPC connection's tasks, pooled worker threads).
+    for i in 0..2 {
+        cycle(&mut signaling, &auth, i, None).await?;
+    }
+    sessions_gone(&http, &base).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline = footprint(pid, &http, &base).await?;
+
+    const CYCLES: usize = 20;
+    let mut live = None;
+    for i in 2..2 + CYCLES {
+        let probe = (i == 2).then_some((pid, &http, base.as_str()));
+        live = live.or(cycle(&mut signaling, &auth, i, probe).await?);
+    }
+    // The measures can see a session at all: sessions add no file descriptors (they share
+    // one UDP port) but each runs a few dozen tasks, so with two live sessions the task gauge
+    // must have stood well above the baseline.
+    let live = live.expect("probed");
+    assert!(
+        live.tasks >= baseline.tasks + 10.0,
+        "two live sessions should show in the task gauge: baseline {baseline:?}, live {live:?}"
+    );
+    sessions_gone(&http, &base).await?;
+    let after = footprint(pid, &http, &base).await?;
+    // Closed peer connections finish their teardown in the background (webrtc-rs closes
+    // its ICE / DTLS / SCTP tasks asynchronously): wait for the counts to settle. File
+    // descriptors and tasks must come back all the way to the baseline: 20 cycles x 2
+    // sessions x ~25 tasks would dwarf any slack. Threads get a slack of
+    // BLOCKING_POOL_SLACK: rtcd samples /proc/stat through tokio::fs every second, which runs
+    // on tokio's blocking pool, and that pool keeps one or two threads (10 s keepalive, handed
+    // work alternately) whatever the sessions do; a thread leaked per session would still
+    // show 40 times over.
+    const BLOCKING_POOL_SLACK: usize = 2;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let settled = loop {
+        let now = footprint(pid, &http, &base).await?;
+        if now.fds <= baseline.fds
+            && now.threads <= baseline.threads + BLOCKING_POOL_SLACK
+            && now.tasks <= baseline.tasks
+        {
+            break now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rtcd leaks after {CYCLES} cycles: baseline {baseline:?}, right after {after:?}, \
+             still {now:?}; {}",
+            inventory(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "leak check over {CYCLES} cycles: baseline {baseline:?}, with two sessions {live:?}, \
+         right after {after:?}, settled {settled:?}, RSS growth {} KiB",
+        settled.rss_kib as i64 - baseline.rss_kib as i64
+    );
+    proc.signal("TERM")?;
+    proc.wait().await?;
+    Ok(())
+}

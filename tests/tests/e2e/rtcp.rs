@@ -1,0 +1,101 @@
+//! RTCP through rtcd with real webrtc-rs peers: NACKs answered from rtcd's retransmission
+//! buffer, sender reports to subscribers and receiver reports to publishers.
+//!
+//! webrtc-rs 0.17 facts these tests rest on: `register_default_interceptors` installs a NACK
+//! responder (a per-SSRC buffer of 8192 packets) on every local stream whose codec negotiated
+//! `nack` feedback (the default video codecs do, Opus does not); it resends the stored packet
+//! itself (same SSRC and sequence number: sender RTX is off unless
+//! `SettingEngine::enable_sender_rtx`, and the default codecs include no `rtx` codec). A
+//! receiver's SRTP session drops a copy of a packet it already has (replay protection, a
+//! 64-packet window, on by default in `srtp::Session`), so the subscriber that checks the
+//! retransmission turns replay protection off to see it. Sender and receiver reports go out
+//! about once a second.
+
+use std::time::Duration;
+
+use rtcd_e2e::media::{PATIENCE, Participant, PeerOptions, TestRtcd, all_permissions, eventually};
+
+/// Packets a flow must deliver before the checks start.
+const ENOUGH: u64 = 25;
+
+/// Alice publishes audio + video; Bob only subscribes (with `bob` options). Returns both once
+/// Bob receives Alice.
+async fn alice_and_bob(
+    rtcd: &TestRtcd,
+    options: PeerOptions,
+) -> anyhow::Result<(Participant, Participant)> {
+    let auth = rtcd.register("tenant-rtcp").await?;
+    let mut client = rtcd.client().await?;
+    let alice =
+        Participant::join(&mut client, Some(&auth), "call", "alice", all_permissions()).await?;
+    alice.add_track("audio").await?;
+    alice.add_track("video").await?;
+    alice.renegotiate().await?;
+    let bob = Participant::listener(&mut client, &auth, "call", "bob", options).await?;
+    eventually("bob receives alice", || {
+        bob.received("alice", "audio") >= ENOUGH && bob.received("alice", "video") >= ENOUGH
+    })
+    .await?;
+    Ok((alice, bob))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribers_nack_is_answered_from_rtcds_retransmission_buffer() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[]).await?;
+    let (_alice, bob) = alice_and_bob(
+        &rtcd,
+        PeerOptions {
+            accept_replays: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    // Bob already has the packet he NACKs: only a retransmission by rtcd can bring it again.
+    // One NACK a second until a copy arrives (a NACK is one unreliable datagram).
+    let mut nacked = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let answered = loop {
+        nacked.push(bob.nack_latest("alice", "video").await?);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let flow = bob.flows().remove("alice/video").expect("flow exists");
+        if let Some(n) = flow.repeated.iter().find(|n| nacked.contains(n)) {
+            break *n;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retransmission of any of {nacked:?}; repeats seen {:?}",
+            flow.repeated
+        );
+    };
+    eprintln!("packet {answered} retransmitted after NACKs for {nacked:?}");
+    // The forwarding itself is undisturbed.
+    let before = bob.received("alice", "video");
+    eventually("video continues", || {
+        bob.received("alice", "video") > before + 20
+    })
+    .await?;
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_sender_reports_and_publishers_get_receiver_reports() -> anyhow::Result<()>
+{
+    let rtcd = TestRtcd::start(&[]).await?;
+    let (alice, bob) = alice_and_bob(&rtcd, PeerOptions::default()).await?;
+    let flows = bob.flows();
+    let audio = flows["alice/audio"].ssrc;
+    let video = flows["alice/video"].ssrc;
+    // Several reports each (about one a second), for exactly the SSRCs Bob receives from rtcd.
+    eventually("sender reports for both forwarded tracks", || {
+        bob.sender_reports(audio) >= 2 && bob.sender_reports(video) >= 2
+    })
+    .await?;
+    // rtcd, as the receiver of Alice's tracks, reports on each of her SSRCs.
+    eventually("receiver reports for both published tracks", || {
+        alice.receiver_reports("audio") >= 2 && alice.receiver_reports("video") >= 2
+    })
+    .await?;
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
