@@ -526,7 +526,8 @@ impl Config {
                 return Err(invalid(key, "must be at least 1".into()));
             }
         }
-        if rtc.udp_buffer_bytes != 0 && !(65_536..=256 * 1024 * 1024).contains(&rtc.udp_buffer_bytes)
+        if rtc.udp_buffer_bytes != 0
+            && !(65_536..=256 * 1024 * 1024).contains(&rtc.udp_buffer_bytes)
         {
             return Err(invalid(
                 "rtc.udp_buffer_bytes",

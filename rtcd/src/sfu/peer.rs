@@ -215,7 +215,10 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<tokio::net::UdpS
         socket.set_recv_buffer_size(buffer)?;
         socket.set_send_buffer_size(buffer)?;
         // Linux reports twice what it grants (the doubling covers its bookkeeping).
-        let (recv, send) = (socket.recv_buffer_size()? / 2, socket.send_buffer_size()? / 2);
+        let (recv, send) = (
+            socket.recv_buffer_size()? / 2,
+            socket.send_buffer_size()? / 2,
+        );
         if recv < buffer || send < buffer {
             tracing::warn!(
                 requested = buffer,

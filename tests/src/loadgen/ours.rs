@@ -76,6 +76,12 @@ impl Stack {
             format!("{},rtcd=info", config.log_level),
         ));
         env.push(("RTCD_RTC_MAX_SESSIONS_PER_CALL".into(), "1000".into()));
+        // As many tokio workers as the CPUs they are pinned to: more workers than cores only
+        // adds context switches (tokio reads TOKIO_WORKER_THREADS when none is configured).
+        let workers = config.cpus.as_deref().map(cpu_count);
+        if let Some(n) = workers {
+            env.push(("TOKIO_WORKER_THREADS".into(), n.to_string()));
+        }
         env.push(("RTCD_RTC_MAX_SESSIONS_PER_CLIENT".into(), "100000".into()));
         let mut rtcd = command(&config.rtcd_bin, config.cpus.as_deref())
             .arg("serve")
@@ -120,6 +126,9 @@ impl Stack {
             ("PROXY_LIMITS_IDLE_TIMEOUT_SECONDS", "3600"),
         ] {
             env.push((k.to_owned(), v.to_owned()));
+        }
+        if let Some(n) = workers {
+            env.push(("TOKIO_WORKER_THREADS".into(), n.to_string()));
         }
         let proxy_bin = config.proxy_bin.display().to_string();
         let (proxy, addr) = match crate::proxy::spawn_process(&proxy_bin, &env) {
@@ -170,6 +179,20 @@ impl Drop for Stack {
             let _ = child.wait();
         }
     }
+}
+
+/// CPUs in a `taskset -c` list such as "0", "0,2" or "0-3".
+fn cpu_count(list: &str) -> usize {
+    list.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => match (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 1,
+            },
+            None => 1,
+        })
+        .sum::<usize>()
+        .max(1)
 }
 
 /// Later settings win (the child sees each variable once).
@@ -377,4 +400,15 @@ fn truncate(text: &impl std::fmt::Display) -> String {
         s.truncate(end);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(super::cpu_count("0"), 1);
+        assert_eq!(super::cpu_count("0,2"), 2);
+        assert_eq!(super::cpu_count("0-3"), 4);
+        assert_eq!(super::cpu_count("0-1,4"), 3);
+    }
 }
