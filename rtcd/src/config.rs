@@ -85,6 +85,9 @@ pub struct RtcConfig {
     /// video frames overflows it long before the CPU is busy. The kernel caps it at
     /// `net.core.rmem_max` / `wmem_max`; rtcd warns when it got less.
     pub udp_buffer_bytes: usize,
+    /// Packets kept per video stream sent to a subscriber, to answer its NACKs (rounded up to a
+    /// power of two, 64..32768). Allocated whole per stream, so it is most of a session's memory.
+    pub nack_buffer_packets: usize,
     /// Sessions one call may hold.
     pub max_sessions_per_call: usize,
     /// Sessions one client (tenant) may hold across all its calls.
@@ -119,6 +122,7 @@ impl Default for RtcConfig {
             ice_interfaces: Vec::new(),
             include_loopback_candidates: false,
             udp_buffer_bytes: 4 * 1024 * 1024,
+            nack_buffer_packets: 1024,
             max_sessions_per_call: 50,
             max_sessions_per_client: 1000,
             max_tracks_per_session: 4,
@@ -534,6 +538,12 @@ impl Config {
                 "must be 0 (kernel default) or between 65536 and 268435456".into(),
             ));
         }
+        if !(64..=32_768).contains(&rtc.nack_buffer_packets) {
+            return Err(invalid(
+                "rtc.nack_buffer_packets",
+                "must be between 64 and 32768".into(),
+            ));
+        }
         if !(1024..=1024 * 1024).contains(&rtc.max_sdp_bytes)
             || rtc.max_sdp_bytes > grpc.max_message_bytes
         {
@@ -790,6 +800,8 @@ mod tests {
         let e = Config::load(None, env(&[("RTCD_RTC_UDP_BUFFER_BYTES", "1000")])).unwrap_err();
         assert!(e.to_string().contains("rtc.udp_buffer_bytes"), "{e}");
         Config::load(None, env(&[("RTCD_RTC_UDP_BUFFER_BYTES", "0")])).unwrap();
+        let e = Config::load(None, env(&[("RTCD_RTC_NACK_BUFFER_PACKETS", "8")])).unwrap_err();
+        assert!(e.to_string().contains("rtc.nack_buffer_packets"), "{e}");
     }
 
     #[test]

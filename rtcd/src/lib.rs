@@ -272,6 +272,7 @@ fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
         interfaces: rtc.ice_interfaces.clone(),
         include_loopback: rtc.include_loopback_candidates,
         udp_buffer_bytes: rtc.udp_buffer_bytes,
+        nack_buffer_packets: rtc.nack_buffer_packets,
         max_sessions_per_call: rtc.max_sessions_per_call,
         max_sessions_per_tenant: rtc.max_sessions_per_client,
         max_tracks_per_session: rtc.max_tracks_per_session,

@@ -235,6 +235,8 @@ pub struct SfuConfig {
     pub include_loopback: bool,
     /// SO_RCVBUF / SO_SNDBUF of the shared socket (0 = kernel default).
     pub udp_buffer_bytes: usize,
+    /// Retransmission buffer per video down-track, in packets (rounded up to a power of two).
+    pub nack_buffer_packets: usize,
     /// Sessions per call.
     pub max_sessions_per_call: usize,
     /// Sessions per tenant.

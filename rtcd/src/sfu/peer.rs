@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::interceptor_registry::{configure_rtcp_reports, configure_twcc_receiver_only};
 use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{API, APIBuilder};
@@ -87,8 +87,9 @@ impl PeerFactory {
                 None,
             )
             .map_err(|e| SfuError::Media(e.to_string()))?;
-        // NACK generator + responder (retransmission buffer), sender / receiver reports, TWCC.
-        let registry = register_default_interceptors(Registry::new(), &mut media)
+        // NACK generator + responder (retransmission buffer), sender / receiver reports, TWCC:
+        // webrtc-rs's defaults, except the responder's buffer (see `nack_buffer_log2`).
+        let registry = interceptors(&mut media, config.nack_buffer_packets)
             .map_err(|e| SfuError::Media(e.to_string()))?;
         let api = APIBuilder::new()
             .with_media_engine(media)
@@ -233,4 +234,50 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<tokio::net::UdpS
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     tokio::net::UdpSocket::from_std(socket.into())
+}
+
+/// webrtc-rs's default interceptors with a retransmission buffer of `nack_buffer_packets` per
+/// down-track instead of 8192. The buffer is allocated whole when a subscriber's stream starts
+/// (~130 bytes a slot: 8192 slots are ~1 MiB per video down-track, most of a session's memory),
+/// and a NACK only helps within a round trip or two: 1024 packets are 2 s of 4 Mbit/s video.
+fn interceptors(
+    media: &mut MediaEngine,
+    nack_buffer_packets: usize,
+) -> webrtc::error::Result<Registry> {
+    use webrtc::interceptor::nack::generator::Generator;
+    use webrtc::interceptor::nack::responder::Responder;
+    use webrtc::rtp_transceiver::RTCPFeedback;
+    for parameter in ["", "pli"] {
+        media.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RTPCodecType::Video,
+        );
+    }
+    let mut registry = Registry::new();
+    registry.add(Box::new(
+        Responder::builder().with_log2_size(nack_buffer_log2(nack_buffer_packets)),
+    ));
+    registry.add(Box::new(Generator::builder()));
+    let registry = configure_rtcp_reports(registry);
+    configure_twcc_receiver_only(registry, media)
+}
+
+/// The responder's size is a power of two (it indexes by sequence number modulo the size).
+fn nack_buffer_log2(packets: usize) -> u8 {
+    packets.next_power_of_two().trailing_zeros().clamp(6, 15) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nack_buffer_sizes_round_up_to_a_power_of_two() {
+        assert_eq!(super::nack_buffer_log2(1024), 10);
+        assert_eq!(super::nack_buffer_log2(1000), 10);
+        assert_eq!(super::nack_buffer_log2(1025), 11);
+        assert_eq!(super::nack_buffer_log2(64), 6);
+        assert_eq!(super::nack_buffer_log2(8192), 13);
+    }
 }

@@ -280,10 +280,12 @@ mod tests {
         s.packet(8, 5);
         let mut t = LossTotals::default();
         s.add_to(&mut t);
+        // Stream 7 spans 101..=199 (99 expected) and misses 110, 120, ..., 190 (9).
         assert_eq!(t.streams, 2);
-        assert_eq!(t.expected, 100 + 1);
+        assert_eq!(t.expected, 99 + 1);
         assert_eq!(t.received, 90 + 1);
-        assert!((t.worst_stream_percent - 10.0).abs() < 1e-9);
+        assert!((t.worst_stream_percent - 900.0 / 99.0).abs() < 1e-9);
+        assert!((t.percent() - 9.0).abs() < 1e-9);
     }
 
     #[test]
