@@ -51,6 +51,7 @@ for a, _ in areas:
     print(f"| {a} | {100*sums[a]/max(total,1e-9):.0f} % |")
 print(f"| other | {100*other/max(total,1e-9):.0f} % |\n\ntop symbols (share of rtcd's CPU):")
 for pct, sym in rows[:25]:
-    print(f"  {100*pct/max(total,1e-9):5.1f} %  {re.sub(r'\s+-\s+-\s*$', '', sym)[:140]}")
+    name = re.sub(r"\s+-\s+-\s*$", "", sym)[:140]
+    print(f"  {100*pct/max(total,1e-9):5.1f} %  {name}")
 PY
 echo "raw data: $OUT"
