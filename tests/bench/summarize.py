@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Summarises the load tool's JSON reports of a side-by-side run (tests/bench/compare.sh) as
 Markdown: one row per scenario and target (medians over repetitions), then the ratios that are
-the headline (ours vs Janus, ours vs the raw UDP ceiling). Standard library only.
+the headline (ours vs Janus, ours vs the raw UDP ceiling). "sent" is what the load tool's
+publishers managed to send: below the scenario's rate, the client (not the target) was the
+limit of that run. Standard library only.
 
 Usage: summarize.py DIR   (reads DIR/*.json, writes Markdown to stdout)
 """
@@ -48,6 +50,7 @@ def metrics(report):
     join = report.get("join_ms", {})
     latency = report.get("latency_us", {})
     return {
+        "sent_pps": report.get("sent_pps"),
         "forwarded_pps": report.get("forwarded_pps"),
         "expected_pps": report.get("expected_forwarded_pps"),
         "cpu_per_m": cpu_per_million(report),
@@ -68,7 +71,8 @@ def metrics(report):
 def fmt(value, digits=1, scale=1.0):
     if value is None:
         return "-"
-    return f"{value * scale:,.{digits}f}"
+    # + 0.0 turns the -0.0 of an empty Rust f64 sum (no media expected) into 0.
+    return f"{value * scale + 0.0:,.{digits}f}"
 
 
 def ratio(a, b):
@@ -115,11 +119,11 @@ def main():
 
     print("## Per target (medians over repetitions)\n")
     print(
-        "| scenario | target | reps | connected | forwarded pkt/s (expected) | target CPU "
+        "| scenario | target | reps | connected | sent pkt/s | forwarded pkt/s (expected) | target CPU "
         "| CPU-s per M forwarded | join p50 / p99 ms | loss % | latency p50 / p99 ms "
         "| RSS KiB per participant | load tool CPU |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for scenario in scenarios:
         for target in TARGETS:
             m = table.get((scenario, target))
@@ -128,6 +132,7 @@ def main():
             print(
                 f"| {scenario} | {target} | {m['reps']} "
                 f"| {fmt(m['connected'], 0)}/{fmt(m['participants'], 0)} "
+                f"| {fmt(m['sent_pps'], 0)} "
                 f"| {fmt(m['forwarded_pps'], 0)} ({fmt(m['expected_pps'], 0)}) "
                 f"| {fmt(m['cpu_util'], 2)} "
                 f"| {fmt(m['cpu_per_m'], 2)} "
