@@ -357,9 +357,17 @@ impl Participant {
             .await;
         // Leave: destroying the session hangs up both handles (bounded; Janus may be gone).
         let _ = tokio::time::timeout(LEAVE_TIMEOUT, async {
-            if api.send(json!({"janus": "destroy"})).await.is_ok() {
-                let _ = api.sink.close().await;
+            let Ok(transaction) = api.send(json!({"janus": "destroy"})).await else {
+                return;
+            };
+            // Its reply first: closing at once lets Janus drop the session with the socket and
+            // then refuse the destroy ("No such session").
+            while let Ok(reply) = next_message(&mut stream).await {
+                if reply["transaction"] == transaction.as_str() && reply["janus"] != "ack" {
+                    break;
+                }
             }
+            let _ = api.sink.close().await;
         })
         .await;
         result
@@ -416,6 +424,9 @@ impl Participant {
             tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
         loop {
             tokio::select! {
+                // Stop first: once the run ends, everyone leaves, and Janus's renegotiations
+                // and hangups that follow are not errors of this participant.
+                biased;
                 _ = stop.cancelled() => return Ok(()),
                 _ = keepalive.tick() => {
                     api.send(json!({"janus": "keepalive"})).await?;
