@@ -260,6 +260,7 @@ pub async fn run(
             publisher: n as u32,
             tracks: scenario.tracks_for(index),
             offer_first: true,
+            counts_as_join: true,
             bind_ip: scenario.bind_ip,
             keyframe_interval: Duration::from_secs(2),
         };

@@ -146,6 +146,10 @@ pub struct PeerConfig {
     /// Send the first offer (with the tracks; a receive-only audio section if there are none).
     /// False for a connection that waits for the remote's offer (a Janus subscriber).
     pub offer_first: bool,
+    /// Whether this connection reaching ICE connected is the participant's join (counted in
+    /// [`Counters::connected`], which the ramp waits on). False for a participant's second
+    /// connection (a Janus subscriber), so that the count stays one per participant.
+    pub counts_as_join: bool,
     /// The address to bind and advertise (a host candidate).
     pub bind_ip: std::net::IpAddr,
     /// A video key frame every this often (the first frame is one too).
@@ -199,6 +203,7 @@ pub async fn run(
         publishing: Vec::new(),
         pending: None,
         connected: false,
+        counts_as_join: config.counts_as_join,
     };
     let error = peer
         .drive(config, started, &to_adapter, &mut from_adapter, &stop)
@@ -220,6 +225,7 @@ struct Peer {
     pending: Option<SdpPendingOffer>,
     /// DTLS connected (media may be sent).
     connected: bool,
+    counts_as_join: bool,
 }
 
 impl Peer {
@@ -392,7 +398,9 @@ impl Peer {
                 IceConnectionState::Connected | IceConnectionState::Completed,
             ) if self.join_time.is_none() => {
                 self.join_time = Some(started.elapsed());
-                self.counters.connected.fetch_add(1, Relaxed);
+                if self.counts_as_join {
+                    self.counters.connected.fetch_add(1, Relaxed);
+                }
                 let _ = to_adapter.send(FromPeer::Connected).await;
             }
             // DTLS is up: SRTP keys exist, media can flow.

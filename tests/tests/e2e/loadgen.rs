@@ -165,3 +165,133 @@ fn bad_arguments_are_refused_clearly() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A WebSocket server on 127.0.0.1 that accepts the `janus-protocol` subprotocol and answers
+/// every request with `reply(request)` (no reply for `None`): the Janus target's error paths,
+/// since a real Janus cannot gather candidates in the test's loopback-only namespace
+/// (`tests/bench/compare.sh` runs the real one).
+fn janus_speaking(
+    reply: fn(&Value) -> Option<String>,
+) -> anyhow::Result<(String, tokio::runtime::Runtime)> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use tokio_tungstenite::tungstenite::protocol::Message;
+
+    // Accepts the subprotocol the way Janus does (echoes it); the signature is tungstenite's.
+    #[allow(clippy::result_large_err)]
+    fn subprotocol(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+        if request.headers().get("Sec-WebSocket-Protocol")
+            == Some(&HeaderValue::from_static("janus-protocol"))
+        {
+            response.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static("janus-protocol"),
+            );
+        }
+        Ok(response)
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("ws://{}", listener.local_addr()?);
+    runtime.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, subprotocol).await else {
+                    return;
+                };
+                while let Some(Ok(Message::Text(text))) = ws.next().await {
+                    let request: Value = serde_json::from_str(&text).unwrap_or_default();
+                    if let Some(answer) = reply(&request)
+                        && ws.send(Message::text(answer)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((url, runtime))
+}
+
+/// Runs the smoke scenario against `url` as a Janus target; the run itself must succeed (the
+/// report says what failed), every participant failing with `expected` in the errors.
+fn janus_fails_with(url: &str, expected: &str) -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let started = std::time::Instant::now();
+    let (report, markdown) = loadgen(&["--target", "janus", "--janus-url", url], out.path())?;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(45),
+        "failing joins must not wait for the ramp's deadline"
+    );
+    assert_eq!(report["target"], "janus");
+    assert_eq!(report["failed"], 3, "{report:#}");
+    assert_eq!(report["connected"], 0, "{report:#}");
+    let errors = report["errors"].as_array().unwrap();
+    assert!(
+        !errors.is_empty()
+            && errors
+                .iter()
+                .all(|e| e.as_str().unwrap().contains(expected)),
+        "{expected:?} in {errors:?}"
+    );
+    assert!(markdown.contains("smoke on janus"), "{markdown}");
+    Ok(())
+}
+
+#[test]
+fn janus_target_reports_an_unreachable_janus() -> anyhow::Result<()> {
+    // A port nobody listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    janus_fails_with(&format!("ws://127.0.0.1:{port}"), "Janus WebSocket connect")
+}
+
+#[test]
+fn janus_target_passes_on_janus_errors_and_refuses_malformed_replies() -> anyhow::Result<()> {
+    // Janus refuses the session: its reason reaches the report.
+    let (url, _server) = janus_speaking(|request| {
+        Some(
+            serde_json::json!({
+                "janus": "error",
+                "transaction": request["transaction"],
+                "error": {"code": 490, "reason": "Too many sessions (test)"},
+            })
+            .to_string(),
+        )
+    })?;
+    janus_fails_with(
+        &url,
+        "Janus error 490 on create session: Too many sessions (test)",
+    )?;
+
+    // VideoRoom refuses the room (other than "already exists").
+    let (url, _server) = janus_speaking(|request| {
+        let transaction = &request["transaction"];
+        let reply = match request["janus"].as_str() {
+            Some("create") => {
+                serde_json::json!({"janus": "success", "transaction": transaction, "data": {"id": 11}})
+            }
+            Some("attach") => {
+                serde_json::json!({"janus": "success", "transaction": transaction, "data": {"id": 22}})
+            }
+            Some("message") => serde_json::json!({
+                "janus": "success", "transaction": transaction, "sender": 22,
+                "plugindata": {"plugin": "janus.plugin.videoroom", "data": {
+                    "videoroom": "event", "error_code": 433, "error": "Unauthorized (test)"}},
+            }),
+            _ => return None,
+        };
+        Some(reply.to_string())
+    })?;
+    janus_fails_with(&url, "Janus error 433 creating room")?;
+
+    // Garbage instead of JSON: a clear error, no panic, no hang.
+    let (url, _server) = janus_speaking(|_| Some("{not json".into()))?;
+    janus_fails_with(&url, "Janus sent malformed JSON")
+}

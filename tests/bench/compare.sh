@@ -1,0 +1,297 @@
+#!/usr/bin/env bash
+# Side by side, in one run: the same load (tests/src/loadgen, str0m clients) against our stack
+# (rtcd + rtcd-proxy), Janus VideoRoom and the raw UDP relay ceiling, interleaved, then a
+# Markdown table of the ratios (tests/bench/summarize.py). Ratios are the headline, not
+# absolute times: this is a shared 2-vCPU VM (docs/benchmarks.md, perf.md section 5).
+#
+# Janus skips loopback interfaces when it gathers ICE candidates, and test traffic may only go
+# to loopback or to addresses the run creates itself: so everything runs inside a network
+# namespace made here, with a veth pair carrying private test addresses (both ends inside
+# it), a default route into the pair (nothing is forwarded out: the namespace has no other
+# link) and `lo` up. Every target advertises, and every client binds, the same address.
+#
+# The target under test runs on CPU $TARGET_CPU, the load tool on CPU $CLIENT_CPU.
+# Needs root (ip netns). Environment (defaults in brackets):
+#   SCENARIOS ["fanout one-to-one rooms storm"]   TARGETS ["ours janus raw"]   REPS [1]
+#   DURATION [20] measurement seconds per media run   WARMUP [3]   STORM_DURATION [3]
+#   OUT [target/bench/compare-<UTC time>]   BUILD [1] (0: use the binaries already built)
+#   TARGET_CPU [0]   CLIENT_CPU [1]   JANUS_EVENT_LOOPS [1]   JANUS_DEBUG_LEVEL [3]
+#
+#   sudo tests/bench/compare.sh                       # everything, ~15 min with the build
+#   SCENARIOS=smoke TARGETS=janus BUILD=0 DURATION=5 sudo tests/bench/compare.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+
+SCENARIOS=${SCENARIOS:-"fanout one-to-one rooms storm"}
+TARGETS=${TARGETS:-"ours janus raw"}
+REPS=${REPS:-1}
+DURATION=${DURATION:-20}
+WARMUP=${WARMUP:-3}
+STORM_DURATION=${STORM_DURATION:-3}
+BUILD=${BUILD:-1}
+TARGET_CPU=${TARGET_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+JANUS_EVENT_LOOPS=${JANUS_EVENT_LOOPS:-1}
+JANUS_DEBUG_LEVEL=${JANUS_DEBUG_LEVEL:-3}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release
+OUT=${OUT:-$TARGET_DIR/bench/compare-$(date -u +%Y%m%dT%H%M%SZ)}
+NS=lgbench-$$
+ADDR=10.213.0.1      # veth0: what every target advertises and every client binds
+PEER_ADDR=10.213.0.2 # veth1: the other end, the default route's gateway
+JANUS_WS=ws://127.0.0.1:8188
+
+log() { echo "== $*" >&2; }
+die() {
+	echo "compare.sh: $*" >&2
+	exit 1
+}
+
+[ "$(id -u)" = 0 ] || die "needs root (ip netns add, apt-get)"
+
+log "system packages"
+missing=()
+command -v janus >/dev/null || missing+=(janus)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v taskset >/dev/null || missing+=(util-linux)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get install -y "${missing[@]}" || { apt-get update && apt-get install -y "${missing[@]}"; }
+fi
+
+if [ "$BUILD" = 1 ]; then
+	log "release build"
+	cargo build --release -p rtcd -p rtcd-proxy -p rtcd-e2e \
+		--bin rtcd --bin rtcd-proxy --bin loadgen --bin udp-relay
+fi
+for b in rtcd rtcd-proxy loadgen udp-relay; do
+	[ -x "$BIN/$b" ] || die "$BIN/$b is missing (run with BUILD=1)"
+done
+
+mkdir -p "$OUT/reports" "$OUT/logs"
+OUT=$(cd "$OUT" && pwd)
+
+# Only what this script started is stopped, by PID; then the namespace goes.
+STARTED=()
+stop_pid() {
+	local pid=$1 child
+	# loadgen's own children (the rtcd and proxy it spawned) first: SIGTERM skips its cleanup.
+	for child in $(pgrep -P "$pid" 2>/dev/null); do
+		kill "$child" 2>/dev/null || true
+	done
+	kill "$pid" 2>/dev/null || return 0
+	for _ in $(seq 50); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -9 "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+	local rc=$?
+	for pid in "${STARTED[@]}"; do
+		stop_pid "$pid"
+	done
+	ip netns del "$NS" 2>/dev/null || true
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log "network namespace $NS ($ADDR <-> $PEER_ADDR)"
+ip netns add "$NS"
+in_ns() { ip netns exec "$NS" "$@"; }
+in_ns ip link set lo up
+in_ns ip link add veth0 type veth peer name veth1
+in_ns ip addr add "$ADDR/24" dev veth0
+in_ns ip addr add "$PEER_ADDR/24" dev veth1
+in_ns ip link set veth0 up
+in_ns ip link set veth1 up
+in_ns ip route add default via "$PEER_ADDR" dev veth0
+
+log "environment"
+{
+	date -u
+	uname -a
+	nproc
+	grep -m1 'model name' /proc/cpuinfo || true
+	cat /proc/loadavg
+	janus --version 2>&1 | head -2 || true
+	git -C "$ROOT" rev-parse HEAD 2>/dev/null || true
+	echo "SCENARIOS=$SCENARIOS TARGETS=$TARGETS REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP"
+	echo "TARGET_CPU=$TARGET_CPU CLIENT_CPU=$CLIENT_CPU JANUS_EVENT_LOOPS=$JANUS_EVENT_LOOPS"
+} >"$OUT/environment.txt"
+
+# Janus configuration: Debian's files copied, then the ones that matter rewritten
+# (perf.md 4.1 and 8): ICE only on veth0, no STUN, a fixed RTP port range, only the VideoRoom
+# plugin and the WebSocket transport on 127.0.0.1:8188, fixed event loops, log level 3.
+JANUS_CFG=$OUT/janus-cfg
+rm -rf "$JANUS_CFG"
+cp -r /etc/janus "$JANUS_CFG"
+folder() { sed -n "s/^[[:space:]]*$1 = \"\([^\"]*\)\".*/\1/p" /etc/janus/janus.jcfg | head -1; }
+PLUGINS=$(folder plugins_folder)
+TRANSPORTS=$(folder transports_folder)
+EVENTS=$(folder events_folder)
+LOGGERS=$(folder loggers_folder)
+[ -f "$PLUGINS/libjanus_videoroom.so" ] || die "no VideoRoom plugin in '$PLUGINS'"
+others() { (cd "$1" && ls -1 ./*.so 2>/dev/null | sed 's|^\./||' | grep -vx "$2" | paste -sd, -); }
+cat >"$JANUS_CFG/janus.jcfg" <<EOF
+general: {
+	configs_folder = "$JANUS_CFG"
+	plugins_folder = "$PLUGINS"
+	transports_folder = "$TRANSPORTS"
+	events_folder = "$EVENTS"
+	loggers_folder = "$LOGGERS"
+	debug_level = $JANUS_DEBUG_LEVEL
+	event_loops = $JANUS_EVENT_LOOPS
+	session_timeout = 60
+}
+certificates: {
+}
+media: {
+	ipv6 = false
+	rtp_port_range = "20000-40000"
+}
+nat: {
+	nice_debug = false
+	full_trickle = false
+	ice_enforce_list = "veth0"
+	ignore_mdns = true
+}
+plugins: {
+	disable = "$(others "$PLUGINS" libjanus_videoroom.so)"
+}
+transports: {
+	disable = "$(others "$TRANSPORTS" libjanus_websockets.so)"
+}
+loggers: {
+	disable = "$(others "$LOGGERS" none)"
+}
+events: {
+	broadcast = false
+	disable = "$(others "$EVENTS" none)"
+}
+EOF
+cat >"$JANUS_CFG/janus.transport.websockets.jcfg" <<EOF
+general: {
+	json = "compact"
+	ws = true
+	ws_port = 8188
+	ws_ip = "127.0.0.1"
+	wss = false
+}
+admin: {
+	admin_ws = false
+	admin_wss = false
+}
+EOF
+# No preconfigured rooms: the load tool creates its own, with the fairness settings.
+printf 'general: {\n}\n' >"$JANUS_CFG/janus.plugin.videoroom.jcfg"
+
+# The target of the current run (Janus, the relay), by PID.
+TARGET_PID=
+start_janus() {
+	local log=$1
+	# Not through in_ns: a backgrounded function would be a subshell, and $! its PID. `ip
+	# netns exec` and taskset exec, so $! is Janus itself.
+	ip netns exec "$NS" taskset -c "$TARGET_CPU" janus -C "$JANUS_CFG/janus.jcfg" -F "$JANUS_CFG" -N -o \
+		-L "$log" >/dev/null 2>&1 &
+	TARGET_PID=$!
+	STARTED+=("$TARGET_PID")
+	for _ in $(seq 100); do
+		if in_ns bash -c 'exec 3<>/dev/tcp/127.0.0.1/8188' 2>/dev/null; then
+			return 0
+		fi
+		kill -0 "$TARGET_PID" 2>/dev/null || die "Janus exited at start (see $log)"
+		sleep 0.1
+	done
+	die "Janus did not open 127.0.0.1:8188 in 10 s (see $log)"
+}
+RELAY=
+start_relay() {
+	local log=$1
+	ip netns exec "$NS" taskset -c "$TARGET_CPU" "$BIN/udp-relay" "$ADDR:0" >"$log" 2>&1 &
+	TARGET_PID=$!
+	STARTED+=("$TARGET_PID")
+	for _ in $(seq 100); do
+		RELAY=$(sed -n 's/^udp-relay listening on //p' "$log")
+		[ -n "$RELAY" ] && return 0
+		kill -0 "$TARGET_PID" 2>/dev/null || die "udp-relay exited at start (see $log)"
+		sleep 0.1
+	done
+	die "udp-relay did not start (see $log)"
+}
+stop_target() {
+	[ -n "$TARGET_PID" ] || return 0
+	stop_pid "$TARGET_PID"
+	local kept=()
+	for pid in "${STARTED[@]}"; do
+		[ "$pid" = "$TARGET_PID" ] || kept+=("$pid")
+	done
+	STARTED=("${kept[@]}")
+	TARGET_PID=
+}
+
+# One run: a fresh target process (so its memory and rooms start clean), the load tool on the
+# other CPU, the report as reports/<scenario>-<target>-<rep>.json.
+FAILED=0
+run_one() {
+	local scenario=$1 target=$2 rep=$3
+	local name=$scenario-$target-$rep
+	local args=(--scenario "$scenario" --bind "$ADDR" --out "$OUT/reports" --name "$name" --quiet
+		--warmup "$WARMUP")
+	if [ "$scenario" = storm ]; then
+		args+=(--duration "$STORM_DURATION")
+	else
+		args+=(--duration "$DURATION")
+	fi
+	case $target in
+	ours)
+		args+=(--target ours --target-cpus "$TARGET_CPU"
+			--rtcd-env "RTCD_RTC_ICE_ADDRESS_UDP=$ADDR"
+			--rtcd-env 'RTCD_RTC_ICE_INTERFACES=["veth0"]'
+			--rtcd-env RTCD_RTC_INCLUDE_LOOPBACK_CANDIDATES=false)
+		;;
+	janus)
+		start_janus "$OUT/logs/$name.janus.log"
+		args+=(--target janus --janus-url "$JANUS_WS" --watch "janus=$TARGET_PID")
+		;;
+	raw)
+		start_relay "$OUT/logs/$name.relay.log"
+		args+=(--target raw --relay "$RELAY" --watch "udp-relay=$TARGET_PID")
+		;;
+	*) die "unknown target $target (ours, janus, raw)" ;;
+	esac
+	log "$name"
+	local rc=0
+	ip netns exec "$NS" taskset -c "$CLIENT_CPU" "$BIN/loadgen" "${args[@]}" \
+		>"$OUT/logs/$name.loadgen.log" 2>&1 &
+	local pid=$!
+	STARTED+=("$pid")
+	wait "$pid" || rc=$?
+	local kept=()
+	for p in "${STARTED[@]}"; do
+		[ "$p" = "$pid" ] || kept+=("$p")
+	done
+	STARTED=("${kept[@]}")
+	stop_target
+	if [ "$rc" != 0 ]; then
+		FAILED=$((FAILED + 1))
+		echo "   failed (rc=$rc): $(tail -3 "$OUT/logs/$name.loadgen.log" | tr '\n' ' ')" >&2
+	fi
+	sleep 2 # let TIME_WAIT sockets and the last packets drain between runs
+}
+
+for rep in $(seq "$REPS"); do
+	for scenario in $SCENARIOS; do
+		for target in $TARGETS; do
+			run_one "$scenario" "$target" "$rep"
+		done
+	done
+done
+
+log "summary ($OUT/summary.md)"
+python3 "$ROOT/tests/bench/summarize.py" "$OUT/reports" | tee "$OUT/summary.md"
+[ "$FAILED" = 0 ] || die "$FAILED run(s) failed; see $OUT/logs"
