@@ -2,7 +2,7 @@
 # Side by side, in one run: the same load (tests/src/loadgen, str0m clients) against our stack
 # (rtcd + rtcd-proxy), Janus VideoRoom and the raw UDP relay ceiling, interleaved, then a
 # Markdown table of the ratios (tests/bench/summarize.py). Ratios are the headline, not
-# absolute times: this is a shared 2-vCPU VM (docs/benchmarks.md, perf.md section 5).
+# absolute times: this is a shared 2-vCPU VM (docs/benchmarks.md).
 #
 # Janus skips loopback interfaces when it gathers ICE candidates, and test traffic may only go
 # to loopback or to addresses the run creates itself: so everything runs inside a network
@@ -125,8 +125,9 @@ log "environment"
 } >"$OUT/environment.txt"
 
 # Janus configuration: Debian's files copied, then the ones that matter rewritten
-# (perf.md 4.1 and 8): ICE only on veth0, no STUN, a fixed RTP port range, only the VideoRoom
-# plugin and the WebSocket transport on 127.0.0.1:8188, fixed event loops, log level 3.
+# (see the top of this file and docs/benchmarks.md): ICE only on veth0, no STUN, a fixed RTP
+# port range, only the VideoRoom plugin and the WebSocket transport on 127.0.0.1:8188, fixed
+# event loops, log level 3.
 JANUS_CFG=$OUT/janus-cfg
 rm -rf "$JANUS_CFG"
 cp -r /etc/janus "$JANUS_CFG"

@@ -395,7 +395,7 @@ impl Participant {
                 "permanent": false,
                 "description": self.display,
                 "publishers": MAX_PUBLISHERS,
-                // Fairness (perf.md 5.4): no REMB cap, no periodic key frame requests, no
+                // Fairness (docs/benchmarks.md): no REMB cap, no periodic key frame requests, no
                 // audio level parsing, no recording, no join notifications.
                 "bitrate": 0,
                 "fir_freq": 0,
