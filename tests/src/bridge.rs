@@ -28,20 +28,7 @@ pub async fn join(
         json!({"type": "join", "room": room, "token": token}).to_string(),
     ))
     .await?;
-    loop {
-        let frame = tokio::time::timeout(std::time::Duration::from_secs(15), stream.next())
-            .await
-            .context("no answer to join")?
-            .context("closed before joined")??;
-        let Message::Text(text) = frame else { continue };
-        let msg: Value = serde_json::from_str(&text)?;
-        match msg["type"].as_str() {
-            Some("joined") if msg["media"] == true => break,
-            Some("joined") => bail!("joined without a media server: {msg}"),
-            Some("error") => bail!("join refused: {msg}"),
-            _ => {}
-        }
-    }
+    joined(&mut stream).await?;
     let (out_tx, mut out_rx) = mpsc::channel::<pb::ClientSignal>(64);
     let (in_tx, in_rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -74,6 +61,28 @@ pub async fn join(
         }
     });
     Ok((out_tx, ReceiverStream::new(in_rx)))
+}
+
+/// Reads the proxy's answers to `join` until `joined` with a media server attached (bounded):
+/// an `error`, a join without media, a close or silence is an error saying which.
+pub async fn joined<S>(stream: &mut S) -> anyhow::Result<()>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next())
+            .await
+            .context("no answer to join")?
+            .context("closed before joined")??;
+        let Message::Text(text) = frame else { continue };
+        let msg: Value = serde_json::from_str(&text)?;
+        match msg["type"].as_str() {
+            Some("joined") if msg["media"] == true => return Ok(()),
+            Some("joined") => bail!("joined without a media server: {msg}"),
+            Some("error") => bail!("join refused: {msg}"),
+            _ => {}
+        }
+    }
 }
 
 /// A harness signal as a proxy client message (None for what the proxy protocol lacks).

@@ -374,20 +374,8 @@ async fn join(url: &str, identity: &str, room: &str) -> anyhow::Result<Ws> {
         json!({"type": "join", "room": room, "token": token}).to_string(),
     ))
     .await?;
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .context("no answer to join")?
-            .context("closed before joined")??;
-        let Message::Text(text) = frame else { continue };
-        let msg: Value = serde_json::from_str(&text)?;
-        match msg["type"].as_str() {
-            Some("joined") if msg["media"] == true => return Ok(ws),
-            Some("joined") => bail!("joined without a media server: {msg}"),
-            Some("error") => bail!("join refused: {msg}"),
-            _ => {}
-        }
-    }
+    crate::bridge::joined(&mut ws).await?;
+    Ok(ws)
 }
 
 fn truncate(text: &impl std::fmt::Display) -> String {
