@@ -238,8 +238,23 @@ stop_target() {
 # One run: a fresh target process (so its memory and rooms start clean), the load tool on the
 # other CPU, the report as reports/<scenario>-<target>-<rep>.json.
 FAILED=0
+# A compiler or linker on the machine takes cores from the target and makes a run worthless
+# (one such run had ours at 44 % loss): wait up to 2 minutes for it to finish, then run anyway
+# but record the run in busy.txt so that nobody publishes it.
+compiler_running() { pgrep -x 'rustc|cc1|cc1plus|ld|rust-lld|cargo' >/dev/null; }
+wait_until_quiet() {
+	local name=$1
+	for _ in $(seq 120); do
+		compiler_running || return 0
+		sleep 1
+	done
+	echo "$name: a compiler was running ($(pgrep -x -l 'rustc|cc1|cc1plus|ld|rust-lld|cargo' | head -3 | tr '\n' ' '))" >>"$OUT/busy.txt"
+	log "WARNING: $name runs while a compiler is running (recorded in busy.txt)"
+}
+
 run_one() {
 	local scenario=$1 target=$2 rep=$3
+	wait_until_quiet "$scenario-$target-$rep"
 	local name=$scenario-$target-$rep
 	local args=(--scenario "$scenario" --bind "$ADDR" --out "$OUT/reports" --name "$name" --quiet
 		--warmup "$WARMUP")
@@ -295,4 +310,7 @@ done
 
 log "summary ($OUT/summary.md)"
 python3 "$ROOT/tests/bench/summarize.py" "$OUT/reports" | tee "$OUT/summary.md"
+if [ -s "$OUT/busy.txt" ]; then
+	log "WARNING: some runs shared the machine with a compiler; see $OUT/busy.txt"
+fi
 [ "$FAILED" = 0 ] || die "$FAILED run(s) failed; see $OUT/logs"
