@@ -166,15 +166,66 @@ pub struct PeerOutcome {
     pub error: Option<String>,
 }
 
+/// When a track's packets are due, shared by the WebRTC peers and the raw-relay participants so
+/// that both send the same pattern: one burst per frame at the track's frame rate (as an
+/// encoder's output), a fractional packets-per-frame rate spread over frames, and a task that
+/// fell behind skipping frames rather than bursting to catch up.
+pub struct FrameClock {
+    interval: Duration,
+    per_frame: f64,
+    /// Fractional packets carried from frame to frame.
+    carry: f64,
+    next: Instant,
+    frames: u64,
+}
+
+impl FrameClock {
+    /// A clock for `spec` whose first frame is due at `start`.
+    pub fn new(spec: &TrackSpec, start: Instant) -> Self {
+        let fps = spec.frames_per_second.max(1);
+        Self {
+            interval: Duration::from_secs(1) / fps,
+            per_frame: spec.packets_per_second as f64 / fps as f64,
+            carry: 0.0,
+            next: start,
+            frames: 0,
+        }
+    }
+
+    /// When the next frame is due.
+    pub fn next(&self) -> Instant {
+        self.next
+    }
+
+    /// Frames handed out so far (the index of the next frame).
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// The number of packets (at least one) of the frame due at `now`, advancing to the next
+    /// frame; None while it is not due.
+    pub fn due(&mut self, now: Instant) -> Option<u64> {
+        if now < self.next {
+            return None;
+        }
+        let want = self.per_frame + self.carry;
+        let packets = want.floor().max(1.0) as u64;
+        self.carry = (want - packets as f64).max(0.0);
+        self.frames += 1;
+        self.next += self.interval;
+        if self.next < now {
+            self.next = now + self.interval;
+        }
+        Some(packets)
+    }
+}
+
 struct Publishing {
     spec: TrackSpec,
     mid: Mid,
     pt: Option<Pt>,
     seq: u64,
-    next_frame: Instant,
-    frames: u64,
-    /// Fractional packets carried from frame to frame.
-    carry: f64,
+    clock: FrameClock,
     last_keyframe: Instant,
 }
 
@@ -268,9 +319,7 @@ impl Peer {
                     mid,
                     pt: None,
                     seq: 0,
-                    next_frame: now,
-                    frames: 0,
-                    carry: 0.0,
+                    clock: FrameClock::new(spec, now),
                     last_keyframe: now,
                 });
             }
@@ -309,7 +358,7 @@ impl Peer {
             let next_media = self
                 .publishing
                 .iter()
-                .map(|p| p.next_frame)
+                .map(|p| p.clock.next())
                 .min()
                 .filter(|_| self.connected)
                 .unwrap_or(timeout);
@@ -413,12 +462,11 @@ impl Peer {
         Ok(())
     }
 
-    /// Writes every packet that is due. Packets of a video frame go out back to back (as an
-    /// encoder's would); a late task catches up by skipping frames rather than bursting.
+    /// Writes every packet that is due ([`FrameClock`]).
     fn send_due(&mut self, rtc: &mut Rtc, now: Instant, publisher: u32, keyframes: Duration) {
         use std::sync::atomic::Ordering::Relaxed;
         for track in &mut self.publishing {
-            if now < track.next_frame {
+            if now < track.clock.next() {
                 continue;
             }
             let audio = track.spec.source == Source::Microphone;
@@ -432,22 +480,21 @@ impl Peer {
                     *track.pt.insert(params.pt())
                 }
             };
-            let fps = track.spec.frames_per_second.max(1);
-            let interval = Duration::from_secs(1) / fps;
-            let per_frame = track.spec.packets_per_second as f64 / fps as f64 + track.carry;
-            let packets = per_frame.floor().max(1.0) as u64;
-            track.carry = (per_frame - packets as f64).max(0.0);
-            let keyframe = !audio
-                && (track.frames == 0 || now.duration_since(track.last_keyframe) >= keyframes);
-            if keyframe {
-                track.last_keyframe = now;
-            }
-            let clock = if audio { 48_000 } else { 90_000 };
-            let time = (track.frames * clock / fps as u64) as u32;
             let mut api = rtc.direct_api();
             let Some(stream) = api.stream_tx_by_mid(track.mid, None) else {
                 continue;
             };
+            let frame = track.clock.frames();
+            let Some(packets) = track.clock.due(now) else {
+                continue;
+            };
+            let keyframe =
+                !audio && (frame == 0 || now.duration_since(track.last_keyframe) >= keyframes);
+            if keyframe {
+                track.last_keyframe = now;
+            }
+            let rate = if audio { 48_000 } else { 90_000 };
+            let time = (frame * rate / track.spec.frames_per_second.max(1) as u64) as u32;
             for i in 0..packets {
                 let mut payload = if audio {
                     vec![0xfc; track.spec.payload_bytes]
@@ -464,12 +511,6 @@ impl Peer {
                 track.seq += 1;
             }
             self.counters.sent_packets.fetch_add(packets, Relaxed);
-            track.frames += 1;
-            track.next_frame += interval;
-            if track.next_frame < now {
-                // Fell behind by more than a frame: skip ahead instead of bursting.
-                track.next_frame = now + interval;
-            }
         }
     }
 }
@@ -477,6 +518,31 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_clock_spreads_fractional_rates_and_skips_when_late() {
+        let spec = TrackSpec {
+            source: Source::Camera,
+            packets_per_second: 100,
+            payload_bytes: 1100,
+            frames_per_second: 30,
+        };
+        let start = Instant::now();
+        let mut clock = FrameClock::new(&spec, start);
+        assert_eq!(clock.due(start - Duration::from_millis(1)), None);
+        // 30 frames at their due times carry 100 packets in all (3.33 per frame).
+        let mut sent = 0;
+        for _ in 0..30 {
+            let at = clock.next();
+            sent += clock.due(at).unwrap();
+        }
+        assert!((99..=100).contains(&sent), "{sent}");
+        assert_eq!(clock.frames(), 30);
+        // A second late: one frame, then the next is a frame interval away, not a backlog.
+        let late = clock.next() + Duration::from_secs(1);
+        assert!(clock.due(late).is_some());
+        assert_eq!(clock.next(), late + Duration::from_secs(1) / 30);
+    }
 
     #[test]
     fn stamps_round_trip_and_foreign_payloads_are_ignored() {

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use super::peer::{PeerConfig, PeerOutcome, STAMP_BYTES, read_stamp, stamp};
+use super::peer::{FrameClock, PeerConfig, PeerOutcome, STAMP_BYTES, read_stamp, stamp};
 use super::stats::{Counters, StreamLoss, now_micros};
 
 /// The SRTP auth tag WebRTC adds (HMAC-SHA1-80): raw packets carry as many extra bytes, so the
@@ -121,39 +121,26 @@ async fn drive(
     struct Track {
         ssrc: u32,
         seq: u16,
-        every: Duration,
-        next: Instant,
-        per_burst: u64,
-        carry: f64,
+        clock: FrameClock,
         bytes: usize,
-        frames: u64,
-        pps: f64,
     }
     let now = Instant::now();
     let mut tracks: Vec<Track> = config
         .tracks
         .iter()
         .enumerate()
-        .map(|(i, t)| {
-            let fps = t.frames_per_second.max(1);
-            Track {
-                ssrc: config.publisher.wrapping_mul(16).wrapping_add(i as u32),
-                seq: 0,
-                every: Duration::from_secs(1) / fps,
-                next: now,
-                per_burst: 0,
-                carry: 0.0,
-                bytes: t.payload_bytes,
-                frames: 0,
-                pps: t.packets_per_second as f64 / fps as f64,
-            }
+        .map(|(i, t)| Track {
+            ssrc: config.publisher.wrapping_mul(16).wrapping_add(i as u32),
+            seq: 0,
+            clock: FrameClock::new(t, now),
+            bytes: t.payload_bytes,
         })
         .collect();
     // Receive-side sequence extension per SSRC: (last 16-bit seq, extended).
     let mut extended: HashMap<u32, (u16, u64)> = HashMap::new();
     let mut packet = vec![0u8; 2048];
     loop {
-        let next = tracks.iter().map(|t| t.next).min();
+        let next = tracks.iter().map(|t| t.clock.next()).min();
         let sleep = async {
             match next {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -182,19 +169,17 @@ async fn drive(
         }
         let now = Instant::now();
         for t in &mut tracks {
-            if now < t.next {
+            let frame = t.clock.frames();
+            let Some(packets) = t.clock.due(now) else {
                 continue;
-            }
-            let want = t.pps + t.carry;
-            t.per_burst = want.floor().max(1.0) as u64;
-            t.carry = (want - t.per_burst as f64).max(0.0);
+            };
             let len = RTP_HEADER + t.bytes + SRTP_TAG;
-            for i in 0..t.per_burst {
+            for i in 0..packets {
                 let p = &mut packet[..len];
                 p[0] = 0x80;
-                p[1] = 96 | if i + 1 == t.per_burst { 0x80 } else { 0 };
+                p[1] = 96 | if i + 1 == packets { 0x80 } else { 0 };
                 p[2..4].copy_from_slice(&t.seq.to_be_bytes());
-                p[4..8].copy_from_slice(&(t.frames as u32).to_be_bytes());
+                p[4..8].copy_from_slice(&(frame as u32).to_be_bytes());
                 p[8..12].copy_from_slice(&t.ssrc.to_be_bytes());
                 stamp(
                     &mut p[RTP_HEADER..RTP_HEADER + t.bytes],
@@ -204,12 +189,7 @@ async fn drive(
                 socket.send(p).await.context("send to the relay")?;
                 t.seq = t.seq.wrapping_add(1);
             }
-            counters.sent_packets.fetch_add(t.per_burst, Relaxed);
-            t.frames += 1;
-            t.next += t.every;
-            if t.next < now {
-                t.next = now + t.every;
-            }
+            counters.sent_packets.fetch_add(packets, Relaxed);
         }
     }
 }
