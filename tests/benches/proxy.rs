@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use rtcd_e2e::proxy::{Client, claims, hs_token, process_env, spawn_process};
+use rtcd_e2e::proxy::{Client, claims, hs_token, spawn_process, unlimited_process_env};
 use serde_json::json;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -31,20 +31,8 @@ fn env_usize(name: &str, default: usize) -> usize {
 /// Starts the proxy binary on an ephemeral loopback port with limits out of the way, plus
 /// `extra` settings.
 fn spawn_proxy(extra: &[(String, String)]) -> anyhow::Result<(Child, SocketAddr)> {
-    let mut env = process_env();
+    let mut env = unlimited_process_env();
     env.extend_from_slice(extra);
-    for (k, v) in [
-        ("PROXY_LIMITS_CONNECTION_BURST", "100000"),
-        ("PROXY_LIMITS_CONNECTIONS_PER_MINUTE", "100000"),
-        ("PROXY_LIMITS_MESSAGE_BURST", "100000"),
-        ("PROXY_LIMITS_MESSAGES_PER_SECOND", "100000"),
-        ("PROXY_LIMITS_MAX_CONNECTIONS", "100000"),
-        ("PROXY_LIMITS_MAX_SESSIONS_PER_USER", "0"),
-        ("PROXY_LIMITS_IDLE_TIMEOUT_SECONDS", "3600"),
-        ("PROXY_LIMITS_PING_INTERVAL_SECONDS", "600"),
-    ] {
-        env.push((k.into(), v.into()));
-    }
     spawn_process(env!("CARGO_BIN_EXE_proxy-under-test"), &env)
 }
 

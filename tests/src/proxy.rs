@@ -415,6 +415,25 @@ pub fn process_env() -> Vec<(String, String)> {
     .collect()
 }
 
+/// [`process_env`] with every admission limit out of the way, for benchmarks and the load tool:
+/// what they measure is the load, not the limiter.
+pub fn unlimited_process_env() -> Vec<(String, String)> {
+    let mut env = process_env();
+    for (k, v) in [
+        ("PROXY_LIMITS_CONNECTION_BURST", "100000"),
+        ("PROXY_LIMITS_CONNECTIONS_PER_MINUTE", "1000000"),
+        ("PROXY_LIMITS_MESSAGE_BURST", "100000"),
+        ("PROXY_LIMITS_MESSAGES_PER_SECOND", "100000"),
+        ("PROXY_LIMITS_MAX_CONNECTIONS", "100000"),
+        ("PROXY_LIMITS_MAX_SESSIONS_PER_USER", "0"),
+        ("PROXY_LIMITS_IDLE_TIMEOUT_SECONDS", "3600"),
+        ("PROXY_LIMITS_PING_INTERVAL_SECONDS", "600"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    env
+}
+
 /// Runs the proxy binary at `binary` (`serve`) with exactly `env`; returns the child once it
 /// logged readiness, and the address it listens on. Its stderr keeps being drained.
 pub fn spawn_process(

@@ -107,7 +107,7 @@ impl Stack {
             response.status()
         );
 
-        let mut env = crate::proxy::process_env();
+        let mut env = crate::proxy::unlimited_process_env();
         env.retain(|(k, _)| k != "PROXY_LOGGER_LEVEL");
         // The readiness line (with the address) is logged at info.
         let proxy_level = format!("{},rtcd_proxy=info", config.log_level);
@@ -117,13 +117,6 @@ impl Stack {
             ("PROXY_RTCD_CLIENT_ID", "loadgen"),
             ("PROXY_RTCD_AUTH_KEY", &key),
             ("PROXY_RTCD_API_PORT", &http.port().to_string()),
-            ("PROXY_LIMITS_CONNECTION_BURST", "100000"),
-            ("PROXY_LIMITS_CONNECTIONS_PER_MINUTE", "1000000"),
-            ("PROXY_LIMITS_MESSAGE_BURST", "100000"),
-            ("PROXY_LIMITS_MESSAGES_PER_SECOND", "100000"),
-            ("PROXY_LIMITS_MAX_CONNECTIONS", "100000"),
-            ("PROXY_LIMITS_MAX_SESSIONS_PER_USER", "0"),
-            ("PROXY_LIMITS_IDLE_TIMEOUT_SECONDS", "3600"),
         ] {
             env.push((k.to_owned(), v.to_owned()));
         }
@@ -216,11 +209,6 @@ fn rtcd_ready(child: &mut Child) -> anyhow::Result<(SocketAddr, SocketAddr)> {
             bail!("rtcd exited before ready:\n{}", seen.join("\n"))
         };
         let line = line?;
-        if let Ok(v) = serde_json::from_str::<Value>(&line)
-            && v["fields"]["message"] == "rtcd ready"
-        {
-            break v["fields"].clone();
-        }
         if let Ok(v) = serde_json::from_str::<Value>(&line)
             && v["message"] == "rtcd ready"
         {
