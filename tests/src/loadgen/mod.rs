@@ -226,18 +226,11 @@ pub async fn run(
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let rss_before: Vec<u64> = watched
-        .iter()
-        .map(|w| memory_kib(w.pid).map(|m| m.0).unwrap_or(0))
-        .collect();
-
-    let mut series = Vec::new();
-    let mut last = Snapshot::take(&counters, started);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
+    let rss_before = rss_kib(watched);
+    let total = scenario.total();
+    let mut sampler = Sampler::new(counters.clone(), started, total, progress).await;
 
     // Ramp: spawn joins at the configured rate while sampling every second.
-    let total = scenario.total();
     let mut tasks = Vec::with_capacity(total);
     let gap = if scenario.join_rate > 0.0 {
         Duration::from_secs_f64(1.0 / scenario.join_rate)
@@ -251,7 +244,7 @@ pub async fn run(
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next_join) => break,
-                    _ = tick.tick() => sample(&counters, &mut last, &mut series, started, total, progress),
+                    _ = sampler.tick() => {}
                 }
             }
             next_join += gap;
@@ -274,34 +267,21 @@ pub async fn run(
         )));
     }
     // Wait for everyone to be in (or failed), bounded.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while counters.connected.load(Relaxed) + counters.failed.load(Relaxed) < total as u64
-        && tokio::time::Instant::now() < deadline
-    {
-        tick.tick().await;
-        sample(&counters, &mut last, &mut series, started, total, progress);
-    }
+    sampler
+        .run_for(Duration::from_secs(60), || {
+            counters.connected.load(Relaxed) + counters.failed.load(Relaxed) >= total as u64
+        })
+        .await;
     let ramp_done = started.elapsed();
-    let rss_joined: Vec<u64> = watched
-        .iter()
-        .map(|w| memory_kib(w.pid).map(|m| m.0).unwrap_or(0))
-        .collect();
+    let rss_joined = rss_kib(watched);
 
-    let warm_until = tokio::time::Instant::now() + scenario.warmup;
-    while tokio::time::Instant::now() < warm_until {
-        tick.tick().await;
-        sample(&counters, &mut last, &mut series, started, total, progress);
-    }
+    sampler.run_for(scenario.warmup, || false).await;
 
     // Measurement window.
     let window_start = Snapshot::take(&counters, started);
     let cpu_start: Vec<Option<f64>> = watched.iter().map(|w| cpu_seconds(w.pid)).collect();
     let own_cpu_start = cpu_seconds(std::process::id());
-    let measure_until = tokio::time::Instant::now() + scenario.duration;
-    while tokio::time::Instant::now() < measure_until {
-        tick.tick().await;
-        sample(&counters, &mut last, &mut series, started, total, progress);
-    }
+    sampler.run_for(scenario.duration, || false).await;
     let window_end = Snapshot::take(&counters, started);
     let cpu_end: Vec<Option<f64>> = watched.iter().map(|w| cpu_seconds(w.pid)).collect();
     let own_cpu_end = cpu_seconds(std::process::id());
@@ -391,7 +371,7 @@ pub async fn run(
         processes,
         client_cpu_utilisation: client_cpu.map(|c| c / window),
         errors: errors.into_iter().take(20).collect(),
-        series,
+        series: sampler.series,
     })
 }
 
@@ -436,40 +416,84 @@ impl Snapshot {
     }
 }
 
-fn sample(
-    counters: &Counters,
-    last: &mut Snapshot,
-    series: &mut Vec<Sample>,
+/// Current RSS (KiB) of each watched process (0 if it is gone).
+fn rss_kib(watched: &[Watched]) -> Vec<u64> {
+    watched
+        .iter()
+        .map(|w| memory_kib(w.pid).map(|m| m.0).unwrap_or(0))
+        .collect()
+}
+
+/// Samples the counters once a second into the time series (and the progress line).
+struct Sampler {
+    counters: Arc<Counters>,
     started: Instant,
     total: usize,
     progress: bool,
-) {
-    let now = Snapshot::take(counters, started);
-    let dt = (now.at - last.at).max(1e-9);
-    let s = Sample {
-        t: now.at,
-        connected: counters.connected.load(Relaxed),
-        sent_pps: (now.sent - last.sent) as f64 / dt,
-        forwarded_pps: (now.received - last.received) as f64 / dt,
-        forwarded_bps: (now.bytes - last.bytes) as f64 * 8.0 / dt,
-        latency_p50_us: Histogram::quantile_between(&last.latency, &now.latency, 0.5),
-        latency_p99_us: Histogram::quantile_between(&last.latency, &now.latency, 0.99),
-    };
-    if progress {
-        let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.1}", v as f64 / 1000.0));
-        eprint!(
-            "\r[{:>4.0}s] joined {}/{total} connected {} failed {} | out {:>7.0} pkt/s in {:>7.0} pkt/s {:>6.1} Mbit/s | latency p50 {} ms p99 {} ms   ",
-            s.t,
-            counters.joined.load(Relaxed),
-            s.connected,
-            counters.failed.load(Relaxed),
-            s.sent_pps,
-            s.forwarded_pps,
-            s.forwarded_bps / 1e6,
-            ms(s.latency_p50_us),
-            ms(s.latency_p99_us),
-        );
+    tick: tokio::time::Interval,
+    last: Snapshot,
+    series: Vec<Sample>,
+}
+
+impl Sampler {
+    async fn new(counters: Arc<Counters>, started: Instant, total: usize, progress: bool) -> Self {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        Self {
+            last: Snapshot::take(&counters, started),
+            counters,
+            started,
+            total,
+            progress,
+            tick,
+            series: Vec::new(),
+        }
     }
-    series.push(s);
-    *last = now;
+
+    /// Waits for the next second and samples it (cancel-safe: the wait is an `Interval`).
+    async fn tick(&mut self) {
+        self.tick.tick().await;
+        self.sample();
+    }
+
+    /// Samples every second for `length`, or until `done`.
+    async fn run_for(&mut self, length: Duration, done: impl Fn() -> bool) {
+        let until = tokio::time::Instant::now() + length;
+        while !done() && tokio::time::Instant::now() < until {
+            self.tick().await;
+        }
+    }
+
+    fn sample(&mut self) {
+        let (counters, last) = (&self.counters, &self.last);
+        let now = Snapshot::take(counters, self.started);
+        let dt = (now.at - last.at).max(1e-9);
+        let s = Sample {
+            t: now.at,
+            connected: counters.connected.load(Relaxed),
+            sent_pps: (now.sent - last.sent) as f64 / dt,
+            forwarded_pps: (now.received - last.received) as f64 / dt,
+            forwarded_bps: (now.bytes - last.bytes) as f64 * 8.0 / dt,
+            latency_p50_us: Histogram::quantile_between(&last.latency, &now.latency, 0.5),
+            latency_p99_us: Histogram::quantile_between(&last.latency, &now.latency, 0.99),
+        };
+        if self.progress {
+            let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.1}", v as f64 / 1000.0));
+            eprint!(
+                "\r[{:>4.0}s] joined {}/{} connected {} failed {} | out {:>7.0} pkt/s in {:>7.0} pkt/s {:>6.1} Mbit/s | latency p50 {} ms p99 {} ms   ",
+                s.t,
+                counters.joined.load(Relaxed),
+                self.total,
+                s.connected,
+                counters.failed.load(Relaxed),
+                s.sent_pps,
+                s.forwarded_pps,
+                s.forwarded_bps / 1e6,
+                ms(s.latency_p50_us),
+                ms(s.latency_p99_us),
+            );
+        }
+        self.series.push(s);
+        self.last = now;
+    }
 }
