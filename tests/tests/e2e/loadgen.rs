@@ -152,6 +152,8 @@ fn bad_arguments_are_refused_clearly() -> anyhow::Result<()> {
         (vec!["--target", "nope"], "unknown target"),
         (vec!["--target", "raw"], "--relay"),
         (vec!["--watch", "rtcd"], "--watch NAME=PID"),
+        (vec!["--rtcd-env", "RTCD_NO_VALUE"], "--rtcd-env KEY=VALUE"),
+        (vec!["--target-cpus", "not-a-cpu"], "taskset"),
     ] {
         let output = std::process::Command::new(LOADGEN)
             .args(&args)
