@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use rtcd_e2e::media::{Participant, TestRtcd, all_permissions, eventually, h264, subscribe_only};
+use rtcd_e2e::media::{
+    Participant, TestRtcd, all_permissions, eventually, h264, keeps_flowing, subscribe_only,
+};
 use rtcd_proto::v1 as pb;
 use rtcd_proto::v1::signaling_client::SignalingClient;
 use tonic::transport::Channel;
@@ -40,8 +42,9 @@ fn all_errors_are(p: &Participant, code: tonic::Code) -> bool {
     p.errors().iter().all(|(c, _)| *c == code as i32)
 }
 
-/// Waits until `p` receives audio and video from every one of `others`, then checks it receives
-/// nothing else (not its own tracks) and loses at most 5 %.
+/// Waits until `p` receives audio and video from every one of `others`, checks that every one
+/// of those flows keeps growing in each of three 1 s windows, that `p` receives nothing else
+/// (not its own tracks) and loses at most 5 %.
 async fn receives_exactly(p: &Participant, others: &[&str]) -> anyhow::Result<()> {
     let waited = eventually(&format!("{} receives {others:?}", p.session), || {
         others
@@ -60,6 +63,12 @@ async fn receives_exactly(p: &Participant, others: &[&str]) -> anyhow::Result<()
                 .collect::<Vec<_>>()
         );
     }
+    let expected: Vec<String> = others
+        .iter()
+        .flat_map(|o| [format!("{o}/audio"), format!("{o}/video")])
+        .collect();
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    keeps_flowing(p, &expected, Duration::from_secs(3), Duration::from_secs(1)).await?;
     let flows = p.flows();
     let mut keys: Vec<_> = flows.keys().cloned().collect();
     keys.sort();
