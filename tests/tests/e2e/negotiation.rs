@@ -198,3 +198,141 @@ async fn listeners_are_announced_and_participants_leave_after_their_tracks() -> 
     rtcd.rtcd.shutdown().await;
     Ok(())
 }
+
+/// Packets of `flow` that `p` receives during `window`.
+async fn growth(p: &Participant, flow: &str, window: Duration) -> u64 {
+    let count = || p.flows().get(flow).map_or(0, |f| f.packets);
+    let before = count();
+    tokio::time::sleep(window).await;
+    count() - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screen_audio_is_its_own_kind_and_a_permission_update_stops_what_is_no_longer_allowed()
+-> anyhow::Result<()> {
+    use pb::server_signal::Signal;
+    let rtcd = TestRtcd::start(&[]).await?;
+    let auth = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    let alice =
+        Participant::join(&mut client, Some(&auth), "call", "alice", all_permissions()).await?;
+    alice.add_track("audio").await?;
+    alice.add_track("screen_audio").await?;
+    alice.declare("screen_audio", pb::TrackKind::ScreenAudio);
+    alice.renegotiate().await?;
+    let bob = Participant::listener(&mut client, &auth, "call", "bob", Default::default()).await?;
+    eventually("bob receives alice", || bob.received("alice", "audio") > 10).await?;
+    keeps_flowing(
+        &bob,
+        &["alice/audio", "alice/screen_audio"],
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+    )
+    .await?;
+    let kinds: Vec<i32> = bob
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Signal::TrackPublished(t) => Some(t.kind),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        kinds.contains(&(pb::TrackKind::ScreenAudio as i32))
+            && kinds.contains(&(pb::TrackKind::Audio as i32)),
+        "{kinds:?}"
+    );
+    // Muting the microphone leaves the screen's sound alone.
+    alice
+        .send(pb::client_signal::Signal::Mute(pb::Mute {
+            kind: pb::TrackKind::Audio as i32,
+            muted: true,
+        }))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(growth(&bob, "alice/audio", Duration::from_secs(1)).await, 0);
+    keeps_flowing(
+        &bob,
+        &["alice/screen_audio"],
+        Duration::from_secs(2),
+        Duration::from_secs(1),
+    )
+    .await?;
+    // A refreshed token without screen rights: the screen's sound is withdrawn and stops.
+    let mut fewer = all_permissions();
+    fewer.publish_screen = false;
+    alice
+        .send(pb::client_signal::Signal::UpdatePermissions(fewer))
+        .await?;
+    eventually("bob told the screen audio is gone", || {
+        bob.saw(
+            |e| matches!(e, Signal::TrackRemoved(t) if t.kind == pb::TrackKind::ScreenAudio as i32),
+        )
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        growth(&bob, "alice/screen_audio", Duration::from_secs(1)).await,
+        0
+    );
+    // And bob, no longer allowed to subscribe, stops receiving; unmuted audio goes nowhere.
+    alice
+        .send(pb::client_signal::Signal::Mute(pb::Mute {
+            kind: pb::TrackKind::Audio as i32,
+            muted: false,
+        }))
+        .await?;
+    keeps_flowing(
+        &bob,
+        &["alice/audio"],
+        Duration::from_secs(2),
+        Duration::from_secs(1),
+    )
+    .await?;
+    let mut deaf = pb::Permissions::default();
+    deaf.publish_audio = false;
+    bob.send(pb::client_signal::Signal::UpdatePermissions(deaf))
+        .await?;
+    eventually("bob's audio withdrawn", || {
+        bob.saw(|e| matches!(e, Signal::TrackRemoved(t) if t.kind == pb::TrackKind::Audio as i32))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(growth(&bob, "alice/audio", Duration::from_secs(1)).await, 0);
+    assert!(alice.errors().is_empty(), "{:?}", alice.errors());
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screen_audio_needs_the_screen_permission() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[]).await?;
+    let auth = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    let mut may_talk = all_permissions();
+    may_talk.publish_screen = false;
+    let alice = Participant::join(&mut client, Some(&auth), "call", "alice", may_talk).await?;
+    alice.add_track("audio").await?;
+    alice.add_track("screen_audio").await?;
+    alice.declare("screen_audio", pb::TrackKind::ScreenAudio);
+    alice.renegotiate().await?;
+    let bob = Participant::listener(&mut client, &auth, "call", "bob", Default::default()).await?;
+    eventually("bob receives alice", || bob.received("alice", "audio") > 10).await?;
+    keeps_flowing(
+        &bob,
+        &["alice/audio"],
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+    )
+    .await?;
+    assert_eq!(bob.received("alice", "screen_audio"), 0);
+    eventually("alice told", || {
+        alice
+            .errors()
+            .iter()
+            .any(|(_, m)| m.contains("may not publish screen_audio"))
+    })
+    .await?;
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
