@@ -262,7 +262,8 @@ struct Shared {
     plis: AtomicU64,
     negotiations: AtomicU64,
     closed: AtomicBool,
-    /// While set, rtcd's offers are dropped unanswered (to provoke glare deterministically).
+    /// While set, rtcd's `NegotiationNeeded` requests are ignored (the participant keeps its
+    /// current sections, as a slow client would).
     hold_offers: AtomicBool,
     offers_dropped: AtomicU64,
 }
@@ -664,7 +665,8 @@ impl Participant {
             .map_or(0, |f| f.packets)
     }
 
-    /// Drop (true) or answer (false) rtcd's offers from now on; returns offers dropped so far.
+    /// Ignore (true) or follow (false) rtcd's negotiation requests from now on; returns the
+    /// requests ignored so far.
     pub fn hold_offers(&self, hold: bool) -> u64 {
         self.shared.hold_offers.store(hold, Ordering::Relaxed);
         self.shared.offers_dropped.load(Ordering::Relaxed)
@@ -741,7 +743,7 @@ impl Participant {
         self.shared.plis.load(Ordering::Relaxed)
     }
 
-    /// Server-initiated offers answered so far.
+    /// Answers to this participant's offers applied so far (every renegotiation ends with one).
     pub fn negotiations(&self) -> u64 {
         self.shared.negotiations.load(Ordering::Relaxed)
     }
@@ -951,10 +953,35 @@ async fn send_offer(
     out.send(pb::ClientSignal {
         signal: Some(pb::client_signal::Signal::Offer(pb::SessionDescription {
             sdp,
+            tracks: Default::default(),
         })),
     })
     .await?;
     Ok(())
+}
+
+/// Adds receive-only transceivers until the peer receives on at least `want` sections of
+/// `kind` (rtcd's `NegotiationNeeded`; sendrecv sections count, as the protocol says).
+async fn ensure_receiving(pc: &RTCPeerConnection, kind: RTPCodecType, want: u32) {
+    let mut have = 0u32;
+    for t in pc.get_transceivers().await {
+        let d = t.direction();
+        if t.kind() == kind
+            && matches!(
+                d,
+                RTCRtpTransceiverDirection::Recvonly | RTCRtpTransceiverDirection::Sendrecv
+            )
+        {
+            have += 1;
+        }
+    }
+    for _ in have..want {
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Recvonly,
+            send_encodings: Vec::new(),
+        };
+        let _ = pc.add_transceiver_from_kind(kind, Some(init)).await;
+    }
 }
 
 async fn drive(
@@ -980,29 +1007,20 @@ async fn drive(
                 shared.events.lock().unwrap().push(signal.clone());
                 match signal {
                     Signal::Answer(d) => {
-                        if let Ok(answer) = RTCSessionDescription::answer(d.sdp) {
-                            let _ = pc.set_remote_description(answer).await;
+                        if let Ok(answer) = RTCSessionDescription::answer(d.sdp)
+                            && pc.set_remote_description(answer).await.is_ok()
+                        {
+                            shared.negotiations.fetch_add(1, Ordering::Relaxed);
                         }
                         for c in pending.drain(..) { let _ = pc.add_ice_candidate(c).await; }
                     }
-                    Signal::Offer(_) if shared.hold_offers.load(Ordering::Relaxed) => {
+                    Signal::NegotiationNeeded(_) if shared.hold_offers.load(Ordering::Relaxed) => {
                         shared.offers_dropped.fetch_add(1, Ordering::Relaxed);
                     }
-                    Signal::Offer(d) => {
-                        // Ignore a colliding offer (rtcd refuses ours as glare in that case).
-                        if pc.signaling_state() == RTCSignalingState::HaveLocalOffer { continue; }
-                        let Ok(offer) = RTCSessionDescription::offer(d.sdp) else { continue };
-                        if pc.set_remote_description(offer).await.is_err() { continue; }
-                        for c in pending.drain(..) { let _ = pc.add_ice_candidate(c).await; }
-                        if let Ok(answer) = pc.create_answer(None).await {
-                            let sdp = answer.sdp.clone();
-                            if pc.set_local_description(answer).await.is_ok() {
-                                shared.negotiations.fetch_add(1, Ordering::Relaxed);
-                                let _ = out.send(pb::ClientSignal {
-                                    signal: Some(pb::client_signal::Signal::Answer(pb::SessionDescription { sdp })),
-                                }).await;
-                            }
-                        }
+                    Signal::NegotiationNeeded(n) => {
+                        ensure_receiving(&pc, RTPCodecType::Audio, n.audio).await;
+                        ensure_receiving(&pc, RTPCodecType::Video, n.video).await;
+                        want_offer = true;
                     }
                     // rtcd's SDP already carries its candidates (it finishes host gathering before
                     // sending it); the trickled copies are recorded but only added with TRICKLE.

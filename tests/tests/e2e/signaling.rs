@@ -145,14 +145,18 @@ async fn signaling_rejects_bad_input_with_clear_statuses() -> anyhow::Result<()>
     use pb::client_signal::Signal;
     p.send(Signal::Offer(pb::SessionDescription {
         sdp: "this is not SDP".into(),
+        tracks: Default::default(),
     }))
     .await?;
     p.send(Signal::Offer(pb::SessionDescription {
         sdp: format!("v=0\r\n{}", "a=x\r\n".repeat(1000)),
+        tracks: Default::default(),
     }))
     .await?;
-    p.send(Signal::Answer(pb::SessionDescription {
+    // A declared source for a section the offer does not have.
+    p.send(Signal::Offer(pb::SessionDescription {
         sdp: "v=0\r\n".into(),
+        tracks: [("9".to_owned(), pb::TrackKind::Screen as i32)].into(),
     }))
     .await?;
     p.send(Signal::Join(pb::Join::default())).await?;
@@ -169,7 +173,7 @@ async fn signaling_rejects_bad_input_with_clear_statuses() -> anyhow::Result<()>
     let mut want = vec![
         Code::InvalidArgument as i32,    // malformed SDP
         Code::InvalidArgument as i32,    // oversized SDP
-        Code::FailedPrecondition as i32, // answer without offer
+        Code::InvalidArgument as i32,    // tracks naming a missing section
         Code::FailedPrecondition as i32, // second join
         Code::InvalidArgument as i32,    // unknown kind
     ];
