@@ -348,10 +348,11 @@ impl FirefoxPage {
     }
 
     /// Runs `script` (a function body; `arguments` holds `args`) and returns its result
-    /// (awaited if it is a promise), as WebDriver's "execute script" does.
+    /// (awaited if it is a promise), as chromedriver's "execute script" does: the body runs
+    /// as an async function, so it may use `await`.
     pub async fn eval(&self, script: &str, args: Value) -> anyhow::Result<Value> {
         let declaration = format!(
-            "async function() {{ const r = await (function() {{ {script}\n }}).apply(null, {args}); \
+            "async function() {{ const r = await (async function() {{ {script}\n }}).apply(null, {args}); \
              return JSON.stringify(r === undefined ? null : r); }}",
             args = array(args)
         );

@@ -8,8 +8,11 @@
 //! whose both ends are in that namespace. The page is served from `http://127.0.0.1:PORT`
 //! (a secure context, so `getUserMedia` works); media flows over `10.203.0.x`.
 
-use anyhow::{Context as _, ensure};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
 use rtcd_e2e::browser::{BROWSER_STEP, BrowserKind, BrowserPage, Browsers, artifacts_dir};
+use rtcd_e2e::flow::{self, Flow, PageId, Thresholds};
 use rtcd_e2e::netns::{self, LAN_ADDR, LAN_PEER};
 use serde_json::json;
 
@@ -120,4 +123,216 @@ fn harness_runs_chromium_and_firefox_in_a_namespace_of_its_own() -> anyhow::Resu
         stack.shutdown().await;
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// One long call at a time: each already runs 3 browsers with fake 30 fps cameras on a
+/// 2-core CI machine, and CPU starvation would look like media stalls.
+static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Multiplies every hold of the long calls (`RTCD_E2E_CALL_SCALE`, default 1: about two
+/// minutes per call), e.g. 0.25 for a quick local run.
+fn scaled(secs: u64) -> Duration {
+    let scale = std::env::var("RTCD_E2E_CALL_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .unwrap_or(1.0);
+    Duration::from_secs_f64(secs as f64 * scale)
+}
+
+/// The pages of one call, in [`Flow`] order.
+struct Call {
+    url: String,
+    browsers: Browsers,
+    pages: Vec<BrowserPage>,
+    names: Vec<String>,
+    flow: Flow,
+}
+
+impl Call {
+    /// Opens the demo page as `name` in a new `kind` browser and starts watching it.
+    async fn join(&mut self, kind: BrowserKind, name: &str) -> anyhow::Result<PageId> {
+        let page = self.browsers.page(kind).await?;
+        page.goto(&format!("{}&name={name}", self.url)).await?;
+        let id = self.flow.watch(&page, name).await?;
+        page.wait_state("connected").await?;
+        self.pages.push(page);
+        self.names.push(name.to_owned());
+        Ok(id)
+    }
+
+    async fn hold(&mut self, duration: Duration) -> anyhow::Result<()> {
+        let pages: Vec<&BrowserPage> = self.pages.iter().collect();
+        self.flow.hold(&pages, duration).await
+    }
+
+    /// Waits until page `id` plays `count` remote camera videos with real frames.
+    async fn plays(&self, id: PageId, count: usize) -> anyhow::Result<()> {
+        self.pages[id]
+            .wait_for(
+                &format!(
+                    "[...document.querySelectorAll('video[data-participant]:not([data-source=screen])')]\
+                       .filter(v => v.videoWidth > 0 && v.videoHeight > 0).length === {count}"
+                ),
+                BROWSER_STEP,
+            )
+            .await
+            .with_context(|| format!("{} does not play {count} remote camera(s)", self.names[id]))
+            .map(|_| ())
+    }
+
+    async fn click(&self, id: PageId, button: &str) -> anyhow::Result<()> {
+        self.pages[id]
+            .wait_for(
+                &format!("!document.getElementById({}).disabled", json!(button)),
+                BROWSER_STEP,
+            )
+            .await?;
+        self.pages[id].click(button).await
+    }
+
+    /// Screenshots of every page, named after the test.
+    async fn screenshots(&self, tag: &str) {
+        for (page, name) in self.pages.iter().zip(&self.names) {
+            let _ = page
+                .screenshot(&artifacts_dir().join(format!("calls-{tag}-{name}.png")))
+                .await;
+        }
+    }
+}
+
+/// Two pages of kinds `a` and `b` in a call through rtcd-dev for about two minutes: a third
+/// joins and leaves, `a` mutes and unmutes, `b` turns its camera off and on, `a` shares its
+/// screen; every remote track flows in every 5 s window throughout.
+async fn long_call(a: BrowserKind, b: BrowserKind) -> anyhow::Result<()> {
+    let tag = format!("{a}-{b}");
+    let dir = tempfile::tempdir()?;
+    let stack = rtcd_dev::start(rtcd_dev::Options {
+        data_dir: dir.path().to_owned(),
+        listen: "127.0.0.1:0".into(),
+        loopback: false,
+        udp_port: 0,
+    })
+    .await?;
+    let mut call = Call {
+        url: format!("http://{}/?room=long-{tag}", stack.proxy.addr()),
+        browsers: Browsers::lan(),
+        pages: Vec::new(),
+        names: Vec::new(),
+        flow: Flow::new(),
+    };
+    let outcome = scenario(&mut call, a, b).await;
+    let pulled = {
+        let pages: Vec<&BrowserPage> = call.pages.iter().collect();
+        call.flow.pull(&pages).await
+    };
+    let report = call.flow.report(Thresholds::CALLS);
+    eprintln!("== calls {tag}\n{report}");
+    let mut failures = Vec::new();
+    if let Err(e) = outcome.and(pulled) {
+        failures.push(format!("{e:#}"));
+    }
+    if !report.is_clean() {
+        failures.push(format!("media did not flow continuously:\n{report}"));
+    }
+    for (page, name) in call.pages.iter().zip(&call.names) {
+        match page.unexpected_errors(&[]).await {
+            Ok(errors) if errors.is_empty() => {}
+            Ok(errors) => failures.push(format!("{name}: console errors {errors:?}")),
+            Err(e) => failures.push(format!("{name}: {e:#}")),
+        }
+    }
+    if !failures.is_empty() {
+        call.screenshots(&tag).await;
+        for (page, name) in call.pages.iter().zip(&call.names) {
+            eprintln!("{name}: {}", flow::diagnose(page).await);
+        }
+    }
+    for page in call.pages.drain(..) {
+        let _ = page.close().await;
+    }
+    drop(call);
+    stack.shutdown().await;
+    if !failures.is_empty() {
+        bail!("{tag}: {}", failures.join("\n"));
+    }
+    Ok(())
+}
+
+async fn scenario(call: &mut Call, a: BrowserKind, b: BrowserKind) -> anyhow::Result<()> {
+    let alice = call.join(a, &format!("Alice-{a}")).await?;
+    let bob = call.join(b, &format!("Bob-{b}")).await?;
+    call.plays(alice, 1).await?;
+    call.plays(bob, 1).await?;
+    call.hold(scaled(20)).await?;
+
+    // A third participant joins and leaves.
+    let carol = call.join(a, &format!("Carol-{a}")).await?;
+    for id in [alice, bob, carol] {
+        call.plays(id, 2).await?;
+    }
+    call.hold(scaled(20)).await?;
+    call.click(carol, "leave").await?;
+    call.pages[carol].wait_state("closed").await?;
+    call.flow.left(carol);
+    for id in [alice, bob] {
+        call.plays(id, 1).await?;
+    }
+    call.hold(scaled(10)).await?;
+
+    // Alice mutes and unmutes her microphone.
+    call.click(alice, "mic").await?;
+    call.flow.source_off(alice, "microphone");
+    call.hold(scaled(10)).await?;
+    call.click(alice, "mic").await?;
+    call.flow.source_on(alice, "microphone");
+    call.hold(scaled(10)).await?;
+
+    // Bob turns his camera off and on.
+    call.click(bob, "camera").await?;
+    call.flow.source_off(bob, "camera");
+    call.hold(scaled(10)).await?;
+    call.click(bob, "camera").await?;
+    call.flow.source_on(bob, "camera");
+    call.hold(scaled(10)).await?;
+
+    // Alice shares her screen, then stops.
+    call.click(alice, "screen").await?;
+    call.flow.source_on(alice, "screen");
+    call.pages[bob]
+        .wait_for(
+            "[...document.querySelectorAll('video[data-participant][data-source=screen]')]\
+               .filter(v => v.videoWidth > 0).length === 1",
+            BROWSER_STEP,
+        )
+        .await?;
+    call.hold(scaled(15)).await?;
+    call.click(alice, "screen").await?;
+    call.flow.source_off(alice, "screen");
+    call.hold(scaled(10)).await?;
+    call.plays(alice, 1).await?;
+    call.plays(bob, 1).await?;
+    Ok(())
+}
+
+fn run_long_call(a: BrowserKind, b: BrowserKind) -> anyhow::Result<()> {
+    let _one = ONE_CALL_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    netns::run(move || long_call(a, b))
+}
+
+#[test]
+fn chromium_and_chromium_keep_media_flowing_for_two_minutes() -> anyhow::Result<()> {
+    run_long_call(BrowserKind::Chromium, BrowserKind::Chromium)
+}
+
+#[test]
+fn chromium_and_firefox_keep_media_flowing_for_two_minutes() -> anyhow::Result<()> {
+    run_long_call(BrowserKind::Chromium, BrowserKind::Firefox)
+}
+
+#[test]
+fn firefox_and_firefox_keep_media_flowing_for_two_minutes() -> anyhow::Result<()> {
+    run_long_call(BrowserKind::Firefox, BrowserKind::Firefox)
 }
