@@ -517,8 +517,12 @@ impl BrowserPage {
         }
     }
 
-    /// Clicks the element with this id (a button of the demo page).
+    /// Clicks the element with this id (a button of the demo page). In Firefox this is a
+    /// real pointer click (a user activation, which `getDisplayMedia` requires there).
     pub async fn click(&self, id: &str) -> anyhow::Result<()> {
+        if let Self::Firefox(page) = self {
+            return page.click(id).await;
+        }
         self.eval(
             "const b = document.getElementById(arguments[0]); \
              if (!b) throw new Error('no #' + arguments[0]); b.click(); return true;",

@@ -373,6 +373,38 @@ impl FirefoxPage {
             .with_context(|| format!("async script `{script}`"))
     }
 
+    /// Clicks the element with this id like a user (pointer actions at its centre), so the
+    /// page gets a user activation (`getDisplayMedia` needs one in Firefox).
+    pub async fn click(&self, id: &str) -> anyhow::Result<()> {
+        let centre = self
+            .eval(
+                "const e = document.getElementById(arguments[0]);\
+                 if (!e) throw new Error('no #' + arguments[0]);\
+                 e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();\
+                 return [Math.round(r.left + r.width / 2), Math.round(r.top + r.height / 2)];",
+                json!([id]),
+            )
+            .await?;
+        let (x, y) = (
+            centre[0].as_i64().unwrap_or(0),
+            centre[1].as_i64().unwrap_or(0),
+        );
+        self.command(
+            "input.performActions",
+            json!({"context": self.context, "actions": [{
+                "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+                "actions": [
+                    {"type": "pointerMove", "x": x, "y": y},
+                    {"type": "pointerDown", "button": 0},
+                    {"type": "pointerUp", "button": 0},
+                ],
+            }]}),
+        )
+        .await
+        .with_context(|| format!("clicking #{id}"))?;
+        Ok(())
+    }
+
     /// Saves a PNG screenshot of the viewport to `path`.
     pub async fn screenshot(&self, path: &Path) -> anyhow::Result<()> {
         let result = self
