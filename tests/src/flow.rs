@@ -376,12 +376,13 @@ impl Flow {
         &self.pages[id].identity
     }
 
-    /// The test turned `source` of page `id` on (unmute, camera on, screen share start).
+    /// The test turned `source` of page `id` on (unmute, camera on, screen share start):
+    /// call it just after doing so; media must follow within [`Thresholds::start`].
     pub fn source_on(&mut self, id: PageId, source: &str) {
         self.source_event(id, source, true);
     }
 
-    /// The test turned `source` of page `id` off.
+    /// The test turns `source` of page `id` off: call it just before doing so.
     pub fn source_off(&mut self, id: PageId, source: &str) {
         self.source_event(id, source, false);
     }
@@ -395,7 +396,8 @@ impl Flow {
         });
     }
 
-    /// Page `id` left the call (collect its samples first with [`Flow::pull`]).
+    /// Page `id` leaves the call now: call it just before making it leave (its tracks are
+    /// no longer expected from this moment), after a last [`Flow::pull`].
     pub fn left(&mut self, id: PageId) {
         self.pages[id].left = Some(now_ms());
     }

@@ -324,30 +324,31 @@ async fn scenario(call: &mut Call, a: BrowserKind, b: BrowserKind) -> anyhow::Re
             .with_context(|| format!("{} does not play the shared screen", call.names[id]))?;
     }
     call.hold(scaled(15)).await?;
-    call.click(sharer, "screen").await?;
     call.flow.source_off(sharer, "screen");
+    call.click(sharer, "screen").await?;
     call.hold(scaled(5)).await?;
 
     // The third participant leaves.
+    call.hold(Duration::ZERO).await?;
+    call.flow.left(carol);
     call.click(carol, "leave").await?;
     call.pages[carol].wait_state("closed").await?;
-    call.flow.left(carol);
     for id in [alice, bob] {
         call.plays(id, 1).await?;
     }
     call.hold(scaled(10)).await?;
 
     // Alice mutes and unmutes her microphone.
-    call.click(alice, "mic").await?;
     call.flow.source_off(alice, "microphone");
+    call.click(alice, "mic").await?;
     call.hold(scaled(10)).await?;
     call.click(alice, "mic").await?;
     call.flow.source_on(alice, "microphone");
     call.hold(scaled(10)).await?;
 
     // Bob turns his camera off and on.
-    call.click(bob, "camera").await?;
     call.flow.source_off(bob, "camera");
+    call.click(bob, "camera").await?;
     call.hold(scaled(10)).await?;
     call.click(bob, "camera").await?;
     call.flow.source_on(bob, "camera");
