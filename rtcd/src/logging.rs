@@ -5,11 +5,46 @@
 
 use crate::config::LoggerConfig;
 
+/// The media engine's crates (webrtc-rs 0.17). They log their own internals at WARN during
+/// every normal call (candidate pings before pairs exist, SRTP readers ending at close, a
+/// paused receiver resuming): nothing an operator can act on, and an operator who learns to
+/// ignore WARN misses the real one. rtcd reports what matters itself (a failed peer connection
+/// ends its session with a reason), so these crates log at ERROR unless the configured filter
+/// names one of them.
+const ENGINE_CRATES: &[&str] = &[
+    "webrtc",
+    "webrtc_ice",
+    "webrtc_dtls",
+    "webrtc_srtp",
+    "webrtc_sctp",
+    "webrtc_mdns",
+    "webrtc_util",
+    "webrtc_data",
+    "webrtc_media",
+    "interceptor",
+    "rtp",
+    "rtcp",
+];
+
+/// `level` plus ERROR for the engine's crates where it says nothing about them.
+pub fn filter_directives(level: &str) -> String {
+    let mut out = level.to_owned();
+    for krate in ENGINE_CRATES {
+        let named = level
+            .split(',')
+            .any(|d| d.trim().split(['=', '[', ':']).next() == Some(krate));
+        if !named {
+            out.push_str(&format!(",{krate}=error"));
+        }
+    }
+    out
+}
+
 /// Installs the global subscriber. Safe to call twice (the second call is ignored), which
 /// tests that start several daemons in one process rely on.
 pub fn init(config: &LoggerConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(filter_directives(&config.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter_directives("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -22,4 +57,22 @@ pub fn init(config: &LoggerConfig) {
     } else {
         builder.with_ansi(false).try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn engine_crates_log_errors_only_unless_named() {
+        let f = super::filter_directives("info");
+        assert!(f.starts_with("info,"));
+        assert!(f.contains(",webrtc=error") && f.contains(",webrtc_ice=error"));
+        let f = super::filter_directives("debug,webrtc_ice=warn");
+        assert!(f.contains("webrtc_ice=warn") && !f.contains("webrtc_ice=error"));
+        assert!(
+            f.contains(",webrtc=error"),
+            "webrtc_ice does not name webrtc"
+        );
+        tracing_subscriber::EnvFilter::try_new(super::filter_directives("info,audit=info"))
+            .expect("a valid filter");
+    }
 }

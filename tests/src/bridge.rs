@@ -89,8 +89,14 @@ where
 pub fn client_json(signal: &pb::client_signal::Signal) -> Option<Value> {
     use pb::client_signal::Signal;
     Some(match signal {
-        Signal::Offer(d) => json!({"type": "offer", "sdp": d.sdp}),
-        Signal::Answer(d) => json!({"type": "answer", "sdp": d.sdp}),
+        Signal::Offer(d) => {
+            let tracks: serde_json::Map<String, Value> = d
+                .tracks
+                .iter()
+                .filter_map(|(mid, k)| Some((mid.clone(), json!(source_name(*k)?))))
+                .collect();
+            json!({"type": "offer", "sdp": d.sdp, "tracks": tracks})
+        }
         Signal::Candidate(c) => json!({
             "type": "candidate",
             "candidate": c.candidate,
@@ -99,18 +105,25 @@ pub fn client_json(signal: &pb::client_signal::Signal) -> Option<Value> {
         }),
         Signal::Leave(_) => json!({"type": "leave"}),
         Signal::Mute(m) => {
-            let source = match m.kind() {
-                pb::TrackKind::Audio => "microphone",
-                pb::TrackKind::Video => "camera",
-                pb::TrackKind::Screen => "screen",
-                pb::TrackKind::Unspecified => return None,
-            };
+            let source = source_name(m.kind)?;
             json!({"type": if m.muted { "mute" } else { "unmute" }, "source": source})
         }
         Signal::ScreenShare(s) => {
             json!({"type": if s.on { "screen_share_start" } else { "screen_share_stop" }})
         }
-        Signal::Join(_) => return None,
+        // The proxy takes permission changes from refreshed tokens, not from clients.
+        Signal::Join(_) | Signal::UpdatePermissions(_) => return None,
+    })
+}
+
+/// The proxy protocol's source name of an rtcd.v1 track kind.
+fn source_name(kind: i32) -> Option<&'static str> {
+    Some(match pb::TrackKind::try_from(kind).ok()? {
+        pb::TrackKind::Audio => "microphone",
+        pb::TrackKind::Video => "camera",
+        pb::TrackKind::Screen => "screen",
+        pb::TrackKind::ScreenAudio => "screen_audio",
+        pb::TrackKind::Unspecified => return None,
     })
 }
 
@@ -122,11 +135,39 @@ pub fn server_signal(msg: &Value) -> Option<pb::server_signal::Signal> {
         "microphone" => pb::TrackKind::Audio,
         "camera" => pb::TrackKind::Video,
         "screen" => pb::TrackKind::Screen,
+        "screen_audio" => pb::TrackKind::ScreenAudio,
         _ => pb::TrackKind::Unspecified,
     } as i32;
+    let count = |k: &str| {
+        msg[k]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0)
+    };
     Some(match msg["type"].as_str()? {
-        "offer" => Signal::Offer(pb::SessionDescription { sdp: text("sdp") }),
-        "answer" => Signal::Answer(pb::SessionDescription { sdp: text("sdp") }),
+        "answer" => Signal::Answer(pb::SessionDescription {
+            sdp: text("sdp"),
+            tracks: Default::default(),
+        }),
+        "negotiation_needed" => Signal::NegotiationNeeded(pb::NegotiationNeeded {
+            audio: count("audio"),
+            video: count("video"),
+        }),
+        "participant_joined" => Signal::ParticipantJoined(pb::ParticipantEvent {
+            session_id: String::new(),
+            user_id: msg["participant"]["identity"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            display_name: msg["participant"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        }),
+        "participant_left" => Signal::ParticipantLeft(pb::ParticipantEvent {
+            user_id: text("identity"),
+            ..Default::default()
+        }),
         "candidate" => Signal::Candidate(pb::IceCandidate {
             candidate: text("candidate"),
             sdp_mid: msg["sdpMid"].as_str().map(str::to_owned),
@@ -137,6 +178,7 @@ pub fn server_signal(msg: &Value) -> Option<pb::server_signal::Signal> {
             user_id: text("identity"),
             kind: kind(&text("source")),
             track_id: text("track_id"),
+            mid: text("mid"),
             ..Default::default()
         }),
         "track_unpublished" => Signal::TrackRemoved(pb::TrackEvent {

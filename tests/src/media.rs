@@ -262,9 +262,12 @@ struct Shared {
     plis: AtomicU64,
     negotiations: AtomicU64,
     closed: AtomicBool,
-    /// While set, rtcd's offers are dropped unanswered (to provoke glare deterministically).
+    /// While set, rtcd's `NegotiationNeeded` requests are ignored (the participant keeps its
+    /// current sections, as a slow client would).
     hold_offers: AtomicBool,
     offers_dropped: AtomicU64,
+    /// Kinds declared in every offer's `tracks`, by the MediaStreamTrack id of our track.
+    declared: Mutex<HashMap<String, pb::TrackKind>>,
 }
 
 /// A published track's sender and the flag that stops its packet generator.
@@ -493,7 +496,7 @@ impl Participant {
         interval: Duration,
         pad: usize,
     ) -> anyhow::Result<()> {
-        let mime = if kind == "audio" {
+        let mime = if kind == "audio" || kind == "screen_audio" {
             MIME_TYPE_OPUS
         } else {
             MIME_TYPE_VP8
@@ -513,11 +516,7 @@ impl Participant {
         interval: Duration,
         pad: usize,
     ) -> anyhow::Result<()> {
-        let track_id = match kind {
-            "audio" => "mic",
-            "video" => "cam",
-            _ => "screen",
-        };
+        let track_id = track_id_of(kind);
         let track = Arc::new(TrackLocalStaticRTP::new(
             codec,
             track_id.to_owned(),
@@ -559,7 +558,7 @@ impl Participant {
             }
         });
         let tag = format!("{}|{}|", self.session, kind);
-        let audio = kind == "audio";
+        let audio = kind == "audio" || kind == "screen_audio";
         let st = stop.clone();
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
@@ -631,6 +630,16 @@ impl Participant {
         self.renegotiate().await
     }
 
+    /// Declares what the track added as `kind` is (`tracks` of every offer from now on, by the
+    /// mid of its section), e.g. `screen_audio` as [`pb::TrackKind::ScreenAudio`].
+    pub fn declare(&self, kind: &str, as_kind: pb::TrackKind) {
+        self.shared
+            .declared
+            .lock()
+            .unwrap()
+            .insert(track_id_of(kind).to_owned(), as_kind);
+    }
+
     /// Offers (through the driver, so offers and answers never interleave).
     pub async fn renegotiate(&self) -> anyhow::Result<()> {
         self.control
@@ -664,7 +673,8 @@ impl Participant {
             .map_or(0, |f| f.packets)
     }
 
-    /// Drop (true) or answer (false) rtcd's offers from now on; returns offers dropped so far.
+    /// Ignore (true) or follow (false) rtcd's negotiation requests from now on; returns the
+    /// requests ignored so far.
     pub fn hold_offers(&self, hold: bool) -> u64 {
         self.shared.hold_offers.store(hold, Ordering::Relaxed);
         self.shared.offers_dropped.load(Ordering::Relaxed)
@@ -741,7 +751,7 @@ impl Participant {
         self.shared.plis.load(Ordering::Relaxed)
     }
 
-    /// Server-initiated offers answered so far.
+    /// Answers to this participant's offers applied so far (every renegotiation ends with one).
     pub fn negotiations(&self) -> u64 {
         self.shared.negotiations.load(Ordering::Relaxed)
     }
@@ -830,6 +840,55 @@ impl Participant {
         if let Some(socket) = &self.socket {
             let _ = socket.mux.close().await;
         }
+    }
+}
+
+/// Checks that every flow in `flows` (`sender/kind`) that `p` receives keeps growing in every
+/// `window` for `total`: a call that stalls for one window fails, with which flow and when.
+/// (A first packet proves nothing: calls once died seconds after their first frame.)
+pub async fn keeps_flowing(
+    p: &Participant,
+    flows: &[&str],
+    total: Duration,
+    window: Duration,
+) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now();
+    let count = |f: &str| p.flows().get(f).map_or(0, |f| f.packets);
+    let mut last: Vec<u64> = flows.iter().map(|f| count(f)).collect();
+    while start.elapsed() < total {
+        tokio::time::sleep(window).await;
+        for (i, f) in flows.iter().enumerate() {
+            let now = count(f);
+            anyhow::ensure!(
+                now > last[i],
+                "{}: flow {f} stalled at {now} packets in the window ending {:?} after the start",
+                p.session,
+                start.elapsed()
+            );
+            last[i] = now;
+        }
+    }
+    Ok(())
+}
+
+/// The number of media sections and the size of `p`'s current remote description (rtcd's
+/// latest answer).
+pub async fn remote_sdp_shape(p: &Participant) -> (usize, usize) {
+    let sdp =
+        p.pc.remote_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default();
+    (sdp.matches("\nm=").count(), sdp.len())
+}
+
+/// The MediaStreamTrack id of a synthetic track of `kind`.
+fn track_id_of(kind: &str) -> &'static str {
+    match kind {
+        "audio" => "mic",
+        "video" => "cam",
+        "screen_audio" => "screen-audio",
+        _ => "screen",
     }
 }
 
@@ -937,9 +996,20 @@ fn record_incoming(pc: &Arc<RTCPeerConnection>, shared: &Arc<Shared>) {
 
 async fn send_offer(
     pc: &RTCPeerConnection,
+    shared: &Shared,
     out: &mpsc::Sender<pb::ClientSignal>,
 ) -> anyhow::Result<()> {
     let offer = pc.create_offer(None).await?;
+    // Mids exist once the offer is created: name the declared tracks' sections.
+    let declared = shared.declared.lock().unwrap().clone();
+    let mut tracks = HashMap::new();
+    for t in pc.get_transceivers().await {
+        if let (Some(mid), Some(track)) = (t.mid(), t.sender().await.track().await)
+            && let Some(kind) = declared.get(track.id())
+        {
+            tracks.insert(mid.to_string(), *kind as i32);
+        }
+    }
     let mut gathered = pc.gathering_complete_promise().await;
     pc.set_local_description(offer).await?;
     let _ = gathered.recv().await;
@@ -951,10 +1021,35 @@ async fn send_offer(
     out.send(pb::ClientSignal {
         signal: Some(pb::client_signal::Signal::Offer(pb::SessionDescription {
             sdp,
+            tracks,
         })),
     })
     .await?;
     Ok(())
+}
+
+/// Adds receive-only transceivers until the peer receives on at least `want` sections of
+/// `kind` (rtcd's `NegotiationNeeded`; sendrecv sections count, as the protocol says).
+async fn ensure_receiving(pc: &RTCPeerConnection, kind: RTPCodecType, want: u32) {
+    let mut have = 0u32;
+    for t in pc.get_transceivers().await {
+        let d = t.direction();
+        if t.kind() == kind
+            && matches!(
+                d,
+                RTCRtpTransceiverDirection::Recvonly | RTCRtpTransceiverDirection::Sendrecv
+            )
+        {
+            have += 1;
+        }
+    }
+    for _ in have..want {
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Recvonly,
+            send_encodings: Vec::new(),
+        };
+        let _ = pc.add_transceiver_from_kind(kind, Some(init)).await;
+    }
 }
 
 async fn drive(
@@ -980,29 +1075,20 @@ async fn drive(
                 shared.events.lock().unwrap().push(signal.clone());
                 match signal {
                     Signal::Answer(d) => {
-                        if let Ok(answer) = RTCSessionDescription::answer(d.sdp) {
-                            let _ = pc.set_remote_description(answer).await;
+                        if let Ok(answer) = RTCSessionDescription::answer(d.sdp)
+                            && pc.set_remote_description(answer).await.is_ok()
+                        {
+                            shared.negotiations.fetch_add(1, Ordering::Relaxed);
                         }
                         for c in pending.drain(..) { let _ = pc.add_ice_candidate(c).await; }
                     }
-                    Signal::Offer(_) if shared.hold_offers.load(Ordering::Relaxed) => {
+                    Signal::NegotiationNeeded(_) if shared.hold_offers.load(Ordering::Relaxed) => {
                         shared.offers_dropped.fetch_add(1, Ordering::Relaxed);
                     }
-                    Signal::Offer(d) => {
-                        // Ignore a colliding offer (rtcd refuses ours as glare in that case).
-                        if pc.signaling_state() == RTCSignalingState::HaveLocalOffer { continue; }
-                        let Ok(offer) = RTCSessionDescription::offer(d.sdp) else { continue };
-                        if pc.set_remote_description(offer).await.is_err() { continue; }
-                        for c in pending.drain(..) { let _ = pc.add_ice_candidate(c).await; }
-                        if let Ok(answer) = pc.create_answer(None).await {
-                            let sdp = answer.sdp.clone();
-                            if pc.set_local_description(answer).await.is_ok() {
-                                shared.negotiations.fetch_add(1, Ordering::Relaxed);
-                                let _ = out.send(pb::ClientSignal {
-                                    signal: Some(pb::client_signal::Signal::Answer(pb::SessionDescription { sdp })),
-                                }).await;
-                            }
-                        }
+                    Signal::NegotiationNeeded(n) => {
+                        ensure_receiving(&pc, RTPCodecType::Audio, n.audio).await;
+                        ensure_receiving(&pc, RTPCodecType::Video, n.video).await;
+                        want_offer = true;
                     }
                     // rtcd's SDP already carries its candidates (it finishes host gathering before
                     // sending it); the trickled copies are recorded but only added with TRICKLE.
@@ -1025,7 +1111,7 @@ async fn drive(
         }
         if want_offer && pc.signaling_state() == RTCSignalingState::Stable {
             want_offer = false;
-            let _ = send_offer(&pc, &out).await;
+            let _ = send_offer(&pc, &shared, &out).await;
         }
     }
     shared.closed.store(true, Ordering::Relaxed);

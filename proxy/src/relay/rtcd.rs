@@ -575,7 +575,10 @@ fn spawn_pumps(
             let event = match signal {
                 pb::server_signal::Signal::Joined(_) => continue,
                 pb::server_signal::Signal::Answer(d) => RelayEvent::Answer(d.sdp),
-                pb::server_signal::Signal::Offer(d) => RelayEvent::Offer(d.sdp),
+                // Interim (the proxy's relay of the new negotiation lands separately).
+                pb::server_signal::Signal::NegotiationNeeded(_)
+                | pb::server_signal::Signal::ParticipantJoined(_)
+                | pb::server_signal::Signal::ParticipantLeft(_) => continue,
                 pb::server_signal::Signal::Candidate(c) => RelayEvent::Candidate(Candidate {
                     candidate: c.candidate,
                     sdp_mid: c.sdp_mid,
@@ -680,10 +683,13 @@ fn translate_command(
                 *screen_pending = false;
                 out.push(Signal::ScreenShare(pb::ScreenShare { on: true, track_id }));
             }
-            out.push(Signal::Offer(pb::SessionDescription { sdp }));
+            out.push(Signal::Offer(pb::SessionDescription {
+                sdp,
+                tracks: Default::default(),
+            }));
             out
         }
-        RelayCommand::Answer { sdp } => vec![Signal::Answer(pb::SessionDescription { sdp })],
+        RelayCommand::Answer { .. } => Vec::new(),
         RelayCommand::Candidate(c) => vec![Signal::Candidate(pb::IceCandidate {
             candidate: c.candidate,
             sdp_mid: c.sdp_mid,
@@ -725,6 +731,7 @@ fn source_of(kind: pb::TrackKind) -> Option<TrackSource> {
         pb::TrackKind::Audio => Some(TrackSource::Microphone),
         pb::TrackKind::Video => Some(TrackSource::Camera),
         pb::TrackKind::Screen => Some(TrackSource::Screen),
+        pb::TrackKind::ScreenAudio => Some(TrackSource::ScreenAudio),
         pb::TrackKind::Unspecified => None,
     }
 }

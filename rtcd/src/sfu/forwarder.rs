@@ -35,6 +35,8 @@ pub struct PublishedTrack {
     pub display_name: String,
     /// What it is.
     pub kind: TrackKind,
+    /// The publisher's media section (its mid) that carries it.
+    pub mid: String,
     /// The track every subscriber's sender is bound to.
     pub local: Arc<TrackLocalStaticRTP>,
     /// Set by mute: the forwarder drops packets while it is true.
@@ -89,6 +91,7 @@ pub(crate) struct TrackSource {
     pub user: UserId,
     pub display_name: String,
     pub kind: TrackKind,
+    pub mid: String,
     pub id: String,
     pub muted: bool,
     pub keyframe_interval: Duration,
@@ -106,11 +109,11 @@ pub(crate) fn publish(
         src.id.clone(),
         src.owner.as_str().to_owned(),
     ));
-    let audio_level_id = src
-        .remote
-        .params()
-        .header_extensions
-        .iter()
+    // Voice activity is about people talking: a shared tab's sound is not a speaker.
+    let audio_level_id = (src.kind == TrackKind::Audio)
+        .then(|| src.remote.params())
+        .into_iter()
+        .flat_map(|p| p.header_extensions)
         .find(|e| e.uri == AUDIO_LEVEL_URI)
         .map(|e| e.id as u8);
     let labels = KindLabels {
@@ -123,6 +126,7 @@ pub(crate) fn publish(
         user: src.user,
         display_name: src.display_name,
         kind: src.kind,
+        mid: src.mid,
         local,
         muted: AtomicBool::new(src.muted),
         subscribers: AtomicUsize::new(0),

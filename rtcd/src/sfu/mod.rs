@@ -20,6 +20,7 @@
 
 pub mod forwarder;
 pub mod peer;
+pub mod sdp;
 pub mod session;
 
 use std::collections::HashMap;
@@ -93,6 +94,8 @@ pub enum TrackKind {
     Video,
     /// Screen share (video).
     Screen,
+    /// A screen share's sound (audio): muted and withdrawn on its own, never a microphone.
+    ScreenAudio,
 }
 
 impl TrackKind {
@@ -102,7 +105,13 @@ impl TrackKind {
             TrackKind::Audio => "audio",
             TrackKind::Video => "video",
             TrackKind::Screen => "screen",
+            TrackKind::ScreenAudio => "screen_audio",
         }
+    }
+
+    /// Whether it travels in an audio media section (else a video one).
+    pub fn is_audio(self) -> bool {
+        matches!(self, TrackKind::Audio | TrackKind::ScreenAudio)
     }
 }
 
@@ -125,7 +134,7 @@ impl Permissions {
         match kind {
             TrackKind::Audio => self.publish_audio,
             TrackKind::Video => self.publish_video,
-            TrackKind::Screen => self.publish_screen,
+            TrackKind::Screen | TrackKind::ScreenAudio => self.publish_screen,
         }
     }
 }
@@ -255,11 +264,14 @@ pub struct SfuConfig {
     pub ice_keepalive_interval: Duration,
 }
 
-/// Notices fanned out to every session of a call (voice activity, mute). A `broadcast`
-/// channel: a session that lags loses the oldest notices (both are advisory, the next change
-/// supersedes them) and the sender never waits.
+/// Notices fanned out to every session of a call (arrivals and departures, voice activity,
+/// mute). A `broadcast` channel: the sender never waits; a session that lags loses the oldest
+/// notices, which is fine for voice and mute (the next change supersedes them) and is repaired
+/// for arrivals and departures from the registry's roster (see `session`).
 #[derive(Debug, Clone)]
 pub(crate) enum CallNotice {
+    Joined(Participant),
+    Left(Participant),
     Voice {
         session: SessionId,
         user: UserId,
@@ -271,6 +283,17 @@ pub(crate) enum CallNotice {
         kind: TrackKind,
         muted: bool,
     },
+}
+
+/// A session of a call as other sessions see it (the roster entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Participant {
+    /// The session.
+    pub session: SessionId,
+    /// Its user.
+    pub user: UserId,
+    /// Its display name.
+    pub display_name: String,
 }
 
 /// The published tracks of a call, as one immutable snapshot.
@@ -286,6 +309,7 @@ pub(crate) struct CallLink {
 struct SessionEntry {
     close: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
+    participant: Participant,
 }
 
 struct CallState {
@@ -369,14 +393,29 @@ impl Sfu {
             if call.sessions.len() >= self.inner.config.max_sessions_per_call {
                 return Err(SfuError::LimitReached("sessions per call"));
             }
+            let me = Participant {
+                session: req.session.clone(),
+                user: req.user.clone(),
+                display_name: req.display_name.clone(),
+            };
+            // Under the registry lock, so that no arrival or departure falls between the
+            // roster this session starts from and the notices it receives from now on.
+            let roster: Vec<Participant> = call
+                .sessions
+                .values()
+                .map(|e| e.participant.clone())
+                .collect();
+            let notices = call.link.notices.subscribe();
+            let _ = call.link.notices.send(CallNotice::Joined(me.clone()));
             call.sessions.insert(
                 req.session.clone(),
                 SessionEntry {
                     close: close.clone(),
                     reason: reason.clone(),
+                    participant: me,
                 },
             );
-            let link = call.link.clone();
+            let link = (call.link.clone(), roster, notices);
             *reg.per_tenant.entry(req.tenant.clone()).or_default() += 1;
             reg.sessions += 1;
             let n = reg.sessions;
@@ -392,7 +431,20 @@ impl Sfu {
             }
             link
         };
-        match session::spawn(self.inner.clone(), req.clone(), link, close, reason).await {
+        let (link, roster, notices) = link;
+        match session::spawn(
+            self.inner.clone(),
+            req.clone(),
+            session::Start {
+                link,
+                roster,
+                notices,
+            },
+            close,
+            reason,
+        )
+        .await
+        {
             Ok(pair) => Ok(pair),
             Err(e) => {
                 self.inner
@@ -479,6 +531,15 @@ impl SfuInner {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The call's roster now (a session that lagged behind the call's notices resyncs from it).
+    pub(crate) fn roster(&self, tenant: &TenantId, call: &CallId) -> Vec<Participant> {
+        self.registry()
+            .calls
+            .get(&(tenant.clone(), call.clone()))
+            .map(|c| c.sessions.values().map(|e| e.participant.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Called once by each session actor when it ends (and by `join` if the actor never started).
     pub(crate) fn remove_session(&self, tenant: &TenantId, call: &CallId, session: &SessionId) {
         let mut reg = self.registry();
@@ -486,7 +547,10 @@ impl SfuInner {
         let mut removed = false;
         let mut call_gone = false;
         if let Some(state) = reg.calls.get_mut(&key) {
-            removed = state.sessions.remove(session).is_some();
+            if let Some(entry) = state.sessions.remove(session) {
+                removed = true;
+                let _ = state.link.notices.send(CallNotice::Left(entry.participant));
+            }
             if state.sessions.is_empty() {
                 reg.calls.remove(&key);
                 call_gone = true;

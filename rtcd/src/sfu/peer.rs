@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use webrtc::api::interceptor_registry::{configure_rtcp_reports, configure_twcc_receiver_only};
 use webrtc::api::media_engine::MediaEngine;
+use webrtc::api::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{API, APIBuilder};
 use webrtc::ice::mdns::MulticastDnsMode;
@@ -20,8 +21,13 @@ use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::peer_connection::signaling_state::RTCSignalingState;
-use webrtc::rtp_transceiver::rtp_codec::{RTCRtpHeaderExtensionCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
+};
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::rtp_transceiver::{RTCRtpTransceiver, RTCRtpTransceiverInit};
+use webrtc::track::track_local::TrackLocal;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
 use super::{SfuConfig, SfuError};
 
@@ -130,19 +136,97 @@ impl PeerFactory {
     }
 }
 
-/// Applies a remote offer and returns the answer SDP. The caller refuses offers that collide
-/// with its own outstanding offer (webrtc-rs 0.17 cannot roll back a local offer).
-pub async fn answer_offer(pc: &RTCPeerConnection, sdp: String) -> Result<String, SfuError> {
+/// Applies a client offer (rtcd never offers: see the session module).
+pub async fn apply_offer(pc: &RTCPeerConnection, sdp: String) -> Result<(), SfuError> {
     let offer = RTCSessionDescription::offer(sdp)
         .map_err(|e| SfuError::InvalidArgument(format!("malformed SDP offer: {e}")))?;
     pc.set_remote_description(offer)
         .await
-        .map_err(|e| SfuError::InvalidArgument(format!("unusable SDP offer: {e}")))?;
+        .map_err(|e| SfuError::InvalidArgument(format!("unusable SDP offer: {e}")))
+}
+
+/// Answers the offer just applied; returns the answer SDP as the engine wrote it.
+pub async fn answer(pc: &RTCPeerConnection) -> Result<String, SfuError> {
     let answer = pc
         .create_answer(None)
         .await
         .map_err(|e| SfuError::InvalidArgument(format!("cannot answer this offer: {e}")))?;
     set_local_and_gather(pc, answer).await
+}
+
+/// A track that never sends: what an unused sending slot holds. webrtc-rs 0.17 can only hand a
+/// sender a new track if it has one (a sender without a track has no encoding, and a track set
+/// before the sender started would be bound twice), so every slot keeps a track from creation on.
+pub fn idle_track(audio: bool) -> Arc<TrackLocalStaticRTP> {
+    let (mime, clock_rate, channels, fmtp, id) = if audio {
+        (
+            MIME_TYPE_OPUS,
+            48000,
+            2,
+            "minptime=10;useinbandfec=1",
+            "idle-audio",
+        )
+    } else {
+        (MIME_TYPE_VP8, 90000, 0, "", "idle-video")
+    };
+    Arc::new(TrackLocalStaticRTP::new(
+        RTCRtpCodecCapability {
+            mime_type: mime.to_owned(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: fmtp.to_owned(),
+            rtcp_feedback: Vec::new(),
+        },
+        id.to_owned(),
+        "rtcd".to_owned(),
+    ))
+}
+
+/// A new sending slot for the next unmatched receiving section of the client's offer (applied
+/// next): `sendrecv` where the client also sends on the section, else `sendonly`. webrtc-rs
+/// matches such unassociated transceivers to new sections by kind and direction.
+pub async fn add_slot(
+    pc: &RTCPeerConnection,
+    track: Arc<dyn TrackLocal + Send + Sync>,
+    client_sends: bool,
+) -> Result<Arc<RTCRtpTransceiver>, SfuError> {
+    let direction = if client_sends {
+        RTCRtpTransceiverDirection::Sendrecv
+    } else {
+        RTCRtpTransceiverDirection::Sendonly
+    };
+    pc.add_transceiver_from_track(
+        track,
+        Some(RTCRtpTransceiverInit {
+            direction,
+            send_encodings: Vec::new(),
+        }),
+    )
+    .await
+    .map_err(|e| SfuError::Media(format!("cannot add a sending section: {e}")))
+}
+
+/// Puts `track` on a slot's sender and sets what the slot's next answer says: sending (with the
+/// client's own sending kept where it sends too) or not.
+pub async fn fill_slot(
+    transceiver: &RTCRtpTransceiver,
+    track: Arc<dyn TrackLocal + Send + Sync>,
+    sending: bool,
+    client_sends: bool,
+) -> Result<(), SfuError> {
+    transceiver
+        .sender()
+        .await
+        .replace_track(Some(track))
+        .await
+        .map_err(|e| SfuError::Media(format!("cannot switch a sending section's track: {e}")))?;
+    transceiver
+        .set_direction(RTCRtpTransceiverDirection::from_send_recv(
+            sending,
+            client_sends,
+        ))
+        .await;
+    Ok(())
 }
 
 /// Applies a local description and returns its SDP once host candidate gathering is done
@@ -164,29 +248,6 @@ async fn set_local_and_gather(
         .await
         .map(|d| d.sdp)
         .unwrap_or(fallback))
-}
-
-/// Creates and applies a local offer; returns its SDP.
-pub async fn create_offer(pc: &RTCPeerConnection) -> Result<String, SfuError> {
-    let offer = pc
-        .create_offer(None)
-        .await
-        .map_err(|e| SfuError::Media(e.to_string()))?;
-    set_local_and_gather(pc, offer).await
-}
-
-/// Applies the client's answer to our outstanding offer.
-pub async fn apply_answer(pc: &RTCPeerConnection, sdp: String) -> Result<(), SfuError> {
-    if pc.signaling_state() != RTCSignalingState::HaveLocalOffer {
-        return Err(SfuError::OutOfOrder(
-            "answer without an outstanding offer".into(),
-        ));
-    }
-    let answer = RTCSessionDescription::answer(sdp)
-        .map_err(|e| SfuError::InvalidArgument(format!("malformed SDP answer: {e}")))?;
-    pc.set_remote_description(answer)
-        .await
-        .map_err(|e| SfuError::InvalidArgument(format!("unusable SDP answer: {e}")))
 }
 
 /// Adds a trickled remote candidate.

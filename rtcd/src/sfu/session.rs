@@ -1,12 +1,19 @@
 //! The session actor: owns one peer connection and serialises everything that touches it
-//! (client commands, webrtc-rs events, changes of the call's published tracks).
+//! (client commands, webrtc-rs events, changes of the call's published tracks and roster).
 //!
-//! Negotiation: the client offers to publish; the actor offers when its outgoing track set
-//! changes. At most one actor offer is outstanding; further changes set `needs_offer` and are
-//! offered after the answer. Glare: rtcd is the impolite peer (webrtc-rs 0.17 cannot roll back
-//! a local offer): a client offer that collides with rtcd's outstanding offer is refused with
-//! FAILED_PRECONDITION ("glare") and rtcd's offer stands; the client rolls back (a browser's
-//! setRemoteDescription does it implicitly), answers, and offers again.
+//! Negotiation: the client makes every offer; the actor only answers. When the set of tracks it
+//! should send changes, it asks the client to offer (`NegotiationNeeded`, with how many
+//! receiving sections of each kind it needs) and places the tracks in its answer. Why: ICE
+//! roles follow the first offer, and Chrome (145+) switches its role when it answers a
+//! renegotiation offer; webrtc-rs 0.17 implements no role-conflict resolution (RFC 8445
+//! §7.3.1.1), so an rtcd offer could leave both agents controlled, each dropping the other's
+//! checks, and the call died seconds later. One offerer means one role assignment, and no glare.
+//!
+//! Sending slots: every receiving section of the client's offer becomes a slot (a transceiver
+//! whose sender always holds a track, an idle one when unused). A slot carries one forwarded
+//! track at a time; when that track ends, the slot stops sending at once, is answered
+//! `inactive` once (so the client tears its stream down), then carries the next track. The SDP
+//! therefore grows with the most tracks ever live at once, not with the call's history.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -19,25 +26,33 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp_transceiver::RTCRtpTransceiver;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::track::track_local::TrackLocal;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_remote::TrackRemote;
 
 use super::forwarder::{self, PublishedTrack, TrackSource};
+use super::sdp::{self, Media, Section};
 use super::{
-    CallLink, CallNotice, JoinRequest, SessionId, SfuError, SfuInner, TrackKind, TrackSet, UserId,
-    peer, tenant_label,
+    CallLink, CallNotice, JoinRequest, Participant, Permissions, SessionId, SfuError, SfuInner,
+    TrackKind, TrackSet, UserId, peer, tenant_label,
 };
 use crate::metrics::{KindLabels, ReasonLabels};
 
 /// Commands from signaling. Sent through [`SessionHandle`].
 #[derive(Debug)]
 pub enum SessionCommand {
-    /// The client's SDP offer.
-    Offer(String),
-    /// The client's answer to our offer.
-    Answer(String),
+    /// The client's SDP offer, with what it sends on each sending section (by mid; sections
+    /// not named carry a microphone or a camera).
+    Offer {
+        /// The SDP.
+        sdp: String,
+        /// Declared kinds by mid.
+        tracks: HashMap<String, TrackKind>,
+    },
     /// A trickled client candidate.
     Candidate(RTCIceCandidateInit),
     /// Mute or unmute the session's tracks of a kind.
@@ -54,6 +69,8 @@ pub enum SessionCommand {
         /// The screen track's id (when on).
         track_id: String,
     },
+    /// The session's permissions changed (a refreshed token): tracks no longer allowed stop.
+    UpdatePermissions(Permissions),
     /// The user leaves.
     Leave,
 }
@@ -71,6 +88,8 @@ pub struct TrackInfo {
     pub kind: TrackKind,
     /// Its msid track id in our SDP.
     pub track_id: String,
+    /// The section (mid) of this session's SDP that carries it (empty once withdrawn).
+    pub mid: String,
 }
 
 /// Events for signaling to relay to the client.
@@ -78,14 +97,24 @@ pub struct TrackInfo {
 pub enum SessionEvent {
     /// Answer to the client's offer.
     Answer(String),
-    /// Our offer (renegotiation).
-    Offer(String),
+    /// The tracks to send changed: the client should offer with at least this many receiving
+    /// sections of each kind.
+    NegotiationNeeded {
+        /// Receiving audio sections needed.
+        audio: u32,
+        /// Receiving video sections needed.
+        video: u32,
+    },
     /// A trickled candidate of ours.
     Candidate(RTCIceCandidateInit),
     /// A track the client will now receive.
     TrackPublished(TrackInfo),
     /// A track the client no longer receives.
     TrackRemoved(TrackInfo),
+    /// A session is in the call (sent for those already there, then for each arrival).
+    ParticipantJoined(Participant),
+    /// A session left the call.
+    ParticipantLeft(Participant),
     /// Another session started or stopped speaking.
     VoiceActivity {
         /// Who.
@@ -137,14 +166,63 @@ impl SessionHandle {
 enum PeerEvent {
     Candidate(RTCIceCandidateInit),
     State(RTCPeerConnectionState),
-    Track(Arc<TrackRemote>),
+    /// A track the client sends, with the mid of its section.
+    Track(Arc<TrackRemote>, String),
 }
 
-struct Subscription {
-    track: Arc<PublishedTrack>,
-    sender: Arc<RTCRtpSender>,
+/// What a sending slot carries.
+enum SlotState {
+    /// Nothing; answered `inactive` (or `recvonly` where the client sends).
+    Free,
+    /// Its track just ended: answered `inactive` once before it carries another track.
+    Cooling,
+    /// A forwarded track.
+    Busy(Arc<PublishedTrack>),
+}
+
+/// A receiving section of the client's that rtcd sends on (see the module docs).
+struct Slot {
+    mid: String,
+    audio: bool,
+    transceiver: Arc<RTCRtpTransceiver>,
+    /// The client also sends on this section (it offered `sendrecv`).
+    client_sends: bool,
+    state: SlotState,
+    /// Whose keyframe this slot's subscriber asks for (read by the slot's RTCP task).
+    target: Arc<Mutex<Weak<PublishedTrack>>>,
     rtcp: CancellationToken,
 }
+
+impl Slot {
+    fn track(&self) -> Option<&Arc<PublishedTrack>> {
+        match &self.state {
+            SlotState::Busy(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    fn aim(&self, track: Option<&Arc<PublishedTrack>>) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) =
+            track.map(Arc::downgrade).unwrap_or_default();
+    }
+}
+
+/// What a new session starts from, taken under the registry lock.
+pub(crate) struct Start {
+    pub link: CallLink,
+    /// The sessions already in the call.
+    pub roster: Vec<Participant>,
+    /// The call's notices from the moment the roster was taken.
+    pub notices: broadcast::Receiver<CallNotice>,
+}
+
+/// A slot prepared for a new section of an offer: transceiver, audio?, client sends?, track.
+type Prepared = (
+    Arc<RTCRtpTransceiver>,
+    bool,
+    bool,
+    Option<Arc<PublishedTrack>>,
+);
 
 struct Actor {
     inner: Arc<SfuInner>,
@@ -152,17 +230,30 @@ struct Actor {
     link: CallLink,
     pc: Arc<RTCPeerConnection>,
     events: mpsc::Sender<SessionEvent>,
+    /// This session's tracks in the call.
     published: Vec<Arc<PublishedTrack>>,
-    subscribed: HashMap<String, Subscription>,
-    pending_keyframes: Vec<Arc<PublishedTrack>>,
+    /// Every track the client has sent, by mid: a section that stops sending and starts again
+    /// (a second screen share on the same section) is published again from it.
+    remotes: HashMap<String, Arc<TrackRemote>>,
+    /// Sections whose track was refused (permission, limit): their packets are discarded.
+    refused: HashSet<String>,
+    /// The kinds the client's latest offer declared, by mid.
+    declared: HashMap<String, TrackKind>,
+    slots: Vec<Slot>,
+    /// Tracks to send that have no slot yet.
+    pending: Vec<Arc<PublishedTrack>>,
+    idle_audio: Arc<TrackLocalStaticRTP>,
+    idle_video: Arc<TrackLocalStaticRTP>,
     pending_candidates: Vec<RTCIceCandidateInit>,
     muted: HashSet<TrackKind>,
     screen_track_id: Option<String>,
-    offer_outstanding: bool,
-    needs_offer: bool,
-    /// rtcd offers only after the client's first offer was answered: the client's first offer
-    /// sets up the transport (and the DTLS/ICE roles), so the common join path has no glare.
+    /// Nothing is asked of the client before its first offer was answered (that offer sets up
+    /// the transport; the answer to it already carries what can be sent).
     client_offered: bool,
+    /// The counts of the last `NegotiationNeeded` not yet followed by an offer.
+    asked: Option<(u32, u32)>,
+    /// Participants announced to the client.
+    announced: HashMap<SessionId, Participant>,
     created: Instant,
     connected: bool,
     track_seq: u32,
@@ -173,7 +264,7 @@ struct Actor {
 pub(crate) async fn spawn(
     inner: Arc<SfuInner>,
     req: JoinRequest,
-    link: CallLink,
+    start: Start,
     close: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
 ) -> Result<(SessionHandle, mpsc::Receiver<SessionEvent>), SfuError> {
@@ -189,6 +280,11 @@ pub(crate) async fn spawn(
         .sessions
         .get_or_create(&tenant_label(&req.tenant))
         .inc();
+    let Start {
+        link,
+        roster,
+        notices,
+    } = start;
     let actor = Actor {
         inner,
         req,
@@ -196,20 +292,25 @@ pub(crate) async fn spawn(
         pc,
         events: event_tx,
         published: Vec::new(),
-        subscribed: HashMap::new(),
-        pending_keyframes: Vec::new(),
+        remotes: HashMap::new(),
+        refused: HashSet::new(),
+        declared: HashMap::new(),
+        slots: Vec::new(),
+        pending: Vec::new(),
+        idle_audio: peer::idle_track(true),
+        idle_video: peer::idle_track(false),
         pending_candidates: Vec::new(),
         muted: HashSet::new(),
         screen_track_id: None,
-        offer_outstanding: false,
-        needs_offer: false,
         client_offered: false,
+        asked: None,
+        announced: HashMap::new(),
         created: Instant::now(),
         connected: false,
         track_seq: 0,
         backlog: false,
     };
-    tokio::spawn(actor.run(cmd_rx, peer_rx, alive_rx, close, reason));
+    tokio::spawn(actor.run(cmd_rx, peer_rx, alive_rx, close, reason, roster, notices));
     Ok((
         SessionHandle {
             commands: cmd_tx,
@@ -237,13 +338,15 @@ fn install_handlers(pc: &Arc<RTCPeerConnection>, tx: mpsc::Sender<PeerEvent>) {
         enqueue(&t, PeerEvent::State(s));
         Box::pin(async {})
     }));
-    pc.on_track(Box::new(move |track, _receiver, _transceiver| {
-        enqueue(&tx, PeerEvent::Track(track));
+    pc.on_track(Box::new(move |track, _receiver, transceiver| {
+        let mid = transceiver.mid().map(|m| m.to_string()).unwrap_or_default();
+        enqueue(&tx, PeerEvent::Track(track, mid));
         Box::pin(async {})
     }));
 }
 
 impl Actor {
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<SessionCommand>,
@@ -251,10 +354,14 @@ impl Actor {
         mut alive: oneshot::Receiver<()>,
         close: CancellationToken,
         reason: Arc<Mutex<Option<String>>>,
+        roster: Vec<Participant>,
+        mut notices: broadcast::Receiver<CallNotice>,
     ) {
         let mut tracks = self.link.tracks.subscribe();
-        let mut notices = self.link.notices.subscribe();
         tracing::info!(client = %self.req.tenant, call = %self.req.call, session = %self.req.session, "session joined");
+        for p in roster {
+            self.announce(p);
+        }
         let initial = tracks.borrow_and_update().clone();
         self.reconcile(initial).await;
         let why: String = loop {
@@ -271,7 +378,7 @@ impl Actor {
                     None => break "disconnected".into(),
                     Some(SessionCommand::Leave) => break "leave".into(),
                     Some(cmd) => {
-                        if let Err(e) = self.command(cmd).await {
+                        if let Err(e) = self.command(cmd, &tracks).await {
                             self.count_error(&e);
                             self.emit(SessionEvent::Error(e));
                         }
@@ -287,6 +394,14 @@ impl Actor {
                     self.reconcile(set).await;
                 }
                 notice = notices.recv() => match notice {
+                    Ok(CallNotice::Joined(p)) => self.announce(p),
+                    Ok(CallNotice::Left(p)) => {
+                        // Its tracks were withdrawn before it left the roster: report them
+                        // first, so a client never sees tracks of someone who is gone.
+                        let set = tracks.borrow_and_update().clone();
+                        self.reconcile(set).await;
+                        self.depart(&p.session);
+                    }
                     Ok(CallNotice::Voice { session, user, speaking }) => {
                         if session != self.req.session && self.req.permissions.subscribe {
                             self.emit(SessionEvent::VoiceActivity { session, user, speaking });
@@ -297,7 +412,11 @@ impl Actor {
                             self.emit(SessionEvent::MuteChanged { session, user, kind, muted });
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let set = tracks.borrow_and_update().clone();
+                        self.reconcile(set).await;
+                        self.resync_roster();
+                    }
                     Err(broadcast::error::RecvError::Closed) => break "call ended".into(),
                 },
             }
@@ -305,38 +424,45 @@ impl Actor {
         self.finish(why).await;
     }
 
-    async fn command(&mut self, cmd: SessionCommand) -> Result<(), SfuError> {
+    /// Tells the client about a participant (once; never about itself).
+    fn announce(&mut self, p: Participant) {
+        if p.session == self.req.session || self.announced.contains_key(&p.session) {
+            return;
+        }
+        self.announced.insert(p.session.clone(), p.clone());
+        self.emit(SessionEvent::ParticipantJoined(p));
+    }
+
+    fn depart(&mut self, session: &SessionId) {
+        if let Some(p) = self.announced.remove(session) {
+            self.emit(SessionEvent::ParticipantLeft(p));
+        }
+    }
+
+    /// After lost notices: announce from the registry's roster what the client missed.
+    fn resync_roster(&mut self) {
+        let roster = self.inner.roster(&self.req.tenant, &self.req.call);
+        let gone: Vec<SessionId> = self
+            .announced
+            .keys()
+            .filter(|s| !roster.iter().any(|p| &p.session == *s))
+            .cloned()
+            .collect();
+        for s in gone {
+            self.depart(&s);
+        }
+        for p in roster {
+            self.announce(p);
+        }
+    }
+
+    async fn command(
+        &mut self,
+        cmd: SessionCommand,
+        tracks: &tokio::sync::watch::Receiver<TrackSet>,
+    ) -> Result<(), SfuError> {
         match cmd {
-            SessionCommand::Offer(sdp) => {
-                self.check_sdp(&sdp)?;
-                if self.offer_outstanding {
-                    return Err(SfuError::OutOfOrder(
-                        "glare: rtcd's offer is outstanding; roll back, answer it, then offer again"
-                            .into(),
-                    ));
-                }
-                let answer = peer::answer_offer(&self.pc, sdp).await?;
-                self.client_offered = true;
-                self.flush_candidates().await;
-                self.emit(SessionEvent::Answer(answer));
-                self.maybe_offer().await
-            }
-            SessionCommand::Answer(sdp) => {
-                self.check_sdp(&sdp)?;
-                if !self.offer_outstanding {
-                    return Err(SfuError::OutOfOrder(
-                        "answer without an outstanding offer".into(),
-                    ));
-                }
-                peer::apply_answer(&self.pc, sdp).await?;
-                self.offer_outstanding = false;
-                self.flush_candidates().await;
-                // The new subscribers can decode only from a keyframe.
-                for track in std::mem::take(&mut self.pending_keyframes) {
-                    track.request_keyframe().await;
-                }
-                self.maybe_offer().await
-            }
+            SessionCommand::Offer { sdp, tracks } => self.offer(sdp, tracks).await,
             SessionCommand::Candidate(c) => {
                 if c.candidate.len() > 1024 {
                     return Err(SfuError::InvalidArgument("candidate too long".into()));
@@ -378,11 +504,337 @@ impl Actor {
                     self.screen_track_id = Some(track_id);
                 } else {
                     self.screen_track_id = None;
-                    self.unpublish(|t| t.kind == TrackKind::Screen);
+                    self.unpublish(|t| {
+                        matches!(t.kind, TrackKind::Screen | TrackKind::ScreenAudio)
+                    });
+                }
+                Ok(())
+            }
+            SessionCommand::UpdatePermissions(p) => {
+                let had_subscribe = self.req.permissions.subscribe;
+                self.req.permissions = p;
+                self.unpublish(|t| !p.may_publish(t.kind));
+                if had_subscribe && !p.subscribe {
+                    self.pending.clear();
+                    for i in 0..self.slots.len() {
+                        self.free_slot(i).await;
+                    }
+                    self.request_negotiation();
+                } else if !had_subscribe && p.subscribe {
+                    let set = tracks.borrow().clone();
+                    self.reconcile(set).await;
                 }
                 Ok(())
             }
             SessionCommand::Leave => Ok(()),
+        }
+    }
+
+    /// Applies a client offer and answers it, placing every track this session should receive
+    /// on a receiving section (module docs).
+    async fn offer(
+        &mut self,
+        sdp: String,
+        declared: HashMap<String, TrackKind>,
+    ) -> Result<(), SfuError> {
+        self.check_sdp(&sdp)?;
+        let sections = sdp::sections(&sdp);
+        for (mid, kind) in &declared {
+            let media = sections.iter().find(|s| &s.mid == mid).map(|s| s.media);
+            let fits = match media {
+                Some(Media::Audio) => kind.is_audio(),
+                Some(Media::Video) => !kind.is_audio(),
+                _ => false,
+            };
+            if !fits {
+                return Err(SfuError::InvalidArgument(format!(
+                    "tracks: mid {mid:?} is not an {} section of the offer",
+                    if kind.is_audio() { "audio" } else { "video" }
+                )));
+            }
+        }
+        // New receiving sections get a slot before the engine sees the offer (it matches
+        // unassociated transceivers to new sections by kind and direction); tracks waiting for
+        // a slot go straight onto them.
+        let known: HashSet<String> = self
+            .pc
+            .get_transceivers()
+            .await
+            .iter()
+            .filter_map(|t| t.mid().map(|m| m.to_string()))
+            .collect();
+        let mut prepared: Vec<Prepared> = Vec::new();
+        if self.req.permissions.subscribe {
+            for section in sections.iter().filter(|s| is_new_slot(s, &known)) {
+                let audio = section.media == Media::Audio;
+                let track = self
+                    .pending
+                    .iter()
+                    .position(|t| t.kind.is_audio() == audio)
+                    .map(|i| self.pending.remove(i));
+                let local: Arc<dyn TrackLocal + Send + Sync> = match &track {
+                    Some(t) => t.local.clone(),
+                    None => self.idle(audio),
+                };
+                match peer::add_slot(&self.pc, local, section.sends()).await {
+                    Ok(t) => prepared.push((t, audio, section.sends(), track)),
+                    Err(e) => {
+                        self.pending.extend(track);
+                        self.abandon(prepared).await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if let Err(e) = peer::apply_offer(&self.pc, sdp).await {
+            self.abandon(prepared).await;
+            return Err(e);
+        }
+        self.declared = declared;
+        self.asked = None;
+        let mut placed: Vec<usize> = Vec::new();
+        for (transceiver, audio, client_sends, track) in prepared {
+            let Some(mid) = transceiver.mid().map(|m| m.to_string()) else {
+                self.abandon(vec![(transceiver, audio, client_sends, track)])
+                    .await;
+                continue;
+            };
+            let busy = track.is_some();
+            self.add_slot(mid, audio, transceiver, client_sends, track)
+                .await;
+            if busy {
+                placed.push(self.slots.len() - 1);
+            }
+        }
+        // Slots the client no longer receives on give their track back to the queue.
+        let mut i = 0;
+        while i < self.slots.len() {
+            let section = sections.iter().find(|s| s.mid == self.slots[i].mid);
+            match section {
+                Some(s) if s.receives() => {
+                    self.slots[i].client_sends = s.sends();
+                    i += 1;
+                }
+                _ => {
+                    let slot = self.slots.remove(i);
+                    slot.rtcp.cancel();
+                    placed.retain(|&p| p != i);
+                    for p in placed.iter_mut().filter(|p| **p > i) {
+                        *p -= 1;
+                    }
+                    if let SlotState::Busy(track) = slot.state {
+                        self.unsubscribed(&track, &slot.mid);
+                        self.pending.push(track);
+                    }
+                }
+            }
+        }
+        let cooling: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| matches!(self.slots[i].state, SlotState::Cooling))
+            .collect();
+        for i in 0..self.slots.len() {
+            if self.pending.is_empty() {
+                break;
+            }
+            if !matches!(self.slots[i].state, SlotState::Free) {
+                continue;
+            }
+            let audio = self.slots[i].audio;
+            let Some(at) = self.pending.iter().position(|t| t.kind.is_audio() == audio) else {
+                continue;
+            };
+            let track = self.pending.remove(at);
+            let slot = &self.slots[i];
+            match peer::fill_slot(
+                &slot.transceiver,
+                track.local.clone(),
+                true,
+                slot.client_sends,
+            )
+            .await
+            {
+                Ok(()) => {
+                    self.slots[i].aim(Some(&track));
+                    self.slots[i].state = SlotState::Busy(track);
+                    placed.push(i);
+                }
+                Err(e) => {
+                    tracing::debug!(session = %self.req.session, error = %e, "slot refused a track");
+                    self.pending.push(track);
+                }
+            }
+        }
+        for slot in self.slots.iter().filter(|s| s.track().is_none()) {
+            slot.transceiver
+                .set_direction(RTCRtpTransceiverDirection::from_send_recv(
+                    false,
+                    slot.client_sends,
+                ))
+                .await;
+        }
+        self.sync_publishing(&sections);
+        let current: HashMap<String, sdp::Msid> = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                s.track().map(|t| {
+                    (
+                        s.mid.clone(),
+                        sdp::Msid {
+                            stream: t.owner.as_str().to_owned(),
+                            track: t.id.clone(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        let answer = peer::answer(&self.pc).await?;
+        self.emit(SessionEvent::Answer(sdp::polish_answer(&answer, &current)));
+        self.client_offered = true;
+        self.flush_candidates().await;
+        for i in placed {
+            let slot = &self.slots[i];
+            let Some(track) = slot.track().cloned() else {
+                continue;
+            };
+            track
+                .subscribers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.kind_gauge(track.kind, false).inc();
+            self.emit(SessionEvent::TrackPublished(info(&track, &slot.mid)));
+            // The new subscriber can decode only from a keyframe.
+            track.request_keyframe().await;
+        }
+        for i in cooling {
+            if matches!(self.slots[i].state, SlotState::Cooling) {
+                self.slots[i].state = SlotState::Free;
+            }
+        }
+        if !self.pending.is_empty() {
+            self.request_negotiation();
+        }
+        Ok(())
+    }
+
+    fn idle(&self, audio: bool) -> Arc<dyn TrackLocal + Send + Sync> {
+        if audio {
+            self.idle_audio.clone()
+        } else {
+            self.idle_video.clone()
+        }
+    }
+
+    /// Undoes slots prepared for an offer that could not be applied.
+    async fn abandon(&mut self, prepared: Vec<Prepared>) {
+        for (transceiver, _, _, track) in prepared {
+            // A stopped transceiver is inactive: the engine never matches it to a section.
+            if let Err(e) = transceiver.stop().await {
+                tracing::debug!(session = %self.req.session, error = %e, "stopping a slot failed");
+            }
+            self.pending.extend(track);
+        }
+    }
+
+    async fn add_slot(
+        &mut self,
+        mid: String,
+        audio: bool,
+        transceiver: Arc<RTCRtpTransceiver>,
+        client_sends: bool,
+        track: Option<Arc<PublishedTrack>>,
+    ) {
+        let target = Arc::new(Mutex::new(Weak::new()));
+        let rtcp = CancellationToken::new();
+        tokio::spawn(relay_rtcp(
+            transceiver.sender().await,
+            target.clone(),
+            rtcp.clone(),
+        ));
+        let slot = Slot {
+            mid,
+            audio,
+            transceiver,
+            client_sends,
+            state: match track {
+                Some(t) => SlotState::Busy(t),
+                None => SlotState::Free,
+            },
+            target,
+            rtcp,
+        };
+        slot.aim(slot.track());
+        self.slots.push(slot);
+    }
+
+    /// Stops sending on slot `i` at once (its track is gone or no longer allowed); the next
+    /// answer marks it inactive.
+    async fn free_slot(&mut self, i: usize) {
+        let SlotState::Busy(track) =
+            std::mem::replace(&mut self.slots[i].state, SlotState::Cooling)
+        else {
+            return;
+        };
+        let slot = &self.slots[i];
+        slot.aim(None);
+        let idle = self.idle(slot.audio);
+        if let Err(e) = peer::fill_slot(&slot.transceiver, idle, false, slot.client_sends).await {
+            tracing::debug!(session = %self.req.session, error = %e, "idling a slot failed");
+        }
+        let mid = slot.mid.clone();
+        self.unsubscribed(&track, &mid);
+        self.emit(SessionEvent::TrackRemoved(info(&track, "")));
+    }
+
+    fn unsubscribed(&self, track: &PublishedTrack, _mid: &str) {
+        track
+            .subscribers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.kind_gauge(track.kind, false).dec();
+    }
+
+    /// Asks the client for an offer with enough receiving sections for every track to send.
+    fn request_negotiation(&mut self) {
+        if !self.client_offered {
+            return;
+        }
+        let (mut audio, mut video) = (0u32, 0u32);
+        let kinds = self
+            .slots
+            .iter()
+            .filter(|s| !matches!(s.state, SlotState::Free))
+            .map(|s| s.audio)
+            .chain(self.pending.iter().map(|t| t.kind.is_audio()));
+        for is_audio in kinds {
+            if is_audio {
+                audio += 1;
+            } else {
+                video += 1;
+            }
+        }
+        if self.asked == Some((audio, video)) {
+            return;
+        }
+        self.asked = Some((audio, video));
+        self.emit(SessionEvent::NegotiationNeeded { audio, video });
+    }
+
+    /// Follows the client's sending sections: a track whose section stopped sending is
+    /// withdrawn; a section that sends again is published again.
+    fn sync_publishing(&mut self, sections: &[Section]) {
+        let sending = |mid: &str| sections.iter().any(|s| s.mid == mid && s.sends());
+        self.unpublish(|t| !sending(&t.mid));
+        let again: Vec<(String, Arc<TrackRemote>)> = self
+            .remotes
+            .iter()
+            .filter(|(mid, _)| {
+                sending(mid)
+                    && !self.refused.contains(*mid)
+                    && !self.published.iter().any(|t| &t.mid == *mid)
+            })
+            .map(|(m, r)| (m.clone(), r.clone()))
+            .collect();
+        for (mid, remote) in again {
+            self.publish(remote, mid);
         }
     }
 
@@ -414,22 +866,6 @@ impl Actor {
         }
     }
 
-    async fn maybe_offer(&mut self) -> Result<(), SfuError> {
-        if !self.needs_offer || self.offer_outstanding || !self.client_offered {
-            return Ok(());
-        }
-        if self.pc.signaling_state()
-            != webrtc::peer_connection::signaling_state::RTCSignalingState::Stable
-        {
-            return Ok(());
-        }
-        let sdp = peer::create_offer(&self.pc).await?;
-        self.needs_offer = false;
-        self.offer_outstanding = true;
-        self.emit(SessionEvent::Offer(sdp));
-        Ok(())
-    }
-
     async fn peer_event(&mut self, ev: PeerEvent) -> Option<String> {
         match ev {
             PeerEvent::Candidate(c) => {
@@ -448,17 +884,33 @@ impl Actor {
                 RTCPeerConnectionState::Closed => return Some("peer connection closed".into()),
                 _ => {}
             },
-            PeerEvent::Track(remote) => self.track_arrived(remote).await,
+            PeerEvent::Track(remote, mid) => {
+                if self.remotes.contains_key(&mid) {
+                    // A second stream on a known section (e.g. RTX): its track stands.
+                    return None;
+                }
+                self.remotes.insert(mid.clone(), remote.clone());
+                self.publish(remote, mid);
+            }
         }
         None
     }
 
-    async fn track_arrived(&mut self, remote: Arc<TrackRemote>) {
-        let kind = match remote.kind() {
+    /// What a track of the client is: its declared kind, else the legacy screen-share track
+    /// id, else microphone or camera by media type.
+    fn classify(&self, remote: &TrackRemote, mid: &str) -> TrackKind {
+        if let Some(kind) = self.declared.get(mid) {
+            return *kind;
+        }
+        match remote.kind() {
             RTPCodecType::Audio => TrackKind::Audio,
             _ if self.screen_track_id.as_deref() == Some(remote.id().as_str()) => TrackKind::Screen,
             _ => TrackKind::Video,
-        };
+        }
+    }
+
+    fn publish(&mut self, remote: Arc<TrackRemote>, mid: String) {
+        let kind = self.classify(&remote, &mid);
         let refusal = if !self.req.permissions.may_publish(kind) {
             Some(SfuError::InvalidArgument(format!(
                 "this session may not publish {}",
@@ -492,6 +944,7 @@ impl Actor {
                     dropped.inc();
                 }
             });
+            self.refused.insert(mid);
             self.count_error(&err);
             self.emit(SessionEvent::Error(err));
             return;
@@ -506,6 +959,7 @@ impl Actor {
                 user: self.req.user.clone(),
                 display_name: self.req.display_name.clone(),
                 kind,
+                mid,
                 id: format!("{}-{}-{}", self.req.session, kind.as_str(), self.track_seq),
                 muted: self.muted.contains(&kind),
                 keyframe_interval: self.inner.config.keyframe_interval,
@@ -552,6 +1006,7 @@ impl Actor {
         for t in &gone {
             t.stop.cancel();
             self.kind_gauge(t.kind, true).dec();
+            tracing::info!(session = %self.req.session, call = %self.req.call, track = %t.id, "track withdrawn");
         }
         self.link.tracks.send_modify(|set| {
             let next: Vec<_> = set
@@ -563,78 +1018,40 @@ impl Actor {
         });
     }
 
-    /// Brings this session's subscriptions in line with the call's published tracks.
+    /// Brings what this session should receive in line with the call's published tracks: ended
+    /// tracks stop at once, new ones wait for the client's next offer.
     async fn reconcile(&mut self, set: TrackSet) {
         if !self.req.permissions.subscribe {
             return;
         }
         let mut changed = false;
-        let stale: Vec<String> = self
-            .subscribed
-            .keys()
-            .filter(|id| !set.iter().any(|t| &t.id == *id))
-            .cloned()
-            .collect();
-        for id in stale {
-            if let Some(sub) = self.subscribed.remove(&id) {
-                self.drop_subscription(&sub).await;
-                self.emit(SessionEvent::TrackRemoved(info(&sub.track)));
+        for i in 0..self.slots.len() {
+            let ended = self.slots[i]
+                .track()
+                .is_some_and(|t| !set.iter().any(|s| Arc::ptr_eq(s, t)));
+            if ended {
+                self.free_slot(i).await;
                 changed = true;
             }
         }
+        let before = self.pending.len();
+        self.pending
+            .retain(|t| set.iter().any(|s| Arc::ptr_eq(s, t)));
+        changed |= self.pending.len() != before;
         for track in set.iter() {
-            if track.owner == self.req.session || self.subscribed.contains_key(&track.id) {
-                continue;
+            let known = track.owner == self.req.session
+                || self.pending.iter().any(|t| Arc::ptr_eq(t, track))
+                || self
+                    .slots
+                    .iter()
+                    .any(|s| s.track().is_some_and(|t| Arc::ptr_eq(t, track)));
+            if !known {
+                self.pending.push(track.clone());
+                changed = true;
             }
-            let local: Arc<dyn TrackLocal + Send + Sync> = track.local.clone();
-            let sender = match self.pc.add_track(local).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let err = SfuError::Media(format!("cannot add track {}: {e}", track.id));
-                    self.count_error(&err);
-                    tracing::warn!(session = %self.req.session, error = %err, "subscribe failed");
-                    continue;
-                }
-            };
-            let rtcp = CancellationToken::new();
-            tokio::spawn(relay_rtcp(
-                sender.clone(),
-                Arc::downgrade(track),
-                rtcp.clone(),
-            ));
-            track
-                .subscribers
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.kind_gauge(track.kind, false).inc();
-            self.pending_keyframes.push(track.clone());
-            self.emit(SessionEvent::TrackPublished(info(track)));
-            self.subscribed.insert(
-                track.id.clone(),
-                Subscription {
-                    track: track.clone(),
-                    sender,
-                    rtcp,
-                },
-            );
-            changed = true;
         }
         if changed {
-            self.needs_offer = true;
-            if let Err(e) = self.maybe_offer().await {
-                self.count_error(&e);
-                self.emit(SessionEvent::Error(e));
-            }
-        }
-    }
-
-    async fn drop_subscription(&self, sub: &Subscription) {
-        sub.rtcp.cancel();
-        sub.track
-            .subscribers
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.kind_gauge(sub.track.kind, false).dec();
-        if let Err(e) = self.pc.remove_track(&sub.sender).await {
-            tracing::debug!(session = %self.req.session, error = %e, "remove_track failed");
+            self.request_negotiation();
         }
     }
 
@@ -654,12 +1071,11 @@ impl Actor {
     async fn finish(mut self, reason: String) {
         tracing::info!(client = %self.req.tenant, call = %self.req.call, session = %self.req.session, %reason, "session closed");
         self.unpublish(|_| true);
-        for (_, sub) in std::mem::take(&mut self.subscribed) {
-            sub.rtcp.cancel();
-            sub.track
-                .subscribers
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            self.kind_gauge(sub.track.kind, false).dec();
+        for slot in std::mem::take(&mut self.slots) {
+            slot.rtcp.cancel();
+            if let SlotState::Busy(track) = &slot.state {
+                self.unsubscribed(track, &slot.mid);
+            }
         }
         if let Err(e) = self.pc.close().await {
             tracing::debug!(session = %self.req.session, error = %e, "close failed");
@@ -677,21 +1093,32 @@ impl Actor {
     }
 }
 
-fn info(t: &PublishedTrack) -> TrackInfo {
+/// A section of the offer that becomes a new sending slot: in use, receiving, audio or video,
+/// and not yet known to the engine.
+fn is_new_slot(section: &Section, known: &HashSet<String>) -> bool {
+    section.receives()
+        && matches!(section.media, Media::Audio | Media::Video)
+        && !section.mid.is_empty()
+        && !known.contains(&section.mid)
+}
+
+fn info(t: &PublishedTrack, mid: &str) -> TrackInfo {
     TrackInfo {
         session: t.owner.clone(),
         user: t.user.clone(),
         display_name: t.display_name.clone(),
         kind: t.kind,
         track_id: t.id.clone(),
+        mid: mid.to_owned(),
     }
 }
 
-/// Reads RTCP from one subscriber's sender: this drives the interceptors (NACK responder,
-/// reports) and relays PLI / FIR to the publisher, rate-limited in [`PublishedTrack`].
+/// Reads RTCP from one slot's sender for the slot's life: this drives the interceptors (NACK
+/// responder, reports) and relays PLI / FIR to whichever track the slot carries now,
+/// rate-limited in [`PublishedTrack`].
 async fn relay_rtcp(
     sender: Arc<RTCRtpSender>,
-    track: Weak<PublishedTrack>,
+    target: Arc<Mutex<Weak<PublishedTrack>>>,
     stop: CancellationToken,
 ) {
     loop {
@@ -707,8 +1134,10 @@ async fn relay_rtcp(
             any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
         });
         if wants_keyframe {
-            let Some(track) = track.upgrade() else { break };
-            track.request_keyframe().await;
+            let track = target.lock().unwrap_or_else(|p| p.into_inner()).upgrade();
+            if let Some(track) = track {
+                track.request_keyframe().await;
+            }
         }
     }
 }

@@ -5,28 +5,31 @@ use rtcd_proto::v1 as pb;
 use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 
 use crate::sfu::{
-    CallId, JoinRequest, Permissions, SessionCommand, SessionEvent, SessionId, SfuError, TenantId,
-    TrackKind, UserId, session::TrackInfo,
+    CallId, JoinRequest, Participant, Permissions, SessionCommand, SessionEvent, SessionId,
+    SfuError, TenantId, TrackKind, UserId, session::TrackInfo,
 };
 
 /// A `Join` in the caller's namespace.
 pub fn join_request(tenant: TenantId, join: pb::Join) -> Result<JoinRequest, SfuError> {
-    let p = join.permissions.unwrap_or_default();
     let req = JoinRequest {
         tenant,
         call: CallId::new(join.call_id),
         session: SessionId::new(join.session_id),
         user: UserId::new(join.user_id),
         display_name: join.display_name,
-        permissions: Permissions {
-            publish_audio: p.publish_audio,
-            publish_video: p.publish_video,
-            publish_screen: p.publish_screen,
-            subscribe: p.subscribe,
-        },
+        permissions: permissions(join.permissions.unwrap_or_default()),
     };
     req.validate()?;
     Ok(req)
+}
+
+fn permissions(p: pb::Permissions) -> Permissions {
+    Permissions {
+        publish_audio: p.publish_audio,
+        publish_video: p.publish_video,
+        publish_screen: p.publish_screen,
+        subscribe: p.subscribe,
+    }
 }
 
 fn kind_from(k: i32) -> Result<TrackKind, SfuError> {
@@ -34,6 +37,7 @@ fn kind_from(k: i32) -> Result<TrackKind, SfuError> {
         Ok(pb::TrackKind::Audio) => Ok(TrackKind::Audio),
         Ok(pb::TrackKind::Video) => Ok(TrackKind::Video),
         Ok(pb::TrackKind::Screen) => Ok(TrackKind::Screen),
+        Ok(pb::TrackKind::ScreenAudio) => Ok(TrackKind::ScreenAudio),
         _ => Err(SfuError::InvalidArgument(format!("unknown track kind {k}"))),
     }
 }
@@ -43,8 +47,12 @@ fn kind_to(k: TrackKind) -> i32 {
         TrackKind::Audio => pb::TrackKind::Audio as i32,
         TrackKind::Video => pb::TrackKind::Video as i32,
         TrackKind::Screen => pb::TrackKind::Screen as i32,
+        TrackKind::ScreenAudio => pb::TrackKind::ScreenAudio as i32,
     }
 }
+
+/// Most declared sections in one offer (an SDP has at most a few hundred sections anyway).
+const MAX_DECLARED_TRACKS: usize = 256;
 
 /// A client message after the join. `Join` again is out of order.
 pub fn command(signal: pb::client_signal::Signal) -> Result<SessionCommand, SfuError> {
@@ -53,8 +61,19 @@ pub fn command(signal: pb::client_signal::Signal) -> Result<SessionCommand, SfuE
         Signal::Join(_) => {
             return Err(SfuError::OutOfOrder("already joined".into()));
         }
-        Signal::Offer(d) => SessionCommand::Offer(d.sdp),
-        Signal::Answer(d) => SessionCommand::Answer(d.sdp),
+        Signal::Offer(d) => {
+            if d.tracks.len() > MAX_DECLARED_TRACKS {
+                return Err(SfuError::InvalidArgument(format!(
+                    "tracks: at most {MAX_DECLARED_TRACKS} entries"
+                )));
+            }
+            let tracks = d
+                .tracks
+                .into_iter()
+                .map(|(mid, k)| Ok((mid, kind_from(k)?)))
+                .collect::<Result<_, SfuError>>()?;
+            SessionCommand::Offer { sdp: d.sdp, tracks }
+        }
         Signal::Candidate(c) => SessionCommand::Candidate(RTCIceCandidateInit {
             candidate: c.candidate,
             sdp_mid: c.sdp_mid,
@@ -76,6 +95,7 @@ pub fn command(signal: pb::client_signal::Signal) -> Result<SessionCommand, SfuE
             on: s.on,
             track_id: s.track_id,
         },
+        Signal::UpdatePermissions(p) => SessionCommand::UpdatePermissions(permissions(p)),
     })
 }
 
@@ -86,6 +106,15 @@ fn track_event(t: TrackInfo) -> pb::TrackEvent {
         kind: kind_to(t.kind),
         track_id: t.track_id,
         display_name: t.display_name,
+        mid: t.mid,
+    }
+}
+
+fn participant(p: Participant) -> pb::ParticipantEvent {
+    pb::ParticipantEvent {
+        session_id: p.session.as_str().to_owned(),
+        user_id: p.user.as_str().to_owned(),
+        display_name: p.display_name,
     }
 }
 
@@ -93,8 +122,13 @@ fn track_event(t: TrackInfo) -> pb::TrackEvent {
 pub fn event(e: SessionEvent) -> pb::ServerSignal {
     use pb::server_signal::Signal;
     let signal = match e {
-        SessionEvent::Answer(sdp) => Signal::Answer(pb::SessionDescription { sdp }),
-        SessionEvent::Offer(sdp) => Signal::Offer(pb::SessionDescription { sdp }),
+        SessionEvent::Answer(sdp) => Signal::Answer(pb::SessionDescription {
+            sdp,
+            tracks: Default::default(),
+        }),
+        SessionEvent::NegotiationNeeded { audio, video } => {
+            Signal::NegotiationNeeded(pb::NegotiationNeeded { audio, video })
+        }
         SessionEvent::Candidate(c) => Signal::Candidate(pb::IceCandidate {
             candidate: c.candidate,
             sdp_mid: c.sdp_mid,
@@ -102,6 +136,8 @@ pub fn event(e: SessionEvent) -> pb::ServerSignal {
         }),
         SessionEvent::TrackPublished(t) => Signal::TrackPublished(track_event(t)),
         SessionEvent::TrackRemoved(t) => Signal::TrackRemoved(track_event(t)),
+        SessionEvent::ParticipantJoined(p) => Signal::ParticipantJoined(participant(p)),
+        SessionEvent::ParticipantLeft(p) => Signal::ParticipantLeft(participant(p)),
         SessionEvent::VoiceActivity {
             session,
             user,

@@ -1,0 +1,278 @@
+//! The little SDP reading and writing the session needs beyond the media engine: which media
+//! sections a client offer has (to prepare a sending slot for each new receiving section before
+//! the engine applies the offer), and the last touches to rtcd's answer text (`msid-semantic`,
+//! the current occupant's msid on a reused section, no SSRC lines on an inactive one).
+//!
+//! Plain text in, plain text out: the engine has already validated the SDP, or will.
+
+use std::collections::HashMap;
+
+/// The media type of a section (data channels and unknown types are `Other`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    /// `m=audio`.
+    Audio,
+    /// `m=video`.
+    Video,
+    /// Anything else (`application`, ...).
+    Other,
+}
+
+/// A direction attribute, as written by the side that wrote the SDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Sends and receives (also the default without an attribute).
+    SendRecv,
+    /// Only sends.
+    SendOnly,
+    /// Only receives.
+    RecvOnly,
+    /// Neither.
+    Inactive,
+}
+
+impl Direction {
+    fn parse(attr: &str) -> Option<Self> {
+        match attr {
+            "sendrecv" => Some(Self::SendRecv),
+            "sendonly" => Some(Self::SendOnly),
+            "recvonly" => Some(Self::RecvOnly),
+            "inactive" => Some(Self::Inactive),
+            _ => None,
+        }
+    }
+
+    /// Whether the writer of the SDP receives media on this section.
+    pub fn receives(self) -> bool {
+        matches!(self, Self::SendRecv | Self::RecvOnly)
+    }
+
+    /// Whether the writer of the SDP sends media on this section.
+    pub fn sends(self) -> bool {
+        matches!(self, Self::SendRecv | Self::SendOnly)
+    }
+}
+
+/// One media section of an SDP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    /// `a=mid` (empty when absent).
+    pub mid: String,
+    /// The media type.
+    pub media: Media,
+    /// The direction (the section's own, else the session's, else sendrecv).
+    pub direction: Direction,
+    /// Port 0: the section is rejected or stopped.
+    pub rejected: bool,
+}
+
+impl Section {
+    /// Whether the section is in use and its writer receives on it.
+    pub fn receives(&self) -> bool {
+        !self.rejected && self.direction.receives()
+    }
+
+    /// Whether the section is in use and its writer sends on it.
+    pub fn sends(&self) -> bool {
+        !self.rejected && self.direction.sends()
+    }
+}
+
+/// The media sections of `sdp`, in order.
+pub fn sections(sdp: &str) -> Vec<Section> {
+    let mut session_direction = None;
+    let mut out: Vec<(Section, Option<Direction>)> = Vec::new();
+    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
+        if let Some(m) = line.strip_prefix("m=") {
+            let mut fields = m.split_whitespace();
+            let media = match fields.next() {
+                Some("audio") => Media::Audio,
+                Some("video") => Media::Video,
+                _ => Media::Other,
+            };
+            let rejected = fields.next().is_some_and(|port| port == "0");
+            out.push((
+                Section {
+                    mid: String::new(),
+                    media,
+                    direction: Direction::SendRecv,
+                    rejected,
+                },
+                None,
+            ));
+        } else if let Some(attr) = line.strip_prefix("a=") {
+            let current = out.last_mut();
+            if let Some(mid) = attr.strip_prefix("mid:") {
+                if let Some((section, _)) = current {
+                    section.mid = mid.trim().to_owned();
+                }
+            } else if let Some(d) = Direction::parse(attr.trim()) {
+                match current {
+                    Some((_, own)) => *own = Some(d),
+                    None => session_direction = Some(d),
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(mut section, own)| {
+            section.direction = own.or(session_direction).unwrap_or(Direction::SendRecv);
+            section
+        })
+        .collect()
+}
+
+/// The msid of a section's current track: `a=msid:<stream> <track>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msid {
+    /// The stream id (rtcd: the publishing session).
+    pub stream: String,
+    /// The track id (rtcd: the published track's id).
+    pub track: String,
+}
+
+/// Finishes rtcd's answer before it is sent:
+/// * a session-level `a=msid-semantic: WMS *` (some stacks, aiortc among them, ignore `a=msid`
+///   without it);
+/// * a section in `current` gets that msid on its `a=msid` and `a=ssrc:* msid` lines: a reused
+///   section must name its current track, while the engine keeps the first one (RFC 8829
+///   §5.2.2 keeps msid stable for an offerer; our answers describe what is sent now);
+/// * an `inactive` section loses its SSRC and msid lines, so the receiver tears down the
+///   stream and starts a fresh one when the section is reused (the SSRC stays the same, the
+///   publisher's sequence numbers and timestamps do not).
+pub fn polish_answer(sdp: &str, current: &HashMap<String, Msid>) -> String {
+    let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in sdp.split("\r\n").filter(|l| !l.is_empty()) {
+        if line.starts_with("m=") {
+            sections.push(Vec::new());
+        }
+        if let Some(last) = sections.last_mut() {
+            last.push(line);
+        }
+    }
+    let mut out = String::with_capacity(sdp.len() + 64);
+    let session = sections.remove(0);
+    let has_semantic = session.iter().any(|l| l.starts_with("a=msid-semantic"));
+    for line in &session {
+        out.push_str(line);
+        out.push_str("\r\n");
+        if !has_semantic && line.starts_with("t=") {
+            out.push_str("a=msid-semantic: WMS *\r\n");
+        }
+    }
+    for section in sections {
+        let mid = section
+            .iter()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .unwrap_or("")
+            .trim();
+        let inactive = section.contains(&"a=inactive");
+        let msid = current.get(mid);
+        for line in section {
+            if inactive && (line.starts_with("a=ssrc") || line.starts_with("a=msid:")) {
+                continue;
+            }
+            match (msid, rewrite_msid(line)) {
+                (Some(m), Some(prefix)) => {
+                    out.push_str(&format!("{prefix}{} {}\r\n", m.stream, m.track));
+                }
+                _ => {
+                    out.push_str(line);
+                    out.push_str("\r\n");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// For an `a=msid:` or `a=ssrc:<n> msid:` line, the part before the msid value.
+fn rewrite_msid(line: &str) -> Option<&str> {
+    if line.starts_with("a=msid:") {
+        return Some("a=msid:");
+    }
+    let rest = line.strip_prefix("a=ssrc:")?;
+    let at = rest.find(" msid:")?;
+    Some(&line[..("a=ssrc:".len() + at + " msid:".len())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1 2 3\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=recvonly\r\n\
+        m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=recvonly\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:3\r\n\
+        m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:4\r\n";
+
+    #[test]
+    fn sections_have_mid_type_direction_and_rejection() {
+        let s = sections(OFFER);
+        assert_eq!(s.len(), 5);
+        assert_eq!(
+            (s[0].mid.as_str(), s[0].media, s[0].direction),
+            ("0", Media::Audio, Direction::SendOnly)
+        );
+        assert!(s[0].sends() && !s[0].receives());
+        assert!(s[1].receives() && !s[1].sends());
+        assert!(s[2].rejected && !s[2].receives(), "port 0 is not in use");
+        assert_eq!(
+            s[3].direction,
+            Direction::SendRecv,
+            "no attribute = sendrecv"
+        );
+        assert_eq!(s[4].media, Media::Other);
+    }
+
+    #[test]
+    fn a_session_level_direction_is_the_default() {
+        let s = sections(
+            "v=0\r\na=recvonly\r\nm=video 9 X 96\r\na=mid:a\r\nm=audio 9 X 0\r\na=mid:b\r\na=inactive\r\n",
+        );
+        assert_eq!(s[0].direction, Direction::RecvOnly);
+        assert_eq!(s[1].direction, Direction::Inactive);
+    }
+
+    #[test]
+    fn garbage_has_no_sections() {
+        assert!(sections("hello").is_empty());
+        assert!(sections("").is_empty());
+    }
+
+    const ANSWER: &str = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=msid:old-session old-track\r\n\
+        a=ssrc:11 cname:old-session\r\na=ssrc:11 msid:old-session old-track\r\na=sendonly\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=msid:gone t\r\na=ssrc:22 cname:gone\r\n\
+        a=ssrc:22 msid:gone t\r\na=inactive\r\n";
+
+    #[test]
+    fn answers_get_msid_semantic_current_msids_and_bare_inactive_sections() {
+        let current = HashMap::from([(
+            "0".to_owned(),
+            Msid {
+                stream: "s7".into(),
+                track: "s7-video-3".into(),
+            },
+        )]);
+        let out = polish_answer(ANSWER, &current);
+        assert!(out.contains("t=0 0\r\na=msid-semantic: WMS *\r\n"), "{out}");
+        assert!(out.contains("a=msid:s7 s7-video-3\r\n"), "{out}");
+        assert!(out.contains("a=ssrc:11 msid:s7 s7-video-3\r\n"), "{out}");
+        assert!(out.contains("a=ssrc:11 cname:old-session\r\n"), "{out}");
+        assert!(!out.contains("old-track"), "{out}");
+        let inactive = &out[out.find("a=mid:1").unwrap()..];
+        assert!(
+            !inactive.contains("a=ssrc") && !inactive.contains("a=msid:"),
+            "{out}"
+        );
+        assert!(inactive.contains("a=inactive"));
+        assert_eq!(sections(&out), sections(ANSWER), "sections are unchanged");
+        assert_eq!(
+            polish_answer(&out, &current),
+            out,
+            "polishing twice changes nothing"
+        );
+    }
+}
