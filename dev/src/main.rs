@@ -25,6 +25,17 @@ struct Args {
     /// rtcd's UDP media port.
     #[arg(long, default_value_t = 8443)]
     udp_port: u16,
+    /// A tracing filter for both services, e.g. `debug` or `info,rtcd::sfu=debug`. Without
+    /// it, `RUST_LOG` is used if set, else `info`.
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+/// The log filter: `--log-level`, else `RUST_LOG`, else `info` (the flag wins so a command
+/// line copied into a bug report means the same thing in any shell).
+fn log_level(flag: Option<String>, env: Option<String>) -> String {
+    flag.or(env.filter(|v| !v.trim().is_empty()))
+        .unwrap_or_else(|| "info".into())
 }
 
 fn main() -> ExitCode {
@@ -46,7 +57,10 @@ fn main() -> ExitCode {
         udp_port: args.udp_port,
     };
     let result = runtime.block_on(async {
-        rtcd::logging::init(&rtcd::config::LoggerConfig::default());
+        rtcd::logging::init(&rtcd::config::LoggerConfig {
+            level: log_level(args.log_level, std::env::var("RUST_LOG").ok()),
+            ..rtcd::config::LoggerConfig::default()
+        });
         let data_dir = options.data_dir.clone();
         let stack = rtcd_dev::start(options).await?;
         println!(
@@ -64,5 +78,31 @@ fn main() -> ExitCode {
             eprintln!("rtcd-dev: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_level_flag_then_rust_log_then_info() {
+        assert_eq!(
+            log_level(Some("debug".into()), Some("warn".into())),
+            "debug"
+        );
+        assert_eq!(
+            log_level(None, Some("warn,rtcd=debug".into())),
+            "warn,rtcd=debug"
+        );
+        assert_eq!(log_level(None, Some(" ".into())), "info");
+        assert_eq!(log_level(None, None), "info");
+    }
+
+    #[test]
+    fn flags_parse() {
+        let args = Args::parse_from(["rtcd-dev", "--log-level", "debug", "--loopback"]);
+        assert_eq!(args.log_level.as_deref(), Some("debug"));
+        assert!(Args::parse_from(["rtcd-dev"]).log_level.is_none());
     }
 }

@@ -34,6 +34,11 @@ pub enum CloseReason {
     MediaServerLost,
     /// The client stopped reading: a frame could not be written in `limits.send_timeout_seconds`.
     SlowClient,
+    /// The client's own media connection to the media server failed (rtcd closed the session
+    /// with "peer connection failed"); the media server is fine, so this is not
+    /// [`CloseReason::MediaServerLost`]: telling the user "the server is gone" would send them
+    /// looking in the wrong place (their network or TURN settings).
+    MediaConnectionFailed,
     /// The token was refused (or a refresh failed, or the token expired in session).
     Auth(AuthError),
 }
@@ -54,6 +59,7 @@ impl CloseReason {
             CloseReason::TooManySessions => 4007,
             CloseReason::MediaServerLost => 4008,
             CloseReason::SlowClient => 4009,
+            CloseReason::MediaConnectionFailed => 4010,
             CloseReason::Auth(e) => match e {
                 AuthError::Missing => 4100,
                 AuthError::Malformed(_) => 4101,
@@ -90,6 +96,7 @@ impl CloseReason {
             CloseReason::TooManySessions => "too_many_sessions",
             CloseReason::MediaServerLost => "media_server_lost",
             CloseReason::SlowClient => "slow_client",
+            CloseReason::MediaConnectionFailed => "media_connection_failed",
             CloseReason::Auth(e) => e.reason(),
         }
     }
@@ -109,6 +116,7 @@ impl CloseReason {
             CloseReason::TooManySessions,
             CloseReason::MediaServerLost,
             CloseReason::SlowClient,
+            CloseReason::MediaConnectionFailed,
             CloseReason::Auth(AuthError::Missing),
             CloseReason::Auth(AuthError::Malformed(String::new())),
             CloseReason::Auth(AuthError::TooLarge { size: 0, max: 0 }),

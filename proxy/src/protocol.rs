@@ -96,7 +96,8 @@ pub enum ClientMessage {
         /// The room to enter.
         room: String,
     },
-    /// An SDP offer (publishing, or renegotiating).
+    /// An SDP offer: the client makes every offer (after `joined`, to publish or unpublish,
+    /// and after each `negotiation_needed`).
     Offer {
         /// The SDP.
         sdp: String,
@@ -104,7 +105,8 @@ pub enum ClientMessage {
         #[serde(default)]
         tracks: BTreeMap<String, TrackSource>,
     },
-    /// An SDP answer to a server offer.
+    /// Obsolete: the media server never offers. Parsed (so an old client gets a clear
+    /// `bad_message` error instead of a closed connection) and refused.
     Answer {
         /// The SDP.
         sdp: String,
@@ -225,10 +227,13 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         request: Option<&'static str>,
     },
-    /// An SDP offer from the media server (new subscriptions).
-    Offer {
-        /// The SDP.
-        sdp: String,
+    /// The media server wants to send a different set of tracks: offer again with at least
+    /// this many receiving sections of each kind (docs/protocol.md section 4a).
+    NegotiationNeeded {
+        /// Receiving audio sections needed.
+        audio: u32,
+        /// Receiving video sections needed.
+        video: u32,
     },
     /// The media server's answer to the client's offer.
     Answer {
@@ -259,6 +264,9 @@ pub enum ServerMessage {
         track_id: String,
         /// What it is.
         source: TrackSource,
+        /// The media section of the preceding answer that carries it: clients map received
+        /// tracks by mid, because browsers do not keep the sender's track ids.
+        mid: String,
     },
     /// A participant stopped a track.
     TrackUnpublished {
@@ -312,7 +320,7 @@ impl ServerMessage {
         match self {
             ServerMessage::Joined { .. } => "joined",
             ServerMessage::Error { .. } => "error",
-            ServerMessage::Offer { .. } => "offer",
+            ServerMessage::NegotiationNeeded { .. } => "negotiation_needed",
             ServerMessage::Answer { .. } => "answer",
             ServerMessage::Candidate { .. } => "candidate",
             ServerMessage::ParticipantJoined { .. } => "participant_joined",
@@ -380,6 +388,31 @@ mod tests {
         assert_eq!(
             v,
             json!({"type":"error","code":"forbidden","message":"no","request":"offer"})
+        );
+    }
+
+    #[test]
+    fn negotiation_and_track_events_serialize_as_documented() {
+        let v =
+            serde_json::to_value(ServerMessage::NegotiationNeeded { audio: 2, video: 1 }).unwrap();
+        assert_eq!(v, json!({"type":"negotiation_needed","audio":2,"video":1}));
+        let v = serde_json::to_value(ServerMessage::TrackPublished {
+            identity: Identity::new("bob"),
+            track_id: "t1".into(),
+            source: TrackSource::ScreenAudio,
+            mid: "3".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"track_published","identity":"bob","track_id":"t1","source":"screen_audio","mid":"3"})
+        );
+        let m: ClientMessage =
+            serde_json::from_value(json!({"type":"answer","sdp":"v=0"})).unwrap();
+        assert_eq!(
+            m.kind(),
+            "answer",
+            "an obsolete answer parses, to be refused politely"
         );
     }
 

@@ -46,11 +46,6 @@ pub enum RelayCommand {
         /// Sources by mid.
         tracks: BTreeMap<String, TrackSource>,
     },
-    /// The client's answer to a media server offer.
-    Answer {
-        /// SDP.
-        sdp: String,
-    },
     /// A client ICE candidate.
     Candidate(Candidate),
     /// A source muted (`true`) or unmuted.
@@ -60,7 +55,8 @@ pub enum RelayCommand {
         /// Muted?
         muted: bool,
     },
-    /// Screen share announced on (`true`) or off.
+    /// Screen share announced on (`true`) or off. Off withdraws the screen and screen-audio
+    /// tracks; on needs nothing from rtcd (the offer's `tracks` name the screen's sections).
     ScreenShare(bool),
     /// Permissions changed after a token refresh.
     UpdateGrant(Grant),
@@ -71,15 +67,21 @@ pub enum RelayCommand {
 /// Media server events for one session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayEvent {
-    /// A media server offer (subscriptions changed).
-    Offer(String),
+    /// The media server wants to send a different set of tracks: the client should offer
+    /// again with at least this many receiving sections of each kind.
+    NegotiationNeeded {
+        /// Receiving audio sections needed.
+        audio: u32,
+        /// Receiving video sections needed.
+        video: u32,
+    },
     /// The answer to the client's offer.
     Answer(String),
     /// A media server ICE candidate.
     Candidate(Candidate),
-    /// Someone joined the room.
+    /// Someone is in the room (announced once per identity, whatever their session count).
     ParticipantJoined(Participant),
-    /// Someone left.
+    /// Someone left (their last session ended).
     ParticipantLeft(Identity),
     /// A track was published.
     TrackPublished {
@@ -89,6 +91,8 @@ pub enum RelayEvent {
         track_id: String,
         /// Source.
         source: TrackSource,
+        /// The media section (mid) of the client's SDP that carries it.
+        mid: String,
     },
     /// A track was removed.
     TrackUnpublished {
@@ -115,10 +119,20 @@ pub enum RelayEvent {
         /// Details from the media server.
         message: String,
     },
+    /// The media server closed the session; the event channel ends right after. Without
+    /// this event, a closed channel means the media server was lost.
+    Closed {
+        /// The media server's reason (`"peer connection failed"`, `"shutdown"`, ...).
+        reason: String,
+    },
 }
 
+/// The media server's `SessionClosed` reason when this session's own media connection failed
+/// (no ICE or DTLS traffic from the client); the media server itself is fine.
+pub const REASON_PEER_CONNECTION_FAILED: &str = "peer connection failed";
+
 /// A joined session's connection to its media server. When `events` ends without a `Leave`
-/// having been sent, the media server was lost.
+/// having been sent and without [`RelayEvent::Closed`], the media server was lost.
 #[derive(Debug)]
 pub struct RelayLink {
     /// Session -> media server.

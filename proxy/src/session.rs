@@ -29,7 +29,9 @@ use crate::limits::{AddressLimiter, Bucket};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::policy::{Capability, PolicyError, TrackSource, authorize_sdp};
 use crate::protocol::{Candidate, ClientMessage, Identity, RoomName, ServerMessage, SessionId};
-use crate::relay::{JoinRequest, Relay, RelayCommand, RelayEvent, RelayLink};
+use crate::relay::{
+    JoinRequest, REASON_PEER_CONNECTION_FAILED, Relay, RelayCommand, RelayEvent, RelayLink,
+};
 
 /// How long the proxy waits for the client's close frame after sending its own, so the
 /// client reads the close code instead of a connection reset.
@@ -193,6 +195,8 @@ struct Joined {
     offer_sent: Option<Instant>,
     _slot: UserSlot,
     warned: bool,
+    /// Why the media server ended the session, if it did (for the "session ended" log).
+    media_closed: Option<String>,
 }
 
 struct Session {
@@ -248,10 +252,23 @@ pub async fn run(
         }
     };
     let (reason, detail) = session.serve(tokens).await;
-    session.close(reason, detail).await;
+    let code = reason.code();
+    let label = reason.label();
+    session.close(reason, detail.clone()).await;
     if let Some(joined) = session.joined.take() {
         state.metrics.sessions.dec();
-        tracing::info!(session = %id, identity = %joined.grant.identity.as_str(), room = %joined.grant.room.as_str(), "session ended");
+        // Why, in one line: the close code and label, the detail the client was sent, and
+        // the media server's own reason when it ended the session.
+        tracing::info!(
+            session = %id,
+            identity = %joined.grant.identity.as_str(),
+            room = %joined.grant.room.as_str(),
+            code,
+            reason = label,
+            detail = detail.as_deref().unwrap_or(""),
+            media_reason = joined.media_closed.as_deref().unwrap_or(""),
+            "session ended"
+        );
     }
 }
 
@@ -576,6 +593,7 @@ impl Session {
             offer_sent: None,
             _slot: slot,
             warned: false,
+            media_closed: None,
         });
         Next::Continue
     }
@@ -618,10 +636,17 @@ impl Session {
                 Ok(_) => RelayCommand::Offer { sdp, tracks },
                 Err(e) => return self.refuse(e, kind).await,
             },
-            ClientMessage::Answer { sdp, tracks } => match authorize_sdp(&sdp, &tracks, &perms) {
-                Ok(_) => RelayCommand::Answer { sdp },
-                Err(e) => return self.refuse(e, kind).await,
-            },
+            ClientMessage::Answer { .. } => {
+                // An old client answering a server offer that can no longer come: say so
+                // instead of relaying SDP the media server would not expect.
+                self.error(
+                    "bad_message",
+                    "the media server never offers; see negotiation_needed".into(),
+                    Some(kind),
+                )
+                .await;
+                return Next::Continue;
+            }
             ClientMessage::Candidate {
                 candidate,
                 sdp_mid,
@@ -741,17 +766,13 @@ impl Session {
 
     async fn on_relay_event(&mut self, event: Option<RelayEvent>) -> Next {
         let Some(event) = event else {
-            if let Some(j) = self.joined.as_mut() {
-                j.link = None;
-            }
-            self.send(ServerMessage::MediaServerLost {
-                message: "the media server hosting this room is gone; rejoin".into(),
-            })
-            .await;
-            return Next::Close(CloseReason::MediaServerLost, None);
+            return self.media_closed(None).await;
         };
         let message = match event {
-            RelayEvent::Offer(sdp) => ServerMessage::Offer { sdp },
+            RelayEvent::Closed { reason } => return self.media_closed(Some(reason)).await,
+            RelayEvent::NegotiationNeeded { audio, video } => {
+                ServerMessage::NegotiationNeeded { audio, video }
+            }
             RelayEvent::Answer(sdp) => {
                 if let Some(sent) = self.joined.as_mut().and_then(|j| j.offer_sent.take()) {
                     self.state
@@ -770,10 +791,12 @@ impl Session {
                 identity,
                 track_id,
                 source,
+                mid,
             } => ServerMessage::TrackPublished {
                 identity,
                 track_id,
                 source,
+                mid,
             },
             RelayEvent::TrackUnpublished { identity, track_id } => {
                 ServerMessage::TrackUnpublished { identity, track_id }
@@ -795,6 +818,38 @@ impl Session {
         };
         self.send(message).await;
         Next::Continue
+    }
+}
+
+impl Session {
+    /// The media server ended this session's stream: `reason` is its `SessionClosed` reason,
+    /// `None` when the stream ended without one (the media server died or became unreachable).
+    /// Only "peer connection failed" is the client's own problem; everything else means the
+    /// media server is gone for this session and a rejoin places it again.
+    async fn media_closed(&mut self, reason: Option<String>) -> Next {
+        if let Some(j) = self.joined.as_mut() {
+            j.link = None;
+            j.media_closed = Some(reason.clone().unwrap_or_else(|| "stream lost".into()));
+        }
+        if reason.as_deref() == Some(REASON_PEER_CONNECTION_FAILED) {
+            return Next::Close(
+                CloseReason::MediaConnectionFailed,
+                Some(
+                    "your media connection to the media server failed (no ICE or DTLS traffic \
+                     got through); the media server is fine: rejoin, and check the network or \
+                     TURN settings if it happens again"
+                        .into(),
+                ),
+            );
+        }
+        let message = match reason {
+            Some(reason) if reason != "shutdown" => {
+                format!("the media server closed this session ({reason}); rejoin")
+            }
+            _ => "the media server hosting this room is gone; rejoin".into(),
+        };
+        self.send(ServerMessage::MediaServerLost { message }).await;
+        Next::Close(CloseReason::MediaServerLost, None)
     }
 }
 

@@ -8,10 +8,14 @@
 //   data-reason  the protocol label of the last problem (close label or error code), e.g.
 //                token_expired, token_wrong_room, media_unavailable, going_away
 //   data-joins   how many times the client joined (1 + successful reconnects)
+//   data-media   this client's media: connecting | connected | reconnecting | poor | failed
 // `error` with reason `media_unavailable` means: signaling works and the token was accepted,
 // but the proxy has no media server, so no call media can flow (the local preview still runs).
-// Each remote participant's camera + microphone play in <video data-participant="IDENTITY">
-// (screen shares in a second one with data-source="screen").
+// Every remote participant, publishing or not, has a tile
+// <figure data-participant="IDENTITY" data-media="connecting|connected|poor">; their camera +
+// microphone play in its <video data-participant="IDENTITY"> (screen shares in a second tile,
+// <figure data-screen-of="IDENTITY">, with <video data-participant="IDENTITY" data-source="screen">).
+// `window.rtcd` is the RtcdClient (docs/web-client.md, "Automation").
 
 import { RtcdClient, ErrorCode } from '/sdk/client.js';
 
@@ -24,6 +28,16 @@ const view = {
   sdk: 'connecting',
   /** @type {{reason: string, title: string, message: string, fatal: boolean}|null} */
   problem: null,
+  /** @type {string} the SDK's local media state */
+  media: 'connecting',
+};
+
+/** What "Connected" becomes while the call's media is not healthy. */
+const MEDIA_TEXT = {
+  connecting: 'Connected — media connecting…',
+  reconnecting: 'Connected — media reconnecting…',
+  poor: 'Connected — poor connection',
+  failed: 'Connected — media failed',
 };
 
 const PILL_TEXT = { connecting: 'Connecting…', connected: 'Connected', closed: 'Left', error: 'Error' };
@@ -38,10 +52,13 @@ function render() {
   if (view.sdk === 'reconnecting' && view.problem) state = 'connecting';
   body.dataset.state = state;
   body.dataset.reason = view.problem ? view.problem.reason : '';
+  body.dataset.media = view.media;
   const pill = $('state');
+  // Never "Connected" while the media is not: signaling alone is not a call.
+  const mediaNote = state === 'connected' && MEDIA_TEXT[view.media];
   pill.textContent = view.sdk === 'reconnecting' ? 'Reconnecting…'
-    : view.problem && view.problem.reason === 'no_room' ? 'Not joined' : PILL_TEXT[state];
-  pill.className = `pill ${state}`;
+    : view.problem && view.problem.reason === 'no_room' ? 'Not joined' : mediaNote || PILL_TEXT[state];
+  pill.className = `pill ${state}${mediaNote ? ` media-${view.media}` : ''}`;
   const banner = $('banner');
   banner.hidden = !view.problem;
   if (view.problem) {
@@ -108,6 +125,13 @@ function makeTile(identity, label, source) {
   const tile = document.createElement('figure');
   tile.className = source === 'screen' ? 'tile screen' : 'tile';
   tile.dataset.identity = identity;
+  // Only the participant's own tile answers figure[data-participant=…]; a screen tile says
+  // whose screen it is.
+  if (source === 'screen') tile.dataset.screenOf = identity;
+  else {
+    tile.dataset.participant = identity;
+    tile.dataset.media = 'connecting';
+  }
   const video = document.createElement('video');
   video.autoplay = true;
   video.playsInline = true;
@@ -122,7 +146,9 @@ function makeTile(identity, label, source) {
   name.textContent = source === 'screen' ? `${label} (screen)` : label;
   const badges = document.createElement('span');
   badges.className = 'badges';
-  caption.append(name, badges);
+  const health = document.createElement('span');
+  health.className = 'health';
+  caption.append(name, badges, health);
   tile.append(video, avatar, caption);
   $('grid').append(tile);
   updateGrid();
@@ -140,6 +166,16 @@ function tileFor(identity, name) {
     entry.tile.querySelector('.name').textContent = name;
   }
   return entry;
+}
+
+const HEALTH_TEXT = { connecting: 'connecting…', connected: '', poor: 'poor connection' };
+
+/** @param {string} identity @param {string} media */
+function setTileMedia(identity, media) {
+  const entry = tiles.get(identity);
+  if (!entry) return;
+  entry.tile.dataset.media = media;
+  entry.tile.querySelector('.health').textContent = HEALTH_TEXT[media] ?? media;
 }
 
 function removeTile(identity) {
@@ -274,6 +310,12 @@ function wireClient(client) {
   client.addEventListener('participantjoined', (e) => {
     tileFor(e.detail.identity, e.detail.name);
     setBadges(e.detail.identity, e.detail);
+    setTileMedia(e.detail.identity, e.detail.media || 'connecting');
+  });
+  client.addEventListener('participantmedia', (e) => setTileMedia(e.detail.identity, e.detail.state));
+  client.addEventListener('mediastate', (e) => {
+    view.media = e.detail.state;
+    render();
   });
   client.addEventListener('participantleft', (e) => removeTile(e.detail.identity));
   client.addEventListener('track', (e) => {
@@ -391,13 +433,11 @@ async function main() {
     }
     getToken = () => devToken(room, name);
   }
-  // `?polite=0` makes this page the impolite side of perfect negotiation (for experiments and
-  // tests); by default it is polite, because rtcd is the impolite peer.
-  const polite = params.get('polite') !== '0';
-  const client = new RtcdClient({ room, token, getToken, polite });
+  const client = new RtcdClient({ room, token, getToken });
   wireClient(client);
   wireControls(client);
-  // For debugging from the console (and for tests reading getStats()).
+  // The automation entry point (docs/web-client.md): tests read `remoteTracks`,
+  // `mediaState`, `participants` and `peerConnection.getStats()` through it.
   window.rtcd = client;
   let info;
   try {

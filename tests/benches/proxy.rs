@@ -130,6 +130,7 @@ async fn relay_overhead(rounds: usize) -> anyhow::Result<()> {
     let offer = || pb::ClientSignal {
         signal: Some(pb::client_signal::Signal::Offer(pb::SessionDescription {
             sdp: sdp.into(),
+            tracks: Default::default(),
         })),
     };
     let mut samples = Vec::with_capacity(rounds);

@@ -3,9 +3,10 @@
 //! and a sender for the events the media server would push.
 //!
 //! The real path (proxy -> rtcd relay -> rtcd) is covered by the `relay`, `dev` and browser
-//! call tests; this stand-in is for what a real rtcd cannot be made to do on cue: exact glare
-//! timing, scripted room events, a server offer at a chosen moment, and the loss of the media
-//! server (drop [`FarEnd::events`]).
+//! call tests; this stand-in is for what a real rtcd cannot be made to do on cue: scripted room
+//! events, a `negotiation_needed` at a chosen moment, an answer that never comes, a session
+//! closed with a chosen reason ([`RelayEvent::Closed`]), and the loss of the media server (drop
+//! [`FarEnd::events`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -14,8 +14,10 @@
 //! * Sessions: rtcd session IDs are `<instance>-<proxy session>` with a random instance part,
 //!   so replicas sharing one client ID never collide in rtcd's tenant namespace.
 //!
-//! When a stream ends without the client having left (rtcd died, drained, or closed the
-//! session), the event channel closes and the session reports `media_server_lost`.
+//! rtcd's `SessionClosed` reaches the session as [`RelayEvent::Closed`] with its reason (the
+//! session tells a failed media connection from a lost media server by it). When a stream ends
+//! without one (rtcd died or became unreachable), the event channel just closes and the session
+//! reports `media_server_lost`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -450,7 +452,7 @@ impl RtcdRelay {
                     }),
                 )) => {
                     tracing::debug!(session = %request.session, rtcd_session = %session_id, host = %key, "joined on rtcd");
-                    return Ok(spawn_pumps(to_rtcd, inbound));
+                    return Ok(spawn_pumps(to_rtcd, inbound, session_id));
                 }
                 Ok((
                     _,
@@ -523,42 +525,57 @@ fn status_to_error(status: &tonic::Status) -> RelayError {
     }
 }
 
+/// How long, after relaying `Leave`, the event pump keeps reading rtcd's stream (until its
+/// `SessionClosed` or end) before dropping it: dropping a gRPC response stream resets the
+/// HTTP/2 stream, and a reset can overtake the `Leave` still queued on its way to rtcd, which
+/// then logs the session as "disconnected" instead of "leave".
+const LEAVE_DRAIN: Duration = Duration::from_secs(2);
+
 /// Starts the two halves of a joined session's stream and returns the session's ends.
+/// `own_session` is this session's rtcd session ID (rtcd's participant events about it are
+/// not relayed: a client is not its own remote participant).
 fn spawn_pumps(
     to_rtcd: mpsc::Sender<pb::ClientSignal>,
     mut inbound: tonic::Streaming<pb::ServerSignal>,
+    own_session: String,
 ) -> RelayLink {
     let (commands, mut command_rx) = mpsc::channel::<RelayCommand>(LINK_CAPACITY);
     let (event_tx, events) = mpsc::channel::<RelayEvent>(LINK_CAPACITY);
+    // Whether the command pump relayed a `Leave`, known once it has stopped.
+    let (left_tx, left_rx) = tokio::sync::oneshot::channel::<bool>();
     tokio::spawn(async move {
-        let mut screen_pending = false;
+        let mut left = false;
         while let Some(command) = command_rx.recv().await {
             let leaving = matches!(command, RelayCommand::Leave);
-            for signal in translate_command(command, &mut screen_pending) {
-                if to_rtcd
-                    .send(pb::ClientSignal {
-                        signal: Some(signal),
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+            let Some(signal) = translate_command(command) else {
+                continue;
+            };
+            if to_rtcd
+                .send(pb::ClientSignal {
+                    signal: Some(signal),
+                })
+                .await
+                .is_err()
+            {
+                break;
             }
             if leaving {
-                return;
+                left = true;
+                break;
             }
         }
-        // The session is gone: dropping `to_rtcd` ends the request stream and rtcd removes it.
+        let _ = left_tx.send(left);
+        // Dropping `to_rtcd` ends the request stream: after a Leave rtcd has already closed
+        // the session, otherwise it removes it as "disconnected".
     });
     tokio::spawn(async move {
-        let mut speaking: BTreeSet<(String, String)> = BTreeSet::new();
-        // rtcd knows participants by their tracks: a user's first track means they are here,
-        // their last withdrawn track that they left.
-        let mut tracks_by_user: HashMap<String, BTreeSet<String>> = HashMap::new();
+        let mut translator = EventTranslator::new(own_session);
         loop {
             let message = tokio::select! {
-                _ = event_tx.closed() => return,
+                _ = event_tx.closed() => {
+                    drain_after_leave(&mut inbound, left_rx).await;
+                    return;
+                }
                 m = inbound.message() => m,
             };
             let signal = match message {
@@ -572,160 +589,197 @@ fn spawn_pumps(
                     return;
                 }
             };
-            let event = match signal {
-                pb::server_signal::Signal::Joined(_) => continue,
-                pb::server_signal::Signal::Answer(d) => RelayEvent::Answer(d.sdp),
-                // Interim (the proxy's relay of the new negotiation lands separately).
-                pb::server_signal::Signal::NegotiationNeeded(_)
-                | pb::server_signal::Signal::ParticipantJoined(_)
-                | pb::server_signal::Signal::ParticipantLeft(_) => continue,
-                pb::server_signal::Signal::Candidate(c) => RelayEvent::Candidate(Candidate {
-                    candidate: c.candidate,
-                    sdp_mid: c.sdp_mid,
-                    sdp_mline_index: c.sdp_mline_index.and_then(|i| u16::try_from(i).ok()),
-                    username_fragment: None,
-                }),
-                pb::server_signal::Signal::TrackPublished(t) => {
-                    let Some(source) = source_of(t.kind()) else {
-                        continue;
-                    };
-                    let tracks = tracks_by_user.entry(t.user_id.clone()).or_default();
-                    if tracks.is_empty() {
-                        let joined = RelayEvent::ParticipantJoined(Participant {
-                            identity: Identity::new(t.user_id.clone()),
-                            name: (!t.display_name.is_empty()).then(|| t.display_name.clone()),
-                            role: None,
-                        });
-                        if event_tx.send(joined).await.is_err() {
-                            return;
-                        }
-                    }
-                    tracks.insert(t.track_id.clone());
-                    RelayEvent::TrackPublished {
-                        identity: Identity::new(t.user_id),
-                        track_id: t.track_id,
-                        source,
-                    }
-                }
-                pb::server_signal::Signal::TrackRemoved(t) => {
-                    let removed = RelayEvent::TrackUnpublished {
-                        identity: Identity::new(t.user_id.clone()),
-                        track_id: t.track_id.clone(),
-                    };
-                    if event_tx.send(removed).await.is_err() {
-                        return;
-                    }
-                    let left = tracks_by_user.get_mut(&t.user_id).is_some_and(|tracks| {
-                        tracks.remove(&t.track_id);
-                        tracks.is_empty()
-                    });
-                    if !left {
-                        continue;
-                    }
-                    tracks_by_user.remove(&t.user_id);
-                    RelayEvent::ParticipantLeft(Identity::new(t.user_id))
-                }
-                pb::server_signal::Signal::VoiceActivity(v) => {
-                    let key = (v.session_id, v.user_id);
-                    if v.speaking {
-                        speaking.insert(key);
-                    } else {
-                        speaking.remove(&key);
-                    }
-                    let mut speakers: Vec<Identity> = Vec::new();
-                    for (_, user) in &speaking {
-                        if !speakers.iter().any(|s| s.as_str() == user) {
-                            speakers.push(Identity::new(user.clone()));
-                        }
-                    }
-                    RelayEvent::VoiceActivity(speakers)
-                }
-                pb::server_signal::Signal::MuteChanged(m) => match source_of(m.kind()) {
-                    Some(source) => RelayEvent::MuteChanged {
-                        identity: Identity::new(m.user_id),
-                        source,
-                        muted: m.muted,
-                    },
-                    None => continue,
-                },
-                pb::server_signal::Signal::Error(e) => RelayEvent::Error {
-                    code: error_label(e.code),
-                    message: e.message,
-                },
-                pb::server_signal::Signal::SessionClosed(c) => {
-                    tracing::debug!(reason = %c.reason, "rtcd closed the session");
+            for event in translator.translate(signal) {
+                let closed = matches!(event, RelayEvent::Closed { .. });
+                if event_tx.send(event).await.is_err() || closed {
                     return;
                 }
-            };
-            if event_tx.send(event).await.is_err() {
-                return;
             }
         }
     });
     RelayLink { commands, events }
 }
 
-/// One client command as zero or more rtcd signals.
-fn translate_command(
-    command: RelayCommand,
-    screen_pending: &mut bool,
-) -> Vec<pb::client_signal::Signal> {
-    use pb::client_signal::Signal;
-    match command {
-        RelayCommand::Offer { sdp, tracks } => {
-            let mut out = Vec::new();
-            if *screen_pending
-                && let Some(track_id) = tracks
-                    .iter()
-                    .find(|(_, s)| **s == TrackSource::Screen)
-                    .and_then(|(mid, _)| msid_track(&sdp, mid))
-            {
-                *screen_pending = false;
-                out.push(Signal::ScreenShare(pb::ScreenShare { on: true, track_id }));
+/// Once the session has dropped its events: if it left, keep reading rtcd's stream until
+/// rtcd closes it (bounded by [`LEAVE_DRAIN`]) so the `Leave` is read before the stream ends.
+async fn drain_after_leave(
+    inbound: &mut tonic::Streaming<pb::ServerSignal>,
+    left: tokio::sync::oneshot::Receiver<bool>,
+) {
+    let _ = tokio::time::timeout(LEAVE_DRAIN, async {
+        if left.await != Ok(true) {
+            return;
+        }
+        while let Ok(Some(m)) = inbound.message().await {
+            if matches!(m.signal, Some(pb::server_signal::Signal::SessionClosed(_))) {
+                return;
             }
-            out.push(Signal::Offer(pb::SessionDescription {
-                sdp,
-                tracks: Default::default(),
-            }));
-            out
         }
-        RelayCommand::Answer { .. } => Vec::new(),
-        RelayCommand::Candidate(c) => vec![Signal::Candidate(pb::IceCandidate {
-            candidate: c.candidate,
-            sdp_mid: c.sdp_mid,
-            sdp_mline_index: c.sdp_mline_index.map(u32::from),
-        })],
-        RelayCommand::Mute { source, muted } => {
-            let kind = match source {
-                TrackSource::Microphone => pb::TrackKind::Audio,
-                TrackSource::Camera => pb::TrackKind::Video,
-                TrackSource::Screen => pb::TrackKind::Screen,
-                // rtcd has no separate screen-audio kind yet: nothing to mute there.
-                TrackSource::ScreenAudio => return Vec::new(),
-            };
-            vec![Signal::Mute(pb::Mute {
-                kind: kind as i32,
-                muted,
-            })]
+    })
+    .await;
+}
+
+/// rtcd's events for one session as the session's [`RelayEvent`]s, with the state that takes:
+/// the current speakers (rtcd reports each session's changes, clients get the whole list) and
+/// the sessions of each user (rtcd announces sessions, clients see identities).
+struct EventTranslator {
+    own_session: String,
+    speaking: BTreeSet<(String, String)>,
+    /// user ID -> that user's sessions in the call (other than this one).
+    sessions_by_user: HashMap<String, BTreeSet<String>>,
+}
+
+impl EventTranslator {
+    fn new(own_session: String) -> Self {
+        Self {
+            own_session,
+            speaking: BTreeSet::new(),
+            sessions_by_user: HashMap::new(),
         }
-        RelayCommand::ScreenShare(true) => {
-            *screen_pending = true;
-            Vec::new()
-        }
-        RelayCommand::ScreenShare(false) => {
-            *screen_pending = false;
-            vec![Signal::ScreenShare(pb::ScreenShare {
-                on: false,
-                track_id: String::new(),
-            })]
-        }
-        // Permissions travel with the join; rtcd has no in-session update yet, and the proxy
-        // keeps enforcing the refreshed grant on every message.
-        RelayCommand::UpdateGrant(_) => Vec::new(),
-        RelayCommand::Leave => vec![Signal::Leave(pb::Leave {})],
+    }
+
+    /// Zero or more events for one rtcd signal. [`RelayEvent::Closed`] is always last.
+    fn translate(&mut self, signal: pb::server_signal::Signal) -> Vec<RelayEvent> {
+        use pb::server_signal::Signal;
+        let event = match signal {
+            Signal::Joined(_) => return Vec::new(),
+            Signal::Answer(d) => RelayEvent::Answer(d.sdp),
+            Signal::NegotiationNeeded(n) => RelayEvent::NegotiationNeeded {
+                audio: n.audio,
+                video: n.video,
+            },
+            Signal::Candidate(c) => RelayEvent::Candidate(Candidate {
+                candidate: c.candidate,
+                sdp_mid: c.sdp_mid,
+                sdp_mline_index: c.sdp_mline_index.and_then(|i| u16::try_from(i).ok()),
+                username_fragment: None,
+            }),
+            Signal::ParticipantJoined(p) => {
+                if p.session_id == self.own_session {
+                    return Vec::new();
+                }
+                let sessions = self.sessions_by_user.entry(p.user_id.clone()).or_default();
+                let first = sessions.is_empty();
+                sessions.insert(p.session_id);
+                if !first {
+                    return Vec::new();
+                }
+                RelayEvent::ParticipantJoined(Participant {
+                    identity: Identity::new(p.user_id),
+                    name: (!p.display_name.is_empty()).then_some(p.display_name),
+                    role: None,
+                })
+            }
+            Signal::ParticipantLeft(p) => {
+                let Some(sessions) = self.sessions_by_user.get_mut(&p.user_id) else {
+                    return Vec::new();
+                };
+                if !sessions.remove(&p.session_id) || !sessions.is_empty() {
+                    return Vec::new();
+                }
+                self.sessions_by_user.remove(&p.user_id);
+                self.speaking.retain(|(_, user)| *user != p.user_id);
+                RelayEvent::ParticipantLeft(Identity::new(p.user_id))
+            }
+            Signal::TrackPublished(t) => {
+                let Some(source) = source_of(t.kind()) else {
+                    tracing::debug!(kind = t.kind, "track of an unknown kind not relayed");
+                    return Vec::new();
+                };
+                RelayEvent::TrackPublished {
+                    identity: Identity::new(t.user_id),
+                    track_id: t.track_id,
+                    source,
+                    mid: t.mid,
+                }
+            }
+            Signal::TrackRemoved(t) => RelayEvent::TrackUnpublished {
+                identity: Identity::new(t.user_id),
+                track_id: t.track_id,
+            },
+            Signal::VoiceActivity(v) => {
+                let key = (v.session_id, v.user_id);
+                if v.speaking {
+                    self.speaking.insert(key);
+                } else {
+                    self.speaking.remove(&key);
+                }
+                let mut speakers: Vec<Identity> = Vec::new();
+                for (_, user) in &self.speaking {
+                    if !speakers.iter().any(|s| s.as_str() == user) {
+                        speakers.push(Identity::new(user.clone()));
+                    }
+                }
+                RelayEvent::VoiceActivity(speakers)
+            }
+            Signal::MuteChanged(m) => match source_of(m.kind()) {
+                Some(source) => RelayEvent::MuteChanged {
+                    identity: Identity::new(m.user_id),
+                    source,
+                    muted: m.muted,
+                },
+                None => return Vec::new(),
+            },
+            Signal::Error(e) => RelayEvent::Error {
+                code: error_label(e.code),
+                message: e.message,
+            },
+            Signal::SessionClosed(c) => {
+                tracing::debug!(reason = %c.reason, "rtcd closed the session");
+                RelayEvent::Closed { reason: c.reason }
+            }
+        };
+        vec![event]
     }
 }
 
+/// One client command as the rtcd signal it maps to, if any.
+fn translate_command(command: RelayCommand) -> Option<pb::client_signal::Signal> {
+    use pb::client_signal::Signal;
+    Some(match command {
+        RelayCommand::Offer { sdp, tracks } => Signal::Offer(pb::SessionDescription {
+            sdp,
+            tracks: tracks
+                .into_iter()
+                .map(|(mid, source)| (mid, kind_of(source) as i32))
+                .collect(),
+        }),
+        RelayCommand::Candidate(c) => Signal::Candidate(pb::IceCandidate {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_mline_index.map(u32::from),
+        }),
+        RelayCommand::Mute { source, muted } => Signal::Mute(pb::Mute {
+            kind: kind_of(source) as i32,
+            muted,
+        }),
+        // The offer's `tracks` name the screen's sections; nothing to announce beforehand.
+        RelayCommand::ScreenShare(true) => return None,
+        RelayCommand::ScreenShare(false) => Signal::ScreenShare(pb::ScreenShare {
+            on: false,
+            track_id: String::new(),
+        }),
+        RelayCommand::UpdateGrant(grant) => Signal::UpdatePermissions(pb::Permissions {
+            publish_audio: grant.permissions.publish_audio,
+            publish_video: grant.permissions.publish_video,
+            publish_screen: grant.permissions.publish_screen,
+            subscribe: grant.permissions.subscribe,
+        }),
+        RelayCommand::Leave => Signal::Leave(pb::Leave {}),
+    })
+}
+
+/// The rtcd kind of a client source.
+fn kind_of(source: TrackSource) -> pb::TrackKind {
+    match source {
+        TrackSource::Microphone => pb::TrackKind::Audio,
+        TrackSource::Camera => pb::TrackKind::Video,
+        TrackSource::Screen => pb::TrackKind::Screen,
+        TrackSource::ScreenAudio => pb::TrackKind::ScreenAudio,
+    }
+}
+
+/// The client source of an rtcd kind.
 fn source_of(kind: pb::TrackKind) -> Option<TrackSource> {
     match kind {
         pb::TrackKind::Audio => Some(TrackSource::Microphone),
@@ -747,77 +801,264 @@ fn error_label(code: i32) -> &'static str {
     }
 }
 
-/// The MediaStreamTrack id (`a=msid:<stream> <track>`) of the media section with `mid`.
-fn msid_track(sdp: &str, mid: &str) -> Option<String> {
-    let mut in_section = false;
-    let mut section_mid = None;
-    let mut section_track = None;
-    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
-        if line.starts_with("m=") {
-            if in_section && section_mid.as_deref() == Some(mid) {
-                return section_track;
-            }
-            in_section = true;
-            section_mid = None;
-            section_track = None;
-        } else if let Some(m) = line.strip_prefix("a=mid:") {
-            section_mid = Some(m.trim().to_owned());
-        } else if let Some(msid) = line.strip_prefix("a=msid:") {
-            section_track = msid.split_whitespace().nth(1).map(str::to_owned);
-        }
-    }
-    (in_section && section_mid.as_deref() == Some(mid))
-        .then_some(section_track)
-        .flatten()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::REASON_PEER_CONNECTION_FAILED;
+    use pb::server_signal::Signal;
 
-    const SDP: &str = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
-        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=msid:stream mic-track\r\n\
-        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=msid:stream cam-track\r\n\
-        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=msid:screenstream screen-track\r\n";
-
-    #[test]
-    fn msid_of_each_section() {
-        assert_eq!(msid_track(SDP, "0").as_deref(), Some("mic-track"));
-        assert_eq!(msid_track(SDP, "2").as_deref(), Some("screen-track"));
-        assert_eq!(msid_track(SDP, "9"), None);
+    fn participant(session: &str, user: &str, name: &str) -> pb::ParticipantEvent {
+        pb::ParticipantEvent {
+            session_id: session.into(),
+            user_id: user.into(),
+            display_name: name.into(),
+        }
     }
 
     #[test]
-    fn screen_share_is_announced_with_its_track_before_the_offer() {
-        let mut pending = false;
-        assert!(translate_command(RelayCommand::ScreenShare(true), &mut pending).is_empty());
-        let tracks = [("2".to_owned(), TrackSource::Screen)]
-            .into_iter()
-            .collect();
-        let out = translate_command(
-            RelayCommand::Offer {
-                sdp: SDP.into(),
-                tracks,
-            },
-            &mut pending,
+    fn offer_carries_declared_sources_as_track_kinds() {
+        let tracks = [
+            ("0", TrackSource::Microphone),
+            ("1", TrackSource::Camera),
+            ("2", TrackSource::Screen),
+            ("3", TrackSource::ScreenAudio),
+        ]
+        .into_iter()
+        .map(|(m, s)| (m.to_owned(), s))
+        .collect();
+        let Some(pb::client_signal::Signal::Offer(d)) = translate_command(RelayCommand::Offer {
+            sdp: "v=0\r\n".into(),
+            tracks,
+        }) else {
+            panic!("an offer is relayed as an offer");
+        };
+        assert_eq!(d.sdp, "v=0\r\n");
+        let mut kinds: Vec<(&str, i32)> = d.tracks.iter().map(|(m, k)| (m.as_str(), *k)).collect();
+        kinds.sort_unstable();
+        assert_eq!(
+            kinds,
+            [
+                ("0", pb::TrackKind::Audio as i32),
+                ("1", pb::TrackKind::Video as i32),
+                ("2", pb::TrackKind::Screen as i32),
+                ("3", pb::TrackKind::ScreenAudio as i32),
+            ]
         );
-        assert_eq!(out.len(), 2);
-        assert!(
-            matches!(&out[0], pb::client_signal::Signal::ScreenShare(s) if s.on && s.track_id == "screen-track")
+    }
+
+    #[test]
+    fn screen_share_start_sends_nothing_and_stop_withdraws() {
+        assert_eq!(translate_command(RelayCommand::ScreenShare(true)), None);
+        assert_eq!(
+            translate_command(RelayCommand::ScreenShare(false)),
+            Some(pb::client_signal::Signal::ScreenShare(pb::ScreenShare {
+                on: false,
+                track_id: String::new()
+            }))
         );
-        assert!(matches!(&out[1], pb::client_signal::Signal::Offer(_)));
-        assert!(!pending);
-        let out = translate_command(
-            RelayCommand::Offer {
-                sdp: SDP.into(),
-                tracks: Default::default(),
+    }
+
+    #[test]
+    fn screen_audio_mute_is_relayed_with_its_own_kind() {
+        assert_eq!(
+            translate_command(RelayCommand::Mute {
+                source: TrackSource::ScreenAudio,
+                muted: true
+            }),
+            Some(pb::client_signal::Signal::Mute(pb::Mute {
+                kind: pb::TrackKind::ScreenAudio as i32,
+                muted: true
+            }))
+        );
+    }
+
+    #[test]
+    fn refreshed_grant_becomes_update_permissions() {
+        let grant = crate::auth::Grant {
+            identity: Identity::new("alice"),
+            tenant: None,
+            name: None,
+            room: crate::protocol::RoomName::parse("r").unwrap(),
+            role: crate::policy::Role::Member,
+            permissions: crate::policy::Permissions {
+                publish_audio: true,
+                publish_video: false,
+                publish_screen: true,
+                subscribe: true,
             },
-            &mut pending,
+            expires_at: 0,
+            key_id: String::new(),
+        };
+        assert_eq!(
+            translate_command(RelayCommand::UpdateGrant(grant)),
+            Some(pb::client_signal::Signal::UpdatePermissions(
+                pb::Permissions {
+                    publish_audio: true,
+                    publish_video: false,
+                    publish_screen: true,
+                    subscribe: true,
+                }
+            ))
         );
         assert_eq!(
-            out.len(),
-            1,
-            "no announcement without a pending screen share"
+            translate_command(RelayCommand::Leave),
+            Some(pb::client_signal::Signal::Leave(pb::Leave {}))
+        );
+    }
+
+    #[test]
+    fn negotiation_needed_answer_and_closed_translate() {
+        let mut t = EventTranslator::new("me".into());
+        assert_eq!(
+            t.translate(Signal::NegotiationNeeded(pb::NegotiationNeeded {
+                audio: 2,
+                video: 3
+            })),
+            [RelayEvent::NegotiationNeeded { audio: 2, video: 3 }]
+        );
+        assert_eq!(
+            t.translate(Signal::Answer(pb::SessionDescription {
+                sdp: "v=0".into(),
+                tracks: Default::default()
+            })),
+            [RelayEvent::Answer("v=0".into())]
+        );
+        assert_eq!(
+            t.translate(Signal::SessionClosed(pb::SessionClosed {
+                reason: "peer connection failed".into()
+            })),
+            [RelayEvent::Closed {
+                reason: REASON_PEER_CONNECTION_FAILED.into()
+            }]
+        );
+    }
+
+    #[test]
+    fn track_events_carry_mid_and_screen_audio() {
+        let mut t = EventTranslator::new("me".into());
+        let event = |kind: pb::TrackKind| pb::TrackEvent {
+            session_id: "s2".into(),
+            user_id: "bob".into(),
+            kind: kind as i32,
+            track_id: "t9".into(),
+            display_name: "Bob".into(),
+            mid: "4".into(),
+        };
+        assert_eq!(
+            t.translate(Signal::TrackPublished(event(pb::TrackKind::ScreenAudio))),
+            [RelayEvent::TrackPublished {
+                identity: Identity::new("bob"),
+                track_id: "t9".into(),
+                source: TrackSource::ScreenAudio,
+                mid: "4".into(),
+            }]
+        );
+        assert!(
+            t.translate(Signal::TrackPublished(event(pb::TrackKind::Unspecified)))
+                .is_empty()
+        );
+        assert_eq!(
+            t.translate(Signal::TrackRemoved(event(pb::TrackKind::Video))),
+            [RelayEvent::TrackUnpublished {
+                identity: Identity::new("bob"),
+                track_id: "t9".into(),
+            }]
+        );
+        assert_eq!(
+            t.translate(Signal::MuteChanged(pb::MuteEvent {
+                session_id: "s2".into(),
+                user_id: "bob".into(),
+                kind: pb::TrackKind::ScreenAudio as i32,
+                muted: true,
+            })),
+            [RelayEvent::MuteChanged {
+                identity: Identity::new("bob"),
+                source: TrackSource::ScreenAudio,
+                muted: true,
+            }]
+        );
+    }
+
+    #[test]
+    fn participants_are_announced_once_per_identity_and_leave_with_their_last_session() {
+        let mut t = EventTranslator::new("me".into());
+        // Our own session is not a remote participant.
+        assert!(
+            t.translate(Signal::ParticipantJoined(participant("me", "alice", "A")))
+                .is_empty()
+        );
+        // A listener who publishes nothing is announced.
+        assert_eq!(
+            t.translate(Signal::ParticipantJoined(participant("s2", "bob", "Bob"))),
+            [RelayEvent::ParticipantJoined(Participant {
+                identity: Identity::new("bob"),
+                name: Some("Bob".into()),
+                role: None,
+            })]
+        );
+        // Bob's second device: same identity, not announced again.
+        assert!(
+            t.translate(Signal::ParticipantJoined(participant("s3", "bob", "Bob")))
+                .is_empty()
+        );
+        // A nameless participant has no name.
+        assert_eq!(
+            t.translate(Signal::ParticipantJoined(participant("s4", "carol", ""))),
+            [RelayEvent::ParticipantJoined(Participant {
+                identity: Identity::new("carol"),
+                name: None,
+                role: None,
+            })]
+        );
+        // Bob's first session leaves: he is still here.
+        assert!(
+            t.translate(Signal::ParticipantLeft(participant("s2", "bob", "Bob")))
+                .is_empty()
+        );
+        // An unknown session leaving changes nothing.
+        assert!(
+            t.translate(Signal::ParticipantLeft(participant("s9", "bob", "Bob")))
+                .is_empty()
+        );
+        assert!(
+            t.translate(Signal::ParticipantLeft(participant("s9", "dave", "")))
+                .is_empty()
+        );
+        // His last session leaves: he left.
+        assert_eq!(
+            t.translate(Signal::ParticipantLeft(participant("s3", "bob", "Bob"))),
+            [RelayEvent::ParticipantLeft(Identity::new("bob"))]
+        );
+        // And may come back.
+        assert_eq!(
+            t.translate(Signal::ParticipantJoined(participant("s5", "bob", "Bob")))
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn speakers_are_identities_once_each() {
+        let mut t = EventTranslator::new("me".into());
+        let va = |session: &str, user: &str, speaking| {
+            Signal::VoiceActivity(pb::VoiceActivity {
+                session_id: session.into(),
+                user_id: user.into(),
+                speaking,
+            })
+        };
+        t.translate(va("s2", "bob", true));
+        assert_eq!(
+            t.translate(va("s3", "bob", true)),
+            [RelayEvent::VoiceActivity(vec![Identity::new("bob")])]
+        );
+        assert_eq!(
+            t.translate(va("s2", "bob", false)),
+            [RelayEvent::VoiceActivity(vec![Identity::new("bob")])]
+        );
+        assert_eq!(
+            t.translate(va("s3", "bob", false)),
+            [RelayEvent::VoiceActivity(vec![])]
         );
     }
 }

@@ -6,24 +6,33 @@
 //  * connects to the proxy, joins a room with a JWT, keeps the session alive (app-level pings
 //    on top of the browser's WebSocket pongs), refreshes the token on `token_expiring` through
 //    a callback the application provides;
-//  * publishes microphone / camera / screen on one RTCPeerConnection, declaring each sending
-//    section's source in `tracks` (mid -> source) as the proxy's permission policy expects;
-//  * negotiates "perfect negotiation" style: both sides may offer at any time. rtcd is the
-//    impolite peer (on glare it refuses the client's offer with an error and keeps its own),
-//    so this side is polite by default: it rolls its offer back, answers, and offers again;
+//  * makes every offer (protocol section 4a): right after `joined`, whenever it publishes or
+//    stops publishing, and after each `negotiation_needed`, for which it first adds `recvonly`
+//    transceivers until it has as many receiving audio / video sections as the media server
+//    asked for. The media server only answers, so there is no glare and one ICE role
+//    assignment (browsers switch roles when they answer a renegotiation offer);
+//  * publishes microphone / camera / screen / screen audio, declaring each sending section's
+//    source in `tracks` (mid -> source) as the proxy's permission policy expects;
+//  * maps received tracks by the transceiver's mid (`track_published.mid`), never by
+//    `MediaStreamTrack.id` (Firefox gives received tracks random ids, and sections are reused
+//    for later tracks: a reused section ends the old publisher's track and starts the new one's);
 //  * trickles ICE both ways;
-//  * reports remote participants, their tracks (matched by `track_published`'s track_id, which
-//    is the msid track id, i.e. `MediaStreamTrack.id` on the receiving side), mute and
-//    speaking state as events;
+//  * watches media health (getStats every 2 s): a local media state and one per remote
+//    participant (see `MediaState`);
+//  * never wedges on the browser: each (re)connection gets a fresh message queue, every await
+//    on the peer connection is bounded (10 s) and abandoned when the peer connection closes;
+//    a step that does not settle, or an offer that gets no answer, reports
+//    `negotiation_failed` and reconnects;
 //  * surfaces every `error` code and close code of the protocol as an `RtcdError` with the
 //    protocol's label;
-//  * reconnects with exponential backoff after a dropped socket, a drain (`going_away`) or
-//    `media_server_lost`, as long as the token is still valid (or `getToken` gives a new one),
-//    and never after a token close code (41xx: the same token would fail the same way).
+//  * reconnects with exponential backoff after a dropped socket, a drain (`going_away`),
+//    `media_server_lost` or `media_connection_failed`, as long as the token is still valid (or
+//    `getToken` gives a new one), and never after a token close code (41xx).
 //
 // Events (all `CustomEvent`s, payload in `detail`; see the typedefs below):
-//   state, joined, error, participantjoined, participantleft, track, trackended, mutechanged,
-//   voiceactivity, localtrack, localtrackended, tokenexpiring, refreshed, reconnecting, closed.
+//   state, joined, error, participantjoined, participantleft, participantmedia, track,
+//   trackended, mutechanged, voiceactivity, localtrack, localtrackended, mediastate,
+//   tokenexpiring, refreshed, reconnecting, closed.
 
 /** Close codes of the protocol (docs/protocol.md section 6), by label. */
 export const CloseCode = Object.freeze({
@@ -39,6 +48,7 @@ export const CloseCode = Object.freeze({
   too_many_sessions: 4007,
   media_server_lost: 4008,
   slow_client: 4009,
+  media_connection_failed: 4010,
   token_missing: 4100,
   token_malformed: 4101,
   token_too_large: 4102,
@@ -77,7 +87,8 @@ export const ErrorCode = Object.freeze({
   connection_failed: 'connection_failed',
   /** getUserMedia / getDisplayMedia failed (permission denied, no device). */
   media_failed: 'media_failed',
-  /** The browser refused an SDP or candidate (setLocalDescription and the like). */
+  /** The browser refused an SDP or candidate, a peer connection step did not settle in
+   * time, or no answer came: the SDK reconnects (a new session, a new peer connection). */
   negotiation_failed: 'negotiation_failed',
 });
 
@@ -98,7 +109,7 @@ export function isTokenCloseCode(code) {
 const RETRYABLE = new Set([
   1001, 1006, CloseCode.join_timeout, CloseCode.idle_timeout, CloseCode.rate_limited,
   CloseCode.too_many_connections, CloseCode.too_many_auth_failures,
-  CloseCode.media_server_lost, CloseCode.keys_unavailable,
+  CloseCode.media_server_lost, CloseCode.keys_unavailable, CloseCode.media_connection_failed,
 ]);
 /** Codes that mean "slow down": the backoff starts higher. */
 const SLOW_DOWN = new Set([
@@ -134,14 +145,25 @@ export class RtcdError extends Error {
 /**
  * @typedef {'microphone'|'camera'|'screen'|'screen_audio'} TrackSource
  * @typedef {'idle'|'connecting'|'connected'|'reconnecting'|'closed'|'error'} ClientState
+ * @typedef {'connecting'|'connected'|'reconnecting'|'poor'|'failed'} MediaState
+ *   This client's media: `connecting` until its peer connection is connected, `connected`,
+ *   `reconnecting` while the peer connection is `disconnected` (ICE lost, may recover),
+ *   `poor` while connected but expected inbound media stalls or loss is heavy, `failed` (peer
+ *   connection failed, or no media server).
+ * @typedef {'connecting'|'connected'|'poor'} RemoteMediaState
+ *   A remote participant's media as received here: `connecting` (announced, none of their
+ *   media has arrived yet), `connected` (their media arrives; also a participant who
+ *   publishes nothing, once this client's own media is connected), `poor` (one of their
+ *   unmuted tracks stalled for more than 3 s, or more than 10 % loss).
  * @typedef {{publish_audio: boolean, publish_video: boolean, publish_screen: boolean,
  *   subscribe: boolean}} Permissions
  * @typedef {{session_id: number, room: string, identity: string, name?: string,
  *   tenant?: string, role: string, permissions: Permissions, expires_at: number,
  *   media: boolean}} JoinedInfo
  * @typedef {{identity: string, name?: string, role?: string,
- *   muted: Partial<Record<TrackSource, boolean>>, speaking: boolean}} Participant
- * @typedef {{identity: string, source: TrackSource, trackId: string,
+ *   muted: Partial<Record<TrackSource, boolean>>, speaking: boolean,
+ *   media: RemoteMediaState}} Participant
+ * @typedef {{identity: string, source: TrackSource, trackId: string, mid: string,
  *   track: MediaStreamTrack, stream: MediaStream}} RemoteTrack
  * @typedef {{reason: 'refresh'|'reconnect', room: string}} TokenRequest
  * @typedef {{
@@ -149,24 +171,41 @@ export class RtcdError extends Error {
  *   token: string,
  *   url?: string,
  *   getToken?: (request: TokenRequest) => Promise<string>,
- *   polite?: boolean,
  *   iceServers?: RTCIceServer[],
  *   reconnect?: {maxAttempts?: number, baseDelayMs?: number, maxDelayMs?: number},
  *   pingIntervalMs?: number,
  *   pongTimeoutMs?: number,
+ *   stepTimeoutMs?: number,
+ *   statsIntervalMs?: number,
  * }} ClientOptions
  */
 
 /** Seconds of token validity a reconnect needs, else it asks `getToken` (or gives up). */
 const TOKEN_MARGIN_S = 5;
+/** A remote track without new packets for this long is stalled. */
+const STALL_MS = 3000;
+/** Inbound loss above this fraction (over one stats interval) is poor. */
+const POOR_LOSS = 0.1;
+/** How long the peer connection may stay `failed` before the SDK gives up on the session
+ * itself (the media server normally closes it first, with 4010 and a clearer message). */
+const FAILED_GRACE_MS = 5000;
+
+/** Media server errors that refuse the offer in flight (its SDP, or a limit it hit). */
+const REFUSES_OFFER = new Set([ErrorCode.bad_sdp, ErrorCode.bad_track, ErrorCode.media_limit]);
+
+/** Thrown into pending steps of a peer connection that was closed: not an error to report. */
+class Abandoned extends Error {}
 
 /**
  * One participant's connection to one room.
  *
  * Lifecycle: `new RtcdClient(options)` -> `connect()` (resolves on the first `joined`) ->
- * `publish(...)` / `startScreenShare()` / `setMuted(...)` -> `leave()`. Each (re)connection is a
- * new proxy session with a new RTCPeerConnection; local tracks survive reconnects and are
- * published again.
+ * `publish(...)` / `unpublish(...)` / `startScreenShare()` / `setMuted(...)` -> `leave()`. Each
+ * (re)connection is a new proxy session with a new RTCPeerConnection; local tracks survive
+ * reconnects and are published again.
+ *
+ * For automation, `remoteTracks` (mid -> RemoteTrack), `participants`, `mediaState` and
+ * `peerConnection` reflect the current session.
  */
 export class RtcdClient extends EventTarget {
   /** @param {ClientOptions} options */
@@ -174,10 +213,11 @@ export class RtcdClient extends EventTarget {
     super();
     if (!options || !options.room) throw new TypeError('RtcdClient: `room` is required');
     this.options = {
-      polite: true,
       iceServers: [],
       pingIntervalMs: 25000,
       pongTimeoutMs: 10000,
+      stepTimeoutMs: 10000,
+      statsIntervalMs: 2000,
       ...options,
       reconnect: { maxAttempts: 8, baseDelayMs: 500, maxDelayMs: 15000, ...(options.reconnect || {}) },
     };
@@ -186,10 +226,14 @@ export class RtcdClient extends EventTarget {
     this.token = options.token;
     /** @type {ClientState} */
     this.state = 'idle';
+    /** @type {MediaState} this client's media health (see the typedef) */
+    this.mediaState = 'connecting';
     /** @type {JoinedInfo|null} the current session's `joined` */
     this.session = null;
     /** @type {Map<string, Participant>} remote participants by identity */
     this.participants = new Map();
+    /** @type {Map<string, RemoteTrack>} received tracks by the mid of their section */
+    this.remoteTracks = new Map();
     /** @type {Map<TrackSource, MediaStreamTrack>} published (or previewed) local tracks */
     this.localTracks = new Map();
     /** @type {Set<TrackSource>} locally muted sources */
@@ -199,15 +243,34 @@ export class RtcdClient extends EventTarget {
 
     /** @type {WebSocket|null} */ this._ws = null;
     /** @type {RTCPeerConnection|null} */ this._pc = null;
-    /** @type {Map<TrackSource, RTCRtpTransceiver>} */ this._transceivers = new Map();
-    /** track_published info by track id, waiting for (or matched to) a browser track */
-    /** @type {Map<string, {identity: string, source: TrackSource}>} */ this._published = new Map();
-    /** @type {Map<string, {track: MediaStreamTrack, stream: MediaStream}>} */ this._arrived = new Map();
-    /** @type {Map<string, RemoteTrack>} */ this._remote = new Map();
-    this._makingOffer = false;
-    this._ignoreOffer = false;
-    this._answerPending = false;
-    /** Server messages are handled one at a time, in order (SDP steps are async). */
+    /** Bumped by every teardown: work of an older session sees it changed and stops. */
+    this._gen = 0;
+    /** Rejects the pending steps of the current peer connection when it is closed. */
+    /** @type {Promise<never>} */ this._pcClosed = new Promise(() => {});
+    /** @type {(e: Error) => void} */ this._abandon = () => {};
+    /** @type {Map<TrackSource, RTCRtpTransceiver>} sending sections by source */
+    this._transceivers = new Map();
+    /** Receiving sections the media server asked for (`negotiation_needed`). */
+    this._need = { audio: 0, video: 0 };
+    /** An offer should be made once the peer connection is stable again. */
+    this._offerWanted = false;
+    /** An offer was sent and its answer has not been applied yet. */
+    this._awaitingAnswer = false;
+    this._answerTimer = 0;
+    /** @type {RTCIceCandidateInit[]} media server candidates that came before its first answer */
+    this._earlyCandidates = [];
+    /** @type {Map<string, {identity: string, source: TrackSource, trackId: string}>}
+     * `track_published` by mid, until unpublished */
+    this._published = new Map();
+    /** @type {Map<string, {packets: number, lost: number, bytes: number, progressAt: number,
+     *   flowed: boolean, since: number, loss: number}>} inbound counters by mid */
+    this._flow = new Map();
+    /** Outbound loss reported by the media server (RTCP), over the last interval. */
+    this._outboundLoss = 0;
+    this._statsTimer = 0;
+    this._failedTimer = 0;
+    /** Server messages are handled one at a time, in order (SDP steps are async); a new
+     * chain per session, so a new session never waits behind an old one. */
     this._queue = Promise.resolve();
     this._attempt = 0;
     this._leaving = false;
@@ -260,8 +323,21 @@ export class RtcdClient extends EventTarget {
   }
 
   /**
-   * Shares a screen (getDisplayMedia) as source `screen` (and `screen_audio` when the browser
-   * gives audio). Announces it with `screen_share_start` first, as the protocol asks.
+   * Stops publishing a source (camera off, microphone off): the track is stopped and its
+   * section stops sending (kept for the next time), then the SDK offers again.
+   * @param {TrackSource} source
+   */
+  unpublish(source) {
+    if (source === 'screen' || source === 'screen_audio') {
+      this.stopScreenShare();
+      return;
+    }
+    this._removeLocal(source);
+  }
+
+  /**
+   * Shares a screen (getDisplayMedia) as source `screen`, and its sound (when the browser
+   * gives audio) as `screen_audio`, each on its own section.
    * @returns {Promise<MediaStream>}
    */
   async startScreenShare() {
@@ -331,6 +407,8 @@ export class RtcdClient extends EventTarget {
   _open() {
     this._setState(this.joins === 0 ? 'connecting' : 'reconnecting');
     this._lastError = null;
+    // A new session starts with a fresh chain: nothing of the previous one can hold it up.
+    this._queue = Promise.resolve();
     let ws;
     try {
       ws = new WebSocket(this.url);
@@ -354,11 +432,50 @@ export class RtcdClient extends EventTarget {
       console.warn('rtcd: ignoring a non-JSON message');
       return;
     }
+    this._enqueue(() => this._handle(message), `handling \`${message.type}\``);
+  }
+
+  /**
+   * Runs `step` after everything queued before it, for this session only.
+   * @param {() => unknown} step @param {string} what
+   */
+  _enqueue(step, what) {
+    const gen = this._gen;
     this._queue = this._queue
-      .then(() => this._handle(message))
-      .catch((cause) => this._emit('error', {
-        error: new RtcdError(ErrorCode.negotiation_failed, `handling \`${message.type}\`: ${cause && cause.message || cause}`, { cause }),
-      }));
+      .then(() => (gen === this._gen ? step() : undefined))
+      .catch((cause) => this._stepFailed(cause, gen, what));
+  }
+
+  /** A queued step threw: a browser refusal is reported; a step that did not settle in
+   * time means this peer connection cannot be trusted any more, so the session restarts. */
+  _stepFailed(cause, gen, what) {
+    if (gen !== this._gen || cause instanceof Abandoned) return;
+    const error = cause instanceof RtcdError ? cause
+      : new RtcdError(ErrorCode.negotiation_failed, `${what}: ${cause && cause.message || cause}`, { cause });
+    if (error.restart) {
+      this._restart(error);
+    } else {
+      this._emit('error', { error });
+    }
+  }
+
+  /**
+   * Bounds a peer connection step: rejects with `negotiation_failed` (and a restart) after
+   * `stepTimeoutMs`, and with `Abandoned` when the peer connection is closed meanwhile
+   * (Chromium never settles promises of a closed peer connection).
+   * @template T @param {Promise<T>} promise @param {string} what @returns {Promise<T>}
+   */
+  _bounded(promise, what) {
+    let timer = 0;
+    const limit = this.options.stepTimeoutMs;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => {
+        const error = new RtcdError(ErrorCode.negotiation_failed, `${what} did not complete within ${limit / 1000} s`);
+        error.restart = true;
+        reject(error);
+      }, limit);
+    });
+    return Promise.race([promise, timeout, this._pcClosed]).finally(() => clearTimeout(timer));
   }
 
   /** @param {WebSocket} ws @param {CloseEvent} event */
@@ -376,8 +493,28 @@ export class RtcdClient extends EventTarget {
       this._emit('closed', { code, label, byClient: false });
       return;
     }
+    this._retry(new RtcdError(label, message, { closeCode: code }), code);
+  }
+
+  /**
+   * Ends the current session from this side (a peer connection step hung, no answer came,
+   * the media connection failed) and reconnects as after a retryable close.
+   * @param {RtcdError} error
+   */
+  _restart(error) {
+    const ws = this._ws;
+    if (!ws || this._leaving) return;
+    this._ws = null;
+    // Without `leave`: the media server records the session as disconnected, which it was.
+    try { ws.close(1000); } catch { /* already closing */ }
+    this._teardown();
+    this._retry(error, 1006);
+  }
+
+  /** Reconnects after `error` if `code` is retryable and attempts remain, else gives up. */
+  _retry(error, code) {
     const retry = RETRYABLE.has(code) && this._attempt < this.options.reconnect.maxAttempts;
-    const error = new RtcdError(label, message, { closeCode: code, fatal: !retry });
+    error.fatal = !retry;
     if (!retry) {
       this._fail(error);
       return;
@@ -416,6 +553,7 @@ export class RtcdClient extends EventTarget {
     this._teardown();
     this._emit('error', { error });
     this._setState('error');
+    this._setMediaState('failed');
     this._emit('closed', { code: error.closeCode ?? 0, label: error.code, byClient: false, error });
     if (this._onFirstFail) {
       this._onFirstFail(error);
@@ -425,22 +563,29 @@ export class RtcdClient extends EventTarget {
 
   /** Ends the current session's peer connection and timers; keeps local tracks. */
   _teardown() {
+    this._gen += 1;
     clearInterval(this._pingTimer);
     clearTimeout(this._pongTimer);
+    clearInterval(this._statsTimer);
+    clearTimeout(this._answerTimer);
+    clearTimeout(this._failedTimer);
     if (this._pc) {
       this._pc.close();
       this._pc = null;
+      this._abandon(new Abandoned('the peer connection was closed'));
     }
     this._transceivers.clear();
-    for (const remote of this._remote.values()) this._emit('trackended', remote);
-    this._remote.clear();
-    this._arrived.clear();
+    for (const [mid, remote] of [...this.remoteTracks]) this._endRemote(mid, remote);
     this._published.clear();
+    this._flow.clear();
     for (const identity of [...this.participants.keys()]) {
       this.participants.delete(identity);
       this._emit('participantleft', { identity });
     }
-    this._makingOffer = this._ignoreOffer = this._answerPending = false;
+    this._need = { audio: 0, video: 0 };
+    this._earlyCandidates = [];
+    this._offerWanted = this._awaitingAnswer = false;
+    if (!this._leaving && this.mediaState !== 'failed') this._setMediaState('connecting');
   }
 
   /** @param {object} message */
@@ -484,45 +629,56 @@ export class RtcdClient extends EventTarget {
         if (this.session) Object.assign(this.session, { expires_at: m.expires_at, permissions: m.permissions });
         this._emit('refreshed', { expiresAt: m.expires_at, permissions: m.permissions });
         return;
-      case 'offer':
-      case 'answer':
-        return this._onDescription({ type: m.type, sdp: m.sdp });
+      case 'answer': return this._onAnswer(m);
+      case 'negotiation_needed':
+        this._need = { audio: Number(m.audio) || 0, video: Number(m.video) || 0 };
+        this._wantOffer();
+        return;
       case 'candidate': return this._onCandidate(m);
       case 'participant_joined': {
         const p = m.participant || {};
         const known = this.participants.get(p.identity);
-        const participant = { identity: p.identity, name: p.name, role: p.role, muted: known ? known.muted : {}, speaking: false };
+        if (known) {
+          Object.assign(known, { name: p.name ?? known.name, role: p.role ?? known.role });
+          return;
+        }
+        const participant = { identity: p.identity, name: p.name, role: p.role, muted: {}, speaking: false, media: 'connecting' };
         this.participants.set(p.identity, participant);
         this._emit('participantjoined', participant);
+        this._updateHealth();
         return;
       }
       case 'participant_left': {
-        for (const [id, remote] of this._remote) {
+        for (const [mid, remote] of [...this.remoteTracks]) {
           if (remote.identity === m.identity) {
-            this._remote.delete(id);
-            this._emit('trackended', remote);
+            this._published.delete(mid);
+            this._endRemote(mid, remote);
           }
         }
         if (this.participants.delete(m.identity)) this._emit('participantleft', { identity: m.identity });
         return;
       }
       case 'track_published':
-        this._published.set(m.track_id, { identity: m.identity, source: m.source });
-        this._matchTrack(m.track_id);
+        this._published.set(String(m.mid), { identity: m.identity, source: m.source, trackId: m.track_id });
+        this._match(String(m.mid));
         return;
-      case 'track_unpublished': {
-        this._published.delete(m.track_id);
-        this._arrived.delete(m.track_id);
-        const remote = this._remote.get(m.track_id);
-        if (remote) {
-          this._remote.delete(m.track_id);
-          this._emit('trackended', remote);
+      case 'track_unpublished':
+        for (const [mid, info] of [...this._published]) {
+          if (info.trackId === m.track_id && info.identity === m.identity) this._published.delete(mid);
         }
+        for (const [mid, remote] of [...this.remoteTracks]) {
+          if (remote.trackId === m.track_id && remote.identity === m.identity) this._endRemote(mid, remote);
+        }
+        this._updateHealth();
         return;
-      }
       case 'mute_changed': {
         const p = this._participant(m.identity);
         p.muted[m.source] = m.muted;
+        // An unmuted track restarts: give it the stall grace period again.
+        for (const [mid, remote] of this.remoteTracks) {
+          const flow = this._flow.get(mid);
+          if (flow && remote.identity === m.identity && remote.source === m.source) flow.progressAt = performance.now();
+        }
         this._emit('mutechanged', { identity: m.identity, source: m.source, muted: m.muted });
         return;
       }
@@ -535,6 +691,10 @@ export class RtcdClient extends EventTarget {
       case 'media_server_lost':
         // The close (4008) follows; remember the message for the error it produces.
         this._lastError = { code: 'media_server_lost', message: m.message };
+        return;
+      case 'offer':
+        // Proxies from before section 4a; this SDK never answers.
+        console.warn('rtcd: ignoring a server offer (this proxy predates client-only offers)');
         return;
       default:
         console.warn(`rtcd: ignoring unknown message type \`${m.type}\``);
@@ -551,6 +711,10 @@ export class RtcdClient extends EventTarget {
     if (info.media) {
       this._createPeerConnection();
       for (const source of this.muted) this._send({ type: 'mute', source });
+      // Section 4a step 1: the client's first offer, even with nothing to send.
+      this._wantOffer();
+    } else {
+      this._setMediaState('failed');
     }
     this._setState('connected');
     this._emit('joined', info);
@@ -565,6 +729,11 @@ export class RtcdClient extends EventTarget {
     // An error without `request` carrying a close label announces the close that follows:
     // it is reported once, with the close code, when the socket closes.
     if (m.code in CloseCode && !m.request) return;
+    // The offer in flight was refused (by the proxy's policy, or by the media server for its
+    // SDP or a limit; the media server's errors carry no `request`): no answer will come, so
+    // take it back. Any other missing answer ends in the answer timeout.
+    const refusal = m.request === 'offer' || (!m.request && REFUSES_OFFER.has(m.code));
+    if (this._awaitingAnswer && refusal) this._enqueue(() => this._rollback(), 'rolling back a refused offer');
     this._emit('error', { error: new RtcdError(m.code, m.message, { request: m.request }) });
   }
 
@@ -585,7 +754,8 @@ export class RtcdClient extends EventTarget {
   _createPeerConnection() {
     const pc = new RTCPeerConnection({ iceServers: this.options.iceServers, bundlePolicy: 'max-bundle' });
     this._pc = pc;
-    pc.addEventListener('negotiationneeded', () => this._negotiate(pc));
+    this._pcClosed = new Promise((_, reject) => { this._abandon = reject; });
+    this._pcClosed.catch(() => {});
     pc.addEventListener('icecandidate', ({ candidate }) => {
       if (pc !== this._pc) return;
       // null = gathering finished: the protocol's end-of-candidates is an empty candidate.
@@ -594,52 +764,95 @@ export class RtcdClient extends EventTarget {
         ...(c.sdpMLineIndex != null && { sdpMLineIndex: c.sdpMLineIndex }),
         ...(c.usernameFragment != null && { usernameFragment: c.usernameFragment }) });
     });
-    pc.addEventListener('track', ({ track, streams }) => {
-      if (pc !== this._pc) return;
-      this._arrived.set(track.id, { track, stream: streams[0] || new MediaStream([track]) });
-      this._matchTrack(track.id);
+    pc.addEventListener('track', ({ transceiver }) => {
+      // Matched by the section, never by the track's id (random in Firefox).
+      if (pc === this._pc && transceiver && transceiver.mid != null) this._match(transceiver.mid);
     });
     pc.addEventListener('connectionstatechange', () => {
-      if (pc === this._pc) this._emit('mediastate', { state: pc.connectionState });
+      if (pc !== this._pc) return;
+      clearTimeout(this._failedTimer);
+      if (pc.connectionState === 'failed') {
+        // The media server closes the session with 4010 after its own timeout; if that does
+        // not come, start over from here.
+        this._failedTimer = setTimeout(() => {
+          if (pc === this._pc) this._restart(new RtcdError('media_connection_failed', 'the media connection failed (no ICE or DTLS traffic); rejoining'));
+        }, FAILED_GRACE_MS);
+      }
+      this._updateHealth();
     });
+    // A subscriber always receives: one receiving audio section from the first offer gives
+    // the transport something to connect on, so media health is known before anyone speaks.
+    if (this.session && this.session.permissions.subscribe) this._need = { audio: 1, video: 0 };
     for (const [source, track] of this.localTracks) this._attach(source, track);
+    this._statsTimer = setInterval(() => this._poll(pc), this.options.statsIntervalMs);
   }
 
-  /** @param {RTCPeerConnection} pc */
-  async _negotiate(pc) {
-    // One offer at a time, and only from a stable state (a pending remote offer is answered
-    // first; the answer path calls this again if something is left to negotiate).
-    if (this._makingOffer || pc.signalingState !== 'stable') return;
-    try {
-      this._makingOffer = true;
-      await pc.setLocalDescription();
-      if (pc !== this._pc || !pc.localDescription) return;
-      this._send({ type: 'offer', sdp: pc.localDescription.sdp, tracks: this._trackMap() });
-    } catch (cause) {
-      this._emit('error', { error: new RtcdError(ErrorCode.negotiation_failed, `cannot create an offer: ${cause && cause.message || cause}`, { cause }) });
-    } finally {
-      this._makingOffer = false;
+  /** Section 4a: asks for an offer, made once the peer connection is `stable` with no
+   * answer pending; several requests before that make one offer (the latest needs win). */
+  _wantOffer() {
+    if (!this._pc) return;
+    this._offerWanted = true;
+    this._enqueue(() => this._offer(), 'making an offer');
+  }
+
+  async _offer() {
+    const pc = this._pc;
+    if (!pc || !this._offerWanted || this._awaitingAnswer || pc.signalingState !== 'stable') return;
+    this._offerWanted = false;
+    this._ensureReceivers(pc);
+    await this._bounded(pc.setLocalDescription(), 'setLocalDescription(offer)');
+    if (pc !== this._pc || !pc.localDescription) return;
+    this._awaitingAnswer = true;
+    this._send({ type: 'offer', sdp: pc.localDescription.sdp, tracks: this._trackMap() });
+    const limit = this.options.stepTimeoutMs;
+    clearTimeout(this._answerTimer);
+    this._answerTimer = setTimeout(() => {
+      if (pc === this._pc && this._awaitingAnswer) {
+        this._restart(new RtcdError(ErrorCode.negotiation_failed, `no answer to the offer within ${limit / 1000} s`));
+      }
+    }, limit);
+  }
+
+  /** Adds `recvonly` transceivers until the media server's needs are covered. */
+  _ensureReceivers(pc) {
+    for (const kind of /** @type {const} */ (['audio', 'video'])) {
+      const have = pc.getTransceivers().filter((t) => !t.stopped && t.receiver.track.kind === kind
+        && (t.direction === 'recvonly' || t.direction === 'sendrecv')).length;
+      for (let i = have; i < this._need[kind]; i++) pc.addTransceiver(kind, { direction: 'recvonly' });
     }
   }
 
-  /** Perfect negotiation: apply a remote offer / answer, handling glare by `polite`. */
-  async _onDescription(description) {
+  /** @param {{sdp: string}} m */
+  async _onAnswer(m) {
     const pc = this._pc;
     if (!pc) return;
-    const readyForOffer = !this._makingOffer && (pc.signalingState === 'stable' || this._answerPending);
-    const collision = description.type === 'offer' && !readyForOffer;
-    this._ignoreOffer = !this.options.polite && collision;
-    if (this._ignoreOffer) return;
-    this._answerPending = description.type === 'answer';
-    await pc.setRemoteDescription(description); // rolls our offer back when polite
-    this._answerPending = false;
-    if (description.type === 'offer') {
-      await pc.setLocalDescription();
-      if (pc !== this._pc || !pc.localDescription) return;
-      this._send({ type: 'answer', sdp: pc.localDescription.sdp, tracks: this._trackMap() });
-      // Back in `stable`: a section of ours whose offer was rolled back fires
-      // `negotiationneeded` again, and `_negotiate` offers it.
+    if (pc.signalingState !== 'have-local-offer') {
+      // After a rollback on an ambiguous refusal the answer may still come: offer again so
+      // both sides agree on the sections.
+      console.warn(`rtcd: ignoring an answer in signaling state ${pc.signalingState}; offering again`);
+      this._wantOffer();
+      return;
     }
+    clearTimeout(this._answerTimer);
+    await this._bounded(pc.setRemoteDescription({ type: 'answer', sdp: m.sdp }), 'setRemoteDescription(answer)');
+    if (pc !== this._pc) return;
+    this._awaitingAnswer = false;
+    for (const init of this._earlyCandidates.splice(0)) await this._addCandidate(pc, init);
+    // Sections may have been reassigned: recheck every announced track.
+    for (const mid of this._published.keys()) this._match(mid);
+    if (this._offerWanted) this._enqueue(() => this._offer(), 'making an offer');
+  }
+
+  /** Takes back an offer that will get no answer, and offers again if still needed. */
+  async _rollback() {
+    const pc = this._pc;
+    if (!pc || !this._awaitingAnswer) return;
+    clearTimeout(this._answerTimer);
+    if (pc.signalingState === 'have-local-offer') {
+      await this._bounded(pc.setLocalDescription({ type: 'rollback' }), 'rollback');
+    }
+    this._awaitingAnswer = false;
+    if (this._offerWanted) this._enqueue(() => this._offer(), 'making an offer');
   }
 
   async _onCandidate(m) {
@@ -647,11 +860,23 @@ export class RtcdClient extends EventTarget {
     if (!pc) return;
     const init = { candidate: m.candidate || '', sdpMid: m.sdpMid ?? null, sdpMLineIndex: m.sdpMLineIndex ?? null };
     if (m.usernameFragment != null) init.usernameFragment = m.usernameFragment;
+    // A candidate before the first answer waits for it (the browser needs a remote description).
+    if (!pc.remoteDescription) {
+      this._earlyCandidates.push(init);
+      return;
+    }
+    await this._addCandidate(pc, init);
+  }
+
+  /** @param {RTCPeerConnection} pc @param {RTCIceCandidateInit} init */
+  async _addCandidate(pc, init) {
     try {
-      await pc.addIceCandidate(init);
+      await this._bounded(pc.addIceCandidate(init), 'addIceCandidate');
     } catch (cause) {
-      // Candidates of an offer we ignored on glare are expected to fail.
-      if (!this._ignoreOffer) throw cause;
+      // A hung step restarts the session; a refused candidate (e.g. for a section that was
+      // renegotiated away) costs nothing but that candidate.
+      if (cause instanceof Abandoned || (cause instanceof RtcdError && cause.restart)) throw cause;
+      console.warn(`rtcd: candidate refused: ${cause && cause.message || cause}`);
     }
   }
 
@@ -660,7 +885,7 @@ export class RtcdClient extends EventTarget {
     /** @type {Record<string, TrackSource>} */
     const tracks = {};
     for (const [source, transceiver] of this._transceivers) {
-      if (transceiver.mid != null) tracks[transceiver.mid] = source;
+      if (transceiver.mid != null && transceiver.direction !== 'inactive') tracks[transceiver.mid] = source;
     }
     return tracks;
   }
@@ -683,54 +908,192 @@ export class RtcdClient extends EventTarget {
     track.stop();
     const transceiver = this._transceivers.get(source);
     if (transceiver && this._pc && this._pc.signalingState !== 'closed') {
-      // Keep the section (and its mid -> source) for the next share; stop sending on it.
+      // Keep the section (and its mid -> source) for the next time; stop sending on it.
       transceiver.sender.replaceTrack(null).catch(() => {});
       transceiver.direction = 'inactive';
+      this._wantOffer();
     }
     this._emit('localtrackended', { source, track });
   }
 
-  /** Sends `track` on the section of `source`, creating it on first use. */
+  /** Sends `track` on the section of `source`, creating it on first use, then offers. */
   _attach(source, track) {
     const pc = this._pc;
     if (!pc) return;
     const existing = this._transceivers.get(source);
     if (existing) {
       existing.sender.replaceTrack(track).catch(() => {});
-      existing.direction = 'sendonly';
+      if (existing.direction !== 'sendonly') {
+        existing.direction = 'sendonly';
+        this._wantOffer();
+      }
       return;
     }
     const stream = new MediaStream([track]);
     const transceiver = pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
     if (source === 'screen' && 'contentHint' in track) track.contentHint = 'detail';
     this._transceivers.set(source, transceiver);
+    this._wantOffer();
   }
 
-  /** Emits `track` once both the browser track and its `track_published` are known. */
-  _matchTrack(trackId) {
-    const arrived = this._arrived.get(trackId);
-    const info = this._published.get(trackId);
-    if (!arrived || !info || this._remote.has(trackId)) return;
-    const remote = { identity: info.identity, source: info.source, trackId, track: arrived.track, stream: arrived.stream };
-    this._remote.set(trackId, remote);
-    arrived.track.addEventListener('ended', () => {
-      if (this._remote.get(trackId) === remote) {
-        this._remote.delete(trackId);
-        this._emit('trackended', remote);
-      }
-    });
+  /** Emits `track` once a section's `track_published` and its receiving transceiver are both
+   * known; a section reused for another track first ends the previous one. */
+  _match(mid) {
+    const pc = this._pc;
+    const info = this._published.get(mid);
+    if (!pc || !info) return;
+    const transceiver = pc.getTransceivers().find((t) => t.mid === mid);
+    if (!transceiver) return;
+    const current = this.remoteTracks.get(mid);
+    if (current && current.trackId === info.trackId && current.identity === info.identity) return;
+    if (current) this._endRemote(mid, current);
+    const track = transceiver.receiver.track;
+    /** @type {RemoteTrack} */
+    const remote = { identity: info.identity, source: info.source, trackId: info.trackId, mid, track, stream: new MediaStream([track]) };
+    this.remoteTracks.set(mid, remote);
+    const now = performance.now();
+    this._flow.set(mid, { packets: -1, lost: 0, bytes: 0, progressAt: now, flowed: false, since: now, loss: 0 });
+    this._participant(info.identity);
     this._emit('track', remote);
+    this._updateHealth();
+  }
+
+  /** @param {string} mid @param {RemoteTrack} remote */
+  _endRemote(mid, remote) {
+    if (this.remoteTracks.get(mid) !== remote) return;
+    this.remoteTracks.delete(mid);
+    this._flow.delete(mid);
+    this._emit('trackended', remote);
   }
 
   /** @param {string} identity */
   _participant(identity) {
     let p = this.participants.get(identity);
     if (!p) {
-      p = { identity, muted: {}, speaking: false };
+      p = { identity, muted: {}, speaking: false, media: 'connecting' };
       this.participants.set(identity, p);
       this._emit('participantjoined', p);
     }
     return p;
+  }
+
+  // ---- media health -----------------------------------------------------------------------
+
+  /** Reads inbound counters per received section and the media server's loss reports. */
+  async _poll(pc) {
+    if (pc !== this._pc || pc.connectionState === 'closed') return;
+    const gen = this._gen;
+    let report;
+    try {
+      report = await this._bounded(pc.getStats(), 'getStats');
+    } catch (cause) {
+      this._stepFailed(cause, gen, 'reading statistics');
+      return;
+    }
+    if (pc !== this._pc) return;
+    const midByTrack = new Map();
+    for (const t of pc.getTransceivers()) if (t.mid != null) midByTrack.set(t.receiver.track.id, t.mid);
+    const now = performance.now();
+    let lostOut = 0;
+    let sentOut = 0;
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp') {
+        const mid = s.mid ?? midByTrack.get(s.trackIdentifier);
+        const flow = mid != null && this._flow.get(String(mid));
+        if (!flow) return;
+        const packets = s.packetsReceived || 0;
+        const lost = Math.max(0, s.packetsLost || 0);
+        if (flow.packets >= 0) {
+          const got = packets - flow.packets;
+          const missed = Math.max(0, lost - flow.lost);
+          flow.loss = got + missed > 0 ? missed / (got + missed) : 0;
+          if (got > 0) {
+            flow.progressAt = now;
+            flow.flowed = true;
+          }
+        } else if (packets > 0) {
+          flow.progressAt = now;
+          flow.flowed = true;
+        }
+        flow.packets = packets;
+        flow.lost = lost;
+        flow.bytes = s.bytesReceived || 0;
+      } else if (s.type === 'remote-inbound-rtp') {
+        lostOut += Math.max(0, s.fractionLost || 0);
+        sentOut += 1;
+      }
+    });
+    this._outboundLoss = sentOut ? lostOut / sentOut : 0;
+    this._updateHealth();
+  }
+
+  /** Recomputes the local media state and every participant's. */
+  _updateHealth() {
+    const pc = this._pc;
+    if (!pc) return;
+    const now = performance.now();
+    /** @type {Map<string, {flowing: number, stalled: number, starting: number}>} */
+    const byIdentity = new Map();
+    let expected = 0;
+    let flowing = 0;
+    let lossy = false;
+    for (const [mid, remote] of this.remoteTracks) {
+      const flow = this._flow.get(mid);
+      const participant = this.participants.get(remote.identity);
+      if (!flow || (participant && participant.muted[remote.source])) continue;
+      const entry = byIdentity.get(remote.identity) || { flowing: 0, stalled: 0, starting: 0 };
+      const quiet = now - flow.progressAt > STALL_MS;
+      if (!flow.flowed && !quiet) entry.starting += 1;
+      else if (quiet || flow.loss > POOR_LOSS) entry.stalled += 1;
+      else entry.flowing += 1;
+      byIdentity.set(remote.identity, entry);
+      expected += 1;
+      if (flow.flowed && !quiet) flowing += 1;
+      if (flow.loss > POOR_LOSS) lossy = true;
+    }
+    /** @type {MediaState} */
+    let state;
+    switch (pc.connectionState) {
+      case 'connected':
+        state = (expected > 0 && flowing === 0 && [...this._flow.values()].some((f) => f.flowed))
+          || lossy || this._outboundLoss > POOR_LOSS ? 'poor' : 'connected';
+        break;
+      case 'disconnected': state = 'reconnecting'; break;
+      case 'failed': state = 'failed'; break;
+      default:
+        // No media section at all (nothing to send, nothing to receive): nothing to connect.
+        state = pc.getTransceivers().length === 0 && pc.signalingState === 'stable' && pc.remoteDescription ? 'connected' : 'connecting';
+    }
+    this._setMediaState(state);
+    for (const participant of this.participants.values()) {
+      const entry = byIdentity.get(participant.identity);
+      /** @type {RemoteMediaState} */
+      let media;
+      if (!entry) {
+        // Nothing of theirs is expected here (a listener, or all muted): as good as our link.
+        media = state === 'connected' || state === 'poor' ? 'connected' : 'connecting';
+      } else if (entry.stalled > 0 && (entry.flowing > 0 || state === 'connected' || state === 'poor')) {
+        media = 'poor';
+      } else if (entry.flowing > 0) {
+        media = 'connected';
+      } else {
+        media = 'connecting';
+      }
+      if (state !== 'connected' && state !== 'poor' && media === 'connected') media = 'connecting';
+      if (participant.media !== media) {
+        const previous = participant.media;
+        participant.media = media;
+        this._emit('participantmedia', { identity: participant.identity, state: media, previous });
+      }
+    }
+  }
+
+  /** @param {MediaState} state */
+  _setMediaState(state) {
+    if (state === this.mediaState) return;
+    const previous = this.mediaState;
+    this.mediaState = state;
+    this._emit('mediastate', { state, previous });
   }
 
   // ---- plumbing ---------------------------------------------------------------------------

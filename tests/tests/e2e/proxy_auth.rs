@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey};
 use rtcd_e2e::proxy::*;
+use rtcd_proxy::Proxy;
 use serde_json::{Value, json};
 
 fn with(mut v: Value, key: &str, x: Value) -> Value {
@@ -832,6 +833,255 @@ async fn relay_seam_forwards_only_authorized_messages_and_reports_a_lost_media_s
     Ok(())
 }
 
+/// A proxy with a scripted media server and one joined client (`claims`), with its far end.
+async fn scripted_session(
+    claims: &Value,
+) -> anyhow::Result<(Proxy, Client, rtcd_e2e::relay::FarEnd)> {
+    let (relay, mut joins) = rtcd_e2e::relay::ScriptedRelay::start();
+    let proxy = start_with_relay(base_config(), Some(relay)).await?;
+    let (client, outcome) = join(proxy.addr(), Some(&hs_token(claims)), "standup").await?;
+    let JoinOutcome::Joined(m) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(m["media"], true);
+    let far = tokio::time::timeout(STEP, joins.recv())
+        .await?
+        .expect("relay join");
+    Ok((proxy, client, far))
+}
+
+#[tokio::test]
+async fn negotiation_needed_participants_and_track_mids_reach_the_client() -> anyhow::Result<()> {
+    use rtcd_proxy::policy::TrackSource;
+    use rtcd_proxy::protocol::{Identity, Participant};
+    use rtcd_proxy::relay::RelayEvent;
+    let (proxy, mut client, far) = scripted_session(&claims("uma", "standup")).await?;
+    // A listener who publishes nothing is announced like anyone else.
+    far.send(RelayEvent::ParticipantJoined(Participant {
+        identity: Identity::new("vic"),
+        name: Some("Vic".into()),
+        role: None,
+    }))
+    .await?;
+    far.send(RelayEvent::NegotiationNeeded { audio: 2, video: 1 })
+        .await?;
+    far.send(RelayEvent::Answer("v=0\r\n".into())).await?;
+    far.send(RelayEvent::TrackPublished {
+        identity: Identity::new("vic"),
+        track_id: "s2-audio-1".into(),
+        source: TrackSource::ScreenAudio,
+        mid: "3".into(),
+    })
+    .await?;
+    far.send(RelayEvent::TrackUnpublished {
+        identity: Identity::new("vic"),
+        track_id: "s2-audio-1".into(),
+    })
+    .await?;
+    far.send(RelayEvent::ParticipantLeft(Identity::new("vic")))
+        .await?;
+    assert_eq!(
+        client.expect("participant_joined").await?,
+        json!({"type": "participant_joined", "participant": {"identity": "vic", "name": "Vic"}})
+    );
+    assert_eq!(
+        client.expect("negotiation_needed").await?,
+        json!({"type": "negotiation_needed", "audio": 2, "video": 1})
+    );
+    client.expect("answer").await?;
+    assert_eq!(
+        client.expect("track_published").await?,
+        json!({"type": "track_published", "identity": "vic", "track_id": "s2-audio-1", "source": "screen_audio", "mid": "3"})
+    );
+    assert_eq!(
+        client.expect("track_unpublished").await?,
+        json!({"type": "track_unpublished", "identity": "vic", "track_id": "s2-audio-1"})
+    );
+    assert_eq!(
+        client.expect("participant_left").await?,
+        json!({"type": "participant_left", "identity": "vic"})
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_answer_is_refused_with_bad_message_and_the_session_continues() -> anyhow::Result<()> {
+    use rtcd_proxy::relay::RelayCommand;
+    let (proxy, mut client, mut far) = scripted_session(&claims("wes", "standup")).await?;
+    client
+        .send(&json!({"type": "answer", "sdp": sdp(&[("audio", "0", "recvonly")])}))
+        .await?;
+    let error = client.expect("error").await?;
+    assert_eq!(
+        (&error["code"], &error["request"]),
+        (&json!("bad_message"), &json!("answer"))
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("negotiation_needed")),
+        "{error}"
+    );
+    // Not relayed, and the session goes on: the next offer is the first relayed command.
+    let offer = sdp(&[("audio", "0", "recvonly")]);
+    client.send(&json!({"type": "offer", "sdp": offer})).await?;
+    assert_eq!(
+        far.command(STEP).await?,
+        RelayCommand::Offer {
+            sdp: offer,
+            tracks: Default::default()
+        }
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn screen_audio_is_offered_and_muted_as_its_own_source() -> anyhow::Result<()> {
+    use rtcd_proxy::policy::TrackSource;
+    use rtcd_proxy::relay::RelayCommand;
+    let moderator = with(claims("xia", "standup"), "role", json!("moderator"));
+    let (proxy, mut client, mut far) = scripted_session(&moderator).await?;
+    client.send(&json!({"type": "screen_share_start"})).await?;
+    let offer = sdp(&[("video", "0", "sendonly"), ("audio", "1", "sendonly")]);
+    client
+        .send(
+            &json!({"type": "offer", "sdp": offer, "tracks": {"0": "screen", "1": "screen_audio"}}),
+        )
+        .await?;
+    client
+        .send(&json!({"type": "mute", "source": "screen_audio"}))
+        .await?;
+    client.send(&json!({"type": "screen_share_stop"})).await?;
+    assert_eq!(far.command(STEP).await?, RelayCommand::ScreenShare(true));
+    assert_eq!(
+        far.command(STEP).await?,
+        RelayCommand::Offer {
+            sdp: offer,
+            tracks: [
+                ("0".to_string(), TrackSource::Screen),
+                ("1".to_string(), TrackSource::ScreenAudio)
+            ]
+            .into_iter()
+            .collect()
+        }
+    );
+    assert_eq!(
+        far.command(STEP).await?,
+        RelayCommand::Mute {
+            source: TrackSource::ScreenAudio,
+            muted: true
+        }
+    );
+    assert_eq!(far.command(STEP).await?, RelayCommand::ScreenShare(false));
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refresh_with_other_permissions_updates_the_media_server() -> anyhow::Result<()> {
+    use rtcd_proxy::relay::RelayCommand;
+    let member = with(claims("yan", "standup"), "role", json!("member"));
+    let (proxy, mut client, mut far) = scripted_session(&member).await?;
+    assert!(far.request.grant.permissions.publish_video);
+    let narrower = with(member, "permissions", json!({"publish_video": false}));
+    client
+        .send(&json!({"type": "refresh", "token": hs_token(&narrower)}))
+        .await?;
+    assert_eq!(
+        client.expect("refreshed").await?["permissions"]["publish_video"],
+        false
+    );
+    let RelayCommand::UpdateGrant(grant) = far.command(STEP).await? else {
+        panic!("a refresh is relayed as a grant update")
+    };
+    assert!(!grant.permissions.publish_video && grant.permissions.publish_audio);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_media_connection_closes_4010_and_a_lost_server_4008() -> anyhow::Result<()> {
+    use rtcd_proxy::relay::RelayEvent;
+    let (relay, mut joins) = rtcd_e2e::relay::ScriptedRelay::start();
+    let proxy = start_with_relay(base_config(), Some(relay)).await?;
+    for (who, reason, want) in [
+        (
+            "zed",
+            Some("peer connection failed"),
+            (4010, "media_connection_failed"),
+        ),
+        ("zoe", Some("shutdown"), (4008, "media_server_lost")),
+        ("zia", None, (4008, "media_server_lost")),
+    ] {
+        let (mut client, outcome) = join(
+            proxy.addr(),
+            Some(&hs_token(&claims(who, "standup"))),
+            "standup",
+        )
+        .await?;
+        assert_eq!(outcome.code(), 0, "{outcome:?}");
+        let far = tokio::time::timeout(STEP, joins.recv())
+            .await?
+            .expect("relay join");
+        match reason {
+            Some(reason) => {
+                far.send(RelayEvent::Closed {
+                    reason: reason.into(),
+                })
+                .await?
+            }
+            None => drop(far),
+        }
+        let (code, label, seen) = client.closed().await?;
+        assert_eq!((code, label.as_str()), want, "{who}: {seen:?}");
+        if want.0 == 4010 {
+            // The client is told its own connection failed, not that the server is gone.
+            let error = seen
+                .iter()
+                .find(|m| m["type"] == "error")
+                .expect("an error before the close");
+            assert_eq!(error["code"], "media_connection_failed");
+            let message = error["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("your media connection")
+                    && message.contains("media server is fine"),
+                "{message}"
+            );
+            assert!(!seen.iter().any(|m| m["type"] == "media_server_lost"));
+        } else {
+            assert!(
+                seen.iter().any(|m| m["type"] == "media_server_lost"),
+                "{seen:?}"
+            );
+        }
+    }
+    let metrics = proxy.metrics().encode();
+    assert!(
+        metrics.contains(r#"proxy_closes_total{reason="media_connection_failed"} 1"#),
+        "{metrics}"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn leave_is_relayed_before_the_media_link_closes() -> anyhow::Result<()> {
+    use rtcd_proxy::relay::RelayCommand;
+    let (proxy, mut client, mut far) = scripted_session(&claims("abe", "standup")).await?;
+    client.send(&json!({"type": "leave"})).await?;
+    let (code, _, _) = client.closed().await?;
+    assert_eq!(code, 1000);
+    assert_eq!(far.command(STEP).await?, RelayCommand::Leave);
+    assert!(
+        far.command(STEP).await.is_err(),
+        "nothing after Leave; the link then closes"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn client_that_stops_reading_is_dropped_not_waited_on() -> anyhow::Result<()> {
     use rtcd_proxy::relay::RelayEvent;
@@ -856,7 +1106,7 @@ async fn client_that_stops_reading_is_dropped_not_waited_on() -> anyhow::Result<
         loop {
             if far
                 .events
-                .send(RelayEvent::Offer(big.clone()))
+                .send(RelayEvent::Answer(big.clone()))
                 .await
                 .is_err()
             {
