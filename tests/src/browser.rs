@@ -584,32 +584,32 @@ impl BrowserPage {
         }
     }
 
-    /// Console errors and uncaught page errors, minus those matching one of `expected`
-    /// (substrings).
+    /// Uncaught errors and unhandled rejections the page recorded (see `ERROR_HOOK`).
+    pub async fn page_errors(&self) -> anyhow::Result<Vec<String>> {
+        let hooked = self
+            .eval("return window.__pageErrors || [];", json!([]))
+            .await?;
+        Ok(hooked
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| format!("page error: {}", e.as_str().unwrap_or_default()))
+            .collect())
+    }
+
+    /// Console errors and uncaught page errors since the last call, minus those matching one
+    /// of `expected` (substrings).
     pub async fn unexpected_errors(&self, expected: &[&str]) -> anyhow::Result<Vec<String>> {
-        match self {
-            Self::Chromium(page) => page.unexpected_errors(expected).await,
-            Self::Firefox(page) => {
-                let mut errors: Vec<String> = page
-                    .console()
-                    .into_iter()
-                    .filter(|e| e.level == "SEVERE")
-                    .map(|e| e.message)
-                    .collect();
-                let hooked = page
-                    .eval("return window.__pageErrors || [];", json!([]))
-                    .await?;
-                errors.extend(
-                    hooked
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|e| format!("page error: {}", e.as_str().unwrap_or_default())),
-                );
-                errors.retain(|e| !expected.iter().any(|x| e.contains(x)));
-                Ok(errors)
-            }
-        }
+        let mut errors: Vec<String> = self
+            .console()
+            .await?
+            .into_iter()
+            .filter(|e| e.level == "SEVERE")
+            .map(|e| e.message)
+            .collect();
+        errors.extend(self.page_errors().await?);
+        errors.retain(|e| !expected.iter().any(|x| e.contains(x)));
+        Ok(errors)
     }
 
     /// Closes the page (its browser session ends).

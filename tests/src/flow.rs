@@ -228,6 +228,8 @@ pub struct FlowReport {
     pub sampler_errors: Vec<String>,
     /// (observer, remote, source) intervals checked, and the samples they covered.
     pub checked: (usize, usize),
+    /// What the test did, with times (seconds since the flow started).
+    pub events: Vec<String>,
 }
 
 impl FlowReport {
@@ -294,6 +296,7 @@ impl fmt::Display for FlowReport {
             "checked {} expected remote-track intervals over {} samples",
             self.checked.0, self.checked.1
         )?;
+        writeln!(f, "events: {}", self.events.join("; "))?;
         for stall in &self.stalls {
             writeln!(f, "STALL {stall}")?;
         }
@@ -464,6 +467,41 @@ impl Flow {
     /// Checks every expected (observer, remote, source) interval against the samples.
     pub fn report(&self, thresholds: Thresholds) -> FlowReport {
         let mut report = FlowReport::default();
+        let name_of = |identity: &str| {
+            self.pages
+                .iter()
+                .find(|p| p.identity == identity)
+                .map_or(identity.to_owned(), |p| p.name.clone())
+        };
+        let mut events: Vec<(f64, String)> = self
+            .sources
+            .iter()
+            // Camera and microphone on at page load are implied by "loads".
+            .filter(|e| {
+                !self
+                    .pages
+                    .iter()
+                    .any(|p| p.identity == e.identity && p.joined == e.at)
+            })
+            .map(|e| {
+                let what = if e.on { "on" } else { "off" };
+                (
+                    e.at,
+                    format!("{} {} {what}", name_of(&e.identity), e.source),
+                )
+            })
+            .collect();
+        for page in &self.pages {
+            events.push((page.joined, format!("{} loads", page.name)));
+            if let Some(left) = page.left {
+                events.push((left, format!("{} leaves", page.name)));
+            }
+        }
+        events.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+        report.events = events
+            .into_iter()
+            .map(|(t, what)| format!("{:.1} s {what}", self.rel(t)))
+            .collect();
         let gap = thresholds.gap.as_secs_f64() * 1000.0;
         let start_grace = thresholds.start.as_secs_f64() * 1000.0;
         for observer in &self.pages {
@@ -697,6 +735,14 @@ out.remoteTracks = c.remoteTracks instanceof Map
 out.videos = [...document.querySelectorAll('video[data-participant]')].map((v) =>
   [v.dataset.participant, v.dataset.source || 'camera', v.videoWidth + 'x' + v.videoHeight,
    v.srcObject ? v.srcObject.getTracks().map((t) => t.kind + ':' + t.id).join(',') : 'no stream'].join(' '));
+const sections = (d) => d ? d.sdp.split(/\r?\nm=/).slice(1).map((m) => {
+  const get = (re) => { const x = m.match(re); return x ? x[1] : '-'; };
+  return [m.split(' ')[0], 'mid=' + get(/a=mid:(\S+)/), get(/a=(sendrecv|sendonly|recvonly|inactive)/),
+    'msid=' + get(/a=msid:([^\r\n]+)/), 'ssrc=' + get(/a=ssrc:(\d+)/), 'port=' + m.split(' ')[1]].join(' ')
+    + (/a=bundle-only/.test(m) ? ' bundle-only' : '');
+}) : null;
+out.local = sections(pc.currentLocalDescription || pc.localDescription);
+out.remote = sections(pc.currentRemoteDescription || pc.remoteDescription);
 const stats = await pc.getStats();
 out.inbound = [];
 stats.forEach((r) => {

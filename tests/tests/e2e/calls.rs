@@ -260,17 +260,37 @@ async fn long_call(a: BrowserKind, b: BrowserKind) -> anyhow::Result<()> {
     if !report.is_clean() {
         failures.push(format!("media did not flow continuously:\n{report}"));
     }
+    let mut consoles = Vec::new();
     for (page, name) in call.pages.iter().zip(&call.names) {
-        match page.unexpected_errors(&[]).await {
-            Ok(errors) if errors.is_empty() => {}
-            Ok(errors) => failures.push(format!("{name}: console errors {errors:?}")),
+        let console = page.console().await.unwrap_or_default();
+        let mut errors: Vec<String> = console
+            .iter()
+            .filter(|e| e.level == "SEVERE")
+            .map(|e| e.message.clone())
+            .collect();
+        match page.page_errors().await {
+            Ok(thrown) => errors.extend(thrown),
             Err(e) => failures.push(format!("{name}: {e:#}")),
         }
+        if !errors.is_empty() {
+            failures.push(format!("{name}: console errors {errors:?}"));
+        }
+        consoles.push(console);
     }
     if !failures.is_empty() {
         call.screenshots(&tag).await;
-        for (page, name) in call.pages.iter().zip(&call.names) {
+        for ((page, name), console) in call.pages.iter().zip(&call.names).zip(&consoles) {
             eprintln!("{name}: {}", flow::diagnose(page).await);
+            let noted: Vec<&str> = console
+                .iter()
+                .filter(|e| e.level == "SEVERE" || e.level == "WARNING")
+                .map(|e| e.message.as_str())
+                .collect();
+            eprintln!(
+                "{name}: console warnings and errors (last 20 of {}): {:#?}",
+                noted.len(),
+                &noted[noted.len().saturating_sub(20)..]
+            );
         }
     }
     for page in call.pages.drain(..) {
