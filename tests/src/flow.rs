@@ -15,8 +15,9 @@
 //! and which of their sources are on ([`Flow::source_on`], [`Flow::source_off`]; camera and
 //! microphone start on). Page P expects (I, S) while P and I are in the call and S is on;
 //! each such interval must show media within [`Thresholds::start`], then no gap longer than
-//! [`Thresholds::gap`] until it ends. [`Flow::report`] lists every stall (who, what, when)
-//! and the time to first remote frame.
+//! [`Thresholds::gap`] until it ends. The page's own `data-state` / `data-media` and every
+//! remote tile's `data-media` must stay `connected` once they were. [`Flow::report`] lists
+//! every stall (who, what, when), every state problem, and the time to first remote frame.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -46,7 +47,8 @@ const tick = async () => {
     const c = window.rtcd;
     const pc = c && c.peerConnection;
     const sample = { t: performance.timeOrigin + performance.now(), s: document.body.dataset.state || '',
-      m: document.body.dataset.media || '', k: [] };
+      m: document.body.dataset.media || '', k: [],
+      f: [...document.querySelectorAll('figure[data-participant]')].map((f) => [f.dataset.participant, f.dataset.media || '']) };
     if (pc) {
       const byTrack = new Map();
       const byMid = new Map();
@@ -111,6 +113,9 @@ struct Sample {
     m: String,
     /// `[identity/source, stream key (mid or track id), counter]`.
     k: Vec<(String, String, u64)>,
+    /// Remote tiles: `[identity, data-media]`.
+    #[serde(default)]
+    f: Vec<(String, String)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +135,9 @@ struct Watched {
     samples: Vec<Sample>,
     sampler_error: Option<String>,
 }
+
+/// Since when (epoch ms) and in which state something is not `connected`.
+type NotConnected<'a> = Option<(f64, &'a str)>;
 
 /// A source of a participant turned on or off by the test.
 struct SourceEvent {
@@ -467,12 +475,6 @@ impl Flow {
     /// Checks every expected (observer, remote, source) interval against the samples.
     pub fn report(&self, thresholds: Thresholds) -> FlowReport {
         let mut report = FlowReport::default();
-        let name_of = |identity: &str| {
-            self.pages
-                .iter()
-                .find(|p| p.identity == identity)
-                .map_or(identity.to_owned(), |p| p.name.clone())
-        };
         let mut events: Vec<(f64, String)> = self
             .sources
             .iter()
@@ -487,7 +489,7 @@ impl Flow {
                 let what = if e.on { "on" } else { "off" };
                 (
                     e.at,
-                    format!("{} {} {what}", name_of(&e.identity), e.source),
+                    format!("{} {} {what}", self.name_of(&e.identity), e.source),
                 )
             })
             .collect();
@@ -713,6 +715,47 @@ impl Flow {
                 self.rel(from)
             ));
         }
+        // Each remote tile's data-media, once it was connected, while the tile exists.
+        // Per remote identity: seen connected, and since when (and in what state) it is not.
+        let mut tiles: BTreeMap<&str, (bool, NotConnected<'_>)> = BTreeMap::new();
+        for sample in page.samples.iter().filter(|s| s.t < end) {
+            for (identity, media) in &sample.f {
+                let (seen, bad) = tiles.entry(identity.as_str()).or_default();
+                *seen |= media == "connected";
+                match (&bad, *seen && media != "connected") {
+                    (None, true) => *bad = Some((sample.t, media.as_str())),
+                    (Some((from, what)), false) => {
+                        report.state_problems.push(format!(
+                            "{}: tile of {} media {what} from {:.1} s to {:.1} s",
+                            page.name,
+                            self.name_of(identity),
+                            self.rel(*from),
+                            self.rel(sample.t)
+                        ));
+                        *bad = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (identity, (_, bad)) in tiles {
+            if let Some((from, what)) = bad {
+                report.state_problems.push(format!(
+                    "{}: tile of {} media {what} from {:.1} s to the end",
+                    page.name,
+                    self.name_of(identity),
+                    self.rel(from)
+                ));
+            }
+        }
+    }
+
+    /// The page name of a participant identity (the identity if it is not watched).
+    fn name_of(&self, identity: &str) -> String {
+        self.pages
+            .iter()
+            .find(|p| p.identity == identity)
+            .map_or(identity.to_owned(), |p| p.name.clone())
     }
 }
 
@@ -747,7 +790,7 @@ const stats = await pc.getStats();
 out.inbound = [];
 stats.forEach((r) => {
   if (r.type === 'inbound-rtp') out.inbound.push([r.kind, 'mid=' + r.mid, 'track=' + r.trackIdentifier,
-    'frames=' + r.framesDecoded, 'packets=' + r.packetsReceived, 'bytes=' + r.bytesReceived].join(' '));
+    'frames=' + r.framesDecoded, 'packets=' + r.packetsReceived, 'lost=' + r.packetsLost, 'bytes=' + r.bytesReceived].join(' '));
   if (r.type === 'candidate-pair' && r.nominated) out.pair = r.state + ' ' + r.localCandidateId + ' ' + r.remoteCandidateId;
 });
 return out;
