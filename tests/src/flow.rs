@@ -518,7 +518,7 @@ impl Flow {
                     .push(format!("{}: no samples", observer.name));
                 continue;
             };
-            self.check_states(observer, &mut report);
+            self.check_states(observer, start_grace, &mut report);
             for remote in self
                 .pages
                 .iter()
@@ -683,7 +683,7 @@ impl Flow {
 
     /// Every sample in the call where the page was not `connected` (state and media, each
     /// once it first was).
-    fn check_states(&self, page: &Watched, report: &mut FlowReport) {
+    fn check_states(&self, page: &Watched, start_grace: f64, report: &mut FlowReport) {
         let (mut state_seen, mut media_seen) = (false, false);
         let mut bad: Option<(f64, String)> = None;
         let end = page.left.unwrap_or(f64::INFINITY);
@@ -725,13 +725,15 @@ impl Flow {
                 match (&bad, *seen && media != "connected") {
                     (None, true) => *bad = Some((sample.t, media.as_str())),
                     (Some((from, what)), false) => {
-                        report.state_problems.push(format!(
-                            "{}: tile of {} media {what} from {:.1} s to {:.1} s",
-                            page.name,
-                            self.name_of(identity),
-                            self.rel(*from),
-                            self.rel(sample.t)
-                        ));
+                        if !self.starting(identity, what, (*from, sample.t), start_grace) {
+                            report.state_problems.push(format!(
+                                "{}: tile of {} media {what} from {:.1} s to {:.1} s",
+                                page.name,
+                                self.name_of(identity),
+                                self.rel(*from),
+                                self.rel(sample.t)
+                            ));
+                        }
                         *bad = None;
                     }
                     _ => {}
@@ -748,6 +750,27 @@ impl Flow {
                 ));
             }
         }
+    }
+
+    /// Whether a tile's `connecting` from `from` to `to` is its media starting: within
+    /// `grace` after the participant's page load or one of its sources turning on. (The SDK
+    /// shows a tile `connected` while nothing of theirs is expected yet, then `connecting`
+    /// until it flows.) `poor` and `failed` are never excused.
+    fn starting(&self, identity: &str, what: &str, (from, to): (f64, f64), grace: f64) -> bool {
+        let loads = self
+            .pages
+            .iter()
+            .filter(|p| p.identity == identity)
+            .map(|p| p.joined);
+        let turned_on = self
+            .sources
+            .iter()
+            .filter(|e| e.identity == identity && e.on)
+            .map(|e| e.at);
+        what == "connecting"
+            && loads
+                .chain(turned_on)
+                .any(|at| at <= from && to <= at + grace)
     }
 
     /// The page name of a participant identity (the identity if it is not watched).
@@ -798,5 +821,161 @@ return out;
     match page.eval(script, json!([])).await {
         Ok(value) => serde_json::to_string_pretty(&value).unwrap_or_default(),
         Err(e) => format!("(cannot read the page: {e:#})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: f64 = 1_000_000.0;
+
+    fn page(name: &str, kind: BrowserKind) -> Watched {
+        Watched {
+            name: name.to_owned(),
+            kind,
+            identity: name.to_lowercase(),
+            joined: T0,
+            left: None,
+            samples: Vec::new(),
+            sampler_error: None,
+        }
+    }
+
+    /// A flow of Alice and Bob (both loaded at T0, camera and microphone on); Bob receives
+    /// Alice's camera, whose counter grows in every sample for which `grows(t)` holds
+    /// (t in seconds), sampled every 250 ms for `secs`. Bob's tile of Alice shows `tile(t)`.
+    fn flow(secs: f64, grows: impl Fn(f64) -> bool, tile: impl Fn(f64) -> &'static str) -> Flow {
+        let mut alice = page("Alice", BrowserKind::Chromium);
+        alice.samples.push(Sample {
+            t: T0 + secs * 1000.0,
+            s: "connected".into(),
+            m: "connected".into(),
+            k: vec![],
+            f: vec![],
+        });
+        let mut bob = page("Bob", BrowserKind::Firefox);
+        let mut frames = 0;
+        let mut t = 0.0;
+        while t <= secs {
+            if grows(t) {
+                frames += 3;
+            }
+            bob.samples.push(Sample {
+                t: T0 + t * 1000.0,
+                s: "connected".into(),
+                m: "connected".into(),
+                k: vec![("alice/camera".into(), "mid 1".into(), frames)],
+                f: vec![("alice".into(), tile(t).into())],
+            });
+            t += 0.25;
+        }
+        let mut flow = Flow {
+            start: T0,
+            pages: vec![alice, bob],
+            sources: Vec::new(),
+        };
+        for identity in ["alice", "bob"] {
+            flow.sources.push(SourceEvent {
+                identity: identity.into(),
+                source: "camera".into(),
+                on: true,
+                at: T0,
+            });
+        }
+        flow
+    }
+
+    fn bob_watches_alice(report: &FlowReport) -> Vec<&Stall> {
+        report
+            .stalls
+            .iter()
+            .filter(|s| s.observer == "Bob")
+            .collect()
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_window_is_a_stall_with_its_times() {
+        let flow = flow(
+            30.0,
+            |t| t >= 1.0 && !(10.0..16.5).contains(&t),
+            |_| "connected",
+        );
+        let report = flow.report(Thresholds::CALLS);
+        let stalls = bob_watches_alice(&report);
+        assert_eq!(stalls.len(), 1, "{report}");
+        assert!(!stalls[0].never_started);
+        assert_eq!((stalls[0].from, stalls[0].to), (9.75, 16.5));
+        assert_eq!(stalls[0].remote, "Alice");
+        assert_eq!(stalls[0].source, "camera");
+        assert_eq!(
+            report.first_frame_percentiles(BrowserKind::Firefox),
+            Some((Duration::from_secs(1), Duration::from_secs(1)))
+        );
+    }
+
+    #[test]
+    fn a_gap_within_the_window_is_not() {
+        let flow = flow(
+            30.0,
+            |t| t >= 1.0 && !(10.0..14.5).contains(&t),
+            |_| "connected",
+        );
+        assert!(bob_watches_alice(&flow.report(Thresholds::CALLS)).is_empty());
+    }
+
+    #[test]
+    fn nothing_is_expected_while_a_source_is_off_and_it_must_come_back() {
+        let mut flow = flow(
+            40.0,
+            |t| t >= 1.0 && !(10.0..22.0).contains(&t),
+            |_| "connected",
+        );
+        for (on, at) in [(false, 10.0), (true, 20.0)] {
+            flow.sources.push(SourceEvent {
+                identity: "alice".into(),
+                source: "camera".into(),
+                on,
+                at: T0 + at * 1000.0,
+            });
+        }
+        let report = flow.report(Thresholds::CALLS);
+        assert!(bob_watches_alice(&report).is_empty(), "{report}");
+        assert_eq!(report.resumes.len(), 1);
+        assert_eq!(report.resumes[0].1, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn media_that_never_starts_is_reported() {
+        let report = flow(30.0, |_| false, |_| "connecting").report(Thresholds::CALLS);
+        let stalls = bob_watches_alice(&report);
+        assert_eq!(stalls.len(), 1);
+        assert!(stalls[0].never_started);
+        assert!(stalls[0].to >= 29.0);
+    }
+
+    #[test]
+    fn a_tile_may_be_connecting_while_media_starts_but_never_poor() {
+        let starting = |t: f64| {
+            if (2.0..3.0).contains(&t) {
+                "connecting"
+            } else {
+                "connected"
+            }
+        };
+        let report = flow(30.0, |t| t >= 1.0, starting).report(Thresholds::CALLS);
+        assert!(report.state_problems.is_empty(), "{report}");
+        let poor = |t: f64| {
+            if (20.0..22.0).contains(&t) {
+                "poor"
+            } else {
+                "connected"
+            }
+        };
+        let report = flow(30.0, |t| t >= 1.0, poor).report(Thresholds::CALLS);
+        assert_eq!(
+            report.state_problems,
+            ["Bob: tile of Alice media poor from 20.0 s to 22.0 s"]
+        );
     }
 }
