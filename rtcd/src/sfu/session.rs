@@ -672,6 +672,7 @@ impl Actor {
                 ))
                 .await;
         }
+        self.silence_trackless().await;
         self.sync_publishing(&sections);
         let current: HashMap<String, sdp::Msid> = self
             .slots
@@ -714,6 +715,26 @@ impl Actor {
             self.request_negotiation();
         }
         Ok(())
+    }
+
+    /// Sections the engine created on its own (the client receives there, but this session may
+    /// not subscribe, or the section is not a slot) must not be answered as sending: there is
+    /// nothing behind them.
+    async fn silence_trackless(&self) {
+        for t in self.pc.get_transceivers().await {
+            let Some(mid) = t.mid() else { continue };
+            if self.slots.iter().any(|s| s.mid == mid.as_str()) {
+                continue;
+            }
+            let d = t.direction();
+            if d.has_send() && t.sender().await.track().await.is_none() {
+                t.set_direction(RTCRtpTransceiverDirection::from_send_recv(
+                    false,
+                    d.has_recv(),
+                ))
+                .await;
+            }
+        }
     }
 
     fn idle(&self, audio: bool) -> Arc<dyn TrackLocal + Send + Sync> {

@@ -336,3 +336,51 @@ async fn screen_audio_needs_the_screen_permission() -> anyhow::Result<()> {
     rtcd.rtcd.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_say_msid_semantic_and_never_send_on_a_section_with_nothing_behind_it()
+-> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[]).await?;
+    let auth = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    let _alice = publisher(&mut client, &auth, "alice").await?;
+    // Bob may publish but not subscribe; his receive-only section gets nothing.
+    let mut no_subscribe = all_permissions();
+    no_subscribe.subscribe = false;
+    let bob = Participant::join(&mut client, Some(&auth), "call", "bob", no_subscribe).await?;
+    bob.receive_only().await?;
+    eventually("bob answered", || bob.negotiations() >= 1).await?;
+    let sdp = bob
+        .pc
+        .remote_description()
+        .await
+        .map(|d| d.sdp)
+        .unwrap_or_default();
+    assert!(sdp.contains("a=msid-semantic: WMS *"), "{sdp}");
+    assert!(
+        !sdp.contains("a=sendonly") && !sdp.contains("a=sendrecv"),
+        "{sdp}"
+    );
+    assert!(sdp.contains("a=inactive"), "{sdp}");
+    // A listener that may subscribe gets alice's tracks as sendonly sections naming them.
+    let carol =
+        Participant::listener(&mut client, &auth, "call", "carol", Default::default()).await?;
+    eventually("carol receives alice", || {
+        carol.received("alice", "video") > 5
+    })
+    .await?;
+    let sdp = carol
+        .pc
+        .remote_description()
+        .await
+        .map(|d| d.sdp)
+        .unwrap_or_default();
+    for section in sdp.split("\r\nm=").skip(1) {
+        if section.contains("a=msid:alice ") {
+            assert!(section.contains("a=sendonly"), "{section}");
+        }
+    }
+    assert_eq!(sdp.matches("a=msid:alice ").count(), 2, "{sdp}");
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
