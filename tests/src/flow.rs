@@ -725,7 +725,8 @@ impl Flow {
                 match (&bad, *seen && media != "connected") {
                     (None, true) => *bad = Some((sample.t, media.as_str())),
                     (Some((from, what)), false) => {
-                        if !self.starting(identity, what, (*from, sample.t), start_grace) {
+                        let window = (*from, sample.t);
+                        if !self.starting(page, identity, what, window, start_grace) {
                             report.state_problems.push(format!(
                                 "{}: tile of {} media {what} from {:.1} s to {:.1} s",
                                 page.name,
@@ -752,16 +753,24 @@ impl Flow {
         }
     }
 
-    /// Whether a tile's `connecting` from `from` to `to` is its media starting: within
-    /// `grace` after the participant's page load or one of its sources turning on. (The SDK
-    /// shows a tile `connected` while nothing of theirs is expected yet, then `connecting`
-    /// until it flows.) `poor` and `failed` are never excused.
-    fn starting(&self, identity: &str, what: &str, (from, to): (f64, f64), grace: f64) -> bool {
+    /// Whether `observer`'s tile of `identity` being `connecting` from `from` to `to` is
+    /// media starting: within `grace` after either page loaded or one of the participant's
+    /// sources turned on. (The SDK shows a tile `connected` while nothing of theirs is
+    /// expected yet, then `connecting` until it flows.) `poor` and `failed` never are.
+    fn starting(
+        &self,
+        observer: &Watched,
+        identity: &str,
+        what: &str,
+        (from, to): (f64, f64),
+        grace: f64,
+    ) -> bool {
         let loads = self
             .pages
             .iter()
             .filter(|p| p.identity == identity)
-            .map(|p| p.joined);
+            .map(|p| p.joined)
+            .chain([observer.joined]);
         let turned_on = self
             .sources
             .iter()
