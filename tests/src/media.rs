@@ -630,6 +630,25 @@ impl Participant {
         self.renegotiate().await
     }
 
+    /// Adds `audio` and `video` receive-only transceivers (no offer yet), as a browser that
+    /// expects media does before its first offer.
+    pub async fn add_receivers(&self, audio: usize, video: usize) -> anyhow::Result<()> {
+        for (kind, n) in [(RTPCodecType::Audio, audio), (RTPCodecType::Video, video)] {
+            for _ in 0..n {
+                self.pc
+                    .add_transceiver_from_kind(
+                        kind,
+                        Some(RTCRtpTransceiverInit {
+                            direction: RTCRtpTransceiverDirection::Recvonly,
+                            send_encodings: Vec::new(),
+                        }),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Declares what the track added as `kind` is (`tracks` of every offer from now on, by the
     /// mid of its section), e.g. `screen_audio` as [`pb::TrackKind::ScreenAudio`].
     pub fn declare(&self, kind: &str, as_kind: pb::TrackKind) {

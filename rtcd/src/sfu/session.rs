@@ -12,8 +12,9 @@
 //! Sending slots: every receiving section of the client's offer becomes a slot (a transceiver
 //! whose sender always holds a track, an idle one when unused). A slot carries one forwarded
 //! track at a time; when that track ends, the slot stops sending at once, is answered
-//! `inactive` once (so the client tears its stream down), then carries the next track. The SDP
-//! therefore grows with the most tracks ever live at once, not with the call's history.
+//! `inactive` once (the client sees the track end), then carries the next track on the same
+//! SSRC with its sequence numbers running on (see `peer::add_slot`). The SDP therefore grows
+//! with the most tracks ever live at once, not with the call's history.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};

@@ -384,3 +384,39 @@ async fn answers_say_msid_semantic_and_never_send_on_a_section_with_nothing_behi
     rtcd.rtcd.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_tracks_placed_in_one_answer_all_flow() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[]).await?;
+    let auth = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    let _alice = publisher(&mut client, &auth, "alice").await?;
+    let _bob = publisher(&mut client, &auth, "bob").await?;
+    // Carol's first offer already has four receiving sections: all four tracks go into one
+    // answer, each on its own new section.
+    let carol = Participant::join(
+        &mut client,
+        Some(&auth),
+        "call",
+        "carol",
+        rtcd_e2e::media::subscribe_only(),
+    )
+    .await?;
+    carol.add_receivers(2, 2).await?;
+    carol.renegotiate().await?;
+    eventually("carol receives both", || {
+        ["alice/audio", "alice/video", "bob/audio", "bob/video"]
+            .iter()
+            .all(|f| carol.flows().get(*f).is_some_and(|f| f.packets > 10))
+    })
+    .await?;
+    keeps_flowing(
+        &carol,
+        &["alice/audio", "alice/video", "bob/audio", "bob/video"],
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+    )
+    .await?;
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
