@@ -994,7 +994,8 @@ async fn sdk_plays_a_remote_track_matched_by_mid_and_a_reused_section_switches_p
     } = relayed_page("ivan", "Ivan").await?;
     let mut side = FarSide::new(&page).await?;
     side.until(&page, &mut far, PUBLISHED).await?;
-    // Judy is announced before she publishes: her tile exists, waiting for media.
+    // Judy is announced before she publishes: her tile exists; nothing of hers is expected
+    // yet, so her state follows this client's own (connected) media.
     far.send(RelayEvent::ParticipantJoined(Participant {
         identity: Identity::new("judy"),
         name: Some("Judy".into()),
@@ -1002,7 +1003,7 @@ async fn sdk_plays_a_remote_track_matched_by_mid_and_a_reused_section_switches_p
     }))
     .await?;
     page.wait_for(
-        "document.querySelector('figure[data-participant=\"judy\"]')?.dataset.media === 'connecting'",
+        "document.querySelector('figure[data-participant=\"judy\"]')?.dataset.media === 'connected'",
         BROWSER_STEP,
     )
     .await?;
