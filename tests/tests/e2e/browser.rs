@@ -994,7 +994,8 @@ async fn sdk_plays_a_remote_track_matched_by_mid_and_a_reused_section_switches_p
     } = relayed_page("ivan", "Ivan").await?;
     let mut side = FarSide::new(&page).await?;
     side.until(&page, &mut far, PUBLISHED).await?;
-    // Judy is announced before she publishes: her tile exists, waiting for media.
+    // Judy is announced before she publishes: her tile exists; nothing of hers is expected
+    // yet, so her state follows this client's own (connected) media.
     far.send(RelayEvent::ParticipantJoined(Participant {
         identity: Identity::new("judy"),
         name: Some("Judy".into()),
@@ -1002,7 +1003,7 @@ async fn sdk_plays_a_remote_track_matched_by_mid_and_a_reused_section_switches_p
     }))
     .await?;
     page.wait_for(
-        "document.querySelector('figure[data-participant=\"judy\"]')?.dataset.media === 'connecting'",
+        "document.querySelector('figure[data-participant=\"judy\"]')?.dataset.media === 'connected'",
         BROWSER_STEP,
     )
     .await?;
@@ -1340,17 +1341,47 @@ async fn inbound(page: &Page) -> anyhow::Result<(u64, u64)> {
     ))
 }
 
-/// Waits until `page` plays `count` remote camera videos with real dimensions.
+/// Waits until `page` plays `count` remote camera videos with real dimensions; on failure
+/// says what the SDK had (remote tracks by mid, transceivers, participants).
 async fn plays_remote_videos(page: &Page, count: usize) -> anyhow::Result<()> {
-    page.wait_for(
-        &format!(
-            "[...document.querySelectorAll('video[data-participant]:not([data-source=screen])')]\
-               .filter(v => v.videoWidth > 0 && v.videoHeight > 0).length === {count}"
-        ),
-        BROWSER_STEP,
-    )
-    .await
-    .map(|_| ())
+    let waited = page
+        .wait_for(
+            &format!(
+                "[...document.querySelectorAll('video[data-participant]:not([data-source=screen])')]\
+                   .filter(v => v.videoWidth > 0 && v.videoHeight > 0).length === {count}"
+            ),
+            BROWSER_STEP,
+        )
+        .await;
+    if let Err(e) = waited {
+        let sdk = page
+            .eval(
+                "const pc = rtcd.peerConnection; return {\
+                   identity: rtcd.session && rtcd.session.identity,\
+                   remote: [...rtcd.remoteTracks.values()].map(r => [r.mid, r.identity, r.source, r.track.readyState, r.track.muted]),\
+                   transceivers: pc && pc.getTransceivers().map(t => [t.mid, t.direction, t.currentDirection, t.receiver.track.kind]),\
+                   participants: [...rtcd.participants.values()].map(p => [p.identity, p.media]),\
+                   signaling: pc && pc.signalingState, media: rtcd.mediaState};",
+                json!([]),
+            )
+            .await?;
+        let stats = page
+            .eval_async(
+                "const done = arguments[arguments.length - 1];\
+                 Promise.all(rtcd.peerConnection.getTransceivers().filter(t => t.receiver.track.kind === 'video')\
+                   .map(t => t.receiver.getStats().then(r => { const out = {mid: t.mid};\
+                     r.forEach(s => { if (s.type === 'inbound-rtp') Object.assign(out, {packets: s.packetsReceived,\
+                       frames: s.framesReceived, decoded: s.framesDecoded, keyframes: s.keyFramesDecoded, pli: s.pliCount,\
+                       nack: s.nackCount, ssrc: s.ssrc, codec: s.codecId}); }); return out; })))\
+                 .then(v => done({stats: v, videos: [...document.querySelectorAll('video[data-participant]')].map(v =>\
+                   [v.dataset.participant, v.dataset.source, v.videoWidth, v.paused, v.srcObject && v.srcObject.getTracks().map(t => [t.kind, t.readyState, t.muted])])}),\
+                   e => done(String(e)));",
+                json!([]),
+            )
+            .await?;
+        anyhow::bail!("{e}; SDK {sdk}; video {stats}");
+    }
+    Ok(())
 }
 
 #[tokio::test]

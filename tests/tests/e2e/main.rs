@@ -2,6 +2,7 @@
 //! loopback with ephemeral ports and its own temporary data directory.
 
 mod browser;
+mod calls;
 mod dev;
 mod forwarding;
 mod grpc_tls;

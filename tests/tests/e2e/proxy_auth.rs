@@ -908,7 +908,8 @@ async fn negotiation_needed_participants_and_track_mids_reach_the_client() -> an
 #[tokio::test]
 async fn an_answer_is_refused_with_bad_message_and_the_session_continues() -> anyhow::Result<()> {
     use rtcd_proxy::relay::RelayCommand;
-    let (proxy, mut client, mut far) = scripted_session(&claims("wes", "standup")).await?;
+    let member = with(claims("wes", "standup"), "role", json!("member"));
+    let (proxy, mut client, mut far) = scripted_session(&member).await?;
     client
         .send(&json!({"type": "answer", "sdp": sdp(&[("audio", "0", "recvonly")])}))
         .await?;
