@@ -6,6 +6,7 @@ mod calls;
 mod dev;
 mod forwarding;
 mod grpc_tls;
+mod interop;
 mod lifecycle;
 mod loadgen;
 mod negotiation;
