@@ -835,6 +835,45 @@ impl Participant {
     }
 }
 
+/// Checks that every flow in `flows` (`sender/kind`) that `p` receives keeps growing in every
+/// `window` for `total`: a call that stalls for one window fails, with which flow and when.
+/// (A first packet proves nothing: calls once died seconds after their first frame.)
+pub async fn keeps_flowing(
+    p: &Participant,
+    flows: &[&str],
+    total: Duration,
+    window: Duration,
+) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now();
+    let count = |f: &str| p.flows().get(f).map_or(0, |f| f.packets);
+    let mut last: Vec<u64> = flows.iter().map(|f| count(f)).collect();
+    while start.elapsed() < total {
+        tokio::time::sleep(window).await;
+        for (i, f) in flows.iter().enumerate() {
+            let now = count(f);
+            anyhow::ensure!(
+                now > last[i],
+                "{}: flow {f} stalled at {now} packets in the window ending {:?} after the start",
+                p.session,
+                start.elapsed()
+            );
+            last[i] = now;
+        }
+    }
+    Ok(())
+}
+
+/// The number of media sections and the size of `p`'s current remote description (rtcd's
+/// latest answer).
+pub async fn remote_sdp_shape(p: &Participant) -> (usize, usize) {
+    let sdp =
+        p.pc.remote_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default();
+    (sdp.matches("\nm=").count(), sdp.len())
+}
+
 fn rand_ssrc(tag: &str) -> u32 {
     tag.bytes()
         .fold(0x9e37_79b9u32, |h, b| h.rotate_left(5) ^ u32::from(b))

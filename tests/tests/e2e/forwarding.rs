@@ -258,46 +258,6 @@ async fn mute_drops_packets_and_screen_share_comes_and_goes() -> anyhow::Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_offer_colliding_with_an_rtcd_offer_is_refused_as_glare() -> anyhow::Result<()> {
-    let rtcd = TestRtcd::start(&[]).await?;
-    let auth = rtcd.register("tenant-a").await?;
-    let mut client = rtcd.client().await?;
-    let _a = publisher(&mut client, &auth, "alice").await?;
-    let b = publisher(&mut client, &auth, "bob").await?;
-    receives_exactly(&b, &["alice"]).await?;
-    // Bob sits on rtcd's next offer (carol's tracks), so it stays outstanding at rtcd...
-    b.hold_offers(true);
-    let _c = publisher(&mut client, &auth, "carol").await?;
-    eventually("rtcd offered carol's tracks to bob", || {
-        b.hold_offers(true) > 0
-    })
-    .await?;
-    // ...and then offers himself: glare at rtcd, which keeps its own offer (impolite).
-    b.add_track("screen").await?;
-    b.renegotiate().await?;
-    eventually("glare refused", || {
-        b.errors().iter().any(|(code, m)| {
-            *code == tonic::Code::FailedPrecondition as i32 && m.starts_with("glare")
-        })
-    })
-    .await?;
-    assert!(
-        all_errors_are(&b, tonic::Code::FailedPrecondition),
-        "{:?}",
-        b.errors()
-    );
-    // The session is intact: media from alice keeps flowing to bob.
-    let before = b.received("alice", "video");
-    eventually("media continues", || {
-        b.received("alice", "video") > before + 20
-    })
-    .await?;
-    assert_eq!(rtcd.rtcd.sfu().session_count(), 3);
-    rtcd.rtcd.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h264_video_is_forwarded_as_h264() -> anyhow::Result<()> {
     let rtcd = TestRtcd::start(&[]).await?;
     let auth = rtcd.register("tenant-a").await?;
