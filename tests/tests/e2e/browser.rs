@@ -1101,7 +1101,7 @@ async fn sdk_plays_a_remote_track_matched_by_mid_and_a_reused_section_switches_p
     let offer = side.settle(&page, &mut far, n + 1).await?;
     assert_eq!(
         receiving_mids(&offer, "video"),
-        [mid.clone()],
+        std::slice::from_ref(&mid),
         "the inactive section is offered again, not a new one"
     );
     far.send(RelayEvent::TrackPublished {
@@ -1170,15 +1170,14 @@ async fn sdk_does_not_wedge_when_an_answer_never_comes_or_the_session_closes_mid
         json!([member_token("lena", "Lena", "standup")]),
     )
     .await?;
-    let next_session =
-        |sessions: &mut tokio::sync::mpsc::UnboundedReceiver<rtcd_e2e::relay::FarEnd>| {
-            let recv = sessions.recv();
-            async move {
-                tokio::time::timeout(BROWSER_STEP, recv)
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("no relayed session"))
-            }
-        };
+    // A fn, not a closure: a closure cannot return a future borrowing its argument.
+    async fn next_session(
+        sessions: &mut tokio::sync::mpsc::UnboundedReceiver<rtcd_e2e::relay::FarEnd>,
+    ) -> anyhow::Result<rtcd_e2e::relay::FarEnd> {
+        tokio::time::timeout(BROWSER_STEP, sessions.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no relayed session"))
+    }
 
     // 1. The offer is never answered: after the step timeout the SDK reports
     //    negotiation_failed and starts a new session with a new peer connection.
