@@ -23,10 +23,7 @@ fn python() -> String {
 }
 
 fn client_script() -> String {
-    format!(
-        "{}/clients/aiortc_client.py",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/clients/aiortc_client.py", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A running aiortc client; its per-second reports are collected until it exits.
@@ -137,8 +134,7 @@ fn flows_in_every_window(
     let at = |t: f64| {
         reports
             .iter()
-            .filter(|r| r["t"].as_f64().is_some_and(|x| x <= t))
-            .last()
+            .rfind(|r| r["t"].as_f64().is_some_and(|x| x <= t))
             .with_context(|| format!("{name}: no report by {t} s"))
     };
     let mut t = from;
@@ -172,7 +168,10 @@ fn aiortc_clients_written_from_the_protocol_document_keep_receiving_each_other()
         })
         .await?;
         let base = format!("http://{}", stack.proxy.addr());
-        let http = reqwest::Client::new();
+        // No pooled connections: the proxy may close an idle one just as it is reused.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()?;
         let alice = start_client(&http, &base, "alice", 45).await?;
         let bob = start_client(&http, &base, "bob", 44).await?;
         // A third participant comes and goes twice while the two stay.
@@ -181,8 +180,11 @@ fn aiortc_clients_written_from_the_protocol_document_keep_receiving_each_other()
             let carol = start_client(&http, &base, "carol", 14).await?;
             let reports = carol.finish().await?;
             anyhow::ensure!(
-                frames_from(reports.last().context("carol reported nothing")?, "alice", "video")
-                    > 0,
+                frames_from(
+                    reports.last().context("carol reported nothing")?,
+                    "alice",
+                    "video"
+                ) > 0,
                 "carol never received alice: {:?}",
                 reports.last()
             );
