@@ -20,6 +20,7 @@
 
 pub mod forwarder;
 pub mod peer;
+pub mod rebase;
 pub mod sdp;
 pub mod session;
 

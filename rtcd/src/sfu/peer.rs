@@ -334,7 +334,10 @@ fn interceptors(
     ));
     registry.add(Box::new(Generator::builder()));
     let registry = configure_rtcp_reports(registry);
-    configure_twcc_receiver_only(registry, media)
+    let mut registry = configure_twcc_receiver_only(registry, media)?;
+    // Last added = outermost: the NACK buffer and sender reports see rebased timestamps.
+    registry.add(Box::new(super::rebase::RebaseBuilder));
+    Ok(registry)
 }
 
 /// The responder's size is a power of two (it indexes by sequence number modulo the size).

@@ -180,11 +180,7 @@ fn aiortc_clients_written_from_the_protocol_document_keep_receiving_each_other()
             let carol = start_client(&http, &base, "carol", 14).await?;
             let reports = carol.finish().await?;
             anyhow::ensure!(
-                frames_from(
-                    reports.last().context("carol reported nothing")?,
-                    "alice",
-                    "video"
-                ) > 0,
+                reports.iter().any(|r| frames_from(r, "alice", "video") > 0),
                 "carol never received alice: {:?}",
                 reports.last()
             );
@@ -195,8 +191,9 @@ fn aiortc_clients_written_from_the_protocol_document_keep_receiving_each_other()
         flows_in_every_window("alice", &alice_reports, "bob", 10.0, 40.0)?;
         flows_in_every_window("bob", &bob_reports, "alice", 10.0, 40.0)?;
         for (name, reports) in [("alice", &alice_reports), ("bob", &bob_reports)] {
+            // (A report names the publisher of a section only while it is published.)
             anyhow::ensure!(
-                frames_from(reports.last().context("no report")?, "carol", "video") > 0,
+                reports.iter().any(|r| frames_from(r, "carol", "video") > 0),
                 "{name} never received carol's camera on a reused or added section"
             );
             anyhow::ensure!(
