@@ -155,6 +155,17 @@ function makeTile(identity, label, source) {
   return { tile, video };
 }
 
+/**
+ * Shows `tracks` in `video` through a fresh MediaStream. Seen in Chromium 156: a tile made when
+ * someone joins (an empty stream on the element) that later gets their camera added to that
+ * same stream stays blank for tens of seconds or for good; assigning a new stream renders at once.
+ * @param {HTMLVideoElement} video @param {MediaStreamTrack[]} tracks
+ */
+function show(video, tracks) {
+  video.srcObject = new MediaStream(tracks);
+  if (tracks.length) play(video);
+}
+
 function tileFor(identity, name) {
   let entry = tiles.get(identity);
   if (!entry) {
@@ -329,11 +340,10 @@ function wireClient(client) {
         entry.screen = tile;
       }
       const video = /** @type {HTMLVideoElement} */ (entry.screen.querySelector('video'));
-      /** @type {MediaStream} */ (video.srcObject).addTrack(track);
-      play(video);
+      show(video, [.../** @type {MediaStream} */ (video.srcObject).getTracks(), track]);
     } else {
       entry.stream.addTrack(track);
-      play(entry.video);
+      show(entry.video, entry.stream.getTracks());
     }
     setBadges(identity, participant || { muted: {} });
   });
@@ -343,9 +353,10 @@ function wireClient(client) {
     if (!entry) return;
     if (source === 'screen' || source === 'screen_audio') {
       if (entry.screen) {
-        const stream = /** @type {MediaStream} */ (entry.screen.querySelector('video').srcObject);
-        stream.removeTrack(track);
-        if (stream.getTracks().length === 0) {
+        const video = /** @type {HTMLVideoElement} */ (entry.screen.querySelector('video'));
+        const rest = /** @type {MediaStream} */ (video.srcObject).getTracks().filter((t) => t !== track);
+        show(video, rest);
+        if (rest.length === 0) {
           entry.screen.remove();
           entry.screen = undefined;
           updateGrid();
@@ -353,6 +364,7 @@ function wireClient(client) {
       }
     } else {
       entry.stream.removeTrack(track);
+      show(entry.video, entry.stream.getTracks());
       setBadges(identity, client.participants.get(identity) || { muted: {} });
     }
   });

@@ -266,6 +266,8 @@ struct Shared {
     /// current sections, as a slow client would).
     hold_offers: AtomicBool,
     offers_dropped: AtomicU64,
+    /// Kinds declared in every offer's `tracks`, by the MediaStreamTrack id of our track.
+    declared: Mutex<HashMap<String, pb::TrackKind>>,
 }
 
 /// A published track's sender and the flag that stops its packet generator.
@@ -494,7 +496,7 @@ impl Participant {
         interval: Duration,
         pad: usize,
     ) -> anyhow::Result<()> {
-        let mime = if kind == "audio" {
+        let mime = if kind == "audio" || kind == "screen_audio" {
             MIME_TYPE_OPUS
         } else {
             MIME_TYPE_VP8
@@ -514,11 +516,7 @@ impl Participant {
         interval: Duration,
         pad: usize,
     ) -> anyhow::Result<()> {
-        let track_id = match kind {
-            "audio" => "mic",
-            "video" => "cam",
-            _ => "screen",
-        };
+        let track_id = track_id_of(kind);
         let track = Arc::new(TrackLocalStaticRTP::new(
             codec,
             track_id.to_owned(),
@@ -560,7 +558,7 @@ impl Participant {
             }
         });
         let tag = format!("{}|{}|", self.session, kind);
-        let audio = kind == "audio";
+        let audio = kind == "audio" || kind == "screen_audio";
         let st = stop.clone();
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
@@ -630,6 +628,35 @@ impl Participant {
             )
             .await?;
         self.renegotiate().await
+    }
+
+    /// Adds `audio` and `video` receive-only transceivers (no offer yet), as a browser that
+    /// expects media does before its first offer.
+    pub async fn add_receivers(&self, audio: usize, video: usize) -> anyhow::Result<()> {
+        for (kind, n) in [(RTPCodecType::Audio, audio), (RTPCodecType::Video, video)] {
+            for _ in 0..n {
+                self.pc
+                    .add_transceiver_from_kind(
+                        kind,
+                        Some(RTCRtpTransceiverInit {
+                            direction: RTCRtpTransceiverDirection::Recvonly,
+                            send_encodings: Vec::new(),
+                        }),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Declares what the track added as `kind` is (`tracks` of every offer from now on, by the
+    /// mid of its section), e.g. `screen_audio` as [`pb::TrackKind::ScreenAudio`].
+    pub fn declare(&self, kind: &str, as_kind: pb::TrackKind) {
+        self.shared
+            .declared
+            .lock()
+            .unwrap()
+            .insert(track_id_of(kind).to_owned(), as_kind);
     }
 
     /// Offers (through the driver, so offers and answers never interleave).
@@ -835,6 +862,55 @@ impl Participant {
     }
 }
 
+/// Checks that every flow in `flows` (`sender/kind`) that `p` receives keeps growing in every
+/// `window` for `total`: a call that stalls for one window fails, with which flow and when.
+/// (A first packet proves nothing: calls once died seconds after their first frame.)
+pub async fn keeps_flowing(
+    p: &Participant,
+    flows: &[&str],
+    total: Duration,
+    window: Duration,
+) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now();
+    let count = |f: &str| p.flows().get(f).map_or(0, |f| f.packets);
+    let mut last: Vec<u64> = flows.iter().map(|f| count(f)).collect();
+    while start.elapsed() < total {
+        tokio::time::sleep(window).await;
+        for (i, f) in flows.iter().enumerate() {
+            let now = count(f);
+            anyhow::ensure!(
+                now > last[i],
+                "{}: flow {f} stalled at {now} packets in the window ending {:?} after the start",
+                p.session,
+                start.elapsed()
+            );
+            last[i] = now;
+        }
+    }
+    Ok(())
+}
+
+/// The number of media sections and the size of `p`'s current remote description (rtcd's
+/// latest answer).
+pub async fn remote_sdp_shape(p: &Participant) -> (usize, usize) {
+    let sdp =
+        p.pc.remote_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default();
+    (sdp.matches("\nm=").count(), sdp.len())
+}
+
+/// The MediaStreamTrack id of a synthetic track of `kind`.
+fn track_id_of(kind: &str) -> &'static str {
+    match kind {
+        "audio" => "mic",
+        "video" => "cam",
+        "screen_audio" => "screen-audio",
+        _ => "screen",
+    }
+}
+
 fn rand_ssrc(tag: &str) -> u32 {
     tag.bytes()
         .fold(0x9e37_79b9u32, |h, b| h.rotate_left(5) ^ u32::from(b))
@@ -939,9 +1015,20 @@ fn record_incoming(pc: &Arc<RTCPeerConnection>, shared: &Arc<Shared>) {
 
 async fn send_offer(
     pc: &RTCPeerConnection,
+    shared: &Shared,
     out: &mpsc::Sender<pb::ClientSignal>,
 ) -> anyhow::Result<()> {
     let offer = pc.create_offer(None).await?;
+    // Mids exist once the offer is created: name the declared tracks' sections.
+    let declared = shared.declared.lock().unwrap().clone();
+    let mut tracks = HashMap::new();
+    for t in pc.get_transceivers().await {
+        if let (Some(mid), Some(track)) = (t.mid(), t.sender().await.track().await)
+            && let Some(kind) = declared.get(track.id())
+        {
+            tracks.insert(mid.to_string(), *kind as i32);
+        }
+    }
     let mut gathered = pc.gathering_complete_promise().await;
     pc.set_local_description(offer).await?;
     let _ = gathered.recv().await;
@@ -953,7 +1040,7 @@ async fn send_offer(
     out.send(pb::ClientSignal {
         signal: Some(pb::client_signal::Signal::Offer(pb::SessionDescription {
             sdp,
-            tracks: Default::default(),
+            tracks,
         })),
     })
     .await?;
@@ -1043,7 +1130,7 @@ async fn drive(
         }
         if want_offer && pc.signaling_state() == RTCSignalingState::Stable {
             want_offer = false;
-            let _ = send_offer(&pc, &out).await;
+            let _ = send_offer(&pc, &shared, &out).await;
         }
     }
     shared.closed.store(true, Ordering::Relaxed);

@@ -220,8 +220,9 @@ async fn forward(
                 m.forwarded.inc_by(subscribers);
                 m.bytes.inc_by(subscribers * packet.payload.len() as u64);
             }
-            Err(_) => {
+            Err(e) => {
                 m.failed.inc();
+                tracing::debug!(track = %track.id, error = %e, "forwarding a packet failed");
             }
         }
     }

@@ -195,15 +195,26 @@ pub async fn add_slot(
     } else {
         RTCRtpTransceiverDirection::Sendonly
     };
-    pc.add_transceiver_from_track(
-        track,
-        Some(RTCRtpTransceiverInit {
-            direction,
-            send_encodings: Vec::new(),
-        }),
-    )
-    .await
-    .map_err(|e| SfuError::Media(format!("cannot add a sending section: {e}")))
+    let transceiver = pc
+        .add_transceiver_from_track(
+            track,
+            Some(RTCRtpTransceiverInit {
+                direction,
+                send_encodings: Vec::new(),
+            }),
+        )
+        .await
+        .map_err(|e| SfuError::Media(format!("cannot add a sending section: {e}")))?;
+    // A slot keeps its SSRC while its track changes: its sequence numbers must run on across
+    // the change, or the receiver's SRTP context (which infers the rollover counter from the
+    // sequence number) guesses wrong and drops every packet of the new track. The engine's
+    // sequence transformer continues from the last number sent after each `replace_track`.
+    transceiver
+        .sender()
+        .await
+        .enable_seq_transformer()
+        .map_err(|e| SfuError::Media(format!("cannot keep a slot's sequence numbers: {e}")))?;
+    Ok(transceiver)
 }
 
 /// Puts `track` on a slot's sender and sets what the slot's next answer says: sending (with the

@@ -1,7 +1,7 @@
 //! The little SDP reading and writing the session needs beyond the media engine: which media
 //! sections a client offer has (to prepare a sending slot for each new receiving section before
 //! the engine applies the offer), and the last touches to rtcd's answer text (`msid-semantic`,
-//! the current occupant's msid on a reused section, no SSRC lines on an inactive one).
+//! the current occupant's msid on a reused section).
 //!
 //! Plain text in, plain text out: the engine has already validated the SDP, or will.
 
@@ -136,10 +136,11 @@ pub struct Msid {
 ///   without it);
 /// * a section in `current` gets that msid on its `a=msid` and `a=ssrc:* msid` lines: a reused
 ///   section must name its current track, while the engine keeps the first one (RFC 8829
-///   §5.2.2 keeps msid stable for an offerer; our answers describe what is sent now);
-/// * an `inactive` section loses its SSRC and msid lines, so the receiver tears down the
-///   stream and starts a fresh one when the section is reused (the SSRC stays the same, the
-///   publisher's sequence numbers and timestamps do not).
+///   §5.2.2 keeps msid stable for an offerer; our answers describe what is sent now).
+///
+/// An `inactive` section keeps its SSRC lines: Chromium (156), when a receiving section loses
+/// its SSRC and gets it back, never renders that receiver's track again although it decodes
+/// the frames; with the SSRC kept, it resumes the stream (the slot's sequence numbers run on).
 pub fn polish_answer(sdp: &str, current: &HashMap<String, Msid>) -> String {
     let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
     for line in sdp.split("\r\n").filter(|l| !l.is_empty()) {
@@ -166,12 +167,8 @@ pub fn polish_answer(sdp: &str, current: &HashMap<String, Msid>) -> String {
             .find_map(|l| l.strip_prefix("a=mid:"))
             .unwrap_or("")
             .trim();
-        let inactive = section.contains(&"a=inactive");
         let msid = current.get(mid);
         for line in section {
-            if inactive && (line.starts_with("a=ssrc") || line.starts_with("a=msid:")) {
-                continue;
-            }
             match (msid, rewrite_msid(line)) {
                 (Some(m), Some(prefix)) => {
                     out.push_str(&format!("{prefix}{} {}\r\n", m.stream, m.track));
@@ -248,7 +245,7 @@ mod tests {
         a=ssrc:22 msid:gone t\r\na=inactive\r\n";
 
     #[test]
-    fn answers_get_msid_semantic_current_msids_and_bare_inactive_sections() {
+    fn answers_get_msid_semantic_and_current_msids_and_inactive_sections_keep_their_ssrc() {
         let current = HashMap::from([(
             "0".to_owned(),
             Msid {
@@ -263,11 +260,8 @@ mod tests {
         assert!(out.contains("a=ssrc:11 cname:old-session\r\n"), "{out}");
         assert!(!out.contains("old-track"), "{out}");
         let inactive = &out[out.find("a=mid:1").unwrap()..];
-        assert!(
-            !inactive.contains("a=ssrc") && !inactive.contains("a=msid:"),
-            "{out}"
-        );
-        assert!(inactive.contains("a=inactive"));
+        assert!(inactive.contains("a=ssrc:22 cname:gone\r\n"), "{out}");
+        assert!(inactive.contains("a=msid:gone t\r\n"), "{out}");
         assert_eq!(sections(&out), sections(ANSWER), "sections are unchanged");
         assert_eq!(
             polish_answer(&out, &current),

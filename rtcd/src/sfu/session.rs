@@ -12,8 +12,9 @@
 //! Sending slots: every receiving section of the client's offer becomes a slot (a transceiver
 //! whose sender always holds a track, an idle one when unused). A slot carries one forwarded
 //! track at a time; when that track ends, the slot stops sending at once, is answered
-//! `inactive` once (so the client tears its stream down), then carries the next track. The SDP
-//! therefore grows with the most tracks ever live at once, not with the call's history.
+//! `inactive` once (the client sees the track end), then carries the next track on the same
+//! SSRC with its sequence numbers running on (see `peer::add_slot`). The SDP therefore grows
+//! with the most tracks ever live at once, not with the call's history.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -672,6 +673,7 @@ impl Actor {
                 ))
                 .await;
         }
+        self.silence_trackless().await;
         self.sync_publishing(&sections);
         let current: HashMap<String, sdp::Msid> = self
             .slots
@@ -714,6 +716,26 @@ impl Actor {
             self.request_negotiation();
         }
         Ok(())
+    }
+
+    /// Sections the engine created on its own (the client receives there, but this session may
+    /// not subscribe, or the section is not a slot) must not be answered as sending: there is
+    /// nothing behind them.
+    async fn silence_trackless(&self) {
+        for t in self.pc.get_transceivers().await {
+            let Some(mid) = t.mid() else { continue };
+            if self.slots.iter().any(|s| s.mid == mid.as_str()) {
+                continue;
+            }
+            let d = t.direction();
+            if d.has_send() && t.sender().await.track().await.is_none() {
+                t.set_direction(RTCRtpTransceiverDirection::from_send_recv(
+                    false,
+                    d.has_recv(),
+                ))
+                .await;
+            }
+        }
     }
 
     fn idle(&self, audio: bool) -> Arc<dyn TrackLocal + Send + Sync> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rtcd_e2e::daemon::{ADMIN_SECRET, RtcdProcess, client, key_for, test_env};
 use rtcd_e2e::media::{
-    PATIENCE, Participant, PeerOptions, TestRtcd, all_permissions, basic, eventually,
+    PATIENCE, Participant, PeerOptions, TestRtcd, all_permissions, basic, eventually, keeps_flowing,
 };
 use rtcd_proto::v1 as pb;
 use rtcd_proto::v1::signaling_client::SignalingClient;
@@ -219,6 +219,11 @@ async fn cycle(
         a.received("bob", "video") >= 5 && b.received("alice", "video") >= 5
     })
     .await?;
+    for (p, other) in [(a, "bob"), (b, "alice")] {
+        let flows = [format!("{other}/audio"), format!("{other}/video")];
+        let flows: Vec<&str> = flows.iter().map(String::as_str).collect();
+        keeps_flowing(p, &flows, Duration::from_secs(2), Duration::from_secs(1)).await?;
+    }
     let live = match probe {
         Some((pid, http, base)) => Some(footprint(pid, http, base).await?),
         None => None,

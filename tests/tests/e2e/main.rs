@@ -7,6 +7,7 @@ mod forwarding;
 mod grpc_tls;
 mod lifecycle;
 mod loadgen;
+mod negotiation;
 mod process;
 mod proxy_auth;
 mod registry;
