@@ -4,7 +4,8 @@
 #
 # The tests run inside a fresh network namespace that has only `lo` (`unshare -n`, needs root):
 # every server and the headless Chromium of the browser tests stay on 127.0.0.1 by
-# construction. Everything is built before entering it (cargo cannot reach the registry there).
+# construction. The calls tests (Firefox needs non-loopback ICE) create their own nested
+# namespace with a veth pair whose both ends stay inside it (tests/src/netns.rs). Everything is built before entering it (cargo cannot reach the registry there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,21 +17,38 @@ need_root() {
 }
 
 echo "== system packages"
-# Browser tests drive Debian's Chromium through chromedriver; they fail (never skip) without it.
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || ! command -v ip >/dev/null || ! command -v openssl >/dev/null \
+# Browser tests drive Debian's Chromium through chromedriver and Debian's Firefox ESR over
+# WebDriver BiDi; they fail (never skip) without them.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/firefox-esr ] \
+	|| ! command -v ip >/dev/null || ! command -v openssl >/dev/null \
 	|| ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl; then
-	need_root "installing chromium, chromium-driver, iproute2, openssl (test PKI), pkg-config and libssl-dev (the load tool's WebRTC stack)"
+	need_root "installing chromium, chromium-driver, firefox-esr, iproute2, openssl (test PKI), pkg-config and libssl-dev (the load tool's WebRTC stack)"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update
-	apt-get install -y --no-install-recommends chromium chromium-driver iproute2 openssl pkg-config libssl-dev
+	apt-get install -y --no-install-recommends chromium chromium-driver firefox-esr iproute2 openssl pkg-config libssl-dev
 fi
-for bin in /usr/bin/chromium /usr/bin/chromedriver; do
+for bin in /usr/bin/chromium /usr/bin/chromedriver /usr/bin/firefox-esr; do
 	if [ ! -x "$bin" ]; then
 		echo "scripts/test.sh: $bin is still missing after apt-get install; the browser tests cannot run" >&2
 		exit 1
 	fi
 done
 need_root "unshare -n (a network namespace with only loopback)"
+
+echo "== python (the aiortc interop client, tests/clients/)"
+# An independent WebRTC stack written from docs/protocol.md: aiortc from PyPI in a venv of
+# its own (Debian's python refuses system-wide pip installs).
+venv=target/interop-venv
+if ! "$venv/bin/python" -c 'import aiortc, websockets' 2>/dev/null; then
+	if ! python3 -m venv "$venv" 2>/dev/null; then
+		need_root "installing python3-venv (the aiortc interop client)"
+		rm -rf "$venv"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv
+		python3 -m venv "$venv"
+	fi
+	"$venv/bin/pip" install --quiet --disable-pip-version-check "aiortc==1.16.0" "websockets==15.0.1"
+fi
+export RTCD_E2E_PYTHON="$PWD/$venv/bin/python"
 
 echo "== fmt"
 cargo fmt --all -- --check

@@ -10,6 +10,10 @@
 //!
 //! Environment: `CHROMIUM` and `CHROMEDRIVER` override the binaries (default `/usr/bin/...`);
 //! `RTCD_E2E_ARTIFACTS` overrides where screenshots go (default `target/artifacts`).
+//!
+//! [`BrowserPage`] is the one page type for tests that run the same body in Chromium and in
+//! Firefox ([`crate::firefox`]); [`Browsers`] opens either kind. Inside the LAN namespace of
+//! [`crate::netns`] Chromium needs no loopback ICE ([`Chromedriver::start_lan`]).
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -40,13 +44,15 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-component-update",
     "--disable-sync",
     "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--allow-loopback-in-peer-connection",
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
     "--disable-dev-shm-usage",
     "--window-size=1280,800",
 ];
+
+/// Added to [`CHROMIUM_FLAGS`] when the test runs on `lo` only: loopback host candidates.
+const LOOPBACK_ICE_FLAG: &str = "--allow-loopback-in-peer-connection";
 
 /// Where screenshots and other test artifacts go (created on demand).
 pub fn artifacts_dir() -> PathBuf {
@@ -79,12 +85,24 @@ pub struct Chromedriver {
     base: String,
     http: reqwest::Client,
     chromium: PathBuf,
+    loopback_ice: bool,
     sessions: Arc<Mutex<Vec<String>>>,
 }
 
 impl Chromedriver {
-    /// Starts chromedriver on `127.0.0.1` with a port of its own choosing.
+    /// Starts chromedriver on `127.0.0.1` with a port of its own choosing; its pages gather
+    /// loopback ICE candidates (for tests in a namespace with only `lo`).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    /// Like [`Chromedriver::start`], for pages in the LAN namespace of [`crate::netns`]: no
+    /// loopback candidates, only the namespace's private addresses (as on a real network).
+    pub async fn start_lan() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(loopback_ice: bool) -> anyhow::Result<Self> {
         let chromium = binary("CHROMIUM", CHROMIUM, "chromium")?;
         let driver = binary("CHROMEDRIVER", CHROMEDRIVER, "chromium-driver")?;
         let mut child = Command::new(&driver)
@@ -128,6 +146,7 @@ impl Chromedriver {
             base: format!("http://127.0.0.1:{port}"),
             http,
             chromium,
+            loopback_ice,
             sessions: Arc::default(),
         })
     }
@@ -136,6 +155,9 @@ impl Chromedriver {
     pub async fn page(&self) -> anyhow::Result<Page> {
         let profile = tempfile::tempdir()?;
         let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| (*s).to_owned()).collect();
+        if self.loopback_ice {
+            args.push(LOOPBACK_ICE_FLAG.to_owned());
+        }
         args.push(format!("--user-data-dir={}", profile.path().display()));
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -199,7 +221,9 @@ fn delete_session_blocking(port: u16, id: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-const ERROR_HOOK: &str = "window.__pageErrors = [];\
+/// Records uncaught errors and unhandled rejections in `window.__pageErrors` (installed on
+/// every new document, by both drivers).
+pub(crate) const ERROR_HOOK: &str = "window.__pageErrors = [];\
     window.addEventListener('error', e => window.__pageErrors.push(String(e.message)));\
     window.addEventListener('unhandledrejection', e => window.__pageErrors.push('unhandled rejection: ' + String(e.reason && e.reason.message || e.reason)));";
 
@@ -387,5 +411,212 @@ impl Page {
         lock(&self.sessions).retain(|s| *s != self.id);
         call(&self.http, reqwest::Method::DELETE, &self.base, None).await?;
         Ok(())
+    }
+}
+
+/// Which browser a [`BrowserPage`] runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrowserKind {
+    /// Debian's `chromium`, through chromedriver.
+    Chromium,
+    /// Debian's `firefox-esr`, over WebDriver BiDi.
+    Firefox,
+}
+
+impl std::fmt::Display for BrowserKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Chromium => "chromium",
+            Self::Firefox => "firefox",
+        })
+    }
+}
+
+/// Opens pages of either kind: one chromedriver (started on first use) for all Chromium
+/// pages, one Firefox process per Firefox page. Drop it after the pages.
+pub struct Browsers {
+    lan: bool,
+    chromedriver: tokio::sync::OnceCell<Chromedriver>,
+}
+
+impl Browsers {
+    /// For pages in the LAN namespace of [`crate::netns`] (Firefox needs it).
+    pub fn lan() -> Self {
+        Self {
+            lan: true,
+            chromedriver: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// For pages in a namespace with only `lo` (Chromium only: Firefox gathers no loopback
+    /// candidates, so its calls fail there).
+    pub fn loopback() -> Self {
+        Self {
+            lan: false,
+            chromedriver: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// A new page (fresh profile) of `kind`, showing nothing yet.
+    pub async fn page(&self, kind: BrowserKind) -> anyhow::Result<BrowserPage> {
+        Ok(match kind {
+            BrowserKind::Chromium => {
+                let driver = self
+                    .chromedriver
+                    .get_or_try_init(|| Chromedriver::start_with(!self.lan))
+                    .await?;
+                BrowserPage::Chromium(driver.page().await?)
+            }
+            BrowserKind::Firefox => {
+                BrowserPage::Firefox(crate::firefox::FirefoxPage::start().await?)
+            }
+        })
+    }
+}
+
+/// A page in Chromium or Firefox, so that one test body drives either. Scripts follow
+/// WebDriver's "execute script" contract in both: a function body, `arguments` holds the
+/// arguments, the result (awaited if a promise) comes back as JSON.
+pub enum BrowserPage {
+    /// A chromedriver session.
+    Chromium(Page),
+    /// A Firefox process driven over BiDi.
+    Firefox(crate::firefox::FirefoxPage),
+}
+
+impl BrowserPage {
+    /// Which browser this is.
+    pub fn kind(&self) -> BrowserKind {
+        match self {
+            Self::Chromium(_) => BrowserKind::Chromium,
+            Self::Firefox(_) => BrowserKind::Firefox,
+        }
+    }
+
+    /// Navigates and waits for the load event.
+    pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Chromium(page) => page.goto(url).await,
+            Self::Firefox(page) => page.goto(url).await,
+        }
+    }
+
+    /// Runs `script` (a function body; `arguments` holds `args`) and returns its result.
+    pub async fn eval(&self, script: &str, args: Value) -> anyhow::Result<Value> {
+        match self {
+            Self::Chromium(page) => page.eval(script, args).await,
+            Self::Firefox(page) => page.eval(script, args).await,
+        }
+    }
+
+    /// Runs `script` asynchronously: it calls `arguments[arguments.length - 1](result)`.
+    pub async fn eval_async(&self, script: &str, args: Value) -> anyhow::Result<Value> {
+        match self {
+            Self::Chromium(page) => page.eval_async(script, args).await,
+            Self::Firefox(page) => page.eval_async(script, args).await,
+        }
+    }
+
+    /// Clicks the element with this id (a button of the demo page). In Firefox this is a
+    /// real pointer click (a user activation, which `getDisplayMedia` requires there).
+    pub async fn click(&self, id: &str) -> anyhow::Result<()> {
+        if let Self::Firefox(page) = self {
+            return page.click(id).await;
+        }
+        self.eval(
+            "const b = document.getElementById(arguments[0]); \
+             if (!b) throw new Error('no #' + arguments[0]); b.click(); return true;",
+            json!([id]),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `document.body.dataset` as JSON.
+    pub async fn dataset(&self) -> anyhow::Result<Value> {
+        self.eval(
+            "return Object.assign({}, document.body.dataset);",
+            json!([]),
+        )
+        .await
+    }
+
+    /// Polls the expression `condition` until it is truthy; fails after `timeout` with what
+    /// the page showed.
+    pub async fn wait_for(&self, condition: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let script = format!("return ({condition});");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let value = self.eval(&script, json!([])).await?;
+            if !(value.is_null() || value == false || value == "" || value == 0) {
+                return Ok(value);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let shown = self.dataset().await.unwrap_or(Value::Null);
+                bail!(
+                    "{}: `{condition}` still false after {timeout:?}; body data {shown}",
+                    self.kind()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `document.body.dataset.state` is `state`.
+    pub async fn wait_state(&self, state: &str) -> anyhow::Result<()> {
+        let condition = format!("document.body.dataset.state === {}", json!(state));
+        self.wait_for(&condition, BROWSER_STEP).await.map(|_| ())
+    }
+
+    /// Saves a PNG screenshot of the viewport to `path`.
+    pub async fn screenshot(&self, path: &Path) -> anyhow::Result<()> {
+        match self {
+            Self::Chromium(page) => page.screenshot(path).await,
+            Self::Firefox(page) => page.screenshot(path).await,
+        }
+    }
+
+    /// Console messages since the last call.
+    pub async fn console(&self) -> anyhow::Result<Vec<LogEntry>> {
+        match self {
+            Self::Chromium(page) => page.console().await,
+            Self::Firefox(page) => Ok(page.console()),
+        }
+    }
+
+    /// Uncaught errors and unhandled rejections the page recorded (see `ERROR_HOOK`).
+    pub async fn page_errors(&self) -> anyhow::Result<Vec<String>> {
+        let hooked = self
+            .eval("return window.__pageErrors || [];", json!([]))
+            .await?;
+        Ok(hooked
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| format!("page error: {}", e.as_str().unwrap_or_default()))
+            .collect())
+    }
+
+    /// Console errors and uncaught page errors since the last call, minus those matching one
+    /// of `expected` (substrings).
+    pub async fn unexpected_errors(&self, expected: &[&str]) -> anyhow::Result<Vec<String>> {
+        let mut errors: Vec<String> = self
+            .console()
+            .await?
+            .into_iter()
+            .filter(|e| e.level == "SEVERE")
+            .map(|e| e.message)
+            .collect();
+        errors.extend(self.page_errors().await?);
+        errors.retain(|e| !expected.iter().any(|x| e.contains(x)));
+        Ok(errors)
+    }
+
+    /// Closes the page (its browser session ends).
+    pub async fn close(self) -> anyhow::Result<()> {
+        match self {
+            Self::Chromium(page) => page.close().await,
+            Self::Firefox(page) => page.close().await,
+        }
     }
 }

@@ -7,7 +7,10 @@
 pub mod bridge;
 pub mod browser;
 pub mod daemon;
+pub mod firefox;
+pub mod flow;
 pub mod loadgen;
 pub mod media;
+pub mod netns;
 pub mod proxy;
 pub mod relay;

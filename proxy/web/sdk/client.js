@@ -184,8 +184,11 @@ export class RtcdError extends Error {
 const TOKEN_MARGIN_S = 5;
 /** A remote track without new packets for this long is stalled. */
 const STALL_MS = 3000;
-/** Inbound loss above this fraction (over one stats interval) is poor. */
+/** Inbound loss above this fraction is poor when it lasts `POOR_LOSS_INTERVALS` stats
+ * intervals in a row: a single burst (a sender resuming with a jump in its sequence numbers,
+ * as after a camera comes back on) is not a poor connection. */
 const POOR_LOSS = 0.1;
+const POOR_LOSS_INTERVALS = 2;
 /** How long the peer connection may stay `failed` before the SDK gives up on the session
  * itself (the media server normally closes it first, with 4010 and a clearer message). */
 const FAILED_GRACE_MS = 5000;
@@ -263,8 +266,8 @@ export class RtcdClient extends EventTarget {
      * `track_published` by mid, until unpublished */
     this._published = new Map();
     /** @type {Map<string, {packets: number, progress: number, lost: number, progressAt: number,
-     *   flowed: boolean, loss: number}>} inbound counters by mid (progress: frames decoded for
-     *   video, packets for audio) */
+     *   flowed: boolean, loss: number, lossyRuns: number}>} inbound counters by mid (progress:
+     *   frames decoded for video, packets for audio) */
     this._flow = new Map();
     /** Outbound loss reported by the media server (RTCP), over the last interval. */
     this._outboundLoss = 0;
@@ -953,7 +956,7 @@ export class RtcdClient extends EventTarget {
     const remote = { identity: info.identity, source: info.source, trackId: info.trackId, mid, track, stream: new MediaStream([track]) };
     this.remoteTracks.set(mid, remote);
     const now = performance.now();
-    this._flow.set(mid, { packets: -1, progress: 0, lost: 0, progressAt: now, flowed: false, loss: 0 });
+    this._flow.set(mid, { packets: -1, progress: 0, lost: 0, progressAt: now, flowed: false, loss: 0, lossyRuns: 0 });
     this._participant(info.identity);
     this._emit('track', remote);
     this._updateHealth();
@@ -1011,6 +1014,7 @@ export class RtcdClient extends EventTarget {
           const got = packets - flow.packets;
           const missed = Math.max(0, lost - flow.lost);
           flow.loss = got + missed > 0 ? missed / (got + missed) : 0;
+          flow.lossyRuns = flow.loss > POOR_LOSS ? (flow.lossyRuns || 0) + 1 : 0;
           if (progress > flow.progress) {
             flow.progressAt = now;
             flow.flowed = true;
@@ -1048,12 +1052,12 @@ export class RtcdClient extends EventTarget {
       const entry = byIdentity.get(remote.identity) || { flowing: 0, stalled: 0, starting: 0 };
       const quiet = now - flow.progressAt > STALL_MS;
       if (!flow.flowed && !quiet) entry.starting += 1;
-      else if (quiet || flow.loss > POOR_LOSS) entry.stalled += 1;
+      else if (quiet || flow.lossyRuns >= POOR_LOSS_INTERVALS) entry.stalled += 1;
       else entry.flowing += 1;
       byIdentity.set(remote.identity, entry);
       expected += 1;
       if (flow.flowed && !quiet) flowing += 1;
-      if (flow.loss > POOR_LOSS) lossy = true;
+      if (flow.lossyRuns >= POOR_LOSS_INTERVALS) lossy = true;
     }
     /** @type {MediaState} */
     let state;

@@ -62,7 +62,8 @@ pub struct Section {
     pub media: Media,
     /// The direction (the section's own, else the session's, else sendrecv).
     pub direction: Direction,
-    /// Port 0: the section is rejected or stopped.
+    /// Port 0 without `a=bundle-only`: the section is rejected or stopped. (Firefox offers
+    /// every bundled section after the first with port 0 and `a=bundle-only`: in use.)
     pub rejected: bool,
 }
 
@@ -82,6 +83,7 @@ impl Section {
 pub fn sections(sdp: &str) -> Vec<Section> {
     let mut session_direction = None;
     let mut out: Vec<(Section, Option<Direction>)> = Vec::new();
+    let mut bundle_only: Vec<bool> = Vec::new();
     for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
         if let Some(m) = line.strip_prefix("m=") {
             let mut fields = m.split_whitespace();
@@ -100,9 +102,14 @@ pub fn sections(sdp: &str) -> Vec<Section> {
                 },
                 None,
             ));
+            bundle_only.push(false);
         } else if let Some(attr) = line.strip_prefix("a=") {
             let current = out.last_mut();
-            if let Some(mid) = attr.strip_prefix("mid:") {
+            if attr.trim() == "bundle-only" {
+                if let Some(b) = bundle_only.last_mut() {
+                    *b = true;
+                }
+            } else if let Some(mid) = attr.strip_prefix("mid:") {
                 if let Some((section, _)) = current {
                     section.mid = mid.trim().to_owned();
                 }
@@ -115,8 +122,10 @@ pub fn sections(sdp: &str) -> Vec<Section> {
         }
     }
     out.into_iter()
-        .map(|(mut section, own)| {
+        .zip(bundle_only)
+        .map(|((mut section, own), bundled)| {
             section.direction = own.or(session_direction).unwrap_or(Direction::SendRecv);
+            section.rejected &= !bundled;
             section
         })
         .collect()
@@ -230,6 +239,20 @@ mod tests {
         );
         assert_eq!(s[0].direction, Direction::RecvOnly);
         assert_eq!(s[1].direction, Direction::Inactive);
+    }
+
+    #[test]
+    fn a_bundle_only_section_with_port_0_is_in_use() {
+        // Firefox's re-offers: every bundled section after the first.
+        let s = sections(
+            "v=0\r\nm=audio 9 X 111\r\na=mid:0\r\na=sendonly\r\n\
+             m=video 0 X 96\r\na=bundle-only\r\na=mid:1\r\na=sendonly\r\n\
+             m=video 0 X 96\r\na=mid:2\r\na=recvonly\r\na=bundle-only\r\n\
+             m=video 0 X 96\r\na=mid:3\r\na=recvonly\r\n",
+        );
+        assert!(s[1].sends() && !s[1].rejected);
+        assert!(s[2].receives());
+        assert!(s[3].rejected && !s[3].receives(), "no bundle-only: stopped");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Target "ours": rtcd and rtcd-proxy as two real processes (so their CPU and memory are
 //! measured separately), and a participant that joins exactly as a browser does: a JWT minted
-//! for the room, the proxy's WebSocket, `join`, then offer / answer / candidates relayed to rtcd.
+//! for the room, the proxy's WebSocket, `join`, then offers, answers and candidates relayed to
+//! rtcd. The client makes every offer (docs/protocol.md section 4a): the first right after
+//! `joined`, then one after each `negotiation_needed`; rtcd never offers.
 
 use std::io::BufRead as _;
 use std::net::SocketAddr;
@@ -296,7 +298,8 @@ pub async fn participant(
                             .collect();
                         json!({"type": "offer", "sdp": sdp, "tracks": tracks})
                     }
-                    Some(FromPeer::Answer(sdp)) => json!({"type": "answer", "sdp": sdp}),
+                    // Only an offer from the remote makes the peer answer, and rtcd sends none.
+                    Some(FromPeer::Answer(_)) => break Some("the peer answered an offer rtcd never sends".into()),
                     Some(FromPeer::Connected) => continue,
                     None => break None, // the peer stopped; its outcome says why
                 };
@@ -316,9 +319,14 @@ pub async fn participant(
                 tracing::debug!(%identity, "from proxy: {}", truncate(&text));
                 let Ok(msg) = serde_json::from_str::<Value>(&text) else { continue };
                 let field = |k: &str| msg[k].as_str().unwrap_or_default().to_owned();
+                let count = |k: &str| msg[k].as_u64().and_then(|n| u32::try_from(n).ok());
                 let signal = match msg["type"].as_str() {
                     Some("answer") => ToPeer::Answer(field("sdp")),
-                    Some("offer") => ToPeer::Offer(field("sdp")),
+                    Some("negotiation_needed") => match (count("audio"), count("video")) {
+                        (Some(audio), Some(video)) => ToPeer::NegotiationNeeded { audio, video },
+                        _ => break Some(format!("malformed negotiation_needed: {msg}")),
+                    },
+                    Some("offer") => break Some("rtcd offered (the client makes every offer)".into()),
                     Some("candidate") => ToPeer::Candidate(field("candidate")),
                     Some("error") => break Some(format!("proxy error: {msg}")),
                     _ => continue,

@@ -114,8 +114,16 @@ fn vp8_payload(len: usize, first_of_frame: bool, keyframe: bool) -> Vec<u8> {
 pub enum ToPeer {
     /// The remote answer to our offer.
     Answer(String),
-    /// A remote offer (renegotiation, or a subscriber connection's first offer).
+    /// A remote offer: a Janus subscriber connection's (rtcd never offers).
     Offer(String),
+    /// rtcd's `negotiation_needed` (docs/protocol.md section 4a): offer again, with at least
+    /// this many receiving sections of each kind.
+    NegotiationNeeded {
+        /// Receiving audio sections wanted.
+        audio: u32,
+        /// Receiving video sections wanted.
+        video: u32,
+    },
     /// A trickled remote candidate (`candidate:...`; empty = end of candidates).
     Candidate(String),
 }
@@ -130,7 +138,7 @@ pub enum FromPeer {
         /// mid -> source for the sections we send on.
         tracks: Vec<(String, Source)>,
     },
-    /// Our answer to a remote offer.
+    /// Our answer to a remote offer (Janus subscriber connections only).
     Answer(String),
     /// ICE connected: the join is done (for the join-time measurement).
     Connected,
@@ -252,7 +260,10 @@ pub async fn run(
         join_time: None,
         counters,
         publishing: Vec::new(),
+        tracks: Vec::new(),
+        receiving: Vec::new(),
         pending: None,
+        wanted: None,
         connected: false,
         counts_as_join: config.counts_as_join,
     };
@@ -273,7 +284,17 @@ struct Peer {
     join_time: Option<Duration>,
     counters: Arc<Counters>,
     publishing: Vec<Publishing>,
+    /// mid -> source of the sections we send on, repeated in every offer: rtcd takes each
+    /// offer's `tracks` as the complete list.
+    tracks: Vec<(String, Source)>,
+    /// Our receive-only sections and their kind. Never stopped: rtcd answers an unused one
+    /// `inactive` and puts a later track on it.
+    receiving: Vec<(Mid, MediaKind)>,
+    /// Our offer awaiting its answer.
     pending: Option<SdpPendingOffer>,
+    /// The latest `NegotiationNeeded` counts not offered for yet: requests that arrive while
+    /// an offer is pending are coalesced into one offer after its answer (latest counts win).
+    wanted: Option<(u32, u32)>,
     /// DTLS connected (media may be sent).
     connected: bool,
     counts_as_join: bool,
@@ -304,7 +325,6 @@ impl Peer {
 
         if config.offer_first {
             let mut api = rtc.sdp_api();
-            let mut tracks = Vec::new();
             for spec in &config.tracks {
                 let mid = api.add_media(
                     spec.source.kind(),
@@ -313,7 +333,7 @@ impl Peer {
                     Some(spec.source.name().to_owned()),
                     None,
                 );
-                tracks.push((mid.to_string(), spec.source));
+                self.tracks.push((mid.to_string(), spec.source));
                 self.publishing.push(Publishing {
                     spec: *spec,
                     mid,
@@ -324,17 +344,12 @@ impl Peer {
                 });
             }
             if config.tracks.is_empty() {
-                api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+                // str0m offers changes only, and an offer without sections is no change.
+                let mid = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+                self.receiving.push((mid, MediaKind::Audio));
             }
             let (offer, pending) = api.apply().context("nothing to offer")?;
-            self.pending = Some(pending);
-            to_adapter
-                .send(FromPeer::Offer {
-                    sdp: offer.to_sdp_string(),
-                    tracks,
-                })
-                .await
-                .context("adapter gone")?;
+            self.send_offer(offer, pending, to_adapter).await?;
         } else {
             // A receive-only connection (the remote offers); publishing happens elsewhere.
             anyhow::ensure!(
@@ -401,7 +416,15 @@ impl Peer {
             ToPeer::Answer(sdp) => {
                 let answer = SdpAnswer::from_sdp_string(&sdp).context("remote answer")?;
                 let pending = self.pending.take().context("an answer without an offer")?;
-                rtc.sdp_api().accept_answer(pending, answer)?;
+                rtc.sdp_api()
+                    .accept_answer(pending, answer)
+                    .with_context(|| format!("str0m refused the answer:\n{sdp}"))?;
+                // Stable again: offer for what was asked meanwhile.
+                self.renegotiate(rtc, to_adapter).await?;
+            }
+            ToPeer::NegotiationNeeded { audio, video } => {
+                self.wanted = Some((audio, video));
+                self.renegotiate(rtc, to_adapter).await?;
             }
             ToPeer::Offer(sdp) => {
                 let offer = SdpOffer::from_sdp_string(&sdp).context("remote offer")?;
@@ -421,6 +444,40 @@ impl Peer {
         Ok(())
     }
 
+    /// Offers for the latest `NegotiationNeeded`, unless an offer is pending (the answer calls
+    /// this again).
+    async fn renegotiate(
+        &mut self,
+        rtc: &mut Rtc,
+        to_adapter: &mpsc::Sender<FromPeer>,
+    ) -> anyhow::Result<()> {
+        if self.pending.is_some() {
+            return Ok(());
+        }
+        let Some((audio, video)) = self.wanted.take() else {
+            return Ok(());
+        };
+        let sending: Vec<Mid> = self.publishing.iter().map(|p| p.mid).collect();
+        let (offer, pending) = receiving_offer(rtc, &mut self.receiving, &sending, audio, video)?;
+        self.send_offer(offer, pending, to_adapter).await
+    }
+
+    async fn send_offer(
+        &mut self,
+        offer: SdpOffer,
+        pending: SdpPendingOffer,
+        to_adapter: &mpsc::Sender<FromPeer>,
+    ) -> anyhow::Result<()> {
+        self.pending = Some(pending);
+        to_adapter
+            .send(FromPeer::Offer {
+                sdp: offer.to_sdp_string(),
+                tracks: self.tracks.clone(),
+            })
+            .await
+            .context("adapter gone")
+    }
+
     async fn on_event(
         &mut self,
         event: Event,
@@ -430,7 +487,7 @@ impl Peer {
         use std::sync::atomic::Ordering::Relaxed;
         match event {
             Event::RtpPacket(packet) => {
-                let Some((_, sent)) = read_stamp(&packet.payload) else {
+                let Some((publisher, sent)) = read_stamp(&packet.payload) else {
                     return Ok(());
                 };
                 self.counters.received_packets.fetch_add(1, Relaxed);
@@ -440,7 +497,8 @@ impl Peer {
                 self.counters
                     .latency
                     .record(now_micros().saturating_sub(sent));
-                self.loss.packet(*packet.header.ssrc, *packet.seq_no);
+                self.loss
+                    .packet(*packet.header.ssrc, publisher, *packet.seq_no);
             }
             // A controlling agent with one candidate pair goes straight to "completed".
             Event::IceConnectionStateChange(
@@ -515,9 +573,257 @@ impl Peer {
     }
 }
 
+/// Our offer for rtcd's `NegotiationNeeded` (docs/protocol.md section 4a), with at least
+/// `audio` and `video` receiving sections: our receive-only sections (`receiving`), those the
+/// last answer made `inactive` turned back to `recvonly` (str0m adopts the answer's direction
+/// as its own; the protocol wants them kept receiving, for reuse), plus new `recvonly` ones for
+/// the shortfall, which are added to `receiving`. `sending` are our sending sections.
+fn receiving_offer(
+    rtc: &mut Rtc,
+    receiving: &mut Vec<(Mid, MediaKind)>,
+    sending: &[Mid],
+    audio: u32,
+    video: u32,
+) -> anyhow::Result<(SdpOffer, SdpPendingOffer)> {
+    // A rejected (port 0) section never receives again; we never stop one ourselves.
+    receiving.retain(|(mid, _)| rtc.media(*mid).is_some_and(|m| !m.disabled()));
+    let revive: Vec<Mid> = receiving
+        .iter()
+        .map(|(mid, _)| *mid)
+        .filter(|mid| rtc.media(*mid).map(|m| m.direction()) != Some(Direction::RecvOnly))
+        .collect();
+    let have = |kind: MediaKind| receiving.iter().filter(|(_, k)| *k == kind).count() as u32;
+    let missing = [
+        (
+            MediaKind::Audio,
+            audio.saturating_sub(have(MediaKind::Audio)),
+        ),
+        (
+            MediaKind::Video,
+            video.saturating_sub(have(MediaKind::Video)),
+        ),
+    ];
+    // A section to change and change back if nothing else changes (see below).
+    let any = receiving
+        .iter()
+        .map(|(mid, _)| *mid)
+        .chain(sending.iter().copied())
+        .find_map(|mid| {
+            rtc.media(mid)
+                .filter(|m| !m.disabled())
+                .map(|m| (mid, m.direction()))
+        });
+
+    let mut api = rtc.sdp_api();
+    for mid in revive {
+        api.set_direction(mid, Direction::RecvOnly);
+    }
+    for (kind, n) in missing {
+        for _ in 0..n {
+            let mid = api.add_media(kind, Direction::RecvOnly, None, None, None);
+            receiving.push((mid, kind));
+        }
+    }
+    if !api.has_changes() {
+        // rtcd also asks for an offer when it has enough sections but must mark one inactive
+        // (a track ended) or put another track on it. str0m only offers changes, so change
+        // one direction and back: the offer (built from the session, then the changes in
+        // order) describes the session as it is. Neither step resets a stream: the detour
+        // only adds a direction the section has no stream for.
+        let (mid, direction) = any.context("no media section to offer")?;
+        let detour = if direction == Direction::SendRecv {
+            Direction::Inactive
+        } else {
+            Direction::SendRecv
+        };
+        api.set_direction(mid, detour);
+        api.set_direction(mid, direction);
+    }
+    api.apply().context("str0m made no offer")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rtc() -> Rtc {
+        let mut rtc = RtcConfig::new()
+            .set_crypto_provider(crypto())
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(Instant::now());
+        let host = Candidate::host(([127, 0, 0, 1], 9).into(), "udp").unwrap();
+        rtc.add_local_candidate(host).unwrap();
+        rtc
+    }
+
+    /// (m-line kind, direction) of each media section of `sdp`.
+    fn sections(sdp: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for line in sdp.lines() {
+            if let Some(m) = line.strip_prefix("m=") {
+                let kind = m.split_whitespace().next().unwrap_or_default();
+                out.push((kind.to_owned(), "sendrecv".to_owned()));
+            } else if let Some(d) = line.strip_prefix("a=")
+                && ["sendrecv", "sendonly", "recvonly", "inactive"].contains(&d)
+                && let Some(last) = out.last_mut()
+            {
+                last.1 = d.to_owned();
+            }
+        }
+        out
+    }
+
+    /// The far side (a str0m answerer standing in for rtcd) answers `offer`; the sections
+    /// whose mid is in `inactive` are answered `inactive`, as rtcd marks unused ones.
+    fn answer(far: &mut Rtc, offer: &SdpOffer, inactive: &[Mid]) -> String {
+        let offer = SdpOffer::from_sdp_string(&offer.to_sdp_string()).unwrap();
+        let sdp = far.sdp_api().accept_offer(offer).unwrap().to_sdp_string();
+        let mut mid = String::new();
+        sdp.split("\r\n")
+            .map(|line| {
+                if let Some(m) = line.strip_prefix("a=mid:") {
+                    mid = m.to_owned();
+                }
+                let direction = ["a=sendrecv", "a=sendonly", "a=recvonly"].contains(&line);
+                if direction && inactive.iter().any(|m| m.to_string() == mid) {
+                    "a=inactive".to_owned()
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    fn accept(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) {
+        let answer = SdpAnswer::from_sdp_string(answer).unwrap();
+        rtc.sdp_api().accept_answer(pending, answer).unwrap();
+    }
+
+    fn pair(kind: &str, direction: &str) -> (String, String) {
+        (kind.to_owned(), direction.to_owned())
+    }
+
+    #[test]
+    fn offers_keep_inactive_sections_receiving_and_add_the_shortfall() {
+        let (mut client, mut far) = (rtc(), rtc());
+        let mut api = client.sdp_api();
+        let mic = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let first = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = api.apply().unwrap();
+        let sdp = answer(&mut far, &offer, &[first]);
+        accept(&mut client, pending, &sdp);
+        // str0m takes the answer's direction as its own: the section no longer receives.
+        assert_eq!(
+            client.media(first).unwrap().direction(),
+            Direction::Inactive
+        );
+
+        let mut receiving = vec![(first, MediaKind::Audio)];
+        let (offer, pending) = receiving_offer(&mut client, &mut receiving, &[mic], 1, 2).unwrap();
+        let expected = vec![
+            pair("audio", "sendonly"),
+            pair("audio", "recvonly"),
+            pair("video", "recvonly"),
+            pair("video", "recvonly"),
+        ];
+        assert_eq!(sections(&offer.to_sdp_string()), expected);
+        assert_eq!(receiving.len(), 3);
+        let sdp = answer(&mut far, &offer, &[first]);
+        accept(&mut client, pending, &sdp);
+
+        // Enough sections, one inactive again: it is revived, nothing is added.
+        let (offer, pending) = receiving_offer(&mut client, &mut receiving, &[mic], 1, 1).unwrap();
+        assert_eq!(sections(&offer.to_sdp_string()), expected);
+        let sdp = answer(&mut far, &offer, &[]);
+        accept(&mut client, pending, &sdp);
+        assert_eq!(
+            client.media(first).unwrap().direction(),
+            Direction::RecvOnly
+        );
+
+        // Nothing to change at all (rtcd wants a section marked inactive): str0m still offers
+        // the same session, and both sides take it.
+        let (offer, pending) = receiving_offer(&mut client, &mut receiving, &[mic], 1, 2).unwrap();
+        assert_eq!(sections(&offer.to_sdp_string()), expected);
+        let sdp = answer(&mut far, &offer, &[receiving[2].0]);
+        accept(&mut client, pending, &sdp);
+        assert_eq!(receiving.len(), 3);
+    }
+
+    #[test]
+    fn a_publisher_without_receiving_sections_can_offer_unchanged() {
+        let (mut client, mut far) = (rtc(), rtc());
+        let mut api = client.sdp_api();
+        let cam = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        let (offer, pending) = api.apply().unwrap();
+        let sdp = answer(&mut far, &offer, &[]);
+        accept(&mut client, pending, &sdp);
+        let mut receiving = Vec::new();
+        let (offer, pending) = receiving_offer(&mut client, &mut receiving, &[cam], 0, 0).unwrap();
+        assert_eq!(
+            sections(&offer.to_sdp_string()),
+            vec![pair("video", "sendonly")]
+        );
+        let sdp = answer(&mut far, &offer, &[]);
+        accept(&mut client, pending, &sdp);
+        assert_eq!(client.media(cam).unwrap().direction(), Direction::SendOnly);
+    }
+
+    #[tokio::test]
+    async fn requests_during_a_pending_offer_are_coalesced_into_one_offer_after_the_answer() {
+        let (mut client, mut far) = (rtc(), rtc());
+        let mut api = client.sdp_api();
+        let first = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = api.apply().unwrap();
+        let first_answer = answer(&mut far, &offer, &[first]);
+        let mut peer = Peer {
+            loss: StreamLoss::default(),
+            join_time: None,
+            counters: Arc::new(Counters::default()),
+            publishing: Vec::new(),
+            tracks: Vec::new(),
+            receiving: vec![(first, MediaKind::Audio)],
+            pending: Some(pending),
+            wanted: None,
+            connected: false,
+            counts_as_join: true,
+        };
+        let (to_adapter, mut from_peer) = mpsc::channel(16);
+        for (audio, video) in [(1, 1), (2, 1)] {
+            let asked = ToPeer::NegotiationNeeded { audio, video };
+            peer.on_signal(&mut client, asked, &to_adapter)
+                .await
+                .unwrap();
+        }
+        assert!(
+            from_peer.try_recv().is_err(),
+            "offered while one was pending"
+        );
+
+        let answered = ToPeer::Answer(first_answer);
+        peer.on_signal(&mut client, answered, &to_adapter)
+            .await
+            .unwrap();
+        let Ok(FromPeer::Offer { sdp, tracks }) = from_peer.try_recv() else {
+            panic!("no offer after the answer");
+        };
+        assert!(tracks.is_empty());
+        assert_eq!(
+            sections(&sdp),
+            vec![
+                pair("audio", "recvonly"),
+                pair("audio", "recvonly"),
+                pair("video", "recvonly"),
+            ],
+            "the latest counts win"
+        );
+        assert!(from_peer.try_recv().is_err(), "one offer for both requests");
+        assert!(peer.pending.is_some() && peer.wanted.is_none());
+    }
 
     #[test]
     fn frame_clock_spreads_fractional_rates_and_skips_when_late() {

@@ -155,12 +155,12 @@ async fn drive(
                 if n < RTP_HEADER + STAMP_BYTES { continue; }
                 let ssrc = u32::from_be_bytes(buf[8..12].try_into()?);
                 let seq16 = u16::from_be_bytes(buf[2..4].try_into()?);
-                let Some((_, sent)) = read_stamp(&buf[RTP_HEADER..n - SRTP_TAG]) else { continue };
+                let Some((publisher, sent)) = read_stamp(&buf[RTP_HEADER..n - SRTP_TAG]) else { continue };
                 let entry = extended.entry(ssrc).or_insert((seq16, seq16 as u64));
                 let delta = seq16.wrapping_sub(entry.0) as i16 as i64;
                 entry.1 = (entry.1 as i64 + delta).max(0) as u64;
                 entry.0 = seq16;
-                loss.packet(ssrc, entry.1);
+                loss.packet(ssrc, publisher, entry.1);
                 counters.received_packets.fetch_add(1, Relaxed);
                 counters.received_bytes.fetch_add((n - RTP_HEADER - SRTP_TAG) as u64, Relaxed);
                 counters.latency.record(now_micros().saturating_sub(sent));

@@ -114,11 +114,18 @@ pub fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
     Some(sorted[rank.min(sorted.len()) - 1])
 }
 
-/// Loss accounting for the streams one subscriber receives, keyed by SSRC: expected packets are
-/// the span of (extended) sequence numbers seen, received the count.
+/// Loss accounting for the streams one subscriber receives: expected packets are the span of
+/// (extended) sequence numbers seen, received the count.
+///
+/// A stream is an (SSRC, publisher) pair, the publisher read from the payload stamp, so the
+/// SDP never has to say who sends what. That matters because rtcd reuses a receiving section
+/// (and the SSRC of its sender) for another publisher's track once a track ends: keyed by SSRC
+/// alone, the new publisher's sequence numbers would extend the old span and count the gap as
+/// loss.
 #[derive(Default)]
 pub struct StreamLoss {
-    streams: HashMap<u32, (u64, u64, u64)>, // ssrc -> (first seq, highest seq, received)
+    /// (ssrc, publisher) -> (first seq, highest seq, received).
+    streams: HashMap<(u32, u32), (u64, u64, u64)>,
 }
 
 /// Loss totals over many streams.
@@ -135,9 +142,12 @@ pub struct LossTotals {
 }
 
 impl StreamLoss {
-    /// Counts one packet with extended sequence number `seq` on `ssrc`.
-    pub fn packet(&mut self, ssrc: u32, seq: u64) {
-        let entry = self.streams.entry(ssrc).or_insert((seq, seq, 0));
+    /// Counts one packet with extended sequence number `seq` that `publisher` sent on `ssrc`.
+    pub fn packet(&mut self, ssrc: u32, publisher: u32, seq: u64) {
+        let entry = self
+            .streams
+            .entry((ssrc, publisher))
+            .or_insert((seq, seq, 0));
         entry.0 = entry.0.min(seq);
         entry.1 = entry.1.max(seq);
         entry.2 += 1;
@@ -275,9 +285,9 @@ mod tests {
     fn loss_from_sequence_numbers() {
         let mut s = StreamLoss::default();
         for seq in (100..200).filter(|q| q % 10 != 0) {
-            s.packet(7, seq);
+            s.packet(7, 1, seq);
         }
-        s.packet(8, 5);
+        s.packet(8, 1, 5);
         let mut t = LossTotals::default();
         s.add_to(&mut t);
         // Stream 7 spans 101..=199 (99 expected) and misses 110, 120, ..., 190 (9).
@@ -286,6 +296,24 @@ mod tests {
         assert_eq!(t.received, 90 + 1);
         assert!((t.worst_stream_percent - 900.0 / 99.0).abs() < 1e-9);
         assert!((t.percent() - 9.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_reused_ssrc_with_another_publisher_is_another_stream() {
+        // rtcd's slot keeps its SSRC when it carries the next track: publisher 1 sent 0..100,
+        // then publisher 2 starts at 40_000 on the same SSRC. Nothing was lost.
+        let mut s = StreamLoss::default();
+        for seq in 0..100 {
+            s.packet(7, 1, seq);
+        }
+        for seq in 40_000..40_050 {
+            s.packet(7, 2, seq);
+        }
+        let mut t = LossTotals::default();
+        s.add_to(&mut t);
+        assert_eq!(t.streams, 2);
+        assert_eq!((t.expected, t.received), (150, 150));
+        assert_eq!(t.percent(), 0.0);
     }
 
     #[test]

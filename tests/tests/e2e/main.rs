@@ -2,9 +2,11 @@
 //! loopback with ephemeral ports and its own temporary data directory.
 
 mod browser;
+mod calls;
 mod dev;
 mod forwarding;
 mod grpc_tls;
+mod interop;
 mod lifecycle;
 mod loadgen;
 mod negotiation;

@@ -289,8 +289,8 @@ async fn screen_audio_is_its_own_kind_and_a_permission_update_stops_what_is_no_l
         Duration::from_secs(1),
     )
     .await?;
-    let mut deaf = pb::Permissions::default();
-    deaf.publish_audio = false;
+    // Nothing allowed at all: no subscription either.
+    let deaf = pb::Permissions::default();
     bob.send(pb::client_signal::Signal::UpdatePermissions(deaf))
         .await?;
     eventually("bob's audio withdrawn", || {
