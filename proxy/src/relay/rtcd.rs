@@ -525,10 +525,11 @@ fn status_to_error(status: &tonic::Status) -> RelayError {
     }
 }
 
-/// How long, after relaying `Leave`, the event pump keeps reading rtcd's stream (until its
-/// `SessionClosed` or end) before dropping it: dropping a gRPC response stream resets the
-/// HTTP/2 stream, and a reset can overtake the `Leave` still queued on its way to rtcd, which
-/// then logs the session as "disconnected" instead of "leave".
+/// How long, after relaying `Leave`, the pumps keep both directions of rtcd's stream open
+/// (until rtcd's `SessionClosed` or the stream's end): dropping the response stream resets the
+/// HTTP/2 stream and ending the request stream tells rtcd "disconnected", and either can
+/// overtake the `Leave` on its way, so rtcd would log the session as "disconnected" instead
+/// of "leave".
 const LEAVE_DRAIN: Duration = Duration::from_secs(2);
 
 /// Starts the two halves of a joined session's stream and returns the session's ends.
@@ -541,8 +542,10 @@ fn spawn_pumps(
 ) -> RelayLink {
     let (commands, mut command_rx) = mpsc::channel::<RelayCommand>(LINK_CAPACITY);
     let (event_tx, events) = mpsc::channel::<RelayEvent>(LINK_CAPACITY);
-    // Whether the command pump relayed a `Leave`, known once it has stopped.
+    // Whether the command pump relayed a `Leave`, known once it has stopped sending.
     let (left_tx, left_rx) = tokio::sync::oneshot::channel::<bool>();
+    // Dropped by the event pump when it stops (after reading rtcd's close, following a Leave).
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let mut left = false;
         while let Some(command) = command_rx.recv().await {
@@ -565,10 +568,17 @@ fn spawn_pumps(
             }
         }
         let _ = left_tx.send(left);
-        // Dropping `to_rtcd` ends the request stream: after a Leave rtcd has already closed
-        // the session, otherwise it removes it as "disconnected".
+        if left {
+            // Keep the request stream open until rtcd has closed the session: ending it right
+            // after the Leave races rtcd's "disconnected" (the end of the stream) against its
+            // "leave" (the message), and the session's reason would be a coin toss.
+            let _ = tokio::time::timeout(LEAVE_DRAIN, drained_rx).await;
+        }
+        // Dropping `to_rtcd` ends the request stream; without a Leave rtcd removes the
+        // session as "disconnected".
     });
     tokio::spawn(async move {
+        let _drained = drained_tx;
         let mut translator = EventTranslator::new(own_session);
         loop {
             let message = tokio::select! {

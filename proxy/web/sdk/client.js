@@ -265,8 +265,9 @@ export class RtcdClient extends EventTarget {
     /** @type {Map<string, {identity: string, source: TrackSource, trackId: string}>}
      * `track_published` by mid, until unpublished */
     this._published = new Map();
-    /** @type {Map<string, {packets: number, lost: number, bytes: number, progressAt: number,
-     *   flowed: boolean, since: number, loss: number, lossyRuns: number}>} inbound counters by mid */
+    /** @type {Map<string, {packets: number, progress: number, lost: number, progressAt: number,
+     *   flowed: boolean, loss: number, lossyRuns: number}>} inbound counters by mid (progress:
+     *   frames decoded for video, packets for audio) */
     this._flow = new Map();
     /** Outbound loss reported by the media server (RTCP), over the last interval. */
     this._outboundLoss = 0;
@@ -955,7 +956,7 @@ export class RtcdClient extends EventTarget {
     const remote = { identity: info.identity, source: info.source, trackId: info.trackId, mid, track, stream: new MediaStream([track]) };
     this.remoteTracks.set(mid, remote);
     const now = performance.now();
-    this._flow.set(mid, { packets: -1, lost: 0, bytes: 0, progressAt: now, flowed: false, since: now, loss: 0, lossyRuns: 0 });
+    this._flow.set(mid, { packets: -1, progress: 0, lost: 0, progressAt: now, flowed: false, loss: 0, lossyRuns: 0 });
     this._participant(info.identity);
     this._emit('track', remote);
     this._updateHealth();
@@ -1006,22 +1007,25 @@ export class RtcdClient extends EventTarget {
         if (!flow) return;
         const packets = s.packetsReceived || 0;
         const lost = Math.max(0, s.packetsLost || 0);
+        // Progress is what the user gets: decoded frames for video (packets that never
+        // decode, e.g. without a keyframe, are a stall), packets for audio.
+        const progress = s.kind === 'video' ? (s.framesDecoded || 0) : packets;
         if (flow.packets >= 0) {
           const got = packets - flow.packets;
           const missed = Math.max(0, lost - flow.lost);
           flow.loss = got + missed > 0 ? missed / (got + missed) : 0;
           flow.lossyRuns = flow.loss > POOR_LOSS ? (flow.lossyRuns || 0) + 1 : 0;
-          if (got > 0) {
+          if (progress > flow.progress) {
             flow.progressAt = now;
             flow.flowed = true;
           }
-        } else if (packets > 0) {
+        } else if (progress > 0) {
           flow.progressAt = now;
           flow.flowed = true;
         }
         flow.packets = packets;
+        flow.progress = progress;
         flow.lost = lost;
-        flow.bytes = s.bytesReceived || 0;
       } else if (s.type === 'remote-inbound-rtp') {
         lostOut += Math.max(0, s.fractionLost || 0);
         sentOut += 1;
