@@ -369,12 +369,14 @@ impl Actor {
             if self.backlog {
                 break "signaling backlog".into();
             }
+            // Biased: a `Leave` queued just before the signaling stream ends is read before
+            // the end is noticed, so the session ends as "leave", not "disconnected".
             tokio::select! {
+                biased;
                 _ = close.cancelled() => {
                     let why = reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     break why.unwrap_or_else(|| "closed".into());
                 }
-                _ = &mut alive => break "disconnected".into(),
                 cmd = commands.recv() => match cmd {
                     None => break "disconnected".into(),
                     Some(SessionCommand::Leave) => break "leave".into(),
@@ -385,6 +387,7 @@ impl Actor {
                         }
                     }
                 },
+                _ = &mut alive => break "disconnected".into(),
                 ev = peer_events.recv() => match ev {
                     None => break "peer connection closed".into(),
                     Some(ev) => if let Some(end) = self.peer_event(ev).await { break end },
