@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
-use rtcd_e2e::media::Participant;
+use rtcd_e2e::media::{Participant, keeps_flowing};
 
 fn options(dir: &std::path::Path) -> rtcd_dev::Options {
     rtcd_dev::Options {
@@ -60,6 +60,23 @@ async fn dev_stack_mints_tokens_and_carries_a_call() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // And keeps flowing, window after window.
+    keeps_flowing(
+        &a,
+        &["bob/audio", "bob/video"],
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
+    keeps_flowing(
+        &b,
+        &["alice/audio", "alice/video"],
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
     a.close().await;
     b.close().await;
     stack.shutdown().await;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use rtcd::auth::{ClientId, Principal, Secret};
 use rtcd_e2e::daemon::{TestRtcd, key_for};
-use rtcd_e2e::media::Participant;
+use rtcd_e2e::media::{Participant, keeps_flowing};
 use rtcd_proxy::config::{RtcdConfig, SecretString};
 use rtcd_proxy::placement::HostHealth;
 use rtcd_proxy::relay::rtcd::RtcdRelay;
@@ -171,6 +171,18 @@ async fn participants_exchange_audio_and_video_through_proxy_and_rtcd() {
         })
     })
     .await;
+    // And keeps arriving: every flow grows in each of three 1 s windows.
+    for p in &people {
+        let flows: Vec<String> = names
+            .iter()
+            .filter(|n| **n != p.session)
+            .flat_map(|o| [format!("{o}/audio"), format!("{o}/video")])
+            .collect();
+        let flows: Vec<&str> = flows.iter().map(String::as_str).collect();
+        keeps_flowing(p, &flows, Duration::from_secs(3), Duration::from_secs(1))
+            .await
+            .unwrap();
+    }
     for p in &people {
         assert_eq!(
             p.received(&p.session, "audio"),
@@ -307,6 +319,11 @@ async fn relay_speaks_tls_to_rtcd_and_media_still_flows() {
         a.received("ben", "audio") >= 20 && b.received("ann", "audio") >= 20
     })
     .await;
+    for (p, other) in [(&a, "ben/audio"), (&b, "ann/audio")] {
+        keeps_flowing(p, &[other], Duration::from_secs(3), Duration::from_secs(1))
+            .await
+            .unwrap();
+    }
     a.close().await;
     b.close().await;
     cancel.cancel();
