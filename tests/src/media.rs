@@ -862,6 +862,20 @@ impl Participant {
     }
 }
 
+/// A participant of call `call` with every permission that publishes synthetic audio and video
+/// (and has made its first offer): the common cast of the media tests.
+pub async fn publisher(
+    client: &mut SignalingClient<Channel>,
+    auth: &str,
+    session: &str,
+) -> anyhow::Result<Participant> {
+    let p = Participant::join(client, Some(auth), "call", session, all_permissions()).await?;
+    p.add_track("audio").await?;
+    p.add_track("video").await?;
+    p.renegotiate().await?;
+    Ok(p)
+}
+
 /// Checks that every flow in `flows` (`sender/kind`) that `p` receives keeps growing in every
 /// `window` for `total`: a call that stalls for one window fails, with which flow and when.
 /// (A first packet proves nothing: calls once died seconds after their first frame.)

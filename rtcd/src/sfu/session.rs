@@ -627,7 +627,7 @@ impl Actor {
                         *p -= 1;
                     }
                     if let SlotState::Busy(track) = slot.state {
-                        self.unsubscribed(&track, &slot.mid);
+                        self.unsubscribed(&track);
                         self.pending.push(track);
                     }
                 }
@@ -805,12 +805,12 @@ impl Actor {
         if let Err(e) = peer::fill_slot(&slot.transceiver, idle, false, slot.client_sends).await {
             tracing::debug!(session = %self.req.session, error = %e, "idling a slot failed");
         }
-        let mid = slot.mid.clone();
-        self.unsubscribed(&track, &mid);
+        self.unsubscribed(&track);
         self.emit(SessionEvent::TrackRemoved(info(&track, "")));
     }
 
-    fn unsubscribed(&self, track: &PublishedTrack, _mid: &str) {
+    /// This session no longer receives `track`: its subscriber count and gauge go down.
+    fn unsubscribed(&self, track: &PublishedTrack) {
         track
             .subscribers
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -1099,7 +1099,7 @@ impl Actor {
         for slot in std::mem::take(&mut self.slots) {
             slot.rtcp.cancel();
             if let SlotState::Busy(track) = &slot.state {
-                self.unsubscribed(track, &slot.mid);
+                self.unsubscribed(track);
             }
         }
         if let Err(e) = self.pc.close().await {

@@ -5,26 +5,13 @@
 use std::time::Duration;
 
 use rtcd_e2e::media::{
-    Participant, TestRtcd, all_permissions, eventually, h264, keeps_flowing, subscribe_only,
+    Participant, TestRtcd, all_permissions, eventually, h264, keeps_flowing, publisher,
+    subscribe_only,
 };
 use rtcd_proto::v1 as pb;
-use rtcd_proto::v1::signaling_client::SignalingClient;
-use tonic::transport::Channel;
 
 /// Packets each flow must deliver before the check (~1 s at 50 pps).
 const ENOUGH: u64 = 50;
-
-async fn publisher(
-    client: &mut SignalingClient<Channel>,
-    auth: &str,
-    session: &str,
-) -> anyhow::Result<Participant> {
-    let p = Participant::join(client, Some(auth), "call", session, all_permissions()).await?;
-    p.add_track("audio").await?;
-    p.add_track("video").await?;
-    p.renegotiate().await?;
-    Ok(p)
-}
 
 /// Announces a screen share, then publishes it (the order a client must use).
 async fn share_screen(p: &Participant) -> anyhow::Result<()> {

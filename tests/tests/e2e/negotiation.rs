@@ -6,24 +6,10 @@
 use std::time::Duration;
 
 use rtcd_e2e::media::{
-    Participant, TestRtcd, all_permissions, eventually, keeps_flowing, remote_sdp_shape,
+    Participant, TestRtcd, all_permissions, eventually, keeps_flowing, publisher, remote_sdp_shape,
 };
 use rtcd_proto::v1 as pb;
-use rtcd_proto::v1::signaling_client::SignalingClient;
-use tonic::transport::Channel;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
-
-async fn publisher(
-    client: &mut SignalingClient<Channel>,
-    auth: &str,
-    session: &str,
-) -> anyhow::Result<Participant> {
-    let p = Participant::join(client, Some(auth), "call", session, all_permissions()).await?;
-    p.add_track("audio").await?;
-    p.add_track("video").await?;
-    p.renegotiate().await?;
-    Ok(p)
-}
 
 const WINDOW: Duration = Duration::from_secs(5);
 
