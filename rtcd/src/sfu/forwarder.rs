@@ -192,6 +192,22 @@ async fn forward(
                 Err(_) => break,
             },
         };
+        // A muted microphone is not a speaker: voice activity only from forwarded audio, and
+        // a speaker who mutes stops speaking at once.
+        if track.muted.load(Ordering::Relaxed) {
+            m.muted.inc();
+            if let Some((_, detector)) = vad.as_mut()
+                && detector.speaking
+            {
+                *detector = VoiceDetector::default();
+                let _ = notices.send(CallNotice::Voice {
+                    session: track.owner.clone(),
+                    user: track.user.clone(),
+                    speaking: false,
+                });
+            }
+            continue;
+        }
         if let Some((id, detector)) = vad.as_mut() {
             let level = packet
                 .header
@@ -206,10 +222,6 @@ async fn forward(
                     speaking,
                 });
             }
-        }
-        if track.muted.load(Ordering::Relaxed) {
-            m.muted.inc();
-            continue;
         }
         let subscribers = track.subscribers.load(Ordering::Relaxed) as u64;
         if subscribers == 0 {

@@ -707,6 +707,16 @@ impl Actor {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.kind_gauge(track.kind, false).inc();
             self.emit(SessionEvent::TrackPublished(info(&track, &slot.mid)));
+            // A late joiner learns a muted track's state with the track, not at the next change
+            // (without it, a client expects media from a muted microphone and reports it stalled).
+            if track.muted.load(std::sync::atomic::Ordering::Relaxed) {
+                self.emit(SessionEvent::MuteChanged {
+                    session: track.owner.clone(),
+                    user: track.user.clone(),
+                    kind: track.kind,
+                    muted: true,
+                });
+            }
             // The new subscriber can decode only from a keyframe.
             track.request_keyframe().await;
         }

@@ -406,3 +406,43 @@ async fn several_tracks_placed_in_one_answer_all_flow() -> anyhow::Result<()> {
     rtcd.rtcd.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_learns_that_a_track_is_muted_with_the_track() -> anyhow::Result<()> {
+    use pb::server_signal::Signal;
+    let rtcd = TestRtcd::start(&[]).await?;
+    let auth = rtcd.register("tenant-a").await?;
+    let mut client = rtcd.client().await?;
+    let alice = publisher(&mut client, &auth, "alice").await?;
+    eventually("alice published", || rtcd.rtcd.sfu().session_count() == 1).await?;
+    alice
+        .send(pb::client_signal::Signal::Mute(pb::Mute {
+            kind: pb::TrackKind::Audio as i32,
+            muted: true,
+        }))
+        .await?;
+    let bob = Participant::listener(&mut client, &auth, "call", "bob", Default::default()).await?;
+    eventually("bob receives alice's camera", || {
+        bob.received("alice", "video") > 10
+    })
+    .await?;
+    let events = bob.events();
+    let published = events.iter().position(
+        |e| matches!(e, Signal::TrackPublished(t) if t.session_id == "alice" && t.kind == pb::TrackKind::Audio as i32),
+    );
+    let muted = events.iter().rposition(|e| {
+        matches!(e, Signal::MuteChanged(m)
+            if m.session_id == "alice" && m.kind == pb::TrackKind::Audio as i32 && m.muted)
+    });
+    assert!(
+        matches!((published, muted), (Some(p), Some(m)) if p < m),
+        "{events:?}"
+    );
+    assert_eq!(
+        bob.received("alice", "audio"),
+        0,
+        "muted audio is not forwarded"
+    );
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
