@@ -261,6 +261,57 @@ pub struct LogEntry {
     pub message: String,
 }
 
+/// Something that runs a script in a page: Chromium's [`Page`] or either browser's
+/// [`BrowserPage`], so both wait the same way.
+trait Script {
+    fn eval(
+        &self,
+        script: &str,
+        args: Value,
+    ) -> impl std::future::Future<Output = anyhow::Result<Value>>;
+}
+
+impl Script for Page {
+    fn eval(
+        &self,
+        script: &str,
+        args: Value,
+    ) -> impl std::future::Future<Output = anyhow::Result<Value>> {
+        Page::eval(self, script, args)
+    }
+}
+
+impl Script for BrowserPage {
+    fn eval(
+        &self,
+        script: &str,
+        args: Value,
+    ) -> impl std::future::Future<Output = anyhow::Result<Value>> {
+        BrowserPage::eval(self, script, args)
+    }
+}
+
+/// Polls the expression `condition` every 100 ms until it is truthy (its value) or `timeout`
+/// has passed (`None`; the caller says what the page showed).
+async fn truthy_within(
+    page: &impl Script,
+    condition: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<Value>> {
+    let script = format!("return ({condition});");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let value = page.eval(&script, json!([])).await?;
+        if !(value.is_null() || value == false || value == "" || value == 0) {
+            return Ok(Some(value));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One browser session showing one page.
 pub struct Page {
     http: reqwest::Client,
@@ -313,28 +364,18 @@ impl Page {
     /// Polls the expression `condition` until it is truthy; fails after `timeout` with what
     /// the page showed.
     pub async fn wait_for(&self, condition: &str, timeout: Duration) -> anyhow::Result<Value> {
-        let script = format!("return ({condition});");
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let value = self.eval(&script, json!([])).await?;
-            if !(value.is_null() || value == false || value == "" || value == 0) {
-                return Ok(value);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let shown = self.dataset().await.unwrap_or(Value::Null);
-                let banner = self
-                    .eval(
-                        "const b = document.getElementById('banner'); return b ? b.innerText : null;",
-                        json!([]),
-                    )
-                    .await
-                    .unwrap_or(Value::Null);
-                bail!(
-                    "`{condition}` still false after {timeout:?}; body data {shown}, banner {banner}"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(value) = truthy_within(self, condition, timeout).await? {
+            return Ok(value);
         }
+        let shown = self.dataset().await.unwrap_or(Value::Null);
+        let banner = self
+            .eval(
+                "const b = document.getElementById('banner'); return b ? b.innerText : null;",
+                json!([]),
+            )
+            .await
+            .unwrap_or(Value::Null);
+        bail!("`{condition}` still false after {timeout:?}; body data {shown}, banner {banner}");
     }
 
     /// Waits until `document.body.dataset` has `state` and `reason`.
@@ -544,22 +585,14 @@ impl BrowserPage {
     /// Polls the expression `condition` until it is truthy; fails after `timeout` with what
     /// the page showed.
     pub async fn wait_for(&self, condition: &str, timeout: Duration) -> anyhow::Result<Value> {
-        let script = format!("return ({condition});");
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let value = self.eval(&script, json!([])).await?;
-            if !(value.is_null() || value == false || value == "" || value == 0) {
-                return Ok(value);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let shown = self.dataset().await.unwrap_or(Value::Null);
-                bail!(
-                    "{}: `{condition}` still false after {timeout:?}; body data {shown}",
-                    self.kind()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(value) = truthy_within(self, condition, timeout).await? {
+            return Ok(value);
         }
+        let shown = self.dataset().await.unwrap_or(Value::Null);
+        bail!(
+            "{}: `{condition}` still false after {timeout:?}; body data {shown}",
+            self.kind()
+        );
     }
 
     /// Waits until `document.body.dataset.state` is `state`.
