@@ -22,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -1,0 +1,1420 @@
+//! One client's peer connection on `rtc`, driven by hand.
+//!
+//! A [`Peer`] performs no IO and reads no clock: the worker that owns it feeds it datagrams
+//! ([`Peer::handle_datagram`]) and the time ([`Peer::handle_timeout`]), and drains what it
+//! produced: datagrams to send ([`Peer::poll_transmit`]) and events ([`Peer::poll_event`]), media
+//! among them. That is what lets one thread own all the peers of a call, and what lets the unit
+//! tests below run whole sessions without a socket or a sleep.
+//!
+//! # Negotiation
+//! The client makes every offer; rtcd only answers (`docs/protocol.md` §4a). rtcd is an ICE-lite
+//! agent: always controlled, it only answers the client's connectivity checks, so a client that
+//! moved (ICE restart, a new address) is found by its own checks and nothing here has to probe.
+//! Every section of an offer in which the client receives gets a *sending slot*: a transceiver
+//! whose sender has an SSRC of ours, fixed for the life of the slot, into which the SFU's
+//! down-tracks write whatever source they currently forward.
+//!
+//! # Certificates
+//! One DTLS certificate per process ([`Identity`]), not one per peer connection: generating a key
+//! per join is the most expensive part of a join, and the fingerprint says nothing about the user.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rtc::crypto::{self, SignatureScheme};
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_twcc_receiver_only,
+};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverDirection};
+use rtc::sansio::Protocol as _;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+use super::net::{Protocol, Transport};
+
+/// Why the engine refused something. Mapped by signaling to `INVALID_ARGUMENT` (bad SDP or
+/// candidate) or `INTERNAL` (everything else).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The client's SDP could not be applied (malformed, or nothing we can answer).
+    #[error("invalid session description: {0}")]
+    InvalidSdp(String),
+    /// A trickled candidate could not be parsed or added.
+    #[error("invalid ICE candidate: {0}")]
+    InvalidCandidate(String),
+    /// Certificate generation or another internal step of the WebRTC library failed.
+    #[error("media engine: {0}")]
+    Internal(String),
+}
+
+fn internal(err: impl std::fmt::Display) -> EngineError {
+    EngineError::Internal(err.to_string())
+}
+
+/// The process's DTLS identity: one certificate shared by every peer connection.
+#[derive(Clone)]
+pub struct Identity {
+    certificate: RTCCertificate,
+}
+
+impl Identity {
+    /// Generates an ECDSA P-256 certificate (what browsers generate for themselves).
+    pub fn generate() -> Result<Self, EngineError> {
+        let provider = crypto::default_provider().map_err(internal)?;
+        let params = CertificateParams::new(vec!["rtcd".to_owned()]).map_err(internal)?;
+        let certificate =
+            RTCCertificate::generate(provider.crypto(), SignatureScheme::EcdsaP256Sha256, params)
+                .map_err(internal)?;
+        Ok(Self { certificate })
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Identity(..)")
+    }
+}
+
+/// What every peer of this process shares: where rtcd can be reached and how long it waits.
+#[derive(Debug, Clone)]
+pub struct PeerSettings {
+    /// Our host candidates: the shared UDP port and, if enabled, the ICE-TCP port (passive).
+    pub candidates: Vec<Transport>,
+    /// No check from the client for this long: the connection is `Disconnected`.
+    pub disconnected_timeout: Duration,
+    /// And for this long: `Failed`, the session ends.
+    pub failed_timeout: Duration,
+}
+
+/// Whether a section carries audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    /// Audio (Opus).
+    Audio,
+    /// Video (VP8, VP9, H.264, AV1).
+    Video,
+}
+
+impl MediaKind {
+    fn from_rtc(kind: RtpCodecKind) -> Option<Self> {
+        match kind {
+            RtpCodecKind::Audio => Some(Self::Audio),
+            RtpCodecKind::Video => Some(Self::Video),
+            _ => None,
+        }
+    }
+
+    fn to_rtc(self) -> RtpCodecKind {
+        match self {
+            Self::Audio => RtpCodecKind::Audio,
+            Self::Video => RtpCodecKind::Video,
+        }
+    }
+}
+
+/// A track the client publishes, numbered by this peer in the order they opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrackKey(pub u32);
+
+/// A sending slot: one section of the client's offer in which rtcd sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotId(pub u32);
+
+/// One negotiated codec of a section, what the down-tracks map payload types with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Codec {
+    /// Its payload type in this section.
+    pub payload_type: u8,
+    /// `video/VP8`, `audio/opus`, … lower-cased.
+    pub mime_type: String,
+    /// RTP clock rate.
+    pub clock_rate: u32,
+    /// The fmtp line (H.264 profiles must match to be the same codec).
+    pub fmtp: String,
+    /// The payload type of its RTX (RFC 4588) companion, if one was negotiated.
+    pub rtx_payload_type: Option<u8>,
+}
+
+/// One negotiated RTP header extension of a section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderExtension {
+    /// Its id in this section.
+    pub id: u8,
+    /// What it is.
+    pub uri: String,
+}
+
+/// A published track as the engine saw it open (on its first packet).
+#[derive(Debug, Clone)]
+pub struct OpenedTrack {
+    /// The peer's number for it; every media event of the track carries it.
+    pub track: TrackKey,
+    /// The section (mid) of the client's offer that carries it.
+    pub mid: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The SSRC of its first packet.
+    pub ssrc: u32,
+    /// The section's codecs.
+    pub codecs: Vec<Codec>,
+    /// The section's header extensions.
+    pub extensions: Vec<HeaderExtension>,
+}
+
+/// A sending slot as negotiated by an answer.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// The slot.
+    pub id: SlotId,
+    /// The section (mid) of the client's offer it answers.
+    pub mid: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The SSRC rtcd sends with in it, for all its life.
+    pub ssrc: u32,
+    /// The section's codecs, as the client will decode them.
+    pub codecs: Vec<Codec>,
+    /// The section's header extensions.
+    pub extensions: Vec<HeaderExtension>,
+}
+
+/// A received RTP packet. Opaque: the SFU reads it through accessors, so nothing of the WebRTC
+/// library's packet type leaks, and nothing is copied: the payload is shared.
+#[derive(Debug, Clone)]
+pub struct RtpIn(rtp::Packet);
+
+impl RtpIn {
+    /// The packet's SSRC.
+    pub fn ssrc(&self) -> u32 {
+        self.0.header.ssrc
+    }
+    /// The sequence number.
+    pub fn sequence(&self) -> u16 {
+        self.0.header.sequence_number
+    }
+    /// The RTP timestamp.
+    pub fn timestamp(&self) -> u32 {
+        self.0.header.timestamp
+    }
+    /// The payload type.
+    pub fn payload_type(&self) -> u8 {
+        self.0.header.payload_type
+    }
+    /// The marker bit.
+    pub fn marker(&self) -> bool {
+        self.0.header.marker
+    }
+    /// The payload (shared, not copied).
+    pub fn payload(&self) -> &Bytes {
+        &self.0.payload
+    }
+    /// The header extensions as (id, value).
+    pub fn extensions(&self) -> impl Iterator<Item = (u8, &Bytes)> {
+        self.0.header.extensions.iter().map(|e| (e.id, &e.payload))
+    }
+}
+
+/// What a peer tells its owner. Media is an event too: the owner handles everything in order.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// ICE and DTLS are up: media can flow.
+    Connected,
+    /// No check from the client for a while; media may come back (a network change).
+    Disconnected,
+    /// The connection is gone for good; the session should end.
+    Failed,
+    /// A published track sent its first packet.
+    TrackOpened(OpenedTrack),
+    /// A published track ended (its section was removed or stopped).
+    TrackClosed(TrackKey),
+    /// An RTP packet of a published track.
+    Rtp {
+        /// Which track.
+        track: TrackKey,
+        /// The packet.
+        packet: RtpIn,
+    },
+    /// The client asks for a keyframe on a slot (PLI or FIR).
+    KeyframeRequested(SlotId),
+    /// The client lost packets of a slot (generic NACK): sequence numbers as the client saw them.
+    Nack {
+        /// Which slot.
+        slot: SlotId,
+        /// The lost sequence numbers.
+        lost: Vec<u16>,
+    },
+}
+
+/// The local ICE credentials of an answer: what the demultiplexer routes STUN by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The SDP to send to the client.
+    pub sdp: String,
+    /// Our ICE username fragment in it (changes on an ICE restart).
+    pub ufrag: String,
+    /// The sending slots after this negotiation, in mid order.
+    pub slots: Vec<SlotId>,
+}
+
+struct SlotState {
+    slot: Slot,
+    track_id: String,
+}
+
+struct TrackState {
+    key: TrackKey,
+    receiver: RTCRtpReceiverId,
+    ssrc: u32,
+}
+
+/// One client's peer connection. See the module docs.
+pub struct Peer {
+    pc: RTCPeerConnection,
+    settings: PeerSettings,
+    /// Published tracks by `rtc`'s track id, which every received packet carries.
+    tracks: HashMap<String, TrackState>,
+    next_track: u32,
+    /// Sending slots by mid.
+    slots: Vec<SlotState>,
+    /// Slot by our sender's track id, which RTCP feedback for the slot carries.
+    slot_by_track: HashMap<String, SlotId>,
+    events: std::collections::VecDeque<PeerEvent>,
+    connected: bool,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("tracks", &self.tracks.len())
+            .field("slots", &self.slots.len())
+            .field("connected", &self.connected)
+            .finish()
+    }
+}
+
+impl Peer {
+    /// A new peer connection, waiting for the client's first offer.
+    pub fn new(
+        identity: &Identity,
+        settings: &PeerSettings,
+        now: Instant,
+    ) -> Result<Self, EngineError> {
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().map_err(internal)?;
+        // NACKs are answered by the SFU's down-tracks from one buffer per published track, so
+        // no NACK responder (which would keep a copy per subscriber). Loss of published tracks
+        // is reported to their publishers by a NACK generator; reports and TWCC feedback come
+        // from rtc's interceptors.
+        let registry = Registry::new().with(
+            rtc::interceptor::Slot::NackGenerator,
+            rtc::interceptor::NackGeneratorBuilder::new().build(),
+        );
+        // After the NACK generator (7 000), before the report interceptors (10 000).
+        let registry = registry.with(
+            rtc::interceptor::Slot::Custom(9_000),
+            super::feedback::FeedbackTap::default(),
+        );
+        let registry = configure_rtcp_reports(registry);
+        let registry = configure_twcc_receiver_only(registry, &mut media).map_err(internal)?;
+        for feedback in ["nack", "nack pli", "ccm fir"] {
+            let (typ, parameter) = feedback.split_once(' ').unwrap_or((feedback, ""));
+            media.register_feedback(
+                rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
+                    typ: typ.to_owned(),
+                    parameter: parameter.to_owned(),
+                },
+                RtpCodecKind::Video,
+            );
+        }
+        let setting = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_timeouts(
+                Some(settings.disconnected_timeout),
+                Some(settings.failed_timeout),
+                None,
+            )
+            .build();
+        let pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_certificates(vec![identity.certificate.clone()])
+                    .build(),
+            )
+            .with_setting_engine(setting)
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(internal)?;
+        let mut peer = Self {
+            pc,
+            settings: settings.clone(),
+            tracks: HashMap::new(),
+            next_track: 0,
+            slots: Vec::new(),
+            slot_by_track: HashMap::new(),
+            events: Default::default(),
+            connected: false,
+        };
+        peer.add_local_candidates()?;
+        Ok(peer)
+    }
+
+    fn add_local_candidates(&mut self) -> Result<(), EngineError> {
+        for transport in &self.settings.candidates {
+            let candidate = host_candidate(transport)?;
+            self.pc.add_local_candidate(candidate).map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the client's offer and returns our answer. Every section in which the client
+    /// receives gets a sending slot (new sections a new one; known sections keep theirs).
+    pub fn apply_offer(&mut self, sdp: &str, now: Instant) -> Result<Answer, EngineError> {
+        let offer = RTCSessionDescription::offer(sdp.to_owned())
+            .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
+        self.pc
+            .set_remote_description(now, offer)
+            .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
+        self.attach_slots()?;
+        let answer = self
+            .pc
+            .create_answer(None)
+            .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
+        self.pc
+            .set_local_description(now, answer)
+            .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
+        let sdp = self
+            .pc
+            .local_description()
+            .ok_or_else(|| internal("no local description after answering"))?
+            .sdp;
+        self.refresh_slots();
+        let ufrag = sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .ok_or_else(|| internal("answer without ice-ufrag"))?
+            .trim()
+            .to_owned();
+        let slots = self.slots.iter().map(|s| s.slot.id).collect();
+        Ok(Answer { sdp, ufrag, slots })
+    }
+
+    /// Gives every transceiver that should send (the client receives in its section) and has no
+    /// sender yet a track of ours with a fresh SSRC.
+    fn attach_slots(&mut self) -> Result<(), EngineError> {
+        let mut wanted = Vec::new();
+        for id in self.pc.get_transceivers().collect::<Vec<_>>() {
+            let Some(t) = self.pc.rtp_transceiver(id) else {
+                continue;
+            };
+            let Some(mid) = t.mid().clone() else { continue };
+            if t.sender().is_some() || self.slots.iter().any(|s| s.slot.mid == mid) {
+                continue;
+            }
+            wanted.push(mid);
+        }
+        let remote = self
+            .pc
+            .remote_description()
+            .map(|d| d.sdp.clone())
+            .unwrap_or_default();
+        let wanted: Vec<(String, MediaKind)> = wanted
+            .into_iter()
+            .filter_map(|mid| match remote_section(&remote, &mid) {
+                Some((kind, true)) => Some((mid, kind)),
+                _ => None,
+            })
+            .collect();
+        for (mid, kind) in wanted {
+            let ssrc = loop {
+                let s = rand::random::<u32>();
+                if s != 0 && !self.slots.iter().any(|x| x.slot.ssrc == s) {
+                    break s;
+                }
+            };
+            let id = SlotId(self.slots.len() as u32);
+            let track_id = format!("rtcd-{}", id.0);
+            let track = MediaStreamTrack::new(
+                format!("rtcd-{}", id.0),
+                track_id.clone(),
+                track_id.clone(),
+                kind.to_rtc(),
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }],
+            );
+            self.pc.add_track(track).map_err(internal)?;
+            self.slot_by_track.insert(track_id.clone(), id);
+            self.slots.push(SlotState {
+                slot: Slot {
+                    id,
+                    mid,
+                    kind,
+                    ssrc,
+                    codecs: Vec::new(),
+                    extensions: Vec::new(),
+                },
+                track_id,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads back each slot's negotiated codecs and extensions after an answer.
+    fn refresh_slots(&mut self) {
+        for id in self.pc.get_transceivers().collect::<Vec<_>>() {
+            let Some(mut t) = self.pc.rtp_transceiver(id) else {
+                continue;
+            };
+            let Some(mid) = t.mid().clone() else { continue };
+            let Some(index) = self.slots.iter().position(|s| s.slot.mid == mid) else {
+                continue;
+            };
+            if !t.direction().has_send() {
+                t.set_direction(RTCRtpTransceiverDirection::Sendonly);
+            }
+            let Some(sender) = t.sender() else { continue };
+            let Some(mut s) = self.pc.rtp_sender(sender) else {
+                continue;
+            };
+            let params = &s.get_parameters().rtp_parameters;
+            let (codecs, extensions) = codecs_of(&params.codecs, &params.header_extensions);
+            let slot = &mut self.slots[index].slot;
+            slot.codecs = codecs;
+            slot.extensions = extensions;
+        }
+    }
+
+    /// The sending slots, in the order they were created.
+    pub fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().map(|s| &s.slot)
+    }
+
+    /// Adds a candidate the client trickled (`candidate:` line, as in the browser API).
+    pub fn add_remote_candidate(
+        &mut self,
+        candidate: &str,
+        sdp_mid: Option<String>,
+        sdp_mline_index: Option<u16>,
+    ) -> Result<(), EngineError> {
+        if candidate.is_empty() {
+            return Ok(()); // end of candidates
+        }
+        self.pc
+            .add_remote_candidate(RTCIceCandidateInit {
+                candidate: candidate.to_owned(),
+                sdp_mid,
+                sdp_mline_index,
+                username_fragment: None,
+                url: None,
+            })
+            .map_err(|e| EngineError::InvalidCandidate(e.to_string()))
+    }
+
+    /// Feeds one received datagram (or ICE-TCP frame).
+    pub fn handle_datagram(&mut self, transport: Transport, data: BytesMut, now: Instant) {
+        let msg = TaggedBytesMut {
+            now,
+            transport: context(&transport),
+            message: data,
+        };
+        if let Err(err) = self.pc.handle_read(msg) {
+            tracing::debug!(%err, "datagram rejected");
+        }
+        self.pump(now);
+    }
+
+    /// When [`Peer::handle_timeout`] must be called next.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.pc.poll_timeout()
+    }
+
+    /// Lets time pass: retransmissions, reports, ICE consent and timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Err(err) = self.pc.handle_timeout(now) {
+            tracing::debug!(%err, "timeout handling failed");
+        }
+        self.pump(now);
+    }
+
+    /// The next datagram to send and where to.
+    pub fn poll_transmit(&mut self) -> Option<(Transport, BytesMut)> {
+        let msg = self.pc.poll_write()?;
+        let protocol = match msg.transport.transport_protocol {
+            TransportProtocol::TCP => Protocol::Tcp,
+            _ => Protocol::Udp,
+        };
+        Some((
+            Transport {
+                local: msg.transport.local_addr,
+                peer: msg.transport.peer_addr,
+                protocol,
+            },
+            msg.message,
+        ))
+    }
+
+    /// The next event, media included.
+    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+        if self.events.is_empty() {
+            self.pump(Instant::now());
+        }
+        self.events.pop_front()
+    }
+
+    /// Whether ICE and DTLS are up.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Sends one RTP packet on a slot. The header must already be the slot's (its SSRC, one of
+    /// its payload types and extension ids): the down-track rewrote it.
+    pub fn send_rtp(
+        &mut self,
+        slot: SlotId,
+        header: RtpHeader<'_>,
+        payload: Bytes,
+        now: Instant,
+    ) -> Result<(), EngineError> {
+        let Some(state) = self.slots.get(slot.0 as usize) else {
+            return Err(internal("unknown slot"));
+        };
+        let mut packet = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                marker: header.marker,
+                payload_type: header.payload_type,
+                sequence_number: header.sequence,
+                timestamp: header.timestamp,
+                ssrc: header.ssrc,
+                ..Default::default()
+            },
+            payload,
+        };
+        for (id, value) in header.extensions {
+            packet
+                .header
+                .set_extension(*id, value.clone())
+                .map_err(internal)?;
+        }
+        let track_id = state.track_id.clone();
+        self.pc
+            .handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(track_id, packet),
+            })
+            .map_err(internal)
+    }
+
+    /// Asks the publisher of `track` for a keyframe (PLI).
+    pub fn request_keyframe(&mut self, track: TrackKey, now: Instant) {
+        let Some(state) = self.tracks.values().find(|t| t.key == track) else {
+            return;
+        };
+        let (receiver, ssrc) = (state.receiver, state.ssrc);
+        if let Some(mut r) = self.pc.rtp_receiver(receiver) {
+            let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: ssrc,
+            };
+            if let Err(err) = r.write_rtcp(now, vec![Box::new(pli)]) {
+                tracing::debug!(%err, "keyframe request not sent");
+            }
+        }
+    }
+
+    /// Closes the connection (DTLS close_notify goes out with the next transmits).
+    pub fn close(&mut self) {
+        let _ = self.pc.close();
+    }
+
+    /// Moves everything `rtc` produced into our event queue, in order.
+    fn pump(&mut self, _now: Instant) {
+        while let Some(event) = self.pc.poll_event() {
+            match event {
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
+                    RTCPeerConnectionState::Connected => {
+                        self.connected = true;
+                        self.events.push_back(PeerEvent::Connected);
+                    }
+                    RTCPeerConnectionState::Disconnected => {
+                        self.events.push_back(PeerEvent::Disconnected);
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        self.connected = false;
+                        self.events.push_back(PeerEvent::Failed);
+                    }
+                    _ => {}
+                },
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                    self.open_track(init.track_id, init.receiver_id, init.ssrc);
+                }
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
+                    if let Some(state) = self.tracks.remove(&track_id) {
+                        self.events.push_back(PeerEvent::TrackClosed(state.key));
+                    }
+                }
+                _ => {}
+            }
+        }
+        while let Some(msg) = self.pc.poll_read() {
+            match msg.message {
+                RTCMessage::RtpPacket(track_id, packet) => {
+                    if let Some(state) = self.tracks.get(&track_id) {
+                        self.events.push_back(PeerEvent::Rtp {
+                            track: state.key,
+                            packet: RtpIn(packet),
+                        });
+                    }
+                }
+                RTCMessage::RtcpPacket(track_id, packets) => {
+                    if let Some(slot) = self.slot_by_track.get(&track_id).copied() {
+                        self.feedback(slot, &packets);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn open_track(&mut self, track_id: String, receiver: RTCRtpReceiverId, ssrc: u32) {
+        let mut mid = None;
+        for id in self.pc.get_transceivers().collect::<Vec<_>>() {
+            if let Some(t) = self.pc.rtp_transceiver(id)
+                && t.receiver() == Some(receiver)
+            {
+                mid = t.mid().clone();
+            }
+        }
+        let Some(mut r) = self.pc.rtp_receiver(receiver) else {
+            return;
+        };
+        let Some(kind) = MediaKind::from_rtc(r.track().kind()) else {
+            return;
+        };
+        let params = &r.get_parameters().rtp_parameters;
+        let (codecs, extensions) = codecs_of(&params.codecs, &params.header_extensions);
+        let key = TrackKey(self.next_track);
+        self.next_track += 1;
+        self.tracks.insert(
+            track_id,
+            TrackState {
+                key,
+                receiver,
+                ssrc,
+            },
+        );
+        self.events.push_back(PeerEvent::TrackOpened(OpenedTrack {
+            track: key,
+            mid: mid.unwrap_or_default(),
+            kind,
+            ssrc,
+            codecs,
+            extensions,
+        }));
+    }
+
+    fn feedback(&mut self, slot: SlotId, packets: &[Box<dyn rtcp::Packet>]) {
+        use rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+        use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        for packet in packets {
+            let any = packet.as_any();
+            if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                self.events.push_back(PeerEvent::KeyframeRequested(slot));
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                let lost = nack
+                    .nacks
+                    .iter()
+                    .flat_map(|pair| pair.packet_list())
+                    .collect();
+                self.events.push_back(PeerEvent::Nack { slot, lost });
+            }
+        }
+    }
+}
+
+/// The header of a packet to send, already rewritten for the slot.
+#[derive(Debug, Clone, Copy)]
+pub struct RtpHeader<'a> {
+    /// The slot's SSRC (or its RTX SSRC).
+    pub ssrc: u32,
+    /// The subscriber-side sequence number.
+    pub sequence: u16,
+    /// The subscriber-side timestamp.
+    pub timestamp: u32,
+    /// A payload type negotiated in the slot's section.
+    pub payload_type: u8,
+    /// The marker bit.
+    pub marker: bool,
+    /// Header extensions with the slot's ids.
+    pub extensions: &'a [(u8, Bytes)],
+}
+
+/// The kind of section `mid` of an SDP and whether its author receives in it.
+fn remote_section(sdp: &str, mid: &str) -> Option<(MediaKind, bool)> {
+    // Section by section: its kind, its direction attribute (default sendrecv) and its mid.
+    let mut kind = None;
+    let mut direction = "sendrecv";
+    let mut found = false;
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if found {
+                break;
+            }
+            direction = "sendrecv";
+            kind = if m.starts_with("audio ") {
+                Some(MediaKind::Audio)
+            } else if m.starts_with("video ") {
+                Some(MediaKind::Video)
+            } else {
+                None
+            };
+        } else if let Some(m) = line.strip_prefix("a=mid:") {
+            found = m == mid;
+        } else if matches!(
+            line,
+            "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive"
+        ) {
+            direction = &line[2..];
+        }
+    }
+    if !found {
+        return None;
+    }
+    Some((kind?, matches!(direction, "sendrecv" | "recvonly")))
+}
+
+fn context(transport: &Transport) -> TransportContext {
+    TransportContext {
+        local_addr: transport.local,
+        peer_addr: transport.peer,
+        transport_protocol: match transport.protocol {
+            Protocol::Udp => TransportProtocol::UDP,
+            Protocol::Tcp => TransportProtocol::TCP,
+        },
+        ecn: None,
+    }
+}
+
+fn host_candidate(transport: &Transport) -> Result<RTCIceCandidateInit, EngineError> {
+    let network = match transport.protocol {
+        Protocol::Udp => "udp",
+        Protocol::Tcp => "tcp",
+    };
+    let config = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: network.to_owned(),
+            address: transport.local.ip().to_string(),
+            port: transport.local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        tcp_type: match transport.protocol {
+            Protocol::Udp => Default::default(),
+            Protocol::Tcp => rtc::ice::tcp_type::TcpType::Passive,
+        },
+    };
+    let candidate = config.new_candidate_host().map_err(internal)?;
+    RTCIceCandidate::from(&candidate)
+        .to_json()
+        .map_err(internal)
+}
+
+fn codecs_of(
+    codecs: &[rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters],
+    extensions: &[rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionParameters],
+) -> (Vec<Codec>, Vec<HeaderExtension>) {
+    let mut out: Vec<Codec> = codecs
+        .iter()
+        .filter(|c| !c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx"))
+        .map(|c| Codec {
+            payload_type: c.payload_type,
+            mime_type: c.rtp_codec.mime_type.to_ascii_lowercase(),
+            clock_rate: c.rtp_codec.clock_rate,
+            fmtp: c.rtp_codec.sdp_fmtp_line.clone(),
+            rtx_payload_type: None,
+        })
+        .collect();
+    for rtx in codecs
+        .iter()
+        .filter(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx"))
+    {
+        let apt = rtx
+            .rtp_codec
+            .sdp_fmtp_line
+            .split(';')
+            .find_map(|kv| kv.trim().strip_prefix("apt="))
+            .and_then(|v| v.parse::<u8>().ok());
+        if let Some(codec) = out.iter_mut().find(|c| Some(c.payload_type) == apt) {
+            codec.rtx_payload_type = Some(rtx.payload_type);
+        }
+    }
+    let extensions = extensions
+        .iter()
+        .filter_map(|e| {
+            Some(HeaderExtension {
+                id: u8::try_from(e.id).ok()?,
+                uri: e.uri.clone(),
+            })
+        })
+        .collect();
+    (out, extensions)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Whole sessions in memory: `rtc` clients and our [`Peer`]s exchange datagrams through a
+    //! routing loop, and time is advanced by hand (5 ms steps), so minutes of media take
+    //! milliseconds and nothing depends on the machine's speed.
+
+    use super::*;
+    use rtc::rtp_transceiver::RTCRtpTransceiverInit;
+
+    const SERVER: &str = "10.9.0.1:5000";
+
+    fn settings() -> PeerSettings {
+        PeerSettings {
+            candidates: vec![Transport {
+                local: SERVER.parse().unwrap(),
+                peer: SERVER.parse().unwrap(),
+                protocol: Protocol::Udp,
+            }],
+            disconnected_timeout: Duration::from_secs(5),
+            failed_timeout: Duration::from_secs(25),
+        }
+    }
+
+    /// A browser-like client on `rtc`: full ICE, controlling, offers.
+    struct Client {
+        pc: RTCPeerConnection,
+        addr: SocketAddrV,
+        received: Vec<(Instant, rtp::Packet)>,
+        feedback: Vec<Box<dyn rtcp::Packet>>,
+    }
+    type SocketAddrV = std::net::SocketAddr;
+
+    impl Client {
+        fn new(addr: &str, now: Instant) -> Self {
+            let mut media = MediaEngine::default();
+            media.register_default_codecs().unwrap();
+            // Default interceptors, plus the tap so the test sees the feedback it receives.
+            let registry = Registry::new().with(
+                rtc::interceptor::Slot::Custom(9_000),
+                crate::engine::feedback::FeedbackTap::default(),
+            );
+            let registry = rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors(
+                registry,
+                &mut media,
+            )
+            .unwrap();
+            let pc = RTCPeerConnectionBuilder::new()
+                .with_media_engine(media)
+                .with_interceptor_registry(registry)
+                .build(now)
+                .unwrap();
+            let mut client = Self {
+                pc,
+                addr: addr.parse().unwrap(),
+                received: Vec::new(),
+                feedback: Vec::new(),
+            };
+            let candidate = host_candidate(&Transport {
+                local: client.addr,
+                peer: client.addr,
+                protocol: Protocol::Udp,
+            })
+            .unwrap();
+            client.pc.add_local_candidate(candidate).unwrap();
+            client
+        }
+
+        fn publish_video(&mut self, ssrc: u32) {
+            let track = MediaStreamTrack::new(
+                "cam-stream".into(),
+                "cam".into(),
+                "cam".into(),
+                RtpCodecKind::Video,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }],
+            );
+            // As the SDK does: a send-only section per published track.
+            self.pc
+                .add_transceiver_from_track(
+                    track,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        streams: vec![],
+                        send_encodings: vec![RTCRtpEncodingParameters {
+                            rtp_coding_parameters: RTCRtpCodingParameters {
+                                ssrc: Some(ssrc),
+                                ..Default::default()
+                            },
+                            ..Default::default()
+                        }],
+                    }),
+                )
+                .unwrap();
+        }
+
+        fn receive(&mut self, kind: RtpCodecKind) {
+            self.pc
+                .add_transceiver_from_kind(
+                    kind,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Recvonly,
+                        streams: vec![],
+                        send_encodings: vec![],
+                    }),
+                )
+                .unwrap();
+        }
+
+        fn negotiate(&mut self, server: &mut Peer, now: Instant) -> Answer {
+            let offer = self.pc.create_offer(None).unwrap();
+            self.pc.set_local_description(now, offer.clone()).unwrap();
+            let answer = server.apply_offer(&offer.sdp, now).unwrap();
+            self.pc
+                .set_remote_description(
+                    now,
+                    RTCSessionDescription::answer(answer.sdp.clone()).unwrap(),
+                )
+                .unwrap();
+            answer
+        }
+
+        fn send_video(&mut self, seq: u16, now: Instant) {
+            let mut packet = rtp::Packet::default();
+            packet.header.version = 2;
+            packet.header.ssrc = 0; // filled below
+            packet.header.payload_type = 96;
+            packet.header.sequence_number = seq;
+            packet.header.timestamp = u32::from(seq) * 3000;
+            packet.header.marker = true;
+            // VP8 descriptor (S=1, PID 0) and a keyframe tag every 30 packets.
+            let key = seq.is_multiple_of(30);
+            packet.payload = Bytes::from(vec![0x10, if key { 0x00 } else { 0x01 }, 0, 0, 9, 9, 9]);
+            packet.header.ssrc = 0xA0A0;
+            self.pc
+                .handle_write(TaggedRTCMessage {
+                    now,
+                    message: RTCMessage::RtpPacket("cam".into(), packet),
+                })
+                .unwrap();
+        }
+    }
+
+    /// Moves datagrams both ways until quiet; `drop_to_client` may discard server→client
+    /// datagrams (loss on the way to the client).
+    fn route(
+        client: &mut Client,
+        server: &mut Peer,
+        now: Instant,
+        drop_to_client: &mut dyn FnMut(&[u8]) -> bool,
+    ) {
+        let server_addr: SocketAddrV = SERVER.parse().unwrap();
+        for _ in 0..8 {
+            let mut moved = false;
+            while let Some(msg) = client.pc.poll_write() {
+                moved = true;
+                server.handle_datagram(
+                    Transport {
+                        local: server_addr,
+                        peer: client.addr,
+                        protocol: Protocol::Udp,
+                    },
+                    msg.message,
+                    now,
+                );
+            }
+            while let Some((transport, data)) = server.poll_transmit() {
+                moved = true;
+                assert_eq!(transport.peer, client.addr, "the answer goes to the sender");
+                if drop_to_client(&data) {
+                    continue;
+                }
+                client
+                    .pc
+                    .handle_read(TaggedBytesMut {
+                        now,
+                        transport: TransportContext {
+                            local_addr: client.addr,
+                            peer_addr: server_addr,
+                            transport_protocol: TransportProtocol::UDP,
+                            ecn: None,
+                        },
+                        message: data,
+                    })
+                    .unwrap();
+            }
+            while let Some(msg) = client.pc.poll_read() {
+                match msg.message {
+                    RTCMessage::RtpPacket(_, p) => client.received.push((now, p)),
+                    RTCMessage::RtcpPacket(_, p) => client.feedback.extend(p),
+                    _ => {}
+                }
+            }
+            while client.pc.poll_event().is_some() {}
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    fn tick(client: &mut Client, server: &mut Peer, now: Instant) {
+        client.pc.handle_timeout(now).unwrap();
+        server.handle_timeout(now);
+    }
+
+    /// A call in memory: alice publishes a VP8 camera, bob receives it through one slot, and the
+    /// test plays the SFU (rewriting SSRC, sequence and payload type for bob's slot).
+    struct Rig {
+        t0: Instant,
+        now: Instant,
+        alice: Client,
+        bob: Client,
+        alice_s: Peer,
+        bob_s: Peer,
+        slot: Slot,
+        vp8: Codec,
+        source: Option<OpenedTrack>,
+        connected: (bool, bool),
+        seq: u16,
+        out_seq: u16,
+        /// Server→bob datagrams whose RTP sequence (bob's) is listed here are dropped once.
+        drop_to_bob: Vec<u16>,
+        bob_events: Vec<PeerEvent>,
+        alice_events: Vec<PeerEvent>,
+        /// Whether bob's datagrams reach rtcd at all (false: bob went silent).
+        bob_online: bool,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let identity = Identity::generate().unwrap();
+            let now = Instant::now();
+            let mut alice = Client::new("10.9.0.2:6000", now);
+            let mut bob = Client::new("10.9.0.3:6000", now);
+            let mut alice_s = Peer::new(&identity, &settings(), now).unwrap();
+            let mut bob_s = Peer::new(&identity, &settings(), now).unwrap();
+            alice.publish_video(0xA0A0);
+            bob.receive(RtpCodecKind::Video);
+            let a = alice.negotiate(&mut alice_s, now);
+            assert!(a.slots.is_empty(), "alice receives nothing: no slot");
+            assert!(a.sdp.contains("a=ice-lite"));
+            let b = bob.negotiate(&mut bob_s, now);
+            assert_eq!(b.slots.len(), 1);
+            assert_ne!(a.ufrag, b.ufrag);
+            let slot = bob_s.slots().next().unwrap().clone();
+            assert_eq!(slot.kind, MediaKind::Video);
+            let vp8 = slot
+                .codecs
+                .iter()
+                .find(|c| c.mime_type == "video/vp8")
+                .expect("VP8 negotiated in the slot")
+                .clone();
+            Self {
+                t0: now,
+                now,
+                alice,
+                bob,
+                alice_s,
+                bob_s,
+                slot,
+                vp8,
+                source: None,
+                connected: (false, false),
+                seq: 0,
+                out_seq: 0,
+                drop_to_bob: Vec::new(),
+                bob_events: Vec::new(),
+                alice_events: Vec::new(),
+                bob_online: true,
+            }
+        }
+
+        /// Runs `steps` of 5 ms; alice sends a packet every 30 ms once connected.
+        fn run(&mut self, steps: u32, mut each_second: impl FnMut(&mut Self)) {
+            for step in 0..steps {
+                self.now += Duration::from_millis(5);
+                let now = self.now;
+                tick(&mut self.alice, &mut self.alice_s, now);
+                tick(&mut self.bob, &mut self.bob_s, now);
+                if self.connected.0 && step % 6 == 0 {
+                    self.alice.send_video(self.seq, now);
+                    self.seq = self.seq.wrapping_add(1);
+                }
+                route(&mut self.alice, &mut self.alice_s, now, &mut |_| false);
+                while let Some(ev) = self.alice_s.poll_event() {
+                    match ev {
+                        PeerEvent::Connected => self.connected.0 = true,
+                        PeerEvent::TrackOpened(t) => self.source = Some(t),
+                        PeerEvent::Rtp { track, packet } => {
+                            assert_eq!(Some(track), self.source.as_ref().map(|s| s.track));
+                            if self.connected.1 {
+                                let header = RtpHeader {
+                                    ssrc: self.slot.ssrc,
+                                    sequence: self.out_seq,
+                                    timestamp: packet.timestamp(),
+                                    payload_type: self.vp8.payload_type,
+                                    marker: packet.marker(),
+                                    extensions: &[],
+                                };
+                                self.out_seq = self.out_seq.wrapping_add(1);
+                                self.bob_s
+                                    .send_rtp(self.slot.id, header, packet.payload().clone(), now)
+                                    .unwrap();
+                            }
+                        }
+                        other => self.alice_events.push(other),
+                    }
+                }
+                if self.bob_online {
+                    let drops = &mut self.drop_to_bob;
+                    route(&mut self.bob, &mut self.bob_s, now, &mut |d: &[u8]| {
+                        // SRTP leaves the RTP header in clear: bytes 2..4 are the sequence.
+                        let rtp = d.len() > 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1]);
+                        let seq = if rtp {
+                            u16::from_be_bytes([d[2], d[3]])
+                        } else {
+                            0
+                        };
+                        if rtp && drops.contains(&seq) {
+                            drops.retain(|s| *s != seq);
+                            return true;
+                        }
+                        false
+                    });
+                } else {
+                    while self.bob.pc.poll_write().is_some() {}
+                    while self.bob_s.poll_transmit().is_some() {}
+                }
+                while let Some(ev) = self.bob_s.poll_event() {
+                    if let PeerEvent::Connected = ev {
+                        self.connected.1 = true;
+                    }
+                    self.bob_events.push(ev);
+                }
+                if step % 200 == 199 {
+                    each_second(self);
+                }
+            }
+        }
+    }
+
+    /// Counts bob's received packets per 1 s window after the first 3 s.
+    fn flow_windows(rig: &mut Rig, seconds: u32) -> Vec<usize> {
+        let mut windows = Vec::new();
+        let mut last = rig.bob.received.len();
+        rig.run(seconds * 200, |rig| {
+            let n = rig.bob.received.len();
+            if rig.now - rig.t0 > Duration::from_secs(3) {
+                windows.push(n - last);
+            }
+            last = n;
+        });
+        windows
+    }
+
+    #[test]
+    fn a_published_track_is_forwarded_to_a_subscriber_for_a_minute() {
+        let mut rig = Rig::new();
+        let windows = flow_windows(&mut rig, 60);
+        assert!(rig.source.is_some(), "alice's track opened at rtcd");
+        let source = rig.source.as_ref().unwrap();
+        assert_eq!((source.kind, source.ssrc), (MediaKind::Video, 0xA0A0));
+        assert!(!source.mid.is_empty());
+        assert!(windows.len() >= 55, "{windows:?}");
+        assert!(
+            windows.iter().all(|&n| n >= 25),
+            "bob received in every 1 s window (33 packets/s sent): {windows:?}"
+        );
+        let (_, first) = &rig.bob.received[0];
+        assert_eq!(first.header.ssrc, rig.slot.ssrc);
+        assert_eq!(first.header.payload_type, rig.vp8.payload_type);
+    }
+
+    #[test]
+    fn a_subscriber_nack_and_keyframe_request_reach_the_sfu_and_a_pli_reaches_the_publisher() {
+        let mut rig = Rig::new();
+        rig.run(1000, |_| {}); // 5 s: connected, flowing
+        assert!(rig.bob.received.len() > 50);
+        let lost = rig.out_seq.wrapping_add(3);
+        rig.drop_to_bob.push(lost);
+        rig.run(400, |_| {});
+        assert!(
+            rig.drop_to_bob.is_empty(),
+            "the packet was dropped on the way"
+        );
+        let nacked: Vec<u16> = rig
+            .bob_events
+            .iter()
+            .filter_map(|e| match e {
+                PeerEvent::Nack { slot, lost } if *slot == rig.slot.id => Some(lost.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(
+            nacked.contains(&lost),
+            "bob's NACK for {lost} surfaced: {nacked:?}"
+        );
+
+        // rtcd asks alice for a keyframe: her client gets a PLI for her SSRC.
+        let track = rig.source.as_ref().unwrap().track;
+        let before = rig.alice.feedback.len();
+        rig.alice_s.request_keyframe(track, rig.now);
+        rig.run(10, |_| {});
+        let plis = rig.alice.feedback[before..]
+            .iter()
+            .filter(|p| {
+                p.as_any()
+                    .is::<rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
+            })
+            .count();
+        assert_eq!(plis, 1, "one PLI reached alice");
+
+        // bob asks for a keyframe on his slot: the SFU hears it.
+        let sender_ssrc = 1;
+        let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc,
+            media_ssrc: rig.slot.ssrc,
+        };
+        let receiver = rig.bob.pc.get_receivers().next().unwrap();
+        rig.bob
+            .pc
+            .rtp_receiver(receiver)
+            .unwrap()
+            .write_rtcp(rig.now, vec![Box::new(pli)])
+            .unwrap();
+        rig.bob_events.clear();
+        rig.run(10, |_| {});
+        assert!(
+            rig.bob_events
+                .iter()
+                .any(|e| matches!(e, PeerEvent::KeyframeRequested(s) if *s == rig.slot.id)),
+            "bob's PLI surfaced for his slot"
+        );
+    }
+
+    #[test]
+    fn an_ice_restart_from_a_new_address_keeps_the_subscription_flowing() {
+        let mut rig = Rig::new();
+        let before = flow_windows(&mut rig, 10);
+        assert!(before.iter().all(|&n| n >= 25), "{before:?}");
+        let old_ufrag = rig.bob_s.pc.local_description().unwrap().sdp.clone();
+
+        // Bob's network changes: a new address, and his client restarts ICE with a new offer.
+        rig.bob.addr = "10.9.7.7:7000".parse().unwrap();
+        let candidate = host_candidate(&Transport {
+            local: rig.bob.addr,
+            peer: rig.bob.addr,
+            protocol: Protocol::Udp,
+        })
+        .unwrap();
+        rig.bob.pc.add_local_candidate(candidate).unwrap();
+        rig.bob.pc.restart_ice();
+        let now = rig.now;
+        let answer = rig.bob.negotiate(&mut rig.bob_s, now);
+        assert!(
+            !old_ufrag.contains(&format!("a=ice-ufrag:{}", answer.ufrag)),
+            "new ufrag"
+        );
+        assert_eq!(
+            answer.slots,
+            vec![rig.slot.id],
+            "the subscription's slot survives"
+        );
+        assert_eq!(rig.bob_s.slots().next().unwrap().ssrc, rig.slot.ssrc);
+
+        let after = flow_windows(&mut rig, 20);
+        let settled = &after[3..];
+        assert!(
+            settled.iter().all(|&n| n >= 25),
+            "bob keeps receiving at his new address: {after:?}"
+        );
+        assert!(
+            !rig.bob_events
+                .iter()
+                .any(|e| matches!(e, PeerEvent::Failed)),
+            "the session never failed"
+        );
+    }
+
+    #[test]
+    fn a_client_that_goes_silent_fails_after_the_timeout() {
+        let mut rig = Rig::new();
+        rig.run(1000, |_| {});
+        assert!(rig.connected.1);
+        rig.bob_online = false;
+        rig.bob_events.clear();
+        rig.run(200 * 40, |_| {});
+        let disconnected = rig
+            .bob_events
+            .iter()
+            .position(|e| matches!(e, PeerEvent::Disconnected));
+        let failed = rig
+            .bob_events
+            .iter()
+            .position(|e| matches!(e, PeerEvent::Failed));
+        assert!(
+            disconnected.is_some() && failed.is_some(),
+            "{:?}",
+            rig.bob_events
+        );
+        assert!(disconnected < failed);
+    }
+
+    #[test]
+    fn broken_offers_and_candidates_are_clear_errors() {
+        let identity = Identity::generate().unwrap();
+        let now = Instant::now();
+        let mut peer = Peer::new(&identity, &settings(), now).unwrap();
+        assert!(matches!(
+            peer.apply_offer("this is not sdp", now),
+            Err(EngineError::InvalidSdp(_))
+        ));
+        assert!(matches!(
+            peer.add_remote_candidate("candidate:garbage", Some("0".into()), None),
+            Err(EngineError::InvalidCandidate(_))
+        ));
+    }
+
+    #[test]
+    fn remote_sections_are_read_by_mid() {
+        let sdp = "v=0\r\nm=audio 9 X 111\r\na=mid:0\r\na=sendonly\r\n\
+                   m=video 9 X 96\r\na=mid:1\r\na=recvonly\r\nm=video 9 X 96\r\na=mid:2\r\n";
+        assert_eq!(remote_section(sdp, "0"), Some((MediaKind::Audio, false)));
+        assert_eq!(remote_section(sdp, "1"), Some((MediaKind::Video, true)));
+        assert_eq!(remote_section(sdp, "2"), Some((MediaKind::Video, true)));
+        assert_eq!(remote_section(sdp, "3"), None);
+    }
+}
