@@ -18,9 +18,12 @@
 //! Calls and sessions are keyed by the tenant (the authenticated client, opaque here), so two
 //! tenants using the same IDs never meet. This module knows nothing of gRPC, proto or auth.
 
+pub mod downtrack;
 pub mod forwarder;
+pub mod packet;
 pub mod peer;
 pub mod rebase;
+pub mod retransmit;
 pub mod sdp;
 pub mod session;
 

@@ -1,0 +1,1443 @@
+//! The down-track: what one subscriber receives of one track, rewritten so that it looks like
+//! one continuous stream of the subscriber's own, whatever the SFU drops and whichever source
+//! feeds it.
+//!
+//! The engine calls [`DownTrack::forward`] for every packet of the track's current source and
+//! sends the copies it is told to send; it calls [`DownTrack::on_nack`] for the subscriber's
+//! NACKs, [`DownTrack::poll_keyframe_request`] to learn when to send the publisher a PLI, and
+//! reads [`DownTrack::sender_stats`] for sender reports. Pure state, no IO, no clock of its
+//! own: time is always passed in.
+//!
+//! # Sequence numbers
+//!
+//! Output = source + offset (in extended, unwrapped sequence space). The offset is chosen when
+//! the stream (re)starts (first packet, keyframe after a switch of source or a resume) so the
+//! output continues at the last output + 1. A packet the SFU drops in order (padding, an
+//! unmapped payload type) lowers the offset by one, so the subscriber sees no gap it would
+//! NACK, while a packet lost upstream still shows as a gap (the publisher's retransmission
+//! fills it later). Each such run of drops is remembered, so that a late packet is mapped with
+//! the offset in force at its own position, not renumbered in arrival order.
+//!
+//! # Timestamps
+//!
+//! Output = source + offset, the offset chosen only when the source changes: the new source
+//! continues from the last output timestamp plus the wall-clock time since it was sent, in the
+//! track's clock rate (what `rebase` does by heuristics for the current engine). A pause and
+//! resume of the same source keeps the offset, since the source's own clock kept running.
+
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::packet::{MediaKind, MediaPacket, RtpHeaderOut};
+use super::retransmit::{
+    CapacityError, EXTENDED_BASE, RetransmitBuffer, check_capacity, unwrap_seq,
+};
+
+/// Sent-packet history of a video down-track (output seq → source seq), for NACKs.
+pub const DEFAULT_VIDEO_HISTORY: usize = 512;
+/// Sent-packet history of an audio down-track (Opus is rarely NACKed).
+pub const DEFAULT_AUDIO_HISTORY: usize = 64;
+/// The same packet is resent at most once per this interval (a round-trip guess) until
+/// [`DownTrack::set_rtt`] gives a measured one.
+pub const DEFAULT_RESEND_INTERVAL: Duration = Duration::from_millis(100);
+/// While a down-track waits for a keyframe, it asks again this often (a PLI may be lost).
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Runs of in-order drops remembered for mapping late packets. A late packet older than the
+/// oldest remembered run is dropped.
+const MAX_DROP_RUNS: usize = 8;
+/// "None" in the payload-type tables.
+const NO_PT: u8 = 0xff;
+
+/// A down-track or one of its maps was configured with an impossible value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DownTrackError {
+    /// The history ring must be a power of two (16 to 32 768).
+    #[error("history: {0}")]
+    History(#[from] CapacityError),
+    /// A clock rate of 0 Hz cannot carry time across a switch of source.
+    #[error("clock rate must not be 0")]
+    ZeroClockRate,
+    /// RTP payload types are 7 bits.
+    #[error("payload type {0} is out of range (0-127)")]
+    PayloadType(u8),
+    /// Header-extension id 0 does not exist (RFC 8285).
+    #[error("header-extension id 0 is reserved")]
+    ExtensionId,
+}
+
+/// Source payload type → the subscriber's payload type (and its RTX payload type, RFC 4588
+/// `apt=`), one entry per codec both sides negotiated. Built by the caller by matching codecs
+/// (name, clock rate, channels, and the fmtp parameters that matter, e.g. H.264
+/// `profile-level-id` and `packetization-mode`) between the publisher's and the subscriber's
+/// SDP. Packets of an unmapped payload type are not forwarded.
+#[derive(Clone)]
+pub struct PayloadTypeMap {
+    out: [u8; 128],
+    rtx: [u8; 128],
+}
+
+impl Default for PayloadTypeMap {
+    fn default() -> Self {
+        Self {
+            out: [NO_PT; 128],
+            rtx: [NO_PT; 128],
+        }
+    }
+}
+
+impl PayloadTypeMap {
+    /// An empty map (forwards nothing).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maps `source` to the subscriber's `subscriber` payload type, with the subscriber's RTX
+    /// payload type for it if it negotiated RTX for that codec.
+    pub fn insert(
+        &mut self,
+        source: u8,
+        subscriber: u8,
+        rtx: Option<u8>,
+    ) -> Result<(), DownTrackError> {
+        for pt in [Some(source), Some(subscriber), rtx].into_iter().flatten() {
+            if pt > 127 {
+                return Err(DownTrackError::PayloadType(pt));
+            }
+        }
+        self.out[usize::from(source)] = subscriber;
+        self.rtx[usize::from(source)] = rtx.unwrap_or(NO_PT);
+        Ok(())
+    }
+
+    /// The subscriber's payload type and RTX payload type for a source payload type.
+    pub fn get(&self, source: u8) -> Option<(u8, Option<u8>)> {
+        let i = usize::from(source & 0x7f);
+        let out = self.out[i];
+        (source < 128 && out != NO_PT).then(|| (out, (self.rtx[i] != NO_PT).then_some(self.rtx[i])))
+    }
+}
+
+impl std::fmt::Debug for PayloadTypeMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries((0..128u8).filter_map(|pt| self.get(pt).map(|m| (pt, m))))
+            .finish()
+    }
+}
+
+/// Source header-extension id → the subscriber's id for the same URI; ids not in the map are
+/// dropped. Map only end-to-end extensions (audio level, video orientation, playout delay,
+/// abs-capture-time, dependency descriptor, color space...): per-hop ones (transport-cc,
+/// abs-send-time, mid, rid, repaired-rid) belong to the subscriber's transport and are written
+/// by the engine.
+#[derive(Clone)]
+pub struct ExtensionMap {
+    out: [u8; 256],
+}
+
+impl Default for ExtensionMap {
+    fn default() -> Self {
+        Self { out: [0; 256] }
+    }
+}
+
+impl ExtensionMap {
+    /// An empty map (drops every extension).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Maps the publisher's extension `source` id to the subscriber's `subscriber` id.
+    pub fn insert(&mut self, source: u8, subscriber: u8) -> Result<(), DownTrackError> {
+        if source == 0 || subscriber == 0 {
+            return Err(DownTrackError::ExtensionId);
+        }
+        self.out[usize::from(source)] = subscriber;
+        Ok(())
+    }
+
+    /// The subscriber's id for a source id.
+    pub fn get(&self, source: u8) -> Option<u8> {
+        Some(self.out[usize::from(source)]).filter(|&id| id != 0)
+    }
+}
+
+impl std::fmt::Debug for ExtensionMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries((0..=255u8).filter_map(|id| self.get(id).map(|o| (id, o))))
+            .finish()
+    }
+}
+
+/// Everything a down-track needs to know about its subscriber, from the subscriber's SDP.
+#[derive(Debug, Clone)]
+pub struct DownTrackConfig {
+    /// Audio or video (video waits for keyframes).
+    pub kind: MediaKind,
+    /// The SSRC the subscriber receives this track on.
+    pub ssrc: u32,
+    /// The subscriber's RTX SSRC for it, if RTX was negotiated (RFC 4588).
+    pub rtx_ssrc: Option<u32>,
+    /// The codec clock rate (90 000 for video, 48 000 for Opus).
+    pub clock_rate: u32,
+    /// Source → subscriber payload types.
+    pub payload_types: PayloadTypeMap,
+    /// Source → subscriber header-extension ids.
+    pub extensions: ExtensionMap,
+    /// The first output sequence number (random by default, RFC 3550 §5.1).
+    pub initial_sequence: u16,
+    /// The first output timestamp (random by default).
+    pub initial_timestamp: u32,
+    /// The RTX stream's first sequence number (random by default).
+    pub initial_rtx_sequence: u16,
+    /// Packets of sent history kept for NACKs (power of two, 16 to 32 768).
+    pub history: usize,
+}
+
+impl DownTrackConfig {
+    /// A configuration with random initial numbers, the default history for `kind`, no RTX and
+    /// empty maps (fill `payload_types` and `extensions`).
+    pub fn new(kind: MediaKind, ssrc: u32, clock_rate: u32) -> Self {
+        Self {
+            kind,
+            ssrc,
+            rtx_ssrc: None,
+            clock_rate,
+            payload_types: PayloadTypeMap::new(),
+            extensions: ExtensionMap::new(),
+            initial_sequence: rand::random(),
+            initial_timestamp: rand::random(),
+            initial_rtx_sequence: rand::random(),
+            history: match kind {
+                MediaKind::Audio => DEFAULT_AUDIO_HISTORY,
+                MediaKind::Video => DEFAULT_VIDEO_HISTORY,
+            },
+        }
+    }
+}
+
+/// Why [`DownTrack::forward`] did not forward a packet (for metrics; none is an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The packet is not from the down-track's current source (e.g. still in flight from the
+    /// source it was switched away from).
+    OtherSource,
+    /// The down-track is paused.
+    Paused,
+    /// Video after a start, switch or resume: nothing is forwarded before a keyframe.
+    WaitingForKeyframe,
+    /// The subscriber has no payload type for the packet's codec.
+    UnmappedPayloadType,
+    /// Padding only (the publisher probing bandwidth), not media.
+    Padding,
+    /// Late: from before the stream's (re)start, older than the reorder window, or in a range
+    /// the down-track has already skipped.
+    Stale,
+    /// Already forwarded.
+    Duplicate,
+}
+
+/// The verdict of [`DownTrack::forward`] on one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// Send the packet's payload with this header to the subscriber.
+    Send(RtpHeaderOut),
+    /// Do not send it.
+    Drop(DropReason),
+}
+
+impl Forward {
+    /// The header to send with, if any.
+    pub fn header(self) -> Option<RtpHeaderOut> {
+        match self {
+            Forward::Send(h) => Some(h),
+            Forward::Drop(_) => None,
+        }
+    }
+}
+
+/// One packet to send again, produced by [`DownTrack::on_nack`].
+#[derive(Debug, Clone)]
+pub struct Retransmission<'a> {
+    /// The header: the original output header, or the RTX stream's header (RTX SSRC, RTX
+    /// payload type, RTX sequence number, original timestamp and marker).
+    pub header: RtpHeaderOut,
+    /// The source packet (for [`RtpHeaderOut::extensions`]).
+    pub packet: &'a MediaPacket,
+    /// The payload to send: the original `Bytes` (shared), or for RTX a new buffer with the
+    /// original output sequence number (2 octets) before the original payload.
+    pub payload: Bytes,
+    /// Whether this is an RTX packet.
+    pub rtx: bool,
+}
+
+/// Counters for the subscriber's sender reports (RFC 3550 §6.4.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    /// Packets sent on the main SSRC (forwarded and resent).
+    pub packets: u64,
+    /// Payload octets sent on the main SSRC (no headers, no padding).
+    pub octets: u64,
+    /// Packets sent on the RTX SSRC.
+    pub rtx_packets: u64,
+    /// Payload octets sent on the RTX SSRC (including the 2-octet original sequence number).
+    pub rtx_octets: u64,
+    /// The newest output timestamp and the wall clock it was sent at: a consistent RTP/NTP
+    /// pair for a sender report (see [`DownTrack::rtp_timestamp_at`]).
+    pub last_timestamp: Option<(u32, Instant)>,
+}
+
+/// What the history remembers of one sent packet.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sent {
+    valid: bool,
+    out_seq: u16,
+    src_seq: u16,
+    /// The source generation (bumped on a switch) the packet came from.
+    generation: u16,
+    /// When it was last resent, in ms since the down-track's epoch + 1 (0: never).
+    resent_ms: u32,
+}
+
+/// A run of source sequence numbers the down-track skipped in order (the offset was lowered
+/// across it).
+#[derive(Debug, Clone, Copy, Default)]
+struct DropRun {
+    start: u64,
+    end: u64,
+    /// The sequence offset in force before the run.
+    delta_before: u64,
+}
+
+/// How the timestamp offset is chosen at the next (re)start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimestampStart {
+    /// The first packet ever: start at the configured initial timestamp.
+    Initial,
+    /// A new source: continue from the last output timestamp plus the wall-clock gap.
+    Continue,
+    /// The same source after a pause: keep the offset.
+    Keep,
+}
+
+/// One subscriber's view of one track. See the module documentation.
+#[derive(Debug)]
+pub struct DownTrack {
+    kind: MediaKind,
+    ssrc: u32,
+    rtx_ssrc: Option<u32>,
+    clock_rate: u32,
+    payload_types: PayloadTypeMap,
+    extensions: ExtensionMap,
+
+    source_ssrc: u32,
+    /// Bumped on every switch of source, so the history never answers for an old source.
+    generation: u16,
+    paused: bool,
+    /// Whether the current source's mapping is established.
+    anchored: bool,
+    /// Video waiting for a keyframe before it (re)starts.
+    need_keyframe: bool,
+    keyframe_requested_at: Option<Instant>,
+    ts_start: TimestampStart,
+
+    /// Newest extended source sequence number seen in order (forwarded or skipped).
+    src_highest: u64,
+    /// Oldest extended source sequence number a late packet may still be mapped for.
+    valid_from: u64,
+    /// Output = source + seq_delta (wrapping, extended).
+    seq_delta: u64,
+    drop_runs: [DropRun; MAX_DROP_RUNS],
+    drop_run_count: usize,
+    /// Newest extended output sequence number (the first output is this + 1 at the start).
+    out_highest: u64,
+    ts_delta: u32,
+    rtx_sequence: u16,
+
+    history: Box<[Sent]>,
+    mask: u64,
+    resend_interval: Duration,
+    /// The reference of the history's millisecond clock (the first `now` seen).
+    epoch: Option<Instant>,
+    stats: SenderStats,
+}
+
+impl DownTrack {
+    /// A down-track fed by the source track `source_ssrc`. Video starts waiting for a keyframe
+    /// (see [`DownTrack::poll_keyframe_request`]).
+    pub fn new(config: DownTrackConfig, source_ssrc: u32) -> Result<Self, DownTrackError> {
+        check_capacity(config.history)?;
+        if config.clock_rate == 0 {
+            return Err(DownTrackError::ZeroClockRate);
+        }
+        Ok(Self {
+            kind: config.kind,
+            ssrc: config.ssrc,
+            rtx_ssrc: config.rtx_ssrc,
+            clock_rate: config.clock_rate,
+            payload_types: config.payload_types,
+            extensions: config.extensions,
+            source_ssrc,
+            generation: 0,
+            paused: false,
+            anchored: false,
+            need_keyframe: config.kind == MediaKind::Video,
+            keyframe_requested_at: None,
+            ts_start: TimestampStart::Initial,
+            src_highest: 0,
+            valid_from: 0,
+            seq_delta: 0,
+            drop_runs: [DropRun::default(); MAX_DROP_RUNS],
+            drop_run_count: 0,
+            out_highest: (EXTENDED_BASE + u64::from(config.initial_sequence)).wrapping_sub(1),
+            ts_delta: config.initial_timestamp,
+            rtx_sequence: config.initial_rtx_sequence,
+            history: vec![Sent::default(); config.history].into_boxed_slice(),
+            mask: config.history as u64 - 1,
+            resend_interval: DEFAULT_RESEND_INTERVAL,
+            epoch: None,
+            stats: SenderStats::default(),
+        })
+    }
+
+    /// The subscriber's SSRC for this track.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// The subscriber's RTX SSRC, if negotiated.
+    pub fn rtx_ssrc(&self) -> Option<u32> {
+        self.rtx_ssrc
+    }
+
+    /// The SSRC of the source track currently forwarded (where PLIs and FIRs go).
+    pub fn source_ssrc(&self) -> u32 {
+        self.source_ssrc
+    }
+
+    /// Audio or video.
+    pub fn kind(&self) -> MediaKind {
+        self.kind
+    }
+
+    /// Whether the down-track is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Re-points the down-track at another source track (the same subscriber SSRC carries it
+    /// from now on). Packets of the previous source are dropped from now; video waits for the
+    /// new source's keyframe (ask for it: [`DownTrack::poll_keyframe_request`]); sequence
+    /// numbers and timestamps continue where the previous source left off. NACKs for packets
+    /// of the previous source are no longer answered.
+    pub fn switch_source(&mut self, source_ssrc: u32) {
+        self.source_ssrc = source_ssrc;
+        self.generation = self.generation.wrapping_add(1);
+        if self.stats.last_timestamp.is_some() {
+            self.ts_start = TimestampStart::Continue;
+        }
+        self.restart();
+    }
+
+    /// Pauses (mute, or the subscriber does not want the track now) or resumes forwarding.
+    /// Packets are dropped while paused; on resume the stream continues without a sequence gap
+    /// and, for video, from the next keyframe.
+    pub fn set_paused(&mut self, paused: bool) {
+        if paused == self.paused {
+            return;
+        }
+        self.paused = paused;
+        if paused {
+            return;
+        }
+        if self.anchored {
+            self.ts_start = TimestampStart::Keep;
+            self.restart();
+        } else {
+            // Still waiting: ask again at once, the request before the pause may be stale.
+            self.keyframe_requested_at = None;
+        }
+    }
+
+    /// Forgets the current source's mapping: the next packet accepted (a keyframe for video)
+    /// starts it again right after the last output.
+    fn restart(&mut self) {
+        self.anchored = false;
+        self.need_keyframe = self.kind == MediaKind::Video;
+        self.keyframe_requested_at = None;
+        self.drop_run_count = 0;
+    }
+
+    /// Tells the down-track the subscriber's round-trip time (from its receiver reports), which
+    /// sets how often the same packet may be resent.
+    pub fn set_rtt(&mut self, rtt: Duration) {
+        self.resend_interval = rtt.clamp(Duration::from_millis(10), Duration::from_secs(1));
+    }
+
+    /// Whether the down-track is waiting for a keyframe of its source (and not paused).
+    pub fn wants_keyframe(&self) -> bool {
+        self.need_keyframe && !self.paused
+    }
+
+    /// The source SSRC to send a PLI to now, if the down-track waits for a keyframe and has not
+    /// asked within [`KEYFRAME_REQUEST_INTERVAL`]. Call it after `new`, `switch_source`,
+    /// `set_paused(false)` and periodically (e.g. on every packet or timer tick); the engine
+    /// should still throttle PLIs per source across all of its down-tracks.
+    pub fn poll_keyframe_request(&mut self, now: Instant) -> Option<u32> {
+        if !self.wants_keyframe() {
+            return None;
+        }
+        if let Some(at) = self.keyframe_requested_at
+            && now.saturating_duration_since(at) < KEYFRAME_REQUEST_INTERVAL
+        {
+            return None;
+        }
+        self.keyframe_requested_at = Some(now);
+        Some(self.source_ssrc)
+    }
+
+    /// Decides what the subscriber gets of `pkt` (a packet of the track, received at about
+    /// `now`): the header to send it with, or why not.
+    pub fn forward(&mut self, pkt: &MediaPacket, now: Instant) -> Forward {
+        if pkt.ssrc != self.source_ssrc {
+            return Forward::Drop(DropReason::OtherSource);
+        }
+        if self.paused {
+            return Forward::Drop(DropReason::Paused);
+        }
+        if !self.anchored {
+            if self.need_keyframe && !pkt.keyframe {
+                return Forward::Drop(DropReason::WaitingForKeyframe);
+            }
+            let pt = match self.media_payload_type(pkt) {
+                Ok(pt) => pt,
+                Err(reason) => return Forward::Drop(reason),
+            };
+            self.anchor(pkt, now);
+            let ext = self.src_highest;
+            return self.emit(ext.wrapping_add(self.seq_delta), pkt, pt, now);
+        }
+
+        let ext = unwrap_seq(self.src_highest, pkt.sequence);
+        if ext > self.src_highest {
+            return match self.media_payload_type(pkt) {
+                Ok(pt) => {
+                    self.src_highest = ext;
+                    self.emit(ext.wrapping_add(self.seq_delta), pkt, pt, now)
+                }
+                Err(reason) => {
+                    self.skip_in_order(ext);
+                    Forward::Drop(reason)
+                }
+            };
+        }
+
+        // Late (reordered, or retransmitted by the publisher) or a duplicate.
+        if ext < self.valid_from || self.src_highest - ext > self.mask {
+            return Forward::Drop(DropReason::Stale);
+        }
+        let Some(delta) = self.delta_at(ext) else {
+            return Forward::Drop(DropReason::Stale);
+        };
+        let pt = match self.media_payload_type(pkt) {
+            Ok(pt) => pt,
+            Err(reason) => return Forward::Drop(reason),
+        };
+        let out_ext = ext.wrapping_add(delta);
+        let sent = &self.history[(out_ext & self.mask) as usize];
+        if sent.valid && sent.out_seq == out_ext as u16 {
+            return Forward::Drop(DropReason::Duplicate);
+        }
+        self.emit(out_ext, pkt, pt, now)
+    }
+
+    /// The subscriber's payload type for a packet worth forwarding.
+    fn media_payload_type(&self, pkt: &MediaPacket) -> Result<u8, DropReason> {
+        let Some((pt, _)) = self.payload_types.get(pkt.payload_type) else {
+            return Err(DropReason::UnmappedPayloadType);
+        };
+        if pkt.is_padding_only() {
+            return Err(DropReason::Padding);
+        }
+        Ok(pt)
+    }
+
+    /// (Re)starts the current source's mapping at `pkt`: its output follows the last output.
+    fn anchor(&mut self, pkt: &MediaPacket, now: Instant) {
+        let ext = EXTENDED_BASE + u64::from(pkt.sequence);
+        self.src_highest = ext;
+        self.valid_from = ext;
+        self.seq_delta = self.out_highest.wrapping_add(1).wrapping_sub(ext);
+        self.drop_run_count = 0;
+        let out_ts = match (self.ts_start, self.stats.last_timestamp) {
+            (TimestampStart::Continue, Some((last, at))) => {
+                let gap = now.saturating_duration_since(at).as_nanos()
+                    * u128::from(self.clock_rate)
+                    / 1_000_000_000;
+                Some(last.wrapping_add((gap as u32).max(1)))
+            }
+            (TimestampStart::Keep, _) => None,
+            // The first packet: ts_delta holds the configured initial timestamp.
+            _ => Some(self.ts_delta),
+        };
+        if let Some(out_ts) = out_ts {
+            self.ts_delta = out_ts.wrapping_sub(pkt.timestamp);
+        }
+        self.ts_start = TimestampStart::Keep;
+        self.anchored = true;
+        self.need_keyframe = false;
+        self.keyframe_requested_at = None;
+    }
+
+    /// Skips an in-order source packet without leaving a gap in the output.
+    fn skip_in_order(&mut self, ext: u64) {
+        let open = self.drop_run_count > 0
+            && self.drop_runs[self.drop_run_count - 1].end == self.src_highest;
+        if open {
+            // Extend the run, swallowing any upstream gap inside it.
+            self.seq_delta = self.seq_delta.wrapping_sub(ext - self.src_highest);
+            self.drop_runs[self.drop_run_count - 1].end = ext;
+        } else {
+            if self.drop_run_count == MAX_DROP_RUNS {
+                // Forget the oldest run: late packets up to its end can no longer be mapped.
+                self.valid_from = self.valid_from.max(self.drop_runs[0].end + 1);
+                self.drop_runs.copy_within(1.., 0);
+                self.drop_run_count -= 1;
+            }
+            self.drop_runs[self.drop_run_count] = DropRun {
+                start: ext,
+                end: ext,
+                delta_before: self.seq_delta,
+            };
+            self.drop_run_count += 1;
+            self.seq_delta = self.seq_delta.wrapping_sub(1);
+        }
+        self.src_highest = ext;
+    }
+
+    /// The sequence offset in force at a late packet's position, or `None` if the down-track
+    /// skipped that position.
+    fn delta_at(&self, ext: u64) -> Option<u64> {
+        let mut delta = self.seq_delta;
+        for run in self.drop_runs[..self.drop_run_count].iter().rev() {
+            if ext > run.end {
+                break;
+            }
+            if ext >= run.start {
+                return None;
+            }
+            delta = run.delta_before;
+        }
+        Some(delta)
+    }
+
+    /// Records and counts one forwarded packet and builds its header.
+    fn emit(&mut self, out_ext: u64, pkt: &MediaPacket, pt: u8, now: Instant) -> Forward {
+        if out_ext > self.out_highest {
+            // Slots of output numbers skipped (upstream loss) must not answer NACKs.
+            let from = (self.out_highest + 1).max(out_ext.saturating_sub(self.mask));
+            for e in from..out_ext {
+                self.history[(e & self.mask) as usize].valid = false;
+            }
+            self.out_highest = out_ext;
+        }
+        self.history[(out_ext & self.mask) as usize] = Sent {
+            valid: true,
+            out_seq: out_ext as u16,
+            src_seq: pkt.sequence,
+            generation: self.generation,
+            resent_ms: 0,
+        };
+        let ts = pkt.timestamp.wrapping_add(self.ts_delta);
+        let newer = match self.stats.last_timestamp {
+            Some((last, _)) => ts.wrapping_sub(last) as i32 >= 0,
+            None => true,
+        };
+        if newer {
+            self.stats.last_timestamp = Some((ts, now));
+        }
+        self.stats.packets += 1;
+        self.stats.octets += pkt.payload.len() as u64;
+        self.epoch.get_or_insert(now);
+        Forward::Send(self.header(out_ext as u16, ts, pt, pkt))
+    }
+
+    /// The subscriber's header for `pkt`: its SSRC, the given numbers, mapped extensions.
+    fn header(&self, seq: u16, ts: u32, pt: u8, pkt: &MediaPacket) -> RtpHeaderOut {
+        let mut h = RtpHeaderOut::new(self.ssrc, seq, ts, pt, pkt.marker);
+        for (i, (id, _)) in pkt.extensions.iter().enumerate() {
+            if let Some(out) = self.extensions.get(id) {
+                h.push_extension(out, i);
+            }
+        }
+        h
+    }
+
+    /// Milliseconds since the epoch + 1 (never 0), wrapping after 49 days.
+    fn millis(&mut self, now: Instant) -> u32 {
+        let epoch = *self.epoch.get_or_insert(now);
+        (now.saturating_duration_since(epoch).as_millis() as u32)
+            .wrapping_add(1)
+            .max(1)
+    }
+
+    /// Answers the subscriber's NACK (RFC 4585 generic NACK, already expanded to sequence
+    /// numbers): for each output sequence number still in the history and whose source packet
+    /// is still in `buf` (the current source's buffer), `out` gets one retransmission, as RTX
+    /// if negotiated. Numbers never sent, too old, from a previous source, or resent within the
+    /// last round trip are ignored.
+    pub fn on_nack<'b>(
+        &mut self,
+        lost: impl IntoIterator<Item = u16>,
+        buf: &'b RetransmitBuffer,
+        now: Instant,
+        mut out: impl FnMut(Retransmission<'b>),
+    ) {
+        if self.stats.packets == 0 {
+            return;
+        }
+        let now_ms = self.millis(now);
+        let interval_ms = self.resend_interval.as_millis() as u32;
+        for seq in lost {
+            let ext = unwrap_seq(self.out_highest, seq);
+            if ext > self.out_highest || self.out_highest - ext > self.mask {
+                continue;
+            }
+            let slot = (ext & self.mask) as usize;
+            let sent = self.history[slot];
+            if !sent.valid || sent.out_seq != seq || sent.generation != self.generation {
+                continue;
+            }
+            if sent.resent_ms != 0 && now_ms.wrapping_sub(sent.resent_ms) < interval_ms {
+                continue;
+            }
+            let Some(pkt) = buf.get(sent.src_seq) else {
+                continue;
+            };
+            if pkt.ssrc != self.source_ssrc {
+                continue;
+            }
+            let Some((pt, rtx_pt)) = self.payload_types.get(pkt.payload_type) else {
+                continue;
+            };
+            self.history[slot].resent_ms = now_ms;
+            let mut header = self.header(seq, pkt.timestamp.wrapping_add(self.ts_delta), pt, pkt);
+            match (self.rtx_ssrc, rtx_pt) {
+                (Some(rtx_ssrc), Some(rtx_pt)) => {
+                    header.ssrc = rtx_ssrc;
+                    header.payload_type = rtx_pt;
+                    header.sequence = self.rtx_sequence;
+                    self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
+                    let mut payload = BytesMut::with_capacity(2 + pkt.payload.len());
+                    payload.put_u16(seq);
+                    payload.put_slice(&pkt.payload);
+                    self.stats.rtx_packets += 1;
+                    self.stats.rtx_octets += payload.len() as u64;
+                    out(Retransmission {
+                        header,
+                        packet: pkt,
+                        payload: payload.freeze(),
+                        rtx: true,
+                    });
+                }
+                _ => {
+                    self.stats.packets += 1;
+                    self.stats.octets += pkt.payload.len() as u64;
+                    out(Retransmission {
+                        header,
+                        packet: pkt,
+                        payload: pkt.payload.clone(),
+                        rtx: false,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Counters and the newest RTP/wall-clock pair, for the subscriber's sender report.
+    pub fn sender_stats(&self) -> SenderStats {
+        self.stats
+    }
+
+    /// The output RTP timestamp corresponding to wall-clock `now` (the newest output timestamp
+    /// advanced by the time since it was sent): the RTP time of a sender report sent at `now`,
+    /// paired with `now`'s NTP time. `None` before anything was sent.
+    pub fn rtp_timestamp_at(&self, now: Instant) -> Option<u32> {
+        let (ts, at) = self.stats.last_timestamp?;
+        let elapsed = now.saturating_duration_since(at).as_nanos() * u128::from(self.clock_rate)
+            / 1_000_000_000;
+        Some(ts.wrapping_add(elapsed as u32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfu::packet::HeaderExtensions;
+
+    const SRC: u32 = 0x1111_1111;
+    const SRC2: u32 = 0x2222_2222;
+    const SUB: u32 = 0xaaaa_aaaa;
+    const SUB_RTX: u32 = 0xbbbb_bbbb;
+    const VIDEO_PT: u8 = 96;
+    const OUT_PT: u8 = 100;
+    const OUT_RTX_PT: u8 = 101;
+    const FIRST_SEQ: u16 = 1000;
+    const FIRST_TS: u32 = 50_000;
+    const FRAME: Duration = Duration::from_millis(33);
+    const FRAME_TS: u32 = 2970;
+
+    fn config(kind: MediaKind) -> DownTrackConfig {
+        let mut c = DownTrackConfig::new(
+            kind,
+            SUB,
+            if kind == MediaKind::Video {
+                90_000
+            } else {
+                48_000
+            },
+        );
+        c.payload_types
+            .insert(VIDEO_PT, OUT_PT, Some(OUT_RTX_PT))
+            .unwrap();
+        c.extensions.insert(1, 3).unwrap();
+        c.extensions.insert(2, 5).unwrap();
+        c.initial_sequence = FIRST_SEQ;
+        c.initial_timestamp = FIRST_TS;
+        c.initial_rtx_sequence = 7;
+        c
+    }
+
+    fn track(kind: MediaKind) -> DownTrack {
+        DownTrack::new(config(kind), SRC).unwrap()
+    }
+
+    /// A one-packet frame of `ssrc` with sequence `seq`, timestamp `ts`.
+    fn pkt(ssrc: u32, seq: u16, ts: u32, keyframe: bool, at: Instant) -> MediaPacket {
+        let mut p = MediaPacket::new(
+            ssrc,
+            seq,
+            ts,
+            VIDEO_PT,
+            Bytes::from(vec![seq as u8; 20]),
+            at,
+        );
+        p.keyframe = keyframe;
+        p.marker = true;
+        p
+    }
+
+    /// Forwards and returns the output (sequence, timestamp), or the drop reason.
+    fn fwd(dt: &mut DownTrack, p: &MediaPacket) -> Result<(u16, u32), DropReason> {
+        match dt.forward(p, p.arrival) {
+            Forward::Send(h) => {
+                assert_eq!(h.ssrc, SUB);
+                assert_eq!(h.payload_type, OUT_PT);
+                Ok((h.sequence, h.timestamp))
+            }
+            Forward::Drop(r) => Err(r),
+        }
+    }
+
+    fn seq(dt: &mut DownTrack, p: &MediaPacket) -> Result<u16, DropReason> {
+        fwd(dt, p).map(|(s, _)| s)
+    }
+
+    /// A video down-track already started at source seq 100 / ts 9000 at `t0`.
+    fn started(t0: Instant) -> DownTrack {
+        let mut dt = track(MediaKind::Video);
+        assert_eq!(seq(&mut dt, &pkt(SRC, 100, 9000, true, t0)), Ok(FIRST_SEQ));
+        dt
+    }
+
+    fn nacked(
+        dt: &mut DownTrack,
+        seqs: &[u16],
+        buf: &RetransmitBuffer,
+        now: Instant,
+    ) -> Vec<(RtpHeaderOut, Bytes, bool)> {
+        let mut got = Vec::new();
+        dt.on_nack(seqs.iter().copied(), buf, now, |r| {
+            got.push((r.header, r.payload, r.rtx))
+        });
+        got
+    }
+
+    #[test]
+    fn config_is_checked() {
+        let mut c = config(MediaKind::Video);
+        c.history = 100;
+        assert_eq!(
+            DownTrack::new(c, SRC).unwrap_err(),
+            DownTrackError::History(CapacityError(100))
+        );
+        let mut c = config(MediaKind::Video);
+        c.clock_rate = 0;
+        assert_eq!(
+            DownTrack::new(c, SRC).unwrap_err(),
+            DownTrackError::ZeroClockRate
+        );
+        let mut m = PayloadTypeMap::new();
+        assert_eq!(
+            m.insert(128, 96, None),
+            Err(DownTrackError::PayloadType(128))
+        );
+        assert_eq!(
+            m.insert(96, 96, Some(200)),
+            Err(DownTrackError::PayloadType(200))
+        );
+        assert_eq!(m.get(96), None);
+        m.insert(96, 98, None).unwrap();
+        assert_eq!(m.get(96), Some((98, None)));
+        assert_eq!(m.get(96 + 128), None);
+        let mut e = ExtensionMap::new();
+        assert_eq!(e.insert(0, 1), Err(DownTrackError::ExtensionId));
+        assert_eq!(e.insert(1, 0), Err(DownTrackError::ExtensionId));
+        e.insert(200, 4).unwrap();
+        assert_eq!(e.get(200), Some(4));
+        assert_eq!(e.get(3), None);
+    }
+
+    #[test]
+    fn video_waits_for_a_keyframe_without_a_sequence_gap() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        assert!(dt.wants_keyframe());
+        for s in 10..15 {
+            let p = pkt(SRC, s, u32::from(s) * FRAME_TS, false, t0);
+            assert_eq!(seq(&mut dt, &p), Err(DropReason::WaitingForKeyframe));
+        }
+        let at = t0 + FRAME;
+        assert_eq!(
+            fwd(&mut dt, &pkt(SRC, 15, 15 * FRAME_TS, true, at)),
+            Ok((FIRST_SEQ, FIRST_TS))
+        );
+        assert!(!dt.wants_keyframe());
+        // The next packet follows on directly; its timestamp keeps the source's spacing.
+        assert_eq!(
+            fwd(&mut dt, &pkt(SRC, 16, 16 * FRAME_TS, false, at + FRAME)),
+            Ok((FIRST_SEQ + 1, FIRST_TS + FRAME_TS))
+        );
+        // Late packets from before the start are not forwarded.
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 14, 14 * FRAME_TS, false, at)),
+            Err(DropReason::Stale)
+        );
+    }
+
+    #[test]
+    fn keyframe_requests_on_start_repeat_and_stop_at_the_keyframe() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC));
+        assert_eq!(
+            dt.poll_keyframe_request(t0 + Duration::from_millis(100)),
+            None
+        );
+        let t1 = t0 + KEYFRAME_REQUEST_INTERVAL;
+        assert_eq!(dt.poll_keyframe_request(t1), Some(SRC));
+        seq(&mut dt, &pkt(SRC, 1, 0, true, t1)).unwrap();
+        assert!(!dt.wants_keyframe());
+        assert_eq!(dt.poll_keyframe_request(t1 + Duration::from_secs(5)), None);
+    }
+
+    #[test]
+    fn audio_starts_at_once_and_never_asks_for_keyframes() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Audio);
+        assert!(!dt.wants_keyframe());
+        assert_eq!(dt.poll_keyframe_request(t0), None);
+        assert_eq!(
+            fwd(&mut dt, &pkt(SRC, 500, 123_456, false, t0)),
+            Ok((FIRST_SEQ, FIRST_TS))
+        );
+        assert_eq!(
+            fwd(&mut dt, &pkt(SRC, 501, 123_456 + 960, false, t0)),
+            Ok((FIRST_SEQ + 1, FIRST_TS + 960))
+        );
+    }
+
+    #[test]
+    fn upstream_loss_stays_a_gap_and_is_filled_later() {
+        let t0 = Instant::now();
+        let mut dt = started(t0);
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 101, 0, false, t0)),
+            Ok(FIRST_SEQ + 1)
+        );
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 104, 0, false, t0)),
+            Ok(FIRST_SEQ + 4)
+        );
+        // The publisher's retransmissions arrive late and fill the gap in place.
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 103, 0, false, t0)),
+            Ok(FIRST_SEQ + 3)
+        );
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 102, 0, false, t0)),
+            Ok(FIRST_SEQ + 2)
+        );
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 105, 0, false, t0)),
+            Ok(FIRST_SEQ + 5)
+        );
+    }
+
+    #[test]
+    fn reordered_packets_keep_their_order_and_duplicates_are_dropped() {
+        let t0 = Instant::now();
+        let mut dt = started(t0);
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 102, 0, false, t0)),
+            Ok(FIRST_SEQ + 2)
+        );
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 101, 0, false, t0)),
+            Ok(FIRST_SEQ + 1)
+        );
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 101, 0, false, t0)),
+            Err(DropReason::Duplicate)
+        );
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 102, 0, false, t0)),
+            Err(DropReason::Duplicate)
+        );
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 100, 0, true, t0)),
+            Err(DropReason::Duplicate)
+        );
+        // Older than the reorder window (the history size): dropped.
+        let mut dt = started(t0);
+        seq(&mut dt, &pkt(SRC, 100 + 600, 0, false, t0)).unwrap();
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 150, 0, false, t0)),
+            Err(DropReason::Stale)
+        );
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 300, 0, false, t0)),
+            Ok(FIRST_SEQ + 200)
+        );
+    }
+
+    #[test]
+    fn sfu_drops_leave_no_gap_and_late_packets_map_at_their_position() {
+        let t0 = Instant::now();
+        let mut dt = started(t0);
+        let mut padding = pkt(SRC, 102, 0, false, t0);
+        padding.payload = Bytes::new();
+        padding.padding = 200;
+        // 101 is lost upstream for now, 102 is padding, 103 unmapped, 104 media.
+        assert_eq!(seq(&mut dt, &padding), Err(DropReason::Padding));
+        let mut unmapped = pkt(SRC, 103, 0, false, t0);
+        unmapped.payload_type = 127;
+        assert_eq!(
+            seq(&mut dt, &unmapped),
+            Err(DropReason::UnmappedPayloadType)
+        );
+        // The upstream gap (101) stays visible, the two skipped packets leave none.
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 104, 0, false, t0)),
+            Ok(FIRST_SEQ + 2)
+        );
+        // 101 arrives late: it takes its place before the skipped run.
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 101, 0, false, t0)),
+            Ok(FIRST_SEQ + 1)
+        );
+        // Late copies of skipped packets stay skipped.
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 102, 0, false, t0)),
+            Err(DropReason::Stale)
+        );
+        // More skips after a gap inside a run: 106 skipped, 107 lost, 108 skipped, 109 media.
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 105, 0, false, t0)),
+            Ok(FIRST_SEQ + 3)
+        );
+        let mut p = pkt(SRC, 106, 0, false, t0);
+        p.payload_type = 127;
+        seq(&mut dt, &p).unwrap_err();
+        p.sequence = 108;
+        seq(&mut dt, &p).unwrap_err();
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 109, 0, false, t0)),
+            Ok(FIRST_SEQ + 4)
+        );
+        // 107 was swallowed by the run: the subscriber never saw a gap for it.
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 107, 0, false, t0)),
+            Err(DropReason::Stale)
+        );
+        // Many separate runs: the oldest are forgotten, and late packets before them dropped.
+        // Each round: s skipped, s + 1 lost upstream, s + 2 forwarded.
+        let mut s = 110;
+        let mut last = 0;
+        for _ in 0..MAX_DROP_RUNS + 2 {
+            p.sequence = s;
+            seq(&mut dt, &p).unwrap_err();
+            last = seq(&mut dt, &pkt(SRC, s + 2, 0, false, t0)).unwrap();
+            s += 3;
+        }
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 111, 0, false, t0)),
+            Err(DropReason::Stale)
+        );
+        // The newest runs are remembered: the last round's lost packet fills the gap just
+        // before the last forwarded one.
+        assert_eq!(seq(&mut dt, &pkt(SRC, s - 2, 0, false, t0)), Ok(last - 1));
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, s - 3, 0, false, t0)),
+            Err(DropReason::Stale)
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_on_both_sides() {
+        let t0 = Instant::now();
+        let mut c = config(MediaKind::Audio);
+        c.initial_sequence = 65_534;
+        let mut dt = DownTrack::new(c, SRC).unwrap();
+        let mut out = Vec::new();
+        for s in [65_533u16, 65_534, 65_535, 0, 2, 1, 3] {
+            out.push(seq(&mut dt, &pkt(SRC, s, 0, false, t0)).unwrap());
+        }
+        assert_eq!(out, vec![65_534, 65_535, 0, 1, 3, 2, 4]);
+        // Timestamps wrap too.
+        let mut dt = DownTrack::new(
+            DownTrackConfig {
+                initial_timestamp: u32::MAX - 10,
+                ..config(MediaKind::Audio)
+            },
+            SRC,
+        )
+        .unwrap();
+        assert_eq!(
+            fwd(&mut dt, &pkt(SRC, 1, 5, false, t0)).unwrap().1,
+            u32::MAX - 10
+        );
+        assert_eq!(fwd(&mut dt, &pkt(SRC, 2, 965, false, t0)).unwrap().1, 949);
+    }
+
+    #[test]
+    fn a_switch_of_source_continues_sequence_and_clock() {
+        let t0 = Instant::now();
+        let mut dt = started(t0);
+        let mut last = (FIRST_SEQ, FIRST_TS);
+        for i in 1..10u16 {
+            let at = t0 + FRAME * u32::from(i);
+            last = fwd(
+                &mut dt,
+                &pkt(SRC, 100 + i, 9000 + u32::from(i) * FRAME_TS, false, at),
+            )
+            .unwrap();
+        }
+        assert_eq!(last, (FIRST_SEQ + 9, FIRST_TS + 9 * FRAME_TS));
+        let last_at = t0 + FRAME * 9;
+
+        dt.switch_source(SRC2);
+        assert_eq!(dt.source_ssrc(), SRC2);
+        assert!(dt.wants_keyframe());
+        assert_eq!(dt.poll_keyframe_request(last_at), Some(SRC2));
+        // Still in flight from the old source: dropped.
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 110, 0, false, last_at)),
+            Err(DropReason::OtherSource)
+        );
+        // The new source, before its keyframe: dropped.
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC2, 7000, 1_000_000, false, last_at)),
+            Err(DropReason::WaitingForKeyframe)
+        );
+        // Its keyframe 500 ms after the last output: +45 000 at 90 kHz, seq + 1.
+        let at = last_at + Duration::from_millis(500);
+        assert_eq!(
+            fwd(&mut dt, &pkt(SRC2, 7003, 4_000_000_000, true, at)),
+            Ok((last.0 + 1, last.1 + 45_000))
+        );
+        assert!(!dt.wants_keyframe());
+        assert_eq!(
+            fwd(
+                &mut dt,
+                &pkt(SRC2, 7004, 4_000_000_000 + FRAME_TS, false, at + FRAME)
+            ),
+            Ok((last.0 + 2, last.1 + 45_000 + FRAME_TS))
+        );
+        // New-source packets from before its keyframe stay out.
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC2, 7002, 1_000_000, false, at)),
+            Err(DropReason::Stale)
+        );
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 111, 0, true, at)),
+            Err(DropReason::OtherSource)
+        );
+    }
+
+    #[test]
+    fn an_audio_switch_needs_no_keyframe() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Audio);
+        fwd(&mut dt, &pkt(SRC, 1, 960, false, t0)).unwrap();
+        dt.switch_source(SRC2);
+        assert!(!dt.wants_keyframe());
+        let at = t0 + Duration::from_millis(20);
+        assert_eq!(
+            fwd(&mut dt, &pkt(SRC2, 40_000, 7, false, at)),
+            Ok((FIRST_SEQ + 1, FIRST_TS + 960))
+        );
+    }
+
+    #[test]
+    fn a_switch_before_anything_was_sent_starts_at_the_initial_numbers() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        dt.switch_source(SRC2);
+        assert_eq!(
+            fwd(
+                &mut dt,
+                &pkt(SRC2, 9, 77, true, t0 + Duration::from_secs(3))
+            ),
+            Ok((FIRST_SEQ, FIRST_TS))
+        );
+    }
+
+    #[test]
+    fn payload_types_and_extensions_are_mapped() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        let mut p = pkt(SRC, 1, 0, true, t0);
+        let mut e = HeaderExtensions::new();
+        e.push(4, Bytes::from_static(b"unknown"));
+        e.push(2, Bytes::from_static(b"two"));
+        e.push(1, Bytes::from_static(b"one"));
+        p.extensions = e;
+        let Forward::Send(h) = dt.forward(&p, t0) else {
+            panic!("not forwarded");
+        };
+        assert_eq!(h.payload_type, OUT_PT);
+        assert!(h.marker);
+        let ext: Vec<_> = h.extensions(&p).map(|(id, v)| (id, &v[..])).collect();
+        assert_eq!(ext, vec![(5, &b"two"[..]), (3, &b"one"[..])]);
+        assert_eq!(h.extension_count(), 2);
+    }
+
+    #[test]
+    fn a_pause_leaves_no_gap_and_resumes_at_a_keyframe_on_the_same_clock() {
+        let t0 = Instant::now();
+        let mut dt = started(t0);
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 101, 9000 + FRAME_TS, false, t0)),
+            Ok(FIRST_SEQ + 1)
+        );
+        dt.set_paused(true);
+        assert!(dt.is_paused());
+        for s in 102..200 {
+            assert_eq!(
+                seq(&mut dt, &pkt(SRC, s, 0, s % 10 == 0, t0)),
+                Err(DropReason::Paused)
+            );
+        }
+        // Paused: no keyframe wanted.
+        assert!(!dt.wants_keyframe());
+        assert_eq!(dt.poll_keyframe_request(t0), None);
+        dt.set_paused(false);
+        assert!(dt.wants_keyframe());
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC));
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 200, 0, false, t0)),
+            Err(DropReason::WaitingForKeyframe)
+        );
+        // The source's clock ran on during the pause, and so does the output's.
+        let ts = 9000 + 100 * FRAME_TS;
+        assert_eq!(
+            fwd(&mut dt, &pkt(SRC, 201, ts, true, t0)),
+            Ok((FIRST_SEQ + 2, FIRST_TS + 100 * FRAME_TS))
+        );
+        // Paused and resumed before the first keyframe: asks again at once.
+        let mut dt = track(MediaKind::Video);
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC));
+        dt.set_paused(true);
+        dt.set_paused(false);
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC));
+        // Audio resumes at the next packet.
+        let mut dt = track(MediaKind::Audio);
+        seq(&mut dt, &pkt(SRC, 5, 0, false, t0)).unwrap();
+        dt.set_paused(true);
+        seq(&mut dt, &pkt(SRC, 6, 960, false, t0)).unwrap_err();
+        dt.set_paused(false);
+        assert!(!dt.wants_keyframe());
+        assert_eq!(
+            fwd(&mut dt, &pkt(SRC, 9, 4 * 960, false, t0)),
+            Ok((FIRST_SEQ + 1, FIRST_TS + 4 * 960))
+        );
+    }
+
+    /// A started down-track that forwarded source 100..=110 (out FIRST_SEQ..=FIRST_SEQ+10),
+    /// all kept in a buffer.
+    fn with_buffer(t0: Instant, capacity: usize) -> (DownTrack, RetransmitBuffer) {
+        let mut dt = started(t0);
+        let mut buf = RetransmitBuffer::new(capacity).unwrap();
+        buf.insert(pkt(SRC, 100, 9000, true, t0));
+        for s in 101..=110u16 {
+            let p = pkt(SRC, s, 9000 + u32::from(s - 100) * FRAME_TS, false, t0);
+            dt.forward(&p, t0).header().unwrap();
+            buf.insert(p);
+        }
+        (dt, buf)
+    }
+
+    #[test]
+    fn a_nack_is_answered_from_the_buffer_with_the_original_header() {
+        let t0 = Instant::now();
+        let mut c = config(MediaKind::Video);
+        c.payload_types.insert(VIDEO_PT, OUT_PT, None).unwrap();
+        let mut dt = DownTrack::new(c, SRC).unwrap();
+        let mut buf = RetransmitBuffer::new(16).unwrap();
+        let mut p = pkt(SRC, 100, 9000, true, t0);
+        p.extensions.push(1, Bytes::from_static(b"x"));
+        let Forward::Send(original) = dt.forward(&p, t0) else {
+            panic!()
+        };
+        buf.insert(p.clone());
+        let before = dt.sender_stats();
+        let got = nacked(&mut dt, &[FIRST_SEQ], &buf, t0 + Duration::from_millis(40));
+        assert_eq!(got.len(), 1);
+        let (h, payload, rtx) = &got[0];
+        assert!(!rtx);
+        assert_eq!(*h, original);
+        // The very same bytes, not a copy.
+        assert_eq!(payload.as_ptr(), p.payload.as_ptr());
+        let after = dt.sender_stats();
+        assert_eq!(after.packets, before.packets + 1);
+        assert_eq!(after.octets, before.octets + 20);
+    }
+
+    #[test]
+    fn a_nack_with_rtx_sends_the_original_sequence_number_first() {
+        let t0 = Instant::now();
+        let mut c = config(MediaKind::Video);
+        c.rtx_ssrc = Some(SUB_RTX);
+        let mut dt = DownTrack::new(c, SRC).unwrap();
+        let mut buf = RetransmitBuffer::new(16).unwrap();
+        for s in 100..105u16 {
+            let p = pkt(SRC, s, 9000 + u32::from(s - 100) * FRAME_TS, s == 100, t0);
+            dt.forward(&p, t0).header().unwrap();
+            buf.insert(p);
+        }
+        let got = nacked(&mut dt, &[FIRST_SEQ + 2, FIRST_SEQ + 4], &buf, t0);
+        assert_eq!(got.len(), 2);
+        let (h, payload, rtx) = &got[0];
+        assert!(rtx);
+        assert_eq!(h.ssrc, SUB_RTX);
+        assert_eq!(h.payload_type, OUT_RTX_PT);
+        assert_eq!(h.sequence, 7);
+        assert_eq!(h.timestamp, FIRST_TS + 2 * FRAME_TS);
+        assert_eq!(&payload[..2], &(FIRST_SEQ + 2).to_be_bytes());
+        assert_eq!(&payload[2..], &[102u8; 20][..]);
+        assert_eq!(got[1].0.sequence, 8);
+        assert_eq!(&got[1].1[..2], &(FIRST_SEQ + 4).to_be_bytes());
+        let stats = dt.sender_stats();
+        assert_eq!((stats.rtx_packets, stats.rtx_octets), (2, 44));
+        assert_eq!(stats.packets, 5);
+    }
+
+    #[test]
+    fn nacks_for_unknown_or_evicted_packets_are_ignored() {
+        let t0 = Instant::now();
+        let (mut dt, buf) = with_buffer(t0, 16);
+        // Never sent (future), far in the past, and from before the start.
+        assert!(
+            nacked(
+                &mut dt,
+                &[FIRST_SEQ + 11, FIRST_SEQ.wrapping_sub(1000)],
+                &buf,
+                t0
+            )
+            .is_empty()
+        );
+        assert!(nacked(&mut dt, &[FIRST_SEQ - 1], &buf, t0).is_empty());
+        // A gap (lost upstream) is not in the history.
+        let p = pkt(SRC, 113, 0, false, t0);
+        dt.forward(&p, t0).header().unwrap();
+        assert!(nacked(&mut dt, &[FIRST_SEQ + 11, FIRST_SEQ + 12], &buf, t0).is_empty());
+        // In the history but evicted from the buffer.
+        let (mut dt, mut buf) = with_buffer(t0, 16);
+        for s in 111..140u16 {
+            let p = pkt(SRC, s, 0, false, t0);
+            dt.forward(&p, t0).header().unwrap();
+            buf.insert(p);
+        }
+        assert!(nacked(&mut dt, &[FIRST_SEQ + 1], &buf, t0).is_empty());
+        assert_eq!(nacked(&mut dt, &[FIRST_SEQ + 39], &buf, t0).len(), 1);
+        // Nothing sent yet: nothing to answer.
+        let mut fresh = track(MediaKind::Video);
+        assert!(nacked(&mut fresh, &[FIRST_SEQ], &buf, t0).is_empty());
+    }
+
+    #[test]
+    fn the_same_packet_is_resent_at_most_once_per_round_trip() {
+        let t0 = Instant::now();
+        let (mut dt, buf) = with_buffer(t0, 16);
+        let n = FIRST_SEQ + 3;
+        assert_eq!(nacked(&mut dt, &[n, n], &buf, t0).len(), 1);
+        assert!(nacked(&mut dt, &[n], &buf, t0 + Duration::from_millis(50)).is_empty());
+        // Another packet is not held back.
+        assert_eq!(
+            nacked(&mut dt, &[n + 1], &buf, t0 + Duration::from_millis(50)).len(),
+            1
+        );
+        assert_eq!(
+            nacked(&mut dt, &[n], &buf, t0 + DEFAULT_RESEND_INTERVAL).len(),
+            1
+        );
+        // A measured RTT replaces the guess.
+        dt.set_rtt(Duration::from_millis(300));
+        let t1 = t0 + DEFAULT_RESEND_INTERVAL * 3;
+        assert!(nacked(&mut dt, &[n], &buf, t1).is_empty());
+        assert_eq!(
+            nacked(&mut dt, &[n], &buf, t0 + Duration::from_millis(400)).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn nacks_for_a_previous_source_are_ignored() {
+        let t0 = Instant::now();
+        let (mut dt, buf) = with_buffer(t0, 16);
+        dt.switch_source(SRC2);
+        assert!(nacked(&mut dt, &[FIRST_SEQ + 5], &buf, t0).is_empty());
+        // The new source's packets are answered from its own buffer.
+        let mut buf2 = RetransmitBuffer::new(16).unwrap();
+        let p = pkt(SRC2, 50, 0, true, t0);
+        assert_eq!(seq(&mut dt, &p), Ok(FIRST_SEQ + 11));
+        buf2.insert(p);
+        assert!(nacked(&mut dt, &[FIRST_SEQ + 5], &buf2, t0).is_empty());
+        assert_eq!(nacked(&mut dt, &[FIRST_SEQ + 11], &buf2, t0).len(), 1);
+    }
+
+    #[test]
+    fn sender_stats_give_a_consistent_rtp_wall_clock_pair() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        assert_eq!(dt.rtp_timestamp_at(t0), None);
+        assert_eq!(dt.sender_stats(), SenderStats::default());
+        seq(&mut dt, &pkt(SRC, 1, 0, true, t0)).unwrap();
+        let at = t0 + FRAME;
+        seq(&mut dt, &pkt(SRC, 2, FRAME_TS, false, at)).unwrap();
+        // A reordered older frame does not move the pair back.
+        seq(&mut dt, &pkt(SRC, 4, 3 * FRAME_TS, false, at)).unwrap();
+        seq(&mut dt, &pkt(SRC, 3, 2 * FRAME_TS, false, at + FRAME)).unwrap();
+        let s = dt.sender_stats();
+        assert_eq!((s.packets, s.octets), (4, 80));
+        assert_eq!(s.last_timestamp, Some((FIRST_TS + 3 * FRAME_TS, at)));
+        assert_eq!(
+            dt.rtp_timestamp_at(at + Duration::from_secs(1)),
+            Some(FIRST_TS + 3 * FRAME_TS + 90_000)
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! The retransmission buffer of one published source track: the last N packets it received,
+//! kept once for all of its subscribers, so that a down-track can answer a subscriber's NACK
+//! without asking the publisher.
+//!
+//! Packets are indexed by the publisher's sequence number. The buffer unwraps the 16-bit
+//! sequence into a 64-bit one internally, so a lookup never confuses a packet with the one
+//! 65 536 packets earlier, and packets older than the window are never returned.
+
+use super::packet::MediaPacket;
+
+/// The default number of packets kept per source track: about 1.5 s of 2.5 Mbit/s video.
+pub const DEFAULT_CAPACITY: usize = 512;
+
+/// The smallest and largest capacities accepted: the window must stay well inside half the
+/// 16-bit sequence space for "older" and "newer" to be unambiguous.
+const MIN_CAPACITY: usize = 16;
+const MAX_CAPACITY: usize = 1 << 15;
+
+/// A capacity that is not a power of two within bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("retransmission capacity {0} is not a power of two between 16 and 32768")]
+pub struct CapacityError(pub usize);
+
+/// Checks a ring capacity (power of two, `MIN_CAPACITY..=MAX_CAPACITY`).
+pub(crate) fn check_capacity(capacity: usize) -> Result<(), CapacityError> {
+    if capacity.is_power_of_two() && (MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
+        Ok(())
+    } else {
+        Err(CapacityError(capacity))
+    }
+}
+
+/// Unwraps a 16-bit sequence number against `reference` (an extended one): the extended value
+/// nearest to it.
+pub(crate) fn unwrap_seq(reference: u64, seq: u16) -> u64 {
+    let diff = seq.wrapping_sub(reference as u16) as i16;
+    reference.wrapping_add_signed(i64::from(diff))
+}
+
+/// The extended value the first sequence number of a stream is given: far enough from zero
+/// that unwrapping never underflows.
+pub(crate) const EXTENDED_BASE: u64 = 1 << 32;
+
+/// A ring of the last packets of one source track, indexed by sequence number.
+pub struct RetransmitBuffer {
+    /// `slots[ext & mask]`: the packet with that extended sequence number, if kept.
+    slots: Box<[Option<(u64, MediaPacket)>]>,
+    mask: u64,
+    /// The newest extended sequence number inserted, if any.
+    highest: Option<u64>,
+}
+
+impl RetransmitBuffer {
+    /// A buffer of `capacity` packets (a power of two, 16 to 32 768; [`DEFAULT_CAPACITY`]).
+    pub fn new(capacity: usize) -> Result<Self, CapacityError> {
+        check_capacity(capacity)?;
+        Ok(Self {
+            slots: (0..capacity).map(|_| None).collect(),
+            mask: capacity as u64 - 1,
+            highest: None,
+        })
+    }
+
+    /// How many packets the ring holds at most.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Keeps `pkt` (moved in: its `Bytes` are shared, not copied). A packet older than the
+    /// window is not kept (`false`); a duplicate replaces the copy already kept.
+    pub fn insert(&mut self, pkt: MediaPacket) -> bool {
+        let ext = match self.highest {
+            None => EXTENDED_BASE + u64::from(pkt.sequence),
+            Some(h) => unwrap_seq(h, pkt.sequence),
+        };
+        let highest = match self.highest {
+            Some(h) if ext <= h => {
+                if h - ext > self.mask {
+                    return false;
+                }
+                h
+            }
+            _ => ext,
+        };
+        self.highest = Some(highest);
+        self.slots[(ext & self.mask) as usize] = Some((ext, pkt));
+        true
+    }
+
+    /// The packet with sequence number `seq`, if it is still in the window and was received.
+    pub fn get(&self, seq: u16) -> Option<&MediaPacket> {
+        let h = self.highest?;
+        let ext = unwrap_seq(h, seq);
+        if ext > h || h - ext > self.mask {
+            return None;
+        }
+        match &self.slots[(ext & self.mask) as usize] {
+            Some((e, pkt)) if *e == ext => Some(pkt),
+            _ => None,
+        }
+    }
+
+    /// The newest sequence number inserted.
+    pub fn highest_sequence(&self) -> Option<u16> {
+        self.highest.map(|h| h as u16)
+    }
+}
+
+impl std::fmt::Debug for RetransmitBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetransmitBuffer")
+            .field("capacity", &self.capacity())
+            .field("highest", &self.highest_sequence())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn pkt(seq: u16) -> MediaPacket {
+        MediaPacket::new(
+            7,
+            seq,
+            u32::from(seq) * 10,
+            96,
+            Bytes::from(seq.to_be_bytes().to_vec()),
+            Instant::now(),
+        )
+    }
+
+    fn seq_of(buf: &RetransmitBuffer, seq: u16) -> Option<u16> {
+        buf.get(seq).map(|p| p.sequence)
+    }
+
+    #[test]
+    fn capacity_must_be_a_bounded_power_of_two() {
+        assert_eq!(RetransmitBuffer::new(0).unwrap_err(), CapacityError(0));
+        assert!(RetransmitBuffer::new(100).is_err());
+        assert!(RetransmitBuffer::new(8).is_err());
+        assert!(RetransmitBuffer::new(1 << 16).is_err());
+        assert_eq!(
+            RetransmitBuffer::new(DEFAULT_CAPACITY).unwrap().capacity(),
+            512
+        );
+    }
+
+    #[test]
+    fn lookup_hits_and_misses() {
+        let mut b = RetransmitBuffer::new(16).unwrap();
+        assert_eq!(seq_of(&b, 0), None);
+        for s in 100..110 {
+            assert!(b.insert(pkt(s)));
+        }
+        assert_eq!(seq_of(&b, 100), Some(100));
+        assert_eq!(seq_of(&b, 109), Some(109));
+        // Never received, newer than the newest, older than anything kept.
+        assert_eq!(seq_of(&b, 110), None);
+        assert_eq!(seq_of(&b, 99), None);
+        assert_eq!(seq_of(&b, 50_000), None);
+        // The payload is the one inserted (shared, not copied).
+        assert_eq!(&b.get(105).unwrap().payload[..], &105u16.to_be_bytes());
+    }
+
+    #[test]
+    fn wraps_around_the_sequence_space() {
+        let mut b = RetransmitBuffer::new(16).unwrap();
+        for s in 65_530..=65_535 {
+            b.insert(pkt(s));
+        }
+        for s in 0..5 {
+            b.insert(pkt(s));
+        }
+        assert_eq!(b.highest_sequence(), Some(4));
+        for s in (65_530..=65_535).chain(0..5) {
+            assert_eq!(seq_of(&b, s), Some(s), "seq {s}");
+        }
+        assert_eq!(seq_of(&b, 5), None);
+        assert_eq!(seq_of(&b, 65_529), None);
+    }
+
+    #[test]
+    fn old_packets_are_overwritten_and_never_returned() {
+        let mut b = RetransmitBuffer::new(16).unwrap();
+        for s in 0..40 {
+            b.insert(pkt(s));
+        }
+        for s in 0..24 {
+            assert_eq!(seq_of(&b, s), None, "seq {s} was evicted");
+        }
+        for s in 24..40 {
+            assert_eq!(seq_of(&b, s), Some(s));
+        }
+        // A jump forward leaves older slots stale: they are not returned.
+        b.insert(pkt(45));
+        assert_eq!(seq_of(&b, 29), None);
+        assert_eq!(seq_of(&b, 30), Some(30));
+        assert_eq!(seq_of(&b, 44), None);
+        // A slot left over from a full cycle earlier (same 16-bit number) is not returned.
+        let mut b = RetransmitBuffer::new(16).unwrap();
+        b.insert(pkt(5));
+        for s in (8..=65_536u32).step_by(8) {
+            b.insert(pkt(s as u16));
+        }
+        b.insert(pkt(6));
+        assert_eq!(b.highest_sequence(), Some(6));
+        assert_eq!(seq_of(&b, 6), Some(6));
+        assert_eq!(seq_of(&b, 5), None);
+        assert_eq!(seq_of(&b, 0), Some(0));
+    }
+
+    #[test]
+    fn out_of_order_inserts_fill_their_slots() {
+        let mut b = RetransmitBuffer::new(16).unwrap();
+        b.insert(pkt(10));
+        b.insert(pkt(13));
+        assert_eq!(seq_of(&b, 11), None);
+        assert!(b.insert(pkt(12)));
+        assert!(b.insert(pkt(11)));
+        assert_eq!(b.highest_sequence(), Some(13));
+        for s in 10..=13 {
+            assert_eq!(seq_of(&b, s), Some(s));
+        }
+        // Too late: older than the window.
+        for s in 14..40 {
+            b.insert(pkt(s));
+        }
+        assert!(!b.insert(pkt(20)));
+        assert_eq!(seq_of(&b, 20), None);
+        assert_eq!(seq_of(&b, 39), Some(39));
+        // A late one inside the window, across the wrap.
+        let mut b = RetransmitBuffer::new(16).unwrap();
+        b.insert(pkt(65_534));
+        b.insert(pkt(1));
+        assert!(b.insert(pkt(65_535)));
+        assert!(b.insert(pkt(0)));
+        assert_eq!(b.highest_sequence(), Some(1));
+        assert_eq!(seq_of(&b, 65_535), Some(65_535));
+        assert_eq!(seq_of(&b, 0), Some(0));
+    }
+}
