@@ -50,6 +50,7 @@ use rtc::sansio::Protocol as _;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::net::{Protocol, Transport};
+use crate::sfu::packet::{MediaKind, MediaPacket, RtpHeaderOut, VideoCodec};
 
 /// Why the engine refused something. Mapped by signaling to `INVALID_ARGUMENT` (bad SDP or
 /// candidate) or `INTERNAL` (everything else).
@@ -105,29 +106,18 @@ pub struct PeerSettings {
     pub failed_timeout: Duration,
 }
 
-/// Whether a section carries audio or video.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MediaKind {
-    /// Audio (Opus).
-    Audio,
-    /// Video (VP8, VP9, H.264, AV1).
-    Video,
+fn kind_from_rtc(kind: RtpCodecKind) -> Option<MediaKind> {
+    match kind {
+        RtpCodecKind::Audio => Some(MediaKind::Audio),
+        RtpCodecKind::Video => Some(MediaKind::Video),
+        _ => None,
+    }
 }
 
-impl MediaKind {
-    fn from_rtc(kind: RtpCodecKind) -> Option<Self> {
-        match kind {
-            RtpCodecKind::Audio => Some(Self::Audio),
-            RtpCodecKind::Video => Some(Self::Video),
-            _ => None,
-        }
-    }
-
-    fn to_rtc(self) -> RtpCodecKind {
-        match self {
-            Self::Audio => RtpCodecKind::Audio,
-            Self::Video => RtpCodecKind::Video,
-        }
+fn kind_to_rtc(kind: MediaKind) -> RtpCodecKind {
+    match kind {
+        MediaKind::Audio => RtpCodecKind::Audio,
+        MediaKind::Video => RtpCodecKind::Video,
     }
 }
 
@@ -197,42 +187,6 @@ pub struct Slot {
     pub extensions: Vec<HeaderExtension>,
 }
 
-/// A received RTP packet. Opaque: the SFU reads it through accessors, so nothing of the WebRTC
-/// library's packet type leaks, and nothing is copied: the payload is shared.
-#[derive(Debug, Clone)]
-pub struct RtpIn(rtp::Packet);
-
-impl RtpIn {
-    /// The packet's SSRC.
-    pub fn ssrc(&self) -> u32 {
-        self.0.header.ssrc
-    }
-    /// The sequence number.
-    pub fn sequence(&self) -> u16 {
-        self.0.header.sequence_number
-    }
-    /// The RTP timestamp.
-    pub fn timestamp(&self) -> u32 {
-        self.0.header.timestamp
-    }
-    /// The payload type.
-    pub fn payload_type(&self) -> u8 {
-        self.0.header.payload_type
-    }
-    /// The marker bit.
-    pub fn marker(&self) -> bool {
-        self.0.header.marker
-    }
-    /// The payload (shared, not copied).
-    pub fn payload(&self) -> &Bytes {
-        &self.0.payload
-    }
-    /// The header extensions as (id, value).
-    pub fn extensions(&self) -> impl Iterator<Item = (u8, &Bytes)> {
-        self.0.header.extensions.iter().map(|e| (e.id, &e.payload))
-    }
-}
-
 /// What a peer tells its owner. Media is an event too: the owner handles everything in order.
 #[derive(Debug)]
 pub enum PeerEvent {
@@ -246,12 +200,13 @@ pub enum PeerEvent {
     TrackOpened(OpenedTrack),
     /// A published track ended (its section was removed or stopped).
     TrackClosed(TrackKey),
-    /// An RTP packet of a published track.
+    /// An RTP packet of a published track, as the SFU's own packet type (keyframe flag set,
+    /// only end-to-end header extensions kept).
     Rtp {
         /// Which track.
         track: TrackKey,
         /// The packet.
-        packet: RtpIn,
+        packet: MediaPacket,
     },
     /// The client asks for a keyframe on a slot (PLI or FIR).
     KeyframeRequested(SlotId),
@@ -284,6 +239,58 @@ struct TrackState {
     key: TrackKey,
     receiver: RTCRtpReceiverId,
     ssrc: u32,
+    /// Video codec by payload type (for keyframe detection); audio has none.
+    codecs: Vec<(u8, VideoCodec)>,
+    /// Extension ids that are about this hop (transport-cc, abs-send-time, mid, rid): the SFU
+    /// must not forward them.
+    hop_extensions: [bool; 256],
+}
+
+impl TrackState {
+    fn media_packet(&self, packet: rtp::Packet, now: Instant) -> MediaPacket {
+        let h = packet.header;
+        let codec = self
+            .codecs
+            .iter()
+            .find(|(pt, _)| *pt == h.payload_type)
+            .map(|(_, c)| *c);
+        let mut out = MediaPacket::new(
+            h.ssrc,
+            h.sequence_number,
+            h.timestamp,
+            h.payload_type,
+            packet.payload,
+            now,
+        )
+        .with_codec(codec);
+        out.marker = h.marker;
+        out.padding = u8::from(h.padding);
+        for ext in h.extensions {
+            if !self.hop_extensions[usize::from(ext.id)] {
+                out.extensions.push(ext.id, ext.payload);
+            }
+        }
+        out
+    }
+}
+
+/// Header extensions that describe one hop, not the media: rewritten or generated per hop.
+const HOP_EXTENSIONS: [&str; 5] = [
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+    "urn:ietf:params:rtp-hdrext:sdes:mid",
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+];
+
+fn video_codec(mime_type: &str) -> Option<VideoCodec> {
+    match mime_type {
+        "video/vp8" => Some(VideoCodec::Vp8),
+        "video/vp9" => Some(VideoCodec::Vp9),
+        "video/h264" => Some(VideoCodec::H264),
+        "video/av1" => Some(VideoCodec::Av1),
+        _ => None,
+    }
 }
 
 /// One client's peer connection. See the module docs.
@@ -457,7 +464,7 @@ impl Peer {
                 format!("rtcd-{}", id.0),
                 track_id.clone(),
                 track_id.clone(),
-                kind.to_rtc(),
+                kind_to_rtc(kind),
                 vec![RTCRtpEncodingParameters {
                     rtp_coding_parameters: RTCRtpCodingParameters {
                         ssrc: Some(ssrc),
@@ -590,12 +597,14 @@ impl Peer {
         self.connected
     }
 
-    /// Sends one RTP packet on a slot. The header must already be the slot's (its SSRC, one of
-    /// its payload types and extension ids): the down-track rewrote it.
+    /// Sends one RTP packet on a slot: `header` is what the slot's down-track decided for
+    /// `source` (the slot's SSRC, one of its payload types, its extension ids), `payload` the
+    /// source's payload (or an RTX payload).
     pub fn send_rtp(
         &mut self,
         slot: SlotId,
-        header: RtpHeader<'_>,
+        header: &RtpHeaderOut,
+        source: &MediaPacket,
         payload: Bytes,
         now: Instant,
     ) -> Result<(), EngineError> {
@@ -614,12 +623,15 @@ impl Peer {
             },
             payload,
         };
-        for (id, value) in header.extensions {
+        for (id, value) in header.extensions(source) {
             packet
                 .header
-                .set_extension(*id, value.clone())
+                .set_extension(id, value.clone())
                 .map_err(internal)?;
         }
+        // Straight into the pipeline: `RTCRtpSender::write_rtp` would rebuild the sender's
+        // parameters (codec and extension lists) for every packet to validate what the
+        // down-track already guarantees.
         let track_id = state.track_id.clone();
         self.pc
             .handle_write(TaggedRTCMessage {
@@ -684,9 +696,10 @@ impl Peer {
             match msg.message {
                 RTCMessage::RtpPacket(track_id, packet) => {
                     if let Some(state) = self.tracks.get(&track_id) {
+                        let packet = state.media_packet(packet, msg.now);
                         self.events.push_back(PeerEvent::Rtp {
                             track: state.key,
-                            packet: RtpIn(packet),
+                            packet,
                         });
                     }
                 }
@@ -712,19 +725,28 @@ impl Peer {
         let Some(mut r) = self.pc.rtp_receiver(receiver) else {
             return;
         };
-        let Some(kind) = MediaKind::from_rtc(r.track().kind()) else {
+        let Some(kind) = kind_from_rtc(r.track().kind()) else {
             return;
         };
         let params = &r.get_parameters().rtp_parameters;
         let (codecs, extensions) = codecs_of(&params.codecs, &params.header_extensions);
         let key = TrackKey(self.next_track);
         self.next_track += 1;
+        let mut hop_extensions = [false; 256];
+        for e in &extensions {
+            hop_extensions[usize::from(e.id)] = HOP_EXTENSIONS.contains(&e.uri.as_str());
+        }
         self.tracks.insert(
             track_id,
             TrackState {
                 key,
                 receiver,
                 ssrc,
+                codecs: codecs
+                    .iter()
+                    .filter_map(|c| Some((c.payload_type, video_codec(&c.mime_type)?)))
+                    .collect(),
+                hop_extensions,
             },
         );
         self.events.push_back(PeerEvent::TrackOpened(OpenedTrack {
@@ -755,23 +777,6 @@ impl Peer {
             }
         }
     }
-}
-
-/// The header of a packet to send, already rewritten for the slot.
-#[derive(Debug, Clone, Copy)]
-pub struct RtpHeader<'a> {
-    /// The slot's SSRC (or its RTX SSRC).
-    pub ssrc: u32,
-    /// The subscriber-side sequence number.
-    pub sequence: u16,
-    /// The subscriber-side timestamp.
-    pub timestamp: u32,
-    /// A payload type negotiated in the slot's section.
-    pub payload_type: u8,
-    /// The marker bit.
-    pub marker: bool,
-    /// Header extensions with the slot's ids.
-    pub extensions: &'a [(u8, Bytes)],
 }
 
 /// The kind of section `mid` of an SDP and whether its author receives in it.
@@ -892,6 +897,8 @@ mod tests {
     //! milliseconds and nothing depends on the machine's speed.
 
     use super::*;
+    use crate::sfu::downtrack::{DownTrack, DownTrackConfig, Forward};
+    use crate::sfu::retransmit::RetransmitBuffer;
     use rtc::rtp_transceiver::RTCRtpTransceiverInit;
 
     const SERVER: &str = "10.9.0.1:5000";
@@ -1095,7 +1102,8 @@ mod tests {
     }
 
     /// A call in memory: alice publishes a VP8 camera, bob receives it through one slot, and the
-    /// test plays the SFU (rewriting SSRC, sequence and payload type for bob's slot).
+    /// test plays the SFU's forwarding: a down-track for bob's slot, a retransmission buffer for
+    /// alice's track, NACKs answered from it, keyframes requested from alice.
     struct Rig {
         t0: Instant,
         now: Instant,
@@ -1108,7 +1116,10 @@ mod tests {
         source: Option<OpenedTrack>,
         connected: (bool, bool),
         seq: u16,
-        out_seq: u16,
+        down: Option<DownTrack>,
+        buffer: RetransmitBuffer,
+        /// Retransmissions sent to bob.
+        resent: usize,
         /// Server→bob datagrams whose RTP sequence (bob's) is listed here are dropped once.
         drop_to_bob: Vec<u16>,
         bob_events: Vec<PeerEvent>,
@@ -1153,7 +1164,9 @@ mod tests {
                 source: None,
                 connected: (false, false),
                 seq: 0,
-                out_seq: 0,
+                down: None,
+                buffer: RetransmitBuffer::new(512).unwrap(),
+                resent: 0,
                 drop_to_bob: Vec::new(),
                 bob_events: Vec::new(),
                 alice_events: Vec::new(),
@@ -1176,23 +1189,36 @@ mod tests {
                 while let Some(ev) = self.alice_s.poll_event() {
                     match ev {
                         PeerEvent::Connected => self.connected.0 = true,
-                        PeerEvent::TrackOpened(t) => self.source = Some(t),
+                        PeerEvent::TrackOpened(t) => {
+                            let mut config =
+                                DownTrackConfig::new(MediaKind::Video, self.slot.ssrc, 90_000);
+                            for codec in &t.codecs {
+                                if let Some(sub) = self
+                                    .slot
+                                    .codecs
+                                    .iter()
+                                    .find(|c| c.mime_type == codec.mime_type)
+                                {
+                                    config
+                                        .payload_types
+                                        .insert(codec.payload_type, sub.payload_type, None)
+                                        .unwrap();
+                                }
+                            }
+                            self.down = Some(DownTrack::new(config, t.ssrc).unwrap());
+                            self.source = Some(t);
+                        }
                         PeerEvent::Rtp { track, packet } => {
                             assert_eq!(Some(track), self.source.as_ref().map(|s| s.track));
-                            if self.connected.1 {
-                                let header = RtpHeader {
-                                    ssrc: self.slot.ssrc,
-                                    sequence: self.out_seq,
-                                    timestamp: packet.timestamp(),
-                                    payload_type: self.vp8.payload_type,
-                                    marker: packet.marker(),
-                                    extensions: &[],
-                                };
-                                self.out_seq = self.out_seq.wrapping_add(1);
+                            if let (true, Some(down)) = (self.connected.1, self.down.as_mut())
+                                && let Forward::Send(header) = down.forward(&packet, now)
+                            {
+                                let payload = packet.payload.clone();
                                 self.bob_s
-                                    .send_rtp(self.slot.id, header, packet.payload().clone(), now)
+                                    .send_rtp(self.slot.id, &header, &packet, payload, now)
                                     .unwrap();
                             }
+                            self.buffer.insert(packet);
                         }
                         other => self.alice_events.push(other),
                     }
@@ -1218,10 +1244,30 @@ mod tests {
                     while self.bob_s.poll_transmit().is_some() {}
                 }
                 while let Some(ev) = self.bob_s.poll_event() {
-                    if let PeerEvent::Connected = ev {
-                        self.connected.1 = true;
+                    match &ev {
+                        PeerEvent::Connected => self.connected.1 = true,
+                        PeerEvent::Nack { slot, lost } if *slot == self.slot.id => {
+                            let mut resend = Vec::new();
+                            if let Some(down) = self.down.as_mut() {
+                                down.on_nack(lost.iter().copied(), &self.buffer, now, |r| {
+                                    resend.push((r.header, r.packet.clone(), r.payload))
+                                });
+                            }
+                            for (header, packet, payload) in resend {
+                                self.bob_s
+                                    .send_rtp(self.slot.id, &header, &packet, payload, now)
+                                    .unwrap();
+                                self.resent += 1;
+                            }
+                        }
+                        _ => {}
                     }
                     self.bob_events.push(ev);
+                }
+                if let (Some(down), Some(source)) = (self.down.as_mut(), self.source.as_ref())
+                    && down.poll_keyframe_request(now).is_some()
+                {
+                    self.alice_s.request_keyframe(source.track, now);
                 }
                 if step % 200 == 199 {
                     each_second(self);
@@ -1263,16 +1309,28 @@ mod tests {
     }
 
     #[test]
-    fn a_subscriber_nack_and_keyframe_request_reach_the_sfu_and_a_pli_reaches_the_publisher() {
+    fn a_lost_packet_is_nacked_and_resent_and_keyframe_requests_travel_both_ways() {
         let mut rig = Rig::new();
         rig.run(1000, |_| {}); // 5 s: connected, flowing
         assert!(rig.bob.received.len() > 50);
-        let lost = rig.out_seq.wrapping_add(3);
+        let last = rig.bob.received.last().unwrap().1.header.sequence_number;
+        let lost = last.wrapping_add(3);
         rig.drop_to_bob.push(lost);
         rig.run(400, |_| {});
         assert!(
             rig.drop_to_bob.is_empty(),
             "the packet was dropped on the way"
+        );
+        assert!(
+            rig.resent >= 1,
+            "the NACK was answered from the retransmission buffer"
+        );
+        assert!(
+            rig.bob
+                .received
+                .iter()
+                .any(|(_, p)| p.header.sequence_number == lost),
+            "bob got {lost} after all (retransmitted)"
         );
         let nacked: Vec<u16> = rig
             .bob_events
