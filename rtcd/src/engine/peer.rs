@@ -188,7 +188,11 @@ pub struct Slot {
 }
 
 /// What a peer tells its owner. Media is an event too: the owner handles everything in order.
+///
+/// The media variant is the large one and by far the most frequent: boxing it would cost an
+/// allocation per received packet to save queue space on the rare control events.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum PeerEvent {
     /// ICE and DTLS are up: media can flow.
     Connected,
