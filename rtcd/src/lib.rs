@@ -11,6 +11,8 @@
 //!   graceful shutdown) and the single error-to-status mapping.
 //! * [`signaling`]: the gRPC service proxies use (authenticated per RPC, tenant-scoped).
 //! * [`sfu`]: calls, sessions and RTP forwarding on webrtc-rs (knows no gRPC, proto or auth).
+//! * [`engine`]: the media engine v2: everything that touches the WebRTC library and the media
+//!   sockets ([`engine::net`]: rtcd's own batched UDP, demultiplexing and ICE-TCP).
 //! * [`health`], [`system`], [`metrics`]: readiness, host load, Prometheus registry.
 //! * [`cli`]: the `rtcd` command line (serve, dev, clients add / remove / list).
 //! * [`Rtcd`]: the composition root. `start` builds store -> auth -> listeners; `shutdown`
