@@ -16,9 +16,16 @@
 #   DURATION [20] measurement seconds per media run   WARMUP [3]   STORM_DURATION [3]
 #   OUT [target/bench/compare-<UTC time>]   BUILD [1] (0: use the binaries already built)
 #   TARGET_CPU [0]   CLIENT_CPU [1]   JANUS_EVENT_LOOPS [1]   JANUS_DEBUG_LEVEL [3]
+#   PROFILE [release] (debug: the dev build, for smoke runs only)
+#   QUIET_WAIT [120] seconds to wait for compilers on the machine before each run
+# The `capacity` scenario (not in the default list; docs/benchmarks.md "Capacity") ramps rooms
+# of 10 with one camera each until loss or p99 latency crosses its limit:
+#   CAP_START_ROOMS [5]   CAP_STEP_ROOMS [5]   CAP_STEP_SECONDS [10] window per step
+#   CAP_MAX [2000] participants   CAP_MAX_LOSS [1] percent   CAP_MAX_P99_MS [200]
 #
 #   sudo tests/bench/compare.sh                       # everything, ~15 min with the build
 #   SCENARIOS=smoke TARGETS=janus BUILD=0 DURATION=5 sudo tests/bench/compare.sh
+#   SCENARIOS=capacity sudo tests/bench/compare.sh    # capacity side by side
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -34,8 +41,21 @@ TARGET_CPU=${TARGET_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 JANUS_EVENT_LOOPS=${JANUS_EVENT_LOOPS:-1}
 JANUS_DEBUG_LEVEL=${JANUS_DEBUG_LEVEL:-3}
+PROFILE=${PROFILE:-release}
+QUIET_WAIT=${QUIET_WAIT:-120}
+CAP_START_ROOMS=${CAP_START_ROOMS:-5}
+CAP_STEP_ROOMS=${CAP_STEP_ROOMS:-5}
+CAP_STEP_SECONDS=${CAP_STEP_SECONDS:-10}
+CAP_MAX=${CAP_MAX:-2000}
+CAP_MAX_LOSS=${CAP_MAX_LOSS:-1}
+CAP_MAX_P99_MS=${CAP_MAX_P99_MS:-200}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET_DIR/release
+case $PROFILE in
+release) CARGO_PROFILE=release ;;
+debug) CARGO_PROFILE=dev ;;
+*) echo "compare.sh: PROFILE is release or debug" >&2 && exit 1 ;;
+esac
+BIN=$TARGET_DIR/$PROFILE
 OUT=${OUT:-$TARGET_DIR/bench/compare-$(date -u +%Y%m%dT%H%M%SZ)}
 NS=lgbench-$$
 ADDR=10.213.0.1      # veth0: what every target advertises and every client binds
@@ -50,9 +70,13 @@ die() {
 
 [ "$(id -u)" = 0 ] || die "needs root (ip netns add, apt-get)"
 
+# Janus is only installed (and configured, below) when a run needs it.
+WANT_JANUS=0
+case " $TARGETS " in *" janus "*) WANT_JANUS=1 ;; esac
+
 log "system packages"
 missing=()
-command -v janus >/dev/null || missing+=(janus)
+[ "$WANT_JANUS" = 0 ] || command -v janus >/dev/null || missing+=(janus)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v taskset >/dev/null || missing+=(util-linux)
 command -v python3 >/dev/null || missing+=(python3)
@@ -62,8 +86,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ "$BUILD" = 1 ]; then
-	log "release build"
-	cargo build --release -p rtcd -p rtcd-proxy -p rtcd-e2e \
+	log "$PROFILE build"
+	cargo build --profile "$CARGO_PROFILE" -p rtcd -p rtcd-proxy -p rtcd-e2e \
 		--bin rtcd --bin rtcd-proxy --bin loadgen --bin udp-relay
 fi
 for b in rtcd rtcd-proxy loadgen udp-relay; do
@@ -121,7 +145,8 @@ log "environment"
 	janus --version 2>&1 | head -2 || true
 	git -C "$ROOT" rev-parse HEAD 2>/dev/null || true
 	echo "SCENARIOS=$SCENARIOS TARGETS=$TARGETS REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP"
-	echo "TARGET_CPU=$TARGET_CPU CLIENT_CPU=$CLIENT_CPU JANUS_EVENT_LOOPS=$JANUS_EVENT_LOOPS"
+	echo "TARGET_CPU=$TARGET_CPU CLIENT_CPU=$CLIENT_CPU JANUS_EVENT_LOOPS=$JANUS_EVENT_LOOPS PROFILE=$PROFILE"
+	echo "CAP_START_ROOMS=$CAP_START_ROOMS CAP_STEP_ROOMS=$CAP_STEP_ROOMS CAP_STEP_SECONDS=$CAP_STEP_SECONDS CAP_MAX=$CAP_MAX CAP_MAX_LOSS=$CAP_MAX_LOSS CAP_MAX_P99_MS=$CAP_MAX_P99_MS"
 } >"$OUT/environment.txt"
 
 # Janus configuration: Debian's files copied, then the ones that matter rewritten
@@ -129,16 +154,17 @@ log "environment"
 # port range, only the VideoRoom plugin and the WebSocket transport on 127.0.0.1:8188, fixed
 # event loops, log level 3.
 JANUS_CFG=$OUT/janus-cfg
-rm -rf "$JANUS_CFG"
-cp -r /etc/janus "$JANUS_CFG"
-folder() { sed -n "s/^[[:space:]]*$1 = \"\([^\"]*\)\".*/\1/p" /etc/janus/janus.jcfg | head -1; }
-PLUGINS=$(folder plugins_folder)
-TRANSPORTS=$(folder transports_folder)
-EVENTS=$(folder events_folder)
-LOGGERS=$(folder loggers_folder)
-[ -f "$PLUGINS/libjanus_videoroom.so" ] || die "no VideoRoom plugin in '$PLUGINS'"
-others() { (cd "$1" && ls -1 ./*.so 2>/dev/null | sed 's|^\./||' | grep -vx "$2" | paste -sd, -); }
-cat >"$JANUS_CFG/janus.jcfg" <<EOF
+configure_janus() {
+	rm -rf "$JANUS_CFG"
+	cp -r /etc/janus "$JANUS_CFG"
+	folder() { sed -n "s/^[[:space:]]*$1 = \"\([^\"]*\)\".*/\1/p" /etc/janus/janus.jcfg | head -1; }
+	PLUGINS=$(folder plugins_folder)
+	TRANSPORTS=$(folder transports_folder)
+	EVENTS=$(folder events_folder)
+	LOGGERS=$(folder loggers_folder)
+	[ -f "$PLUGINS/libjanus_videoroom.so" ] || die "no VideoRoom plugin in '$PLUGINS'"
+	others() { (cd "$1" && ls -1 ./*.so 2>/dev/null | sed 's|^\./||' | grep -vx "$2" | paste -sd, -); }
+	cat >"$JANUS_CFG/janus.jcfg" <<EOF
 general: {
 	configs_folder = "$JANUS_CFG"
 	plugins_folder = "$PLUGINS"
@@ -190,6 +216,8 @@ admin: {
 EOF
 # No preconfigured rooms: the load tool creates its own, with the fairness settings.
 printf 'general: {\n}\n' >"$JANUS_CFG/janus.plugin.videoroom.jcfg"
+}
+[ "$WANT_JANUS" = 0 ] || configure_janus
 
 # The target of the current run (Janus, the relay), by PID.
 TARGET_PID=
@@ -217,7 +245,8 @@ start_relay() {
 	TARGET_PID=$!
 	STARTED+=("$TARGET_PID")
 	for _ in $(seq 100); do
-		RELAY=$(sed -n 's/^udp-relay listening on //p' "$log")
+		# The log may not exist yet: the backgrounded redirect races this loop.
+		RELAY=$(sed -n 's/^udp-relay listening on //p' "$log" 2>/dev/null || true)
 		[ -n "$RELAY" ] && return 0
 		kill -0 "$TARGET_PID" 2>/dev/null || die "udp-relay exited at start (see $log)"
 		sleep 0.1
@@ -241,10 +270,10 @@ FAILED=0
 # A compiler or linker on the machine takes cores from the target and makes a run worthless
 # (one such run had ours at 44 % loss): wait up to 2 minutes for it to finish, then run anyway
 # but record the run in busy.txt so that nobody publishes it.
-compiler_running() { pgrep -x 'rustc|cc1|cc1plus|ld|rust-lld|cargo' >/dev/null; }
+compiler_running() { pgrep -x 'rustc|cc1|cc1plus|ld|rust-lld|cargo' >/dev/null 2>&1; }
 wait_until_quiet() {
 	local name=$1
-	for _ in $(seq 120); do
+	for _ in $(seq "$QUIET_WAIT"); do
 		compiler_running || return 0
 		sleep 1
 	done
@@ -258,11 +287,15 @@ run_one() {
 	local name=$scenario-$target-$rep
 	local args=(--scenario "$scenario" --bind "$ADDR" --out "$OUT/reports" --name "$name" --quiet
 		--warmup "$WARMUP")
-	if [ "$scenario" = storm ]; then
-		args+=(--duration "$STORM_DURATION")
-	else
-		args+=(--duration "$DURATION")
-	fi
+	case $scenario in
+	storm) args+=(--duration "$STORM_DURATION") ;;
+	capacity)
+		args+=(--duration "$CAP_STEP_SECONDS" --start-rooms "$CAP_START_ROOMS"
+			--step-rooms "$CAP_STEP_ROOMS" --max-participants "$CAP_MAX"
+			--max-loss "$CAP_MAX_LOSS" --max-p99-ms "$CAP_MAX_P99_MS")
+		;;
+	*) args+=(--duration "$DURATION") ;;
+	esac
 	case $target in
 	ours)
 		args+=(--target ours --target-cpus "$TARGET_CPU"

@@ -3,7 +3,9 @@
 Markdown: one row per scenario and target (medians over repetitions), then the ratios that are
 the headline (ours vs Janus, ours vs the raw UDP ceiling). "sent" is what the load tool's
 publishers managed to send: below the scenario's rate, the client (not the target) was the
-limit of that run. Standard library only.
+limit of that run. Capacity runs (the load tool's capacity mode) get a table of their own:
+participants at the limit, what limited them, and the ratios ours / Janus and ours / raw.
+Standard library only.
 
 Usage: summarize.py DIR   (reads DIR/*.json, writes Markdown to stdout)
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 
 TARGETS = ["ours", "janus", "raw-udp"]
 SCENARIO_ORDER = ["fanout", "one-to-one", "rooms", "storm", "fanout16", "smoke"]
+TARGET_LABELS = {"ours": "ours", "janus": "Janus", "raw-udp": "raw UDP"}
 
 
 def median(values):
@@ -81,17 +84,114 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
+def capacity_metrics(report):
+    """The headline of one capacity run: the last passing step (the capacity) and the step
+    that stopped the ramp."""
+    capacity = report["capacity"]
+    steps = report.get("steps", [])
+    passed = [s for s in steps if s.get("verdict") == "pass"]
+    last = passed[-1] if passed else {}
+    stopped = steps[-1] if steps and steps[-1].get("verdict") != "pass" else {}
+    return {
+        "participants": capacity.get("participants"),
+        "limit": capacity.get("limit"),
+        "detail": capacity.get("detail", ""),
+        "cores": capacity.get("cores"),
+        "rss_mib": capacity.get("rss_mib"),
+        "forwarded_pps": last.get("forwarded_pps"),
+        "lat_p99": last.get("latency_p99_ms"),
+        "client_cores": last.get("client_cores"),
+        "stop_loss": stopped.get("loss_percent"),
+        "stop_p99": stopped.get("latency_p99_ms"),
+        "stop_cores": stopped.get("target_cores"),
+        "stop_client": stopped.get("client_cores"),
+        "steps": len(steps),
+        "errors": report.get("errors", []),
+    }
+
+
 def load(directory):
+    """(runs, capacity runs), each {(scenario, target): [metrics per repetition]}."""
     runs = defaultdict(list)
+    capacity = defaultdict(list)
     for path in sorted(Path(directory).glob("*.json")):
         try:
             report = json.loads(path.read_text())
             key = (report["scenario"]["name"], report["target"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            if "capacity" in report:
+                capacity[key].append(capacity_metrics(report))
+            else:
+                runs[key].append(metrics(report))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             print(f"skipping {path}: {e}", file=sys.stderr)
             continue
-        runs[key].append(metrics(report))
-    return runs
+    return runs, capacity
+
+
+def capacity_table(capacity):
+    """The capacity section: per target, medians over repetitions (the limits of every
+    repetition are listed), then the ratios. A capacity limited by the client or by the
+    maximum is a lower bound, shown with >=, and so is a ratio involving one."""
+    LOWER = {"client-bound", "max"}
+    print("## Capacity (participants in rooms of 10, one camera each)\n")
+    print(
+        "| scenario | target | reps | participants at limit | limited by | target cores at limit "
+        "| target RSS MiB at limit | forwarded pkt/s at limit | latency p99 ms at limit "
+        "| failing step: loss % / p99 ms / target cores / load tool cores | load tool cores at limit |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    table = {}
+    for (scenario, target), samples in sorted(
+        capacity.items(), key=lambda kv: (kv[0][0], TARGETS.index(kv[0][1]) if kv[0][1] in TARGETS else 9)
+    ):
+        limits = sorted({s["limit"] for s in samples if s["limit"]})
+        m = {
+            field: median([s[field] for s in samples])
+            for field in samples[0]
+            if field not in ("limit", "detail", "errors")
+        }
+        m["lower_bound"] = any(limit in LOWER for limit in limits)
+        table[(scenario, target)] = m
+        spread = ""
+        if len(samples) > 1:
+            values = [s["participants"] for s in samples if s["participants"] is not None]
+            if values:
+                spread = f" [{min(values)}-{max(values)}]"
+        details = "; ".join(sorted({s["detail"] for s in samples if s["detail"]}))
+        print(
+            f"| {scenario} | {TARGET_LABELS.get(target, target)} | {len(samples)} "
+            f"| {'>= ' if m['lower_bound'] else ''}{fmt(m['participants'], 0)}{spread} "
+            f"| {', '.join(limits)}{f' ({details})' if details else ''} "
+            f"| {fmt(m['cores'], 2)} | {fmt(m['rss_mib'], 0)} | {fmt(m['forwarded_pps'], 0)} "
+            f"| {fmt(m['lat_p99'], 1)} "
+            f"| {fmt(m['stop_loss'], 2)} / {fmt(m['stop_p99'], 1)} / {fmt(m['stop_cores'], 2)} "
+            f"/ {fmt(m['stop_client'], 2)} "
+            f"| {fmt(m['client_cores'], 2)} |"
+        )
+
+    print("\n| scenario | capacity: ours / Janus | ours / raw |")
+    print("|---|---|---|")
+
+    def cap_ratio(a, b):
+        if a is None or b is None:
+            return "-"
+        text = ratio(a.get("participants"), b.get("participants"))
+        # A lower bound in the numerator makes the ratio a lower bound; in the denominator, an
+        # upper one; both: unknown.
+        if a["lower_bound"] and b["lower_bound"]:
+            return f"{text} (both lower bounds)"
+        if a["lower_bound"]:
+            return f">= {text}"
+        if b["lower_bound"]:
+            return f"<= {text}"
+        return text
+
+    for scenario in sorted({s for s, _ in table}):
+        ours = table.get((scenario, "ours"))
+        print(
+            f"| {scenario} | {cap_ratio(ours, table.get((scenario, 'janus')))} "
+            f"| {cap_ratio(ours, table.get((scenario, 'raw-udp')))} |"
+        )
 
 
 def combine(samples):
@@ -108,9 +208,24 @@ def combine(samples):
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
-    runs = load(sys.argv[1])
-    if not runs:
+    runs, capacity = load(sys.argv[1])
+    if not runs and not capacity:
         sys.exit(f"no reports in {sys.argv[1]}")
+    if capacity:
+        capacity_table(capacity)
+        errors = [
+            (key, sorted({e for s in samples for e in s["errors"]}))
+            for key, samples in sorted(capacity.items())
+        ]
+        errors = [(k, e) for k, e in errors if e]
+        if errors:
+            print("\n## Errors reported by the load tool (capacity)\n")
+            for (scenario, target), messages in errors:
+                for message in messages[:5]:
+                    print(f"- {scenario} / {target}: {message}")
+        if not runs:
+            return
+        print()
     scenarios = sorted(
         {s for s, _ in runs},
         key=lambda s: (SCENARIO_ORDER.index(s) if s in SCENARIO_ORDER else 99, s),

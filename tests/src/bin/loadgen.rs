@@ -6,7 +6,11 @@
 //! loadgen --target ours --scenario fanout --out results/
 //! loadgen --target raw --relay 127.0.0.1:7000 --watch udp-relay=1234 --scenario fanout
 //! loadgen --target janus --janus-url ws://127.0.0.1:8188 --watch janus=$(pidof janus) --scenario rooms
+//! loadgen --target ours --scenario capacity --start-rooms 5 --step-rooms 5 --max-participants 1000
 //! ```
+//!
+//! `--scenario capacity` (or `--capacity` with another room shape) ramps rooms until loss or
+//! latency crosses its limit (src/loadgen/capacity.rs) and writes `<name>.json` and `.md`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -14,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use rtcd_e2e::loadgen::capacity::{self, Limits, Ramp};
 use rtcd_e2e::loadgen::{self, Scenario, Target, ours, stats::Watched};
 
 #[derive(Parser, Debug)]
@@ -22,9 +27,41 @@ struct Args {
     /// ours | janus | raw
     #[arg(long, default_value = "ours")]
     target: String,
-    /// Preset: fanout, one-to-one, rooms, storm, fanout16, smoke.
+    /// Preset: fanout, one-to-one, rooms, storm, fanout16, capacity, smoke.
     #[arg(long, default_value = "smoke")]
     scenario: String,
+    /// Capacity mode with the scenario's room shape (implied by `--scenario capacity`): rooms
+    /// are added step by step until a step fails; `--duration` and `--warmup` are per step.
+    #[arg(long)]
+    capacity: bool,
+    /// Capacity: rooms in the first step.
+    #[arg(long, default_value_t = 1)]
+    start_rooms: usize,
+    /// Capacity: rooms added per step.
+    #[arg(long, default_value_t = 1)]
+    step_rooms: usize,
+    /// Capacity: no step above this many participants.
+    #[arg(long, default_value_t = 2000)]
+    max_participants: usize,
+    /// Capacity: loss (percent, from sequence numbers) above this fails a step.
+    #[arg(long, default_value_t = 1.0)]
+    max_loss: f64,
+    /// Capacity: one-way latency p99 (ms) above this fails a step.
+    #[arg(long, default_value_t = 200.0)]
+    max_p99_ms: f64,
+    /// Capacity: forwarded below this percent of what the sent packets should produce counts
+    /// as loss (streams that never arrive).
+    #[arg(long, default_value_t = 90.0)]
+    min_delivered: f64,
+    /// Capacity: the load tool at this many cores (it is single-threaded) is client-bound.
+    #[arg(long, default_value_t = 0.9)]
+    client_cpu_limit: f64,
+    /// Capacity: publishers sending below this percent of their schedule is client-bound.
+    #[arg(long, default_value_t = 95.0)]
+    min_send: f64,
+    /// Capacity: frames going out later than this (ms, p99) is client-bound.
+    #[arg(long, default_value_t = 50.0)]
+    max_send_lag_ms: f64,
     /// Report name (file stem); defaults to `<scenario>-<target>`.
     #[arg(long)]
     name: Option<String>,
@@ -127,6 +164,19 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.bind {
         scenario.bind_ip = v;
     }
+    let capacity = args.capacity || args.scenario == "capacity";
+    if capacity {
+        if args.step_rooms == 0 || args.start_rooms == 0 {
+            bail!("--start-rooms and --step-rooms must be at least 1");
+        }
+        if args.max_participants < scenario.participants {
+            bail!(
+                "--max-participants {} holds no room of {}",
+                args.max_participants,
+                scenario.participants
+            );
+        }
+    }
     let mut watched: Vec<Watched> = args
         .watch
         .iter()
@@ -187,11 +237,31 @@ fn main() -> anyhow::Result<()> {
             },
             other => bail!("unknown target {other:?} (ours, janus, raw)"),
         };
-        let report = loadgen::run(&scenario, &target, &watched, !args.quiet).await?;
         let stem = args
             .name
             .clone()
             .unwrap_or_else(|| format!("{}-{}", scenario.name, target.name()));
+        if capacity {
+            let ramp = Ramp {
+                start_rooms: args.start_rooms,
+                step_rooms: args.step_rooms,
+                max_participants: args.max_participants,
+                limits: Limits {
+                    max_loss_percent: args.max_loss,
+                    max_latency_p99_ms: args.max_p99_ms,
+                    min_delivered_percent: args.min_delivered,
+                    client_cpu: args.client_cpu_limit,
+                    min_send_percent: args.min_send,
+                    max_send_lag_p99_ms: args.max_send_lag_ms,
+                },
+            };
+            let report = capacity::run(&scenario, &ramp, &target, &watched, !args.quiet).await?;
+            report.write(&args.out, &stem)?;
+            println!("{}", report.markdown());
+            println!("wrote {}/{stem}.json, .md", args.out.display());
+            return Ok(());
+        }
+        let report = loadgen::run(&scenario, &target, &watched, !args.quiet).await?;
         report.write(&args.out, &stem)?;
         println!("{}", report.markdown());
         println!("wrote {}/{stem}.json, .md, .svg", args.out.display());

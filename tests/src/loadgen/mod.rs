@@ -8,6 +8,7 @@
 //! forwarded packets, loss, latency and the target processes' CPU time are taken. A progress
 //! line goes to stderr every second; the result is JSON plus a Markdown summary and an SVG plot.
 
+pub mod capacity;
 pub mod janus;
 pub mod ours;
 pub mod peer;
@@ -129,6 +130,14 @@ impl Scenario {
                 video_kbps: 4000,
                 ..base
             },
+            // The capacity mode's room shape (src/loadgen/capacity.rs): rooms of 10, one
+            // camera each; the ramp sets the number of rooms, each step measures 10 s.
+            "capacity" => Self {
+                participants: 10,
+                video: 1,
+                duration: Duration::from_secs(10),
+                ..base
+            },
             // The test suite's smoke run.
             "smoke" => Self {
                 participants: 3,
@@ -232,40 +241,16 @@ pub async fn run(
 
     // Ramp: spawn joins at the configured rate while sampling every second.
     let mut tasks = Vec::with_capacity(total);
-    let gap = if scenario.join_rate > 0.0 {
-        Duration::from_secs_f64(1.0 / scenario.join_rate)
-    } else {
-        Duration::ZERO
-    };
-    let mut next_join = tokio::time::Instant::now();
-    for n in 0..total {
-        let (call, index) = (n / scenario.participants, n % scenario.participants);
-        if !gap.is_zero() {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(next_join) => break,
-                    _ = sampler.tick() => {}
-                }
-            }
-            next_join += gap;
-        }
-        let config = PeerConfig {
-            publisher: n as u32,
-            tracks: scenario.tracks_for(index),
-            offer_first: true,
-            counts_as_join: true,
-            bind_ip: scenario.bind_ip,
-            keyframe_interval: Duration::from_secs(2),
-        };
-        tasks.push(tokio::spawn(participant(
-            target.clone(),
-            call,
-            index,
-            config,
-            counters.clone(),
-            stop.clone(),
-        )));
-    }
+    spawn_joins(
+        scenario,
+        target,
+        0..total,
+        &counters,
+        &stop,
+        &mut sampler,
+        &mut tasks,
+    )
+    .await;
     // Wait for everyone to be in (or failed), bounded.
     sampler
         .run_for(Duration::from_secs(60), || {
@@ -290,29 +275,7 @@ pub async fn run(
         eprintln!();
     }
 
-    stop.cancel();
-    let mut join_times = Vec::new();
-    let mut loss = LossTotals::default();
-    let mut errors: Vec<String> = Vec::new();
-    for task in tasks {
-        match tokio::time::timeout(Duration::from_secs(10), task).await {
-            Ok(Ok(outcome)) => {
-                let PeerOutcome {
-                    join_time,
-                    loss: l,
-                    error,
-                } = outcome;
-                join_times.extend(join_time);
-                l.add_to(&mut loss);
-                errors.extend(error);
-            }
-            Ok(Err(e)) => errors.push(format!("participant task: {e}")),
-            Err(_) => errors.push("participant did not stop within 10 s".into()),
-        }
-    }
-    join_times.sort();
-    errors.sort();
-    errors.dedup();
+    let (join_times, loss, errors) = finish(&stop, tasks).await;
 
     let window = (window_end.at - window_start.at).max(1e-9);
     let forwarded = window_end.received - window_start.received;
@@ -375,6 +338,86 @@ pub async fn run(
     })
 }
 
+/// Spawns participants `range` (numbered across calls: participant `n` is index
+/// `n % participants` of call `n / participants`) at the scenario's join rate, sampling every
+/// second meanwhile, and adds their tasks to `tasks`.
+async fn spawn_joins(
+    scenario: &Scenario,
+    target: &Target,
+    range: std::ops::Range<usize>,
+    counters: &Arc<Counters>,
+    stop: &CancellationToken,
+    sampler: &mut Sampler,
+    tasks: &mut Vec<tokio::task::JoinHandle<PeerOutcome>>,
+) {
+    let gap = if scenario.join_rate > 0.0 {
+        Duration::from_secs_f64(1.0 / scenario.join_rate)
+    } else {
+        Duration::ZERO
+    };
+    let mut next_join = tokio::time::Instant::now();
+    for n in range {
+        let (call, index) = (n / scenario.participants, n % scenario.participants);
+        if !gap.is_zero() {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_join) => break,
+                    _ = sampler.tick() => {}
+                }
+            }
+            next_join += gap;
+        }
+        let config = PeerConfig {
+            publisher: n as u32,
+            tracks: scenario.tracks_for(index),
+            offer_first: true,
+            counts_as_join: true,
+            bind_ip: scenario.bind_ip,
+            keyframe_interval: Duration::from_secs(2),
+        };
+        tasks.push(tokio::spawn(participant(
+            target.clone(),
+            call,
+            index,
+            config,
+            counters.clone(),
+            stop.clone(),
+        )));
+    }
+}
+
+/// Stops every participant and collects what they report: join times (sorted), loss over
+/// their whole lives, and distinct errors (sorted).
+async fn finish(
+    stop: &CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<PeerOutcome>>,
+) -> (Vec<Duration>, LossTotals, Vec<String>) {
+    stop.cancel();
+    let mut join_times = Vec::new();
+    let mut loss = LossTotals::default();
+    let mut errors: Vec<String> = Vec::new();
+    for task in tasks {
+        match tokio::time::timeout(Duration::from_secs(10), task).await {
+            Ok(Ok(outcome)) => {
+                let PeerOutcome {
+                    join_time,
+                    loss: l,
+                    error,
+                } = outcome;
+                join_times.extend(join_time);
+                l.add_to(&mut loss);
+                errors.extend(error);
+            }
+            Ok(Err(e)) => errors.push(format!("participant task: {e}")),
+            Err(_) => errors.push("participant did not stop within 10 s".into()),
+        }
+    }
+    join_times.sort();
+    errors.sort();
+    errors.dedup();
+    (join_times, loss, errors)
+}
+
 async fn participant(
     target: Target,
     call: usize,
@@ -400,8 +443,10 @@ struct Snapshot {
     at: f64,
     sent: u64,
     received: u64,
+    expected: u64,
     bytes: u64,
     latency: Vec<u64>,
+    send_lag: Vec<u64>,
 }
 
 impl Snapshot {
@@ -410,8 +455,10 @@ impl Snapshot {
             at: started.elapsed().as_secs_f64(),
             sent: c.sent_packets.load(Relaxed),
             received: c.received_packets.load(Relaxed),
+            expected: c.expected_packets.load(Relaxed),
             bytes: c.received_bytes.load(Relaxed),
             latency: c.latency.snapshot(),
+            send_lag: c.send_lag.snapshot(),
         }
     }
 }

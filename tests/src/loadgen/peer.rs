@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -228,6 +229,14 @@ impl FrameClock {
     }
 }
 
+/// Packets per second `tracks` are scheduled to send (for [`Counters::scheduled_pps`]).
+fn scheduled_pps(tracks: &[Publishing]) -> u64 {
+    tracks
+        .iter()
+        .map(|t| u64::from(t.spec.packets_per_second))
+        .sum()
+}
+
 struct Publishing {
     spec: TrackSpec,
     mid: Mid,
@@ -272,6 +281,12 @@ pub async fn run(
         .await
         .err()
         .map(|e| format!("{e:#}"));
+    if peer.connected {
+        // Its media stops with it.
+        peer.counters
+            .scheduled_pps
+            .fetch_sub(scheduled_pps(&peer.publishing), Relaxed);
+    }
     PeerOutcome {
         join_time: peer.join_time,
         loss: peer.loss,
@@ -484,7 +499,6 @@ impl Peer {
         started: Instant,
         to_adapter: &mpsc::Sender<FromPeer>,
     ) -> anyhow::Result<()> {
-        use std::sync::atomic::Ordering::Relaxed;
         match event {
             Event::RtpPacket(packet) => {
                 let Some((publisher, sent)) = read_stamp(&packet.payload) else {
@@ -497,8 +511,10 @@ impl Peer {
                 self.counters
                     .latency
                     .record(now_micros().saturating_sub(sent));
-                self.loss
+                let grew = self
+                    .loss
                     .packet(*packet.header.ssrc, publisher, *packet.seq_no);
+                self.counters.expected_packets.fetch_add(grew, Relaxed);
             }
             // A controlling agent with one candidate pair goes straight to "completed".
             Event::IceConnectionStateChange(
@@ -511,7 +527,12 @@ impl Peer {
                 let _ = to_adapter.send(FromPeer::Connected).await;
             }
             // DTLS is up: SRTP keys exist, media can flow.
-            Event::Connected => self.connected = true,
+            Event::Connected if !self.connected => {
+                self.connected = true;
+                self.counters
+                    .scheduled_pps
+                    .fetch_add(scheduled_pps(&self.publishing), Relaxed);
+            }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 anyhow::bail!("ICE disconnected");
             }
@@ -522,7 +543,6 @@ impl Peer {
 
     /// Writes every packet that is due ([`FrameClock`]).
     fn send_due(&mut self, rtc: &mut Rtc, now: Instant, publisher: u32, keyframes: Duration) {
-        use std::sync::atomic::Ordering::Relaxed;
         for track in &mut self.publishing {
             if now < track.clock.next() {
                 continue;
@@ -543,9 +563,11 @@ impl Peer {
                 continue;
             };
             let frame = track.clock.frames();
+            let late = now.saturating_duration_since(track.clock.next());
             let Some(packets) = track.clock.due(now) else {
                 continue;
             };
+            self.counters.send_lag.record(late.as_micros() as u64);
             let keyframe =
                 !audio && (frame == 0 || now.duration_since(track.last_keyframe) >= keyframes);
             if keyframe {

@@ -117,6 +117,28 @@ async fn drive(
     *join_time = Some(started.elapsed());
     counters.joined.fetch_add(1, Relaxed);
     counters.connected.fetch_add(1, Relaxed);
+    let scheduled: u64 = config
+        .tracks
+        .iter()
+        .map(|t| u64::from(t.packets_per_second))
+        .sum();
+    counters.scheduled_pps.fetch_add(scheduled, Relaxed);
+    let result = publish_and_count(socket, config, counters, stop, loss).await;
+    // Its media stops with it.
+    counters.scheduled_pps.fetch_sub(scheduled, Relaxed);
+    result
+}
+
+/// The joined participant's loop: sends its tracks' frames when due, counts what arrives.
+async fn publish_and_count(
+    socket: UdpSocket,
+    config: &PeerConfig,
+    counters: &Counters,
+    stop: &CancellationToken,
+    loss: &mut StreamLoss,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut buf = vec![0u8; 2048];
 
     struct Track {
         ssrc: u32,
@@ -160,7 +182,8 @@ async fn drive(
                 let delta = seq16.wrapping_sub(entry.0) as i16 as i64;
                 entry.1 = (entry.1 as i64 + delta).max(0) as u64;
                 entry.0 = seq16;
-                loss.packet(ssrc, publisher, entry.1);
+                let grew = loss.packet(ssrc, publisher, entry.1);
+                counters.expected_packets.fetch_add(grew, Relaxed);
                 counters.received_packets.fetch_add(1, Relaxed);
                 counters.received_bytes.fetch_add((n - RTP_HEADER - SRTP_TAG) as u64, Relaxed);
                 counters.latency.record(now_micros().saturating_sub(sent));
@@ -170,9 +193,11 @@ async fn drive(
         let now = Instant::now();
         for t in &mut tracks {
             let frame = t.clock.frames();
+            let late = now.saturating_duration_since(t.clock.next());
             let Some(packets) = t.clock.due(now) else {
                 continue;
             };
+            counters.send_lag.record(late.as_micros() as u64);
             let len = RTP_HEADER + t.bytes + SRTP_TAG;
             for i in 0..packets {
                 let p = &mut packet[..len];

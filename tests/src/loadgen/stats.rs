@@ -23,6 +23,17 @@ pub struct Counters {
     pub received_bytes: AtomicU64,
     /// One-way latency of received packets (send stamp to receive), in microseconds.
     pub latency: Histogram,
+    /// Packets the receivers' sequence numbers say should have arrived so far (the running
+    /// sum of [`StreamLoss::packet`]'s results): with `received_packets`, loss over any window
+    /// (the capacity mode's per-step loss) without waiting for the peers to stop.
+    pub expected_packets: AtomicU64,
+    /// Packets per second the publishers whose media is flowing are scheduled to send: what
+    /// `sent_packets` should grow by when the load tool keeps up (the capacity mode compares
+    /// the two to tell a saturated client from a saturated target).
+    pub scheduled_pps: AtomicU64,
+    /// How late each frame went out against its schedule ([`super::peer::FrameClock`]), in
+    /// microseconds: a single-threaded client that falls behind shows it here first.
+    pub send_lag: Histogram,
 }
 
 /// A log-linear histogram of microsecond values with atomic buckets: recording is one
@@ -142,15 +153,25 @@ pub struct LossTotals {
 }
 
 impl StreamLoss {
-    /// Counts one packet with extended sequence number `seq` that `publisher` sent on `ssrc`.
-    pub fn packet(&mut self, ssrc: u32, publisher: u32, seq: u64) {
-        let entry = self
-            .streams
-            .entry((ssrc, publisher))
-            .or_insert((seq, seq, 0));
+    /// Counts one packet with extended sequence number `seq` that `publisher` sent on `ssrc`,
+    /// and returns by how much the stream's expected count grew (its first packet: 1; a packet
+    /// beyond the highest so far: the distance; a late or repeated one: 0), for
+    /// [`Counters::expected_packets`].
+    pub fn packet(&mut self, ssrc: u32, publisher: u32, seq: u64) -> u64 {
+        let mut grew = 0;
+        let entry = self.streams.entry((ssrc, publisher)).or_insert_with(|| {
+            grew = 1;
+            (seq, seq, 0)
+        });
+        if seq > entry.1 {
+            grew = seq - entry.1;
+        } else if seq < entry.0 {
+            grew = entry.0 - seq;
+        }
         entry.0 = entry.0.min(seq);
         entry.1 = entry.1.max(seq);
         entry.2 += 1;
+        grew
     }
 
     /// Adds this subscriber's streams to `totals`.
@@ -164,6 +185,17 @@ impl StreamLoss {
             let loss = 100.0 * (expected - received) as f64 / expected as f64;
             totals.worst_stream_percent = totals.worst_stream_percent.max(loss);
         }
+    }
+}
+
+/// Loss in percent over a window from the growth of the expected and received counters
+/// ([`Counters::expected_packets`], [`Counters::received_packets`]); 0 when nothing was
+/// expected, and never negative (duplicates and retransmissions can outnumber gaps).
+pub fn window_loss_percent(expected: u64, received: u64) -> f64 {
+    if expected == 0 {
+        0.0
+    } else {
+        100.0 * expected.saturating_sub(received) as f64 / expected as f64
     }
 }
 
@@ -296,6 +328,29 @@ mod tests {
         assert_eq!(t.received, 90 + 1);
         assert!((t.worst_stream_percent - 900.0 / 99.0).abs() < 1e-9);
         assert!((t.percent() - 9.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn expected_growth_adds_up_to_the_span() {
+        let mut s = StreamLoss::default();
+        let mut expected = 0;
+        // 10, 11, 14 (12 and 13 missing), 13 late, 9 before the first, 14 again.
+        for seq in [10, 11, 14, 13, 9, 14] {
+            expected += s.packet(7, 1, seq);
+        }
+        expected += s.packet(8, 1, 100);
+        let mut t = LossTotals::default();
+        s.add_to(&mut t);
+        assert_eq!(expected, t.expected);
+        assert_eq!(expected, 6 + 1);
+        // Six distinct packets arrived of seven expected (12 never came).
+        assert!((window_loss_percent(expected, 6) - 100.0 / 7.0).abs() < 1e-9);
+        assert_eq!(window_loss_percent(0, 0), 0.0);
+        assert_eq!(
+            window_loss_percent(5, 9),
+            0.0,
+            "duplicates never make loss negative"
+        );
     }
 
     #[test]
