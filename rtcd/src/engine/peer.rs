@@ -51,6 +51,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::net::{Protocol, Transport};
 use crate::sfu::packet::{MediaKind, MediaPacket, RtpHeaderOut, VideoCodec};
+use crate::sfu::sdp;
 
 /// Why the engine refused something. Mapped by signaling to `INVALID_ARGUMENT` (bad SDP or
 /// candidate) or `INTERNAL` (everything else).
@@ -223,7 +224,7 @@ pub enum PeerEvent {
     },
 }
 
-/// The local ICE credentials of an answer: what the demultiplexer routes STUN by.
+/// rtcd's answer to an offer, with what the caller needs beside the SDP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     /// The SDP to send to the client.
@@ -300,7 +301,6 @@ fn video_codec(mime_type: &str) -> Option<VideoCodec> {
 /// One client's peer connection. See the module docs.
 pub struct Peer {
     pc: RTCPeerConnection,
-    settings: PeerSettings,
     /// Published tracks by `rtc`'s track id, which every received packet carries.
     tracks: HashMap<String, TrackState>,
     next_track: u32,
@@ -377,7 +377,6 @@ impl Peer {
             .map_err(internal)?;
         let mut peer = Self {
             pc,
-            settings: settings.clone(),
             tracks: HashMap::new(),
             next_track: 0,
             slots: Vec::new(),
@@ -385,16 +384,11 @@ impl Peer {
             events: Default::default(),
             connected: false,
         };
-        peer.add_local_candidates()?;
-        Ok(peer)
-    }
-
-    fn add_local_candidates(&mut self) -> Result<(), EngineError> {
-        for transport in &self.settings.candidates {
+        for transport in &settings.candidates {
             let candidate = host_candidate(transport)?;
-            self.pc.add_local_candidate(candidate).map_err(internal)?;
+            peer.pc.add_local_candidate(candidate).map_err(internal)?;
         }
-        Ok(())
+        Ok(peer)
     }
 
     /// Applies the client's offer and returns our answer. Every section in which the client
@@ -443,16 +437,23 @@ impl Peer {
             }
             wanted.push(mid);
         }
-        let remote = self
+        // The kind and direction come from the offer itself: a transceiver made for a remote
+        // `recvonly` section has no receiver, and rtc exposes no kind on transceivers.
+        let sections = self
             .pc
             .remote_description()
-            .map(|d| d.sdp.clone())
+            .map(|d| sdp::sections(&d.sdp))
             .unwrap_or_default();
         let wanted: Vec<(String, MediaKind)> = wanted
             .into_iter()
-            .filter_map(|mid| match remote_section(&remote, &mid) {
-                Some((kind, true)) => Some((mid, kind)),
-                _ => None,
+            .filter_map(|mid| {
+                let section = sections.iter().find(|s| s.mid == mid && s.receives())?;
+                let kind = match section.media {
+                    sdp::Media::Audio => MediaKind::Audio,
+                    sdp::Media::Video => MediaKind::Video,
+                    sdp::Media::Other => return None,
+                };
+                Some((mid, kind))
             })
             .collect();
         for (mid, kind) in wanted {
@@ -555,7 +556,7 @@ impl Peer {
         if let Err(err) = self.pc.handle_read(msg) {
             tracing::debug!(%err, "datagram rejected");
         }
-        self.pump(now);
+        self.pump();
     }
 
     /// When [`Peer::handle_timeout`] must be called next.
@@ -568,7 +569,7 @@ impl Peer {
         if let Err(err) = self.pc.handle_timeout(now) {
             tracing::debug!(%err, "timeout handling failed");
         }
-        self.pump(now);
+        self.pump();
     }
 
     /// The next datagram to send and where to.
@@ -591,7 +592,7 @@ impl Peer {
     /// The next event, media included.
     pub fn poll_event(&mut self) -> Option<PeerEvent> {
         if self.events.is_empty() {
-            self.pump(Instant::now());
+            self.pump();
         }
         self.events.pop_front()
     }
@@ -668,7 +669,7 @@ impl Peer {
     }
 
     /// Moves everything `rtc` produced into our event queue, in order.
-    fn pump(&mut self, _now: Instant) {
+    fn pump(&mut self) {
         while let Some(event) = self.pc.poll_event() {
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
@@ -781,40 +782,6 @@ impl Peer {
             }
         }
     }
-}
-
-/// The kind of section `mid` of an SDP and whether its author receives in it.
-fn remote_section(sdp: &str, mid: &str) -> Option<(MediaKind, bool)> {
-    // Section by section: its kind, its direction attribute (default sendrecv) and its mid.
-    let mut kind = None;
-    let mut direction = "sendrecv";
-    let mut found = false;
-    for line in sdp.lines().map(str::trim) {
-        if let Some(m) = line.strip_prefix("m=") {
-            if found {
-                break;
-            }
-            direction = "sendrecv";
-            kind = if m.starts_with("audio ") {
-                Some(MediaKind::Audio)
-            } else if m.starts_with("video ") {
-                Some(MediaKind::Video)
-            } else {
-                None
-            };
-        } else if let Some(m) = line.strip_prefix("a=mid:") {
-            found = m == mid;
-        } else if matches!(
-            line,
-            "a=sendrecv" | "a=sendonly" | "a=recvonly" | "a=inactive"
-        ) {
-            direction = &line[2..];
-        }
-    }
-    if !found {
-        return None;
-    }
-    Some((kind?, matches!(direction, "sendrecv" | "recvonly")))
 }
 
 fn context(transport: &Transport) -> TransportContext {
@@ -1468,15 +1435,5 @@ mod tests {
             peer.add_remote_candidate("candidate:garbage", Some("0".into()), None),
             Err(EngineError::InvalidCandidate(_))
         ));
-    }
-
-    #[test]
-    fn remote_sections_are_read_by_mid() {
-        let sdp = "v=0\r\nm=audio 9 X 111\r\na=mid:0\r\na=sendonly\r\n\
-                   m=video 9 X 96\r\na=mid:1\r\na=recvonly\r\nm=video 9 X 96\r\na=mid:2\r\n";
-        assert_eq!(remote_section(sdp, "0"), Some((MediaKind::Audio, false)));
-        assert_eq!(remote_section(sdp, "1"), Some((MediaKind::Video, true)));
-        assert_eq!(remote_section(sdp, "2"), Some((MediaKind::Video, true)));
-        assert_eq!(remote_section(sdp, "3"), None);
     }
 }
