@@ -116,12 +116,61 @@ async fn a_peer_whose_network_dies_is_removed_with_its_tracks_and_call() -> anyh
 /// What the leak check watches in the rtcd process.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Footprint {
+    /// Descriptors other than the metrics scraper's own HTTP connections (see
+    /// [`http_connections`]).
     fds: usize,
     /// Threads other than sled's elastic I/O pool (`sled-io-N`: sled grows and shrinks it on
     /// its own schedule, and sessions never touch the store).
     threads: usize,
+    /// Tokio tasks other than those serving the scraper's HTTP connections (one each).
     tasks: f64,
+    /// The scraper's connections that were subtracted above, for the report.
+    http: usize,
     rss_kib: u64,
+}
+
+/// rtcd's accepted TCP connections on `port` (its HTTP listener): the scraper's own. reqwest
+/// may open a second keep-alive connection when the first is not yet back in its pool, and
+/// each open connection holds a descriptor and a task in rtcd for reqwest's idle timeout
+/// (90 s). They are the measurement, not the daemon, so the footprint leaves them out.
+fn http_connections(pid: u32, port: u16) -> usize {
+    let inodes: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|t| {
+                    t.to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    const LISTEN: &str = "0A";
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = f
+                        .get(1)
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| u16::from_str_radix(p, 16).ok());
+                    let inode = f.get(9).and_then(|i| i.parse::<u64>().ok());
+                    local_port == Some(port)
+                        && f.get(3) != Some(&LISTEN)
+                        && inode.is_some_and(|i| inodes.contains(&i))
+                })
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .count()
 }
 
 /// What the process holds, for a leak report: each descriptor's target, each thread's name.
@@ -173,6 +222,12 @@ async fn sessions_gone(http: &reqwest::Client, base: &str) -> anyhow::Result<()>
 
 async fn footprint(pid: u32, http: &reqwest::Client, base: &str) -> anyhow::Result<Footprint> {
     let text = scrape(http, base).await?;
+    let port: u16 = base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no port in {base}"))?;
+    let http_conns = http_connections(pid, port);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss_kib = status
         .lines()
@@ -180,7 +235,9 @@ async fn footprint(pid: u32, http: &reqwest::Client, base: &str) -> anyhow::Resu
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
     Ok(Footprint {
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count(),
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?
+            .count()
+            .saturating_sub(http_conns),
         threads: std::fs::read_dir(format!("/proc/{pid}/task"))?
             .flatten()
             .filter(|t| {
@@ -189,7 +246,9 @@ async fn footprint(pid: u32, http: &reqwest::Client, base: &str) -> anyhow::Resu
             })
             .count(),
         tasks: metric(&text, "rtcd_runtime_alive_tasks")
-            .ok_or_else(|| anyhow::anyhow!("no rtcd_runtime_alive_tasks in {text}"))?,
+            .ok_or_else(|| anyhow::anyhow!("no rtcd_runtime_alive_tasks in {text}"))?
+            - http_conns as f64,
+        http: http_conns,
         rss_kib,
     })
 }
