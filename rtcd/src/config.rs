@@ -68,6 +68,10 @@ impl Default for GrpcConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtcConfig {
+    /// The media engine: `v1` (webrtc-rs 0.17, the default for now) or `v2` (webrtc-rs 0.21's
+    /// sans-IO core on rtcd's own batched UDP, calls sharded over worker threads;
+    /// `docs/engine-v2.md`).
+    pub engine: String,
     /// The IP the single ICE UDP socket binds to.
     pub ice_address_udp: String,
     /// The single UDP port every session shares (UDP mux); 0 = ephemeral (tests).
@@ -115,6 +119,7 @@ pub struct RtcConfig {
 impl Default for RtcConfig {
     fn default() -> Self {
         Self {
+            engine: "v1".into(),
             ice_address_udp: "0.0.0.0".into(),
             ice_port_udp: 8443,
             ice_host_override: String::new(),
@@ -500,6 +505,9 @@ impl Config {
             ));
         }
         let rtc = &self.rtc;
+        if !matches!(rtc.engine.as_str(), "v1" | "v2") {
+            return Err(invalid("rtc.engine", "must be `v1` or `v2`".into()));
+        }
         rtc.ice_address_udp
             .parse::<std::net::IpAddr>()
             .map_err(|_| invalid("rtc.ice_address_udp", "must be an IP address".into()))?;

@@ -263,6 +263,11 @@ fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
         .parse()
         .map_err(|_| sfu::SfuError::InvalidArgument("rtc.ice_address_udp".into()))?;
     Ok(SfuConfig {
+        engine: if rtc.engine == "v2" {
+            sfu::EngineChoice::V2
+        } else {
+            sfu::EngineChoice::V1
+        },
         udp_addr: SocketAddr::new(ip, rtc.ice_port_udp),
         host_override: rtc
             .ice_host_override

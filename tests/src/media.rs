@@ -175,6 +175,32 @@ pub fn join(call: &str, session: &str, permissions: pb::Permissions) -> pb::Clie
     }
 }
 
+/// Synthetic video sends a keyframe this often (in packets), besides after each PLI.
+const KEYFRAME_EVERY: u64 = 50;
+
+/// The codec bytes before a synthetic video payload's text: a VP8 payload descriptor (start of
+/// partition 0) and frame tag, or an H.264 NAL header, saying keyframe (IDR) or not. Real enough
+/// for an SFU's keyframe detection; other codecs get none.
+fn video_prefix(mime: &str, keyframe: bool) -> &'static [u8] {
+    match (mime, keyframe) {
+        ("video/vp8", true) => &[0x10, 0x00],
+        ("video/vp8", false) => &[0x10, 0x01],
+        ("video/h264", true) => &[0x65],
+        ("video/h264", false) => &[0x41],
+        _ => &[],
+    }
+}
+
+/// A received payload without [`video_prefix`]'s bytes.
+fn strip_video_prefix<'a>(mime: &str, payload: &'a [u8]) -> &'a [u8] {
+    let n = match mime.to_ascii_lowercase().as_str() {
+        "video/vp8" => 2,
+        "video/h264" => 1,
+        _ => 0,
+    };
+    payload.get(n..).unwrap_or_default()
+}
+
 /// Per (sender, kind) reception statistics, from payloads `sender|kind|seq`.
 #[derive(Debug, Default, Clone)]
 pub struct Flow {
@@ -559,6 +585,7 @@ impl Participant {
         });
         let tag = format!("{}|{}|", self.session, kind);
         let audio = kind == "audio" || kind == "screen_audio";
+        let mime = track.codec().mime_type.to_ascii_lowercase();
         let st = stop.clone();
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
@@ -567,8 +594,22 @@ impl Participant {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let padding = "x".repeat(pad);
+            let mut plis_seen = 0;
             while !st.load(Ordering::Relaxed) {
                 tick.tick().await;
+                // Video is a keyframe every KEYFRAME_EVERY packets and right after a PLI, as an
+                // encoder would send it: an SFU may hold a new subscriber's video until one.
+                let plis = shared
+                    .upgrade()
+                    .map_or(0, |s| s.plis.load(Ordering::Relaxed));
+                let keyframe = n % KEYFRAME_EVERY == 0 || plis != plis_seen;
+                plis_seen = plis;
+                let mut payload = if audio {
+                    Vec::new()
+                } else {
+                    video_prefix(&mime, keyframe).to_vec()
+                };
+                payload.extend_from_slice(format!("{tag}{n}|{padding}").as_bytes());
                 let packet = webrtc::rtp::packet::Packet {
                     header: webrtc::rtp::header::Header {
                         version: 2,
@@ -578,7 +619,7 @@ impl Participant {
                         ssrc,
                         ..Default::default()
                     },
-                    payload: Bytes::from(format!("{tag}{n}|{padding}")),
+                    payload: Bytes::from(payload),
                 };
                 let exts = if audio {
                     let level = shared
@@ -1004,7 +1045,8 @@ fn record_incoming(pc: &Arc<RTCPeerConnection>, shared: &Arc<Shared>) {
                 let Some(shared) = shared.upgrade() else {
                     break;
                 };
-                let text = String::from_utf8_lossy(&packet.payload);
+                let body = strip_video_prefix(&mime, &packet.payload);
+                let text = String::from_utf8_lossy(body);
                 let mut parts = text.split('|');
                 let (Some(sender), Some(kind), Some(n)) =
                     (parts.next(), parts.next(), parts.next())

@@ -43,7 +43,7 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverDirection};
 use rtc::sansio::Protocol as _;
@@ -331,6 +331,16 @@ impl Peer {
     ) -> Result<Self, EngineError> {
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(internal)?;
+        // RFC 6464 audio levels from publishers: the SFU's voice activity detection reads them.
+        media
+            .register_header_extension(
+                rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                    uri: crate::sfu::packet::AUDIO_LEVEL_URI.to_owned(),
+                },
+                RtpCodecKind::Audio,
+                None,
+            )
+            .map_err(internal)?;
         // NACKs are answered by the SFU's down-tracks from one buffer per published track, so
         // no NACK responder (which would keep a copy per subscriber). Loss of published tracks
         // is reported to their publishers by a NACK generator; reports and TWCC feedback come
@@ -392,14 +402,61 @@ impl Peer {
     }
 
     /// Applies the client's offer and returns our answer. Every section in which the client
-    /// receives gets a sending slot (new sections a new one; known sections keep theirs).
+    /// receives gets a sending slot (new sections a new one; known sections keep theirs), and
+    /// every slot is answered as sending.
     pub fn apply_offer(&mut self, sdp: &str, now: Instant) -> Result<Answer, EngineError> {
+        self.set_offer(sdp, now)?;
+        let sending: Vec<(SlotId, bool)> = self.slots().map(|s| (s.id, true)).collect();
+        for (slot, send) in sending {
+            self.set_slot_sending(slot, send);
+        }
+        self.answer(now)
+    }
+
+    /// First half of answering: applies the client's offer and gives every new section in which
+    /// the client receives a sending slot. The caller then decides which slots send this time
+    /// ([`Peer::set_slot_sending`]) and answers ([`Peer::answer`]). On error nothing changed.
+    pub fn set_offer(&mut self, sdp: &str, now: Instant) -> Result<(), EngineError> {
         let offer = RTCSessionDescription::offer(sdp.to_owned())
             .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
         self.pc
             .set_remote_description(now, offer)
             .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
-        self.attach_slots()?;
+        self.attach_slots()
+    }
+
+    /// Whether `slot` is answered as sending (else `inactive`, or `recvonly` where the client
+    /// also sends on that section). A slot with nothing behind it must not claim to send: the
+    /// client would wait for media that never comes.
+    pub fn set_slot_sending(&mut self, slot: SlotId, send: bool) {
+        let Some(mid) = self.slots.get(slot.0 as usize).map(|s| s.slot.mid.clone()) else {
+            return;
+        };
+        let client_sends = self
+            .pc
+            .remote_description()
+            .map(|d| {
+                sdp::sections(&d.sdp)
+                    .iter()
+                    .any(|s| s.mid == mid && s.sends())
+            })
+            .unwrap_or(false);
+        for id in self.pc.get_transceivers().collect::<Vec<_>>() {
+            let Some(mut t) = self.pc.rtp_transceiver(id) else {
+                continue;
+            };
+            if t.mid().as_deref() == Some(mid.as_str()) {
+                t.set_direction(RTCRtpTransceiverDirection::from_send_recv(
+                    send,
+                    client_sends,
+                ));
+            }
+        }
+    }
+
+    /// Second half of answering: creates and applies our answer to the offer given to
+    /// [`Peer::set_offer`].
+    pub fn answer(&mut self, now: Instant) -> Result<Answer, EngineError> {
         let answer = self
             .pc
             .create_answer(None)
@@ -456,7 +513,15 @@ impl Peer {
                 Some((mid, kind))
             })
             .collect();
+        let offer = self
+            .pc
+            .remote_description()
+            .map(|d| d.sdp.clone())
+            .unwrap_or_default();
         for (mid, kind) in wanted {
+            // The encoding names a codec of the section: rtc binds a sender's stream to its
+            // interceptors (sender reports among them) only if that codec was negotiated.
+            let codec = first_codec(&offer, &mid).unwrap_or_default();
             let ssrc = loop {
                 let s = rand::random::<u32>();
                 if s != 0 && !self.slots.iter().any(|x| x.slot.ssrc == s) {
@@ -475,6 +540,7 @@ impl Peer {
                         ssrc: Some(ssrc),
                         ..Default::default()
                     },
+                    codec,
                     ..Default::default()
                 }],
             );
@@ -498,16 +564,13 @@ impl Peer {
     /// Reads back each slot's negotiated codecs and extensions after an answer.
     fn refresh_slots(&mut self) {
         for id in self.pc.get_transceivers().collect::<Vec<_>>() {
-            let Some(mut t) = self.pc.rtp_transceiver(id) else {
+            let Some(t) = self.pc.rtp_transceiver(id) else {
                 continue;
             };
             let Some(mid) = t.mid().clone() else { continue };
             let Some(index) = self.slots.iter().position(|s| s.slot.mid == mid) else {
                 continue;
             };
-            if !t.direction().has_send() {
-                t.set_direction(RTCRtpTransceiverDirection::Sendonly);
-            }
             let Some(sender) = t.sender() else { continue };
             let Some(mut s) = self.pc.rtp_sender(sender) else {
                 continue;
@@ -719,6 +782,14 @@ impl Peer {
     }
 
     fn open_track(&mut self, track_id: String, receiver: RTCRtpReceiverId, ssrc: u32) {
+        // rtc opens a receiver's track again after each renegotiation that keeps it: the same
+        // track, not a new one (a new SSRC on it is the same source restarted).
+        if let Some(known) = self.tracks.get_mut(&track_id)
+            && known.receiver == receiver
+        {
+            known.ssrc = ssrc;
+            return;
+        }
         let mut mid = None;
         for id in self.pc.get_transceivers().collect::<Vec<_>>() {
             if let Some(t) = self.pc.rtp_transceiver(id)
@@ -794,6 +865,47 @@ fn context(transport: &Transport) -> TransportContext {
         },
         ecn: None,
     }
+}
+
+/// The first media codec (not RTX, RED or FEC) of section `mid` of `sdp`.
+fn first_codec(sdp: &str, mid: &str) -> Option<RTCRtpCodec> {
+    let mut media = None;
+    let mut codecs: Vec<(String, u32, u16)> = Vec::new();
+    let mut current_mid = None;
+    let mut found = None;
+    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if current_mid.as_deref() == Some(mid) {
+                found = Some((media.take(), std::mem::take(&mut codecs)));
+                break;
+            }
+            media = m.split_whitespace().next().map(str::to_owned);
+            codecs.clear();
+            current_mid = None;
+        } else if let Some(v) = line.strip_prefix("a=mid:") {
+            current_mid = Some(v.trim().to_owned());
+        } else if let Some(v) = line.strip_prefix("a=rtpmap:") {
+            let mut parts = v.split_whitespace().nth(1).unwrap_or_default().split('/');
+            let name = parts.next().unwrap_or_default();
+            let rate = parts.next().and_then(|r| r.parse().ok()).unwrap_or(0);
+            let channels = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+            if !["rtx", "red", "ulpfec", "flexfec-03"].contains(&name.to_ascii_lowercase().as_str())
+            {
+                codecs.push((name.to_owned(), rate, channels));
+            }
+        }
+    }
+    if found.is_none() && current_mid.as_deref() == Some(mid) {
+        found = Some((media, codecs));
+    }
+    let (media, codecs) = found?;
+    let (name, clock_rate, channels) = codecs.into_iter().next()?;
+    Some(RTCRtpCodec {
+        mime_type: format!("{}/{name}", media?),
+        clock_rate,
+        channels,
+        ..Default::default()
+    })
 }
 
 fn host_candidate(transport: &Transport) -> Result<RTCIceCandidateInit, EngineError> {

@@ -442,6 +442,14 @@ impl DownTrack {
         self.restart();
     }
 
+    /// Replaces the payload type and extension id maps: a slot reused for a track of another
+    /// publisher (whose payload types and extension ids may differ) keeps its down-track, so its
+    /// SSRC, sequence numbers and timestamps run on, with the new source's maps.
+    pub fn set_maps(&mut self, payload_types: PayloadTypeMap, extensions: ExtensionMap) {
+        self.payload_types = payload_types;
+        self.extensions = extensions;
+    }
+
     /// Pauses (mute, or the subscriber does not want the track now) or resumes forwarding.
     /// Packets are dropped while paused; on resume the stream continues without a sequence gap
     /// and, for video, from the next keyframe.

@@ -256,6 +256,11 @@ impl VoiceDetector {
     const ON_PACKETS: u32 = 5;
     const OFF_PACKETS: u32 = 25;
 
+    /// Whether the last decision was "speaking".
+    pub fn speaking(&self) -> bool {
+        self.speaking
+    }
+
     /// Feeds one packet's level; returns the new state when it changes.
     pub fn observe(&mut self, level: u8) -> Option<bool> {
         let loud = level <= Self::THRESHOLD;

@@ -26,6 +26,7 @@ pub mod rebase;
 pub mod retransmit;
 pub mod sdp;
 pub mod session;
+mod shard;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -232,10 +233,23 @@ impl SfuError {
     }
 }
 
+/// Which media engine runs the calls (`rtc.engine`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EngineChoice {
+    /// webrtc-rs 0.17: one async peer connection per session on a shared UDP mux.
+    #[default]
+    V1,
+    /// webrtc-rs 0.21's sans-IO core on rtcd's own IO: calls sharded over worker threads
+    /// (`docs/engine-v2.md`).
+    V2,
+}
+
 /// The SFU settings (from `[rtc]`; the SFU keeps its own struct so it does not depend on the
 /// configuration file's layout).
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
+    /// The media engine.
+    pub engine: EngineChoice,
     /// The single UDP socket's address (port 0 = ephemeral).
     pub udp_addr: std::net::SocketAddr,
     /// NAT 1:1 IPs advertised instead of interface addresses.
@@ -329,7 +343,10 @@ struct Registry {
 }
 
 pub(crate) struct SfuInner {
-    pub peers: PeerFactory,
+    /// The v1 engine (webrtc-rs 0.17), when it runs.
+    pub peers: Option<PeerFactory>,
+    /// The v2 engine, when it runs.
+    shards: Option<shard::Shards>,
     pub config: SfuConfig,
     pub metrics: Arc<Metrics>,
     registry: Mutex<Registry>,
@@ -346,10 +363,14 @@ pub struct Sfu {
 impl Sfu {
     /// Binds the shared ICE UDP socket and builds the webrtc API.
     pub async fn new(config: SfuConfig, metrics: Arc<Metrics>) -> Result<Self, SfuError> {
-        let peers = PeerFactory::new(&config).await?;
+        let (peers, shards) = match config.engine {
+            EngineChoice::V1 => (Some(PeerFactory::new(&config).await?), None),
+            EngineChoice::V2 => (None, Some(shard::Shards::start(&config, metrics.clone())?)),
+        };
         Ok(Self {
             inner: Arc::new(SfuInner {
                 peers,
+                shards,
                 config,
                 metrics,
                 registry: Mutex::default(),
@@ -361,7 +382,9 @@ impl Sfu {
 
     /// The local address of the shared ICE UDP socket.
     pub fn udp_addr(&self) -> std::net::SocketAddr {
-        self.inner.peers.local_addr()
+        let v1 = self.inner.peers.as_ref().map(PeerFactory::local_addr);
+        let v2 = self.inner.shards.as_ref().map(shard::Shards::local_addr);
+        v1.or(v2).unwrap_or(self.inner.config.udp_addr)
     }
 
     /// Creates the session (and the call if needed) and starts its actor. The receiver yields the
@@ -436,19 +459,29 @@ impl Sfu {
             link
         };
         let (link, roster, notices) = link;
-        match session::spawn(
-            self.inner.clone(),
-            req.clone(),
-            session::Start {
-                link,
-                roster,
-                notices,
-            },
-            close,
-            reason,
-        )
-        .await
-        {
+        let started = match &self.inner.shards {
+            Some(shards) => {
+                drop((link, roster, notices));
+                shards
+                    .join(self.inner.clone(), req.clone(), close, reason)
+                    .await
+            }
+            None => {
+                session::spawn(
+                    self.inner.clone(),
+                    req.clone(),
+                    session::Start {
+                        link,
+                        roster,
+                        notices,
+                    },
+                    close,
+                    reason,
+                )
+                .await
+            }
+        };
+        match started {
             Ok(pair) => Ok(pair),
             Err(e) => {
                 self.inner

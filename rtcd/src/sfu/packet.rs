@@ -18,6 +18,9 @@ use super::TrackKind;
 /// rid), which are never forwarded, before it runs out of room.
 pub const MAX_EXTENSIONS: usize = 16;
 
+/// RFC 6464 client-to-mixer audio level, negotiated so the SFU can detect voice activity.
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
 /// Audio or video: video waits for a keyframe after a start, a switch of source or a resume;
 /// audio decodes from any packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -31,8 +31,7 @@ use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
 use super::{SfuConfig, SfuError};
 
-/// RFC 6464 client-to-mixer audio level, negotiated so the SFU can detect voice activity.
-pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+pub use super::packet::AUDIO_LEVEL_URI;
 
 /// Builds peer connections that all share one UDP socket.
 pub struct PeerFactory {

@@ -65,6 +65,8 @@ pub struct Section {
     /// Port 0 without `a=bundle-only`: the section is rejected or stopped. (Firefox offers
     /// every bundled section after the first with port 0 and `a=bundle-only`: in use.)
     pub rejected: bool,
+    /// The sender's MediaStreamTrack id (`a=msid:<stream> <track>`), if it names one.
+    pub track_id: Option<String>,
 }
 
 impl Section {
@@ -99,6 +101,7 @@ pub fn sections(sdp: &str) -> Vec<Section> {
                     media,
                     direction: Direction::SendRecv,
                     rejected,
+                    track_id: None,
                 },
                 None,
             ));
@@ -108,6 +111,10 @@ pub fn sections(sdp: &str) -> Vec<Section> {
             if attr.trim() == "bundle-only" {
                 if let Some(b) = bundle_only.last_mut() {
                     *b = true;
+                }
+            } else if let Some(msid) = attr.strip_prefix("msid:") {
+                if let Some((section, _)) = current {
+                    section.track_id = msid.split_whitespace().nth(1).map(str::to_owned);
                 }
             } else if let Some(mid) = attr.strip_prefix("mid:") {
                 if let Some((section, _)) = current {
@@ -164,7 +171,15 @@ pub fn polish_answer(sdp: &str, current: &HashMap<String, Msid>) -> String {
     let session = sections.remove(0);
     let has_semantic = session.iter().any(|l| l.starts_with("a=msid-semantic"));
     for line in &session {
-        out.push_str(line);
+        // Written `a=msid-semantic: WMS` by browsers and the RFC's examples; some parsers
+        // (aiortc) only accept that spelling, and rtc 0.21 writes it without the space.
+        match line.strip_prefix("a=msid-semantic:") {
+            Some(rest) if !rest.starts_with(' ') => {
+                out.push_str("a=msid-semantic: ");
+                out.push_str(rest);
+            }
+            _ => out.push_str(line),
+        }
         out.push_str("\r\n");
         if !has_semantic && line.starts_with("t=") {
             out.push_str("a=msid-semantic: WMS *\r\n");

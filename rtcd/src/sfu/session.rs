@@ -152,6 +152,15 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
+    /// The handle over a session's command queue and liveness signal (the v2 engine's bridge
+    /// holds the other ends).
+    pub(crate) fn new(commands: mpsc::Sender<SessionCommand>, alive: oneshot::Sender<()>) -> Self {
+        Self {
+            commands,
+            _alive: alive,
+        }
+    }
+
     /// Queues a command. Waits if the actor is behind (backpressure on this session's stream only).
     pub async fn send(&self, command: SessionCommand) -> Result<(), SfuError> {
         self.commands
@@ -269,7 +278,12 @@ pub(crate) async fn spawn(
     close: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
 ) -> Result<(SessionHandle, mpsc::Receiver<SessionEvent>), SfuError> {
-    let pc = inner.peers.create().await?;
+    let pc = inner
+        .peers
+        .as_ref()
+        .ok_or_else(|| SfuError::Media("the v1 engine is not running".into()))?
+        .create()
+        .await?;
     let (peer_tx, peer_rx) = mpsc::channel(256);
     install_handlers(&pc, peer_tx);
     let (cmd_tx, cmd_rx) = mpsc::channel(32);

@@ -1,0 +1,309 @@
+//! The v2 media engine's threads: calls sharded over worker threads, one shared UDP port.
+//!
+//! ```text
+//!  UDP port ──recvmmsg──▶ receive thread ──demux (ufrag, 5-tuple)──▶ worker k ──sendmmsg/GSO──▶ UDP port
+//!                                                          ▲
+//!  signaling (tokio) ──SessionHandle──▶ bridge task ───────┘ commands; events go straight back
+//! ```
+//!
+//! * A call lives on one worker ([`Shards::worker_of`]), so a call's packets never hop threads:
+//!   a worker owns the [`crate::engine::Peer`]s, down-tracks and retransmission buffers of its
+//!   calls, with no lock between receiving a packet and sending it to every subscriber.
+//! * The receive thread owns the demultiplexer; workers tell it about new and ended sessions
+//!   over an unbounded control channel (a handful of messages per session, never per packet).
+//! * Datagrams reach a worker over a bounded channel; when a worker falls behind, the newest
+//!   datagram is dropped (as a full socket buffer would) and counted, and the receive thread
+//!   never waits.
+//! * Each session keeps signaling's API ([`SessionHandle`], [`SessionCommand`],
+//!   [`SessionEvent`]): a small bridge task per session forwards commands to the worker
+//!   (awaiting, so a busy worker pushes back on that session's stream only) and turns a close
+//!   or a dropped handle into an end of the session. Events go from the worker straight into
+//!   the session's bounded event queue (overflow ends the session, as with v1).
+
+mod receive;
+mod worker;
+
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::BytesMut;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::session::{SessionCommand, SessionEvent, SessionHandle};
+use super::{CallId, JoinRequest, SfuConfig, SfuError, SfuInner, TenantId};
+use crate::engine::net::Transport;
+use crate::engine::net::udp::{BatchSocket, UdpConfig};
+use crate::engine::{Identity, PeerSettings};
+
+/// A session's routing key: the worker in the top 16 bits, a counter below.
+pub(crate) type SessionKey = u64;
+
+/// Datagrams queued per worker before the newest are dropped (about 0.1 s of 40 Mbit/s).
+const DATAGRAM_QUEUE: usize = 4096;
+/// Commands queued per worker before signaling waits.
+const COMMAND_QUEUE: usize = 1024;
+
+/// One received datagram for a worker.
+pub(crate) struct Datagram {
+    key: SessionKey,
+    transport: Transport,
+    data: BytesMut,
+}
+
+/// What signaling asks of a worker.
+pub(crate) enum WorkerCommand {
+    /// A new session (the registry has admitted it).
+    Join(Box<Joining>),
+    /// A command of a session's signaling stream.
+    Session {
+        key: SessionKey,
+        command: SessionCommand,
+    },
+    /// The session ends with this reason (leave, close, dropped handle).
+    End { key: SessionKey, reason: String },
+}
+
+/// Everything a worker needs to start a session.
+pub(crate) struct Joining {
+    key: SessionKey,
+    inner: Arc<SfuInner>,
+    req: JoinRequest,
+    events: mpsc::Sender<SessionEvent>,
+    /// Cancelled by the worker when the session has ended (the bridge task then stops).
+    ended: CancellationToken,
+}
+
+/// What the receive thread's demultiplexer learns from workers.
+pub(crate) enum DemuxUpdate {
+    /// Route STUN checks naming `ufrag` to `key` (a session answered; again on ICE restart).
+    Register { key: SessionKey, ufrag: String },
+    /// The session ended: forget its ufrags and 5-tuples.
+    Remove { key: SessionKey },
+}
+
+/// The running v2 engine: worker threads and the receive thread.
+pub(crate) struct Shards {
+    workers: Vec<mpsc::Sender<WorkerCommand>>,
+    local_addr: SocketAddr,
+    next_key: AtomicU64,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shards {
+    /// Binds the shared UDP port and starts one worker per core plus the receive thread.
+    pub(crate) fn start(
+        config: &SfuConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, SfuError> {
+        let buffer = (config.udp_buffer_bytes > 0).then_some(config.udp_buffer_bytes);
+        let socket = BatchSocket::bind(
+            config.udp_addr,
+            &UdpConfig {
+                recv_buffer_bytes: buffer,
+                send_buffer_bytes: buffer,
+                ..UdpConfig::default()
+            },
+        )
+        .map_err(|e| SfuError::Media(e.to_string()))?;
+        let socket = Arc::new(socket);
+        let bound = socket.local_addr();
+        let advertised = SocketAddr::new(candidate_ip(config, bound.ip())?, bound.port());
+        let identity = Identity::generate().map_err(|e| SfuError::Media(e.to_string()))?;
+        let settings = PeerSettings {
+            candidates: vec![Transport::udp(advertised, advertised)],
+            disconnected_timeout: config.ice_disconnected_timeout,
+            failed_timeout: config.ice_failed_timeout,
+        };
+        let count = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 64);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (demux_tx, demux_rx) = std::sync::mpsc::channel();
+        let mut workers = Vec::with_capacity(count);
+        let mut inboxes = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count + 1);
+        for index in 0..count {
+            let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+            let (dg_tx, dg_rx) = mpsc::channel(DATAGRAM_QUEUE);
+            workers.push(cmd_tx);
+            inboxes.push(dg_tx);
+            let w = worker::Worker::new(
+                index,
+                socket.clone(),
+                identity.clone(),
+                settings.clone(),
+                demux_tx.clone(),
+                metrics.clone(),
+                config.clone(),
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("rtcd-media-{index}"))
+                .spawn(move || w.run(cmd_rx, dg_rx))
+                .map_err(|e| SfuError::Media(format!("cannot start a media worker: {e}")))?;
+            threads.push(thread);
+        }
+        let receiver = receive::Receiver {
+            socket,
+            local: advertised,
+            workers: inboxes,
+            updates: demux_rx,
+            stop: stop.clone(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("rtcd-media-recv".into())
+                .spawn(move || receiver.run())
+                .map_err(|e| SfuError::Media(format!("cannot start the receive thread: {e}")))?,
+        );
+        tracing::info!(udp = %bound, advertised = %advertised, workers = count, "media engine v2 started");
+        Ok(Self {
+            workers,
+            local_addr: bound,
+            next_key: AtomicU64::new(1),
+            stop,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// The shared UDP port's address.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The worker that owns a call: a hash of the tenant and call, so every session of the
+    /// call lands on the same thread.
+    fn worker_of(&self, tenant: &TenantId, call: &CallId) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tenant.hash(&mut h);
+        call.hash(&mut h);
+        (h.finish() % self.workers.len() as u64) as usize
+    }
+
+    /// Starts a session on its call's worker and returns signaling's ends of it.
+    pub(crate) async fn join(
+        &self,
+        inner: Arc<SfuInner>,
+        req: JoinRequest,
+        close: CancellationToken,
+        reason: Arc<Mutex<Option<String>>>,
+    ) -> Result<(SessionHandle, mpsc::Receiver<SessionEvent>), SfuError> {
+        let index = self.worker_of(&req.tenant, &req.call);
+        let worker = self.workers[index].clone();
+        let key = ((index as u64) << 48)
+            | (self.next_key.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff);
+        let (cmd_tx, cmd_rx) = mpsc::channel(32);
+        let (event_tx, event_rx) = mpsc::channel(256);
+        let (alive_tx, alive_rx) = oneshot::channel();
+        let ended = CancellationToken::new();
+        worker
+            .send(WorkerCommand::Join(Box::new(Joining {
+                key,
+                inner,
+                req,
+                events: event_tx,
+                ended: ended.clone(),
+            })))
+            .await
+            .map_err(|_| SfuError::Media("media worker stopped".into()))?;
+        tokio::spawn(bridge(key, worker, cmd_rx, alive_rx, close, reason, ended));
+        Ok((SessionHandle::new(cmd_tx, alive_tx), event_rx))
+    }
+}
+
+impl Drop for Shards {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.workers.clear();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        // Workers end when their command channels close (just now); the receive thread within
+        // its read timeout. Detached rather than joined: dropping may happen on a runtime thread.
+        drop(threads);
+    }
+}
+
+/// Forwards one session's commands to its worker and turns a close, a `Leave` or a dropped
+/// handle into the end of the session.
+async fn bridge(
+    key: SessionKey,
+    worker: mpsc::Sender<WorkerCommand>,
+    mut commands: mpsc::Receiver<SessionCommand>,
+    mut alive: oneshot::Receiver<()>,
+    close: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+    ended: CancellationToken,
+) {
+    let why: String = loop {
+        tokio::select! {
+            biased;
+            _ = ended.cancelled() => return,
+            _ = close.cancelled() => {
+                let why = reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                break why.unwrap_or_else(|| "closed".into());
+            }
+            cmd = commands.recv() => match cmd {
+                None => break "disconnected".into(),
+                Some(SessionCommand::Leave) => break "leave".into(),
+                Some(command) => {
+                    if worker.send(WorkerCommand::Session { key, command }).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            _ = &mut alive => break "disconnected".into(),
+        }
+    };
+    let _ = worker.send(WorkerCommand::End { key, reason: why }).await;
+}
+
+/// The address in our candidates: the bound IP, or for a wildcard bind the first NAT 1:1
+/// override, else the first address of an allowed interface of the bound family. One address
+/// only: without `IP_PKTINFO` rtcd cannot tell which local address a datagram reached, and the
+/// ICE agent matches datagrams to candidates by exactly that.
+fn candidate_ip(config: &SfuConfig, bound: IpAddr) -> Result<IpAddr, SfuError> {
+    if let Some(ip) = config
+        .host_override
+        .iter()
+        .find_map(|h| h.parse::<IpAddr>().ok())
+    {
+        return Ok(ip);
+    }
+    if !bound.is_unspecified() {
+        return Ok(bound);
+    }
+    let addrs = nix::ifaddrs::getifaddrs()
+        .map_err(|e| SfuError::Media(format!("cannot list interfaces: {e}")))?;
+    for ifa in addrs {
+        if !config.interfaces.is_empty() && !config.interfaces.contains(&ifa.interface_name) {
+            continue;
+        }
+        let Some(address) = ifa.address else { continue };
+        let ip = if let Some(v4) = address.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = address.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        if ip.is_loopback() && !config.include_loopback {
+            continue;
+        }
+        if ip.is_ipv4() != bound.is_ipv4() {
+            continue;
+        }
+        if let IpAddr::V6(v6) = ip
+            && (v6.segments()[0] & 0xffc0) == 0xfe80
+        {
+            continue; // link-local needs a scope id no candidate carries
+        }
+        return Ok(ip);
+    }
+    Err(SfuError::Media(
+        "no address to advertise: set rtc.ice_address_udp or rtc.ice_host_override".into(),
+    ))
+}
