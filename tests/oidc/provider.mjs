@@ -1,6 +1,7 @@
 // A real OpenID Connect provider for the proxy's OIDC end-to-end tests
 // (tests/tests/e2e/oidc.rs): npm's `oidc-provider`, the certified implementation, configured
-// like a small Keycloak realm.
+// like a small Keycloak realm. Pinned to the 8.x line: 9.x needs node >= 20.19 and fails on
+// Debian 12's node 18 (`URL.parse is not a function`); 8.8.1 runs on both.
 //
 //   node provider.mjs --port PORT [--impostor-port PORT2]
 //
@@ -27,7 +28,7 @@
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 function arg(name) {
   const i = process.argv.indexOf(`--${name}`);
@@ -105,7 +106,7 @@ function build(issuer) {
         useGrantedResource: () => true,
         getResourceServerInfo(_ctx, indicator) {
           const r = RESOURCES[indicator];
-          if (!r) throw new Provider.errors.InvalidTarget();
+          if (!r) throw new errors.InvalidTarget();
           return {
             scope: '',
             audience: r.audience,
