@@ -50,6 +50,18 @@ if ! "$venv/bin/python" -c 'import aiortc, websockets' 2>/dev/null; then
 fi
 export RTCD_E2E_PYTHON="$PWD/$venv/bin/python"
 
+echo "== node (the OIDC provider of the OIDC e2e tests, tests/oidc/)"
+# npm's oidc-provider, pinned by tests/oidc/package-lock.json, runs under Debian's nodejs
+# (18 on Debian 12) or a newer node. The OIDC tests skip only when node or npm is absent; the
+# dependencies are installed here because the tests run without network.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+	need_root "installing nodejs and npm (the OIDC provider of tests/oidc)"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update
+	apt-get install -y --no-install-recommends nodejs npm
+fi
+npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+
 echo "== fmt"
 cargo fmt --all -- --check
 echo "== clippy"

@@ -450,15 +450,14 @@ pub async fn explain_report(
         }
     };
     if guessed {
-        match verifier.verify(jwt, &room, now).await {
-            Err(
-                AuthError::WrongRoom | AuthError::WildcardRoom | AuthError::MissingClaim("room"),
-            )
-            | Ok(_) => {
-                out.push_str("signature and claims verify, but the token names no single room: pass --room to check it for one\n");
-                return (out, false);
-            }
-            Err(_) => {}
+        let no_single_room = match verifier.verify(jwt, &room, now).await {
+            Ok(_) | Err(AuthError::WrongRoom | AuthError::WildcardRoom) => true,
+            Err(AuthError::MissingClaim(claim)) => claim == "room",
+            Err(_) => false,
+        };
+        if no_single_room {
+            out.push_str("signature and claims verify, but the token names no single room: pass --room to check it for one\n");
+            return (out, false);
         }
     }
     match verifier.verify(jwt, &room, now).await {

@@ -77,6 +77,7 @@ impl CloseReason {
                 AuthError::MissingClaim(_) => 4113,
                 AuthError::IdentityMismatch => 4114,
                 AuthError::KeysUnavailable(_) => 4115,
+                AuthError::RoleUnmapped => 4116,
             },
         }
     }
@@ -133,9 +134,10 @@ impl CloseReason {
             CloseReason::Auth(AuthError::WrongAudience),
             CloseReason::Auth(AuthError::WrongRoom),
             CloseReason::Auth(AuthError::WildcardRoom),
-            CloseReason::Auth(AuthError::MissingClaim("exp")),
+            CloseReason::Auth(AuthError::MissingClaim("exp".into())),
             CloseReason::Auth(AuthError::IdentityMismatch),
             CloseReason::Auth(AuthError::KeysUnavailable(String::new())),
+            CloseReason::Auth(AuthError::RoleUnmapped),
         ]
     }
 }

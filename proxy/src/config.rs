@@ -180,8 +180,11 @@ pub struct AuthConfig {
     pub refresh_warning_seconds: u64,
     /// HS secrets and PEM public keys, selected by `kid`.
     pub keys: Vec<KeyConfig>,
-    /// A JSON Web Key Set (OIDC providers such as Keycloak).
+    /// A JSON Web Key Set (a platform's own key server). Its cache and refetch settings also
+    /// govern the OIDC provider's key set.
     pub jwks: JwksConfig,
+    /// Tokens from an OpenID Connect provider (Keycloak, ...), found by discovery.
+    pub oidc: OidcConfig,
     /// What each role may do unless the token overrides it.
     pub permissions: PermissionsConfig,
 }
@@ -199,6 +202,7 @@ impl Default for AuthConfig {
             refresh_warning_seconds: 60,
             keys: Vec::new(),
             jwks: JwksConfig::default(),
+            oidc: OidcConfig::default(),
             permissions: PermissionsConfig::default(),
         }
     }
@@ -261,6 +265,129 @@ impl Default for JwksConfig {
             fetch_timeout_seconds: 5,
         }
     }
+}
+
+/// `[auth.oidc]`: an OpenID Connect provider trusted by its issuer URL. Its tokens are told
+/// apart from platform tokens by their `iss` (exactly `issuer`), verified only with the keys
+/// its discovery document's `jwks_uri` publishes, and mapped to a role by configuration
+/// instead of our own `role` / `room` claims (see `docs/oidc.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The issuer, exactly as the provider writes it in `iss` (e.g. Keycloak's
+    /// `https://idp.example/realms/x`). Empty: OIDC is off. Discovery reads
+    /// `<issuer>/.well-known/openid-configuration`, whose `issuer` must equal this string.
+    pub issuer: String,
+    /// Accepted audiences: one must appear in one of `audience_claims`. Required: it keeps
+    /// tokens the provider minted for other applications out.
+    pub audiences: Vec<String>,
+    /// Claims searched for `audiences`: `aud` (RFC 9068), and `azp` for Keycloak, whose
+    /// access tokens carry the client id in `azp` and often only `account` in `aud`.
+    pub audience_claims: Vec<String>,
+    /// Algorithms the provider's keys may verify (public-key algorithms only).
+    pub algorithms: Vec<String>,
+    /// Claim (dotted path) holding the user's identity.
+    pub identity_claim: String,
+    /// Claim (dotted path) holding the display name; missing is fine.
+    pub name_claim: String,
+    /// Claims (dotted paths, e.g. `realm_access.roles`, `resource_access.web.roles`,
+    /// `groups`) whose string values are matched against `roles` and `capabilities`.
+    pub role_claims: Vec<String>,
+    /// Which provider values make which role. The highest role any value maps to wins.
+    pub roles: OidcRolesConfig,
+    /// Capabilities granted on top of the role's by provider values.
+    pub capabilities: OidcCapabilitiesConfig,
+    /// The role of a user none of whose values is mapped: `deny` (refused, close 4116),
+    /// `guest` or `member`.
+    pub unmapped_role: UnmappedRole,
+    /// Claim (dotted path) naming the room(s) the token is for; empty = the room comes from
+    /// the `join` message alone. When set, a join naming another room is refused (4111).
+    pub room_claim: String,
+    /// Discovery is retried with exponential backoff (from 1 s) up to this interval while the
+    /// provider is unreachable.
+    pub discovery_retry_max_seconds: u64,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audiences: Vec::new(),
+            audience_claims: vec!["aud".into()],
+            algorithms: vec![
+                "RS256".into(),
+                "PS256".into(),
+                "ES256".into(),
+                "EdDSA".into(),
+            ],
+            identity_claim: "sub".into(),
+            name_claim: "preferred_username".into(),
+            role_claims: vec!["realm_access.roles".into(), "groups".into()],
+            roles: OidcRolesConfig::default(),
+            capabilities: OidcCapabilitiesConfig::default(),
+            unmapped_role: UnmappedRole::Deny,
+            room_claim: String::new(),
+            discovery_retry_max_seconds: 60,
+        }
+    }
+}
+
+impl OidcConfig {
+    /// Whether an OIDC provider is configured.
+    pub fn enabled(&self) -> bool {
+        !self.issuer.is_empty()
+    }
+}
+
+/// `[auth.oidc.roles]`: provider values (roles, groups) per role of ours.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcRolesConfig {
+    /// Values that make a moderator.
+    pub moderator: Vec<String>,
+    /// Values that make a member.
+    pub member: Vec<String>,
+    /// Values that make a guest.
+    pub guest: Vec<String>,
+}
+
+/// `[auth.oidc.capabilities]`: provider values granting one capability each, on top of the
+/// role's `[auth.permissions]` (never taking any away).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcCapabilitiesConfig {
+    /// Values granting `publish_audio`.
+    pub publish_audio: Vec<String>,
+    /// Values granting `publish_video`.
+    pub publish_video: Vec<String>,
+    /// Values granting `publish_screen`.
+    pub publish_screen: Vec<String>,
+    /// Values granting `subscribe`.
+    pub subscribe: Vec<String>,
+}
+
+impl OidcCapabilitiesConfig {
+    /// Each capability with its values.
+    pub fn entries(&self) -> [(Capability, &[String]); 4] {
+        [
+            (Capability::PublishAudio, &self.publish_audio),
+            (Capability::PublishVideo, &self.publish_video),
+            (Capability::PublishScreen, &self.publish_screen),
+            (Capability::Subscribe, &self.subscribe),
+        ]
+    }
+}
+
+/// What an OIDC user without a mapped role gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmappedRole {
+    /// Refused at join (default deny).
+    Deny,
+    /// Joins as a guest.
+    Guest,
+    /// Joins as a member.
+    Member,
 }
 
 /// `[auth.permissions]`: capability lists per role.
@@ -518,15 +645,19 @@ impl Config {
 
     fn validate_auth(&self) -> Result<(), ConfigError> {
         let a = &self.auth;
-        for (key, list) in [
-            ("auth.issuers", &a.issuers),
-            ("auth.audiences", &a.audiences),
-        ] {
-            if list.is_empty() || list.iter().any(|v| v.trim().is_empty()) {
-                return Err(invalid(
-                    key,
-                    "list the accepted values (non-empty strings); \"*\" accepts any, deliberately",
-                ));
+        let platform_keys = !a.keys.is_empty() || !a.jwks.file.is_empty() || !a.jwks.url.is_empty();
+        // With only an OIDC provider, platform issuers and audiences have nothing to apply to.
+        if platform_keys || !a.oidc.enabled() {
+            for (key, list) in [
+                ("auth.issuers", &a.issuers),
+                ("auth.audiences", &a.audiences),
+            ] {
+                if list.is_empty() || list.iter().any(|v| v.trim().is_empty()) {
+                    return Err(invalid(
+                        key,
+                        "list the accepted values (non-empty strings); \"*\" accepts any, deliberately",
+                    ));
+                }
             }
         }
         if a.max_lifetime_seconds == 0 {
@@ -535,12 +666,13 @@ impl Config {
         if a.leeway_seconds > 300 {
             return Err(invalid("auth.leeway_seconds", "must be at most 300"));
         }
-        if a.keys.is_empty() && a.jwks.file.is_empty() && a.jwks.url.is_empty() {
+        if !platform_keys && !a.oidc.enabled() {
             return Err(invalid(
                 "auth.keys",
-                "no verification key: configure [[auth.keys]], auth.jwks.file or auth.jwks.url",
+                "no verification key: configure [[auth.keys]], auth.jwks.file, auth.jwks.url or auth.oidc.issuer",
             ));
         }
+        self.validate_oidc()?;
         let mut kids = std::collections::HashSet::new();
         for (i, key) in a.keys.iter().enumerate() {
             let at = |field: &str| format!("auth.keys[{i}].{field}");
@@ -577,6 +709,92 @@ impl Config {
         if a.jwks.fetch_timeout_seconds == 0 {
             return Err(invalid(
                 "auth.jwks.fetch_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_oidc(&self) -> Result<(), ConfigError> {
+        let o = &self.auth.oidc;
+        if !o.enabled() {
+            return Ok(());
+        }
+        let url = reqwest::Url::parse(&o.issuer)
+            .map_err(|e| invalid("auth.oidc.issuer", format!("`{}`: {e}", o.issuer)))?;
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host_str().is_none()
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(invalid(
+                "auth.oidc.issuer",
+                "must be an http(s) URL without query or fragment, exactly as in the tokens' `iss`",
+            ));
+        }
+        if self.auth.issuers.iter().any(|i| i == &o.issuer) {
+            return Err(invalid(
+                "auth.issuers",
+                "lists the OIDC issuer too: its tokens are verified under [auth.oidc] only; remove it from auth.issuers",
+            ));
+        }
+        if o.audiences.is_empty() || o.audiences.iter().any(|v| v.trim().is_empty() || v == "*") {
+            return Err(invalid(
+                "auth.oidc.audiences",
+                "list the accepted audiences (e.g. the client id); no wildcard: the provider mints tokens for other applications too",
+            ));
+        }
+        let bad_path = |p: &String| p.is_empty() || p.split('.').any(str::is_empty);
+        if o.audience_claims.is_empty() || o.audience_claims.iter().any(bad_path) {
+            return Err(invalid(
+                "auth.oidc.audience_claims",
+                "list the claims searched for the audience, e.g. [\"aud\"] or [\"aud\", \"azp\"]",
+            ));
+        }
+        for (key, path) in [
+            ("auth.oidc.identity_claim", &o.identity_claim),
+            ("auth.oidc.name_claim", &o.name_claim),
+        ] {
+            if bad_path(path) {
+                return Err(invalid(key, "a claim path like `sub` or `a.b`"));
+            }
+        }
+        if !o.room_claim.is_empty() && bad_path(&o.room_claim) {
+            return Err(invalid(
+                "auth.oidc.room_claim",
+                "a claim path like `room` or `a.b`, or empty",
+            ));
+        }
+        if o.role_claims.iter().any(bad_path) {
+            return Err(invalid(
+                "auth.oidc.role_claims",
+                "claim paths like `realm_access.roles` or `groups` (dots separate levels)",
+            ));
+        }
+        let mapped = !o.role_claims.is_empty()
+            && [&o.roles.moderator, &o.roles.member, &o.roles.guest]
+                .iter()
+                .any(|v| !v.is_empty());
+        if !mapped && o.unmapped_role == UnmappedRole::Deny {
+            return Err(invalid(
+                "auth.oidc.roles",
+                "no provider value maps to a role (set role_claims and roles.moderator / member / guest) while unmapped_role = \"deny\": every OIDC user would be refused",
+            ));
+        }
+        crate::auth::keys::parse_algorithms(&o.algorithms)
+            .and_then(|algs| {
+                if algs.iter().any(|alg| {
+                    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+                }) {
+                    Err("a provider's published keys are public keys: HS algorithms are not allowed".into())
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(|m| invalid("auth.oidc.algorithms", m))?;
+        if o.discovery_retry_max_seconds == 0 {
+            return Err(invalid(
+                "auth.oidc.discovery_retry_max_seconds",
                 "must be at least 1",
             ));
         }
@@ -899,6 +1117,116 @@ mod tests {
             let e = Config::load(None, vars).unwrap_err().to_string();
             assert!(e.contains(needle), "{keys}: `{e}` should name {needle}");
         }
+    }
+
+    fn oidc_only() -> Vec<(String, String)> {
+        env(&[
+            ("PROXY_AUTH_OIDC_ISSUER", "https://idp.example/realms/meet"),
+            ("PROXY_AUTH_OIDC_AUDIENCES", "rtc-web"),
+            ("PROXY_AUTH_OIDC_AUDIENCE_CLAIMS", "aud,azp"),
+            ("PROXY_AUTH_OIDC_ROLES_MODERATOR", "rtc-moderator"),
+            ("PROXY_AUTH_OIDC_UNMAPPED_ROLE", "guest"),
+        ])
+    }
+
+    #[test]
+    fn oidc_alone_is_enough_and_its_settings_are_checked() {
+        let c = Config::load(None, oidc_only()).unwrap();
+        assert!(c.auth.oidc.enabled());
+        assert_eq!(c.auth.oidc.audience_claims, ["aud", "azp"]);
+        assert_eq!(c.auth.oidc.roles.moderator, ["rtc-moderator"]);
+        assert_eq!(c.auth.oidc.unmapped_role, UnmappedRole::Guest);
+        assert!(c.auth.issuers.is_empty() && c.auth.keys.is_empty());
+        let cases: &[(&str, &str, &str)] = &[
+            ("PROXY_AUTH_OIDC_ISSUER", "idp.example", "auth.oidc.issuer"),
+            (
+                "PROXY_AUTH_OIDC_ISSUER",
+                "ftp://idp.example",
+                "auth.oidc.issuer",
+            ),
+            (
+                "PROXY_AUTH_OIDC_ISSUER",
+                "https://idp.example/?x=1",
+                "auth.oidc.issuer",
+            ),
+            ("PROXY_AUTH_OIDC_AUDIENCES", "", "auth.oidc.audiences"),
+            ("PROXY_AUTH_OIDC_AUDIENCES", "*", "auth.oidc.audiences"),
+            (
+                "PROXY_AUTH_OIDC_AUDIENCE_CLAIMS",
+                "",
+                "auth.oidc.audience_claims",
+            ),
+            (
+                "PROXY_AUTH_OIDC_ROLE_CLAIMS",
+                "realm_access..roles",
+                "auth.oidc.role_claims",
+            ),
+            (
+                "PROXY_AUTH_OIDC_ROOM_CLAIM",
+                ".room",
+                "auth.oidc.room_claim",
+            ),
+            (
+                "PROXY_AUTH_OIDC_IDENTITY_CLAIM",
+                "",
+                "auth.oidc.identity_claim",
+            ),
+            (
+                "PROXY_AUTH_OIDC_ALGORITHMS",
+                "RS256,HS256",
+                "auth.oidc.algorithms",
+            ),
+            // Deny is fine while some value is mapped.
+            ("PROXY_AUTH_OIDC_UNMAPPED_ROLE", "deny", ""),
+            (
+                "PROXY_AUTH_OIDC_UNMAPPED_ROLE",
+                "moderator",
+                "unmapped_role",
+            ),
+            (
+                "PROXY_AUTH_OIDC_DISCOVERY_RETRY_MAX_SECONDS",
+                "0",
+                "discovery_retry_max_seconds",
+            ),
+            (
+                "PROXY_AUTH_ISSUERS",
+                "https://idp.example/realms/meet",
+                "auth.issuers",
+            ),
+        ];
+        for (var, value, needle) in cases {
+            let mut vars = oidc_only();
+            vars.retain(|(k, _)| k != var);
+            vars.push((var.to_string(), value.to_string()));
+            if *var == "PROXY_AUTH_ISSUERS" {
+                vars.extend(minimal().into_iter().filter(|(k, _)| k != var));
+            }
+            match Config::load(None, vars) {
+                Ok(_) => assert!(needle.is_empty(), "{var}={value} should be refused"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        !needle.is_empty() && e.contains(needle),
+                        "{var}={value}: `{e}` should name {needle:?}"
+                    );
+                }
+            }
+        }
+        // Unmapped users denied while nothing is mapped: every user would be refused.
+        let mut vars = oidc_only();
+        vars.retain(|(k, _)| {
+            !k.starts_with("PROXY_AUTH_OIDC_ROLES") && !k.ends_with("UNMAPPED_ROLE")
+        });
+        let e = Config::load(None, vars).unwrap_err().to_string();
+        assert!(e.contains("auth.oidc.roles"), "{e}");
+        // Platform keys next to OIDC still need their issuers and audiences.
+        let mut vars = oidc_only();
+        vars.push((
+            "PROXY_AUTH_JWKS_URL".into(),
+            "https://keys.example/jwks".into(),
+        ));
+        let e = Config::load(None, vars).unwrap_err().to_string();
+        assert!(e.contains("auth.issuers"), "{e}");
     }
 
     #[test]

@@ -12,5 +12,6 @@ pub mod flow;
 pub mod loadgen;
 pub mod media;
 pub mod netns;
+pub mod oidc;
 pub mod proxy;
 pub mod relay;

@@ -200,25 +200,39 @@ impl JwksCache {
     pub fn new(config: &JwksConfig) -> Result<Option<Self>, String> {
         let origin = if !config.url.is_empty() {
             let url = reqwest::Url::parse(&config.url).map_err(|e| e.to_string())?;
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(config.fetch_timeout_seconds))
-                .redirect(reqwest::redirect::Policy::limited(3))
-                .build()
-                .map_err(|e| e.to_string())?;
-            JwksOrigin::Url(client, url)
+            JwksOrigin::Url(http_client(config.fetch_timeout_seconds)?, url)
         } else if !config.file.is_empty() {
             JwksOrigin::File(PathBuf::from(&config.file))
         } else {
             return Ok(None);
         };
-        Ok(Some(Self {
+        Ok(Some(Self::with_origin(
             origin,
-            allowed: parse_algorithms(&config.algorithms)?,
+            parse_algorithms(&config.algorithms)?,
+            config,
+        )))
+    }
+
+    /// A cache of the set at `url` (an OIDC provider's `jwks_uri`), with the refresh settings
+    /// of `config` and the algorithms `allowed`.
+    pub fn for_url(
+        client: reqwest::Client,
+        url: reqwest::Url,
+        allowed: Vec<Algorithm>,
+        config: &JwksConfig,
+    ) -> Self {
+        Self::with_origin(JwksOrigin::Url(client, url), allowed, config)
+    }
+
+    fn with_origin(origin: JwksOrigin, allowed: Vec<Algorithm>, config: &JwksConfig) -> Self {
+        Self {
+            origin,
+            allowed,
             cache_for: Duration::from_secs(config.cache_seconds),
             min_refetch: Duration::from_secs(config.min_refetch_seconds),
             state: RwLock::new(JwksState::default()),
             fetching: tokio::sync::Mutex::new(()),
-        }))
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, JwksState> {
@@ -289,31 +303,7 @@ impl JwksCache {
             JwksOrigin::File(path) => tokio::fs::read(path)
                 .await
                 .map_err(|e| format!("{}: {e}", path.display()))?,
-            JwksOrigin::Url(client, url) => {
-                let mut response = client
-                    .get(url.clone())
-                    .header("accept", "application/json")
-                    .send()
-                    .await
-                    .map_err(|e| format!("GET {url}: {e}"))?;
-                if !response.status().is_success() {
-                    return Err(format!("GET {url}: status {}", response.status()));
-                }
-                let mut body = Vec::new();
-                while let Some(chunk) = response
-                    .chunk()
-                    .await
-                    .map_err(|e| format!("GET {url}: {e}"))?
-                {
-                    if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                        return Err(format!(
-                            "GET {url}: JWKS larger than {MAX_JWKS_BYTES} bytes"
-                        ));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                body
-            }
+            JwksOrigin::Url(client, url) => get_json(client, url, MAX_JWKS_BYTES).await?,
         };
         if body.len() > MAX_JWKS_BYTES {
             return Err(format!("JWKS larger than {MAX_JWKS_BYTES} bytes"));
@@ -343,6 +333,44 @@ impl JwksCache {
             (None, _) => Ok(None),
         }
     }
+}
+
+/// The HTTP client for key and discovery fetches: one timeout per request, few redirects.
+pub fn http_client(timeout_seconds: u64) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(timeout_seconds))
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// `GET url` for a JSON document of at most `max` bytes; errors name the URL.
+pub async fn get_json(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    let mut response = client
+        .get(url.clone())
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("GET {url}: status {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(format!("GET {url}: larger than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Parses a JWKS, keeping the signature keys it can use; others (encryption keys, unknown

@@ -8,8 +8,11 @@
 //! never logged.
 
 pub mod keys;
+pub mod oidc;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, Validation};
@@ -19,6 +22,7 @@ use crate::config::AuthConfig;
 use crate::policy::{Capability, Permissions, Role};
 use crate::protocol::{Identity, RoomName};
 use keys::KeyRing;
+use oidc::OidcProvider;
 
 /// Why a token was refused. One variant per reason a client (or its operator) can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,12 +87,16 @@ pub enum AuthError {
     /// `room: "*"` while `auth.allow_wildcard_room` is off.
     #[error("wildcard room tokens are not accepted here")]
     WildcardRoom,
-    /// A required claim is absent (`exp`, `room`, `sub`).
+    /// A required claim is absent (`exp`, `room`, `sub`, or the OIDC identity claim).
     #[error("missing claim `{0}`")]
-    MissingClaim(&'static str),
+    MissingClaim(Cow<'static, str>),
     /// A refresh token for another identity or room than the session's.
     #[error("refresh token is for another identity or room")]
     IdentityMismatch,
+    /// An OIDC token whose role claims map to no role here, while `auth.oidc.unmapped_role`
+    /// is `deny`: the user is known to the provider but not allowed in calls.
+    #[error("none of the token's roles or groups is mapped to a role on this proxy")]
+    RoleUnmapped,
 }
 
 impl AuthError {
@@ -111,6 +119,7 @@ impl AuthError {
             AuthError::WildcardRoom => "token_wildcard_room",
             AuthError::MissingClaim(_) => "token_missing_claim",
             AuthError::IdentityMismatch => "token_identity_mismatch",
+            AuthError::RoleUnmapped => "token_role_unmapped",
         }
     }
 }
@@ -214,8 +223,16 @@ struct JoseHeader {
 const MAX_CLAIM_CHARS: usize = 256;
 
 /// Verifies tokens against the configured keys and rules. Cheap to share behind an `Arc`.
+///
+/// A token whose (unverified) `iss` is exactly the OIDC issuer is checked only with the OIDC
+/// provider's keys and rules; every other token with the platform's (`[[auth.keys]]`,
+/// `[auth.jwks]`). So the provider's keys never verify a platform token and vice versa, and
+/// both kinds of token can be accepted side by side.
 pub struct Verifier {
     keys: KeyRing,
+    /// Whether any platform key source is configured.
+    platform_keys: bool,
+    oidc: Option<Arc<OidcProvider>>,
     rules: AuthConfig,
     max_token_bytes: usize,
 }
@@ -233,16 +250,34 @@ fn numeric_date(name: &'static str, v: Option<f64>) -> Result<Option<i64>, AuthE
 impl Verifier {
     /// Builds the verifier; reads key files (errors name the key entry).
     pub fn new(rules: &AuthConfig, max_token_bytes: usize) -> Result<Self, String> {
+        let oidc = if rules.oidc.enabled() {
+            Some(Arc::new(OidcProvider::new(rules)?))
+        } else {
+            None
+        };
         Ok(Self {
             keys: KeyRing::new(&rules.keys, &rules.jwks)?,
+            platform_keys: !rules.keys.is_empty()
+                || !rules.jwks.url.is_empty()
+                || !rules.jwks.file.is_empty(),
+            oidc,
             rules: rules.clone(),
             max_token_bytes,
         })
     }
 
-    /// Loads the JWKS, if any (failure is logged; lookups retry).
+    /// Loads the JWKS and discovers the OIDC provider, if any. Failures are logged, never
+    /// fatal: lookups retry, and OIDC discovery keeps retrying in the background.
     pub async fn warm_up(&self) {
         self.keys.warm_up().await;
+        if let Some(oidc) = &self.oidc {
+            oidc.warm_up().await;
+        }
+    }
+
+    /// The OIDC provider, if one is configured.
+    pub fn oidc(&self) -> Option<&OidcProvider> {
+        self.oidc.as_deref()
     }
 
     /// The rules (for the CLI's explanations).
@@ -276,35 +311,22 @@ impl Verifier {
                 "unsupported critical header parameters".into(),
             ));
         }
-        let key = self.keys.find(header.kid.as_deref()).await?;
-        if !key.algorithms.contains(&alg) {
-            return Err(AuthError::AlgorithmRejected(format!(
-                "{alg:?} is not allowed for this key"
-            )));
+        if let Some(oidc) = &self.oidc
+            && unverified_issuer(token).as_deref() == Some(oidc.issuer())
+        {
+            let key = oidc.key(header.kid.as_deref()).await?;
+            let claims: serde_json::Value = decode(token, &key, alg)?;
+            if !claims.is_object() {
+                return Err(AuthError::Malformed("claims are not a JSON object".into()));
+            }
+            return oidc.grant(&claims, room, now, key.kid, &self.rules);
         }
-        let mut validation = Validation::new(alg);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind as K;
-                match e.kind() {
-                    K::InvalidSignature => AuthError::BadSignature,
-                    K::InvalidAlgorithm | K::MissingAlgorithm => {
-                        AuthError::AlgorithmRejected(format!("{alg:?} is not allowed for this key"))
-                    }
-                    K::Json(_) => AuthError::Malformed("claims are not the expected JSON".into()),
-                    K::Base64(_) | K::Utf8(_) | K::InvalidToken => {
-                        AuthError::Malformed("not a compact JWS".into())
-                    }
-                    // A signature of the wrong shape for the key (e.g. ECDSA bytes) is still a
-                    // signature that does not verify.
-                    _ => AuthError::BadSignature,
-                }
-            })?
-            .claims;
+        if !self.platform_keys {
+            // Only an OIDC provider is trusted here, and this token is not from it.
+            return Err(AuthError::WrongIssuer);
+        }
+        let key = self.keys.find(header.kid.as_deref()).await?;
+        let claims: Claims = decode(token, &key, alg)?;
         self.check_claims(claims, room, now, key.kid)
     }
 
@@ -316,28 +338,10 @@ impl Verifier {
         key_id: String,
     ) -> Result<Grant, AuthError> {
         let rules = &self.rules;
-        let leeway = rules.leeway_seconds as i64;
-        let exp = numeric_date("exp", claims.exp)?.ok_or(AuthError::MissingClaim("exp"))?;
+        let exp = numeric_date("exp", claims.exp)?.ok_or(AuthError::MissingClaim("exp".into()))?;
         let nbf = numeric_date("nbf", claims.nbf)?;
         let iat = numeric_date("iat", claims.iat)?;
-        if now > exp + leeway {
-            return Err(AuthError::Expired { ago: now - exp });
-        }
-        for not_before in [nbf, iat].into_iter().flatten() {
-            if not_before > now + leeway {
-                return Err(AuthError::NotYetValid {
-                    wait: not_before - now,
-                });
-            }
-        }
-        let start = iat.or(nbf).unwrap_or(now);
-        let lifetime = exp - start;
-        if lifetime > rules.max_lifetime_seconds as i64 {
-            return Err(AuthError::TooLongLived {
-                lifetime,
-                max: rules.max_lifetime_seconds,
-            });
-        }
+        check_lifetime(rules, exp, nbf, iat, now)?;
         let any = |list: &[String]| list.iter().any(|v| v == "*");
         if !any(&rules.issuers) {
             let iss = claims.iss.as_deref().ok_or(AuthError::WrongIssuer)?;
@@ -354,7 +358,7 @@ impl Verifier {
         let rooms = claims
             .room
             .as_ref()
-            .ok_or(AuthError::MissingClaim("room"))?;
+            .ok_or(AuthError::MissingClaim("room".into()))?;
         let mut wildcard = false;
         let mut covered = false;
         for r in rooms.iter() {
@@ -394,7 +398,7 @@ impl Verifier {
         let (identity, tenant) = match (user.id, claims.sub) {
             (Some(id), sub) => (bounded("context.user.id", id)?, sub),
             (None, Some(sub)) => (bounded("sub", sub)?, None),
-            (None, None) => return Err(AuthError::MissingClaim("sub")),
+            (None, None) => return Err(AuthError::MissingClaim("sub".into())),
         };
         let name = match user.name.or(claims.name) {
             Some(n) => Some(bounded("name", n)?),
@@ -446,6 +450,88 @@ impl Verifier {
         }
         Ok(next)
     }
+}
+
+/// `exp` (with leeway), `nbf` / `iat` not in the future (with leeway), and the lifetime cap.
+fn check_lifetime(
+    rules: &AuthConfig,
+    exp: i64,
+    nbf: Option<i64>,
+    iat: Option<i64>,
+    now: i64,
+) -> Result<(), AuthError> {
+    let leeway = rules.leeway_seconds as i64;
+    if now > exp + leeway {
+        return Err(AuthError::Expired { ago: now - exp });
+    }
+    for not_before in [nbf, iat].into_iter().flatten() {
+        if not_before > now + leeway {
+            return Err(AuthError::NotYetValid {
+                wait: not_before - now,
+            });
+        }
+    }
+    let start = iat.or(nbf).unwrap_or(now);
+    let lifetime = exp - start;
+    if lifetime > rules.max_lifetime_seconds as i64 {
+        return Err(AuthError::TooLongLived {
+            lifetime,
+            max: rules.max_lifetime_seconds,
+        });
+    }
+    Ok(())
+}
+
+/// Checks the signature with `key` (whose algorithm list must allow `alg`) and decodes the
+/// claims; every failure mapped to its [`AuthError`].
+fn decode<T: serde::de::DeserializeOwned>(
+    token: &str,
+    key: &keys::VerifyingKey,
+    alg: Algorithm,
+) -> Result<T, AuthError> {
+    if !key.algorithms.contains(&alg) {
+        return Err(AuthError::AlgorithmRejected(format!(
+            "{alg:?} is not allowed for this key"
+        )));
+    }
+    let mut validation = Validation::new(alg);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    jsonwebtoken::decode::<T>(token, &key.key, &validation)
+        .map(|data| data.claims)
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature => AuthError::BadSignature,
+                K::InvalidAlgorithm | K::MissingAlgorithm => {
+                    AuthError::AlgorithmRejected(format!("{alg:?} is not allowed for this key"))
+                }
+                K::Json(_) => AuthError::Malformed("claims are not the expected JSON".into()),
+                K::Base64(_) | K::Utf8(_) | K::InvalidToken => {
+                    AuthError::Malformed("not a compact JWS".into())
+                }
+                // A signature of the wrong shape for the key (e.g. ECDSA bytes) is still a
+                // signature that does not verify.
+                _ => AuthError::BadSignature,
+            }
+        })
+}
+
+/// The `iss` of a token's payload before any verification: it only selects which keys and
+/// rules apply (the provider's or the platform's); the signature is checked with those keys
+/// and the claim again after that.
+fn unverified_issuer(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<Iss>(&bytes).ok()?.iss
 }
 
 fn parse_header(token: &str) -> Result<JoseHeader, AuthError> {
@@ -568,7 +654,7 @@ mod tests {
         let e = check(r.clone(), with(base(), "exp", json!(null)), "r1")
             .await
             .unwrap_err();
-        assert_eq!(e, AuthError::MissingClaim("exp"));
+        assert_eq!(e, AuthError::MissingClaim("exp".into()));
         let e = check(r.clone(), with(base(), "exp", json!("soon")), "r1")
             .await
             .unwrap_err();
@@ -641,7 +727,7 @@ mod tests {
         let e = check(rules(), with(base(), "room", json!(null)), "r1")
             .await
             .unwrap_err();
-        assert_eq!(e, AuthError::MissingClaim("room"));
+        assert_eq!(e, AuthError::MissingClaim("room".into()));
     }
 
     #[tokio::test]
@@ -664,7 +750,7 @@ mod tests {
         let e = check(rules(), with(base(), "sub", json!(null)), "r1")
             .await
             .unwrap_err();
-        assert_eq!(e, AuthError::MissingClaim("sub"));
+        assert_eq!(e, AuthError::MissingClaim("sub".into()));
     }
 
     #[tokio::test]

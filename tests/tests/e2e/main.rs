@@ -10,6 +10,7 @@ mod interop;
 mod lifecycle;
 mod loadgen;
 mod negotiation;
+mod oidc;
 mod process;
 mod proxy_auth;
 mod registry;
