@@ -20,12 +20,12 @@ echo "== system packages"
 # Browser tests drive Debian's Chromium through chromedriver and Debian's Firefox ESR over
 # WebDriver BiDi; they fail (never skip) without them.
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/firefox-esr ] \
-	|| ! command -v ip >/dev/null || ! command -v openssl >/dev/null \
+	|| ! command -v ip >/dev/null || ! command -v nft >/dev/null || ! command -v openssl >/dev/null \
 	|| ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl; then
-	need_root "installing chromium, chromium-driver, firefox-esr, iproute2, openssl (test PKI), pkg-config and libssl-dev (the load tool's WebRTC stack)"
+	need_root "installing chromium, chromium-driver, firefox-esr, iproute2, nftables (blocking UDP for the ICE-TCP test), openssl (test PKI), pkg-config and libssl-dev (the load tool's WebRTC stack)"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update
-	apt-get install -y --no-install-recommends chromium chromium-driver firefox-esr iproute2 openssl pkg-config libssl-dev
+	apt-get install -y --no-install-recommends chromium chromium-driver firefox-esr iproute2 nftables openssl pkg-config libssl-dev
 fi
 for bin in /usr/bin/chromium /usr/bin/chromedriver /usr/bin/firefox-esr; do
 	if [ ! -x "$bin" ]; then

@@ -37,6 +37,8 @@ pub struct Options {
     pub loopback: bool,
     /// rtcd's UDP media port (0 = ephemeral).
     pub udp_port: u16,
+    /// More `RTCD_RTC_*` media settings, applied last (e.g. `("RTCD_RTC_ICE_PORT_TCP", "0")`).
+    pub rtc: Vec<(String, String)>,
 }
 
 /// A running development stack.
@@ -87,7 +89,21 @@ pub async fn start(args: Options) -> anyhow::Result<DevStack> {
             ("RTCD_RTC_INCLUDE_LOOPBACK_CANDIDATES".into(), "true".into()),
         ]);
     }
+    // Media settings from the environment win (e.g. `RTCD_RTC_ENGINE=v2`, or a fixed
+    // `RTCD_RTC_ICE_HOST_OVERRIDE`): the one-command stack stays tunable without a file.
+    env.extend(std::env::vars().filter(|(k, _)| k.starts_with("RTCD_RTC_")));
+    env.extend(
+        args.rtc
+            .iter()
+            .filter(|(k, _)| k.starts_with("RTCD_RTC_"))
+            .cloned(),
+    );
     let rtcd_config = rtcd::config::Config::load(None, env)?;
+    // Tests that start the stack in-process see its logs with RTCD_TEST_LOG=<filter>, as with
+    // the harness's in-process rtcd.
+    if let Ok(level) = std::env::var("RTCD_TEST_LOG") {
+        rtcd::logging::init(&rtcd::config::LoggerConfig { level, json: false });
+    }
     let rtcd = rtcd::Rtcd::start(rtcd_config).await?;
     match rtcd
         .auth()

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         listen: args.listen,
         loopback: args.loopback,
         udp_port: args.udp_port,
+        rtc: Vec::new(),
     };
     let result = runtime.block_on(async {
         rtcd::logging::init(&rtcd::config::LoggerConfig {

@@ -76,6 +76,10 @@ pub struct RtcConfig {
     pub ice_address_udp: String,
     /// The single UDP port every session shares (UDP mux); 0 = ephemeral (tests).
     pub ice_port_udp: u16,
+    /// Also accept ICE over TCP (RFC 6544, passive) on this port of `ice_address_udp`, for
+    /// clients whose networks block UDP (engine `v2` only). -1 = off (the default); 0 =
+    /// ephemeral (tests).
+    pub ice_port_tcp: i32,
     /// Public IPs advertised instead of the interface addresses (NAT 1:1), comma-separated.
     pub ice_host_override: String,
     /// STUN URLs (`stun:host:port`) used to learn a server-reflexive address; usually empty.
@@ -122,6 +126,7 @@ impl Default for RtcConfig {
             engine: "v1".into(),
             ice_address_udp: "0.0.0.0".into(),
             ice_port_udp: 8443,
+            ice_port_tcp: -1,
             ice_host_override: String::new(),
             ice_servers: Vec::new(),
             ice_interfaces: Vec::new(),
@@ -507,6 +512,18 @@ impl Config {
         let rtc = &self.rtc;
         if !matches!(rtc.engine.as_str(), "v1" | "v2") {
             return Err(invalid("rtc.engine", "must be `v1` or `v2`".into()));
+        }
+        if !(-1..=65535).contains(&rtc.ice_port_tcp) {
+            return Err(invalid(
+                "rtc.ice_port_tcp",
+                "must be a port (0 = ephemeral) or -1 (off)".into(),
+            ));
+        }
+        if rtc.ice_port_tcp >= 0 && rtc.engine != "v2" {
+            return Err(invalid(
+                "rtc.ice_port_tcp",
+                "ICE-TCP needs rtc.engine = \"v2\"".into(),
+            ));
         }
         rtc.ice_address_udp
             .parse::<std::net::IpAddr>()

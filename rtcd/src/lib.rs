@@ -174,7 +174,7 @@ impl Rtcd {
         )
         .await?;
         health.set_ready();
-        tracing::info!(%http_addr, ?metrics_addr, %grpc_addr, ice_udp = %sfu.udp_addr(), store = %config.store.data_source, clients = auth.store().len(), "rtcd ready");
+        tracing::info!(%http_addr, ?metrics_addr, %grpc_addr, ice_udp = %sfu.udp_addr(), ice_tcp = ?sfu.tcp_addr(), store = %config.store.data_source, clients = auth.store().len(), "rtcd ready");
         Ok(Self {
             config,
             health,
@@ -269,6 +269,7 @@ fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
             sfu::EngineChoice::V1
         },
         udp_addr: SocketAddr::new(ip, rtc.ice_port_udp),
+        ice_tcp_port: u16::try_from(rtc.ice_port_tcp).ok(),
         host_override: rtc
             .ice_host_override
             .split(',')

@@ -5,7 +5,7 @@
 
 use crate::config::LoggerConfig;
 
-/// The media engine's crates (webrtc-rs 0.17). They log their own internals at WARN during
+/// The media engines' crates (webrtc-rs 0.17, and 0.21's sans-IO `rtc` family). They log their own internals at WARN during
 /// every normal call (candidate pings before pairs exist, SRTP readers ending at close, a
 /// paused receiver resuming): nothing an operator can act on, and an operator who learns to
 /// ignore WARN misses the real one. rtcd reports what matters itself (a failed peer connection
@@ -24,6 +24,22 @@ const ENGINE_CRATES: &[&str] = &[
     "interceptor",
     "rtp",
     "rtcp",
+    "rtc",
+    "rtc_ice",
+    "rtc_dtls",
+    "rtc_srtp",
+    "rtc_sctp",
+    "rtc_mdns",
+    "rtc_shared",
+    "rtc_datachannel",
+    "rtc_interceptor",
+    "rtc_rtp",
+    "rtc_rtcp",
+    "rtc_sdp",
+    "rtc_stun",
+    "rtc_turn",
+    "rtc_crypto",
+    "rtc_media",
 ];
 
 /// `level` plus ERROR for the engine's crates where it says nothing about them.
@@ -66,6 +82,7 @@ mod tests {
         let f = super::filter_directives("info");
         assert!(f.starts_with("info,"));
         assert!(f.contains(",webrtc=error") && f.contains(",webrtc_ice=error"));
+        assert!(f.contains(",rtc=error") && f.contains(",rtc_dtls=error"));
         let f = super::filter_directives("debug,webrtc_ice=warn");
         assert!(f.contains("webrtc_ice=warn") && !f.contains("webrtc_ice=error"));
         assert!(

@@ -602,7 +602,7 @@ impl Participant {
                 let plis = shared
                     .upgrade()
                     .map_or(0, |s| s.plis.load(Ordering::Relaxed));
-                let keyframe = n % KEYFRAME_EVERY == 0 || plis != plis_seen;
+                let keyframe = n.is_multiple_of(KEYFRAME_EVERY) || plis != plis_seen;
                 plis_seen = plis;
                 let mut payload = if audio {
                     Vec::new()

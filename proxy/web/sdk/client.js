@@ -65,6 +65,7 @@ export const CloseCode = Object.freeze({
   token_missing_claim: 4113,
   token_identity_mismatch: 4114,
   keys_unavailable: 4115,
+  token_role_unmapped: 4116,
 });
 
 /**

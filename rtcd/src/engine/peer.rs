@@ -240,6 +240,13 @@ struct SlotState {
     track_id: String,
 }
 
+/// A sending transceiver created for a new receiving section of an offer being applied.
+struct Prepared {
+    track_id: String,
+    ssrc: u32,
+    kind: MediaKind,
+}
+
 struct TrackState {
     key: TrackKey,
     receiver: RTCRtpReceiverId,
@@ -308,6 +315,8 @@ pub struct Peer {
     slots: Vec<SlotState>,
     /// Slot by our sender's track id, which RTCP feedback for the slot carries.
     slot_by_track: HashMap<String, SlotId>,
+    /// Numbers our slot tracks' ids (`rtcd-N`), unique for the peer's life.
+    next_slot_track: u32,
     events: std::collections::VecDeque<PeerEvent>,
     connected: bool,
 }
@@ -391,6 +400,7 @@ impl Peer {
             next_track: 0,
             slots: Vec::new(),
             slot_by_track: HashMap::new(),
+            next_slot_track: 0,
             events: Default::default(),
             connected: false,
         };
@@ -419,10 +429,13 @@ impl Peer {
     pub fn set_offer(&mut self, sdp: &str, now: Instant) -> Result<(), EngineError> {
         let offer = RTCSessionDescription::offer(sdp.to_owned())
             .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
-        self.pc
-            .set_remote_description(now, offer)
-            .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
-        self.attach_slots()
+        let prepared = self.prepare_slots(sdp)?;
+        if let Err(e) = self.pc.set_remote_description(now, offer) {
+            self.discard_unassociated(&prepared);
+            return Err(EngineError::InvalidSdp(e.to_string()));
+        }
+        self.associate_slots(prepared);
+        Ok(())
     }
 
     /// Whether `slot` is answered as sending (else `inactive`, or `recvonly` where the client
@@ -477,61 +490,53 @@ impl Peer {
             .trim()
             .to_owned();
         let slots = self.slots.iter().map(|s| s.slot.id).collect();
-        Ok(Answer { sdp, ufrag, slots })
+        Ok(Answer {
+            sdp: tidy_answer(&sdp),
+            ufrag,
+            slots,
+        })
     }
 
-    /// Gives every transceiver that should send (the client receives in its section) and has no
-    /// sender yet a track of ours with a fresh SSRC.
-    fn attach_slots(&mut self) -> Result<(), EngineError> {
-        let mut wanted = Vec::new();
-        for id in self.pc.get_transceivers().collect::<Vec<_>>() {
-            let Some(t) = self.pc.rtp_transceiver(id) else {
-                continue;
-            };
-            let Some(mid) = t.mid().clone() else { continue };
-            if t.sender().is_some() || self.slots.iter().any(|s| s.slot.mid == mid) {
+    /// Before the offer is applied, one sending transceiver of ours per new section in which the
+    /// client receives: `rtc` associates a new remote `recvonly` section with an unassociated
+    /// local `sendonly` transceiver of its kind (a `sendrecv` one with a `sendrecv` one), so each
+    /// slot lands on exactly such a section. (Attaching a track after the offer, with
+    /// `add_track`, takes the first transceiver of the kind without a sender, which is the
+    /// client's own sending section when it has one: our slot would end up on its camera.)
+    fn prepare_slots(&mut self, sdp: &str) -> Result<Vec<Prepared>, EngineError> {
+        let known: Vec<String> = self
+            .pc
+            .get_transceivers()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|id| self.pc.rtp_transceiver(id).and_then(|t| t.mid().clone()))
+            .collect();
+        let mut prepared = Vec::new();
+        for section in sdp::sections(sdp) {
+            if section.mid.is_empty() || !section.receives() || known.contains(&section.mid) {
                 continue;
             }
-            wanted.push(mid);
-        }
-        // The kind and direction come from the offer itself: a transceiver made for a remote
-        // `recvonly` section has no receiver, and rtc exposes no kind on transceivers.
-        let sections = self
-            .pc
-            .remote_description()
-            .map(|d| sdp::sections(&d.sdp))
-            .unwrap_or_default();
-        let wanted: Vec<(String, MediaKind)> = wanted
-            .into_iter()
-            .filter_map(|mid| {
-                let section = sections.iter().find(|s| s.mid == mid && s.receives())?;
-                let kind = match section.media {
-                    sdp::Media::Audio => MediaKind::Audio,
-                    sdp::Media::Video => MediaKind::Video,
-                    sdp::Media::Other => return None,
-                };
-                Some((mid, kind))
-            })
-            .collect();
-        let offer = self
-            .pc
-            .remote_description()
-            .map(|d| d.sdp.clone())
-            .unwrap_or_default();
-        for (mid, kind) in wanted {
+            let kind = match section.media {
+                sdp::Media::Audio => MediaKind::Audio,
+                sdp::Media::Video => MediaKind::Video,
+                sdp::Media::Other => continue,
+            };
             // The encoding names a codec of the section: rtc binds a sender's stream to its
             // interceptors (sender reports among them) only if that codec was negotiated.
-            let codec = first_codec(&offer, &mid).unwrap_or_default();
+            let codec = first_codec(sdp, &section.mid).unwrap_or_default();
             let ssrc = loop {
                 let s = rand::random::<u32>();
-                if s != 0 && !self.slots.iter().any(|x| x.slot.ssrc == s) {
+                if s != 0
+                    && !self.slots.iter().any(|x| x.slot.ssrc == s)
+                    && !prepared.iter().any(|p: &Prepared| p.ssrc == s)
+                {
                     break s;
                 }
             };
-            let id = SlotId(self.slots.len() as u32);
-            let track_id = format!("rtcd-{}", id.0);
+            self.next_slot_track += 1;
+            let track_id = format!("rtcd-{}", self.next_slot_track);
             let track = MediaStreamTrack::new(
-                format!("rtcd-{}", id.0),
+                track_id.clone(),
                 track_id.clone(),
                 track_id.clone(),
                 kind_to_rtc(kind),
@@ -544,21 +549,90 @@ impl Peer {
                     ..Default::default()
                 }],
             );
-            self.pc.add_track(track).map_err(internal)?;
-            self.slot_by_track.insert(track_id.clone(), id);
+            let direction = if section.sends() {
+                RTCRtpTransceiverDirection::Sendrecv
+            } else {
+                RTCRtpTransceiverDirection::Sendonly
+            };
+            let added = self.pc.add_transceiver_from_track(
+                track,
+                Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
+                    direction,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            );
+            if let Err(e) = added {
+                self.discard_unassociated(&prepared);
+                return Err(internal(e));
+            }
+            prepared.push(Prepared {
+                track_id,
+                ssrc,
+                kind,
+            });
+        }
+        Ok(prepared)
+    }
+
+    /// After the offer: the prepared transceivers it associated become slots (in section order);
+    /// any it did not use are stopped.
+    fn associate_slots(&mut self, prepared: Vec<Prepared>) {
+        for id in self.pc.get_transceivers().collect::<Vec<_>>() {
+            let Some(t) = self.pc.rtp_transceiver(id) else {
+                continue;
+            };
+            let Some(mid) = t.mid().clone() else { continue };
+            let Some(sender) = t.sender() else { continue };
+            let Some(s) = self.pc.rtp_sender(sender) else {
+                continue;
+            };
+            let track_id = s.track().track_id().to_string();
+            let Some(p) = prepared.iter().find(|p| p.track_id == track_id) else {
+                continue;
+            };
+            let slot = SlotId(self.slots.len() as u32);
+            self.slot_by_track.insert(track_id.clone(), slot);
             self.slots.push(SlotState {
                 slot: Slot {
-                    id,
+                    id: slot,
                     mid,
-                    kind,
-                    ssrc,
+                    kind: p.kind,
+                    ssrc: p.ssrc,
                     codecs: Vec::new(),
                     extensions: Vec::new(),
                 },
                 track_id,
             });
         }
-        Ok(())
+        let used: Vec<String> = self.slots.iter().map(|s| s.track_id.clone()).collect();
+        let unused: Vec<Prepared> = prepared
+            .into_iter()
+            .filter(|p| !used.contains(&p.track_id))
+            .collect();
+        self.discard_unassociated(&unused);
+    }
+
+    /// Stops prepared transceivers that no section took (they would linger and be matched to a
+    /// later offer's section in an order we did not choose).
+    fn discard_unassociated(&mut self, prepared: &[Prepared]) {
+        for id in self.pc.get_transceivers().collect::<Vec<_>>() {
+            let Some(sender) = self.pc.rtp_transceiver(id).and_then(|t| t.sender()) else {
+                continue;
+            };
+            let ours = self
+                .pc
+                .rtp_sender(sender)
+                .is_some_and(|s| prepared.iter().any(|p| p.track_id == *s.track().track_id()));
+            if ours && let Some(mut t) = self.pc.rtp_transceiver(id) {
+                if t.mid().is_some() {
+                    continue;
+                }
+                if let Err(e) = t.stop() {
+                    tracing::debug!(error = %e, "stopping an unused slot transceiver failed");
+                }
+            }
+        }
     }
 
     /// Reads back each slot's negotiated codecs and extensions after an answer.
@@ -867,6 +941,86 @@ fn context(transport: &Transport) -> TransportContext {
     }
 }
 
+/// Repairs two defects of rtc 0.21.1's answers when a client numbers a codec differently in
+/// two sections (Chromium gives AV1 35 in one section and 45 in another): a payload type listed
+/// twice in a section (with its `rtpmap` / `fmtp` / `rtcp-fb` lines twice), and an RTX payload
+/// type whose `apt` names a payload type the section does not carry. Chromium rejects such an
+/// answer section and then sends nothing on it. Every line is otherwise kept as written.
+fn tidy_answer(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in sdp.split("\r\n").filter(|l| !l.is_empty()) {
+        if line.starts_with("m=") {
+            sections.push(Vec::new());
+        }
+        if let Some(last) = sections.last_mut() {
+            last.push(line);
+        }
+    }
+    let pt_of = |line: &str| -> Option<u8> {
+        let rest = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"]
+            .iter()
+            .find_map(|p| line.strip_prefix(p))?;
+        rest.split([' ', '/']).next()?.parse().ok()
+    };
+    for (index, section) in sections.into_iter().enumerate() {
+        if index == 0 {
+            for line in section {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+            continue;
+        }
+        // Payload types in m= order, once each.
+        let m_line = section.first().copied().unwrap_or_default();
+        let fields: Vec<&str> = m_line.split(' ').collect();
+        let mut pts: Vec<u8> = Vec::new();
+        for f in fields.iter().skip(3) {
+            if let Ok(pt) = f.parse::<u8>()
+                && !pts.contains(&pt)
+            {
+                pts.push(pt);
+            }
+        }
+        // RTX whose apt is not carried goes.
+        let apt: Vec<(u8, u8)> = section
+            .iter()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("a=fmtp:")?;
+                let (pt, params) = rest.split_once(' ')?;
+                let target = params
+                    .split(';')
+                    .find_map(|p| p.trim().strip_prefix("apt="))?;
+                Some((pt.parse().ok()?, target.parse().ok()?))
+            })
+            .collect();
+        let orphan = |pt: u8| {
+            apt.iter()
+                .any(|(rtx, target)| *rtx == pt && !pts.contains(target))
+        };
+        let kept: Vec<u8> = pts.iter().copied().filter(|pt| !orphan(*pt)).collect();
+        if fields.len() >= 3 {
+            out.push_str(&fields[..3].join(" "));
+            for pt in &kept {
+                out.push_str(&format!(" {pt}"));
+            }
+            out.push_str("\r\n");
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for line in section.into_iter().skip(1) {
+            if let Some(pt) = pt_of(line) {
+                if !kept.contains(&pt) || seen.contains(&line) {
+                    continue;
+                }
+                seen.push(line);
+            }
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
 /// The first media codec (not RTX, RED or FEC) of section `mid` of `sdp`.
 fn first_codec(sdp: &str, mid: &str) -> Option<RTCRtpCodec> {
     let mut media = None;
@@ -1102,6 +1256,10 @@ mod tests {
         }
 
         fn send_video(&mut self, seq: u16, now: Instant) {
+            self.send_video_as(0xA0A0, seq, now);
+        }
+
+        fn send_video_as(&mut self, ssrc: u32, seq: u16, now: Instant) {
             let mut packet = rtp::Packet::default();
             packet.header.version = 2;
             packet.header.ssrc = 0; // filled below
@@ -1112,7 +1270,7 @@ mod tests {
             // VP8 descriptor (S=1, PID 0) and a keyframe tag every 30 packets.
             let key = seq.is_multiple_of(30);
             packet.payload = Bytes::from(vec![0x10, if key { 0x00 } else { 0x01 }, 0, 0, 9, 9, 9]);
-            packet.header.ssrc = 0xA0A0;
+            packet.header.ssrc = ssrc;
             self.pc
                 .handle_write(TaggedRTCMessage {
                     now,
@@ -1371,6 +1529,81 @@ mod tests {
             last = n;
         });
         windows
+    }
+
+    /// A browser's order: it joins receiving, and publishes its camera in a later offer, while
+    /// rtcd already sends video on a slot of the same peer connection. The camera must open as
+    /// a track of bob's (it once landed on the slot's transceiver instead).
+    #[test]
+    fn a_subscriber_that_starts_publishing_later_opens_its_track() {
+        let mut rig = Rig::new();
+        rig.run(400, |_| {});
+        assert!(rig.connected.1, "bob connected");
+        rig.bob.publish_video(0xB0B0);
+        let answer = rig.bob.negotiate(&mut rig.bob_s, rig.now);
+        assert_eq!(answer.slots.len(), 1, "still one slot: {:?}", answer.slots);
+        for seq in 0..200u16 {
+            let now = rig.now;
+            rig.bob.send_video_as(0xB0B0, seq, now);
+            rig.run(1, |_| {});
+        }
+        let opened: Vec<&OpenedTrack> = rig
+            .bob_events
+            .iter()
+            .filter_map(|e| match e {
+                PeerEvent::TrackOpened(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            opened.len(),
+            1,
+            "{:?}",
+            rig.bob_events
+                .iter()
+                .filter(|e| !matches!(e, PeerEvent::Rtp { .. }))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!((opened[0].kind, opened[0].ssrc), (MediaKind::Video, 0xB0B0));
+        assert_ne!(
+            opened[0].mid, rig.slot.mid,
+            "the camera has its own section"
+        );
+        let rtp = rig
+            .bob_events
+            .iter()
+            .filter(|e| matches!(e, PeerEvent::Rtp { .. }))
+            .count();
+        assert!(rtp > 150, "bob's packets reach rtcd: {rtp}");
+        // And bob still receives alice on the slot.
+        let before = rig.bob.received.len();
+        rig.run(400, |_| {});
+        assert!(rig.bob.received.len() > before + 40);
+    }
+
+    #[test]
+    fn answers_list_each_payload_type_once_and_no_rtx_without_its_codec() {
+        let sdp = "v=0\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 98 98 97 36\r\na=mid:3\r\n\
+                   a=rtpmap:96 VP8/90000\r\na=rtpmap:98 VP9/90000\r\na=fmtp:98 profile-id=0\r\n\
+                   a=rtcp-fb:98 nack\r\na=rtpmap:98 VP9/90000\r\na=fmtp:98 profile-id=0\r\n\
+                   a=rtcp-fb:98 nack\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+                   a=rtpmap:36 rtx/90000\r\na=fmtp:36 apt=35\r\na=recvonly\r\n";
+        let tidy = tidy_answer(sdp);
+        assert!(
+            tidy.contains("m=video 9 UDP/TLS/RTP/SAVPF 96 98 97\r\n"),
+            "{tidy}"
+        );
+        assert_eq!(tidy.matches("a=rtpmap:98 VP9/90000").count(), 1, "{tidy}");
+        assert_eq!(tidy.matches("a=rtcp-fb:98 nack").count(), 1, "{tidy}");
+        assert!(
+            !tidy.contains("a=rtpmap:36") && !tidy.contains("apt=35"),
+            "{tidy}"
+        );
+        assert!(
+            tidy.contains("a=fmtp:97 apt=96\r\na=recvonly\r\n"),
+            "{tidy}"
+        );
+        assert!(tidy.starts_with("v=0\r\ns=-\r\nm=video"), "{tidy}");
     }
 
     #[test]

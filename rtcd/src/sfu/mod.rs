@@ -252,6 +252,8 @@ pub struct SfuConfig {
     pub engine: EngineChoice,
     /// The single UDP socket's address (port 0 = ephemeral).
     pub udp_addr: std::net::SocketAddr,
+    /// The ICE-TCP port on the same IP (v2 only; 0 = ephemeral), or none.
+    pub ice_tcp_port: Option<u16>,
     /// NAT 1:1 IPs advertised instead of interface addresses.
     pub host_override: Vec<String>,
     /// STUN URLs.
@@ -365,7 +367,10 @@ impl Sfu {
     pub async fn new(config: SfuConfig, metrics: Arc<Metrics>) -> Result<Self, SfuError> {
         let (peers, shards) = match config.engine {
             EngineChoice::V1 => (Some(PeerFactory::new(&config).await?), None),
-            EngineChoice::V2 => (None, Some(shard::Shards::start(&config, metrics.clone())?)),
+            EngineChoice::V2 => (
+                None,
+                Some(shard::Shards::start(&config, metrics.clone()).await?),
+            ),
         };
         Ok(Self {
             inner: Arc::new(SfuInner {
@@ -385,6 +390,11 @@ impl Sfu {
         let v1 = self.inner.peers.as_ref().map(PeerFactory::local_addr);
         let v2 = self.inner.shards.as_ref().map(shard::Shards::local_addr);
         v1.or(v2).unwrap_or(self.inner.config.udp_addr)
+    }
+
+    /// The ICE-TCP port's address, if it listens (v2 with `rtc.ice_port_tcp`).
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.shards.as_ref().and_then(shard::Shards::tcp_addr)
     }
 
     /// Creates the session (and the call if needed) and starts its actor. The receiver yields the

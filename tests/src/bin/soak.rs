@@ -171,6 +171,7 @@ async fn soak(args: Args) -> anyhow::Result<bool> {
         listen: "127.0.0.1:0".into(),
         loopback: false,
         udp_port: 0,
+        rtc: Vec::new(),
     })
     .await?;
     let seed = args.seed.unwrap_or_else(|| {

@@ -244,6 +244,8 @@ struct Publishing {
     seq: u64,
     clock: FrameClock,
     last_keyframe: Instant,
+    /// The SFU asked for a keyframe (PLI / FIR): the next frame is one, as an encoder would do.
+    keyframe_requested: bool,
 }
 
 fn crypto() -> Arc<str0m::config::CryptoProvider> {
@@ -356,6 +358,7 @@ impl Peer {
                     seq: 0,
                     clock: FrameClock::new(spec, now),
                     last_keyframe: now,
+                    keyframe_requested: false,
                 });
             }
             if config.tracks.is_empty() {
@@ -536,6 +539,11 @@ impl Peer {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 anyhow::bail!("ICE disconnected");
             }
+            Event::KeyframeRequest(request) => {
+                for track in self.publishing.iter_mut().filter(|t| t.mid == request.mid) {
+                    track.keyframe_requested = true;
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -568,10 +576,13 @@ impl Peer {
                 continue;
             };
             self.counters.send_lag.record(late.as_micros() as u64);
-            let keyframe =
-                !audio && (frame == 0 || now.duration_since(track.last_keyframe) >= keyframes);
+            let keyframe = !audio
+                && (frame == 0
+                    || track.keyframe_requested
+                    || now.duration_since(track.last_keyframe) >= keyframes);
             if keyframe {
                 track.last_keyframe = now;
+                track.keyframe_requested = false;
             }
             let rate = if audio { 48_000 } else { 90_000 };
             let time = (frame * rate / track.spec.frames_per_second.max(1) as u64) as u32;

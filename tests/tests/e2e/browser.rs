@@ -1392,6 +1392,7 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
         listen: "127.0.0.1:0".into(),
         loopback: true,
         udp_port: 0,
+        rtc: Vec::new(),
     })
     .await?;
     let driver = Chromedriver::start().await?;

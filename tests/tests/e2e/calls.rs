@@ -72,6 +72,7 @@ fn harness_runs_chromium_and_firefox_in_a_namespace_of_its_own() -> anyhow::Resu
             listen: "127.0.0.1:0".into(),
             loopback: false,
             udp_port: 0,
+            rtc: Vec::new(),
         })
         .await?;
         let browsers = Browsers::lan();
@@ -237,6 +238,7 @@ async fn long_call(a: BrowserKind, b: BrowserKind) -> anyhow::Result<()> {
         listen: "127.0.0.1:0".into(),
         loopback: false,
         udp_port: 0,
+        rtc: Vec::new(),
     })
     .await?;
     let mut call = Call {
@@ -247,6 +249,17 @@ async fn long_call(a: BrowserKind, b: BrowserKind) -> anyhow::Result<()> {
         flow: Flow::new(),
     };
     let outcome = scenario(&mut call, a, b).await;
+    conclude(call, stack, &tag, outcome).await
+}
+
+/// Ends a call: pulls the last samples, reports the flow, collects console errors (with
+/// screenshots and diagnostics on failure), closes the pages and stops the stack.
+async fn conclude(
+    mut call: Call,
+    stack: rtcd_dev::DevStack,
+    tag: &str,
+    outcome: anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let pulled = {
         let pages: Vec<&BrowserPage> = call.pages.iter().collect();
         call.flow.pull(&pages).await
@@ -278,7 +291,7 @@ async fn long_call(a: BrowserKind, b: BrowserKind) -> anyhow::Result<()> {
         consoles.push(console);
     }
     if !failures.is_empty() {
-        call.screenshots(&tag).await;
+        call.screenshots(tag).await;
         for ((page, name), console) in call.pages.iter().zip(&call.names).zip(&consoles) {
             eprintln!("{name}: {}", flow::diagnose(page).await);
             let noted: Vec<&str> = console
@@ -376,6 +389,105 @@ async fn scenario(call: &mut Call, a: BrowserKind, b: BrowserKind) -> anyhow::Re
     call.plays(alice, 1).await?;
     call.plays(bob, 1).await?;
     Ok(())
+}
+
+/// Drops every UDP datagram to or from `port` in this (the test's own) network namespace.
+async fn block_udp(port: u16) -> anyhow::Result<()> {
+    let rules = format!(
+        "table inet block_udp {{\n\
+           chain input {{ type filter hook input priority 0; udp dport {port} drop; udp sport {port} drop; }}\n\
+           chain output {{ type filter hook output priority 0; udp sport {port} drop; udp dport {port} drop; }}\n\
+         }}\n"
+    );
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("nft (Debian's nftables) is needed to block UDP")?;
+    use tokio::io::AsyncWriteExt as _;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(rules.as_bytes())
+        .await?;
+    let status = child.wait().await?;
+    ensure!(status.success(), "nft refused the rules: {status}");
+    Ok(())
+}
+
+/// The transport protocol of the page's selected ICE candidate pair (`udp` or `tcp`).
+async fn selected_protocol(page: &BrowserPage) -> anyhow::Result<String> {
+    let value = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];\
+             rtcd.peerConnection.getStats().then((r) => { let pair = null;\
+               r.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId)\
+                 pair = r.get(s.selectedCandidatePairId); });\
+               const local = pair && r.get(pair.localCandidateId);\
+               done(local ? local.protocol : 'none'); }, (e) => done('error: ' + e));",
+            json!([]),
+        )
+        .await?;
+    Ok(value.as_str().unwrap_or_default().to_owned())
+}
+
+/// ICE-TCP (issue 11): every UDP datagram to or from rtcd's media port is dropped in the
+/// test's namespace, so two Chromium pages can only reach rtcd over its passive TCP candidate;
+/// their call must still carry media both ways in every 5 s window for a minute.
+async fn call_over_ice_tcp() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stack = rtcd_dev::start(rtcd_dev::Options {
+        data_dir: dir.path().to_owned(),
+        listen: "127.0.0.1:0".into(),
+        loopback: false,
+        udp_port: 0,
+        rtc: vec![
+            ("RTCD_RTC_ENGINE".into(), "v2".into()),
+            ("RTCD_RTC_ICE_PORT_TCP".into(), "0".into()),
+        ],
+    })
+    .await?;
+    let tcp = stack
+        .rtcd
+        .sfu()
+        .tcp_addr()
+        .context("rtcd has no ICE-TCP port")?;
+    block_udp(stack.rtcd.sfu().udp_addr().port()).await?;
+    eprintln!("UDP to rtcd blocked; ICE-TCP on {tcp}");
+    let mut call = Call {
+        url: format!("http://{}/?room=ice-tcp", stack.proxy.addr()),
+        browsers: Browsers::lan(),
+        pages: Vec::new(),
+        names: Vec::new(),
+        flow: Flow::new(),
+    };
+    let outcome = async {
+        let alice = call.join(BrowserKind::Chromium, "Alice-tcp").await?;
+        let bob = call.join(BrowserKind::Chromium, "Bob-tcp").await?;
+        call.plays(alice, 1).await?;
+        call.plays(bob, 1).await?;
+        call.hold(scaled(60)).await?;
+        for id in [alice, bob] {
+            let protocol = selected_protocol(&call.pages[id]).await?;
+            ensure!(
+                protocol == "tcp",
+                "{}: selected candidate pair is {protocol}, not tcp",
+                call.names[id]
+            );
+        }
+        Ok(())
+    }
+    .await;
+    conclude(call, stack, "ice-tcp", outcome).await
+}
+
+#[test]
+fn chromium_reaches_rtcd_over_ice_tcp_when_udp_is_blocked() -> anyhow::Result<()> {
+    let _one = ONE_CALL_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    netns::run(call_over_ice_tcp)
 }
 
 fn run_long_call(a: BrowserKind, b: BrowserKind) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@ fn options(dir: &std::path::Path) -> rtcd_dev::Options {
         listen: "127.0.0.1:0".into(),
         loopback: true,
         udp_port: 0,
+        rtc: Vec::new(),
     }
 }
 

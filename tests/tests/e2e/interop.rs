@@ -165,6 +165,7 @@ fn aiortc_clients_written_from_the_protocol_document_keep_receiving_each_other()
             listen: format!("{LAN_ADDR}:0"),
             loopback: false,
             udp_port: 0,
+            rtc: Vec::new(),
         })
         .await?;
         let base = format!("http://{}", stack.proxy.addr());

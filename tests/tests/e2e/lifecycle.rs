@@ -334,11 +334,12 @@ async fn join_publish_leave_cycles_leak_no_fds_threads_or_tasks() -> anyhow::Res
         live = live.or(cycle(&mut signaling, &auth, i, probe).await?);
     }
     // The measures can see a session at all: sessions add no file descriptors (they share
-    // one UDP port) but each runs a few dozen tasks, so with two live sessions the task gauge
-    // must have stood well above the baseline.
+    // one UDP port) but each runs tasks (a few dozen on engine v1; on v2 its signaling bridge,
+    // the media living on the worker threads), so with two live sessions the task gauge must
+    // stand above the baseline.
     let live = live.expect("probed");
     assert!(
-        live.tasks >= baseline.tasks + 10.0,
+        live.tasks >= baseline.tasks + 2.0,
         "two live sessions should show in the task gauge: baseline {baseline:?}, live {live:?}"
     );
     sessions_gone(&http, &base).await?;

@@ -23,6 +23,7 @@
 mod receive;
 mod worker;
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::{SessionCommand, SessionEvent, SessionHandle};
 use super::{CallId, JoinRequest, SfuConfig, SfuError, SfuInner, TenantId};
-use crate::engine::net::Transport;
+use crate::engine::net::tcp::{IceTcpServer, TcpConfig, TcpHandler};
 use crate::engine::net::udp::{BatchSocket, UdpConfig};
+use crate::engine::net::{Inbound, Transport};
 use crate::engine::{Identity, PeerSettings};
 
 /// A session's routing key: the worker in the top 16 bits, a counter below.
@@ -89,14 +91,93 @@ pub(crate) enum DemuxUpdate {
 pub(crate) struct Shards {
     workers: Vec<mpsc::Sender<WorkerCommand>>,
     local_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
     next_key: AtomicU64,
     stop: Arc<AtomicBool>,
+    /// Stops the ICE-TCP port (its accept loop and connections).
+    tcp_stop: CancellationToken,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The ICE-TCP port as the workers see it: routes frames to sessions and sends on connections.
+///
+/// Unlike UDP, this path takes a lock per packet (two small maps): ICE-TCP is the fallback
+/// for networks that block UDP, a few sessions, not the port every call shares.
+pub(crate) struct TcpRoutes {
+    server: Mutex<Option<Arc<IceTcpServer>>>,
+    /// The listener's address, as connections report it.
+    bound: SocketAddr,
+    /// The address in our TCP candidate (the ICE agent matches datagrams to it).
+    advertised: SocketAddr,
+    ufrags: Mutex<HashMap<String, SessionKey>>,
+    paths: Mutex<HashMap<Transport, SessionKey>>,
+    workers: Vec<mpsc::Sender<Datagram>>,
+}
+
+impl TcpRoutes {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A session answered with `ufrag`: ICE-TCP connections naming it are its own.
+    pub(crate) fn register(&self, key: SessionKey, ufrag: &str) {
+        Self::lock(&self.ufrags).insert(ufrag.to_owned(), key);
+    }
+
+    /// The session ended: its ufrags and connections route nowhere any more.
+    pub(crate) fn remove(&self, key: SessionKey) {
+        Self::lock(&self.ufrags).retain(|_, k| *k != key);
+        Self::lock(&self.paths).retain(|_, k| *k != key);
+    }
+
+    /// Sends one packet the engine addressed to a TCP path.
+    pub(crate) fn send(&self, transport: Transport, data: bytes::Bytes) {
+        let server = Self::lock(&self.server).clone();
+        let Some(server) = server else { return };
+        let path = Transport::tcp(self.bound, transport.peer);
+        if let Err(e) = server.send(&path, data) {
+            tracing::debug!(peer = %transport.peer, error = %e, "ICE-TCP packet dropped");
+        }
+    }
+}
+
+impl TcpHandler for TcpRoutes {
+    fn accept(&self, transport: &Transport, ufrag: &str) -> bool {
+        let key = Self::lock(&self.ufrags).get(ufrag).copied();
+        match key {
+            Some(key) => {
+                Self::lock(&self.paths).insert(*transport, key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn deliver(&self, inbound: Inbound) -> bool {
+        let Some(key) = Self::lock(&self.paths).get(&inbound.transport).copied() else {
+            return false;
+        };
+        let Some(inbox) = self.workers.get((key >> 48) as usize) else {
+            return false;
+        };
+        inbox
+            .try_send(Datagram {
+                key,
+                transport: Transport::tcp(self.advertised, inbound.transport.peer),
+                data: BytesMut::from(&inbound.data[..]),
+            })
+            .is_ok()
+    }
+
+    fn closed(&self, transport: &Transport) {
+        Self::lock(&self.paths).remove(transport);
+    }
+}
+
 impl Shards {
-    /// Binds the shared UDP port and starts one worker per core plus the receive thread.
-    pub(crate) fn start(
+    /// Binds the shared UDP port (and the ICE-TCP port if configured) and starts one worker per
+    /// core plus the receive thread.
+    pub(crate) async fn start(
         config: &SfuConfig,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, SfuError> {
@@ -114,11 +195,6 @@ impl Shards {
         let bound = socket.local_addr();
         let advertised = SocketAddr::new(candidate_ip(config, bound.ip())?, bound.port());
         let identity = Identity::generate().map_err(|e| SfuError::Media(e.to_string()))?;
-        let settings = PeerSettings {
-            candidates: vec![Transport::udp(advertised, advertised)],
-            disconnected_timeout: config.ice_disconnected_timeout,
-            failed_timeout: config.ice_failed_timeout,
-        };
         let count = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -127,20 +203,66 @@ impl Shards {
         let (demux_tx, demux_rx) = std::sync::mpsc::channel();
         let mut workers = Vec::with_capacity(count);
         let mut inboxes = Vec::with_capacity(count);
-        let mut threads = Vec::with_capacity(count + 1);
-        for index in 0..count {
+        let mut receivers = Vec::with_capacity(count);
+        for _ in 0..count {
             let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
             let (dg_tx, dg_rx) = mpsc::channel(DATAGRAM_QUEUE);
             workers.push(cmd_tx);
             inboxes.push(dg_tx);
+            receivers.push((cmd_rx, dg_rx));
+        }
+        let mut candidates = vec![Transport::udp(advertised, advertised)];
+        let tcp_stop = CancellationToken::new();
+        let tcp = match config.ice_tcp_port {
+            None => None,
+            Some(port) => {
+                let bind = SocketAddr::new(config.udp_addr.ip(), port);
+                let probe = std::net::TcpListener::bind(bind).map_err(|e| {
+                    SfuError::Media(format!("cannot listen on ICE-TCP {bind}: {e}"))
+                })?;
+                let bound = probe
+                    .local_addr()
+                    .map_err(|e| SfuError::Media(e.to_string()))?;
+                drop(probe);
+                let routes = Arc::new(TcpRoutes {
+                    server: Mutex::new(None),
+                    bound,
+                    advertised: SocketAddr::new(advertised.ip(), bound.port()),
+                    ufrags: Mutex::default(),
+                    paths: Mutex::default(),
+                    workers: inboxes.clone(),
+                });
+                let server = IceTcpServer::bind(
+                    bound,
+                    TcpConfig::default(),
+                    routes.clone(),
+                    tcp_stop.clone(),
+                )
+                .await
+                .map_err(|e| SfuError::Media(e.to_string()))?;
+                *routes.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(server));
+                candidates.push(Transport::tcp(routes.advertised, routes.advertised));
+                Some(routes)
+            }
+        };
+        let settings = PeerSettings {
+            candidates,
+            disconnected_timeout: config.ice_disconnected_timeout,
+            failed_timeout: config.ice_failed_timeout,
+        };
+        let mut threads = Vec::with_capacity(count + 1);
+        for (index, (cmd_rx, dg_rx)) in receivers.into_iter().enumerate() {
             let w = worker::Worker::new(
                 index,
-                socket.clone(),
-                identity.clone(),
-                settings.clone(),
-                demux_tx.clone(),
-                metrics.clone(),
-                config.clone(),
+                worker::Wiring {
+                    socket: socket.clone(),
+                    tcp: tcp.clone(),
+                    identity: identity.clone(),
+                    settings: settings.clone(),
+                    demux: demux_tx.clone(),
+                    metrics: metrics.clone(),
+                    config: config.clone(),
+                },
             );
             let thread = std::thread::Builder::new()
                 .name(format!("rtcd-media-{index}"))
@@ -161,12 +283,14 @@ impl Shards {
                 .spawn(move || receiver.run())
                 .map_err(|e| SfuError::Media(format!("cannot start the receive thread: {e}")))?,
         );
-        tracing::info!(udp = %bound, advertised = %advertised, workers = count, "media engine v2 started");
+        tracing::info!(udp = %bound, advertised = %advertised, tcp = ?tcp.as_ref().map(|t| t.advertised), workers = count, "media engine v2 started");
         Ok(Self {
             workers,
             local_addr: bound,
+            tcp_addr: tcp.as_ref().map(|t| t.bound),
             next_key: AtomicU64::new(1),
             stop,
+            tcp_stop,
             threads: Mutex::new(threads),
         })
     }
@@ -174,6 +298,11 @@ impl Shards {
     /// The shared UDP port's address.
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The ICE-TCP port's address, if it listens.
+    pub(crate) fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
     }
 
     /// The worker that owns a call: a hash of the tenant and call, so every session of the
@@ -219,6 +348,7 @@ impl Shards {
 impl Drop for Shards {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.tcp_stop.cancel();
         self.workers.clear();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         // Workers end when their command channels close (just now); the receive thread within

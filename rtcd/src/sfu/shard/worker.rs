@@ -19,8 +19,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Datagram, DemuxUpdate, Joining, SessionKey, WorkerCommand};
+use super::{Datagram, DemuxUpdate, Joining, SessionKey, TcpRoutes, WorkerCommand};
 use crate::engine::net::udp::{BatchSocket, SendBatch};
+use crate::engine::net::{Protocol, Transport};
 use crate::engine::peer::{Codec, HeaderExtension, OpenedTrack, SlotId, TrackKey};
 use crate::engine::{Identity, Peer, PeerEvent, PeerSettings};
 use crate::metrics::{KindLabels, Metrics, ReasonLabels};
@@ -40,7 +41,8 @@ const DATAGRAM_BATCH: usize = 64;
 /// Datagrams per `sendmmsg`.
 const SEND_BATCH: usize = 64;
 
-type CallKey = (TenantId, CallId);
+/// A call within this worker (numbered, so the forwarding path copies no strings).
+type CallKey = u64;
 type TrackId = u64;
 
 /// Counters a published track updates per packet, resolved once.
@@ -69,6 +71,8 @@ struct Published {
 }
 
 struct Call {
+    /// Whose call and which: the key of `Worker::call_ids`.
+    names: (TenantId, CallId),
     members: Vec<SessionKey>,
     tracks: HashMap<TrackId, Published>,
 }
@@ -133,6 +137,8 @@ struct Member {
     created: Instant,
     connected: bool,
     backlog: bool,
+    /// The worker's flag that some session has a backlog (so the worker need not scan them all).
+    worker_backlog: Arc<std::sync::atomic::AtomicBool>,
     /// The deadline last put on the timer heap for this session.
     deadline: Option<Instant>,
 }
@@ -143,6 +149,8 @@ impl Member {
     fn emit(&mut self, event: SessionEvent) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(event) {
             self.backlog = true;
+            self.worker_backlog
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -190,16 +198,36 @@ impl Member {
     }
 }
 
+/// What every worker shares with the others and the receive thread.
+#[derive(Clone)]
+pub(super) struct Wiring {
+    /// The shared UDP port (sends).
+    pub socket: Arc<BatchSocket>,
+    /// The ICE-TCP port, if it listens.
+    pub tcp: Option<Arc<TcpRoutes>>,
+    /// The process's DTLS certificate.
+    pub identity: Identity,
+    /// Our candidates and ICE timeouts, for every peer.
+    pub settings: PeerSettings,
+    /// Registrations for the receive thread's demultiplexer.
+    pub demux: std::sync::mpsc::Sender<DemuxUpdate>,
+    pub metrics: Arc<Metrics>,
+    pub config: SfuConfig,
+}
+
 /// A worker thread's state. See the module docs.
 pub(super) struct Worker {
     index: usize,
     socket: Arc<BatchSocket>,
+    tcp: Option<Arc<TcpRoutes>>,
     identity: Identity,
     settings: PeerSettings,
     demux: std::sync::mpsc::Sender<DemuxUpdate>,
     metrics: Arc<Metrics>,
     config: SfuConfig,
     calls: HashMap<CallKey, Call>,
+    call_ids: HashMap<(TenantId, CallId), CallKey>,
+    next_call: CallKey,
     members: HashMap<SessionKey, Member>,
     timers: BinaryHeap<Reverse<(Instant, SessionKey)>>,
     /// Sessions with datagrams or events to drain.
@@ -208,27 +236,33 @@ pub(super) struct Worker {
     send: SendBatch,
     next_track: TrackId,
     scratch: Vec<PeerEvent>,
+    /// Set when a session's event queue overflowed (see [`Member::emit`]).
+    backlog: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Worker {
-    pub(super) fn new(
-        index: usize,
-        socket: Arc<BatchSocket>,
-        identity: Identity,
-        settings: PeerSettings,
-        demux: std::sync::mpsc::Sender<DemuxUpdate>,
-        metrics: Arc<Metrics>,
-        config: SfuConfig,
-    ) -> Self {
+    pub(super) fn new(index: usize, wiring: Wiring) -> Self {
+        let Wiring {
+            socket,
+            tcp,
+            identity,
+            settings,
+            demux,
+            metrics,
+            config,
+        } = wiring;
         Self {
             index,
             socket,
+            tcp,
             identity,
             settings,
             demux,
             metrics,
             config,
             calls: HashMap::new(),
+            call_ids: HashMap::new(),
+            next_call: 1,
             members: HashMap::new(),
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
@@ -236,6 +270,7 @@ impl Worker {
             send: SendBatch::new(SEND_BATCH),
             next_track: 1,
             scratch: Vec::new(),
+            backlog: Arc::default(),
         }
     }
 
@@ -346,10 +381,13 @@ impl Worker {
                 continue;
             };
             while let Some((transport, data)) = m.peer.poll_transmit() {
-                if self.send.push(transport.peer, &data).is_err() {
-                    flush(&self.socket, &mut self.send);
-                    let _ = self.send.push(transport.peer, &data);
-                }
+                transmit(
+                    &self.socket,
+                    &mut self.send,
+                    self.tcp.as_deref(),
+                    transport,
+                    data,
+                );
             }
             if let Some(at) = m.peer.poll_timeout()
                 && m.deadline != Some(at)
@@ -362,23 +400,25 @@ impl Worker {
         flush(&self.socket, &mut self.send);
         self.dirty = dirty;
         self.dirty.clear();
-        let ended: Vec<SessionKey> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.backlog)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in ended {
-            self.finish(key, "signaling backlog".into());
+        if self
+            .backlog
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            let ended: Vec<SessionKey> = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.backlog)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in ended {
+                self.finish(key, "signaling backlog".into());
+            }
         }
     }
 
     fn drain_events(&mut self, key: SessionKey) {
         let mut events = std::mem::take(&mut self.scratch);
-        loop {
-            let Some(m) = self.members.get_mut(&key) else {
-                break;
-            };
+        while let Some(m) = self.members.get_mut(&key) {
             while events.len() < 64 {
                 match m.peer.poll_event() {
                     Some(e) => events.push(e),
@@ -417,6 +457,7 @@ impl Worker {
             PeerEvent::Failed => return Some("peer connection failed".into()),
             PeerEvent::TrackOpened(opened) => {
                 let m = self.members.get_mut(&key)?;
+                tracing::debug!(session = %m.req.session, mid = %opened.mid, kind = ?opened.kind, ssrc = opened.ssrc, "track opened");
                 let mid = opened.mid.clone();
                 m.opened.insert(mid.clone(), opened);
                 if m.sending_mids.contains(&mid) && !m.refused.contains_key(&mid) {
@@ -429,7 +470,7 @@ impl Worker {
             PeerEvent::KeyframeRequested(slot) => {
                 let m = self.members.get(&key)?;
                 if let SlotUse::Busy(tid) = m.slots.get(slot.0 as usize)?.usage {
-                    let call = m.call.clone();
+                    let call = m.call;
                     self.request_keyframe(&call, tid, now);
                 }
             }
@@ -455,8 +496,7 @@ impl Worker {
             }
             return;
         };
-        let call_key = m.call.clone();
-        let (owner_session, owner_user) = (m.req.session.clone(), m.req.user.clone());
+        let call_key = m.call;
         let Some(call) = self.calls.get_mut(&call_key) else {
             return;
         };
@@ -491,6 +531,10 @@ impl Worker {
                 let Some(s) = self.members.get_mut(&sub) else {
                     continue;
                 };
+                // Before DTLS is up there are no SRTP keys: nothing can be sent yet.
+                if !s.peer.is_connected() {
+                    continue;
+                }
                 let Some(ms) = s.slots.get_mut(slot) else {
                     continue;
                 };
@@ -520,7 +564,10 @@ impl Worker {
         if want_keyframe {
             self.request_keyframe(&call_key, tid, now);
         }
-        if let Some(speaking) = voice {
+        if let Some(speaking) = voice
+            && let Some(m) = self.members.get(&key)
+        {
+            let (owner_session, owner_user) = (m.req.session.clone(), m.req.user.clone());
             self.notify(&call_key, key, |_| {
                 Some(SessionEvent::VoiceActivity {
                     session: owner_session.clone(),
@@ -656,11 +703,20 @@ impl Worker {
             .get_or_create(&tenant_label(&j.req.tenant))
             .inc();
         tracing::info!(client = %j.req.tenant, call = %j.req.call, session = %j.req.session, worker = self.index, "session joined");
-        let call_key = (j.req.tenant.clone(), j.req.call.clone());
+        let names = (j.req.tenant.clone(), j.req.call.clone());
+        let call_key = match self.call_ids.get(&names) {
+            Some(k) => *k,
+            None => {
+                let k = self.next_call;
+                self.next_call += 1;
+                self.call_ids.insert(names.clone(), k);
+                k
+            }
+        };
         let member = Member {
             inner: j.inner,
             req: j.req,
-            call: call_key.clone(),
+            call: call_key,
             peer,
             events: j.events,
             ended: j.ended,
@@ -682,10 +738,12 @@ impl Worker {
             created: now,
             connected: false,
             backlog: false,
+            worker_backlog: self.backlog.clone(),
             deadline: None,
         };
         let me = member.participant();
-        let call = self.calls.entry(call_key.clone()).or_insert_with(|| Call {
+        let call = self.calls.entry(call_key).or_insert_with(|| Call {
+            names,
             members: Vec::new(),
             tracks: HashMap::new(),
         });
@@ -754,7 +812,7 @@ impl Worker {
                     m.muted.remove(&kind);
                 }
                 let (session, user) = (m.req.session.clone(), m.req.user.clone());
-                let call_key = m.call.clone();
+                let call_key = m.call;
                 let mine: Vec<TrackId> = m.published.values().copied().collect();
                 let mut stopped_speaking = false;
                 if let Some(call) = self.calls.get_mut(&call_key) {
@@ -827,7 +885,7 @@ impl Worker {
                     }
                     self.negotiate(key);
                 } else if !had_subscribe && p.subscribe {
-                    let call_key = self.members[&key].call.clone();
+                    let call_key = self.members[&key].call;
                     let ids: Vec<TrackId> = self
                         .calls
                         .get(&call_key)
@@ -851,7 +909,7 @@ impl Worker {
 
     /// Asks the client for an offer with enough receiving sections for every track to send.
     fn negotiate(&mut self, key: SessionKey) {
-        let Some(call_key) = self.members.get(&key).map(|m| m.call.clone()) else {
+        let Some(call_key) = self.members.get(&key).map(|m| m.call) else {
             return;
         };
         let pending_audio = {
@@ -920,6 +978,7 @@ impl Worker {
             }
         }
         let m = self.members.get_mut(&key).ok_or(SfuError::NotFound)?;
+        tracing::trace!(session = %m.req.session, %sdp, "offer");
         m.peer
             .set_offer(&sdp, now)
             .map_err(|e| SfuError::InvalidArgument(format!("unusable SDP offer: {e}")))?;
@@ -969,7 +1028,7 @@ impl Worker {
         }
         // Pending tracks onto free slots of their media.
         let m = self.members.get_mut(&key).ok_or(SfuError::NotFound)?;
-        let call_key = m.call.clone();
+        let call_key = m.call;
         let cooling: Vec<usize> = (0..m.slots.len())
             .filter(|&i| m.slots[i].usage == SlotUse::Cooling)
             .collect();
@@ -1029,11 +1088,13 @@ impl Worker {
                 }
             }
         }
-        m.emit(SessionEvent::Answer(sdp::polish_answer(
-            &answer.sdp,
-            &current,
-        )));
+        let answer_sdp = sdp::polish_answer(&answer.sdp, &current);
+        tracing::trace!(session = %m.req.session, sdp = %answer_sdp, "answer");
+        m.emit(SessionEvent::Answer(answer_sdp));
         if m.ufrags.insert(answer.ufrag.clone()) {
+            if let Some(tcp) = &self.tcp {
+                tcp.register(key, &answer.ufrag);
+            }
             let _ = self.demux.send(DemuxUpdate::Register {
                 key,
                 ufrag: answer.ufrag,
@@ -1175,7 +1236,7 @@ impl Worker {
             });
         }
         if want_keyframe {
-            let call = m.call.clone();
+            let call = m.call;
             self.request_keyframe(&call, tid, now);
         }
     }
@@ -1319,7 +1380,7 @@ impl Worker {
         m.published.insert(opened.track, tid);
         m.kind_gauge(kind, true).inc();
         tracing::info!(session = %m.req.session, call = %m.req.call, track = %track_id, kind = kind.as_str(), "track published");
-        let call_key = m.call.clone();
+        let call_key = m.call;
         let Some(call) = self.calls.get_mut(&call_key) else {
             return;
         };
@@ -1341,7 +1402,7 @@ impl Worker {
         let Some(m) = self.members.get(&key) else {
             return;
         };
-        let call_key = m.call.clone();
+        let call_key = m.call;
         let Some(call) = self.calls.get_mut(&call_key) else {
             return;
         };
@@ -1433,15 +1494,21 @@ impl Worker {
         }
         m.peer.close();
         while let Some((transport, data)) = m.peer.poll_transmit() {
-            if self.send.push(transport.peer, &data).is_err() {
-                flush(&self.socket, &mut self.send);
-                let _ = self.send.push(transport.peer, &data);
-            }
+            transmit(
+                &self.socket,
+                &mut self.send,
+                self.tcp.as_deref(),
+                transport,
+                data,
+            );
         }
         flush(&self.socket, &mut self.send);
         let _ = self.demux.send(DemuxUpdate::Remove { key });
+        if let Some(tcp) = &self.tcp {
+            tcp.remove(key);
+        }
         let me = m.participant();
-        let call_key = m.call.clone();
+        let call_key = m.call;
         let mut call_gone = false;
         if let Some(call) = self.calls.get_mut(&call_key) {
             call.members.retain(|k| *k != key);
@@ -1454,8 +1521,8 @@ impl Worker {
                 }
             }
         }
-        if call_gone {
-            self.calls.remove(&call_key);
+        if call_gone && let Some(call) = self.calls.remove(&call_key) {
+            self.call_ids.remove(&call.names);
         }
         m.inner
             .metrics
@@ -1497,6 +1564,26 @@ fn maps(
         }
     }
     (pts, ext)
+}
+
+/// One datagram from a peer: onto the UDP batch, or to its ICE-TCP connection.
+fn transmit(
+    socket: &BatchSocket,
+    batch: &mut SendBatch,
+    tcp: Option<&TcpRoutes>,
+    transport: Transport,
+    data: bytes::BytesMut,
+) {
+    if transport.protocol == Protocol::Tcp {
+        if let Some(tcp) = tcp {
+            tcp.send(transport, data.freeze());
+        }
+        return;
+    }
+    if batch.push(transport.peer, &data).is_err() {
+        flush(socket, batch);
+        let _ = batch.push(transport.peer, &data);
+    }
 }
 
 fn flush(socket: &BatchSocket, batch: &mut SendBatch) {
