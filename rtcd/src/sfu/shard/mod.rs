@@ -134,7 +134,8 @@ impl TcpRoutes {
     pub(crate) fn send(&self, transport: Transport, data: bytes::Bytes) {
         let server = Self::lock(&self.server).clone();
         let Some(server) = server else { return };
-        let path = Transport::tcp(self.bound, transport.peer);
+        // A connection's local address is the one the client connected to: our candidate's.
+        let path = Transport::tcp(self.advertised, transport.peer);
         if let Err(e) = server.send(&path, data) {
             tracing::debug!(peer = %transport.peer, error = %e, "ICE-TCP packet dropped");
         }
