@@ -168,7 +168,8 @@ pub struct AuthConfig {
     pub audiences: Vec<String>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     pub leeway_seconds: u64,
-    /// Longest token lifetime accepted (`exp - iat`, or `exp - now` without `iat`).
+    /// Longest token lifetime accepted (`exp - iat`, or `exp - now` without `iat`; `nbf`
+    /// only gates "not before" and is never the start, see `auth::check_lifetime`).
     pub max_lifetime_seconds: u64,
     /// Whether `room: "*"` (any room) is honoured, as Jitsi does.
     pub allow_wildcard_room: bool,
