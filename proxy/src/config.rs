@@ -118,9 +118,10 @@ pub struct LimitsConfig {
     pub connections_per_minute: u32,
     /// New connections a source address may open in a burst.
     pub connection_burst: u32,
-    /// Failed authentications per minute per source address.
+    /// Refused join tokens per minute per source address. Refused `refresh` tokens are
+    /// counted per session instead (`session::MAX_REFUSED_REFRESHES`).
     pub failed_auth_per_minute: u32,
-    /// Failed authentications a source address may have in a burst.
+    /// Refused join tokens a source address may have in a burst.
     pub failed_auth_burst: u32,
     /// Open WebSocket connections in total; beyond it new ones are refused.
     pub max_connections: usize,
