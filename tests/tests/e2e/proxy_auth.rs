@@ -649,11 +649,14 @@ async fn health_metrics_and_graceful_drain() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(ready.status(), 200);
+    // Issue 16 #13: JSON, as rtcd answers.
+    assert_eq!(ready.json::<Value>().await?, json!({"status": "ready"}));
     let healthz = http
         .get(format!("http://{}/healthz", proxy.addr()))
         .send()
         .await?;
     assert_eq!(healthz.status(), 200);
+    assert_eq!(healthz.json::<Value>().await?, json!({"status": "ok"}));
     let plain = http
         .get(format!("http://{}/ws", proxy.addr()))
         .send()
@@ -1200,7 +1203,12 @@ async fn handshake_errors_are_clear_http_answers() -> anyhow::Result<()> {
     let proxy = start(base_config()).await?;
     let http = reqwest::Client::new();
     let url = format!("http://{}/ws", proxy.addr());
-    assert_eq!(http.post(&url).send().await?.status(), 405);
+    let post = http.post(&url).send().await?;
+    assert_eq!(post.status(), 405);
+    // Issue 16 #13: rtcd's error shape, `code` the status as a string.
+    let body: Value = post.json().await?;
+    assert_eq!(body["code"], "405", "{body}");
+    assert!(body["error"].is_string(), "{body}");
     let wrong_version = http
         .get(&url)
         .header("connection", "Upgrade")
@@ -1219,13 +1227,12 @@ async fn handshake_errors_are_clear_http_answers() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(no_key.status(), 400);
-    assert_eq!(
-        http.get(format!("http://{}/nope", proxy.addr()))
-            .send()
-            .await?
-            .status(),
-        404
-    );
+    let nope = http
+        .get(format!("http://{}/nope", proxy.addr()))
+        .send()
+        .await?;
+    assert_eq!(nope.status(), 404);
+    assert_eq!(nope.json::<Value>().await?["code"], "404");
     proxy.shutdown().await;
     Ok(())
 }
