@@ -525,6 +525,11 @@ fn decode<T: serde::de::DeserializeOwned>(
                     AuthError::AlgorithmRejected(format!("{alg:?} is not allowed for this key"))
                 }
                 K::Json(_) => AuthError::Malformed("claims are not the expected JSON".into()),
+                // A signature that is not base64url (a tampered last character, say) is a
+                // signature that does not verify: when header and payload decode, that is
+                // where the error was, and "not a compact JWS" would send the operator
+                // looking at the token's shape instead of its signature.
+                K::Base64(_) if header_and_payload_decode(token) => AuthError::BadSignature,
                 K::Base64(_) | K::Utf8(_) | K::InvalidToken => {
                     AuthError::Malformed("not a compact JWS".into())
                 }
@@ -533,6 +538,17 @@ fn decode<T: serde::de::DeserializeOwned>(
                 _ => AuthError::BadSignature,
             }
         })
+}
+
+/// Whether the first two parts of a compact JWS are base64url (so a decoding error is in the
+/// signature).
+fn header_and_payload_decode(token: &str) -> bool {
+    let mut parts = token.split('.');
+    parts.by_ref().take(2).all(|part| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part.trim_end_matches('='))
+            .is_ok()
+    })
 }
 
 /// The `iss` of a token's payload before any verification: it only selects which keys and
