@@ -297,7 +297,9 @@ pub fn mint_warnings(config: &Config, args: &MintArgsRef<'_>) -> Vec<String> {
             args.ttl
         ));
     }
-    if args.role.is_none() && args.permissions.is_empty() && config.auth.permissions.no_role.is_empty()
+    if args.role.is_none()
+        && args.permissions.is_empty()
+        && config.auth.permissions.no_role.is_empty()
     {
         warnings.push(
             "no --role: the token gets auth.permissions.no_role, which grants nothing here \
@@ -563,9 +565,8 @@ pub async fn explain_report(
 
 /// Whether the claims name a role (`role`, or Jitsi's `context.user.moderator`).
 fn has_role_claim(claims: Option<&serde_json::Value>) -> bool {
-    claims.is_some_and(|c| {
-        c.get("role").is_some() || c.pointer("/context/user/moderator").is_some()
-    })
+    claims
+        .is_some_and(|c| c.get("role").is_some() || c.pointer("/context/user/moderator").is_some())
 }
 
 async fn explain(config: Config, jwt: String, room: Option<String>) -> Result<(), String> {
@@ -610,10 +611,12 @@ mod tests {
     #[test]
     fn no_config_says_no_config_was_given() {
         let e = load_config(None, Vec::new()).unwrap_err();
-        assert!(e.contains("no configuration") && e.contains("--config"), "{e}");
+        assert!(
+            e.contains("no configuration") && e.contains("--config"),
+            "{e}"
+        );
         // With PROXY_* variables, the missing key is the news.
-        let e = load_config(None, vec![("PROXY_AUTH_ISSUERS".into(), "app".into())])
-            .unwrap_err();
+        let e = load_config(None, vec![("PROXY_AUTH_ISSUERS".into(), "app".into())]).unwrap_err();
         assert!(e.contains("auth.audiences"), "{e}");
     }
 

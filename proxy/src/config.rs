@@ -33,7 +33,9 @@ pub const SAMPLE_SECRETS: &[&str] = &["REPLACE-ME-with-at-least-32-random-bytes"
 /// proxy is configured with. rtcd applies the same rule to its admin secret.
 pub fn weak_secret(secret: &[u8]) -> Option<String> {
     let placeholder = SAMPLE_SECRETS.iter().any(|s| s.as_bytes() == secret)
-        || secret.windows(10).any(|w| w.eq_ignore_ascii_case(b"REPLACE-ME"));
+        || secret
+            .windows(10)
+            .any(|w| w.eq_ignore_ascii_case(b"REPLACE-ME"));
     if placeholder {
         return Some(
             "is the placeholder from the sample config; generate a secret, e.g.              `head -c 32 /dev/urandom | base64`"
@@ -869,9 +871,8 @@ impl Config {
                     "set auth_key or auth_key_file, not both",
                 ));
             }
-            let text = std::fs::read_to_string(&r.auth_key_file).map_err(|e| {
-                invalid("rtcd.auth_key_file", format!("{}: {e}", r.auth_key_file))
-            })?;
+            let text = std::fs::read_to_string(&r.auth_key_file)
+                .map_err(|e| invalid("rtcd.auth_key_file", format!("{}: {e}", r.auth_key_file)))?;
             (
                 "rtcd.auth_key_file",
                 text.trim_end_matches(['\r', '\n']).to_owned(),
@@ -1128,7 +1129,9 @@ mod tests {
     #[test]
     fn sample_and_weak_secrets_are_refused() {
         let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/proxy.sample.toml");
-        let e = Config::load(Some(&sample), env(&[])).unwrap_err().to_string();
+        let e = Config::load(Some(&sample), env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("auth.keys[0].secret") && e.contains("placeholder"),
             "{e}"

@@ -323,10 +323,18 @@ pub fn authorize_sdp(
         if !matches {
             return Err(PolicyError::BadTrack(format!(
                 "mid {mid} is a{} {} section, `{}` is a{} {} source",
-                if section.kind == MediaKind::Audio { "n" } else { "" },
+                if section.kind == MediaKind::Audio {
+                    "n"
+                } else {
+                    ""
+                },
                 section.kind.as_str(),
                 source.as_str(),
-                if source.kind() == MediaKind::Audio { "n" } else { "" },
+                if source.kind() == MediaKind::Audio {
+                    "n"
+                } else {
+                    ""
+                },
                 source.kind().as_str()
             )));
         }

@@ -735,7 +735,11 @@ impl Session {
             ClientMessage::Unmute { source } => {
                 if !perms.allows(source.capability()) {
                     return self
-                        .forbid(kind, format!("unmute {}", source.as_str()), source.capability())
+                        .forbid(
+                            kind,
+                            format!("unmute {}", source.as_str()),
+                            source.capability(),
+                        )
                         .await;
                 }
                 RelayCommand::Mute {

@@ -876,7 +876,9 @@ mod tests {
     #[test]
     fn sample_and_weak_admin_secrets_are_refused() {
         let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rtcd.sample.toml");
-        let e = Config::load(Some(&sample), env(&[])).unwrap_err().to_string();
+        let e = Config::load(Some(&sample), env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("api.security.admin_secret_key") && e.contains("placeholder"),
             "{e}"
@@ -902,7 +904,10 @@ mod tests {
             None,
             env(&[
                 ("RTCD_API_SECURITY_ENABLE_ADMIN", "true"),
-                ("RTCD_API_SECURITY_ADMIN_SECRET_KEY", "test-admin-secret-0123456789abcdef"),
+                (
+                    "RTCD_API_SECURITY_ADMIN_SECRET_KEY",
+                    "test-admin-secret-0123456789abcdef",
+                ),
             ]),
         )
         .unwrap();

@@ -750,7 +750,13 @@ mod tests {
     /// is a malformed token, not silently "absent" (which would pick the no-role defaults).
     #[tokio::test]
     async fn unrecognised_moderator_values_are_malformed() {
-        for value in [json!("yes"), json!("True"), json!(""), json!(1), json!(null)] {
+        for value in [
+            json!("yes"),
+            json!("True"),
+            json!(""),
+            json!(1),
+            json!(null),
+        ] {
             let claims = with(base(), "context", json!({"user": {"moderator": value}}));
             let result = check(rules(), claims, "r1").await;
             if value.is_null() {

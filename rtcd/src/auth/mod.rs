@@ -193,7 +193,9 @@ pub const SAMPLE_SECRETS: &[&str] = &["REPLACE-ME-with-at-least-32-random-bytes"
 pub fn weak_secret(secret: &str) -> Option<String> {
     let bytes = secret.as_bytes();
     let placeholder = SAMPLE_SECRETS.contains(&secret)
-        || bytes.windows(10).any(|w| w.eq_ignore_ascii_case(b"REPLACE-ME"));
+        || bytes
+            .windows(10)
+            .any(|w| w.eq_ignore_ascii_case(b"REPLACE-ME"));
     if placeholder {
         return Some(
             "is the placeholder from the sample config; generate a secret, e.g. \

@@ -327,7 +327,10 @@ async fn member_without_screen_permission_cannot_offer_a_screen_track() -> anyho
         "{e}"
     );
     assert!(
-        e["message"].as_str().unwrap().contains("needs publish_screen"),
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs publish_screen"),
         "{e}"
     );
     client.send(&json!({"type": "screen_share_start"})).await?;
@@ -1352,7 +1355,9 @@ async fn invalid_utf8_text_frame_gets_an_error_before_the_close() -> anyhow::Res
     for (when, c) in [("before join", &mut before), ("after join", &mut after)] {
         let (code, reason, seen) = c.closed().await?;
         assert_eq!((code, reason.as_str()), (4000, "bad_message"), "{when}");
-        let error = seen.last().unwrap_or_else(|| panic!("{when}: no error before the close"));
+        let error = seen
+            .last()
+            .unwrap_or_else(|| panic!("{when}: no error before the close"));
         assert_eq!(error["type"], "error", "{when}: {seen:?}");
         assert_eq!(error["code"], "bad_message", "{when}: {seen:?}");
         assert!(
@@ -1384,12 +1389,9 @@ async fn fragmented_oversized_message_closes_4003_every_time() -> anyhow::Result
         let sent = c
             .send_fragmented(1 << 20, 16 << 10, Duration::from_millis(2))
             .await;
-        let (code, reason, seen) = c
-            .closed()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("run {run} (before join: {before_join}, {sent} fragments sent): {e}")
-            })?;
+        let (code, reason, seen) = c.closed().await.map_err(|e| {
+            anyhow::anyhow!("run {run} (before join: {before_join}, {sent} fragments sent): {e}")
+        })?;
         assert_eq!(
             (code, reason.as_str()),
             (4003, "message_too_large"),
@@ -1401,7 +1403,10 @@ async fn fragmented_oversized_message_closes_4003_every_time() -> anyhow::Result
             sent, 64,
             "run {run} (before join: {before_join}): the connection was reset after {sent} fragments"
         );
-        assert_eq!(seen.last().map(|m| &m["code"]), Some(&json!("message_too_large")));
+        assert_eq!(
+            seen.last().map(|m| &m["code"]),
+            Some(&json!("message_too_large"))
+        );
         drop(c);
         // The session's slot is released before the next run's join.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1429,7 +1434,8 @@ async fn refused_refreshes_count_per_session_not_per_address() -> anyhow::Result
     c.expect("error").await?; // media_unavailable
     let foreign = hs_token(&claims("mallory", "standup"));
     for _ in 0..2 {
-        c.send(&json!({"type": "refresh", "token": foreign})).await?;
+        c.send(&json!({"type": "refresh", "token": foreign}))
+            .await?;
         assert_eq!(c.expect("error").await?["code"], "token_identity_mismatch");
     }
     // Somebody else at the same address still joins.
@@ -1441,7 +1447,8 @@ async fn refused_refreshes_count_per_session_not_per_address() -> anyhow::Result
     .await?;
     assert_eq!(outcome.code(), 0, "{outcome:?}");
     // The third refusal ends the refreshing session.
-    c.send(&json!({"type": "refresh", "token": "garbage"})).await?;
+    c.send(&json!({"type": "refresh", "token": "garbage"}))
+        .await?;
     let (code, reason, seen) = c.closed().await?;
     assert_eq!(
         (code, reason.as_str()),
@@ -1460,7 +1467,12 @@ async fn refused_refreshes_count_per_session_not_per_address() -> anyhow::Result
     assert_eq!(join_code(proxy.addr(), "garbage", "standup").await?, 4101);
     assert_eq!(join_code(proxy.addr(), "garbage", "standup").await?, 4101);
     assert_eq!(
-        join_code(proxy.addr(), &hs_token(&claims("yuri", "standup")), "standup").await?,
+        join_code(
+            proxy.addr(),
+            &hs_token(&claims("yuri", "standup")),
+            "standup"
+        )
+        .await?,
         4006
     );
     proxy.shutdown().await;
