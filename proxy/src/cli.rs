@@ -2,10 +2,16 @@
 //!
 //! * `rtcd-proxy [--config FILE] [serve]`: run until SIGINT / SIGTERM, then drain.
 //! * `rtcd-proxy [--config FILE] token --room R --user U [--role moderator] [--ttl 1h]`: print a
-//!   token signed with a configured HS key (or `--private-key FILE --alg RS256 --kid K`).
+//!   token signed with a configured HS key (or `--private-key FILE --alg RS256 --kid K`). It
+//!   warns on stderr (and still mints) when the same configuration would refuse the token
+//!   (`--ttl` above `auth.max_lifetime_seconds`) or the token grants nothing (no `--role` while
+//!   `no_role` is empty).
 //! * `rtcd-proxy [--config FILE] token explain JWT [--room R]`: say whether the token verifies
 //!   against this configuration and, if not, exactly why (with the close code a client would
-//!   get).
+//!   get); a valid token without any permission gets a warning.
+//!
+//! Without `--config` and without any `PROXY_*` variable, every command says that no
+//! configuration was given (rather than naming the first key validation trips on).
 //!
 //! Exit codes: 0 success, 1 failure (or a token that does not verify), 64 bad usage or config.
 
@@ -104,10 +110,33 @@ struct MintArgs {
     permissions: Vec<String>,
 }
 
+/// Loads the configuration from `path` (if any) and `PROXY_*` variables in `env`. With
+/// neither, the problem is not the first key validation trips on (`auth.issuers`), but that
+/// no configuration was given at all: `token` in particular signs with the configured keys.
+pub fn load_config(
+    path: Option<&std::path::Path>,
+    env: Vec<(String, String)>,
+) -> Result<Config, String> {
+    let any_env = env
+        .iter()
+        .any(|(k, _)| k.starts_with(crate::config::ENV_PREFIX));
+    Config::load(path, env).map_err(|e| {
+        if path.is_none() && !any_env {
+            format!(
+                "no configuration given: pass --config FILE (see deploy/proxy.sample.toml) or \
+                 set {}* variables ({e})",
+                crate::config::ENV_PREFIX
+            )
+        } else {
+            e.to_string()
+        }
+    })
+}
+
 /// Parses the command line and runs it; what `main` calls.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+    let config = match load_config(cli.config.as_deref(), std::env::vars().collect()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rtcd-proxy: {e}");
@@ -124,8 +153,12 @@ pub fn main() -> ExitCode {
             ..
         } => run(explain(config, jwt, room)),
         TokenCommand { action: None, mint } => {
-            match mint_token(&config, &MintArgsRef::from(&mint), unix_now()) {
+            let args = MintArgsRef::from(&mint);
+            match mint_token(&config, &args, unix_now()) {
                 Ok(token) => {
+                    for warning in mint_warnings(&config, &args) {
+                        eprintln!("rtcd-proxy token: WARNING: {warning}");
+                    }
                     println!("{token}");
                     ExitCode::SUCCESS
                 }
@@ -247,6 +280,34 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
         Some(0) | None => Err(format!("`{s}` must be positive and reasonable")),
         Some(v) => Ok(v),
     }
+}
+
+/// What is wrong with minting `args` under `config` that does not stop the minting: a
+/// lifetime this configuration refuses, or a token that grants nothing. Such tokens are still
+/// minted (testing a refusal needs them), with these warnings on stderr.
+pub fn mint_warnings(config: &Config, args: &MintArgsRef<'_>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let max = config.auth.max_lifetime_seconds;
+    if let Ok(ttl) = parse_ttl(args.ttl)
+        && ttl > max
+    {
+        warnings.push(format!(
+            "--ttl {} ({ttl} s) exceeds auth.max_lifetime_seconds ({max} s): this configuration \
+             refuses the token (close 4108 token_too_long_lived)",
+            args.ttl
+        ));
+    }
+    if args.role.is_none()
+        && args.permissions.is_empty()
+        && config.auth.permissions.no_role.is_empty()
+    {
+        warnings.push(
+            "no --role: the token gets auth.permissions.no_role, which grants nothing here \
+             (it joins but can neither publish nor receive); pass --role member, for example"
+                .into(),
+        );
+    }
+    warnings
 }
 
 /// Signs a token for `args` with a key from `config` (or the given private key).
@@ -471,6 +532,18 @@ pub async fn explain_report(
                 g.expires_at - now,
                 g.key_id
             ));
+            if g.permissions == crate::policy::Permissions::default() {
+                out.push_str(&format!(
+                    "WARNING: no permissions: role {} grants nothing here{}: the token joins but \
+                     can neither publish nor receive\n",
+                    g.role.as_str(),
+                    if has_role_claim(claims.as_ref()) {
+                        ""
+                    } else {
+                        " (no role claim: auth.permissions.no_role)"
+                    }
+                ));
+            }
             (out, true)
         }
         Err(e) => {
@@ -488,6 +561,12 @@ pub async fn explain_report(
             (out, false)
         }
     }
+}
+
+/// Whether the claims name a role (`role`, or Jitsi's `context.user.moderator`).
+fn has_role_claim(claims: Option<&serde_json::Value>) -> bool {
+    claims
+        .is_some_and(|c| c.get("role").is_some() || c.pointer("/context/user/moderator").is_some())
 }
 
 async fn explain(config: Config, jwt: String, room: Option<String>) -> Result<(), String> {
@@ -509,6 +588,110 @@ async fn explain(config: Config, jwt: String, room: Option<String>) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{KeyConfig, SecretString};
+
+    const SECRET: &str = "cli-test-secret-0123456789abcdef0123456789";
+
+    fn config() -> Config {
+        let mut c = Config::default();
+        c.auth.issuers = vec!["app".into()];
+        c.auth.audiences = vec!["proxy".into()];
+        c.auth.keys = vec![KeyConfig {
+            kid: "k1".into(),
+            algorithms: vec!["HS256".into()],
+            secret: SecretString::new(SECRET),
+            ..Default::default()
+        }];
+        c.validate().unwrap();
+        c
+    }
+
+    /// Issue 16 #13: `token` (or `serve`) without `--config` says so, instead of naming the
+    /// first missing key (`auth.issuers`).
+    #[test]
+    fn no_config_says_no_config_was_given() {
+        let e = load_config(None, Vec::new()).unwrap_err();
+        assert!(
+            e.contains("no configuration") && e.contains("--config"),
+            "{e}"
+        );
+        // With PROXY_* variables, the missing key is the news.
+        let e = load_config(None, vec![("PROXY_AUTH_ISSUERS".into(), "app".into())]).unwrap_err();
+        assert!(e.contains("auth.audiences"), "{e}");
+    }
+
+    /// Issue 16 #13: minting what this configuration would refuse, or a token that grants
+    /// nothing, is allowed (tests need such tokens) but warned about.
+    #[test]
+    fn mint_warns_about_tokens_this_config_refuses_or_that_grant_nothing() {
+        let c = config();
+        let args = MintArgsRef {
+            room: Some("r1"),
+            user: Some("u"),
+            ttl: "3d",
+            ..Default::default()
+        };
+        let warnings = mint_warnings(&c, &args).join("\n");
+        assert!(
+            warnings.contains("max_lifetime_seconds") && warnings.contains("4108"),
+            "{warnings}"
+        );
+        assert!(warnings.contains("no_role"), "{warnings}");
+        let fine = MintArgsRef {
+            role: Some("member"),
+            ttl: "1h",
+            ..args
+        };
+        assert!(mint_warnings(&c, &fine).is_empty());
+    }
+
+    /// Issue 16 #13: `explain` of a valid token without permissions warns; a tampered
+    /// signature is a bad signature (4105), not "not a compact JWS".
+    #[tokio::test]
+    async fn explain_warns_about_no_permissions_and_names_a_tampered_signature() {
+        let c = config();
+        let verifier = Verifier::new(&c.auth, c.limits.max_token_bytes).unwrap();
+        let now = unix_now();
+        let args = MintArgsRef {
+            room: Some("r1"),
+            user: Some("u"),
+            ttl: "1h",
+            ..Default::default()
+        };
+        let token = mint_token(&c, &args, now).unwrap();
+        let (report, ok) = explain_report(&verifier, &token, None, now).await;
+        assert!(ok && report.contains("VALID"), "{report}");
+        assert!(
+            report.contains("WARNING") && report.contains("no permissions"),
+            "{report}"
+        );
+        let member = mint_token(
+            &c,
+            &MintArgsRef {
+                role: Some("member"),
+                ..args
+            },
+            now,
+        )
+        .unwrap();
+        let (report, _) = explain_report(&verifier, &member, None, now).await;
+        assert!(!report.contains("WARNING"), "{report}");
+        // Flip the signature's last character to one base64url cannot end a 32-byte value
+        // with (non-zero padding bits), and to one it can.
+        for last in ['B', 'A', '!'] {
+            let mut tampered = member.clone();
+            tampered.pop();
+            tampered.push(last);
+            if tampered == member {
+                continue;
+            }
+            let (report, ok) = explain_report(&verifier, &tampered, None, now).await;
+            assert!(
+                !ok && report.contains("4105") && report.contains("token_bad_signature"),
+                "{last}: {report}"
+            );
+        }
+    }
 
     #[test]
     fn ttl_parsing() {

@@ -22,6 +22,38 @@ pub const ENV_PREFIX: &str = "PROXY_";
 /// Shortest HS secret accepted: RFC 7518 §3.2 asks for at least the hash output size.
 pub const MIN_HS_SECRET_BYTES: usize = 32;
 
+/// The placeholder secrets of `deploy/*.sample.toml`. They are public (in this repository), so
+/// a config that still has one must not start: an operator who forgets one edit would
+/// otherwise ship a secret anyone can read, and tokens anyone can mint.
+pub const SAMPLE_SECRETS: &[&str] = &["REPLACE-ME-with-at-least-32-random-bytes"];
+
+/// Why `secret` must not be used, if it must not: a sample placeholder (or an edited one,
+/// still containing `REPLACE-ME`), shorter than [`MIN_HS_SECRET_BYTES`], or one character
+/// repeated (`"xxxx…"`, what a quick test setup types). Checked at start for every secret the
+/// proxy is configured with. rtcd applies the same rule to its admin secret.
+pub fn weak_secret(secret: &[u8]) -> Option<String> {
+    let placeholder = SAMPLE_SECRETS.iter().any(|s| s.as_bytes() == secret)
+        || secret
+            .windows(10)
+            .any(|w| w.eq_ignore_ascii_case(b"REPLACE-ME"));
+    if placeholder {
+        return Some(
+            "is the placeholder from the sample config; generate a secret, e.g.              `head -c 32 /dev/urandom | base64`"
+                .into(),
+        );
+    }
+    if secret.len() < MIN_HS_SECRET_BYTES {
+        return Some(format!(
+            "must be at least {MIN_HS_SECRET_BYTES} bytes, got {}",
+            secret.len()
+        ));
+    }
+    if secret.iter().all(|b| *b == secret[0]) {
+        return Some("is one character repeated; use random bytes".into());
+    }
+    None
+}
+
 /// A secret read from config: serialized as is (the sample needs it), but never printed by
 /// `{:?}`, so a config dump in a log cannot leak it.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,9 +150,10 @@ pub struct LimitsConfig {
     pub connections_per_minute: u32,
     /// New connections a source address may open in a burst.
     pub connection_burst: u32,
-    /// Failed authentications per minute per source address.
+    /// Refused join tokens per minute per source address. Refused `refresh` tokens are
+    /// counted per session instead (`session::MAX_REFUSED_REFRESHES`).
     pub failed_auth_per_minute: u32,
-    /// Failed authentications a source address may have in a burst.
+    /// Refused join tokens a source address may have in a burst.
     pub failed_auth_burst: u32,
     /// Open WebSocket connections in total; beyond it new ones are refused.
     pub max_connections: usize,
@@ -168,7 +201,8 @@ pub struct AuthConfig {
     pub audiences: Vec<String>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     pub leeway_seconds: u64,
-    /// Longest token lifetime accepted (`exp - iat`, or `exp - now` without `iat`).
+    /// Longest token lifetime accepted (`exp - iat`, or `exp - now` without `iat`; `nbf`
+    /// only gates "not before" and is never the start, see `auth::check_lifetime`).
     pub max_lifetime_seconds: u64,
     /// Whether `room: "*"` (any room) is honoured, as Jitsi does.
     pub allow_wildcard_room: bool,
@@ -830,25 +864,30 @@ impl Config {
         if r.client_id.is_empty() {
             return Err(invalid("rtcd.client_id", "required when rtcd.url is set"));
         }
-        let key_len = if !r.auth_key_file.is_empty() {
+        let (key_name, key) = if !r.auth_key_file.is_empty() {
             if !r.auth_key.is_empty() {
                 return Err(invalid(
                     "rtcd.auth_key_file",
                     "set auth_key or auth_key_file, not both",
                 ));
             }
-            std::fs::read_to_string(&r.auth_key_file)
-                .map_err(|e| invalid("rtcd.auth_key_file", format!("{}: {e}", r.auth_key_file)))?
-                .trim_end_matches(['\r', '\n'])
-                .len()
+            let text = std::fs::read_to_string(&r.auth_key_file)
+                .map_err(|e| invalid("rtcd.auth_key_file", format!("{}: {e}", r.auth_key_file)))?;
+            (
+                "rtcd.auth_key_file",
+                text.trim_end_matches(['\r', '\n']).to_owned(),
+            )
         } else {
-            r.auth_key.expose().len()
+            ("rtcd.auth_key", r.auth_key.expose().to_owned())
         };
-        if key_len < 32 {
+        if key.is_empty() {
             return Err(invalid(
                 "rtcd.auth_key",
                 "required when rtcd.url is set, at least 32 bytes",
             ));
+        }
+        if let Some(why) = weak_secret(key.as_bytes()) {
+            return Err(invalid(key_name, why));
         }
         for (key, file) in [
             ("rtcd.ca_file", &r.ca_file),
@@ -1082,6 +1121,55 @@ mod tests {
                 e.contains(needle),
                 "{var}={value}: `{e}` should name {needle}"
             );
+        }
+    }
+
+    /// Issue 16 #10: the sample's placeholder and obviously weak secrets are refused at
+    /// start, naming the key, whether given inline, by file or for the rtcd link.
+    #[test]
+    fn sample_and_weak_secrets_are_refused() {
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/proxy.sample.toml");
+        let e = Config::load(Some(&sample), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("auth.keys[0].secret") && e.contains("placeholder"),
+            "{e}"
+        );
+        let weak = [
+            "REPLACE-ME-with-at-least-32-random-bytes".to_string(),
+            "x".repeat(40),
+            "0".repeat(32),
+        ];
+        for secret in &weak {
+            let mut vars = minimal();
+            vars.retain(|(k, _)| k != "PROXY_AUTH_KEYS");
+            vars.push((
+                "PROXY_AUTH_KEYS".into(),
+                format!(r#"[{{"kid":"a","algorithms":["HS256"],"secret":"{secret}"}}]"#),
+            ));
+            let e = Config::load(None, vars).unwrap_err().to_string();
+            assert!(e.contains("auth.keys[0].secret"), "{secret}: {e}");
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("hs");
+            std::fs::write(&file, format!("{secret}\n")).unwrap();
+            let mut vars = minimal();
+            vars.retain(|(k, _)| k != "PROXY_AUTH_KEYS");
+            vars.push((
+                "PROXY_AUTH_KEYS".into(),
+                format!(
+                    r#"[{{"kid":"a","algorithms":["HS256"],"secret_file":"{}"}}]"#,
+                    file.display()
+                ),
+            ));
+            let e = Config::load(None, vars).unwrap_err().to_string();
+            assert!(e.contains("auth.keys[0].secret_file"), "{secret}: {e}");
+            let mut vars = minimal();
+            vars.push(("PROXY_RTCD_URL".into(), "http://127.0.0.1:8443".into()));
+            vars.push(("PROXY_RTCD_CLIENT_ID".into(), "proxy".into()));
+            vars.push(("PROXY_RTCD_AUTH_KEY".into(), secret.clone()));
+            let e = Config::load(None, vars).unwrap_err().to_string();
+            assert!(e.contains("rtcd.auth_key"), "{secret}: {e}");
         }
     }
 

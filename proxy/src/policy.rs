@@ -26,6 +26,18 @@ pub enum Capability {
     Subscribe,
 }
 
+impl Capability {
+    /// The wire name (`publish_video`, ...), as tokens, `joined` and the docs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::PublishAudio => "publish_audio",
+            Capability::PublishVideo => "publish_video",
+            Capability::PublishScreen => "publish_screen",
+            Capability::Subscribe => "subscribe",
+        }
+    }
+}
+
 /// The role a token grants; decides the base capabilities (`[auth.permissions]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +120,16 @@ pub enum TrackSource {
 }
 
 impl TrackSource {
+    /// The wire name (`camera`, `screen_audio`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackSource::Microphone => "microphone",
+            TrackSource::Camera => "camera",
+            TrackSource::Screen => "screen",
+            TrackSource::ScreenAudio => "screen_audio",
+        }
+    }
+
     /// The capability needed to publish this source.
     pub fn capability(self) -> Capability {
         match self {
@@ -170,6 +192,17 @@ pub struct MediaSection {
     pub slides: bool,
 }
 
+impl MediaKind {
+    /// The SDP media type (`audio`, `video`, `application`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+            MediaKind::Application => "application",
+        }
+    }
+}
+
 /// Why an SDP was refused by the policy layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
@@ -180,7 +213,7 @@ pub enum PolicyError {
     #[error("track declaration: {0}")]
     BadTrack(String),
     /// The session lacks the capability an action needs.
-    #[error("not permitted: {action} needs {capability:?}")]
+    #[error("not permitted: {action} needs {}", capability.as_str())]
     Forbidden {
         /// What was attempted, e.g. `send video (mid 1) as screen`.
         action: String,
@@ -289,8 +322,20 @@ pub fn authorize_sdp(
         };
         if !matches {
             return Err(PolicyError::BadTrack(format!(
-                "mid {mid} is not a {:?} section",
-                source.kind()
+                "mid {mid} is a{} {} section, `{}` is a{} {} source",
+                if section.kind == MediaKind::Audio {
+                    "n"
+                } else {
+                    ""
+                },
+                section.kind.as_str(),
+                source.as_str(),
+                if source.kind() == MediaKind::Audio {
+                    "n"
+                } else {
+                    ""
+                },
+                source.kind().as_str()
             )));
         }
     }
@@ -314,7 +359,7 @@ pub fn authorize_sdp(
             let capability = source.capability();
             if !perms.allows(capability) {
                 return Err(PolicyError::Forbidden {
-                    action: format!("send {source:?} (mid {label})"),
+                    action: format!("send {} (mid {label})", source.as_str()),
                     capability,
                 });
             }
@@ -519,6 +564,30 @@ mod tests {
         let e =
             authorize_sdp(&text, &tracks(&[("0", TrackSource::Camera)]), &member()).unwrap_err();
         assert!(matches!(e, PolicyError::BadTrack(_)));
+    }
+
+    /// Issue 16 #7: refusals name sources and capabilities as the protocol spells them.
+    #[test]
+    fn refusals_use_protocol_names() {
+        let text = sdp(&[("video", "1", "sendonly", &[])]);
+        let e = authorize_sdp(&text, &tracks(&[]), &Permissions::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "not permitted: send camera (mid 1) needs publish_video"
+        );
+        let e = authorize_sdp(&text, &tracks(&[("1", TrackSource::Microphone)]), &member())
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "track declaration: mid 1 is a video section, `microphone` is an audio source"
+        );
+        let recv = sdp(&[("audio", "0", "recvonly", &[])]);
+        let e = authorize_sdp(&recv, &tracks(&[]), &Permissions::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "not permitted: receive media (mid 0) needs subscribe"
+        );
+        assert_eq!(TrackSource::ScreenAudio.as_str(), "screen_audio");
     }
 
     #[test]

@@ -70,10 +70,7 @@ fn upgrade(
     upgrades: &Upgrades,
 ) -> warp::reply::Response {
     use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-    let refuse = |status: StatusCode, message: &'static str| {
-        let body = serde_json::json!({ "code": status.as_u16(), "error": message });
-        warp::reply::with_status(warp::reply::json(&body), status).into_response()
-    };
+    let refuse = |status: StatusCode, message: &'static str| error_reply(status, message);
     if req.method() != hyper::Method::GET {
         return refuse(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -189,16 +186,27 @@ pub fn internal_routes(
 fn health_routes(
     state: Arc<ProxyState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    let healthz = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| warp::reply::with_status("ok\n", StatusCode::OK).into_response());
+    // JSON, as rtcd answers (`{"status": "ok"}`, `{"status": "ready"}`): one format for a
+    // probe or dashboard that reads both daemons. Probes that look only at the status code
+    // are unaffected.
+    let healthz = warp::path!("healthz").and(warp::get()).map(|| {
+        warp::reply::with_status(
+            warp::reply::json(&serde_json::json!({"status": "ok"})),
+            StatusCode::OK,
+        )
+        .into_response()
+    });
     let readyz = warp::path!("readyz").and(warp::get()).map(move || {
         let status = if state.health.is_ready() {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        warp::reply::with_status(format!("{}\n", state.health.label()), status).into_response()
+        warp::reply::with_status(
+            warp::reply::json(&serde_json::json!({"status": state.health.label()})),
+            status,
+        )
+        .into_response()
     });
     healthz.or(readyz).unify()
 }
@@ -210,8 +218,18 @@ async fn not_found(rejection: Rejection) -> Result<warp::reply::Response, Infall
         // e.g. GET /ws without an Upgrade header.
         StatusCode::BAD_REQUEST
     };
-    let body = serde_json::json!({ "code": status.as_u16(), "error": status.canonical_reason() });
-    Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
+    Ok(error_reply(
+        status,
+        status.canonical_reason().unwrap_or("error"),
+    ))
+}
+
+/// The one HTTP error shape, the same as rtcd's: `{"code": "<status>", "error": message}`,
+/// the status as a string. rtcd's shape is the one kept (not the number the proxy used to
+/// send) because rtcd's is Mattermost rtcd's, which existing clients of its API parse.
+fn error_reply(status: StatusCode, message: &str) -> warp::reply::Response {
+    let body = serde_json::json!({ "code": status.as_u16().to_string(), "error": message });
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
 /// Serves `filter` (and, with `upgrades`, WebSocket sessions at `/ws`) on `listener` until

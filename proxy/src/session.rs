@@ -33,9 +33,21 @@ use crate::relay::{
     JoinRequest, REASON_PEER_CONNECTION_FAILED, Relay, RelayCommand, RelayEvent, RelayLink,
 };
 
-/// How long the proxy waits for the client's close frame after sending its own, so the
-/// client reads the close code instead of a connection reset.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// How long the proxy keeps reading after sending its close frame (for the client's close
+/// frame, or the end of its byte stream), so the client reads the close code instead of a
+/// connection reset. Closing a TCP socket with unread data sends a reset, which can overtake
+/// the close frame: a client still sending (the rest of an oversized message) then sees its
+/// write fail with a reset. Bounded, because a client that never stops sending must not keep
+/// its connection slot: it is held until the linger ends.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Refused `refresh` tokens a session may send before it is closed with
+/// `too_many_auth_failures`. Counted per session, not in the per-address failed-auth limiter:
+/// the sender already proved a valid token at `join`, and counting per address let one
+/// session lock every new join from its address (an office behind one NAT) out with 4006.
+/// A few, because a client may retry a refresh its backend got wrong, but a session must not
+/// be an unlimited token oracle either.
+pub const MAX_REFUSED_REFRESHES: u32 = 3;
 
 /// A client connection after the HTTP upgrade.
 pub type ClientSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -195,6 +207,8 @@ struct Joined {
     offer_sent: Option<Instant>,
     _slot: UserSlot,
     warned: bool,
+    /// Refused `refresh` tokens so far (see [`MAX_REFUSED_REFRESHES`]).
+    refused_refreshes: u32,
     /// Why the media server ended the session, if it did (for the "session ended" log).
     media_closed: Option<String>,
 }
@@ -248,6 +262,7 @@ pub async fn run(
         Ok(slot) => slot,
         Err(reason) => {
             session.close(reason, None).await;
+            session.linger().await;
             return;
         }
     };
@@ -270,6 +285,8 @@ pub async fn run(
             "session ended"
         );
     }
+    // The per-user slot is released above; the connection slot only after the linger.
+    session.linger().await;
 }
 
 fn far_future() -> tokio::time::Instant {
@@ -384,8 +401,8 @@ impl Session {
         .await;
     }
 
-    /// Sends the reason (as an `error` with details, then the close frame) and waits briefly
-    /// for the client's close, discarding whatever it still sends.
+    /// Sends the reason: an `error` with details, then the close frame. [`Session::linger`]
+    /// then waits for the client's side of the close.
     async fn close(&mut self, reason: CloseReason, detail: Option<String>) {
         self.state
             .metrics
@@ -403,26 +420,57 @@ impl Session {
             reason: reason.label().into(),
         })))
         .await;
+    }
+
+    /// After our close frame, for at most [`CLOSE_LINGER`]: wait for the client's close
+    /// frame, discarding what comes before it. If the WebSocket stream cannot be read any
+    /// more (the close was for a read error: an oversized or fragmented-oversized message,
+    /// invalid UTF-8, a protocol violation; tokio-tungstenite ends the stream after its first
+    /// error), end our byte stream (FIN, after the close frame) and read and discard raw
+    /// bytes until the client closes its side. Dropping the socket with the rest of an
+    /// oversized message unread would answer with a reset instead, which is what made a
+    /// fragmented oversized message sometimes end without its 4003.
+    async fn linger(self) {
         if self.stalled {
+            // It does not read: nothing it could see, and waiting would only hold the slot.
             return;
         }
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            let mut errors = 0;
-            while let Some(frame) = self.stream.next().await {
-                match frame {
-                    Ok(Message::Close(_)) => break,
-                    Ok(_) => {}
-                    Err(_) => {
-                        errors += 1;
-                        if errors > 64 {
-                            break;
-                        }
-                    }
+        let deadline = tokio::time::Instant::now() + CLOSE_LINGER;
+        let Session {
+            sink, mut stream, ..
+        } = self;
+        let answered = tokio::time::timeout_at(deadline, async {
+            while let Some(frame) = stream.next().await {
+                if let Ok(Message::Close(_)) = frame {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        let Ok(mut ws) = sink.reunite(stream) else {
+            return;
+        };
+        if answered {
+            // The closing handshake is complete and the client sends nothing after its close
+            // frame: dropping now is a clean TCP close (RFC 6455 §7.1.1: the server closes
+            // first).
+            let _ = tokio::time::timeout_at(deadline, ws.close(None)).await;
+            return;
+        }
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let io = ws.get_mut();
+        let _ = tokio::time::timeout_at(deadline, io.shutdown()).await;
+        let mut discard = [0u8; 8 * 1024];
+        let _ = tokio::time::timeout_at(deadline, async {
+            while let Ok(n) = io.read(&mut discard).await {
+                if n == 0 {
+                    break;
                 }
             }
         })
         .await;
-        let _ = tokio::time::timeout(CLOSE_LINGER, self.sink.close()).await;
     }
 
     async fn on_frame(
@@ -439,7 +487,21 @@ impl Session {
                     Some(format!("messages are limited to {max} bytes")),
                 );
             }
+            Some(Err(WsError::Utf8(_))) => {
+                // §6 promises an `error` before every close the client can still read.
+                return Next::Close(
+                    CloseReason::BadMessage,
+                    Some("text frames must be valid UTF-8".into()),
+                );
+            }
+            Some(Err(WsError::Protocol(e))) => {
+                return Next::Close(
+                    CloseReason::BadMessage,
+                    Some(format!("WebSocket protocol violation: {e}")),
+                );
+            }
             Some(Err(e)) => {
+                // The connection itself failed (reset, I/O error): nobody left to tell.
                 tracing::debug!(session = %self.id, error = %e, "read failed");
                 return Next::Close(CloseReason::BadMessage, None);
             }
@@ -506,6 +568,7 @@ impl Session {
             .auth_failure_limiter
             .allows(self.peer, Instant::now())
         {
+            tracing::info!(target: "audit", session = %self.id, peer = %self.peer, reason = CloseReason::TooManyAuthFailures.label(), "join refused");
             return Next::Close(
                 CloseReason::TooManyAuthFailures,
                 Some("too many failed authentications from this address; retry later".into()),
@@ -535,6 +598,7 @@ impl Session {
             }
         };
         let Some(slot) = self.state.reserve_user(&grant) else {
+            tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), reason = CloseReason::TooManySessions.label(), "join refused");
             return Next::Close(
                 CloseReason::TooManySessions,
                 Some(format!(
@@ -593,16 +657,22 @@ impl Session {
             offer_sent: None,
             _slot: slot,
             warned: false,
+            refused_refreshes: 0,
             media_closed: None,
         });
         Next::Continue
     }
 
-    /// Counts a refused token against the peer's address and in the metrics.
+    /// Counts a refused `join` token against the peer's address and in the metrics.
     fn record_auth_failure(&self, e: &AuthError) {
         self.state
             .auth_failure_limiter
             .take(self.peer, Instant::now());
+        self.count_auth_failure(e);
+    }
+
+    /// Counts a refused token in the metrics only (refresh refusals are limited per session).
+    fn count_auth_failure(&self, e: &AuthError) {
         self.state
             .metrics
             .auth_failures
@@ -665,7 +735,11 @@ impl Session {
             ClientMessage::Unmute { source } => {
                 if !perms.allows(source.capability()) {
                     return self
-                        .forbid(kind, format!("unmute {source:?}"), source.capability())
+                        .forbid(
+                            kind,
+                            format!("unmute {}", source.as_str()),
+                            source.capability(),
+                        )
                         .await;
                 }
                 RelayCommand::Mute {
@@ -743,6 +817,7 @@ impl Session {
             .await
         {
             Ok(grant) => {
+                tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), kid = %grant.key_id, role = grant.role.as_str(), expires_at = grant.expires_at, "refreshed");
                 let (expires_at, permissions) = (grant.expires_at, grant.permissions);
                 if let Some(j) = self.joined.as_mut() {
                     j.grant = grant.clone();
@@ -756,9 +831,29 @@ impl Session {
                 .await;
             }
             Err(e) => {
-                self.record_auth_failure(&e);
+                self.count_auth_failure(&e);
+                // Unavailable keys are the proxy's problem, not the client's: not counted.
+                let counts = !matches!(e, AuthError::KeysUnavailable(_));
+                let refused = match self.joined.as_mut() {
+                    Some(j) if counts => {
+                        j.refused_refreshes += 1;
+                        j.refused_refreshes
+                    }
+                    Some(j) => j.refused_refreshes,
+                    None => 0,
+                };
+                tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %current.identity.as_str(), room = %current.room.as_str(), reason = e.reason(), refused, "refresh refused");
                 // The current token stays valid until it expires; the client may try again.
                 self.error(e.reason(), e.to_string(), Some("refresh")).await;
+                if refused >= MAX_REFUSED_REFRESHES {
+                    tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %current.identity.as_str(), reason = CloseReason::TooManyAuthFailures.label(), "session closed after refused refreshes");
+                    return Next::Close(
+                        CloseReason::TooManyAuthFailures,
+                        Some(format!(
+                            "{MAX_REFUSED_REFRESHES} refresh tokens refused on this session"
+                        )),
+                    );
+                }
             }
         }
         Next::Continue

@@ -23,10 +23,21 @@ use crate::{Rtcd, logging, shutdown};
 /// Exit code for invalid usage or configuration (BSD `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
 
+/// `rtcd --version`: the version with the build hash and date that `GET /version` reports,
+/// so a binary on a host can be matched to a commit without starting it.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (build {}, {})",
+        env!("CARGO_PKG_VERSION"),
+        crate::BUILD_HASH,
+        crate::BUILD_DATE
+    )
+});
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rtcd",
-    version,
+    version = VERSION.as_str(),
     about = "Media daemon: SFU, client registry and admin API"
 )]
 struct Cli {

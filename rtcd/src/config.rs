@@ -433,13 +433,12 @@ impl Config {
             ));
         }
         let sec = &self.api.security;
-        if sec.enable_admin && sec.admin_secret_key.len() < crate::auth::MIN_KEY_BYTES {
+        if sec.enable_admin
+            && let Some(why) = crate::auth::weak_secret(&sec.admin_secret_key)
+        {
             return Err(invalid(
                 "api.security.admin_secret_key",
-                format!(
-                    "must be at least {} bytes when enable_admin is true (generate one with `head -c 32 /dev/urandom | base64`)",
-                    crate::auth::MIN_KEY_BYTES
-                ),
+                format!("{why} (required when enable_admin is true)"),
             ));
         }
         if !(4..=31).contains(&sec.bcrypt_cost) {
@@ -887,6 +886,48 @@ mod tests {
             parse_listen_address(":8045").unwrap(),
             "0.0.0.0:8045".parse::<SocketAddr>().unwrap()
         );
+    }
+
+    /// Issue 16 #10: the sample's placeholder admin secret and obviously weak ones are
+    /// refused at start, naming the key.
+    #[test]
+    fn sample_and_weak_admin_secrets_are_refused() {
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rtcd.sample.toml");
+        let e = Config::load(Some(&sample), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("api.security.admin_secret_key") && e.contains("placeholder"),
+            "{e}"
+        );
+        for weak in [
+            "REPLACE-ME-with-at-least-32-random-bytes".to_string(),
+            "a".repeat(32),
+            "-".repeat(64),
+        ] {
+            let e = Config::load(
+                None,
+                env(&[
+                    ("RTCD_API_SECURITY_ENABLE_ADMIN", "true"),
+                    ("RTCD_API_SECURITY_ADMIN_SECRET_KEY", &weak),
+                ]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("api.security.admin_secret_key"), "{weak}: {e}");
+        }
+        // A real one still passes, and an unused weak one (admin off) is not an error.
+        Config::load(
+            None,
+            env(&[
+                ("RTCD_API_SECURITY_ENABLE_ADMIN", "true"),
+                (
+                    "RTCD_API_SECURITY_ADMIN_SECRET_KEY",
+                    "test-admin-secret-0123456789abcdef",
+                ),
+            ]),
+        )
+        .unwrap();
     }
 
     #[test]

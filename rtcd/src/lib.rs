@@ -21,6 +21,19 @@
 #![warn(missing_docs)]
 
 pub mod api;
+
+/// The git commit rtcd was built from (`build.rs`), or `unknown` (a build without git).
+/// `GET /version` and `rtcd --version` both report it.
+pub const BUILD_HASH: &str = match option_env!("RTCD_BUILD_HASH") {
+    Some(hash) => hash,
+    None => "unknown",
+};
+
+/// When rtcd was built (UTC, RFC 3339), or `unknown`.
+pub const BUILD_DATE: &str = match option_env!("RTCD_BUILD_DATE") {
+    Some(date) => date,
+    None => "unknown",
+};
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -270,14 +270,15 @@ FAILED=0
 # A compiler or linker on the machine takes cores from the target and makes a run worthless
 # (one such run had ours at 44 % loss): wait up to 2 minutes for it to finish, then run anyway
 # but record the run in busy.txt so that nobody publishes it.
-compiler_running() { pgrep -x 'rustc|cc1|cc1plus|ld|rust-lld|cargo' >/dev/null 2>&1; }
+# shellcheck source=tests/bench/quiet.sh
+. "$ROOT/tests/bench/quiet.sh"
 wait_until_quiet() {
 	local name=$1
 	for _ in $(seq "$QUIET_WAIT"); do
 		compiler_running || return 0
 		sleep 1
 	done
-	echo "$name: a compiler was running ($(pgrep -x -l 'rustc|cc1|cc1plus|ld|rust-lld|cargo' | head -3 | tr '\n' ' '))" >>"$OUT/busy.txt"
+	echo "$name: a compiler was running ($(compiler_names))" >>"$OUT/busy.txt"
 	log "WARNING: $name runs while a compiler is running (recorded in busy.txt)"
 }
 

@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
 
 /// The HS secret of key `hs1` (test only).
 pub const HS_SECRET: &str = "e2e-test-secret-0123456789abcdef0123456789";
@@ -226,6 +228,39 @@ impl Client {
     /// Sends raw text.
     pub async fn send_text(&mut self, text: String) -> anyhow::Result<()> {
         Ok(self.ws.send(Message::text(text)).await?)
+    }
+
+    /// Sends one raw frame (masked, as a client must): invalid UTF-8 in a text frame, or one
+    /// fragment of a message, which the typed messages cannot express.
+    pub async fn send_frame(&mut self, frame: Frame) -> anyhow::Result<()> {
+        Ok(self.ws.send(Message::Frame(frame)).await?)
+    }
+
+    /// Sends `total` bytes of text as one message in `fragment`-byte frames (a text frame,
+    /// then continuation frames), each written out before the next with `pause` between them,
+    /// as a browser on a real network does. Stops at the first write error (the proxy may
+    /// close while the rest is in flight) and returns how many fragments went out.
+    pub async fn send_fragmented(
+        &mut self,
+        total: usize,
+        fragment: usize,
+        pause: Duration,
+    ) -> usize {
+        let chunk = bytes::Bytes::from(vec![b'a'; fragment]);
+        let count = total.div_ceil(fragment);
+        for i in 0..count {
+            let opcode = if i == 0 {
+                OpCode::Data(OpData::Text)
+            } else {
+                OpCode::Data(OpData::Continue)
+            };
+            let frame = Frame::message(chunk.clone(), opcode, i + 1 == count);
+            if self.ws.send(Message::Frame(frame)).await.is_err() {
+                return i;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        count
     }
 
     /// The next JSON message or the close, skipping pings.

@@ -19,7 +19,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::AuthError;
-use crate::config::{JwksConfig, KeyConfig, MIN_HS_SECRET_BYTES};
+use crate::config::{JwksConfig, KeyConfig, weak_secret};
 
 /// Largest JWKS document accepted (a provider's set is a few KiB).
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -149,16 +149,13 @@ impl StaticKey {
                 }
                 bytes
             };
-            if secret.len() < MIN_HS_SECRET_BYTES {
+            if let Some(why) = weak_secret(&secret) {
                 let field = if config.secret_file.is_empty() {
                     "secret"
                 } else {
                     "secret_file"
                 };
-                return Err(field_error(
-                    field,
-                    format!("an HS secret must be at least {MIN_HS_SECRET_BYTES} bytes"),
-                ));
+                return Err(field_error(field, format!("an HS secret {why}")));
             }
             DecodingKey::from_secret(&secret)
         };

@@ -172,13 +172,19 @@ enum LooseBool {
 }
 
 impl LooseBool {
-    fn value(&self) -> Option<bool> {
+    /// `true` / `false`, as JSON booleans or exactly those strings. Anything else (`"yes"`,
+    /// `"True"`, `""`) is refused rather than read as "absent": an issuer that means
+    /// "moderator" by it would otherwise get the no-role defaults silently, and one that
+    /// means "not a moderator" might not next time. A malformed token (4101) says so.
+    fn value(&self) -> Result<bool, AuthError> {
         match self {
-            LooseBool::Bool(b) => Some(*b),
+            LooseBool::Bool(b) => Ok(*b),
             LooseBool::Text(t) => match t.as_str() {
-                "true" => Some(true),
-                "false" => Some(false),
-                _ => None,
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(AuthError::Malformed(
+                    "`context.user.moderator` must be true or false".into(),
+                )),
             },
         }
     }
@@ -221,6 +227,17 @@ struct JoseHeader {
 
 /// Longest identity, name or room claim kept.
 const MAX_CLAIM_CHARS: usize = 256;
+
+/// Identity, name and room claims are 1-[`MAX_CLAIM_CHARS`] characters (docs/protocol.md §2).
+fn check_claim_length(what: &str, v: &str) -> Result<(), AuthError> {
+    if v.is_empty() || v.chars().count() > MAX_CLAIM_CHARS {
+        Err(AuthError::Malformed(format!(
+            "`{what}` must be 1-{MAX_CLAIM_CHARS} characters"
+        )))
+    } else {
+        Ok(())
+    }
+}
 
 /// Verifies tokens against the configured keys and rules. Cheap to share behind an `Arc`.
 ///
@@ -362,6 +379,9 @@ impl Verifier {
         let mut wildcard = false;
         let mut covered = false;
         for r in rooms.iter() {
+            // Every entry is bounded, not only the one that matches: an oversized list entry
+            // is a broken issuer, and the documented limit holds for the whole claim.
+            check_claim_length("room", r)?;
             if r == "*" {
                 wildcard = true;
             } else if r == room.as_str() {
@@ -386,15 +406,7 @@ impl Verifier {
         key_id: String,
     ) -> Result<Grant, AuthError> {
         let user = claims.context.and_then(|c| c.user).unwrap_or_default();
-        let bounded = |what: &str, v: String| {
-            if v.is_empty() || v.chars().count() > MAX_CLAIM_CHARS {
-                Err(AuthError::Malformed(format!(
-                    "`{what}` must be 1-{MAX_CLAIM_CHARS} characters"
-                )))
-            } else {
-                Ok(v)
-            }
-        };
+        let bounded = |what: &str, v: String| check_claim_length(what, &v).map(|()| v);
         let (identity, tenant) = match (user.id, claims.sub) {
             (Some(id), sub) => (bounded("context.user.id", id)?, sub),
             (None, Some(sub)) => (bounded("sub", sub)?, None),
@@ -405,10 +417,8 @@ impl Verifier {
             None => None,
         };
         let perms = &self.rules.permissions;
-        let (role, base) = match (
-            claims.role.as_deref(),
-            user.moderator.and_then(|m| m.value()),
-        ) {
+        let moderator = user.moderator.as_ref().map(LooseBool::value).transpose()?;
+        let (role, base) = match (claims.role.as_deref(), moderator) {
             (Some("moderator"), _) | (None, Some(true)) => (Role::Moderator, &perms.moderator),
             (Some("member"), _) | (None, Some(false)) => (Role::Member, &perms.member),
             (Some("guest"), _) => (Role::Guest, &perms.guest),
@@ -453,6 +463,12 @@ impl Verifier {
 }
 
 /// `exp` (with leeway), `nbf` / `iat` not in the future (with leeway), and the lifetime cap.
+///
+/// The lifetime is `exp - iat`, or `exp - now` when the token has no `iat`. `nbf` is never
+/// used as the start: it only says "not before", and issuers that pre-date `nbf` (or reuse
+/// one for a series of tokens) would otherwise see a short-lived token refused as
+/// long-lived (4108). Without `iat` we cannot know when the token was minted, so the cap
+/// bounds what is left of it, which is what it protects (how long a leaked token works).
 fn check_lifetime(
     rules: &AuthConfig,
     exp: i64,
@@ -471,7 +487,7 @@ fn check_lifetime(
             });
         }
     }
-    let start = iat.or(nbf).unwrap_or(now);
+    let start = iat.unwrap_or(now);
     let lifetime = exp - start;
     if lifetime > rules.max_lifetime_seconds as i64 {
         return Err(AuthError::TooLongLived {
@@ -509,6 +525,11 @@ fn decode<T: serde::de::DeserializeOwned>(
                     AuthError::AlgorithmRejected(format!("{alg:?} is not allowed for this key"))
                 }
                 K::Json(_) => AuthError::Malformed("claims are not the expected JSON".into()),
+                // A signature that is not base64url (a tampered last character, say) is a
+                // signature that does not verify: when header and payload decode, that is
+                // where the error was, and "not a compact JWS" would send the operator
+                // looking at the token's shape instead of its signature.
+                K::Base64(_) if header_and_payload_decode(token) => AuthError::BadSignature,
                 K::Base64(_) | K::Utf8(_) | K::InvalidToken => {
                     AuthError::Malformed("not a compact JWS".into())
                 }
@@ -517,6 +538,17 @@ fn decode<T: serde::de::DeserializeOwned>(
                 _ => AuthError::BadSignature,
             }
         })
+}
+
+/// Whether the first two parts of a compact JWS are base64url (so a decoding error is in the
+/// signature).
+fn header_and_payload_decode(token: &str) -> bool {
+    let mut parts = token.split('.');
+    parts.by_ref().take(2).all(|part| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part.trim_end_matches('='))
+            .is_ok()
+    })
 }
 
 /// The `iss` of a token's payload before any verification: it only selects which keys and
@@ -668,6 +700,84 @@ mod tests {
         assert!(matches!(
             check(r, no_iat, "r1").await,
             Err(AuthError::TooLongLived { .. })
+        ));
+    }
+
+    /// Issue 16 #1: without `iat` the lifetime counts from now; an old `nbf` only says
+    /// "not before" and must not make a short-lived token look long-lived.
+    #[tokio::test]
+    async fn lifetime_without_iat_counts_from_now_not_from_nbf() {
+        let old_nbf = with(
+            with(base(), "iat", json!(null)),
+            "nbf",
+            json!(NOW - 30 * 86_400),
+        );
+        let g = check(rules(), old_nbf, "r1").await.unwrap();
+        assert_eq!(g.expires_at, NOW + 600);
+        // With `iat`, the lifetime is still exp - iat, whatever nbf says.
+        let old_iat = with(base(), "iat", json!(NOW - 86_400));
+        assert!(matches!(
+            check(rules(), old_iat, "r1").await,
+            Err(AuthError::TooLongLived {
+                lifetime: 87_000,
+                ..
+            })
+        ));
+    }
+
+    /// Issue 16 #2: room claims are held to the same 256-character bound as `sub`, in a list
+    /// or alone, even when another entry covers the room.
+    #[tokio::test]
+    async fn room_claims_are_length_checked() {
+        let long = "r".repeat(300);
+        for room in [json!(long), json!(["r1", long]), json!([long, "*"])] {
+            let e = check(rules(), with(base(), "room", room.clone()), "r1")
+                .await
+                .unwrap_err();
+            assert!(matches!(e, AuthError::Malformed(_)), "{room}: {e:?}");
+        }
+        let e = check(rules(), with(base(), "room", json!(["r1", ""])), "r1")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AuthError::Malformed(_)), "empty room: {e:?}");
+        let at_limit = "r".repeat(256);
+        check(rules(), with(base(), "room", json!(["r1", at_limit])), "r1")
+            .await
+            .unwrap();
+    }
+
+    /// Issue 16 #8: `context.user.moderator` is a boolean or "true"/"false"; anything else
+    /// is a malformed token, not silently "absent" (which would pick the no-role defaults).
+    #[tokio::test]
+    async fn unrecognised_moderator_values_are_malformed() {
+        for value in [
+            json!("yes"),
+            json!("True"),
+            json!(""),
+            json!(1),
+            json!(null),
+        ] {
+            let claims = with(base(), "context", json!({"user": {"moderator": value}}));
+            let result = check(rules(), claims, "r1").await;
+            if value.is_null() {
+                // JSON null is the claim's absence.
+                assert_eq!(result.unwrap().permissions, Permissions::default());
+            } else {
+                assert!(
+                    matches!(result, Err(AuthError::Malformed(_))),
+                    "{value}: {result:?}"
+                );
+            }
+        }
+        // Even next to a `role`, which would otherwise win.
+        let claims = with(
+            with(base(), "role", json!("member")),
+            "context",
+            json!({"user": {"moderator": "yes"}}),
+        );
+        assert!(matches!(
+            check(rules(), claims, "r1").await,
+            Err(AuthError::Malformed(_))
         ));
     }
 

@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::{self, JwksCache, VerifyingKey};
-use super::{AuthError, Grant, MAX_CLAIM_CHARS, check_lifetime};
+use super::{AuthError, Grant, check_claim_length, check_lifetime};
 use crate::config::{AuthConfig, OidcConfig, UnmappedRole};
 use crate::policy::{Permissions, Role};
 use crate::protocol::{Identity, RoomName};
@@ -292,22 +292,16 @@ impl OidcProvider {
         if !audience_ok {
             return Err(AuthError::WrongAudience);
         }
-        if !c.room_claim.is_empty()
-            && !strings_at(claims, &c.room_claim)
-                .iter()
-                .any(|r| *r == room.as_str())
-        {
-            return Err(AuthError::WrongRoom);
-        }
-        let bounded = |what: &str, v: &str| {
-            if v.is_empty() || v.chars().count() > MAX_CLAIM_CHARS {
-                Err(AuthError::Malformed(format!(
-                    "`{what}` must be 1-{MAX_CLAIM_CHARS} characters"
-                )))
-            } else {
-                Ok(v.to_owned())
+        if !c.room_claim.is_empty() {
+            let rooms = strings_at(claims, &c.room_claim);
+            for r in &rooms {
+                check_claim_length(&c.room_claim, r)?;
             }
-        };
+            if !rooms.iter().any(|r| *r == room.as_str()) {
+                return Err(AuthError::WrongRoom);
+            }
+        }
+        let bounded = |what: &str, v: &str| check_claim_length(what, v).map(|()| v.to_owned());
         let identity = match lookup(claims, &c.identity_claim).and_then(Value::as_str) {
             Some(id) => bounded(&c.identity_claim, id)?,
             None => return Err(AuthError::MissingClaim(c.identity_claim.clone().into())),
@@ -591,6 +585,15 @@ mod tests {
             AuthError::WrongRoom,
             "no wildcard"
         );
+    }
+
+    /// Issue 16 #2: the configured room claim's values are bounded like every claim.
+    #[test]
+    fn room_claim_values_are_length_checked() {
+        let mut r = rules();
+        r.oidc.room_claim = "rtc.room".into();
+        let c = with(claims(), "rtc.room", json!(["r1", "r".repeat(300)]));
+        assert!(matches!(grant(&r, &c, "r1"), Err(AuthError::Malformed(_))));
     }
 
     #[test]

@@ -184,9 +184,9 @@ fn version() -> warp::reply::Response {
     json(
         StatusCode::OK,
         &serde_json::json!({
-            "buildDate": option_env!("RTCD_BUILD_DATE").unwrap_or("unknown"),
+            "buildDate": crate::BUILD_DATE,
             "buildVersion": concat!("v", env!("CARGO_PKG_VERSION")),
-            "buildHash": option_env!("RTCD_BUILD_HASH").unwrap_or("unknown"),
+            "buildHash": crate::BUILD_HASH,
             "rustVersion": option_env!("RTCD_RUSTC_VERSION").unwrap_or("unknown"),
             "os": std::env::consts::OS,
             "arch": std::env::consts::ARCH,

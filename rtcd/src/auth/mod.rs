@@ -181,6 +181,40 @@ pub fn validate_key(key: &Secret) -> Result<(), AuthError> {
     Ok(())
 }
 
+/// The placeholder secrets of `deploy/*.sample.toml`. They are public (in this repository), so
+/// a config that still has one must not start: an operator who forgets one edit would
+/// otherwise ship an admin secret anyone can read.
+pub const SAMPLE_SECRETS: &[&str] = &["REPLACE-ME-with-at-least-32-random-bytes"];
+
+/// Why a configured secret must not be used, if it must not: a sample placeholder (or an
+/// edited one, still containing `REPLACE-ME`), shorter than [`MIN_KEY_BYTES`], or one
+/// character repeated. Checked at start (config validation); the proxy applies the same rule
+/// to its secrets. Registered client keys are checked by [`validate_key`] instead.
+pub fn weak_secret(secret: &str) -> Option<String> {
+    let bytes = secret.as_bytes();
+    let placeholder = SAMPLE_SECRETS.contains(&secret)
+        || bytes
+            .windows(10)
+            .any(|w| w.eq_ignore_ascii_case(b"REPLACE-ME"));
+    if placeholder {
+        return Some(
+            "is the placeholder from the sample config; generate a secret, e.g. \
+             `head -c 32 /dev/urandom | base64`"
+                .into(),
+        );
+    }
+    if bytes.len() < MIN_KEY_BYTES {
+        return Some(format!(
+            "must be at least {MIN_KEY_BYTES} bytes, got {} (generate one with `head -c 32 /dev/urandom | base64`)",
+            bytes.len()
+        ));
+    }
+    if bytes.iter().all(|b| *b == bytes[0]) {
+        return Some("is one character repeated; use random bytes".into());
+    }
+    None
+}
+
 /// Generates a fresh auth key: 32 random bytes, base64url (43 characters).
 pub fn generate_key() -> Secret {
     let mut bytes = [0u8; 32];

@@ -255,6 +255,11 @@ async fn operator_cli_manages_the_store_directly() {
     let (code, out, _) = cli(&["--version"], &[], "");
     assert_eq!(code, 0);
     assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+    // Issue 16 #13: the same build hash as GET /version.
+    assert!(
+        out.contains(&format!("build {}", rtcd::BUILD_HASH)),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -292,12 +297,24 @@ async fn bad_configuration_exits_64_naming_the_key() {
     assert_eq!(code, 64);
     assert!(err.contains("/nonexistent/rtcd.toml"), "{err}");
 
-    // The documented sample parses (it enables admin with a placeholder secret that is long enough).
+    // The documented sample parses, but its placeholder admin secret is refused (issue 16
+    // #10): it is public. With the secret set in the environment, as the sample advises, the
+    // sample works.
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rtcd.sample.toml");
-    let env = test_env(dir.path(), &[])
+    let mut env = test_env(dir.path(), &[])
         .into_iter()
         .filter(|(k, _)| k == "RTCD_STORE_DATA_SOURCE")
         .collect::<Vec<_>>();
+    let (code, _, err) = cli(&["--config", sample, "clients", "list"], &env, "");
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("api.security.admin_secret_key") && err.contains("placeholder"),
+        "{err}"
+    );
+    env.push((
+        "RTCD_API_SECURITY_ADMIN_SECRET_KEY".to_owned(),
+        ADMIN_SECRET.to_owned(),
+    ));
     let (code, _, err) = cli(&["--config", sample, "clients", "list"], &env, "");
     assert_eq!(code, 0, "{err}");
 }

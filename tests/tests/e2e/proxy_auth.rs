@@ -327,7 +327,10 @@ async fn member_without_screen_permission_cannot_offer_a_screen_track() -> anyho
         "{e}"
     );
     assert!(
-        e["message"].as_str().unwrap().contains("PublishScreen"),
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs publish_screen"),
         "{e}"
     );
     client.send(&json!({"type": "screen_share_start"})).await?;
@@ -649,11 +652,14 @@ async fn health_metrics_and_graceful_drain() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(ready.status(), 200);
+    // Issue 16 #13: JSON, as rtcd answers.
+    assert_eq!(ready.json::<Value>().await?, json!({"status": "ready"}));
     let healthz = http
         .get(format!("http://{}/healthz", proxy.addr()))
         .send()
         .await?;
     assert_eq!(healthz.status(), 200);
+    assert_eq!(healthz.json::<Value>().await?, json!({"status": "ok"}));
     let plain = http
         .get(format!("http://{}/ws", proxy.addr()))
         .send()
@@ -1200,7 +1206,12 @@ async fn handshake_errors_are_clear_http_answers() -> anyhow::Result<()> {
     let proxy = start(base_config()).await?;
     let http = reqwest::Client::new();
     let url = format!("http://{}/ws", proxy.addr());
-    assert_eq!(http.post(&url).send().await?.status(), 405);
+    let post = http.post(&url).send().await?;
+    assert_eq!(post.status(), 405);
+    // Issue 16 #13: rtcd's error shape, `code` the status as a string.
+    let body: Value = post.json().await?;
+    assert_eq!(body["code"], "405", "{body}");
+    assert!(body["error"].is_string(), "{body}");
     let wrong_version = http
         .get(&url)
         .header("connection", "Upgrade")
@@ -1219,13 +1230,12 @@ async fn handshake_errors_are_clear_http_answers() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(no_key.status(), 400);
-    assert_eq!(
-        http.get(format!("http://{}/nope", proxy.addr()))
-            .send()
-            .await?
-            .status(),
-        404
-    );
+    let nope = http
+        .get(format!("http://{}/nope", proxy.addr()))
+        .send()
+        .await?;
+    assert_eq!(nope.status(), 404);
+    assert_eq!(nope.json::<Value>().await?["code"], "404");
     proxy.shutdown().await;
     Ok(())
 }
@@ -1323,5 +1333,197 @@ async fn jwks_file_is_reread_on_an_unknown_kid() -> anyhow::Result<()> {
     assert_eq!(join_code(proxy.addr(), &a, "standup").await?, 0);
     assert_eq!(join_code(proxy.addr(), &b, "standup").await?, 0);
     proxy.shutdown().await;
+    Ok(())
+}
+
+/// Issue 16 #3: a text frame that is not UTF-8 gets the `error` that §6 promises before
+/// every close, then 4000, before and after `join`.
+#[tokio::test]
+async fn invalid_utf8_text_frame_gets_an_error_before_the_close() -> anyhow::Result<()> {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let proxy = start(base_config()).await?;
+    let token = hs_token(&claims("uma", "standup"));
+    let bad = || Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    let mut before = Client::connect(proxy.addr(), "", &[]).await?;
+    before.send_frame(bad()).await?;
+    let (joined, outcome) = join(proxy.addr(), Some(&token), "standup").await?;
+    assert_eq!(outcome.code(), 0);
+    let mut after = joined;
+    after.expect("error").await?; // media_unavailable
+    after.send_frame(bad()).await?;
+    for (when, c) in [("before join", &mut before), ("after join", &mut after)] {
+        let (code, reason, seen) = c.closed().await?;
+        assert_eq!((code, reason.as_str()), (4000, "bad_message"), "{when}");
+        let error = seen
+            .last()
+            .unwrap_or_else(|| panic!("{when}: no error before the close"));
+        assert_eq!(error["type"], "error", "{when}: {seen:?}");
+        assert_eq!(error["code"], "bad_message", "{when}: {seen:?}");
+        assert!(
+            error["message"].as_str().unwrap_or("").contains("UTF-8"),
+            "{when}: {error}"
+        );
+    }
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Issue 16 #4: an oversized message sent in fragments (1 MiB in 16 KiB frames) gets the same
+/// 4003 close as one oversized frame, every time, not a reset.
+#[tokio::test]
+async fn fragmented_oversized_message_closes_4003_every_time() -> anyhow::Result<()> {
+    let proxy = start(base_config()).await?;
+    let token = hs_token(&with(claims("vic", "standup"), "role", json!("member")));
+    for run in 0..10 {
+        let before_join = run % 2 == 0;
+        let mut c = if before_join {
+            Client::connect(proxy.addr(), "", &[]).await?
+        } else {
+            let (mut c, outcome) = join(proxy.addr(), Some(&token), "standup").await?;
+            assert_eq!(outcome.code(), 0, "run {run}: {outcome:?}");
+            c.expect("error").await?; // media_unavailable
+            c
+        };
+        // Paced, so the proxy has refused the message long before the last fragment.
+        let sent = c
+            .send_fragmented(1 << 20, 16 << 10, Duration::from_millis(2))
+            .await;
+        let (code, reason, seen) = c.closed().await.map_err(|e| {
+            anyhow::anyhow!("run {run} (before join: {before_join}, {sent} fragments sent): {e}")
+        })?;
+        assert_eq!(
+            (code, reason.as_str()),
+            (4003, "message_too_large"),
+            "run {run}: {seen:?}"
+        );
+        // A client that reports a failed write as a reset (browsers do) must not see one:
+        // the proxy reads (and discards) the rest of the message before it lets go.
+        assert_eq!(
+            sent, 64,
+            "run {run} (before join: {before_join}): the connection was reset after {sent} fragments"
+        );
+        assert_eq!(
+            seen.last().map(|m| &m["code"]),
+            Some(&json!("message_too_large"))
+        );
+        drop(c);
+        // The session's slot is released before the next run's join.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Issue 16 #5: refused `refresh` tokens count against their session, not the address, so
+/// one session cannot lock everybody behind the same NAT out of joining; the session itself
+/// is closed after [`rtcd_proxy::session::MAX_REFUSED_REFRESHES`] refusals.
+#[tokio::test]
+async fn refused_refreshes_count_per_session_not_per_address() -> anyhow::Result<()> {
+    let mut config = base_config();
+    config.limits.failed_auth_burst = 2;
+    config.limits.failed_auth_per_minute = 1;
+    let proxy = start(config).await?;
+    let (mut c, outcome) = join(
+        proxy.addr(),
+        Some(&hs_token(&claims("walt", "standup"))),
+        "standup",
+    )
+    .await?;
+    assert_eq!(outcome.code(), 0);
+    c.expect("error").await?; // media_unavailable
+    let foreign = hs_token(&claims("mallory", "standup"));
+    for _ in 0..2 {
+        c.send(&json!({"type": "refresh", "token": foreign}))
+            .await?;
+        assert_eq!(c.expect("error").await?["code"], "token_identity_mismatch");
+    }
+    // Somebody else at the same address still joins.
+    let (_other, outcome) = join(
+        proxy.addr(),
+        Some(&hs_token(&claims("xena", "standup"))),
+        "standup",
+    )
+    .await?;
+    assert_eq!(outcome.code(), 0, "{outcome:?}");
+    // The third refusal ends the refreshing session.
+    c.send(&json!({"type": "refresh", "token": "garbage"}))
+        .await?;
+    let (code, reason, seen) = c.closed().await?;
+    assert_eq!(
+        (code, reason.as_str()),
+        (4006, "too_many_auth_failures"),
+        "{seen:?}"
+    );
+    assert_eq!(seen[0]["code"], "token_malformed", "{seen:?}");
+    assert!(
+        seen.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("refresh"),
+        "{seen:?}"
+    );
+    // Bad joins still count per address.
+    assert_eq!(join_code(proxy.addr(), "garbage", "standup").await?, 4101);
+    assert_eq!(join_code(proxy.addr(), "garbage", "standup").await?, 4101);
+    assert_eq!(
+        join_code(
+            proxy.addr(),
+            &hs_token(&claims("yuri", "standup")),
+            "standup"
+        )
+        .await?,
+        4006
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Issue 16 #6: every join refusal (4006 included) and every refresh outcome is on the
+/// `audit` target, as the sample config says.
+#[tokio::test]
+async fn audit_target_has_rate_limited_joins_and_refresh_outcomes() -> anyhow::Result<()> {
+    let logs = CapturedLogs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("off,audit=info")
+        .with_ansi(false)
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut config = base_config();
+    config.limits.failed_auth_burst = 1;
+    config.limits.failed_auth_per_minute = 1;
+    config.limits.max_sessions_per_user = 1;
+    let proxy = start(config).await?;
+    let zoe = hs_token(&claims("zoe", "standup"));
+    let (mut c, outcome) = join(proxy.addr(), Some(&zoe), "standup").await?;
+    assert_eq!(outcome.code(), 0);
+    c.expect("error").await?; // media_unavailable
+    assert_eq!(join_code(proxy.addr(), &zoe, "standup").await?, 4007);
+    c.send(&json!({"type": "refresh", "token": hs_token(&claims("zoe", "standup"))}))
+        .await?;
+    c.expect("refreshed").await?;
+    assert_eq!(join_code(proxy.addr(), "garbage", "standup").await?, 4101);
+    assert_eq!(join_code(proxy.addr(), &zoe, "standup").await?, 4006);
+    c.send(&json!({"type": "refresh", "token": hs_token(&claims("eve", "standup"))}))
+        .await?;
+    assert_eq!(c.expect("error").await?["code"], "token_identity_mismatch");
+    proxy.shutdown().await;
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let lines = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(lines("joined"), 1, "{text}");
+    assert_eq!(lines("reason=\"too_many_sessions\""), 1, "{text}");
+    assert_eq!(lines("reason=\"token_malformed\""), 1, "{text}");
+    assert_eq!(lines("reason=\"too_many_auth_failures\""), 1, "{text}");
+    assert_eq!(lines("refreshed"), 1, "{text}");
+    assert_eq!(lines("refresh refused"), 1, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("refresh refused") && l.contains("token_identity_mismatch")),
+        "{text}"
+    );
     Ok(())
 }

@@ -346,6 +346,34 @@ async fn admin_client_and_self_registration_permissions() {
         req.send()
     };
     assert_eq!(m(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    // Issue 16 #13: a request without credentials (a scraper's first try) is not a failed
+    // login: it counts nowhere in the auth metrics and not against the address's limiter.
+    let before = client()
+        .get(format!("{}/metrics", d.internal))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(m(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    let after = client()
+        .get(format!("{}/metrics", d.internal))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let auth_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("rtcd_auth_attempts_total"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(auth_lines(&before), auth_lines(&after), "{after}");
     assert_eq!(
         m(Some(("tenant-a", &a_key))).await.unwrap().status(),
         StatusCode::FORBIDDEN
