@@ -300,7 +300,14 @@ mod tests {
         let inactive = &out[out.find("a=mid:1").unwrap()..];
         assert!(inactive.contains("a=ssrc:22 cname:gone\r\n"), "{out}");
         assert!(inactive.contains("a=msid:gone t\r\n"), "{out}");
-        assert_eq!(sections(&out), sections(ANSWER), "sections are unchanged");
+        let shape = |sdp: &str| -> Vec<(String, Media, Direction, bool)> {
+            sections(sdp)
+                .into_iter()
+                .map(|s| (s.mid, s.media, s.direction, s.rejected))
+                .collect()
+        };
+        assert_eq!(shape(&out), shape(ANSWER), "sections are unchanged");
+        assert_eq!(sections(&out)[0].track_id.as_deref(), Some("s7-video-3"));
         assert_eq!(
             polish_answer(&out, &current),
             out,
