@@ -24,7 +24,9 @@ const ENGINE_CRATES: &[&str] = &[
     "interceptor",
     "rtp",
     "rtcp",
-    "rtc",
+    // `rtc::`, not `rtc`: a filter directive matches every target that starts with its text, and
+    // `rtc` would silence rtcd's own logs.
+    "rtc::",
     "rtc_ice",
     "rtc_dtls",
     "rtc_srtp",
@@ -46,9 +48,10 @@ const ENGINE_CRATES: &[&str] = &[
 pub fn filter_directives(level: &str) -> String {
     let mut out = level.to_owned();
     for krate in ENGINE_CRATES {
+        let name = krate.trim_end_matches(':');
         let named = level
             .split(',')
-            .any(|d| d.trim().split(['=', '[', ':']).next() == Some(krate));
+            .any(|d| d.trim().split(['=', '[', ':']).next() == Some(name));
         if !named {
             out.push_str(&format!(",{krate}=error"));
         }
@@ -82,7 +85,17 @@ mod tests {
         let f = super::filter_directives("info");
         assert!(f.starts_with("info,"));
         assert!(f.contains(",webrtc=error") && f.contains(",webrtc_ice=error"));
-        assert!(f.contains(",rtc=error") && f.contains(",rtc_dtls=error"));
+        assert!(f.contains(",rtc::=error") && f.contains(",rtc_dtls=error"));
+        // rtcd's own logs stay on (a bare `rtc` directive is a prefix of `rtcd`), rtc's go.
+        let filter = tracing_subscriber::EnvFilter::try_new(&f).expect("a valid filter");
+        let subscriber = tracing_subscriber::fmt().with_env_filter(filter).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(tracing::enabled!(target: "rtcd::sfu", tracing::Level::INFO));
+            assert!(tracing::enabled!(target: "rtcd", tracing::Level::INFO));
+            assert!(!tracing::enabled!(target: "rtc::peer_connection", tracing::Level::WARN));
+            assert!(!tracing::enabled!(target: "rtc_dtls::config", tracing::Level::WARN));
+            assert!(tracing::enabled!(target: "rtc::peer_connection", tracing::Level::ERROR));
+        });
         let f = super::filter_directives("debug,webrtc_ice=warn");
         assert!(f.contains("webrtc_ice=warn") && !f.contains("webrtc_ice=error"));
         assert!(
