@@ -19,6 +19,7 @@
 //! per join is the most expensive part of a join, and the fingerprint says nothing about the user.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -298,6 +299,323 @@ fn video_codec(mime_type: &str) -> Option<VideoCodec> {
     }
 }
 
+/// A codec rtcd answers with, as registered in every peer's media engine.
+struct TableCodec {
+    kind: RtpCodecKind,
+    /// The encoding name of `a=rtpmap` (`opus`, `VP8`, ...).
+    name: &'static str,
+    clock_rate: u32,
+    channels: u16,
+    fmtp: &'static str,
+    /// Ours; an answer uses the offer's payload types, so these only have to be distinct.
+    payload_type: u8,
+    /// The payload type of its RTX companion (RFC 4588).
+    rtx: Option<u8>,
+}
+
+const fn video(name: &'static str, fmtp: &'static str, payload_type: u8, rtx: u8) -> TableCodec {
+    TableCodec {
+        kind: RtpCodecKind::Video,
+        name,
+        clock_rate: 90_000,
+        channels: 0,
+        fmtp,
+        payload_type,
+        rtx: Some(rtx),
+    }
+}
+
+/// What an SFU forwards between browsers, and only that: Opus; VP8, VP9 profile 0, H.264
+/// constrained baseline and baseline (`42e01f`, `42001f`), each in packetization modes 1 and 0,
+/// AV1; every video codec with RTX. That is `rtc`'s `register_default_codecs` with the same
+/// payload types, minus G.722, PCMU and PCMA (browsers send Opus, and a codec is only worth
+/// forwarding if every subscriber decodes it too), H.265 (Chrome and Firefox do not offer it),
+/// VP9 profile 1 (4:4:4, not offered by browsers by default) and H.264 high `640032` (offered by
+/// Chrome only with a hardware encoder; Safari's high is `640c1f`, which `rtc` does not count
+/// as the same profile anyway). The browser, webrtc-rs and str0m tests negotiate Opus, VP8 and
+/// H.264 `42e01f` mode 1.
+///
+/// Every codec here costs on every join (about 0.3 ms each with its RTX, measured): `rtc`
+/// compares each codec of an offer with each of these, parsing both fmtp lines every time,
+/// and each one kept in the offer makes its quadratic SDP reading longer (see [`trim_offer`]).
+const CODECS: [TableCodec; 8] = [
+    TableCodec {
+        kind: RtpCodecKind::Audio,
+        name: "opus",
+        clock_rate: 48_000,
+        channels: 2,
+        fmtp: "minptime=10;useinbandfec=1",
+        payload_type: 111,
+        rtx: None,
+    },
+    video("VP8", "", 96, 97),
+    video("VP9", "profile-id=0", 98, 99),
+    video(
+        "H264",
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+        102,
+        103,
+    ),
+    video(
+        "H264",
+        "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f",
+        127,
+        104,
+    ),
+    video(
+        "H264",
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        125,
+        105,
+    ),
+    video(
+        "H264",
+        "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f",
+        108,
+        109,
+    ),
+    video("AV1", "profile-id=0", 41, 106),
+];
+
+/// The RTCP feedback rtcd takes part in, for every video codec (audio: transport-cc only).
+/// Not `goog-remb`: rtcd sends no REMB, congestion feedback is transport-cc.
+const VIDEO_FEEDBACK: [(&str, &str); 4] = [
+    ("nack", ""),
+    ("nack", "pli"),
+    ("ccm", "fir"),
+    ("transport-cc", ""),
+];
+
+/// The media engine every peer starts from: [`CODECS`] with their feedback and the
+/// transport-cc header extension, built once per process and cloned per peer (building it is
+/// most of what a peer connection costs before its first offer).
+fn media_template() -> Result<&'static MediaEngine, EngineError> {
+    static TEMPLATE: OnceLock<Result<MediaEngine, String>> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| build_media_template().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| EngineError::Internal(e.clone()))
+}
+
+fn build_media_template() -> Result<MediaEngine, EngineError> {
+    use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters};
+    let mut media = MediaEngine::default();
+    for codec in &CODECS {
+        let feedback = match codec.kind {
+            RtpCodecKind::Video => VIDEO_FEEDBACK
+                .iter()
+                .map(|(typ, parameter)| RTCPFeedback {
+                    typ: (*typ).to_owned(),
+                    parameter: (*parameter).to_owned(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let kind = if codec.kind == RtpCodecKind::Audio {
+            "audio"
+        } else {
+            "video"
+        };
+        media
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: RTCRtpCodec {
+                        mime_type: format!("{kind}/{}", codec.name),
+                        clock_rate: codec.clock_rate,
+                        channels: codec.channels,
+                        sdp_fmtp_line: codec.fmtp.to_owned(),
+                        rtcp_feedback: feedback,
+                    },
+                    payload_type: codec.payload_type,
+                },
+                codec.kind,
+            )
+            .map_err(internal)?;
+        if let Some(rtx) = codec.rtx {
+            media
+                .register_codec(
+                    RTCRtpCodecParameters {
+                        rtp_codec: RTCRtpCodec {
+                            mime_type: "video/rtx".to_owned(),
+                            clock_rate: codec.clock_rate,
+                            channels: 0,
+                            sdp_fmtp_line: format!("apt={}", codec.payload_type),
+                            rtcp_feedback: Vec::new(),
+                        },
+                        payload_type: rtx,
+                    },
+                    codec.kind,
+                )
+                .map_err(internal)?;
+        }
+    }
+    // transport-cc feedback (audio too) and its header extension; the interceptor is per peer.
+    configure_twcc_receiver_only(Registry::new(), &mut media).map_err(internal)?;
+    Ok(media)
+}
+
+/// The offer as `rtc` gets it: in every audio and video section, only the codecs rtcd could
+/// answer with ([`CODECS`], matched as `rtc` matches them, and the RTX of a kept codec) and
+/// only the feedback it takes part in ([`VIDEO_FEEDBACK`], none on RTX formats). `None`:
+/// nothing to remove.
+///
+/// Why: `rtc` 0.21.1 rebuilds a section's whole codec map (every `rtpmap`, `fmtp` and `rtcp-fb`
+/// line, re-printed and re-parsed) once per payload type of the section, in several passes, and
+/// compares every offered codec with every codec of ours. That is quadratic in the size of the
+/// section, and a browser offers 30 to 40 video formats with 4 or 5 feedback lines each: most
+/// of a join was spent there on codecs `rtc` then drops. What is removed here could not be in
+/// the answer, so the answer is the same. A section in which nothing would remain is left as it
+/// is (`rtc` rejects it as before).
+fn trim_offer(sdp: &str) -> Option<String> {
+    let lines: Vec<&str> = sdp.split_inclusive('\n').collect();
+    let starts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("m="))
+        .collect();
+    let first = starts.first().copied().unwrap_or(lines.len());
+    let mut out = String::with_capacity(sdp.len());
+    lines[..first].iter().for_each(|l| out.push_str(l));
+    let mut changed = false;
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(lines.len());
+        let section = &lines[start..end];
+        match trim_section(section) {
+            Some(trimmed) => {
+                out.push_str(&trimmed);
+                changed = true;
+            }
+            None => section.iter().for_each(|l| out.push_str(l)),
+        }
+    }
+    changed.then_some(out)
+}
+
+/// One section for [`trim_offer`] (`lines[0]` is its `m=` line); `None`: unchanged.
+fn trim_section(lines: &[&str]) -> Option<String> {
+    let m_line = lines.first()?;
+    let body = m_line.trim_end();
+    let ending = &m_line[body.len()..];
+    let mut fields = body.strip_prefix("m=")?.split(' ');
+    let (media, port, proto) = (fields.next()?, fields.next()?, fields.next()?);
+    let kind = match media {
+        "audio" => RtpCodecKind::Audio,
+        "video" => RtpCodecKind::Video,
+        _ => return None,
+    };
+    let formats: Vec<u8> = fields.map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    // Payload type → (encoding name, fmtp) of the section.
+    let mut names: HashMap<u8, &str> = HashMap::new();
+    let mut fmtps: HashMap<u8, &str> = HashMap::new();
+    for line in &lines[1..] {
+        let line = line.trim_end();
+        if let Some((pt, rest)) = line
+            .strip_prefix("a=rtpmap:")
+            .and_then(|a| a.split_once(' '))
+            && let Ok(pt) = pt.parse()
+        {
+            names.insert(pt, rest.split('/').next().unwrap_or(rest));
+        } else if let Some((pt, rest)) =
+            line.strip_prefix("a=fmtp:").and_then(|a| a.split_once(' '))
+            && let Ok(pt) = pt.parse()
+        {
+            fmtps.insert(pt, rest);
+        }
+    }
+    let fmtp = |pt: &u8| fmtps.get(pt).copied().unwrap_or("");
+    let primary: Vec<u8> = formats
+        .iter()
+        .copied()
+        .filter(|pt| {
+            names.get(pt).is_some_and(|name| {
+                CODECS.iter().any(|c| {
+                    c.kind == kind
+                        && c.name.eq_ignore_ascii_case(name)
+                        && fmtp_matches(name, c.fmtp, fmtp(pt))
+                })
+            })
+        })
+        .collect();
+    let keep: Vec<u8> = formats
+        .iter()
+        .copied()
+        .filter(|pt| {
+            primary.contains(pt)
+                || names.get(pt).is_some_and(|n| n.eq_ignore_ascii_case("rtx"))
+                    && fmtp_param(fmtp(pt), "apt")
+                        .and_then(|apt| apt.parse::<u8>().ok())
+                        .is_some_and(|apt| primary.contains(&apt))
+        })
+        .collect();
+    if keep.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    let mut changed = keep.len() != formats.len();
+    out.push_str(&format!("m={media} {port} {proto}"));
+    for pt in &keep {
+        out.push_str(&format!(" {pt}"));
+    }
+    out.push_str(ending);
+    for line in &lines[1..] {
+        let attr = line.trim_end();
+        let codec_line = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"]
+            .iter()
+            .find_map(|p| attr.strip_prefix(p).map(|rest| (*p, rest)));
+        if let Some((prefix, rest)) = codec_line {
+            let (pt, value) = rest.split_once(' ').unwrap_or((rest, ""));
+            let kept = pt == "*" || pt.parse::<u8>().is_ok_and(|pt| keep.contains(&pt));
+            // Feedback on an RTX format means nothing (`rtc` keeps none for it either).
+            let wanted = prefix != "a=rtcp-fb:"
+                || pt == "*"
+                || pt.parse::<u8>().is_ok_and(|pt| primary.contains(&pt)) && {
+                    let (typ, parameter) = value.split_once(' ').unwrap_or((value, ""));
+                    VIDEO_FEEDBACK.contains(&(typ, parameter))
+                };
+            if !kept || !wanted {
+                changed = true;
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    changed.then_some(out)
+}
+
+/// A parameter of an fmtp line, as `rtc` reads it (`;`-separated, key case-insensitive).
+fn fmtp_param<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(';').find_map(|p| {
+        let (k, v) = p.trim().split_once('=')?;
+        k.eq_ignore_ascii_case(key).then_some(v)
+    })
+}
+
+/// Whether `rtc` 0.21.1 counts two fmtp lines of a codec as the same codec (its `fmtp` module:
+/// an exact match). H.264: the same packetization mode, both given, and the same profile
+/// (`profile_idc` and constraint flags: the first two bytes of `profile-level-id`); anything
+/// else: no parameter with two different values.
+fn fmtp_matches(name: &str, ours: &str, theirs: &str) -> bool {
+    if name.eq_ignore_ascii_case("h264") {
+        let profile = |line: &str| {
+            let hex = fmtp_param(line, "profile-level-id")?;
+            let valid = hex.len() >= 4
+                && hex.len().is_multiple_of(2)
+                && hex.bytes().all(|b| b.is_ascii_hexdigit());
+            valid.then(|| hex[..4].to_ascii_lowercase())
+        };
+        let mode = |line| fmtp_param(line, "packetization-mode");
+        mode(ours).is_some()
+            && mode(ours) == mode(theirs)
+            && profile(ours).is_some()
+            && profile(ours) == profile(theirs)
+    } else {
+        ours.split(';').all(|p| {
+            let Some((k, v)) = p.trim().split_once('=') else {
+                return true;
+            };
+            fmtp_param(theirs, k).is_none_or(|theirs| theirs.eq_ignore_ascii_case(v))
+        })
+    }
+}
+
 /// One client's peer connection. See the module docs.
 pub struct Peer {
     pc: RTCPeerConnection,
@@ -329,8 +647,7 @@ impl Peer {
         settings: &PeerSettings,
         now: Instant,
     ) -> Result<Self, EngineError> {
-        let mut media = MediaEngine::default();
-        media.register_default_codecs().map_err(internal)?;
+        let mut media = media_template()?.clone();
         // NACKs are answered by the SFU's down-tracks from one buffer per published track, so
         // no NACK responder (which would keep a copy per subscriber). Loss of published tracks
         // is reported to their publishers by a NACK generator; reports and TWCC feedback come
@@ -345,17 +662,9 @@ impl Peer {
             super::feedback::FeedbackTap::default(),
         );
         let registry = configure_rtcp_reports(registry);
+        // The template has what this registers in the media engine already (registering it
+        // again changes nothing); what it adds is the TWCC receiver interceptor.
         let registry = configure_twcc_receiver_only(registry, &mut media).map_err(internal)?;
-        for feedback in ["nack", "nack pli", "ccm fir"] {
-            let (typ, parameter) = feedback.split_once(' ').unwrap_or((feedback, ""));
-            media.register_feedback(
-                rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
-                    typ: typ.to_owned(),
-                    parameter: parameter.to_owned(),
-                },
-                RtpCodecKind::Video,
-            );
-        }
         let setting = SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_timeouts(
@@ -394,7 +703,7 @@ impl Peer {
     /// Applies the client's offer and returns our answer. Every section in which the client
     /// receives gets a sending slot (new sections a new one; known sections keep theirs).
     pub fn apply_offer(&mut self, sdp: &str, now: Instant) -> Result<Answer, EngineError> {
-        let offer = RTCSessionDescription::offer(sdp.to_owned())
+        let offer = RTCSessionDescription::offer(trim_offer(sdp).unwrap_or_else(|| sdp.to_owned()))
             .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
         self.pc
             .set_remote_description(now, offer)
@@ -1420,6 +1729,157 @@ mod tests {
             rig.bob_events
         );
         assert!(disconnected < failed);
+    }
+
+    /// A Chrome-like offer, cut down: what `trim_offer` must keep and drop.
+    const BROWSER_OFFER: &str = "v=0\r\n\
+o=- 1 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0 1 2 3\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110\r\n\
+a=mid:0\r\n\
+a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+a=rtpmap:111 opus/48000/2\r\n\
+a=rtcp-fb:111 transport-cc\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\n\
+a=rtpmap:63 red/48000/2\r\n\
+a=fmtp:63 111/111\r\n\
+a=rtpmap:9 G722/8000\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:13 CN/8000\r\n\
+a=rtpmap:110 telephone-event/48000\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97 98 99 100 101 102 103 106 107 127 125 45 46 116 117\r\n\
+a=mid:1\r\n\
+a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=recvonly\r\n\
+a=rtpmap:96 VP8/90000\r\n\
+a=rtcp-fb:96 goog-remb\r\n\
+a=rtcp-fb:96 transport-cc\r\n\
+a=rtcp-fb:96 ccm fir\r\n\
+a=rtcp-fb:96 nack\r\n\
+a=rtcp-fb:96 nack pli\r\n\
+a=rtpmap:97 rtx/90000\r\n\
+a=fmtp:97 apt=96\r\n\
+a=rtpmap:98 VP9/90000\r\n\
+a=rtcp-fb:98 nack\r\n\
+a=fmtp:98 profile-id=0\r\n\
+a=rtpmap:99 rtx/90000\r\n\
+a=fmtp:99 apt=98\r\n\
+a=rtpmap:100 VP9/90000\r\n\
+a=fmtp:100 profile-id=2\r\n\
+a=rtpmap:101 rtx/90000\r\n\
+a=fmtp:101 apt=100\r\n\
+a=rtpmap:102 H264/90000\r\n\
+a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n\
+a=rtpmap:103 rtx/90000\r\n\
+a=fmtp:103 apt=102\r\n\
+a=rtpmap:106 H264/90000\r\n\
+a=fmtp:106 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42E01F\r\n\
+a=rtpmap:107 rtx/90000\r\n\
+a=fmtp:107 apt=106\r\n\
+a=rtpmap:127 H264/90000\r\n\
+a=fmtp:127 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f\r\n\
+a=rtpmap:125 rtx/90000\r\n\
+a=fmtp:125 apt=127\r\n\
+a=rtpmap:45 AV1/90000\r\n\
+a=fmtp:45 level-idx=5;profile=0;tier=0\r\n\
+a=rtpmap:46 rtx/90000\r\n\
+a=fmtp:46 apt=45\r\n\
+a=rtpmap:116 red/90000\r\n\
+a=rtpmap:117 rtx/90000\r\n\
+a=fmtp:117 apt=116\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 49\r\n\
+a=mid:2\r\n\
+a=rtpmap:49 H265/90000\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+a=mid:3\r\n\
+a=sctp-port:5000\r\n";
+
+    #[test]
+    fn offers_reach_rtc_with_only_the_codecs_and_feedback_rtcd_can_answer() {
+        let trimmed = trim_offer(BROWSER_OFFER).expect("something to trim");
+        let lines: Vec<&str> = trimmed.lines().collect();
+        assert!(
+            lines.contains(&"m=audio 9 UDP/TLS/RTP/SAVPF 111"),
+            "{trimmed}"
+        );
+        assert!(
+            lines.contains(&"m=video 9 UDP/TLS/RTP/SAVPF 96 97 98 99 102 103 106 107 45 46"),
+            "VP9 profile 2, H.264 main, RED and their RTX are gone, the order is the offer's: \
+             {trimmed}"
+        );
+        for gone in [
+            "a=rtpmap:63 red/48000/2",
+            "a=fmtp:63 111/111",
+            "a=rtpmap:0 PCMU/8000",
+            "a=rtpmap:110 telephone-event/48000",
+            "a=fmtp:100 profile-id=2",
+            "a=rtpmap:127 H264/90000",
+            "a=fmtp:117 apt=116",
+            "a=rtcp-fb:96 goog-remb",
+        ] {
+            assert!(!lines.contains(&gone), "{gone} dropped: {trimmed}");
+        }
+        for kept in [
+            "a=rtcp-fb:111 transport-cc",
+            "a=fmtp:111 minptime=10;useinbandfec=1",
+            "a=rtcp-fb:96 nack pli",
+            "a=fmtp:106 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42E01F",
+            "a=fmtp:45 level-idx=5;profile=0;tier=0",
+            "a=fmtp:46 apt=45",
+            "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            "a=recvonly",
+            // Nothing of ours would remain: left for rtc to reject, as before.
+            "m=video 9 UDP/TLS/RTP/SAVPF 49",
+            "a=rtpmap:49 H265/90000",
+            "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+            "a=sctp-port:5000",
+        ] {
+            assert!(lines.contains(&kept), "{kept} kept: {trimmed}");
+        }
+        assert!(trimmed.ends_with("\r\n") && !trimmed.replace("\r\n", "").contains('\n'));
+        assert_eq!(trim_offer(&trimmed), None, "trimming twice changes nothing");
+    }
+
+    #[test]
+    fn the_h264_and_generic_fmtp_rules_are_rtcs() {
+        let ours = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+        assert!(fmtp_matches(
+            "H264",
+            ours,
+            "profile-level-id=42E034;packetization-mode=1"
+        ));
+        assert!(!fmtp_matches(
+            "H264",
+            ours,
+            "profile-level-id=42e01f;packetization-mode=0"
+        ));
+        assert!(
+            !fmtp_matches("H264", ours, "profile-level-id=42e01f"),
+            "mode required"
+        );
+        assert!(!fmtp_matches(
+            "H264",
+            ours,
+            "packetization-mode=1;profile-level-id=42001f"
+        ));
+        assert!(!fmtp_matches(
+            "H264",
+            ours,
+            "packetization-mode=1;profile-level-id=42e01"
+        ));
+        assert!(
+            fmtp_matches("VP9", "profile-id=0", ""),
+            "Firefox: no profile-id"
+        );
+        assert!(!fmtp_matches("VP9", "profile-id=0", "profile-id=2"));
+        assert!(fmtp_matches(
+            "AV1",
+            "profile-id=0",
+            "level-idx=5;profile=0;tier=0"
+        ));
     }
 
     #[test]
