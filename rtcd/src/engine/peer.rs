@@ -44,7 +44,7 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverDirection};
 use rtc::sansio::Protocol as _;
@@ -183,6 +183,12 @@ pub struct Slot {
     pub kind: MediaKind,
     /// The SSRC rtcd sends with in it, for all its life.
     pub ssrc: u32,
+    /// The SSRC of its retransmissions (RFC 4588), for all its life: `Some` while the section
+    /// negotiated RTX for a codec (the answer pairs the two with `a=ssrc-group:FID`). A
+    /// down-track for the slot sends NACKed packets on it, as `rtx_payload_type` of the codec
+    /// with the original sequence number in front of the payload; `None`: plain resends on
+    /// `ssrc`.
+    pub rtx_ssrc: Option<u32>,
     /// The section's codecs, as the client will decode them.
     pub codecs: Vec<Codec>,
     /// The section's header extensions.
@@ -580,6 +586,32 @@ fn trim_section(lines: &[&str]) -> Option<String> {
     changed.then_some(out)
 }
 
+/// Whether the section `mid` of `offer` has an RTX format (after [`trim_offer`], only for a
+/// codec rtcd answers with).
+fn offers_rtx(offer: &str, mid: &str) -> bool {
+    let mut in_section = false;
+    let mut rtx = false;
+    for line in offer.lines().map(str::trim_end) {
+        if line.starts_with("m=") {
+            if in_section {
+                break;
+            }
+            rtx = false;
+        } else if let Some(m) = line.strip_prefix("a=mid:") {
+            in_section = m.trim() == mid;
+        } else if let Some((_, codec)) = line
+            .strip_prefix("a=rtpmap:")
+            .and_then(|a| a.split_once(' '))
+        {
+            rtx |= codec
+                .split('/')
+                .next()
+                .is_some_and(|name| name.eq_ignore_ascii_case("rtx"));
+        }
+    }
+    in_section && rtx
+}
+
 /// A parameter of an fmtp line, as `rtc` reads it (`;`-separated, key case-insensitive).
 fn fmtp_param<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split(';').find_map(|p| {
@@ -753,7 +785,12 @@ impl Peer {
             .remote_description()
             .map(|d| sdp::sections(&d.sdp))
             .unwrap_or_default();
-        let wanted: Vec<(String, MediaKind)> = wanted
+        let offer = self
+            .pc
+            .remote_description()
+            .map(|d| d.sdp.clone())
+            .unwrap_or_default();
+        let wanted: Vec<(String, MediaKind, bool)> = wanted
             .into_iter()
             .filter_map(|mid| {
                 let section = sections.iter().find(|s| s.mid == mid && s.receives())?;
@@ -762,16 +799,22 @@ impl Peer {
                     sdp::Media::Video => MediaKind::Video,
                     sdp::Media::Other => return None,
                 };
-                Some((mid, kind))
+                let rtx = kind == MediaKind::Video && offers_rtx(&offer, &mid);
+                Some((mid, kind, rtx))
             })
             .collect();
-        for (mid, kind) in wanted {
-            let ssrc = loop {
-                let s = rand::random::<u32>();
-                if s != 0 && !self.slots.iter().any(|x| x.slot.ssrc == s) {
-                    break s;
+        for (mid, kind, rtx) in wanted {
+            let ssrc = self.fresh_ssrc();
+            // Only where the client can take RTX: an RTX SSRC in the answer of a section
+            // without an RTX codec would announce a stream that never comes.
+            let rtx_ssrc = rtx.then(|| {
+                loop {
+                    let s = self.fresh_ssrc();
+                    if s != ssrc {
+                        break s;
+                    }
                 }
-            };
+            });
             let id = SlotId(self.slots.len() as u32);
             let track_id = format!("rtcd-{}", id.0);
             let track = MediaStreamTrack::new(
@@ -782,6 +825,7 @@ impl Peer {
                 vec![RTCRtpEncodingParameters {
                     rtp_coding_parameters: RTCRtpCodingParameters {
                         ssrc: Some(ssrc),
+                        rtx: rtx_ssrc.map(|ssrc| RTCRtpRtxParameters { ssrc }),
                         ..Default::default()
                     },
                     ..Default::default()
@@ -795,6 +839,7 @@ impl Peer {
                     mid,
                     kind,
                     ssrc,
+                    rtx_ssrc,
                     codecs: Vec::new(),
                     extensions: Vec::new(),
                 },
@@ -802,6 +847,21 @@ impl Peer {
             });
         }
         Ok(())
+    }
+
+    /// A random SSRC that none of our slots uses yet, for media or RTX.
+    fn fresh_ssrc(&self) -> u32 {
+        loop {
+            let s = rand::random::<u32>();
+            if s != 0
+                && !self
+                    .slots
+                    .iter()
+                    .any(|x| x.slot.ssrc == s || x.slot.rtx_ssrc == Some(s))
+            {
+                break s;
+            }
+        }
     }
 
     /// Reads back each slot's negotiated codecs and extensions after an answer.
@@ -821,11 +881,21 @@ impl Peer {
             let Some(mut s) = self.pc.rtp_sender(sender) else {
                 continue;
             };
-            let params = &s.get_parameters().rtp_parameters;
+            let parameters = s.get_parameters();
+            let params = &parameters.rtp_parameters;
             let (codecs, extensions) = codecs_of(&params.codecs, &params.header_extensions);
+            // What the answer announced (rtc drops the RTX SSRC of a sender when a later offer
+            // has no RTX), and only while a codec can be repaired with it.
+            let rtx_ssrc = parameters
+                .encodings
+                .first()
+                .and_then(|e| e.rtp_coding_parameters.rtx.as_ref())
+                .map(|rtx| rtx.ssrc)
+                .filter(|_| codecs.iter().any(|c| c.rtx_payload_type.is_some()));
             let slot = &mut self.slots[index].slot;
             slot.codecs = codecs;
             slot.extensions = extensions;
+            slot.rtx_ssrc = rtx_ssrc;
         }
     }
 
@@ -1400,6 +1470,13 @@ mod tests {
         buffer: RetransmitBuffer,
         /// Retransmissions sent to bob.
         resent: usize,
+        /// Whether bob's down-track answers NACKs with RTX (where the slot has it).
+        rtx: bool,
+        /// How many of `resent` were RTX packets.
+        resent_rtx: usize,
+        /// Every RTP datagram rtcd sent bob: (SSRC, payload type, sequence), read from the clear
+        /// SRTP header.
+        wire_to_bob: Vec<(u32, u8, u16)>,
         /// Server→bob datagrams whose RTP sequence (bob's) is listed here are dropped once.
         drop_to_bob: Vec<u16>,
         bob_events: Vec<PeerEvent>,
@@ -1447,6 +1524,9 @@ mod tests {
                 down: None,
                 buffer: RetransmitBuffer::new(512).unwrap(),
                 resent: 0,
+                rtx: false,
+                resent_rtx: 0,
+                wire_to_bob: Vec::new(),
                 drop_to_bob: Vec::new(),
                 bob_events: Vec::new(),
                 alice_events: Vec::new(),
@@ -1472,6 +1552,9 @@ mod tests {
                         PeerEvent::TrackOpened(t) => {
                             let mut config =
                                 DownTrackConfig::new(MediaKind::Video, self.slot.ssrc, 90_000);
+                            if self.rtx {
+                                config.rtx_ssrc = self.slot.rtx_ssrc;
+                            }
                             for codec in &t.codecs {
                                 if let Some(sub) = self
                                     .slot
@@ -1479,9 +1562,10 @@ mod tests {
                                     .iter()
                                     .find(|c| c.mime_type == codec.mime_type)
                                 {
+                                    let rtx = sub.rtx_payload_type.filter(|_| self.rtx);
                                     config
                                         .payload_types
-                                        .insert(codec.payload_type, sub.payload_type, None)
+                                        .insert(codec.payload_type, sub.payload_type, rtx)
                                         .unwrap();
                                 }
                             }
@@ -1505,14 +1589,20 @@ mod tests {
                 }
                 if self.bob_online {
                     let drops = &mut self.drop_to_bob;
+                    let wire = &mut self.wire_to_bob;
                     route(&mut self.bob, &mut self.bob_s, now, &mut |d: &[u8]| {
-                        // SRTP leaves the RTP header in clear: bytes 2..4 are the sequence.
+                        // SRTP leaves the RTP header in clear: bytes 2..4 are the sequence,
+                        // 8..12 the SSRC.
                         let rtp = d.len() > 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1]);
                         let seq = if rtp {
                             u16::from_be_bytes([d[2], d[3]])
                         } else {
                             0
                         };
+                        if rtp {
+                            let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+                            wire.push((ssrc, d[1] & 0x7f, seq));
+                        }
                         if rtp && drops.contains(&seq) {
                             drops.retain(|s| *s != seq);
                             return true;
@@ -1530,14 +1620,15 @@ mod tests {
                             let mut resend = Vec::new();
                             if let Some(down) = self.down.as_mut() {
                                 down.on_nack(lost.iter().copied(), &self.buffer, now, |r| {
-                                    resend.push((r.header, r.packet.clone(), r.payload))
+                                    resend.push((r.header, r.packet.clone(), r.payload, r.rtx))
                                 });
                             }
-                            for (header, packet, payload) in resend {
+                            for (header, packet, payload, rtx) in resend {
                                 self.bob_s
                                     .send_rtp(self.slot.id, &header, &packet, payload, now)
                                     .unwrap();
                                 self.resent += 1;
+                                self.resent_rtx += usize::from(rtx);
                             }
                         }
                         _ => {}
@@ -1660,6 +1751,84 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, PeerEvent::KeyframeRequested(s) if *s == rig.slot.id)),
             "bob's PLI surfaced for his slot"
+        );
+    }
+
+    #[test]
+    fn a_nacked_packet_is_resent_as_rtx_and_the_client_repairs_its_stream_with_it() {
+        let mut rig = Rig::new();
+        rig.rtx = true;
+        let (ssrc, rtx_ssrc) = (
+            rig.slot.ssrc,
+            rig.slot.rtx_ssrc.expect("a video slot with RTX"),
+        );
+        assert_ne!(ssrc, rtx_ssrc);
+        let rtx_pt = rig.vp8.rtx_payload_type.expect("RTX negotiated for VP8");
+        let answer = rig.bob_s.pc.local_description().unwrap().sdp;
+        assert!(
+            answer.contains(&format!("a=ssrc-group:FID {ssrc} {rtx_ssrc}\r\n")),
+            "{answer}"
+        );
+        assert!(answer.contains(&format!("a=ssrc:{rtx_ssrc} ")), "{answer}");
+
+        rig.run(1000, |_| {}); // 5 s: connected, flowing
+        let last = rig.bob.received.last().unwrap().1.header.sequence_number;
+        let lost = last.wrapping_add(3);
+        rig.drop_to_bob.push(lost);
+        rig.run(400, |_| {});
+        assert!(
+            rig.drop_to_bob.is_empty(),
+            "the packet was dropped on the way"
+        );
+        assert!(rig.resent_rtx >= 1, "the NACK was answered with RTX");
+        assert_eq!(rig.resent, rig.resent_rtx, "and only with RTX");
+
+        // On the wire: the retransmission went out on the RTX SSRC with the RTX payload type.
+        let rtx_sent: Vec<_> = rig
+            .wire_to_bob
+            .iter()
+            .filter(|(s, ..)| *s == rtx_ssrc)
+            .collect();
+        assert!(!rtx_sent.is_empty(), "an RTX datagram reached bob");
+        assert!(
+            rtx_sent.iter().all(|(_, pt, _)| *pt == rtx_pt),
+            "{rtx_sent:?}"
+        );
+        assert!(
+            rig.wire_to_bob
+                .iter()
+                .all(|(s, ..)| *s == ssrc || *s == rtx_ssrc),
+            "nothing else on other SSRCs"
+        );
+
+        // At bob: rtc took it as RTX of the slot (FID group of the answer) and gave the original
+        // back: the slot's SSRC, VP8, the lost sequence number, the payload without the 2-byte
+        // original sequence number in front. More than once: rtc's NACK generator logs arrivals
+        // by the SSRC on the wire, so a packet repaired through RTX stays "lost" to it and bob
+        // NACKs it again at every interval (a limit of the rtc client, not of the answer).
+        let repaired: Vec<_> = rig
+            .bob
+            .received
+            .iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.header.sequence_number == lost)
+            .collect();
+        assert_eq!(
+            repaired.len(),
+            rtx_sent.len(),
+            "every RTX packet repaired {lost}"
+        );
+        for p in repaired {
+            assert_eq!(
+                (p.header.ssrc, p.header.payload_type),
+                (ssrc, rig.vp8.payload_type)
+            );
+            assert_eq!(p.payload.len(), 7, "{:?}", p.payload);
+            assert_eq!((p.payload[0], &p.payload[4..]), (0x10, &[9u8, 9, 9][..]));
+        }
+        assert!(
+            rig.bob.received.iter().all(|(_, p)| p.header.ssrc == ssrc),
+            "bob's application never sees the RTX SSRC"
         );
     }
 
