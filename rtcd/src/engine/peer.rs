@@ -338,8 +338,8 @@ const fn video(name: &'static str, fmtp: &'static str, payload_type: u8, rtx: u8
 /// forwarding if every subscriber decodes it too), H.265 (Chrome and Firefox do not offer it),
 /// VP9 profile 1 (4:4:4, not offered by browsers by default) and H.264 high `640032` (offered by
 /// Chrome only with a hardware encoder; Safari's high is `640c1f`, which `rtc` does not count
-/// as the same profile anyway). The browser, webrtc-rs and str0m tests negotiate Opus, VP8 and
-/// H.264 `42e01f` mode 1.
+/// as the same profile anyway). The browser tests negotiate Opus and VP8, the webrtc-rs e2e
+/// tests also H.264 `42e01f` mode 1.
 ///
 /// Every codec here costs on every join (about 0.3 ms each with its RTX, measured): `rtc`
 /// compares each codec of an offer with each of these, parsing both fmtp lines every time,
