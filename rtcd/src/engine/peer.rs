@@ -19,6 +19,7 @@
 //! per join is the most expensive part of a join, and the fingerprint says nothing about the user.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -43,7 +44,8 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters,
+    RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverDirection};
 use rtc::sansio::Protocol as _;
@@ -182,6 +184,12 @@ pub struct Slot {
     pub kind: MediaKind,
     /// The SSRC rtcd sends with in it, for all its life.
     pub ssrc: u32,
+    /// The SSRC of its retransmissions (RFC 4588), for all its life: `Some` while the section
+    /// negotiated RTX for a codec (the answer pairs the two with `a=ssrc-group:FID`). A
+    /// down-track for the slot sends NACKed packets on it, as `rtx_payload_type` of the codec
+    /// with the original sequence number in front of the payload; `None`: plain resends on
+    /// `ssrc`.
+    pub rtx_ssrc: Option<u32>,
     /// The section's codecs, as the client will decode them.
     pub codecs: Vec<Codec>,
     /// The section's header extensions.
@@ -244,6 +252,7 @@ struct SlotState {
 struct Prepared {
     track_id: String,
     ssrc: u32,
+    rtx_ssrc: Option<u32>,
     kind: MediaKind,
 }
 
@@ -305,6 +314,359 @@ fn video_codec(mime_type: &str) -> Option<VideoCodec> {
     }
 }
 
+/// A codec rtcd answers with, as registered in every peer's media engine.
+struct TableCodec {
+    kind: RtpCodecKind,
+    /// The encoding name of `a=rtpmap` (`opus`, `VP8`, ...).
+    name: &'static str,
+    clock_rate: u32,
+    channels: u16,
+    fmtp: &'static str,
+    /// Ours; an answer uses the offer's payload types, so these only have to be distinct.
+    payload_type: u8,
+    /// The payload type of its RTX companion (RFC 4588).
+    rtx: Option<u8>,
+}
+
+const fn video(name: &'static str, fmtp: &'static str, payload_type: u8, rtx: u8) -> TableCodec {
+    TableCodec {
+        kind: RtpCodecKind::Video,
+        name,
+        clock_rate: 90_000,
+        channels: 0,
+        fmtp,
+        payload_type,
+        rtx: Some(rtx),
+    }
+}
+
+/// What an SFU forwards between browsers, and only that: Opus; VP8, VP9 profile 0, H.264
+/// constrained baseline and baseline (`42e01f`, `42001f`), each in packetization modes 1 and 0,
+/// AV1; every video codec with RTX. That is `rtc`'s `register_default_codecs` with the same
+/// payload types, minus G.722, PCMU and PCMA (browsers send Opus, and a codec is only worth
+/// forwarding if every subscriber decodes it too), H.265 (Chrome and Firefox do not offer it),
+/// VP9 profile 1 (4:4:4, not offered by browsers by default) and H.264 high `640032` (offered by
+/// Chrome only with a hardware encoder; Safari's high is `640c1f`, which `rtc` does not count
+/// as the same profile anyway). The browser tests negotiate Opus and VP8, the webrtc-rs e2e
+/// tests also H.264 `42e01f` mode 1.
+///
+/// Every codec here costs on every join (about 0.3 ms each with its RTX, measured): `rtc`
+/// compares each codec of an offer with each of these, parsing both fmtp lines every time,
+/// and each one kept in the offer makes its quadratic SDP reading longer (see [`trim_offer`]).
+const CODECS: [TableCodec; 8] = [
+    TableCodec {
+        kind: RtpCodecKind::Audio,
+        name: "opus",
+        clock_rate: 48_000,
+        channels: 2,
+        fmtp: "minptime=10;useinbandfec=1",
+        payload_type: 111,
+        rtx: None,
+    },
+    video("VP8", "", 96, 97),
+    video("VP9", "profile-id=0", 98, 99),
+    video(
+        "H264",
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+        102,
+        103,
+    ),
+    video(
+        "H264",
+        "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f",
+        127,
+        104,
+    ),
+    video(
+        "H264",
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        125,
+        105,
+    ),
+    video(
+        "H264",
+        "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f",
+        108,
+        109,
+    ),
+    video("AV1", "profile-id=0", 41, 106),
+];
+
+/// The RTCP feedback rtcd takes part in, for every video codec (audio: transport-cc only).
+/// Not `goog-remb`: rtcd sends no REMB, congestion feedback is transport-cc.
+const VIDEO_FEEDBACK: [(&str, &str); 4] = [
+    ("nack", ""),
+    ("nack", "pli"),
+    ("ccm", "fir"),
+    ("transport-cc", ""),
+];
+
+/// The media engine every peer starts from: [`CODECS`] with their feedback and the
+/// transport-cc header extension, built once per process and cloned per peer (building it is
+/// most of what a peer connection costs before its first offer).
+fn media_template() -> Result<&'static MediaEngine, EngineError> {
+    static TEMPLATE: OnceLock<Result<MediaEngine, String>> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| build_media_template().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| EngineError::Internal(e.clone()))
+}
+
+fn build_media_template() -> Result<MediaEngine, EngineError> {
+    use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters};
+    let mut media = MediaEngine::default();
+    for codec in &CODECS {
+        let feedback = match codec.kind {
+            RtpCodecKind::Video => VIDEO_FEEDBACK
+                .iter()
+                .map(|(typ, parameter)| RTCPFeedback {
+                    typ: (*typ).to_owned(),
+                    parameter: (*parameter).to_owned(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let kind = if codec.kind == RtpCodecKind::Audio {
+            "audio"
+        } else {
+            "video"
+        };
+        media
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: RTCRtpCodec {
+                        mime_type: format!("{kind}/{}", codec.name),
+                        clock_rate: codec.clock_rate,
+                        channels: codec.channels,
+                        sdp_fmtp_line: codec.fmtp.to_owned(),
+                        rtcp_feedback: feedback,
+                    },
+                    payload_type: codec.payload_type,
+                },
+                codec.kind,
+            )
+            .map_err(internal)?;
+        if let Some(rtx) = codec.rtx {
+            media
+                .register_codec(
+                    RTCRtpCodecParameters {
+                        rtp_codec: RTCRtpCodec {
+                            mime_type: "video/rtx".to_owned(),
+                            clock_rate: codec.clock_rate,
+                            channels: 0,
+                            sdp_fmtp_line: format!("apt={}", codec.payload_type),
+                            rtcp_feedback: Vec::new(),
+                        },
+                        payload_type: rtx,
+                    },
+                    codec.kind,
+                )
+                .map_err(internal)?;
+        }
+    }
+    // RFC 6464 audio levels from publishers: the SFU's voice activity detection reads them.
+    media
+        .register_header_extension(
+            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                uri: crate::sfu::packet::AUDIO_LEVEL_URI.to_owned(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )
+        .map_err(internal)?;
+    // transport-cc feedback (audio too) and its header extension; the interceptor is per peer.
+    configure_twcc_receiver_only(Registry::new(), &mut media).map_err(internal)?;
+    Ok(media)
+}
+
+/// The offer as `rtc` gets it: in every audio and video section, only the codecs rtcd could
+/// answer with ([`CODECS`], matched as `rtc` matches them, and the RTX of a kept codec) and
+/// only the feedback it takes part in ([`VIDEO_FEEDBACK`], none on RTX formats). `None`:
+/// nothing to remove.
+///
+/// Why: `rtc` 0.21.1 rebuilds a section's whole codec map (every `rtpmap`, `fmtp` and `rtcp-fb`
+/// line, re-printed and re-parsed) once per payload type of the section, in several passes, and
+/// compares every offered codec with every codec of ours. That is quadratic in the size of the
+/// section, and a browser offers 30 to 40 video formats with 4 or 5 feedback lines each: most
+/// of a join was spent there on codecs `rtc` then drops. What is removed here could not be in
+/// the answer, so the answer is the same. A section in which nothing would remain is left as it
+/// is (`rtc` rejects it as before).
+fn trim_offer(sdp: &str) -> Option<String> {
+    let lines: Vec<&str> = sdp.split_inclusive('\n').collect();
+    let starts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("m="))
+        .collect();
+    let first = starts.first().copied().unwrap_or(lines.len());
+    let mut out = String::with_capacity(sdp.len());
+    lines[..first].iter().for_each(|l| out.push_str(l));
+    let mut changed = false;
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(lines.len());
+        let section = &lines[start..end];
+        match trim_section(section) {
+            Some(trimmed) => {
+                out.push_str(&trimmed);
+                changed = true;
+            }
+            None => section.iter().for_each(|l| out.push_str(l)),
+        }
+    }
+    changed.then_some(out)
+}
+
+/// One section for [`trim_offer`] (`lines[0]` is its `m=` line); `None`: unchanged.
+fn trim_section(lines: &[&str]) -> Option<String> {
+    let m_line = lines.first()?;
+    let body = m_line.trim_end();
+    let ending = &m_line[body.len()..];
+    let mut fields = body.strip_prefix("m=")?.split(' ');
+    let (media, port, proto) = (fields.next()?, fields.next()?, fields.next()?);
+    let kind = match media {
+        "audio" => RtpCodecKind::Audio,
+        "video" => RtpCodecKind::Video,
+        _ => return None,
+    };
+    let formats: Vec<u8> = fields.map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    // Payload type → (encoding name, fmtp) of the section.
+    let mut names: HashMap<u8, &str> = HashMap::new();
+    let mut fmtps: HashMap<u8, &str> = HashMap::new();
+    for line in &lines[1..] {
+        let line = line.trim_end();
+        if let Some((pt, rest)) = line
+            .strip_prefix("a=rtpmap:")
+            .and_then(|a| a.split_once(' '))
+            && let Ok(pt) = pt.parse()
+        {
+            names.insert(pt, rest.split('/').next().unwrap_or(rest));
+        } else if let Some((pt, rest)) =
+            line.strip_prefix("a=fmtp:").and_then(|a| a.split_once(' '))
+            && let Ok(pt) = pt.parse()
+        {
+            fmtps.insert(pt, rest);
+        }
+    }
+    let fmtp = |pt: &u8| fmtps.get(pt).copied().unwrap_or("");
+    let primary: Vec<u8> = formats
+        .iter()
+        .copied()
+        .filter(|pt| {
+            names.get(pt).is_some_and(|name| {
+                CODECS.iter().any(|c| {
+                    c.kind == kind
+                        && c.name.eq_ignore_ascii_case(name)
+                        && fmtp_matches(name, c.fmtp, fmtp(pt))
+                })
+            })
+        })
+        .collect();
+    let keep: Vec<u8> = formats
+        .iter()
+        .copied()
+        .filter(|pt| {
+            primary.contains(pt)
+                || names.get(pt).is_some_and(|n| n.eq_ignore_ascii_case("rtx"))
+                    && fmtp_param(fmtp(pt), "apt")
+                        .and_then(|apt| apt.parse::<u8>().ok())
+                        .is_some_and(|apt| primary.contains(&apt))
+        })
+        .collect();
+    if keep.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    let mut changed = keep.len() != formats.len();
+    out.push_str(&format!("m={media} {port} {proto}"));
+    for pt in &keep {
+        out.push_str(&format!(" {pt}"));
+    }
+    out.push_str(ending);
+    for line in &lines[1..] {
+        let attr = line.trim_end();
+        let codec_line = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"]
+            .iter()
+            .find_map(|p| attr.strip_prefix(p).map(|rest| (*p, rest)));
+        if let Some((prefix, rest)) = codec_line {
+            let (pt, value) = rest.split_once(' ').unwrap_or((rest, ""));
+            let kept = pt == "*" || pt.parse::<u8>().is_ok_and(|pt| keep.contains(&pt));
+            // Feedback on an RTX format means nothing (`rtc` keeps none for it either).
+            let wanted = prefix != "a=rtcp-fb:"
+                || pt == "*"
+                || pt.parse::<u8>().is_ok_and(|pt| primary.contains(&pt)) && {
+                    let (typ, parameter) = value.split_once(' ').unwrap_or((value, ""));
+                    VIDEO_FEEDBACK.contains(&(typ, parameter))
+                };
+            if !kept || !wanted {
+                changed = true;
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    changed.then_some(out)
+}
+
+/// Whether the section `mid` of `offer` has an RTX format (after [`trim_offer`], only for a
+/// codec rtcd answers with).
+fn offers_rtx(offer: &str, mid: &str) -> bool {
+    let mut in_section = false;
+    let mut rtx = false;
+    for line in offer.lines().map(str::trim_end) {
+        if line.starts_with("m=") {
+            if in_section {
+                break;
+            }
+            rtx = false;
+        } else if let Some(m) = line.strip_prefix("a=mid:") {
+            in_section = m.trim() == mid;
+        } else if let Some((_, codec)) = line
+            .strip_prefix("a=rtpmap:")
+            .and_then(|a| a.split_once(' '))
+        {
+            rtx |= codec
+                .split('/')
+                .next()
+                .is_some_and(|name| name.eq_ignore_ascii_case("rtx"));
+        }
+    }
+    in_section && rtx
+}
+
+/// A parameter of an fmtp line, as `rtc` reads it (`;`-separated, key case-insensitive).
+fn fmtp_param<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(';').find_map(|p| {
+        let (k, v) = p.trim().split_once('=')?;
+        k.eq_ignore_ascii_case(key).then_some(v)
+    })
+}
+
+/// Whether `rtc` 0.21.1 counts two fmtp lines of a codec as the same codec (its `fmtp` module:
+/// an exact match). H.264: the same packetization mode, both given, and the same profile
+/// (`profile_idc` and constraint flags: the first two bytes of `profile-level-id`); anything
+/// else: no parameter with two different values.
+fn fmtp_matches(name: &str, ours: &str, theirs: &str) -> bool {
+    if name.eq_ignore_ascii_case("h264") {
+        let profile = |line: &str| {
+            let hex = fmtp_param(line, "profile-level-id")?;
+            let valid = hex.len() >= 4
+                && hex.len().is_multiple_of(2)
+                && hex.bytes().all(|b| b.is_ascii_hexdigit());
+            valid.then(|| hex[..4].to_ascii_lowercase())
+        };
+        let mode = |line| fmtp_param(line, "packetization-mode");
+        mode(ours).is_some()
+            && mode(ours) == mode(theirs)
+            && profile(ours).is_some()
+            && profile(ours) == profile(theirs)
+    } else {
+        ours.split(';').all(|p| {
+            let Some((k, v)) = p.trim().split_once('=') else {
+                return true;
+            };
+            fmtp_param(theirs, k).is_none_or(|theirs| theirs.eq_ignore_ascii_case(v))
+        })
+    }
+}
+
 /// One client's peer connection. See the module docs.
 pub struct Peer {
     pc: RTCPeerConnection,
@@ -338,18 +700,7 @@ impl Peer {
         settings: &PeerSettings,
         now: Instant,
     ) -> Result<Self, EngineError> {
-        let mut media = MediaEngine::default();
-        media.register_default_codecs().map_err(internal)?;
-        // RFC 6464 audio levels from publishers: the SFU's voice activity detection reads them.
-        media
-            .register_header_extension(
-                rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
-                    uri: crate::sfu::packet::AUDIO_LEVEL_URI.to_owned(),
-                },
-                RtpCodecKind::Audio,
-                None,
-            )
-            .map_err(internal)?;
+        let mut media = media_template()?.clone();
         // NACKs are answered by the SFU's down-tracks from one buffer per published track, so
         // no NACK responder (which would keep a copy per subscriber). Loss of published tracks
         // is reported to their publishers by a NACK generator; reports and TWCC feedback come
@@ -364,17 +715,9 @@ impl Peer {
             super::feedback::FeedbackTap::default(),
         );
         let registry = configure_rtcp_reports(registry);
+        // The template has what this registers in the media engine already (registering it
+        // again changes nothing); what it adds is the TWCC receiver interceptor.
         let registry = configure_twcc_receiver_only(registry, &mut media).map_err(internal)?;
-        for feedback in ["nack", "nack pli", "ccm fir"] {
-            let (typ, parameter) = feedback.split_once(' ').unwrap_or((feedback, ""));
-            media.register_feedback(
-                rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
-                    typ: typ.to_owned(),
-                    parameter: parameter.to_owned(),
-                },
-                RtpCodecKind::Video,
-            );
-        }
         let setting = SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_timeouts(
@@ -427,6 +770,8 @@ impl Peer {
     /// the client receives a sending slot. The caller then decides which slots send this time
     /// ([`Peer::set_slot_sending`]) and answers ([`Peer::answer`]). On error nothing changed.
     pub fn set_offer(&mut self, sdp: &str, now: Instant) -> Result<(), EngineError> {
+        // What rtc reads: only the formats rtcd can answer (see `trim_offer`).
+        let sdp = &trim_offer(sdp).unwrap_or_else(|| sdp.to_owned());
         let offer = RTCSessionDescription::offer(sdp.to_owned())
             .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
         let prepared = self.prepare_slots(sdp)?;
@@ -524,15 +869,19 @@ impl Peer {
             // The encoding names a codec of the section: rtc binds a sender's stream to its
             // interceptors (sender reports among them) only if that codec was negotiated.
             let codec = first_codec(sdp, &section.mid).unwrap_or_default();
-            let ssrc = loop {
-                let s = rand::random::<u32>();
-                if s != 0
-                    && !self.slots.iter().any(|x| x.slot.ssrc == s)
-                    && !prepared.iter().any(|p: &Prepared| p.ssrc == s)
-                {
-                    break s;
-                }
-            };
+            let taken: Vec<u32> = prepared
+                .iter()
+                .flat_map(|p: &Prepared| [Some(p.ssrc), p.rtx_ssrc])
+                .flatten()
+                .collect();
+            let ssrc = self.fresh_ssrc(&taken);
+            // Only where the client can take RTX: an RTX SSRC in the answer of a section
+            // without an RTX codec would announce a stream that never comes.
+            let rtx_ssrc = (kind == MediaKind::Video && offers_rtx(sdp, &section.mid)).then(|| {
+                let mut taken = taken.clone();
+                taken.push(ssrc);
+                self.fresh_ssrc(&taken)
+            });
             self.next_slot_track += 1;
             let track_id = format!("rtcd-{}", self.next_slot_track);
             let track = MediaStreamTrack::new(
@@ -543,6 +892,7 @@ impl Peer {
                 vec![RTCRtpEncodingParameters {
                     rtp_coding_parameters: RTCRtpCodingParameters {
                         ssrc: Some(ssrc),
+                        rtx: rtx_ssrc.map(|ssrc| RTCRtpRtxParameters { ssrc }),
                         ..Default::default()
                     },
                     codec,
@@ -569,6 +919,7 @@ impl Peer {
             prepared.push(Prepared {
                 track_id,
                 ssrc,
+                rtx_ssrc,
                 kind,
             });
         }
@@ -599,6 +950,7 @@ impl Peer {
                     mid,
                     kind: p.kind,
                     ssrc: p.ssrc,
+                    rtx_ssrc: p.rtx_ssrc,
                     codecs: Vec::new(),
                     extensions: Vec::new(),
                 },
@@ -635,6 +987,22 @@ impl Peer {
         }
     }
 
+    /// A random SSRC that none of our slots uses yet, for media or RTX.
+    fn fresh_ssrc(&self, taken: &[u32]) -> u32 {
+        loop {
+            let s = rand::random::<u32>();
+            if s != 0
+                && !taken.contains(&s)
+                && !self
+                    .slots
+                    .iter()
+                    .any(|x| x.slot.ssrc == s || x.slot.rtx_ssrc == Some(s))
+            {
+                break s;
+            }
+        }
+    }
+
     /// Reads back each slot's negotiated codecs and extensions after an answer.
     fn refresh_slots(&mut self) {
         for id in self.pc.get_transceivers().collect::<Vec<_>>() {
@@ -649,11 +1017,21 @@ impl Peer {
             let Some(mut s) = self.pc.rtp_sender(sender) else {
                 continue;
             };
-            let params = &s.get_parameters().rtp_parameters;
+            let parameters = s.get_parameters();
+            let params = &parameters.rtp_parameters;
             let (codecs, extensions) = codecs_of(&params.codecs, &params.header_extensions);
+            // What the answer announced (rtc drops the RTX SSRC of a sender when a later offer
+            // has no RTX), and only while a codec can be repaired with it.
+            let rtx_ssrc = parameters
+                .encodings
+                .first()
+                .and_then(|e| e.rtp_coding_parameters.rtx.as_ref())
+                .map(|rtx| rtx.ssrc)
+                .filter(|_| codecs.iter().any(|c| c.rtx_payload_type.is_some()));
             let slot = &mut self.slots[index].slot;
             slot.codecs = codecs;
             slot.extensions = extensions;
+            slot.rtx_ssrc = rtx_ssrc;
         }
     }
 
@@ -1361,6 +1739,13 @@ mod tests {
         buffer: RetransmitBuffer,
         /// Retransmissions sent to bob.
         resent: usize,
+        /// Whether bob's down-track answers NACKs with RTX (where the slot has it).
+        rtx: bool,
+        /// How many of `resent` were RTX packets.
+        resent_rtx: usize,
+        /// Every RTP datagram rtcd sent bob: (SSRC, payload type, sequence), read from the clear
+        /// SRTP header.
+        wire_to_bob: Vec<(u32, u8, u16)>,
         /// Server→bob datagrams whose RTP sequence (bob's) is listed here are dropped once.
         drop_to_bob: Vec<u16>,
         bob_events: Vec<PeerEvent>,
@@ -1408,6 +1793,9 @@ mod tests {
                 down: None,
                 buffer: RetransmitBuffer::new(512).unwrap(),
                 resent: 0,
+                rtx: false,
+                resent_rtx: 0,
+                wire_to_bob: Vec::new(),
                 drop_to_bob: Vec::new(),
                 bob_events: Vec::new(),
                 alice_events: Vec::new(),
@@ -1433,6 +1821,9 @@ mod tests {
                         PeerEvent::TrackOpened(t) => {
                             let mut config =
                                 DownTrackConfig::new(MediaKind::Video, self.slot.ssrc, 90_000);
+                            if self.rtx {
+                                config.rtx_ssrc = self.slot.rtx_ssrc;
+                            }
                             for codec in &t.codecs {
                                 if let Some(sub) = self
                                     .slot
@@ -1440,9 +1831,10 @@ mod tests {
                                     .iter()
                                     .find(|c| c.mime_type == codec.mime_type)
                                 {
+                                    let rtx = sub.rtx_payload_type.filter(|_| self.rtx);
                                     config
                                         .payload_types
-                                        .insert(codec.payload_type, sub.payload_type, None)
+                                        .insert(codec.payload_type, sub.payload_type, rtx)
                                         .unwrap();
                                 }
                             }
@@ -1466,14 +1858,20 @@ mod tests {
                 }
                 if self.bob_online {
                     let drops = &mut self.drop_to_bob;
+                    let wire = &mut self.wire_to_bob;
                     route(&mut self.bob, &mut self.bob_s, now, &mut |d: &[u8]| {
-                        // SRTP leaves the RTP header in clear: bytes 2..4 are the sequence.
+                        // SRTP leaves the RTP header in clear: bytes 2..4 are the sequence,
+                        // 8..12 the SSRC.
                         let rtp = d.len() > 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1]);
                         let seq = if rtp {
                             u16::from_be_bytes([d[2], d[3]])
                         } else {
                             0
                         };
+                        if rtp {
+                            let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+                            wire.push((ssrc, d[1] & 0x7f, seq));
+                        }
                         if rtp && drops.contains(&seq) {
                             drops.retain(|s| *s != seq);
                             return true;
@@ -1491,14 +1889,15 @@ mod tests {
                             let mut resend = Vec::new();
                             if let Some(down) = self.down.as_mut() {
                                 down.on_nack(lost.iter().copied(), &self.buffer, now, |r| {
-                                    resend.push((r.header, r.packet.clone(), r.payload))
+                                    resend.push((r.header, r.packet.clone(), r.payload, r.rtx))
                                 });
                             }
-                            for (header, packet, payload) in resend {
+                            for (header, packet, payload, rtx) in resend {
                                 self.bob_s
                                     .send_rtp(self.slot.id, &header, &packet, payload, now)
                                     .unwrap();
                                 self.resent += 1;
+                                self.resent_rtx += usize::from(rtx);
                             }
                         }
                         _ => {}
@@ -1700,6 +2099,84 @@ mod tests {
     }
 
     #[test]
+    fn a_nacked_packet_is_resent_as_rtx_and_the_client_repairs_its_stream_with_it() {
+        let mut rig = Rig::new();
+        rig.rtx = true;
+        let (ssrc, rtx_ssrc) = (
+            rig.slot.ssrc,
+            rig.slot.rtx_ssrc.expect("a video slot with RTX"),
+        );
+        assert_ne!(ssrc, rtx_ssrc);
+        let rtx_pt = rig.vp8.rtx_payload_type.expect("RTX negotiated for VP8");
+        let answer = rig.bob_s.pc.local_description().unwrap().sdp;
+        assert!(
+            answer.contains(&format!("a=ssrc-group:FID {ssrc} {rtx_ssrc}\r\n")),
+            "{answer}"
+        );
+        assert!(answer.contains(&format!("a=ssrc:{rtx_ssrc} ")), "{answer}");
+
+        rig.run(1000, |_| {}); // 5 s: connected, flowing
+        let last = rig.bob.received.last().unwrap().1.header.sequence_number;
+        let lost = last.wrapping_add(3);
+        rig.drop_to_bob.push(lost);
+        rig.run(400, |_| {});
+        assert!(
+            rig.drop_to_bob.is_empty(),
+            "the packet was dropped on the way"
+        );
+        assert!(rig.resent_rtx >= 1, "the NACK was answered with RTX");
+        assert_eq!(rig.resent, rig.resent_rtx, "and only with RTX");
+
+        // On the wire: the retransmission went out on the RTX SSRC with the RTX payload type.
+        let rtx_sent: Vec<_> = rig
+            .wire_to_bob
+            .iter()
+            .filter(|(s, ..)| *s == rtx_ssrc)
+            .collect();
+        assert!(!rtx_sent.is_empty(), "an RTX datagram reached bob");
+        assert!(
+            rtx_sent.iter().all(|(_, pt, _)| *pt == rtx_pt),
+            "{rtx_sent:?}"
+        );
+        assert!(
+            rig.wire_to_bob
+                .iter()
+                .all(|(s, ..)| *s == ssrc || *s == rtx_ssrc),
+            "nothing else on other SSRCs"
+        );
+
+        // At bob: rtc took it as RTX of the slot (FID group of the answer) and gave the original
+        // back: the slot's SSRC, VP8, the lost sequence number, the payload without the 2-byte
+        // original sequence number in front. More than once: rtc's NACK generator logs arrivals
+        // by the SSRC on the wire, so a packet repaired through RTX stays "lost" to it and bob
+        // NACKs it again at every interval (a limit of the rtc client, not of the answer).
+        let repaired: Vec<_> = rig
+            .bob
+            .received
+            .iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.header.sequence_number == lost)
+            .collect();
+        assert_eq!(
+            repaired.len(),
+            rtx_sent.len(),
+            "every RTX packet repaired {lost}"
+        );
+        for p in repaired {
+            assert_eq!(
+                (p.header.ssrc, p.header.payload_type),
+                (ssrc, rig.vp8.payload_type)
+            );
+            assert_eq!(p.payload.len(), 7, "{:?}", p.payload);
+            assert_eq!((p.payload[0], &p.payload[4..]), (0x10, &[9u8, 9, 9][..]));
+        }
+        assert!(
+            rig.bob.received.iter().all(|(_, p)| p.header.ssrc == ssrc),
+            "bob's application never sees the RTX SSRC"
+        );
+    }
+
+    #[test]
     fn an_ice_restart_from_a_new_address_keeps_the_subscription_flowing() {
         let mut rig = Rig::new();
         let before = flow_windows(&mut rig, 10);
@@ -1765,6 +2242,157 @@ mod tests {
             rig.bob_events
         );
         assert!(disconnected < failed);
+    }
+
+    /// A Chrome-like offer, cut down: what `trim_offer` must keep and drop.
+    const BROWSER_OFFER: &str = "v=0\r\n\
+o=- 1 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0 1 2 3\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110\r\n\
+a=mid:0\r\n\
+a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+a=rtpmap:111 opus/48000/2\r\n\
+a=rtcp-fb:111 transport-cc\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\n\
+a=rtpmap:63 red/48000/2\r\n\
+a=fmtp:63 111/111\r\n\
+a=rtpmap:9 G722/8000\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:13 CN/8000\r\n\
+a=rtpmap:110 telephone-event/48000\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97 98 99 100 101 102 103 106 107 127 125 45 46 116 117\r\n\
+a=mid:1\r\n\
+a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=recvonly\r\n\
+a=rtpmap:96 VP8/90000\r\n\
+a=rtcp-fb:96 goog-remb\r\n\
+a=rtcp-fb:96 transport-cc\r\n\
+a=rtcp-fb:96 ccm fir\r\n\
+a=rtcp-fb:96 nack\r\n\
+a=rtcp-fb:96 nack pli\r\n\
+a=rtpmap:97 rtx/90000\r\n\
+a=fmtp:97 apt=96\r\n\
+a=rtpmap:98 VP9/90000\r\n\
+a=rtcp-fb:98 nack\r\n\
+a=fmtp:98 profile-id=0\r\n\
+a=rtpmap:99 rtx/90000\r\n\
+a=fmtp:99 apt=98\r\n\
+a=rtpmap:100 VP9/90000\r\n\
+a=fmtp:100 profile-id=2\r\n\
+a=rtpmap:101 rtx/90000\r\n\
+a=fmtp:101 apt=100\r\n\
+a=rtpmap:102 H264/90000\r\n\
+a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n\
+a=rtpmap:103 rtx/90000\r\n\
+a=fmtp:103 apt=102\r\n\
+a=rtpmap:106 H264/90000\r\n\
+a=fmtp:106 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42E01F\r\n\
+a=rtpmap:107 rtx/90000\r\n\
+a=fmtp:107 apt=106\r\n\
+a=rtpmap:127 H264/90000\r\n\
+a=fmtp:127 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f\r\n\
+a=rtpmap:125 rtx/90000\r\n\
+a=fmtp:125 apt=127\r\n\
+a=rtpmap:45 AV1/90000\r\n\
+a=fmtp:45 level-idx=5;profile=0;tier=0\r\n\
+a=rtpmap:46 rtx/90000\r\n\
+a=fmtp:46 apt=45\r\n\
+a=rtpmap:116 red/90000\r\n\
+a=rtpmap:117 rtx/90000\r\n\
+a=fmtp:117 apt=116\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 49\r\n\
+a=mid:2\r\n\
+a=rtpmap:49 H265/90000\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+a=mid:3\r\n\
+a=sctp-port:5000\r\n";
+
+    #[test]
+    fn offers_reach_rtc_with_only_the_codecs_and_feedback_rtcd_can_answer() {
+        let trimmed = trim_offer(BROWSER_OFFER).expect("something to trim");
+        let lines: Vec<&str> = trimmed.lines().collect();
+        assert!(
+            lines.contains(&"m=audio 9 UDP/TLS/RTP/SAVPF 111"),
+            "{trimmed}"
+        );
+        assert!(
+            lines.contains(&"m=video 9 UDP/TLS/RTP/SAVPF 96 97 98 99 102 103 106 107 45 46"),
+            "VP9 profile 2, H.264 main, RED and their RTX are gone, the order is the offer's: \
+             {trimmed}"
+        );
+        for gone in [
+            "a=rtpmap:63 red/48000/2",
+            "a=fmtp:63 111/111",
+            "a=rtpmap:0 PCMU/8000",
+            "a=rtpmap:110 telephone-event/48000",
+            "a=fmtp:100 profile-id=2",
+            "a=rtpmap:127 H264/90000",
+            "a=fmtp:117 apt=116",
+            "a=rtcp-fb:96 goog-remb",
+        ] {
+            assert!(!lines.contains(&gone), "{gone} dropped: {trimmed}");
+        }
+        for kept in [
+            "a=rtcp-fb:111 transport-cc",
+            "a=fmtp:111 minptime=10;useinbandfec=1",
+            "a=rtcp-fb:96 nack pli",
+            "a=fmtp:106 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42E01F",
+            "a=fmtp:45 level-idx=5;profile=0;tier=0",
+            "a=fmtp:46 apt=45",
+            "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            "a=recvonly",
+            // Nothing of ours would remain: left for rtc to reject, as before.
+            "m=video 9 UDP/TLS/RTP/SAVPF 49",
+            "a=rtpmap:49 H265/90000",
+            "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+            "a=sctp-port:5000",
+        ] {
+            assert!(lines.contains(&kept), "{kept} kept: {trimmed}");
+        }
+        assert!(trimmed.ends_with("\r\n") && !trimmed.replace("\r\n", "").contains('\n'));
+        assert_eq!(trim_offer(&trimmed), None, "trimming twice changes nothing");
+    }
+
+    #[test]
+    fn the_h264_and_generic_fmtp_rules_are_rtcs() {
+        let ours = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+        assert!(fmtp_matches(
+            "H264",
+            ours,
+            "profile-level-id=42E034;packetization-mode=1"
+        ));
+        assert!(!fmtp_matches(
+            "H264",
+            ours,
+            "profile-level-id=42e01f;packetization-mode=0"
+        ));
+        assert!(
+            !fmtp_matches("H264", ours, "profile-level-id=42e01f"),
+            "mode required"
+        );
+        assert!(!fmtp_matches(
+            "H264",
+            ours,
+            "packetization-mode=1;profile-level-id=42001f"
+        ));
+        assert!(!fmtp_matches(
+            "H264",
+            ours,
+            "packetization-mode=1;profile-level-id=42e01"
+        ));
+        assert!(
+            fmtp_matches("VP9", "profile-id=0", ""),
+            "Firefox: no profile-id"
+        );
+        assert!(!fmtp_matches("VP9", "profile-id=0", "profile-id=2"));
+        assert!(fmtp_matches(
+            "AV1",
+            "profile-id=0",
+            "level-idx=5;profile=0;tier=0"
+        ));
     }
 
     #[test]

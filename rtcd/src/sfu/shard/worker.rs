@@ -95,6 +95,8 @@ struct MemberSlot {
     mid: String,
     audio: bool,
     ssrc: u32,
+    /// The slot's RTX SSRC where the client negotiated RTX: NACK answers go there.
+    rtx_ssrc: Option<u32>,
     codecs: Vec<Codec>,
     extensions: Vec<HeaderExtension>,
     usage: SlotUse,
@@ -991,6 +993,7 @@ impl Worker {
             .map(|s| (s.id, s.mid.clone(), s.kind == MediaKind::Audio, s.ssrc))
             .collect();
         for (id, mid, audio, ssrc) in engine_slots {
+            let rtx_ssrc = None;
             if m.slots.iter().any(|s| s.id == id) {
                 continue;
             }
@@ -999,6 +1002,7 @@ impl Worker {
                 mid,
                 audio,
                 ssrc,
+                rtx_ssrc,
                 codecs: Vec::new(),
                 extensions: Vec::new(),
                 usage: SlotUse::Free,
@@ -1070,6 +1074,7 @@ impl Worker {
             if let Some(ms) = m.slots.iter_mut().find(|x| x.id == s.id) {
                 ms.codecs = s.codecs.clone();
                 ms.extensions = s.extensions.clone();
+                ms.rtx_ssrc = s.rtx_ssrc;
             }
         }
         let mut current = HashMap::new();
@@ -1199,6 +1204,7 @@ impl Worker {
                 };
                 let clock_rate = t.codecs.first().map_or(90_000, |c| c.clock_rate);
                 let mut config = DownTrackConfig::new(kind, slot.ssrc, clock_rate);
+                config.rtx_ssrc = slot.rtx_ssrc;
                 config.payload_types = payload_types;
                 config.extensions = extensions;
                 match DownTrack::new(config, t.ssrc) {
