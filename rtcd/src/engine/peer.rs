@@ -1323,7 +1323,8 @@ fn context(transport: &Transport) -> TransportContext {
 /// two sections (Chromium gives AV1 35 in one section and 45 in another): a payload type listed
 /// twice in a section (with its `rtpmap` / `fmtp` / `rtcp-fb` lines twice), and an RTX payload
 /// type whose `apt` names a payload type the section does not carry. Chromium rejects such an
-/// answer section and then sends nothing on it. Every line is otherwise kept as written.
+/// answer section and then sends nothing on it. And `a=end-of-candidates`, which rtc does not
+/// write. Every line is otherwise kept as written.
 fn tidy_answer(sdp: &str) -> String {
     let mut out = String::with_capacity(sdp.len());
     let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
@@ -1385,6 +1386,7 @@ fn tidy_answer(sdp: &str) -> String {
             out.push_str("\r\n");
         }
         let mut seen: Vec<&str> = Vec::new();
+        let has_end = section.contains(&"a=end-of-candidates");
         for line in section.into_iter().skip(1) {
             if let Some(pt) = pt_of(line) {
                 if !kept.contains(&pt) || seen.contains(&line) {
@@ -1394,6 +1396,11 @@ fn tidy_answer(sdp: &str) -> String {
             }
             out.push_str(line);
             out.push_str("\r\n");
+        }
+        // An ICE-lite answer carries every candidate rtcd has: say so (RFC 8840 §4.1), or
+        // agents that wait for the end of candidates (aiortc) never start checking.
+        if !has_end {
+            out.push_str("a=end-of-candidates\r\n");
         }
     }
     out
@@ -2003,6 +2010,11 @@ mod tests {
             "{tidy}"
         );
         assert!(tidy.starts_with("v=0\r\ns=-\r\nm=video"), "{tidy}");
+        assert!(
+            tidy.ends_with("a=recvonly\r\na=end-of-candidates\r\n"),
+            "{tidy}"
+        );
+        assert_eq!(tidy_answer(&tidy), tidy, "tidying twice changes nothing");
     }
 
     #[test]

@@ -45,7 +45,13 @@ impl Receiver {
                 let transport = Transport::udp(self.local, peer);
                 let key = match demux.route(transport, data) {
                     Route::Known(k) | Route::Learned(k) => k,
-                    Route::Unknown | Route::Drop => continue,
+                    Route::Unknown | Route::Drop => {
+                        let dropped = demux.stats().unknown + demux.stats().dropped;
+                        if dropped.is_power_of_two() {
+                            tracing::debug!(%peer, dropped, ufrag = ?crate::engine::net::demux::binding_request_local_ufrag(data).ok(), "datagrams for no session");
+                        }
+                        continue;
+                    }
                 };
                 let worker = (key >> 48) as usize;
                 let Some(inbox) = self.workers.get(worker) else {
