@@ -1323,8 +1323,9 @@ fn context(transport: &Transport) -> TransportContext {
 /// two sections (Chromium gives AV1 35 in one section and 45 in another): a payload type listed
 /// twice in a section (with its `rtpmap` / `fmtp` / `rtcp-fb` lines twice), and an RTX payload
 /// type whose `apt` names a payload type the section does not carry. Chromium rejects such an
-/// answer section and then sends nothing on it. And `a=end-of-candidates`, which rtc does not
-/// write. Every line is otherwise kept as written.
+/// answer section and then sends nothing on it. Our candidates in every section (rtc writes
+/// them into the first bundled one only; aiortc reads the last) and `a=end-of-candidates`,
+/// which rtc does not write. Every line is otherwise kept as written.
 fn tidy_answer(sdp: &str) -> String {
     let mut out = String::with_capacity(sdp.len());
     let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
@@ -1342,6 +1343,19 @@ fn tidy_answer(sdp: &str) -> String {
             .find_map(|p| line.strip_prefix(p))?;
         rest.split([' ', '/']).next()?.parse().ok()
     };
+    // rtc writes our candidates only into the first bundled section; a client that reads them
+    // from another section of the bundle (aiortc takes the last one) then has none.
+    let candidates: Vec<&str> = sections
+        .iter()
+        .skip(1)
+        .flat_map(|s| s.iter().copied())
+        .filter(|l| l.starts_with("a=candidate:"))
+        .fold(Vec::new(), |mut acc, l| {
+            if !acc.contains(&l) {
+                acc.push(l);
+            }
+            acc
+        });
     for (index, section) in sections.into_iter().enumerate() {
         if index == 0 {
             for line in section {
@@ -1387,6 +1401,7 @@ fn tidy_answer(sdp: &str) -> String {
         }
         let mut seen: Vec<&str> = Vec::new();
         let has_end = section.contains(&"a=end-of-candidates");
+        let has_candidates = section.iter().any(|l| l.starts_with("a=candidate:"));
         for line in section.into_iter().skip(1) {
             if let Some(pt) = pt_of(line) {
                 if !kept.contains(&pt) || seen.contains(&line) {
@@ -1396,6 +1411,12 @@ fn tidy_answer(sdp: &str) -> String {
             }
             out.push_str(line);
             out.push_str("\r\n");
+        }
+        if !has_candidates {
+            for line in &candidates {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
         }
         // An ICE-lite answer carries every candidate rtcd has: say so (RFC 8840 §4.1), or
         // agents that wait for the end of candidates (aiortc) never start checking.
@@ -1989,7 +2010,9 @@ mod tests {
 
     #[test]
     fn answers_list_each_payload_type_once_and_no_rtx_without_its_codec() {
-        let sdp = "v=0\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 98 98 97 36\r\na=mid:3\r\n\
+        let sdp = "v=0\r\ns=-\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+                   a=rtpmap:111 opus/48000/2\r\na=candidate:1 1 udp 2130706431 10.0.0.1 9000 typ host\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96 98 98 97 36\r\na=mid:3\r\n\
                    a=rtpmap:96 VP8/90000\r\na=rtpmap:98 VP9/90000\r\na=fmtp:98 profile-id=0\r\n\
                    a=rtcp-fb:98 nack\r\na=rtpmap:98 VP9/90000\r\na=fmtp:98 profile-id=0\r\n\
                    a=rtcp-fb:98 nack\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
@@ -2009,11 +2032,16 @@ mod tests {
             tidy.contains("a=fmtp:97 apt=96\r\na=recvonly\r\n"),
             "{tidy}"
         );
-        assert!(tidy.starts_with("v=0\r\ns=-\r\nm=video"), "{tidy}");
+        assert!(tidy.starts_with("v=0\r\ns=-\r\nm=audio"), "{tidy}");
+        let video = &tidy[tidy.find("m=video").unwrap()..];
         assert!(
-            tidy.ends_with("a=recvonly\r\na=end-of-candidates\r\n"),
-            "{tidy}"
+            video.ends_with(
+                "a=recvonly\r\na=candidate:1 1 udp 2130706431 10.0.0.1 9000 typ host\r\n\
+                 a=end-of-candidates\r\n"
+            ),
+            "every bundled section lists the candidates: {tidy}"
         );
+        assert_eq!(tidy.matches("a=candidate:").count(), 2, "{tidy}");
         assert_eq!(tidy_answer(&tidy), tidy, "tidying twice changes nothing");
     }
 
