@@ -68,9 +68,9 @@ impl Default for GrpcConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtcConfig {
-    /// The media engine: `v1` (webrtc-rs 0.17, one async peer connection per session; the
-    /// default until v2 passes the aiortc interop test) or `v2` (webrtc-rs 0.21's sans-IO core on
-    /// rtcd's own batched UDP, calls sharded over worker threads, ICE-TCP; `docs/engine-v2.md`).
+    /// The media engine: `v2` (the default: webrtc-rs 0.21's sans-IO core on rtcd's own batched
+    /// UDP, calls sharded over worker threads, ICE-TCP; `docs/engine-v2.md`) or `v1` (webrtc-rs
+    /// 0.17, one async peer connection per session; kept as a fallback for one release).
     pub engine: String,
     /// The IP the single ICE UDP socket binds to.
     pub ice_address_udp: String,
@@ -123,7 +123,7 @@ pub struct RtcConfig {
 impl Default for RtcConfig {
     fn default() -> Self {
         Self {
-            engine: "v1".into(),
+            engine: "v2".into(),
             ice_address_udp: "0.0.0.0".into(),
             ice_port_udp: 8443,
             ice_port_tcp: -1,

@@ -276,10 +276,10 @@ fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
         .parse()
         .map_err(|_| sfu::SfuError::InvalidArgument("rtc.ice_address_udp".into()))?;
     Ok(SfuConfig {
-        engine: if rtc.engine == "v2" {
-            sfu::EngineChoice::V2
-        } else {
+        engine: if rtc.engine == "v1" {
             sfu::EngineChoice::V1
+        } else {
+            sfu::EngineChoice::V2
         },
         udp_addr: SocketAddr::new(ip, rtc.ice_port_udp),
         ice_tcp_port: u16::try_from(rtc.ice_port_tcp).ok(),

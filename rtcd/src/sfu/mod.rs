@@ -236,12 +236,11 @@ impl SfuError {
 /// Which media engine runs the calls (`rtc.engine`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum EngineChoice {
-    /// webrtc-rs 0.17: one async peer connection per session on a shared UDP mux (the default
-    /// until v2 passes the whole suite).
-    #[default]
+    /// webrtc-rs 0.17: one async peer connection per session on a shared UDP mux (the fallback).
     V1,
     /// webrtc-rs 0.21's sans-IO core on rtcd's own IO: calls sharded over worker threads
     /// (`docs/engine-v2.md`).
+    #[default]
     V2,
 }
 
