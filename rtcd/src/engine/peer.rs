@@ -679,6 +679,9 @@ pub struct Peer {
     slot_by_track: HashMap<String, SlotId>,
     /// Numbers our slot tracks' ids (`rtcd-N`), unique for the peer's life.
     next_slot_track: u32,
+    /// Mids of the applied offer's sections on which the client sends (a slot there is
+    /// answered `sendrecv` / `recvonly`, not `sendonly` / `inactive`).
+    client_sending: Vec<String>,
     events: std::collections::VecDeque<PeerEvent>,
     connected: bool,
 }
@@ -744,6 +747,7 @@ impl Peer {
             slots: Vec::new(),
             slot_by_track: HashMap::new(),
             next_slot_track: 0,
+            client_sending: Vec::new(),
             events: Default::default(),
             connected: false,
         };
@@ -774,12 +778,18 @@ impl Peer {
         let sdp = &trim_offer(sdp).unwrap_or_else(|| sdp.to_owned());
         let offer = RTCSessionDescription::offer(sdp.to_owned())
             .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
-        let prepared = self.prepare_slots(sdp)?;
+        let sections = sdp::sections(sdp);
+        let prepared = self.prepare_slots(sdp, &sections)?;
         if let Err(e) = self.pc.set_remote_description(now, offer) {
             self.discard_unassociated(&prepared);
             return Err(EngineError::InvalidSdp(e.to_string()));
         }
         self.associate_slots(prepared);
+        self.client_sending = sections
+            .into_iter()
+            .filter(|s| s.sends())
+            .map(|s| s.mid)
+            .collect();
         Ok(())
     }
 
@@ -790,15 +800,7 @@ impl Peer {
         let Some(mid) = self.slots.get(slot.0 as usize).map(|s| s.slot.mid.clone()) else {
             return;
         };
-        let client_sends = self
-            .pc
-            .remote_description()
-            .map(|d| {
-                sdp::sections(&d.sdp)
-                    .iter()
-                    .any(|s| s.mid == mid && s.sends())
-            })
-            .unwrap_or(false);
+        let client_sends = self.client_sending.contains(&mid);
         for id in self.pc.get_transceivers().collect::<Vec<_>>() {
             let Some(mut t) = self.pc.rtp_transceiver(id) else {
                 continue;
@@ -848,7 +850,11 @@ impl Peer {
     /// slot lands on exactly such a section. (Attaching a track after the offer, with
     /// `add_track`, takes the first transceiver of the kind without a sender, which is the
     /// client's own sending section when it has one: our slot would end up on its camera.)
-    fn prepare_slots(&mut self, sdp: &str) -> Result<Vec<Prepared>, EngineError> {
+    fn prepare_slots(
+        &mut self,
+        sdp: &str,
+        sections: &[sdp::Section],
+    ) -> Result<Vec<Prepared>, EngineError> {
         let known: Vec<String> = self
             .pc
             .get_transceivers()
@@ -857,7 +863,7 @@ impl Peer {
             .filter_map(|id| self.pc.rtp_transceiver(id).and_then(|t| t.mid().clone()))
             .collect();
         let mut prepared = Vec::new();
-        for section in sdp::sections(sdp) {
+        for section in sections {
             if section.mid.is_empty() || !section.receives() || known.contains(&section.mid) {
                 continue;
             }

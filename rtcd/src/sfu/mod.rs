@@ -233,6 +233,38 @@ impl SfuError {
     }
 }
 
+/// Checks a client offer before either engine applies it: its size, and that every kind the
+/// client declared (by mid) names an audio or video section of the matching media. Returns the
+/// offer's sections.
+pub(crate) fn check_offer(
+    sdp: &str,
+    declared: &HashMap<String, TrackKind>,
+    max_sdp_bytes: usize,
+) -> Result<Vec<sdp::Section>, SfuError> {
+    if sdp.len() > max_sdp_bytes {
+        return Err(SfuError::InvalidArgument(format!(
+            "SDP is {} bytes; the limit is {max_sdp_bytes}",
+            sdp.len()
+        )));
+    }
+    let sections = sdp::sections(sdp);
+    for (mid, kind) in declared {
+        let media = sections.iter().find(|s| &s.mid == mid).map(|s| s.media);
+        let fits = match media {
+            Some(sdp::Media::Audio) => kind.is_audio(),
+            Some(sdp::Media::Video) => !kind.is_audio(),
+            _ => false,
+        };
+        if !fits {
+            return Err(SfuError::InvalidArgument(format!(
+                "tracks: mid {mid:?} is not an {} section of the offer",
+                if kind.is_audio() { "audio" } else { "video" }
+            )));
+        }
+    }
+    Ok(sections)
+}
+
 /// Which media engine runs the calls (`rtc.engine`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum EngineChoice {

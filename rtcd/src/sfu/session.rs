@@ -555,22 +555,7 @@ impl Actor {
         sdp: String,
         declared: HashMap<String, TrackKind>,
     ) -> Result<(), SfuError> {
-        self.check_sdp(&sdp)?;
-        let sections = sdp::sections(&sdp);
-        for (mid, kind) in &declared {
-            let media = sections.iter().find(|s| &s.mid == mid).map(|s| s.media);
-            let fits = match media {
-                Some(Media::Audio) => kind.is_audio(),
-                Some(Media::Video) => !kind.is_audio(),
-                _ => false,
-            };
-            if !fits {
-                return Err(SfuError::InvalidArgument(format!(
-                    "tracks: mid {mid:?} is not an {} section of the offer",
-                    if kind.is_audio() { "audio" } else { "video" }
-                )));
-            }
-        }
+        let sections = super::check_offer(&sdp, &declared, self.inner.config.max_sdp_bytes)?;
         // New receiving sections get a slot before the engine sees the offer (it matches
         // unassociated transceivers to new sections by kind and direction); tracks waiting for
         // a slot go straight onto them.
@@ -894,17 +879,6 @@ impl Actor {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(event) {
             self.backlog = true;
         }
-    }
-
-    fn check_sdp(&self, sdp: &str) -> Result<(), SfuError> {
-        if sdp.len() > self.inner.config.max_sdp_bytes {
-            return Err(SfuError::InvalidArgument(format!(
-                "SDP is {} bytes; the limit is {}",
-                sdp.len(),
-                self.inner.config.max_sdp_bytes
-            )));
-        }
-        Ok(())
     }
 
     async fn flush_candidates(&mut self) {

@@ -29,7 +29,7 @@ use crate::sfu::downtrack::{DownTrack, DownTrackConfig, ExtensionMap, Forward, P
 use crate::sfu::forwarder::VoiceDetector;
 use crate::sfu::packet::{AUDIO_LEVEL_URI, MediaKind, MediaPacket};
 use crate::sfu::retransmit::RetransmitBuffer;
-use crate::sfu::sdp::{self, Media};
+use crate::sfu::sdp;
 use crate::sfu::session::{SessionCommand, SessionEvent, TrackInfo};
 use crate::sfu::{
     CallId, JoinRequest, Participant, SfuConfig, SfuError, SfuInner, TenantId, TrackKind,
@@ -957,28 +957,7 @@ impl Worker {
         declared: HashMap<String, TrackKind>,
     ) -> Result<(), SfuError> {
         let now = Instant::now();
-        let max_sdp = self.config.max_sdp_bytes;
-        if sdp.len() > max_sdp {
-            return Err(SfuError::InvalidArgument(format!(
-                "SDP is {} bytes; the limit is {max_sdp}",
-                sdp.len()
-            )));
-        }
-        let sections = sdp::sections(&sdp);
-        for (mid, kind) in &declared {
-            let media = sections.iter().find(|s| &s.mid == mid).map(|s| s.media);
-            let fits = match media {
-                Some(Media::Audio) => kind.is_audio(),
-                Some(Media::Video) => !kind.is_audio(),
-                _ => false,
-            };
-            if !fits {
-                return Err(SfuError::InvalidArgument(format!(
-                    "tracks: mid {mid:?} is not an {} section of the offer",
-                    if kind.is_audio() { "audio" } else { "video" }
-                )));
-            }
-        }
+        let sections = crate::sfu::check_offer(&sdp, &declared, self.config.max_sdp_bytes)?;
         let m = self.members.get_mut(&key).ok_or(SfuError::NotFound)?;
         tracing::trace!(session = %m.req.session, %sdp, "offer");
         m.peer
