@@ -89,7 +89,7 @@ pub async fn start(args: Options) -> anyhow::Result<DevStack> {
             ("RTCD_RTC_INCLUDE_LOOPBACK_CANDIDATES".into(), "true".into()),
         ]);
     }
-    // Media settings from the environment win (e.g. `RTCD_RTC_ENGINE=v2`, or a fixed
+    // Media settings from the environment win (e.g. `RTCD_RTC_ICE_PORT_TCP=3478`, or a fixed
     // `RTCD_RTC_ICE_HOST_OVERRIDE`): the one-command stack stays tunable without a file.
     env.extend(std::env::vars().filter(|(k, _)| k.starts_with("RTCD_RTC_")));
     env.extend(

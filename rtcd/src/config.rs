@@ -68,22 +68,15 @@ impl Default for GrpcConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RtcConfig {
-    /// The media engine: `v2` (the default: webrtc-rs 0.21's sans-IO core on rtcd's own batched
-    /// UDP, calls sharded over worker threads, ICE-TCP; `docs/engine-v2.md`) or `v1` (webrtc-rs
-    /// 0.17, one async peer connection per session; kept as a fallback for one release).
-    pub engine: String,
     /// The IP the single ICE UDP socket binds to.
     pub ice_address_udp: String,
     /// The single UDP port every session shares (UDP mux); 0 = ephemeral (tests).
     pub ice_port_udp: u16,
     /// Also accept ICE over TCP (RFC 6544, passive) on this port of `ice_address_udp`, for
-    /// clients whose networks block UDP (engine `v2` only). -1 = off (the default); 0 =
-    /// ephemeral (tests).
+    /// clients whose networks block UDP. -1 = off (the default); 0 = ephemeral (tests).
     pub ice_port_tcp: i32,
     /// Public IPs advertised instead of the interface addresses (NAT 1:1), comma-separated.
     pub ice_host_override: String,
-    /// STUN URLs (`stun:host:port`) used to learn a server-reflexive address; usually empty.
-    pub ice_servers: Vec<String>,
     /// Network interfaces whose addresses are advertised; empty = all.
     pub ice_interfaces: Vec<String>,
     /// Advertise loopback candidates (only for tests and single-host development).
@@ -113,9 +106,6 @@ pub struct RtcConfig {
     /// is then closed and its tracks withdrawn. Shorter = dead peers freed sooner, but a
     /// network hiccup of that length ends the call for that user.
     pub ice_failed_timeout_ms: u64,
-    /// How often ICE keepalives (STUN binding requests) go out on an idle connection; must be
-    /// below `ice_disconnected_timeout_ms`, or a healthy but quiet peer would flap.
-    pub ice_keepalive_interval_ms: u64,
     /// On shutdown, how long calls may continue before they are closed with reason "shutdown".
     pub drain_timeout_seconds: u64,
 }
@@ -123,12 +113,10 @@ pub struct RtcConfig {
 impl Default for RtcConfig {
     fn default() -> Self {
         Self {
-            engine: "v2".into(),
             ice_address_udp: "0.0.0.0".into(),
             ice_port_udp: 8443,
             ice_port_tcp: -1,
             ice_host_override: String::new(),
-            ice_servers: Vec::new(),
             ice_interfaces: Vec::new(),
             include_loopback_candidates: false,
             udp_buffer_bytes: 4 * 1024 * 1024,
@@ -138,11 +126,10 @@ impl Default for RtcConfig {
             max_tracks_per_session: 4,
             max_sdp_bytes: 64 * 1024,
             keyframe_request_interval_ms: 500,
-            // webrtc-rs 0.17's own defaults (webrtc-ice agent_config.rs), so that not setting
-            // them changes nothing.
+            // The defaults of the first releases (webrtc-rs 0.17's own), kept so that upgrading
+            // changes nothing.
             ice_disconnected_timeout_ms: 5_000,
             ice_failed_timeout_ms: 25_000,
-            ice_keepalive_interval_ms: 2_000,
             drain_timeout_seconds: 30,
         }
     }
@@ -378,6 +365,9 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        if let Some((key, why)) = removed_setting(&table) {
+            return Err(invalid(key, format!("was removed: {why}; delete it")));
+        }
         let defaults = toml::Table::try_from(Config::default())
             .expect("the default config always serializes to a TOML table");
         apply_env(&mut table, &defaults, ENV_PREFIX, env)?;
@@ -509,19 +499,10 @@ impl Config {
             ));
         }
         let rtc = &self.rtc;
-        if !matches!(rtc.engine.as_str(), "v1" | "v2") {
-            return Err(invalid("rtc.engine", "must be `v1` or `v2`".into()));
-        }
         if !(-1..=65535).contains(&rtc.ice_port_tcp) {
             return Err(invalid(
                 "rtc.ice_port_tcp",
                 "must be a port (0 = ephemeral) or -1 (off)".into(),
-            ));
-        }
-        if rtc.ice_port_tcp >= 0 && rtc.engine != "v2" {
-            return Err(invalid(
-                "rtc.ice_port_tcp",
-                "ICE-TCP needs rtc.engine = \"v2\"".into(),
             ));
         }
         rtc.ice_address_udp
@@ -538,12 +519,6 @@ impl Config {
                     format!("`{ip}` is not an IP address"),
                 )
             })?;
-        }
-        if let Some(bad) = rtc.ice_servers.iter().find(|u| !u.starts_with("stun:")) {
-            return Err(invalid(
-                "rtc.ice_servers",
-                format!("`{bad}` is not a stun: URL"),
-            ));
         }
         for (key, value) in [
             ("rtc.max_sessions_per_call", rtc.max_sessions_per_call),
@@ -583,10 +558,6 @@ impl Config {
                 rtc.ice_disconnected_timeout_ms,
             ),
             ("rtc.ice_failed_timeout_ms", rtc.ice_failed_timeout_ms),
-            (
-                "rtc.ice_keepalive_interval_ms",
-                rtc.ice_keepalive_interval_ms,
-            ),
         ] {
             if !(1..=MAX_ICE_TIMEOUT_MS).contains(&value) {
                 return Err(invalid(
@@ -594,12 +565,6 @@ impl Config {
                     format!("must be between 1 and {MAX_ICE_TIMEOUT_MS} (ms)"),
                 ));
             }
-        }
-        if rtc.ice_keepalive_interval_ms >= rtc.ice_disconnected_timeout_ms {
-            return Err(invalid(
-                "rtc.ice_keepalive_interval_ms",
-                "must be below rtc.ice_disconnected_timeout_ms (a quiet peer would flap)".into(),
-            ));
         }
         Ok(())
     }
@@ -622,7 +587,35 @@ impl Config {
     }
 }
 
-/// Longest ICE timeout or keepalive interval accepted (10 minutes).
+/// Settings of earlier releases that no longer exist (`section.key`), with why: a config file
+/// that still sets one gets this reason instead of serde's bare "unknown field".
+const REMOVED: &[(&str, &str)] = &[
+    (
+        "rtc.engine",
+        "rtcd has one media engine (webrtc-rs 0.21's sans-IO core); the v1 engine is gone",
+    ),
+    (
+        "rtc.ice_servers",
+        "rtcd is ICE-lite and learns no server-reflexive address; advertise a public IP with \
+         rtc.ice_host_override",
+    ),
+    (
+        "rtc.ice_keepalive_interval_ms",
+        "rtcd is ICE-lite: clients send the checks that keep a connection alive",
+    ),
+];
+
+fn removed_setting(table: &toml::Table) -> Option<(&'static str, &'static str)> {
+    REMOVED.iter().copied().find(|(path, _)| {
+        let (section, key) = path.split_once('.').expect("section.key");
+        table
+            .get(section)
+            .and_then(toml::Value::as_table)
+            .is_some_and(|t| t.contains_key(key))
+    })
+}
+
+/// Longest ICE timeout accepted (10 minutes).
 const MAX_ICE_TIMEOUT_MS: u64 = 600_000;
 
 fn invalid(key: &'static str, message: String) -> ConfigError {
@@ -829,22 +822,20 @@ mod tests {
     }
 
     #[test]
-    fn ice_timeouts_default_to_webrtc_rs_and_are_validated() {
+    fn ice_timeouts_have_defaults_and_are_validated() {
         let c = Config::load(None, env(&[])).unwrap();
         assert_eq!(
             (
                 c.rtc.ice_disconnected_timeout_ms,
-                c.rtc.ice_failed_timeout_ms,
-                c.rtc.ice_keepalive_interval_ms
+                c.rtc.ice_failed_timeout_ms
             ),
-            (5_000, 25_000, 2_000)
+            (5_000, 25_000)
         );
         let c = Config::load(
             None,
             env(&[
                 ("RTCD_RTC_ICE_DISCONNECTED_TIMEOUT_MS", "800"),
                 ("RTCD_RTC_ICE_FAILED_TIMEOUT_MS", "700"),
-                ("RTCD_RTC_ICE_KEEPALIVE_INTERVAL_MS", "200"),
             ]),
         )
         .unwrap();
@@ -860,12 +851,26 @@ mod tests {
             e.to_string().contains("rtc.ice_disconnected_timeout_ms"),
             "{e}"
         );
-        let e =
-            Config::load(None, env(&[("RTCD_RTC_ICE_KEEPALIVE_INTERVAL_MS", "5000")])).unwrap_err();
-        assert!(
-            e.to_string().contains("rtc.ice_keepalive_interval_ms"),
-            "{e}"
-        );
+    }
+
+    #[test]
+    fn removed_settings_say_why_instead_of_unknown_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rtcd.toml");
+        for (line, key) in [
+            ("engine = \"v1\"", "rtc.engine"),
+            ("ice_servers = []", "rtc.ice_servers"),
+            (
+                "ice_keepalive_interval_ms = 2000",
+                "rtc.ice_keepalive_interval_ms",
+            ),
+        ] {
+            std::fs::write(&path, format!("[rtc]\n{line}\n")).unwrap();
+            let e = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("was removed"), "{e}");
+        }
+        // The environment cannot set them either (an unknown variable is an error).
+        assert!(Config::load(None, env(&[("RTCD_RTC_ENGINE", "v2")])).is_err());
     }
 
     #[test]

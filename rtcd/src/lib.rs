@@ -276,11 +276,6 @@ fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
         .parse()
         .map_err(|_| sfu::SfuError::InvalidArgument("rtc.ice_address_udp".into()))?;
     Ok(SfuConfig {
-        engine: if rtc.engine == "v1" {
-            sfu::EngineChoice::V1
-        } else {
-            sfu::EngineChoice::V2
-        },
         udp_addr: SocketAddr::new(ip, rtc.ice_port_udp),
         ice_tcp_port: u16::try_from(rtc.ice_port_tcp).ok(),
         host_override: rtc
@@ -290,7 +285,6 @@ fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect(),
-        stun_servers: rtc.ice_servers.clone(),
         interfaces: rtc.ice_interfaces.clone(),
         include_loopback: rtc.include_loopback_candidates,
         udp_buffer_bytes: rtc.udp_buffer_bytes,
@@ -302,7 +296,6 @@ fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
         keyframe_interval: Duration::from_millis(rtc.keyframe_request_interval_ms),
         ice_disconnected_timeout: Duration::from_millis(rtc.ice_disconnected_timeout_ms),
         ice_failed_timeout: Duration::from_millis(rtc.ice_failed_timeout_ms),
-        ice_keepalive_interval: Duration::from_millis(rtc.ice_keepalive_interval_ms),
     })
 }
 

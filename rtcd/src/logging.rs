@@ -5,25 +5,13 @@
 
 use crate::config::LoggerConfig;
 
-/// The media engines' crates (webrtc-rs 0.17, and 0.21's sans-IO `rtc` family). They log their own internals at WARN during
+/// The media engine's crates (webrtc-rs 0.21's sans-IO `rtc` family). They log their own internals at WARN during
 /// every normal call (candidate pings before pairs exist, SRTP readers ending at close, a
 /// paused receiver resuming): nothing an operator can act on, and an operator who learns to
 /// ignore WARN misses the real one. rtcd reports what matters itself (a failed peer connection
 /// ends its session with a reason), so these crates log at ERROR unless the configured filter
 /// names one of them.
 const ENGINE_CRATES: &[&str] = &[
-    "webrtc",
-    "webrtc_ice",
-    "webrtc_dtls",
-    "webrtc_srtp",
-    "webrtc_sctp",
-    "webrtc_mdns",
-    "webrtc_util",
-    "webrtc_data",
-    "webrtc_media",
-    "interceptor",
-    "rtp",
-    "rtcp",
     // `rtc::`, not `rtc`: a filter directive matches every target that starts with its text, and
     // `rtc` would silence rtcd's own logs.
     "rtc::",
@@ -84,7 +72,6 @@ mod tests {
     fn engine_crates_log_errors_only_unless_named() {
         let f = super::filter_directives("info");
         assert!(f.starts_with("info,"));
-        assert!(f.contains(",webrtc=error") && f.contains(",webrtc_ice=error"));
         assert!(f.contains(",rtc::=error") && f.contains(",rtc_dtls=error"));
         // rtcd's own logs stay on (a bare `rtc` directive is a prefix of `rtcd`), rtc's go.
         let filter = tracing_subscriber::EnvFilter::try_new(&f).expect("a valid filter");
@@ -96,12 +83,9 @@ mod tests {
             assert!(!tracing::enabled!(target: "rtc_dtls::config", tracing::Level::WARN));
             assert!(tracing::enabled!(target: "rtc::peer_connection", tracing::Level::ERROR));
         });
-        let f = super::filter_directives("debug,webrtc_ice=warn");
-        assert!(f.contains("webrtc_ice=warn") && !f.contains("webrtc_ice=error"));
-        assert!(
-            f.contains(",webrtc=error"),
-            "webrtc_ice does not name webrtc"
-        );
+        let f = super::filter_directives("debug,rtc_ice=warn");
+        assert!(f.contains("rtc_ice=warn") && !f.contains("rtc_ice=error"));
+        assert!(f.contains(",rtc::=error"), "rtc_ice does not name rtc");
         tracing_subscriber::EnvFilter::try_new(super::filter_directives("info,audit=info"))
             .expect("a valid filter");
     }

@@ -34,10 +34,6 @@ pub fn test_env(dir: &Path, overrides: &[(&str, &str)]) -> Vec<(String, String)>
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    // The whole suite runs on either media engine: `RTCD_TEST_ENGINE=v2 scripts/test.sh`.
-    if let Ok(engine) = std::env::var("RTCD_TEST_ENGINE") {
-        env.push(("RTCD_RTC_ENGINE".into(), engine));
-    }
     env.push((
         "RTCD_STORE_DATA_SOURCE".into(),
         dir.join("db").display().to_string(),

@@ -1,32 +1,26 @@
-//! The SFU: calls, their sessions (one `RTCPeerConnection` each) and the forwarding of every
-//! published track to the other sessions of the same call.
+//! The SFU: calls, their sessions and the forwarding of every published track to the other
+//! sessions of the same call.
 //!
 //! # Ownership and threading
 //!
-//! * [`Sfu`] is a cheap handle. Its registry (calls, sessions per tenant) sits behind one std
-//!   mutex that is only held for map updates, never across an `.await`.
-//! * Each session is an actor task ([`session`]) that owns its peer connection and processes, in
-//!   order: commands from signaling, events from webrtc-rs callbacks (which capture nothing but a
-//!   bounded sender and only enqueue), and changes of its call's published-track set.
-//! * A call's published tracks are a `watch` snapshot (`Arc<Vec<..>>`): publishing or withdrawing
-//!   a track replaces the snapshot and every session reconciles its subscriptions from it, so a
-//!   burst of changes coalesces and nothing can overflow.
-//! * Each published track has a forwarder task ([`forwarder`]) that reads RTP and writes it to one
-//!   shared `TrackLocalStaticRTP` bound to every subscriber; it reads only atomics (mute,
-//!   subscriber count) and never awaits the control plane.
+//! * [`Sfu`] is a cheap handle. Its registry (calls, sessions per tenant, limits, draining)
+//!   sits behind one std mutex that is only held for map updates, never across an `.await`.
+//! * The media itself lives in [`shard`]: a call is owned by one worker thread, which holds
+//!   its sessions' peer connections (the [`crate::engine`] seam), down-tracks and
+//!   retransmission buffers, and forwards packets with no lock shared with signaling.
+//! * Signaling talks to a session through [`SessionHandle`] / [`SessionEvent`] ([`session`]),
+//!   the SFU's own types: nothing of the WebRTC library shows outside `engine`.
 //!
 //! Calls and sessions are keyed by the tenant (the authenticated client, opaque here), so two
 //! tenants using the same IDs never meet. This module knows nothing of gRPC, proto or auth.
 
 pub mod downtrack;
-pub mod forwarder;
 pub mod packet;
-pub mod peer;
-pub mod rebase;
 pub mod retransmit;
 pub mod sdp;
 pub mod session;
 mod shard;
+pub mod voice;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -34,13 +28,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-pub use forwarder::PublishedTrack;
-pub use peer::PeerFactory;
-pub use session::{SessionCommand, SessionEvent, SessionHandle};
+pub use session::{Candidate, SessionCommand, SessionEvent, SessionHandle};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -265,31 +257,16 @@ pub(crate) fn check_offer(
     Ok(sections)
 }
 
-/// Which media engine runs the calls (`rtc.engine`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum EngineChoice {
-    /// webrtc-rs 0.17: one async peer connection per session on a shared UDP mux (the fallback).
-    V1,
-    /// webrtc-rs 0.21's sans-IO core on rtcd's own IO: calls sharded over worker threads
-    /// (`docs/engine-v2.md`).
-    #[default]
-    V2,
-}
-
 /// The SFU settings (from `[rtc]`; the SFU keeps its own struct so it does not depend on the
 /// configuration file's layout).
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
-    /// The media engine.
-    pub engine: EngineChoice,
     /// The single UDP socket's address (port 0 = ephemeral).
     pub udp_addr: std::net::SocketAddr,
-    /// The ICE-TCP port on the same IP (v2 only; 0 = ephemeral), or none.
+    /// The ICE-TCP port on the same IP (0 = ephemeral), or none.
     pub ice_tcp_port: Option<u16>,
     /// NAT 1:1 IPs advertised instead of interface addresses.
     pub host_override: Vec<String>,
-    /// STUN URLs.
-    pub stun_servers: Vec<String>,
     /// Interfaces to gather on; empty = all.
     pub interfaces: Vec<String>,
     /// Advertise loopback candidates.
@@ -312,29 +289,6 @@ pub struct SfuConfig {
     pub ice_disconnected_timeout: Duration,
     /// Further silence before it counts as failed (the session then ends).
     pub ice_failed_timeout: Duration,
-    /// ICE keepalive interval on idle connections.
-    pub ice_keepalive_interval: Duration,
-}
-
-/// Notices fanned out to every session of a call (arrivals and departures, voice activity,
-/// mute). A `broadcast` channel: the sender never waits; a session that lags loses the oldest
-/// notices, which is fine for voice and mute (the next change supersedes them) and is repaired
-/// for arrivals and departures from the registry's roster (see `session`).
-#[derive(Debug, Clone)]
-pub(crate) enum CallNotice {
-    Joined(Participant),
-    Left(Participant),
-    Voice {
-        session: SessionId,
-        user: UserId,
-        speaking: bool,
-    },
-    Mute {
-        session: SessionId,
-        user: UserId,
-        kind: TrackKind,
-        muted: bool,
-    },
 }
 
 /// A session of a call as other sessions see it (the roster entry).
@@ -348,24 +302,12 @@ pub struct Participant {
     pub display_name: String,
 }
 
-/// The published tracks of a call, as one immutable snapshot.
-pub(crate) type TrackSet = Arc<Vec<Arc<PublishedTrack>>>;
-
-/// What a session needs to reach its call.
-#[derive(Clone)]
-pub(crate) struct CallLink {
-    pub tracks: Arc<watch::Sender<TrackSet>>,
-    pub notices: broadcast::Sender<CallNotice>,
-}
-
 struct SessionEntry {
     close: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
-    participant: Participant,
 }
 
 struct CallState {
-    link: CallLink,
     sessions: HashMap<SessionId, SessionEntry>,
 }
 
@@ -377,10 +319,8 @@ struct Registry {
 }
 
 pub(crate) struct SfuInner {
-    /// The v1 engine (webrtc-rs 0.17), when it runs.
-    pub peers: Option<PeerFactory>,
-    /// The v2 engine, when it runs.
-    shards: Option<shard::Shards>,
+    /// The media threads (built once in [`Sfu::new`]).
+    shards: shard::Shards,
     pub config: SfuConfig,
     pub metrics: Arc<Metrics>,
     registry: Mutex<Registry>,
@@ -395,18 +335,11 @@ pub struct Sfu {
 }
 
 impl Sfu {
-    /// Binds the shared ICE UDP socket and builds the webrtc API.
+    /// Binds the shared ICE UDP socket (and the ICE-TCP port) and starts the media threads.
     pub async fn new(config: SfuConfig, metrics: Arc<Metrics>) -> Result<Self, SfuError> {
-        let (peers, shards) = match config.engine {
-            EngineChoice::V1 => (Some(PeerFactory::new(&config).await?), None),
-            EngineChoice::V2 => (
-                None,
-                Some(shard::Shards::start(&config, metrics.clone()).await?),
-            ),
-        };
+        let shards = shard::Shards::start(&config, metrics.clone()).await?;
         Ok(Self {
             inner: Arc::new(SfuInner {
-                peers,
                 shards,
                 config,
                 metrics,
@@ -419,14 +352,12 @@ impl Sfu {
 
     /// The local address of the shared ICE UDP socket.
     pub fn udp_addr(&self) -> std::net::SocketAddr {
-        let v1 = self.inner.peers.as_ref().map(PeerFactory::local_addr);
-        let v2 = self.inner.shards.as_ref().map(shard::Shards::local_addr);
-        v1.or(v2).unwrap_or(self.inner.config.udp_addr)
+        self.inner.shards.local_addr()
     }
 
-    /// The ICE-TCP port's address, if it listens (v2 with `rtc.ice_port_tcp`).
+    /// The ICE-TCP port's address, if it listens (`rtc.ice_port_tcp`).
     pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
-        self.inner.shards.as_ref().and_then(shard::Shards::tcp_addr)
+        self.inner.shards.tcp_addr()
     }
 
     /// Creates the session (and the call if needed) and starts its actor. The receiver yields the
@@ -438,7 +369,7 @@ impl Sfu {
         req.validate()?;
         let close = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
-        let link = {
+        {
             let mut reg = self.registry();
             if self.inner.draining.load(Ordering::Acquire) {
                 return Err(SfuError::Draining);
@@ -450,10 +381,6 @@ impl Sfu {
             let key = (req.tenant.clone(), req.call.clone());
             let new_call = !reg.calls.contains_key(&key);
             let call = reg.calls.entry(key).or_insert_with(|| CallState {
-                link: CallLink {
-                    tracks: Arc::new(watch::channel(Arc::new(Vec::new())).0),
-                    notices: broadcast::channel(64).0,
-                },
                 sessions: HashMap::new(),
             });
             if call.sessions.contains_key(&req.session) {
@@ -462,29 +389,13 @@ impl Sfu {
             if call.sessions.len() >= self.inner.config.max_sessions_per_call {
                 return Err(SfuError::LimitReached("sessions per call"));
             }
-            let me = Participant {
-                session: req.session.clone(),
-                user: req.user.clone(),
-                display_name: req.display_name.clone(),
-            };
-            // Under the registry lock, so that no arrival or departure falls between the
-            // roster this session starts from and the notices it receives from now on.
-            let roster: Vec<Participant> = call
-                .sessions
-                .values()
-                .map(|e| e.participant.clone())
-                .collect();
-            let notices = call.link.notices.subscribe();
-            let _ = call.link.notices.send(CallNotice::Joined(me.clone()));
             call.sessions.insert(
                 req.session.clone(),
                 SessionEntry {
                     close: close.clone(),
                     reason: reason.clone(),
-                    participant: me,
                 },
             );
-            let link = (call.link.clone(), roster, notices);
             *reg.per_tenant.entry(req.tenant.clone()).or_default() += 1;
             reg.sessions += 1;
             let n = reg.sessions;
@@ -498,31 +409,12 @@ impl Sfu {
                     .get_or_create(&tenant_label(&req.tenant))
                     .inc();
             }
-            link
-        };
-        let (link, roster, notices) = link;
-        let started = match &self.inner.shards {
-            Some(shards) => {
-                drop((link, roster, notices));
-                shards
-                    .join(self.inner.clone(), req.clone(), close, reason)
-                    .await
-            }
-            None => {
-                session::spawn(
-                    self.inner.clone(),
-                    req.clone(),
-                    session::Start {
-                        link,
-                        roster,
-                        notices,
-                    },
-                    close,
-                    reason,
-                )
-                .await
-            }
-        };
+        }
+        let started = self
+            .inner
+            .shards
+            .join(self.inner.clone(), req.clone(), close, reason)
+            .await;
         match started {
             Ok(pair) => Ok(pair),
             Err(e) => {
@@ -610,26 +502,14 @@ impl SfuInner {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The call's roster now (a session that lagged behind the call's notices resyncs from it).
-    pub(crate) fn roster(&self, tenant: &TenantId, call: &CallId) -> Vec<Participant> {
-        self.registry()
-            .calls
-            .get(&(tenant.clone(), call.clone()))
-            .map(|c| c.sessions.values().map(|e| e.participant.clone()).collect())
-            .unwrap_or_default()
-    }
-
-    /// Called once by each session actor when it ends (and by `join` if the actor never started).
+    /// Called once by each session when it ends (and by `join` if the session never started).
     pub(crate) fn remove_session(&self, tenant: &TenantId, call: &CallId, session: &SessionId) {
         let mut reg = self.registry();
         let key = (tenant.clone(), call.clone());
         let mut removed = false;
         let mut call_gone = false;
         if let Some(state) = reg.calls.get_mut(&key) {
-            if let Some(entry) = state.sessions.remove(session) {
-                removed = true;
-                let _ = state.link.notices.send(CallNotice::Left(entry.participant));
-            }
+            removed = state.sessions.remove(session).is_some();
             if state.sessions.is_empty() {
                 reg.calls.remove(&key);
                 call_gone = true;

@@ -2,11 +2,10 @@
 //! `InvalidArgument` here, before it gets there.
 
 use rtcd_proto::v1 as pb;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 
 use crate::sfu::{
-    CallId, JoinRequest, Participant, Permissions, SessionCommand, SessionEvent, SessionId,
-    SfuError, TenantId, TrackKind, UserId, session::TrackInfo,
+    CallId, Candidate, JoinRequest, Participant, Permissions, SessionCommand, SessionEvent,
+    SessionId, SfuError, TenantId, TrackKind, UserId, session::TrackInfo,
 };
 
 /// A `Join` in the caller's namespace.
@@ -74,7 +73,7 @@ pub fn command(signal: pb::client_signal::Signal) -> Result<SessionCommand, SfuE
                 .collect::<Result<_, SfuError>>()?;
             SessionCommand::Offer { sdp: d.sdp, tracks }
         }
-        Signal::Candidate(c) => SessionCommand::Candidate(RTCIceCandidateInit {
+        Signal::Candidate(c) => SessionCommand::Candidate(Candidate {
             candidate: c.candidate,
             sdp_mid: c.sdp_mid,
             sdp_mline_index: c
@@ -84,7 +83,6 @@ pub fn command(signal: pb::client_signal::Signal) -> Result<SessionCommand, SfuE
                         .map_err(|_| SfuError::InvalidArgument("sdp_mline_index too large".into()))
                 })
                 .transpose()?,
-            username_fragment: None,
         }),
         Signal::Leave(_) => SessionCommand::Leave,
         Signal::Mute(m) => SessionCommand::Mute {

@@ -442,10 +442,7 @@ async fn call_over_ice_tcp() -> anyhow::Result<()> {
         listen: "127.0.0.1:0".into(),
         loopback: false,
         udp_port: 0,
-        rtc: vec![
-            ("RTCD_RTC_ENGINE".into(), "v2".into()),
-            ("RTCD_RTC_ICE_PORT_TCP".into(), "0".into()),
-        ],
+        rtc: vec![("RTCD_RTC_ICE_PORT_TCP".into(), "0".into())],
     })
     .await?;
     let tcp = stack

@@ -26,11 +26,11 @@ use crate::engine::peer::{Codec, HeaderExtension, OpenedTrack, SlotId, TrackKey}
 use crate::engine::{Identity, Peer, PeerEvent, PeerSettings};
 use crate::metrics::{KindLabels, Metrics, ReasonLabels};
 use crate::sfu::downtrack::{DownTrack, DownTrackConfig, ExtensionMap, Forward, PayloadTypeMap};
-use crate::sfu::forwarder::VoiceDetector;
 use crate::sfu::packet::{AUDIO_LEVEL_URI, MediaKind, MediaPacket};
 use crate::sfu::retransmit::RetransmitBuffer;
 use crate::sfu::sdp;
 use crate::sfu::session::{SessionCommand, SessionEvent, TrackInfo};
+use crate::sfu::voice::VoiceDetector;
 use crate::sfu::{
     CallId, JoinRequest, Participant, SfuConfig, SfuError, SfuInner, TenantId, TrackKind,
     tenant_label,
