@@ -132,6 +132,8 @@ struct Watched {
     /// When the page started loading (its `performance.timeOrigin`, epoch ms).
     joined: f64,
     left: Option<f64>,
+    /// Network outages the test caused ([`Flow::network_lost`] .. [`Flow::network_back`]).
+    outages: Vec<(f64, Option<f64>)>,
     samples: Vec<Sample>,
     sampler_error: Option<String>,
 }
@@ -376,6 +378,7 @@ impl Flow {
             identity,
             joined,
             left: None,
+            outages: Vec::new(),
             samples: Vec::new(),
             sampler_error: None,
         });
@@ -411,6 +414,37 @@ impl Flow {
     /// no longer expected from this moment), after a last [`Flow::pull`].
     pub fn left(&mut self, id: PageId) {
         self.pages[id].left = Some(now_ms());
+    }
+
+    /// The test takes page `id`'s network away now (its address changes, its path is cut):
+    /// nothing to or from it is expected until [`Flow::network_back`], and for
+    /// [`Thresholds::start`] after that its media must resume and its states be `connected`
+    /// again. Other pages may show media `poor` meanwhile (all they expected came from it).
+    pub fn network_lost(&mut self, id: PageId) {
+        self.pages[id].outages.push((now_ms(), None));
+    }
+
+    /// Page `id`'s connection is back (call it when the page reports ICE connected again).
+    pub fn network_back(&mut self, id: PageId) {
+        if let Some((_, to @ None)) = self.pages[id].outages.last_mut() {
+            *to = Some(now_ms());
+        }
+    }
+
+    /// The outages of `identity`'s page, closed at `until` when still open.
+    fn outages_of(&self, identity: &str, until: f64) -> Vec<(f64, f64)> {
+        self.pages
+            .iter()
+            .filter(|p| p.identity == identity)
+            .flat_map(|p| p.outages.iter().map(move |(a, b)| (*a, b.unwrap_or(until))))
+            .collect()
+    }
+
+    /// Whether `t` falls in an outage of `identity` or within `grace` after its end.
+    fn excused(&self, identity: &str, t: f64, grace: f64) -> bool {
+        self.outages_of(identity, f64::INFINITY)
+            .iter()
+            .any(|(a, b)| *a <= t && t < b + grace)
     }
 
     /// Collects the samples buffered in the pages (`pages[i]` is page `i` of this flow;
@@ -498,6 +532,12 @@ impl Flow {
             if let Some(left) = page.left {
                 events.push((left, format!("{} leaves", page.name)));
             }
+            for (lost, back) in &page.outages {
+                events.push((*lost, format!("{} network lost", page.name)));
+                if let Some(back) = back {
+                    events.push((*back, format!("{} network back", page.name)));
+                }
+            }
         }
         events.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
         report.events = events
@@ -546,20 +586,26 @@ impl Flow {
                 };
                 for source in sources {
                     let key = format!("{}/{source}", remote.identity);
+                    let outages: Vec<(f64, f64)> = self
+                        .outages_of(&observer.identity, together_to)
+                        .into_iter()
+                        .chain(self.outages_of(&remote.identity, together_to))
+                        .collect();
                     for (a, b) in self.on_intervals(&remote.identity, &source, together_to) {
                         let (a, b) = (a.max(together_from), b.min(together_to));
-                        if b <= a {
-                            continue;
+                        // An outage cuts the interval: media resumes after it as after a
+                        // source turning on.
+                        for (a, b) in without(a, b, &outages) {
+                            self.check_interval(
+                                observer,
+                                remote,
+                                &source,
+                                &key,
+                                (a, b),
+                                (gap, start_grace),
+                                &mut report,
+                            );
                         }
-                        self.check_interval(
-                            observer,
-                            remote,
-                            &source,
-                            &key,
-                            (a, b),
-                            (gap, start_grace),
-                            &mut report,
-                        );
                     }
                 }
             }
@@ -690,8 +736,16 @@ impl Flow {
         for sample in page.samples.iter().filter(|s| s.t < end) {
             state_seen |= sample.s == "connected";
             media_seen |= sample.m == "connected";
+            // A page whose every expected remote track comes from a page without network
+            // is rightly `poor` (the SDK's definition) while that lasts.
+            let others_out = sample.m == "poor"
+                && self.pages.iter().any(|p| {
+                    p.identity != page.identity && self.excused(&p.identity, sample.t, start_grace)
+                });
             let ok = (!state_seen || sample.s == "connected")
-                && (!media_seen || sample.m == "connected");
+                && (!media_seen || sample.m == "connected")
+                || self.excused(&page.identity, sample.t, start_grace)
+                || others_out;
             match (&bad, ok) {
                 (None, false) => {
                     bad = Some((sample.t, format!("state {} media {}", sample.s, sample.m)))
@@ -722,7 +776,9 @@ impl Flow {
             for (identity, media) in &sample.f {
                 let (seen, bad) = tiles.entry(identity.as_str()).or_default();
                 *seen |= media == "connected";
-                match (&bad, *seen && media != "connected") {
+                let excused = self.excused(identity, sample.t, start_grace)
+                    || self.excused(&page.identity, sample.t, start_grace);
+                match (&bad, *seen && media != "connected" && !excused) {
                     (None, true) => *bad = Some((sample.t, media.as_str())),
                     (Some((from, what)), false) => {
                         let window = (*from, sample.t);
@@ -791,6 +847,19 @@ impl Flow {
     }
 }
 
+/// `(a, b)` minus the `holes`, as the intervals left (empty ones dropped).
+fn without(a: f64, b: f64, holes: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut parts = vec![(a, b)];
+    for &(ha, hb) in holes {
+        parts = parts
+            .into_iter()
+            .flat_map(|(x, y)| [(x, y.min(ha)), (x.max(hb), y)])
+            .filter(|(x, y)| y > x)
+            .collect();
+    }
+    parts
+}
+
 /// What a page's peer connection and call page show right now, for failure reports:
 /// connection states, each transceiver (mid, direction, receiver track) and each inbound
 /// stream's counters, and which remote tracks the page attributes to whom.
@@ -846,6 +915,7 @@ mod tests {
             identity: name.to_lowercase(),
             joined: T0,
             left: None,
+            outages: Vec::new(),
             samples: Vec::new(),
             sampler_error: None,
         }
@@ -921,6 +991,52 @@ mod tests {
             report.first_frame_percentiles(BrowserKind::Firefox),
             Some((Duration::from_secs(1), Duration::from_secs(1)))
         );
+    }
+
+    #[test]
+    fn an_outage_excuses_its_gap_and_media_must_resume_after_it() {
+        // Bob's network is gone from 10 s to 20 s; media is back at 23 s, tile "reconnecting".
+        let grows = |t: f64| t >= 1.0 && !(10.0..23.0).contains(&t);
+        let tile = |t: f64| if (10.0..22.0).contains(&t) { "poor" } else { "connected" };
+        let mut f = flow(60.0, grows, tile);
+        f.pages[1].outages.push((T0 + 10_000.0, Some(T0 + 20_000.0)));
+        let report = f.report(Thresholds::CALLS);
+        let bobs = |r: &FlowReport| -> Vec<String> {
+            r.state_problems
+                .iter()
+                .filter(|p| p.starts_with("Bob"))
+                .cloned()
+                .collect()
+        };
+        assert!(bob_watches_alice(&report).is_empty(), "{report}");
+        assert!(bobs(&report).is_empty(), "{report}");
+        assert!(
+            report.resumes.iter().any(|(what, _)| what == "Bob <- Alice camera"),
+            "{report}"
+        );
+        // Without the outage the same samples are a stall and a state problem.
+        let f = flow(60.0, grows, tile);
+        let report = f.report(Thresholds::CALLS);
+        assert_eq!(bob_watches_alice(&report).len(), 1, "{report}");
+        assert!(!bobs(&report).is_empty(), "{report}");
+        // Media that never comes back after the outage is reported.
+        let mut f = flow(60.0, |t| (1.0..10.0).contains(&t), |_| "connected");
+        f.pages[1].outages.push((T0 + 10_000.0, Some(T0 + 20_000.0)));
+        let report = f.report(Thresholds::CALLS);
+        assert_eq!(bob_watches_alice(&report).len(), 1, "{report}");
+        assert!(bob_watches_alice(&report)[0].never_started, "{report}");
+    }
+
+    #[test]
+    fn interval_minus_holes() {
+        assert_eq!(without(0.0, 10.0, &[]), vec![(0.0, 10.0)]);
+        assert_eq!(
+            without(0.0, 10.0, &[(2.0, 3.0), (5.0, 6.0)]),
+            vec![(0.0, 2.0), (3.0, 5.0), (6.0, 10.0)]
+        );
+        assert_eq!(without(0.0, 10.0, &[(-1.0, 11.0)]), vec![]);
+        assert_eq!(without(0.0, 10.0, &[(8.0, 12.0)]), vec![(0.0, 8.0)]);
+        assert_eq!(without(0.0, 10.0, &[(11.0, 12.0)]), vec![(0.0, 10.0)]);
     }
 
     #[test]

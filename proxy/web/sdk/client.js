@@ -32,7 +32,7 @@
 // Events (all `CustomEvent`s, payload in `detail`; see the typedefs below):
 //   state, joined, error, participantjoined, participantleft, participantmedia, track,
 //   trackended, mutechanged, voiceactivity, localtrack, localtrackended, mediastate,
-//   tokenexpiring, refreshed, reconnecting, closed.
+//   tokenexpiring, refreshed, reconnecting, icerestart, closed.
 
 /** Close codes of the protocol (docs/protocol.md section 6), by label. */
 export const CloseCode = Object.freeze({
@@ -193,6 +193,11 @@ const POOR_LOSS_INTERVALS = 2;
 /** How long the peer connection may stay `failed` before the SDK gives up on the session
  * itself (the media server normally closes it first, with 4010 and a clearer message). */
 const FAILED_GRACE_MS = 5000;
+/** How long ICE may stay `disconnected` before the SDK restarts it (protocol section 4a): a
+ * moved device (new Wi-Fi, VPN up, cable to Wi-Fi) keeps nothing of its old address, and
+ * only new credentials make the browser gather on the network it has now. Short blips recover
+ * by themselves inside this time; `failed` restarts at once. */
+const ICE_RESTART_AFTER_MS = 2000;
 
 /** Media server errors that refuse the offer in flight (its SDP, or a limit it hit). */
 const REFUSES_OFFER = new Set([ErrorCode.bad_sdp, ErrorCode.bad_track, ErrorCode.media_limit]);
@@ -274,6 +279,9 @@ export class RtcdClient extends EventTarget {
     this._outboundLoss = 0;
     this._statsTimer = 0;
     this._failedTimer = 0;
+    this._iceRestartTimer = 0;
+    /** ICE restarts of the current peer connection (event `icerestart`). */
+    this._iceRestarts = 0;
     /** Server messages are handled one at a time, in order (SDP steps are async); a new
      * chain per session, so a new session never waits behind an old one. */
     this._queue = Promise.resolve();
@@ -405,6 +413,11 @@ export class RtcdClient extends EventTarget {
   /** The RTCPeerConnection of the current session (for getStats), if any. */
   get peerConnection() {
     return this._pc;
+  }
+
+  /** ICE restarts of the current peer connection (network changes survived in place). */
+  get iceRestarts() {
+    return this._iceRestarts;
   }
 
   // ---- connection -------------------------------------------------------------------------
@@ -574,6 +587,7 @@ export class RtcdClient extends EventTarget {
     clearInterval(this._statsTimer);
     clearTimeout(this._answerTimer);
     clearTimeout(this._failedTimer);
+    clearTimeout(this._iceRestartTimer);
     if (this._pc) {
       this._pc.close();
       this._pc = null;
@@ -780,16 +794,35 @@ export class RtcdClient extends EventTarget {
         // The media server closes the session with 4010 after its own timeout; if that does
         // not come, start over from here.
         this._failedTimer = setTimeout(() => {
-          if (pc === this._pc) this._restart(new RtcdError('media_connection_failed', 'the media connection failed (no ICE or DTLS traffic); rejoining'));
+          if (pc === this._pc && pc.connectionState === 'failed') this._restart(new RtcdError('media_connection_failed', 'the media connection failed (no ICE or DTLS traffic); rejoining'));
         }, FAILED_GRACE_MS);
       }
       this._updateHealth();
+    });
+    this._iceRestarts = 0;
+    pc.addEventListener('iceconnectionstatechange', () => {
+      if (pc !== this._pc) return;
+      clearTimeout(this._iceRestartTimer);
+      if (pc.iceConnectionState === 'failed') this._restartIce(pc);
+      else if (pc.iceConnectionState === 'disconnected') {
+        this._iceRestartTimer = setTimeout(() => this._restartIce(pc), ICE_RESTART_AFTER_MS);
+      }
     });
     // A subscriber always receives: one receiving audio section from the first offer gives
     // the transport something to connect on, so media health is known before anyone speaks.
     if (this.session && this.session.permissions.subscribe) this._need = { audio: 1, video: 0 };
     for (const [source, track] of this.localTracks) this._attach(source, track);
     this._statsTimer = setInterval(() => this._poll(pc), this.options.statsIntervalMs);
+  }
+
+  /** Section 4a, ICE restart: new ICE credentials in the next offer; the session, its tracks
+   * and its subscriptions stay, and media resumes once the new checks succeed. */
+  _restartIce(pc) {
+    if (pc !== this._pc || pc.connectionState === 'closed') return;
+    this._iceRestarts += 1;
+    this._emit('icerestart', { attempt: this._iceRestarts, state: pc.iceConnectionState });
+    pc.restartIce();
+    this._wantOffer();
   }
 
   /** Section 4a: asks for an offer, made once the peer connection is `stable` with no

@@ -393,12 +393,17 @@ async fn scenario(call: &mut Call, a: BrowserKind, b: BrowserKind) -> anyhow::Re
 
 /// Drops every UDP datagram to or from `port` in this (the test's own) network namespace.
 async fn block_udp(port: u16) -> anyhow::Result<()> {
-    let rules = format!(
+    nft(&format!(
         "table inet block_udp {{\n\
            chain input {{ type filter hook input priority 0; udp dport {port} drop; udp sport {port} drop; }}\n\
            chain output {{ type filter hook output priority 0; udp sport {port} drop; udp dport {port} drop; }}\n\
          }}\n"
-    );
+    ))
+    .await
+}
+
+/// Loads nft `rules` into the test's namespace.
+async fn nft(rules: &str) -> anyhow::Result<()> {
     let mut child = tokio::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
@@ -477,6 +482,168 @@ async fn call_over_ice_tcp() -> anyhow::Result<()> {
     }
     .await;
     conclude(call, stack, "ice-tcp", outcome).await
+}
+
+/// A page's local ICE candidates (address, port) and the local end of its selected pair.
+async fn local_candidates(
+    page: &BrowserPage,
+) -> anyhow::Result<(Vec<(String, u16)>, Option<(String, u16)>)> {
+    let value = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];\
+             rtcd.peerConnection.getStats().then((r) => { const all = []; let pair = null;\
+               r.forEach((s) => {\
+                 if (s.type === 'local-candidate') all.push([s.address || s.ip, s.port]);\
+                 if (s.type === 'transport' && s.selectedCandidatePairId)\
+                   pair = r.get(s.selectedCandidatePairId); });\
+               const local = pair && r.get(pair.localCandidateId);\
+               done({ all, selected: local ? [local.address || local.ip, local.port] : null });\
+             }, (e) => done({ error: String(e) }));",
+            json!([]),
+        )
+        .await?;
+    ensure!(value.get("error").is_none(), "getStats: {value}");
+    let pair = |v: &serde_json::Value| -> Option<(String, u16)> {
+        Some((v[0].as_str()?.to_owned(), u16::try_from(v[1].as_u64()?).ok()?))
+    };
+    let all = value["all"]
+        .as_array()
+        .map(|a| a.iter().filter_map(pair).collect())
+        .unwrap_or_default();
+    Ok((all, pair(&value["selected"])))
+}
+
+/// The test's stand-in for a device losing its network: every UDP datagram from or to the
+/// given local transport addresses is dropped from now on (in the test's own namespace).
+async fn cut(endpoints: &[(String, u16)]) -> anyhow::Result<()> {
+    let mut output = String::new();
+    let mut input = String::new();
+    for (ip, port) in endpoints {
+        ensure!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "not an IPv4 address: {ip}");
+        output.push_str(&format!("ip saddr {ip} udp sport {port} drop; "));
+        input.push_str(&format!("ip daddr {ip} udp dport {port} drop; "));
+    }
+    nft(&format!(
+        "table inet moved {{\n\
+           chain output {{ type filter hook output priority 0; {output}}}\n\
+           chain input {{ type filter hook input priority 0; {input}}}\n\
+         }}\n"
+    ))
+    .await
+}
+
+/// ICE restart (issue 11): Bob's device moves to a new address mid-call (a new address appears
+/// and every address and port his connection used goes dead). The SDK restarts ICE on the same
+/// session; rtcd answers with new credentials and keeps his session, tracks and subscriptions:
+/// no rejoin, a new selected candidate pair, and media both ways in every 5 s window before
+/// the move and from shortly after it for 45 s. Alice's own flow never stops.
+async fn call_through_an_address_change() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stack = rtcd_dev::start(rtcd_dev::Options {
+        data_dir: dir.path().to_owned(),
+        listen: "127.0.0.1:0".into(),
+        loopback: false,
+        udp_port: 0,
+        rtc: Vec::new(),
+    })
+    .await?;
+    let mut call = Call {
+        url: format!("http://{}/?room=moves", stack.proxy.addr()),
+        browsers: Browsers::lan(),
+        pages: Vec::new(),
+        names: Vec::new(),
+        flow: Flow::new(),
+    };
+    let outcome = async {
+        let alice = call.join(BrowserKind::Chromium, "Alice-stays").await?;
+        let bob = call.join(BrowserKind::Chromium, "Bob-moves").await?;
+        call.plays(alice, 1).await?;
+        call.plays(bob, 1).await?;
+        call.hold(scaled(20)).await?;
+        let joins = call.pages[bob].eval("return rtcd.joins", json!([])).await?;
+        let (candidates, before) = local_candidates(&call.pages[bob]).await?;
+        let before = before.context("Bob has no selected candidate pair")?;
+        ensure!(candidates.contains(&before), "{before:?} not in {candidates:?}");
+
+        // The move: a new address on the device, the old ones dead.
+        call.pages[bob]
+            .eval(
+                "rtcd.addEventListener('icerestart', () => { window.__restartAt = Date.now(); });\
+                 return true",
+                json!([]),
+            )
+            .await?;
+        ip(&["addr", "add", "10.203.0.3/24", "dev", "v1"]).await?;
+        call.flow.network_lost(bob);
+        let cut_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as f64;
+        cut(&candidates).await?;
+        eprintln!("Bob's candidates {candidates:?} cut (selected {before:?})");
+        call.pages[bob]
+            .wait_for(
+                "rtcd.iceRestarts >= 1 && rtcd.peerConnection \
+                   && ['connected', 'completed'].includes(rtcd.peerConnection.iceConnectionState)",
+                BROWSER_STEP,
+            )
+            .await
+            .context("Bob's ICE did not restart and reconnect")?;
+        call.flow.network_back(bob);
+        let restart_at = call.pages[bob]
+            .eval("return window.__restartAt || 0", json!([]))
+            .await?
+            .as_f64()
+            .unwrap_or_default();
+        let back_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as f64;
+        eprintln!(
+            "Bob: ICE restart {:.1} s after the cut, connected again after {:.1} s",
+            (restart_at - cut_at) / 1000.0,
+            (back_at - cut_at) / 1000.0
+        );
+        let (_, after) = local_candidates(&call.pages[bob]).await?;
+        let after = after.context("Bob has no selected candidate pair after the restart")?;
+        ensure!(
+            !candidates.contains(&after),
+            "Bob's selected pair {after:?} uses a cut address"
+        );
+        eprintln!("Bob moved: {before:?} -> {after:?}");
+        call.hold(scaled(45)).await?;
+        let joins_after = call.pages[bob].eval("return rtcd.joins", json!([])).await?;
+        ensure!(
+            joins == joins_after,
+            "Bob rejoined ({joins} -> {joins_after} joins) instead of restarting ICE"
+        );
+        let restarts = call.pages[bob].eval("return rtcd.iceRestarts", json!([])).await?;
+        eprintln!("Bob: {restarts} ICE restart(s), {joins_after} join(s)");
+        Ok(())
+    }
+    .await;
+    conclude(call, stack, "ice-restart", outcome).await
+}
+
+/// Runs `ip ARGS` in the test's namespace.
+async fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new("ip")
+        .args(args)
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+#[test]
+fn chromium_keeps_its_call_through_an_address_change_by_ice_restart() -> anyhow::Result<()> {
+    let _one = ONE_CALL_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    netns::run(call_through_an_address_change)
 }
 
 #[test]
