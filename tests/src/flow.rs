@@ -997,9 +997,17 @@ mod tests {
     fn an_outage_excuses_its_gap_and_media_must_resume_after_it() {
         // Bob's network is gone from 10 s to 20 s; media is back at 23 s, tile "reconnecting".
         let grows = |t: f64| t >= 1.0 && !(10.0..23.0).contains(&t);
-        let tile = |t: f64| if (10.0..22.0).contains(&t) { "poor" } else { "connected" };
+        let tile = |t: f64| {
+            if (10.0..22.0).contains(&t) {
+                "poor"
+            } else {
+                "connected"
+            }
+        };
         let mut f = flow(60.0, grows, tile);
-        f.pages[1].outages.push((T0 + 10_000.0, Some(T0 + 20_000.0)));
+        f.pages[1]
+            .outages
+            .push((T0 + 10_000.0, Some(T0 + 20_000.0)));
         let report = f.report(Thresholds::CALLS);
         let bobs = |r: &FlowReport| -> Vec<String> {
             r.state_problems
@@ -1011,7 +1019,10 @@ mod tests {
         assert!(bob_watches_alice(&report).is_empty(), "{report}");
         assert!(bobs(&report).is_empty(), "{report}");
         assert!(
-            report.resumes.iter().any(|(what, _)| what == "Bob <- Alice camera"),
+            report
+                .resumes
+                .iter()
+                .any(|(what, _)| what == "Bob <- Alice camera"),
             "{report}"
         );
         // Without the outage the same samples are a stall and a state problem.
@@ -1021,7 +1032,9 @@ mod tests {
         assert!(!bobs(&report).is_empty(), "{report}");
         // Media that never comes back after the outage is reported.
         let mut f = flow(60.0, |t| (1.0..10.0).contains(&t), |_| "connected");
-        f.pages[1].outages.push((T0 + 10_000.0, Some(T0 + 20_000.0)));
+        f.pages[1]
+            .outages
+            .push((T0 + 10_000.0, Some(T0 + 20_000.0)));
         let report = f.report(Thresholds::CALLS);
         assert_eq!(bob_watches_alice(&report).len(), 1, "{report}");
         assert!(bob_watches_alice(&report)[0].never_started, "{report}");

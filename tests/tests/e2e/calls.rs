@@ -504,7 +504,10 @@ async fn local_candidates(
         .await?;
     ensure!(value.get("error").is_none(), "getStats: {value}");
     let pair = |v: &serde_json::Value| -> Option<(String, u16)> {
-        Some((v[0].as_str()?.to_owned(), u16::try_from(v[1].as_u64()?).ok()?))
+        Some((
+            v[0].as_str()?.to_owned(),
+            u16::try_from(v[1].as_u64()?).ok()?,
+        ))
     };
     let all = value["all"]
         .as_array()
@@ -519,7 +522,10 @@ async fn cut(endpoints: &[(String, u16)]) -> anyhow::Result<()> {
     let mut output = String::new();
     let mut input = String::new();
     for (ip, port) in endpoints {
-        ensure!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "not an IPv4 address: {ip}");
+        ensure!(
+            ip.parse::<std::net::Ipv4Addr>().is_ok(),
+            "not an IPv4 address: {ip}"
+        );
         output.push_str(&format!("ip saddr {ip} udp sport {port} drop; "));
         input.push_str(&format!("ip daddr {ip} udp dport {port} drop; "));
     }
@@ -563,12 +569,19 @@ async fn call_through_an_address_change() -> anyhow::Result<()> {
         let joins = call.pages[bob].eval("return rtcd.joins", json!([])).await?;
         let (candidates, before) = local_candidates(&call.pages[bob]).await?;
         let before = before.context("Bob has no selected candidate pair")?;
-        ensure!(candidates.contains(&before), "{before:?} not in {candidates:?}");
+        ensure!(
+            candidates.contains(&before),
+            "{before:?} not in {candidates:?}"
+        );
 
         // The move: a new address on the device, the old ones dead.
         call.pages[bob]
             .eval(
                 "rtcd.addEventListener('icerestart', () => { window.__restartAt = Date.now(); });\
+                 const pc = rtcd.peerConnection;\
+                 pc.addEventListener('iceconnectionstatechange', () => {\
+                   if (pc.iceConnectionState === 'disconnected' && !window.__lostAt)\
+                     window.__lostAt = Date.now(); });\
                  return true",
                 json!([]),
             )
@@ -594,11 +607,17 @@ async fn call_through_an_address_change() -> anyhow::Result<()> {
             .await?
             .as_f64()
             .unwrap_or_default();
+        let lost_at = call.pages[bob]
+            .eval("return window.__lostAt || 0", json!([]))
+            .await?
+            .as_f64()
+            .unwrap_or_default();
         let back_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis() as f64;
         eprintln!(
-            "Bob: ICE restart {:.1} s after the cut, connected again after {:.1} s",
+            "Bob after the cut: ICE disconnected {:.1} s, restart {:.1} s, connected again {:.1} s",
+            (lost_at - cut_at) / 1000.0,
             (restart_at - cut_at) / 1000.0,
             (back_at - cut_at) / 1000.0
         );
@@ -615,7 +634,9 @@ async fn call_through_an_address_change() -> anyhow::Result<()> {
             joins == joins_after,
             "Bob rejoined ({joins} -> {joins_after} joins) instead of restarting ICE"
         );
-        let restarts = call.pages[bob].eval("return rtcd.iceRestarts", json!([])).await?;
+        let restarts = call.pages[bob]
+            .eval("return rtcd.iceRestarts", json!([]))
+            .await?;
         eprintln!("Bob: {restarts} ICE restart(s), {joins_after} join(s)");
         Ok(())
     }

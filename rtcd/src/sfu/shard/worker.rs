@@ -3,11 +3,13 @@
 //! subscribers), and serialises everything that touches them: signaling commands, datagrams and
 //! timers. Nothing here is shared with another thread, so nothing is locked.
 //!
-//! Negotiation follows v1 (`session.rs`, `docs/protocol.md` §4a): the client makes every offer;
-//! the worker answers, placing the tracks the session should receive on the receiving sections
-//! (slots) of the offer, and asks for a new offer (`NegotiationNeeded`) when it needs more. A
-//! slot whose track ended stops sending at once, is answered `inactive` once, then carries the
-//! next track on the same SSRC, its down-track continuing the sequence numbers and timestamps.
+//! Negotiation (`docs/protocol.md` §4a) is decided by [`Negotiation`] (which slot carries
+//! which track, what waits, when to ask for an offer) and carried out here: the client makes
+//! every offer; the worker answers, placing the tracks the session should receive on the
+//! receiving sections (slots) of the offer, and asks for a new offer (`NegotiationNeeded`) when
+//! it needs more. A slot whose track ended stops sending at once, is answered `inactive` once,
+//! then carries the next track on the same SSRC, its down-track continuing the sequence numbers
+//! and timestamps.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -26,6 +28,7 @@ use crate::engine::peer::{Codec, HeaderExtension, OpenedTrack, SlotId, TrackKey}
 use crate::engine::{Identity, Peer, PeerEvent, PeerSettings};
 use crate::metrics::{KindLabels, Metrics, ReasonLabels};
 use crate::sfu::downtrack::{DownTrack, DownTrackConfig, ExtensionMap, Forward, PayloadTypeMap};
+use crate::sfu::negotiation::{Negotiation, TrackId};
 use crate::sfu::packet::{AUDIO_LEVEL_URI, MediaKind, MediaPacket};
 use crate::sfu::retransmit::RetransmitBuffer;
 use crate::sfu::sdp;
@@ -43,7 +46,6 @@ const SEND_BATCH: usize = 64;
 
 /// A call within this worker (numbered, so the forwarding path copies no strings).
 type CallKey = u64;
-type TrackId = u64;
 
 /// Counters a published track updates per packet, resolved once.
 struct TrackCounters {
@@ -77,19 +79,6 @@ struct Call {
     tracks: HashMap<TrackId, Published>,
 }
 
-/// What a sending slot carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotUse {
-    /// Nothing; answered `inactive` (or `recvonly` where the client sends).
-    Free,
-    /// Its track just ended: answered `inactive` once before it carries another track.
-    Cooling,
-    /// A forwarded track.
-    Busy(TrackId),
-    /// The client no longer receives on this section.
-    Gone,
-}
-
 struct MemberSlot {
     id: SlotId,
     mid: String,
@@ -99,7 +88,6 @@ struct MemberSlot {
     rtx_ssrc: Option<u32>,
     codecs: Vec<Codec>,
     extensions: Vec<HeaderExtension>,
-    usage: SlotUse,
     down: Option<DownTrack>,
 }
 
@@ -111,9 +99,10 @@ struct Member {
     peer: Peer,
     events: mpsc::Sender<SessionEvent>,
     ended: CancellationToken,
+    /// The receiving sections rtcd sends on; slot `i` here is slot `i` of `negotiation`.
     slots: Vec<MemberSlot>,
-    /// Tracks to send that have no slot yet.
-    pending: Vec<TrackId>,
+    /// Which track each slot carries, what waits, when to ask for an offer.
+    negotiation: Negotiation,
     /// This session's published tracks, by the peer's track key.
     published: HashMap<TrackKey, TrackId>,
     /// Every track the client has opened, by mid (a section that sends again is published
@@ -132,8 +121,6 @@ struct Member {
     sending_mids: HashSet<String>,
     muted: HashSet<TrackKind>,
     pending_candidates: Vec<(String, Option<String>, Option<u16>)>,
-    client_offered: bool,
-    asked: Option<(u32, u32)>,
     announced: HashSet<SessionKey>,
     ufrags: HashSet<String>,
     created: Instant,
@@ -189,14 +176,6 @@ impl Member {
                 reason: e.kind(),
             })
             .inc();
-    }
-
-    fn asked_with(&mut self, audio: u32, video: u32) {
-        if self.asked == Some((audio, video)) {
-            return;
-        }
-        self.asked = Some((audio, video));
-        self.emit(SessionEvent::NegotiationNeeded { audio, video });
     }
 }
 
@@ -471,7 +450,7 @@ impl Worker {
             }
             PeerEvent::KeyframeRequested(slot) => {
                 let m = self.members.get(&key)?;
-                if let SlotUse::Busy(tid) = m.slots.get(slot.0 as usize)?.usage {
+                if let Some(tid) = m.negotiation.track(slot.0 as usize) {
                     let call = m.call;
                     self.request_keyframe(&call, tid, now);
                 }
@@ -614,10 +593,10 @@ impl Worker {
         let Some(m) = self.members.get_mut(&key) else {
             return;
         };
-        let Some(ms) = m.slots.get_mut(slot.0 as usize) else {
+        let Some(tid) = m.negotiation.track(slot.0 as usize) else {
             return;
         };
-        let SlotUse::Busy(tid) = ms.usage else {
+        let Some(ms) = m.slots.get_mut(slot.0 as usize) else {
             return;
         };
         let Some(buffer) = self
@@ -723,7 +702,7 @@ impl Worker {
             events: j.events,
             ended: j.ended,
             slots: Vec::new(),
-            pending: Vec::new(),
+            negotiation: Negotiation::default(),
             published: HashMap::new(),
             opened: HashMap::new(),
             refused: HashMap::new(),
@@ -733,8 +712,6 @@ impl Worker {
             sending_mids: HashSet::new(),
             muted: HashSet::new(),
             pending_candidates: Vec::new(),
-            client_offered: false,
-            asked: None,
             announced: HashSet::new(),
             ufrags: HashSet::new(),
             created: now,
@@ -752,8 +729,12 @@ impl Worker {
         let others: Vec<SessionKey> = call.members.clone();
         call.members.push(j.key);
         let subscribe = member.req.permissions.subscribe;
-        let pending: Vec<TrackId> = if subscribe {
-            let mut ids: Vec<TrackId> = call.tracks.keys().copied().collect();
+        let pending: Vec<(TrackId, bool)> = if subscribe {
+            let mut ids: Vec<(TrackId, bool)> = call
+                .tracks
+                .iter()
+                .map(|(id, t)| (*id, t.info.kind.is_audio()))
+                .collect();
             ids.sort_unstable();
             ids
         } else {
@@ -773,7 +754,9 @@ impl Worker {
             }
         }
         if let Some(m) = self.members.get_mut(&j.key) {
-            m.pending = pending;
+            for (tid, audio) in pending {
+                m.negotiation.want(tid, audio);
+            }
         }
         self.mark(j.key);
     }
@@ -792,7 +775,7 @@ impl Worker {
                 if c.candidate.len() > 1024 {
                     return Err(SfuError::InvalidArgument("candidate too long".into()));
                 }
-                if m.client_offered {
+                if m.negotiation.offered() {
                     m.peer
                         .add_remote_candidate(&c.candidate, c.sdp_mid, c.sdp_mline_index)
                         .map_err(|e| SfuError::InvalidArgument(e.to_string()))
@@ -881,26 +864,27 @@ impl Worker {
                 self.unpublish(key, |t| !p.may_publish(t.info.kind));
                 if had_subscribe && !p.subscribe {
                     let m = self.members.get_mut(&key).expect("checked above");
-                    m.pending.clear();
-                    for i in 0..m.slots.len() {
-                        self.free_slot(key, i);
+                    for (i, tid) in m.negotiation.stop_receiving() {
+                        self.slot_stopped(key, i, tid);
                     }
                     self.negotiate(key);
                 } else if !had_subscribe && p.subscribe {
                     let call_key = self.members[&key].call;
-                    let ids: Vec<TrackId> = self
+                    let ids: Vec<(TrackId, bool)> = self
                         .calls
                         .get(&call_key)
                         .map(|c| {
                             c.tracks
                                 .iter()
                                 .filter(|(_, t)| t.owner != key)
-                                .map(|(id, _)| *id)
+                                .map(|(id, t)| (*id, t.info.kind.is_audio()))
                                 .collect()
                         })
                         .unwrap_or_default();
                     let m = self.members.get_mut(&key).expect("checked above");
-                    m.pending.extend(ids);
+                    for (tid, audio) in ids {
+                        m.negotiation.want(tid, audio);
+                    }
                     self.negotiate(key);
                 }
                 Ok(())
@@ -909,43 +893,15 @@ impl Worker {
         }
     }
 
-    /// Asks the client for an offer with enough receiving sections for every track to send.
+    /// Asks the client for an offer with enough receiving sections for every track to send
+    /// (when that is news: [`Negotiation::request`]).
     fn negotiate(&mut self, key: SessionKey) {
-        let Some(call_key) = self.members.get(&key).map(|m| m.call) else {
-            return;
-        };
-        let pending_audio = {
-            let m = &self.members[&key];
-            let call = self.calls.get(&call_key);
-            m.pending
-                .iter()
-                .map(|tid| {
-                    call.and_then(|c| c.tracks.get(tid))
-                        .is_some_and(|t| t.info.kind.is_audio())
-                })
-                .collect::<Vec<bool>>()
-        };
         let Some(m) = self.members.get_mut(&key) else {
             return;
         };
-        if !m.client_offered {
-            return;
+        if let Some((audio, video)) = m.negotiation.request() {
+            m.emit(SessionEvent::NegotiationNeeded { audio, video });
         }
-        let (mut audio, mut video) = (0u32, 0u32);
-        let kinds = m
-            .slots
-            .iter()
-            .filter(|s| matches!(s.usage, SlotUse::Busy(_) | SlotUse::Cooling))
-            .map(|s| s.audio)
-            .chain(pending_audio);
-        for is_audio in kinds {
-            if is_audio {
-                audio += 1;
-            } else {
-                video += 1;
-            }
-        }
-        m.asked_with(audio, video);
     }
 
     /// Applies a client offer and answers it, placing every track this session should receive
@@ -964,7 +920,6 @@ impl Worker {
             .set_offer(&sdp, now)
             .map_err(|e| SfuError::InvalidArgument(format!("unusable SDP offer: {e}")))?;
         m.declared = declared;
-        m.asked = None;
         // New slots from the engine; sections the client no longer receives on.
         let engine_slots: Vec<(SlotId, String, bool, u32)> = m
             .peer
@@ -976,6 +931,8 @@ impl Worker {
             if m.slots.iter().any(|s| s.id == id) {
                 continue;
             }
+            let i = m.negotiation.add_slot(audio);
+            debug_assert_eq!(i, m.slots.len(), "slots are numbered alike");
             m.slots.push(MemberSlot {
                 id,
                 mid,
@@ -984,63 +941,33 @@ impl Worker {
                 rtx_ssrc,
                 codecs: Vec::new(),
                 extensions: Vec::new(),
-                usage: SlotUse::Free,
                 down: None,
             });
         }
-        let mut requeue = Vec::new();
-        for i in 0..m.slots.len() {
-            let receives = sections
-                .iter()
-                .any(|s| s.mid == m.slots[i].mid && s.receives());
-            match (receives, m.slots[i].usage) {
-                (false, SlotUse::Busy(tid)) => {
-                    m.slots[i].usage = SlotUse::Gone;
-                    requeue.push((i, tid));
-                }
-                (false, _) => m.slots[i].usage = SlotUse::Gone,
-                (true, SlotUse::Gone) => m.slots[i].usage = SlotUse::Free,
-                _ => {}
-            }
-        }
-        for (i, tid) in requeue {
+        let receiving: Vec<bool> = m
+            .slots
+            .iter()
+            .map(|slot| sections.iter().any(|s| s.mid == slot.mid && s.receives()))
+            .collect();
+        let lost = m.negotiation.offer(|i| receiving[i]);
+        for (i, tid) in lost {
             self.unsubscribe(key, i, tid);
-            if let Some(m) = self.members.get_mut(&key) {
-                m.pending.push(tid);
-            }
         }
-        // Pending tracks onto free slots of their media.
+        // Waiting tracks onto free slots of their media.
         let m = self.members.get_mut(&key).ok_or(SfuError::NotFound)?;
         let call_key = m.call;
-        let cooling: Vec<usize> = (0..m.slots.len())
-            .filter(|&i| m.slots[i].usage == SlotUse::Cooling)
-            .collect();
+        let cooling = m.negotiation.cooling();
         let mut placed = Vec::new();
         if m.req.permissions.subscribe
             && let Some(call) = self.calls.get(&call_key)
         {
-            m.pending.retain(|tid| call.tracks.contains_key(tid));
-            for i in 0..m.slots.len() {
-                if m.slots[i].usage != SlotUse::Free {
-                    continue;
-                }
-                let audio = m.slots[i].audio;
-                let Some(at) = m.pending.iter().position(|tid| {
-                    call.tracks
-                        .get(tid)
-                        .is_some_and(|t| t.info.kind.is_audio() == audio)
-                }) else {
-                    continue;
-                };
-                let tid = m.pending.remove(at);
-                m.slots[i].usage = SlotUse::Busy(tid);
-                placed.push(i);
-            }
+            placed = m.negotiation.place(|tid| call.tracks.contains_key(&tid));
         }
         let directions: Vec<(SlotId, bool)> = m
             .slots
             .iter()
-            .map(|s| (s.id, matches!(s.usage, SlotUse::Busy(_))))
+            .enumerate()
+            .map(|(i, s)| (s.id, m.negotiation.sends(i)))
             .collect();
         for (id, send) in directions {
             m.peer.set_slot_sending(id, send);
@@ -1058,10 +985,9 @@ impl Worker {
         }
         let mut current = HashMap::new();
         if let Some(call) = self.calls.get(&call_key) {
-            for s in &m.slots {
-                if let SlotUse::Busy(tid) = s.usage
-                    && let Some(t) = call.tracks.get(&tid)
-                {
+            for (i, tid) in m.negotiation.busy() {
+                let s = &m.slots[i];
+                if let Some(t) = call.tracks.get(&tid) {
                     current.insert(
                         s.mid.clone(),
                         sdp::Msid {
@@ -1084,8 +1010,8 @@ impl Worker {
                 ufrag: answer.ufrag,
             });
         }
-        let first = !m.client_offered;
-        m.client_offered = true;
+        let first = !m.negotiation.offered();
+        m.negotiation.answered(&cooling);
         if first {
             for (c, mid, index) in std::mem::take(&mut m.pending_candidates) {
                 if let Err(e) = m.peer.add_remote_candidate(&c, mid, index) {
@@ -1108,15 +1034,12 @@ impl Worker {
         for i in placed {
             self.subscribe(key, i, now);
         }
-        if let Some(m) = self.members.get_mut(&key) {
-            for i in cooling {
-                if m.slots[i].usage == SlotUse::Cooling {
-                    m.slots[i].usage = SlotUse::Free;
-                }
-            }
-            if !m.pending.is_empty() {
-                self.negotiate(key);
-            }
+        if self
+            .members
+            .get(&key)
+            .is_some_and(|m| m.negotiation.has_pending())
+        {
+            self.negotiate(key);
         }
         Ok(())
     }
@@ -1156,7 +1079,7 @@ impl Worker {
         let Some(m) = self.members.get_mut(&key) else {
             return;
         };
-        let SlotUse::Busy(tid) = m.slots[i].usage else {
+        let Some(tid) = m.negotiation.track(i) else {
             return;
         };
         let Some(t) = self
@@ -1164,7 +1087,7 @@ impl Worker {
             .get_mut(&m.call)
             .and_then(|c| c.tracks.get_mut(&tid))
         else {
-            m.slots[i].usage = SlotUse::Free;
+            m.negotiation.release(i);
             return;
         };
         let slot = &mut m.slots[i];
@@ -1190,7 +1113,7 @@ impl Worker {
                     Ok(d) => slot.down = Some(d),
                     Err(e) => {
                         tracing::debug!(error = %e, "no down-track for a slot");
-                        slot.usage = SlotUse::Free;
+                        m.negotiation.release(i);
                         return;
                     }
                 }
@@ -1247,10 +1170,16 @@ impl Worker {
         let Some(m) = self.members.get_mut(&key) else {
             return;
         };
-        let SlotUse::Busy(tid) = m.slots[i].usage else {
+        if let Some(tid) = m.negotiation.free(i) {
+            self.slot_stopped(key, i, tid);
+        }
+    }
+
+    /// Slot `i` of `key` no longer carries `tid`: forwarding stops and the client is told.
+    fn slot_stopped(&mut self, key: SessionKey, i: usize, tid: TrackId) {
+        let Some(m) = self.members.get(&key) else {
             return;
         };
-        m.slots[i].usage = SlotUse::Cooling;
         let info = self
             .calls
             .get(&m.call)
@@ -1375,7 +1304,7 @@ impl Worker {
             if let Some(o) = self.members.get_mut(&k)
                 && o.req.permissions.subscribe
             {
-                o.pending.push(tid);
+                o.negotiation.want(tid, kind.is_audio());
                 self.negotiate(k);
             }
         }
@@ -1429,9 +1358,7 @@ impl Worker {
             .unwrap_or_default();
         for k in members {
             if let Some(o) = self.members.get_mut(&k) {
-                let before = o.pending.len();
-                o.pending.retain(|tid| !gone.contains(tid));
-                if o.pending.len() != before {
+                if o.negotiation.forget(|tid| gone.contains(&tid)) {
                     affected.push(k);
                 }
             }
@@ -1466,12 +1393,11 @@ impl Worker {
             return;
         };
         tracing::info!(client = %m.req.tenant, call = %m.req.call, session = %m.req.session, %reason, "session closed");
-        for i in 0..m.slots.len() {
-            if let SlotUse::Busy(tid) = m.slots[i].usage
-                && let Some(t) = self
-                    .calls
-                    .get_mut(&m.call)
-                    .and_then(|c| c.tracks.get_mut(&tid))
+        for (_, tid) in m.negotiation.busy() {
+            if let Some(t) = self
+                .calls
+                .get_mut(&m.call)
+                .and_then(|c| c.tracks.get_mut(&tid))
             {
                 t.subscribers.retain(|&(k, _)| k != key);
                 m.kind_gauge(t.info.kind, false).dec();
