@@ -1357,10 +1357,10 @@ impl Worker {
             .map(|c| c.members.clone())
             .unwrap_or_default();
         for k in members {
-            if let Some(o) = self.members.get_mut(&k) {
-                if o.negotiation.forget(|tid| gone.contains(&tid)) {
-                    affected.push(k);
-                }
+            if let Some(o) = self.members.get_mut(&k)
+                && o.negotiation.forget(|tid| gone.contains(&tid))
+            {
+                affected.push(k);
             }
         }
         let Some(m) = self.members.get_mut(&key) else {
