@@ -322,6 +322,9 @@ impl BatchSocket {
     /// only for a broken socket (the rest of the batch is dropped and counted too).
     pub fn send_batch(&self, batch: &mut SendBatch) -> io::Result<SendReport> {
         let mut report = SendReport::default();
+        if self.gso.load(Ordering::Relaxed) {
+            batch.group_by_destination();
+        }
         let mut next = 0;
         let result = loop {
             if next >= batch.packets.len() {
@@ -616,6 +619,8 @@ struct Message {
 #[derive(Debug)]
 pub struct SendBatch {
     data: Vec<u8>,
+    /// Where [`SendBatch::group_by_destination`] rebuilds `data` (then swapped with it).
+    regrouped: Vec<u8>,
     packets: Vec<Packet>,
     max_packets: usize,
     messages: Vec<Message>,
@@ -629,6 +634,7 @@ impl SendBatch {
         let max_packets = max_packets.max(1);
         Self {
             data: Vec::with_capacity(max_packets * MAX_DATAGRAM),
+            regrouped: Vec::with_capacity(max_packets * MAX_DATAGRAM),
             packets: Vec::with_capacity(max_packets),
             max_packets,
             messages: Vec::with_capacity(SEND_CHUNK),
@@ -675,6 +681,29 @@ impl SendBatch {
         self.packets.clear();
         self.messages.clear();
         self.addrs.clear();
+    }
+
+    /// Puts the datagrams to each destination next to each other, keeping their order: a
+    /// forwarding loop queues packet 1 to subscribers A, B, C, then packet 2 to A, B, C, and
+    /// only runs to one destination can share a GSO message (whose segments must also be
+    /// adjacent in memory, so the bytes are copied into the new order). Sorting by
+    /// (destination, position) is a stable grouping without the allocation of a stable sort.
+    fn group_by_destination(&mut self) {
+        let Some(first) = self.packets.first().map(|p| p.dest) else {
+            return;
+        };
+        if self.packets.iter().all(|p| p.dest == first) {
+            return;
+        }
+        self.packets.sort_unstable_by_key(|p| (p.dest, p.start));
+        self.regrouped.clear();
+        for p in &mut self.packets {
+            let start = self.regrouped.len();
+            self.regrouped
+                .extend_from_slice(&self.data[p.start..p.start + p.len]);
+            p.start = start;
+        }
+        std::mem::swap(&mut self.data, &mut self.regrouped);
     }
 
     /// Plans the next `sendmmsg` from packet `from`: up to [`SEND_CHUNK`] messages that can
@@ -905,6 +934,37 @@ mod tests {
     }
 
     #[test]
+    fn gso_groups_interleaved_destinations_and_keeps_each_ones_order() {
+        let socket = bind(true);
+        if !socket.gso_enabled() {
+            return; // the kernel refused GSO: nothing to group
+        }
+        let sinks: Vec<UdpSocket> = (0..3).map(|_| receiver()).collect();
+        let dests: Vec<SocketAddr> = sinks.iter().map(|s| s.local_addr().unwrap()).collect();
+        let mut expected = vec![Vec::new(); 3];
+        let mut batch = SendBatch::new(64);
+        // A fan-out: packet k to every subscriber in turn.
+        for k in 0..12 {
+            for (d, dest) in dests.iter().enumerate() {
+                let p = payload((k * 3 + d) as u8, 1100);
+                batch.push(*dest, &p).unwrap();
+                expected[d].push(p);
+            }
+        }
+        let report = socket.send_batch(&mut batch).unwrap();
+        assert_eq!(report.sent, 36);
+        assert_eq!(
+            report.gso_messages, 3,
+            "one message per destination: {report:?}"
+        );
+        assert_eq!(report.syscalls, 1, "{report:?}");
+        for (sink, expected) in sinks.iter().zip(&expected) {
+            let got = recv_all(sink, expected.len());
+            assert!(&got == expected, "datagrams reordered or changed");
+        }
+    }
+
+    #[test]
     fn send_batch_without_gso_delivers_every_datagram() {
         let socket = bind(false);
         assert!(!socket.gso_enabled());
@@ -1041,8 +1101,15 @@ mod tests {
             Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
         };
         let per_packet = |d: Duration| d.as_nanos() as f64 / (BATCHES * PER_BATCH) as f64;
-        for ndest in [1usize, 4, 16] {
-            let dest_of = |i: usize| dests[i / (PER_BATCH / ndest)];
+        for (ndest, interleaved) in [(1usize, false), (4, false), (4, true), (16, false)] {
+            // In runs (A A A A B B B B ...) or interleaved like a fan-out (A B C D A B C D ...).
+            let dest_of = |i: usize| {
+                if interleaved {
+                    dests[i % ndest]
+                } else {
+                    dests[i / (PER_BATCH / ndest)]
+                }
+            };
             let socket = bind(false);
             let (wall, cpu0) = (Instant::now(), cpu());
             for _ in 0..BATCHES {
@@ -1071,8 +1138,13 @@ mod tests {
             let gso_socket = bind(true);
             let gso_on = gso_socket.gso_enabled();
             let gso = run(&gso_socket);
+            let order = if interleaved {
+                "interleaved"
+            } else {
+                "in runs"
+            };
             println!(
-                "{ndest:>2} dest: send_to {:>5.0} ns/pkt cpu ({:>5.0} wall) | sendmmsg {:>5.0} cpu ({:>5.0} wall, {:.1} calls/batch) | GSO{} {:>5.0} cpu ({:>5.0} wall, {:.1} calls/batch)",
+                "{ndest:>2} dest {order:>11}: send_to {:>5.0} ns/pkt cpu ({:>5.0} wall) | sendmmsg {:>5.0} cpu ({:>5.0} wall, {:.1} calls/batch) | GSO{} {:>5.0} cpu ({:>5.0} wall, {:.1} calls/batch)",
                 send_to.1,
                 send_to.0,
                 mmsg.1,
