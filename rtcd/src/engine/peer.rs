@@ -295,6 +295,10 @@ impl TrackState {
     }
 }
 
+/// Requests per lost packet of a published track before rtcd gives up on it (10 at 100 ms:
+/// a second, past any retransmission that could still help a live stream).
+const NACKS_PER_PACKET: u16 = 10;
+
 /// Header extensions that describe one hop, not the media: rewritten or generated per hop.
 const HOP_EXTENSIONS: [&str; 5] = [
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
@@ -708,10 +712,20 @@ impl Peer {
         // no NACK responder (which would keep a copy per subscriber). Loss of published tracks
         // is reported to their publishers by a NACK generator; reports and TWCC feedback come
         // from rtc's interceptors.
-        let registry = Registry::new().with(
-            rtc::interceptor::Slot::NackGenerator,
-            rtc::interceptor::NackGeneratorBuilder::new().build(),
-        );
+        // At most NACKS_PER_PACKET requests per lost packet (rtc's default is no limit: a
+        // packet the publisher cannot resend was asked for every 100 ms until it aged out);
+        // RTX repairs are seen as arrivals (`rtx`).
+        let registry = Registry::new()
+            .with(
+                rtc::interceptor::Slot::NackGenerator,
+                rtc::interceptor::NackGeneratorBuilder::new()
+                    .with_max_nacks_per_packet(NACKS_PER_PACKET)
+                    .build(),
+            )
+            .with(
+                rtc::interceptor::Slot::Custom(super::rtx::SLOT),
+                super::rtx::RtxRepair::default(),
+            );
         // After the NACK generator (7 000), before the report interceptors (10 000).
         let registry = registry.with(
             rtc::interceptor::Slot::Custom(9_000),
