@@ -173,7 +173,35 @@ struct Call {
     flow: Flow,
 }
 
+/// rtcd-dev (rtcd, proxy and demo page) for a call in the LAN namespace, with `rtc` settings
+/// (`RTCD_RTC_*`); the directory holds its data and must live as long as the stack.
+async fn lan_stack(
+    rtc: Vec<(String, String)>,
+) -> anyhow::Result<(tempfile::TempDir, rtcd_dev::DevStack)> {
+    let dir = tempfile::tempdir()?;
+    let stack = rtcd_dev::start(rtcd_dev::Options {
+        data_dir: dir.path().to_owned(),
+        listen: "127.0.0.1:0".into(),
+        loopback: false,
+        udp_port: 0,
+        rtc,
+    })
+    .await?;
+    Ok((dir, stack))
+}
+
 impl Call {
+    /// A call in `room` of `stack`'s demo page, nobody in it yet.
+    fn new(stack: &rtcd_dev::DevStack, room: &str) -> Self {
+        Self {
+            url: format!("http://{}/?room={room}", stack.proxy.addr()),
+            browsers: Browsers::lan(),
+            pages: Vec::new(),
+            names: Vec::new(),
+            flow: Flow::new(),
+        }
+    }
+
     /// Opens the demo page as `name` in a new `kind` browser and starts watching it.
     async fn join(&mut self, kind: BrowserKind, name: &str) -> anyhow::Result<PageId> {
         let page = self.browsers.page(kind).await?;
@@ -232,22 +260,8 @@ impl Call {
 /// Chromium when both are Firefox).
 async fn long_call(a: BrowserKind, b: BrowserKind) -> anyhow::Result<()> {
     let tag = format!("{a}-{b}");
-    let dir = tempfile::tempdir()?;
-    let stack = rtcd_dev::start(rtcd_dev::Options {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".into(),
-        loopback: false,
-        udp_port: 0,
-        rtc: Vec::new(),
-    })
-    .await?;
-    let mut call = Call {
-        url: format!("http://{}/?room=long-{tag}", stack.proxy.addr()),
-        browsers: Browsers::lan(),
-        pages: Vec::new(),
-        names: Vec::new(),
-        flow: Flow::new(),
-    };
+    let (_dir, stack) = lan_stack(Vec::new()).await?;
+    let mut call = Call::new(&stack, &format!("long-{tag}"));
     let outcome = scenario(&mut call, a, b).await;
     conclude(call, stack, &tag, outcome).await
 }
@@ -441,15 +455,7 @@ async fn selected_protocol(page: &BrowserPage) -> anyhow::Result<String> {
 /// test's namespace, so two Chromium pages can only reach rtcd over its passive TCP candidate;
 /// their call must still carry media both ways in every 5 s window for a minute.
 async fn call_over_ice_tcp() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let stack = rtcd_dev::start(rtcd_dev::Options {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".into(),
-        loopback: false,
-        udp_port: 0,
-        rtc: vec![("RTCD_RTC_ICE_PORT_TCP".into(), "0".into())],
-    })
-    .await?;
+    let (_dir, stack) = lan_stack(vec![("RTCD_RTC_ICE_PORT_TCP".into(), "0".into())]).await?;
     let tcp = stack
         .rtcd
         .sfu()
@@ -457,13 +463,7 @@ async fn call_over_ice_tcp() -> anyhow::Result<()> {
         .context("rtcd has no ICE-TCP port")?;
     block_udp(stack.rtcd.sfu().udp_addr().port()).await?;
     eprintln!("UDP to rtcd blocked; ICE-TCP on {tcp}");
-    let mut call = Call {
-        url: format!("http://{}/?room=ice-tcp", stack.proxy.addr()),
-        browsers: Browsers::lan(),
-        pages: Vec::new(),
-        names: Vec::new(),
-        flow: Flow::new(),
-    };
+    let mut call = Call::new(&stack, "ice-tcp");
     let outcome = async {
         let alice = call.join(BrowserKind::Chromium, "Alice-tcp").await?;
         let bob = call.join(BrowserKind::Chromium, "Bob-tcp").await?;
@@ -544,22 +544,8 @@ async fn cut(endpoints: &[(String, u16)]) -> anyhow::Result<()> {
 /// no rejoin, a new selected candidate pair, and media both ways in every 5 s window before
 /// the move and from shortly after it for 45 s. Alice's own flow never stops.
 async fn call_through_an_address_change() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let stack = rtcd_dev::start(rtcd_dev::Options {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".into(),
-        loopback: false,
-        udp_port: 0,
-        rtc: Vec::new(),
-    })
-    .await?;
-    let mut call = Call {
-        url: format!("http://{}/?room=moves", stack.proxy.addr()),
-        browsers: Browsers::lan(),
-        pages: Vec::new(),
-        names: Vec::new(),
-        flow: Flow::new(),
-    };
+    let (_dir, stack) = lan_stack(Vec::new()).await?;
+    let mut call = Call::new(&stack, "moves");
     let outcome = async {
         let alice = call.join(BrowserKind::Chromium, "Alice-stays").await?;
         let bob = call.join(BrowserKind::Chromium, "Bob-moves").await?;
