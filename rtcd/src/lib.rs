@@ -124,17 +124,9 @@ impl Rtcd {
                 .await
                 .map_err(|_| AuthError::Internal)??
         };
-        let cancel = CancellationToken::new();
-        let load = Arc::new(SystemLoad::default());
-        load.spawn_sampler(cancel.child_token());
-
-        let state = ApiState {
-            auth: auth.clone(),
-            health: health.clone(),
-            metrics: metrics.clone(),
-            load,
-            max_body_bytes: config.api.http.max_body_bytes,
-        };
+        // Everything that can fail comes first (listeners bound, SFU and gRPC started), and
+        // nothing serves until all of it succeeded: a failed start leaves no listener serving
+        // and no task holding the store (dropping the SFU stops its threads).
         let drain = Duration::from_secs(config.api.http.shutdown_timeout_seconds);
         let http = &config.api.http;
         let tls = if http.tls_cert_file.is_empty() {
@@ -152,6 +144,36 @@ impl Rtcd {
                 addr: config.http_addr(),
                 source,
             })?;
+        let metrics_listener = match config.metrics_addr() {
+            Some(addr) => {
+                let listener = bind(addr).await?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
+        let sfu = Sfu::new(sfu_config(&config.rtc)?, metrics.clone()).await?;
+        let grpc_cancel = CancellationToken::new();
+        let (grpc_addr, grpc_server) = start_grpc(
+            &config,
+            SignalingService::new(auth.clone(), sfu.clone()),
+            grpc_cancel.clone(),
+        )
+        .await?;
+
+        let cancel = CancellationToken::new();
+        let load = Arc::new(SystemLoad::default());
+        load.spawn_sampler(cancel.child_token());
+        let state = ApiState {
+            auth: auth.clone(),
+            health: health.clone(),
+            metrics: metrics.clone(),
+            load,
+            max_body_bytes: config.api.http.max_body_bytes,
+        };
         if tls.is_none() && !http_addr.ip().is_loopback() {
             tracing::warn!(%http_addr, "the HTTP API listens beyond loopback without TLS: client keys and the admin secret cross the network in clear; set api.http.tls_cert_file / tls_key_file");
         }
@@ -162,14 +184,7 @@ impl Rtcd {
             cancel.clone(),
             drain,
         )];
-        let mut metrics_addr = None;
-        if let Some(addr) = config.metrics_addr() {
-            let listener = bind(addr).await?;
-            metrics_addr = Some(
-                listener
-                    .local_addr()
-                    .map_err(|source| StartError::Bind { addr, source })?,
-            );
+        if let Some((listener, _)) = metrics_listener {
             servers.push(api::listener::spawn(
                 listener,
                 None,
@@ -178,14 +193,6 @@ impl Rtcd {
                 drain,
             ));
         }
-        let sfu = Sfu::new(sfu_config(&config.rtc)?, metrics.clone()).await?;
-        let grpc_cancel = CancellationToken::new();
-        let (grpc_addr, grpc_server) = start_grpc(
-            &config,
-            SignalingService::new(auth.clone(), sfu.clone()),
-            grpc_cancel.clone(),
-        )
-        .await?;
         health.set_ready();
         tracing::info!(%http_addr, ?metrics_addr, %grpc_addr, ice_udp = %sfu.udp_addr(), ice_tcp = ?sfu.tcp_addr(), store = %config.store.data_source, clients = auth.store().len(), "rtcd ready");
         Ok(Self {

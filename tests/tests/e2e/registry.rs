@@ -756,3 +756,49 @@ async fn public_endpoints_answer_in_rtcd_format() {
     }
     d.stop().await;
 }
+
+/// A start that fails late (here: the gRPC port is taken) leaves nothing behind: its HTTP port
+/// serves nothing and is free, and its store is closed, so a corrected start on the same port
+/// and data directory works at once.
+#[tokio::test]
+async fn a_failed_start_leaves_no_listener_and_releases_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let http = format!("127.0.0.1:{http_port}");
+    let grpc_taken = taken.local_addr().unwrap().to_string();
+    let env = |grpc: &str| {
+        rtcd_e2e::daemon::test_env(
+            dir.path(),
+            &[
+                ("RTCD_API_HTTP_LISTEN_ADDRESS", http.as_str()),
+                ("RTCD_GRPC_LISTEN_ADDRESS", grpc),
+            ],
+        )
+    };
+    let config = rtcd::config::Config::load(None, env(&grpc_taken)).unwrap();
+    let failed = rtcd::Rtcd::start(config).await;
+    let error = failed.err().expect("the gRPC port is taken").to_string();
+    assert!(error.contains(&grpc_taken), "{error}");
+    // Nothing answers on the HTTP port.
+    assert!(
+        tokio::net::TcpStream::connect(&http).await.is_err(),
+        "the failed start left its HTTP listener serving"
+    );
+    // The same port and data directory work for the corrected start.
+    let config = rtcd::config::Config::load(None, env("127.0.0.1:0")).unwrap();
+    let rtcd = rtcd::Rtcd::start(config)
+        .await
+        .expect("a corrected start on the same port and store");
+    assert_eq!(rtcd.http_addr().port(), http_port);
+    let health = client()
+        .get(format!("http://{http}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    rtcd.shutdown().await;
+}
