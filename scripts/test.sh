@@ -21,11 +21,12 @@ echo "== system packages"
 # WebDriver BiDi; they fail (never skip) without them.
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/firefox-esr ] \
 	|| ! command -v ip >/dev/null || ! command -v nft >/dev/null || ! command -v openssl >/dev/null \
-	|| ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl; then
-	need_root "installing chromium, chromium-driver, firefox-esr, iproute2, nftables (blocking UDP for the ICE-TCP test), openssl (test PKI), pkg-config and libssl-dev (the load tool's WebRTC stack)"
+	|| ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl \
+	|| ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then
+	need_root "installing chromium, chromium-driver, firefox-esr, iproute2, nftables (blocking UDP for the ICE-TCP test), openssl (test PKI), pkg-config and libssl-dev (the load tool's WebRTC stack), python3-seccomp (rtcd under the systemd unit's address-family filter)"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update
-	apt-get install -y --no-install-recommends chromium chromium-driver firefox-esr iproute2 nftables openssl pkg-config libssl-dev
+	apt-get install -y --no-install-recommends chromium chromium-driver firefox-esr iproute2 nftables openssl pkg-config libssl-dev python3 python3-seccomp
 fi
 for bin in /usr/bin/chromium /usr/bin/chromedriver /usr/bin/firefox-esr; do
 	if [ ! -x "$bin" ]; then

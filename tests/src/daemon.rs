@@ -124,7 +124,25 @@ pub struct RtcdProcess {
 impl RtcdProcess {
     /// Runs `bin serve` with `env` (no inherited RTCD_* variables) and JSON debug logs.
     pub fn spawn(bin: &Path, env: &[(String, String)]) -> anyhow::Result<Self> {
-        let mut cmd = tokio::process::Command::new(bin);
+        Self::spawn_wrapped(&[], bin, env)
+    }
+
+    /// Like [`RtcdProcess::spawn`], run through `wrapper` (a program and its arguments that
+    /// end by executing the rest of their command line, e.g. one that restricts the process
+    /// first).
+    pub fn spawn_wrapped(
+        wrapper: &[&str],
+        bin: &Path,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(args).arg(bin);
+                cmd
+            }
+            None => tokio::process::Command::new(bin),
+        };
         cmd.arg("serve")
             .env_clear()
             .envs(env.iter().cloned())

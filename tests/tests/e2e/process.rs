@@ -376,3 +376,77 @@ async fn https_when_certificate_and_key_are_configured() {
     .unwrap_err();
     assert!(err.to_string().contains("api.http.tls_cert_file"), "{err}");
 }
+
+/// Runs the rest of its command line under a seccomp filter with systemd's
+/// `RestrictAddressFamilies=` semantics: `socket()` with a family not in the comma-separated
+/// list (argument 1) fails with EAFNOSUPPORT (libseccomp's Python bindings, Debian's
+/// python3-seccomp).
+const RESTRICT_FAMILIES: &str = r#"
+import errno, os, socket, sys
+import seccomp
+allowed = {int(getattr(socket, name)) for name in sys.argv[1].split(",")}
+f = seccomp.SyscallFilter(seccomp.ALLOW)
+for family in range(64):
+    if family not in allowed:
+        f.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket", seccomp.Arg(0, seccomp.EQ, family))
+f.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket", seccomp.Arg(0, seccomp.GE, 64))
+f.load()
+os.execv(sys.argv[2], sys.argv[2:])
+"#;
+
+/// rtcd under `deploy/rtcd.service`'s address-family restriction (issue 16 #11): with a
+/// wildcard media address it lists the interfaces (getifaddrs, a netlink socket) to find the
+/// address to advertise. It starts under the unit's list, and, as the control that the
+/// restriction is applied at all, fails without AF_NETLINK, naming the cause.
+#[tokio::test]
+async fn rtcd_starts_under_the_systemd_units_address_family_restriction() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/rtcd.service"
+    ))
+    .unwrap();
+    let families: Vec<&str> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("RestrictAddressFamilies="))
+        .expect("the unit restricts address families")
+        .split_whitespace()
+        .collect();
+    let bin = Path::new(env!("CARGO_BIN_EXE_rtcd-under-test"));
+    let run = |families: String| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let env = test_env(
+            dir.path(),
+            &[
+                ("RTCD_RTC_ICE_ADDRESS_UDP", "0.0.0.0"),
+                ("RTCD_GRPC_LISTEN_ADDRESS", "127.0.0.1:0"),
+            ],
+        );
+        // Debian's Python, which has the Debian package (scripts/test.sh installs it).
+        let wrapper = [
+            "/usr/bin/python3",
+            "-c",
+            RESTRICT_FAMILIES,
+            families.as_str(),
+        ];
+        let mut rtcd = RtcdProcess::spawn_wrapped(&wrapper, bin, &env).unwrap();
+        let ready = rtcd.ready().await;
+        if ready.is_ok() {
+            rtcd.signal("TERM").unwrap();
+        }
+        let _ = rtcd.wait().await;
+        (ready.is_ok(), rtcd.log.join("\n"))
+    };
+    let (ok, log) = run(families.join(",")).await;
+    assert!(ok, "rtcd under {families:?} did not start:\n{log}");
+    let without: Vec<&str> = families
+        .iter()
+        .copied()
+        .filter(|f| *f != "AF_NETLINK")
+        .collect();
+    let (ok, log) = run(without.join(",")).await;
+    assert!(
+        !ok,
+        "the filter is not applied: rtcd started without AF_NETLINK"
+    );
+    assert!(log.contains("cannot list interfaces"), "{log}");
+}
