@@ -4,6 +4,11 @@
 //! and the answer made. The target is under 0.5 ms. `identity` shows what generating a
 //! certificate per peer (as webrtc-rs 0.17's engine does) would add.
 //!
+//! `join, Chromium's offer` applies a real browser's first offer instead
+//! (`tests/fixtures/chromium-offer.sdp`: Debian's headless Chromium 156: microphone and camera
+//! `sendrecv` plus one more receiving audio and video section, with all of Chromium's codecs;
+//! rtcd trims what it cannot answer first).
+//!
 //! Run: `cargo bench -p rtcd-e2e --bench engine`.
 
 use std::time::{Duration, Instant};
@@ -57,6 +62,14 @@ fn bench(c: &mut Criterion) {
             let now = Instant::now();
             let mut peer = Peer::new(&identity, &settings, now).unwrap();
             peer.apply_offer(&offer, now).unwrap()
+        })
+    });
+    let chromium = include_str!("../fixtures/chromium-offer.sdp");
+    c.bench_function("join, Chromium's offer", |b| {
+        b.iter(|| {
+            let now = Instant::now();
+            let mut peer = Peer::new(&identity, &settings, now).unwrap();
+            peer.apply_offer(chromium, now).unwrap()
         })
     });
     c.bench_function("identity (a DTLS certificate)", |b| {
