@@ -279,32 +279,7 @@ impl Turn {
         let secret = config
             .signing_secret()?
             .ok_or_else(|| "turn.secrets: no secret".to_owned())?;
-        let mut roots = rustls::RootCertStore::empty();
-        if config.probe_ca_file.is_empty() {
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        } else {
-            let pem = std::fs::read(&config.probe_ca_file)
-                .map_err(|e| format!("turn.probe_ca_file {}: {e}", config.probe_ca_file))?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| format!("turn.probe_ca_file: {e}"))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("turn.probe_ca_file: {e}"))?;
-            }
-            if roots.is_empty() {
-                return Err(format!(
-                    "turn.probe_ca_file {}: no certificate in it",
-                    config.probe_ca_file
-                ));
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = probe_tls_config(&config.probe_ca_file)?;
         let status = urls
             .iter()
             .map(|u| (u.raw.clone(), (ProbeStatus::Unknown, String::new())))
@@ -314,7 +289,7 @@ impl Turn {
             secret,
             lifetime: Duration::from_secs(config.credential_lifetime_seconds),
             timeout: Duration::from_secs(config.probe_timeout_seconds),
-            tls: Arc::new(tls),
+            tls,
             status: Mutex::new(status),
         }))
     }
@@ -389,6 +364,36 @@ impl Turn {
     pub fn status(&self) -> BTreeMap<String, (ProbeStatus, String)> {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// The TLS client configuration of `turns:` probes: the CA bundle in `ca_file`, or the web PKI
+/// roots when it is empty.
+pub fn probe_tls_config(ca_file: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if ca_file.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else {
+        let pem = std::fs::read(ca_file).map_err(|e| format!("turn.probe_ca_file {ca_file}: {e}"))?;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("turn.probe_ca_file: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("turn.probe_ca_file: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err(format!(
+                "turn.probe_ca_file {ca_file}: no certificate in it"
+            ));
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(tls))
 }
 
 // ---- a minimal STUN / TURN client (RFC 5389, RFC 5766) --------------------------------------
