@@ -1476,7 +1476,10 @@ mod tests {
         assert_eq!(c.turn.urls.len(), 2);
         assert_eq!(c.turn.credential_lifetime_seconds, 4 * 3600);
         assert_eq!(c.turn.secrets[0].expose(), TURN_SECRET);
-        assert!(!format!("{c:?}").contains(TURN_SECRET), "Debug prints a TURN secret");
+        assert!(
+            !format!("{c:?}").contains(TURN_SECRET),
+            "Debug prints a TURN secret"
+        );
         let cases: &[(&str, &str, &str)] = &[
             ("PROXY_TURN_URLS", "stun:turn.example.com", "turn.urls[0]"),
             (
@@ -1501,13 +1504,28 @@ mod tests {
                 "604800",
                 "turn.credential_lifetime_seconds",
             ),
-            ("PROXY_TURN_PROBE_TIMEOUT_SECONDS", "0", "turn.probe_timeout_seconds"),
-            ("PROXY_TURN_PROBE_CA_FILE", "/nonexistent.pem", "turn.probe_ca_file"),
-            ("PROXY_TURN_SECRETS_FILE", "/nonexistent", "turn.secrets_file"),
+            (
+                "PROXY_TURN_PROBE_TIMEOUT_SECONDS",
+                "0",
+                "turn.probe_timeout_seconds",
+            ),
+            (
+                "PROXY_TURN_PROBE_CA_FILE",
+                "/nonexistent.pem",
+                "turn.probe_ca_file",
+            ),
+            (
+                "PROXY_TURN_SECRETS_FILE",
+                "/nonexistent",
+                "turn.secrets_file",
+            ),
         ];
         for (var, value, needle) in cases {
             let e = turn(&[(var, value)]).unwrap_err().to_string();
-            assert!(e.contains(needle), "{var}={value}: `{e}` should name {needle}");
+            assert!(
+                e.contains(needle),
+                "{var}={value}: `{e}` should name {needle}"
+            );
             assert!(!e.contains(TURN_SECRET), "{e} leaks the secret");
         }
         // A secret without URLs is a mistake too.

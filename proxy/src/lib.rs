@@ -205,7 +205,10 @@ impl Proxy {
 /// secret differs) stops the start, with the URL and the fix in the error; an unreachable one
 /// is only logged (it may come up later). Then re-probes every `interval_seconds` (0: never),
 /// which `/readyz` and the logs report.
-async fn start_turn_probes(turn: &Arc<turn::Turn>, interval_seconds: u64) -> Result<(), StartError> {
+async fn start_turn_probes(
+    turn: &Arc<turn::Turn>,
+    interval_seconds: u64,
+) -> Result<(), StartError> {
     let failures = turn.probe_all().await;
     let unauthorized: Vec<String> = failures
         .iter()

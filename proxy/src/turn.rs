@@ -362,7 +362,10 @@ impl Turn {
 
     /// The last probe result per URL: (status, detail).
     pub fn status(&self) -> BTreeMap<String, (ProbeStatus, String)> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -373,7 +376,8 @@ pub fn probe_tls_config(ca_file: &str) -> Result<Arc<rustls::ClientConfig>, Stri
     if ca_file.is_empty() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     } else {
-        let pem = std::fs::read(ca_file).map_err(|e| format!("turn.probe_ca_file {ca_file}: {e}"))?;
+        let pem =
+            std::fs::read(ca_file).map_err(|e| format!("turn.probe_ca_file {ca_file}: {e}"))?;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             let cert = cert.map_err(|e| format!("turn.probe_ca_file: {e}"))?;
             roots

@@ -519,7 +519,9 @@ impl Browsers {
             BrowserKind::Chromium => {
                 let driver = self
                     .chromedriver
-                    .get_or_try_init(|| Chromedriver::start_with(!self.lan, self.chromium_args.clone()))
+                    .get_or_try_init(|| {
+                        Chromedriver::start_with(!self.lan, self.chromium_args.clone())
+                    })
                     .await?;
                 BrowserPage::Chromium(driver.page().await?)
             }

@@ -69,7 +69,8 @@ impl Coturn {
         make_pki(dir.path(), addr)?;
         let conf = dir.path().join("turnserver.conf");
         std::fs::write(&conf, config(&options, addr, dir.path()))?;
-        let log = std::fs::File::create(dir.path().join("turnserver.log"))?;
+        // Its own log goes to turnserver.log (log-file); anything else it prints, here.
+        let log = std::fs::File::create(dir.path().join("turnserver.out"))?;
         let (near, far) = (format!("tn{n}"), format!("tf{n}"));
 
         let (tid_tx, tid_rx) = std::sync::mpsc::channel::<String>();
@@ -164,9 +165,14 @@ impl Coturn {
         spki_sha256(&self.dir.path().join("turn.pem"))
     }
 
-    /// coturn's log so far.
+    /// coturn's log so far (and what it printed outside it).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("turnserver.log")).unwrap_or_default()
+        // Lossy: coturn's verbose log is not always UTF-8.
+        let read = |name: &str| {
+            String::from_utf8_lossy(&std::fs::read(self.dir.path().join(name)).unwrap_or_default())
+                .into_owned()
+        };
+        read("turnserver.out") + &read("turnserver.log")
     }
 }
 
@@ -198,7 +204,7 @@ fn config(o: &CoturnOptions, addr: Ipv4Addr, dir: &Path) -> String {
          denied-peer-ip=192.168.0.0-192.168.255.255\n\
          allowed-peer-ip={media}\n\
          max-allocate-lifetime={life}\n\
-         userdb={d}/turndb\npidfile={d}/turnserver.pid\nlog-file=stdout\nsimple-log\nverbose\n",
+         userdb={d}/turndb\npidfile={d}/turnserver.pid\nlog-file={d}/turnserver.log\nsimple-log\nno-stdout-log\nverbose\n",
         d = dir.display(),
         media = o.media_host,
         life = o.max_allocate_lifetime,
@@ -236,7 +242,13 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<Vec<u8>> {
 
 /// `ca.pem` / `ca.key` and `turn.pem` / `turn.key` for `addr` (IP SAN) in `dir`.
 fn make_pki(dir: &Path, addr: Ipv4Addr) -> anyhow::Result<()> {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
     ca.extend([
@@ -296,13 +308,7 @@ fn spki_sha256(cert: &Path) -> anyhow::Result<String> {
     let name = cert.file_name().context("certificate name")?;
     let pubkey = openssl(
         dir,
-        &[
-            "x509",
-            "-in",
-            &name.to_string_lossy(),
-            "-noout",
-            "-pubkey",
-        ],
+        &["x509", "-in", &name.to_string_lossy(), "-noout", "-pubkey"],
     )?;
     std::fs::write(dir.join("spki.pem"), pubkey)?;
     openssl(

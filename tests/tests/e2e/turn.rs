@@ -55,7 +55,13 @@ async fn stack(
             listen: "127.0.0.1:0".into(),
             loopback: false,
             udp_port: 0,
-            rtc: vec![("RTCD_RTC_ICE_HOST_OVERRIDE".into(), LAN_ADDR.to_string())],
+            // Bound to the advertised address: replies to the relay must come from the address
+            // coturn has a permission for (an unbound socket would answer from the address
+            // of the route towards coturn, which coturn drops; docs/turn.md).
+            rtc: vec![
+                ("RTCD_RTC_ICE_HOST_OVERRIDE".into(), LAN_ADDR.to_string()),
+                ("RTCD_RTC_ICE_ADDRESS_UDP".into(), LAN_ADDR.to_string()),
+            ],
         },
         move |c| {
             c.turn.urls = urls;
@@ -115,7 +121,10 @@ fn coturn_refuses_forged_and_expired_credentials_and_accepts_both_rotation_secre
         let now = unix_now();
         let valid = rest_credential(SECRET.as_bytes(), "alice", now + 600);
         let rotated = rest_credential(NEXT_SECRET.as_bytes(), "alice", now + 600);
-        let forged = (valid.0.clone(), "bm90LXRoZS1yaWdodC1wYXNzd29yZA==".to_owned());
+        let forged = (
+            valid.0.clone(),
+            "bm90LXRoZS1yaWdodC1wYXNzd29yZA==".to_owned(),
+        );
         let foreign = rest_credential(
             b"a-secret-coturn-has-never-heard-of-0123456789",
             "alice",
@@ -241,7 +250,9 @@ fn proxy_with_a_wrong_turn_secret_does_not_start_and_readyz_reports_each_turn_se
         ensure!(servers[0]["urls"] == json!(coturn.urls()), "{joined}");
         let username = servers[0]["username"].as_str().context("username")?;
         let credential = servers[0]["credential"].as_str().context("credential")?;
-        let expires_at = joined["ice_servers_expires_at"].as_i64().context("expiry")?;
+        let expires_at = joined["ice_servers_expires_at"]
+            .as_i64()
+            .context("expiry")?;
         let identity = joined["identity"].as_str().context("identity")?;
         ensure!(
             username == format!("{expires_at}:{identity}"),
@@ -249,7 +260,10 @@ fn proxy_with_a_wrong_turn_secret_does_not_start_and_readyz_reports_each_turn_se
         );
         let lifetime = expires_at - unix_now();
         ensure!((3590..=3600).contains(&lifetime), "lifetime {lifetime}");
-        ensure!(!joined.to_string().contains(SECRET), "joined leaks the secret");
+        ensure!(
+            !joined.to_string().contains(SECRET),
+            "joined leaks the secret"
+        );
         allocate_with_webrtc_rs(&coturn, username, credential)
             .await
             .context("coturn refuses the credentials of joined")?;
@@ -260,7 +274,10 @@ fn proxy_with_a_wrong_turn_secret_does_not_start_and_readyz_reports_each_turn_se
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let (status, body) = readyz(http.clone(), base.clone()).await?;
-            ensure!(status == 200, "readiness must not depend on TURN: {status} {body}");
+            ensure!(
+                status == 200,
+                "readiness must not depend on TURN: {status} {body}"
+            );
             let turn = body["turn"].as_object().context("no turn in readyz")?;
             if turn.values().all(|v| v["status"] == "failed") {
                 eprintln!("readyz after coturn stopped: {body}");
@@ -280,9 +297,8 @@ fn proxy_with_a_wrong_turn_secret_does_not_start_and_readyz_reports_each_turn_se
 /// relay; `tcp` also drops UDP to coturn, `tls` also TCP 3478 (only TLS on 5349 is left).
 async fn hostile_network(rtcd_port: u16, coturn: &Coturn, transport: &str) -> anyhow::Result<()> {
     let relay = coturn.addr;
-    let mut output = format!(
-        "udp dport {rtcd_port} drop; ip daddr != {relay} udp sport {rtcd_port} drop; "
-    );
+    let mut output =
+        format!("udp dport {rtcd_port} drop; ip daddr != {relay} udp sport {rtcd_port} drop; ");
     if transport != "udp" {
         output.push_str(&format!("ip daddr {relay} udp dport 3478 drop; "));
     }
@@ -322,7 +338,7 @@ async fn selected_local_candidate(page: &BrowserPage) -> anyhow::Result<Value> {
              pair = r.get(s.selectedCandidatePairId); });\
            const l = pair && r.get(pair.localCandidateId);\
            done(l ? {type: l.candidateType, relayProtocol: l.relayProtocol || '',\
-             protocol: l.protocol, address: l.address || ''} : null); },\
+             protocol: l.protocol, address: l.address || '', port: l.port} : null); },\
            (e) => done('error: ' + e));",
         json!([]),
     )
@@ -393,7 +409,15 @@ async fn relayed_call(transport: &'static str) -> anyhow::Result<()> {
     .await;
     if outcome.is_err() {
         eprintln!("coturn log (last 40 lines):");
-        for line in coturn.log().lines().rev().take(40).collect::<Vec<_>>().iter().rev() {
+        for line in coturn
+            .log()
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .iter()
+            .rev()
+        {
             eprintln!("  {line}");
         }
     }
@@ -470,32 +494,65 @@ async fn refresh_scenario() -> anyhow::Result<()> {
             "the peer connection was not given the fresh credentials: {applied}"
         );
         // Past the first credentials' expiry by two allocation refreshes: still flowing.
+        call.hold(Duration::from_secs((first_expiry + 1 - unix_now()).max(0) as u64))
+            .await?;
+        let log_at_expiry = coturn.log().len();
         let past_expiry = (first_expiry + 35 - unix_now()).max(0) as u64;
         call.hold(Duration::from_secs(past_expiry)).await?;
+        // The allocation made with them was refreshed after they expired, with their
+        // username (Chromium every 15 s under coturn's 30 s max-allocate-lifetime).
+        let refreshed = format!("user <{first_user}>: incoming packet REFRESH processed, success");
+        let log = coturn.log();
+        let after: Vec<&str> = log[log_at_expiry..]
+            .lines()
+            .filter(|l| l.contains(&first_user))
+            .collect();
+        eprintln!("coturn about {first_user} after its expiry: {after:#?}");
+        let since_expiry = log[log_at_expiry..].matches(&refreshed).count();
+        ensure!(
+            since_expiry >= 1,
+            "coturn refreshed no allocation of {first_user} after it expired"
+        );
+        eprintln!("{since_expiry} allocation refreshes with the expired {first_user}");
         ensure_relayed(&call, &coturn, "udp").await?;
         ensure!(
             unix_now() > first_expiry + 30,
             "the call did not outlive the first credentials"
         );
         // An ICE restart now needs a new allocation: only the fresh credentials get one.
+        let before = selected_local_candidate(&call.pages[alice]).await?;
+        let current_user = call.pages[alice]
+            .eval("return rtcd.proxyIceServers[0].username;", json!([]))
+            .await?
+            .as_str()
+            .context("current username")?
+            .to_owned();
+        ensure!(current_user != first_user, "still the first credentials");
         call.pages[alice]
             .eval("rtcd.restartIce(); return true;", json!([]))
             .await?;
         call.hold(Duration::from_secs(20)).await?;
         ensure_relayed(&call, &coturn, "udp").await?;
-        let log = coturn.log();
+        let after = selected_local_candidate(&call.pages[alice]).await?;
         ensure!(
-            log.lines().any(|l| l.contains(&second_user) && l.contains("ALLOCATE") && l.contains("success")),
-            "coturn allocated nothing with the fresh credentials {second_user}"
+            before["port"] != after["port"],
+            "Alice still uses the relay port of before the ICE restart: {before} / {after}"
         );
+        let log = coturn.log();
+        let allocated = format!("user <{current_user}>: incoming packet ALLOCATE processed, success");
+        ensure!(
+            log.contains(&allocated),
+            "coturn allocated nothing with the fresh credentials {current_user}"
+        );
+        eprintln!("ICE restart allocated with {current_user}: {before} -> {after}");
         Ok(())
     }
     .await;
-    if outcome.is_err() {
-        eprintln!("coturn log (last 60 lines):");
-        for line in coturn.log().lines().rev().take(60).collect::<Vec<_>>().iter().rev() {
-            eprintln!("  {line}");
-        }
+    let saved = rtcd_e2e::browser::artifacts_dir().join("turn-refresh-coturn.log");
+    if std::fs::create_dir_all(rtcd_e2e::browser::artifacts_dir()).is_ok()
+        && std::fs::write(&saved, coturn.log()).is_ok()
+    {
+        eprintln!("coturn log: {}", saved.display());
     }
     conclude(call, stack, "turn-refresh", outcome).await
 }
