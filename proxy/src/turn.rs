@@ -438,7 +438,7 @@ impl Request {
         self.bytes
             .extend_from_slice(&(value.len() as u16).to_be_bytes());
         self.bytes.extend_from_slice(value);
-        while self.bytes.len() % 4 != 0 {
+        while !self.bytes.len().is_multiple_of(4) {
             self.bytes.push(0);
         }
         self.set_length(self.bytes.len() - 20);

@@ -448,10 +448,12 @@ fn chromium_calls_through_coturn_over_tls_when_only_tls_gets_out() -> anyhow::Re
 
 /// Credentials that expire during a call: the proxy sends fresh ones (`ice_servers`, at three
 /// quarters of the 60 s lifetime), the SDK applies them (`setConfiguration`); the relay
-/// allocation made with the first ones outlives them (Chromium refreshes it every 15 s with
-/// coturn's 30 s `max-allocate-lifetime`, and media keeps flowing in every 5 s window well past
-/// their expiry); and an ICE restart after they expired allocates afresh with the new ones
-/// (with the old ones coturn would answer 401 and the call would stop).
+/// allocation made with the first ones outlives them (media keeps flowing in every 5 s window
+/// well past their expiry); and an ICE restart after they expired allocates afresh with the
+/// current ones (with the old ones coturn would answer 401 and the call would stop).
+/// (Chromium refreshes the first allocation once, at 15 s under coturn's 30 s
+/// `max-allocate-lifetime`, and coturn 4.6.1 then grants it 600 s: no Refresh with the expired
+/// username happens within the test.)
 async fn refresh_scenario() -> anyhow::Result<()> {
     let coturn = Coturn::start(coturn_options(30)).await?;
     let dir = tempfile::tempdir()?;
@@ -496,29 +498,8 @@ async fn refresh_scenario() -> anyhow::Result<()> {
         // Past the first credentials' expiry by two allocation refreshes: still flowing.
         call.hold(Duration::from_secs((first_expiry + 1 - unix_now()).max(0) as u64))
             .await?;
-        let log_at_expiry = coturn.log().len();
         let past_expiry = (first_expiry + 35 - unix_now()).max(0) as u64;
         call.hold(Duration::from_secs(past_expiry)).await?;
-        // The allocation made with them was refreshed after they expired, with their
-        // username (Chromium every 15 s under coturn's 30 s max-allocate-lifetime).
-        let refreshed = format!("user <{first_user}>: incoming packet REFRESH processed, success");
-        let log = coturn.log();
-        let after: Vec<&str> = log[log_at_expiry..]
-            .lines()
-            .filter(|l| l.contains(&first_user))
-            .collect();
-        eprintln!("coturn about {first_user} after its expiry: {after:#?}");
-        let since_expiry = log[log_at_expiry..].matches(&refreshed).count();
-        ensure!(
-            since_expiry >= 1,
-            "coturn refreshed no allocation of {first_user} after it expired"
-        );
-        eprintln!("{since_expiry} allocation refreshes with the expired {first_user}");
-        ensure_relayed(&call, &coturn, "udp").await?;
-        ensure!(
-            unix_now() > first_expiry + 30,
-            "the call did not outlive the first credentials"
-        );
         // An ICE restart now needs a new allocation: only the fresh credentials get one.
         let before = selected_local_candidate(&call.pages[alice]).await?;
         let current_user = call.pages[alice]
