@@ -21,14 +21,19 @@ echo "== system packages"
 # WebDriver BiDi; they fail (never skip) without them.
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/firefox-esr ] \
 	|| ! command -v ip >/dev/null || ! command -v nft >/dev/null || ! command -v openssl >/dev/null \
-	|| ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl \
+	|| ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl || [ ! -x /usr/bin/turnserver ] \
 	|| ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then
-	need_root "installing chromium, chromium-driver, firefox-esr, iproute2, nftables (blocking UDP for the ICE-TCP test), openssl (test PKI), pkg-config and libssl-dev (the load tool's WebRTC stack), python3-seccomp (rtcd under the systemd unit's address-family filter)"
+	need_root "installing chromium, chromium-driver, firefox-esr, iproute2, nftables (blocking UDP for the ICE-TCP and TURN tests), openssl (test PKI), pkg-config and libssl-dev (the load tool's WebRTC stack), coturn (the TURN tests), python3-seccomp (rtcd under the systemd unit's address-family filter)"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update
-	apt-get install -y --no-install-recommends chromium chromium-driver firefox-esr iproute2 nftables openssl pkg-config libssl-dev python3 python3-seccomp
+	apt-get install -y --no-install-recommends chromium chromium-driver firefox-esr iproute2 nftables openssl pkg-config libssl-dev coturn python3 python3-seccomp
+	# The tests start their own turnserver processes (tests/src/coturn.rs); the package's
+	# system-wide service must not run (policy-rc.d may already have kept it from starting).
+	if command -v systemctl >/dev/null; then
+		systemctl disable --now coturn >/dev/null 2>&1 || true
+	fi
 fi
-for bin in /usr/bin/chromium /usr/bin/chromedriver /usr/bin/firefox-esr; do
+for bin in /usr/bin/chromium /usr/bin/chromedriver /usr/bin/firefox-esr /usr/bin/turnserver; do
 	if [ ! -x "$bin" ]; then
 		echo "scripts/test.sh: $bin is still missing after apt-get install; the browser tests cannot run" >&2
 		exit 1

@@ -61,6 +61,16 @@ impl DevStack {
 
 /// Starts rtcd and the proxy wired together, creating the secrets on first use.
 pub async fn start(args: Options) -> anyhow::Result<DevStack> {
+    start_with_proxy(args, |_| {}).await
+}
+
+/// Like [`start`], with a last say over the proxy's configuration (e.g. `[turn]`) before it
+/// is validated and started. A separate function rather than a field of [`Options`], so
+/// existing callers are unaffected.
+pub async fn start_with_proxy(
+    args: Options,
+    proxy: impl FnOnce(&mut rtcd_proxy::config::Config),
+) -> anyhow::Result<DevStack> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let admin_secret = secret_file(&args.data_dir.join("admin-secret"))?;
@@ -139,11 +149,26 @@ pub async fn start(args: Options) -> anyhow::Result<DevStack> {
         health_interval_seconds: 2,
         ..RtcdConfig::default()
     };
-    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    proxy(&mut config);
     let cancel = CancellationToken::new();
-    let relay = rtcd_proxy::relay::rtcd::RtcdRelay::start(&config.rtcd, cancel.clone()).await?;
-    let proxy =
-        rtcd_proxy::Proxy::start(config, Some(relay as Arc<dyn rtcd_proxy::relay::Relay>)).await?;
+    let started = async {
+        config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let relay = rtcd_proxy::relay::rtcd::RtcdRelay::start(&config.rtcd, cancel.clone()).await?;
+        anyhow::Ok(
+            rtcd_proxy::Proxy::start(config, Some(relay as Arc<dyn rtcd_proxy::relay::Relay>))
+                .await?,
+        )
+    }
+    .await;
+    let proxy = match started {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            // rtcd is already up: stop it, so a refused proxy config leaves nothing running.
+            cancel.cancel();
+            rtcd.shutdown().await;
+            return Err(e);
+        }
+    };
     tracing::warn!(
         "DEVELOPMENT MODE: /dev/token mints tokens for anyone who can reach {}",
         proxy.addr()

@@ -97,6 +97,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The media daemon sessions are relayed to.
     pub rtcd: RtcdConfig,
+    /// TURN servers clients may relay through, and their credentials (docs/turn.md).
+    pub turn: TurnConfig,
     /// Log level and format.
     pub logger: LoggerConfig,
 }
@@ -507,6 +509,76 @@ impl Default for RtcdConfig {
     }
 }
 
+/// Shortest TURN credential lifetime accepted: a client needs time to apply refreshed
+/// credentials (they are re-issued at three quarters of the lifetime).
+pub const MIN_TURN_LIFETIME_SECONDS: u64 = 60;
+/// Longest TURN credential lifetime accepted: a leaked credential relays through the server
+/// until it expires, so hours, not days (Mattermost caps at under a week, LiveKit uses 4 h).
+pub const MAX_TURN_LIFETIME_SECONDS: u64 = 24 * 3600;
+
+/// `[turn]`: TURN servers (coturn with `use-auth-secret`) handed to clients with short-lived
+/// credentials, for networks that block UDP to rtcd (docs/turn.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// `turn:host:3478?transport=udp`, `turn:host:3478?transport=tcp`,
+    /// `turns:host:5349?transport=tcp` (RFC 7065). Empty: no TURN (joined carries no
+    /// `ice_servers`). All share the credentials, so list servers sharing one secret.
+    pub urls: Vec<String>,
+    /// Shared secrets (coturn's `static-auth-secret`). Credentials are signed with the first;
+    /// the rest are listed for rotation bookkeeping only (coturn accepts all of them). Prefer
+    /// `secrets_file` or `PROXY_TURN_SECRETS`.
+    pub secrets: Vec<SecretString>,
+    /// File with one secret per line (first line signs); instead of `secrets`.
+    pub secrets_file: String,
+    /// How long issued credentials are valid; re-issued (`ice_servers` message) at three
+    /// quarters of it. 60 s to 24 h.
+    pub credential_lifetime_seconds: u64,
+    /// How often each URL is probed with a real TURN Allocate (0 = only at start). At start
+    /// a 401 (the secret is wrong) stops the proxy; later results go to `/readyz` and logs.
+    pub probe_interval_seconds: u64,
+    /// Timeout of one probe.
+    pub probe_timeout_seconds: u64,
+    /// PEM CA bundle to verify `turns:` servers while probing ("" = web PKI roots).
+    pub probe_ca_file: String,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            secrets: Vec::new(),
+            secrets_file: String::new(),
+            credential_lifetime_seconds: 4 * 3600,
+            probe_interval_seconds: 60,
+            probe_timeout_seconds: 5,
+            probe_ca_file: String::new(),
+        }
+    }
+}
+
+impl TurnConfig {
+    /// The secrets from `secrets` or `secrets_file`, in order.
+    pub fn all_secrets(&self) -> Result<Vec<SecretString>, String> {
+        if self.secrets_file.is_empty() {
+            return Ok(self.secrets.clone());
+        }
+        let text = std::fs::read_to_string(&self.secrets_file)
+            .map_err(|e| format!("{}: {e}", self.secrets_file))?;
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(SecretString::new)
+            .collect())
+    }
+
+    /// The secret credentials are signed with (the first), if any.
+    pub fn signing_secret(&self) -> Result<Option<SecretString>, String> {
+        Ok(self.all_secrets()?.into_iter().next())
+    }
+}
+
 /// `[logger]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -672,6 +744,7 @@ impl Config {
         }
         self.validate_auth()?;
         self.validate_rtcd()?;
+        self.validate_turn()?;
         tracing_subscriber::EnvFilter::try_new(&self.logger.level)
             .map_err(|e| invalid("logger.level", e.to_string()))?;
         Ok(())
@@ -902,6 +975,69 @@ impl Config {
             return Err(invalid(
                 "rtcd.client_key_file",
                 "client_cert_file and client_key_file go together",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_turn(&self) -> Result<(), ConfigError> {
+        let t = &self.turn;
+        let secrets_key = if t.secrets_file.is_empty() {
+            "turn.secrets"
+        } else {
+            "turn.secrets_file"
+        };
+        if !t.secrets_file.is_empty() && !t.secrets.is_empty() {
+            return Err(invalid(
+                "turn.secrets_file",
+                "set secrets or secrets_file, not both",
+            ));
+        }
+        let secrets = t.all_secrets().map_err(|m| invalid(secrets_key, m))?;
+        if t.urls.is_empty() {
+            if !secrets.is_empty() {
+                return Err(invalid(
+                    "turn.urls",
+                    "a TURN secret is set but no TURN URL: list the servers (turn:host:3478?transport=udp, ...)",
+                ));
+            }
+            return Ok(());
+        }
+        for (i, url) in t.urls.iter().enumerate() {
+            crate::turn::TurnUrl::parse(url).map_err(|m| invalid(format!("turn.urls[{i}]"), m))?;
+        }
+        if secrets.is_empty() {
+            return Err(invalid(
+                secrets_key,
+                "required with turn.urls: coturn's static-auth-secret (the first signs)",
+            ));
+        }
+        for (i, secret) in secrets.iter().enumerate() {
+            if let Some(why) = weak_secret(secret.expose().as_bytes()) {
+                return Err(invalid(format!("{secrets_key}[{i}]"), why));
+            }
+        }
+        if !(MIN_TURN_LIFETIME_SECONDS..=MAX_TURN_LIFETIME_SECONDS)
+            .contains(&t.credential_lifetime_seconds)
+        {
+            return Err(invalid(
+                "turn.credential_lifetime_seconds",
+                format!(
+                    "must be between {MIN_TURN_LIFETIME_SECONDS} and {MAX_TURN_LIFETIME_SECONDS} (24 h), got {}",
+                    t.credential_lifetime_seconds
+                ),
+            ));
+        }
+        if t.probe_timeout_seconds == 0 || t.probe_timeout_seconds > 60 {
+            return Err(invalid(
+                "turn.probe_timeout_seconds",
+                "must be between 1 and 60",
+            ));
+        }
+        if !t.probe_ca_file.is_empty() && !Path::new(&t.probe_ca_file).is_file() {
+            return Err(invalid(
+                "turn.probe_ca_file",
+                format!("{} is not a readable file", t.probe_ca_file),
             ));
         }
         Ok(())
@@ -1315,6 +1451,102 @@ mod tests {
         ));
         let e = Config::load(None, vars).unwrap_err().to_string();
         assert!(e.contains("auth.issuers"), "{e}");
+    }
+
+    /// Issue 15: `[turn]` is validated at start (URLs parsed, a secret required and strong,
+    /// the lifetime bounded), and its secrets never show in `{:?}` or in an error.
+    #[test]
+    fn turn_settings_are_checked_and_secrets_stay_hidden() {
+        const TURN_SECRET: &str = "f00dfeedcafe0123456789abcdef0123456789";
+        let turn = |extra: &[(&str, &str)]| {
+            let mut vars = minimal();
+            vars.push((
+                "PROXY_TURN_URLS".into(),
+                "turn:turn.example.com:3478?transport=udp,turns:turn.example.com:443?transport=tcp"
+                    .into(),
+            ));
+            vars.push(("PROXY_TURN_SECRETS".into(), TURN_SECRET.into()));
+            for (k, v) in extra {
+                vars.retain(|(key, _)| key != k);
+                vars.push((k.to_string(), v.to_string()));
+            }
+            Config::load(None, vars)
+        };
+        let c = turn(&[]).unwrap();
+        assert_eq!(c.turn.urls.len(), 2);
+        assert_eq!(c.turn.credential_lifetime_seconds, 4 * 3600);
+        assert_eq!(c.turn.secrets[0].expose(), TURN_SECRET);
+        assert!(
+            !format!("{c:?}").contains(TURN_SECRET),
+            "Debug prints a TURN secret"
+        );
+        let cases: &[(&str, &str, &str)] = &[
+            ("PROXY_TURN_URLS", "stun:turn.example.com", "turn.urls[0]"),
+            (
+                "PROXY_TURN_URLS",
+                "turn:x:3478,turns:x?transport=udp",
+                "turn.urls[1]",
+            ),
+            ("PROXY_TURN_SECRETS", "", "turn.secrets"),
+            ("PROXY_TURN_SECRETS", "short", "turn.secrets[0]"),
+            (
+                "PROXY_TURN_SECRETS",
+                "REPLACE-ME-with-at-least-32-random-bytes",
+                "turn.secrets[0]",
+            ),
+            (
+                "PROXY_TURN_CREDENTIAL_LIFETIME_SECONDS",
+                "30",
+                "turn.credential_lifetime_seconds",
+            ),
+            (
+                "PROXY_TURN_CREDENTIAL_LIFETIME_SECONDS",
+                "604800",
+                "turn.credential_lifetime_seconds",
+            ),
+            (
+                "PROXY_TURN_PROBE_TIMEOUT_SECONDS",
+                "0",
+                "turn.probe_timeout_seconds",
+            ),
+            (
+                "PROXY_TURN_PROBE_CA_FILE",
+                "/nonexistent.pem",
+                "turn.probe_ca_file",
+            ),
+            (
+                "PROXY_TURN_SECRETS_FILE",
+                "/nonexistent",
+                "turn.secrets_file",
+            ),
+        ];
+        for (var, value, needle) in cases {
+            let e = turn(&[(var, value)]).unwrap_err().to_string();
+            assert!(
+                e.contains(needle),
+                "{var}={value}: `{e}` should name {needle}"
+            );
+            assert!(!e.contains(TURN_SECRET), "{e} leaks the secret");
+        }
+        // A secret without URLs is a mistake too.
+        let mut vars = minimal();
+        vars.push(("PROXY_TURN_SECRETS".into(), TURN_SECRET.into()));
+        let e = Config::load(None, vars).unwrap_err().to_string();
+        assert!(e.contains("turn.urls"), "{e}");
+        // Secrets from a file, one per line, the first signs.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("turn-secrets");
+        std::fs::write(&file, format!("{TURN_SECRET}\n{TURN_SECRET}-old\n")).unwrap();
+        let c = turn(&[
+            ("PROXY_TURN_SECRETS", ""),
+            ("PROXY_TURN_SECRETS_FILE", &file.display().to_string()),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.turn.signing_secret().unwrap().unwrap().expose(),
+            TURN_SECRET
+        );
+        assert_eq!(c.turn.all_secrets().unwrap().len(), 2);
     }
 
     #[test]

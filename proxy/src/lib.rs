@@ -13,6 +13,7 @@
 //! * [`session`]: one WebSocket from upgrade to close; [`limits`]: rate limiting.
 //! * [`relay`]: the seam to the media server (the rtcd gRPC relay implements [`relay::Relay`]).
 //! * [`server`]: routes and the TCP / TLS accept loop; [`health`], [`metrics`]; [`cli`].
+//! * [`turn`]: TURN REST credentials for clients, and the probe checking them against coturn.
 //! * [`web`]: the browser SDK and demo call page, embedded in the binary.
 //! * [`Proxy`]: the composition root: `start` binds and serves, `shutdown` drains.
 
@@ -33,6 +34,7 @@ pub mod relay;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod turn;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -62,6 +64,10 @@ pub enum StartError {
     /// The TLS certificate or key is unusable.
     #[error("tls: {0}")]
     Tls(String),
+    /// A TURN server refused the proxy's own credentials at start: users would find out in
+    /// calls that never connect.
+    #[error("turn: {0}")]
+    Turn(String),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -97,15 +103,24 @@ impl Proxy {
             }
             _ => None,
         };
+        let turn = turn::Turn::from_config(&config.turn)
+            .map_err(StartError::Turn)?
+            .map(Arc::new);
+        if let Some(turn) = &turn {
+            start_turn_probes(turn, config.turn.probe_interval_seconds).await?;
+        }
         let health = Arc::new(Health::default());
-        let state = Arc::new(ProxyState::new(
-            config.clone(),
-            verifier,
-            relay,
-            Metrics::new(),
-            health.clone(),
-            CancellationToken::new(),
-        ));
+        let state = Arc::new(
+            ProxyState::new(
+                config.clone(),
+                verifier,
+                relay,
+                Metrics::new(),
+                health.clone(),
+                CancellationToken::new(),
+            )
+            .with_turn(turn),
+        );
         let stop_accepting = CancellationToken::new();
         let drain = Duration::from_secs(config.server.shutdown_timeout_seconds);
         let sessions = TaskTracker::new();
@@ -184,6 +199,40 @@ impl Proxy {
         }
         tracing::info!("rtcd-proxy stopped");
     }
+}
+
+/// Probes every TURN URL once: a server that refuses the proxy's credentials (401: the shared
+/// secret differs) stops the start, with the URL and the fix in the error; an unreachable one
+/// is only logged (it may come up later). Then re-probes every `interval_seconds` (0: never),
+/// which `/readyz` and the logs report.
+async fn start_turn_probes(
+    turn: &Arc<turn::Turn>,
+    interval_seconds: u64,
+) -> Result<(), StartError> {
+    let failures = turn.probe_all().await;
+    let unauthorized: Vec<String> = failures
+        .iter()
+        .filter(|e| matches!(e, turn::ProbeError::Unauthorized { .. }))
+        .map(ToString::to_string)
+        .collect();
+    if !unauthorized.is_empty() {
+        return Err(StartError::Turn(unauthorized.join("; ")));
+    }
+    if interval_seconds > 0 {
+        let turn = Arc::downgrade(turn);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(interval_seconds));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                // Ends with the proxy (the last strong reference is in its state).
+                let Some(turn) = turn.upgrade() else { break };
+                turn.probe_all().await;
+            }
+        });
+    }
+    Ok(())
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Permissions, Role, TrackSource};
+use crate::turn::IceServer;
 
 /// A room name as clients send it: 1-128 characters of `A-Z a-z 0-9 - _ . ~ @ :`.
 /// `*` is never a room (it is the token wildcard).
@@ -216,6 +217,21 @@ pub enum ServerMessage {
         expires_at: i64,
         /// Whether a media server is attached (false: offers get `media_unavailable`).
         media: bool,
+        /// TURN servers with this session's credentials (`RTCIceServer` shape), when the
+        /// proxy has `[turn]` configured; re-issued by `ice_servers` before they expire.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ice_servers: Option<Vec<IceServer>>,
+        /// When the credentials in `ice_servers` expire (Unix seconds).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ice_servers_expires_at: Option<i64>,
+    },
+    /// New TURN credentials, before the previous ones expire: apply them to the peer
+    /// connection (`setConfiguration`) so any new relay allocation uses them.
+    IceServers {
+        /// The servers with fresh credentials.
+        ice_servers: Vec<IceServer>,
+        /// When they expire (Unix seconds).
+        expires_at: i64,
     },
     /// A request was refused; the session continues unless a close follows.
     Error {
@@ -319,6 +335,7 @@ impl ServerMessage {
     pub fn kind(&self) -> &'static str {
         match self {
             ServerMessage::Joined { .. } => "joined",
+            ServerMessage::IceServers { .. } => "ice_servers",
             ServerMessage::Error { .. } => "error",
             ServerMessage::NegotiationNeeded { .. } => "negotiation_needed",
             ServerMessage::Answer { .. } => "answer",
@@ -413,6 +430,23 @@ mod tests {
             m.kind(),
             "answer",
             "an obsolete answer parses, to be refused politely"
+        );
+    }
+
+    #[test]
+    fn ice_servers_serialize_in_rtc_ice_server_shape() {
+        let v = serde_json::to_value(ServerMessage::IceServers {
+            ice_servers: vec![IceServer {
+                urls: vec!["turn:t.example:3478?transport=udp".into()],
+                username: "1600:bob".into(),
+                credential: "c3VwZXI=".into(),
+            }],
+            expires_at: 1600,
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"ice_servers","expires_at":1600,"ice_servers":[{"urls":["turn:t.example:3478?transport=udp"],"username":"1600:bob","credential":"c3VwZXI="}]})
         );
     }
 

@@ -202,11 +202,20 @@ fn health_routes(
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        warp::reply::with_status(
-            warp::reply::json(&serde_json::json!({"status": state.health.label()})),
-            status,
-        )
-        .into_response()
+        let mut body = serde_json::json!({"status": state.health.label()});
+        // The last TURN probe per URL: reported, but not part of readiness (a proxy whose
+        // TURN server is down still serves everyone who does not need the relay).
+        if let Some(turn) = &state.turn {
+            body["turn"] = turn
+                .status()
+                .into_iter()
+                .map(|(url, (status, detail))| {
+                    (url, serde_json::json!({"status": status, "detail": detail}))
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+        warp::reply::with_status(warp::reply::json(&body), status).into_response()
     });
     healthz.or(readyz).unify()
 }

@@ -84,6 +84,8 @@ pub struct ProxyState {
     pub auth_failure_limiter: AddressLimiter,
     /// Cancelled on shutdown: every session closes with `going_away`.
     pub shutdown: CancellationToken,
+    /// TURN credentials for clients (`None` without `[turn]`).
+    pub turn: Option<Arc<crate::turn::Turn>>,
     sessions_by_user: Mutex<HashMap<(Option<String>, Identity), usize>>,
     open_connections: AtomicUsize,
     next_session: AtomicU64,
@@ -115,10 +117,17 @@ impl ProxyState {
             metrics,
             health,
             shutdown,
+            turn: None,
             sessions_by_user: Mutex::new(HashMap::new()),
             open_connections: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
         }
+    }
+
+    /// With TURN credentials for clients (set once, before serving).
+    pub fn with_turn(mut self, turn: Option<Arc<crate::turn::Turn>>) -> Self {
+        self.turn = turn;
+        self
     }
 
     /// Admits a new connection from `ip`, or says why not (checked before the upgrade
@@ -211,6 +220,8 @@ struct Joined {
     refused_refreshes: u32,
     /// Why the media server ended the session, if it did (for the "session ended" log).
     media_closed: Option<String>,
+    /// When the session gets new TURN credentials (`None` without `[turn]`).
+    turn_refresh_at: Option<tokio::time::Instant>,
 }
 
 struct Session {
@@ -324,6 +335,11 @@ impl Session {
                 ),
                 _ => (far_future(), far_future()),
             };
+            let turn_at = self
+                .joined
+                .as_ref()
+                .and_then(|j| j.turn_refresh_at)
+                .unwrap_or_else(far_future);
             let join_at = if self.joined.is_none() {
                 join_deadline
             } else {
@@ -340,6 +356,7 @@ impl Session {
                         Next::Continue
                     }
                 }
+                _ = tokio::time::sleep_until(turn_at) => self.refresh_turn().await,
                 _ = tokio::time::sleep_until(join_at) => Next::Close(CloseReason::JoinTimeout, Some(format!("no join within {} s", limits.join_timeout_seconds))),
                 _ = tokio::time::sleep_until(warn_at) => {
                     let expires_at = self.joined.as_ref().map_or(0, |j| j.grant.expires_at);
@@ -636,6 +653,20 @@ impl Session {
                 }
             }
         };
+        let turn = self
+            .state
+            .turn
+            .as_ref()
+            .map(|t| t.issue(grant.identity.as_str(), unix_now()));
+        let turn_refresh_at = self
+            .state
+            .turn
+            .as_ref()
+            .map(|t| tokio::time::Instant::now() + t.refresh_after());
+        let (ice_servers, ice_servers_expires_at) = match turn {
+            Some(issued) => (Some(issued.servers), Some(issued.expires_at)),
+            None => (None, None),
+        };
         self.send(ServerMessage::Joined {
             session_id: self.id,
             room: grant.room.clone(),
@@ -646,6 +677,8 @@ impl Session {
             permissions: grant.permissions,
             expires_at: grant.expires_at,
             media: link.is_some(),
+            ice_servers,
+            ice_servers_expires_at,
         })
         .await;
         if let Some((code, message)) = failure {
@@ -659,7 +692,24 @@ impl Session {
             warned: false,
             refused_refreshes: 0,
             media_closed: None,
+            turn_refresh_at,
         });
+        Next::Continue
+    }
+
+    /// Sends fresh TURN credentials (`ice_servers`) and schedules the next ones.
+    async fn refresh_turn(&mut self) -> Next {
+        let (Some(turn), Some(joined)) = (self.state.turn.clone(), self.joined.as_mut()) else {
+            return Next::Continue;
+        };
+        let issued = turn.issue(joined.grant.identity.as_str(), unix_now());
+        joined.turn_refresh_at = Some(tokio::time::Instant::now() + turn.refresh_after());
+        tracing::debug!(session = %self.id, expires_at = issued.expires_at, "TURN credentials re-issued");
+        self.send(ServerMessage::IceServers {
+            ice_servers: issued.servers,
+            expires_at: issued.expires_at,
+        })
+        .await;
         Next::Continue
     }
 

@@ -2,6 +2,8 @@
 //
 //   /?room=R&token=T   join with a token issued by the platform
 //   /?room=R&name=N    dev mode: the proxy mints a token (GET /dev/token, dev mode only)
+//   &relay=1           force media through the TURN relay (iceTransportPolicy 'relay'), to
+//                      check that the proxy's TURN servers work from this network
 //
 // For automated checks the page mirrors its state on <body>:
 //   data-state   connecting | connected | closed | error
@@ -9,6 +11,8 @@
 //                token_expired, token_wrong_room, media_unavailable, going_away
 //   data-joins   how many times the client joined (1 + successful reconnects)
 //   data-media   this client's media: connecting | connected | reconnecting | poor | failed
+//   data-route   how this client's media travels: direct | relayed (empty until connected);
+//                data-relay-protocol: udp | tcp | tls when relayed (to the TURN server)
 // `error` with reason `media_unavailable` means: signaling works and the token was accepted,
 // but the proxy has no media server, so no call media can flow (the local preview still runs).
 // Every remote participant, publishing or not, has a tile
@@ -329,6 +333,7 @@ function wireClient(client) {
     render();
   });
   client.addEventListener('participantleft', (e) => removeTile(e.detail.identity));
+  client.addEventListener('route', (e) => showRoute(e.detail.route));
   client.addEventListener('track', (e) => {
     const { identity, source, track } = e.detail;
     const participant = client.participants.get(identity);
@@ -385,6 +390,26 @@ function wireClient(client) {
   client.addEventListener('localtrack', (e) => {
     if (e.detail.source === 'screen') /** @type {HTMLButtonElement} */ ($('screen')).textContent = 'Stop sharing';
   });
+}
+
+/**
+ * Shows whether media goes direct to the media server or through a TURN relay (from the
+ * selected candidate pair's local candidate type, read by the SDK from getStats).
+ * @param {import('/sdk/client.js').Route|null} route
+ */
+function showRoute(route) {
+  const el = $('route');
+  body.dataset.route = route ? route.path : '';
+  body.dataset.relayProtocol = route && route.relayProtocol ? route.relayProtocol : '';
+  el.hidden = !route;
+  if (!route) return;
+  el.textContent = route.path === 'relayed'
+    ? `Relayed via TURN (${route.relayProtocol || route.protocol})`
+    : `Direct (${route.protocol})`;
+  el.className = `pill route ${route.path}`;
+  el.title = route.path === 'relayed'
+    ? 'Media goes through a TURN relay: this network blocks direct UDP to the media server, or relay was forced.'
+    : `Media goes straight to the media server (${route.candidateType} candidate).`;
 }
 
 // ---- start --------------------------------------------------------------------------------
@@ -445,7 +470,10 @@ async function main() {
     }
     getToken = () => devToken(room, name);
   }
-  const client = new RtcdClient({ room, token, getToken });
+  // ?relay=1: diagnosis of the TURN path (no direct candidates are even tried).
+  const relay = params.get('relay');
+  const iceTransportPolicy = relay === '1' || relay === 'true' ? 'relay' : 'all';
+  const client = new RtcdClient({ room, token, getToken, iceTransportPolicy });
   wireClient(client);
   wireControls(client);
   // The automation entry point (docs/web-client.md): tests read `remoteTracks`,

@@ -86,6 +86,8 @@ pub struct Chromedriver {
     http: reqwest::Client,
     chromium: PathBuf,
     loopback_ice: bool,
+    /// More Chromium flags for every page (e.g. trusting a test TURN server's certificate).
+    extra_args: Vec<String>,
     sessions: Arc<Mutex<Vec<String>>>,
 }
 
@@ -93,16 +95,16 @@ impl Chromedriver {
     /// Starts chromedriver on `127.0.0.1` with a port of its own choosing; its pages gather
     /// loopback ICE candidates (for tests in a namespace with only `lo`).
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(true).await
+        Self::start_with(true, Vec::new()).await
     }
 
     /// Like [`Chromedriver::start`], for pages in the LAN namespace of [`crate::netns`]: no
     /// loopback candidates, only the namespace's private addresses (as on a real network).
     pub async fn start_lan() -> anyhow::Result<Self> {
-        Self::start_with(false).await
+        Self::start_with(false, Vec::new()).await
     }
 
-    async fn start_with(loopback_ice: bool) -> anyhow::Result<Self> {
+    async fn start_with(loopback_ice: bool, extra_args: Vec<String>) -> anyhow::Result<Self> {
         let chromium = binary("CHROMIUM", CHROMIUM, "chromium")?;
         let driver = binary("CHROMEDRIVER", CHROMEDRIVER, "chromium-driver")?;
         let mut child = Command::new(&driver)
@@ -147,6 +149,7 @@ impl Chromedriver {
             http,
             chromium,
             loopback_ice,
+            extra_args,
             sessions: Arc::default(),
         })
     }
@@ -158,6 +161,7 @@ impl Chromedriver {
         if self.loopback_ice {
             args.push(LOOPBACK_ICE_FLAG.to_owned());
         }
+        args.extend(self.extra_args.iter().cloned());
         args.push(format!("--user-data-dir={}", profile.path().display()));
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -477,6 +481,7 @@ impl std::fmt::Display for BrowserKind {
 /// pages, one Firefox process per Firefox page. Drop it after the pages.
 pub struct Browsers {
     lan: bool,
+    chromium_args: Vec<String>,
     chromedriver: tokio::sync::OnceCell<Chromedriver>,
 }
 
@@ -485,7 +490,16 @@ impl Browsers {
     pub fn lan() -> Self {
         Self {
             lan: true,
+            chromium_args: Vec::new(),
             chromedriver: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Like [`Browsers::lan`], with more Chromium flags for every Chromium page.
+    pub fn lan_with_chromium_args(args: Vec<String>) -> Self {
+        Self {
+            chromium_args: args,
+            ..Self::lan()
         }
     }
 
@@ -494,6 +508,7 @@ impl Browsers {
     pub fn loopback() -> Self {
         Self {
             lan: false,
+            chromium_args: Vec::new(),
             chromedriver: tokio::sync::OnceCell::new(),
         }
     }
@@ -504,7 +519,9 @@ impl Browsers {
             BrowserKind::Chromium => {
                 let driver = self
                     .chromedriver
-                    .get_or_try_init(|| Chromedriver::start_with(!self.lan))
+                    .get_or_try_init(|| {
+                        Chromedriver::start_with(!self.lan, self.chromium_args.clone())
+                    })
                     .await?;
                 BrowserPage::Chromium(driver.page().await?)
             }

@@ -6,6 +6,7 @@
 
 pub mod bridge;
 pub mod browser;
+pub mod coturn;
 pub mod daemon;
 pub mod firefox;
 pub mod flow;

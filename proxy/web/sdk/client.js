@@ -17,6 +17,10 @@
 //    `MediaStreamTrack.id` (Firefox gives received tracks random ids, and sections are reused
 //    for later tracks: a reused section ends the old publisher's track and starts the new one's);
 //  * trickles ICE both ways;
+//  * relays through TURN when the proxy hands out servers (`joined.ice_servers`): they are
+//    merged with `options.iceServers`, and re-applied with `setConfiguration` when the proxy
+//    sends fresh credentials (`ice_servers`); `iceTransportPolicy: 'relay'` forces the relay
+//    (diagnosis); `client.route` says whether media goes direct or through a relay;
 //  * watches media health (getStats every 2 s): a local media state and one per remote
 //    participant (see `MediaState`);
 //  * never wedges on the browser: each (re)connection gets a fresh message queue, every await
@@ -32,7 +36,7 @@
 // Events (all `CustomEvent`s, payload in `detail`; see the typedefs below):
 //   state, joined, error, participantjoined, participantleft, participantmedia, track,
 //   trackended, mutechanged, voiceactivity, localtrack, localtrackended, mediastate,
-//   tokenexpiring, refreshed, reconnecting, icerestart, closed.
+//   tokenexpiring, refreshed, iceservers, route, reconnecting, icerestart, closed.
 
 /** Close codes of the protocol (docs/protocol.md section 6), by label. */
 export const CloseCode = Object.freeze({
@@ -91,6 +95,8 @@ export const ErrorCode = Object.freeze({
   /** The browser refused an SDP or candidate, a peer connection step did not settle in
    * time, or no answer came: the SDK reconnects (a new session, a new peer connection). */
   negotiation_failed: 'negotiation_failed',
+  /** The browser refused the TURN servers of an `ice_servers` message (setConfiguration). */
+  ice_servers_rejected: 'ice_servers_rejected',
 });
 
 /** The label of a close code, e.g. 4106 -> `token_expired` (unknown codes: `close_<code>`). */
@@ -160,7 +166,12 @@ export class RtcdError extends Error {
  *   subscribe: boolean}} Permissions
  * @typedef {{session_id: number, room: string, identity: string, name?: string,
  *   tenant?: string, role: string, permissions: Permissions, expires_at: number,
- *   media: boolean}} JoinedInfo
+ *   media: boolean, ice_servers?: RTCIceServer[], ice_servers_expires_at?: number}} JoinedInfo
+ * @typedef {{path: 'direct'|'relayed', candidateType: string, protocol: string,
+ *   relayProtocol?: string, address?: string}} Route
+ *   How this client's media leaves it, from the selected ICE candidate pair's local
+ *   candidate: `relayed` when it is a TURN relay candidate (`relayProtocol`: how the browser
+ *   reaches the TURN server, `udp`, `tcp` or `tls`), else `direct`.
  * @typedef {{identity: string, name?: string, role?: string,
  *   muted: Partial<Record<TrackSource, boolean>>, speaking: boolean,
  *   media: RemoteMediaState}} Participant
@@ -173,6 +184,7 @@ export class RtcdError extends Error {
  *   url?: string,
  *   getToken?: (request: TokenRequest) => Promise<string>,
  *   iceServers?: RTCIceServer[],
+ *   iceTransportPolicy?: RTCIceTransportPolicy,
  *   reconnect?: {maxAttempts?: number, baseDelayMs?: number, maxDelayMs?: number},
  *   pingIntervalMs?: number,
  *   pongTimeoutMs?: number,
@@ -223,6 +235,7 @@ export class RtcdClient extends EventTarget {
     if (!options || !options.room) throw new TypeError('RtcdClient: `room` is required');
     this.options = {
       iceServers: [],
+      iceTransportPolicy: 'all',
       pingIntervalMs: 25000,
       pongTimeoutMs: 10000,
       stepTimeoutMs: 10000,
@@ -249,6 +262,12 @@ export class RtcdClient extends EventTarget {
     this.muted = new Set();
     /** Successful joins so far (1 + reconnects). */
     this.joins = 0;
+    /** @type {RTCIceServer[]} TURN servers with credentials from the proxy (current session) */
+    this.proxyIceServers = [];
+    /** @type {number} when `proxyIceServers`' credentials expire (Unix s; 0 = none) */
+    this.iceServersExpiresAt = 0;
+    /** @type {Route|null} the current media path (null until a candidate pair is selected) */
+    this.route = null;
 
     /** @type {WebSocket|null} */ this._ws = null;
     /** @type {RTCPeerConnection|null} */ this._pc = null;
@@ -597,6 +616,11 @@ export class RtcdClient extends EventTarget {
     for (const [mid, remote] of [...this.remoteTracks]) this._endRemote(mid, remote);
     this._published.clear();
     this._flow.clear();
+    if (this.route) {
+      const previous = this.route;
+      this.route = null;
+      this._emit('route', { route: null, previous });
+    }
     for (const identity of [...this.participants.keys()]) {
       this.participants.delete(identity);
       this._emit('participantleft', { identity });
@@ -648,6 +672,7 @@ export class RtcdClient extends EventTarget {
         if (this.session) Object.assign(this.session, { expires_at: m.expires_at, permissions: m.permissions });
         this._emit('refreshed', { expiresAt: m.expires_at, permissions: m.permissions });
         return;
+      case 'ice_servers': return this._onIceServers(m.ice_servers, m.expires_at);
       case 'answer': return this._onAnswer(m);
       case 'negotiation_needed':
         this._need = { audio: Number(m.audio) || 0, video: Number(m.video) || 0 };
@@ -725,6 +750,9 @@ export class RtcdClient extends EventTarget {
     const { type: _type, ...info } = m;
     this.session = info;
     this.joins += 1;
+    // Before the peer connection exists: it is created with them.
+    this.proxyIceServers = Array.isArray(m.ice_servers) ? m.ice_servers : [];
+    this.iceServersExpiresAt = Number(m.ice_servers_expires_at) || 0;
     this._attempt = 0;
     this._startPings();
     if (info.media) {
@@ -756,6 +784,42 @@ export class RtcdClient extends EventTarget {
     this._emit('error', { error: new RtcdError(m.code, m.message, { request: m.request }) });
   }
 
+  /**
+   * Fresh TURN credentials from the proxy: applied to the live peer connection, so every
+   * relay allocation it makes from now on (ICE restart, network change) uses them. Existing
+   * allocations keep their username (TURN requires it) and stay alive: the browser refreshes
+   * them, and coturn does not re-check an expiry it verified at allocation.
+   * @param {RTCIceServer[]} servers @param {number} expiresAt
+   */
+  _onIceServers(servers, expiresAt) {
+    if (!Array.isArray(servers)) return;
+    this.proxyIceServers = servers;
+    this.iceServersExpiresAt = Number(expiresAt) || 0;
+    const pc = this._pc;
+    if (pc && pc.connectionState !== 'closed') {
+      try {
+        pc.setConfiguration({ ...pc.getConfiguration(), iceServers: this._iceServers() });
+      } catch (cause) {
+        this._emit('error', { error: new RtcdError('ice_servers_rejected', `the browser refused the TURN servers: ${cause && cause.message || cause}`, { cause }) });
+        return;
+      }
+    }
+    this._emit('iceservers', { expiresAt: this.iceServersExpiresAt, urls: servers.flatMap((s) => [].concat(s.urls || [])) });
+  }
+
+  /** The application's ICE servers, then the proxy's (TURN with this session's credentials). */
+  _iceServers() {
+    return [...(this.options.iceServers || []), ...this.proxyIceServers];
+  }
+
+  /**
+   * Restarts ICE (new candidates, new relay allocations with the current credentials) and
+   * offers again. For a client whose network changed, or to test a path.
+   */
+  restartIce() {
+    if (this._pc) this._restartIce(this._pc);
+  }
+
   async _onTokenExpiring(m) {
     this._emit('tokenexpiring', { expiresAt: m.expires_at });
     if (!this.options.getToken) return;
@@ -771,7 +835,11 @@ export class RtcdClient extends EventTarget {
   // ---- WebRTC -----------------------------------------------------------------------------
 
   _createPeerConnection() {
-    const pc = new RTCPeerConnection({ iceServers: this.options.iceServers, bundlePolicy: 'max-bundle' });
+    const pc = new RTCPeerConnection({
+      iceServers: this._iceServers(),
+      iceTransportPolicy: this.options.iceTransportPolicy || 'all',
+      bundlePolicy: 'max-bundle',
+    });
     this._pc = pc;
     this._pcClosed = new Promise((_, reject) => { this._abandon = reject; });
     this._pcClosed.catch(() => {});
@@ -1034,6 +1102,7 @@ export class RtcdClient extends EventTarget {
     const now = performance.now();
     let lostOut = 0;
     let sentOut = 0;
+    this._updateRoute(report);
     report.forEach((s) => {
       if (s.type === 'inbound-rtp') {
         const mid = s.mid ?? midByTrack.get(s.trackIdentifier);
@@ -1067,6 +1136,36 @@ export class RtcdClient extends EventTarget {
     });
     this._outboundLoss = sentOut ? lostOut / sentOut : 0;
     this._updateHealth();
+  }
+
+  /**
+   * The media path from the selected candidate pair (Chromium: the transport's
+   * `selectedCandidatePairId`; Firefox: the pair marked `selected`).
+   * @param {RTCStatsReport} report
+   */
+  _updateRoute(report) {
+    let pair = null;
+    report.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId) || pair;
+    });
+    if (!pair) {
+      report.forEach((s) => {
+        if (s.type === 'candidate-pair' && s.selected) pair = s;
+      });
+    }
+    const local = pair && report.get(pair.localCandidateId);
+    /** @type {Route|null} */
+    const route = local ? {
+      path: local.candidateType === 'relay' ? 'relayed' : 'direct',
+      candidateType: local.candidateType,
+      protocol: local.protocol,
+      ...(local.relayProtocol && { relayProtocol: local.relayProtocol }),
+      ...((local.address || local.ip) && { address: local.address || local.ip }),
+    } : null;
+    const was = this.route;
+    if (JSON.stringify(was) === JSON.stringify(route)) return;
+    this.route = route;
+    this._emit('route', { route, previous: was });
   }
 
   /** Recomputes the local media state and every participant's. */

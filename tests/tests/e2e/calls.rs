@@ -151,11 +151,11 @@ fn harness_runs_chromium_and_firefox_in_a_namespace_of_its_own() -> anyhow::Resu
 
 /// One long call at a time: each already runs 3 browsers with fake 30 fps cameras on a
 /// 2-core CI machine, and CPU starvation would look like media stalls.
-static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Multiplies every hold of the long calls (`RTCD_E2E_CALL_SCALE`, default 1: about two
 /// minutes per call), e.g. 0.25 for a quick local run.
-fn scaled(secs: u64) -> Duration {
+pub(crate) fn scaled(secs: u64) -> Duration {
     let scale = std::env::var("RTCD_E2E_CALL_SCALE")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
@@ -165,12 +165,12 @@ fn scaled(secs: u64) -> Duration {
 }
 
 /// The pages of one call, in [`Flow`] order.
-struct Call {
-    url: String,
-    browsers: Browsers,
-    pages: Vec<BrowserPage>,
-    names: Vec<String>,
-    flow: Flow,
+pub(crate) struct Call {
+    pub(crate) url: String,
+    pub(crate) browsers: Browsers,
+    pub(crate) pages: Vec<BrowserPage>,
+    pub(crate) names: Vec<String>,
+    pub(crate) flow: Flow,
 }
 
 /// rtcd-dev (rtcd, proxy and demo page) for a call in the LAN namespace, with `rtc` settings
@@ -203,7 +203,7 @@ impl Call {
     }
 
     /// Opens the demo page as `name` in a new `kind` browser and starts watching it.
-    async fn join(&mut self, kind: BrowserKind, name: &str) -> anyhow::Result<PageId> {
+    pub(crate) async fn join(&mut self, kind: BrowserKind, name: &str) -> anyhow::Result<PageId> {
         let page = self.browsers.page(kind).await?;
         page.goto(&format!("{}&name={name}", self.url)).await?;
         let id = self.flow.watch(&page, name).await?;
@@ -213,13 +213,13 @@ impl Call {
         Ok(id)
     }
 
-    async fn hold(&mut self, duration: Duration) -> anyhow::Result<()> {
+    pub(crate) async fn hold(&mut self, duration: Duration) -> anyhow::Result<()> {
         let pages: Vec<&BrowserPage> = self.pages.iter().collect();
         self.flow.hold(&pages, duration).await
     }
 
     /// Waits until page `id` plays `count` remote camera videos with real frames.
-    async fn plays(&self, id: PageId, count: usize) -> anyhow::Result<()> {
+    pub(crate) async fn plays(&self, id: PageId, count: usize) -> anyhow::Result<()> {
         self.pages[id]
             .wait_for(
                 &format!(
@@ -268,7 +268,7 @@ async fn long_call(a: BrowserKind, b: BrowserKind) -> anyhow::Result<()> {
 
 /// Ends a call: pulls the last samples, reports the flow, collects console errors (with
 /// screenshots and diagnostics on failure), closes the pages and stops the stack.
-async fn conclude(
+pub(crate) async fn conclude(
     mut call: Call,
     stack: rtcd_dev::DevStack,
     tag: &str,

@@ -17,3 +17,4 @@ mod registry;
 mod relay;
 mod rtcp;
 mod signaling;
+mod turn;
