@@ -22,7 +22,20 @@ fn main() {
     if let Some(version) = run(&rustc, &["--version"]) {
         println!("cargo:rustc-env=RTCD_RUSTC_VERSION={version}");
     }
-    println!("cargo:rerun-if-changed=../.git/HEAD");
-    println!("cargo:rerun-if-changed=../.git/refs/heads");
+    // Rebuild when the commit changes. Only paths that exist: cargo reruns a build script on
+    // every build when a watched path is missing (a git worktree has no `.git` directory, a
+    // tarball none at all).
+    let git_dir = run("git", &["rev-parse", "--absolute-git-dir"]);
+    let common = run("git", &["rev-parse", "--path-format=absolute", "--git-common-dir"]);
+    let watched = [
+        git_dir.map(|d| format!("{d}/HEAD")),
+        common.clone().map(|d| format!("{d}/refs/heads")),
+        common.map(|d| format!("{d}/packed-refs")),
+    ];
+    for path in watched.into_iter().flatten() {
+        if std::path::Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
     println!("cargo:rerun-if-changed=build.rs");
 }
