@@ -26,7 +26,10 @@ fn main() {
     // every build when a watched path is missing (a git worktree has no `.git` directory, a
     // tarball none at all).
     let git_dir = run("git", &["rev-parse", "--absolute-git-dir"]);
-    let common = run("git", &["rev-parse", "--path-format=absolute", "--git-common-dir"]);
+    let common = run(
+        "git",
+        &["rev-parse", "--path-format=absolute", "--git-common-dir"],
+    );
     let watched = [
         git_dir.map(|d| format!("{d}/HEAD")),
         common.clone().map(|d| format!("{d}/refs/heads")),

@@ -121,14 +121,24 @@ impl Proxy {
             )
             .with_turn(turn),
         );
-        let stop_accepting = CancellationToken::new();
-        let drain = Duration::from_secs(config.server.shutdown_timeout_seconds);
-        let sessions = TaskTracker::new();
+        // Both listeners are bound before either serves: a failed start leaves nothing serving.
         let listener = bind(config.listen_addr()).await?;
         let addr = local_addr(&listener, config.listen_addr())?;
+        let metrics_listener = match config.metrics_addr() {
+            Some(want) => {
+                let listener = bind(want).await?;
+                let bound = local_addr(&listener, want)?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
         if tls.is_none() && !addr.ip().is_loopback() {
             tracing::warn!(%addr, "serving ws:// beyond loopback: tokens cross the network in clear and browsers refuse cameras; set server.tls_cert_file / tls_key_file");
         }
+        let stop_accepting = CancellationToken::new();
+        let drain = Duration::from_secs(config.server.shutdown_timeout_seconds);
+        let sessions = TaskTracker::new();
         let mut listeners = vec![server::serve(
             listener,
             tls,
@@ -140,10 +150,7 @@ impl Proxy {
             stop_accepting.clone(),
             drain,
         )];
-        let mut metrics_addr = None;
-        if let Some(want) = config.metrics_addr() {
-            let listener = bind(want).await?;
-            metrics_addr = Some(local_addr(&listener, want)?);
+        if let Some((listener, _)) = metrics_listener {
             listeners.push(server::serve(
                 listener,
                 None,

@@ -1527,3 +1527,33 @@ async fn audit_target_has_rate_limited_joins_and_refresh_outcomes() -> anyhow::R
     );
     Ok(())
 }
+
+/// A start that fails late (the metrics port is taken) leaves nothing serving: its public port
+/// accepts no connection and is free for the corrected start (issue 16 #9).
+#[tokio::test]
+async fn a_failed_start_leaves_no_listener_serving() -> anyhow::Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let public = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?
+    };
+    let mut config = base_config();
+    config.server.listen_address = public.to_string();
+    config.server.metrics_listen_address = taken.local_addr()?.to_string();
+    let failed = start(config).await;
+    let error = format!(
+        "{:#}",
+        anyhow::Context::context(failed.err(), "the metrics port is taken")?
+    );
+    assert!(error.contains(&taken.local_addr()?.to_string()), "{error}");
+    assert!(
+        tokio::net::TcpStream::connect(public).await.is_err(),
+        "the failed start left its public listener serving"
+    );
+    let mut config = base_config();
+    config.server.listen_address = public.to_string();
+    let proxy = start(config).await?;
+    assert_eq!(proxy.addr(), public);
+    proxy.shutdown().await;
+    Ok(())
+}
