@@ -56,6 +56,14 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `rtcd_media_dropped_datagrams_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `worker_behind` (the owning media worker's queue was full: the host is out of CPU) or
+    /// `no_session` (nothing on the port matched the datagram: stale peers, scans).
+    pub reason: &'static str,
+}
+
 /// The SFU's and signaling's metrics, all labelled by client ID.
 pub struct SfuMetrics {
     /// Live sessions.
@@ -95,6 +103,9 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     /// The SFU's metrics.
     pub sfu: SfuMetrics,
+    /// Datagrams on the media port dropped before a session saw them, by reason (no client
+    /// label: the receive thread drops them before it knows whose they are).
+    pub media_dropped: Family<DropLabels, Counter>,
     /// Tasks alive on the runtime that renders the metrics, refreshed on every scrape: a
     /// count that keeps climbing while sessions come and go is a leak (the e2e leak check
     /// asserts it returns to its baseline).
@@ -190,6 +201,12 @@ impl Metrics {
             "Peer connection creation to connected",
             sfu.connect_seconds.clone(),
         );
+        let media_dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "media_dropped_datagrams",
+            "Datagrams on the media port dropped before a session saw them, by reason",
+            media_dropped.clone(),
+        );
         let runtime_alive_tasks = Gauge::default();
         registry.register(
             "runtime_alive_tasks",
@@ -198,6 +215,7 @@ impl Metrics {
         );
         Arc::new(Self {
             sfu,
+            media_dropped,
             runtime_alive_tasks,
             registry,
             auth_attempts,

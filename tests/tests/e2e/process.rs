@@ -450,3 +450,54 @@ async fn rtcd_starts_under_the_systemd_units_address_family_restriction() {
     );
     assert!(log.contains("cannot list interfaces"), "{log}");
 }
+
+/// Every metric family either daemon registers has a row in `docs/metrics.md` (issue 16 #15),
+/// under the name a query uses (`_total` for counters). Families are read from the scrapes
+/// (exact names, for those with series) and from the `register` calls in the daemons' metrics
+/// modules (families without series yet are not in a scrape).
+#[tokio::test]
+async fn every_exported_metric_is_documented() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let doc = std::fs::read_to_string(format!("{root}/docs/metrics.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rtcd = TestRtcd::start_in(dir.path(), &[]).await.unwrap();
+    let proxy = rtcd_e2e::proxy::start(rtcd_e2e::proxy::base_config())
+        .await
+        .unwrap();
+    let mut exact = Vec::new();
+    for text in [rtcd.rtcd.metrics().encode(), proxy.metrics().encode()] {
+        for rest in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            exact.push(match kind {
+                "counter" => format!("{name}_total"),
+                _ => name.to_owned(),
+            });
+        }
+    }
+    let mut registered = Vec::new();
+    for (file, prefix) in [
+        ("rtcd/src/metrics.rs", "rtcd_"),
+        ("proxy/src/metrics.rs", "proxy_"),
+    ] {
+        let source = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        for (i, _) in source.match_indices(".register(") {
+            let sub = source[..i].ends_with("sub");
+            let name = source[i..].split('"').nth(1).unwrap();
+            let sub_prefix = if sub { "sfu_" } else { "" };
+            registered.push(format!("{prefix}{sub_prefix}{name}"));
+        }
+    }
+    assert!(registered.len() >= 25, "{registered:?}");
+    let missing: Vec<&String> = exact
+        .iter()
+        .filter(|n| !doc.contains(&format!("| `{n}` |")))
+        .chain(
+            registered
+                .iter()
+                .filter(|n| !doc.contains(&format!("| `{n}"))),
+        )
+        .collect();
+    assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+    proxy.shutdown().await;
+    rtcd.stop().await;
+}

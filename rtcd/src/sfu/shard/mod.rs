@@ -271,12 +271,24 @@ impl Shards {
                 .map_err(|e| SfuError::Media(format!("cannot start a media worker: {e}")))?;
             threads.push(thread);
         }
+        // One statement each: a `get_or_create` guard alive across the next `get_or_create`
+        // of the same family deadlocks (read guard held, write lock wanted).
+        let dropped = |reason| {
+            metrics
+                .media_dropped
+                .get_or_create(&crate::metrics::DropLabels { reason })
+                .clone()
+        };
+        let dropped_behind = dropped("worker_behind");
+        let dropped_unknown = dropped("no_session");
         let receiver = receive::Receiver {
             socket,
             local: advertised,
             workers: inboxes,
             updates: demux_rx,
             stop: stop.clone(),
+            dropped_behind,
+            dropped_unknown,
         };
         threads.push(
             std::thread::Builder::new()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 use super::{Datagram, DemuxUpdate, SessionKey};
@@ -21,6 +22,10 @@ pub(super) struct Receiver {
     pub workers: Vec<mpsc::Sender<Datagram>>,
     pub updates: std::sync::mpsc::Receiver<DemuxUpdate>,
     pub stop: Arc<AtomicBool>,
+    /// `rtcd_media_dropped_datagrams_total{reason="worker_behind"}`.
+    pub dropped_behind: Counter,
+    /// `rtcd_media_dropped_datagrams_total{reason="no_session"}`.
+    pub dropped_unknown: Counter,
 }
 
 impl Receiver {
@@ -46,6 +51,7 @@ impl Receiver {
                 let key = match demux.route(transport, data) {
                     Route::Known(k) | Route::Learned(k) => k,
                     Route::Unknown | Route::Drop => {
+                        self.dropped_unknown.inc();
                         let dropped = demux.stats().unknown + demux.stats().dropped;
                         if dropped.is_power_of_two() {
                             tracing::debug!(%peer, dropped, ufrag = ?crate::engine::net::demux::binding_request_local_ufrag(data).ok(), "datagrams for no session");
@@ -65,6 +71,7 @@ impl Receiver {
                 match inbox.try_send(datagram) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.dropped_behind.inc();
                         overflow += 1;
                         if overflow.is_power_of_two() {
                             tracing::warn!(
