@@ -322,6 +322,8 @@ pub struct PeerOptions {
     pub accept_replays: bool,
 }
 
+/// What a participant, its peer connection's handler and interceptor, and its tasks share. Only
+/// the participant holds it strongly: everything webrtc-rs owns holds it weakly.
 #[derive(Default)]
 struct Shared {
     events: Mutex<Vec<pb::server_signal::Signal>>,
@@ -1310,6 +1312,9 @@ async fn add_receiver(
     Ok(())
 }
 
+/// A peer connection on one loopback UDP socket, with webrtc-rs's default codecs and
+/// interceptors plus [`RtcpTap`], reporting to `shared`; with the kill switch of its sockets if
+/// `options` asks for a closable one.
 async fn new_peer(
     options: PeerOptions,
     shared: &Arc<Shared>,
@@ -1423,6 +1428,8 @@ fn payload_types(sdp: &str) -> HashMap<u8, String> {
     out
 }
 
+/// Makes an offer with its candidates and the declared kinds of our tracks, applies it and sends
+/// it to rtcd.
 async fn send_offer(
     pc: &Arc<dyn PeerConnection>,
     shared: &Shared,
@@ -1500,6 +1507,9 @@ async fn stable(pc: &Arc<dyn PeerConnection>) -> bool {
         && pc.pending_remote_description().await.is_none()
 }
 
+/// The participant's signaling loop: records rtcd's messages, applies answers, follows
+/// `NegotiationNeeded` and offers whenever asked and stable, so offers and answers never
+/// interleave.
 async fn drive(
     pc: Arc<dyn PeerConnection>,
     shared: Arc<Shared>,
