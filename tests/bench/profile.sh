@@ -29,9 +29,9 @@ python3 - "$OUT/symbols.txt" <<'PY'
 import re, sys
 areas = [
     ("kernel: UDP send/receive, syscalls, scheduling", r"\[k\]"),
-    ("SRTP crypto (aes, ghash/polyval, sha1/hmac, webrtc_srtp)", r"aes|polyval|ghash|sha1|hmac|webrtc_srtp|Aes|ctr::"),
+    ("SRTP crypto (aes, ghash/polyval, sha1/hmac, ring, webrtc_srtp / rtc_srtp)", r"aes|polyval|ghash|sha1|hmac|webrtc_srtp|rtc_srtp|ring::|Aes|ctr::"),
     ("webrtc-rs interceptors (NACK buffer, reports, stats, TWCC)", r"interceptor::"),
-    ("webrtc-rs transport (ICE/UDP mux, DTLS/SRTP mux, track read/write)", r"webrtc_ice|webrtc_util|webrtc::|webrtc_dtls|webrtc_mdns|rtp::|rtcp::"),
+    ("webrtc-rs transport (ICE, DTLS/SRTP mux, track read/write; 0.17 and rtc 0.21)", r"webrtc_ice|webrtc_util|webrtc::|webrtc_dtls|webrtc_mdns|rtc_ice|rtc_dtls|rtc_stun|rtc::|rtp::|rtcp::"),
     ("tokio (channels, semaphores, timers, scheduler)", r"tokio::"),
     ("allocation (malloc/free/memcpy)", r"malloc|free|memcpy|memmove|memset|realloc|_int_"),
     ("rtcd's own code", r"rtcd::"),

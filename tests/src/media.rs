@@ -1,20 +1,52 @@
 //! Media test harness: an in-process rtcd with gRPC signaling and the SFU on loopback, and
-//! [`Participant`], a real webrtc-rs peer that joins through the real gRPC service, publishes
-//! synthetic Opus / VP8 RTP whose payload names the sender, and records what it receives.
+//! [`Participant`], a real webrtc-rs peer (the async `webrtc` 0.21 crate over the sans-IO `rtc`
+//! core) that joins through the real gRPC service, publishes synthetic Opus / VP8 / H.264 RTP
+//! whose payload names the sender, and records what it receives.
 //!
 //! Participants offer only from a stable state and ignore an rtcd offer that arrives while their
-//! own is outstanding (webrtc-rs 0.17 cannot roll back a local offer, so they cannot be the
-//! polite peer; the glare test provokes the collision deliberately and checks rtcd's refusal).
+//! own is outstanding (they never roll back a local offer, so they cannot be the polite peer; the
+//! glare test provokes the collision deliberately and checks rtcd's refusal).
+//!
+//! webrtc 0.21 facts this module rests on (sources of `webrtc` 0.21.1 / `rtc` 0.21.1):
+//! * inbound RTCP stops at the interceptor chain's end unless an interceptor marks it for the
+//!   application (`TrackRemoteEvent::OnRtcpPacket` / `TrackLocalEvent::OnRtcpPacket` never fire on
+//!   a default chain), so an interceptor of ours ([`RtcpTap`]) counts PLIs and reports instead;
+//! * a local track's packets must carry an SSRC of the track's encodings and a payload type (and
+//!   header extension ids) negotiated on its section, or `RTCRtpSender::write_rtp` drops them:
+//!   nothing is rewritten for the application as 0.17's `TrackLocalStaticRTP` did;
+//! * the peer connection has no synchronous state getters: the states are recorded from the
+//!   event handler;
+//! * sockets come from the `Runtime`: the closable socket is a runtime that wraps them.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use base64::Engine;
 use bytes::Bytes;
+use rtc::interceptor::{Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
+use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{
+    RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::marshal::Marshal;
 use rtcd::auth::{ClientId, Principal, Secret};
 use rtcd::config::Config;
 use rtcd_proto::v1 as pb;
@@ -23,34 +55,23 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
 use tonic::transport::Channel;
-use webrtc::api::APIBuilder;
-use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
-use webrtc::api::setting_engine::SettingEngine;
-use webrtc::ice::mdns::MulticastDnsMode;
-use webrtc::ice::network_type::NetworkType;
-use webrtc::ice::udp_mux::{UDPMux, UDPMuxDefault, UDPMuxParams};
-use webrtc::ice::udp_network::UDPNetwork;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
-use webrtc::interceptor::registry::Registry;
-use webrtc::peer_connection::RTCPeerConnection;
-use webrtc::peer_connection::configuration::RTCConfiguration;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::peer_connection::signaling_state::RTCSignalingState;
-use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use webrtc::rtcp::receiver_report::ReceiverReport;
-use webrtc::rtcp::sender_report::SenderReport;
-use webrtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
-use webrtc::rtp::extension::HeaderExtension;
-use webrtc::rtp::extension::audio_level_extension::AudioLevelExtension;
-use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
-use webrtc::rtp_transceiver::rtp_codec::{
-    RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCIceCandidateInit, RTCSessionDescription, Registry, SettingEngineBuilder,
+    register_default_interceptors,
 };
-use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
-use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
-use webrtc::track::track_local::TrackLocal;
-use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::rtp_transceiver::RtpSender;
+use webrtc::runtime::{
+    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
+    TokioRuntime, Transmit,
+};
+
+/// A peer connection's overall state, as the tests compare it (see
+/// [`Participant::connection_state`]).
+pub use webrtc::peer_connection::RTCPeerConnectionState;
 
 /// Whether participants trickle candidates (false: complete SDP, like the stack check).
 const TRICKLE: bool = false;
@@ -252,10 +273,30 @@ impl Flow {
     }
 }
 
+/// Opus as webrtc-rs registers it by default (the payload type is looked up, not assumed).
+fn opus() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "audio/opus".to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: Vec::new(),
+    }
+}
+
+/// VP8 as webrtc-rs registers it by default.
+fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "video/VP8".to_owned(),
+        clock_rate: 90_000,
+        ..Default::default()
+    }
+}
+
 /// H.264 (constrained baseline, packetization mode 1: what browsers offer first).
-pub fn h264() -> RTCRtpCodecCapability {
-    RTCRtpCodecCapability {
-        mime_type: MIME_TYPE_H264.to_owned(),
+pub fn h264() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "video/H264".to_owned(),
         clock_rate: 90_000,
         sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
             .to_owned(),
@@ -263,26 +304,44 @@ pub fn h264() -> RTCRtpCodecCapability {
     }
 }
 
+/// The RFC 6464 audio level header extension, which rtcd's voice activity detection reads.
+const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
+/// How long an offer waits for the host candidates to be in it (they are local: milliseconds).
+const GATHERING: Duration = Duration::from_secs(5);
+
 /// How a participant's peer connection is built.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PeerOptions {
-    /// All ICE traffic on one UDP socket (a UDP mux) that [`Participant::vanish`] can cut:
-    /// the peer then goes silent without a DTLS close_notify, like a dead network.
+    /// All ICE traffic on sockets that [`Participant::vanish`] can cut: the peer then goes
+    /// silent without a DTLS close_notify, like a dead network.
     pub closable_socket: bool,
-    /// Accept an SRTP packet that was already received. webrtc-rs's SRTP sessions drop such
-    /// replays by default (a 64-packet window), which would hide a retransmission of a packet
-    /// the peer already has; a retransmission test turns this on to see it.
+    /// Accept an SRTP packet that was already received. webrtc-rs's SRTP contexts drop such
+    /// replays by default, which would hide a retransmission of a packet the peer already has;
+    /// a retransmission test turns this on to see it.
     pub accept_replays: bool,
 }
 
+/// What a participant, its peer connection's handler and interceptor, and its tasks share. Only
+/// the participant holds it strongly: everything webrtc-rs owns holds it weakly.
 #[derive(Default)]
 struct Shared {
     events: Mutex<Vec<pb::server_signal::Signal>>,
     flows: Mutex<HashMap<String, Flow>>,
+    /// The latest state the peer connection reported (0.21 has no synchronous getter).
+    state: Mutex<RTCPeerConnectionState>,
+    /// Codec of each payload type we offered (`video/VP8`...): what a received packet is.
+    payload_types: Mutex<HashMap<u8, String>>,
+    /// The remote track each received SSRC arrives on (a NACK about it is written through it).
+    remotes: Mutex<HashMap<u32, Arc<dyn TrackRemote>>>,
+    /// Our published tracks' SSRCs, by kind.
+    published: Mutex<HashMap<String, u32>>,
+    /// The media kind of every transceiver we made (0.21's transceivers do not say).
+    kinds: Mutex<HashMap<RTCRtpTransceiverId, RtpCodecKind>>,
     /// Sender reports received, by the SSRC they describe (one of the flows we receive).
     sender_reports: Mutex<HashMap<u32, u64>>,
-    /// Receiver reports about our published tracks, by kind.
-    receiver_reports: Mutex<HashMap<String, u64>>,
+    /// Receiver report blocks received, by the SSRC they describe (one of our tracks).
+    receiver_reports: Mutex<HashMap<u32, u64>>,
     /// RFC 6464 level our audio carries (0 = loudest, 127 = silence).
     audio_level: AtomicU8,
     plis: AtomicU64,
@@ -296,8 +355,32 @@ struct Shared {
     declared: Mutex<HashMap<String, pb::TrackKind>>,
 }
 
+impl Shared {
+    /// Counts the keyframe requests and reports in inbound RTCP ([`RtcpTap`]).
+    fn note_rtcp(&self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        for p in packets {
+            let any = p.as_any();
+            if any.is::<PictureLossIndication>() {
+                self.plis.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+                *self
+                    .sender_reports
+                    .lock()
+                    .unwrap()
+                    .entry(sr.ssrc)
+                    .or_default() += 1;
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                let mut counts = self.receiver_reports.lock().unwrap();
+                for r in &rr.reports {
+                    *counts.entry(r.ssrc).or_default() += 1;
+                }
+            }
+        }
+    }
+}
+
 /// A published track's sender and the flag that stops its packet generator.
-type Outgoing = (Arc<RTCRtpSender>, Arc<AtomicBool>);
+type Outgoing = (Arc<dyn RtpSender>, Arc<AtomicBool>);
 
 enum Control {
     Renegotiate,
@@ -309,87 +392,221 @@ pub struct Participant {
     /// The session ID (also the payload sender tag).
     pub session: String,
     /// The peer connection.
-    pub pc: Arc<RTCPeerConnection>,
+    pub pc: Arc<dyn PeerConnection>,
     shared: Arc<Shared>,
     control: mpsc::Sender<Control>,
     senders: Mutex<HashMap<String, Outgoing>>,
-    socket: Option<Cuttable>,
+    /// The kill switch of a peer built with [`PeerOptions::closable_socket`].
+    cut: Option<Arc<AtomicBool>>,
 }
 
-/// The UDP mux of a peer built with [`PeerOptions::closable_socket`], and its kill switch.
-struct Cuttable {
-    mux: Arc<UDPMuxDefault>,
-    cut: Arc<AtomicBool>,
+/// The last interceptor of every participant's chain: counts inbound PLIs, sender reports and
+/// receiver report blocks into [`Shared`]. In webrtc 0.21 inbound RTCP ends at the chain's
+/// terminus unless marked for the application, and then arrives per track (routed by the
+/// first packet's SSRC); counting here sees all of it, after the stock interceptors.
+struct RtcpTap {
+    shared: Weak<Shared>,
+    reads: VecDeque<TaggedPacket>,
+    writes: VecDeque<TaggedPacket>,
 }
 
-/// A UDP socket that goes deaf and mute once `cut` is set: sends are swallowed, arrivals are
-/// discarded. Closing webrtc-rs's UDP mux is not enough to silence a peer: its connections
-/// still send through the mux's socket (ICE keepalives kept rtcd's side connected).
-struct CuttableSocket {
-    socket: tokio::net::UdpSocket,
-    cut: Arc<AtomicBool>,
+/// Where [`RtcpTap`] sits: past the last stock slot (the jitter buffer, 13 000).
+const RTCP_TAP_SLOT: usize = 14_000;
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet
+            && let Some(shared) = self.shared.upgrade()
+        {
+            shared.note_rtcp(packets);
+        }
+        self.reads.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.reads.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.writes.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.writes.pop_front()
+    }
+}
+
+impl Interceptor for RtcpTap {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// The peer connection's event handler: records the connection state and starts a reader per
+/// remote track. Holds the participant's state weakly: the peer connection's driver owns the
+/// handler and may outlive the participant.
+struct Events {
+    shared: Weak<Shared>,
 }
 
 #[tonic::async_trait]
-impl webrtc::util::Conn for CuttableSocket {
-    async fn connect(&self, addr: SocketAddr) -> webrtc::util::Result<()> {
-        Ok(self.socket.connect(addr).await?)
+impl PeerConnectionEventHandler for Events {
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if let Some(shared) = self.shared.upgrade() {
+            *shared.state.lock().unwrap() = state;
+        }
     }
 
-    async fn recv(&self, buf: &mut [u8]) -> webrtc::util::Result<usize> {
-        Ok(self.recv_from(buf).await?.0)
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        // The handler runs on the driver: reading here would stall the connection.
+        tokio::spawn(read_track(track, self.shared.clone()));
+    }
+}
+
+/// The tokio runtime webrtc-rs uses by default, for [`CutRuntime`] to delegate to.
+static TOKIO: TokioRuntime = TokioRuntime;
+
+/// webrtc-rs's tokio runtime, except that the UDP sockets it wraps are [`CuttableSocket`]s
+/// sharing one kill switch: 0.21 binds its sockets itself, through the runtime, so this is
+/// where a peer's network can be cut.
+#[derive(Debug)]
+struct CutRuntime {
+    cut: Arc<AtomicBool>,
+}
+
+impl Runtime for CutRuntime {
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
+        TOKIO.spawn(future)
     }
 
-    async fn recv_from(&self, buf: &mut [u8]) -> webrtc::util::Result<(usize, SocketAddr)> {
+    fn wrap_udp_socket(
+        &self,
+        socket: std::net::UdpSocket,
+    ) -> std::io::Result<Arc<dyn AsyncUdpSocket>> {
+        Ok(Arc::new(CuttableSocket {
+            inner: TOKIO.wrap_udp_socket(socket)?,
+            cut: self.cut.clone(),
+        }))
+    }
+
+    fn wrap_tcp_listener(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<Arc<dyn AsyncTcpListener>> {
+        TOKIO.wrap_tcp_listener(listener)
+    }
+
+    fn connect_tcp<'a>(
+        &'a self,
+        remote_addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Arc<dyn AsyncTcpStream>>> + Send + 'a>> {
+        TOKIO.connect_tcp(remote_addr)
+    }
+
+    fn resolve_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        TOKIO.resolve_host(host)
+    }
+
+    fn now(&self) -> Instant {
+        TOKIO.now()
+    }
+
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        TOKIO.sleep(duration)
+    }
+
+    fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
+        TOKIO.interval(period)
+    }
+
+    fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
+        TOKIO.block_on(future)
+    }
+
+    fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        TOKIO.yield_now()
+    }
+
+    fn name(&self) -> &'static str {
+        "tokio-cuttable"
+    }
+}
+
+/// A UDP socket that goes deaf and mute once `cut` is set: sends are swallowed, arrivals are
+/// discarded. Closing the peer connection would not do: it says goodbye (DTLS close_notify).
+#[derive(Debug)]
+struct CuttableSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    cut: Arc<AtomicBool>,
+}
+
+impl AsyncUdpSocket for CuttableSocket {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn poll_send(
+        &self,
+        cx: &mut TaskContext<'_>,
+        transmit: &Transmit<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        if self.cut.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(transmit.contents.len()));
+        }
+        self.inner.poll_send(cx, transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut TaskContext<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<std::io::Result<usize>> {
         loop {
-            let got = self.socket.recv_from(buf).await?;
-            if !self.cut.load(Ordering::Relaxed) {
-                return Ok(got);
+            let got = self.inner.poll_recv(cx, &mut *bufs, &mut *meta);
+            if !self.cut.load(Ordering::Relaxed) || !matches!(got, Poll::Ready(Ok(_))) {
+                return got;
             }
         }
     }
 
-    async fn send(&self, buf: &[u8]) -> webrtc::util::Result<usize> {
-        if self.cut.load(Ordering::Relaxed) {
-            return Ok(buf.len());
-        }
-        Ok(self.socket.send(buf).await?)
+    fn max_gso_segments(&self) -> usize {
+        self.inner.max_gso_segments()
     }
 
-    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc::util::Result<usize> {
-        if self.cut.load(Ordering::Relaxed) {
-            return Ok(buf.len());
-        }
-        Ok(self.socket.send_to(buf, target).await?)
-    }
-
-    fn local_addr(&self) -> webrtc::util::Result<SocketAddr> {
-        Ok(self.socket.local_addr()?)
-    }
-
-    fn remote_addr(&self) -> Option<SocketAddr> {
-        None
-    }
-
-    async fn close(&self) -> webrtc::util::Result<()> {
-        Ok(())
-    }
-
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
+    fn max_gro_segments(&self) -> usize {
+        self.inner.max_gro_segments()
     }
 }
 
 impl Drop for Participant {
-    /// Stops the packet generators (they would otherwise outlive the participant).
+    /// Stops the packet generators (they would otherwise outlive the participant) and closes the
+    /// peer connection: webrtc 0.21's driver keeps running after the last handle is dropped.
     fn drop(&mut self) {
         let senders = self.senders.get_mut().unwrap_or_else(|p| p.into_inner());
         for (_, stop) in senders.values() {
             stop.store(true, Ordering::Relaxed);
         }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pc = self.pc.clone();
+            runtime.spawn(async move {
+                let _ = pc.close().await;
+            });
+        }
     }
 }
-
 impl Participant {
     /// Opens the stream and joins; returns the gRPC status if rtcd refuses.
     pub async fn join(
@@ -483,13 +700,12 @@ impl Participant {
             + Send
             + 'static,
     {
-        let (pc, socket) = new_peer(options).await?;
         let shared = Arc::new(Shared {
             audio_level: AtomicU8::new(10),
             ..Default::default()
         });
+        let (pc, cut) = new_peer(options, &shared).await?;
         let (control_tx, control_rx) = mpsc::channel(16);
-        record_incoming(&pc, &shared);
         tokio::spawn(drive(
             pc.clone(),
             shared.clone(),
@@ -503,7 +719,7 @@ impl Participant {
             shared,
             control: control_tx,
             senders: Mutex::new(HashMap::new()),
-            socket,
+            cut,
         })
     }
 
@@ -522,14 +738,10 @@ impl Participant {
         interval: Duration,
         pad: usize,
     ) -> anyhow::Result<()> {
-        let mime = if kind == "audio" || kind == "screen_audio" {
-            MIME_TYPE_OPUS
+        let codec = if kind == "audio" || kind == "screen_audio" {
+            opus()
         } else {
-            MIME_TYPE_VP8
-        };
-        let codec = RTCRtpCodecCapability {
-            mime_type: mime.to_owned(),
-            ..Default::default()
+            vp8()
         };
         self.add_track_with(kind, codec, interval, pad).await
     }
@@ -538,70 +750,81 @@ impl Participant {
     pub async fn add_track_with(
         &self,
         kind: &str,
-        codec: RTCRtpCodecCapability,
+        codec: RTCRtpCodec,
         interval: Duration,
         pad: usize,
     ) -> anyhow::Result<()> {
         let track_id = track_id_of(kind);
-        let track = Arc::new(TrackLocalStaticRTP::new(
-            codec,
-            track_id.to_owned(),
-            self.session.clone(),
-        ));
-        let local: Arc<dyn TrackLocal + Send + Sync> = track.clone();
-        let sender = self.pc.add_track(local).await?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let our_ssrc = sender
-            .get_parameters()
-            .await
-            .encodings
-            .first()
-            .map(|e| e.ssrc);
-        // Count PLIs the SFU sends us, and its receiver reports about this track.
-        let shared = Arc::downgrade(&self.shared);
-        let s = sender.clone();
-        let k = kind.to_owned();
-        tokio::spawn(async move {
-            while let Ok((packets, _)) = s.read_rtcp().await {
-                let Some(shared) = shared.upgrade() else {
-                    break;
-                };
-                for p in packets {
-                    let any = p.as_any();
-                    if any.is::<PictureLossIndication>() {
-                        shared.plis.fetch_add(1, Ordering::Relaxed);
-                    } else if let Some(rr) = any.downcast_ref::<ReceiverReport>()
-                        && rr.reports.iter().any(|r| Some(r.ssrc) == our_ssrc)
-                    {
-                        *shared
-                            .receiver_reports
-                            .lock()
-                            .unwrap()
-                            .entry(k.clone())
-                            .or_default() += 1;
-                    }
-                }
-            }
-        });
-        let tag = format!("{}|{}|", self.session, kind);
         let audio = kind == "audio" || kind == "screen_audio";
-        let mime = track.codec().mime_type.to_ascii_lowercase();
+        let media_kind = if audio {
+            RtpCodecKind::Audio
+        } else {
+            RtpCodecKind::Video
+        };
+        // 0.21 sends a packet only on an SSRC of the track's encodings: we choose it.
+        let ssrc = next_ssrc();
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            self.session.clone(),
+            track_id.to_owned(),
+            track_id.to_owned(),
+            media_kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.clone(),
+                ..Default::default()
+            }],
+        )));
+        let local: Arc<dyn TrackLocal> = track.clone();
+        let sender = self
+            .pc
+            .add_track(local)
+            .await
+            .with_context(|| format!("{}: adding {kind}", self.session))?;
+        self.shared
+            .kinds
+            .lock()
+            .unwrap()
+            .insert(RTCRtpTransceiverId::from(sender.id()), media_kind);
+        offer_every_codec(&self.pc, sender.as_ref(), media_kind, &codec)
+            .await
+            .with_context(|| format!("{}: codecs of {kind}", self.session))?;
+        self.shared
+            .published
+            .lock()
+            .unwrap()
+            .insert(kind.to_owned(), ssrc);
+        let stop = Arc::new(AtomicBool::new(false));
+        let tag = format!("{}|{}|", self.session, kind);
+        let mime = codec.mime_type.to_ascii_lowercase();
         let st = stop.clone();
         let shared = Arc::downgrade(&self.shared);
+        let s = sender.clone();
         tokio::spawn(async move {
             let mut n: u64 = 0;
-            let ssrc = rand_ssrc(&tag);
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let padding = "x".repeat(pad);
             let mut plis_seen = 0;
+            // Payload type and audio level extension id as negotiated, looked up again after
+            // every answer (rtc drops packets that carry anything else).
+            let mut wire = None;
+            let mut negotiations_seen = u64::MAX;
             while !st.load(Ordering::Relaxed) {
                 tick.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
+                let negotiations = shared.negotiations.load(Ordering::Relaxed);
+                if negotiations != negotiations_seen {
+                    negotiations_seen = negotiations;
+                    wire = wire_format(s.as_ref(), &codec).await;
+                }
                 // Video is a keyframe every KEYFRAME_EVERY packets and right after a PLI, as an
                 // encoder would send it: an SFU may hold a new subscriber's video until one.
-                let plis = shared
-                    .upgrade()
-                    .map_or(0, |s| s.plis.load(Ordering::Relaxed));
+                let plis = shared.plis.load(Ordering::Relaxed);
                 let keyframe = n.is_multiple_of(KEYFRAME_EVERY) || plis != plis_seen;
                 plis_seen = plis;
                 let mut payload = if audio {
@@ -610,29 +833,32 @@ impl Participant {
                     video_prefix(&mime, keyframe).to_vec()
                 };
                 payload.extend_from_slice(format!("{tag}{n}|{padding}").as_bytes());
-                let packet = webrtc::rtp::packet::Packet {
-                    header: webrtc::rtp::header::Header {
-                        version: 2,
-                        marker: true,
-                        sequence_number: n as u16,
-                        timestamp: (n as u32).wrapping_mul(if audio { 960 } else { 3000 }),
-                        ssrc,
-                        ..Default::default()
-                    },
-                    payload: Bytes::from(payload),
-                };
-                let exts = if audio {
-                    let level = shared
-                        .upgrade()
-                        .map_or(127, |s| s.audio_level.load(Ordering::Relaxed));
-                    vec![HeaderExtension::AudioLevel(AudioLevelExtension {
-                        level,
-                        voice: level < 127,
-                    })]
-                } else {
-                    Vec::new()
-                };
-                let _ = track.write_rtp_with_extensions(&packet, &exts).await;
+                if let Some((payload_type, level_id)) = wire {
+                    let mut packet = rtc::rtp::Packet {
+                        header: rtc::rtp::header::Header {
+                            version: 2,
+                            marker: true,
+                            payload_type,
+                            sequence_number: n as u16,
+                            timestamp: (n as u32).wrapping_mul(if audio { 960 } else { 3000 }),
+                            ssrc,
+                            ..Default::default()
+                        },
+                        payload: Bytes::from(payload),
+                    };
+                    if audio && let Some(id) = level_id {
+                        let level = shared.audio_level.load(Ordering::Relaxed);
+                        let ext = AudioLevelExtension {
+                            level,
+                            voice: level < 127,
+                        };
+                        if let Ok(data) = ext.marshal() {
+                            let _ = packet.header.set_extension(id, data.freeze());
+                        }
+                    }
+                    drop(shared);
+                    let _ = track.write_rtp(packet).await;
+                }
                 n += 1;
             }
         });
@@ -652,39 +878,26 @@ impl Participant {
             .remove(kind)
             .context("no such track")?;
         stop.store(true, Ordering::Relaxed);
-        self.pc.remove_track(&sender).await?;
+        self.pc
+            .remove_track(&sender)
+            .await
+            .with_context(|| format!("{}: removing {kind}", self.session))?;
         Ok(())
     }
 
     /// For a participant that publishes nothing: a receive-only audio transceiver (an offer needs
     /// a media section to set up the transport), then the first offer.
     pub async fn receive_only(&self) -> anyhow::Result<()> {
-        self.pc
-            .add_transceiver_from_kind(
-                RTPCodecType::Audio,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Recvonly,
-                    send_encodings: Vec::new(),
-                }),
-            )
-            .await?;
+        add_receiver(&self.pc, &self.shared, RtpCodecKind::Audio).await?;
         self.renegotiate().await
     }
 
     /// Adds `audio` and `video` receive-only transceivers (no offer yet), as a browser that
     /// expects media does before its first offer.
     pub async fn add_receivers(&self, audio: usize, video: usize) -> anyhow::Result<()> {
-        for (kind, n) in [(RTPCodecType::Audio, audio), (RTPCodecType::Video, video)] {
+        for (kind, n) in [(RtpCodecKind::Audio, audio), (RtpCodecKind::Video, video)] {
             for _ in 0..n {
-                self.pc
-                    .add_transceiver_from_kind(
-                        kind,
-                        Some(RTCRtpTransceiverInit {
-                            direction: RTCRtpTransceiverDirection::Recvonly,
-                            send_encodings: Vec::new(),
-                        }),
-                    )
-                    .await?;
+                add_receiver(&self.pc, &self.shared, kind).await?;
             }
         }
         Ok(())
@@ -765,7 +978,19 @@ impl Participant {
                 lost_packets: 0,
             }],
         };
-        self.pc.write_rtcp(&[Box::new(nack)]).await?;
+        // 0.21 writes RTCP through a sender or a receiver; this one is about a received stream.
+        let track = self
+            .shared
+            .remotes
+            .lock()
+            .unwrap()
+            .get(&flow.ssrc)
+            .cloned()
+            .context("no remote track for the flow's SSRC")?;
+        track
+            .write_rtcp(vec![Box::new(nack)])
+            .await
+            .context("writing the NACK")?;
         Ok(n)
     }
 
@@ -782,31 +1007,40 @@ impl Participant {
 
     /// Receiver reports received about this participant's `kind` track.
     pub fn receiver_reports(&self, kind: &str) -> u64 {
+        let Some(ssrc) = self.shared.published.lock().unwrap().get(kind).copied() else {
+            return 0;
+        };
         self.shared
             .receiver_reports
             .lock()
             .unwrap()
-            .get(kind)
+            .get(&ssrc)
             .copied()
             .unwrap_or(0)
     }
 
+    /// The peer connection's state as last reported by webrtc-rs (0.21's peer connection has
+    /// no synchronous getter: the event handler records it).
+    pub fn connection_state(&self) -> RTCPeerConnectionState {
+        *self.shared.state.lock().unwrap()
+    }
+
     /// Makes the peer go silent at once, as if its network died: the packet generators stop and
-    /// its UDP socket closes, so nothing (not even a DTLS close_notify) reaches rtcd, while the
-    /// gRPC stream stays open. Needs [`PeerOptions::closable_socket`].
+    /// its UDP sockets go deaf and mute, so nothing (not even a DTLS close_notify) reaches rtcd,
+    /// while the gRPC stream stays open. Needs [`PeerOptions::closable_socket`].
     pub fn vanish(&self) -> anyhow::Result<()> {
-        let socket = self
-            .socket
+        let cut = self
+            .cut
             .as_ref()
             .context("joined without a closable socket")?;
         for (_, (_, stop)) in self.senders.lock().unwrap().iter() {
             stop.store(true, Ordering::Relaxed);
         }
-        socket.cut.store(true, Ordering::Relaxed);
+        cut.store(true, Ordering::Relaxed);
         Ok(())
     }
 
-    /// PLIs the SFU sent to this participant's tracks.
+    /// PLIs the SFU sent to this participant (about its tracks).
     pub fn plis(&self) -> u64 {
         self.shared.plis.load(Ordering::Relaxed)
     }
@@ -897,9 +1131,6 @@ impl Participant {
             stop.store(true, Ordering::Relaxed);
         }
         let _ = self.pc.close().await;
-        if let Some(socket) = &self.socket {
-            let _ = socket.mux.close().await;
-        }
     }
 }
 
@@ -966,169 +1197,321 @@ fn track_id_of(kind: &str) -> &'static str {
     }
 }
 
-fn rand_ssrc(tag: &str) -> u32 {
-    tag.bytes()
-        .fold(0x9e37_79b9u32, |h, b| h.rotate_left(5) ^ u32::from(b))
+/// A fresh SSRC for a published track: unique in the process, so a track removed and added
+/// again (or another participant's) never reuses one rtcd has seen.
+fn next_ssrc() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0x5100_0000);
+    NEXT.fetch_add(2, Ordering::Relaxed)
 }
 
+/// The payload type of `codec` and the audio level extension id (if negotiated) on `sender`'s
+/// section; `None` while the sender has no such codec.
+async fn wire_format(sender: &dyn RtpSender, codec: &RTCRtpCodec) -> Option<(u8, Option<u8>)> {
+    let params = sender.get_parameters().await.ok()?;
+    let codecs = &params.rtp_parameters.codecs;
+    let same_mime =
+        |c: &&RTCRtpCodecParameters| c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type);
+    let chosen = codecs
+        .iter()
+        .filter(same_mime)
+        .find(|c| c.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line)
+        .or_else(|| codecs.iter().find(same_mime))?;
+    let level = params
+        .rtp_parameters
+        .header_extensions
+        .iter()
+        .find(|e| e.uri == AUDIO_LEVEL_URI)
+        .and_then(|e| u8::try_from(e.id).ok());
+    Some((chosen.payload_type, level))
+}
+
+/// The primary video codecs webrtc-rs registers by default (`register_default_codecs`, without
+/// H.265), in its order; their RTX codecs follow them into a section by themselves.
+fn default_video_codecs() -> Vec<RTCRtpCodec> {
+    let video = |mime: &str, fmtp: &str| RTCRtpCodec {
+        mime_type: mime.to_owned(),
+        clock_rate: 90_000,
+        sdp_fmtp_line: fmtp.to_owned(),
+        ..Default::default()
+    };
+    let h264 = |mode: u8, profile: &str| {
+        video(
+            "video/H264",
+            &format!(
+                "level-asymmetry-allowed=1;packetization-mode={mode};profile-level-id={profile}"
+            ),
+        )
+    };
+    vec![
+        video("video/VP8", ""),
+        video("video/VP9", "profile-id=0"),
+        video("video/VP9", "profile-id=1"),
+        h264(1, "42001f"),
+        h264(0, "42001f"),
+        h264(1, "42e01f"),
+        h264(0, "42e01f"),
+        h264(1, "640032"),
+        video("video/AV1", "profile-id=0"),
+    ]
+}
+
+/// Puts `codec` first and the other default video codecs after it in the section of `sender`.
+/// webrtc 0.21 offers only the track's own codec (and its RTX) in a section that sends (codec
+/// preferences from the track's encodings), but the section is sendrecv and rtcd may forward
+/// another publisher's video into it in any codec the section offers, as into a browser's; 0.17
+/// offered them all. (`RtpSender::get_capabilities` lists only the sender's own codecs, hence
+/// the list.) Audio keeps Opus alone: rtcd forwards nothing else.
+async fn offer_every_codec(
+    pc: &Arc<dyn PeerConnection>,
+    sender: &dyn RtpSender,
+    kind: RtpCodecKind,
+    codec: &RTCRtpCodec,
+) -> anyhow::Result<()> {
+    if kind != RtpCodecKind::Video {
+        return Ok(());
+    }
+    let others = default_video_codecs().into_iter().filter(|c| {
+        !(c.mime_type.eq_ignore_ascii_case(&codec.mime_type)
+            && c.sdp_fmtp_line == codec.sdp_fmtp_line)
+    });
+    // The payload types are the media engine's: preferences are matched by codec.
+    let preferences: Vec<RTCRtpCodecParameters> = std::iter::once(codec.clone())
+        .chain(others)
+        .map(|rtp_codec| RTCRtpCodecParameters {
+            rtp_codec,
+            payload_type: 0,
+        })
+        .collect();
+    let id = RTCRtpTransceiverId::from(sender.id());
+    for t in pc.get_transceivers().await {
+        if t.id() == id {
+            t.set_codec_preferences(preferences).await?;
+            return Ok(());
+        }
+    }
+    Err(anyhow!("the sender's transceiver is gone"))
+}
+
+/// A receive-only transceiver of `kind`, remembered with its kind.
+async fn add_receiver(
+    pc: &Arc<dyn PeerConnection>,
+    shared: &Shared,
+    kind: RtpCodecKind,
+) -> anyhow::Result<()> {
+    let t = pc
+        .add_transceiver_from_kind(
+            kind,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        )
+        .await
+        .with_context(|| format!("adding a receive-only {kind} transceiver"))?;
+    shared.kinds.lock().unwrap().insert(t.id(), kind);
+    Ok(())
+}
+
+/// A peer connection on one loopback UDP socket, with webrtc-rs's default codecs and
+/// interceptors plus [`RtcpTap`], reporting to `shared`; with the kill switch of its sockets if
+/// `options` asks for a closable one.
 async fn new_peer(
     options: PeerOptions,
-) -> anyhow::Result<(Arc<RTCPeerConnection>, Option<Cuttable>)> {
+    shared: &Arc<Shared>,
+) -> anyhow::Result<(Arc<dyn PeerConnection>, Option<Arc<AtomicBool>>)> {
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
     media.register_header_extension(
         RTCRtpHeaderExtensionCapability {
-            uri: "urn:ietf:params:rtp-hdrext:ssrc-audio-level".to_owned(),
+            uri: AUDIO_LEVEL_URI.to_owned(),
         },
-        RTPCodecType::Audio,
+        RtpCodecKind::Audio,
         None,
     )?;
-    let registry = register_default_interceptors(Registry::new(), &mut media)?;
-    let mut settings = SettingEngine::default();
-    settings.set_include_loopback_candidate(true);
-    settings.set_interface_filter(Box::new(|n: &str| n == "lo"));
-    settings.set_network_types(vec![NetworkType::Udp4]);
-    settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+    let registry = register_default_interceptors(Registry::new(), &mut media)?.with(
+        Slot::from(RTCP_TAP_SLOT),
+        RtcpTap {
+            shared: Arc::downgrade(shared),
+            reads: VecDeque::new(),
+            writes: VecDeque::new(),
+        },
+    );
+    let mut settings = SettingEngineBuilder::new()
+        .with_include_loopback_candidate(true)
+        .with_network_types(vec![rtc::ice::network_type::NetworkType::Udp4])
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
     if options.accept_replays {
-        settings.disable_srtp_replay_protection(true);
+        // 0 turns the SRTP replay window off.
+        settings = settings.with_srtp_replay_protection_window(0);
     }
-    let socket = if options.closable_socket {
-        let cut = Arc::new(AtomicBool::new(false));
-        let socket = CuttableSocket {
-            socket: tokio::net::UdpSocket::bind("127.0.0.1:0").await?,
-            cut: cut.clone(),
-        };
-        let mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
-        settings.set_udp_network(UDPNetwork::Muxed(mux.clone()));
-        Some(Cuttable { mux, cut })
-    } else {
-        None
+    let cut = options
+        .closable_socket
+        .then(|| Arc::new(AtomicBool::new(false)));
+    let runtime: Arc<dyn Runtime> = match &cut {
+        Some(cut) => Arc::new(CutRuntime { cut: cut.clone() }),
+        None => Arc::new(TokioRuntime),
     };
-    let api = APIBuilder::new()
+    let pc = PeerConnectionBuilder::new()
         .with_media_engine(media)
         .with_interceptor_registry(registry)
-        .with_setting_engine(settings)
-        .build();
-    let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
-    Ok((pc, socket))
+        .with_setting_engine(settings.build())
+        .with_runtime(runtime)
+        .with_handler(Arc::new(Events {
+            shared: Arc::downgrade(shared),
+        }))
+        // One socket on loopback: the host candidate rtcd's checks answer.
+        .with_udp_addrs(vec!["127.0.0.1:0"])
+        .build()
+        .await
+        .context("building the peer connection")?;
+    Ok((Arc::new(pc), cut))
 }
 
-fn record_incoming(pc: &Arc<RTCPeerConnection>, shared: &Arc<Shared>) {
-    let shared = Arc::downgrade(shared);
-    pc.on_track(Box::new(move |track, receiver, _| {
-        let shared = shared.clone();
-        // Sender reports from rtcd about this track (reading also drives the interceptors).
-        let reports = shared.clone();
-        let ssrc = track.ssrc();
-        tokio::spawn(async move {
-            while let Ok((packets, _)) = receiver.read_rtcp().await {
-                let Some(shared) = reports.upgrade() else {
-                    break;
-                };
-                for p in packets {
-                    if let Some(sr) = p.as_any().downcast_ref::<SenderReport>()
-                        && sr.ssrc == ssrc
-                    {
-                        *shared
-                            .sender_reports
-                            .lock()
-                            .unwrap()
-                            .entry(ssrc)
-                            .or_default() += 1;
-                    }
-                }
-            }
-        });
-        let mime = track.codec().capability.mime_type;
-        tokio::spawn(async move {
-            while let Ok((packet, _)) = track.read_rtp().await {
-                let Some(shared) = shared.upgrade() else {
-                    break;
-                };
-                let body = strip_video_prefix(&mime, &packet.payload);
-                let text = String::from_utf8_lossy(body);
-                let mut parts = text.split('|');
-                let (Some(sender), Some(kind), Some(n)) =
-                    (parts.next(), parts.next(), parts.next())
-                else {
-                    continue;
-                };
-                let Ok(n) = n.parse::<u64>() else { continue };
-                let mut flows = shared.flows.lock().unwrap();
-                let flow = flows
-                    .entry(format!("{sender}/{kind}"))
-                    .or_insert_with(|| Flow {
-                        ssrc,
-                        mime: mime.clone(),
-                        ..Default::default()
-                    });
-                flow.record(n, packet.header.sequence_number);
-            }
-        });
-        Box::pin(async {})
-    }));
+/// Reads one remote track until it ends, counting payloads `sender|kind|n` into flows.
+async fn read_track(track: Arc<dyn TrackRemote>, shared: Weak<Shared>) {
+    while let Some(event) = track.poll().await {
+        let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+            continue;
+        };
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        let ssrc = packet.header.ssrc;
+        shared
+            .remotes
+            .lock()
+            .unwrap()
+            .entry(ssrc)
+            .or_insert_with(|| track.clone());
+        let mime = shared
+            .payload_types
+            .lock()
+            .unwrap()
+            .get(&packet.header.payload_type)
+            .cloned()
+            .unwrap_or_default();
+        let body = strip_video_prefix(&mime, &packet.payload);
+        let text = String::from_utf8_lossy(body);
+        let mut parts = text.split('|');
+        let (Some(sender), Some(kind), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        let mut flows = shared.flows.lock().unwrap();
+        let flow = flows
+            .entry(format!("{sender}/{kind}"))
+            .or_insert_with(|| Flow {
+                ssrc,
+                mime: mime.clone(),
+                ..Default::default()
+            });
+        flow.record(n, packet.header.sequence_number);
+    }
 }
 
+/// The codec of every payload type in `sdp`'s `a=rtpmap` lines, as `kind/name` (`video/VP8`,
+/// `audio/opus`): our offers use one table for every section.
+fn payload_types(sdp: &str) -> HashMap<u8, String> {
+    let mut kind = "";
+    let mut out = HashMap::new();
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            kind = m.split(' ').next().unwrap_or_default();
+        } else if let Some(map) = line.strip_prefix("a=rtpmap:")
+            && let Some((pt, codec)) = map.split_once(' ')
+            && let Ok(pt) = pt.parse::<u8>()
+        {
+            let name = codec.split('/').next().unwrap_or_default();
+            out.insert(pt, format!("{kind}/{name}"));
+        }
+    }
+    out
+}
+
+/// Makes an offer with its candidates and the declared kinds of our tracks, applies it and sends
+/// it to rtcd.
 async fn send_offer(
-    pc: &RTCPeerConnection,
+    pc: &Arc<dyn PeerConnection>,
     shared: &Shared,
     out: &mpsc::Sender<pb::ClientSignal>,
 ) -> anyhow::Result<()> {
-    let offer = pc.create_offer(None).await?;
+    let offer = pc.create_offer(None).await.context("creating an offer")?;
     // Mids exist once the offer is created: name the declared tracks' sections.
     let declared = shared.declared.lock().unwrap().clone();
     let mut tracks = HashMap::new();
     for t in pc.get_transceivers().await {
-        if let (Some(mid), Some(track)) = (t.mid(), t.sender().await.track().await)
-            && let Some(kind) = declared.get(track.id())
+        if let (Ok(Some(mid)), Ok(Some(sender))) = (t.mid().await, t.sender().await)
+            && let Some(kind) = declared.get(&sender.track().track_id().await)
         {
-            tracks.insert(mid.to_string(), *kind as i32);
+            tracks.insert(mid, *kind as i32);
         }
     }
-    let mut gathered = pc.gathering_complete_promise().await;
-    pc.set_local_description(offer).await?;
-    let _ = gathered.recv().await;
-    let sdp = pc
-        .local_description()
+    pc.set_local_description(offer)
         .await
-        .context("no local description")?
-        .sdp;
+        .context("applying our offer")?;
+    // Complete SDP: the driver gathers the host candidate after set_local_description and the
+    // description lists candidates (and end-of-candidates) as soon as it has them.
+    let deadline = tokio::time::Instant::now() + GATHERING;
+    let sdp = loop {
+        let sdp = pc
+            .local_description()
+            .await
+            .context("no local description")?
+            .sdp;
+        if sdp.contains("a=end-of-candidates") || tokio::time::Instant::now() >= deadline {
+            break sdp;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    *shared.payload_types.lock().unwrap() = payload_types(&sdp);
     out.send(pb::ClientSignal {
         signal: Some(pb::client_signal::Signal::Offer(pb::SessionDescription {
             sdp,
             tracks,
         })),
     })
-    .await?;
+    .await
+    .context("signaling stream closed")?;
     Ok(())
 }
 
 /// Adds receive-only transceivers until the peer receives on at least `want` sections of
 /// `kind` (rtcd's `NegotiationNeeded`; sendrecv sections count, as the protocol says).
-async fn ensure_receiving(pc: &RTCPeerConnection, kind: RTPCodecType, want: u32) {
+async fn ensure_receiving(
+    pc: &Arc<dyn PeerConnection>,
+    shared: &Shared,
+    kind: RtpCodecKind,
+    want: u32,
+) {
+    let kinds = shared.kinds.lock().unwrap().clone();
     let mut have = 0u32;
     for t in pc.get_transceivers().await {
-        let d = t.direction();
-        if t.kind() == kind
+        if kinds.get(&t.id()) == Some(&kind)
             && matches!(
-                d,
-                RTCRtpTransceiverDirection::Recvonly | RTCRtpTransceiverDirection::Sendrecv
+                t.direction().await,
+                Ok(RTCRtpTransceiverDirection::Recvonly | RTCRtpTransceiverDirection::Sendrecv)
             )
         {
             have += 1;
         }
     }
     for _ in have..want {
-        let init = RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Recvonly,
-            send_encodings: Vec::new(),
-        };
-        let _ = pc.add_transceiver_from_kind(kind, Some(init)).await;
+        let _ = add_receiver(pc, shared, kind).await;
     }
 }
 
+/// Whether no offer or answer is outstanding. Read from the descriptions, which change under
+/// the same lock as the state; the state-change events arrive later, through the driver.
+async fn stable(pc: &Arc<dyn PeerConnection>) -> bool {
+    pc.pending_local_description().await.is_none()
+        && pc.pending_remote_description().await.is_none()
+}
+
+/// The participant's signaling loop: records rtcd's messages, applies answers, follows
+/// `NegotiationNeeded` and offers whenever asked and stable, so offers and answers never
+/// interleave.
 async fn drive(
-    pc: Arc<RTCPeerConnection>,
+    pc: Arc<dyn PeerConnection>,
     shared: Arc<Shared>,
     mut inbound: impl futures_util::Stream<Item = Result<pb::ServerSignal, tonic::Status>> + Unpin,
     out: mpsc::Sender<pb::ClientSignal>,
@@ -1161,8 +1544,8 @@ async fn drive(
                         shared.offers_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                     Signal::NegotiationNeeded(n) => {
-                        ensure_receiving(&pc, RTPCodecType::Audio, n.audio).await;
-                        ensure_receiving(&pc, RTPCodecType::Video, n.video).await;
+                        ensure_receiving(&pc, &shared, RtpCodecKind::Audio, n.audio).await;
+                        ensure_receiving(&pc, &shared, RtpCodecKind::Video, n.video).await;
                         want_offer = true;
                     }
                     // rtcd's SDP already carries its candidates (it finishes host gathering before
@@ -1172,7 +1555,7 @@ async fn drive(
                             candidate: c.candidate,
                             sdp_mid: c.sdp_mid,
                             sdp_mline_index: c.sdp_mline_index.map(|i| i as u16),
-                            username_fragment: None,
+                            ..Default::default()
                         };
                         if pc.remote_description().await.is_some() {
                             let _ = pc.add_ice_candidate(init).await;
@@ -1184,9 +1567,11 @@ async fn drive(
                 }
             }
         }
-        if want_offer && pc.signaling_state() == RTCSignalingState::Stable {
+        if want_offer && stable(&pc).await {
             want_offer = false;
-            let _ = send_offer(&pc, &shared, &out).await;
+            if let Err(e) = send_offer(&pc, &shared, &out).await {
+                tracing::warn!("offer failed: {e:#}");
+            }
         }
     }
     shared.closed.store(true, Ordering::Relaxed);

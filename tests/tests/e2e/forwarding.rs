@@ -42,7 +42,7 @@ async fn receives_exactly(p: &Participant, others: &[&str]) -> anyhow::Result<()
     if let Err(e) = waited {
         anyhow::bail!(
             "{e}: state {:?}, flows {:?}, events {:?}",
-            p.pc.connection_state(),
+            p.connection_state(),
             p.flows(),
             p.events()
                 .iter()

@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use rtcd_e2e::media::{
-    Participant, TestRtcd, all_permissions, eventually, keeps_flowing, publisher, remote_sdp_shape,
+    Participant, RTCPeerConnectionState, TestRtcd, all_permissions, eventually, keeps_flowing,
+    publisher, remote_sdp_shape,
 };
 use rtcd_proto::v1 as pb;
-use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 
 const WINDOW: Duration = Duration::from_secs(5);
 
@@ -61,7 +61,7 @@ async fn a_peer_renegotiated_by_rtcd_for_a_minute_stays_connected_with_media_in_
     let cycles = cycles?;
     for p in [&alice, &bob] {
         assert_eq!(
-            p.pc.connection_state(),
+            p.connection_state(),
             RTCPeerConnectionState::Connected,
             "{}",
             p.session
@@ -126,10 +126,7 @@ async fn forty_join_leave_cycles_keep_the_sdp_bounded_by_the_live_tracks() -> an
         WINDOW,
     )
     .await?;
-    assert_eq!(
-        alice.pc.connection_state(),
-        RTCPeerConnectionState::Connected
-    );
+    assert_eq!(alice.connection_state(), RTCPeerConnectionState::Connected);
     assert!(alice.errors().is_empty(), "{:?}", alice.errors());
     rtcd.rtcd.shutdown().await;
     drop(bob);

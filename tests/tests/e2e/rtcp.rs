@@ -1,15 +1,18 @@
 //! RTCP through rtcd with real webrtc-rs peers: NACKs answered from rtcd's retransmission
 //! buffer, sender reports to subscribers and receiver reports to publishers.
 //!
-//! webrtc-rs 0.17 facts these tests rest on: `register_default_interceptors` installs a NACK
-//! responder (a per-SSRC buffer of 8192 packets) on every local stream whose codec negotiated
-//! `nack` feedback (the default video codecs do, Opus does not); it resends the stored packet
-//! itself (same SSRC and sequence number: sender RTX is off unless
-//! `SettingEngine::enable_sender_rtx`, and the default codecs include no `rtx` codec). A
-//! receiver's SRTP session drops a copy of a packet it already has (replay protection, a
-//! 64-packet window, on by default in `srtp::Session`), so the subscriber that checks the
-//! retransmission turns replay protection off to see it. Sender and receiver reports go out
-//! about once a second.
+//! webrtc-rs 0.21 facts these tests rest on (`rtc` 0.21.1, under the async `webrtc` 0.21.1):
+//! `register_default_interceptors` installs a NACK generator and responder, sender and receiver
+//! reports (about once a second, `rtc-interceptor` `report/{sender,receiver}.rs`) and the TWCC
+//! receiver. The default video codecs each come with an RTX codec, so a subscriber's section
+//! offers RTX and rtcd answers its NACK with an RTX packet (own SSRC, original sequence number in
+//! front of the payload); the subscriber's `rtc` turns it back into the original packet before
+//! the track sees it (`peer_connection/handler/endpoint.rs`), so the payload counter arrives
+//! twice. A copy on the original SSRC would be dropped by the SRTP replay window (on by default),
+//! so the subscriber that checks the retransmission turns replay protection off as well
+//! (`SettingEngineBuilder::with_srtp_replay_protection_window(0)`). Inbound RTCP stops at the end
+//! of the interceptor chain; the participants count PLIs and reports with an interceptor of
+//! their own (`media::RtcpTap`).
 
 use std::time::Duration;
 
