@@ -10,7 +10,6 @@
 //! NAT), which is coturn's one `allowed-peer-ip` among the denied private ranges.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
@@ -74,38 +73,70 @@ async fn stack(
     .await
 }
 
-/// An Allocate by webrtc-rs's TURN client (an implementation independent of the proxy's
-/// probe) over UDP; the allocation is released again.
+/// An Allocate by webrtc-rs's sans-IO TURN client (`rtc::turn`, an implementation independent
+/// of the proxy's probe) over UDP, driven here on a blocking socket.
 async fn allocate_with_webrtc_rs(
     coturn: &Coturn,
     username: &str,
     password: &str,
 ) -> anyhow::Result<()> {
-    use webrtc::turn::client::{Client, ClientConfig};
-    let conn = Arc::new(tokio::net::UdpSocket::bind("0.0.0.0:0").await?);
-    let client = Client::new(ClientConfig {
-        stun_serv_addr: String::new(),
-        turn_serv_addr: format!("{}:3478", coturn.addr),
-        username: username.into(),
-        password: password.into(),
-        realm: REALM.into(),
-        software: String::new(),
-        rto_in_ms: 0,
-        conn,
-        vnet: None,
-    })
-    .await?;
-    client.listen().await?;
-    let result = tokio::time::timeout(Duration::from_secs(10), client.allocate()).await;
-    let _ = client.close().await;
-    match result {
-        Err(_) => bail!("no answer to the Allocate within 10 s"),
-        Ok(Err(e)) => bail!("{e}"),
-        Ok(Ok(relay)) => {
-            use webrtc::util::Conn as _;
-            let _ = relay.close().await;
-            Ok(())
+    let server = format!("{}:3478", coturn.addr);
+    let (username, password) = (username.to_owned(), password.to_owned());
+    tokio::task::spawn_blocking(move || allocate_blocking(&server, username, password)).await?
+}
+
+fn allocate_blocking(server: &str, username: String, password: String) -> anyhow::Result<()> {
+    use rtc::sansio::Protocol as _;
+    use rtc::shared::{TransportContext, TransportMessage, TransportProtocol};
+    use rtc::turn::client::{Client, ClientConfig, Event};
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let local = socket.local_addr()?;
+    let provider = rtc::crypto::default_provider().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut client = Client::new(
+        ClientConfig {
+            turn_serv_addr: server.to_owned(),
+            local_addr: local,
+            transport_protocol: TransportProtocol::UDP,
+            username,
+            password,
+            realm: REALM.into(),
+            ..Default::default()
+        },
+        provider,
+    )?;
+    client.allocate(std::time::Instant::now())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 2048];
+    loop {
+        while let Some(out) = client.poll_write() {
+            socket.send_to(&out.message, out.transport.peer_addr)?;
         }
+        while let Some(event) = client.poll_event() {
+            match event {
+                Event::AllocateResponse(..) => return Ok(()),
+                Event::AllocateError(_, e) => bail!("{e}"),
+                Event::TransactionTimeout(_) => bail!("the Allocate timed out"),
+                _ => {}
+            }
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no answer to the Allocate within 10 s"
+        );
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            client.handle_read(TransportMessage {
+                now: std::time::Instant::now(),
+                transport: TransportContext {
+                    local_addr: local,
+                    peer_addr: from,
+                    transport_protocol: TransportProtocol::UDP,
+                    ecn: None,
+                },
+                message: bytes::BytesMut::from(&buf[..n]),
+            })?;
+        }
+        client.handle_timeout(std::time::Instant::now())?;
     }
 }
 
