@@ -786,9 +786,11 @@ export class RtcdClient extends EventTarget {
 
   /**
    * Fresh TURN credentials from the proxy: applied to the live peer connection, so every
-   * relay allocation it makes from now on (ICE restart, network change) uses them. Existing
-   * allocations keep their username (TURN requires it) and stay alive: the browser refreshes
-   * them, and coturn does not re-check an expiry it verified at allocation.
+   * relay allocation it makes from now on uses them. An existing allocation keeps the username
+   * it was made with (TURN requires it), and its refreshes would carry the old, soon expired,
+   * credentials: whether a TURN server still accepts those is its own policy. So while media
+   * is relayed, ICE restarts at once: new allocations with the fresh credentials, media on the
+   * old path until the new one is checked (protocol section 4b).
    * @param {RTCIceServer[]} servers @param {number} expiresAt
    */
   _onIceServers(servers, expiresAt) {
@@ -805,6 +807,7 @@ export class RtcdClient extends EventTarget {
       }
     }
     this._emit('iceservers', { expiresAt: this.iceServersExpiresAt, urls: servers.flatMap((s) => [].concat(s.urls || [])) });
+    if (pc && this.route && this.route.path === 'relayed') this._restartIce(pc);
   }
 
   /** The application's ICE servers, then the proxy's (TURN with this session's credentials). */

@@ -94,7 +94,9 @@ impl Stack {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("spawning {}", config.rtcd_bin.display()))?;
-        let (http, grpc) = rtcd_ready(&mut rtcd)?;
+        // Asked for more than warnings: the lines are for the person running the tool.
+        let echo = !matches!(config.log_level.as_str(), "warn" | "error");
+        let (http, grpc) = rtcd_ready(&mut rtcd, echo)?;
 
         let key = crate::daemon::key_for("loadgen");
         let response = reqwest::Client::new()
@@ -201,8 +203,9 @@ fn dedup(env: Vec<(String, String)>) -> Vec<(String, String)> {
 }
 
 /// Reads rtcd's JSON log until "rtcd ready"; returns (HTTP API, gRPC) addresses and keeps
-/// draining stderr so the child never blocks on a full pipe.
-fn rtcd_ready(child: &mut Child) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+/// draining stderr so the child never blocks on a full pipe, echoing ERROR lines (every line
+/// with `echo`).
+fn rtcd_ready(child: &mut Child, echo: bool) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let stderr = child.stderr.take().context("stderr piped")?;
     let mut lines = std::io::BufReader::new(stderr).lines();
     let mut seen = Vec::new();
@@ -220,7 +223,7 @@ fn rtcd_ready(child: &mut Child) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     };
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
-            if line.contains("\"ERROR\"") {
+            if echo || line.contains("\"ERROR\"") {
                 eprintln!("rtcd: {line}");
             }
         }

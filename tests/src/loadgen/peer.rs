@@ -418,9 +418,11 @@ impl Peer {
             if self.connected {
                 self.send_due(&mut rtc, now, config.publisher, config.keyframe_interval);
             }
-            if now >= timeout {
-                rtc.handle_input(Input::Timeout(now))?;
-            }
+            // Every turn, not only when the last timeout is due: str0m advances its clock
+            // (ICE pacing, DTLS) only through it, and an answer just applied must start the
+            // connectivity checks now, not at a deadline computed before it (that cost every
+            // join against an ICE-lite server, which sends no checks of its own, 500 ms).
+            rtc.handle_input(Input::Timeout(now))?;
         }
     }
 
