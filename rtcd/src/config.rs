@@ -86,8 +86,9 @@ pub struct RtcConfig {
     /// video frames overflows it long before the CPU is busy. The kernel caps it at
     /// `net.core.rmem_max` / `wmem_max`; rtcd warns when it got less.
     pub udp_buffer_bytes: usize,
-    /// Packets kept per video stream sent to a subscriber, to answer its NACKs (rounded up to a
-    /// power of two, 64..32768). Allocated whole per stream, so it is most of a session's memory.
+    /// Packets kept per published video track, once for all its subscribers, to answer their
+    /// NACKs (rounded up to a power of two, 64..32768); packets older than a second are dropped
+    /// in any case (`sfu::retransmit::MAX_AGE`), so memory follows the bitrate.
     pub nack_buffer_packets: usize,
     /// Sessions one call may hold.
     pub max_sessions_per_call: usize,

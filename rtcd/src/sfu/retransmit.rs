@@ -11,6 +11,13 @@ use super::packet::MediaPacket;
 /// The default number of packets kept per source track: about 1.5 s of 2.5 Mbit/s video.
 pub const DEFAULT_CAPACITY: usize = 512;
 
+/// How long a packet stays answerable. A retransmission later than this arrives after the
+/// subscriber's jitter buffer gave up on it (RTTs beyond a few hundred ms are rare on calls),
+/// and keeping more only holds memory: a full ring of 1024 video packets is ~1.2 MiB per
+/// published camera, most of a participant's footprint, while one second of 1.5 Mbit/s video
+/// is ~190 KiB.
+pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The smallest and largest capacities accepted: the window must stay well inside half the
 /// 16-bit sequence space for "older" and "newer" to be unambiguous.
 const MIN_CAPACITY: usize = 16;
@@ -48,6 +55,10 @@ pub struct RetransmitBuffer {
     mask: u64,
     /// The newest extended sequence number inserted, if any.
     highest: Option<u64>,
+    /// Every slot before this extended sequence number is empty (aged out or never filled).
+    oldest: u64,
+    /// Packets older than this (by arrival) are dropped as newer ones come.
+    max_age: std::time::Duration,
 }
 
 impl RetransmitBuffer {
@@ -58,7 +69,15 @@ impl RetransmitBuffer {
             slots: (0..capacity).map(|_| None).collect(),
             mask: capacity as u64 - 1,
             highest: None,
+            oldest: 0,
+            max_age: MAX_AGE,
         })
+    }
+
+    /// Keeps packets at most `max_age` (by arrival time) instead of [`MAX_AGE`].
+    pub fn with_max_age(mut self, max_age: std::time::Duration) -> Self {
+        self.max_age = max_age;
+        self
     }
 
     /// How many packets the ring holds at most.
@@ -83,8 +102,34 @@ impl RetransmitBuffer {
             _ => ext,
         };
         self.highest = Some(highest);
+        let arrival = pkt.arrival;
         self.slots[(ext & self.mask) as usize] = Some((ext, pkt));
+        self.age_out(highest, arrival);
         true
+    }
+
+    /// Empties the slots of packets that arrived more than `max_age` before `now`, oldest
+    /// first, stopping at the first one still young: each slot is visited once per lap of the
+    /// ring, so this costs O(1) per insert on average.
+    fn age_out(&mut self, highest: u64, now: std::time::Instant) {
+        let Some(cutoff) = now.checked_sub(self.max_age) else {
+            return;
+        };
+        self.oldest = self.oldest.max(highest.saturating_sub(self.mask));
+        while self.oldest < highest {
+            let slot = &mut self.slots[(self.oldest & self.mask) as usize];
+            match slot {
+                Some((e, p)) if *e == self.oldest => {
+                    if p.arrival >= cutoff {
+                        return;
+                    }
+                    *slot = None;
+                }
+                // Never received, or already overwritten by a newer lap.
+                _ => {}
+            }
+            self.oldest += 1;
+        }
     }
 
     /// The packet with sequence number `seq`, if it is still in the window and was received.
@@ -136,6 +181,32 @@ mod tests {
 
     fn seq_of(buf: &RetransmitBuffer, seq: u16) -> Option<u16> {
         buf.get(seq).map(|p| p.sequence)
+    }
+
+    #[test]
+    fn packets_older_than_the_max_age_are_dropped_as_new_ones_come() {
+        let start = Instant::now();
+        let mut buf = RetransmitBuffer::new(1024)
+            .unwrap()
+            .with_max_age(std::time::Duration::from_millis(500));
+        // 100 packets per second for 2 s: only the last half second stays answerable.
+        for i in 0..200u16 {
+            let mut p = pkt(1000 + i);
+            p.arrival = start + std::time::Duration::from_millis(u64::from(i) * 10);
+            assert!(buf.insert(p));
+        }
+        let kept: Vec<u16> = (1000..1200)
+            .filter(|&s| seq_of(&buf, s).is_some())
+            .collect();
+        assert_eq!(kept.first(), Some(&1149), "{kept:?}");
+        assert_eq!(kept.len(), 51);
+        // A late packet (reordered) is kept while it is inside the window of sequence numbers.
+        let mut late = pkt(1195);
+        late.arrival = start + std::time::Duration::from_millis(2_000);
+        assert!(buf.insert(late));
+        assert_eq!(seq_of(&buf, 1195), Some(1195));
+        // The default keeps a second.
+        assert_eq!(RetransmitBuffer::new(16).unwrap().max_age, MAX_AGE);
     }
 
     #[test]

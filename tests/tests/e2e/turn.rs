@@ -378,26 +378,41 @@ async fn selected_local_candidate(page: &BrowserPage) -> anyhow::Result<Value> {
 
 /// Both pages' media goes through coturn, reached over `transport`, and the page says so.
 async fn ensure_relayed(call: &Call, coturn: &Coturn, transport: &str) -> anyhow::Result<()> {
+    ensure_relayed_over(call, coturn, Some(transport)).await
+}
+
+/// Every page's media goes through a relay on coturn, over `transport` (`udp`, `tcp`, `tls`) or,
+/// with `None`, whichever of them Chromium picked (both are offered when UDP to coturn works).
+async fn ensure_relayed_over(
+    call: &Call,
+    coturn: &Coturn,
+    transport: Option<&str>,
+) -> anyhow::Result<()> {
     for (page, name) in call.pages.iter().zip(&call.names) {
         let local = selected_local_candidate(page).await?;
         eprintln!("{name}: selected local candidate {local}");
+        let protocol = local["relayProtocol"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         ensure!(
             local["type"] == "relay"
-                && local["relayProtocol"] == transport
+                && transport.is_none_or(|t| t == protocol)
                 && local["address"] == coturn.addr.to_string(),
-            "{name}: selected local candidate {local}, not a {transport} relay on {}",
+            "{name}: selected local candidate {local}, not a {} relay on {}",
+            transport.unwrap_or("TURN"),
             coturn.addr
         );
         // The page shows it (from the SDK's own reading of the same stats).
         page.wait_for(
             &format!(
                 "document.body.dataset.route === 'relayed' && document.body.dataset.relayProtocol === {}",
-                json!(transport)
+                json!(protocol)
             ),
             Duration::from_secs(10),
         )
         .await
-        .with_context(|| format!("{name}: the page does not show a {transport} relay"))?;
+        .with_context(|| format!("{name}: the page does not show a {protocol} relay"))?;
     }
     Ok(())
 }
@@ -505,7 +520,7 @@ async fn refresh_scenario() -> anyhow::Result<()> {
         let first_user = first["user"].as_str().context("first username")?.to_owned();
         let first_expiry = first["expires"].as_i64().context("first expiry")?;
         eprintln!("first credentials {first_user}, expiring in {} s", first_expiry - unix_now());
-        ensure_relayed(&call, &coturn, "udp").await?;
+        ensure_relayed_over(&call, &coturn, None).await?;
         // The refresh comes at 45 s of 60; hold through it.
         let before = selected_local_candidate(&call.pages[alice]).await?;
         let until_refresh = (first_expiry - 15 - unix_now()).max(0) as u64 + 5;
@@ -534,7 +549,7 @@ async fn refresh_scenario() -> anyhow::Result<()> {
             applied["restarts"].as_u64() >= Some(1),
             "no ICE restart after fresh credentials while relayed: {applied}"
         );
-        ensure_relayed(&call, &coturn, "udp").await?;
+        ensure_relayed_over(&call, &coturn, None).await?;
         let after = selected_local_candidate(&call.pages[alice]).await?;
         ensure!(
             before["port"] != after["port"],
