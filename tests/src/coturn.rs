@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 
+use crate::netns::ip;
+
 /// The realm of every test coturn.
 pub const REALM: &str = "rtcd.test";
 
@@ -210,20 +212,6 @@ fn config(o: &CoturnOptions, addr: Ipv4Addr, dir: &Path) -> String {
         life = o.max_allocate_lifetime,
     ));
     c
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run `ip` (iproute2)")?;
-    ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<Vec<u8>> {

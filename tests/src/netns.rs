@@ -78,7 +78,7 @@ fn enter() -> anyhow::Result<()> {
 }
 
 /// Runs `ip ARGS` (in the calling thread's namespace).
-fn ip(args: &[&str]) -> anyhow::Result<()> {
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip").args(args).output().context(
         "cannot run `ip`: the LAN-namespace tests need iproute2 (apt-get install iproute2)",
     )?;
@@ -88,6 +88,28 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
+    }
+    Ok(())
+}
+
+/// Loads nft `rules` (an `nft -f` script) into the calling thread's namespace: the tests' way
+/// to cut paths (UDP blocked, a device's old addresses gone).
+pub async fn nft(rules: &str) -> anyhow::Result<()> {
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("nft (Debian's nftables) is needed to cut network paths in the tests")?;
+    use tokio::io::AsyncWriteExt as _;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(rules.as_bytes())
+        .await?;
+    let status = child.wait().await?;
+    if !status.success() {
+        bail!("nft refused the rules: {status}\n{rules}");
     }
     Ok(())
 }

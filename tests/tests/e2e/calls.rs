@@ -407,32 +407,13 @@ async fn scenario(call: &mut Call, a: BrowserKind, b: BrowserKind) -> anyhow::Re
 
 /// Drops every UDP datagram to or from `port` in this (the test's own) network namespace.
 async fn block_udp(port: u16) -> anyhow::Result<()> {
-    nft(&format!(
+    netns::nft(&format!(
         "table inet block_udp {{\n\
            chain input {{ type filter hook input priority 0; udp dport {port} drop; udp sport {port} drop; }}\n\
            chain output {{ type filter hook output priority 0; udp sport {port} drop; udp dport {port} drop; }}\n\
          }}\n"
     ))
     .await
-}
-
-/// Loads nft `rules` into the test's namespace.
-async fn nft(rules: &str) -> anyhow::Result<()> {
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .context("nft (Debian's nftables) is needed to block UDP")?;
-    use tokio::io::AsyncWriteExt as _;
-    child
-        .stdin
-        .take()
-        .context("nft stdin")?
-        .write_all(rules.as_bytes())
-        .await?;
-    let status = child.wait().await?;
-    ensure!(status.success(), "nft refused the rules: {status}");
-    Ok(())
 }
 
 /// The transport protocol of the page's selected ICE candidate pair (`udp` or `tcp`).
@@ -529,7 +510,7 @@ async fn cut(endpoints: &[(String, u16)]) -> anyhow::Result<()> {
         output.push_str(&format!("ip saddr {ip} udp sport {port} drop; "));
         input.push_str(&format!("ip daddr {ip} udp dport {port} drop; "));
     }
-    nft(&format!(
+    netns::nft(&format!(
         "table inet moved {{\n\
            chain output {{ type filter hook output priority 0; {output}}}\n\
            chain input {{ type filter hook input priority 0; {input}}}\n\
@@ -572,7 +553,7 @@ async fn call_through_an_address_change() -> anyhow::Result<()> {
                 json!([]),
             )
             .await?;
-        ip(&["addr", "add", "10.203.0.3/24", "dev", "v1"]).await?;
+        netns::ip(&["addr", "add", "10.203.0.3/24", "dev", "v1"])?;
         call.flow.network_lost(bob);
         let cut_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
@@ -628,21 +609,6 @@ async fn call_through_an_address_change() -> anyhow::Result<()> {
     }
     .await;
     conclude(call, stack, "ice-restart", outcome).await
-}
-
-/// Runs `ip ARGS` in the test's namespace.
-async fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = tokio::process::Command::new("ip")
-        .args(args)
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
 }
 
 #[test]

@@ -342,21 +342,7 @@ async fn hostile_network(rtcd_port: u16, coturn: &Coturn, transport: &str) -> an
            chain output {{ type filter hook output priority 0; {output}}}\n\
          }}\n"
     );
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .context("nft (Debian's nftables) is needed for the hostile network")?;
-    use tokio::io::AsyncWriteExt as _;
-    child
-        .stdin
-        .take()
-        .context("nft stdin")?
-        .write_all(rules.as_bytes())
-        .await?;
-    let status = child.wait().await?;
-    ensure!(status.success(), "nft refused the rules: {status}\n{rules}");
-    Ok(())
+    netns::nft(&rules).await
 }
 
 /// The selected candidate pair's local candidate, read from getStats by the test itself:
