@@ -325,13 +325,23 @@ fn proxy_with_a_wrong_turn_secret_does_not_start_and_readyz_reports_each_turn_se
 }
 
 /// Which way out a hostile network leaves: UDP to rtcd is dropped from everything but the
-/// relay; `tcp` also drops UDP to coturn, `tls` also TCP 3478 (only TLS on 5349 is left).
+/// relay, and only the named way to coturn stays open: `udp`, `tcp` (3478) or `tls` (5349);
+/// `any` leaves all three. (Chromium allocates over every transport it reaches and may select
+/// a TCP relay although UDP works: seen in CI.)
 async fn hostile_network(rtcd_port: u16, coturn: &Coturn, transport: &str) -> anyhow::Result<()> {
     let relay = coturn.addr;
     let mut output =
         format!("udp dport {rtcd_port} drop; ip daddr != {relay} udp sport {rtcd_port} drop; ");
-    if transport != "udp" {
+    if transport == "udp" {
+        output.push_str(&format!(
+            "ip daddr {relay} tcp dport {{ 3478, 5349 }} drop; "
+        ));
+    }
+    if transport == "tcp" || transport == "tls" {
         output.push_str(&format!("ip daddr {relay} udp dport 3478 drop; "));
+    }
+    if transport == "tcp" {
+        output.push_str(&format!("ip daddr {relay} tcp dport 5349 drop; "));
     }
     if transport == "tls" {
         output.push_str(&format!("ip daddr {relay} tcp dport 3478 drop; "));
@@ -490,7 +500,7 @@ async fn refresh_scenario() -> anyhow::Result<()> {
     let coturn = Coturn::start(coturn_options(30)).await?;
     let dir = tempfile::tempdir()?;
     let stack = stack(dir.path(), &coturn, SECRET, 60, 60).await?;
-    hostile_network(stack.rtcd.sfu().udp_addr().port(), &coturn, "udp").await?;
+    hostile_network(stack.rtcd.sfu().udp_addr().port(), &coturn, "any").await?;
     let mut call = call_for(&stack, &coturn, "turn-refresh")?;
     let outcome = async {
         let alice = call.join(BrowserKind::Chromium, "Alice-refresh").await?;
