@@ -3,8 +3,15 @@
 //! Only hashes are stored, never a key. Writes are insert-if-absent (first registration wins,
 //! a second one is a conflict) and callers flush before they acknowledge, so an answered
 //! registration survives `kill -9`.
+//!
+//! Flushes are a group commit of our own on sled's blocking `flush`: sled 0.34's
+//! `flush_async` deadlocks when called concurrently (sled issue 1308, fixed after the last
+//! release), which froze every registration in a burst of a thousand (the e2e test
+//! `process::sigkill_amid_a_thousand_concurrent_registrations_loses_no_acknowledged_one`).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +50,20 @@ pub struct ClientRecord {
 pub struct ClientStore {
     db: sled::Db,
     clients: sled::Tree,
+    commits: Arc<GroupCommit>,
+}
+
+/// One blocking flush at a time, each covering every write whose caller asked before it
+/// started: a burst of N acknowledgements costs a few flushes, not N, and never runs N
+/// blocking threads.
+#[derive(Default)]
+struct GroupCommit {
+    /// Tickets handed out; a caller takes one after its write.
+    requested: AtomicU64,
+    /// Every ticket up to this one is durable.
+    durable: AtomicU64,
+    /// Held while a flush runs.
+    running: tokio::sync::Mutex<()>,
 }
 
 impl ClientStore {
@@ -60,7 +81,11 @@ impl ClientStore {
             other => StoreError::Sled(other),
         })?;
         let clients = db.open_tree("clients")?;
-        Ok(Self { db, clients })
+        Ok(Self {
+            db,
+            clients,
+            commits: Arc::default(),
+        })
     }
 
     /// Inserts `record` for `id` only if `id` is absent. Returns false on conflict.
@@ -113,7 +138,20 @@ impl ClientStore {
 
     /// Makes every write so far durable. Await it before acknowledging a change.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let commits = &self.commits;
+        let ticket = commits.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let _running = commits.running.lock().await;
+        if commits.durable.load(Ordering::Acquire) >= ticket {
+            // A flush that started after this caller's write has finished.
+            return Ok(());
+        }
+        // Every ticket handed out so far belongs to a write that is already in sled.
+        let covered = commits.requested.load(Ordering::Acquire);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Sled(std::io::Error::other(e.to_string()).into()))??;
+        commits.durable.fetch_max(covered, Ordering::AcqRel);
         Ok(())
     }
 
@@ -128,5 +166,49 @@ fn restrict_permissions(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)) {
         tracing::warn!(path = %path.display(), error = %e, "cannot restrict store directory permissions to 0700");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> ClientRecord {
+        ClientRecord {
+            v: 1,
+            hash: "$2b$04$x".into(),
+            created_unix: 0,
+        }
+    }
+
+    /// Hundreds of writers flushing at once all finish (sled's own `flush_async` deadlocks
+    /// here some of the time), and everything they were told is durable is there after a
+    /// reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_flushes_all_finish_and_cover_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ClientStore::open(dir.path()).unwrap();
+        let mut writers = tokio::task::JoinSet::new();
+        for i in 0..500 {
+            let store = store.clone();
+            writers.spawn(async move {
+                let id = ClientId::parse(&format!("c{i}")).unwrap();
+                assert!(store.insert_new(&id, &record()).unwrap());
+                store.flush().await.unwrap();
+            });
+        }
+        let all = async {
+            while let Some(done) = writers.join_next().await {
+                done.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), all)
+            .await
+            .expect("every flush finishes");
+        let flushes = store.commits.durable.load(Ordering::Acquire);
+        assert_eq!(flushes, 500, "the last flush covers every ticket");
+        drop(store);
+        let reopened = ClientStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.len(), 500);
     }
 }

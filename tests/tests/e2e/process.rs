@@ -80,6 +80,99 @@ async fn sigkill_right_after_201_loses_nothing() {
     d.stop().await;
 }
 
+/// 1,000 registrations at once from eight proxies' addresses, rtcd SIGKILLed once half of
+/// them were acknowledged: after a restart every acknowledged client is there and logs in,
+/// nothing was invented, and the store opens cleanly.
+#[tokio::test]
+async fn sigkill_amid_a_thousand_concurrent_registrations_loses_no_acknowledged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // The queue takes all of them (its default of 64 would answer most with 503, which is no
+    // acknowledgement and would test less).
+    let env = test_env(dir.path(), &[("RTCD_API_SECURITY_BCRYPT_QUEUE", "1000")]);
+    let mut proc = RtcdProcess::spawn(Path::new(BIN), &env).unwrap();
+    let base = format!("http://{}", proc.ready().await.unwrap());
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let source: std::net::IpAddr = format!("127.0.1.{}", 1 + i % 8).parse().unwrap();
+        let (base, acked) = (base.clone(), acked_tx.clone());
+        requests.spawn(async move {
+            let id = format!("storm-{i}");
+            let reply = rtcd_e2e::daemon::client_from(source)
+                .post(format!("{base}/register"))
+                .basic_auth("", Some(ADMIN_SECRET))
+                .json(&json!({"clientID": id, "authKey": key_for(&id)}))
+                .send()
+                .await;
+            match reply {
+                Ok(r) if r.status() == StatusCode::CREATED => {
+                    let _ = acked.send(id);
+                    "created"
+                }
+                Ok(r) if r.status().is_server_error() => "refused",
+                Ok(r) => panic!("unexpected answer {}", r.status()),
+                Err(e) if e.is_timeout() => "timeout",
+                Err(_) => "cut",
+            }
+        });
+    }
+    drop(acked_tx);
+    let mut acked = Vec::new();
+    while acked.len() < 500 {
+        match acked_rx.recv().await {
+            Some(id) => acked.push(id),
+            None => {
+                let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
+                while let Some(outcome) = requests.join_next().await {
+                    *outcomes.entry(outcome.unwrap()).or_default() += 1;
+                }
+                panic!("all done before 500 were acknowledged: {outcomes:?}");
+            }
+        }
+    }
+    proc.signal("KILL").unwrap();
+    assert!(!proc.wait().await.unwrap().success());
+    let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
+    while let Some(outcome) = requests.join_next().await {
+        *outcomes.entry(outcome.unwrap()).or_default() += 1;
+    }
+    // 201s that were on their way when the process died count as acknowledged too.
+    while let Ok(id) = acked_rx.try_recv() {
+        acked.push(id);
+    }
+    eprintln!("{} acknowledged; outcomes {outcomes:?}", acked.len());
+    assert!(
+        outcomes.get("cut").copied().unwrap_or(0) > 0,
+        "the kill came too late to cut any: {outcomes:?}"
+    );
+
+    let d = TestRtcd::start_in(dir.path(), &[]).await.unwrap();
+    let stored: std::collections::HashSet<String> = d
+        .rtcd
+        .auth()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.to_string())
+        .collect();
+    let missing: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert!(
+        stored.iter().all(|id| id.starts_with("storm-")),
+        "{stored:?}"
+    );
+    for id in &acked {
+        let login = client()
+            .post(d.url("/login"))
+            .json(&json!({"clientID": id, "authKey": key_for(id)}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), StatusCode::OK, "{id} does not log in");
+    }
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn keys_never_reach_disk_or_logs_and_audit_lines_are_written() {
     let dir = tempfile::tempdir().unwrap();
