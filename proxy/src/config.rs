@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Serialize};
@@ -121,6 +122,28 @@ pub struct ServerConfig {
     /// DEVELOPMENT ONLY: serve `GET /dev/token?room=R&name=N`, which mints a moderator token
     /// for anyone who asks. Needs an HS key in `[[auth.keys]]`.
     pub dev_tokens: bool,
+    /// A connection's TLS handshake and request head (the WebSocket upgrade request too) must
+    /// arrive within this; also the longest idle wait between kept-alive requests.
+    pub header_timeout_seconds: u64,
+    /// From a request's head to its response, body included; a trickled body gets 408.
+    pub request_timeout_seconds: u64,
+    /// HTTP connections open at once on each listener, before any upgrade (WebSocket
+    /// sessions are counted by `limits.max_connections` once upgraded).
+    pub max_http_connections: usize,
+    /// HTTP connections open at once from one address (IPv6: one /64), before any upgrade.
+    pub max_http_connections_per_ip: usize,
+}
+
+impl ServerConfig {
+    /// The listener bounds these settings give (validated by [`Config::validate`]).
+    pub fn listener_limits(&self) -> rtcd_kit::listener::Limits {
+        rtcd_kit::listener::Limits {
+            header_timeout: Duration::from_secs(self.header_timeout_seconds),
+            request_timeout: Duration::from_secs(self.request_timeout_seconds),
+            max_connections: self.max_http_connections,
+            max_connections_per_ip: self.max_http_connections_per_ip,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -132,6 +155,10 @@ impl Default for ServerConfig {
             metrics_listen_address: "127.0.0.1:8081".into(),
             shutdown_timeout_seconds: 10,
             dev_tokens: false,
+            header_timeout_seconds: 10,
+            request_timeout_seconds: 30,
+            max_http_connections: 4096,
+            max_http_connections_per_ip: 64,
         }
     }
 }
@@ -704,6 +731,28 @@ impl Config {
                     "required with tls_key_file",
                 ));
             }
+        }
+        if !(1..=300).contains(&s.header_timeout_seconds) {
+            return Err(invalid(
+                "server.header_timeout_seconds",
+                "must be between 1 and 300",
+            ));
+        }
+        if !(1..=600).contains(&s.request_timeout_seconds) {
+            return Err(invalid(
+                "server.request_timeout_seconds",
+                "must be between 1 and 600",
+            ));
+        }
+        if s.max_http_connections == 0
+            || s.max_http_connections_per_ip == 0
+            || s.max_http_connections_per_ip > s.max_http_connections
+        {
+            return Err(invalid(
+                "server.max_http_connections_per_ip",
+                "max_http_connections and max_http_connections_per_ip must be at least 1, and \
+                 max_http_connections_per_ip at most max_http_connections",
+            ));
         }
         let l = &self.limits;
         let positive: [(&str, u64); 11] = [

@@ -139,25 +139,30 @@ impl Proxy {
         let stop_accepting = CancellationToken::new();
         let drain = Duration::from_secs(config.server.shutdown_timeout_seconds);
         let sessions = TaskTracker::new();
-        let mut listeners = vec![server::serve(
-            listener,
+        let limits = config.server.listener_limits();
+        let options = |tls, listener| rtcd_kit::listener::Options {
             tls,
-            server::public_routes(state.clone()),
-            Some(server::Upgrades {
-                state: state.clone(),
-                sessions: sessions.clone(),
-            }),
-            stop_accepting.clone(),
+            limits,
+            observer: state.metrics.listener_observer(listener),
+            shutdown: stop_accepting.clone(),
             drain,
+        };
+        let mut listeners = vec![rtcd_kit::listener::serve(
+            listener,
+            options(tls, "public"),
+            server::handler(
+                server::public_routes(state.clone()),
+                Some(server::Upgrades {
+                    state: state.clone(),
+                    sessions: sessions.clone(),
+                }),
+            ),
         )];
         if let Some((listener, _)) = metrics_listener {
-            listeners.push(server::serve(
+            listeners.push(rtcd_kit::listener::serve(
                 listener,
-                None,
-                server::internal_routes(state.clone()),
-                None,
-                stop_accepting.clone(),
-                drain,
+                options(None, "metrics"),
+                server::handler(server::internal_routes(state.clone()), None),
             ));
         }
         health.set_ready();

@@ -1,32 +1,21 @@
-//! HTTP surface: the `/ws` upgrade, health and metrics routes, and the accept loop that
-//! serves them over TCP or TLS.
+//! HTTP surface: the `/ws` upgrade, health and metrics routes.
 //!
-//! warp 0.4 has no TLS, so the accept loop is ours: accept, rustls handshake under a timeout
-//! (a silent client cannot pin a task), then hyper's HTTP/1 driver with upgrades (WebSocket).
-//! Each request carries the peer address as a [`PeerAddr`] extension, which the limits key on.
+//! The accept loop that serves them (TLS, timeouts against slow clients, connection caps, drain) is the
+//! service kit's (`rtcd_kit::listener`); every request carries the peer address as its
+//! [`PeerAddr`] extension, which the limits key on.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service as _;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use rtcd_kit::listener::PeerAddr;
+
 use crate::session::{self, ProxyState, UpgradeTokens};
-
-/// The remote address of the connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
-
-/// Time allowed for the TLS handshake and the HTTP request head.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `Authorization: Bearer <token>` (scheme case-insensitive).
 fn bearer(header: Option<String>) -> Option<String> {
@@ -241,105 +230,45 @@ fn error_reply(status: StatusCode, message: &str) -> warp::reply::Response {
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
-/// Serves `filter` (and, with `upgrades`, WebSocket sessions at `/ws`) on `listener` until
-/// `shutdown`; then stops accepting and gives in-flight HTTP requests up to `drain` (upgraded
-/// WebSockets are drained by their sessions).
-pub fn serve<F, R>(
-    listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+/// The listener handler (what `rtcd_kit::listener::serve` takes): `filter`, and with
+/// `upgrades` the WebSocket upgrade at `/ws` (upgraded sessions leave the listener's
+/// connection counts; [`crate::session`] bounds them).
+pub fn handler<F, R>(
     filter: F,
     upgrades: Option<Upgrades>,
-    shutdown: CancellationToken,
-    drain: Duration,
-) -> JoinHandle<()>
+) -> impl Fn(hyper::Request<hyper::body::Incoming>) -> BoxedResponse + Clone + Send + Sync + 'static
 where
     F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
     F::Future: Send,
     R: Reply,
 {
-    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
-    tokio::spawn(async move {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HANDSHAKE_TIMEOUT);
-        let http = Arc::new(http.http1_only());
-        loop {
-            let accepted = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+    let routes = warp::service(filter);
+    move |req| {
+        let ws = upgrades
+            .as_ref()
+            .filter(|_| req.uri().path() == "/ws")
+            .cloned();
+        let mut routes = routes.clone();
+        Box::pin(async move {
+            match (ws, req.extensions().get::<PeerAddr>().copied()) {
+                (Some(upgrades), Some(PeerAddr(peer))) => upgrade(req, peer, &upgrades),
+                // The listener gives every request its peer address; without one there is
+                // nothing to key the limits on.
+                (Some(_), None) => {
+                    error_reply(StatusCode::INTERNAL_SERVER_ERROR, "no peer address")
                 }
-            };
-            let _ = tcp.set_nodelay(true);
-            let routes = warp::service(filter.clone());
-            let upgrades = upgrades.clone();
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    let ws = upgrades
-                        .as_ref()
-                        .filter(|_| req.uri().path() == "/ws")
-                        .cloned();
-                    req.extensions_mut().insert(PeerAddr(peer));
-                    let mut routes = routes.clone();
-                    async move {
-                        match ws {
-                            Some(upgrades) => Ok(upgrade(req, peer, &upgrades)),
-                            None => routes.call(req).await,
-                        }
-                    }
+                (None, _) => match routes.call(req).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
                 },
-            );
-            let (http, tls, watcher) = (http.clone(), tls.clone(), graceful.watcher());
-            tokio::spawn(async move {
-                let result = match tls {
-                    None => {
-                        let conn = http.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Some(tls) => {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                            Ok(Ok(stream)) => {
-                                let conn = http
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                                watcher.watch(conn.into_owned()).await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        }
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
-        }
-        drop(listener);
-        if tokio::time::timeout(drain, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                ?drain,
-                "HTTP requests still running after the drain timeout; dropping them"
-            );
-        }
-    })
+            }
+        })
+    }
 }
+
+/// The future [`handler`] returns.
+pub type BoxedResponse =
+    std::pin::Pin<Box<dyn std::future::Future<Output = warp::reply::Response> + Send>>;
 
 #[cfg(test)]
 mod tests {

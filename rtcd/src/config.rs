@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -163,6 +164,17 @@ pub struct HttpConfig {
     pub max_body_bytes: u64,
     /// How long shutdown waits for in-flight requests before closing connections.
     pub shutdown_timeout_seconds: u64,
+    /// A connection's TLS handshake and request head must arrive within this (also the
+    /// longest idle wait between kept-alive requests): a slowloris is cut, not kept.
+    pub header_timeout_seconds: u64,
+    /// From a request's head to its response, body included; a trickled body gets 408.
+    pub request_timeout_seconds: u64,
+    /// Connections open at once, on each HTTP listener (API and metrics); over it new ones
+    /// are closed at accept.
+    pub max_connections: usize,
+    /// Connections open at once from one address (IPv6: one /64). Proxies and admin tools
+    /// make a handful; one host must not take every connection.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
@@ -173,6 +185,22 @@ impl Default for HttpConfig {
             tls_key_file: String::new(),
             max_body_bytes: 16 * 1024,
             shutdown_timeout_seconds: 10,
+            header_timeout_seconds: 10,
+            request_timeout_seconds: 30,
+            max_connections: 1024,
+            max_connections_per_ip: 128,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The listener bounds these settings give (validated by [`Config::validate`]).
+    pub fn listener_limits(&self) -> rtcd_kit::listener::Limits {
+        rtcd_kit::listener::Limits {
+            header_timeout: Duration::from_secs(self.header_timeout_seconds),
+            request_timeout: Duration::from_secs(self.request_timeout_seconds),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
         }
     }
 }
@@ -421,6 +449,29 @@ impl Config {
             return Err(invalid(
                 "api.http.max_body_bytes",
                 "must be between 1024 and 16777216".into(),
+            ));
+        }
+        if !(1..=300).contains(&http.header_timeout_seconds) {
+            return Err(invalid(
+                "api.http.header_timeout_seconds",
+                "must be between 1 and 300".into(),
+            ));
+        }
+        if !(1..=600).contains(&http.request_timeout_seconds) {
+            return Err(invalid(
+                "api.http.request_timeout_seconds",
+                "must be between 1 and 600".into(),
+            ));
+        }
+        if http.max_connections == 0
+            || http.max_connections_per_ip == 0
+            || http.max_connections_per_ip > http.max_connections
+        {
+            return Err(invalid(
+                "api.http.max_connections_per_ip",
+                "max_connections and max_connections_per_ip must be at least 1, and \
+                 max_connections_per_ip at most max_connections"
+                    .into(),
             ));
         }
         let sec = &self.api.security;

@@ -177,20 +177,24 @@ impl Rtcd {
         if tls.is_none() && !http_addr.ip().is_loopback() {
             tracing::warn!(%http_addr, "the HTTP API listens beyond loopback without TLS: client keys and the admin secret cross the network in clear; set api.http.tls_cert_file / tls_key_file");
         }
-        let mut servers = vec![api::listener::spawn(
-            http_listener,
+        let limits = config.api.http.listener_limits();
+        let options = |tls, listener| rtcd_kit::listener::Options {
             tls,
-            api::public_routes(state.clone()),
-            cancel.clone(),
+            limits,
+            observer: metrics.listener_observer(listener),
+            shutdown: cancel.clone(),
             drain,
+        };
+        let mut servers = vec![rtcd_kit::listener::serve(
+            http_listener,
+            options(tls, "api"),
+            api::handler(api::public_routes(state.clone())),
         )];
         if let Some((listener, _)) = metrics_listener {
-            servers.push(api::listener::spawn(
+            servers.push(rtcd_kit::listener::serve(
                 listener,
-                None,
-                api::internal_routes(state),
-                cancel.clone(),
-                drain,
+                options(None, "metrics"),
+                api::handler(api::internal_routes(state)),
             ));
         }
         health.set_ready();

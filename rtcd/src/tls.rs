@@ -31,7 +31,7 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Builds a server config for `cert` + `key` (PEM), offering HTTP/2 and HTTP/1.1 via ALPN.
+/// Builds a server config for `cert` + `key` (PEM), offering HTTP/1.1 via ALPN.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = read_certs(cert)?;
     let key_pem = std::fs::read(key).map_err(|source| TlsError::Read {
@@ -53,7 +53,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
     .with_single_cert(certs, key_der)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: the listener (rtcd_kit::listener) does not offer HTTP/2.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -19,9 +19,9 @@
 //!
 //! Errors are JSON `{"code": "<status>", "error": "<what is wrong>"}` (code as a string, as
 //! rtcd does); 429 and 503 carry `Retry-After`. The mapping from domain errors to status
-//! codes is in [`reply`], and nowhere else.
+//! codes is in [`reply`], and nowhere else. The listeners themselves (TLS, timeouts,
+//! connection caps, drain) are the service kit's (`rtcd_kit::listener`).
 
-pub mod listener;
 pub mod reply;
 
 use std::convert::Infallible;
@@ -37,8 +37,8 @@ use crate::auth::{AuthError, AuthService, ClientId, Credentials, Principal, Secr
 use crate::health::{Health, Phase};
 use crate::metrics::Metrics;
 use crate::system::SystemLoad;
-use listener::PeerAddr;
 use reply::{ApiError, json};
+use rtcd_kit::listener::PeerAddr;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -54,6 +54,32 @@ pub struct ApiState {
     /// Request body cap in bytes.
     pub max_body_bytes: u64,
 }
+
+/// A listener handler serving `routes` (what `rtcd_kit::listener::serve` takes).
+pub fn handler<F, R>(
+    routes: F,
+) -> impl Fn(hyper::Request<hyper::body::Incoming>) -> BoxedResponse + Clone + Send + Sync + 'static
+where
+    F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
+    F::Future: Send,
+    R: Reply,
+{
+    let service = warp::service(routes);
+    move |req| {
+        let mut service = service.clone();
+        Box::pin(async move {
+            use tower_service::Service as _;
+            match service.call(req).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        })
+    }
+}
+
+/// The future [`handler`] returns.
+pub type BoxedResponse =
+    std::pin::Pin<Box<dyn std::future::Future<Output = warp::reply::Response> + Send>>;
 
 /// The public API's routes, with rejections already turned into JSON replies.
 pub fn public_routes(

@@ -17,4 +17,5 @@ mod registry;
 mod relay;
 mod rtcp;
 mod signaling;
+mod slow_clients;
 mod turn;
