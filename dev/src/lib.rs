@@ -9,7 +9,8 @@
 //! anyone, which is why this binary is for development only.
 //!
 //! This crate may depend on both `rtcd` and `rtcd-proxy`: it is a deployable of its own (the
-//! development stack); the two services still share nothing but `proto`.
+//! development stack); the two services still share nothing but `proto` and `kit` (the service
+//! kit).
 
 #![warn(missing_docs)]
 

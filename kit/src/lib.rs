@@ -1,9 +1,17 @@
-//! The service kit: what rtcd and the proxy both need from a network service and would
-//! otherwise write twice. The two daemons share nothing else but `proto`; this crate knows
-//! nothing of media, signaling, tokens or the store.
+//! The service kit: what rtcd and the proxy both need to run as network daemons, written once.
 //!
-//! Today: [`listener`], the HTTP accept loop (TLS, timeouts against slow clients, connection
-//! caps, bounded graceful drain). The config loader, logging set-up and signal handling are
-//! still written per daemon and belong here next (issue 16, "One service kit").
+//! Both daemons depend on this crate and on `rtcd-proto`, and on nothing else of each other:
+//! dependencies point one way (daemons -> kit), so the kit must never depend on `rtcd` or
+//! `rtcd-proxy`, nor hold anything specific to media or to end-user signaling.
+//!
+//! Today it holds the HTTP accept loop ([`listener`]: TLS, deadlines against slow clients,
+//! connection caps, bounded drain) and the rate limits ([`rate`]). It is meant to take, one
+//! module each, the other pieces the two daemons still write twice (issue 16, "One service
+//! kit"): config loading (TOML + environment + validation), TLS set-up, logging set-up, signal
+//! handling, health endpoints and the secret wrapper. When moving one in: give it a module
+//! here, keep daemon-specific policy (setting names, limits, defaults) in the daemon and pass
+//! it in, report errors with a `thiserror` type, and delete both old copies in the same change
+//! (`duplicates` should no longer pair them).
 
 pub mod listener;
+pub mod rate;

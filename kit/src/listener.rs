@@ -35,6 +35,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use warp::Reply as _;
 
+use crate::rate::AddrKey;
+
 /// The remote address of the connection a request arrived on; every request carries it as an
 /// extension (rate limits and audit lines key on it).
 #[derive(Debug, Clone, Copy)]
@@ -291,18 +293,6 @@ fn request_timeout_reply() -> Response {
     response
 }
 
-/// The block a source address is counted in: itself for IPv4 (and IPv4-mapped IPv6), its /64
-/// for IPv6.
-pub fn address_block(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-    }
-}
-
 /// Open-connection counts; one per listener. The per-address map never holds more entries
 /// than there are open connections (an entry goes when its count reaches zero), so its
 /// memory is bounded by [`Limits::max_connections`].
@@ -314,7 +304,7 @@ struct Admission {
 #[derive(Default)]
 struct Counts {
     total: usize,
-    per_block: HashMap<IpAddr, usize>,
+    per_block: HashMap<AddrKey, usize>,
 }
 
 impl Admission {
@@ -326,7 +316,7 @@ impl Admission {
     }
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
-        let block = address_block(ip);
+        let block = AddrKey::new(ip);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if counts.total >= self.limits.max_connections {
             return Err(Refusal::Total);
@@ -347,7 +337,7 @@ impl Admission {
 /// A connection's place in the counts, given back when dropped.
 struct Slot {
     admission: Arc<Admission>,
-    block: IpAddr,
+    block: AddrKey,
 }
 
 impl Drop for Slot {
@@ -396,17 +386,6 @@ mod tests {
         drop(first);
         let _again = admission.admit(a).unwrap();
         assert_eq!(admission.counts.lock().unwrap().per_block.len(), 2);
-    }
-
-    #[test]
-    fn mapped_ipv4_counts_as_ipv4() {
-        let v4: IpAddr = "192.0.2.1".parse().unwrap();
-        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(address_block(mapped), v4);
-        assert_eq!(
-            address_block("2001:db8:1:2:3:4:5:6".parse().unwrap()),
-            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
-        );
     }
 
     struct Server {

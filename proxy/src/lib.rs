@@ -10,7 +10,8 @@
 //! * [`policy`]: permissions and the pure SDP inspection deciding what a session may send.
 //! * [`protocol`]: the JSON messages of the client WebSocket (see `docs/protocol.md`).
 //! * [`close`]: the single mapping from every failure to its WebSocket close code.
-//! * [`session`]: one WebSocket from upgrade to close; [`limits`]: rate limiting.
+//! * [`session`]: one WebSocket from upgrade to close, with its rate limits (the service kit's
+//!   `rtcd_kit::rate`).
 //! * [`relay`]: the seam to the media server (the rtcd gRPC relay implements [`relay::Relay`]).
 //! * [`server`]: routes and the TCP / TLS accept loop; [`health`], [`metrics`]; [`cli`].
 //! * [`turn`]: TURN REST credentials for clients, and the probe checking them against coturn.
@@ -25,7 +26,6 @@ pub mod close;
 pub mod config;
 pub mod dev;
 pub mod health;
-pub mod limits;
 pub mod metrics;
 pub mod placement;
 pub mod policy;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper_util::rt::TokioIo;
+use rtcd_kit::rate::{AddrKey, Bucket, KeyedLimiter, Quota};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -25,7 +26,6 @@ use crate::auth::{AuthError, Grant, Verifier, unix_now};
 use crate::close::CloseReason;
 use crate::config::{Config, ExpiryPolicy};
 use crate::health::Health;
-use crate::limits::{AddressLimiter, Bucket};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::policy::{Capability, PolicyError, TrackSource, authorize_sdp};
 use crate::protocol::{Candidate, ClientMessage, Identity, RoomName, ServerMessage, SessionId};
@@ -48,6 +48,14 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// A few, because a client may retry a refresh its backend got wrong, but a session must not
 /// be an unlimited token oracle either.
 pub const MAX_REFUSED_REFRESHES: u32 = 3;
+
+/// Addresses each per-address limiter tracks at most (about 64 bytes each: 4 MB). Past it,
+/// full buckets are forgotten, and if none is full new addresses pass untracked:
+/// `limits.max_connections` still caps what an attacker with many addresses can open.
+const MAX_TRACKED_ADDRESSES: usize = 65_536;
+
+/// Token buckets per source address (IPv6 per /64).
+pub type AddressLimiter = KeyedLimiter<AddrKey>;
 
 /// A client connection after the HTTP upgrade.
 pub type ClientSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -103,13 +111,13 @@ impl ProxyState {
     ) -> Self {
         let l = &config.limits;
         Self {
-            connection_limiter: AddressLimiter::per_minute(
-                l.connection_burst,
-                l.connections_per_minute,
+            connection_limiter: AddressLimiter::new(
+                Quota::per_minute(l.connection_burst, l.connections_per_minute),
+                MAX_TRACKED_ADDRESSES,
             ),
-            auth_failure_limiter: AddressLimiter::per_minute(
-                l.failed_auth_burst,
-                l.failed_auth_per_minute,
+            auth_failure_limiter: AddressLimiter::new(
+                Quota::per_minute(l.failed_auth_burst, l.failed_auth_per_minute),
+                MAX_TRACKED_ADDRESSES,
             ),
             config,
             verifier,
@@ -136,7 +144,11 @@ impl ProxyState {
         if !self.health.is_ready() {
             return Err(CloseReason::GoingAway);
         }
-        if !self.connection_limiter.take(ip, Instant::now()) {
+        if self
+            .connection_limiter
+            .take(&AddrKey::new(ip), Instant::now())
+            .is_err()
+        {
             return Err(CloseReason::TooManyConnections);
         }
         let max = self.config.limits.max_connections;
@@ -258,8 +270,7 @@ pub async fn run(
         id,
         peer,
         bucket: Bucket::new(
-            limits.message_burst,
-            f64::from(limits.messages_per_second),
+            Quota::per_second(limits.message_burst, limits.messages_per_second),
             Instant::now(),
         ),
         state: state.clone(),
@@ -531,7 +542,7 @@ impl Session {
             Message::Text(text) => Some(text),
             Message::Binary(_) => None,
         };
-        if !self.bucket.take(Instant::now()) {
+        if self.bucket.take(Instant::now()).is_err() {
             return Next::Close(
                 CloseReason::RateLimited,
                 Some(format!(
@@ -580,10 +591,11 @@ impl Session {
             Ok(r) => r,
             Err(e) => return Next::Close(CloseReason::BadMessage, Some(e)),
         };
-        if !self
+        if self
             .state
             .auth_failure_limiter
-            .allows(self.peer, Instant::now())
+            .check(&AddrKey::new(self.peer), Instant::now())
+            .is_err()
         {
             tracing::info!(target: "audit", session = %self.id, peer = %self.peer, reason = CloseReason::TooManyAuthFailures.label(), "join refused");
             return Next::Close(
@@ -715,9 +727,11 @@ impl Session {
 
     /// Counts a refused `join` token against the peer's address and in the metrics.
     fn record_auth_failure(&self, e: &AuthError) {
-        self.state
+        // Refused once the address's budget is spent: `join` checks it before verifying.
+        let _ = self
+            .state
             .auth_failure_limiter
-            .take(self.peer, Instant::now());
+            .take(&AddrKey::new(self.peer), Instant::now());
         self.count_auth_failure(e);
     }
 

@@ -10,15 +10,14 @@
 //!   (it produces a different MAC); unregistering drops the entry;
 //! * bcrypt runs on the blocking pool behind a semaphore ([`SecurityConfig::bcrypt_concurrency`])
 //!   with a bounded queue, never on the async workers;
-//! * failed attempts are rate-limited per client ID and per source address ([`limiter`]) and
-//!   refused *before* any hash is computed; unknown client IDs cost the same bcrypt as known
-//!   ones, so timing does not reveal which IDs exist;
+//! * failed attempts are rate-limited per client ID and per source address ([`LimitKey`], with
+//!   the service kit's keyed limiter) and refused *before* any hash is computed; unknown
+//!   client IDs cost the same bcrypt as known ones, so timing does not reveal which IDs exist;
 //! * the admin secret is compared in constant time.
 //!
 //! Nothing here knows HTTP or gRPC: callers pass parsed [`Credentials`] and a source address.
 //! Outcomes are logged on the `audit` target, with client ID and address, never a key.
 
-pub mod limiter;
 pub mod store;
 
 use std::collections::HashMap;
@@ -37,7 +36,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::SecurityConfig;
 use crate::metrics::Metrics;
-use limiter::{LimitKey, Limiter};
+use rtcd_kit::rate::{AddrKey, KeyedLimiter, Limited, Quota};
 pub use store::{ClientRecord, ClientStore, StoreError};
 
 /// Shortest auth key accepted (Mattermost rtcd's `MinKeyLen`); also the admin secret's minimum.
@@ -54,6 +53,31 @@ const MAX_TOKENS_PER_CLIENT: usize = 64;
 const TOKEN_BYTES: usize = 32;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// Keys each limiter tracks at most (under 200 bytes each, client IDs included: at most about
+/// 20 MB per limiter). Past it, full buckets are forgotten, and if none is full new keys pass
+/// untracked: the bcrypt concurrency cap still bounds the CPU an attacker with many addresses
+/// or IDs can take.
+const MAX_TRACKED_KEYS: usize = 100_000;
+
+/// What a limiter counts against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    /// A source address (IPv6 grouped by /64, so one host cannot rotate through its block).
+    Addr(AddrKey),
+    /// A client ID (defeats attackers who rotate addresses).
+    Client(String),
+}
+
+impl LimitKey {
+    /// The key for a source address.
+    pub fn addr(ip: IpAddr) -> Self {
+        LimitKey::Addr(AddrKey::new(ip))
+    }
+}
+
+/// rtcd's limiters: keyed by address or client ID, with the memory bound above.
+type Limiter = KeyedLimiter<LimitKey>;
 
 /// Why an authentication-related request failed. Mapped to HTTP in `api::reply` and to gRPC
 /// status codes by the signaling service.
@@ -93,6 +117,13 @@ pub enum AuthError {
     /// A bug or a crashed worker; details are in the log.
     #[error("internal error")]
     Internal,
+}
+
+/// An empty bucket in one of the limiters: the caller reports when to retry.
+impl From<Limited> for AuthError {
+    fn from(Limited { retry_after }: Limited) -> Self {
+        AuthError::RateLimited { retry_after }
+    }
 }
 
 /// A validated client ID: 1-64 characters of `[A-Za-z0-9._-]`.
@@ -370,19 +401,18 @@ impl AuthService {
             n => n,
         };
         metrics.clients_registered.set(store.len() as i64);
+        let failed_auth =
+            Quota::per_minute(config.failed_auth_burst, config.failed_auth_per_minute);
         Ok(Self {
             inner: Arc::new(Inner {
-                failures_by_addr: Limiter::new(
-                    config.failed_auth_burst,
-                    config.failed_auth_per_minute,
-                ),
-                failures_by_client: Limiter::new(
-                    config.failed_auth_burst,
-                    config.failed_auth_per_minute,
-                ),
+                failures_by_addr: Limiter::new(failed_auth, MAX_TRACKED_KEYS),
+                failures_by_client: Limiter::new(failed_auth, MAX_TRACKED_KEYS),
                 self_registrations: Limiter::new(
-                    config.self_registrations_per_minute,
-                    config.self_registrations_per_minute,
+                    Quota::per_minute(
+                        config.self_registrations_per_minute,
+                        config.self_registrations_per_minute,
+                    ),
+                    MAX_TRACKED_KEYS,
                 ),
                 bcrypt_slots: Arc::new(Semaphore::new(concurrency)),
                 bcrypt_pending: Arc::new(AtomicUsize::new(0)),
@@ -441,8 +471,7 @@ impl AuthService {
             _ if inner.config.allow_self_registration => {
                 inner
                     .self_registrations
-                    .take(&LimitKey::addr(origin), Instant::now())
-                    .map_err(|retry_after| AuthError::RateLimited { retry_after })?;
+                    .take(&LimitKey::addr(origin), Instant::now())?;
             }
             Some(Principal::Client(_)) => {
                 return Err(AuthError::Forbidden("only the admin may register clients"));
@@ -682,9 +711,9 @@ impl AuthService {
             .failures_by_addr
             .check(&addr_key, now)
             .and_then(|()| inner.failures_by_client.check(&client_key, now));
-        if let Err(retry_after) = limited {
+        if let Err(limited) = limited {
             inner.metrics.auth(method, "rate_limited");
-            let err = AuthError::RateLimited { retry_after };
+            let err = AuthError::from(limited);
             audit("authenticate", Some(id), None, origin, Err(&err));
             return Err(err);
         }
@@ -759,9 +788,9 @@ impl AuthService {
                 inner.metrics.auth(method, "failed");
                 AuthError::Unauthenticated
             }
-            Err(retry_after) => {
+            Err(limited) => {
                 inner.metrics.auth(method, "rate_limited");
-                AuthError::RateLimited { retry_after }
+                AuthError::from(limited)
             }
         }
     }
