@@ -4,14 +4,17 @@
 //! dependencies point one way (daemons -> kit), so the kit must never depend on `rtcd` or
 //! `rtcd-proxy`, nor hold anything specific to media or to end-user signaling.
 //!
-//! Today it holds the HTTP accept loop ([`listener`]: TLS, deadlines against slow clients,
-//! connection caps, bounded drain) and the rate limits ([`rate`]). It is meant to take, one
+//! Today it holds the configuration loader ([`config`]: defaults, TOML, environment), the HTTP
+//! accept loop ([`listener`]: TLS, deadlines against slow clients,
+//! connection caps, bounded drain), its TLS set-up ([`tls`]) and the rate limits ([`rate`]). It is meant to take, one
 //! module each, the other pieces the two daemons still write twice (issue 16, "One service
-//! kit"): config loading (TOML + environment + validation), TLS set-up, logging set-up, signal
+//! kit"): logging set-up, signal
 //! handling, health endpoints and the secret wrapper. When moving one in: give it a module
 //! here, keep daemon-specific policy (setting names, limits, defaults) in the daemon and pass
 //! it in, report errors with a `thiserror` type, and delete both old copies in the same change
 //! (`duplicates` should no longer pair them).
 
+pub mod config;
 pub mod listener;
 pub mod rate;
+pub mod tls;

@@ -7,9 +7,8 @@
 //! of objects. The environment is passed in, never read here, so tests stay parallel-safe.
 //! `deploy/proxy.sample.toml` documents every key; a test keeps it complete.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
@@ -629,30 +628,9 @@ impl Default for LoggerConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// Not TOML, an unknown key, or a wrong type.
-    #[error("invalid config {origin}: {message}")]
-    Parse {
-        /// The file, or `<environment>`.
-        origin: String,
-        /// The parser's message, naming the key.
-        message: String,
-    },
-    /// An environment variable could not be applied.
-    #[error("environment variable {var}: {message}")]
-    Env {
-        /// The variable.
-        var: String,
-        /// What is wrong with it.
-        message: String,
-    },
+    /// The file or an environment variable could not be read (the service kit's loader).
+    #[error(transparent)]
+    Load(#[from] rtcd_kit::config::LoadError),
     /// A value parsed but is unacceptable.
     #[error("invalid setting {key}: {message}")]
     Invalid {
@@ -662,6 +640,12 @@ pub enum ConfigError {
         message: String,
     },
 }
+
+/// How the proxy's variables are named.
+const SOURCE: rtcd_kit::config::Source<'static> = rtcd_kit::config::Source {
+    prefix: ENV_PREFIX,
+    sample: "deploy/proxy.sample.toml",
+};
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -677,29 +661,8 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table = match path {
-            None => toml::Table::new(),
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?
-                .parse::<toml::Table>()
-                .map_err(|e| ConfigError::Parse {
-                    origin: path.display().to_string(),
-                    message: e.to_string(),
-                })?,
-        };
-        let defaults = toml::Table::try_from(Config::default())
-            .expect("the default config serializes to a table");
-        overlay_env(&mut table, &defaults, env)?;
-        let config: Config =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    origin: path.map_or("<environment>".into(), |p| p.display().to_string()),
-                    message: e.to_string(),
-                })?;
+        let table = rtcd_kit::config::read_file(path)?;
+        let config: Config = rtcd_kit::config::overlay(table, path, SOURCE, env)?;
         config.validate()?;
         Ok(config)
     }
@@ -716,8 +679,11 @@ impl Config {
         match (s.tls_cert_file.is_empty(), s.tls_key_file.is_empty()) {
             (true, true) => {}
             (false, false) => {
-                crate::tls::server_config(Path::new(&s.tls_cert_file), Path::new(&s.tls_key_file))
-                    .map_err(|e| invalid("server.tls_cert_file", e.to_string()))?;
+                rtcd_kit::tls::server_config(
+                    Path::new(&s.tls_cert_file),
+                    Path::new(&s.tls_key_file),
+                )
+                .map_err(|e| invalid("server.tls_cert_file", e.to_string()))?;
             }
             (false, true) => {
                 return Err(invalid(
@@ -1106,103 +1072,7 @@ impl Config {
 
 /// `ip:port`, `[v6]:port`, or `:port` for every IPv4 interface.
 pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
-    let candidate = match s.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}"),
-        None => s.to_owned(),
-    };
-    candidate
-        .parse()
-        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8080 or :8080"))
-}
-
-/// Every leaf of `tree` by its environment variable name: (TOML path, default value).
-fn env_leaves(tree: &toml::Table) -> BTreeMap<String, (Vec<String>, toml::Value)> {
-    let mut out = BTreeMap::new();
-    let mut stack: Vec<(Vec<String>, &toml::Table)> = vec![(Vec::new(), tree)];
-    while let Some((path, table)) = stack.pop() {
-        for (key, value) in table {
-            let mut here = path.clone();
-            here.push(key.clone());
-            match value {
-                toml::Value::Table(inner) => stack.push((here, inner)),
-                leaf => {
-                    let var = format!("{ENV_PREFIX}{}", here.join("_").to_uppercase());
-                    out.insert(var, (here, leaf.clone()));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Writes each `PROXY_*` variable into `table` at the path its name denotes, typed like the
-/// default value there.
-fn overlay_env(
-    table: &mut toml::Table,
-    defaults: &toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let leaves = env_leaves(defaults);
-    for (var, raw) in env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)) {
-        let fail = |message: String| ConfigError::Env {
-            var: var.clone(),
-            message,
-        };
-        let (path, default) = leaves
-            .get(&var)
-            .ok_or_else(|| fail("not a known setting (see deploy/proxy.sample.toml)".into()))?;
-        let value = typed_like(default, &raw).map_err(fail)?;
-        let (last, parents) = path.split_last().expect("leaf paths are never empty");
-        let mut node = &mut *table;
-        for key in parents {
-            node = match node
-                .entry(key.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            {
-                toml::Value::Table(t) => t,
-                _ => {
-                    return Err(fail(format!(
-                        "the config file has `{key}` as a value, not a section"
-                    )));
-                }
-            };
-        }
-        node.insert(last.clone(), value);
-    }
-    Ok(())
-}
-
-fn typed_like(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
-    let trimmed = raw.trim();
-    match default {
-        toml::Value::String(_) => Ok(toml::Value::String(raw.to_owned())),
-        toml::Value::Boolean(_) => match trimmed.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
-            "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
-            _ => Err(format!("expected true or false, got `{raw}`")),
-        },
-        toml::Value::Integer(_) => trimmed
-            .parse()
-            .map(toml::Value::Integer)
-            .map_err(|_| format!("expected an integer, got `{raw}`")),
-        toml::Value::Array(_) if trimmed.starts_with('[') => {
-            let json: serde_json::Value =
-                serde_json::from_str(trimmed).map_err(|e| format!("expected a JSON array: {e}"))?;
-            toml::Value::try_from(json).map_err(|e| format!("unsupported array: {e}"))
-        }
-        toml::Value::Array(_) => Ok(toml::Value::Array(
-            trimmed
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_owned()))
-                .collect(),
-        )),
-        other => Err(format!(
-            "a {} cannot be set from the environment",
-            other.type_str()
-        )),
-    }
+    rtcd_kit::config::parse_listen_address(s, "127.0.0.1:8080")
 }
 
 #[cfg(test)]
@@ -1612,8 +1482,11 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/proxy.sample.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         let sample: toml::Table = text.parse().unwrap();
-        let want = env_leaves(&toml::Table::try_from(Config::default()).unwrap());
-        let have = env_leaves(&sample);
+        let want = rtcd_kit::config::variables(
+            &toml::Table::try_from(Config::default()).unwrap(),
+            ENV_PREFIX,
+        );
+        let have = rtcd_kit::config::variables(&sample, ENV_PREFIX);
         let missing: Vec<_> = want.keys().filter(|k| !have.contains_key(*k)).collect();
         assert!(missing.is_empty(), "sample config lacks {missing:?}");
         let config: Config = toml::Value::Table(sample).try_into().unwrap();

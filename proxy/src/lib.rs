@@ -13,7 +13,8 @@
 //! * [`session`]: one WebSocket from upgrade to close, with its rate limits (the service kit's
 //!   `rtcd_kit::rate`).
 //! * [`relay`]: the seam to the media server (the rtcd gRPC relay implements [`relay::Relay`]).
-//! * [`server`]: routes and the TCP / TLS accept loop; [`health`], [`metrics`]; [`cli`].
+//! * [`server`]: routes and the `/ws` upgrade, served by the service kit's listener
+//!   (`rtcd_kit::listener`, `rtcd_kit::tls`); [`health`], [`metrics`]; [`cli`].
 //! * [`turn`]: TURN REST credentials for clients, and the probe checking them against coturn.
 //! * [`web`]: the browser SDK and demo call page, embedded in the binary.
 //! * [`Proxy`]: the composition root: `start` binds and serves, `shutdown` drains.
@@ -33,7 +34,6 @@ pub mod protocol;
 pub mod relay;
 pub mod server;
 pub mod session;
-pub mod tls;
 pub mod turn;
 pub mod web;
 
@@ -63,7 +63,7 @@ pub enum StartError {
     Keys(String),
     /// The TLS certificate or key is unusable.
     #[error("tls: {0}")]
-    Tls(String),
+    Tls(#[from] rtcd_kit::tls::TlsError),
     /// A TURN server refused the proxy's own credentials at start: users would find out in
     /// calls that never connect.
     #[error("turn: {0}")]
@@ -99,7 +99,7 @@ impl Proxy {
         verifier.warm_up().await;
         let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
             (c, k) if !c.is_empty() && !k.is_empty() => {
-                Some(tls::server_config(Path::new(c), Path::new(k)).map_err(StartError::Tls)?)
+                Some(rtcd_kit::tls::server_config(Path::new(c), Path::new(k))?)
             }
             _ => None,
         };

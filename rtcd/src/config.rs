@@ -10,9 +10,8 @@
 //! Every value has a default; `deploy/rtcd.sample.toml` documents each key and a test keeps
 //! that file parseable and complete.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -338,30 +337,9 @@ impl Default for LoggerConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The config file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file named on the command line.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The config file is not valid TOML or has unknown keys / wrong types.
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// The file named on the command line.
-        path: PathBuf,
-        /// What the TOML parser said, with the key and position.
-        message: String,
-    },
-    /// An environment variable could not be applied.
-    #[error("environment variable {var}: {message}")]
-    Env {
-        /// The variable's name.
-        var: String,
-        /// What is wrong with it.
-        message: String,
-    },
+    /// The file or an environment variable could not be read (the service kit's loader).
+    #[error(transparent)]
+    Load(#[from] rtcd_kit::config::LoadError),
     /// A value parsed but is not acceptable.
     #[error("invalid setting {key}: {message}")]
     Invalid {
@@ -372,6 +350,12 @@ pub enum ConfigError {
     },
 }
 
+/// How rtcd's variables are named.
+const SOURCE: rtcd_kit::config::Source<'static> = rtcd_kit::config::Source {
+    prefix: ENV_PREFIX,
+    sample: "deploy/rtcd.sample.toml",
+};
+
 impl Config {
     /// Loads defaults, then the TOML file (if any), then `RTCD_*` overrides from `env`, then
     /// validates. `env` is usually `std::env::vars()`; variables without the prefix are ignored,
@@ -380,35 +364,11 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Parse {
-                        path: path.to_owned(),
-                        message: e.to_string(),
-                    })?
-            }
-            None => toml::Table::new(),
-        };
+        let table = rtcd_kit::config::read_file(path)?;
         if let Some((key, why)) = removed_setting(&table) {
             return Err(invalid(key, format!("was removed: {why}; delete it")));
         }
-        let defaults = toml::Table::try_from(Config::default())
-            .expect("the default config always serializes to a TOML table");
-        apply_env(&mut table, &defaults, ENV_PREFIX, env)?;
-        let config: Config =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: path
-                        .map(Path::to_owned)
-                        .unwrap_or_else(|| PathBuf::from("<environment>")),
-                    message: e.to_string(),
-                })?;
+        let config: Config = rtcd_kit::config::overlay(table, path, SOURCE, env)?;
         config.validate()?;
         Ok(config)
     }
@@ -426,7 +386,7 @@ impl Config {
         match (http.tls_cert_file.is_empty(), http.tls_key_file.is_empty()) {
             (true, true) => {}
             (false, false) => {
-                crate::tls::server_config(
+                rtcd_kit::tls::server_config(
                     Path::new(&http.tls_cert_file),
                     Path::new(&http.tls_key_file),
                 )
@@ -676,121 +636,7 @@ fn invalid(key: &'static str, message: String) -> ConfigError {
 
 /// Accepts `ip:port`, `[v6]:port` and rtcd's `:port` (all IPv4 interfaces).
 pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') {
-        format!("0.0.0.0{s}")
-    } else {
-        s.to_owned()
-    };
-    full.parse()
-        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8045 or :8045"))
-}
-
-/// Overlays environment variables onto `table`. The set of variables and the type of each is
-/// derived from `defaults`, so adding a config field adds its variable with no extra code.
-pub fn apply_env(
-    table: &mut toml::Table,
-    defaults: &toml::Table,
-    prefix: &str,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let mut leaves = BTreeMap::new();
-    collect_leaves(defaults, &mut Vec::new(), prefix, &mut leaves);
-    for (var, raw) in env {
-        if !var.starts_with(prefix) {
-            continue;
-        }
-        let Some((path, default)) = leaves.get(&var) else {
-            return Err(ConfigError::Env {
-                var,
-                message: "not a known setting (see deploy/ for the list of variables)".into(),
-            });
-        };
-        let value = parse_env_value(&raw, default).map_err(|message| ConfigError::Env {
-            var: var.clone(),
-            message,
-        })?;
-        set_path(table, path, value).map_err(|message| ConfigError::Env { var, message })?;
-    }
-    Ok(())
-}
-
-fn collect_leaves(
-    table: &toml::Table,
-    path: &mut Vec<String>,
-    prefix: &str,
-    out: &mut BTreeMap<String, (Vec<String>, toml::Value)>,
-) {
-    for (key, value) in table {
-        path.push(key.clone());
-        match value {
-            toml::Value::Table(inner) => collect_leaves(inner, path, prefix, out),
-            leaf => {
-                let var = format!("{prefix}{}", path.join("_").to_uppercase());
-                out.insert(var, (path.clone(), leaf.clone()));
-            }
-        }
-        path.pop();
-    }
-}
-
-fn parse_env_value(raw: &str, default: &toml::Value) -> Result<toml::Value, String> {
-    Ok(match default {
-        toml::Value::String(_) => toml::Value::String(raw.to_owned()),
-        toml::Value::Boolean(_) => match raw.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
-            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
-            _ => return Err(format!("expected true or false, got `{raw}`")),
-        },
-        toml::Value::Integer(_) => toml::Value::Integer(
-            raw.trim()
-                .parse()
-                .map_err(|_| format!("expected an integer, got `{raw}`"))?,
-        ),
-        toml::Value::Float(_) => toml::Value::Float(
-            raw.trim()
-                .parse()
-                .map_err(|_| format!("expected a number, got `{raw}`"))?,
-        ),
-        toml::Value::Array(_) => {
-            let trimmed = raw.trim();
-            if trimmed.starts_with('[') {
-                let parsed: serde_json::Value = serde_json::from_str(trimmed)
-                    .map_err(|e| format!("expected a JSON array: {e}"))?;
-                toml::Value::try_from(parsed).map_err(|e| format!("unsupported array: {e}"))?
-            } else {
-                toml::Value::Array(
-                    trimmed
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(|s| toml::Value::String(s.to_owned()))
-                        .collect(),
-                )
-            }
-        }
-        other => {
-            return Err(format!(
-                "settings of type {} cannot be set from the environment",
-                other.type_str()
-            ));
-        }
-    })
-}
-
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
-    let (last, parents) = path.split_last().expect("leaf paths are never empty");
-    let mut current = table;
-    for key in parents {
-        let entry = current
-            .entry(key.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = match entry {
-            toml::Value::Table(t) => t,
-            _ => return Err(format!("config file has `{key}` as a value, not a section")),
-        };
-    }
-    current.insert(last.clone(), value);
-    Ok(())
+    rtcd_kit::config::parse_listen_address(s, "127.0.0.1:8045")
 }
 
 #[cfg(test)]
@@ -993,10 +839,8 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let sample: toml::Table = text.parse().unwrap();
         let defaults = toml::Table::try_from(Config::default()).unwrap();
-        let mut want = BTreeMap::new();
-        collect_leaves(&defaults, &mut Vec::new(), ENV_PREFIX, &mut want);
-        let mut have = BTreeMap::new();
-        collect_leaves(&sample, &mut Vec::new(), ENV_PREFIX, &mut have);
+        let want = rtcd_kit::config::variables(&defaults, ENV_PREFIX);
+        let have = rtcd_kit::config::variables(&sample, ENV_PREFIX);
         let missing: Vec<_> = want.keys().filter(|k| !have.contains_key(*k)).collect();
         assert!(missing.is_empty(), "sample config lacks {missing:?}");
         // The sample enables admin with a placeholder the operator must replace: it must parse.

@@ -7,10 +7,11 @@
 //! * [`config`]: the typed configuration, TOML + `RTCD_*` environment, validated at start.
 //! * [`auth`]: client IDs, keys, bcrypt hashes in sled ([`auth::store`]), verification cache,
 //!   bearer tokens, rate limits, audit log. Knows nothing of HTTP or gRPC.
-//! * [`api`]: the warp HTTP API (Mattermost rtcd wire format), its listener (TCP / TLS,
-//!   graceful shutdown) and the single error-to-status mapping.
+//! * [`api`]: the warp HTTP API (Mattermost rtcd wire format) and the single error-to-status
+//!   mapping; the listeners (TCP / TLS, deadlines, connection caps, graceful shutdown) are the
+//!   service kit's (`rtcd_kit::listener`, `rtcd_kit::tls`).
 //! * [`signaling`]: the gRPC service proxies use (authenticated per RPC, tenant-scoped).
-//! * [`sfu`]: calls, sessions and RTP forwarding on webrtc-rs (knows no gRPC, proto or auth).
+//! * [`sfu`]: calls, sessions and RTP forwarding (knows no gRPC, proto, auth or WebRTC library).
 //! * [`engine`]: the media engine v2: everything that touches the WebRTC library and the media
 //!   sockets ([`engine::net`]: rtcd's own batched UDP, demultiplexing and ICE-TCP).
 //! * [`health`], [`system`], [`metrics`]: readiness, host load, Prometheus registry.
@@ -45,7 +46,6 @@ pub mod sfu;
 pub mod shutdown;
 pub mod signaling;
 pub mod system;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -85,7 +85,7 @@ pub enum StartError {
     },
     /// The TLS certificate or key is unusable.
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] rtcd_kit::tls::TlsError),
     /// The SFU could not start (ICE UDP socket, media engine).
     #[error("sfu: {0}")]
     Sfu(#[from] sfu::SfuError),
@@ -132,7 +132,7 @@ impl Rtcd {
         let tls = if http.tls_cert_file.is_empty() {
             None
         } else {
-            Some(tls::server_config(
+            Some(rtcd_kit::tls::server_config(
                 Path::new(&http.tls_cert_file),
                 Path::new(&http.tls_key_file),
             )?)

@@ -1,4 +1,5 @@
-//! TLS for rtcd's listeners (rustls with the ring provider, the same crypto webrtc builds).
+//! TLS for the daemons' HTTP listeners (rustls with the ring provider, the same crypto the
+//! media engine builds).
 //!
 //! Certificates and keys are read once at start; a bad file fails config validation with a
 //! message naming it, never the first handshake.
@@ -53,7 +54,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
     .with_single_cert(certs, key_der)?;
-    // HTTP/1.1 only: the listener (rtcd_kit::listener) does not offer HTTP/2.
+    // HTTP/1.1 only: the listener (crate::listener) does not offer HTTP/2, and WebSocket
+    // upgrades are HTTP/1.1 (RFC 8441 WebSockets over HTTP/2 are not served).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
