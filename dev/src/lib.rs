@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use rtcd::auth::{AuthError, ClientId, Principal, Secret};
-use rtcd_proxy::config::{KeyConfig, RtcdConfig, SecretString};
+use rtcd::auth::{AuthError, ClientId, Principal};
+use rtcd_kit::secret::Secret;
+use rtcd_proxy::config::{KeyConfig, RtcdConfig};
 use tokio_util::sync::CancellationToken;
 
 /// The proxy's client ID in rtcd.
@@ -139,13 +140,13 @@ pub async fn start_with_proxy(
     config.auth.keys = vec![KeyConfig {
         kid: "dev".into(),
         algorithms: vec!["HS256".into()],
-        secret: SecretString::new(jwt_secret),
+        secret: Secret::new(jwt_secret),
         ..KeyConfig::default()
     }];
     config.rtcd = RtcdConfig {
         url: format!("http://{}", rtcd.grpc_addr()),
         client_id: PROXY_CLIENT_ID.into(),
-        auth_key: SecretString::new(proxy_key),
+        auth_key: Secret::new(proxy_key),
         api_port: rtcd.http_addr().port(),
         health_interval_seconds: 2,
         ..RtcdConfig::default()

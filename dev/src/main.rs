@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             stack.proxy.addr(),
             data_dir.display()
         );
-        rtcd::shutdown::signal().await;
+        rtcd_kit::signal::terminated("stopping").await;
         stack.shutdown().await;
         anyhow::Ok(())
     });

@@ -4,17 +4,22 @@
 //! dependencies point one way (daemons -> kit), so the kit must never depend on `rtcd` or
 //! `rtcd-proxy`, nor hold anything specific to media or to end-user signaling.
 //!
-//! Today it holds the configuration loader ([`config`]: defaults, TOML, environment), the HTTP
-//! accept loop ([`listener`]: TLS, deadlines against slow clients,
-//! connection caps, bounded drain), its TLS set-up ([`tls`]) and the rate limits ([`rate`]). It is meant to take, one
-//! module each, the other pieces the two daemons still write twice (issue 16, "One service
-//! kit"): logging set-up, signal
-//! handling, health endpoints and the secret wrapper. When moving one in: give it a module
-//! here, keep daemon-specific policy (setting names, limits, defaults) in the daemon and pass
-//! it in, report errors with a `thiserror` type, and delete both old copies in the same change
+//! It holds, one module each: the configuration loader ([`config`]: defaults, TOML,
+//! environment), readiness ([`health`]), the HTTP accept loop ([`listener`]: deadlines against
+//! slow clients, connection caps, bounded drain) and its TLS set-up ([`tls`]), log set-up
+//! ([`logging`]), signal handling ([`signal`]), the rate limits ([`rate`]) and the secret
+//! wrapper with its weakness rule ([`secret`]). What the two
+//! daemons still write twice belongs here too (issue 16, "One service kit"). When moving one
+//! in: give it a module here, keep daemon-specific policy (setting names, limits, defaults)
+//! in the daemon and pass it in, report errors with a `thiserror` type, and delete both old
+//! copies in the same change
 //! (`duplicates` should no longer pair them).
 
 pub mod config;
+pub mod health;
 pub mod listener;
+pub mod logging;
 pub mod rate;
+pub mod secret;
+pub mod signal;
 pub mod tls;

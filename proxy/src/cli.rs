@@ -191,19 +191,10 @@ fn run(future: impl Future<Output = Result<(), String>>) -> ExitCode {
     }
 }
 
-/// Installs the global log subscriber (a second call is a no-op, which in-process tests rely
-/// on).
+/// Installs the global log subscriber (the service kit's; a second call is a no-op, which
+/// in-process tests rely on).
 pub fn init_logging(config: &LoggerConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if config.json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.with_ansi(false).try_init()
-    };
+    rtcd_kit::logging::init(&config.level, config.json);
 }
 
 async fn serve(config: Config) -> Result<(), String> {
@@ -231,32 +222,11 @@ async fn serve(config: Config) -> Result<(), String> {
     let proxy = crate::Proxy::start(config, relay)
         .await
         .map_err(|e| e.to_string())?;
-    signal().await;
-    tokio::spawn(async {
-        signal().await;
-        tracing::warn!("second signal: exiting without waiting for the drain");
-        std::process::exit(130);
-    });
+    rtcd_kit::signal::terminated("draining").await;
+    rtcd_kit::signal::exit_on_second_signal();
     proxy.shutdown().await;
     relay_cancel.cancel();
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "no SIGTERM handler; only SIGINT stops the proxy");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// `90s`, `15m`, `1h`, `2d` or plain seconds.
@@ -588,7 +558,7 @@ async fn explain(config: Config, jwt: String, room: Option<String>) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{KeyConfig, SecretString};
+    use crate::config::{KeyConfig, Secret};
 
     const SECRET: &str = "cli-test-secret-0123456789abcdef0123456789";
 
@@ -599,7 +569,7 @@ mod tests {
         c.auth.keys = vec![KeyConfig {
             kid: "k1".into(),
             algorithms: vec!["HS256".into()],
-            secret: SecretString::new(SECRET),
+            secret: Secret::new(SECRET),
             ..Default::default()
         }];
         c.validate().unwrap();

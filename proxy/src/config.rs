@@ -22,68 +22,15 @@ pub const ENV_PREFIX: &str = "PROXY_";
 /// Shortest HS secret accepted: RFC 7518 §3.2 asks for at least the hash output size.
 pub const MIN_HS_SECRET_BYTES: usize = 32;
 
-/// The placeholder secrets of `deploy/*.sample.toml`. They are public (in this repository), so
-/// a config that still has one must not start: an operator who forgets one edit would
-/// otherwise ship a secret anyone can read, and tokens anyone can mint.
-pub const SAMPLE_SECRETS: &[&str] = &["REPLACE-ME-with-at-least-32-random-bytes"];
-
-/// Why `secret` must not be used, if it must not: a sample placeholder (or an edited one,
-/// still containing `REPLACE-ME`), shorter than [`MIN_HS_SECRET_BYTES`], or one character
-/// repeated (`"xxxx…"`, what a quick test setup types). Checked at start for every secret the
-/// proxy is configured with. rtcd applies the same rule to its admin secret.
+/// Why `secret` must not be used, if it must not (the service kit's rule, shared with rtcd: a
+/// sample placeholder, shorter than [`MIN_HS_SECRET_BYTES`], or one character repeated).
+/// Checked at start for every secret the proxy is configured with.
 pub fn weak_secret(secret: &[u8]) -> Option<String> {
-    let placeholder = SAMPLE_SECRETS.iter().any(|s| s.as_bytes() == secret)
-        || secret
-            .windows(10)
-            .any(|w| w.eq_ignore_ascii_case(b"REPLACE-ME"));
-    if placeholder {
-        return Some(
-            "is the placeholder from the sample config; generate a secret, e.g.              `head -c 32 /dev/urandom | base64`"
-                .into(),
-        );
-    }
-    if secret.len() < MIN_HS_SECRET_BYTES {
-        return Some(format!(
-            "must be at least {MIN_HS_SECRET_BYTES} bytes, got {}",
-            secret.len()
-        ));
-    }
-    if secret.iter().all(|b| *b == secret[0]) {
-        return Some("is one character repeated; use random bytes".into());
-    }
-    None
+    rtcd_kit::secret::weakness(secret, MIN_HS_SECRET_BYTES)
 }
 
-/// A secret read from config: serialized as is (the sample needs it), but never printed by
-/// `{:?}`, so a config dump in a log cannot leak it.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SecretString(String);
-
-impl SecretString {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// Whether no secret is set.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "<unset>"
-        } else {
-            "<redacted>"
-        })
-    }
-}
+/// A secret read from config: never printed by `{:?}` (the service kit's, shared with rtcd).
+pub use rtcd_kit::secret::Secret;
 
 /// Everything the proxy is told at start.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -290,7 +237,7 @@ pub struct KeyConfig {
     /// Algorithms this key may verify; must all belong to the key's family.
     pub algorithms: Vec<String>,
     /// HS shared secret (prefer `secret_file` or the environment).
-    pub secret: SecretString,
+    pub secret: Secret,
     /// File holding the HS shared secret (trailing newline ignored).
     pub secret_file: String,
     /// PEM public key (RSA, EC P-256 or Ed25519).
@@ -491,7 +438,7 @@ pub struct RtcdConfig {
     /// The client ID this proxy is registered under in rtcd.
     pub client_id: String,
     /// Its auth key (prefer `auth_key_file` or the environment).
-    pub auth_key: SecretString,
+    pub auth_key: Secret,
     /// File holding the auth key.
     pub auth_key_file: String,
     /// PEM CA bundle for an `https` URL (empty = the platform's web PKI roots).
@@ -522,7 +469,7 @@ impl Default for RtcdConfig {
         Self {
             url: String::new(),
             client_id: String::new(),
-            auth_key: SecretString::default(),
+            auth_key: Secret::default(),
             auth_key_file: String::new(),
             ca_file: String::new(),
             server_name: String::new(),
@@ -554,7 +501,7 @@ pub struct TurnConfig {
     /// Shared secrets (coturn's `static-auth-secret`). Credentials are signed with the first;
     /// the rest are listed for rotation bookkeeping only (coturn accepts all of them). Prefer
     /// `secrets_file` or `PROXY_TURN_SECRETS`.
-    pub secrets: Vec<SecretString>,
+    pub secrets: Vec<Secret>,
     /// File with one secret per line (first line signs); instead of `secrets`.
     pub secrets_file: String,
     /// How long issued credentials are valid; re-issued (`ice_servers` message) at three
@@ -585,7 +532,7 @@ impl Default for TurnConfig {
 
 impl TurnConfig {
     /// The secrets from `secrets` or `secrets_file`, in order.
-    pub fn all_secrets(&self) -> Result<Vec<SecretString>, String> {
+    pub fn all_secrets(&self) -> Result<Vec<Secret>, String> {
         if self.secrets_file.is_empty() {
             return Ok(self.secrets.clone());
         }
@@ -595,34 +542,18 @@ impl TurnConfig {
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
-            .map(SecretString::new)
+            .map(Secret::new)
             .collect())
     }
 
     /// The secret credentials are signed with (the first), if any.
-    pub fn signing_secret(&self) -> Result<Option<SecretString>, String> {
+    pub fn signing_secret(&self) -> Result<Option<Secret>, String> {
         Ok(self.all_secrets()?.into_iter().next())
     }
 }
 
-/// `[logger]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoggerConfig {
-    /// A tracing filter directive, e.g. `info` or `info,rtcd_proxy::session=debug`.
-    pub level: String,
-    /// One JSON object per line instead of text.
-    pub json: bool,
-}
-
-impl Default for LoggerConfig {
-    fn default() -> Self {
-        Self {
-            level: "info".into(),
-            json: false,
-        }
-    }
-}
+/// `[logger]`: the service kit's, the same in both daemons.
+pub use rtcd_kit::logging::LoggerConfig;
 
 /// Why the configuration could not be loaded; every message names the key or variable.
 #[derive(Debug, thiserror::Error)]
@@ -760,8 +691,9 @@ impl Config {
         self.validate_auth()?;
         self.validate_rtcd()?;
         self.validate_turn()?;
-        tracing_subscriber::EnvFilter::try_new(&self.logger.level)
-            .map_err(|e| invalid("logger.level", e.to_string()))?;
+        self.logger
+            .validate()
+            .map_err(|message| invalid("logger.level", message))?;
         Ok(())
     }
 

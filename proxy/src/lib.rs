@@ -26,7 +26,6 @@ pub mod cli;
 pub mod close;
 pub mod config;
 pub mod dev;
-pub mod health;
 pub mod metrics;
 pub mod placement;
 pub mod policy;
@@ -36,6 +35,9 @@ pub mod server;
 pub mod session;
 pub mod turn;
 pub mod web;
+
+/// Readiness (the service kit's, shared with rtcd).
+pub use rtcd_kit::health;
 
 use std::net::SocketAddr;
 use std::path::Path;

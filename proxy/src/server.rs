@@ -191,7 +191,7 @@ fn health_routes(
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        let mut body = serde_json::json!({"status": state.health.label()});
+        let mut body = serde_json::json!({"status": state.health.phase().as_str()});
         // The last TURN probe per URL: reported, but not part of readiness (a proxy whose
         // TURN server is down still serves everyone who does not need the relay).
         if let Some(turn) = &state.turn {

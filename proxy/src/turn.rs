@@ -25,7 +25,7 @@ use hmac::{Hmac, Mac as _};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use crate::config::{SecretString, TurnConfig};
+use crate::config::{Secret, TurnConfig};
 
 /// One ICE server entry as browsers take it (`RTCIceServer`): the URLs that share one
 /// credential.
@@ -204,7 +204,7 @@ pub enum ProbeStatus {
 pub struct Turn {
     urls: Vec<TurnUrl>,
     /// The signing secret (the first of `turn.secrets`); the others only matter to coturn.
-    secret: SecretString,
+    secret: Secret,
     lifetime: Duration,
     timeout: Duration,
     tls: Arc<rustls::ClientConfig>,
@@ -786,7 +786,7 @@ mod tests {
                 "turn:t.example:3478?transport=udp".into(),
                 "turns:t.example:5349?transport=tcp".into(),
             ],
-            secrets: vec![SecretString::new("a-long-enough-turn-secret-for-the-test")],
+            secrets: vec![Secret::new("a-long-enough-turn-secret-for-the-test")],
             credential_lifetime_seconds: 600,
             ..TurnConfig::default()
         };

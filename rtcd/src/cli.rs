@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use crate::auth::{AuthService, ClientId, ClientStore, Principal, Secret, generate_key};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::{Rtcd, logging, shutdown};
+use crate::{Rtcd, logging};
 
 /// Exit code for invalid usage or configuration (BSD `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
@@ -168,13 +168,8 @@ async fn serve(config: Config) -> Result<(), String> {
         "starting rtcd"
     );
     let rtcd = Rtcd::start(config).await.map_err(|e| e.to_string())?;
-    shutdown::signal().await;
-    // A second signal during the drain stops at once.
-    tokio::spawn(async {
-        shutdown::signal().await;
-        tracing::warn!("second signal: exiting without waiting for the drain");
-        std::process::exit(130);
-    });
+    rtcd_kit::signal::terminated("draining").await;
+    rtcd_kit::signal::exit_on_second_signal();
     rtcd.shutdown().await;
     Ok(())
 }

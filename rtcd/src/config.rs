@@ -314,24 +314,8 @@ impl Default for StoreConfig {
     }
 }
 
-/// `[logger]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoggerConfig {
-    /// A tracing filter directive, e.g. `info` or `info,rtcd::auth=debug`.
-    pub level: String,
-    /// One JSON object per line instead of human-readable text.
-    pub json: bool,
-}
-
-impl Default for LoggerConfig {
-    fn default() -> Self {
-        Self {
-            level: "info".into(),
-            json: false,
-        }
-    }
-}
+/// `[logger]`: the service kit's, the same in both daemons.
+pub use rtcd_kit::logging::LoggerConfig;
 
 /// Why the configuration could not be loaded; each message names the key or variable at fault.
 #[derive(Debug, thiserror::Error)]
@@ -483,8 +467,9 @@ impl Config {
         if self.store.data_source.trim().is_empty() {
             return Err(invalid("store.data_source", "must name a directory".into()));
         }
-        tracing_subscriber::EnvFilter::try_new(&self.logger.level)
-            .map_err(|e| invalid("logger.level", e.to_string()))?;
+        self.logger
+            .validate()
+            .map_err(|message| invalid("logger.level", message))?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@
 //! * [`sfu`]: calls, sessions and RTP forwarding (knows no gRPC, proto, auth or WebRTC library).
 //! * [`engine`]: the media engine v2: everything that touches the WebRTC library and the media
 //!   sockets ([`engine::net`]: rtcd's own batched UDP, demultiplexing and ICE-TCP).
-//! * [`health`], [`system`], [`metrics`]: readiness, host load, Prometheus registry.
+//! * [`health`] (the kit's), [`system`], [`metrics`]: readiness, host load, Prometheus registry.
 //! * [`cli`]: the `rtcd` command line (serve, dev, clients add / remove / list).
 //! * [`Rtcd`]: the composition root. `start` builds store -> auth -> listeners; `shutdown`
 //!   undoes it in reverse and flushes the store last.
@@ -39,13 +39,14 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod engine;
-pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod sfu;
-pub mod shutdown;
 pub mod signaling;
 pub mod system;
+
+/// Readiness (the service kit's, shared with the proxy).
+pub use rtcd_kit::health;
 
 use std::net::SocketAddr;
 use std::path::Path;

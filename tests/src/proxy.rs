@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rtcd_proxy::Proxy;
-use rtcd_proxy::config::{Config, KeyConfig, SecretString};
+use rtcd_proxy::config::{Config, KeyConfig, Secret};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::Message;
@@ -62,7 +62,7 @@ pub fn base_config() -> Config {
         KeyConfig {
             kid: "hs1".into(),
             algorithms: vec!["HS256".into(), "HS384".into()],
-            secret: SecretString::new(HS_SECRET),
+            secret: Secret::new(HS_SECRET),
             ..Default::default()
         },
         key("rsa-a", "RS256", "rsa-a.pub.pem"),

@@ -593,7 +593,7 @@ pub fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{KeyConfig, SecretString};
+    use crate::config::{KeyConfig, Secret};
     use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::json;
 
@@ -607,7 +607,7 @@ mod tests {
             keys: vec![KeyConfig {
                 kid: "k1".into(),
                 algorithms: vec!["HS256".into()],
-                secret: SecretString::new(SECRET),
+                secret: Secret::new(SECRET),
                 ..Default::default()
             }],
             ..Default::default()

@@ -168,33 +168,9 @@ impl fmt::Debug for ClientId {
     }
 }
 
-/// A secret string (auth key, admin secret, bearer token) that never prints.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps `s`.
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    /// The secret itself; call only where it is used, never to log.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
-    }
-}
+/// A secret string (auth key, admin secret, bearer token) that never prints and compares in
+/// constant time: the service kit's, shared with the proxy.
+pub use rtcd_kit::secret::Secret;
 
 /// Checks an auth key against the length rules.
 pub fn validate_key(key: &Secret) -> Result<(), AuthError> {
@@ -212,45 +188,18 @@ pub fn validate_key(key: &Secret) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// The placeholder secrets of `deploy/*.sample.toml`. They are public (in this repository), so
-/// a config that still has one must not start: an operator who forgets one edit would
-/// otherwise ship an admin secret anyone can read.
-pub const SAMPLE_SECRETS: &[&str] = &["REPLACE-ME-with-at-least-32-random-bytes"];
-
-/// Why a configured secret must not be used, if it must not: a sample placeholder (or an
-/// edited one, still containing `REPLACE-ME`), shorter than [`MIN_KEY_BYTES`], or one
-/// character repeated. Checked at start (config validation); the proxy applies the same rule
-/// to its secrets. Registered client keys are checked by [`validate_key`] instead.
+/// Why a configured secret must not be used, if it must not (the kit's rule: a sample
+/// placeholder, shorter than [`MIN_KEY_BYTES`], or one character repeated). Checked at start
+/// (config validation). Registered client keys are checked by [`validate_key`] instead.
 pub fn weak_secret(secret: &str) -> Option<String> {
-    let bytes = secret.as_bytes();
-    let placeholder = SAMPLE_SECRETS.contains(&secret)
-        || bytes
-            .windows(10)
-            .any(|w| w.eq_ignore_ascii_case(b"REPLACE-ME"));
-    if placeholder {
-        return Some(
-            "is the placeholder from the sample config; generate a secret, e.g. \
-             `head -c 32 /dev/urandom | base64`"
-                .into(),
-        );
-    }
-    if bytes.len() < MIN_KEY_BYTES {
-        return Some(format!(
-            "must be at least {MIN_KEY_BYTES} bytes, got {} (generate one with `head -c 32 /dev/urandom | base64`)",
-            bytes.len()
-        ));
-    }
-    if bytes.iter().all(|b| *b == bytes[0]) {
-        return Some("is one character repeated; use random bytes".into());
-    }
-    None
+    rtcd_kit::secret::weakness(secret.as_bytes(), MIN_KEY_BYTES)
 }
 
 /// Generates a fresh auth key: 32 random bytes, base64url (43 characters).
 pub fn generate_key() -> Secret {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    Secret(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Reads a secret from `path`, or creates it there ([`generate_key`], mode 0600) on first use:
@@ -303,10 +252,10 @@ impl Credentials {
             let (user, password) = decoded.split_once(':').ok_or(AuthError::Unauthenticated)?;
             Ok(Credentials::Basic {
                 user: user.to_owned(),
-                password: Secret(password.to_owned()),
+                password: Secret::new(password),
             })
         } else if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
-            Ok(Credentials::Bearer(Secret(rest.to_owned())))
+            Ok(Credentials::Bearer(Secret::new(rest)))
         } else {
             Err(AuthError::Unauthenticated)
         }
@@ -620,7 +569,7 @@ impl AuthService {
             },
         );
         Ok(BearerToken {
-            token: Secret(token),
+            token: Secret::new(token),
             expires_at: SystemTime::now() + ttl,
         })
     }
@@ -956,9 +905,6 @@ mod tests {
         ] {
             assert!(Credentials::from_authorization(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(
-            format!("{:?}", Secret::new("hunter2")),
-            "Secret(<redacted>)"
-        );
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "<redacted>");
     }
 }

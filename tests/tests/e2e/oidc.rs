@@ -10,7 +10,7 @@ use rtcd_e2e::media::{Participant, TestRtcd, keeps_flowing};
 use rtcd_e2e::oidc::{self, KEYCLOAK_ACCOUNT, OTHER_API, Provider, proxy_resource};
 use rtcd_e2e::proxy::{Client, Event, JoinOutcome, STEP, fixture, join, now, sign};
 use rtcd_proxy::Proxy;
-use rtcd_proxy::config::{Config, OidcRolesConfig, RtcdConfig, SecretString};
+use rtcd_proxy::config::{Config, OidcRolesConfig, RtcdConfig, Secret};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -319,7 +319,7 @@ async fn media_proxy(
     config.rtcd = RtcdConfig {
         url: format!("http://{}", rtcd.grpc_addr()),
         client_id: "proxy-oidc".into(),
-        auth_key: SecretString::new(key),
+        auth_key: Secret::new(key),
         api_port: rtcd.rtcd.http_addr().port(),
         health_interval_seconds: 1,
         ..RtcdConfig::default()

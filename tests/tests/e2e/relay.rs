@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rtcd::auth::{ClientId, Principal, Secret};
 use rtcd_e2e::daemon::{TestRtcd, key_for};
 use rtcd_e2e::media::{Participant, keeps_flowing};
-use rtcd_proxy::config::{RtcdConfig, SecretString};
+use rtcd_proxy::config::RtcdConfig;
 use rtcd_proxy::placement::HostHealth;
 use rtcd_proxy::relay::rtcd::RtcdRelay;
 use tokio_util::sync::CancellationToken;
@@ -64,7 +64,7 @@ async fn rooms_spread_over_ready_hosts_and_leave_a_draining_one() {
         // gRPC port 9 (discard): these tests exercise discovery and health, not streams.
         url: "http://127.0.0.2:9, http://127.0.0.3:9".into(),
         client_id: "proxy-1".into(),
-        auth_key: SecretString::new(key_for("proxy-1")),
+        auth_key: Secret::new(key_for("proxy-1")),
         api_port: port,
         health_interval_seconds: 1,
         ..RtcdConfig::default()
@@ -132,7 +132,7 @@ async fn proxy_for(
     config.rtcd = RtcdConfig {
         url: format!("http://{}", rtcd.grpc_addr()),
         client_id: "proxy-1".into(),
-        auth_key: SecretString::new(key_for("proxy-1")),
+        auth_key: Secret::new(key_for("proxy-1")),
         api_port: rtcd.rtcd.http_addr().port(),
         health_interval_seconds: 1,
         ..RtcdConfig::default()
@@ -281,7 +281,7 @@ async fn relay_speaks_tls_to_rtcd_and_media_still_flows() {
     config.rtcd = RtcdConfig {
         url: format!("https://{}", rtcd.grpc_addr()),
         client_id: "proxy-tls".into(),
-        auth_key: SecretString::new(key_for("proxy-tls")),
+        auth_key: Secret::new(key_for("proxy-tls")),
         api_port: rtcd.rtcd.http_addr().port(),
         ca_file: cert_s.to_owned(),
         // The certificate names the service, not the address.
@@ -338,7 +338,7 @@ async fn a_host_name_is_resolved_into_hosts() {
     let config = RtcdConfig {
         url: format!("http://localhost:{}", rtcd.grpc_addr().port()),
         client_id: "proxy-1".into(),
-        auth_key: SecretString::new(key_for("proxy-1")),
+        auth_key: Secret::new(key_for("proxy-1")),
         api_port: rtcd.rtcd.http_addr().port(),
         health_interval_seconds: 1,
         resolve_interval_seconds: 1,
@@ -434,7 +434,7 @@ async fn relay_presents_its_client_certificate_when_rtcd_requires_one() {
     let relay_config = |with_certificate: bool| RtcdConfig {
         url: format!("https://{}", rtcd.grpc_addr()),
         client_id: "proxy-1".into(),
-        auth_key: SecretString::new(key_for("proxy-1")),
+        auth_key: Secret::new(key_for("proxy-1")),
         api_port: rtcd.rtcd.http_addr().port(),
         ca_file: ca.clone(),
         server_name: "localhost".into(),

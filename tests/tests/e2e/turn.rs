@@ -18,7 +18,7 @@ use rtcd_e2e::coturn::{Coturn, CoturnOptions, REALM};
 use rtcd_e2e::flow::Flow;
 use rtcd_e2e::netns::{self, LAN_ADDR};
 use rtcd_proxy::auth::unix_now;
-use rtcd_proxy::config::SecretString;
+use rtcd_proxy::config::Secret;
 use rtcd_proxy::turn::{ProbeError, TurnUrl, probe, probe_tls_config, rest_credential};
 use serde_json::{Value, json};
 
@@ -64,7 +64,7 @@ async fn stack(
         },
         move |c| {
             c.turn.urls = urls;
-            c.turn.secrets = vec![SecretString::new(secret)];
+            c.turn.secrets = vec![Secret::new(secret)];
             c.turn.credential_lifetime_seconds = lifetime_seconds;
             c.turn.probe_interval_seconds = probe_interval_seconds;
             c.turn.probe_ca_file = ca;

@@ -1,7 +1,7 @@
-//! Readiness of the daemon as a whole: starting, ready, draining.
+//! Readiness of a daemon as a whole: starting, ready, draining.
 //!
-//! `/readyz` reports it so load balancers and proxies stop sending new work while rtcd starts
-//! or drains; `/healthz` only says the process answers.
+//! `/readyz` reports it so load balancers (and, for rtcd, the proxies) stop sending new work
+//! while a daemon starts or drains; `/healthz` only says the process answers.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -41,10 +41,15 @@ impl Health {
     pub fn set_draining(&self) {
         self.0.store(2, Ordering::Release);
     }
+
+    /// Whether new work is accepted.
+    pub fn is_ready(&self) -> bool {
+        self.phase() == Phase::Ready
+    }
 }
 
 impl Phase {
-    /// The word `/readyz` answers with.
+    /// The word `/readyz` answers with: `starting`, `ready` or `draining`.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Starting => "starting",
