@@ -7,7 +7,7 @@
 //! It holds, one module each: the configuration loader ([`config`]: defaults, TOML,
 //! environment), readiness ([`health`]), the HTTP accept loop ([`listener`]: deadlines against
 //! slow clients, connection caps, bounded drain) and its TLS set-up ([`tls`]), log set-up
-//! ([`logging`]), signal handling ([`signal`]), the rate limits ([`rate`]) and the secret
+//! ([`logging`]), signal handling ([`signal`]), the async `main` ([`runtime`]), the rate limits ([`rate`]) and the secret
 //! wrapper with its weakness rule ([`secret`]). What the two
 //! daemons still write twice belongs here too (issue 16, "One service kit"). When moving one
 //! in: give it a module here, keep daemon-specific policy (setting names, limits, defaults)
@@ -20,6 +20,7 @@ pub mod health;
 pub mod listener;
 pub mod logging;
 pub mod rate;
+pub mod runtime;
 pub mod secret;
 pub mod signal;
 pub mod tls;

@@ -106,6 +106,50 @@ impl Event {
 /// Receives [`Event`]s; called on the accept loop or a connection's task, so it must be cheap.
 pub type Observer = Arc<dyn Fn(Event) + Send + Sync>;
 
+/// Labels of a daemon's `<prefix>_http_connections_cut_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct CutLabels {
+    /// The listener's name in the daemon (`api`, `public`, `metrics`).
+    pub listener: &'static str,
+    /// [`Event::label`].
+    pub reason: &'static str,
+}
+
+/// The counter both daemons export as `<prefix>_http_connections_cut_total`: connections
+/// their listeners closed at accept, cut for a late head, or answered 408.
+#[derive(Debug, Clone, Default)]
+pub struct Cuts(
+    prometheus_client::metrics::family::Family<
+        CutLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+);
+
+impl Cuts {
+    /// Registers the counter as `http_connections_cut` in `registry` (whose prefix names the
+    /// daemon).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "http_connections_cut",
+            "Connections the HTTP listeners closed at accept (over a cap), cut for a late request head, or answered 408 (request too slow), by listener and reason",
+            self.0.clone(),
+        );
+    }
+
+    /// An [`Observer`] counting what the listener named `listener` reports.
+    pub fn observer(&self, listener: &'static str) -> Observer {
+        let family = self.0.clone();
+        Arc::new(move |event: Event| {
+            family
+                .get_or_create(&CutLabels {
+                    listener,
+                    reason: event.label(),
+                })
+                .inc();
+        })
+    }
+}
+
 /// How a listener is served; [`serve`] takes it whole.
 pub struct Options {
     /// rustls configuration for HTTPS; `None` serves plain HTTP.

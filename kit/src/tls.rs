@@ -32,6 +32,29 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// Which of a listener's two TLS settings is at fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// `tls_cert_file`.
+    Cert,
+    /// `tls_key_file`.
+    Key,
+}
+
+/// Checks a listener's `tls_cert_file` / `tls_key_file` pair at start: both empty (plain
+/// HTTP), or both set and usable (the files are read and the pair built now, so a bad file
+/// fails validation rather than the first handshake).
+pub fn check_settings(cert: &str, key: &str) -> Result<(), (Setting, String)> {
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => Ok(()),
+        (false, false) => server_config(Path::new(cert), Path::new(key))
+            .map(drop)
+            .map_err(|e| (Setting::Cert, e.to_string())),
+        (false, true) => Err((Setting::Key, "must be set when tls_cert_file is set".into())),
+        (true, false) => Err((Setting::Cert, "must be set when tls_key_file is set".into())),
+    }
+}
+
 /// Builds a server config for `cert` + `key` (PEM), offering HTTP/1.1 via ALPN.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = read_certs(cert)?;

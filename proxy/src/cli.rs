@@ -172,23 +172,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(future: impl Future<Output = Result<(), String>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rtcd-proxy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(future) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rtcd-proxy: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    rtcd_kit::runtime::run("rtcd-proxy", future)
 }
 
 /// Installs the global log subscriber (the service kit's; a second call is a no-op, which

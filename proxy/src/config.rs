@@ -607,28 +607,12 @@ impl Config {
             parse_listen_address(&s.metrics_listen_address)
                 .map_err(|m| invalid("server.metrics_listen_address", m))?;
         }
-        match (s.tls_cert_file.is_empty(), s.tls_key_file.is_empty()) {
-            (true, true) => {}
-            (false, false) => {
-                rtcd_kit::tls::server_config(
-                    Path::new(&s.tls_cert_file),
-                    Path::new(&s.tls_key_file),
-                )
-                .map_err(|e| invalid("server.tls_cert_file", e.to_string()))?;
-            }
-            (false, true) => {
-                return Err(invalid(
-                    "server.tls_key_file",
-                    "required with tls_cert_file",
-                ));
-            }
-            (true, false) => {
-                return Err(invalid(
-                    "server.tls_cert_file",
-                    "required with tls_key_file",
-                ));
-            }
-        }
+        rtcd_kit::tls::check_settings(&s.tls_cert_file, &s.tls_key_file).map_err(
+            |(setting, message)| match setting {
+                rtcd_kit::tls::Setting::Cert => invalid("server.tls_cert_file", message),
+                rtcd_kit::tls::Setting::Key => invalid("server.tls_key_file", message),
+            },
+        )?;
         if !(1..=300).contains(&s.header_timeout_seconds) {
             return Err(invalid(
                 "server.header_timeout_seconds",

@@ -26,16 +26,6 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
-/// Labels of `proxy_http_connections_cut_total`.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerLabels {
-    /// `public` or `metrics`.
-    pub listener: &'static str,
-    /// `max_connections`, `max_connections_per_ip` (closed at accept), `head_timeout` (no
-    /// request head in time) or `request_timeout` (answered 408).
-    pub reason: &'static str,
-}
-
 /// Every metric the proxy exports.
 pub struct Metrics {
     registry: Registry,
@@ -59,7 +49,7 @@ pub struct Metrics {
     /// Media server hosts by health (`ready`, `unready`, `unknown`), as of the last scrape.
     pub rtcd_hosts: Family<HealthLabel, Gauge>,
     /// Connections the HTTP listeners closed or answered 408 to protect themselves.
-    pub http_connections_cut: Family<ListenerLabels, Counter>,
+    pub http_connections_cut: rtcd_kit::listener::Cuts,
 }
 
 /// Labels of `proxy_rtcd_hosts`.
@@ -124,12 +114,8 @@ impl Metrics {
             "Media server hosts by health",
             rtcd_hosts.clone(),
         );
-        let http_connections_cut = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "http_connections_cut",
-            "Connections the HTTP listeners closed at accept (over a cap), cut for a late request head, or answered 408 (request too slow), by listener and reason",
-            http_connections_cut.clone(),
-        );
+        let http_connections_cut = rtcd_kit::listener::Cuts::default();
+        http_connections_cut.register(&mut registry);
         Arc::new(Self {
             http_connections_cut,
             registry,
@@ -146,20 +132,8 @@ impl Metrics {
     }
 
     /// What the HTTP listener named `listener` reports goes to `http_connections_cut`.
-    pub fn listener_observer(
-        self: &Arc<Self>,
-        listener: &'static str,
-    ) -> rtcd_kit::listener::Observer {
-        let metrics = self.clone();
-        Arc::new(move |event| {
-            metrics
-                .http_connections_cut
-                .get_or_create(&ListenerLabels {
-                    listener,
-                    reason: event.label(),
-                })
-                .inc();
-        })
+    pub fn listener_observer(&self, listener: &'static str) -> rtcd_kit::listener::Observer {
+        self.http_connections_cut.observer(listener)
     }
 
     /// Counts a message.

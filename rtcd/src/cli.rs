@@ -141,23 +141,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(future: impl Future<Output = Result<(), String>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rtcd: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(future) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("rtcd: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    rtcd_kit::runtime::run("rtcd", future)
 }
 
 async fn serve(config: Config) -> Result<(), String> {

@@ -367,28 +367,12 @@ impl Config {
                 .map_err(|message| invalid("api.metrics.listen_address", message))?;
         }
         let http = &self.api.http;
-        match (http.tls_cert_file.is_empty(), http.tls_key_file.is_empty()) {
-            (true, true) => {}
-            (false, false) => {
-                rtcd_kit::tls::server_config(
-                    Path::new(&http.tls_cert_file),
-                    Path::new(&http.tls_key_file),
-                )
-                .map_err(|e| invalid("api.http.tls_cert_file", e.to_string()))?;
-            }
-            (false, true) => {
-                return Err(invalid(
-                    "api.http.tls_key_file",
-                    "must be set when tls_cert_file is set".into(),
-                ));
-            }
-            (true, false) => {
-                return Err(invalid(
-                    "api.http.tls_cert_file",
-                    "must be set when tls_key_file is set".into(),
-                ));
-            }
-        }
+        rtcd_kit::tls::check_settings(&http.tls_cert_file, &http.tls_key_file).map_err(
+            |(setting, message)| match setting {
+                rtcd_kit::tls::Setting::Cert => invalid("api.http.tls_cert_file", message),
+                rtcd_kit::tls::Setting::Key => invalid("api.http.tls_key_file", message),
+            },
+        )?;
         if !(1024..=16 * 1024 * 1024).contains(&http.max_body_bytes) {
             return Err(invalid(
                 "api.http.max_body_bytes",

@@ -31,17 +31,6 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
-/// Labels of `rtcd_http_connections_cut_total`: what the HTTP listeners did to slow or
-/// greedy clients.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerLabels {
-    /// `api` or `metrics`.
-    pub listener: &'static str,
-    /// `max_connections`, `max_connections_per_ip` (closed at accept), `head_timeout` (no
-    /// request head in time) or `request_timeout` (answered 408).
-    pub reason: &'static str,
-}
-
 /// Labels carrying only the tenant (registered client ID, admin-controlled cardinality).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabels {
@@ -113,7 +102,7 @@ pub struct Metrics {
     /// HTTP requests by route and status.
     pub http_requests: Family<HttpLabels, Counter>,
     /// Connections the HTTP listeners closed or answered 408 to protect themselves.
-    pub http_connections_cut: Family<ListenerLabels, Counter>,
+    pub http_connections_cut: rtcd_kit::listener::Cuts,
     /// The SFU's metrics.
     pub sfu: SfuMetrics,
     /// Datagrams on the media port dropped before a session saw them, by reason (no client
@@ -159,12 +148,8 @@ impl Metrics {
             "HTTP API requests by route and status",
             http_requests.clone(),
         );
-        let http_connections_cut = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "http_connections_cut",
-            "Connections the HTTP listeners closed at accept (over a cap), cut for a late request head, or answered 408 (request too slow), by listener and reason",
-            http_connections_cut.clone(),
-        );
+        let http_connections_cut = rtcd_kit::listener::Cuts::default();
+        http_connections_cut.register(&mut registry);
         let sfu = SfuMetrics {
             sessions: Family::default(),
             calls: Family::default(),
@@ -247,20 +232,8 @@ impl Metrics {
     }
 
     /// What the HTTP listener named `listener` reports goes to `http_connections_cut`.
-    pub fn listener_observer(
-        self: &Arc<Self>,
-        listener: &'static str,
-    ) -> rtcd_kit::listener::Observer {
-        let metrics = self.clone();
-        Arc::new(move |event| {
-            metrics
-                .http_connections_cut
-                .get_or_create(&ListenerLabels {
-                    listener,
-                    reason: event.label(),
-                })
-                .inc();
-        })
+    pub fn listener_observer(&self, listener: &'static str) -> rtcd_kit::listener::Observer {
+        self.http_connections_cut.observer(listener)
     }
 
     /// Records one authentication attempt.

@@ -1,0 +1,27 @@
+//! Running a daemon's async entry point from a synchronous `main`, the same way in both
+//! daemons: a multi-threaded tokio runtime, and an error printed with the program's name and
+//! turned into a failing exit code (no panic, no backtrace for an operator's mistake).
+
+use std::future::Future;
+use std::process::ExitCode;
+
+/// Runs `future` to completion; `program` prefixes the error message on stderr.
+pub fn run(program: &str, future: impl Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{program}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{program}: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
