@@ -25,3 +25,11 @@ pub fn run(program: &str, future: impl Future<Output = Result<(), String>>) -> E
         }
     }
 }
+
+/// Tasks alive on the runtime the caller runs on (`None` outside one). Both daemons export it
+/// as a gauge refreshed on every scrape: a count that keeps climbing while sessions come and
+/// go is a leak.
+pub fn alive_tasks() -> Option<i64> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    Some(i64::try_from(handle.metrics().num_alive_tasks()).unwrap_or(i64::MAX))
+}

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub rtcd_hosts: Family<HealthLabel, Gauge>,
     /// Connections the HTTP listeners closed or answered 408 to protect themselves.
     pub http_connections_cut: rtcd_kit::listener::Cuts,
+    /// Tasks alive on the proxy's runtime, refreshed on every scrape (a leak shows as a count
+    /// that keeps climbing while sessions come and go).
+    pub runtime_alive_tasks: Gauge,
 }
 
 /// Labels of `proxy_rtcd_hosts`.
@@ -116,8 +119,15 @@ impl Metrics {
         );
         let http_connections_cut = rtcd_kit::listener::Cuts::default();
         http_connections_cut.register(&mut registry);
+        let runtime_alive_tasks = Gauge::default();
+        registry.register(
+            "runtime_alive_tasks",
+            "Tokio tasks alive in the proxy's runtime (refreshed on scrape)",
+            runtime_alive_tasks.clone(),
+        );
         Arc::new(Self {
             http_connections_cut,
+            runtime_alive_tasks,
             registry,
             relay_join_seconds,
             relay_answer_seconds,
@@ -145,6 +155,10 @@ impl Metrics {
 
     /// Prometheus text format.
     pub fn encode(&self) -> String {
+        // Outside a runtime (unit tests) the gauge keeps its last value.
+        if let Some(alive) = rtcd_kit::runtime::alive_tasks() {
+            self.runtime_alive_tasks.set(alive);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

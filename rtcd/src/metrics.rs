@@ -246,10 +246,8 @@ impl Metrics {
     /// The registry in Prometheus text format (refreshing the runtime gauges first).
     pub fn encode(&self) -> String {
         // Outside a runtime (unit tests) the gauge keeps its last value.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let alive = handle.metrics().num_alive_tasks();
-            self.runtime_alive_tasks
-                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        if let Some(alive) = rtcd_kit::runtime::alive_tasks() {
+            self.runtime_alive_tasks.set(alive);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -463,6 +463,9 @@ pub fn unlimited_process_env() -> Vec<(String, String)> {
         ("PROXY_LIMITS_MAX_SESSIONS_PER_USER", "0"),
         ("PROXY_LIMITS_IDLE_TIMEOUT_SECONDS", "3600"),
         ("PROXY_LIMITS_PING_INTERVAL_SECONDS", "600"),
+        // A join storm from one address holds many not-yet-upgraded connections at once.
+        ("PROXY_SERVER_MAX_HTTP_CONNECTIONS", "100000"),
+        ("PROXY_SERVER_MAX_HTTP_CONNECTIONS_PER_IP", "100000"),
     ] {
         env.push((k.into(), v.into()));
     }
