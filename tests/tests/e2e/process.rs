@@ -594,3 +594,154 @@ async fn every_exported_metric_is_documented() {
     proxy.shutdown().await;
     rtcd.stop().await;
 }
+
+/// The `ENV` variables and `EXPOSE`d ports of a Dockerfile under `deploy/container/`.
+fn container_defaults(file: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/container")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (mut env, mut exposed) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("ENV ") {
+            for pair in rest.split_whitespace() {
+                let (k, v) = pair.split_once('=').expect("ENV KEY=VALUE");
+                env.push((k.to_owned(), v.to_owned()));
+            }
+        } else if let Some(rest) = line.strip_prefix("EXPOSE ") {
+            exposed.extend(rest.split_whitespace().map(str::to_owned));
+        }
+    }
+    assert!(
+        !env.is_empty() && !exposed.is_empty(),
+        "{file} has ENV and EXPOSE lines"
+    );
+    (env, exposed)
+}
+
+/// The container images' defaults (deploy/container/*.Dockerfile), checked without a container
+/// engine: the real binaries started with exactly the images' `ENV` plus what
+/// docs/containers.md says an operator must set behave as that page says (issue 16 defect 12).
+#[tokio::test]
+async fn the_container_defaults_serve_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image_env, exposed) = container_defaults("rtcd.Dockerfile");
+    let mut env = image_env.clone();
+    // The image's volume path exists only in the image.
+    env.retain(|(k, _)| k != "RTCD_STORE_DATA_SOURCE");
+    env.push((
+        "RTCD_STORE_DATA_SOURCE".into(),
+        dir.path().join("db").display().to_string(),
+    ));
+    // What docs/containers.md says to set: the admin secret and the advertised address (the
+    // test's stand-in for the host's public IP; this namespace has only loopback).
+    env.push((
+        "RTCD_API_SECURITY_ADMIN_SECRET_KEY".into(),
+        ADMIN_SECRET.into(),
+    ));
+    env.push(("RTCD_RTC_ICE_HOST_OVERRIDE".into(), "127.0.0.1".into()));
+    env.push(("RTCD_API_SECURITY_BCRYPT_COST".into(), "4".into()));
+    let mut rtcd = RtcdProcess::spawn(Path::new(BIN), &env).unwrap();
+    let http = rtcd.ready().await.unwrap();
+    // Every listener on all interfaces, on the port the image exposes.
+    for (field, port) in [
+        ("http_addr", "8045/tcp"),
+        ("metrics_addr", "8046/tcp"),
+        ("grpc_addr", "8047/tcp"),
+        ("ice_udp", "8443/udp"),
+    ] {
+        let addr = if field == "metrics_addr" {
+            let v = &rtcd.ready_fields.as_ref().unwrap()["metrics_addr"];
+            v.as_str()
+                .unwrap()
+                .trim_start_matches("Some(")
+                .trim_end_matches(')')
+                .parse()
+                .unwrap()
+        } else {
+            rtcd.ready_addr(field).unwrap()
+        };
+        assert!(
+            addr.ip().is_unspecified(),
+            "{field} = {addr}: loopback only in a container"
+        );
+        assert!(
+            exposed.iter().any(|e| e == port),
+            "{port} ({field}) is not exposed"
+        );
+        assert_eq!(addr.port().to_string(), port.split('/').next().unwrap());
+    }
+    let advertised = rtcd
+        .log
+        .iter()
+        .find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            v["advertised"].as_str().map(str::to_owned)
+        })
+        .expect("the media engine logs what it advertises");
+    assert_eq!(advertised, "127.0.0.1:8443");
+    // The admin secret is all a first registration needs.
+    let base = format!("http://127.0.0.1:{}", http.port());
+    let key = key_for("container");
+    assert_eq!(
+        register_at(&base, "platform", &key).await,
+        StatusCode::CREATED
+    );
+
+    // The proxy with its image's defaults and the settings the page lists.
+    let (proxy_env, proxy_exposed) = container_defaults("proxy.Dockerfile");
+    let keys = format!(
+        r#"[{{"kid":"hs1","algorithms":["HS256"],"secret":"{}"}}]"#,
+        rtcd_e2e::proxy::HS_SECRET
+    );
+    let mut env = proxy_env;
+    for (k, v) in [
+        ("PROXY_RTCD_URL", "http://127.0.0.1:8047"),
+        ("PROXY_RTCD_CLIENT_ID", "platform"),
+        ("PROXY_RTCD_AUTH_KEY", key.as_str()),
+        ("PROXY_AUTH_ISSUERS", rtcd_e2e::proxy::ISSUER),
+        ("PROXY_AUTH_AUDIENCES", rtcd_e2e::proxy::AUDIENCE),
+        ("PROXY_AUTH_KEYS", keys.as_str()),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let (mut proxy, addr) =
+        rtcd_e2e::proxy::spawn_process(env!("CARGO_BIN_EXE_proxy-under-test"), &env).unwrap();
+    assert!(addr.ip().is_unspecified(), "the proxy listens on {addr}");
+    assert!(
+        proxy_exposed
+            .iter()
+            .any(|e| *e == format!("{}/tcp", addr.port()))
+    );
+    assert!(proxy_exposed.iter().any(|e| e == "8081/tcp"));
+    let outcome = async {
+        let local: std::net::SocketAddr = format!("127.0.0.1:{}", addr.port()).parse()?;
+        let token = rtcd_e2e::proxy::hs_token(&rtcd_e2e::proxy::claims("ada", "standup"));
+        let (mut client, outcome) = rtcd_e2e::proxy::join(local, Some(&token), "standup").await?;
+        anyhow::ensure!(
+            matches!(outcome, rtcd_e2e::proxy::JoinOutcome::Joined(_)),
+            "{outcome:?}"
+        );
+        client.send(&json!({"type": "ping", "id": 1})).await?;
+        anyhow::ensure!(client.expect("pong").await?["id"] == 1);
+        // The session is open at rtcd (metrics on the image's metrics port).
+        let text = client_text("http://127.0.0.1:8046/metrics").await?;
+        let sessions: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("rtcd_sfu_sessions{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        anyhow::ensure!(sessions == 1.0, "rtcd sessions {sessions}:\n{text}");
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    rtcd.signal("TERM").unwrap();
+    rtcd.wait().await.unwrap();
+    outcome.unwrap();
+}
+
+async fn client_text(url: &str) -> anyhow::Result<String> {
+    Ok(client().get(url).send().await?.text().await?)
+}
