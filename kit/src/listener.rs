@@ -250,6 +250,31 @@ where
     })
 }
 
+/// A handler for [`serve`] that answers with the warp filter `routes`.
+pub fn routes_handler<F, R>(
+    routes: F,
+) -> impl Fn(hyper::Request<Incoming>) -> BoxedResponse + Clone + Send + Sync + 'static
+where
+    F: warp::Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
+    F::Future: Send,
+    R: warp::Reply,
+{
+    let service = warp::service(routes);
+    move |req| {
+        let mut service = service.clone();
+        Box::pin(async move {
+            use tower_service::Service as _;
+            match service.call(req).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        })
+    }
+}
+
+/// The future a [`routes_handler`] returns.
+pub type BoxedResponse = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
+
 /// One accepted connection and what it needs to be served.
 struct Connection {
     peer: SocketAddr,
@@ -452,7 +477,6 @@ mod tests {
             .map(|b: bytes::Bytes| b.len().to_string())
             .or(warp::any().map(|| "ok".to_owned()))
             .unify();
-        let service = warp::service(routes);
         let task = serve(
             listener,
             Options {
@@ -462,16 +486,7 @@ mod tests {
                 shutdown: shutdown.clone(),
                 drain: Duration::from_secs(1),
             },
-            move |req| {
-                let mut service = service;
-                async move {
-                    use tower_service::Service as _;
-                    match service.call(req).await {
-                        Ok(response) => response,
-                        Err(never) => match never {},
-                    }
-                }
-            },
+            routes_handler(routes),
         );
         Server {
             addr,

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
-use tower_service::Service as _;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
@@ -175,26 +174,11 @@ pub fn internal_routes(
 fn health_routes(
     state: Arc<ProxyState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    // JSON, as rtcd answers (`{"status": "ok"}`, `{"status": "ready"}`): one format for a
-    // probe or dashboard that reads both daemons. Probes that look only at the status code
-    // are unaffected.
-    let healthz = warp::path!("healthz").and(warp::get()).map(|| {
-        warp::reply::with_status(
-            warp::reply::json(&serde_json::json!({"status": "ok"})),
-            StatusCode::OK,
-        )
-        .into_response()
-    });
-    let readyz = warp::path!("readyz").and(warp::get()).map(move || {
-        let status = if state.health.is_ready() {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        let mut body = serde_json::json!({"status": state.health.phase().as_str()});
+    let turn = state.turn.clone();
+    rtcd_kit::health::routes(state.health.clone(), move |body: &mut serde_json::Value| {
         // The last TURN probe per URL: reported, but not part of readiness (a proxy whose
         // TURN server is down still serves everyone who does not need the relay).
-        if let Some(turn) = &state.turn {
+        if let Some(turn) = &turn {
             body["turn"] = turn
                 .status()
                 .into_iter()
@@ -204,9 +188,7 @@ fn health_routes(
                 .collect::<serde_json::Map<_, _>>()
                 .into();
         }
-        warp::reply::with_status(warp::reply::json(&body), status).into_response()
-    });
-    healthz.or(readyz).unify()
+    })
 }
 
 async fn not_found(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
@@ -236,39 +218,37 @@ fn error_reply(status: StatusCode, message: &str) -> warp::reply::Response {
 pub fn handler<F, R>(
     filter: F,
     upgrades: Option<Upgrades>,
-) -> impl Fn(hyper::Request<hyper::body::Incoming>) -> BoxedResponse + Clone + Send + Sync + 'static
+) -> impl Fn(hyper::Request<hyper::body::Incoming>) -> rtcd_kit::listener::BoxedResponse
++ Clone
++ Send
++ Sync
++ 'static
 where
     F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
     F::Future: Send,
     R: Reply,
 {
-    let routes = warp::service(filter);
+    let routes = rtcd_kit::listener::routes_handler(filter);
     move |req| {
         let ws = upgrades
             .as_ref()
             .filter(|_| req.uri().path() == "/ws")
             .cloned();
-        let mut routes = routes.clone();
-        Box::pin(async move {
-            match (ws, req.extensions().get::<PeerAddr>().copied()) {
-                (Some(upgrades), Some(PeerAddr(peer))) => upgrade(req, peer, &upgrades),
-                // The listener gives every request its peer address; without one there is
-                // nothing to key the limits on.
-                (Some(_), None) => {
-                    error_reply(StatusCode::INTERNAL_SERVER_ERROR, "no peer address")
-                }
-                (None, _) => match routes.call(req).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                },
+        match (ws, req.extensions().get::<PeerAddr>().copied()) {
+            (Some(upgrades), Some(PeerAddr(peer))) => {
+                let response = upgrade(req, peer, &upgrades);
+                Box::pin(async move { response })
             }
-        })
+            // The listener gives every request its peer address; without one there is
+            // nothing to key the limits on.
+            (Some(_), None) => {
+                let response = error_reply(StatusCode::INTERNAL_SERVER_ERROR, "no peer address");
+                Box::pin(async move { response })
+            }
+            (None, _) => routes(req),
+        }
     }
 }
-
-/// The future [`handler`] returns.
-pub type BoxedResponse =
-    std::pin::Pin<Box<dyn std::future::Future<Output = warp::reply::Response> + Send>>;
 
 #[cfg(test)]
 mod tests {

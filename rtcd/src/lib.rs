@@ -189,13 +189,13 @@ impl Rtcd {
         let mut servers = vec![rtcd_kit::listener::serve(
             http_listener,
             options(tls, "api"),
-            api::handler(api::public_routes(state.clone())),
+            rtcd_kit::listener::routes_handler(api::public_routes(state.clone())),
         )];
         if let Some((listener, _)) = metrics_listener {
             servers.push(rtcd_kit::listener::serve(
                 listener,
                 options(None, "metrics"),
-                api::handler(api::internal_routes(state)),
+                rtcd_kit::listener::routes_handler(api::internal_routes(state)),
             ));
         }
         health.set_ready();

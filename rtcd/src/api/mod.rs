@@ -34,7 +34,7 @@ use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
 use crate::auth::{AuthError, AuthService, ClientId, Credentials, Principal, Secret};
-use crate::health::{Health, Phase};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::system::SystemLoad;
 use reply::{ApiError, json};
@@ -54,32 +54,6 @@ pub struct ApiState {
     /// Request body cap in bytes.
     pub max_body_bytes: u64,
 }
-
-/// A listener handler serving `routes` (what `rtcd_kit::listener::serve` takes).
-pub fn handler<F, R>(
-    routes: F,
-) -> impl Fn(hyper::Request<hyper::body::Incoming>) -> BoxedResponse + Clone + Send + Sync + 'static
-where
-    F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
-    F::Future: Send,
-    R: Reply,
-{
-    let service = warp::service(routes);
-    move |req| {
-        let mut service = service.clone();
-        Box::pin(async move {
-            use tower_service::Service as _;
-            match service.call(req).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            }
-        })
-    }
-}
-
-/// The future [`handler`] returns.
-pub type BoxedResponse =
-    std::pin::Pin<Box<dyn std::future::Future<Output = warp::reply::Response> + Send>>;
 
 /// The public API's routes, with rejections already turned into JSON replies.
 pub fn public_routes(
@@ -164,19 +138,7 @@ pub fn internal_routes(
 fn health_routes(
     state: ApiState,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    let healthz = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
-    let readyz = warp::path!("readyz").and(warp::get()).map(move || {
-        let phase = state.health.phase();
-        let status = if phase == Phase::Ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
-        json(status, &serde_json::json!({"status": phase.as_str()}))
-    });
-    healthz.or(readyz).unify()
+    rtcd_kit::health::routes(state.health, |_: &mut serde_json::Value| {})
 }
 
 fn count_request(metrics: &Metrics, info: warp::log::Info<'_>) {
