@@ -15,7 +15,7 @@ const RTCD: &str = env!("CARGO_BIN_EXE_rtcd-under-test");
 const PROXY: &str = env!("CARGO_BIN_EXE_proxy-under-test");
 
 /// A binary of the load tool's crate. `CARGO_BIN_EXE_*` exists only for this package's own
-/// binaries, so it is looked up where cargo puts it, next to this test executable's directory
+/// binaries, so it is looked up where cargo puts it, one directory above this test executable
 /// (`target/debug/deps/e2e-…` → `target/debug/NAME`); scripts/test.sh builds it first.
 fn tool(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
