@@ -76,6 +76,11 @@ echo "== build"
 # No doc tests: the crates have none, and their empty runs would be the last lines printed.
 tests=(--workspace --locked --lib --bins --tests)
 cargo test "${tests[@]}" --no-run
+# The e2e tests also run the load tool's binaries (crate rtcd-loadgen, which the e2e binary does
+# not link), found in the target directory: `cargo test` builds a package's binaries only for
+# that package's own integration tests. The same workspace and test targets as above resolve the
+# same features, so only the two binaries are built (`-p rtcd-loadgen` would rebuild the libs).
+cargo build --workspace --locked --tests --bin loadgen --bin udp-relay
 echo "== tests (network namespace: lo only)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -31,7 +31,7 @@ if [ "${CHURN_IN_NAMESPACE:-0}" != 1 ]; then
 	if [ "${BUILD:-1}" = 1 ]; then
 		flag=()
 		[ "$PROFILE" = release ] && flag=(--release)
-		cargo build --locked "${flag[@]}" -p rtcd-e2e --bin rtcd-under-test --bin proxy-under-test --bin loadgen
+		cargo build --locked "${flag[@]}" -p rtcd-e2e -p rtcd-loadgen --bin rtcd-under-test --bin proxy-under-test --bin loadgen
 	fi
 	export CHURN_IN_NAMESPACE=1 MINUTES CALLS SECONDS_PER_ROUND PROFILE OUT CARGO_TARGET_DIR="$TARGET_DIR"
 	exec unshare -n sh -c 'ip link set lo up && exec "$0"' "$0"

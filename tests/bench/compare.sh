@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side by side, in one run: the same load (tests/src/loadgen, str0m clients) against our stack
+# Side by side, in one run: the same load (loadgen/, crate rtcd-loadgen: str0m clients) against our stack
 # (rtcd + rtcd-proxy), Janus VideoRoom and the raw UDP relay ceiling, interleaved, then a
 # Markdown table of the ratios (tests/bench/summarize.py). Ratios are the headline, not
 # absolute times: this is a shared 2-vCPU VM (docs/benchmarks.md).
@@ -87,7 +87,7 @@ fi
 
 if [ "$BUILD" = 1 ]; then
 	log "$PROFILE build"
-	cargo build --profile "$CARGO_PROFILE" -p rtcd -p rtcd-proxy -p rtcd-e2e \
+	cargo build --profile "$CARGO_PROFILE" -p rtcd -p rtcd-proxy -p rtcd-loadgen \
 		--bin rtcd --bin rtcd-proxy --bin loadgen --bin udp-relay
 fi
 for b in rtcd rtcd-proxy loadgen udp-relay; do

@@ -6,7 +6,7 @@
 #
 # Usage: tests/bench/profile.sh [scenario args...]   (default: --scenario one-to-one)
 # Needs: perf (Debian linux-perf), root (perf_event_paranoid), a release build:
-#   cargo build --release --bin rtcd --bin rtcd-proxy --bin loadgen
+#   cargo build --release -p rtcd -p rtcd-proxy -p rtcd-loadgen --bin rtcd --bin rtcd-proxy --bin loadgen
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=$PWD/target/release

@@ -106,7 +106,7 @@ async fn relay_overhead(rounds: usize) -> anyhow::Result<()> {
     use rtcd_proto::v1 as pb;
     use tokio_stream::StreamExt as _;
     let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendrecv\r\n";
-    let rtcd = rtcd_e2e::media::TestRtcd::start(&[]).await?;
+    let rtcd = rtcd_e2e::daemon::TestRtcd::start(&[]).await?;
     let basic = rtcd.register("bench-proxy").await?;
     let key = basic_key("bench-proxy");
 

@@ -1,15 +1,18 @@
 //! rtcd under test: in-process ([`TestRtcd`]) or as a child process ([`RtcdProcess`]).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use rtcd::Rtcd;
+use rtcd::auth::{ClientId, Principal, Secret};
 use rtcd::config::Config;
+use rtcd_proto::v1::signaling_client::SignalingClient;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::sync::mpsc;
+use tonic::transport::Channel;
 
 /// The admin secret every test daemon uses.
 pub const ADMIN_SECRET: &str = "test-admin-secret-0123456789abcdef";
@@ -45,20 +48,42 @@ pub fn test_env(dir: &Path, overrides: &[(&str, &str)]) -> Vec<(String, String)>
     env
 }
 
-/// An rtcd running inside the test process.
+/// An rtcd running inside the test process, for every kind of test: the HTTP API and the
+/// registry (`base`, `internal`, [`TestRtcd::url`]) and media over gRPC signaling
+/// ([`TestRtcd::register`], [`TestRtcd::client`]). One type, so that a test needing both does
+/// not start two daemons and a fix to the start-up reaches every test.
 pub struct TestRtcd {
-    /// The daemon (taken by `stop`).
+    /// The daemon (taken by [`TestRtcd::stop`] or [`TestRtcd::split`]).
     pub rtcd: Rtcd,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     /// `http://127.0.0.1:PORT` of the internal metrics listener.
     pub internal: String,
+    /// The store directory when the daemon owns it ([`TestRtcd::start`]); `None` when the
+    /// caller keeps it to restart on the same data ([`TestRtcd::start_in`]).
+    dir: Option<tempfile::TempDir>,
 }
 
 impl TestRtcd {
+    /// Starts a daemon with a store of its own, removed when it is dropped; `extra` adds or
+    /// overrides `RTCD_*` variables. Calls drain at once on shutdown unless `extra` says
+    /// otherwise (media tests end many calls).
+    pub async fn start(extra: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut overrides = vec![("RTCD_RTC_DRAIN_TIMEOUT_SECONDS", "0")];
+        overrides.extend_from_slice(extra);
+        let mut rtcd = Self::start_in(dir.path(), &overrides).await?;
+        rtcd.dir = Some(dir);
+        Ok(rtcd)
+    }
+
     /// Starts a daemon whose data lives in `dir` (which the caller keeps, so it can restart).
+    /// `RTCD_TEST_LOG=<level>` logs the daemon to the test's output.
     pub async fn start_in(dir: &Path, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
         let config = Config::load(None, test_env(dir, overrides))?;
+        if let Ok(level) = std::env::var("RTCD_TEST_LOG") {
+            rtcd::logging::init(&rtcd::config::LoggerConfig { level, json: false });
+        }
         let rtcd = Rtcd::start(config).await?;
         let base = format!("http://{}", rtcd.http_addr());
         let internal = format!(
@@ -69,6 +94,7 @@ impl TestRtcd {
             rtcd,
             base,
             internal,
+            dir: None,
         })
     }
 
@@ -80,6 +106,44 @@ impl TestRtcd {
     /// Graceful shutdown.
     pub async fn stop(self) {
         self.rtcd.shutdown().await;
+    }
+
+    /// The daemon and its own store directory, separately (to shut down in a task while the
+    /// directory outlives it); `None` for a daemon started with [`TestRtcd::start_in`].
+    pub fn split(self) -> (Rtcd, Option<tempfile::TempDir>) {
+        (self.rtcd, self.dir)
+    }
+
+    /// Registers a client (key `<id>-key-that-is-long-enough-0123456789`) and returns its
+    /// `authorization` value (Basic) for gRPC signaling.
+    pub async fn register(&self, id: &str) -> anyhow::Result<String> {
+        let key = format!("{id}-key-that-is-long-enough-0123456789");
+        self.register_key(id, &key).await?;
+        Ok(crate::media::basic(id, &key))
+    }
+
+    /// Registers client `id` with `key` directly in the registry (as the admin would).
+    pub async fn register_key(&self, id: &str, key: &str) -> anyhow::Result<()> {
+        self.rtcd
+            .auth()
+            .register(
+                Some(&Principal::Admin),
+                ClientId::parse(id)?,
+                Secret::new(key.to_owned()),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The gRPC endpoint.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.rtcd.grpc_addr()
+    }
+
+    /// A gRPC client (plaintext, loopback).
+    pub async fn client(&self) -> anyhow::Result<SignalingClient<Channel>> {
+        Ok(SignalingClient::connect(format!("http://{}", self.grpc_addr())).await?)
     }
 }
 

@@ -10,7 +10,6 @@ pub mod coturn;
 pub mod daemon;
 pub mod firefox;
 pub mod flow;
-pub mod loadgen;
 pub mod media;
 pub mod netns;
 pub mod oidc;

@@ -1,4 +1,4 @@
-//! Media test harness: an in-process rtcd with gRPC signaling and the SFU on loopback, and
+//! Media test harness (the in-process rtcd is [`crate::daemon::TestRtcd`]):
 //! [`Participant`], a real webrtc-rs peer (the async `webrtc` 0.21 crate over the sans-IO `rtc`
 //! core) that joins through the real gRPC service, publishes synthetic Opus / VP8 / H.264 RTP
 //! whose payload names the sender, and records what it receives.
@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::io::IoSliceMut;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -47,8 +47,6 @@ use rtc::rtp_transceiver::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::Marshal;
-use rtcd::auth::{ClientId, Principal, Secret};
-use rtcd::config::Config;
 use rtcd_proto::v1 as pb;
 use rtcd_proto::v1::signaling_client::SignalingClient;
 use tokio::sync::mpsc;
@@ -78,62 +76,6 @@ const TRICKLE: bool = false;
 
 /// How long any eventual condition may take (generous: DTLS retransmits after 1 s in debug).
 pub const PATIENCE: Duration = Duration::from_secs(30);
-
-/// An rtcd running in this process, with its temp store.
-pub struct TestRtcd {
-    /// The daemon.
-    pub rtcd: rtcd::Rtcd,
-    _dir: tempfile::TempDir,
-}
-
-impl TestRtcd {
-    /// Starts rtcd on loopback ephemeral ports; `extra` adds or overrides `RTCD_*` variables.
-    pub async fn start(extra: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        // Media settings on loopback come from the shared test environment; calls here drain
-        // at once on shutdown unless a test asks otherwise.
-        let mut overrides = vec![("RTCD_RTC_DRAIN_TIMEOUT_SECONDS", "0")];
-        overrides.extend_from_slice(extra);
-        let env = crate::daemon::test_env(dir.path(), &overrides);
-        let config = Config::load(None, env)?;
-        if let Ok(level) = std::env::var("RTCD_TEST_LOG") {
-            rtcd::logging::init(&rtcd::config::LoggerConfig { level, json: false });
-        }
-        let rtcd = rtcd::Rtcd::start(config).await?;
-        Ok(Self { rtcd, _dir: dir })
-    }
-
-    /// The daemon and its store directory, separately (to shut down in a task while the
-    /// directory outlives it).
-    pub fn split(self) -> (rtcd::Rtcd, tempfile::TempDir) {
-        (self.rtcd, self._dir)
-    }
-
-    /// Registers a client and returns its `authorization` value (Basic).
-    pub async fn register(&self, id: &str) -> anyhow::Result<String> {
-        let key = format!("{id}-key-that-is-long-enough-0123456789");
-        self.rtcd
-            .auth()
-            .register(
-                Some(&Principal::Admin),
-                ClientId::parse(id)?,
-                Secret::new(key.clone()),
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-            )
-            .await?;
-        Ok(basic(id, &key))
-    }
-
-    /// The gRPC endpoint.
-    pub fn grpc_addr(&self) -> SocketAddr {
-        self.rtcd.grpc_addr()
-    }
-
-    /// A gRPC client (plaintext, loopback).
-    pub async fn client(&self) -> anyhow::Result<SignalingClient<Channel>> {
-        Ok(SignalingClient::connect(format!("http://{}", self.grpc_addr())).await?)
-    }
-}
 
 /// `Basic base64(id:key)`.
 pub fn basic(id: &str, key: &str) -> String {

@@ -90,6 +90,29 @@ pub async fn start_with_relay(
     Ok(Proxy::start(config, relay).await?)
 }
 
+/// Starts a proxy with `config` relaying to the in-process `rtcd`, where it is registered as
+/// client `client_id` first: the whole media path through the proxy in one process. The relay
+/// stops with `cancel`.
+pub async fn start_relaying_to(
+    mut config: Config,
+    rtcd: &crate::daemon::TestRtcd,
+    client_id: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Proxy> {
+    let key = crate::daemon::key_for(client_id);
+    rtcd.register_key(client_id, &key).await?;
+    config.rtcd = rtcd_proxy::config::RtcdConfig {
+        url: format!("http://{}", rtcd.grpc_addr()),
+        client_id: client_id.into(),
+        auth_key: Secret::new(key),
+        api_port: rtcd.rtcd.http_addr().port(),
+        health_interval_seconds: 1,
+        ..Default::default()
+    };
+    let relay = rtcd_proxy::relay::rtcd::RtcdRelay::start(&config.rtcd, cancel.clone()).await?;
+    start_with_relay(config, Some(relay)).await
+}
+
 /// Claims for `sub` in `room`, valid for 10 minutes, issued now.
 pub fn claims(sub: &str, room: &str) -> Value {
     let t = now();

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use rtcd_e2e::daemon::TestRtcd;
 use rtcd_e2e::media::{
-    Participant, TestRtcd, all_permissions, eventually, h264, keeps_flowing, publisher,
-    subscribe_only,
+    Participant, all_permissions, eventually, h264, keeps_flowing, publisher, subscribe_only,
 };
 use rtcd_proto::v1 as pb;
 

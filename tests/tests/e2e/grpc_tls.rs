@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use rtcd_e2e::media::{Participant, TestRtcd, all_permissions};
+use rtcd_e2e::daemon::TestRtcd;
+use rtcd_e2e::media::{Participant, all_permissions};
 use rtcd_proto::v1::signaling_client::SignalingClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 

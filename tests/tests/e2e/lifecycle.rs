@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rtcd_e2e::daemon::{ADMIN_SECRET, RtcdProcess, client, key_for, test_env};
+use rtcd_e2e::daemon::{ADMIN_SECRET, RtcdProcess, TestRtcd, client, key_for, test_env};
 use rtcd_e2e::media::{
-    PATIENCE, Participant, PeerOptions, TestRtcd, all_permissions, basic, eventually, keeps_flowing,
+    PATIENCE, Participant, PeerOptions, all_permissions, basic, eventually, keeps_flowing,
 };
 use rtcd_proto::v1 as pb;
 use rtcd_proto::v1::signaling_client::SignalingClient;

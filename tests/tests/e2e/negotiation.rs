@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
+use rtcd_e2e::daemon::TestRtcd;
 use rtcd_e2e::media::{
-    Participant, RTCPeerConnectionState, TestRtcd, all_permissions, eventually, keeps_flowing,
-    publisher, remote_sdp_shape,
+    Participant, RTCPeerConnectionState, all_permissions, eventually, keeps_flowing, publisher,
+    remote_sdp_shape,
 };
 use rtcd_proto::v1 as pb;
 

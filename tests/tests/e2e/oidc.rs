@@ -6,11 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use rtcd_e2e::media::{Participant, TestRtcd, keeps_flowing};
+use rtcd_e2e::daemon::TestRtcd;
+use rtcd_e2e::media::{Participant, keeps_flowing};
 use rtcd_e2e::oidc::{self, KEYCLOAK_ACCOUNT, OTHER_API, Provider, proxy_resource};
 use rtcd_e2e::proxy::{Client, Event, JoinOutcome, STEP, fixture, join, now, sign};
 use rtcd_proxy::Proxy;
-use rtcd_proxy::config::{Config, OidcRolesConfig, RtcdConfig, Secret};
+use rtcd_proxy::config::{Config, OidcRolesConfig};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -220,7 +221,9 @@ async fn key_rotation_mid_call_keeps_live_sessions_and_accepts_the_new_kid() -> 
     let idp = Provider::start().await?;
     let rtcd = TestRtcd::start(&[]).await?;
     let cancel = CancellationToken::new();
-    let proxy = media_proxy(config(&idp.issuer()), &rtcd, &cancel).await?;
+    let proxy =
+        rtcd_e2e::proxy::start_relaying_to(config(&idp.issuer()), &rtcd, "proxy-oidc", &cancel)
+            .await?;
     let ws = format!("ws://{}/ws", proxy.addr());
     // Two people in a call with audio and video, on tokens signed with the first keys.
     let alice_token = idp.token("alice", &proxy_resource("ES256")).await?;
@@ -298,34 +301,6 @@ async fn key_rotation_mid_call_keeps_live_sessions_and_accepts_the_new_kid() -> 
     proxy.shutdown().await;
     cancel.cancel();
     Ok(())
-}
-
-/// A proxy with `config` relaying to `rtcd` (registered there as `proxy-oidc`).
-async fn media_proxy(
-    mut config: Config,
-    rtcd: &TestRtcd,
-    cancel: &CancellationToken,
-) -> anyhow::Result<Proxy> {
-    let key = rtcd_e2e::daemon::key_for("proxy-oidc");
-    rtcd.rtcd
-        .auth()
-        .register(
-            Some(&rtcd::auth::Principal::Admin),
-            rtcd::auth::ClientId::parse("proxy-oidc")?,
-            rtcd::auth::Secret::new(key.clone()),
-            "127.0.0.1".parse()?,
-        )
-        .await?;
-    config.rtcd = RtcdConfig {
-        url: format!("http://{}", rtcd.grpc_addr()),
-        client_id: "proxy-oidc".into(),
-        auth_key: Secret::new(key),
-        api_port: rtcd.rtcd.http_addr().port(),
-        health_interval_seconds: 1,
-        ..RtcdConfig::default()
-    };
-    let relay = rtcd_proxy::relay::rtcd::RtcdRelay::start(&config.rtcd, cancel.clone()).await?;
-    rtcd_e2e::proxy::start_with_relay(config, Some(relay)).await
 }
 
 #[tokio::test]

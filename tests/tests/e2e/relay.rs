@@ -123,10 +123,7 @@ fn moderator(sub: &str, room: &str) -> String {
 }
 
 /// A proxy relaying to `rtcd` as client `proxy-1`.
-async fn proxy_for(
-    rtcd: &rtcd_e2e::media::TestRtcd,
-    cancel: &CancellationToken,
-) -> rtcd_proxy::Proxy {
+async fn proxy_for(rtcd: &TestRtcd, cancel: &CancellationToken) -> rtcd_proxy::Proxy {
     register_proxy(&rtcd.rtcd, "proxy-1").await;
     let mut config = rtcd_e2e::proxy::base_config();
     config.rtcd = RtcdConfig {
@@ -147,7 +144,7 @@ async fn proxy_for(
 
 #[tokio::test]
 async fn participants_exchange_audio_and_video_through_proxy_and_rtcd() {
-    let rtcd = rtcd_e2e::media::TestRtcd::start(&[]).await.unwrap();
+    let rtcd = TestRtcd::start(&[]).await.unwrap();
     let cancel = CancellationToken::new();
     let proxy = proxy_for(&rtcd, &cancel).await;
     let ws = format!("ws://{}/ws", proxy.addr());
@@ -225,7 +222,7 @@ async fn participants_exchange_audio_and_video_through_proxy_and_rtcd() {
 
 #[tokio::test]
 async fn a_lost_rtcd_is_reported_to_its_sessions() {
-    let rtcd = rtcd_e2e::media::TestRtcd::start(&[]).await.unwrap();
+    let rtcd = TestRtcd::start(&[]).await.unwrap();
     let cancel = CancellationToken::new();
     let proxy = proxy_for(&rtcd, &cancel).await;
     let mut client = rtcd_e2e::proxy::Client::connect(proxy.addr(), "", &[])
@@ -268,7 +265,7 @@ async fn relay_speaks_tls_to_rtcd_and_media_still_flows() {
     std::fs::write(&cert, ca.cert.pem()).unwrap();
     std::fs::write(&key, ca.signing_key.serialize_pem()).unwrap();
     let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let rtcd = rtcd_e2e::media::TestRtcd::start(&[
+    let rtcd = TestRtcd::start(&[
         ("RTCD_GRPC_TLS_CERT_FILE", cert_s),
         ("RTCD_GRPC_TLS_KEY_FILE", key_s),
         ("RTCD_API_HTTP_TLS_CERT_FILE", cert_s),
@@ -333,7 +330,7 @@ async fn relay_speaks_tls_to_rtcd_and_media_still_flows() {
 async fn a_host_name_is_resolved_into_hosts() {
     // `localhost` comes from /etc/hosts: the name path of discovery (resolve, one host per
     // address, health, placement) without a DNS server.
-    let rtcd = rtcd_e2e::media::TestRtcd::start(&[]).await.unwrap();
+    let rtcd = TestRtcd::start(&[]).await.unwrap();
     register_proxy(&rtcd.rtcd, "proxy-1").await;
     let config = RtcdConfig {
         url: format!("http://localhost:{}", rtcd.grpc_addr().port()),
@@ -377,7 +374,7 @@ async fn a_host_name_is_resolved_into_hosts() {
 
 #[tokio::test]
 async fn a_revoked_bearer_token_is_replaced_by_a_fresh_login() {
-    let rtcd = rtcd_e2e::media::TestRtcd::start(&[]).await.unwrap();
+    let rtcd = TestRtcd::start(&[]).await.unwrap();
     let cancel = CancellationToken::new();
     let proxy = proxy_for(&rtcd, &cancel).await;
     let join = |room: &'static str, user: &'static str| {
@@ -421,7 +418,7 @@ async fn relay_presents_its_client_certificate_when_rtcd_requires_one() {
     super::grpc_tls::make_pki(dir.path()).unwrap();
     let file = |name: &str| dir.path().join(name).display().to_string();
     let (ca, cert, key) = (file("ca.pem"), file("server.pem"), file("server.key"));
-    let rtcd = rtcd_e2e::media::TestRtcd::start(&[
+    let rtcd = TestRtcd::start(&[
         ("RTCD_GRPC_TLS_CERT_FILE", &cert),
         ("RTCD_GRPC_TLS_KEY_FILE", &key),
         ("RTCD_GRPC_TLS_CLIENT_CA_FILE", &ca),

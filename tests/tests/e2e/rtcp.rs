@@ -16,8 +16,9 @@
 
 use std::time::Duration;
 
+use rtcd_e2e::daemon::TestRtcd;
 use rtcd_e2e::media::{
-    PATIENCE, Participant, PeerOptions, TestRtcd, all_permissions, eventually, keeps_flowing,
+    PATIENCE, Participant, PeerOptions, all_permissions, eventually, keeps_flowing,
 };
 
 /// Packets a flow must deliver before the checks start.

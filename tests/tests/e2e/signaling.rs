@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use rtcd_e2e::daemon::TestRtcd;
 use rtcd_e2e::media::{
-    Participant, TestRtcd, all_permissions, authorized, basic, eventually, join, keeps_flowing,
+    Participant, all_permissions, authorized, basic, eventually, join, keeps_flowing,
 };
 use rtcd_proto::v1 as pb;
 use tokio::sync::mpsc;

@@ -1,4 +1,4 @@
-//! The raw UDP relay ceiling for the load benchmarks (see `rtcd_e2e::loadgen::raw`): prints
+//! The raw UDP relay ceiling for the load benchmarks (see `rtcd_loadgen::raw`): prints
 //! its address, then forwards datagrams between the members of each call until killed.
 //!
 //! Usage: `udp-relay [ADDRESS]` (default 127.0.0.1:0).
@@ -9,6 +9,6 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:0".into());
     let socket = std::net::UdpSocket::bind(&address)?;
     println!("udp-relay listening on {}", socket.local_addr()?);
-    rtcd_e2e::loadgen::raw::serve(&socket)?;
+    rtcd_loadgen::raw::serve(&socket)?;
     Ok(())
 }

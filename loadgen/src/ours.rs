@@ -59,10 +59,10 @@ pub struct Stack {
 
 /// Mints the tokens the spawned proxy accepts (HS256, key `hs1`).
 pub fn token(identity: &str, room: &str) -> String {
-    let mut claims = crate::proxy::claims(identity, room);
+    let mut claims = rtcd_e2e::proxy::claims(identity, room);
     claims["role"] = "moderator".into();
-    claims["exp"] = (crate::proxy::now() + 3600).into();
-    crate::proxy::hs_token(&claims)
+    claims["exp"] = (rtcd_e2e::proxy::now() + 3600).into();
+    rtcd_e2e::proxy::hs_token(&claims)
 }
 
 impl Stack {
@@ -70,7 +70,7 @@ impl Stack {
     /// it, with admission limits raised so that the load, not the limiter, is what we measure.
     pub async fn start(config: &StackConfig) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let mut env = crate::daemon::test_env(dir.path(), &[]);
+        let mut env = rtcd_e2e::daemon::test_env(dir.path(), &[]);
         env.extend(config.rtcd_env.iter().cloned());
         env.push(("RTCD_LOGGER_JSON".into(), "true".into()));
         env.push((
@@ -98,10 +98,10 @@ impl Stack {
         let echo = !matches!(config.log_level.as_str(), "warn" | "error");
         let (http, grpc) = rtcd_ready(&mut rtcd, echo)?;
 
-        let key = crate::daemon::key_for("loadgen");
+        let key = rtcd_e2e::daemon::key_for("loadgen");
         let response = reqwest::Client::new()
             .post(format!("http://{http}/register"))
-            .basic_auth("admin", Some(crate::daemon::ADMIN_SECRET))
+            .basic_auth("admin", Some(rtcd_e2e::daemon::ADMIN_SECRET))
             .json(&json!({"clientID": "loadgen", "authKey": key}))
             .send()
             .await?;
@@ -111,7 +111,7 @@ impl Stack {
             response.status()
         );
 
-        let mut env = crate::proxy::unlimited_process_env();
+        let mut env = rtcd_e2e::proxy::unlimited_process_env();
         env.retain(|(k, _)| k != "PROXY_LOGGER_LEVEL");
         // The readiness line (with the address) is logged at info.
         let proxy_level = format!("{},rtcd_proxy=info", config.log_level);
@@ -128,7 +128,7 @@ impl Stack {
             env.push(("TOKIO_WORKER_THREADS".into(), n.to_string()));
         }
         let proxy_bin = config.proxy_bin.display().to_string();
-        let (proxy, addr) = match crate::proxy::spawn_process(&proxy_bin, &env) {
+        let (proxy, addr) = match rtcd_e2e::proxy::spawn_process(&proxy_bin, &env) {
             Ok(p) => p,
             Err(e) => {
                 let _ = rtcd.kill();
@@ -373,7 +373,7 @@ async fn join(url: &str, identity: &str, room: &str) -> anyhow::Result<Ws> {
         json!({"type": "join", "room": room, "token": token}).to_string(),
     ))
     .await?;
-    crate::bridge::joined(&mut ws).await?;
+    rtcd_e2e::bridge::joined(&mut ws).await?;
     Ok(ws)
 }
 
@@ -397,5 +397,102 @@ mod tests {
         assert_eq!(super::cpu_count("0,2"), 2);
         assert_eq!(super::cpu_count("0-3"), 4);
         assert_eq!(super::cpu_count("0-1,4"), 3);
+    }
+
+    /// rtcd reuses a receiving section once its track ended (docs/protocol.md section 4a): the
+    /// str0m client offers with that section `inactive` (answered so) and `recvonly` again, takes
+    /// the answer that puts the next publisher's track on it (same slot, same SSRC), and counts the
+    /// two publishers as two streams, neither with a gap counted as loss.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reused_section_switches_publisher_without_mixing_streams() -> anyhow::Result<()> {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::time::Duration;
+
+        use crate::peer::{PeerConfig, Source, TrackSpec};
+        use crate::stats::{Counters, LossTotals};
+        use rtcd_e2e::daemon::TestRtcd;
+        use tokio_util::sync::CancellationToken;
+
+        // RUST_LOG=rtcd_loadgen=debug shows every participant's signaling.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+        // rtcd and the proxy in this process: the proxy takes the tokens `token` mints.
+        let rtcd = TestRtcd::start(&[]).await?;
+        let relay = CancellationToken::new();
+        let proxy = rtcd_e2e::proxy::start_relaying_to(
+            rtcd_e2e::proxy::base_config(),
+            &rtcd,
+            "loadgen",
+            &relay,
+        )
+        .await?;
+        let ws_url = format!("ws://{}/ws", proxy.addr());
+        let config = |publisher: u32, publishes: bool| PeerConfig {
+            publisher,
+            tracks: if publishes {
+                vec![TrackSpec {
+                    source: Source::Microphone,
+                    packets_per_second: 50,
+                    payload_bytes: 100,
+                    frames_per_second: 50,
+                }]
+            } else {
+                Vec::new()
+            },
+            offer_first: true,
+            counts_as_join: true,
+            bind_ip: [127, 0, 0, 1].into(),
+            keyframe_interval: Duration::from_secs(2),
+        };
+        let spawn = |identity: &str, publisher: u32, publishes: bool, stop: &CancellationToken| {
+            let counters = Arc::new(Counters::default());
+            let task = tokio::spawn(super::participant(
+                ws_url.clone(),
+                identity.to_owned(),
+                "reuse".to_owned(),
+                config(publisher, publishes),
+                counters.clone(),
+                stop.clone(),
+            ));
+            (task, counters)
+        };
+        async fn grows(counters: &Counters, what: &str) -> anyhow::Result<()> {
+            let from = counters.received_packets.load(Relaxed);
+            for _ in 0..100 {
+                if counters.received_packets.load(Relaxed) >= from + 50 {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::bail!("{what}: no media within 10 s")
+        }
+
+        let (everyone, first_stop) = (CancellationToken::new(), CancellationToken::new());
+        let (listener, heard) = spawn("listener", 1, false, &everyone);
+        let (first, _) = spawn("first", 2, true, &first_stop);
+        grows(&heard, "the first publisher").await?;
+        first_stop.cancel();
+        let first = first.await?;
+        assert_eq!(first.error, None);
+        // rtcd marks the section inactive after the track ended; give that round time to finish.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (second, _) = spawn("second", 3, true, &everyone);
+        grows(&heard, "the second publisher on the reused section").await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        everyone.cancel();
+        let (listener, second) = (listener.await?, second.await?);
+        assert_eq!(listener.error, None);
+        assert_eq!(second.error, None);
+        let mut loss = LossTotals::default();
+        listener.loss.add_to(&mut loss);
+        assert_eq!(loss.streams, 2, "{loss:?}");
+        assert!(loss.worst_stream_percent < 20.0, "{loss:?}");
+        proxy.shutdown().await;
+        relay.cancel();
+        rtcd.stop().await;
+        Ok(())
     }
 }

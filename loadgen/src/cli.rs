@@ -10,19 +10,22 @@
 //! ```
 //!
 //! `--scenario capacity` (or `--capacity` with another room shape) ramps rooms until loss or
-//! latency crosses its limit (src/loadgen/capacity.rs) and writes `<name>.json` and `.md`.
+//! latency crosses its limit ([`crate::capacity`]) and writes `<name>.json` and `.md`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::capacity::{self, Limits, Ramp};
+use crate::{Scenario, Target, ours, stats::Watched};
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use rtcd_e2e::loadgen::capacity::{self, Limits, Ramp};
-use rtcd_e2e::loadgen::{self, Scenario, Target, ours, stats::Watched};
 
 #[derive(Parser, Debug)]
-#[command(about = "Load generator: C calls x P participants against ours / janus / raw-udp")]
+#[command(
+    name = "loadgen",
+    about = "Load generator: C calls x P participants against ours / janus / raw-udp"
+)]
 struct Args {
     /// ours | janus | raw
     #[arg(long, default_value = "ours")]
@@ -128,6 +131,8 @@ struct Args {
     quiet: bool,
 }
 
+/// The first of `names` found next to this executable: `cargo build` puts rtcd's and the
+/// proxy's binaries there.
 fn sibling(names: &[&str]) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("executable directory")?;
@@ -138,7 +143,8 @@ fn sibling(names: &[&str]) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("none of {names:?} next to {}", exe.display()))
 }
 
-fn main() -> anyhow::Result<()> {
+/// Parses the command line and runs it (the whole `loadgen` binary).
+pub fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -261,7 +267,7 @@ fn main() -> anyhow::Result<()> {
             println!("wrote {}/{stem}.json, .md", args.out.display());
             return Ok(());
         }
-        let report = loadgen::run(&scenario, &target, &watched, !args.quiet).await?;
+        let report = crate::run(&scenario, &target, &watched, !args.quiet).await?;
         report.write(&args.out, &stem)?;
         println!("{}", report.markdown());
         println!("wrote {}/{stem}.json, .md, .svg", args.out.display());

@@ -1,7 +1,7 @@
 //! The load tool: C calls x P participants against a target (our proxy + rtcd, Janus, or the raw
 //! UDP relay ceiling), identical clients and measurements for each, so that ratios between
-//! targets mean something. `src/bin/loadgen.rs` is its command line; `docs/benchmarks.md` has
-//! the scenarios and results.
+//! targets mean something. [`cli`] is its command line (binary `loadgen`); `docs/benchmarks.md`
+//! has the scenarios and results.
 //!
 //! A run: joins ramp at a configured rate (each participant's join time runs from token to ICE
 //! connected); once all are in (or failed), a warm-up, then a measurement window over which
@@ -9,6 +9,7 @@
 //! line goes to stderr every second; the result is JSON plus a Markdown summary and an SVG plot.
 
 pub mod capacity;
+pub mod cli;
 pub mod janus;
 pub mod ours;
 pub mod peer;
@@ -130,7 +131,7 @@ impl Scenario {
                 video_kbps: 4000,
                 ..base
             },
-            // The capacity mode's room shape (src/loadgen/capacity.rs): rooms of 10, one
+            // The capacity mode's room shape (`capacity`): rooms of 10, one
             // camera each; the ramp sets the number of rooms, each step measures 10 s.
             "capacity" => Self {
                 participants: 10,
