@@ -70,6 +70,42 @@ impl Default for Limits {
     }
 }
 
+/// Which of [`Limits`] a daemon's setting is out of range (the daemon names its setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// [`Limits::header_timeout`]: 1 to 300 s.
+    HeaderTimeout,
+    /// [`Limits::request_timeout`]: 1 to 600 s.
+    RequestTimeout,
+    /// [`Limits::max_connections`] / [`Limits::max_connections_per_ip`]: at least 1 each, the
+    /// per-address cap at most the total.
+    Connections,
+}
+
+impl Limits {
+    /// Checks the bounds at start, so a zero or absurd setting is a clear error rather than a
+    /// listener that cuts every client.
+    pub fn check(&self) -> Result<(), (Bound, &'static str)> {
+        let seconds = |d: Duration| d.as_secs_f64();
+        if !(1.0..=300.0).contains(&seconds(self.header_timeout)) {
+            return Err((Bound::HeaderTimeout, "must be between 1 and 300 seconds"));
+        }
+        if !(1.0..=600.0).contains(&seconds(self.request_timeout)) {
+            return Err((Bound::RequestTimeout, "must be between 1 and 600 seconds"));
+        }
+        if self.max_connections == 0
+            || self.max_connections_per_ip == 0
+            || self.max_connections_per_ip > self.max_connections
+        {
+            return Err((
+                Bound::Connections,
+                "both connection caps must be at least 1, and the per-address cap at most the total",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Which cap refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {

@@ -613,28 +613,15 @@ impl Config {
                 rtcd_kit::tls::Setting::Key => invalid("server.tls_key_file", message),
             },
         )?;
-        if !(1..=300).contains(&s.header_timeout_seconds) {
-            return Err(invalid(
-                "server.header_timeout_seconds",
-                "must be between 1 and 300",
-            ));
-        }
-        if !(1..=600).contains(&s.request_timeout_seconds) {
-            return Err(invalid(
-                "server.request_timeout_seconds",
-                "must be between 1 and 600",
-            ));
-        }
-        if s.max_http_connections == 0
-            || s.max_http_connections_per_ip == 0
-            || s.max_http_connections_per_ip > s.max_http_connections
-        {
-            return Err(invalid(
-                "server.max_http_connections_per_ip",
-                "max_http_connections and max_http_connections_per_ip must be at least 1, and \
-                 max_http_connections_per_ip at most max_http_connections",
-            ));
-        }
+        s.listener_limits().check().map_err(|(bound, message)| {
+            use rtcd_kit::listener::Bound;
+            let key = match bound {
+                Bound::HeaderTimeout => "server.header_timeout_seconds",
+                Bound::RequestTimeout => "server.request_timeout_seconds",
+                Bound::Connections => "server.max_http_connections_per_ip",
+            };
+            invalid(key, message)
+        })?;
         let l = &self.limits;
         let positive: [(&str, u64); 11] = [
             ("limits.send_timeout_seconds", l.send_timeout_seconds),
@@ -1013,6 +1000,42 @@ mod tests {
                 &format!(r#"[{{"kid":"k1","algorithms":["HS256"],"secret":"{SECRET}"}}]"#),
             ),
         ])
+    }
+
+    #[test]
+    fn listener_bounds_are_checked_and_named() {
+        for (var, value, key) in [
+            (
+                "PROXY_SERVER_HEADER_TIMEOUT_SECONDS",
+                "0",
+                "server.header_timeout_seconds",
+            ),
+            (
+                "PROXY_SERVER_REQUEST_TIMEOUT_SECONDS",
+                "601",
+                "server.request_timeout_seconds",
+            ),
+            (
+                "PROXY_SERVER_MAX_HTTP_CONNECTIONS_PER_IP",
+                "0",
+                "server.max_http_connections_per_ip",
+            ),
+            (
+                "PROXY_SERVER_MAX_HTTP_CONNECTIONS",
+                "10",
+                "server.max_http_connections_per_ip",
+            ),
+        ] {
+            let mut vars = minimal();
+            vars.push((var.into(), value.into()));
+            let e = Config::load(None, vars).unwrap_err().to_string();
+            assert!(e.contains(key), "{var}={value}: {e}");
+        }
+        let c = Config::load(None, minimal()).unwrap();
+        assert_eq!(
+            c.server.listener_limits(),
+            rtcd_kit::listener::Limits::default()
+        );
     }
 
     #[test]

@@ -379,29 +379,15 @@ impl Config {
                 "must be between 1024 and 16777216".into(),
             ));
         }
-        if !(1..=300).contains(&http.header_timeout_seconds) {
-            return Err(invalid(
-                "api.http.header_timeout_seconds",
-                "must be between 1 and 300".into(),
-            ));
-        }
-        if !(1..=600).contains(&http.request_timeout_seconds) {
-            return Err(invalid(
-                "api.http.request_timeout_seconds",
-                "must be between 1 and 600".into(),
-            ));
-        }
-        if http.max_connections == 0
-            || http.max_connections_per_ip == 0
-            || http.max_connections_per_ip > http.max_connections
-        {
-            return Err(invalid(
-                "api.http.max_connections_per_ip",
-                "max_connections and max_connections_per_ip must be at least 1, and \
-                 max_connections_per_ip at most max_connections"
-                    .into(),
-            ));
-        }
+        http.listener_limits().check().map_err(|(bound, message)| {
+            use rtcd_kit::listener::Bound;
+            let key = match bound {
+                Bound::HeaderTimeout => "api.http.header_timeout_seconds",
+                Bound::RequestTimeout => "api.http.request_timeout_seconds",
+                Bound::Connections => "api.http.max_connections_per_ip",
+            };
+            invalid(key, message.into())
+        })?;
         let sec = &self.api.security;
         if sec.enable_admin
             && let Some(why) = crate::auth::weak_secret(&sec.admin_secret_key)
@@ -617,6 +603,38 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn listener_bounds_are_checked_and_named() {
+        let base = [("RTCD_API_SECURITY_ENABLE_ADMIN", "false")];
+        for (var, value, key) in [
+            (
+                "RTCD_API_HTTP_HEADER_TIMEOUT_SECONDS",
+                "0",
+                "api.http.header_timeout_seconds",
+            ),
+            (
+                "RTCD_API_HTTP_REQUEST_TIMEOUT_SECONDS",
+                "601",
+                "api.http.request_timeout_seconds",
+            ),
+            (
+                "RTCD_API_HTTP_MAX_CONNECTIONS",
+                "0",
+                "api.http.max_connections_per_ip",
+            ),
+            (
+                "RTCD_API_HTTP_MAX_CONNECTIONS",
+                "100",
+                "api.http.max_connections_per_ip",
+            ),
+        ] {
+            let e = Config::load(None, env(&[base[0], (var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{var}={value}: {e}");
+        }
     }
 
     #[test]
