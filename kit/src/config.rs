@@ -62,8 +62,14 @@ pub fn read_file(path: Option<&Path>) -> Result<toml::Table, LoadError> {
         path: path.to_owned(),
         source,
     })?;
+    parse(&text, Some(path))
+}
+
+/// A config file's text as a table; `path` names it in errors. (`read_file` without the read,
+/// for loading configs from memory: the daemons' fuzz targets.)
+pub fn parse(text: &str, path: Option<&Path>) -> Result<toml::Table, LoadError> {
     text.parse::<toml::Table>().map_err(|e| LoadError::Parse {
-        origin: path.display().to_string(),
+        origin: path.map_or("<config>".into(), |p| p.display().to_string()),
         message: e.to_string(),
     })
 }

@@ -592,7 +592,24 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let table = rtcd_kit::config::read_file(path)?;
+        Self::from_table(rtcd_kit::config::read_file(path)?, path, env)
+    }
+
+    /// [`Config::load`] from the file's text (`path` only names it in errors): how the fuzz
+    /// targets and their corpus replay (`crate::fuzzing`) run the whole loader without files.
+    pub fn from_text(
+        text: &str,
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        Self::from_table(rtcd_kit::config::parse(text, path)?, path, env)
+    }
+
+    fn from_table(
+        table: toml::Table,
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let config: Config = rtcd_kit::config::overlay(table, path, SOURCE, env)?;
         config.validate()?;
         Ok(config)

@@ -26,6 +26,9 @@ pub mod cli;
 pub mod close;
 pub mod config;
 pub mod dev;
+/// Parsers of outside input as the fuzz targets and their corpus replay call them (not an API).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod placement;
 pub mod policy;

@@ -39,6 +39,9 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod engine;
+/// Parsers of outside input as the fuzz targets and their corpus replay call them (not an API).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
 pub mod sfu;

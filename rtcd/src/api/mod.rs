@@ -232,10 +232,10 @@ where
 
 /// A JSON object request body. Fields are read one by one with messages that name the field
 /// and the expected type but never echo a value: a mistyped key must not come back in an error.
-struct JsonBody(serde_json::Map<String, serde_json::Value>);
+pub(crate) struct JsonBody(serde_json::Map<String, serde_json::Value>);
 
 impl JsonBody {
-    fn parse(body: &Bytes) -> Result<Self, ApiError> {
+    pub(crate) fn parse(body: &Bytes) -> Result<Self, ApiError> {
         if body.is_empty() {
             return Err(ApiError::BadRequest(
                 "request body is empty; expected a JSON object".into(),
@@ -271,11 +271,11 @@ impl JsonBody {
         }
     }
 
-    fn client_id(&self) -> Result<ClientId, ApiError> {
+    pub(crate) fn client_id(&self) -> Result<ClientId, ApiError> {
         Ok(ClientId::parse(self.string("clientID")?)?)
     }
 
-    fn auth_key(&self) -> Result<Secret, ApiError> {
+    pub(crate) fn auth_key(&self) -> Result<Secret, ApiError> {
         Ok(Secret::new(self.string("authKey")?))
     }
 }

@@ -495,7 +495,7 @@ fn build_media_template() -> Result<MediaEngine, EngineError> {
 /// of a join was spent there on codecs `rtc` then drops. What is removed here could not be in
 /// the answer, so the answer is the same. A section in which nothing would remain is left as it
 /// is (`rtc` rejects it as before).
-fn trim_offer(sdp: &str) -> Option<String> {
+pub(crate) fn trim_offer(sdp: &str) -> Option<String> {
     let lines: Vec<&str> = sdp.split_inclusive('\n').collect();
     let starts: Vec<usize> = (0..lines.len())
         .filter(|&i| lines[i].starts_with("m="))

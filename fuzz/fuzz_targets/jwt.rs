@@ -1,0 +1,6 @@
+//! `jwt`: every input through `rtcd_proxy::fuzzing::jwt` (see its documentation for the input format).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = rtcd_proxy::fuzzing::jwt(data);
+});

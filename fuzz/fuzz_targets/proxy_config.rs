@@ -1,0 +1,6 @@
+//! `proxy_config`: every input through `rtcd_proxy::fuzzing::config` (see its documentation for the input format).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = rtcd_proxy::fuzzing::config(data);
+});
