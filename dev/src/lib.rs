@@ -103,7 +103,11 @@ pub async fn start_with_proxy(
     }
     // Media settings from the environment win (e.g. `RTCD_RTC_ICE_PORT_TCP=3478`, or a fixed
     // `RTCD_RTC_ICE_HOST_OVERRIDE`): the one-command stack stays tunable without a file.
-    env.extend(std::env::vars().filter(|(k, _)| k.starts_with("RTCD_RTC_")));
+    env.extend(
+        rtcd_kit::config::process_env()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("RTCD_RTC_")),
+    );
     env.extend(
         args.rtc
             .iter()

@@ -44,6 +44,22 @@ pub enum LoadError {
     },
 }
 
+/// The process environment for [`overlay`]. `std::env::vars` panics on a variable that is not
+/// valid UTF-8 (anywhere in the environment, not only ours); here such a value is passed on
+/// lossily, and [`overlay`] refuses it if it is one of the daemon's variables (a clear error
+/// at start instead of a panic). Names that are not UTF-8 cannot be ours and are skipped.
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let name = name.into_string().ok()?;
+            let value = value
+                .into_string()
+                .unwrap_or_else(|raw| raw.to_string_lossy().into_owned());
+            Some((name, value))
+        })
+        .collect()
+}
+
 /// How one daemon names its variables.
 #[derive(Debug, Clone, Copy)]
 pub struct Source<'a> {
@@ -103,6 +119,9 @@ where
                 source.sample
             ))
         })?;
+        if raw.contains(char::REPLACEMENT_CHARACTER) {
+            return Err(fail("is not valid UTF-8 text".into()));
+        }
         let value = typed_like(default, &raw).map_err(fail)?;
         set_path(&mut table, path, value).map_err(fail)?;
     }
@@ -305,6 +324,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(typed.to_string().contains("true or false"), "{typed}");
+        let garbled = overlay::<Sample>(
+            toml::Table::new(),
+            None,
+            SOURCE,
+            env(&[("T_SERVER_LISTEN_ADDRESS", "127.0.0.1:\u{FFFD}")]),
+        )
+        .unwrap_err();
+        assert!(garbled.to_string().contains("not valid UTF-8"), "{garbled}");
         let key = overlay::<Sample>(
             "[server]\nlisten_adress = \"x\"\n".parse().unwrap(),
             Some(Path::new("/etc/t.toml")),

@@ -136,7 +136,7 @@ pub fn load_config(
 /// Parses the command line and runs it; what `main` calls.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match load_config(cli.config.as_deref(), std::env::vars().collect()) {
+    let config = match load_config(cli.config.as_deref(), rtcd_kit::config::process_env()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rtcd-proxy: {e}");

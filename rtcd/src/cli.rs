@@ -88,7 +88,9 @@ enum ClientsAction {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let load = |overrides: &[(&str, String)]| -> Result<Config, ExitCode> {
-        let env = std::env::vars().chain(overrides.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let env = rtcd_kit::config::process_env()
+            .into_iter()
+            .chain(overrides.iter().map(|(k, v)| (k.to_string(), v.clone())));
         Config::load(cli.config.as_deref(), env).map_err(|e| {
             eprintln!("rtcd: {e}");
             ExitCode::from(EXIT_USAGE)

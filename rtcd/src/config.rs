@@ -342,7 +342,7 @@ const SOURCE: rtcd_kit::config::Source<'static> = rtcd_kit::config::Source {
 
 impl Config {
     /// Loads defaults, then the TOML file (if any), then `RTCD_*` overrides from `env`, then
-    /// validates. `env` is usually `std::env::vars()`; variables without the prefix are ignored,
+    /// validates. `env` is usually `rtcd_kit::config::process_env()`; variables without the prefix are ignored,
     /// unknown `RTCD_*` variables are an error (a typo must not silently do nothing).
     pub fn load(
         path: Option<&Path>,

@@ -390,6 +390,25 @@ async fn bad_configuration_exits_64_naming_the_key() {
     assert_eq!(code, 64);
     assert!(err.contains("/nonexistent/rtcd.toml"), "{err}");
 
+    // A variable that is not UTF-8: refused by name if it is rtcd's, never a panic.
+    {
+        use std::os::unix::ffi::OsStrExt as _;
+        let garbled = std::ffi::OsStr::from_bytes(b"127.0.0.1:\xff");
+        let out = Command::new(BIN)
+            .args(["clients", "list"])
+            .env_clear()
+            .env("RTCD_API_HTTP_LISTEN_ADDRESS", garbled)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(
+            err.contains("RTCD_API_HTTP_LISTEN_ADDRESS") && err.contains("UTF-8"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+
     // The documented sample parses, but its placeholder admin secret is refused (issue 16
     // #10): it is public. With the secret set in the environment, as the sample advises, the
     // sample works.
