@@ -16,6 +16,8 @@
 //! (`duplicates` should no longer pair them).
 
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod listener;
 pub mod logging;

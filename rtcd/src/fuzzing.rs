@@ -45,6 +45,15 @@ pub enum FuzzError {
     Engine(String),
 }
 
+impl From<rtcd_kit::fuzzing::Refused> for FuzzError {
+    fn from(refused: rtcd_kit::fuzzing::Refused) -> Self {
+        match refused {
+            rtcd_kit::fuzzing::Refused::NotText => FuzzError::NotText,
+            rtcd_kit::fuzzing::Refused::Skipped(why) => FuzzError::Skipped(why),
+        }
+    }
+}
+
 /// What the HTTP API reads from one request: the `Authorization` header and the JSON body.
 #[derive(Debug)]
 pub struct HttpInput {
@@ -85,56 +94,11 @@ pub fn http_request(data: &[u8]) -> Result<HttpInput, FuzzError> {
     })
 }
 
-/// Configs with a value naming one of these are not loaded: validation reads the files a
-/// config names, and a fuzzer must not block on (or read without end from) a device or a
-/// kernel file. (Comments may name them: the samples mention `/dev/urandom`.)
-const UNSAFE_PATHS: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
-
-/// Whether a TOML text or an environment value names one of [`UNSAFE_PATHS`].
-fn names_unsafe_path(text: &str, env: &[(String, String)]) -> bool {
-    fn unsafe_value(v: &toml::Value) -> bool {
-        match v {
-            toml::Value::String(s) => UNSAFE_PATHS.iter().any(|p| s.contains(p)),
-            toml::Value::Array(items) => items.iter().any(unsafe_value),
-            toml::Value::Table(t) => t.values().any(unsafe_value),
-            _ => false,
-        }
-    }
-    env.iter()
-        .any(|(_, v)| UNSAFE_PATHS.iter().any(|p| v.contains(p)))
-        || text
-            .parse::<toml::Table>()
-            .is_ok_and(|t| t.values().any(unsafe_value))
-}
-
-/// Environment variables as `Config::load` takes them.
-type Env = Vec<(String, String)>;
-
-/// Splits a config input: TOML text, then (after the first NUL byte) `NAME=value` lines as
-/// the environment. [`FuzzError::Skipped`] for inputs the harness will not run.
-fn config_input(data: &[u8]) -> Result<(&str, Env), FuzzError> {
-    let (text, env) = match data.iter().position(|b| *b == 0) {
-        Some(at) => (&data[..at], &data[at + 1..]),
-        None => (data, &data[..0]),
-    };
-    let text = std::str::from_utf8(text).map_err(|_| FuzzError::NotText)?;
-    let env = std::str::from_utf8(env).map_err(|_| FuzzError::NotText)?;
-    let env: Env = env
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    if names_unsafe_path(text, &env) {
-        return Err(FuzzError::Skipped("names a device or kernel file"));
-    }
-    Ok((text, env))
-}
-
 /// `rtcd_config` target: TOML text, then after the first NUL byte `RTCD_*=value` lines, through
 /// the whole loader ([`Config::from_text`]: TOML, removed settings, environment overlay,
 /// typed decoding, validation).
 pub fn config(data: &[u8]) -> Result<Config, FuzzError> {
-    let (text, env) = config_input(data)?;
+    let (text, env) = rtcd_kit::fuzzing::config_input(data)?;
     Ok(Config::from_text(text, Some(Path::new("fuzz.toml")), env)?)
 }
 
@@ -234,54 +198,7 @@ mod tests {
     //! fuzz targets run (briefly) in every `cargo test`, on stable, so they cannot rot, and
     //! every crash ever found stays a regression test.
 
-    use std::path::PathBuf;
-    use std::time::{Duration, Instant};
-
-    fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/corpus")
-            .join(target);
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.expect("corpus entry").path())
-            .filter(|p| p.is_file())
-            .map(|p| {
-                let bytes = std::fs::read(&p).expect("corpus file");
-                (p, bytes)
-            })
-            .collect();
-        files.sort();
-        assert!(
-            files.len() >= 3,
-            "{}: a corpus of at least three inputs",
-            dir.display()
-        );
-        files
-    }
-
-    /// Runs `f` on every input of `target`'s corpus; a panic names the file. Returns how many
-    /// were accepted (`--nocapture` shows each input's outcome).
-    fn replay<T, E: std::fmt::Display>(target: &str, f: impl Fn(&[u8]) -> Result<T, E>) -> usize {
-        let started = Instant::now();
-        let mut accepted = 0;
-        for (path, bytes) in corpus(target) {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&bytes)));
-            match result {
-                Ok(Ok(_)) => {
-                    println!("{}: accepted", path.display());
-                    accepted += 1;
-                }
-                Ok(Err(e)) => println!("{}: refused: {e}", path.display()),
-                Err(_) => panic!("{} panicked", path.display()),
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{target}: the corpus took {:?}",
-            started.elapsed()
-        );
-        accepted
-    }
+    use rtcd_kit::fuzzing::replay;
 
     #[test]
     fn rtcd_http_corpus_replays() {
