@@ -162,6 +162,20 @@ pub fn client() -> reqwest::Client {
     client_from("127.0.0.1".parse().expect("literal address"))
 }
 
+/// The Prometheus text at `url` (a `/metrics` endpoint of either daemon).
+pub async fn scrape(url: &str) -> anyhow::Result<String> {
+    Ok(client().get(url).send().await?.text().await?)
+}
+
+/// The sum of every sample whose line starts with `series` in Prometheus text: a bare name
+/// sums all its label sets, `name{label="x"` narrows them.
+pub fn metric_sum(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A 32..72-byte auth key unique to `tag`.
 pub fn key_for(tag: &str) -> String {
     let mut key = format!("key-{tag}-");

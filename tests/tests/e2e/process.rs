@@ -744,12 +744,8 @@ async fn the_container_defaults_serve_as_documented() {
         client.send(&json!({"type": "ping", "id": 1})).await?;
         anyhow::ensure!(client.expect("pong").await?["id"] == 1);
         // The session is open at rtcd (metrics on the image's metrics port).
-        let text = client_text("http://127.0.0.1:8046/metrics").await?;
-        let sessions: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("rtcd_sfu_sessions{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let text = rtcd_e2e::daemon::scrape("http://127.0.0.1:8046/metrics").await?;
+        let sessions = rtcd_e2e::daemon::metric_sum(&text, "rtcd_sfu_sessions{");
         anyhow::ensure!(sessions == 1.0, "rtcd sessions {sessions}:\n{text}");
         anyhow::Ok(())
     }
@@ -759,8 +755,4 @@ async fn the_container_defaults_serve_as_documented() {
     rtcd.signal("TERM").unwrap();
     rtcd.wait().await.unwrap();
     outcome.unwrap();
-}
-
-async fn client_text(url: &str) -> anyhow::Result<String> {
-    Ok(client().get(url).send().await?.text().await?)
 }

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use reqwest::StatusCode;
-use rtcd_e2e::daemon::{ADMIN_SECRET, TestRtcd, client, client_from, key_for};
+use rtcd_e2e::daemon::{ADMIN_SECRET, TestRtcd, client, client_from, key_for, metric_sum, scrape};
 use serde_json::{Value, json};
 
 async fn post(url: &str, body: &Value, auth: Option<(&str, &str)>) -> (StatusCode, Value) {
@@ -59,18 +59,8 @@ async fn unregister(d: &TestRtcd, id: &str, auth: Option<(&str, &str)>) -> (Stat
 }
 
 async fn metric(d: &TestRtcd, name: &str) -> f64 {
-    let text = client()
-        .get(format!("{}/metrics", d.internal))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let text = scrape(&format!("{}/metrics", d.internal)).await.unwrap();
+    metric_sum(&text, name)
 }
 
 #[tokio::test]

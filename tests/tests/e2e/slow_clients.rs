@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use reqwest::StatusCode;
-use rtcd_e2e::daemon::{ADMIN_SECRET, TestRtcd, client, key_for};
+use rtcd_e2e::daemon::{ADMIN_SECRET, TestRtcd, client, key_for, metric_sum, scrape};
 use rtcd_e2e::proxy::{JoinOutcome, base_config, claims, hs_token, join, start};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -117,18 +117,6 @@ fn attack(
     set
 }
 
-/// The sum of every sample of `series` (a name with labels, e.g. `x{reason="y"`) in `text`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn scrape(url: String) -> anyhow::Result<String> {
-    Ok(client().get(url).send().await?.text().await?)
-}
-
 #[tokio::test]
 async fn rtcd_cuts_a_slowloris_and_keeps_serving_others() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -186,9 +174,9 @@ async fn rtcd_cuts_a_slowloris_and_keeps_serving_others() -> anyhow::Result<()> 
     }
     // The bodies that were admitted got 408 (those refused at accept got nothing).
     assert!(timed_out_bodies > 0, "no trickled body was answered 408");
-    let metrics = scrape(format!("{}/metrics", rtcd.internal)).await?;
+    let metrics = scrape(&format!("{}/metrics", rtcd.internal)).await?;
     let cut = |reason: &str| {
-        sample(
+        metric_sum(
             &metrics,
             &format!("rtcd_http_connections_cut_total{{listener=\"api\",reason=\"{reason}\""),
         )
@@ -240,9 +228,9 @@ async fn the_proxy_cuts_a_slowloris_on_http_and_websocket_and_keeps_admitting_jo
     // Upgraded sessions trickling a frame were closed by the join deadline.
     assert!(upgraded_then_closed > 0, "no WebSocket was upgraded");
     let metrics_addr = proxy.metrics_addr().context("metrics listener")?;
-    let metrics = scrape(format!("http://{metrics_addr}/metrics")).await?;
+    let metrics = scrape(&format!("http://{metrics_addr}/metrics")).await?;
     let cut = |reason: &str| {
-        sample(
+        metric_sum(
             &metrics,
             &format!("proxy_http_connections_cut_total{{listener=\"public\",reason=\"{reason}\""),
         )
@@ -251,7 +239,7 @@ async fn the_proxy_cuts_a_slowloris_on_http_and_websocket_and_keeps_admitting_jo
     assert!(cut("max_connections_per_ip") >= 10.0, "{metrics}");
     assert!(cut("head_timeout") >= 1.0, "{metrics}");
     assert!(
-        sample(&metrics, "proxy_closes_total{reason=\"join_timeout\"") >= 1.0,
+        metric_sum(&metrics, "proxy_closes_total{reason=\"join_timeout\"") >= 1.0,
         "{metrics}"
     );
     proxy.shutdown().await;
