@@ -148,7 +148,7 @@ impl Proxy {
         let options = |tls, listener| rtcd_kit::listener::Options {
             tls,
             limits,
-            observer: state.metrics.listener_observer(listener),
+            observer: state.metrics.http_connections_cut.observer(listener),
             shutdown: stop_accepting.clone(),
             drain,
         };

@@ -141,11 +141,6 @@ impl Metrics {
         })
     }
 
-    /// What the HTTP listener named `listener` reports goes to `http_connections_cut`.
-    pub fn listener_observer(&self, listener: &'static str) -> rtcd_kit::listener::Observer {
-        self.http_connections_cut.observer(listener)
-    }
-
     /// Counts a message.
     pub fn message(&self, direction: &'static str, kind: &'static str) {
         self.messages

@@ -185,7 +185,7 @@ impl Rtcd {
         let options = |tls, listener| rtcd_kit::listener::Options {
             tls,
             limits,
-            observer: metrics.listener_observer(listener),
+            observer: metrics.http_connections_cut.observer(listener),
             shutdown: cancel.clone(),
             drain,
         };

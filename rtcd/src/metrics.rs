@@ -231,11 +231,6 @@ impl Metrics {
         })
     }
 
-    /// What the HTTP listener named `listener` reports goes to `http_connections_cut`.
-    pub fn listener_observer(&self, listener: &'static str) -> rtcd_kit::listener::Observer {
-        self.http_connections_cut.observer(listener)
-    }
-
     /// Records one authentication attempt.
     pub fn auth(&self, method: &'static str, outcome: &'static str) {
         self.auth_attempts
