@@ -15,6 +15,7 @@
 //! tenants using the same IDs never meet. This module knows nothing of gRPC, proto or auth.
 
 pub mod downtrack;
+pub mod events;
 pub mod negotiation;
 pub mod packet;
 pub mod retransmit;
