@@ -134,6 +134,7 @@ pub fn join(call: &str, session: &str, permissions: pb::Permissions) -> pb::Clie
             user_id: format!("user-{session}"),
             display_name: session.into(),
             permissions: Some(permissions),
+            ..Default::default()
         })),
     }
 }

@@ -420,6 +420,8 @@ impl RtcdRelay {
                     publish_screen: grant.permissions.publish_screen,
                     subscribe: grant.permissions.subscribe,
                 }),
+                role: grant.role.as_str().to_owned(),
+                token: None,
             })),
         };
         let mut renew = false;
@@ -730,6 +732,10 @@ impl EventTranslator {
                 },
                 None => return Vec::new(),
             },
+            // Moderation events: relayed once the proxy side of issue 12 lands.
+            Signal::PermissionsChanged(_)
+            | Signal::MutedByModerator(_)
+            | Signal::UnmuteRequested(_) => return Vec::new(),
             Signal::Error(e) => RelayEvent::Error {
                 code: error_label(e.code),
                 message: e.message,

@@ -94,6 +94,11 @@ pub fn command(signal: pb::client_signal::Signal) -> Result<SessionCommand, SfuE
             track_id: s.track_id,
         },
         Signal::UpdatePermissions(p) => SessionCommand::UpdatePermissions(permissions(p)),
+        Signal::Token(_) => {
+            return Err(SfuError::InvalidArgument(
+                "token updates are not supported by this rtcd yet".into(),
+            ));
+        }
     })
 }
 
