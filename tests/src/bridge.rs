@@ -112,7 +112,7 @@ pub fn client_json(signal: &pb::client_signal::Signal) -> Option<Value> {
             json!({"type": if s.on { "screen_share_start" } else { "screen_share_stop" }})
         }
         // The proxy takes permission changes from refreshed tokens, not from clients.
-        Signal::Join(_) | Signal::UpdatePermissions(_) => return None,
+        Signal::Join(_) | Signal::UpdatePermissions(_) | Signal::Token(_) => return None,
     })
 }
 
