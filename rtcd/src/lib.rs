@@ -159,7 +159,7 @@ impl Rtcd {
             None => None,
         };
         let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
-        let sfu = Sfu::new(sfu_config(&config.rtc)?, metrics.clone()).await?;
+        let sfu = Sfu::new(sfu_config(&config.rtc)?, metrics.clone(), None).await?;
         let grpc_cancel = CancellationToken::new();
         let (grpc_addr, grpc_server) = start_grpc(
             &config,

@@ -325,6 +325,8 @@ pub(crate) struct SfuInner {
     shards: shard::Shards,
     pub config: SfuConfig,
     pub metrics: Arc<Metrics>,
+    /// Where room events go (webhooks), if anywhere.
+    pub room_events: Option<events::RoomEventSink>,
     registry: Mutex<Registry>,
     draining: AtomicBool,
     empty: watch::Sender<usize>,
@@ -338,13 +340,19 @@ pub struct Sfu {
 
 impl Sfu {
     /// Binds the shared ICE UDP socket (and the ICE-TCP port) and starts the media threads.
-    pub async fn new(config: SfuConfig, metrics: Arc<Metrics>) -> Result<Self, SfuError> {
+    /// Room events (for webhooks) go to `room_events` when given.
+    pub async fn new(
+        config: SfuConfig,
+        metrics: Arc<Metrics>,
+        room_events: Option<events::RoomEventSink>,
+    ) -> Result<Self, SfuError> {
         let shards = shard::Shards::start(&config, metrics.clone()).await?;
         Ok(Self {
             inner: Arc::new(SfuInner {
                 shards,
                 config,
                 metrics,
+                room_events,
                 registry: Mutex::default(),
                 draining: AtomicBool::new(false),
                 empty: watch::channel(0).0,
