@@ -39,6 +39,13 @@ pub enum CloseReason {
     /// [`CloseReason::MediaServerLost`]: telling the user "the server is gone" would send them
     /// looking in the wrong place (their network or TURN settings).
     MediaConnectionFailed,
+    /// The platform or a moderator removed this participant (no ban: rejoining is allowed).
+    Removed,
+    /// The participant is banned from the room: removed with a ban, or refused at join while
+    /// the ban lasts. Do not rejoin automatically.
+    Banned,
+    /// The platform or a moderator ended the room for everyone.
+    RoomEnded,
     /// The token was refused (or a refresh failed, or the token expired in session).
     Auth(AuthError),
 }
@@ -60,6 +67,9 @@ impl CloseReason {
             CloseReason::MediaServerLost => 4008,
             CloseReason::SlowClient => 4009,
             CloseReason::MediaConnectionFailed => 4010,
+            CloseReason::Removed => 4011,
+            CloseReason::Banned => 4012,
+            CloseReason::RoomEnded => 4013,
             CloseReason::Auth(e) => match e {
                 AuthError::Missing => 4100,
                 AuthError::Malformed(_) => 4101,
@@ -78,6 +88,8 @@ impl CloseReason {
                 AuthError::IdentityMismatch => 4114,
                 AuthError::KeysUnavailable(_) => 4115,
                 AuthError::RoleUnmapped => 4116,
+                AuthError::ServerToken => 4117,
+                AuthError::Revoked => 4118,
             },
         }
     }
@@ -98,6 +110,9 @@ impl CloseReason {
             CloseReason::MediaServerLost => "media_server_lost",
             CloseReason::SlowClient => "slow_client",
             CloseReason::MediaConnectionFailed => "media_connection_failed",
+            CloseReason::Removed => "removed",
+            CloseReason::Banned => "banned",
+            CloseReason::RoomEnded => "room_ended",
             CloseReason::Auth(e) => e.reason(),
         }
     }
@@ -118,6 +133,9 @@ impl CloseReason {
             CloseReason::MediaServerLost,
             CloseReason::SlowClient,
             CloseReason::MediaConnectionFailed,
+            CloseReason::Removed,
+            CloseReason::Banned,
+            CloseReason::RoomEnded,
             CloseReason::Auth(AuthError::Missing),
             CloseReason::Auth(AuthError::Malformed(String::new())),
             CloseReason::Auth(AuthError::TooLarge { size: 0, max: 0 }),
@@ -138,6 +156,8 @@ impl CloseReason {
             CloseReason::Auth(AuthError::IdentityMismatch),
             CloseReason::Auth(AuthError::KeysUnavailable(String::new())),
             CloseReason::Auth(AuthError::RoleUnmapped),
+            CloseReason::Auth(AuthError::ServerToken),
+            CloseReason::Auth(AuthError::Revoked),
         ]
     }
 }

@@ -46,6 +46,10 @@ pub struct Config {
     pub rtcd: RtcdConfig,
     /// TURN servers clients may relay through, and their credentials (docs/turn.md).
     pub turn: TurnConfig,
+    /// The room service API for the platform's backend (docs/api.md).
+    pub api: ApiConfig,
+    /// Where rtcd delivers this tenant's room events (docs/webhooks.md).
+    pub webhooks: WebhooksConfig,
     /// Log level and format.
     pub logger: LoggerConfig,
 }
@@ -552,6 +556,80 @@ impl TurnConfig {
     }
 }
 
+/// Longest server token (`api` claim) the room service API accepts, whatever is configured:
+/// a leaked backend credential must die quickly.
+pub const MAX_API_TOKEN_LIFETIME_SECONDS: u64 = 3600;
+
+/// `[api]`: the room service API (`/api/v1/...` on the public listener, docs/api.md). Callers
+/// are the platform's backend, authenticated by short-lived JWTs signed with the platform's
+/// keys (`[[auth.keys]]`, `[auth.jwks]`) that carry an `api` claim listing their scopes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Serve the API at all.
+    pub enabled: bool,
+    /// Longest lifetime (`exp - iat`) of a server token; at most 3600.
+    pub max_token_lifetime_seconds: u64,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// The `[[auth.keys]]` entry (`kid`) that signs tokens issued by
+    /// `POST /api/v1/rooms/{room}/tokens`; empty = token issuing is off. An HS key signs with
+    /// its secret; an RS / ES / EdDSA key needs `token_signing_key_file`.
+    pub token_signing_kid: String,
+    /// PEM private key matching `token_signing_kid`'s public key (asymmetric keys only).
+    pub token_signing_key_file: String,
+    /// Lifetime of issued tokens when the request does not ask for one; never above
+    /// `auth.max_lifetime_seconds`.
+    pub issued_token_lifetime_seconds: u64,
+    /// Whether the platform and moderators may ask a participant to unmute (`request_unmute`).
+    /// Off by default: a prompt to turn on a microphone is the kind of pressure some platforms
+    /// do not want to allow.
+    pub allow_remote_unmute: bool,
+    /// Ban length for an in-call `ban` that names none (seconds).
+    pub default_ban_seconds: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_token_lifetime_seconds: 600,
+            max_body_bytes: 16 * 1024,
+            token_signing_kid: String::new(),
+            token_signing_key_file: String::new(),
+            issued_token_lifetime_seconds: 3600,
+            allow_remote_unmute: false,
+            default_ban_seconds: 3600,
+        }
+    }
+}
+
+/// `[webhooks]`: this tenant's webhook endpoints. Every proxy replica sends them to every rtcd
+/// host after logging in; the rtcd hosting a room delivers its events (docs/webhooks.md), so
+/// all replicas of one deployment must share these settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// `https://` (or `http://`) endpoints, at most 4; empty = no webhooks.
+    pub urls: Vec<String>,
+    /// The HMAC-SHA256 signing secret, 32-256 bytes (prefer `secret_file` or the environment).
+    pub secret: Secret,
+    /// File holding the secret.
+    pub secret_file: String,
+}
+
+impl WebhooksConfig {
+    /// The signing secret from `secret` or `secret_file`.
+    pub fn signing_secret(&self) -> Result<Secret, String> {
+        if self.secret_file.is_empty() {
+            return Ok(self.secret.clone());
+        }
+        let text = std::fs::read_to_string(&self.secret_file)
+            .map_err(|e| format!("{}: {e}", self.secret_file))?;
+        Ok(Secret::new(text.trim_end_matches(['\r', '\n'])))
+    }
+}
+
 /// `[logger]`: the service kit's, the same in both daemons.
 pub use rtcd_kit::logging::LoggerConfig;
 
@@ -679,9 +757,92 @@ impl Config {
         self.validate_auth()?;
         self.validate_rtcd()?;
         self.validate_turn()?;
+        self.validate_api()?;
         self.logger
             .validate()
             .map_err(|message| invalid("logger.level", message))?;
+        Ok(())
+    }
+
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        let a = &self.api;
+        if a.max_token_lifetime_seconds == 0
+            || a.max_token_lifetime_seconds > MAX_API_TOKEN_LIFETIME_SECONDS
+        {
+            return Err(invalid(
+                "api.max_token_lifetime_seconds",
+                format!("must be 1-{MAX_API_TOKEN_LIFETIME_SECONDS}"),
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&a.max_body_bytes) {
+            return Err(invalid("api.max_body_bytes", "must be 1024-1048576"));
+        }
+        if a.issued_token_lifetime_seconds == 0
+            || a.issued_token_lifetime_seconds > self.auth.max_lifetime_seconds
+        {
+            return Err(invalid(
+                "api.issued_token_lifetime_seconds",
+                "must be 1 to auth.max_lifetime_seconds",
+            ));
+        }
+        if a.default_ban_seconds == 0 || a.default_ban_seconds > 366 * 24 * 3600 {
+            return Err(invalid(
+                "api.default_ban_seconds",
+                "must be 1 s to one year",
+            ));
+        }
+        if !a.token_signing_kid.is_empty() {
+            let Some(key) = self.auth.keys.iter().find(|k| k.kid == a.token_signing_kid) else {
+                return Err(invalid(
+                    "api.token_signing_kid",
+                    "names no [[auth.keys]] entry (issued tokens must verify here)",
+                ));
+            };
+            let hmac = key.public_key_file.is_empty();
+            if !hmac && a.token_signing_key_file.is_empty() {
+                return Err(invalid(
+                    "api.token_signing_key_file",
+                    "the signing key is asymmetric: give its PEM private key",
+                ));
+            }
+            if !a.token_signing_key_file.is_empty() {
+                std::fs::metadata(&a.token_signing_key_file)
+                    .map_err(|e| invalid("api.token_signing_key_file", e.to_string()))?;
+            }
+            if self.auth.issuers.iter().all(|i| i == "*")
+                || self.auth.audiences.iter().all(|i| i == "*")
+            {
+                return Err(invalid(
+                    "api.token_signing_kid",
+                    "issued tokens need a concrete issuer and audience: auth.issuers and auth.audiences must name one",
+                ));
+            }
+        }
+        let w = &self.webhooks;
+        if w.urls.len() > 4 {
+            return Err(invalid("webhooks.urls", "at most 4 endpoints"));
+        }
+        for url in &w.urls {
+            let ok = reqwest::Url::parse(url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            if !ok {
+                return Err(invalid(
+                    "webhooks.urls",
+                    format!("{url}: not an http(s) URL"),
+                ));
+            }
+        }
+        if !w.urls.is_empty() {
+            let secret = w
+                .signing_secret()
+                .map_err(|e| invalid("webhooks.secret_file", e))?;
+            if let Some(why) = weak_secret(secret.expose().as_bytes()) {
+                return Err(invalid("webhooks.secret", why));
+            }
+            if secret.expose().len() > 256 {
+                return Err(invalid("webhooks.secret", "at most 256 bytes"));
+            }
+        }
         Ok(())
     }
 

@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod close;
@@ -34,6 +35,7 @@ pub mod placement;
 pub mod policy;
 pub mod protocol;
 pub mod relay;
+pub mod rooms;
 pub mod server;
 pub mod session;
 pub mod turn;
@@ -114,6 +116,13 @@ impl Proxy {
         if let Some(turn) = &turn {
             start_turn_probes(turn, config.turn.probe_interval_seconds).await?;
         }
+        let issuer = auth::api::TokenIssuer::from_config(&config)
+            .map_err(StartError::Keys)?
+            .map(Arc::new);
+        if let Some(relay) = &relay {
+            let secret = config.webhooks.signing_secret().map_err(StartError::Keys)?;
+            relay.set_webhooks(config.webhooks.urls.clone(), secret);
+        }
         let health = Arc::new(Health::default());
         let state = Arc::new(
             ProxyState::new(
@@ -124,7 +133,8 @@ impl Proxy {
                 health.clone(),
                 CancellationToken::new(),
             )
-            .with_turn(turn),
+            .with_turn(turn)
+            .with_token_issuer(issuer),
         );
         // Both listeners are bound before either serves: a failed start leaves nothing serving.
         let listener = bind(config.listen_addr()).await?;

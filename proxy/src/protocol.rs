@@ -156,6 +156,58 @@ pub enum ClientMessage {
         /// The JWT.
         token: String,
     },
+    /// A moderator acts on the room (moderators only; others get `forbidden`).
+    Moderate {
+        /// What to do.
+        action: ModerationAction,
+        /// The participant acted on (every action but `end_room`).
+        #[serde(default)]
+        identity: Option<String>,
+        /// `mute` / `request_unmute`: which source.
+        #[serde(default)]
+        source: Option<TrackSource>,
+        /// `ban`: how long (seconds; the proxy's `api.default_ban_seconds` if absent).
+        #[serde(default)]
+        ban_seconds: Option<u64>,
+        /// `kick` / `ban`: why (kept with the ban; at most 256 bytes).
+        #[serde(default)]
+        reason: Option<String>,
+    },
+}
+
+/// What a moderator can do from inside the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModerationAction {
+    /// Remove a participant (they may rejoin).
+    Kick,
+    /// Remove a participant and keep them out for `ban_seconds`.
+    Ban,
+    /// Mute a participant's source (they may unmute themselves).
+    Mute,
+    /// Ask a participant to unmute a source (if the operator allows it).
+    RequestUnmute,
+    /// End the room for everyone.
+    EndRoom,
+    /// Make a participant a moderator (with the moderator role's permissions).
+    GrantModerator,
+    /// Make a moderator a member again (with the member role's permissions).
+    RevokeModerator,
+}
+
+impl ModerationAction {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModerationAction::Kick => "kick",
+            ModerationAction::Ban => "ban",
+            ModerationAction::Mute => "mute",
+            ModerationAction::RequestUnmute => "request_unmute",
+            ModerationAction::EndRoom => "end_room",
+            ModerationAction::GrantModerator => "grant_moderator",
+            ModerationAction::RevokeModerator => "revoke_moderator",
+        }
+    }
 }
 
 impl ClientMessage {
@@ -173,6 +225,7 @@ impl ClientMessage {
             ClientMessage::Leave {} => "leave",
             ClientMessage::Ping { .. } => "ping",
             ClientMessage::Refresh { .. } => "refresh",
+            ClientMessage::Moderate { .. } => "moderate",
         }
     }
 }
@@ -328,6 +381,36 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// The platform or a moderator changed this participant's role and permissions; tracks
+    /// no longer allowed have already stopped being forwarded. A later `refresh` keeps these.
+    PermissionsChanged {
+        /// The new role.
+        role: Role,
+        /// The new permissions.
+        permissions: Permissions,
+    },
+    /// The platform or a moderator muted one of this participant's sources: the media server
+    /// drops it. Show it as muted; the user may unmute (`unmute`) if still allowed.
+    MutedByModerator {
+        /// Which source.
+        source: TrackSource,
+    },
+    /// The platform or a moderator asks the user to unmute a source. Nothing changes unless
+    /// the user agrees (the client then sends `unmute`).
+    UnmuteRequested {
+        /// Which source.
+        source: TrackSource,
+    },
+    /// A `moderate` request was carried out.
+    Moderated {
+        /// The action.
+        action: ModerationAction,
+        /// The participant acted on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        identity: Option<Identity>,
+        /// Sessions affected.
+        sessions: u32,
+    },
 }
 
 impl ServerMessage {
@@ -350,6 +433,10 @@ impl ServerMessage {
             ServerMessage::Refreshed { .. } => "refreshed",
             ServerMessage::MediaServerLost { .. } => "media_server_lost",
             ServerMessage::Pong { .. } => "pong",
+            ServerMessage::PermissionsChanged { .. } => "permissions_changed",
+            ServerMessage::MutedByModerator { .. } => "muted_by_moderator",
+            ServerMessage::UnmuteRequested { .. } => "unmute_requested",
+            ServerMessage::Moderated { .. } => "moderated",
         }
     }
 }

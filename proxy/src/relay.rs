@@ -60,6 +60,16 @@ pub enum RelayCommand {
     ScreenShare(bool),
     /// Permissions changed after a token refresh.
     UpdateGrant(Grant),
+    /// The session's token was replaced by a refresh: the media server checks it against its
+    /// revocations.
+    Token {
+        /// `iat`.
+        issued_at: Option<i64>,
+        /// `jti`.
+        token_id: Option<String>,
+        /// `exp`.
+        expires_at: i64,
+    },
     /// The client left; the stream ends after this.
     Leave,
 }
@@ -112,6 +122,17 @@ pub enum RelayEvent {
     },
     /// Current speakers.
     VoiceActivity(Vec<Identity>),
+    /// The platform or a moderator changed this session's role and permissions.
+    PermissionsChanged {
+        /// The new role.
+        role: crate::policy::Role,
+        /// The new permissions.
+        permissions: crate::policy::Permissions,
+    },
+    /// The platform or a moderator muted one of this session's sources.
+    MutedByModerator(TrackSource),
+    /// The platform or a moderator asks this session's user to unmute a source.
+    UnmuteRequested(TrackSource),
     /// The media server refused one client message; the session continues.
     Error {
         /// The client-facing error code (`bad_sdp`, `forbidden`, ...).
@@ -150,6 +171,12 @@ pub enum RelayError {
     /// The media server refused the join.
     #[error("media server refused the join: {0}")]
     Refused(String),
+    /// The user is banned from the room.
+    #[error("{0}")]
+    Banned(String),
+    /// The token was revoked.
+    #[error("{0}")]
+    Revoked(String),
 }
 
 impl RelayError {
@@ -158,6 +185,8 @@ impl RelayError {
         match self {
             RelayError::Unavailable(_) => "media_unavailable",
             RelayError::Refused(_) => "media_refused",
+            RelayError::Banned(_) => "banned",
+            RelayError::Revoked(_) => "token_revoked",
         }
     }
 }
@@ -174,4 +203,13 @@ pub trait Relay: Send + Sync + 'static {
     fn host_health(&self) -> Option<(usize, usize, usize)> {
         None
     }
+
+    /// Room administration on the media servers, if this relay offers it.
+    fn rooms(&self) -> Option<&dyn crate::rooms::RoomControl> {
+        None
+    }
+
+    /// This tenant's webhook settings, sent to every media server the relay logs in to
+    /// (`[webhooks]`; empty `urls` turns them off). Called once, before serving.
+    fn set_webhooks(&self, _urls: Vec<String>, _secret: crate::config::Secret) {}
 }

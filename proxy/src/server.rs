@@ -1,4 +1,5 @@
-//! HTTP surface: the `/ws` upgrade, health and metrics routes.
+//! HTTP surface: the `/ws` upgrade, the room service API ([`crate::api`]), health and metrics
+//! routes.
 //!
 //! The accept loop that serves them (TLS, timeouts against slow clients, connection caps, drain) is the
 //! service kit's (`rtcd_kit::listener`); every request carries the peer address as its
@@ -32,7 +33,9 @@ pub fn public_routes(
     state: Arc<ProxyState>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let config = state.config.clone();
-    health_routes(state)
+    crate::api::routes(state.clone())
+        .or(health_routes(state))
+        .unify()
         .or(crate::dev::routes(config))
         .unify()
         .or(crate::web::routes())

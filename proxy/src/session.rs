@@ -27,11 +27,15 @@ use crate::close::CloseReason;
 use crate::config::{Config, ExpiryPolicy};
 use crate::health::Health;
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::policy::{Capability, PolicyError, TrackSource, authorize_sdp};
-use crate::protocol::{Candidate, ClientMessage, Identity, RoomName, ServerMessage, SessionId};
-use crate::relay::{
-    JoinRequest, REASON_PEER_CONNECTION_FAILED, Relay, RelayCommand, RelayEvent, RelayLink,
+use crate::policy::{Capability, Permissions, PolicyError, Role, TrackSource, authorize_sdp};
+use crate::protocol::{
+    Candidate, ClientMessage, Identity, ModerationAction, RoomName, ServerMessage, SessionId,
 };
+use crate::relay::{
+    JoinRequest, REASON_PEER_CONNECTION_FAILED, Relay, RelayCommand, RelayError, RelayEvent,
+    RelayLink,
+};
+use crate::rooms::{Action, Actor};
 
 /// How long the proxy keeps reading after sending its close frame (for the client's close
 /// frame, or the end of its byte stream), so the client reads the close code instead of a
@@ -94,6 +98,8 @@ pub struct ProxyState {
     pub shutdown: CancellationToken,
     /// TURN credentials for clients (`None` without `[turn]`).
     pub turn: Option<Arc<crate::turn::Turn>>,
+    /// Signs participant tokens for the room service API (`None` when issuing is off).
+    pub token_issuer: Option<Arc<crate::auth::api::TokenIssuer>>,
     sessions_by_user: Mutex<HashMap<(Option<String>, Identity), usize>>,
     open_connections: AtomicUsize,
     next_session: AtomicU64,
@@ -126,10 +132,17 @@ impl ProxyState {
             health,
             shutdown,
             turn: None,
+            token_issuer: None,
             sessions_by_user: Mutex::new(HashMap::new()),
             open_connections: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
         }
+    }
+
+    /// With a token issuer for the room service API (set once, before serving).
+    pub fn with_token_issuer(mut self, issuer: Option<Arc<crate::auth::api::TokenIssuer>>) -> Self {
+        self.token_issuer = issuer;
+        self
     }
 
     /// With TURN credentials for clients (set once, before serving).
@@ -234,6 +247,9 @@ struct Joined {
     media_closed: Option<String>,
     /// When the session gets new TURN credentials (`None` without `[turn]`).
     turn_refresh_at: Option<tokio::time::Instant>,
+    /// The platform or a moderator set this session's role and permissions: a refresh keeps
+    /// them instead of the new token's.
+    moderated: bool,
 }
 
 struct Session {
@@ -661,6 +677,15 @@ impl Session {
                     .observe(started.elapsed().as_secs_f64());
                 match result {
                     Ok(link) => (Some(link), None),
+                    Err(RelayError::Banned(detail)) => {
+                        tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), reason = CloseReason::Banned.label(), "join refused");
+                        return Next::Close(CloseReason::Banned, Some(detail));
+                    }
+                    Err(RelayError::Revoked(detail)) => {
+                        let e = AuthError::Revoked;
+                        tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), reason = e.reason(), "join refused");
+                        return Next::Close(CloseReason::Auth(e), Some(detail));
+                    }
                     Err(e) => (None, Some((e.code(), e.to_string()))),
                 }
             }
@@ -705,6 +730,7 @@ impl Session {
             refused_refreshes: 0,
             media_closed: None,
             turn_refresh_at,
+            moderated: false,
         });
         Next::Continue
     }
@@ -766,6 +792,17 @@ impl Session {
                 return Next::Close(CloseReason::Normal, None);
             }
             ClientMessage::Refresh { token } => return self.refresh(token).await,
+            ClientMessage::Moderate {
+                action,
+                identity,
+                source,
+                ban_seconds,
+                reason,
+            } => {
+                return self
+                    .moderate(action, identity, source, ban_seconds, reason)
+                    .await;
+            }
             ClientMessage::Offer { sdp, tracks } => match authorize_sdp(&sdp, &tracks, &perms) {
                 Ok(_) => RelayCommand::Offer { sdp, tracks },
                 Err(e) => return self.refuse(e, kind).await,
@@ -822,6 +859,131 @@ impl Session {
             ClientMessage::ScreenShareStop {} => RelayCommand::ScreenShare(false),
         };
         self.forward(command, Some(kind)).await;
+        Next::Continue
+    }
+
+    /// A moderator's action on their own room ([`crate::rooms::perform`], like the API's).
+    async fn moderate(
+        &mut self,
+        action: ModerationAction,
+        identity: Option<String>,
+        source: Option<TrackSource>,
+        ban_seconds: Option<u64>,
+        reason: Option<String>,
+    ) -> Next {
+        const KIND: &str = "moderate";
+        let grant = self.joined.as_ref().expect("joined").grant.clone();
+        if grant.role != Role::Moderator {
+            tracing::info!(target: "audit", session = %self.id, identity = %grant.identity.as_str(), room = %grant.room.as_str(), action = action.as_str(), outcome = "forbidden", "room action");
+            self.error(
+                "forbidden",
+                format!("only moderators may {}", action.as_str()),
+                Some(KIND),
+            )
+            .await;
+            return Next::Continue;
+        }
+        let target = match (action, identity) {
+            (ModerationAction::EndRoom, _) => None,
+            (_, Some(id)) if !id.is_empty() && id.len() <= 256 => Some(Identity::new(id)),
+            _ => {
+                self.error(
+                    "bad_message",
+                    format!("`{}` needs an `identity` (1-256 bytes)", action.as_str()),
+                    Some(KIND),
+                )
+                .await;
+                return Next::Continue;
+            }
+        };
+        let needs_source = matches!(
+            action,
+            ModerationAction::Mute | ModerationAction::RequestUnmute
+        );
+        if needs_source && source.is_none() {
+            self.error(
+                "bad_message",
+                format!("`{}` needs a `source`", action.as_str()),
+                Some(KIND),
+            )
+            .await;
+            return Next::Continue;
+        }
+        let config = &self.state.config;
+        let perms = &config.auth.permissions;
+        let who = || target.clone().expect("checked above");
+        let room_action = match action {
+            ModerationAction::EndRoom => Action::EndRoom,
+            ModerationAction::Kick => Action::Remove {
+                identity: who(),
+                ban_seconds: 0,
+                reason: reason.unwrap_or_default(),
+            },
+            ModerationAction::Ban => Action::Remove {
+                identity: who(),
+                ban_seconds: ban_seconds.unwrap_or(config.api.default_ban_seconds).max(1),
+                reason: reason.unwrap_or_default(),
+            },
+            ModerationAction::Mute => Action::Mute {
+                identity: who(),
+                source: source.expect("checked above"),
+            },
+            ModerationAction::RequestUnmute => Action::RequestUnmute {
+                identity: who(),
+                source: source.expect("checked above"),
+            },
+            ModerationAction::GrantModerator => Action::Update {
+                identity: who(),
+                role: Role::Moderator,
+                permissions: Permissions::from_capabilities(&perms.moderator),
+            },
+            ModerationAction::RevokeModerator => Action::Update {
+                identity: who(),
+                role: Role::Member,
+                permissions: Permissions::from_capabilities(&perms.member),
+            },
+        };
+        let Some(relay) = self.state.relay.clone() else {
+            self.error(
+                "media_unavailable",
+                "no media server is configured on this proxy".into(),
+                Some(KIND),
+            )
+            .await;
+            return Next::Continue;
+        };
+        let Some(control) = relay.rooms() else {
+            self.error(
+                "media_unavailable",
+                "this media relay offers no room administration".into(),
+                Some(KIND),
+            )
+            .await;
+            return Next::Continue;
+        };
+        let actor = Actor::Moderator {
+            identity: grant.identity.clone(),
+            session: self.id.to_string(),
+        };
+        let result = crate::rooms::perform(
+            control,
+            &actor,
+            &grant.room,
+            room_action,
+            config.api.allow_remote_unmute,
+        )
+        .await;
+        match result {
+            Ok(outcome) => {
+                self.send(ServerMessage::Moderated {
+                    action,
+                    identity: target,
+                    sessions: outcome.sessions,
+                })
+                .await;
+            }
+            Err(e) => self.error(e.code(), e.to_string(), Some(KIND)).await,
+        }
         Next::Continue
     }
 
@@ -882,12 +1044,32 @@ impl Session {
         {
             Ok(grant) => {
                 tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), kid = %grant.key_id, role = grant.role.as_str(), expires_at = grant.expires_at, "refreshed");
+                let mut grant = grant;
+                let moderated = self.joined.as_ref().is_some_and(|j| j.moderated);
+                if moderated {
+                    // A live change by the platform or a moderator outranks the token's
+                    // claims for the rest of the session: a refresh must not undo a
+                    // moderator's downgrade.
+                    grant.role = current.role;
+                    grant.permissions = current.permissions;
+                }
                 let (expires_at, permissions) = (grant.expires_at, grant.permissions);
                 if let Some(j) = self.joined.as_mut() {
                     j.grant = grant.clone();
                     j.warned = false;
                 }
-                self.forward(RelayCommand::UpdateGrant(grant), None).await;
+                self.forward(
+                    RelayCommand::Token {
+                        issued_at: grant.issued_at,
+                        token_id: grant.token_id.clone(),
+                        expires_at: grant.expires_at,
+                    },
+                    None,
+                )
+                .await;
+                if !moderated {
+                    self.forward(RelayCommand::UpdateGrant(grant), None).await;
+                }
                 self.send(ServerMessage::Refreshed {
                     expires_at,
                     permissions,
@@ -970,6 +1152,17 @@ impl Session {
                 muted,
             },
             RelayEvent::VoiceActivity(speakers) => ServerMessage::VoiceActivity { speakers },
+            RelayEvent::PermissionsChanged { role, permissions } => {
+                if let Some(j) = self.joined.as_mut() {
+                    tracing::info!(target: "audit", session = %self.id, identity = %j.grant.identity.as_str(), room = %j.grant.room.as_str(), role = role.as_str(), "permissions changed by the platform or a moderator");
+                    j.grant.role = role;
+                    j.grant.permissions = permissions;
+                    j.moderated = true;
+                }
+                ServerMessage::PermissionsChanged { role, permissions }
+            }
+            RelayEvent::MutedByModerator(source) => ServerMessage::MutedByModerator { source },
+            RelayEvent::UnmuteRequested(source) => ServerMessage::UnmuteRequested { source },
             RelayEvent::Error { code, message } => {
                 self.error(code, message, None).await;
                 return Next::Continue;
@@ -989,6 +1182,22 @@ impl Session {
         if let Some(j) = self.joined.as_mut() {
             j.link = None;
             j.media_closed = Some(reason.clone().unwrap_or_else(|| "stream lost".into()));
+        }
+        let moderated = match reason.as_deref() {
+            Some("removed") => Some((CloseReason::Removed, "you were removed from the room")),
+            Some("banned") => Some((
+                CloseReason::Banned,
+                "you were removed from the room and banned from it",
+            )),
+            Some("room ended") => Some((CloseReason::RoomEnded, "the room was ended for everyone")),
+            Some("revoked") => Some((
+                CloseReason::Auth(AuthError::Revoked),
+                "your token was revoked",
+            )),
+            _ => None,
+        };
+        if let Some((close, detail)) = moderated {
+            return Next::Close(close, Some(detail.into()));
         }
         if reason.as_deref() == Some(REASON_PEER_CONNECTION_FAILED) {
             return Next::Close(

@@ -19,6 +19,9 @@
 // <figure data-participant="IDENTITY" data-media="connecting|connected|poor">; their camera +
 // microphone play in its <video data-participant="IDENTITY"> (screen shares in a second tile,
 // <figure data-screen-of="IDENTITY">, with <video data-participant="IDENTITY" data-source="screen">).
+// A moderator (role from the token, or granted live) sees moderation buttons on every remote
+// tile (<div class="moderation"> with data-action="mute|kick|ban|grant_moderator|
+// revoke_moderator") and an "End for all" button (#end-room); body[data-role] is the role.
 // `window.rtcd` is the RtcdClient (docs/web-client.md, "Automation").
 
 import { RtcdClient, ErrorCode } from '/sdk/client.js';
@@ -153,6 +156,7 @@ function makeTile(identity, label, source) {
   const health = document.createElement('span');
   health.className = 'health';
   caption.append(name, badges, health);
+  if (source !== 'screen') caption.append(moderationButtons(identity));
   tile.append(video, avatar, caption);
   $('grid').append(tile);
   updateGrid();
@@ -225,6 +229,41 @@ function badge(text, kind) {
   return el;
 }
 
+// ---- moderation ---------------------------------------------------------------------------
+
+/** The page's client, once created (moderation buttons act through it). */
+let activeClient = null;
+
+/** Moderation buttons for a remote participant's tile; shown only to moderators (CSS). */
+function moderationButtons(identity) {
+  const box = document.createElement('div');
+  box.className = 'moderation';
+  const actions = [
+    ['mute', 'Mute', { source: 'microphone' }],
+    ['kick', 'Remove', {}],
+    ['ban', 'Ban 1 h', { banSeconds: 3600 }],
+    ['grant_moderator', 'Make moderator', {}],
+    ['revoke_moderator', 'Revoke moderator', {}],
+  ];
+  for (const [action, text, extra] of actions) {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.dataset.action = action;
+    button.textContent = text;
+    button.addEventListener('click', () => {
+      if (activeClient) activeClient.moderate(/** @type {any} */ (action), { identity, ...extra });
+    });
+    box.append(button);
+  }
+  return box;
+}
+
+/** Shows or hides the moderator's controls. @param {string} role */
+function setRole(role) {
+  body.dataset.role = role || '';
+  /** @type {HTMLButtonElement} */ ($('end-room')).hidden = role !== 'moderator';
+}
+
 // ---- controls -----------------------------------------------------------------------------
 
 /** @param {RtcdClient} client */
@@ -260,6 +299,9 @@ function wireControls(client) {
     }
   });
   $('leave').addEventListener('click', () => client.leave());
+  $('end-room').addEventListener('click', () => {
+    if (confirm('End the call for everyone?')) client.moderate('end_room');
+  });
 }
 
 /** @param {RtcdClient} client */
@@ -270,7 +312,7 @@ function localBadges(client) {
 }
 
 function setControls(enabled, permissions) {
-  for (const id of ['mic', 'camera', 'screen', 'leave']) {
+  for (const id of ['mic', 'camera', 'screen', 'leave', 'end-room']) {
     /** @type {HTMLButtonElement} */ ($(id)).disabled = !enabled;
   }
   if (enabled && permissions) {
@@ -301,7 +343,34 @@ function wireClient(client) {
     $('local-tile').querySelector('.name').textContent = `${info.name || info.identity} (you)`;
     view.problem = null;
     setControls(true, info.permissions);
+    setRole(info.role);
     render();
+  });
+  client.addEventListener('permissionschanged', (e) => {
+    setControls(true, e.detail.permissions);
+    setRole(e.detail.role);
+    localBadges(client);
+    toast(`Your role is now ${e.detail.role}; your permissions changed.`);
+  });
+  client.addEventListener('mutedbymoderator', (e) => {
+    toast(`A moderator muted your ${e.detail.source}.`);
+    const id = e.detail.source === 'camera' ? 'camera' : e.detail.source === 'microphone' ? 'mic' : null;
+    if (id) {
+      const button = /** @type {HTMLButtonElement} */ ($(id));
+      button.setAttribute('aria-pressed', 'true');
+      button.classList.add('off');
+      button.textContent = id === 'mic' ? 'Unmute' : 'Start video';
+    }
+    localBadges(client);
+  });
+  client.addEventListener('unmuterequested', (e) => {
+    if (confirm(`A moderator asks you to unmute your ${e.detail.source}. Unmute?`)) {
+      client.setMuted(e.detail.source, false);
+      localBadges(client);
+    }
+  });
+  client.addEventListener('moderated', (e) => {
+    toast(`${e.detail.action}${e.detail.identity ? ` ${e.detail.identity}` : ''}: done (${e.detail.sessions} session(s))`);
   });
   client.addEventListener('error', (e) => {
     const error = e.detail.error;
@@ -474,6 +543,7 @@ async function main() {
   const relay = params.get('relay');
   const iceTransportPolicy = relay === '1' || relay === 'true' ? 'relay' : 'all';
   const client = new RtcdClient({ room, token, getToken, iceTransportPolicy });
+  activeClient = client;
   wireClient(client);
   wireControls(client);
   // The automation entry point (docs/web-client.md): tests read `remoteTracks`,

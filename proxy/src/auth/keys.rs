@@ -138,25 +138,7 @@ impl StaticKey {
                     "a shared secret can only verify HS256, HS384 or HS512",
                 ));
             }
-            let secret = if config.secret_file.is_empty() {
-                config.secret.expose().as_bytes().to_vec()
-            } else {
-                let mut bytes = std::fs::read(&config.secret_file).map_err(|e| {
-                    field_error("secret_file", format!("{}: {e}", config.secret_file))
-                })?;
-                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    bytes.pop();
-                }
-                bytes
-            };
-            if let Some(why) = weak_secret(&secret) {
-                let field = if config.secret_file.is_empty() {
-                    "secret"
-                } else {
-                    "secret_file"
-                };
-                return Err(field_error(field, format!("an HS secret {why}")));
-            }
+            let secret = secret_bytes(config)?;
             DecodingKey::from_secret(&secret)
         };
         Ok(VerifyingKey {
@@ -165,6 +147,30 @@ impl StaticKey {
             key: Arc::new(key),
         })
     }
+}
+
+/// The shared secret of an HS `[[auth.keys]]` entry (from `secret` or `secret_file`),
+/// refused when weak. Verification and token issuing (`auth::api`) read it the same way.
+pub fn secret_bytes(config: &KeyConfig) -> Result<Vec<u8>, FieldError> {
+    let secret = if config.secret_file.is_empty() {
+        config.secret.expose().as_bytes().to_vec()
+    } else {
+        let mut bytes = std::fs::read(&config.secret_file)
+            .map_err(|e| field_error("secret_file", format!("{}: {e}", config.secret_file)))?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        bytes
+    };
+    if let Some(why) = weak_secret(&secret) {
+        let field = if config.secret_file.is_empty() {
+            "secret"
+        } else {
+            "secret_file"
+        };
+        return Err(field_error(field, format!("an HS secret {why}")));
+    }
+    Ok(secret)
 }
 
 /// Where a JWKS comes from.

@@ -7,6 +7,7 @@
 //! variant, mapped once to a WebSocket close code in [`crate::close`]. The token text is
 //! never logged.
 
+pub mod api;
 pub mod keys;
 pub mod oidc;
 
@@ -97,6 +98,16 @@ pub enum AuthError {
     /// is `deny`: the user is known to the provider but not allowed in calls.
     #[error("none of the token's roles or groups is mapped to a role on this proxy")]
     RoleUnmapped,
+    /// A server token (it has an `api` claim) presented to join a call: backend credentials
+    /// are for the room service API only, so a leaked one cannot be used to sit in a call.
+    #[error(
+        "this is a server token (`api` claim) for the room service API; join with a user's token"
+    )]
+    ServerToken,
+    /// The media server refused the token as revoked (an identity cut-off after it was issued,
+    /// or its `jti` on the deny-list).
+    #[error("token revoked")]
+    Revoked,
 }
 
 impl AuthError {
@@ -120,6 +131,8 @@ impl AuthError {
             AuthError::MissingClaim(_) => "token_missing_claim",
             AuthError::IdentityMismatch => "token_identity_mismatch",
             AuthError::RoleUnmapped => "token_role_unmapped",
+            AuthError::ServerToken => "token_is_server_token",
+            AuthError::Revoked => "token_revoked",
         }
     }
 }
@@ -143,6 +156,10 @@ pub struct Grant {
     pub expires_at: i64,
     /// The `kid` that verified it (for audit logs; never the token).
     pub key_id: String,
+    /// `iat`, if the token has one: rtcd compares it with the identity's revocation cut-off.
+    pub issued_at: Option<i64>,
+    /// `jti`, if the token has one: rtcd checks it against the revoked-token list.
+    pub token_id: Option<String>,
 }
 
 /// `aud` and `room` may be one string or a list.
@@ -216,6 +233,9 @@ struct Claims {
     name: Option<String>,
     context: Option<Context>,
     permissions: Option<BTreeMap<Capability, bool>>,
+    jti: Option<String>,
+    /// Present only in server tokens, which are refused here.
+    api: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,8 +322,9 @@ impl Verifier {
         &self.rules
     }
 
-    /// Checks `token` for `room` at Unix time `now`.
-    pub async fn verify(&self, token: &str, room: &RoomName, now: i64) -> Result<Grant, AuthError> {
+    /// Size, header shape, `alg` (never `none`) and `crit` checks every token passes before
+    /// any key is looked up; returns the parsed header and algorithm.
+    fn check_header(&self, token: &str) -> Result<(JoseHeader, Algorithm), AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -328,6 +349,12 @@ impl Verifier {
                 "unsupported critical header parameters".into(),
             ));
         }
+        Ok((header, alg))
+    }
+
+    /// Checks `token` for `room` at Unix time `now`.
+    pub async fn verify(&self, token: &str, room: &RoomName, now: i64) -> Result<Grant, AuthError> {
+        let (header, alg) = self.check_header(token)?;
         if let Some(oidc) = &self.oidc
             && unverified_issuer(token).as_deref() == Some(oidc.issuer())
         {
@@ -344,7 +371,33 @@ impl Verifier {
         }
         let key = self.keys.find(header.kid.as_deref()).await?;
         let claims: Claims = decode(token, &key, alg)?;
+        if claims.api.is_some() {
+            return Err(AuthError::ServerToken);
+        }
         self.check_claims(claims, room, now, key.kid)
+    }
+
+    /// Checks `iss` and `aud` against the accepted lists (`"*"` accepts any).
+    fn check_issuer_audience(
+        &self,
+        iss: Option<&str>,
+        aud: Option<&OneOrMany>,
+    ) -> Result<(), AuthError> {
+        let rules = &self.rules;
+        let any = |list: &[String]| list.iter().any(|v| v == "*");
+        if !any(&rules.issuers) {
+            let iss = iss.ok_or(AuthError::WrongIssuer)?;
+            if !rules.issuers.iter().any(|i| i == iss) {
+                return Err(AuthError::WrongIssuer);
+            }
+        }
+        if !any(&rules.audiences) {
+            let aud = aud.ok_or(AuthError::WrongAudience)?;
+            if !aud.iter().any(|a| rules.audiences.iter().any(|r| r == a)) {
+                return Err(AuthError::WrongAudience);
+            }
+        }
+        Ok(())
     }
 
     fn check_claims(
@@ -358,20 +411,15 @@ impl Verifier {
         let exp = numeric_date("exp", claims.exp)?.ok_or(AuthError::MissingClaim("exp".into()))?;
         let nbf = numeric_date("nbf", claims.nbf)?;
         let iat = numeric_date("iat", claims.iat)?;
-        check_lifetime(rules, exp, nbf, iat, now)?;
-        let any = |list: &[String]| list.iter().any(|v| v == "*");
-        if !any(&rules.issuers) {
-            let iss = claims.iss.as_deref().ok_or(AuthError::WrongIssuer)?;
-            if !rules.issuers.iter().any(|i| i == iss) {
-                return Err(AuthError::WrongIssuer);
-            }
-        }
-        if !any(&rules.audiences) {
-            let aud = claims.aud.as_ref().ok_or(AuthError::WrongAudience)?;
-            if !aud.iter().any(|a| rules.audiences.iter().any(|r| r == a)) {
-                return Err(AuthError::WrongAudience);
-            }
-        }
+        check_lifetime(
+            rules.leeway_seconds,
+            rules.max_lifetime_seconds,
+            exp,
+            nbf,
+            iat,
+            now,
+        )?;
+        self.check_issuer_audience(claims.iss.as_deref(), claims.aud.as_ref())?;
         let rooms = claims
             .room
             .as_ref()
@@ -395,7 +443,7 @@ impl Verifier {
                 (false, _) => return Err(AuthError::WrongRoom),
             }
         }
-        self.finish(claims, room, exp, key_id)
+        self.finish(claims, room, exp, iat, key_id)
     }
 
     fn finish(
@@ -403,8 +451,15 @@ impl Verifier {
         claims: Claims,
         room: &RoomName,
         exp: i64,
+        iat: Option<i64>,
         key_id: String,
     ) -> Result<Grant, AuthError> {
+        let token_id = match claims.jti {
+            Some(j) if j.is_empty() || j.len() > 128 => {
+                return Err(AuthError::Malformed("`jti` must be 1-128 bytes".into()));
+            }
+            j => j,
+        };
         let user = claims.context.and_then(|c| c.user).unwrap_or_default();
         let bounded = |what: &str, v: String| check_claim_length(what, &v).map(|()| v);
         let (identity, tenant) = match (user.id, claims.sub) {
@@ -443,6 +498,8 @@ impl Verifier {
             permissions,
             expires_at: exp,
             key_id,
+            issued_at: iat,
+            token_id,
         })
     }
 
@@ -470,13 +527,14 @@ impl Verifier {
 /// long-lived (4108). Without `iat` we cannot know when the token was minted, so the cap
 /// bounds what is left of it, which is what it protects (how long a leaked token works).
 fn check_lifetime(
-    rules: &AuthConfig,
+    leeway_seconds: u64,
+    max_lifetime_seconds: u64,
     exp: i64,
     nbf: Option<i64>,
     iat: Option<i64>,
     now: i64,
 ) -> Result<(), AuthError> {
-    let leeway = rules.leeway_seconds as i64;
+    let leeway = leeway_seconds as i64;
     if now > exp + leeway {
         return Err(AuthError::Expired { ago: now - exp });
     }
@@ -489,10 +547,10 @@ fn check_lifetime(
     }
     let start = iat.unwrap_or(now);
     let lifetime = exp - start;
-    if lifetime > rules.max_lifetime_seconds as i64 {
+    if lifetime > max_lifetime_seconds as i64 {
         return Err(AuthError::TooLongLived {
             lifetime,
-            max: rules.max_lifetime_seconds,
+            max: max_lifetime_seconds,
         });
     }
     Ok(())

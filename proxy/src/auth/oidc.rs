@@ -280,7 +280,15 @@ impl OidcProvider {
             Some(v) => super::numeric_date(name, Some(v.as_f64().unwrap_or(f64::NAN))),
         };
         let exp = date("exp")?.ok_or(AuthError::MissingClaim("exp".into()))?;
-        check_lifetime(rules, exp, date("nbf")?, date("iat")?, now)?;
+        let iat = date("iat")?;
+        check_lifetime(
+            rules.leeway_seconds,
+            rules.max_lifetime_seconds,
+            exp,
+            date("nbf")?,
+            iat,
+            now,
+        )?;
         if claims.get("iss").and_then(Value::as_str) != Some(c.issuer.as_str()) {
             return Err(AuthError::WrongIssuer);
         }
@@ -325,6 +333,12 @@ impl OidcProvider {
             permissions,
             expires_at: exp,
             key_id,
+            issued_at: iat,
+            token_id: claims
+                .get("jti")
+                .and_then(Value::as_str)
+                .filter(|j| !j.is_empty() && j.len() <= 128)
+                .map(str::to_owned),
         })
     }
 

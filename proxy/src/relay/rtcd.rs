@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rtcd_proto::v1 as pb;
+use rtcd_proto::v1::rooms_client::RoomsClient;
 use rtcd_proto::v1::signaling_client::SignalingClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,8 +37,12 @@ use super::{
 };
 use crate::config::RtcdConfig;
 use crate::placement::{HostHealth, HostSet};
-use crate::policy::TrackSource;
-use crate::protocol::{Candidate, Identity, Participant};
+use crate::policy::{Permissions, Role, TrackSource};
+use crate::protocol::{Candidate, Identity, Participant, RoomName};
+use crate::rooms::{
+    BanInfo, ControlError, ParticipantInfo, Revocation, RoomControl, RoomDetail, RoomSummary,
+    TrackInfo,
+};
 
 /// How long opening a stream and receiving `Joined` may take.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,6 +97,8 @@ pub struct RtcdRelay {
     /// Host key (`ip:grpc_port`, identical on every replica) -> the host.
     channels: Mutex<HashMap<String, Arc<Host>>>,
     logins: tokio::sync::Mutex<HashMap<String, Login>>,
+    /// `[webhooks]`: sent to every host after each login and when a host becomes ready.
+    webhooks: Mutex<Option<pb::ConfigureWebhooksRequest>>,
 }
 
 impl RtcdRelay {
@@ -174,6 +181,7 @@ impl RtcdRelay {
             hosts: HostSet::default(),
             channels: Mutex::new(HashMap::new()),
             logins: tokio::sync::Mutex::new(HashMap::new()),
+            webhooks: Mutex::new(None),
         });
         relay.refresh_hosts(&discoveries).await;
         relay.probe().await;
@@ -337,6 +345,11 @@ impl RtcdRelay {
         for (key, health) in futures_util::future::join_all(probes).await {
             if self.hosts.set_health(&key, health) {
                 tracing::info!(host = %key, ?health, "rtcd host health changed");
+                if health == HostHealth::Ready {
+                    // A host that comes (back) up may be a restarted rtcd, which keeps webhook
+                    // settings in memory only.
+                    self.push_webhooks(&key).await;
+                }
             }
         }
     }
@@ -390,7 +403,118 @@ impl RtcdRelay {
                 renew_at,
             },
         );
+        drop(logins);
+        // Every login may follow an rtcd restart, and rtcd keeps webhook settings in memory
+        // only: send them before any session of ours can produce an event there.
+        self.send_webhooks(key, host, &token).await;
         Ok(token)
+    }
+
+    /// Sends `[webhooks]` to the host at `key` (logging in if needed).
+    async fn push_webhooks(&self, key: &str) {
+        if self.webhooks_request().is_none() {
+            return;
+        }
+        let host = self
+            .channels
+            .lock()
+            .expect("channel map lock is never poisoned")
+            .get(key)
+            .cloned();
+        if let Some(host) = host {
+            // `token` sends them after a fresh login; with a cached token send them here.
+            if let Ok(token) = self.token(key, &host, false).await {
+                self.send_webhooks(key, &host, &token).await;
+            }
+        }
+    }
+
+    fn webhooks_request(&self) -> Option<pb::ConfigureWebhooksRequest> {
+        self.webhooks
+            .lock()
+            .expect("webhook settings lock is never poisoned")
+            .clone()
+    }
+
+    async fn send_webhooks(&self, key: &str, host: &Host, token: &str) {
+        let Some(request) = self.webhooks_request() else {
+            return;
+        };
+        let mut client = RoomsClient::new(host.channel.clone());
+        match client.configure_webhooks(authed(token, request)).await {
+            Ok(_) => tracing::debug!(host = %key, "webhook settings sent"),
+            // The secret is never in the status text: rtcd's messages name the URL or rule.
+            Err(status) => {
+                tracing::warn!(host = %key, code = ?status.code(), error = %status.message(), "rtcd refused this proxy's [webhooks] settings; room events from it are not delivered")
+            }
+        }
+    }
+
+    /// The host `room` is placed on.
+    fn host_for(&self, room: &str) -> Result<(String, Arc<Host>), ControlError> {
+        let key = self
+            .hosts
+            .place(room)
+            .ok_or_else(|| ControlError::Unavailable("no media server is ready".into()))?;
+        let host = self
+            .channels
+            .lock()
+            .expect("channel map lock is never poisoned")
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ControlError::Unavailable("media server went away".into()))?;
+        Ok((key, host))
+    }
+
+    /// Every known host (`ready_only`: only those that answer `/readyz`).
+    fn all_hosts(&self, ready_only: bool) -> Vec<(String, Arc<Host>)> {
+        let channels = self
+            .channels
+            .lock()
+            .expect("channel map lock is never poisoned");
+        self.hosts
+            .snapshot()
+            .into_iter()
+            .filter(|(_, h)| !ready_only || *h == HostHealth::Ready)
+            .filter_map(|(k, _)| channels.get(&k).map(|h| (k, h.clone())))
+            .collect()
+    }
+
+    /// One `rtcd.v1.Rooms` call on a host with this proxy's bearer token, logging in again
+    /// once if rtcd no longer knows the token.
+    async fn rooms_call<Req, Resp, F, Fut>(
+        &self,
+        key: &str,
+        host: &Host,
+        request: Req,
+        call: F,
+    ) -> Result<Resp, ControlError>
+    where
+        Req: Clone,
+        F: Fn(RoomsClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let mut renew = false;
+        loop {
+            let token = self
+                .token(key, host, renew)
+                .await
+                .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+            let client = RoomsClient::new(host.channel.clone());
+            let result =
+                tokio::time::timeout(JOIN_TIMEOUT, call(client, authed(&token, request.clone())))
+                    .await
+                    .map_err(|_| {
+                        ControlError::Unavailable("the media server did not answer in time".into())
+                    })?;
+            match result {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if status.code() == tonic::Code::Unauthenticated && !renew => {
+                    renew = true;
+                }
+                Err(status) => return Err(control_error(&status)),
+            }
+        }
     }
 
     async fn open(&self, request: &JoinRequest) -> Result<RelayLink, RelayError> {
@@ -414,14 +538,13 @@ impl RtcdRelay {
                 session_id: session_id.clone(),
                 user_id: grant.identity.as_str().to_owned(),
                 display_name: grant.name.clone().unwrap_or_default(),
-                permissions: Some(pb::Permissions {
-                    publish_audio: grant.permissions.publish_audio,
-                    publish_video: grant.permissions.publish_video,
-                    publish_screen: grant.permissions.publish_screen,
-                    subscribe: grant.permissions.subscribe,
-                }),
+                permissions: Some(permissions_to_pb(&grant.permissions)),
                 role: grant.role.as_str().to_owned(),
-                token: None,
+                token: Some(pb::TokenInfo {
+                    issued_at: grant.issued_at.unwrap_or(0),
+                    token_id: grant.token_id.clone().unwrap_or_default(),
+                    expires_at: grant.expires_at,
+                }),
             })),
         };
         let mut renew = false;
@@ -486,9 +609,309 @@ impl RtcdRelay {
     }
 }
 
+/// A request with the bearer token as `authorization` metadata.
+fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// An rtcd status from a `Rooms` call as the proxy's error.
+fn control_error(status: &tonic::Status) -> ControlError {
+    use tonic::Code;
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::NotFound => ControlError::NotFound(message),
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+            ControlError::Invalid(message)
+        }
+        Code::PermissionDenied => ControlError::Forbidden(message),
+        code => ControlError::Unavailable(format!("{code:?}: {message}")),
+    }
+}
+
+fn participant_from(p: pb::ParticipantInfo) -> ParticipantInfo {
+    ParticipantInfo {
+        session_id: p.session_id,
+        identity: p.user_id,
+        name: p.display_name,
+        role: p.role,
+        permissions: permissions_from_pb(p.permissions),
+        joined_at_ms: p.joined_at_ms,
+        tracks: p
+            .tracks
+            .into_iter()
+            .filter_map(|t| {
+                Some(TrackInfo {
+                    source: source_of(t.kind())?,
+                    track_id: t.track_id,
+                    muted: t.muted,
+                })
+            })
+            .collect(),
+    }
+}
+
+impl RoomControl for RtcdRelay {
+    fn list_rooms(&self) -> BoxFuture<'_, Result<Vec<RoomSummary>, ControlError>> {
+        Box::pin(async move {
+            let hosts = self.all_hosts(true);
+            let calls = hosts.iter().map(|(key, host)| {
+                self.rooms_call(key, host, pb::ListRoomsRequest {}, |mut c, r| async move {
+                    c.list_rooms(r).await
+                })
+            });
+            let mut rooms = Vec::new();
+            for result in futures_util::future::join_all(calls).await {
+                for r in result?.rooms {
+                    rooms.push(RoomSummary {
+                        name: r.call_id,
+                        created_at_ms: r.created_at_ms,
+                        participant_count: r.participant_count,
+                    });
+                }
+            }
+            rooms.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(rooms)
+        })
+    }
+
+    fn get_room<'a>(
+        &'a self,
+        room: &'a RoomName,
+    ) -> BoxFuture<'a, Result<RoomDetail, ControlError>> {
+        Box::pin(async move {
+            let (key, host) = self.host_for(room.as_str())?;
+            let request = pb::GetRoomRequest {
+                call_id: room.as_str().to_owned(),
+            };
+            let r = self
+                .rooms_call(&key, &host, request, |mut c, r| async move {
+                    c.get_room(r).await
+                })
+                .await?;
+            Ok(RoomDetail {
+                name: r.call_id,
+                created_at_ms: r.created_at_ms,
+                participant_count: r.participant_count,
+                participants: r.participants.into_iter().map(participant_from).collect(),
+            })
+        })
+    }
+
+    fn remove<'a>(
+        &'a self,
+        room: &'a RoomName,
+        identity: &'a Identity,
+        ban_seconds: u64,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(u32, Option<i64>), ControlError>> {
+        Box::pin(async move {
+            let (key, host) = self.host_for(room.as_str())?;
+            let request = pb::RemoveParticipantRequest {
+                call_id: room.as_str().to_owned(),
+                user_id: identity.as_str().to_owned(),
+                ban_seconds,
+                reason: reason.to_owned(),
+            };
+            let r = self
+                .rooms_call(&key, &host, request, |mut c, r| async move {
+                    c.remove_participant(r).await
+                })
+                .await?;
+            Ok((
+                r.sessions_closed,
+                (r.banned_until > 0).then_some(r.banned_until),
+            ))
+        })
+    }
+
+    fn mute<'a>(
+        &'a self,
+        room: &'a RoomName,
+        identity: &'a Identity,
+        source: TrackSource,
+        request_unmute: bool,
+    ) -> BoxFuture<'a, Result<u32, ControlError>> {
+        Box::pin(async move {
+            let (key, host) = self.host_for(room.as_str())?;
+            let request = pb::MuteTrackRequest {
+                call_id: room.as_str().to_owned(),
+                user_id: identity.as_str().to_owned(),
+                kind: kind_of(source) as i32,
+            };
+            let r = if request_unmute {
+                self.rooms_call(&key, &host, request, |mut c, r| async move {
+                    c.request_unmute(r).await
+                })
+                .await?
+            } else {
+                self.rooms_call(&key, &host, request, |mut c, r| async move {
+                    c.mute_track(r).await
+                })
+                .await?
+            };
+            Ok(r.sessions)
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        room: &'a RoomName,
+        identity: &'a Identity,
+        role: Role,
+        permissions: Permissions,
+    ) -> BoxFuture<'a, Result<u32, ControlError>> {
+        Box::pin(async move {
+            let (key, host) = self.host_for(room.as_str())?;
+            let request = pb::UpdateParticipantRequest {
+                call_id: room.as_str().to_owned(),
+                user_id: identity.as_str().to_owned(),
+                role: role.as_str().to_owned(),
+                permissions: Some(permissions_to_pb(&permissions)),
+            };
+            let r = self
+                .rooms_call(&key, &host, request, |mut c, r| async move {
+                    c.update_participant(r).await
+                })
+                .await?;
+            Ok(r.sessions)
+        })
+    }
+
+    fn end<'a>(&'a self, room: &'a RoomName) -> BoxFuture<'a, Result<u32, ControlError>> {
+        Box::pin(async move {
+            let (key, host) = self.host_for(room.as_str())?;
+            let request = pb::EndRoomRequest {
+                call_id: room.as_str().to_owned(),
+            };
+            let r = self
+                .rooms_call(&key, &host, request, |mut c, r| async move {
+                    c.end_room(r).await
+                })
+                .await?;
+            Ok(r.sessions_closed)
+        })
+    }
+
+    fn bans<'a>(&'a self, room: &'a RoomName) -> BoxFuture<'a, Result<Vec<BanInfo>, ControlError>> {
+        Box::pin(async move {
+            let (key, host) = self.host_for(room.as_str())?;
+            let request = pb::ListBansRequest {
+                call_id: room.as_str().to_owned(),
+            };
+            let r = self
+                .rooms_call(&key, &host, request, |mut c, r| async move {
+                    c.list_bans(r).await
+                })
+                .await?;
+            Ok(r.bans
+                .into_iter()
+                .map(|b| BanInfo {
+                    room: b.call_id,
+                    identity: b.user_id,
+                    until: b.until,
+                    reason: b.reason,
+                    created_at: b.created_at,
+                })
+                .collect())
+        })
+    }
+
+    fn unban<'a>(
+        &'a self,
+        room: &'a RoomName,
+        identity: &'a Identity,
+    ) -> BoxFuture<'a, Result<(), ControlError>> {
+        Box::pin(async move {
+            let (key, host) = self.host_for(room.as_str())?;
+            let request = pb::UnbanRequest {
+                call_id: room.as_str().to_owned(),
+                user_id: identity.as_str().to_owned(),
+            };
+            self.rooms_call(
+                &key,
+                &host,
+                request,
+                |mut c, r| async move { c.unban(r).await },
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        revocation: &'a Revocation,
+    ) -> BoxFuture<'a, Result<u32, ControlError>> {
+        Box::pin(async move {
+            let request = pb::RevokeRequest {
+                user_id: revocation.identity.clone().unwrap_or_default(),
+                issued_before: revocation.issued_before.unwrap_or(0),
+                token_id: revocation.token_id.clone().unwrap_or_default(),
+                token_expires_at: revocation.token_expires_at.unwrap_or(0),
+            };
+            // Every known host, ready or not: a revocation must hold wherever the user joins
+            // next. A host that cannot take it makes the whole call fail (it is idempotent:
+            // the backend retries).
+            let hosts = self.all_hosts(false);
+            if hosts.is_empty() {
+                return Err(ControlError::Unavailable("no media server is known".into()));
+            }
+            let calls = hosts.iter().map(|(key, host)| {
+                self.rooms_call(key, host, request.clone(), |mut c, r| async move {
+                    c.revoke(r).await
+                })
+            });
+            let mut closed = 0;
+            let mut failed = Vec::new();
+            for ((key, _), result) in hosts
+                .iter()
+                .zip(futures_util::future::join_all(calls).await)
+            {
+                match result {
+                    Ok(r) => closed += r.sessions_closed,
+                    Err(ControlError::Unavailable(e)) => failed.push(format!("{key}: {e}")),
+                    Err(e) => return Err(e),
+                }
+            }
+            if !failed.is_empty() {
+                return Err(ControlError::Unavailable(format!(
+                    "stored on {} of {} media servers; retry (failed: {})",
+                    hosts.len() - failed.len(),
+                    hosts.len(),
+                    failed.join("; ")
+                )));
+            }
+            Ok(closed)
+        })
+    }
+}
+
 impl Relay for RtcdRelay {
     fn join(&self, request: JoinRequest) -> BoxFuture<'_, Result<RelayLink, RelayError>> {
         Box::pin(async move { self.open(&request).await })
+    }
+
+    fn rooms(&self) -> Option<&dyn RoomControl> {
+        Some(self)
+    }
+
+    fn set_webhooks(&self, urls: Vec<String>, secret: crate::config::Secret) {
+        *self
+            .webhooks
+            .lock()
+            .expect("webhook settings lock is never poisoned") =
+            Some(pb::ConfigureWebhooksRequest {
+                secret: if urls.is_empty() {
+                    String::new()
+                } else {
+                    secret.expose().to_owned()
+                },
+                urls,
+            });
     }
 
     fn host_health(&self) -> Option<(usize, usize, usize)> {
@@ -517,6 +940,15 @@ struct Discovery {
 
 fn status_to_error(status: &tonic::Status) -> RelayError {
     use tonic::Code;
+    let message = status.message();
+    if status.code() == Code::PermissionDenied {
+        if message.starts_with("banned") {
+            return RelayError::Banned(message.to_owned());
+        }
+        if message.starts_with("revoked") {
+            return RelayError::Revoked(message.to_owned());
+        }
+    }
     match status.code() {
         Code::InvalidArgument
         | Code::PermissionDenied
@@ -732,10 +1164,18 @@ impl EventTranslator {
                 },
                 None => return Vec::new(),
             },
-            // Moderation events: relayed once the proxy side of issue 12 lands.
-            Signal::PermissionsChanged(_)
-            | Signal::MutedByModerator(_)
-            | Signal::UnmuteRequested(_) => return Vec::new(),
+            Signal::PermissionsChanged(p) => RelayEvent::PermissionsChanged {
+                role: role_from(&p.role),
+                permissions: permissions_from_pb(p.permissions),
+            },
+            Signal::MutedByModerator(m) => match source_of(m.kind()) {
+                Some(source) => RelayEvent::MutedByModerator(source),
+                None => return Vec::new(),
+            },
+            Signal::UnmuteRequested(m) => match source_of(m.kind()) {
+                Some(source) => RelayEvent::UnmuteRequested(source),
+                None => return Vec::new(),
+            },
             Signal::Error(e) => RelayEvent::Error {
                 code: error_label(e.code),
                 message: e.message,
@@ -775,14 +1215,51 @@ fn translate_command(command: RelayCommand) -> Option<pb::client_signal::Signal>
             on: false,
             track_id: String::new(),
         }),
-        RelayCommand::UpdateGrant(grant) => Signal::UpdatePermissions(pb::Permissions {
-            publish_audio: grant.permissions.publish_audio,
-            publish_video: grant.permissions.publish_video,
-            publish_screen: grant.permissions.publish_screen,
-            subscribe: grant.permissions.subscribe,
+        RelayCommand::UpdateGrant(grant) => {
+            Signal::UpdatePermissions(permissions_to_pb(&grant.permissions))
+        }
+        RelayCommand::Token {
+            issued_at,
+            token_id,
+            expires_at,
+        } => Signal::Token(pb::TokenInfo {
+            issued_at: issued_at.unwrap_or(0),
+            token_id: token_id.unwrap_or_default(),
+            expires_at,
         }),
         RelayCommand::Leave => Signal::Leave(pb::Leave {}),
     })
+}
+
+/// Permissions as rtcd.v1 carries them.
+fn permissions_to_pb(p: &Permissions) -> pb::Permissions {
+    pb::Permissions {
+        publish_audio: p.publish_audio,
+        publish_video: p.publish_video,
+        publish_screen: p.publish_screen,
+        subscribe: p.subscribe,
+    }
+}
+
+/// rtcd.v1 permissions as the proxy's.
+fn permissions_from_pb(p: Option<pb::Permissions>) -> Permissions {
+    let p = p.unwrap_or_default();
+    Permissions {
+        publish_audio: p.publish_audio,
+        publish_video: p.publish_video,
+        publish_screen: p.publish_screen,
+        subscribe: p.subscribe,
+    }
+}
+
+/// A role name from rtcd (as the proxy sent it at join or in an update); unknown names are
+/// read as the least privileged role.
+fn role_from(name: &str) -> Role {
+    match name {
+        "moderator" => Role::Moderator,
+        "member" => Role::Member,
+        _ => Role::Guest,
+    }
 }
 
 /// The rtcd kind of a client source.
@@ -903,6 +1380,8 @@ mod tests {
                 subscribe: true,
             },
             expires_at: 0,
+            issued_at: None,
+            token_id: None,
             key_id: String::new(),
         };
         assert_eq!(

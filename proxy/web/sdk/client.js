@@ -53,6 +53,9 @@ export const CloseCode = Object.freeze({
   media_server_lost: 4008,
   slow_client: 4009,
   media_connection_failed: 4010,
+  removed: 4011,
+  banned: 4012,
+  room_ended: 4013,
   token_missing: 4100,
   token_malformed: 4101,
   token_too_large: 4102,
@@ -70,6 +73,8 @@ export const CloseCode = Object.freeze({
   token_identity_mismatch: 4114,
   keys_unavailable: 4115,
   token_role_unmapped: 4116,
+  token_is_server_token: 4117,
+  token_revoked: 4118,
 });
 
 /**
@@ -97,6 +102,21 @@ export const ErrorCode = Object.freeze({
   negotiation_failed: 'negotiation_failed',
   /** The browser refused the TURN servers of an `ice_servers` message (setConfiguration). */
   ice_servers_rejected: 'ice_servers_rejected',
+  /** (`moderate`) the identity has no session in the room. */
+  not_found: 'not_found',
+  /** (`moderate`) a malformed request, e.g. a ban longer than a year. */
+  bad_request: 'bad_request',
+});
+
+/** What a moderator can do from inside the call (`moderate`, docs/protocol.md section 5a). */
+export const ModerationAction = Object.freeze({
+  kick: 'kick',
+  ban: 'ban',
+  mute: 'mute',
+  request_unmute: 'request_unmute',
+  end_room: 'end_room',
+  grant_moderator: 'grant_moderator',
+  revoke_moderator: 'revoke_moderator',
 });
 
 /** The label of a close code, e.g. 4106 -> `token_expired` (unknown codes: `close_<code>`). */
@@ -417,6 +437,21 @@ export class RtcdClient extends EventTarget {
     this._sendRelayed({ type: muted ? 'mute' : 'unmute', source });
   }
 
+  /**
+   * A moderator's action on this room (moderators only; others get an `error` `forbidden`).
+   * The outcome arrives as a `moderated` event, or an `error` event with `request: 'moderate'`.
+   * @param {keyof typeof ModerationAction} action
+   * @param {{identity?: string, source?: TrackSource, banSeconds?: number, reason?: string}} [target]
+   */
+  moderate(action, target = {}) {
+    const m = { type: 'moderate', action };
+    if (target.identity !== undefined) m.identity = target.identity;
+    if (target.source !== undefined) m.source = target.source;
+    if (target.banSeconds !== undefined) m.ban_seconds = target.banSeconds;
+    if (target.reason !== undefined) m.reason = target.reason;
+    this._send(m);
+  }
+
   /** Leaves the room: tells the proxy, stops local tracks, closes everything. */
   leave() {
     this._leaving = true;
@@ -673,6 +708,27 @@ export class RtcdClient extends EventTarget {
         this._emit('refreshed', { expiresAt: m.expires_at, permissions: m.permissions });
         return;
       case 'ice_servers': return this._onIceServers(m.ice_servers, m.expires_at);
+      case 'permissions_changed':
+        if (this.session) Object.assign(this.session, { role: m.role, permissions: m.permissions });
+        // Sources no longer allowed are stopped here too: the media server already drops them.
+        for (const [source, cap] of [['microphone', 'publish_audio'], ['camera', 'publish_video'], ['screen', 'publish_screen'], ['screen_audio', 'publish_screen']]) {
+          if (m.permissions && m.permissions[cap] === false && this.localTracks.has(source)) this._removeLocal(source);
+        }
+        this._emit('permissionschanged', { role: m.role, permissions: m.permissions });
+        return;
+      case 'muted_by_moderator': {
+        const track = this.localTracks.get(m.source);
+        if (track) track.enabled = false;
+        this.muted.add(m.source);
+        this._emit('mutedbymoderator', { source: m.source });
+        return;
+      }
+      case 'unmute_requested':
+        this._emit('unmuterequested', { source: m.source });
+        return;
+      case 'moderated':
+        this._emit('moderated', { action: m.action, identity: m.identity, sessions: m.sessions });
+        return;
       case 'answer': return this._onAnswer(m);
       case 'negotiation_needed':
         this._need = { audio: Number(m.audio) || 0, video: Number(m.video) || 0 };

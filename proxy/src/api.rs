@@ -1,0 +1,602 @@
+//! The room service API: HTTP + JSON under `/api/v1/` on the public listener, for the
+//! platform's backend (docs/api.md; docs/openapi.json is the machine-readable contract and
+//! [`ROUTES`] is kept equal to it by a test).
+//!
+//! Every request carries `Authorization: Bearer <server token>` ([`crate::auth::api`]): a
+//! short-lived JWT signed with a platform key whose `api` claim grants scopes. Actions go
+//! through [`crate::rooms::perform`] (the same code in-call moderators use, with its audit
+//! line) to the rtcd hosting the room; nothing here holds room state, so any replica serves
+//! any request. Errors are the proxy's one HTTP error shape plus a stable `reason`:
+//! `{"code": "404", "error": "<message>", "reason": "not_found"}`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rtcd_kit::listener::PeerAddr;
+use rtcd_kit::rate::AddrKey;
+use serde::Deserialize;
+use serde_json::json;
+use warp::http::{Method, StatusCode};
+use warp::{Filter, Rejection, Reply};
+
+use crate::auth::api::{ApiAuthError, ApiGrant, Scope, TokenIssuer, TokenRequest};
+use crate::auth::{AuthError, unix_now};
+use crate::policy::{Permissions, Role, TrackSource};
+use crate::protocol::{Identity, RoomName};
+use crate::rooms::{Action, Actor, ControlError, Revocation, RoomControl};
+use crate::session::ProxyState;
+
+/// Every route: (method, path template). docs/openapi.json and docs/api.md list exactly these
+/// (a test checks both).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/rooms"),
+    ("GET", "/api/v1/rooms/{room}"),
+    ("POST", "/api/v1/rooms/{room}/end"),
+    ("POST", "/api/v1/rooms/{room}/participants/remove"),
+    ("POST", "/api/v1/rooms/{room}/participants/mute"),
+    ("POST", "/api/v1/rooms/{room}/participants/request_unmute"),
+    ("POST", "/api/v1/rooms/{room}/participants/update"),
+    ("GET", "/api/v1/rooms/{room}/bans"),
+    ("POST", "/api/v1/rooms/{room}/bans/lift"),
+    ("POST", "/api/v1/rooms/{room}/tokens"),
+    ("POST", "/api/v1/revocations"),
+];
+
+/// A refused request: status, stable reason, message.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn into_response(self) -> warp::reply::Response {
+        let body = json!({
+            "code": self.status.as_u16().to_string(),
+            "error": self.message,
+            "reason": self.reason,
+        });
+        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let status = match e {
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<ApiAuthError> for ApiError {
+    fn from(e: ApiAuthError) -> Self {
+        let status = match e {
+            ApiAuthError::Token(AuthError::KeysUnavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+/// The API's routes (none when `api.enabled` is off).
+pub fn routes(
+    state: Arc<ProxyState>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let enabled = state.config.api.enabled;
+    let max_body = state.config.api.max_body_bytes as u64;
+    let issuer = state.token_issuer.clone();
+    let context = warp::any().map(move || (state.clone(), issuer.clone()));
+    let common = warp::path("api")
+        .and(warp::path("v1"))
+        .and_then(move || async move {
+            if enabled {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+        .and(warp::path::tail())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::ext::optional::<PeerAddr>())
+        .and(context);
+    let get = common
+        .clone()
+        .and(warp::get())
+        .then(|tail, auth, peer, ctx| handle(Method::GET, tail, auth, peer, ctx, None));
+    let post = common
+        .and(warp::post())
+        .and(warp::body::content_length_limit(max_body))
+        .and(warp::body::bytes())
+        .then(|tail, auth, peer, ctx, body: bytes::Bytes| {
+            handle(Method::POST, tail, auth, peer, ctx, Some(body))
+        });
+    get.or(post)
+        .unify()
+        .recover(move |r: Rejection| async move { body_rejection(r, max_body) })
+        .unify()
+}
+
+/// Rejections the API filters produce (body too large, no length, wrong method) in the API's
+/// error shape; anything else falls through to the proxy's other routes.
+fn body_rejection(rejection: Rejection, max_body: u64) -> Result<warp::reply::Response, Rejection> {
+    if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        return Ok(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are limited to {max_body} bytes"),
+        )
+        .into_response());
+    }
+    if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        return Ok(ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send a Content-Length header",
+        )
+        .into_response());
+    }
+    if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        return Ok(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "see docs/api.md for each route's method",
+        )
+        .into_response());
+    }
+    Err(rejection)
+}
+
+type Context = (Arc<ProxyState>, Option<Arc<TokenIssuer>>);
+
+async fn handle(
+    method: Method,
+    tail: warp::path::Tail,
+    authorization: Option<String>,
+    peer: Option<PeerAddr>,
+    (state, issuer): Context,
+    body: Option<bytes::Bytes>,
+) -> warp::reply::Response {
+    let peer = peer.map(|p| p.0.ip());
+    match serve(
+        &state,
+        issuer.as_deref(),
+        &method,
+        tail.as_str(),
+        authorization,
+        peer,
+        body,
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Authenticates, routes and runs one request.
+async fn serve(
+    state: &ProxyState,
+    issuer: Option<&TokenIssuer>,
+    method: &Method,
+    path: &str,
+    authorization: Option<String>,
+    peer: Option<IpAddr>,
+    body: Option<bytes::Bytes>,
+) -> Result<warp::reply::Response, ApiError> {
+    let segments: Vec<&str> = path.split('/').collect();
+    // Route first (404 for unknown paths without spending a signature check), then auth.
+    let route = match (method.as_str(), segments.as_slice()) {
+        ("GET", ["rooms"]) => Route::ListRooms,
+        ("POST", ["revocations"]) => Route::Revoke,
+        (m, ["rooms", room, rest @ ..]) => {
+            let room = RoomName::parse(room).map_err(ApiError::bad_request)?;
+            match (m, rest) {
+                ("GET", []) => Route::GetRoom(room),
+                ("POST", ["end"]) => Route::End(room),
+                ("POST", ["participants", "remove"]) => Route::Remove(room),
+                ("POST", ["participants", "mute"]) => Route::Mute(room),
+                ("POST", ["participants", "request_unmute"]) => Route::RequestUnmute(room),
+                ("POST", ["participants", "update"]) => Route::Update(room),
+                ("GET", ["bans"]) => Route::Bans(room),
+                ("POST", ["bans", "lift"]) => Route::Unban(room),
+                ("POST", ["tokens"]) => Route::Token(room),
+                _ => return Err(not_found()),
+            }
+        }
+        _ => return Err(not_found()),
+    };
+    let grant = authenticate(state, authorization, peer).await?;
+    let (scope, room) = route.needs();
+    if !grant.has(scope) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!("this token lacks the `{}` scope", scope.as_str()),
+        ));
+    }
+    match room {
+        Some(room) if !grant.covers(room.as_str()) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "room_not_in_scope",
+                "this token's `room` claim does not cover this room",
+            ));
+        }
+        None if grant.room_limited() && matches!(route, Route::Revoke) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "room_not_in_scope",
+                "revocations apply to every room: a token limited to some rooms cannot make them",
+            ));
+        }
+        _ => {}
+    }
+    let actor = Actor::Api {
+        subject: grant.subject.clone(),
+    };
+    let allow_unmute = state.config.api.allow_remote_unmute;
+    if let Route::Token(room) = &route {
+        return issue_token(state, issuer, &actor, room, body.as_deref());
+    }
+    let control = control(state)?;
+    let reply = match route {
+        Route::ListRooms => {
+            let mut rooms = control.list_rooms().await?;
+            rooms.retain(|r| grant.covers(&r.name));
+            json!({ "rooms": rooms })
+        }
+        Route::GetRoom(room) => serde_json::to_value(control.get_room(&room).await?)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        Route::Bans(room) => json!({ "bans": control.bans(&room).await? }),
+        Route::Revoke => {
+            let mut revocation: Revocation = parse(body.as_deref())?;
+            if revocation.identity.is_none() && revocation.token_id.is_none() {
+                return Err(ApiError::bad_request(
+                    "give an `identity` (with `issued_before`, default now) and/or a `token_id`",
+                ));
+            }
+            if revocation.identity.is_some() && revocation.issued_before.is_none() {
+                revocation.issued_before = Some(unix_now());
+            }
+            let outcome = crate::rooms::revoke(control, &actor, &revocation).await?;
+            serde_json::to_value(outcome).map_err(|e| ApiError::bad_request(e.to_string()))?
+        }
+        Route::End(room) => {
+            let outcome =
+                crate::rooms::perform(control, &actor, &room, Action::EndRoom, allow_unmute)
+                    .await?;
+            json!(outcome)
+        }
+        Route::Remove(room) => {
+            let req: RemoveBody = parse(body.as_deref())?;
+            let action = Action::Remove {
+                identity: identity(req.identity)?,
+                ban_seconds: req.ban_seconds,
+                reason: req.reason,
+            };
+            json!(crate::rooms::perform(control, &actor, &room, action, allow_unmute).await?)
+        }
+        Route::Mute(room) | Route::RequestUnmute(room) => {
+            let request = matches!(route_kind(path), "request_unmute");
+            let req: MuteBody = parse(body.as_deref())?;
+            let identity = identity(req.identity)?;
+            let action = if request {
+                Action::RequestUnmute {
+                    identity,
+                    source: req.source,
+                }
+            } else {
+                Action::Mute {
+                    identity,
+                    source: req.source,
+                }
+            };
+            json!(crate::rooms::perform(control, &actor, &room, action, allow_unmute).await?)
+        }
+        Route::Update(room) => {
+            let req: UpdateBody = parse(body.as_deref())?;
+            let perms = &state.config.auth.permissions;
+            let base = match req.role {
+                Role::Moderator => &perms.moderator,
+                Role::Member => &perms.member,
+                Role::Guest => &perms.guest,
+            };
+            let action = Action::Update {
+                identity: identity(req.identity)?,
+                role: req.role,
+                permissions: req
+                    .permissions
+                    .unwrap_or_else(|| Permissions::from_capabilities(base)),
+            };
+            json!(crate::rooms::perform(control, &actor, &room, action, allow_unmute).await?)
+        }
+        Route::Unban(room) => {
+            let req: IdentityBody = parse(body.as_deref())?;
+            let action = Action::Unban {
+                identity: identity(req.identity)?,
+            };
+            json!(crate::rooms::perform(control, &actor, &room, action, allow_unmute).await?)
+        }
+        Route::Token(_) => unreachable!("answered above"),
+    };
+    Ok(warp::reply::json(&reply).into_response())
+}
+
+/// The last path segment (tells `mute` from `request_unmute`, which share a body).
+fn route_kind(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or("")
+}
+
+enum Route {
+    ListRooms,
+    GetRoom(RoomName),
+    End(RoomName),
+    Remove(RoomName),
+    Mute(RoomName),
+    RequestUnmute(RoomName),
+    Update(RoomName),
+    Bans(RoomName),
+    Unban(RoomName),
+    Token(RoomName),
+    Revoke,
+}
+
+impl Route {
+    /// The scope it needs and the room it touches.
+    fn needs(&self) -> (Scope, Option<&RoomName>) {
+        match self {
+            Route::ListRooms => (Scope::RoomsRead, None),
+            Route::Revoke => (Scope::RoomsAdmin, None),
+            Route::GetRoom(r) | Route::Bans(r) => (Scope::RoomsRead, Some(r)),
+            Route::Token(r) => (Scope::TokensIssue, Some(r)),
+            Route::End(r)
+            | Route::Remove(r)
+            | Route::Mute(r)
+            | Route::RequestUnmute(r)
+            | Route::Update(r)
+            | Route::Unban(r) => (Scope::RoomsAdmin, Some(r)),
+        }
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_such_route",
+        "no such API route (see docs/api.md)",
+    )
+}
+
+/// Verifies the bearer server token, with the same per-address failed-auth budget as joins
+/// (a signature check per guess is what an attacker would make us burn).
+async fn authenticate(
+    state: &ProxyState,
+    authorization: Option<String>,
+    peer: Option<IpAddr>,
+) -> Result<ApiGrant, ApiError> {
+    let key = peer.map(AddrKey::new);
+    if let Some(key) = &key
+        && state
+            .auth_failure_limiter
+            .check(key, Instant::now())
+            .is_err()
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_auth_failures",
+            "too many failed authentications from this address; retry later",
+        ));
+    }
+    let token = authorization
+        .as_deref()
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let result = match token {
+        Some(token) => {
+            state
+                .verifier
+                .verify_api(
+                    &token,
+                    unix_now(),
+                    state.config.api.max_token_lifetime_seconds,
+                )
+                .await
+        }
+        None => Err(ApiAuthError::Token(AuthError::Missing)),
+    };
+    match result {
+        Ok(grant) => Ok(grant),
+        Err(e) => {
+            if let Some(key) = &key {
+                let _ = state.auth_failure_limiter.take(key, Instant::now());
+            }
+            tracing::info!(target: "audit", peer = ?peer, reason = e.code(), "API request refused");
+            Err(e.into())
+        }
+    }
+}
+
+fn control(state: &ProxyState) -> Result<&dyn RoomControl, ApiError> {
+    state
+        .relay
+        .as_deref()
+        .and_then(|r| r.rooms())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "media_unavailable",
+                "no media server is configured on this proxy",
+            )
+        })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: Option<&[u8]>) -> Result<T, ApiError> {
+    serde_json::from_slice(body.unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+fn identity(s: String) -> Result<Identity, ApiError> {
+    if s.is_empty() || s.chars().count() > 256 {
+        return Err(ApiError::bad_request("`identity` must be 1-256 characters"));
+    }
+    Ok(Identity::new(s))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityBody {
+    identity: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveBody {
+    identity: String,
+    #[serde(default)]
+    ban_seconds: u64,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MuteBody {
+    identity: String,
+    source: TrackSource,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    identity: String,
+    role: Role,
+    #[serde(default)]
+    permissions: Option<Permissions>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    identity: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    role: Option<Role>,
+    #[serde(default)]
+    permissions: Option<Permissions>,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+fn issue_token(
+    state: &ProxyState,
+    issuer: Option<&TokenIssuer>,
+    actor: &Actor,
+    room: &RoomName,
+    body: Option<&[u8]>,
+) -> Result<warp::reply::Response, ApiError> {
+    let Some(issuer) = issuer else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "token_issuing_off",
+            "this proxy issues no tokens (api.token_signing_kid is empty)",
+        ));
+    };
+    let req: TokenBody = parse(body)?;
+    let identity = identity(req.identity)?;
+    if let Some(name) = &req.name
+        && (name.is_empty() || name.chars().count() > 256)
+    {
+        return Err(ApiError::bad_request("`name` must be 1-256 characters"));
+    }
+    let lifetime = req.ttl_seconds.unwrap_or(issuer.default_lifetime);
+    if lifetime == 0 || lifetime > issuer.max_lifetime {
+        return Err(ApiError::bad_request(format!(
+            "`ttl_seconds` must be 1-{} (auth.max_lifetime_seconds)",
+            issuer.max_lifetime
+        )));
+    }
+    let request = TokenRequest {
+        room: room.clone(),
+        identity: identity.clone(),
+        name: req.name,
+        role: req.role.unwrap_or(Role::Member),
+        permissions: req.permissions,
+        lifetime,
+    };
+    let issued = issuer
+        .issue(&request, unix_now())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "signing_failed", e))?;
+    let Actor::Api { subject } = actor else {
+        unreachable!("tokens are issued to the API only")
+    };
+    tracing::info!(target: "audit", actor = %format!("api:{subject}"), action = "issue_token", room = %room.as_str(), target = %identity.as_str(), role = request.role.as_str(), token_id = %issued.token_id, outcome = "ok", "room action");
+    let _ = state;
+    Ok(warp::reply::json(&json!({
+        "token": issued.token,
+        "expires_at": issued.expires_at,
+        "token_id": issued.token_id,
+        "room": room.as_str(),
+        "identity": identity.as_str(),
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ROUTES;
+
+    /// docs/openapi.json and docs/api.md describe exactly the routes served.
+    #[test]
+    fn openapi_and_docs_list_exactly_the_routes() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        let spec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join("openapi.json")).unwrap())
+                .unwrap();
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in spec["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                    documented.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        documented.sort();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        served.sort();
+        assert_eq!(
+            documented, served,
+            "docs/openapi.json and api::ROUTES differ"
+        );
+        let md = std::fs::read_to_string(root.join("api.md")).unwrap();
+        for (m, p) in ROUTES {
+            let line = format!("`{m} {p}`");
+            assert!(md.contains(&line), "docs/api.md lacks {line}");
+        }
+        assert_eq!(spec["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+    }
+}

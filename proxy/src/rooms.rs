@@ -1,0 +1,402 @@
+//! Room administration: what the platform's backend (the room service API, `crate::api`) and
+//! in-call moderators (the `moderate` message, `crate::session`) may do to a room, carried out
+//! at the rtcd that hosts it.
+//!
+//! Both callers go through [`perform`], so an action means the same thing whoever asks, and
+//! every action is one audit line (who, what, target, outcome) on the `audit` target. Room
+//! state is authoritative at rtcd: this module holds none, so any proxy replica can serve any
+//! action. [`RoomControl`] is the seam to rtcd (implemented by `relay::rtcd::RtcdRelay`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{Permissions, Role, TrackSource};
+use crate::protocol::{Identity, RoomName};
+use crate::relay::BoxFuture;
+
+/// A room as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoomSummary {
+    /// The room name.
+    pub name: String,
+    /// When its first participant joined (Unix milliseconds).
+    pub created_at_ms: i64,
+    /// Sessions in it now.
+    pub participant_count: u32,
+}
+
+/// A track a participant publishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrackInfo {
+    /// Its id (`track_id` in `track_published`).
+    pub track_id: String,
+    /// What it is.
+    pub source: TrackSource,
+    /// Whether the media server drops its packets.
+    pub muted: bool,
+}
+
+/// One session of a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParticipantInfo {
+    /// The media server's session ID.
+    pub session_id: String,
+    /// The identity from the token.
+    pub identity: String,
+    /// Display name ("" if none).
+    pub name: String,
+    /// Role now.
+    pub role: String,
+    /// Permissions now.
+    pub permissions: Permissions,
+    /// When the session joined (Unix milliseconds).
+    pub joined_at_ms: i64,
+    /// Published tracks.
+    pub tracks: Vec<TrackInfo>,
+}
+
+/// A room with its participants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoomDetail {
+    /// The room name.
+    pub name: String,
+    /// When its first participant joined (Unix milliseconds).
+    pub created_at_ms: i64,
+    /// Sessions in it now.
+    pub participant_count: u32,
+    /// One entry per session, by join time.
+    pub participants: Vec<ParticipantInfo>,
+}
+
+/// A ban in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BanInfo {
+    /// The room.
+    pub room: String,
+    /// The banned identity.
+    pub identity: String,
+    /// Expiry (Unix seconds).
+    pub until: i64,
+    /// Why, as given.
+    pub reason: String,
+    /// When it was made (Unix seconds).
+    pub created_at: i64,
+}
+
+/// Tokens to revoke (tenant-wide).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// With `issued_before`: every token of this identity issued before then.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Unix seconds; defaults to now when `identity` is given.
+    #[serde(default)]
+    pub issued_before: Option<i64>,
+    /// One token by its `jti`.
+    #[serde(default)]
+    pub token_id: Option<String>,
+    /// When that token expires (Unix seconds; how long the entry is kept).
+    #[serde(default)]
+    pub token_expires_at: Option<i64>,
+}
+
+/// Why an action could not be carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No such room, participant or ban in this tenant.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request is malformed (the media server's or our own checks).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The action is not allowed here (e.g. remote unmute is off).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// No media server is reachable (or none is configured).
+    #[error("media server unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ControlError {
+    /// The stable error code (API JSON bodies, WebSocket `error` messages).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ControlError::NotFound(_) => "not_found",
+            ControlError::Invalid(_) => "bad_request",
+            ControlError::Forbidden(_) => "forbidden",
+            ControlError::Unavailable(_) => "media_unavailable",
+        }
+    }
+}
+
+/// The media servers' room administration (`rtcd.v1.Rooms`), tenant-scoped by the relay's
+/// credentials.
+pub trait RoomControl: Send + Sync {
+    /// Every room of this tenant on every media server.
+    fn list_rooms(&self) -> BoxFuture<'_, Result<Vec<RoomSummary>, ControlError>>;
+    /// One room (on the host it is placed on).
+    fn get_room<'a>(
+        &'a self,
+        room: &'a RoomName,
+    ) -> BoxFuture<'a, Result<RoomDetail, ControlError>>;
+    /// Removes every session of `identity`; bans for `ban_seconds` if non-zero. Returns the
+    /// sessions closed and the ban's expiry.
+    fn remove<'a>(
+        &'a self,
+        room: &'a RoomName,
+        identity: &'a Identity,
+        ban_seconds: u64,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(u32, Option<i64>), ControlError>>;
+    /// Mutes (`request == false`) or asks to unmute (`request == true`) a source.
+    fn mute<'a>(
+        &'a self,
+        room: &'a RoomName,
+        identity: &'a Identity,
+        source: TrackSource,
+        request_unmute: bool,
+    ) -> BoxFuture<'a, Result<u32, ControlError>>;
+    /// Sets role and permissions live.
+    fn update<'a>(
+        &'a self,
+        room: &'a RoomName,
+        identity: &'a Identity,
+        role: Role,
+        permissions: Permissions,
+    ) -> BoxFuture<'a, Result<u32, ControlError>>;
+    /// Ends the room.
+    fn end<'a>(&'a self, room: &'a RoomName) -> BoxFuture<'a, Result<u32, ControlError>>;
+    /// Bans in force in a room.
+    fn bans<'a>(&'a self, room: &'a RoomName) -> BoxFuture<'a, Result<Vec<BanInfo>, ControlError>>;
+    /// Lifts a ban.
+    fn unban<'a>(
+        &'a self,
+        room: &'a RoomName,
+        identity: &'a Identity,
+    ) -> BoxFuture<'a, Result<(), ControlError>>;
+    /// Revokes tokens on every media server; returns live sessions closed.
+    fn revoke<'a>(&'a self, revocation: &'a Revocation)
+    -> BoxFuture<'a, Result<u32, ControlError>>;
+}
+
+/// Who asks.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    /// The platform's backend (the server token's `sub`).
+    Api {
+        /// `sub`.
+        subject: String,
+    },
+    /// A moderator in the call.
+    Moderator {
+        /// Their identity.
+        identity: Identity,
+        /// Their proxy session.
+        session: String,
+    },
+}
+
+impl Actor {
+    fn describe(&self) -> String {
+        match self {
+            Actor::Api { subject } => format!("api:{subject}"),
+            Actor::Moderator { identity, session } => {
+                format!("moderator:{}@{session}", identity.as_str())
+            }
+        }
+    }
+}
+
+/// An action on a room.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// End the room for everyone.
+    EndRoom,
+    /// Remove a participant, banning for `ban_seconds` if non-zero.
+    Remove {
+        /// Who.
+        identity: Identity,
+        /// Ban length (0 = none).
+        ban_seconds: u64,
+        /// Why (kept with the ban).
+        reason: String,
+    },
+    /// Mute a participant's source.
+    Mute {
+        /// Who.
+        identity: Identity,
+        /// Which.
+        source: TrackSource,
+    },
+    /// Ask a participant to unmute a source.
+    RequestUnmute {
+        /// Who.
+        identity: Identity,
+        /// Which.
+        source: TrackSource,
+    },
+    /// Set a participant's role and permissions.
+    Update {
+        /// Who.
+        identity: Identity,
+        /// New role.
+        role: Role,
+        /// New permissions.
+        permissions: Permissions,
+    },
+    /// Lift a ban.
+    Unban {
+        /// Who.
+        identity: Identity,
+    },
+}
+
+impl Action {
+    /// The audit / metrics label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::EndRoom => "end_room",
+            Action::Remove { ban_seconds: 0, .. } => "remove",
+            Action::Remove { .. } => "ban",
+            Action::Mute { .. } => "mute",
+            Action::RequestUnmute { .. } => "request_unmute",
+            Action::Update { .. } => "update_participant",
+            Action::Unban { .. } => "unban",
+        }
+    }
+
+    fn target(&self) -> Option<&Identity> {
+        match self {
+            Action::EndRoom => None,
+            Action::Remove { identity, .. }
+            | Action::Mute { identity, .. }
+            | Action::RequestUnmute { identity, .. }
+            | Action::Update { identity, .. }
+            | Action::Unban { identity } => Some(identity),
+        }
+    }
+}
+
+/// What an action did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// Sessions affected (closed, muted, asked or updated).
+    pub sessions: u32,
+    /// The ban's expiry (Unix seconds), for a ban.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub banned_until: Option<i64>,
+}
+
+/// Longest ban accepted (one year, as rtcd enforces).
+pub const MAX_BAN_SECONDS: u64 = 365 * 24 * 3600;
+
+/// Carries out `action` on `room` for `actor` and writes its audit line. `allow_remote_unmute`
+/// is `api.allow_remote_unmute`. Authorization (scopes, moderator role) is the caller's.
+pub async fn perform(
+    control: &dyn RoomControl,
+    actor: &Actor,
+    room: &RoomName,
+    action: Action,
+    allow_remote_unmute: bool,
+) -> Result<Outcome, ControlError> {
+    let name = action.name();
+    let target = action.target().map(|i| i.as_str().to_owned());
+    let result = run(control, room, action, allow_remote_unmute).await;
+    let outcome = match &result {
+        Ok(o) => format!("ok sessions={}", o.sessions),
+        Err(e) => e.code().to_owned(),
+    };
+    tracing::info!(
+        target: "audit",
+        actor = %actor.describe(),
+        action = name,
+        room = %room.as_str(),
+        target = target.as_deref().unwrap_or(""),
+        outcome = %outcome,
+        "room action"
+    );
+    result
+}
+
+async fn run(
+    control: &dyn RoomControl,
+    room: &RoomName,
+    action: Action,
+    allow_remote_unmute: bool,
+) -> Result<Outcome, ControlError> {
+    let sessions = |n| Outcome {
+        sessions: n,
+        banned_until: None,
+    };
+    match action {
+        Action::EndRoom => control.end(room).await.map(sessions),
+        Action::Remove {
+            identity,
+            ban_seconds,
+            reason,
+        } => {
+            if ban_seconds > MAX_BAN_SECONDS {
+                return Err(ControlError::Invalid(format!(
+                    "ban_seconds is at most {MAX_BAN_SECONDS} (one year)"
+                )));
+            }
+            if reason.len() > 256 {
+                return Err(ControlError::Invalid("reason is at most 256 bytes".into()));
+            }
+            let (n, until) = control
+                .remove(room, &identity, ban_seconds, &reason)
+                .await?;
+            Ok(Outcome {
+                sessions: n,
+                banned_until: until,
+            })
+        }
+        Action::Mute { identity, source } => control
+            .mute(room, &identity, source, false)
+            .await
+            .map(sessions),
+        Action::RequestUnmute { identity, source } => {
+            if !allow_remote_unmute {
+                return Err(ControlError::Forbidden(
+                    "remote unmute requests are off on this proxy (api.allow_remote_unmute)".into(),
+                ));
+            }
+            control
+                .mute(room, &identity, source, true)
+                .await
+                .map(sessions)
+        }
+        Action::Update {
+            identity,
+            role,
+            permissions,
+        } => control
+            .update(room, &identity, role, permissions)
+            .await
+            .map(sessions),
+        Action::Unban { identity } => control.unban(room, &identity).await.map(|()| sessions(0)),
+    }
+}
+
+/// Revokes tokens for the backend, with its audit line.
+pub async fn revoke(
+    control: &dyn RoomControl,
+    actor: &Actor,
+    revocation: &Revocation,
+) -> Result<Outcome, ControlError> {
+    let result = control.revoke(revocation).await;
+    tracing::info!(
+        target: "audit",
+        actor = %actor.describe(),
+        action = "revoke",
+        target = revocation.identity.as_deref().unwrap_or(""),
+        token_id = revocation.token_id.as_deref().unwrap_or(""),
+        outcome = %match &result { Ok(n) => format!("ok sessions={n}"), Err(e) => e.code().to_owned() },
+        "room action"
+    );
+    result.map(|n| Outcome {
+        sessions: n,
+        banned_until: None,
+    })
+}
