@@ -108,6 +108,12 @@ struct MintArgs {
     /// Capability overrides, e.g. --permission publish_screen=true.
     #[arg(long = "permission", value_name = "CAP=BOOL")]
     permissions: Vec<String>,
+    /// Mint a server token for the room service API with this scope (rooms:read, rooms:admin,
+    /// tokens:issue; repeat for several) instead of a join token: `--user` is the backend's
+    /// name, `--room` optionally limits it, and the lifetime must fit
+    /// `api.max_token_lifetime_seconds` (docs/api.md).
+    #[arg(long = "api", value_name = "SCOPE")]
+    api: Vec<String>,
 }
 
 /// Loads the configuration from `path` (if any) and `PROXY_*` variables in `env`. With
@@ -241,6 +247,10 @@ pub fn parse_ttl(s: &str) -> Result<u64, String> {
 /// minted (testing a refusal needs them), with these warnings on stderr.
 pub fn mint_warnings(config: &Config, args: &MintArgsRef<'_>) -> Vec<String> {
     let mut warnings = Vec::new();
+    if !args.api.is_empty() {
+        // Server tokens: `mint` already refused what the API would refuse.
+        return warnings;
+    }
     let max = config.auth.max_lifetime_seconds;
     if let Ok(ttl) = parse_ttl(args.ttl)
         && ttl > max
@@ -294,6 +304,8 @@ pub struct MintArgsRef<'a> {
     pub aud: Option<&'a str>,
     /// `cap=bool` overrides.
     pub permissions: &'a [String],
+    /// Server token scopes (empty: a join token).
+    pub api: &'a [String],
 }
 
 impl<'a> From<&'a MintArgs> for MintArgsRef<'a> {
@@ -310,15 +322,39 @@ impl<'a> From<&'a MintArgs> for MintArgsRef<'a> {
             iss: a.iss.as_deref(),
             aud: a.aud.as_deref(),
             permissions: &a.permissions,
+            api: &a.api,
         }
     }
 }
 
 impl MintArgsRef<'_> {
     fn mint(&self, config: &Config, now: i64) -> Result<String, String> {
-        let room = self.room.ok_or("--room is required")?;
+        let server = !self.api.is_empty();
+        let room = match (self.room, server) {
+            (Some(r), _) => Some(r),
+            (None, true) => None,
+            (None, false) => return Err("--room is required".into()),
+        };
         let user = self.user.ok_or("--user is required")?;
         let ttl = parse_ttl(self.ttl)? as i64;
+        if server {
+            for scope in self.api {
+                if serde_json::from_value::<crate::auth::api::Scope>(scope.as_str().into()).is_err() {
+                    return Err(format!(
+                        "--api `{scope}`: rooms:read, rooms:admin or tokens:issue"
+                    ));
+                }
+            }
+            let max = config.api.max_token_lifetime_seconds as i64;
+            if ttl > max {
+                return Err(format!(
+                    "--ttl: a server token lives at most api.max_token_lifetime_seconds ({max} s)"
+                ));
+            }
+            if self.role.is_some() || self.name.is_some() || !self.permissions.is_empty() {
+                return Err("--role, --name and --permission are for join tokens, not --api".into());
+            }
+        }
         let first = |list: &[String], flag: &str| {
             list.iter()
                 .find(|v| *v != "*")
@@ -334,8 +370,14 @@ impl MintArgsRef<'_> {
             None => first(&config.auth.audiences, "--aud")?,
         };
         let mut claims = serde_json::json!({
-            "iss": iss, "aud": aud, "sub": user, "room": room, "iat": now, "nbf": now, "exp": now + ttl,
+            "iss": iss, "aud": aud, "sub": user, "iat": now, "nbf": now, "exp": now + ttl,
         });
+        if let Some(room) = room {
+            claims["room"] = room.into();
+        }
+        if server {
+            claims["api"] = self.api.into();
+        }
         if let Some(role) = self.role {
             if !matches!(role, "moderator" | "member" | "guest") {
                 return Err(format!("--role `{role}`: moderator, member or guest"));
@@ -645,6 +687,45 @@ mod tests {
                 "{last}: {report}"
             );
         }
+    }
+
+    /// `token --api SCOPE`: a server token the room service API accepts and `join` refuses.
+    #[tokio::test]
+    async fn mint_makes_server_tokens_for_the_api() {
+        let c = config();
+        let verifier = Verifier::new(&c.auth, c.limits.max_token_bytes).unwrap();
+        let now = unix_now();
+        let scopes = vec!["rooms:admin".to_owned()];
+        let args = MintArgsRef {
+            user: Some("backend"),
+            ttl: "5m",
+            api: &scopes,
+            ..Default::default()
+        };
+        let token = mint_token(&c, &args, now).unwrap();
+        assert!(mint_warnings(&c, &args).is_empty());
+        let grant = verifier
+            .verify_api(&token, now, c.api.max_token_lifetime_seconds)
+            .await
+            .unwrap();
+        assert_eq!(grant.subject, "backend");
+        assert!(!grant.room_limited());
+        let room = crate::protocol::RoomName::parse("r1").unwrap();
+        let limited = mint_token(&c, &MintArgsRef { room: Some("r1"), ..args }, now).unwrap();
+        assert_eq!(
+            verifier.verify(&limited, &room, now).await.unwrap_err(),
+            crate::auth::AuthError::ServerToken
+        );
+        for (bad, why) in [
+            (MintArgsRef { ttl: "2h", ..args }, "max_token_lifetime"),
+            (MintArgsRef { role: Some("member"), ..args }, "join tokens"),
+        ] {
+            let e = mint_token(&c, &bad, now).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        let unknown = vec!["rooms:everything".to_owned()];
+        let e = mint_token(&c, &MintArgsRef { api: &unknown, ..args }, now).unwrap_err();
+        assert!(e.contains("rooms:read"), "{e}");
     }
 
     #[test]

@@ -44,6 +44,19 @@ pub async fn join(
     });
     tokio::spawn(async move {
         while let Some(Ok(frame)) = stream.next().await {
+            if let Message::Close(Some(close)) = &frame {
+                // The proxy's close code and label, as a harness `SessionClosed`
+                // ("4012 banned"), so tests can see why a bridged session ended.
+                let reason = format!("{} {}", u16::from(close.code), close.reason);
+                let _ = in_tx
+                    .send(Ok(pb::ServerSignal {
+                        signal: Some(pb::server_signal::Signal::SessionClosed(
+                            pb::SessionClosed { reason },
+                        )),
+                    }))
+                    .await;
+                return;
+            }
             let Message::Text(text) = frame else { continue };
             let Ok(msg) = serde_json::from_str::<Value>(&text) else {
                 continue;
@@ -188,6 +201,33 @@ pub fn server_signal(msg: &Value) -> Option<pb::server_signal::Signal> {
             track_id: text("track_id"),
             ..Default::default()
         }),
+        "mute_changed" => Signal::MuteChanged(pb::MuteEvent {
+            user_id: text("identity"),
+            kind: kind(&text("source")),
+            muted: msg["muted"].as_bool().unwrap_or_default(),
+            ..Default::default()
+        }),
+        "muted_by_moderator" => Signal::MutedByModerator(pb::MuteEvent {
+            kind: kind(&text("source")),
+            muted: true,
+            ..Default::default()
+        }),
+        "unmute_requested" => Signal::UnmuteRequested(pb::MuteEvent {
+            kind: kind(&text("source")),
+            ..Default::default()
+        }),
+        "permissions_changed" => {
+            let flag = |k: &str| msg["permissions"][k].as_bool().unwrap_or_default();
+            Signal::PermissionsChanged(pb::PermissionsChanged {
+                role: text("role"),
+                permissions: Some(pb::Permissions {
+                    publish_audio: flag("publish_audio"),
+                    publish_video: flag("publish_video"),
+                    publish_screen: flag("publish_screen"),
+                    subscribe: flag("subscribe"),
+                }),
+            })
+        }
         "error" => Signal::Error(pb::Error {
             code: 0,
             message: format!("{}: {}", text("code"), text("message")),
