@@ -86,7 +86,11 @@ impl WebhooksConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         for (key, value, max) in [
             ("webhooks.queue_capacity", self.queue_capacity, 1_000_000),
-            ("webhooks.max_pending_events", self.max_pending_events, 10_000_000),
+            (
+                "webhooks.max_pending_events",
+                self.max_pending_events,
+                10_000_000,
+            ),
             ("webhooks.max_concurrency", self.max_concurrency, 1024),
         ] {
             if !(1..=max).contains(&value) {
@@ -863,10 +867,22 @@ mod tests {
         assert!(c.webhooks.allow_private_addresses);
         assert_eq!(c.webhooks.max_attempts, 3);
         for (var, value, key) in [
-            ("RTCD_WEBHOOKS_QUEUE_CAPACITY", "0", "webhooks.queue_capacity"),
+            (
+                "RTCD_WEBHOOKS_QUEUE_CAPACITY",
+                "0",
+                "webhooks.queue_capacity",
+            ),
             ("RTCD_WEBHOOKS_MAX_ATTEMPTS", "0", "webhooks.max_attempts"),
-            ("RTCD_WEBHOOKS_TIMEOUT_SECONDS", "61", "webhooks.timeout_seconds"),
-            ("RTCD_WEBHOOKS_MAX_CONCURRENCY", "0", "webhooks.max_concurrency"),
+            (
+                "RTCD_WEBHOOKS_TIMEOUT_SECONDS",
+                "61",
+                "webhooks.timeout_seconds",
+            ),
+            (
+                "RTCD_WEBHOOKS_MAX_CONCURRENCY",
+                "0",
+                "webhooks.max_concurrency",
+            ),
             (
                 "RTCD_WEBHOOKS_INITIAL_BACKOFF_MS",
                 "40000",

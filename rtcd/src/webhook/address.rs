@@ -127,7 +127,10 @@ mod tests {
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(!is_public(ip), "{ip} must be refused");
-            assert!(allowed(ip, true), "{ip} is allowed when private addresses are");
+            assert!(
+                allowed(ip, true),
+                "{ip} is allowed when private addresses are"
+            );
         }
     }
 

@@ -68,7 +68,10 @@ struct Lane {
 /// How a delivery task ended.
 enum Outcome {
     Delivered,
-    GaveUp { attempts: u32, error: String },
+    GaveUp {
+        attempts: u32,
+        error: String,
+    },
     /// The tenant's settings no longer list the URL: nothing to deliver to.
     Unconfigured,
 }
@@ -228,7 +231,11 @@ impl Dispatcher {
             return;
         };
         self.pending = self.pending.saturating_sub(1);
-        self.context.metrics.webhook.pending.set(gauge(self.pending));
+        self.context
+            .metrics
+            .webhook
+            .pending
+            .set(gauge(self.pending));
         match done {
             Ok((_, done)) => self.report(&key, done),
             Err(e) => {
@@ -366,8 +373,7 @@ async fn attempt_once(
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    let signature =
-        signature::sign(endpoints.secret.expose().as_bytes(), now, &event.body);
+    let signature = signature::sign(endpoints.secret.expose().as_bytes(), now, &event.body);
     let response = context
         .client
         .post(url)

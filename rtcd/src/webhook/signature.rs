@@ -124,11 +124,23 @@ mod tests {
         let header = sign(SECRET, 1_700_000_000, body);
         let now = 1_700_000_001;
         assert_eq!(
-            verify(SECRET, &header, br#"{"id":"evt_1","seq":2}"#, now, DEFAULT_TOLERANCE),
+            verify(
+                SECRET,
+                &header,
+                br#"{"id":"evt_1","seq":2}"#,
+                now,
+                DEFAULT_TOLERANCE
+            ),
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
-            verify(b"another-secret-0123456789abcdef01", &header, body, now, DEFAULT_TOLERANCE),
+            verify(
+                b"another-secret-0123456789abcdef01",
+                &header,
+                body,
+                now,
+                DEFAULT_TOLERANCE
+            ),
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
