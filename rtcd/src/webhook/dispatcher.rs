@@ -275,6 +275,7 @@ impl Dispatcher {
                 }
             }
             Outcome::Unconfigured => {
+                self.failing.remove(&failing);
                 self.context.metrics.webhook.dropped("unconfigured");
             }
         }
