@@ -2,7 +2,10 @@
 //! `protoc` is needed on any machine or in CI (stack.md §2).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/rtcd/v1/signaling.proto", "proto/rtcd/v1/rooms.proto"];
+    let protos = [
+        "proto/rtcd/v1/signaling.proto",
+        "proto/rtcd/v1/rooms.proto",
+    ];
     let fds = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
