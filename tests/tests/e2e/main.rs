@@ -19,3 +19,4 @@ mod rtcp;
 mod signaling;
 mod slow_clients;
 mod turn;
+mod webhooks;
