@@ -31,6 +31,8 @@ struct ReceiverState {
     fail_first: usize,
     /// Never answer (until the test ends).
     stall: bool,
+    /// Never answer this room instance's requests (until the test ends).
+    stall_instance: Option<String>,
     requests: Vec<Received>,
     /// Requests whose signature, headers or body were wrong (must stay empty).
     bad: Vec<String>,
@@ -56,8 +58,12 @@ impl Receiver {
             .then(move |headers: warp::http::HeaderMap, body: bytes::Bytes| {
                 let state = shared.clone();
                 async move {
-                    let status = Self::handle(&state, &headers, &body);
-                    if state.lock().unwrap().stall {
+                    let (status, instance) = Self::handle(&state, &headers, &body);
+                    let stall = {
+                        let state = state.lock().unwrap();
+                        state.stall || state.stall_instance.as_deref() == Some(instance.as_str())
+                    };
+                    if stall {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                     }
                     warp::reply::with_status("", warp::http::StatusCode::from_u16(status).unwrap())
@@ -70,7 +76,11 @@ impl Receiver {
     }
 
     /// Checks the request as a receiver must, records it, and picks the answer.
-    fn handle(state: &Mutex<ReceiverState>, headers: &warp::http::HeaderMap, body: &[u8]) -> u16 {
+    fn handle(
+        state: &Mutex<ReceiverState>,
+        headers: &warp::http::HeaderMap,
+        body: &[u8],
+    ) -> (u16, String) {
         let mut state = state.lock().unwrap();
         let header = |name: &str| {
             headers
@@ -94,7 +104,7 @@ impl Receiver {
             signature::DEFAULT_TOLERANCE,
         ) {
             state.bad.push(format!("signature: {e}"));
-            return 401;
+            return (401, String::new());
         }
         let json: serde_json::Value = serde_json::from_slice(body).unwrap();
         let id = json["id"].as_str().unwrap_or_default().to_owned();
@@ -109,17 +119,18 @@ impl Receiver {
         } else {
             200
         };
+        let instance = json["room"]["instance"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         state.requests.push(Received {
             id,
             kind: json["type"].as_str().unwrap_or_default().to_owned(),
-            instance: json["room"]["instance"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
+            instance: instance.clone(),
             seq: json["seq"].as_u64().unwrap_or_default(),
             status,
         });
-        status
+        (status, instance)
     }
 
     fn url(&self) -> String {
@@ -366,6 +377,41 @@ async fn emitting_never_blocks_and_overflow_is_dropped_and_counted() {
     let began = Instant::now();
     webhooks.shutdown(Duration::from_millis(200)).await;
     assert!(began.elapsed() < Duration::from_secs(2));
+}
+
+/// One room's stuck receiver does not hold up another room (each room and URL is its own
+/// lane).
+#[tokio::test]
+async fn a_stuck_room_does_not_delay_another() {
+    let receiver = Receiver::start(0, false).await;
+    receiver.state.lock().unwrap().stall_instance = Some("room-a".into());
+    let config = WebhooksConfig {
+        timeout_seconds: 30,
+        ..settings()
+    };
+    let (webhooks, sink, _metrics) = started(config, vec![receiver.url()]).await;
+    for seq in 1..=5 {
+        sink.emit(event(&tenant(), "room-a", seq));
+        sink.emit(event(&tenant(), "room-b", seq));
+    }
+    eventually("room-b's 5 events", || {
+        receiver
+            .delivered()
+            .iter()
+            .filter(|r| r.instance == "room-b")
+            .count()
+            == 5
+    })
+    .await;
+    // room-a's first event is stuck in flight; the rest wait behind it.
+    let a: Vec<u64> = receiver
+        .requests()
+        .iter()
+        .filter(|r| r.instance == "room-a")
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(a, vec![1]);
+    webhooks.shutdown(Duration::from_millis(100)).await;
 }
 
 #[tokio::test]
