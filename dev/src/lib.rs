@@ -93,6 +93,11 @@ pub async fn start_with_proxy(
         ("RTCD_API_METRICS_LISTEN_ADDRESS".into(), String::new()),
         ("RTCD_GRPC_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()),
         ("RTCD_RTC_ICE_PORT_UDP".into(), args.udp_port.to_string()),
+        // Local webhook receivers (localhost, the LAN) are the point of a dev stack.
+        (
+            "RTCD_WEBHOOKS_ALLOW_PRIVATE_ADDRESSES".into(),
+            "true".into(),
+        ),
     ];
     if args.loopback {
         env.extend([

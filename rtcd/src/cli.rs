@@ -119,6 +119,8 @@ pub fn main() -> ExitCode {
                     "RTCD_STORE_DATA_SOURCE",
                     data_dir.join("db").display().to_string(),
                 ),
+                // Webhooks to a receiver on this machine or the LAN, as development needs.
+                ("RTCD_WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", "true".to_owned()),
             ];
             match load(&overrides) {
                 Ok(config) => {

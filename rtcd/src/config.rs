@@ -33,6 +33,98 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// `[rtc]`: the SFU's ICE transport and limits.
     pub rtc: RtcConfig,
+    /// `[webhooks]`: delivery of room events to the tenants' endpoints.
+    pub webhooks: WebhooksConfig,
+}
+
+/// `[webhooks]`: how room events reach the URLs each tenant configures (through its proxy,
+/// `Rooms.ConfigureWebhooks`; the URLs and secrets themselves are never in this file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Whether this host delivers webhooks at all; when off, `ConfigureWebhooks` is refused
+    /// and the SFU emits no events.
+    pub enabled: bool,
+    /// Lets tenants' URLs name loopback, private, link-local and CGNAT addresses. Off in
+    /// production: a tenant could otherwise make rtcd call the operator's internal services.
+    pub allow_private_addresses: bool,
+    /// Events the SFU may queue for the dispatcher; when full, new events are dropped and
+    /// counted (`reason="queue_full"`) rather than slowing media.
+    pub queue_capacity: usize,
+    /// Deliveries (event x URL) waiting or in flight, across all rooms; beyond it new ones
+    /// are dropped and counted (`reason="pending_full"`). Bounds memory while a receiver is down.
+    pub max_pending_events: usize,
+    /// Attempts per event and URL before it is given up (counted, logged).
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled on each further one (with jitter).
+    pub initial_backoff_ms: u64,
+    /// Longest wait between two attempts.
+    pub max_backoff_seconds: u64,
+    /// One attempt (connect, request, response) must complete within this.
+    pub timeout_seconds: u64,
+    /// Requests in flight at once across all rooms (one per room and URL at most).
+    pub max_concurrency: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allow_private_addresses: false,
+            queue_capacity: 10_000,
+            max_pending_events: 100_000,
+            max_attempts: 10,
+            initial_backoff_ms: 500,
+            max_backoff_seconds: 30,
+            timeout_seconds: 5,
+            max_concurrency: 32,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value, max) in [
+            ("webhooks.queue_capacity", self.queue_capacity, 1_000_000),
+            (
+                "webhooks.max_pending_events",
+                self.max_pending_events,
+                10_000_000,
+            ),
+            ("webhooks.max_concurrency", self.max_concurrency, 1024),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(invalid(key, format!("must be between 1 and {max}")));
+            }
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err(invalid(
+                "webhooks.max_attempts",
+                "must be between 1 and 100".into(),
+            ));
+        }
+        if !(1..=60_000).contains(&self.initial_backoff_ms) {
+            return Err(invalid(
+                "webhooks.initial_backoff_ms",
+                "must be between 1 and 60000".into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.max_backoff_seconds)
+            || self.max_backoff_seconds * 1000 < self.initial_backoff_ms
+        {
+            return Err(invalid(
+                "webhooks.max_backoff_seconds",
+                "must be between 1 and 3600 and at least initial_backoff_ms".into(),
+            ));
+        }
+        if !(1..=60).contains(&self.timeout_seconds) {
+            return Err(invalid(
+                "webhooks.timeout_seconds",
+                "must be between 1 and 60".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[grpc]`: the signaling service's own listener (separate from the HTTP API so that it can be
@@ -451,6 +543,7 @@ impl Config {
             ));
         }
         self.validate_media()?;
+        self.webhooks.validate()?;
         if self.store.data_source.trim().is_empty() {
             return Err(invalid("store.data_source", "must name a directory".into()));
         }
@@ -753,6 +846,54 @@ mod tests {
             e.to_string().contains("rtc.ice_disconnected_timeout_ms"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn webhook_settings_have_defaults_and_are_validated() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert!(c.webhooks.enabled && !c.webhooks.allow_private_addresses);
+        assert_eq!(
+            (c.webhooks.queue_capacity, c.webhooks.max_pending_events),
+            (10_000, 100_000)
+        );
+        let c = Config::load(
+            None,
+            env(&[
+                ("RTCD_WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", "true"),
+                ("RTCD_WEBHOOKS_MAX_ATTEMPTS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.webhooks.allow_private_addresses);
+        assert_eq!(c.webhooks.max_attempts, 3);
+        for (var, value, key) in [
+            (
+                "RTCD_WEBHOOKS_QUEUE_CAPACITY",
+                "0",
+                "webhooks.queue_capacity",
+            ),
+            ("RTCD_WEBHOOKS_MAX_ATTEMPTS", "0", "webhooks.max_attempts"),
+            (
+                "RTCD_WEBHOOKS_TIMEOUT_SECONDS",
+                "61",
+                "webhooks.timeout_seconds",
+            ),
+            (
+                "RTCD_WEBHOOKS_MAX_CONCURRENCY",
+                "0",
+                "webhooks.max_concurrency",
+            ),
+            (
+                "RTCD_WEBHOOKS_INITIAL_BACKOFF_MS",
+                "40000",
+                "webhooks.max_backoff_seconds",
+            ),
+        ] {
+            let e = Config::load(None, env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{var}={value}: {e}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   service kit's (`rtcd_kit::listener`, `rtcd_kit::tls`).
 //! * [`signaling`]: the gRPC service proxies use (authenticated per RPC, tenant-scoped).
 //! * [`sfu`]: calls, sessions and RTP forwarding (knows no gRPC, proto, auth or WebRTC library).
+//! * [`webhook`]: room events (from the SFU) POSTed, signed, to each tenant's URLs.
 //! * [`engine`]: the media engine v2: everything that touches the WebRTC library and the media
 //!   sockets ([`engine::net`]: rtcd's own batched UDP, demultiplexing and ICE-TCP).
 //! * [`health`] (the kit's), [`system`], [`metrics`]: readiness, host load, Prometheus registry.
@@ -47,6 +48,7 @@ pub mod metrics;
 pub mod sfu;
 pub mod signaling;
 pub mod system;
+pub mod webhook;
 
 /// Readiness (the service kit's, shared with the proxy).
 pub use rtcd_kit::health;
@@ -68,6 +70,7 @@ use crate::metrics::Metrics;
 use crate::sfu::{Sfu, SfuConfig};
 use crate::signaling::SignalingService;
 use crate::system::SystemLoad;
+use crate::webhook::Webhooks;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,9 @@ pub enum StartError {
     /// The SFU could not start (ICE UDP socket, media engine).
     #[error("sfu: {0}")]
     Sfu(#[from] sfu::SfuError),
+    /// The webhook HTTP client could not be built (TLS backend).
+    #[error("webhooks: {0}")]
+    Webhooks(#[source] reqwest::Error),
     /// The gRPC listener could not be set up (TLS files, bind).
     #[error("grpc: {0}")]
     Grpc(String),
@@ -108,6 +114,7 @@ pub struct Rtcd {
     metrics_addr: Option<SocketAddr>,
     grpc_addr: SocketAddr,
     sfu: Sfu,
+    webhooks: Webhooks,
     grpc_cancel: CancellationToken,
     grpc_server: JoinHandle<()>,
     cancel: CancellationToken,
@@ -159,7 +166,10 @@ impl Rtcd {
             None => None,
         };
         let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
-        let sfu = Sfu::new(sfu_config(&config.rtc)?, metrics.clone(), None).await?;
+        // Before the SFU, which emits into the webhook queue from its first call.
+        let (webhooks, events) =
+            Webhooks::start(&config.webhooks, metrics.clone()).map_err(StartError::Webhooks)?;
+        let sfu = Sfu::new(sfu_config(&config.rtc)?, metrics.clone(), events).await?;
         let grpc_cancel = CancellationToken::new();
         let (grpc_addr, grpc_server) = start_grpc(
             &config,
@@ -212,6 +222,7 @@ impl Rtcd {
             metrics_addr,
             grpc_addr,
             sfu,
+            webhooks,
             grpc_cancel,
             grpc_server,
             cancel,
@@ -239,6 +250,11 @@ impl Rtcd {
         &self.sfu
     }
 
+    /// The webhook service (the `Rooms` gRPC service configures tenants' URLs through it).
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
+    }
+
     /// The authentication service (the gRPC signaling service authenticates through it).
     pub fn auth(&self) -> &AuthService {
         &self.auth
@@ -260,13 +276,15 @@ impl Rtcd {
     }
 
     /// Graceful shutdown: not ready and no new joins; running calls continue until they end or
-    /// `rtc.drain_timeout_seconds`, then close with reason "shutdown"; then the listeners stop
+    /// `rtc.drain_timeout_seconds`, then close with reason "shutdown"; their last webhook
+    /// events get up to [`WEBHOOK_DRAIN`] to be delivered; then the listeners stop
     /// (in-flight HTTP requests bounded by `api.http.shutdown_timeout_seconds`) and the store is
     /// flushed.
     pub async fn shutdown(self) {
         self.health.set_draining();
         let drain = Duration::from_secs(self.config.rtc.drain_timeout_seconds);
         self.sfu.drain(drain, "shutdown").await;
+        self.webhooks.shutdown(WEBHOOK_DRAIN).await;
         self.grpc_cancel.cancel();
         if tokio::time::timeout(Duration::from_secs(5), self.grpc_server)
             .await
@@ -284,6 +302,10 @@ impl Rtcd {
         tracing::info!("rtcd stopped");
     }
 }
+
+/// How long shutdown keeps delivering webhook events after the SFU drained (the calls' last
+/// `participant_left` / `room_finished`); what is left then is abandoned, and logged.
+pub const WEBHOOK_DRAIN: Duration = Duration::from_secs(5);
 
 fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
     let ip: std::net::IpAddr = rtc

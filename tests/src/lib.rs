@@ -15,3 +15,4 @@ pub mod netns;
 pub mod oidc;
 pub mod proxy;
 pub mod relay;
+pub mod webhook;

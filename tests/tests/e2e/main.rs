@@ -20,3 +20,4 @@ mod rtcp;
 mod signaling;
 mod slow_clients;
 mod turn;
+mod webhooks;

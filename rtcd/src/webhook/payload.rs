@@ -1,0 +1,218 @@
+//! The JSON body of a webhook request (`docs/webhooks.md` documents it field by field).
+//!
+//! The body is encoded once per event, when the dispatcher accepts it: every URL and every
+//! retry gets the same bytes, so the event id and the signed content are stable.
+
+use serde::Serialize;
+
+use crate::sfu::events::{EventParticipant, RoomEvent, RoomEventKind};
+
+/// The `type` of an event as the body names it.
+pub fn event_type(kind: &RoomEventKind) -> &'static str {
+    match kind {
+        RoomEventKind::RoomStarted => "room_started",
+        RoomEventKind::RoomFinished => "room_finished",
+        RoomEventKind::ParticipantJoined(_) => "participant_joined",
+        RoomEventKind::ParticipantLeft { .. } => "participant_left",
+        RoomEventKind::ParticipantRemoved { .. } => "participant_removed",
+        RoomEventKind::TrackPublished { .. } => "track_published",
+        RoomEventKind::TrackUnpublished { .. } => "track_unpublished",
+    }
+}
+
+/// A fresh event id: `evt_` and 128 random bits in hex. Unique without coordination, so a
+/// receiver can deduplicate retries (and redeliveries) by it.
+pub fn new_event_id() -> String {
+    format!("evt_{:032x}", rand::random::<u128>())
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    created_at: i64,
+    room: Room<'a>,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    participant: Option<Participant<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    track: Option<Track<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    banned_until: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct Room<'a> {
+    name: &'a str,
+    instance: &'a str,
+}
+
+#[derive(Serialize)]
+struct Participant<'a> {
+    session_id: &'a str,
+    identity: &'a str,
+    name: &'a str,
+    role: &'a str,
+}
+
+#[derive(Serialize)]
+struct Track<'a> {
+    id: &'a str,
+    kind: &'static str,
+}
+
+impl<'a> From<&'a EventParticipant> for Participant<'a> {
+    fn from(p: &'a EventParticipant) -> Self {
+        Participant {
+            session_id: p.session.as_str(),
+            identity: p.user.as_str(),
+            name: &p.display_name,
+            role: &p.role,
+        }
+    }
+}
+
+/// The body of `event` under the id `id`.
+pub fn encode(id: &str, event: &RoomEvent) -> Vec<u8> {
+    let mut body = Body {
+        id,
+        kind: event_type(&event.kind),
+        created_at: event.at_ms,
+        room: Room {
+            name: event.call.as_str(),
+            instance: &event.room_instance,
+        },
+        seq: event.seq,
+        participant: None,
+        track: None,
+        reason: None,
+        banned_until: None,
+    };
+    match &event.kind {
+        RoomEventKind::RoomStarted | RoomEventKind::RoomFinished => {}
+        RoomEventKind::ParticipantJoined(participant) => {
+            body.participant = Some(participant.into());
+        }
+        RoomEventKind::ParticipantLeft {
+            participant,
+            reason,
+        } => {
+            body.participant = Some(participant.into());
+            body.reason = Some(reason);
+        }
+        RoomEventKind::ParticipantRemoved {
+            participant,
+            banned_until,
+        } => {
+            body.participant = Some(participant.into());
+            body.banned_until = *banned_until;
+        }
+        RoomEventKind::TrackPublished {
+            participant,
+            track_id,
+            kind,
+        }
+        | RoomEventKind::TrackUnpublished {
+            participant,
+            track_id,
+            kind,
+        } => {
+            body.participant = Some(participant.into());
+            body.track = Some(Track {
+                id: track_id,
+                kind: kind.as_str(),
+            });
+        }
+    }
+    // Strings, integers and options of them only: serialization cannot fail.
+    serde_json::to_vec(&body).expect("webhook body is plain JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfu::{CallId, SessionId, TenantId, TrackKind, UserId};
+
+    fn event(kind: RoomEventKind) -> RoomEvent {
+        RoomEvent {
+            tenant: TenantId::new("acme"),
+            call: CallId::new("standup"),
+            room_instance: "ri_1".into(),
+            seq: 7,
+            at_ms: 1_700_000_000_123,
+            kind,
+        }
+    }
+
+    fn alice() -> EventParticipant {
+        EventParticipant {
+            session: SessionId::new("s1"),
+            user: UserId::new("alice"),
+            display_name: "Alice \"A\"".into(),
+            role: "host".into(),
+        }
+    }
+
+    fn json(kind: RoomEventKind) -> serde_json::Value {
+        serde_json::from_slice(&encode("evt_x", &event(kind))).unwrap()
+    }
+
+    #[test]
+    fn fields_per_event_type() {
+        let v = json(RoomEventKind::RoomStarted);
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "evt_x", "type": "room_started", "created_at": 1_700_000_000_123_i64,
+                "room": {"name": "standup", "instance": "ri_1"}, "seq": 7})
+        );
+        let v = json(RoomEventKind::ParticipantLeft {
+            participant: alice(),
+            reason: "leave".into(),
+        });
+        assert_eq!(v["type"], "participant_left");
+        assert_eq!(
+            v["participant"],
+            serde_json::json!({"session_id": "s1", "identity": "alice", "name": "Alice \"A\"", "role": "host"})
+        );
+        assert_eq!(v["reason"], "leave");
+        assert!(v.get("track").is_none() && v.get("banned_until").is_none());
+        let v = json(RoomEventKind::ParticipantRemoved {
+            participant: alice(),
+            banned_until: Some(1_700_003_600),
+        });
+        assert_eq!(
+            (v["type"].as_str(), v["banned_until"].as_i64()),
+            (Some("participant_removed"), Some(1_700_003_600))
+        );
+        let v = json(RoomEventKind::ParticipantRemoved {
+            participant: alice(),
+            banned_until: None,
+        });
+        assert!(v.get("banned_until").is_none());
+        let v = json(RoomEventKind::TrackUnpublished {
+            participant: alice(),
+            track_id: "t1".into(),
+            kind: TrackKind::ScreenAudio,
+        });
+        assert_eq!(v["type"], "track_unpublished");
+        assert_eq!(
+            v["track"],
+            serde_json::json!({"id": "t1", "kind": "screen_audio"})
+        );
+        assert_eq!(
+            json(RoomEventKind::ParticipantJoined(alice()))["type"],
+            "participant_joined"
+        );
+        assert_eq!(json(RoomEventKind::RoomFinished)["type"], "room_finished");
+    }
+
+    #[test]
+    fn event_ids_are_unique_and_prefixed() {
+        let (a, b) = (new_event_id(), new_event_id());
+        assert_ne!(a, b);
+        assert!(a.starts_with("evt_") && a.len() == 36, "{a}");
+    }
+}
