@@ -339,7 +339,8 @@ impl MintArgsRef<'_> {
         let ttl = parse_ttl(self.ttl)? as i64;
         if server {
             for scope in self.api {
-                if serde_json::from_value::<crate::auth::api::Scope>(scope.as_str().into()).is_err() {
+                if serde_json::from_value::<crate::auth::api::Scope>(scope.as_str().into()).is_err()
+                {
                     return Err(format!(
                         "--api `{scope}`: rooms:read, rooms:admin or tokens:issue"
                     ));
@@ -352,7 +353,9 @@ impl MintArgsRef<'_> {
                 ));
             }
             if self.role.is_some() || self.name.is_some() || !self.permissions.is_empty() {
-                return Err("--role, --name and --permission are for join tokens, not --api".into());
+                return Err(
+                    "--role, --name and --permission are for join tokens, not --api".into(),
+                );
             }
         }
         let first = |list: &[String], flag: &str| {
@@ -711,20 +714,42 @@ mod tests {
         assert_eq!(grant.subject, "backend");
         assert!(!grant.room_limited());
         let room = crate::protocol::RoomName::parse("r1").unwrap();
-        let limited = mint_token(&c, &MintArgsRef { room: Some("r1"), ..args }, now).unwrap();
+        let limited = mint_token(
+            &c,
+            &MintArgsRef {
+                room: Some("r1"),
+                ..args
+            },
+            now,
+        )
+        .unwrap();
         assert_eq!(
             verifier.verify(&limited, &room, now).await.unwrap_err(),
             crate::auth::AuthError::ServerToken
         );
         for (bad, why) in [
             (MintArgsRef { ttl: "2h", ..args }, "max_token_lifetime"),
-            (MintArgsRef { role: Some("member"), ..args }, "join tokens"),
+            (
+                MintArgsRef {
+                    role: Some("member"),
+                    ..args
+                },
+                "join tokens",
+            ),
         ] {
             let e = mint_token(&c, &bad, now).unwrap_err();
             assert!(e.contains(why), "{e}");
         }
         let unknown = vec!["rooms:everything".to_owned()];
-        let e = mint_token(&c, &MintArgsRef { api: &unknown, ..args }, now).unwrap_err();
+        let e = mint_token(
+            &c,
+            &MintArgsRef {
+                api: &unknown,
+                ..args
+            },
+            now,
+        )
+        .unwrap_err();
         assert!(e.contains("rooms:read"), "{e}");
     }
 

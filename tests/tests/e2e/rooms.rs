@@ -17,10 +17,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 /// Packets a flow must deliver before checks (~1 s at 50 pps).
-const ENOUGH: u64 = 50;
+pub(crate) const ENOUGH: u64 = 50;
 
 /// A server token for the room service API with `scopes`, limited to `room` if given.
-fn server_token(scopes: &[&str], room: Option<&str>) -> String {
+pub(crate) fn server_token(scopes: &[&str], room: Option<&str>) -> String {
     let t = now();
     let mut c = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "chat-backend", "iat": t, "exp": t + 300, "api": scopes});
     if let Some(room) = room {
@@ -30,12 +30,12 @@ fn server_token(scopes: &[&str], room: Option<&str>) -> String {
 }
 
 /// Full rights for the tests' backend.
-fn admin() -> String {
+pub(crate) fn admin() -> String {
     server_token(&["rooms:read", "rooms:admin", "tokens:issue"], None)
 }
 
 /// A join token for `sub` in `room` with `role`.
-fn user(sub: &str, room: &str, role: &str) -> String {
+pub(crate) fn user(sub: &str, room: &str, role: &str) -> String {
     let mut c = claims(sub, room);
     c["role"] = role.into();
     hs_token(&c)
@@ -55,9 +55,20 @@ fn relay_config(rtcd: &TestRtcd, client: &str) -> RtcdConfig {
 
 /// A proxy replica of tenant `client`, issuing tokens with key `hs1`.
 async fn replica(rtcd: &TestRtcd, client: &str, cancel: &CancellationToken) -> Proxy {
+    replica_with(rtcd, client, cancel, |_| {}).await
+}
+
+/// [`replica`] with more settings.
+pub(crate) async fn replica_with(
+    rtcd: &TestRtcd,
+    client: &str,
+    cancel: &CancellationToken,
+    configure: impl FnOnce(&mut rtcd_proxy::config::Config),
+) -> Proxy {
     let mut config = base_config();
     config.rtcd = relay_config(rtcd, client);
     config.api.token_signing_kid = "hs1".into();
+    configure(&mut config);
     let relay = rtcd_proxy::relay::rtcd::RtcdRelay::start(&config.rtcd, cancel.clone())
         .await
         .unwrap();
@@ -67,7 +78,7 @@ async fn replica(rtcd: &TestRtcd, client: &str, cancel: &CancellationToken) -> P
 }
 
 /// One API call: (status, JSON body).
-async fn api(
+pub(crate) async fn api(
     proxy: SocketAddr,
     method: &str,
     path: &str,
@@ -93,7 +104,12 @@ async fn api(
 }
 
 /// A webrtc-rs participant joined through `proxy` that publishes audio and video.
-async fn publisher(proxy: SocketAddr, token: &str, room: &str, tag: &str) -> Participant {
+pub(crate) async fn publisher(
+    proxy: SocketAddr,
+    token: &str,
+    room: &str,
+    tag: &str,
+) -> Participant {
     let p = Participant::join_via_proxy(&format!("ws://{proxy}/ws"), token, room, tag)
         .await
         .unwrap();
@@ -104,7 +120,7 @@ async fn publisher(proxy: SocketAddr, token: &str, room: &str, tag: &str) -> Par
 }
 
 /// The proxy close ("4012 banned") a bridged participant saw, if any.
-fn closed_with(p: &Participant) -> Option<String> {
+pub(crate) fn closed_with(p: &Participant) -> Option<String> {
     p.events().into_iter().find_map(|e| match e {
         pb::server_signal::Signal::SessionClosed(c) => Some(c.reason),
         _ => None,
@@ -112,7 +128,7 @@ fn closed_with(p: &Participant) -> Option<String> {
 }
 
 /// Waits until `p`'s session was closed by the proxy with `code`.
-async fn closes_with(p: &Participant, code: u16) {
+pub(crate) async fn closes_with(p: &Participant, code: u16) {
     let want = code.to_string();
     eventually(&format!("{} closed with {code}", p.session), || {
         closed_with(p).is_some_and(|r| r.starts_with(&want))
@@ -122,7 +138,7 @@ async fn closes_with(p: &Participant, code: u16) {
 }
 
 /// Asserts that `flow` of `p` has stopped: at most a few packets (in flight) in 2 s.
-async fn stopped(p: &Participant, flow: &str) {
+pub(crate) async fn stopped(p: &Participant, flow: &str) {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (sender, kind) = flow.split_once('/').unwrap();
     let before = p.received(sender, kind);
@@ -1035,272 +1051,4 @@ async fn revocations_close_live_sessions_refuse_old_tokens_and_survive_restarts(
     proxy.shutdown().await;
     cancel.cancel();
     rtcd.stop().await;
-}
-
-/// A platform's webhook endpoint on 127.0.0.1: records every request (headers, body) and
-/// answers 500 to the first `fail_first` of them.
-struct Receiver {
-    addr: SocketAddr,
-    /// (Rtcd-Signature header, body, status answered).
-    log: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u16)>>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl Receiver {
-    async fn start(fail_first: usize) -> Self {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use warp::Filter as _;
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let failures = std::sync::Arc::new(AtomicUsize::new(fail_first));
-        let route = {
-            let log = log.clone();
-            warp::post()
-                .and(warp::header::optional::<String>("rtcd-signature"))
-                .and(warp::body::bytes())
-                .map(move |sig: Option<String>, body: bytes::Bytes| {
-                    let fail = failures
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok();
-                    let status = if fail { 500 } else { 200 };
-                    log.lock().unwrap().push((
-                        sig.unwrap_or_default(),
-                        String::from_utf8_lossy(&body).into_owned(),
-                        status,
-                    ));
-                    warp::reply::with_status("", warp::http::StatusCode::from_u16(status).unwrap())
-                })
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(
-            warp::serve(route)
-                .incoming(listener)
-                .graceful(async {
-                    let _ = rx.await;
-                })
-                .run(),
-        );
-        Self {
-            addr,
-            log,
-            _stop: tx,
-        }
-    }
-
-    fn accepted(&self) -> Vec<Value> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, _, status)| *status == 200)
-            .map(|(_, body, _)| serde_json::from_str(body).unwrap())
-            .collect()
-    }
-}
-
-/// Checks a `Rtcd-Signature: t=<unix>,v1=<hex>` header over `body` with `secret`, as a
-/// platform would (docs/webhooks.md), in constant time.
-fn signature_ok(header: &str, body: &str, secret: &str) -> bool {
-    use hmac::Mac as _;
-    let mut t = None;
-    let mut v1 = None;
-    for part in header.split(',') {
-        match part.split_once('=') {
-            Some(("t", v)) => t = Some(v.to_owned()),
-            Some(("v1", v)) => v1 = Some(v.to_owned()),
-            _ => {}
-        }
-    }
-    let (Some(t), Some(v1)) = (t, v1) else {
-        return false;
-    };
-    let Ok(ts) = t.parse::<i64>() else {
-        return false;
-    };
-    if (now() - ts).abs() > 300 {
-        return false;
-    }
-    let Some(sig) = (0..v1.len())
-        .step_by(2)
-        .map(|i| {
-            v1.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()
-    else {
-        return false;
-    };
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{t}.{body}").as_bytes());
-    mac.verify_slice(&sig).is_ok()
-}
-
-#[tokio::test]
-async fn webhooks_arrive_signed_once_and_in_order_per_room_and_again_after_a_500() {
-    const SECRET: &str = "whsec-0123456789abcdef0123456789abcdef";
-    let receiver = Receiver::start(3).await;
-    let rtcd = TestRtcd::start(&[
-        ("RTCD_WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", "true"),
-        ("RTCD_WEBHOOKS_INITIAL_BACKOFF_MS", "100"),
-        ("RTCD_WEBHOOKS_MAX_BACKOFF_SECONDS", "1"),
-    ])
-    .await
-    .unwrap();
-    rtcd.register_key("tenant-a", &key_for("tenant-a"))
-        .await
-        .unwrap();
-    let cancel = CancellationToken::new();
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let mut config = base_config();
-        config.rtcd = relay_config(&rtcd, "tenant-a");
-        config.webhooks.urls = vec![format!("http://{}/hooks", receiver.addr)];
-        config.webhooks.secret = Secret::new(SECRET);
-        let relay = rtcd_proxy::relay::rtcd::RtcdRelay::start(&config.rtcd, cancel.clone())
-            .await
-            .unwrap();
-        replicas.push(
-            rtcd_e2e::proxy::start_with_relay(config, Some(relay))
-                .await
-                .unwrap(),
-        );
-    }
-    let (one, two) = (replicas[0].addr(), replicas[1].addr());
-    // Room r1: alice (replica one) and bob (replica two), both publishing; room r2: carol.
-    let alice = publisher(one, &user("alice", "r1", "moderator"), "r1", "alice").await;
-    let bob = publisher(two, &user("bob", "r1", "member"), "r1", "bob").await;
-    let carol = publisher(two, &user("carol", "r2", "member"), "r2", "carol").await;
-    eventually("media flows in r1", || {
-        alice.received("bob", "audio") >= ENOUGH
-    })
-    .await
-    .unwrap();
-    // Bob is removed (participant_removed, then participant_left), then everyone leaves.
-    let (status, _) = api(
-        one,
-        "POST",
-        "/api/v1/rooms/r1/participants/remove",
-        Some(&admin()),
-        Some(json!({"identity": "bob"})),
-    )
-    .await;
-    assert_eq!(status, 200);
-    closes_with(&bob, 4011).await;
-    for p in [&alice, &carol] {
-        p.send(pb::client_signal::Signal::Leave(pb::Leave {}))
-            .await
-            .unwrap();
-    }
-    eventually("both rooms finished and were delivered", || {
-        receiver
-            .accepted()
-            .iter()
-            .filter(|e| e["type"] == "room_finished")
-            .count()
-            == 2
-    })
-    .await
-    .unwrap();
-
-    let log = receiver.log.lock().unwrap().clone();
-    assert!(log.iter().filter(|(_, _, s)| *s == 500).count() == 3);
-    for (sig, body, _) in &log {
-        assert!(
-            signature_ok(sig, body, SECRET),
-            "bad signature {sig} on {body}"
-        );
-        assert!(
-            !signature_ok(sig, &body.replace("r1", "r9"), SECRET),
-            "a tampered body verifies"
-        );
-        assert!(!signature_ok(
-            sig,
-            body,
-            "whsec-another-secret-of-enough-length-000"
-        ));
-    }
-    // Every request answered 500 was delivered again (same event id) and accepted.
-    let accepted = receiver.accepted();
-    for (_, body, status) in &log {
-        if *status == 500 {
-            let id = serde_json::from_str::<Value>(body).unwrap()["id"].clone();
-            assert!(
-                accepted.iter().any(|e| e["id"] == id),
-                "event {id} never redelivered"
-            );
-        }
-    }
-    // Once each (two replicas pushed the same settings; rtcd alone delivers), in order.
-    let mut ids: Vec<&str> = accepted.iter().map(|e| e["id"].as_str().unwrap()).collect();
-    ids.sort_unstable();
-    let n = ids.len();
-    ids.dedup();
-    assert_eq!(ids.len(), n, "an event was accepted twice");
-    for room in ["r1", "r2"] {
-        let events: Vec<&Value> = accepted
-            .iter()
-            .filter(|e| e["room"]["name"] == room)
-            .collect();
-        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-        assert_eq!(
-            seqs,
-            (1..=seqs.len() as u64).collect::<Vec<_>>(),
-            "{room}: {events:?}"
-        );
-        let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-        assert_eq!(types.first(), Some(&"room_started"), "{room}: {types:?}");
-        assert_eq!(types.last(), Some(&"room_finished"), "{room}: {types:?}");
-        assert!(
-            events
-                .iter()
-                .all(|e| e["created_at"].as_i64().unwrap() > (now() - 120) * 1000)
-        );
-        let instance = &events[0]["room"]["instance"];
-        assert!(events.iter().all(|e| e["room"]["instance"] == *instance));
-    }
-    let r1: Vec<(String, String)> = accepted
-        .iter()
-        .filter(|e| e["room"]["name"] == "r1")
-        .map(|e| {
-            (
-                e["type"].as_str().unwrap().to_owned(),
-                e["participant"]["identity"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned(),
-            )
-        })
-        .collect();
-    let at = |t: &str, who: &str| {
-        r1.iter()
-            .position(|(ty, id)| ty == t && id == who)
-            .unwrap_or_else(|| panic!("no {t} for {who} in {r1:?}"))
-    };
-    assert!(at("participant_joined", "alice") < at("participant_joined", "bob"));
-    assert!(at("participant_joined", "bob") < at("track_published", "bob"));
-    assert!(at("participant_removed", "bob") < at("participant_left", "bob"));
-    assert!(at("track_unpublished", "bob") < at("participant_left", "bob"));
-    assert!(at("participant_left", "bob") < at("participant_left", "alice"));
-    let published = accepted
-        .iter()
-        .filter(|e| e["type"] == "track_published" && e["participant"]["identity"] == "alice")
-        .map(|e| e["track"]["kind"].as_str().unwrap().to_owned())
-        .collect::<std::collections::BTreeSet<_>>();
-    assert_eq!(
-        published.into_iter().collect::<Vec<_>>(),
-        ["audio", "video"]
-    );
-    let left = accepted
-        .iter()
-        .find(|e| e["type"] == "participant_left" && e["participant"]["identity"] == "bob")
-        .unwrap();
-    assert_eq!(left["reason"], "removed", "{left}");
-    alice.close().await;
-    bob.close().await;
-    carol.close().await;
-    for r in replicas {
-        r.shutdown().await;
-    }
-    cancel.cancel();
 }
