@@ -153,10 +153,35 @@ pub struct JoinRequest {
     pub display_name: String,
     /// What the session may do.
     pub permissions: Permissions,
+    /// The participant's role as the platform names it (not interpreted; listed and changed
+    /// by room management).
+    pub role: String,
+    /// The token that admitted the session, for revocations.
+    pub token: TokenMeta,
+}
+
+/// What rtcd keeps of the token that admitted a session (never the token itself): enough to
+/// close the session when the token is revoked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenMeta {
+    /// `iat` (Unix seconds); 0 when the token has none.
+    pub issued_at: i64,
+    /// `jti`, empty when the token has none.
+    pub token_id: String,
+}
+
+impl TokenMeta {
+    /// Whether an identity cut-off at `issued_before` revokes this token: it was issued
+    /// before, or does not say when (a token without `iat` cannot prove it is newer).
+    pub fn revoked_by(&self, issued_before: i64) -> bool {
+        self.issued_at == 0 || self.issued_at < issued_before
+    }
 }
 
 /// Longest call, session or user ID accepted.
 pub const MAX_ID_BYTES: usize = 128;
+/// Longest role accepted.
+pub const MAX_ROLE_BYTES: usize = 32;
 
 impl JoinRequest {
     /// Rejects empty or oversized IDs before anything is allocated for them.
@@ -176,6 +201,16 @@ impl JoinRequest {
             return Err(SfuError::InvalidArgument(
                 "display_name must be at most 256 bytes".into(),
             ));
+        }
+        if self.role.len() > MAX_ROLE_BYTES {
+            return Err(SfuError::InvalidArgument(format!(
+                "role must be at most {MAX_ROLE_BYTES} bytes"
+            )));
+        }
+        if self.token.token_id.len() > MAX_ID_BYTES {
+            return Err(SfuError::InvalidArgument(format!(
+                "token_id must be at most {MAX_ID_BYTES} bytes"
+            )));
         }
         Ok(())
     }
@@ -307,10 +342,114 @@ pub struct Participant {
 struct SessionEntry {
     close: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
+    /// Whose session (revocations name users).
+    user: UserId,
+    /// The token that admitted it (or its latest refresh).
+    token: TokenMeta,
 }
 
 struct CallState {
     sessions: HashMap<SessionId, SessionEntry>,
+    /// When its first session joined (Unix milliseconds).
+    created_at_ms: i64,
+}
+
+/// One of a tenant's calls, as [`Sfu::list_rooms`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    /// The call.
+    pub call: CallId,
+    /// When its first session joined (Unix milliseconds).
+    pub created_at_ms: i64,
+    /// Sessions in it.
+    pub participants: usize,
+}
+
+/// A call and who is in it, as [`Sfu::room`] shows it (from the worker that owns the call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomDetail {
+    /// The call.
+    pub call: CallId,
+    /// When its first session joined (Unix milliseconds).
+    pub created_at_ms: i64,
+    /// Its sessions, by join time.
+    pub participants: Vec<ParticipantDetail>,
+}
+
+/// One session of a call, for room management.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantDetail {
+    /// The session.
+    pub session: SessionId,
+    /// Its user.
+    pub user: UserId,
+    /// Its display name.
+    pub display_name: String,
+    /// Its role (as joined or last updated).
+    pub role: String,
+    /// Its permissions now.
+    pub permissions: Permissions,
+    /// When it joined (Unix milliseconds).
+    pub joined_at_ms: i64,
+    /// The tracks it publishes now.
+    pub tracks: Vec<PublishedTrack>,
+}
+
+/// A track a session publishes, for room management.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedTrack {
+    /// Its msid track id in subscribers' SDP.
+    pub track_id: String,
+    /// What it is.
+    pub kind: TrackKind,
+    /// Whether its packets are dropped (muted by the user or a moderator).
+    pub muted: bool,
+}
+
+/// What a moderator does to a user's sessions in a call ([`Sfu::moderate`]); carried out by
+/// the worker thread that owns the call, so it applies between two packets.
+#[derive(Debug, Clone)]
+pub enum Moderation {
+    /// Close every session of the user: reason "removed", or "banned" with the ban's expiry
+    /// (Unix seconds), announced as `ParticipantRemoved` before the usual leave.
+    Remove {
+        /// Whose sessions.
+        user: UserId,
+        /// The ban's expiry, if banned.
+        banned_until: Option<i64>,
+    },
+    /// Mute the user's tracks of a kind (they may unmute themselves later).
+    Mute {
+        /// Whose tracks.
+        user: UserId,
+        /// Which kind.
+        kind: TrackKind,
+    },
+    /// Ask the user to unmute a kind; changes nothing.
+    RequestUnmute {
+        /// Whom.
+        user: UserId,
+        /// Which kind.
+        kind: TrackKind,
+    },
+    /// Replace the user's role and permissions; tracks no longer allowed stop at once.
+    Update {
+        /// Whose sessions.
+        user: UserId,
+        /// The new role.
+        role: String,
+        /// The new permissions.
+        permissions: Permissions,
+    },
+    /// Close every session of the call with reason "room ended".
+    End,
+}
+
+/// Now, in Unix milliseconds (0 if the clock is before 1970).
+pub(crate) fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[derive(Default)]
@@ -379,6 +518,7 @@ impl Sfu {
         req.validate()?;
         let close = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
+        let created_at_ms;
         {
             let mut reg = self.registry();
             if self.inner.draining.load(Ordering::Acquire) {
@@ -392,7 +532,9 @@ impl Sfu {
             let new_call = !reg.calls.contains_key(&key);
             let call = reg.calls.entry(key).or_insert_with(|| CallState {
                 sessions: HashMap::new(),
+                created_at_ms: unix_ms(),
             });
+            created_at_ms = call.created_at_ms;
             if call.sessions.contains_key(&req.session) {
                 return Err(SfuError::AlreadyExists);
             }
@@ -404,6 +546,8 @@ impl Sfu {
                 SessionEntry {
                     close: close.clone(),
                     reason: reason.clone(),
+                    user: req.user.clone(),
+                    token: req.token.clone(),
                 },
             );
             *reg.per_tenant.entry(req.tenant.clone()).or_default() += 1;
@@ -423,7 +567,13 @@ impl Sfu {
         let started = self
             .inner
             .shards
-            .join(self.inner.clone(), req.clone(), close, reason)
+            .join(
+                self.inner.clone(),
+                req.clone(),
+                created_at_ms,
+                close,
+                reason,
+            )
             .await;
         match started {
             Ok(pair) => Ok(pair),
@@ -452,6 +602,88 @@ impl Sfu {
             .ok_or(SfuError::NotFound)?;
         close_entry(entry, reason);
         Ok(())
+    }
+
+    /// Records a refreshed token for a live session (later revocations are judged on it).
+    pub fn update_token(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        session: &SessionId,
+        token: TokenMeta,
+    ) -> Result<(), SfuError> {
+        let mut reg = self.registry();
+        let entry = reg
+            .calls
+            .get_mut(&(tenant.clone(), call.clone()))
+            .and_then(|c| c.sessions.get_mut(session))
+            .ok_or(SfuError::NotFound)?;
+        entry.token = token;
+        Ok(())
+    }
+
+    /// Closes, with reason "revoked", every session of the tenant admitted by a revoked token:
+    /// `user`'s sessions whose token was issued before the cut-off (or is undated), and every
+    /// session whose token has ID `token_id` (when not empty). Returns how many.
+    pub fn revoke(
+        &self,
+        tenant: &TenantId,
+        cutoff: Option<(&UserId, i64)>,
+        token_id: &str,
+    ) -> usize {
+        let reg = self.registry();
+        let mut closed = 0;
+        for ((t, _), call) in &reg.calls {
+            if t != tenant {
+                continue;
+            }
+            for entry in call.sessions.values() {
+                let by_cutoff = cutoff.is_some_and(|(user, issued_before)| {
+                    &entry.user == user && entry.token.revoked_by(issued_before)
+                });
+                let by_id = !token_id.is_empty() && entry.token.token_id == token_id;
+                if (by_cutoff || by_id) && !entry.close.is_cancelled() {
+                    close_entry(entry, "revoked");
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    }
+
+    /// The tenant's calls on this host, sorted by call ID.
+    pub fn list_rooms(&self, tenant: &TenantId) -> Vec<RoomSummary> {
+        let reg = self.registry();
+        let mut rooms: Vec<RoomSummary> = reg
+            .calls
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|((_, call), state)| RoomSummary {
+                call: call.clone(),
+                created_at_ms: state.created_at_ms,
+                participants: state.sessions.len(),
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.call.cmp(&b.call));
+        rooms
+    }
+
+    /// One of the tenant's calls with its sessions and their tracks, as the worker that owns
+    /// it sees them now. `NotFound` if the tenant has no such call.
+    pub async fn room(&self, tenant: &TenantId, call: &CallId) -> Result<RoomDetail, SfuError> {
+        self.inner.shards.describe(tenant, call).await
+    }
+
+    /// Carries out a moderator's action on one of the tenant's calls; returns the number of
+    /// sessions it applied to. `NotFound` if the tenant has no such call, or (for the actions
+    /// naming a user) the user has no session in it.
+    pub async fn moderate(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        action: Moderation,
+    ) -> Result<usize, SfuError> {
+        self.inner.shards.moderate(tenant, call, action).await
     }
 
     /// Refuses new joins from now on; existing sessions continue.
