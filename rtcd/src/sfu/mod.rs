@@ -778,3 +778,222 @@ impl SfuInner {
         self.empty.send_replace(n);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Room management and room events through the real media threads (no media: sessions
+    //! that never offer are enough to join, be moderated and leave).
+
+    use super::events::{RoomEvent, RoomEventKind, RoomEventSink};
+    use super::*;
+
+    fn config() -> SfuConfig {
+        SfuConfig {
+            udp_addr: "127.0.0.1:0".parse().expect("literal address"),
+            ice_tcp_port: None,
+            host_override: Vec::new(),
+            interfaces: Vec::new(),
+            include_loopback: true,
+            udp_buffer_bytes: 0,
+            nack_buffer_packets: 64,
+            max_sessions_per_call: 8,
+            max_sessions_per_tenant: 8,
+            max_tracks_per_session: 4,
+            max_sdp_bytes: 64 * 1024,
+            keyframe_interval: Duration::from_secs(1),
+            ice_disconnected_timeout: Duration::from_secs(5),
+            ice_failed_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn join(session: &str, issued_at: i64) -> JoinRequest {
+        JoinRequest {
+            tenant: TenantId::new("t"),
+            call: CallId::new("c"),
+            session: SessionId::new(session),
+            user: UserId::new(format!("user-{session}")),
+            display_name: session.into(),
+            permissions: Permissions {
+                subscribe: true,
+                ..Permissions::default()
+            },
+            role: "member".into(),
+            token: TokenMeta {
+                issued_at,
+                token_id: format!("jti-{session}"),
+            },
+        }
+    }
+
+    /// The session's events until it closes (bounded wait), and the close reason.
+    async fn until_closed(rx: &mut mpsc::Receiver<SessionEvent>) -> (Vec<SessionEvent>, String) {
+        let mut seen = Vec::new();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the session closes")
+                .expect("Closed comes before the end of the stream");
+            if let SessionEvent::Closed { reason } = event {
+                return (seen, reason);
+            }
+            seen.push(event);
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<SessionEvent>) -> Vec<SessionEvent> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn moderation_applies_to_the_users_sessions_and_room_events_come_in_order() {
+        let (tx, mut room_events) = mpsc::channel::<RoomEvent>(64);
+        let sink = RoomEventSink::new(tx, Default::default());
+        let sfu = Sfu::new(config(), Metrics::new(), Some(sink))
+            .await
+            .expect("the SFU starts on loopback");
+        let (t, c) = (TenantId::new("t"), CallId::new("c"));
+        let (_a, mut a) = sfu.join(join("a", 100)).await.expect("a joins");
+        let (_b, mut b) = sfu.join(join("b", 100)).await.expect("b joins");
+        let (_c, mut cc) = sfu.join(join("c", 100)).await.expect("c joins");
+        let rooms = sfu.list_rooms(&t);
+        assert_eq!(rooms.len(), 1);
+        assert_eq!((rooms[0].call.as_str(), rooms[0].participants), ("c", 3));
+        assert!(sfu.list_rooms(&TenantId::new("other")).is_empty());
+        assert!(matches!(
+            sfu.room(&TenantId::new("other"), &c).await,
+            Err(SfuError::NotFound)
+        ));
+
+        // Moderator mute: the target is told, the others see the usual mute change.
+        let user_b = UserId::new("user-b");
+        let mute = Moderation::Mute {
+            user: user_b.clone(),
+            kind: TrackKind::Audio,
+        };
+        assert_eq!(sfu.moderate(&t, &c, mute).await.expect("mute"), 1);
+        let ask = Moderation::RequestUnmute {
+            user: user_b.clone(),
+            kind: TrackKind::Audio,
+        };
+        assert_eq!(sfu.moderate(&t, &c, ask).await.expect("ask"), 1);
+        let update = Moderation::Update {
+            user: user_b.clone(),
+            role: "guest".into(),
+            permissions: Permissions::default(),
+        };
+        assert_eq!(sfu.moderate(&t, &c, update).await.expect("update"), 1);
+        let nobody = Moderation::Mute {
+            user: UserId::new("nobody"),
+            kind: TrackKind::Audio,
+        };
+        assert!(matches!(
+            sfu.moderate(&t, &c, nobody).await,
+            Err(SfuError::NotFound)
+        ));
+        let room = sfu.room(&t, &c).await.expect("the room");
+        let b_detail = room
+            .participants
+            .iter()
+            .find(|p| p.session.as_str() == "b")
+            .expect("b is listed");
+        assert_eq!(b_detail.role, "guest");
+        assert_eq!(b_detail.permissions, Permissions::default());
+        assert_eq!(
+            room.participants
+                .iter()
+                .map(|p| p.session.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b", "c"],
+            "by join time"
+        );
+        let b_saw = drain(&mut b);
+        assert!(b_saw.iter().any(|e| matches!(
+            e,
+            SessionEvent::MutedByModerator {
+                kind: TrackKind::Audio
+            }
+        )));
+        assert!(b_saw.iter().any(|e| matches!(
+            e,
+            SessionEvent::UnmuteRequested {
+                kind: TrackKind::Audio
+            }
+        )));
+        assert!(b_saw.iter().any(
+            |e| matches!(e, SessionEvent::PermissionsChanged { role, .. } if role == "guest")
+        ));
+        assert!(drain(&mut a).iter().any(|e| matches!(
+            e,
+            SessionEvent::MuteChanged { session, muted: true, .. } if session.as_str() == "b"
+        )));
+
+        // Revocation by cut-off: c's token is older.
+        assert_eq!(sfu.revoke(&t, Some((&UserId::new("user-c"), 200)), ""), 1);
+        assert_eq!(until_closed(&mut cc).await.1, "revoked");
+        assert_eq!(sfu.revoke(&t, Some((&UserId::new("user-a"), 50)), ""), 0);
+
+        // Removal with a ban, then the end of the room.
+        let remove = Moderation::Remove {
+            user: user_b,
+            banned_until: Some(99),
+        };
+        assert_eq!(sfu.moderate(&t, &c, remove).await.expect("remove"), 1);
+        assert_eq!(until_closed(&mut b).await.1, "banned");
+        assert_eq!(sfu.moderate(&t, &c, Moderation::End).await.expect("end"), 1);
+        assert_eq!(until_closed(&mut a).await.1, "room ended");
+        assert!(matches!(
+            sfu.moderate(&t, &c, Moderation::End).await,
+            Err(SfuError::NotFound)
+        ));
+
+        let mut events = Vec::new();
+        while let Ok(e) = room_events.try_recv() {
+            events.push(e);
+        }
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+        assert!(
+            events
+                .iter()
+                .all(|e| e.room_instance == events[0].room_instance
+                    && e.tenant == t
+                    && e.call == c)
+        );
+        let shape: Vec<String> = events
+            .iter()
+            .map(|e| match &e.kind {
+                RoomEventKind::RoomStarted => "started".to_owned(),
+                RoomEventKind::RoomFinished => "finished".to_owned(),
+                RoomEventKind::ParticipantJoined(p) => format!("joined {}", p.session),
+                RoomEventKind::ParticipantLeft {
+                    participant,
+                    reason,
+                } => format!("left {} {reason}", participant.session),
+                RoomEventKind::ParticipantRemoved {
+                    participant,
+                    banned_until,
+                } => format!("removed {} {banned_until:?}", participant.session),
+                RoomEventKind::TrackPublished { track_id, .. } => format!("published {track_id}"),
+                RoomEventKind::TrackUnpublished { track_id, .. } => {
+                    format!("unpublished {track_id}")
+                }
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                "started",
+                "joined a",
+                "joined b",
+                "joined c",
+                "left c revoked",
+                "removed b Some(99)",
+                "left b banned",
+                "left a room ended",
+                "finished",
+            ]
+        );
+        assert_eq!(sfu.session_count(), 0);
+        assert_eq!(sfu.call_count(), 0);
+    }
+}
