@@ -15,6 +15,7 @@ mod process;
 mod proxy_auth;
 mod registry;
 mod relay;
+mod rooms_rtcd;
 mod rtcp;
 mod signaling;
 mod slow_clients;
