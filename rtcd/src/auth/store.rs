@@ -1,4 +1,6 @@
-//! The client registry on disk: sled, one tree, client ID -> bcrypt hash record.
+//! The client registry on disk: sled, tree `clients`, client ID -> bcrypt hash record. The
+//! same database ([`Database`]) holds the other trees of rtcd's data directory
+//! (`crate::moderation`), which share its group commit.
 //!
 //! Only hashes are stored, never a key. Writes are insert-if-absent (first registration wins,
 //! a second one is a conflict) and callers flush before they acknowledge, so an answered

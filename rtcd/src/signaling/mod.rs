@@ -115,11 +115,12 @@ impl Signaling for SignalingService {
             return Err(status::from_refusal(&refusal));
         }
         let session_id = join.session.as_str().to_owned();
-        let (tenant, call, session, user) = (
+        let (tenant, call, session, user, token) = (
             join.tenant.clone(),
             join.call.clone(),
             join.session.clone(),
             join.user.clone(),
+            join.token.clone(),
         );
         let (sfu, moderation) = (self.sfu.clone(), self.moderation.clone());
         let (handle, mut events) = self
@@ -127,6 +128,16 @@ impl Signaling for SignalingService {
             .join(join)
             .await
             .map_err(|e| status::from_sfu(&e))?;
+        // Checked again now that the session is registered: a ban or revocation written
+        // between the first check and the registration (whose removal pass could not see this
+        // session yet) is seen here, so no refused session stays.
+        if let Ok(Some(refusal)) = moderation.refusal(&tenant, &call, &user, &token, unix_now()) {
+            let reason = match refusal {
+                crate::moderation::Refusal::Banned { .. } => "banned",
+                _ => "revoked",
+            };
+            let _ = sfu.close(&tenant, &call, &session, reason);
+        }
         // Bounded: if the proxy reads slowly, the session's events wait (per-session backpressure).
         let (tx, rx) = mpsc::channel::<Result<pb::ServerSignal, Status>>(64);
         let joined = pb::ServerSignal {

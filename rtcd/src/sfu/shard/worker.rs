@@ -1005,7 +1005,12 @@ impl Worker {
             }
         };
         let action = match request {
-            ManageRequest::Describe => return Ok(Managed::Room(self.describe(call_key))),
+            ManageRequest::Describe => {
+                return self
+                    .describe(call_key)
+                    .map(Managed::Room)
+                    .ok_or(SfuError::NotFound);
+            }
             ManageRequest::Moderate(action) => action,
         };
         let count = match action {
@@ -1078,14 +1083,8 @@ impl Worker {
     }
 
     /// The call's sessions (in join order) and their published tracks.
-    fn describe(&self, call_key: CallKey) -> RoomDetail {
-        let Some(call) = self.calls.get(&call_key) else {
-            return RoomDetail {
-                call: CallId::new(""),
-                created_at_ms: 0,
-                participants: Vec::new(),
-            };
-        };
+    fn describe(&self, call_key: CallKey) -> Option<RoomDetail> {
+        let call = self.calls.get(&call_key)?;
         let participants = call
             .members
             .iter()
@@ -1112,11 +1111,11 @@ impl Worker {
                 }
             })
             .collect();
-        RoomDetail {
+        Some(RoomDetail {
             call: call.names.1.clone(),
             created_at_ms: call.created_at_ms,
             participants,
-        }
+        })
     }
 
     /// Asks the client for an offer with enough receiving sections for every track to send
