@@ -7,7 +7,7 @@
 //! and tracks; the live state comes from the SFU (the worker thread that owns the call answers,
 //! so an action applies between two packets), and what must outlive the process (bans,
 //! cut-offs, denied token IDs) goes to [`crate::moderation`] and is durable before the RPC
-//! returns. Every RPC is authenticated like signaling ([`crate::signaling::tenant_of`]) and
+//! returns. Every RPC is authenticated like signaling (`signaling::tenant_of`) and
 //! scoped to the caller: another tenant's room, participant or ban is NOT_FOUND. Each
 //! management action leaves one INFO line on the `audit` target (client, call, user, action,
 //! outcome). Errors are mapped once, in [`status`].
