@@ -168,6 +168,8 @@ pub enum Signal {
     Join(crate::sfu::JoinRequest),
     /// A valid command after the join.
     Command(SessionCommand),
+    /// A valid refreshed token.
+    Token(crate::sfu::TokenMeta),
 }
 
 /// `grpc_convert` target: arbitrary bytes decoded as the `rtcd.v1.ClientSignal` a proxy streams,
@@ -183,7 +185,10 @@ pub fn client_signal(data: &[u8]) -> Result<Signal, FuzzError> {
             join,
         )?)),
         Some(signal) => {
-            let command = convert::command(signal)?;
+            let command = match convert::command(signal)? {
+                convert::ClientCommand::Session(command) => command,
+                convert::ClientCommand::Token(token) => return Ok(Signal::Token(token)),
+            };
             if let SessionCommand::Offer { sdp, tracks } = &command {
                 offer_checks(sdp, tracks)?;
             }

@@ -11,6 +11,9 @@
 //!   mapping; the listeners (TCP / TLS, deadlines, connection caps, graceful shutdown) are the
 //!   service kit's (`rtcd_kit::listener`, `rtcd_kit::tls`).
 //! * [`signaling`]: the gRPC service proxies use (authenticated per RPC, tenant-scoped).
+//! * [`rooms`]: the gRPC room-management service on the same port (list, remove and ban,
+//!   mute, role and permission changes, end room, revoke), over the SFU and [`moderation`]
+//!   (bans and revocations, durable in the same sled database as the clients).
 //! * [`sfu`]: calls, sessions and RTP forwarding (knows no gRPC, proto, auth or WebRTC library).
 //! * [`webhook`]: room events (from the SFU) POSTed, signed, to each tenant's URLs.
 //! * [`engine`]: the media engine v2: everything that touches the WebRTC library and the media
@@ -45,6 +48,8 @@ pub mod engine;
 pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
+pub mod moderation;
+pub mod rooms;
 pub mod sfu;
 pub mod signaling;
 pub mod system;
@@ -67,6 +72,8 @@ use crate::auth::{AuthError, AuthService, ClientStore, StoreError};
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::moderation::ModerationStore;
+use crate::rooms::RoomsService;
 use crate::sfu::{Sfu, SfuConfig};
 use crate::signaling::SignalingService;
 use crate::system::SystemLoad;
@@ -128,6 +135,7 @@ impl Rtcd {
         let health = Arc::new(Health::default());
         let metrics = Metrics::new();
         let store = ClientStore::open(Path::new(&config.store.data_source))?;
+        let moderation = ModerationStore::open(store.database())?;
         let security = config.api.security.clone();
         let auth = {
             let metrics = metrics.clone();
@@ -173,12 +181,19 @@ impl Rtcd {
         let grpc_cancel = CancellationToken::new();
         let (grpc_addr, grpc_server) = start_grpc(
             &config,
-            SignalingService::new(auth.clone(), sfu.clone()),
+            SignalingService::new(auth.clone(), sfu.clone(), moderation.clone()),
+            RoomsService::new(
+                auth.clone(),
+                sfu.clone(),
+                moderation.clone(),
+                webhooks.clone(),
+            ),
             grpc_cancel.clone(),
         )
         .await?;
 
         let cancel = CancellationToken::new();
+        let purger = moderation::spawn_purger(moderation, cancel.child_token());
         let load = Arc::new(SystemLoad::default());
         load.spawn_sampler(cancel.child_token());
         let state = ApiState {
@@ -199,11 +214,14 @@ impl Rtcd {
             shutdown: cancel.clone(),
             drain,
         };
-        let mut servers = vec![rtcd_kit::listener::serve(
-            http_listener,
-            options(tls, "api"),
-            rtcd_kit::listener::routes_handler(api::public_routes(state.clone())),
-        )];
+        let mut servers = vec![
+            purger,
+            rtcd_kit::listener::serve(
+                http_listener,
+                options(tls, "api"),
+                rtcd_kit::listener::routes_handler(api::public_routes(state.clone())),
+            ),
+        ];
         if let Some((listener, _)) = metrics_listener {
             servers.push(rtcd_kit::listener::serve(
                 listener,
@@ -336,10 +354,12 @@ fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
     })
 }
 
-/// Binds the gRPC listener (TLS / mTLS when configured) and serves signaling until `cancel`.
+/// Binds the gRPC listener (TLS / mTLS when configured) and serves signaling and room
+/// management (same port, same limits) until `cancel`.
 async fn start_grpc(
     config: &Config,
     service: SignalingService,
+    rooms: RoomsService,
     cancel: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
     use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -367,7 +387,9 @@ async fn start_grpc(
         tracing::warn!(%addr, "gRPC signaling listens beyond loopback without TLS: client keys cross the network in clear; set grpc.tls_cert_file / tls_key_file");
     }
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    let router = builder.add_service(service.into_server(grpc.max_message_bytes));
+    let router = builder
+        .add_service(service.into_server(grpc.max_message_bytes))
+        .add_service(rooms.into_server(grpc.max_message_bytes));
     let handle = tokio::spawn(async move {
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())

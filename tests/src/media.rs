@@ -579,9 +579,28 @@ impl Participant {
         permissions: pb::Permissions,
         options: PeerOptions,
     ) -> Result<Self, tonic::Status> {
+        Self::join_message(
+            client,
+            auth,
+            session,
+            join(call, session, permissions),
+            options,
+        )
+        .await
+    }
+
+    /// Joins with any `Join` message (a role, a token, another user); `session` is the payload
+    /// tag of this participant's tracks.
+    pub async fn join_message(
+        client: &mut SignalingClient<Channel>,
+        auth: Option<&str>,
+        session: &str,
+        message: pb::ClientSignal,
+        options: PeerOptions,
+    ) -> Result<Self, tonic::Status> {
         let (out_tx, out_rx) = mpsc::channel::<pb::ClientSignal>(64);
         out_tx
-            .send(join(call, session, permissions))
+            .send(message)
             .await
             .map_err(|_| tonic::Status::internal("harness"))?;
         let mut inbound = client

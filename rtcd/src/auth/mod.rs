@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 use crate::config::SecurityConfig;
 use crate::metrics::Metrics;
 use rtcd_kit::rate::{AddrKey, KeyedLimiter, Limited, Quota};
-pub use store::{ClientRecord, ClientStore, StoreError};
+pub use store::{ClientRecord, ClientStore, Database, StoreError};
 
 /// Shortest auth key accepted (Mattermost rtcd's `MinKeyLen`); also the admin secret's minimum.
 pub const MIN_KEY_BYTES: usize = 32;

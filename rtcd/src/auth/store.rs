@@ -1,4 +1,6 @@
-//! The client registry on disk: sled, one tree, client ID -> bcrypt hash record.
+//! The client registry on disk: sled, tree `clients`, client ID -> bcrypt hash record. The
+//! same database ([`Database`]) holds the other trees of rtcd's data directory
+//! (`crate::moderation`), which share its group commit.
 //!
 //! Only hashes are stored, never a key. Writes are insert-if-absent (first registration wins,
 //! a second one is a conflict) and callers flush before they acknowledge, so an answered
@@ -48,9 +50,49 @@ pub struct ClientRecord {
 /// Handle to the registry database. Cheap to clone (sled handles are reference counted).
 #[derive(Clone)]
 pub struct ClientStore {
-    db: sled::Db,
+    db: Database,
     clients: sled::Tree,
+}
+
+/// rtcd's one sled database (its data directory) and the group commit every writer shares:
+/// other stores (moderation) open their own trees here instead of a second database, so one
+/// flush covers them all and one lock guards the directory.
+#[derive(Clone)]
+pub struct Database {
+    db: sled::Db,
     commits: Arc<GroupCommit>,
+}
+
+impl Database {
+    /// Opens (creating if absent) a named tree of the database.
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// Makes every write so far (in any tree) durable. Await it before acknowledging a change.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let commits = &self.commits;
+        let ticket = commits.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let _running = commits.running.lock().await;
+        if commits.durable.load(Ordering::Acquire) >= ticket {
+            // A flush that started after this caller's write has finished.
+            return Ok(());
+        }
+        // Every ticket handed out so far belongs to a write that is already in sled.
+        let covered = commits.requested.load(Ordering::Acquire);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Sled(std::io::Error::other(e.to_string()).into()))??;
+        commits.durable.fetch_max(covered, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Blocking flush, for the CLI and shutdown paths outside a runtime.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
 }
 
 /// One blocking flush at a time, each covering every write whose caller asked before it
@@ -82,10 +124,17 @@ impl ClientStore {
         })?;
         let clients = db.open_tree("clients")?;
         Ok(Self {
-            db,
+            db: Database {
+                db,
+                commits: Arc::default(),
+            },
             clients,
-            commits: Arc::default(),
         })
+    }
+
+    /// The database this store lives in (for the other stores of the data directory).
+    pub fn database(&self) -> &Database {
+        &self.db
     }
 
     /// Inserts `record` for `id` only if `id` is absent. Returns false on conflict.
@@ -138,27 +187,12 @@ impl ClientStore {
 
     /// Makes every write so far durable. Await it before acknowledging a change.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let commits = &self.commits;
-        let ticket = commits.requested.fetch_add(1, Ordering::AcqRel) + 1;
-        let _running = commits.running.lock().await;
-        if commits.durable.load(Ordering::Acquire) >= ticket {
-            // A flush that started after this caller's write has finished.
-            return Ok(());
-        }
-        // Every ticket handed out so far belongs to a write that is already in sled.
-        let covered = commits.requested.load(Ordering::Acquire);
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Sled(std::io::Error::other(e.to_string()).into()))??;
-        commits.durable.fetch_max(covered, Ordering::AcqRel);
-        Ok(())
+        self.db.flush().await
     }
 
     /// Blocking flush, for the CLI and shutdown paths outside a runtime.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.db.flush_blocking()
     }
 }
 
@@ -205,7 +239,7 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(60), all)
             .await
             .expect("every flush finishes");
-        let flushes = store.commits.durable.load(Ordering::Acquire);
+        let flushes = store.db.commits.durable.load(Ordering::Acquire);
         assert_eq!(flushes, 500, "the last flush covers every ticket");
         drop(store);
         // sled's background threads let go of the directory lock shortly after the last handle.

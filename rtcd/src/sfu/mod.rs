@@ -153,10 +153,35 @@ pub struct JoinRequest {
     pub display_name: String,
     /// What the session may do.
     pub permissions: Permissions,
+    /// The participant's role as the platform names it (not interpreted; listed and changed
+    /// by room management).
+    pub role: String,
+    /// The token that admitted the session, for revocations.
+    pub token: TokenMeta,
+}
+
+/// What rtcd keeps of the token that admitted a session (never the token itself): enough to
+/// close the session when the token is revoked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenMeta {
+    /// `iat` (Unix seconds); 0 when the token has none.
+    pub issued_at: i64,
+    /// `jti`, empty when the token has none.
+    pub token_id: String,
+}
+
+impl TokenMeta {
+    /// Whether an identity cut-off at `issued_before` revokes this token: it was issued
+    /// before, or does not say when (a token without `iat` cannot prove it is newer).
+    pub fn revoked_by(&self, issued_before: i64) -> bool {
+        self.issued_at == 0 || self.issued_at < issued_before
+    }
 }
 
 /// Longest call, session or user ID accepted.
 pub const MAX_ID_BYTES: usize = 128;
+/// Longest role accepted.
+pub const MAX_ROLE_BYTES: usize = 32;
 
 impl JoinRequest {
     /// Rejects empty or oversized IDs before anything is allocated for them.
@@ -176,6 +201,16 @@ impl JoinRequest {
             return Err(SfuError::InvalidArgument(
                 "display_name must be at most 256 bytes".into(),
             ));
+        }
+        if self.role.len() > MAX_ROLE_BYTES {
+            return Err(SfuError::InvalidArgument(format!(
+                "role must be at most {MAX_ROLE_BYTES} bytes"
+            )));
+        }
+        if self.token.token_id.len() > MAX_ID_BYTES {
+            return Err(SfuError::InvalidArgument(format!(
+                "token_id must be at most {MAX_ID_BYTES} bytes"
+            )));
         }
         Ok(())
     }
@@ -307,10 +342,114 @@ pub struct Participant {
 struct SessionEntry {
     close: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
+    /// Whose session (revocations name users).
+    user: UserId,
+    /// The token that admitted it (or its latest refresh).
+    token: TokenMeta,
 }
 
 struct CallState {
     sessions: HashMap<SessionId, SessionEntry>,
+    /// When its first session joined (Unix milliseconds).
+    created_at_ms: i64,
+}
+
+/// One of a tenant's calls, as [`Sfu::list_rooms`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    /// The call.
+    pub call: CallId,
+    /// When its first session joined (Unix milliseconds).
+    pub created_at_ms: i64,
+    /// Sessions in it.
+    pub participants: usize,
+}
+
+/// A call and who is in it, as [`Sfu::room`] shows it (from the worker that owns the call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomDetail {
+    /// The call.
+    pub call: CallId,
+    /// When its first session joined (Unix milliseconds).
+    pub created_at_ms: i64,
+    /// Its sessions, by join time.
+    pub participants: Vec<ParticipantDetail>,
+}
+
+/// One session of a call, for room management.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantDetail {
+    /// The session.
+    pub session: SessionId,
+    /// Its user.
+    pub user: UserId,
+    /// Its display name.
+    pub display_name: String,
+    /// Its role (as joined or last updated).
+    pub role: String,
+    /// Its permissions now.
+    pub permissions: Permissions,
+    /// When it joined (Unix milliseconds).
+    pub joined_at_ms: i64,
+    /// The tracks it publishes now.
+    pub tracks: Vec<PublishedTrack>,
+}
+
+/// A track a session publishes, for room management.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedTrack {
+    /// Its msid track id in subscribers' SDP.
+    pub track_id: String,
+    /// What it is.
+    pub kind: TrackKind,
+    /// Whether its packets are dropped (muted by the user or a moderator).
+    pub muted: bool,
+}
+
+/// What a moderator does to a user's sessions in a call ([`Sfu::moderate`]); carried out by
+/// the worker thread that owns the call, so it applies between two packets.
+#[derive(Debug, Clone)]
+pub enum Moderation {
+    /// Close every session of the user: reason "removed", or "banned" with the ban's expiry
+    /// (Unix seconds), announced as `ParticipantRemoved` before the usual leave.
+    Remove {
+        /// Whose sessions.
+        user: UserId,
+        /// The ban's expiry, if banned.
+        banned_until: Option<i64>,
+    },
+    /// Mute the user's tracks of a kind (they may unmute themselves later).
+    Mute {
+        /// Whose tracks.
+        user: UserId,
+        /// Which kind.
+        kind: TrackKind,
+    },
+    /// Ask the user to unmute a kind; changes nothing.
+    RequestUnmute {
+        /// Whom.
+        user: UserId,
+        /// Which kind.
+        kind: TrackKind,
+    },
+    /// Replace the user's role and permissions; tracks no longer allowed stop at once.
+    Update {
+        /// Whose sessions.
+        user: UserId,
+        /// The new role.
+        role: String,
+        /// The new permissions.
+        permissions: Permissions,
+    },
+    /// Close every session of the call with reason "room ended".
+    End,
+}
+
+/// Now, in Unix milliseconds (0 if the clock is before 1970).
+pub(crate) fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[derive(Default)]
@@ -379,6 +518,7 @@ impl Sfu {
         req.validate()?;
         let close = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
+        let created_at_ms;
         {
             let mut reg = self.registry();
             if self.inner.draining.load(Ordering::Acquire) {
@@ -392,7 +532,9 @@ impl Sfu {
             let new_call = !reg.calls.contains_key(&key);
             let call = reg.calls.entry(key).or_insert_with(|| CallState {
                 sessions: HashMap::new(),
+                created_at_ms: unix_ms(),
             });
+            created_at_ms = call.created_at_ms;
             if call.sessions.contains_key(&req.session) {
                 return Err(SfuError::AlreadyExists);
             }
@@ -404,6 +546,8 @@ impl Sfu {
                 SessionEntry {
                     close: close.clone(),
                     reason: reason.clone(),
+                    user: req.user.clone(),
+                    token: req.token.clone(),
                 },
             );
             *reg.per_tenant.entry(req.tenant.clone()).or_default() += 1;
@@ -423,7 +567,13 @@ impl Sfu {
         let started = self
             .inner
             .shards
-            .join(self.inner.clone(), req.clone(), close, reason)
+            .join(
+                self.inner.clone(),
+                req.clone(),
+                created_at_ms,
+                close,
+                reason,
+            )
             .await;
         match started {
             Ok(pair) => Ok(pair),
@@ -452,6 +602,88 @@ impl Sfu {
             .ok_or(SfuError::NotFound)?;
         close_entry(entry, reason);
         Ok(())
+    }
+
+    /// Records a refreshed token for a live session (later revocations are judged on it).
+    pub fn update_token(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        session: &SessionId,
+        token: TokenMeta,
+    ) -> Result<(), SfuError> {
+        let mut reg = self.registry();
+        let entry = reg
+            .calls
+            .get_mut(&(tenant.clone(), call.clone()))
+            .and_then(|c| c.sessions.get_mut(session))
+            .ok_or(SfuError::NotFound)?;
+        entry.token = token;
+        Ok(())
+    }
+
+    /// Closes, with reason "revoked", every session of the tenant admitted by a revoked token:
+    /// `user`'s sessions whose token was issued before the cut-off (or is undated), and every
+    /// session whose token has ID `token_id` (when not empty). Returns how many.
+    pub fn revoke(
+        &self,
+        tenant: &TenantId,
+        cutoff: Option<(&UserId, i64)>,
+        token_id: &str,
+    ) -> usize {
+        let reg = self.registry();
+        let mut closed = 0;
+        for ((t, _), call) in &reg.calls {
+            if t != tenant {
+                continue;
+            }
+            for entry in call.sessions.values() {
+                let by_cutoff = cutoff.is_some_and(|(user, issued_before)| {
+                    &entry.user == user && entry.token.revoked_by(issued_before)
+                });
+                let by_id = !token_id.is_empty() && entry.token.token_id == token_id;
+                if (by_cutoff || by_id) && !entry.close.is_cancelled() {
+                    close_entry(entry, "revoked");
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    }
+
+    /// The tenant's calls on this host, sorted by call ID.
+    pub fn list_rooms(&self, tenant: &TenantId) -> Vec<RoomSummary> {
+        let reg = self.registry();
+        let mut rooms: Vec<RoomSummary> = reg
+            .calls
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|((_, call), state)| RoomSummary {
+                call: call.clone(),
+                created_at_ms: state.created_at_ms,
+                participants: state.sessions.len(),
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.call.cmp(&b.call));
+        rooms
+    }
+
+    /// One of the tenant's calls with its sessions and their tracks, as the worker that owns
+    /// it sees them now. `NotFound` if the tenant has no such call.
+    pub async fn room(&self, tenant: &TenantId, call: &CallId) -> Result<RoomDetail, SfuError> {
+        self.inner.shards.describe(tenant, call).await
+    }
+
+    /// Carries out a moderator's action on one of the tenant's calls; returns the number of
+    /// sessions it applied to. `NotFound` if the tenant has no such call, or (for the actions
+    /// naming a user) the user has no session in it.
+    pub async fn moderate(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        action: Moderation,
+    ) -> Result<usize, SfuError> {
+        self.inner.shards.moderate(tenant, call, action).await
     }
 
     /// Refuses new joins from now on; existing sessions continue.
@@ -544,5 +776,224 @@ impl SfuInner {
                 .dec();
         }
         self.empty.send_replace(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Room management and room events through the real media threads (no media: sessions
+    //! that never offer are enough to join, be moderated and leave).
+
+    use super::events::{RoomEvent, RoomEventKind, RoomEventSink};
+    use super::*;
+
+    fn config() -> SfuConfig {
+        SfuConfig {
+            udp_addr: "127.0.0.1:0".parse().expect("literal address"),
+            ice_tcp_port: None,
+            host_override: Vec::new(),
+            interfaces: Vec::new(),
+            include_loopback: true,
+            udp_buffer_bytes: 0,
+            nack_buffer_packets: 64,
+            max_sessions_per_call: 8,
+            max_sessions_per_tenant: 8,
+            max_tracks_per_session: 4,
+            max_sdp_bytes: 64 * 1024,
+            keyframe_interval: Duration::from_secs(1),
+            ice_disconnected_timeout: Duration::from_secs(5),
+            ice_failed_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn join(session: &str, issued_at: i64) -> JoinRequest {
+        JoinRequest {
+            tenant: TenantId::new("t"),
+            call: CallId::new("c"),
+            session: SessionId::new(session),
+            user: UserId::new(format!("user-{session}")),
+            display_name: session.into(),
+            permissions: Permissions {
+                subscribe: true,
+                ..Permissions::default()
+            },
+            role: "member".into(),
+            token: TokenMeta {
+                issued_at,
+                token_id: format!("jti-{session}"),
+            },
+        }
+    }
+
+    /// The session's events until it closes (bounded wait), and the close reason.
+    async fn until_closed(rx: &mut mpsc::Receiver<SessionEvent>) -> (Vec<SessionEvent>, String) {
+        let mut seen = Vec::new();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the session closes")
+                .expect("Closed comes before the end of the stream");
+            if let SessionEvent::Closed { reason } = event {
+                return (seen, reason);
+            }
+            seen.push(event);
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<SessionEvent>) -> Vec<SessionEvent> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn moderation_applies_to_the_users_sessions_and_room_events_come_in_order() {
+        let (tx, mut room_events) = mpsc::channel::<RoomEvent>(64);
+        let sink = RoomEventSink::new(tx, Default::default());
+        let sfu = Sfu::new(config(), Metrics::new(), Some(sink))
+            .await
+            .expect("the SFU starts on loopback");
+        let (t, c) = (TenantId::new("t"), CallId::new("c"));
+        let (_a, mut a) = sfu.join(join("a", 100)).await.expect("a joins");
+        let (_b, mut b) = sfu.join(join("b", 100)).await.expect("b joins");
+        let (_c, mut cc) = sfu.join(join("c", 100)).await.expect("c joins");
+        let rooms = sfu.list_rooms(&t);
+        assert_eq!(rooms.len(), 1);
+        assert_eq!((rooms[0].call.as_str(), rooms[0].participants), ("c", 3));
+        assert!(sfu.list_rooms(&TenantId::new("other")).is_empty());
+        assert!(matches!(
+            sfu.room(&TenantId::new("other"), &c).await,
+            Err(SfuError::NotFound)
+        ));
+
+        // Moderator mute: the target is told, the others see the usual mute change.
+        let user_b = UserId::new("user-b");
+        let mute = Moderation::Mute {
+            user: user_b.clone(),
+            kind: TrackKind::Audio,
+        };
+        assert_eq!(sfu.moderate(&t, &c, mute).await.expect("mute"), 1);
+        let ask = Moderation::RequestUnmute {
+            user: user_b.clone(),
+            kind: TrackKind::Audio,
+        };
+        assert_eq!(sfu.moderate(&t, &c, ask).await.expect("ask"), 1);
+        let update = Moderation::Update {
+            user: user_b.clone(),
+            role: "guest".into(),
+            permissions: Permissions::default(),
+        };
+        assert_eq!(sfu.moderate(&t, &c, update).await.expect("update"), 1);
+        let nobody = Moderation::Mute {
+            user: UserId::new("nobody"),
+            kind: TrackKind::Audio,
+        };
+        assert!(matches!(
+            sfu.moderate(&t, &c, nobody).await,
+            Err(SfuError::NotFound)
+        ));
+        let room = sfu.room(&t, &c).await.expect("the room");
+        let b_detail = room
+            .participants
+            .iter()
+            .find(|p| p.session.as_str() == "b")
+            .expect("b is listed");
+        assert_eq!(b_detail.role, "guest");
+        assert_eq!(b_detail.permissions, Permissions::default());
+        assert_eq!(
+            room.participants
+                .iter()
+                .map(|p| p.session.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b", "c"],
+            "by join time"
+        );
+        let b_saw = drain(&mut b);
+        assert!(b_saw.iter().any(|e| matches!(
+            e,
+            SessionEvent::MutedByModerator {
+                kind: TrackKind::Audio
+            }
+        )));
+        assert!(b_saw.iter().any(|e| matches!(
+            e,
+            SessionEvent::UnmuteRequested {
+                kind: TrackKind::Audio
+            }
+        )));
+        assert!(b_saw.iter().any(
+            |e| matches!(e, SessionEvent::PermissionsChanged { role, .. } if role == "guest")
+        ));
+        assert!(drain(&mut a).iter().any(|e| matches!(
+            e,
+            SessionEvent::MuteChanged { session, muted: true, .. } if session.as_str() == "b"
+        )));
+
+        // Revocation by cut-off: c's token is older.
+        assert_eq!(sfu.revoke(&t, Some((&UserId::new("user-c"), 200)), ""), 1);
+        assert_eq!(until_closed(&mut cc).await.1, "revoked");
+        assert_eq!(sfu.revoke(&t, Some((&UserId::new("user-a"), 50)), ""), 0);
+
+        // Removal with a ban, then the end of the room.
+        let remove = Moderation::Remove {
+            user: user_b,
+            banned_until: Some(99),
+        };
+        assert_eq!(sfu.moderate(&t, &c, remove).await.expect("remove"), 1);
+        assert_eq!(until_closed(&mut b).await.1, "banned");
+        assert_eq!(sfu.moderate(&t, &c, Moderation::End).await.expect("end"), 1);
+        assert_eq!(until_closed(&mut a).await.1, "room ended");
+        assert!(matches!(
+            sfu.moderate(&t, &c, Moderation::End).await,
+            Err(SfuError::NotFound)
+        ));
+
+        let mut events = Vec::new();
+        while let Ok(e) = room_events.try_recv() {
+            events.push(e);
+        }
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+        assert!(
+            events
+                .iter()
+                .all(|e| e.room_instance == events[0].room_instance
+                    && e.tenant == t
+                    && e.call == c)
+        );
+        let shape: Vec<String> = events
+            .iter()
+            .map(|e| match &e.kind {
+                RoomEventKind::RoomStarted => "started".to_owned(),
+                RoomEventKind::RoomFinished => "finished".to_owned(),
+                RoomEventKind::ParticipantJoined(p) => format!("joined {}", p.session),
+                RoomEventKind::ParticipantLeft {
+                    participant,
+                    reason,
+                } => format!("left {} {reason}", participant.session),
+                RoomEventKind::ParticipantRemoved {
+                    participant,
+                    banned_until,
+                } => format!("removed {} {banned_until:?}", participant.session),
+                RoomEventKind::TrackPublished { track_id, .. } => format!("published {track_id}"),
+                RoomEventKind::TrackUnpublished { track_id, .. } => {
+                    format!("unpublished {track_id}")
+                }
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                "started",
+                "joined a",
+                "joined b",
+                "joined c",
+                "left c revoked",
+                "removed b Some(99)",
+                "left b banned",
+                "left a room ended",
+                "finished",
+            ]
+        );
+        assert_eq!(sfu.session_count(), 0);
+        assert_eq!(sfu.call_count(), 0);
     }
 }

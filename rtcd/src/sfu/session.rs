@@ -118,6 +118,25 @@ pub enum SessionEvent {
         /// Muted (true) or unmuted.
         muted: bool,
     },
+    /// This session's role and permissions were changed by the platform or a moderator;
+    /// tracks no longer allowed have already stopped.
+    PermissionsChanged {
+        /// The new role.
+        role: String,
+        /// The new permissions.
+        permissions: Permissions,
+    },
+    /// A moderator muted this session's own tracks of a kind: their packets are dropped until
+    /// the session unmutes them itself.
+    MutedByModerator {
+        /// Which kind.
+        kind: TrackKind,
+    },
+    /// A moderator asks this session's user to unmute a kind; nothing changed.
+    UnmuteRequested {
+        /// Which kind.
+        kind: TrackKind,
+    },
     /// A recoverable error about one command.
     Error(SfuError),
     /// The session ended; nothing follows.

@@ -4,8 +4,8 @@
 use rtcd_proto::v1 as pb;
 
 use crate::sfu::{
-    CallId, Candidate, JoinRequest, Participant, Permissions, SessionCommand, SessionEvent,
-    SessionId, SfuError, TenantId, TrackKind, UserId, session::TrackInfo,
+    CallId, Candidate, JoinRequest, MAX_ID_BYTES, Participant, Permissions, SessionCommand,
+    SessionEvent, SessionId, SfuError, TenantId, TokenMeta, TrackKind, UserId, session::TrackInfo,
 };
 
 /// A `Join` in the caller's namespace.
@@ -17,12 +17,28 @@ pub fn join_request(tenant: TenantId, join: pb::Join) -> Result<JoinRequest, Sfu
         user: UserId::new(join.user_id),
         display_name: join.display_name,
         permissions: permissions(join.permissions.unwrap_or_default()),
+        role: join.role,
+        token: token(join.token.unwrap_or_default())?,
     };
     req.validate()?;
     Ok(req)
 }
 
-fn permissions(p: pb::Permissions) -> Permissions {
+/// A token's revocation-relevant facts (checked: the ID's length).
+pub fn token(t: pb::TokenInfo) -> Result<TokenMeta, SfuError> {
+    if t.token_id.len() > MAX_ID_BYTES {
+        return Err(SfuError::InvalidArgument(format!(
+            "token_id must be at most {MAX_ID_BYTES} bytes"
+        )));
+    }
+    Ok(TokenMeta {
+        issued_at: t.issued_at,
+        token_id: t.token_id,
+    })
+}
+
+/// Permissions from the wire (every flag defaults to "no").
+pub fn permissions(p: pb::Permissions) -> Permissions {
     Permissions {
         publish_audio: p.publish_audio,
         publish_video: p.publish_video,
@@ -31,7 +47,8 @@ fn permissions(p: pb::Permissions) -> Permissions {
     }
 }
 
-fn kind_from(k: i32) -> Result<TrackKind, SfuError> {
+/// A track kind from the wire; an unknown or unspecified one is an `InvalidArgument`.
+pub fn kind_from(k: i32) -> Result<TrackKind, SfuError> {
     match pb::TrackKind::try_from(k) {
         Ok(pb::TrackKind::Audio) => Ok(TrackKind::Audio),
         Ok(pb::TrackKind::Video) => Ok(TrackKind::Video),
@@ -41,7 +58,8 @@ fn kind_from(k: i32) -> Result<TrackKind, SfuError> {
     }
 }
 
-fn kind_to(k: TrackKind) -> i32 {
+/// A track kind for the wire.
+pub fn kind_to(k: TrackKind) -> i32 {
     match k {
         TrackKind::Audio => pb::TrackKind::Audio as i32,
         TrackKind::Video => pb::TrackKind::Video as i32,
@@ -50,13 +68,35 @@ fn kind_to(k: TrackKind) -> i32 {
     }
 }
 
+/// Permissions for the wire.
+pub fn permissions_to(p: Permissions) -> pb::Permissions {
+    pb::Permissions {
+        publish_audio: p.publish_audio,
+        publish_video: p.publish_video,
+        publish_screen: p.publish_screen,
+        subscribe: p.subscribe,
+    }
+}
+
 /// Most declared sections in one offer (an SDP has at most a few hundred sections anyway).
 const MAX_DECLARED_TRACKS: usize = 256;
 
+/// What a client message after the join asks for.
+#[derive(Debug)]
+pub enum ClientCommand {
+    /// Something for the session itself.
+    Session(SessionCommand),
+    /// A refreshed token: signaling checks it against the revocations, then records it.
+    Token(TokenMeta),
+}
+
 /// A client message after the join. `Join` again is out of order.
-pub fn command(signal: pb::client_signal::Signal) -> Result<SessionCommand, SfuError> {
+pub fn command(signal: pb::client_signal::Signal) -> Result<ClientCommand, SfuError> {
     use pb::client_signal::Signal;
-    Ok(match signal {
+    if let Signal::Token(t) = signal {
+        return Ok(ClientCommand::Token(token(t)?));
+    }
+    Ok(ClientCommand::Session(match signal {
         Signal::Join(_) => {
             return Err(SfuError::OutOfOrder("already joined".into()));
         }
@@ -94,12 +134,8 @@ pub fn command(signal: pb::client_signal::Signal) -> Result<SessionCommand, SfuE
             track_id: s.track_id,
         },
         Signal::UpdatePermissions(p) => SessionCommand::UpdatePermissions(permissions(p)),
-        Signal::Token(_) => {
-            return Err(SfuError::InvalidArgument(
-                "token updates are not supported by this rtcd yet".into(),
-            ));
-        }
-    })
+        Signal::Token(_) => unreachable!("handled above"),
+    }))
 }
 
 fn track_event(t: TrackInfo) -> pb::TrackEvent {
@@ -160,6 +196,22 @@ pub fn event(e: SessionEvent) -> pb::ServerSignal {
             user_id: user.as_str().to_owned(),
             kind: kind_to(kind),
             muted,
+        }),
+        SessionEvent::PermissionsChanged { role, permissions } => {
+            Signal::PermissionsChanged(pb::PermissionsChanged {
+                role,
+                permissions: Some(permissions_to(permissions)),
+            })
+        }
+        SessionEvent::MutedByModerator { kind } => Signal::MutedByModerator(pb::MuteEvent {
+            kind: kind_to(kind),
+            muted: true,
+            ..Default::default()
+        }),
+        SessionEvent::UnmuteRequested { kind } => Signal::UnmuteRequested(pb::MuteEvent {
+            kind: kind_to(kind),
+            muted: false,
+            ..Default::default()
         }),
         SessionEvent::Error(e) => error(&e),
         SessionEvent::Closed { reason } => Signal::SessionClosed(pb::SessionClosed { reason }),

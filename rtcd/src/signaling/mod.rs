@@ -16,19 +16,49 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthService, Credentials, Principal};
+use crate::moderation::{ModerationStore, unix_now};
 use crate::sfu::{CallId, SessionId, Sfu, SfuError, TenantId};
 
-/// The service; cheap to clone (both members are handles).
+/// The service; cheap to clone (every member is a handle).
 #[derive(Clone)]
 pub struct SignalingService {
     auth: AuthService,
     sfu: Sfu,
+    moderation: ModerationStore,
+}
+
+/// Who is calling: a registered client, from basic credentials or a bearer token (cached in
+/// `AuthService`, so no bcrypt per RPC once verified). Admins are not tenants. Every rtcd gRPC
+/// service authenticates through this one function.
+pub(crate) async fn tenant_of<T>(auth: &AuthService, req: &Request<T>) -> Result<TenantId, Status> {
+    let header = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Status::unauthenticated("authentication failed"))?;
+    let credentials = Credentials::from_authorization(header).map_err(|e| status::from_auth(&e))?;
+    let origin = req
+        .remote_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    match auth.authenticate(&credentials, origin).await {
+        Ok(Principal::Client(id)) => Ok(TenantId::new(id.as_str())),
+        Ok(Principal::Admin) => Err(Status::permission_denied(
+            "the admin cannot join calls; use a client's credentials",
+        )),
+        Err(e) => Err(status::from_auth(&e)),
+    }
 }
 
 impl SignalingService {
-    /// A service over the daemon's auth and SFU.
-    pub fn new(auth: AuthService, sfu: Sfu) -> Self {
-        Self { auth, sfu }
+    /// A service over the daemon's auth, SFU and moderation store (bans and revocations are
+    /// checked on every join and token refresh).
+    pub fn new(auth: AuthService, sfu: Sfu, moderation: ModerationStore) -> Self {
+        Self {
+            auth,
+            sfu,
+            moderation,
+        }
     }
 
     /// The tonic server wrapper, with the message size limit applied in both directions.
@@ -41,27 +71,8 @@ impl SignalingService {
             .max_encoding_message_size(max_message_bytes)
     }
 
-    /// Who is calling: a registered client, from basic credentials or a bearer token (cached
-    /// in `AuthService`, so no bcrypt per stream once verified). Admins are not tenants.
     async fn tenant<T>(&self, req: &Request<T>) -> Result<TenantId, Status> {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Status::unauthenticated("authentication failed"))?;
-        let credentials =
-            Credentials::from_authorization(header).map_err(|e| status::from_auth(&e))?;
-        let origin = req
-            .remote_addr()
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        match self.auth.authenticate(&credentials, origin).await {
-            Ok(Principal::Client(id)) => Ok(TenantId::new(id.as_str())),
-            Ok(Principal::Admin) => Err(Status::permission_denied(
-                "the admin cannot join calls; use a client's credentials",
-            )),
-            Err(e) => Err(status::from_auth(&e)),
-        }
+        tenant_of(&self.auth, req).await
     }
 }
 
@@ -89,12 +100,44 @@ impl Signaling for SignalingService {
             None => return Err(Status::cancelled("stream ended before Join")),
         };
         let join = convert::join_request(tenant, join).map_err(|e| status::from_sfu(&e))?;
+        if let Some(refusal) = self
+            .moderation
+            .refusal(
+                &join.tenant,
+                &join.call,
+                &join.user,
+                &join.token,
+                unix_now(),
+            )
+            .map_err(|e| status::from_store(&e))?
+        {
+            tracing::info!(target: "audit", client = %join.tenant, call = %join.call, user = %join.user, action = "join", outcome = "refused", ?refusal);
+            return Err(status::from_refusal(&refusal));
+        }
         let session_id = join.session.as_str().to_owned();
+        let (tenant, call, session, user, token) = (
+            join.tenant.clone(),
+            join.call.clone(),
+            join.session.clone(),
+            join.user.clone(),
+            join.token.clone(),
+        );
+        let (sfu, moderation) = (self.sfu.clone(), self.moderation.clone());
         let (handle, mut events) = self
             .sfu
             .join(join)
             .await
             .map_err(|e| status::from_sfu(&e))?;
+        // Checked again now that the session is registered: a ban or revocation written
+        // between the first check and the registration (whose removal pass could not see this
+        // session yet) is seen here, so no refused session stays.
+        if let Ok(Some(refusal)) = moderation.refusal(&tenant, &call, &user, &token, unix_now()) {
+            let reason = match refusal {
+                crate::moderation::Refusal::Banned { .. } => "banned",
+                _ => "revoked",
+            };
+            let _ = sfu.close(&tenant, &call, &session, reason);
+        }
         // Bounded: if the proxy reads slowly, the session's events wait (per-session backpressure).
         let (tx, rx) = mpsc::channel::<Result<pb::ServerSignal, Status>>(64);
         let joined = pb::ServerSignal {
@@ -118,7 +161,20 @@ impl Signaling for SignalingService {
                         match msg {
                             Ok(Some(pb::ClientSignal { signal: Some(signal) })) => {
                                 let result = match convert::command(signal) {
-                                    Ok(cmd) => h.send(cmd).await,
+                                    Ok(convert::ClientCommand::Session(cmd)) => h.send(cmd).await,
+                                    Ok(convert::ClientCommand::Token(token)) => {
+                                        match moderation.revoked(&tenant, &user, &token, unix_now()) {
+                                            Ok(Some(refusal)) => {
+                                                tracing::info!(target: "audit", client = %tenant, %call, %user, action = "token refresh", outcome = "revoked", ?refusal);
+                                                sfu.close(&tenant, &call, &session, "revoked")
+                                            }
+                                            Ok(None) => sfu.update_token(&tenant, &call, &session, token),
+                                            Err(e) => {
+                                                tracing::error!(error = %e, "store failure on a token refresh");
+                                                Err(SfuError::Media("internal error".into()))
+                                            }
+                                        }
+                                    }
                                     Err(e) => Err(e),
                                 };
                                 if let Err(e) = result {

@@ -3,7 +3,8 @@
 
 use tonic::Status;
 
-use crate::auth::AuthError;
+use crate::auth::{AuthError, StoreError};
+use crate::moderation::Refusal;
 use crate::sfu::SfuError;
 
 /// An SFU error as a gRPC status (also used for the code of in-stream `Error` events).
@@ -34,4 +35,24 @@ pub fn from_auth(e: &AuthError) -> Status {
         AuthError::Forbidden(m) => Status::permission_denied(*m),
         _ => Status::unauthenticated("authentication failed"),
     }
+}
+
+/// A refused join or token as a gRPC status: PERMISSION_DENIED, the message starting with
+/// "banned" or "revoked" (proxies and platforms match on that word).
+pub fn from_refusal(r: &Refusal) -> Status {
+    match r {
+        Refusal::Banned { until } => {
+            Status::permission_denied(format!("banned from this call until {until}"))
+        }
+        Refusal::CutOff { issued_before } => Status::permission_denied(format!(
+            "revoked: this user's tokens issued before {issued_before} are no longer valid"
+        )),
+        Refusal::TokenDenied => Status::permission_denied("revoked: this token was revoked"),
+    }
+}
+
+/// A failure of rtcd's database: internal (the detail is logged, not sent).
+pub fn from_store(e: &StoreError) -> Status {
+    tracing::error!(error = %e, "store failure");
+    Status::internal("internal error")
 }

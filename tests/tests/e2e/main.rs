@@ -16,6 +16,7 @@ mod proxy_auth;
 mod registry;
 mod relay;
 mod rooms;
+mod rooms_rtcd;
 mod rtcp;
 mod signaling;
 mod slow_clients;

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::session::{SessionCommand, SessionEvent, SessionHandle};
-use super::{CallId, JoinRequest, SfuConfig, SfuError, SfuInner, TenantId};
+use super::{CallId, JoinRequest, Moderation, RoomDetail, SfuConfig, SfuError, SfuInner, TenantId};
 use crate::engine::net::tcp::{IceTcpServer, TcpConfig, TcpHandler};
 use crate::engine::net::udp::{BatchSocket, UdpConfig};
 use crate::engine::net::{Inbound, Transport};
@@ -67,6 +67,32 @@ pub(crate) enum WorkerCommand {
     },
     /// The session ends with this reason (leave, close, dropped handle).
     End { key: SessionKey, reason: String },
+    /// Room management on a call of this worker; the answer goes back on `reply`.
+    Manage(Box<Manage>),
+}
+
+/// A room-management request for the worker that owns the call.
+pub(crate) struct Manage {
+    tenant: TenantId,
+    call: CallId,
+    request: ManageRequest,
+    reply: oneshot::Sender<Result<Managed, SfuError>>,
+}
+
+/// What is asked.
+pub(crate) enum ManageRequest {
+    /// The call's sessions and tracks.
+    Describe,
+    /// A moderator's action.
+    Moderate(Moderation),
+}
+
+/// The worker's answer.
+pub(crate) enum Managed {
+    /// For `Describe`.
+    Room(RoomDetail),
+    /// For `Moderate`: the sessions it applied to.
+    Sessions(usize),
 }
 
 /// Everything a worker needs to start a session.
@@ -74,6 +100,8 @@ pub(crate) struct Joining {
     key: SessionKey,
     inner: Arc<SfuInner>,
     req: JoinRequest,
+    /// When the call's first session joined (the registry's clock, Unix milliseconds).
+    call_created_ms: i64,
     events: mpsc::Sender<SessionEvent>,
     /// Cancelled by the worker when the session has ended (the bridge task then stops).
     ended: CancellationToken,
@@ -332,6 +360,7 @@ impl Shards {
         &self,
         inner: Arc<SfuInner>,
         req: JoinRequest,
+        call_created_ms: i64,
         close: CancellationToken,
         reason: Arc<Mutex<Option<String>>>,
     ) -> Result<(SessionHandle, mpsc::Receiver<SessionEvent>), SfuError> {
@@ -348,6 +377,7 @@ impl Shards {
                 key,
                 inner,
                 req,
+                call_created_ms,
                 events: event_tx,
                 ended: ended.clone(),
             })))
@@ -355,6 +385,59 @@ impl Shards {
             .map_err(|_| SfuError::Media("media worker stopped".into()))?;
         tokio::spawn(bridge(key, worker, cmd_rx, alive_rx, close, reason, ended));
         Ok((SessionHandle::new(cmd_tx, alive_tx), event_rx))
+    }
+}
+
+impl Shards {
+    /// Asks the worker that owns `call` and waits for its answer.
+    async fn manage(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        request: ManageRequest,
+    ) -> Result<Managed, SfuError> {
+        let worker = &self.workers[self.worker_of(tenant, call)];
+        let (reply, answer) = oneshot::channel();
+        worker
+            .send(WorkerCommand::Manage(Box::new(Manage {
+                tenant: tenant.clone(),
+                call: call.clone(),
+                request,
+                reply,
+            })))
+            .await
+            .map_err(|_| SfuError::Media("media worker stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| SfuError::Media("media worker stopped".into()))?
+    }
+
+    /// The call as its worker sees it.
+    pub(crate) async fn describe(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<RoomDetail, SfuError> {
+        match self.manage(tenant, call, ManageRequest::Describe).await? {
+            Managed::Room(room) => Ok(room),
+            Managed::Sessions(_) => Err(SfuError::Media("unexpected worker answer".into())),
+        }
+    }
+
+    /// A moderator's action, carried out by the call's worker.
+    pub(crate) async fn moderate(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        action: Moderation,
+    ) -> Result<usize, SfuError> {
+        match self
+            .manage(tenant, call, ManageRequest::Moderate(action))
+            .await?
+        {
+            Managed::Sessions(n) => Ok(n),
+            Managed::Room(_) => Err(SfuError::Media("unexpected worker answer".into())),
+        }
     }
 }
 

@@ -21,13 +21,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Datagram, DemuxUpdate, Joining, SessionKey, TcpRoutes, WorkerCommand};
+use super::{
+    Datagram, DemuxUpdate, Joining, Manage, ManageRequest, Managed, SessionKey, TcpRoutes,
+    WorkerCommand,
+};
 use crate::engine::net::udp::{BatchSocket, SendBatch};
 use crate::engine::net::{Protocol, Transport};
 use crate::engine::peer::{Codec, HeaderExtension, OpenedTrack, SlotId, TrackKey};
 use crate::engine::{Identity, Peer, PeerEvent, PeerSettings};
 use crate::metrics::{KindLabels, Metrics, ReasonLabels};
 use crate::sfu::downtrack::{DownTrack, DownTrackConfig, ExtensionMap, Forward, PayloadTypeMap};
+use crate::sfu::events::{EventParticipant, RoomEvent, RoomEventKind, RoomEventSink};
 use crate::sfu::negotiation::{Negotiation, TrackId};
 use crate::sfu::packet::{AUDIO_LEVEL_URI, MediaKind, MediaPacket};
 use crate::sfu::retransmit::RetransmitBuffer;
@@ -35,8 +39,8 @@ use crate::sfu::sdp;
 use crate::sfu::session::{SessionCommand, SessionEvent, TrackInfo};
 use crate::sfu::voice::VoiceDetector;
 use crate::sfu::{
-    CallId, JoinRequest, Participant, SfuConfig, SfuError, SfuInner, TenantId, TrackKind,
-    tenant_label,
+    CallId, JoinRequest, Moderation, Participant, ParticipantDetail, Permissions, PublishedTrack,
+    RoomDetail, SfuConfig, SfuError, SfuInner, TenantId, TrackKind, UserId, tenant_label, unix_ms,
 };
 
 /// Datagrams handled per wake-up before timers and sends get their turn.
@@ -77,6 +81,14 @@ struct Call {
     names: (TenantId, CallId),
     members: Vec<SessionKey>,
     tracks: HashMap<TrackId, Published>,
+    /// When its first session joined (Unix milliseconds).
+    created_at_ms: i64,
+    /// This instance of the room, for room events (unique per process and room start).
+    instance: String,
+    /// The last room event's sequence number.
+    seq: u64,
+    /// Where room events go, if anywhere.
+    events: Option<RoomEventSink>,
 }
 
 struct MemberSlot {
@@ -124,6 +136,8 @@ struct Member {
     announced: HashSet<SessionKey>,
     ufrags: HashSet<String>,
     created: Instant,
+    /// When the session joined (Unix milliseconds).
+    joined_at_ms: i64,
     connected: bool,
     backlog: bool,
     /// The worker's flag that some session has a backlog (so the worker need not scan them all).
@@ -140,6 +154,15 @@ impl Member {
             self.backlog = true;
             self.worker_backlog
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn event_participant(&self) -> EventParticipant {
+        EventParticipant {
+            session: self.req.session.clone(),
+            user: self.req.user.clone(),
+            display_name: self.req.display_name.clone(),
+            role: self.req.role.clone(),
         }
     }
 
@@ -647,6 +670,17 @@ impl Worker {
         match command {
             WorkerCommand::Join(joining) => self.join(*joining),
             WorkerCommand::End { key, reason } => self.finish(key, reason),
+            WorkerCommand::Manage(manage) => {
+                let Manage {
+                    tenant,
+                    call,
+                    request,
+                    reply,
+                } = *manage;
+                let answer = self.manage(tenant, call, request);
+                // The caller may have given up (its RPC was cancelled); nothing to undo.
+                let _ = reply.send(answer);
+            }
             WorkerCommand::Session { key, command } => {
                 if !self.members.contains_key(&key) {
                     return;
@@ -685,13 +719,13 @@ impl Worker {
             .inc();
         tracing::info!(client = %j.req.tenant, call = %j.req.call, session = %j.req.session, worker = self.index, "session joined");
         let names = (j.req.tenant.clone(), j.req.call.clone());
-        let call_key = match self.call_ids.get(&names) {
-            Some(k) => *k,
+        let (call_key, new_call) = match self.call_ids.get(&names) {
+            Some(k) => (*k, false),
             None => {
                 let k = self.next_call;
                 self.next_call += 1;
                 self.call_ids.insert(names.clone(), k);
-                k
+                (k, true)
             }
         };
         let member = Member {
@@ -715,13 +749,20 @@ impl Worker {
             announced: HashSet::new(),
             ufrags: HashSet::new(),
             created: now,
+            joined_at_ms: unix_ms(),
             connected: false,
             backlog: false,
             worker_backlog: self.backlog.clone(),
             deadline: None,
         };
         let me = member.participant();
+        let joined = member.event_participant();
+        let index = self.index;
         let call = self.calls.entry(call_key).or_insert_with(|| Call {
+            instance: format!("{:x}-{index:x}-{call_key:x}", j.call_created_ms),
+            created_at_ms: j.call_created_ms,
+            seq: 0,
+            events: member.inner.room_events.clone(),
             names,
             members: Vec::new(),
             tracks: HashMap::new(),
@@ -741,6 +782,10 @@ impl Worker {
             Vec::new()
         };
         self.members.insert(j.key, member);
+        if new_call {
+            self.room_event(call_key, || RoomEventKind::RoomStarted);
+        }
+        self.room_event(call_key, || RoomEventKind::ParticipantJoined(joined));
         for k in others {
             let Some(other) = self.members.get_mut(&k) else {
                 continue;
@@ -788,52 +833,7 @@ impl Worker {
                 }
             }
             SessionCommand::Mute { kind, muted } => {
-                let Some(m) = self.members.get_mut(&key) else {
-                    return Ok(());
-                };
-                if muted {
-                    m.muted.insert(kind);
-                } else {
-                    m.muted.remove(&kind);
-                }
-                let (session, user) = (m.req.session.clone(), m.req.user.clone());
-                let call_key = m.call;
-                let mine: Vec<TrackId> = m.published.values().copied().collect();
-                let mut stopped_speaking = false;
-                if let Some(call) = self.calls.get_mut(&call_key) {
-                    for tid in mine {
-                        if let Some(t) = call.tracks.get_mut(&tid)
-                            && t.info.kind == kind
-                        {
-                            t.muted = muted;
-                            if muted
-                                && let Some((_, d)) = t.vad.as_mut()
-                                && d.speaking()
-                            {
-                                *d = VoiceDetector::default();
-                                stopped_speaking = true;
-                            }
-                        }
-                    }
-                }
-                if stopped_speaking {
-                    let (s, u) = (session.clone(), user.clone());
-                    self.notify(&call_key, key, |_| {
-                        Some(SessionEvent::VoiceActivity {
-                            session: s.clone(),
-                            user: u.clone(),
-                            speaking: false,
-                        })
-                    });
-                }
-                self.notify(&call_key, key, |_| {
-                    Some(SessionEvent::MuteChanged {
-                        session: session.clone(),
-                        user: user.clone(),
-                        kind,
-                        muted,
-                    })
-                });
+                self.set_muted(key, kind, muted);
                 Ok(())
             }
             SessionCommand::ScreenShare { on, track_id } => {
@@ -856,41 +856,266 @@ impl Worker {
                 Ok(())
             }
             SessionCommand::UpdatePermissions(p) => {
-                let Some(m) = self.members.get_mut(&key) else {
-                    return Ok(());
-                };
-                let had_subscribe = m.req.permissions.subscribe;
-                m.req.permissions = p;
-                self.unpublish(key, |t| !p.may_publish(t.info.kind));
-                if had_subscribe && !p.subscribe {
-                    let m = self.members.get_mut(&key).expect("checked above");
-                    for (i, tid) in m.negotiation.stop_receiving() {
-                        self.slot_stopped(key, i, tid);
-                    }
-                    self.negotiate(key);
-                } else if !had_subscribe && p.subscribe {
-                    let call_key = self.members[&key].call;
-                    let ids: Vec<(TrackId, bool)> = self
-                        .calls
-                        .get(&call_key)
-                        .map(|c| {
-                            c.tracks
-                                .iter()
-                                .filter(|(_, t)| t.owner != key)
-                                .map(|(id, t)| (*id, t.info.kind.is_audio()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let m = self.members.get_mut(&key).expect("checked above");
-                    for (tid, audio) in ids {
-                        m.negotiation.want(tid, audio);
-                    }
-                    self.negotiate(key);
-                }
+                self.set_permissions(key, p);
                 Ok(())
             }
             SessionCommand::Leave => Ok(()),
         }
+    }
+
+    /// Mutes or unmutes `key`'s tracks of `kind` (and those it publishes later): their packets
+    /// are dropped; the others are told.
+    fn set_muted(&mut self, key: SessionKey, kind: TrackKind, muted: bool) {
+        let Some(m) = self.members.get_mut(&key) else {
+            return;
+        };
+        if muted {
+            m.muted.insert(kind);
+        } else {
+            m.muted.remove(&kind);
+        }
+        let (session, user) = (m.req.session.clone(), m.req.user.clone());
+        let call_key = m.call;
+        let mine: Vec<TrackId> = m.published.values().copied().collect();
+        let mut stopped_speaking = false;
+        if let Some(call) = self.calls.get_mut(&call_key) {
+            for tid in mine {
+                if let Some(t) = call.tracks.get_mut(&tid)
+                    && t.info.kind == kind
+                {
+                    t.muted = muted;
+                    if muted
+                        && let Some((_, d)) = t.vad.as_mut()
+                        && d.speaking()
+                    {
+                        *d = VoiceDetector::default();
+                        stopped_speaking = true;
+                    }
+                }
+            }
+        }
+        if stopped_speaking {
+            let (s, u) = (session.clone(), user.clone());
+            self.notify(&call_key, key, |_| {
+                Some(SessionEvent::VoiceActivity {
+                    session: s.clone(),
+                    user: u.clone(),
+                    speaking: false,
+                })
+            });
+        }
+        self.notify(&call_key, key, |_| {
+            Some(SessionEvent::MuteChanged {
+                session: session.clone(),
+                user: user.clone(),
+                kind,
+                muted,
+            })
+        });
+    }
+
+    /// Replaces `key`'s permissions: tracks no longer allowed are withdrawn at once, a lost
+    /// subscription stops every slot, a new one asks for the call's tracks.
+    fn set_permissions(&mut self, key: SessionKey, p: Permissions) {
+        let Some(m) = self.members.get_mut(&key) else {
+            return;
+        };
+        let had_subscribe = m.req.permissions.subscribe;
+        m.req.permissions = p;
+        self.unpublish(key, |t| !p.may_publish(t.info.kind));
+        if had_subscribe && !p.subscribe {
+            let Some(m) = self.members.get_mut(&key) else {
+                return;
+            };
+            for (i, tid) in m.negotiation.stop_receiving() {
+                self.slot_stopped(key, i, tid);
+            }
+            self.negotiate(key);
+        } else if !had_subscribe && p.subscribe {
+            let Some(call_key) = self.members.get(&key).map(|m| m.call) else {
+                return;
+            };
+            let ids: Vec<(TrackId, bool)> = self
+                .calls
+                .get(&call_key)
+                .map(|c| {
+                    c.tracks
+                        .iter()
+                        .filter(|(_, t)| t.owner != key)
+                        .map(|(id, t)| (*id, t.info.kind.is_audio()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let Some(m) = self.members.get_mut(&key) else {
+                return;
+            };
+            for (tid, audio) in ids {
+                m.negotiation.want(tid, audio);
+            }
+            self.negotiate(key);
+        }
+    }
+
+    /// Emits a room event of `call_key` with the next sequence number (built only when room
+    /// events go anywhere).
+    fn room_event(&mut self, call_key: CallKey, kind: impl FnOnce() -> RoomEventKind) {
+        let Some(call) = self.calls.get_mut(&call_key) else {
+            return;
+        };
+        let Some(sink) = &call.events else {
+            return;
+        };
+        call.seq += 1;
+        sink.emit(RoomEvent {
+            tenant: call.names.0.clone(),
+            call: call.names.1.clone(),
+            room_instance: call.instance.clone(),
+            seq: call.seq,
+            at_ms: unix_ms(),
+            kind: kind(),
+        });
+    }
+
+    /// Room management on one of this worker's calls (see [`Moderation`]).
+    fn manage(
+        &mut self,
+        tenant: TenantId,
+        call: CallId,
+        request: ManageRequest,
+    ) -> Result<Managed, SfuError> {
+        let call_key = *self
+            .call_ids
+            .get(&(tenant, call))
+            .ok_or(SfuError::NotFound)?;
+        let members = self
+            .calls
+            .get(&call_key)
+            .map(|c| c.members.clone())
+            .unwrap_or_default();
+        let of_user = |worker: &Self, user: &UserId| -> Result<Vec<SessionKey>, SfuError> {
+            let keys: Vec<SessionKey> = members
+                .iter()
+                .copied()
+                .filter(|k| worker.members.get(k).is_some_and(|m| &m.req.user == user))
+                .collect();
+            if keys.is_empty() {
+                Err(SfuError::NotFound)
+            } else {
+                Ok(keys)
+            }
+        };
+        let action = match request {
+            ManageRequest::Describe => {
+                return self
+                    .describe(call_key)
+                    .map(Managed::Room)
+                    .ok_or(SfuError::NotFound);
+            }
+            ManageRequest::Moderate(action) => action,
+        };
+        let count = match action {
+            Moderation::Remove { user, banned_until } => {
+                let keys = of_user(self, &user)?;
+                let reason = if banned_until.is_some() {
+                    "banned"
+                } else {
+                    "removed"
+                };
+                for &k in &keys {
+                    if let Some(participant) = self.members.get(&k).map(Member::event_participant) {
+                        self.room_event(call_key, || RoomEventKind::ParticipantRemoved {
+                            participant,
+                            banned_until,
+                        });
+                    }
+                    self.finish(k, reason.into());
+                }
+                keys.len()
+            }
+            Moderation::Mute { user, kind } => {
+                let keys = of_user(self, &user)?;
+                for &k in &keys {
+                    self.set_muted(k, kind, true);
+                    if let Some(m) = self.members.get_mut(&k) {
+                        m.emit(SessionEvent::MutedByModerator { kind });
+                    }
+                }
+                keys.len()
+            }
+            Moderation::RequestUnmute { user, kind } => {
+                let keys = of_user(self, &user)?;
+                for &k in &keys {
+                    if let Some(m) = self.members.get_mut(&k) {
+                        m.emit(SessionEvent::UnmuteRequested { kind });
+                    }
+                }
+                keys.len()
+            }
+            Moderation::Update {
+                user,
+                role,
+                permissions,
+            } => {
+                let keys = of_user(self, &user)?;
+                for &k in &keys {
+                    if let Some(m) = self.members.get_mut(&k) {
+                        m.req.role.clone_from(&role);
+                    }
+                    self.set_permissions(k, permissions);
+                    if let Some(m) = self.members.get_mut(&k) {
+                        m.emit(SessionEvent::PermissionsChanged {
+                            role: role.clone(),
+                            permissions,
+                        });
+                    }
+                    self.mark(k);
+                }
+                keys.len()
+            }
+            Moderation::End => {
+                for &k in &members {
+                    self.finish(k, "room ended".into());
+                }
+                members.len()
+            }
+        };
+        Ok(Managed::Sessions(count))
+    }
+
+    /// The call's sessions (in join order) and their published tracks.
+    fn describe(&self, call_key: CallKey) -> Option<RoomDetail> {
+        let call = self.calls.get(&call_key)?;
+        let participants = call
+            .members
+            .iter()
+            .filter_map(|k| self.members.get(k))
+            .map(|m| {
+                let mut tids: Vec<TrackId> = m.published.values().copied().collect();
+                tids.sort_unstable();
+                ParticipantDetail {
+                    session: m.req.session.clone(),
+                    user: m.req.user.clone(),
+                    display_name: m.req.display_name.clone(),
+                    role: m.req.role.clone(),
+                    permissions: m.req.permissions,
+                    joined_at_ms: m.joined_at_ms,
+                    tracks: tids
+                        .iter()
+                        .filter_map(|tid| call.tracks.get(tid))
+                        .map(|t| PublishedTrack {
+                            track_id: t.info.track_id.clone(),
+                            kind: t.info.kind,
+                            muted: t.muted,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Some(RoomDetail {
+            call: call.names.1.clone(),
+            created_at_ms: call.created_at_ms,
+            participants,
+        })
     }
 
     /// Asks the client for an offer with enough receiving sections for every track to send
@@ -1295,10 +1520,19 @@ impl Worker {
         m.kind_gauge(kind, true).inc();
         tracing::info!(session = %m.req.session, call = %m.req.call, track = %track_id, kind = kind.as_str(), "track published");
         let call_key = m.call;
+        let owner = m.event_participant();
         let Some(call) = self.calls.get_mut(&call_key) else {
             return;
         };
         call.tracks.insert(tid, published);
+        self.room_event(call_key, || RoomEventKind::TrackPublished {
+            participant: owner,
+            track_id,
+            kind,
+        });
+        let Some(call) = self.calls.get(&call_key) else {
+            return;
+        };
         let others: Vec<SessionKey> = call.members.iter().copied().filter(|k| *k != key).collect();
         for k in others {
             if let Some(o) = self.members.get_mut(&k)
@@ -1367,13 +1601,24 @@ impl Worker {
             return;
         };
         m.published.retain(|_, tid| !gone.contains(tid));
+        let owner = m.event_participant();
+        let mut withdrawn = Vec::new();
         if let Some(call) = self.calls.get_mut(&call_key) {
             for tid in &gone {
                 if let Some(t) = call.tracks.remove(tid) {
                     m.kind_gauge(t.info.kind, true).dec();
                     tracing::info!(session = %m.req.session, call = %m.req.call, track = %t.info.track_id, "track withdrawn");
+                    withdrawn.push((t.info.track_id, t.info.kind));
                 }
             }
+        }
+        for (track_id, kind) in withdrawn {
+            let participant = owner.clone();
+            self.room_event(call_key, || RoomEventKind::TrackUnpublished {
+                participant,
+                track_id,
+                kind,
+            });
         }
         affected.sort_unstable();
         affected.dedup();
@@ -1420,6 +1665,12 @@ impl Worker {
         }
         let me = m.participant();
         let call_key = m.call;
+        let left = m.event_participant();
+        let why = reason.clone();
+        self.room_event(call_key, || RoomEventKind::ParticipantLeft {
+            participant: left,
+            reason: why,
+        });
         let mut call_gone = false;
         if let Some(call) = self.calls.get_mut(&call_key) {
             call.members.retain(|k| *k != key);
@@ -1431,6 +1682,9 @@ impl Worker {
                     o.emit(SessionEvent::ParticipantLeft(me.clone()));
                 }
             }
+        }
+        if call_gone {
+            self.room_event(call_key, || RoomEventKind::RoomFinished);
         }
         if call_gone && let Some(call) = self.calls.remove(&call_key) {
             self.call_ids.remove(&call.names);

@@ -1,0 +1,515 @@
+//! The room-management gRPC service (`rtcd.v1.Rooms`): what a platform's backend (through its
+//! proxy) needs to run rooms it does not host itself — list rooms and who is in them, remove
+//! and ban, mute or ask to unmute, change a participant's role and permissions live, end a
+//! room, list and lift bans, revoke tokens.
+//!
+//! Why here: a room lives on exactly one rtcd, so this rtcd is the authority on its sessions
+//! and tracks; the live state comes from the SFU (the worker thread that owns the call answers,
+//! so an action applies between two packets), and what must outlive the process (bans,
+//! cut-offs, denied token IDs) goes to [`crate::moderation`] and is durable before the RPC
+//! returns. Every RPC is authenticated like signaling (`signaling::tenant_of`) and
+//! scoped to the caller: another tenant's room, participant or ban is NOT_FOUND. Each
+//! management action leaves one INFO line on the `audit` target (client, call, user, action,
+//! outcome). Errors are mapped once, in [`status`].
+
+pub mod status;
+
+use rtcd_proto::v1 as pb;
+use rtcd_proto::v1::rooms_server::Rooms;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{AuthService, StoreError};
+use crate::moderation::{ModerationStore, unix_now};
+use crate::sfu::{
+    CallId, MAX_ID_BYTES, MAX_ROLE_BYTES, Moderation, RoomDetail, Sfu, SfuError, TenantId, UserId,
+};
+use crate::signaling::convert;
+use crate::webhook::{WebhookError, Webhooks};
+
+/// Longest ban: a year.
+pub const MAX_BAN_SECONDS: u64 = 365 * 24 * 3600;
+/// Longest reason kept with a ban.
+pub const MAX_REASON_BYTES: usize = 256;
+
+/// Why a room-management request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RoomsError {
+    /// The request is malformed (empty or oversized IDs, unknown kind, too long a ban...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Nothing of that name in the caller's namespace.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The SFU refused or failed.
+    #[error(transparent)]
+    Sfu(#[from] SfuError),
+    /// The moderation store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The webhook settings were refused.
+    #[error(transparent)]
+    Webhooks(#[from] WebhookError),
+}
+
+/// The service; cheap to clone (every member is a handle).
+#[derive(Clone)]
+pub struct RoomsService {
+    auth: AuthService,
+    sfu: Sfu,
+    moderation: ModerationStore,
+    webhooks: Webhooks,
+}
+
+impl RoomsService {
+    /// A service over the daemon's auth, SFU, moderation store and webhook delivery.
+    pub fn new(
+        auth: AuthService,
+        sfu: Sfu,
+        moderation: ModerationStore,
+        webhooks: Webhooks,
+    ) -> Self {
+        Self {
+            auth,
+            sfu,
+            moderation,
+            webhooks,
+        }
+    }
+
+    /// The tonic server wrapper, with the message size limit applied in both directions.
+    pub fn into_server(self, max_message_bytes: usize) -> pb::rooms_server::RoomsServer<Self> {
+        pb::rooms_server::RoomsServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
+    }
+
+    async fn tenant<T>(&self, req: &Request<T>) -> Result<TenantId, Status> {
+        crate::signaling::tenant_of(&self.auth, req).await
+    }
+
+    async fn remove(
+        &self,
+        tenant: &TenantId,
+        req: &pb::RemoveParticipantRequest,
+    ) -> Result<pb::RemoveParticipantResponse, RoomsError> {
+        let call = call_id(&req.call_id)?;
+        let user = user_id(&req.user_id)?;
+        if req.reason.len() > MAX_REASON_BYTES {
+            return Err(invalid(format!(
+                "reason must be at most {MAX_REASON_BYTES} bytes"
+            )));
+        }
+        if req.ban_seconds > MAX_BAN_SECONDS {
+            return Err(invalid(format!(
+                "ban_seconds must be at most {MAX_BAN_SECONDS} (a year)"
+            )));
+        }
+        let banned_until = if req.ban_seconds > 0 {
+            let now = unix_now();
+            // Bounded above: fits an i64.
+            let until = now.saturating_add(req.ban_seconds as i64);
+            self.moderation
+                .ban(tenant, &call, &user, until, &req.reason, now)?;
+            self.moderation.flush().await?;
+            Some(until)
+        } else {
+            None
+        };
+        let closed = match self
+            .sfu
+            .moderate(tenant, &call, Moderation::Remove { user, banned_until })
+            .await
+        {
+            Ok(n) => n,
+            // A ban may name a user who is not (or no longer) in the room.
+            Err(SfuError::NotFound) if banned_until.is_some() => 0,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(pb::RemoveParticipantResponse {
+            sessions_closed: count(closed),
+            banned_until: banned_until.unwrap_or(0),
+        })
+    }
+
+    async fn mute(
+        &self,
+        tenant: &TenantId,
+        req: &pb::MuteTrackRequest,
+        ask: bool,
+    ) -> Result<pb::MuteTrackResponse, RoomsError> {
+        let call = call_id(&req.call_id)?;
+        let user = user_id(&req.user_id)?;
+        let kind = convert::kind_from(req.kind).map_err(|_| invalid("unknown track kind"))?;
+        let action = if ask {
+            Moderation::RequestUnmute { user, kind }
+        } else {
+            Moderation::Mute { user, kind }
+        };
+        let n = self.sfu.moderate(tenant, &call, action).await?;
+        Ok(pb::MuteTrackResponse { sessions: count(n) })
+    }
+
+    async fn update(
+        &self,
+        tenant: &TenantId,
+        req: &pb::UpdateParticipantRequest,
+    ) -> Result<pb::UpdateParticipantResponse, RoomsError> {
+        let call = call_id(&req.call_id)?;
+        let user = user_id(&req.user_id)?;
+        if req.role.len() > MAX_ROLE_BYTES {
+            return Err(invalid(format!(
+                "role must be at most {MAX_ROLE_BYTES} bytes"
+            )));
+        }
+        let permissions = convert::permissions(req.permissions.unwrap_or_default());
+        let n = self
+            .sfu
+            .moderate(
+                tenant,
+                &call,
+                Moderation::Update {
+                    user,
+                    role: req.role.clone(),
+                    permissions,
+                },
+            )
+            .await?;
+        Ok(pb::UpdateParticipantResponse { sessions: count(n) })
+    }
+
+    async fn end(
+        &self,
+        tenant: &TenantId,
+        req: &pb::EndRoomRequest,
+    ) -> Result<pb::EndRoomResponse, RoomsError> {
+        let call = call_id(&req.call_id)?;
+        let n = self.sfu.moderate(tenant, &call, Moderation::End).await?;
+        Ok(pb::EndRoomResponse {
+            sessions_closed: count(n),
+        })
+    }
+
+    async fn lift(
+        &self,
+        tenant: &TenantId,
+        req: &pb::UnbanRequest,
+    ) -> Result<pb::UnbanResponse, RoomsError> {
+        let call = call_id(&req.call_id)?;
+        let user = user_id(&req.user_id)?;
+        if !self.moderation.unban(tenant, &call, &user, unix_now())? {
+            return Err(RoomsError::NotFound("no such ban"));
+        }
+        self.moderation.flush().await?;
+        Ok(pb::UnbanResponse {})
+    }
+
+    async fn revoke_tokens(
+        &self,
+        tenant: &TenantId,
+        req: &pb::RevokeRequest,
+    ) -> Result<pb::RevokeResponse, RoomsError> {
+        let by_user = !req.user_id.is_empty() || req.issued_before != 0;
+        if !by_user && req.token_id.is_empty() {
+            return Err(invalid("give user_id with issued_before, or token_id"));
+        }
+        let cutoff = if by_user {
+            let user = user_id(&req.user_id)?;
+            if req.issued_before <= 0 {
+                return Err(invalid(
+                    "issued_before must be a positive Unix time with user_id",
+                ));
+            }
+            let in_force = self
+                .moderation
+                .raise_cutoff(tenant, &user, req.issued_before)?;
+            Some((user, in_force))
+        } else {
+            None
+        };
+        if req.token_id.len() > MAX_ID_BYTES {
+            return Err(invalid(format!(
+                "token_id must be at most {MAX_ID_BYTES} bytes"
+            )));
+        }
+        if !req.token_id.is_empty() {
+            self.moderation
+                .deny_token(tenant, &req.token_id, req.token_expires_at, unix_now())?;
+        }
+        self.moderation.flush().await?;
+        let closed = self
+            .sfu
+            .revoke(tenant, cutoff.as_ref().map(|(u, t)| (u, *t)), &req.token_id);
+        Ok(pb::RevokeResponse {
+            sessions_closed: count(closed),
+        })
+    }
+}
+
+fn invalid(m: impl Into<String>) -> RoomsError {
+    RoomsError::InvalidArgument(m.into())
+}
+
+fn id(what: &str, value: &str) -> Result<(), RoomsError> {
+    if value.is_empty() || value.len() > MAX_ID_BYTES {
+        return Err(invalid(format!("{what} must be 1-{MAX_ID_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+fn call_id(value: &str) -> Result<CallId, RoomsError> {
+    id("call_id", value)?;
+    Ok(CallId::new(value))
+}
+
+fn user_id(value: &str) -> Result<UserId, RoomsError> {
+    id("user_id", value)?;
+    Ok(UserId::new(value))
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// At most 128 bytes of a caller-supplied ID for the log (an oversized one is refused anyway).
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(MAX_ID_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// One audit line per management action (the `audit` target, as authentication's).
+fn audit<T>(
+    tenant: &TenantId,
+    call: &str,
+    user: &str,
+    action: &'static str,
+    result: &Result<T, RoomsError>,
+) {
+    let (call, user) = (clip(call), clip(user));
+    match result {
+        Ok(_) => {
+            tracing::info!(target: "audit", client = %tenant, call, user, action, outcome = "ok")
+        }
+        Err(e) => {
+            tracing::info!(target: "audit", client = %tenant, call, user, action, outcome = status::outcome(e), reason = %e)
+        }
+    }
+}
+
+fn reply<T>(result: Result<T, RoomsError>) -> Result<Response<T>, Status> {
+    result
+        .map(Response::new)
+        .map_err(|e| status::from_rooms(&e))
+}
+
+fn room(detail: RoomDetail) -> pb::Room {
+    pb::Room {
+        call_id: detail.call.as_str().to_owned(),
+        created_at_ms: detail.created_at_ms,
+        participant_count: count(detail.participants.len()),
+        participants: detail
+            .participants
+            .into_iter()
+            .map(|p| pb::ParticipantInfo {
+                session_id: p.session.as_str().to_owned(),
+                user_id: p.user.as_str().to_owned(),
+                display_name: p.display_name,
+                role: p.role,
+                permissions: Some(convert::permissions_to(p.permissions)),
+                joined_at_ms: p.joined_at_ms,
+                tracks: p
+                    .tracks
+                    .into_iter()
+                    .map(|t| pb::PublishedTrack {
+                        track_id: t.track_id,
+                        kind: convert::kind_to(t.kind),
+                        muted: t.muted,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl Rooms for RoomsService {
+    async fn list_rooms(
+        &self,
+        request: Request<pb::ListRoomsRequest>,
+    ) -> Result<Response<pb::ListRoomsResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let rooms = self
+            .sfu
+            .list_rooms(&tenant)
+            .into_iter()
+            .map(|r| pb::Room {
+                call_id: r.call.as_str().to_owned(),
+                created_at_ms: r.created_at_ms,
+                participant_count: count(r.participants),
+                participants: Vec::new(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListRoomsResponse { rooms }))
+    }
+
+    async fn get_room(
+        &self,
+        request: Request<pb::GetRoomRequest>,
+    ) -> Result<Response<pb::Room>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = async {
+            let call = call_id(&req.call_id)?;
+            Ok(room(self.sfu.room(&tenant, &call).await?))
+        }
+        .await;
+        reply(result)
+    }
+
+    async fn remove_participant(
+        &self,
+        request: Request<pb::RemoveParticipantRequest>,
+    ) -> Result<Response<pb::RemoveParticipantResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = self.remove(&tenant, &req).await;
+        audit(
+            &tenant,
+            &req.call_id,
+            &req.user_id,
+            "remove_participant",
+            &result,
+        );
+        reply(result)
+    }
+
+    async fn mute_track(
+        &self,
+        request: Request<pb::MuteTrackRequest>,
+    ) -> Result<Response<pb::MuteTrackResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = self.mute(&tenant, &req, false).await;
+        audit(&tenant, &req.call_id, &req.user_id, "mute_track", &result);
+        reply(result)
+    }
+
+    async fn request_unmute(
+        &self,
+        request: Request<pb::MuteTrackRequest>,
+    ) -> Result<Response<pb::MuteTrackResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = self.mute(&tenant, &req, true).await;
+        audit(
+            &tenant,
+            &req.call_id,
+            &req.user_id,
+            "request_unmute",
+            &result,
+        );
+        reply(result)
+    }
+
+    async fn update_participant(
+        &self,
+        request: Request<pb::UpdateParticipantRequest>,
+    ) -> Result<Response<pb::UpdateParticipantResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = self.update(&tenant, &req).await;
+        audit(
+            &tenant,
+            &req.call_id,
+            &req.user_id,
+            "update_participant",
+            &result,
+        );
+        reply(result)
+    }
+
+    async fn end_room(
+        &self,
+        request: Request<pb::EndRoomRequest>,
+    ) -> Result<Response<pb::EndRoomResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = self.end(&tenant, &req).await;
+        audit(&tenant, &req.call_id, "", "end_room", &result);
+        reply(result)
+    }
+
+    async fn list_bans(
+        &self,
+        request: Request<pb::ListBansRequest>,
+    ) -> Result<Response<pb::ListBansResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = (|| {
+            let call = if req.call_id.is_empty() {
+                None
+            } else {
+                Some(call_id(&req.call_id)?)
+            };
+            let bans = self
+                .moderation
+                .bans(&tenant, call.as_ref(), unix_now())?
+                .into_iter()
+                .map(|b| pb::Ban {
+                    call_id: b.call.as_str().to_owned(),
+                    user_id: b.user.as_str().to_owned(),
+                    until: b.until,
+                    reason: b.reason,
+                    created_at: b.created_at,
+                })
+                .collect();
+            Ok(pb::ListBansResponse { bans })
+        })();
+        reply(result)
+    }
+
+    async fn unban(
+        &self,
+        request: Request<pb::UnbanRequest>,
+    ) -> Result<Response<pb::UnbanResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = self.lift(&tenant, &req).await;
+        audit(&tenant, &req.call_id, &req.user_id, "unban", &result);
+        reply(result)
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = self.revoke_tokens(&tenant, &req).await;
+        audit(&tenant, "", &req.user_id, "revoke", &result);
+        reply(result)
+    }
+
+    async fn configure_webhooks(
+        &self,
+        request: Request<pb::ConfigureWebhooksRequest>,
+    ) -> Result<Response<pb::ConfigureWebhooksResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let count = req.urls.len();
+        let result = self
+            .webhooks
+            .configure(&tenant, req.urls, req.secret)
+            .await
+            .map_err(RoomsError::from);
+        // The URLs and the secret stay out of the audit line: URLs may carry tokens.
+        audit(&tenant, "", "", "configure_webhooks", &result);
+        if result.is_ok() {
+            tracing::debug!(client = %tenant, urls = count, "webhook settings applied");
+        }
+        reply(result.map(|()| pb::ConfigureWebhooksResponse {}))
+    }
+}
