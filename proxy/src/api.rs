@@ -122,38 +122,70 @@ pub fn routes(
         .clone()
         .and(warp::get())
         .then(|tail, auth, peer, ctx| handle(Method::GET, tail, auth, peer, ctx, None));
-    let post = common
-        .and(warp::post())
-        .and(warp::body::content_length_limit(max_body))
-        .and(warp::body::bytes())
-        .then(|tail, auth, peer, ctx, body: bytes::Bytes| {
+    let post = common.and(warp::post()).and(limited_body(max_body)).then(
+        |tail, auth, peer, ctx, body: Result<bytes::Bytes, ApiError>| {
             handle(Method::POST, tail, auth, peer, ctx, Some(body))
-        });
+        },
+    );
     get.or(post)
         .unify()
-        .recover(move |r: Rejection| async move { body_rejection(r, max_body) })
+        .recover(|r: Rejection| async move { method_rejection(r) })
         .unify()
 }
 
-/// Rejections the API filters produce (body too large, no length, wrong method) in the API's
-/// error shape; anything else falls through to the proxy's other routes.
-fn body_rejection(rejection: Rejection, max_body: u64) -> Result<warp::reply::Response, Rejection> {
-    if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        return Ok(ApiError::new(
+/// The request body, at most `max` bytes, with or without `Content-Length` (an empty POST
+/// from `curl -X POST` has none, a chunked one neither): a declared length above `max` is
+/// refused before reading, and reading stops as soon as `max` is passed.
+fn limited_body(
+    max: u64,
+) -> impl Filter<Extract = (Result<bytes::Bytes, ApiError>,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .then(move |declared: Option<u64>, stream| collect_body(declared, stream, max))
+}
+
+async fn collect_body<S, B>(
+    declared: Option<u64>,
+    stream: S,
+    max: u64,
+) -> Result<bytes::Bytes, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use bytes::BufMut as _;
+    use futures_util::StreamExt as _;
+    let too_large = || {
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("request bodies are limited to {max_body} bytes"),
+            format!("request bodies are limited to {max} bytes"),
         )
-        .into_response());
+    };
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
     }
-    if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        return Ok(ApiError::new(
-            StatusCode::LENGTH_REQUIRED,
-            "length_required",
-            "send a Content-Length header",
-        )
-        .into_response());
+    let mut stream = std::pin::pin!(stream);
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if body.len() as u64 + chunk.remaining() as u64 > max {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            body.put_slice(part);
+            chunk.advance(n);
+        }
     }
+    Ok(body.freeze())
+}
+
+/// Rejections the API filters produce (wrong method) in the API's error shape; anything else
+/// falls through to the proxy's other routes.
+fn method_rejection(rejection: Rejection) -> Result<warp::reply::Response, Rejection> {
     if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         return Ok(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -173,9 +205,13 @@ async fn handle(
     authorization: Option<String>,
     peer: Option<PeerAddr>,
     (state, issuer): Context,
-    body: Option<bytes::Bytes>,
+    body: Option<Result<bytes::Bytes, ApiError>>,
 ) -> warp::reply::Response {
     let peer = peer.map(|p| p.0.ip());
+    let body = match body.transpose() {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
     match serve(
         &state,
         issuer.as_deref(),

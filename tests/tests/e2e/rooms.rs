@@ -366,6 +366,30 @@ async fn the_api_lists_rooms_and_participants_and_refuses_what_it_must() {
             "{bad}: {body}"
         );
     }
+    // A body without Content-Length (chunked) is read up to the limit, then refused.
+    let chunks: Vec<Result<String, std::io::Error>> =
+        (0..40).map(|_| Ok("x".repeat(1000))).collect();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}{path}", a.addr()))
+        .bearer_auth(admin())
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        413,
+        "a chunked body above the limit"
+    );
+    let resp = reqwest::Client::new()
+        .delete(format!("http://{}/api/v1/rooms/standup", a.addr()))
+        .bearer_auth(admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
     let huge = json!({"identity": "x".repeat(20_000), "source": "camera"});
     let (status, body) = api(a.addr(), "POST", path, Some(&admin()), Some(huge)).await;
     assert_eq!(
@@ -591,7 +615,10 @@ async fn a_permission_downgrade_stops_a_screen_share_at_once_and_the_client_is_t
         .await
         .unwrap();
     let cancel = CancellationToken::new();
-    let proxy = replica(&rtcd, "tenant-a", &cancel).await;
+    let proxy = replica_with(&rtcd, "tenant-a", &cancel, |c| {
+        c.api.allow_remote_unmute = true
+    })
+    .await;
     let alice = publisher(
         proxy.addr(),
         &user("alice", "standup", "member"),
@@ -680,6 +707,25 @@ async fn a_permission_downgrade_stops_a_screen_share_at_once_and_the_client_is_t
             .all(|t| t["source"] != "screen"),
         "{bob_info}"
     );
+    // Where the operator allows it, the backend may ask bob to unmute; he is only asked.
+    let (status, body) = api(
+        proxy.addr(),
+        "POST",
+        "/api/v1/rooms/standup/participants/request_unmute",
+        Some(&admin()),
+        Some(json!({"identity": "bob", "source": "camera"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["sessions"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    eventually("bob is asked to unmute his camera", || {
+        bob.saw(|e| matches!(e, pb::server_signal::Signal::UnmuteRequested(m) if m.kind == pb::TrackKind::Video as i32))
+    })
+    .await
+    .unwrap();
     alice.close().await;
     bob.close().await;
     proxy.shutdown().await;
@@ -841,6 +887,21 @@ async fn moderators_act_from_inside_the_call_and_others_are_refused() {
     assert_eq!(answer["sessions"], 1, "{answer}");
     closes_with(&carol, 4011).await;
     stopped(&erin, "carol/video").await;
+    // Ban from inside the call: dave leaves with 4012 and cannot come back.
+    let answer = moderate(
+        &mut alice,
+        json!({"action": "ban", "identity": "dave", "ban_seconds": 600, "reason": "noise"}),
+    )
+    .await;
+    assert_eq!(answer["type"], "moderated", "{answer}");
+    let (code, reason, _) = dave.closed().await.unwrap();
+    assert_eq!((code, reason.as_str()), (4012, "banned"));
+    assert_eq!(
+        join_code(proxy.addr(), &user("dave", "standup", "member"), "standup")
+            .await
+            .unwrap(),
+        4012
+    );
     let answer = moderate(&mut alice, json!({"action": "kick", "identity": "nobody"})).await;
     assert_eq!(answer["code"], "not_found", "{answer}");
     let answer = moderate(&mut alice, json!({"action": "mute", "identity": "erin"})).await;
@@ -853,10 +914,8 @@ async fn moderators_act_from_inside_the_call_and_others_are_refused() {
     let answer = moderate(&mut alice, json!({"action": "end_room"})).await;
     assert_eq!(answer["type"], "moderated", "{answer}");
     closes_with(&erin, 4013).await;
-    let (code, reason, _) = dave.closed().await.unwrap();
+    let (code, reason, _) = alice.closed().await.unwrap();
     assert_eq!((code, reason.as_str()), (4013, "room_ended"));
-    let (code, _, _) = alice.closed().await.unwrap();
-    assert_eq!(code, 4013);
     let mut gone = false;
     for _ in 0..100 {
         let (_, rooms) = api(proxy.addr(), "GET", "/api/v1/rooms", Some(&admin()), None).await;
@@ -975,6 +1034,7 @@ async fn revocations_close_live_sessions_refuse_old_tokens_and_survive_restarts(
     // An identity cut-off: bob's live session (token issued before it) is closed, his old
     // token refused, a token issued after it admitted.
     let mut old = claims("bob", "standup");
+    old["role"] = json!("member");
     old["iat"] = json!(now() - 30);
     old["nbf"] = json!(now() - 30);
     let old = hs_token(&old);
