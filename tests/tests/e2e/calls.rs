@@ -611,6 +611,92 @@ async fn call_through_an_address_change() -> anyhow::Result<()> {
     conclude(call, stack, "ice-restart", outcome).await
 }
 
+/// Issue 12 on the demo page: moderators see moderation controls on every remote tile and
+/// "End for all"; a moderator revokes another's role (his controls go), mutes him (his mic
+/// button shows it), removes him (his page says `removed`), and ends the room (`room_ended`).
+/// Media flows continuously until each step that stops it.
+async fn moderation_from_the_demo_page() -> anyhow::Result<()> {
+    let (_dir, stack) = lan_stack(Vec::new()).await?;
+    let mut call = Call::new(&stack, "moderation");
+    let outcome = async {
+        let alice = call.join(BrowserKind::Chromium, "Alice").await?;
+        let bob = call.join(BrowserKind::Chromium, "Bob").await?;
+        call.plays(alice, 1).await?;
+        call.plays(bob, 1).await?;
+        call.hold(scaled(10)).await?;
+        // Dev tokens make everyone a moderator.
+        for id in [alice, bob] {
+            call.pages[id]
+                .wait_for(
+                    "document.body.dataset.role === 'moderator' \
+                       && !document.getElementById('end-room').hidden \
+                       && getComputedStyle(document.querySelector('figure[data-participant] .moderation')).display !== 'none'",
+                    BROWSER_STEP,
+                )
+                .await
+                .with_context(|| format!("{} shows no moderation controls", call.names[id]))?;
+        }
+        let bob_identity = json!(call.flow.identity(bob));
+        let on_bobs_tile = |action: &str| {
+            format!(
+                "document.querySelector('figure[data-participant={}] .moderation [data-action={action}]').click(); return true",
+                bob_identity
+            )
+        };
+        call.pages[alice]
+            .eval(&on_bobs_tile("revoke_moderator"), json!([]))
+            .await?;
+        call.pages[bob]
+            .wait_for(
+                "document.body.dataset.role === 'member' && document.getElementById('end-room').hidden",
+                BROWSER_STEP,
+            )
+            .await
+            .context("Bob's page still offers moderation after his role was revoked")?;
+        call.hold(scaled(5)).await?;
+        call.flow.source_off(bob, "microphone");
+        call.pages[alice].eval(&on_bobs_tile("mute"), json!([])).await?;
+        call.pages[bob]
+            .wait_for(
+                "document.getElementById('mic').getAttribute('aria-pressed') === 'true'",
+                BROWSER_STEP,
+            )
+            .await
+            .context("Bob's mic button does not show the moderator's mute")?;
+        call.hold(scaled(5)).await?;
+        call.hold(Duration::ZERO).await?;
+        call.flow.left(bob);
+        call.pages[alice].eval(&on_bobs_tile("kick"), json!([])).await?;
+        call.pages[bob]
+            .wait_for("document.body.dataset.reason === 'removed'", BROWSER_STEP)
+            .await
+            .context("Bob's page does not say he was removed")?;
+        call.hold(scaled(5)).await?;
+        call.flow.left(alice);
+        call.pages[alice]
+            .eval(
+                "window.confirm = () => true; document.getElementById('end-room').click(); return true",
+                json!([]),
+            )
+            .await?;
+        call.pages[alice]
+            .wait_for("document.body.dataset.reason === 'room_ended'", BROWSER_STEP)
+            .await
+            .context("Alice's page does not say the room ended")?;
+        Ok(())
+    }
+    .await;
+    conclude(call, stack, "moderation", outcome).await
+}
+
+#[test]
+fn chromium_moderates_from_the_demo_page() -> anyhow::Result<()> {
+    let _one = ONE_CALL_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    netns::run(moderation_from_the_demo_page)
+}
+
 #[test]
 fn chromium_keeps_its_call_through_an_address_change_by_ice_restart() -> anyhow::Result<()> {
     let _one = ONE_CALL_AT_A_TIME
