@@ -450,20 +450,24 @@ impl RtcdRelay {
         }
     }
 
-    /// The host `room` is placed on.
-    fn host_for(&self, room: &str) -> Result<(String, Arc<Host>), ControlError> {
-        let key = self
-            .hosts
-            .place(room)
-            .ok_or_else(|| ControlError::Unavailable("no media server is ready".into()))?;
+    /// The host `room` is placed on (sessions and room administration alike), or why there
+    /// is none.
+    fn place(&self, room: &str) -> Result<(String, Arc<Host>), &'static str> {
+        let key = self.hosts.place(room).ok_or("no media server is ready")?;
         let host = self
             .channels
             .lock()
             .expect("channel map lock is never poisoned")
             .get(&key)
             .cloned()
-            .ok_or_else(|| ControlError::Unavailable("media server went away".into()))?;
+            .ok_or("media server went away")?;
         Ok((key, host))
+    }
+
+    /// [`RtcdRelay::place`] for room administration.
+    fn host_for(&self, room: &str) -> Result<(String, Arc<Host>), ControlError> {
+        self.place(room)
+            .map_err(|e| ControlError::Unavailable(e.into()))
     }
 
     /// Every known host (`ready_only`: only those that answer `/readyz`).
@@ -519,17 +523,9 @@ impl RtcdRelay {
 
     async fn open(&self, request: &JoinRequest) -> Result<RelayLink, RelayError> {
         let room = request.grant.room.as_str();
-        let key = self
-            .hosts
+        let (key, host) = self
             .place(room)
-            .ok_or_else(|| RelayError::Unavailable("no media server is ready".into()))?;
-        let host = self
-            .channels
-            .lock()
-            .expect("channel map lock is never poisoned")
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| RelayError::Unavailable("media server went away".into()))?;
+            .map_err(|e| RelayError::Unavailable(e.into()))?;
         let session_id = format!("{}-{}", self.instance, request.session.0);
         let grant = &request.grant;
         let join = pb::ClientSignal {
