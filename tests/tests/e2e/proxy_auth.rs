@@ -1000,6 +1000,11 @@ async fn a_refresh_with_other_permissions_updates_the_media_server() -> anyhow::
         client.expect("refreshed").await?["permissions"]["publish_video"],
         false
     );
+    // First the new token's identity for revocation checks, then the new grant.
+    let RelayCommand::Token { issued_at, .. } = far.command(STEP).await? else {
+        panic!("a refresh tells the media server which token the session now holds")
+    };
+    assert_eq!(issued_at, narrower["iat"].as_i64());
     let RelayCommand::UpdateGrant(grant) = far.command(STEP).await? else {
         panic!("a refresh is relayed as a grant update")
     };
