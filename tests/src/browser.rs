@@ -543,6 +543,30 @@ pub enum BrowserPage {
 }
 
 impl BrowserPage {
+    /// The demo page's ICE state from `rtcd.peerConnection.getStats()`, read by the test
+    /// itself (not through the SDK): `{all: [[address, port]...]` (every local candidate),
+    /// `selected: {type, relayProtocol, protocol, address, port} | null}` (the local end of
+    /// the transport's selected candidate pair).
+    pub async fn local_ice(&self) -> anyhow::Result<serde_json::Value> {
+        let value = self
+            .eval_async(
+                "const done = arguments[arguments.length - 1];\
+                 rtcd.peerConnection.getStats().then((r) => { const all = []; let pair = null;\
+                   r.forEach((s) => {\
+                     if (s.type === 'local-candidate') all.push([s.address || s.ip, s.port]);\
+                     if (s.type === 'transport' && s.selectedCandidatePairId)\
+                       pair = r.get(s.selectedCandidatePairId); });\
+                   const l = pair && r.get(pair.localCandidateId);\
+                   done({ all, selected: l ? {type: l.candidateType, relayProtocol: l.relayProtocol || '',\
+                     protocol: l.protocol, address: l.address || l.ip || '', port: l.port} : null });\
+                 }, (e) => done({ error: String(e) }));",
+                serde_json::json!([]),
+            )
+            .await?;
+        anyhow::ensure!(value.get("error").is_none(), "getStats: {value}");
+        Ok(value)
+    }
+
     /// Which browser this is.
     pub fn kind(&self) -> BrowserKind {
         match self {

@@ -418,18 +418,11 @@ async fn block_udp(port: u16) -> anyhow::Result<()> {
 
 /// The transport protocol of the page's selected ICE candidate pair (`udp` or `tcp`).
 async fn selected_protocol(page: &BrowserPage) -> anyhow::Result<String> {
-    let value = page
-        .eval_async(
-            "const done = arguments[arguments.length - 1];\
-             rtcd.peerConnection.getStats().then((r) => { let pair = null;\
-               r.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId)\
-                 pair = r.get(s.selectedCandidatePairId); });\
-               const local = pair && r.get(pair.localCandidateId);\
-               done(local ? local.protocol : 'none'); }, (e) => done('error: ' + e));",
-            json!([]),
-        )
-        .await?;
-    Ok(value.as_str().unwrap_or_default().to_owned())
+    let ice = page.local_ice().await?;
+    Ok(ice["selected"]["protocol"]
+        .as_str()
+        .unwrap_or("none")
+        .to_owned())
 }
 
 /// ICE-TCP (issue 11): every UDP datagram to or from rtcd's media port is dropped in the
@@ -469,32 +462,19 @@ async fn call_over_ice_tcp() -> anyhow::Result<()> {
 async fn local_candidates(
     page: &BrowserPage,
 ) -> anyhow::Result<(Vec<(String, u16)>, Option<(String, u16)>)> {
-    let value = page
-        .eval_async(
-            "const done = arguments[arguments.length - 1];\
-             rtcd.peerConnection.getStats().then((r) => { const all = []; let pair = null;\
-               r.forEach((s) => {\
-                 if (s.type === 'local-candidate') all.push([s.address || s.ip, s.port]);\
-                 if (s.type === 'transport' && s.selectedCandidatePairId)\
-                   pair = r.get(s.selectedCandidatePairId); });\
-               const local = pair && r.get(pair.localCandidateId);\
-               done({ all, selected: local ? [local.address || local.ip, local.port] : null });\
-             }, (e) => done({ error: String(e) }));",
-            json!([]),
-        )
-        .await?;
-    ensure!(value.get("error").is_none(), "getStats: {value}");
-    let pair = |v: &serde_json::Value| -> Option<(String, u16)> {
+    let ice = page.local_ice().await?;
+    let endpoint = |address: &serde_json::Value, port: &serde_json::Value| {
         Some((
-            v[0].as_str()?.to_owned(),
-            u16::try_from(v[1].as_u64()?).ok()?,
+            address.as_str()?.to_owned(),
+            u16::try_from(port.as_u64()?).ok()?,
         ))
     };
-    let all = value["all"]
+    let all = ice["all"]
         .as_array()
-        .map(|a| a.iter().filter_map(pair).collect())
+        .map(|a| a.iter().filter_map(|c| endpoint(&c[0], &c[1])).collect())
         .unwrap_or_default();
-    Ok((all, pair(&value["selected"])))
+    let selected = endpoint(&ice["selected"]["address"], &ice["selected"]["port"]);
+    Ok((all, selected))
 }
 
 /// The test's stand-in for a device losing its network: every UDP datagram from or to the

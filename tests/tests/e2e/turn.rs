@@ -358,18 +358,7 @@ async fn hostile_network(rtcd_port: u16, coturn: &Coturn, transport: &str) -> an
 /// The selected candidate pair's local candidate, read from getStats by the test itself:
 /// `{type, relayProtocol, protocol, address}`.
 async fn selected_local_candidate(page: &BrowserPage) -> anyhow::Result<Value> {
-    page.eval_async(
-        "const done = arguments[arguments.length - 1];\
-         rtcd.peerConnection.getStats().then((r) => { let pair = null;\
-           r.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId)\
-             pair = r.get(s.selectedCandidatePairId); });\
-           const l = pair && r.get(pair.localCandidateId);\
-           done(l ? {type: l.candidateType, relayProtocol: l.relayProtocol || '',\
-             protocol: l.protocol, address: l.address || '', port: l.port} : null); },\
-           (e) => done('error: ' + e));",
-        json!([]),
-    )
-    .await
+    Ok(page.local_ice().await?["selected"].clone())
 }
 
 /// Both pages' media goes through coturn, reached over `transport`, and the page says so.
