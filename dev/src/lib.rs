@@ -152,6 +152,8 @@ pub async fn start_with_proxy(
         secret: Secret::new(jwt_secret),
         ..KeyConfig::default()
     }];
+    // The room service API issues join tokens with the same key (docs/api.md).
+    config.api.token_signing_kid = "dev".into();
     config.rtcd = RtcdConfig {
         url: format!("http://{}", rtcd.grpc_addr()),
         client_id: PROXY_CLIENT_ID.into(),

@@ -118,19 +118,12 @@ pub fn routes(
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::ext::optional::<PeerAddr>())
         .and(context);
-    let get = common
-        .clone()
-        .and(warp::get())
-        .then(|tail, auth, peer, ctx| handle(Method::GET, tail, auth, peer, ctx, None));
-    let post = common.and(warp::post()).and(limited_body(max_body)).then(
-        |tail, auth, peer, ctx, body: Result<bytes::Bytes, ApiError>| {
-            handle(Method::POST, tail, auth, peer, ctx, Some(body))
+    // Every method reaches `serve`, which answers 405 with `Allow` for a known path.
+    common.and(warp::method()).and(limited_body(max_body)).then(
+        |tail, auth, peer, ctx, method: Method, body: Result<bytes::Bytes, ApiError>| {
+            handle(method, tail, auth, peer, ctx, body)
         },
-    );
-    get.or(post)
-        .unify()
-        .recover(|r: Rejection| async move { method_rejection(r) })
-        .unify()
+    )
 }
 
 /// The request body, at most `max` bytes, with or without `Content-Length` (an empty POST
@@ -183,20 +176,6 @@ where
     Ok(body.freeze())
 }
 
-/// Rejections the API filters produce (wrong method) in the API's error shape; anything else
-/// falls through to the proxy's other routes.
-fn method_rejection(rejection: Rejection) -> Result<warp::reply::Response, Rejection> {
-    if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        return Ok(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "see docs/api.md for each route's method",
-        )
-        .into_response());
-    }
-    Err(rejection)
-}
-
 type Context = (Arc<ProxyState>, Option<Arc<TokenIssuer>>);
 
 async fn handle(
@@ -205,11 +184,11 @@ async fn handle(
     authorization: Option<String>,
     peer: Option<PeerAddr>,
     (state, issuer): Context,
-    body: Option<Result<bytes::Bytes, ApiError>>,
+    body: Result<bytes::Bytes, ApiError>,
 ) -> warp::reply::Response {
     let peer = peer.map(|p| p.0.ip());
-    let body = match body.transpose() {
-        Ok(body) => body,
+    let body = match body {
+        Ok(body) => Some(body),
         Err(e) => return e.into_response(),
     };
     match serve(
@@ -238,27 +217,37 @@ async fn serve(
     peer: Option<IpAddr>,
     body: Option<bytes::Bytes>,
 ) -> Result<warp::reply::Response, ApiError> {
-    let segments: Vec<&str> = path.split('/').collect();
-    // Route first (404 for unknown paths without spending a signature check), then auth.
-    let route = match (method.as_str(), segments.as_slice()) {
-        ("GET", ["rooms"]) => Route::ListRooms,
-        ("POST", ["revocations"]) => Route::Revoke,
-        (m, ["rooms", room, rest @ ..]) => {
-            let room = RoomName::parse(room).map_err(ApiError::bad_request)?;
-            match (m, rest) {
-                ("GET", []) => Route::GetRoom(room),
-                ("POST", ["end"]) => Route::End(room),
-                ("POST", ["participants", "remove"]) => Route::Remove(room),
-                ("POST", ["participants", "mute"]) => Route::Mute(room),
-                ("POST", ["participants", "request_unmute"]) => Route::RequestUnmute(room),
-                ("POST", ["participants", "update"]) => Route::Update(room),
-                ("GET", ["bans"]) => Route::Bans(room),
-                ("POST", ["bans", "lift"]) => Route::Unban(room),
-                ("POST", ["tokens"]) => Route::Token(room),
-                _ => return Err(not_found()),
+    // Clients may percent-encode a room's `:` or `@`; names are checked after decoding.
+    let segments: Vec<std::borrow::Cow<'_, str>> = path
+        .split('/')
+        .map(|seg| percent_encoding::percent_decode_str(seg).decode_utf8_lossy())
+        .collect();
+    let segments: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
+    // Route first (404 / 405 for unknown paths or methods without spending a signature
+    // check), then auth.
+    let route = match route(method.as_str(), &segments)? {
+        Some(route) => route,
+        None => {
+            let allowed: Vec<&str> = ["GET", "POST"]
+                .into_iter()
+                .filter(|m| matches!(route(m, &segments), Ok(Some(_))))
+                .collect();
+            if allowed.is_empty() {
+                return Err(not_found());
             }
+            let mut response = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("this route takes {}", allowed.join(", ")),
+            )
+            .into_response();
+            if let Ok(value) = warp::http::HeaderValue::from_str(&allowed.join(", ")) {
+                response
+                    .headers_mut()
+                    .insert(warp::http::header::ALLOW, value);
+            }
+            return Ok(response);
         }
-        _ => return Err(not_found()),
     };
     let grant = authenticate(state, authorization, peer).await?;
     let (scope, room) = route.needs();
@@ -377,6 +366,31 @@ async fn serve(
     Ok(warp::reply::json(&reply).into_response())
 }
 
+/// The route `method` and the path below `/api/v1/` name, `None` if none does (an invalid
+/// room name is a 400).
+fn route(method: &str, segments: &[&str]) -> Result<Option<Route>, ApiError> {
+    Ok(Some(match (method, segments) {
+        ("GET", ["rooms"]) => Route::ListRooms,
+        ("POST", ["revocations"]) => Route::Revoke,
+        (m, ["rooms", room, rest @ ..]) => {
+            let room = RoomName::parse(room).map_err(ApiError::bad_request)?;
+            match (m, rest) {
+                ("GET", []) => Route::GetRoom(room),
+                ("POST", ["end"]) => Route::End(room),
+                ("POST", ["participants", "remove"]) => Route::Remove(room),
+                ("POST", ["participants", "mute"]) => Route::Mute(room),
+                ("POST", ["participants", "request_unmute"]) => Route::RequestUnmute(room),
+                ("POST", ["participants", "update"]) => Route::Update(room),
+                ("GET", ["bans"]) => Route::Bans(room),
+                ("POST", ["bans", "lift"]) => Route::Unban(room),
+                ("POST", ["tokens"]) => Route::Token(room),
+                _ => return Ok(None),
+            }
+        }
+        _ => return Ok(None),
+    }))
+}
+
 /// The last path segment (tells `mute` from `request_unmute`, which share a body).
 fn route_kind(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or("")
@@ -430,6 +444,16 @@ async fn authenticate(
     peer: Option<IpAddr>,
 ) -> Result<ApiGrant, ApiError> {
     let key = peer.map(AddrKey::new);
+    let token = authorization
+        .as_deref()
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        // Nothing to verify, so nothing to count: a missing token costs no signature check.
+        return Err(ApiAuthError::Token(AuthError::Missing).into());
+    };
     if let Some(key) = &key
         && state
             .auth_failure_limiter
@@ -442,25 +466,14 @@ async fn authenticate(
             "too many failed authentications from this address; retry later",
         ));
     }
-    let token = authorization
-        .as_deref()
-        .and_then(|h| h.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned())
-        .filter(|t| !t.is_empty());
-    let result = match token {
-        Some(token) => {
-            state
-                .verifier
-                .verify_api(
-                    &token,
-                    unix_now(),
-                    state.config.api.max_token_lifetime_seconds,
-                )
-                .await
-        }
-        None => Err(ApiAuthError::Token(AuthError::Missing)),
-    };
+    let result = state
+        .verifier
+        .verify_api(
+            &token,
+            unix_now(),
+            state.config.api.max_token_lifetime_seconds,
+        )
+        .await;
     match result {
         Ok(grant) => Ok(grant),
         Err(e) => {
@@ -493,8 +506,9 @@ fn parse<T: serde::de::DeserializeOwned>(body: Option<&[u8]>) -> Result<T, ApiEr
 }
 
 fn identity(s: String) -> Result<Identity, ApiError> {
-    if s.is_empty() || s.chars().count() > 256 {
-        return Err(ApiError::bad_request("`identity` must be 1-256 characters"));
+    // rtcd's limit on user IDs (`sfu::MAX_ID_BYTES`).
+    if s.is_empty() || s.len() > 128 {
+        return Err(ApiError::bad_request("`identity` must be 1-128 bytes"));
     }
     Ok(Identity::new(s))
 }
