@@ -93,7 +93,7 @@ pub struct RtcdRelay {
     auth_key: String,
     instance: String,
     tls: TlsMaterial,
-    hosts: HostSet,
+    hosts: Arc<HostSet>,
     /// Host key (`ip:grpc_port`, identical on every replica) -> the host.
     channels: Mutex<HashMap<String, Arc<Host>>>,
     logins: tokio::sync::Mutex<HashMap<String, Login>>,
@@ -178,7 +178,7 @@ impl RtcdRelay {
             auth_key,
             instance: instance.iter().map(|b| format!("{b:02x}")).collect(),
             tls,
-            hosts: HostSet::default(),
+            hosts: Arc::new(HostSet::default()),
             channels: Mutex::new(HashMap::new()),
             logins: tokio::sync::Mutex::new(HashMap::new()),
             webhooks: Mutex::new(None),
@@ -370,7 +370,12 @@ impl RtcdRelay {
             .json(&serde_json::json!({"clientID": self.client_id, "authKey": self.auth_key}))
             .send()
             .await
-            .map_err(|e| RelayError::Unavailable(format!("media server login failed: {e}")))?;
+            .map_err(|e| {
+                if e.is_connect() || e.is_timeout() {
+                    suspect(&self.hosts, key, "its HTTP API does not answer");
+                }
+                RelayError::Unavailable(format!("media server login failed: {e}"))
+            })?;
         let status = response.status();
         if !status.is_success() {
             tracing::error!(host = %api, %status, "rtcd refused this proxy's credentials (is rtcd.client_id registered on every rtcd host?)");
@@ -521,11 +526,44 @@ impl RtcdRelay {
         }
     }
 
+    /// Opens the session's stream on the host its room is placed on. A host that cannot be
+    /// reached is marked unready at once (passive health: the probe marks it ready again when
+    /// it answers `/readyz`), and the join is placed again, on the next host, rather than
+    /// failing: after a host dies, rejoining clients land on a live one without waiting for
+    /// the next probe.
     async fn open(&self, request: &JoinRequest) -> Result<RelayLink, RelayError> {
         let room = request.grant.room.as_str();
-        let (key, host) = self
-            .place(room)
-            .map_err(|e| RelayError::Unavailable(e.into()))?;
+        let mut tried = Vec::new();
+        loop {
+            let (key, host) = self
+                .place(room)
+                .map_err(|e| RelayError::Unavailable(e.into()))?;
+            if tried.contains(&key) {
+                return Err(RelayError::Unavailable(format!(
+                    "no reachable media server (tried {})",
+                    tried.join(", ")
+                )));
+            }
+            match self.open_on(request, &key, &host).await {
+                Err(RelayError::Unavailable(e))
+                    if self.hosts.place(room).is_some_and(|next| next != key) =>
+                {
+                    tracing::info!(session = %request.session, host = %key, error = %e, "rtcd host unreachable; placing the join again");
+                    tried.push(key);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`RtcdRelay::open`] on one host.
+    async fn open_on(
+        &self,
+        request: &JoinRequest,
+        key: &str,
+        host: &Host,
+    ) -> Result<RelayLink, RelayError> {
+        let room = request.grant.room.as_str();
         let session_id = format!("{}-{}", self.instance, request.session.0);
         let grant = &request.grant;
         let join = pb::ClientSignal {
@@ -545,7 +583,7 @@ impl RtcdRelay {
         };
         let mut renew = false;
         loop {
-            let token = self.token(&key, &host, renew).await?;
+            let token = self.token(key, host, renew).await?;
             let (to_rtcd, outbound) = mpsc::channel(LINK_CAPACITY);
             to_rtcd
                 .try_send(join.clone())
@@ -563,6 +601,7 @@ impl RtcdRelay {
             })
             .await
             .map_err(|_| {
+                suspect(&self.hosts, key, "it did not answer a join in time");
                 RelayError::Unavailable("media server did not answer the join in time".into())
             })?;
             match opened {
@@ -573,7 +612,9 @@ impl RtcdRelay {
                     }),
                 )) => {
                     tracing::debug!(session = %request.session, rtcd_session = %session_id, host = %key, "joined on rtcd");
-                    return Ok(spawn_pumps(to_rtcd, inbound, session_id));
+                    let (hosts, key) = (self.hosts.clone(), key.to_owned());
+                    let lost = move || suspect(&hosts, &key, "a session's stream broke");
+                    return Ok(spawn_pumps(to_rtcd, inbound, session_id, lost));
                 }
                 Ok((
                     _,
@@ -599,9 +640,21 @@ impl RtcdRelay {
                 Err(status) if status.code() == tonic::Code::Unauthenticated && !renew => {
                     renew = true
                 }
-                Err(status) => return Err(status_to_error(&status)),
+                Err(status) => {
+                    if status.code() == tonic::Code::Unavailable {
+                        suspect(&self.hosts, key, "its gRPC endpoint does not answer");
+                    }
+                    return Err(status_to_error(&status));
+                }
             }
         }
+    }
+}
+
+/// Marks a host that failed at the transport level unready until its next good probe.
+fn suspect(hosts: &HostSet, key: &str, why: &str) {
+    if hosts.set_health(key, HostHealth::Unready) {
+        tracing::info!(host = %key, why, "rtcd host unreachable; new rooms go elsewhere until it answers /readyz again");
     }
 }
 
@@ -969,6 +1022,7 @@ fn spawn_pumps(
     to_rtcd: mpsc::Sender<pb::ClientSignal>,
     mut inbound: tonic::Streaming<pb::ServerSignal>,
     own_session: String,
+    lost: impl FnOnce() + Send + 'static,
 ) -> RelayLink {
     let (commands, mut command_rx) = mpsc::channel::<RelayCommand>(LINK_CAPACITY);
     let (event_tx, events) = mpsc::channel::<RelayEvent>(LINK_CAPACITY);
@@ -1025,7 +1079,10 @@ fn spawn_pumps(
                 Ok(Some(_)) => continue,
                 Ok(None) => return,
                 Err(status) => {
+                    // The stream broke without rtcd's SessionClosed: rtcd died or became
+                    // unreachable, and the session's rejoin must not be placed there again.
                     tracing::debug!(code = ?status.code(), "rtcd stream ended");
+                    lost();
                     return;
                 }
             };

@@ -477,3 +477,107 @@ async fn relay_presents_its_client_certificate_when_rtcd_requires_one() {
     }
     cancel.cancel();
 }
+
+/// Issue 14 (failover, first step): when the rtcd hosting a room is gone, a rejoin is placed on
+/// a live host at once. The proxy marks a host it cannot reach unready itself (passive health)
+/// and places the join again, instead of waiting for the next `/readyz` probe (here a minute
+/// away) and answering `media_unavailable` meanwhile.
+#[tokio::test]
+async fn a_rejoin_after_a_host_is_gone_lands_on_a_live_host_before_the_next_probe() {
+    let (api, grpc) = (shared_port(), shared_port());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start = |dir: std::path::PathBuf, ip: &'static str| async move {
+        let d = TestRtcd::start_in(
+            &dir,
+            &[
+                ("RTCD_API_HTTP_LISTEN_ADDRESS", &format!("{ip}:{api}")),
+                ("RTCD_GRPC_LISTEN_ADDRESS", &format!("{ip}:{grpc}")),
+                ("RTCD_RTC_DRAIN_TIMEOUT_SECONDS", "0"),
+            ],
+        )
+        .await
+        .unwrap();
+        register_proxy(&d.rtcd, "proxy-1").await;
+        d
+    };
+    let a = start(dir_a.path().to_owned(), "127.0.0.2").await;
+    let b = start(dir_b.path().to_owned(), "127.0.0.3").await;
+    let mut config = rtcd_e2e::proxy::base_config();
+    config.rtcd = RtcdConfig {
+        url: format!("http://127.0.0.2:{grpc}, http://127.0.0.3:{grpc}"),
+        client_id: "proxy-1".into(),
+        auth_key: Secret::new(key_for("proxy-1")),
+        api_port: api,
+        // No probe during the test: only the relay's own failures can move the room.
+        health_interval_seconds: 600,
+        ..RtcdConfig::default()
+    };
+    let cancel = CancellationToken::new();
+    let relay = RtcdRelay::start(&config.rtcd, cancel.clone())
+        .await
+        .unwrap();
+    let hosts = relay.clone();
+    let proxy = rtcd_e2e::proxy::start_with_relay(config, Some(relay))
+        .await
+        .unwrap();
+    let room = (0..100)
+        .map(|i| format!("room-{i}"))
+        .find(|r| {
+            hosts
+                .hosts()
+                .place(r)
+                .is_some_and(|h| h.starts_with("127.0.0.2"))
+        })
+        .unwrap();
+    let addr = proxy.addr();
+    let join = |who: &'static str| {
+        let room = room.clone();
+        async move {
+            let mut client = rtcd_e2e::proxy::Client::connect(addr, "", &[])
+                .await
+                .unwrap();
+            client
+                .send(&serde_json::json!({"type": "join", "room": room, "token": moderator(who, &room)}))
+                .await
+                .unwrap();
+            let joined = client.expect("joined").await.unwrap();
+            (client, joined)
+        }
+    };
+    let (mut first, joined) = join("dave").await;
+    assert_eq!(joined["media"], true, "{joined}");
+
+    // Host A goes away; the proxy still believes it ready (no probe for minutes).
+    a.stop().await;
+    let (code, _, _) = first.closed().await.unwrap();
+    assert_eq!(code, 4008);
+    assert!(
+        hosts
+            .hosts()
+            .snapshot()
+            .iter()
+            .all(|(_, h)| *h == HostHealth::Ready),
+        "no probe ran yet"
+    );
+    let began = Instant::now();
+    let (_second, joined) = join("dave").await;
+    assert_eq!(joined["media"], true, "rejoined with media: {joined}");
+    assert!(
+        began.elapsed() < Duration::from_secs(8),
+        "the rejoin waited {:?}",
+        began.elapsed()
+    );
+    let now = hosts.hosts().place(&room).unwrap();
+    assert!(now.starts_with("127.0.0.3"), "{room} now on {now}");
+    assert!(
+        hosts
+            .hosts()
+            .snapshot()
+            .iter()
+            .any(|(k, h)| k.starts_with("127.0.0.2") && *h == HostHealth::Unready),
+        "host A is marked unready by the failure itself"
+    );
+    proxy.shutdown().await;
+    b.stop().await;
+    cancel.cancel();
+}
