@@ -89,6 +89,10 @@ pub enum StartError {
     /// The auth service could not be built.
     #[error("auth service: {0}")]
     Auth(#[from] AuthError),
+    /// The declared-clients file (`clients.declared_file`) is unreadable, too open, malformed
+    /// or conflicts with an API registration; the message names the file and line, never a key.
+    #[error(transparent)]
+    Declared(#[from] auth::declared::DeclaredError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -143,6 +147,12 @@ impl Rtcd {
                 .await
                 .map_err(|_| AuthError::Internal)??
         };
+        // Before anything serves: a proxy must never see a host where its declared key is
+        // not (yet) valid, or where a removed client still is.
+        if !config.clients.declared_file.is_empty() {
+            auth.reconcile_declared(Path::new(&config.clients.declared_file))
+                .await?;
+        }
         // Everything that can fail comes first (listeners bound, SFU and gRPC started), and
         // nothing serves until all of it succeeded: a failed start leaves no listener serving
         // and no task holding the store (dropping the SFU stops its threads).
