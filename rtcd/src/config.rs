@@ -951,6 +951,19 @@ mod tests {
     }
 
     #[test]
+    fn declared_clients_file_is_off_by_default_and_set_from_the_environment() {
+        assert_eq!(Config::default().clients.declared_file, "");
+        let c = Config::load(
+            None,
+            env(&[("RTCD_CLIENTS_DECLARED_FILE", "/run/secrets/rtcd/clients")]),
+        )
+        .unwrap();
+        assert_eq!(c.clients.declared_file, "/run/secrets/rtcd/clients");
+        let e = Config::load(None, env(&[("RTCD_CLIENTS_DECLARED_FILE", " /x ")])).unwrap_err();
+        assert!(e.to_string().contains("clients.declared_file"), "{e}");
+    }
+
+    #[test]
     fn rtcd_style_port_only_address() {
         assert_eq!(
             parse_listen_address(":8045").unwrap(),

@@ -303,3 +303,249 @@ impl AuthService {
         Ok(done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::auth::{ClientStore, Principal};
+    use crate::config::SecurityConfig;
+    use crate::metrics::Metrics;
+
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const KEY_A: &str = "declared-key-a-0123456789abcdefghijkl";
+    const KEY_A2: &str = "declared-key-a-rotated-0123456789abcd";
+    const KEY_B: &str = "declared-key-b-0123456789abcdefghijkl";
+    const KEY_API: &str = "api-registered-key-0123456789abcdefgh";
+
+    struct Host {
+        dir: tempfile::TempDir,
+        auth: AuthService,
+    }
+
+    impl Host {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = ClientStore::open(&dir.path().join("db")).unwrap();
+            let config = SecurityConfig {
+                bcrypt_cost: 4,
+                ..SecurityConfig::default()
+            };
+            let auth = AuthService::new(store, config, Metrics::new()).unwrap();
+            Self { dir, auth }
+        }
+
+        /// Writes `text` as the declared file with `mode` and returns its path.
+        fn declare(&self, text: &str, mode: u32) -> PathBuf {
+            let path = self.dir.path().join("clients");
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path
+        }
+
+        async fn reconcile(&self, text: &str) -> Result<Reconciled, DeclaredError> {
+            let path = self.declare(text, 0o400);
+            self.auth.reconcile_declared(&path).await
+        }
+
+        async fn logs_in(&self, id: &str, key: &str) -> bool {
+            self.auth
+                .login(ClientId::parse(id).unwrap(), Secret::new(key), LOCAL)
+                .await
+                .is_ok()
+        }
+
+        fn record(&self, id: &str) -> Option<ClientRecord> {
+            self.auth
+                .store()
+                .get(&ClientId::parse(id).unwrap())
+                .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn creates_rotates_and_removes_declared_clients() {
+        let host = Host::new();
+        let done = host
+            .reconcile(&format!(
+                "# tenants\n\n  alpha : {KEY_A}  \nbeta:{KEY_B}\n"
+            ))
+            .await
+            .unwrap();
+        assert_eq!((done.created, done.unchanged), (2, 0));
+        assert!(host.logs_in("alpha", KEY_A).await);
+        assert!(host.logs_in("beta", KEY_B).await);
+        let alpha = host.record("alpha").unwrap();
+        assert!(alpha.declared);
+        assert!(alpha.hash.starts_with("$2b$04$"), "a bcrypt hash");
+
+        // Same file again: nothing changes.
+        let done = host
+            .reconcile(&format!("alpha:{KEY_A}\nbeta:{KEY_B}\n"))
+            .await
+            .unwrap();
+        assert_eq!(
+            done,
+            Reconciled {
+                unchanged: 2,
+                ..Reconciled::default()
+            }
+        );
+
+        // Rotation: the old key (even cached from the login above) stops working.
+        let done = host
+            .reconcile(&format!("alpha:{KEY_A2}\nbeta:{KEY_B}\n"))
+            .await
+            .unwrap();
+        assert_eq!((done.rotated, done.unchanged), (1, 1));
+        assert!(!host.logs_in("alpha", KEY_A).await, "old key refused");
+        assert!(host.logs_in("alpha", KEY_A2).await, "new key accepted");
+        assert_eq!(
+            host.record("alpha").unwrap().created_unix,
+            alpha.created_unix
+        );
+
+        // Removal: beta is gone from the file, so from the store.
+        let done = host.reconcile(&format!("alpha:{KEY_A2}\n")).await.unwrap();
+        assert_eq!((done.removed, done.unchanged), (1, 1));
+        assert!(host.record("beta").is_none());
+        assert!(!host.logs_in("beta", KEY_B).await);
+        assert_eq!(host.auth.store().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn api_registrations_are_never_touched() {
+        let host = Host::new();
+        host.auth
+            .register(
+                Some(&Principal::Admin),
+                ClientId::parse("api-client").unwrap(),
+                Secret::new(KEY_API),
+                LOCAL,
+            )
+            .await
+            .unwrap();
+        // Not declared: survives a reconciliation, including of an empty file.
+        host.reconcile(&format!("alpha:{KEY_A}\n")).await.unwrap();
+        host.reconcile("# nobody\n").await.unwrap();
+        assert!(host.record("alpha").is_none(), "declared then dropped");
+        let record = host.record("api-client").unwrap();
+        assert!(!record.declared);
+        assert!(host.logs_in("api-client", KEY_API).await);
+
+        // Declared with another key: refused before any write, naming file:line, not a key.
+        let path = host.declare(&format!("alpha:{KEY_A}\napi-client:{KEY_B}\n"), 0o600);
+        let e = host.auth.reconcile_declared(&path).await.unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("{}:2:", path.display())),
+            "{text}"
+        );
+        assert!(!text.contains(KEY_B) && !text.contains(KEY_API), "{text}");
+        assert!(host.record("alpha").is_none(), "nothing applied");
+        assert!(host.logs_in("api-client", KEY_API).await);
+
+        // Declared with the same key: adopted, and from then on owned by the file.
+        let done = host
+            .reconcile(&format!("api-client:{KEY_API}\n"))
+            .await
+            .unwrap();
+        assert_eq!(done.adopted, 1);
+        assert!(host.record("api-client").unwrap().declared);
+        host.reconcile("").await.unwrap();
+        assert!(host.record("api-client").is_none());
+    }
+
+    #[tokio::test]
+    async fn malformed_lines_name_file_and_line_never_the_key() {
+        let host = Host::new();
+        let secret_tail = "0123456789abcdefghijklmnopqrstuv";
+        let cases = [
+            // No separator: the whole line may be a key.
+            (format!("alpha:{KEY_A}\nbeta{secret_tail}\n"), 2),
+            (format!("\n\nbad id:{secret_tail}\n"), 3),
+            (format!("short:{}\n", &secret_tail[..20]), 1),
+            (format!("long:{secret_tail}{secret_tail}{secret_tail}\n"), 1),
+            ("weak:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n".to_string(), 1),
+            ("sample:REPLACE-ME-with-a-long-random-secret-0123\n".to_string(), 1),
+            (format!("#\nalpha:{KEY_A}\nalpha:{secret_tail}\n"), 3),
+            (format!(":{secret_tail}\n"), 1),
+        ];
+        for (text, line) in cases {
+            let path = host.declare(&text, 0o400);
+            let e = host.auth.reconcile_declared(&path).await.unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with(&format!("{}:{line}: ", path.display())),
+                "{msg}"
+            );
+            for secret in [secret_tail, &secret_tail[..20], "aaaaaaaaaa", KEY_A, "REPLACE"] {
+                assert!(!msg.contains(secret), "{msg}");
+                assert!(!format!("{e:?}").contains(secret), "{e:?}");
+            }
+            assert_eq!(host.auth.store().len(), 0, "nothing applied: {msg}");
+        }
+    }
+
+    #[tokio::test]
+    async fn files_open_to_group_or_others_are_refused() {
+        let host = Host::new();
+        for mode in [0o640, 0o604, 0o644, 0o660] {
+            let path = host.declare(&format!("alpha:{KEY_A}\n"), mode);
+            let e = host.auth.reconcile_declared(&path).await.unwrap_err();
+            assert!(matches!(e, DeclaredError::Permissions { .. }), "{e}");
+            assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        }
+        assert!(host.record("alpha").is_none());
+        let e = host
+            .auth
+            .reconcile_declared(&host.dir.path().join("absent"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DeclaredError::Read { .. }), "{e}");
+        let e = host.auth.reconcile_declared(host.dir.path()).await.unwrap_err();
+        assert!(matches!(e, DeclaredError::NotAFile { .. }), "{e}");
+        for mode in [0o400, 0o600] {
+            let path = host.declare(&format!("alpha:{KEY_A}\n"), mode);
+            host.auth.reconcile_declared(&path).await.unwrap();
+        }
+    }
+
+    /// Only bcrypt hashes reach the disk: no file of the sled directory contains a key.
+    #[tokio::test]
+    async fn keys_are_stored_only_as_bcrypt_hashes() {
+        let host = Host::new();
+        host.reconcile(&format!("alpha:{KEY_A}\nbeta:{KEY_B}\n"))
+            .await
+            .unwrap();
+        host.reconcile(&format!("alpha:{KEY_A2}\nbeta:{KEY_B}\n"))
+            .await
+            .unwrap();
+        host.auth.store().flush().await.unwrap();
+        let mut files = 0;
+        let mut stack = vec![host.dir.path().join("db")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                files += 1;
+                let bytes = std::fs::read(&path).unwrap();
+                for key in [KEY_A, KEY_A2, KEY_B] {
+                    assert!(
+                        !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                        "{} holds a key in clear",
+                        path.display()
+                    );
+                }
+            }
+        }
+        assert!(files > 0);
+        assert!(host.record("alpha").unwrap().hash.starts_with("$2b$"));
+    }
+}
