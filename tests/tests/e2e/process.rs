@@ -756,3 +756,94 @@ async fn the_container_defaults_serve_as_documented() {
     rtcd.wait().await.unwrap();
     outcome.unwrap();
 }
+
+/// Issue 14 #4: one declared-clients file (as a Secret mounted on every host) registers the
+/// proxy on two hosts with no API call; a rotated key takes effect on the host that restarts;
+/// no key reaches a log line or a data directory.
+#[tokio::test]
+async fn declared_clients_file_registers_on_every_host_and_rotates_on_restart() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("clients");
+    let declare = |text: &str| {
+        // Written beside the file and renamed over it, as a Secret update does.
+        let next = secrets.path().join("clients.next");
+        std::fs::write(&next, text).unwrap();
+        std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o400)).unwrap();
+        std::fs::rename(&next, &file).unwrap();
+    };
+    let old_key = key_for("declared-old");
+    let new_key = key_for("declared-new");
+    declare(&format!("# proxies\nproxy-a:{old_key}\n"));
+    let file_var = file.display().to_string();
+    let overrides = [("RTCD_CLIENTS_DECLARED_FILE", file_var.as_str())];
+
+    let login = |base: String, key: String| async move {
+        client()
+            .post(format!("{base}/login"))
+            .json(&json!({"clientID": "proxy-a", "authKey": key}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut hosts = Vec::new();
+    let mut bases = Vec::new();
+    for dir in &dirs {
+        let mut proc = RtcdProcess::spawn(Path::new(BIN), &test_env(dir.path(), &overrides)).unwrap();
+        bases.push(format!("http://{}", proc.ready().await.unwrap()));
+        hosts.push(proc);
+    }
+    for base in &bases {
+        assert_eq!(
+            login(base.clone(), old_key.clone()).await,
+            StatusCode::OK,
+            "declared client logs in at {base} without registration"
+        );
+    }
+
+    // Rotate in the file, restart host 0 only.
+    declare(&format!("# proxies\nproxy-a:{new_key}\n"));
+    let mut logs = Vec::new();
+    let mut first = hosts.remove(0);
+    first.signal("TERM").unwrap();
+    assert!(first.wait().await.unwrap().success());
+    logs.extend(first.log);
+    let mut first =
+        RtcdProcess::spawn(Path::new(BIN), &test_env(dirs[0].path(), &overrides)).unwrap();
+    bases[0] = format!("http://{}", first.ready().await.unwrap());
+    assert_eq!(login(bases[0].clone(), new_key.clone()).await, StatusCode::OK);
+    assert_eq!(
+        login(bases[0].clone(), old_key.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "the old key stops working where the new file was applied"
+    );
+    // Host 1 has not restarted: reconciliation is start-only, so it still has the old key.
+    assert_eq!(login(bases[1].clone(), old_key.clone()).await, StatusCode::OK);
+    hosts.insert(0, first);
+
+    for mut host in hosts {
+        host.signal("TERM").unwrap();
+        assert!(host.wait().await.unwrap().success());
+        logs.extend(host.log);
+    }
+    let logs = logs.join("\n");
+    assert!(
+        logs.contains("declared client created") && logs.contains("declared client key rotated"),
+        "one INFO line per change:\n{logs}"
+    );
+    for key in [&old_key, &new_key] {
+        assert!(!logs.contains(key.as_str()), "a key reached the log");
+        for dir in &dirs {
+            for f in files_under(dir.path()) {
+                let bytes = std::fs::read(&f).unwrap();
+                assert!(
+                    !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                    "{} holds a key in clear",
+                    f.display()
+                );
+            }
+        }
+    }
+}
