@@ -828,6 +828,19 @@ async fn declared_clients_file_registers_on_every_host_and_rotates_on_restart() 
         assert!(host.wait().await.unwrap().success());
         logs.extend(host.log);
     }
+    // A file readable by others stops the start, naming the file, never the key.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut refused =
+        RtcdProcess::spawn(Path::new(BIN), &test_env(dirs[1].path(), &overrides)).unwrap();
+    assert!(refused.ready().await.is_err(), "rtcd must not start");
+    assert!(!refused.wait().await.unwrap().success());
+    let refusal = refused.log.join("\n");
+    assert!(
+        refusal.contains("accessible by group or others") && refusal.contains(&file_var),
+        "{refusal}"
+    );
+    logs.extend(refused.log);
+
     let logs = logs.join("\n");
     assert!(
         logs.contains("declared client created") && logs.contains("declared client key rotated"),
