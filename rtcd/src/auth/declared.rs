@@ -137,7 +137,11 @@ pub fn read(path: &Path) -> Result<Vec<DeclaredClient>, DeclaredError> {
         let valid = e.utf8_error().valid_up_to();
         DeclaredError::Line {
             path: name(),
-            line: e.as_bytes()[..valid].iter().filter(|b| **b == b'\n').count() + 1,
+            line: e.as_bytes()[..valid]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1,
             reason: "is not valid UTF-8".into(),
         }
     })?;
@@ -370,9 +374,7 @@ mod tests {
     async fn creates_rotates_and_removes_declared_clients() {
         let host = Host::new();
         let done = host
-            .reconcile(&format!(
-                "# tenants\n\n  alpha : {KEY_A}  \nbeta:{KEY_B}\n"
-            ))
+            .reconcile(&format!("# tenants\n\n  alpha : {KEY_A}  \nbeta:{KEY_B}\n"))
             .await
             .unwrap();
         assert_eq!((done.created, done.unchanged), (2, 0));
@@ -440,10 +442,7 @@ mod tests {
         let path = host.declare(&format!("alpha:{KEY_A}\napi-client:{KEY_B}\n"), 0o600);
         let e = host.auth.reconcile_declared(&path).await.unwrap_err();
         let text = e.to_string();
-        assert!(
-            text.contains(&format!("{}:2:", path.display())),
-            "{text}"
-        );
+        assert!(text.contains(&format!("{}:2:", path.display())), "{text}");
         assert!(!text.contains(KEY_B) && !text.contains(KEY_API), "{text}");
         assert!(host.record("alpha").is_none(), "nothing applied");
         assert!(host.logs_in("api-client", KEY_API).await);
@@ -470,7 +469,10 @@ mod tests {
             (format!("short:{}\n", &secret_tail[..20]), 1),
             (format!("long:{secret_tail}{secret_tail}{secret_tail}\n"), 1),
             ("weak:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n".to_string(), 1),
-            ("sample:REPLACE-ME-with-a-long-random-secret-0123\n".to_string(), 1),
+            (
+                "sample:REPLACE-ME-with-a-long-random-secret-0123\n".to_string(),
+                1,
+            ),
             (format!("#\nalpha:{KEY_A}\nalpha:{secret_tail}\n"), 3),
             (format!(":{secret_tail}\n"), 1),
         ];
@@ -482,7 +484,13 @@ mod tests {
                 msg.starts_with(&format!("{}:{line}: ", path.display())),
                 "{msg}"
             );
-            for secret in [secret_tail, &secret_tail[..20], "aaaaaaaaaa", KEY_A, "REPLACE"] {
+            for secret in [
+                secret_tail,
+                &secret_tail[..20],
+                "aaaaaaaaaa",
+                KEY_A,
+                "REPLACE",
+            ] {
                 assert!(!msg.contains(secret), "{msg}");
                 assert!(!format!("{e:?}").contains(secret), "{e:?}");
             }
@@ -506,7 +514,11 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, DeclaredError::Read { .. }), "{e}");
-        let e = host.auth.reconcile_declared(host.dir.path()).await.unwrap_err();
+        let e = host
+            .auth
+            .reconcile_declared(host.dir.path())
+            .await
+            .unwrap_err();
         assert!(matches!(e, DeclaredError::NotAFile { .. }), "{e}");
         for mode in [0o400, 0o600] {
             let path = host.declare(&format!("alpha:{KEY_A}\n"), mode);

@@ -440,7 +440,12 @@ impl AuthService {
     /// The registration path shared by the API and declared clients: hashes `key` (bcrypt,
     /// on the blocking pool) and inserts the record only if `id` is absent (a conflict is an
     /// error, never an overwrite). The caller validated `key` and commits.
-    async fn insert_new(&self, id: &ClientId, key: &Secret, declared: bool) -> Result<(), AuthError> {
+    async fn insert_new(
+        &self,
+        id: &ClientId,
+        key: &Secret,
+        declared: bool,
+    ) -> Result<(), AuthError> {
         let record = ClientRecord {
             v: 1,
             hash: self.hash_key(key).await?,

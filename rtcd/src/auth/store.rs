@@ -179,8 +179,8 @@ impl ClientStore {
                 .ok()
                 .and_then(|s| ClientId::parse(s).ok())
                 .ok_or_else(|| StoreError::Corrupt(String::from_utf8_lossy(&key).into_owned()))?;
-            let record = serde_json::from_slice(&value)
-                .map_err(|_| StoreError::Corrupt(id.to_string()))?;
+            let record =
+                serde_json::from_slice(&value).map_err(|_| StoreError::Corrupt(id.to_string()))?;
             out.push((id, record));
         }
         Ok(out)

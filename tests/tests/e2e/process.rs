@@ -791,7 +791,8 @@ async fn declared_clients_file_registers_on_every_host_and_rotates_on_restart() 
     let mut hosts = Vec::new();
     let mut bases = Vec::new();
     for dir in &dirs {
-        let mut proc = RtcdProcess::spawn(Path::new(BIN), &test_env(dir.path(), &overrides)).unwrap();
+        let mut proc =
+            RtcdProcess::spawn(Path::new(BIN), &test_env(dir.path(), &overrides)).unwrap();
         bases.push(format!("http://{}", proc.ready().await.unwrap()));
         hosts.push(proc);
     }
@@ -813,14 +814,20 @@ async fn declared_clients_file_registers_on_every_host_and_rotates_on_restart() 
     let mut first =
         RtcdProcess::spawn(Path::new(BIN), &test_env(dirs[0].path(), &overrides)).unwrap();
     bases[0] = format!("http://{}", first.ready().await.unwrap());
-    assert_eq!(login(bases[0].clone(), new_key.clone()).await, StatusCode::OK);
+    assert_eq!(
+        login(bases[0].clone(), new_key.clone()).await,
+        StatusCode::OK
+    );
     assert_eq!(
         login(bases[0].clone(), old_key.clone()).await,
         StatusCode::UNAUTHORIZED,
         "the old key stops working where the new file was applied"
     );
     // Host 1 has not restarted: reconciliation is start-only, so it still has the old key.
-    assert_eq!(login(bases[1].clone(), old_key.clone()).await, StatusCode::OK);
+    assert_eq!(
+        login(bases[1].clone(), old_key.clone()).await,
+        StatusCode::OK
+    );
     hosts.insert(0, first);
 
     for mut host in hosts {
