@@ -416,8 +416,9 @@ impl Default for StoreConfig {
 pub struct ClientsConfig {
     /// File of `client_id:auth_key` lines (`#` comments and blank lines allowed), readable by
     /// its owner only (mode 0400 or 0600). Reconciled into the registry at start: missing
-    /// clients are created, changed keys rotated, clients dropped from the file removed.
-    /// Empty (the default) = no declared clients; API registrations are never touched.
+    /// clients are created, changed keys rotated, clients dropped from the file removed; again
+    /// on SIGHUP. Empty (the default) = no declared clients; API registrations are never
+    /// touched.
     pub declared_file: String,
 }
 

@@ -20,8 +20,8 @@
 //! * registered through the API and not declared: never touched.
 //!
 //! The file must not be readable by group or others (mode 0400 or 0600): rtcd refuses to start
-//! otherwise, the same way ssh refuses a private key. Reconciliation runs at start only; edits
-//! take effect on restart.
+//! otherwise, the same way ssh refuses a private key. Reconciliation runs at start, and again
+//! on SIGHUP (`crate::cli`): a file that fails on reload is logged and changes nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

@@ -758,10 +758,10 @@ async fn the_container_defaults_serve_as_documented() {
 }
 
 /// Issue 14 #4: one declared-clients file (as a Secret mounted on every host) registers the
-/// proxy on two hosts with no API call; a rotated key takes effect on the host that restarts;
-/// no key reaches a log line or a data directory.
+/// proxy on two hosts with no API call; a rotated key takes effect on the host that restarts
+/// and on the one sent SIGHUP; no key reaches a log line or a data directory.
 #[tokio::test]
-async fn declared_clients_file_registers_on_every_host_and_rotates_on_restart() {
+async fn declared_clients_file_registers_on_every_host_and_rotates_on_restart_or_sighup() {
     use std::os::unix::fs::PermissionsExt as _;
     let secrets = tempfile::tempdir().unwrap();
     let file = secrets.path().join("clients");
@@ -823,12 +823,34 @@ async fn declared_clients_file_registers_on_every_host_and_rotates_on_restart() 
         StatusCode::UNAUTHORIZED,
         "the old key stops working where the new file was applied"
     );
-    // Host 1 has not restarted: reconciliation is start-only, so it still has the old key.
+    // Host 1 has neither restarted nor reloaded: it still has the old key, until SIGHUP.
     assert_eq!(
         login(bases[1].clone(), old_key.clone()).await,
         StatusCode::OK
     );
+    hosts[0].signal("HUP").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while login(bases[1].clone(), new_key.clone()).await != StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP applies the new key"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        login(bases[1].clone(), old_key.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
     hosts.insert(0, first);
+
+    // A bad file on SIGHUP changes nothing and the host keeps serving.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    hosts[1].signal("HUP").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        login(bases[1].clone(), new_key.clone()).await,
+        StatusCode::OK
+    );
 
     for mut host in hosts {
         host.signal("TERM").unwrap();
@@ -836,7 +858,6 @@ async fn declared_clients_file_registers_on_every_host_and_rotates_on_restart() 
         logs.extend(host.log);
     }
     // A file readable by others stops the start, naming the file, never the key.
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut refused =
         RtcdProcess::spawn(Path::new(BIN), &test_env(dirs[1].path(), &overrides)).unwrap();
     assert!(refused.ready().await.is_err(), "rtcd must not start");
@@ -850,7 +871,10 @@ async fn declared_clients_file_registers_on_every_host_and_rotates_on_restart() 
 
     let logs = logs.join("\n");
     assert!(
-        logs.contains("declared client created") && logs.contains("declared client key rotated"),
+        logs.contains("declared client created")
+            && logs.contains("declared client key rotated")
+            && logs.contains("SIGHUP: reloading declared clients")
+            && logs.contains("declared clients not reloaded"),
         "one INFO line per change:\n{logs}"
     );
     for key in [&old_key, &new_key] {
