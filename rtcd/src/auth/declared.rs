@@ -27,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use super::{AuthError, AuthService, ClientId, ClientRecord, MIN_KEY_BYTES, Secret, validate_key};
+use crate::metrics::{DeclaredChangeLabels, OutcomeLabels};
 
 /// Why the declared-clients file could not be applied. Messages name the file (and line), and
 /// never contain a key.
@@ -204,8 +205,17 @@ impl AuthService {
     /// every conflict with an API registration detected, before the first write; changes are
     /// flushed before this returns. Logs one `audit` INFO line per change.
     pub async fn reconcile_declared(&self, path: &Path) -> Result<Reconciled, DeclaredError> {
-        let declared = read(path)?;
-        self.reconcile(path, &declared).await
+        let result = match read(path) {
+            Ok(declared) => self.reconcile(path, &declared).await,
+            Err(e) => Err(e),
+        };
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.inner
+            .metrics
+            .declared_reconciliations
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        result
     }
 
     /// [`AuthService::reconcile_declared`] on already-parsed clients.
@@ -246,8 +256,18 @@ impl AuthService {
 
         let file = path.display().to_string();
         let mut done = Reconciled::default();
+        let metrics = &self.inner.metrics;
         let changed = |id: &ClientId, change: &'static str| {
             tracing::info!(target: "audit", event = "declared", client_id = %id, change, file = %file, "declared client {change}");
+            let change = if change == "key rotated" {
+                "key_rotated"
+            } else {
+                change
+            };
+            metrics
+                .declared_changes
+                .get_or_create(&DeclaredChangeLabels { change })
+                .inc();
         };
         for (client, plan) in declared.iter().zip(plans) {
             let id = &client.id;
@@ -416,6 +436,24 @@ mod tests {
         assert!(host.record("beta").is_none());
         assert!(!host.logs_in("beta", KEY_B).await);
         assert_eq!(host.auth.store().len(), 1);
+
+        let metrics = &host.auth.inner.metrics;
+        let count = |change| {
+            metrics
+                .declared_changes
+                .get_or_create(&DeclaredChangeLabels { change })
+                .get()
+        };
+        assert_eq!(
+            (count("created"), count("key_rotated"), count("removed")),
+            (2, 1, 1)
+        );
+        assert_eq!(metrics.clients_registered.get(), 1);
+        let ok = metrics
+            .declared_reconciliations
+            .get_or_create(&OutcomeLabels { outcome: "ok" })
+            .get();
+        assert_eq!(ok, 4);
     }
 
     #[tokio::test]
