@@ -37,7 +37,7 @@ pub enum StoreError {
 }
 
 /// What is kept per client. Versioned so the format can evolve without a migration tool.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRecord {
     /// Record format version (1).
     pub v: u32,
@@ -161,11 +161,20 @@ impl ClientStore {
         old: &ClientRecord,
         new: &ClientRecord,
     ) -> Result<bool, StoreError> {
-        let old = serde_json::to_vec(old).expect("a record always serializes");
+        // Compared decoded, swapped against the bytes on disk: a record written by an older
+        // version (another field order, no `declared`) still matches what was read.
+        let Some(current) = self.clients.get(id.as_str())? else {
+            return Ok(false);
+        };
+        let decoded: ClientRecord =
+            serde_json::from_slice(&current).map_err(|_| StoreError::Corrupt(id.to_string()))?;
+        if decoded != *old {
+            return Ok(false);
+        }
         let new = serde_json::to_vec(new).expect("a record always serializes");
         Ok(self
             .clients
-            .compare_and_swap(id.as_str(), Some(old), Some(new))?
+            .compare_and_swap(id.as_str(), Some(current), Some(new))?
             .is_ok())
     }
 
@@ -254,6 +263,31 @@ mod tests {
             created_unix: 0,
             declared: false,
         }
+    }
+
+    /// A record in an older layout (other field order, no `declared`) is read as an API
+    /// registration and can still be replaced by compare-and-swap.
+    #[test]
+    fn legacy_records_decode_and_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ClientStore::open(dir.path()).unwrap();
+        let id = ClientId::parse("old").unwrap();
+        store
+            .clients
+            .insert("old", &br#"{"created_unix":7,"hash":"$2b$04$x","v":1}"#[..])
+            .unwrap();
+        let old = store.get(&id).unwrap().unwrap();
+        assert!(!old.declared);
+        let new = ClientRecord {
+            declared: true,
+            ..old.clone()
+        };
+        assert!(store.replace(&id, &old, &new).unwrap());
+        assert_eq!(store.get(&id).unwrap().unwrap(), new);
+        assert!(
+            !store.replace(&id, &old, &new).unwrap(),
+            "stale expectation"
+        );
     }
 
     /// Hundreds of writers flushing at once all finish (sled's own `flush_async` deadlocks
