@@ -20,7 +20,8 @@
 //!   sockets ([`engine::net`]: rtcd's own batched UDP, demultiplexing and ICE-TCP).
 //! * [`health`] (the kit's), [`system`], [`metrics`]: readiness, host load, Prometheus registry.
 //! * [`cli`]: the `rtcd` command line (serve, dev, clients add / remove / list).
-//! * [`Rtcd`]: the composition root. `start` builds store -> auth -> listeners; `shutdown`
+//! * [`Rtcd`]: the composition root. `start` builds store -> auth -> declared clients
+//!   ([`auth::declared`]) -> listeners; `shutdown`
 //!   undoes it in reverse and flushes the store last.
 
 #![warn(missing_docs)]
