@@ -1,6 +1,7 @@
 //! The `rtcd` command line.
 //!
-//! * `rtcd [--config FILE] [serve]`: run the daemon until SIGINT / SIGTERM.
+//! * `rtcd [--config FILE] [serve]`: run the daemon until SIGINT / SIGTERM; with
+//!   `clients.declared_file` set, SIGHUP re-applies that file.
 //! * `rtcd dev [--data-dir DIR]`: run a local instance with generated secrets, for trying it out.
 //! * `rtcd [--config FILE] clients add ID [--key-stdin] | remove ID | list`: manage the registry
 //!   directly on disk (bootstrap without the HTTP API; rtcd must not be running).
@@ -155,11 +156,54 @@ async fn serve(config: Config) -> Result<(), String> {
         ?config,
         "starting rtcd"
     );
+    // Installed before the start so that a SIGHUP sent early is never the default "terminate".
+    let hangups = declared_file(&config).map(|path| {
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        (path, hangups)
+    });
     let rtcd = Rtcd::start(config).await.map_err(|e| e.to_string())?;
-    rtcd_kit::signal::terminated("draining").await;
+    match hangups {
+        Some((path, hangups)) => {
+            tokio::select! {
+                () = rtcd_kit::signal::terminated("draining") => {}
+                () = reload_declared_on_hangup(rtcd.auth().clone(), path, hangups) => {}
+            }
+        }
+        None => rtcd_kit::signal::terminated("draining").await,
+    }
     rtcd_kit::signal::exit_on_second_signal();
     rtcd.shutdown().await;
     Ok(())
+}
+
+/// The declared-clients file, if the configuration names one.
+fn declared_file(config: &Config) -> Option<PathBuf> {
+    let path = &config.clients.declared_file;
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+/// Re-applies the declared-clients file on every SIGHUP (`docs/registration.md`), so a Secret
+/// update needs no restart. A file that fails changes nothing (every line is checked before
+/// the first write) and the daemon keeps serving with the registry as it was. Never returns.
+async fn reload_declared_on_hangup(
+    auth: AuthService,
+    path: PathBuf,
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
+) {
+    let mut hangups = match hangups {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install a SIGHUP handler; declared clients apply at restart only");
+            return std::future::pending().await;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!(file = %path.display(), "SIGHUP: reloading declared clients");
+        if let Err(e) = auth.reconcile_declared(&path).await {
+            tracing::error!(file = %path.display(), error = %e, "declared clients not reloaded; fix the file and send SIGHUP again");
+        }
+    }
+    std::future::pending().await
 }
 
 async fn clients(config: Config, action: &ClientsAction) -> Result<(), String> {

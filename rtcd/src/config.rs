@@ -27,6 +27,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Where the client registry lives on disk.
     pub store: StoreConfig,
+    /// `[clients]`: clients declared from a file and reconciled into the registry at start.
+    pub clients: ClientsConfig,
     /// Log level and format.
     pub logger: LoggerConfig,
     /// `[grpc]`: the signaling listener proxies connect to.
@@ -406,6 +408,20 @@ impl Default for StoreConfig {
     }
 }
 
+/// `[clients]`: clients declared by the operator instead of registered through the API, so
+/// that many hosts share one list (a Kubernetes Secret or systemd credential mounted on each)
+/// and nobody has to call `POST /register` on every host. See `docs/registration.md`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientsConfig {
+    /// File of `client_id:auth_key` lines (`#` comments and blank lines allowed), readable by
+    /// its owner only (mode 0400 or 0600). Reconciled into the registry at start: missing
+    /// clients are created, changed keys rotated, clients dropped from the file removed; again
+    /// on SIGHUP. Empty (the default) = no declared clients; API registrations are never
+    /// touched.
+    pub declared_file: String,
+}
+
 /// `[logger]`: the service kit's, the same in both daemons.
 pub use rtcd_kit::logging::LoggerConfig;
 
@@ -546,6 +562,13 @@ impl Config {
         self.webhooks.validate()?;
         if self.store.data_source.trim().is_empty() {
             return Err(invalid("store.data_source", "must name a directory".into()));
+        }
+        let declared = &self.clients.declared_file;
+        if !declared.is_empty() && declared.trim() != declared {
+            return Err(invalid(
+                "clients.declared_file",
+                "must be empty or a path without leading or trailing spaces".into(),
+            ));
         }
         self.logger
             .validate()
@@ -926,6 +949,19 @@ mod tests {
         std::fs::write(&path, "[api.security]\nbcrypt_cost = \"high\"\n").unwrap();
         let e = Config::load(Some(&path), env(&[])).unwrap_err();
         assert!(e.to_string().contains("bcrypt_cost"), "{e}");
+    }
+
+    #[test]
+    fn declared_clients_file_is_off_by_default_and_set_from_the_environment() {
+        assert_eq!(Config::default().clients.declared_file, "");
+        let c = Config::load(
+            None,
+            env(&[("RTCD_CLIENTS_DECLARED_FILE", "/run/secrets/rtcd/clients")]),
+        )
+        .unwrap();
+        assert_eq!(c.clients.declared_file, "/run/secrets/rtcd/clients");
+        let e = Config::load(None, env(&[("RTCD_CLIENTS_DECLARED_FILE", " /x ")])).unwrap_err();
+        assert!(e.to_string().contains("clients.declared_file"), "{e}");
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //!   sockets ([`engine::net`]: rtcd's own batched UDP, demultiplexing and ICE-TCP).
 //! * [`health`] (the kit's), [`system`], [`metrics`]: readiness, host load, Prometheus registry.
 //! * [`cli`]: the `rtcd` command line (serve, dev, clients add / remove / list).
-//! * [`Rtcd`]: the composition root. `start` builds store -> auth -> listeners; `shutdown`
+//! * [`Rtcd`]: the composition root. `start` builds store -> auth -> declared clients
+//!   ([`auth::declared`]) -> listeners; `shutdown`
 //!   undoes it in reverse and flushes the store last.
 
 #![warn(missing_docs)]
@@ -89,6 +90,10 @@ pub enum StartError {
     /// The auth service could not be built.
     #[error("auth service: {0}")]
     Auth(#[from] AuthError),
+    /// The declared-clients file (`clients.declared_file`) is unreadable, too open, malformed
+    /// or conflicts with an API registration; the message names the file and line, never a key.
+    #[error(transparent)]
+    Declared(#[from] auth::declared::DeclaredError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -143,6 +148,12 @@ impl Rtcd {
                 .await
                 .map_err(|_| AuthError::Internal)??
         };
+        // Before anything serves: a proxy must never see a host where its declared key is
+        // not (yet) valid, or where a removed client still is.
+        if !config.clients.declared_file.is_empty() {
+            auth.reconcile_declared(Path::new(&config.clients.declared_file))
+                .await?;
+        }
         // Everything that can fail comes first (listeners bound, SFU and gRPC started), and
         // nothing serves until all of it succeeded: a failed start leaves no listener serving
         // and no task holding the store (dropping the SFU stops its threads).

@@ -22,6 +22,20 @@ pub struct AuthLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `rtcd_declared_client_changes_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeclaredChangeLabels {
+    /// `created`, `key_rotated`, `adopted`, `removed`.
+    pub change: &'static str,
+}
+
+/// Labels of `rtcd_declared_reconciliations_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok` or `error` (the file was not applied: see the log).
+    pub outcome: &'static str,
+}
+
 /// Labels of `rtcd_http_requests_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -165,6 +179,12 @@ pub struct Metrics {
     pub bcrypt_pending: Gauge,
     /// Clients in the registry.
     pub clients_registered: Gauge,
+    /// Changes applied from the declared-clients file, by kind: how an operator sees that a
+    /// rotation or removal reached a host.
+    pub declared_changes: Family<DeclaredChangeLabels, Counter>,
+    /// Applications of the declared-clients file (start and SIGHUP), by outcome: alert on
+    /// `error`, a reload that left the registry as it was.
+    pub declared_reconciliations: Family<OutcomeLabels, Counter>,
     /// HTTP requests by route and status.
     pub http_requests: Family<HttpLabels, Counter>,
     /// Connections the HTTP listeners closed or answered 408 to protect themselves.
@@ -209,6 +229,18 @@ impl Metrics {
             "clients_registered",
             "Clients in the registry",
             clients_registered.clone(),
+        );
+        let declared_changes = Family::<DeclaredChangeLabels, Counter>::default();
+        registry.register(
+            "declared_client_changes",
+            "Changes applied from the declared-clients file, by kind",
+            declared_changes.clone(),
+        );
+        let declared_reconciliations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "declared_reconciliations",
+            "Applications of the declared-clients file, by outcome",
+            declared_reconciliations.clone(),
         );
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
@@ -323,6 +355,8 @@ impl Metrics {
             bcrypt_seconds,
             bcrypt_pending,
             clients_registered,
+            declared_changes,
+            declared_reconciliations,
             http_requests,
             http_connections_cut,
         })

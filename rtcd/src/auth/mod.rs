@@ -18,6 +18,7 @@
 //! Nothing here knows HTTP or gRPC: callers pass parsed [`Credentials`] and a source address.
 //! Outcomes are logged on the `audit` target, with client ID and address, never a key.
 
+pub mod declared;
 pub mod store;
 
 use std::collections::HashMap;
@@ -432,21 +433,38 @@ impl AuthService {
         if inner.store.get(id)?.is_some() {
             return Err(AuthError::Conflict(id.clone()));
         }
-        let cost = inner.config.bcrypt_cost;
-        let key_owned = key.clone();
-        let hash = self
-            .bcrypt(move || bcrypt::hash(key_owned.expose(), cost))
-            .await?
-            .map_err(|_| AuthError::Internal)?;
+        self.insert_new(id, key, false).await?;
+        self.commit().await
+    }
+
+    /// The registration path shared by the API and declared clients: hashes `key` (bcrypt,
+    /// on the blocking pool) and inserts the record only if `id` is absent (a conflict is an
+    /// error, never an overwrite). The caller validated `key` and commits.
+    async fn insert_new(
+        &self,
+        id: &ClientId,
+        key: &Secret,
+        declared: bool,
+    ) -> Result<(), AuthError> {
         let record = ClientRecord {
             v: 1,
-            hash,
+            hash: self.hash_key(key).await?,
             created_unix: unix_now(),
+            declared,
         };
-        if !inner.store.insert_new(id, &record)? {
+        if !self.inner.store.insert_new(id, &record)? {
             return Err(AuthError::Conflict(id.clone()));
         }
-        self.commit().await
+        Ok(())
+    }
+
+    /// bcrypt hash of `key` at the configured cost, on the blocking pool.
+    async fn hash_key(&self, key: &Secret) -> Result<String, AuthError> {
+        let cost = self.inner.config.bcrypt_cost;
+        let key_owned = key.clone();
+        self.bcrypt(move || bcrypt::hash(key_owned.expose(), cost))
+            .await?
+            .map_err(|_| AuthError::Internal)
     }
 
     /// Removes `id`. The admin may remove anyone, a client only itself. Its cached

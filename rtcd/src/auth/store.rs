@@ -37,7 +37,7 @@ pub enum StoreError {
 }
 
 /// What is kept per client. Versioned so the format can evolve without a migration tool.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRecord {
     /// Record format version (1).
     pub v: u32,
@@ -45,6 +45,12 @@ pub struct ClientRecord {
     pub hash: String,
     /// Registration time, seconds since the Unix epoch.
     pub created_unix: u64,
+    /// Created from the operator's declared-clients file (`clients.declared_file`) rather
+    /// than the API: only such clients are rotated or removed by reconciliation, so a client
+    /// dropped from the file goes away while API registrations are never touched. Absent in
+    /// records written before the field existed (= registered through the API).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub declared: bool,
 }
 
 /// Handle to the registry database. Cheap to clone (sled handles are reference counted).
@@ -146,6 +152,49 @@ impl ClientStore {
             .is_ok())
     }
 
+    /// Replaces the record of `id` with `new` only if it is still `old` (compare-and-swap):
+    /// how reconciliation rotates a declared client's hash without overwriting a concurrent
+    /// change. Returns false if the record changed (or vanished) meanwhile.
+    pub fn replace(
+        &self,
+        id: &ClientId,
+        old: &ClientRecord,
+        new: &ClientRecord,
+    ) -> Result<bool, StoreError> {
+        // Compared decoded, swapped against the bytes on disk: a record written by an older
+        // version (another field order, no `declared`) still matches what was read.
+        let Some(current) = self.clients.get(id.as_str())? else {
+            return Ok(false);
+        };
+        let decoded: ClientRecord =
+            serde_json::from_slice(&current).map_err(|_| StoreError::Corrupt(id.to_string()))?;
+        if decoded != *old {
+            return Ok(false);
+        }
+        let new = serde_json::to_vec(new).expect("a record always serializes");
+        Ok(self
+            .clients
+            .compare_and_swap(id.as_str(), Some(current), Some(new))?
+            .is_ok())
+    }
+
+    /// Every registered client with its record, sorted by ID (for reconciliation, which needs
+    /// the `declared` marker).
+    pub fn records(&self) -> Result<Vec<(ClientId, ClientRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.clients.iter() {
+            let (key, value) = entry?;
+            let id = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|s| ClientId::parse(s).ok())
+                .ok_or_else(|| StoreError::Corrupt(String::from_utf8_lossy(&key).into_owned()))?;
+            let record =
+                serde_json::from_slice(&value).map_err(|_| StoreError::Corrupt(id.to_string()))?;
+            out.push((id, record));
+        }
+        Ok(out)
+    }
+
     /// The record of `id`, if registered.
     pub fn get(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
         match self.clients.get(id.as_str())? {
@@ -212,7 +261,33 @@ mod tests {
             v: 1,
             hash: "$2b$04$x".into(),
             created_unix: 0,
+            declared: false,
         }
+    }
+
+    /// A record in an older layout (other field order, no `declared`) is read as an API
+    /// registration and can still be replaced by compare-and-swap.
+    #[test]
+    fn legacy_records_decode_and_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ClientStore::open(dir.path()).unwrap();
+        let id = ClientId::parse("old").unwrap();
+        store
+            .clients
+            .insert("old", &br#"{"created_unix":7,"hash":"$2b$04$x","v":1}"#[..])
+            .unwrap();
+        let old = store.get(&id).unwrap().unwrap();
+        assert!(!old.declared);
+        let new = ClientRecord {
+            declared: true,
+            ..old.clone()
+        };
+        assert!(store.replace(&id, &old, &new).unwrap());
+        assert_eq!(store.get(&id).unwrap().unwrap(), new);
+        assert!(
+            !store.replace(&id, &old, &new).unwrap(),
+            "stale expectation"
+        );
     }
 
     /// Hundreds of writers flushing at once all finish (sled's own `flush_async` deadlocks

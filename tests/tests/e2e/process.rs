@@ -756,3 +756,138 @@ async fn the_container_defaults_serve_as_documented() {
     rtcd.wait().await.unwrap();
     outcome.unwrap();
 }
+
+/// Issue 14 #4: one declared-clients file (as a Secret mounted on every host) registers the
+/// proxy on two hosts with no API call; a rotated key takes effect on the host that restarts
+/// and on the one sent SIGHUP; no key reaches a log line or a data directory.
+#[tokio::test]
+async fn declared_clients_file_registers_on_every_host_and_rotates_on_restart_or_sighup() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("clients");
+    let declare = |text: &str| {
+        // Written beside the file and renamed over it, as a Secret update does.
+        let next = secrets.path().join("clients.next");
+        std::fs::write(&next, text).unwrap();
+        std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o400)).unwrap();
+        std::fs::rename(&next, &file).unwrap();
+    };
+    let old_key = key_for("declared-old");
+    let new_key = key_for("declared-new");
+    declare(&format!("# proxies\nproxy-a:{old_key}\n"));
+    let file_var = file.display().to_string();
+    let overrides = [("RTCD_CLIENTS_DECLARED_FILE", file_var.as_str())];
+
+    let login = |base: String, key: String| async move {
+        client()
+            .post(format!("{base}/login"))
+            .json(&json!({"clientID": "proxy-a", "authKey": key}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut hosts = Vec::new();
+    let mut bases = Vec::new();
+    for dir in &dirs {
+        let mut proc =
+            RtcdProcess::spawn(Path::new(BIN), &test_env(dir.path(), &overrides)).unwrap();
+        bases.push(format!("http://{}", proc.ready().await.unwrap()));
+        hosts.push(proc);
+    }
+    for base in &bases {
+        assert_eq!(
+            login(base.clone(), old_key.clone()).await,
+            StatusCode::OK,
+            "declared client logs in at {base} without registration"
+        );
+    }
+
+    // Rotate in the file, restart host 0 only.
+    declare(&format!("# proxies\nproxy-a:{new_key}\n"));
+    let mut logs = Vec::new();
+    let mut first = hosts.remove(0);
+    first.signal("TERM").unwrap();
+    assert!(first.wait().await.unwrap().success());
+    logs.extend(first.log);
+    let mut first =
+        RtcdProcess::spawn(Path::new(BIN), &test_env(dirs[0].path(), &overrides)).unwrap();
+    bases[0] = format!("http://{}", first.ready().await.unwrap());
+    assert_eq!(
+        login(bases[0].clone(), new_key.clone()).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        login(bases[0].clone(), old_key.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "the old key stops working where the new file was applied"
+    );
+    // Host 1 has neither restarted nor reloaded: it still has the old key, until SIGHUP.
+    assert_eq!(
+        login(bases[1].clone(), old_key.clone()).await,
+        StatusCode::OK
+    );
+    hosts[0].signal("HUP").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while login(bases[1].clone(), new_key.clone()).await != StatusCode::OK {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP applies the new key"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        login(bases[1].clone(), old_key.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    hosts.insert(0, first);
+
+    // A bad file on SIGHUP changes nothing and the host keeps serving.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    hosts[1].signal("HUP").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        login(bases[1].clone(), new_key.clone()).await,
+        StatusCode::OK
+    );
+
+    for mut host in hosts {
+        host.signal("TERM").unwrap();
+        assert!(host.wait().await.unwrap().success());
+        logs.extend(host.log);
+    }
+    // A file readable by others stops the start, naming the file, never the key.
+    let mut refused =
+        RtcdProcess::spawn(Path::new(BIN), &test_env(dirs[1].path(), &overrides)).unwrap();
+    assert!(refused.ready().await.is_err(), "rtcd must not start");
+    assert!(!refused.wait().await.unwrap().success());
+    let refusal = refused.log.join("\n");
+    assert!(
+        refusal.contains("accessible by group or others") && refusal.contains(&file_var),
+        "{refusal}"
+    );
+    logs.extend(refused.log);
+
+    let logs = logs.join("\n");
+    assert!(
+        logs.contains("declared client created")
+            && logs.contains("declared client key rotated")
+            && logs.contains("SIGHUP: reloading declared clients")
+            && logs.contains("declared clients not reloaded"),
+        "one INFO line per change:\n{logs}"
+    );
+    for key in [&old_key, &new_key] {
+        assert!(!logs.contains(key.as_str()), "a key reached the log");
+        for dir in &dirs {
+            for f in files_under(dir.path()) {
+                let bytes = std::fs::read(&f).unwrap();
+                assert!(
+                    !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                    "{} holds a key in clear",
+                    f.display()
+                );
+            }
+        }
+    }
+}
