@@ -658,6 +658,34 @@ fn suspect(hosts: &HostSet, key: &str, why: &str) {
     }
 }
 
+/// What a call made on every known host returned: the results of the hosts that answered,
+/// or `Unavailable` naming those that did not (the calls are idempotent: the caller retries).
+fn gathered<Resp>(
+    hosts: &[(String, Arc<Host>)],
+    results: Vec<Result<Resp, ControlError>>,
+    ignore_not_found: bool,
+) -> Result<Vec<Resp>, ControlError> {
+    let mut answers = Vec::new();
+    let mut failed = Vec::new();
+    for ((key, _), result) in hosts.iter().zip(results) {
+        match result {
+            Ok(r) => answers.push(r),
+            Err(ControlError::Unavailable(e)) => failed.push(format!("{key}: {e}")),
+            Err(ControlError::NotFound(_)) if ignore_not_found => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(ControlError::Unavailable(format!(
+            "stored on {} of {} media servers; retry (failed: {})",
+            hosts.len() - failed.len(),
+            hosts.len(),
+            failed.join("; ")
+        )));
+    }
+    Ok(answers)
+}
+
 /// A request with the bearer token as `authorization` metadata.
 fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -766,10 +794,25 @@ impl RoomControl for RtcdRelay {
                 reason: reason.to_owned(),
             };
             let r = self
-                .rooms_call(&key, &host, request, |mut c, r| async move {
+                .rooms_call(&key, &host, request.clone(), |mut c, r| async move {
                     c.remove_participant(r).await
                 })
                 .await?;
+            if ban_seconds > 0 {
+                // The ban is recorded on every host too: if this one dies and the room is
+                // placed elsewhere, the user must still be kept out there.
+                let others: Vec<_> = self
+                    .all_hosts(false)
+                    .into_iter()
+                    .filter(|(k, _)| *k != key)
+                    .collect();
+                let calls = others.iter().map(|(k, h)| {
+                    self.rooms_call(k, h, request.clone(), |mut c, r| async move {
+                        c.remove_participant(r).await
+                    })
+                });
+                gathered(&others, futures_util::future::join_all(calls).await, true)?;
+            }
             Ok((
                 r.sessions_closed,
                 (r.banned_until > 0).then_some(r.banned_until),
@@ -880,13 +923,25 @@ impl RoomControl for RtcdRelay {
                 call_id: room.as_str().to_owned(),
                 user_id: identity.as_str().to_owned(),
             };
-            self.rooms_call(
-                &key,
-                &host,
-                request,
-                |mut c, r| async move { c.unban(r).await },
-            )
+            // The room's host says whether there was a ban; the others only follow.
+            self.rooms_call(&key, &host, request.clone(), |mut c, r| async move {
+                c.unban(r).await
+            })
             .await?;
+            let others: Vec<_> = self
+                .all_hosts(false)
+                .into_iter()
+                .filter(|(k, _)| *k != key)
+                .collect();
+            let calls = others.iter().map(|(k, h)| {
+                self.rooms_call(
+                    k,
+                    h,
+                    request.clone(),
+                    |mut c, r| async move { c.unban(r).await },
+                )
+            });
+            gathered(&others, futures_util::future::join_all(calls).await, true)?;
             Ok(())
         })
     }
@@ -914,27 +969,8 @@ impl RoomControl for RtcdRelay {
                     c.revoke(r).await
                 })
             });
-            let mut closed = 0;
-            let mut failed = Vec::new();
-            for ((key, _), result) in hosts
-                .iter()
-                .zip(futures_util::future::join_all(calls).await)
-            {
-                match result {
-                    Ok(r) => closed += r.sessions_closed,
-                    Err(ControlError::Unavailable(e)) => failed.push(format!("{key}: {e}")),
-                    Err(e) => return Err(e),
-                }
-            }
-            if !failed.is_empty() {
-                return Err(ControlError::Unavailable(format!(
-                    "stored on {} of {} media servers; retry (failed: {})",
-                    hosts.len() - failed.len(),
-                    hosts.len(),
-                    failed.join("; ")
-                )));
-            }
-            Ok(closed)
+            let answers = gathered(&hosts, futures_util::future::join_all(calls).await, false)?;
+            Ok(answers.iter().map(|r| r.sessions_closed).sum())
         })
     }
 }

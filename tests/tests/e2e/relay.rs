@@ -546,6 +546,22 @@ async fn a_rejoin_after_a_host_is_gone_lands_on_a_live_host_before_the_next_prob
     };
     let (mut first, joined) = join("dave").await;
     assert_eq!(joined["media"], true, "{joined}");
+    // A ban made while the room is on A is recorded on every host, so it still holds when
+    // the room moves.
+    let t = rtcd_e2e::proxy::now();
+    let server = rtcd_e2e::proxy::hs_token(&serde_json::json!({
+        "iss": rtcd_e2e::proxy::ISSUER, "aud": rtcd_e2e::proxy::AUDIENCE, "sub": "backend",
+        "iat": t, "exp": t + 300, "api": ["rooms:admin"]}));
+    let banned = reqwest::Client::new()
+        .post(format!(
+            "http://{addr}/api/v1/rooms/{room}/participants/remove"
+        ))
+        .bearer_auth(&server)
+        .json(&serde_json::json!({"identity": "erin", "ban_seconds": 600}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(banned.status().as_u16(), 200);
 
     // Host A goes away; the proxy still believes it ready (no probe for minutes).
     a.stop().await;
@@ -569,6 +585,10 @@ async fn a_rejoin_after_a_host_is_gone_lands_on_a_live_host_before_the_next_prob
     );
     let now = hosts.hosts().place(&room).unwrap();
     assert!(now.starts_with("127.0.0.3"), "{room} now on {now}");
+    let erin = rtcd_e2e::proxy::join_code(addr, &moderator("erin", &room), &room)
+        .await
+        .unwrap();
+    assert_eq!(erin, 4012, "the ban made on A holds on B");
     assert!(
         hosts
             .hosts()
