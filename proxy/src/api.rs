@@ -106,14 +106,7 @@ pub fn routes(
     let context = warp::any().map(move || (state.clone(), issuer.clone()));
     let common = warp::path("api")
         .and(warp::path("v1"))
-        .and_then(move || async move {
-            if enabled {
-                Ok(())
-            } else {
-                Err(warp::reject::not_found())
-            }
-        })
-        .untuple_one()
+        .and(crate::server::switched_on(enabled))
         .and(warp::path::tail())
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::ext::optional::<PeerAddr>())
@@ -280,18 +273,18 @@ async fn serve(
     };
     let allow_unmute = state.config.api.allow_remote_unmute;
     if let Route::Token(room) = &route {
-        return issue_token(state, issuer, &actor, room, body.as_deref());
+        return issue_token(issuer, &actor, room, body.as_deref());
     }
     let control = control(state)?;
-    let reply = match route {
+    let reply = match &route {
         Route::ListRooms => {
             let mut rooms = control.list_rooms().await?;
             rooms.retain(|r| grant.covers(&r.name));
             json!({ "rooms": rooms })
         }
-        Route::GetRoom(room) => serde_json::to_value(control.get_room(&room).await?)
+        Route::GetRoom(room) => serde_json::to_value(control.get_room(room).await?)
             .map_err(|e| ApiError::bad_request(e.to_string()))?,
-        Route::Bans(room) => json!({ "bans": control.bans(&room).await? }),
+        Route::Bans(room) => json!({ "bans": control.bans(room).await? }),
         Route::Revoke => {
             let mut revocation: Revocation = parse(body.as_deref())?;
             if revocation.identity.is_none() && revocation.token_id.is_none() {
@@ -307,8 +300,7 @@ async fn serve(
         }
         Route::End(room) => {
             let outcome =
-                crate::rooms::perform(control, &actor, &room, Action::EndRoom, allow_unmute)
-                    .await?;
+                crate::rooms::perform(control, &actor, room, Action::EndRoom, allow_unmute).await?;
             json!(outcome)
         }
         Route::Remove(room) => {
@@ -318,10 +310,10 @@ async fn serve(
                 ban_seconds: req.ban_seconds,
                 reason: req.reason,
             };
-            json!(crate::rooms::perform(control, &actor, &room, action, allow_unmute).await?)
+            json!(crate::rooms::perform(control, &actor, room, action, allow_unmute).await?)
         }
         Route::Mute(room) | Route::RequestUnmute(room) => {
-            let request = matches!(route_kind(path), "request_unmute");
+            let request = matches!(route, Route::RequestUnmute(_));
             let req: MuteBody = parse(body.as_deref())?;
             let identity = identity(req.identity)?;
             let action = if request {
@@ -335,7 +327,7 @@ async fn serve(
                     source: req.source,
                 }
             };
-            json!(crate::rooms::perform(control, &actor, &room, action, allow_unmute).await?)
+            json!(crate::rooms::perform(control, &actor, room, action, allow_unmute).await?)
         }
         Route::Update(room) => {
             let req: UpdateBody = parse(body.as_deref())?;
@@ -352,14 +344,14 @@ async fn serve(
                     .permissions
                     .unwrap_or_else(|| Permissions::from_capabilities(base)),
             };
-            json!(crate::rooms::perform(control, &actor, &room, action, allow_unmute).await?)
+            json!(crate::rooms::perform(control, &actor, room, action, allow_unmute).await?)
         }
         Route::Unban(room) => {
             let req: IdentityBody = parse(body.as_deref())?;
             let action = Action::Unban {
                 identity: identity(req.identity)?,
             };
-            json!(crate::rooms::perform(control, &actor, &room, action, allow_unmute).await?)
+            json!(crate::rooms::perform(control, &actor, room, action, allow_unmute).await?)
         }
         Route::Token(_) => unreachable!("answered above"),
     };
@@ -389,11 +381,6 @@ fn route(method: &str, segments: &[&str]) -> Result<Option<Route>, ApiError> {
         }
         _ => return Ok(None),
     }))
-}
-
-/// The last path segment (tells `mute` from `request_unmute`, which share a body).
-fn route_kind(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or("")
 }
 
 enum Route {
@@ -560,7 +547,6 @@ struct TokenBody {
 }
 
 fn issue_token(
-    state: &ProxyState,
     issuer: Option<&TokenIssuer>,
     actor: &Actor,
     room: &RoomName,
@@ -598,11 +584,7 @@ fn issue_token(
     let issued = issuer
         .issue(&request, unix_now())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "signing_failed", e))?;
-    let Actor::Api { subject } = actor else {
-        unreachable!("tokens are issued to the API only")
-    };
-    tracing::info!(target: "audit", actor = %format!("api:{subject}"), action = "issue_token", room = %room.as_str(), target = %identity.as_str(), role = request.role.as_str(), token_id = %issued.token_id, outcome = "ok", "room action");
-    let _ = state;
+    tracing::info!(target: "audit", actor = %actor.describe(), action = "issue_token", room = %room.as_str(), target = %identity.as_str(), role = request.role.as_str(), token_id = %issued.token_id, outcome = "ok", "room action");
     Ok(warp::reply::json(&json!({
         "token": issued.token,
         "expires_at": issued.expires_at,

@@ -25,14 +25,7 @@ pub fn routes(
     let enabled = config.server.dev_tokens;
     warp::path!("dev" / "token")
         .and(warp::get())
-        .and_then(move || async move {
-            if enabled {
-                Ok(())
-            } else {
-                Err(warp::reject::not_found())
-            }
-        })
-        .untuple_one()
+        .and(crate::server::switched_on(enabled))
         .and(warp::query::<HashMap<String, String>>())
         .map(move |query: HashMap<String, String>| token_reply(&config, &query))
 }

@@ -198,7 +198,8 @@ pub enum Actor {
 }
 
 impl Actor {
-    fn describe(&self) -> String {
+    /// How audit lines name the actor (`api:<sub>`, `moderator:<identity>@<session>`).
+    pub(crate) fn describe(&self) -> String {
         match self {
             Actor::Api { subject } => format!("api:{subject}"),
             Actor::Moderator { identity, session } => {

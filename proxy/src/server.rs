@@ -27,6 +27,20 @@ fn bearer(header: Option<String>) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// Passes when a route is switched on in the configuration, else rejects as not found, so a
+/// route that is off looks exactly like one that does not exist.
+pub(crate) fn switched_on(on: bool) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::any()
+        .and_then(move || async move {
+            if on {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
+}
+
 /// Public routes besides `/ws` (which [`serve`] upgrades itself): `/healthz`, `/readyz`, the
 /// web client ([`crate::web`]) and `/dev/token` in development mode.
 pub fn public_routes(

@@ -655,10 +655,13 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::json;
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
-    const NOW: i64 = 1_800_000_000;
+    /// The HS secret of key `k1` (shared with `api`'s tests).
+    pub(super) const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
+    /// The tests' clock.
+    pub(super) const NOW: i64 = 1_800_000_000;
 
-    fn rules() -> AuthConfig {
+    /// Issuer `app`, audience `proxy`, HS256 key `k1`.
+    pub(super) fn rules() -> AuthConfig {
         AuthConfig {
             issuers: vec!["app".into()],
             audiences: vec!["proxy".into()],
@@ -676,7 +679,8 @@ mod tests {
         json!({"iss":"app","aud":"proxy","sub":"alice","room":"r1","exp":NOW+600,"iat":NOW})
     }
 
-    fn sign(claims: &serde_json::Value) -> String {
+    /// `claims` signed with key `k1`.
+    pub(super) fn sign(claims: &serde_json::Value) -> String {
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some("k1".into());
         encode(&h, claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()

@@ -356,13 +356,29 @@ impl RtcdRelay {
 
     /// A bearer token for `host`, logging in if there is none, it is near expiry, or `renew`.
     async fn token(&self, key: &str, host: &Host, renew: bool) -> Result<String, RelayError> {
+        let (token, fresh) = self.login(key, host, renew).await?;
+        if fresh {
+            // Every login may follow an rtcd restart, and rtcd keeps webhook settings in
+            // memory only: send them before any session of ours can produce an event there.
+            self.send_webhooks(key, host, &token).await;
+        }
+        Ok(token)
+    }
+
+    /// The cached bearer token for `host`, or a new one from `POST /login` (then `true`).
+    async fn login(
+        &self,
+        key: &str,
+        host: &Host,
+        renew: bool,
+    ) -> Result<(String, bool), RelayError> {
         let api = host.api.as_str();
         let mut logins = self.logins.lock().await;
         if !renew
             && let Some(login) = logins.get(key)
             && login.renew_at > Instant::now()
         {
-            return Ok(login.token.clone());
+            return Ok((login.token.clone(), false));
         }
         let response = host
             .http
@@ -408,11 +424,7 @@ impl RtcdRelay {
                 renew_at,
             },
         );
-        drop(logins);
-        // Every login may follow an rtcd restart, and rtcd keeps webhook settings in memory
-        // only: send them before any session of ours can produce an event there.
-        self.send_webhooks(key, host, &token).await;
-        Ok(token)
+        Ok((token, true))
     }
 
     /// Sends `[webhooks]` to the host at `key` (logging in if needed).
@@ -426,11 +438,10 @@ impl RtcdRelay {
             .expect("channel map lock is never poisoned")
             .get(key)
             .cloned();
-        if let Some(host) = host {
-            // `token` sends them after a fresh login; with a cached token send them here.
-            if let Ok(token) = self.token(key, &host, false).await {
-                self.send_webhooks(key, &host, &token).await;
-            }
+        if let Some(host) = host
+            && let Ok((token, _)) = self.login(key, &host, false).await
+        {
+            self.send_webhooks(key, &host, &token).await;
         }
     }
 
@@ -658,6 +669,54 @@ fn suspect(hosts: &HostSet, key: &str, why: &str) {
     }
 }
 
+impl RtcdRelay {
+    /// One `rtcd.v1.Rooms` call on the host `room` is placed on; also returns that host's key.
+    async fn on_room_host<Req, Resp, F, Fut>(
+        &self,
+        room: &RoomName,
+        request: Req,
+        call: F,
+    ) -> Result<(String, Resp), ControlError>
+    where
+        Req: Clone,
+        F: Fn(RoomsClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let (key, host) = self.host_for(room.as_str())?;
+        let response = self.rooms_call(&key, &host, request, call).await?;
+        Ok((key, response))
+    }
+
+    /// The same call on every known host (ready or not) but `except`, concurrently; see
+    /// [`gathered`] for how the answers combine.
+    async fn on_every_host<Req, Resp, F, Fut>(
+        &self,
+        except: Option<&str>,
+        request: Req,
+        call: F,
+        ignore_not_found: bool,
+    ) -> Result<Vec<Resp>, ControlError>
+    where
+        Req: Clone,
+        F: Fn(RoomsClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let hosts: Vec<_> = self
+            .all_hosts(false)
+            .into_iter()
+            .filter(|(k, _)| Some(k.as_str()) != except)
+            .collect();
+        let calls = hosts
+            .iter()
+            .map(|(key, host)| self.rooms_call(key, host, request.clone(), &call));
+        gathered(
+            &hosts,
+            futures_util::future::join_all(calls).await,
+            ignore_not_found,
+        )
+    }
+}
+
 /// What a call made on every known host returned: the results of the hosts that answered,
 /// or `Unavailable` naming those that did not (the calls are idempotent: the caller retries).
 fn gathered<Resp>(
@@ -760,14 +819,11 @@ impl RoomControl for RtcdRelay {
         room: &'a RoomName,
     ) -> BoxFuture<'a, Result<RoomDetail, ControlError>> {
         Box::pin(async move {
-            let (key, host) = self.host_for(room.as_str())?;
             let request = pb::GetRoomRequest {
                 call_id: room.as_str().to_owned(),
             };
-            let r = self
-                .rooms_call(&key, &host, request, |mut c, r| async move {
-                    c.get_room(r).await
-                })
+            let (_, r) = self
+                .on_room_host(room, request, |mut c, r| async move { c.get_room(r).await })
                 .await?;
             Ok(RoomDetail {
                 name: r.call_id,
@@ -786,32 +842,20 @@ impl RoomControl for RtcdRelay {
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(u32, Option<i64>), ControlError>> {
         Box::pin(async move {
-            let (key, host) = self.host_for(room.as_str())?;
             let request = pb::RemoveParticipantRequest {
                 call_id: room.as_str().to_owned(),
                 user_id: identity.as_str().to_owned(),
                 ban_seconds,
                 reason: reason.to_owned(),
             };
-            let r = self
-                .rooms_call(&key, &host, request.clone(), |mut c, r| async move {
-                    c.remove_participant(r).await
-                })
-                .await?;
+            let remove =
+                |mut c: RoomsClient<Channel>, r| async move { c.remove_participant(r).await };
+            let (key, r) = self.on_room_host(room, request.clone(), remove).await?;
             if ban_seconds > 0 {
                 // The ban is recorded on every host too: if this one dies and the room is
                 // placed elsewhere, the user must still be kept out there.
-                let others: Vec<_> = self
-                    .all_hosts(false)
-                    .into_iter()
-                    .filter(|(k, _)| *k != key)
-                    .collect();
-                let calls = others.iter().map(|(k, h)| {
-                    self.rooms_call(k, h, request.clone(), |mut c, r| async move {
-                        c.remove_participant(r).await
-                    })
-                });
-                gathered(&others, futures_util::future::join_all(calls).await, true)?;
+                self.on_every_host(Some(&key), request, remove, true)
+                    .await?;
             }
             Ok((
                 r.sessions_closed,
@@ -828,21 +872,22 @@ impl RoomControl for RtcdRelay {
         request_unmute: bool,
     ) -> BoxFuture<'a, Result<u32, ControlError>> {
         Box::pin(async move {
-            let (key, host) = self.host_for(room.as_str())?;
             let request = pb::MuteTrackRequest {
                 call_id: room.as_str().to_owned(),
                 user_id: identity.as_str().to_owned(),
                 kind: kind_of(source) as i32,
             };
-            let r = if request_unmute {
-                self.rooms_call(&key, &host, request, |mut c, r| async move {
+            let (_, r) = if request_unmute {
+                self.on_room_host(room, request, |mut c, r| async move {
                     c.request_unmute(r).await
                 })
                 .await?
             } else {
-                self.rooms_call(&key, &host, request, |mut c, r| async move {
-                    c.mute_track(r).await
-                })
+                self.on_room_host(
+                    room,
+                    request,
+                    |mut c, r| async move { c.mute_track(r).await },
+                )
                 .await?
             };
             Ok(r.sessions)
@@ -857,15 +902,14 @@ impl RoomControl for RtcdRelay {
         permissions: Permissions,
     ) -> BoxFuture<'a, Result<u32, ControlError>> {
         Box::pin(async move {
-            let (key, host) = self.host_for(room.as_str())?;
             let request = pb::UpdateParticipantRequest {
                 call_id: room.as_str().to_owned(),
                 user_id: identity.as_str().to_owned(),
                 role: role.as_str().to_owned(),
                 permissions: Some(permissions_to_pb(&permissions)),
             };
-            let r = self
-                .rooms_call(&key, &host, request, |mut c, r| async move {
+            let (_, r) = self
+                .on_room_host(room, request, |mut c, r| async move {
                     c.update_participant(r).await
                 })
                 .await?;
@@ -875,14 +919,11 @@ impl RoomControl for RtcdRelay {
 
     fn end<'a>(&'a self, room: &'a RoomName) -> BoxFuture<'a, Result<u32, ControlError>> {
         Box::pin(async move {
-            let (key, host) = self.host_for(room.as_str())?;
             let request = pb::EndRoomRequest {
                 call_id: room.as_str().to_owned(),
             };
-            let r = self
-                .rooms_call(&key, &host, request, |mut c, r| async move {
-                    c.end_room(r).await
-                })
+            let (_, r) = self
+                .on_room_host(room, request, |mut c, r| async move { c.end_room(r).await })
                 .await?;
             Ok(r.sessions_closed)
         })
@@ -890,14 +931,15 @@ impl RoomControl for RtcdRelay {
 
     fn bans<'a>(&'a self, room: &'a RoomName) -> BoxFuture<'a, Result<Vec<BanInfo>, ControlError>> {
         Box::pin(async move {
-            let (key, host) = self.host_for(room.as_str())?;
             let request = pb::ListBansRequest {
                 call_id: room.as_str().to_owned(),
             };
-            let r = self
-                .rooms_call(&key, &host, request, |mut c, r| async move {
-                    c.list_bans(r).await
-                })
+            let (_, r) = self
+                .on_room_host(
+                    room,
+                    request,
+                    |mut c, r| async move { c.list_bans(r).await },
+                )
                 .await?;
             Ok(r.bans
                 .into_iter()
@@ -918,30 +960,14 @@ impl RoomControl for RtcdRelay {
         identity: &'a Identity,
     ) -> BoxFuture<'a, Result<(), ControlError>> {
         Box::pin(async move {
-            let (key, host) = self.host_for(room.as_str())?;
             let request = pb::UnbanRequest {
                 call_id: room.as_str().to_owned(),
                 user_id: identity.as_str().to_owned(),
             };
+            let unban = |mut c: RoomsClient<Channel>, r| async move { c.unban(r).await };
             // The room's host says whether there was a ban; the others only follow.
-            self.rooms_call(&key, &host, request.clone(), |mut c, r| async move {
-                c.unban(r).await
-            })
-            .await?;
-            let others: Vec<_> = self
-                .all_hosts(false)
-                .into_iter()
-                .filter(|(k, _)| *k != key)
-                .collect();
-            let calls = others.iter().map(|(k, h)| {
-                self.rooms_call(
-                    k,
-                    h,
-                    request.clone(),
-                    |mut c, r| async move { c.unban(r).await },
-                )
-            });
-            gathered(&others, futures_util::future::join_all(calls).await, true)?;
+            let (key, _) = self.on_room_host(room, request.clone(), unban).await?;
+            self.on_every_host(Some(&key), request, unban, true).await?;
             Ok(())
         })
     }
@@ -958,18 +984,18 @@ impl RoomControl for RtcdRelay {
                 token_expires_at: revocation.token_expires_at.unwrap_or(0),
             };
             // Every known host, ready or not: a revocation must hold wherever the user joins
-            // next. A host that cannot take it makes the whole call fail (it is idempotent:
-            // the backend retries).
-            let hosts = self.all_hosts(false);
-            if hosts.is_empty() {
+            // next.
+            if self.all_hosts(false).is_empty() {
                 return Err(ControlError::Unavailable("no media server is known".into()));
             }
-            let calls = hosts.iter().map(|(key, host)| {
-                self.rooms_call(key, host, request.clone(), |mut c, r| async move {
-                    c.revoke(r).await
-                })
-            });
-            let answers = gathered(&hosts, futures_util::future::join_all(calls).await, false)?;
+            let answers = self
+                .on_every_host(
+                    None,
+                    request,
+                    |mut c, r| async move { c.revoke(r).await },
+                    false,
+                )
+                .await?;
             Ok(answers.iter().map(|r| r.sessions_closed).sum())
         })
     }
