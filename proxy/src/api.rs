@@ -16,7 +16,7 @@ use std::time::Instant;
 use rtcd_kit::listener::PeerAddr;
 use rtcd_kit::rate::AddrKey;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use warp::http::{Method, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
@@ -40,6 +40,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/rooms/{room}/bans"),
     ("POST", "/api/v1/rooms/{room}/bans/lift"),
     ("POST", "/api/v1/rooms/{room}/tokens"),
+    ("GET", "/api/v1/rooms/{room}/lobby"),
+    ("POST", "/api/v1/rooms/{room}/lobby/admit"),
+    ("POST", "/api/v1/rooms/{room}/lobby/deny"),
+    ("GET", "/api/v1/rooms/{room}/policy"),
+    ("POST", "/api/v1/rooms/{room}/policy"),
     ("POST", "/api/v1/revocations"),
 ];
 
@@ -353,6 +358,32 @@ async fn serve(
             };
             json!(crate::rooms::perform(control, &actor, room, action, allow_unmute).await?)
         }
+        Route::Lobby(room) => json!({ "waiting": control.lobby(room).await? }),
+        Route::Admit(room) | Route::Deny(room) => {
+            let req: IdentityBody = parse(body.as_deref())?;
+            let identity = identity(req.identity)?;
+            let action = if matches!(route, Route::Admit(_)) {
+                Action::Admit { identity }
+            } else {
+                Action::Deny { identity }
+            };
+            json!(crate::rooms::perform(control, &actor, room, action, allow_unmute).await?)
+        }
+        Route::Policy(room) => policy_reply(state, room, control.policy(room).await?),
+        Route::SetPolicy(room) => {
+            let req: PolicyBody = parse(body.as_deref())?;
+            let action = Action::SetPolicy {
+                change: crate::rooms::RoomPolicy {
+                    wait_for_host: req.wait_for_host,
+                    lobby: req.lobby,
+                    guests_allowed: req.guests_allowed,
+                    wait_timeout_seconds: req.wait_timeout_seconds,
+                },
+                reset: req.reset,
+            };
+            crate::rooms::perform(control, &actor, room, action, allow_unmute).await?;
+            policy_reply(state, room, control.policy(room).await?)
+        }
         Route::Token(_) => unreachable!("answered above"),
     };
     Ok(warp::reply::json(&reply).into_response())
@@ -376,6 +407,11 @@ fn route(method: &str, segments: &[&str]) -> Result<Option<Route>, ApiError> {
                 ("GET", ["bans"]) => Route::Bans(room),
                 ("POST", ["bans", "lift"]) => Route::Unban(room),
                 ("POST", ["tokens"]) => Route::Token(room),
+                ("GET", ["lobby"]) => Route::Lobby(room),
+                ("POST", ["lobby", "admit"]) => Route::Admit(room),
+                ("POST", ["lobby", "deny"]) => Route::Deny(room),
+                ("GET", ["policy"]) => Route::Policy(room),
+                ("POST", ["policy"]) => Route::SetPolicy(room),
                 _ => return Ok(None),
             }
         }
@@ -395,6 +431,11 @@ enum Route {
     Unban(RoomName),
     Token(RoomName),
     Revoke,
+    Lobby(RoomName),
+    Admit(RoomName),
+    Deny(RoomName),
+    Policy(RoomName),
+    SetPolicy(RoomName),
 }
 
 impl Route {
@@ -403,14 +444,19 @@ impl Route {
         match self {
             Route::ListRooms => (Scope::RoomsRead, None),
             Route::Revoke => (Scope::RoomsAdmin, None),
-            Route::GetRoom(r) | Route::Bans(r) => (Scope::RoomsRead, Some(r)),
+            Route::GetRoom(r) | Route::Bans(r) | Route::Lobby(r) | Route::Policy(r) => {
+                (Scope::RoomsRead, Some(r))
+            }
             Route::Token(r) => (Scope::TokensIssue, Some(r)),
             Route::End(r)
             | Route::Remove(r)
             | Route::Mute(r)
             | Route::RequestUnmute(r)
             | Route::Update(r)
-            | Route::Unban(r) => (Scope::RoomsAdmin, Some(r)),
+            | Route::Unban(r)
+            | Route::Admit(r)
+            | Route::Deny(r)
+            | Route::SetPolicy(r) => (Scope::RoomsAdmin, Some(r)),
         }
     }
 }
@@ -498,6 +544,34 @@ fn identity(s: String) -> Result<Identity, ApiError> {
         return Err(ApiError::bad_request("`identity` must be 1-128 bytes"));
     }
     Ok(Identity::new(s))
+}
+
+/// `POST /rooms/{room}/policy`: the fields to change, and whether to clear the stored policy
+/// first.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    #[serde(default)]
+    wait_for_host: Option<bool>,
+    #[serde(default)]
+    lobby: Option<bool>,
+    #[serde(default)]
+    guests_allowed: Option<bool>,
+    #[serde(default)]
+    wait_timeout_seconds: Option<u32>,
+    #[serde(default)]
+    reset: bool,
+}
+
+/// A room's policy as the API shows it: what was set at the media server (`stored`), what
+/// this proxy's configuration says (`configured`), and what applies (`effective`).
+fn policy_reply(state: &ProxyState, room: &RoomName, stored: crate::rooms::RoomPolicy) -> Value {
+    let configured = state.config.rooms.policy_for(room.as_str());
+    json!({
+        "stored": stored,
+        "configured": configured,
+        "effective": stored.over(configured),
+    })
 }
 
 #[derive(Deserialize)]

@@ -46,6 +46,14 @@ pub enum CloseReason {
     Banned,
     /// The platform or a moderator ended the room for everyone.
     RoomEnded,
+    /// The room does not allow guests, and the token's role is `guest`.
+    GuestsNotAllowed,
+    /// A moderator turned this participant away from the lobby.
+    LobbyDenied,
+    /// No moderator came within the room's wait timeout (wait-for-host).
+    HostTimeout,
+    /// Nobody admitted this participant within the room's wait timeout (lobby).
+    LobbyTimeout,
     /// The token was refused (or a refresh failed, or the token expired in session).
     Auth(AuthError),
 }
@@ -70,6 +78,10 @@ impl CloseReason {
             CloseReason::Removed => 4011,
             CloseReason::Banned => 4012,
             CloseReason::RoomEnded => 4013,
+            CloseReason::GuestsNotAllowed => 4014,
+            CloseReason::LobbyDenied => 4015,
+            CloseReason::HostTimeout => 4016,
+            CloseReason::LobbyTimeout => 4017,
             CloseReason::Auth(e) => match e {
                 AuthError::Missing => 4100,
                 AuthError::Malformed(_) => 4101,
@@ -113,6 +125,10 @@ impl CloseReason {
             CloseReason::Removed => "removed",
             CloseReason::Banned => "banned",
             CloseReason::RoomEnded => "room_ended",
+            CloseReason::GuestsNotAllowed => "guests_not_allowed",
+            CloseReason::LobbyDenied => "lobby_denied",
+            CloseReason::HostTimeout => "host_timeout",
+            CloseReason::LobbyTimeout => "lobby_timeout",
             CloseReason::Auth(e) => e.reason(),
         }
     }
@@ -136,6 +152,10 @@ impl CloseReason {
             CloseReason::Removed,
             CloseReason::Banned,
             CloseReason::RoomEnded,
+            CloseReason::GuestsNotAllowed,
+            CloseReason::LobbyDenied,
+            CloseReason::HostTimeout,
+            CloseReason::LobbyTimeout,
             CloseReason::Auth(AuthError::Missing),
             CloseReason::Auth(AuthError::Malformed(String::new())),
             CloseReason::Auth(AuthError::TooLarge { size: 0, max: 0 }),

@@ -7,6 +7,7 @@
 //! of objects. The environment is passed in, never read here, so tests stay parallel-safe.
 //! `deploy/proxy.sample.toml` documents every key; a test keeps it complete.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Capability;
+use crate::rooms::{MAX_WAIT_TIMEOUT_SECONDS, RoomPolicy};
 
 /// Prefix of every environment override.
 pub const ENV_PREFIX: &str = "PROXY_";
@@ -50,6 +52,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Where rtcd delivers this tenant's room events (docs/webhooks.md).
     pub webhooks: WebhooksConfig,
+    /// Who may enter rooms, and when: wait-for-host, lobby, guest access (docs/protocol.md).
+    pub rooms: RoomsConfig,
     /// Log level and format.
     pub logger: LoggerConfig,
 }
@@ -630,6 +634,53 @@ impl WebhooksConfig {
     }
 }
 
+/// `[rooms]`: the entry policy of this tenant's rooms, sent to rtcd with every join. A policy
+/// set later through the API or by a moderator is stored at rtcd and overrides these field by
+/// field. Every replica of one deployment must share these settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Participants who are not moderators wait until a moderator is in the room.
+    pub wait_for_host: bool,
+    /// Participants who are not moderators knock, and a moderator admits or denies them.
+    pub lobby: bool,
+    /// Participants with role `guest` may join.
+    pub guests_allowed: bool,
+    /// How long a participant may wait before the session is closed (1-86400).
+    pub wait_timeout_seconds: u32,
+    /// Per-room exceptions, by room name (`[rooms.overrides."standup"]`): set fields replace
+    /// the defaults above for that room.
+    pub overrides: BTreeMap<String, RoomPolicy>,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            wait_for_host: false,
+            lobby: false,
+            guests_allowed: true,
+            wait_timeout_seconds: 600,
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+impl RoomsConfig {
+    /// The configured policy of `room`: its override over the defaults.
+    pub fn policy_for(&self, room: &str) -> RoomPolicy {
+        let defaults = RoomPolicy {
+            wait_for_host: Some(self.wait_for_host),
+            lobby: Some(self.lobby),
+            guests_allowed: Some(self.guests_allowed),
+            wait_timeout_seconds: Some(self.wait_timeout_seconds),
+        };
+        match self.overrides.get(room) {
+            Some(o) => o.over(defaults),
+            None => defaults,
+        }
+    }
+}
+
 /// `[logger]`: the service kit's, the same in both daemons.
 pub use rtcd_kit::logging::LoggerConfig;
 
@@ -758,9 +809,28 @@ impl Config {
         self.validate_rtcd()?;
         self.validate_turn()?;
         self.validate_api()?;
+        self.validate_rooms()?;
         self.logger
             .validate()
             .map_err(|message| invalid("logger.level", message))?;
+        Ok(())
+    }
+
+    fn validate_rooms(&self) -> Result<(), ConfigError> {
+        let r = &self.rooms;
+        if r.wait_timeout_seconds == 0 || r.wait_timeout_seconds > MAX_WAIT_TIMEOUT_SECONDS {
+            return Err(invalid(
+                "rooms.wait_timeout_seconds",
+                format!("must be 1-{MAX_WAIT_TIMEOUT_SECONDS}"),
+            ));
+        }
+        for (room, policy) in &r.overrides {
+            crate::protocol::RoomName::parse(room)
+                .map_err(|m| invalid("rooms.overrides", format!("{room:?}: {m}")))?;
+            policy
+                .validate()
+                .map_err(|m| invalid("rooms.overrides", format!("{room:?}: {m}")))?;
+        }
         Ok(())
     }
 
@@ -1178,6 +1248,50 @@ mod tests {
                 &format!(r#"[{{"kid":"k1","algorithms":["HS256"],"secret":"{SECRET}"}}]"#),
             ),
         ])
+    }
+
+    #[test]
+    fn room_policies_layer_overrides_over_defaults_and_bad_ones_are_named() {
+        let text = "[rooms]\nlobby = true\nwait_timeout_seconds = 60\n\
+                    [rooms.overrides.\"open-house\"]\nlobby = false\nguests_allowed = false\n";
+        let config = Config::from_text(text, Some(Path::new("p.toml")), minimal()).unwrap();
+        let standup = config.rooms.policy_for("standup");
+        assert_eq!(
+            (
+                standup.lobby,
+                standup.guests_allowed,
+                standup.wait_timeout_seconds
+            ),
+            (Some(true), Some(true), Some(60))
+        );
+        let open = config.rooms.policy_for("open-house");
+        assert_eq!(
+            (open.lobby, open.guests_allowed, open.wait_timeout_seconds),
+            (Some(false), Some(false), Some(60))
+        );
+        // The environment overrides the defaults like any other key.
+        let mut vars = minimal();
+        vars.push(("PROXY_ROOMS_WAIT_FOR_HOST".into(), "true".into()));
+        let config = Config::from_text("", Some(Path::new("p.toml")), vars).unwrap();
+        assert_eq!(config.rooms.policy_for("x").wait_for_host, Some(true));
+        for (bad, key) in [
+            (
+                "[rooms]\nwait_timeout_seconds = 0\n",
+                "rooms.wait_timeout_seconds",
+            ),
+            (
+                "[rooms.overrides.\"x\"]\nwait_timeout_seconds = 100000\n",
+                "rooms.overrides",
+            ),
+            (
+                "[rooms.overrides.\"bad room\"]\nlobby = true\n",
+                "rooms.overrides",
+            ),
+            ("[rooms.overrides.\"x\"]\nlobbby = true\n", "lobbby"),
+        ] {
+            let e = Config::from_text(bad, Some(Path::new("p.toml")), minimal()).unwrap_err();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Permissions, Role, TrackSource};
+use crate::rooms::RoomPolicy;
 use crate::turn::IceServer;
 
 /// A room name as clients send it: 1-128 characters of `A-Z a-z 0-9 - _ . ~ @ :`.
@@ -172,6 +173,12 @@ pub enum ClientMessage {
         /// `kick` / `ban`: why (kept with the ban; at most 256 bytes).
         #[serde(default)]
         reason: Option<String>,
+        /// `set_policy`: the fields to change.
+        #[serde(default)]
+        policy: Option<RoomPolicy>,
+        /// `set_policy`: clear the room's stored policy first.
+        #[serde(default)]
+        reset: bool,
     },
 }
 
@@ -193,6 +200,12 @@ pub enum ModerationAction {
     GrantModerator,
     /// Make a moderator a member again (with the member role's permissions).
     RevokeModerator,
+    /// Let someone waiting in the lobby in.
+    Admit,
+    /// Turn someone waiting in the lobby away.
+    Deny,
+    /// Change the room's entry policy (`policy`, optionally `reset`).
+    SetPolicy,
 }
 
 impl ModerationAction {
@@ -206,6 +219,9 @@ impl ModerationAction {
             ModerationAction::EndRoom => "end_room",
             ModerationAction::GrantModerator => "grant_moderator",
             ModerationAction::RevokeModerator => "revoke_moderator",
+            ModerationAction::Admit => "admit",
+            ModerationAction::Deny => "deny",
+            ModerationAction::SetPolicy => "set_policy",
         }
     }
 }
@@ -315,6 +331,30 @@ pub enum ServerMessage {
         #[serde(flatten)]
         candidate: Candidate,
     },
+    /// The room's policy holds this session before it enters (instead of `joined`, which
+    /// follows once it is admitted). Only `ping`, `refresh` and `leave` are accepted until then.
+    Waiting {
+        /// The room.
+        room: RoomName,
+        /// `host`: no moderator is in the room yet; `lobby`: a moderator must admit you.
+        reason: String,
+        /// The session is closed (4016 / 4017) if it still waits after this long.
+        timeout_seconds: u32,
+    },
+    /// Moderators only: someone knocks at the lobby (answer with `moderate` `admit` / `deny`).
+    LobbyRequest {
+        /// Who.
+        #[serde(flatten)]
+        participant: Participant,
+    },
+    /// Moderators only: a knocker left the lobby.
+    LobbyLeft {
+        /// Who.
+        identity: Identity,
+        /// `admitted`, `denied`, `left` (gave up or disconnected), `timeout`, `refused`
+        /// (guests were turned off while they waited).
+        outcome: String,
+    },
     /// Someone entered the room.
     ParticipantJoined {
         /// Who.
@@ -423,6 +463,9 @@ impl ServerMessage {
             ServerMessage::NegotiationNeeded { .. } => "negotiation_needed",
             ServerMessage::Answer { .. } => "answer",
             ServerMessage::Candidate { .. } => "candidate",
+            ServerMessage::Waiting { .. } => "waiting",
+            ServerMessage::LobbyRequest { .. } => "lobby_request",
+            ServerMessage::LobbyLeft { .. } => "lobby_left",
             ServerMessage::ParticipantJoined { .. } => "participant_joined",
             ServerMessage::ParticipantLeft { .. } => "participant_left",
             ServerMessage::TrackPublished { .. } => "track_published",

@@ -34,6 +34,9 @@ pub struct JoinRequest {
     pub session: SessionId,
     /// Who, where, with which permissions.
     pub grant: Grant,
+    /// The room's entry policy from this proxy's configuration (`[rooms]`); a policy stored
+    /// at the media server overrides it field by field.
+    pub policy: crate::rooms::RoomPolicy,
 }
 
 /// Client actions, already authorized by the policy layer.
@@ -133,6 +136,18 @@ pub enum RelayEvent {
     MutedByModerator(TrackSource),
     /// The platform or a moderator asks this session's user to unmute a source.
     UnmuteRequested(TrackSource),
+    /// A session that waited (see [`RelayLink::waiting`]) was admitted: the client may now
+    /// negotiate media.
+    Admitted,
+    /// Moderators only: someone knocks at the lobby.
+    LobbyRequest(crate::protocol::Participant),
+    /// Moderators only: a knocker left the lobby.
+    LobbyLeft {
+        /// Who.
+        identity: Identity,
+        /// `admitted`, `denied`, `left`, `timeout` or `refused`.
+        outcome: String,
+    },
     /// The media server refused one client message; the session continues.
     Error {
         /// The client-facing error code (`bad_sdp`, `forbidden`, ...).
@@ -160,6 +175,18 @@ pub struct RelayLink {
     pub commands: mpsc::Sender<RelayCommand>,
     /// Media server -> session.
     pub events: mpsc::Receiver<RelayEvent>,
+    /// Set when the session must wait before it enters (the room's policy): it is admitted
+    /// when [`RelayEvent::Admitted`] arrives, or closed.
+    pub waiting: Option<Waiting>,
+}
+
+/// Why a session waits before entering, and for how long at most.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// `host` or `lobby`.
+    pub reason: String,
+    /// Closed after this long.
+    pub timeout_seconds: u32,
 }
 
 /// Why a join could not be relayed.
@@ -177,6 +204,9 @@ pub enum RelayError {
     /// The token was revoked.
     #[error("{0}")]
     Revoked(String),
+    /// The room does not allow guests.
+    #[error("{0}")]
+    GuestsNotAllowed(String),
 }
 
 impl RelayError {
@@ -187,6 +217,7 @@ impl RelayError {
             RelayError::Refused(_) => "media_refused",
             RelayError::Banned(_) => "banned",
             RelayError::Revoked(_) => "token_revoked",
+            RelayError::GuestsNotAllowed(_) => "guests_not_allowed",
         }
     }
 }

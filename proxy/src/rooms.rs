@@ -13,6 +13,68 @@ use crate::policy::{Permissions, Role, TrackSource};
 use crate::protocol::{Identity, RoomName};
 use crate::relay::BoxFuture;
 
+/// Who may enter a room, and when (docs/protocol.md, "Waiting rooms and the lobby"). Every
+/// field is optional: an unset field takes the next source's value (a policy set through the
+/// API or by a moderator, over `[rooms.overrides]`, over `[rooms]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomPolicy {
+    /// Non-moderators wait until a moderator is in the room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_host: Option<bool>,
+    /// Non-moderators knock and a moderator admits or denies them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lobby: Option<bool>,
+    /// Guests (role `guest`) may join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guests_allowed: Option<bool>,
+    /// Longest wait before the session is closed (1-86400 seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_timeout_seconds: Option<u32>,
+}
+
+/// Longest wait a policy may set (a day), as rtcd enforces.
+pub const MAX_WAIT_TIMEOUT_SECONDS: u32 = 86_400;
+
+impl RoomPolicy {
+    /// `self`'s set fields over `base`'s.
+    pub fn over(self, base: RoomPolicy) -> RoomPolicy {
+        RoomPolicy {
+            wait_for_host: self.wait_for_host.or(base.wait_for_host),
+            lobby: self.lobby.or(base.lobby),
+            guests_allowed: self.guests_allowed.or(base.guests_allowed),
+            wait_timeout_seconds: self.wait_timeout_seconds.or(base.wait_timeout_seconds),
+        }
+    }
+
+    /// Refuses a timeout outside 1..=[`MAX_WAIT_TIMEOUT_SECONDS`].
+    pub fn validate(&self) -> Result<(), String> {
+        match self.wait_timeout_seconds {
+            Some(t) if t == 0 || t > MAX_WAIT_TIMEOUT_SECONDS => Err(format!(
+                "wait_timeout_seconds must be 1-{MAX_WAIT_TIMEOUT_SECONDS}"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Someone waiting to enter a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LobbyEntry {
+    /// Their identity (admit and deny act on it).
+    pub identity: Identity,
+    /// Their display name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Their role.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// `host` (waiting for a moderator) or `lobby` (waiting to be admitted).
+    pub reason: String,
+    /// Since when (Unix milliseconds).
+    pub since_ms: i64,
+}
+
 /// A room as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RoomSummary {
@@ -178,6 +240,29 @@ pub trait RoomControl: Send + Sync {
     /// Revokes tokens on every media server; returns live sessions closed.
     fn revoke<'a>(&'a self, revocation: &'a Revocation)
     -> BoxFuture<'a, Result<u32, ControlError>>;
+    /// Who waits to enter the room, oldest first.
+    fn lobby<'a>(
+        &'a self,
+        room: &'a RoomName,
+    ) -> BoxFuture<'a, Result<Vec<LobbyEntry>, ControlError>>;
+    /// Admits (`admit`) or denies a user waiting to enter; returns the sessions decided.
+    /// Idempotent.
+    fn decide<'a>(
+        &'a self,
+        room: &'a RoomName,
+        identity: &'a Identity,
+        admit: bool,
+    ) -> BoxFuture<'a, Result<u32, ControlError>>;
+    /// The policy stored for the room (set through the API or by a moderator).
+    fn policy<'a>(&'a self, room: &'a RoomName) -> BoxFuture<'a, Result<RoomPolicy, ControlError>>;
+    /// Merges `change` into the stored policy (cleared first with `reset`) on every media
+    /// server, so it holds wherever the room is placed; returns the stored policy.
+    fn set_policy<'a>(
+        &'a self,
+        room: &'a RoomName,
+        change: RoomPolicy,
+        reset: bool,
+    ) -> BoxFuture<'a, Result<RoomPolicy, ControlError>>;
 }
 
 /// Who asks.
@@ -251,6 +336,23 @@ pub enum Action {
         /// Who.
         identity: Identity,
     },
+    /// Let someone waiting in the lobby in.
+    Admit {
+        /// Who.
+        identity: Identity,
+    },
+    /// Turn someone waiting in the lobby away.
+    Deny {
+        /// Who.
+        identity: Identity,
+    },
+    /// Change the room's entry policy.
+    SetPolicy {
+        /// The fields to change.
+        change: RoomPolicy,
+        /// Clear the stored policy first.
+        reset: bool,
+    },
 }
 
 impl Action {
@@ -264,12 +366,16 @@ impl Action {
             Action::RequestUnmute { .. } => "request_unmute",
             Action::Update { .. } => "update_participant",
             Action::Unban { .. } => "unban",
+            Action::Admit { .. } => "admit",
+            Action::Deny { .. } => "deny",
+            Action::SetPolicy { .. } => "set_policy",
         }
     }
 
     fn target(&self) -> Option<&Identity> {
         match self {
-            Action::EndRoom => None,
+            Action::EndRoom | Action::SetPolicy { .. } => None,
+            Action::Admit { identity } | Action::Deny { identity } => Some(identity),
             Action::Remove { identity, .. }
             | Action::Mute { identity, .. }
             | Action::RequestUnmute { identity, .. }
@@ -377,6 +483,15 @@ async fn run(
             .await
             .map(sessions),
         Action::Unban { identity } => control.unban(room, &identity).await.map(|()| sessions(0)),
+        Action::Admit { identity } => control.decide(room, &identity, true).await.map(sessions),
+        Action::Deny { identity } => control.decide(room, &identity, false).await.map(sessions),
+        Action::SetPolicy { change, reset } => {
+            change.validate().map_err(ControlError::Invalid)?;
+            control
+                .set_policy(room, change, reset)
+                .await
+                .map(|_| sessions(0))
+        }
     }
 }
 

@@ -250,6 +250,19 @@ struct Joined {
     /// The platform or a moderator set this session's role and permissions: a refresh keeps
     /// them instead of the new token's.
     moderated: bool,
+    /// False while the room's policy holds the session (`waiting` sent, `joined` not yet).
+    admitted: bool,
+}
+
+/// A `moderate` message's fields.
+struct ModerateRequest {
+    action: ModerationAction,
+    identity: Option<String>,
+    source: Option<TrackSource>,
+    ban_seconds: Option<u64>,
+    reason: Option<String>,
+    policy: Option<crate::rooms::RoomPolicy>,
+    reset: bool,
 }
 
 struct Session {
@@ -669,6 +682,7 @@ impl Session {
                     .join(JoinRequest {
                         session: self.id,
                         grant: grant.clone(),
+                        policy: self.state.config.rooms.policy_for(grant.room.as_str()),
                     })
                     .await;
                 self.state
@@ -686,16 +700,58 @@ impl Session {
                         tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), reason = e.reason(), "join refused");
                         return Next::Close(CloseReason::Auth(e), Some(detail));
                     }
+                    Err(RelayError::GuestsNotAllowed(detail)) => {
+                        tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), reason = CloseReason::GuestsNotAllowed.label(), "join refused");
+                        return Next::Close(CloseReason::GuestsNotAllowed, Some(detail));
+                    }
                     Err(e) => (None, Some((e.code(), e.to_string()))),
                 }
             }
         };
+        let mut link = link;
+        let waiting = link.as_mut().and_then(|l| l.waiting.take());
+        let room = grant.room.clone();
+        self.joined = Some(Joined {
+            grant,
+            link,
+            offer_sent: None,
+            _slot: slot,
+            warned: false,
+            refused_refreshes: 0,
+            media_closed: None,
+            turn_refresh_at: None,
+            moderated: false,
+            admitted: waiting.is_none(),
+        });
+        match waiting {
+            Some(w) => {
+                tracing::info!(target: "audit", session = %self.id, reason = %w.reason, "waiting to enter");
+                self.send(ServerMessage::Waiting {
+                    room,
+                    reason: w.reason,
+                    timeout_seconds: w.timeout_seconds,
+                })
+                .await;
+            }
+            None => self.enter(failure).await,
+        }
+        Next::Continue
+    }
+
+    /// Sends `joined` (with TURN credentials, scheduling their renewal), then the reason media
+    /// is unavailable if it is.
+    async fn enter(&mut self, failure: Option<(&'static str, String)>) {
+        let Some(joined) = self.joined.as_mut() else {
+            return;
+        };
+        let grant = joined.grant.clone();
+        let media = joined.link.is_some();
         let turn = self
             .state
             .turn
             .as_ref()
             .map(|t| t.issue(grant.identity.as_str(), unix_now()));
-        let turn_refresh_at = self
+        joined.turn_refresh_at = self
             .state
             .turn
             .as_ref()
@@ -706,14 +762,14 @@ impl Session {
         };
         self.send(ServerMessage::Joined {
             session_id: self.id,
-            room: grant.room.clone(),
-            identity: grant.identity.clone(),
-            name: grant.name.clone(),
-            tenant: grant.tenant.clone(),
+            room: grant.room,
+            identity: grant.identity,
+            name: grant.name,
+            tenant: grant.tenant,
             role: grant.role,
             permissions: grant.permissions,
             expires_at: grant.expires_at,
-            media: link.is_some(),
+            media,
             ice_servers,
             ice_servers_expires_at,
         })
@@ -721,18 +777,6 @@ impl Session {
         if let Some((code, message)) = failure {
             self.error(code, message, Some("join")).await;
         }
-        self.joined = Some(Joined {
-            grant,
-            link,
-            offer_sent: None,
-            _slot: slot,
-            warned: false,
-            refused_refreshes: 0,
-            media_closed: None,
-            turn_refresh_at,
-            moderated: false,
-        });
-        Next::Continue
     }
 
     /// Sends fresh TURN credentials (`ice_servers`) and schedules the next ones.
@@ -773,6 +817,22 @@ impl Session {
     async fn on_joined_message(&mut self, message: ClientMessage) -> Next {
         let kind = message.kind();
         let perms = self.joined.as_ref().expect("joined").grant.permissions;
+        let admitted = self.joined.as_ref().is_some_and(|j| j.admitted);
+        let allowed_while_waiting = matches!(
+            message,
+            ClientMessage::Ping { .. } | ClientMessage::Leave {} | ClientMessage::Refresh { .. }
+        );
+        if !admitted && !allowed_while_waiting {
+            self.error(
+                "not_admitted",
+                "you are waiting to enter the room; only ping, refresh and leave are accepted \
+                 until `joined`"
+                    .into(),
+                Some(kind),
+            )
+            .await;
+            return Next::Continue;
+        }
         let command = match message {
             ClientMessage::Join { .. } => {
                 self.error(
@@ -798,10 +858,19 @@ impl Session {
                 source,
                 ban_seconds,
                 reason,
+                policy,
+                reset,
             } => {
-                return self
-                    .moderate(action, identity, source, ban_seconds, reason)
-                    .await;
+                let request = ModerateRequest {
+                    action,
+                    identity,
+                    source,
+                    ban_seconds,
+                    reason,
+                    policy,
+                    reset,
+                };
+                return self.moderate(request).await;
             }
             ClientMessage::Offer { sdp, tracks } => match authorize_sdp(&sdp, &tracks, &perms) {
                 Ok(_) => RelayCommand::Offer { sdp, tracks },
@@ -863,15 +932,17 @@ impl Session {
     }
 
     /// A moderator's action on their own room ([`crate::rooms::perform`], like the API's).
-    async fn moderate(
-        &mut self,
-        action: ModerationAction,
-        identity: Option<String>,
-        source: Option<TrackSource>,
-        ban_seconds: Option<u64>,
-        reason: Option<String>,
-    ) -> Next {
+    async fn moderate(&mut self, request: ModerateRequest) -> Next {
         const KIND: &str = "moderate";
+        let ModerateRequest {
+            action,
+            identity,
+            source,
+            ban_seconds,
+            reason,
+            policy,
+            reset,
+        } = request;
         let grant = self.joined.as_ref().expect("joined").grant.clone();
         if grant.role != Role::Moderator {
             tracing::info!(target: "audit", session = %self.id, identity = %grant.identity.as_str(), room = %grant.room.as_str(), action = action.as_str(), outcome = "forbidden", "room action");
@@ -884,7 +955,7 @@ impl Session {
             return Next::Continue;
         }
         let target = match (action, identity) {
-            (ModerationAction::EndRoom, _) => None,
+            (ModerationAction::EndRoom | ModerationAction::SetPolicy, _) => None,
             (_, Some(id)) if !id.is_empty() && id.len() <= 256 => Some(Identity::new(id)),
             _ => {
                 self.error(
@@ -900,6 +971,15 @@ impl Session {
             action,
             ModerationAction::Mute | ModerationAction::RequestUnmute
         );
+        if action == ModerationAction::SetPolicy && policy.is_none() && !reset {
+            self.error(
+                "bad_message",
+                "`set_policy` needs a `policy` (or `reset`)".into(),
+                Some(KIND),
+            )
+            .await;
+            return Next::Continue;
+        }
         if needs_source && source.is_none() {
             self.error(
                 "bad_message",
@@ -941,6 +1021,12 @@ impl Session {
                 identity: who(),
                 role: Role::Member,
                 permissions: Permissions::from_capabilities(&perms.member),
+            },
+            ModerationAction::Admit => Action::Admit { identity: who() },
+            ModerationAction::Deny => Action::Deny { identity: who() },
+            ModerationAction::SetPolicy => Action::SetPolicy {
+                change: policy.unwrap_or_default(),
+                reset,
             },
         };
         let Some(relay) = self.state.relay.clone() else {
@@ -1111,6 +1197,22 @@ impl Session {
         };
         let message = match event {
             RelayEvent::Closed { reason } => return self.media_closed(Some(reason)).await,
+            RelayEvent::Admitted => {
+                let waited = self.joined.as_mut().is_some_and(|j| {
+                    let waited = !j.admitted;
+                    j.admitted = true;
+                    waited
+                });
+                if waited {
+                    tracing::info!(target: "audit", session = %self.id, "admitted after waiting");
+                    self.enter(None).await;
+                }
+                return Next::Continue;
+            }
+            RelayEvent::LobbyRequest(participant) => ServerMessage::LobbyRequest { participant },
+            RelayEvent::LobbyLeft { identity, outcome } => {
+                ServerMessage::LobbyLeft { identity, outcome }
+            }
             RelayEvent::NegotiationNeeded { audio, video } => {
                 ServerMessage::NegotiationNeeded { audio, video }
             }
@@ -1190,6 +1292,22 @@ impl Session {
                 "you were removed from the room and banned from it",
             )),
             Some("room ended") => Some((CloseReason::RoomEnded, "the room was ended for everyone")),
+            Some("lobby denied") => Some((
+                CloseReason::LobbyDenied,
+                "a moderator did not let you into the room",
+            )),
+            Some("host timeout") => Some((
+                CloseReason::HostTimeout,
+                "no moderator joined the room in time",
+            )),
+            Some("lobby timeout") => Some((
+                CloseReason::LobbyTimeout,
+                "nobody let you into the room in time",
+            )),
+            Some("guests not allowed") => Some((
+                CloseReason::GuestsNotAllowed,
+                "this room no longer allows guests",
+            )),
             Some("revoked") => Some((
                 CloseReason::Auth(AuthError::Revoked),
                 "your token was revoked",

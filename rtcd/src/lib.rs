@@ -47,6 +47,7 @@ pub mod engine;
 /// Parsers of outside input as the fuzz targets and their corpus replay call them (not an API).
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod lobby;
 pub mod logging;
 pub mod metrics;
 pub mod moderation;
@@ -72,6 +73,7 @@ use crate::api::ApiState;
 use crate::auth::{AuthError, AuthService, ClientStore, StoreError};
 use crate::config::Config;
 use crate::health::Health;
+use crate::lobby::Lobby;
 use crate::metrics::Metrics;
 use crate::moderation::ModerationStore;
 use crate::rooms::RoomsService;
@@ -190,14 +192,16 @@ impl Rtcd {
             Webhooks::start(&config.webhooks, metrics.clone()).map_err(StartError::Webhooks)?;
         let sfu = Sfu::new(sfu_config(&config.rtc)?, metrics.clone(), events).await?;
         let grpc_cancel = CancellationToken::new();
+        let lobby = Lobby::new();
         let (grpc_addr, grpc_server) = start_grpc(
             &config,
-            SignalingService::new(auth.clone(), sfu.clone(), moderation.clone()),
+            SignalingService::new(auth.clone(), sfu.clone(), moderation.clone(), lobby.clone()),
             RoomsService::new(
                 auth.clone(),
                 sfu.clone(),
                 moderation.clone(),
                 webhooks.clone(),
+                lobby,
             ),
             grpc_cancel.clone(),
         )

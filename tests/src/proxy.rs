@@ -331,15 +331,18 @@ impl Client {
 pub enum JoinOutcome {
     /// `joined` (the message).
     Joined(Value),
+    /// `waiting` (the message): the room's policy holds the session.
+    Waiting(Value),
     /// Closed with (code, reason, the `error` message's `message` if any).
     Refused(u16, String, Option<String>),
 }
 
 impl JoinOutcome {
-    /// The close code, or 0 when joined.
+    /// The close code, 0 when joined, 1 (no close code) when waiting.
     pub fn code(&self) -> u16 {
         match self {
             JoinOutcome::Joined(_) => 0,
+            JoinOutcome::Waiting(_) => 1,
             JoinOutcome::Refused(code, ..) => *code,
         }
     }
@@ -375,6 +378,7 @@ pub async fn join_with(
     client.send(&message).await?;
     let outcome = match client.next().await? {
         Event::Message(m) if m["type"] == "joined" => JoinOutcome::Joined(m),
+        Event::Message(m) if m["type"] == "waiting" => JoinOutcome::Waiting(m),
         Event::Message(m) if m["type"] == "error" => {
             let detail = m["message"].as_str().map(str::to_owned);
             let (code, reason, _) = client.closed().await?;

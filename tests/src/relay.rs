@@ -85,6 +85,7 @@ impl Relay for ScriptedRelay {
             Ok(RelayLink {
                 commands,
                 events: event_rx,
+                waiting: None,
             })
         })
     }

@@ -34,14 +34,15 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{
     BoxFuture, JoinRequest, LINK_CAPACITY, Relay, RelayCommand, RelayError, RelayEvent, RelayLink,
+    Waiting,
 };
 use crate::config::RtcdConfig;
 use crate::placement::{HostHealth, HostSet};
 use crate::policy::{Permissions, Role, TrackSource};
 use crate::protocol::{Candidate, Identity, Participant, RoomName};
 use crate::rooms::{
-    BanInfo, ControlError, ParticipantInfo, Revocation, RoomControl, RoomDetail, RoomSummary,
-    TrackInfo,
+    BanInfo, ControlError, LobbyEntry, ParticipantInfo, Revocation, RoomControl, RoomDetail,
+    RoomPolicy, RoomSummary, TrackInfo,
 };
 
 /// How long opening a stream and receiving `Joined` may take.
@@ -590,6 +591,7 @@ impl RtcdRelay {
                     token_id: grant.token_id.clone().unwrap_or_default(),
                     expires_at: grant.expires_at,
                 }),
+                policy: Some(policy_to_pb(request.policy)),
             })),
         };
         let mut renew = false;
@@ -626,6 +628,22 @@ impl RtcdRelay {
                     let (hosts, key) = (self.hosts.clone(), key.to_owned());
                     let lost = move || suspect(&hosts, &key, "a session's stream broke");
                     return Ok(spawn_pumps(to_rtcd, inbound, session_id, lost));
+                }
+                Ok((
+                    inbound,
+                    Some(pb::ServerSignal {
+                        signal: Some(pb::server_signal::Signal::Waiting(w)),
+                    }),
+                )) => {
+                    tracing::debug!(session = %request.session, rtcd_session = %session_id, host = %key, reason = %w.reason, "waiting to enter on rtcd");
+                    let (hosts, key) = (self.hosts.clone(), key.to_owned());
+                    let lost = move || suspect(&hosts, &key, "a session's stream broke");
+                    let mut link = spawn_pumps(to_rtcd, inbound, session_id, lost);
+                    link.waiting = Some(Waiting {
+                        reason: w.reason,
+                        timeout_seconds: w.timeout_seconds,
+                    });
+                    return Ok(link);
                 }
                 Ok((
                     _,
@@ -999,6 +1017,119 @@ impl RoomControl for RtcdRelay {
             Ok(answers.iter().map(|r| r.sessions_closed).sum())
         })
     }
+
+    fn lobby<'a>(
+        &'a self,
+        room: &'a RoomName,
+    ) -> BoxFuture<'a, Result<Vec<LobbyEntry>, ControlError>> {
+        Box::pin(async move {
+            let request = pb::ListLobbyRequest {
+                call_id: room.as_str().to_owned(),
+            };
+            let (_, r) = self
+                .on_room_host(
+                    room,
+                    request,
+                    |mut c, r| async move { c.list_lobby(r).await },
+                )
+                .await?;
+            Ok(r.waiting
+                .into_iter()
+                .map(|w| LobbyEntry {
+                    identity: Identity::new(w.user_id),
+                    name: (!w.display_name.is_empty()).then_some(w.display_name),
+                    role: Some(role_from(&w.role)),
+                    reason: w.reason,
+                    since_ms: w.since_ms,
+                })
+                .collect())
+        })
+    }
+
+    fn decide<'a>(
+        &'a self,
+        room: &'a RoomName,
+        identity: &'a Identity,
+        admit: bool,
+    ) -> BoxFuture<'a, Result<u32, ControlError>> {
+        Box::pin(async move {
+            let request = pb::LobbyDecisionRequest {
+                call_id: room.as_str().to_owned(),
+                user_id: identity.as_str().to_owned(),
+            };
+            // The waiting sessions are held by the room's host only.
+            let (_, r) = if admit {
+                self.on_room_host(room, request, |mut c, r| async move { c.admit(r).await })
+                    .await?
+            } else {
+                self.on_room_host(room, request, |mut c, r| async move { c.deny(r).await })
+                    .await?
+            };
+            Ok(r.sessions)
+        })
+    }
+
+    fn policy<'a>(&'a self, room: &'a RoomName) -> BoxFuture<'a, Result<RoomPolicy, ControlError>> {
+        Box::pin(async move {
+            let request = pb::GetRoomPolicyRequest {
+                call_id: room.as_str().to_owned(),
+            };
+            let (_, r) = self
+                .on_room_host(room, request, |mut c, r| async move {
+                    c.get_room_policy(r).await
+                })
+                .await?;
+            Ok(policy_from_pb(r))
+        })
+    }
+
+    fn set_policy<'a>(
+        &'a self,
+        room: &'a RoomName,
+        change: RoomPolicy,
+        reset: bool,
+    ) -> BoxFuture<'a, Result<RoomPolicy, ControlError>> {
+        Box::pin(async move {
+            // Merged once, at the room's host, then written whole to every host: hosts that
+            // missed an earlier change cannot end up with a different policy.
+            let current = if reset {
+                RoomPolicy::default()
+            } else {
+                self.policy(room).await?
+            };
+            let merged = change.over(current);
+            let request = pb::SetRoomPolicyRequest {
+                call_id: room.as_str().to_owned(),
+                policy: Some(policy_to_pb(merged)),
+                reset: true,
+            };
+            let set = |mut c: RoomsClient<Channel>, r| async move { c.set_room_policy(r).await };
+            // The room's host first: it applies the policy to those waiting there now.
+            let (key, r) = self.on_room_host(room, request.clone(), set).await?;
+            self.on_every_host(Some(&key), request, set, false).await?;
+            Ok(policy_from_pb(r))
+        })
+    }
+}
+
+/// A room policy for the wire.
+fn policy_to_pb(p: RoomPolicy) -> pb::RoomPolicy {
+    pb::RoomPolicy {
+        wait_for_host: p.wait_for_host,
+        lobby: p.lobby,
+        guests_allowed: p.guests_allowed,
+        wait_timeout_seconds: p.wait_timeout_seconds,
+    }
+}
+
+/// A room policy from the wire.
+fn policy_from_pb(p: pb::RoomPolicy) -> RoomPolicy {
+    RoomPolicy {
+        wait_for_host: p.wait_for_host,
+        lobby: p.lobby,
+        guests_allowed: p.guests_allowed,
+        wait_timeout_seconds: p.wait_timeout_seconds,
+    }
 }
 
 impl Relay for RtcdRelay {
@@ -1058,6 +1189,9 @@ fn status_to_error(status: &tonic::Status) -> RelayError {
         }
         if message.starts_with("revoked") {
             return RelayError::Revoked(message.to_owned());
+        }
+        if message.starts_with("guests not allowed") {
+            return RelayError::GuestsNotAllowed(message.to_owned());
         }
     }
     match status.code() {
@@ -1156,7 +1290,11 @@ fn spawn_pumps(
             }
         }
     });
-    RelayLink { commands, events }
+    RelayLink {
+        commands,
+        events,
+        waiting: None,
+    }
 }
 
 /// Once the session has dropped its events: if it left, keep reading rtcd's stream until
@@ -1201,7 +1339,19 @@ impl EventTranslator {
     fn translate(&mut self, signal: pb::server_signal::Signal) -> Vec<RelayEvent> {
         use pb::server_signal::Signal;
         let event = match signal {
-            Signal::Joined(_) => return Vec::new(),
+            // The first `Joined` is read when the stream opens; a later one admits a session
+            // that waited.
+            Signal::Joined(_) => RelayEvent::Admitted,
+            Signal::Waiting(_) => return Vec::new(),
+            Signal::LobbyRequest(e) => RelayEvent::LobbyRequest(Participant {
+                identity: Identity::new(e.user_id),
+                name: (!e.display_name.is_empty()).then_some(e.display_name),
+                role: Some(role_from(&e.role)),
+            }),
+            Signal::LobbyLeft(e) => RelayEvent::LobbyLeft {
+                identity: Identity::new(e.user_id),
+                outcome: e.outcome,
+            },
             Signal::Answer(d) => RelayEvent::Answer(d.sdp),
             Signal::NegotiationNeeded(n) => RelayEvent::NegotiationNeeded {
                 audio: n.audio,

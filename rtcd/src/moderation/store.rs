@@ -6,6 +6,7 @@
 //! | `bans`        | tenant, call, user           | `{v, until, reason, created_at}`  |
 //! | `cutoffs`     | tenant, user                 | `{v, issued_before}`              |
 //! | `denied_jtis` | tenant, jti                  | `{v, expires_at}`                 |
+//! | `room_policies` | tenant, call               | `{v, policy}` (a [`RoomPolicy`])  |
 //!
 //! Each key component is its length (u16, big endian) then its bytes, so a tenant's (or a
 //! call's) entries form one prefix and no ID can run into the next. Times are Unix seconds.
@@ -20,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Database, StoreError};
+use crate::lobby::RoomPolicy;
 use crate::sfu::{CallId, TenantId, TokenMeta, UserId};
 
 /// A ban in force.
@@ -69,6 +71,12 @@ struct CutOffRecord {
 }
 
 #[derive(Serialize, Deserialize)]
+struct PolicyRecord {
+    v: u32,
+    policy: RoomPolicy,
+}
+
+#[derive(Serialize, Deserialize)]
 struct DeniedRecord {
     v: u32,
     expires_at: i64,
@@ -84,6 +92,7 @@ pub struct ModerationStore {
     bans: sled::Tree,
     cutoffs: sled::Tree,
     denied: sled::Tree,
+    policies: sled::Tree,
 }
 
 fn key(parts: &[&str]) -> Vec<u8> {
@@ -126,6 +135,7 @@ impl ModerationStore {
             bans: db.open_tree("bans")?,
             cutoffs: db.open_tree("cutoffs")?,
             denied: db.open_tree("denied_jtis")?,
+            policies: db.open_tree("room_policies")?,
         })
     }
 
@@ -184,6 +194,34 @@ impl ModerationStore {
             reason: record.reason,
             created_at: record.created_at,
         }))
+    }
+
+    /// The policy stored for `call` (every field unset when none is).
+    pub fn policy(&self, tenant: &TenantId, call: &CallId) -> Result<RoomPolicy, StoreError> {
+        let k = key(&[tenant.as_str(), call.as_str()]);
+        match self.policies.get(&k)? {
+            None => Ok(RoomPolicy::default()),
+            Some(bytes) => serde_json::from_slice::<PolicyRecord>(&bytes)
+                .map(|r| r.policy)
+                .map_err(|_| corrupt("room_policies", &k)),
+        }
+    }
+
+    /// Replaces the policy stored for `call` (an all-unset policy removes the entry).
+    pub fn set_policy(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        policy: RoomPolicy,
+    ) -> Result<(), StoreError> {
+        let k = key(&[tenant.as_str(), call.as_str()]);
+        if policy == RoomPolicy::default() {
+            self.policies.remove(k)?;
+        } else {
+            self.policies
+                .insert(k, encode(&PolicyRecord { v: 1, policy }))?;
+        }
+        Ok(())
     }
 
     /// Lifts a ban. False if there was none in force.
@@ -439,9 +477,30 @@ mod tests {
             store.ban(&t, &c, &u, 2_000, "spam", 1_000).unwrap();
             store.raise_cutoff(&t, &u, 1_500).unwrap();
             store.deny_token(&t, "jti-1", 1_800, 1_000).unwrap();
+            let policy = RoomPolicy {
+                lobby: Some(true),
+                wait_timeout_seconds: Some(30),
+                ..RoomPolicy::default()
+            };
+            store.set_policy(&t, &c, policy).unwrap();
             store.flush().await.unwrap();
         }
         let (_clients, store) = open(dir.path());
+        let policy = store.policy(&t, &c).unwrap();
+        assert_eq!(
+            (
+                policy.lobby,
+                policy.wait_timeout_seconds,
+                policy.guests_allowed
+            ),
+            (Some(true), Some(30), None)
+        );
+        assert_eq!(
+            store.policy(&t, &CallId::new("other")).unwrap(),
+            RoomPolicy::default()
+        );
+        store.set_policy(&t, &c, RoomPolicy::default()).unwrap();
+        assert_eq!(store.policy(&t, &c).unwrap(), RoomPolicy::default());
         let ban = store.ban_of(&t, &c, &u, 1_001).unwrap().unwrap();
         assert_eq!(
             (ban.until, ban.reason.as_str(), ban.created_at),

@@ -19,6 +19,8 @@ use rtcd_proto::v1::rooms_server::Rooms;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthService, StoreError};
+use crate::lobby::RoomPolicy;
+use crate::lobby::{Lobby, LobbyError};
 use crate::moderation::{ModerationStore, unix_now};
 use crate::sfu::{
     CallId, MAX_ID_BYTES, MAX_ROLE_BYTES, Moderation, RoomDetail, Sfu, SfuError, TenantId, UserId,
@@ -50,6 +52,9 @@ pub enum RoomsError {
     /// The webhook settings were refused.
     #[error(transparent)]
     Webhooks(#[from] WebhookError),
+    /// A room policy was refused.
+    #[error(transparent)]
+    Lobby(#[from] LobbyError),
 }
 
 /// The service; cheap to clone (every member is a handle).
@@ -59,21 +64,25 @@ pub struct RoomsService {
     sfu: Sfu,
     moderation: ModerationStore,
     webhooks: Webhooks,
+    lobby: Lobby,
 }
 
 impl RoomsService {
-    /// A service over the daemon's auth, SFU, moderation store and webhook delivery.
+    /// A service over the daemon's auth, SFU, moderation store, webhook delivery and the
+    /// rooms' entry gates (shared with signaling, which holds the waiting sessions).
     pub fn new(
         auth: AuthService,
         sfu: Sfu,
         moderation: ModerationStore,
         webhooks: Webhooks,
+        lobby: Lobby,
     ) -> Self {
         Self {
             auth,
             sfu,
             moderation,
             webhooks,
+            lobby,
         }
     }
 
@@ -169,12 +178,15 @@ impl RoomsService {
                 tenant,
                 &call,
                 Moderation::Update {
-                    user,
+                    user: user.clone(),
                     role: req.role.clone(),
                     permissions,
                 },
             )
             .await?;
+        // A promoted moderator admits those waiting for a host; a demoted one stops getting
+        // lobby requests.
+        self.lobby.set_role(tenant, &call, &user, &req.role);
         Ok(pb::UpdateParticipantResponse { sessions: count(n) })
     }
 
@@ -243,6 +255,44 @@ impl RoomsService {
         Ok(pb::RevokeResponse {
             sessions_closed: count(closed),
         })
+    }
+}
+
+impl RoomsService {
+    async fn set_policy(
+        &self,
+        tenant: &TenantId,
+        req: &pb::SetRoomPolicyRequest,
+    ) -> Result<pb::RoomPolicy, RoomsError> {
+        let call = call_id(&req.call_id)?;
+        let change = convert::room_policy(req.policy.unwrap_or_default());
+        change.validate()?;
+        let base = if req.reset {
+            RoomPolicy::default()
+        } else {
+            self.moderation.policy(tenant, &call)?
+        };
+        let stored = change.over(base);
+        self.moderation.set_policy(tenant, &call, stored)?;
+        self.moderation.flush().await?;
+        self.lobby.policy_changed(tenant, &call, stored);
+        Ok(convert::room_policy_to(stored))
+    }
+
+    fn decide(
+        &self,
+        tenant: &TenantId,
+        req: &pb::LobbyDecisionRequest,
+        admit: bool,
+    ) -> Result<pb::LobbyDecisionResponse, RoomsError> {
+        let call = call_id(&req.call_id)?;
+        let user = user_id(&req.user_id)?;
+        let n = if admit {
+            self.lobby.admit(tenant, &call, &user)
+        } else {
+            self.lobby.deny(tenant, &call, &user)
+        };
+        Ok(pb::LobbyDecisionResponse { sessions: count(n) })
     }
 }
 
@@ -511,5 +561,76 @@ impl Rooms for RoomsService {
             tracing::debug!(client = %tenant, urls = count, "webhook settings applied");
         }
         reply(result.map(|()| pb::ConfigureWebhooksResponse {}))
+    }
+
+    async fn list_lobby(
+        &self,
+        request: Request<pb::ListLobbyRequest>,
+    ) -> Result<Response<pb::ListLobbyResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = call_id(&req.call_id).map(|call| pb::ListLobbyResponse {
+            waiting: self
+                .lobby
+                .waiting(&tenant, &call)
+                .into_iter()
+                .map(|w| pb::LobbyEntry {
+                    session_id: w.entrant.session.as_str().to_owned(),
+                    user_id: w.entrant.user.as_str().to_owned(),
+                    display_name: w.entrant.display_name,
+                    role: w.entrant.role,
+                    reason: w.reason.as_str().to_owned(),
+                    since_ms: w.since_ms,
+                })
+                .collect(),
+        });
+        reply(result)
+    }
+
+    async fn admit(
+        &self,
+        request: Request<pb::LobbyDecisionRequest>,
+    ) -> Result<Response<pb::LobbyDecisionResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = self.decide(&tenant, &req, true);
+        audit(&tenant, &req.call_id, &req.user_id, "admit", &result);
+        reply(result)
+    }
+
+    async fn deny(
+        &self,
+        request: Request<pb::LobbyDecisionRequest>,
+    ) -> Result<Response<pb::LobbyDecisionResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = self.decide(&tenant, &req, false);
+        audit(&tenant, &req.call_id, &req.user_id, "deny", &result);
+        reply(result)
+    }
+
+    async fn get_room_policy(
+        &self,
+        request: Request<pb::GetRoomPolicyRequest>,
+    ) -> Result<Response<pb::RoomPolicy>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = call_id(&req.call_id).and_then(|call| {
+            Ok(convert::room_policy_to(
+                self.moderation.policy(&tenant, &call)?,
+            ))
+        });
+        reply(result)
+    }
+
+    async fn set_room_policy(
+        &self,
+        request: Request<pb::SetRoomPolicyRequest>,
+    ) -> Result<Response<pb::RoomPolicy>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = self.set_policy(&tenant, &req).await;
+        audit(&tenant, &req.call_id, "", "set_room_policy", &result);
+        reply(result)
     }
 }

@@ -18,6 +18,7 @@ pub fn from_rooms(e: &RoomsError) -> Status {
         // The operator's switch, not the caller's mistake.
         RoomsError::Webhooks(WebhookError::Disabled) => Status::failed_precondition(e.to_string()),
         RoomsError::Webhooks(e) => Status::invalid_argument(e.to_string()),
+        RoomsError::Lobby(e) => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -29,5 +30,6 @@ pub fn outcome(e: &RoomsError) -> &'static str {
         RoomsError::Sfu(e) => e.kind(),
         RoomsError::Store(_) => "store_error",
         RoomsError::Webhooks(_) => "webhooks_refused",
+        RoomsError::Lobby(_) => "invalid_argument",
     }
 }

@@ -3,6 +3,7 @@
 
 use rtcd_proto::v1 as pb;
 
+use crate::lobby::{Entrant, Notice, RoomPolicy};
 use crate::sfu::{
     CallId, Candidate, JoinRequest, MAX_ID_BYTES, Participant, Permissions, SessionCommand,
     SessionEvent, SessionId, SfuError, TenantId, TokenMeta, TrackKind, UserId, session::TrackInfo,
@@ -22,6 +23,42 @@ pub fn join_request(tenant: TenantId, join: pb::Join) -> Result<JoinRequest, Sfu
     };
     req.validate()?;
     Ok(req)
+}
+
+/// A room policy from the wire (unset fields stay unset).
+pub fn room_policy(p: pb::RoomPolicy) -> RoomPolicy {
+    RoomPolicy {
+        wait_for_host: p.wait_for_host,
+        lobby: p.lobby,
+        guests_allowed: p.guests_allowed,
+        wait_timeout_seconds: p.wait_timeout_seconds,
+    }
+}
+
+/// A room policy for the wire.
+pub fn room_policy_to(p: RoomPolicy) -> pb::RoomPolicy {
+    pb::RoomPolicy {
+        wait_for_host: p.wait_for_host,
+        lobby: p.lobby,
+        guests_allowed: p.guests_allowed,
+        wait_timeout_seconds: p.wait_timeout_seconds,
+    }
+}
+
+/// A lobby notice for a moderator's stream.
+pub fn lobby_notice(n: Notice) -> pb::server_signal::Signal {
+    use pb::server_signal::Signal;
+    let event = |e: Entrant, outcome: &str| pb::LobbyEvent {
+        session_id: e.session.as_str().to_owned(),
+        user_id: e.user.as_str().to_owned(),
+        display_name: e.display_name,
+        role: e.role,
+        outcome: outcome.to_owned(),
+    };
+    match n {
+        Notice::Request(e) => Signal::LobbyRequest(event(e, "")),
+        Notice::Left(e, outcome) => Signal::LobbyLeft(event(e, outcome.as_str())),
+    }
 }
 
 /// A token's revocation-relevant facts (checked: the ID's length).

@@ -16,8 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthService, Credentials, Principal};
+use crate::lobby::{self, Decision, Entrant, Gate, Lobby, Notice, Presence, Ticket};
 use crate::moderation::{ModerationStore, unix_now};
-use crate::sfu::{CallId, SessionId, Sfu, SfuError, TenantId};
+use crate::sfu::{CallId, JoinRequest, SessionId, Sfu, SfuError, TenantId, UserId};
 
 /// The service; cheap to clone (every member is a handle).
 #[derive(Clone)]
@@ -25,6 +26,7 @@ pub struct SignalingService {
     auth: AuthService,
     sfu: Sfu,
     moderation: ModerationStore,
+    lobby: Lobby,
 }
 
 /// Who is calling: a registered client, from basic credentials or a bearer token (cached in
@@ -52,12 +54,14 @@ pub(crate) async fn tenant_of<T>(auth: &AuthService, req: &Request<T>) -> Result
 
 impl SignalingService {
     /// A service over the daemon's auth, SFU and moderation store (bans and revocations are
-    /// checked on every join and token refresh).
-    pub fn new(auth: AuthService, sfu: Sfu, moderation: ModerationStore) -> Self {
+    /// checked on every join and token refresh), and the rooms' entry gates (shared with the
+    /// `Rooms` service, whose admit / deny / policy calls act on them).
+    pub fn new(auth: AuthService, sfu: Sfu, moderation: ModerationStore, lobby: Lobby) -> Self {
         Self {
             auth,
             sfu,
             moderation,
+            lobby,
         }
     }
 
@@ -77,6 +81,213 @@ impl SignalingService {
 }
 
 type ServerStream = Pin<Box<dyn Stream<Item = Result<pb::ServerSignal, Status>> + Send>>;
+
+/// Where a session's stream goes: the proxy's end of the response stream.
+type Outbound = mpsc::Sender<Result<pb::ServerSignal, Status>>;
+
+/// An admitted session: its SFU handle and events, and its place in the room's lobby state.
+struct Admitted {
+    handle: crate::sfu::SessionHandle,
+    events: mpsc::Receiver<crate::sfu::SessionEvent>,
+    presence: Presence,
+    notices: mpsc::Receiver<Notice>,
+}
+
+/// How a wait in the lobby or for a host ended.
+enum WaitEnd {
+    /// Go in.
+    Admitted,
+    /// Close the session with this `SessionClosed` reason.
+    Closed(&'static str),
+    /// The proxy's stream ended: nobody to tell.
+    Gone,
+}
+
+fn signal(s: pb::server_signal::Signal) -> Result<pb::ServerSignal, Status> {
+    Ok(pb::ServerSignal { signal: Some(s) })
+}
+
+fn closed(reason: &str) -> Result<pb::ServerSignal, Status> {
+    signal(pb::server_signal::Signal::SessionClosed(
+        pb::SessionClosed {
+            reason: reason.to_owned(),
+        },
+    ))
+}
+
+impl SignalingService {
+    /// Joins the SFU (after the bans and revocations check) and registers the session in the
+    /// room's lobby state; sends `Joined`.
+    async fn admit(
+        &self,
+        join: JoinRequest,
+        entrant: &Entrant,
+        tx: &Outbound,
+    ) -> Result<Admitted, Status> {
+        if let Some(refusal) = self
+            .moderation
+            .refusal(
+                &join.tenant,
+                &join.call,
+                &join.user,
+                &join.token,
+                unix_now(),
+            )
+            .map_err(|e| status::from_store(&e))?
+        {
+            tracing::info!(target: "audit", client = %join.tenant, call = %join.call, user = %join.user, action = "join", outcome = "refused", ?refusal);
+            return Err(status::from_refusal(&refusal));
+        }
+        let (tenant, call, session, user, token) = (
+            join.tenant.clone(),
+            join.call.clone(),
+            join.session.clone(),
+            join.user.clone(),
+            join.token.clone(),
+        );
+        let (handle, events) = self
+            .sfu
+            .join(join)
+            .await
+            .map_err(|e| status::from_sfu(&e))?;
+        // Checked again now that the session is registered: a ban or revocation written
+        // between the first check and the registration (whose removal pass could not see this
+        // session yet) is seen here, so no refused session stays.
+        if let Ok(Some(refusal)) =
+            self.moderation
+                .refusal(&tenant, &call, &user, &token, unix_now())
+        {
+            let reason = match refusal {
+                crate::moderation::Refusal::Banned { .. } => "banned",
+                _ => "revoked",
+            };
+            let _ = self.sfu.close(&tenant, &call, &session, reason);
+        }
+        let (notices_tx, notices) = mpsc::channel(lobby::NOTICE_CAPACITY);
+        let presence = self.lobby.present(&tenant, &call, entrant, notices_tx);
+        let joined = pb::Joined {
+            session_id: session.as_str().to_owned(),
+        };
+        let _ = tx
+            .send(signal(pb::server_signal::Signal::Joined(joined)))
+            .await;
+        Ok(Admitted {
+            handle,
+            events,
+            presence,
+            notices,
+        })
+    }
+}
+
+/// Holds a session until the lobby decides, the wait times out, or the proxy gives up
+/// (`Leave` or the end of its stream). Other messages are ignored: there is no peer
+/// connection to apply them to yet.
+async fn wait(mut ticket: Ticket, inbound: &mut Streaming<pb::ClientSignal>) -> WaitEnd {
+    let deadline = tokio::time::sleep(ticket.timeout);
+    tokio::pin!(deadline);
+    let end = |d: Decision| match d.close_reason() {
+        None => WaitEnd::Admitted,
+        Some(reason) => WaitEnd::Closed(reason),
+    };
+    loop {
+        tokio::select! {
+            d = ticket.decided() => return end(d),
+            _ = &mut deadline => {
+                let reason = ticket.reason;
+                return match ticket.time_out() {
+                    Some(d) => end(d),
+                    None => WaitEnd::Closed(reason.timeout_reason()),
+                };
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(pb::ClientSignal { signal: Some(pb::client_signal::Signal::Leave(_)) })) => {
+                    return WaitEnd::Closed("leave");
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return WaitEnd::Gone,
+            }
+        }
+    }
+}
+
+/// Relays between the proxy's stream and an admitted session until the session ends.
+async fn relay(
+    admitted: Admitted,
+    mut inbound: Streaming<pb::ClientSignal>,
+    tx: Outbound,
+    sfu: Sfu,
+    moderation: ModerationStore,
+    ids: (TenantId, CallId, SessionId, UserId),
+) {
+    let (tenant, call, session, user) = ids;
+    let Admitted {
+        handle,
+        mut events,
+        presence,
+        mut notices,
+    } = admitted;
+    // Unregisters from the lobby state when the session ends, however it ends.
+    let _presence = presence;
+    let mut handle = Some(handle);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => {
+                    if tx.send(Ok(convert::event(event))).await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            Some(notice) = notices.recv() => {
+                if tx.send(signal(convert::lobby_notice(notice))).await.is_err() {
+                    break;
+                }
+            }
+            msg = inbound.message(), if handle.is_some() => {
+                let Some(h) = handle.as_ref() else { continue };
+                match msg {
+                    Ok(Some(pb::ClientSignal { signal: Some(signal) })) => {
+                        let result = match convert::command(signal) {
+                            Ok(convert::ClientCommand::Session(cmd)) => h.send(cmd).await,
+                            Ok(convert::ClientCommand::Token(token)) => {
+                                match moderation.revoked(&tenant, &user, &token, unix_now()) {
+                                    Ok(Some(refusal)) => {
+                                        tracing::info!(target: "audit", client = %tenant, %call, %user, action = "token refresh", outcome = "revoked", ?refusal);
+                                        sfu.close(&tenant, &call, &session, "revoked")
+                                    }
+                                    Ok(None) => sfu.update_token(&tenant, &call, &session, token),
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "store failure on a token refresh");
+                                        Err(SfuError::Media("internal error".into()))
+                                    }
+                                }
+                            }
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = result {
+                            let error = pb::ServerSignal { signal: Some(convert::error(&e)) };
+                            if tx.send(Ok(error)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(Some(pb::ClientSignal { signal: None })) => {
+                        let e = SfuError::InvalidArgument("empty ClientSignal".into());
+                        let error = pb::ServerSignal { signal: Some(convert::error(&e)) };
+                        if tx.send(Ok(error)).await.is_err() {
+                            break;
+                        }
+                    }
+                    // The proxy closed its side or the connection broke: dropping the
+                    // handle ends the session ("disconnected"); keep relaying until Closed.
+                    Ok(None) | Err(_) => handle = None,
+                }
+            }
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Signaling for SignalingService {
@@ -99,106 +310,87 @@ impl Signaling for SignalingService {
             }
             None => return Err(Status::cancelled("stream ended before Join")),
         };
+        let join_policy = convert::room_policy(join.policy.unwrap_or_default());
+        join_policy
+            .validate()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let join = convert::join_request(tenant, join).map_err(|e| status::from_sfu(&e))?;
-        if let Some(refusal) = self
+        let stored = self
             .moderation
-            .refusal(
-                &join.tenant,
-                &join.call,
-                &join.user,
-                &join.token,
-                unix_now(),
-            )
-            .map_err(|e| status::from_store(&e))?
-        {
-            tracing::info!(target: "audit", client = %join.tenant, call = %join.call, user = %join.user, action = "join", outcome = "refused", ?refusal);
-            return Err(status::from_refusal(&refusal));
-        }
-        let session_id = join.session.as_str().to_owned();
-        let (tenant, call, session, user, token) = (
+            .policy(&join.tenant, &join.call)
+            .map_err(|e| status::from_store(&e))?;
+        let entrant = Entrant {
+            session: join.session.clone(),
+            user: join.user.clone(),
+            display_name: join.display_name.clone(),
+            role: join.role.clone(),
+        };
+        let ids = (
             join.tenant.clone(),
             join.call.clone(),
             join.session.clone(),
             join.user.clone(),
-            join.token.clone(),
         );
-        let (sfu, moderation) = (self.sfu.clone(), self.moderation.clone());
-        let (handle, mut events) = self
-            .sfu
-            .join(join)
-            .await
-            .map_err(|e| status::from_sfu(&e))?;
-        // Checked again now that the session is registered: a ban or revocation written
-        // between the first check and the registration (whose removal pass could not see this
-        // session yet) is seen here, so no refused session stays.
-        if let Ok(Some(refusal)) = moderation.refusal(&tenant, &call, &user, &token, unix_now()) {
-            let reason = match refusal {
-                crate::moderation::Refusal::Banned { .. } => "banned",
-                _ => "revoked",
-            };
-            let _ = sfu.close(&tenant, &call, &session, reason);
-        }
+        let gate = self
+            .lobby
+            .enter(&ids.0, &ids.1, entrant.clone(), join_policy, stored)
+            .map_err(|e| {
+                tracing::info!(target: "audit", client = %ids.0, call = %ids.1, user = %ids.3, action = "join", outcome = "refused", reason = %e);
+                Status::permission_denied(e.to_string())
+            })?;
         // Bounded: if the proxy reads slowly, the session's events wait (per-session backpressure).
         let (tx, rx) = mpsc::channel::<Result<pb::ServerSignal, Status>>(64);
-        let joined = pb::ServerSignal {
-            signal: Some(pb::server_signal::Signal::Joined(pb::Joined { session_id })),
-        };
-        let _ = tx.send(Ok(joined)).await;
-        tokio::spawn(async move {
-            let mut handle = Some(handle);
-            loop {
-                tokio::select! {
-                    event = events.recv() => match event {
-                        Some(event) => {
-                            if tx.send(Ok(convert::event(event))).await.is_err() {
-                                break;
-                            }
+        let service = self.clone();
+        match gate {
+            Gate::Enter => {
+                let admitted = self.admit(join, &entrant, &tx).await?;
+                tokio::spawn(relay(
+                    admitted,
+                    inbound,
+                    tx,
+                    service.sfu,
+                    service.moderation,
+                    ids,
+                ));
+            }
+            Gate::Wait(ticket) => {
+                let waiting = pb::Waiting {
+                    reason: ticket.reason.as_str().to_owned(),
+                    timeout_seconds: u32::try_from(ticket.timeout.as_secs()).unwrap_or(u32::MAX),
+                };
+                tracing::debug!(client = %ids.0, call = %ids.1, user = %ids.3, reason = waiting.reason, "session waits to enter");
+                let _ = tx
+                    .send(signal(pb::server_signal::Signal::Waiting(waiting)))
+                    .await;
+                tokio::spawn(async move {
+                    match wait(ticket, &mut inbound).await {
+                        WaitEnd::Admitted => {}
+                        WaitEnd::Closed(reason) => {
+                            tracing::info!(target: "audit", client = %ids.0, call = %ids.1, user = %ids.3, action = "join", outcome = reason, "left the waiting list");
+                            let _ = tx.send(closed(reason)).await;
+                            return;
                         }
-                        None => break,
-                    },
-                    msg = inbound.message(), if handle.is_some() => {
-                        let Some(h) = handle.as_ref() else { continue };
-                        match msg {
-                            Ok(Some(pb::ClientSignal { signal: Some(signal) })) => {
-                                let result = match convert::command(signal) {
-                                    Ok(convert::ClientCommand::Session(cmd)) => h.send(cmd).await,
-                                    Ok(convert::ClientCommand::Token(token)) => {
-                                        match moderation.revoked(&tenant, &user, &token, unix_now()) {
-                                            Ok(Some(refusal)) => {
-                                                tracing::info!(target: "audit", client = %tenant, %call, %user, action = "token refresh", outcome = "revoked", ?refusal);
-                                                sfu.close(&tenant, &call, &session, "revoked")
-                                            }
-                                            Ok(None) => sfu.update_token(&tenant, &call, &session, token),
-                                            Err(e) => {
-                                                tracing::error!(error = %e, "store failure on a token refresh");
-                                                Err(SfuError::Media("internal error".into()))
-                                            }
-                                        }
-                                    }
-                                    Err(e) => Err(e),
-                                };
-                                if let Err(e) = result {
-                                    let error = pb::ServerSignal { signal: Some(convert::error(&e)) };
-                                    if tx.send(Ok(error)).await.is_err() {
-                                        break;
-                                    }
-                                }
-                            }
-                            Ok(Some(pb::ClientSignal { signal: None })) => {
-                                let e = SfuError::InvalidArgument("empty ClientSignal".into());
-                                let error = pb::ServerSignal { signal: Some(convert::error(&e)) };
-                                if tx.send(Ok(error)).await.is_err() {
-                                    break;
-                                }
-                            }
-                            // The proxy closed its side or the connection broke: dropping the
-                            // handle ends the session ("disconnected"); keep relaying until Closed.
-                            Ok(None) | Err(_) => handle = None,
+                        WaitEnd::Gone => return,
+                    }
+                    match service.admit(join, &entrant, &tx).await {
+                        Ok(admitted) => {
+                            relay(admitted, inbound, tx, service.sfu, service.moderation, ids).await
+                        }
+                        Err(status) => {
+                            // The stream is already open: the refusal travels as its end.
+                            let reason = if status.message().starts_with("banned") {
+                                "banned"
+                            } else if status.message().starts_with("revoked") {
+                                "revoked"
+                            } else {
+                                status.message()
+                            };
+                            let _ = tx.send(closed(reason)).await;
                         }
                     }
-                }
+                });
             }
-        });
+        }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

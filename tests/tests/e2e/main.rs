@@ -9,6 +9,7 @@ mod grpc_tls;
 mod interop;
 mod lifecycle;
 mod loadgen;
+mod lobby;
 mod negotiation;
 mod oidc;
 mod process;

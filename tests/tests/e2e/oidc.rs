@@ -55,7 +55,9 @@ async fn refused(proxy: &Proxy, token: &str, room: &str) -> anyhow::Result<(u16,
         JoinOutcome::Refused(code, reason, detail) => {
             Ok((code, reason, detail.unwrap_or_default()))
         }
-        JoinOutcome::Joined(m) => anyhow::bail!("joined unexpectedly: {m}"),
+        JoinOutcome::Joined(m) | JoinOutcome::Waiting(m) => {
+            anyhow::bail!("joined unexpectedly: {m}")
+        }
     }
 }
 
@@ -65,6 +67,7 @@ async fn joined(proxy: &Proxy, token: &str, room: &str) -> anyhow::Result<(Clien
         (_, JoinOutcome::Refused(code, reason, detail)) => {
             anyhow::bail!("refused {code} {reason}: {detail:?}")
         }
+        (_, JoinOutcome::Waiting(m)) => anyhow::bail!("held at the door: {m}"),
     }
 }
 

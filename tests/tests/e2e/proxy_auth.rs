@@ -195,7 +195,7 @@ async fn token_matrix_each_failure_has_its_own_close_code() -> anyhow::Result<()
                     "{name}: an error message with details precedes the close"
                 );
             }
-            JoinOutcome::Joined(m) => panic!("{name}: accepted: {m}"),
+            JoinOutcome::Joined(m) | JoinOutcome::Waiting(m) => panic!("{name}: accepted: {m}"),
         }
     }
 

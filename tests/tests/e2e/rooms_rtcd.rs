@@ -45,6 +45,7 @@ fn join_as(
             token_id: id.into(),
             expires_at: 0,
         }),
+        policy: None,
     }
 }
 

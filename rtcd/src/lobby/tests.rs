@@ -1,0 +1,236 @@
+use super::*;
+
+fn t() -> TenantId {
+    TenantId::new("tenant")
+}
+
+fn c() -> CallId {
+    CallId::new("room")
+}
+
+fn who(session: &str, user: &str, role: &str) -> Entrant {
+    Entrant {
+        session: SessionId::new(session),
+        user: UserId::new(user),
+        display_name: user.to_uppercase(),
+        role: role.into(),
+    }
+}
+
+fn policy(wait_for_host: bool, lobby: bool, guests_allowed: bool) -> RoomPolicy {
+    RoomPolicy {
+        wait_for_host: Some(wait_for_host),
+        lobby: Some(lobby),
+        guests_allowed: Some(guests_allowed),
+        wait_timeout_seconds: None,
+    }
+}
+
+fn ticket(gate: Result<Gate, LobbyError>) -> Ticket {
+    match gate {
+        Ok(Gate::Wait(t)) => t,
+        other => panic!("expected to wait, got {other:?}"),
+    }
+}
+
+fn enters(gate: Result<Gate, LobbyError>) {
+    assert!(
+        matches!(gate, Ok(Gate::Enter)),
+        "expected to enter, got {gate:?}"
+    );
+}
+
+fn decided_now(t: &mut Ticket) -> Option<Decision> {
+    t.decision.try_recv().ok()
+}
+
+#[test]
+fn no_policy_lets_everyone_in() {
+    let lobby = Lobby::new();
+    let p = RoomPolicy::default();
+    enters(lobby.enter(&t(), &c(), who("s1", "g", GUEST_ROLE), p, p));
+    enters(lobby.enter(&t(), &c(), who("s2", "m", "member"), p, p));
+}
+
+#[test]
+fn wait_for_host_admits_everyone_when_a_moderator_arrives() {
+    let lobby = Lobby::new();
+    let p = policy(true, false, true);
+    let none = RoomPolicy::default();
+    let mut a = ticket(lobby.enter(&t(), &c(), who("s1", "alice", "member"), p, none));
+    let mut b = ticket(lobby.enter(&t(), &c(), who("s2", "bob", GUEST_ROLE), p, none));
+    assert_eq!(a.reason, WaitReason::Host);
+    assert_eq!(lobby.waiting(&t(), &c()).len(), 2);
+    let host = who("s3", "mod", HOST_ROLE);
+    enters(lobby.enter(&t(), &c(), host.clone(), p, none));
+    assert_eq!(
+        decided_now(&mut a),
+        None,
+        "entering is not being present yet"
+    );
+    let (tx, _rx) = mpsc::channel(NOTICE_CAPACITY);
+    let _present = lobby.present(&t(), &c(), &host, tx);
+    assert_eq!(decided_now(&mut a), Some(Decision::Admitted));
+    assert_eq!(decided_now(&mut b), Some(Decision::Admitted));
+    assert!(lobby.waiting(&t(), &c()).is_empty());
+    // With a host present, the next one goes straight in.
+    enters(lobby.enter(&t(), &c(), who("s4", "carol", "member"), p, none));
+}
+
+#[test]
+fn when_the_only_moderator_leaves_newcomers_wait_again() {
+    let lobby = Lobby::new();
+    let p = policy(true, false, true);
+    let host = who("s1", "mod", HOST_ROLE);
+    let (tx, _rx) = mpsc::channel(NOTICE_CAPACITY);
+    let present = lobby.present(&t(), &c(), &host, tx);
+    enters(lobby.enter(&t(), &c(), who("s2", "a", "member"), p, p));
+    drop(present);
+    let w = ticket(lobby.enter(&t(), &c(), who("s3", "b", "member"), p, p));
+    assert_eq!(w.reason, WaitReason::Host);
+}
+
+#[test]
+fn lobby_requests_reach_moderators_and_admitting_twice_is_harmless() {
+    let lobby = Lobby::new();
+    let p = policy(false, true, true);
+    let host = who("h1", "mod1", HOST_ROLE);
+    let (tx1, mut rx1) = mpsc::channel(NOTICE_CAPACITY);
+    let _h1 = lobby.present(&t(), &c(), &host, tx1);
+    let knocker = who("k1", "kate", "member");
+    let mut k = ticket(lobby.enter(&t(), &c(), knocker.clone(), p, p));
+    assert_eq!(k.reason, WaitReason::Lobby);
+    assert_eq!(rx1.try_recv().unwrap(), Notice::Request(knocker.clone()));
+    // A second moderator joining learns of the knocker already waiting.
+    let (tx2, mut rx2) = mpsc::channel(NOTICE_CAPACITY);
+    let _h2 = lobby.present(&t(), &c(), &who("h2", "mod2", HOST_ROLE), tx2);
+    assert_eq!(rx2.try_recv().unwrap(), Notice::Request(knocker.clone()));
+    // Both admit at once: one admits the session, the other finds it done.
+    assert_eq!(lobby.admit(&t(), &c(), &knocker.user), 1);
+    assert_eq!(lobby.admit(&t(), &c(), &knocker.user), 0);
+    assert_eq!(decided_now(&mut k), Some(Decision::Admitted));
+    let left = Notice::Left(knocker.clone(), Outcome::Admitted);
+    assert_eq!(rx1.try_recv().unwrap(), left);
+    assert_eq!(rx2.try_recv().unwrap(), left);
+    assert!(rx1.try_recv().is_err(), "one lobby_left, not two");
+    // Admitted once: re-entering (say after a proxy restart) does not knock again.
+    enters(lobby.enter(&t(), &c(), who("k2", "kate", "member"), p, p));
+}
+
+#[test]
+fn moderators_are_never_held_and_guests_can_be_refused() {
+    let lobby = Lobby::new();
+    let p = policy(true, true, false);
+    enters(lobby.enter(&t(), &c(), who("h", "mod", HOST_ROLE), p, p));
+    assert_eq!(
+        lobby
+            .enter(&t(), &c(), who("g", "guest", GUEST_ROLE), p, p)
+            .unwrap_err(),
+        LobbyError::GuestsNotAllowed
+    );
+    // The stored policy overrides the Join's.
+    let stored = RoomPolicy {
+        guests_allowed: Some(true),
+        lobby: Some(false),
+        wait_for_host: Some(false),
+        ..RoomPolicy::default()
+    };
+    enters(lobby.enter(&t(), &c(), who("g", "guest", GUEST_ROLE), p, stored));
+}
+
+#[test]
+fn deny_closes_the_knocker_and_a_knocker_leaving_tells_the_moderators() {
+    let lobby = Lobby::new();
+    let p = policy(false, true, true);
+    let (tx, mut rx) = mpsc::channel(NOTICE_CAPACITY);
+    let _h = lobby.present(&t(), &c(), &who("h", "mod", HOST_ROLE), tx);
+    let a = who("a1", "ann", "member");
+    let mut ta = ticket(lobby.enter(&t(), &c(), a.clone(), p, p));
+    assert_eq!(lobby.deny(&t(), &c(), &a.user), 1);
+    assert_eq!(lobby.deny(&t(), &c(), &a.user), 0);
+    assert_eq!(decided_now(&mut ta), Some(Decision::Denied));
+    assert_eq!(Decision::Denied.close_reason(), Some("lobby denied"));
+    let b = who("b1", "ben", "member");
+    let tb = ticket(lobby.enter(&t(), &c(), b.clone(), p, p));
+    drop(tb);
+    let notices: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert_eq!(
+        notices,
+        vec![
+            Notice::Request(a.clone()),
+            Notice::Left(a, Outcome::Denied),
+            Notice::Request(b.clone()),
+            Notice::Left(b, Outcome::Left),
+        ]
+    );
+    assert!(lobby.waiting(&t(), &c()).is_empty());
+}
+
+#[test]
+fn a_timeout_racing_a_decision_keeps_the_decision() {
+    let lobby = Lobby::new();
+    let p = policy(false, true, true);
+    let a = who("a1", "ann", "member");
+    let ta = ticket(lobby.enter(&t(), &c(), a.clone(), p, p));
+    lobby.admit(&t(), &c(), &a.user);
+    assert_eq!(ta.time_out(), Some(Decision::Admitted));
+    let tb = ticket(lobby.enter(&t(), &c(), who("b1", "ben", "member"), p, p));
+    assert_eq!(tb.time_out(), None);
+    assert!(lobby.waiting(&t(), &c()).is_empty());
+}
+
+#[test]
+fn policy_changes_apply_to_those_waiting() {
+    let lobby = Lobby::new();
+    let p = policy(false, true, true);
+    let none = RoomPolicy::default();
+    let mut a = ticket(lobby.enter(&t(), &c(), who("a", "ann", "member"), p, none));
+    let mut g = ticket(lobby.enter(&t(), &c(), who("g", "gus", GUEST_ROLE), p, none));
+    lobby.policy_changed(
+        &t(),
+        &c(),
+        RoomPolicy {
+            guests_allowed: Some(false),
+            ..RoomPolicy::default()
+        },
+    );
+    assert_eq!(decided_now(&mut g), Some(Decision::Refused));
+    assert_eq!(decided_now(&mut a), None);
+    lobby.policy_changed(
+        &t(),
+        &c(),
+        RoomPolicy {
+            lobby: Some(false),
+            ..RoomPolicy::default()
+        },
+    );
+    assert_eq!(decided_now(&mut a), Some(Decision::Admitted));
+}
+
+#[test]
+fn promotion_makes_a_host_and_demotion_unmakes_one() {
+    let lobby = Lobby::new();
+    let p = policy(true, false, true);
+    let (tx, _rx) = mpsc::channel(NOTICE_CAPACITY);
+    let m = who("m", "mia", "member");
+    let _pm = lobby.present(&t(), &c(), &m, tx);
+    let mut w = ticket(lobby.enter(&t(), &c(), who("w", "wes", "member"), p, p));
+    lobby.set_role(&t(), &c(), &m.user, HOST_ROLE);
+    assert_eq!(decided_now(&mut w), Some(Decision::Admitted));
+    lobby.set_role(&t(), &c(), &m.user, "member");
+    let w2 = ticket(lobby.enter(&t(), &c(), who("w2", "wil", "member"), p, p));
+    assert_eq!(w2.reason, WaitReason::Host);
+}
+
+#[test]
+fn timeouts_are_bounded() {
+    let bad = RoomPolicy {
+        wait_timeout_seconds: Some(0),
+        ..RoomPolicy::default()
+    };
+    assert!(bad.validate().is_err());
+    assert_eq!(
+        Policy::resolve(RoomPolicy::default()).wait_timeout,
+        Duration::from_secs(600)
+    );
+}
