@@ -102,6 +102,8 @@ impl CloseReason {
                 AuthError::RoleUnmapped => 4116,
                 AuthError::ServerToken => 4117,
                 AuthError::Revoked => 4118,
+                AuthError::AffiliationDenied(_) => 4119,
+                AuthError::AffiliationUnavailable(_) => 4120,
             },
         }
     }
@@ -178,6 +180,8 @@ impl CloseReason {
             CloseReason::Auth(AuthError::RoleUnmapped),
             CloseReason::Auth(AuthError::ServerToken),
             CloseReason::Auth(AuthError::Revoked),
+            CloseReason::Auth(AuthError::AffiliationDenied(String::new())),
+            CloseReason::Auth(AuthError::AffiliationUnavailable(String::new())),
         ]
     }
 }

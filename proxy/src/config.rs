@@ -204,6 +204,8 @@ pub struct AuthConfig {
     pub oidc: OidcConfig,
     /// What each role may do unless the token overrides it.
     pub permissions: PermissionsConfig,
+    /// The platform's join-time hook that may lower what a token grants (docs/affiliation.md).
+    pub affiliation: AffiliationConfig,
 }
 
 impl Default for AuthConfig {
@@ -221,6 +223,7 @@ impl Default for AuthConfig {
             jwks: JwksConfig::default(),
             oidc: OidcConfig::default(),
             permissions: PermissionsConfig::default(),
+            affiliation: AffiliationConfig::default(),
         }
     }
 }
@@ -434,6 +437,85 @@ impl Default for PermissionsConfig {
     }
 }
 
+/// `[auth.affiliation]`: an HTTP hook of the platform's, asked at every join whether this
+/// user may join this room and with what role. A token says what its issuer meant when it was
+/// minted; the platform may know better by now (a Matrix room's admins changed, a member was
+/// removed from a group), so the hook may **lower** the role and capabilities, or refuse the
+/// join, but never raise anything (docs/affiliation.md). `url` empty: no hook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AffiliationConfig {
+    /// `https://` (or `http://`) endpoint the proxy POSTs to; empty = off.
+    pub url: String,
+    /// HMAC-SHA256 secret signing each request (`Rtcd-Signature`, as rtcd signs webhooks),
+    /// 32-256 bytes (prefer `secret_file` or the environment). Never logged.
+    pub secret: Secret,
+    /// File holding the secret (trailing newline ignored).
+    pub secret_file: String,
+    /// How long one call may take, connection included, before it counts as failed.
+    pub timeout_ms: u64,
+    /// What a failed call (timeout, unreachable, non-2xx, malformed reply) means.
+    pub fallback: AffiliationFallback,
+    /// How long an answer is reused for the same identity, tenant, room, role and
+    /// permissions (0 = ask every time). Failures are never cached.
+    pub cache_seconds: u64,
+}
+
+impl Default for AffiliationConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            secret: Secret::default(),
+            secret_file: String::new(),
+            timeout_ms: 2000,
+            fallback: AffiliationFallback::Refuse,
+            cache_seconds: 30,
+        }
+    }
+}
+
+impl AffiliationConfig {
+    /// Whether a hook is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// The signing secret from `secret` or `secret_file`.
+    pub fn signing_secret(&self) -> Result<Secret, String> {
+        secret_or_file(&self.secret, &self.secret_file)
+    }
+}
+
+/// What a join gets when the affiliation hook cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AffiliationFallback {
+    /// Refuse the join (close 4120 `affiliation_unavailable`): the safe default, since the
+    /// hook exists to take rights away.
+    Refuse,
+    /// Admit with what the token grants, unchanged (availability over the hook's word).
+    Token,
+}
+
+impl AffiliationFallback {
+    /// The config spelling, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AffiliationFallback::Refuse => "refuse",
+            AffiliationFallback::Token => "token",
+        }
+    }
+}
+
+/// The secret given inline, or read from `file` when that is set (trailing newline ignored).
+fn secret_or_file(secret: &Secret, file: &str) -> Result<Secret, String> {
+    if file.is_empty() {
+        return Ok(secret.clone());
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+    Ok(Secret::new(text.trim_end_matches(['\r', '\n'])))
+}
+
 /// `[rtcd]`: the media daemons rooms are placed on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -625,12 +707,7 @@ pub struct WebhooksConfig {
 impl WebhooksConfig {
     /// The signing secret from `secret` or `secret_file`.
     pub fn signing_secret(&self) -> Result<Secret, String> {
-        if self.secret_file.is_empty() {
-            return Ok(self.secret.clone());
-        }
-        let text = std::fs::read_to_string(&self.secret_file)
-            .map_err(|e| format!("{}: {e}", self.secret_file))?;
-        Ok(Secret::new(text.trim_end_matches(['\r', '\n'])))
+        secret_or_file(&self.secret, &self.secret_file)
     }
 }
 
@@ -983,6 +1060,49 @@ impl Config {
             return Err(invalid(
                 "auth.jwks.fetch_timeout_seconds",
                 "must be at least 1",
+            ));
+        }
+        self.validate_affiliation()
+    }
+
+    fn validate_affiliation(&self) -> Result<(), ConfigError> {
+        let h = &self.auth.affiliation;
+        if !h.enabled() {
+            return Ok(());
+        }
+        let ok = reqwest::Url::parse(&h.url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if !ok {
+            return Err(invalid(
+                "auth.affiliation.url",
+                "must be an http:// or https:// URL (or empty: no hook)",
+            ));
+        }
+        let secret = h
+            .signing_secret()
+            .map_err(|e| invalid("auth.affiliation.secret_file", e))?;
+        if secret.is_empty() {
+            return Err(invalid(
+                "auth.affiliation.secret",
+                "set secret or secret_file: every request is signed",
+            ));
+        }
+        if let Some(why) = weak_secret(secret.expose().as_bytes()) {
+            return Err(invalid("auth.affiliation.secret", why));
+        }
+        if secret.expose().len() > 256 {
+            return Err(invalid("auth.affiliation.secret", "at most 256 bytes"));
+        }
+        if !(1..=30_000).contains(&h.timeout_ms) {
+            return Err(invalid(
+                "auth.affiliation.timeout_ms",
+                "must be 1-30000 (a join waits for it)",
+            ));
+        }
+        if h.cache_seconds > 3600 {
+            return Err(invalid(
+                "auth.affiliation.cache_seconds",
+                "must be 0-3600 (a lowered role must not outlive the platform's change by long)",
             ));
         }
         Ok(())
@@ -1362,6 +1482,112 @@ mod tests {
             "Debug must not print secrets"
         );
         assert!(!c.auth.allow_query_token, "query tokens are off by default");
+    }
+
+    /// `[auth.affiliation]`: off unless a URL is set; typed from the environment like every
+    /// other key; its secret is checked at start and never printed.
+    #[test]
+    fn affiliation_hook_settings() {
+        let off = Config::load(None, minimal()).unwrap();
+        assert!(!off.auth.affiliation.enabled(), "no url: no hook");
+        assert_eq!(off.auth.affiliation.fallback, AffiliationFallback::Refuse);
+        let hook_secret = "hook-secret-0123456789abcdef0123456789";
+        let mut vars = minimal();
+        vars.extend(env(&[
+            (
+                "PROXY_AUTH_AFFILIATION_URL",
+                "https://platform.example/hooks/join",
+            ),
+            ("PROXY_AUTH_AFFILIATION_SECRET", hook_secret),
+            ("PROXY_AUTH_AFFILIATION_TIMEOUT_MS", "750"),
+            ("PROXY_AUTH_AFFILIATION_FALLBACK", "token"),
+            ("PROXY_AUTH_AFFILIATION_CACHE_SECONDS", "0"),
+        ]));
+        let c = Config::load(None, vars.clone()).unwrap();
+        let h = &c.auth.affiliation;
+        assert!(h.enabled());
+        assert_eq!(
+            (h.timeout_ms, h.fallback, h.cache_seconds),
+            (750, AffiliationFallback::Token, 0)
+        );
+        assert_eq!(h.signing_secret().unwrap().expose(), hook_secret);
+        assert!(
+            !format!("{c:?}").contains(hook_secret),
+            "Debug must not print secrets"
+        );
+        // From a file, trailing newline ignored.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hook-secret");
+        std::fs::write(&file, format!("{hook_secret}\n")).unwrap();
+        let mut from_file = vars.clone();
+        from_file.retain(|(k, _)| k != "PROXY_AUTH_AFFILIATION_SECRET");
+        from_file.push((
+            "PROXY_AUTH_AFFILIATION_SECRET_FILE".into(),
+            file.display().to_string(),
+        ));
+        let c = Config::load(None, from_file).unwrap();
+        assert_eq!(
+            c.auth.affiliation.signing_secret().unwrap().expose(),
+            hook_secret
+        );
+        for (var, value, needle) in [
+            (
+                "PROXY_AUTH_AFFILIATION_URL",
+                "ftp://platform/x",
+                "auth.affiliation.url",
+            ),
+            (
+                "PROXY_AUTH_AFFILIATION_URL",
+                "not a url",
+                "auth.affiliation.url",
+            ),
+            (
+                "PROXY_AUTH_AFFILIATION_SECRET",
+                "",
+                "auth.affiliation.secret",
+            ),
+            (
+                "PROXY_AUTH_AFFILIATION_SECRET",
+                "short",
+                "at least 32 bytes",
+            ),
+            (
+                "PROXY_AUTH_AFFILIATION_SECRET",
+                "REPLACE-ME-with-at-least-32-random-bytes",
+                "placeholder",
+            ),
+            (
+                "PROXY_AUTH_AFFILIATION_SECRET_FILE",
+                "/nonexistent/secret",
+                "auth.affiliation.secret_file",
+            ),
+            (
+                "PROXY_AUTH_AFFILIATION_TIMEOUT_MS",
+                "0",
+                "auth.affiliation.timeout_ms",
+            ),
+            (
+                "PROXY_AUTH_AFFILIATION_TIMEOUT_MS",
+                "60000",
+                "auth.affiliation.timeout_ms",
+            ),
+            (
+                "PROXY_AUTH_AFFILIATION_CACHE_SECONDS",
+                "86400",
+                "auth.affiliation.cache_seconds",
+            ),
+            ("PROXY_AUTH_AFFILIATION_FALLBACK", "allow", "fallback"),
+        ] {
+            let mut bad = vars.clone();
+            bad.retain(|(k, _)| k != var);
+            bad.push((var.into(), value.into()));
+            let e = Config::load(None, bad).unwrap_err().to_string();
+            assert!(
+                e.contains(needle),
+                "{var}={value}: `{e}` should name {needle}"
+            );
+            assert!(!e.contains(hook_secret), "{e}");
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!
 //! * [`config`]: the typed configuration, TOML + `PROXY_*` environment, validated at start.
 //! * [`auth`]: JWT verification (HS secrets by `kid`, PEM public keys, JWKS file / URL) into a
-//!   [`auth::Grant`], or an [`auth::AuthError`] naming the exact reason.
+//!   [`auth::Grant`], or an [`auth::AuthError`] naming the exact reason; the platform's
+//!   join-time hook that may lower a grant ([`auth::affiliation`]).
 //! * [`policy`]: permissions and the pure SDP inspection deciding what a session may send.
 //! * [`protocol`]: the JSON messages of the client WebSocket (see `docs/protocol.md`).
 //! * [`close`]: the single mapping from every failure to its WebSocket close code.
@@ -123,6 +124,12 @@ impl Proxy {
             let secret = config.webhooks.signing_secret().map_err(StartError::Keys)?;
             relay.set_webhooks(config.webhooks.urls.clone(), secret);
         }
+        let affiliation = auth::affiliation::Affiliation::from_config(
+            &config.auth.affiliation,
+            &config.auth.permissions,
+        )
+        .map_err(StartError::Keys)?
+        .map(Arc::new);
         let health = Arc::new(Health::default());
         let state = Arc::new(
             ProxyState::new(
@@ -134,7 +141,8 @@ impl Proxy {
                 CancellationToken::new(),
             )
             .with_turn(turn)
-            .with_token_issuer(issuer),
+            .with_token_issuer(issuer)
+            .with_affiliation(affiliation),
         );
         // Both listeners are bound before either serves: a failed start leaves nothing serving.
         let listener = bind(config.listen_addr()).await?;

@@ -53,6 +53,16 @@ pub struct Metrics {
     /// Tasks alive on the proxy's runtime, refreshed on every scrape (a leak shows as a count
     /// that keeps climbing while sessions come and go).
     pub runtime_alive_tasks: Gauge,
+    /// Affiliation hook decisions by outcome (`ok`, `lowered`, `denied`, `error`, `cached`):
+    /// `error` climbing means joins are refused (or admitted unchecked) because of the hook.
+    pub affiliation_checks: Family<OutcomeLabel, Counter>,
+}
+
+/// A single `outcome` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// A stable snake_case label from a fixed set.
+    pub outcome: &'static str,
 }
 
 /// Labels of `proxy_rtcd_hosts`.
@@ -125,7 +135,14 @@ impl Metrics {
             "Tokio tasks alive in the proxy's runtime (refreshed on scrape)",
             runtime_alive_tasks.clone(),
         );
+        let affiliation_checks = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "affiliation_checks",
+            "Join-time affiliation hook decisions by outcome",
+            affiliation_checks.clone(),
+        );
         Arc::new(Self {
+            affiliation_checks,
             http_connections_cut,
             runtime_alive_tasks,
             registry,

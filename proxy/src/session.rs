@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::affiliation::{Affiliation, Ceiling};
 use crate::auth::{AuthError, Grant, Verifier, unix_now};
 use crate::close::CloseReason;
 use crate::config::{Config, ExpiryPolicy};
@@ -100,6 +101,9 @@ pub struct ProxyState {
     pub turn: Option<Arc<crate::turn::Turn>>,
     /// Signs participant tokens for the room service API (`None` when issuing is off).
     pub token_issuer: Option<Arc<crate::auth::api::TokenIssuer>>,
+    /// The platform's join-time hook that may lower a grant (`None` without
+    /// `[auth.affiliation]`).
+    pub affiliation: Option<Arc<Affiliation>>,
     sessions_by_user: Mutex<HashMap<(Option<String>, Identity), usize>>,
     open_connections: AtomicUsize,
     next_session: AtomicU64,
@@ -133,6 +137,7 @@ impl ProxyState {
             shutdown,
             turn: None,
             token_issuer: None,
+            affiliation: None,
             sessions_by_user: Mutex::new(HashMap::new()),
             open_connections: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
@@ -142,6 +147,12 @@ impl ProxyState {
     /// With a token issuer for the room service API (set once, before serving).
     pub fn with_token_issuer(mut self, issuer: Option<Arc<crate::auth::api::TokenIssuer>>) -> Self {
         self.token_issuer = issuer;
+        self
+    }
+
+    /// With the affiliation hook (set once, before serving).
+    pub fn with_affiliation(mut self, affiliation: Option<Arc<Affiliation>>) -> Self {
+        self.affiliation = affiliation;
         self
     }
 
@@ -252,6 +263,8 @@ struct Joined {
     moderated: bool,
     /// False while the room's policy holds the session (`waiting` sent, `joined` not yet).
     admitted: bool,
+    /// What the affiliation hook allowed at join: a refresh token is held to it too.
+    ceiling: Ceiling,
 }
 
 /// A `moderate` message's fields.
@@ -655,6 +668,21 @@ impl Session {
                 return Next::Close(CloseReason::Auth(e), Some(detail));
             }
         };
+        // The platform may lower the grant, or refuse. Not counted against the address: the
+        // token was valid, so this is no token guessing (and a failing hook is not the user's
+        // fault).
+        let (grant, ceiling) = match &self.state.affiliation {
+            None => (grant, Ceiling::default()),
+            Some(hook) => match hook.admit(grant.clone(), &self.state.metrics).await {
+                Ok(admitted) => admitted,
+                Err(e) => {
+                    self.count_auth_failure(&e);
+                    tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), reason = e.reason(), "join refused");
+                    let detail = e.to_string();
+                    return Next::Close(CloseReason::Auth(e), Some(detail));
+                }
+            },
+        };
         let Some(slot) = self.state.reserve_user(&grant) else {
             tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), reason = CloseReason::TooManySessions.label(), "join refused");
             return Next::Close(
@@ -722,6 +750,7 @@ impl Session {
             turn_refresh_at: None,
             moderated: false,
             admitted: waiting.is_none(),
+            ceiling,
         });
         match waiting {
             Some(w) => {
@@ -1130,7 +1159,11 @@ impl Session {
         {
             Ok(grant) => {
                 tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), kid = %grant.key_id, role = grant.role.as_str(), expires_at = grant.expires_at, "refreshed");
-                let mut grant = grant;
+                // Held to what the affiliation hook allowed at join.
+                let mut grant = match self.joined.as_ref() {
+                    Some(j) => j.ceiling.apply(grant, &self.state.config.auth.permissions),
+                    None => grant,
+                };
                 let moderated = self.joined.as_ref().is_some_and(|j| j.moderated);
                 if moderated {
                     // A live change by the platform or a moderator outranks the token's

@@ -7,6 +7,7 @@
 //! variant, mapped once to a WebSocket close code in [`crate::close`]. The token text is
 //! never logged.
 
+pub mod affiliation;
 pub mod api;
 pub mod keys;
 pub mod oidc;
@@ -108,6 +109,14 @@ pub enum AuthError {
     /// or its `jti` on the deny-list).
     #[error("token revoked")]
     Revoked,
+    /// The platform's affiliation hook refused this user in this room (`allow: false`); the
+    /// text is the hook's `reason`, shown to the user. The token itself is fine.
+    #[error("the platform refused this join: {0}")]
+    AffiliationDenied(String),
+    /// The affiliation hook failed (timeout, unreachable, error status, malformed reply) and
+    /// `auth.affiliation.fallback` is `refuse`; temporary, and not the user's fault.
+    #[error("the platform's membership check is unavailable ({0}); retry later")]
+    AffiliationUnavailable(String),
 }
 
 impl AuthError {
@@ -133,6 +142,8 @@ impl AuthError {
             AuthError::RoleUnmapped => "token_role_unmapped",
             AuthError::ServerToken => "token_is_server_token",
             AuthError::Revoked => "token_revoked",
+            AuthError::AffiliationDenied(_) => "affiliation_denied",
+            AuthError::AffiliationUnavailable(_) => "affiliation_unavailable",
         }
     }
 }

@@ -75,6 +75,8 @@ export const CloseCode = Object.freeze({
   token_role_unmapped: 4116,
   token_is_server_token: 4117,
   token_revoked: 4118,
+  affiliation_denied: 4119,
+  affiliation_unavailable: 4120,
 });
 
 /**
@@ -127,9 +129,13 @@ export function closeLabel(code) {
   return code === 1006 ? ErrorCode.connection_failed : `close_${code}`;
 }
 
-/** Token problems (4100-4199) except the temporary `keys_unavailable`: never retried. */
+/**
+ * Token problems (4100-4199) except the temporary `keys_unavailable` and
+ * `affiliation_unavailable`: never retried.
+ */
 export function isTokenCloseCode(code) {
-  return code >= 4100 && code <= 4199 && code !== CloseCode.keys_unavailable;
+  return code >= 4100 && code <= 4199 && code !== CloseCode.keys_unavailable
+    && code !== CloseCode.affiliation_unavailable;
 }
 
 /** Close codes after which reconnecting can help (section 6, column "retry?"). */
@@ -137,11 +143,12 @@ const RETRYABLE = new Set([
   1001, 1006, CloseCode.join_timeout, CloseCode.idle_timeout, CloseCode.rate_limited,
   CloseCode.too_many_connections, CloseCode.too_many_auth_failures,
   CloseCode.media_server_lost, CloseCode.keys_unavailable, CloseCode.media_connection_failed,
+  CloseCode.affiliation_unavailable,
 ]);
 /** Codes that mean "slow down": the backoff starts higher. */
 const SLOW_DOWN = new Set([
   CloseCode.rate_limited, CloseCode.too_many_connections, CloseCode.too_many_auth_failures,
-  CloseCode.keys_unavailable,
+  CloseCode.keys_unavailable, CloseCode.affiliation_unavailable,
 ]);
 
 /**

@@ -352,7 +352,7 @@ impl Rooms {
         }
         self.last_sweep = Some(now);
         self.rooms
-            .retain(|_, r| !r.is_empty_since(now).is_some_and(|d| d >= ADMITTED_MEMORY));
+            .retain(|_, r| r.is_empty_since(now).is_none_or(|d| d < ADMITTED_MEMORY));
     }
 
     fn touch(&mut self, key: &RoomKey) {

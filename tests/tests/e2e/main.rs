@@ -1,6 +1,7 @@
 //! End-to-end tests of the workspace: one test binary, one module per area, every test on
 //! loopback with ephemeral ports and its own temporary data directory.
 
+mod affiliation;
 mod browser;
 mod calls;
 mod dev;
