@@ -1,6 +1,7 @@
 //! Development mode (`server.dev_tokens = true`): `GET /dev/token?room=R&name=N` mints a
 //! moderator token with the proxy's own HS key, so the demo page works with only a room and a
-//! name in its URL. Anyone who can reach the proxy can then join any room with any name, so
+//! name in its URL (`&role=member` or `&role=guest` for another role, to try the waiting room
+//! and the lobby). Anyone who can reach the proxy can then join any room with any name, so
 //! it is off by default, the proxy warns at start when it is on, and the route does not exist
 //! otherwise (404).
 
@@ -55,6 +56,17 @@ fn token_reply(config: &Config, query: &HashMap<String, String>) -> warp::reply:
             serde_json::json!({ "error": "name: at most 64 characters" }),
         );
     }
+    let role = match query.get("role").map(String::as_str) {
+        None | Some("moderator") => "moderator",
+        Some("member") => "member",
+        Some("guest") => "guest",
+        Some(_) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": "role: moderator, member or guest" }),
+            );
+        }
+    };
     // Each tab is its own user: the name plus a random suffix.
     let slug: String = name
         .chars()
@@ -79,7 +91,7 @@ fn token_reply(config: &Config, query: &HashMap<String, String>) -> warp::reply:
     let args = MintArgsRef {
         room: Some(room.as_str()),
         user: Some(&user),
-        role: Some("moderator"),
+        role: Some(role),
         name: Some(name),
         ttl: DEV_TOKEN_TTL,
         ..MintArgsRef::default()

@@ -47,13 +47,22 @@ const MEDIA_TEXT = {
   failed: 'Connected — media failed',
 };
 
-const PILL_TEXT = { connecting: 'Connecting…', connected: 'Connected', closed: 'Left', error: 'Error' };
+const PILL_TEXT = { connecting: 'Connecting…', waiting: 'Waiting…', connected: 'Connected', closed: 'Left', error: 'Error' };
+
+/** Why a session that waited or knocked was not let in (close labels), for the page. */
+const ENTRY_REFUSED = {
+  lobby_denied: 'A moderator did not let you in.',
+  host_timeout: 'The host did not join in time.',
+  lobby_timeout: 'Nobody let you in in time.',
+  guests_not_allowed: 'This room does not allow guests.',
+};
 
 function render() {
   let state;
   if (view.problem && view.problem.fatal) state = 'error';
   else if (view.sdk === 'connected') state = view.problem ? 'error' : 'connected';
   else if (view.sdk === 'closed') state = 'closed';
+  else if (view.sdk === 'waiting') state = 'waiting';
   else if (view.sdk === 'error') state = 'error';
   else state = 'connecting';
   if (view.sdk === 'reconnecting' && view.problem) state = 'connecting';
@@ -264,6 +273,60 @@ function setRole(role) {
   /** @type {HTMLButtonElement} */ ($('end-room')).hidden = role !== 'moderator';
 }
 
+// ---- waiting screen and lobby panel ------------------------------------------------------
+
+/** Counts down the wait (the proxy closes the session when it runs out). */
+let waitTimer = 0;
+
+/** The waiting screen: why this session is held, and for how long at most. */
+function showWaiting(waiting) {
+  const section = $('waiting');
+  section.hidden = !waiting;
+  $('grid').hidden = $('controls').hidden = Boolean(waiting);
+  clearInterval(waitTimer);
+  if (!waiting) return;
+  $('waiting-title').textContent = waiting.reason === 'lobby'
+    ? 'Waiting for a moderator to let you in…' : 'Waiting for the host to join…';
+  $('waiting-text').textContent = waiting.reason === 'lobby'
+    ? 'This room has a lobby: a moderator has been told you are here.'
+    : 'This call starts when a moderator joins; you will be let in automatically.';
+  const until = Date.now() + waiting.timeoutSeconds * 1000;
+  const tick = () => {
+    const left = Math.max(0, Math.round((until - Date.now()) / 1000));
+    $('waiting-timer').textContent = `You can wait ${Math.floor(left / 60)} min ${left % 60} s more.`;
+  };
+  tick();
+  waitTimer = setInterval(tick, 1000);
+}
+
+/** The moderator's lobby panel: who knocks, with admit / deny buttons. @param {RtcdClient} client */
+function renderLobby(client) {
+  const list = $('lobby-list');
+  list.textContent = '';
+  for (const entry of client.lobby.values()) {
+    const item = document.createElement('li');
+    item.dataset.identity = entry.identity;
+    const who = document.createElement('span');
+    who.className = 'name';
+    who.textContent = `${entry.name || entry.identity}${entry.role === 'guest' ? ' (guest)' : ''}`;
+    const admit = document.createElement('button');
+    admit.type = 'button';
+    admit.dataset.action = 'admit';
+    admit.textContent = 'Admit';
+    admit.addEventListener('click', () => client.admit(entry.identity));
+    const deny = document.createElement('button');
+    deny.type = 'button';
+    deny.dataset.action = 'deny';
+    deny.className = 'danger';
+    deny.textContent = 'Deny';
+    deny.addEventListener('click', () => client.deny(entry.identity));
+    item.append(who, admit, deny);
+    list.append(item);
+  }
+  $('lobby-count').textContent = String(client.lobby.size);
+  $('lobby').hidden = client.lobby.size === 0;
+}
+
 // ---- controls -----------------------------------------------------------------------------
 
 /** @param {RtcdClient} client */
@@ -336,8 +399,20 @@ function wireClient(client) {
     if (view.sdk === 'closed' || view.sdk === 'error') setControls(false);
     render();
   });
+  client.addEventListener('waiting', (e) => {
+    showWaiting(e.detail);
+    render();
+  });
+  client.addEventListener('lobbyrequest', (e) => {
+    renderLobby(client);
+    toast(`${e.detail.name || e.detail.identity} is waiting in the lobby.`);
+  });
+  client.addEventListener('lobbyleft', () => renderLobby(client));
+  $('lobby-open').addEventListener('click', () => client.setRoomPolicy({ lobby: false }));
+  $('waiting-leave').addEventListener('click', () => client.leave());
   client.addEventListener('joined', (e) => {
     const info = e.detail;
+    showWaiting(null);
     body.dataset.joins = String(client.joins);
     $('identity').textContent = `as ${info.name || info.identity}`;
     $('local-tile').querySelector('.name').textContent = `${info.name || info.identity} (you)`;
@@ -377,8 +452,10 @@ function wireClient(client) {
     console.warn(`rtcd: ${error.code}${error.closeCode ? ` (${error.closeCode})` : ''}: ${error.message}`);
     if (error.fatal) {
       // Never joined: there is no call to show, only the reason.
+      showWaiting(null);
       if (client.joins === 0) $('grid').hidden = $('controls').hidden = true;
-      problem(error.code, client.joins === 0 ? 'Cannot join.' : 'Disconnected.', error.message, true);
+      const title = ENTRY_REFUSED[error.code] || (client.joins === 0 ? 'Cannot join.' : 'Disconnected.');
+      problem(error.code, title, error.message, true);
     } else if (error.code === ErrorCode.media_unavailable) {
       problem(error.code, 'No media server.', `${error.message}. Signaling works, but no one can be seen or heard.`, false);
     } else if (error.closeCode) {
@@ -484,8 +561,9 @@ function showRoute(route) {
 // ---- start --------------------------------------------------------------------------------
 
 /** A dev-mode token from the proxy, or a problem shown on the page. */
-async function devToken(room, name) {
-  const url = `/dev/token?room=${encodeURIComponent(room)}&name=${encodeURIComponent(name)}`;
+async function devToken(room, name, role) {
+  let url = `/dev/token?room=${encodeURIComponent(room)}&name=${encodeURIComponent(name)}`;
+  if (role) url += `&role=${encodeURIComponent(role)}`;
   let response;
   try {
     response = await fetch(url, { cache: 'no-store' });
@@ -506,6 +584,8 @@ async function main() {
   const params = new URLSearchParams(location.search);
   const room = params.get('room');
   const name = params.get('name');
+  // Dev mode only: `?role=member` or `guest` to try the waiting room and the lobby.
+  const role = params.get('role');
   let token = params.get('token');
   setControls(false);
   updateGrid();
@@ -531,13 +611,13 @@ async function main() {
   let getToken;
   if (!token) {
     try {
-      token = await devToken(room, name);
+      token = await devToken(room, name, role);
     } catch (e) {
       $('grid').hidden = $('controls').hidden = true;
       problem(e.reason, 'Cannot join.', e.message, true);
       return;
     }
-    getToken = () => devToken(room, name);
+    getToken = () => devToken(room, name, role);
   }
   // ?relay=1: diagnosis of the TURN path (no direct candidates are even tried).
   const relay = params.get('relay');

@@ -36,7 +36,10 @@
 // Events (all `CustomEvent`s, payload in `detail`; see the typedefs below):
 //   state, joined, error, participantjoined, participantleft, participantmedia, track,
 //   trackended, mutechanged, voiceactivity, localtrack, localtrackended, mediastate,
-//   tokenexpiring, refreshed, iceservers, route, reconnecting, icerestart, closed.
+//   tokenexpiring, refreshed, iceservers, route, reconnecting, icerestart, closed,
+//   waiting (the room's policy holds this session: `reason` host / lobby, `timeoutSeconds`;
+//   `joined` follows once let in), lobbyrequest / lobbyleft (moderators: someone knocks /
+//   left the lobby; the current list is `client.lobby`).
 
 /** Close codes of the protocol (docs/protocol.md section 6), by label. */
 export const CloseCode = Object.freeze({
@@ -56,6 +59,10 @@ export const CloseCode = Object.freeze({
   removed: 4011,
   banned: 4012,
   room_ended: 4013,
+  guests_not_allowed: 4014,
+  lobby_denied: 4015,
+  host_timeout: 4016,
+  lobby_timeout: 4017,
   token_missing: 4100,
   token_malformed: 4101,
   token_too_large: 4102,
@@ -108,6 +115,8 @@ export const ErrorCode = Object.freeze({
   not_found: 'not_found',
   /** (`moderate`) a malformed request, e.g. a ban longer than a year. */
   bad_request: 'bad_request',
+  /** A message other than ping / refresh / leave while the room's policy holds the session. */
+  not_admitted: 'not_admitted',
 });
 
 /** What a moderator can do from inside the call (`moderate`, docs/protocol.md section 5a). */
@@ -119,6 +128,9 @@ export const ModerationAction = Object.freeze({
   end_room: 'end_room',
   grant_moderator: 'grant_moderator',
   revoke_moderator: 'revoke_moderator',
+  admit: 'admit',
+  deny: 'deny',
+  set_policy: 'set_policy',
 });
 
 /** The label of a close code, e.g. 4106 -> `token_expired` (unknown codes: `close_<code>`). */
@@ -178,7 +190,9 @@ export class RtcdError extends Error {
 
 /**
  * @typedef {'microphone'|'camera'|'screen'|'screen_audio'} TrackSource
- * @typedef {'idle'|'connecting'|'connected'|'reconnecting'|'closed'|'error'} ClientState
+ * @typedef {{wait_for_host?: boolean, lobby?: boolean, guests_allowed?: boolean,
+ *   wait_timeout_seconds?: number}} RoomPolicy
+ * @typedef {'idle'|'connecting'|'waiting'|'connected'|'reconnecting'|'closed'|'error'} ClientState
  * @typedef {'connecting'|'connected'|'reconnecting'|'poor'|'failed'} MediaState
  *   This client's media: `connecting` until its peer connection is connected, `connected`,
  *   `reconnecting` while the peer connection is `disconnected` (ICE lost, may recover),
@@ -281,6 +295,12 @@ export class RtcdClient extends EventTarget {
     this.session = null;
     /** @type {Map<string, Participant>} remote participants by identity */
     this.participants = new Map();
+    /** Moderators: who knocks at the lobby now, by identity (`lobbyrequest` / `lobbyleft`).
+     * @type {Map<string, {identity: string, name?: string, role?: string, since: number}>} */
+    this.lobby = new Map();
+    /** Set while the room's policy holds this session (`waiting`), null once joined.
+     * @type {{room: string, reason: 'host'|'lobby', timeoutSeconds: number}|null} */
+    this.waiting = null;
     /** @type {Map<string, RemoteTrack>} received tracks by the mid of their section */
     this.remoteTracks = new Map();
     /** @type {Map<TrackSource, MediaStreamTrack>} published (or previewed) local tracks */
@@ -448,7 +468,7 @@ export class RtcdClient extends EventTarget {
    * A moderator's action on this room (moderators only; others get an `error` `forbidden`).
    * The outcome arrives as a `moderated` event, or an `error` event with `request: 'moderate'`.
    * @param {keyof typeof ModerationAction} action
-   * @param {{identity?: string, source?: TrackSource, banSeconds?: number, reason?: string}} [target]
+   * @param {{identity?: string, source?: TrackSource, banSeconds?: number, reason?: string, policy?: RoomPolicy, reset?: boolean}} [target]
    */
   moderate(action, target = {}) {
     const m = { type: 'moderate', action };
@@ -456,7 +476,28 @@ export class RtcdClient extends EventTarget {
     if (target.source !== undefined) m.source = target.source;
     if (target.banSeconds !== undefined) m.ban_seconds = target.banSeconds;
     if (target.reason !== undefined) m.reason = target.reason;
+    if (target.policy !== undefined) m.policy = target.policy;
+    if (target.reset !== undefined) m.reset = target.reset;
     this._send(m);
+  }
+
+  /** Moderators: lets someone waiting in the lobby in (`lobbyrequest` names them). */
+  admit(identity) {
+    this.moderate('admit', { identity });
+  }
+
+  /** Moderators: turns someone waiting in the lobby away (they are closed with 4015). */
+  deny(identity) {
+    this.moderate('deny', { identity });
+  }
+
+  /**
+   * Moderators: changes the room's entry policy (docs/protocol.md section 5b), e.g.
+   * `setRoomPolicy({lobby: false})` lets everyone knocking in.
+   * @param {RoomPolicy} policy @param {{reset?: boolean}} [options]
+   */
+  setRoomPolicy(policy, options = {}) {
+    this.moderate('set_policy', { policy, reset: options.reset });
   }
 
   /** Leaves the room: tells the proxy, stops local tracks, closes everything. */
@@ -655,6 +696,11 @@ export class RtcdClient extends EventTarget {
       this._abandon(new Abandoned('the peer connection was closed'));
     }
     this._transceivers.clear();
+    // A moderator's new session is sent the lobby as it is then.
+    for (const identity of [...this.lobby.keys()]) {
+      this.lobby.delete(identity);
+      this._emit('lobbyleft', { identity, outcome: 'reconnecting' });
+    }
     for (const [mid, remote] of [...this.remoteTracks]) this._endRemote(mid, remote);
     this._published.clear();
     this._flow.clear();
@@ -685,6 +731,7 @@ export class RtcdClient extends EventTarget {
   }
 
   _startPings() {
+    clearInterval(this._pingTimer);
     const every = this.options.pingIntervalMs;
     if (!every) return;
     this._pingTimer = setInterval(() => {
@@ -707,6 +754,23 @@ export class RtcdClient extends EventTarget {
   async _handle(m) {
     switch (m.type) {
       case 'joined': return this._onJoined(m);
+      case 'waiting':
+        // Held by the room's policy: no media yet, but the socket must stay alive.
+        this.waiting = { room: m.room, reason: m.reason, timeoutSeconds: Number(m.timeout_seconds) || 0 };
+        this._startPings();
+        this._setState('waiting');
+        this._emit('waiting', this.waiting);
+        return;
+      case 'lobby_request': {
+        const entry = { identity: m.identity, name: m.name, role: m.role, since: Date.now() };
+        this.lobby.set(m.identity, entry);
+        this._emit('lobbyrequest', entry);
+        return;
+      }
+      case 'lobby_left':
+        this.lobby.delete(m.identity);
+        this._emit('lobbyleft', { identity: m.identity, outcome: m.outcome });
+        return;
       case 'error': return this._onError(m);
       case 'pong': clearTimeout(this._pongTimer); return;
       case 'token_expiring': return this._onTokenExpiring(m);
@@ -812,6 +876,7 @@ export class RtcdClient extends EventTarget {
   _onJoined(m) {
     const { type: _type, ...info } = m;
     this.session = info;
+    this.waiting = null;
     this.joins += 1;
     // Before the peer connection exists: it is created with them.
     this.proxyIceServers = Array.isArray(m.ice_servers) ? m.ice_servers : [];

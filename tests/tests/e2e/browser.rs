@@ -1512,3 +1512,128 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
     stack.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn demo_page_shows_the_waiting_screen_and_the_moderators_lobby_panel() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stack = rtcd_dev::start(rtcd_dev::Options {
+        data_dir: dir.path().to_owned(),
+        listen: "127.0.0.1:0".into(),
+        loopback: true,
+        udp_port: 0,
+        rtc: Vec::new(),
+    })
+    .await?;
+    let driver = Chromedriver::start().await?;
+    let url = |name: &str, role: &str| {
+        format!(
+            "http://{}/?room=lobby-demo&name={name}&role={role}",
+            stack.proxy.addr()
+        )
+    };
+    // The moderator opens the room and turns its lobby on from inside the call.
+    let alice = driver.page().await?;
+    alice.goto(&url("Alice", "moderator")).await?;
+    alice.wait_state("connected", "").await?;
+    alice
+        .eval("rtcd.setRoomPolicy({lobby: true}); return true;", json!([]))
+        .await?;
+    alice
+        .wait_for(
+            "document.querySelector('#toasts').innerText.includes('set_policy')",
+            BROWSER_STEP,
+        )
+        .await?;
+
+    // A member knocks: the page says why it waits, the moderator's panel lists it.
+    let bob = driver.page().await?;
+    bob.goto(&url("Bob", "member")).await?;
+    bob.wait_state("waiting", "").await?;
+    let text = bob
+        .eval(
+            "return document.getElementById('waiting').innerText;",
+            json!([]),
+        )
+        .await?;
+    assert!(
+        text.as_str()
+            .is_some_and(|t| t.contains("moderator to let you in")),
+        "{text}"
+    );
+    alice
+        .wait_for(
+            "!document.getElementById('lobby').hidden && \
+             document.querySelector('#lobby-list li .name').innerText === 'Bob'",
+            BROWSER_STEP,
+        )
+        .await?;
+    alice
+        .screenshot(&artifacts_dir().join("browser-lobby-panel.png"))
+        .await?;
+    bob.screenshot(&artifacts_dir().join("browser-waiting.png"))
+        .await?;
+    alice
+        .eval(
+            "document.querySelector('#lobby-list button[data-action=admit]').click(); return true;",
+            json!([]),
+        )
+        .await?;
+
+    // Let in: the call starts, and media keeps flowing both ways.
+    bob.wait_state("connected", "").await?;
+    alice
+        .wait_for("document.getElementById('lobby').hidden", BROWSER_STEP)
+        .await?;
+    for page in [&alice, &bob] {
+        plays_remote_videos(page, 1).await?;
+    }
+    for _ in 0..3 {
+        let before = (inbound(&alice).await?, inbound(&bob).await?);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = (inbound(&alice).await?, inbound(&bob).await?);
+        for (name, (f0, a0), (f1, a1)) in [("alice", before.0, after.0), ("bob", before.1, after.1)]
+        {
+            assert!(f1 > f0, "{name}: framesDecoded stalled ({f0} -> {f1})");
+            assert!(a1 > a0, "{name}: inbound audio stalled ({a0} -> {a1})");
+        }
+    }
+
+    // Another knocker is denied: its page says so and does not retry.
+    let dan = driver.page().await?;
+    dan.goto(&url("Dan", "member")).await?;
+    dan.wait_state("waiting", "").await?;
+    alice
+        .wait_for(
+            "document.querySelector('#lobby-list li button[data-action=deny]')",
+            BROWSER_STEP,
+        )
+        .await?;
+    alice
+        .eval(
+            "document.querySelector('#lobby-list li button[data-action=deny]').click(); return true;",
+            json!([]),
+        )
+        .await?;
+    dan.wait_state("error", "lobby_denied").await?;
+    let title = dan
+        .eval(
+            "return document.getElementById('banner-title').innerText;",
+            json!([]),
+        )
+        .await?;
+    assert_eq!(title, "A moderator did not let you in.");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        dan.dataset().await?["state"],
+        "error",
+        "a denied page does not knock again"
+    );
+    for page in [&alice, &bob] {
+        assert_no_console_errors(page, &[]).await?;
+    }
+    for page in [alice, bob, dan] {
+        page.close().await?;
+    }
+    stack.shutdown().await;
+    Ok(())
+}

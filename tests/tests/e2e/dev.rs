@@ -36,6 +36,18 @@ async fn dev_stack_mints_tokens_and_carries_a_call() {
     assert_ne!(alice["user"], bob["user"], "every tab is its own user");
     let (status, body) = dev_token(&base, "bad%20room%2F", "x").await;
     assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    // Another role, to try the waiting room and the lobby from the demo page.
+    let (status, member) = dev_token(&base, "demo&role=member", "Mo").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{member}");
+    let (_, joined) = rtcd_e2e::proxy::join(stack.proxy.addr(), member["token"].as_str(), "demo")
+        .await
+        .unwrap();
+    match joined {
+        rtcd_e2e::proxy::JoinOutcome::Joined(m) => assert_eq!(m["role"], "member"),
+        other => panic!("{other:?}"),
+    }
+    let (status, body) = dev_token(&base, "demo&role=owner", "x").await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
 
     let a = Participant::join_via_proxy(&ws, alice["token"].as_str().unwrap(), "demo", "alice")
         .await
