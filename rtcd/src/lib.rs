@@ -192,7 +192,7 @@ impl Rtcd {
             Webhooks::start(&config.webhooks, metrics.clone()).map_err(StartError::Webhooks)?;
         let sfu = Sfu::new(sfu_config(&config.rtc)?, metrics.clone(), events).await?;
         let grpc_cancel = CancellationToken::new();
-        let lobby = Lobby::new();
+        let lobby = Lobby::with_metrics(metrics.clone());
         let (grpc_addr, grpc_server) = start_grpc(
             &config,
             SignalingService::new(auth.clone(), sfu.clone(), moderation.clone(), lobby.clone()),

@@ -29,10 +29,11 @@ pub struct DeclaredChangeLabels {
     pub change: &'static str,
 }
 
-/// Labels of `rtcd_declared_reconciliations_total`.
+/// Labels of `rtcd_declared_reconciliations_total` and `rtcd_lobby_waits_ended_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// `ok` or `error` (the file was not applied: see the log).
+    /// `ok` or `error` (the file was not applied: see the log); for
+    /// `rtcd_lobby_waits_ended_total`, how the wait ended.
     pub outcome: &'static str,
 }
 
@@ -196,6 +197,12 @@ pub struct Metrics {
     pub media_dropped: Family<DropLabels, Counter>,
     /// The webhook dispatcher's metrics.
     pub webhook: WebhookMetrics,
+    /// Sessions waiting to enter a room (wait-for-host or the lobby): people a moderator or a
+    /// host has not let in yet.
+    pub lobby_waiting: Gauge,
+    /// How waits ended, by outcome (`admitted`, `denied`, `left`, `timeout`, `refused`): many
+    /// `timeout`s mean rooms whose hosts do not come or lobbies nobody watches.
+    pub lobby_ended: Family<OutcomeLabels, Counter>,
     /// Tasks alive on the runtime that renders the metrics, refreshed on every scrape: a
     /// count that keeps climbing while sessions come and go is a leak (the e2e leak check
     /// asserts it returns to its baseline).
@@ -339,6 +346,18 @@ impl Metrics {
             "Room event accepted to its 2xx, retries included",
             webhook.delivery_seconds.clone(),
         );
+        let lobby_waiting = Gauge::default();
+        registry.register(
+            "lobby_waiting",
+            "Sessions waiting to enter a room (wait-for-host or lobby)",
+            lobby_waiting.clone(),
+        );
+        let lobby_ended = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "lobby_waits_ended",
+            "Waits to enter a room that ended, by outcome",
+            lobby_ended.clone(),
+        );
         let runtime_alive_tasks = Gauge::default();
         registry.register(
             "runtime_alive_tasks",
@@ -346,6 +365,8 @@ impl Metrics {
             runtime_alive_tasks.clone(),
         );
         Arc::new(Self {
+            lobby_waiting,
+            lobby_ended,
             sfu,
             webhook,
             media_dropped,

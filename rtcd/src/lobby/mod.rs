@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::{Metrics, OutcomeLabels};
 use crate::sfu::{CallId, SessionId, TenantId, UserId};
 
 /// The role that is a host: never held, gets lobby requests, may admit.
@@ -261,6 +262,8 @@ struct Room {
     waiting: Vec<Waiting>,
     admitted: HashSet<UserId>,
     empty_since: Option<Instant>,
+    /// How waits ended since the metrics last counted them ([`Rooms::touch`]).
+    ended: Vec<Outcome>,
 }
 
 impl Room {
@@ -287,6 +290,7 @@ impl Room {
         self.waiting = kept;
         let n = chosen.len();
         for w in chosen {
+            self.ended.push(decision.outcome());
             if decision == Decision::Admitted {
                 self.admitted.insert(w.waiter.entrant.user.clone());
             }
@@ -339,6 +343,7 @@ type RoomKey = (TenantId, CallId);
 struct Rooms {
     rooms: HashMap<RoomKey, Room>,
     last_sweep: Option<Instant>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Rooms {
@@ -355,8 +360,22 @@ impl Rooms {
             .retain(|_, r| r.is_empty_since(now).is_none_or(|d| d < ADMITTED_MEMORY));
     }
 
+    /// After every change to a room: counts the waits that ended, and notes when the room
+    /// became empty (for [`Rooms::sweep`]).
     fn touch(&mut self, key: &RoomKey) {
         if let Some(room) = self.rooms.get_mut(key) {
+            if let Some(m) = &self.metrics {
+                for outcome in room.ended.drain(..) {
+                    m.lobby_waiting.dec();
+                    m.lobby_ended
+                        .get_or_create(&OutcomeLabels {
+                            outcome: outcome.as_str(),
+                        })
+                        .inc();
+                }
+            } else {
+                room.ended.clear();
+            }
             room.empty_since = if room.is_empty() {
                 Some(room.empty_since.unwrap_or_else(Instant::now))
             } else {
@@ -394,6 +413,13 @@ impl Lobby {
     /// An empty lobby.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty lobby that reports to the daemon's metrics (`rtcd_lobby_*`).
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        let lobby = Self::default();
+        lobby.rooms().metrics = Some(metrics);
+        lobby
     }
 
     fn rooms(&self) -> std::sync::MutexGuard<'_, Rooms> {
@@ -450,6 +476,9 @@ impl Lobby {
         }
         room.waiting.push(Waiting { waiter, decide });
         room.empty_since = None;
+        if let Some(m) = &rooms.metrics {
+            m.lobby_waiting.inc();
+        }
         Ok(Gate::Wait(Ticket {
             lobby: self.clone(),
             key,
@@ -484,7 +513,7 @@ impl Lobby {
                 notices,
             },
         );
-        room.empty_since = None;
+        rooms.touch(&key);
         Presence {
             lobby: self.clone(),
             key,
@@ -495,8 +524,9 @@ impl Lobby {
     /// A user's role changed live (`Rooms.UpdateParticipant`): a promoted moderator becomes a
     /// host at once, a demoted one stops being one.
     pub fn set_role(&self, tenant: &TenantId, call: &CallId, user: &UserId, role: &str) {
+        let key = (tenant.clone(), call.clone());
         let mut rooms = self.rooms();
-        let Some(room) = rooms.rooms.get_mut(&(tenant.clone(), call.clone())) else {
+        let Some(room) = rooms.rooms.get_mut(&key) else {
             return;
         };
         let mut promoted = Vec::new();
@@ -509,6 +539,7 @@ impl Lobby {
         for notices in promoted {
             room.host_arrived(&notices);
         }
+        rooms.touch(&key);
     }
 
     /// The sessions waiting to enter `call`, oldest first.
@@ -568,6 +599,7 @@ impl Lobby {
             .iter()
             .position(|w| &w.waiter.entrant.session == session)?;
         let w = room.waiting.remove(i);
+        room.ended.push(outcome);
         if w.waiter.reason == WaitReason::Lobby {
             room.tell_hosts(&Notice::Left(w.waiter.entrant, outcome));
         }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::metrics::{Metrics, OutcomeLabels};
 
 fn t() -> TenantId {
     TenantId::new("tenant")
@@ -233,4 +234,31 @@ fn timeouts_are_bounded() {
         Policy::resolve(RoomPolicy::default()).wait_timeout,
         Duration::from_secs(600)
     );
+}
+
+#[test]
+fn metrics_count_who_waits_and_how_waits_end() {
+    let metrics = Metrics::new();
+    let lobby = Lobby::with_metrics(metrics.clone());
+    let p = policy(false, true, true);
+    let ended = |outcome: &'static str| {
+        metrics
+            .lobby_ended
+            .get_or_create(&OutcomeLabels { outcome })
+            .get()
+    };
+    let a = ticket(lobby.enter(&t(), &c(), who("a", "ann", "member"), p, p));
+    let b = ticket(lobby.enter(&t(), &c(), who("b", "ben", "member"), p, p));
+    let _c = ticket(lobby.enter(&t(), &c(), who("c", "cy", "member"), p, p));
+    assert_eq!(metrics.lobby_waiting.get(), 3);
+    lobby.admit(&t(), &c(), &UserId::new("ann"));
+    drop(b);
+    lobby.deny(&t(), &c(), &UserId::new("cy"));
+    assert_eq!(metrics.lobby_waiting.get(), 0);
+    assert_eq!(
+        (ended("admitted"), ended("left"), ended("denied")),
+        (1, 1, 1)
+    );
+    drop(a);
+    assert_eq!(ended("left"), 1, "a decided wait is not counted again");
 }

@@ -527,3 +527,78 @@ async fn policies_change_live_through_the_api_or_a_moderator_and_races_resolve()
     }
     cancel.cancel();
 }
+
+#[tokio::test]
+async fn a_guest_promoted_mid_call_publishes_at_once_and_a_demoted_moderator_loses_moderation() {
+    let rtcd = rtcd().await;
+    let cancel = CancellationToken::new();
+    let p = proxy(&rtcd, &cancel, |_| {}).await;
+    let addr = p.addr();
+    let alice = publisher(
+        addr,
+        &user("alice", "standup", "moderator"),
+        "standup",
+        "alice",
+    )
+    .await;
+    // A guest, who may only receive.
+    let gus = Participant::join_via_proxy(
+        &format!("ws://{addr}/ws"),
+        &user("gus", "standup", "guest"),
+        "standup",
+        "gus",
+    )
+    .await
+    .unwrap();
+    let mut m2 = enters(addr, "mod2", "standup", "moderator").await;
+
+    // The platform promotes the guest: publishing works at once, and keeps working.
+    let (status, body) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/standup/participants/update",
+        Some(&admin()),
+        Some(json!({"identity": "gus", "role": "member"})),
+    )
+    .await;
+    assert_eq!((status, &body["sessions"]), (200, &json!(1)), "{body}");
+    eventually("gus is told it may publish", || {
+        gus.events().into_iter().any(|e| {
+            matches!(e, rtcd_proto::v1::server_signal::Signal::PermissionsChanged(p)
+                if p.permissions.is_some_and(|p| p.publish_audio))
+        })
+    })
+    .await
+    .unwrap();
+    gus.add_track("audio").await.unwrap();
+    gus.renegotiate().await.unwrap();
+    eventually("alice hears gus", || {
+        alice.received("gus", "audio") >= ENOUGH
+    })
+    .await
+    .unwrap();
+    keeps_flowing(
+        &alice,
+        &["gus/audio"],
+        Duration::from_secs(6),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+
+    // A moderator demoted by the platform loses moderation at once.
+    let (status, _) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/standup/participants/update",
+        Some(&admin()),
+        Some(json!({"identity": "mod2", "role": "member"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let changed = next_of(&mut m2, "permissions_changed", |_| true).await;
+    assert_eq!(changed["role"], "member");
+    let answer = moderate(&mut m2, json!({"action": "kick", "identity": "gus"})).await;
+    assert_eq!(answer["code"], "forbidden", "{answer}");
+    cancel.cancel();
+}
