@@ -1384,17 +1384,22 @@ async fn plays_remote_videos(page: &Page, count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let stack = rtcd_dev::start(rtcd_dev::Options {
-        data_dir: dir.path().to_owned(),
+/// The one-command stack (dev tokens, proxy, rtcd) on loopback, its data in `dir`.
+async fn loopback_stack(dir: &Path) -> anyhow::Result<rtcd_dev::DevStack> {
+    rtcd_dev::start(rtcd_dev::Options {
+        data_dir: dir.to_owned(),
         listen: "127.0.0.1:0".into(),
         loopback: true,
         udp_port: 0,
         rtc: Vec::new(),
     })
-    .await?;
+    .await
+}
+
+#[tokio::test]
+async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stack = loopback_stack(dir.path()).await?;
     let driver = Chromedriver::start().await?;
     let url = |name: &str| format!("http://{}/?room=demo&name={name}", stack.proxy.addr());
     let alice = driver.page().await?;
@@ -1516,14 +1521,7 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
 #[tokio::test]
 async fn demo_page_shows_the_waiting_screen_and_the_moderators_lobby_panel() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let stack = rtcd_dev::start(rtcd_dev::Options {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".into(),
-        loopback: true,
-        udp_port: 0,
-        rtc: Vec::new(),
-    })
-    .await?;
+    let stack = loopback_stack(dir.path()).await?;
     let driver = Chromedriver::start().await?;
     let url = |name: &str, role: &str| {
         format!(

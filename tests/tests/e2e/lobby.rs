@@ -16,7 +16,7 @@ use rtcd_proxy::rooms::RoomPolicy;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::rooms::{ENOUGH, admin, api, publisher, replica_with, server_token, user};
+use crate::rooms::{ENOUGH, admin, api, moderate, publisher, replica_with, server_token, user};
 
 async fn rtcd() -> TestRtcd {
     let rtcd = TestRtcd::start(&[]).await.unwrap();
@@ -64,20 +64,6 @@ async fn next_of(client: &mut Client, kind: &str, matches: impl Fn(&Value) -> bo
             Event::Message(m) if m["type"] == kind && matches(&m) => return m,
             Event::Message(_) => continue,
             other => panic!("session ended while waiting for `{kind}`: {other:?}"),
-        }
-    }
-}
-
-/// Sends `moderate` and returns the answer (`moderated` or `error`).
-async fn moderate(client: &mut Client, m: Value) -> Value {
-    let mut m = m;
-    m["type"] = "moderate".into();
-    client.send(&m).await.unwrap();
-    loop {
-        match client.next().await.unwrap() {
-            Event::Message(v) if v["type"] == "moderated" || v["type"] == "error" => return v,
-            Event::Message(_) => continue,
-            other => panic!("moderator's session ended: {other:?}"),
         }
     }
 }

@@ -137,6 +137,25 @@ pub(crate) async fn closes_with(p: &Participant, code: u16) {
     .unwrap();
 }
 
+/// Sends `moderate` from the raw client and returns the answer (`moderated` or `error`),
+/// skipping relayed events.
+pub(crate) async fn moderate(client: &mut rtcd_e2e::proxy::Client, m: Value) -> Value {
+    let mut m = m;
+    m["type"] = "moderate".into();
+    client.send(&m).await.unwrap();
+    loop {
+        match client.next().await.unwrap() {
+            rtcd_e2e::proxy::Event::Message(v)
+                if v["type"] == "moderated" || v["type"] == "error" =>
+            {
+                return v;
+            }
+            rtcd_e2e::proxy::Event::Message(_) => continue,
+            other => panic!("moderator's session ended: {other:?}"),
+        }
+    }
+}
+
 /// Asserts that `flow` of `p` has stopped: at most a few packets (in flight) in 2 s.
 pub(crate) async fn stopped(p: &Participant, flow: &str) {
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -757,25 +776,6 @@ async fn moderators_act_from_inside_the_call_and_others_are_refused() {
         "carol",
     )
     .await;
-
-    /// Sends `moderate` from the raw client and returns the answer (`moderated` or `error`),
-    /// skipping relayed events.
-    async fn moderate(client: &mut rtcd_e2e::proxy::Client, m: Value) -> Value {
-        let mut m = m;
-        m["type"] = "moderate".into();
-        client.send(&m).await.unwrap();
-        loop {
-            match client.next().await.unwrap() {
-                rtcd_e2e::proxy::Event::Message(v)
-                    if v["type"] == "moderated" || v["type"] == "error" =>
-                {
-                    return v;
-                }
-                rtcd_e2e::proxy::Event::Message(_) => continue,
-                other => panic!("moderator's session ended: {other:?}"),
-            }
-        }
-    }
 
     // A member may not moderate.
     let (mut dave, _) = rtcd_e2e::proxy::join(
