@@ -128,6 +128,7 @@ pub struct Rtcd {
     metrics_addr: Option<SocketAddr>,
     grpc_addr: SocketAddr,
     sfu: Sfu,
+    lobby: Lobby,
     webhooks: Webhooks,
     grpc_cancel: CancellationToken,
     grpc_server: JoinHandle<()>,
@@ -201,7 +202,7 @@ impl Rtcd {
                 sfu.clone(),
                 moderation.clone(),
                 webhooks.clone(),
-                lobby,
+                lobby.clone(),
             ),
             grpc_cancel.clone(),
         )
@@ -255,6 +256,7 @@ impl Rtcd {
             metrics_addr,
             grpc_addr,
             sfu,
+            lobby,
             webhooks,
             grpc_cancel,
             grpc_server,
@@ -315,6 +317,9 @@ impl Rtcd {
     /// flushed.
     pub async fn shutdown(self) {
         self.health.set_draining();
+        // Nobody waiting can be let in any more: they rejoin elsewhere at once.
+        self.sfu.start_draining();
+        self.lobby.close_all();
         let drain = Duration::from_secs(self.config.rtc.drain_timeout_seconds);
         self.sfu.drain(drain, "shutdown").await;
         self.webhooks.shutdown(WEBHOOK_DRAIN).await;

@@ -30,6 +30,9 @@ pub const GUEST_ROLE: &str = "guest";
 pub const DEFAULT_WAIT_TIMEOUT_SECONDS: u32 = 600;
 /// Longest wait a policy may set (a day).
 pub const MAX_WAIT_TIMEOUT_SECONDS: u32 = 86_400;
+/// Sessions one room may hold waiting: beyond it a join is refused (RESOURCE_EXHAUSTED), so a
+/// flood of knockers cannot grow the list, nor the notices to every moderator, without bound.
+pub const MAX_WAITING_PER_ROOM: usize = 500;
 /// Notices queued per moderator session before new ones are dropped.
 pub const NOTICE_CAPACITY: usize = 64;
 /// How long a room's memory of whom it admitted outlives its last session and waiter, so
@@ -112,6 +115,9 @@ pub enum LobbyError {
     /// A policy field is out of range.
     #[error("{0}")]
     InvalidPolicy(String),
+    /// The room already holds [`MAX_WAITING_PER_ROOM`] waiting sessions.
+    #[error("lobby full: at most {MAX_WAITING_PER_ROOM} people may wait to enter a room")]
+    Full,
 }
 
 /// What a waiting session waits for.
@@ -150,6 +156,8 @@ pub enum Decision {
     Denied,
     /// Guests were turned off while it waited.
     Refused,
+    /// rtcd is shutting down: rejoin (another host).
+    Shutdown,
 }
 
 impl Decision {
@@ -159,6 +167,7 @@ impl Decision {
             Decision::Admitted => None,
             Decision::Denied => Some("lobby denied"),
             Decision::Refused => Some("guests not allowed"),
+            Decision::Shutdown => Some("shutdown"),
         }
     }
 
@@ -167,6 +176,7 @@ impl Decision {
             Decision::Admitted => Outcome::Admitted,
             Decision::Denied => Outcome::Denied,
             Decision::Refused => Outcome::Refused,
+            Decision::Shutdown => Outcome::Shutdown,
         }
     }
 }
@@ -184,6 +194,8 @@ pub enum Outcome {
     Timeout,
     /// Guests were turned off.
     Refused,
+    /// rtcd shut down.
+    Shutdown,
 }
 
 impl Outcome {
@@ -195,6 +207,7 @@ impl Outcome {
             Outcome::Left => "left",
             Outcome::Timeout => "timeout",
             Outcome::Refused => "refused",
+            Outcome::Shutdown => "shutdown",
         }
     }
 }
@@ -465,6 +478,9 @@ impl Lobby {
             rooms.touch(&key);
             return Ok(Gate::Enter);
         };
+        if room.waiting.len() >= MAX_WAITING_PER_ROOM {
+            return Err(LobbyError::Full);
+        }
         let (decide, decision) = oneshot::channel();
         let waiter = Waiter {
             entrant: entrant.clone(),
@@ -587,6 +603,19 @@ impl Lobby {
             room.reapply();
         }
         rooms.touch(&key);
+    }
+
+    /// Ends every wait with reason "shutdown" (rtcd shuts down: those waiting rejoin
+    /// elsewhere at once instead of waiting for a host that can no longer let them in).
+    pub fn close_all(&self) {
+        let mut rooms = self.rooms();
+        let keys: Vec<RoomKey> = rooms.rooms.keys().cloned().collect();
+        for key in keys {
+            if let Some(room) = rooms.rooms.get_mut(&key) {
+                room.decide(|_| true, Decision::Shutdown);
+            }
+            rooms.touch(&key);
+        }
     }
 
     /// Takes a waiter off the list (it left or timed out). `None` if it was already decided

@@ -262,3 +262,39 @@ fn metrics_count_who_waits_and_how_waits_end() {
     drop(a);
     assert_eq!(ended("left"), 1, "a decided wait is not counted again");
 }
+
+#[test]
+fn a_full_lobby_refuses_and_a_shutdown_ends_every_wait() {
+    let lobby = Lobby::new();
+    let p = policy(false, true, true);
+    let mut tickets = Vec::new();
+    for i in 0..MAX_WAITING_PER_ROOM {
+        let name = format!("u{i}");
+        tickets.push(ticket(lobby.enter(
+            &t(),
+            &c(),
+            who(&name, &name, "member"),
+            p,
+            p,
+        )));
+    }
+    assert_eq!(
+        lobby
+            .enter(&t(), &c(), who("late", "late", "member"), p, p)
+            .unwrap_err(),
+        LobbyError::Full
+    );
+    // Another room is not affected, and moderators still enter the full one.
+    let other = CallId::new("other");
+    let mut elsewhere = ticket(lobby.enter(&t(), &other, who("o", "o", "member"), p, p));
+    enters(lobby.enter(&t(), &c(), who("m", "mod", HOST_ROLE), p, p));
+    lobby.close_all();
+    assert_eq!(decided_now(&mut elsewhere), Some(Decision::Shutdown));
+    assert_eq!(Decision::Shutdown.close_reason(), Some("shutdown"));
+    assert!(
+        tickets
+            .iter_mut()
+            .all(|t| decided_now(t) == Some(Decision::Shutdown))
+    );
+    assert!(lobby.waiting(&t(), &c()).is_empty());
+}

@@ -18,7 +18,7 @@ pub fn from_rooms(e: &RoomsError) -> Status {
         // The operator's switch, not the caller's mistake.
         RoomsError::Webhooks(WebhookError::Disabled) => Status::failed_precondition(e.to_string()),
         RoomsError::Webhooks(e) => Status::invalid_argument(e.to_string()),
-        RoomsError::Lobby(e) => Status::invalid_argument(e.to_string()),
+        RoomsError::Lobby(e) => crate::signaling::status::from_lobby(e),
     }
 }
 

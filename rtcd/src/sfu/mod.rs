@@ -691,6 +691,11 @@ impl Sfu {
         self.inner.draining.store(true, Ordering::Release);
     }
 
+    /// Whether new joins are refused ([`Sfu::start_draining`]).
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
     /// Sessions alive right now.
     pub fn session_count(&self) -> usize {
         self.registry().sessions

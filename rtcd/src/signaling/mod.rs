@@ -331,12 +331,16 @@ impl Signaling for SignalingService {
             join.session.clone(),
             join.user.clone(),
         );
+        if self.sfu.is_draining() {
+            // Checked before the lobby: nobody could let a waiter in on a draining host.
+            return Err(status::from_sfu(&SfuError::Draining));
+        }
         let gate = self
             .lobby
             .enter(&ids.0, &ids.1, entrant.clone(), join_policy, stored)
             .map_err(|e| {
                 tracing::info!(target: "audit", client = %ids.0, call = %ids.1, user = %ids.3, action = "join", outcome = "refused", reason = %e);
-                Status::permission_denied(e.to_string())
+                status::from_lobby(&e)
             })?;
         // Bounded: if the proxy reads slowly, the session's events wait (per-session backpressure).
         let (tx, rx) = mpsc::channel::<Result<pb::ServerSignal, Status>>(64);

@@ -4,6 +4,7 @@
 use tonic::Status;
 
 use crate::auth::{AuthError, StoreError};
+use crate::lobby::LobbyError;
 use crate::moderation::Refusal;
 use crate::sfu::SfuError;
 
@@ -48,6 +49,16 @@ pub fn from_refusal(r: &Refusal) -> Status {
             "revoked: this user's tokens issued before {issued_before} are no longer valid"
         )),
         Refusal::TokenDenied => Status::permission_denied("revoked: this token was revoked"),
+    }
+}
+
+/// A refusal at the room's door: guests not allowed (PERMISSION_DENIED, which the proxy
+/// recognises by its "guests not allowed" prefix), a full lobby (RESOURCE_EXHAUSTED).
+pub fn from_lobby(e: &LobbyError) -> Status {
+    match e {
+        LobbyError::GuestsNotAllowed => Status::permission_denied(e.to_string()),
+        LobbyError::Full => Status::resource_exhausted(e.to_string()),
+        LobbyError::InvalidPolicy(_) => Status::invalid_argument(e.to_string()),
     }
 }
 

@@ -588,3 +588,23 @@ async fn a_guest_promoted_mid_call_publishes_at_once_and_a_demoted_moderator_los
     assert_eq!(answer["code"], "forbidden", "{answer}");
     cancel.cancel();
 }
+
+#[tokio::test]
+async fn those_waiting_are_sent_to_rejoin_when_the_host_shuts_down() {
+    let rtcd = TestRtcd::start(&[("RTCD_RTC_DRAIN_TIMEOUT_SECONDS", "0")])
+        .await
+        .unwrap();
+    rtcd.register_key("tenant-a", &key_for("tenant-a"))
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let p = proxy(&rtcd, &cancel, |c| c.rooms.wait_for_host = true).await;
+    let (mut mia, _) = waits(p.addr(), "mia", "standup", "member").await;
+    let stopping = tokio::spawn(rtcd.stop());
+    // Told at once (not after the wait timeout) that the media server is gone: the SDK
+    // rejoins, and is placed on a host that can let it in.
+    let (code, reason, _) = mia.closed().await.unwrap();
+    assert_eq!((code, reason.as_str()), (4008, "media_server_lost"));
+    stopping.await.unwrap();
+    cancel.cancel();
+}
