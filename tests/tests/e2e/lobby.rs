@@ -147,6 +147,19 @@ async fn members_wait_for_a_moderator_enter_when_one_arrives_and_time_out_withou
     mia.send(&json!({"type": "ping", "id": 7})).await.unwrap();
     assert_eq!(mia.expect("pong").await.unwrap()["id"], 7);
 
+    // Waiting holds no media resources: the media server has no session (and so no room) yet.
+    let (status, body) = api(addr, "GET", "/api/v1/rooms/standup", Some(&admin()), None).await;
+    assert_eq!(status, 404, "{body}");
+    let (_, body) = api(
+        addr,
+        "GET",
+        "/api/v1/rooms/standup/lobby",
+        Some(&admin()),
+        None,
+    )
+    .await;
+    assert_eq!(body["waiting"][0]["reason"], "host", "{body}");
+
     // A webrtc-rs member is held inside its join too.
     let bob = publisher_later(addr, "bob", "standup", "member");
     tokio::time::sleep(Duration::from_secs(1)).await;
