@@ -539,8 +539,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: Option<&[u8]>) -> Result<T, ApiEr
 }
 
 fn identity(s: String) -> Result<Identity, ApiError> {
-    // rtcd's limit on user IDs (`sfu::MAX_ID_BYTES`).
-    if s.is_empty() || s.len() > 128 {
+    if s.is_empty() || s.len() > crate::auth::MAX_IDENTITY_BYTES {
         return Err(ApiError::bad_request("`identity` must be 1-128 bytes"));
     }
     Ok(Identity::new(s))

@@ -985,11 +985,13 @@ impl Session {
         }
         let target = match (action, identity) {
             (ModerationAction::EndRoom | ModerationAction::SetPolicy, _) => None,
-            (_, Some(id)) if !id.is_empty() && id.len() <= 256 => Some(Identity::new(id)),
+            (_, Some(id)) if !id.is_empty() && id.len() <= crate::auth::MAX_IDENTITY_BYTES => {
+                Some(Identity::new(id))
+            }
             _ => {
                 self.error(
                     "bad_message",
-                    format!("`{}` needs an `identity` (1-256 bytes)", action.as_str()),
+                    format!("`{}` needs an `identity` (1-128 bytes)", action.as_str()),
                     Some(KIND),
                 )
                 .await;

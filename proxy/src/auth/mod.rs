@@ -259,7 +259,22 @@ struct JoseHeader {
 /// Longest identity, name or room claim kept.
 const MAX_CLAIM_CHARS: usize = 256;
 
-/// Identity, name and room claims are 1-[`MAX_CLAIM_CHARS`] characters (docs/protocol.md §2).
+/// Longest identity, in bytes: the media server's limit on a user ID. Refused at the token,
+/// with the token's own close code, rather than by the media server after `joined`.
+pub const MAX_IDENTITY_BYTES: usize = 128;
+
+/// Identities are 1-[`MAX_IDENTITY_BYTES`] bytes (docs/protocol.md §2).
+pub(crate) fn check_identity_length(what: &str, v: &str) -> Result<(), AuthError> {
+    if v.is_empty() || v.len() > MAX_IDENTITY_BYTES {
+        Err(AuthError::Malformed(format!(
+            "`{what}` (the identity) must be 1-{MAX_IDENTITY_BYTES} bytes"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Name and room claims are 1-[`MAX_CLAIM_CHARS`] characters (docs/protocol.md §2).
 fn check_claim_length(what: &str, v: &str) -> Result<(), AuthError> {
     if v.is_empty() || v.chars().count() > MAX_CLAIM_CHARS {
         Err(AuthError::Malformed(format!(
@@ -473,9 +488,10 @@ impl Verifier {
         };
         let user = claims.context.and_then(|c| c.user).unwrap_or_default();
         let bounded = |what: &str, v: String| check_claim_length(what, &v).map(|()| v);
+        let identity = |what: &str, v: String| check_identity_length(what, &v).map(|()| v);
         let (identity, tenant) = match (user.id, claims.sub) {
-            (Some(id), sub) => (bounded("context.user.id", id)?, sub),
-            (None, Some(sub)) => (bounded("sub", sub)?, None),
+            (Some(id), sub) => (identity("context.user.id", id)?, sub),
+            (None, Some(sub)) => (identity("sub", sub)?, None),
             (None, None) => return Err(AuthError::MissingClaim("sub".into())),
         };
         let name = match user.name.or(claims.name) {
@@ -817,6 +833,38 @@ mod tests {
         check(rules(), with(base(), "room", json!(["r1", at_limit])), "r1")
             .await
             .unwrap();
+    }
+
+    /// Identities are held to the media server's 128-byte limit on user IDs (bytes, not
+    /// characters), whichever claim carries them; names keep 256 characters.
+    #[tokio::test]
+    async fn identities_are_at_most_128_bytes() {
+        let at_limit = "u".repeat(128);
+        let grant = check(rules(), with(base(), "sub", json!(at_limit)), "r1")
+            .await
+            .unwrap();
+        assert_eq!(grant.identity.as_str().len(), 128);
+        let wide = "é".repeat(65); // 130 bytes, 65 characters
+        for (claim, value) in [("sub", "u".repeat(129)), ("sub", wide.clone())] {
+            let e = check(rules(), with(base(), claim, json!(value)), "r1")
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&e, AuthError::Malformed(m) if m.contains("1-128 bytes")),
+                "{e:?}"
+            );
+        }
+        let jitsi = with(
+            base(),
+            "context",
+            json!({"user": {"id": "u".repeat(129), "name": "n"}}),
+        );
+        assert!(matches!(
+            check(rules(), jitsi, "r1").await.unwrap_err(),
+            AuthError::Malformed(_)
+        ));
+        let long_name = with(base(), "name", json!("é".repeat(256)));
+        check(rules(), long_name, "r1").await.unwrap();
     }
 
     /// Issue 16 #8: `context.user.moderator` is a boolean or "true"/"false"; anything else

@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::{self, JwksCache, VerifyingKey};
-use super::{AuthError, Grant, check_claim_length, check_lifetime};
+use super::{AuthError, Grant, check_claim_length, check_identity_length, check_lifetime};
 use crate::config::{AuthConfig, OidcConfig, UnmappedRole};
 use crate::policy::{Permissions, Role};
 use crate::protocol::{Identity, RoomName};
@@ -311,7 +311,10 @@ impl OidcProvider {
         }
         let bounded = |what: &str, v: &str| check_claim_length(what, v).map(|()| v.to_owned());
         let identity = match lookup(claims, &c.identity_claim).and_then(Value::as_str) {
-            Some(id) => bounded(&c.identity_claim, id)?,
+            Some(id) => {
+                check_identity_length(&c.identity_claim, id)?;
+                id.to_owned()
+            }
             None => return Err(AuthError::MissingClaim(c.identity_claim.clone().into())),
         };
         let name = match lookup(claims, &c.name_claim).and_then(Value::as_str) {

@@ -583,7 +583,7 @@ impl RtcdRelay {
                 call_id: room.to_owned(),
                 session_id: session_id.clone(),
                 user_id: grant.identity.as_str().to_owned(),
-                display_name: grant.name.clone().unwrap_or_default(),
+                display_name: display_name(grant.name.as_deref()),
                 permissions: Some(permissions_to_pb(&grant.permissions)),
                 role: grant.role.as_str().to_owned(),
                 token: Some(pb::TokenInfo {
@@ -1517,6 +1517,20 @@ fn permissions_from_pb(p: Option<pb::Permissions>) -> Permissions {
     }
 }
 
+/// rtcd's limit on a display name, in bytes.
+const MAX_DISPLAY_NAME_BYTES: usize = 256;
+
+/// A display name as rtcd takes it: names are up to 256 characters, rtcd keeps 256 bytes, so a
+/// long name in a wide script is cut at a character boundary (it is only shown, never matched).
+fn display_name(name: Option<&str>) -> String {
+    let name = name.unwrap_or_default();
+    let mut end = name.len().min(MAX_DISPLAY_NAME_BYTES);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
+}
+
 /// A role name from rtcd (as the proxy sent it at join or in an update); unknown names are
 /// read as the least privileged role.
 fn role_from(name: &str) -> Role {
@@ -1561,6 +1575,17 @@ fn error_label(code: i32) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn display_names_are_cut_to_rtcds_256_bytes_at_a_character_boundary() {
+        assert_eq!(display_name(None), "");
+        assert_eq!(display_name(Some("Alice")), "Alice");
+        let wide = "é".repeat(200); // 400 bytes
+        let cut = display_name(Some(&wide));
+        assert_eq!((cut.len(), cut.chars().count()), (256, 128));
+        let odd = format!("a{}", "é".repeat(200));
+        assert_eq!(display_name(Some(&odd)).len(), 255);
+    }
     use super::*;
     use crate::relay::REASON_PEER_CONNECTION_FAILED;
     use pb::server_signal::Signal;
