@@ -188,6 +188,11 @@ pub struct RtcConfig {
     pub max_sessions_per_call: usize,
     /// Sessions one client (tenant) may hold across all its calls.
     pub max_sessions_per_client: usize,
+    /// This host's capacity, in sessions (0 = none): at or above it, joins that would open a
+    /// new room are refused (RESOURCE_EXHAUSTED "host capacity"), so proxies place new rooms
+    /// on other hosts, while rooms already here keep taking joins (up to the per-call limit).
+    /// `/system` reports the fraction used (`load`), which proxies weight placement by.
+    pub max_sessions: usize,
     /// Tracks one session may publish.
     pub max_tracks_per_session: usize,
     /// Largest SDP accepted, in bytes.
@@ -218,6 +223,7 @@ impl Default for RtcConfig {
             nack_buffer_packets: 1024,
             max_sessions_per_call: 50,
             max_sessions_per_client: 1000,
+            max_sessions: 0,
             max_tracks_per_session: 4,
             max_sdp_bytes: 64 * 1024,
             keyframe_request_interval_ms: 500,

@@ -211,7 +211,8 @@ impl Rtcd {
         let cancel = CancellationToken::new();
         let purger = moderation::spawn_purger(moderation, cancel.child_token());
         let load = Arc::new(SystemLoad::default());
-        load.spawn_sampler(cancel.child_token());
+        let capacity = sfu.clone();
+        load.spawn_sampler(cancel.child_token(), move || capacity.capacity_used());
         let state = ApiState {
             auth: auth.clone(),
             health: health.clone(),
@@ -365,6 +366,7 @@ fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
         udp_buffer_bytes: rtc.udp_buffer_bytes,
         nack_buffer_packets: rtc.nack_buffer_packets,
         max_sessions_per_call: rtc.max_sessions_per_call,
+        max_sessions: rtc.max_sessions,
         max_sessions_per_tenant: rtc.max_sessions_per_client,
         max_tracks_per_session: rtc.max_tracks_per_session,
         max_sdp_bytes: rtc.max_sdp_bytes,

@@ -197,6 +197,10 @@ pub struct Metrics {
     pub media_dropped: Family<DropLabels, Counter>,
     /// The webhook dispatcher's metrics.
     pub webhook: WebhookMetrics,
+    /// Joins refused because they would open a new room on a host at its capacity
+    /// (`rtc.max_sessions`): proxies placed those rooms elsewhere. Steady growth means the
+    /// fleet needs another host.
+    pub new_rooms_refused: Counter,
     /// Sessions waiting to enter a room (wait-for-host or the lobby): people a moderator or a
     /// host has not let in yet.
     pub lobby_waiting: Gauge,
@@ -346,6 +350,12 @@ impl Metrics {
             "Room event accepted to its 2xx, retries included",
             webhook.delivery_seconds.clone(),
         );
+        let new_rooms_refused = Counter::default();
+        registry.register(
+            "new_rooms_refused",
+            "Joins refused because they would open a new room on a host at capacity",
+            new_rooms_refused.clone(),
+        );
         let lobby_waiting = Gauge::default();
         registry.register(
             "lobby_waiting",
@@ -365,6 +375,7 @@ impl Metrics {
             runtime_alive_tasks.clone(),
         );
         Arc::new(Self {
+            new_rooms_refused,
             lobby_waiting,
             lobby_ended,
             sfu,

@@ -4,7 +4,9 @@
 //! A background task samples `/proc/stat` once a second; readers get the last value
 //! without blocking. `cpu_load` is the busy fraction of all CPUs over the last second,
 //! 0.0 (idle) to 1.0 (saturated). Mattermost rtcd reports an inverse-idle index instead;
-//! both order hosts the same way, which is all the plugin uses it for.
+//! both order hosts the same way, which is all the plugin uses it for. `capacity_used` is the
+//! share of `rtc.max_sessions` in use, and `load` the larger of the two: what our proxies
+//! weight placement by.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 /// The latest load sample.
 #[derive(Debug, Default)]
-pub struct SystemLoad(AtomicU64);
+pub struct SystemLoad(AtomicU64, AtomicU64);
 
 impl SystemLoad {
     /// Busy fraction of all CPUs over the last sampling second.
@@ -22,8 +24,24 @@ impl SystemLoad {
         f64::from_bits(self.0.load(Ordering::Relaxed))
     }
 
-    /// Starts the sampler; it stops when `cancel` fires.
-    pub fn spawn_sampler(self: &Arc<Self>, cancel: CancellationToken) {
+    /// Share of the host's session capacity in use (`rtc.max_sessions`; 0.0 without one).
+    pub fn capacity_used(&self) -> f64 {
+        f64::from_bits(self.1.load(Ordering::Relaxed))
+    }
+
+    /// What proxies weight placement by: the larger of CPU and capacity use, so a host that
+    /// is either busy or nearly full gets fewer new rooms.
+    pub fn load(&self) -> f64 {
+        self.cpu_load().max(self.capacity_used())
+    }
+
+    /// Starts the sampler (CPU from /proc, capacity from `capacity_used`, once a second); it
+    /// stops when `cancel` fires.
+    pub fn spawn_sampler(
+        self: &Arc<Self>,
+        cancel: CancellationToken,
+        capacity_used: impl Fn() -> f64 + Send + 'static,
+    ) {
         let load = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut previous = read_proc_stat().await;
@@ -34,6 +52,8 @@ impl SystemLoad {
                     _ = tick.tick() => {}
                 }
                 let Some(load) = load.upgrade() else { return };
+                load.1
+                    .store(capacity_used().max(0.0).to_bits(), Ordering::Relaxed);
                 let current = read_proc_stat().await;
                 if let (Some((busy0, total0)), Some((busy1, total1))) = (previous, current) {
                     let total = total1.saturating_sub(total0);

@@ -216,6 +216,10 @@ impl JoinRequest {
     }
 }
 
+/// The `LimitReached` name of the host capacity: the proxy recognises the refusal by it and
+/// places the new room on another host.
+pub const HOST_CAPACITY: &str = "host capacity for new rooms (rtc.max_sessions)";
+
 /// Why an SFU operation failed. Signaling maps this to a gRPC status in one place.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -316,6 +320,8 @@ pub struct SfuConfig {
     pub max_sessions_per_call: usize,
     /// Sessions per tenant.
     pub max_sessions_per_tenant: usize,
+    /// Host capacity in sessions, above which no new call is opened (0 = none).
+    pub max_sessions: usize,
     /// Published tracks per session.
     pub max_tracks_per_session: usize,
     /// Largest SDP accepted.
@@ -530,6 +536,11 @@ impl Sfu {
             }
             let key = (req.tenant.clone(), req.call.clone());
             let new_call = !reg.calls.contains_key(&key);
+            let capacity = self.inner.config.max_sessions;
+            if new_call && capacity > 0 && reg.sessions >= capacity {
+                self.inner.metrics.new_rooms_refused.inc();
+                return Err(SfuError::LimitReached(HOST_CAPACITY));
+            }
             let call = reg.calls.entry(key).or_insert_with(|| CallState {
                 sessions: HashMap::new(),
                 created_at_ms: unix_ms(),
@@ -696,6 +707,15 @@ impl Sfu {
         self.inner.draining.load(Ordering::Acquire)
     }
 
+    /// The share of this host's capacity in use (sessions / `max_sessions`), 0.0 without a
+    /// capacity; may exceed 1.0 (rooms already here keep growing).
+    pub fn capacity_used(&self) -> f64 {
+        match self.inner.config.max_sessions {
+            0 => 0.0,
+            cap => self.registry().sessions as f64 / cap as f64,
+        }
+    }
+
     /// Sessions alive right now.
     pub fn session_count(&self) -> usize {
         self.registry().sessions
@@ -803,6 +823,7 @@ mod tests {
             nack_buffer_packets: 64,
             max_sessions_per_call: 8,
             max_sessions_per_tenant: 8,
+            max_sessions: 0,
             max_tracks_per_session: 4,
             max_sdp_bytes: 64 * 1024,
             keyframe_interval: Duration::from_secs(1),
@@ -828,6 +849,38 @@ mod tests {
                 token_id: format!("jti-{session}"),
             },
         }
+    }
+
+    #[tokio::test]
+    async fn at_capacity_new_calls_are_refused_and_existing_ones_still_grow() {
+        let metrics = Metrics::new();
+        let sfu = Sfu::new(
+            SfuConfig {
+                max_sessions: 2,
+                ..config()
+            },
+            metrics.clone(),
+            None,
+        )
+        .await
+        .expect("the SFU starts on loopback");
+        let (_a, _) = sfu.join(join("a", 1)).await.expect("a opens call c");
+        assert_eq!(sfu.capacity_used(), 0.5);
+        let (_b, _) = sfu.join(join("b", 1)).await.expect("b joins call c");
+        let other = JoinRequest {
+            call: CallId::new("other"),
+            ..join("x", 1)
+        };
+        match sfu.join(other).await {
+            Err(SfuError::LimitReached(what)) => assert_eq!(what, HOST_CAPACITY),
+            other => panic!("a new call opened at capacity: {:?}", other.map(|_| ())),
+        }
+        assert_eq!(metrics.new_rooms_refused.get(), 1);
+        let (_c, _) = sfu
+            .join(join("c", 1))
+            .await
+            .expect("the existing call still takes joins");
+        assert_eq!(sfu.capacity_used(), 1.5);
     }
 
     /// The session's events until it closes (bounded wait), and the close reason.
