@@ -545,6 +545,10 @@ pub struct RtcdConfig {
     pub health_interval_seconds: u64,
     /// How often `url`'s host name is resolved again.
     pub resolve_interval_seconds: u64,
+    /// Whether a host's CPU use (from its `/system`, read with each probe) weights where new
+    /// rooms go: a busier host gets a smaller share. Capacity (`rtc.max_sessions` at rtcd)
+    /// always counts, and only a host at capacity gets none.
+    pub cpu_weighted_placement: bool,
 }
 
 impl RtcdConfig {
@@ -568,6 +572,7 @@ impl Default for RtcdConfig {
             api_port: 8045,
             health_interval_seconds: 5,
             resolve_interval_seconds: 10,
+            cpu_weighted_placement: true,
         }
     }
 }

@@ -7,6 +7,13 @@
 //! [`HostSet`] keeps the candidate hosts and their health (the rtcd relay resolves them and
 //! probes rtcd's `/readyz`): a draining or starting rtcd answers 503 and gets no new rooms,
 //! while rooms already on it stay until their sessions end.
+//!
+//! Placement is weighted by load ([`weighted_pick`]): each host's `/system` `load` (the larger
+//! of its CPU use and its share of `rtc.max_sessions`) is cut into coarse levels, so replicas
+//! probing a few seconds apart almost always see the same level; a busier level gets a smaller
+//! share of new rooms, a full one none. With equal levels the weighted pick is the plain
+//! rendezvous pick. Because weights change, a room may live on a host that is not its current
+//! pick: the relay asks the ready hosts where the room is (`Rooms.HasRoom`) before it places.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -29,6 +36,55 @@ pub fn score(host: &str, room: &str) -> u64 {
     )
 }
 
+/// Load levels: `load` 0-0.25 is level 0, ..., 0.75-1.0 level 3, 1.0 and above [`FULL`].
+pub const FULL: u8 = 4;
+
+/// The coarse level of a host's load (an unreadable load counts as idle).
+pub fn level_of(load: f64) -> u8 {
+    if !load.is_finite() || load <= 0.0 {
+        return 0;
+    }
+    // Bounded by FULL: the cast cannot truncate.
+    (load * f64::from(FULL)).floor().min(f64::from(FULL)) as u8
+}
+
+/// The share of new rooms a host of each level gets, relative to an idle one.
+fn weight(level: u8) -> f64 {
+    match level {
+        0 => 1.0,
+        1 => 0.75,
+        2 => 0.5,
+        _ => 0.25,
+    }
+}
+
+/// Weighted rendezvous: the host maximising `weight / -ln(u)`, `u` the (host, room) score as
+/// a fraction in (0, 1). Hosts at [`FULL`] get no new rooms unless every host is full (then
+/// the plain pick: rtcd itself refuses what it cannot take). Equal levels give [`pick`]'s
+/// answer, so a fleet at rest places exactly as unweighted rendezvous does.
+pub fn weighted_pick<'a>(
+    room: &str,
+    hosts: impl IntoIterator<Item = (&'a str, u8)>,
+) -> Option<&'a str> {
+    let hosts: Vec<(&str, u8)> = hosts.into_iter().collect();
+    let open: Vec<(&str, u8)> = hosts.iter().copied().filter(|(_, l)| *l < FULL).collect();
+    let candidates = if open.is_empty() {
+        hosts.iter().map(|(h, _)| (*h, 0)).collect()
+    } else {
+        open
+    };
+    let key = |h: &str, level: u8| {
+        // (score + 0.5) / 2^64 is in (0, 1): ln is finite and negative.
+        let u = (score(h, room) as f64 + 0.5) / 18_446_744_073_709_551_616.0;
+        weight(level) / -u.ln()
+    };
+    candidates
+        .into_iter()
+        .map(|(h, l)| (key(h, l), h))
+        .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(a.1)))
+        .map(|(_, h)| h)
+}
+
 /// The host with the highest score for `room` (ties, vanishingly rare, go to the smaller name).
 pub fn pick<'a>(room: &str, hosts: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     hosts
@@ -49,10 +105,18 @@ pub enum HostHealth {
     Unready,
 }
 
-/// The candidate rtcd hosts, keyed by their base URL, with their health.
+/// What the relay knows of one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HostState {
+    health: HostHealth,
+    /// [`level_of`] its last `/system` load.
+    level: u8,
+}
+
+/// The candidate rtcd hosts, keyed by their base URL, with their health and load level.
 #[derive(Debug, Default, Clone)]
 pub struct HostSet {
-    hosts: Arc<RwLock<BTreeMap<String, HostHealth>>>,
+    hosts: Arc<RwLock<BTreeMap<String, HostState>>>,
 }
 
 impl HostSet {
@@ -61,8 +125,11 @@ impl HostSet {
         let mut hosts = self.hosts.write().expect("host set lock is never poisoned");
         let old = std::mem::take(&mut *hosts);
         for url in urls {
-            let health = old.get(&url).copied().unwrap_or(HostHealth::Unknown);
-            hosts.insert(url, health);
+            let state = old.get(&url).copied().unwrap_or(HostState {
+                health: HostHealth::Unknown,
+                level: 0,
+            });
+            hosts.insert(url, state);
         }
     }
 
@@ -70,25 +137,63 @@ impl HostSet {
     pub fn set_health(&self, url: &str, health: HostHealth) -> bool {
         let mut hosts = self.hosts.write().expect("host set lock is never poisoned");
         match hosts.get_mut(url) {
-            Some(h) if *h != health => {
-                *h = health;
+            Some(h) if h.health != health => {
+                h.health = health;
                 true
             }
             _ => false,
         }
     }
 
-    /// The host for `room` among the ready ones, if any is ready.
+    /// Records a host's `/system` load as its level; true if the level changed.
+    pub fn set_load(&self, url: &str, load: f64) -> bool {
+        let level = level_of(load);
+        let mut hosts = self.hosts.write().expect("host set lock is never poisoned");
+        match hosts.get_mut(url) {
+            Some(h) if h.level != level => {
+                h.level = level;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Each host's load level (for metrics and tests).
+    pub fn levels(&self) -> Vec<(String, u8)> {
+        self.hosts
+            .read()
+            .expect("host set lock is never poisoned")
+            .iter()
+            .map(|(u, h)| (u.clone(), h.level))
+            .collect()
+    }
+
+    /// The host for a new `room` among the ready ones (weighted by load), if any is ready.
     pub fn place(&self, room: &str) -> Option<String> {
+        self.place_except(room, &[])
+    }
+
+    /// [`HostSet::place`] among the ready hosts not in `except` (hosts a join was just refused
+    /// by or could not reach).
+    pub fn place_except(&self, room: &str, except: &[String]) -> Option<String> {
         let hosts = self.hosts.read().expect("host set lock is never poisoned");
-        pick(
+        weighted_pick(
             room,
             hosts
                 .iter()
-                .filter(|(_, h)| **h == HostHealth::Ready)
-                .map(|(u, _)| u.as_str()),
+                .filter(|(u, h)| h.health == HostHealth::Ready && !except.contains(u))
+                .map(|(u, h)| (u.as_str(), h.level)),
         )
         .map(str::to_owned)
+    }
+
+    /// Whether `url` is a host that answers its probes.
+    pub fn is_ready(&self, url: &str) -> bool {
+        self.hosts
+            .read()
+            .expect("host set lock is never poisoned")
+            .get(url)
+            .is_some_and(|h| h.health == HostHealth::Ready)
     }
 
     /// A snapshot of every host and its health (for `/readyz` and metrics).
@@ -97,7 +202,7 @@ impl HostSet {
             .read()
             .expect("host set lock is never poisoned")
             .iter()
-            .map(|(u, h)| (u.clone(), *h))
+            .map(|(u, h)| (u.clone(), h.health))
             .collect()
     }
 }
@@ -141,6 +246,45 @@ mod tests {
             }
         }
         assert_eq!(pick("x", std::iter::empty()), None);
+    }
+
+    #[test]
+    fn load_levels_shift_new_rooms_away_from_busy_hosts_and_full_ones_get_none() {
+        assert_eq!(
+            [-1.0, 0.0, 0.2, 0.25, 0.6, 0.99, 1.0, 7.0, f64::NAN].map(level_of),
+            [0, 0, 0, 1, 2, 3, FULL, FULL, 0]
+        );
+        let rooms: Vec<String> = (0..4000).map(|i| format!("room-{i}")).collect();
+        let count = |levels: [u8; 2], host: &str| {
+            rooms
+                .iter()
+                .filter(|r| {
+                    weighted_pick(r, [("http://a", levels[0]), ("http://b", levels[1])])
+                        == Some(host)
+                })
+                .count()
+        };
+        // Equal levels: exactly the plain rendezvous pick, whatever the level.
+        for r in &rooms {
+            let plain = pick(r, ["http://a", "http://b"]);
+            assert_eq!(weighted_pick(r, [("http://a", 0), ("http://b", 0)]), plain);
+            assert_eq!(weighted_pick(r, [("http://a", 2), ("http://b", 2)]), plain);
+        }
+        // A busy host gets fewer new rooms: 1 / (1 + 0.25) of them go to the idle one.
+        let idle = count([0, 3], "http://a");
+        assert!(
+            (3000..=3400).contains(&idle),
+            "idle host got {idle} of 4000"
+        );
+        // A full host gets none, unless every host is full.
+        assert_eq!(count([0, FULL], "http://b"), 0);
+        let all_full = count([FULL, FULL], "http://b");
+        assert!((1800..=2200).contains(&all_full), "{all_full}");
+        // Deterministic: every replica computes the same answer.
+        assert_eq!(
+            weighted_pick("r", [("http://a", 1), ("http://b", 3)]),
+            weighted_pick("r", [("http://b", 3), ("http://a", 1)])
+        );
     }
 
     #[test]

@@ -45,6 +45,11 @@ use crate::rooms::{
     RoomPolicy, RoomSummary, TrackInfo,
 };
 
+/// How long a host may take to say whether it has a room before placement goes on without it.
+const LOCATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// What rtcd's refusal of a new room on a full host says (`sfu::HOST_CAPACITY`).
+const HOST_CAPACITY_MARKER: &str = "host capacity for new rooms";
+
 /// How long opening a stream and receiving `Joined` may take.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Re-login this long before a bearer token's announced expiry.
@@ -100,6 +105,8 @@ pub struct RtcdRelay {
     logins: tokio::sync::Mutex<HashMap<String, Login>>,
     /// `[webhooks]`: sent to every host after each login and when a host becomes ready.
     webhooks: Mutex<Option<pb::ConfigureWebhooksRequest>>,
+    /// `rtcd.cpu_weighted_placement`.
+    cpu_weighted: bool,
 }
 
 impl RtcdRelay {
@@ -183,6 +190,7 @@ impl RtcdRelay {
             channels: Mutex::new(HashMap::new()),
             logins: tokio::sync::Mutex::new(HashMap::new()),
             webhooks: Mutex::new(None),
+            cpu_weighted: config.cpu_weighted_placement,
         });
         relay.refresh_hosts(&discoveries).await;
         relay.probe().await;
@@ -334,6 +342,11 @@ impl RtcdRelay {
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == reqwest::StatusCode::OK);
+            let load = if ready {
+                system_load(&host, self.cpu_weighted).await
+            } else {
+                None
+            };
             (
                 key,
                 if ready {
@@ -341,9 +354,15 @@ impl RtcdRelay {
                 } else {
                     HostHealth::Unready
                 },
+                load,
             )
         });
-        for (key, health) in futures_util::future::join_all(probes).await {
+        for (key, health, load) in futures_util::future::join_all(probes).await {
+            if let Some(load) = load
+                && self.hosts.set_load(&key, load)
+            {
+                tracing::debug!(host = %key, load, level = crate::placement::level_of(load), "rtcd host load level changed");
+            }
             if self.hosts.set_health(&key, health) {
                 tracing::info!(host = %key, ?health, "rtcd host health changed");
                 if health == HostHealth::Ready {
@@ -467,10 +486,34 @@ impl RtcdRelay {
         }
     }
 
-    /// The host `room` is placed on (sessions and room administration alike), or why there
-    /// is none.
-    fn place(&self, room: &str) -> Result<(String, Arc<Host>), &'static str> {
-        let key = self.hosts.place(room).ok_or("no media server is ready")?;
+    /// The host `room` lives on or is placed on (sessions and room administration alike), or
+    /// why there is none. With several ready hosts, they are asked first whether they have the
+    /// room (`Rooms.HasRoom`): placement is weighted by load, and a room placed while the
+    /// weights were different must be found where it is, not opened a second time.
+    async fn place(&self, room: &str) -> Result<(String, Arc<Host>), &'static str> {
+        self.place_except(room, &[]).await
+    }
+
+    /// [`RtcdRelay::place`] among the ready hosts not in `except`.
+    async fn place_except(
+        &self,
+        room: &str,
+        except: &[String],
+    ) -> Result<(String, Arc<Host>), &'static str> {
+        let ready: Vec<_> = self
+            .all_hosts(true)
+            .into_iter()
+            .filter(|(k, _)| !except.contains(k))
+            .collect();
+        if ready.len() > 1
+            && let Some(found) = self.locate(room, &ready).await
+        {
+            return Ok(found);
+        }
+        let key = self
+            .hosts
+            .place_except(room, except)
+            .ok_or("no media server is ready")?;
         let host = self
             .channels
             .lock()
@@ -481,9 +524,43 @@ impl RtcdRelay {
         Ok((key, host))
     }
 
+    /// The ready host that has `room` (sessions or people waiting), if any answers so within
+    /// [`LOCATE_TIMEOUT`]; a host that does not answer is skipped (its room, if any, is lost
+    /// with it, and the passive health check will mark it).
+    async fn locate(
+        &self,
+        room: &str,
+        hosts: &[(String, Arc<Host>)],
+    ) -> Option<(String, Arc<Host>)> {
+        let request = pb::HasRoomRequest {
+            call_id: room.to_owned(),
+        };
+        let asks = hosts.iter().map(|(key, host)| {
+            let request = request.clone();
+            async move {
+                let answer =
+                    tokio::time::timeout(
+                        LOCATE_TIMEOUT,
+                        self.rooms_call(key, host, request, |mut c, r| async move {
+                            c.has_room(r).await
+                        }),
+                    )
+                    .await;
+                matches!(answer, Ok(Ok(pb::HasRoomResponse { present: true })))
+            }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        hosts
+            .iter()
+            .zip(answers)
+            .find(|(_, present)| *present)
+            .map(|((k, h), _)| (k.clone(), h.clone()))
+    }
+
     /// [`RtcdRelay::place`] for room administration.
-    fn host_for(&self, room: &str) -> Result<(String, Arc<Host>), ControlError> {
+    async fn host_for(&self, room: &str) -> Result<(String, Arc<Host>), ControlError> {
         self.place(room)
+            .await
             .map_err(|e| ControlError::Unavailable(e.into()))
     }
 
@@ -545,23 +622,40 @@ impl RtcdRelay {
     /// the next probe.
     async fn open(&self, request: &JoinRequest) -> Result<RelayLink, RelayError> {
         let room = request.grant.room.as_str();
-        let mut tried = Vec::new();
+        let mut tried: Vec<String> = Vec::new();
+        let mut last: Option<RelayError> = None;
         loop {
-            let (key, host) = self
-                .place(room)
-                .map_err(|e| RelayError::Unavailable(e.into()))?;
-            if tried.contains(&key) {
-                return Err(RelayError::Unavailable(format!(
-                    "no reachable media server (tried {})",
-                    tried.join(", ")
-                )));
-            }
+            let (key, host) = match self.place_except(room, &tried).await {
+                Ok(placed) => placed,
+                Err(e) => {
+                    return Err(match last {
+                        Some(RelayError::Unavailable(_)) | None if !tried.is_empty() => {
+                            RelayError::Unavailable(format!(
+                                "no reachable media server (tried {})",
+                                tried.join(", ")
+                            ))
+                        }
+                        Some(e) => e,
+                        None => RelayError::Unavailable(e.into()),
+                    });
+                }
+            };
             match self.open_on(request, &key, &host).await {
-                Err(RelayError::Unavailable(e))
-                    if self.hosts.place(room).is_some_and(|next| next != key) =>
-                {
+                // Only a host now counted unready (it failed at the transport level) is left
+                // for another: a room whose host merely answered an error stays where it is.
+                Err(RelayError::Unavailable(e)) if !self.hosts.is_ready(&key) => {
                     tracing::info!(session = %request.session, host = %key, error = %e, "rtcd host unreachable; placing the join again");
                     tried.push(key);
+                    last = Some(RelayError::Unavailable(e));
+                }
+                // The host is at capacity for new rooms (the room is not there: rooms already
+                // on a host are found by `place` and always taken): count it full until its
+                // next probe, and place the room on another host.
+                Err(RelayError::Refused(e)) if e.contains(HOST_CAPACITY_MARKER) => {
+                    self.hosts.set_load(&key, 1.0);
+                    tracing::info!(session = %request.session, host = %key, "rtcd host at capacity; placing the new room on another host");
+                    tried.push(key);
+                    last = Some(RelayError::Refused(e));
                 }
                 other => return other,
             }
@@ -680,6 +774,31 @@ impl RtcdRelay {
     }
 }
 
+/// The load a host's placement weight comes from, from its `/system`: its share of capacity in
+/// use, and (with `cpu`) its CPU use, which alone never counts as full (below 1.0): a busy
+/// CPU shrinks a host's share of new rooms, only capacity closes it to them. `None` when it
+/// cannot be read, which keeps the previous level.
+async fn system_load(host: &Host, cpu: bool) -> Option<f64> {
+    let body: serde_json::Value = host
+        .http
+        .get(format!("{}/system", host.api))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let read = |key| body.get(key).and_then(serde_json::Value::as_f64);
+    let capacity = read("capacity_used").unwrap_or(0.0);
+    let cpu_load = if cpu {
+        read("cpu_load").unwrap_or(0.0).min(0.99)
+    } else {
+        0.0
+    };
+    Some(capacity.max(cpu_load))
+}
+
 /// Marks a host that failed at the transport level unready until its next good probe.
 fn suspect(hosts: &HostSet, key: &str, why: &str) {
     if hosts.set_health(key, HostHealth::Unready) {
@@ -700,7 +819,7 @@ impl RtcdRelay {
         F: Fn(RoomsClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        let (key, host) = self.host_for(room.as_str())?;
+        let (key, host) = self.host_for(room.as_str()).await?;
         let response = self.rooms_call(&key, &host, request, call).await?;
         Ok((key, response))
     }

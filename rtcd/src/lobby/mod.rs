@@ -558,6 +558,14 @@ impl Lobby {
         rooms.touch(&key);
     }
 
+    /// Whether anyone waits to enter `call` or is registered in it here.
+    pub fn has_room(&self, tenant: &TenantId, call: &CallId) -> bool {
+        self.rooms()
+            .rooms
+            .get(&(tenant.clone(), call.clone()))
+            .is_some_and(|r| !r.is_empty())
+    }
+
     /// The sessions waiting to enter `call`, oldest first.
     pub fn waiting(&self, tenant: &TenantId, call: &CallId) -> Vec<Waiter> {
         let rooms = self.rooms();

@@ -633,4 +633,16 @@ impl Rooms for RoomsService {
         audit(&tenant, &req.call_id, "", "set_room_policy", &result);
         reply(result)
     }
+
+    async fn has_room(
+        &self,
+        request: Request<pb::HasRoomRequest>,
+    ) -> Result<Response<pb::HasRoomResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = call_id(&req.call_id).map(|call| pb::HasRoomResponse {
+            present: self.sfu.has_call(&tenant, &call) || self.lobby.has_room(&tenant, &call),
+        });
+        reply(result)
+    }
 }

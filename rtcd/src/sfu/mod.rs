@@ -716,6 +716,13 @@ impl Sfu {
         }
     }
 
+    /// Whether the tenant has this call here (one registry lookup, no worker round trip).
+    pub fn has_call(&self, tenant: &TenantId, call: &CallId) -> bool {
+        self.registry()
+            .calls
+            .contains_key(&(tenant.clone(), call.clone()))
+    }
+
     /// Sessions alive right now.
     pub fn session_count(&self) -> usize {
         self.registry().sessions

@@ -67,6 +67,8 @@ async fn rooms_spread_over_ready_hosts_and_leave_a_draining_one() {
         auth_key: Secret::new(key_for("proxy-1")),
         api_port: port,
         health_interval_seconds: 1,
+        // Placement predicted by the test: the shared machine's CPU must not weight it.
+        cpu_weighted_placement: false,
         ..RtcdConfig::default()
     };
     let cancel = CancellationToken::new();
@@ -510,6 +512,8 @@ async fn a_rejoin_after_a_host_is_gone_lands_on_a_live_host_before_the_next_prob
         api_port: api,
         // No probe during the test: only the relay's own failures can move the room.
         health_interval_seconds: 600,
+        // Placement predicted by the test: the shared machine's CPU must not weight it.
+        cpu_weighted_placement: false,
         ..RtcdConfig::default()
     };
     let cancel = CancellationToken::new();
@@ -600,4 +604,130 @@ async fn a_rejoin_after_a_host_is_gone_lands_on_a_live_host_before_the_next_prob
     proxy.shutdown().await;
     b.stop().await;
     cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_host_at_capacity_gets_no_new_rooms_while_its_rooms_keep_growing_where_they_are() {
+    let (api, grpc) = (shared_port(), shared_port());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start = |dir: std::path::PathBuf, ip: &'static str, capacity: &'static str| async move {
+        let d = TestRtcd::start_in(
+            &dir,
+            &[
+                ("RTCD_API_HTTP_LISTEN_ADDRESS", &format!("{ip}:{api}")),
+                ("RTCD_GRPC_LISTEN_ADDRESS", &format!("{ip}:{grpc}")),
+                ("RTCD_RTC_MAX_SESSIONS", capacity),
+                ("RTCD_RTC_DRAIN_TIMEOUT_SECONDS", "0"),
+            ],
+        )
+        .await
+        .unwrap();
+        register_proxy(&d.rtcd, "proxy-1").await;
+        d
+    };
+    let a = start(dir_a.path().to_owned(), "127.0.0.2", "1").await;
+    let b = start(dir_b.path().to_owned(), "127.0.0.3", "0").await;
+    let mut config = rtcd_e2e::proxy::base_config();
+    config.rtcd = RtcdConfig {
+        url: format!("http://127.0.0.2:{grpc}, http://127.0.0.3:{grpc}"),
+        client_id: "proxy-1".into(),
+        auth_key: Secret::new(key_for("proxy-1")),
+        api_port: api,
+        // No probe during the test: the hosts' own refusals and the room lookup must do it.
+        health_interval_seconds: 600,
+        // Placement predicted by the test: the shared machine's CPU must not weight it.
+        cpu_weighted_placement: false,
+        ..RtcdConfig::default()
+    };
+    let cancel = CancellationToken::new();
+    let relay = RtcdRelay::start(&config.rtcd, cancel.clone())
+        .await
+        .unwrap();
+    let hosts = relay.clone();
+    let proxy = rtcd_e2e::proxy::start_with_relay(config, Some(relay))
+        .await
+        .unwrap();
+    eventually("both hosts ready", || {
+        let snapshot = hosts.hosts().snapshot();
+        snapshot.len() == 2 && snapshot.iter().all(|(_, h)| *h == HostHealth::Ready)
+    })
+    .await;
+    let rooms_on_a: Vec<String> = (0..200)
+        .map(|i| format!("room-{i}"))
+        .filter(|r| {
+            hosts
+                .hosts()
+                .place(r)
+                .is_some_and(|h| h.starts_with("127.0.0.2"))
+        })
+        .take(2)
+        .collect();
+    let addr = proxy.addr();
+    let join = |who: &'static str, room: String| async move {
+        let mut client = rtcd_e2e::proxy::Client::connect(addr, "", &[])
+            .await
+            .unwrap();
+        client
+            .send(
+                &serde_json::json!({"type": "join", "room": room, "token": moderator(who, &room)}),
+            )
+            .await
+            .unwrap();
+        let joined = client.expect("joined").await.unwrap();
+        if joined["media"] != true {
+            panic!("{who}: no media: {:?}", client.next().await);
+        }
+        client
+    };
+    let calls = |d: &TestRtcd| d.rtcd.sfu().call_count();
+    let sessions = |d: &TestRtcd| d.rtcd.sfu().session_count();
+
+    // The first room goes where rendezvous puts it: A, which is then at its capacity of 1.
+    let _dave = join("dave", rooms_on_a[0].clone()).await;
+    assert_eq!((calls(&a), calls(&b)), (1, 0));
+    // A second new room that rendezvous would also put on A: A refuses to open it, and the
+    // relay places it on B instead (no probe has told it A is full).
+    let _erin = join("erin", rooms_on_a[1].clone()).await;
+    assert_eq!((calls(&a), calls(&b)), (1, 1), "the new room went to B");
+    // The first room keeps growing on A, past its capacity, found where it is although A is
+    // now counted full for new rooms.
+    let _frank = join("frank", rooms_on_a[0].clone()).await;
+    assert_eq!(
+        (sessions(&a), sessions(&b)),
+        (2, 1),
+        "frank joined dave's room on A"
+    );
+    // And the second room keeps growing on B, although rendezvous alone says A: the relay
+    // asks the hosts where the room is before placing.
+    let _gina = join("gina", rooms_on_a[1].clone()).await;
+    assert_eq!(
+        (sessions(&a), sessions(&b)),
+        (2, 2),
+        "gina joined erin's room on B"
+    );
+    assert_eq!(a.rtcd.metrics().new_rooms_refused.get(), 1);
+    // A reports itself over capacity (2 of 1; sampled once a second), which the next probe
+    // turns into "full".
+    let mut system = serde_json::Value::Null;
+    for _ in 0..50 {
+        system = reqwest::get(format!("http://127.0.0.2:{api}/system"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if system["capacity_used"] == 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(system["capacity_used"], 2.0, "{system}");
+    assert!(
+        system["load"].as_f64().is_some_and(|l| l >= 2.0),
+        "{system}"
+    );
+    cancel.cancel();
+    drop(proxy);
+    a.stop().await;
+    b.stop().await;
 }
