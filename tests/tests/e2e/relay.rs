@@ -606,6 +606,20 @@ async fn a_rejoin_after_a_host_is_gone_lands_on_a_live_host_before_the_next_prob
     cancel.cancel();
 }
 
+/// Relay settings for the two hosts of the capacity test (CPU left out: the shared test
+/// machine's CPU must not weight what the test predicts).
+fn config_for_levels(grpc: u16, api: u16) -> RtcdConfig {
+    RtcdConfig {
+        url: format!("http://127.0.0.2:{grpc}, http://127.0.0.3:{grpc}"),
+        client_id: "proxy-1".into(),
+        auth_key: Secret::new(key_for("proxy-1")),
+        api_port: api,
+        health_interval_seconds: 600,
+        cpu_weighted_placement: false,
+        ..RtcdConfig::default()
+    }
+}
+
 #[tokio::test]
 async fn a_host_at_capacity_gets_no_new_rooms_while_its_rooms_keep_growing_where_they_are() {
     let (api, grpc) = (shared_port(), shared_port());
@@ -628,17 +642,8 @@ async fn a_host_at_capacity_gets_no_new_rooms_while_its_rooms_keep_growing_where
     let a = start(dir_a.path().to_owned(), "127.0.0.2", "1").await;
     let b = start(dir_b.path().to_owned(), "127.0.0.3", "0").await;
     let mut config = rtcd_e2e::proxy::base_config();
-    config.rtcd = RtcdConfig {
-        url: format!("http://127.0.0.2:{grpc}, http://127.0.0.3:{grpc}"),
-        client_id: "proxy-1".into(),
-        auth_key: Secret::new(key_for("proxy-1")),
-        api_port: api,
-        // No probe during the test: the hosts' own refusals and the room lookup must do it.
-        health_interval_seconds: 600,
-        // Placement predicted by the test: the shared machine's CPU must not weight it.
-        cpu_weighted_placement: false,
-        ..RtcdConfig::default()
-    };
+    // No probe during the test: the hosts' own refusals and the room lookup must do it.
+    config.rtcd = config_for_levels(grpc, api);
     let cancel = CancellationToken::new();
     let relay = RtcdRelay::start(&config.rtcd, cancel.clone())
         .await
@@ -726,6 +731,29 @@ async fn a_host_at_capacity_gets_no_new_rooms_while_its_rooms_keep_growing_where
         system["load"].as_f64().is_some_and(|l| l >= 2.0),
         "{system}"
     );
+    // Another replica starting now reads it in its first probe: A is full, B idle, so A gets
+    // no new rooms from it either.
+    let other = RtcdRelay::start(&config_for_levels(grpc, api), cancel.clone())
+        .await
+        .unwrap();
+    let levels = other.hosts().levels();
+    let level = |ip: &str| {
+        levels
+            .iter()
+            .find(|(k, _)| k.starts_with(ip))
+            .map(|(_, l)| *l)
+    };
+    assert_eq!(
+        (level("127.0.0.2"), level("127.0.0.3")),
+        (Some(rtcd_proxy::placement::FULL), Some(0)),
+        "{levels:?}"
+    );
+    assert!(rooms_on_a.iter().all(|r| {
+        other
+            .hosts()
+            .place(r)
+            .is_some_and(|h| h.starts_with("127.0.0.3"))
+    }));
     cancel.cancel();
     drop(proxy);
     a.stop().await;
