@@ -46,6 +46,26 @@ async fn host(dir: &std::path::Path, ip: &str, port: u16) -> TestRtcd {
     d
 }
 
+/// One of several rtcd hosts on `ip` with the same (API, gRPC) ports as the others, as on
+/// separate machines; no drain on stop; `proxy-1` registered.
+async fn peer_host(
+    dir: &std::path::Path,
+    ip: &str,
+    (api, grpc): (u16, u16),
+    extra: &[(&str, &str)],
+) -> TestRtcd {
+    let (api_addr, grpc_addr) = (format!("{ip}:{api}"), format!("{ip}:{grpc}"));
+    let mut env = vec![
+        ("RTCD_API_HTTP_LISTEN_ADDRESS", api_addr.as_str()),
+        ("RTCD_GRPC_LISTEN_ADDRESS", grpc_addr.as_str()),
+        ("RTCD_RTC_DRAIN_TIMEOUT_SECONDS", "0"),
+    ];
+    env.extend_from_slice(extra);
+    let d = TestRtcd::start_in(dir, &env).await.unwrap();
+    register_proxy(&d.rtcd, "proxy-1").await;
+    d
+}
+
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !check() {
@@ -488,22 +508,8 @@ async fn relay_presents_its_client_certificate_when_rtcd_requires_one() {
 async fn a_rejoin_after_a_host_is_gone_lands_on_a_live_host_before_the_next_probe() {
     let (api, grpc) = (shared_port(), shared_port());
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let start = |dir: std::path::PathBuf, ip: &'static str| async move {
-        let d = TestRtcd::start_in(
-            &dir,
-            &[
-                ("RTCD_API_HTTP_LISTEN_ADDRESS", &format!("{ip}:{api}")),
-                ("RTCD_GRPC_LISTEN_ADDRESS", &format!("{ip}:{grpc}")),
-                ("RTCD_RTC_DRAIN_TIMEOUT_SECONDS", "0"),
-            ],
-        )
-        .await
-        .unwrap();
-        register_proxy(&d.rtcd, "proxy-1").await;
-        d
-    };
-    let a = start(dir_a.path().to_owned(), "127.0.0.2").await;
-    let b = start(dir_b.path().to_owned(), "127.0.0.3").await;
+    let a = peer_host(dir_a.path(), "127.0.0.2", (api, grpc), &[]).await;
+    let b = peer_host(dir_b.path(), "127.0.0.3", (api, grpc), &[]).await;
     let mut config = rtcd_e2e::proxy::base_config();
     config.rtcd = RtcdConfig {
         url: format!("http://127.0.0.2:{grpc}, http://127.0.0.3:{grpc}"),
@@ -624,23 +630,9 @@ fn config_for_levels(grpc: u16, api: u16) -> RtcdConfig {
 async fn a_host_at_capacity_gets_no_new_rooms_while_its_rooms_keep_growing_where_they_are() {
     let (api, grpc) = (shared_port(), shared_port());
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let start = |dir: std::path::PathBuf, ip: &'static str, capacity: &'static str| async move {
-        let d = TestRtcd::start_in(
-            &dir,
-            &[
-                ("RTCD_API_HTTP_LISTEN_ADDRESS", &format!("{ip}:{api}")),
-                ("RTCD_GRPC_LISTEN_ADDRESS", &format!("{ip}:{grpc}")),
-                ("RTCD_RTC_MAX_SESSIONS", capacity),
-                ("RTCD_RTC_DRAIN_TIMEOUT_SECONDS", "0"),
-            ],
-        )
-        .await
-        .unwrap();
-        register_proxy(&d.rtcd, "proxy-1").await;
-        d
-    };
-    let a = start(dir_a.path().to_owned(), "127.0.0.2", "1").await;
-    let b = start(dir_b.path().to_owned(), "127.0.0.3", "0").await;
+    let capacity = |n: &'static str| [("RTCD_RTC_MAX_SESSIONS", n)];
+    let a = peer_host(dir_a.path(), "127.0.0.2", (api, grpc), &capacity("1")).await;
+    let b = peer_host(dir_b.path(), "127.0.0.3", (api, grpc), &capacity("0")).await;
     let mut config = rtcd_e2e::proxy::base_config();
     // No probe during the test: the hosts' own refusals and the room lookup must do it.
     config.rtcd = config_for_levels(grpc, api);
