@@ -712,31 +712,29 @@ impl RtcdRelay {
                 RelayError::Unavailable("media server did not answer the join in time".into())
             })?;
             match opened {
+                // Joined at once, or held by the room's policy (admitted later, `Admitted`).
                 Ok((
                     inbound,
                     Some(pb::ServerSignal {
-                        signal: Some(pb::server_signal::Signal::Joined(_)),
+                        signal:
+                            Some(
+                                first @ (pb::server_signal::Signal::Joined(_)
+                                | pb::server_signal::Signal::Waiting(_)),
+                            ),
                     }),
                 )) => {
-                    tracing::debug!(session = %request.session, rtcd_session = %session_id, host = %key, "joined on rtcd");
-                    let (hosts, key) = (self.hosts.clone(), key.to_owned());
-                    let lost = move || suspect(&hosts, &key, "a session's stream broke");
-                    return Ok(spawn_pumps(to_rtcd, inbound, session_id, lost));
-                }
-                Ok((
-                    inbound,
-                    Some(pb::ServerSignal {
-                        signal: Some(pb::server_signal::Signal::Waiting(w)),
-                    }),
-                )) => {
-                    tracing::debug!(session = %request.session, rtcd_session = %session_id, host = %key, reason = %w.reason, "waiting to enter on rtcd");
+                    let waiting = match first {
+                        pb::server_signal::Signal::Waiting(w) => Some(Waiting {
+                            reason: w.reason,
+                            timeout_seconds: w.timeout_seconds,
+                        }),
+                        _ => None,
+                    };
+                    tracing::debug!(session = %request.session, rtcd_session = %session_id, host = %key, waiting = ?waiting, "session opened on rtcd");
                     let (hosts, key) = (self.hosts.clone(), key.to_owned());
                     let lost = move || suspect(&hosts, &key, "a session's stream broke");
                     let mut link = spawn_pumps(to_rtcd, inbound, session_id, lost);
-                    link.waiting = Some(Waiting {
-                        reason: w.reason,
-                        timeout_seconds: w.timeout_seconds,
-                    });
+                    link.waiting = waiting;
                     return Ok(link);
                 }
                 Ok((

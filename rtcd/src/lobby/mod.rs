@@ -348,6 +348,10 @@ impl Room {
     fn is_empty(&self) -> bool {
         self.members.is_empty() && self.waiting.is_empty()
     }
+
+    fn is_empty_since(&self, now: Instant) -> Option<Duration> {
+        self.empty_since.map(|t| now.duration_since(t))
+    }
 }
 
 type RoomKey = (TenantId, CallId);
@@ -395,12 +399,6 @@ impl Rooms {
                 None
             };
         }
-    }
-}
-
-impl Room {
-    fn is_empty_since(&self, now: Instant) -> Option<Duration> {
-        self.empty_since.map(|t| now.duration_since(t))
     }
 }
 

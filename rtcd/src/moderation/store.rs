@@ -56,6 +56,17 @@ pub enum Refusal {
     TokenDenied,
 }
 
+impl Refusal {
+    /// The `SessionClosed` reason of a session this refusal ends ("banned" or "revoked"),
+    /// which the proxy maps to its close codes.
+    pub fn close_reason(&self) -> &'static str {
+        match self {
+            Refusal::Banned { .. } => "banned",
+            Refusal::CutOff { .. } | Refusal::TokenDenied => "revoked",
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct BanRecord {
     v: u32,

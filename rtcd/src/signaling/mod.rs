@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthService, Credentials, Principal};
 use crate::lobby::{self, Decision, Entrant, Gate, Lobby, Notice, Presence, Ticket};
-use crate::moderation::{ModerationStore, unix_now};
+use crate::moderation::{ModerationStore, Refusal, unix_now};
 use crate::sfu::{CallId, JoinRequest, SessionId, Sfu, SfuError, TenantId, UserId};
 
 /// The service; cheap to clone (every member is a handle).
@@ -93,6 +93,23 @@ struct Admitted {
     notices: mpsc::Receiver<Notice>,
 }
 
+/// Why a session was not admitted to the SFU.
+enum NotAdmitted {
+    /// Banned or revoked (checked again on admission: a wait can be long).
+    Refused(Refusal),
+    /// The SFU or the store failed.
+    Failed(Status),
+}
+
+impl From<NotAdmitted> for Status {
+    fn from(e: NotAdmitted) -> Status {
+        match e {
+            NotAdmitted::Refused(r) => status::from_refusal(&r),
+            NotAdmitted::Failed(s) => s,
+        }
+    }
+}
+
 /// How a wait in the lobby or for a host ended.
 enum WaitEnd {
     /// Go in.
@@ -123,7 +140,7 @@ impl SignalingService {
         join: JoinRequest,
         entrant: &Entrant,
         tx: &Outbound,
-    ) -> Result<Admitted, Status> {
+    ) -> Result<Admitted, NotAdmitted> {
         if let Some(refusal) = self
             .moderation
             .refusal(
@@ -133,10 +150,10 @@ impl SignalingService {
                 &join.token,
                 unix_now(),
             )
-            .map_err(|e| status::from_store(&e))?
+            .map_err(|e| NotAdmitted::Failed(status::from_store(&e)))?
         {
             tracing::info!(target: "audit", client = %join.tenant, call = %join.call, user = %join.user, action = "join", outcome = "refused", ?refusal);
-            return Err(status::from_refusal(&refusal));
+            return Err(NotAdmitted::Refused(refusal));
         }
         let (tenant, call, session, user, token) = (
             join.tenant.clone(),
@@ -149,7 +166,7 @@ impl SignalingService {
             .sfu
             .join(join)
             .await
-            .map_err(|e| status::from_sfu(&e))?;
+            .map_err(|e| NotAdmitted::Failed(status::from_sfu(&e)))?;
         // Checked again now that the session is registered: a ban or revocation written
         // between the first check and the registration (whose removal pass could not see this
         // session yet) is seen here, so no refused session stays.
@@ -157,11 +174,9 @@ impl SignalingService {
             self.moderation
                 .refusal(&tenant, &call, &user, &token, unix_now())
         {
-            let reason = match refusal {
-                crate::moderation::Refusal::Banned { .. } => "banned",
-                _ => "revoked",
-            };
-            let _ = self.sfu.close(&tenant, &call, &session, reason);
+            let _ = self
+                .sfu
+                .close(&tenant, &call, &session, refusal.close_reason());
         }
         let (notices_tx, notices) = mpsc::channel(lobby::NOTICE_CAPACITY);
         let presence = self.lobby.present(&tenant, &call, entrant, notices_tx);
@@ -347,7 +362,10 @@ impl Signaling for SignalingService {
         let service = self.clone();
         match gate {
             Gate::Enter => {
-                let admitted = self.admit(join, &entrant, &tx).await?;
+                let admitted = self
+                    .admit(join, &entrant, &tx)
+                    .await
+                    .map_err(Status::from)?;
                 tokio::spawn(relay(
                     admitted,
                     inbound,
@@ -380,16 +398,12 @@ impl Signaling for SignalingService {
                         Ok(admitted) => {
                             relay(admitted, inbound, tx, service.sfu, service.moderation, ids).await
                         }
-                        Err(status) => {
-                            // The stream is already open: the refusal travels as its end.
-                            let reason = if status.message().starts_with("banned") {
-                                "banned"
-                            } else if status.message().starts_with("revoked") {
-                                "revoked"
-                            } else {
-                                status.message()
-                            };
-                            let _ = tx.send(closed(reason)).await;
+                        // The stream is already open: the refusal travels as its end.
+                        Err(NotAdmitted::Refused(refusal)) => {
+                            let _ = tx.send(closed(refusal.close_reason())).await;
+                        }
+                        Err(NotAdmitted::Failed(status)) => {
+                            let _ = tx.send(closed(status.message())).await;
                         }
                     }
                 });
