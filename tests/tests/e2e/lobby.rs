@@ -349,6 +349,23 @@ async fn moderators_on_two_replicas_admit_and_deny_knockers_and_see_who_gives_up
     .await;
     assert_eq!(body["waiting"], json!([]), "{body}");
 
+    // Banned while knocking: letting her in later still refuses her (the ban is checked again
+    // on admission), with the ban's own close code.
+    let (mut dora, _) = waits(two.addr(), "dora", "standup", "member").await;
+    let (status, body) = api(
+        one.addr(),
+        "POST",
+        "/api/v1/rooms/standup/participants/remove",
+        Some(&admin()),
+        Some(json!({"identity": "dora", "ban_seconds": 600})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer = moderate(&mut m1, json!({"action": "admit", "identity": "dora"})).await;
+    assert_eq!(answer["sessions"], 1, "{answer}");
+    let (code, reason, _) = dora.closed().await.unwrap();
+    assert_eq!((code, reason.as_str()), (4012, "banned"));
+
     // Someone admitted re-enters without knocking while the room lives (another device, or
     // after a proxy restart), whichever replica they come through.
     let mut kate2 = enters(one.addr(), "kate", "standup", "member").await;
