@@ -97,6 +97,11 @@ pub enum ClientMessage {
         token: Option<String>,
         /// The room to enter.
         room: String,
+        /// The `resume_token` of this client's previous `joined`, after its connection was
+        /// lost: the session (and its peer connection) is taken over if the media server
+        /// still holds it; `joined.resumed` says whether it was.
+        #[serde(default)]
+        resume: Option<String>,
     },
     /// An SDP offer: the client makes every offer (after `joined`, to publish or unpublish,
     /// and after each `negotiation_needed`).
@@ -293,6 +298,18 @@ pub enum ServerMessage {
         /// When the credentials in `ice_servers` expire (Unix seconds).
         #[serde(skip_serializing_if = "Option::is_none")]
         ice_servers_expires_at: Option<i64>,
+        /// Present this in `join.resume` to take the session over after a lost connection
+        /// (any proxy replica, within the media server's grace period).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
+        /// True when this join resumed the earlier session: keep the peer connection (media
+        /// never stopped); `participants` is the call now.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        resumed: bool,
+        /// With `resumed`: every other participant now (events missed while disconnected
+        /// are not repeated; tracks and negotiation events are).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        participants: Option<Vec<Participant>>,
     },
     /// New TURN credentials, before the previous ones expire: apply them to the peer
     /// connection (`setConfiguration`) so any new relay allocation uses them.

@@ -37,6 +37,9 @@ pub struct JoinRequest {
     /// The room's entry policy from this proxy's configuration (`[rooms]`); a policy stored
     /// at the media server overrides it field by field.
     pub policy: crate::rooms::RoomPolicy,
+    /// The client's resume token (from its previous `joined`): take that session over if the
+    /// media server still holds it for this identity and room, else join afresh.
+    pub resume: Option<String>,
 }
 
 /// Client actions, already authorized by the policy layer.
@@ -137,8 +140,11 @@ pub enum RelayEvent {
     /// The platform or a moderator asks this session's user to unmute a source.
     UnmuteRequested(TrackSource),
     /// A session that waited (see [`RelayLink::waiting`]) was admitted: the client may now
-    /// negotiate media.
-    Admitted,
+    /// negotiate media. Carries the session's resume token, as [`RelayLink::resume_token`].
+    Admitted {
+        /// See [`RelayLink::resume_token`].
+        resume_token: Option<String>,
+    },
     /// Moderators only: someone knocks at the lobby.
     LobbyRequest(crate::protocol::Participant),
     /// Moderators only: a knocker left the lobby.
@@ -178,6 +184,23 @@ pub struct RelayLink {
     /// Set when the session must wait before it enters (the room's policy): it is admitted
     /// when [`RelayEvent::Admitted`] arrives, or closed.
     pub waiting: Option<Waiting>,
+    /// What the client presents to resume this session through any proxy replica after its
+    /// signaling connection is lost (`None`: the media server does not offer resumption).
+    pub resume_token: Option<String>,
+    /// Set when the join resumed an earlier session instead of opening a new one: the peer
+    /// connection lives on, and this is the session as the media server has it now.
+    pub resumed: Option<Resumed>,
+}
+
+/// A session taken over from the media server after its signaling was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// The other participants now (one entry per identity).
+    pub participants: Vec<Participant>,
+    /// The session's role now (a moderator may have changed it).
+    pub role: crate::policy::Role,
+    /// The session's permissions now.
+    pub permissions: crate::policy::Permissions,
 }
 
 /// Why a session waits before entering, and for how long at most.

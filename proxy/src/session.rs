@@ -45,6 +45,8 @@ use crate::rooms::{Action, Actor};
 /// write fail with a reset. Bounded, because a client that never stops sending must not keep
 /// its connection slot: it is held until the linger ends.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long a closing session waits to queue its `Leave` for the media server.
+const LEAVE_SEND: Duration = Duration::from_millis(500);
 
 /// Refused `refresh` tokens a session may send before it is closed with
 /// `too_many_auth_failures`. Counted per session, not in the per-address failed-auth limiter:
@@ -265,6 +267,10 @@ struct Joined {
     admitted: bool,
     /// What the affiliation hook allowed at join: a refresh token is held to it too.
     ceiling: Ceiling,
+    /// Sent in `joined`: what resumes this session after a lost connection.
+    resume_token: Option<String>,
+    /// Set until `joined` is sent when this join resumed an earlier session.
+    resumed: Option<crate::relay::Resumed>,
 }
 
 /// A `moderate` message's fields.
@@ -289,6 +295,9 @@ struct Session {
     joined: Option<Joined>,
     /// A send timed out: the client does not read.
     stalled: bool,
+    /// The client's connection dropped without a closing handshake (see
+    /// [`Session::release_media`]).
+    vanished: bool,
 }
 
 /// What to do after handling one event.
@@ -321,6 +330,7 @@ pub async fn run(
         last_seen: Instant::now(),
         joined: None,
         stalled: false,
+        vanished: false,
     };
     let _slot = match admitted {
         Ok(slot) => slot,
@@ -331,6 +341,7 @@ pub async fn run(
         }
     };
     let (reason, detail) = session.serve(tokens).await;
+    session.release_media(&reason).await;
     let code = reason.code();
     let label = reason.label();
     session.close(reason, detail.clone()).await;
@@ -364,6 +375,24 @@ fn instant_at(at: i64) -> tokio::time::Instant {
 }
 
 impl Session {
+    /// Ends the session at the media server (`Leave`) unless the client may come back and
+    /// resume it: when the proxy shuts down (the client reconnects to another replica) or the
+    /// client vanished (its connection dropped without a close, or went silent), the stream
+    /// just ends and the media server keeps the session, media flowing, for its grace period.
+    async fn release_media(&mut self, reason: &CloseReason) {
+        let resumable =
+            self.vanished || matches!(reason, CloseReason::GoingAway | CloseReason::IdleTimeout);
+        let Some(link) = self.joined.as_ref().and_then(|j| j.link.as_ref()) else {
+            return;
+        };
+        if resumable {
+            return;
+        }
+        // Bounded: a link too backed up to take it ends without (the session then expires at
+        // the media server after its grace period).
+        let _ = tokio::time::timeout(LEAVE_SEND, link.commands.send(RelayCommand::Leave)).await;
+    }
+
     async fn serve(&mut self, mut tokens: UpgradeTokens) -> (CloseReason, Option<String>) {
         // Borrowed through a local handle rather than cloned: this future lives as long as
         // the session, and idle sessions should cost little memory.
@@ -549,7 +578,10 @@ impl Session {
         tokens: &mut UpgradeTokens,
     ) -> Next {
         let message = match frame {
-            None => return Next::Close(CloseReason::Normal, None),
+            None => {
+                self.vanished = true;
+                return Next::Close(CloseReason::Normal, None);
+            }
             Some(Err(WsError::Capacity(_))) => {
                 let max = self.state.config.limits.max_message_bytes;
                 return Next::Close(
@@ -565,6 +597,12 @@ impl Session {
                 );
             }
             Some(Err(WsError::Protocol(e))) => {
+                // A connection dropped without a closing handshake is the network, not a
+                // misbehaving client: it may come back and resume.
+                self.vanished |= matches!(
+                    e,
+                    tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+                );
                 return Next::Close(
                     CloseReason::BadMessage,
                     Some(format!("WebSocket protocol violation: {e}")),
@@ -573,6 +611,7 @@ impl Session {
             Some(Err(e)) => {
                 // The connection itself failed (reset, I/O error): nobody left to tell.
                 tracing::debug!(session = %self.id, error = %e, "read failed");
+                self.vanished = true;
                 return Next::Close(CloseReason::BadMessage, None);
             }
             Some(Ok(m)) => m,
@@ -613,7 +652,11 @@ impl Session {
         self.state.metrics.message("in", parsed.kind());
         if self.joined.is_none() {
             return match parsed {
-                ClientMessage::Join { token, room } => self.join(token, room, tokens).await,
+                ClientMessage::Join {
+                    token,
+                    room,
+                    resume,
+                } => self.join(token, room, resume, tokens).await,
                 other => Next::Close(
                     CloseReason::BadMessage,
                     Some(format!("`{}` before `join`", other.kind())),
@@ -627,6 +670,7 @@ impl Session {
         &mut self,
         token: Option<String>,
         room: String,
+        resume: Option<String>,
         tokens: &mut UpgradeTokens,
     ) -> Next {
         let room = match RoomName::parse(&room) {
@@ -711,6 +755,7 @@ impl Session {
                         session: self.id,
                         grant: grant.clone(),
                         policy: self.state.config.rooms.policy_for(grant.room.as_str()),
+                        resume,
                     })
                     .await;
                 self.state
@@ -738,7 +783,19 @@ impl Session {
         };
         let mut link = link;
         let waiting = link.as_mut().and_then(|l| l.waiting.take());
+        let resume_token = link.as_mut().and_then(|l| l.resume_token.take());
+        let resumed = link.as_mut().and_then(|l| l.resumed.take());
         let room = grant.room.clone();
+        let mut grant = grant;
+        let mut moderated = false;
+        if let Some(r) = &resumed {
+            // The session as the media server has it: a moderator may have changed its role
+            // or permissions since the token was issued, and that holds over the token.
+            moderated = r.role != grant.role || r.permissions != grant.permissions;
+            grant.role = r.role;
+            grant.permissions = r.permissions;
+            tracing::info!(target: "audit", session = %self.id, identity = %grant.identity.as_str(), room = %room.as_str(), "session resumed after a lost connection");
+        }
         self.joined = Some(Joined {
             grant,
             link,
@@ -748,9 +805,11 @@ impl Session {
             refused_refreshes: 0,
             media_closed: None,
             turn_refresh_at: None,
-            moderated: false,
+            moderated,
             admitted: waiting.is_none(),
             ceiling,
+            resume_token,
+            resumed,
         });
         match waiting {
             Some(w) => {
@@ -789,6 +848,8 @@ impl Session {
             Some(issued) => (Some(issued.servers), Some(issued.expires_at)),
             None => (None, None),
         };
+        let resume_token = joined.resume_token.clone();
+        let resumed = joined.resumed.take();
         self.send(ServerMessage::Joined {
             session_id: self.id,
             room: grant.room,
@@ -801,6 +862,9 @@ impl Session {
             media,
             ice_servers,
             ice_servers_expires_at,
+            resume_token,
+            resumed: resumed.is_some(),
+            participants: resumed.map(|r| r.participants),
         })
         .await;
         if let Some((code, message)) = failure {
@@ -1232,10 +1296,11 @@ impl Session {
         };
         let message = match event {
             RelayEvent::Closed { reason } => return self.media_closed(Some(reason)).await,
-            RelayEvent::Admitted => {
+            RelayEvent::Admitted { resume_token } => {
                 let waited = self.joined.as_mut().is_some_and(|j| {
                     let waited = !j.admitted;
                     j.admitted = true;
+                    j.resume_token = resume_token;
                     waited
                 });
                 if waited {
@@ -1363,11 +1428,15 @@ impl Session {
                 ),
             );
         }
-        let message = match reason {
-            Some(reason) if reason != "shutdown" => {
-                format!("the media server closed this session ({reason}); rejoin")
+        let message = match reason.as_deref() {
+            // Planned: the host drains (its calls ran out of drain time, or it moves them).
+            Some("shutdown") | Some("migrate") => {
+                "the media server hosting this room is being taken out of service; rejoining \
+                 moves the call to another media server"
+                    .into()
             }
-            _ => "the media server hosting this room is gone; rejoin".into(),
+            Some(reason) => format!("the media server closed this session ({reason}); rejoin"),
+            None => "the media server hosting this room is gone; rejoin".into(),
         };
         self.send(ServerMessage::MediaServerLost { message }).await;
         Next::Close(CloseReason::MediaServerLost, None)

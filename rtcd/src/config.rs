@@ -208,6 +208,24 @@ pub struct RtcConfig {
     pub ice_failed_timeout_ms: u64,
     /// On shutdown, how long calls may continue before they are closed with reason "shutdown".
     pub drain_timeout_seconds: u64,
+    /// On shutdown, whether running calls stay until they end or the drain timeout (`finish`),
+    /// or are moved to other hosts at once (`migrate`: every session is closed with reason
+    /// "migrate", and clients rejoin; all of a room's participants land on one new host).
+    pub drain_mode: DrainMode,
+    /// How long a session whose signaling stream broke without a `Leave` (its proxy died or
+    /// restarted) lives on, peer connection and media included, waiting for a proxy to
+    /// `Resume` it. 0 = a session ends with its stream.
+    pub resume_grace_seconds: u64,
+}
+
+/// What a draining rtcd does with the calls it hosts (`rtc.drain_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainMode {
+    /// Calls continue until they end or `drain_timeout_seconds`, then close ("shutdown").
+    Finish,
+    /// Calls are closed at once with reason "migrate"; clients rejoin on another host.
+    Migrate,
 }
 
 impl Default for RtcConfig {
@@ -232,6 +250,8 @@ impl Default for RtcConfig {
             ice_disconnected_timeout_ms: 5_000,
             ice_failed_timeout_ms: 25_000,
             drain_timeout_seconds: 30,
+            drain_mode: DrainMode::Finish,
+            resume_grace_seconds: 15,
         }
     }
 }
@@ -671,6 +691,14 @@ impl Config {
                     format!("must be between 1 and {MAX_ICE_TIMEOUT_MS} (ms)"),
                 ));
             }
+        }
+        // A parked session holds a peer connection and its forwarding with nobody to tell; a
+        // long grace would keep ghosts in calls.
+        if rtc.resume_grace_seconds > 300 {
+            return Err(invalid(
+                "rtc.resume_grace_seconds",
+                "must be between 0 (off) and 300".into(),
+            ));
         }
         Ok(())
     }

@@ -132,6 +132,7 @@ pub struct Rtcd {
     webhooks: Webhooks,
     grpc_cancel: CancellationToken,
     grpc_server: JoinHandle<()>,
+    relays: tokio_util::task::TaskTracker,
     cancel: CancellationToken,
     servers: Vec<JoinHandle<()>>,
 }
@@ -194,9 +195,20 @@ impl Rtcd {
         let sfu = Sfu::new(sfu_config(&config.rtc)?, metrics.clone(), events).await?;
         let grpc_cancel = CancellationToken::new();
         let lobby = Lobby::with_metrics(metrics.clone());
+        let signaling = SignalingService::new(
+            auth.clone(),
+            sfu.clone(),
+            moderation.clone(),
+            lobby.clone(),
+            signaling::resume::Parking::new(
+                Duration::from_secs(config.rtc.resume_grace_seconds),
+                Some(metrics.clone()),
+            ),
+        );
+        let relays = signaling.relays();
         let (grpc_addr, grpc_server) = start_grpc(
             &config,
-            SignalingService::new(auth.clone(), sfu.clone(), moderation.clone(), lobby.clone()),
+            signaling,
             RoomsService::new(
                 auth.clone(),
                 sfu.clone(),
@@ -261,6 +273,7 @@ impl Rtcd {
             webhooks,
             grpc_cancel,
             grpc_server,
+            relays,
             cancel,
             servers,
         })
@@ -312,7 +325,8 @@ impl Rtcd {
     }
 
     /// Graceful shutdown: not ready and no new joins; running calls continue until they end or
-    /// `rtc.drain_timeout_seconds`, then close with reason "shutdown"; their last webhook
+    /// `rtc.drain_timeout_seconds`, then close with reason "shutdown" (or, with
+    /// `rtc.drain_mode = "migrate"`, close at once with reason "migrate"); their last webhook
     /// events get up to [`WEBHOOK_DRAIN`] to be delivered; then the listeners stop
     /// (in-flight HTTP requests bounded by `api.http.shutdown_timeout_seconds`) and the store is
     /// flushed.
@@ -321,8 +335,23 @@ impl Rtcd {
         // Nobody waiting can be let in any more: they rejoin elsewhere at once.
         self.sfu.start_draining();
         self.lobby.close_all();
-        let drain = Duration::from_secs(self.config.rtc.drain_timeout_seconds);
-        self.sfu.drain(drain, "shutdown").await;
+        match self.config.rtc.drain_mode {
+            config::DrainMode::Finish => {
+                let drain = Duration::from_secs(self.config.rtc.drain_timeout_seconds);
+                self.sfu.drain(drain, "shutdown").await;
+            }
+            // Everyone at once, so that each room's participants rejoin together and land on
+            // one new host (a room moved piecemeal could be split between two).
+            config::DrainMode::Migrate => self.sfu.drain(Duration::ZERO, "migrate").await,
+        }
+        // The sessions are closed; their relay tasks (which hold the store) finish at once.
+        self.relays.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.relays.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("session relay tasks did not finish within 5 s of the drain");
+        }
         self.webhooks.shutdown(WEBHOOK_DRAIN).await;
         self.grpc_cancel.cancel();
         if tokio::time::timeout(Duration::from_secs(5), self.grpc_server)

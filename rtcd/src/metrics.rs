@@ -207,6 +207,13 @@ pub struct Metrics {
     /// How waits ended, by outcome (`admitted`, `denied`, `left`, `timeout`, `refused`): many
     /// `timeout`s mean rooms whose hosts do not come or lobbies nobody watches.
     pub lobby_ended: Family<OutcomeLabels, Counter>,
+    /// Sessions parked: their proxy's stream broke, their media flows on, and a proxy may
+    /// resume them within `rtc.resume_grace_seconds`. A spike is a proxy that died.
+    pub sessions_parked: Gauge,
+    /// How parked sessions ended their wait (`resumed`, `expired`, `ended`, `overflow`) and
+    /// resumptions refused (`refused`): many `expired` mean clients that do not come back
+    /// within the grace period (or proxies that do not resume).
+    pub session_resumes: Family<OutcomeLabels, Counter>,
     /// Tasks alive on the runtime that renders the metrics, refreshed on every scrape: a
     /// count that keeps climbing while sessions come and go is a leak (the e2e leak check
     /// asserts it returns to its baseline).
@@ -368,6 +375,18 @@ impl Metrics {
             "Waits to enter a room that ended, by outcome",
             lobby_ended.clone(),
         );
+        let sessions_parked = Gauge::default();
+        registry.register(
+            "sessions_parked",
+            "Sessions whose proxy stream broke, kept for a resume",
+            sessions_parked.clone(),
+        );
+        let session_resumes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "session_resumes",
+            "Parked sessions by how their wait ended, and refused resumes",
+            session_resumes.clone(),
+        );
         let runtime_alive_tasks = Gauge::default();
         registry.register(
             "runtime_alive_tasks",
@@ -378,6 +397,8 @@ impl Metrics {
             new_rooms_refused,
             lobby_waiting,
             lobby_ended,
+            sessions_parked,
+            session_resumes,
             sfu,
             webhook,
             media_dropped,

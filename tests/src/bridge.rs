@@ -76,6 +76,146 @@ pub async fn join(
     Ok((out_tx, ReceiverStream::new(in_rx)))
 }
 
+/// What a [`join_resumable`] bridge did after losing its connection: one entry per reconnect,
+/// `true` when the proxy said `joined.resumed`, `false` when it opened a new session instead.
+pub type Resumes = std::sync::Arc<std::sync::Mutex<Vec<bool>>>;
+
+/// Like [`join`], but behaving as docs/protocol.md asks of a client when its signaling
+/// connection is lost (the proxy shut down with 1001, or the connection dropped without a close
+/// frame): it reconnects to the next of `urls` (as a load balancer in front of proxy replicas
+/// would pick another) with `join.resume`, while the peer's media carries on. A reconnect that
+/// does not resume ends the bridged session ("resume failed"), since this peer does not build a
+/// new peer connection; every reconnect is recorded in the returned [`Resumes`].
+pub async fn join_resumable(
+    urls: Vec<String>,
+    token: &str,
+    room: &str,
+) -> anyhow::Result<(mpsc::Sender<pb::ClientSignal>, Inbound, Resumes)> {
+    let (mut ws, joined_msg) = connect_and_join(&urls[0], token, room, None).await?;
+    let mut resume_token = joined_msg["resume_token"]
+        .as_str()
+        .context("joined has no resume_token")?
+        .to_owned();
+    let (out_tx, mut out_rx) = mpsc::channel::<pb::ClientSignal>(64);
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let resumes: Resumes = Default::default();
+    let log = resumes.clone();
+    let (token, room) = (token.to_owned(), room.to_owned());
+    tokio::spawn(async move {
+        let mut next_url = 1;
+        loop {
+            let lost = loop {
+                tokio::select! {
+                    signal = out_rx.recv() => {
+                        let Some(signal) = signal else {
+                            let _ = ws.send(Message::Close(None)).await;
+                            return;
+                        };
+                        let Some(value) = signal.signal.as_ref().and_then(client_json) else {
+                            continue;
+                        };
+                        // A send that fails means the connection is gone: the read side sees it.
+                        let _ = ws.send(Message::text(value.to_string())).await;
+                    }
+                    frame = ws.next() => match frame {
+                        Some(Ok(Message::Close(Some(close)))) if u16::from(close.code) != 1001 => {
+                            let reason = format!("{} {}", u16::from(close.code), close.reason);
+                            let _ = in_tx.send(Ok(closed(reason))).await;
+                            return;
+                        }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break true,
+                        Some(Ok(Message::Text(text))) => {
+                            let Ok(msg) = serde_json::from_str::<Value>(&text) else { continue };
+                            if let Some(signal) = server_signal(&msg)
+                                && in_tx.send(Ok(pb::ServerSignal { signal: Some(signal) })).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                    }
+                }
+            };
+            debug_assert!(lost);
+            // Reconnect with the resume token, trying the replicas in turn for a few seconds.
+            let mut attempt = 0;
+            let rejoined = loop {
+                let url = &urls[next_url % urls.len()];
+                next_url += 1;
+                match connect_and_join(url, &token, &room, Some(&resume_token)).await {
+                    Ok(ok) => break Some(ok),
+                    Err(_) if attempt < 40 => {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    Err(_) => break None,
+                }
+            };
+            let Some((next_ws, msg)) = rejoined else {
+                let _ = in_tx
+                    .send(Ok(closed("resume failed: no proxy answered".into())))
+                    .await;
+                return;
+            };
+            let resumed = msg["resumed"] == true;
+            log.lock().unwrap().push(resumed);
+            if !resumed {
+                let _ = in_tx
+                    .send(Ok(closed(format!("resume failed: {msg}"))))
+                    .await;
+                return;
+            }
+            if let Some(t) = msg["resume_token"].as_str() {
+                resume_token = t.to_owned();
+            }
+            ws = next_ws;
+        }
+    });
+    Ok((out_tx, ReceiverStream::new(in_rx), resumes))
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/ws` at `url` and joins (resuming with `resume`); returns the socket and `joined`.
+async fn connect_and_join(
+    url: &str,
+    token: &str,
+    room: &str,
+    resume: Option<&str>,
+) -> anyhow::Result<(Socket, Value)> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .context("WebSocket connect")?;
+    let mut join = json!({"type": "join", "room": room, "token": token});
+    if let Some(resume) = resume {
+        join["resume"] = json!(resume);
+    }
+    ws.send(Message::text(join.to_string())).await?;
+    loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(20), ws.next())
+            .await
+            .context("no answer to join")?
+            .context("closed before joined")??;
+        let Message::Text(text) = frame else { continue };
+        let msg: Value = serde_json::from_str(&text)?;
+        match msg["type"].as_str() {
+            Some("joined") if msg["media"] == true => return Ok((ws, msg)),
+            Some("joined") => bail!("joined without a media server: {msg}"),
+            Some("error") => bail!("join refused: {msg}"),
+            _ => {}
+        }
+    }
+}
+
+fn closed(reason: String) -> pb::ServerSignal {
+    pb::ServerSignal {
+        signal: Some(pb::server_signal::Signal::SessionClosed(
+            pb::SessionClosed { reason },
+        )),
+    }
+}
+
 /// Reads the proxy's answers to `join` until `joined` with a media server attached (bounded):
 /// an `error`, a join without media, a close or silence is an error saying which.
 pub async fn joined<S>(stream: &mut S) -> anyhow::Result<()>
@@ -125,7 +265,9 @@ pub fn client_json(signal: &pb::client_signal::Signal) -> Option<Value> {
             json!({"type": if s.on { "screen_share_start" } else { "screen_share_stop" }})
         }
         // The proxy takes permission changes from refreshed tokens, not from clients.
-        Signal::Join(_) | Signal::UpdatePermissions(_) | Signal::Token(_) => return None,
+        Signal::Join(_) | Signal::Resume(_) | Signal::UpdatePermissions(_) | Signal::Token(_) => {
+            return None;
+        }
     })
 }
 

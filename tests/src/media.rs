@@ -649,6 +649,22 @@ impl Participant {
         Self::start(session, out_tx, inbound, PeerOptions::default()).await
     }
 
+    /// [`Participant::join_via_proxy`] over a bridge that resumes its session through the
+    /// next of `ws_urls` when its connection to a proxy is lost ([`crate::bridge::join_resumable`]).
+    pub async fn join_via_proxies(
+        ws_urls: Vec<String>,
+        token: &str,
+        room: &str,
+        session: &str,
+    ) -> anyhow::Result<(Self, crate::bridge::Resumes)> {
+        let (out_tx, inbound, resumes) =
+            crate::bridge::join_resumable(ws_urls, token, room).await?;
+        Ok((
+            Self::start(session, out_tx, inbound, PeerOptions::default()).await?,
+            resumes,
+        ))
+    }
+
     /// Creates the peer and starts the driver over an already joined signaling stream.
     async fn start<S>(
         session: &str,

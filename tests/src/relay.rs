@@ -86,6 +86,8 @@ impl Relay for ScriptedRelay {
                 commands,
                 events: event_rx,
                 waiting: None,
+                resume_token: None,
+                resumed: None,
             })
         })
     }

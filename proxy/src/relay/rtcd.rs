@@ -34,7 +34,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{
     BoxFuture, JoinRequest, LINK_CAPACITY, Relay, RelayCommand, RelayError, RelayEvent, RelayLink,
-    Waiting,
+    Resumed, Waiting,
 };
 use crate::config::RtcdConfig;
 use crate::placement::{HostHealth, HostSet};
@@ -622,6 +622,22 @@ impl RtcdRelay {
     /// the next probe.
     async fn open(&self, request: &JoinRequest) -> Result<RelayLink, RelayError> {
         let room = request.grant.room.as_str();
+        if let Some((session, secret)) = request.resume.as_deref().and_then(parse_resume_token) {
+            // The session lives where its room is. Anything but a resumed session (it expired,
+            // its host is gone, the token is stale) falls through to an ordinary join: the
+            // client then builds a new peer connection.
+            if let Ok((key, host)) = self.place(room).await {
+                match self
+                    .resume_on(request, &key, &host, &session, &secret)
+                    .await
+                {
+                    Ok(link) => return Ok(link),
+                    Err(e) => {
+                        tracing::debug!(session = %request.session, host = %key, error = %e, "no session to resume; joining afresh")
+                    }
+                }
+            }
+        }
         let mut tried: Vec<String> = Vec::new();
         let mut last: Option<RelayError> = None;
         loop {
@@ -680,20 +696,113 @@ impl RtcdRelay {
                 display_name: display_name(grant.name.as_deref()),
                 permissions: Some(permissions_to_pb(&grant.permissions)),
                 role: grant.role.as_str().to_owned(),
-                token: Some(pb::TokenInfo {
-                    issued_at: grant.issued_at.unwrap_or(0),
-                    token_id: grant.token_id.clone().unwrap_or_default(),
-                    expires_at: grant.expires_at,
-                }),
+                token: Some(token_info(grant)),
                 policy: Some(policy_to_pb(request.policy)),
             })),
         };
+        let (to_rtcd, inbound, first) = self.start_stream(key, host, join).await?;
+        match first {
+            // Joined at once, or held by the room's policy (admitted later, `Admitted`).
+            Some(
+                first @ (pb::server_signal::Signal::Joined(_)
+                | pb::server_signal::Signal::Waiting(_)),
+            ) => {
+                let (waiting, resume_token) = match first {
+                    pb::server_signal::Signal::Waiting(w) => (
+                        Some(Waiting {
+                            reason: w.reason,
+                            timeout_seconds: w.timeout_seconds,
+                        }),
+                        None,
+                    ),
+                    pb::server_signal::Signal::Joined(j) => (
+                        None,
+                        (!j.resume_secret.is_empty())
+                            .then(|| resume_token(&session_id, &j.resume_secret)),
+                    ),
+                    _ => (None, None),
+                };
+                tracing::debug!(session = %request.session, rtcd_session = %session_id, host = %key, waiting = ?waiting, "session opened on rtcd");
+                let (hosts, key) = (self.hosts.clone(), key.to_owned());
+                let lost = move || suspect(&hosts, &key, "a session's stream broke");
+                let mut link =
+                    spawn_pumps(to_rtcd, inbound, EventTranslator::new(session_id), lost);
+                link.waiting = waiting;
+                link.resume_token = resume_token;
+                Ok(link)
+            }
+            Some(pb::server_signal::Signal::SessionClosed(c)) => Err(RelayError::Refused(c.reason)),
+            Some(pb::server_signal::Signal::Error(e)) => Err(RelayError::Refused(e.message)),
+            _ => Err(RelayError::Unavailable(
+                "media server ended the stream".into(),
+            )),
+        }
+    }
+
+    /// Takes over the parked session `session` on `host` (its stream broke with the proxy that
+    /// held it); `Refused` / `Unavailable` when it cannot be, and the caller joins afresh.
+    async fn resume_on(
+        &self,
+        request: &JoinRequest,
+        key: &str,
+        host: &Host,
+        session: &str,
+        secret: &str,
+    ) -> Result<RelayLink, RelayError> {
+        let grant = &request.grant;
+        let resume = pb::ClientSignal {
+            signal: Some(pb::client_signal::Signal::Resume(pb::Resume {
+                call_id: grant.room.as_str().to_owned(),
+                session_id: session.to_owned(),
+                user_id: grant.identity.as_str().to_owned(),
+                secret: secret.to_owned(),
+                token: Some(token_info(grant)),
+            })),
+        };
+        let (to_rtcd, inbound, first) = self.start_stream(key, host, resume).await?;
+        let Some(pb::server_signal::Signal::Resumed(resumed)) = first else {
+            return Err(RelayError::Unavailable(
+                "media server did not resume the session".into(),
+            ));
+        };
+        tracing::info!(session = %request.session, rtcd_session = %session, host = %key, "session resumed on rtcd");
+        let mut translator = EventTranslator::new(session.to_owned());
+        let participants = translator.seed(&resumed.participants);
+        let (hosts, key) = (self.hosts.clone(), key.to_owned());
+        let lost = move || suspect(&hosts, &key, "a session's stream broke");
+        let mut link = spawn_pumps(to_rtcd, inbound, translator, lost);
+        link.resume_token = Some(resume_token(session, secret));
+        link.resumed = Some(Resumed {
+            participants,
+            role: role_from(&resumed.role),
+            permissions: permissions_from_pb(resumed.permissions),
+        });
+        Ok(link)
+    }
+
+    /// Opens a session stream on `host` with `first` as its first message and reads rtcd's
+    /// first answer (`None`: the stream ended). Logs in again once if the bearer token was
+    /// refused; a host that does not answer in [`JOIN_TIMEOUT`], or whose endpoint is
+    /// unavailable, is counted unready.
+    async fn start_stream(
+        &self,
+        key: &str,
+        host: &Host,
+        first: pb::ClientSignal,
+    ) -> Result<
+        (
+            mpsc::Sender<pb::ClientSignal>,
+            tonic::Streaming<pb::ServerSignal>,
+            Option<pb::server_signal::Signal>,
+        ),
+        RelayError,
+    > {
         let mut renew = false;
         loop {
             let token = self.token(key, host, renew).await?;
             let (to_rtcd, outbound) = mpsc::channel(LINK_CAPACITY);
             to_rtcd
-                .try_send(join.clone())
+                .try_send(first.clone())
                 .expect("a fresh channel has room");
             let mut call = tonic::Request::new(ReceiverStream::new(outbound));
             let value = format!("Bearer {token}").parse().map_err(|_| {
@@ -712,51 +821,8 @@ impl RtcdRelay {
                 RelayError::Unavailable("media server did not answer the join in time".into())
             })?;
             match opened {
-                // Joined at once, or held by the room's policy (admitted later, `Admitted`).
-                Ok((
-                    inbound,
-                    Some(pb::ServerSignal {
-                        signal:
-                            Some(
-                                first @ (pb::server_signal::Signal::Joined(_)
-                                | pb::server_signal::Signal::Waiting(_)),
-                            ),
-                    }),
-                )) => {
-                    let waiting = match first {
-                        pb::server_signal::Signal::Waiting(w) => Some(Waiting {
-                            reason: w.reason,
-                            timeout_seconds: w.timeout_seconds,
-                        }),
-                        _ => None,
-                    };
-                    tracing::debug!(session = %request.session, rtcd_session = %session_id, host = %key, waiting = ?waiting, "session opened on rtcd");
-                    let (hosts, key) = (self.hosts.clone(), key.to_owned());
-                    let lost = move || suspect(&hosts, &key, "a session's stream broke");
-                    let mut link = spawn_pumps(to_rtcd, inbound, session_id, lost);
-                    link.waiting = waiting;
-                    return Ok(link);
-                }
-                Ok((
-                    _,
-                    Some(pb::ServerSignal {
-                        signal: Some(pb::server_signal::Signal::SessionClosed(c)),
-                    }),
-                )) => {
-                    return Err(RelayError::Refused(c.reason));
-                }
-                Ok((
-                    _,
-                    Some(pb::ServerSignal {
-                        signal: Some(pb::server_signal::Signal::Error(e)),
-                    }),
-                )) => {
-                    return Err(RelayError::Refused(e.message));
-                }
-                Ok(_) => {
-                    return Err(RelayError::Unavailable(
-                        "media server ended the stream".into(),
-                    ));
+                Ok((inbound, first)) => {
+                    return Ok((to_rtcd, inbound, first.and_then(|m| m.signal)));
                 }
                 Err(status) if status.code() == tonic::Code::Unauthenticated && !renew => {
                     renew = true
@@ -770,6 +836,55 @@ impl RtcdRelay {
             }
         }
     }
+}
+
+/// The token facts rtcd checks revocations against.
+fn token_info(grant: &crate::auth::Grant) -> pb::TokenInfo {
+    pb::TokenInfo {
+        issued_at: grant.issued_at.unwrap_or(0),
+        token_id: grant.token_id.clone().unwrap_or_default(),
+        expires_at: grant.expires_at,
+    }
+}
+
+/// Longest resume token accepted from a client (a real one is about 100 bytes).
+const MAX_RESUME_TOKEN_BYTES: usize = 512;
+
+/// What a client presents to resume its session: `r1.<base64url(rtcd session ID)>.<rtcd's
+/// resume secret>`. It names no host (the session is found where its room is) and is worth
+/// nothing without the end user's own valid token for the same identity and room, which rtcd
+/// checks along with the secret.
+fn resume_token(session: &str, secret: &str) -> String {
+    use base64::Engine as _;
+    let session = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(session);
+    format!("r1.{session}.{secret}")
+}
+
+/// The rtcd session ID and secret of a resume token; `None` for anything malformed.
+fn parse_resume_token(token: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
+    if token.len() > MAX_RESUME_TOKEN_BYTES {
+        return None;
+    }
+    let mut parts = token.split('.');
+    let (Some("r1"), Some(session), Some(secret), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let session = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(session)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())?;
+    if session.is_empty()
+        || secret.is_empty()
+        || !secret
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    {
+        return None;
+    }
+    Some((session, secret.to_owned()))
 }
 
 /// The load a host's placement weight comes from, from its `/system`: its share of capacity in
@@ -1334,7 +1449,7 @@ const LEAVE_DRAIN: Duration = Duration::from_secs(2);
 fn spawn_pumps(
     to_rtcd: mpsc::Sender<pb::ClientSignal>,
     mut inbound: tonic::Streaming<pb::ServerSignal>,
-    own_session: String,
+    mut translator: EventTranslator,
     lost: impl FnOnce() + Send + 'static,
 ) -> RelayLink {
     let (commands, mut command_rx) = mpsc::channel::<RelayCommand>(LINK_CAPACITY);
@@ -1376,7 +1491,6 @@ fn spawn_pumps(
     });
     tokio::spawn(async move {
         let _drained = drained_tx;
-        let mut translator = EventTranslator::new(own_session);
         loop {
             let message = tokio::select! {
                 _ = event_tx.closed() => {
@@ -1411,6 +1525,8 @@ fn spawn_pumps(
         commands,
         events,
         waiting: None,
+        resume_token: None,
+        resumed: None,
     }
 }
 
@@ -1452,14 +1568,39 @@ impl EventTranslator {
         }
     }
 
+    /// Records the participants a resumed session's call has now (`Resumed`), without events:
+    /// the client is told them in its `joined`. Returns them one per identity.
+    fn seed(&mut self, participants: &[pb::ParticipantEvent]) -> Vec<Participant> {
+        let mut out: Vec<Participant> = Vec::new();
+        for p in participants {
+            if p.session_id == self.own_session {
+                continue;
+            }
+            let sessions = self.sessions_by_user.entry(p.user_id.clone()).or_default();
+            if sessions.is_empty() {
+                out.push(Participant {
+                    identity: Identity::new(p.user_id.clone()),
+                    name: (!p.display_name.is_empty()).then(|| p.display_name.clone()),
+                    role: None,
+                });
+            }
+            sessions.insert(p.session_id.clone());
+        }
+        out
+    }
+
     /// Zero or more events for one rtcd signal. [`RelayEvent::Closed`] is always last.
     fn translate(&mut self, signal: pb::server_signal::Signal) -> Vec<RelayEvent> {
         use pb::server_signal::Signal;
         let event = match signal {
             // The first `Joined` is read when the stream opens; a later one admits a session
             // that waited.
-            Signal::Joined(_) => RelayEvent::Admitted,
-            Signal::Waiting(_) => return Vec::new(),
+            Signal::Joined(j) => RelayEvent::Admitted {
+                resume_token: (!j.resume_secret.is_empty())
+                    .then(|| resume_token(&self.own_session, &j.resume_secret)),
+            },
+            // Only ever the first message of a resumed stream, read when it opens.
+            Signal::Waiting(_) | Signal::Resumed(_) => return Vec::new(),
             Signal::LobbyRequest(e) => RelayEvent::LobbyRequest(Participant {
                 identity: Identity::new(e.user_id),
                 name: (!e.display_name.is_empty()).then_some(e.display_name),

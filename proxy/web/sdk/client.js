@@ -29,14 +29,18 @@
 //    `negotiation_failed` and reconnects;
 //  * surfaces every `error` code and close code of the protocol as an `RtcdError` with the
 //    protocol's label;
-//  * reconnects with exponential backoff after a dropped socket, a drain (`going_away`),
-//    `media_server_lost` or `media_connection_failed`, as long as the token is still valid (or
-//    `getToken` gives a new one), and never after a token close code (41xx).
+//  * resumes its session when only the signaling connection was lost (a proxy replica died or
+//    restarts, `going_away`, a dropped or silent socket): it keeps the peer connection, so media
+//    never stops, and reconnects (to any replica) with `join.resume`; if the media server no
+//    longer has the session (`joined.resumed` false) it starts over with a new one;
+//  * reconnects with exponential backoff after `media_server_lost` (the media server died or
+//    drains) or `media_connection_failed`, or a failed resume, as long as the token is still
+//    valid (or `getToken` gives a new one), and never after a token close code (41xx).
 //
 // Events (all `CustomEvent`s, payload in `detail`; see the typedefs below):
 //   state, joined, error, participantjoined, participantleft, participantmedia, track,
 //   trackended, mutechanged, voiceactivity, localtrack, localtrackended, mediastate,
-//   tokenexpiring, refreshed, iceservers, route, reconnecting, icerestart, closed,
+//   tokenexpiring, refreshed, iceservers, route, reconnecting, resumed, icerestart, closed,
 //   waiting (the room's policy holds this session: `reason` host / lobby, `timeoutSeconds`;
 //   `joined` follows once let in), lobbyrequest / lobbyleft (moderators: someone knocks /
 //   left the lobby; the current list is `client.lobby`).
@@ -157,6 +161,14 @@ const RETRYABLE = new Set([
   CloseCode.media_server_lost, CloseCode.keys_unavailable, CloseCode.media_connection_failed,
   CloseCode.affiliation_unavailable,
 ]);
+/**
+ * Closes that lost only the signaling connection (the proxy went away or restarts, the
+ * network dropped, the socket went silent): the media server keeps the session, media
+ * flowing, for a grace period, and `join.resume` takes it over with the same peer connection.
+ */
+const RESUMABLE = new Set([1001, 1006, CloseCode.idle_timeout]);
+/** First delay before resuming (jittered): the media is still flowing, so be quick. */
+const RESUME_DELAY_MS = 150;
 /** Codes that mean "slow down": the backoff starts higher. */
 const SLOW_DOWN = new Set([
   CloseCode.rate_limited, CloseCode.too_many_connections, CloseCode.too_many_auth_failures,
@@ -207,7 +219,9 @@ export class RtcdError extends Error {
  *   subscribe: boolean}} Permissions
  * @typedef {{session_id: number, room: string, identity: string, name?: string,
  *   tenant?: string, role: string, permissions: Permissions, expires_at: number,
- *   media: boolean, ice_servers?: RTCIceServer[], ice_servers_expires_at?: number}} JoinedInfo
+ *   media: boolean, ice_servers?: RTCIceServer[], ice_servers_expires_at?: number,
+ *   resume_token?: string, resumed?: boolean,
+ *   participants?: {identity: string, name?: string}[]}} JoinedInfo
  * @typedef {{path: 'direct'|'relayed', candidateType: string, protocol: string,
  *   relayProtocol?: string, address?: string}} Route
  *   How this client's media leaves it, from the selected ICE candidate pair's local
@@ -359,6 +373,9 @@ export class RtcdClient extends EventTarget {
     this._pingId = 0;
     /** @type {{code: string, message: string}|null} the `error` that announced a close */
     this._lastError = null;
+    /** Set while a lost connection is being resumed: the peer connection is kept (media keeps
+     * flowing) and the next `join` carries `resume`. */
+    this._resuming = false;
     /** @type {((info: JoinedInfo) => void)|null} */ this._onFirstJoin = null;
     /** @type {((e: RtcdError) => void)|null} */ this._onFirstFail = null;
   }
@@ -528,7 +545,8 @@ export class RtcdClient extends EventTarget {
     this._setState(this.joins === 0 ? 'connecting' : 'reconnecting');
     this._lastError = null;
     // A new session starts with a fresh chain: nothing of the previous one can hold it up.
-    this._queue = Promise.resolve();
+    // A resumed one keeps its peer connection, and the steps queued for it.
+    if (!this._resuming) this._queue = Promise.resolve();
     let ws;
     try {
       ws = new WebSocket(this.url);
@@ -537,7 +555,11 @@ export class RtcdClient extends EventTarget {
       return;
     }
     this._ws = ws;
-    ws.addEventListener('open', () => this._send({ type: 'join', room: this.options.room, token: this.token }));
+    ws.addEventListener('open', () => {
+      const join = { type: 'join', room: this.options.room, token: this.token };
+      if (this._resuming && this.session && this.session.resume_token) join.resume = this.session.resume_token;
+      this._send(join);
+    });
     ws.addEventListener('message', (event) => this._onMessage(ws, event));
     ws.addEventListener('close', (event) => this._onClose(ws, event));
   }
@@ -551,6 +573,17 @@ export class RtcdClient extends EventTarget {
     } catch {
       console.warn('rtcd: ignoring a non-JSON message');
       return;
+    }
+    if (this._resuming && message && message.type === 'joined') {
+      // Decided on arrival, before anything queued after it: whatever follows belongs to the
+      // session this `joined` opens.
+      this._resuming = false;
+      if (!message.resumed) {
+        // The media server no longer had the session (its grace period ended, its host is
+        // gone): start over with a new peer connection.
+        this._teardown();
+        this._queue = Promise.resolve();
+      }
     }
     this._enqueue(() => this._handle(message), `handling \`${message.type}\``);
   }
@@ -602,9 +635,15 @@ export class RtcdClient extends EventTarget {
   _onClose(ws, event) {
     if (ws !== this._ws) return;
     this._ws = null;
+    const code = event.code;
+    if (!this._leaving && this._canResume(code)) {
+      this._suspend();
+      this._resumeSoon(new RtcdError(event.reason || closeLabel(code), code === 1006
+        ? `lost the signaling connection to ${this.url}; resuming` : `${event.reason || closeLabel(code)}; resuming`, { closeCode: code }));
+      return;
+    }
     this._teardown();
     if (this._leaving) return;
-    const code = event.code;
     const label = event.reason || closeLabel(code);
     const announced = this._lastError && this._lastError.code === label ? this._lastError.message : '';
     const message = announced || (code === 1006 ? `cannot reach the signaling server at ${this.url}` : label);
@@ -629,6 +668,35 @@ export class RtcdClient extends EventTarget {
     try { ws.close(1000); } catch { /* already closing */ }
     this._teardown();
     this._retry(error, 1006);
+  }
+
+  /**
+   * Whether a close lost only the signaling connection of a live session that the media server
+   * offered to keep (`joined.resume_token`): then the peer connection stays.
+   */
+  _canResume(code) {
+    const pc = this._pc;
+    return RESUMABLE.has(code) && !!(this.session && this.session.resume_token && this.session.media)
+      && !!pc && pc.connectionState !== 'failed' && pc.connectionState !== 'closed'
+      && this._attempt < this.options.reconnect.maxAttempts;
+  }
+
+  /** Signaling is gone, media is not: stop what needs the socket, keep the peer connection. */
+  _suspend() {
+    clearInterval(this._pingTimer);
+    clearTimeout(this._pongTimer);
+    this._resuming = true;
+  }
+
+  /** Reconnects soon with `join.resume` (the state is `reconnecting`; media keeps flowing). */
+  _resumeSoon(error) {
+    this._emit('error', { error });
+    const delay = (this._attempt === 0 ? RESUME_DELAY_MS : Math.min(this.options.reconnect.maxDelayMs,
+      this.options.reconnect.baseDelayMs * 2 ** this._attempt)) * (0.75 + Math.random() * 0.5);
+    this._attempt += 1;
+    this._setState('reconnecting');
+    this._emit('reconnecting', { attempt: this._attempt, delayMs: Math.round(delay), error, resuming: true });
+    this._retryTimer = setTimeout(() => this._reconnect(), delay);
   }
 
   /** Reconnects after `error` if `code` is retryable and attempts remain, else gives up. */
@@ -683,6 +751,7 @@ export class RtcdClient extends EventTarget {
 
   /** Ends the current session's peer connection and timers; keeps local tracks. */
   _teardown() {
+    this._resuming = false;
     this._gen += 1;
     clearInterval(this._pingTimer);
     clearTimeout(this._pongTimer);
@@ -875,6 +944,7 @@ export class RtcdClient extends EventTarget {
   /** @param {JoinedInfo & {type: string}} m */
   _onJoined(m) {
     const { type: _type, ...info } = m;
+    if (m.resumed && this._pc) return this._onResumed(info);
     this.session = info;
     this.waiting = null;
     this.joins += 1;
@@ -897,6 +967,51 @@ export class RtcdClient extends EventTarget {
       this._onFirstJoin(info);
       this._onFirstJoin = this._onFirstFail = null;
     }
+  }
+
+  /**
+   * The session was taken over through a new connection: same peer connection, media never
+   * stopped. Catch up on what was missed: the participants now, our mute states, and a fresh
+   * offer (an offer or answer may have been lost with the old connection).
+   * @param {JoinedInfo} info
+   */
+  _onResumed(info) {
+    this.session = info;
+    this.waiting = null;
+    this._attempt = 0;
+    this.proxyIceServers = Array.isArray(info.ice_servers) ? info.ice_servers : this.proxyIceServers;
+    this.iceServersExpiresAt = Number(info.ice_servers_expires_at) || this.iceServersExpiresAt;
+    this._startPings();
+    const now = new Set();
+    for (const p of Array.isArray(info.participants) ? info.participants : []) {
+      now.add(p.identity);
+      if (!this.participants.has(p.identity)) {
+        const participant = { identity: p.identity, name: p.name, role: p.role, muted: {}, speaking: false, media: 'connecting' };
+        this.participants.set(p.identity, participant);
+        this._emit('participantjoined', participant);
+      }
+    }
+    for (const identity of [...this.participants.keys()]) {
+      if (now.has(identity)) continue;
+      for (const [mid, remote] of [...this.remoteTracks]) {
+        if (remote.identity === identity) {
+          this._published.delete(mid);
+          this._endRemote(mid, remote);
+        }
+      }
+      this.participants.delete(identity);
+      this._emit('participantleft', { identity });
+    }
+    for (const source of this.muted) this._send({ type: 'mute', source });
+    if (this._awaitingAnswer) {
+      this._offerWanted = true;
+      this._enqueue(() => this._rollback(), 'taking back an offer lost with the connection');
+    } else {
+      this._wantOffer();
+    }
+    this._setState('connected');
+    this._emit('resumed', info);
+    this._updateHealth();
   }
 
   _onError(m) {

@@ -640,8 +640,11 @@ impl Rooms for RoomsService {
     ) -> Result<Response<pb::HasRoomResponse>, Status> {
         let tenant = self.tenant(&request).await?;
         let req = request.into_inner();
+        // A draining host takes no joins: its rooms are not "here" for placement, so a join
+        // goes where the room's other participants are moving, not to a refusal.
         let result = call_id(&req.call_id).map(|call| pb::HasRoomResponse {
-            present: self.sfu.has_call(&tenant, &call) || self.lobby.has_room(&tenant, &call),
+            present: !self.sfu.is_draining()
+                && (self.sfu.has_call(&tenant, &call) || self.lobby.has_room(&tenant, &call)),
         });
         reply(result)
     }

@@ -134,7 +134,7 @@ pub fn command(signal: pb::client_signal::Signal) -> Result<ClientCommand, SfuEr
         return Ok(ClientCommand::Token(token(t)?));
     }
     Ok(ClientCommand::Session(match signal {
-        Signal::Join(_) => {
+        Signal::Join(_) | Signal::Resume(_) => {
             return Err(SfuError::OutOfOrder("already joined".into()));
         }
         Signal::Offer(d) => {

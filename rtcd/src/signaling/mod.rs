@@ -3,6 +3,7 @@
 //! bidirectional stream and one SFU session. It holds no media state.
 
 pub mod convert;
+pub mod resume;
 pub mod status;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -13,12 +14,14 @@ use rtcd_proto::v1::signaling_server::Signaling;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthService, Credentials, Principal};
 use crate::lobby::{self, Decision, Entrant, Gate, Lobby, Notice, Presence, Ticket};
 use crate::moderation::{ModerationStore, Refusal, unix_now};
 use crate::sfu::{CallId, JoinRequest, SessionId, Sfu, SfuError, TenantId, UserId};
+use resume::{Claim, NotResumable, Parked, Parking, Secret};
 
 /// The service; cheap to clone (every member is a handle).
 #[derive(Clone)]
@@ -27,6 +30,10 @@ pub struct SignalingService {
     sfu: Sfu,
     moderation: ModerationStore,
     lobby: Lobby,
+    parking: Parking,
+    /// Every session's relay task (joined, waiting or parked): shutdown waits for them, since
+    /// they hold the store and the SFU handles until their session has ended.
+    relays: TaskTracker,
 }
 
 /// Who is calling: a registered client, from basic credentials or a bearer token (cached in
@@ -55,14 +62,28 @@ pub(crate) async fn tenant_of<T>(auth: &AuthService, req: &Request<T>) -> Result
 impl SignalingService {
     /// A service over the daemon's auth, SFU and moderation store (bans and revocations are
     /// checked on every join and token refresh), and the rooms' entry gates (shared with the
-    /// `Rooms` service, whose admit / deny / policy calls act on them).
-    pub fn new(auth: AuthService, sfu: Sfu, moderation: ModerationStore, lobby: Lobby) -> Self {
+    /// `Rooms` service, whose admit / deny / policy calls act on them), and where sessions
+    /// whose stream broke wait to be resumed.
+    pub fn new(
+        auth: AuthService,
+        sfu: Sfu,
+        moderation: ModerationStore,
+        lobby: Lobby,
+        parking: Parking,
+    ) -> Self {
         Self {
             auth,
             sfu,
             moderation,
             lobby,
+            parking,
+            relays: TaskTracker::new(),
         }
+    }
+
+    /// The sessions' relay tasks, for shutdown to wait on once the SFU has drained.
+    pub fn relays(&self) -> TaskTracker {
+        self.relays.clone()
     }
 
     /// The tonic server wrapper, with the message size limit applied in both directions.
@@ -78,6 +99,68 @@ impl SignalingService {
     async fn tenant<T>(&self, req: &Request<T>) -> Result<TenantId, Status> {
         tenant_of(&self.auth, req).await
     }
+
+    fn context(&self, ids: (TenantId, CallId, SessionId, UserId)) -> Context {
+        Context {
+            sfu: self.sfu.clone(),
+            moderation: self.moderation.clone(),
+            parking: self.parking.clone(),
+            ids,
+        }
+    }
+
+    /// Takes over a parked session with this stream (`Resume`): the session's relay task,
+    /// parked since its last stream broke, sends `Resumed` and what the session missed, then
+    /// relays on this stream. The end user's token is checked against bans and revocations
+    /// again, as on a join.
+    fn resume(
+        &self,
+        tenant: TenantId,
+        resume: pb::Resume,
+        inbound: Streaming<pb::ClientSignal>,
+    ) -> Result<Response<ServerStream>, Status> {
+        let not_found = || Status::not_found("no parked session to resume");
+        let token =
+            convert::token(resume.token.unwrap_or_default()).map_err(|e| status::from_sfu(&e))?;
+        let (call, session, user) = (
+            CallId::new(resume.call_id),
+            SessionId::new(resume.session_id),
+            UserId::new(resume.user_id),
+        );
+        match self
+            .parking
+            .matches(&tenant, &session, &call, &user, &resume.secret)
+        {
+            Ok(()) => {}
+            Err(NotResumable::Off) => {
+                return Err(Status::not_found("session resumption is off on this host"));
+            }
+            Err(NotResumable::NotFound) => return Err(not_found()),
+        }
+        if let Some(refusal) = self
+            .moderation
+            .refusal(&tenant, &call, &user, &token, unix_now())
+            .map_err(|e| status::from_store(&e))?
+        {
+            tracing::info!(target: "audit", client = %tenant, %call, %user, action = "resume", outcome = "refused", ?refusal);
+            let _ = self
+                .sfu
+                .close(&tenant, &call, &session, refusal.close_reason());
+            return Err(status::from_refusal(&refusal));
+        }
+        let (tx, rx) = mpsc::channel::<Result<pb::ServerSignal, Status>>(64);
+        self.parking
+            .take(
+                &tenant,
+                &session,
+                &call,
+                &user,
+                &resume.secret,
+                Claim { tx, inbound },
+            )
+            .map_err(|_| not_found())?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 }
 
 type ServerStream = Pin<Box<dyn Stream<Item = Result<pb::ServerSignal, Status>> + Send>>;
@@ -85,12 +168,15 @@ type ServerStream = Pin<Box<dyn Stream<Item = Result<pb::ServerSignal, Status>> 
 /// Where a session's stream goes: the proxy's end of the response stream.
 type Outbound = mpsc::Sender<Result<pb::ServerSignal, Status>>;
 
-/// An admitted session: its SFU handle and events, and its place in the room's lobby state.
-struct Admitted {
+/// An admitted session: its SFU handle and events, its place in the room's lobby state, and
+/// the secret that resumes it (when resumption is on). Outlives any one stream.
+pub struct Admitted {
     handle: crate::sfu::SessionHandle,
     events: mpsc::Receiver<crate::sfu::SessionEvent>,
-    presence: Presence,
+    /// Unregisters from the lobby state when the session ends, however it ends.
+    _presence: Presence,
     notices: mpsc::Receiver<Notice>,
+    secret: Option<Secret>,
 }
 
 /// Why a session was not admitted to the SFU.
@@ -180,8 +266,13 @@ impl SignalingService {
         }
         let (notices_tx, notices) = mpsc::channel(lobby::NOTICE_CAPACITY);
         let presence = self.lobby.present(&tenant, &call, entrant, notices_tx);
+        let secret = self.parking.enabled().then(Secret::random);
         let joined = pb::Joined {
             session_id: session.as_str().to_owned(),
+            resume_secret: secret
+                .as_ref()
+                .map(|s| s.expose().to_owned())
+                .unwrap_or_default(),
         };
         let _ = tx
             .send(signal(pb::server_signal::Signal::Joined(joined)))
@@ -189,8 +280,9 @@ impl SignalingService {
         Ok(Admitted {
             handle,
             events,
-            presence,
+            _presence: presence,
             notices,
+            secret,
         })
     }
 }
@@ -226,53 +318,108 @@ async fn wait(mut ticket: Ticket, inbound: &mut Streaming<pb::ClientSignal>) -> 
     }
 }
 
-/// Relays between the proxy's stream and an admitted session until the session ends.
-async fn relay(
-    admitted: Admitted,
-    mut inbound: Streaming<pb::ClientSignal>,
-    tx: Outbound,
+/// What a session's relay works with besides its streams.
+struct Context {
     sfu: Sfu,
     moderation: ModerationStore,
+    parking: Parking,
     ids: (TenantId, CallId, SessionId, UserId),
+}
+
+/// How relaying over one stream ended.
+enum StreamEnd {
+    /// The session is over (its `SessionClosed` went out, or nobody is left to tell).
+    SessionOver,
+    /// The proxy's stream broke or ended without a `Leave` while the session lives on; the
+    /// event that could not be sent on it, if any.
+    Lost(Option<pb::ServerSignal>),
+}
+
+/// Relays between the proxy's stream and an admitted session until the session ends. When the
+/// stream breaks without a `Leave`, the session is parked (resumption on) until a proxy resumes
+/// it with a new stream, or it ends with its stream ("disconnected").
+async fn serve(
+    mut admitted: Admitted,
+    mut inbound: Streaming<pb::ClientSignal>,
+    mut tx: Outbound,
+    cx: Context,
 ) {
-    let (tenant, call, session, user) = ids;
-    let Admitted {
-        handle,
-        mut events,
-        presence,
-        mut notices,
-    } = admitted;
-    // Unregisters from the lobby state when the session ends, however it ends.
-    let _presence = presence;
-    let mut handle = Some(handle);
     loop {
-        tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => {
-                    if tx.send(Ok(convert::event(event))).await.is_err() {
-                        break;
-                    }
-                }
-                None => break,
-            },
-            Some(notice) = notices.recv() => {
-                if tx.send(signal(convert::lobby_notice(notice))).await.is_err() {
-                    break;
+        let pending = match relay(&mut admitted, &mut inbound, &tx, &cx).await {
+            StreamEnd::SessionOver => return,
+            StreamEnd::Lost(pending) => pending,
+        };
+        let Some(secret) = admitted.secret.clone() else {
+            // Resumption off: the session ends with its stream. Dropping the handle ends it
+            // ("disconnected"); relay its close if the response stream is still read.
+            let Admitted { handle, events, .. } = admitted;
+            drop(handle);
+            let mut events = events;
+            while let Some(event) = events.recv().await {
+                if tx.send(Ok(convert::event(event))).await.is_err() {
+                    return;
                 }
             }
-            msg = inbound.message(), if handle.is_some() => {
-                let Some(h) = handle.as_ref() else { continue };
+            return;
+        };
+        let (tenant, call, session, user) = cx.ids.clone();
+        let who = Parked {
+            tenant,
+            call,
+            session,
+            user,
+            secret,
+        };
+        match cx.parking.park(&who, &mut admitted, &cx.sfu, pending).await {
+            Some(Claim {
+                tx: next_tx,
+                inbound: next_inbound,
+            }) => {
+                tx = next_tx;
+                inbound = next_inbound;
+            }
+            // Given up: dropping `admitted` ends the session ("disconnected").
+            None => return,
+        }
+    }
+}
+
+/// Relays between one stream of the proxy's and the session until either ends.
+async fn relay(
+    admitted: &mut Admitted,
+    inbound: &mut Streaming<pb::ClientSignal>,
+    tx: &Outbound,
+    cx: &Context,
+) -> StreamEnd {
+    let (tenant, call, session, user) = &cx.ids;
+    loop {
+        tokio::select! {
+            event = admitted.events.recv() => match event {
+                Some(event) => {
+                    if let Err(e) = tx.send(Ok(convert::event(event))).await {
+                        return StreamEnd::Lost(e.0.ok());
+                    }
+                }
+                None => return StreamEnd::SessionOver,
+            },
+            Some(notice) = admitted.notices.recv() => {
+                if let Err(e) = tx.send(signal(convert::lobby_notice(notice))).await {
+                    return StreamEnd::Lost(e.0.ok());
+                }
+            }
+            msg = inbound.message() => {
+                let h = &admitted.handle;
                 match msg {
                     Ok(Some(pb::ClientSignal { signal: Some(signal) })) => {
                         let result = match convert::command(signal) {
                             Ok(convert::ClientCommand::Session(cmd)) => h.send(cmd).await,
                             Ok(convert::ClientCommand::Token(token)) => {
-                                match moderation.revoked(&tenant, &user, &token, unix_now()) {
+                                match cx.moderation.revoked(tenant, user, &token, unix_now()) {
                                     Ok(Some(refusal)) => {
                                         tracing::info!(target: "audit", client = %tenant, %call, %user, action = "token refresh", outcome = "revoked", ?refusal);
-                                        sfu.close(&tenant, &call, &session, "revoked")
+                                        cx.sfu.close(tenant, call, session, "revoked")
                                     }
-                                    Ok(None) => sfu.update_token(&tenant, &call, &session, token),
+                                    Ok(None) => cx.sfu.update_token(tenant, call, session, token),
                                     Err(e) => {
                                         tracing::error!(error = %e, "store failure on a token refresh");
                                         Err(SfuError::Media("internal error".into()))
@@ -283,21 +430,21 @@ async fn relay(
                         };
                         if let Err(e) = result {
                             let error = pb::ServerSignal { signal: Some(convert::error(&e)) };
-                            if tx.send(Ok(error)).await.is_err() {
-                                break;
+                            if let Err(e) = tx.send(Ok(error)).await {
+                                return StreamEnd::Lost(e.0.ok());
                             }
                         }
                     }
                     Ok(Some(pb::ClientSignal { signal: None })) => {
                         let e = SfuError::InvalidArgument("empty ClientSignal".into());
                         let error = pb::ServerSignal { signal: Some(convert::error(&e)) };
-                        if tx.send(Ok(error)).await.is_err() {
-                            break;
+                        if let Err(e) = tx.send(Ok(error)).await {
+                            return StreamEnd::Lost(e.0.ok());
                         }
                     }
-                    // The proxy closed its side or the connection broke: dropping the
-                    // handle ends the session ("disconnected"); keep relaying until Closed.
-                    Ok(None) | Err(_) => handle = None,
+                    // The proxy closed its side or the connection broke, without a Leave (a
+                    // Leave closes the session, whose close then ends this loop).
+                    Ok(None) | Err(_) => return StreamEnd::Lost(None),
                 }
             }
         }
@@ -318,9 +465,12 @@ impl Signaling for SignalingService {
             Some(pb::ClientSignal {
                 signal: Some(pb::client_signal::Signal::Join(join)),
             }) => join,
+            Some(pb::ClientSignal {
+                signal: Some(pb::client_signal::Signal::Resume(resume)),
+            }) => return self.resume(tenant, resume, inbound),
             Some(_) => {
                 return Err(Status::failed_precondition(
-                    "the first message of a session must be Join",
+                    "the first message of a session must be Join or Resume",
                 ));
             }
             None => return Err(Status::cancelled("stream ended before Join")),
@@ -366,14 +516,8 @@ impl Signaling for SignalingService {
                     .admit(join, &entrant, &tx)
                     .await
                     .map_err(Status::from)?;
-                tokio::spawn(relay(
-                    admitted,
-                    inbound,
-                    tx,
-                    service.sfu,
-                    service.moderation,
-                    ids,
-                ));
+                self.relays
+                    .spawn(serve(admitted, inbound, tx, service.context(ids)));
             }
             Gate::Wait(ticket) => {
                 let waiting = pb::Waiting {
@@ -384,7 +528,7 @@ impl Signaling for SignalingService {
                 let _ = tx
                     .send(signal(pb::server_signal::Signal::Waiting(waiting)))
                     .await;
-                tokio::spawn(async move {
+                self.relays.spawn(async move {
                     match wait(ticket, &mut inbound).await {
                         WaitEnd::Admitted => {}
                         WaitEnd::Closed(reason) => {
@@ -395,9 +539,7 @@ impl Signaling for SignalingService {
                         WaitEnd::Gone => return,
                     }
                     match service.admit(join, &entrant, &tx).await {
-                        Ok(admitted) => {
-                            relay(admitted, inbound, tx, service.sfu, service.moderation, ids).await
-                        }
+                        Ok(admitted) => serve(admitted, inbound, tx, service.context(ids)).await,
                         // The stream is already open: the refusal travels as its end.
                         Err(NotAdmitted::Refused(refusal)) => {
                             let _ = tx.send(closed(refusal.close_reason())).await;

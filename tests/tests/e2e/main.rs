@@ -17,6 +17,7 @@ mod process;
 mod proxy_auth;
 mod registry;
 mod relay;
+mod resume;
 mod rooms;
 mod rooms_rtcd;
 mod rtcp;
