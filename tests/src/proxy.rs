@@ -526,3 +526,56 @@ pub fn spawn_process(
     std::thread::spawn(move || for _ in lines {});
     Ok((child, addr))
 }
+
+/// A TCP load balancer on 127.0.0.1 in front of proxy replicas, as a platform runs one: each
+/// new connection goes to the first backend that accepts it (so when one replica is down or
+/// restarting, clients reconnect to another). Connections already open are never moved: when
+/// their replica dies, they break, as behind a real balancer.
+pub struct Balancer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Balancer {
+    /// Starts balancing over `backends` (tried in order for each connection).
+    pub async fn start(backends: Vec<SocketAddr>) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let backends = backends.clone();
+                tokio::spawn(async move {
+                    for backend in backends {
+                        if let Ok(mut upstream) = tokio::net::TcpStream::connect(backend).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                            return;
+                        }
+                    }
+                    // No replica up: the client sees the connection refused-like close.
+                });
+            }
+        });
+        Ok(Self { addr, task })
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A port that was free on 127.0.0.1 a moment ago, for a process that must come back on the
+/// same address after a restart.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("an ephemeral port on 127.0.0.1")
+}

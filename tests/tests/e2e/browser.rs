@@ -1324,7 +1324,7 @@ async fn sdk_screen_share_is_announced_then_offered_as_a_screen_section_and_stop
 }
 
 /// Inbound media counters of a page's peer connection: video frames decoded, audio packets.
-async fn inbound(page: &Page) -> anyhow::Result<(u64, u64)> {
+pub(crate) async fn inbound(page: &Page) -> anyhow::Result<(u64, u64)> {
     let stats = page
         .eval_async(
             "const done = arguments[arguments.length - 1];\
@@ -1343,7 +1343,7 @@ async fn inbound(page: &Page) -> anyhow::Result<(u64, u64)> {
 
 /// Waits until `page` plays `count` remote camera videos with real dimensions; on failure
 /// says what the SDK had (remote tracks by mid, transceivers, participants).
-async fn plays_remote_videos(page: &Page, count: usize) -> anyhow::Result<()> {
+pub(crate) async fn plays_remote_videos(page: &Page, count: usize) -> anyhow::Result<()> {
     let waited = page
         .wait_for(
             &format!(
