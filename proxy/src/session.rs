@@ -618,7 +618,14 @@ impl Session {
         };
         self.last_seen = Instant::now();
         let text = match message {
-            Message::Close(_) => return Next::Close(CloseReason::Normal, None),
+            Message::Close(frame) => {
+                // A client that closes with `idle_timeout` gave up on this connection (it
+                // heard nothing) and resumes on another: not a departure.
+                self.vanished = frame
+                    .as_ref()
+                    .is_some_and(|f| u16::from(f.code) == CloseReason::IdleTimeout.code());
+                return Next::Close(CloseReason::Normal, None);
+            }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Next::Continue,
             Message::Text(text) => Some(text),
             Message::Binary(_) => None,

@@ -547,8 +547,7 @@ impl Balancer {
                 tokio::spawn(async move {
                     for backend in backends {
                         if let Ok(mut upstream) = tokio::net::TcpStream::connect(backend).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                             return;
                         }
                     }

@@ -664,7 +664,7 @@ export class RtcdClient extends EventTarget {
     const ws = this._ws;
     if (!ws || this._leaving) return;
     this._ws = null;
-    // Without `leave`: the media server records the session as disconnected, which it was.
+    // The proxy ends the session at the media server: a new one follows.
     try { ws.close(1000); } catch { /* already closing */ }
     this._teardown();
     this._retry(error, 1006);

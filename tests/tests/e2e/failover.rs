@@ -157,7 +157,12 @@ impl Fleet {
     }
 
     fn signal(&self, i: usize, signal: &str) {
-        self.hosts[i].process.as_ref().unwrap().signal(signal).unwrap();
+        self.hosts[i]
+            .process
+            .as_ref()
+            .unwrap()
+            .signal(signal)
+            .unwrap();
     }
 
     async fn reap(&mut self, i: usize) {
@@ -345,7 +350,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn calls_survive_a_killed_host_restarted_proxies_and_a_drain_across_three_hosts() {
     let mut fleet = Fleet::start().await;
     let (first, second) = (free_port(), free_port());
-    let mut replicas = [Replica::start(&fleet, first), Replica::start(&fleet, second)];
+    let mut replicas = [
+        Replica::start(&fleet, first),
+        Replica::start(&fleet, second),
+    ];
     let balancer = Balancer::start(vec![replicas[0].addr(), replicas[1].addr()])
         .await
         .unwrap();
@@ -404,7 +412,9 @@ async fn calls_survive_a_killed_host_restarted_proxies_and_a_drain_across_three_
         let now_on = fleet.host_of("failover").await;
         assert_ne!(now_on, victim);
         assert_eq!(said, [true, true], "run {run}: the pages said reconnecting");
-        println!("failover run {run}: host {victim} killed, media back on host {now_on} in {took:?}");
+        println!(
+            "failover run {run}: host {victim} killed, media back on host {now_on} in {took:?}"
+        );
         times.push(took);
         flows(&[&alice, &bob], 2, "after the failover").await;
         fleet.run(victim).await;
@@ -456,8 +466,14 @@ async fn calls_survive_a_killed_host_restarted_proxies_and_a_drain_across_three_
         "http://{}:{}/readyz",
         fleet.hosts[draining].ip, fleet.ports.0
     );
-    while reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()) {
-        assert!(start.elapsed() < BROWSER_STEP, "rtcd never started draining");
+    while reqwest::get(&ready)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            start.elapsed() < BROWSER_STEP,
+            "rtcd never started draining"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let token = hs_token(&claims("carol", "after-drain"));
