@@ -361,19 +361,13 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn join(url: &str, identity: &str, room: &str) -> anyhow::Result<Ws> {
-    let (mut ws, _) = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio_tungstenite::connect_async(url),
+    let token = token(identity, room);
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(40),
+        rtcd_e2e::bridge::connect_and_join(url, &token, room, None),
     )
     .await
-    .context("WebSocket connect timed out")?
-    .context("WebSocket connect")?;
-    let token = token(identity, room);
-    ws.send(Message::text(
-        json!({"type": "join", "room": room, "token": token}).to_string(),
-    ))
-    .await?;
-    rtcd_e2e::bridge::joined(&mut ws).await?;
+    .context("WebSocket connect and join timed out")??;
     Ok(ws)
 }
 

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub relay_answer_seconds: Histogram,
     /// Media server hosts by health (`ready`, `unready`, `unknown`), as of the last scrape.
     pub rtcd_hosts: Family<HealthLabel, Gauge>,
+    /// Each media server host's load level as this replica's placement sees it (0 idle .. 3
+    /// busy, 4 at capacity: no new rooms), as of the last scrape. Replicas that disagree
+    /// place new rooms differently.
+    pub rtcd_host_load_level: Family<HostLabel, Gauge>,
     /// Connections the HTTP listeners closed or answered 408 to protect themselves.
     pub http_connections_cut: rtcd_kit::listener::Cuts,
     /// Tasks alive on the proxy's runtime, refreshed on every scrape (a leak shows as a count
@@ -63,6 +67,13 @@ pub struct Metrics {
 pub struct OutcomeLabel {
     /// A stable snake_case label from a fixed set.
     pub outcome: &'static str,
+}
+
+/// Labels of `proxy_rtcd_host_load_level`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabel {
+    /// The host's address as the proxy discovered it.
+    pub host: String,
 }
 
 /// Labels of `proxy_rtcd_hosts`.
@@ -127,6 +138,12 @@ impl Metrics {
             "Media server hosts by health",
             rtcd_hosts.clone(),
         );
+        let rtcd_host_load_level = Family::<HostLabel, Gauge>::default();
+        registry.register(
+            "rtcd_host_load_level",
+            "Media server hosts' load levels as placement sees them (4 = at capacity)",
+            rtcd_host_load_level.clone(),
+        );
         let http_connections_cut = rtcd_kit::listener::Cuts::default();
         http_connections_cut.register(&mut registry);
         let runtime_alive_tasks = Gauge::default();
@@ -149,6 +166,7 @@ impl Metrics {
             relay_join_seconds,
             relay_answer_seconds,
             rtcd_hosts,
+            rtcd_host_load_level,
             connections,
             connections_total,
             sessions,

@@ -101,7 +101,7 @@ pub enum ClientMessage {
         /// lost: the session (and its peer connection) is taken over if the media server
         /// still holds it; `joined.resumed` says whether it was.
         #[serde(default)]
-        resume: Option<String>,
+        resume: Option<crate::config::Secret>,
     },
     /// An SDP offer: the client makes every offer (after `joined`, to publish or unpublish,
     /// and after each `negotiation_needed`).
@@ -301,7 +301,7 @@ pub enum ServerMessage {
         /// Present this in `join.resume` to take the session over after a lost connection
         /// (any proxy replica, within the media server's grace period).
         #[serde(skip_serializing_if = "Option::is_none")]
-        resume_token: Option<String>,
+        resume_token: Option<crate::config::Secret>,
         /// True when this join resumed the earlier session: keep the peer connection (media
         /// never stopped); `participants` is the call now.
         #[serde(skip_serializing_if = "std::ops::Not::not")]

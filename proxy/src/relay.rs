@@ -39,7 +39,7 @@ pub struct JoinRequest {
     pub policy: crate::rooms::RoomPolicy,
     /// The client's resume token (from its previous `joined`): take that session over if the
     /// media server still holds it for this identity and room, else join afresh.
-    pub resume: Option<String>,
+    pub resume: Option<crate::config::Secret>,
 }
 
 /// Client actions, already authorized by the policy layer.
@@ -143,7 +143,7 @@ pub enum RelayEvent {
     /// negotiate media. Carries the session's resume token, as [`RelayLink::resume_token`].
     Admitted {
         /// See [`RelayLink::resume_token`].
-        resume_token: Option<String>,
+        resume_token: Option<crate::config::Secret>,
     },
     /// Moderators only: someone knocks at the lobby.
     LobbyRequest(crate::protocol::Participant),
@@ -186,7 +186,7 @@ pub struct RelayLink {
     pub waiting: Option<Waiting>,
     /// What the client presents to resume this session through any proxy replica after its
     /// signaling connection is lost (`None`: the media server does not offer resumption).
-    pub resume_token: Option<String>,
+    pub resume_token: Option<crate::config::Secret>,
     /// Set when the join resumed an earlier session instead of opening a new one: the peer
     /// connection lives on, and this is the session as the media server has it now.
     pub resumed: Option<Resumed>,
@@ -256,6 +256,11 @@ pub trait Relay: Send + Sync + 'static {
     /// Media server hosts as (ready, unready, unknown), for metrics; None if not applicable.
     fn host_health(&self) -> Option<(usize, usize, usize)> {
         None
+    }
+
+    /// Each media server host's placement load level (see `placement::level_of`), for metrics.
+    fn host_levels(&self) -> Vec<(String, u8)> {
+        Vec::new()
     }
 
     /// Room administration on the media servers, if this relay offers it.

@@ -178,6 +178,18 @@ pub fn internal_routes(
                     state.metrics.rtcd_hosts.get_or_create(&label).set(n as i64);
                 }
             }
+            if let Some(relay) = state.relay.as_ref() {
+                // Hosts come and go with DNS: only the current ones are reported.
+                state.metrics.rtcd_host_load_level.clear();
+                for (host, level) in relay.host_levels() {
+                    let label = crate::metrics::HostLabel { host };
+                    state
+                        .metrics
+                        .rtcd_host_load_level
+                        .get_or_create(&label)
+                        .set(i64::from(level));
+                }
+            }
             warp::reply::with_header(
                 state.metrics.encode(),
                 "content-type",

@@ -268,7 +268,7 @@ struct Joined {
     /// What the affiliation hook allowed at join: a refresh token is held to it too.
     ceiling: Ceiling,
     /// Sent in `joined`: what resumes this session after a lost connection.
-    resume_token: Option<String>,
+    resume_token: Option<crate::config::Secret>,
     /// Set until `joined` is sent when this join resumed an earlier session.
     resumed: Option<crate::relay::Resumed>,
 }
@@ -677,7 +677,7 @@ impl Session {
         &mut self,
         token: Option<String>,
         room: String,
-        resume: Option<String>,
+        resume: Option<crate::config::Secret>,
         tokens: &mut UpgradeTokens,
     ) -> Next {
         let room = match RoomName::parse(&room) {
@@ -947,10 +947,8 @@ impl Session {
                 self.send(ServerMessage::Pong { id }).await;
                 return Next::Continue;
             }
-            ClientMessage::Leave {} => {
-                self.forward(RelayCommand::Leave, None).await;
-                return Next::Close(CloseReason::Normal, None);
-            }
+            // The media server is told as the session ends (`release_media`).
+            ClientMessage::Leave {} => return Next::Close(CloseReason::Normal, None),
             ClientMessage::Refresh { token } => return self.refresh(token).await,
             ClientMessage::Moderate {
                 action,
@@ -1441,6 +1439,9 @@ impl Session {
                 "the media server hosting this room is being taken out of service; rejoining \
                  moves the call to another media server"
                     .into()
+            }
+            Some("moved") => {
+                "this room was moved to another media server; rejoin to follow it".into()
             }
             Some(reason) => format!("the media server closed this session ({reason}); rejoin"),
             None => "the media server hosting this room is gone; rejoin".into(),

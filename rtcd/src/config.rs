@@ -208,6 +208,10 @@ pub struct RtcConfig {
     pub ice_failed_timeout_ms: u64,
     /// On shutdown, how long calls may continue before they are closed with reason "shutdown".
     pub drain_timeout_seconds: u64,
+    /// The RTP packets per second this host should forward at most (0 = not counted): its
+    /// share in use is part of the load proxies weight placement by (`GET /system`
+    /// `forwarding_used`), so hosts forwarding more get fewer new rooms. Never a hard limit.
+    pub max_forwarded_packets_per_second: u64,
     /// On shutdown, whether running calls stay until they end or the drain timeout (`finish`),
     /// or are moved to other hosts at once (`migrate`: every session is closed with reason
     /// "migrate", and clients rejoin; all of a room's participants land on one new host).
@@ -250,6 +254,7 @@ impl Default for RtcConfig {
             ice_disconnected_timeout_ms: 5_000,
             ice_failed_timeout_ms: 25_000,
             drain_timeout_seconds: 30,
+            max_forwarded_packets_per_second: 0,
             drain_mode: DrainMode::Finish,
             resume_grace_seconds: 15,
         }

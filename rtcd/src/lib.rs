@@ -224,7 +224,14 @@ impl Rtcd {
         let purger = moderation::spawn_purger(moderation, cancel.child_token());
         let load = Arc::new(SystemLoad::default());
         let capacity = sfu.clone();
-        load.spawn_sampler(cancel.child_token(), move || capacity.capacity_used());
+        load.spawn_sampler(
+            cancel.child_token(),
+            config.rtc.max_forwarded_packets_per_second,
+            move || system::Usage {
+                capacity_used: capacity.capacity_used(),
+                forwarded_packets: capacity.forwarded_packets(),
+            },
+        );
         let state = ApiState {
             auth: auth.clone(),
             health: health.clone(),

@@ -20,15 +20,8 @@ pub async fn join(
     token: &str,
     room: &str,
 ) -> anyhow::Result<(mpsc::Sender<pb::ClientSignal>, Inbound)> {
-    let (ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .context("WebSocket connect")?;
+    let (ws, _) = connect_and_join(url, token, room, None).await?;
     let (mut sink, mut stream) = ws.split();
-    sink.send(Message::text(
-        json!({"type": "join", "room": room, "token": token}).to_string(),
-    ))
-    .await?;
-    joined(&mut stream).await?;
     let (out_tx, mut out_rx) = mpsc::channel::<pb::ClientSignal>(64);
     let (in_tx, in_rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -174,11 +167,14 @@ pub async fn join_resumable(
     Ok((out_tx, ReceiverStream::new(in_rx), resumes))
 }
 
-type Socket =
+/// The proxy connection of a bridged session.
+pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Opens `/ws` at `url` and joins (resuming with `resume`); returns the socket and `joined`.
-async fn connect_and_join(
+/// Opens `/ws` at `url` and joins (resuming with `resume`); returns the socket and `joined`
+/// once the proxy answered it with a media server attached (bounded): an `error`, a join
+/// without media, a close or silence is an error saying which.
+pub async fn connect_and_join(
     url: &str,
     token: &str,
     room: &str,
@@ -213,28 +209,6 @@ fn closed(reason: String) -> pb::ServerSignal {
         signal: Some(pb::server_signal::Signal::SessionClosed(
             pb::SessionClosed { reason },
         )),
-    }
-}
-
-/// Reads the proxy's answers to `join` until `joined` with a media server attached (bounded):
-/// an `error`, a join without media, a close or silence is an error saying which.
-pub async fn joined<S>(stream: &mut S) -> anyhow::Result<()>
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        let frame = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next())
-            .await
-            .context("no answer to join")?
-            .context("closed before joined")??;
-        let Message::Text(text) = frame else { continue };
-        let msg: Value = serde_json::from_str(&text)?;
-        match msg["type"].as_str() {
-            Some("joined") if msg["media"] == true => return Ok(()),
-            Some("joined") => bail!("joined without a media server: {msg}"),
-            Some("error") => bail!("join refused: {msg}"),
-            _ => {}
-        }
     }
 }
 

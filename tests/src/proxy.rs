@@ -573,8 +573,26 @@ impl Drop for Balancer {
 /// A port that was free on 127.0.0.1 a moment ago, for a process that must come back on the
 /// same address after a restart.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("an ephemeral port on 127.0.0.1")
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("an ephemeral port on 127.0.0.1");
+        if claim_port(port) {
+            return port;
+        }
+    }
+}
+
+/// Records `port` as handed to a test of this process; false if one already had it. Ports
+/// picked free and bound later (shared by hosts on several loopback addresses, or kept across
+/// a restart) could otherwise go to two tests running in parallel.
+pub fn claim_port(port: u16) -> bool {
+    static CLAIMED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|p| p.into_inner());
+    if claimed.contains(&port) {
+        return false;
+    }
+    claimed.push(port);
+    true
 }

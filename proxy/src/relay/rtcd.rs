@@ -47,6 +47,9 @@ use crate::rooms::{
 
 /// How long a host may take to say whether it has a room before placement goes on without it.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long after opening a new room the relay looks whether another replica opened it
+/// elsewhere at the same moment.
+const SPLIT_CHECK_DELAY: Duration = Duration::from_secs(2);
 /// What rtcd's refusal of a new room on a full host says (`sfu::HOST_CAPACITY`).
 const HOST_CAPACITY_MARKER: &str = "host capacity for new rooms";
 
@@ -107,6 +110,8 @@ pub struct RtcdRelay {
     webhooks: Mutex<Option<pb::ConfigureWebhooksRequest>>,
     /// `rtcd.cpu_weighted_placement`.
     cpu_weighted: bool,
+    /// Itself, for the background checks a join starts (see [`RtcdRelay::heal`]).
+    this: std::sync::Weak<RtcdRelay>,
 }
 
 impl RtcdRelay {
@@ -181,7 +186,7 @@ impl RtcdRelay {
         }
         let mut instance = [0u8; 6];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut instance);
-        let relay = Arc::new(Self {
+        let relay = Arc::new_cyclic(|this| Self {
             client_id: config.client_id.clone(),
             auth_key,
             instance: instance.iter().map(|b| format!("{b:02x}")).collect(),
@@ -191,6 +196,7 @@ impl RtcdRelay {
             logins: tokio::sync::Mutex::new(HashMap::new()),
             webhooks: Mutex::new(None),
             cpu_weighted: config.cpu_weighted_placement,
+            this: this.clone(),
         });
         relay.refresh_hosts(&discoveries).await;
         relay.probe().await;
@@ -500,15 +506,27 @@ impl RtcdRelay {
         room: &str,
         except: &[String],
     ) -> Result<(String, Arc<Host>), &'static str> {
+        self.place_found(room, except)
+            .await
+            .map(|(key, host, _)| (key, host))
+    }
+
+    /// [`RtcdRelay::place_except`], and whether the room was found on its host (false: the
+    /// host is where a new room goes).
+    async fn place_found(
+        &self,
+        room: &str,
+        except: &[String],
+    ) -> Result<(String, Arc<Host>, bool), &'static str> {
         let ready: Vec<_> = self
             .all_hosts(true)
             .into_iter()
             .filter(|(k, _)| !except.contains(k))
             .collect();
         if ready.len() > 1
-            && let Some(found) = self.locate(room, &ready).await
+            && let Some((key, host)) = self.locate(room, &ready).await
         {
-            return Ok(found);
+            return Ok((key, host, true));
         }
         let key = self
             .hosts
@@ -521,17 +539,29 @@ impl RtcdRelay {
             .get(&key)
             .cloned()
             .ok_or("media server went away")?;
-        Ok((key, host))
+        Ok((key, host, false))
     }
 
     /// The ready host that has `room` (sessions or people waiting), if any answers so within
     /// [`LOCATE_TIMEOUT`]; a host that does not answer is skipped (its room, if any, is lost
-    /// with it, and the passive health check will mark it).
+    /// with it, and the passive health check will mark it). If several have it (a split, see
+    /// [`RtcdRelay::heal`]), the one with the smallest key, which every replica agrees on; the
+    /// others are told to move the room there.
     async fn locate(
         &self,
         room: &str,
         hosts: &[(String, Arc<Host>)],
     ) -> Option<(String, Arc<Host>)> {
+        let mut present = self.present(room, hosts).await;
+        present.sort_by(|a, b| a.0.cmp(&b.0));
+        if present.len() > 1 {
+            self.spawn_heal(room, Duration::ZERO);
+        }
+        present.into_iter().next()
+    }
+
+    /// The hosts among `hosts` that say they have `room` within [`LOCATE_TIMEOUT`].
+    async fn present(&self, room: &str, hosts: &[(String, Arc<Host>)]) -> Vec<(String, Arc<Host>)> {
         let request = pb::HasRoomRequest {
             call_id: room.to_owned(),
         };
@@ -553,8 +583,49 @@ impl RtcdRelay {
         hosts
             .iter()
             .zip(answers)
-            .find(|(_, present)| *present)
+            .filter(|(_, present)| *present)
             .map(|((k, h), _)| (k.clone(), h.clone()))
+            .collect()
+    }
+
+    /// Checks `room` again after `delay` (in the background) and heals a split.
+    fn spawn_heal(&self, room: &str, delay: Duration) {
+        if let Some(relay) = self.this.upgrade() {
+            let room = room.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                relay.heal(&room).await;
+            });
+        }
+    }
+
+    /// Two replicas that place the first joins of a new room at the same moment, while they
+    /// see different load levels (probes seconds apart), can open it on two hosts: a split
+    /// room, whose two halves do not see each other. When `room` is on several ready hosts,
+    /// it stays on the one with the smallest key (every replica agrees on it, whatever the
+    /// loads) and the others close their sessions of it ("moved", `Rooms.MoveRoom`); those
+    /// clients rejoin and [`RtcdRelay::locate`] finds the room on that host.
+    async fn heal(&self, room: &str) {
+        let ready = self.all_hosts(true);
+        if ready.len() < 2 {
+            return;
+        }
+        let mut present = self.present(room, &ready).await;
+        if present.len() < 2 {
+            return;
+        }
+        present.sort_by(|a, b| a.0.cmp(&b.0));
+        let request = pb::MoveRoomRequest {
+            call_id: room.to_owned(),
+        };
+        for (key, host) in &present[1..] {
+            let moved = self
+                .rooms_call(key, host, request.clone(), |mut c, r| async move {
+                    c.move_room(r).await
+                })
+                .await;
+            tracing::info!(room, from = %key, to = %present[0].0, moved = ?moved.map(|r| r.sessions_closed), "a room opened on two hosts at once; moving it to one");
+        }
     }
 
     /// [`RtcdRelay::place`] for room administration.
@@ -622,7 +693,11 @@ impl RtcdRelay {
     /// the next probe.
     async fn open(&self, request: &JoinRequest) -> Result<RelayLink, RelayError> {
         let room = request.grant.room.as_str();
-        if let Some((session, secret)) = request.resume.as_deref().and_then(parse_resume_token) {
+        if let Some((session, secret)) = request
+            .resume
+            .as_ref()
+            .and_then(|t| parse_resume_token(t.expose()))
+        {
             // The session lives where its room is. Anything but a resumed session (it expired,
             // its host is gone, the token is stale) falls through to an ordinary join: the
             // client then builds a new peer connection.
@@ -641,7 +716,7 @@ impl RtcdRelay {
         let mut tried: Vec<String> = Vec::new();
         let mut last: Option<RelayError> = None;
         loop {
-            let (key, host) = match self.place_except(room, &tried).await {
+            let (key, host, found) = match self.place_found(room, &tried).await {
                 Ok(placed) => placed,
                 Err(e) => {
                     return Err(match last {
@@ -672,6 +747,14 @@ impl RtcdRelay {
                     tracing::info!(session = %request.session, host = %key, "rtcd host at capacity; placing the new room on another host");
                     tried.push(key);
                     last = Some(RelayError::Refused(e));
+                }
+                Ok(link) => {
+                    // A room opened here just now may have been opened at the same moment
+                    // elsewhere by another replica: look again once both joins have landed.
+                    if !found && self.all_hosts(true).len() > 1 {
+                        self.spawn_heal(room, SPLIT_CHECK_DELAY);
+                    }
+                    return Ok(link);
                 }
                 other => return other,
             }
@@ -854,10 +937,10 @@ const MAX_RESUME_TOKEN_BYTES: usize = 512;
 /// resume secret>`. It names no host (the session is found where its room is) and is worth
 /// nothing without the end user's own valid token for the same identity and room, which rtcd
 /// checks along with the secret.
-fn resume_token(session: &str, secret: &str) -> String {
+fn resume_token(session: &str, secret: &str) -> crate::config::Secret {
     use base64::Engine as _;
     let session = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(session);
-    format!("r1.{session}.{secret}")
+    crate::config::Secret::new(format!("r1.{session}.{secret}"))
 }
 
 /// The rtcd session ID and secret of a resume token; `None` for anything malformed.
@@ -888,8 +971,9 @@ fn parse_resume_token(token: &str) -> Option<(String, String)> {
 }
 
 /// The load a host's placement weight comes from, from its `/system`: its share of capacity in
-/// use, and (with `cpu`) its CPU use, which alone never counts as full (below 1.0): a busy
-/// CPU shrinks a host's share of new rooms, only capacity closes it to them. `None` when it
+/// use, its share of its forwarding budget, and (with `cpu`) its CPU use; forwarding and CPU
+/// alone never count as full (below 1.0): they shrink a host's share of new rooms, only
+/// capacity closes it to them. `None` when it
 /// cannot be read, which keeps the previous level.
 async fn system_load(host: &Host, cpu: bool) -> Option<f64> {
     let body: serde_json::Value = host
@@ -909,7 +993,10 @@ async fn system_load(host: &Host, cpu: bool) -> Option<f64> {
     } else {
         0.0
     };
-    Some(capacity.max(cpu_load))
+    // The host's forwarding budget, when its operator set one: like CPU, it weights placement
+    // but never closes the host.
+    let forwarding = read("forwarding_used").unwrap_or(0.0).min(0.99);
+    Some(capacity.max(cpu_load).max(forwarding))
 }
 
 /// Marks a host that failed at the transport level unready until its next good probe.
@@ -1388,6 +1475,10 @@ impl Relay for RtcdRelay {
             });
     }
 
+    fn host_levels(&self) -> Vec<(String, u8)> {
+        self.hosts.levels()
+    }
+
     fn host_health(&self) -> Option<(usize, usize, usize)> {
         let mut counts = (0, 0, 0);
         for (_, health) in self.hosts.snapshot() {
@@ -1833,6 +1924,31 @@ fn error_label(code: i32) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn resume_tokens_round_trip_and_anything_else_is_refused() {
+        let token = resume_token("a1b2c3-42", "SeCrEt_-0123456789");
+        assert!(!format!("{token:?}").contains("SeCrEt"), "never printed");
+        assert_eq!(
+            parse_resume_token(token.expose()),
+            Some(("a1b2c3-42".to_owned(), "SeCrEt_-0123456789".to_owned()))
+        );
+        let long = format!("r1.{}.x", "A".repeat(600));
+        for bad in [
+            "",
+            "r1",
+            "r1..secret",
+            "r1.YWI.",
+            "r2.YWI.secret",
+            "r1.YWI.sec.ret",
+            "r1.!!!.secret",
+            "r1.YWI.sec ret",
+            "r1./w.secret",
+            long.as_str(),
+        ] {
+            assert_eq!(parse_resume_token(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn display_names_are_cut_to_rtcds_256_bytes_at_a_character_boundary() {

@@ -5,7 +5,7 @@
 //! | route | auth | answer |
 //! |---|---|---|
 //! | `GET /version` | none | `{"buildDate","buildVersion","buildHash","rustVersion","os","arch"}` |
-//! | `GET /system` | none | `{"cpu_load": f64, "capacity_used": f64, "load": f64}` |
+//! | `GET /system` | none | `{"cpu_load": f64, "capacity_used": f64, "forwarding_used": f64, "load": f64}` |
 //! | `GET /healthz` | none | 200 while the process serves |
 //! | `GET /readyz` | none | 200 when ready, 503 while starting or draining |
 //! | `POST /register` `{"clientID","authKey"}` | admin, or none with self-registration | 201 `{"clientID","code":"201"}` once on disk |
@@ -188,6 +188,7 @@ fn system(state: ApiState) -> warp::reply::Response {
         &serde_json::json!({
             "cpu_load": state.load.cpu_load(),
             "capacity_used": state.load.capacity_used(),
+            "forwarding_used": state.load.forwarding_used(),
             "load": state.load.load(),
         }),
     )

@@ -634,6 +634,24 @@ impl Rooms for RoomsService {
         reply(result)
     }
 
+    async fn move_room(
+        &self,
+        request: Request<pb::MoveRoomRequest>,
+    ) -> Result<Response<pb::MoveRoomResponse>, Status> {
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = async {
+            let call = call_id(&req.call_id)?;
+            let n = self.sfu.moderate(&tenant, &call, Moderation::Move).await?;
+            Ok::<_, RoomsError>(pb::MoveRoomResponse {
+                sessions_closed: count(n),
+            })
+        }
+        .await;
+        audit(&tenant, &req.call_id, "", "move_room", &result);
+        reply(result)
+    }
+
     async fn has_room(
         &self,
         request: Request<pb::HasRoomRequest>,

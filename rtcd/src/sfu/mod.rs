@@ -449,6 +449,9 @@ pub enum Moderation {
     },
     /// Close every session of the call with reason "room ended".
     End,
+    /// Close every session of the call with reason "moved": the room lives on another host
+    /// (it was opened on two at once), and its clients rejoin there.
+    Move,
 }
 
 /// Now, in Unix milliseconds (0 if the clock is before 1970).
@@ -714,6 +717,11 @@ impl Sfu {
             0 => 0.0,
             cap => self.registry().sessions as f64 / cap as f64,
         }
+    }
+
+    /// RTP packets forwarded to subscribers since start (for the host's load).
+    pub fn forwarded_packets(&self) -> u64 {
+        self.inner.shards.forwarded_packets()
     }
 
     /// Whether the tenant has this call here (one registry lookup, no worker round trip).

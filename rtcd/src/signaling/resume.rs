@@ -89,6 +89,14 @@ struct Spot {
     claim: oneshot::Sender<Claim>,
 }
 
+impl Spot {
+    /// Whether a `Resume` naming this call, user and secret is for this session (all three
+    /// compared every time: how far a guess got shows in no timing).
+    fn fits(&self, call: &CallId, user: &UserId, secret: &str) -> bool {
+        self.secret.matches(secret) & (self.call == *call) & (self.user == *user)
+    }
+}
+
 type Key = (TenantId, SessionId);
 
 /// The parked sessions of this host. Cheap to clone.
@@ -152,7 +160,7 @@ impl Parking {
         let spots = self.spots();
         let found = spots
             .get(&(tenant.clone(), session.clone()))
-            .is_some_and(|s| s.secret.matches(secret) & (s.call == *call) & (s.user == *user));
+            .is_some_and(|s| s.fits(call, user, secret));
         if found {
             Ok(())
         } else {
@@ -176,9 +184,7 @@ impl Parking {
     ) -> Result<(), NotResumable> {
         let mut spots = self.spots();
         let key = (tenant.clone(), session.clone());
-        let matching = spots
-            .get(&key)
-            .is_some_and(|s| s.secret.matches(secret) & (s.call == *call) & (s.user == *user));
+        let matching = spots.get(&key).is_some_and(|s| s.fits(call, user, secret));
         if !matching {
             return Err(NotResumable::NotFound);
         }

@@ -185,7 +185,7 @@ fn shared_ports() -> (u16, u16) {
                 .local_addr()
                 .unwrap()
                 .port();
-            if free(port) {
+            if free(port) && rtcd_e2e::proxy::claim_port(port) {
                 return port;
             }
         }
@@ -227,6 +227,8 @@ impl Replica {
             ("PROXY_RTCD_HEALTH_INTERVAL_SECONDS", "1"),
             // Placement compared across replicas: the shared machine's CPU must not weight it.
             ("PROXY_RTCD_CPU_WEIGHTED_PLACEMENT", "false"),
+            // Every join of the test comes from 127.0.0.1.
+            ("PROXY_LIMITS_CONNECTION_BURST", "200"),
         ] {
             env.retain(|(key, _)| key != k);
             env.push((k.into(), v.into()));
@@ -364,7 +366,7 @@ async fn calls_survive_a_killed_host_restarted_proxies_and_a_drain_across_three_
     // the small host opens one room (two sessions) and then takes no new one.
     let mut clients = Vec::new();
     let mut per_host = [0usize; 3];
-    for i in 0..16 {
+    for i in 0..24 {
         let room = format!("room-{i}");
         for (n, replica) in replicas.iter().enumerate() {
             let token = hs_token(&claims(&format!("user-{i}-{n}"), &room));
@@ -455,6 +457,21 @@ async fn calls_survive_a_killed_host_restarted_proxies_and_a_drain_across_three_
             page.wait_state("connected", "").await.unwrap();
         }
     }
+
+    // The replica and the call's host die together: the resume finds no session, the replica
+    // opens a new one, and the pages start over on a new peer connection.
+    let victim = fleet.host_of("failover").await;
+    let before = joins(&[&alice, &bob]).await;
+    let start = Instant::now();
+    fleet.signal(victim, "KILL");
+    replicas[0].signal("KILL");
+    let (took, _) = recovery(&[&alice, &bob], &before, start).await;
+    println!("replica and host {victim} killed together: media back in {took:?}");
+    fleet.reap(victim).await;
+    replicas[0].run(&fleet);
+    fleet.run(victim).await;
+    flows(&[&alice, &bob], 2, "after losing the replica and the host").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // Drain in migrate mode: new rooms go elsewhere at once, and the call moves to one other
     // host within the bound.

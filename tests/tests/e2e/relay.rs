@@ -30,7 +30,9 @@ fn shared_port() -> u16 {
     for _ in 0..50 {
         let a = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
         let port = a.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.3", port)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.3", port)).is_ok()
+            && rtcd_e2e::proxy::claim_port(port)
+        {
             return port;
         }
     }
@@ -748,6 +750,84 @@ async fn a_host_at_capacity_gets_no_new_rooms_while_its_rooms_keep_growing_where
     }));
     cancel.cancel();
     drop(proxy);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Issue 14 #3: a room opened on two hosts at once (what two replicas placing its first joins
+/// with different views of the hosts' loads can do) is moved onto one: the next join through
+/// a proxy finds both halves, goes to the host every replica agrees on (the smaller key), and
+/// the other host's sessions of the room are closed with "moved" so that they rejoin there.
+#[tokio::test]
+async fn a_room_opened_on_two_hosts_at_once_is_moved_onto_one() {
+    use rtcd::sfu::{CallId, TenantId};
+    let (api, grpc) = (shared_port(), shared_port());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = peer_host(dir_a.path(), "127.0.0.2", (api, grpc), &[]).await;
+    let b = peer_host(dir_b.path(), "127.0.0.3", (api, grpc), &[]).await;
+    // The split, made directly over rtcd's signaling with the proxy's own credentials.
+    let auth = rtcd_e2e::media::basic("proxy-1", &key_for("proxy-1"));
+    let permissions = rtcd_e2e::media::all_permissions();
+    let on_a = Participant::join(
+        &mut a.client().await.unwrap(),
+        Some(&auth),
+        "split",
+        "half-a",
+        permissions,
+    )
+    .await
+    .unwrap();
+    let on_b = Participant::join(
+        &mut b.client().await.unwrap(),
+        Some(&auth),
+        "split",
+        "half-b",
+        permissions,
+    )
+    .await
+    .unwrap();
+    let (tenant, call) = (TenantId::new("proxy-1"), CallId::new("split"));
+    assert!(a.rtcd.sfu().has_call(&tenant, &call) && b.rtcd.sfu().has_call(&tenant, &call));
+
+    let mut config = rtcd_e2e::proxy::base_config();
+    config.rtcd = RtcdConfig {
+        url: format!("http://127.0.0.2:{grpc}, http://127.0.0.3:{grpc}"),
+        client_id: "proxy-1".into(),
+        auth_key: Secret::new(key_for("proxy-1")),
+        api_port: api,
+        health_interval_seconds: 1,
+        ..RtcdConfig::default()
+    };
+    let cancel = CancellationToken::new();
+    let relay = RtcdRelay::start(&config.rtcd, cancel.clone())
+        .await
+        .unwrap();
+    let proxy = rtcd_e2e::proxy::start_with_relay(config, Some(relay))
+        .await
+        .unwrap();
+    let token = moderator("frank", "split");
+    let (_frank, outcome) = rtcd_e2e::proxy::join(proxy.addr(), Some(&token), "split")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, rtcd_e2e::proxy::JoinOutcome::Joined(m) if m["media"] == true),
+        "{outcome:?}"
+    );
+    eventually("B's half is moved", || {
+        on_b.saw(|e| {
+            matches!(e, rtcd_proto::v1::server_signal::Signal::SessionClosed(c) if c.reason == "moved")
+        })
+    })
+    .await;
+    eventually("the room is on A only", || {
+        a.rtcd.sfu().has_call(&tenant, &call) && !b.rtcd.sfu().has_call(&tenant, &call)
+    })
+    .await;
+    // A's half and the newcomer are together: two sessions there, and A's half was not touched.
+    assert_eq!(a.rtcd.sfu().session_count(), 2);
+    assert!(!on_a.saw(|e| matches!(e, rtcd_proto::v1::server_signal::Signal::SessionClosed(_))));
+    proxy.shutdown().await;
+    cancel.cancel();
     a.stop().await;
     b.stop().await;
 }

@@ -54,7 +54,7 @@ async fn rejoins(addr: SocketAddr, token: &str, room: &str, resume: &str) -> (Cl
 #[tokio::test]
 async fn a_session_resumes_through_another_replica_when_its_proxy_shuts_down_and_media_never_stops()
 {
-    let rtcd = rtcd(&[]).await;
+    let rtcd = rtcd(&[("RTCD_RTC_MAX_FORWARDED_PACKETS_PER_SECOND", "100000")]).await;
     let cancel = CancellationToken::new();
     let first = replica_with(&rtcd, "tenant-a", &cancel, |_| {}).await;
     let second = replica_with(&rtcd, "tenant-a", &cancel, |_| {}).await;
@@ -87,6 +87,18 @@ async fn a_session_resumes_through_another_replica_when_its_proxy_shuts_down_and
         .await
         .unwrap();
     }
+
+    // The media load is part of the host's load for placement: about 200 packets a second
+    // forwarded here, against a budget of 100000.
+    let system: Value = reqwest::get(rtcd.url("/system"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let forwarding = system["forwarding_used"].as_f64().unwrap();
+    assert!(forwarding > 0.0005 && forwarding < 0.05, "{system}");
+    assert!(system["load"].as_f64().unwrap() >= forwarding, "{system}");
 
     // The first replica shuts down (a rolling restart) 2 s into 8 s of one-second windows in
     // which every flow, both ways, must grow.

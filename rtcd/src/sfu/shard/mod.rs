@@ -125,6 +125,8 @@ pub(crate) struct Shards {
     /// Stops the ICE-TCP port (its accept loop and connections).
     tcp_stop: CancellationToken,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Each worker's forwarded packets (see `worker::Wiring::forwarded`).
+    forwarded: Vec<Arc<AtomicU64>>,
 }
 
 /// The ICE-TCP port as the workers see it: routes frames to sessions and sends on connections.
@@ -280,6 +282,7 @@ impl Shards {
             failed_timeout: config.ice_failed_timeout,
         };
         let mut threads = Vec::with_capacity(count + 1);
+        let forwarded: Vec<Arc<AtomicU64>> = (0..count).map(|_| Arc::default()).collect();
         for (index, (cmd_rx, dg_rx)) in receivers.into_iter().enumerate() {
             let w = worker::Worker::new(
                 index,
@@ -291,6 +294,7 @@ impl Shards {
                     demux: demux_tx.clone(),
                     metrics: metrics.clone(),
                     config: config.clone(),
+                    forwarded: forwarded[index].clone(),
                 },
             );
             let thread = std::thread::Builder::new()
@@ -333,7 +337,16 @@ impl Shards {
             stop,
             tcp_stop,
             threads: Mutex::new(threads),
+            forwarded,
         })
+    }
+
+    /// RTP packets forwarded to subscribers since start, all workers together.
+    pub(crate) fn forwarded_packets(&self) -> u64 {
+        self.forwarded
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
     }
 
     /// The shared UDP port's address.

@@ -217,6 +217,9 @@ pub(super) struct Wiring {
     pub demux: std::sync::mpsc::Sender<DemuxUpdate>,
     pub metrics: Arc<Metrics>,
     pub config: SfuConfig,
+    /// This worker's forwarded packets, for the host's load (`GET /system`): one counter per
+    /// worker, so workers never share its cache line.
+    pub forwarded: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A worker thread's state. See the module docs.
@@ -242,6 +245,8 @@ pub(super) struct Worker {
     scratch: Vec<PeerEvent>,
     /// Set when a session's event queue overflowed (see [`Member::emit`]).
     backlog: Arc<std::sync::atomic::AtomicBool>,
+    /// See [`Wiring::forwarded`].
+    forwarded: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Worker {
@@ -254,6 +259,7 @@ impl Worker {
             demux,
             metrics,
             config,
+            forwarded,
         } = wiring;
         Self {
             index,
@@ -275,6 +281,7 @@ impl Worker {
             next_track: 1,
             scratch: Vec::new(),
             backlog: Arc::default(),
+            forwarded,
         }
     }
 
@@ -561,6 +568,8 @@ impl Worker {
                 want_keyframe |= down.poll_keyframe_request(now).is_some();
             }
             if sent > 0 {
+                self.forwarded
+                    .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
                 t.counters.forwarded.inc_by(sent);
                 t.counters.bytes.inc_by(sent * packet.payload.len() as u64);
             }
@@ -1075,6 +1084,12 @@ impl Worker {
             Moderation::End => {
                 for &k in &members {
                     self.finish(k, "room ended".into());
+                }
+                members.len()
+            }
+            Moderation::Move => {
+                for &k in &members {
+                    self.finish(k, "moved".into());
                 }
                 members.len()
             }
