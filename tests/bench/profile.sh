@@ -9,7 +9,7 @@
 #   cargo build --release -p rtcd -p rtcd-proxy -p rtcd-loadgen --bin rtcd --bin rtcd-proxy --bin loadgen
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-R=$PWD/target/release
+R=${CARGO_TARGET_DIR:-$PWD/target}/release
 ARGS=("$@")
 [ ${#ARGS[@]} -eq 0 ] && ARGS=(--scenario one-to-one)
 OUT=$(mktemp -d)
