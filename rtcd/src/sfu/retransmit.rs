@@ -21,6 +21,11 @@ pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 /// The smallest and largest capacities accepted: the window must stay well inside half the
 /// 16-bit sequence space for "older" and "newer" to be unambiguous.
 const MIN_CAPACITY: usize = 16;
+/// Slots a ring starts with. It doubles (up to its capacity) when a packet would overwrite one
+/// still younger than the max age, so its memory follows the track's packet rate: a slot holds
+/// a whole `MediaPacket` inline (~600 bytes with its extension slots), and a full ring of 1024
+/// was most of a participant's memory even for a low-rate camera.
+const INITIAL_SLOTS: usize = 64;
 const MAX_CAPACITY: usize = 1 << 15;
 
 /// A capacity that is not a power of two within bounds.
@@ -53,6 +58,8 @@ pub struct RetransmitBuffer {
     /// `slots[ext & mask]`: the packet with that extended sequence number, if kept.
     slots: Box<[Option<(u64, MediaPacket)>]>,
     mask: u64,
+    /// The most slots the ring may grow to (the configured capacity).
+    limit: usize,
     /// The newest extended sequence number inserted, if any.
     highest: Option<u64>,
     /// Every slot before this extended sequence number is empty (aged out or never filled).
@@ -65,9 +72,11 @@ impl RetransmitBuffer {
     /// A buffer of `capacity` packets (a power of two, 16 to 32 768; [`DEFAULT_CAPACITY`]).
     pub fn new(capacity: usize) -> Result<Self, CapacityError> {
         check_capacity(capacity)?;
+        let initial = capacity.min(INITIAL_SLOTS);
         Ok(Self {
-            slots: (0..capacity).map(|_| None).collect(),
-            mask: capacity as u64 - 1,
+            slots: (0..initial).map(|_| None).collect(),
+            mask: initial as u64 - 1,
+            limit: capacity,
             highest: None,
             oldest: 0,
             max_age: MAX_AGE,
@@ -82,7 +91,24 @@ impl RetransmitBuffer {
 
     /// How many packets the ring holds at most.
     pub fn capacity(&self) -> usize {
+        self.limit
+    }
+
+    /// How many slots the ring has now (it grows with the track's packet rate).
+    pub fn slots(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Doubles the ring, keeping every packet in it.
+    fn grow(&mut self) {
+        let len = self.slots.len() * 2;
+        let mask = len as u64 - 1;
+        let mut slots: Box<[Option<(u64, MediaPacket)>]> = (0..len).map(|_| None).collect();
+        for (ext, pkt) in self.slots.iter_mut().filter_map(Option::take) {
+            slots[(ext & mask) as usize] = Some((ext, pkt));
+        }
+        self.slots = slots;
+        self.mask = mask;
     }
 
     /// Keeps `pkt` (moved in: its `Bytes` are shared, not copied). A packet older than the
@@ -103,6 +129,16 @@ impl RetransmitBuffer {
         };
         self.highest = Some(highest);
         let arrival = pkt.arrival;
+        // The slot still holds a packet younger than the max age: the ring is too small for
+        // this track's rate. Grow while the capacity allows (rare: a doubling each time).
+        while self.slots.len() < self.limit
+            && matches!(
+                &self.slots[(ext & self.mask) as usize],
+                Some((e, p)) if *e != ext && arrival.saturating_duration_since(p.arrival) < self.max_age
+            )
+        {
+            self.grow();
+        }
         self.slots[(ext & self.mask) as usize] = Some((ext, pkt));
         self.age_out(highest, arrival);
         true
@@ -207,6 +243,36 @@ mod tests {
         assert_eq!(seq_of(&buf, 1195), Some(1195));
         // The default keeps a second.
         assert_eq!(RetransmitBuffer::new(16).unwrap().max_age, MAX_AGE);
+    }
+
+    #[test]
+    fn the_ring_grows_with_the_packet_rate_up_to_its_capacity_and_keeps_every_packet() {
+        let start = Instant::now();
+        let feed = |buf: &mut RetransmitBuffer, per_second: u64, count: u16| {
+            for i in 0..count {
+                let mut p = pkt(i);
+                p.arrival =
+                    start + std::time::Duration::from_micros(u64::from(i) * 1_000_000 / per_second);
+                assert!(buf.insert(p));
+            }
+        };
+        // 50 packets a second (audio, a still camera): the first 64 slots suffice.
+        let mut slow = RetransmitBuffer::new(1024).unwrap();
+        feed(&mut slow, 50, 500);
+        assert_eq!((slow.slots(), slow.capacity()), (64, 1024));
+        assert!((450..500).all(|s| seq_of(&slow, s).is_some()));
+        // 300 a second: a second of it needs 512 slots, and nothing of that second was lost
+        // while the ring grew.
+        let mut fast = RetransmitBuffer::new(1024).unwrap();
+        feed(&mut fast, 300, 1500);
+        assert_eq!(fast.slots(), 512);
+        assert!((1200..1500).all(|s| seq_of(&fast, s).is_some()));
+        // Faster than the capacity can hold for the max age: it stops at the capacity.
+        let mut capped = RetransmitBuffer::new(128).unwrap();
+        feed(&mut capped, 1000, 1000);
+        assert_eq!(capped.slots(), 128);
+        assert!((872..1000).all(|s| seq_of(&capped, s).is_some()));
+        assert_eq!(seq_of(&capped, 871), None);
     }
 
     #[test]
