@@ -380,14 +380,12 @@ impl Session {
     /// client vanished (its connection dropped without a close, or went silent), the stream
     /// just ends and the media server keeps the session, media flowing, for its grace period.
     async fn release_media(&mut self, reason: &CloseReason) {
-        let resumable =
-            self.vanished || matches!(reason, CloseReason::GoingAway | CloseReason::IdleTimeout);
+        if self.vanished || matches!(reason, CloseReason::GoingAway | CloseReason::IdleTimeout) {
+            return;
+        }
         let Some(link) = self.joined.as_ref().and_then(|j| j.link.as_ref()) else {
             return;
         };
-        if resumable {
-            return;
-        }
         // Bounded: a link too backed up to take it ends without (the session then expires at
         // the media server after its grace period).
         let _ = tokio::time::timeout(LEAVE_SEND, link.commands.send(RelayCommand::Leave)).await;
@@ -722,7 +720,7 @@ impl Session {
         // The platform may lower the grant, or refuse. Not counted against the address: the
         // token was valid, so this is no token guessing (and a failing hook is not the user's
         // fault).
-        let (grant, ceiling) = match &self.state.affiliation {
+        let (mut grant, ceiling) = match &self.state.affiliation {
             None => (grant, Ceiling::default()),
             Some(hook) => match hook.admit(grant.clone(), &self.state.metrics).await {
                 Ok(admitted) => admitted,
@@ -793,7 +791,6 @@ impl Session {
         let resume_token = link.as_mut().and_then(|l| l.resume_token.take());
         let resumed = link.as_mut().and_then(|l| l.resumed.take());
         let room = grant.room.clone();
-        let mut grant = grant;
         let mut moderated = false;
         if let Some(r) = &resumed {
             // The session as the media server has it: a moderator may have changed its role

@@ -97,7 +97,8 @@ pub async fn join_resumable(
     tokio::spawn(async move {
         let mut next_url = 1;
         loop {
-            let lost = loop {
+            // Until the connection is lost (or the bridged session ends: return).
+            loop {
                 tokio::select! {
                     signal = out_rx.recv() => {
                         let Some(signal) = signal else {
@@ -116,7 +117,7 @@ pub async fn join_resumable(
                             let _ = in_tx.send(Ok(closed(reason))).await;
                             return;
                         }
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break true,
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                         Some(Ok(Message::Text(text))) => {
                             let Ok(msg) = serde_json::from_str::<Value>(&text) else { continue };
                             if let Some(signal) = server_signal(&msg)
@@ -128,8 +129,7 @@ pub async fn join_resumable(
                         Some(Ok(_)) => {}
                     }
                 }
-            };
-            debug_assert!(lost);
+            }
             // Reconnect with the resume token, trying the replicas in turn for a few seconds.
             let mut attempt = 0;
             let rejoined = loop {

@@ -497,22 +497,13 @@ impl RtcdRelay {
     /// room (`Rooms.HasRoom`): placement is weighted by load, and a room placed while the
     /// weights were different must be found where it is, not opened a second time.
     async fn place(&self, room: &str) -> Result<(String, Arc<Host>), &'static str> {
-        self.place_except(room, &[]).await
-    }
-
-    /// [`RtcdRelay::place`] among the ready hosts not in `except`.
-    async fn place_except(
-        &self,
-        room: &str,
-        except: &[String],
-    ) -> Result<(String, Arc<Host>), &'static str> {
-        self.place_found(room, except)
+        self.place_found(room, &[])
             .await
             .map(|(key, host, _)| (key, host))
     }
 
-    /// [`RtcdRelay::place_except`], and whether the room was found on its host (false: the
-    /// host is where a new room goes).
+    /// [`RtcdRelay::place`] among the ready hosts not in `except`, and whether the room was
+    /// found on its host (false: the host is where a new room goes).
     async fn place_found(
         &self,
         room: &str,

@@ -875,29 +875,13 @@ export class RtcdClient extends EventTarget {
         this._wantOffer();
         return;
       case 'candidate': return this._onCandidate(m);
-      case 'participant_joined': {
-        const p = m.participant || {};
-        const known = this.participants.get(p.identity);
-        if (known) {
-          Object.assign(known, { name: p.name ?? known.name, role: p.role ?? known.role });
-          return;
-        }
-        const participant = { identity: p.identity, name: p.name, role: p.role, muted: {}, speaking: false, media: 'connecting' };
-        this.participants.set(p.identity, participant);
-        this._emit('participantjoined', participant);
+      case 'participant_joined':
+        this._participantJoined(m.participant || {});
         this._updateHealth();
         return;
-      }
-      case 'participant_left': {
-        for (const [mid, remote] of [...this.remoteTracks]) {
-          if (remote.identity === m.identity) {
-            this._published.delete(mid);
-            this._endRemote(mid, remote);
-          }
-        }
-        if (this.participants.delete(m.identity)) this._emit('participantleft', { identity: m.identity });
+      case 'participant_left':
+        this._participantLeft(m.identity);
         return;
-      }
       case 'track_published':
         this._published.set(String(m.mid), { identity: m.identity, source: m.source, trackId: m.track_id });
         this._match(String(m.mid));
@@ -985,22 +969,10 @@ export class RtcdClient extends EventTarget {
     const now = new Set();
     for (const p of Array.isArray(info.participants) ? info.participants : []) {
       now.add(p.identity);
-      if (!this.participants.has(p.identity)) {
-        const participant = { identity: p.identity, name: p.name, role: p.role, muted: {}, speaking: false, media: 'connecting' };
-        this.participants.set(p.identity, participant);
-        this._emit('participantjoined', participant);
-      }
+      this._participantJoined(p);
     }
     for (const identity of [...this.participants.keys()]) {
-      if (now.has(identity)) continue;
-      for (const [mid, remote] of [...this.remoteTracks]) {
-        if (remote.identity === identity) {
-          this._published.delete(mid);
-          this._endRemote(mid, remote);
-        }
-      }
-      this.participants.delete(identity);
-      this._emit('participantleft', { identity });
+      if (!now.has(identity)) this._participantLeft(identity);
     }
     for (const source of this.muted) this._send({ type: 'mute', source });
     if (this._awaitingAnswer) {
@@ -1012,6 +984,30 @@ export class RtcdClient extends EventTarget {
     this._setState('connected');
     this._emit('resumed', info);
     this._updateHealth();
+  }
+
+  /** Someone is in the room: added (event `participantjoined`), or a known one updated.
+   * @param {{identity: string, name?: string, role?: string}} p */
+  _participantJoined(p) {
+    const known = this.participants.get(p.identity);
+    if (known) {
+      Object.assign(known, { name: p.name ?? known.name, role: p.role ?? known.role });
+      return;
+    }
+    const participant = { identity: p.identity, name: p.name, role: p.role, muted: {}, speaking: false, media: 'connecting' };
+    this.participants.set(p.identity, participant);
+    this._emit('participantjoined', participant);
+  }
+
+  /** Someone left the room: their tracks end, then `participantleft`. @param {string} identity */
+  _participantLeft(identity) {
+    for (const [mid, remote] of [...this.remoteTracks]) {
+      if (remote.identity === identity) {
+        this._published.delete(mid);
+        this._endRemote(mid, remote);
+      }
+    }
+    if (this.participants.delete(identity)) this._emit('participantleft', { identity });
   }
 
   _onError(m) {

@@ -344,17 +344,29 @@ async fn serve(
     mut tx: Outbound,
     cx: Context,
 ) {
+    // Who the session is if it parks (resumption on: it has a secret).
+    let parked = admitted.secret.clone().map(|secret| {
+        let (tenant, call, session, user) = cx.ids.clone();
+        Parked {
+            tenant,
+            call,
+            session,
+            user,
+            secret,
+        }
+    });
     loop {
         let pending = match relay(&mut admitted, &mut inbound, &tx, &cx).await {
             StreamEnd::SessionOver => return,
             StreamEnd::Lost(pending) => pending,
         };
-        let Some(secret) = admitted.secret.clone() else {
+        let Some(who) = parked.as_ref() else {
             // Resumption off: the session ends with its stream. Dropping the handle ends it
             // ("disconnected"); relay its close if the response stream is still read.
-            let Admitted { handle, events, .. } = admitted;
+            let Admitted {
+                handle, mut events, ..
+            } = admitted;
             drop(handle);
-            let mut events = events;
             while let Some(event) = events.recv().await {
                 if tx.send(Ok(convert::event(event))).await.is_err() {
                     return;
@@ -362,15 +374,7 @@ async fn serve(
             }
             return;
         };
-        let (tenant, call, session, user) = cx.ids.clone();
-        let who = Parked {
-            tenant,
-            call,
-            session,
-            user,
-            secret,
-        };
-        match cx.parking.park(&who, &mut admitted, &cx.sfu, pending).await {
+        match cx.parking.park(who, &mut admitted, &cx.sfu, pending).await {
             Some(Claim {
                 tx: next_tx,
                 inbound: next_inbound,

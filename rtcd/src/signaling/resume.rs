@@ -171,8 +171,8 @@ impl Parking {
     }
 
     /// Takes a parked session over with a new stream: its relay task sends `Resumed` and the
-    /// missed events on `claim.tx`, then relays as before. `NotFound` (with the claim back, so
-    /// the caller can close it) if it is no longer parked or does not match.
+    /// missed events on `claim.tx`, then relays as before. `NotFound` if it is no longer parked
+    /// or does not match (the claim, and with it the new stream, is dropped).
     pub fn take(
         &self,
         tenant: &TenantId,
