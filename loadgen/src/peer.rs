@@ -256,6 +256,22 @@ fn crypto() -> Arc<str0m::config::CryptoProvider> {
         .clone()
 }
 
+/// One DTLS certificate for every peer of the process, made once (`run` makes it before it times
+/// anything). Each str0m peer would otherwise generate its own key and certificate with OpenSSL
+/// as it joins, on the load tool's one core, which is what limits a join storm (the server's
+/// core is mostly idle: docs/benchmarks.md). Servers see one certificate fingerprint per peer
+/// either way (they check each peer's against its own SDP), so what is measured is unchanged.
+pub fn dtls_cert() -> str0m::config::DtlsCert {
+    static CERT: std::sync::OnceLock<str0m::config::DtlsCert> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| {
+        crypto()
+            .dtls_provider
+            .generate_certificate()
+            .expect("the OpenSSL provider generates certificates")
+    })
+    .clone()
+}
+
 /// Runs one peer until `stop` fires or its connection fails. `started` is when the join began
 /// (token minted), for the join time.
 pub async fn run(
@@ -331,6 +347,7 @@ impl Peer {
         let now = Instant::now();
         let mut rtc = RtcConfig::new()
             .set_crypto_provider(crypto())
+            .set_dtls_cert(dtls_cert())
             .set_rtp_mode(true)
             .set_stats_interval(None)
             .clear_codecs()

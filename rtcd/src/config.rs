@@ -181,9 +181,14 @@ pub struct RtcConfig {
     /// `net.core.rmem_max` / `wmem_max`; rtcd warns when it got less.
     pub udp_buffer_bytes: usize,
     /// Packets kept per published video track, once for all its subscribers, to answer their
-    /// NACKs (rounded up to a power of two, 64..32768); packets older than a second are dropped
-    /// in any case (`sfu::retransmit::MAX_AGE`), so memory follows the bitrate.
+    /// NACKs (rounded up to a power of two, 64..32768); packets older than `nack_buffer_ms` are
+    /// dropped in any case, so memory follows the bitrate.
     pub nack_buffer_packets: usize,
+    /// How long a forwarded video packet stays answerable, in milliseconds (100..5000). The
+    /// retransmission buffers are most of a participant's memory, and a retransmission later
+    /// than the subscriber's jitter buffer waits is wasted: 500 ms covers round trips up to
+    /// ~400 ms.
+    pub nack_buffer_ms: u64,
     /// Sessions one call may hold.
     pub max_sessions_per_call: usize,
     /// Sessions one client (tenant) may hold across all its calls.
@@ -243,6 +248,7 @@ impl Default for RtcConfig {
             include_loopback_candidates: false,
             udp_buffer_bytes: 4 * 1024 * 1024,
             nack_buffer_packets: 1024,
+            nack_buffer_ms: 500,
             max_sessions_per_call: 50,
             max_sessions_per_client: 1000,
             max_sessions: 0,
@@ -674,6 +680,12 @@ impl Config {
                 "must be between 64 and 32768".into(),
             ));
         }
+        if !(100..=5000).contains(&rtc.nack_buffer_ms) {
+            return Err(invalid(
+                "rtc.nack_buffer_ms",
+                "must be between 100 and 5000".into(),
+            ));
+        }
         if !(1024..=1024 * 1024).contains(&rtc.max_sdp_bytes)
             || rtc.max_sdp_bytes > grpc.max_message_bytes
         {
@@ -876,6 +888,14 @@ mod tests {
         Config::load(None, env(&[("RTCD_RTC_UDP_BUFFER_BYTES", "0")])).unwrap();
         let e = Config::load(None, env(&[("RTCD_RTC_NACK_BUFFER_PACKETS", "8")])).unwrap_err();
         assert!(e.to_string().contains("rtc.nack_buffer_packets"), "{e}");
+        let e = Config::load(None, env(&[("RTCD_RTC_NACK_BUFFER_MS", "50")])).unwrap_err();
+        assert!(e.to_string().contains("rtc.nack_buffer_ms"), "{e}");
+        let c = Config::load(None, env(&[("RTCD_RTC_NACK_BUFFER_MS", "1000")])).unwrap();
+        assert_eq!(c.rtc.nack_buffer_ms, 1000);
+        assert_eq!(
+            Config::load(None, env(&[])).unwrap().rtc.nack_buffer_ms,
+            500
+        );
     }
 
     #[test]

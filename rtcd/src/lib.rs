@@ -401,6 +401,7 @@ fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
         include_loopback: rtc.include_loopback_candidates,
         udp_buffer_bytes: rtc.udp_buffer_bytes,
         nack_buffer_packets: rtc.nack_buffer_packets,
+        nack_buffer_age: std::time::Duration::from_millis(rtc.nack_buffer_ms),
         max_sessions_per_call: rtc.max_sessions_per_call,
         max_sessions: rtc.max_sessions,
         max_sessions_per_tenant: rtc.max_sessions_per_client,

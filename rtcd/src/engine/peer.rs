@@ -262,9 +262,11 @@ struct TrackState {
     ssrc: u32,
     /// Video codec by payload type (for keyframe detection); audio has none.
     codecs: Vec<(u8, VideoCodec)>,
-    /// Extension ids that are about this hop (transport-cc, abs-send-time, mid, rid): the SFU
-    /// must not forward them.
-    hop_extensions: [bool; 256],
+    /// Extension ids worth handing the SFU: negotiated on this section and about the media,
+    /// not this hop (transport-cc, abs-send-time, mid and rid are rewritten or generated per
+    /// hop). An id the section did not negotiate has no URI a down-track could map, so it is
+    /// dropped here rather than carried in every packet and its retransmission slot.
+    forwarded: [bool; 256],
 }
 
 impl TrackState {
@@ -287,7 +289,7 @@ impl TrackState {
         out.marker = h.marker;
         out.padding = u8::from(h.padding);
         for ext in h.extensions {
-            if !self.hop_extensions[usize::from(ext.id)] {
+            if self.forwarded[usize::from(ext.id)] {
                 out.extensions.push(ext.id, ext.payload);
             }
         }
@@ -299,9 +301,21 @@ impl TrackState {
 /// a second, past any retransmission that could still help a live stream).
 const NACKS_PER_PACKET: u16 = 10;
 
+/// The transport-wide congestion control extension (its feedback is rtcd's bandwidth input).
+const TRANSPORT_CC_URI: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+/// The header extensions every peer's media engine registers, by kind: what an answer of ours
+/// can contain. [`trim_offer`] drops the offer's others (a browser offers about a dozen).
+const NEGOTIATED_EXTENSIONS: [(RtpCodecKind, &str); 3] = [
+    (RtpCodecKind::Audio, crate::sfu::packet::AUDIO_LEVEL_URI),
+    (RtpCodecKind::Audio, TRANSPORT_CC_URI),
+    (RtpCodecKind::Video, TRANSPORT_CC_URI),
+];
+
 /// Header extensions that describe one hop, not the media: rewritten or generated per hop.
 const HOP_EXTENSIONS: [&str; 5] = [
-    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+    TRANSPORT_CC_URI,
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
@@ -345,19 +359,21 @@ const fn video(name: &'static str, fmtp: &'static str, payload_type: u8, rtx: u8
 }
 
 /// What an SFU forwards between browsers, and only that: Opus; VP8, VP9 profile 0, H.264
-/// constrained baseline and baseline (`42e01f`, `42001f`), each in packetization modes 1 and 0,
-/// AV1; every video codec with RTX. That is `rtc`'s `register_default_codecs` with the same
-/// payload types, minus G.722, PCMU and PCMA (browsers send Opus, and a codec is only worth
-/// forwarding if every subscriber decodes it too), H.265 (Chrome and Firefox do not offer it),
-/// VP9 profile 1 (4:4:4, not offered by browsers by default) and H.264 high `640032` (offered by
-/// Chrome only with a hardware encoder; Safari's high is `640c1f`, which `rtc` does not count
-/// as the same profile anyway). The browser tests negotiate Opus and VP8, the webrtc-rs e2e
-/// tests also H.264 `42e01f` mode 1.
+/// constrained baseline and baseline (`42e01f`, `42001f`) in packetization mode 1, AV1; every
+/// video codec with RTX. That is `rtc`'s `register_default_codecs` with the same payload types,
+/// minus G.722, PCMU and PCMA (browsers send Opus, and a codec is only worth forwarding if every
+/// subscriber decodes it too), H.265 (Chrome and Firefox do not offer it), VP9 profile 1 (4:4:4,
+/// not offered by browsers by default), H.264 high `640032` (offered by Chrome only with a
+/// hardware encoder; Safari's high is `640c1f`, which `rtc` does not count as the same profile
+/// anyway) and H.264 in packetization mode 0 (one NAL unit per packet: every browser offers
+/// mode 1 next to it and prefers it, and a mode-0 stream cannot carry a frame larger than one
+/// packet). The browser tests negotiate Opus and VP8, the webrtc-rs e2e tests also H.264
+/// `42e01f` mode 1.
 ///
 /// Every codec here costs on every join (about 0.3 ms each with its RTX, measured): `rtc`
 /// compares each codec of an offer with each of these, parsing both fmtp lines every time,
 /// and each one kept in the offer makes its quadratic SDP reading longer (see [`trim_offer`]).
-const CODECS: [TableCodec; 8] = [
+const CODECS: [TableCodec; 6] = [
     TableCodec {
         kind: RtpCodecKind::Audio,
         name: "opus",
@@ -377,21 +393,9 @@ const CODECS: [TableCodec; 8] = [
     ),
     video(
         "H264",
-        "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f",
-        127,
-        104,
-    ),
-    video(
-        "H264",
         "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
         125,
         105,
-    ),
-    video(
-        "H264",
-        "level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f",
-        108,
-        109,
     ),
     video("AV1", "profile-id=0", 41, 106),
 ];
@@ -484,16 +488,17 @@ fn build_media_template() -> Result<MediaEngine, EngineError> {
 }
 
 /// The offer as `rtc` gets it: in every audio and video section, only the codecs rtcd could
-/// answer with ([`CODECS`], matched as `rtc` matches them, and the RTX of a kept codec) and
-/// only the feedback it takes part in ([`VIDEO_FEEDBACK`], none on RTX formats). `None`:
-/// nothing to remove.
+/// answer with ([`CODECS`], matched as `rtc` matches them, and the RTX of a kept codec), only
+/// the feedback it takes part in ([`VIDEO_FEEDBACK`], none on RTX formats) and only the header
+/// extensions it registers ([`NEGOTIATED_EXTENSIONS`]). `None`: nothing to remove.
 ///
 /// Why: `rtc` 0.21.1 rebuilds a section's whole codec map (every `rtpmap`, `fmtp` and `rtcp-fb`
 /// line, re-printed and re-parsed) once per payload type of the section, in several passes, and
 /// compares every offered codec with every codec of ours. That is quadratic in the size of the
 /// section, and a browser offers 30 to 40 video formats with 4 or 5 feedback lines each: most
-/// of a join was spent there on codecs `rtc` then drops. What is removed here could not be in
-/// the answer, so the answer is the same. A section in which nothing would remain is left as it
+/// of a join was spent there on codecs `rtc` then drops. Every attribute line of a section is
+/// re-read once per format, so the extension lines `rtc` ignores cost too. What is removed
+/// here could not be in the answer, so the answer is the same (a test compares the two). A section in which nothing would remain is left as it
 /// is (`rtc` rejects it as before).
 pub(crate) fn trim_offer(sdp: &str) -> Option<String> {
     let lines: Vec<&str> = sdp.split_inclusive('\n').collect();
@@ -586,6 +591,15 @@ fn trim_section(lines: &[&str]) -> Option<String> {
     out.push_str(ending);
     for line in &lines[1..] {
         let attr = line.trim_end();
+        // `a=extmap:<id>[/<direction>] <uri> [<attributes>]`
+        if let Some(uri) = attr
+            .strip_prefix("a=extmap:")
+            .and_then(|rest| rest.split(' ').nth(1))
+            && !NEGOTIATED_EXTENSIONS.contains(&(kind, uri))
+        {
+            changed = true;
+            continue;
+        }
         let codec_line = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"]
             .iter()
             .find_map(|p| attr.strip_prefix(p).map(|rest| (*p, rest)));
@@ -789,7 +803,14 @@ impl Peer {
     /// ([`Peer::set_slot_sending`]) and answers ([`Peer::answer`]). On error nothing changed.
     pub fn set_offer(&mut self, sdp: &str, now: Instant) -> Result<(), EngineError> {
         // What rtc reads: only the formats rtcd can answer (see `trim_offer`).
-        let sdp = &trim_offer(sdp).unwrap_or_else(|| sdp.to_owned());
+        match trim_offer(sdp) {
+            Some(trimmed) => self.set_offer_as_given(&trimmed, now),
+            None => self.set_offer_as_given(sdp, now),
+        }
+    }
+
+    /// [`Peer::set_offer`] without trimming.
+    fn set_offer_as_given(&mut self, sdp: &str, now: Instant) -> Result<(), EngineError> {
         let offer = RTCSessionDescription::offer(sdp.to_owned())
             .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
         let sections = sdp::sections(sdp);
@@ -1280,9 +1301,9 @@ impl Peer {
         let (codecs, extensions) = codecs_of(&params.codecs, &params.header_extensions);
         let key = TrackKey(self.next_track);
         self.next_track += 1;
-        let mut hop_extensions = [false; 256];
+        let mut forwarded = [false; 256];
         for e in &extensions {
-            hop_extensions[usize::from(e.id)] = HOP_EXTENSIONS.contains(&e.uri.as_str());
+            forwarded[usize::from(e.id)] = !HOP_EXTENSIONS.contains(&e.uri.as_str());
         }
         self.tracks.insert(
             track_id,
@@ -1294,7 +1315,7 @@ impl Peer {
                     .iter()
                     .filter_map(|c| Some((c.payload_type, video_codec(&c.mime_type)?)))
                     .collect(),
-                hop_extensions,
+                forwarded,
             },
         );
         self.events.push_back(PeerEvent::TrackOpened(OpenedTrack {
@@ -2313,6 +2334,8 @@ a=group:BUNDLE 0 1 2 3\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110\r\n\
 a=mid:0\r\n\
 a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n\
+a=extmap:4/recvonly urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
 a=rtpmap:111 opus/48000/2\r\n\
 a=rtcp-fb:111 transport-cc\r\n\
 a=fmtp:111 minptime=10;useinbandfec=1\r\n\
@@ -2392,6 +2415,8 @@ a=sctp-port:5000\r\n";
             "a=rtpmap:127 H264/90000",
             "a=fmtp:117 apt=116",
             "a=rtcp-fb:96 goog-remb",
+            "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+            "a=extmap:4/recvonly urn:ietf:params:rtp-hdrext:sdes:mid",
         ] {
             assert!(!lines.contains(&gone), "{gone} dropped: {trimmed}");
         }
@@ -2403,6 +2428,7 @@ a=sctp-port:5000\r\n";
             "a=fmtp:45 level-idx=5;profile=0;tier=0",
             "a=fmtp:46 apt=45",
             "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
             "a=recvonly",
             // Nothing of ours would remain: left for rtc to reject, as before.
             "m=video 9 UDP/TLS/RTP/SAVPF 49",
@@ -2453,6 +2479,53 @@ a=sctp-port:5000\r\n";
             "profile-id=0",
             "level-idx=5;profile=0;tier=0"
         ));
+    }
+
+    /// What `trim_offer` removes could not have been in the answer: a real browser's offer,
+    /// applied trimmed and as given, is answered alike (the lines that differ between any two
+    /// peers aside: ICE credentials, session id, SSRCs and stream ids).
+    #[test]
+    fn trimming_a_browser_offer_leaves_the_answer_unchanged() {
+        let offer = include_str!("../../../tests/fixtures/chromium-offer.sdp");
+        let identity = Identity::generate().unwrap();
+        let now = Instant::now();
+        let answer_to = |trim: bool| {
+            let mut peer = Peer::new(&identity, &settings(), now).unwrap();
+            if trim {
+                peer.set_offer(offer, now).unwrap();
+            } else {
+                peer.set_offer_as_given(offer, now).unwrap();
+            }
+            let slots: Vec<SlotId> = peer.slots().map(|s| s.id).collect();
+            for slot in slots {
+                peer.set_slot_sending(slot, true);
+            }
+            let sdp = peer.answer(now).unwrap().sdp;
+            // Per section, the lines as a sorted list: rtc writes extmap lines in hash order.
+            let mut sections: Vec<Vec<String>> = vec![Vec::new()];
+            for line in sdp.lines().filter(|l| {
+                !["o=", "a=ice-ufrag:", "a=ice-pwd:", "a=ssrc", "a=msid:"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            }) {
+                if line.starts_with("m=") {
+                    sections.push(Vec::new());
+                }
+                sections.last_mut().unwrap().push(line.to_owned());
+            }
+            sections.iter_mut().for_each(|s| s.sort());
+            sections.concat()
+        };
+        assert!(trim_offer(offer).is_some(), "the fixture has lines to trim");
+        let (trimmed, given) = (answer_to(true), answer_to(false));
+        assert_eq!(trimmed, given);
+        // The answer is about something: audio and video codecs, feedback and extensions.
+        for line in [
+            "a=rtcp-fb:96 nack pli",
+            "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+        ] {
+            assert!(trimmed.iter().any(|l| l == line), "{line} in {trimmed:#?}");
+        }
     }
 
     #[test]

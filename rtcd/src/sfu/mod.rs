@@ -316,6 +316,8 @@ pub struct SfuConfig {
     pub udp_buffer_bytes: usize,
     /// Retransmission buffer per video down-track, in packets (rounded up to a power of two).
     pub nack_buffer_packets: usize,
+    /// How long a packet stays in it.
+    pub nack_buffer_age: std::time::Duration,
     /// Sessions per call.
     pub max_sessions_per_call: usize,
     /// Sessions per tenant.
@@ -836,6 +838,7 @@ mod tests {
             include_loopback: true,
             udp_buffer_bytes: 0,
             nack_buffer_packets: 64,
+            nack_buffer_age: crate::sfu::retransmit::MAX_AGE,
             max_sessions_per_call: 8,
             max_sessions_per_tenant: 8,
             max_sessions: 0,

@@ -13,10 +13,17 @@ use bytes::Bytes;
 
 use super::TrackKind;
 
-/// How many header extensions a [`MediaPacket`] keeps. Browsers send fewer than ten on one
-/// packet; the engine should leave out the per-hop ones (transport-cc, abs-send-time, mid,
-/// rid), which are never forwarded, before it runs out of room.
-pub const MAX_EXTENSIONS: usize = 16;
+/// How many header extensions a [`MediaPacket`] keeps. The engine hands over only extensions
+/// that the publisher's section negotiated and that describe the media rather than the hop
+/// (transport-cc, abs-send-time, mid and rid never are): today that is the audio level alone.
+/// Four leaves room for the ones a later step may negotiate (playout delay, absolute capture
+/// time, the AV1 dependency descriptor) while keeping a packet small: every slot of every
+/// retransmission buffer holds one, and at sixteen `Bytes` (512 bytes) the unused extension
+/// slots were most of a one-to-one participant's memory.
+pub const MAX_EXTENSIONS: usize = 4;
+
+// A retransmission slot holds a whole packet inline; keep it well under the ~600 bytes it was.
+const _: () = assert!(std::mem::size_of::<MediaPacket>() <= 256);
 
 /// RFC 6464 client-to-mixer audio level, negotiated so the SFU can detect voice activity.
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
@@ -504,8 +511,8 @@ mod tests {
         p.extensions = e;
         let mut h = RtpHeaderOut::new(5, 6, 7, 100, true);
         h.push_extension(11, 0);
-        h.push_extension(12, 4);
+        h.push_extension(12, 3);
         let out: Vec<_> = h.extensions(&p).map(|(id, v)| (id, v[0])).collect();
-        assert_eq!(out, vec![(11, 1), (12, 5)]);
+        assert_eq!(out, vec![(11, 1), (12, 4)]);
     }
 }

@@ -1507,7 +1507,11 @@ impl Worker {
             })
             .flatten();
         let buffer = (opened.kind == MediaKind::Video)
-            .then(|| RetransmitBuffer::new(self.config.nack_buffer_packets).ok())
+            .then(|| {
+                RetransmitBuffer::new(self.config.nack_buffer_packets)
+                    .ok()
+                    .map(|b| b.with_max_age(self.config.nack_buffer_age))
+            })
             .flatten();
         let track_id = format!("{}-{}-{}", m.req.session, kind.as_str(), tid);
         let published = Published {
