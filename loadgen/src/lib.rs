@@ -241,6 +241,15 @@ pub async fn run(
     let rss_before = rss_kib(watched);
     let total = scenario.total();
     let mut sampler = Sampler::new(counters.clone(), started, total, progress).await;
+    // CPU over the joins: a storm's join times say something about the target only while the
+    // load tool's own core keeps up.
+    let ramp_cpu_start = (
+        cpu_seconds(std::process::id()),
+        watched
+            .iter()
+            .map(|w| cpu_seconds(w.pid))
+            .collect::<Vec<_>>(),
+    );
 
     // Ramp: spawn joins at the configured rate while sampling every second.
     let mut tasks = Vec::with_capacity(total);
@@ -262,6 +271,17 @@ pub async fn run(
         .await;
     let ramp_done = started.elapsed();
     let rss_joined = rss_kib(watched);
+    let ramp_wall = ramp_done.as_secs_f64().max(1e-9);
+    let ramp_client_cores = cpu_seconds(std::process::id())
+        .zip(ramp_cpu_start.0)
+        .map(|(b, a)| (b - a) / ramp_wall);
+    let ramp_target_cores = watched
+        .iter()
+        .zip(&ramp_cpu_start.1)
+        .map(|(w, a)| cpu_seconds(w.pid).zip(*a).map(|(b, a)| b - a))
+        .sum::<Option<f64>>()
+        .filter(|_| !watched.is_empty())
+        .map(|c| c / ramp_wall);
 
     sampler.run_for(scenario.warmup, || false).await;
 
@@ -323,6 +343,8 @@ pub async fn run(
             max: ms(join_times.last().copied()),
         },
         ramp_seconds: ramp_done.as_secs_f64(),
+        ramp_client_cores,
+        ramp_target_cores,
         window_seconds: window,
         sent_pps: (window_end.sent - window_start.sent) as f64 / window,
         forwarded_pps: forwarded as f64 / window,

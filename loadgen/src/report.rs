@@ -86,6 +86,12 @@ pub struct Report {
     pub join_ms: Quantiles,
     /// Seconds from the first join to all in.
     pub ramp_seconds: f64,
+    /// The load tool's CPU over those seconds (1.0 = a core). Near its core's capacity the
+    /// join times measure the load tool, not the target (a 200-join storm on one client core
+    /// does: docs/benchmarks.md).
+    pub ramp_client_cores: Option<f64>,
+    /// The target's processes' CPU over those seconds, together.
+    pub ramp_target_cores: Option<f64>,
     /// Length of the measurement window.
     pub window_seconds: f64,
     /// Packets published per second in the window.
@@ -139,6 +145,13 @@ impl Report {
             opt(self.join_ms.p95, 1),
             opt(self.join_ms.p99, 1),
             opt(self.join_ms.max, 1)
+        );
+        let _ = writeln!(
+            out,
+            "| CPU while joining ({:.1} s) | load tool {} cores, target {} cores busy |",
+            self.ramp_seconds,
+            opt(self.ramp_client_cores, 2),
+            opt(self.ramp_target_cores, 2)
         );
         let _ = writeln!(
             out,

@@ -498,8 +498,8 @@ fn build_media_template() -> Result<MediaEngine, EngineError> {
 /// section, and a browser offers 30 to 40 video formats with 4 or 5 feedback lines each: most
 /// of a join was spent there on codecs `rtc` then drops. Every attribute line of a section is
 /// re-read once per format, so the extension lines `rtc` ignores cost too. What is removed
-/// here could not be in the answer, so the answer is the same (a test compares the two). A section in which nothing would remain is left as it
-/// is (`rtc` rejects it as before).
+/// here could not be in the answer, so the answer is the same (a test compares the two). A
+/// section in which nothing would remain is left as it is (`rtc` rejects it as before).
 pub(crate) fn trim_offer(sdp: &str) -> Option<String> {
     let lines: Vec<&str> = sdp.split_inclusive('\n').collect();
     let starts: Vec<usize> = (0..lines.len())
