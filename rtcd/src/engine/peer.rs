@@ -803,10 +803,8 @@ impl Peer {
     /// ([`Peer::set_slot_sending`]) and answers ([`Peer::answer`]). On error nothing changed.
     pub fn set_offer(&mut self, sdp: &str, now: Instant) -> Result<(), EngineError> {
         // What rtc reads: only the formats rtcd can answer (see `trim_offer`).
-        match trim_offer(sdp) {
-            Some(trimmed) => self.set_offer_as_given(&trimmed, now),
-            None => self.set_offer_as_given(sdp, now),
-        }
+        let trimmed = trim_offer(sdp);
+        self.set_offer_as_given(trimmed.as_deref().unwrap_or(sdp), now)
     }
 
     /// [`Peer::set_offer`] without trimming.
