@@ -92,8 +92,26 @@ echo "== tests (network namespace: lo only)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
+# A failing test's error is what a reader needs; an anyhow backtrace of the e2e harness's
+# threads is ~60 lines of std frames that push it out of a CI log's visible tail. Panics
+# keep their backtraces (RUST_BACKTRACE is left as the caller set it).
+export RUST_LIB_BACKTRACE=0
 unshare -n sh -c 'ip link set lo up && exec cargo test --offline "$@"' sh "${tests[@]}" 2>&1 | tee "$log" || status=$?
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+if [ "$status" != 0 ]; then
+	# Repeated last, so that the reasons stand next to the summary: each failing test's error
+	# or panic message (from libtest's "---- name stdout ----" block, without backtrace
+	# frames), at most 40 lines each.
+	echo "== why they failed"
+	awk '
+		/^---- .* stdout ----$/ { name = $2; keep = 0; lines = 0; next }
+		/^failures:$/ { name = "" }
+		name == "" { next }
+		/^Error: |panicked at / { keep = 1; print "-- " name }
+		/^Stack backtrace:|^stack backtrace:|^note: run with/ { keep = 0 }
+		keep && lines < 40 && !/^ +[0-9]+: |^ +at / { print; lines++ }
+	' "$log"
+fi
 echo "summary: ${passed} passed, ${failed} failed"
 exit "$status"

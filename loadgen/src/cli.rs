@@ -108,6 +108,11 @@ struct Args {
     /// ours: extra rtcd settings, KEY=VALUE (e.g. RTCD_RTC_ICE_INTERFACES=["veth0"]).
     #[arg(long = "rtcd-env")]
     rtcd_env: Vec<String>,
+    /// Threads for the load tool's own peers (pin as many CPUs with taskset). One keeps its cost
+    /// on one core; a join storm saturates that core before the target's (docs/benchmarks.md),
+    /// so measuring a server's storm needs more, on a host with cores to spare.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
     /// ours: log level of the spawned processes.
     #[arg(long, default_value = "warn")]
     log_level: String,
@@ -195,10 +200,17 @@ pub fn main() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
-    // One thread: the load tool's cost stays on one core (pin it with taskset).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    // One thread by default: the load tool's cost stays on one core (pin it with taskset).
+    let runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(args.threads))
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(async {
         let mut _stack = None;
         let target = match args.target.as_str() {
@@ -273,4 +285,24 @@ pub fn main() -> anyhow::Result<()> {
         println!("wrote {}/{stem}.json, .md, .svg", args.out.display());
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    #[test]
+    fn threads_default_to_one_and_must_be_at_least_one() {
+        assert_eq!(Args::try_parse_from(["loadgen"]).unwrap().threads, 1);
+        assert_eq!(
+            Args::try_parse_from(["loadgen", "--threads", "3"])
+                .unwrap()
+                .threads,
+            3
+        );
+        let e = Args::try_parse_from(["loadgen", "--threads", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--threads"), "{e}");
+    }
 }

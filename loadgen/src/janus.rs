@@ -339,11 +339,12 @@ impl Participant {
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static("janus-protocol"),
         );
-        let (ws, _) =
-            tokio::time::timeout(REPLY_TIMEOUT, tokio_tungstenite::connect_async(request))
-                .await
-                .context("Janus WebSocket connect timed out")?
-                .context("Janus WebSocket connect")?;
+        // Without Nagle, as browsers open their WebSockets (and as the load tool talks to ours).
+        let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let (ws, _) = tokio::time::timeout(REPLY_TIMEOUT, connect)
+            .await
+            .context("Janus WebSocket connect timed out")?
+            .context("Janus WebSocket connect")?;
         let (sink, mut stream) = ws.split();
         let mut api = Api {
             sink,

@@ -185,9 +185,9 @@ pub struct RtcConfig {
     /// dropped in any case, so memory follows the bitrate.
     pub nack_buffer_packets: usize,
     /// How long a forwarded video packet stays answerable, in milliseconds (100..5000). The
-    /// retransmission buffers are most of a publishing participant's memory, but a loss older
-    /// than this can only be repaired by a keyframe: at 500 ms a browser's video stalled 9 s
-    /// after an ICE restart over TURN (the e2e TURN refresh test), at 1000 it did not.
+    /// retransmission buffers are most of a publishing participant's memory. A loss older than
+    /// this is repaired by a keyframe, which rtcd asks the publisher for as soon as a NACK names
+    /// a packet it no longer has.
     pub nack_buffer_ms: u64,
     /// Sessions one call may hold.
     pub max_sessions_per_call: usize,
@@ -248,7 +248,7 @@ impl Default for RtcConfig {
             include_loopback_candidates: false,
             udp_buffer_bytes: 4 * 1024 * 1024,
             nack_buffer_packets: 1024,
-            nack_buffer_ms: 1000,
+            nack_buffer_ms: 500,
             max_sessions_per_call: 50,
             max_sessions_per_client: 1000,
             max_sessions: 0,
@@ -890,11 +890,11 @@ mod tests {
         assert!(e.to_string().contains("rtc.nack_buffer_packets"), "{e}");
         let e = Config::load(None, env(&[("RTCD_RTC_NACK_BUFFER_MS", "50")])).unwrap_err();
         assert!(e.to_string().contains("rtc.nack_buffer_ms"), "{e}");
-        let c = Config::load(None, env(&[("RTCD_RTC_NACK_BUFFER_MS", "500")])).unwrap();
-        assert_eq!(c.rtc.nack_buffer_ms, 500);
+        let c = Config::load(None, env(&[("RTCD_RTC_NACK_BUFFER_MS", "1000")])).unwrap();
+        assert_eq!(c.rtc.nack_buffer_ms, 1000);
         assert_eq!(
             Config::load(None, env(&[])).unwrap().rtc.nack_buffer_ms,
-            1000
+            500
         );
     }
 

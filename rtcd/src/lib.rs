@@ -445,7 +445,7 @@ async fn start_grpc(
     if grpc.tls_cert_file.is_empty() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "gRPC signaling listens beyond loopback without TLS: client keys cross the network in clear; set grpc.tls_cert_file / tls_key_file");
     }
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let incoming = grpc_incoming(listener);
     let router = builder
         .add_service(service.into_server(grpc.max_message_bytes))
         .add_service(rooms.into_server(grpc.max_message_bytes));
@@ -464,4 +464,28 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// The gRPC server's connections, without Nagle's algorithm. tonic sets `TCP_NODELAY` only on
+/// connections it accepts itself; on a listener handed to it the option stays off, and an answer
+/// or event written while an earlier frame was unacknowledged waited for the proxy's delayed
+/// ACK: 40 ms added to one offer/answer round in ten (the load tool's join p95 was 52 ms
+/// against Janus's 18).
+fn grpc_incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn grpc_connections_are_accepted_without_nagle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = super::grpc_incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }

@@ -163,6 +163,10 @@ pub struct SfuMetrics {
     pub dropped_packets: Family<ReasonLabels, Counter>,
     /// Keyframe requests (PLI) sent to publishers.
     pub pli_sent: Family<ClientLabels, Counter>,
+    /// Packets subscribers NACKed after they had left the retransmission buffer: each such
+    /// NACK costs a keyframe, so a steady rise says `rtc.nack_buffer_ms` is too short for the
+    /// subscribers' round trips.
+    pub nack_unrepairable: Family<ClientLabels, Counter>,
     /// Errors by type (signaling and media).
     pub errors: Family<ReasonLabels, Counter>,
     /// Time from peer connection creation to `connected`, in seconds.
@@ -277,6 +281,7 @@ impl Metrics {
             forwarded_bytes: Family::default(),
             dropped_packets: Family::default(),
             pli_sent: Family::default(),
+            nack_unrepairable: Family::default(),
             errors: Family::default(),
             connect_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
         };
@@ -312,6 +317,11 @@ impl Metrics {
             "pli_sent",
             "Keyframe requests sent to publishers",
             sfu.pli_sent.clone(),
+        );
+        sub.register(
+            "nack_unrepairable",
+            "Packets subscribers NACKed that had left the retransmission buffer",
+            sfu.nack_unrepairable.clone(),
         );
         sub.register(
             "errors",

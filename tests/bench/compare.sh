@@ -16,6 +16,8 @@
 #   DURATION [20] measurement seconds per media run   WARMUP [3]   STORM_DURATION [3]
 #   OUT [target/bench/compare-<UTC time>]   BUILD [1] (0: use the binaries already built)
 #   TARGET_CPU [0]   CLIENT_CPU [1]   JANUS_EVENT_LOOPS [1]   JANUS_DEBUG_LEVEL [3]
+#   CLIENT_THREADS [1] the load tool's threads: give it as many CPUs in CLIENT_CPU (e.g.
+#     CLIENT_CPU=1-3 CLIENT_THREADS=3) where a storm would otherwise measure the load tool
 #   PROFILE [release] (debug: the dev build, for smoke runs only)
 #   QUIET_WAIT [120] seconds to wait for compilers on the machine before each run
 # The `capacity` scenario (not in the default list; docs/benchmarks.md "Capacity") ramps rooms
@@ -39,6 +41,7 @@ STORM_DURATION=${STORM_DURATION:-3}
 BUILD=${BUILD:-1}
 TARGET_CPU=${TARGET_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
+CLIENT_THREADS=${CLIENT_THREADS:-1}
 JANUS_EVENT_LOOPS=${JANUS_EVENT_LOOPS:-1}
 JANUS_DEBUG_LEVEL=${JANUS_DEBUG_LEVEL:-3}
 PROFILE=${PROFILE:-release}
@@ -145,7 +148,7 @@ log "environment"
 	janus --version 2>&1 | head -2 || true
 	git -C "$ROOT" rev-parse HEAD 2>/dev/null || true
 	echo "SCENARIOS=$SCENARIOS TARGETS=$TARGETS REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP"
-	echo "TARGET_CPU=$TARGET_CPU CLIENT_CPU=$CLIENT_CPU JANUS_EVENT_LOOPS=$JANUS_EVENT_LOOPS PROFILE=$PROFILE"
+	echo "TARGET_CPU=$TARGET_CPU CLIENT_CPU=$CLIENT_CPU CLIENT_THREADS=$CLIENT_THREADS JANUS_EVENT_LOOPS=$JANUS_EVENT_LOOPS PROFILE=$PROFILE"
 	echo "CAP_START_ROOMS=$CAP_START_ROOMS CAP_STEP_ROOMS=$CAP_STEP_ROOMS CAP_STEP_SECONDS=$CAP_STEP_SECONDS CAP_MAX=$CAP_MAX CAP_MAX_LOSS=$CAP_MAX_LOSS CAP_MAX_P99_MS=$CAP_MAX_P99_MS"
 } >"$OUT/environment.txt"
 
@@ -287,7 +290,7 @@ run_one() {
 	wait_until_quiet "$scenario-$target-$rep"
 	local name=$scenario-$target-$rep
 	local args=(--scenario "$scenario" --bind "$ADDR" --out "$OUT/reports" --name "$name" --quiet
-		--warmup "$WARMUP")
+		--warmup "$WARMUP" --threads "$CLIENT_THREADS")
 	case $scenario in
 	storm) args+=(--duration "$STORM_DURATION") ;;
 	capacity)

@@ -180,7 +180,8 @@ pub async fn connect_and_join(
     room: &str,
     resume: Option<&str>,
 ) -> anyhow::Result<(Socket, Value)> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+    // Without Nagle, as browsers open their WebSockets.
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .context("WebSocket connect")?;
     let mut join = json!({"type": "join", "room": room, "token": token});

@@ -105,6 +105,17 @@ impl Chromedriver {
     }
 
     async fn start_with(loopback_ice: bool, extra_args: Vec<String>) -> anyhow::Result<Self> {
+        // Once in a suite run, under load, chromedriver came up without reporting a port; a
+        // second start is what a person would do (the error says which way each failed).
+        match Self::start_once(loopback_ice, extra_args.clone()).await {
+            Ok(driver) => Ok(driver),
+            Err(first) => Self::start_once(loopback_ice, extra_args)
+                .await
+                .with_context(|| format!("second start (the first: {first:#})")),
+        }
+    }
+
+    async fn start_once(loopback_ice: bool, extra_args: Vec<String>) -> anyhow::Result<Self> {
         let chromium = binary("CHROMIUM", CHROMIUM, "chromium")?;
         let driver = binary("CHROMEDRIVER", CHROMEDRIVER, "chromium-driver")?;
         let mut child = Command::new(&driver)
@@ -134,9 +145,18 @@ impl Chromedriver {
         });
         let port = match tokio::time::timeout(BROWSER_STEP, rx).await {
             Ok(Ok(port)) => port,
-            _ => {
+            outcome => {
+                let exited = child.try_wait().ok().flatten();
                 let _ = child.kill();
-                bail!("chromedriver did not report its port");
+                let _ = child.wait();
+                bail!(
+                    "chromedriver did not report its port ({}; exit status: {exited:?})",
+                    if outcome.is_err() {
+                        format!("nothing within {BROWSER_STEP:?}")
+                    } else {
+                        "its output ended".to_owned()
+                    }
+                );
             }
         };
         let http = reqwest::Client::builder()

@@ -891,7 +891,13 @@ const stats = await pc.getStats();
 out.inbound = [];
 stats.forEach((r) => {
   if (r.type === 'inbound-rtp') out.inbound.push([r.kind, 'mid=' + r.mid, 'track=' + r.trackIdentifier,
-    'frames=' + r.framesDecoded, 'packets=' + r.packetsReceived, 'lost=' + r.packetsLost, 'bytes=' + r.bytesReceived].join(' '));
+    'frames=' + r.framesDecoded, 'keyframes=' + r.keyFramesDecoded, 'freezes=' + r.freezeCount,
+    'packets=' + r.packetsReceived, 'lost=' + r.packetsLost, 'bytes=' + r.bytesReceived,
+    'nacks=' + r.nackCount, 'plis=' + r.pliCount, 'firs=' + r.firCount].join(' '));
+  if (r.type === 'outbound-rtp') (out.outbound = out.outbound || []).push([r.kind, 'mid=' + r.mid,
+    'frames=' + r.framesEncoded, 'keyframes=' + r.keyFramesEncoded, 'packets=' + r.packetsSent,
+    'retransmitted=' + r.retransmittedPacketsSent, 'nacks=' + r.nackCount, 'plis=' + r.pliCount,
+    'firs=' + r.firCount].join(' '));
   if (r.type === 'candidate-pair' && r.nominated) out.pair = r.state + ' ' + r.localCandidateId + ' ' + r.remoteCandidateId;
 });
 return out;

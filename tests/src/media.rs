@@ -943,14 +943,35 @@ impl Participant {
     /// (a TransportLayerNack naming its SSRC and RTP sequence number); returns that packet's
     /// payload counter, which [`Flow::repeated`] then shows if it came again.
     pub async fn nack_latest(&self, sender: &str, kind: &str) -> anyhow::Result<u64> {
-        let flow = self
-            .flows()
-            .remove(&format!("{sender}/{kind}"))
-            .context("no such flow yet")?;
+        let flow = self.flow(sender, kind)?;
         let (seq, n) = flow.latest.context("no packet yet")?;
+        self.nack_ssrc(flow.ssrc, seq).await?;
+        Ok(n)
+    }
+
+    /// Asks rtcd to retransmit packet `seq` (RTP sequence number) received from `sender` of
+    /// `kind`.
+    pub async fn nack(&self, sender: &str, kind: &str, seq: u16) -> anyhow::Result<()> {
+        let ssrc = self.flow(sender, kind)?.ssrc;
+        self.nack_ssrc(ssrc, seq).await
+    }
+
+    /// The flow from `sender` of `kind`, as it stands.
+    fn flow(&self, sender: &str, kind: &str) -> anyhow::Result<Flow> {
+        self.shared
+            .flows
+            .lock()
+            .unwrap()
+            .get(&format!("{sender}/{kind}"))
+            .cloned()
+            .context("no such flow yet")
+    }
+
+    /// A NACK for packet `seq` of the received stream `ssrc`.
+    async fn nack_ssrc(&self, ssrc: u32, seq: u16) -> anyhow::Result<()> {
         let nack = TransportLayerNack {
             sender_ssrc: 0,
-            media_ssrc: flow.ssrc,
+            media_ssrc: ssrc,
             nacks: vec![NackPair {
                 packet_id: seq,
                 lost_packets: 0,
@@ -962,14 +983,14 @@ impl Participant {
             .remotes
             .lock()
             .unwrap()
-            .get(&flow.ssrc)
+            .get(&ssrc)
             .cloned()
             .context("no remote track for the flow's SSRC")?;
         track
             .write_rtcp(vec![Box::new(nack)])
             .await
             .context("writing the NACK")?;
-        Ok(n)
+        Ok(())
     }
 
     /// Sender reports received for the SSRC `ssrc`.

@@ -252,6 +252,11 @@ export class RtcdError extends Error {
 const TOKEN_MARGIN_S = 5;
 /** A remote track without new packets for this long is stalled. */
 const STALL_MS = 3000;
+/** A new remote track that has produced nothing yet is stalled only after this long: it waits
+ * for a renegotiation round, its publisher's keyframe and a first decode, which on a busy
+ * device took up to 7 s (a screen share in two Firefox pages); calling its participant's
+ * connection poor meanwhile is a false alarm. */
+const START_MS = 10000;
 /** Inbound loss above this fraction is poor when it lasts `POOR_LOSS_INTERVALS` stats
  * intervals in a row: a single burst (a sender resuming with a jump in its sequence numbers,
  * as after a camera comes back on) is not a poor connection. */
@@ -1425,7 +1430,7 @@ export class RtcdClient extends EventTarget {
       const participant = this.participants.get(remote.identity);
       if (!flow || (participant && participant.muted[remote.source])) continue;
       const entry = byIdentity.get(remote.identity) || { flowing: 0, stalled: 0, starting: 0 };
-      const quiet = now - flow.progressAt > STALL_MS;
+      const quiet = now - flow.progressAt > (flow.flowed ? STALL_MS : START_MS);
       if (!flow.flowed && !quiet) entry.starting += 1;
       else if (quiet || flow.lossyRuns >= POOR_LOSS_INTERVALS) entry.stalled += 1;
       else entry.flowing += 1;

@@ -13,6 +13,7 @@
 //! `docs/engine-v2.md` has the design, facts about `rtc` found on the way, and what is left.
 
 mod feedback;
+mod nack;
 pub mod net;
 pub mod peer;
 mod rtx;

@@ -728,13 +728,16 @@ impl Peer {
         // from rtc's interceptors.
         // At most NACKS_PER_PACKET requests per lost packet (rtc's default is no limit: a
         // packet the publisher cannot resend was asked for every 100 ms until it aged out);
-        // RTX repairs are seen as arrivals (`rtx`).
+        // RTX repairs are seen as arrivals (`rtx`), and a renegotiation does not wipe the log of
+        // what was lost (`nack`).
         let registry = Registry::new()
             .with(
                 rtc::interceptor::Slot::NackGenerator,
-                rtc::interceptor::NackGeneratorBuilder::new()
-                    .with_max_nacks_per_packet(NACKS_PER_PACKET)
-                    .build(),
+                super::nack::StableNackGenerator::new(
+                    rtc::interceptor::NackGeneratorBuilder::new()
+                        .with_max_nacks_per_packet(NACKS_PER_PACKET)
+                        .build(),
+                ),
             )
             .with(
                 rtc::interceptor::Slot::Custom(super::rtx::SLOT),
@@ -1631,14 +1634,19 @@ mod tests {
                 received: Vec::new(),
                 feedback: Vec::new(),
             };
+            client.add_host_candidate();
+            client
+        }
+
+        /// Its host candidate at `addr`.
+        fn add_host_candidate(&mut self) {
             let candidate = host_candidate(&Transport {
-                local: client.addr,
-                peer: client.addr,
+                local: self.addr,
+                peer: self.addr,
                 protocol: Protocol::Udp,
             })
             .unwrap();
-            client.pc.add_local_candidate(candidate).unwrap();
-            client
+            self.pc.add_local_candidate(candidate).unwrap();
         }
 
         fn publish_video(&mut self, ssrc: u32) {
@@ -1698,6 +1706,13 @@ mod tests {
                 )
                 .unwrap();
             answer
+        }
+
+        /// The client's network changes to `addr` and it restarts ICE (the caller negotiates).
+        fn move_and_restart_ice(&mut self, addr: &str) {
+            self.addr = addr.parse().unwrap();
+            self.add_host_candidate();
+            self.pc.restart_ice();
         }
 
         fn send_video(&mut self, seq: u16, now: Instant) {
@@ -1817,6 +1832,8 @@ mod tests {
         drop_to_bob: Vec<u16>,
         bob_events: Vec<PeerEvent>,
         alice_events: Vec<PeerEvent>,
+        /// Sequence numbers of alice's packets as rtcd's SFU got them, in arrival order.
+        from_alice: Vec<u16>,
         /// Whether bob's datagrams reach rtcd at all (false: bob went silent).
         bob_online: bool,
     }
@@ -1864,6 +1881,7 @@ mod tests {
                 resent_rtx: 0,
                 wire_to_bob: Vec::new(),
                 drop_to_bob: Vec::new(),
+                from_alice: Vec::new(),
                 bob_events: Vec::new(),
                 alice_events: Vec::new(),
                 bob_online: true,
@@ -1910,6 +1928,7 @@ mod tests {
                         }
                         PeerEvent::Rtp { track, packet } => {
                             assert_eq!(Some(track), self.source.as_ref().map(|s| s.track));
+                            self.from_alice.push(packet.sequence);
                             if let (true, Some(down)) = (self.connected.1, self.down.as_mut())
                                 && let Forward::Send(header) = down.forward(&packet, now)
                             {
@@ -2102,6 +2121,41 @@ mod tests {
         assert_eq!(first.header.payload_type, rig.vp8.payload_type);
     }
 
+    /// The sequence numbers rtcd NACKed to a client, in `feedback` it received.
+    fn nacked(feedback: &[Box<dyn rtcp::Packet>]) -> Vec<u16> {
+        use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        feedback
+            .iter()
+            .filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>())
+            .flat_map(|n| n.nacks.iter().flat_map(|pair| pair.packet_list()))
+            .collect()
+    }
+
+    /// Alice skips her next packet (a gap at rtcd); rtcd must ask her for it within a second.
+    fn assert_the_next_gap_is_nacked(rig: &mut Rig) {
+        let lost = rig.seq;
+        rig.seq = rig.seq.wrapping_add(1);
+        let before = rig.alice.feedback.len();
+        rig.run(200, |_| {});
+        let asked = nacked(&rig.alice.feedback[before..]);
+        assert!(
+            asked.contains(&lost),
+            "alice was asked for {lost}: {asked:?}"
+        );
+    }
+
+    #[test]
+    fn a_packet_the_publisher_lost_is_nacked_even_across_a_renegotiation() {
+        let mut rig = Rig::new();
+        rig.run(1000, |_| {});
+        assert_the_next_gap_is_nacked(&mut rig);
+        // A gap right at a renegotiation: rtc binds the stream again on the next packet, which
+        // used to start a new receive log after the gap.
+        let now = rig.now;
+        rig.alice.negotiate(&mut rig.alice_s, now);
+        assert_the_next_gap_is_nacked(&mut rig);
+    }
+
     #[test]
     fn a_lost_packet_is_nacked_and_resent_and_keyframe_requests_travel_both_ways() {
         let mut rig = Rig::new();
@@ -2175,6 +2229,84 @@ mod tests {
                 .any(|e| matches!(e, PeerEvent::KeyframeRequested(s) if *s == rig.slot.id)),
             "bob's PLI surfaced for his slot"
         );
+    }
+
+    /// Without `a=rtcp-rsize` (rtc never answers it) a client sends its feedback in compound
+    /// packets that start with a report, and Chromium's report may name another stream first,
+    /// or none. rtc hands a compound to the application under the first SSRC it finds in it;
+    /// each NACK and keyframe request must still reach the slot it names.
+    #[test]
+    fn feedback_in_a_compound_packet_reaches_the_slot_it_names() {
+        use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        use rtcp::receiver_report::ReceiverReport;
+        use rtcp::reception_report::ReceptionReport;
+        use rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
+        let mut rig = Rig::new();
+        rig.run(400, |_| {}); // 2 s: connected, flowing
+        let ours = rig.slot.ssrc;
+        let other = 0xDEAD_BEEF;
+        let report = |blocks: &[u32]| -> Box<dyn rtcp::Packet> {
+            Box::new(ReceiverReport {
+                ssrc: 1,
+                reports: blocks
+                    .iter()
+                    .map(|&ssrc| ReceptionReport {
+                        ssrc,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+        };
+        let pli = |media_ssrc| -> Box<dyn rtcp::Packet> {
+            Box::new(PictureLossIndication {
+                sender_ssrc: 1,
+                media_ssrc,
+            })
+        };
+        let nack = |media_ssrc| -> Box<dyn rtcp::Packet> {
+            Box::new(TransportLayerNack {
+                sender_ssrc: 1,
+                media_ssrc,
+                nacks: vec![NackPair {
+                    packet_id: 7,
+                    lost_packets: 0,
+                }],
+            })
+        };
+        let slot = rig.slot.id;
+        // What bob's compound made surface: keyframe requests and NACKs for his slot.
+        let mut send = |packets: Vec<Box<dyn rtcp::Packet>>| -> (usize, usize) {
+            let receiver = rig.bob.pc.get_receivers().next().unwrap();
+            rig.bob
+                .pc
+                .rtp_receiver(receiver)
+                .unwrap()
+                .write_rtcp(rig.now, packets)
+                .unwrap();
+            rig.bob_events.clear();
+            rig.run(10, |_| {});
+            let keyframes = rig
+                .bob_events
+                .iter()
+                .filter(|e| matches!(e, PeerEvent::KeyframeRequested(s) if *s == slot))
+                .count();
+            let nacks = rig
+                .bob_events
+                .iter()
+                .filter(|e| matches!(e, PeerEvent::Nack { slot: s, .. } if *s == slot))
+                .count();
+            (keyframes, nacks)
+        };
+        // The report's first block is about another stream, the feedback about ours.
+        assert_eq!(send(vec![report(&[other, ours]), pli(ours)]), (1, 0));
+        assert_eq!(send(vec![report(&[other, ours]), nack(ours)]), (0, 1));
+        // A report with no blocks at all first.
+        assert_eq!(send(vec![report(&[]), pli(ours), nack(ours)]), (1, 1));
+        // The report names our slot first, the feedback another stream: nothing for ours.
+        assert_eq!(send(vec![report(&[ours]), pli(other), nack(other)]), (0, 0));
+        // Plain feedback, as before.
+        assert_eq!(send(vec![pli(ours)]), (1, 0));
     }
 
     #[test]
@@ -2263,15 +2395,7 @@ mod tests {
         let old_ufrag = rig.bob_s.pc.local_description().unwrap().sdp.clone();
 
         // Bob's network changes: a new address, and his client restarts ICE with a new offer.
-        rig.bob.addr = "10.9.7.7:7000".parse().unwrap();
-        let candidate = host_candidate(&Transport {
-            local: rig.bob.addr,
-            peer: rig.bob.addr,
-            protocol: Protocol::Udp,
-        })
-        .unwrap();
-        rig.bob.pc.add_local_candidate(candidate).unwrap();
-        rig.bob.pc.restart_ice();
+        rig.bob.move_and_restart_ice("10.9.7.7:7000");
         let now = rig.now;
         let answer = rig.bob.negotiate(&mut rig.bob_s, now);
         assert!(
@@ -2296,6 +2420,33 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, PeerEvent::Failed)),
             "the session never failed"
+        );
+    }
+
+    #[test]
+    fn a_publisher_restarting_ice_at_a_new_address_is_asked_for_what_was_lost() {
+        let mut rig = Rig::new();
+        rig.run(1000, |_| {});
+        let first = rig.seq;
+        rig.from_alice.clear();
+        // Alice's network changes and her client restarts ICE. rtc drops the selected pair at
+        // once, so what she sends until the new pair is up is lost on the way: rtcd must ask
+        // for all of it. (rtc's own client then cannot resend it: its NACK responder forgets
+        // its send history on the same renegotiation. A browser keeps its history.)
+        rig.alice.move_and_restart_ice("10.9.7.8:7000");
+        let now = rig.now;
+        rig.alice.negotiate(&mut rig.alice_s, now);
+        rig.run(1000, |_| {});
+        let mut got = rig.from_alice.clone();
+        got.sort_unstable();
+        got.dedup();
+        let missing: Vec<u16> = (first..rig.seq)
+            .filter(|s| got.binary_search(s).is_err())
+            .collect();
+        let asked = nacked(&rig.alice.feedback);
+        assert!(
+            missing.iter().all(|s| asked.contains(s)),
+            "lost in the restart: {missing:?}, NACKed: {asked:?}"
         );
     }
 

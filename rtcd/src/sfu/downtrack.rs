@@ -354,6 +354,8 @@ pub struct DownTrack {
     drop_run_count: usize,
     /// Newest extended output sequence number (the first output is this + 1 at the start).
     out_highest: u64,
+    /// The first extended output sequence number (nothing before it was ever sent).
+    out_first: u64,
     ts_delta: u32,
     rtx_sequence: u16,
 
@@ -393,6 +395,7 @@ impl DownTrack {
             drop_runs: [DropRun::default(); MAX_DROP_RUNS],
             drop_run_count: 0,
             out_highest: (EXTENDED_BASE + u64::from(config.initial_sequence)).wrapping_sub(1),
+            out_first: EXTENDED_BASE + u64::from(config.initial_sequence),
             ts_delta: config.initial_timestamp,
             rtx_sequence: config.initial_rtx_sequence,
             history: vec![Sent::default(); config.history].into_boxed_slice(),
@@ -695,23 +698,34 @@ impl DownTrack {
     /// Answers the subscriber's NACK (RFC 4585 generic NACK, already expanded to sequence
     /// numbers): for each output sequence number still in the history and whose source packet
     /// is still in `buf` (the current source's buffer), `out` gets one retransmission, as RTX
-    /// if negotiated. Numbers never sent, too old, from a previous source, or resent within the
-    /// last round trip are ignored.
+    /// if negotiated. Numbers never sent (lost before the SFU: the publisher may still resend
+    /// them), from a previous source, or resent within the last round trip are ignored.
+    ///
+    /// Returns how many of the numbers were sent but can no longer be resent: older than the
+    /// history, or their packet gone from `buf`. The subscriber cannot repair that loss and its
+    /// decoder waits for a keyframe, which the caller should ask the publisher for now: a
+    /// browser asks by itself only seconds later (Chromium took 2.5 to 8.5 s after an ICE
+    /// restart outlasted the buffer).
     pub fn on_nack<'b>(
         &mut self,
         lost: impl IntoIterator<Item = u16>,
         buf: &'b RetransmitBuffer,
         now: Instant,
         mut out: impl FnMut(Retransmission<'b>),
-    ) {
+    ) -> usize {
         if self.stats.packets == 0 {
-            return;
+            return 0;
         }
         let now_ms = self.millis(now);
         let interval_ms = self.resend_interval.as_millis() as u32;
+        let mut unrepairable = 0;
         for seq in lost {
             let ext = unwrap_seq(self.out_highest, seq);
-            if ext > self.out_highest || self.out_highest - ext > self.mask {
+            if ext > self.out_highest || ext < self.out_first {
+                continue;
+            }
+            if self.out_highest - ext > self.mask {
+                unrepairable += 1;
                 continue;
             }
             let slot = (ext & self.mask) as usize;
@@ -722,12 +736,13 @@ impl DownTrack {
             if sent.resent_ms != 0 && now_ms.wrapping_sub(sent.resent_ms) < interval_ms {
                 continue;
             }
-            let Some(pkt) = buf.get(sent.src_seq) else {
+            let Some(pkt) = buf
+                .get(sent.src_seq)
+                .filter(|pkt| pkt.ssrc == self.source_ssrc)
+            else {
+                unrepairable += 1;
                 continue;
             };
-            if pkt.ssrc != self.source_ssrc {
-                continue;
-            }
             let Some((pt, rtx_pt)) = self.payload_types.get(pkt.payload_type) else {
                 continue;
             };
@@ -763,6 +778,7 @@ impl DownTrack {
                 }
             }
         }
+        unrepairable
     }
 
     /// Counters and the newest RTP/wall-clock pair, for the subscriber's sender report.
@@ -867,11 +883,20 @@ mod tests {
         buf: &RetransmitBuffer,
         now: Instant,
     ) -> Vec<(RtpHeaderOut, Bytes, bool)> {
+        nacked_and_unrepairable(dt, seqs, buf, now).0
+    }
+
+    fn nacked_and_unrepairable(
+        dt: &mut DownTrack,
+        seqs: &[u16],
+        buf: &RetransmitBuffer,
+        now: Instant,
+    ) -> (Vec<(RtpHeaderOut, Bytes, bool)>, usize) {
         let mut got = Vec::new();
-        dt.on_nack(seqs.iter().copied(), buf, now, |r| {
+        let unrepairable = dt.on_nack(seqs.iter().copied(), buf, now, |r| {
             got.push((r.header, r.payload, r.rtx))
         });
-        got
+        (got, unrepairable)
     }
 
     #[test]
@@ -1355,36 +1380,60 @@ mod tests {
     }
 
     #[test]
-    fn nacks_for_unknown_or_evicted_packets_are_ignored() {
+    fn nacks_for_unknown_or_evicted_packets_are_ignored_and_the_unrepairable_counted() {
         let t0 = Instant::now();
         let (mut dt, buf) = with_buffer(t0, 16);
-        // Never sent (future), far in the past, and from before the start.
-        assert!(
-            nacked(
+        // Never sent (future), from before the start (far and near): not sent, so nothing the
+        // subscriber lost.
+        assert_eq!(
+            nacked_and_unrepairable(
                 &mut dt,
-                &[FIRST_SEQ + 11, FIRST_SEQ.wrapping_sub(1000)],
+                &[FIRST_SEQ + 11, FIRST_SEQ.wrapping_sub(1000), FIRST_SEQ - 1],
                 &buf,
                 t0
-            )
-            .is_empty()
+            ),
+            (Vec::new(), 0)
         );
-        assert!(nacked(&mut dt, &[FIRST_SEQ - 1], &buf, t0).is_empty());
-        // A gap (lost upstream) is not in the history.
+        // A gap (lost upstream) is not in the history: the publisher may still resend it.
         let p = pkt(SRC, 113, 0, false, t0);
         dt.forward(&p, t0).header().unwrap();
-        assert!(nacked(&mut dt, &[FIRST_SEQ + 11, FIRST_SEQ + 12], &buf, t0).is_empty());
-        // In the history but evicted from the buffer.
+        assert_eq!(
+            nacked_and_unrepairable(&mut dt, &[FIRST_SEQ + 11, FIRST_SEQ + 12], &buf, t0),
+            (Vec::new(), 0)
+        );
+        // In the history but evicted from the buffer: unrepairable.
         let (mut dt, mut buf) = with_buffer(t0, 16);
         for s in 111..140u16 {
             let p = pkt(SRC, s, 0, false, t0);
             dt.forward(&p, t0).header().unwrap();
             buf.insert(p);
         }
-        assert!(nacked(&mut dt, &[FIRST_SEQ + 1], &buf, t0).is_empty());
-        assert_eq!(nacked(&mut dt, &[FIRST_SEQ + 39], &buf, t0).len(), 1);
+        let (resent, unrepairable) = nacked_and_unrepairable(
+            &mut dt,
+            &[FIRST_SEQ + 1, FIRST_SEQ + 2, FIRST_SEQ + 39],
+            &buf,
+            t0,
+        );
+        assert_eq!((resent.len(), unrepairable), (1, 2));
+        // Sent, but older than the history ring: unrepairable too.
+        let mut c = config(MediaKind::Video);
+        c.history = 16;
+        let mut dt = DownTrack::new(c, SRC).unwrap();
+        for s in 0..40u16 {
+            dt.forward(&pkt(SRC, s, 0, s == 0, t0), t0)
+                .header()
+                .unwrap();
+        }
+        assert_eq!(
+            nacked_and_unrepairable(&mut dt, &[FIRST_SEQ + 2], &buf, t0).1,
+            1
+        );
         // Nothing sent yet: nothing to answer.
         let mut fresh = track(MediaKind::Video);
-        assert!(nacked(&mut fresh, &[FIRST_SEQ], &buf, t0).is_empty());
+        assert_eq!(
+            nacked_and_unrepairable(&mut fresh, &[FIRST_SEQ], &buf, t0),
+            (Vec::new(), 0)
+        );
     }
 
     #[test]

@@ -11,14 +11,14 @@ use super::packet::MediaPacket;
 /// The default number of packets kept per source track: about 1.5 s of 2.5 Mbit/s video.
 pub const DEFAULT_CAPACITY: usize = 512;
 
-/// How long a packet stays answerable unless configured (`rtc.nack_buffer_ms`). A
-/// retransmission later than this arrives after the subscriber's jitter buffer gave up on it
-/// (round trips beyond a few hundred ms are rare on calls), and keeping more only holds memory:
-/// the ring is most of a publishing participant's footprint (one second of 1.5 Mbit/s video is
-/// ~190 KiB; a full ring of 1024 packets ~1.3 MiB). Half a second was tried and let a
-/// browser's video stall 9 s after an ICE restart over TURN: a loss past the window needs a
-/// keyframe, and that recovery is slow (docs/engine-v2.md).
-pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a packet stays answerable unless configured (`rtc.nack_buffer_ms`, whose default
+/// is the same). A retransmission later than this arrives after the subscriber's jitter buffer
+/// gave up on it (round trips beyond a few hundred ms are rare on calls), and keeping more only
+/// holds memory: the ring is most of a publishing participant's footprint (half a second of
+/// 1.5 Mbit/s video is ~95 KiB; a full ring of 1024 packets ~1.3 MiB). A NACK for a packet
+/// past the window makes the SFU ask the publisher for a keyframe at once (`DownTrack::on_nack`
+/// counts it), so a longer outage, e.g. an ICE restart, costs a keyframe, not a frozen video.
+pub const MAX_AGE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The smallest and largest capacities accepted: the window must stay well inside half the
 /// 16-bit sequence space for "older" and "newer" to be unambiguous.
@@ -243,7 +243,7 @@ mod tests {
         late.arrival = start + std::time::Duration::from_millis(2_000);
         assert!(buf.insert(late));
         assert_eq!(seq_of(&buf, 1195), Some(1195));
-        // The default keeps a second.
+        // The default keeps half a second.
         assert_eq!(RetransmitBuffer::new(16).unwrap().max_age, MAX_AGE);
     }
 
@@ -262,19 +262,19 @@ mod tests {
         let mut slow = RetransmitBuffer::new(1024).unwrap();
         feed(&mut slow, 50, 500);
         assert_eq!((slow.slots(), slow.capacity()), (64, 1024));
-        assert!((450..500).all(|s| seq_of(&slow, s).is_some()));
-        // 300 a second: the default second of it needs 512 slots, and nothing of that second
-        // was lost while the ring grew; a configured half second needs 256.
+        assert!((475..500).all(|s| seq_of(&slow, s).is_some()));
+        // 300 a second: the default half second of it needs 256 slots, and nothing of that
+        // half second was lost while the ring grew; a configured second needs 512.
         let mut fast = RetransmitBuffer::new(1024).unwrap();
         feed(&mut fast, 300, 1500);
-        assert_eq!(fast.slots(), 512);
-        assert!((1200..1500).all(|s| seq_of(&fast, s).is_some()));
-        let mut shorter = RetransmitBuffer::new(1024)
+        assert_eq!(fast.slots(), 256);
+        assert!((1350..1500).all(|s| seq_of(&fast, s).is_some()));
+        let mut longer = RetransmitBuffer::new(1024)
             .unwrap()
-            .with_max_age(std::time::Duration::from_millis(500));
-        feed(&mut shorter, 300, 1500);
-        assert_eq!(shorter.slots(), 256);
-        assert!((1350..1500).all(|s| seq_of(&shorter, s).is_some()));
+            .with_max_age(std::time::Duration::from_secs(1));
+        feed(&mut longer, 300, 1500);
+        assert_eq!(longer.slots(), 512);
+        assert!((1200..1500).all(|s| seq_of(&longer, s).is_some()));
         // Faster than the capacity can hold for the max age: it stops at the capacity.
         let mut capped = RetransmitBuffer::new(128).unwrap();
         feed(&mut capped, 1000, 1000);

@@ -287,6 +287,23 @@ async fn joins(pages: &[&Page]) -> Vec<u64> {
     out
 }
 
+/// Records every signaling state the page's client enters from now on (`docs/web-client.md`:
+/// event `state`, `detail.state`), once per page.
+const WATCH_STATES: &str = "if (!window.__states) { window.__states = []; \
+    rtcd.addEventListener('state', (e) => window.__states.push(e.detail.state)); } \
+    window.__states.length = 0; return true;";
+
+/// Starts recording the pages' states (before what should make them reconnect): polling the
+/// state can miss a short `reconnecting`, the SDK's `state` events cannot.
+async fn watch_states(pages: &[&Page]) {
+    for page in pages {
+        page.eval(WATCH_STATES, json!([])).await.unwrap();
+    }
+}
+
+/// Whether the page's client entered `reconnecting` since [`WATCH_STATES`] last ran.
+const SAW_RECONNECTING: &str = "return (window.__states || []).includes('reconnecting');";
+
 /// How long after `start` every page has rejoined (`joins` grew past `before`) and decodes
 /// frames and receives audio again on its new peer connection; also whether each page said
 /// `reconnecting` meanwhile.
@@ -313,7 +330,16 @@ async fn recovery(pages: &[&Page], before: &[u64], start: Instant) -> (Duration,
             }
         }
         if back.iter().all(|b| *b) {
-            return (start.elapsed(), said_reconnecting);
+            let took = start.elapsed();
+            // Once, not per poll: each eval is a WebDriver round trip that would slow the
+            // polling that times the recovery.
+            for (i, page) in pages.iter().enumerate() {
+                said_reconnecting[i] |= page
+                    .eval(SAW_RECONNECTING, json!([]))
+                    .await
+                    .is_ok_and(|v| v == json!(true));
+            }
+            return (took, said_reconnecting);
         }
         assert!(
             start.elapsed() < RECOVERY_BOUND,
@@ -407,6 +433,7 @@ async fn calls_survive_a_killed_host_restarted_proxies_and_a_drain_across_three_
     for run in 0..runs {
         let victim = fleet.host_of("failover").await;
         let before = joins(&[&alice, &bob]).await;
+        watch_states(&[&alice, &bob]).await;
         let start = Instant::now();
         fleet.signal(victim, "KILL");
         let (took, said) = recovery(&[&alice, &bob], &before, start).await;

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use rtcd_e2e::daemon::TestRtcd;
+use rtcd_e2e::daemon::{TestRtcd, metric_sum};
 use rtcd_e2e::media::{
     PATIENCE, Participant, PeerOptions, all_permissions, eventually, keeps_flowing,
 };
@@ -75,6 +75,49 @@ async fn a_subscribers_nack_is_answered_from_rtcds_retransmission_buffer() -> an
     };
     eprintln!("packet {answered} retransmitted after NACKs for {nacked:?}");
     // The forwarding itself is undisturbed.
+    keeps_flowing(
+        &bob,
+        &["alice/audio", "alice/video"],
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+    )
+    .await?;
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+/// A NACK for a packet older than the retransmission window cannot be answered: the subscriber
+/// can only recover from a keyframe, so rtcd asks the publisher for one at once (a browser asks
+/// by itself only seconds later). An answerable NACK asks for none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_rtcd_cannot_answer_asks_the_publisher_for_a_keyframe() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[("RTCD_RTC_NACK_BUFFER_MS", "500")]).await?;
+    let (alice, bob) = alice_and_bob(&rtcd, PeerOptions::default()).await?;
+    let (old, _) = bob.flows()["alice/video"].latest.expect("a packet");
+    // Past the window, and past the joining keyframe requests.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = alice.plis();
+    bob.nack("alice", "video", old).await?;
+    eventually("a keyframe request reaches alice", || alice.plis() > before).await?;
+    let metrics = rtcd.rtcd.metrics().encode();
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "rtcd_sfu_nack_unrepairable_total{client_id=\"tenant-rtcp\""
+        ),
+        1.0,
+        "{metrics}"
+    );
+    // An answerable NACK: retransmitted, no keyframe request (the throttle has long passed).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = alice.plis();
+    bob.nack_latest("alice", "video").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        alice.plis(),
+        before,
+        "a repairable loss asked for a keyframe"
+    );
     keeps_flowing(
         &bob,
         &["alice/audio", "alice/video"],

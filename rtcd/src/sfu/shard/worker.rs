@@ -628,6 +628,7 @@ impl Worker {
         let Some(tid) = m.negotiation.track(slot.0 as usize) else {
             return;
         };
+        let call = m.call;
         let Some(ms) = m.slots.get_mut(slot.0 as usize) else {
             return;
         };
@@ -643,13 +644,25 @@ impl Worker {
             return;
         };
         let mut resend = Vec::new();
-        down.on_nack(lost, buffer, now, |r| resend.push(r));
+        let unrepairable = down.on_nack(lost, buffer, now, |r| resend.push(r));
         for r in resend {
             if let Err(e) = m.peer.send_rtp(ms.id, &r.header, r.packet, r.payload, now) {
                 tracing::debug!(error = %e, "retransmission failed");
             }
         }
+        if unrepairable > 0 {
+            self.metrics
+                .sfu
+                .nack_unrepairable
+                .get_or_create(&tenant_label(&m.req.tenant))
+                .inc_by(unrepairable as u64);
+        }
         self.mark(key);
+        // Loss the subscriber cannot repair: its decoder needs a keyframe, and waiting for its
+        // own request costs seconds of frozen video.
+        if unrepairable > 0 {
+            self.request_keyframe(&call, tid, now);
+        }
     }
 
     /// Sends `event(member)` to every other session of `call` that subscribes.
