@@ -263,6 +263,23 @@ pub struct PeerOptions {
     /// replays by default, which would hide a retransmission of a packet the peer already has;
     /// a retransmission test turns this on to see it.
     pub accept_replays: bool,
+    /// Keep a log of every RTP packet received ([`Participant::arrivals`]), for tests that
+    /// check sequence spaces and keyframes packet by packet (off: long calls would grow it).
+    pub log_packets: bool,
+}
+
+/// One RTP packet a participant received ([`PeerOptions::log_packets`]).
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// When the participant's track reader got it.
+    pub at: Instant,
+    /// The SSRC and sequence number it arrived with (RTX already unwrapped).
+    pub ssrc: u32,
+    pub seq: u16,
+    /// `sender/kind` from its payload; empty for a packet without one (RTP padding).
+    pub flow: String,
+    /// Whether its payload says keyframe (VP8 / H.264 synthetic video).
+    pub keyframe: bool,
 }
 
 /// What a participant, its peer connection's handler and interceptor, and its tasks share. Only
@@ -270,6 +287,10 @@ pub struct PeerOptions {
 #[derive(Default)]
 struct Shared {
     events: Mutex<Vec<pb::server_signal::Signal>>,
+    /// When each of `events` arrived.
+    event_times: Mutex<Vec<Instant>>,
+    /// Every RTP packet received, when [`PeerOptions::log_packets`] is set.
+    arrivals: Option<Mutex<Vec<Arrival>>>,
     flows: Mutex<HashMap<String, Flow>>,
     /// The latest state the peer connection reported (0.21 has no synchronous getter).
     state: Mutex<RTCPeerConnectionState>,
@@ -680,6 +701,7 @@ impl Participant {
     {
         let shared = Arc::new(Shared {
             audio_level: AtomicU8::new(10),
+            arrivals: options.log_packets.then(Default::default),
             ..Default::default()
         });
         let (pc, cut) = new_peer(options, &shared).await?;
@@ -1049,6 +1071,37 @@ impl Participant {
         self.shared.negotiations.load(Ordering::Relaxed)
     }
 
+    /// rtcd's messages so far, each with when it arrived.
+    pub fn timed_events(&self) -> Vec<(Instant, pb::server_signal::Signal)> {
+        let events = self.shared.events.lock().unwrap().clone();
+        let times = self.shared.event_times.lock().unwrap().clone();
+        times.into_iter().zip(events).collect()
+    }
+
+    /// Every RTP packet received so far (empty unless built with [`PeerOptions::log_packets`]).
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.shared
+            .arrivals
+            .as_ref()
+            .map(|log| log.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether any logged packet satisfies `f` (without copying the log).
+    pub fn any_arrival(&self, f: impl Fn(&Arrival) -> bool) -> bool {
+        self.shared
+            .arrivals
+            .as_ref()
+            .is_some_and(|log| log.lock().unwrap().iter().any(f))
+    }
+
+    /// Restarts ICE (new credentials in the next offer, as a browser's `restartIce()`) and
+    /// offers.
+    pub async fn restart_ice(&self) -> anyhow::Result<()> {
+        self.pc.restart_ice().await.context("restart_ice")?;
+        self.renegotiate().await
+    }
+
     /// Every server event so far.
     pub fn events(&self) -> Vec<pb::server_signal::Signal> {
         self.shared.events.lock().unwrap().clone()
@@ -1392,7 +1445,29 @@ async fn read_track(track: Arc<dyn TrackRemote>, shared: Weak<Shared>) {
         let body = strip_video_prefix(&mime, &packet.payload);
         let text = String::from_utf8_lossy(body);
         let mut parts = text.split('|');
-        let (Some(sender), Some(kind), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
+        let tag = (parts.next(), parts.next(), parts.next());
+        if let Some(log) = &shared.arrivals {
+            let flow = match tag {
+                (Some(sender), Some(kind), Some(_)) => format!("{sender}/{kind}"),
+                _ => String::new(),
+            };
+            // The first bytes are `video_prefix`'s: a VP8 frame tag with bit 0 clear, or an
+            // H.264 IDR NAL header.
+            let keyframe = !flow.is_empty()
+                && match mime.to_ascii_lowercase().as_str() {
+                    "video/vp8" => packet.payload.get(1).is_some_and(|tag| tag & 0x01 == 0),
+                    "video/h264" => packet.payload.first() == Some(&0x65),
+                    _ => false,
+                };
+            log.lock().unwrap().push(Arrival {
+                at: Instant::now(),
+                ssrc,
+                seq: packet.header.sequence_number,
+                flow,
+                keyframe,
+            });
+        }
+        let (Some(sender), Some(kind), Some(n)) = tag else {
             continue;
         };
         let Ok(n) = n.parse::<u64>() else { continue };
@@ -1530,6 +1605,7 @@ async fn drive(
             m = inbound.next() => {
                 let Some(Ok(pb::ServerSignal { signal: Some(signal) })) = m else { break };
                 shared.events.lock().unwrap().push(signal.clone());
+                shared.event_times.lock().unwrap().push(Instant::now());
                 match signal {
                     Signal::Answer(d) => {
                         if let Ok(answer) = RTCSessionDescription::answer(d.sdp)

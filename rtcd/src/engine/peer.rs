@@ -1203,6 +1203,41 @@ impl Peer {
             .map_err(internal)
     }
 
+    /// Sends a padding-only packet on a slot (RTP padding, no payload, no extensions): what
+    /// closes a hole in the subscriber's sequence space that no retransmission can fill
+    /// (`DownTrack::poll_fill`). Receivers count it as the missing sequence number and drop it
+    /// before decoding.
+    pub fn send_padding(
+        &mut self,
+        slot: SlotId,
+        header: &RtpHeaderOut,
+        now: Instant,
+    ) -> Result<(), EngineError> {
+        let Some(state) = self.slots.get(slot.0 as usize) else {
+            return Err(internal("unknown slot"));
+        };
+        let packet = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                padding: true,
+                marker: false,
+                payload_type: header.payload_type,
+                sequence_number: header.sequence,
+                timestamp: header.timestamp,
+                ssrc: header.ssrc,
+                ..Default::default()
+            },
+            payload: Bytes::new(),
+        };
+        let track_id = state.track_id.clone();
+        self.pc
+            .handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(track_id, packet),
+            })
+            .map_err(internal)
+    }
+
     /// Asks the publisher of `track` for a keyframe (PLI).
     pub fn request_keyframe(&mut self, track: TrackKey, now: Instant) {
         let Some(state) = self.tracks.values().find(|t| t.key == track) else {
@@ -2420,6 +2455,82 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, PeerEvent::Failed)),
             "the session never failed"
+        );
+    }
+
+    /// A client restarting ICE from the same address (a browser's `restartIce()`, or an
+    /// independent stack told to): its first connectivity check with the new credentials, right
+    /// after the answer, is answered, so media is back within one round trip.
+    #[test]
+    fn the_first_check_after_an_ice_restart_is_answered() {
+        let mut rig = Rig::new();
+        rig.run(400, |_| {});
+        rig.bob.pc.restart_ice();
+        let now = rig.now;
+        let answer = rig.bob.negotiate(&mut rig.bob_s, now);
+        let server: SocketAddrV = SERVER.parse().unwrap();
+        // (transaction id, when) of bob's binding requests and of rtcd's success responses.
+        let mut requests: Vec<([u8; 12], Instant)> = Vec::new();
+        let mut answered: Vec<([u8; 12], Instant)> = Vec::new();
+        let stun = |d: &[u8]| -> Option<(u16, [u8; 12])> {
+            (d.len() >= 20 && d[0] < 4).then(|| {
+                let mut id = [0u8; 12];
+                id.copy_from_slice(&d[8..20]);
+                (u16::from_be_bytes([d[0], d[1]]), id)
+            })
+        };
+        for _ in 0..200 {
+            rig.now += Duration::from_millis(5);
+            let now = rig.now;
+            tick(&mut rig.bob, &mut rig.bob_s, now);
+            while let Some(msg) = rig.bob.pc.poll_write() {
+                if let Some((0x0001, id)) = stun(&msg.message)
+                    && String::from_utf8_lossy(&msg.message).contains(&answer.ufrag)
+                {
+                    requests.push((id, now));
+                }
+                rig.bob_s.handle_datagram(
+                    Transport {
+                        local: server,
+                        peer: rig.bob.addr,
+                        protocol: Protocol::Udp,
+                    },
+                    msg.message,
+                    now,
+                );
+            }
+            while let Some((_, data)) = rig.bob_s.poll_transmit() {
+                if let Some((0x0101, id)) = stun(&data) {
+                    answered.push((id, now));
+                }
+                rig.bob
+                    .pc
+                    .handle_read(TaggedBytesMut {
+                        now,
+                        transport: TransportContext {
+                            local_addr: rig.bob.addr,
+                            peer_addr: server,
+                            transport_protocol: TransportProtocol::UDP,
+                            ecn: None,
+                        },
+                        message: data,
+                    })
+                    .unwrap();
+            }
+            while rig.bob.pc.poll_read().is_some() {}
+            while rig.bob.pc.poll_event().is_some() {}
+            while rig.bob_s.poll_event().is_some() {}
+        }
+        let (first, sent_at) = *requests
+            .first()
+            .expect("bob checks with his new credentials");
+        let reply = answered.iter().find(|(id, _)| *id == first);
+        assert!(
+            reply.is_some(),
+            "the first check (sent {:?} after the answer) went unanswered; {} checks, {} answers",
+            sent_at - now,
+            requests.len(),
+            answered.len()
         );
     }
 

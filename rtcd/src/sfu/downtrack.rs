@@ -44,6 +44,19 @@ pub const DEFAULT_RESEND_INTERVAL: Duration = Duration::from_millis(100);
 /// While a down-track waits for a keyframe, it asks again this often (a PLI may be lost).
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long a hole in the output (a source packet lost before the SFU) waits for the publisher's
+/// retransmission before the down-track closes it with padding. rtcd NACKs the publisher at once
+/// and its retransmission normally arrives within a round trip; past this it will not come (the
+/// publisher left, restarted its stream, or forgot its history). A receiver that only NACKs
+/// (aiortc, and any stack whose jitter buffer waits for every sequence number) would otherwise
+/// hold every later frame behind the hole until its buffer overflows: 15-17 s of frozen video.
+pub const HOLE_PATIENCE: Duration = Duration::from_millis(300);
+/// Holes (runs of output sequence numbers) remembered for closing; on overflow the oldest is
+/// closed at once.
+const MAX_HOLES: usize = 16;
+/// Sequence numbers queued to be closed at once (NACKed positions that nothing can repair).
+const MAX_URGENT_FILLS: usize = 64;
+
 /// Runs of in-order drops remembered for mapping late packets. A late packet older than the
 /// oldest remembered run is dropped.
 const MAX_DROP_RUNS: usize = 8;
@@ -300,6 +313,38 @@ struct Sent {
     generation: u16,
     /// When it was last resent, in ms since the down-track's epoch + 1 (0: never).
     resent_ms: u32,
+    /// The output timestamp it was sent with (a padding packet closing a hole after it reuses
+    /// it, so that it joins that frame rather than forming an empty frame of its own).
+    timestamp: u32,
+    /// The subscriber's payload type it was sent with.
+    payload_type: u8,
+    /// Padding sent in place of a packet that could not be had: a NACK for it gets padding
+    /// again, never another packet.
+    filled: bool,
+}
+
+/// A run of output sequence numbers that carried nothing (lost before the SFU), waiting for the
+/// publisher's retransmission until `due_ms` (see [`HOLE_PATIENCE`]).
+#[derive(Debug, Clone, Copy)]
+struct Hole {
+    from: u64,
+    to: u64,
+    due_ms: u32,
+    /// The source generation it opened in.
+    generation: u16,
+}
+
+/// A padding-only packet to send on the subscriber's SSRC, closing a hole in its sequence space
+/// ([`DownTrack::poll_fill`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fill {
+    /// The header (the subscriber's SSRC, the hole's sequence number, the timestamp and payload
+    /// type of the packet before it); the packet carries no payload, only RTP padding.
+    pub header: RtpHeaderOut,
+    /// Whether the hole is in the current source's stream: the frame it belonged to is lost and
+    /// the subscriber's decoder needs a keyframe (ask the publisher). A hole left by a previous
+    /// source needs none: the new source starts with a keyframe anyway.
+    pub current: bool,
 }
 
 /// A run of source sequence numbers the down-track skipped in order (the offset was lowered
@@ -356,6 +401,13 @@ pub struct DownTrack {
     out_highest: u64,
     /// The first extended output sequence number (nothing before it was ever sent).
     out_first: u64,
+    /// The first output of the current source (a hole before it can never be repaired).
+    gen_start: u64,
+    /// Holes of the output waiting for the publisher's retransmission, oldest first.
+    holes: std::collections::VecDeque<Hole>,
+    /// Output sequence numbers to close with padding at the next [`DownTrack::poll_fill`], with
+    /// whether they belong to the current source.
+    urgent: std::collections::VecDeque<(u64, bool)>,
     ts_delta: u32,
     rtx_sequence: u16,
 
@@ -396,6 +448,9 @@ impl DownTrack {
             drop_run_count: 0,
             out_highest: (EXTENDED_BASE + u64::from(config.initial_sequence)).wrapping_sub(1),
             out_first: EXTENDED_BASE + u64::from(config.initial_sequence),
+            gen_start: EXTENDED_BASE + u64::from(config.initial_sequence),
+            holes: std::collections::VecDeque::with_capacity(MAX_HOLES),
+            urgent: std::collections::VecDeque::new(),
             ts_delta: config.initial_timestamp,
             rtx_sequence: config.initial_rtx_sequence,
             history: vec![Sent::default(); config.history].into_boxed_slice(),
@@ -476,6 +531,12 @@ impl DownTrack {
     /// Forgets the current source's mapping: the next packet accepted (a keyframe for video)
     /// starts it again right after the last output.
     fn restart(&mut self) {
+        // Nothing can fill the holes before the restart any more (late packets from before it
+        // are stale): they close at once, and the new start begins a new run of numbers.
+        self.gen_start = self.out_highest.wrapping_add(1);
+        for hole in &mut self.holes {
+            hole.due_ms = 0;
+        }
         self.anchored = false;
         self.need_keyframe = self.kind == MediaKind::Video;
         self.keyframe_requested_at = None;
@@ -582,6 +643,7 @@ impl DownTrack {
         self.src_highest = ext;
         self.valid_from = ext;
         self.seq_delta = self.out_highest.wrapping_add(1).wrapping_sub(ext);
+        self.gen_start = self.out_highest.wrapping_add(1);
         self.drop_run_count = 0;
         let out_ts = match (self.ts_start, self.stats.last_timestamp) {
             (TimestampStart::Continue, Some((last, at))) => {
@@ -647,11 +709,19 @@ impl DownTrack {
 
     /// Records and counts one forwarded packet and builds its header.
     fn emit(&mut self, out_ext: u64, pkt: &MediaPacket, pt: u8, now: Instant) -> Forward {
+        let ts = pkt.timestamp.wrapping_add(self.ts_delta);
         if out_ext > self.out_highest {
             // Slots of output numbers skipped (upstream loss) must not answer NACKs.
             let from = (self.out_highest + 1).max(out_ext.saturating_sub(self.mask));
             for e in from..out_ext {
                 self.history[(e & self.mask) as usize].valid = false;
+            }
+            if from < out_ext {
+                let due_ms = self
+                    .millis(now)
+                    .wrapping_add(HOLE_PATIENCE.as_millis() as u32)
+                    .max(1);
+                self.note_hole(from, out_ext - 1, due_ms);
             }
             self.out_highest = out_ext;
         }
@@ -661,8 +731,10 @@ impl DownTrack {
             src_seq: pkt.sequence,
             generation: self.generation,
             resent_ms: 0,
+            timestamp: ts,
+            payload_type: pt,
+            filled: false,
         };
-        let ts = pkt.timestamp.wrapping_add(self.ts_delta);
         let newer = match self.stats.last_timestamp {
             Some((last, _)) => ts.wrapping_sub(last) as i32 >= 0,
             None => true,
@@ -698,13 +770,17 @@ impl DownTrack {
     /// Answers the subscriber's NACK (RFC 4585 generic NACK, already expanded to sequence
     /// numbers): for each output sequence number still in the history and whose source packet
     /// is still in `buf` (the current source's buffer), `out` gets one retransmission, as RTX
-    /// if negotiated. Numbers never sent (lost before the SFU: the publisher may still resend
-    /// them), from a previous source, or resent within the last round trip are ignored.
+    /// if negotiated. Numbers resent within the last round trip are ignored, and so are holes
+    /// of the current source (lost before the SFU) while the publisher may still resend them
+    /// (they close with padding after [`HOLE_PATIENCE`] if it does not).
     ///
-    /// Returns how many of the numbers were sent but can no longer be resent: older than the
-    /// history, or their packet gone from `buf`. The subscriber cannot repair that loss and its
-    /// decoder waits for a keyframe, which the caller should ask the publisher for now: a
-    /// browser asks by itself only seconds later (Chromium took 2.5 to 8.5 s after an ICE
+    /// Numbers that were sent but cannot be resent (older than the history, their packet gone
+    /// from `buf`, or from a previous source) and holes a previous source left are queued to be
+    /// closed with padding ([`DownTrack::poll_fill`], call it next): a receiver whose jitter
+    /// buffer waits for every sequence number would otherwise stall behind them. Returns how
+    /// many of the numbers belonged to the current source and cannot be repaired: the
+    /// subscriber's decoder waits for a keyframe, which the caller should ask the publisher for
+    /// now (a browser asks by itself only seconds later: Chromium took 2.5 to 8.5 s after an ICE
     /// restart outlasted the buffer).
     pub fn on_nack<'b>(
         &mut self,
@@ -724,16 +800,29 @@ impl DownTrack {
             if ext > self.out_highest || ext < self.out_first {
                 continue;
             }
+            let old = ext < self.gen_start;
             if self.out_highest - ext > self.mask {
-                unrepairable += 1;
+                if !old {
+                    unrepairable += 1;
+                }
+                self.close_now(ext, !old);
                 continue;
             }
             let slot = (ext & self.mask) as usize;
             let sent = self.history[slot];
-            if !sent.valid || sent.out_seq != seq || sent.generation != self.generation {
+            if sent.resent_ms != 0 && now_ms.wrapping_sub(sent.resent_ms) < interval_ms {
                 continue;
             }
-            if sent.resent_ms != 0 && now_ms.wrapping_sub(sent.resent_ms) < interval_ms {
+            if !sent.valid || sent.out_seq != seq {
+                // A hole: nothing was sent there. A previous source will never fill it; the
+                // current one may (its hole closes by itself after HOLE_PATIENCE).
+                if old {
+                    self.close_now(ext, false);
+                }
+                continue;
+            }
+            if sent.filled || sent.generation != self.generation {
+                self.close_now(ext, false);
                 continue;
             }
             let Some(pkt) = buf
@@ -741,6 +830,7 @@ impl DownTrack {
                 .filter(|pkt| pkt.ssrc == self.source_ssrc)
             else {
                 unrepairable += 1;
+                self.close_now(ext, true);
                 continue;
             };
             let Some((pt, rtx_pt)) = self.payload_types.get(pkt.payload_type) else {
@@ -779,6 +869,128 @@ impl DownTrack {
             }
         }
         unrepairable
+    }
+
+    /// Remembers the output run `from..=to` as a hole to close at `due_ms` (0: at once).
+    fn note_hole(&mut self, from: u64, to: u64, due_ms: u32) {
+        if let Some(last) = self.holes.back_mut()
+            && last.to + 1 == from
+            && last.due_ms == due_ms
+        {
+            last.to = to;
+            return;
+        }
+        if self.holes.len() >= MAX_HOLES {
+            // Too many at once: the oldest closes now rather than being forgotten, and past
+            // twice the bound (nobody polled) it is dropped.
+            if self.holes.len() >= 2 * MAX_HOLES {
+                self.holes.pop_front();
+            }
+            if let Some(oldest) = self.holes.iter_mut().find(|h| h.due_ms != 0) {
+                oldest.due_ms = 0;
+            }
+        }
+        self.holes.push_back(Hole {
+            from,
+            to,
+            due_ms,
+            generation: self.generation,
+        });
+    }
+
+    /// Queues output `ext` to be closed with padding at the next [`DownTrack::poll_fill`].
+    fn close_now(&mut self, ext: u64, current: bool) {
+        if self.urgent.len() < MAX_URGENT_FILLS && !self.urgent.iter().any(|&(e, _)| e == ext) {
+            self.urgent.push_back((ext, current));
+        }
+    }
+
+    /// Whether holes wait to be closed (a cheap check for the forwarding path).
+    pub fn has_holes(&self) -> bool {
+        !self.holes.is_empty() || !self.urgent.is_empty()
+    }
+
+    /// The next padding packet to send now, closing a hole in the subscriber's sequence space
+    /// that nothing else will fill: a hole of the current source after [`HOLE_PATIENCE`], any
+    /// hole a previous source left, and what [`DownTrack::on_nack`] found unrepairable. Call it
+    /// until `None` after `forward`, `on_nack` and `switch_source`. A receiver that only NACKs
+    /// (and whose jitter buffer waits for every number) then moves on to the next frame, or to
+    /// the keyframe the caller asks for when [`Fill::current`] says so. The filled number is
+    /// recorded as sent, so a late retransmission from the publisher is not forwarded after it
+    /// (the subscriber's SRTP replay check would drop it anyway).
+    pub fn poll_fill(&mut self, now: Instant) -> Option<Fill> {
+        if !self.has_holes() || self.stats.packets == 0 {
+            return None;
+        }
+        let now_ms = self.millis(now);
+        loop {
+            let (ext, current) = if let Some((ext, current)) = self.urgent.pop_front() {
+                (ext, current)
+            } else {
+                let hole = self.holes.front_mut()?;
+                let due = hole.due_ms == 0 || now_ms.wrapping_sub(hole.due_ms) as i32 >= 0;
+                if !due {
+                    return None;
+                }
+                let ext = hole.from;
+                let current = hole.generation == self.generation;
+                if hole.from == hole.to {
+                    self.holes.pop_front();
+                } else {
+                    hole.from += 1;
+                }
+                // Filled meanwhile by a late packet: nothing to close.
+                let sent = self.history[(ext & self.mask) as usize];
+                if sent.valid && sent.out_seq == ext as u16 {
+                    continue;
+                }
+                (ext, current)
+            };
+            if ext > self.out_highest || self.out_highest - ext > self.mask {
+                continue;
+            }
+            let Some((timestamp, payload_type)) = self.sent_near(ext) else {
+                continue;
+            };
+            self.history[(ext & self.mask) as usize] = Sent {
+                valid: true,
+                out_seq: ext as u16,
+                src_seq: 0,
+                generation: self.generation,
+                resent_ms: now_ms,
+                timestamp,
+                payload_type,
+                filled: true,
+            };
+            self.stats.packets += 1;
+            let header = RtpHeaderOut::new(self.ssrc, ext as u16, timestamp, payload_type, false);
+            return Some(Fill { header, current });
+        }
+    }
+
+    /// The timestamp and payload type of the packet sent at or nearest before output `ext`
+    /// (what a padding packet there carries).
+    fn sent_near(&self, ext: u64) -> Option<(u32, u8)> {
+        let oldest = self
+            .out_highest
+            .saturating_sub(self.mask)
+            .max(self.out_first);
+        let mut e = ext;
+        while e >= oldest {
+            let sent = self.history[(e & self.mask) as usize];
+            if sent.valid && sent.out_seq == e as u16 {
+                return Some((sent.timestamp, sent.payload_type));
+            }
+            if e == 0 || ext - e >= 64 {
+                break;
+            }
+            e -= 1;
+        }
+        // Nothing sent near it: the newest packet's.
+        let newest = self.history[(self.out_highest & self.mask) as usize];
+        newest
+            .valid
+            .then_some((newest.timestamp, newest.payload_type))
     }
 
     /// Counters and the newest RTP/wall-clock pair, for the subscriber's sender report.
@@ -1377,6 +1589,130 @@ mod tests {
         let stats = dt.sender_stats();
         assert_eq!((stats.rtx_packets, stats.rtx_octets), (2, 44));
         assert_eq!(stats.packets, 5);
+    }
+
+    /// Every padding packet `dt` has to send at `now`: (sequence, timestamp, current).
+    fn fills(dt: &mut DownTrack, now: Instant) -> Vec<(u16, u32, bool)> {
+        std::iter::from_fn(|| dt.poll_fill(now))
+            .map(|f| {
+                assert_eq!((f.header.ssrc, f.header.payload_type), (SUB, OUT_PT));
+                (f.header.sequence, f.header.timestamp, f.current)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_hole_the_publisher_does_not_repair_closes_with_padding_after_the_patience() {
+        let t0 = Instant::now();
+        let mut dt = started(t0);
+        // Source 101 is lost before the SFU: output FIRST_SEQ + 1 is a hole.
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 102, 9000 + FRAME_TS * 2, false, t0)),
+            Ok(FIRST_SEQ + 2)
+        );
+        assert!(dt.has_holes());
+        // The publisher may still resend it: a NACK for it is not answered, nothing closes.
+        let buf = RetransmitBuffer::new(64).unwrap();
+        assert!(nacked(&mut dt, &[FIRST_SEQ + 1], &buf, t0).is_empty());
+        assert!(fills(&mut dt, t0 + HOLE_PATIENCE / 2).is_empty());
+        // It does not: padding closes the hole, with the timestamp of the packet before it, and
+        // the frame is lost (current source: ask for a keyframe).
+        assert_eq!(
+            fills(&mut dt, t0 + HOLE_PATIENCE),
+            vec![(FIRST_SEQ + 1, FIRST_TS, true)]
+        );
+        assert!(!dt.has_holes());
+        // The late original is not forwarded after the padding; a NACK gets padding again.
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 101, 9000 + FRAME_TS, false, t0)),
+            Err(DropReason::Duplicate)
+        );
+        let later = t0 + HOLE_PATIENCE + Duration::from_secs(1);
+        assert!(nacked(&mut dt, &[FIRST_SEQ + 1], &buf, later).is_empty());
+        assert_eq!(
+            fills(&mut dt, later),
+            vec![(FIRST_SEQ + 1, FIRST_TS, false)]
+        );
+    }
+
+    #[test]
+    fn a_hole_the_publisher_repairs_in_time_is_not_padded() {
+        let t0 = Instant::now();
+        let mut dt = started(t0);
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 103, 9000 + FRAME_TS * 3, false, t0)),
+            Ok(FIRST_SEQ + 3)
+        );
+        let t1 = t0 + Duration::from_millis(50);
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 101, 9000 + FRAME_TS, false, t1)),
+            Ok(FIRST_SEQ + 1)
+        );
+        // 102 never comes: only it is closed.
+        assert_eq!(
+            fills(&mut dt, t0 + HOLE_PATIENCE),
+            vec![(FIRST_SEQ + 2, FIRST_TS + FRAME_TS, true)]
+        );
+    }
+
+    #[test]
+    fn holes_a_previous_source_left_close_at_the_switch_and_its_packets_are_padded_on_nack() {
+        let t0 = Instant::now();
+        let mut dt = started(t0);
+        let mut buf = RetransmitBuffer::new(64).unwrap();
+        buf.insert(pkt(SRC, 100, 9000, true, t0));
+        // 101 lost upstream (hole at FIRST_SEQ + 1); 102 sent (and, say, lost downstream).
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 102, 9000 + FRAME_TS * 2, false, t0)),
+            Ok(FIRST_SEQ + 2)
+        );
+        // The publisher leaves; the slot carries another track.
+        dt.switch_source(SRC2);
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!(fills(&mut dt, t1), vec![(FIRST_SEQ + 1, FIRST_TS, false)]);
+        // The new track starts right after, with a keyframe: no number in between.
+        assert_eq!(seq(&mut dt, &pkt(SRC2, 7, 1, true, t1)), Ok(FIRST_SEQ + 3));
+        // NACKs for the old track's packets are answered with padding (its packets are gone),
+        // not with the new track's, and do not ask the new publisher for a keyframe.
+        let (resent, unrepairable) =
+            nacked_and_unrepairable(&mut dt, &[FIRST_SEQ, FIRST_SEQ + 2], &buf, t1);
+        assert_eq!((resent.len(), unrepairable), (0, 0));
+        assert_eq!(
+            fills(&mut dt, t1),
+            vec![
+                (FIRST_SEQ, FIRST_TS, false),
+                (FIRST_SEQ + 2, FIRST_TS + FRAME_TS * 2, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_packet_gone_from_the_buffer_is_padded_and_counted_unrepairable() {
+        let t0 = Instant::now();
+        let (mut dt, mut buf) = with_buffer(t0, 16);
+        for s in 111..140u16 {
+            let p = pkt(SRC, s, 0, false, t0);
+            dt.forward(&p, t0).header().unwrap();
+            buf.insert(p);
+        }
+        let (resent, unrepairable) = nacked_and_unrepairable(&mut dt, &[FIRST_SEQ + 1], &buf, t0);
+        assert_eq!((resent.len(), unrepairable), (0, 1));
+        let got = fills(&mut dt, t0);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].0, got[0].2), (FIRST_SEQ + 1, true));
+    }
+
+    #[test]
+    fn holes_are_bounded() {
+        let t0 = Instant::now();
+        let mut dt = started(t0);
+        // Every other packet lost, far more holes than remembered.
+        for i in 1..200u16 {
+            dt.forward(&pkt(SRC, 100 + 2 * i, 0, false, t0), t0);
+        }
+        assert!(dt.holes.len() <= 2 * MAX_HOLES);
+        // Closing them all is bounded too.
+        assert!(fills(&mut dt, t0 + HOLE_PATIENCE).len() <= 2 * MAX_HOLES);
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod affiliation;
 mod browser;
 mod calls;
 mod dev;
+mod edges;
 mod failover;
 mod forwarding;
 mod grpc_tls;

@@ -566,6 +566,9 @@ impl Worker {
                     }
                 }
                 want_keyframe |= down.poll_keyframe_request(now).is_some();
+                if down.has_holes() {
+                    want_keyframe |= send_fills(&mut s.peer, ms.id, down, now);
+                }
             }
             if sent > 0 {
                 self.forwarded
@@ -650,6 +653,7 @@ impl Worker {
                 tracing::debug!(error = %e, "retransmission failed");
             }
         }
+        let lost_frame = send_fills(&mut m.peer, ms.id, down, now);
         if unrepairable > 0 {
             self.metrics
                 .sfu
@@ -660,7 +664,7 @@ impl Worker {
         self.mark(key);
         // Loss the subscriber cannot repair: its decoder needs a keyframe, and waiting for its
         // own request costs seconds of frozen video.
-        if unrepairable > 0 {
+        if unrepairable > 0 || lost_frame {
             self.request_keyframe(&call, tid, now);
         }
     }
@@ -1350,6 +1354,11 @@ impl Worker {
             Some(down) => {
                 down.set_maps(payload_types, extensions);
                 down.switch_source(t.ssrc);
+                // Holes the previous track left close now, before the new track's keyframe: a
+                // receiver that waits for every sequence number would stall behind them.
+                if m.peer.is_connected() {
+                    send_fills(&mut m.peer, slot.id, down, now);
+                }
             }
             None => {
                 let kind = if slot.audio {
@@ -1764,6 +1773,20 @@ fn maps(
 }
 
 /// One datagram from a peer: onto the UDP batch, or to its ICE-TCP connection.
+/// Sends every padding packet `down` has to close holes in its subscriber's sequence space
+/// now ([`DownTrack::poll_fill`]); returns whether one closed a hole of the current source (a
+/// lost frame: its publisher should be asked for a keyframe).
+fn send_fills(peer: &mut Peer, slot: SlotId, down: &mut DownTrack, now: Instant) -> bool {
+    let mut lost_frame = false;
+    while let Some(fill) = down.poll_fill(now) {
+        lost_frame |= fill.current;
+        if let Err(e) = peer.send_padding(slot, &fill.header, now) {
+            tracing::debug!(error = %e, "padding failed");
+        }
+    }
+    lost_frame
+}
+
 fn transmit(
     socket: &BatchSocket,
     batch: &mut SendBatch,
