@@ -1497,6 +1497,13 @@ struct Discovery {
 fn status_to_error(status: &tonic::Status) -> RelayError {
     use tonic::Code;
     let message = status.message();
+    // The typed reason first (rtcd.v1.JoinRefused in the details), prose prefixes after.
+    let typed = <pb::JoinRefused as prost::Message>::decode(status.details())
+        .ok()
+        .and_then(|r| pb::JoinRefusal::try_from(r.reason).ok());
+    if typed == Some(pb::JoinRefusal::LobbyFull) {
+        return RelayError::LobbyFull(message.to_owned());
+    }
     if status.code() == Code::PermissionDenied {
         if message.starts_with("banned") {
             return RelayError::Banned(message.to_owned());

@@ -67,6 +67,7 @@ export const CloseCode = Object.freeze({
   lobby_denied: 4015,
   host_timeout: 4016,
   lobby_timeout: 4017,
+  lobby_full: 4018,
   token_missing: 4100,
   token_malformed: 4101,
   token_too_large: 4102,

@@ -638,3 +638,126 @@ async fn those_waiting_are_sent_to_rejoin_when_the_host_shuts_down() {
     stopping.await.unwrap();
     cancel.cancel();
 }
+
+/// Issue 29 #3: while rtcd is unreachable the proxy's configured policy decides alone: a guest
+/// of a room configured without guests is refused at the door with 4014 (not `joined` without
+/// media), a member of it and a guest of a room whose override allows guests get in without
+/// media (docs/protocol.md section 5b).
+#[tokio::test]
+async fn a_guests_off_room_refuses_guests_even_while_rtcd_is_unreachable() {
+    let mut config = rtcd_e2e::proxy::base_config();
+    config.rooms.guests_allowed = false;
+    config.rooms.overrides.insert(
+        "open".into(),
+        RoomPolicy {
+            guests_allowed: Some(true),
+            ..RoomPolicy::default()
+        },
+    );
+    // A real relay to an address nothing listens on.
+    config.rtcd = rtcd_proxy::config::RtcdConfig {
+        url: format!("http://127.0.0.1:{}", rtcd_e2e::proxy::free_port()),
+        client_id: "tenant-a".into(),
+        auth_key: rtcd_proxy::config::Secret::new(key_for("tenant-a")),
+        health_interval_seconds: 1,
+        ..Default::default()
+    };
+    let cancel = CancellationToken::new();
+    let relay = rtcd_proxy::relay::rtcd::RtcdRelay::start(&config.rtcd, cancel.clone())
+        .await
+        .unwrap();
+    let proxy = rtcd_e2e::proxy::start_with_relay(config, Some(relay))
+        .await
+        .unwrap();
+    let (_guest, outcome) = join(
+        proxy.addr(),
+        Some(&user("gus", "standup", "guest")),
+        "standup",
+    )
+    .await
+    .unwrap();
+    match outcome {
+        JoinOutcome::Refused(4014, reason, detail) => {
+            assert_eq!(reason, "guests_not_allowed");
+            assert!(detail.unwrap_or_default().contains("unreachable"));
+        }
+        other => panic!("a guest of a guests-off room must be refused with 4014: {other:?}"),
+    }
+    for (sub, room, role) in [("mia", "standup", "member"), ("gus", "open", "guest")] {
+        let (mut client, outcome) = join(proxy.addr(), Some(&user(sub, room, role)), room)
+            .await
+            .unwrap();
+        match outcome {
+            JoinOutcome::Joined(j) => assert_eq!(j["media"], false, "{j}"),
+            other => panic!("{sub} ({role}) should get in without media: {other:?}"),
+        }
+        assert_eq!(
+            client.expect("error").await.unwrap()["code"],
+            "media_unavailable"
+        );
+    }
+    proxy.shutdown().await;
+    cancel.cancel();
+}
+
+/// Issue 29 #4: a full lobby is a refusal of its own, not a success without media: with 500
+/// sessions knocking, the 501st gets close 4018 `lobby_full` (rtcd's typed
+/// `JOIN_REFUSAL_LOBBY_FULL` crossing gRPC), while a moderator still enters, and a knocker fits
+/// again once one leaves.
+#[tokio::test]
+async fn the_501st_knocker_is_refused_with_lobby_full() {
+    let rtcd = rtcd().await;
+    let cancel = CancellationToken::new();
+    let proxy = proxy(&rtcd, &cancel, |c| {
+        c.rooms.lobby = true;
+    })
+    .await;
+    let mut knockers = Vec::new();
+    for i in 0..500 {
+        knockers.push(
+            waits(proxy.addr(), &format!("k{i}"), "crowded", "member")
+                .await
+                .0,
+        );
+    }
+    let (_late, outcome) = join(
+        proxy.addr(),
+        Some(&user("late", "crowded", "member")),
+        "crowded",
+    )
+    .await
+    .unwrap();
+    match outcome {
+        JoinOutcome::Refused(code, reason, detail) => {
+            assert_eq!((code, reason.as_str()), (4018, "lobby_full"));
+            assert!(detail.unwrap_or_default().contains("lobby full"));
+        }
+        other => panic!("the 501st knocker must be refused with 4018: {other:?}"),
+    }
+    let _host = enters(proxy.addr(), "host", "crowded", "moderator").await;
+    let mut gone = knockers.pop().unwrap();
+    gone.send(&json!({"type": "leave"})).await.unwrap();
+    gone.closed().await.unwrap();
+    // rtcd drops the leaver from the waiting list when its stream ends.
+    let mut fitted = None;
+    for _ in 0..50 {
+        let (client, outcome) = join(
+            proxy.addr(),
+            Some(&user("late", "crowded", "member")),
+            "crowded",
+        )
+        .await
+        .unwrap();
+        match outcome {
+            JoinOutcome::Waiting(_) => {
+                fitted = Some(client);
+                break;
+            }
+            JoinOutcome::Refused(4018, ..) => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("after a leave: {other:?}"),
+        }
+    }
+    assert!(fitted.is_some(), "a knocker fits again once one left");
+    proxy.shutdown().await;
+    cancel.cancel();
+}
