@@ -410,17 +410,20 @@ pub async fn perform(
     let name = action.name();
     let target = action.target().map(|i| i.as_str().to_owned());
     let result = run(control, room, action, allow_remote_unmute).await;
-    let outcome = match &result {
-        Ok(o) => format!("ok sessions={}", o.sessions),
-        Err(e) => e.code().to_owned(),
+    // docs/api.md "Audit": strings are `&str` fields (quoted in the text format, plain JSON
+    // strings with `[logger] json`), counts are numbers; `sessions` only when it succeeded.
+    let (outcome, sessions) = match &result {
+        Ok(o) => ("ok", Some(o.sessions)),
+        Err(e) => (e.code(), None),
     };
     tracing::info!(
         target: "audit",
-        actor = %actor.describe(),
+        actor = actor.describe().as_str(),
         action = name,
-        room = %room.as_str(),
+        room = room.as_str(),
         target = target.as_deref().unwrap_or(""),
-        outcome = %outcome,
+        outcome,
+        sessions,
         "room action"
     );
     result
@@ -502,13 +505,18 @@ pub async fn revoke(
     revocation: &Revocation,
 ) -> Result<Outcome, ControlError> {
     let result = control.revoke(revocation).await;
+    let (outcome, sessions) = match &result {
+        Ok(n) => ("ok", Some(*n)),
+        Err(e) => (e.code(), None),
+    };
     tracing::info!(
         target: "audit",
-        actor = %actor.describe(),
+        actor = actor.describe().as_str(),
         action = "revoke",
         target = revocation.identity.as_deref().unwrap_or(""),
         token_id = revocation.token_id.as_deref().unwrap_or(""),
-        outcome = %match &result { Ok(n) => format!("ok sessions={n}"), Err(e) => e.code().to_owned() },
+        outcome,
+        sessions,
         "room action"
     );
     result.map(|n| Outcome {
