@@ -391,6 +391,7 @@ async fn serve(
                     lobby: req.lobby,
                     guests_allowed: req.guests_allowed,
                     wait_timeout_seconds: req.wait_timeout_seconds,
+                    opened_by: req.opened_by,
                 },
                 reset: req.reset,
             };
@@ -574,6 +575,8 @@ struct PolicyBody {
     guests_allowed: Option<bool>,
     #[serde(default)]
     wait_timeout_seconds: Option<u32>,
+    #[serde(default)]
+    opened_by: Option<crate::rooms::Opener>,
     #[serde(default)]
     reset: bool,
 }

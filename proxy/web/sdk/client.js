@@ -204,7 +204,7 @@ export class RtcdError extends Error {
 /**
  * @typedef {'microphone'|'camera'|'screen'|'screen_audio'} TrackSource
  * @typedef {{wait_for_host?: boolean, lobby?: boolean, guests_allowed?: boolean,
- *   wait_timeout_seconds?: number}} RoomPolicy
+ *   wait_timeout_seconds?: number, opened_by?: 'moderator'|'member'}} RoomPolicy
  * @typedef {'idle'|'connecting'|'waiting'|'connected'|'reconnecting'|'closed'|'error'} ClientState
  * @typedef {'connecting'|'connected'|'reconnecting'|'poor'|'failed'} MediaState
  *   This client's media: `connecting` until its peer connection is connected, `connected`,

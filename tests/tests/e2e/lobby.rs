@@ -417,7 +417,7 @@ async fn policies_change_live_through_the_api_or_a_moderator_and_races_resolve()
     assert_eq!(body["stored"], json!({}));
     assert_eq!(
         body["effective"],
-        json!({"wait_for_host": false, "lobby": false, "guests_allowed": true, "wait_timeout_seconds": 600})
+        json!({"wait_for_host": false, "lobby": false, "guests_allowed": true, "wait_timeout_seconds": 600, "opened_by": "moderator"})
     );
     // Bad requests are clear errors.
     for bad in [
@@ -759,5 +759,70 @@ async fn the_501st_knocker_is_refused_with_lobby_full() {
     }
     assert!(fitted.is_some(), "a knocker fits again once one left");
     proxy.shutdown().await;
+    cancel.cancel();
+}
+
+/// Issue 29 #12: "trusted users open the room". With `wait_for_host` and `opened_by =
+/// "member"` (configured for one room, or set through the API), a signed-in member enters at
+/// once and lets in the guests waiting; with the default (`moderator`) the member waits like
+/// the guest until a moderator comes. The lobby stays the moderators' either way.
+#[tokio::test]
+async fn a_signed_in_member_opens_the_room_only_where_the_policy_says_so() {
+    let rtcd = rtcd().await;
+    let cancel = CancellationToken::new();
+    let p = proxy(&rtcd, &cancel, |c| {
+        c.rooms.wait_for_host = true;
+        c.rooms.overrides.insert(
+            "open-house".into(),
+            RoomPolicy {
+                opened_by: Some(rtcd_proxy::rooms::Opener::Member),
+                ..RoomPolicy::default()
+            },
+        );
+    })
+    .await;
+    let addr = p.addr();
+
+    // opened_by = member (configured): the guest waits for a host, the member enters at once
+    // and, once in, lets the guest in.
+    let (mut gus, w) = waits(addr, "gus", "open-house", "guest").await;
+    assert_eq!(w["reason"], "host");
+    let _mia = enters(addr, "mia", "open-house", "member").await;
+    next_of(&mut gus, "joined", |_| true).await;
+    let _gil = enters(addr, "gil", "open-house", "guest").await;
+
+    // The default (moderator): the member waits like the guest.
+    let (mut gia, _) = waits(addr, "gia", "standup", "guest").await;
+    let (mut max, w) = waits(addr, "max", "standup", "member").await;
+    assert_eq!(w["reason"], "host");
+    // The platform opens this room to members through the API: the waiting member enters,
+    // and with them present the guest too.
+    let (status, body) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/standup/policy",
+        Some(&admin()),
+        Some(json!({"opened_by": "member"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["effective"]["opened_by"], "member", "{body}");
+    assert_eq!(body["configured"]["opened_by"], "moderator", "{body}");
+    next_of(&mut max, "joined", |_| true).await;
+    next_of(&mut gia, "joined", |_| true).await;
+    let (status, body) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/standup/policy",
+        Some(&admin()),
+        Some(json!({"opened_by": "owner"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    p.shutdown().await;
     cancel.cancel();
 }
