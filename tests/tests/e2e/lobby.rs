@@ -826,3 +826,50 @@ async fn a_signed_in_member_opens_the_room_only_where_the_policy_says_so() {
     p.shutdown().await;
     cancel.cancel();
 }
+
+/// Issue 29 #13, as documented in protocol.md section 5a: the owner is whoever the platform
+/// makes moderator, and moderators are peers. In a room with the lobby and wait-for-host on,
+/// a moderator never knocks; another moderator can ban them (their rejoin is refused with
+/// 4012, as anyone's); the platform's API lifts the ban and the owner enters again at once.
+#[tokio::test]
+async fn the_owner_is_the_moderator_who_never_knocks_but_a_ban_holds_until_the_platform_lifts_it() {
+    let rtcd = rtcd().await;
+    let cancel = CancellationToken::new();
+    let p = proxy(&rtcd, &cancel, |c| {
+        c.rooms.lobby = true;
+        c.rooms.wait_for_host = true;
+    })
+    .await;
+    let addr = p.addr();
+    let mut owner = enters(addr, "olga", "board", "moderator").await;
+    let (_kate, w) = waits(addr, "kate", "board", "member").await;
+    assert_eq!(w["reason"], "lobby");
+    let mut other = enters(addr, "otto", "board", "moderator").await;
+    let answer = moderate(
+        &mut other,
+        json!({"action": "ban", "identity": "olga", "ban_seconds": 600}),
+    )
+    .await;
+    assert_eq!(answer["type"], "moderated", "{answer}");
+    let (code, reason, _) = owner.closed().await.unwrap();
+    assert_eq!((code, reason.as_str()), (4012, "banned"));
+    assert_eq!(
+        join_code(addr, &user("olga", "board", "moderator"), "board")
+            .await
+            .unwrap(),
+        4012,
+        "a ban holds for a moderator"
+    );
+    let (status, body) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/board/bans/lift",
+        Some(&admin()),
+        Some(json!({"identity": "olga"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let _back = enters(addr, "olga", "board", "moderator").await;
+    p.shutdown().await;
+    cancel.cancel();
+}
