@@ -559,7 +559,10 @@ impl Session {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let io = ws.get_mut();
         let _ = tokio::time::timeout_at(deadline, io.shutdown()).await;
-        let mut discard = [0u8; 8 * 1024];
+        // On the heap, only while lingering: an array here would be part of every session's
+        // future (the task holds the largest state for the whole session), 8 KiB per idle
+        // session (issue 29 #15: per-session memory had doubled).
+        let mut discard = vec![0u8; 8 * 1024];
         let _ = tokio::time::timeout_at(deadline, async {
             while let Ok(n) = io.read(&mut discard).await {
                 if n == 0 {
@@ -661,7 +664,12 @@ impl Session {
                     token,
                     room,
                     resume,
-                } => self.join(token, room, resume, tokens).await,
+                } => {
+                    // Boxed, like `refresh` and `moderate`: a session's task holds its
+                    // largest state for its whole life, so the rare big steps live on the
+                    // heap only while they run (issue 29 #15, `size_probe`).
+                    Box::pin(self.join(token, room, resume, tokens)).await
+                }
                 other => Next::Close(
                     CloseReason::BadMessage,
                     Some(format!("`{}` before `join`", other.kind())),
@@ -968,7 +976,7 @@ impl Session {
             }
             // The media server is told as the session ends (`release_media`).
             ClientMessage::Leave {} => return Next::Close(CloseReason::Normal, None),
-            ClientMessage::Refresh { token } => return self.refresh(token).await,
+            ClientMessage::Refresh { token } => return Box::pin(self.refresh(token)).await,
             ClientMessage::Moderate {
                 action,
                 identity,
@@ -987,7 +995,7 @@ impl Session {
                     policy,
                     reset,
                 };
-                return self.moderate(request).await;
+                return Box::pin(self.moderate(request)).await;
             }
             ClientMessage::Offer { sdp, tracks } => match authorize_sdp(&sdp, &tracks, &perms) {
                 Ok(_) => RelayCommand::Offer { sdp, tracks },
@@ -1481,5 +1489,27 @@ async fn next_event(joined: &mut Option<Joined>) -> Option<RelayEvent> {
     match joined.as_mut().and_then(|j| j.link.as_mut()) {
         Some(link) => link.events.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, D, E, F: std::future::Future>(
+        _: impl FnOnce(A, B, C, D, E) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Issue 29 #15: a session's task holds its future's largest state for the session's whole
+    /// life, so that size is per-session memory of every idle session. An 8 KiB array held
+    /// across an await in `linger` had doubled it (11 KiB in this build); rare big steps
+    /// (`join`, `refresh`, `moderate`, the linger buffer) live on the heap only while they
+    /// run. A regression here shows as proxy RSS per idle session in the proxy benchmark.
+    #[test]
+    fn an_idle_session_future_stays_small() {
+        let size = future_size(super::run);
+        eprintln!("session::run future: {size} bytes");
+        assert!(size <= 4096, "session::run's future is {size} bytes");
     }
 }
