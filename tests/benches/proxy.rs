@@ -13,7 +13,9 @@
 //!    refuses the SDP (no ICE credentials) at once, so the round trip is signaling only. The
 //!    difference of the two distributions is the proxy's relay overhead.
 //!
-//! `BENCH_PROXY_CONNECTIONS` (default 10000) and `BENCH_PROXY_ROUNDS` (default 5000) scale it.
+//! `BENCH_PROXY_CONNECTIONS` (default 10000), `BENCH_PROXY_SOURCES` (the loopback addresses the
+//! idle sessions come from, default 475), `BENCH_PROXY_JOIN_CONCURRENCY` (their joins in flight
+//! at once, default 64) and `BENCH_PROXY_ROUNDS` (default 5000) scale it.
 
 use std::net::SocketAddr;
 use std::process::Child;
@@ -212,7 +214,14 @@ fn basic_key(id: &str) -> String {
     format!("{id}-key-that-is-long-enough-0123456789")
 }
 
-async fn idle_memory(addr: SocketAddr, pid: u32, n: usize) -> anyhow::Result<()> {
+async fn idle_memory(
+    addr: SocketAddr,
+    pid: u32,
+    n: usize,
+    sources: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let sources = sources.clamp(1, 250 * 256);
     // Warm up allocator pools and lazy statics with a few sessions first.
     let mut clients = Vec::with_capacity(n);
     for i in 0..16 {
@@ -224,14 +233,31 @@ async fn idle_memory(addr: SocketAddr, pid: u32, n: usize) -> anyhow::Result<()>
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = rss_kib(pid)?;
     let started = Instant::now();
-    let mut joins = Vec::with_capacity(n);
-    for i in 0..n {
+    // `concurrency` joins in flight at once (a reconnect storm), each timed on its own.
+    let join_one = |i: usize| async move {
         let t = Instant::now();
-        let mut c = Client::connect(addr, "", &[]).await?;
+        // Spread over `sources` loopback addresses (127.0.x.y), as many clients' networks.
+        let source = std::net::Ipv4Addr::new(
+            127,
+            0,
+            (i % sources / 250) as u8,
+            (1 + i % sources % 250) as u8,
+        );
+        let mut c = Client::connect_from(addr, source.into()).await?;
         c.send(&json!({"type": "join", "room": "bench", "token": hs_token(&claims(&format!("user-{i}"), "bench"))})).await?;
         c.expect("joined").await?;
-        joins.push(t.elapsed());
+        let took = t.elapsed();
         c.expect("error").await?; // media_unavailable: the session is fully set up
+        anyhow::Ok((c, took))
+    };
+    use futures_util::StreamExt as _;
+    let mut joined = futures_util::stream::iter(0..n)
+        .map(join_one)
+        .buffer_unordered(concurrency.max(1));
+    let mut joins = Vec::with_capacity(n);
+    while let Some(result) = joined.next().await {
+        let (c, took) = result?;
+        joins.push(took);
         clients.push(c);
     }
     let opened_in = started.elapsed();
@@ -246,7 +272,7 @@ async fn idle_memory(addr: SocketAddr, pid: u32, n: usize) -> anyhow::Result<()>
         "within the 10 KiB budget"
     };
     println!(
-        "idle authenticated sessions n={n}: proxy RSS {before} KiB -> {after} KiB, {per:.1} KiB per connection ({budget}); opened and joined in {opened_in:.1?}"
+        "idle authenticated sessions n={n} from {sources} addresses, {concurrency} joins at once: proxy RSS {before} KiB -> {after} KiB, {per:.1} KiB per connection ({budget}); opened and joined in {opened_in:.1?}"
     );
     report("connect + join -> joined", joins);
     // Pings while every session is open: what a busy proxy adds to a round trip.
@@ -267,6 +293,9 @@ async fn idle_memory(addr: SocketAddr, pid: u32, n: usize) -> anyhow::Result<()>
 fn main() -> anyhow::Result<()> {
     let connections = env_usize("BENCH_PROXY_CONNECTIONS", 10_000);
     let rounds = env_usize("BENCH_PROXY_ROUNDS", 5_000);
+    // The idle sessions' source addresses (issue 29 #15 measured 9,500 from 475).
+    let sources = env_usize("BENCH_PROXY_SOURCES", 475);
+    let concurrency = env_usize("BENCH_PROXY_JOIN_CONCURRENCY", 64);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -275,7 +304,7 @@ fn main() -> anyhow::Result<()> {
     let result = runtime.block_on(async {
         round_trips(addr, rounds).await?;
         relay_overhead(rounds.min(2_000)).await?;
-        idle_memory(addr, pid, connections).await
+        idle_memory(addr, pid, connections, sources, concurrency).await
     });
     let _ = child.kill();
     let _ = child.wait();
