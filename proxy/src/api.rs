@@ -676,7 +676,7 @@ fn issue_token(
     let issued = issuer
         .issue(&request, unix_now())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "signing_failed", e))?;
-    tracing::info!(target: "audit", actor = actor.describe().as_str(), action = "issue_token", room = room.as_str(), target = identity.as_str(), outcome = "ok", role = request.role.as_str(), token_id = issued.token_id.as_str(), "room action");
+    tracing::info!(target: "audit", actor = actor.describe().as_str(), action = "issue_token", room = room.as_str(), identity = identity.as_str(), outcome = "ok", role = request.role.as_str(), token_id = issued.token_id.as_str(), "room action");
     Ok(warp::reply::json(&json!({
         "token": issued.token,
         "expires_at": issued.expires_at,

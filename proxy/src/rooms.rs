@@ -427,6 +427,8 @@ pub async fn perform(
     let result = run(control, room, action, allow_remote_unmute).await;
     // docs/api.md "Audit": strings are `&str` fields (quoted in the text format, plain JSON
     // strings with `[logger] json`), counts are numbers; `sessions` only when it succeeded.
+    // The participant acted on is `identity`, never `target`: the JSON format flattens the
+    // event's fields next to its own `target` ("audit"), and one of the two would be lost.
     let (outcome, sessions) = match &result {
         Ok(o) => ("ok", Some(o.sessions)),
         Err(e) => (e.code(), None),
@@ -436,7 +438,7 @@ pub async fn perform(
         actor = actor.describe().as_str(),
         action = name,
         room = room.as_str(),
-        target = target.as_deref().unwrap_or(""),
+        identity = target.as_deref().unwrap_or(""),
         outcome,
         sessions,
         "room action"
@@ -528,7 +530,7 @@ pub async fn revoke(
         target: "audit",
         actor = actor.describe().as_str(),
         action = "revoke",
-        target = revocation.identity.as_deref().unwrap_or(""),
+        identity = revocation.identity.as_deref().unwrap_or(""),
         token_id = revocation.token_id.as_deref().unwrap_or(""),
         outcome,
         sessions,

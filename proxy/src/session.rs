@@ -1074,7 +1074,7 @@ impl Session {
                 identity: grant.identity.clone(),
                 session: self.id.to_string(),
             };
-            tracing::info!(target: "audit", actor = actor.describe().as_str(), action = action.as_str(), room = grant.room.as_str(), target = identity.as_deref().unwrap_or(""), outcome = "forbidden", "room action");
+            tracing::info!(target: "audit", actor = actor.describe().as_str(), action = action.as_str(), room = grant.room.as_str(), identity = identity.as_deref().unwrap_or(""), outcome = "forbidden", "room action");
             self.error(
                 "forbidden",
                 format!("only moderators may {}", action.as_str()),

@@ -1324,7 +1324,7 @@ async fn audit_lines_match_the_documented_format_and_refused_joins_never_log_joi
             "room action actor=\"api:chat-backend\" action=\"ban\""
         ),
         " INFO audit: room action actor=\"api:chat-backend\" action=\"ban\" room=\"standup\" \
-         target=\"bob\" outcome=\"ok\" sessions=0"
+         identity=\"bob\" outcome=\"ok\" sessions=0"
     );
     assert_eq!(
         audit_line(
@@ -1332,14 +1332,14 @@ async fn audit_lines_match_the_documented_format_and_refused_joins_never_log_joi
             "room action actor=\"api:chat-backend\" action=\"mute\""
         ),
         " INFO audit: room action actor=\"api:chat-backend\" action=\"mute\" room=\"standup\" \
-         target=\"nobody\" outcome=\"not_found\""
+         identity=\"nobody\" outcome=\"not_found\""
     );
     assert_eq!(
         audit_line(
             &text,
             "room action actor=\"api:chat-backend\" action=\"revoke\""
         ),
-        " INFO audit: room action actor=\"api:chat-backend\" action=\"revoke\" target=\"carol\" \
+        " INFO audit: room action actor=\"api:chat-backend\" action=\"revoke\" identity=\"carol\" \
          token_id=\"\" outcome=\"ok\" sessions=0"
     );
     assert_eq!(
@@ -1359,7 +1359,10 @@ async fn audit_lines_match_the_documented_format_and_refused_joins_never_log_joi
     );
     for (who, reason) in [("bob", "banned"), ("carol", "token_revoked")] {
         let identity = format!("identity=\"{who}\"");
-        let lines: Vec<&str> = text.lines().filter(|l| l.contains(&identity)).collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(&identity) && !l.contains("room action"))
+            .collect();
         assert_eq!(lines.len(), 1, "{who}: {lines:#?}");
         assert!(
             lines[0].contains(" INFO audit: join refused session=\"")
@@ -1428,4 +1431,55 @@ async fn the_auth_lockout_has_retry_after_and_covers_valid_tokens_and_joins() {
         other => panic!("a valid join from a locked-out address: {other:?}"),
     }
     proxy.shutdown().await;
+}
+
+/// Issue 29 #2, the machine format docs/api.md offers: with `[logger] json = true` (the
+/// service kit's JSON layout) an audit line is one object whose fields are plain JSON values
+/// with the documented names, strings unquoted inside, counts as numbers.
+#[tokio::test]
+async fn audit_lines_in_the_json_log_format_have_the_documented_fields() {
+    let logs = crate::proxy_auth::CapturedLogs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("off,audit=info")
+        .json()
+        .flatten_event(true)
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut config = rtcd_e2e::proxy::base_config();
+    config.api.token_signing_kid = "hs1".into();
+    let proxy = rtcd_e2e::proxy::start(config).await.unwrap();
+    let (status, reply) = api(
+        proxy.addr(),
+        "POST",
+        "/api/v1/rooms/standup/tokens",
+        Some(&admin()),
+        Some(json!({"identity": "carol", "role": "guest"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    proxy.shutdown().await;
+    let text = logs.text();
+    let line: Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "room action")
+        .unwrap_or_else(|| panic!("no JSON room action line:\n{text}"));
+    assert_eq!(line["actor"], "api:chat-backend", "{line}");
+    assert_eq!(line["identity"], "carol", "{line}");
+    assert_eq!(line["action"], "issue_token", "{line}");
+    assert_eq!(line["room"], "standup", "{line}");
+    // One `target` key, the log target: a second one (a field) would shadow one of them.
+    assert_eq!(line["target"], "audit", "{line}");
+    let raw = text
+        .lines()
+        .find(|l| l.contains("\"room action\""))
+        .unwrap();
+    assert_eq!(raw.matches("\"target\":").count(), 1, "{raw}");
+    assert_eq!(line["outcome"], "ok", "{line}");
+    assert_eq!(line["role"], "guest", "{line}");
+    assert_eq!(line["token_id"], reply["token_id"], "{line}");
 }
