@@ -120,6 +120,9 @@ pub async fn start_with_proxy(
             .cloned(),
     );
     let rtcd_config = rtcd::config::Config::load(None, env)?;
+    if !args.loopback {
+        no_address_means_loopback(&rtcd_config.rtc)?;
+    }
     // Tests that start the stack in-process see its logs with RTCD_TEST_LOG=<filter>, as with
     // the harness's in-process rtcd.
     if let Ok(level) = std::env::var("RTCD_TEST_LOG") {
@@ -191,6 +194,85 @@ pub async fn start_with_proxy(
         proxy,
         relay_cancel: cancel,
     })
+}
+
+/// Reads a proxy config file for [`apply_proxy_file`]: the production format, unknown keys
+/// refused; not validated alone (it need not name keys or rtcd: the dev stack adds its own),
+/// but as part of the dev stack's configuration at start.
+pub fn read_proxy_file(path: &Path) -> anyhow::Result<rtcd_proxy::config::Config> {
+    let text = std::fs::read_to_string(path).context("reading it")?;
+    toml::from_str(&text).context("parsing it")
+}
+
+/// Applies a proxy config file (the production `rtcd-proxy` format) to the dev stack's proxy
+/// configuration `dev` (`rtcd-dev --proxy-config`, README "Integrations against the dev
+/// stack"): the file's `[webhooks]`, `[turn]`, `[rooms]`, `[api]`, `[limits]` and `[auth]`
+/// settings, with the dev key, issuer and audience kept next to the file's (so `/dev/token`
+/// and server tokens signed with `data/dev/jwt-secret` keep working) and the dev key still
+/// issuing tokens unless the file names another. `[server]`, `[rtcd]` and `[logger]` stay the
+/// dev stack's own.
+pub fn apply_proxy_file(dev: &mut rtcd_proxy::config::Config, file: rtcd_proxy::config::Config) {
+    let signing_kid = std::mem::take(&mut dev.api.token_signing_kid);
+    let dev_auth = std::mem::replace(&mut dev.auth, file.auth);
+    dev.auth.keys.extend(dev_auth.keys);
+    for issuer in dev_auth.issuers {
+        if !dev.auth.issuers.contains(&issuer) {
+            dev.auth.issuers.push(issuer);
+        }
+    }
+    for audience in dev_auth.audiences {
+        if !dev.auth.audiences.contains(&audience) {
+            dev.auth.audiences.push(audience);
+        }
+    }
+    dev.api = file.api;
+    if dev.api.token_signing_kid.is_empty() {
+        dev.api.token_signing_kid = signing_kid;
+    }
+    dev.webhooks = file.webhooks;
+    dev.turn = file.turn;
+    dev.rooms = file.rooms;
+    dev.limits = file.limits;
+}
+
+/// Refuses to start, naming `--loopback`, when rtcd would find no address to put in its media
+/// candidates: no fixed address or override is set and no interface has one but loopback
+/// (sandboxes, containers without a network). rtcd's own message names `rtc.*` settings a
+/// dev-stack user does not set.
+fn no_address_means_loopback(rtc: &rtcd::config::RtcConfig) -> anyhow::Result<()> {
+    let fixed = rtc
+        .ice_address_udp
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| !ip.is_unspecified());
+    if fixed || !rtc.ice_host_override.trim().is_empty() {
+        return Ok(());
+    }
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Ok(()); // rtcd reports it with its own message
+    };
+    let usable = addrs
+        .filter(|ifa| {
+            rtc.ice_interfaces.is_empty() || rtc.ice_interfaces.contains(&ifa.interface_name)
+        })
+        .filter_map(|ifa| ifa.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+        })
+        .any(|ip| match ip {
+            std::net::IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+            std::net::IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+        });
+    if usable {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "this machine has no network address but loopback to offer browsers for media: start \
+         rtcd-dev with --loopback (browsers on this machine only; Chromium also needs \
+         --allow-loopback-in-peer-connection), or set RTCD_RTC_ICE_HOST_OVERRIDE=<an address \
+         the browsers reach>"
+    )
 }
 
 /// The secret in `path`, created on first use (see [`rtcd::auth::secret_file`]).

@@ -22,6 +22,12 @@ struct Args {
     /// need loopback candidates enabled (Chromium: --allow-loopback-in-peer-connection).
     #[arg(long)]
     loopback: bool,
+    /// A proxy config file (the production `rtcd-proxy` format) for integrations: its
+    /// `[webhooks]`, `[turn]`, `[rooms]`, `[api]`, `[limits]` and `[auth]` (keys, issuers and
+    /// audiences added to the dev key's; `[auth.oidc]`) apply; `[server]` and `[rtcd]` stay
+    /// the dev stack's.
+    #[arg(long, value_name = "FILE")]
+    proxy_config: Option<PathBuf>,
     /// rtcd's UDP media port.
     #[arg(long, default_value_t = 8443)]
     udp_port: u16,
@@ -57,13 +63,28 @@ fn main() -> ExitCode {
         udp_port: args.udp_port,
         rtc: Vec::new(),
     };
+    let proxy_file = match &args.proxy_config {
+        None => None,
+        Some(path) => match rtcd_dev::read_proxy_file(path) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                eprintln!("rtcd-dev: {}: {e}", path.display());
+                return ExitCode::from(64);
+            }
+        },
+    };
     let result = runtime.block_on(async {
         rtcd::logging::init(&rtcd::config::LoggerConfig {
             level: log_level(args.log_level, std::env::var("RUST_LOG").ok()),
             ..rtcd::config::LoggerConfig::default()
         });
         let data_dir = options.data_dir.clone();
-        let stack = rtcd_dev::start(options).await?;
+        let stack = rtcd_dev::start_with_proxy(options, |config| {
+            if let Some(file) = proxy_file {
+                rtcd_dev::apply_proxy_file(config, file);
+            }
+        })
+        .await?;
         println!(
             "\nrtcd-dev is running. Open this in two browser tabs (change the name):\n\n    http://{}/?room=demo&name=Alice\n\nSecrets and the registry are in {}. Ctrl-C stops.\n",
             stack.proxy.addr(),

@@ -7,6 +7,17 @@ use std::process::ExitCode;
 
 /// Runs `future` to completion; `program` prefixes the error message on stderr.
 pub fn run(program: &str, future: impl Future<Output = Result<(), String>>) -> ExitCode {
+    run_coded(program, async {
+        future.await.map_err(|message| (ExitCode::FAILURE, message))
+    })
+}
+
+/// [`run`] for an entry point that chooses its exit code on failure (e.g. 64 when a setting
+/// turns out wrong only once the daemon talks to another server).
+pub fn run_coded(
+    program: &str,
+    future: impl Future<Output = Result<(), (ExitCode, String)>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -19,9 +30,9 @@ pub fn run(program: &str, future: impl Future<Output = Result<(), String>>) -> E
     };
     match runtime.block_on(future) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err((code, message)) => {
             eprintln!("{program}: {message}");
-            ExitCode::FAILURE
+            code
         }
     }
 }

@@ -54,6 +54,8 @@ struct ApiError {
     status: StatusCode,
     reason: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header (a 429).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -62,6 +64,7 @@ impl ApiError {
             status,
             reason,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -75,7 +78,14 @@ impl ApiError {
             "error": self.message,
             "reason": self.reason,
         });
-        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(warp::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -280,16 +290,18 @@ async fn serve(
     if let Route::Token(room) = &route {
         return issue_token(issuer, &actor, room, body.as_deref());
     }
-    let control = control(state)?;
+    // The media server only once the body parsed: a malformed or unknown-field body is a 400
+    // whether or not rtcd is reachable.
+    let media = || control(state);
     let reply = match &route {
         Route::ListRooms => {
-            let mut rooms = control.list_rooms().await?;
+            let mut rooms = media()?.list_rooms().await?;
             rooms.retain(|r| grant.covers(&r.name));
             json!({ "rooms": rooms })
         }
-        Route::GetRoom(room) => serde_json::to_value(control.get_room(room).await?)
+        Route::GetRoom(room) => serde_json::to_value(media()?.get_room(room).await?)
             .map_err(|e| ApiError::bad_request(e.to_string()))?,
-        Route::Bans(room) => json!({ "bans": control.bans(room).await? }),
+        Route::Bans(room) => json!({ "bans": media()?.bans(room).await? }),
         Route::Revoke => {
             let mut revocation: Revocation = parse(body.as_deref())?;
             if revocation.identity.is_none() && revocation.token_id.is_none() {
@@ -300,12 +312,13 @@ async fn serve(
             if revocation.identity.is_some() && revocation.issued_before.is_none() {
                 revocation.issued_before = Some(unix_now());
             }
-            let outcome = crate::rooms::revoke(control, &actor, &revocation).await?;
+            let outcome = crate::rooms::revoke(media()?, &actor, &revocation).await?;
             serde_json::to_value(outcome).map_err(|e| ApiError::bad_request(e.to_string()))?
         }
         Route::End(room) => {
             let outcome =
-                crate::rooms::perform(control, &actor, room, Action::EndRoom, allow_unmute).await?;
+                crate::rooms::perform(media()?, &actor, room, Action::EndRoom, allow_unmute)
+                    .await?;
             json!(outcome)
         }
         Route::Remove(room) => {
@@ -315,7 +328,7 @@ async fn serve(
                 ban_seconds: req.ban_seconds,
                 reason: req.reason,
             };
-            json!(crate::rooms::perform(control, &actor, room, action, allow_unmute).await?)
+            json!(crate::rooms::perform(media()?, &actor, room, action, allow_unmute).await?)
         }
         Route::Mute(room) | Route::RequestUnmute(room) => {
             let request = matches!(route, Route::RequestUnmute(_));
@@ -332,7 +345,7 @@ async fn serve(
                     source: req.source,
                 }
             };
-            json!(crate::rooms::perform(control, &actor, room, action, allow_unmute).await?)
+            json!(crate::rooms::perform(media()?, &actor, room, action, allow_unmute).await?)
         }
         Route::Update(room) => {
             let req: UpdateBody = parse(body.as_deref())?;
@@ -349,16 +362,16 @@ async fn serve(
                     .permissions
                     .unwrap_or_else(|| Permissions::from_capabilities(base)),
             };
-            json!(crate::rooms::perform(control, &actor, room, action, allow_unmute).await?)
+            json!(crate::rooms::perform(media()?, &actor, room, action, allow_unmute).await?)
         }
         Route::Unban(room) => {
             let req: IdentityBody = parse(body.as_deref())?;
             let action = Action::Unban {
                 identity: identity(req.identity)?,
             };
-            json!(crate::rooms::perform(control, &actor, room, action, allow_unmute).await?)
+            json!(crate::rooms::perform(media()?, &actor, room, action, allow_unmute).await?)
         }
-        Route::Lobby(room) => json!({ "waiting": control.lobby(room).await? }),
+        Route::Lobby(room) => json!({ "waiting": media()?.lobby(room).await? }),
         Route::Admit(room) | Route::Deny(room) => {
             let req: IdentityBody = parse(body.as_deref())?;
             let identity = identity(req.identity)?;
@@ -367,9 +380,9 @@ async fn serve(
             } else {
                 Action::Deny { identity }
             };
-            json!(crate::rooms::perform(control, &actor, room, action, allow_unmute).await?)
+            json!(crate::rooms::perform(media()?, &actor, room, action, allow_unmute).await?)
         }
-        Route::Policy(room) => policy_reply(state, room, control.policy(room).await?),
+        Route::Policy(room) => policy_reply(state, room, media()?.policy(room).await?),
         Route::SetPolicy(room) => {
             let req: PolicyBody = parse(body.as_deref())?;
             let action = Action::SetPolicy {
@@ -378,11 +391,12 @@ async fn serve(
                     lobby: req.lobby,
                     guests_allowed: req.guests_allowed,
                     wait_timeout_seconds: req.wait_timeout_seconds,
+                    opened_by: req.opened_by,
                 },
                 reset: req.reset,
             };
-            crate::rooms::perform(control, &actor, room, action, allow_unmute).await?;
-            policy_reply(state, room, control.policy(room).await?)
+            crate::rooms::perform(media()?, &actor, room, action, allow_unmute).await?;
+            policy_reply(state, room, media()?.policy(room).await?)
         }
         Route::Token(_) => unreachable!("answered above"),
     };
@@ -488,16 +502,19 @@ async fn authenticate(
         return Err(ApiAuthError::Token(AuthError::Missing).into());
     };
     if let Some(key) = &key
-        && state
-            .auth_failure_limiter
-            .check(key, Instant::now())
-            .is_err()
+        && let Err(limited) = state.auth_failure_limiter.check(key, Instant::now())
     {
-        return Err(ApiError::new(
+        // Whole seconds, rounded up: retrying at `Retry-After` finds a token back.
+        let seconds = limited.retry_after.as_millis().div_ceil(1000).max(1) as u64;
+        let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_auth_failures",
-            "too many failed authentications from this address; retry later",
-        ));
+            format!(
+                "too many failed authentications from this address (valid tokens included); retry in {seconds} s"
+            ),
+        );
+        e.retry_after = Some(seconds);
+        return Err(e);
     }
     let result = state
         .verifier
@@ -513,7 +530,7 @@ async fn authenticate(
             if let Some(key) = &key {
                 let _ = state.auth_failure_limiter.take(key, Instant::now());
             }
-            tracing::info!(target: "audit", peer = ?peer, reason = e.code(), "API request refused");
+            tracing::info!(target: "audit", peer = &*peer.map(|p| p.to_string()).unwrap_or_default(), reason = e.code(), "API request refused");
             Err(e.into())
         }
     }
@@ -558,6 +575,8 @@ struct PolicyBody {
     guests_allowed: Option<bool>,
     #[serde(default)]
     wait_timeout_seconds: Option<u32>,
+    #[serde(default)]
+    opened_by: Option<crate::rooms::Opener>,
     #[serde(default)]
     reset: bool,
 }
@@ -657,7 +676,7 @@ fn issue_token(
     let issued = issuer
         .issue(&request, unix_now())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "signing_failed", e))?;
-    tracing::info!(target: "audit", actor = %actor.describe(), action = "issue_token", room = %room.as_str(), target = %identity.as_str(), role = request.role.as_str(), token_id = %issued.token_id, outcome = "ok", "room action");
+    tracing::info!(target: "audit", actor = actor.describe().as_str(), action = "issue_token", room = room.as_str(), identity = identity.as_str(), outcome = "ok", role = request.role.as_str(), token_id = issued.token_id.as_str(), "room action");
     Ok(warp::reply::json(&json!({
         "token": issued.token,
         "expires_at": issued.expires_at,

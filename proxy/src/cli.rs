@@ -150,7 +150,9 @@ pub fn main() -> ExitCode {
         }
     };
     let token = match cli.command {
-        None | Some(Command::Serve) => return run(serve(config)),
+        None | Some(Command::Serve) => {
+            return rtcd_kit::runtime::run_coded("rtcd-proxy", serve(config));
+        }
         Some(Command::Token(token)) => *token,
     };
     match token {
@@ -187,7 +189,10 @@ pub fn init_logging(config: &LoggerConfig) {
     rtcd_kit::logging::init(&config.level, config.json);
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+/// Runs the proxy until SIGTERM. Fails with [`EXIT_USAGE`] when a setting is found wrong at
+/// start (a TURN server refusing `turn.secrets[0]`), else with 1.
+async fn serve(config: Config) -> Result<(), (ExitCode, String)> {
+    let failed = |e: String| (ExitCode::FAILURE, e);
     init_logging(&config.logger);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -206,12 +211,16 @@ async fn serve(config: Config) -> Result<(), String> {
     } else {
         let relay = crate::relay::rtcd::RtcdRelay::start(&config.rtcd, relay_cancel.clone())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(e.to_string()))?;
         Some(relay)
     };
     let proxy = crate::Proxy::start(config, relay)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            // A wrong setting, found by asking the TURN server: the same exit as any other.
+            crate::StartError::Turn(_) => (ExitCode::from(EXIT_USAGE), e.to_string()),
+            e => failed(e.to_string()),
+        })?;
     rtcd_kit::signal::terminated("draining").await;
     rtcd_kit::signal::exit_on_second_signal();
     proxy.shutdown().await;

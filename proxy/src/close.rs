@@ -54,6 +54,8 @@ pub enum CloseReason {
     HostTimeout,
     /// Nobody admitted this participant within the room's wait timeout (lobby).
     LobbyTimeout,
+    /// The room's waiting list is full (500 sessions wait to enter): refused at the door.
+    LobbyFull,
     /// The token was refused (or a refresh failed, or the token expired in session).
     Auth(AuthError),
 }
@@ -82,6 +84,7 @@ impl CloseReason {
             CloseReason::LobbyDenied => 4015,
             CloseReason::HostTimeout => 4016,
             CloseReason::LobbyTimeout => 4017,
+            CloseReason::LobbyFull => 4018,
             CloseReason::Auth(e) => match e {
                 AuthError::Missing => 4100,
                 AuthError::Malformed(_) => 4101,
@@ -131,6 +134,7 @@ impl CloseReason {
             CloseReason::LobbyDenied => "lobby_denied",
             CloseReason::HostTimeout => "host_timeout",
             CloseReason::LobbyTimeout => "lobby_timeout",
+            CloseReason::LobbyFull => "lobby_full",
             CloseReason::Auth(e) => e.reason(),
         }
     }
@@ -158,6 +162,7 @@ impl CloseReason {
             CloseReason::LobbyDenied,
             CloseReason::HostTimeout,
             CloseReason::LobbyTimeout,
+            CloseReason::LobbyFull,
             CloseReason::Auth(AuthError::Missing),
             CloseReason::Auth(AuthError::Malformed(String::new())),
             CloseReason::Auth(AuthError::TooLarge { size: 0, max: 0 }),

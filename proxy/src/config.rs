@@ -722,8 +722,12 @@ impl WebhooksConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoomsConfig {
-    /// Participants who are not moderators wait until a moderator is in the room.
+    /// Participants who cannot open the room (`opened_by`) wait until someone who can is in
+    /// it.
     pub wait_for_host: bool,
+    /// Who opens a room under `wait_for_host`: `moderator`, or `member` (anyone who is not a
+    /// guest: the Jitsi + Keycloak rule, guests enter once a signed-in user is there).
+    pub opened_by: crate::rooms::Opener,
     /// Participants who are not moderators knock, and a moderator admits or denies them.
     pub lobby: bool,
     /// Participants with role `guest` may join.
@@ -739,6 +743,7 @@ impl Default for RoomsConfig {
     fn default() -> Self {
         Self {
             wait_for_host: false,
+            opened_by: crate::rooms::Opener::Moderator,
             lobby: false,
             guests_allowed: true,
             wait_timeout_seconds: 600,
@@ -755,6 +760,7 @@ impl RoomsConfig {
             lobby: Some(self.lobby),
             guests_allowed: Some(self.guests_allowed),
             wait_timeout_seconds: Some(self.wait_timeout_seconds),
+            opened_by: Some(self.opened_by),
         };
         match self.overrides.get(room) {
             Some(o) => o.over(defaults),

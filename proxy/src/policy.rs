@@ -61,8 +61,11 @@ impl Role {
     }
 }
 
-/// What a session may do; everything false unless granted (default deny).
+/// What a session may do; everything false unless granted (default deny). Unknown keys are
+/// refused (the room service API's bodies carry it: `{"admin": true}` is a 400, never
+/// silently dropped).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Permissions {
     /// Microphone.
     pub publish_audio: bool,

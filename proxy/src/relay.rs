@@ -230,6 +230,9 @@ pub enum RelayError {
     /// The room does not allow guests.
     #[error("{0}")]
     GuestsNotAllowed(String),
+    /// The room's waiting list is full (rtcd's typed `JOIN_REFUSAL_LOBBY_FULL`).
+    #[error("{0}")]
+    LobbyFull(String),
 }
 
 impl RelayError {
@@ -241,6 +244,7 @@ impl RelayError {
             RelayError::Banned(_) => "banned",
             RelayError::Revoked(_) => "token_revoked",
             RelayError::GuestsNotAllowed(_) => "guests_not_allowed",
+            RelayError::LobbyFull(_) => "lobby_full",
         }
     }
 }

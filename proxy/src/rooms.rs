@@ -13,13 +13,24 @@ use crate::policy::{Permissions, Role, TrackSource};
 use crate::protocol::{Identity, RoomName};
 use crate::relay::BoxFuture;
 
+/// Who opens a room under `wait_for_host` (docs/protocol.md section 5b).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Opener {
+    /// A moderator (the default).
+    #[default]
+    Moderator,
+    /// Anyone who is not a guest: members open the room too (signed-in users let guests in).
+    Member,
+}
+
 /// Who may enter a room, and when (docs/protocol.md, "Waiting rooms and the lobby"). Every
 /// field is optional: an unset field takes the next source's value (a policy set through the
 /// API or by a moderator, over `[rooms.overrides]`, over `[rooms]`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoomPolicy {
-    /// Non-moderators wait until a moderator is in the room.
+    /// Those who cannot open the room (`opened_by`) wait until someone who can is in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for_host: Option<bool>,
     /// Non-moderators knock and a moderator admits or denies them.
@@ -31,6 +42,9 @@ pub struct RoomPolicy {
     /// Longest wait before the session is closed (1-86400 seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_timeout_seconds: Option<u32>,
+    /// Who opens the room under `wait_for_host`: `moderator` (default) or `member`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_by: Option<Opener>,
 }
 
 /// Longest wait a policy may set (a day), as rtcd enforces.
@@ -44,6 +58,7 @@ impl RoomPolicy {
             lobby: self.lobby.or(base.lobby),
             guests_allowed: self.guests_allowed.or(base.guests_allowed),
             wait_timeout_seconds: self.wait_timeout_seconds.or(base.wait_timeout_seconds),
+            opened_by: self.opened_by.or(base.opened_by),
         }
     }
 
@@ -410,17 +425,22 @@ pub async fn perform(
     let name = action.name();
     let target = action.target().map(|i| i.as_str().to_owned());
     let result = run(control, room, action, allow_remote_unmute).await;
-    let outcome = match &result {
-        Ok(o) => format!("ok sessions={}", o.sessions),
-        Err(e) => e.code().to_owned(),
+    // docs/api.md "Audit": strings are `&str` fields (quoted in the text format, plain JSON
+    // strings with `[logger] json`), counts are numbers; `sessions` only when it succeeded.
+    // The participant acted on is `identity`, never `target`: the JSON format flattens the
+    // event's fields next to its own `target` ("audit"), and one of the two would be lost.
+    let (outcome, sessions) = match &result {
+        Ok(o) => ("ok", Some(o.sessions)),
+        Err(e) => (e.code(), None),
     };
     tracing::info!(
         target: "audit",
-        actor = %actor.describe(),
+        actor = actor.describe().as_str(),
         action = name,
-        room = %room.as_str(),
-        target = target.as_deref().unwrap_or(""),
-        outcome = %outcome,
+        room = room.as_str(),
+        identity = target.as_deref().unwrap_or(""),
+        outcome,
+        sessions,
         "room action"
     );
     result
@@ -502,13 +522,18 @@ pub async fn revoke(
     revocation: &Revocation,
 ) -> Result<Outcome, ControlError> {
     let result = control.revoke(revocation).await;
+    let (outcome, sessions) = match &result {
+        Ok(n) => ("ok", Some(*n)),
+        Err(e) => (e.code(), None),
+    };
     tracing::info!(
         target: "audit",
-        actor = %actor.describe(),
+        actor = actor.describe().as_str(),
         action = "revoke",
-        target = revocation.identity.as_deref().unwrap_or(""),
+        identity = revocation.identity.as_deref().unwrap_or(""),
         token_id = revocation.token_id.as_deref().unwrap_or(""),
-        outcome = %match &result { Ok(n) => format!("ok sessions={n}"), Err(e) => e.code().to_owned() },
+        outcome,
+        sessions,
         "room action"
     );
     result.map(|n| Outcome {

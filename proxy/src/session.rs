@@ -559,7 +559,10 @@ impl Session {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let io = ws.get_mut();
         let _ = tokio::time::timeout_at(deadline, io.shutdown()).await;
-        let mut discard = [0u8; 8 * 1024];
+        // On the heap, only while lingering: an array here would be part of every session's
+        // future (the task holds the largest state for the whole session), 8 KiB per idle
+        // session (issue 29 #15: per-session memory had doubled).
+        let mut discard = vec![0u8; 8 * 1024];
         let _ = tokio::time::timeout_at(deadline, async {
             while let Ok(n) = io.read(&mut discard).await {
                 if n == 0 {
@@ -661,7 +664,12 @@ impl Session {
                     token,
                     room,
                     resume,
-                } => self.join(token, room, resume, tokens).await,
+                } => {
+                    // Boxed, like `refresh` and `moderate`: a session's task holds its
+                    // largest state for its whole life, so the rare big steps live on the
+                    // heap only while they run (issue 29 #15, `size_probe`).
+                    Box::pin(self.join(token, room, resume, tokens)).await
+                }
                 other => Next::Close(
                     CloseReason::BadMessage,
                     Some(format!("`{}` before `join`", other.kind())),
@@ -682,16 +690,18 @@ impl Session {
             Ok(r) => r,
             Err(e) => return Next::Close(CloseReason::BadMessage, Some(e)),
         };
-        if self
+        if let Err(limited) = self
             .state
             .auth_failure_limiter
             .check(&AddrKey::new(self.peer), Instant::now())
-            .is_err()
         {
-            tracing::info!(target: "audit", session = %self.id, peer = %self.peer, reason = CloseReason::TooManyAuthFailures.label(), "join refused");
+            tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), reason = CloseReason::TooManyAuthFailures.label(), "join refused");
+            let seconds = limited.retry_after.as_millis().div_ceil(1000).max(1);
             return Next::Close(
                 CloseReason::TooManyAuthFailures,
-                Some("too many failed authentications from this address; retry later".into()),
+                Some(format!(
+                    "too many failed authentications from this address (the token was not checked); retry in {seconds} s"
+                )),
             );
         }
         let allow_query = self.state.config.auth.allow_query_token;
@@ -713,7 +723,7 @@ impl Session {
                 if e == AuthError::Missing && query.is_some() {
                     detail.push_str(" (the ?jwt= query parameter is disabled on this proxy)");
                 }
-                tracing::info!(target: "audit", session = %self.id, peer = %self.peer, reason = e.reason(), "join refused");
+                tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), reason = e.reason(), "join refused");
                 return Next::Close(CloseReason::Auth(e), Some(detail));
             }
         };
@@ -726,14 +736,14 @@ impl Session {
                 Ok(admitted) => admitted,
                 Err(e) => {
                     self.count_auth_failure(&e);
-                    tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), reason = e.reason(), "join refused");
+                    tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = e.reason(), "join refused");
                     let detail = e.to_string();
                     return Next::Close(CloseReason::Auth(e), Some(detail));
                 }
             },
         };
         let Some(slot) = self.state.reserve_user(&grant) else {
-            tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), reason = CloseReason::TooManySessions.label(), "join refused");
+            tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::TooManySessions.label(), "join refused");
             return Next::Close(
                 CloseReason::TooManySessions,
                 Some(format!(
@@ -742,8 +752,7 @@ impl Session {
                 )),
             );
         };
-        tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), kid = %grant.key_id, role = grant.role.as_str(), "joined");
-        self.state.metrics.sessions.inc();
+        let configured = self.state.config.rooms.policy_for(grant.room.as_str());
         // The media link first, so `joined.media` says whether media can flow right now.
         let (link, failure) = match &self.state.relay {
             None => (
@@ -759,7 +768,7 @@ impl Session {
                     .join(JoinRequest {
                         session: self.id,
                         grant: grant.clone(),
-                        policy: self.state.config.rooms.policy_for(grant.room.as_str()),
+                        policy: configured,
                         resume,
                     })
                     .await;
@@ -770,22 +779,43 @@ impl Session {
                 match result {
                     Ok(link) => (Some(link), None),
                     Err(RelayError::Banned(detail)) => {
-                        tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), reason = CloseReason::Banned.label(), "join refused");
+                        tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::Banned.label(), "join refused");
                         return Next::Close(CloseReason::Banned, Some(detail));
                     }
                     Err(RelayError::Revoked(detail)) => {
                         let e = AuthError::Revoked;
-                        tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), reason = e.reason(), "join refused");
+                        tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = e.reason(), "join refused");
                         return Next::Close(CloseReason::Auth(e), Some(detail));
                     }
+                    Err(RelayError::LobbyFull(detail)) => {
+                        tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::LobbyFull.label(), "join refused");
+                        return Next::Close(CloseReason::LobbyFull, Some(detail));
+                    }
                     Err(RelayError::GuestsNotAllowed(detail)) => {
-                        tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), reason = CloseReason::GuestsNotAllowed.label(), "join refused");
+                        tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::GuestsNotAllowed.label(), "join refused");
                         return Next::Close(CloseReason::GuestsNotAllowed, Some(detail));
                     }
                     Err(e) => (None, Some((e.code(), e.to_string()))),
                 }
             }
         };
+        // No media server to ask: the room's stored policy (kept at rtcd) is unknown, so this
+        // proxy's configured one decides who may not come in (docs/protocol.md section 5b). A
+        // guest of a room configured without guests is refused at the door, as rtcd would.
+        let unreachable = failure
+            .as_ref()
+            .is_some_and(|(code, _)| *code == "media_unavailable");
+        if unreachable && grant.role == Role::Guest && configured.guests_allowed == Some(false) {
+            tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::GuestsNotAllowed.label(), "join refused");
+            return Next::Close(
+                CloseReason::GuestsNotAllowed,
+                Some("guests are not allowed in this room (the media server is unreachable: this proxy's configured policy applies)".into()),
+            );
+        }
+        // Only now: a join the media server refused (banned, revoked, no guests) returned above
+        // with its `join refused` line and never counted as a session.
+        tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), kid = grant.key_id.as_str(), role = grant.role.as_str(), "joined");
+        self.state.metrics.sessions.inc();
         let mut link = link;
         let waiting = link.as_mut().and_then(|l| l.waiting.take());
         let resume_token = link.as_mut().and_then(|l| l.resume_token.take());
@@ -798,7 +828,7 @@ impl Session {
             moderated = r.role != grant.role || r.permissions != grant.permissions;
             grant.role = r.role;
             grant.permissions = r.permissions;
-            tracing::info!(target: "audit", session = %self.id, identity = %grant.identity.as_str(), room = %room.as_str(), "session resumed after a lost connection");
+            tracing::info!(target: "audit", session = &*self.id.to_string(), identity = grant.identity.as_str(), room = room.as_str(), "session resumed after a lost connection");
         }
         self.joined = Some(Joined {
             grant,
@@ -817,7 +847,7 @@ impl Session {
         });
         match waiting {
             Some(w) => {
-                tracing::info!(target: "audit", session = %self.id, reason = %w.reason, "waiting to enter");
+                tracing::info!(target: "audit", session = &*self.id.to_string(), reason = &*w.reason.to_string(), "waiting to enter");
                 self.send(ServerMessage::Waiting {
                     room,
                     reason: w.reason,
@@ -946,7 +976,7 @@ impl Session {
             }
             // The media server is told as the session ends (`release_media`).
             ClientMessage::Leave {} => return Next::Close(CloseReason::Normal, None),
-            ClientMessage::Refresh { token } => return self.refresh(token).await,
+            ClientMessage::Refresh { token } => return Box::pin(self.refresh(token)).await,
             ClientMessage::Moderate {
                 action,
                 identity,
@@ -965,7 +995,7 @@ impl Session {
                     policy,
                     reset,
                 };
-                return self.moderate(request).await;
+                return Box::pin(self.moderate(request)).await;
             }
             ClientMessage::Offer { sdp, tracks } => match authorize_sdp(&sdp, &tracks, &perms) {
                 Ok(_) => RelayCommand::Offer { sdp, tracks },
@@ -1040,7 +1070,11 @@ impl Session {
         } = request;
         let grant = self.joined.as_ref().expect("joined").grant.clone();
         if grant.role != Role::Moderator {
-            tracing::info!(target: "audit", session = %self.id, identity = %grant.identity.as_str(), room = %grant.room.as_str(), action = action.as_str(), outcome = "forbidden", "room action");
+            let actor = crate::rooms::Actor::Moderator {
+                identity: grant.identity.clone(),
+                session: self.id.to_string(),
+            };
+            tracing::info!(target: "audit", actor = actor.describe().as_str(), action = action.as_str(), room = grant.room.as_str(), identity = identity.as_deref().unwrap_or(""), outcome = "forbidden", "room action");
             self.error(
                 "forbidden",
                 format!("only moderators may {}", action.as_str()),
@@ -1226,7 +1260,9 @@ impl Session {
             .await
         {
             Ok(grant) => {
-                tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %grant.identity.as_str(), room = %grant.room.as_str(), kid = %grant.key_id, role = grant.role.as_str(), expires_at = grant.expires_at, "refreshed");
+                // "verified", not "refreshed": revocations live at the media server, which
+                // checks the token next and closes the session (4118) if it is revoked.
+                tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), kid = grant.key_id.as_str(), role = grant.role.as_str(), expires_at = grant.expires_at, "refresh token verified");
                 // Held to what the affiliation hook allowed at join.
                 let mut grant = match self.joined.as_ref() {
                     Some(j) => j.ceiling.apply(grant, &self.state.config.auth.permissions),
@@ -1275,11 +1311,11 @@ impl Session {
                     Some(j) => j.refused_refreshes,
                     None => 0,
                 };
-                tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %current.identity.as_str(), room = %current.room.as_str(), reason = e.reason(), refused, "refresh refused");
+                tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = current.identity.as_str(), room = current.room.as_str(), reason = e.reason(), refused, "refresh refused");
                 // The current token stays valid until it expires; the client may try again.
                 self.error(e.reason(), e.to_string(), Some("refresh")).await;
                 if refused >= MAX_REFUSED_REFRESHES {
-                    tracing::info!(target: "audit", session = %self.id, peer = %self.peer, identity = %current.identity.as_str(), reason = CloseReason::TooManyAuthFailures.label(), "session closed after refused refreshes");
+                    tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = current.identity.as_str(), reason = CloseReason::TooManyAuthFailures.label(), "session closed after refused refreshes");
                     return Next::Close(
                         CloseReason::TooManyAuthFailures,
                         Some(format!(
@@ -1306,7 +1342,7 @@ impl Session {
                     waited
                 });
                 if waited {
-                    tracing::info!(target: "audit", session = %self.id, "admitted after waiting");
+                    tracing::info!(target: "audit", session = &*self.id.to_string(), "admitted after waiting");
                     self.enter(None).await;
                 }
                 return Next::Continue;
@@ -1358,7 +1394,7 @@ impl Session {
             RelayEvent::VoiceActivity(speakers) => ServerMessage::VoiceActivity { speakers },
             RelayEvent::PermissionsChanged { role, permissions } => {
                 if let Some(j) = self.joined.as_mut() {
-                    tracing::info!(target: "audit", session = %self.id, identity = %j.grant.identity.as_str(), room = %j.grant.room.as_str(), role = role.as_str(), "permissions changed by the platform or a moderator");
+                    tracing::info!(target: "audit", session = &*self.id.to_string(), identity = j.grant.identity.as_str(), room = j.grant.room.as_str(), role = role.as_str(), "permissions changed by the platform or a moderator");
                     j.grant.role = role;
                     j.grant.permissions = permissions;
                     j.moderated = true;
@@ -1453,5 +1489,27 @@ async fn next_event(joined: &mut Option<Joined>) -> Option<RelayEvent> {
     match joined.as_mut().and_then(|j| j.link.as_mut()) {
         Some(link) => link.events.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, D, E, F: std::future::Future>(
+        _: impl FnOnce(A, B, C, D, E) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Issue 29 #15: a session's task holds its future's largest state for the session's whole
+    /// life, so that size is per-session memory of every idle session. An 8 KiB array held
+    /// across an await in `linger` had doubled it (11 KiB in this build); rare big steps
+    /// (`join`, `refresh`, `moderate`, the linger buffer) live on the heap only while they
+    /// run. A regression here shows as proxy RSS per idle session in the proxy benchmark.
+    #[test]
+    fn an_idle_session_future_stays_small() {
+        let size = future_size(super::run);
+        eprintln!("session::run future: {size} bytes");
+        assert!(size <= 4096, "session::run's future is {size} bytes");
     }
 }

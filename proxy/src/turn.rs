@@ -734,6 +734,48 @@ async fn allocate(
 mod tests {
     use super::*;
 
+    /// Issue 29 #10: every `turns:` URL the docs and samples show (parsed as the proxy parses
+    /// them) uses the port the shipped coturn configuration listens on for TLS, and every
+    /// `turn:` URL its plain port, so copying both gives URLs something listens on.
+    #[test]
+    fn documented_turn_urls_use_the_sample_coturn_ports() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let conf = std::fs::read_to_string(root.join("deploy/coturn/turnserver.conf")).unwrap();
+        let setting = |key: &str| -> u16 {
+            conf.lines()
+                .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("{key} in turnserver.conf"))
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let (plain, tls) = (setting("listening-port"), setting("tls-listening-port"));
+        let mut seen = 0;
+        for file in [
+            "docs/turn.md",
+            "docs/protocol.md",
+            "deploy/proxy.sample.toml",
+        ] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            for (at, _) in text.match_indices("turn.example.com:") {
+                let start = text[..at].rfind(['"', '`', ' ']).map_or(0, |i| i + 1);
+                let end = at
+                    + text[at..]
+                        .find(['"', '`', ' ', ',', ']', '\n'])
+                        .unwrap_or(text.len() - at);
+                let url = &text[start..end];
+                let parsed = TurnUrl::parse(url).unwrap_or_else(|e| panic!("{file}: {url}: {e}"));
+                let want = match parsed.transport {
+                    TurnTransport::Tls => tls,
+                    _ => plain,
+                };
+                assert_eq!(parsed.port, want, "{file}: {url}");
+                seen += 1;
+            }
+        }
+        assert!(seen >= 6, "only {seen} example URLs found");
+    }
+
     #[test]
     fn urls_parse_with_rfc7065_defaults_and_junk_is_refused() {
         let u = TurnUrl::parse("turn:turn.example.com").unwrap();

@@ -54,6 +54,7 @@ const ENTRY_REFUSED = {
   lobby_denied: 'A moderator did not let you in.',
   host_timeout: 'The host did not join in time.',
   lobby_timeout: 'Nobody let you in in time.',
+  lobby_full: 'Too many people are waiting to enter this room; try again later.',
   guests_not_allowed: 'This room does not allow guests.',
 };
 

@@ -188,6 +188,18 @@ impl Client {
         Self::handshake(Box::new(tcp), &format!("ws://{addr}/ws{query}"), headers).await
     }
 
+    /// [`Client::connect`] from the local address `source` (e.g. one of many 127.x.y.z, as
+    /// clients behind many addresses).
+    pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> anyhow::Result<Self> {
+        let socket = match source {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        let tcp = socket.connect(addr).await?;
+        Self::handshake(Box::new(tcp), &format!("ws://{addr}/ws"), &[]).await
+    }
+
     /// Connects to `wss://localhost:port/ws`, trusting only the CA in `ca_file`.
     pub async fn connect_tls(addr: SocketAddr, ca_file: &std::path::Path) -> anyhow::Result<Self> {
         let pem = std::fs::read(ca_file)?;

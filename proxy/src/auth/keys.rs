@@ -358,7 +358,7 @@ pub async fn get_json(
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|e| format!("GET {url}: {}", why(&e)))?;
     if !response.status().is_success() {
         return Err(format!("GET {url}: status {}", response.status()));
     }
@@ -366,7 +366,7 @@ pub async fn get_json(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| format!("GET {url}: {e}"))?
+        .map_err(|e| format!("GET {url}: {}", why(&e)))?
     {
         if body.len() + chunk.len() > max {
             return Err(format!("GET {url}: larger than {max} bytes"));
@@ -374,6 +374,31 @@ pub async fn get_json(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Why a request failed, in the words an operator needs (docs/oidc.md: "connection refused",
+/// "timed out", a TLS or DNS error): reqwest's own message only says "error sending request
+/// for url (...)", so the innermost cause is named, after what failed.
+fn why(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let cause = root.to_string();
+    if std::ptr::addr_eq(root, e as &dyn std::error::Error)
+        || cause.contains("error sending request")
+    {
+        what.to_owned()
+    } else {
+        format!("{what}: {cause}")
+    }
 }
 
 /// Parses a JWKS, keeping the signature keys it can use; others (encryption keys, unknown

@@ -381,8 +381,9 @@ impl Verifier {
     /// Checks `token` for `room` at Unix time `now`.
     pub async fn verify(&self, token: &str, room: &RoomName, now: i64) -> Result<Grant, AuthError> {
         let (header, alg) = self.check_header(token)?;
+        let issuer = self.oidc.as_ref().map(|_| unverified_issuer(token));
         if let Some(oidc) = &self.oidc
-            && unverified_issuer(token).as_deref() == Some(oidc.issuer())
+            && issuer.as_ref().and_then(Option::as_deref) == Some(oidc.issuer())
         {
             let key = oidc.key(header.kid.as_deref()).await?;
             let claims: serde_json::Value = decode(token, &key, alg)?;
@@ -393,6 +394,17 @@ impl Verifier {
         }
         if !self.platform_keys {
             // Only an OIDC provider is trusted here, and this token is not from it.
+            return Err(AuthError::WrongIssuer);
+        }
+        // With both an OIDC provider and platform keys, an `iss` that is neither the
+        // provider's nor one of `auth.issuers` is 4109 at once, as on an OIDC-only proxy (a
+        // mistyped provider issuer would otherwise be "unknown key", looked up among the
+        // platform's keys it was never meant for). The signature is not checked first: the
+        // answer says only which issuers are accepted.
+        if let Some(iss) = issuer
+            && !self.rules.issuers.iter().any(|i| i == "*")
+            && !iss.is_some_and(|iss| self.rules.issuers.contains(&iss))
+        {
             return Err(AuthError::WrongIssuer);
         }
         let key = self.keys.find(header.kid.as_deref()).await?;

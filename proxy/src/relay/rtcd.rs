@@ -1429,6 +1429,10 @@ fn policy_to_pb(p: RoomPolicy) -> pb::RoomPolicy {
         lobby: p.lobby,
         guests_allowed: p.guests_allowed,
         wait_timeout_seconds: p.wait_timeout_seconds,
+        opened_by: p.opened_by.map(|o| match o {
+            crate::rooms::Opener::Moderator => pb::RoomOpener::Moderator as i32,
+            crate::rooms::Opener::Member => pb::RoomOpener::Member as i32,
+        }),
     }
 }
 
@@ -1439,6 +1443,13 @@ fn policy_from_pb(p: pb::RoomPolicy) -> RoomPolicy {
         lobby: p.lobby,
         guests_allowed: p.guests_allowed,
         wait_timeout_seconds: p.wait_timeout_seconds,
+        opened_by: p.opened_by.and_then(|o| {
+            match pb::RoomOpener::try_from(o).unwrap_or(pb::RoomOpener::Unspecified) {
+                pb::RoomOpener::Unspecified => None,
+                pb::RoomOpener::Moderator => Some(crate::rooms::Opener::Moderator),
+                pb::RoomOpener::Member => Some(crate::rooms::Opener::Member),
+            }
+        }),
     }
 }
 
@@ -1497,6 +1508,13 @@ struct Discovery {
 fn status_to_error(status: &tonic::Status) -> RelayError {
     use tonic::Code;
     let message = status.message();
+    // The typed reason first (rtcd.v1.JoinRefused in the details), prose prefixes after.
+    let typed = <pb::JoinRefused as prost::Message>::decode(status.details())
+        .ok()
+        .and_then(|r| pb::JoinRefusal::try_from(r.reason).ok());
+    if typed == Some(pb::JoinRefusal::LobbyFull) {
+        return RelayError::LobbyFull(message.to_owned());
+    }
     if status.code() == Code::PermissionDenied {
         if message.starts_with("banned") {
             return RelayError::Banned(message.to_owned());

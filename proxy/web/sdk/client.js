@@ -67,6 +67,7 @@ export const CloseCode = Object.freeze({
   lobby_denied: 4015,
   host_timeout: 4016,
   lobby_timeout: 4017,
+  lobby_full: 4018,
   token_missing: 4100,
   token_malformed: 4101,
   token_too_large: 4102,
@@ -203,7 +204,7 @@ export class RtcdError extends Error {
 /**
  * @typedef {'microphone'|'camera'|'screen'|'screen_audio'} TrackSource
  * @typedef {{wait_for_host?: boolean, lobby?: boolean, guests_allowed?: boolean,
- *   wait_timeout_seconds?: number}} RoomPolicy
+ *   wait_timeout_seconds?: number, opened_by?: 'moderator'|'member'}} RoomPolicy
  * @typedef {'idle'|'connecting'|'waiting'|'connected'|'reconnecting'|'closed'|'error'} ClientState
  * @typedef {'connecting'|'connected'|'reconnecting'|'poor'|'failed'} MediaState
  *   This client's media: `connecting` until its peer connection is connected, `connected`,

@@ -40,6 +40,27 @@ pub const NOTICE_CAPACITY: usize = 64;
 /// not knock again.
 pub const ADMITTED_MEMORY: Duration = Duration::from_secs(600);
 
+/// Who opens a room under `wait_for_host` (`RoomPolicy.opened_by`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Opener {
+    /// A moderator (the default).
+    #[default]
+    Moderator,
+    /// Anyone who is not a guest.
+    Member,
+}
+
+impl Opener {
+    /// Whether a participant with `role` opens the room.
+    pub fn opens(self, role: &str) -> bool {
+        match self {
+            Opener::Moderator => role == HOST_ROLE,
+            Opener::Member => role != GUEST_ROLE,
+        }
+    }
+}
+
 /// A room's entry policy, field by field optional: unset fields fall back to the next source
 /// (stored policy over the Join's policy over the defaults in [`Policy::resolve`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +73,9 @@ pub struct RoomPolicy {
     pub guests_allowed: Option<bool>,
     /// Longest wait, in seconds.
     pub wait_timeout_seconds: Option<u32>,
+    /// Who opens the room under `wait_for_host` (absent in policies stored before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_by: Option<Opener>,
 }
 
 impl RoomPolicy {
@@ -62,6 +86,7 @@ impl RoomPolicy {
             lobby: self.lobby.or(base.lobby),
             guests_allowed: self.guests_allowed.or(base.guests_allowed),
             wait_timeout_seconds: self.wait_timeout_seconds.or(base.wait_timeout_seconds),
+            opened_by: self.opened_by.or(base.opened_by),
         }
     }
 
@@ -87,6 +112,8 @@ pub struct Policy {
     pub guests_allowed: bool,
     /// See [`RoomPolicy::wait_timeout_seconds`].
     pub wait_timeout: Duration,
+    /// See [`RoomPolicy::opened_by`].
+    pub opened_by: Opener,
 }
 
 impl Policy {
@@ -97,6 +124,7 @@ impl Policy {
             wait_for_host: p.wait_for_host.unwrap_or(false),
             lobby: p.lobby.unwrap_or(false),
             guests_allowed: p.guests_allowed.unwrap_or(true),
+            opened_by: p.opened_by.unwrap_or_default(),
             wait_timeout: Duration::from_secs(u64::from(
                 p.wait_timeout_seconds
                     .unwrap_or(DEFAULT_WAIT_TIMEOUT_SECONDS)
@@ -284,8 +312,11 @@ impl Room {
         Policy::resolve(self.stored.over(self.join_policy))
     }
 
-    fn has_host(&self) -> bool {
-        self.members.values().any(|m| m.role == HOST_ROLE)
+    /// Whether someone who opens the room (under `policy`) is in it.
+    fn is_open(&self, policy: &Policy) -> bool {
+        self.members
+            .values()
+            .any(|m| policy.opened_by.opens(&m.role))
     }
 
     fn tell_hosts(&self, notice: &Notice) {
@@ -316,9 +347,14 @@ impl Room {
         n
     }
 
-    /// A moderator is present: everyone waiting for one enters, and it learns who knocks.
-    fn host_arrived(&mut self, notices: &mpsc::Sender<Notice>) {
+    /// Someone who opens the room is present: everyone waiting for a host enters.
+    fn opened(&mut self) {
         self.decide(|w| w.reason == WaitReason::Host, Decision::Admitted);
+    }
+
+    /// A moderator is present: the room opens, and it learns who knocks.
+    fn host_arrived(&mut self, notices: &mpsc::Sender<Notice>) {
+        self.opened();
         for w in &self.waiting {
             let _ = notices.try_send(Notice::Request(w.waiter.entrant.clone()));
         }
@@ -332,10 +368,16 @@ impl Room {
         }
         if !policy.lobby {
             // Without a lobby, knockers are held only as long as wait-for-host holds them.
-            let hold = policy.wait_for_host && !self.has_host();
+            let hold = policy.wait_for_host && !self.is_open(&policy);
             if !hold {
                 self.decide(|_| true, Decision::Admitted);
             } else {
+                // Those who open the room now (`opened_by` changed) are not held; once
+                // present, they let in the rest.
+                self.decide(
+                    |w| policy.opened_by.opens(&w.entrant.role),
+                    Decision::Admitted,
+                );
                 for w in &mut self.waiting {
                     w.waiter.reason = WaitReason::Host;
                 }
@@ -467,7 +509,10 @@ impl Lobby {
             let known = room.admitted.contains(&entrant.user)
                 || room.members.values().any(|m| m.user == entrant.user);
             (!known).then_some(WaitReason::Lobby)
-        } else if policy.wait_for_host && !room.has_host() {
+        } else if policy.wait_for_host
+            && !policy.opened_by.opens(&entrant.role)
+            && !room.is_open(&policy)
+        {
             Some(WaitReason::Host)
         } else {
             None
@@ -518,6 +563,8 @@ impl Lobby {
         let room = rooms.rooms.entry(key.clone()).or_default();
         if entrant.role == HOST_ROLE {
             room.host_arrived(&notices);
+        } else if room.policy().opened_by.opens(&entrant.role) {
+            room.opened();
         }
         room.members.insert(
             entrant.session.clone(),
@@ -552,6 +599,10 @@ impl Lobby {
         }
         for notices in promoted {
             room.host_arrived(&notices);
+        }
+        let policy = room.policy();
+        if policy.wait_for_host && room.is_open(&policy) {
+            room.opened();
         }
         rooms.touch(&key);
     }

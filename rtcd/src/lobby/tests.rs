@@ -24,6 +24,7 @@ fn policy(wait_for_host: bool, lobby: bool, guests_allowed: bool) -> RoomPolicy 
         lobby: Some(lobby),
         guests_allowed: Some(guests_allowed),
         wait_timeout_seconds: None,
+        opened_by: None,
     }
 }
 
@@ -297,4 +298,71 @@ fn a_full_lobby_refuses_and_a_shutdown_ends_every_wait() {
             .all(|t| decided_now(t) == Some(Decision::Shutdown))
     );
     assert!(lobby.waiting(&t(), &c()).is_empty());
+}
+
+/// Issue 29 #12: with `opened_by = member`, a signed-in member opens the room (never waits
+/// for a host, and lets in the guests waiting for one), while the lobby stays the
+/// moderators'; with the default, a member waits like a guest.
+#[test]
+fn a_member_opens_the_room_when_the_policy_says_so() {
+    let (tx, mut notices) = mpsc::channel(NOTICE_CAPACITY);
+    // Default: moderators open rooms; a member waits, and their presence opens nothing.
+    let lobby = Lobby::new();
+    let p = policy(true, false, true);
+    let mut guest = ticket(lobby.enter(&t(), &c(), who("g1", "gus", GUEST_ROLE), p, p));
+    let mut member = ticket(lobby.enter(&t(), &c(), who("m1", "mia", "member"), p, p));
+    assert_eq!(member.reason, WaitReason::Host);
+    let _other = lobby.present(&t(), &c(), &who("m0", "max", "member"), tx.clone());
+    assert_eq!(decided_now(&mut guest), None);
+    assert_eq!(decided_now(&mut member), None);
+
+    // opened_by = member: the member enters at once, and their presence admits the guest.
+    let lobby = Lobby::new();
+    let p = RoomPolicy {
+        opened_by: Some(Opener::Member),
+        ..policy(true, false, true)
+    };
+    let mut guest = ticket(lobby.enter(&t(), &c(), who("g1", "gus", GUEST_ROLE), p, p));
+    assert_eq!(guest.reason, WaitReason::Host);
+    let mia = who("m1", "mia", "member");
+    enters(lobby.enter(&t(), &c(), mia.clone(), p, p));
+    assert_eq!(
+        decided_now(&mut guest),
+        None,
+        "entering is not being present yet"
+    );
+    let present = lobby.present(&t(), &c(), &mia, tx.clone());
+    assert_eq!(decided_now(&mut guest), Some(Decision::Admitted));
+    enters(lobby.enter(&t(), &c(), who("g2", "gil", GUEST_ROLE), p, p));
+    // The member got no lobby notices: the lobby is the moderators'.
+    assert!(notices.try_recv().is_err());
+    drop(present);
+    let late = ticket(lobby.enter(&t(), &c(), who("g3", "gia", GUEST_ROLE), p, p));
+    assert_eq!(
+        late.reason,
+        WaitReason::Host,
+        "without a member, guests wait again"
+    );
+
+    // A stored opened_by = member over a configured moderator opener opens the room to the
+    // members present at once.
+    let lobby = Lobby::new();
+    let configured = policy(true, false, true);
+    let _mia = lobby.present(&t(), &c(), &who("m1", "mia", "member"), tx);
+    let mut guest = ticket(lobby.enter(
+        &t(),
+        &c(),
+        who("g1", "gus", GUEST_ROLE),
+        configured,
+        RoomPolicy::default(),
+    ));
+    lobby.policy_changed(
+        &t(),
+        &c(),
+        RoomPolicy {
+            opened_by: Some(Opener::Member),
+            ..RoomPolicy::default()
+        },
+    );
+    assert_eq!(decided_now(&mut guest), Some(Decision::Admitted));
 }

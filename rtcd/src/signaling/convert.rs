@@ -32,6 +32,13 @@ pub fn room_policy(p: pb::RoomPolicy) -> RoomPolicy {
         lobby: p.lobby,
         guests_allowed: p.guests_allowed,
         wait_timeout_seconds: p.wait_timeout_seconds,
+        opened_by: p.opened_by.and_then(|o| {
+            match pb::RoomOpener::try_from(o).unwrap_or(pb::RoomOpener::Unspecified) {
+                pb::RoomOpener::Unspecified => None,
+                pb::RoomOpener::Moderator => Some(crate::lobby::Opener::Moderator),
+                pb::RoomOpener::Member => Some(crate::lobby::Opener::Member),
+            }
+        }),
     }
 }
 
@@ -42,6 +49,10 @@ pub fn room_policy_to(p: RoomPolicy) -> pb::RoomPolicy {
         lobby: p.lobby,
         guests_allowed: p.guests_allowed,
         wait_timeout_seconds: p.wait_timeout_seconds,
+        opened_by: p.opened_by.map(|o| match o {
+            crate::lobby::Opener::Moderator => pb::RoomOpener::Moderator as i32,
+            crate::lobby::Opener::Member => pb::RoomOpener::Member as i32,
+        }),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The one place where SFU and auth errors become gRPC statuses. Messages never carry secrets;
 //! authentication failures all read the same so they reveal nothing about which part was wrong.
 
+use rtcd_proto::v1 as pb;
 use tonic::Status;
 
 use crate::auth::{AuthError, StoreError};
@@ -53,13 +54,30 @@ pub fn from_refusal(r: &Refusal) -> Status {
 }
 
 /// A refusal at the room's door: guests not allowed (PERMISSION_DENIED, which the proxy
-/// recognises by its "guests not allowed" prefix), a full lobby (RESOURCE_EXHAUSTED).
+/// recognises by its "guests not allowed" prefix), a full lobby (RESOURCE_EXHAUSTED with the
+/// typed `JoinRefused` LOBBY_FULL as its details).
 pub fn from_lobby(e: &LobbyError) -> Status {
     match e {
         LobbyError::GuestsNotAllowed => Status::permission_denied(e.to_string()),
-        LobbyError::Full => Status::resource_exhausted(e.to_string()),
+        LobbyError::Full => refused(
+            tonic::Code::ResourceExhausted,
+            e.to_string(),
+            pb::JoinRefusal::LobbyFull,
+        ),
         LobbyError::InvalidPolicy(_) => Status::invalid_argument(e.to_string()),
     }
+}
+
+/// A status with `reason` as its typed details (`rtcd.v1.JoinRefused`).
+fn refused(code: tonic::Code, message: String, reason: pb::JoinRefusal) -> Status {
+    let details = pb::JoinRefused {
+        reason: reason as i32,
+    };
+    Status::with_details(
+        code,
+        message,
+        prost::Message::encode_to_vec(&details).into(),
+    )
 }
 
 /// A failure of rtcd's database: internal (the detail is logged, not sent).

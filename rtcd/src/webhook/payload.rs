@@ -152,7 +152,7 @@ mod tests {
             session: SessionId::new("s1"),
             user: UserId::new("alice"),
             display_name: "Alice \"A\"".into(),
-            role: "host".into(),
+            role: "moderator".into(),
         }
     }
 
@@ -175,7 +175,7 @@ mod tests {
         assert_eq!(v["type"], "participant_left");
         assert_eq!(
             v["participant"],
-            serde_json::json!({"session_id": "s1", "identity": "alice", "name": "Alice \"A\"", "role": "host"})
+            serde_json::json!({"session_id": "s1", "identity": "alice", "name": "Alice \"A\"", "role": "moderator"})
         );
         assert_eq!(v["reason"], "leave");
         assert!(v.get("track").is_none() && v.get("banned_until").is_none());

@@ -124,3 +124,107 @@ async fn dev_tokens_do_not_exist_outside_dev_mode() {
     assert_eq!(resp.status(), reqwest::StatusCode::NOT_FOUND);
     proxy.shutdown().await;
 }
+
+/// Issue 29 #5: on a machine whose only interface is loopback (the test namespace), rtcd-dev
+/// without `--loopback` refuses to start naming its own flag, not rtcd's `rtc.*` settings.
+#[tokio::test]
+async fn without_an_address_but_loopback_the_dev_stack_names_its_loopback_flag() {
+    let only_loopback = only_loopback();
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path());
+    opts.loopback = false;
+    let result = rtcd_dev::start(opts).await;
+    if !only_loopback {
+        // Outside the suite's namespace (a machine with a network) the stack starts.
+        result.unwrap().shutdown().await;
+        return;
+    }
+    let error = format!("{:#}", result.err().expect("no address to advertise"));
+    assert!(error.contains("--loopback"), "{error}");
+    assert!(!error.contains("rtc.ice_address_udp"), "{error}");
+}
+
+/// Whether every interface address of this machine is loopback or link-local (from `ip addr`,
+/// so the test does not share the code it checks).
+fn only_loopback() -> bool {
+    let listing = std::process::Command::new("ip")
+        .args(["-o", "addr", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    listing
+        .lines()
+        .filter(|l| l.contains(" inet ") || l.contains(" inet6 "))
+        .all(|l| l.contains(" lo ") || l.contains("scope link"))
+}
+
+/// Issue 29 #8: the README's server-token recipe for the dev stack works as written (run by
+/// `sh` from the directory holding `data/dev/`), and `--proxy-config` brings a production
+/// proxy file's `[webhooks]` to the dev stack: a join there reaches a real receiver.
+#[tokio::test]
+async fn the_readme_server_token_recipe_and_a_proxy_config_file_work_on_the_dev_stack() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let marker = readme
+        .find("<!-- dev-server-token:")
+        .expect("the README's dev server-token block");
+    let start = marker + readme[marker..].find("```sh\n").unwrap() + "```sh\n".len();
+    let script = &readme[start..start + readme[start..].find("```").unwrap()];
+
+    let secret = "dev-webhook-secret-0123456789abcdef";
+    let receiver = rtcd_e2e::webhook::WebhookReceiver::start(secret, 0)
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[webhooks]\nurls = [\"{}\"]\nsecret = \"{secret}\"\n\n[rooms]\nlobby = false\n",
+            receiver.url()
+        ),
+    )
+    .unwrap();
+    let proxy_file = rtcd_dev::read_proxy_file(&file).unwrap();
+    let opts = options(&work.path().join("data/dev"));
+    let stack = rtcd_dev::start_with_proxy(opts, |c| rtcd_dev::apply_proxy_file(c, proxy_file))
+        .await
+        .unwrap();
+    let addr = stack.proxy.addr();
+
+    let base = format!("http://{addr}");
+    let (_, member) = dev_token(&base, "demo&role=member", "Mo").await;
+    let (_c, joined) = rtcd_e2e::proxy::join(addr, member["token"].as_str(), "demo")
+        .await
+        .unwrap();
+    assert_eq!(joined.code(), 0, "{joined:?}");
+
+    let script = script.replace("http://127.0.0.1:8080", &base);
+    let output = tokio::process::Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(work.path())
+        .output()
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(body["rooms"][0]["name"], "demo", "{body}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !receiver
+        .delivered()
+        .iter()
+        .any(|e| e.kind() == "participant_joined")
+    {
+        assert!(Instant::now() < deadline, "no webhook from the dev stack");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.shutdown().await;
+}

@@ -417,7 +417,7 @@ async fn policies_change_live_through_the_api_or_a_moderator_and_races_resolve()
     assert_eq!(body["stored"], json!({}));
     assert_eq!(
         body["effective"],
-        json!({"wait_for_host": false, "lobby": false, "guests_allowed": true, "wait_timeout_seconds": 600})
+        json!({"wait_for_host": false, "lobby": false, "guests_allowed": true, "wait_timeout_seconds": 600, "opened_by": "moderator"})
     );
     // Bad requests are clear errors.
     for bad in [
@@ -636,5 +636,240 @@ async fn those_waiting_are_sent_to_rejoin_when_the_host_shuts_down() {
     let (code, reason, _) = mia.closed().await.unwrap();
     assert_eq!((code, reason.as_str()), (4008, "media_server_lost"));
     stopping.await.unwrap();
+    cancel.cancel();
+}
+
+/// Issue 29 #3: while rtcd is unreachable the proxy's configured policy decides alone: a guest
+/// of a room configured without guests is refused at the door with 4014 (not `joined` without
+/// media), a member of it and a guest of a room whose override allows guests get in without
+/// media (docs/protocol.md section 5b).
+#[tokio::test]
+async fn a_guests_off_room_refuses_guests_even_while_rtcd_is_unreachable() {
+    let mut config = rtcd_e2e::proxy::base_config();
+    config.rooms.guests_allowed = false;
+    config.rooms.overrides.insert(
+        "open".into(),
+        RoomPolicy {
+            guests_allowed: Some(true),
+            ..RoomPolicy::default()
+        },
+    );
+    // A real relay to an address nothing listens on.
+    config.rtcd = rtcd_proxy::config::RtcdConfig {
+        url: format!("http://127.0.0.1:{}", rtcd_e2e::proxy::free_port()),
+        client_id: "tenant-a".into(),
+        auth_key: rtcd_proxy::config::Secret::new(key_for("tenant-a")),
+        health_interval_seconds: 1,
+        ..Default::default()
+    };
+    let cancel = CancellationToken::new();
+    let relay = rtcd_proxy::relay::rtcd::RtcdRelay::start(&config.rtcd, cancel.clone())
+        .await
+        .unwrap();
+    let proxy = rtcd_e2e::proxy::start_with_relay(config, Some(relay))
+        .await
+        .unwrap();
+    let (_guest, outcome) = join(
+        proxy.addr(),
+        Some(&user("gus", "standup", "guest")),
+        "standup",
+    )
+    .await
+    .unwrap();
+    match outcome {
+        JoinOutcome::Refused(4014, reason, detail) => {
+            assert_eq!(reason, "guests_not_allowed");
+            assert!(detail.unwrap_or_default().contains("unreachable"));
+        }
+        other => panic!("a guest of a guests-off room must be refused with 4014: {other:?}"),
+    }
+    for (sub, room, role) in [("mia", "standup", "member"), ("gus", "open", "guest")] {
+        let (mut client, outcome) = join(proxy.addr(), Some(&user(sub, room, role)), room)
+            .await
+            .unwrap();
+        match outcome {
+            JoinOutcome::Joined(j) => assert_eq!(j["media"], false, "{j}"),
+            other => panic!("{sub} ({role}) should get in without media: {other:?}"),
+        }
+        assert_eq!(
+            client.expect("error").await.unwrap()["code"],
+            "media_unavailable"
+        );
+    }
+    proxy.shutdown().await;
+    cancel.cancel();
+}
+
+/// Issue 29 #4: a full lobby is a refusal of its own, not a success without media: with 500
+/// sessions knocking, the 501st gets close 4018 `lobby_full` (rtcd's typed
+/// `JOIN_REFUSAL_LOBBY_FULL` crossing gRPC), while a moderator still enters, and a knocker fits
+/// again once one leaves.
+#[tokio::test]
+async fn the_501st_knocker_is_refused_with_lobby_full() {
+    let rtcd = rtcd().await;
+    let cancel = CancellationToken::new();
+    let proxy = proxy(&rtcd, &cancel, |c| {
+        c.rooms.lobby = true;
+    })
+    .await;
+    let mut knockers = Vec::new();
+    for i in 0..500 {
+        knockers.push(
+            waits(proxy.addr(), &format!("k{i}"), "crowded", "member")
+                .await
+                .0,
+        );
+    }
+    let (_late, outcome) = join(
+        proxy.addr(),
+        Some(&user("late", "crowded", "member")),
+        "crowded",
+    )
+    .await
+    .unwrap();
+    match outcome {
+        JoinOutcome::Refused(code, reason, detail) => {
+            assert_eq!((code, reason.as_str()), (4018, "lobby_full"));
+            assert!(detail.unwrap_or_default().contains("lobby full"));
+        }
+        other => panic!("the 501st knocker must be refused with 4018: {other:?}"),
+    }
+    let _host = enters(proxy.addr(), "host", "crowded", "moderator").await;
+    let mut gone = knockers.pop().unwrap();
+    gone.send(&json!({"type": "leave"})).await.unwrap();
+    gone.closed().await.unwrap();
+    // rtcd drops the leaver from the waiting list when its stream ends.
+    let mut fitted = None;
+    for _ in 0..50 {
+        let (client, outcome) = join(
+            proxy.addr(),
+            Some(&user("late", "crowded", "member")),
+            "crowded",
+        )
+        .await
+        .unwrap();
+        match outcome {
+            JoinOutcome::Waiting(_) => {
+                fitted = Some(client);
+                break;
+            }
+            JoinOutcome::Refused(4018, ..) => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("after a leave: {other:?}"),
+        }
+    }
+    assert!(fitted.is_some(), "a knocker fits again once one left");
+    proxy.shutdown().await;
+    cancel.cancel();
+}
+
+/// Issue 29 #12: "trusted users open the room". With `wait_for_host` and `opened_by =
+/// "member"` (configured for one room, or set through the API), a signed-in member enters at
+/// once and lets in the guests waiting; with the default (`moderator`) the member waits like
+/// the guest until a moderator comes. The lobby stays the moderators' either way.
+#[tokio::test]
+async fn a_signed_in_member_opens_the_room_only_where_the_policy_says_so() {
+    let rtcd = rtcd().await;
+    let cancel = CancellationToken::new();
+    let p = proxy(&rtcd, &cancel, |c| {
+        c.rooms.wait_for_host = true;
+        c.rooms.overrides.insert(
+            "open-house".into(),
+            RoomPolicy {
+                opened_by: Some(rtcd_proxy::rooms::Opener::Member),
+                ..RoomPolicy::default()
+            },
+        );
+    })
+    .await;
+    let addr = p.addr();
+
+    // opened_by = member (configured): the guest waits for a host, the member enters at once
+    // and, once in, lets the guest in.
+    let (mut gus, w) = waits(addr, "gus", "open-house", "guest").await;
+    assert_eq!(w["reason"], "host");
+    let _mia = enters(addr, "mia", "open-house", "member").await;
+    next_of(&mut gus, "joined", |_| true).await;
+    let _gil = enters(addr, "gil", "open-house", "guest").await;
+
+    // The default (moderator): the member waits like the guest.
+    let (mut gia, _) = waits(addr, "gia", "standup", "guest").await;
+    let (mut max, w) = waits(addr, "max", "standup", "member").await;
+    assert_eq!(w["reason"], "host");
+    // The platform opens this room to members through the API: the waiting member enters,
+    // and with them present the guest too.
+    let (status, body) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/standup/policy",
+        Some(&admin()),
+        Some(json!({"opened_by": "member"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["effective"]["opened_by"], "member", "{body}");
+    assert_eq!(body["configured"]["opened_by"], "moderator", "{body}");
+    next_of(&mut max, "joined", |_| true).await;
+    next_of(&mut gia, "joined", |_| true).await;
+    let (status, body) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/standup/policy",
+        Some(&admin()),
+        Some(json!({"opened_by": "owner"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    p.shutdown().await;
+    cancel.cancel();
+}
+
+/// Issue 29 #13, as documented in protocol.md section 5a: the owner is whoever the platform
+/// makes moderator, and moderators are peers. In a room with the lobby and wait-for-host on,
+/// a moderator never knocks; another moderator can ban them (their rejoin is refused with
+/// 4012, as anyone's); the platform's API lifts the ban and the owner enters again at once.
+#[tokio::test]
+async fn the_owner_is_the_moderator_who_never_knocks_but_a_ban_holds_until_the_platform_lifts_it() {
+    let rtcd = rtcd().await;
+    let cancel = CancellationToken::new();
+    let p = proxy(&rtcd, &cancel, |c| {
+        c.rooms.lobby = true;
+        c.rooms.wait_for_host = true;
+    })
+    .await;
+    let addr = p.addr();
+    let mut owner = enters(addr, "olga", "board", "moderator").await;
+    let (_kate, w) = waits(addr, "kate", "board", "member").await;
+    assert_eq!(w["reason"], "lobby");
+    let mut other = enters(addr, "otto", "board", "moderator").await;
+    let answer = moderate(
+        &mut other,
+        json!({"action": "ban", "identity": "olga", "ban_seconds": 600}),
+    )
+    .await;
+    assert_eq!(answer["type"], "moderated", "{answer}");
+    let (code, reason, _) = owner.closed().await.unwrap();
+    assert_eq!((code, reason.as_str()), (4012, "banned"));
+    assert_eq!(
+        join_code(addr, &user("olga", "board", "moderator"), "board")
+            .await
+            .unwrap(),
+        4012,
+        "a ban holds for a moderator"
+    );
+    let (status, body) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/board/bans/lift",
+        Some(&admin()),
+        Some(json!({"identity": "olga"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let _back = enters(addr, "olga", "board", "moderator").await;
+    p.shutdown().await;
     cancel.cancel();
 }

@@ -332,6 +332,12 @@ async fn provider_down_at_start_then_up_is_discovered_and_a_wrong_issuer_documen
         "{detail}"
     );
     assert!(detail.contains("not discovered yet"), "{detail}");
+    // Says why, as docs/oidc.md promises (issue 29 #11), not reqwest's "error sending request".
+    assert!(
+        detail.to_lowercase().contains("connection refused")
+            && !detail.contains("error sending request"),
+        "{detail}"
+    );
     // The provider comes up: discovery is retried (backoff capped at 1 s here) and its tokens
     // are accepted without any restart.
     let idp = Provider::start_on(port, None).await?;
@@ -397,6 +403,45 @@ async fn provider_gone_later_cached_keys_keep_working_and_unknown_kids_are_refus
         (4104, "token_unknown_key"),
         "{detail}"
     );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Issue 29 #11: on a proxy trusting both platform keys and an OIDC provider, a token whose
+/// `iss` is neither (a mistyped provider issuer) is 4109 `token_wrong_issuer`, as on an
+/// OIDC-only proxy, not 4104 from a lookup among the platform's keys; platform tokens still
+/// join. The provider need not be up: such a token never reaches it.
+#[tokio::test]
+async fn a_wrong_issuer_on_a_proxy_with_platform_keys_and_oidc_is_4109() -> anyhow::Result<()> {
+    let issuer = format!("http://127.0.0.1:{}", oidc::free_port()?);
+    let mut c = rtcd_e2e::proxy::base_config();
+    c.auth.oidc = config(&issuer).auth.oidc;
+    let proxy = start(c).await?;
+    for (what, token) in [
+        (
+            "a mistyped provider issuer",
+            forged_token(&format!("{issuer}/typo"), "rsa-1"),
+        ),
+        ("no iss at all", {
+            let mut claims = rtcd_e2e::proxy::claims("mallory", "standup");
+            claims.as_object_mut().unwrap().remove("iss");
+            rtcd_e2e::proxy::hs_token(&claims)
+        }),
+        ("another platform", {
+            let mut claims = rtcd_e2e::proxy::claims("mallory", "standup");
+            claims["iss"] = json!("someone-else");
+            rtcd_e2e::proxy::hs_token(&claims)
+        }),
+    ] {
+        let (code, reason, detail) = refused(&proxy, &token, "standup").await?;
+        assert_eq!(
+            (code, reason.as_str()),
+            (4109, "token_wrong_issuer"),
+            "{what}: {detail}"
+        );
+    }
+    let platform = rtcd_e2e::proxy::hs_token(&rtcd_e2e::proxy::claims("alice", "standup"));
+    joined(&proxy, &platform, "standup").await?;
     proxy.shutdown().await;
     Ok(())
 }

@@ -1142,7 +1142,29 @@ async fn client_that_stops_reading_is_dropped_not_waited_on() -> anyhow::Result<
 /// Log output captured from the current thread (the test's current-thread runtime runs the
 /// proxy's tasks there too).
 #[derive(Clone, Default)]
-struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+pub(crate) struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Captures this thread's events that pass `filter`, in the daemons' text format
+    /// (`rtcd_kit::logging::init` without JSON), until the guard drops.
+    pub(crate) fn install(filter: &str) -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Self::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer({
+                let logs = logs.clone();
+                move || logs.clone()
+            })
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Everything written so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
 
 impl std::io::Write for CapturedLogs {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -1523,7 +1545,7 @@ async fn audit_target_has_rate_limited_joins_and_refresh_outcomes() -> anyhow::R
     assert_eq!(lines("reason=\"too_many_sessions\""), 1, "{text}");
     assert_eq!(lines("reason=\"token_malformed\""), 1, "{text}");
     assert_eq!(lines("reason=\"too_many_auth_failures\""), 1, "{text}");
-    assert_eq!(lines("refreshed"), 1, "{text}");
+    assert_eq!(lines("refresh token verified"), 1, "{text}");
     assert_eq!(lines("refresh refused"), 1, "{text}");
     assert!(
         text.lines()

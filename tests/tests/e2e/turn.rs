@@ -231,6 +231,25 @@ fn proxy_with_a_wrong_turn_secret_does_not_start_and_readyz_reports_each_turn_se
         for url in coturn.urls() {
             ensure!(error.contains(&url), "{url} not named in: {error}");
         }
+        // The binary exits 64, as for every other invalid setting (README), not 1 (issue 29).
+        let mut env = rtcd_e2e::proxy::process_env();
+        env.push(("PROXY_TURN_URLS".into(), json!(coturn.urls()).to_string()));
+        env.push(("PROXY_TURN_SECRETS".into(), json!([wrong]).to_string()));
+        env.push((
+            "PROXY_TURN_PROBE_CA_FILE".into(),
+            coturn.ca_file().display().to_string(),
+        ));
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_proxy-under-test"))
+            .env_clear()
+            .envs(env)
+            .output()
+            .await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            output.status.code() == Some(64) && stderr.contains("turn.secrets[0]"),
+            "the binary with a refused TURN secret: {:?}\n{stderr}",
+            output.status
+        );
 
         let dir = tempfile::tempdir()?;
         let stack = stack(dir.path(), &coturn, SECRET, 3600, 1).await?;

@@ -214,3 +214,107 @@ async fn room_events_arrive_signed_once_in_order_per_room_and_again_after_a_500(
     }
     cancel.cancel();
 }
+
+/// Issue 29 #7: what a receiver written from docs/webhooks.md sees for a revocation: the
+/// session ends with `participant_left` reason `revoked` (a documented reason) and no
+/// `participant_removed` (as documented: that one is for removals); the documented example's
+/// role is one of the protocol's roles.
+#[tokio::test]
+async fn a_revocation_ends_a_participant_as_documented() {
+    use crate::rooms::{admin, api, replica_with, user};
+    use rtcd_e2e::media::eventually;
+    use serde_json::{Value, json};
+    use tokio_util::sync::CancellationToken;
+
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/webhooks.md"),
+    )
+    .unwrap();
+    let example: Value = {
+        let start = doc.find("```json\n").unwrap() + "```json\n".len();
+        let end = start + doc[start..].find("```").unwrap();
+        serde_json::from_str(&doc[start..end]).unwrap()
+    };
+    assert!(
+        ["moderator", "member", "guest"]
+            .contains(&example["participant"]["role"].as_str().unwrap()),
+        "{example}"
+    );
+    let reasons_row = doc.lines().find(|l| l.starts_with("| `reason` |")).unwrap();
+
+    let receiver = WebhookReceiver::start(SECRET, 0).await.unwrap();
+    let rtcd = TestRtcd::start(&[("RTCD_WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", "true")])
+        .await
+        .unwrap();
+    rtcd.register_key("tenant-a", &rtcd_e2e::daemon::key_for("tenant-a"))
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let proxy = replica_with(&rtcd, "tenant-a", &cancel, |c| {
+        c.webhooks.urls = vec![receiver.url()];
+        c.webhooks.secret = rtcd_proxy::config::Secret::new(SECRET);
+    })
+    .await;
+    let (_mia, outcome) =
+        rtcd_e2e::proxy::join(proxy.addr(), Some(&user("mia", "r1", "member")), "r1")
+            .await
+            .unwrap();
+    assert_eq!(outcome.code(), 0);
+    let mut old = rtcd_e2e::proxy::claims("dan", "r1");
+    old["iat"] = json!(rtcd_e2e::proxy::now() - 30);
+    old["nbf"] = json!(rtcd_e2e::proxy::now() - 30);
+    let (mut dan, outcome) =
+        rtcd_e2e::proxy::join(proxy.addr(), Some(&rtcd_e2e::proxy::hs_token(&old)), "r1")
+            .await
+            .unwrap();
+    assert_eq!(outcome.code(), 0);
+    let (status, reply) = api(
+        proxy.addr(),
+        "POST",
+        "/api/v1/revocations",
+        Some(&admin()),
+        Some(json!({"identity": "dan", "issued_before": rtcd_e2e::proxy::now() - 5})),
+    )
+    .await;
+    assert_eq!(
+        (status, reply["sessions"].as_u64()),
+        (200, Some(1)),
+        "{reply}"
+    );
+    assert_eq!(dan.closed().await.unwrap().0, 4118);
+    eventually("dan's participant_left is delivered", || {
+        receiver
+            .delivered()
+            .iter()
+            .any(|e| e.kind() == "participant_left" && e.event["participant"]["identity"] == "dan")
+    })
+    .await
+    .unwrap();
+    let dan_events: Vec<Value> = receiver
+        .delivered()
+        .into_iter()
+        .filter(|e| e.event["participant"]["identity"] == "dan")
+        .map(|e| e.event)
+        .collect();
+    let left = dan_events
+        .iter()
+        .find(|e| e["type"] == "participant_left")
+        .unwrap();
+    assert_eq!(left["reason"], "revoked", "{left}");
+    assert!(
+        ["moderator", "member", "guest"].contains(&left["participant"]["role"].as_str().unwrap()),
+        "{left}"
+    );
+    assert!(
+        reasons_row.contains("`revoked`"),
+        "docs/webhooks.md does not list the reason: {reasons_row}"
+    );
+    assert!(
+        !dan_events
+            .iter()
+            .any(|e| e["type"] == "participant_removed"),
+        "{dan_events:?}"
+    );
+    proxy.shutdown().await;
+    cancel.cancel();
+}
