@@ -263,6 +263,11 @@ pub struct PeerOptions {
     /// replays by default, which would hide a retransmission of a packet the peer already has;
     /// a retransmission test turns this on to see it.
     pub accept_replays: bool,
+    /// NACK losses across renegotiations: webrtc-rs's NACK generator starts a new receive log
+    /// at every renegotiation, so a packet lost right then is never asked for (rtcd wraps its own
+    /// generator for the same reason: `rtcd::engine::StableNackGenerator`, used here too). A
+    /// test that judges repairs as a correct NACK-only receiver sees them needs this.
+    pub stable_nacks: bool,
     /// Keep a log of every RTP packet received ([`Participant::arrivals`]), for tests that
     /// check sequence spaces and keyframes packet by packet (off: long calls would grow it).
     pub log_packets: bool,
@@ -1380,7 +1385,16 @@ async fn new_peer(
         RtpCodecKind::Audio,
         None,
     )?;
-    let registry = register_default_interceptors(Registry::new(), &mut media)?.with(
+    let mut registry = register_default_interceptors(Registry::new(), &mut media)?;
+    if options.stable_nacks {
+        registry = registry.with(
+            Slot::NackGenerator,
+            rtcd::engine::StableNackGenerator::new(
+                rtc::interceptor::NackGeneratorBuilder::new().build(),
+            ),
+        );
+    }
+    let registry = registry.with(
         Slot::from(RTCP_TAP_SLOT),
         RtcpTap {
             shared: Arc::downgrade(shared),

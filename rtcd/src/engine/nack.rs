@@ -24,14 +24,15 @@ fn supports_nack(info: &StreamInfo) -> bool {
 }
 
 /// rtc's NACK generator with idempotent binds (see the module docs).
-pub(super) struct StableNackGenerator {
+pub struct StableNackGenerator {
     inner: NackGeneratorInterceptor,
     /// Bound remote streams by SSRC, with whether the generator tracks them.
     bound: HashMap<u32, bool>,
 }
 
 impl StableNackGenerator {
-    pub(super) fn new(inner: NackGeneratorInterceptor) -> Self {
+    /// Wraps rtc's generator.
+    pub fn new(inner: NackGeneratorInterceptor) -> Self {
         Self {
             inner,
             bound: HashMap::new(),

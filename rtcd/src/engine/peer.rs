@@ -702,6 +702,8 @@ pub struct Peer {
     client_sending: Vec<String>,
     events: std::collections::VecDeque<PeerEvent>,
     connected: bool,
+    /// Answers a client's first nominating check on a new pair (see `nomination`).
+    nomination: super::nomination::NominationReplay,
 }
 
 impl std::fmt::Debug for Peer {
@@ -781,6 +783,7 @@ impl Peer {
             client_sending: Vec::new(),
             events: Default::default(),
             connected: false,
+            nomination: Default::default(),
         };
         for transport in &settings.candidates {
             let candidate = host_candidate(transport)?;
@@ -1105,6 +1108,17 @@ impl Peer {
 
     /// Feeds one received datagram (or ICE-TCP frame).
     pub fn handle_datagram(&mut self, transport: Transport, data: BytesMut, now: Instant) {
+        let replay = self.nomination.inbound(&transport, &data, now);
+        self.read(transport, data, now);
+        // The client's nominating check, which rtc left unanswered until this response
+        // validated its pair (see `nomination`).
+        if let Some((transport, request)) = replay {
+            self.read(transport, request, now);
+        }
+        self.pump();
+    }
+
+    fn read(&mut self, transport: Transport, data: BytesMut, now: Instant) {
         let msg = TaggedBytesMut {
             now,
             transport: context(&transport),
@@ -1113,7 +1127,6 @@ impl Peer {
         if let Err(err) = self.pc.handle_read(msg) {
             tracing::debug!(%err, "datagram rejected");
         }
-        self.pump();
     }
 
     /// When [`Peer::handle_timeout`] must be called next.
@@ -2531,6 +2544,101 @@ mod tests {
             sent_at - now,
             requests.len(),
             answered.len()
+        );
+    }
+
+    /// A Binding request from `client` as an aggressively nominating controlling agent would
+    /// send it (USE-CANDIDATE on its first check), with the credentials of the latest
+    /// offer / answer; returns it and its transaction id.
+    fn nominating_check(client: &Client, answer: &str) -> (BytesMut, [u8; 12]) {
+        use rtc::ice::attributes::control::AttrControlling;
+        use rtc::ice::attributes::priority::PriorityAttr;
+        use rtc::ice::attributes::use_candidate::UseCandidateAttr;
+        use rtc::stun::attributes::ATTR_USERNAME;
+        use rtc::stun::fingerprint::FINGERPRINT;
+        use rtc::stun::integrity::MessageIntegrity;
+        use rtc::stun::message::{BINDING_REQUEST, Message, TransactionId};
+        use rtc::stun::textattrs::Username;
+        let value = |sdp: &str, key: &str| {
+            sdp.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        let ours = client.pc.local_description().unwrap().sdp;
+        let username = format!(
+            "{}:{}",
+            value(answer, "a=ice-ufrag:"),
+            value(&ours, "a=ice-ufrag:")
+        );
+        let provider = rtc::crypto::default_provider().unwrap();
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(Username::new(ATTR_USERNAME, username)),
+            Box::<UseCandidateAttr>::default(),
+            Box::new(AttrControlling(7)),
+            Box::new(PriorityAttr(1_000)),
+            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                value(answer, "a=ice-pwd:"),
+                provider.crypto(),
+            )),
+            Box::new(FINGERPRINT),
+        ])
+        .unwrap();
+        (BytesMut::from(&m.raw[..]), m.transaction_id.0)
+    }
+
+    /// rtc's controlled agent answers a nominating check on a pair it has not validated with a
+    /// triggered check of its own, not with a response (see `nomination`). After an ICE restart
+    /// every pair is new: the client's first check must still be answered within a round trip,
+    /// not after its retransmission timer.
+    #[test]
+    fn a_nominating_first_check_after_an_ice_restart_is_answered_within_a_round_trip() {
+        let mut rig = Rig::new();
+        rig.run(400, |_| {});
+        rig.bob.pc.restart_ice();
+        let now = rig.now;
+        let answer = rig.bob.negotiate(&mut rig.bob_s, now);
+        let server: SocketAddrV = SERVER.parse().unwrap();
+        let from_bob = Transport {
+            local: server,
+            peer: rig.bob.addr,
+            protocol: Protocol::Udp,
+        };
+        let (check, id) = nominating_check(&rig.bob, &answer.sdp);
+        rig.bob_s.handle_datagram(from_bob, check, now);
+        // One round trip: what rtcd sends reaches bob, bob's answers reach rtcd, and back.
+        let mut answered = false;
+        for _ in 0..2 {
+            while let Some((_, data)) = rig.bob_s.poll_transmit() {
+                answered |= data.len() >= 20 && data[..2] == [0x01, 0x01] && data[8..20] == id;
+                rig.bob
+                    .pc
+                    .handle_read(TaggedBytesMut {
+                        now,
+                        transport: TransportContext {
+                            local_addr: rig.bob.addr,
+                            peer_addr: server,
+                            transport_protocol: TransportProtocol::UDP,
+                            ecn: None,
+                        },
+                        message: data,
+                    })
+                    .unwrap();
+            }
+            // Only bob's answers go back (his own new checks would hide the fault).
+            while let Some(msg) = rig.bob.pc.poll_write() {
+                if msg.message.len() >= 2 && msg.message[..2] == [0x01, 0x01] {
+                    rig.bob_s.handle_datagram(from_bob, msg.message, now);
+                }
+            }
+        }
+        assert!(
+            answered,
+            "the nominating check went unanswered for a round trip"
         );
     }
 

@@ -51,6 +51,7 @@ async fn logging_publisher(
         all_permissions(),
         PeerOptions {
             log_packets: true,
+            stable_nacks: true,
             ..Default::default()
         },
     )
@@ -187,9 +188,12 @@ async fn reused_sections() -> anyhow::Result<()> {
                 bob.received(&name, "audio"),
             );
         }
-        // A few more frames, then the visitor leaves (its stream closes: rtcd ends it).
+        // A few more frames, then the visitor leaves (a stream that merely breaks would be
+        // parked for a resume).
         tokio::time::sleep(Duration::from_millis(200)).await;
-        drop(visitor);
+        visitor
+            .send(pb::client_signal::Signal::Leave(pb::Leave {}))
+            .await?;
         eventually(&format!("bob is told {name}'s tracks ended"), || {
             bob.timed_events().iter().any(|(_, e)| {
                 matches!(e, Signal::TrackRemoved(t) if t.session_id == name
@@ -197,6 +201,7 @@ async fn reused_sections() -> anyhow::Result<()> {
             })
         })
         .await?;
+        drop(visitor);
     }
     // Let late packets (if any) arrive before judging.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -228,11 +233,30 @@ async fn reused_sections() -> anyhow::Result<()> {
                     .filter(|(_, a)| a.flow == flow)
                     .min_by_key(|(ext, _)| *ext)
                     .context("no packet")?;
-                ensure!(
-                    first.keyframe,
-                    "{flow} started without a keyframe on ssrc {ssrc:#x} seq {}",
-                    first.seq
-                );
+                if !first.keyframe {
+                    let mut around: Vec<(u64, &Arrival)> = unwrapped(&arrivals, ssrc);
+                    around.sort_by_key(|(ext, _)| *ext);
+                    let at = around
+                        .iter()
+                        .position(|(_, a)| std::ptr::eq(*a, first))
+                        .unwrap_or(0);
+                    let shown: Vec<String> = around
+                        [at.saturating_sub(4)..(at + 6).min(around.len())]
+                        .iter()
+                        .map(|(ext, a)| {
+                            format!(
+                                "{ext} {} key={} +{:?}",
+                                a.flow,
+                                a.keyframe,
+                                a.at.saturating_duration_since(published_at)
+                            )
+                        })
+                        .collect();
+                    anyhow::bail!(
+                        "{flow} started without a keyframe on ssrc {ssrc:#x} seq {}: {shown:#?}",
+                        first.seq
+                    );
+                }
                 let keyframe = mine.iter().find(|a| a.keyframe).context("no keyframe")?;
                 let took = keyframe.at.saturating_duration_since(published_at);
                 ensure!(
