@@ -500,6 +500,13 @@ impl DownTrack {
         self.restart();
     }
 
+    /// The source ended (its track was withdrawn): nothing more will come from it, so the holes
+    /// it left close at once ([`DownTrack::poll_fill`]) and NACKs for what it sent are answered
+    /// with padding. Forwarding resumes only after [`DownTrack::switch_source`].
+    pub fn detach(&mut self) {
+        self.switch_source(0);
+    }
+
     /// Replaces the payload type and extension id maps: a slot reused for a track of another
     /// publisher (whose payload types and extension ids may differ) keeps its down-track, so its
     /// SSRC, sequence numbers and timestamps run on, with the new source's maps.
@@ -588,6 +595,14 @@ impl DownTrack {
                 Ok(pt) => pt,
                 Err(reason) => return Forward::Drop(reason),
             };
+            if self.stats.packets == 0 && self.kind == MediaKind::Video {
+                // The stream's very first packet: a padding packet just before it (sent right
+                // after it) gives the subscriber the sequence number it follows, so that if the
+                // keyframe's first packet is lost a receiver that only NACKs sees the gap and
+                // asks for it. Without it, that receiver cannot know the keyframe began earlier
+                // and waits for the publisher's next keyframe.
+                self.close_now(self.out_first.wrapping_sub(1), false);
+            }
             self.anchor(pkt, now);
             let ext = self.src_highest;
             return self.emit(ext.wrapping_add(self.seq_delta), pkt, pt, now);
@@ -1601,10 +1616,36 @@ mod tests {
             .collect()
     }
 
+    /// [`started`], with the padding before its first packet sent.
+    fn led_in(t0: Instant) -> DownTrack {
+        let mut dt = started(t0);
+        assert_eq!(fills(&mut dt, t0), vec![(FIRST_SEQ - 1, FIRST_TS, false)]);
+        dt
+    }
+
+    #[test]
+    fn a_video_stream_starts_with_padding_before_its_keyframe() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        assert!(dt.poll_fill(t0).is_none());
+        assert_eq!(seq(&mut dt, &pkt(SRC, 100, 9000, true, t0)), Ok(FIRST_SEQ));
+        // One padding packet numbered just before the keyframe, with its timestamp: a receiver
+        // that loses the keyframe's first packet still sees a gap to NACK.
+        assert_eq!(fills(&mut dt, t0), vec![(FIRST_SEQ - 1, FIRST_TS, false)]);
+        // Only at the very start: a switch or a resume continues a known sequence.
+        dt.switch_source(SRC2);
+        assert_eq!(seq(&mut dt, &pkt(SRC2, 5, 1, true, t0)), Ok(FIRST_SEQ + 1));
+        assert!(fills(&mut dt, t0).is_empty());
+        // Audio starts without one (nobody NACKs audio).
+        let mut audio = track(MediaKind::Audio);
+        assert_eq!(seq(&mut audio, &pkt(SRC, 1, 0, false, t0)), Ok(FIRST_SEQ));
+        assert!(fills(&mut audio, t0).is_empty());
+    }
+
     #[test]
     fn a_hole_the_publisher_does_not_repair_closes_with_padding_after_the_patience() {
         let t0 = Instant::now();
-        let mut dt = started(t0);
+        let mut dt = led_in(t0);
         // Source 101 is lost before the SFU: output FIRST_SEQ + 1 is a hole.
         assert_eq!(
             seq(&mut dt, &pkt(SRC, 102, 9000 + FRAME_TS * 2, false, t0)),
@@ -1638,7 +1679,7 @@ mod tests {
     #[test]
     fn a_hole_the_publisher_repairs_in_time_is_not_padded() {
         let t0 = Instant::now();
-        let mut dt = started(t0);
+        let mut dt = led_in(t0);
         assert_eq!(
             seq(&mut dt, &pkt(SRC, 103, 9000 + FRAME_TS * 3, false, t0)),
             Ok(FIRST_SEQ + 3)
@@ -1658,7 +1699,7 @@ mod tests {
     #[test]
     fn holes_a_previous_source_left_close_at_the_switch_and_its_packets_are_padded_on_nack() {
         let t0 = Instant::now();
-        let mut dt = started(t0);
+        let mut dt = led_in(t0);
         let mut buf = RetransmitBuffer::new(64).unwrap();
         buf.insert(pkt(SRC, 100, 9000, true, t0));
         // 101 lost upstream (hole at FIRST_SEQ + 1); 102 sent (and, say, lost downstream).
@@ -1695,6 +1736,7 @@ mod tests {
             dt.forward(&p, t0).header().unwrap();
             buf.insert(p);
         }
+        assert_eq!(fills(&mut dt, t0).len(), 1, "the lead-in");
         let (resent, unrepairable) = nacked_and_unrepairable(&mut dt, &[FIRST_SEQ + 1], &buf, t0);
         assert_eq!((resent.len(), unrepairable), (0, 1));
         let got = fills(&mut dt, t0);
@@ -1705,7 +1747,7 @@ mod tests {
     #[test]
     fn holes_are_bounded() {
         let t0 = Instant::now();
-        let mut dt = started(t0);
+        let mut dt = led_in(t0);
         // Every other packet lost, far more holes than remembered.
         for i in 1..200u16 {
             dt.forward(&pkt(SRC, 100 + 2 * i, 0, false, t0), t0);

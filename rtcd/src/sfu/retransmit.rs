@@ -71,6 +71,12 @@ pub struct RetransmitBuffer {
 }
 
 impl RetransmitBuffer {
+    /// A buffer that holds nothing and never will (for answering NACKs about a track that is
+    /// gone).
+    pub fn empty() -> Self {
+        Self::new(MIN_CAPACITY).expect("the minimum capacity is valid")
+    }
+
     /// A buffer of `capacity` packets (a power of two, 16 to 32 768; [`DEFAULT_CAPACITY`]).
     pub fn new(capacity: usize) -> Result<Self, CapacityError> {
         check_capacity(capacity)?;

@@ -121,6 +121,46 @@ fn holes_and_longest_wait(
     (holes, longest.0, longest.1)
 }
 
+/// What arrived on `ssrc` around sequence number `ext` (in sequence order, with arrival times),
+/// and when the video tracks were published and removed: the story of a failure.
+fn context(arrivals: &[Arrival], events: &[(Instant, Signal)], ssrc: u32, ext: u64) -> String {
+    let Some(origin) = arrivals.first().map(|a| a.at) else {
+        return String::new();
+    };
+    let mut sorted = unwrapped(arrivals, ssrc);
+    sorted.sort_by_key(|(e, _)| *e);
+    let around: Vec<String> = sorted
+        .iter()
+        .filter(|(e, _)| e.abs_diff(ext) <= 6)
+        .map(|(e, a)| {
+            format!(
+                "{e} {:?} key={} at {:?}",
+                a.flow,
+                a.keyframe,
+                a.at.saturating_duration_since(origin)
+            )
+        })
+        .collect();
+    let told: Vec<String> = events
+        .iter()
+        .filter_map(|(t, e)| {
+            let (what, x) = match e {
+                Signal::TrackPublished(x) => ("published", x),
+                Signal::TrackRemoved(x) => ("removed", x),
+                _ => return None,
+            };
+            (x.kind == pb::TrackKind::Video as i32).then(|| {
+                format!(
+                    "{} {what} at {:?}",
+                    x.session_id,
+                    t.saturating_duration_since(origin)
+                )
+            })
+        })
+        .collect();
+    format!("around {ext}: {around:#?}; video events: {told:?}")
+}
+
 fn published(
     events: &[(Instant, Signal)],
     session: &str,
@@ -141,13 +181,17 @@ fn removed(events: &[(Instant, Signal)], track_id: &str) -> Option<Instant> {
     })
 }
 
-/// 3 % of every UDP datagram in the test's namespace is dropped (media and feedback, both ways):
-/// a departing visitor's last packets may be lost where nobody can resend them any more.
+/// 3 % of the UDP datagrams in the test's namespace are dropped (media, feedback and ICE, both
+/// ways): a departing visitor's last packets may be lost where nobody can resend them any more.
+/// DTLS (first byte 20-63, RFC 7983) is spared: under loss a webrtc-rs client sometimes never
+/// finished its handshake (`connecting` for 30 s, about one join in twenty) although rtcd's side
+/// recovers from any lost flight (`engine::peer::tests::dtls_handshake_survives_...`), and the
+/// handshake is not what these tests are about.
 async fn lose_three_percent() -> anyhow::Result<()> {
     netns::nft(
         "table inet lossy {\n\
            chain input { type filter hook input priority 0; \
-             meta l4proto udp numgen random mod 100 < 3 drop; }\n\
+             meta l4proto udp @th,64,8 != 20-63 numgen random mod 100 < 3 drop; }\n\
          }\n",
     )
     .await
@@ -301,14 +345,17 @@ async fn reused_sections() -> anyhow::Result<()> {
             }
         }
         let (holes, longest, at) = holes_and_longest_wait(&arrivals, ssrc, end);
-        ensure!(
-            holes.is_empty(),
-            "ssrc {ssrc:#x} (visitors {seen:?}): {} sequence numbers never arrived: {holes:?}",
-            holes.len()
-        );
+        if let Some(&hole) = holes.first() {
+            anyhow::bail!(
+                "ssrc {ssrc:#x}: {} sequence numbers never arrived: {holes:?}; {}",
+                holes.len(),
+                context(&arrivals, &events, ssrc, hole)
+            );
+        }
         ensure!(
             longest <= HELD_AT_MOST,
-            "ssrc {ssrc:#x}: a packet (seq {at}) waited {longest:?} for an earlier one"
+            "ssrc {ssrc:#x}: a packet (seq {at}) waited {longest:?} for an earlier one; {}",
+            context(&arrivals, &events, ssrc, at)
         );
     }
     eprintln!(

@@ -628,23 +628,28 @@ impl Worker {
         let Some(m) = self.members.get_mut(&key) else {
             return;
         };
-        let Some(tid) = m.negotiation.track(slot.0 as usize) else {
-            return;
-        };
+        // A slot whose track ended still answers for what it sent (with padding: the packets
+        // are gone), or the subscriber's jitter buffer would wait on its last holes.
+        let tid = m.negotiation.track(slot.0 as usize);
         let call = m.call;
         let Some(ms) = m.slots.get_mut(slot.0 as usize) else {
             return;
         };
-        let Some(buffer) = self
-            .calls
-            .get(&m.call)
-            .and_then(|c| c.tracks.get(&tid))
-            .and_then(|t| t.buffer.as_ref())
-        else {
-            return;
-        };
         let Some(down) = ms.down.as_mut() else {
             return;
+        };
+        let nothing;
+        let buffer = match tid.and_then(|tid| {
+            self.calls
+                .get(&call)
+                .and_then(|c| c.tracks.get(&tid))
+                .and_then(|t| t.buffer.as_ref())
+        }) {
+            Some(buffer) => buffer,
+            None => {
+                nothing = RetransmitBuffer::empty();
+                &nothing
+            }
         };
         let mut resend = Vec::new();
         let unrepairable = down.on_nack(lost, buffer, now, |r| resend.push(r));
@@ -664,7 +669,9 @@ impl Worker {
         self.mark(key);
         // Loss the subscriber cannot repair: its decoder needs a keyframe, and waiting for its
         // own request costs seconds of frozen video.
-        if unrepairable > 0 || lost_frame {
+        if let Some(tid) = tid
+            && (unrepairable > 0 || lost_frame)
+        {
             self.request_keyframe(&call, tid, now);
         }
     }
@@ -1451,8 +1458,19 @@ impl Worker {
                 ..t.info.clone()
             });
         self.unsubscribe(key, i, tid);
-        if let (Some(info), Some(m)) = (info, self.members.get_mut(&key)) {
-            m.emit(SessionEvent::TrackRemoved(info));
+        if let Some(m) = self.members.get_mut(&key) {
+            // Nothing more comes from that track: holes it left close now.
+            if let Some(ms) = m.slots.get_mut(i)
+                && let Some(down) = ms.down.as_mut()
+            {
+                down.detach();
+                if m.peer.is_connected() {
+                    send_fills(&mut m.peer, ms.id, down, Instant::now());
+                }
+            }
+            if let Some(info) = info {
+                m.emit(SessionEvent::TrackRemoved(info));
+            }
         }
     }
 
