@@ -31,6 +31,19 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 pub(super) struct FeedbackTap {
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
+    /// Inbound RTCP compounds seen (all of them, reports included): decrypted SRTCP proves the
+    /// client is there, which the peer's silence timer counts (rtc hands reports to no one).
+    rtcp_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FeedbackTap {
+    /// A tap that counts inbound RTCP into `rtcp_seen`.
+    pub(super) fn counting(rtcp_seen: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self {
+            rtcp_seen,
+            ..Default::default()
+        }
+    }
 }
 
 fn is_feedback(packet: &dyn rtc::rtcp::Packet) -> bool {
@@ -88,6 +101,10 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
     type Time = Instant;
 
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if matches!(msg.message.packet, Packet::Rtcp(_)) {
+            self.rtcp_seen
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.read(msg);
         Ok(())
     }

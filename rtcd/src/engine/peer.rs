@@ -704,6 +704,20 @@ pub struct Peer {
     connected: bool,
     /// Answers a client's first nominating check on a new pair (see `nomination`).
     nomination: super::nomination::NominationReplay,
+    /// When the client was last heard in a way that proves it is there: a connectivity check
+    /// rtc answered, or SRTP / SRTCP that decrypted. rtc's own timer counts only STUN (media
+    /// bypasses its ICE agent), so a client whose consent checks were late while its media
+    /// flowed was failed: rtcd keeps the timer itself (`Peer::handle_timeout`).
+    heard: Instant,
+    /// Inbound RTCP compounds the feedback tap saw, and how many `heard` has counted.
+    rtcp_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    rtcp_counted: u64,
+    /// Silence after which the session fails (`disconnected_timeout + failed_timeout`).
+    silence_limit: Duration,
+    /// The latest `now` given (what `poll_transmit` stamps an answered check with).
+    now: Instant,
+    /// Set once the silence limit passed and `Failed` was reported.
+    silent: bool,
 }
 
 impl std::fmt::Debug for Peer {
@@ -746,9 +760,10 @@ impl Peer {
                 super::rtx::RtxRepair::default(),
             );
         // After the NACK generator (7 000), before the report interceptors (10 000).
+        let rtcp_seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let registry = registry.with(
             rtc::interceptor::Slot::Custom(9_000),
-            super::feedback::FeedbackTap::default(),
+            super::feedback::FeedbackTap::counting(rtcp_seen.clone()),
         );
         let registry = configure_rtcp_reports(registry);
         // The template has what this registers in the media engine already (registering it
@@ -756,9 +771,12 @@ impl Peer {
         let registry = configure_twcc_receiver_only(registry, &mut media).map_err(internal)?;
         let setting = SettingEngineBuilder::new()
             .with_lite(true)
+            // rtc fails a session after its failed timeout without *STUN*, even while media
+            // flows (its ICE agent never sees media): its failure is off, rtcd's own silence
+            // timer replaces it (`heard`). Its disconnected state stays (informational).
             .with_ice_timeouts(
                 Some(settings.disconnected_timeout),
-                Some(settings.failed_timeout),
+                Some(Duration::ZERO),
                 None,
             )
             .build();
@@ -784,6 +802,12 @@ impl Peer {
             events: Default::default(),
             connected: false,
             nomination: Default::default(),
+            heard: now,
+            rtcp_seen,
+            rtcp_counted: 0,
+            silence_limit: settings.disconnected_timeout + settings.failed_timeout,
+            now,
+            silent: false,
         };
         for transport in &settings.candidates {
             let candidate = host_candidate(transport)?;
@@ -1108,6 +1132,7 @@ impl Peer {
 
     /// Feeds one received datagram (or ICE-TCP frame).
     pub fn handle_datagram(&mut self, transport: Transport, data: BytesMut, now: Instant) {
+        self.now = self.now.max(now);
         let replay = self.nomination.inbound(&transport, &data, now);
         self.read(transport, data, now);
         // The client's nominating check, which rtc left unanswered until this response
@@ -1131,20 +1156,35 @@ impl Peer {
 
     /// When [`Peer::handle_timeout`] must be called next.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.pc.poll_timeout()
+        let rtc = self.pc.poll_timeout();
+        if self.silent {
+            return rtc;
+        }
+        let silence = self.heard + self.silence_limit;
+        Some(rtc.map_or(silence, |t| t.min(silence)))
     }
 
     /// Lets time pass: retransmissions, reports, ICE consent and timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         if let Err(err) = self.pc.handle_timeout(now) {
             tracing::debug!(%err, "timeout handling failed");
         }
         self.pump();
+        if !self.silent && now >= self.heard + self.silence_limit {
+            self.silent = true;
+            self.connected = false;
+            self.events.push_back(PeerEvent::Failed);
+        }
     }
 
     /// The next datagram to send and where to.
     pub fn poll_transmit(&mut self) -> Option<(Transport, BytesMut)> {
         let msg = self.pc.poll_write()?;
+        // A Binding success response: rtc authenticated a check of the client's.
+        if msg.message.len() >= 20 && msg.message[..2] == [0x01, 0x01] {
+            self.heard = self.heard.max(self.now);
+        }
         let protocol = match msg.transport.transport_protocol {
             TransportProtocol::TCP => Protocol::Tcp,
             _ => Protocol::Udp,
@@ -1275,6 +1315,11 @@ impl Peer {
 
     /// Moves everything `rtc` produced into our event queue, in order.
     fn pump(&mut self) {
+        let rtcp = self.rtcp_seen.load(std::sync::atomic::Ordering::Relaxed);
+        if rtcp != self.rtcp_counted {
+            self.rtcp_counted = rtcp;
+            self.heard = self.heard.max(self.now);
+        }
         while let Some(event) = self.pc.poll_event() {
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
@@ -1303,6 +1348,13 @@ impl Peer {
             }
         }
         while let Some(msg) = self.pc.poll_read() {
+            if matches!(
+                msg.message,
+                RTCMessage::RtpPacket(..) | RTCMessage::RtcpPacket(..)
+            ) {
+                // Decrypted SRTP / SRTCP: only the client has the keys.
+                self.heard = self.heard.max(msg.now);
+            }
             match msg.message {
                 RTCMessage::RtpPacket(track_id, packet) => {
                     if let Some(state) = self.tracks.get(&track_id) {
@@ -1789,18 +1841,22 @@ mod tests {
     }
 
     /// Moves datagrams both ways until quiet; `drop_to_client` may discard server→client
-    /// datagrams (loss on the way to the client).
+    /// datagrams (loss on the way to the client), `drop_to_server` client→server ones.
     fn route(
         client: &mut Client,
         server: &mut Peer,
         now: Instant,
         drop_to_client: &mut dyn FnMut(&[u8]) -> bool,
+        drop_to_server: &mut dyn FnMut(&[u8]) -> bool,
     ) {
         let server_addr: SocketAddrV = SERVER.parse().unwrap();
         for _ in 0..8 {
             let mut moved = false;
             while let Some(msg) = client.pc.poll_write() {
                 moved = true;
+                if drop_to_server(&msg.message) {
+                    continue;
+                }
                 server.handle_datagram(
                     Transport {
                         local: server_addr,
@@ -1884,16 +1940,23 @@ mod tests {
         from_alice: Vec<u16>,
         /// Whether bob's datagrams reach rtcd at all (false: bob went silent).
         bob_online: bool,
+        /// Whether bob's STUN (his consent checks) is lost on the way to rtcd, his media not.
+        bob_checks_lost: bool,
     }
 
     impl Rig {
         fn new() -> Self {
+            Self::with_settings(&settings())
+        }
+
+        /// A rig whose rtcd peers use `settings` (e.g. shorter ICE timeouts).
+        fn with_settings(settings: &PeerSettings) -> Self {
             let identity = Identity::generate().unwrap();
             let now = Instant::now();
             let mut alice = Client::new("10.9.0.2:6000", now);
             let mut bob = Client::new("10.9.0.3:6000", now);
-            let mut alice_s = Peer::new(&identity, &settings(), now).unwrap();
-            let mut bob_s = Peer::new(&identity, &settings(), now).unwrap();
+            let mut alice_s = Peer::new(&identity, settings, now).unwrap();
+            let mut bob_s = Peer::new(&identity, settings, now).unwrap();
             alice.publish_video(0xA0A0);
             bob.receive(RtpCodecKind::Video);
             let a = alice.negotiate(&mut alice_s, now);
@@ -1933,6 +1996,7 @@ mod tests {
                 bob_events: Vec::new(),
                 alice_events: Vec::new(),
                 bob_online: true,
+                bob_checks_lost: false,
             }
         }
 
@@ -1947,7 +2011,13 @@ mod tests {
                     self.alice.send_video(self.seq, now);
                     self.seq = self.seq.wrapping_add(1);
                 }
-                route(&mut self.alice, &mut self.alice_s, now, &mut |_| false);
+                route(
+                    &mut self.alice,
+                    &mut self.alice_s,
+                    now,
+                    &mut |_| false,
+                    &mut |_| false,
+                );
                 while let Some(ev) = self.alice_s.poll_event() {
                     match ev {
                         PeerEvent::Connected => self.connected.0 = true,
@@ -1991,27 +2061,38 @@ mod tests {
                     }
                 }
                 if self.bob_online {
+                    let checks_lost = self.bob_checks_lost;
                     let drops = &mut self.drop_to_bob;
                     let wire = &mut self.wire_to_bob;
-                    route(&mut self.bob, &mut self.bob_s, now, &mut |d: &[u8]| {
-                        // SRTP leaves the RTP header in clear: bytes 2..4 are the sequence,
-                        // 8..12 the SSRC.
-                        let rtp = d.len() > 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1]);
-                        let seq = if rtp {
-                            u16::from_be_bytes([d[2], d[3]])
-                        } else {
-                            0
-                        };
-                        if rtp {
-                            let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
-                            wire.push((ssrc, d[1] & 0x7f, seq));
-                        }
-                        if rtp && drops.contains(&seq) {
-                            drops.retain(|s| *s != seq);
-                            return true;
-                        }
-                        false
-                    });
+                    route(
+                        &mut self.bob,
+                        &mut self.bob_s,
+                        now,
+                        &mut |d: &[u8]| {
+                            // SRTP leaves the RTP header in clear: bytes 2..4 are the sequence,
+                            // 8..12 the SSRC.
+                            let rtp =
+                                d.len() > 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1]);
+                            let seq = if rtp {
+                                u16::from_be_bytes([d[2], d[3]])
+                            } else {
+                                0
+                            };
+                            if rtp {
+                                let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+                                wire.push((ssrc, d[1] & 0x7f, seq));
+                            }
+                            if rtp && drops.contains(&seq) {
+                                drops.retain(|s| *s != seq);
+                                return true;
+                            }
+                            false
+                        },
+                        &mut |d: &[u8]| {
+                            // STUN (RFC 7983: first byte 0-3).
+                            checks_lost && d.first().is_some_and(|b| *b < 4)
+                        },
+                    );
                 } else {
                     while self.bob.pc.poll_write().is_some() {}
                     while self.bob_s.poll_transmit().is_some() {}
@@ -2796,6 +2877,48 @@ mod tests {
             rig.bob_events
         );
         assert!(disconnected < failed);
+    }
+
+    /// Issue 29 #14: a client whose consent checks stop reaching rtcd (delayed by a loaded
+    /// client, or lost) while its media and reports still flow keeps its session: only silence
+    /// ends it. (rtc alone failed it after 30 s, counting only STUN.)
+    #[test]
+    fn a_client_whose_checks_are_lost_but_whose_media_flows_is_not_failed() {
+        // rtcd gives up after 1 + 3 s of silence here; bob's own client (rtc's defaults) only
+        // after 30 s without answers to its checks, so his media and reports go on meanwhile.
+        let mut quick = settings();
+        quick.disconnected_timeout = Duration::from_secs(1);
+        quick.failed_timeout = Duration::from_secs(3);
+        let mut rig = Rig::with_settings(&quick);
+        rig.run(1000, |_| {});
+        assert!(rig.connected.1);
+        rig.bob_checks_lost = true;
+        rig.bob_events.clear();
+        let received = rig.bob.received.len();
+        // 15 s: almost four times rtcd's limit.
+        rig.run(200 * 15, |_| {});
+        assert!(
+            !rig.bob_events
+                .iter()
+                .any(|e| matches!(e, PeerEvent::Failed)),
+            "failed while bob's reports flowed: {:?}",
+            rig.bob_events
+        );
+        assert!(rig.bob_s.is_connected());
+        assert!(
+            rig.bob.received.len() > received + 400,
+            "media kept flowing"
+        );
+        // Then he falls silent altogether: failed after the limit, as before.
+        rig.bob_online = false;
+        rig.run(200 * 5, |_| {});
+        assert!(
+            rig.bob_events
+                .iter()
+                .any(|e| matches!(e, PeerEvent::Failed)),
+            "{:?}",
+            rig.bob_events
+        );
     }
 
     /// A Chrome-like offer, cut down: what `trim_offer` must keep and drop.

@@ -1790,7 +1790,6 @@ fn maps(
     (pts, ext)
 }
 
-/// One datagram from a peer: onto the UDP batch, or to its ICE-TCP connection.
 /// Sends every padding packet `down` has to close holes in its subscriber's sequence space
 /// now ([`DownTrack::poll_fill`]); returns whether one closed a hole of the current source (a
 /// lost frame: its publisher should be asked for a keyframe).
@@ -1805,6 +1804,7 @@ fn send_fills(peer: &mut Peer, slot: SlotId, down: &mut DownTrack, now: Instant)
     lost_frame
 }
 
+/// One datagram from a peer: onto the UDP batch, or to its ICE-TCP connection.
 fn transmit(
     socket: &BatchSocket,
     batch: &mut SendBatch,
