@@ -204,8 +204,9 @@ pub struct RtcConfig {
     pub max_sdp_bytes: usize,
     /// Shortest interval between two keyframe requests sent to one published track.
     pub keyframe_request_interval_ms: u64,
-    /// Silence on a session's ICE connection after which it counts as disconnected (it may
-    /// still recover; nothing is torn down yet).
+    /// Silence on a session's connection after which it counts as disconnected (it may still
+    /// recover; nothing is torn down yet). Silence: no answered connectivity check, no media,
+    /// no RTCP (late checks alone never end a session whose media flows).
     pub ice_disconnected_timeout_ms: u64,
     /// Further silence after "disconnected" before the connection counts as failed: the session
     /// is then closed and its tracks withdrawn. Shorter = dead peers freed sooner, but a
