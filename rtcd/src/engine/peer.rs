@@ -1808,6 +1808,22 @@ mod tests {
             answer
         }
 
+        /// A datagram from rtcd (at [`SERVER`]) reaches the client.
+        fn deliver(&mut self, data: BytesMut, now: Instant) {
+            self.pc
+                .handle_read(TaggedBytesMut {
+                    now,
+                    transport: TransportContext {
+                        local_addr: self.addr,
+                        peer_addr: SERVER.parse().unwrap(),
+                        transport_protocol: TransportProtocol::UDP,
+                        ecn: None,
+                    },
+                    message: data,
+                })
+                .unwrap();
+        }
+
         /// The client's network changes to `addr` and it restarts ICE (the caller negotiates).
         fn move_and_restart_ice(&mut self, addr: &str) {
             self.addr = addr.parse().unwrap();
@@ -2597,19 +2613,7 @@ mod tests {
                 if let Some((0x0101, id)) = stun(&data) {
                     answered.push((id, now));
                 }
-                rig.bob
-                    .pc
-                    .handle_read(TaggedBytesMut {
-                        now,
-                        transport: TransportContext {
-                            local_addr: rig.bob.addr,
-                            peer_addr: server,
-                            transport_protocol: TransportProtocol::UDP,
-                            ecn: None,
-                        },
-                        message: data,
-                    })
-                    .unwrap();
+                rig.bob.deliver(data, now);
             }
             while rig.bob.pc.poll_read().is_some() {}
             while rig.bob.pc.poll_event().is_some() {}
@@ -2685,18 +2689,7 @@ mod tests {
                                     continue;
                                 }
                             }
-                            bob.pc
-                                .handle_read(TaggedBytesMut {
-                                    now,
-                                    transport: TransportContext {
-                                        local_addr: bob.addr,
-                                        peer_addr: server_addr,
-                                        transport_protocol: TransportProtocol::UDP,
-                                        ecn: None,
-                                    },
-                                    message: data,
-                                })
-                                .unwrap();
+                            bob.deliver(data, now);
                         }
                         while bob.pc.poll_read().is_some() {}
                         while let Some(e) = bob.pc.poll_event() {
@@ -2801,19 +2794,7 @@ mod tests {
         for _ in 0..2 {
             while let Some((_, data)) = rig.bob_s.poll_transmit() {
                 answered |= data.len() >= 20 && data[..2] == [0x01, 0x01] && data[8..20] == id;
-                rig.bob
-                    .pc
-                    .handle_read(TaggedBytesMut {
-                        now,
-                        transport: TransportContext {
-                            local_addr: rig.bob.addr,
-                            peer_addr: server,
-                            transport_protocol: TransportProtocol::UDP,
-                            ecn: None,
-                        },
-                        message: data,
-                    })
-                    .unwrap();
+                rig.bob.deliver(data, now);
             }
             // Only bob's answers go back (his own new checks would hide the fault).
             while let Some(msg) = rig.bob.pc.poll_write() {
