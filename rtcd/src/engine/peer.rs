@@ -1706,6 +1706,8 @@ mod tests {
         addr: SocketAddrV,
         received: Vec<(Instant, rtp::Packet)>,
         feedback: Vec<Box<dyn rtcp::Packet>>,
+        /// Whether its peer connection reached `connected` (ICE and DTLS up).
+        connected: bool,
     }
     type SocketAddrV = std::net::SocketAddr;
 
@@ -1733,6 +1735,7 @@ mod tests {
                 addr: addr.parse().unwrap(),
                 received: Vec::new(),
                 feedback: Vec::new(),
+                connected: false,
             };
             client.add_host_candidate();
             client
@@ -1910,7 +1913,11 @@ mod tests {
                     _ => {}
                 }
             }
-            while client.pc.poll_event().is_some() {}
+            while let Some(e) = client.pc.poll_event() {
+                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = e {
+                    client.connected = state == RTCPeerConnectionState::Connected;
+                }
+            }
             if !moved {
                 break;
             }
@@ -2578,10 +2585,10 @@ mod tests {
         rig.bob.pc.restart_ice();
         let now = rig.now;
         let answer = rig.bob.negotiate(&mut rig.bob_s, now);
-        let server: SocketAddrV = SERVER.parse().unwrap();
-        // (transaction id, when) of bob's binding requests and of rtcd's success responses.
+        // (transaction id, when) of bob's binding requests with his new credentials, and the
+        // transaction ids of rtcd's success responses.
         let mut requests: Vec<([u8; 12], Instant)> = Vec::new();
-        let mut answered: Vec<([u8; 12], Instant)> = Vec::new();
+        let mut answered: Vec<[u8; 12]> = Vec::new();
         let stun = |d: &[u8]| -> Option<(u16, [u8; 12])> {
             (d.len() >= 20 && d[0] < 4).then(|| {
                 let mut id = [0u8; 12];
@@ -2593,38 +2600,32 @@ mod tests {
             rig.now += Duration::from_millis(5);
             let now = rig.now;
             tick(&mut rig.bob, &mut rig.bob_s, now);
-            while let Some(msg) = rig.bob.pc.poll_write() {
-                if let Some((0x0001, id)) = stun(&msg.message)
-                    && String::from_utf8_lossy(&msg.message).contains(&answer.ufrag)
-                {
-                    requests.push((id, now));
-                }
-                rig.bob_s.handle_datagram(
-                    Transport {
-                        local: server,
-                        peer: rig.bob.addr,
-                        protocol: Protocol::Udp,
-                    },
-                    msg.message,
-                    now,
-                );
-            }
-            while let Some((_, data)) = rig.bob_s.poll_transmit() {
-                if let Some((0x0101, id)) = stun(&data) {
-                    answered.push((id, now));
-                }
-                rig.bob.deliver(data, now);
-            }
-            while rig.bob.pc.poll_read().is_some() {}
-            while rig.bob.pc.poll_event().is_some() {}
+            route(
+                &mut rig.bob,
+                &mut rig.bob_s,
+                now,
+                &mut |d| {
+                    if let Some((0x0101, id)) = stun(d) {
+                        answered.push(id);
+                    }
+                    false
+                },
+                &mut |d| {
+                    if let Some((0x0001, id)) = stun(d)
+                        && String::from_utf8_lossy(d).contains(&answer.ufrag)
+                    {
+                        requests.push((id, now));
+                    }
+                    false
+                },
+            );
             while rig.bob_s.poll_event().is_some() {}
         }
         let (first, sent_at) = *requests
             .first()
             .expect("bob checks with his new credentials");
-        let reply = answered.iter().find(|(id, _)| *id == first);
         assert!(
-            reply.is_some(),
+            answered.contains(&first),
             "the first check (sent {:?} after the answer) went unanswered; {} checks, {} answers",
             sent_at - now,
             requests.len(),
@@ -2648,9 +2649,16 @@ mod tests {
                 let mut server = Peer::new(&identity, &settings(), now).unwrap();
                 bob.receive(RtpCodecKind::Video);
                 bob.negotiate(&mut server, now);
-                let server_addr: SocketAddrV = SERVER.parse().unwrap();
-                let mut seen = 0usize;
-                let mut connected = (false, false);
+                // The k-th DTLS datagram (RFC 7983: first byte 20-63) the chosen way is lost.
+                let seen = std::cell::Cell::new(0usize);
+                let lose = |way: bool, d: &[u8]| {
+                    if way && d.first().is_some_and(|b| (20..=63).contains(b)) {
+                        seen.set(seen.get() + 1);
+                        return seen.get() == k;
+                    }
+                    false
+                };
+                let mut server_connected = false;
                 let mut server_deadline = server.poll_timeout();
                 for _ in 0..(10_000 / 5) {
                     now += Duration::from_millis(5);
@@ -2659,61 +2667,23 @@ mod tests {
                     if server_deadline.is_some_and(|d| d <= now) {
                         server.handle_timeout(now);
                     }
-                    for _ in 0..8 {
-                        let mut moved = false;
-                        while let Some(msg) = bob.pc.poll_write() {
-                            moved = true;
-                            let dtls = (20..=63).contains(&msg.message[0]);
-                            if dtls && !to_client {
-                                seen += 1;
-                                if seen == k {
-                                    continue;
-                                }
-                            }
-                            server.handle_datagram(
-                                Transport {
-                                    local: server_addr,
-                                    peer: bob.addr,
-                                    protocol: Protocol::Udp,
-                                },
-                                msg.message,
-                                now,
-                            );
-                        }
-                        while let Some((_, data)) = server.poll_transmit() {
-                            moved = true;
-                            let dtls = (20..=63).contains(&data[0]);
-                            if dtls && to_client {
-                                seen += 1;
-                                if seen == k {
-                                    continue;
-                                }
-                            }
-                            bob.deliver(data, now);
-                        }
-                        while bob.pc.poll_read().is_some() {}
-                        while let Some(e) = bob.pc.poll_event() {
-                            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
-                                RTCPeerConnectionState::Connected,
-                            ) = e
-                            {
-                                connected.0 = true;
-                            }
-                        }
-                        if !moved {
-                            break;
-                        }
-                    }
+                    route(
+                        &mut bob,
+                        &mut server,
+                        now,
+                        &mut |d| lose(to_client, d),
+                        &mut |d| lose(!to_client, d),
+                    );
                     while let Some(e) = server.poll_event() {
-                        if matches!(e, PeerEvent::Connected) {
-                            connected.1 = true;
-                        }
+                        server_connected |= matches!(e, PeerEvent::Connected);
                     }
                     server_deadline = server.poll_timeout();
-                    if connected == (true, true) {
+                    if bob.connected && server_connected {
                         break;
                     }
                 }
+                let connected = (bob.connected, server_connected);
+                let seen = seen.get();
                 if connected != (true, true) {
                     failures.push((to_client, k, connected, seen));
                 }
