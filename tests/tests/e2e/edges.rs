@@ -197,6 +197,35 @@ async fn lose_three_percent() -> anyhow::Result<()> {
     .await
 }
 
+/// A call under 3 % loss: rtcd, alice publishing, bob (logging every packet) receiving her.
+struct Lossy {
+    _rtcd: TestRtcd,
+    auth: String,
+    client: rtcd_proto::v1::signaling_client::SignalingClient<tonic::transport::Channel>,
+    alice: Participant,
+    bob: Participant,
+}
+
+impl Lossy {
+    /// Starts it; the loss begins once bob receives alice.
+    async fn start() -> anyhow::Result<Self> {
+        let rtcd = TestRtcd::start(&[]).await?;
+        let auth = rtcd.register("tenant-a").await?;
+        let mut client = rtcd.client().await?;
+        let alice = publisher(&mut client, &auth, "alice").await?;
+        let bob = logging_publisher(&mut client, &auth, "bob").await?;
+        eventually("bob receives alice", || bob.received("alice", "video") > 20).await?;
+        lose_three_percent().await?;
+        Ok(Self {
+            _rtcd: rtcd,
+            auth,
+            client,
+            alice,
+            bob,
+        })
+    }
+}
+
 /// Forty visitors come and go one after another while 3 % of the datagrams are lost: each
 /// visitor's video lands on the section the last one left.
 #[test]
@@ -206,13 +235,13 @@ fn visitors_on_reused_sections_start_with_a_keyframe_and_nothing_of_the_last_fol
 }
 
 async fn reused_sections() -> anyhow::Result<()> {
-    let rtcd = TestRtcd::start(&[]).await?;
-    let auth = rtcd.register("tenant-a").await?;
-    let mut client = rtcd.client().await?;
-    let alice = publisher(&mut client, &auth, "alice").await?;
-    let bob = logging_publisher(&mut client, &auth, "bob").await?;
-    eventually("bob receives alice", || bob.received("alice", "video") > 20).await?;
-    lose_three_percent().await?;
+    let Lossy {
+        _rtcd,
+        auth,
+        mut client,
+        alice,
+        bob,
+    } = Lossy::start().await?;
     for n in 1..=VISITORS {
         let name = format!("visitor{n}");
         let visitor = publisher(&mut client, &auth, &name).await?;
@@ -374,13 +403,9 @@ async fn reused_sections() -> anyhow::Result<()> {
 #[test]
 fn a_publisher_restarting_ice_under_loss_leaves_no_unrepaired_hole() -> anyhow::Result<()> {
     netns::run(|| async {
-        let rtcd = TestRtcd::start(&[]).await?;
-        let auth = rtcd.register("tenant-a").await?;
-        let mut client = rtcd.client().await?;
-        let alice = publisher(&mut client, &auth, "alice").await?;
-        let bob = logging_publisher(&mut client, &auth, "bob").await?;
-        eventually("bob receives alice", || bob.received("alice", "video") > 20).await?;
-        lose_three_percent().await?;
+        let Lossy {
+            _rtcd, alice, bob, ..
+        } = Lossy::start().await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let restarted = Instant::now();
         for _ in 0..RESTARTS {
