@@ -19,6 +19,7 @@ pub mod events;
 pub mod negotiation;
 pub mod packet;
 pub mod retransmit;
+mod room;
 pub mod sdp;
 pub mod session;
 mod shard;
@@ -475,8 +476,6 @@ pub(crate) struct SfuInner {
     shards: shard::Shards,
     pub config: SfuConfig,
     pub metrics: Arc<Metrics>,
-    /// Where room events go (webhooks), if anywhere.
-    pub room_events: Option<events::RoomEventSink>,
     registry: Mutex<Registry>,
     draining: AtomicBool,
     empty: watch::Sender<usize>,
@@ -496,13 +495,12 @@ impl Sfu {
         metrics: Arc<Metrics>,
         room_events: Option<events::RoomEventSink>,
     ) -> Result<Self, SfuError> {
-        let shards = shard::Shards::start(&config, metrics.clone()).await?;
+        let shards = shard::Shards::start(&config, metrics.clone(), room_events).await?;
         Ok(Self {
             inner: Arc::new(SfuInner {
                 shards,
                 config,
                 metrics,
-                room_events,
                 registry: Mutex::default(),
                 draining: AtomicBool::new(false),
                 empty: watch::channel(0).0,
