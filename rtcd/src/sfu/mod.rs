@@ -7,7 +7,8 @@
 //!   sits behind one std mutex that is only held for map updates, never across an `.await`.
 //! * The media itself lives in [`shard`]: a call is owned by one worker thread, which holds
 //!   its sessions' peer connections (the [`crate::engine`] seam), down-tracks and
-//!   retransmission buffers, and forwards packets with no lock shared with signaling.
+//!   retransmission buffers, and forwards packets with no lock shared with signaling. What a
+//!   worker decides about its calls is [`room`], sans-IO: the worker only carries it out.
 //! * Signaling talks to a session through [`SessionHandle`] / [`SessionEvent`] ([`session`]),
 //!   the SFU's own types: nothing of the WebRTC library shows outside `engine`.
 //!
