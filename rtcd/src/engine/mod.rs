@@ -18,6 +18,8 @@ pub mod net;
 mod nomination;
 pub mod peer;
 mod rtx;
+#[cfg(test)]
+pub(crate) mod testing;
 
 /// Also for the e2e harness's webrtc-rs peers, whose NACK generator has the same defect: a test
 /// client that stops NACKing at every renegotiation would blame rtcd for its own holes.

@@ -1610,7 +1610,7 @@ fn first_codec(sdp: &str, mid: &str) -> Option<RTCRtpCodec> {
     })
 }
 
-fn host_candidate(transport: &Transport) -> Result<RTCIceCandidateInit, EngineError> {
+pub(super) fn host_candidate(transport: &Transport) -> Result<RTCIceCandidateInit, EngineError> {
     let network = match transport.protocol {
         Protocol::Udp => "udp",
         Protocol::Tcp => "tcp",

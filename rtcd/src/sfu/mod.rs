@@ -7,7 +7,8 @@
 //!   sits behind one std mutex that is only held for map updates, never across an `.await`.
 //! * The media itself lives in [`shard`]: a call is owned by one worker thread, which holds
 //!   its sessions' peer connections (the [`crate::engine`] seam), down-tracks and
-//!   retransmission buffers, and forwards packets with no lock shared with signaling.
+//!   retransmission buffers, and forwards packets with no lock shared with signaling. What a
+//!   worker decides about its calls is [`room`], sans-IO: the worker only carries it out.
 //! * Signaling talks to a session through [`SessionHandle`] / [`SessionEvent`] ([`session`]),
 //!   the SFU's own types: nothing of the WebRTC library shows outside `engine`.
 //!
@@ -18,6 +19,7 @@ pub mod downtrack;
 pub mod events;
 pub mod negotiation;
 pub mod retransmit;
+mod room;
 pub mod session;
 mod shard;
 pub mod voice;
@@ -485,8 +487,6 @@ pub(crate) struct SfuInner {
     shards: shard::Shards,
     pub config: SfuConfig,
     pub metrics: Arc<Metrics>,
-    /// Where room events go (webhooks), if anywhere.
-    pub room_events: Option<events::RoomEventSink>,
     registry: Mutex<Registry>,
     draining: AtomicBool,
     empty: watch::Sender<usize>,
@@ -506,13 +506,12 @@ impl Sfu {
         metrics: Arc<Metrics>,
         room_events: Option<events::RoomEventSink>,
     ) -> Result<Self, SfuError> {
-        let shards = shard::Shards::start(&config, metrics.clone()).await?;
+        let shards = shard::Shards::start(&config, metrics.clone(), room_events).await?;
         Ok(Self {
             inner: Arc::new(SfuInner {
                 shards,
                 config,
                 metrics,
-                room_events,
                 registry: Mutex::default(),
                 draining: AtomicBool::new(false),
                 empty: watch::channel(0).0,

@@ -41,8 +41,7 @@ use crate::engine::net::udp::{BatchSocket, UdpConfig};
 use crate::engine::net::{Inbound, Transport};
 use crate::engine::{Identity, PeerSettings};
 
-/// A session's routing key: the worker in the top 16 bits, a counter below.
-pub(crate) type SessionKey = u64;
+pub(crate) use super::room::{ManageRequest, Managed, SessionKey};
 
 /// Datagrams queued per worker before the newest are dropped (about 0.1 s of 40 Mbit/s).
 const DATAGRAM_QUEUE: usize = 4096;
@@ -77,22 +76,6 @@ pub(crate) struct Manage {
     call: CallId,
     request: ManageRequest,
     reply: oneshot::Sender<Result<Managed, SfuError>>,
-}
-
-/// What is asked.
-pub(crate) enum ManageRequest {
-    /// The call's sessions and tracks.
-    Describe,
-    /// A moderator's action.
-    Moderate(Moderation),
-}
-
-/// The worker's answer.
-pub(crate) enum Managed {
-    /// For `Describe`.
-    Room(RoomDetail),
-    /// For `Moderate`: the sessions it applied to.
-    Sessions(usize),
 }
 
 /// Everything a worker needs to start a session.
@@ -211,6 +194,7 @@ impl Shards {
     pub(crate) async fn start(
         config: &SfuConfig,
         metrics: Arc<crate::metrics::Metrics>,
+        room_events: Option<super::events::RoomEventSink>,
     ) -> Result<Self, SfuError> {
         let buffer = (config.udp_buffer_bytes > 0).then_some(config.udp_buffer_bytes);
         let socket = BatchSocket::bind(
@@ -294,6 +278,7 @@ impl Shards {
                     demux: demux_tx.clone(),
                     metrics: metrics.clone(),
                     config: config.clone(),
+                    room_events: room_events.clone(),
                     forwarded: forwarded[index].clone(),
                 },
             );

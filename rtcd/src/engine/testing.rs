@@ -1,0 +1,261 @@
+//! Test support for code outside the engine: a browser-like WebRTC client on `rtc` (full ICE,
+//! controlling, makes every offer) driven by hand through a plain API, so the SFU's tests can
+//! run whole calls in memory without a socket and without seeing the WebRTC library's types.
+//!
+//! Datagrams are given and taken as rtcd's own [`Transport`] (seen from rtcd: `local` is our
+//! candidate, `peer` the client), time is passed in.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol as _;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+use super::PeerSettings;
+use super::net::{Protocol, Transport};
+use super::peer::host_candidate;
+use crate::media::packet::MediaKind;
+
+/// rtcd's address in these tests.
+pub(crate) const SERVER: &str = "10.9.0.1:5000";
+
+/// Peer settings with one UDP candidate at [`SERVER`].
+pub(crate) fn settings() -> PeerSettings {
+    let server: SocketAddr = SERVER.parse().expect("a socket address");
+    PeerSettings {
+        candidates: vec![Transport::udp(server, server)],
+        disconnected_timeout: Duration::from_secs(5),
+        failed_timeout: Duration::from_secs(25),
+    }
+}
+
+/// One RTP packet a client received (after SRTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Received {
+    pub ssrc: u32,
+    pub payload_type: u8,
+    pub sequence: u16,
+}
+
+/// A client. See the module docs.
+pub(crate) struct Client {
+    pc: RTCPeerConnection,
+    addr: SocketAddr,
+    server: SocketAddr,
+    /// Every RTP packet received, in order.
+    pub received: Vec<Received>,
+    /// RTCP packets received (PLIs, receiver reports...).
+    pub feedback: usize,
+    /// Whether its peer connection is `connected` (ICE and DTLS up).
+    pub connected: bool,
+}
+
+impl Client {
+    /// A client at `addr` (e.g. `"10.9.0.2:6000"`) talking to [`SERVER`].
+    pub(crate) fn new(addr: &str, now: Instant) -> Self {
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().expect("default codecs");
+        let registry =
+            register_default_interceptors(Registry::new(), &mut media).expect("interceptors");
+        let pc = RTCPeerConnectionBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .expect("a peer connection");
+        let mut client = Self {
+            pc,
+            addr: addr.parse().expect("a socket address"),
+            server: SERVER.parse().expect("a socket address"),
+            received: Vec::new(),
+            feedback: 0,
+            connected: false,
+        };
+        client.add_host_candidate();
+        client
+    }
+
+    fn add_host_candidate(&mut self) {
+        let candidate = host_candidate(&Transport::udp(self.addr, self.addr)).expect("candidate");
+        self.pc
+            .add_local_candidate(candidate)
+            .expect("a local candidate");
+    }
+
+    /// Where the client is.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Publishes a track (a send-only section, as the SDK does): audio `"mic"` or video
+    /// `"cam"` with SSRC `ssrc`.
+    pub(crate) fn publish(&mut self, kind: MediaKind, ssrc: u32) {
+        let (id, codec_kind) = track_of(kind);
+        let encodings = vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            ..Default::default()
+        }];
+        let track = MediaStreamTrack::new(
+            format!("{id}-stream"),
+            id.into(),
+            id.into(),
+            codec_kind,
+            encodings.clone(),
+        );
+        self.pc
+            .add_transceiver_from_track(
+                track,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![],
+                    send_encodings: encodings,
+                }),
+            )
+            .expect("a sending transceiver");
+    }
+
+    /// Adds a receive-only section of `kind`.
+    pub(crate) fn receive(&mut self, kind: MediaKind) {
+        self.pc
+            .add_transceiver_from_kind(
+                track_of(kind).1,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )
+            .expect("a receiving transceiver");
+    }
+
+    /// A new offer, set as the local description.
+    pub(crate) fn offer(&mut self, now: Instant) -> String {
+        let offer = self.pc.create_offer(None).expect("an offer");
+        self.pc
+            .set_local_description(now, offer.clone())
+            .expect("the offer applies");
+        offer.sdp
+    }
+
+    /// rtcd's answer to the last offer.
+    pub(crate) fn answer(&mut self, sdp: &str, now: Instant) {
+        let answer = RTCSessionDescription::answer(sdp.to_owned()).expect("an answer");
+        self.pc
+            .set_remote_description(now, answer)
+            .expect("the answer applies");
+    }
+
+    /// The client's network changes to `addr` and it restarts ICE (the caller negotiates).
+    pub(crate) fn move_and_restart_ice(&mut self, addr: &str) {
+        self.addr = addr.parse().expect("a socket address");
+        self.add_host_candidate();
+        self.pc.restart_ice();
+    }
+
+    /// A datagram from rtcd reaches the client.
+    pub(crate) fn deliver(&mut self, data: BytesMut, now: Instant) {
+        // A datagram the client cannot read is the client's business (as on a network).
+        let _ = self.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.addr,
+                peer_addr: self.server,
+                transport_protocol: TransportProtocol::UDP,
+                ecn: None,
+            },
+            message: data,
+        });
+        self.poll();
+    }
+
+    /// The next datagram the client sends rtcd, with its path as rtcd sees it.
+    pub(crate) fn poll_transmit(&mut self) -> Option<(Transport, BytesMut)> {
+        let msg = self.pc.poll_write()?;
+        Some((
+            Transport {
+                local: self.server,
+                peer: self.addr,
+                protocol: Protocol::Udp,
+            },
+            msg.message,
+        ))
+    }
+
+    /// Runs the client's timers.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        let _ = self.pc.handle_timeout(now);
+        self.poll();
+    }
+
+    fn poll(&mut self) {
+        while let Some(msg) = self.pc.poll_read() {
+            match msg.message {
+                RTCMessage::RtpPacket(_, p) => self.received.push(Received {
+                    ssrc: p.header.ssrc,
+                    payload_type: p.header.payload_type,
+                    sequence: p.header.sequence_number,
+                }),
+                RTCMessage::RtcpPacket(_, p) => self.feedback += p.len(),
+                _ => {}
+            }
+        }
+        while let Some(e) = self.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = e {
+                self.connected = state == RTCPeerConnectionState::Connected;
+            }
+        }
+    }
+
+    /// Sends packet `seq` of the published track of `kind` (video: VP8, a keyframe every 30
+    /// packets; audio: Opus).
+    pub(crate) fn send(&mut self, kind: MediaKind, ssrc: u32, seq: u16, now: Instant) {
+        let mut packet = rtp::Packet::default();
+        packet.header.version = 2;
+        packet.header.sequence_number = seq;
+        packet.header.ssrc = ssrc;
+        packet.header.marker = true;
+        match kind {
+            MediaKind::Video => {
+                packet.header.payload_type = 96;
+                packet.header.timestamp = u32::from(seq) * 3000;
+                // VP8 descriptor (S=1, PID 0) and a keyframe tag every 30 packets.
+                let key = seq.is_multiple_of(30);
+                packet.payload =
+                    Bytes::from(vec![0x10, if key { 0x00 } else { 0x01 }, 0, 0, 9, 9, 9]);
+            }
+            MediaKind::Audio => {
+                packet.header.payload_type = 111;
+                packet.header.timestamp = u32::from(seq) * 960;
+                packet.payload = Bytes::from_static(&[0xf8, 0xff, 0xfe]);
+            }
+        }
+        let _ = self.pc.handle_write(TaggedRTCMessage {
+            now,
+            message: RTCMessage::RtpPacket(track_of(kind).0.into(), packet),
+        });
+    }
+}
+
+fn track_of(kind: MediaKind) -> (&'static str, RtpCodecKind) {
+    match kind {
+        MediaKind::Audio => ("mic", RtpCodecKind::Audio),
+        MediaKind::Video => ("cam", RtpCodecKind::Video),
+    }
+}

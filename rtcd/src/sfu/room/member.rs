@@ -1,0 +1,144 @@
+//! One session (one client peer connection) as its call sees it.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::{CallKey, SessionKey};
+use crate::engine::Peer;
+use crate::engine::peer::{Codec, HeaderExtension, OpenedTrack, SlotId, TrackKey};
+use crate::metrics::{KindLabels, Metrics, ReasonLabels};
+use crate::sfu::downtrack::DownTrack;
+use crate::sfu::events::EventParticipant;
+use crate::sfu::negotiation::{Negotiation, TrackId};
+use crate::sfu::{JoinRequest, Participant, SfuError, TrackKind};
+
+/// A receiving section of the client's offer that rtcd sends on.
+pub(super) struct MemberSlot {
+    pub id: SlotId,
+    pub mid: String,
+    pub audio: bool,
+    pub ssrc: u32,
+    /// The slot's RTX SSRC where the client negotiated RTX: NACK answers go there.
+    pub rtx_ssrc: Option<u32>,
+    pub codecs: Vec<Codec>,
+    pub extensions: Vec<HeaderExtension>,
+    pub down: Option<DownTrack>,
+}
+
+/// One session (one client peer connection).
+pub(super) struct Member {
+    pub req: JoinRequest,
+    pub call: CallKey,
+    pub peer: Peer,
+    /// The receiving sections rtcd sends on; slot `i` here is slot `i` of `negotiation`.
+    pub slots: Vec<MemberSlot>,
+    /// Which track each slot carries, what waits, when to ask for an offer.
+    pub negotiation: Negotiation,
+    /// This session's published tracks, by the peer's track key.
+    pub published: HashMap<TrackKey, TrackId>,
+    /// Every track the client has opened, by mid (a section that sends again is published
+    /// again from it).
+    pub opened: HashMap<String, OpenedTrack>,
+    /// Sections whose track was refused (permission, limit), with the counter of their
+    /// discarded packets.
+    pub refused: HashMap<String, Counter>,
+    /// The sender's track id by mid, from the latest offer (for the legacy screen-share hint).
+    pub track_ids: HashMap<String, String>,
+    /// The track id `ScreenShare { on: true }` named (legacy clients that declare no kinds).
+    pub screen_track_id: Option<String>,
+    /// The kinds the client's latest offer declared, by mid.
+    pub declared: HashMap<String, TrackKind>,
+    /// Mids of the latest offer on which the client sends.
+    pub sending_mids: HashSet<String>,
+    pub muted: HashSet<TrackKind>,
+    pub pending_candidates: Vec<(String, Option<String>, Option<u16>)>,
+    /// The sessions this one was told about (`ParticipantJoined`).
+    pub announced: HashSet<SessionKey>,
+    pub ufrags: HashSet<String>,
+    pub created: Instant,
+    /// When the session joined (Unix milliseconds).
+    pub joined_at_ms: i64,
+    pub connected: bool,
+    /// The deadline last given out for this session ([`super::Output::Timer`]).
+    pub deadline: Option<Instant>,
+}
+
+impl Member {
+    pub(super) fn new(
+        req: JoinRequest,
+        call: CallKey,
+        peer: Peer,
+        now: Instant,
+        joined_at_ms: i64,
+    ) -> Self {
+        Self {
+            req,
+            call,
+            peer,
+            slots: Vec::new(),
+            negotiation: Negotiation::default(),
+            published: HashMap::new(),
+            opened: HashMap::new(),
+            refused: HashMap::new(),
+            track_ids: HashMap::new(),
+            screen_track_id: None,
+            declared: HashMap::new(),
+            sending_mids: HashSet::new(),
+            muted: HashSet::new(),
+            pending_candidates: Vec::new(),
+            announced: HashSet::new(),
+            ufrags: HashSet::new(),
+            created: now,
+            joined_at_ms,
+            connected: false,
+            deadline: None,
+        }
+    }
+
+    pub(super) fn event_participant(&self) -> EventParticipant {
+        EventParticipant {
+            session: self.req.session.clone(),
+            user: self.req.user.clone(),
+            display_name: self.req.display_name.clone(),
+            role: self.req.role.clone(),
+        }
+    }
+
+    pub(super) fn participant(&self) -> Participant {
+        Participant {
+            session: self.req.session.clone(),
+            user: self.req.user.clone(),
+            display_name: self.req.display_name.clone(),
+        }
+    }
+
+    /// `rtcd_sfu_tracks_{in,out}` of this session's tenant and `kind`.
+    pub(super) fn kind_gauge(&self, metrics: &Metrics, kind: TrackKind, incoming: bool) -> Gauge {
+        let labels = KindLabels {
+            client_id: self.req.tenant.as_str().to_owned(),
+            kind: kind.as_str(),
+        };
+        let m = &metrics.sfu;
+        let family = if incoming {
+            &m.tracks_in
+        } else {
+            &m.tracks_out
+        };
+        family.get_or_create(&labels).clone()
+    }
+
+    pub(super) fn count_error(&self, metrics: &Metrics, e: &SfuError) {
+        tracing::debug!(client = %self.req.tenant, session = %self.req.session, error = %e, "session error");
+        metrics
+            .sfu
+            .errors
+            .get_or_create(&ReasonLabels {
+                client_id: self.req.tenant.as_str().to_owned(),
+                reason: e.kind(),
+            })
+            .inc();
+    }
+}

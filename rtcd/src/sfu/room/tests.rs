@@ -1,0 +1,814 @@
+//! Whole calls in memory: the engine's test clients ([`Client`]) and one [`Rooms`] exchange
+//! datagrams through a routing loop, signaling is played by the test, and time is advanced by
+//! hand (5 ms steps), so seconds of a call take milliseconds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{ManageRequest, Managed, Output, Rooms, SessionKey, Setup};
+use crate::engine::Identity;
+use crate::engine::testing::{self, Client};
+use crate::media::packet::MediaKind;
+use crate::metrics::Metrics;
+use crate::sfu::events::{RoomEvent, RoomEventKind};
+use crate::sfu::session::{SessionCommand, SessionEvent};
+use crate::sfu::{
+    CallId, JoinRequest, Moderation, Permissions, SessionId, SfuConfig, SfuError, TenantId,
+    TokenMeta, TrackKind, UserId,
+};
+
+const ALICE: SessionKey = 1;
+const BOB: SessionKey = 2;
+const CAROL: SessionKey = 3;
+/// Alice's camera SSRC.
+const CAM: u32 = 0xA0A0;
+
+fn config() -> SfuConfig {
+    SfuConfig {
+        udp_addr: "127.0.0.1:0".parse().expect("literal address"),
+        ice_tcp_port: None,
+        host_override: Vec::new(),
+        interfaces: Vec::new(),
+        include_loopback: true,
+        udp_buffer_bytes: 0,
+        nack_buffer_packets: 64,
+        nack_buffer_age: crate::sfu::retransmit::MAX_AGE,
+        max_sessions_per_call: 8,
+        max_sessions_per_tenant: 8,
+        max_sessions: 0,
+        max_tracks_per_session: 4,
+        max_sdp_bytes: 64 * 1024,
+        keyframe_interval: Duration::from_secs(1),
+        ice_disconnected_timeout: Duration::from_secs(5),
+        ice_failed_timeout: Duration::from_secs(5),
+    }
+}
+
+fn everything() -> Permissions {
+    Permissions {
+        publish_audio: true,
+        publish_video: true,
+        publish_screen: true,
+        subscribe: true,
+    }
+}
+
+fn request(name: &str, permissions: Permissions) -> JoinRequest {
+    JoinRequest {
+        tenant: TenantId::new("t"),
+        call: CallId::new("c"),
+        session: SessionId::new(name),
+        user: UserId::new(format!("user-{name}")),
+        display_name: name.into(),
+        permissions,
+        role: "member".into(),
+        token: TokenMeta::default(),
+    }
+}
+
+/// One session's signaling as the test sees it.
+#[derive(Default)]
+struct Signaling {
+    /// Every event, in order.
+    events: Vec<SessionEvent>,
+    /// Events the harness has looked at (answers, negotiation requests).
+    seen: usize,
+    /// Receiving sections its client has (audio, video).
+    receiving: (u32, u32),
+    /// Why it ended, once it has.
+    ended: Option<String>,
+    /// Ufrags routed to it, in order.
+    routes: Vec<String>,
+}
+
+/// A call harness: one [`Rooms`], its clients, and what it said.
+struct Net {
+    rooms: Rooms,
+    metrics: Arc<Metrics>,
+    /// The worker's forwarded-packets counter (`GET /system`).
+    forwarded: Arc<std::sync::atomic::AtomicU64>,
+    now: Instant,
+    clients: BTreeMap<SessionKey, Client>,
+    sessions: HashMap<SessionKey, Signaling>,
+    room_events: Vec<RoomEvent>,
+    timers: Vec<(Instant, SessionKey)>,
+    /// Publishers sending media: (session, kind, SSRC, next sequence number).
+    senders: Vec<(SessionKey, MediaKind, u32, u16)>,
+    step: u64,
+}
+
+impl Net {
+    fn new() -> Self {
+        let metrics = Metrics::new();
+        let forwarded: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let rooms = Rooms::new(Setup {
+            index: 0,
+            identity: Identity::generate().expect("a certificate"),
+            settings: testing::settings(),
+            metrics: metrics.clone(),
+            config: config(),
+            room_events: true,
+            forwarded: forwarded.clone(),
+        });
+        Self {
+            rooms,
+            metrics,
+            forwarded,
+            now: Instant::now(),
+            clients: BTreeMap::new(),
+            sessions: HashMap::new(),
+            room_events: Vec::new(),
+            timers: Vec::new(),
+            senders: Vec::new(),
+            step: 0,
+        }
+    }
+
+    /// `key` joins as `name` with a client at 10.9.0.`key`:6000.
+    fn join(&mut self, key: SessionKey, name: &str, permissions: Permissions) {
+        self.rooms
+            .join(key, request(name, permissions), 1_000, 2_000, self.now)
+            .expect("a peer");
+        self.clients
+            .insert(key, Client::new(&format!("10.9.0.{key}:6000"), self.now));
+        self.sessions.insert(key, Signaling::default());
+        self.settle();
+    }
+
+    fn client(&mut self, key: SessionKey) -> &mut Client {
+        self.clients.get_mut(&key).expect("a client")
+    }
+
+    fn events(&self, key: SessionKey) -> &[SessionEvent] {
+        &self.sessions[&key].events
+    }
+
+    /// A receiving section of `kind` more on `key`'s client (for the next offer).
+    fn receive(&mut self, key: SessionKey, kind: MediaKind) {
+        self.client(key).receive(kind);
+        let s = self.sessions.get_mut(&key).expect("a session");
+        match kind {
+            MediaKind::Audio => s.receiving.0 += 1,
+            MediaKind::Video => s.receiving.1 += 1,
+        }
+    }
+
+    /// `key` publishes its camera (its next offer carries it); it sends once connected.
+    fn publish_camera(&mut self, key: SessionKey) {
+        self.client(key).publish(MediaKind::Video, CAM);
+        self.senders.push((key, MediaKind::Video, CAM, 0));
+    }
+
+    /// `key`'s client offers; the answer is applied. Returns the answer.
+    fn negotiate(&mut self, key: SessionKey) -> Result<String, SfuError> {
+        let now = self.now;
+        let sdp = self.client(key).offer(now);
+        let from = self.sessions[&key].events.len();
+        self.rooms.command(
+            key,
+            SessionCommand::Offer {
+                sdp,
+                tracks: HashMap::new(),
+            },
+            now,
+        );
+        self.settle();
+        let s = self.sessions.get_mut(&key).expect("a session");
+        let mut answer = None;
+        for e in &s.events[from..] {
+            match e {
+                SessionEvent::Answer(sdp) => answer = Some(sdp.clone()),
+                SessionEvent::Error(e) => return Err(clone_error(e)),
+                _ => {}
+            }
+        }
+        s.seen = s.events.len();
+        let answer = answer.expect("an answer");
+        self.client(key).answer(&answer, now);
+        self.settle();
+        Ok(answer)
+    }
+
+    /// A command of `key`'s signaling stream.
+    fn command(&mut self, key: SessionKey, command: SessionCommand) {
+        self.rooms.command(key, command, self.now);
+        self.settle();
+    }
+
+    fn manage(&mut self, request: ManageRequest) -> Result<Managed, SfuError> {
+        let answer = self
+            .rooms
+            .manage(TenantId::new("t"), CallId::new("c"), request, self.now);
+        self.settle();
+        answer
+    }
+
+    /// Lets the core drain, then carries out its outputs (as the worker does) until quiet.
+    fn settle(&mut self) {
+        for _ in 0..16 {
+            self.rooms.settle(self.now);
+            let mut moved = false;
+            while let Some((transport, data)) = self.rooms.poll_transmit() {
+                moved = true;
+                // Datagrams to an address no client has (any more) are lost.
+                if let Some(c) = self
+                    .clients
+                    .values_mut()
+                    .find(|c| c.addr() == transport.peer)
+                {
+                    c.deliver(data, self.now);
+                }
+            }
+            while let Some(output) = self.rooms.poll_output() {
+                moved = true;
+                match output {
+                    Output::Event { key, event } => {
+                        if let Some(s) = self.sessions.get_mut(&key) {
+                            s.events.push(event);
+                        }
+                    }
+                    Output::Route { key, ufrag } => {
+                        if let Some(s) = self.sessions.get_mut(&key) {
+                            s.routes.push(ufrag);
+                        }
+                    }
+                    Output::Ended { key, reason, .. } => {
+                        self.clients.remove(&key);
+                        if let Some(s) = self.sessions.get_mut(&key) {
+                            s.ended = Some(reason);
+                        }
+                    }
+                    Output::Room(e) => self.room_events.push(e),
+                    Output::Timer { key, at } => self.timers.push((at, key)),
+                }
+            }
+            for (key, client) in &mut self.clients {
+                while let Some((transport, data)) = client.poll_transmit() {
+                    moved = true;
+                    self.rooms.datagram(*key, transport, data, self.now);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Runs `ms` of the call in 5 ms steps: timers, media every 30 ms from connected
+    /// publishers, and offers where a session was asked for one (as the SDK does).
+    fn run(&mut self, ms: u64) {
+        for _ in 0..ms / 5 {
+            self.now += Duration::from_millis(5);
+            self.step += 1;
+            let now = self.now;
+            let due: Vec<(Instant, SessionKey)> = self
+                .timers
+                .iter()
+                .copied()
+                .filter(|(at, _)| *at <= now)
+                .collect();
+            self.timers.retain(|(at, _)| *at > now);
+            for (at, key) in due {
+                self.rooms.timeout(key, at, now);
+            }
+            for c in self.clients.values_mut() {
+                c.handle_timeout(now);
+            }
+            if self.step.is_multiple_of(6) {
+                for (key, kind, ssrc, seq) in &mut self.senders {
+                    if let Some(c) = self.clients.get_mut(key)
+                        && c.connected
+                    {
+                        c.send(*kind, *ssrc, *seq, now);
+                        *seq = seq.wrapping_add(1);
+                    }
+                }
+            }
+            self.settle();
+            self.answer_requests();
+        }
+    }
+
+    /// Offers for every session asked to (`NegotiationNeeded`), with enough receiving sections.
+    fn answer_requests(&mut self) {
+        let keys: Vec<SessionKey> = self.clients.keys().copied().collect();
+        for key in keys {
+            let s = &self.sessions[&key];
+            let wanted = s.events[s.seen..].iter().rev().find_map(|e| match e {
+                SessionEvent::NegotiationNeeded { audio, video } => Some((*audio, *video)),
+                _ => None,
+            });
+            let Some((audio, video)) = wanted else {
+                continue;
+            };
+            let (have_audio, have_video) = s.receiving;
+            for _ in have_audio..audio {
+                self.receive(key, MediaKind::Audio);
+            }
+            for _ in have_video..video {
+                self.receive(key, MediaKind::Video);
+            }
+            self.negotiate(key).expect("the offer is answered");
+        }
+    }
+
+    /// Runs until `done` holds (checked every 50 ms), for at most `ms`; returns whether it held.
+    fn run_until(&mut self, ms: u64, done: impl Fn(&Net) -> bool) -> bool {
+        for _ in 0..ms / 50 {
+            if done(self) {
+                return true;
+            }
+            self.run(50);
+        }
+        done(self)
+    }
+
+    /// Packets `key`'s client has received so far.
+    fn received(&self, key: SessionKey) -> usize {
+        self.clients.get(&key).map_or(0, |c| c.received.len())
+    }
+
+    fn room_kinds(&self) -> Vec<&RoomEventKind> {
+        self.room_events.iter().map(|e| &e.kind).collect()
+    }
+
+    /// Alice publishes her camera, Bob receives it: both connected, and media flowing to Bob.
+    fn alice_to_bob() -> Self {
+        let mut net = Net::new();
+        net.join(ALICE, "alice", everything());
+        net.join(BOB, "bob", everything());
+        net.publish_camera(ALICE);
+        net.negotiate(ALICE).expect("alice's offer is answered");
+        net.receive(BOB, MediaKind::Video);
+        net.negotiate(BOB).expect("bob's offer is answered");
+        // Bob's first frame is alice's next keyframe (every 30 packets).
+        assert!(
+            net.run_until(3_000, |n| n.received(BOB) > 0),
+            "bob receives alice's camera"
+        );
+        assert!(net.client(ALICE).connected && net.client(BOB).connected);
+        net
+    }
+}
+
+fn clone_error(e: &SfuError) -> SfuError {
+    match e {
+        SfuError::InvalidArgument(m) => SfuError::InvalidArgument(m.clone()),
+        SfuError::LimitReached(what) => SfuError::LimitReached(what),
+        SfuError::NotFound => SfuError::NotFound,
+        other => SfuError::Media(other.to_string()),
+    }
+}
+
+fn has(events: &[SessionEvent], what: impl Fn(&SessionEvent) -> bool) -> bool {
+    events.iter().any(what)
+}
+
+#[test]
+fn joining_announces_each_session_to_the_others_and_starts_the_room() {
+    let mut net = Net::new();
+    net.join(ALICE, "alice", everything());
+    net.join(BOB, "bob", everything());
+    assert!(has(net.events(ALICE), |e| matches!(e,
+        SessionEvent::ParticipantJoined(p) if p.session.as_str() == "bob")));
+    assert!(has(net.events(BOB), |e| matches!(e,
+        SessionEvent::ParticipantJoined(p) if p.session.as_str() == "alice")));
+    let kinds = net.room_kinds();
+    assert!(matches!(kinds[0], RoomEventKind::RoomStarted));
+    assert!(
+        matches!(kinds[1], RoomEventKind::ParticipantJoined(p) if p.session.as_str() == "alice")
+    );
+    assert!(matches!(kinds[2], RoomEventKind::ParticipantJoined(p) if p.session.as_str() == "bob"));
+    let seqs: Vec<u64> = net.room_events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert!(
+        net.room_events.iter().all(|e| e.at_ms == 0),
+        "the core stamps no wall clock"
+    );
+    // The first offer is answered and its ufrag routed to the session.
+    net.receive(ALICE, MediaKind::Video);
+    let answer = net.negotiate(ALICE).expect("answered");
+    assert!(answer.contains("a=ice-lite"));
+    assert_eq!(net.sessions[&ALICE].routes.len(), 1);
+    assert!(answer.contains(&net.sessions[&ALICE].routes[0]));
+}
+
+#[test]
+fn a_second_session_receives_the_first_ones_track() {
+    let mut net = Net::alice_to_bob();
+    let bob = net.events(BOB);
+    assert!(has(bob, |e| matches!(
+        e,
+        SessionEvent::NegotiationNeeded { audio: 0, video: 1 }
+    )));
+    assert!(has(bob, |e| matches!(e,
+        SessionEvent::TrackPublished(t) if t.session.as_str() == "alice" && t.kind == TrackKind::Video)));
+    assert!(net.room_kinds().iter().any(|k| matches!(
+        k,
+        RoomEventKind::TrackPublished {
+            kind: TrackKind::Video,
+            ..
+        }
+    )),);
+    let before = net.received(BOB);
+    assert!(before > 0, "bob receives alice's camera");
+    net.run(300);
+    assert!(net.received(BOB) > before, "and keeps receiving it");
+    // Rewritten onto bob's slot: one SSRC, not alice's.
+    let ssrcs: std::collections::HashSet<u32> =
+        net.client(BOB).received.iter().map(|r| r.ssrc).collect();
+    assert_eq!(ssrcs.len(), 1);
+    assert!(!ssrcs.contains(&CAM));
+    // Alice receives nothing of her own.
+    assert_eq!(net.received(ALICE), 0);
+}
+
+#[test]
+fn leaving_withdraws_the_tracks_frees_the_slot_and_finishes_the_room() {
+    let mut net = Net::alice_to_bob();
+    let seen = net.events(BOB).len();
+    let now = net.now;
+    net.rooms.end(ALICE, "leave".into(), now);
+    net.settle();
+    assert_eq!(net.sessions[&ALICE].ended.as_deref(), Some("leave"));
+    let bob = &net.events(BOB)[seen..];
+    assert!(has(
+        bob,
+        |e| matches!(e, SessionEvent::TrackRemoved(t) if t.session.as_str() == "alice")
+    ));
+    assert!(has(
+        bob,
+        |e| matches!(e, SessionEvent::ParticipantLeft(p) if p.session.as_str() == "alice")
+    ));
+    // The slot cools: bob is asked for an offer, whose answer marks it inactive once.
+    assert!(has(bob, |e| matches!(
+        e,
+        SessionEvent::NegotiationNeeded { .. }
+    )));
+    let answer = net.negotiate(BOB).expect("answered");
+    assert!(answer.contains("a=inactive"), "{answer}");
+    let kinds = net.room_kinds();
+    assert!(
+        kinds
+            .iter()
+            .any(|k| matches!(k, RoomEventKind::TrackUnpublished { .. }))
+    );
+    assert!(kinds.iter().any(|k| matches!(k,
+        RoomEventKind::ParticipantLeft { reason, .. } if reason == "leave")));
+    let before = net.received(BOB);
+    net.run(300);
+    assert_eq!(net.received(BOB), before, "nothing more is forwarded");
+    // A new publisher's camera goes on the freed slot: no new section asked for.
+    net.join(CAROL, "carol", everything());
+    net.client(CAROL).publish(MediaKind::Video, 0xC0C0);
+    net.senders.push((CAROL, MediaKind::Video, 0xC0C0, 0));
+    net.negotiate(CAROL).expect("answered");
+    assert!(
+        net.run_until(3_000, |n| n.received(BOB) > before),
+        "bob receives carol on the same slot"
+    );
+    assert_eq!(net.sessions[&BOB].receiving, (0, 1));
+    // The last two leave: the room finishes and is gone.
+    let now = net.now;
+    net.rooms.end(BOB, "leave".into(), now);
+    net.rooms.end(CAROL, "disconnected".into(), now);
+    net.settle();
+    assert!(matches!(
+        net.room_kinds().last(),
+        Some(RoomEventKind::RoomFinished)
+    ));
+    assert!(matches!(
+        net.manage(ManageRequest::Describe),
+        Err(SfuError::NotFound)
+    ));
+}
+
+#[test]
+fn muting_stops_forwarding_and_unmuting_resumes_it() {
+    let mut net = Net::alice_to_bob();
+    net.command(
+        ALICE,
+        SessionCommand::Mute {
+            kind: TrackKind::Video,
+            muted: true,
+        },
+    );
+    assert!(has(net.events(BOB), |e| matches!(
+        e,
+        SessionEvent::MuteChanged {
+            kind: TrackKind::Video,
+            muted: true,
+            ..
+        }
+    )));
+    net.run(100); // what was on the way
+    let muted_at = net.received(BOB);
+    net.run(500);
+    assert_eq!(
+        net.received(BOB),
+        muted_at,
+        "a muted track is not forwarded"
+    );
+    net.command(
+        ALICE,
+        SessionCommand::Mute {
+            kind: TrackKind::Video,
+            muted: false,
+        },
+    );
+    assert!(has(net.events(BOB), |e| matches!(
+        e,
+        SessionEvent::MuteChanged {
+            kind: TrackKind::Video,
+            muted: false,
+            ..
+        }
+    )));
+    assert!(
+        net.run_until(3_000, |n| n.received(BOB) > muted_at),
+        "forwarding resumes"
+    );
+}
+
+#[test]
+fn a_session_may_publish_only_what_it_is_permitted_and_losing_it_withdraws_the_track() {
+    let mut net = Net::new();
+    let listener = Permissions {
+        subscribe: true,
+        ..Permissions::default()
+    };
+    net.join(ALICE, "alice", listener);
+    net.join(BOB, "bob", everything());
+    net.publish_camera(ALICE);
+    net.negotiate(ALICE).expect("answered");
+    net.receive(BOB, MediaKind::Video);
+    net.negotiate(BOB).expect("answered");
+    net.run(1_000);
+    // Refused when the track opens: an error for alice, nothing for bob.
+    assert!(has(net.events(ALICE), |e| matches!(
+        e,
+        SessionEvent::Error(SfuError::InvalidArgument(_))
+    )));
+    assert!(!has(net.events(BOB), |e| matches!(
+        e,
+        SessionEvent::TrackPublished(_)
+    )));
+    assert_eq!(net.received(BOB), 0);
+
+    // Bob publishes with permission, then loses it: the track stops at once.
+    net.publish_camera(BOB);
+    net.receive(ALICE, MediaKind::Video);
+    net.negotiate(BOB).expect("answered");
+    net.negotiate(ALICE).expect("answered");
+    assert!(
+        net.run_until(3_000, |n| n.received(ALICE) > 0),
+        "alice receives bob's camera"
+    );
+    net.command(BOB, SessionCommand::UpdatePermissions(listener));
+    assert!(has(
+        net.events(ALICE),
+        |e| matches!(e, SessionEvent::TrackRemoved(t) if t.session.as_str() == "bob")
+    ));
+    assert!(net.room_kinds().iter().any(|k| matches!(
+        k,
+        RoomEventKind::TrackUnpublished {
+            kind: TrackKind::Video,
+            ..
+        }
+    )));
+    net.run(100);
+    let stopped_at = net.received(ALICE);
+    net.run(500);
+    assert_eq!(net.received(ALICE), stopped_at);
+}
+
+#[test]
+fn losing_the_subscription_stops_every_slot_and_regaining_it_asks_for_the_tracks() {
+    let mut net = Net::alice_to_bob();
+    let publish_only = Permissions {
+        subscribe: false,
+        ..everything()
+    };
+    net.command(BOB, SessionCommand::UpdatePermissions(publish_only));
+    assert!(has(net.events(BOB), |e| matches!(
+        e,
+        SessionEvent::TrackRemoved(_)
+    )));
+    net.run(100);
+    let stopped_at = net.received(BOB);
+    net.run(500);
+    assert_eq!(net.received(BOB), stopped_at);
+    let seen = net.events(BOB).len();
+    net.command(BOB, SessionCommand::UpdatePermissions(everything()));
+    net.run(1_000);
+    assert!(has(&net.events(BOB)[seen..], |e| matches!(
+        e,
+        SessionEvent::TrackPublished(_)
+    )));
+    assert!(net.received(BOB) > stopped_at);
+}
+
+#[test]
+fn moderators_mute_ask_update_describe_remove_and_end() {
+    let mut net = Net::alice_to_bob();
+    let alice = UserId::new("user-alice");
+    // Mute: the track stops, alice is told it was a moderator, bob sees the mute.
+    let n = net.manage(ManageRequest::Moderate(Moderation::Mute {
+        user: alice.clone(),
+        kind: TrackKind::Video,
+    }));
+    assert!(matches!(n, Ok(Managed::Sessions(1))));
+    assert!(has(net.events(ALICE), |e| matches!(
+        e,
+        SessionEvent::MutedByModerator {
+            kind: TrackKind::Video
+        }
+    )));
+    assert!(has(net.events(BOB), |e| matches!(
+        e,
+        SessionEvent::MuteChanged { muted: true, .. }
+    )));
+    net.run(100);
+    let muted_at = net.received(BOB);
+    net.run(300);
+    assert_eq!(net.received(BOB), muted_at);
+    // Describe shows it muted.
+    let Ok(Managed::Room(room)) = net.manage(ManageRequest::Describe) else {
+        panic!("a room");
+    };
+    assert_eq!(room.call.as_str(), "c");
+    assert_eq!(room.created_at_ms, 1_000);
+    let names: Vec<&str> = room
+        .participants
+        .iter()
+        .map(|p| p.session.as_str())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!(room.participants[0].joined_at_ms, 2_000);
+    assert_eq!(room.participants[0].tracks.len(), 1);
+    assert!(room.participants[0].tracks[0].muted);
+    // Request unmute changes nothing but asks.
+    net.manage(ManageRequest::Moderate(Moderation::RequestUnmute {
+        user: alice.clone(),
+        kind: TrackKind::Video,
+    }))
+    .expect("applied");
+    assert!(has(net.events(ALICE), |e| matches!(
+        e,
+        SessionEvent::UnmuteRequested {
+            kind: TrackKind::Video
+        }
+    )));
+    // Update: new role and permissions.
+    net.manage(ManageRequest::Moderate(Moderation::Update {
+        user: UserId::new("user-bob"),
+        role: "viewer".into(),
+        permissions: everything(),
+    }))
+    .expect("applied");
+    assert!(has(net.events(BOB), |e| matches!(e,
+        SessionEvent::PermissionsChanged { role, .. } if role == "viewer")));
+    // An unknown user is not found.
+    assert!(matches!(
+        net.manage(ManageRequest::Moderate(Moderation::Mute {
+            user: UserId::new("nobody"),
+            kind: TrackKind::Audio,
+        })),
+        Err(SfuError::NotFound)
+    ));
+    // Remove (banned): announced, then the usual leave.
+    net.manage(ManageRequest::Moderate(Moderation::Remove {
+        user: alice,
+        banned_until: Some(99),
+    }))
+    .expect("applied");
+    assert_eq!(net.sessions[&ALICE].ended.as_deref(), Some("banned"));
+    let kinds = net.room_kinds();
+    let removed = kinds
+        .iter()
+        .position(|k| {
+            matches!(
+                k,
+                RoomEventKind::ParticipantRemoved {
+                    banned_until: Some(99),
+                    ..
+                }
+            )
+        })
+        .expect("removal announced");
+    let left = kinds
+        .iter()
+        .position(
+            |k| matches!(k, RoomEventKind::ParticipantLeft { reason, .. } if reason == "banned"),
+        )
+        .expect("and left");
+    assert!(removed < left);
+    assert!(has(net.events(BOB), |e| matches!(
+        e,
+        SessionEvent::ParticipantLeft(_)
+    )));
+    // End: everyone goes.
+    net.join(CAROL, "carol", everything());
+    assert!(matches!(
+        net.manage(ManageRequest::Moderate(Moderation::End)),
+        Ok(Managed::Sessions(2))
+    ));
+    assert_eq!(net.sessions[&BOB].ended.as_deref(), Some("room ended"));
+    assert_eq!(net.sessions[&CAROL].ended.as_deref(), Some("room ended"));
+    assert!(matches!(
+        net.room_kinds().last(),
+        Some(RoomEventKind::RoomFinished)
+    ));
+}
+
+#[test]
+fn an_ice_restart_routes_the_new_ufrag_and_media_follows_the_new_path() {
+    let mut net = Net::alice_to_bob();
+    assert_eq!(net.sessions[&BOB].routes.len(), 1);
+    net.client(BOB).move_and_restart_ice("10.9.0.22:6001");
+    net.negotiate(BOB).expect("answered");
+    let routes = &net.sessions[&BOB].routes;
+    assert_eq!(routes.len(), 2, "the restart's new ufrag is routed");
+    assert_ne!(routes[0], routes[1]);
+    let before = net.received(BOB);
+    net.run(1_000);
+    assert!(net.client(BOB).connected);
+    assert!(
+        net.received(BOB) > before,
+        "media reaches bob at his new address"
+    );
+}
+
+#[test]
+fn candidates_before_the_first_offer_wait_and_are_bounded() {
+    let mut net = Net::new();
+    net.join(ALICE, "alice", everything());
+    let candidate = |i: u16| {
+        SessionCommand::Candidate(crate::sfu::Candidate {
+            candidate: format!(
+                "candidate:{i} 1 udp 2130706431 10.9.0.1 {} typ host",
+                7000 + i
+            ),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+        })
+    };
+    for i in 0..64 {
+        net.command(ALICE, candidate(i));
+    }
+    assert!(!has(net.events(ALICE), |e| matches!(
+        e,
+        SessionEvent::Error(_)
+    )));
+    net.command(ALICE, candidate(64));
+    assert!(has(net.events(ALICE), |e| matches!(
+        e,
+        SessionEvent::Error(SfuError::LimitReached(_))
+    )));
+}
+
+#[test]
+fn metrics_follow_sessions_tracks_and_packets() {
+    let mut net = Net::alice_to_bob();
+    let sfu = &net.metrics.sfu;
+    let tenant = crate::sfu::tenant_label(&TenantId::new("t"));
+    let video = crate::metrics::KindLabels {
+        client_id: "t".into(),
+        kind: "video",
+    };
+    let muted = crate::metrics::ReasonLabels {
+        client_id: "t".into(),
+        reason: "muted",
+    };
+    assert_eq!(sfu.sessions.get_or_create(&tenant).get(), 2);
+    assert_eq!(sfu.tracks_in.get_or_create(&video).get(), 1);
+    assert_eq!(sfu.tracks_out.get_or_create(&video).get(), 1);
+    let forwarded = sfu.forwarded_packets.get_or_create(&video).get();
+    assert!(forwarded > 0);
+    assert_eq!(
+        net.forwarded.load(std::sync::atomic::Ordering::Relaxed),
+        forwarded,
+        "the worker's own count agrees"
+    );
+    assert!(sfu.forwarded_bytes.get_or_create(&video).get() > 0);
+    assert_eq!(sfu.dropped_packets.get_or_create(&muted).get(), 0);
+    net.command(
+        ALICE,
+        SessionCommand::Mute {
+            kind: TrackKind::Video,
+            muted: true,
+        },
+    );
+    net.run(500);
+    let sfu = &net.metrics.sfu;
+    assert!(sfu.dropped_packets.get_or_create(&muted).get() > 0);
+    let now = net.now;
+    net.rooms.end(ALICE, "leave".into(), now);
+    net.rooms.end(BOB, "leave".into(), now);
+    net.settle();
+    let sfu = &net.metrics.sfu;
+    assert_eq!(sfu.sessions.get_or_create(&tenant).get(), 0);
+    assert_eq!(sfu.tracks_in.get_or_create(&video).get(), 0);
+    assert_eq!(sfu.tracks_out.get_or_create(&video).get(), 0);
+}
