@@ -47,8 +47,8 @@ pub struct RoomPolicy {
     pub opened_by: Option<Opener>,
 }
 
-/// Longest wait a policy may set (a day), as rtcd enforces.
-pub const MAX_WAIT_TIMEOUT_SECONDS: u32 = 86_400;
+/// Longest wait a policy may set (a day), as rtcd enforces: the contract's rule.
+pub use rtcd_proto::rules::MAX_WAIT_TIMEOUT_SECONDS;
 
 impl RoomPolicy {
     /// `self`'s set fields over `base`'s.
@@ -64,12 +64,7 @@ impl RoomPolicy {
 
     /// Refuses a timeout outside 1..=[`MAX_WAIT_TIMEOUT_SECONDS`].
     pub fn validate(&self) -> Result<(), String> {
-        match self.wait_timeout_seconds {
-            Some(t) if t == 0 || t > MAX_WAIT_TIMEOUT_SECONDS => Err(format!(
-                "wait_timeout_seconds must be 1-{MAX_WAIT_TIMEOUT_SECONDS}"
-            )),
-            _ => Ok(()),
-        }
+        rtcd_proto::rules::check_wait_timeout(self.wait_timeout_seconds).map_err(|e| e.to_string())
     }
 }
 

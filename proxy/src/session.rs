@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::affiliation::{Affiliation, Ceiling};
 use crate::auth::{AuthError, Grant, Verifier, unix_now};
-use crate::close::CloseReason;
+use crate::close::{CloseReason, MediaClose};
 use crate::config::{Config, ExpiryPolicy};
 use crate::health::Health;
 use crate::metrics::{Metrics, ReasonLabel};
@@ -32,10 +32,7 @@ use crate::policy::{Capability, Permissions, PolicyError, Role, TrackSource, aut
 use crate::protocol::{
     Candidate, ClientMessage, Identity, ModerationAction, RoomName, ServerMessage, SessionId,
 };
-use crate::relay::{
-    JoinRequest, REASON_PEER_CONNECTION_FAILED, Relay, RelayCommand, RelayError, RelayEvent,
-    RelayLink,
-};
+use crate::relay::{JoinRequest, MediaEnd, Relay, RelayCommand, RelayEvent, RelayLink};
 use crate::rooms::{Action, Actor};
 
 /// How long the proxy keeps reading after sending its close frame (for the client's close
@@ -778,24 +775,14 @@ impl Session {
                     .observe(started.elapsed().as_secs_f64());
                 match result {
                     Ok(link) => (Some(link), None),
-                    Err(RelayError::Banned(detail)) => {
-                        tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::Banned.label(), "join refused");
-                        return Next::Close(CloseReason::Banned, Some(detail));
-                    }
-                    Err(RelayError::Revoked(detail)) => {
-                        let e = AuthError::Revoked;
-                        tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = e.reason(), "join refused");
-                        return Next::Close(CloseReason::Auth(e), Some(detail));
-                    }
-                    Err(RelayError::LobbyFull(detail)) => {
-                        tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::LobbyFull.label(), "join refused");
-                        return Next::Close(CloseReason::LobbyFull, Some(detail));
-                    }
-                    Err(RelayError::GuestsNotAllowed(detail)) => {
-                        tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::GuestsNotAllowed.label(), "join refused");
-                        return Next::Close(CloseReason::GuestsNotAllowed, Some(detail));
-                    }
-                    Err(e) => (None, Some((e.code(), e.to_string()))),
+                    Err(e) => match crate::close::join_refused(&e) {
+                        Some(close) => {
+                            tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = close.label(), "join refused");
+                            // The media server's message (each of these displays as it).
+                            return Next::Close(close, Some(e.to_string()));
+                        }
+                        None => (None, Some((e.code(), e.to_string()))),
+                    },
                 }
             }
         };
@@ -1330,10 +1317,12 @@ impl Session {
 
     async fn on_relay_event(&mut self, event: Option<RelayEvent>) -> Next {
         let Some(event) = event else {
-            return self.media_closed(None).await;
+            return self.media_closed(MediaEnd::Unspecified, None).await;
         };
         let message = match event {
-            RelayEvent::Closed { reason } => return self.media_closed(Some(reason)).await,
+            RelayEvent::Closed { end, reason } => {
+                return self.media_closed(end, Some(reason)).await;
+            }
             RelayEvent::Admitted { resume_token } => {
                 let waited = self.joined.as_mut().is_some_and(|j| {
                     let waited = !j.admitted;
@@ -1414,70 +1403,17 @@ impl Session {
 }
 
 impl Session {
-    /// The media server ended this session's stream: `reason` is its `SessionClosed` reason,
-    /// `None` when the stream ended without one (the media server died or became unreachable).
-    /// Only "peer connection failed" is the client's own problem; everything else means the
-    /// media server is gone for this session and a rejoin places it again.
-    async fn media_closed(&mut self, reason: Option<String>) -> Next {
+    /// The media server ended this session's stream: `end` is its typed `SessionClosed`
+    /// reason and `reason` the prose, `None` when the stream ended without one (the media
+    /// server died or became unreachable). [`crate::close::media_end`] decides the close.
+    async fn media_closed(&mut self, end: MediaEnd, reason: Option<String>) -> Next {
         if let Some(j) = self.joined.as_mut() {
             j.link = None;
             j.media_closed = Some(reason.clone().unwrap_or_else(|| "stream lost".into()));
         }
-        let moderated = match reason.as_deref() {
-            Some("removed") => Some((CloseReason::Removed, "you were removed from the room")),
-            Some("banned") => Some((
-                CloseReason::Banned,
-                "you were removed from the room and banned from it",
-            )),
-            Some("room ended") => Some((CloseReason::RoomEnded, "the room was ended for everyone")),
-            Some("lobby denied") => Some((
-                CloseReason::LobbyDenied,
-                "a moderator did not let you into the room",
-            )),
-            Some("host timeout") => Some((
-                CloseReason::HostTimeout,
-                "no moderator joined the room in time",
-            )),
-            Some("lobby timeout") => Some((
-                CloseReason::LobbyTimeout,
-                "nobody let you into the room in time",
-            )),
-            Some("guests not allowed") => Some((
-                CloseReason::GuestsNotAllowed,
-                "this room no longer allows guests",
-            )),
-            Some("revoked") => Some((
-                CloseReason::Auth(AuthError::Revoked),
-                "your token was revoked",
-            )),
-            _ => None,
-        };
-        if let Some((close, detail)) = moderated {
-            return Next::Close(close, Some(detail.into()));
-        }
-        if reason.as_deref() == Some(REASON_PEER_CONNECTION_FAILED) {
-            return Next::Close(
-                CloseReason::MediaConnectionFailed,
-                Some(
-                    "your media connection to the media server failed (no ICE or DTLS traffic \
-                     got through); the media server is fine: rejoin, and check the network or \
-                     TURN settings if it happens again"
-                        .into(),
-                ),
-            );
-        }
-        let message = match reason.as_deref() {
-            // Planned: the host drains (its calls ran out of drain time, or it moves them).
-            Some("shutdown") | Some("migrate") => {
-                "the media server hosting this room is being taken out of service; rejoining \
-                 moves the call to another media server"
-                    .into()
-            }
-            Some("moved") => {
-                "this room was moved to another media server; rejoin to follow it".into()
-            }
-            Some(reason) => format!("the media server closed this session ({reason}); rejoin"),
-            None => "the media server hosting this room is gone; rejoin".into(),
+        let message = match crate::close::media_end(end, reason.as_deref()) {
+            MediaClose::Close(close, detail) => return Next::Close(close, Some(detail.into())),
+            MediaClose::Lost(message) => message,
         };
         self.send(ServerMessage::MediaServerLost { message }).await;
         Next::Close(CloseReason::MediaServerLost, None)

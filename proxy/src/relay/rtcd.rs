@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{
-    BoxFuture, JoinRequest, LINK_CAPACITY, Relay, RelayCommand, RelayError, RelayEvent, RelayLink,
-    Resumed, Waiting,
+    BoxFuture, JoinRequest, LINK_CAPACITY, MediaEnd, Relay, RelayCommand, RelayError, RelayEvent,
+    RelayLink, Resumed, Waiting,
 };
 use crate::config::RtcdConfig;
 use crate::placement::{HostHealth, HostSet};
@@ -50,8 +50,6 @@ const LOCATE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long after opening a new room the relay looks whether another replica opened it
 /// elsewhere at the same moment.
 const SPLIT_CHECK_DELAY: Duration = Duration::from_secs(2);
-/// What rtcd's refusal of a new room on a full host says (`sfu::HOST_CAPACITY`).
-const HOST_CAPACITY_MARKER: &str = "host capacity for new rooms";
 
 /// How long opening a stream and receiving `Joined` may take.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -733,7 +731,7 @@ impl RtcdRelay {
                 // The host is at capacity for new rooms (the room is not there: rooms already
                 // on a host are found by `place` and always taken): count it full until its
                 // next probe, and place the room on another host.
-                Err(RelayError::Refused(e)) if e.contains(HOST_CAPACITY_MARKER) => {
+                Err(RelayError::HostCapacity(e)) => {
                     self.hosts.set_load(&key, 1.0);
                     tracing::info!(session = %request.session, host = %key, "rtcd host at capacity; placing the new room on another host");
                     tried.push(key);
@@ -1505,26 +1503,23 @@ struct Discovery {
     last: Mutex<Vec<IpAddr>>,
 }
 
+/// A refusing status as the relay's error: decided by the typed `JoinRefused` in its details,
+/// then by its code; the message is only carried along, for the client and the logs. An rtcd
+/// older than the typed refusals sends none (UNSPECIFIED): its refusals are plain
+/// `media_refused` (see `JoinRefusal` in signaling.proto).
 fn status_to_error(status: &tonic::Status) -> RelayError {
     use tonic::Code;
-    let message = status.message();
-    // The typed reason first (rtcd.v1.JoinRefused in the details), prose prefixes after.
+    let message = status.message().to_owned();
     let typed = <pb::JoinRefused as prost::Message>::decode(status.details())
-        .ok()
-        .and_then(|r| pb::JoinRefusal::try_from(r.reason).ok());
-    if typed == Some(pb::JoinRefusal::LobbyFull) {
-        return RelayError::LobbyFull(message.to_owned());
-    }
-    if status.code() == Code::PermissionDenied {
-        if message.starts_with("banned") {
-            return RelayError::Banned(message.to_owned());
-        }
-        if message.starts_with("revoked") {
-            return RelayError::Revoked(message.to_owned());
-        }
-        if message.starts_with("guests not allowed") {
-            return RelayError::GuestsNotAllowed(message.to_owned());
-        }
+        .map(|r| r.reason())
+        .unwrap_or_default();
+    match typed {
+        pb::JoinRefusal::LobbyFull => return RelayError::LobbyFull(message),
+        pb::JoinRefusal::Banned => return RelayError::Banned(message),
+        pb::JoinRefusal::Revoked => return RelayError::Revoked(message),
+        pb::JoinRefusal::GuestsNotAllowed => return RelayError::GuestsNotAllowed(message),
+        pb::JoinRefusal::HostCapacity => return RelayError::HostCapacity(message),
+        pb::JoinRefusal::Unspecified => {}
     }
     match status.code() {
         Code::InvalidArgument
@@ -1804,11 +1799,37 @@ impl EventTranslator {
                 message: e.message,
             },
             Signal::SessionClosed(c) => {
-                tracing::debug!(reason = %c.reason, "rtcd closed the session");
-                RelayEvent::Closed { reason: c.reason }
+                tracing::debug!(reason = %c.reason, end = ?c.end(), "rtcd closed the session");
+                RelayEvent::Closed {
+                    end: media_end(c.end()),
+                    reason: c.reason,
+                }
             }
         };
         vec![event]
+    }
+}
+
+/// rtcd's typed session end as the relay's.
+fn media_end(end: pb::SessionEnd) -> MediaEnd {
+    use pb::SessionEnd as End;
+    match end {
+        End::Unspecified => MediaEnd::Unspecified,
+        End::Leave => MediaEnd::Leave,
+        End::ClosedByClient => MediaEnd::ClosedByClient,
+        End::PeerConnectionFailed => MediaEnd::PeerConnectionFailed,
+        End::Disconnected => MediaEnd::Disconnected,
+        End::Shutdown => MediaEnd::Shutdown,
+        End::Migrate => MediaEnd::Migrate,
+        End::Moved => MediaEnd::Moved,
+        End::Removed => MediaEnd::Removed,
+        End::Banned => MediaEnd::Banned,
+        End::RoomEnded => MediaEnd::RoomEnded,
+        End::Revoked => MediaEnd::Revoked,
+        End::LobbyDenied => MediaEnd::LobbyDenied,
+        End::HostTimeout => MediaEnd::HostTimeout,
+        End::LobbyTimeout => MediaEnd::LobbyTimeout,
+        End::GuestsNotAllowed => MediaEnd::GuestsNotAllowed,
     }
 }
 
@@ -1970,7 +1991,6 @@ mod tests {
         assert_eq!(display_name(Some(&odd)).len(), 255);
     }
     use super::*;
-    use crate::relay::REASON_PEER_CONNECTION_FAILED;
     use pb::server_signal::Signal;
 
     fn participant(session: &str, user: &str, name: &str) -> pb::ParticipantEvent {
@@ -2093,10 +2113,23 @@ mod tests {
         );
         assert_eq!(
             t.translate(Signal::SessionClosed(pb::SessionClosed {
-                reason: "peer connection failed".into()
+                reason: "peer connection failed".into(),
+                end: pb::SessionEnd::PeerConnectionFailed as i32,
             })),
             [RelayEvent::Closed {
-                reason: REASON_PEER_CONNECTION_FAILED.into()
+                end: MediaEnd::PeerConnectionFailed,
+                reason: "peer connection failed".into()
+            }]
+        );
+        // An older rtcd: no typed end, whatever the prose says.
+        assert_eq!(
+            t.translate(Signal::SessionClosed(pb::SessionClosed {
+                reason: "banned".into(),
+                end: 0,
+            })),
+            [RelayEvent::Closed {
+                end: MediaEnd::Unspecified,
+                reason: "banned".into()
             }]
         );
     }
