@@ -1,7 +1,7 @@
 //! Rules both sides of the contract state: a proxy checks them before it asks rtcd, and rtcd
 //! enforces them when asked, so each is written once, here, beside the messages they govern,
-//! and neither side can drift from the other. Plain values and functions only: no daemon's
-//! domain types, and no IO.
+//! and neither side can drift from the other. Plain values and functions only (and the
+//! generated enums they name): no daemon's domain types, and no IO.
 
 /// Longest wait a room policy may set (`RoomPolicy.wait_timeout_seconds`): a day.
 pub const MAX_WAIT_TIMEOUT_SECONDS: u32 = 86_400;
@@ -19,6 +19,31 @@ pub const MODERATOR_ROLE: &str = "moderator";
 
 /// The role that a room's `guests_allowed` applies to.
 pub const GUEST_ROLE: &str = "guest";
+
+/// The typed end of a `SessionClosed` reason as rtcd names it (`SESSION_END_UNSPECIFIED` for
+/// a name without a value of its own). rtcd types its ends with it at its signaling boundary;
+/// relays that know only the name (in-process ones, test doubles) type it the same way.
+pub fn session_end(reason: &str) -> crate::v1::SessionEnd {
+    use crate::v1::SessionEnd as End;
+    match reason {
+        "leave" => End::Leave,
+        "closed by client" => End::ClosedByClient,
+        "peer connection failed" => End::PeerConnectionFailed,
+        "disconnected" => End::Disconnected,
+        "shutdown" => End::Shutdown,
+        "migrate" => End::Migrate,
+        "moved" => End::Moved,
+        "removed" => End::Removed,
+        "banned" => End::Banned,
+        "room ended" => End::RoomEnded,
+        "revoked" => End::Revoked,
+        "lobby denied" => End::LobbyDenied,
+        "host timeout" => End::HostTimeout,
+        "lobby timeout" => End::LobbyTimeout,
+        "guests not allowed" => End::GuestsNotAllowed,
+        _ => End::Unspecified,
+    }
+}
 
 /// A policy's `wait_timeout_seconds` out of 1..=[`MAX_WAIT_TIMEOUT_SECONDS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -318,6 +318,21 @@ mod tests {
     }
 
     #[test]
+    fn relays_that_know_only_rtcds_names_type_them_by_the_contracts_table() {
+        use crate::relay::EndReason;
+        let typed = |name: &str| EndReason::from(name).end;
+        assert_eq!(
+            typed("peer connection failed"),
+            MediaEnd::PeerConnectionFailed
+        );
+        assert_eq!(typed("banned"), MediaEnd::Banned);
+        assert_eq!(typed("shutdown"), MediaEnd::Shutdown);
+        assert_eq!(typed("host timeout"), MediaEnd::HostTimeout);
+        assert_eq!(typed("something new"), MediaEnd::Unspecified);
+        assert_eq!(EndReason::from("moved").to_string(), "moved");
+    }
+
+    #[test]
     fn typed_join_refusals_close_and_the_rest_do_not() {
         let close = |e: RelayError| join_refused(&e).map(|r| r.code());
         assert_eq!(close(RelayError::Banned("b".into())), Some(4012));

@@ -164,12 +164,61 @@ pub enum RelayEvent {
     /// The media server closed the session; the event channel ends right after. Without
     /// this event, a closed channel means the media server was lost.
     Closed {
-        /// Why, as a type: what the session decides on (`close::media_end`).
-        end: MediaEnd,
-        /// The media server's prose (`"peer connection failed"`, `"shutdown"`, ...), for logs
-        /// and the client's `media_server_lost` message only.
-        reason: String,
+        /// Why (`"peer connection failed".into()`, `"shutdown".into()`, ...).
+        reason: EndReason,
     },
+}
+
+/// Why the media server ended a session: its typed end, which the session decides on
+/// ([`crate::close::media_end`]), and its prose, for logs and the client's
+/// `media_server_lost` message only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndReason {
+    /// The typed end.
+    pub end: MediaEnd,
+    /// The media server's words.
+    pub text: String,
+}
+
+/// A reason as rtcd names it (`"peer connection failed"`, ...), typed by the contract's one
+/// table of names (`rtcd_proto::rules::session_end`): for relays that know only the name.
+impl From<&str> for EndReason {
+    fn from(name: &str) -> Self {
+        EndReason {
+            end: MediaEnd::from(rtcd_proto::rules::session_end(name)),
+            text: name.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl From<rtcd_proto::v1::SessionEnd> for MediaEnd {
+    fn from(end: rtcd_proto::v1::SessionEnd) -> Self {
+        use rtcd_proto::v1::SessionEnd as End;
+        match end {
+            End::Unspecified => MediaEnd::Unspecified,
+            End::Leave => MediaEnd::Leave,
+            End::ClosedByClient => MediaEnd::ClosedByClient,
+            End::PeerConnectionFailed => MediaEnd::PeerConnectionFailed,
+            End::Disconnected => MediaEnd::Disconnected,
+            End::Shutdown => MediaEnd::Shutdown,
+            End::Migrate => MediaEnd::Migrate,
+            End::Moved => MediaEnd::Moved,
+            End::Removed => MediaEnd::Removed,
+            End::Banned => MediaEnd::Banned,
+            End::RoomEnded => MediaEnd::RoomEnded,
+            End::Revoked => MediaEnd::Revoked,
+            End::LobbyDenied => MediaEnd::LobbyDenied,
+            End::HostTimeout => MediaEnd::HostTimeout,
+            End::LobbyTimeout => MediaEnd::LobbyTimeout,
+            End::GuestsNotAllowed => MediaEnd::GuestsNotAllowed,
+        }
+    }
 }
 
 /// Why the media server ended a session (rtcd's typed `SessionEnd`). The session maps it to

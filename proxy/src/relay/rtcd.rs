@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{
-    BoxFuture, JoinRequest, LINK_CAPACITY, MediaEnd, Relay, RelayCommand, RelayError, RelayEvent,
-    RelayLink, Resumed, Waiting,
+    BoxFuture, EndReason, JoinRequest, LINK_CAPACITY, MediaEnd, Relay, RelayCommand, RelayError,
+    RelayEvent, RelayLink, Resumed, Waiting,
 };
 use crate::config::RtcdConfig;
 use crate::placement::{HostHealth, HostSet};
@@ -1801,35 +1801,14 @@ impl EventTranslator {
             Signal::SessionClosed(c) => {
                 tracing::debug!(reason = %c.reason, end = ?c.end(), "rtcd closed the session");
                 RelayEvent::Closed {
-                    end: media_end(c.end()),
-                    reason: c.reason,
+                    reason: EndReason {
+                        end: MediaEnd::from(c.end()),
+                        text: c.reason,
+                    },
                 }
             }
         };
         vec![event]
-    }
-}
-
-/// rtcd's typed session end as the relay's.
-fn media_end(end: pb::SessionEnd) -> MediaEnd {
-    use pb::SessionEnd as End;
-    match end {
-        End::Unspecified => MediaEnd::Unspecified,
-        End::Leave => MediaEnd::Leave,
-        End::ClosedByClient => MediaEnd::ClosedByClient,
-        End::PeerConnectionFailed => MediaEnd::PeerConnectionFailed,
-        End::Disconnected => MediaEnd::Disconnected,
-        End::Shutdown => MediaEnd::Shutdown,
-        End::Migrate => MediaEnd::Migrate,
-        End::Moved => MediaEnd::Moved,
-        End::Removed => MediaEnd::Removed,
-        End::Banned => MediaEnd::Banned,
-        End::RoomEnded => MediaEnd::RoomEnded,
-        End::Revoked => MediaEnd::Revoked,
-        End::LobbyDenied => MediaEnd::LobbyDenied,
-        End::HostTimeout => MediaEnd::HostTimeout,
-        End::LobbyTimeout => MediaEnd::LobbyTimeout,
-        End::GuestsNotAllowed => MediaEnd::GuestsNotAllowed,
     }
 }
 
@@ -2117,8 +2096,10 @@ mod tests {
                 end: pb::SessionEnd::PeerConnectionFailed as i32,
             })),
             [RelayEvent::Closed {
-                end: MediaEnd::PeerConnectionFailed,
-                reason: "peer connection failed".into()
+                reason: EndReason {
+                    end: MediaEnd::PeerConnectionFailed,
+                    text: "peer connection failed".into()
+                }
             }]
         );
         // An older rtcd: no typed end, whatever the prose says.
@@ -2128,8 +2109,10 @@ mod tests {
                 end: 0,
             })),
             [RelayEvent::Closed {
-                end: MediaEnd::Unspecified,
-                reason: "banned".into()
+                reason: EndReason {
+                    end: MediaEnd::Unspecified,
+                    text: "banned".into()
+                }
             }]
         );
     }

@@ -274,34 +274,11 @@ pub fn event(e: SessionEvent) -> pb::ServerSignal {
 /// SFU, the lobby and moderation name their reasons, and this is where those names cross the
 /// contract.
 pub fn session_closed(reason: String) -> pb::server_signal::Signal {
-    let end = session_end(&reason);
+    let end = rtcd_proto::rules::session_end(&reason);
     pb::server_signal::Signal::SessionClosed(pb::SessionClosed {
         reason,
         end: end as i32,
     })
-}
-
-/// The typed end of one of rtcd's `SessionClosed` reasons (UNSPECIFIED: none of its own).
-fn session_end(reason: &str) -> pb::SessionEnd {
-    use pb::SessionEnd as End;
-    match reason {
-        "leave" => End::Leave,
-        "closed by client" => End::ClosedByClient,
-        "peer connection failed" => End::PeerConnectionFailed,
-        "disconnected" => End::Disconnected,
-        "shutdown" => End::Shutdown,
-        "migrate" => End::Migrate,
-        "moved" => End::Moved,
-        "removed" => End::Removed,
-        "banned" => End::Banned,
-        "room ended" => End::RoomEnded,
-        "revoked" => End::Revoked,
-        "lobby denied" => End::LobbyDenied,
-        "host timeout" => End::HostTimeout,
-        "lobby timeout" => End::LobbyTimeout,
-        "guests not allowed" => End::GuestsNotAllowed,
-        _ => End::Unspecified,
-    }
 }
 
 /// An error event carrying the gRPC code the same error would have as a status.
