@@ -16,7 +16,8 @@ use crate::api::JsonBody;
 use crate::api::reply::ApiError;
 use crate::auth::{ClientId, Credentials, validate_key};
 use crate::config::{Config, ConfigError};
-use crate::sfu::{SessionCommand, SfuError, TenantId, TrackKind, sdp};
+use crate::media::sdp;
+use crate::sfu::{SessionCommand, SfuError, TenantId, TrackKind};
 
 /// Why a fuzzed input was refused. The fuzzers only need "an error, not a panic"; the
 /// variants keep the underlying error so a replayed input can be explained.
@@ -176,7 +177,7 @@ pub enum Signal {
 /// then converted as the signaling service does (`Join` into a join request, anything else into
 /// a session command; an offer then through the SFU's offer checks).
 pub fn client_signal(data: &[u8]) -> Result<Signal, FuzzError> {
-    use crate::signaling::convert;
+    use crate::grpc::convert;
     let message = pb::ClientSignal::decode(data)?;
     match message.signal {
         None => Err(SfuError::InvalidArgument("empty ClientSignal".into()).into()),

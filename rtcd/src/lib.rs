@@ -10,12 +10,16 @@
 //! * [`api`]: the warp HTTP API (Mattermost rtcd wire format) and the single error-to-status
 //!   mapping; the listeners (TCP / TLS, deadlines, connection caps, graceful shutdown) are the
 //!   service kit's (`rtcd_kit::listener`, `rtcd_kit::tls`).
+//! * [`grpc`]: the boundary both gRPC services share: caller authentication, proto <->
+//!   domain conversions, errors as statuses.
 //! * [`signaling`]: the gRPC service proxies use (authenticated per RPC, tenant-scoped).
 //! * [`rooms`]: the gRPC room-management service on the same port (list, remove and ban,
 //!   mute, role and permission changes, end room, revoke), over the SFU and [`moderation`]
 //!   (bans and revocations, durable in the same sled database as the clients).
 //! * [`sfu`]: calls, sessions and RTP forwarding (knows no gRPC, proto, auth or WebRTC library).
 //! * [`webhook`]: room events (from the SFU) POSTed, signed, to each tenant's URLs.
+//! * [`media`]: the media types below both the engine and the SFU (the SFU's RTP packet, the
+//!   SDP reading it needs), so the engine imports nothing from the SFU.
 //! * [`engine`]: the media engine v2: everything that touches the WebRTC library and the media
 //!   sockets ([`engine::net`]: rtcd's own batched UDP, demultiplexing and ICE-TCP).
 //! * [`health`] (the kit's), [`system`], [`metrics`]: readiness, host load, Prometheus registry.
@@ -47,8 +51,10 @@ pub mod engine;
 /// Parsers of outside input as the fuzz targets and their corpus replay call them (not an API).
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod grpc;
 pub mod lobby;
 pub mod logging;
+pub mod media;
 pub mod metrics;
 pub mod moderation;
 pub mod rooms;

@@ -2,7 +2,7 @@
 //! core) and the media sockets.
 //!
 //! Nothing outside this module sees the WebRTC library's types; the SFU talks to the engine
-//! through rtcd's own candidate, event and packet types (`sfu::packet`).
+//! through rtcd's own candidate, event and packet types (`media::packet`).
 //!
 //! * [`net`]: rtcd's own network IO (one UDP port for every session, batched system calls,
 //!   first-byte demultiplexing and ICE-TCP framing). Pure std / nix / tokio networking: it knows

@@ -52,8 +52,8 @@ use rtc::sansio::Protocol as _;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::net::{Protocol, Transport};
-use crate::sfu::packet::{MediaKind, MediaPacket, RtpHeaderOut, VideoCodec};
-use crate::sfu::sdp;
+use crate::media::packet::{MediaKind, MediaPacket, RtpHeaderOut, VideoCodec};
+use crate::media::sdp;
 
 /// Why the engine refused something. Mapped by signaling to `INVALID_ARGUMENT` (bad SDP or
 /// candidate) or `INTERNAL` (everything else).
@@ -308,7 +308,7 @@ const TRANSPORT_CC_URI: &str =
 /// The header extensions every peer's media engine registers, by kind: what an answer of ours
 /// can contain. [`trim_offer`] drops the offer's others (a browser offers about a dozen).
 const NEGOTIATED_EXTENSIONS: [(RtpCodecKind, &str); 3] = [
-    (RtpCodecKind::Audio, crate::sfu::packet::AUDIO_LEVEL_URI),
+    (RtpCodecKind::Audio, crate::media::packet::AUDIO_LEVEL_URI),
     (RtpCodecKind::Audio, TRANSPORT_CC_URI),
     (RtpCodecKind::Video, TRANSPORT_CC_URI),
 ];
@@ -476,7 +476,7 @@ fn build_media_template() -> Result<MediaEngine, EngineError> {
     media
         .register_header_extension(
             rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
-                uri: crate::sfu::packet::AUDIO_LEVEL_URI.to_owned(),
+                uri: crate::media::packet::AUDIO_LEVEL_URI.to_owned(),
             },
             RtpCodecKind::Audio,
             None,

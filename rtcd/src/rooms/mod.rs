@@ -7,7 +7,7 @@
 //! and tracks; the live state comes from the SFU (the worker thread that owns the call answers,
 //! so an action applies between two packets), and what must outlive the process (bans,
 //! cut-offs, denied token IDs) goes to [`crate::moderation`] and is durable before the RPC
-//! returns. Every RPC is authenticated like signaling (`signaling::tenant_of`) and
+//! returns. Every RPC is authenticated like signaling (`grpc::tenant_of`) and
 //! scoped to the caller: another tenant's room, participant or ban is NOT_FOUND. Each
 //! management action leaves one INFO line on the `audit` target (client, call, user, action,
 //! outcome). Errors are mapped once, in [`status`].
@@ -19,13 +19,13 @@ use rtcd_proto::v1::rooms_server::Rooms;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthService, StoreError};
+use crate::grpc::convert;
 use crate::lobby::RoomPolicy;
 use crate::lobby::{Lobby, LobbyError};
 use crate::moderation::{ModerationStore, unix_now};
 use crate::sfu::{
     CallId, MAX_ID_BYTES, MAX_ROLE_BYTES, Moderation, RoomDetail, Sfu, SfuError, TenantId, UserId,
 };
-use crate::signaling::convert;
 use crate::webhook::{WebhookError, Webhooks};
 
 /// Longest ban: a year.
@@ -94,7 +94,7 @@ impl RoomsService {
     }
 
     async fn tenant<T>(&self, req: &Request<T>) -> Result<TenantId, Status> {
-        crate::signaling::tenant_of(&self.auth, req).await
+        crate::grpc::tenant_of(&self.auth, req).await
     }
 
     async fn remove(

@@ -13,12 +13,12 @@ pub fn from_rooms(e: &RoomsError) -> Status {
         RoomsError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
         RoomsError::NotFound(what) => Status::not_found(*what),
         RoomsError::Sfu(SfuError::NotFound) => Status::not_found("no such room or participant"),
-        RoomsError::Sfu(e) => crate::signaling::status::from_sfu(e),
-        RoomsError::Store(e) => crate::signaling::status::from_store(e),
+        RoomsError::Sfu(e) => crate::grpc::status::from_sfu(e),
+        RoomsError::Store(e) => crate::grpc::status::from_store(e),
         // The operator's switch, not the caller's mistake.
         RoomsError::Webhooks(WebhookError::Disabled) => Status::failed_precondition(e.to_string()),
         RoomsError::Webhooks(e) => Status::invalid_argument(e.to_string()),
-        RoomsError::Lobby(e) => crate::signaling::status::from_lobby(e),
+        RoomsError::Lobby(e) => crate::grpc::status::from_lobby(e),
     }
 }
 

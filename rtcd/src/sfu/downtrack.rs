@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::packet::{MediaKind, MediaPacket, RtpHeaderOut};
 use super::retransmit::{
     CapacityError, EXTENDED_BASE, RetransmitBuffer, check_capacity, unwrap_seq,
 };
+use crate::media::packet::{MediaKind, MediaPacket, RtpHeaderOut};
 
 /// Sent-packet history of a video down-track (output seq → source seq), for NACKs.
 pub const DEFAULT_VIDEO_HISTORY: usize = 512;
@@ -1027,7 +1027,7 @@ impl DownTrack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sfu::packet::HeaderExtensions;
+    use crate::media::packet::HeaderExtensions;
 
     const SRC: u32 = 0x1111_1111;
     const SRC2: u32 = 0x2222_2222;

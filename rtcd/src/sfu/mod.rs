@@ -17,9 +17,7 @@
 pub mod downtrack;
 pub mod events;
 pub mod negotiation;
-pub mod packet;
 pub mod retransmit;
-pub mod sdp;
 pub mod session;
 mod shard;
 pub mod voice;
@@ -33,6 +31,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::media::packet::MediaKind;
+use crate::media::sdp;
 use crate::metrics::Metrics;
 pub use session::{Candidate, SessionCommand, SessionEvent, SessionHandle};
 
@@ -111,6 +111,16 @@ impl TrackKind {
     /// Whether it travels in an audio media section (else a video one).
     pub fn is_audio(self) -> bool {
         matches!(self, TrackKind::Audio | TrackKind::ScreenAudio)
+    }
+}
+
+impl From<TrackKind> for MediaKind {
+    /// Cameras and screen shares are video; microphones and screen audio are audio.
+    fn from(kind: TrackKind) -> Self {
+        match kind {
+            TrackKind::Audio | TrackKind::ScreenAudio => MediaKind::Audio,
+            TrackKind::Video | TrackKind::Screen => MediaKind::Video,
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! sequence into a 64-bit one internally, so a lookup never confuses a packet with the one
 //! 65 536 packets earlier, and packets older than the window are never returned.
 
-use super::packet::MediaPacket;
+use crate::media::packet::MediaPacket;
 
 /// The default number of packets kept per source track: about 1.5 s of 2.5 Mbit/s video.
 pub const DEFAULT_CAPACITY: usize = 512;

@@ -2,11 +2,8 @@
 //! `authorization` metadata, scopes it to the caller's tenant, and relays between one
 //! bidirectional stream and one SFU session. It holds no media state.
 
-pub mod convert;
 pub mod resume;
-pub mod status;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 
 use rtcd_proto::v1 as pb;
@@ -17,7 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{AuthService, Credentials, Principal};
+use crate::auth::AuthService;
+use crate::grpc::{convert, status, tenant_of};
 use crate::lobby::{self, Decision, Entrant, Gate, Lobby, Notice, Presence, Ticket};
 use crate::moderation::{ModerationStore, Refusal, unix_now};
 use crate::sfu::{CallId, JoinRequest, SessionId, Sfu, SfuError, TenantId, UserId};
@@ -34,29 +32,6 @@ pub struct SignalingService {
     /// Every session's relay task (joined, waiting or parked): shutdown waits for them, since
     /// they hold the store and the SFU handles until their session has ended.
     relays: TaskTracker,
-}
-
-/// Who is calling: a registered client, from basic credentials or a bearer token (cached in
-/// `AuthService`, so no bcrypt per RPC once verified). Admins are not tenants. Every rtcd gRPC
-/// service authenticates through this one function.
-pub(crate) async fn tenant_of<T>(auth: &AuthService, req: &Request<T>) -> Result<TenantId, Status> {
-    let header = req
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| Status::unauthenticated("authentication failed"))?;
-    let credentials = Credentials::from_authorization(header).map_err(|e| status::from_auth(&e))?;
-    let origin = req
-        .remote_addr()
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    match auth.authenticate(&credentials, origin).await {
-        Ok(Principal::Client(id)) => Ok(TenantId::new(id.as_str())),
-        Ok(Principal::Admin) => Err(Status::permission_denied(
-            "the admin cannot join calls; use a client's credentials",
-        )),
-        Err(e) => Err(status::from_auth(&e)),
-    }
 }
 
 impl SignalingService {

@@ -29,13 +29,13 @@ use crate::engine::net::udp::{BatchSocket, SendBatch};
 use crate::engine::net::{Protocol, Transport};
 use crate::engine::peer::{Codec, HeaderExtension, OpenedTrack, SlotId, TrackKey};
 use crate::engine::{Identity, Peer, PeerEvent, PeerSettings};
+use crate::media::packet::{AUDIO_LEVEL_URI, MediaKind, MediaPacket};
+use crate::media::sdp;
 use crate::metrics::{KindLabels, Metrics, ReasonLabels};
 use crate::sfu::downtrack::{DownTrack, DownTrackConfig, ExtensionMap, Forward, PayloadTypeMap};
 use crate::sfu::events::{EventParticipant, RoomEvent, RoomEventKind, RoomEventSink};
 use crate::sfu::negotiation::{Negotiation, TrackId};
-use crate::sfu::packet::{AUDIO_LEVEL_URI, MediaKind, MediaPacket};
 use crate::sfu::retransmit::RetransmitBuffer;
-use crate::sfu::sdp;
 use crate::sfu::session::{SessionCommand, SessionEvent, TrackInfo};
 use crate::sfu::voice::VoiceDetector;
 use crate::sfu::{

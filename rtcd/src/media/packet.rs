@@ -11,8 +11,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::TrackKind;
-
 /// How many header extensions a [`MediaPacket`] keeps. The engine hands over only extensions
 /// that the publisher's section negotiated and that describe the media rather than the hop
 /// (transport-cc, abs-send-time, mid and rid never are): today that is the audio level alone.
@@ -36,16 +34,6 @@ pub enum MediaKind {
     Audio,
     /// Video: forwarded from the first keyframe.
     Video,
-}
-
-impl From<TrackKind> for MediaKind {
-    /// Cameras and screen shares are video; microphones and screen audio are audio.
-    fn from(kind: TrackKind) -> Self {
-        match kind {
-            TrackKind::Audio | TrackKind::ScreenAudio => MediaKind::Audio,
-            TrackKind::Video | TrackKind::Screen => MediaKind::Video,
-        }
-    }
 }
 
 /// The video codecs whose keyframes the SFU can recognise in an RTP payload.
