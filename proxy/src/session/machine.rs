@@ -366,6 +366,53 @@ impl Machine {
         Close::new(CloseReason::BadMessage, format!("`{kind}` before `join`"))
     }
 
+    /// The token a `join` is verified with: the message's own, else the upgrade's
+    /// `Authorization` header, else `?jwt=` when `allow_query` (off: it is never used, but the
+    /// refusal then says it is disabled).
+    pub fn join_token(
+        message: Option<String>,
+        header: Option<String>,
+        query: Option<String>,
+        allow_query: bool,
+    ) -> Result<String, Close> {
+        let query_present = query.is_some();
+        message
+            .or(header)
+            .or(if allow_query { query } else { None })
+            .ok_or_else(|| Self::token_refused(AuthError::Missing, query_present && !allow_query))
+    }
+
+    /// The close of a join whose token verification refused it: the token reason's own code
+    /// (4100-4120), its text as the detail; a missing token while a `?jwt=` query was sent
+    /// says that the query parameter is disabled.
+    pub fn token_refused(error: AuthError, query_sent: bool) -> Close {
+        let mut detail = error.to_string();
+        if error == AuthError::Missing && query_sent {
+            detail.push_str(" (the ?jwt= query parameter is disabled on this proxy)");
+        }
+        Close::new(CloseReason::Auth(error), detail)
+    }
+
+    /// The close of a join from an address locked out by failed authentications (its token
+    /// is not even checked), retryable after `retry_after`.
+    pub fn address_locked_out(retry_after: Duration) -> Close {
+        let seconds = retry_after.as_millis().div_ceil(1000).max(1);
+        Close::new(
+            CloseReason::TooManyAuthFailures,
+            format!(
+                "too many failed authentications from this address (the token was not checked); retry in {seconds} s"
+            ),
+        )
+    }
+
+    /// The close of a join over the identity's `limits.max_sessions_per_user`.
+    pub fn too_many_sessions(max: usize) -> Close {
+        Close::new(
+            CloseReason::TooManySessions,
+            format!("at most {max} sessions per user"),
+        )
+    }
+
     /// The join succeeded with a token expiring at `expires_at`; `admitted` false when the
     /// room's policy holds the session first.
     pub fn on_joined(&mut self, expires_at: i64, admitted: bool) {
@@ -769,6 +816,52 @@ mod tests {
         let close = Machine::before_join("ping");
         assert_eq!(close.reason.code(), 4000);
         assert_eq!(close.detail.as_deref(), Some("`ping` before `join`"));
+    }
+
+    #[test]
+    fn join_refusals_close_with_their_codes() {
+        // The join's token first, then the header, then the query only when allowed.
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            Machine::join_token(some("j"), some("h"), some("q"), true),
+            Ok("j".into())
+        );
+        assert_eq!(
+            Machine::join_token(None, some("h"), some("q"), true),
+            Ok("h".into())
+        );
+        assert_eq!(
+            Machine::join_token(None, None, some("q"), true),
+            Ok("q".into())
+        );
+        let missing = Machine::join_token(None, None, some("q"), false).unwrap_err();
+        assert_eq!(missing.reason.code(), 4100);
+        assert!(
+            missing
+                .detail
+                .unwrap()
+                .ends_with("(the ?jwt= query parameter is disabled on this proxy)")
+        );
+        let missing = Machine::join_token(None, None, None, false).unwrap_err();
+        assert_eq!(missing.detail, Some(AuthError::Missing.to_string()));
+        // Every token reason closes with its own code, its text as the detail.
+        for reason in CloseReason::all() {
+            let CloseReason::Auth(e) = reason else {
+                continue;
+            };
+            let close = Machine::token_refused(e.clone(), false);
+            assert!((4100..4200).contains(&close.reason.code()), "{e:?}");
+            assert_eq!(close.reason, CloseReason::Auth(e.clone()));
+            assert_eq!(close.detail, Some(e.to_string()));
+        }
+        let locked = Machine::address_locked_out(Duration::from_millis(1500));
+        assert_eq!(locked.reason.code(), 4006);
+        assert!(locked.detail.unwrap().ends_with("retry in 2 s"));
+        let locked = Machine::address_locked_out(Duration::ZERO);
+        assert!(locked.detail.unwrap().ends_with("retry in 1 s"));
+        let many = Machine::too_many_sessions(4);
+        assert_eq!(many.reason.code(), 4007);
+        assert_eq!(many.detail.as_deref(), Some("at most 4 sessions per user"));
     }
 
     #[test]

@@ -570,35 +570,24 @@ impl Session {
             .check(&AddrKey::new(self.peer), Instant::now())
         {
             tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), reason = CloseReason::TooManyAuthFailures.label(), "join refused");
-            let seconds = limited.retry_after.as_millis().div_ceil(1000).max(1);
-            return Next::Close(
-                CloseReason::TooManyAuthFailures,
-                Some(format!(
-                    "too many failed authentications from this address (the token was not checked); retry in {seconds} s"
-                )),
-            );
+            let close = Machine::address_locked_out(limited.retry_after);
+            return Next::Close(close.reason, close.detail);
         }
         let allow_query = self.state.config.auth.allow_query_token;
-        let query = tokens.query.take();
-        let token = token.or_else(|| tokens.header.take()).or(if allow_query {
-            query.clone()
-        } else {
-            None
-        });
-        let result = match token {
-            Some(token) => self.state.verifier.verify(&token, &room, unix_now()).await,
-            None => Err(AuthError::Missing),
+        let (header, query) = (tokens.header.take(), tokens.query.take());
+        // A query token was sent, but it is not what decided (disabled, or another came first).
+        let query_sent = query.is_some();
+        let result = match Machine::join_token(token, header, query, allow_query) {
+            Ok(token) => self.state.verifier.verify(&token, &room, unix_now()).await,
+            Err(_) => Err(AuthError::Missing),
         };
         let grant = match result {
             Ok(grant) => grant,
             Err(e) => {
                 self.record_auth_failure(&e);
-                let mut detail = e.to_string();
-                if e == AuthError::Missing && query.is_some() {
-                    detail.push_str(" (the ?jwt= query parameter is disabled on this proxy)");
-                }
                 tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), reason = e.reason(), "join refused");
-                return Next::Close(CloseReason::Auth(e), Some(detail));
+                let close = Machine::token_refused(e, query_sent);
+                return Next::Close(close.reason, close.detail);
             }
         };
         // The platform may lower the grant, or refuse. Not counted against the address: the
@@ -618,13 +607,8 @@ impl Session {
         };
         let Some(slot) = self.state.reserve_user(&grant) else {
             tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::TooManySessions.label(), "join refused");
-            return Next::Close(
-                CloseReason::TooManySessions,
-                Some(format!(
-                    "at most {} sessions per user",
-                    self.state.config.limits.max_sessions_per_user
-                )),
-            );
+            let close = Machine::too_many_sessions(self.state.config.limits.max_sessions_per_user);
+            return Next::Close(close.reason, close.detail);
         };
         let configured = self.state.config.rooms.policy_for(grant.room.as_str());
         // The media link first, so `joined.media` says whether media can flow right now.
