@@ -6,6 +6,7 @@
 //! allows); details go in the `error` message sent just before the close.
 
 use crate::auth::AuthError;
+use crate::relay::{MediaEnd, RelayError};
 
 /// Every reason the proxy closes a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,9 +192,157 @@ impl CloseReason {
     }
 }
 
+/// How a session the media server ended is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaClose {
+    /// Close with this reason; the detail goes in the `error` before the close.
+    Close(CloseReason, &'static str),
+    /// The media server is gone for this session: send `media_server_lost` with this message,
+    /// then close 4008 ([`CloseReason::MediaServerLost`]); a rejoin places the room again.
+    Lost(String),
+}
+
+/// The close of a session whose media server ended it: `end` is the media server's typed
+/// reason and `reason` its prose (`None`: the stream ended without one, the media server died
+/// or became unreachable). Only the type decides; the prose is only quoted to the client.
+/// A moderation or lobby end closes with its own code, a failed media connection with 4010
+/// (the client's problem, not the server's), and everything else, an unknown or untyped
+/// (older media server) end included, is "the media server is gone for this session".
+pub fn media_end(end: MediaEnd, reason: Option<&str>) -> MediaClose {
+    let close = |reason, detail| MediaClose::Close(reason, detail);
+    match end {
+        MediaEnd::Removed => close(CloseReason::Removed, "you were removed from the room"),
+        MediaEnd::Banned => close(
+            CloseReason::Banned,
+            "you were removed from the room and banned from it",
+        ),
+        MediaEnd::RoomEnded => close(CloseReason::RoomEnded, "the room was ended for everyone"),
+        MediaEnd::LobbyDenied => close(
+            CloseReason::LobbyDenied,
+            "a moderator did not let you into the room",
+        ),
+        MediaEnd::HostTimeout => close(
+            CloseReason::HostTimeout,
+            "no moderator joined the room in time",
+        ),
+        MediaEnd::LobbyTimeout => close(
+            CloseReason::LobbyTimeout,
+            "nobody let you into the room in time",
+        ),
+        MediaEnd::GuestsNotAllowed => close(
+            CloseReason::GuestsNotAllowed,
+            "this room no longer allows guests",
+        ),
+        MediaEnd::Revoked => close(
+            CloseReason::Auth(AuthError::Revoked),
+            "your token was revoked",
+        ),
+        MediaEnd::PeerConnectionFailed => close(
+            CloseReason::MediaConnectionFailed,
+            "your media connection to the media server failed (no ICE or DTLS traffic \
+             got through); the media server is fine: rejoin, and check the network or \
+             TURN settings if it happens again",
+        ),
+        // Planned: the host drains (its calls ran out of drain time, or it moves them).
+        MediaEnd::Shutdown | MediaEnd::Migrate => MediaClose::Lost(
+            "the media server hosting this room is being taken out of service; rejoining \
+             moves the call to another media server"
+                .into(),
+        ),
+        MediaEnd::Moved => MediaClose::Lost(
+            "this room was moved to another media server; rejoin to follow it".into(),
+        ),
+        MediaEnd::Unspecified
+        | MediaEnd::Leave
+        | MediaEnd::ClosedByClient
+        | MediaEnd::Disconnected => MediaClose::Lost(match reason {
+            Some(reason) => format!("the media server closed this session ({reason}); rejoin"),
+            None => "the media server hosting this room is gone; rejoin".into(),
+        }),
+    }
+}
+
+/// The close of a join the media server refused for a reason of its own (ban, revocation,
+/// guests, full lobby); `None` for the others, which the session reports as an `error` and
+/// serves without media.
+pub fn join_refused(e: &RelayError) -> Option<CloseReason> {
+    match e {
+        RelayError::Banned(_) => Some(CloseReason::Banned),
+        RelayError::Revoked(_) => Some(CloseReason::Auth(AuthError::Revoked)),
+        RelayError::LobbyFull(_) => Some(CloseReason::LobbyFull),
+        RelayError::GuestsNotAllowed(_) => Some(CloseReason::GuestsNotAllowed),
+        RelayError::Unavailable(_) | RelayError::Refused(_) | RelayError::HostCapacity(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_ends_close_with_their_own_codes() {
+        let code = |end| match media_end(end, Some("x")) {
+            MediaClose::Close(reason, _) => reason.code(),
+            MediaClose::Lost(_) => CloseReason::MediaServerLost.code(),
+        };
+        let expected = [
+            (MediaEnd::Removed, 4011),
+            (MediaEnd::Banned, 4012),
+            (MediaEnd::RoomEnded, 4013),
+            (MediaEnd::GuestsNotAllowed, 4014),
+            (MediaEnd::LobbyDenied, 4015),
+            (MediaEnd::HostTimeout, 4016),
+            (MediaEnd::LobbyTimeout, 4017),
+            (MediaEnd::Revoked, 4118),
+            (MediaEnd::PeerConnectionFailed, 4010),
+            (MediaEnd::Shutdown, 4008),
+            (MediaEnd::Migrate, 4008),
+            (MediaEnd::Moved, 4008),
+            (MediaEnd::Leave, 4008),
+            (MediaEnd::ClosedByClient, 4008),
+            (MediaEnd::Disconnected, 4008),
+            (MediaEnd::Unspecified, 4008),
+        ];
+        for (end, want) in expected {
+            assert_eq!(code(end), want, "{end:?}");
+        }
+        // Untyped (an older media server): lost, whatever the prose says, and quoted.
+        assert_eq!(
+            media_end(MediaEnd::Unspecified, Some("banned")),
+            MediaClose::Lost("the media server closed this session (banned); rejoin".into())
+        );
+        assert_eq!(
+            media_end(MediaEnd::Unspecified, None),
+            MediaClose::Lost("the media server hosting this room is gone; rejoin".into())
+        );
+    }
+
+    #[test]
+    fn relays_that_know_only_rtcds_names_type_them_by_the_contracts_table() {
+        use crate::relay::EndReason;
+        let typed = |name: &str| EndReason::from(name).end;
+        assert_eq!(
+            typed("peer connection failed"),
+            MediaEnd::PeerConnectionFailed
+        );
+        assert_eq!(typed("banned"), MediaEnd::Banned);
+        assert_eq!(typed("shutdown"), MediaEnd::Shutdown);
+        assert_eq!(typed("host timeout"), MediaEnd::HostTimeout);
+        assert_eq!(typed("something new"), MediaEnd::Unspecified);
+        assert_eq!(EndReason::from("moved").to_string(), "moved");
+    }
+
+    #[test]
+    fn typed_join_refusals_close_and_the_rest_do_not() {
+        let close = |e: RelayError| join_refused(&e).map(|r| r.code());
+        assert_eq!(close(RelayError::Banned("b".into())), Some(4012));
+        assert_eq!(close(RelayError::Revoked("r".into())), Some(4118));
+        assert_eq!(close(RelayError::LobbyFull("l".into())), Some(4018));
+        assert_eq!(close(RelayError::GuestsNotAllowed("g".into())), Some(4014));
+        assert_eq!(close(RelayError::Refused("x".into())), None);
+        assert_eq!(close(RelayError::HostCapacity("x".into())), None);
+        assert_eq!(close(RelayError::Unavailable("x".into())), None);
+    }
 
     #[test]
     fn codes_and_labels_are_unique_and_documented() {

@@ -16,7 +16,7 @@ use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Capability;
-use crate::rooms::{MAX_WAIT_TIMEOUT_SECONDS, RoomPolicy};
+use crate::room_policy::{MAX_WAIT_TIMEOUT_SECONDS, Opener, RoomPolicy};
 
 /// Prefix of every environment override.
 pub const ENV_PREFIX: &str = "PROXY_";
@@ -727,7 +727,7 @@ pub struct RoomsConfig {
     pub wait_for_host: bool,
     /// Who opens a room under `wait_for_host`: `moderator`, or `member` (anyone who is not a
     /// guest: the Jitsi + Keycloak rule, guests enter once a signed-in user is there).
-    pub opened_by: crate::rooms::Opener,
+    pub opened_by: Opener,
     /// Participants who are not moderators knock, and a moderator admits or denies them.
     pub lobby: bool,
     /// Participants with role `guest` may join.
@@ -743,7 +743,7 @@ impl Default for RoomsConfig {
     fn default() -> Self {
         Self {
             wait_for_host: false,
-            opened_by: crate::rooms::Opener::Moderator,
+            opened_by: Opener::Moderator,
             lobby: false,
             guests_allowed: true,
             wait_timeout_seconds: 600,

@@ -11,8 +11,11 @@
 //! * [`policy`]: permissions and the pure SDP inspection deciding what a session may send.
 //! * [`protocol`]: the JSON messages of the client WebSocket (see `docs/protocol.md`).
 //! * [`close`]: the single mapping from every failure to its WebSocket close code.
-//! * [`session`]: one WebSocket from upgrade to close, with its rate limits (the service kit's
-//!   `rtcd_kit::rate`).
+//! * [`session`]: one WebSocket from upgrade to close: the sans-IO protocol machine
+//!   ([`session::machine`]) and the task pumping its socket, with its rate limits (the service
+//!   kit's `rtcd_kit::rate`).
+//! * [`room_policy`]: a room's entry policy as a value (configuration, protocol, API and relay
+//!   speak it; it depends on nothing of the proxy).
 //! * [`relay`]: the seam to the media server (the rtcd gRPC relay implements [`relay::Relay`]).
 //! * [`server`]: routes and the `/ws` upgrade, served by the service kit's listener
 //!   (`rtcd_kit::listener`, `rtcd_kit::tls`); [`health`], [`metrics`]; [`cli`].
@@ -36,6 +39,7 @@ pub mod placement;
 pub mod policy;
 pub mod protocol;
 pub mod relay;
+pub mod room_policy;
 pub mod rooms;
 pub mod server;
 pub mod session;

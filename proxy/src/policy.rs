@@ -51,12 +51,13 @@ pub enum Role {
 }
 
 impl Role {
-    /// The wire name.
+    /// The wire name (rtcd's lobby knows the moderator and guest roles by the same names:
+    /// the contract's rules).
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Moderator => "moderator",
+            Role::Moderator => rtcd_proto::rules::MODERATOR_ROLE,
             Role::Member => "member",
-            Role::Guest => "guest",
+            Role::Guest => rtcd_proto::rules::GUEST_ROLE,
         }
     }
 }
@@ -161,24 +162,9 @@ pub enum MediaKind {
     Application,
 }
 
-/// The direction attribute of a media section, from the SDP author's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Sends and receives (the default when no attribute is present).
-    SendRecv,
-    /// Sends only.
-    SendOnly,
-    /// Receives only.
-    RecvOnly,
-    /// Neither.
-    Inactive,
-}
-
-impl Direction {
-    fn sends(self) -> bool {
-        matches!(self, Direction::SendRecv | Direction::SendOnly)
-    }
-}
+/// The direction attribute of a media section, from the SDP author's point of view, read as
+/// rtcd reads it (the contract's rule).
+pub use rtcd_proto::rules::Direction;
 
 /// One `m=` section of an SDP, reduced to what the policy needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,13 +262,7 @@ pub fn media_sections(sdp: &str) -> Result<Vec<MediaSection>, PolicyError> {
                 });
             }
             "a" => {
-                let direction = match value {
-                    "sendrecv" => Some(Direction::SendRecv),
-                    "sendonly" => Some(Direction::SendOnly),
-                    "recvonly" => Some(Direction::RecvOnly),
-                    "inactive" => Some(Direction::Inactive),
-                    _ => None,
-                };
+                let direction = Direction::parse(value);
                 match (sections.last_mut(), direction) {
                     (None, Some(d)) => session_direction = d,
                     (Some(s), Some(d)) => s.direction = d,

@@ -164,14 +164,102 @@ pub enum RelayEvent {
     /// The media server closed the session; the event channel ends right after. Without
     /// this event, a closed channel means the media server was lost.
     Closed {
-        /// The media server's reason (`"peer connection failed"`, `"shutdown"`, ...).
-        reason: String,
+        /// Why (`"peer connection failed".into()`, `"shutdown".into()`, ...).
+        reason: EndReason,
     },
 }
 
-/// The media server's `SessionClosed` reason when this session's own media connection failed
-/// (no ICE or DTLS traffic from the client); the media server itself is fine.
-pub const REASON_PEER_CONNECTION_FAILED: &str = "peer connection failed";
+/// Why the media server ended a session: its typed end, which the session decides on
+/// ([`crate::close::media_end`]), and its prose, for logs and the client's
+/// `media_server_lost` message only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndReason {
+    /// The typed end.
+    pub end: MediaEnd,
+    /// The media server's words.
+    pub text: String,
+}
+
+/// A reason as rtcd names it (`"peer connection failed"`, ...), typed by the contract's one
+/// table of names (`rtcd_proto::rules::session_end`): for relays that know only the name.
+impl From<&str> for EndReason {
+    fn from(name: &str) -> Self {
+        EndReason {
+            end: MediaEnd::from(rtcd_proto::rules::session_end(name)),
+            text: name.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl From<rtcd_proto::v1::SessionEnd> for MediaEnd {
+    fn from(end: rtcd_proto::v1::SessionEnd) -> Self {
+        use rtcd_proto::v1::SessionEnd as End;
+        match end {
+            End::Unspecified => MediaEnd::Unspecified,
+            End::Leave => MediaEnd::Leave,
+            End::ClosedByClient => MediaEnd::ClosedByClient,
+            End::PeerConnectionFailed => MediaEnd::PeerConnectionFailed,
+            End::Disconnected => MediaEnd::Disconnected,
+            End::Shutdown => MediaEnd::Shutdown,
+            End::Migrate => MediaEnd::Migrate,
+            End::Moved => MediaEnd::Moved,
+            End::Removed => MediaEnd::Removed,
+            End::Banned => MediaEnd::Banned,
+            End::RoomEnded => MediaEnd::RoomEnded,
+            End::Revoked => MediaEnd::Revoked,
+            End::LobbyDenied => MediaEnd::LobbyDenied,
+            End::HostTimeout => MediaEnd::HostTimeout,
+            End::LobbyTimeout => MediaEnd::LobbyTimeout,
+            End::GuestsNotAllowed => MediaEnd::GuestsNotAllowed,
+        }
+    }
+}
+
+/// Why the media server ended a session (rtcd's typed `SessionEnd`). The session maps it to
+/// its close code in one place, [`crate::close::media_end`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaEnd {
+    /// No reason of its own (an older media server, or one this proxy does not know): the
+    /// media server lost the session, and the client rejoins.
+    Unspecified,
+    /// The session left (`leave`).
+    Leave,
+    /// Closed through the media server's API (`closed by client`).
+    ClosedByClient,
+    /// This session's own media connection failed (no ICE or DTLS traffic from the client);
+    /// the media server itself is fine.
+    PeerConnectionFailed,
+    /// The signaling stream ended without a leave and was not resumed in time.
+    Disconnected,
+    /// The media server drained (`shutdown`).
+    Shutdown,
+    /// The media server drains and moves its calls (`migrate`).
+    Migrate,
+    /// The room lives on another media server now (`moved`).
+    Moved,
+    /// Removed by the platform or a moderator, without a ban.
+    Removed,
+    /// Removed with a ban.
+    Banned,
+    /// The room was ended for everyone.
+    RoomEnded,
+    /// The session's token was revoked.
+    Revoked,
+    /// A moderator turned the waiting session away.
+    LobbyDenied,
+    /// No moderator came in time.
+    HostTimeout,
+    /// Nobody admitted the waiting session in time.
+    LobbyTimeout,
+    /// Guests were turned off while the guest waited.
+    GuestsNotAllowed,
+}
 
 /// A joined session's connection to its media server. When `events` ends without a `Leave`
 /// having been sent and without [`RelayEvent::Closed`], the media server was lost.
@@ -233,6 +321,11 @@ pub enum RelayError {
     /// The room's waiting list is full (rtcd's typed `JOIN_REFUSAL_LOBBY_FULL`).
     #[error("{0}")]
     LobbyFull(String),
+    /// The media server is at its capacity for new rooms (rtcd's typed
+    /// `JOIN_REFUSAL_HOST_CAPACITY`): the relay places the room on another host, and only
+    /// when none is left does the client see it, as any other refusal.
+    #[error("media server refused the join: {0}")]
+    HostCapacity(String),
 }
 
 impl RelayError {
@@ -240,7 +333,7 @@ impl RelayError {
     pub fn code(&self) -> &'static str {
         match self {
             RelayError::Unavailable(_) => "media_unavailable",
-            RelayError::Refused(_) => "media_refused",
+            RelayError::Refused(_) | RelayError::HostCapacity(_) => "media_refused",
             RelayError::Banned(_) => "banned",
             RelayError::Revoked(_) => "token_revoked",
             RelayError::GuestsNotAllowed(_) => "guests_not_allowed",

@@ -44,7 +44,10 @@ pub async fn join(
                 let _ = in_tx
                     .send(Ok(pb::ServerSignal {
                         signal: Some(pb::server_signal::Signal::SessionClosed(
-                            pb::SessionClosed { reason },
+                            pb::SessionClosed {
+                                reason,
+                                ..Default::default()
+                            },
                         )),
                     }))
                     .await;
@@ -208,7 +211,10 @@ pub async fn connect_and_join(
 fn closed(reason: String) -> pb::ServerSignal {
     pb::ServerSignal {
         signal: Some(pb::server_signal::Signal::SessionClosed(
-            pb::SessionClosed { reason },
+            pb::SessionClosed {
+                reason,
+                ..Default::default()
+            },
         )),
     }
 }

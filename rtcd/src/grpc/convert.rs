@@ -262,11 +262,23 @@ pub fn event(e: SessionEvent) -> pb::ServerSignal {
             ..Default::default()
         }),
         SessionEvent::Error(e) => error(&e),
-        SessionEvent::Closed { reason } => Signal::SessionClosed(pb::SessionClosed { reason }),
+        SessionEvent::Closed { reason } => session_closed(reason),
     };
     pb::ServerSignal {
         signal: Some(signal),
     }
+}
+
+/// A session's end as rtcd's `SessionClosed`: the SFU's reason text, kept as the prose, and
+/// its typed `SessionEnd`, which proxies decide on. The one place an end becomes a type: the
+/// SFU, the lobby and moderation name their reasons, and this is where those names cross the
+/// contract.
+pub fn session_closed(reason: String) -> pb::server_signal::Signal {
+    let end = rtcd_proto::rules::session_end(&reason);
+    pb::server_signal::Signal::SessionClosed(pb::SessionClosed {
+        reason,
+        end: end as i32,
+    })
 }
 
 /// An error event carrying the gRPC code the same error would have as a status.
@@ -276,4 +288,65 @@ pub fn error(e: &SfuError) -> pb::server_signal::Signal {
         code: status.code() as i32,
         message: status.message().to_owned(),
     })
+}
+
+#[cfg(test)]
+mod end_tests {
+    use super::*;
+    use crate::lobby::{Decision, WaitReason};
+    use crate::moderation::Refusal;
+
+    fn end_of(reason: &str) -> pb::SessionEnd {
+        match session_closed(reason.to_owned()) {
+            pb::server_signal::Signal::SessionClosed(c) => {
+                assert_eq!(c.reason, reason, "the prose is kept");
+                c.end()
+            }
+            other => panic!("not a SessionClosed: {other:?}"),
+        }
+    }
+
+    /// Every reason rtcd closes a session with has its own typed end, whether the SFU, the
+    /// lobby, moderation or signaling names it.
+    #[test]
+    fn every_close_reason_has_its_typed_end() {
+        use pb::SessionEnd as End;
+        let named = [
+            ("leave", End::Leave),
+            ("closed by client", End::ClosedByClient),
+            ("peer connection failed", End::PeerConnectionFailed),
+            ("disconnected", End::Disconnected),
+            ("shutdown", End::Shutdown),
+            ("migrate", End::Migrate),
+            ("moved", End::Moved),
+            ("removed", End::Removed),
+            ("banned", End::Banned),
+            ("room ended", End::RoomEnded),
+            ("revoked", End::Revoked),
+            ("lobby denied", End::LobbyDenied),
+            ("host timeout", End::HostTimeout),
+            ("lobby timeout", End::LobbyTimeout),
+            ("guests not allowed", End::GuestsNotAllowed),
+        ];
+        for (reason, end) in named {
+            assert_eq!(end_of(reason), end, "{reason}");
+        }
+        let domain = [
+            WaitReason::Host.timeout_reason(),
+            WaitReason::Lobby.timeout_reason(),
+            Refusal::Banned { until: 0 }.close_reason(),
+            Refusal::TokenDenied.close_reason(),
+            Refusal::CutOff { issued_before: 0 }.close_reason(),
+        ]
+        .into_iter()
+        .chain(
+            [Decision::Denied, Decision::Refused, Decision::Shutdown]
+                .into_iter()
+                .filter_map(Decision::close_reason),
+        );
+        for reason in domain {
+            assert_ne!(end_of(reason), End::Unspecified, "{reason}");
+        }
+        assert_eq!(end_of("something new"), End::Unspecified);
+    }
 }

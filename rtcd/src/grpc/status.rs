@@ -16,6 +16,12 @@ pub fn from_sfu(e: &SfuError) -> Status {
         SfuError::OutOfOrder(m) => Status::failed_precondition(m.clone()),
         SfuError::NotFound => Status::not_found("no such session"),
         SfuError::AlreadyExists => Status::already_exists("session already exists in this call"),
+        // The host capacity is typed for the proxy, which places the new room elsewhere.
+        SfuError::LimitReached(what) if *what == crate::sfu::HOST_CAPACITY => refused(
+            tonic::Code::ResourceExhausted,
+            format!("limit reached: {what}"),
+            pb::JoinRefusal::HostCapacity,
+        ),
         SfuError::LimitReached(what) => {
             Status::resource_exhausted(format!("limit reached: {what}"))
         }
@@ -39,26 +45,38 @@ pub fn from_auth(e: &AuthError) -> Status {
     }
 }
 
-/// A refused join or token as a gRPC status: PERMISSION_DENIED, the message starting with
-/// "banned" or "revoked" (proxies and platforms match on that word).
+/// A refused join or token as a gRPC status: PERMISSION_DENIED with the typed `JoinRefused`
+/// (BANNED, REVOKED) as its details, which proxies decide on. The message still starts with
+/// "banned" or "revoked", for people, logs and proxies older than the details.
 pub fn from_refusal(r: &Refusal) -> Status {
+    let denied = |message: String, reason| refused(tonic::Code::PermissionDenied, message, reason);
     match r {
-        Refusal::Banned { until } => {
-            Status::permission_denied(format!("banned from this call until {until}"))
-        }
-        Refusal::CutOff { issued_before } => Status::permission_denied(format!(
-            "revoked: this user's tokens issued before {issued_before} are no longer valid"
-        )),
-        Refusal::TokenDenied => Status::permission_denied("revoked: this token was revoked"),
+        Refusal::Banned { until } => denied(
+            format!("banned from this call until {until}"),
+            pb::JoinRefusal::Banned,
+        ),
+        Refusal::CutOff { issued_before } => denied(
+            format!(
+                "revoked: this user's tokens issued before {issued_before} are no longer valid"
+            ),
+            pb::JoinRefusal::Revoked,
+        ),
+        Refusal::TokenDenied => denied(
+            "revoked: this token was revoked".into(),
+            pb::JoinRefusal::Revoked,
+        ),
     }
 }
 
-/// A refusal at the room's door: guests not allowed (PERMISSION_DENIED, which the proxy
-/// recognises by its "guests not allowed" prefix), a full lobby (RESOURCE_EXHAUSTED with the
-/// typed `JoinRefused` LOBBY_FULL as its details).
+/// A refusal at the room's door, typed (`JoinRefused` in the details): guests not allowed
+/// (PERMISSION_DENIED, GUESTS_NOT_ALLOWED), a full lobby (RESOURCE_EXHAUSTED, LOBBY_FULL).
 pub fn from_lobby(e: &LobbyError) -> Status {
     match e {
-        LobbyError::GuestsNotAllowed => Status::permission_denied(e.to_string()),
+        LobbyError::GuestsNotAllowed => refused(
+            tonic::Code::PermissionDenied,
+            e.to_string(),
+            pb::JoinRefusal::GuestsNotAllowed,
+        ),
         LobbyError::Full => refused(
             tonic::Code::ResourceExhausted,
             e.to_string(),
@@ -84,4 +102,44 @@ fn refused(code: tonic::Code, message: String, reason: pb::JoinRefusal) -> Statu
 pub fn from_store(e: &StoreError) -> Status {
     tracing::error!(error = %e, "store failure");
     Status::internal("internal error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The typed refusal a status carries (UNSPECIFIED without details).
+    fn refusal(status: &Status) -> pb::JoinRefusal {
+        <pb::JoinRefused as prost::Message>::decode(status.details())
+            .map(|r| r.reason())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn refusals_a_proxy_acts_on_are_typed_and_keep_their_prose() {
+        let banned = from_refusal(&Refusal::Banned { until: 7 });
+        assert_eq!(banned.code(), tonic::Code::PermissionDenied);
+        assert!(banned.message().starts_with("banned"));
+        assert_eq!(refusal(&banned), pb::JoinRefusal::Banned);
+        for r in [Refusal::CutOff { issued_before: 7 }, Refusal::TokenDenied] {
+            let s = from_refusal(&r);
+            assert_eq!(s.code(), tonic::Code::PermissionDenied);
+            assert!(s.message().starts_with("revoked"));
+            assert_eq!(refusal(&s), pb::JoinRefusal::Revoked);
+        }
+        let guests = from_lobby(&LobbyError::GuestsNotAllowed);
+        assert_eq!(guests.code(), tonic::Code::PermissionDenied);
+        assert!(guests.message().starts_with("guests not allowed"));
+        assert_eq!(refusal(&guests), pb::JoinRefusal::GuestsNotAllowed);
+        let full = from_lobby(&LobbyError::Full);
+        assert_eq!(full.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(refusal(&full), pb::JoinRefusal::LobbyFull);
+        let capacity = from_sfu(&SfuError::LimitReached(crate::sfu::HOST_CAPACITY));
+        assert_eq!(capacity.code(), tonic::Code::ResourceExhausted);
+        assert!(capacity.message().contains("host capacity for new rooms"));
+        assert_eq!(refusal(&capacity), pb::JoinRefusal::HostCapacity);
+        // Any other limit is a plain refusal.
+        let other = from_sfu(&SfuError::LimitReached("tracks per session"));
+        assert_eq!(refusal(&other), pb::JoinRefusal::Unspecified);
+    }
 }

@@ -22,17 +22,17 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::sfu::{CallId, SessionId, TenantId, UserId};
 
-/// The role that is a host: never held, gets lobby requests, may admit.
-pub const HOST_ROLE: &str = "moderator";
-/// The role that guest access applies to.
-pub const GUEST_ROLE: &str = "guest";
 /// Wait timeout when no policy sets one.
-pub const DEFAULT_WAIT_TIMEOUT_SECONDS: u32 = 600;
+pub use rtcd_proto::rules::DEFAULT_WAIT_TIMEOUT_SECONDS;
+/// The role that guest access applies to.
+pub use rtcd_proto::rules::GUEST_ROLE;
 /// Longest wait a policy may set (a day).
-pub const MAX_WAIT_TIMEOUT_SECONDS: u32 = 86_400;
+pub use rtcd_proto::rules::MAX_WAIT_TIMEOUT_SECONDS;
 /// Sessions one room may hold waiting: beyond it a join is refused (RESOURCE_EXHAUSTED), so a
 /// flood of knockers cannot grow the list, nor the notices to every moderator, without bound.
-pub const MAX_WAITING_PER_ROOM: usize = 500;
+pub use rtcd_proto::rules::MAX_WAITING_PER_ROOM;
+/// The role that is a host: never held, gets lobby requests, may admit (the contract's rule).
+pub use rtcd_proto::rules::MODERATOR_ROLE as HOST_ROLE;
 /// Notices queued per moderator session before new ones are dropped.
 pub const NOTICE_CAPACITY: usize = 64;
 /// How long a room's memory of whom it admitted outlives its last session and waiter, so
@@ -92,12 +92,8 @@ impl RoomPolicy {
 
     /// Refuses a timeout outside 1..=[`MAX_WAIT_TIMEOUT_SECONDS`].
     pub fn validate(&self) -> Result<(), LobbyError> {
-        match self.wait_timeout_seconds {
-            Some(t) if t == 0 || t > MAX_WAIT_TIMEOUT_SECONDS => Err(LobbyError::InvalidPolicy(
-                format!("wait_timeout_seconds must be 1-{MAX_WAIT_TIMEOUT_SECONDS}"),
-            )),
-            _ => Ok(()),
-        }
+        rtcd_proto::rules::check_wait_timeout(self.wait_timeout_seconds)
+            .map_err(|e| LobbyError::InvalidPolicy(e.to_string()))
     }
 }
 

@@ -228,8 +228,8 @@ impl JoinRequest {
     }
 }
 
-/// The `LimitReached` name of the host capacity: the proxy recognises the refusal by it and
-/// places the new room on another host.
+/// The `LimitReached` name of the host capacity: signaling types the refusal by it
+/// (`JoinRefused` HOST_CAPACITY) and the proxy places the new room on another host.
 pub const HOST_CAPACITY: &str = "host capacity for new rooms (rtc.max_sessions)";
 
 /// Why an SFU operation failed. Signaling maps this to a gRPC status in one place.

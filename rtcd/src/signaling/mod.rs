@@ -186,11 +186,7 @@ fn signal(s: pb::server_signal::Signal) -> Result<pb::ServerSignal, Status> {
 }
 
 fn closed(reason: &str) -> Result<pb::ServerSignal, Status> {
-    signal(pb::server_signal::Signal::SessionClosed(
-        pb::SessionClosed {
-            reason: reason.to_owned(),
-        },
-    ))
+    signal(convert::session_closed(reason.to_owned()))
 }
 
 impl SignalingService {

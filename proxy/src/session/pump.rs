@@ -1,10 +1,6 @@
-//! One client WebSocket, from upgrade to close: wait for `join`, verify the token, then apply
-//! the permission policy to every message and relay what passes.
-//!
-//! A session is one task that owns its socket and state and `select!`s over: the next client
-//! frame, the relay's events, the ping / idle timer, the join and token-expiry deadlines, and
-//! the proxy's shutdown. Nothing is shared with other sessions except the [`ProxyState`]
-//! (limiters, metrics, the per-user session count), so no lock is held across an await.
+//! The session's task: owns the client socket and the relay link, `select!`s over the next
+//! client frame, the relay's events, the [`Machine`]'s deadline, TURN renewal and the proxy's
+//! shutdown, and does the IO the machine decides on (see `super`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,27 +11,25 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper_util::rt::TokioIo;
-use rtcd_kit::rate::{AddrKey, Bucket, KeyedLimiter, Quota};
+use rtcd_kit::rate::{AddrKey, KeyedLimiter, Quota};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use super::machine::{Clock, Machine, Phase, Read, Settings, Timer};
 use crate::auth::affiliation::{Affiliation, Ceiling};
 use crate::auth::{AuthError, Grant, Verifier, unix_now};
-use crate::close::CloseReason;
-use crate::config::{Config, ExpiryPolicy};
+use crate::close::{CloseReason, MediaClose};
+use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::policy::{Capability, Permissions, PolicyError, Role, TrackSource, authorize_sdp};
 use crate::protocol::{
     Candidate, ClientMessage, Identity, ModerationAction, RoomName, ServerMessage, SessionId,
 };
-use crate::relay::{
-    JoinRequest, REASON_PEER_CONNECTION_FAILED, Relay, RelayCommand, RelayError, RelayEvent,
-    RelayLink,
-};
+use crate::relay::{JoinRequest, MediaEnd, Relay, RelayCommand, RelayEvent, RelayLink};
 use crate::rooms::{Action, Actor};
 
 /// How long the proxy keeps reading after sending its close frame (for the client's close
@@ -47,14 +41,6 @@ use crate::rooms::{Action, Actor};
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How long a closing session waits to queue its `Leave` for the media server.
 const LEAVE_SEND: Duration = Duration::from_millis(500);
-
-/// Refused `refresh` tokens a session may send before it is closed with
-/// `too_many_auth_failures`. Counted per session, not in the per-address failed-auth limiter:
-/// the sender already proved a valid token at `join`, and counting per address let one
-/// session lock every new join from its address (an office behind one NAT) out with 4006.
-/// A few, because a client may retry a refresh its backend got wrong, but a session must not
-/// be an unlimited token oracle either.
-pub const MAX_REFUSED_REFRESHES: u32 = 3;
 
 /// Addresses each per-address limiter tracks at most (about 64 bytes each: 4 MB). Past it,
 /// full buckets are forgotten, and if none is full new addresses pass untracked:
@@ -253,9 +239,6 @@ struct Joined {
     /// When the last client offer was relayed, until its answer comes back.
     offer_sent: Option<Instant>,
     _slot: UserSlot,
-    warned: bool,
-    /// Refused `refresh` tokens so far (see [`MAX_REFUSED_REFRESHES`]).
-    refused_refreshes: u32,
     /// Why the media server ended the session, if it did (for the "session ended" log).
     media_closed: Option<String>,
     /// When the session gets new TURN credentials (`None` without `[turn]`).
@@ -263,8 +246,6 @@ struct Joined {
     /// The platform or a moderator set this session's role and permissions: a refresh keeps
     /// them instead of the new token's.
     moderated: bool,
-    /// False while the room's policy holds the session (`waiting` sent, `joined` not yet).
-    admitted: bool,
     /// What the affiliation hook allowed at join: a refresh token is held to it too.
     ceiling: Ceiling,
     /// Sent in `joined`: what resumes this session after a lost connection.
@@ -290,14 +271,9 @@ struct Session {
     state: Arc<ProxyState>,
     sink: SplitSink<ClientSocket, Message>,
     stream: SplitStream<ClientSocket>,
-    bucket: Bucket,
-    last_seen: Instant,
     joined: Option<Joined>,
-    /// A send timed out: the client does not read.
-    stalled: bool,
-    /// The client's connection dropped without a closing handshake (see
-    /// [`Session::release_media`]).
-    vanished: bool,
+    /// The protocol's decisions.
+    machine: Machine,
 }
 
 /// What to do after handling one event.
@@ -316,21 +292,15 @@ pub async fn run(
 ) {
     let (sink, stream) = ws.split();
     let id = SessionId(state.next_session.fetch_add(1, Ordering::Relaxed));
-    let limits = &state.config.limits;
+    let settings = Settings::from_config(&state.config.limits, &state.config.auth);
     let mut session = Session {
         id,
         peer,
-        bucket: Bucket::new(
-            Quota::per_second(limits.message_burst, limits.messages_per_second),
-            Instant::now(),
-        ),
         state: state.clone(),
         sink,
         stream,
-        last_seen: Instant::now(),
         joined: None,
-        stalled: false,
-        vanished: false,
+        machine: Machine::new(settings, tokio::time::Instant::now()),
     };
     let _slot = match admitted {
         Ok(slot) => slot,
@@ -368,19 +338,15 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
-/// `Instant` at Unix time `at` (now if it has passed).
-fn instant_at(at: i64) -> tokio::time::Instant {
-    let now = unix_now();
-    tokio::time::Instant::now() + Duration::from_secs(at.saturating_sub(now).max(0) as u64)
-}
-
 impl Session {
     /// Ends the session at the media server (`Leave`) unless the client may come back and
     /// resume it: when the proxy shuts down (the client reconnects to another replica) or the
     /// client vanished (its connection dropped without a close, or went silent), the stream
     /// just ends and the media server keeps the session, media flowing, for its grace period.
     async fn release_media(&mut self, reason: &CloseReason) {
-        if self.vanished || matches!(reason, CloseReason::GoingAway | CloseReason::IdleTimeout) {
+        if self.machine.vanished()
+            || matches!(reason, CloseReason::GoingAway | CloseReason::IdleTimeout)
+        {
             return;
         }
         let Some(link) = self.joined.as_ref().and_then(|j| j.link.as_ref()) else {
@@ -392,71 +358,40 @@ impl Session {
     }
 
     async fn serve(&mut self, mut tokens: UpgradeTokens) -> (CloseReason, Option<String>) {
-        // Borrowed through a local handle rather than cloned: this future lives as long as
-        // the session, and idle sessions should cost little memory.
-        let config = self.state.config.clone();
-        let (limits, auth) = (&config.limits, &config.auth);
-        let join_deadline =
-            tokio::time::Instant::now() + Duration::from_secs(limits.join_timeout_seconds);
-        let idle = Duration::from_secs(limits.idle_timeout_seconds);
-        let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_seconds));
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
         let shutdown = self.state.shutdown.clone();
         loop {
-            let (warn_at, expire_at) = match (&self.joined, auth.expiry_policy) {
-                (Some(j), ExpiryPolicy::Refresh) => (
-                    if j.warned {
-                        far_future()
-                    } else {
-                        instant_at(j.grant.expires_at - auth.refresh_warning_seconds as i64)
-                    },
-                    instant_at(j.grant.expires_at + auth.leeway_seconds as i64),
-                ),
-                _ => (far_future(), far_future()),
-            };
+            let wake = self.machine.deadline(&Clock::now());
             let turn_at = self
                 .joined
                 .as_ref()
                 .and_then(|j| j.turn_refresh_at)
                 .unwrap_or_else(far_future);
-            let join_at = if self.joined.is_none() {
-                join_deadline
-            } else {
-                far_future()
-            };
             let next = tokio::select! {
                 frame = self.stream.next() => self.on_frame(frame, &mut tokens).await,
                 event = next_event(&mut self.joined) => self.on_relay_event(event).await,
-                _ = ping.tick() => {
-                    if self.last_seen.elapsed() >= idle {
-                        Next::Close(CloseReason::IdleTimeout, None)
-                    } else {
+                _ = tokio::time::sleep_until(wake) => match self.machine.on_time(&Clock::now()) {
+                    Timer::Idle => Next::Continue,
+                    Timer::Ping => {
                         self.send_frame(Message::Ping(Default::default())).await;
                         Next::Continue
                     }
-                }
-                _ = tokio::time::sleep_until(turn_at) => self.refresh_turn().await,
-                _ = tokio::time::sleep_until(join_at) => Next::Close(CloseReason::JoinTimeout, Some(format!("no join within {} s", limits.join_timeout_seconds))),
-                _ = tokio::time::sleep_until(warn_at) => {
-                    let expires_at = self.joined.as_ref().map_or(0, |j| j.grant.expires_at);
-                    if let Some(j) = self.joined.as_mut() {
-                        j.warned = true;
+                    Timer::TokenExpiring { expires_at } => {
+                        self.send(ServerMessage::TokenExpiring { expires_at }).await;
+                        Next::Continue
                     }
-                    self.send(ServerMessage::TokenExpiring { expires_at }).await;
-                    Next::Continue
+                    Timer::Close(close) => Next::Close(close.reason, close.detail),
+                },
+                _ = tokio::time::sleep_until(turn_at) => self.refresh_turn().await,
+                _ = shutdown.cancelled() => {
+                    let close = self.machine.on_shutdown();
+                    Next::Close(close.reason, close.detail)
                 }
-                _ = tokio::time::sleep_until(expire_at) => {
-                    let ago = self.joined.as_ref().map_or(0, |j| unix_now() - j.grant.expires_at);
-                    Next::Close(CloseReason::Auth(AuthError::Expired { ago }), Some("the session's token expired without a refresh".into()))
-                }
-                _ = shutdown.cancelled() => Next::Close(CloseReason::GoingAway, Some("the proxy is shutting down; reconnect".into())),
             };
             if let Next::Close(reason, detail) = next {
                 return (reason, detail);
             }
-            if self.stalled {
-                return (CloseReason::SlowClient, None);
+            if let Some(close) = self.machine.after_event() {
+                return (close.reason, close.detail);
             }
         }
     }
@@ -471,7 +406,7 @@ impl Session {
     /// written in that time means the client stopped reading, and the session is dropped
     /// rather than left blocking on its socket.
     async fn send_frame(&mut self, frame: Message) {
-        if self.stalled {
+        if self.machine.stalled() {
             return;
         }
         let limit = Duration::from_secs(self.state.config.limits.send_timeout_seconds);
@@ -479,12 +414,12 @@ impl Session {
             Ok(Ok(())) => {}
             Ok(Err(WsError::WriteBufferFull(_))) => {
                 tracing::info!(session = %self.id, "client does not read; write buffer full");
-                self.stalled = true;
+                self.machine.on_stalled();
             }
             Ok(Err(e)) => tracing::debug!(session = %self.id, error = %e, "send failed"),
             Err(_) => {
                 tracing::info!(session = %self.id, "client stopped reading; dropping the session");
-                self.stalled = true;
+                self.machine.on_stalled();
             }
         }
     }
@@ -528,7 +463,7 @@ impl Session {
     /// oversized message unread would answer with a reset instead, which is what made a
     /// fragmented oversized message sometimes end without its 4003.
     async fn linger(self) {
-        if self.stalled {
+        if self.machine.stalled() {
             // It does not read: nothing it could see, and waiting would only hold the slot.
             return;
         }
@@ -578,83 +513,22 @@ impl Session {
         frame: Option<Result<Message, WsError>>,
         tokens: &mut UpgradeTokens,
     ) -> Next {
-        let message = match frame {
-            None => {
-                self.vanished = true;
-                return Next::Close(CloseReason::Normal, None);
-            }
-            Some(Err(WsError::Capacity(_))) => {
-                let max = self.state.config.limits.max_message_bytes;
-                return Next::Close(
-                    CloseReason::MessageTooLarge,
-                    Some(format!("messages are limited to {max} bytes")),
-                );
-            }
-            Some(Err(WsError::Utf8(_))) => {
-                // §6 promises an `error` before every close the client can still read.
-                return Next::Close(
-                    CloseReason::BadMessage,
-                    Some("text frames must be valid UTF-8".into()),
-                );
-            }
-            Some(Err(WsError::Protocol(e))) => {
-                // A connection dropped without a closing handshake is the network, not a
-                // misbehaving client: it may come back and resume.
-                self.vanished |= matches!(
-                    e,
-                    tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
-                );
-                return Next::Close(
-                    CloseReason::BadMessage,
-                    Some(format!("WebSocket protocol violation: {e}")),
-                );
-            }
-            Some(Err(e)) => {
-                // The connection itself failed (reset, I/O error): nobody left to tell.
-                tracing::debug!(session = %self.id, error = %e, "read failed");
-                self.vanished = true;
-                return Next::Close(CloseReason::BadMessage, None);
-            }
-            Some(Ok(m)) => m,
-        };
-        self.last_seen = Instant::now();
-        let text = match message {
-            Message::Close(frame) => {
-                // A client that closes with `idle_timeout` gave up on this connection (it
-                // heard nothing) and resumes on another: not a departure.
-                self.vanished = frame
-                    .as_ref()
-                    .is_some_and(|f| u16::from(f.code) == CloseReason::IdleTimeout.code());
-                return Next::Close(CloseReason::Normal, None);
-            }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Next::Continue,
-            Message::Text(text) => Some(text),
-            Message::Binary(_) => None,
-        };
-        if self.bucket.take(Instant::now()).is_err() {
-            return Next::Close(
-                CloseReason::RateLimited,
-                Some(format!(
-                    "at most {} messages per second",
-                    self.state.config.limits.messages_per_second
-                )),
-            );
+        if let Some(Err(e)) = &frame
+            && !matches!(
+                e,
+                WsError::Capacity(_) | WsError::Utf8(_) | WsError::Protocol(_)
+            )
+        {
+            tracing::debug!(session = %self.id, error = %e, "read failed");
         }
-        let Some(text) = text else {
-            self.state.metrics.message("in", "invalid");
-            return Next::Close(
-                CloseReason::BadMessage,
-                Some("only JSON text frames are accepted".into()),
-            );
-        };
-        let parsed: ClientMessage = match serde_json::from_str(text.as_str()) {
-            Ok(m) => m,
-            Err(e) => {
-                self.state.metrics.message("in", "invalid");
-                return Next::Close(
-                    CloseReason::BadMessage,
-                    Some(format!("not a valid message: {e}")),
-                );
+        let parsed = match self.machine.on_read(frame, tokio::time::Instant::now()) {
+            Read::Continue => return Next::Continue,
+            Read::Message(m) => m,
+            Read::Close { close, invalid } => {
+                if invalid {
+                    self.state.metrics.message("in", "invalid");
+                }
+                return Next::Close(close.reason, close.detail);
             }
         };
         self.state.metrics.message("in", parsed.kind());
@@ -670,10 +544,10 @@ impl Session {
                     // heap only while they run (issue 29 #15, `size_probe`).
                     Box::pin(self.join(token, room, resume, tokens)).await
                 }
-                other => Next::Close(
-                    CloseReason::BadMessage,
-                    Some(format!("`{}` before `join`", other.kind())),
-                ),
+                other => {
+                    let close = Machine::before_join(other.kind());
+                    Next::Close(close.reason, close.detail)
+                }
             };
         }
         self.on_joined_message(parsed).await
@@ -696,35 +570,24 @@ impl Session {
             .check(&AddrKey::new(self.peer), Instant::now())
         {
             tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), reason = CloseReason::TooManyAuthFailures.label(), "join refused");
-            let seconds = limited.retry_after.as_millis().div_ceil(1000).max(1);
-            return Next::Close(
-                CloseReason::TooManyAuthFailures,
-                Some(format!(
-                    "too many failed authentications from this address (the token was not checked); retry in {seconds} s"
-                )),
-            );
+            let close = Machine::address_locked_out(limited.retry_after);
+            return Next::Close(close.reason, close.detail);
         }
         let allow_query = self.state.config.auth.allow_query_token;
-        let query = tokens.query.take();
-        let token = token.or_else(|| tokens.header.take()).or(if allow_query {
-            query.clone()
-        } else {
-            None
-        });
-        let result = match token {
-            Some(token) => self.state.verifier.verify(&token, &room, unix_now()).await,
-            None => Err(AuthError::Missing),
+        let (header, query) = (tokens.header.take(), tokens.query.take());
+        // A query token was sent, but it is not what decided (disabled, or another came first).
+        let query_sent = query.is_some();
+        let result = match Machine::join_token(token, header, query, allow_query) {
+            Ok(token) => self.state.verifier.verify(&token, &room, unix_now()).await,
+            Err(_) => Err(AuthError::Missing),
         };
         let grant = match result {
             Ok(grant) => grant,
             Err(e) => {
                 self.record_auth_failure(&e);
-                let mut detail = e.to_string();
-                if e == AuthError::Missing && query.is_some() {
-                    detail.push_str(" (the ?jwt= query parameter is disabled on this proxy)");
-                }
                 tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), reason = e.reason(), "join refused");
-                return Next::Close(CloseReason::Auth(e), Some(detail));
+                let close = Machine::token_refused(e, query_sent);
+                return Next::Close(close.reason, close.detail);
             }
         };
         // The platform may lower the grant, or refuse. Not counted against the address: the
@@ -744,13 +607,8 @@ impl Session {
         };
         let Some(slot) = self.state.reserve_user(&grant) else {
             tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::TooManySessions.label(), "join refused");
-            return Next::Close(
-                CloseReason::TooManySessions,
-                Some(format!(
-                    "at most {} sessions per user",
-                    self.state.config.limits.max_sessions_per_user
-                )),
-            );
+            let close = Machine::too_many_sessions(self.state.config.limits.max_sessions_per_user);
+            return Next::Close(close.reason, close.detail);
         };
         let configured = self.state.config.rooms.policy_for(grant.room.as_str());
         // The media link first, so `joined.media` says whether media can flow right now.
@@ -778,24 +636,14 @@ impl Session {
                     .observe(started.elapsed().as_secs_f64());
                 match result {
                     Ok(link) => (Some(link), None),
-                    Err(RelayError::Banned(detail)) => {
-                        tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::Banned.label(), "join refused");
-                        return Next::Close(CloseReason::Banned, Some(detail));
-                    }
-                    Err(RelayError::Revoked(detail)) => {
-                        let e = AuthError::Revoked;
-                        tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = e.reason(), "join refused");
-                        return Next::Close(CloseReason::Auth(e), Some(detail));
-                    }
-                    Err(RelayError::LobbyFull(detail)) => {
-                        tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::LobbyFull.label(), "join refused");
-                        return Next::Close(CloseReason::LobbyFull, Some(detail));
-                    }
-                    Err(RelayError::GuestsNotAllowed(detail)) => {
-                        tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::GuestsNotAllowed.label(), "join refused");
-                        return Next::Close(CloseReason::GuestsNotAllowed, Some(detail));
-                    }
-                    Err(e) => (None, Some((e.code(), e.to_string()))),
+                    Err(e) => match crate::close::join_refused(&e) {
+                        Some(close) => {
+                            tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = close.label(), "join refused");
+                            // The media server's message (each of these displays as it).
+                            return Next::Close(close, Some(e.to_string()));
+                        }
+                        None => (None, Some((e.code(), e.to_string()))),
+                    },
                 }
             }
         };
@@ -830,17 +678,15 @@ impl Session {
             grant.permissions = r.permissions;
             tracing::info!(target: "audit", session = &*self.id.to_string(), identity = grant.identity.as_str(), room = room.as_str(), "session resumed after a lost connection");
         }
+        self.machine.on_joined(grant.expires_at, waiting.is_none());
         self.joined = Some(Joined {
             grant,
             link,
             offer_sent: None,
             _slot: slot,
-            warned: false,
-            refused_refreshes: 0,
             media_closed: None,
             turn_refresh_at: None,
             moderated,
-            admitted: waiting.is_none(),
             ceiling,
             resume_token,
             resumed,
@@ -944,12 +790,7 @@ impl Session {
     async fn on_joined_message(&mut self, message: ClientMessage) -> Next {
         let kind = message.kind();
         let perms = self.joined.as_ref().expect("joined").grant.permissions;
-        let admitted = self.joined.as_ref().is_some_and(|j| j.admitted);
-        let allowed_while_waiting = matches!(
-            message,
-            ClientMessage::Ping { .. } | ClientMessage::Leave {} | ClientMessage::Refresh { .. }
-        );
-        if !admitted && !allowed_while_waiting {
+        if !self.machine.accepts(&message) {
             self.error(
                 "not_admitted",
                 "you are waiting to enter the room; only ping, refresh and leave are accepted \
@@ -1279,7 +1120,7 @@ impl Session {
                 let (expires_at, permissions) = (grant.expires_at, grant.permissions);
                 if let Some(j) = self.joined.as_mut() {
                     j.grant = grant.clone();
-                    j.warned = false;
+                    self.machine.on_refreshed(expires_at);
                 }
                 self.forward(
                     RelayCommand::Token {
@@ -1301,27 +1142,13 @@ impl Session {
             }
             Err(e) => {
                 self.count_auth_failure(&e);
-                // Unavailable keys are the proxy's problem, not the client's: not counted.
-                let counts = !matches!(e, AuthError::KeysUnavailable(_));
-                let refused = match self.joined.as_mut() {
-                    Some(j) if counts => {
-                        j.refused_refreshes += 1;
-                        j.refused_refreshes
-                    }
-                    Some(j) => j.refused_refreshes,
-                    None => 0,
-                };
+                let (refused, close) = self.machine.on_refresh_refused(&e);
                 tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = current.identity.as_str(), room = current.room.as_str(), reason = e.reason(), refused, "refresh refused");
                 // The current token stays valid until it expires; the client may try again.
                 self.error(e.reason(), e.to_string(), Some("refresh")).await;
-                if refused >= MAX_REFUSED_REFRESHES {
-                    tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = current.identity.as_str(), reason = CloseReason::TooManyAuthFailures.label(), "session closed after refused refreshes");
-                    return Next::Close(
-                        CloseReason::TooManyAuthFailures,
-                        Some(format!(
-                            "{MAX_REFUSED_REFRESHES} refresh tokens refused on this session"
-                        )),
-                    );
+                if let Some(close) = close {
+                    tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = current.identity.as_str(), reason = close.reason.label(), "session closed after refused refreshes");
+                    return Next::Close(close.reason, close.detail);
                 }
             }
         }
@@ -1330,17 +1157,22 @@ impl Session {
 
     async fn on_relay_event(&mut self, event: Option<RelayEvent>) -> Next {
         let Some(event) = event else {
-            return self.media_closed(None).await;
+            return self.media_closed(MediaEnd::Unspecified, None).await;
         };
         let message = match event {
-            RelayEvent::Closed { reason } => return self.media_closed(Some(reason)).await,
+            RelayEvent::Closed { reason } => {
+                return self.media_closed(reason.end, Some(reason.text)).await;
+            }
             RelayEvent::Admitted { resume_token } => {
-                let waited = self.joined.as_mut().is_some_and(|j| {
-                    let waited = !j.admitted;
-                    j.admitted = true;
-                    j.resume_token = resume_token;
-                    waited
-                });
+                let waited = match self.joined.as_mut() {
+                    Some(j) => {
+                        j.resume_token = resume_token;
+                        let waited = self.machine.phase() == Phase::Waiting;
+                        self.machine.on_admitted();
+                        waited
+                    }
+                    None => false,
+                };
                 if waited {
                     tracing::info!(target: "audit", session = &*self.id.to_string(), "admitted after waiting");
                     self.enter(None).await;
@@ -1414,70 +1246,17 @@ impl Session {
 }
 
 impl Session {
-    /// The media server ended this session's stream: `reason` is its `SessionClosed` reason,
-    /// `None` when the stream ended without one (the media server died or became unreachable).
-    /// Only "peer connection failed" is the client's own problem; everything else means the
-    /// media server is gone for this session and a rejoin places it again.
-    async fn media_closed(&mut self, reason: Option<String>) -> Next {
+    /// The media server ended this session's stream: `end` is its typed `SessionClosed`
+    /// reason and `reason` the prose, `None` when the stream ended without one (the media
+    /// server died or became unreachable). [`crate::close::media_end`] decides the close.
+    async fn media_closed(&mut self, end: MediaEnd, reason: Option<String>) -> Next {
         if let Some(j) = self.joined.as_mut() {
             j.link = None;
             j.media_closed = Some(reason.clone().unwrap_or_else(|| "stream lost".into()));
         }
-        let moderated = match reason.as_deref() {
-            Some("removed") => Some((CloseReason::Removed, "you were removed from the room")),
-            Some("banned") => Some((
-                CloseReason::Banned,
-                "you were removed from the room and banned from it",
-            )),
-            Some("room ended") => Some((CloseReason::RoomEnded, "the room was ended for everyone")),
-            Some("lobby denied") => Some((
-                CloseReason::LobbyDenied,
-                "a moderator did not let you into the room",
-            )),
-            Some("host timeout") => Some((
-                CloseReason::HostTimeout,
-                "no moderator joined the room in time",
-            )),
-            Some("lobby timeout") => Some((
-                CloseReason::LobbyTimeout,
-                "nobody let you into the room in time",
-            )),
-            Some("guests not allowed") => Some((
-                CloseReason::GuestsNotAllowed,
-                "this room no longer allows guests",
-            )),
-            Some("revoked") => Some((
-                CloseReason::Auth(AuthError::Revoked),
-                "your token was revoked",
-            )),
-            _ => None,
-        };
-        if let Some((close, detail)) = moderated {
-            return Next::Close(close, Some(detail.into()));
-        }
-        if reason.as_deref() == Some(REASON_PEER_CONNECTION_FAILED) {
-            return Next::Close(
-                CloseReason::MediaConnectionFailed,
-                Some(
-                    "your media connection to the media server failed (no ICE or DTLS traffic \
-                     got through); the media server is fine: rejoin, and check the network or \
-                     TURN settings if it happens again"
-                        .into(),
-                ),
-            );
-        }
-        let message = match reason.as_deref() {
-            // Planned: the host drains (its calls ran out of drain time, or it moves them).
-            Some("shutdown") | Some("migrate") => {
-                "the media server hosting this room is being taken out of service; rejoining \
-                 moves the call to another media server"
-                    .into()
-            }
-            Some("moved") => {
-                "this room was moved to another media server; rejoin to follow it".into()
-            }
-            Some(reason) => format!("the media server closed this session ({reason}); rejoin"),
-            None => "the media server hosting this room is gone; rejoin".into(),
+        let message = match crate::close::media_end(end, reason.as_deref()) {
+            MediaClose::Close(close, detail) => return Next::Close(close, Some(detail.into())),
+            MediaClose::Lost(message) => message,
         };
         self.send(ServerMessage::MediaServerLost { message }).await;
         Next::Close(CloseReason::MediaServerLost, None)

@@ -1,0 +1,140 @@
+//! Rules both sides of the contract state: a proxy checks them before it asks rtcd, and rtcd
+//! enforces them when asked, so each is written once, here, beside the messages they govern,
+//! and neither side can drift from the other. Plain values and functions only (and the
+//! generated enums they name): no daemon's domain types, and no IO.
+
+/// Longest wait a room policy may set (`RoomPolicy.wait_timeout_seconds`): a day.
+pub const MAX_WAIT_TIMEOUT_SECONDS: u32 = 86_400;
+
+/// A room policy's wait timeout when none is set.
+pub const DEFAULT_WAIT_TIMEOUT_SECONDS: u32 = 600;
+
+/// Sessions one room may hold waiting to enter; a Join beyond it is refused
+/// (`JoinRefused` LOBBY_FULL).
+pub const MAX_WAITING_PER_ROOM: usize = 500;
+
+/// The role of a room's hosts: it opens rooms under `wait_for_host`, gets lobby requests and
+/// may admit.
+pub const MODERATOR_ROLE: &str = "moderator";
+
+/// The role that a room's `guests_allowed` applies to.
+pub const GUEST_ROLE: &str = "guest";
+
+/// The typed end of a `SessionClosed` reason as rtcd names it (`SESSION_END_UNSPECIFIED` for
+/// a name without a value of its own). rtcd types its ends with it at its signaling boundary;
+/// relays that know only the name (in-process ones, test doubles) type it the same way.
+pub fn session_end(reason: &str) -> crate::v1::SessionEnd {
+    use crate::v1::SessionEnd as End;
+    match reason {
+        "leave" => End::Leave,
+        "closed by client" => End::ClosedByClient,
+        "peer connection failed" => End::PeerConnectionFailed,
+        "disconnected" => End::Disconnected,
+        "shutdown" => End::Shutdown,
+        "migrate" => End::Migrate,
+        "moved" => End::Moved,
+        "removed" => End::Removed,
+        "banned" => End::Banned,
+        "room ended" => End::RoomEnded,
+        "revoked" => End::Revoked,
+        "lobby denied" => End::LobbyDenied,
+        "host timeout" => End::HostTimeout,
+        "lobby timeout" => End::LobbyTimeout,
+        "guests not allowed" => End::GuestsNotAllowed,
+        _ => End::Unspecified,
+    }
+}
+
+/// A policy's `wait_timeout_seconds` out of 1..=[`MAX_WAIT_TIMEOUT_SECONDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitTimeoutOutOfRange;
+
+impl std::fmt::Display for WaitTimeoutOutOfRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "wait_timeout_seconds must be 1-{MAX_WAIT_TIMEOUT_SECONDS}"
+        )
+    }
+}
+
+impl std::error::Error for WaitTimeoutOutOfRange {}
+
+/// Checks a policy's wait timeout, if it sets one.
+pub fn check_wait_timeout(seconds: Option<u32>) -> Result<(), WaitTimeoutOutOfRange> {
+    match seconds {
+        Some(t) if t == 0 || t > MAX_WAIT_TIMEOUT_SECONDS => Err(WaitTimeoutOutOfRange),
+        _ => Ok(()),
+    }
+}
+
+/// An SDP direction attribute (RFC 8866 section 6.7), from the SDP writer's point of view:
+/// how the proxy (authorizing a client's SDP) and rtcd (answering it) read the same line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Sends and receives (also the default without an attribute).
+    SendRecv,
+    /// Only sends.
+    SendOnly,
+    /// Only receives.
+    RecvOnly,
+    /// Neither.
+    Inactive,
+}
+
+impl Direction {
+    /// The direction an `a=` attribute's value names, if it is one.
+    pub fn parse(attribute: &str) -> Option<Self> {
+        match attribute {
+            "sendrecv" => Some(Self::SendRecv),
+            "sendonly" => Some(Self::SendOnly),
+            "recvonly" => Some(Self::RecvOnly),
+            "inactive" => Some(Self::Inactive),
+            _ => None,
+        }
+    }
+
+    /// Whether the writer of the SDP receives media on this section.
+    pub fn receives(self) -> bool {
+        matches!(self, Self::SendRecv | Self::RecvOnly)
+    }
+
+    /// Whether the writer of the SDP sends media on this section.
+    pub fn sends(self) -> bool {
+        matches!(self, Self::SendRecv | Self::SendOnly)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_timeouts_are_one_second_to_a_day() {
+        assert_eq!(check_wait_timeout(None), Ok(()));
+        assert_eq!(check_wait_timeout(Some(1)), Ok(()));
+        assert_eq!(check_wait_timeout(Some(86_400)), Ok(()));
+        assert_eq!(check_wait_timeout(Some(0)), Err(WaitTimeoutOutOfRange));
+        assert_eq!(check_wait_timeout(Some(86_401)), Err(WaitTimeoutOutOfRange));
+        assert_eq!(
+            WaitTimeoutOutOfRange.to_string(),
+            "wait_timeout_seconds must be 1-86400"
+        );
+    }
+
+    #[test]
+    fn directions_parse_and_say_who_sends() {
+        let all = [
+            ("sendrecv", true, true),
+            ("sendonly", true, false),
+            ("recvonly", false, true),
+            ("inactive", false, false),
+        ];
+        for (text, sends, receives) in all {
+            let d = Direction::parse(text).unwrap();
+            assert_eq!((d.sends(), d.receives()), (sends, receives), "{text}");
+        }
+        assert_eq!(Direction::parse("mid:0"), None);
+        assert_eq!(Direction::parse("SENDRECV"), None);
+    }
+}
