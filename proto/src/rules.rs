@@ -68,6 +68,40 @@ pub fn check_wait_timeout(seconds: Option<u32>) -> Result<(), WaitTimeoutOutOfRa
     }
 }
 
+/// Which permission publishing a track of a kind needs (`Permissions` in the contract): a
+/// microphone `publish_audio`, a camera `publish_video`, a screen share and its sound
+/// `publish_screen`. The proxy's policy decides with this table; rtcd's SFU, which must not
+/// depend on the contract, keeps the same rule on its own types and a test at rtcd's gRPC
+/// boundary (`grpc::convert`) holds it to this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishRight {
+    /// `Permissions.publish_audio`.
+    Audio,
+    /// `Permissions.publish_video`.
+    Video,
+    /// `Permissions.publish_screen`.
+    Screen,
+}
+
+/// The permission a track of `kind` needs; `None` for `TRACK_KIND_UNSPECIFIED` (never valid).
+pub fn publish_right(kind: crate::v1::TrackKind) -> Option<PublishRight> {
+    use crate::v1::TrackKind;
+    match kind {
+        TrackKind::Audio => Some(PublishRight::Audio),
+        TrackKind::Video => Some(PublishRight::Video),
+        TrackKind::Screen | TrackKind::ScreenAudio => Some(PublishRight::Screen),
+        TrackKind::Unspecified => None,
+    }
+}
+
+/// Whether a track of `kind` travels in an audio media section (else a video one).
+pub fn is_audio(kind: crate::v1::TrackKind) -> bool {
+    matches!(
+        kind,
+        crate::v1::TrackKind::Audio | crate::v1::TrackKind::ScreenAudio
+    )
+}
+
 /// An SDP direction attribute (RFC 8866 section 6.7), from the SDP writer's point of view:
 /// how the proxy (authorizing a client's SDP) and rtcd (answering it) read the same line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

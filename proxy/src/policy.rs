@@ -134,19 +134,34 @@ impl TrackSource {
         }
     }
 
-    /// The capability needed to publish this source.
-    pub fn capability(self) -> Capability {
+    /// The kind rtcd knows this source as (the contract's `TrackKind`).
+    pub fn wire_kind(self) -> rtcd_proto::v1::TrackKind {
+        use rtcd_proto::v1::TrackKind;
         match self {
-            TrackSource::Microphone => Capability::PublishAudio,
-            TrackSource::Camera => Capability::PublishVideo,
-            TrackSource::Screen | TrackSource::ScreenAudio => Capability::PublishScreen,
+            TrackSource::Microphone => TrackKind::Audio,
+            TrackSource::Camera => TrackKind::Video,
+            TrackSource::Screen => TrackKind::Screen,
+            TrackSource::ScreenAudio => TrackKind::ScreenAudio,
+        }
+    }
+
+    /// The capability needed to publish this source: the contract's rule
+    /// (`rtcd_proto::rules::publish_right`), the one rtcd enforces too.
+    pub fn capability(self) -> Capability {
+        use rtcd_proto::rules::{PublishRight, publish_right};
+        match publish_right(self.wire_kind()) {
+            Some(PublishRight::Audio) => Capability::PublishAudio,
+            Some(PublishRight::Video) => Capability::PublishVideo,
+            // Every source has a kind; `None` is only the wire's UNSPECIFIED.
+            Some(PublishRight::Screen) | None => Capability::PublishScreen,
         }
     }
 
     fn kind(self) -> MediaKind {
-        match self {
-            TrackSource::Microphone | TrackSource::ScreenAudio => MediaKind::Audio,
-            TrackSource::Camera | TrackSource::Screen => MediaKind::Video,
+        if rtcd_proto::rules::is_audio(self.wire_kind()) {
+            MediaKind::Audio
+        } else {
+            MediaKind::Video
         }
     }
 }

@@ -350,3 +350,50 @@ mod end_tests {
         assert_eq!(end_of("something new"), End::Unspecified);
     }
 }
+
+#[cfg(test)]
+mod rule_tests {
+    use super::*;
+    use rtcd_proto::rules::{PublishRight, publish_right};
+
+    /// The SFU keeps the contract's "which permission a kind needs" rule on its own types (it
+    /// must not depend on the contract); this holds the two to one rule.
+    #[test]
+    fn the_sfu_needs_the_permissions_the_contract_names_for_every_kind() {
+        for wire in [
+            pb::TrackKind::Audio,
+            pb::TrackKind::Video,
+            pb::TrackKind::Screen,
+            pb::TrackKind::ScreenAudio,
+        ] {
+            let kind = kind_from(wire as i32).unwrap();
+            let only = |right| {
+                let mut p = Permissions::default();
+                match right {
+                    PublishRight::Audio => p.publish_audio = true,
+                    PublishRight::Video => p.publish_video = true,
+                    PublishRight::Screen => p.publish_screen = true,
+                }
+                p
+            };
+            let right = publish_right(wire).unwrap();
+            assert!(only(right).may_publish(kind), "{wire:?}");
+            for other in [
+                PublishRight::Audio,
+                PublishRight::Video,
+                PublishRight::Screen,
+            ] {
+                if other != right {
+                    assert!(!only(other).may_publish(kind), "{wire:?} with {other:?}");
+                }
+            }
+            assert_eq!(
+                kind.is_audio(),
+                rtcd_proto::rules::is_audio(wire),
+                "{wire:?}"
+            );
+        }
+        assert_eq!(publish_right(pb::TrackKind::Unspecified), None);
+        assert!(kind_from(pb::TrackKind::Unspecified as i32).is_err());
+    }
+}

@@ -18,40 +18,9 @@ pub enum Media {
     Other,
 }
 
-/// A direction attribute, as written by the side that wrote the SDP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Sends and receives (also the default without an attribute).
-    SendRecv,
-    /// Only sends.
-    SendOnly,
-    /// Only receives.
-    RecvOnly,
-    /// Neither.
-    Inactive,
-}
-
-impl Direction {
-    fn parse(attr: &str) -> Option<Self> {
-        match attr {
-            "sendrecv" => Some(Self::SendRecv),
-            "sendonly" => Some(Self::SendOnly),
-            "recvonly" => Some(Self::RecvOnly),
-            "inactive" => Some(Self::Inactive),
-            _ => None,
-        }
-    }
-
-    /// Whether the writer of the SDP receives media on this section.
-    pub fn receives(self) -> bool {
-        matches!(self, Self::SendRecv | Self::RecvOnly)
-    }
-
-    /// Whether the writer of the SDP sends media on this section.
-    pub fn sends(self) -> bool {
-        matches!(self, Self::SendRecv | Self::SendOnly)
-    }
-}
+/// A direction attribute, as written by the side that wrote the SDP: the contract's rule
+/// (`rtcd_proto::rules`), so rtcd answers a section exactly as the proxy authorized it.
+pub use rtcd_proto::rules::Direction;
 
 /// One media section of an SDP.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -261,12 +261,7 @@ pub(super) fn role_from(name: &str) -> Role {
 
 /// The rtcd kind of a client source.
 pub(super) fn kind_of(source: TrackSource) -> pb::TrackKind {
-    match source {
-        TrackSource::Microphone => pb::TrackKind::Audio,
-        TrackSource::Camera => pb::TrackKind::Video,
-        TrackSource::Screen => pb::TrackKind::Screen,
-        TrackSource::ScreenAudio => pb::TrackKind::ScreenAudio,
-    }
+    source.wire_kind()
 }
 
 /// The client source of an rtcd kind.
