@@ -1,14 +1,14 @@
 //! End-to-end tests of the workspace, the fast tier: one module per area, every test on
 //! loopback with ephemeral ports and its own temporary data directory, everything in-process
 //! or a few short-lived processes, seconds a test. Real browsers, TURN servers, killed-host
-//! failover, the load tool's runs and minute-long calls are the long tier (`tests/long/`).
+//! failover, the load tool's runs, the aiortc clients and minute-long calls or churn are the
+//! long tier (`tests/long/`).
 
 mod affiliation;
 mod dev;
 mod edges;
 mod forwarding;
 mod grpc_tls;
-mod interop;
 mod lifecycle;
 mod lobby;
 mod negotiation;

@@ -1,73 +1,14 @@
 //! The client makes every offer (docs/protocol.md §4a): real webrtc-rs peers over the real
-//! gRPC service. rtcd's answers reuse sections so that a long-lived participant's SDP follows
-//! the live tracks, not the call's history. (A peer renegotiated for a minute is in the long
-//! tier, `long/negotiation.rs`.)
+//! gRPC service: who is announced, what a permission change stops. (A peer renegotiated for a
+//! minute, and forty guests whose sections are reused so that a long-lived participant's SDP
+//! follows the live tracks, not the call's history, are in the long tier,
+//! `long/negotiation.rs`.)
 
 use std::time::Duration;
 
 use rtcd_e2e::daemon::TestRtcd;
-use rtcd_e2e::media::{
-    Participant, RTCPeerConnectionState, all_permissions, eventually, keeps_flowing, publisher,
-    remote_sdp_shape,
-};
+use rtcd_e2e::media::{Participant, all_permissions, eventually, keeps_flowing, publisher};
 use rtcd_proto::v1 as pb;
-
-const WINDOW: Duration = Duration::from_secs(5);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forty_join_leave_cycles_keep_the_sdp_bounded_by_the_live_tracks() -> anyhow::Result<()> {
-    let rtcd = TestRtcd::start(&[]).await?;
-    let auth = rtcd.register("tenant-a").await?;
-    let mut client = rtcd.client().await?;
-    let alice = publisher(&mut client, &auth, "alice").await?;
-    let bob = publisher(&mut client, &auth, "bob").await?;
-    eventually("alice hears bob", || alice.received("bob", "video") > 20).await?;
-    let mut shapes = Vec::new();
-    for n in 0..40 {
-        let guest = format!("guest{n}");
-        let g = publisher(&mut client, &auth, &guest).await?;
-        eventually(&format!("alice receives {guest}"), || {
-            alice.received(&guest, "video") > 5
-        })
-        .await?;
-        drop(g);
-        eventually(&format!("{guest} withdrawn from alice"), || {
-            alice.saw(|e| {
-                matches!(e, pb::server_signal::Signal::ParticipantLeft(p) if p.session_id == guest)
-            })
-        })
-        .await?;
-        shapes.push(remote_sdp_shape(&alice).await);
-    }
-    // Alice sends 2 tracks and receives bob's 2 plus at most one guest's 2 at a time; a
-    // departed guest's sections are reused, never added to.
-    let (sections, bytes) = remote_sdp_shape(&alice).await;
-    assert!(
-        sections <= 2 + 2 + 2 + 2,
-        "alice's SDP has {sections} media sections after 40 guests: {shapes:?}"
-    );
-    let (early_sections, early_bytes) = shapes[2];
-    assert!(
-        sections <= early_sections && bytes <= early_bytes + early_bytes / 4,
-        "the SDP grew from {early_sections} sections / {early_bytes} B (guest 3) to {sections} / {bytes} B (guest 40): {shapes:?}"
-    );
-    eprintln!(
-        "SDP after 40 join/leave cycles: {sections} media sections, {bytes} bytes (after 3: {early_sections}, {early_bytes} B)"
-    );
-    // Bob still reaches alice in every window, and alice is still connected.
-    keeps_flowing(
-        &alice,
-        &["bob/audio", "bob/video"],
-        Duration::from_secs(10),
-        WINDOW,
-    )
-    .await?;
-    assert_eq!(alice.connection_state(), RTCPeerConnectionState::Connected);
-    assert!(alice.errors().is_empty(), "{:?}", alice.errors());
-    rtcd.rtcd.shutdown().await;
-    drop(bob);
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_are_announced_and_participants_leave_after_their_tracks() -> anyhow::Result<()> {

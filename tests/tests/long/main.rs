@@ -1,6 +1,6 @@
 //! End-to-end tests of the workspace, the long tier: real browsers (Chromium, Firefox ESR),
-//! coturn, failover of killed processes across hosts, the load tool's smoke runs, and calls of
-//! a minute or more. Same rules as the fast tier (`tests/e2e/`): loopback or namespaces the
+//! coturn, failover of killed processes across hosts, the load tool's smoke runs, the aiortc
+//! interop clients, and calls or churn of a minute or more. Same rules as the fast tier (`tests/e2e/`): loopback or namespaces the
 //! tests create, ephemeral ports, temporary data directories.
 //!
 //! The browser calls (`calls::`, and `turn::`'s calls) run one at a time: each runs up to three
@@ -12,6 +12,8 @@
 mod browser;
 mod calls;
 mod failover;
+mod interop;
+mod leaks;
 mod loadgen;
 mod negotiation;
 mod turn;
