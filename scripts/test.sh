@@ -74,20 +74,22 @@ for bin in "${browser_bins[@]}"; do
 done
 need_root "unshare -n (a network namespace with only loopback)"
 
-echo "== python (the aiortc interop client, tests/clients/)"
-# An independent WebRTC stack written from docs/protocol.md: aiortc from PyPI in a venv of
-# its own (Debian's python refuses system-wide pip installs).
-venv=target/interop-venv
-if ! "$venv/bin/python" -c 'import aiortc, websockets' 2>/dev/null; then
-	if ! python3 -m venv "$venv" 2>/dev/null; then
-		need_root "installing python3-venv (the aiortc interop client)"
-		rm -rf "$venv"
-		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv
-		python3 -m venv "$venv"
+if [ "$fast" = 0 ]; then
+	echo "== python (the aiortc interop client of the long tier, tests/clients/)"
+	# An independent WebRTC stack written from docs/protocol.md: aiortc from PyPI in a venv of
+	# its own (Debian's python refuses system-wide pip installs).
+	venv=target/interop-venv
+	if ! "$venv/bin/python" -c 'import aiortc, websockets' 2>/dev/null; then
+		if ! python3 -m venv "$venv" 2>/dev/null; then
+			need_root "installing python3-venv (the aiortc interop client)"
+			rm -rf "$venv"
+			DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv
+			python3 -m venv "$venv"
+		fi
+		"$venv/bin/pip" install --quiet --disable-pip-version-check "aiortc==1.16.0" "websockets==15.0.1"
 	fi
-	"$venv/bin/pip" install --quiet --disable-pip-version-check "aiortc==1.16.0" "websockets==15.0.1"
+	export RTCD_E2E_PYTHON="$PWD/$venv/bin/python"
 fi
-export RTCD_E2E_PYTHON="$PWD/$venv/bin/python"
 
 if [ "$fast" = 0 ]; then
 	echo "== deploy (kubernetes manifests)"
