@@ -110,7 +110,11 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 	apt-get update
 	apt-get install -y --no-install-recommends nodejs npm
 fi
-npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+# (Only when the lock file changed since the last install: a clean reinstall takes seconds.)
+if [ ! -f tests/oidc/node_modules/.package-lock.json ] \
+	|| [ tests/oidc/package-lock.json -nt tests/oidc/node_modules/.package-lock.json ]; then
+	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+fi
 
 echo "== cargo-nextest"
 # Pinned: the version .config/nextest.toml is written for (test groups, priorities). The
@@ -191,12 +195,11 @@ if [ "$runner" = nextest ]; then
 	# The run's own summary line ("Summary [ 12.3s] 501 tests run: 500 passed, 1 failed, ...");
 	# the libtest lines quoted in failing tests' output are not counted.
 	summary=$(grep -E '^ *Summary \[' "$log" | tail -n1 || true)
-	passed=$(grep -Eo '[0-9]+ passed' <<<"$summary" | awk '{print $1}')
-	failed=$(grep -Eo '[0-9]+ (failed|timed out)' <<<"$summary" | awk '{s += $1} END {print s + 0}')
-	passed=${passed:-0}
+	passed=$({ grep -Eo '[0-9]+ passed' <<<"$summary" || true; } | awk '{s += $1} END {print s + 0}')
+	failed=$({ grep -Eo '[0-9]+ (failed|timed out)' <<<"$summary" || true; } | awk '{s += $1} END {print s + 0}')
 else
-	passed=$(grep -E '^test result: ' "$log" | grep -Eo '[0-9]+ passed' | awk '{s += $1} END {print s + 0}')
-	failed=$(grep -E '^test result: ' "$log" | grep -Eo '[0-9]+ failed' | awk '{s += $1} END {print s + 0}')
+	passed=$({ grep -E '^test result: ' "$log" || true; } | { grep -Eo '[0-9]+ passed' || true; } | awk '{s += $1} END {print s + 0}')
+	failed=$({ grep -E '^test result: ' "$log" || true; } | { grep -Eo '[0-9]+ failed' || true; } | awk '{s += $1} END {print s + 0}')
 fi
 if [ "$status" != 0 ]; then
 	# Repeated last, so that the reasons stand next to the summary: each failing test's error
