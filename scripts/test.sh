@@ -4,7 +4,7 @@
 #
 #   scripts/test.sh          everything (CI): fmt, clippy, the deploy checks, unit tests, both
 #                            e2e binaries (tests/e2e, the fast tier; tests/long, the long tier)
-#   scripts/test.sh --fast   a developer's loop (under 5 minutes on 2 cores with a warm build):
+#   scripts/test.sh --fast   a developer's loop (about 5 minutes on 2 cores with a warm build):
 #                            fmt, clippy, unit tests and the fast e2e binary; no browsers, no
 #                            coturn, no failover, no load tool runs, no minute-long calls
 #
@@ -25,7 +25,7 @@ case "${1:-}" in
 --fast) fast=1 ;;
 "") ;;
 -h | --help)
-	sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
 	exit 0
 	;;
 *)
