@@ -176,6 +176,13 @@ pub fn metric_sum(text: &str, series: &str) -> f64 {
         .sum()
 }
 
+/// The value of the one sample named exactly `series` (name and label set as printed, e.g.
+/// `rtcd_calls` or `name{label="x"}`) in Prometheus text; `None` if absent.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A 32..72-byte auth key unique to `tag`.
 pub fn key_for(tag: &str) -> String {
     let mut key = format!("key-{tag}-");

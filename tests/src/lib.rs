@@ -2,7 +2,8 @@
 //! processes) on loopback with ephemeral ports and temporary data directories, real webrtc-rs
 //! participants, and real Chromium pages.
 //!
-//! Modules are per component; the tests themselves live in `tests/e2e/` (one binary).
+//! Modules are per component; the tests themselves live in `tests/e2e/` (the fast tier) and
+//! `tests/long/` (the long tier), two test binaries sharing this library.
 
 pub mod bridge;
 pub mod browser;

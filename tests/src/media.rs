@@ -1117,6 +1117,11 @@ impl Participant {
         self.shared.events.lock().unwrap().iter().any(f)
     }
 
+    /// Whether rtcd closed the session with `reason` (a `SessionClosed` event).
+    pub fn closed_because(&self, reason: &str) -> bool {
+        self.saw(|e| matches!(e, pb::server_signal::Signal::SessionClosed(c) if c.reason == reason))
+    }
+
     /// Whether the stream has ended.
     pub fn stream_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Relaxed)

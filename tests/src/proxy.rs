@@ -596,15 +596,49 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// Records `port` as handed to a test of this process; false if one already had it. Ports
-/// picked free and bound later (shared by hosts on several loopback addresses, or kept across
-/// a restart) could otherwise go to two tests running in parallel.
+/// Records `port` as handed to a test; false if one already had it. Ports picked free and
+/// bound later (shared by hosts on several loopback addresses, or kept across a restart) could
+/// otherwise go to two tests running in parallel.
+///
+/// The claim is an abstract Unix socket named after the port, bound and kept until the process
+/// exits: under cargo-nextest every test is a process of its own, so a list in this process
+/// would not see the others' claims, while a name in the abstract namespace is seen by every
+/// process of the same network namespace (the one `scripts/test.sh` runs the suite in, or a
+/// test's own, whose ports are its own too) and goes away with its process.
 pub fn claim_port(port: u16) -> bool {
-    static CLAIMED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut claimed = CLAIMED.lock().unwrap_or_else(|p| p.into_inner());
-    if claimed.contains(&port) {
-        return false;
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    static CLAIMS: Mutex<Vec<UnixDatagram>> = Mutex::new(Vec::new());
+    let name = format!("rtcd-e2e-port-{port}");
+    let addr = UnixAddr::from_abstract_name(name.as_bytes()).expect("an abstract socket name");
+    match UnixDatagram::bind_addr(&addr) {
+        Ok(claim) => {
+            CLAIMS.lock().unwrap_or_else(|p| p.into_inner()).push(claim);
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => false,
+        Err(e) => panic!("cannot claim port {port} (abstract socket @{name}): {e}"),
     }
-    claimed.push(port);
-    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+
+    use super::*;
+
+    #[test]
+    fn a_claimed_port_is_refused_to_this_process_and_seen_by_any_other() {
+        let port = free_port();
+        assert!(
+            !claim_port(port),
+            "a second claim of {port} in this process"
+        );
+        // What another process (another nextest test) would try: the same abstract name.
+        let name = format!("rtcd-e2e-port-{port}");
+        let addr = UnixAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let err = UnixDatagram::bind_addr(&addr).expect_err("the claim is namespace-wide");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    }
 }

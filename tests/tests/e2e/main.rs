@@ -1,17 +1,15 @@
-//! End-to-end tests of the workspace: one test binary, one module per area, every test on
-//! loopback with ephemeral ports and its own temporary data directory.
+//! End-to-end tests of the workspace, the fast tier: one module per area, every test on
+//! loopback with ephemeral ports and its own temporary data directory, everything in-process
+//! or a few short-lived processes, seconds a test. Real browsers, TURN servers, killed-host
+//! failover, the load tool's runs, the aiortc clients and minute-long calls or churn are the
+//! long tier (`tests/long/`).
 
 mod affiliation;
-mod browser;
-mod calls;
 mod dev;
 mod edges;
-mod failover;
 mod forwarding;
 mod grpc_tls;
-mod interop;
 mod lifecycle;
-mod loadgen;
 mod lobby;
 mod negotiation;
 mod oidc;
@@ -25,5 +23,4 @@ mod rooms_rtcd;
 mod rtcp;
 mod signaling;
 mod slow_clients;
-mod turn;
 mod webhooks;

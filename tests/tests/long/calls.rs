@@ -7,6 +7,11 @@
 //! gathers no loopback ICE candidates, so the stack and the browsers talk over a veth pair
 //! whose both ends are in that namespace. The page is served from `http://127.0.0.1:PORT`
 //! (a secure context, so `getUserMedia` works); media flows over `10.203.0.x`.
+//!
+//! One call at a time: each already runs up to 3 browsers with fake 30 fps cameras on a
+//! 2-core CI machine, and CPU starvation would look like media stalls. cargo-nextest's test
+//! group `browser-calls` (`.config/nextest.toml`, max-threads 1) serializes this module and
+//! `turn::`'s calls without parking a test thread; plain `cargo test` needs `--test-threads=1`.
 
 use std::time::Duration;
 
@@ -148,10 +153,6 @@ fn harness_runs_chromium_and_firefox_in_a_namespace_of_its_own() -> anyhow::Resu
         Ok::<_, anyhow::Error>(())
     })
 }
-
-/// One long call at a time: each already runs 3 browsers with fake 30 fps cameras on a
-/// 2-core CI machine, and CPU starvation would look like media stalls.
-pub(crate) static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Multiplies every hold of the long calls (`RTCD_E2E_CALL_SCALE`, default 1: about two
 /// minutes per call), e.g. 0.25 for a quick local run.
@@ -749,40 +750,25 @@ async fn moderation_from_the_demo_page() -> anyhow::Result<()> {
 
 #[test]
 fn chromium_moderates_from_the_demo_page() -> anyhow::Result<()> {
-    let _one = ONE_CALL_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     netns::run(moderation_from_the_demo_page)
 }
 
 #[test]
 fn chromium_keeps_its_call_through_an_address_change_by_ice_restart() -> anyhow::Result<()> {
-    let _one = ONE_CALL_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     netns::run(call_through_an_address_change)
 }
 
 #[test]
 fn chromium_losing_packets_gets_every_stream_it_receives_repaired() -> anyhow::Result<()> {
-    let _one = ONE_CALL_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     netns::run(loss_repaired_on_every_stream)
 }
 
 #[test]
 fn chromium_reaches_rtcd_over_ice_tcp_when_udp_is_blocked() -> anyhow::Result<()> {
-    let _one = ONE_CALL_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     netns::run(call_over_ice_tcp)
 }
 
 fn run_long_call(a: BrowserKind, b: BrowserKind) -> anyhow::Result<()> {
-    let _one = ONE_CALL_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     netns::run(move || long_call(a, b))
 }
 

@@ -22,7 +22,7 @@ use rtcd_proxy::config::Secret;
 use rtcd_proxy::turn::{ProbeError, TurnUrl, probe, probe_tls_config, rest_credential};
 use serde_json::{Value, json};
 
-use crate::calls::{Call, ONE_CALL_AT_A_TIME, conclude, scaled};
+use crate::calls::{Call, conclude, scaled};
 
 /// coturn's current `static-auth-secret`, the one the proxy signs with.
 const SECRET: &str = "turn-test-secret-0123456789abcdef0123456789";
@@ -475,9 +475,6 @@ async fn relayed_call(transport: &'static str) -> anyhow::Result<()> {
 }
 
 fn run_relayed_call(transport: &'static str) -> anyhow::Result<()> {
-    let _one = ONE_CALL_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     netns::run(move || relayed_call(transport))
 }
 
@@ -585,8 +582,5 @@ async fn refresh_scenario() -> anyhow::Result<()> {
 #[test]
 fn turn_credentials_are_refreshed_in_a_call_and_the_relay_outlives_the_first_ones()
 -> anyhow::Result<()> {
-    let _one = ONE_CALL_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     netns::run(refresh_scenario)
 }

@@ -16,7 +16,7 @@ const PROXY: &str = env!("CARGO_BIN_EXE_proxy-under-test");
 
 /// A binary of the load tool's crate. `CARGO_BIN_EXE_*` exists only for this package's own
 /// binaries, so it is looked up where cargo puts it, one directory above this test executable
-/// (`target/debug/deps/e2e-…` → `target/debug/NAME`); scripts/test.sh builds it first.
+/// (`target/debug/deps/long-…` → `target/debug/NAME`); scripts/test.sh builds it first.
 fn tool(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe
