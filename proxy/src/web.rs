@@ -123,7 +123,7 @@ fn reply(asset: &'static Asset, if_none_match: Option<&str>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    // Routing (paths, methods, 404s) is tested over real HTTP in tests/tests/e2e/browser.rs.
+    // Routing (paths, methods, 404s) is tested over real HTTP in tests/tests/long/browser.rs.
     use super::*;
 
     #[test]
