@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use crate::auth::AuthError;
 use crate::close::CloseReason;
 use crate::config::{ExpiryPolicy, LimitsConfig};
+use crate::policy::Role;
 use crate::protocol::ClientMessage;
 
 /// Refused `refresh` tokens a session may send before it is closed with
@@ -477,6 +478,35 @@ impl Machine {
             .then(|| Close::new(CloseReason::SlowClient, None))
     }
 
+    /// Whether the media server keeps the session for a resume when this one closes with
+    /// `reason` (docs/protocol.md section 5c): when the proxy shuts down (the client
+    /// reconnects to another replica), the connection went idle, or the client vanished (its
+    /// connection dropped without a close, or it gave up on a silent one). Otherwise the
+    /// session is over and the media server is told (`Leave`).
+    pub fn keeps_media(&self, reason: &CloseReason) -> bool {
+        self.vanished || matches!(reason, CloseReason::GoingAway | CloseReason::IdleTimeout)
+    }
+
+    /// The close of a `join` for a room name that is not one (`error` the name's rule).
+    pub fn bad_room(error: String) -> Close {
+        Close::new(CloseReason::BadMessage, error)
+    }
+
+    /// The close of a guest's join when no media server could be asked about the room: the
+    /// room's stored policy (kept at the media server) is unknown, so this proxy's configured
+    /// one decides who may not come in (docs/protocol.md section 5b), as the media server
+    /// would. `None`: the join goes on (without media).
+    pub fn guest_refused_offline(role: Role, guests_allowed: Option<bool>) -> Option<Close> {
+        (role == Role::Guest && guests_allowed == Some(false)).then(|| {
+            Close::new(
+                CloseReason::GuestsNotAllowed,
+                "guests are not allowed in this room (the media server is unreachable: this \
+                 proxy's configured policy applies)"
+                    .to_owned(),
+            )
+        })
+    }
+
     /// The proxy shuts down.
     pub fn on_shutdown(&self) -> Close {
         Close::new(
@@ -921,6 +951,77 @@ mod tests {
         assert_eq!(
             close.detail.as_deref(),
             Some("the proxy is shutting down; reconnect")
+        );
+    }
+
+    #[test]
+    fn only_a_lost_connection_keeps_the_media_session_for_a_resume() {
+        let hand = Hand::new();
+        let m = Machine::new(settings(ExpiryPolicy::Keep), hand.now());
+        // 1001 (the proxy drains) and 4002 (silence) lose only the connection.
+        assert!(m.keeps_media(&CloseReason::GoingAway));
+        assert!(m.keeps_media(&CloseReason::IdleTimeout));
+        // Any other close ends the session: a `leave`, a bad message, a token problem, ...
+        for reason in CloseReason::all() {
+            if !matches!(reason, CloseReason::GoingAway | CloseReason::IdleTimeout) {
+                assert!(!m.keeps_media(&reason), "{reason:?}");
+            }
+        }
+        // A connection that dropped (1006, a reset) or a client that gave up on it (its own
+        // close 4002) vanished: kept whatever the close the proxy then records.
+        let mut m = Machine::new(settings(ExpiryPolicy::Keep), hand.now());
+        close_code(m.on_read(None, hand.now()));
+        assert!(m.keeps_media(&CloseReason::Normal));
+        let mut m = Machine::new(settings(ExpiryPolicy::Keep), hand.now());
+        close_code(m.on_read(
+            Some(Ok(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(4002),
+                reason: "".into(),
+            })))),
+            hand.now(),
+        ));
+        assert!(m.keeps_media(&CloseReason::Normal));
+        // A client closing 1000 or 1001 (a page closed) left.
+        for code in [1000, 1001] {
+            let mut m = Machine::new(settings(ExpiryPolicy::Keep), hand.now());
+            close_code(m.on_read(
+                Some(Ok(Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: "".into(),
+                })))),
+                hand.now(),
+            ));
+            assert!(!m.keeps_media(&CloseReason::Normal), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_join_for_no_room_closes_4000_and_an_offline_guest_4014() {
+        let close = Machine::bad_room("a room is 1-128 characters".into());
+        assert_eq!(close.reason.code(), 4000);
+        assert_eq!(close.detail.as_deref(), Some("a room is 1-128 characters"));
+        let refused = Machine::guest_refused_offline(Role::Guest, Some(false)).unwrap();
+        assert_eq!(refused.reason.code(), 4014);
+        assert_eq!(
+            refused.detail.as_deref(),
+            Some(
+                "guests are not allowed in this room (the media server is unreachable: this \
+                 proxy's configured policy applies)"
+            )
+        );
+        // Only a guest, and only when the configured policy says no guests.
+        assert_eq!(Machine::guest_refused_offline(Role::Guest, None), None);
+        assert_eq!(
+            Machine::guest_refused_offline(Role::Guest, Some(true)),
+            None
+        );
+        assert_eq!(
+            Machine::guest_refused_offline(Role::Member, Some(false)),
+            None
+        );
+        assert_eq!(
+            Machine::guest_refused_offline(Role::Moderator, Some(false)),
+            None
         );
     }
 }
