@@ -17,10 +17,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 
 use crate::auth::AuthError;
-use crate::close::CloseReason;
+use crate::close::{CloseReason, MediaClose};
 use crate::config::{ExpiryPolicy, LimitsConfig};
 use crate::policy::Role;
-use crate::protocol::ClientMessage;
+use crate::protocol::{ClientMessage, ServerMessage};
+use crate::relay::MediaEnd;
 
 /// Refused `refresh` tokens a session may send before it is closed with
 /// `too_many_auth_failures`. Counted per session, not in the per-address failed-auth limiter:
@@ -505,6 +506,20 @@ impl Machine {
                     .to_owned(),
             )
         })
+    }
+
+    /// The media server ended the session's stream: `end` is its typed reason and `reason`
+    /// its prose (`None`: the stream ended without one). What to send before the close
+    /// (`media_server_lost` when the media server is gone for this session, then 4008), and
+    /// the close ([`crate::close::media_end`] decides which).
+    pub fn on_media_closed(end: MediaEnd, reason: Option<&str>) -> (Option<ServerMessage>, Close) {
+        match crate::close::media_end(end, reason) {
+            MediaClose::Close(reason, detail) => (None, Close::new(reason, detail.to_owned())),
+            MediaClose::Lost(message) => (
+                Some(ServerMessage::MediaServerLost { message }),
+                Close::new(CloseReason::MediaServerLost, None),
+            ),
+        }
     }
 
     /// The proxy shuts down.
@@ -1023,5 +1038,34 @@ mod tests {
             Machine::guest_refused_offline(Role::Moderator, Some(false)),
             None
         );
+    }
+
+    #[test]
+    fn the_media_servers_end_closes_with_its_code_and_a_lost_one_says_so_first() {
+        // Removed, banned, ended, turned away, timed out: the code, the detail in `error`.
+        let (message, close) = Machine::on_media_closed(MediaEnd::Banned, Some("banned"));
+        assert_eq!(message, None);
+        assert_eq!(close.reason.code(), 4012);
+        assert_eq!(
+            close.detail.as_deref(),
+            Some("you were removed from the room and banned from it")
+        );
+        let (message, close) = Machine::on_media_closed(MediaEnd::PeerConnectionFailed, None);
+        assert_eq!((message, close.reason.code()), (None, 4010));
+        // Gone (the stream ended, a drain, a move): `media_server_lost`, then 4008 bare.
+        let (message, close) = Machine::on_media_closed(MediaEnd::Unspecified, None);
+        assert_eq!(
+            message,
+            Some(ServerMessage::MediaServerLost {
+                message: "the media server hosting this room is gone; rejoin".into()
+            })
+        );
+        assert_eq!(close, Close::new(CloseReason::MediaServerLost, None));
+        let (message, close) = Machine::on_media_closed(MediaEnd::Moved, Some("moved"));
+        assert!(matches!(
+            message,
+            Some(ServerMessage::MediaServerLost { .. })
+        ));
+        assert_eq!(close.reason.code(), 4008);
     }
 }

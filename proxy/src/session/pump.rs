@@ -23,7 +23,7 @@ use super::moderation::{self, ModerationError};
 use super::resume::Resume;
 use crate::auth::affiliation::{Affiliation, Ceiling};
 use crate::auth::{AuthError, Grant, Verifier, unix_now};
-use crate::close::{CloseReason, MediaClose};
+use crate::close::CloseReason;
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::{Metrics, ReasonLabel};
@@ -584,8 +584,8 @@ impl Session {
                 Err(e) => {
                     self.count_auth_failure(&e);
                     tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = e.reason(), "join refused");
-                    let detail = e.to_string();
-                    return Next::Close(CloseReason::Auth(e), Some(detail));
+                    let close = Machine::token_refused(e, false);
+                    return Next::Close(close.reason, close.detail);
                 }
             },
         };
@@ -1118,18 +1118,17 @@ impl Session {
 impl Session {
     /// The media server ended this session's stream: `end` is its typed `SessionClosed`
     /// reason and `reason` the prose, `None` when the stream ended without one (the media
-    /// server died or became unreachable). [`crate::close::media_end`] decides the close.
+    /// server died or became unreachable). [`Machine::on_media_closed`] decides the close.
     async fn media_closed(&mut self, end: MediaEnd, reason: Option<String>) -> Next {
         if let Some(j) = self.joined.as_mut() {
             j.link = None;
             j.media_closed = Some(reason.clone().unwrap_or_else(|| "stream lost".into()));
         }
-        let message = match crate::close::media_end(end, reason.as_deref()) {
-            MediaClose::Close(close, detail) => return Next::Close(close, Some(detail.into())),
-            MediaClose::Lost(message) => message,
-        };
-        self.send(ServerMessage::MediaServerLost { message }).await;
-        Next::Close(CloseReason::MediaServerLost, None)
+        let (message, close) = Machine::on_media_closed(end, reason.as_deref());
+        if let Some(message) = message {
+            self.send(message).await;
+        }
+        Next::Close(close.reason, close.detail)
     }
 }
 
