@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::machine::{Clock, Machine, Phase, Read, Settings, Timer};
+use super::message::{self, Step};
 use super::moderation::{self, ModerationError};
 use super::resume::Resume;
 use crate::auth::affiliation::{Affiliation, Ceiling};
@@ -27,8 +28,7 @@ use crate::close::CloseReason;
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::policy::{Capability, PolicyError, TrackSource, authorize_sdp};
-use crate::protocol::{Candidate, ClientMessage, Identity, RoomName, ServerMessage, SessionId};
+use crate::protocol::{ClientMessage, Identity, RoomName, ServerMessage, SessionId};
 use crate::relay::{JoinRequest, MediaEnd, Relay, RelayCommand, RelayEvent, RelayLink};
 
 /// How long the proxy keeps reading after sending its close frame (for the client's close
@@ -765,112 +765,18 @@ impl Session {
     }
 
     async fn on_joined_message(&mut self, message: ClientMessage) -> Next {
-        let kind = message.kind();
         let perms = self.joined.as_ref().expect("joined").grant.permissions;
-        if !self.machine.accepts(&message) {
-            self.error(
-                "not_admitted",
-                "you are waiting to enter the room; only ping, refresh and leave are accepted \
-                 until `joined`"
-                    .into(),
-                Some(kind),
-            )
-            .await;
-            return Next::Continue;
+        match message::step(&self.machine, message, &perms) {
+            Step::Reply(reply) => self.send(reply).await,
+            Step::Refused { error, kind } => {
+                tracing::info!(session = %self.id, code = message::policy_code(&error), error = %error, "message refused by policy");
+                self.send(message::refusal(&error, kind)).await;
+            }
+            Step::Forward { command, kind } => self.forward(command, Some(kind)).await,
+            Step::Refresh(token) => return Box::pin(self.refresh(token)).await,
+            Step::Moderate(request) => return Box::pin(self.moderate(request)).await,
+            Step::Close(close) => return Next::Close(close.reason, close.detail),
         }
-        let command = match message {
-            ClientMessage::Join { .. } => {
-                self.error(
-                    "bad_message",
-                    "already joined; open another connection for another room".into(),
-                    Some(kind),
-                )
-                .await;
-                return Next::Continue;
-            }
-            ClientMessage::Ping { id } => {
-                self.send(ServerMessage::Pong { id }).await;
-                return Next::Continue;
-            }
-            // The media server is told as the session ends (`release_media`).
-            ClientMessage::Leave {} => return Next::Close(CloseReason::Normal, None),
-            ClientMessage::Refresh { token } => return Box::pin(self.refresh(token)).await,
-            ClientMessage::Moderate {
-                action,
-                identity,
-                source,
-                ban_seconds,
-                reason,
-                policy,
-                reset,
-            } => {
-                let request = moderation::Request {
-                    action,
-                    identity,
-                    source,
-                    ban_seconds,
-                    reason,
-                    policy,
-                    reset,
-                };
-                return Box::pin(self.moderate(request)).await;
-            }
-            ClientMessage::Offer { sdp, tracks } => match authorize_sdp(&sdp, &tracks, &perms) {
-                Ok(_) => RelayCommand::Offer { sdp, tracks },
-                Err(e) => return self.refuse(e, kind).await,
-            },
-            ClientMessage::Answer { .. } => {
-                // An old client answering a server offer that can no longer come: say so
-                // instead of relaying SDP the media server would not expect.
-                self.error(
-                    "bad_message",
-                    "the media server never offers; see negotiation_needed".into(),
-                    Some(kind),
-                )
-                .await;
-                return Next::Continue;
-            }
-            ClientMessage::Candidate {
-                candidate,
-                sdp_mid,
-                sdp_mline_index,
-                username_fragment,
-            } => RelayCommand::Candidate(Candidate {
-                candidate,
-                sdp_mid,
-                sdp_mline_index,
-                username_fragment,
-            }),
-            ClientMessage::Mute { source } => RelayCommand::Mute {
-                source,
-                muted: true,
-            },
-            ClientMessage::Unmute { source } => {
-                if !perms.allows(source.capability()) {
-                    return self
-                        .forbid(
-                            kind,
-                            format!("unmute {}", source.as_str()),
-                            source.capability(),
-                        )
-                        .await;
-                }
-                RelayCommand::Mute {
-                    source,
-                    muted: false,
-                }
-            }
-            ClientMessage::ScreenShareStart {} => {
-                if !perms.allows(TrackSource::Screen.capability()) {
-                    return self
-                        .forbid(kind, "share a screen".into(), Capability::PublishScreen)
-                        .await;
-                }
-                RelayCommand::ScreenShare(true)
-            }
-            ClientMessage::ScreenShareStop {} => RelayCommand::ScreenShare(false),
-        };
-        self.forward(command, Some(kind)).await;
         Next::Continue
     }
 
@@ -920,22 +826,6 @@ impl Session {
         ))
         .await;
         Next::Continue
-    }
-
-    async fn refuse(&mut self, e: PolicyError, kind: &'static str) -> Next {
-        let code = match e {
-            PolicyError::Forbidden { .. } => "forbidden",
-            PolicyError::MalformedSdp(_) => "bad_sdp",
-            PolicyError::BadTrack(_) => "bad_track",
-        };
-        tracing::info!(session = %self.id, code, error = %e, "message refused by policy");
-        self.error(code, e.to_string(), Some(kind)).await;
-        Next::Continue
-    }
-
-    async fn forbid(&mut self, kind: &'static str, action: String, capability: Capability) -> Next {
-        self.refuse(PolicyError::Forbidden { action, capability }, kind)
-            .await
     }
 
     /// Hands an authorized command to the relay, or says there is no media server.
