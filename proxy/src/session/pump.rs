@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use super::event::{self, Event};
 use super::machine::{Clock, Machine, Phase, Read, Settings, Timer};
 use super::message::{self, Step};
 use super::moderation::{self, ModerationError};
@@ -917,14 +918,9 @@ impl Session {
     }
 
     async fn on_relay_event(&mut self, event: Option<RelayEvent>) -> Next {
-        let Some(event) = event else {
-            return self.media_closed(MediaEnd::Unspecified, None).await;
-        };
-        let message = match event {
-            RelayEvent::Closed { reason } => {
-                return self.media_closed(reason.end, Some(reason.text)).await;
-            }
-            RelayEvent::Admitted { resume_token } => {
+        let message = match event::classify(event) {
+            Event::Closed { end, reason } => return self.media_closed(end, reason).await,
+            Event::Admitted(resume_token) => {
                 let waited = match self.joined.as_mut() {
                     Some(j) => {
                         j.resume.on_admitted(resume_token);
@@ -940,14 +936,7 @@ impl Session {
                 }
                 return Next::Continue;
             }
-            RelayEvent::LobbyRequest(participant) => ServerMessage::LobbyRequest { participant },
-            RelayEvent::LobbyLeft { identity, outcome } => {
-                ServerMessage::LobbyLeft { identity, outcome }
-            }
-            RelayEvent::NegotiationNeeded { audio, video } => {
-                ServerMessage::NegotiationNeeded { audio, video }
-            }
-            RelayEvent::Answer(sdp) => {
+            Event::Answer(sdp) => {
                 if let Some(sent) = self.joined.as_mut().and_then(|j| j.offer_sent.take()) {
                     self.state
                         .metrics
@@ -956,36 +945,7 @@ impl Session {
                 }
                 ServerMessage::Answer { sdp }
             }
-            RelayEvent::Candidate(candidate) => ServerMessage::Candidate { candidate },
-            RelayEvent::ParticipantJoined(participant) => {
-                ServerMessage::ParticipantJoined { participant }
-            }
-            RelayEvent::ParticipantLeft(identity) => ServerMessage::ParticipantLeft { identity },
-            RelayEvent::TrackPublished {
-                identity,
-                track_id,
-                source,
-                mid,
-            } => ServerMessage::TrackPublished {
-                identity,
-                track_id,
-                source,
-                mid,
-            },
-            RelayEvent::TrackUnpublished { identity, track_id } => {
-                ServerMessage::TrackUnpublished { identity, track_id }
-            }
-            RelayEvent::MuteChanged {
-                identity,
-                source,
-                muted,
-            } => ServerMessage::MuteChanged {
-                identity,
-                source,
-                muted,
-            },
-            RelayEvent::VoiceActivity(speakers) => ServerMessage::VoiceActivity { speakers },
-            RelayEvent::PermissionsChanged { role, permissions } => {
+            Event::PermissionsChanged { role, permissions } => {
                 if let Some(j) = self.joined.as_mut() {
                     tracing::info!(target: "audit", session = &*self.id.to_string(), identity = j.grant.identity.as_str(), room = j.grant.room.as_str(), role = role.as_str(), "permissions changed by the platform or a moderator");
                     j.resume
@@ -993,12 +953,7 @@ impl Session {
                 }
                 ServerMessage::PermissionsChanged { role, permissions }
             }
-            RelayEvent::MutedByModerator(source) => ServerMessage::MutedByModerator { source },
-            RelayEvent::UnmuteRequested(source) => ServerMessage::UnmuteRequested { source },
-            RelayEvent::Error { code, message } => {
-                self.error(code, message, None).await;
-                return Next::Continue;
-            }
+            Event::Send(message) => message,
         };
         self.send(message).await;
         Next::Continue
