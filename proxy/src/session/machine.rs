@@ -17,9 +17,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 
 use crate::auth::AuthError;
-use crate::close::CloseReason;
+use crate::close::{CloseReason, MediaClose};
 use crate::config::{ExpiryPolicy, LimitsConfig};
-use crate::protocol::ClientMessage;
+use crate::policy::Role;
+use crate::protocol::{ClientMessage, ServerMessage};
+use crate::relay::MediaEnd;
 
 /// Refused `refresh` tokens a session may send before it is closed with
 /// `too_many_auth_failures`. Counted per session, not in the per-address failed-auth limiter:
@@ -477,6 +479,49 @@ impl Machine {
             .then(|| Close::new(CloseReason::SlowClient, None))
     }
 
+    /// Whether the media server keeps the session for a resume when this one closes with
+    /// `reason` (docs/protocol.md section 5c): when the proxy shuts down (the client
+    /// reconnects to another replica), the connection went idle, or the client vanished (its
+    /// connection dropped without a close, or it gave up on a silent one). Otherwise the
+    /// session is over and the media server is told (`Leave`).
+    pub fn keeps_media(&self, reason: &CloseReason) -> bool {
+        self.vanished || matches!(reason, CloseReason::GoingAway | CloseReason::IdleTimeout)
+    }
+
+    /// The close of a `join` for a room name that is not one (`error` the name's rule).
+    pub fn bad_room(error: String) -> Close {
+        Close::new(CloseReason::BadMessage, error)
+    }
+
+    /// The close of a guest's join when no media server could be asked about the room: the
+    /// room's stored policy (kept at the media server) is unknown, so this proxy's configured
+    /// one decides who may not come in (docs/protocol.md section 5b), as the media server
+    /// would. `None`: the join goes on (without media).
+    pub fn guest_refused_offline(role: Role, guests_allowed: Option<bool>) -> Option<Close> {
+        (role == Role::Guest && guests_allowed == Some(false)).then(|| {
+            Close::new(
+                CloseReason::GuestsNotAllowed,
+                "guests are not allowed in this room (the media server is unreachable: this \
+                 proxy's configured policy applies)"
+                    .to_owned(),
+            )
+        })
+    }
+
+    /// The media server ended the session's stream: `end` is its typed reason and `reason`
+    /// its prose (`None`: the stream ended without one). What to send before the close
+    /// (`media_server_lost` when the media server is gone for this session, then 4008), and
+    /// the close ([`crate::close::media_end`] decides which).
+    pub fn on_media_closed(end: MediaEnd, reason: Option<&str>) -> (Option<ServerMessage>, Close) {
+        match crate::close::media_end(end, reason) {
+            MediaClose::Close(reason, detail) => (None, Close::new(reason, detail.to_owned())),
+            MediaClose::Lost(message) => (
+                Some(ServerMessage::MediaServerLost { message }),
+                Close::new(CloseReason::MediaServerLost, None),
+            ),
+        }
+    }
+
     /// The proxy shuts down.
     pub fn on_shutdown(&self) -> Close {
         Close::new(
@@ -922,5 +967,105 @@ mod tests {
             close.detail.as_deref(),
             Some("the proxy is shutting down; reconnect")
         );
+    }
+
+    #[test]
+    fn only_a_lost_connection_keeps_the_media_session_for_a_resume() {
+        let hand = Hand::new();
+        let m = Machine::new(settings(ExpiryPolicy::Keep), hand.now());
+        // 1001 (the proxy drains) and 4002 (silence) lose only the connection.
+        assert!(m.keeps_media(&CloseReason::GoingAway));
+        assert!(m.keeps_media(&CloseReason::IdleTimeout));
+        // Any other close ends the session: a `leave`, a bad message, a token problem, ...
+        for reason in CloseReason::all() {
+            if !matches!(reason, CloseReason::GoingAway | CloseReason::IdleTimeout) {
+                assert!(!m.keeps_media(&reason), "{reason:?}");
+            }
+        }
+        // A connection that dropped (1006, a reset) or a client that gave up on it (its own
+        // close 4002) vanished: kept whatever the close the proxy then records.
+        let mut m = Machine::new(settings(ExpiryPolicy::Keep), hand.now());
+        close_code(m.on_read(None, hand.now()));
+        assert!(m.keeps_media(&CloseReason::Normal));
+        let mut m = Machine::new(settings(ExpiryPolicy::Keep), hand.now());
+        close_code(m.on_read(
+            Some(Ok(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(4002),
+                reason: "".into(),
+            })))),
+            hand.now(),
+        ));
+        assert!(m.keeps_media(&CloseReason::Normal));
+        // A client closing 1000 or 1001 (a page closed) left.
+        for code in [1000, 1001] {
+            let mut m = Machine::new(settings(ExpiryPolicy::Keep), hand.now());
+            close_code(m.on_read(
+                Some(Ok(Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: "".into(),
+                })))),
+                hand.now(),
+            ));
+            assert!(!m.keeps_media(&CloseReason::Normal), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_join_for_no_room_closes_4000_and_an_offline_guest_4014() {
+        let close = Machine::bad_room("a room is 1-128 characters".into());
+        assert_eq!(close.reason.code(), 4000);
+        assert_eq!(close.detail.as_deref(), Some("a room is 1-128 characters"));
+        let refused = Machine::guest_refused_offline(Role::Guest, Some(false)).unwrap();
+        assert_eq!(refused.reason.code(), 4014);
+        assert_eq!(
+            refused.detail.as_deref(),
+            Some(
+                "guests are not allowed in this room (the media server is unreachable: this \
+                 proxy's configured policy applies)"
+            )
+        );
+        // Only a guest, and only when the configured policy says no guests.
+        assert_eq!(Machine::guest_refused_offline(Role::Guest, None), None);
+        assert_eq!(
+            Machine::guest_refused_offline(Role::Guest, Some(true)),
+            None
+        );
+        assert_eq!(
+            Machine::guest_refused_offline(Role::Member, Some(false)),
+            None
+        );
+        assert_eq!(
+            Machine::guest_refused_offline(Role::Moderator, Some(false)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_media_servers_end_closes_with_its_code_and_a_lost_one_says_so_first() {
+        // Removed, banned, ended, turned away, timed out: the code, the detail in `error`.
+        let (message, close) = Machine::on_media_closed(MediaEnd::Banned, Some("banned"));
+        assert_eq!(message, None);
+        assert_eq!(close.reason.code(), 4012);
+        assert_eq!(
+            close.detail.as_deref(),
+            Some("you were removed from the room and banned from it")
+        );
+        let (message, close) = Machine::on_media_closed(MediaEnd::PeerConnectionFailed, None);
+        assert_eq!((message, close.reason.code()), (None, 4010));
+        // Gone (the stream ended, a drain, a move): `media_server_lost`, then 4008 bare.
+        let (message, close) = Machine::on_media_closed(MediaEnd::Unspecified, None);
+        assert_eq!(
+            message,
+            Some(ServerMessage::MediaServerLost {
+                message: "the media server hosting this room is gone; rejoin".into()
+            })
+        );
+        assert_eq!(close, Close::new(CloseReason::MediaServerLost, None));
+        let (message, close) = Machine::on_media_closed(MediaEnd::Moved, Some("moved"));
+        assert!(matches!(
+            message,
+            Some(ServerMessage::MediaServerLost { .. })
+        ));
+        assert_eq!(close.reason.code(), 4008);
     }
 }

@@ -18,19 +18,19 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use super::event::{self, Event};
 use super::machine::{Clock, Machine, Phase, Read, Settings, Timer};
+use super::message::{self, Step};
+use super::moderation::{self, ModerationError};
+use super::resume::Resume;
 use crate::auth::affiliation::{Affiliation, Ceiling};
 use crate::auth::{AuthError, Grant, Verifier, unix_now};
-use crate::close::{CloseReason, MediaClose};
+use crate::close::CloseReason;
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::policy::{Capability, Permissions, PolicyError, Role, TrackSource, authorize_sdp};
-use crate::protocol::{
-    Candidate, ClientMessage, Identity, ModerationAction, RoomName, ServerMessage, SessionId,
-};
+use crate::protocol::{ClientMessage, Identity, RoomName, ServerMessage, SessionId};
 use crate::relay::{JoinRequest, MediaEnd, Relay, RelayCommand, RelayEvent, RelayLink};
-use crate::rooms::{Action, Actor};
 
 /// How long the proxy keeps reading after sending its close frame (for the client's close
 /// frame, or the end of its byte stream), so the client reads the close code instead of a
@@ -243,26 +243,10 @@ struct Joined {
     media_closed: Option<String>,
     /// When the session gets new TURN credentials (`None` without `[turn]`).
     turn_refresh_at: Option<tokio::time::Instant>,
-    /// The platform or a moderator set this session's role and permissions: a refresh keeps
-    /// them instead of the new token's.
-    moderated: bool,
     /// What the affiliation hook allowed at join: a refresh token is held to it too.
     ceiling: Ceiling,
-    /// Sent in `joined`: what resumes this session after a lost connection.
-    resume_token: Option<crate::config::Secret>,
-    /// Set until `joined` is sent when this join resumed an earlier session.
-    resumed: Option<crate::relay::Resumed>,
-}
-
-/// A `moderate` message's fields.
-struct ModerateRequest {
-    action: ModerationAction,
-    identity: Option<String>,
-    source: Option<TrackSource>,
-    ban_seconds: Option<u64>,
-    reason: Option<String>,
-    policy: Option<crate::rooms::RoomPolicy>,
-    reset: bool,
+    /// Resumption and the role changes that outrank the token.
+    resume: Resume,
 }
 
 struct Session {
@@ -344,9 +328,7 @@ impl Session {
     /// client vanished (its connection dropped without a close, or went silent), the stream
     /// just ends and the media server keeps the session, media flowing, for its grace period.
     async fn release_media(&mut self, reason: &CloseReason) {
-        if self.machine.vanished()
-            || matches!(reason, CloseReason::GoingAway | CloseReason::IdleTimeout)
-        {
+        if self.machine.keeps_media(reason) {
             return;
         }
         let Some(link) = self.joined.as_ref().and_then(|j| j.link.as_ref()) else {
@@ -562,7 +544,10 @@ impl Session {
     ) -> Next {
         let room = match RoomName::parse(&room) {
             Ok(r) => r,
-            Err(e) => return Next::Close(CloseReason::BadMessage, Some(e)),
+            Err(e) => {
+                let close = Machine::bad_room(e);
+                return Next::Close(close.reason, close.detail);
+            }
         };
         if let Err(limited) = self
             .state
@@ -600,8 +585,8 @@ impl Session {
                 Err(e) => {
                     self.count_auth_failure(&e);
                     tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = e.reason(), "join refused");
-                    let detail = e.to_string();
-                    return Next::Close(CloseReason::Auth(e), Some(detail));
+                    let close = Machine::token_refused(e, false);
+                    return Next::Close(close.reason, close.detail);
                 }
             },
         };
@@ -653,12 +638,12 @@ impl Session {
         let unreachable = failure
             .as_ref()
             .is_some_and(|(code, _)| *code == "media_unavailable");
-        if unreachable && grant.role == Role::Guest && configured.guests_allowed == Some(false) {
-            tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = CloseReason::GuestsNotAllowed.label(), "join refused");
-            return Next::Close(
-                CloseReason::GuestsNotAllowed,
-                Some("guests are not allowed in this room (the media server is unreachable: this proxy's configured policy applies)".into()),
-            );
+        if unreachable
+            && let Some(close) =
+                Machine::guest_refused_offline(grant.role, configured.guests_allowed)
+        {
+            tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = close.reason.label(), "join refused");
+            return Next::Close(close.reason, close.detail);
         }
         // Only now: a join the media server refused (banned, revoked, no guests) returned above
         // with its `join refused` line and never counted as a session.
@@ -669,13 +654,9 @@ impl Session {
         let resume_token = link.as_mut().and_then(|l| l.resume_token.take());
         let resumed = link.as_mut().and_then(|l| l.resumed.take());
         let room = grant.room.clone();
-        let mut moderated = false;
-        if let Some(r) = &resumed {
-            // The session as the media server has it: a moderator may have changed its role
-            // or permissions since the token was issued, and that holds over the token.
-            moderated = r.role != grant.role || r.permissions != grant.permissions;
-            grant.role = r.role;
-            grant.permissions = r.permissions;
+        // The session as the media server has it, when this join resumed one.
+        let resume = Resume::on_join(&mut grant, resume_token, resumed);
+        if resume.resuming() {
             tracing::info!(target: "audit", session = &*self.id.to_string(), identity = grant.identity.as_str(), room = room.as_str(), "session resumed after a lost connection");
         }
         self.machine.on_joined(grant.expires_at, waiting.is_none());
@@ -686,10 +667,8 @@ impl Session {
             _slot: slot,
             media_closed: None,
             turn_refresh_at: None,
-            moderated,
             ceiling,
-            resume_token,
-            resumed,
+            resume,
         });
         match waiting {
             Some(w) => {
@@ -728,8 +707,7 @@ impl Session {
             Some(issued) => (Some(issued.servers), Some(issued.expires_at)),
             None => (None, None),
         };
-        let resume_token = joined.resume_token.clone();
-        let resumed = joined.resumed.take();
+        let resume = joined.resume.joined();
         self.send(ServerMessage::Joined {
             session_id: self.id,
             room: grant.room,
@@ -742,9 +720,9 @@ impl Session {
             media,
             ice_servers,
             ice_servers_expires_at,
-            resume_token,
-            resumed: resumed.is_some(),
-            participants: resumed.map(|r| r.participants),
+            resume_token: resume.resume_token,
+            resumed: resume.resumed,
+            participants: resume.participants,
         })
         .await;
         if let Some((code, message)) = failure {
@@ -788,277 +766,67 @@ impl Session {
     }
 
     async fn on_joined_message(&mut self, message: ClientMessage) -> Next {
-        let kind = message.kind();
         let perms = self.joined.as_ref().expect("joined").grant.permissions;
-        if !self.machine.accepts(&message) {
-            self.error(
-                "not_admitted",
-                "you are waiting to enter the room; only ping, refresh and leave are accepted \
-                 until `joined`"
-                    .into(),
-                Some(kind),
-            )
-            .await;
-            return Next::Continue;
+        match message::step(&self.machine, message, &perms) {
+            Step::Reply(reply) => self.send(reply).await,
+            Step::Refused { error, kind } => {
+                tracing::info!(session = %self.id, code = message::policy_code(&error), error = %error, "message refused by policy");
+                self.send(message::refusal(&error, kind)).await;
+            }
+            Step::Forward { command, kind } => self.forward(command, Some(kind)).await,
+            Step::Refresh(token) => return Box::pin(self.refresh(token)).await,
+            Step::Moderate(request) => return Box::pin(self.moderate(request)).await,
+            Step::Close(close) => return Next::Close(close.reason, close.detail),
         }
-        let command = match message {
-            ClientMessage::Join { .. } => {
-                self.error(
-                    "bad_message",
-                    "already joined; open another connection for another room".into(),
-                    Some(kind),
-                )
-                .await;
-                return Next::Continue;
-            }
-            ClientMessage::Ping { id } => {
-                self.send(ServerMessage::Pong { id }).await;
-                return Next::Continue;
-            }
-            // The media server is told as the session ends (`release_media`).
-            ClientMessage::Leave {} => return Next::Close(CloseReason::Normal, None),
-            ClientMessage::Refresh { token } => return Box::pin(self.refresh(token)).await,
-            ClientMessage::Moderate {
-                action,
-                identity,
-                source,
-                ban_seconds,
-                reason,
-                policy,
-                reset,
-            } => {
-                let request = ModerateRequest {
-                    action,
-                    identity,
-                    source,
-                    ban_seconds,
-                    reason,
-                    policy,
-                    reset,
-                };
-                return Box::pin(self.moderate(request)).await;
-            }
-            ClientMessage::Offer { sdp, tracks } => match authorize_sdp(&sdp, &tracks, &perms) {
-                Ok(_) => RelayCommand::Offer { sdp, tracks },
-                Err(e) => return self.refuse(e, kind).await,
-            },
-            ClientMessage::Answer { .. } => {
-                // An old client answering a server offer that can no longer come: say so
-                // instead of relaying SDP the media server would not expect.
-                self.error(
-                    "bad_message",
-                    "the media server never offers; see negotiation_needed".into(),
-                    Some(kind),
-                )
-                .await;
-                return Next::Continue;
-            }
-            ClientMessage::Candidate {
-                candidate,
-                sdp_mid,
-                sdp_mline_index,
-                username_fragment,
-            } => RelayCommand::Candidate(Candidate {
-                candidate,
-                sdp_mid,
-                sdp_mline_index,
-                username_fragment,
-            }),
-            ClientMessage::Mute { source } => RelayCommand::Mute {
-                source,
-                muted: true,
-            },
-            ClientMessage::Unmute { source } => {
-                if !perms.allows(source.capability()) {
-                    return self
-                        .forbid(
-                            kind,
-                            format!("unmute {}", source.as_str()),
-                            source.capability(),
-                        )
-                        .await;
-                }
-                RelayCommand::Mute {
-                    source,
-                    muted: false,
-                }
-            }
-            ClientMessage::ScreenShareStart {} => {
-                if !perms.allows(TrackSource::Screen.capability()) {
-                    return self
-                        .forbid(kind, "share a screen".into(), Capability::PublishScreen)
-                        .await;
-                }
-                RelayCommand::ScreenShare(true)
-            }
-            ClientMessage::ScreenShareStop {} => RelayCommand::ScreenShare(false),
-        };
-        self.forward(command, Some(kind)).await;
         Next::Continue
     }
 
-    /// A moderator's action on their own room ([`crate::rooms::perform`], like the API's).
-    async fn moderate(&mut self, request: ModerateRequest) -> Next {
-        const KIND: &str = "moderate";
-        let ModerateRequest {
-            action,
-            identity,
-            source,
-            ban_seconds,
-            reason,
-            policy,
-            reset,
-        } = request;
+    /// A moderator's action on their own room ([`crate::rooms::perform`], like the API's);
+    /// [`moderation`] decides, this carries it out.
+    async fn moderate(&mut self, request: moderation::Request) -> Next {
         let grant = self.joined.as_ref().expect("joined").grant.clone();
-        if grant.role != Role::Moderator {
-            let actor = crate::rooms::Actor::Moderator {
-                identity: grant.identity.clone(),
-                session: self.id.to_string(),
-            };
-            tracing::info!(target: "audit", actor = actor.describe().as_str(), action = action.as_str(), room = grant.room.as_str(), identity = identity.as_deref().unwrap_or(""), outcome = "forbidden", "room action");
-            self.error(
-                "forbidden",
-                format!("only moderators may {}", action.as_str()),
-                Some(KIND),
-            )
-            .await;
-            return Next::Continue;
-        }
-        let target = match (action, identity) {
-            (ModerationAction::EndRoom | ModerationAction::SetPolicy, _) => None,
-            (_, Some(id)) if !id.is_empty() && id.len() <= crate::auth::MAX_IDENTITY_BYTES => {
-                Some(Identity::new(id))
-            }
-            _ => {
-                self.error(
-                    "bad_message",
-                    format!("`{}` needs an `identity` (1-128 bytes)", action.as_str()),
-                    Some(KIND),
-                )
-                .await;
+        let config = self.state.config.clone();
+        let rules = moderation::Rules {
+            default_ban_seconds: config.api.default_ban_seconds,
+            permissions: &config.auth.permissions,
+        };
+        let (action, identity) = (request.action, request.identity.clone());
+        let permitted = match moderation::decide(request, &grant, self.id, rules) {
+            Ok(permitted) => permitted,
+            Err(e) => {
+                if let ModerationError::NotModerator(_) = e {
+                    let actor = moderation::actor(&grant, self.id);
+                    tracing::info!(target: "audit", actor = actor.describe().as_str(), action = action.as_str(), room = grant.room.as_str(), identity = identity.as_deref().unwrap_or(""), outcome = "forbidden", "room action");
+                }
+                self.send(e.message()).await;
                 return Next::Continue;
             }
         };
-        let needs_source = matches!(
-            action,
-            ModerationAction::Mute | ModerationAction::RequestUnmute
-        );
-        if action == ModerationAction::SetPolicy && policy.is_none() && !reset {
-            self.error(
-                "bad_message",
-                "`set_policy` needs a `policy` (or `reset`)".into(),
-                Some(KIND),
-            )
-            .await;
-            return Next::Continue;
-        }
-        if needs_source && source.is_none() {
-            self.error(
-                "bad_message",
-                format!("`{}` needs a `source`", action.as_str()),
-                Some(KIND),
-            )
-            .await;
-            return Next::Continue;
-        }
-        let config = &self.state.config;
-        let perms = &config.auth.permissions;
-        let who = || target.clone().expect("checked above");
-        let room_action = match action {
-            ModerationAction::EndRoom => Action::EndRoom,
-            ModerationAction::Kick => Action::Remove {
-                identity: who(),
-                ban_seconds: 0,
-                reason: reason.unwrap_or_default(),
-            },
-            ModerationAction::Ban => Action::Remove {
-                identity: who(),
-                ban_seconds: ban_seconds.unwrap_or(config.api.default_ban_seconds).max(1),
-                reason: reason.unwrap_or_default(),
-            },
-            ModerationAction::Mute => Action::Mute {
-                identity: who(),
-                source: source.expect("checked above"),
-            },
-            ModerationAction::RequestUnmute => Action::RequestUnmute {
-                identity: who(),
-                source: source.expect("checked above"),
-            },
-            ModerationAction::GrantModerator => Action::Update {
-                identity: who(),
-                role: Role::Moderator,
-                permissions: Permissions::from_capabilities(&perms.moderator),
-            },
-            ModerationAction::RevokeModerator => Action::Update {
-                identity: who(),
-                role: Role::Member,
-                permissions: Permissions::from_capabilities(&perms.member),
-            },
-            ModerationAction::Admit => Action::Admit { identity: who() },
-            ModerationAction::Deny => Action::Deny { identity: who() },
-            ModerationAction::SetPolicy => Action::SetPolicy {
-                change: policy.unwrap_or_default(),
-                reset,
-            },
-        };
         let Some(relay) = self.state.relay.clone() else {
-            self.error(
-                "media_unavailable",
-                "no media server is configured on this proxy".into(),
-                Some(KIND),
-            )
-            .await;
+            self.send(moderation::unavailable(moderation::NO_MEDIA_SERVER))
+                .await;
             return Next::Continue;
         };
         let Some(control) = relay.rooms() else {
-            self.error(
-                "media_unavailable",
-                "this media relay offers no room administration".into(),
-                Some(KIND),
-            )
-            .await;
+            self.send(moderation::unavailable(moderation::NO_ROOM_ADMINISTRATION))
+                .await;
             return Next::Continue;
-        };
-        let actor = Actor::Moderator {
-            identity: grant.identity.clone(),
-            session: self.id.to_string(),
         };
         let result = crate::rooms::perform(
             control,
-            &actor,
+            &permitted.actor,
             &grant.room,
-            room_action,
+            permitted.room_action,
             config.api.allow_remote_unmute,
         )
         .await;
-        match result {
-            Ok(outcome) => {
-                self.send(ServerMessage::Moderated {
-                    action,
-                    identity: target,
-                    sessions: outcome.sessions,
-                })
-                .await;
-            }
-            Err(e) => self.error(e.code(), e.to_string(), Some(KIND)).await,
-        }
+        self.send(moderation::answer(
+            permitted.action,
+            permitted.target,
+            result,
+        ))
+        .await;
         Next::Continue
-    }
-
-    async fn refuse(&mut self, e: PolicyError, kind: &'static str) -> Next {
-        let code = match e {
-            PolicyError::Forbidden { .. } => "forbidden",
-            PolicyError::MalformedSdp(_) => "bad_sdp",
-            PolicyError::BadTrack(_) => "bad_track",
-        };
-        tracing::info!(session = %self.id, code, error = %e, "message refused by policy");
-        self.error(code, e.to_string(), Some(kind)).await;
-        Next::Continue
-    }
-
-    async fn forbid(&mut self, kind: &'static str, action: String, capability: Capability) -> Next {
-        self.refuse(PolicyError::Forbidden { action, capability }, kind)
-            .await
     }
 
     /// Hands an authorized command to the relay, or says there is no media server.
@@ -1105,18 +873,12 @@ impl Session {
                 // checks the token next and closes the session (4118) if it is revoked.
                 tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), kid = grant.key_id.as_str(), role = grant.role.as_str(), expires_at = grant.expires_at, "refresh token verified");
                 // Held to what the affiliation hook allowed at join.
-                let mut grant = match self.joined.as_ref() {
-                    Some(j) => j.ceiling.apply(grant, &self.state.config.auth.permissions),
-                    None => grant,
+                let Some(j) = self.joined.as_ref() else {
+                    return Next::Continue;
                 };
-                let moderated = self.joined.as_ref().is_some_and(|j| j.moderated);
-                if moderated {
-                    // A live change by the platform or a moderator outranks the token's
-                    // claims for the rest of the session: a refresh must not undo a
-                    // moderator's downgrade.
-                    grant.role = current.role;
-                    grant.permissions = current.permissions;
-                }
+                let held = j.ceiling.apply(grant, &self.state.config.auth.permissions);
+                // A live change by the platform or a moderator outranks the token's claims.
+                let (grant, update) = j.resume.on_refreshed(&current, held);
                 let (expires_at, permissions) = (grant.expires_at, grant.permissions);
                 if let Some(j) = self.joined.as_mut() {
                     j.grant = grant.clone();
@@ -1131,7 +893,7 @@ impl Session {
                     None,
                 )
                 .await;
-                if !moderated {
+                if update {
                     self.forward(RelayCommand::UpdateGrant(grant), None).await;
                 }
                 self.send(ServerMessage::Refreshed {
@@ -1156,17 +918,12 @@ impl Session {
     }
 
     async fn on_relay_event(&mut self, event: Option<RelayEvent>) -> Next {
-        let Some(event) = event else {
-            return self.media_closed(MediaEnd::Unspecified, None).await;
-        };
-        let message = match event {
-            RelayEvent::Closed { reason } => {
-                return self.media_closed(reason.end, Some(reason.text)).await;
-            }
-            RelayEvent::Admitted { resume_token } => {
+        let message = match event::classify(event) {
+            Event::Closed { end, reason } => return self.media_closed(end, reason).await,
+            Event::Admitted(resume_token) => {
                 let waited = match self.joined.as_mut() {
                     Some(j) => {
-                        j.resume_token = resume_token;
+                        j.resume.on_admitted(resume_token);
                         let waited = self.machine.phase() == Phase::Waiting;
                         self.machine.on_admitted();
                         waited
@@ -1179,14 +936,7 @@ impl Session {
                 }
                 return Next::Continue;
             }
-            RelayEvent::LobbyRequest(participant) => ServerMessage::LobbyRequest { participant },
-            RelayEvent::LobbyLeft { identity, outcome } => {
-                ServerMessage::LobbyLeft { identity, outcome }
-            }
-            RelayEvent::NegotiationNeeded { audio, video } => {
-                ServerMessage::NegotiationNeeded { audio, video }
-            }
-            RelayEvent::Answer(sdp) => {
+            Event::Answer(sdp) => {
                 if let Some(sent) = self.joined.as_mut().and_then(|j| j.offer_sent.take()) {
                     self.state
                         .metrics
@@ -1195,50 +945,15 @@ impl Session {
                 }
                 ServerMessage::Answer { sdp }
             }
-            RelayEvent::Candidate(candidate) => ServerMessage::Candidate { candidate },
-            RelayEvent::ParticipantJoined(participant) => {
-                ServerMessage::ParticipantJoined { participant }
-            }
-            RelayEvent::ParticipantLeft(identity) => ServerMessage::ParticipantLeft { identity },
-            RelayEvent::TrackPublished {
-                identity,
-                track_id,
-                source,
-                mid,
-            } => ServerMessage::TrackPublished {
-                identity,
-                track_id,
-                source,
-                mid,
-            },
-            RelayEvent::TrackUnpublished { identity, track_id } => {
-                ServerMessage::TrackUnpublished { identity, track_id }
-            }
-            RelayEvent::MuteChanged {
-                identity,
-                source,
-                muted,
-            } => ServerMessage::MuteChanged {
-                identity,
-                source,
-                muted,
-            },
-            RelayEvent::VoiceActivity(speakers) => ServerMessage::VoiceActivity { speakers },
-            RelayEvent::PermissionsChanged { role, permissions } => {
+            Event::PermissionsChanged { role, permissions } => {
                 if let Some(j) = self.joined.as_mut() {
                     tracing::info!(target: "audit", session = &*self.id.to_string(), identity = j.grant.identity.as_str(), room = j.grant.room.as_str(), role = role.as_str(), "permissions changed by the platform or a moderator");
-                    j.grant.role = role;
-                    j.grant.permissions = permissions;
-                    j.moderated = true;
+                    j.resume
+                        .on_permissions_changed(&mut j.grant, role, permissions);
                 }
                 ServerMessage::PermissionsChanged { role, permissions }
             }
-            RelayEvent::MutedByModerator(source) => ServerMessage::MutedByModerator { source },
-            RelayEvent::UnmuteRequested(source) => ServerMessage::UnmuteRequested { source },
-            RelayEvent::Error { code, message } => {
-                self.error(code, message, None).await;
-                return Next::Continue;
-            }
+            Event::Send(message) => message,
         };
         self.send(message).await;
         Next::Continue
@@ -1248,18 +963,17 @@ impl Session {
 impl Session {
     /// The media server ended this session's stream: `end` is its typed `SessionClosed`
     /// reason and `reason` the prose, `None` when the stream ended without one (the media
-    /// server died or became unreachable). [`crate::close::media_end`] decides the close.
+    /// server died or became unreachable). [`Machine::on_media_closed`] decides the close.
     async fn media_closed(&mut self, end: MediaEnd, reason: Option<String>) -> Next {
         if let Some(j) = self.joined.as_mut() {
             j.link = None;
             j.media_closed = Some(reason.clone().unwrap_or_else(|| "stream lost".into()));
         }
-        let message = match crate::close::media_end(end, reason.as_deref()) {
-            MediaClose::Close(close, detail) => return Next::Close(close, Some(detail.into())),
-            MediaClose::Lost(message) => message,
-        };
-        self.send(ServerMessage::MediaServerLost { message }).await;
-        Next::Close(CloseReason::MediaServerLost, None)
+        let (message, close) = Machine::on_media_closed(end, reason.as_deref());
+        if let Some(message) = message {
+            self.send(message).await;
+        }
+        Next::Close(close.reason, close.detail)
     }
 }
 
@@ -1290,5 +1004,91 @@ mod size_probe {
         let size = future_size(super::run);
         eprintln!("session::run future: {size} bytes");
         assert!(size <= 4096, "session::run's future is {size} bytes");
+    }
+}
+
+#[cfg(test)]
+mod admission {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::ProxyState;
+    use crate::auth::Verifier;
+    use crate::close::CloseReason;
+    use crate::config::{AuthConfig, Config, KeyConfig, Secret};
+    use crate::health::Health;
+    use crate::metrics::Metrics;
+
+    fn proxy(max_connections: usize, connection_burst: u32) -> (Arc<ProxyState>, Arc<Health>) {
+        let auth = AuthConfig {
+            issuers: vec!["app".into()],
+            audiences: vec!["proxy".into()],
+            keys: vec![KeyConfig {
+                kid: "k1".into(),
+                algorithms: vec!["HS256".into()],
+                secret: Secret::new("0123456789abcdef0123456789abcdef-test"),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut config = Config {
+            auth,
+            ..Default::default()
+        };
+        config.limits.max_connections = max_connections;
+        config.limits.connection_burst = connection_burst;
+        config.limits.connections_per_minute = 1;
+        let verifier = Arc::new(Verifier::new(&config.auth, 8192).unwrap());
+        let health = Arc::new(Health::default());
+        let state = ProxyState::new(
+            Arc::new(config),
+            verifier,
+            None,
+            Metrics::new(),
+            health.clone(),
+            CancellationToken::new(),
+        );
+        (Arc::new(state), health)
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
+    }
+
+    fn refused(state: &Arc<ProxyState>, from: IpAddr) -> Option<u16> {
+        state.admit(from).err().map(|reason| reason.code())
+    }
+
+    #[test]
+    fn a_proxy_not_ready_or_draining_closes_1001() {
+        let (state, health) = proxy(10, 10);
+        assert_eq!(refused(&state, ip(1)), Some(1001), "starting");
+        health.set_ready();
+        assert_eq!(refused(&state, ip(1)), None);
+        health.set_draining();
+        assert_eq!(state.admit(ip(1)).err(), Some(CloseReason::GoingAway));
+    }
+
+    #[test]
+    fn over_the_connection_cap_or_an_addresss_rate_closes_4005() {
+        // The global cap: one open connection at most, from any address.
+        let (state, health) = proxy(1, 10);
+        health.set_ready();
+        let first = state.admit(ip(1)).expect("admitted");
+        assert_eq!(refused(&state, ip(2)), Some(4005));
+        drop(first);
+        assert_eq!(refused(&state, ip(2)), None, "its slot was released");
+        // The per-address rate: a burst of 2, then 1 a minute, per address.
+        let (state, health) = proxy(100, 2);
+        health.set_ready();
+        let _slots = [state.admit(ip(1)).ok(), state.admit(ip(1)).ok()];
+        assert_eq!(refused(&state, ip(1)), Some(4005));
+        assert_eq!(
+            state.admit(ip(1)).err(),
+            Some(CloseReason::TooManyConnections)
+        );
+        assert_eq!(refused(&state, ip(2)), None, "another address has its own");
     }
 }
