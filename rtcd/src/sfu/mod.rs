@@ -831,14 +831,14 @@ impl SfuInner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Room management and room events through the real media threads (no media: sessions
     //! that never offer are enough to join, be moderated and leave).
 
     use super::events::{RoomEvent, RoomEventKind, RoomEventSink};
     use super::*;
 
-    fn config() -> SfuConfig {
+    pub(crate) fn config() -> SfuConfig {
         SfuConfig {
             udp_addr: "127.0.0.1:0".parse().expect("literal address"),
             ice_tcp_port: None,

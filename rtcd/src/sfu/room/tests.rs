@@ -24,25 +24,9 @@ const CAROL: SessionKey = 3;
 /// Alice's camera SSRC.
 const CAM: u32 = 0xA0A0;
 
+/// The SFU tests' configuration: small limits, 1 s keyframe interval, 5 s ICE timeouts.
 fn config() -> SfuConfig {
-    SfuConfig {
-        udp_addr: "127.0.0.1:0".parse().expect("literal address"),
-        ice_tcp_port: None,
-        host_override: Vec::new(),
-        interfaces: Vec::new(),
-        include_loopback: true,
-        udp_buffer_bytes: 0,
-        nack_buffer_packets: 64,
-        nack_buffer_age: crate::sfu::retransmit::MAX_AGE,
-        max_sessions_per_call: 8,
-        max_sessions_per_tenant: 8,
-        max_sessions: 0,
-        max_tracks_per_session: 4,
-        max_sdp_bytes: 64 * 1024,
-        keyframe_interval: Duration::from_secs(1),
-        ice_disconnected_timeout: Duration::from_secs(5),
-        ice_failed_timeout: Duration::from_secs(5),
-    }
+    crate::sfu::tests::config()
 }
 
 fn everything() -> Permissions {
