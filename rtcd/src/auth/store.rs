@@ -101,6 +101,9 @@ impl Database {
     }
 }
 
+/// How long [`ClientStore::open`] waits for a directory lock held elsewhere to be released.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// One blocking flush at a time, each covering every write whose caller asked before it
 /// started: a burst of N acknowledgements costs a few flushes, not N, and never runs N
 /// blocking threads.
@@ -116,18 +119,31 @@ struct GroupCommit {
 
 impl ClientStore {
     /// Opens (creating if needed) the database directory, readable by its owner only.
+    ///
+    /// A directory locked by someone else is retried for [`LOCK_WAIT`] before `Locked` is
+    /// returned: sled's background writer threads keep the lock for a moment after the last
+    /// handle in this process is dropped, so a corrected start right after a failed one (or a
+    /// restart inside one process) would otherwise fail at random. Another process that really
+    /// holds the store is still refused, [`LOCK_WAIT`] later.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::Sled(e.into()))?;
         restrict_permissions(path);
-        let db = sled::Config::new().path(path).open().map_err(|e| match e {
-            sled::Error::Io(io)
-                if io.kind() == std::io::ErrorKind::WouldBlock
-                    || io.to_string().contains("lock") =>
-            {
-                StoreError::Locked(path.display().to_string())
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(io))
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked(path.display().to_string()));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(other) => return Err(StoreError::Sled(other)),
             }
-            other => StoreError::Sled(other),
-        })?;
+        };
         let clients = db.open_tree("clients")?;
         Ok(Self {
             db: Database {
@@ -317,15 +333,8 @@ mod tests {
         let flushes = store.db.commits.durable.load(Ordering::Acquire);
         assert_eq!(flushes, 500, "the last flush covers every ticket");
         drop(store);
-        // sled's background threads let go of the directory lock shortly after the last handle.
-        let mut reopened = ClientStore::open(dir.path());
-        for _ in 0..50 {
-            if !matches!(reopened, Err(StoreError::Locked(_))) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            reopened = ClientStore::open(dir.path());
-        }
+        // `open` waits out sled's background threads, which keep the lock a moment longer.
+        let reopened = ClientStore::open(dir.path());
         assert_eq!(reopened.unwrap().len(), 500);
     }
 }

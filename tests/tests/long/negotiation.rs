@@ -81,7 +81,11 @@ async fn a_peer_renegotiated_by_rtcd_for_a_minute_stays_connected_with_media_in_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_join_leave_cycles_keep_the_sdp_bounded_by_the_live_tracks() -> anyhow::Result<()> {
-    let rtcd = TestRtcd::start(&[]).await?;
+    // Each guest leaves by dropping its stream. Without a resume grace that ends its session
+    // at once (as when this test was written); with the default one, every guest would sit
+    // parked for 15 s first, and forty of them made this the suite's longest test (10 min)
+    // while testing nothing more: parking has its own tests (e2e/resume.rs).
+    let rtcd = TestRtcd::start(&[("RTCD_RTC_RESUME_GRACE_SECONDS", "0")]).await?;
     let auth = rtcd.register("tenant-a").await?;
     let mut client = rtcd.client().await?;
     let alice = publisher(&mut client, &auth, "alice").await?;
