@@ -33,6 +33,7 @@ use super::retransmit::{
     CapacityError, EXTENDED_BASE, RetransmitBuffer, check_capacity, unwrap_seq,
 };
 use crate::media::packet::{MediaKind, MediaPacket, RtpHeaderOut};
+use crate::media::vp8::{Vp8Continuity, Vp8Rewrite};
 
 /// Sent-packet history of a video down-track (output seq → source seq), for NACKs.
 pub const DEFAULT_VIDEO_HISTORY: usize = 512;
@@ -56,6 +57,12 @@ pub const HOLE_PATIENCE: Duration = Duration::from_millis(300);
 const MAX_HOLES: usize = 16;
 /// Sequence numbers queued to be closed at once (NACKed positions that nothing can repair).
 const MAX_URGENT_FILLS: usize = 64;
+
+/// Layers switched away from (seamlessly, [`DownTrack::set_target_layer`]) whose packets
+/// NACKs may still ask for: a subscriber NACKs within a round trip, long before a fifth switch.
+const MAX_PREVIOUS_LAYERS: usize = 4;
+/// The frame interval assumed at a layer switch before one was seen (30 frames a second).
+const DEFAULT_FRAME_RATE: u32 = 30;
 
 /// Runs of in-order drops remembered for mapping late packets. A late packet older than the
 /// oldest remembered run is dropped.
@@ -251,6 +258,9 @@ pub enum DropReason {
     Stale,
     /// Already forwarded.
     Duplicate,
+    /// A packet of the layer a switch is pending to ([`DownTrack::set_target_layer`]), before
+    /// that layer's keyframe: the current layer is forwarded meanwhile.
+    PendingLayer,
 }
 
 /// The verdict of [`DownTrack::forward`] on one packet.
@@ -280,8 +290,9 @@ pub struct Retransmission<'a> {
     pub header: RtpHeaderOut,
     /// The source packet (for [`RtpHeaderOut::extensions`]).
     pub packet: &'a MediaPacket,
-    /// The payload to send: the original `Bytes` (shared), or for RTX a new buffer with the
-    /// original output sequence number (2 octets) before the original payload.
+    /// The payload to send, final: the original `Bytes` (shared; a copy only when its VP8
+    /// numbers were rewritten, exactly as first sent), or for RTX a new buffer with the
+    /// original output sequence number (2 octets) before that payload.
     pub payload: Bytes,
     /// Whether this is an RTX packet.
     pub rtx: bool,
@@ -321,6 +332,8 @@ struct Sent {
     /// Padding sent in place of a packet that could not be had: a NACK for it gets padding
     /// again, never another packet.
     filled: bool,
+    /// The VP8 numbers it was sent with, when renumbered: a retransmission carries the same.
+    vp8: Option<Vp8Rewrite>,
 }
 
 /// A run of output sequence numbers that carried nothing (lost before the SFU), waiting for the
@@ -366,6 +379,10 @@ enum TimestampStart {
     Continue,
     /// The same source after a pause: keep the offset.
     Keep,
+    /// Another layer of the same track, while the current one was still flowing: like
+    /// `Continue`, but at least one frame interval on, since the last frame sent and the new
+    /// layer's keyframe are often the same captured picture, milliseconds apart.
+    Layer,
 }
 
 /// One subscriber's view of one track. See the module documentation.
@@ -379,8 +396,18 @@ pub struct DownTrack {
     extensions: ExtensionMap,
 
     source_ssrc: u32,
+    /// The layer to switch to at its next keyframe ([`DownTrack::set_target_layer`]).
+    target: Option<u32>,
     /// Bumped on every switch of source, so the history never answers for an old source.
     generation: u16,
+    /// `(generation, source SSRC)` of the layers switched away from seamlessly, newest last:
+    /// their packets still answer NACKs (from their own buffers).
+    previous_layers: [(u16, u32); MAX_PREVIOUS_LAYERS],
+    previous_layer_count: usize,
+    /// The newest spacing between two frames seen (in clock-rate units), for a layer switch.
+    frame_interval: u32,
+    /// Keeps VP8 picture IDs, TL0PICIDX and KEYIDX continuous across layer switches.
+    vp8: Vp8Continuity,
     paused: bool,
     /// Whether the current source's mapping is established.
     anchored: bool,
@@ -435,7 +462,12 @@ impl DownTrack {
             payload_types: config.payload_types,
             extensions: config.extensions,
             source_ssrc,
+            target: None,
             generation: 0,
+            previous_layers: [(0, 0); MAX_PREVIOUS_LAYERS],
+            previous_layer_count: 0,
+            frame_interval: config.clock_rate / DEFAULT_FRAME_RATE,
+            vp8: Vp8Continuity::default(),
             paused: false,
             anchored: false,
             need_keyframe: config.kind == MediaKind::Video,
@@ -491,13 +523,91 @@ impl DownTrack {
     /// new source's keyframe (ask for it: [`DownTrack::poll_keyframe_request`]); sequence
     /// numbers and timestamps continue where the previous source left off. NACKs for packets
     /// of the previous source are no longer answered.
+    ///
+    /// A pending layer switch ([`DownTrack::set_target_layer`]) is cancelled. VP8 picture IDs
+    /// are not renumbered across this switch (they pass through as the new source writes
+    /// them, as before layers existed): the subscriber's decoder restarts at the new source's
+    /// keyframe, and a track that never changes layer keeps its zero-copy path.
     pub fn switch_source(&mut self, source_ssrc: u32) {
-        self.source_ssrc = source_ssrc;
-        self.generation = self.generation.wrapping_add(1);
+        self.change_source(source_ssrc);
+        self.vp8.pass_through();
+        // What the previous sources sent is not answered any more.
+        self.previous_layer_count = 0;
         if self.stats.last_timestamp.is_some() {
             self.ts_start = TimestampStart::Continue;
         }
         self.restart();
+    }
+
+    /// Asks to switch to another layer of the same track (another source SSRC) without a
+    /// freeze: the current layer keeps flowing until the first packet of a keyframe of
+    /// `source_ssrc` arrives, and the switch happens at that packet (see
+    /// [`DownTrack::forward`]). Meanwhile [`DownTrack::poll_keyframe_request`] asks for that
+    /// keyframe, and packets of other layers are dropped. The subscriber sees one stream: its
+    /// SSRC, sequence numbers, timestamps and VP8 picture IDs, TL0PICIDX and KEYIDX continue
+    /// across the switch, and its NACKs for packets sent before it are still answered (see
+    /// [`DownTrack::on_nack_layers`]).
+    ///
+    /// The current layer as target cancels a pending switch; a new target replaces it. Use
+    /// [`DownTrack::switch_layer_now`] instead when the current layer has stopped (nothing
+    /// would flow while waiting).
+    ///
+    /// Codecs: H.264 needs nothing but sequence numbers and timestamps (its switch point is
+    /// an IDR or SPS). VP9 and AV1 are forwarded as a single layer today; switching between
+    /// their simulcast layers works for sequence numbers and timestamps, but VP9's picture ID
+    /// and TL0PICIDX and AV1's dependency descriptor (frame numbers, template ids) are not
+    /// renumbered yet, so a receiver may drop frames after such a switch until they are.
+    pub fn set_target_layer(&mut self, source_ssrc: u32) {
+        if source_ssrc == self.source_ssrc {
+            self.target = None;
+            return;
+        }
+        if self.target != Some(source_ssrc) {
+            self.target = Some(source_ssrc);
+            // Ask for the new layer's keyframe at once.
+            self.keyframe_requested_at = None;
+        }
+    }
+
+    /// The layer a switch is pending to, if any.
+    pub fn target_layer(&self) -> Option<u32> {
+        self.target
+    }
+
+    /// Switches to another layer of the same track at once, for when the current layer stopped
+    /// (the publisher paused it): like [`DownTrack::switch_source`], video waits for the new
+    /// layer's keyframe, but numbering continues as after [`DownTrack::set_target_layer`]
+    /// (VP8 picture IDs included) and the previous layer's packets still answer NACKs.
+    pub fn switch_layer_now(&mut self, source_ssrc: u32) {
+        if source_ssrc == self.source_ssrc {
+            self.target = None;
+            return;
+        }
+        self.switch_layer(source_ssrc);
+    }
+
+    /// Makes `source_ssrc` the current layer, continuing the subscriber's stream seamlessly.
+    fn switch_layer(&mut self, source_ssrc: u32) {
+        if self.previous_layer_count == MAX_PREVIOUS_LAYERS {
+            self.previous_layers.copy_within(1.., 0);
+            self.previous_layer_count -= 1;
+        }
+        self.previous_layers[self.previous_layer_count] = (self.generation, self.source_ssrc);
+        self.previous_layer_count += 1;
+        self.change_source(source_ssrc);
+        self.vp8.next_layer();
+        if self.stats.last_timestamp.is_some() {
+            self.ts_start = TimestampStart::Layer;
+        }
+        self.restart();
+    }
+
+    /// Points the down-track at `source_ssrc` as a new generation (the history tells the two
+    /// apart), cancelling any pending layer switch.
+    fn change_source(&mut self, source_ssrc: u32) {
+        self.source_ssrc = source_ssrc;
+        self.target = None;
+        self.generation = self.generation.wrapping_add(1);
     }
 
     /// The source ended (its track was withdrawn): nothing more will come from it, so the holes
@@ -562,27 +672,53 @@ impl DownTrack {
     }
 
     /// The source SSRC to send a PLI to now, if the down-track waits for a keyframe and has not
-    /// asked within [`KEYFRAME_REQUEST_INTERVAL`]. Call it after `new`, `switch_source`,
+    /// asked within [`KEYFRAME_REQUEST_INTERVAL`]: the target layer's while a layer switch is
+    /// pending (its keyframe is the switch point; the current layer needs none, it is flowing),
+    /// else the current source's. Call it after `new`, `switch_source`, `set_target_layer`,
     /// `set_paused(false)` and periodically (e.g. on every packet or timer tick); the engine
     /// should still throttle PLIs per source across all of its down-tracks.
     pub fn poll_keyframe_request(&mut self, now: Instant) -> Option<u32> {
-        if !self.wants_keyframe() {
+        if self.paused {
             return None;
         }
+        let ssrc = match self.target {
+            Some(target) if self.kind == MediaKind::Video => target,
+            _ if self.need_keyframe => self.source_ssrc,
+            _ => return None,
+        };
         if let Some(at) = self.keyframe_requested_at
             && now.saturating_duration_since(at) < KEYFRAME_REQUEST_INTERVAL
         {
             return None;
         }
         self.keyframe_requested_at = Some(now);
-        Some(self.source_ssrc)
+        Some(ssrc)
     }
 
     /// Decides what the subscriber gets of `pkt` (a packet of the track, received at about
-    /// `now`): the header to send it with, or why not.
+    /// `now`): the header to send it with (send its payload with [`RtpHeaderOut::payload`]),
+    /// or why not.
+    ///
+    /// With a layer switch pending, the first packet of a keyframe of the target layer is the
+    /// switch point: it is forwarded right after the last packet of the previous layer, and
+    /// from then on only the new layer is (a late packet of the previous layer is dropped as
+    /// another source, never renumbered into the new layer's sequence).
     pub fn forward(&mut self, pkt: &MediaPacket, now: Instant) -> Forward {
         if pkt.ssrc != self.source_ssrc {
-            return Forward::Drop(DropReason::OtherSource);
+            if self.target != Some(pkt.ssrc) {
+                return Forward::Drop(DropReason::OtherSource);
+            }
+            if self.paused {
+                return Forward::Drop(DropReason::Paused);
+            }
+            if self.kind == MediaKind::Video && !pkt.keyframe {
+                return Forward::Drop(DropReason::PendingLayer);
+            }
+            // Not on a packet that would not be forwarded: the switch waits for one that is.
+            if let Err(reason) = self.media_payload_type(pkt) {
+                return Forward::Drop(reason);
+            }
+            self.switch_layer(pkt.ssrc);
         }
         if self.paused {
             return Forward::Drop(DropReason::Paused);
@@ -661,11 +797,16 @@ impl DownTrack {
         self.gen_start = self.out_highest.wrapping_add(1);
         self.drop_run_count = 0;
         let out_ts = match (self.ts_start, self.stats.last_timestamp) {
-            (TimestampStart::Continue, Some((last, at))) => {
+            (start @ (TimestampStart::Continue | TimestampStart::Layer), Some((last, at))) => {
                 let gap = now.saturating_duration_since(at).as_nanos()
                     * u128::from(self.clock_rate)
                     / 1_000_000_000;
-                Some(last.wrapping_add((gap as u32).max(1)))
+                let min = if start == TimestampStart::Layer {
+                    self.frame_interval.max(1)
+                } else {
+                    1
+                };
+                Some(last.wrapping_add((gap.min(u128::from(u32::MAX)) as u32).max(min)))
             }
             (TimestampStart::Keep, _) => None,
             // The first packet: ts_delta holds the configured initial timestamp.
@@ -740,6 +881,7 @@ impl DownTrack {
             }
             self.out_highest = out_ext;
         }
+        let vp8 = pkt.vp8.as_ref().and_then(|d| self.vp8.map(d));
         self.history[(out_ext & self.mask) as usize] = Sent {
             valid: true,
             out_seq: out_ext as u16,
@@ -749,9 +891,17 @@ impl DownTrack {
             timestamp: ts,
             payload_type: pt,
             filled: false,
+            vp8,
         };
         let newer = match self.stats.last_timestamp {
-            Some((last, _)) => ts.wrapping_sub(last) as i32 >= 0,
+            Some((last, _)) => {
+                let ahead = ts.wrapping_sub(last);
+                // The spacing of frames, for the next layer switch (not a jump of a restart).
+                if ahead > 0 && ahead <= self.clock_rate / 5 {
+                    self.frame_interval = ahead;
+                }
+                ahead as i32 >= 0
+            }
             None => true,
         };
         if newer {
@@ -760,7 +910,9 @@ impl DownTrack {
         self.stats.packets += 1;
         self.stats.octets += pkt.payload.len() as u64;
         self.epoch.get_or_insert(now);
-        Forward::Send(self.header(out_ext as u16, ts, pt, pkt))
+        let mut header = self.header(out_ext as u16, ts, pt, pkt);
+        header.set_vp8(vp8);
+        Forward::Send(header)
     }
 
     /// The subscriber's header for `pkt`: its SSRC, the given numbers, mapped extensions.
@@ -802,6 +954,22 @@ impl DownTrack {
         lost: impl IntoIterator<Item = u16>,
         buf: &'b RetransmitBuffer,
         now: Instant,
+        out: impl FnMut(Retransmission<'b>),
+    ) -> usize {
+        self.on_nack_layers(lost, |_| Some(buf), now, out)
+    }
+
+    /// [`DownTrack::on_nack`] for a track with layers, each with its own retransmission
+    /// buffer: `buffers` gives the buffer of a source SSRC. Packets sent from a layer the
+    /// down-track has since switched away from ([`DownTrack::set_target_layer`],
+    /// [`DownTrack::switch_layer_now`], up to the last four) are resent from that layer's
+    /// buffer with the very header and VP8 numbers they were first sent with; the subscriber
+    /// saw one stream, so it may well NACK across the switch.
+    pub fn on_nack_layers<'b>(
+        &mut self,
+        lost: impl IntoIterator<Item = u16>,
+        buffers: impl Fn(u32) -> Option<&'b RetransmitBuffer>,
+        now: Instant,
         mut out: impl FnMut(Retransmission<'b>),
     ) -> usize {
         if self.stats.packets == 0 {
@@ -836,48 +1004,63 @@ impl DownTrack {
                 }
                 continue;
             }
-            if sent.filled || sent.generation != self.generation {
+            let current = sent.generation == self.generation;
+            let source = if current {
+                Some(self.source_ssrc)
+            } else {
+                self.previous_layers[..self.previous_layer_count]
+                    .iter()
+                    .find(|(g, _)| *g == sent.generation)
+                    .map(|(_, ssrc)| *ssrc)
+            };
+            let Some(source) = source.filter(|_| !sent.filled) else {
                 self.close_now(ext, false);
                 continue;
-            }
-            let Some(pkt) = buf
-                .get(sent.src_seq)
-                .filter(|pkt| pkt.ssrc == self.source_ssrc)
+            };
+            let Some(pkt) = buffers(source)
+                .and_then(|buf| buf.get(sent.src_seq))
+                .filter(|pkt| pkt.ssrc == source)
             else {
-                unrepairable += 1;
-                self.close_now(ext, true);
+                // Lost for good. Only the current layer's loss needs a keyframe: a previous
+                // layer's frames are behind the keyframe the switch started at.
+                if current {
+                    unrepairable += 1;
+                }
+                self.close_now(ext, current);
                 continue;
             };
             let Some((pt, rtx_pt)) = self.payload_types.get(pkt.payload_type) else {
                 continue;
             };
             self.history[slot].resent_ms = now_ms;
-            let mut header = self.header(seq, pkt.timestamp.wrapping_add(self.ts_delta), pt, pkt);
+            let mut header = self.header(seq, sent.timestamp, pt, pkt);
+            header.set_vp8(sent.vp8);
+            let payload = header.payload(pkt);
             match (self.rtx_ssrc, rtx_pt) {
                 (Some(rtx_ssrc), Some(rtx_pt)) => {
                     header.ssrc = rtx_ssrc;
                     header.payload_type = rtx_pt;
                     header.sequence = self.rtx_sequence;
                     self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
-                    let mut payload = BytesMut::with_capacity(2 + pkt.payload.len());
-                    payload.put_u16(seq);
-                    payload.put_slice(&pkt.payload);
+                    let mut rtx = BytesMut::with_capacity(2 + payload.len());
+                    rtx.put_u16(seq);
+                    rtx.put_slice(&payload);
                     self.stats.rtx_packets += 1;
-                    self.stats.rtx_octets += payload.len() as u64;
+                    self.stats.rtx_octets += rtx.len() as u64;
                     out(Retransmission {
                         header,
                         packet: pkt,
-                        payload: payload.freeze(),
+                        payload: rtx.freeze(),
                         rtx: true,
                     });
                 }
                 _ => {
                     self.stats.packets += 1;
-                    self.stats.octets += pkt.payload.len() as u64;
+                    self.stats.octets += payload.len() as u64;
                     out(Retransmission {
                         header,
                         packet: pkt,
-                        payload: pkt.payload.clone(),
+                        payload,
                         rtx: false,
                     });
                 }
@@ -976,6 +1159,7 @@ impl DownTrack {
                 timestamp,
                 payload_type,
                 filled: true,
+                vp8: None,
             };
             self.stats.packets += 1;
             let header = RtpHeaderOut::new(self.ssrc, ext as u16, timestamp, payload_type, false);
