@@ -1211,10 +1211,12 @@ impl DownTrack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::packet::HeaderExtensions;
+    use crate::media::packet::{HeaderExtensions, VideoCodec};
+    use crate::media::vp8::{KEYIDX_MASK, PICTURE_ID_MASK_15, Vp8Descriptor};
 
     const SRC: u32 = 0x1111_1111;
     const SRC2: u32 = 0x2222_2222;
+    const SRC3: u32 = 0x3333_3333;
     const SUB: u32 = 0xaaaa_aaaa;
     const SUB_RTX: u32 = 0xbbbb_bbbb;
     const VIDEO_PT: u8 = 96;
@@ -2058,5 +2060,722 @@ mod tests {
             dt.rtp_timestamp_at(at + Duration::from_secs(1)),
             Some(FIRST_TS + 3 * FRAME_TS + 90_000)
         );
+    }
+
+    // ---- Simulcast layers -------------------------------------------------------------
+
+    /// The temporal pattern of a VP8 layer with three temporal layers (L1T3), restarted by
+    /// every keyframe.
+    const TEMPORAL: [u8; 4] = [0, 2, 1, 2];
+
+    /// One simulcast layer of a VP8 publisher: its own SSRC and its own sequence, timestamp,
+    /// picture ID, TL0PICIDX and KEYIDX spaces.
+    struct Layer {
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        /// `None`: the layer writes no picture ID; `Some(false)`: 7 bits.
+        wide: Option<bool>,
+        pic: u16,
+        tl0: u8,
+        keyidx: u8,
+        tpos: usize,
+    }
+
+    impl Layer {
+        fn new(ssrc: u32, seq: u16, ts: u32, pic: u16, tl0: u8, keyidx: u8) -> Self {
+            Self {
+                ssrc,
+                seq,
+                ts,
+                wide: Some(true),
+                pic,
+                tl0,
+                keyidx,
+                tpos: 0,
+            }
+        }
+
+        /// The next frame, captured at `at`: two packets, the first starting the frame.
+        fn frame(&mut self, keyframe: bool, at: Instant) -> Vec<MediaPacket> {
+            if keyframe {
+                self.tpos = 0;
+                self.keyidx = self.keyidx.wrapping_add(1) & KEYIDX_MASK;
+            }
+            let tid = TEMPORAL[self.tpos % TEMPORAL.len()];
+            self.tpos += 1;
+            if tid == 0 {
+                self.tl0 = self.tl0.wrapping_add(1);
+            }
+            self.ts = self.ts.wrapping_add(FRAME_TS);
+            let packets = (0..2)
+                .map(|i| {
+                    let mut b = Vec::new();
+                    match self.wide {
+                        None => b.push(if i == 0 { 0x10 } else { 0x00 }),
+                        Some(wide) => {
+                            b.push(if i == 0 { 0x90 } else { 0x80 });
+                            b.push(0xf0); // I L T K
+                            if wide {
+                                self.pic &= PICTURE_ID_MASK_15;
+                                b.extend_from_slice(&(0x8000 | self.pic).to_be_bytes());
+                            } else {
+                                self.pic &= 0x7f;
+                                b.push(self.pic as u8);
+                            }
+                            b.push(self.tl0);
+                            b.push(tid << 6 | u8::from(tid > 0) << 5 | self.keyidx);
+                        }
+                    }
+                    if i == 0 {
+                        // The VP8 frame tag: P = 0 on a key frame.
+                        b.push(if keyframe { 0x50 } else { 0x51 });
+                    }
+                    b.extend_from_slice(&[0xab; 10]);
+                    let mut p =
+                        MediaPacket::new(self.ssrc, self.seq, self.ts, VIDEO_PT, b.into(), at)
+                            .with_codec(Some(VideoCodec::Vp8));
+                    p.marker = i == 1;
+                    self.seq = self.seq.wrapping_add(1);
+                    p
+                })
+                .collect();
+            // Every frame is a new picture.
+            self.pic = self.pic.wrapping_add(1);
+            packets
+        }
+    }
+
+    /// What the subscriber got of one packet: sequence, timestamp, and its VP8 descriptor as
+    /// the subscriber's decoder reads it (TID from the payload too).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Got {
+        seq: u16,
+        ts: u32,
+        vp8: Vp8Descriptor,
+        tid: u8,
+        keyframe: bool,
+    }
+
+    fn got(h: &RtpHeaderOut, p: &MediaPacket) -> Got {
+        assert_eq!(h.ssrc, SUB);
+        let payload = h.payload(p);
+        let vp8 = Vp8Descriptor::parse(&payload).expect("a whole descriptor");
+        Got {
+            seq: h.sequence,
+            ts: h.timestamp,
+            vp8,
+            tid: payload.get(5).map_or(0, |tk| tk >> 6),
+            keyframe: p.keyframe,
+        }
+    }
+
+    #[test]
+    fn switches_up_and_down_between_three_layers_at_their_keyframes_only() {
+        let t0 = Instant::now();
+        // Unrelated number spaces, some about to wrap.
+        let mut layers = [
+            Layer::new(SRC, 65_531, u32::MAX - 3 * FRAME_TS, 0x7ffd, 254, 30),
+            Layer::new(SRC2, 1_000, 77, 100, 7, 3),
+            Layer::new(SRC3, 40_000, 2_000_000_000, 5_000, 128, 0),
+        ];
+        let ssrcs = [SRC, SRC2, SRC3];
+        let mut dt = track(MediaKind::Video);
+        // (frame, layer): when the SFU asks for a layer.
+        let targets = [(3, 2), (10, 1), (17, 0), (24, 2), (30, 2)];
+        // (frame, layer): keyframes, including ones of layers that are not the target.
+        let keyframes = [
+            (0, 0),
+            (6, 2),
+            (9, 1),
+            (12, 2),
+            (14, 1),
+            (20, 0),
+            (22, 1),
+            (27, 2),
+        ];
+        let mut current = 0;
+        let mut switches = Vec::new();
+        let mut out: Vec<(usize, Got)> = Vec::new();
+        for f in 0..36usize {
+            let at = t0 + FRAME * f as u32;
+            if let Some(&(_, l)) = targets.iter().find(|(tf, _)| *tf == f) {
+                dt.set_target_layer(ssrcs[l]);
+                assert_eq!(
+                    dt.target_layer(),
+                    (l != current).then_some(ssrcs[l]),
+                    "frame {f}"
+                );
+            }
+            for (l, layer) in layers.iter_mut().enumerate() {
+                let key = keyframes.contains(&(f, l));
+                for p in layer.frame(key, at) {
+                    let target = dt.target_layer();
+                    match dt.forward(&p, at) {
+                        Forward::Send(h) => {
+                            if l != current {
+                                // Only ever at the target's keyframe.
+                                assert_eq!(target, Some(ssrcs[l]), "frame {f} layer {l}");
+                                assert!(p.keyframe, "frame {f} layer {l}");
+                                current = l;
+                                switches.push((f, l));
+                            }
+                            assert_eq!(dt.source_ssrc(), ssrcs[l]);
+                            out.push((f, got(&h, &p)));
+                        }
+                        Forward::Drop(reason) => {
+                            assert_ne!(l, current, "frame {f}: the current layer flows");
+                            let expected = if target == Some(ssrcs[l]) {
+                                DropReason::PendingLayer
+                            } else {
+                                DropReason::OtherSource
+                            };
+                            assert_eq!(reason, expected, "frame {f} layer {l}");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(switches, [(6, 2), (14, 1), (20, 0), (27, 2)]);
+        assert_eq!(dt.target_layer(), None);
+
+        // No freeze: every frame time has output, pending switches included.
+        for f in 0..36 {
+            assert!(
+                out.iter().any(|(of, _)| *of == f),
+                "nothing sent at frame {f}"
+            );
+        }
+        // One continuous stream.
+        for w in out.windows(2) {
+            let ((_, a), (f, b)) = (w[0], w[1]);
+            assert_eq!(b.seq, a.seq.wrapping_add(1), "frame {f}: {a:?} -> {b:?}");
+            let pa = a.vp8.picture_id.unwrap();
+            let pb = b.vp8.picture_id.unwrap();
+            assert!(pb.wide);
+            if b.ts == a.ts {
+                // The second packet of a frame: the same numbers.
+                assert_eq!(a.vp8, b.vp8, "frame {f}");
+                continue;
+            }
+            // A new frame: one frame interval on, the next picture, TL0PICIDX on at base
+            // layer frames, KEYIDX on at keyframes.
+            assert_eq!(
+                b.ts,
+                a.ts.wrapping_add(FRAME_TS),
+                "frame {f}: {a:?} -> {b:?}"
+            );
+            assert_eq!(pb.value, (pa.value + 1) & PICTURE_ID_MASK_15, "frame {f}");
+            let tl0_step = u8::from(b.tid == 0);
+            assert_eq!(
+                b.vp8.tl0picidx.unwrap(),
+                a.vp8.tl0picidx.unwrap().wrapping_add(tl0_step),
+                "frame {f}: {a:?} -> {b:?}"
+            );
+            let key_step = u8::from(b.keyframe);
+            assert_eq!(
+                b.vp8.keyidx.unwrap(),
+                (a.vp8.keyidx.unwrap() + key_step) & KEYIDX_MASK,
+                "frame {f}"
+            );
+        }
+        // The first layer went through untouched; the keyframes counted 31 (the first
+        // layer's own), then on by one at each later one: the four switches and the current
+        // layer's own keyframe at frame 12.
+        let keyidx: Vec<u8> = out
+            .iter()
+            .filter(|(_, g)| g.keyframe)
+            .map(|(_, g)| g.vp8.keyidx.unwrap())
+            .collect();
+        assert_eq!(keyidx, [31, 0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_pending_switch_keeps_the_current_layer_and_asks_the_target_for_a_keyframe() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        let mut l0 = Layer::new(SRC, 10, 1000, 1, 1, 1);
+        let mut l1 = Layer::new(SRC2, 20, 2000, 2, 2, 2);
+        let mut l2 = Layer::new(SRC3, 30, 3000, 3, 3, 3);
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC));
+        for p in l0.frame(true, t0) {
+            dt.forward(&p, t0).header().unwrap();
+        }
+        // Flowing, no switch pending: nothing to ask.
+        assert_eq!(dt.poll_keyframe_request(t0), None);
+
+        dt.set_target_layer(SRC2);
+        assert!(!dt.wants_keyframe(), "the current layer needs none");
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC2));
+        let soon = t0 + Duration::from_millis(100);
+        assert_eq!(dt.poll_keyframe_request(soon), None);
+        // The target's keyframe is lost: its later packets and delta frames do not switch.
+        let lost = l1.frame(true, soon);
+        assert_eq!(
+            dt.forward(&lost[1], soon),
+            Forward::Drop(DropReason::PendingLayer)
+        );
+        for p in l1.frame(false, soon) {
+            assert_eq!(
+                dt.forward(&p, soon),
+                Forward::Drop(DropReason::PendingLayer)
+            );
+        }
+        for p in l0.frame(false, soon) {
+            dt.forward(&p, soon).header().unwrap();
+        }
+        // So it asks again, once per interval.
+        let later = t0 + KEYFRAME_REQUEST_INTERVAL;
+        assert_eq!(dt.poll_keyframe_request(later), Some(SRC2));
+        assert_eq!(dt.poll_keyframe_request(later), None);
+
+        // Another target: asked at once, and only that one.
+        dt.set_target_layer(SRC3);
+        assert_eq!(dt.target_layer(), Some(SRC3));
+        assert_eq!(dt.poll_keyframe_request(later), Some(SRC3));
+        // Setting the same target again does not ask again.
+        dt.set_target_layer(SRC3);
+        assert_eq!(dt.poll_keyframe_request(later), None);
+        // Paused: nobody is asked.
+        dt.set_paused(true);
+        let much_later = later + Duration::from_secs(2);
+        assert_eq!(dt.poll_keyframe_request(much_later), None);
+        // A keyframe of the target while paused does not switch.
+        let kf = l2.frame(true, much_later);
+        assert_eq!(
+            dt.forward(&kf[0], much_later),
+            Forward::Drop(DropReason::Paused)
+        );
+        dt.set_paused(false);
+        assert_eq!(dt.poll_keyframe_request(much_later), Some(SRC3));
+        // The switch (the paused resume also wanted the current layer's keyframe: the
+        // target's serves).
+        for p in l2.frame(true, much_later) {
+            dt.forward(&p, much_later).header().unwrap();
+        }
+        assert_eq!(dt.source_ssrc(), SRC3);
+        assert_eq!(dt.target_layer(), None);
+        assert!(!dt.wants_keyframe());
+        assert_eq!(
+            dt.poll_keyframe_request(much_later + Duration::from_secs(5)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_current_layer_as_target_cancels_a_pending_switch() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        let mut l0 = Layer::new(SRC, 10, 1000, 1, 1, 1);
+        let mut l1 = Layer::new(SRC2, 20, 2000, 2, 2, 2);
+        for p in l0.frame(true, t0) {
+            dt.forward(&p, t0).header().unwrap();
+        }
+        dt.set_target_layer(SRC2);
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC2));
+        dt.set_target_layer(SRC);
+        assert_eq!(dt.target_layer(), None);
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(dt.poll_keyframe_request(later), None);
+        for p in l1.frame(true, later) {
+            assert_eq!(
+                dt.forward(&p, later),
+                Forward::Drop(DropReason::OtherSource)
+            );
+        }
+        for p in l0.frame(false, later) {
+            dt.forward(&p, later).header().unwrap();
+        }
+        assert_eq!(dt.source_ssrc(), SRC);
+        // A hard switch cancels a pending one too.
+        dt.set_target_layer(SRC2);
+        dt.switch_source(SRC3);
+        assert_eq!(dt.target_layer(), None);
+        assert_eq!(dt.poll_keyframe_request(later), Some(SRC3));
+    }
+
+    #[test]
+    fn late_packets_around_the_switch_point_are_never_renumbered_into_the_new_layer() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        let mut l0 = Layer::new(SRC, 65_534, 1000, 1, 1, 1);
+        let mut l1 = Layer::new(SRC2, 65_530, 2000, 2, 2, 2);
+        let f0 = l0.frame(true, t0);
+        let f1 = l0.frame(false, t0 + FRAME);
+        let mut sent = Vec::new();
+        sent.push(dt.forward(&f0[0], t0).header().unwrap().sequence);
+        sent.push(dt.forward(&f1[0], t0).header().unwrap().sequence);
+        dt.set_target_layer(SRC2);
+        let _ = l1.frame(false, t0);
+        let k = l1.frame(true, t0 + FRAME);
+        // The keyframe's second packet overtakes its first: not a switch point.
+        assert_eq!(
+            dt.forward(&k[1], t0 + FRAME),
+            Forward::Drop(DropReason::PendingLayer)
+        );
+        sent.push(dt.forward(&k[0], t0 + FRAME).header().unwrap().sequence);
+        assert_eq!(dt.source_ssrc(), SRC2);
+        // The old layer's late packets (reordered, or its retransmissions), older and newer
+        // than the switch, are dropped.
+        for p in [&f0[1], &f1[1]] {
+            assert_eq!(
+                dt.forward(p, t0 + FRAME),
+                Forward::Drop(DropReason::OtherSource)
+            );
+        }
+        for p in l0.frame(false, t0 + FRAME * 2) {
+            assert_eq!(
+                dt.forward(&p, t0 + FRAME * 2),
+                Forward::Drop(DropReason::OtherSource)
+            );
+        }
+        // The new layer's packets from before its keyframe are stale; after it they follow.
+        let before = pkt(SRC2, 65_531, 0, false, t0);
+        assert_eq!(seq(&mut dt, &before), Err(DropReason::Stale));
+        for p in l1.frame(false, t0 + FRAME * 2) {
+            sent.push(dt.forward(&p, t0 + FRAME * 2).header().unwrap().sequence);
+        }
+        // The old layer's 65 535 never came: a gap (closed with padding, since nothing can
+        // fill it after the switch). The keyframe's second packet, which came before the
+        // switch, is a hole too, never reused by another packet.
+        let expected: Vec<u16> = [0u16, 2, 3, 5, 6]
+            .iter()
+            .map(|d| FIRST_SEQ.wrapping_add(*d))
+            .collect();
+        assert_eq!(sent, expected);
+        // (Before the first keyframe: the lead-in padding every video stream starts with.)
+        let filled: Vec<(u16, bool)> = fills(&mut dt, t0 + FRAME * 2)
+            .into_iter()
+            .map(|(seq, _, current)| (seq, current))
+            .collect();
+        assert_eq!(filled, [(FIRST_SEQ - 1, false), (FIRST_SEQ + 1, false)]);
+        // Its late retransmission from the publisher fills it in place.
+        assert_eq!(
+            dt.forward(&k[1], t0 + FRAME * 2)
+                .header()
+                .map(|h| h.sequence),
+            Some(FIRST_SEQ + 4)
+        );
+    }
+
+    /// Retransmission buffers per layer, as the SFU keeps them.
+    struct Buffers(Vec<(u32, RetransmitBuffer)>);
+
+    impl Buffers {
+        fn new(ssrcs: &[u32]) -> Self {
+            Self(
+                ssrcs
+                    .iter()
+                    .map(|&s| (s, RetransmitBuffer::new(128).unwrap()))
+                    .collect(),
+            )
+        }
+
+        fn of(&self, ssrc: u32) -> Option<&RetransmitBuffer> {
+            self.0.iter().find(|(s, _)| *s == ssrc).map(|(_, b)| b)
+        }
+
+        fn insert(&mut self, p: MediaPacket) {
+            if let Some((_, b)) = self.0.iter_mut().find(|(s, _)| *s == p.ssrc) {
+                b.insert(p);
+            }
+        }
+    }
+
+    #[test]
+    fn a_retransmission_from_before_a_switch_carries_its_original_numbers() {
+        let t0 = Instant::now();
+        let mut c = config(MediaKind::Video);
+        c.rtx_ssrc = Some(SUB_RTX);
+        let mut dt = DownTrack::new(c, SRC).unwrap();
+        let mut layers = [
+            Layer::new(SRC, 100, 1000, 500, 10, 1),
+            Layer::new(SRC2, 200, 2000, 9000, 20, 2),
+            Layer::new(SRC3, 300, 3000, 20_000, 30, 3),
+        ];
+        let mut bufs = Buffers::new(&[SRC, SRC2, SRC3]);
+        // (output seq) -> (header, payload) as first sent.
+        let mut first = std::collections::HashMap::new();
+        let mut at = t0;
+        // Three frames of each layer in turn: 0 -> 1 -> 2.
+        for (l, ssrc) in [(0, SRC), (1, SRC2), (2, SRC3)] {
+            if l > 0 {
+                dt.set_target_layer(ssrc);
+            }
+            for i in 0..3 {
+                at += FRAME;
+                for p in layers[l].frame(i == 0, at) {
+                    let h = dt.forward(&p, at).header().unwrap();
+                    first.insert(h.sequence, (h, h.payload(&p)));
+                    bufs.insert(p);
+                }
+            }
+        }
+        assert_eq!(first.len(), 18);
+        // The lead-in padding before the first keyframe; nothing else.
+        assert_eq!(fills(&mut dt, at).len(), 1);
+        // Layer 1 was renumbered (it continued layer 0's numbers).
+        let renumbered = FIRST_SEQ + 7;
+        assert!(first[&renumbered].0.vp8().is_some());
+        assert_ne!(
+            Vp8Descriptor::parse(&first[&renumbered].1)
+                .unwrap()
+                .picture_id,
+            bufs.of(SRC2)
+                .unwrap()
+                .get(201)
+                .unwrap()
+                .vp8
+                .unwrap()
+                .picture_id
+        );
+
+        // NACKs across both switches: every one answered from its own layer, as RTX whose
+        // original sequence number and payload are those first sent.
+        let lost = [FIRST_SEQ + 1, FIRST_SEQ + 7, FIRST_SEQ + 8, FIRST_SEQ + 15];
+        let mut resent = Vec::new();
+        let unrepairable = dt.on_nack_layers(
+            lost,
+            |ssrc| bufs.of(ssrc),
+            at,
+            |r| resent.push((r.header, r.payload, r.rtx)),
+        );
+        assert_eq!(unrepairable, 0);
+        assert_eq!(resent.len(), lost.len());
+        for ((h, payload, rtx), seq) in resent.iter().zip(lost) {
+            assert!(rtx);
+            assert_eq!(h.ssrc, SUB_RTX);
+            let (orig, orig_payload) = &first[&seq];
+            assert_eq!(&payload[..2], &seq.to_be_bytes());
+            assert_eq!(&payload[2..], &orig_payload[..], "seq {seq}");
+            assert_eq!(h.timestamp, orig.timestamp);
+            assert_eq!(h.vp8(), orig.vp8());
+        }
+        assert!(dt.poll_fill(at).is_none());
+
+        // With the single-buffer API (the current layer's buffer only), a previous layer's
+        // packet cannot be had: padded, but not counted as needing a keyframe.
+        let later = at + Duration::from_secs(1);
+        let (got, unrepairable) =
+            nacked_and_unrepairable(&mut dt, &[FIRST_SEQ + 8], bufs.of(SRC3).unwrap(), later);
+        assert!(got.is_empty());
+        assert_eq!(unrepairable, 0);
+        assert_eq!(fills(&mut dt, later).len(), 1);
+        // The current layer's packets still are answered from it.
+        let (got, _) =
+            nacked_and_unrepairable(&mut dt, &[FIRST_SEQ + 14], bufs.of(SRC3).unwrap(), later);
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].1[2..], &first[&(FIRST_SEQ + 14)].1[..]);
+    }
+
+    #[test]
+    fn a_hard_switch_still_forgets_the_previous_layers() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        let mut l0 = Layer::new(SRC, 100, 1000, 500, 10, 1);
+        let mut l1 = Layer::new(SRC2, 200, 2000, 9000, 20, 2);
+        let mut buf = RetransmitBuffer::new(64).unwrap();
+        for p in l0.frame(true, t0) {
+            dt.forward(&p, t0).header().unwrap();
+            buf.insert(p);
+        }
+        dt.switch_layer_now(SRC2);
+        assert!(dt.wants_keyframe());
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC2));
+        // The stopped layer's packets still answer (the seamless numbering kept them).
+        assert_eq!(nacked(&mut dt, &[FIRST_SEQ + 1], &buf, t0).len(), 1);
+        for p in l1.frame(true, t0 + FRAME) {
+            let h = dt.forward(&p, t0 + FRAME).header().unwrap();
+            // The picture ID continues the stopped layer's; the clock moves on by the wall
+            // clock, at least one frame (30 a second assumed: no spacing was seen yet).
+            let g = got(&h, &p);
+            assert_eq!(g.vp8.picture_id.unwrap().value, 501);
+            assert_eq!(g.ts, FIRST_TS + 90_000 / 30);
+        }
+        // A switch of source (another publisher) forgets them, as before layers existed.
+        dt.switch_source(SRC3);
+        let later = t0 + Duration::from_secs(1);
+        assert!(nacked(&mut dt, &[FIRST_SEQ + 1], &buf, later).is_empty());
+    }
+
+    #[test]
+    fn a_track_that_never_changes_layer_is_never_copied() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        let mut l0 = Layer::new(SRC, 100, 1000, 500, 10, 1);
+        let mut l1 = Layer::new(SRC2, 200, 2000, 9000, 20, 2);
+        for i in 0..5 {
+            for p in l0.frame(i == 0, t0) {
+                let h = dt.forward(&p, t0).header().unwrap();
+                assert_eq!(h.vp8(), None);
+                assert_eq!(h.payload(&p).as_ptr(), p.payload.as_ptr());
+            }
+        }
+        // A switch of source (a slot reused for another publisher) passes the new source's
+        // numbers through, as it always did: still no copy.
+        dt.switch_source(SRC2);
+        for i in 0..5 {
+            for p in l1.frame(i == 0, t0) {
+                let h = dt.forward(&p, t0).header().unwrap();
+                assert_eq!(h.vp8(), None);
+                assert_eq!(h.payload(&p).as_ptr(), p.payload.as_ptr());
+            }
+        }
+        // A layer switch renumbers, so copies.
+        dt.set_target_layer(SRC);
+        for p in l0.frame(true, t0) {
+            let h = dt.forward(&p, t0).header().unwrap();
+            assert!(h.vp8().is_some());
+            assert_ne!(h.payload(&p).as_ptr(), p.payload.as_ptr());
+        }
+    }
+
+    #[test]
+    fn picture_ids_continue_across_layers_without_one_or_with_7_bits() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        let mut l0 = Layer::new(SRC, 100, 1000, 0x7ffe, 10, 1);
+        let mut l1 = Layer::new(SRC2, 200, 2000, 0, 20, 2);
+        l1.wide = None;
+        let mut l2 = Layer::new(SRC3, 300, 3000, 90, 30, 3);
+        l2.wide = Some(false);
+        let mut pics = Vec::new();
+        let run = |dt: &mut DownTrack, layer: &mut Layer, pics: &mut Vec<Option<(u16, bool)>>| {
+            if layer.ssrc != dt.source_ssrc() {
+                dt.set_target_layer(layer.ssrc);
+            }
+            for i in 0..3 {
+                for p in layer.frame(i == 0, t0) {
+                    let h = dt.forward(&p, t0).header().unwrap();
+                    if p.marker {
+                        let d = Vp8Descriptor::parse(&h.payload(&p)).unwrap();
+                        pics.push(d.picture_id.map(|p| (p.value, p.wide)));
+                    }
+                }
+            }
+        };
+        run(&mut dt, &mut l0, &mut pics);
+        run(&mut dt, &mut l1, &mut pics);
+        run(&mut dt, &mut l2, &mut pics);
+        run(&mut dt, &mut l0, &mut pics);
+        assert_eq!(
+            pics,
+            [
+                // 15 bits, wrapping.
+                Some((0x7ffe, true)),
+                Some((0x7fff, true)),
+                Some((0, true)),
+                // No picture ID on this layer: none written.
+                None,
+                None,
+                None,
+                // 7 bits: the low bits of the counter, continuing.
+                Some((1, false)),
+                Some((2, false)),
+                Some((3, false)),
+                // 15 bits again, continuing (modulo 128, the narrower width's range).
+                Some((4, true)),
+                Some((5, true)),
+                Some((6, true)),
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_vp8_payloads_and_random_switching_never_panic_nor_repeat_a_number() {
+        let mut s: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let t0 = Instant::now();
+        let ssrcs = [SRC, SRC2, SRC3];
+        let (mut forwarded, mut switched) = (0, 0);
+        for round in 0..20 {
+            let mut dt = track(MediaKind::Video);
+            let mut bufs = Buffers::new(&ssrcs);
+            let mut seqs = [next() as u16, next() as u16, next() as u16];
+            let mut sent = std::collections::HashSet::new();
+            let mut at = t0;
+            for _ in 0..3000 {
+                at += Duration::from_millis(next() % 5);
+                match next() % 100 {
+                    0..=2 => dt.set_target_layer(ssrcs[(next() % 3) as usize]),
+                    3 => dt.switch_layer_now(ssrcs[(next() % 3) as usize]),
+                    4 => dt.set_paused(next() % 2 == 0),
+                    5..=7 => {
+                        let lost: Vec<u16> = (0..4).map(|_| next() as u16).collect();
+                        let near = (0..4)
+                            .map(|_| (FIRST_SEQ as u64 + sent.len() as u64 - next() % 40) as u16);
+                        dt.on_nack_layers(
+                            lost.into_iter().chain(near),
+                            |ssrc| bufs.of(ssrc),
+                            at,
+                            |_| (),
+                        );
+                    }
+                    _ => {
+                        let l = (next() % 3) as usize;
+                        // Mostly in order, sometimes late or ahead (a loss); the source
+                        // numbers wrap. The output stays well within one wrap of its own, so
+                        // any number seen twice is a repeat.
+                        let seq = match next() % 10 {
+                            0 => seqs[l].wrapping_sub((next() % 50) as u16),
+                            1 => {
+                                seqs[l] = seqs[l].wrapping_add((next() % 100) as u16);
+                                seqs[l]
+                            }
+                            _ => {
+                                seqs[l] = seqs[l].wrapping_add(1);
+                                seqs[l]
+                            }
+                        };
+                        let len = (next() % 14) as usize;
+                        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                        if next() % 4 == 0 && !bytes.is_empty() {
+                            // Make some of them keyframe starts.
+                            bytes[0] = 0x10;
+                            if bytes.len() > 1 {
+                                bytes[1] &= 0xfe;
+                            }
+                        }
+                        let p = MediaPacket::new(
+                            ssrcs[l],
+                            seq,
+                            next() as u32,
+                            VIDEO_PT,
+                            bytes.into(),
+                            at,
+                        )
+                        .with_codec(Some(VideoCodec::Vp8));
+                        let current = dt.source_ssrc();
+                        let target = dt.target_layer();
+                        if let Forward::Send(h) = dt.forward(&p, at) {
+                            assert!(
+                                p.ssrc == current || (Some(p.ssrc) == target && p.keyframe),
+                                "round {round}"
+                            );
+                            forwarded += 1;
+                            switched += usize::from(p.ssrc != current);
+                            assert!(sent.insert(h.sequence), "round {round}: {h:?} twice");
+                            let out = h.payload(&p);
+                            assert_eq!(out.len(), p.payload.len());
+                        }
+                        bufs.insert(p);
+                    }
+                }
+                let _ = dt.poll_keyframe_request(at);
+                // Padding may repeat a number (a NACKed one that cannot be resent); a forwarded
+                // packet never takes a number padding took.
+                while let Some(fill) = dt.poll_fill(at) {
+                    sent.insert(fill.header.sequence);
+                }
+            }
+        }
+        // The loop did exercise what it claims to.
+        assert!(forwarded > 5_000, "{forwarded} forwarded");
+        assert!(switched > 100, "{switched} layer switches");
     }
 }
