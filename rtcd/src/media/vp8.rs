@@ -405,4 +405,81 @@ mod tests {
             let _ = d.rewrite(&other, values);
         }
     }
+
+    fn desc(pic: u16, tl0: u8, keyidx: u8) -> Vp8Descriptor {
+        Vp8Descriptor {
+            picture_id: Some(PictureId {
+                value: pic,
+                wide: true,
+            }),
+            tl0picidx: Some(tl0),
+            keyidx: Some(keyidx),
+        }
+    }
+
+    #[test]
+    fn continuity_passes_the_first_layer_through_and_continues_the_next() {
+        let mut c = Vp8Continuity::default();
+        // The first layer: its own numbers, nothing to rewrite.
+        assert_eq!(c.map(&desc(0x7fff, 255, 31)), None);
+        // A late packet of an older picture does not move the newest back.
+        assert_eq!(c.map(&desc(0x7ffe, 254, 31)), None);
+        // The next layer's keyframe continues at + 1 of each (wrapping in its width).
+        c.next_layer();
+        assert_eq!(
+            c.map(&desc(1234, 17, 4)),
+            Some(Vp8Rewrite {
+                picture_id: 0,
+                tl0picidx: 0,
+                keyidx: 0
+            })
+        );
+        // Its later packets keep the offsets: same frame, then the next one.
+        assert_eq!(c.map(&desc(1234, 17, 4)).map(|r| r.picture_id), Some(0));
+        assert_eq!(
+            c.map(&desc(1235, 17, 4)),
+            Some(Vp8Rewrite {
+                picture_id: 1,
+                tl0picidx: 0,
+                keyidx: 0
+            })
+        );
+        // A new unrelated stream passes through again.
+        c.pass_through();
+        assert_eq!(c.map(&desc(42, 42, 2)), None);
+        // And a layer after it continues from what the subscriber saw last.
+        c.next_layer();
+        assert_eq!(
+            c.map(&desc(7, 7, 7)),
+            Some(Vp8Rewrite {
+                picture_id: 43,
+                tl0picidx: 43,
+                keyidx: 3
+            })
+        );
+    }
+
+    #[test]
+    fn continuity_chooses_an_offset_only_when_the_field_first_appears() {
+        let mut c = Vp8Continuity::default();
+        assert_eq!(c.map(&desc(100, 1, 1)), None);
+        c.next_layer();
+        // A layer without any of the fields: nothing to write, nothing chosen.
+        let bare = Vp8Descriptor {
+            picture_id: None,
+            tl0picidx: None,
+            keyidx: None,
+        };
+        assert_eq!(c.map(&bare), None);
+        // Its picture IDs appear later: they continue after 100.
+        let pic_only = Vp8Descriptor {
+            picture_id: Some(PictureId {
+                value: 5000,
+                wide: true,
+            }),
+            tl0picidx: None,
+            keyidx: None,
+        };
+        assert_eq!(c.map(&pic_only).map(|r| r.picture_id), Some(101));
+    }
 }

@@ -2,11 +2,33 @@
 //! one continuous stream of the subscriber's own, whatever the SFU drops and whichever source
 //! feeds it.
 //!
-//! The engine calls [`DownTrack::forward`] for every packet of the track's current source and
-//! sends the copies it is told to send; it calls [`DownTrack::on_nack`] for the subscriber's
-//! NACKs, [`DownTrack::poll_keyframe_request`] to learn when to send the publisher a PLI, and
-//! reads [`DownTrack::sender_stats`] for sender reports. Pure state, no IO, no clock of its
-//! own: time is always passed in.
+//! The engine calls [`DownTrack::forward`] for every packet of the track (of every layer, for
+//! a simulcast track) and sends the copies it is told to send, each with the payload
+//! [`RtpHeaderOut::payload`] gives; it calls [`DownTrack::on_nack`] (or
+//! [`DownTrack::on_nack_layers`], with one retransmission buffer per layer) for the
+//! subscriber's NACKs, [`DownTrack::poll_keyframe_request`] to learn which source SSRC to send
+//! a PLI and when, and reads [`DownTrack::sender_stats`] for sender reports. Pure state, no IO,
+//! no clock of its own: time is always passed in.
+//!
+//! # Layers
+//!
+//! A simulcast track arrives as up to three layers, each a source SSRC with its own sequence,
+//! timestamp and (VP8) picture numbering. A down-track forwards one of them, the current
+//! source. [`DownTrack::set_target_layer`] names another: the current layer keeps flowing
+//! (no freeze) while the target's keyframe is asked for, and the first packet of that
+//! keyframe is the switch point. From it on the subscriber gets the new layer on the same
+//! SSRC, its sequence numbers following on without a gap, its timestamps one frame interval
+//! (or the wall-clock time, if longer) after the last, and its VP8 picture ID, TL0PICIDX and
+//! KEYIDX continuing the previous layer's ([`crate::media::vp8`]): to the subscriber's decoder,
+//! one stream whose resolution changed at a keyframe. [`DownTrack::switch_source`] remains the
+//! hard switch (another publisher's track on a reused slot): it drops the current source at
+//! once and passes the new source's VP8 numbers through unchanged, as it always did.
+//!
+//! Codecs: VP8 is renumbered as above (the payload is copied only for a subscriber whose
+//! down-track changed layer; everyone else shares the received `Bytes`). H.264 needs nothing in
+//! its payload. VP9 and AV1 work as a single layer; switching between their simulcast layers
+//! keeps sequence numbers and timestamps continuous, but VP9's picture ID / TL0PICIDX and AV1's
+//! dependency descriptor are not renumbered yet.
 //!
 //! # Sequence numbers
 //!
@@ -2777,5 +2799,52 @@ mod tests {
         // The loop did exercise what it claims to.
         assert!(forwarded > 5_000, "{forwarded} forwarded");
         assert!(switched > 100, "{switched} layer switches");
+    }
+
+    #[test]
+    fn a_target_before_anything_was_sent_starts_at_whichever_keyframe_comes_first() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        dt.set_target_layer(SRC2);
+        // Asked for first: the target (the current layer would be switched away from anyway).
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC2));
+        assert_eq!(
+            fwd(&mut dt, &pkt(SRC2, 9, 77, true, t0 + FRAME)),
+            Ok((FIRST_SEQ, FIRST_TS))
+        );
+        assert_eq!(dt.source_ssrc(), SRC2);
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 9, 77, true, t0 + FRAME)),
+            Err(DropReason::OtherSource)
+        );
+    }
+
+    #[test]
+    fn an_audio_layer_switch_needs_no_keyframe_and_asks_for_none() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Audio);
+        for i in 0..5u16 {
+            let at = t0 + Duration::from_millis(20) * u32::from(i);
+            fwd(&mut dt, &pkt(SRC, i, u32::from(i) * 960, false, at)).unwrap();
+        }
+        dt.set_target_layer(SRC2);
+        assert_eq!(dt.poll_keyframe_request(t0), None);
+        let at = t0 + Duration::from_millis(100);
+        // The same instant as the last packet: one packet interval on.
+        assert_eq!(
+            fwd(
+                &mut dt,
+                &pkt(SRC2, 40_000, 7, false, at - Duration::from_millis(20))
+            ),
+            Ok((FIRST_SEQ + 5, FIRST_TS + 5 * 960))
+        );
+        assert_eq!(
+            fwd(&mut dt, &pkt(SRC2, 40_001, 7 + 960, false, at)),
+            Ok((FIRST_SEQ + 6, FIRST_TS + 6 * 960))
+        );
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 5, 5 * 960, false, at)),
+            Err(DropReason::OtherSource)
+        );
     }
 }
