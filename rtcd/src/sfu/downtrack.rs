@@ -2202,7 +2202,11 @@ mod tests {
             Layer::new(SRC3, 40_000, 2_000_000_000, 5_000, 128, 0),
         ];
         let ssrcs = [SRC, SRC2, SRC3];
-        let mut dt = track(MediaKind::Video);
+        // The subscriber's numbers wrap too, mid-run.
+        let mut c = config(MediaKind::Video);
+        c.initial_sequence = 65_500;
+        c.initial_timestamp = u32::MAX - 10 * FRAME_TS;
+        let mut dt = DownTrack::new(c, SRC).unwrap();
         // (frame, layer): when the SFU asks for a layer.
         let targets = [(3, 2), (10, 1), (17, 0), (24, 2), (30, 2)];
         // (frame, layer): keyframes, including ones of layers that are not the target.
@@ -2260,6 +2264,12 @@ mod tests {
         }
         assert_eq!(switches, [(6, 2), (14, 1), (20, 0), (27, 2)]);
         assert_eq!(dt.target_layer(), None);
+        assert_eq!(out[0].1.seq, 65_500);
+        assert!(out.iter().any(|(_, g)| g.seq == 0), "the sequence wrapped");
+        assert!(
+            out.iter().any(|(_, g)| g.ts < FRAME_TS * 20),
+            "the clock wrapped"
+        );
 
         // No freeze: every frame time has output, pending switches included.
         for f in 0..36 {
