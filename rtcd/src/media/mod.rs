@@ -1,6 +1,6 @@
 //! The media types both the engine and the SFU speak, below both of them: the SFU's own RTP
-//! packet ([`packet`]) and the little SDP reading the session needs beyond the engine
-//! ([`sdp`]).
+//! packet ([`packet`]), the little SDP reading the session needs beyond the engine
+//! ([`sdp`]) and the VP8 payload descriptor a layer switch renumbers ([`vp8`]).
 //!
 //! They live here, not in [`crate::sfu`], so that imports point one way: the engine converts
 //! its WebRTC library's packets into these types and the SFU decides with them, but the engine
@@ -8,3 +8,4 @@
 
 pub mod packet;
 pub mod sdp;
+pub mod vp8;

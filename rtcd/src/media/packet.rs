@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::vp8::{Vp8Descriptor, Vp8Rewrite};
+
 /// How many header extensions a [`MediaPacket`] keeps. The engine hands over only extensions
 /// that the publisher's section negotiated and that describe the media rather than the hop
 /// (transport-cc, abs-send-time, mid and rid never are): today that is the audio level alone.
@@ -138,6 +140,10 @@ pub struct MediaPacket {
     /// Whether this packet starts a keyframe (see [`detect_keyframe`]); always `false` for
     /// audio, which needs none.
     pub keyframe: bool,
+    /// The VP8 payload descriptor's numbers, for a VP8 packet whose descriptor is whole: read
+    /// once here so that a down-track that renumbers them after a layer switch (see
+    /// [`crate::media::vp8`]) does not parse the payload again per subscriber.
+    pub vp8: Option<Vp8Descriptor>,
 }
 
 impl MediaPacket {
@@ -162,13 +168,18 @@ impl MediaPacket {
             padding: 0,
             arrival,
             keyframe: false,
+            vp8: None,
         }
     }
 
     /// Sets [`MediaPacket::keyframe`] from the payload, for a packet of `codec` (`None`: audio,
-    /// never a keyframe).
+    /// never a keyframe), and for VP8 [`MediaPacket::vp8`].
     pub fn with_codec(mut self, codec: Option<VideoCodec>) -> Self {
         self.keyframe = codec.is_some_and(|c| detect_keyframe(c, &self.payload));
+        self.vp8 = match codec {
+            Some(VideoCodec::Vp8) => Vp8Descriptor::parse(&self.payload),
+            _ => None,
+        };
         self
     }
 
@@ -204,6 +215,9 @@ pub struct RtpHeaderOut {
     pub marker: bool,
     ext: [ExtensionRef; MAX_EXTENSIONS],
     ext_len: u8,
+    /// The VP8 descriptor numbers the copy carries when they differ from the source's (after a
+    /// layer switch); `None` sends the source payload as it is.
+    vp8: Option<Vp8Rewrite>,
 }
 
 impl RtpHeaderOut {
@@ -223,6 +237,30 @@ impl RtpHeaderOut {
             marker,
             ext: [ExtensionRef::default(); MAX_EXTENSIONS],
             ext_len: 0,
+            vp8: None,
+        }
+    }
+
+    /// Sets the VP8 numbers the copy must carry (see [`RtpHeaderOut::payload`]).
+    pub(crate) fn set_vp8(&mut self, vp8: Option<Vp8Rewrite>) {
+        self.vp8 = vp8;
+    }
+
+    /// The VP8 numbers the copy carries, when they differ from the source's.
+    pub fn vp8(&self) -> Option<Vp8Rewrite> {
+        self.vp8
+    }
+
+    /// The payload of the outgoing copy of `source` (the packet this header was decided for):
+    /// the source's shared `Bytes` (no copy) unless the down-track renumbered its VP8
+    /// descriptor after a layer switch, then a copy with the new numbers. Send this, not
+    /// `source.payload`, with a header from `DownTrack::forward`, or the subscriber's decoder
+    /// sees the layers' own picture IDs jump at every switch. (A retransmission's payload is
+    /// already final.)
+    pub fn payload(&self, source: &MediaPacket) -> Bytes {
+        match (self.vp8, source.vp8) {
+            (Some(values), Some(d)) => d.rewrite(&source.payload, values),
+            _ => source.payload.clone(),
         }
     }
 

@@ -2,11 +2,33 @@
 //! one continuous stream of the subscriber's own, whatever the SFU drops and whichever source
 //! feeds it.
 //!
-//! The engine calls [`DownTrack::forward`] for every packet of the track's current source and
-//! sends the copies it is told to send; it calls [`DownTrack::on_nack`] for the subscriber's
-//! NACKs, [`DownTrack::poll_keyframe_request`] to learn when to send the publisher a PLI, and
-//! reads [`DownTrack::sender_stats`] for sender reports. Pure state, no IO, no clock of its
-//! own: time is always passed in.
+//! The engine calls [`DownTrack::forward`] for every packet of the track (of every layer, for
+//! a simulcast track) and sends the copies it is told to send, each with the payload
+//! [`RtpHeaderOut::payload`] gives; it calls [`DownTrack::on_nack`] (or
+//! [`DownTrack::on_nack_layers`], with one retransmission buffer per layer) for the
+//! subscriber's NACKs, [`DownTrack::poll_keyframe_request`] to learn which source SSRC to send
+//! a PLI and when, and reads [`DownTrack::sender_stats`] for sender reports. Pure state, no IO,
+//! no clock of its own: time is always passed in.
+//!
+//! # Layers
+//!
+//! A simulcast track arrives as up to three layers, each a source SSRC with its own sequence,
+//! timestamp and (VP8) picture numbering. A down-track forwards one of them, the current
+//! source. [`DownTrack::set_target_layer`] names another: the current layer keeps flowing
+//! (no freeze) while the target's keyframe is asked for, and the first packet of that
+//! keyframe is the switch point. From it on the subscriber gets the new layer on the same
+//! SSRC, its sequence numbers following on without a gap, its timestamps one frame interval
+//! (or the wall-clock time, if longer) after the last, and its VP8 picture ID, TL0PICIDX and
+//! KEYIDX continuing the previous layer's ([`crate::media::vp8`]): to the subscriber's decoder,
+//! one stream whose resolution changed at a keyframe. [`DownTrack::switch_source`] remains the
+//! hard switch (another publisher's track on a reused slot): it drops the current source at
+//! once and passes the new source's VP8 numbers through unchanged, as it always did.
+//!
+//! Codecs: VP8 is renumbered as above (the payload is copied only for a subscriber whose
+//! down-track changed layer; everyone else shares the received `Bytes`). H.264 needs nothing in
+//! its payload. VP9 and AV1 work as a single layer; switching between their simulcast layers
+//! keeps sequence numbers and timestamps continuous, but VP9's picture ID / TL0PICIDX and AV1's
+//! dependency descriptor are not renumbered yet.
 //!
 //! # Sequence numbers
 //!
@@ -33,6 +55,7 @@ use super::retransmit::{
     CapacityError, EXTENDED_BASE, RetransmitBuffer, check_capacity, unwrap_seq,
 };
 use crate::media::packet::{MediaKind, MediaPacket, RtpHeaderOut};
+use crate::media::vp8::{Vp8Continuity, Vp8Rewrite};
 
 /// Sent-packet history of a video down-track (output seq → source seq), for NACKs.
 pub const DEFAULT_VIDEO_HISTORY: usize = 512;
@@ -56,6 +79,12 @@ pub const HOLE_PATIENCE: Duration = Duration::from_millis(300);
 const MAX_HOLES: usize = 16;
 /// Sequence numbers queued to be closed at once (NACKed positions that nothing can repair).
 const MAX_URGENT_FILLS: usize = 64;
+
+/// Layers switched away from (seamlessly, [`DownTrack::set_target_layer`]) whose packets
+/// NACKs may still ask for: a subscriber NACKs within a round trip, long before a fifth switch.
+const MAX_PREVIOUS_LAYERS: usize = 4;
+/// The frame interval assumed at a layer switch before one was seen (30 frames a second).
+const DEFAULT_FRAME_RATE: u32 = 30;
 
 /// Runs of in-order drops remembered for mapping late packets. A late packet older than the
 /// oldest remembered run is dropped.
@@ -251,6 +280,9 @@ pub enum DropReason {
     Stale,
     /// Already forwarded.
     Duplicate,
+    /// A packet of the layer a switch is pending to ([`DownTrack::set_target_layer`]), before
+    /// that layer's keyframe: the current layer is forwarded meanwhile.
+    PendingLayer,
 }
 
 /// The verdict of [`DownTrack::forward`] on one packet.
@@ -280,8 +312,9 @@ pub struct Retransmission<'a> {
     pub header: RtpHeaderOut,
     /// The source packet (for [`RtpHeaderOut::extensions`]).
     pub packet: &'a MediaPacket,
-    /// The payload to send: the original `Bytes` (shared), or for RTX a new buffer with the
-    /// original output sequence number (2 octets) before the original payload.
+    /// The payload to send, final: the original `Bytes` (shared; a copy only when its VP8
+    /// numbers were rewritten, exactly as first sent), or for RTX a new buffer with the
+    /// original output sequence number (2 octets) before that payload.
     pub payload: Bytes,
     /// Whether this is an RTX packet.
     pub rtx: bool,
@@ -321,6 +354,8 @@ struct Sent {
     /// Padding sent in place of a packet that could not be had: a NACK for it gets padding
     /// again, never another packet.
     filled: bool,
+    /// The VP8 numbers it was sent with, when renumbered: a retransmission carries the same.
+    vp8: Option<Vp8Rewrite>,
 }
 
 /// A run of output sequence numbers that carried nothing (lost before the SFU), waiting for the
@@ -366,6 +401,10 @@ enum TimestampStart {
     Continue,
     /// The same source after a pause: keep the offset.
     Keep,
+    /// Another layer of the same track, while the current one was still flowing: like
+    /// `Continue`, but at least one frame interval on, since the last frame sent and the new
+    /// layer's keyframe are often the same captured picture, milliseconds apart.
+    Layer,
 }
 
 /// One subscriber's view of one track. See the module documentation.
@@ -379,8 +418,18 @@ pub struct DownTrack {
     extensions: ExtensionMap,
 
     source_ssrc: u32,
+    /// The layer to switch to at its next keyframe ([`DownTrack::set_target_layer`]).
+    target: Option<u32>,
     /// Bumped on every switch of source, so the history never answers for an old source.
     generation: u16,
+    /// `(generation, source SSRC)` of the layers switched away from seamlessly, newest last:
+    /// their packets still answer NACKs (from their own buffers).
+    previous_layers: [(u16, u32); MAX_PREVIOUS_LAYERS],
+    previous_layer_count: usize,
+    /// The newest spacing between two frames seen (in clock-rate units), for a layer switch.
+    frame_interval: u32,
+    /// Keeps VP8 picture IDs, TL0PICIDX and KEYIDX continuous across layer switches.
+    vp8: Vp8Continuity,
     paused: bool,
     /// Whether the current source's mapping is established.
     anchored: bool,
@@ -435,7 +484,12 @@ impl DownTrack {
             payload_types: config.payload_types,
             extensions: config.extensions,
             source_ssrc,
+            target: None,
             generation: 0,
+            previous_layers: [(0, 0); MAX_PREVIOUS_LAYERS],
+            previous_layer_count: 0,
+            frame_interval: config.clock_rate / DEFAULT_FRAME_RATE,
+            vp8: Vp8Continuity::default(),
             paused: false,
             anchored: false,
             need_keyframe: config.kind == MediaKind::Video,
@@ -491,13 +545,91 @@ impl DownTrack {
     /// new source's keyframe (ask for it: [`DownTrack::poll_keyframe_request`]); sequence
     /// numbers and timestamps continue where the previous source left off. NACKs for packets
     /// of the previous source are no longer answered.
+    ///
+    /// A pending layer switch ([`DownTrack::set_target_layer`]) is cancelled. VP8 picture IDs
+    /// are not renumbered across this switch (they pass through as the new source writes
+    /// them, as before layers existed): the subscriber's decoder restarts at the new source's
+    /// keyframe, and a track that never changes layer keeps its zero-copy path.
     pub fn switch_source(&mut self, source_ssrc: u32) {
-        self.source_ssrc = source_ssrc;
-        self.generation = self.generation.wrapping_add(1);
+        self.change_source(source_ssrc);
+        self.vp8.pass_through();
+        // What the previous sources sent is not answered any more.
+        self.previous_layer_count = 0;
         if self.stats.last_timestamp.is_some() {
             self.ts_start = TimestampStart::Continue;
         }
         self.restart();
+    }
+
+    /// Asks to switch to another layer of the same track (another source SSRC) without a
+    /// freeze: the current layer keeps flowing until the first packet of a keyframe of
+    /// `source_ssrc` arrives, and the switch happens at that packet (see
+    /// [`DownTrack::forward`]). Meanwhile [`DownTrack::poll_keyframe_request`] asks for that
+    /// keyframe, and packets of other layers are dropped. The subscriber sees one stream: its
+    /// SSRC, sequence numbers, timestamps and VP8 picture IDs, TL0PICIDX and KEYIDX continue
+    /// across the switch, and its NACKs for packets sent before it are still answered (see
+    /// [`DownTrack::on_nack_layers`]).
+    ///
+    /// The current layer as target cancels a pending switch; a new target replaces it. Use
+    /// [`DownTrack::switch_layer_now`] instead when the current layer has stopped (nothing
+    /// would flow while waiting).
+    ///
+    /// Codecs: H.264 needs nothing but sequence numbers and timestamps (its switch point is
+    /// an IDR or SPS). VP9 and AV1 are forwarded as a single layer today; switching between
+    /// their simulcast layers works for sequence numbers and timestamps, but VP9's picture ID
+    /// and TL0PICIDX and AV1's dependency descriptor (frame numbers, template ids) are not
+    /// renumbered yet, so a receiver may drop frames after such a switch until they are.
+    pub fn set_target_layer(&mut self, source_ssrc: u32) {
+        if source_ssrc == self.source_ssrc {
+            self.target = None;
+            return;
+        }
+        if self.target != Some(source_ssrc) {
+            self.target = Some(source_ssrc);
+            // Ask for the new layer's keyframe at once.
+            self.keyframe_requested_at = None;
+        }
+    }
+
+    /// The layer a switch is pending to, if any.
+    pub fn target_layer(&self) -> Option<u32> {
+        self.target
+    }
+
+    /// Switches to another layer of the same track at once, for when the current layer stopped
+    /// (the publisher paused it): like [`DownTrack::switch_source`], video waits for the new
+    /// layer's keyframe, but numbering continues as after [`DownTrack::set_target_layer`]
+    /// (VP8 picture IDs included) and the previous layer's packets still answer NACKs.
+    pub fn switch_layer_now(&mut self, source_ssrc: u32) {
+        if source_ssrc == self.source_ssrc {
+            self.target = None;
+            return;
+        }
+        self.switch_layer(source_ssrc);
+    }
+
+    /// Makes `source_ssrc` the current layer, continuing the subscriber's stream seamlessly.
+    fn switch_layer(&mut self, source_ssrc: u32) {
+        if self.previous_layer_count == MAX_PREVIOUS_LAYERS {
+            self.previous_layers.copy_within(1.., 0);
+            self.previous_layer_count -= 1;
+        }
+        self.previous_layers[self.previous_layer_count] = (self.generation, self.source_ssrc);
+        self.previous_layer_count += 1;
+        self.change_source(source_ssrc);
+        self.vp8.next_layer();
+        if self.stats.last_timestamp.is_some() {
+            self.ts_start = TimestampStart::Layer;
+        }
+        self.restart();
+    }
+
+    /// Points the down-track at `source_ssrc` as a new generation (the history tells the two
+    /// apart), cancelling any pending layer switch.
+    fn change_source(&mut self, source_ssrc: u32) {
+        self.source_ssrc = source_ssrc;
+        self.target = None;
+        self.generation = self.generation.wrapping_add(1);
     }
 
     /// The source ended (its track was withdrawn): nothing more will come from it, so the holes
@@ -562,27 +694,53 @@ impl DownTrack {
     }
 
     /// The source SSRC to send a PLI to now, if the down-track waits for a keyframe and has not
-    /// asked within [`KEYFRAME_REQUEST_INTERVAL`]. Call it after `new`, `switch_source`,
+    /// asked within [`KEYFRAME_REQUEST_INTERVAL`]: the target layer's while a layer switch is
+    /// pending (its keyframe is the switch point; the current layer needs none, it is flowing),
+    /// else the current source's. Call it after `new`, `switch_source`, `set_target_layer`,
     /// `set_paused(false)` and periodically (e.g. on every packet or timer tick); the engine
     /// should still throttle PLIs per source across all of its down-tracks.
     pub fn poll_keyframe_request(&mut self, now: Instant) -> Option<u32> {
-        if !self.wants_keyframe() {
+        if self.paused {
             return None;
         }
+        let ssrc = match self.target {
+            Some(target) if self.kind == MediaKind::Video => target,
+            _ if self.need_keyframe => self.source_ssrc,
+            _ => return None,
+        };
         if let Some(at) = self.keyframe_requested_at
             && now.saturating_duration_since(at) < KEYFRAME_REQUEST_INTERVAL
         {
             return None;
         }
         self.keyframe_requested_at = Some(now);
-        Some(self.source_ssrc)
+        Some(ssrc)
     }
 
     /// Decides what the subscriber gets of `pkt` (a packet of the track, received at about
-    /// `now`): the header to send it with, or why not.
+    /// `now`): the header to send it with (send its payload with [`RtpHeaderOut::payload`]),
+    /// or why not.
+    ///
+    /// With a layer switch pending, the first packet of a keyframe of the target layer is the
+    /// switch point: it is forwarded right after the last packet of the previous layer, and
+    /// from then on only the new layer is (a late packet of the previous layer is dropped as
+    /// another source, never renumbered into the new layer's sequence).
     pub fn forward(&mut self, pkt: &MediaPacket, now: Instant) -> Forward {
         if pkt.ssrc != self.source_ssrc {
-            return Forward::Drop(DropReason::OtherSource);
+            if self.target != Some(pkt.ssrc) {
+                return Forward::Drop(DropReason::OtherSource);
+            }
+            if self.paused {
+                return Forward::Drop(DropReason::Paused);
+            }
+            if self.kind == MediaKind::Video && !pkt.keyframe {
+                return Forward::Drop(DropReason::PendingLayer);
+            }
+            // Not on a packet that would not be forwarded: the switch waits for one that is.
+            if let Err(reason) = self.media_payload_type(pkt) {
+                return Forward::Drop(reason);
+            }
+            self.switch_layer(pkt.ssrc);
         }
         if self.paused {
             return Forward::Drop(DropReason::Paused);
@@ -661,11 +819,16 @@ impl DownTrack {
         self.gen_start = self.out_highest.wrapping_add(1);
         self.drop_run_count = 0;
         let out_ts = match (self.ts_start, self.stats.last_timestamp) {
-            (TimestampStart::Continue, Some((last, at))) => {
+            (start @ (TimestampStart::Continue | TimestampStart::Layer), Some((last, at))) => {
                 let gap = now.saturating_duration_since(at).as_nanos()
                     * u128::from(self.clock_rate)
                     / 1_000_000_000;
-                Some(last.wrapping_add((gap as u32).max(1)))
+                let min = if start == TimestampStart::Layer {
+                    self.frame_interval.max(1)
+                } else {
+                    1
+                };
+                Some(last.wrapping_add((gap.min(u128::from(u32::MAX)) as u32).max(min)))
             }
             (TimestampStart::Keep, _) => None,
             // The first packet: ts_delta holds the configured initial timestamp.
@@ -740,6 +903,7 @@ impl DownTrack {
             }
             self.out_highest = out_ext;
         }
+        let vp8 = pkt.vp8.as_ref().and_then(|d| self.vp8.map(d));
         self.history[(out_ext & self.mask) as usize] = Sent {
             valid: true,
             out_seq: out_ext as u16,
@@ -749,9 +913,17 @@ impl DownTrack {
             timestamp: ts,
             payload_type: pt,
             filled: false,
+            vp8,
         };
         let newer = match self.stats.last_timestamp {
-            Some((last, _)) => ts.wrapping_sub(last) as i32 >= 0,
+            Some((last, _)) => {
+                let ahead = ts.wrapping_sub(last);
+                // The spacing of frames, for the next layer switch (not a jump of a restart).
+                if ahead > 0 && ahead <= self.clock_rate / 5 {
+                    self.frame_interval = ahead;
+                }
+                ahead as i32 >= 0
+            }
             None => true,
         };
         if newer {
@@ -760,7 +932,9 @@ impl DownTrack {
         self.stats.packets += 1;
         self.stats.octets += pkt.payload.len() as u64;
         self.epoch.get_or_insert(now);
-        Forward::Send(self.header(out_ext as u16, ts, pt, pkt))
+        let mut header = self.header(out_ext as u16, ts, pt, pkt);
+        header.set_vp8(vp8);
+        Forward::Send(header)
     }
 
     /// The subscriber's header for `pkt`: its SSRC, the given numbers, mapped extensions.
@@ -802,6 +976,22 @@ impl DownTrack {
         lost: impl IntoIterator<Item = u16>,
         buf: &'b RetransmitBuffer,
         now: Instant,
+        out: impl FnMut(Retransmission<'b>),
+    ) -> usize {
+        self.on_nack_layers(lost, |_| Some(buf), now, out)
+    }
+
+    /// [`DownTrack::on_nack`] for a track with layers, each with its own retransmission
+    /// buffer: `buffers` gives the buffer of a source SSRC. Packets sent from a layer the
+    /// down-track has since switched away from ([`DownTrack::set_target_layer`],
+    /// [`DownTrack::switch_layer_now`], up to the last four) are resent from that layer's
+    /// buffer with the very header and VP8 numbers they were first sent with; the subscriber
+    /// saw one stream, so it may well NACK across the switch.
+    pub fn on_nack_layers<'b>(
+        &mut self,
+        lost: impl IntoIterator<Item = u16>,
+        buffers: impl Fn(u32) -> Option<&'b RetransmitBuffer>,
+        now: Instant,
         mut out: impl FnMut(Retransmission<'b>),
     ) -> usize {
         if self.stats.packets == 0 {
@@ -836,48 +1026,63 @@ impl DownTrack {
                 }
                 continue;
             }
-            if sent.filled || sent.generation != self.generation {
+            let current = sent.generation == self.generation;
+            let source = if current {
+                Some(self.source_ssrc)
+            } else {
+                self.previous_layers[..self.previous_layer_count]
+                    .iter()
+                    .find(|(g, _)| *g == sent.generation)
+                    .map(|(_, ssrc)| *ssrc)
+            };
+            let Some(source) = source.filter(|_| !sent.filled) else {
                 self.close_now(ext, false);
                 continue;
-            }
-            let Some(pkt) = buf
-                .get(sent.src_seq)
-                .filter(|pkt| pkt.ssrc == self.source_ssrc)
+            };
+            let Some(pkt) = buffers(source)
+                .and_then(|buf| buf.get(sent.src_seq))
+                .filter(|pkt| pkt.ssrc == source)
             else {
-                unrepairable += 1;
-                self.close_now(ext, true);
+                // Lost for good. Only the current layer's loss needs a keyframe: a previous
+                // layer's frames are behind the keyframe the switch started at.
+                if current {
+                    unrepairable += 1;
+                }
+                self.close_now(ext, current);
                 continue;
             };
             let Some((pt, rtx_pt)) = self.payload_types.get(pkt.payload_type) else {
                 continue;
             };
             self.history[slot].resent_ms = now_ms;
-            let mut header = self.header(seq, pkt.timestamp.wrapping_add(self.ts_delta), pt, pkt);
+            let mut header = self.header(seq, sent.timestamp, pt, pkt);
+            header.set_vp8(sent.vp8);
+            let payload = header.payload(pkt);
             match (self.rtx_ssrc, rtx_pt) {
                 (Some(rtx_ssrc), Some(rtx_pt)) => {
                     header.ssrc = rtx_ssrc;
                     header.payload_type = rtx_pt;
                     header.sequence = self.rtx_sequence;
                     self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
-                    let mut payload = BytesMut::with_capacity(2 + pkt.payload.len());
-                    payload.put_u16(seq);
-                    payload.put_slice(&pkt.payload);
+                    let mut rtx = BytesMut::with_capacity(2 + payload.len());
+                    rtx.put_u16(seq);
+                    rtx.put_slice(&payload);
                     self.stats.rtx_packets += 1;
-                    self.stats.rtx_octets += payload.len() as u64;
+                    self.stats.rtx_octets += rtx.len() as u64;
                     out(Retransmission {
                         header,
                         packet: pkt,
-                        payload: payload.freeze(),
+                        payload: rtx.freeze(),
                         rtx: true,
                     });
                 }
                 _ => {
                     self.stats.packets += 1;
-                    self.stats.octets += pkt.payload.len() as u64;
+                    self.stats.octets += payload.len() as u64;
                     out(Retransmission {
                         header,
                         packet: pkt,
-                        payload: pkt.payload.clone(),
+                        payload,
                         rtx: false,
                     });
                 }
@@ -976,6 +1181,7 @@ impl DownTrack {
                 timestamp,
                 payload_type,
                 filled: true,
+                vp8: None,
             };
             self.stats.packets += 1;
             let header = RtpHeaderOut::new(self.ssrc, ext as u16, timestamp, payload_type, false);
@@ -1027,10 +1233,12 @@ impl DownTrack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::packet::HeaderExtensions;
+    use crate::media::packet::{HeaderExtensions, VideoCodec};
+    use crate::media::vp8::{KEYIDX_MASK, PICTURE_ID_MASK_15, Vp8Descriptor};
 
     const SRC: u32 = 0x1111_1111;
     const SRC2: u32 = 0x2222_2222;
+    const SRC3: u32 = 0x3333_3333;
     const SUB: u32 = 0xaaaa_aaaa;
     const SUB_RTX: u32 = 0xbbbb_bbbb;
     const VIDEO_PT: u8 = 96;
@@ -1873,6 +2081,780 @@ mod tests {
         assert_eq!(
             dt.rtp_timestamp_at(at + Duration::from_secs(1)),
             Some(FIRST_TS + 3 * FRAME_TS + 90_000)
+        );
+    }
+
+    // ---- Simulcast layers -------------------------------------------------------------
+
+    /// The temporal pattern of a VP8 layer with three temporal layers (L1T3), restarted by
+    /// every keyframe.
+    const TEMPORAL: [u8; 4] = [0, 2, 1, 2];
+
+    /// One simulcast layer of a VP8 publisher: its own SSRC and its own sequence, timestamp,
+    /// picture ID, TL0PICIDX and KEYIDX spaces.
+    struct Layer {
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        /// `None`: the layer writes no picture ID; `Some(false)`: 7 bits.
+        wide: Option<bool>,
+        pic: u16,
+        tl0: u8,
+        keyidx: u8,
+        tpos: usize,
+    }
+
+    impl Layer {
+        fn new(ssrc: u32, seq: u16, ts: u32, pic: u16, tl0: u8, keyidx: u8) -> Self {
+            Self {
+                ssrc,
+                seq,
+                ts,
+                wide: Some(true),
+                pic,
+                tl0,
+                keyidx,
+                tpos: 0,
+            }
+        }
+
+        /// The next frame, captured at `at`: two packets, the first starting the frame.
+        fn frame(&mut self, keyframe: bool, at: Instant) -> Vec<MediaPacket> {
+            if keyframe {
+                self.tpos = 0;
+                self.keyidx = self.keyidx.wrapping_add(1) & KEYIDX_MASK;
+            }
+            let tid = TEMPORAL[self.tpos % TEMPORAL.len()];
+            self.tpos += 1;
+            if tid == 0 {
+                self.tl0 = self.tl0.wrapping_add(1);
+            }
+            self.ts = self.ts.wrapping_add(FRAME_TS);
+            let packets = (0..2)
+                .map(|i| {
+                    let mut b = Vec::new();
+                    match self.wide {
+                        None => b.push(if i == 0 { 0x10 } else { 0x00 }),
+                        Some(wide) => {
+                            b.push(if i == 0 { 0x90 } else { 0x80 });
+                            b.push(0xf0); // I L T K
+                            if wide {
+                                self.pic &= PICTURE_ID_MASK_15;
+                                b.extend_from_slice(&(0x8000 | self.pic).to_be_bytes());
+                            } else {
+                                self.pic &= 0x7f;
+                                b.push(self.pic as u8);
+                            }
+                            b.push(self.tl0);
+                            b.push(tid << 6 | u8::from(tid > 0) << 5 | self.keyidx);
+                        }
+                    }
+                    if i == 0 {
+                        // The VP8 frame tag: P = 0 on a key frame.
+                        b.push(if keyframe { 0x50 } else { 0x51 });
+                    }
+                    b.extend_from_slice(&[0xab; 10]);
+                    let mut p =
+                        MediaPacket::new(self.ssrc, self.seq, self.ts, VIDEO_PT, b.into(), at)
+                            .with_codec(Some(VideoCodec::Vp8));
+                    p.marker = i == 1;
+                    self.seq = self.seq.wrapping_add(1);
+                    p
+                })
+                .collect();
+            // Every frame is a new picture.
+            self.pic = self.pic.wrapping_add(1);
+            packets
+        }
+    }
+
+    /// What the subscriber got of one packet: sequence, timestamp, and its VP8 descriptor as
+    /// the subscriber's decoder reads it (TID from the payload too).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Got {
+        seq: u16,
+        ts: u32,
+        vp8: Vp8Descriptor,
+        tid: u8,
+        keyframe: bool,
+    }
+
+    fn got(h: &RtpHeaderOut, p: &MediaPacket) -> Got {
+        assert_eq!(h.ssrc, SUB);
+        let payload = h.payload(p);
+        let vp8 = Vp8Descriptor::parse(&payload).expect("a whole descriptor");
+        Got {
+            seq: h.sequence,
+            ts: h.timestamp,
+            vp8,
+            tid: payload.get(5).map_or(0, |tk| tk >> 6),
+            keyframe: p.keyframe,
+        }
+    }
+
+    #[test]
+    fn switches_up_and_down_between_three_layers_at_their_keyframes_only() {
+        let t0 = Instant::now();
+        // Unrelated number spaces, some about to wrap.
+        let mut layers = [
+            Layer::new(SRC, 65_531, u32::MAX - 3 * FRAME_TS, 0x7ffd, 254, 30),
+            Layer::new(SRC2, 1_000, 77, 100, 7, 3),
+            Layer::new(SRC3, 40_000, 2_000_000_000, 5_000, 128, 0),
+        ];
+        let ssrcs = [SRC, SRC2, SRC3];
+        // The subscriber's numbers wrap too, mid-run.
+        let mut c = config(MediaKind::Video);
+        c.initial_sequence = 65_500;
+        c.initial_timestamp = u32::MAX - 10 * FRAME_TS;
+        let mut dt = DownTrack::new(c, SRC).unwrap();
+        // (frame, layer): when the SFU asks for a layer.
+        let targets = [(3, 2), (10, 1), (17, 0), (24, 2), (30, 2)];
+        // (frame, layer): keyframes, including ones of layers that are not the target.
+        let keyframes = [
+            (0, 0),
+            (6, 2),
+            (9, 1),
+            (12, 2),
+            (14, 1),
+            (20, 0),
+            (22, 1),
+            (27, 2),
+        ];
+        let mut current = 0;
+        let mut switches = Vec::new();
+        let mut out: Vec<(usize, Got)> = Vec::new();
+        for f in 0..36usize {
+            let at = t0 + FRAME * f as u32;
+            if let Some(&(_, l)) = targets.iter().find(|(tf, _)| *tf == f) {
+                dt.set_target_layer(ssrcs[l]);
+                assert_eq!(
+                    dt.target_layer(),
+                    (l != current).then_some(ssrcs[l]),
+                    "frame {f}"
+                );
+            }
+            for (l, layer) in layers.iter_mut().enumerate() {
+                let key = keyframes.contains(&(f, l));
+                for p in layer.frame(key, at) {
+                    let target = dt.target_layer();
+                    match dt.forward(&p, at) {
+                        Forward::Send(h) => {
+                            if l != current {
+                                // Only ever at the target's keyframe.
+                                assert_eq!(target, Some(ssrcs[l]), "frame {f} layer {l}");
+                                assert!(p.keyframe, "frame {f} layer {l}");
+                                current = l;
+                                switches.push((f, l));
+                            }
+                            assert_eq!(dt.source_ssrc(), ssrcs[l]);
+                            out.push((f, got(&h, &p)));
+                        }
+                        Forward::Drop(reason) => {
+                            assert_ne!(l, current, "frame {f}: the current layer flows");
+                            let expected = if target == Some(ssrcs[l]) {
+                                DropReason::PendingLayer
+                            } else {
+                                DropReason::OtherSource
+                            };
+                            assert_eq!(reason, expected, "frame {f} layer {l}");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(switches, [(6, 2), (14, 1), (20, 0), (27, 2)]);
+        assert_eq!(dt.target_layer(), None);
+        assert_eq!(out[0].1.seq, 65_500);
+        assert!(out.iter().any(|(_, g)| g.seq == 0), "the sequence wrapped");
+        assert!(
+            out.iter().any(|(_, g)| g.ts < FRAME_TS * 20),
+            "the clock wrapped"
+        );
+
+        // No freeze: every frame time has output, pending switches included.
+        for f in 0..36 {
+            assert!(
+                out.iter().any(|(of, _)| *of == f),
+                "nothing sent at frame {f}"
+            );
+        }
+        // One continuous stream.
+        for w in out.windows(2) {
+            let ((_, a), (f, b)) = (w[0], w[1]);
+            assert_eq!(b.seq, a.seq.wrapping_add(1), "frame {f}: {a:?} -> {b:?}");
+            let pa = a.vp8.picture_id.unwrap();
+            let pb = b.vp8.picture_id.unwrap();
+            assert!(pb.wide);
+            if b.ts == a.ts {
+                // The second packet of a frame: the same numbers.
+                assert_eq!(a.vp8, b.vp8, "frame {f}");
+                continue;
+            }
+            // A new frame: one frame interval on, the next picture, TL0PICIDX on at base
+            // layer frames, KEYIDX on at keyframes.
+            assert_eq!(
+                b.ts,
+                a.ts.wrapping_add(FRAME_TS),
+                "frame {f}: {a:?} -> {b:?}"
+            );
+            assert_eq!(pb.value, (pa.value + 1) & PICTURE_ID_MASK_15, "frame {f}");
+            let tl0_step = u8::from(b.tid == 0);
+            assert_eq!(
+                b.vp8.tl0picidx.unwrap(),
+                a.vp8.tl0picidx.unwrap().wrapping_add(tl0_step),
+                "frame {f}: {a:?} -> {b:?}"
+            );
+            let key_step = u8::from(b.keyframe);
+            assert_eq!(
+                b.vp8.keyidx.unwrap(),
+                (a.vp8.keyidx.unwrap() + key_step) & KEYIDX_MASK,
+                "frame {f}"
+            );
+        }
+        // The first layer went through untouched; the keyframes counted 31 (the first
+        // layer's own), then on by one at each later one: the four switches and the current
+        // layer's own keyframe at frame 12.
+        let keyidx: Vec<u8> = out
+            .iter()
+            .filter(|(_, g)| g.keyframe)
+            .map(|(_, g)| g.vp8.keyidx.unwrap())
+            .collect();
+        assert_eq!(keyidx, [31, 0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_pending_switch_keeps_the_current_layer_and_asks_the_target_for_a_keyframe() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        let mut l0 = Layer::new(SRC, 10, 1000, 1, 1, 1);
+        let mut l1 = Layer::new(SRC2, 20, 2000, 2, 2, 2);
+        let mut l2 = Layer::new(SRC3, 30, 3000, 3, 3, 3);
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC));
+        for p in l0.frame(true, t0) {
+            dt.forward(&p, t0).header().unwrap();
+        }
+        // Flowing, no switch pending: nothing to ask.
+        assert_eq!(dt.poll_keyframe_request(t0), None);
+
+        dt.set_target_layer(SRC2);
+        assert!(!dt.wants_keyframe(), "the current layer needs none");
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC2));
+        let soon = t0 + Duration::from_millis(100);
+        assert_eq!(dt.poll_keyframe_request(soon), None);
+        // The target's keyframe is lost: its later packets and delta frames do not switch.
+        let lost = l1.frame(true, soon);
+        assert_eq!(
+            dt.forward(&lost[1], soon),
+            Forward::Drop(DropReason::PendingLayer)
+        );
+        for p in l1.frame(false, soon) {
+            assert_eq!(
+                dt.forward(&p, soon),
+                Forward::Drop(DropReason::PendingLayer)
+            );
+        }
+        for p in l0.frame(false, soon) {
+            dt.forward(&p, soon).header().unwrap();
+        }
+        // So it asks again, once per interval.
+        let later = t0 + KEYFRAME_REQUEST_INTERVAL;
+        assert_eq!(dt.poll_keyframe_request(later), Some(SRC2));
+        assert_eq!(dt.poll_keyframe_request(later), None);
+
+        // Another target: asked at once, and only that one.
+        dt.set_target_layer(SRC3);
+        assert_eq!(dt.target_layer(), Some(SRC3));
+        assert_eq!(dt.poll_keyframe_request(later), Some(SRC3));
+        // Setting the same target again does not ask again.
+        dt.set_target_layer(SRC3);
+        assert_eq!(dt.poll_keyframe_request(later), None);
+        // Paused: nobody is asked.
+        dt.set_paused(true);
+        let much_later = later + Duration::from_secs(2);
+        assert_eq!(dt.poll_keyframe_request(much_later), None);
+        // A keyframe of the target while paused does not switch.
+        let kf = l2.frame(true, much_later);
+        assert_eq!(
+            dt.forward(&kf[0], much_later),
+            Forward::Drop(DropReason::Paused)
+        );
+        dt.set_paused(false);
+        assert_eq!(dt.poll_keyframe_request(much_later), Some(SRC3));
+        // The switch (the paused resume also wanted the current layer's keyframe: the
+        // target's serves).
+        for p in l2.frame(true, much_later) {
+            dt.forward(&p, much_later).header().unwrap();
+        }
+        assert_eq!(dt.source_ssrc(), SRC3);
+        assert_eq!(dt.target_layer(), None);
+        assert!(!dt.wants_keyframe());
+        assert_eq!(
+            dt.poll_keyframe_request(much_later + Duration::from_secs(5)),
+            None
+        );
+    }
+
+    #[test]
+    fn the_current_layer_as_target_cancels_a_pending_switch() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        let mut l0 = Layer::new(SRC, 10, 1000, 1, 1, 1);
+        let mut l1 = Layer::new(SRC2, 20, 2000, 2, 2, 2);
+        for p in l0.frame(true, t0) {
+            dt.forward(&p, t0).header().unwrap();
+        }
+        dt.set_target_layer(SRC2);
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC2));
+        dt.set_target_layer(SRC);
+        assert_eq!(dt.target_layer(), None);
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(dt.poll_keyframe_request(later), None);
+        for p in l1.frame(true, later) {
+            assert_eq!(
+                dt.forward(&p, later),
+                Forward::Drop(DropReason::OtherSource)
+            );
+        }
+        for p in l0.frame(false, later) {
+            dt.forward(&p, later).header().unwrap();
+        }
+        assert_eq!(dt.source_ssrc(), SRC);
+        // A hard switch cancels a pending one too.
+        dt.set_target_layer(SRC2);
+        dt.switch_source(SRC3);
+        assert_eq!(dt.target_layer(), None);
+        assert_eq!(dt.poll_keyframe_request(later), Some(SRC3));
+    }
+
+    #[test]
+    fn late_packets_around_the_switch_point_are_never_renumbered_into_the_new_layer() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        let mut l0 = Layer::new(SRC, 65_534, 1000, 1, 1, 1);
+        let mut l1 = Layer::new(SRC2, 65_530, 2000, 2, 2, 2);
+        let f0 = l0.frame(true, t0);
+        let f1 = l0.frame(false, t0 + FRAME);
+        let mut sent = Vec::new();
+        sent.push(dt.forward(&f0[0], t0).header().unwrap().sequence);
+        sent.push(dt.forward(&f1[0], t0).header().unwrap().sequence);
+        dt.set_target_layer(SRC2);
+        let _ = l1.frame(false, t0);
+        let k = l1.frame(true, t0 + FRAME);
+        // The keyframe's second packet overtakes its first: not a switch point.
+        assert_eq!(
+            dt.forward(&k[1], t0 + FRAME),
+            Forward::Drop(DropReason::PendingLayer)
+        );
+        sent.push(dt.forward(&k[0], t0 + FRAME).header().unwrap().sequence);
+        assert_eq!(dt.source_ssrc(), SRC2);
+        // The old layer's late packets (reordered, or its retransmissions), older and newer
+        // than the switch, are dropped.
+        for p in [&f0[1], &f1[1]] {
+            assert_eq!(
+                dt.forward(p, t0 + FRAME),
+                Forward::Drop(DropReason::OtherSource)
+            );
+        }
+        for p in l0.frame(false, t0 + FRAME * 2) {
+            assert_eq!(
+                dt.forward(&p, t0 + FRAME * 2),
+                Forward::Drop(DropReason::OtherSource)
+            );
+        }
+        // The new layer's packets from before its keyframe are stale; after it they follow.
+        let before = pkt(SRC2, 65_531, 0, false, t0);
+        assert_eq!(seq(&mut dt, &before), Err(DropReason::Stale));
+        for p in l1.frame(false, t0 + FRAME * 2) {
+            sent.push(dt.forward(&p, t0 + FRAME * 2).header().unwrap().sequence);
+        }
+        // The old layer's 65 535 never came: a gap (closed with padding, since nothing can
+        // fill it after the switch). The keyframe's second packet, which came before the
+        // switch, is a hole too, never reused by another packet.
+        let expected: Vec<u16> = [0u16, 2, 3, 5, 6]
+            .iter()
+            .map(|d| FIRST_SEQ.wrapping_add(*d))
+            .collect();
+        assert_eq!(sent, expected);
+        // (Before the first keyframe: the lead-in padding every video stream starts with.)
+        let filled: Vec<(u16, bool)> = fills(&mut dt, t0 + FRAME * 2)
+            .into_iter()
+            .map(|(seq, _, current)| (seq, current))
+            .collect();
+        assert_eq!(filled, [(FIRST_SEQ - 1, false), (FIRST_SEQ + 1, false)]);
+        // Its late retransmission from the publisher fills it in place.
+        assert_eq!(
+            dt.forward(&k[1], t0 + FRAME * 2)
+                .header()
+                .map(|h| h.sequence),
+            Some(FIRST_SEQ + 4)
+        );
+    }
+
+    /// Retransmission buffers per layer, as the SFU keeps them.
+    struct Buffers(Vec<(u32, RetransmitBuffer)>);
+
+    impl Buffers {
+        fn new(ssrcs: &[u32]) -> Self {
+            Self(
+                ssrcs
+                    .iter()
+                    .map(|&s| (s, RetransmitBuffer::new(128).unwrap()))
+                    .collect(),
+            )
+        }
+
+        fn of(&self, ssrc: u32) -> Option<&RetransmitBuffer> {
+            self.0.iter().find(|(s, _)| *s == ssrc).map(|(_, b)| b)
+        }
+
+        fn insert(&mut self, p: MediaPacket) {
+            if let Some((_, b)) = self.0.iter_mut().find(|(s, _)| *s == p.ssrc) {
+                b.insert(p);
+            }
+        }
+    }
+
+    #[test]
+    fn a_retransmission_from_before_a_switch_carries_its_original_numbers() {
+        let t0 = Instant::now();
+        let mut c = config(MediaKind::Video);
+        c.rtx_ssrc = Some(SUB_RTX);
+        let mut dt = DownTrack::new(c, SRC).unwrap();
+        let mut layers = [
+            Layer::new(SRC, 100, 1000, 500, 10, 1),
+            Layer::new(SRC2, 200, 2000, 9000, 20, 2),
+            Layer::new(SRC3, 300, 3000, 20_000, 30, 3),
+        ];
+        let mut bufs = Buffers::new(&[SRC, SRC2, SRC3]);
+        // (output seq) -> (header, payload) as first sent.
+        let mut first = std::collections::HashMap::new();
+        let mut at = t0;
+        // Three frames of each layer in turn: 0 -> 1 -> 2.
+        for (l, ssrc) in [(0, SRC), (1, SRC2), (2, SRC3)] {
+            if l > 0 {
+                dt.set_target_layer(ssrc);
+            }
+            for i in 0..3 {
+                at += FRAME;
+                for p in layers[l].frame(i == 0, at) {
+                    let h = dt.forward(&p, at).header().unwrap();
+                    first.insert(h.sequence, (h, h.payload(&p)));
+                    bufs.insert(p);
+                }
+            }
+        }
+        assert_eq!(first.len(), 18);
+        // The lead-in padding before the first keyframe; nothing else.
+        assert_eq!(fills(&mut dt, at).len(), 1);
+        // Layer 1 was renumbered (it continued layer 0's numbers).
+        let renumbered = FIRST_SEQ + 7;
+        assert!(first[&renumbered].0.vp8().is_some());
+        assert_ne!(
+            Vp8Descriptor::parse(&first[&renumbered].1)
+                .unwrap()
+                .picture_id,
+            bufs.of(SRC2)
+                .unwrap()
+                .get(201)
+                .unwrap()
+                .vp8
+                .unwrap()
+                .picture_id
+        );
+
+        // NACKs across both switches: every one answered from its own layer, as RTX whose
+        // original sequence number and payload are those first sent.
+        let lost = [FIRST_SEQ + 1, FIRST_SEQ + 7, FIRST_SEQ + 8, FIRST_SEQ + 15];
+        let mut resent = Vec::new();
+        let unrepairable = dt.on_nack_layers(
+            lost,
+            |ssrc| bufs.of(ssrc),
+            at,
+            |r| resent.push((r.header, r.payload, r.rtx)),
+        );
+        assert_eq!(unrepairable, 0);
+        assert_eq!(resent.len(), lost.len());
+        for ((h, payload, rtx), seq) in resent.iter().zip(lost) {
+            assert!(rtx);
+            assert_eq!(h.ssrc, SUB_RTX);
+            let (orig, orig_payload) = &first[&seq];
+            assert_eq!(&payload[..2], &seq.to_be_bytes());
+            assert_eq!(&payload[2..], &orig_payload[..], "seq {seq}");
+            assert_eq!(h.timestamp, orig.timestamp);
+            assert_eq!(h.vp8(), orig.vp8());
+        }
+        assert!(dt.poll_fill(at).is_none());
+
+        // With the single-buffer API (the current layer's buffer only), a previous layer's
+        // packet cannot be had: padded, but not counted as needing a keyframe.
+        let later = at + Duration::from_secs(1);
+        let (got, unrepairable) =
+            nacked_and_unrepairable(&mut dt, &[FIRST_SEQ + 8], bufs.of(SRC3).unwrap(), later);
+        assert!(got.is_empty());
+        assert_eq!(unrepairable, 0);
+        assert_eq!(fills(&mut dt, later).len(), 1);
+        // The current layer's packets still are answered from it.
+        let (got, _) =
+            nacked_and_unrepairable(&mut dt, &[FIRST_SEQ + 14], bufs.of(SRC3).unwrap(), later);
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0].1[2..], &first[&(FIRST_SEQ + 14)].1[..]);
+    }
+
+    #[test]
+    fn a_hard_switch_still_forgets_the_previous_layers() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        let mut l0 = Layer::new(SRC, 100, 1000, 500, 10, 1);
+        let mut l1 = Layer::new(SRC2, 200, 2000, 9000, 20, 2);
+        let mut buf = RetransmitBuffer::new(64).unwrap();
+        for p in l0.frame(true, t0) {
+            dt.forward(&p, t0).header().unwrap();
+            buf.insert(p);
+        }
+        dt.switch_layer_now(SRC2);
+        assert!(dt.wants_keyframe());
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC2));
+        // The stopped layer's packets still answer (the seamless numbering kept them).
+        assert_eq!(nacked(&mut dt, &[FIRST_SEQ + 1], &buf, t0).len(), 1);
+        for p in l1.frame(true, t0 + FRAME) {
+            let h = dt.forward(&p, t0 + FRAME).header().unwrap();
+            // The picture ID continues the stopped layer's; the clock moves on by the wall
+            // clock, at least one frame (30 a second assumed: no spacing was seen yet).
+            let g = got(&h, &p);
+            assert_eq!(g.vp8.picture_id.unwrap().value, 501);
+            assert_eq!(g.ts, FIRST_TS + 90_000 / 30);
+        }
+        // A switch of source (another publisher) forgets them, as before layers existed.
+        dt.switch_source(SRC3);
+        let later = t0 + Duration::from_secs(1);
+        assert!(nacked(&mut dt, &[FIRST_SEQ + 1], &buf, later).is_empty());
+    }
+
+    #[test]
+    fn a_track_that_never_changes_layer_is_never_copied() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        let mut l0 = Layer::new(SRC, 100, 1000, 500, 10, 1);
+        let mut l1 = Layer::new(SRC2, 200, 2000, 9000, 20, 2);
+        for i in 0..5 {
+            for p in l0.frame(i == 0, t0) {
+                let h = dt.forward(&p, t0).header().unwrap();
+                assert_eq!(h.vp8(), None);
+                assert_eq!(h.payload(&p).as_ptr(), p.payload.as_ptr());
+            }
+        }
+        // A switch of source (a slot reused for another publisher) passes the new source's
+        // numbers through, as it always did: still no copy.
+        dt.switch_source(SRC2);
+        for i in 0..5 {
+            for p in l1.frame(i == 0, t0) {
+                let h = dt.forward(&p, t0).header().unwrap();
+                assert_eq!(h.vp8(), None);
+                assert_eq!(h.payload(&p).as_ptr(), p.payload.as_ptr());
+            }
+        }
+        // A layer switch renumbers, so copies.
+        dt.set_target_layer(SRC);
+        for p in l0.frame(true, t0) {
+            let h = dt.forward(&p, t0).header().unwrap();
+            assert!(h.vp8().is_some());
+            assert_ne!(h.payload(&p).as_ptr(), p.payload.as_ptr());
+        }
+    }
+
+    #[test]
+    fn picture_ids_continue_across_layers_without_one_or_with_7_bits() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        let mut l0 = Layer::new(SRC, 100, 1000, 0x7ffe, 10, 1);
+        let mut l1 = Layer::new(SRC2, 200, 2000, 0, 20, 2);
+        l1.wide = None;
+        let mut l2 = Layer::new(SRC3, 300, 3000, 90, 30, 3);
+        l2.wide = Some(false);
+        let mut pics = Vec::new();
+        let run = |dt: &mut DownTrack, layer: &mut Layer, pics: &mut Vec<Option<(u16, bool)>>| {
+            if layer.ssrc != dt.source_ssrc() {
+                dt.set_target_layer(layer.ssrc);
+            }
+            for i in 0..3 {
+                for p in layer.frame(i == 0, t0) {
+                    let h = dt.forward(&p, t0).header().unwrap();
+                    if p.marker {
+                        let d = Vp8Descriptor::parse(&h.payload(&p)).unwrap();
+                        pics.push(d.picture_id.map(|p| (p.value, p.wide)));
+                    }
+                }
+            }
+        };
+        run(&mut dt, &mut l0, &mut pics);
+        run(&mut dt, &mut l1, &mut pics);
+        run(&mut dt, &mut l2, &mut pics);
+        run(&mut dt, &mut l0, &mut pics);
+        assert_eq!(
+            pics,
+            [
+                // 15 bits, wrapping.
+                Some((0x7ffe, true)),
+                Some((0x7fff, true)),
+                Some((0, true)),
+                // No picture ID on this layer: none written.
+                None,
+                None,
+                None,
+                // 7 bits: the low bits of the counter, continuing.
+                Some((1, false)),
+                Some((2, false)),
+                Some((3, false)),
+                // 15 bits again, continuing (modulo 128, the narrower width's range).
+                Some((4, true)),
+                Some((5, true)),
+                Some((6, true)),
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_vp8_payloads_and_random_switching_never_panic_nor_repeat_a_number() {
+        let mut s: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let t0 = Instant::now();
+        let ssrcs = [SRC, SRC2, SRC3];
+        let (mut forwarded, mut switched) = (0, 0);
+        for round in 0..20 {
+            let mut dt = track(MediaKind::Video);
+            let mut bufs = Buffers::new(&ssrcs);
+            let mut seqs = [next() as u16, next() as u16, next() as u16];
+            let mut sent = std::collections::HashSet::new();
+            let mut at = t0;
+            for _ in 0..3000 {
+                at += Duration::from_millis(next() % 5);
+                match next() % 100 {
+                    0..=2 => dt.set_target_layer(ssrcs[(next() % 3) as usize]),
+                    3 => dt.switch_layer_now(ssrcs[(next() % 3) as usize]),
+                    4 => dt.set_paused(next() % 2 == 0),
+                    5..=7 => {
+                        let lost: Vec<u16> = (0..4).map(|_| next() as u16).collect();
+                        let near = (0..4)
+                            .map(|_| (FIRST_SEQ as u64 + sent.len() as u64 - next() % 40) as u16);
+                        dt.on_nack_layers(
+                            lost.into_iter().chain(near),
+                            |ssrc| bufs.of(ssrc),
+                            at,
+                            |_| (),
+                        );
+                    }
+                    _ => {
+                        let l = (next() % 3) as usize;
+                        // Mostly in order, sometimes late or ahead (a loss); the source
+                        // numbers wrap. The output stays well within one wrap of its own, so
+                        // any number seen twice is a repeat.
+                        let seq = match next() % 10 {
+                            0 => seqs[l].wrapping_sub((next() % 50) as u16),
+                            1 => {
+                                seqs[l] = seqs[l].wrapping_add((next() % 100) as u16);
+                                seqs[l]
+                            }
+                            _ => {
+                                seqs[l] = seqs[l].wrapping_add(1);
+                                seqs[l]
+                            }
+                        };
+                        let len = (next() % 14) as usize;
+                        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                        if next() % 4 == 0 && !bytes.is_empty() {
+                            // Make some of them keyframe starts.
+                            bytes[0] = 0x10;
+                            if bytes.len() > 1 {
+                                bytes[1] &= 0xfe;
+                            }
+                        }
+                        let p = MediaPacket::new(
+                            ssrcs[l],
+                            seq,
+                            next() as u32,
+                            VIDEO_PT,
+                            bytes.into(),
+                            at,
+                        )
+                        .with_codec(Some(VideoCodec::Vp8));
+                        let current = dt.source_ssrc();
+                        let target = dt.target_layer();
+                        if let Forward::Send(h) = dt.forward(&p, at) {
+                            assert!(
+                                p.ssrc == current || (Some(p.ssrc) == target && p.keyframe),
+                                "round {round}"
+                            );
+                            forwarded += 1;
+                            switched += usize::from(p.ssrc != current);
+                            assert!(sent.insert(h.sequence), "round {round}: {h:?} twice");
+                            let out = h.payload(&p);
+                            assert_eq!(out.len(), p.payload.len());
+                        }
+                        bufs.insert(p);
+                    }
+                }
+                let _ = dt.poll_keyframe_request(at);
+                // Padding may repeat a number (a NACKed one that cannot be resent); a forwarded
+                // packet never takes a number padding took.
+                while let Some(fill) = dt.poll_fill(at) {
+                    sent.insert(fill.header.sequence);
+                }
+            }
+        }
+        // The loop did exercise what it claims to.
+        assert!(forwarded > 5_000, "{forwarded} forwarded");
+        assert!(switched > 100, "{switched} layer switches");
+    }
+
+    #[test]
+    fn a_target_before_anything_was_sent_starts_at_whichever_keyframe_comes_first() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Video);
+        dt.set_target_layer(SRC2);
+        // Asked for first: the target (the current layer would be switched away from anyway).
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC2));
+        assert_eq!(
+            fwd(&mut dt, &pkt(SRC2, 9, 77, true, t0 + FRAME)),
+            Ok((FIRST_SEQ, FIRST_TS))
+        );
+        assert_eq!(dt.source_ssrc(), SRC2);
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 9, 77, true, t0 + FRAME)),
+            Err(DropReason::OtherSource)
+        );
+    }
+
+    #[test]
+    fn an_audio_layer_switch_needs_no_keyframe_and_asks_for_none() {
+        let t0 = Instant::now();
+        let mut dt = track(MediaKind::Audio);
+        for i in 0..5u16 {
+            let at = t0 + Duration::from_millis(20) * u32::from(i);
+            fwd(&mut dt, &pkt(SRC, i, u32::from(i) * 960, false, at)).unwrap();
+        }
+        dt.set_target_layer(SRC2);
+        assert_eq!(dt.poll_keyframe_request(t0), None);
+        let at = t0 + Duration::from_millis(100);
+        // The same instant as the last packet: one packet interval on.
+        assert_eq!(
+            fwd(
+                &mut dt,
+                &pkt(SRC2, 40_000, 7, false, at - Duration::from_millis(20))
+            ),
+            Ok((FIRST_SEQ + 5, FIRST_TS + 5 * 960))
+        );
+        assert_eq!(
+            fwd(&mut dt, &pkt(SRC2, 40_001, 7 + 960, false, at)),
+            Ok((FIRST_SEQ + 6, FIRST_TS + 6 * 960))
+        );
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 5, 5 * 960, false, at)),
+            Err(DropReason::OtherSource)
         );
     }
 }
