@@ -167,10 +167,25 @@ pub struct OpenedTrack {
     pub kind: MediaKind,
     /// The SSRC of its first packet.
     pub ssrc: u32,
+    /// The simulcast layer (RTP stream id, `a=rid`) of that first packet; `None`: a publisher
+    /// sending one stream in the section (no rids), which stays one layer all its life. Each
+    /// further layer of a simulcast track arrives as [`PeerEvent::LayerOpened`].
+    pub rid: Option<String>,
     /// The section's codecs.
     pub codecs: Vec<Codec>,
     /// The section's header extensions.
     pub extensions: Vec<HeaderExtension>,
+}
+
+/// A simulcast layer of a published track, bound to the SSRC it is sent with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedLayer {
+    /// The track it is a layer of ([`PeerEvent::TrackOpened`] came first).
+    pub track: TrackKey,
+    /// Its RTP stream id (`a=rid`), as the publisher named it.
+    pub rid: String,
+    /// The SSRC its packets carry from now on.
+    pub ssrc: u32,
 }
 
 /// A sending slot as negotiated by an answer.
@@ -211,6 +226,10 @@ pub enum PeerEvent {
     Failed,
     /// A published track sent its first packet.
     TrackOpened(OpenedTrack),
+    /// A simulcast layer of an opened track sent its first packet, or is sent with a new SSRC
+    /// (a publisher restarting it). Not sent for the layer that opened the track, nor for a
+    /// track without rids. Its `Rtp` events carry the track's key and the layer's SSRC.
+    LayerOpened(OpenedLayer),
     /// A published track ended (its section was removed or stopped).
     TrackClosed(TrackKey),
     /// An RTP packet of a published track, as the SFU's own packet type (keyframe flag set,
@@ -260,6 +279,8 @@ struct TrackState {
     key: TrackKey,
     receiver: RTCRtpReceiverId,
     ssrc: u32,
+    /// Simulcast layers seen so far, (rid, SSRC) in the order they opened; empty without rids.
+    layers: Vec<(String, u32)>,
     /// Video codec by payload type (for keyframe detection); audio has none.
     codecs: Vec<(u8, VideoCodec)>,
     /// Extension ids worth handing the SFU: negotiated on this section and about the media,
@@ -307,19 +328,29 @@ const TRANSPORT_CC_URI: &str =
 
 /// The header extensions every peer's media engine registers, by kind: what an answer of ours
 /// can contain. [`trim_offer`] drops the offer's others (a browser offers about a dozen).
-const NEGOTIATED_EXTENSIONS: [(RtpCodecKind, &str); 3] = [
+const NEGOTIATED_EXTENSIONS: [(RtpCodecKind, &str); 6] = [
     (RtpCodecKind::Audio, crate::media::packet::AUDIO_LEVEL_URI),
     (RtpCodecKind::Audio, TRANSPORT_CC_URI),
     (RtpCodecKind::Video, TRANSPORT_CC_URI),
+    (RtpCodecKind::Video, MID_URI),
+    (RtpCodecKind::Video, RID_URI),
+    (RtpCodecKind::Video, REPAIRED_RID_URI),
 ];
+
+/// The section a packet belongs to (RFC 8843): how rtc binds a simulcast layer's SSRC.
+pub(super) const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+/// The simulcast layer a packet belongs to (RFC 8852 RtpStreamId).
+pub(super) const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+/// The layer a retransmission (RTX) repairs (RFC 8852 RepairedRtpStreamId).
+pub(super) const REPAIRED_RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
 
 /// Header extensions that describe one hop, not the media: rewritten or generated per hop.
 const HOP_EXTENSIONS: [&str; 5] = [
     TRANSPORT_CC_URI,
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
-    "urn:ietf:params:rtp-hdrext:sdes:mid",
-    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
-    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+    MID_URI,
+    RID_URI,
+    REPAIRED_RID_URI,
 ];
 
 fn video_codec(mime_type: &str) -> Option<VideoCodec> {
@@ -484,6 +515,14 @@ fn build_media_template() -> Result<MediaEngine, EngineError> {
         .map_err(internal)?;
     // transport-cc feedback (audio too) and its header extension; the interceptor is per peer.
     configure_twcc_receiver_only(Registry::new(), &mut media).map_err(internal)?;
+    // mid, rid and repaired-rid for video: without them rtc cannot bind a simulcast layer's
+    // SSRC (browsers declare none for rid layers) and its answer to a simulcast offer announces
+    // `a=simulcast` without the rid extension, which Chromium rejects. An offer without rids
+    // only gains the extmap lines.
+    rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(
+        &mut media,
+    )
+    .map_err(internal)?;
     Ok(media)
 }
 
@@ -1394,7 +1433,7 @@ impl Peer {
                     self.on_ice_state(state);
                 }
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                    self.open_track(init.track_id, init.receiver_id, init.ssrc);
+                    self.open_track(init.track_id, init.receiver_id, init.ssrc, init.rid);
                 }
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
                     if let Some(state) = self.tracks.remove(&track_id) {
@@ -1432,13 +1471,32 @@ impl Peer {
         }
     }
 
-    fn open_track(&mut self, track_id: String, receiver: RTCRtpReceiverId, ssrc: u32) {
+    fn open_track(
+        &mut self,
+        track_id: String,
+        receiver: RTCRtpReceiverId,
+        ssrc: u32,
+        rid: Option<String>,
+    ) {
         // rtc opens a receiver's track again after each renegotiation that keeps it: the same
-        // track, not a new one (a new SSRC on it is the same source restarted).
+        // track, not a new one (a new SSRC on it is the same source restarted). A simulcast
+        // track opens once per layer (same track id and receiver, another rid): a layer of the
+        // track, told apart by its rid.
         if let Some(known) = self.tracks.get_mut(&track_id)
             && known.receiver == receiver
         {
-            known.ssrc = ssrc;
+            let Some(rid) = rid else {
+                known.ssrc = ssrc;
+                return;
+            };
+            match known.layers.iter_mut().find(|(r, _)| *r == rid) {
+                Some((_, bound)) if *bound == ssrc => return,
+                Some((_, bound)) => *bound = ssrc,
+                None => known.layers.push((rid.clone(), ssrc)),
+            }
+            let track = known.key;
+            self.events
+                .push_back(PeerEvent::LayerOpened(OpenedLayer { track, rid, ssrc }));
             return;
         }
         let mut mid = None;
@@ -1469,6 +1527,7 @@ impl Peer {
                 key,
                 receiver,
                 ssrc,
+                layers: rid.iter().map(|r| (r.clone(), ssrc)).collect(),
                 codecs: codecs
                     .iter()
                     .filter_map(|c| Some((c.payload_type, video_codec(&c.mime_type)?)))
@@ -1481,6 +1540,7 @@ impl Peer {
             mid: mid.unwrap_or_default(),
             kind,
             ssrc,
+            rid,
             codecs,
             extensions,
         }));
@@ -1770,8 +1830,21 @@ mod tests {
 
     impl Client {
         fn new(addr: &str, now: Instant) -> Self {
+            Self::build(addr, now, false)
+        }
+
+        /// A client whose offers carry the mid, rid and repaired-rid extensions (as browsers'
+        /// do), for simulcast.
+        fn simulcast(addr: &str, now: Instant) -> Self {
+            Self::build(addr, now, true)
+        }
+
+        fn build(addr: &str, now: Instant, simulcast: bool) -> Self {
             let mut media = MediaEngine::default();
             media.register_default_codecs().unwrap();
+            if simulcast {
+                rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(&mut media).unwrap();
+            }
             // Default interceptors, plus the tap so the test sees the feedback it receives.
             let registry = Registry::new().with(
                 rtc::interceptor::Slot::Custom(9_000),
@@ -1839,6 +1912,79 @@ mod tests {
                         }],
                     }),
                 )
+                .unwrap();
+        }
+
+        /// Publishes a camera in three simulcast layers, `(rid, SSRC)` low to high, with no
+        /// SSRC in the offer (as Chromium: the layers are known by their rids only).
+        fn publish_simulcast(&mut self, layers: &[(&str, u32)]) {
+            let encodings: Vec<RTCRtpEncodingParameters> = layers
+                .iter()
+                .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        rid: (*rid).into(),
+                        ssrc: Some(*ssrc),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+                .collect();
+            let track = MediaStreamTrack::new(
+                "cam-stream".into(),
+                "cam".into(),
+                "cam".into(),
+                RtpCodecKind::Video,
+                encodings.clone(),
+            );
+            self.pc
+                .add_transceiver_from_track(
+                    track,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        streams: vec![],
+                        send_encodings: encodings,
+                    }),
+                )
+                .unwrap();
+        }
+
+        /// Sends packet `seq` of a simulcast layer, as VP8 like [`Client::send_video_as`];
+        /// `ids`: the (mid, rid) extension ids and the mid to stamp (`None`: no MID / RID, as a
+        /// browser once the SSRC is acknowledged).
+        fn send_layer(
+            &mut self,
+            ssrc: u32,
+            rid: &str,
+            seq: u16,
+            stamp: Option<&SimulcastIds>,
+            now: Instant,
+        ) {
+            let mut packet = rtp::Packet::default();
+            packet.header.version = 2;
+            packet.header.payload_type = 96;
+            packet.header.sequence_number = seq;
+            packet.header.timestamp = u32::from(seq) * 3000;
+            packet.header.marker = true;
+            packet.header.ssrc = ssrc;
+            let key = seq.is_multiple_of(30);
+            packet.payload = Bytes::from(vec![0x10, if key { 0x00 } else { 0x01 }, 0, 0, 9, 9, 9]);
+            if let Some(ids) = stamp {
+                packet.header.extension = true;
+                packet.header.extension_profile = 0xBEDE;
+                packet
+                    .header
+                    .set_extension(ids.mid_id, Bytes::from(ids.mid.clone()))
+                    .unwrap();
+                packet
+                    .header
+                    .set_extension(ids.rid_id, Bytes::from(rid.to_owned()))
+                    .unwrap();
+            }
+            self.pc
+                .handle_write(TaggedRTCMessage {
+                    now,
+                    message: RTCMessage::RtpPacket("cam".into(), packet),
+                })
                 .unwrap();
         }
 
@@ -1913,6 +2059,46 @@ mod tests {
                     message: RTCMessage::RtpPacket("cam".into(), packet),
                 })
                 .unwrap();
+        }
+    }
+
+    /// What a simulcast sender stamps: the extension ids of its offer and its section's mid.
+    struct SimulcastIds {
+        mid_id: u8,
+        rid_id: u8,
+        #[allow(dead_code)]
+        rrid_id: u8,
+        mid: String,
+    }
+
+    impl SimulcastIds {
+        /// Read from an offer (rtcd answers with the offer's ids): the section with
+        /// `a=simulcast`.
+        fn of(offer: &str) -> Self {
+            let id = |uri: &str| {
+                offer
+                    .lines()
+                    .find_map(|l| {
+                        let (id, rest) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
+                        (rest.split(' ').next() == Some(uri)).then(|| id.parse().unwrap())
+                    })
+                    .unwrap()
+            };
+            let mut mid = String::new();
+            for line in offer.lines() {
+                if let Some(m) = line.strip_prefix("a=mid:") {
+                    mid = m.to_owned();
+                }
+                if line.starts_with("a=simulcast:") {
+                    break;
+                }
+            }
+            Self {
+                mid_id: id(MID_URI),
+                rid_id: id(RID_URI),
+                rrid_id: id(REPAIRED_RID_URI),
+                mid,
+            }
         }
     }
 
@@ -3164,6 +3350,279 @@ a=sctp-port:5000\r\n";
         ] {
             assert!(trimmed.iter().any(|l| l == line), "{line} in {trimmed:#?}");
         }
+    }
+
+    /// A simulcast camera's layers, low to high: (rid, SSRC).
+    const LAYERS: [(&str, u32); 3] = [("q", 0x5101), ("h", 0x5102), ("f", 0x5103)];
+
+    /// A publisher of [`LAYERS`] and its rtcd peer, connected.
+    struct Simulcast {
+        client: Client,
+        server: Peer,
+        ids: SimulcastIds,
+        now: Instant,
+        seq: u16,
+        events: Vec<PeerEvent>,
+    }
+
+    impl Simulcast {
+        fn connected() -> Self {
+            let identity = Identity::generate().unwrap();
+            let now = Instant::now();
+            let mut client = Client::simulcast("10.9.0.2:6000", now);
+            let server = Peer::new(&identity, &settings(), now).unwrap();
+            client.publish_simulcast(&LAYERS);
+            let mut call = Self {
+                client,
+                server,
+                ids: SimulcastIds {
+                    mid_id: 0,
+                    rid_id: 0,
+                    rrid_id: 0,
+                    mid: String::new(),
+                },
+                now,
+                seq: 0,
+                events: Vec::new(),
+            };
+            call.negotiate();
+            for _ in 0..400 {
+                call.step();
+                if call.client.connected && call.server.is_connected() {
+                    return call;
+                }
+            }
+            panic!("the simulcast publisher did not connect");
+        }
+
+        fn negotiate(&mut self) {
+            let offer = self.client.pc.create_offer(None).unwrap();
+            self.client
+                .pc
+                .set_local_description(self.now, offer.clone())
+                .unwrap();
+            let answer = self.server.apply_offer(&offer.sdp, self.now).unwrap();
+            self.client
+                .pc
+                .set_remote_description(
+                    self.now,
+                    RTCSessionDescription::answer(answer.sdp).unwrap(),
+                )
+                .unwrap();
+            self.ids = SimulcastIds::of(&offer.sdp);
+        }
+
+        fn step(&mut self) {
+            self.now += Duration::from_millis(5);
+            tick(&mut self.client, &mut self.server, self.now);
+            route(
+                &mut self.client,
+                &mut self.server,
+                self.now,
+                &mut |_| false,
+                &mut |_| false,
+            );
+            while let Some(ev) = self.server.poll_event() {
+                self.events.push(ev);
+            }
+        }
+
+        /// `rounds` packets of every layer, 30 ms apart, MID and RID stamped or not.
+        fn send(&mut self, rounds: u16, stamp: bool) {
+            for _ in 0..rounds {
+                for (rid, ssrc) in LAYERS {
+                    let ids = stamp.then_some(&self.ids);
+                    self.client.send_layer(ssrc, rid, self.seq, ids, self.now);
+                }
+                self.seq = self.seq.wrapping_add(1);
+                for _ in 0..6 {
+                    self.step();
+                }
+            }
+        }
+
+        /// Packets rtcd delivered per layer SSRC since the last call, and the tracks they
+        /// were delivered as.
+        fn delivered(&mut self) -> (HashMap<u32, usize>, Vec<TrackKey>) {
+            let mut per_ssrc = HashMap::new();
+            let mut tracks = Vec::new();
+            for ev in self.events.drain(..) {
+                if let PeerEvent::Rtp { track, packet } = ev {
+                    *per_ssrc.entry(packet.ssrc).or_default() += 1;
+                    if !tracks.contains(&track) {
+                        tracks.push(track);
+                    }
+                }
+            }
+            (per_ssrc, tracks)
+        }
+    }
+
+    /// Chromium's simulcast: three layers in one section, known by their rids only. They open
+    /// one track (the first layer to arrive) and two layers of it, each with its SSRC, and
+    /// every packet of every layer reaches the owner as that track's.
+    #[test]
+    fn three_simulcast_layers_open_as_one_track() {
+        let mut call = Simulcast::connected();
+        call.send(10, true);
+        let opened: Vec<&OpenedTrack> = call
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                PeerEvent::TrackOpened(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(opened.len(), 1, "one track: {:?}", call.events.len());
+        let track = opened[0].clone();
+        let first = track.rid.clone().expect("opened by a layer");
+        assert!(LAYERS.contains(&(first.as_str(), track.ssrc)), "{track:?}");
+        let mut layers: Vec<(String, u32)> = call
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                PeerEvent::LayerOpened(l) => {
+                    assert_eq!(l.track, track.track);
+                    Some((l.rid.clone(), l.ssrc))
+                }
+                _ => None,
+            })
+            .collect();
+        layers.push((first, track.ssrc));
+        layers.sort_by_key(|(_, ssrc)| *ssrc);
+        let expected: Vec<(String, u32)> =
+            LAYERS.iter().map(|(r, s)| ((*r).to_owned(), *s)).collect();
+        assert_eq!(layers, expected, "each layer once, with its SSRC");
+        let (per_ssrc, tracks) = call.delivered();
+        assert_eq!(tracks, vec![track.track]);
+        for (_, ssrc) in LAYERS {
+            assert_eq!(
+                per_ssrc.get(&ssrc),
+                Some(&10),
+                "layer {ssrc:#x}: {per_ssrc:?}"
+            );
+        }
+        // Once bound, a layer's packets need no MID / RID (browsers stop sending them).
+        call.send(10, false);
+        let (per_ssrc, _) = call.delivered();
+        for (_, ssrc) in LAYERS {
+            assert_eq!(
+                per_ssrc.get(&ssrc),
+                Some(&10),
+                "layer {ssrc:#x}: {per_ssrc:?}"
+            );
+        }
+    }
+
+    /// The risk of rtc's renegotiation (it forgets each rid layer's SSRC when an answer is
+    /// applied and binds it again only from a packet with MID and RID): a publisher whose
+    /// layers stopped carrying them, after a renegotiation that adds a section, still gets
+    /// every packet of all three layers through.
+    #[test]
+    #[ignore = "fails: rtc drops every layer after the renegotiation (being fixed)"]
+    fn simulcast_layers_without_mid_and_rid_survive_a_renegotiation() {
+        let mut call = Simulcast::connected();
+        call.send(10, true);
+        call.send(10, false);
+        call.delivered();
+        call.client.receive(RtpCodecKind::Video);
+        call.negotiate();
+        call.send(20, false);
+        let opened = call
+            .events
+            .iter()
+            .filter(|e| matches!(e, PeerEvent::TrackOpened(_)))
+            .count();
+        let (per_ssrc, tracks) = call.delivered();
+        assert_eq!(opened, 0, "no new track");
+        assert_eq!(tracks.len(), 1, "{tracks:?}");
+        for (_, ssrc) in LAYERS {
+            assert_eq!(
+                per_ssrc.get(&ssrc),
+                Some(&20),
+                "layer {ssrc:#x}: {per_ssrc:?}"
+            );
+        }
+    }
+
+    /// The fixture's camera section (mid 1) as Chromium offers it with three simulcast
+    /// encodings: rids instead of declared SSRCs.
+    fn simulcast_offer() -> String {
+        let offer = include_str!("../../../tests/fixtures/chromium-offer.sdp");
+        let mut out = String::new();
+        let mut section = String::new();
+        for line in offer.split_inclusive('\n') {
+            if line.starts_with("m=") {
+                section.clear();
+            } else if let Some(mid) = line.strip_prefix("a=mid:") {
+                section = mid.trim().to_owned();
+            }
+            if section == "1" && line.starts_with("a=ssrc") {
+                continue;
+            }
+            out.push_str(line);
+            if section == "1" && line.starts_with("a=mid:") {
+                out.push_str("a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\n");
+                out.push_str("a=simulcast:send q;h;f\r\n");
+            }
+        }
+        out
+    }
+
+    /// The lines of section `mid` of `sdp`.
+    fn section_of<'a>(sdp: &'a str, mid: &str) -> Vec<&'a str> {
+        let mut sections: Vec<Vec<&str>> = Vec::new();
+        for line in sdp.lines() {
+            if line.starts_with("m=") {
+                sections.push(Vec::new());
+            }
+            if let Some(s) = sections.last_mut() {
+                s.push(line);
+            }
+        }
+        sections
+            .into_iter()
+            .find(|s| s.iter().any(|l| l.strip_prefix("a=mid:") == Some(mid)))
+            .unwrap_or_default()
+    }
+
+    /// A Chromium simulcast offer gets an answer Chromium accepts: the rids received, in the
+    /// offer's order, and the mid, rid and repaired-rid extensions with the offer's ids
+    /// (without the rid extension Chromium rejects an answer that negotiates simulcast).
+    #[test]
+    fn a_simulcast_offer_is_answered_with_its_rids_and_their_header_extensions() {
+        let identity = Identity::generate().unwrap();
+        let now = Instant::now();
+        let mut peer = Peer::new(&identity, &settings(), now).unwrap();
+        let offer = simulcast_offer();
+        assert!(offer.contains("a=simulcast:send q;h;f\r\n"), "{offer}");
+        let answer = peer.apply_offer(&offer, now).unwrap();
+        let camera = section_of(&answer.sdp, "1");
+        for line in [
+            "a=rid:q recv",
+            "a=rid:h recv",
+            "a=rid:f recv",
+            "a=simulcast:recv q;h;f",
+            "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+            "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+            "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+        ] {
+            assert!(camera.contains(&line), "{line} in {camera:#?}");
+        }
+        // Audio keeps what it had: no mid extension there (rtcd registers it for video only).
+        let microphone = section_of(&answer.sdp, "0");
+        assert!(
+            !microphone.iter().any(|l| l.contains("sdes:mid")),
+            "{microphone:#?}"
+        );
+        // The section without simulcast answers no rids.
+        let receiving = section_of(&answer.sdp, "3");
+        assert!(
+            !receiving
+                .iter()
+                .any(|l| l.starts_with("a=rid") || l.starts_with("a=simulcast"))
+        );
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub(super) struct Published {
     pub key: TrackKey,
     pub info: TrackInfo,
     pub ssrc: u32,
+    /// The simulcast layer (rid) that opened it, `None` without simulcast. Until the room
+    /// forwards layers, a simulcast track is forwarded as that one layer (`ssrc`); the other
+    /// layers' packets are dropped before the buffer (their sequence spaces are unrelated).
+    pub rid: Option<String>,
     pub codecs: Vec<Codec>,
     pub extensions: Vec<HeaderExtension>,
     pub muted: bool,

@@ -45,6 +45,10 @@ impl Rooms {
         let Some(t) = call.tracks.get_mut(&tid) else {
             return;
         };
+        if t.rid.is_some() && packet.ssrc != t.ssrc {
+            // Another simulcast layer: not forwarded yet (see `Published::rid`).
+            return;
+        }
         let mut voice = None;
         if t.muted {
             t.counters.muted.inc();

@@ -302,6 +302,10 @@ impl Rooms {
                     self.publish(key, &mid);
                 }
             }
+            PeerEvent::LayerOpened(layer) => {
+                let m = self.members.get(&key)?;
+                tracing::debug!(session = %m.req.session, rid = %layer.rid, ssrc = layer.ssrc, "simulcast layer opened");
+            }
             PeerEvent::TrackClosed(track) => {
                 self.unpublish(key, |t| t.key == track, now);
             }

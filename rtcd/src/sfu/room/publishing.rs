@@ -137,6 +137,7 @@ impl Rooms {
                 mid: mid.to_owned(),
             },
             ssrc: opened.ssrc,
+            rid: opened.rid.clone(),
             codecs: opened.codecs.clone(),
             extensions: opened.extensions.clone(),
             muted: m.muted.contains(&kind),
