@@ -1384,12 +1384,16 @@ impl Peer {
         }
     }
 
-    /// Asks the publisher of `track` for a keyframe (PLI).
-    pub fn request_keyframe(&mut self, track: TrackKey, now: Instant) {
+    /// Asks the publisher of `track` for a keyframe (PLI) of the stream sent with `ssrc`: a
+    /// simulcast layer's keyframe is asked of that layer (the down-track waiting for it tells
+    /// which, [`crate::sfu::downtrack::DownTrack::poll_keyframe_request`]). An SSRC the track
+    /// does not send (a source restarted since, or a layer not opened): its current stream.
+    pub fn request_keyframe(&mut self, track: TrackKey, ssrc: u32, now: Instant) {
         let Some(state) = self.tracks.values().find(|t| t.key == track) else {
             return;
         };
-        let (receiver, ssrc) = (state.receiver, state.ssrc);
+        let known = ssrc == state.ssrc || state.layers.iter().any(|(_, s)| *s == ssrc);
+        let (receiver, ssrc) = (state.receiver, if known { ssrc } else { state.ssrc });
         if let Some(mut r) = self.pc.rtp_receiver(receiver) {
             let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
                 sender_ssrc: 0,
@@ -2388,7 +2392,8 @@ mod tests {
                 if let (Some(down), Some(source)) = (self.down.as_mut(), self.source.as_ref())
                     && down.poll_keyframe_request(now).is_some()
                 {
-                    self.alice_s.request_keyframe(source.track, now);
+                    self.alice_s
+                        .request_keyframe(source.track, source.ssrc, now);
                 }
                 if step % 200 == 199 {
                     each_second(self);
@@ -2592,7 +2597,7 @@ mod tests {
         // rtcd asks alice for a keyframe: her client gets a PLI for her SSRC.
         let track = rig.source.as_ref().unwrap().track;
         let before = rig.alice.feedback.len();
-        rig.alice_s.request_keyframe(track, rig.now);
+        rig.alice_s.request_keyframe(track, 0xA0A0, rig.now);
         rig.run(10, |_| {});
         let plis = rig.alice.feedback[before..]
             .iter()
@@ -3512,6 +3517,38 @@ a=sctp-port:5000\r\n";
                 "layer {ssrc:#x}: {per_ssrc:?}"
             );
         }
+    }
+
+    /// A keyframe is asked of the layer a down-track waits on, not of whichever layer opened
+    /// last; an SSRC the track does not send falls back to the layer that opened it.
+    #[test]
+    fn a_keyframe_request_goes_to_the_layer_asked_for() {
+        use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        let mut call = Simulcast::connected();
+        call.send(5, true);
+        let track = call
+            .events
+            .iter()
+            .find_map(|e| match e {
+                PeerEvent::TrackOpened(t) => Some(t.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let plis = |call: &mut Simulcast, ssrc: u32| {
+            call.client.feedback.clear();
+            call.server.request_keyframe(track.track, ssrc, call.now);
+            call.send(2, false);
+            call.client
+                .feedback
+                .iter()
+                .filter_map(|p| p.as_any().downcast_ref::<PictureLossIndication>())
+                .map(|p| p.media_ssrc)
+                .collect::<Vec<u32>>()
+        };
+        for (_, ssrc) in LAYERS {
+            assert_eq!(plis(&mut call, ssrc), vec![ssrc]);
+        }
+        assert_eq!(plis(&mut call, 0xDEAD), vec![track.ssrc]);
     }
 
     /// The risk of rtc's renegotiation (it forgets each rid layer's SSRC when an answer is

@@ -145,9 +145,9 @@ impl Rooms {
             return;
         }
         t.last_pli = Some(now);
-        let (owner, key) = (t.owner, t.key);
+        let (owner, key, ssrc) = (t.owner, t.key, t.ssrc);
         if let Some(p) = self.members.get_mut(&owner) {
-            p.peer.request_keyframe(key, now);
+            p.peer.request_keyframe(key, ssrc, now);
             self.metrics
                 .sfu
                 .pli_sent
