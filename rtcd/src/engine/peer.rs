@@ -752,6 +752,9 @@ pub struct Peer {
     /// bypasses its ICE agent), so a client whose consent checks were late while its media
     /// flowed was failed: rtcd keeps the timer itself (`Peer::handle_timeout`).
     heard: Instant,
+    /// RTX payload type → repaired payload type of the published tracks' codecs, for the
+    /// repair interceptor's simulcast layers (whose RTX rtc does not resolve).
+    rtx_apt: super::rtx::AptMap,
     /// Inbound RTCP compounds the feedback tap saw, and how many `heard` has counted.
     rtcp_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
     rtcp_counted: u64,
@@ -795,6 +798,7 @@ impl Peer {
         // packet the publisher cannot resend was asked for every 100 ms until it aged out);
         // RTX repairs are seen as arrivals (`rtx`), and a renegotiation does not wipe the log of
         // what was lost (`nack`).
+        let rtx_apt = super::rtx::AptMap::default();
         let registry = Registry::new()
             .with(
                 rtc::interceptor::Slot::NackGenerator,
@@ -806,7 +810,7 @@ impl Peer {
             )
             .with(
                 rtc::interceptor::Slot::Custom(super::rtx::SLOT),
-                super::rtx::RtxRepair::default(),
+                super::rtx::RtxRepair::new(rtx_apt.clone()),
             );
         // After the NACK generator (7 000), before the report interceptors (10 000).
         let rtcp_seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -852,6 +856,7 @@ impl Peer {
             connected: false,
             nomination: Default::default(),
             heard: now,
+            rtx_apt,
             rtcp_seen,
             rtcp_counted: 0,
             silence_limit: settings.disconnected_timeout + settings.failed_timeout,
@@ -1519,6 +1524,13 @@ impl Peer {
         };
         let params = &r.get_parameters().rtp_parameters;
         let (codecs, extensions) = codecs_of(&params.codecs, &params.header_extensions);
+        if let Ok(mut apt) = self.rtx_apt.lock() {
+            for c in &codecs {
+                if let Some(rtx) = c.rtx_payload_type {
+                    apt.insert(rtx, c.payload_type);
+                }
+            }
+        }
         let key = TrackKey(self.next_track);
         self.next_track += 1;
         let mut forwarded = [false; 256];
@@ -1992,6 +2004,47 @@ mod tests {
                 .unwrap();
         }
 
+        /// Retransmits packet `seq` of a simulcast layer as RTX on `rtx_ssrc` (RFC 4588: the
+        /// original sequence number in front of the payload), MID and repaired-rid stamped or
+        /// not.
+        fn send_layer_rtx(
+            &mut self,
+            rtx_ssrc: u32,
+            rid: &str,
+            (rtx_seq, seq): (u16, u16),
+            ids: &SimulcastIds,
+            stamp: bool,
+            now: Instant,
+        ) {
+            let mut packet = rtp::Packet::default();
+            packet.header.version = 2;
+            packet.header.payload_type = ids.rtx_pt;
+            packet.header.sequence_number = rtx_seq;
+            packet.header.timestamp = u32::from(seq) * 3000;
+            packet.header.ssrc = rtx_ssrc;
+            let mut payload = seq.to_be_bytes().to_vec();
+            payload.extend_from_slice(&[0x10, 0x01, 0, 0, 9, 9, 9]);
+            packet.payload = Bytes::from(payload);
+            if stamp {
+                packet.header.extension = true;
+                packet.header.extension_profile = 0xBEDE;
+                packet
+                    .header
+                    .set_extension(ids.mid_id, Bytes::from(ids.mid.clone()))
+                    .unwrap();
+                packet
+                    .header
+                    .set_extension(ids.rrid_id, Bytes::from(rid.to_owned()))
+                    .unwrap();
+            }
+            self.pc
+                .handle_write(TaggedRTCMessage {
+                    now,
+                    message: RTCMessage::RtpPacket("cam".into(), packet),
+                })
+                .unwrap();
+        }
+
         fn receive(&mut self, kind: RtpCodecKind) {
             self.pc
                 .add_transceiver_from_kind(
@@ -2070,9 +2123,10 @@ mod tests {
     struct SimulcastIds {
         mid_id: u8,
         rid_id: u8,
-        #[allow(dead_code)]
         rrid_id: u8,
         mid: String,
+        /// The RTX payload type of VP8 (96) in the offer.
+        rtx_pt: u8,
     }
 
     impl SimulcastIds {
@@ -2097,11 +2151,19 @@ mod tests {
                     break;
                 }
             }
+            let rtx_pt = offer
+                .lines()
+                .find_map(|l| {
+                    let (pt, fmtp) = l.strip_prefix("a=fmtp:")?.split_once(' ')?;
+                    (fmtp == "apt=96").then(|| pt.parse().unwrap())
+                })
+                .unwrap();
             Self {
                 mid_id: id(MID_URI),
                 rid_id: id(RID_URI),
                 rrid_id: id(REPAIRED_RID_URI),
                 mid,
+                rtx_pt,
             }
         }
     }
@@ -3385,6 +3447,7 @@ a=sctp-port:5000\r\n";
                     rid_id: 0,
                     rrid_id: 0,
                     mid: String::new(),
+                    rtx_pt: 0,
                 },
                 now,
                 seq: 0,
@@ -3517,6 +3580,37 @@ a=sctp-port:5000\r\n";
                 "layer {ssrc:#x}: {per_ssrc:?}"
             );
         }
+    }
+
+    /// A simulcast layer's retransmissions (RTX known only by MID and repaired-rid, then by
+    /// their SSRC) reach the owner as the layer's packets: its SSRC, the original sequence
+    /// number and payload type (rtc alone drops them).
+    #[test]
+    fn a_layers_retransmissions_arrive_as_the_layers_packets() {
+        let mut call = Simulcast::connected();
+        call.send(10, true);
+        call.delivered();
+        let (rid, ssrc) = LAYERS[1];
+        let ids = SimulcastIds {
+            mid: call.ids.mid.clone(),
+            ..call.ids
+        };
+        let rtx = |call: &mut Simulcast, rtx_seq: u16, seq: u16, stamp: bool| {
+            call.client
+                .send_layer_rtx(0x6102, rid, (rtx_seq, seq), &ids, stamp, call.now);
+            call.send(1, false);
+            call.events
+                .drain(..)
+                .filter_map(|e| match e {
+                    PeerEvent::Rtp { packet, .. } if packet.sequence == seq => {
+                        Some((packet.ssrc, packet.payload_type, packet.payload.len()))
+                    }
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rtx(&mut call, 100, 3, true), vec![(ssrc, 96, 7)]);
+        assert_eq!(rtx(&mut call, 101, 4, false), vec![(ssrc, 96, 7)]);
     }
 
     /// A keyframe is asked of the layer a down-track waits on, not of whichever layer opened
