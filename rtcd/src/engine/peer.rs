@@ -662,6 +662,85 @@ fn trim_section(lines: &[&str]) -> Option<String> {
     changed.then_some(out)
 }
 
+/// What identifies each simulcast section of an offer (one with `a=rid` lines), by mid: its
+/// msid, rids, `a=simulcast` and direction lines, sorted (offers may reorder attributes). See
+/// [`keep_simulcast_bindings`].
+fn simulcast_signatures(sdp: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for section in sdp.split("\nm=").skip(1) {
+        let mut mid = None;
+        let mut signature: Vec<&str> = Vec::new();
+        let mut rids = false;
+        for line in section.lines().map(str::trim_end) {
+            if let Some(m) = line.strip_prefix("a=mid:") {
+                mid = Some(m.to_owned());
+            }
+            rids |= line.starts_with("a=rid:");
+            let keep = ["a=msid:", "a=rid:", "a=simulcast:"]
+                .iter()
+                .any(|p| line.starts_with(p))
+                || ["a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"].contains(&line);
+            if keep {
+                signature.push(line);
+            }
+        }
+        if let (Some(mid), true) = (mid, rids) {
+            signature.sort_unstable();
+            out.insert(mid, signature.join("\n"));
+        }
+    }
+    out
+}
+
+/// The offer as `rtc` should read it so that the simulcast layers it bound stay bound: `None`
+/// if nothing to change.
+///
+/// Why: `rtc` 0.21.1 re-creates every incoming track each time an answer is applied
+/// (`start_rtp`), and a simulcast layer's SSRC is then forgotten until a packet of it carries
+/// MID and RID again, which browsers (and str0m) stop sending once rtcd's receiver reports
+/// acknowledge the SSRC: every layer was dropped after the first renegotiation (rtcd
+/// renegotiates whenever someone publishes or stops). `rtc` re-creates a section's track only
+/// from its `a=msid` (rids without msid make no track), so a simulcast section unchanged since
+/// the last applied offer (same msid, rids, simulcast and direction) reaches `rtc` without its
+/// msid, and keeps its track and the layers' SSRCs. Nothing in the answer comes from the
+/// remote msid (the `a=rid` / `a=simulcast` answer lines come from the rids, kept).
+fn keep_simulcast_bindings(sdp: &str, applied: &HashMap<String, String>) -> Option<String> {
+    if applied.is_empty() {
+        return None;
+    }
+    let now = simulcast_signatures(sdp);
+    let unchanged: Vec<&String> = now
+        .iter()
+        .filter(|(mid, sig)| applied.get(*mid) == Some(*sig) && sig.contains("a=msid:"))
+        .map(|(mid, _)| mid)
+        .collect();
+    if unchanged.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(sdp.len());
+    let mut section: Vec<&str> = Vec::new();
+    let flush = |section: &mut Vec<&str>, out: &mut String| {
+        let strip = section.iter().any(|l| {
+            l.trim_end()
+                .strip_prefix("a=mid:")
+                .is_some_and(|m| unchanged.iter().any(|u| u.as_str() == m))
+        });
+        for l in section.drain(..) {
+            if !(strip && l.starts_with("a=msid:")) {
+                out.push_str(l);
+            }
+        }
+    };
+    for line in sdp.split_inclusive('\n') {
+        if line.starts_with("m=") {
+            flush(&mut section, &mut out);
+        }
+        section.push(line);
+    }
+    flush(&mut section, &mut out);
+    Some(out)
+}
+
 /// Whether the section `mid` of `offer` has an RTX format (after [`trim_offer`], only for a
 /// codec rtcd answers with).
 fn offers_rtx(offer: &str, mid: &str) -> bool {
@@ -752,6 +831,8 @@ pub struct Peer {
     /// bypasses its ICE agent), so a client whose consent checks were late while its media
     /// flowed was failed: rtcd keeps the timer itself (`Peer::handle_timeout`).
     heard: Instant,
+    /// The simulcast sections of the last applied offer, by mid (see [`keep_simulcast_bindings`]).
+    simulcast: HashMap<String, String>,
     /// RTX payload type → repaired payload type of the published tracks' codecs, for the
     /// repair interceptor's simulcast layers (whose RTX rtc does not resolve).
     rtx_apt: super::rtx::AptMap,
@@ -857,6 +938,7 @@ impl Peer {
             nomination: Default::default(),
             heard: now,
             rtx_apt,
+            simulcast: HashMap::new(),
             rtcp_seen,
             rtcp_counted: 0,
             silence_limit: settings.disconnected_timeout + settings.failed_timeout,
@@ -895,7 +977,9 @@ impl Peer {
 
     /// [`Peer::set_offer`] without trimming.
     fn set_offer_as_given(&mut self, sdp: &str, now: Instant) -> Result<(), EngineError> {
-        let offer = RTCSessionDescription::offer(sdp.to_owned())
+        let signatures = simulcast_signatures(sdp);
+        let kept = keep_simulcast_bindings(sdp, &self.simulcast);
+        let offer = RTCSessionDescription::offer(kept.as_deref().unwrap_or(sdp).to_owned())
             .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
         let sections = sdp::sections(sdp);
         let prepared = self.prepare_slots(sdp, &sections)?;
@@ -903,6 +987,7 @@ impl Peer {
             self.discard_unassociated(&prepared);
             return Err(EngineError::InvalidSdp(e.to_string()));
         }
+        self.simulcast = signatures;
         self.associate_slots(prepared);
         self.client_sending = sections
             .into_iter()
@@ -3430,6 +3515,8 @@ a=sctp-port:5000\r\n";
         now: Instant,
         seq: u16,
         events: Vec<PeerEvent>,
+        /// rtcd's last answer.
+        answer: String,
     }
 
     impl Simulcast {
@@ -3452,6 +3539,7 @@ a=sctp-port:5000\r\n";
                 now,
                 seq: 0,
                 events: Vec::new(),
+                answer: String::new(),
             };
             call.negotiate();
             for _ in 0..400 {
@@ -3474,10 +3562,11 @@ a=sctp-port:5000\r\n";
                 .pc
                 .set_remote_description(
                     self.now,
-                    RTCSessionDescription::answer(answer.sdp).unwrap(),
+                    RTCSessionDescription::answer(answer.sdp.clone()).unwrap(),
                 )
                 .unwrap();
             self.ids = SimulcastIds::of(&offer.sdp);
+            self.answer = answer.sdp;
         }
 
         fn step(&mut self) {
@@ -3650,29 +3739,108 @@ a=sctp-port:5000\r\n";
     /// layers stopped carrying them, after a renegotiation that adds a section, still gets
     /// every packet of all three layers through.
     #[test]
-    #[ignore = "fails: rtc drops every layer after the renegotiation (being fixed)"]
     fn simulcast_layers_without_mid_and_rid_survive_a_renegotiation() {
         let mut call = Simulcast::connected();
         call.send(10, true);
         call.send(10, false);
-        call.delivered();
-        call.client.receive(RtpCodecKind::Video);
-        call.negotiate();
-        call.send(20, false);
-        let opened = call
-            .events
-            .iter()
-            .filter(|e| matches!(e, PeerEvent::TrackOpened(_)))
-            .count();
-        let (per_ssrc, tracks) = call.delivered();
-        assert_eq!(opened, 0, "no new track");
-        assert_eq!(tracks.len(), 1, "{tracks:?}");
-        for (_, ssrc) in LAYERS {
+        let (_, before) = call.delivered();
+        let layer_lines = |answer: &str, mid: &str| {
+            let mut lines: Vec<String> = section_of(answer, mid)
+                .into_iter()
+                .filter(|l| l.starts_with("a=rid") || l.starts_with("a=simulcast"))
+                .map(str::to_owned)
+                .collect();
+            lines.sort();
+            lines
+        };
+        let mid = call.ids.mid.clone();
+        let first_answer = layer_lines(&call.answer, &mid);
+        assert_eq!(first_answer.len(), 4, "{first_answer:?}");
+        // Twice: someone publishes (a section added), then a retransmission after it all.
+        for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+            call.client.receive(kind);
+            call.negotiate();
             assert_eq!(
-                per_ssrc.get(&ssrc),
-                Some(&20),
-                "layer {ssrc:#x}: {per_ssrc:?}"
+                layer_lines(&call.answer, &mid),
+                first_answer,
+                "the answer still receives the layers"
             );
+            call.send(20, false);
+            let opened = call
+                .events
+                .iter()
+                .filter(|e| matches!(e, PeerEvent::TrackOpened(_) | PeerEvent::LayerOpened(_)))
+                .count();
+            let (per_ssrc, tracks) = call.delivered();
+            assert_eq!(opened, 0, "no new track, no layer re-opened");
+            assert_eq!(tracks, before, "the same track");
+            for (_, ssrc) in LAYERS {
+                assert_eq!(
+                    per_ssrc.get(&ssrc),
+                    Some(&20),
+                    "layer {ssrc:#x}: {per_ssrc:?}"
+                );
+            }
+        }
+        let ids = SimulcastIds {
+            mid: call.ids.mid.clone(),
+            ..call.ids
+        };
+        call.client
+            .send_layer_rtx(0x6103, "f", (7, 3), &ids, true, call.now);
+        call.send(1, false);
+        assert!(
+            call.events.iter().any(|e| matches!(e,
+                PeerEvent::Rtp { packet, .. } if packet.ssrc == LAYERS[2].1 && packet.sequence == 3)),
+            "a retransmission after the renegotiations"
+        );
+    }
+
+    /// Which offers reach rtc without a simulcast section's msid: only a section unchanged
+    /// since the last applied offer (attribute order aside), never a first offer.
+    #[test]
+    fn only_unchanged_simulcast_sections_lose_their_msid_for_rtc() {
+        let offer = simulcast_offer();
+        assert_eq!(keep_simulcast_bindings(&offer, &HashMap::new()), None);
+        let applied = simulcast_signatures(&offer);
+        assert_eq!(applied.keys().collect::<Vec<_>>(), vec!["1"]);
+        let kept = keep_simulcast_bindings(&offer, &applied).expect("unchanged: stripped");
+        let camera = section_of(&kept, "1");
+        assert!(
+            !camera.iter().any(|l| l.starts_with("a=msid:")),
+            "{camera:#?}"
+        );
+        assert!(camera.contains(&"a=simulcast:send q;h;f"));
+        // Everything else as it was: only the camera's msid line is gone.
+        let removed: Vec<&str> = offer
+            .lines()
+            .filter(|l| !kept.lines().any(|k| k == *l))
+            .collect();
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert!(
+            section_of(&kept, "0")
+                .iter()
+                .any(|l| l.starts_with("a=msid:"))
+        );
+        // Reordered attributes: still unchanged.
+        let reordered = offer.replace(
+            "a=rid:q send\r\na=rid:h send\r\n",
+            "a=rid:h send\r\na=rid:q send\r\n",
+        );
+        assert_ne!(reordered, offer);
+        assert!(keep_simulcast_bindings(&reordered, &applied).is_some());
+        // A layer less, another track, or the section stopped: rtc must re-create the track.
+        for changed in [
+            offer.replace("a=simulcast:send q;h;f", "a=simulcast:send q;h"),
+            offer.replace("a=msid:- 2934d208", "a=msid:- 00000000"),
+            offer.replacen(
+                "a=sendrecv\r\na=msid:- 2934d208",
+                "a=inactive\r\na=msid:- 2934d208",
+                1,
+            ),
+        ] {
+            assert_ne!(changed, offer);
+            assert_eq!(keep_simulcast_bindings(&changed, &applied), None);
         }
     }
 
