@@ -171,6 +171,12 @@ pub struct OpenedTrack {
     /// sending one stream in the section (no rids), which stays one layer all its life. Each
     /// further layer of a simulcast track arrives as [`PeerEvent::LayerOpened`].
     pub rid: Option<String>,
+    /// The section's simulcast layers (rids) in the offer's `a=simulcast` order, lowest
+    /// quality first as the SDK sends them (`q`, `h`, `f`); empty without simulcast.
+    pub rids: Vec<String>,
+    /// The layers bound so far, (rid, SSRC): the opening one; the owner adds those of
+    /// [`PeerEvent::LayerOpened`].
+    pub layers: Vec<(String, u32)>,
     /// The section's codecs.
     pub codecs: Vec<Codec>,
     /// The section's header extensions.
@@ -1607,6 +1613,13 @@ impl Peer {
         let Some(kind) = kind_from_rtc(r.track().kind()) else {
             return;
         };
+        let rids: Vec<String> = r
+            .track()
+            .codings()
+            .iter()
+            .map(|c| c.rtp_coding_parameters.rid.clone())
+            .filter(|rid| !rid.is_empty())
+            .collect();
         let params = &r.get_parameters().rtp_parameters;
         let (codecs, extensions) = codecs_of(&params.codecs, &params.header_extensions);
         if let Ok(mut apt) = self.rtx_apt.lock() {
@@ -1641,7 +1654,9 @@ impl Peer {
             mid: mid.unwrap_or_default(),
             kind,
             ssrc,
+            layers: rid.iter().map(|r| (r.clone(), ssrc)).collect(),
             rid,
+            rids,
             codecs,
             extensions,
         }));

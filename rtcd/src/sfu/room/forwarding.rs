@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use super::call::Layer;
 use super::{CallKey, Rooms, SessionKey};
 use crate::engine::Peer;
 use crate::engine::peer::{SlotId, TrackKey};
@@ -45,10 +46,18 @@ impl Rooms {
         let Some(t) = call.tracks.get_mut(&tid) else {
             return;
         };
-        if t.rid.is_some() && packet.ssrc != t.ssrc {
-            // Another simulcast layer: not forwarded yet (see `Published::rid`).
+        let Some(layer) = t.layer_of(packet.ssrc) else {
+            // A simulcast SSRC not (yet) bound to a layer.
             return;
-        }
+        };
+        let simulcast = t.simulcast();
+        // The best layer sending now, for subscribers on a worse or a stopped one.
+        let best = if simulcast {
+            t.layers[layer].last_packet = Some(now);
+            t.layers.iter().rposition(|l| l.active(now))
+        } else {
+            None
+        };
         let mut voice = None;
         if t.muted {
             t.counters.muted.inc();
@@ -67,9 +76,9 @@ impl Rooms {
             voice = level.and_then(|l| detector.observe(l));
         }
         let muted = t.muted;
-        let mut want_keyframe = false;
+        let mut keyframes = std::mem::take(&mut self.keyframe_scratch);
         if !muted {
-            if let Some(buffer) = t.buffer.as_mut() {
+            if let Some(buffer) = t.layers[layer].buffer.as_mut() {
                 buffer.insert(packet.clone());
             }
             let mut sent = 0u64;
@@ -87,11 +96,12 @@ impl Rooms {
                 let Some(down) = ms.down.as_mut() else {
                     continue;
                 };
+                if simulcast && best == Some(layer) {
+                    choose_layer(down, &t.layers, layer, now);
+                }
                 if let Forward::Send(header) = down.forward(&packet, now) {
-                    if let Err(e) =
-                        s.peer
-                            .send_rtp(ms.id, &header, &packet, packet.payload.clone(), now)
-                    {
+                    let payload = header.payload(&packet);
+                    if let Err(e) = s.peer.send_rtp(ms.id, &header, &packet, payload, now) {
                         tracing::debug!(error = %e, "forwarding a packet failed");
                     } else {
                         sent += 1;
@@ -100,9 +110,11 @@ impl Rooms {
                         self.dirty.push(sub);
                     }
                 }
-                want_keyframe |= down.poll_keyframe_request(now).is_some();
-                if down.has_holes() {
-                    want_keyframe |= send_fills(&mut s.peer, ms.id, down, now);
+                if let Some(ssrc) = down.poll_keyframe_request(now) {
+                    keyframes.push(ssrc);
+                }
+                if down.has_holes() && send_fills(&mut s.peer, ms.id, down, now) {
+                    keyframes.push(down.source_ssrc());
                 }
             }
             if sent > 0 {
@@ -112,9 +124,13 @@ impl Rooms {
                 t.counters.bytes.inc_by(sent * packet.payload.len() as u64);
             }
         }
-        if want_keyframe {
-            self.request_keyframe(&call_key, tid, now);
+        keyframes.sort_unstable();
+        keyframes.dedup();
+        for &ssrc in &keyframes {
+            self.request_keyframe(&call_key, tid, ssrc, now);
         }
+        keyframes.clear();
+        self.keyframe_scratch = keyframes;
         if let Some(speaking) = voice
             && let Some(m) = self.members.get(&key)
         {
@@ -127,8 +143,15 @@ impl Rooms {
         }
     }
 
-    /// A PLI to the publisher of `tid`, at most one per keyframe interval.
-    pub(super) fn request_keyframe(&mut self, call: &CallKey, tid: TrackId, now: Instant) {
+    /// A PLI to the publisher of `tid` for the layer sent with `ssrc` (a down-track's current
+    /// or target source), at most one per layer per keyframe interval.
+    pub(super) fn request_keyframe(
+        &mut self,
+        call: &CallKey,
+        tid: TrackId,
+        ssrc: u32,
+        now: Instant,
+    ) {
         let Some(t) = self
             .calls
             .get_mut(call)
@@ -139,13 +162,16 @@ impl Rooms {
         if t.info.kind.is_audio() {
             return;
         }
-        if let Some(last) = t.last_pli
+        let Some(layer) = t.layer_of(ssrc).and_then(|i| t.layers.get_mut(i)) else {
+            return;
+        };
+        if let Some(last) = layer.last_pli
             && now.saturating_duration_since(last) < self.config.keyframe_interval
         {
             return;
         }
-        t.last_pli = Some(now);
-        let (owner, key, ssrc) = (t.owner, t.key, t.ssrc);
+        layer.last_pli = Some(now);
+        let (owner, key) = (t.owner, t.key);
         if let Some(p) = self.members.get_mut(&owner) {
             p.peer.request_keyframe(key, ssrc, now);
             self.metrics
@@ -177,21 +203,18 @@ impl Rooms {
         let Some(down) = ms.down.as_mut() else {
             return;
         };
-        let nothing;
-        let buffer = match tid.and_then(|tid| {
-            self.calls
-                .get(&call)
-                .and_then(|c| c.tracks.get(&tid))
-                .and_then(|t| t.buffer.as_ref())
-        }) {
-            Some(buffer) => buffer,
-            None => {
-                nothing = RetransmitBuffer::empty();
-                &nothing
-            }
+        let nothing = RetransmitBuffer::empty();
+        let track = tid.and_then(|tid| self.calls.get(&call).and_then(|c| c.tracks.get(&tid)));
+        let buffers = |ssrc: u32| {
+            Some(
+                track
+                    .and_then(|t| t.layer_of(ssrc).and_then(|i| t.layers[i].buffer.as_ref()))
+                    .unwrap_or(&nothing),
+            )
         };
         let mut resend = Vec::new();
-        let unrepairable = down.on_nack(lost, buffer, now, |r| resend.push(r));
+        let unrepairable = down.on_nack_layers(lost, buffers, now, |r| resend.push(r));
+        let current = down.source_ssrc();
         for r in resend {
             if let Err(e) = m.peer.send_rtp(ms.id, &r.header, r.packet, r.payload, now) {
                 tracing::debug!(error = %e, "retransmission failed");
@@ -211,7 +234,7 @@ impl Rooms {
         if let Some(tid) = tid
             && (unrepairable > 0 || lost_frame)
         {
-            self.request_keyframe(&call, tid, now);
+            self.request_keyframe(&call, tid, current, now);
         }
     }
 
@@ -260,4 +283,26 @@ pub(super) fn send_fills(
         }
     }
     lost_frame
+}
+
+/// Picks a simulcast down-track's layer on a packet of `best`, the best layer sending now:
+/// a switch to it at its next keyframe when it is better than the current layer (and the
+/// target), at once when the current layer stopped sending.
+fn choose_layer(down: &mut DownTrack, layers: &[Layer], best: usize, now: Instant) {
+    let index = |ssrc: u32| layers.iter().position(|l| l.ssrc == ssrc);
+    let best_ssrc = layers[best].ssrc;
+    let current = down.source_ssrc();
+    if current == best_ssrc {
+        return;
+    }
+    match index(current) {
+        Some(i) if layers[i].active(now) => {
+            let target = down.target_layer().and_then(index);
+            if i < best && target.is_none_or(|t| t < best) {
+                down.set_target_layer(best_ssrc);
+            }
+        }
+        // Stopped, or a source that is no layer of this track.
+        _ => down.switch_layer_now(best_ssrc),
+    }
 }
