@@ -61,6 +61,8 @@ pub(crate) struct Client {
     pub received: Vec<Received>,
     /// RTCP packets received (PLIs, receiver reports...).
     pub feedback: usize,
+    /// The media SSRC of every PLI received, in order.
+    pub plis: Vec<u32>,
     /// Whether its peer connection is `connected` (ICE and DTLS up).
     pub connected: bool,
     /// Simulcast clients: the ids of the mid and rid extensions and the mid of the simulcast
@@ -88,8 +90,12 @@ impl Client {
             rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(&mut media)
                 .expect("simulcast extensions");
         }
-        let registry =
-            register_default_interceptors(Registry::new(), &mut media).expect("interceptors");
+        // The tap surfaces the feedback it receives (PLIs) to `poll_read`, as in rtcd.
+        let registry = Registry::new().with(
+            rtc::interceptor::Slot::Custom(9_000),
+            super::feedback::FeedbackTap::default(),
+        );
+        let registry = register_default_interceptors(registry, &mut media).expect("interceptors");
         let pc = RTCPeerConnectionBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(registry)
@@ -101,6 +107,7 @@ impl Client {
             server: SERVER.parse().expect("a socket address"),
             received: Vec::new(),
             feedback: 0,
+            plis: Vec::new(),
             connected: false,
             stamps: None,
             simulcast,
@@ -298,7 +305,15 @@ impl Client {
                     payload_type: p.header.payload_type,
                     sequence: p.header.sequence_number,
                 }),
-                RTCMessage::RtcpPacket(_, p) => self.feedback += p.len(),
+                RTCMessage::RtcpPacket(_, p) => {
+                    self.feedback += p.len();
+                    use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+                    self.plis.extend(
+                        p.iter()
+                            .filter_map(|p| p.as_any().downcast_ref::<PictureLossIndication>())
+                            .map(|p| p.media_ssrc),
+                    );
+                }
                 _ => {}
             }
         }

@@ -902,9 +902,17 @@ fn a_subscriber_receives_one_continuous_layer_of_a_simulcast_camera() {
         "bob gets the middle layer after the top one stopped: {stopped} packets in 3 s"
     );
     assert_eq!(bobs_layer(&net), Some(LAYERS[1].1), "moved down");
+    let plis_before_return = net.clients[&ALICE].plis.len();
     // It returns: bob goes back up at its keyframe.
     net.send_layers(&[0, 1, 2], 100, false, &mut seq);
     assert_eq!(bobs_layer(&net), Some(LAYERS[2].1), "back up");
+    // Keyframes are asked of the layer bob waits for, and of no layer nobody takes.
+    let plis = &net.clients[&ALICE].plis;
+    assert!(
+        plis[plis_before_return..].contains(&LAYERS[2].1),
+        "the returning top layer's keyframe asked for: {plis:x?}"
+    );
+    assert!(!plis.contains(&LAYERS[0].1), "{plis:x?}");
     let n = continuous(&net, 0).unwrap();
     assert!(net.clients[&BOB].received.iter().all(|r| r.ssrc == top));
     // Every layer's keyframes went out in turn; the three layers' packets (300 x 3) were not
