@@ -10,7 +10,6 @@ use crate::engine::peer::{SlotId, TrackKey};
 use crate::media::packet::MediaPacket;
 use crate::sfu::downtrack::{DownTrack, Forward};
 use crate::sfu::negotiation::TrackId;
-use crate::sfu::retransmit::RetransmitBuffer;
 use crate::sfu::session::SessionEvent;
 use crate::sfu::tenant_label;
 use crate::sfu::voice::VoiceDetector;
@@ -203,14 +202,10 @@ impl Rooms {
         let Some(down) = ms.down.as_mut() else {
             return;
         };
-        let nothing = RetransmitBuffer::empty();
+        // A slot whose track ended has no buffer: every number is answered as lost (padding).
         let track = tid.and_then(|tid| self.calls.get(&call).and_then(|c| c.tracks.get(&tid)));
         let buffers = |ssrc: u32| {
-            Some(
-                track
-                    .and_then(|t| t.layer_of(ssrc).and_then(|i| t.layers[i].buffer.as_ref()))
-                    .unwrap_or(&nothing),
-            )
+            track.and_then(|t| t.layer_of(ssrc).and_then(|i| t.layers[i].buffer.as_ref()))
         };
         let mut resend = Vec::new();
         let unrepairable = down.on_nack_layers(lost, buffers, now, |r| resend.push(r));
