@@ -708,8 +708,10 @@ fn simulcast_signatures(sdp: &str) -> HashMap<String, String> {
 /// renegotiates whenever someone publishes or stops). `rtc` re-creates a section's track only
 /// from its `a=msid` (rids without msid make no track), so a simulcast section unchanged since
 /// the last applied offer (same msid, rids, simulcast and direction) reaches `rtc` without its
-/// msid, and keeps its track and the layers' SSRCs. Nothing in the answer comes from the
-/// remote msid (the `a=rid` / `a=simulcast` answer lines come from the rids, kept).
+/// msid, and keeps its track and the layers' SSRCs. Its `a=ssrc` / `a=ssrc-group` lines go too:
+/// `rtc` ignores them beside rids, but without the msid it would take a track (and an SSRC)
+/// from them (Firefox declares its layers' SSRCs). Nothing in the answer comes from these
+/// lines (the `a=rid` / `a=simulcast` answer lines come from the rids, kept).
 fn keep_simulcast_bindings(sdp: &str, applied: &HashMap<String, String>) -> Option<String> {
     if applied.is_empty() {
         return None;
@@ -732,7 +734,10 @@ fn keep_simulcast_bindings(sdp: &str, applied: &HashMap<String, String>) -> Opti
                 .is_some_and(|m| unchanged.iter().any(|u| u.as_str() == m))
         });
         for l in section.drain(..) {
-            if !(strip && l.starts_with("a=msid:")) {
+            let declared = ["a=msid:", "a=ssrc:", "a=ssrc-group:"]
+                .iter()
+                .any(|p| l.starts_with(p));
+            if !(strip && declared) {
                 out.push_str(l);
             }
         }
@@ -3836,6 +3841,23 @@ a=sctp-port:5000\r\n";
             section_of(&kept, "0")
                 .iter()
                 .any(|l| l.starts_with("a=msid:"))
+        );
+        // Declared SSRCs (Firefox) go too: rtc would make a track of them.
+        let declared = offer.replace(
+            "a=simulcast:send q;h;f\r\n",
+            "a=simulcast:send q;h;f\r\na=ssrc-group:FID 1 2\r\na=ssrc:1 cname:x\r\n\
+             a=ssrc:1 msid:- 2934d208-5ef2-4b55-aded-aca513f92b3c\r\n",
+        );
+        let kept = keep_simulcast_bindings(&declared, &applied).expect("unchanged: stripped");
+        let camera = section_of(&kept, "1");
+        assert!(
+            !camera.iter().any(|l| l.starts_with("a=ssrc")),
+            "{camera:#?}"
+        );
+        assert!(
+            section_of(&kept, "0")
+                .iter()
+                .any(|l| l.starts_with("a=ssrc:"))
         );
         // Reordered attributes: still unchanged.
         let reordered = offer.replace(
