@@ -14,6 +14,18 @@
 //! whose sender has an SSRC of ours, fixed for the life of the slot, into which the SFU's
 //! down-tracks write whatever source they currently forward.
 //!
+//! # Simulcast
+//! A publisher may send a video section as several layers (RFC 8853: `a=rid` and
+//! `a=simulcast`, each layer with its own SSRC, declared nowhere). The mid, rid and
+//! repaired-rid header extensions are negotiated for video so `rtc` can bind each layer from
+//! its first packets; the first layer to arrive opens the track ([`PeerEvent::TrackOpened`],
+//! with the section's rids), each other one arrives as [`PeerEvent::LayerOpened`], and all
+//! their packets come as the track's `Rtp` events, told apart by SSRC. Three things `rtc`
+//! 0.21.1 lacks are done here: a layer's retransmissions (repaired-rid) are restored by the
+//! repair interceptor (`rtx`); a keyframe is asked of the layer named
+//! ([`Peer::request_keyframe`]); and a renegotiation keeps the layers bound
+//! (`keep_simulcast_bindings`). A section without rids is one stream, as before.
+//!
 //! # Certificates
 //! One DTLS certificate per process ([`Identity`]), not one per peer connection: generating a key
 //! per join is the most expensive part of a join, and the fingerprint says nothing about the user.
