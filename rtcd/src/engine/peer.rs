@@ -14,6 +14,18 @@
 //! whose sender has an SSRC of ours, fixed for the life of the slot, into which the SFU's
 //! down-tracks write whatever source they currently forward.
 //!
+//! # Simulcast
+//! A publisher may send a video section as several layers (RFC 8853: `a=rid` and
+//! `a=simulcast`, each layer with its own SSRC, declared nowhere). The mid, rid and
+//! repaired-rid header extensions are negotiated for video so `rtc` can bind each layer from
+//! its first packets; the first layer to arrive opens the track ([`PeerEvent::TrackOpened`],
+//! with the section's rids), each other one arrives as [`PeerEvent::LayerOpened`], and all
+//! their packets come as the track's `Rtp` events, told apart by SSRC. Three things `rtc`
+//! 0.21.1 lacks are done here: a layer's retransmissions (repaired-rid) are restored by the
+//! repair interceptor (`rtx`); a keyframe is asked of the layer named
+//! ([`Peer::request_keyframe`]); and a renegotiation keeps the layers bound
+//! (`keep_simulcast_bindings`). A section without rids is one stream, as before.
+//!
 //! # Certificates
 //! One DTLS certificate per process ([`Identity`]), not one per peer connection: generating a key
 //! per join is the most expensive part of a join, and the fingerprint says nothing about the user.
@@ -167,10 +179,31 @@ pub struct OpenedTrack {
     pub kind: MediaKind,
     /// The SSRC of its first packet.
     pub ssrc: u32,
+    /// The simulcast layer (RTP stream id, `a=rid`) of that first packet; `None`: a publisher
+    /// sending one stream in the section (no rids), which stays one layer all its life. Each
+    /// further layer of a simulcast track arrives as [`PeerEvent::LayerOpened`].
+    pub rid: Option<String>,
+    /// The section's simulcast layers (rids) in the offer's `a=simulcast` order, lowest
+    /// quality first as the SDK sends them (`q`, `h`, `f`); empty without simulcast.
+    pub rids: Vec<String>,
+    /// The layers bound so far, (rid, SSRC): the opening one; the owner adds those of
+    /// [`PeerEvent::LayerOpened`].
+    pub layers: Vec<(String, u32)>,
     /// The section's codecs.
     pub codecs: Vec<Codec>,
     /// The section's header extensions.
     pub extensions: Vec<HeaderExtension>,
+}
+
+/// A simulcast layer of a published track, bound to the SSRC it is sent with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedLayer {
+    /// The track it is a layer of ([`PeerEvent::TrackOpened`] came first).
+    pub track: TrackKey,
+    /// Its RTP stream id (`a=rid`), as the publisher named it.
+    pub rid: String,
+    /// The SSRC its packets carry from now on.
+    pub ssrc: u32,
 }
 
 /// A sending slot as negotiated by an answer.
@@ -211,6 +244,10 @@ pub enum PeerEvent {
     Failed,
     /// A published track sent its first packet.
     TrackOpened(OpenedTrack),
+    /// A simulcast layer of an opened track sent its first packet, or is sent with a new SSRC
+    /// (a publisher restarting it). Not sent for the layer that opened the track, nor for a
+    /// track without rids. Its `Rtp` events carry the track's key and the layer's SSRC.
+    LayerOpened(OpenedLayer),
     /// A published track ended (its section was removed or stopped).
     TrackClosed(TrackKey),
     /// An RTP packet of a published track, as the SFU's own packet type (keyframe flag set,
@@ -260,6 +297,8 @@ struct TrackState {
     key: TrackKey,
     receiver: RTCRtpReceiverId,
     ssrc: u32,
+    /// Simulcast layers seen so far, (rid, SSRC) in the order they opened; empty without rids.
+    layers: Vec<(String, u32)>,
     /// Video codec by payload type (for keyframe detection); audio has none.
     codecs: Vec<(u8, VideoCodec)>,
     /// Extension ids worth handing the SFU: negotiated on this section and about the media,
@@ -307,19 +346,29 @@ const TRANSPORT_CC_URI: &str =
 
 /// The header extensions every peer's media engine registers, by kind: what an answer of ours
 /// can contain. [`trim_offer`] drops the offer's others (a browser offers about a dozen).
-const NEGOTIATED_EXTENSIONS: [(RtpCodecKind, &str); 3] = [
+const NEGOTIATED_EXTENSIONS: [(RtpCodecKind, &str); 6] = [
     (RtpCodecKind::Audio, crate::media::packet::AUDIO_LEVEL_URI),
     (RtpCodecKind::Audio, TRANSPORT_CC_URI),
     (RtpCodecKind::Video, TRANSPORT_CC_URI),
+    (RtpCodecKind::Video, MID_URI),
+    (RtpCodecKind::Video, RID_URI),
+    (RtpCodecKind::Video, REPAIRED_RID_URI),
 ];
+
+/// The section a packet belongs to (RFC 8843): how rtc binds a simulcast layer's SSRC.
+pub(super) const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+/// The simulcast layer a packet belongs to (RFC 8852 RtpStreamId).
+pub(super) const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+/// The layer a retransmission (RTX) repairs (RFC 8852 RepairedRtpStreamId).
+pub(super) const REPAIRED_RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
 
 /// Header extensions that describe one hop, not the media: rewritten or generated per hop.
 const HOP_EXTENSIONS: [&str; 5] = [
     TRANSPORT_CC_URI,
     "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
-    "urn:ietf:params:rtp-hdrext:sdes:mid",
-    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
-    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+    MID_URI,
+    RID_URI,
+    REPAIRED_RID_URI,
 ];
 
 fn video_codec(mime_type: &str) -> Option<VideoCodec> {
@@ -484,6 +533,14 @@ fn build_media_template() -> Result<MediaEngine, EngineError> {
         .map_err(internal)?;
     // transport-cc feedback (audio too) and its header extension; the interceptor is per peer.
     configure_twcc_receiver_only(Registry::new(), &mut media).map_err(internal)?;
+    // mid, rid and repaired-rid for video: without them rtc cannot bind a simulcast layer's
+    // SSRC (browsers declare none for rid layers) and its answer to a simulcast offer announces
+    // `a=simulcast` without the rid extension, which Chromium rejects. An offer without rids
+    // only gains the extmap lines.
+    rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(
+        &mut media,
+    )
+    .map_err(internal)?;
     Ok(media)
 }
 
@@ -623,6 +680,90 @@ fn trim_section(lines: &[&str]) -> Option<String> {
     changed.then_some(out)
 }
 
+/// What identifies each simulcast section of an offer (one with `a=rid` lines), by mid: its
+/// msid, rids, `a=simulcast` and direction lines, sorted (offers may reorder attributes). See
+/// [`keep_simulcast_bindings`].
+fn simulcast_signatures(sdp: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for section in sdp.split("\nm=").skip(1) {
+        let mut mid = None;
+        let mut signature: Vec<&str> = Vec::new();
+        let mut rids = false;
+        for line in section.lines().map(str::trim_end) {
+            if let Some(m) = line.strip_prefix("a=mid:") {
+                mid = Some(m.to_owned());
+            }
+            rids |= line.starts_with("a=rid:");
+            let keep = ["a=msid:", "a=rid:", "a=simulcast:"]
+                .iter()
+                .any(|p| line.starts_with(p))
+                || ["a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"].contains(&line);
+            if keep {
+                signature.push(line);
+            }
+        }
+        if let (Some(mid), true) = (mid, rids) {
+            signature.sort_unstable();
+            out.insert(mid, signature.join("\n"));
+        }
+    }
+    out
+}
+
+/// The offer as `rtc` should read it so that the simulcast layers it bound stay bound: `None`
+/// if nothing to change.
+///
+/// Why: `rtc` 0.21.1 re-creates every incoming track each time an answer is applied
+/// (`start_rtp`), and a simulcast layer's SSRC is then forgotten until a packet of it carries
+/// MID and RID again, which browsers (and str0m) stop sending once rtcd's receiver reports
+/// acknowledge the SSRC: every layer was dropped after the first renegotiation (rtcd
+/// renegotiates whenever someone publishes or stops). `rtc` re-creates a section's track only
+/// from its `a=msid` (rids without msid make no track), so a simulcast section unchanged since
+/// the last applied offer (same msid, rids, simulcast and direction) reaches `rtc` without its
+/// msid, and keeps its track and the layers' SSRCs. Its `a=ssrc` / `a=ssrc-group` lines go too:
+/// `rtc` ignores them beside rids, but without the msid it would take a track (and an SSRC)
+/// from them (Firefox declares its layers' SSRCs). Nothing in the answer comes from these
+/// lines (the `a=rid` / `a=simulcast` answer lines come from the rids, kept).
+fn keep_simulcast_bindings(sdp: &str, applied: &HashMap<String, String>) -> Option<String> {
+    if applied.is_empty() {
+        return None;
+    }
+    let now = simulcast_signatures(sdp);
+    let unchanged: Vec<&String> = now
+        .iter()
+        .filter(|(mid, sig)| applied.get(*mid) == Some(*sig) && sig.contains("a=msid:"))
+        .map(|(mid, _)| mid)
+        .collect();
+    if unchanged.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(sdp.len());
+    let mut section: Vec<&str> = Vec::new();
+    let flush = |section: &mut Vec<&str>, out: &mut String| {
+        let strip = section.iter().any(|l| {
+            l.trim_end()
+                .strip_prefix("a=mid:")
+                .is_some_and(|m| unchanged.iter().any(|u| u.as_str() == m))
+        });
+        for l in section.drain(..) {
+            let declared = ["a=msid:", "a=ssrc:", "a=ssrc-group:"]
+                .iter()
+                .any(|p| l.starts_with(p));
+            if !(strip && declared) {
+                out.push_str(l);
+            }
+        }
+    };
+    for line in sdp.split_inclusive('\n') {
+        if line.starts_with("m=") {
+            flush(&mut section, &mut out);
+        }
+        section.push(line);
+    }
+    flush(&mut section, &mut out);
+    Some(out)
+}
+
 /// Whether the section `mid` of `offer` has an RTX format (after [`trim_offer`], only for a
 /// codec rtcd answers with).
 fn offers_rtx(offer: &str, mid: &str) -> bool {
@@ -713,6 +854,11 @@ pub struct Peer {
     /// bypasses its ICE agent), so a client whose consent checks were late while its media
     /// flowed was failed: rtcd keeps the timer itself (`Peer::handle_timeout`).
     heard: Instant,
+    /// The simulcast sections of the last applied offer, by mid (see [`keep_simulcast_bindings`]).
+    simulcast: HashMap<String, String>,
+    /// RTX payload type → repaired payload type of the published tracks' codecs, for the
+    /// repair interceptor's simulcast layers (whose RTX rtc does not resolve).
+    rtx_apt: super::rtx::AptMap,
     /// Inbound RTCP compounds the feedback tap saw, and how many `heard` has counted.
     rtcp_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
     rtcp_counted: u64,
@@ -756,6 +902,7 @@ impl Peer {
         // packet the publisher cannot resend was asked for every 100 ms until it aged out);
         // RTX repairs are seen as arrivals (`rtx`), and a renegotiation does not wipe the log of
         // what was lost (`nack`).
+        let rtx_apt = super::rtx::AptMap::default();
         let registry = Registry::new()
             .with(
                 rtc::interceptor::Slot::NackGenerator,
@@ -767,7 +914,7 @@ impl Peer {
             )
             .with(
                 rtc::interceptor::Slot::Custom(super::rtx::SLOT),
-                super::rtx::RtxRepair::default(),
+                super::rtx::RtxRepair::new(rtx_apt.clone()),
             );
         // After the NACK generator (7 000), before the report interceptors (10 000).
         let rtcp_seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -813,6 +960,8 @@ impl Peer {
             connected: false,
             nomination: Default::default(),
             heard: now,
+            rtx_apt,
+            simulcast: HashMap::new(),
             rtcp_seen,
             rtcp_counted: 0,
             silence_limit: settings.disconnected_timeout + settings.failed_timeout,
@@ -851,7 +1000,9 @@ impl Peer {
 
     /// [`Peer::set_offer`] without trimming.
     fn set_offer_as_given(&mut self, sdp: &str, now: Instant) -> Result<(), EngineError> {
-        let offer = RTCSessionDescription::offer(sdp.to_owned())
+        let signatures = simulcast_signatures(sdp);
+        let kept = keep_simulcast_bindings(sdp, &self.simulcast);
+        let offer = RTCSessionDescription::offer(kept.as_deref().unwrap_or(sdp).to_owned())
             .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
         let sections = sdp::sections(sdp);
         let prepared = self.prepare_slots(sdp, &sections)?;
@@ -859,6 +1010,7 @@ impl Peer {
             self.discard_unassociated(&prepared);
             return Err(EngineError::InvalidSdp(e.to_string()));
         }
+        self.simulcast = signatures;
         self.associate_slots(prepared);
         self.client_sending = sections
             .into_iter()
@@ -1345,12 +1497,16 @@ impl Peer {
         }
     }
 
-    /// Asks the publisher of `track` for a keyframe (PLI).
-    pub fn request_keyframe(&mut self, track: TrackKey, now: Instant) {
+    /// Asks the publisher of `track` for a keyframe (PLI) of the stream sent with `ssrc`: a
+    /// simulcast layer's keyframe is asked of that layer (the down-track waiting for it tells
+    /// which, [`crate::sfu::downtrack::DownTrack::poll_keyframe_request`]). An SSRC the track
+    /// does not send (a source restarted since, or a layer not opened): its current stream.
+    pub fn request_keyframe(&mut self, track: TrackKey, ssrc: u32, now: Instant) {
         let Some(state) = self.tracks.values().find(|t| t.key == track) else {
             return;
         };
-        let (receiver, ssrc) = (state.receiver, state.ssrc);
+        let known = ssrc == state.ssrc || state.layers.iter().any(|(_, s)| *s == ssrc);
+        let (receiver, ssrc) = (state.receiver, if known { ssrc } else { state.ssrc });
         if let Some(mut r) = self.pc.rtp_receiver(receiver) {
             let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
                 sender_ssrc: 0,
@@ -1394,7 +1550,7 @@ impl Peer {
                     self.on_ice_state(state);
                 }
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                    self.open_track(init.track_id, init.receiver_id, init.ssrc);
+                    self.open_track(init.track_id, init.receiver_id, init.ssrc, init.rid);
                 }
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
                     if let Some(state) = self.tracks.remove(&track_id) {
@@ -1432,13 +1588,32 @@ impl Peer {
         }
     }
 
-    fn open_track(&mut self, track_id: String, receiver: RTCRtpReceiverId, ssrc: u32) {
+    fn open_track(
+        &mut self,
+        track_id: String,
+        receiver: RTCRtpReceiverId,
+        ssrc: u32,
+        rid: Option<String>,
+    ) {
         // rtc opens a receiver's track again after each renegotiation that keeps it: the same
-        // track, not a new one (a new SSRC on it is the same source restarted).
+        // track, not a new one (a new SSRC on it is the same source restarted). A simulcast
+        // track opens once per layer (same track id and receiver, another rid): a layer of the
+        // track, told apart by its rid.
         if let Some(known) = self.tracks.get_mut(&track_id)
             && known.receiver == receiver
         {
-            known.ssrc = ssrc;
+            let Some(rid) = rid else {
+                known.ssrc = ssrc;
+                return;
+            };
+            match known.layers.iter_mut().find(|(r, _)| *r == rid) {
+                Some((_, bound)) if *bound == ssrc => return,
+                Some((_, bound)) => *bound = ssrc,
+                None => known.layers.push((rid.clone(), ssrc)),
+            }
+            let track = known.key;
+            self.events
+                .push_back(PeerEvent::LayerOpened(OpenedLayer { track, rid, ssrc }));
             return;
         }
         let mut mid = None;
@@ -1455,8 +1630,22 @@ impl Peer {
         let Some(kind) = kind_from_rtc(r.track().kind()) else {
             return;
         };
+        let rids: Vec<String> = r
+            .track()
+            .codings()
+            .iter()
+            .map(|c| c.rtp_coding_parameters.rid.clone())
+            .filter(|rid| !rid.is_empty())
+            .collect();
         let params = &r.get_parameters().rtp_parameters;
         let (codecs, extensions) = codecs_of(&params.codecs, &params.header_extensions);
+        if let Ok(mut apt) = self.rtx_apt.lock() {
+            for c in &codecs {
+                if let Some(rtx) = c.rtx_payload_type {
+                    apt.insert(rtx, c.payload_type);
+                }
+            }
+        }
         let key = TrackKey(self.next_track);
         self.next_track += 1;
         let mut forwarded = [false; 256];
@@ -1469,6 +1658,7 @@ impl Peer {
                 key,
                 receiver,
                 ssrc,
+                layers: rid.iter().map(|r| (r.clone(), ssrc)).collect(),
                 codecs: codecs
                     .iter()
                     .filter_map(|c| Some((c.payload_type, video_codec(&c.mime_type)?)))
@@ -1481,6 +1671,9 @@ impl Peer {
             mid: mid.unwrap_or_default(),
             kind,
             ssrc,
+            layers: rid.iter().map(|r| (r.clone(), ssrc)).collect(),
+            rid,
+            rids,
             codecs,
             extensions,
         }));
@@ -1770,8 +1963,21 @@ mod tests {
 
     impl Client {
         fn new(addr: &str, now: Instant) -> Self {
+            Self::build(addr, now, false)
+        }
+
+        /// A client whose offers carry the mid, rid and repaired-rid extensions (as browsers'
+        /// do), for simulcast.
+        fn simulcast(addr: &str, now: Instant) -> Self {
+            Self::build(addr, now, true)
+        }
+
+        fn build(addr: &str, now: Instant, simulcast: bool) -> Self {
             let mut media = MediaEngine::default();
             media.register_default_codecs().unwrap();
+            if simulcast {
+                rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(&mut media).unwrap();
+            }
             // Default interceptors, plus the tap so the test sees the feedback it receives.
             let registry = Registry::new().with(
                 rtc::interceptor::Slot::Custom(9_000),
@@ -1839,6 +2045,120 @@ mod tests {
                         }],
                     }),
                 )
+                .unwrap();
+        }
+
+        /// Publishes a camera in three simulcast layers, `(rid, SSRC)` low to high, with no
+        /// SSRC in the offer (as Chromium: the layers are known by their rids only).
+        fn publish_simulcast(&mut self, layers: &[(&str, u32)]) {
+            let encodings: Vec<RTCRtpEncodingParameters> = layers
+                .iter()
+                .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        rid: (*rid).into(),
+                        ssrc: Some(*ssrc),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+                .collect();
+            let track = MediaStreamTrack::new(
+                "cam-stream".into(),
+                "cam".into(),
+                "cam".into(),
+                RtpCodecKind::Video,
+                encodings.clone(),
+            );
+            self.pc
+                .add_transceiver_from_track(
+                    track,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        streams: vec![],
+                        send_encodings: encodings,
+                    }),
+                )
+                .unwrap();
+        }
+
+        /// Sends packet `seq` of a simulcast layer, as VP8 like [`Client::send_video_as`];
+        /// `ids`: the (mid, rid) extension ids and the mid to stamp (`None`: no MID / RID, as a
+        /// browser once the SSRC is acknowledged).
+        fn send_layer(
+            &mut self,
+            ssrc: u32,
+            rid: &str,
+            seq: u16,
+            stamp: Option<&SimulcastIds>,
+            now: Instant,
+        ) {
+            let mut packet = rtp::Packet::default();
+            packet.header.version = 2;
+            packet.header.payload_type = 96;
+            packet.header.sequence_number = seq;
+            packet.header.timestamp = u32::from(seq) * 3000;
+            packet.header.marker = true;
+            packet.header.ssrc = ssrc;
+            let key = seq.is_multiple_of(30);
+            packet.payload = Bytes::from(vec![0x10, if key { 0x00 } else { 0x01 }, 0, 0, 9, 9, 9]);
+            if let Some(ids) = stamp {
+                packet.header.extension = true;
+                packet.header.extension_profile = 0xBEDE;
+                packet
+                    .header
+                    .set_extension(ids.mid_id, Bytes::from(ids.mid.clone()))
+                    .unwrap();
+                packet
+                    .header
+                    .set_extension(ids.rid_id, Bytes::from(rid.to_owned()))
+                    .unwrap();
+            }
+            self.pc
+                .handle_write(TaggedRTCMessage {
+                    now,
+                    message: RTCMessage::RtpPacket("cam".into(), packet),
+                })
+                .unwrap();
+        }
+
+        /// Retransmits packet `seq` of a simulcast layer as RTX on `rtx_ssrc` (RFC 4588: the
+        /// original sequence number in front of the payload), MID and repaired-rid stamped or
+        /// not.
+        fn send_layer_rtx(
+            &mut self,
+            rtx_ssrc: u32,
+            rid: &str,
+            (rtx_seq, seq): (u16, u16),
+            ids: &SimulcastIds,
+            stamp: bool,
+            now: Instant,
+        ) {
+            let mut packet = rtp::Packet::default();
+            packet.header.version = 2;
+            packet.header.payload_type = ids.rtx_pt;
+            packet.header.sequence_number = rtx_seq;
+            packet.header.timestamp = u32::from(seq) * 3000;
+            packet.header.ssrc = rtx_ssrc;
+            let mut payload = seq.to_be_bytes().to_vec();
+            payload.extend_from_slice(&[0x10, 0x01, 0, 0, 9, 9, 9]);
+            packet.payload = Bytes::from(payload);
+            if stamp {
+                packet.header.extension = true;
+                packet.header.extension_profile = 0xBEDE;
+                packet
+                    .header
+                    .set_extension(ids.mid_id, Bytes::from(ids.mid.clone()))
+                    .unwrap();
+                packet
+                    .header
+                    .set_extension(ids.rrid_id, Bytes::from(rid.to_owned()))
+                    .unwrap();
+            }
+            self.pc
+                .handle_write(TaggedRTCMessage {
+                    now,
+                    message: RTCMessage::RtpPacket("cam".into(), packet),
+                })
                 .unwrap();
         }
 
@@ -1913,6 +2233,55 @@ mod tests {
                     message: RTCMessage::RtpPacket("cam".into(), packet),
                 })
                 .unwrap();
+        }
+    }
+
+    /// What a simulcast sender stamps: the extension ids of its offer and its section's mid.
+    struct SimulcastIds {
+        mid_id: u8,
+        rid_id: u8,
+        rrid_id: u8,
+        mid: String,
+        /// The RTX payload type of VP8 (96) in the offer.
+        rtx_pt: u8,
+    }
+
+    impl SimulcastIds {
+        /// Read from an offer (rtcd answers with the offer's ids): the section with
+        /// `a=simulcast`.
+        fn of(offer: &str) -> Self {
+            let id = |uri: &str| {
+                offer
+                    .lines()
+                    .find_map(|l| {
+                        let (id, rest) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
+                        (rest.split(' ').next() == Some(uri)).then(|| id.parse().unwrap())
+                    })
+                    .unwrap()
+            };
+            let mut mid = String::new();
+            for line in offer.lines() {
+                if let Some(m) = line.strip_prefix("a=mid:") {
+                    mid = m.to_owned();
+                }
+                if line.starts_with("a=simulcast:") {
+                    break;
+                }
+            }
+            let rtx_pt = offer
+                .lines()
+                .find_map(|l| {
+                    let (pt, fmtp) = l.strip_prefix("a=fmtp:")?.split_once(' ')?;
+                    (fmtp == "apt=96").then(|| pt.parse().unwrap())
+                })
+                .unwrap();
+            Self {
+                mid_id: id(MID_URI),
+                rid_id: id(RID_URI),
+                rrid_id: id(REPAIRED_RID_URI),
+                mid,
+                rtx_pt,
+            }
         }
     }
 
@@ -2202,7 +2571,8 @@ mod tests {
                 if let (Some(down), Some(source)) = (self.down.as_mut(), self.source.as_ref())
                     && down.poll_keyframe_request(now).is_some()
                 {
-                    self.alice_s.request_keyframe(source.track, now);
+                    self.alice_s
+                        .request_keyframe(source.track, source.ssrc, now);
                 }
                 if step % 200 == 199 {
                     each_second(self);
@@ -2406,7 +2776,7 @@ mod tests {
         // rtcd asks alice for a keyframe: her client gets a PLI for her SSRC.
         let track = rig.source.as_ref().unwrap().track;
         let before = rig.alice.feedback.len();
-        rig.alice_s.request_keyframe(track, rig.now);
+        rig.alice_s.request_keyframe(track, 0xA0A0, rig.now);
         rig.run(10, |_| {});
         let plis = rig.alice.feedback[before..]
             .iter()
@@ -3164,6 +3534,443 @@ a=sctp-port:5000\r\n";
         ] {
             assert!(trimmed.iter().any(|l| l == line), "{line} in {trimmed:#?}");
         }
+    }
+
+    /// A simulcast camera's layers, low to high: (rid, SSRC).
+    const LAYERS: [(&str, u32); 3] = [("q", 0x5101), ("h", 0x5102), ("f", 0x5103)];
+
+    /// A publisher of [`LAYERS`] and its rtcd peer, connected.
+    struct Simulcast {
+        client: Client,
+        server: Peer,
+        ids: SimulcastIds,
+        now: Instant,
+        seq: u16,
+        events: Vec<PeerEvent>,
+        /// rtcd's last answer.
+        answer: String,
+    }
+
+    impl Simulcast {
+        fn connected() -> Self {
+            let identity = Identity::generate().unwrap();
+            let now = Instant::now();
+            let mut client = Client::simulcast("10.9.0.2:6000", now);
+            let server = Peer::new(&identity, &settings(), now).unwrap();
+            client.publish_simulcast(&LAYERS);
+            let mut call = Self {
+                client,
+                server,
+                ids: SimulcastIds {
+                    mid_id: 0,
+                    rid_id: 0,
+                    rrid_id: 0,
+                    mid: String::new(),
+                    rtx_pt: 0,
+                },
+                now,
+                seq: 0,
+                events: Vec::new(),
+                answer: String::new(),
+            };
+            call.negotiate();
+            for _ in 0..400 {
+                call.step();
+                if call.client.connected && call.server.is_connected() {
+                    return call;
+                }
+            }
+            panic!("the simulcast publisher did not connect");
+        }
+
+        fn negotiate(&mut self) {
+            let offer = self.client.pc.create_offer(None).unwrap();
+            self.client
+                .pc
+                .set_local_description(self.now, offer.clone())
+                .unwrap();
+            let answer = self.server.apply_offer(&offer.sdp, self.now).unwrap();
+            self.client
+                .pc
+                .set_remote_description(
+                    self.now,
+                    RTCSessionDescription::answer(answer.sdp.clone()).unwrap(),
+                )
+                .unwrap();
+            self.ids = SimulcastIds::of(&offer.sdp);
+            self.answer = answer.sdp;
+        }
+
+        fn step(&mut self) {
+            self.now += Duration::from_millis(5);
+            tick(&mut self.client, &mut self.server, self.now);
+            route(
+                &mut self.client,
+                &mut self.server,
+                self.now,
+                &mut |_| false,
+                &mut |_| false,
+            );
+            while let Some(ev) = self.server.poll_event() {
+                self.events.push(ev);
+            }
+        }
+
+        /// `rounds` packets of every layer, 30 ms apart, MID and RID stamped or not.
+        fn send(&mut self, rounds: u16, stamp: bool) {
+            for _ in 0..rounds {
+                for (rid, ssrc) in LAYERS {
+                    let ids = stamp.then_some(&self.ids);
+                    self.client.send_layer(ssrc, rid, self.seq, ids, self.now);
+                }
+                self.seq = self.seq.wrapping_add(1);
+                for _ in 0..6 {
+                    self.step();
+                }
+            }
+        }
+
+        /// Packets rtcd delivered per layer SSRC since the last call, and the tracks they
+        /// were delivered as.
+        fn delivered(&mut self) -> (HashMap<u32, usize>, Vec<TrackKey>) {
+            let mut per_ssrc = HashMap::new();
+            let mut tracks = Vec::new();
+            for ev in self.events.drain(..) {
+                if let PeerEvent::Rtp { track, packet } = ev {
+                    *per_ssrc.entry(packet.ssrc).or_default() += 1;
+                    if !tracks.contains(&track) {
+                        tracks.push(track);
+                    }
+                }
+            }
+            (per_ssrc, tracks)
+        }
+    }
+
+    /// Chromium's simulcast: three layers in one section, known by their rids only. They open
+    /// one track (the first layer to arrive) and two layers of it, each with its SSRC, and
+    /// every packet of every layer reaches the owner as that track's.
+    #[test]
+    fn three_simulcast_layers_open_as_one_track() {
+        let mut call = Simulcast::connected();
+        call.send(10, true);
+        let opened: Vec<&OpenedTrack> = call
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                PeerEvent::TrackOpened(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(opened.len(), 1, "one track: {:?}", call.events.len());
+        let track = opened[0].clone();
+        let first = track.rid.clone().expect("opened by a layer");
+        assert!(LAYERS.contains(&(first.as_str(), track.ssrc)), "{track:?}");
+        let mut layers: Vec<(String, u32)> = call
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                PeerEvent::LayerOpened(l) => {
+                    assert_eq!(l.track, track.track);
+                    Some((l.rid.clone(), l.ssrc))
+                }
+                _ => None,
+            })
+            .collect();
+        layers.push((first, track.ssrc));
+        layers.sort_by_key(|(_, ssrc)| *ssrc);
+        let expected: Vec<(String, u32)> =
+            LAYERS.iter().map(|(r, s)| ((*r).to_owned(), *s)).collect();
+        assert_eq!(layers, expected, "each layer once, with its SSRC");
+        let (per_ssrc, tracks) = call.delivered();
+        assert_eq!(tracks, vec![track.track]);
+        for (_, ssrc) in LAYERS {
+            assert_eq!(
+                per_ssrc.get(&ssrc),
+                Some(&10),
+                "layer {ssrc:#x}: {per_ssrc:?}"
+            );
+        }
+        // Once bound, a layer's packets need no MID / RID (browsers stop sending them).
+        call.send(10, false);
+        let (per_ssrc, _) = call.delivered();
+        for (_, ssrc) in LAYERS {
+            assert_eq!(
+                per_ssrc.get(&ssrc),
+                Some(&10),
+                "layer {ssrc:#x}: {per_ssrc:?}"
+            );
+        }
+    }
+
+    /// A simulcast layer's retransmissions (RTX known only by MID and repaired-rid, then by
+    /// their SSRC) reach the owner as the layer's packets: its SSRC, the original sequence
+    /// number and payload type (rtc alone drops them).
+    #[test]
+    fn a_layers_retransmissions_arrive_as_the_layers_packets() {
+        let mut call = Simulcast::connected();
+        call.send(10, true);
+        call.delivered();
+        let (rid, ssrc) = LAYERS[1];
+        let ids = SimulcastIds {
+            mid: call.ids.mid.clone(),
+            ..call.ids
+        };
+        let rtx = |call: &mut Simulcast, rtx_seq: u16, seq: u16, stamp: bool| {
+            call.client
+                .send_layer_rtx(0x6102, rid, (rtx_seq, seq), &ids, stamp, call.now);
+            call.send(1, false);
+            call.events
+                .drain(..)
+                .filter_map(|e| match e {
+                    PeerEvent::Rtp { packet, .. } if packet.sequence == seq => {
+                        Some((packet.ssrc, packet.payload_type, packet.payload.len()))
+                    }
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rtx(&mut call, 100, 3, true), vec![(ssrc, 96, 7)]);
+        assert_eq!(rtx(&mut call, 101, 4, false), vec![(ssrc, 96, 7)]);
+    }
+
+    /// A keyframe is asked of the layer a down-track waits on, not of whichever layer opened
+    /// last; an SSRC the track does not send falls back to the layer that opened it.
+    #[test]
+    fn a_keyframe_request_goes_to_the_layer_asked_for() {
+        use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        let mut call = Simulcast::connected();
+        call.send(5, true);
+        let track = call
+            .events
+            .iter()
+            .find_map(|e| match e {
+                PeerEvent::TrackOpened(t) => Some(t.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let plis = |call: &mut Simulcast, ssrc: u32| {
+            call.client.feedback.clear();
+            call.server.request_keyframe(track.track, ssrc, call.now);
+            call.send(2, false);
+            call.client
+                .feedback
+                .iter()
+                .filter_map(|p| p.as_any().downcast_ref::<PictureLossIndication>())
+                .map(|p| p.media_ssrc)
+                .collect::<Vec<u32>>()
+        };
+        for (_, ssrc) in LAYERS {
+            assert_eq!(plis(&mut call, ssrc), vec![ssrc]);
+        }
+        assert_eq!(plis(&mut call, 0xDEAD), vec![track.ssrc]);
+    }
+
+    /// The risk of rtc's renegotiation (it forgets each rid layer's SSRC when an answer is
+    /// applied and binds it again only from a packet with MID and RID): a publisher whose
+    /// layers stopped carrying them, after a renegotiation that adds a section, still gets
+    /// every packet of all three layers through.
+    #[test]
+    fn simulcast_layers_without_mid_and_rid_survive_a_renegotiation() {
+        let mut call = Simulcast::connected();
+        call.send(10, true);
+        call.send(10, false);
+        let (_, before) = call.delivered();
+        let layer_lines = |answer: &str, mid: &str| {
+            let mut lines: Vec<String> = section_of(answer, mid)
+                .into_iter()
+                .filter(|l| l.starts_with("a=rid") || l.starts_with("a=simulcast"))
+                .map(str::to_owned)
+                .collect();
+            lines.sort();
+            lines
+        };
+        let mid = call.ids.mid.clone();
+        let first_answer = layer_lines(&call.answer, &mid);
+        assert_eq!(first_answer.len(), 4, "{first_answer:?}");
+        // Twice: someone publishes (a section added), then a retransmission after it all.
+        for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+            call.client.receive(kind);
+            call.negotiate();
+            assert_eq!(
+                layer_lines(&call.answer, &mid),
+                first_answer,
+                "the answer still receives the layers"
+            );
+            call.send(20, false);
+            let opened = call
+                .events
+                .iter()
+                .filter(|e| matches!(e, PeerEvent::TrackOpened(_) | PeerEvent::LayerOpened(_)))
+                .count();
+            let (per_ssrc, tracks) = call.delivered();
+            assert_eq!(opened, 0, "no new track, no layer re-opened");
+            assert_eq!(tracks, before, "the same track");
+            for (_, ssrc) in LAYERS {
+                assert_eq!(
+                    per_ssrc.get(&ssrc),
+                    Some(&20),
+                    "layer {ssrc:#x}: {per_ssrc:?}"
+                );
+            }
+        }
+        let ids = SimulcastIds {
+            mid: call.ids.mid.clone(),
+            ..call.ids
+        };
+        call.client
+            .send_layer_rtx(0x6103, "f", (7, 3), &ids, true, call.now);
+        call.send(1, false);
+        assert!(
+            call.events.iter().any(|e| matches!(e,
+                PeerEvent::Rtp { packet, .. } if packet.ssrc == LAYERS[2].1 && packet.sequence == 3)),
+            "a retransmission after the renegotiations"
+        );
+    }
+
+    /// Which offers reach rtc without a simulcast section's msid: only a section unchanged
+    /// since the last applied offer (attribute order aside), never a first offer.
+    #[test]
+    fn only_unchanged_simulcast_sections_lose_their_msid_for_rtc() {
+        let offer = simulcast_offer();
+        assert_eq!(keep_simulcast_bindings(&offer, &HashMap::new()), None);
+        let applied = simulcast_signatures(&offer);
+        assert_eq!(applied.keys().collect::<Vec<_>>(), vec!["1"]);
+        let kept = keep_simulcast_bindings(&offer, &applied).expect("unchanged: stripped");
+        let camera = section_of(&kept, "1");
+        assert!(
+            !camera.iter().any(|l| l.starts_with("a=msid:")),
+            "{camera:#?}"
+        );
+        assert!(camera.contains(&"a=simulcast:send q;h;f"));
+        // Everything else as it was: only the camera's msid line is gone.
+        let removed: Vec<&str> = offer
+            .lines()
+            .filter(|l| !kept.lines().any(|k| k == *l))
+            .collect();
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert!(
+            section_of(&kept, "0")
+                .iter()
+                .any(|l| l.starts_with("a=msid:"))
+        );
+        // Declared SSRCs (Firefox) go too: rtc would make a track of them.
+        let declared = offer.replace(
+            "a=simulcast:send q;h;f\r\n",
+            "a=simulcast:send q;h;f\r\na=ssrc-group:FID 1 2\r\na=ssrc:1 cname:x\r\n\
+             a=ssrc:1 msid:- 2934d208-5ef2-4b55-aded-aca513f92b3c\r\n",
+        );
+        let kept = keep_simulcast_bindings(&declared, &applied).expect("unchanged: stripped");
+        let camera = section_of(&kept, "1");
+        assert!(
+            !camera.iter().any(|l| l.starts_with("a=ssrc")),
+            "{camera:#?}"
+        );
+        assert!(
+            section_of(&kept, "0")
+                .iter()
+                .any(|l| l.starts_with("a=ssrc:"))
+        );
+        // Reordered attributes: still unchanged.
+        let reordered = offer.replace(
+            "a=rid:q send\r\na=rid:h send\r\n",
+            "a=rid:h send\r\na=rid:q send\r\n",
+        );
+        assert_ne!(reordered, offer);
+        assert!(keep_simulcast_bindings(&reordered, &applied).is_some());
+        // A layer less, another track, or the section stopped: rtc must re-create the track.
+        for changed in [
+            offer.replace("a=simulcast:send q;h;f", "a=simulcast:send q;h"),
+            offer.replace("a=msid:- 2934d208", "a=msid:- 00000000"),
+            offer.replacen(
+                "a=sendrecv\r\na=msid:- 2934d208",
+                "a=inactive\r\na=msid:- 2934d208",
+                1,
+            ),
+        ] {
+            assert_ne!(changed, offer);
+            assert_eq!(keep_simulcast_bindings(&changed, &applied), None);
+        }
+    }
+
+    /// The fixture's camera section (mid 1) as Chromium offers it with three simulcast
+    /// encodings: rids instead of declared SSRCs.
+    fn simulcast_offer() -> String {
+        let offer = include_str!("../../../tests/fixtures/chromium-offer.sdp");
+        let mut out = String::new();
+        let mut section = String::new();
+        for line in offer.split_inclusive('\n') {
+            if line.starts_with("m=") {
+                section.clear();
+            } else if let Some(mid) = line.strip_prefix("a=mid:") {
+                section = mid.trim().to_owned();
+            }
+            if section == "1" && line.starts_with("a=ssrc") {
+                continue;
+            }
+            out.push_str(line);
+            if section == "1" && line.starts_with("a=mid:") {
+                out.push_str("a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\n");
+                out.push_str("a=simulcast:send q;h;f\r\n");
+            }
+        }
+        out
+    }
+
+    /// The lines of section `mid` of `sdp`.
+    fn section_of<'a>(sdp: &'a str, mid: &str) -> Vec<&'a str> {
+        let mut sections: Vec<Vec<&str>> = Vec::new();
+        for line in sdp.lines() {
+            if line.starts_with("m=") {
+                sections.push(Vec::new());
+            }
+            if let Some(s) = sections.last_mut() {
+                s.push(line);
+            }
+        }
+        sections
+            .into_iter()
+            .find(|s| s.iter().any(|l| l.strip_prefix("a=mid:") == Some(mid)))
+            .unwrap_or_default()
+    }
+
+    /// A Chromium simulcast offer gets an answer Chromium accepts: the rids received, in the
+    /// offer's order, and the mid, rid and repaired-rid extensions with the offer's ids
+    /// (without the rid extension Chromium rejects an answer that negotiates simulcast).
+    #[test]
+    fn a_simulcast_offer_is_answered_with_its_rids_and_their_header_extensions() {
+        let identity = Identity::generate().unwrap();
+        let now = Instant::now();
+        let mut peer = Peer::new(&identity, &settings(), now).unwrap();
+        let offer = simulcast_offer();
+        assert!(offer.contains("a=simulcast:send q;h;f\r\n"), "{offer}");
+        let answer = peer.apply_offer(&offer, now).unwrap();
+        let camera = section_of(&answer.sdp, "1");
+        for line in [
+            "a=rid:q recv",
+            "a=rid:h recv",
+            "a=rid:f recv",
+            "a=simulcast:recv q;h;f",
+            "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+            "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+            "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+        ] {
+            assert!(camera.contains(&line), "{line} in {camera:#?}");
+        }
+        // Audio keeps what it had: no mid extension there (rtcd registers it for video only).
+        let microphone = section_of(&answer.sdp, "0");
+        assert!(
+            !microphone.iter().any(|l| l.contains("sdes:mid")),
+            "{microphone:#?}"
+        );
+        // The section without simulcast answers no rids.
+        let receiving = section_of(&answer.sdp, "3");
+        assert!(
+            !receiving
+                .iter()
+                .any(|l| l.starts_with("a=rid") || l.starts_with("a=simulcast"))
+        );
     }
 
     #[test]

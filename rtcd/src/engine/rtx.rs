@@ -11,11 +11,36 @@
 //! number, the payload without its 2-byte prefix. Everything after it, the generator, receiver
 //! reports and the application, sees one stream; rtc's own de-encapsulation then finds nothing
 //! left to do.
+//!
+//! Simulcast layers (rids) declare no SSRCs, so their RTX streams are known to nobody: rtc
+//! 0.21.1 binds a layer from its MID and RID header extensions but returns early on a
+//! repaired-rid (a TODO in `bind_by_rid`) and drops every retransmission of a layer. This
+//! interceptor learns each layer's SSRC from its packets carrying MID and RID, and an RTX
+//! packet carrying MID and repaired-rid is the retransmission of that layer: its SSRC is
+//! remembered (publishers stop stamping the extensions once the SSRC is acknowledged) and its
+//! packets are restored as above, with the payload type its RTX payload type repairs
+//! ([`AptMap`], filled from the negotiated codecs).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
 use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
+
+use super::peer::{MID_URI, REPAIRED_RID_URI, RID_URI};
+
+/// RTX payload type → the payload type it repairs (`apt`), of every negotiated codec with an
+/// RTX companion; shared with the peer, which fills it as sections are negotiated.
+pub(super) type AptMap = Arc<Mutex<HashMap<u8, u8>>>;
+
+/// The ids of the header extensions that name a packet's section and layer.
+#[derive(Debug, Clone, Copy, Default)]
+struct SdesIds {
+    mid: Option<u8>,
+    rid: Option<u8>,
+    rrid: Option<u8>,
+}
 
 /// Where it sits in the chain: after the FEC decoder (6 000), before the NACK generator (7 000).
 pub(super) const SLOT: usize = 6_500;
@@ -34,6 +59,10 @@ struct Repairs {
 pub(super) struct RtxRepair {
     /// By RTX SSRC.
     streams: HashMap<u32, Repairs>,
+    /// Simulcast layers seen: (mid, rid) → the layer's SSRC.
+    layers: HashMap<(Bytes, Bytes), u32>,
+    ids: SdesIds,
+    apt: AptMap,
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
 }
@@ -46,6 +75,12 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for RtxRepair {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtp(packet) = &mut msg.message.packet
+            && packet.header.extension
+            && !self.streams.contains_key(&packet.header.ssrc)
+        {
+            self.learn(&packet.header);
+        }
         if let Packet::Rtp(packet) = &mut msg.message.packet
             && let Some(r) = self.streams.get(&packet.header.ssrc)
             && packet.header.payload_type == r.rtx_payload_type
@@ -77,11 +112,63 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for RtxRepair {
     }
 }
 
+impl RtxRepair {
+    /// A repair interceptor that resolves RTX payload types of simulcast layers with `apt`.
+    pub(super) fn new(apt: AptMap) -> Self {
+        Self {
+            apt,
+            ..Self::default()
+        }
+    }
+
+    /// A packet of a stream not known as RTX, with header extensions: a layer's packet with
+    /// MID and RID binds (mid, rid) to its SSRC; one with MID and repaired-rid of a known layer
+    /// is that layer's RTX stream, from now on known by its SSRC.
+    fn learn(&mut self, header: &rtc::rtp::header::Header) {
+        let ext = |id: Option<u8>| {
+            id.and_then(|id| header.get_extension(id))
+                .filter(|v| !v.is_empty())
+        };
+        let Some(mid) = ext(self.ids.mid) else {
+            return;
+        };
+        if let Some(rid) = ext(self.ids.rid) {
+            self.layers.insert((mid, rid), header.ssrc);
+        } else if let Some(rrid) = ext(self.ids.rrid)
+            && let Some(&ssrc) = self.layers.get(&(mid, rrid))
+            && let Some(&payload_type) = self
+                .apt
+                .lock()
+                .ok()
+                .as_ref()
+                .and_then(|apt| apt.get(&header.payload_type))
+        {
+            self.streams.insert(
+                header.ssrc,
+                Repairs {
+                    rtx_payload_type: header.payload_type,
+                    ssrc,
+                    payload_type,
+                },
+            );
+        }
+    }
+}
+
 impl Interceptor for RtxRepair {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
 
     fn bind_remote_stream(&mut self, info: &StreamInfo) {
+        for e in &info.rtp_header_extensions {
+            let id = u8::try_from(e.id).ok();
+            match e.uri.as_str() {
+                MID_URI => self.ids.mid = id,
+                RID_URI => self.ids.rid = id,
+                REPAIRED_RID_URI => self.ids.rrid = id,
+                _ => {}
+            }
+        }
         if let (Some(rtx), Some(rtx_payload_type)) = (info.ssrc_rtx, info.payload_type_rtx) {
             self.streams.insert(
                 rtx,
@@ -98,6 +185,9 @@ impl Interceptor for RtxRepair {
         if let Some(rtx) = info.ssrc_rtx {
             self.streams.remove(&rtx);
         }
+        // A layer's repair flow, learned from its packets.
+        self.streams.retain(|_, r| r.ssrc != info.ssrc);
+        self.layers.retain(|_, ssrc| *ssrc != info.ssrc);
     }
 }
 
@@ -249,6 +339,120 @@ mod tests {
             }
         }
         nacks
+    }
+
+    /// A simulcast layer's RTX: no SSRC declared anywhere, only MID and repaired-rid on its
+    /// first packets. It is restored as the layer's packet, also once the extensions stop;
+    /// a repaired-rid of an unknown layer and an RTX payload type without `apt` stay as they are.
+    #[test]
+    fn a_repaired_rid_retransmission_becomes_its_layers_packet() {
+        const LAYER: u32 = 0x5102;
+        const LAYER_RTX: u32 = 0x6102;
+        let (mid_id, rid_id, rrid_id) = (4u8, 10u8, 11u8);
+        let now = Instant::now();
+        let apt: AptMap = Arc::default();
+        apt.lock().unwrap().insert(RTX, VP8);
+        let mut repair = RtxRepair::new(apt);
+        let ext = |uri: &str, id: u8| rtc::interceptor::RTPHeaderExtension {
+            uri: uri.into(),
+            id: id.into(),
+        };
+        // rtc binds a layer without RTX (it knows none).
+        repair.bind_remote_stream(&StreamInfo {
+            ssrc: LAYER,
+            ssrc_rtx: None,
+            payload_type_rtx: None,
+            rtp_header_extensions: vec![
+                ext(MID_URI, mid_id),
+                ext(RID_URI, rid_id),
+                ext(REPAIRED_RID_URI, rrid_id),
+            ],
+            ..video()
+        });
+        let stamped = |mut msg: TaggedPacket, pairs: &[(u8, &'static [u8])]| {
+            if let Packet::Rtp(p) = &mut msg.message.packet {
+                p.header.extension = true;
+                p.header.extension_profile = 0xBEDE;
+                for (id, value) in pairs {
+                    p.header
+                        .set_extension(*id, Bytes::from_static(value))
+                        .unwrap();
+                }
+            }
+            msg
+        };
+        let rtx_of = |ssrc: u32, rtx_seq: u16, seq: u16| {
+            let mut payload = seq.to_be_bytes().to_vec();
+            payload.extend_from_slice(&[7, 7, 7]);
+            rtp(ssrc, RTX, rtx_seq, &payload, now)
+        };
+        // An RTX before its layer was seen cannot be placed.
+        repair
+            .handle_read(stamped(
+                rtx_of(LAYER_RTX, 1, 5),
+                &[(mid_id, b"1"), (rrid_id, b"h")],
+            ))
+            .unwrap();
+        repair
+            .handle_read(stamped(
+                rtp(LAYER, VP8, 40, &[1], now),
+                &[(mid_id, b"1"), (rid_id, b"h")],
+            ))
+            .unwrap();
+        repair
+            .handle_read(stamped(
+                rtx_of(LAYER_RTX, 2, 38),
+                &[(mid_id, b"1"), (rrid_id, b"h")],
+            ))
+            .unwrap();
+        // Later retransmissions without extensions: known by their SSRC.
+        repair.handle_read(rtx_of(LAYER_RTX, 3, 39)).unwrap();
+        // Another section's rid, and an RTX payload type with no apt.
+        repair
+            .handle_read(stamped(
+                rtx_of(0x6103, 1, 7),
+                &[(mid_id, b"2"), (rrid_id, b"h")],
+            ))
+            .unwrap();
+        repair
+            .handle_read(stamped(
+                rtp(0x6104, 99, 1, &[0, 9, 1], now),
+                &[(mid_id, b"1"), (rrid_id, b"h")],
+            ))
+            .unwrap();
+        let out: Vec<(u32, u8, u16, Vec<u8>)> = std::iter::from_fn(|| repair.poll_read())
+            .map(|m| match m.message.packet {
+                Packet::Rtp(p) => (
+                    p.header.ssrc,
+                    p.header.payload_type,
+                    p.header.sequence_number,
+                    p.payload.to_vec(),
+                ),
+                _ => panic!("RTP went in, something else came out"),
+            })
+            .collect();
+        assert_eq!(
+            out,
+            vec![
+                (LAYER_RTX, RTX, 1, vec![0, 5, 7, 7, 7]),
+                (LAYER, VP8, 40, vec![1]),
+                (LAYER, VP8, 38, vec![7, 7, 7]),
+                (LAYER, VP8, 39, vec![7, 7, 7]),
+                (0x6103, RTX, 1, vec![0, 7, 7, 7, 7]),
+                (0x6104, 99, 1, vec![0, 9, 1]),
+            ]
+        );
+        // The layer gone: its repair flow is forgotten.
+        repair.unbind_remote_stream(&StreamInfo {
+            ssrc: LAYER,
+            ssrc_rtx: None,
+            ..video()
+        });
+        repair.handle_read(rtx_of(LAYER_RTX, 4, 41)).unwrap();
+        let Packet::Rtp(p) = repair.poll_read().unwrap().message.packet else {
+            panic!("not RTP");
+        };
+        assert_eq!(p.header.ssrc, LAYER_RTX, "unbound: left alone");
     }
 
     #[test]

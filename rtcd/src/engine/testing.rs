@@ -61,17 +61,41 @@ pub(crate) struct Client {
     pub received: Vec<Received>,
     /// RTCP packets received (PLIs, receiver reports...).
     pub feedback: usize,
+    /// The media SSRC of every PLI received, in order.
+    pub plis: Vec<u32>,
     /// Whether its peer connection is `connected` (ICE and DTLS up).
     pub connected: bool,
+    /// Simulcast clients: the ids of the mid and rid extensions and the mid of the simulcast
+    /// section, read from its latest offer (what [`Client::send_layer`] stamps).
+    stamps: Option<(u8, u8, String)>,
+    simulcast: bool,
 }
 
 impl Client {
     /// A client at `addr` (e.g. `"10.9.0.2:6000"`) talking to [`SERVER`].
     pub(crate) fn new(addr: &str, now: Instant) -> Self {
+        Self::build(addr, now, false)
+    }
+
+    /// A client whose offers carry the mid, rid and repaired-rid extensions, as browsers'
+    /// do: what a simulcast publisher needs ([`Client::publish_simulcast`]).
+    pub(crate) fn simulcast(addr: &str, now: Instant) -> Self {
+        Self::build(addr, now, true)
+    }
+
+    fn build(addr: &str, now: Instant, simulcast: bool) -> Self {
         let mut media = MediaEngine::default();
         media.register_default_codecs().expect("default codecs");
-        let registry =
-            register_default_interceptors(Registry::new(), &mut media).expect("interceptors");
+        if simulcast {
+            rtc::peer_connection::configuration::interceptor_registry::configure_simulcast_extension_headers(&mut media)
+                .expect("simulcast extensions");
+        }
+        // The tap surfaces the feedback it receives (PLIs) to `poll_read`, as in rtcd.
+        let registry = Registry::new().with(
+            rtc::interceptor::Slot::Custom(9_000),
+            super::feedback::FeedbackTap::default(),
+        );
+        let registry = register_default_interceptors(registry, &mut media).expect("interceptors");
         let pc = RTCPeerConnectionBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(registry)
@@ -83,7 +107,10 @@ impl Client {
             server: SERVER.parse().expect("a socket address"),
             received: Vec::new(),
             feedback: 0,
+            plis: Vec::new(),
             connected: false,
+            stamps: None,
+            simulcast,
         };
         client.add_host_candidate();
         client
@@ -131,6 +158,69 @@ impl Client {
             .expect("a sending transceiver");
     }
 
+    /// Publishes a camera in simulcast layers, `(rid, SSRC)` lowest first, declaring no SSRC
+    /// (as Chromium: the layers are known by their rids). Needs [`Client::simulcast`].
+    pub(crate) fn publish_simulcast(&mut self, layers: &[(&str, u32)]) {
+        assert!(self.simulcast, "a simulcast client");
+        let encodings: Vec<RTCRtpEncodingParameters> = layers
+            .iter()
+            .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    rid: (*rid).into(),
+                    ssrc: Some(*ssrc),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .collect();
+        let track = MediaStreamTrack::new(
+            "cam-stream".into(),
+            "cam".into(),
+            "cam".into(),
+            RtpCodecKind::Video,
+            encodings.clone(),
+        );
+        self.pc
+            .add_transceiver_from_track(
+                track,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![],
+                    send_encodings: encodings,
+                }),
+            )
+            .expect("a sending transceiver");
+    }
+
+    /// Sends packet `seq` of the simulcast layer `rid` (VP8 as [`Client::send`]), with the
+    /// MID and RID header extensions when `stamp` (browsers stop once rtcd's receiver
+    /// reports acknowledge the SSRC).
+    pub(crate) fn send_layer(&mut self, rid: &str, ssrc: u32, seq: u16, stamp: bool, now: Instant) {
+        let mut packet = rtp::Packet::default();
+        packet.header.version = 2;
+        packet.header.sequence_number = seq;
+        packet.header.ssrc = ssrc;
+        packet.header.marker = true;
+        packet.header.payload_type = 96;
+        packet.header.timestamp = u32::from(seq) * 3000;
+        let key = seq.is_multiple_of(30);
+        packet.payload = Bytes::from(vec![0x10, if key { 0x00 } else { 0x01 }, 0, 0, 9, 9, 9]);
+        if stamp && let Some((mid_id, rid_id, mid)) = &self.stamps {
+            packet.header.extension = true;
+            packet.header.extension_profile = 0xBEDE;
+            let _ = packet
+                .header
+                .set_extension(*mid_id, Bytes::from(mid.clone()));
+            let _ = packet
+                .header
+                .set_extension(*rid_id, Bytes::from(rid.to_owned()));
+        }
+        let _ = self.pc.handle_write(TaggedRTCMessage {
+            now,
+            message: RTCMessage::RtpPacket("cam".into(), packet),
+        });
+    }
+
     /// Adds a receive-only section of `kind`.
     pub(crate) fn receive(&mut self, kind: MediaKind) {
         self.pc
@@ -151,6 +241,9 @@ impl Client {
         self.pc
             .set_local_description(now, offer.clone())
             .expect("the offer applies");
+        if self.simulcast {
+            self.stamps = stamps_of(&offer.sdp);
+        }
         offer.sdp
     }
 
@@ -212,7 +305,15 @@ impl Client {
                     payload_type: p.header.payload_type,
                     sequence: p.header.sequence_number,
                 }),
-                RTCMessage::RtcpPacket(_, p) => self.feedback += p.len(),
+                RTCMessage::RtcpPacket(_, p) => {
+                    self.feedback += p.len();
+                    use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+                    self.plis.extend(
+                        p.iter()
+                            .filter_map(|p| p.as_any().downcast_ref::<PictureLossIndication>())
+                            .map(|p| p.media_ssrc),
+                    );
+                }
                 _ => {}
             }
         }
@@ -251,6 +352,26 @@ impl Client {
             message: RTCMessage::RtpPacket(track_of(kind).0.into(), packet),
         });
     }
+}
+
+/// The mid and rid extension ids of an offer and the mid of its simulcast section.
+fn stamps_of(offer: &str) -> Option<(u8, u8, String)> {
+    let id = |uri: &str| {
+        offer.lines().find_map(|l| {
+            let (id, rest) = l.strip_prefix("a=extmap:")?.split_once(' ')?;
+            (rest.split(' ').next() == Some(uri)).then(|| id.parse().ok())?
+        })
+    };
+    let mut mid = None;
+    for line in offer.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("a=mid:") {
+            mid = Some(m.to_owned());
+        }
+        if line.starts_with("a=simulcast:") {
+            return Some((id(super::peer::MID_URI)?, id(super::peer::RID_URI)?, mid?));
+        }
+    }
+    None
 }
 
 fn track_of(kind: MediaKind) -> (&'static str, RtpCodecKind) {

@@ -20,22 +20,79 @@ pub(super) struct TrackCounters {
     pub muted: Counter,
 }
 
+/// A layer of a published track: the one stream of a track without simulcast, or one
+/// simulcast layer (rid) with its own SSRC and sequence space.
+pub(super) struct Layer {
+    /// Its rid; `None` for the single layer of a track without simulcast.
+    pub rid: Option<String>,
+    /// Its SSRC (0 while the layer has not arrived yet).
+    pub ssrc: u32,
+    /// Video only: the packets subscribers may NACK, each stored once.
+    pub buffer: Option<RetransmitBuffer>,
+    pub last_pli: Option<Instant>,
+    /// When its latest packet arrived (a layer silent for [`LAYER_SILENCE`] has stopped).
+    pub last_packet: Option<Instant>,
+}
+
+/// A simulcast layer silent this long has stopped (the publisher paused it or lost its
+/// uplink): its subscribers move to another layer at once.
+pub(super) const LAYER_SILENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Layer {
+    /// Whether it sends now.
+    pub fn active(&self, now: Instant) -> bool {
+        self.last_packet
+            .is_some_and(|t| now.saturating_duration_since(t) < LAYER_SILENCE)
+    }
+}
+
 /// A track a session publishes, as its call sees it.
 pub(super) struct Published {
     pub owner: SessionKey,
     pub key: TrackKey,
     pub info: TrackInfo,
     pub ssrc: u32,
+    /// Its layers, lowest quality first: one without simulcast (whatever SSRC it sends
+    /// with), else one per rid of the section. Each subscriber's down-track forwards one.
+    pub layers: Vec<Layer>,
     pub codecs: Vec<Codec>,
     pub extensions: Vec<HeaderExtension>,
     pub muted: bool,
-    /// Video only: the packets subscribers may NACK, each stored once.
-    pub buffer: Option<RetransmitBuffer>,
     /// (session, slot index) of every session that receives it.
     pub subscribers: Vec<(SessionKey, usize)>,
     pub vad: Option<(u8, VoiceDetector)>,
-    pub last_pli: Option<Instant>,
     pub counters: TrackCounters,
+}
+
+impl Published {
+    /// Whether it has simulcast layers (rids).
+    pub fn simulcast(&self) -> bool {
+        self.layers.first().is_some_and(|l| l.rid.is_some())
+    }
+
+    /// The index of the layer a packet of `ssrc` belongs to: without simulcast, the one
+    /// layer whatever the SSRC (a source restarting keeps its buffer, as before layers).
+    pub fn layer_of(&self, ssrc: u32) -> Option<usize> {
+        if self.simulcast() {
+            self.layers.iter().position(|l| l.ssrc == ssrc && ssrc != 0)
+        } else {
+            (!self.layers.is_empty()).then_some(0)
+        }
+    }
+
+    /// The SSRC a new subscriber starts on: the highest layer sending now, else the highest
+    /// known, else the SSRC that opened the track.
+    pub fn start_ssrc(&self, now: Instant) -> u32 {
+        if !self.simulcast() {
+            return self.ssrc;
+        }
+        let known = self.layers.iter().rev().filter(|l| l.ssrc != 0);
+        known
+            .clone()
+            .find(|l| l.active(now))
+            .or(known.clone().next())
+            .map_or(self.ssrc, |l| l.ssrc)
+    }
 }
 
 /// One call: its sessions in join order and its published tracks.

@@ -3,13 +3,13 @@
 
 use std::time::Instant;
 
+use super::call::Layer;
 use super::{CallKey, Rooms, SessionKey};
 use crate::engine::Peer;
 use crate::engine::peer::{SlotId, TrackKey};
 use crate::media::packet::MediaPacket;
 use crate::sfu::downtrack::{DownTrack, Forward};
 use crate::sfu::negotiation::TrackId;
-use crate::sfu::retransmit::RetransmitBuffer;
 use crate::sfu::session::SessionEvent;
 use crate::sfu::tenant_label;
 use crate::sfu::voice::VoiceDetector;
@@ -45,6 +45,18 @@ impl Rooms {
         let Some(t) = call.tracks.get_mut(&tid) else {
             return;
         };
+        let Some(layer) = t.layer_of(packet.ssrc) else {
+            // A simulcast SSRC not (yet) bound to a layer.
+            return;
+        };
+        let simulcast = t.simulcast();
+        // The best layer sending now, for subscribers on a worse or a stopped one.
+        let best = if simulcast {
+            t.layers[layer].last_packet = Some(now);
+            t.layers.iter().rposition(|l| l.active(now))
+        } else {
+            None
+        };
         let mut voice = None;
         if t.muted {
             t.counters.muted.inc();
@@ -63,9 +75,9 @@ impl Rooms {
             voice = level.and_then(|l| detector.observe(l));
         }
         let muted = t.muted;
-        let mut want_keyframe = false;
+        let mut keyframes = std::mem::take(&mut self.keyframe_scratch);
         if !muted {
-            if let Some(buffer) = t.buffer.as_mut() {
+            if let Some(buffer) = t.layers[layer].buffer.as_mut() {
                 buffer.insert(packet.clone());
             }
             let mut sent = 0u64;
@@ -83,11 +95,12 @@ impl Rooms {
                 let Some(down) = ms.down.as_mut() else {
                     continue;
                 };
+                if simulcast && best == Some(layer) {
+                    choose_layer(down, &t.layers, layer, now);
+                }
                 if let Forward::Send(header) = down.forward(&packet, now) {
-                    if let Err(e) =
-                        s.peer
-                            .send_rtp(ms.id, &header, &packet, packet.payload.clone(), now)
-                    {
+                    let payload = header.payload(&packet);
+                    if let Err(e) = s.peer.send_rtp(ms.id, &header, &packet, payload, now) {
                         tracing::debug!(error = %e, "forwarding a packet failed");
                     } else {
                         sent += 1;
@@ -96,9 +109,11 @@ impl Rooms {
                         self.dirty.push(sub);
                     }
                 }
-                want_keyframe |= down.poll_keyframe_request(now).is_some();
-                if down.has_holes() {
-                    want_keyframe |= send_fills(&mut s.peer, ms.id, down, now);
+                if let Some(ssrc) = down.poll_keyframe_request(now) {
+                    keyframes.push(ssrc);
+                }
+                if down.has_holes() && send_fills(&mut s.peer, ms.id, down, now) {
+                    keyframes.push(down.source_ssrc());
                 }
             }
             if sent > 0 {
@@ -108,9 +123,13 @@ impl Rooms {
                 t.counters.bytes.inc_by(sent * packet.payload.len() as u64);
             }
         }
-        if want_keyframe {
-            self.request_keyframe(&call_key, tid, now);
+        keyframes.sort_unstable();
+        keyframes.dedup();
+        for &ssrc in &keyframes {
+            self.request_keyframe(&call_key, tid, ssrc, now);
         }
+        keyframes.clear();
+        self.keyframe_scratch = keyframes;
         if let Some(speaking) = voice
             && let Some(m) = self.members.get(&key)
         {
@@ -123,8 +142,15 @@ impl Rooms {
         }
     }
 
-    /// A PLI to the publisher of `tid`, at most one per keyframe interval.
-    pub(super) fn request_keyframe(&mut self, call: &CallKey, tid: TrackId, now: Instant) {
+    /// A PLI to the publisher of `tid` for the layer sent with `ssrc` (a down-track's current
+    /// or target source), at most one per layer per keyframe interval.
+    pub(super) fn request_keyframe(
+        &mut self,
+        call: &CallKey,
+        tid: TrackId,
+        ssrc: u32,
+        now: Instant,
+    ) {
         let Some(t) = self
             .calls
             .get_mut(call)
@@ -135,15 +161,18 @@ impl Rooms {
         if t.info.kind.is_audio() {
             return;
         }
-        if let Some(last) = t.last_pli
+        let Some(layer) = t.layer_of(ssrc).and_then(|i| t.layers.get_mut(i)) else {
+            return;
+        };
+        if let Some(last) = layer.last_pli
             && now.saturating_duration_since(last) < self.config.keyframe_interval
         {
             return;
         }
-        t.last_pli = Some(now);
+        layer.last_pli = Some(now);
         let (owner, key) = (t.owner, t.key);
         if let Some(p) = self.members.get_mut(&owner) {
-            p.peer.request_keyframe(key, now);
+            p.peer.request_keyframe(key, ssrc, now);
             self.metrics
                 .sfu
                 .pli_sent
@@ -173,21 +202,14 @@ impl Rooms {
         let Some(down) = ms.down.as_mut() else {
             return;
         };
-        let nothing;
-        let buffer = match tid.and_then(|tid| {
-            self.calls
-                .get(&call)
-                .and_then(|c| c.tracks.get(&tid))
-                .and_then(|t| t.buffer.as_ref())
-        }) {
-            Some(buffer) => buffer,
-            None => {
-                nothing = RetransmitBuffer::empty();
-                &nothing
-            }
+        // A slot whose track ended has no buffer: every number is answered as lost (padding).
+        let track = tid.and_then(|tid| self.calls.get(&call).and_then(|c| c.tracks.get(&tid)));
+        let buffers = |ssrc: u32| {
+            track.and_then(|t| t.layer_of(ssrc).and_then(|i| t.layers[i].buffer.as_ref()))
         };
         let mut resend = Vec::new();
-        let unrepairable = down.on_nack(lost, buffer, now, |r| resend.push(r));
+        let unrepairable = down.on_nack_layers(lost, buffers, now, |r| resend.push(r));
+        let current = down.source_ssrc();
         for r in resend {
             if let Err(e) = m.peer.send_rtp(ms.id, &r.header, r.packet, r.payload, now) {
                 tracing::debug!(error = %e, "retransmission failed");
@@ -207,7 +229,7 @@ impl Rooms {
         if let Some(tid) = tid
             && (unrepairable > 0 || lost_frame)
         {
-            self.request_keyframe(&call, tid, now);
+            self.request_keyframe(&call, tid, current, now);
         }
     }
 
@@ -256,4 +278,26 @@ pub(super) fn send_fills(
         }
     }
     lost_frame
+}
+
+/// Picks a simulcast down-track's layer on a packet of `best`, the best layer sending now:
+/// a switch to it at its next keyframe when it is better than the current layer (and the
+/// target), at once when the current layer stopped sending.
+fn choose_layer(down: &mut DownTrack, layers: &[Layer], best: usize, now: Instant) {
+    let index = |ssrc: u32| layers.iter().position(|l| l.ssrc == ssrc);
+    let best_ssrc = layers[best].ssrc;
+    let current = down.source_ssrc();
+    if current == best_ssrc {
+        return;
+    }
+    match index(current) {
+        Some(i) if layers[i].active(now) => {
+            let target = down.target_layer().and_then(index);
+            if i < best && target.is_none_or(|t| t < best) {
+                down.set_target_layer(best_ssrc);
+            }
+        }
+        // Stopped, or a source that is no layer of this track.
+        _ => down.switch_layer_now(best_ssrc),
+    }
 }

@@ -131,6 +131,9 @@ pub(crate) struct Rooms {
     dirty: Vec<SessionKey>,
     dirty_set: HashSet<SessionKey>,
     scratch: Vec<PeerEvent>,
+    /// The layer SSRCs a packet's subscribers want keyframes of (reused, no allocation per
+    /// packet).
+    keyframe_scratch: Vec<u32>,
     /// Datagrams to send, drained by [`Rooms::poll_transmit`] (reused: no allocation per
     /// packet once grown).
     transmits: VecDeque<(Transport, BytesMut)>,
@@ -164,6 +167,7 @@ impl Rooms {
             dirty: Vec::new(),
             dirty_set: HashSet::new(),
             scratch: Vec::new(),
+            keyframe_scratch: Vec::new(),
             transmits: VecDeque::new(),
             outputs: VecDeque::new(),
         }
@@ -302,14 +306,48 @@ impl Rooms {
                     self.publish(key, &mid);
                 }
             }
+            PeerEvent::LayerOpened(layer) => {
+                let m = self.members.get_mut(&key)?;
+                tracing::debug!(session = %m.req.session, rid = %layer.rid, ssrc = layer.ssrc, "simulcast layer opened");
+                // Kept with the opened track (it may be published later) and in the published
+                // track, whose layer is now sent with this SSRC.
+                if let Some(o) = m.opened.values_mut().find(|o| o.track == layer.track) {
+                    match o.layers.iter_mut().find(|(r, _)| *r == layer.rid) {
+                        Some((_, ssrc)) => *ssrc = layer.ssrc,
+                        None => o.layers.push((layer.rid.clone(), layer.ssrc)),
+                    }
+                }
+                if let Some(&tid) = m.published.get(&layer.track)
+                    && let Some(l) = self
+                        .calls
+                        .get_mut(&m.call)
+                        .and_then(|c| c.tracks.get_mut(&tid))
+                        .and_then(|t| {
+                            t.layers
+                                .iter_mut()
+                                .find(|l| l.rid.as_deref() == Some(layer.rid.as_str()))
+                        })
+                {
+                    l.ssrc = layer.ssrc;
+                }
+            }
             PeerEvent::TrackClosed(track) => {
                 self.unpublish(key, |t| t.key == track, now);
             }
             PeerEvent::KeyframeRequested(slot) => {
                 let m = self.members.get(&key)?;
-                if let Some(tid) = m.negotiation.track(slot.0 as usize) {
+                // The layer the subscriber is about to get (a pending switch), else the one
+                // it gets.
+                let ssrc = m
+                    .slots
+                    .get(slot.0 as usize)
+                    .and_then(|s| s.down.as_ref())
+                    .map(|d| d.target_layer().unwrap_or(d.source_ssrc()));
+                if let Some(tid) = m.negotiation.track(slot.0 as usize)
+                    && let Some(ssrc) = ssrc
+                {
                     let call = m.call;
-                    self.request_keyframe(&call, tid, now);
+                    self.request_keyframe(&call, tid, ssrc, now);
                 }
             }
             PeerEvent::Nack { slot, lost } => self.answer_nack(key, slot, lost, now),

@@ -190,7 +190,7 @@ impl Rooms {
         match slot.down.as_mut() {
             Some(down) => {
                 down.set_maps(payload_types, extensions);
-                down.switch_source(t.ssrc);
+                down.switch_source(t.start_ssrc(now));
                 // Holes the previous track left close now, before the new track's keyframe: a
                 // receiver that waits for every sequence number would stall behind them.
                 if m.peer.is_connected() {
@@ -208,7 +208,7 @@ impl Rooms {
                 config.rtx_ssrc = slot.rtx_ssrc;
                 config.payload_types = payload_types;
                 config.extensions = extensions;
-                match DownTrack::new(config, t.ssrc) {
+                match DownTrack::new(config, t.start_ssrc(now)) {
                     Ok(d) => slot.down = Some(d),
                     Err(e) => {
                         tracing::debug!(error = %e, "no down-track for a slot");
@@ -227,8 +227,7 @@ impl Rooms {
         let want_keyframe = slot
             .down
             .as_mut()
-            .and_then(|d| d.poll_keyframe_request(now))
-            .is_some();
+            .and_then(|d| d.poll_keyframe_request(now));
         let kind = info.kind;
         m.kind_gauge(&self.metrics, kind, false).inc();
         let (session, user) = (info.session.clone(), info.user.clone());
@@ -246,8 +245,8 @@ impl Rooms {
                 },
             );
         }
-        if want_keyframe {
-            self.request_keyframe(&call, tid, now);
+        if let Some(ssrc) = want_keyframe {
+            self.request_keyframe(&call, tid, ssrc, now);
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::call::{Published, TrackCounters};
+use super::call::{Layer, Published, TrackCounters};
 use super::{Rooms, SessionKey};
 use crate::media::packet::{AUDIO_LEVEL_URI, MediaKind};
 use crate::metrics::{KindLabels, ReasonLabels};
@@ -117,13 +117,38 @@ impl Rooms {
                     .map(|e| (e.id, VoiceDetector::default()))
             })
             .flatten();
-        let buffer = (opened.kind == MediaKind::Video)
-            .then(|| {
-                RetransmitBuffer::new(self.config.nack_buffer_packets)
-                    .ok()
-                    .map(|b| b.with_max_age(self.config.nack_buffer_age))
-            })
-            .flatten();
+        let buffer = || {
+            (opened.kind == MediaKind::Video)
+                .then(|| {
+                    RetransmitBuffer::new(self.config.nack_buffer_packets)
+                        .ok()
+                        .map(|b| b.with_max_age(self.config.nack_buffer_age))
+                })
+                .flatten()
+        };
+        let layer = |rid: Option<String>, ssrc: u32| Layer {
+            rid,
+            ssrc,
+            buffer: buffer(),
+            last_pli: None,
+            last_packet: None,
+        };
+        let layers: Vec<Layer> = if opened.rids.is_empty() {
+            vec![layer(None, opened.ssrc)]
+        } else {
+            opened
+                .rids
+                .iter()
+                .map(|rid| {
+                    let ssrc = opened
+                        .layers
+                        .iter()
+                        .find(|(r, _)| r == rid)
+                        .map_or(0, |(_, s)| *s);
+                    layer(Some(rid.clone()), ssrc)
+                })
+                .collect()
+        };
         let track_id = format!("{}-{}-{}", m.req.session, kind.as_str(), tid);
         let published = Published {
             owner: key,
@@ -137,13 +162,12 @@ impl Rooms {
                 mid: mid.to_owned(),
             },
             ssrc: opened.ssrc,
+            layers,
             codecs: opened.codecs.clone(),
             extensions: opened.extensions.clone(),
             muted: m.muted.contains(&kind),
-            buffer,
             subscribers: Vec::new(),
             vad,
-            last_pli: None,
             counters,
         };
         m.published.insert(opened.track, tid);
