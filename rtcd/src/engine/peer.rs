@@ -1932,6 +1932,7 @@ mod tests {
     //! milliseconds and nothing depends on the machine's speed.
 
     use super::*;
+    use crate::engine::testing;
     use crate::sfu::downtrack::{DownTrack, DownTrackConfig, Forward};
     use crate::sfu::retransmit::RetransmitBuffer;
     use rtc::rtp_transceiver::RTCRtpTransceiverInit;
@@ -2016,69 +2017,16 @@ mod tests {
         }
 
         fn publish_video(&mut self, ssrc: u32) {
-            let track = MediaStreamTrack::new(
-                "cam-stream".into(),
-                "cam".into(),
-                "cam".into(),
-                RtpCodecKind::Video,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                }],
-            );
             // As the SDK does: a send-only section per published track.
-            self.pc
-                .add_transceiver_from_track(
-                    track,
-                    Some(RTCRtpTransceiverInit {
-                        direction: RTCRtpTransceiverDirection::Sendonly,
-                        streams: vec![],
-                        send_encodings: vec![RTCRtpEncodingParameters {
-                            rtp_coding_parameters: RTCRtpCodingParameters {
-                                ssrc: Some(ssrc),
-                                ..Default::default()
-                            },
-                            ..Default::default()
-                        }],
-                    }),
-                )
-                .unwrap();
+            let encodings = testing::encodings(&[("", ssrc)]);
+            testing::add_sendonly(&mut self.pc, "cam", RtpCodecKind::Video, encodings);
         }
 
         /// Publishes a camera in three simulcast layers, `(rid, SSRC)` low to high, with no
         /// SSRC in the offer (as Chromium: the layers are known by their rids only).
         fn publish_simulcast(&mut self, layers: &[(&str, u32)]) {
-            let encodings: Vec<RTCRtpEncodingParameters> = layers
-                .iter()
-                .map(|(rid, ssrc)| RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        rid: (*rid).into(),
-                        ssrc: Some(*ssrc),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                })
-                .collect();
-            let track = MediaStreamTrack::new(
-                "cam-stream".into(),
-                "cam".into(),
-                "cam".into(),
-                RtpCodecKind::Video,
-                encodings.clone(),
-            );
-            self.pc
-                .add_transceiver_from_track(
-                    track,
-                    Some(RTCRtpTransceiverInit {
-                        direction: RTCRtpTransceiverDirection::Sendonly,
-                        streams: vec![],
-                        send_encodings: encodings,
-                    }),
-                )
-                .unwrap();
+            let encodings = testing::encodings(layers);
+            testing::add_sendonly(&mut self.pc, "cam", RtpCodecKind::Video, encodings);
         }
 
         /// Sends packet `seq` of a simulcast layer, as VP8 like [`Client::send_video_as`];
@@ -2101,7 +2049,18 @@ mod tests {
             packet.header.ssrc = ssrc;
             let key = seq.is_multiple_of(30);
             packet.payload = Bytes::from(vec![0x10, if key { 0x00 } else { 0x01 }, 0, 0, 9, 9, 9]);
-            if let Some(ids) = stamp {
+            self.write_camera(packet, stamp.map(|ids| (ids, ids.rid_id, rid)), now);
+        }
+
+        /// Writes `packet` on the camera's sender, stamped with the MID and `(id, rid)` (the
+        /// rid or the repaired-rid extension) when `stamp` is given.
+        fn write_camera(
+            &mut self,
+            mut packet: rtp::Packet,
+            stamp: Option<(&SimulcastIds, u8, &str)>,
+            now: Instant,
+        ) {
+            if let Some((ids, rid_id, rid)) = stamp {
                 packet.header.extension = true;
                 packet.header.extension_profile = 0xBEDE;
                 packet
@@ -2110,7 +2069,7 @@ mod tests {
                     .unwrap();
                 packet
                     .header
-                    .set_extension(ids.rid_id, Bytes::from(rid.to_owned()))
+                    .set_extension(rid_id, Bytes::from(rid.to_owned()))
                     .unwrap();
             }
             self.pc
@@ -2142,24 +2101,7 @@ mod tests {
             let mut payload = seq.to_be_bytes().to_vec();
             payload.extend_from_slice(&[0x10, 0x01, 0, 0, 9, 9, 9]);
             packet.payload = Bytes::from(payload);
-            if stamp {
-                packet.header.extension = true;
-                packet.header.extension_profile = 0xBEDE;
-                packet
-                    .header
-                    .set_extension(ids.mid_id, Bytes::from(ids.mid.clone()))
-                    .unwrap();
-                packet
-                    .header
-                    .set_extension(ids.rrid_id, Bytes::from(rid.to_owned()))
-                    .unwrap();
-            }
-            self.pc
-                .handle_write(TaggedRTCMessage {
-                    now,
-                    message: RTCMessage::RtpPacket("cam".into(), packet),
-                })
-                .unwrap();
+            self.write_camera(packet, stamp.then_some((ids, ids.rrid_id, rid)), now);
         }
 
         fn receive(&mut self, kind: RtpCodecKind) {

@@ -246,6 +246,21 @@ mod tests {
         rtp(RTX_SSRC, RTX, rtx_seq, &payload, now)
     }
 
+    /// Everything `repair` let through, as (SSRC, payload type, sequence, payload).
+    fn drained(repair: &mut RtxRepair) -> Vec<(u32, u8, u16, Vec<u8>)> {
+        std::iter::from_fn(|| repair.poll_read())
+            .map(|m| match m.message.packet {
+                Packet::Rtp(p) => (
+                    p.header.ssrc,
+                    p.header.payload_type,
+                    p.header.sequence_number,
+                    p.payload.to_vec(),
+                ),
+                _ => panic!("RTP went in, something else came out"),
+            })
+            .collect()
+    }
+
     #[test]
     fn rtx_of_a_bound_stream_becomes_the_original_and_the_rest_passes_unchanged() {
         let now = Instant::now();
@@ -262,17 +277,7 @@ mod tests {
         repair
             .handle_read(rtp(3333, RTX, 9, &[0, 5, 1], now))
             .unwrap();
-        let out: Vec<(u32, u8, u16, Vec<u8>)> = std::iter::from_fn(|| repair.poll_read())
-            .map(|m| match m.message.packet {
-                Packet::Rtp(p) => (
-                    p.header.ssrc,
-                    p.header.payload_type,
-                    p.header.sequence_number,
-                    p.payload.to_vec(),
-                ),
-                _ => panic!("RTP went in, something else came out"),
-            })
-            .collect();
+        let out = drained(&mut repair);
         assert_eq!(
             out,
             vec![
@@ -420,17 +425,7 @@ mod tests {
                 &[(mid_id, b"1"), (rrid_id, b"h")],
             ))
             .unwrap();
-        let out: Vec<(u32, u8, u16, Vec<u8>)> = std::iter::from_fn(|| repair.poll_read())
-            .map(|m| match m.message.packet {
-                Packet::Rtp(p) => (
-                    p.header.ssrc,
-                    p.header.payload_type,
-                    p.header.sequence_number,
-                    p.payload.to_vec(),
-                ),
-                _ => panic!("RTP went in, something else came out"),
-            })
-            .collect();
+        let out = drained(&mut repair);
         assert_eq!(
             out,
             vec![

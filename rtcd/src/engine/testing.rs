@@ -132,64 +132,14 @@ impl Client {
     /// `"cam"` with SSRC `ssrc`.
     pub(crate) fn publish(&mut self, kind: MediaKind, ssrc: u32) {
         let (id, codec_kind) = track_of(kind);
-        let encodings = vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(ssrc),
-                ..Default::default()
-            },
-            ..Default::default()
-        }];
-        let track = MediaStreamTrack::new(
-            format!("{id}-stream"),
-            id.into(),
-            id.into(),
-            codec_kind,
-            encodings.clone(),
-        );
-        self.pc
-            .add_transceiver_from_track(
-                track,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Sendonly,
-                    streams: vec![],
-                    send_encodings: encodings,
-                }),
-            )
-            .expect("a sending transceiver");
+        add_sendonly(&mut self.pc, id, codec_kind, encodings(&[("", ssrc)]));
     }
 
     /// Publishes a camera in simulcast layers, `(rid, SSRC)` lowest first, declaring no SSRC
     /// (as Chromium: the layers are known by their rids). Needs [`Client::simulcast`].
     pub(crate) fn publish_simulcast(&mut self, layers: &[(&str, u32)]) {
         assert!(self.simulcast, "a simulcast client");
-        let encodings: Vec<RTCRtpEncodingParameters> = layers
-            .iter()
-            .map(|(rid, ssrc)| RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    rid: (*rid).into(),
-                    ssrc: Some(*ssrc),
-                    ..Default::default()
-                },
-                ..Default::default()
-            })
-            .collect();
-        let track = MediaStreamTrack::new(
-            "cam-stream".into(),
-            "cam".into(),
-            "cam".into(),
-            RtpCodecKind::Video,
-            encodings.clone(),
-        );
-        self.pc
-            .add_transceiver_from_track(
-                track,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Sendonly,
-                    streams: vec![],
-                    send_encodings: encodings,
-                }),
-            )
-            .expect("a sending transceiver");
+        add_sendonly(&mut self.pc, "cam", RtpCodecKind::Video, encodings(layers));
     }
 
     /// Sends packet `seq` of the simulcast layer `rid` (VP8 as [`Client::send`]), with the
@@ -372,6 +322,47 @@ fn stamps_of(offer: &str) -> Option<(u8, u8, String)> {
         }
     }
     None
+}
+
+/// One sending encoding per `(rid, SSRC)`: a single one with rid `""`, or simulcast layers.
+pub(crate) fn encodings(layers: &[(&str, u32)]) -> Vec<RTCRtpEncodingParameters> {
+    layers
+        .iter()
+        .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                rid: (*rid).into(),
+                ssrc: Some(*ssrc),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Adds track `id` (stream `{id}-stream`) as a send-only section with `encodings`, as the SDK
+/// publishes: the test clients' one way to publish.
+pub(crate) fn add_sendonly(
+    pc: &mut RTCPeerConnection,
+    id: &str,
+    kind: RtpCodecKind,
+    encodings: Vec<RTCRtpEncodingParameters>,
+) {
+    let track = MediaStreamTrack::new(
+        format!("{id}-stream"),
+        id.into(),
+        id.into(),
+        kind,
+        encodings.clone(),
+    );
+    pc.add_transceiver_from_track(
+        track,
+        Some(RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: vec![],
+            send_encodings: encodings,
+        }),
+    )
+    .expect("a sending transceiver");
 }
 
 fn track_of(kind: MediaKind) -> (&'static str, RtpCodecKind) {
