@@ -371,8 +371,29 @@ pub fn authorize_sdp(
     Ok(sections)
 }
 
+/// Permissions the unit tests of the policy and the session share.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{Capability, Permissions};
+
+    /// A member's: audio, camera, subscribe (no screen share).
+    pub(crate) fn member() -> Permissions {
+        Permissions::from_capabilities(&[
+            Capability::PublishAudio,
+            Capability::PublishVideo,
+            Capability::Subscribe,
+        ])
+    }
+
+    /// A listener's: subscribe only.
+    pub(crate) fn listener() -> Permissions {
+        Permissions::from_capabilities(&[Capability::Subscribe])
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fixtures::member;
     use super::*;
 
     fn sdp(sections: &[(&str, &str, &str, &[&str])]) -> String {
@@ -392,14 +413,6 @@ mod tests {
             }
         }
         s
-    }
-
-    fn member() -> Permissions {
-        Permissions::from_capabilities(&[
-            Capability::PublishAudio,
-            Capability::PublishVideo,
-            Capability::Subscribe,
-        ])
     }
 
     fn tracks(pairs: &[(&str, TrackSource)]) -> BTreeMap<String, TrackSource> {

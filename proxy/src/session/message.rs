@@ -180,6 +180,7 @@ mod tests {
 
     use super::*;
     use crate::config::ExpiryPolicy;
+    use crate::policy::fixtures::{listener, member};
     use crate::protocol::ModerationAction;
     use crate::session::machine::Settings;
 
@@ -199,18 +200,6 @@ mod tests {
         let mut m = Machine::new(settings, Instant::now());
         m.on_joined(1_700_000_000, admitted);
         m
-    }
-
-    fn member() -> Permissions {
-        Permissions::from_capabilities(&[
-            Capability::PublishAudio,
-            Capability::PublishVideo,
-            Capability::Subscribe,
-        ])
-    }
-
-    fn listener() -> Permissions {
-        Permissions::from_capabilities(&[Capability::Subscribe])
     }
 
     fn parse(v: serde_json::Value) -> ClientMessage {

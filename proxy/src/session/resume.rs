@@ -110,20 +110,8 @@ impl Resume {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Capability;
+    use crate::policy::fixtures::{listener, member};
     use crate::protocol::{Identity, RoomName, ServerMessage, SessionId};
-
-    fn member() -> Permissions {
-        Permissions::from_capabilities(&[
-            Capability::PublishAudio,
-            Capability::PublishVideo,
-            Capability::Subscribe,
-        ])
-    }
-
-    fn listener() -> Permissions {
-        Permissions::from_capabilities(&[Capability::Subscribe])
-    }
 
     fn grant(role: Role, permissions: Permissions, expires_at: i64) -> Grant {
         Grant {
