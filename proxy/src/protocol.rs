@@ -187,6 +187,17 @@ pub enum ClientMessage {
     },
 }
 
+/// Why the media server stopped sending a track to this participant (`track_paused`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    /// Even its lowest quality does not fit in what this participant's connection carries now
+    /// (after audio and higher-priority video); it resumes on its own when it fits.
+    Bandwidth,
+    /// The participant said it does not show the track.
+    Hidden,
+}
+
 /// What a moderator can do from inside the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -458,6 +469,23 @@ pub enum ServerMessage {
         /// Which source.
         source: TrackSource,
     },
+    /// The media server stopped sending a video track to this participant, without
+    /// renegotiating: its section stays, nothing arrives on it until `track_resumed`.
+    TrackPaused {
+        /// The section that carries it.
+        mid: String,
+        /// Its track ID (as in `track_published`).
+        track_id: String,
+        /// Why.
+        reason: PauseReason,
+    },
+    /// A paused track is sent again (from a keyframe).
+    TrackResumed {
+        /// The section that carries it.
+        mid: String,
+        /// Its track ID.
+        track_id: String,
+    },
     /// A `moderate` request was carried out.
     Moderated {
         /// The action.
@@ -497,6 +525,8 @@ impl ServerMessage {
             ServerMessage::MutedByModerator { .. } => "muted_by_moderator",
             ServerMessage::UnmuteRequested { .. } => "unmute_requested",
             ServerMessage::Moderated { .. } => "moderated",
+            ServerMessage::TrackPaused { .. } => "track_paused",
+            ServerMessage::TrackResumed { .. } => "track_resumed",
         }
     }
 }

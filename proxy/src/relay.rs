@@ -137,6 +137,16 @@ pub enum RelayEvent {
     },
     /// The platform or a moderator muted one of this session's sources.
     MutedByModerator(TrackSource),
+    /// The media server paused a track this session receives (`Some(reason)`) or sends it
+    /// again (`None`), without renegotiating.
+    TrackPaused {
+        /// The section that carries it.
+        mid: String,
+        /// Its track ID.
+        track_id: String,
+        /// Why; `None`: resumed.
+        reason: Option<crate::protocol::PauseReason>,
+    },
     /// The platform or a moderator asks this session's user to unmute a source.
     UnmuteRequested(TrackSource),
     /// A session that waited (see [`RelayLink::waiting`]) was admitted: the client may now

@@ -351,6 +351,16 @@ pub fn server_signal(msg: &Value) -> Option<pb::server_signal::Signal> {
                 }),
             })
         }
+        "track_paused" | "track_resumed" => Signal::TrackPaused(pb::TrackPaused {
+            mid: text("mid"),
+            track_id: text("track_id"),
+            paused: msg["type"] == "track_paused",
+            reason: match msg["reason"].as_str() {
+                Some("bandwidth") => pb::PauseReason::Bandwidth,
+                Some("hidden") => pb::PauseReason::Hidden,
+                _ => pb::PauseReason::Unspecified,
+            } as i32,
+        }),
         "error" => Signal::Error(pb::Error {
             code: 0,
             message: format!("{}: {}", text("code"), text("message")),

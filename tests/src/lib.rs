@@ -17,3 +17,16 @@ pub mod oidc;
 pub mod proxy;
 pub mod relay;
 pub mod webhook;
+
+/// Prints the logs of the daemons a test runs in-process (rtcd-dev's rtcd and proxy) when
+/// `RTCD_E2E_LOG` is set, as a `tracing` filter (e.g. `rtcd::sfu=debug`): what a developer
+/// chasing a failing call needs, off by default (the suite's output stays readable). Once per
+/// process; later calls do nothing.
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("RTCD_E2E_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}

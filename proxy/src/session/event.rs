@@ -93,6 +93,20 @@ pub fn classify(event: Option<RelayEvent>) -> Event {
         },
         RelayEvent::VoiceActivity(speakers) => ServerMessage::VoiceActivity { speakers },
         RelayEvent::MutedByModerator(source) => ServerMessage::MutedByModerator { source },
+        RelayEvent::TrackPaused {
+            mid,
+            track_id,
+            reason: Some(reason),
+        } => ServerMessage::TrackPaused {
+            mid,
+            track_id,
+            reason,
+        },
+        RelayEvent::TrackPaused {
+            mid,
+            track_id,
+            reason: None,
+        } => ServerMessage::TrackResumed { mid, track_id },
         RelayEvent::UnmuteRequested(source) => ServerMessage::UnmuteRequested { source },
         RelayEvent::Error { code, message } => ServerMessage::Error {
             code,

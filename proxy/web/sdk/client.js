@@ -246,8 +246,26 @@ export class RtcdError extends Error {
  *   pongTimeoutMs?: number,
  *   stepTimeoutMs?: number,
  *   statsIntervalMs?: number,
+ *   simulcast?: boolean,
  * }} ClientOptions
  */
+
+/**
+ * The camera's simulcast layers, lowest first (the order the media server expects, protocol
+ * section 4a): a quarter, half and full of the captured resolution, each capped so the three
+ * together stay under about 2.2 Mbit/s. A subscriber gets one of them, the best its link and
+ * its display need (docs/adaptive-video.md). `simulcast: false` sends the full layer alone.
+ * @type {RTCRtpEncodingParameters[]}
+ */
+export const CAMERA_LAYERS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1500000 },
+];
+
+/** A screen share is one layer at full resolution (text must stay readable; the browser
+ * lowers its frame rate, not its resolution, under `contentHint = 'detail'`), capped here. */
+const SCREEN_MAX_BITRATE = 1500000;
 
 /** Seconds of token validity a reconnect needs, else it asks `getToken` (or gives up). */
 const TOKEN_MARGIN_S = 5;
@@ -301,6 +319,7 @@ export class RtcdClient extends EventTarget {
       pongTimeoutMs: 10000,
       stepTimeoutMs: 10000,
       statsIntervalMs: 2000,
+      simulcast: true,
       ...options,
       reconnect: { maxAttempts: 8, baseDelayMs: 500, maxDelayMs: 15000, ...(options.reconnect || {}) },
     };
@@ -357,6 +376,8 @@ export class RtcdClient extends EventTarget {
     /** @type {Map<string, {identity: string, source: TrackSource, trackId: string}>}
      * `track_published` by mid, until unpublished */
     this._published = new Map();
+    /** @type {Map<string, string>} mids the media server paused (`track_paused`), with why */
+    this._paused = new Map();
     /** @type {Map<string, {packets: number, progress: number, lost: number, progressAt: number,
      *   flowed: boolean, loss: number, lossyRuns: number}>} inbound counters by mid (progress:
      *   frames decoded for video, packets for audio) */
@@ -778,6 +799,7 @@ export class RtcdClient extends EventTarget {
     }
     for (const [mid, remote] of [...this.remoteTracks]) this._endRemote(mid, remote);
     this._published.clear();
+    this._paused.clear();
     this._flow.clear();
     if (this.route) {
       const previous = this.route;
@@ -889,9 +911,33 @@ export class RtcdClient extends EventTarget {
         this._participantLeft(m.identity);
         return;
       case 'track_published':
+        // A section carrying a new track is not paused (whatever it carried before was).
+        this._paused.delete(String(m.mid));
         this._published.set(String(m.mid), { identity: m.identity, source: m.source, trackId: m.track_id });
         this._match(String(m.mid));
         return;
+      case 'track_paused':
+      case 'track_resumed': {
+        const mid = String(m.mid);
+        const paused = m.type === 'track_paused';
+        if (paused) this._paused.set(mid, m.reason);
+        else this._paused.delete(mid);
+        const remote = this.remoteTracks.get(mid);
+        const flow = this._flow.get(mid);
+        // A resumed track starts again from a keyframe: give it the start grace period.
+        if (flow && !paused) {
+          flow.progressAt = performance.now();
+          flow.flowed = false;
+        }
+        if (remote) {
+          this._emit(paused ? 'trackpaused' : 'trackresumed', {
+            identity: remote.identity, source: remote.source, trackId: remote.trackId, mid,
+            ...(paused && { reason: m.reason }),
+          });
+        }
+        this._updateHealth();
+        return;
+      }
       case 'track_unpublished':
         for (const [mid, info] of [...this._published]) {
           if (info.trackId === m.track_id && info.identity === m.identity) this._published.delete(mid);
@@ -1284,8 +1330,17 @@ export class RtcdClient extends EventTarget {
       return;
     }
     const stream = new MediaStream([track]);
-    const transceiver = pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    /** @type {RTCRtpTransceiverInit} */
+    const init = { direction: 'sendonly', streams: [stream] };
+    if (source === 'camera') {
+      init.sendEncodings = this.options.simulcast
+        ? CAMERA_LAYERS.map((l) => ({ ...l }))
+        : [{ maxBitrate: CAMERA_LAYERS[CAMERA_LAYERS.length - 1].maxBitrate }];
+    } else if (source === 'screen') {
+      init.sendEncodings = [{ maxBitrate: SCREEN_MAX_BITRATE }];
+    }
     if (source === 'screen' && 'contentHint' in track) track.contentHint = 'detail';
+    const transceiver = pc.addTransceiver(track, init);
     this._transceivers.set(source, transceiver);
     this._wantOffer();
   }
@@ -1429,7 +1484,8 @@ export class RtcdClient extends EventTarget {
     for (const [mid, remote] of this.remoteTracks) {
       const flow = this._flow.get(mid);
       const participant = this.participants.get(remote.identity);
-      if (!flow || (participant && participant.muted[remote.source])) continue;
+      // Muted, or paused by the media server (not a fault of anyone's connection).
+      if (!flow || (participant && participant.muted[remote.source]) || this._paused.has(mid)) continue;
       const entry = byIdentity.get(remote.identity) || { flowing: 0, stalled: 0, starting: 0 };
       const quiet = now - flow.progressAt > (flow.flowed ? STALL_MS : START_MS);
       if (!flow.flowed && !quiet) entry.starting += 1;

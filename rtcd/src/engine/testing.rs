@@ -145,7 +145,15 @@ impl Client {
     /// Sends packet `seq` of the simulcast layer `rid` (VP8 as [`Client::send`]), with the
     /// MID and RID header extensions when `stamp` (browsers stop once rtcd's receiver
     /// reports acknowledge the SSRC).
-    pub(crate) fn send_layer(&mut self, rid: &str, ssrc: u32, seq: u16, stamp: bool, now: Instant) {
+    pub(crate) fn send_layer(
+        &mut self,
+        rid: &str,
+        ssrc: u32,
+        seq: u16,
+        size: usize,
+        stamp: bool,
+        now: Instant,
+    ) {
         let mut packet = rtp::Packet::default();
         packet.header.version = 2;
         packet.header.sequence_number = seq;
@@ -154,7 +162,9 @@ impl Client {
         packet.header.payload_type = 96;
         packet.header.timestamp = u32::from(seq) * 3000;
         let key = seq.is_multiple_of(30);
-        packet.payload = Bytes::from(vec![0x10, if key { 0x00 } else { 0x01 }, 0, 0, 9, 9, 9]);
+        let mut payload = vec![0x10, if key { 0x00 } else { 0x01 }, 0, 0, 9, 9, 9];
+        payload.resize(size.max(payload.len()), 9);
+        packet.payload = Bytes::from(payload);
         if stamp && let Some((mid_id, rid_id, mid)) = &self.stamps {
             packet.header.extension = true;
             packet.header.extension_profile = 0xBEDE;

@@ -4,6 +4,7 @@
 use rtcd_proto::v1 as pb;
 
 use crate::lobby::{Entrant, Notice, RoomPolicy};
+use crate::sfu::allocation::PauseReason;
 use crate::sfu::{
     CallId, Candidate, JoinRequest, MAX_ID_BYTES, Participant, Permissions, SessionCommand,
     SessionEvent, SessionId, SfuError, TenantId, TokenMeta, TrackKind, UserId, session::TrackInfo,
@@ -260,6 +261,20 @@ pub fn event(e: SessionEvent) -> pb::ServerSignal {
             kind: kind_to(kind),
             muted: false,
             ..Default::default()
+        }),
+        SessionEvent::TrackPaused {
+            mid,
+            track_id,
+            reason,
+        } => Signal::TrackPaused(pb::TrackPaused {
+            mid,
+            track_id,
+            paused: reason.is_some(),
+            reason: match reason {
+                None => pb::PauseReason::Unspecified,
+                Some(PauseReason::Bandwidth) => pb::PauseReason::Bandwidth,
+                Some(PauseReason::Hidden) => pb::PauseReason::Hidden,
+            } as i32,
         }),
         SessionEvent::Error(e) => error(&e),
         SessionEvent::Closed { reason } => session_closed(reason),

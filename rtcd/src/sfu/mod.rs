@@ -15,6 +15,7 @@
 //! Calls and sessions are keyed by the tenant (the authenticated client, opaque here), so two
 //! tenants using the same IDs never meet. This module knows nothing of gRPC, proto or auth.
 
+pub mod allocation;
 pub mod downtrack;
 pub mod events;
 pub mod negotiation;

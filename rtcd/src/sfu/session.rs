@@ -137,6 +137,17 @@ pub enum SessionEvent {
         /// Which kind.
         kind: TrackKind,
     },
+    /// rtcd stopped sending a video track this session receives (`Some(reason)`), or sends it
+    /// again (`None`), without renegotiating (the subscriber's allocator,
+    /// [`crate::sfu::allocation`]).
+    TrackPaused {
+        /// The section that carries it.
+        mid: String,
+        /// Its track id in our SDP.
+        track_id: String,
+        /// Why it is paused; `None`: resumed.
+        reason: Option<crate::sfu::allocation::PauseReason>,
+    },
     /// A recoverable error about one command.
     Error(SfuError),
     /// The session ended; nothing follows.

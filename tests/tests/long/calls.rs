@@ -179,6 +179,7 @@ pub(crate) struct Call {
 async fn lan_stack(
     rtc: Vec<(String, String)>,
 ) -> anyhow::Result<(tempfile::TempDir, rtcd_dev::DevStack)> {
+    rtcd_e2e::init_logs();
     let dir = tempfile::tempdir()?;
     let stack = rtcd_dev::start(rtcd_dev::Options {
         data_dir: dir.path().to_owned(),

@@ -45,7 +45,7 @@ use super::{
 use crate::config::RtcdConfig;
 use crate::placement::{HostHealth, HostSet};
 use crate::policy::{Permissions, Role, TrackSource};
-use crate::protocol::{Candidate, Identity, Participant, RoomName};
+use crate::protocol::{Candidate, Identity, Participant, PauseReason, RoomName};
 use crate::rooms::{
     BanInfo, ControlError, LobbyEntry, ParticipantInfo, Revocation, RoomControl, RoomDetail,
     RoomPolicy, RoomSummary, TrackInfo,

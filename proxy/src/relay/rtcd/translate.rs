@@ -154,6 +154,17 @@ impl EventTranslator {
                 Some(source) => RelayEvent::UnmuteRequested(source),
                 None => return Vec::new(),
             },
+            Signal::TrackPaused(p) => RelayEvent::TrackPaused {
+                reason: match (p.paused, p.reason()) {
+                    (false, _) => None,
+                    (true, pb::PauseReason::Hidden) => Some(PauseReason::Hidden),
+                    // A reason this proxy does not know yet is shown as the one that needs no
+                    // action from the client.
+                    (true, _) => Some(PauseReason::Bandwidth),
+                },
+                mid: p.mid,
+                track_id: p.track_id,
+            },
             Signal::Error(e) => RelayEvent::Error {
                 code: error_label(e.code),
                 message: e.message,

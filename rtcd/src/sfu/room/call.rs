@@ -7,6 +7,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::{CallKey, SessionKey};
 use crate::engine::peer::{Codec, HeaderExtension, TrackKey};
+use crate::sfu::allocation::RateMeter;
 use crate::sfu::negotiation::TrackId;
 use crate::sfu::retransmit::RetransmitBuffer;
 use crate::sfu::session::TrackInfo;
@@ -32,6 +33,8 @@ pub(super) struct Layer {
     pub last_pli: Option<Instant>,
     /// When its latest packet arrived (a layer silent for [`LAYER_SILENCE`] has stopped).
     pub last_packet: Option<Instant>,
+    /// What it sends (what a subscriber's link needs for it).
+    pub rate: RateMeter,
 }
 
 /// A simulcast layer silent this long has stopped (the publisher paused it or lost its

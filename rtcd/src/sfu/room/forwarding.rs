@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use super::allocating::PACKET_OVERHEAD;
 use super::call::Layer;
 use super::{CallKey, Rooms, SessionKey};
 use crate::engine::Peer;
@@ -50,13 +51,10 @@ impl Rooms {
             return;
         };
         let simulcast = t.simulcast();
-        // The best layer sending now, for subscribers on a worse or a stopped one.
-        let best = if simulcast {
-            t.layers[layer].last_packet = Some(now);
-            t.layers.iter().rposition(|l| l.active(now))
-        } else {
-            None
-        };
+        t.layers[layer].last_packet = Some(now);
+        t.layers[layer]
+            .rate
+            .add(packet.payload.len() + PACKET_OVERHEAD, now);
         let mut voice = None;
         if t.muted {
             t.counters.muted.inc();
@@ -75,6 +73,7 @@ impl Rooms {
             voice = level.and_then(|l| detector.observe(l));
         }
         let muted = t.muted;
+        let speaking = t.vad.as_ref().is_some_and(|(_, d)| d.speaking());
         let mut keyframes = std::mem::take(&mut self.keyframe_scratch);
         if !muted {
             if let Some(buffer) = t.layers[layer].buffer.as_mut() {
@@ -95,8 +94,10 @@ impl Rooms {
                 let Some(down) = ms.down.as_mut() else {
                     continue;
                 };
-                if simulcast && best == Some(layer) {
-                    choose_layer(down, &t.layers, layer, now);
+                // A packet of another layer than the one forwarded: whether to move to it (or
+                // away from a layer that stopped, or above the subscriber's cap).
+                if simulcast && packet.ssrc != down.source_ssrc() {
+                    choose_layer(down, &t.layers, ms.layer_cap, now);
                 }
                 if let Forward::Send(header) = down.forward(&packet, now) {
                     let payload = header.payload(&packet);
@@ -130,6 +131,9 @@ impl Rooms {
         }
         keyframes.clear();
         self.keyframe_scratch = keyframes;
+        if speaking && let Some(m) = self.members.get_mut(&key) {
+            m.spoke = Some(now);
+        }
         if let Some(speaking) = voice
             && let Some(m) = self.members.get(&key)
         {
@@ -280,24 +284,33 @@ pub(super) fn send_fills(
     lost_frame
 }
 
-/// Picks a simulcast down-track's layer on a packet of `best`, the best layer sending now:
-/// a switch to it at its next keyframe when it is better than the current layer (and the
-/// target), at once when the current layer stopped sending.
-fn choose_layer(down: &mut DownTrack, layers: &[Layer], best: usize, now: Instant) {
-    let index = |ssrc: u32| layers.iter().position(|l| l.ssrc == ssrc);
-    let best_ssrc = layers[best].ssrc;
-    let current = down.source_ssrc();
-    if current == best_ssrc {
+/// Points a simulcast down-track at the layer its subscriber should get now: the best layer
+/// sending at or under `cap` (the allocator's decision), else the lowest sending. A move from
+/// a layer still sending happens at the new layer's next keyframe (requested); from a stopped
+/// one, at once (its keyframe is waited for either way).
+fn choose_layer(down: &mut DownTrack, layers: &[Layer], cap: usize, now: Instant) {
+    let under_cap = layers.len().min(cap.saturating_add(1));
+    let Some(desired) = (0..under_cap)
+        .rev()
+        .find(|&i| layers[i].active(now))
+        .or_else(|| (under_cap..layers.len()).find(|&i| layers[i].active(now)))
+    else {
         return;
-    }
-    match index(current) {
-        Some(i) if layers[i].active(now) => {
-            let target = down.target_layer().and_then(index);
-            if i < best && target.is_none_or(|t| t < best) {
-                down.set_target_layer(best_ssrc);
-            }
+    };
+    let current = down.source_ssrc();
+    let desired_ssrc = layers[desired].ssrc;
+    match layers
+        .iter()
+        .position(|l| l.ssrc == current && current != 0)
+    {
+        // Already there: a pending switch elsewhere is no longer wanted.
+        Some(i) if i == desired => down.set_target_layer(current),
+        // Flowing: keep it until the new layer's keyframe. Waiting for a keyframe anyway (a
+        // new subscriber, a loss): wait for the new layer's instead.
+        Some(i) if layers[i].active(now) && !down.wants_keyframe() => {
+            down.set_target_layer(desired_ssrc)
         }
         // Stopped, or a source that is no layer of this track.
-        _ => down.switch_layer_now(best_ssrc),
+        _ => down.switch_layer_now(desired_ssrc),
     }
 }

@@ -10,6 +10,7 @@ use super::{CallKey, SessionKey};
 use crate::engine::Peer;
 use crate::engine::peer::{Codec, HeaderExtension, OpenedTrack, SlotId, TrackKey};
 use crate::metrics::{KindLabels, Metrics, ReasonLabels};
+use crate::sfu::allocation::{Allocator, PauseReason};
 use crate::sfu::downtrack::DownTrack;
 use crate::sfu::events::EventParticipant;
 use crate::sfu::negotiation::{Negotiation, TrackId};
@@ -26,6 +27,11 @@ pub(super) struct MemberSlot {
     pub codecs: Vec<Codec>,
     pub extensions: Vec<HeaderExtension>,
     pub down: Option<DownTrack>,
+    /// The best layer (index) of a simulcast track this subscriber may receive now: its
+    /// allocator's decision ([`crate::sfu::allocation`]); `usize::MAX` when not limited.
+    pub layer_cap: usize,
+    /// Why the allocator paused it, while it does (the down-track is paused).
+    pub paused: Option<PauseReason>,
 }
 
 /// One session (one client peer connection).
@@ -64,6 +70,13 @@ pub(super) struct Member {
     pub connected: bool,
     /// The deadline last given out for this session ([`super::Output::Timer`]).
     pub deadline: Option<Instant>,
+    /// Which layer of each video track it receives, from its link's bandwidth estimate.
+    pub allocator: Allocator,
+    /// When the allocator last decided (it decides again at most every
+    /// [`super::allocating::ALLOCATE_INTERVAL`] unless the estimate drops).
+    pub allocated_at: Option<Instant>,
+    /// When its microphone was last heard speaking (its cameras come first for others).
+    pub spoke: Option<Instant>,
 }
 
 impl Member {
@@ -95,6 +108,9 @@ impl Member {
             joined_at_ms,
             connected: false,
             deadline: None,
+            allocator: Allocator::default(),
+            allocated_at: None,
+            spoke: None,
         }
     }
 

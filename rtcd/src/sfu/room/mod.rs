@@ -22,6 +22,7 @@
 //! `forwarding` (the media path: packets, NACKs, keyframes), `control` (session commands and
 //! moderation).
 
+mod allocating;
 mod call;
 mod control;
 mod forwarding;

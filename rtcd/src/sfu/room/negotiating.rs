@@ -65,6 +65,8 @@ impl Rooms {
                 codecs: Vec::new(),
                 extensions: Vec::new(),
                 down: None,
+                layer_cap: usize::MAX,
+                paused: None,
             });
         }
         let receiving: Vec<bool> = m
@@ -185,6 +187,13 @@ impl Rooms {
             return;
         };
         let slot = &mut m.slots[i];
+        // Whatever the allocator decided for the slot's previous track does not hold for this
+        // one (decided below, once it is in place).
+        slot.layer_cap = usize::MAX;
+        slot.paused = None;
+        if let Some(down) = slot.down.as_mut() {
+            down.set_paused(false);
+        }
         let (payload_types, extensions) =
             maps(&t.codecs, &t.extensions, &slot.codecs, &slot.extensions);
         match slot.down.as_mut() {
@@ -245,6 +254,7 @@ impl Rooms {
                 },
             );
         }
+        self.allocate(key, now);
         if let Some(ssrc) = want_keyframe {
             self.request_keyframe(&call, tid, ssrc, now);
         }

@@ -132,6 +132,7 @@ impl Rooms {
             buffer: buffer(),
             last_pli: None,
             last_packet: None,
+            rate: Default::default(),
         };
         let layers: Vec<Layer> = if opened.rids.is_empty() {
             vec![layer(None, opened.ssrc)]

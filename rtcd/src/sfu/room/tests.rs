@@ -799,6 +799,9 @@ fn metrics_follow_sessions_tracks_and_packets() {
 
 /// A simulcast camera's layers, lowest first: (rid, SSRC).
 const LAYERS: [(&str, u32); 3] = [("q", 0xA101), ("h", 0xA102), ("f", 0xA103)];
+/// Their packets' payload sizes: at a packet per 30 ms, with the allocator's per-packet
+/// overhead, about 43, 123 and 309 kbit/s.
+const LAYER_BYTES: [usize; 3] = [100, 400, 1100];
 
 impl Net {
     /// `rounds` packets (30 ms apart) of each of alice's `layers` (indices into [`LAYERS`]),
@@ -808,7 +811,8 @@ impl Net {
             let now = self.now;
             for &i in layers {
                 let (rid, ssrc) = LAYERS[i];
-                self.client(ALICE).send_layer(rid, ssrc, seq[i], stamp, now);
+                self.client(ALICE)
+                    .send_layer(rid, ssrc, seq[i], LAYER_BYTES[i], stamp, now);
                 seq[i] = seq[i].wrapping_add(1);
             }
             self.run(30);
@@ -918,4 +922,85 @@ fn a_subscriber_receives_one_continuous_layer_of_a_simulcast_camera() {
     // Every layer's keyframes went out in turn; the three layers' packets (300 x 3) were not
     // all forwarded.
     assert!(n < 400, "one layer at a time: {n}");
+}
+
+/// Bob's bandwidth estimate decides his layer of alice's simulcast camera: lowered at once
+/// when it drops, paused (and bob told why) when even the lowest layer does not fit, resumed
+/// and raised only after the hold, on one continuous stream throughout.
+#[test]
+fn the_subscriber_estimate_lowers_pauses_and_resumes_a_simulcast_camera() {
+    use crate::sfu::allocation::{PauseReason, UPGRADE_HOLD};
+    let mut net = Net::new();
+    net.join(ALICE, "alice", everything());
+    net.clients.insert(
+        ALICE,
+        Client::simulcast(&format!("10.9.0.{ALICE}:6000"), net.now),
+    );
+    net.join(BOB, "bob", everything());
+    net.client(ALICE).publish_simulcast(&LAYERS);
+    net.negotiate(ALICE).expect("alice's offer is answered");
+    net.receive(BOB, MediaKind::Video);
+    net.negotiate(BOB).expect("bob's offer is answered");
+    assert!(net.run_until(2_000, |n| n.clients[&ALICE].connected));
+    let mut seq = [0u16; 3];
+    net.send_layers(&[0, 1, 2], 10, true, &mut seq);
+    net.send_layers(&[0, 1, 2], 50, false, &mut seq);
+    assert_eq!(
+        bobs_layer(&net),
+        Some(LAYERS[2].1),
+        "no estimate: the best layer"
+    );
+
+    // 200 kbit/s: the lowest (43k) and the middle (123k) fit, the top (309k) does not.
+    let now = net.now;
+    net.rooms.on_estimate(BOB, 200_000, now);
+    net.send_layers(&[0, 1, 2], 60, false, &mut seq);
+    assert_eq!(bobs_layer(&net), Some(LAYERS[1].1), "lowered at once");
+
+    // 30 kbit/s: not even the lowest layer. Bob is told, and gets nothing more.
+    let now = net.now;
+    net.rooms.on_estimate(BOB, 30_000, now);
+    net.settle();
+    let paused_at = net.now;
+    assert!(has(net.events(BOB), |e| matches!(
+        e,
+        SessionEvent::TrackPaused {
+            reason: Some(PauseReason::Bandwidth),
+            ..
+        }
+    )));
+    net.send_layers(&[0, 1, 2], 5, false, &mut seq);
+    let frozen = net.received(BOB);
+    net.send_layers(&[0, 1, 2], 20, false, &mut seq);
+    assert_eq!(net.received(BOB), frozen, "nothing while paused");
+
+    // The link is back: nothing changes before the hold is over, then the top layer again
+    // (at the next decision: estimates come several times a second, decisions at most every
+    // ALLOCATE_INTERVAL).
+    let mut resumed_after = None;
+    while net.now < paused_at + UPGRADE_HOLD + std::time::Duration::from_secs(1) {
+        let now = net.now;
+        net.rooms.on_estimate(BOB, 2_000_000, now);
+        net.settle();
+        let resumed = has(net.events(BOB), |e| {
+            matches!(e, SessionEvent::TrackPaused { reason: None, .. })
+        });
+        if resumed && resumed_after.is_none() {
+            resumed_after = Some(now - paused_at);
+        }
+        net.send_layers(&[0, 1, 2], 5, false, &mut seq);
+    }
+    let resumed_after = resumed_after.expect("resumed");
+    assert!(
+        resumed_after >= UPGRADE_HOLD
+            && resumed_after
+                <= UPGRADE_HOLD
+                    + super::allocating::ALLOCATE_INTERVAL
+                    + std::time::Duration::from_millis(200),
+        "resumed {resumed_after:?} after the pause"
+    );
+    net.send_layers(&[0, 1, 2], 60, false, &mut seq);
+    assert!(net.received(BOB) > frozen + 20, "flowing again");
+    assert_eq!(bobs_layer(&net), Some(LAYERS[2].1), "back at the top");
+    continuous(&net, 0).unwrap();
 }

@@ -1,0 +1,485 @@
+//! Which layer of each video track a subscriber receives, from what its link carries.
+//!
+//! One [`Allocator`] per subscriber, fed with the bandwidth estimate of its link (send-side,
+//! from the transport-wide feedback it sends) and, at each decision, the video tracks it
+//! subscribes to with the measured bitrate of their layers. It answers with a [`Decision`] per
+//! track: the best layer it may receive, or paused with a reason. The room applies a decision
+//! to the track's down-track (which switches at a keyframe) and tells the subscriber when a
+//! track pauses or resumes (`docs/adaptive-video.md`).
+//!
+//! The rules, in order:
+//! * Audio is never dropped for video: what the subscriber's audio takes comes off the budget
+//!   first.
+//! * Tracks are served in priority order: screen shares, then cameras of whoever spoke most
+//!   recently, then the others in subscription order.
+//! * Every visible track gets its lowest layer before any gets a higher one; what remains then
+//!   raises tracks in priority order, each as far as it fits and it is wanted.
+//! * A track whose lowest layer does not fit is paused ([`PauseReason::Bandwidth`]), and
+//!   resumes when it fits again. A hidden track (the subscriber said so) is paused at once.
+//! * Downgrades happen at once (a link that overflows loses audio and stalls every video);
+//!   upgrades and resumes wait [`UPGRADE_HOLD`] after the last downgrade and must fit in a
+//!   smaller share of the estimate ([`RAISE_SHARE`] against [`KEEP_SHARE`]): a link at the
+//!   edge of a layer does not flap between two.
+//!
+//! Plain data in, decisions out, time passed in: unit-tested without a network.
+
+use std::time::{Duration, Instant};
+
+/// The share of the estimate the current layers may use before they are lowered: the rest is
+/// the margin for RTCP, retransmissions and a frame larger than average.
+pub const KEEP_SHARE: f64 = 0.95;
+/// The share of the estimate a higher layer (or a resumed track) must fit in to be taken.
+pub const RAISE_SHARE: f64 = 0.80;
+/// How long after a downgrade nothing is raised: the estimate is still settling.
+pub const UPGRADE_HOLD: Duration = Duration::from_secs(3);
+
+/// What a layer is assumed to cost before it has been measured (a layer the publisher does not
+/// send now, or one that just started), by position from the top: the SDK's camera layers
+/// (`docs/web-client.md`), with the top layer of a single-layer track at the camera's full
+/// rate.
+const NOMINAL_FROM_TOP: [u64; 3] = [1_500_000, 500_000, 150_000];
+
+/// What kind of video a track is: screen shares come before cameras.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Class {
+    /// A screen share (served first: it is what a presentation is about).
+    Screen,
+    /// A camera.
+    Camera,
+}
+
+/// Why a subscriber receives nothing of a video track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseReason {
+    /// Even its lowest layer does not fit in what the subscriber's link carries.
+    Bandwidth,
+    /// The subscriber does not show it.
+    Hidden,
+}
+
+/// What a subscriber receives of one video track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// At most this layer (index into the track's layers, lowest first).
+    Layer(usize),
+    /// Nothing.
+    Paused(PauseReason),
+}
+
+impl Decision {
+    /// Orders decisions by what they cost: a pause is below every layer.
+    fn rank(self) -> usize {
+        match self {
+            Decision::Paused(_) => 0,
+            Decision::Layer(l) => l + 1,
+        }
+    }
+}
+
+/// One video track a subscriber receives, as the allocator needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct VideoTrack<'a> {
+    /// The caller's name for it (its slot); decisions come back under it.
+    pub id: usize,
+    /// Screen or camera.
+    pub class: Class,
+    /// When its publisher last spoke (recent speakers' cameras come first).
+    pub spoke: Option<Instant>,
+    /// Measured bits per second of each layer, lowest first; 0 where nothing was measured.
+    pub rates: &'a [u64],
+    /// The best layer the subscriber wants (what its display needs); past the last layer means
+    /// any.
+    pub max_layer: usize,
+    /// Whether the subscriber shows it at all.
+    pub visible: bool,
+}
+
+impl VideoTrack<'_> {
+    fn top(&self) -> Option<usize> {
+        (!self.rates.is_empty()).then(|| self.max_layer.min(self.rates.len() - 1))
+    }
+
+    /// What layer `layer` costs: measured, else nominal.
+    fn cost(&self, layer: usize) -> u64 {
+        match self.rates.get(layer) {
+            Some(&r) if r > 0 => r,
+            _ => {
+                let from_top = self.rates.len().saturating_sub(layer + 1);
+                NOMINAL_FROM_TOP[from_top.min(NOMINAL_FROM_TOP.len() - 1)]
+            }
+        }
+    }
+}
+
+/// The bitrate of one stream over about the last second: two half-second buckets, so a
+/// packet costs two additions and a comparison.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateMeter {
+    /// Start of the current bucket.
+    start: Option<Instant>,
+    current: u64,
+    previous: u64,
+}
+
+/// A [`RateMeter`] bucket.
+const BUCKET: Duration = Duration::from_millis(500);
+
+impl RateMeter {
+    /// Counts a packet of `bytes` at `now`.
+    pub fn add(&mut self, bytes: usize, now: Instant) {
+        self.roll(now);
+        self.current += bytes as u64;
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let start = *self.start.get_or_insert(now);
+        let age = now.saturating_duration_since(start);
+        if age >= BUCKET {
+            self.previous = if age < 2 * BUCKET { self.current } else { 0 };
+            self.current = 0;
+            self.start = Some(now);
+        }
+    }
+
+    /// Bits per second over the last bucket and what the current one has seen (0 for a
+    /// stream silent for a second).
+    pub fn bits_per_second(&self, now: Instant) -> u64 {
+        let Some(start) = self.start else {
+            return 0;
+        };
+        let age = now.saturating_duration_since(start);
+        let (bytes, span) = if age >= 2 * BUCKET {
+            return 0;
+        } else if age >= BUCKET {
+            // The current bucket is over but not rolled yet (no packet since).
+            (self.current, age)
+        } else {
+            (self.previous + self.current, BUCKET + age)
+        };
+        bytes * 8 * 1000 / (span.as_millis().max(1) as u64)
+    }
+}
+
+/// A subscriber's allocator. See the module docs.
+#[derive(Debug, Default)]
+pub struct Allocator {
+    /// What the subscriber's link carries (bits per second), once estimated. Without an
+    /// estimate (a client that sends no transport-wide feedback) nothing is limited.
+    estimate: Option<u64>,
+    /// When a decision was last lowered.
+    lowered_at: Option<Instant>,
+    /// The decision in force per track id.
+    current: Vec<(usize, Decision)>,
+}
+
+impl Allocator {
+    /// A new estimate of the subscriber's link.
+    pub fn set_estimate(&mut self, bits_per_second: u64) {
+        self.estimate = Some(bits_per_second);
+    }
+
+    /// The latest estimate.
+    pub fn estimate(&self) -> Option<u64> {
+        self.estimate
+    }
+
+    /// The decision in force for `id`, if any.
+    pub fn decision(&self, id: usize) -> Option<Decision> {
+        self.current.iter().find(|(i, _)| *i == id).map(|(_, d)| *d)
+    }
+
+    /// Decides every track again. `audio` is what the subscriber's audio takes (bits per
+    /// second). Calls `changed(id, decision)` for each track whose decision changed (a track
+    /// seen for the first time counts as changed); tracks not in `tracks` are forgotten.
+    pub fn allocate(
+        &mut self,
+        audio: u64,
+        tracks: &[VideoTrack<'_>],
+        now: Instant,
+        mut changed: impl FnMut(usize, Decision),
+    ) {
+        self.current
+            .retain(|(id, _)| tracks.iter().any(|t| t.id == *id));
+        let mut order: Vec<usize> = (0..tracks.len()).collect();
+        // Screens first; then the most recent speaker; then subscription order (stable sort).
+        order.sort_by(|&a, &b| {
+            let (a, b) = (&tracks[a], &tracks[b]);
+            a.class.cmp(&b.class).then_with(|| b.spoke.cmp(&a.spoke))
+        });
+        let (keep, raise) = match self.estimate {
+            Some(e) => {
+                let share = |s: f64| ((e as f64 * s) as u64).saturating_sub(audio);
+                (
+                    fit(tracks, &order, share(KEEP_SHARE)),
+                    fit(tracks, &order, share(RAISE_SHARE)),
+                )
+            }
+            None => {
+                let all = fit(tracks, &order, u64::MAX);
+                (all.clone(), all)
+            }
+        };
+        let hold_over = self
+            .lowered_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD);
+        let mut lowered = false;
+        for (i, t) in tracks.iter().enumerate() {
+            let now_decided = self.decision(t.id);
+            let next = match now_decided {
+                // A new track that does not fit waits like one that stopped fitting.
+                None => {
+                    lowered |= keep[i] == Decision::Paused(PauseReason::Bandwidth);
+                    keep[i]
+                }
+                Some(cur) if keep[i].rank() < cur.rank() => {
+                    lowered |= keep[i] != Decision::Paused(PauseReason::Hidden);
+                    keep[i]
+                }
+                // Shown again: not a raise after a downgrade for bandwidth, but during a hold
+                // only its lowest layer.
+                Some(Decision::Paused(PauseReason::Hidden)) if t.visible => match keep[i] {
+                    _ if hold_over => raise[i],
+                    Decision::Layer(_) => Decision::Layer(0),
+                    paused => paused,
+                },
+                Some(cur) if raise[i].rank() > cur.rank() && hold_over => raise[i],
+                Some(cur) => cur,
+            };
+            if now_decided != Some(next) {
+                match self.current.iter_mut().find(|(id, _)| *id == t.id) {
+                    Some((_, d)) => *d = next,
+                    None => self.current.push((t.id, next)),
+                }
+                changed(t.id, next);
+            }
+        }
+        if lowered {
+            self.lowered_at = Some(now);
+        }
+    }
+}
+
+/// The decisions `budget` allows, by the rules of the module docs, indexed like `tracks`.
+fn fit(tracks: &[VideoTrack<'_>], order: &[usize], mut budget: u64) -> Vec<Decision> {
+    let mut out = vec![Decision::Paused(PauseReason::Hidden); tracks.len()];
+    // Every visible track its lowest layer first.
+    for &i in order {
+        let t = &tracks[i];
+        if !t.visible || t.top().is_none() {
+            continue;
+        }
+        let cost = t.cost(0);
+        if cost <= budget {
+            budget -= cost;
+            out[i] = Decision::Layer(0);
+        } else {
+            out[i] = Decision::Paused(PauseReason::Bandwidth);
+        }
+    }
+    // Then each, in order, as high as it fits.
+    for &i in order {
+        let t = &tracks[i];
+        let (Decision::Layer(mut layer), Some(top)) = (out[i], t.top()) else {
+            continue;
+        };
+        while layer < top {
+            let extra = t.cost(layer + 1).saturating_sub(t.cost(layer));
+            if extra > budget {
+                break;
+            }
+            budget -= extra;
+            layer += 1;
+        }
+        out[i] = Decision::Layer(layer);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE: [u64; 3] = [150_000, 500_000, 1_500_000];
+
+    fn camera(id: usize, rates: &[u64]) -> VideoTrack<'_> {
+        VideoTrack {
+            id,
+            class: Class::Camera,
+            spoke: None,
+            rates,
+            max_layer: usize::MAX,
+            visible: true,
+        }
+    }
+
+    /// Runs an allocation and returns every decision in force, by id.
+    fn run(
+        a: &mut Allocator,
+        audio: u64,
+        tracks: &[VideoTrack<'_>],
+        now: Instant,
+    ) -> Vec<Decision> {
+        a.allocate(audio, tracks, now, |_, _| {});
+        tracks.iter().map(|t| a.decision(t.id).unwrap()).collect()
+    }
+
+    #[test]
+    fn the_rate_meter_measures_the_last_second() {
+        let t0 = Instant::now();
+        let mut m = RateMeter::default();
+        // 1,000 bytes every 10 ms: 800 kbit/s.
+        for i in 0..200 {
+            m.add(1_000, t0 + Duration::from_millis(10 * i));
+        }
+        let r = m.bits_per_second(t0 + Duration::from_millis(2_000));
+        assert!((700_000..=900_000).contains(&r), "{r}");
+        assert_eq!(m.bits_per_second(t0 + Duration::from_secs(4)), 0);
+    }
+
+    #[test]
+    fn without_an_estimate_everything_gets_its_best_layer() {
+        let mut a = Allocator::default();
+        let now = Instant::now();
+        let got = run(&mut a, 0, &[camera(1, &THREE), camera(2, &[800_000])], now);
+        assert_eq!(got, vec![Decision::Layer(2), Decision::Layer(0)]);
+    }
+
+    #[test]
+    fn every_camera_gets_its_lowest_layer_before_any_gets_more() {
+        let mut a = Allocator::default();
+        a.set_estimate(600_000);
+        let now = Instant::now();
+        // 600k * 0.95 - 64k audio = 506k: three lowest layers (450k), nothing more fits.
+        let tracks = [camera(1, &THREE), camera(2, &THREE), camera(3, &THREE)];
+        assert_eq!(
+            run(&mut a, 64_000, &tracks, now),
+            vec![Decision::Layer(0); 3]
+        );
+    }
+
+    #[test]
+    fn audio_comes_off_the_budget_and_what_does_not_fit_is_paused() {
+        let mut a = Allocator::default();
+        a.set_estimate(300_000);
+        let now = Instant::now();
+        // 285k - 64k = 221k: one lowest layer (150k), the second does not fit.
+        let tracks = [camera(1, &THREE), camera(2, &THREE)];
+        assert_eq!(
+            run(&mut a, 64_000, &tracks, now),
+            vec![Decision::Layer(0), Decision::Paused(PauseReason::Bandwidth)]
+        );
+    }
+
+    #[test]
+    fn screens_then_recent_speakers_come_first() {
+        let mut a = Allocator::default();
+        a.set_estimate(2_100_000);
+        let now = Instant::now();
+        let mut quiet = camera(1, &THREE);
+        quiet.spoke = Some(now - Duration::from_secs(30));
+        let mut speaker = camera(2, &THREE);
+        speaker.spoke = Some(now);
+        let screen = VideoTrack {
+            class: Class::Screen,
+            ..camera(3, &[1_200_000])
+        };
+        // 1995k: all three lowest (150 + 150 + 1200 = 1500k), 495k left: the speaker to the
+        // middle layer (350k more), the quiet one stays low.
+        assert_eq!(
+            run(&mut a, 0, &[quiet, speaker, screen], now),
+            vec![Decision::Layer(0), Decision::Layer(1), Decision::Layer(0)]
+        );
+    }
+
+    #[test]
+    fn downgrades_are_immediate_and_upgrades_wait_for_the_hold_and_a_margin() {
+        let mut a = Allocator::default();
+        let t0 = Instant::now();
+        let tracks = [camera(1, &THREE)];
+        a.set_estimate(2_000_000);
+        assert_eq!(run(&mut a, 0, &tracks, t0), vec![Decision::Layer(2)]);
+        a.set_estimate(700_000);
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(run(&mut a, 0, &tracks, t1), vec![Decision::Layer(1)]);
+        // The link is back at once, but the hold keeps the layer.
+        a.set_estimate(2_000_000);
+        assert_eq!(
+            run(
+                &mut a,
+                0,
+                &tracks,
+                t1 + UPGRADE_HOLD - Duration::from_millis(1)
+            ),
+            vec![Decision::Layer(1)]
+        );
+        // Past the hold, an estimate where the top layer fits KEEP_SHARE but not RAISE_SHARE
+        // (1.5M / 0.95 = 1.58M < 1.7M < 1.5M / 0.8 = 1.875M) still does not raise it.
+        a.set_estimate(1_700_000);
+        let t2 = t1 + UPGRADE_HOLD;
+        assert_eq!(run(&mut a, 0, &tracks, t2), vec![Decision::Layer(1)]);
+        // ...nor does it lower a top layer already taken (the band between the two shares).
+        a.set_estimate(1_900_000);
+        assert_eq!(run(&mut a, 0, &tracks, t2), vec![Decision::Layer(2)]);
+        a.set_estimate(1_700_000);
+        assert_eq!(run(&mut a, 0, &tracks, t2), vec![Decision::Layer(2)]);
+    }
+
+    #[test]
+    fn a_paused_track_resumes_when_it_fits_again_and_changes_are_reported_once() {
+        let mut a = Allocator::default();
+        let t0 = Instant::now();
+        let tracks = [camera(1, &THREE)];
+        a.set_estimate(100_000);
+        let mut changes = Vec::new();
+        a.allocate(0, &tracks, t0, |id, d| changes.push((id, d)));
+        a.allocate(0, &tracks, t0, |id, d| changes.push((id, d)));
+        assert_eq!(changes, vec![(1, Decision::Paused(PauseReason::Bandwidth))]);
+        a.set_estimate(400_000);
+        let t1 = t0 + Duration::from_secs(1);
+        a.allocate(0, &tracks, t1, |id, d| changes.push((id, d)));
+        assert_eq!(
+            changes.len(),
+            1,
+            "not before the hold: the pause was a downgrade"
+        );
+        a.allocate(0, &tracks, t1 + UPGRADE_HOLD, |id, d| changes.push((id, d)));
+        assert_eq!(changes[1], (1, Decision::Layer(0)));
+    }
+
+    #[test]
+    fn a_hidden_track_pauses_at_once_and_a_display_size_caps_the_layer() {
+        let mut a = Allocator::default();
+        let now = Instant::now();
+        a.set_estimate(5_000_000);
+        let mut small = camera(1, &THREE);
+        small.max_layer = 0;
+        let mut hidden = camera(2, &THREE);
+        hidden.visible = false;
+        assert_eq!(
+            run(&mut a, 0, &[small, hidden], now),
+            vec![Decision::Layer(0), Decision::Paused(PauseReason::Hidden)]
+        );
+        // Hiding is not a downgrade for bandwidth: showing it again is immediate.
+        hidden.visible = true;
+        assert_eq!(
+            run(&mut a, 0, &[small, hidden], now),
+            vec![Decision::Layer(0), Decision::Layer(2)]
+        );
+    }
+
+    #[test]
+    fn unmeasured_layers_cost_their_nominal_rate_and_tracks_that_left_are_forgotten() {
+        let mut a = Allocator::default();
+        let now = Instant::now();
+        // 1.2M: the measured low layer (100k), the unmeasured middle (nominal 500k: +400k),
+        // not the unmeasured top (+1M).
+        a.set_estimate(1_300_000);
+        let rates = [100_000, 0, 0];
+        assert_eq!(
+            run(&mut a, 0, &[camera(1, &rates)], now),
+            vec![Decision::Layer(1)]
+        );
+        a.allocate(0, &[], now, |_, _| {});
+        assert_eq!(a.decision(1), None);
+    }
+}
