@@ -389,15 +389,60 @@ fn the_emitter_announces_the_first_estimate_and_moves_of_five_percent() {
     assert_eq!(emitter.next(at(890_000)), Some(890_000), "a back-off");
 }
 
-/// Prints the trajectory of a call, a line a second (exploration; `--ignored --nocapture`).
+/// Prints the trajectory of a call, a line a second, and a summary (exploration: run with
+/// `--ignored --nocapture`).
 fn explore(name: &str, mut call: Call, seconds: u64, pps: &dyn Fn(Option<u64>) -> f64) -> Call {
     println!("== {name}");
-    println!("connected after {:?}", call.connect());
+    let connected = call.connect();
+    println!("connected after {connected:?}");
     for _ in 0..seconds {
         call.run(1_000, pps);
         println!("{}", call.trace());
     }
+    summarize(&call, connected);
     call
+}
+
+/// When the estimate first reached 750 kbit/s or less, and its time-weighted mean, minimum
+/// and maximum from 5 s after `from` on.
+fn summarize(call: &Call, from: Duration) {
+    let first_low = call
+        .estimates
+        .iter()
+        .find(|(at, e)| *at >= from && *e <= 750_000)
+        .map(|(at, e)| (*at - from, *e));
+    let start = from + Duration::from_secs(5);
+    let end = call.elapsed();
+    let mut weighted = 0.0;
+    let (mut min, mut max) = (u64::MAX, 0);
+    let mut current = call
+        .estimates
+        .iter()
+        .rev()
+        .find(|(at, _)| *at <= start)
+        .map(|(_, e)| *e);
+    let mut last = start;
+    for (at, e) in call.estimates.iter().filter(|(at, _)| *at > start) {
+        if let Some(c) = current {
+            weighted += c as f64 * (*at - last).as_secs_f64();
+            min = min.min(c);
+            max = max.max(c);
+        }
+        current = Some(*e);
+        last = *at;
+    }
+    if let Some(c) = current {
+        weighted += c as f64 * (end - last).as_secs_f64();
+        min = min.min(c);
+        max = max.max(c);
+    }
+    let mean = weighted / (end - start).as_secs_f64();
+    println!(
+        "first <= 750 kbit/s: {first_low:?}; from 5 s: mean {mean:.0} min {min} max {max}; link sent {} dropped {} delivered {:.0} bit/s",
+        call.down.sent,
+        call.down.dropped,
+        call.down.delivered_bytes as f64 * 8.0 / (end - from).as_secs_f64()
+    );
 }
 
 #[test]
@@ -406,19 +451,25 @@ fn explore_trajectories() {
     explore(
         "bottleneck, sender follows",
         Call::new(bottleneck()),
-        30,
+        60,
+        &following(PPS),
+    );
+    explore(
+        "bottleneck 50 ms queue, sender follows",
+        Call::new(Link::shaped(600_000, 3_750, ONE_WAY)),
+        60,
         &following(PPS),
     );
     explore(
         "bottleneck, fixed sender",
         Call::new(bottleneck()),
-        30,
+        20,
         &fixed(PPS),
     );
     explore(
         "unshaped, fixed sender",
         Call::new(Link::unshaped(ONE_WAY)),
-        30,
+        20,
         &fixed(PPS),
     );
     explore(
@@ -427,6 +478,39 @@ fn explore_trajectories() {
         60,
         &fixed(300_000.0 / WIRE_BITS),
     );
+    let mut call = explore(
+        "unshaped then 600 kbit/s, sender follows",
+        Call::new(Link::unshaped(ONE_WAY)),
+        10,
+        &following(PPS),
+    );
+    call.down.reshape(Some(600_000), 30_000);
+    let narrowed = call.elapsed();
+    for _ in 0..20 {
+        call.run(1_000, &following(PPS));
+        println!("{}", call.trace());
+    }
+    summarize(&call, narrowed);
+    // And widens again: 600 kbit/s, then 5 Mbit/s.
+    let mut call = explore(
+        "600 kbit/s then 5 Mbit/s, sender follows",
+        Call::new(bottleneck()),
+        20,
+        &following(PPS),
+    );
+    call.down.reshape(Some(5_000_000), 60_000);
+    let widened = call.elapsed();
+    for _ in 0..15 {
+        call.run(1_000, &following(PPS));
+        println!("{}", call.trace());
+    }
+    let sent_bps = (PPS * WIRE_BITS) as u64;
+    let full = call
+        .estimates
+        .iter()
+        .find(|(at, e)| *at >= widened && *e >= sent_bps)
+        .map(|(at, e)| (*at - widened, *e));
+    println!("widened: the estimate reached the source's {sent_bps} bit/s after {full:?}");
 }
 
 /// GCC's delay half fed the reports of a 600 kbit/s bottleneck directly (no rtc pipeline):
@@ -529,7 +613,7 @@ fn the_estimate_stays_near_a_600_kbit_bottleneck() {
 /// A sender that ignores the estimate (1.5 Mbit/s into 600 kbit/s, 60 % lost): the link still
 /// delivers 600 kbit/s, and that is what the estimate should say. rtc 0.21.1's loss half
 /// multiplies its target by (1 - loss / 2) every 200 ms for as long as loss lasts, whatever
-/// arrives, so the estimate falls to the floor (100 kbit/s) 2 s after media starts and stays.
+/// arrives, so the estimate falls to the floor (100 kbit/s) ~3 s after media starts and stays.
 #[test]
 #[ignore = "rtc 0.21.1 GCC: the loss half collapses to its floor under persistent loss"]
 fn the_estimate_under_persistent_overload_is_what_the_link_delivers() {
