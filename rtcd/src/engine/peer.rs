@@ -270,7 +270,8 @@ pub enum PeerEvent {
     /// What rtcd may send this client, all slots together (media, retransmissions, padding),
     /// from the client's transport-wide congestion feedback (rtc's GCC, see `engine::bwe`).
     /// Emitted on the first feedback and then whenever the estimate moved by 5 % or more from
-    /// the last one emitted: every back-off at once, a climb about once a second. A client
+    /// the last one emitted: every back-off at once, a climb every 200 ms to 1 s (a few events
+    /// a second at most; GCC changes its target at most every 200 ms but for a back-off). A client
     /// that never sends transport-cc feedback (it did not negotiate it) has no estimate and
     /// gets no such event. GCC's two halves and the loss are in [`Peer::estimate`].
     BandwidthEstimate {

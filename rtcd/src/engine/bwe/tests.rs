@@ -438,7 +438,8 @@ fn summarize(call: &Call, from: Duration) {
     }
     let mean = weighted / (end - start).as_secs_f64();
     println!(
-        "first <= 750 kbit/s: {first_low:?}; from 5 s: mean {mean:.0} min {min} max {max}; link sent {} dropped {} delivered {:.0} bit/s",
+        "first <= 750 kbit/s: {first_low:?}; from 5 s: mean {mean:.0} min {min} max {max}; {} events; link sent {} dropped {} delivered {:.0} bit/s",
+        call.estimates.iter().filter(|(at, _)| *at >= from).count(),
         call.down.sent,
         call.down.dropped,
         call.down.delivered_bytes as f64 * 8.0 / (end - from).as_secs_f64()
@@ -522,6 +523,11 @@ fn explore_the_delay_half_on_a_growing_queue() {
     let t0 = Instant::now();
     let mut slope = SlopeEstimator::new();
     let mut detector = OveruseDetector::new();
+    // The same detector given the estimate as libwebrtc compares it: times the number of
+    // deltas the filter has seen, up to 60.
+    let mut scaled = OveruseDetector::new();
+    let mut deltas = 0u32;
+    let mut first_scaled_over = None;
     let (rate, size) = (600_000.0, 1_158usize);
     let mut busy = 0.0f64; // seconds since t0 the bottleneck is busy until
     let mut queue_full_at = None;
@@ -555,6 +561,11 @@ fn explore_the_delay_half_on_a_growing_queue() {
         for r in &reports {
             if let Some(trend) = slope.accumulate(r) {
                 let usage = detector.update(trend.at, trend.estimate_ms);
+                deltas += 1;
+                let t = trend.estimate_ms * f64::from(deltas.min(60));
+                if scaled.update(trend.at, t) == Usage::Over {
+                    first_scaled_over.get_or_insert((frame, t));
+                }
                 println!(
                     "frame {frame:>2} measured {:>6.1} ms filtered {:>6.2} ms threshold {:>5.2} {:?}{}",
                     trend.measurement_ms,
@@ -567,6 +578,7 @@ fn explore_the_delay_half_on_a_growing_queue() {
         }
     }
     println!("queue first full at frame {queue_full_at:?}");
+    println!("scaled as libwebrtc: first overuse at (frame, T ms) {first_scaled_over:?}");
 }
 
 /// The estimate towards a subscriber behind a 600 kbit/s bottleneck, rtcd sending what the
