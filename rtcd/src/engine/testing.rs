@@ -3,7 +3,9 @@
 //! run whole calls in memory without a socket and without seeing the WebRTC library's types.
 //!
 //! Datagrams are given and taken as rtcd's own [`Transport`] (seen from rtcd: `local` is our
-//! candidate, `peer` the client), time is passed in.
+//! candidate, `peer` the client), time is passed in. [`Link`] carries them between the two in
+//! virtual time through a bottleneck (rate, drop-tail queue, propagation delay), for tests of
+//! what rtcd does about bandwidth.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -453,7 +455,8 @@ impl Link {
     }
 
     /// Changes the bottleneck from now on: its rate (`None`: no bottleneck) and its queue
-    /// (what is queued drains at the new rate from its next datagram on).
+    /// (what is queued drains at the new rate from its next datagram on). Datagrams stay in
+    /// order: one sent after the change never overtakes one still queued.
     pub(crate) fn reshape(&mut self, rate: Option<u64>, queue: usize) {
         self.rate = rate.map(|r| r.max(1));
         self.queue = queue;
