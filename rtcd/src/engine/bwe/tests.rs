@@ -600,6 +600,12 @@ fn the_estimate_falls_to_a_600_kbit_bottleneck_within_three_seconds() {
         all.iter().all(|e| *e >= 300_000),
         "never below half the link's rate: {all:?}"
     );
+    // The halves behind it: the estimate is the lower one, and the loss the link caused is
+    // known.
+    let e = call.server.estimate().unwrap();
+    assert_eq!(e.bits_per_second, e.delay_based.min(e.loss_based));
+    assert!(e.loss.is_some(), "{e:?}");
+    assert!(call.down.dropped > 0, "the queue overflowed at some point");
 }
 
 /// What a correct estimator must also do on that link: stay near the link's rate once found.
