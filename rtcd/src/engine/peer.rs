@@ -267,6 +267,17 @@ pub enum PeerEvent {
         /// The lost sequence numbers.
         lost: Vec<u16>,
     },
+    /// What rtcd may send this client, all slots together (media, retransmissions, padding),
+    /// from the client's transport-wide congestion feedback (rtc's GCC, see `engine::bwe`).
+    /// Emitted on the first feedback and then whenever the estimate moved by 5 % or more from
+    /// the last one emitted: every back-off at once, a climb every 200 ms to 1 s (a few events
+    /// a second at most; GCC changes its target at most every 200 ms but for a back-off). A client
+    /// that never sends transport-cc feedback (it did not negotiate it) has no estimate and
+    /// gets no such event. GCC's two halves and the loss are in [`Peer::estimate`].
+    BandwidthEstimate {
+        /// The estimate, in bits per second.
+        bits_per_second: u64,
+    },
 }
 
 /// rtcd's answer to an offer, with what the caller needs beside the SDP.
@@ -874,6 +885,10 @@ pub struct Peer {
     /// RTP written while `restarting`, sent in order once a pair is selected again (see
     /// [`Peer::write_media`]).
     held: std::collections::VecDeque<TaggedRTCMessage>,
+    /// The send-side estimate towards the client, written by GCC inside the interceptor chain.
+    estimate: std::sync::Arc<super::bwe::EstimateCell>,
+    /// When that estimate is worth a [`PeerEvent::BandwidthEstimate`].
+    estimate_emitter: super::bwe::Emitter,
 }
 
 impl std::fmt::Debug for Peer {
@@ -892,6 +907,25 @@ impl Peer {
         identity: &Identity,
         settings: &PeerSettings,
         now: Instant,
+    ) -> Result<Self, EngineError> {
+        Self::build(identity, settings, now, true)
+    }
+
+    /// A peer without send-side estimation (what its cost is measured against).
+    #[cfg(test)]
+    pub(crate) fn without_estimation(
+        identity: &Identity,
+        settings: &PeerSettings,
+        now: Instant,
+    ) -> Result<Self, EngineError> {
+        Self::build(identity, settings, now, false)
+    }
+
+    fn build(
+        identity: &Identity,
+        settings: &PeerSettings,
+        now: Instant,
+        estimation: bool,
     ) -> Result<Self, EngineError> {
         let mut media = media_template()?.clone();
         // NACKs are answered by the SFU's down-tracks from one buffer per published track, so
@@ -926,6 +960,14 @@ impl Peer {
         // The template has what this registers in the media engine already (registering it
         // again changes nothing); what it adds is the TWCC receiver interceptor.
         let registry = configure_twcc_receiver_only(registry, &mut media).map_err(internal)?;
+        // Send-side estimation towards the client: every packet sent is numbered and recorded,
+        // the client's transport-cc feedback drives GCC (no pacer: see `bwe`).
+        let estimate = std::sync::Arc::new(super::bwe::EstimateCell::default());
+        let registry = if estimation {
+            super::bwe::configure(registry, estimate.clone())
+        } else {
+            registry
+        };
         let setting = SettingEngineBuilder::new()
             .with_lite(true)
             // rtc fails a session after its failed timeout without *STUN*, even while media
@@ -969,6 +1011,8 @@ impl Peer {
             silent: false,
             restarting: false,
             held: Default::default(),
+            estimate,
+            estimate_emitter: Default::default(),
         };
         for transport in &settings.candidates {
             let candidate = host_candidate(transport)?;
@@ -1379,6 +1423,12 @@ impl Peer {
         self.connected
     }
 
+    /// The send-side bandwidth estimate towards the client with GCC's delay and loss halves,
+    /// once its transport-cc feedback came (see [`PeerEvent::BandwidthEstimate`]).
+    pub fn estimate(&self) -> Option<super::bwe::Estimate> {
+        self.estimate.get()
+    }
+
     /// Sends one RTP packet on a slot: `header` is what the slot's down-track decided for
     /// `source` (the slot's SSRC, one of its payload types, its extension ids), `payload` the
     /// source's payload (or an RTX payload).
@@ -1585,6 +1635,12 @@ impl Peer {
                 }
                 _ => {}
             }
+        }
+        // After the reads: the feedback that moved the estimate was among them.
+        if let Some(bits_per_second) = self.estimate_emitter.next(self.estimate.get()) {
+            tracing::debug!(bits_per_second, "bandwidth estimate");
+            self.events
+                .push_back(PeerEvent::BandwidthEstimate { bits_per_second });
         }
     }
 

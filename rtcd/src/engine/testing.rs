@@ -3,7 +3,9 @@
 //! run whole calls in memory without a socket and without seeing the WebRTC library's types.
 //!
 //! Datagrams are given and taken as rtcd's own [`Transport`] (seen from rtcd: `local` is our
-//! candidate, `peer` the client), time is passed in.
+//! candidate, `peer` the client), time is passed in. [`Link`] carries them between the two in
+//! virtual time through a bottleneck (rate, drop-tail queue, propagation delay), for tests of
+//! what rtcd does about bandwidth.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -50,6 +52,9 @@ pub(crate) struct Received {
     pub ssrc: u32,
     pub payload_type: u8,
     pub sequence: u16,
+    /// The transport-wide sequence number it carried (the transport-cc header extension under
+    /// the id rtcd's answer gave it), if any.
+    pub transport_cc: Option<u16>,
 }
 
 /// A client. See the module docs.
@@ -69,6 +74,8 @@ pub(crate) struct Client {
     /// section, read from its latest offer (what [`Client::send_layer`] stamps).
     stamps: Option<(u8, u8, String)>,
     simulcast: bool,
+    /// The transport-cc extension id of the last answer (what `received` reads).
+    transport_cc_id: Option<u8>,
 }
 
 impl Client {
@@ -111,6 +118,7 @@ impl Client {
             connected: false,
             stamps: None,
             simulcast,
+            transport_cc_id: None,
         };
         client.add_host_candidate();
         client
@@ -213,6 +221,7 @@ impl Client {
         self.pc
             .set_remote_description(now, answer)
             .expect("the answer applies");
+        self.transport_cc_id = extension_id(sdp, TRANSPORT_CC_URI);
     }
 
     /// The client's network changes to `addr` and it restarts ICE (the caller negotiates).
@@ -264,6 +273,11 @@ impl Client {
                     ssrc: p.header.ssrc,
                     payload_type: p.header.payload_type,
                     sequence: p.header.sequence_number,
+                    transport_cc: self
+                        .transport_cc_id
+                        .and_then(|id| p.header.get_extension(id))
+                        .filter(|v| v.len() == 2)
+                        .map(|v| u16::from_be_bytes([v[0], v[1]])),
                 }),
                 RTCMessage::RtcpPacket(_, p) => {
                     self.feedback += p.len();
@@ -312,6 +326,19 @@ impl Client {
             message: RTCMessage::RtpPacket(track_of(kind).0.into(), packet),
         });
     }
+}
+
+/// The transport-wide congestion control header extension.
+const TRANSPORT_CC_URI: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+/// The id `sdp` gives the header extension `uri` (its first `a=extmap` line for it).
+fn extension_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let (id, rest) = l.trim_end().strip_prefix("a=extmap:")?.split_once(' ')?;
+        let id = id.split('/').next()?;
+        (rest.split(' ').next() == Some(uri)).then(|| id.parse().ok())?
+    })
 }
 
 /// The mid and rid extension ids of an offer and the mid of its simulcast section.
@@ -379,5 +406,102 @@ fn track_of(kind: MediaKind) -> (&'static str, RtpCodecKind) {
     match kind {
         MediaKind::Audio => ("mic", RtpCodecKind::Audio),
         MediaKind::Video => ("cam", RtpCodecKind::Video),
+    }
+}
+
+/// One direction of a network path, in virtual time: a bottleneck of `rate` bits per second
+/// with a drop-tail queue of `queue` bytes in front of it (like Linux `tbf` with a one-packet
+/// bucket: no burst above the rate), then `delay` of propagation. Datagrams come out at the
+/// instant they arrive ([`Link::poll`]); the caller delivers each with that instant, so no
+/// step size of the test's clock rounds the delays that a delay-based estimator measures.
+///
+/// Each datagram occupies the bottleneck for its size plus [`Link::OVERHEAD`] (IPv4 and UDP
+/// headers), as on a real link. An unshaped link ([`Link::unshaped`]) only delays.
+#[derive(Debug)]
+pub(crate) struct Link {
+    /// Bottleneck rate, bits per second (`None`: unshaped).
+    rate: Option<u64>,
+    /// Bytes the queue holds at most; a datagram that does not fit is dropped.
+    queue: usize,
+    /// One-way propagation delay.
+    delay: Duration,
+    /// When the bottleneck has sent everything queued so far.
+    busy_until: Option<Instant>,
+    /// Datagrams on their way, by arrival instant (FIFO, so already in order).
+    in_flight: std::collections::VecDeque<(Instant, Transport, BytesMut)>,
+    /// Datagrams given to the link.
+    pub sent: usize,
+    /// Datagrams the full queue dropped.
+    pub dropped: usize,
+    /// Bytes delivered (with [`Link::OVERHEAD`]).
+    pub delivered_bytes: u64,
+}
+
+impl Link {
+    /// Bytes of IPv4 and UDP header each datagram carries on the wire.
+    pub(crate) const OVERHEAD: usize = 28;
+
+    /// A bottleneck of `rate` bits per second with a `queue`-byte drop-tail queue and `delay`
+    /// of propagation.
+    pub(crate) fn shaped(rate: u64, queue: usize, delay: Duration) -> Self {
+        Self {
+            rate: Some(rate.max(1)),
+            queue,
+            delay,
+            busy_until: None,
+            in_flight: Default::default(),
+            sent: 0,
+            dropped: 0,
+            delivered_bytes: 0,
+        }
+    }
+
+    /// A path that only delays.
+    pub(crate) fn unshaped(delay: Duration) -> Self {
+        Self {
+            rate: None,
+            ..Self::shaped(1, 0, delay)
+        }
+    }
+
+    /// Changes the bottleneck from now on: its rate (`None`: no bottleneck) and its queue
+    /// (what is queued drains at the new rate from its next datagram on). Datagrams stay in
+    /// order: one sent after the change never overtakes one still queued.
+    pub(crate) fn reshape(&mut self, rate: Option<u64>, queue: usize) {
+        self.rate = rate.map(|r| r.max(1));
+        self.queue = queue;
+    }
+
+    /// A datagram enters the link at `now`; `false`: the queue was full and dropped it.
+    pub(crate) fn send(&mut self, now: Instant, transport: Transport, data: BytesMut) -> bool {
+        self.sent += 1;
+        let size = data.len() + Self::OVERHEAD;
+        let arrival = match self.rate {
+            None => now + self.delay,
+            Some(rate) => {
+                let start = self.busy_until.map_or(now, |b| b.max(now));
+                // What is still queued ahead of this datagram, in bytes.
+                let backlog = (start - now).as_secs_f64() * rate as f64 / 8.0;
+                if backlog + size as f64 > self.queue as f64 {
+                    self.dropped += 1;
+                    return false;
+                }
+                let done = start + Duration::from_secs_f64(size as f64 * 8.0 / rate as f64);
+                self.busy_until = Some(done);
+                done + self.delay
+            }
+        };
+        self.in_flight.push_back((arrival, transport, data));
+        true
+    }
+
+    /// The next datagram that has arrived by `now`, with its arrival instant.
+    pub(crate) fn poll(&mut self, now: Instant) -> Option<(Instant, Transport, BytesMut)> {
+        if self.in_flight.front()?.0 > now {
+            return None;
+        }
+        let (at, transport, data) = self.in_flight.pop_front()?;
+        self.delivered_bytes += (data.len() + Self::OVERHEAD) as u64;
+        Some((at, transport, data))
     }
 }

@@ -352,6 +352,8 @@ impl Rooms {
                 }
             }
             PeerEvent::Nack { slot, lost } => self.answer_nack(key, slot, lost, now),
+            // Not used yet: the allocator that picks layers by bandwidth will read it.
+            PeerEvent::BandwidthEstimate { .. } => {}
         }
         None
     }
