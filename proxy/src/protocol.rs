@@ -486,6 +486,14 @@ pub enum ServerMessage {
         /// Its track ID.
         track_id: String,
     },
+    /// Dynacast: which simulcast layers (`rids`) of this participant's own track on section
+    /// `mid` anyone receives now; the others may stop being encoded until named again.
+    LayersWanted {
+        /// The publishing section.
+        mid: String,
+        /// The rids to send.
+        rids: Vec<String>,
+    },
     /// A `moderate` request was carried out.
     Moderated {
         /// The action.
@@ -527,6 +535,7 @@ impl ServerMessage {
             ServerMessage::Moderated { .. } => "moderated",
             ServerMessage::TrackPaused { .. } => "track_paused",
             ServerMessage::TrackResumed { .. } => "track_resumed",
+            ServerMessage::LayersWanted { .. } => "layers_wanted",
         }
     }
 }

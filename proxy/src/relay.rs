@@ -137,6 +137,14 @@ pub enum RelayEvent {
     },
     /// The platform or a moderator muted one of this session's sources.
     MutedByModerator(TrackSource),
+    /// Dynacast: the simulcast layers (rids) of this session's own track on section `mid` that
+    /// anyone receives now.
+    LayersWanted {
+        /// The publishing section.
+        mid: String,
+        /// The rids to send.
+        rids: Vec<String>,
+    },
     /// The media server paused a track this session receives (`Some(reason)`) or sends it
     /// again (`None`), without renegotiating.
     TrackPaused {

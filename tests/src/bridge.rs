@@ -351,6 +351,17 @@ pub fn server_signal(msg: &Value) -> Option<pb::server_signal::Signal> {
                 }),
             })
         }
+        "layers_wanted" => Signal::LayersWanted(pb::LayersWanted {
+            mid: text("mid"),
+            rids: msg["rids"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|r| r.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }),
         "track_paused" | "track_resumed" => Signal::TrackPaused(pb::TrackPaused {
             mid: text("mid"),
             track_id: text("track_id"),

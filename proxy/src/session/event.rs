@@ -93,6 +93,7 @@ pub fn classify(event: Option<RelayEvent>) -> Event {
         },
         RelayEvent::VoiceActivity(speakers) => ServerMessage::VoiceActivity { speakers },
         RelayEvent::MutedByModerator(source) => ServerMessage::MutedByModerator { source },
+        RelayEvent::LayersWanted { mid, rids } => ServerMessage::LayersWanted { mid, rids },
         RelayEvent::TrackPaused {
             mid,
             track_id,

@@ -378,6 +378,8 @@ export class RtcdClient extends EventTarget {
     this._published = new Map();
     /** @type {Map<string, string>} mids the media server paused (`track_paused`), with why */
     this._paused = new Map();
+    /** @type {WeakMap<RTCRtpSender, Promise<void>>} the last layer change of each sender */
+    this._layerChanges = new WeakMap();
     /** @type {Map<string, {packets: number, progress: number, lost: number, progressAt: number,
      *   flowed: boolean, loss: number, lossyRuns: number}>} inbound counters by mid (progress:
      *   frames decoded for video, packets for audio) */
@@ -916,6 +918,9 @@ export class RtcdClient extends EventTarget {
         this._published.set(String(m.mid), { identity: m.identity, source: m.source, trackId: m.track_id });
         this._match(String(m.mid));
         return;
+      case 'layers_wanted':
+        this._setLayers(String(m.mid), new Set(m.rids || []));
+        return;
       case 'track_paused':
       case 'track_resumed': {
         const mid = String(m.mid);
@@ -1343,6 +1348,34 @@ export class RtcdClient extends EventTarget {
     const transceiver = pc.addTransceiver(track, init);
     this._transceivers.set(source, transceiver);
     this._wantOffer();
+  }
+
+  /**
+   * Dynacast (protocol `layers_wanted`): encodes only the simulcast layers of the section `mid`
+   * someone receives, sparing this device's CPU and uplink; the others start again (from a
+   * keyframe) when the media server names them. Changes to one sender are applied in order.
+   * @param {string} mid @param {Set<string>} rids
+   */
+  _setLayers(mid, rids) {
+    const transceiver = [...this._transceivers.values()].find((t) => t.mid === mid);
+    if (!transceiver) return;
+    const sender = transceiver.sender;
+    const previous = this._layerChanges.get(sender) || Promise.resolve();
+    const next = previous.then(async () => {
+      const params = sender.getParameters();
+      if (!params.encodings || params.encodings.length < 2) return;
+      let changed = false;
+      for (const encoding of params.encodings) {
+        if (encoding.rid == null) continue;
+        const active = rids.has(encoding.rid);
+        if (encoding.active !== active) {
+          encoding.active = active;
+          changed = true;
+        }
+      }
+      if (changed) await sender.setParameters(params);
+    }).catch((cause) => console.warn(`rtcd: could not change the layers sent on ${mid}: ${cause && cause.message || cause}`));
+    this._layerChanges.set(sender, next);
   }
 
   /** Emits `track` once a section's `track_published` and its receiving transceiver are both

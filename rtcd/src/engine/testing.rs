@@ -81,16 +81,22 @@ pub(crate) struct Client {
 impl Client {
     /// A client at `addr` (e.g. `"10.9.0.2:6000"`) talking to [`SERVER`].
     pub(crate) fn new(addr: &str, now: Instant) -> Self {
-        Self::build(addr, now, false)
+        Self::build(addr, now, false, true)
+    }
+
+    /// A client that sends no transport-wide congestion control feedback (as aiortc): rtcd has
+    /// no bandwidth estimate of it, so a test can give the SFU estimates of its own.
+    pub(crate) fn without_congestion_feedback(addr: &str, now: Instant) -> Self {
+        Self::build(addr, now, false, false)
     }
 
     /// A client whose offers carry the mid, rid and repaired-rid extensions, as browsers'
     /// do: what a simulcast publisher needs ([`Client::publish_simulcast`]).
     pub(crate) fn simulcast(addr: &str, now: Instant) -> Self {
-        Self::build(addr, now, true)
+        Self::build(addr, now, true, true)
     }
 
-    fn build(addr: &str, now: Instant, simulcast: bool) -> Self {
+    fn build(addr: &str, now: Instant, simulcast: bool, congestion_feedback: bool) -> Self {
         let mut media = MediaEngine::default();
         media.register_default_codecs().expect("default codecs");
         if simulcast {
@@ -102,7 +108,12 @@ impl Client {
             rtc::interceptor::Slot::Custom(9_000),
             super::feedback::FeedbackTap::default(),
         );
-        let registry = register_default_interceptors(registry, &mut media).expect("interceptors");
+        let registry = if congestion_feedback {
+            register_default_interceptors(registry, &mut media).expect("interceptors")
+        } else {
+            use rtc::peer_connection::configuration::interceptor_registry as ir;
+            ir::configure_rtcp_reports(ir::configure_nack(registry, &mut media))
+        };
         let pc = RTCPeerConnectionBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(registry)

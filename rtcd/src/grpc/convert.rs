@@ -276,6 +276,9 @@ pub fn event(e: SessionEvent) -> pb::ServerSignal {
                 Some(PauseReason::Hidden) => pb::PauseReason::Hidden,
             } as i32,
         }),
+        SessionEvent::LayersWanted { mid, rids } => {
+            Signal::LayersWanted(pb::LayersWanted { mid, rids })
+        }
         SessionEvent::Error(e) => error(&e),
         SessionEvent::Closed { reason } => session_closed(reason),
     };

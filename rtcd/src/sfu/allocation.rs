@@ -183,6 +183,12 @@ impl Allocator {
         self.estimate
     }
 
+    /// Forgets `id`'s decision: the next allocation decides it as a new track (its slot now
+    /// carries another one).
+    pub fn forget(&mut self, id: usize) {
+        self.current.retain(|(i, _)| *i != id);
+    }
+
     /// The decision in force for `id`, if any.
     pub fn decision(&self, id: usize) -> Option<Decision> {
         self.current.iter().find(|(i, _)| *i == id).map(|(_, d)| *d)

@@ -148,6 +148,15 @@ pub enum SessionEvent {
         /// Why it is paused; `None`: resumed.
         reason: Option<crate::sfu::allocation::PauseReason>,
     },
+    /// Dynacast: which simulcast layers (rids) of this session's own track, sent on section
+    /// `mid`, any subscriber needs now; the client may stop encoding the others until they are
+    /// named again.
+    LayersWanted {
+        /// The section of this session's offer that publishes the track.
+        mid: String,
+        /// The rids to send.
+        rids: Vec<String>,
+    },
     /// A recoverable error about one command.
     Error(SfuError),
     /// The session ended; nothing follows.

@@ -19,7 +19,7 @@ use anyhow::{Context as _, bail, ensure};
 use rtcd_e2e::browser::{BROWSER_STEP, BrowserKind, BrowserPage, Browsers, artifacts_dir};
 use rtcd_e2e::flow::{self, Flow, PageId, Thresholds};
 use rtcd_e2e::netns::{self, LAN_ADDR, LAN_PEER};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Host candidates gathered by a fresh `RTCPeerConnection` (one data channel), as
 /// `address typ` pairs.
@@ -786,4 +786,110 @@ fn chromium_and_firefox_keep_media_flowing_for_two_minutes() -> anyhow::Result<(
 #[test]
 fn firefox_and_firefox_keep_media_flowing_for_two_minutes() -> anyhow::Result<()> {
     run_long_call(BrowserKind::Firefox, BrowserKind::Firefox)
+}
+
+/// Per simulcast layer (rid) of the page's outbound camera: (bytes sent, frame width), from
+/// `getStats` (`outbound-rtp` entries with a `rid`).
+async fn sent_layers(
+    page: &BrowserPage,
+) -> anyhow::Result<std::collections::BTreeMap<String, (u64, u64)>> {
+    let value = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];
+             const pc = window.rtcd && window.rtcd.peerConnection;
+             if (!pc) { done({}); return; }
+             pc.getStats().then((stats) => {
+               const out = {};
+               stats.forEach((s) => {
+                 if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid) {
+                   out[s.rid] = [s.bytesSent || 0, s.frameWidth || 0];
+                 }
+               });
+               done(out);
+             }, () => done({}));",
+            json!([]),
+        )
+        .await?;
+    let mut layers = std::collections::BTreeMap::new();
+    if let Some(map) = value.as_object() {
+        for (rid, v) in map {
+            let n = |i: usize| v.get(i).and_then(Value::as_u64).unwrap_or(0);
+            layers.insert(rid.clone(), (n(0), n(1)));
+        }
+    }
+    Ok(layers)
+}
+
+/// Which of the page's simulcast layers sent anything over `window`.
+async fn layers_sending(page: &BrowserPage, window: Duration) -> anyhow::Result<Vec<String>> {
+    let before = sent_layers(page).await?;
+    tokio::time::sleep(window).await;
+    let after = sent_layers(page).await?;
+    Ok(after
+        .iter()
+        .filter(|(rid, (bytes, _))| before.get(*rid).is_none_or(|(b, _)| bytes > b))
+        .map(|(rid, _)| rid.clone())
+        .collect())
+}
+
+/// Simulcast and dynacast (issue 28) in a browser: `a`'s camera goes out as the SDK's three
+/// layers; with `b` alone receiving it on an unconstrained link, rtcd forwards the full layer,
+/// and tells `a` to stop encoding the two layers nobody receives (`layers_wanted`), which
+/// `a`'s `getStats` shows as layers that no longer send; `b`'s video plays throughout.
+async fn simulcast_publisher_encodes_only_what_is_received(
+    a: BrowserKind,
+    b: BrowserKind,
+) -> anyhow::Result<()> {
+    let tag = format!("simulcast-{a}-{b}");
+    let (_dir, stack) = lan_stack(Vec::new()).await?;
+    let mut call = Call::new(&stack, &tag);
+    let outcome = async {
+        let alice = call.join(a, &format!("Alice-{a}")).await?;
+        let bob = call.join(b, &format!("Bob-{b}")).await?;
+        call.plays(bob, 1).await?;
+        // Every layer the SDK asked for is encoded at first (the browser may skip a layer too
+        // small for its capture).
+        let layers = sent_layers(&call.pages[alice]).await?;
+        ensure!(
+            layers.len() >= 2,
+            "{a} publishes at least two simulcast layers: {layers:?}"
+        );
+        // The estimate settles, the allocator picks bob's layer, the unneeded layers go after
+        // their 3 s hold.
+        call.hold(Duration::from_secs(15)).await?;
+        let sending = layers_sending(&call.pages[alice], Duration::from_secs(3)).await?;
+        let layers = sent_layers(&call.pages[alice]).await?;
+        ensure!(
+            sending == ["f"],
+            "only the full layer is encoded once bob alone receives it: sending {sending:?} of {layers:?}"
+        );
+        let width = |rid: &str| layers.get(rid).map_or(0, |l| l.1);
+        ensure!(
+            width("f") > width("q"),
+            "the full layer is the largest: {layers:?}"
+        );
+        call.hold(Duration::from_secs(5)).await
+    }
+    .await;
+    conclude(call, stack, &tag, outcome).await
+}
+
+#[test]
+fn chromium_simulcast_publisher_encodes_only_what_chromium_receives() -> anyhow::Result<()> {
+    netns::run(|| {
+        simulcast_publisher_encodes_only_what_is_received(
+            BrowserKind::Chromium,
+            BrowserKind::Chromium,
+        )
+    })
+}
+
+#[test]
+fn firefox_simulcast_publisher_encodes_only_what_chromium_receives() -> anyhow::Result<()> {
+    netns::run(|| {
+        simulcast_publisher_encodes_only_what_is_received(
+            BrowserKind::Firefox,
+            BrowserKind::Chromium,
+        )
+    })
 }

@@ -154,6 +154,10 @@ impl EventTranslator {
                 Some(source) => RelayEvent::UnmuteRequested(source),
                 None => return Vec::new(),
             },
+            Signal::LayersWanted(l) => RelayEvent::LayersWanted {
+                mid: l.mid,
+                rids: l.rids,
+            },
             Signal::TrackPaused(p) => RelayEvent::TrackPaused {
                 reason: match (p.paused, p.reason()) {
                     (false, _) => None,

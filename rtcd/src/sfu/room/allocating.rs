@@ -6,9 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Rooms, SessionKey};
+use super::call::DYNACAST_HOLD;
+use super::{CallKey, Rooms, SessionKey};
 use crate::sfu::TrackKind;
 use crate::sfu::allocation::{Class, Decision, VideoTrack};
+use crate::sfu::negotiation::TrackId;
 use crate::sfu::session::SessionEvent;
 
 /// How often a subscriber's allocation is decided again while estimates keep coming (each
@@ -99,7 +101,12 @@ impl Rooms {
         let mut changes = Vec::new();
         m.allocator
             .allocate(audio, &tracks, now, |slot, d| changes.push((slot, d)));
+        let call = m.call;
+        let mut touched: Vec<TrackId> = Vec::new();
         for (i, decision) in changes {
+            if let Some(tid) = m.negotiation.track(i) {
+                touched.push(tid);
+            }
             let Some(ms) = m.slots.get_mut(i) else {
                 continue;
             };
@@ -137,5 +144,100 @@ impl Rooms {
                 });
             }
         }
+        for tid in touched {
+            self.update_wanted_layers(call, tid, now);
+        }
     }
 }
+
+impl Rooms {
+    /// Dynacast: which layers of simulcast track `tid` any subscriber needs now (the layer its
+    /// allocator allows, or none while paused). A needed layer the publisher was told to stop is
+    /// asked for again at once; one nobody needs any more starts its [`DYNACAST_HOLD`]
+    /// (the stop itself goes out from [`Rooms::stop_unwanted_layer`]).
+    pub(super) fn update_wanted_layers(&mut self, call: CallKey, tid: TrackId, now: Instant) {
+        let Some(t) = self
+            .calls
+            .get_mut(&call)
+            .and_then(|c| c.tracks.get_mut(&tid))
+        else {
+            return;
+        };
+        if !t.simulcast() {
+            return;
+        }
+        let mut needed = [false; MAX_LAYERS];
+        for &(sub, slot) in &t.subscribers {
+            let Some(ms) = self.members.get(&sub).and_then(|m| m.slots.get(slot)) else {
+                continue;
+            };
+            if ms.paused.is_none() {
+                needed[ms.layer_cap.min(t.layers.len() - 1).min(MAX_LAYERS - 1)] = true;
+            }
+        }
+        let mut ask = false;
+        for (i, layer) in t.layers.iter_mut().enumerate() {
+            let need = needed.get(i).copied().unwrap_or(false);
+            if need {
+                layer.unwanted_since = None;
+                ask |= !layer.wanted;
+                layer.wanted = true;
+            } else if layer.wanted {
+                layer.unwanted_since.get_or_insert(now);
+            }
+        }
+        if ask {
+            self.tell_wanted_layers(call, tid);
+        }
+    }
+
+    /// On a packet of layer `layer` of `tid`: the publisher is told to stop it once nobody has
+    /// needed it for [`DYNACAST_HOLD`]. Per packet: a comparison unless that is due.
+    pub(super) fn stop_unwanted_layer(
+        &mut self,
+        call: CallKey,
+        tid: TrackId,
+        layer: usize,
+        now: Instant,
+    ) {
+        let Some(l) = self
+            .calls
+            .get_mut(&call)
+            .and_then(|c| c.tracks.get_mut(&tid))
+            .and_then(|t| t.layers.get_mut(layer))
+        else {
+            return;
+        };
+        if l.wanted
+            && l.unwanted_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= DYNACAST_HOLD)
+        {
+            l.wanted = false;
+            l.unwanted_since = None;
+            self.tell_wanted_layers(call, tid);
+        }
+    }
+
+    /// Tells the publisher of `tid` which of its layers to send.
+    fn tell_wanted_layers(&mut self, call: CallKey, tid: TrackId) {
+        let Some(t) = self.calls.get(&call).and_then(|c| c.tracks.get(&tid)) else {
+            return;
+        };
+        let rids = t
+            .layers
+            .iter()
+            .filter(|l| l.wanted)
+            .filter_map(|l| l.rid.clone())
+            .collect();
+        let (owner, mid) = (t.owner, t.info.mid.clone());
+        tracing::debug!(%mid, ?rids, "layers wanted");
+        self.outputs.push_back(super::Output::Event {
+            key: owner,
+            event: SessionEvent::LayersWanted { mid, rids },
+        });
+    }
+}
+
+/// At most this many simulcast layers per track are tracked for dynacast (rtcd answers at most
+/// three rids, as browsers send).
+const MAX_LAYERS: usize = 8;

@@ -35,7 +35,17 @@ pub(super) struct Layer {
     pub last_packet: Option<Instant>,
     /// What it sends (what a subscriber's link needs for it).
     pub rate: RateMeter,
+    /// Whether the publisher was last told to send it (dynacast: every layer is, at first).
+    pub wanted: bool,
+    /// Since when no subscriber needs it, while the publisher still sends it: it is told to stop
+    /// [`DYNACAST_HOLD`] later (on one of the layer's own packets).
+    pub unwanted_since: Option<Instant>,
 }
+
+/// How long a layer nobody needs keeps being sent before its publisher is told to stop
+/// encoding it: allocations move for a moment (a subscriber's estimate dips, a tile is resized),
+/// and restarting a layer costs a keyframe.
+pub(super) const DYNACAST_HOLD: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A simulcast layer silent this long has stopped (the publisher paused it or lost its
 /// uplink): its subscribers move to another layer at once.

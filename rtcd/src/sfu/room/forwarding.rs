@@ -51,6 +51,7 @@ impl Rooms {
             return;
         };
         let simulcast = t.simulcast();
+        let unwanted = t.layers[layer].unwanted_since.is_some();
         t.layers[layer].last_packet = Some(now);
         t.layers[layer]
             .rate
@@ -123,6 +124,9 @@ impl Rooms {
                 t.counters.forwarded.inc_by(sent);
                 t.counters.bytes.inc_by(sent * packet.payload.len() as u64);
             }
+        }
+        if unwanted {
+            self.stop_unwanted_layer(call_key, tid, layer, now);
         }
         keyframes.sort_unstable();
         keyframes.dedup();

@@ -496,6 +496,7 @@ impl Rooms {
             {
                 t.subscribers.retain(|&(k, _)| k != key);
                 m.kind_gauge(&self.metrics, t.info.kind, false).dec();
+                self.update_wanted_layers(m.call, tid, now);
             }
         }
         m.peer.close();

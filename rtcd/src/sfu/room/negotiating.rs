@@ -76,7 +76,7 @@ impl Rooms {
             .collect();
         let lost = m.negotiation.offer(|i| receiving[i]);
         for (i, tid) in lost {
-            self.unsubscribe(key, i, tid);
+            self.unsubscribe(key, i, tid, now);
         }
         // Waiting tracks onto free slots of their media.
         let m = self.members.get_mut(&key).ok_or(SfuError::NotFound)?;
@@ -191,6 +191,7 @@ impl Rooms {
         // one (decided below, once it is in place).
         slot.layer_cap = usize::MAX;
         slot.paused = None;
+        m.allocator.forget(i);
         if let Some(down) = slot.down.as_mut() {
             down.set_paused(false);
         }
@@ -261,17 +262,19 @@ impl Rooms {
     }
 
     /// Stops forwarding `tid` on slot `i` of `key` (the slot's state is the caller's).
-    pub(super) fn unsubscribe(&mut self, key: SessionKey, i: usize, tid: TrackId) {
+    pub(super) fn unsubscribe(&mut self, key: SessionKey, i: usize, tid: TrackId, now: Instant) {
         let Some(m) = self.members.get(&key) else {
             return;
         };
+        let call = m.call;
         if let Some(t) = self
             .calls
-            .get_mut(&m.call)
+            .get_mut(&call)
             .and_then(|c| c.tracks.get_mut(&tid))
         {
             t.subscribers.retain(|&(k, s)| !(k == key && s == i));
             m.kind_gauge(&self.metrics, t.info.kind, false).dec();
+            self.update_wanted_layers(call, tid, now);
         }
     }
 
@@ -299,7 +302,7 @@ impl Rooms {
                 mid: String::new(),
                 ..t.info.clone()
             });
-        self.unsubscribe(key, i, tid);
+        self.unsubscribe(key, i, tid, now);
         if let Some(m) = self.members.get_mut(&key) {
             // Nothing more comes from that track: holes it left close now.
             if let Some(ms) = m.slots.get_mut(i)

@@ -133,6 +133,8 @@ impl Rooms {
             last_pli: None,
             last_packet: None,
             rate: Default::default(),
+            wanted: true,
+            unwanted_since: None,
         };
         let layers: Vec<Layer> = if opened.rids.is_empty() {
             vec![layer(None, opened.ssrc)]

@@ -937,6 +937,11 @@ fn the_subscriber_estimate_lowers_pauses_and_resumes_a_simulcast_camera() {
         Client::simulcast(&format!("10.9.0.{ALICE}:6000"), net.now),
     );
     net.join(BOB, "bob", everything());
+    // Bob's estimates are the test's (his client sends no transport-wide feedback).
+    net.clients.insert(
+        BOB,
+        Client::without_congestion_feedback(&format!("10.9.0.{BOB}:6000"), net.now),
+    );
     net.client(ALICE).publish_simulcast(&LAYERS);
     net.negotiate(ALICE).expect("alice's offer is answered");
     net.receive(BOB, MediaKind::Video);
@@ -956,6 +961,24 @@ fn the_subscriber_estimate_lowers_pauses_and_resumes_a_simulcast_camera() {
     net.rooms.on_estimate(BOB, 200_000, now);
     net.send_layers(&[0, 1, 2], 60, false, &mut seq);
     assert_eq!(bobs_layer(&net), Some(LAYERS[1].1), "lowered at once");
+    // Dynacast: bob, the only subscriber, needs the middle layer alone; alice is told so once
+    // the others have gone unneeded for DYNACAST_HOLD.
+    let wanted = |net: &Net| -> Vec<Vec<String>> {
+        net.events(ALICE)
+            .iter()
+            .filter_map(|e| match e {
+                SessionEvent::LayersWanted { rids, .. } => Some(rids.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    net.send_layers(&[0, 1, 2], 70, false, &mut seq);
+    assert_eq!(
+        wanted(&net).last(),
+        Some(&vec!["h".to_owned()]),
+        "{:?}",
+        wanted(&net)
+    );
 
     // 30 kbit/s: not even the lowest layer. Bob is told, and gets nothing more.
     let now = net.now;
@@ -1003,4 +1026,9 @@ fn the_subscriber_estimate_lowers_pauses_and_resumes_a_simulcast_camera() {
     assert!(net.received(BOB) > frozen + 20, "flowing again");
     assert_eq!(bobs_layer(&net), Some(LAYERS[2].1), "back at the top");
     continuous(&net, 0).unwrap();
+    // Paused, bob needed no layer (alice was told to stop them all); resumed at the top, the
+    // top layer was asked for again at once.
+    let told = wanted(&net);
+    assert!(told.contains(&Vec::new()), "{told:?}");
+    assert_eq!(told.last(), Some(&vec!["f".to_owned()]), "{told:?}");
 }
