@@ -25,9 +25,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use rtc::interceptor::{
-    BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, Interceptor, PacketReport,
+    BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Interceptor, PacketReport,
     Registry, StreamInfo, TaggedPacket, TwccSenderBuilder,
 };
+
+mod estimator;
+
+use estimator::Estimator;
 
 /// Where a subscriber's estimate starts: about what one mid simulcast layer and audio need, so a
 /// new subscriber is neither starved while GCC climbs (8 %/s at most: from GCC's default 300
@@ -107,45 +111,37 @@ impl EstimateCell {
     }
 }
 
-/// rtc's GCC, publishing every estimate it makes into an [`EstimateCell`].
-pub(super) struct SharedGcc {
-    gcc: Gcc,
+/// rtcd's [`Estimator`], publishing every estimate it makes into an [`EstimateCell`].
+pub(super) struct SharedEstimator {
+    estimator: Estimator,
     cell: Arc<EstimateCell>,
 }
 
-impl SharedGcc {
+impl SharedEstimator {
     pub(super) fn new(cell: Arc<EstimateCell>) -> Self {
         Self {
-            gcc: Gcc::new(INITIAL_BITRATE, MIN_BITRATE, MAX_BITRATE),
+            estimator: Estimator::new(),
             cell,
         }
     }
 }
 
-impl BandwidthEstimator for SharedGcc {
+impl BandwidthEstimator for SharedEstimator {
     fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
         if reports.is_empty() {
             return;
         }
-        self.gcc.on_reports(now, reports);
+        self.estimator.on_reports(now, reports);
         self.cell
-            .publish(self.gcc.target_bitrate(), self.gcc.stats());
+            .publish(self.estimator.target_bitrate(), self.estimator.stats());
     }
 
     fn target_bitrate(&self) -> f64 {
-        self.gcc.target_bitrate()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.gcc.handle_timeout(now);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.gcc.poll_timeout()
+        self.estimator.target_bitrate()
     }
 
     fn stats(&self) -> EstimatorStats {
-        self.gcc.stats()
+        self.estimator.stats()
     }
 }
 
@@ -238,7 +234,7 @@ pub(super) fn configure(registry: Registry, cell: Arc<EstimateCell>) -> Registry
     registry
         .with(
             rtc::interceptor::Slot::CongestionControl,
-            RtxBound(CongestionControlBuilder::new(SharedGcc::new(cell)).build()),
+            RtxBound(CongestionControlBuilder::new(SharedEstimator::new(cell)).build()),
         )
         .with(
             rtc::interceptor::Slot::TwccSender,

@@ -616,7 +616,6 @@ fn the_estimate_falls_to_a_600_kbit_bottleneck_within_three_seconds() {
 /// sawtooth between ~400 and ~975 kbit/s with a ~6 s period, each tooth filling the 400 ms
 /// queue and losing 25-35 % of a second's packets.
 #[test]
-#[ignore = "rtc 0.21.1 GCC: the delay half never detects overuse (see the doc comment)"]
 fn the_estimate_stays_near_a_600_kbit_bottleneck() {
     let mut call = Call::new(bottleneck());
     let connected = call.connect();
@@ -633,7 +632,6 @@ fn the_estimate_stays_near_a_600_kbit_bottleneck() {
 /// multiplies its target by (1 - loss / 2) every 200 ms for as long as loss lasts, whatever
 /// arrives, so the estimate falls to the floor (100 kbit/s) ~3 s after media starts and stays.
 #[test]
-#[ignore = "rtc 0.21.1 GCC: the loss half collapses to its floor under persistent loss"]
 fn the_estimate_under_persistent_overload_is_what_the_link_delivers() {
     let mut call = Call::new(bottleneck());
     let connected = call.connect();
@@ -672,7 +670,6 @@ fn an_unshaped_path_keeps_the_estimate_above_what_is_sent() {
 /// target, the loss half 5 % per 200 ms): sending 300 kbit/s on a 5 Mbit/s link, the estimate
 /// passes the link's rate after ~23 s and reaches the 25 Mbit/s ceiling after ~44 s.
 #[test]
-#[ignore = "rtc 0.21.1 GCC: no cap on the increase relative to the received rate"]
 fn an_estimate_does_not_outgrow_what_is_received() {
     let mut call = Call::new(Link::shaped(5_000_000, 60_000, ONE_WAY));
     call.connect();
