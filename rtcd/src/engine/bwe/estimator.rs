@@ -16,7 +16,13 @@
 //!   inter-group delay variation accumulated and smoothed, its least-squares slope over the
 //!   last [`TREND_WINDOW`] groups compared with the draft's adaptive threshold.
 //! * [`Estimator`]: the rate controllers (draft §5.5 "Rate control" and §6 "Loss-based
-//!   control"), the target being the lower of the two halves.
+//!   control"), the target being the lower of the two halves, neither growing above 1.5 times
+//!   the acknowledged rate (and decaying towards that when the sender sends less).
+//!
+//! rtcd does not probe: an estimate rises only with what is actually sent (8 %/s far from the
+//! last congestion at most, and never past 1.5 x what is acknowledged). An allocator must
+//! therefore not wait for a higher layer to fit before sending more than it does; see
+//! `docs/engine-v2.md`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -98,12 +104,23 @@ const BETA: f64 = 0.85;
 /// 8 % per second).
 const INCREASE_PER_SECOND: f64 = 1.08;
 
-/// Never above this multiple of the acknowledged rate plus [`ACKED_HEADROOM`] (libwebrtc's
-/// increase limit): sending far below a path's capacity says nothing about the capacity above
-/// it, and an estimate that drifts up on a quiet path cannot be trusted when the sender wants
-/// more. Finding more than this takes probing.
+/// Never grows above this multiple of the acknowledged rate plus [`ACKED_HEADROOM`] (libwebrtc's
+/// increase limit), and comes down to it when above (see [`APP_LIMITED_DECAY_PER_SECOND`]):
+/// sending far below a path's capacity says nothing about the capacity above it, and an
+/// estimate that drifts up on a quiet path cannot be trusted when the sender wants more.
+/// Finding more than this takes probing.
 const ACKED_MULTIPLE: f64 = 1.5;
 const ACKED_HEADROOM: f64 = 10_000.0;
+
+/// A half above [`ACKED_MULTIPLE`] x acknowledged (the sender sends less than it may:
+/// application-limited, or a gap in what it forwards) comes down towards that cap by this
+/// factor per second rather than at once. libwebrtc only stops the increase there; rtcd also
+/// lowers it, so an estimate does not keep vouching for a rate the path has not carried for a
+/// while, but slowly: a subscriber whose forwarded layer pauses for a second (a simulcast layer
+/// switch waiting for a keyframe) keeps ~95 % of its estimate instead of dropping to the floor
+/// and being moved to the lowest layer, which no estimate could then raise again (rtcd does
+/// not probe yet).
+const APP_LIMITED_DECAY_PER_SECOND: f64 = 0.95;
 
 /// An acknowledged rate this far above the rate at the last congestion means the path changed:
 /// the increase is multiplicative again (draft §5.5: "far from" the last congestion; libwebrtc
@@ -316,10 +333,7 @@ impl Trendline {
             .as_secs_f64()
             * 1_000.0;
         let arrival_delta = ms_between(current.last_arrival, previous.last_arrival);
-        if arrival_delta < -GROUP_GAP_MS
-            || arrival_delta > GROUP_GAP_MS
-            || send_delta > GROUP_GAP_MS
-        {
+        if !(-GROUP_GAP_MS..=GROUP_GAP_MS).contains(&arrival_delta) || send_delta > GROUP_GAP_MS {
             self.reset();
             return None;
         }
@@ -408,6 +422,17 @@ impl Trendline {
     }
 }
 
+/// A half after an update (`after`, from `before`) under the acknowledged cap: it may not grow
+/// above the cap, and above it comes down by `decay` (not below the cap, nor above `after`).
+fn limit(after: f64, before: f64, cap: f64, decay: f64) -> f64 {
+    let grown = after.min(before.max(cap));
+    if grown > cap {
+        (grown * decay).max(cap)
+    } else {
+        grown
+    }
+}
+
 /// The slope of the least-squares line through `points`, if they are not all at one x.
 fn least_squares_slope(points: &VecDeque<(f64, f64)>) -> Option<f64> {
     let n = points.len() as f64;
@@ -474,11 +499,13 @@ impl Estimator {
     }
 
     /// The acknowledged rate, once known.
+    #[cfg(test)]
     pub(super) fn acknowledged(&self) -> Option<f64> {
         self.acked.bps()
     }
 
     /// What the delay-based detector last concluded.
+    #[cfg(test)]
     pub(super) fn usage(&self) -> Usage {
         self.trend.usage()
     }
@@ -604,20 +631,22 @@ impl BandwidthEstimator for Estimator {
             .map(|at| now.saturating_duration_since(at));
         self.last_feedback = Some(now);
         let may_grow = gap.is_some_and(|g| g <= FEEDBACK_GAP);
-        let growth_dt = match (self.delay_updated, may_grow) {
-            (Some(at), true) => now.saturating_duration_since(at).as_secs_f64(),
-            _ => 0.0,
-        };
+        let elapsed = self
+            .delay_updated
+            .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
+        let growth_dt = if may_grow { elapsed } else { 0.0 };
         self.delay_updated = Some(now);
 
         let acked = self.acked.bps();
         let usage = usage.unwrap_or_else(|| self.trend.usage());
+        let (delay_before, loss_before) = (self.delay_based, self.loss_based);
         self.control_delay(now, usage, acked, growth_dt);
         self.control_loss(now, acked, may_grow);
         if let Some(acked) = acked {
             let cap = ACKED_MULTIPLE * acked + ACKED_HEADROOM;
-            self.delay_based = self.delay_based.min(cap);
-            self.loss_based = self.loss_based.min(cap);
+            let decay = APP_LIMITED_DECAY_PER_SECOND.powf(elapsed.min(1.0));
+            self.delay_based = limit(self.delay_based, delay_before, cap, decay);
+            self.loss_based = limit(self.loss_based, loss_before, cap, decay);
         }
         self.delay_based = self.delay_based.clamp(MIN_BITRATE, MAX_BITRATE);
         self.loss_based = self.loss_based.clamp(MIN_BITRATE, MAX_BITRATE);
