@@ -272,3 +272,31 @@ fn without_feedback_the_estimate_does_not_grow() {
         run.est.target_bitrate()
     );
 }
+
+/// A sender that pauses (a forwarded layer waiting for a keyframe) and resumes keeps most of
+/// its estimate, though what is acknowledged right after is little: the estimate comes down
+/// towards 1.5 x acknowledged slowly, not at once (at once, the floor, and an allocator that
+/// waits for a layer to fit would never raise it again).
+#[test]
+fn a_pause_in_sending_keeps_most_of_the_estimate() {
+    let mut path = Path::new(None, 0.0);
+    let mut run = Run::new();
+    run.run(&mut path, 5.0, &|_| 1_000_000.0);
+    let before = run.est.target_bitrate();
+    run.run(&mut path, 1.0, &|_| 0.0);
+    run.run(&mut path, 0.3, &|_| 100_000.0);
+    let after = run.est.target_bitrate();
+    assert!(
+        after >= 0.9 * before,
+        "{after} after {before} (acknowledged {:?})",
+        run.est.acknowledged()
+    );
+    // Sending little for long, it does come down to 1.5 x what is acknowledged.
+    run.run(&mut path, 40.0, &|_| 100_000.0);
+    let acked = run.est.acknowledged().unwrap();
+    let target = run.est.target_bitrate();
+    assert!(
+        target <= (1.5 * acked + 10_000.0).max(MIN_BITRATE) + 1.0,
+        "{target} with {acked} acknowledged"
+    );
+}
