@@ -11,10 +11,10 @@
 //! for the same reason).
 //!
 //! Besides the estimator, two things are ours:
-//! * [`SharedEstimator`] wraps it and publishes each estimate into an [`EstimateCell`] the [`Peer`]
-//!   reads in `pump`. The estimator lives inside a boxed interceptor the application cannot
-//!   reach, and the only other way out (`Attribute::TargetBitrateChanged` on the feedback packet)
-//!   carries the target alone, not the delay / loss halves.
+//! * [`SharedEstimator`] wraps it and publishes each estimate into an [`EstimateCell`] the
+//!   [`Peer`] reads in `pump`. The estimator lives inside a boxed interceptor the application
+//!   cannot reach, and the only other way out (`Attribute::TargetBitrateChanged` on the feedback
+//!   packet) carries the target alone, not the delay / loss halves.
 //! * [`RtxBound`] binds a stream's RTX SSRC in the interceptors it wraps. rtc binds one
 //!   `StreamInfo` per sending coding, keyed by the primary SSRC (the RTX SSRC is only a field of
 //!   it), and both the TWCC sender and the send history look packets up by SSRC: without this,
@@ -37,9 +37,10 @@ mod estimator;
 use estimator::Estimator;
 
 /// Where a subscriber's estimate starts: about what one mid simulcast layer and audio need, so a
-/// new subscriber is neither starved while the estimate climbs (8 %/s at most far from congestion:
-/// from GCC's customary 300 kbit/s to 1.5 Mbit/s would take 20 s) nor handed a full layer on a path that cannot carry it
-/// (an overshoot is corrected within a round trip or two of feedback, from what was received).
+/// new subscriber is neither starved while the estimate climbs (8 %/s at most far from
+/// congestion: from GCC's customary 300 kbit/s to 1.5 Mbit/s would take 20 s) nor handed a full
+/// layer on a path that cannot carry it (an overshoot is corrected within a round trip or two of
+/// feedback, from what was received).
 pub const INITIAL_BITRATE: f64 = 1_000_000.0;
 
 /// The floor: audio and the lowest simulcast layer (about 150 kbit/s with overhead) still fit
@@ -63,7 +64,7 @@ pub(super) struct EstimateCell {
     target: AtomicU64,
     delay_based: AtomicU64,
     loss_based: AtomicU64,
-    /// Smoothed loss fraction in parts per million (`u64::MAX`: not known).
+    /// Loss fraction of the last loss interval, in parts per million (`u64::MAX`: not known).
     loss_ppm: AtomicU64,
 }
 
@@ -76,7 +77,8 @@ pub struct Estimate {
     pub delay_based: u64,
     /// The loss-based half (more than 10 % lost: backs off; under 2 %: climbs), bits per second.
     pub loss_based: u64,
-    /// The smoothed fraction of packets the peer reported lost, if any feedback came.
+    /// The fraction of packets the peer reported lost over the estimator's last loss interval
+    /// (at least 200 ms and 10 packets), once one was evaluated.
     pub loss: Option<f64>,
 }
 
@@ -230,9 +232,9 @@ impl<I: Interceptor> Interceptor for RtxBound<I> {
     }
 }
 
-/// Adds the TWCC sender and the send history driving the [`Estimator`] to a peer's registry, the estimate
-/// going to `cell`. Both sit at rtc's own slots (wire-most, below everything rtcd adds), so
-/// every packet that leaves is numbered and recorded, retransmissions included.
+/// Adds the TWCC sender and the send history driving the [`Estimator`] to a peer's registry,
+/// the estimate going to `cell`. Both sit at rtc's own slots (wire-most, below everything rtcd
+/// adds), so every packet that leaves is numbered and recorded, retransmissions included.
 pub(super) fn configure(registry: Registry, cell: Arc<EstimateCell>) -> Registry {
     registry
         .with(

@@ -885,7 +885,8 @@ pub struct Peer {
     /// RTP written while `restarting`, sent in order once a pair is selected again (see
     /// [`Peer::write_media`]).
     held: std::collections::VecDeque<TaggedRTCMessage>,
-    /// The send-side estimate towards the client, written by the estimator inside the interceptor chain.
+    /// The send-side estimate towards the client, written by the estimator inside the
+    /// interceptor chain.
     estimate: std::sync::Arc<super::bwe::EstimateCell>,
     /// When that estimate is worth a [`PeerEvent::BandwidthEstimate`].
     estimate_emitter: super::bwe::Emitter,
