@@ -300,3 +300,51 @@ fn a_pause_in_sending_keeps_most_of_the_estimate() {
         "{target} with {acked} acknowledged"
     );
 }
+
+/// Wall-clock cost of the estimator alone per report: 100 s of 1,000 packets a second through
+/// a 600 kbit/s bottleneck model, feedback every 100 ms (run with `--ignored --nocapture`; the
+/// number is an upper bound in a debug build).
+#[test]
+#[ignore]
+fn cost_of_the_estimator_per_report() {
+    let mut path = Path::new(Some(8_000_000.0), 1e6);
+    let mut run = Run::new();
+    let started = std::time::Instant::now();
+    run.run(&mut path, 100.0, &|_| 1_000.0 * PACKET as f64 * 8.0);
+    let total = started.elapsed();
+    // The model and the report building are measured too: time them without the estimator.
+    let mut path = Path::new(Some(8_000_000.0), 1e6);
+    let mut bare = Run::new();
+    let started = std::time::Instant::now();
+    let end = 100.0;
+    while bare.t < end {
+        for _ in 0..33 {
+            let arrival = path.carry(bare.id, bare.t, PACKET);
+            bare.pending.push(PacketReport {
+                ssrc: 1,
+                id: bare.id,
+                rtp_sequence_number: bare.id as u16,
+                is_twcc: true,
+                twcc_sequence_number: bare.id as u16,
+                size: PACKET,
+                arrived: arrival.is_some(),
+                departure: bare.t0 + Duration::from_secs_f64(bare.t),
+                arrival,
+                ecn: Default::default(),
+            });
+            bare.id += 1;
+        }
+        bare.t += 1.0 / 30.0;
+        if bare.pending.len() > 100 {
+            bare.pending.clear();
+        }
+    }
+    let model = started.elapsed();
+    println!(
+        "{} reports: {:?} with the estimator, {:?} without: {:.0} ns/report",
+        run.id,
+        total,
+        model,
+        (total.saturating_sub(model)).as_nanos() as f64 / run.id as f64
+    );
+}
