@@ -7,7 +7,8 @@
 //! * [`net`]: rtcd's own network IO (one UDP port for every session, batched system calls,
 //!   first-byte demultiplexing and ICE-TCP framing). Pure std / nix / tokio networking: it knows
 //!   nothing of the WebRTC library, so it can be tested and measured on its own.
-//! * [`bwe`]: send-side bandwidth estimation towards each client (rtc's GCC, no pacer).
+//! * [`bwe`]: send-side bandwidth estimation towards each client (rtcd's own estimator after
+//!   draft-ietf-rmcat-gcc, no pacer).
 //! * [`peer`]: one client's peer connection, driven by hand: datagrams in, datagrams and events
 //!   out, time passed in explicitly, so a whole session runs in a unit test without a socket.
 //!

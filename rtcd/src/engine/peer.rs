@@ -268,12 +268,12 @@ pub enum PeerEvent {
         lost: Vec<u16>,
     },
     /// What rtcd may send this client, all slots together (media, retransmissions, padding),
-    /// from the client's transport-wide congestion feedback (rtc's GCC, see `engine::bwe`).
+    /// from the client's transport-wide congestion feedback (rtcd's estimator, see `engine::bwe`).
     /// Emitted on the first feedback and then whenever the estimate moved by 5 % or more from
-    /// the last one emitted: every back-off at once, a climb every 200 ms to 1 s (a few events
-    /// a second at most; GCC changes its target at most every 200 ms but for a back-off). A client
-    /// that never sends transport-cc feedback (it did not negotiate it) has no estimate and
-    /// gets no such event. GCC's two halves and the loss are in [`Peer::estimate`].
+    /// the last one emitted: every back-off at once, a climb every 200 ms to 1 s (1-2 events a
+    /// second on a congested path, under one on a clean one). A client that never sends
+    /// transport-cc feedback (it did not negotiate it) has no estimate and gets no such event.
+    /// The estimate's two halves and the loss are in [`Peer::estimate`].
     BandwidthEstimate {
         /// The estimate, in bits per second.
         bits_per_second: u64,
@@ -885,7 +885,8 @@ pub struct Peer {
     /// RTP written while `restarting`, sent in order once a pair is selected again (see
     /// [`Peer::write_media`]).
     held: std::collections::VecDeque<TaggedRTCMessage>,
-    /// The send-side estimate towards the client, written by GCC inside the interceptor chain.
+    /// The send-side estimate towards the client, written by the estimator inside the
+    /// interceptor chain.
     estimate: std::sync::Arc<super::bwe::EstimateCell>,
     /// When that estimate is worth a [`PeerEvent::BandwidthEstimate`].
     estimate_emitter: super::bwe::Emitter,
@@ -961,7 +962,7 @@ impl Peer {
         // again changes nothing); what it adds is the TWCC receiver interceptor.
         let registry = configure_twcc_receiver_only(registry, &mut media).map_err(internal)?;
         // Send-side estimation towards the client: every packet sent is numbered and recorded,
-        // the client's transport-cc feedback drives GCC (no pacer: see `bwe`).
+        // the client's transport-cc feedback drives the estimator (no pacer: see `bwe`).
         let estimate = std::sync::Arc::new(super::bwe::EstimateCell::default());
         let registry = if estimation {
             super::bwe::configure(registry, estimate.clone())
@@ -1423,7 +1424,7 @@ impl Peer {
         self.connected
     }
 
-    /// The send-side bandwidth estimate towards the client with GCC's delay and loss halves,
+    /// The send-side bandwidth estimate towards the client with its delay and loss halves,
     /// once its transport-cc feedback came (see [`PeerEvent::BandwidthEstimate`]).
     pub fn estimate(&self) -> Option<super::bwe::Estimate> {
         self.estimate.get()
