@@ -170,6 +170,9 @@ pub struct Allocator {
     lowered_at: Option<Instant>,
     /// The decision in force per track id.
     current: Vec<(usize, Decision)>,
+    /// What the estimate would have to be for the next step up (a higher layer or a resumed
+    /// track), when the estimate is what holds the subscriber back: the rate to probe at.
+    probe: Option<u64>,
 }
 
 impl Allocator {
@@ -181,6 +184,14 @@ impl Allocator {
     /// The latest estimate.
     pub fn estimate(&self) -> Option<u64> {
         self.estimate
+    }
+
+    /// The estimate the next step up needs, when the estimate is what keeps a track below what
+    /// the subscriber wants (decided by the last [`Allocator::allocate`]): what to probe the
+    /// link at, so that a link that can carry more is found (the estimate only proves what was
+    /// sent).
+    pub fn probe_target(&self) -> Option<u64> {
+        self.probe
     }
 
     /// Forgets `id`'s decision: the next allocation decides it as a new track (its slot now
@@ -262,7 +273,36 @@ impl Allocator {
         if lowered {
             self.lowered_at = Some(now);
         }
+        self.probe = self
+            .estimate
+            .and_then(|_| next_step(tracks, &order, |id| self.decision(id)))
+            .map(|(used, extra)| ((used + extra + audio) as f64 / RAISE_SHARE) as u64);
     }
+}
+
+/// The first step up in priority order among `tracks` with the decisions in force: (what the
+/// decisions use now, what that step adds). `None` when every track has what it wants.
+fn next_step(
+    tracks: &[VideoTrack<'_>],
+    order: &[usize],
+    decision: impl Fn(usize) -> Option<Decision>,
+) -> Option<(u64, u64)> {
+    let used: u64 = tracks
+        .iter()
+        .map(|t| match decision(t.id) {
+            Some(Decision::Layer(l)) => t.cost(l),
+            _ => 0,
+        })
+        .sum();
+    order.iter().find_map(|&i| {
+        let t = &tracks[i];
+        let top = t.top()?;
+        match decision(t.id)? {
+            Decision::Paused(PauseReason::Bandwidth) if t.visible => Some((used, t.cost(0))),
+            Decision::Layer(l) if l < top => Some((used, t.cost(l + 1).saturating_sub(t.cost(l)))),
+            _ => None,
+        }
+    })
 }
 
 /// The decisions `budget` allows, by the rules of the module docs, indexed like `tracks`.
@@ -450,6 +490,28 @@ mod tests {
         );
         a.allocate(0, &tracks, t1 + UPGRADE_HOLD, |id, d| changes.push((id, d)));
         assert_eq!(changes[1], (1, Decision::Layer(0)));
+    }
+
+    #[test]
+    fn the_probe_target_is_what_the_next_step_up_needs() {
+        let mut a = Allocator::default();
+        let now = Instant::now();
+        let tracks = [camera(1, &THREE), camera(2, &THREE)];
+        // 700k * 0.95 = 665k: both lowest (300k), the first to the middle (+350k = 650k).
+        a.set_estimate(700_000);
+        a.allocate(0, &tracks, now, |_, _| {});
+        assert_eq!(a.decision(1), Some(Decision::Layer(1)));
+        assert_eq!(a.decision(2), Some(Decision::Layer(0)));
+        // Next: the first camera's top layer (+1M) on the 650k in use, in RAISE_SHARE.
+        assert_eq!(a.probe_target(), Some((1_650_000.0 / RAISE_SHARE) as u64));
+        // Everything fits: nothing to probe for.
+        a.set_estimate(10_000_000);
+        a.allocate(0, &tracks, now + UPGRADE_HOLD, |_, _| {});
+        assert_eq!(a.probe_target(), None);
+        // Without an estimate nothing is limited, and nothing probed.
+        let mut b = Allocator::default();
+        b.allocate(0, &tracks, now, |_, _| {});
+        assert_eq!(b.probe_target(), None);
     }
 
     #[test]

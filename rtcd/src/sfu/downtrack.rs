@@ -1091,6 +1091,34 @@ impl DownTrack {
         unrepairable
     }
 
+    /// An RTX copy of a packet just forwarded (`header`, what [`DownTrack::forward`] returned
+    /// for `pkt`), to probe the subscriber's link: it carries a transport-wide sequence number
+    /// like any packet, so the subscriber's feedback reports it, and the receiver drops it as a
+    /// duplicate of what it already has. `None` without negotiated RTX (a copy on the media
+    /// SSRC would repeat a sequence number). Allocates the copy: only while probing.
+    pub fn probe_copy(
+        &mut self,
+        header: &RtpHeaderOut,
+        pkt: &MediaPacket,
+    ) -> Option<(RtpHeaderOut, Bytes)> {
+        let rtx_ssrc = self.rtx_ssrc?;
+        let (_, Some(rtx_pt)) = self.payload_types.get(pkt.payload_type)? else {
+            return None;
+        };
+        let payload = header.payload(pkt);
+        let mut copy = *header;
+        copy.ssrc = rtx_ssrc;
+        copy.payload_type = rtx_pt;
+        copy.sequence = self.rtx_sequence;
+        self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
+        let mut rtx = BytesMut::with_capacity(2 + payload.len());
+        rtx.put_u16(header.sequence);
+        rtx.put_slice(&payload);
+        self.stats.rtx_packets += 1;
+        self.stats.rtx_octets += rtx.len() as u64;
+        Some((copy, rtx.freeze()))
+    }
+
     /// Remembers the output run `from..=to` as a hole to close at `due_ms` (0: at once).
     fn note_hole(&mut self, from: u64, to: u64, due_ms: u32) {
         if let Some(last) = self.holes.back_mut()

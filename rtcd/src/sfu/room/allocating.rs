@@ -101,6 +101,15 @@ impl Rooms {
         let mut changes = Vec::new();
         m.allocator
             .allocate(audio, &tracks, now, |slot, d| changes.push((slot, d)));
+        // What the subscriber's video takes now, at the layers decided (measured rates).
+        let video: u64 = tracks
+            .iter()
+            .map(|t| match m.allocator.decision(t.id) {
+                Some(Decision::Layer(l)) => t.rates.get(l).copied().unwrap_or(0),
+                _ => 0,
+            })
+            .sum();
+        plan_probe(m, video, now);
         let call = m.call;
         let mut touched: Vec<TrackId> = Vec::new();
         for (i, decision) in changes {
@@ -236,6 +245,56 @@ impl Rooms {
             event: SessionEvent::LayersWanted { mid, rids },
         });
     }
+}
+
+/// How long a probe lasts: long enough for a few feedback reports to show what arrived, short
+/// enough that a link which cannot carry it loses little (the copies are redundant anyway).
+const PROBE_DURATION: Duration = Duration::from_millis(500);
+/// The wait before the first probe and after one that proved its goal; doubled after each that
+/// did not, up to [`PROBE_BACKOFF_MAX`] (a weak link is not overloaded every few seconds).
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(32);
+/// The most a probe adds, as a multiple of the video the subscriber receives.
+const PROBE_MAX_RATIO: f64 = 3.0;
+
+/// Starts a probe of `m`'s link when its allocator's next step up needs more than the estimate
+/// says (and none ran lately); judges the previous one at the first decision after it.
+fn plan_probe(m: &mut super::member::Member, video: u64, now: Instant) {
+    let probe = &mut m.probe;
+    if probe.until.is_some_and(|u| now < u) {
+        return;
+    }
+    if probe.until.take().is_some() {
+        let proved = m
+            .allocator
+            .estimate()
+            .is_some_and(|e| e >= probe.goal * 9 / 10);
+        probe.backoff = if proved {
+            PROBE_INTERVAL
+        } else {
+            (probe.backoff * 2).clamp(PROBE_INTERVAL, PROBE_BACKOFF_MAX)
+        };
+        probe.next = Some(now + probe.backoff);
+        tracing::debug!(session = %m.req.session, proved, goal = probe.goal, estimate = ?m.allocator.estimate(), "probe ended");
+    }
+    let (Some(goal), Some(estimate)) = (m.allocator.probe_target(), m.allocator.estimate()) else {
+        return;
+    };
+    if goal <= estimate || video == 0 || probe.next.is_some_and(|n| now < n) {
+        return;
+    }
+    if probe.next.is_none() {
+        // The first probe of a subscriber waits PROBE_INTERVAL like any other: its first
+        // estimates are still settling.
+        probe.next = Some(now + PROBE_INTERVAL);
+        probe.backoff = PROBE_INTERVAL;
+        return;
+    }
+    probe.ratio = ((goal - estimate) as f64 / video as f64).min(PROBE_MAX_RATIO);
+    probe.credit = 0.0;
+    probe.goal = goal;
+    probe.until = Some(now + PROBE_DURATION);
+    tracing::debug!(session = %m.req.session, goal, estimate, video, ratio = probe.ratio, "probing");
 }
 
 /// At most this many simulcast layers per track are tracked for dynacast (rtcd answers at most

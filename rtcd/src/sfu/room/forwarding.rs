@@ -107,6 +107,21 @@ impl Rooms {
                     } else {
                         sent += 1;
                     }
+                    // Probing the subscriber's link: RTX copies of its video, worth the
+                    // probe's share of what it receives.
+                    let size = packet.payload.len() as f64;
+                    if s.probe.until.is_some_and(|u| now < u) && !ms.audio && size > 0.0 {
+                        s.probe.credit += s.probe.ratio * size;
+                        while s.probe.credit >= size {
+                            s.probe.credit -= size;
+                            let Some((copy, payload)) = down.probe_copy(&header, &packet) else {
+                                break;
+                            };
+                            if let Err(e) = s.peer.send_rtp(ms.id, &copy, &packet, payload, now) {
+                                tracing::debug!(error = %e, "a probe packet failed");
+                            }
+                        }
+                    }
                     if self.dirty_set.insert(sub) {
                         self.dirty.push(sub);
                     }

@@ -77,6 +77,22 @@ pub(super) struct Member {
     pub allocated_at: Option<Instant>,
     /// When its microphone was last heard speaking (its cameras come first for others).
     pub spoke: Option<Instant>,
+    /// Probing its link for the allocator's next step up (see `allocating`).
+    pub probe: Probe,
+}
+
+/// A subscriber's link probe: while `until` is ahead, each video packet forwarded to it is
+/// followed by RTX copies worth `ratio` of its size (`credit` carries the fraction over).
+#[derive(Debug, Default)]
+pub(super) struct Probe {
+    pub until: Option<Instant>,
+    pub ratio: f64,
+    pub credit: f64,
+    /// The estimate the probe should prove; checked at the first decision after it.
+    pub goal: u64,
+    /// When the next probe may start, and the wait after that one if it fails.
+    pub next: Option<Instant>,
+    pub backoff: std::time::Duration,
 }
 
 impl Member {
@@ -111,6 +127,7 @@ impl Member {
             allocator: Allocator::default(),
             allocated_at: None,
             spoke: None,
+            probe: Probe::default(),
         }
     }
 

@@ -980,6 +980,27 @@ fn the_subscriber_estimate_lowers_pauses_and_resumes_a_simulcast_camera() {
         wanted(&net)
     );
 
+    // The estimate is what keeps bob below the top layer: his link is probed with RTX copies
+    // of his video (a few seconds after his first estimate), which he drops as duplicates.
+    // (Bob's client resolves RTX into the stream it repairs: a copy arrives as a duplicate.)
+    let copies = |net: &Net| {
+        let received = &net.clients[&BOB].received;
+        let distinct: std::collections::HashSet<(u32, u16)> =
+            received.iter().map(|r| (r.ssrc, r.sequence)).collect();
+        received.len() - distinct.len()
+    };
+    let before = copies(&net);
+    for _ in 0..20 {
+        let now = net.now;
+        net.rooms.on_estimate(BOB, 200_000, now);
+        net.send_layers(&[0, 1, 2], 5, false, &mut seq);
+    }
+    assert!(
+        copies(&net) > before + 5,
+        "probed: {} RTX copies",
+        copies(&net) - before
+    );
+
     // 30 kbit/s: not even the lowest layer. Bob is told, and gets nothing more.
     let now = net.now;
     net.rooms.on_estimate(BOB, 30_000, now);
