@@ -255,24 +255,30 @@ pub(super) fn configure(registry: Registry, cell: Arc<EstimateCell>) -> Registry
 /// kbit/s bottleneck, under one on a clean path.
 const EMIT_CHANGE: f64 = 0.05;
 
-/// Decides when a peer's estimate is worth an event (see [`EMIT_CHANGE`]).
+/// An unchanged estimate is announced again this often: what the SFU decides from it also
+/// depends on what changed meanwhile (the rates of the layers it forwards, the end of a hold,
+/// a probe to start), so it needs the estimate now and then even when it holds still.
+pub(super) const EMIT_REPEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Decides when a peer's estimate is worth an event (see [`EMIT_CHANGE`], [`EMIT_REPEAT`]).
 #[derive(Debug, Default)]
 pub(super) struct Emitter {
-    last: Option<u64>,
+    last: Option<(u64, Instant)>,
 }
 
 impl Emitter {
-    /// The estimate to announce, if `current` moved far enough from the last announced one (the
-    /// first measured estimate is always announced).
-    pub(super) fn next(&mut self, current: Option<Estimate>) -> Option<u64> {
+    /// The estimate to announce at `at`, if `current` moved far enough from the last announced
+    /// one or that was [`EMIT_REPEAT`] ago (the first measured estimate is always announced).
+    pub(super) fn next(&mut self, current: Option<Estimate>, at: Instant) -> Option<u64> {
         let now = current?.bits_per_second;
-        if let Some(last) = self.last {
+        if let Some((last, when)) = self.last {
             let moved = (now as f64 - last as f64).abs();
-            if moved < last as f64 * EMIT_CHANGE {
+            if moved < last as f64 * EMIT_CHANGE && at.saturating_duration_since(when) < EMIT_REPEAT
+            {
                 return None;
             }
         }
-        self.last = Some(now);
+        self.last = Some((now, at));
         Some(now)
     }
 }

@@ -1638,7 +1638,7 @@ impl Peer {
             }
         }
         // After the reads: the feedback that moved the estimate was among them.
-        if let Some(bits_per_second) = self.estimate_emitter.next(self.estimate.get()) {
+        if let Some(bits_per_second) = self.estimate_emitter.next(self.estimate.get(), self.now) {
             tracing::debug!(bits_per_second, "bandwidth estimate");
             self.events
                 .push_back(PeerEvent::BandwidthEstimate { bits_per_second });

@@ -854,20 +854,26 @@ async fn simulcast_publisher_encodes_only_what_is_received(
             layers.len() >= 2,
             "{a} publishes at least two simulcast layers: {layers:?}"
         );
-        // The estimate settles, the allocator picks bob's layer, the unneeded layers go after
-        // their 3 s hold.
-        call.hold(Duration::from_secs(15)).await?;
-        let sending = layers_sending(&call.pages[alice], Duration::from_secs(3)).await?;
-        let layers = sent_layers(&call.pages[alice]).await?;
-        ensure!(
-            sending == ["f"],
-            "only the full layer is encoded once bob alone receives it: sending {sending:?} of {layers:?}"
-        );
-        let width = |rid: &str| layers.get(rid).map_or(0, |l| l.1);
-        ensure!(
-            width("f") > width("q"),
-            "the full layer is the largest: {layers:?}"
-        );
+        // Bob's estimate starts at 1 Mbit/s (the middle layer), a probe proves more, the
+        // allocator raises him to the full layer, and the layers nobody receives stop after
+        // their 3 s hold. On this busy host an estimate may dip for a moment (and the layers
+        // follow it): what must come is a 3 s window in which only the full layer is sent.
+        call.hold(Duration::from_secs(8)).await?;
+        let mut seen = Vec::new();
+        let started = std::time::Instant::now();
+        loop {
+            let sending = layers_sending(&call.pages[alice], Duration::from_secs(3)).await?;
+            let layers = sent_layers(&call.pages[alice]).await?;
+            let width = |rid: &str| layers.get(rid).map_or(0, |l| l.1);
+            if sending == ["f"] && width("f") > width("q") {
+                break;
+            }
+            seen.push(format!("sending {sending:?} of {layers:?}"));
+            ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "only the full layer is encoded once bob alone receives it: {seen:#?}"
+            );
+        }
         call.hold(Duration::from_secs(5)).await
     }
     .await;

@@ -105,7 +105,7 @@ const BETA: f64 = 0.85;
 const INCREASE_PER_SECOND: f64 = 1.08;
 
 /// Never grows above this multiple of the acknowledged rate plus [`ACKED_HEADROOM`] (libwebrtc's
-/// increase limit), and comes down to it when above (see [`APP_LIMITED_DECAY_PER_SECOND`]):
+/// increase limit; see [`APP_LIMITED_DECAY_PER_SECOND`] for an estimate already above it):
 /// sending far below a path's capacity says nothing about the capacity above it, and an
 /// estimate that drifts up on a quiet path cannot be trusted when the sender wants more.
 /// Finding more than this takes probing.
@@ -113,14 +113,14 @@ const ACKED_MULTIPLE: f64 = 1.5;
 const ACKED_HEADROOM: f64 = 10_000.0;
 
 /// A half above [`ACKED_MULTIPLE`] x acknowledged (the sender sends less than it may:
-/// application-limited, or a gap in what it forwards) comes down towards that cap by this
-/// factor per second rather than at once. libwebrtc only stops the increase there; rtcd also
-/// lowers it, so an estimate does not keep vouching for a rate the path has not carried for a
-/// while, but slowly: a subscriber whose forwarded layer pauses for a second (a simulcast layer
-/// switch waiting for a keyframe) keeps ~95 % of its estimate instead of dropping to the floor
-/// and being moved to the lowest layer, which no estimate could then raise again (rtcd does
-/// not probe yet).
-const APP_LIMITED_DECAY_PER_SECOND: f64 = 0.95;
+/// application-limited, or a gap in what it forwards) stays where it is (this factor per
+/// second: 1), as in libwebrtc, which only stops the increase there. A decay (0.95 per second
+/// was tried) dragged an SFU subscriber's estimate down to 1.5 times the layer it received: on
+/// a clean path its allocator then lowered it further (a layer's rate jitters past 95 % of such
+/// an estimate), and every probe had to climb back from there (seen in Chromium and Firefox
+/// calls: stuck at the lowest layer). A path that worsened while the sender sent little is
+/// found out within a second of sending more (delay or loss).
+const APP_LIMITED_DECAY_PER_SECOND: f64 = 1.0;
 
 /// An acknowledged rate this far above the rate at the last congestion means the path changed:
 /// the increase is multiplicative again (draft §5.5: "far from" the last congestion; libwebrtc

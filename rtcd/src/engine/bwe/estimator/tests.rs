@@ -237,11 +237,11 @@ fn growth_is_capped_at_one_and_a_half_times_what_is_acknowledged() {
     run.run(&mut path, 30.0, &|_| 300_000.0);
     let target = run.est.target_bitrate();
     let acked = run.est.acknowledged().unwrap();
+    // It started above the cap (INITIAL_BITRATE) and did not grow: kept, not lowered.
     assert!(
-        target <= 1.5 * acked + 10_000.0 + 1.0,
+        target <= (1.5 * acked + 10_000.0 + 1.0).max(super::super::INITIAL_BITRATE),
         "{target} with {acked} acknowledged"
     );
-    assert!(target <= 1.5 * 300_000.0 * 1.1 + 10_000.0, "{target}");
 }
 
 #[test]
@@ -273,10 +273,10 @@ fn without_feedback_the_estimate_does_not_grow() {
     );
 }
 
-/// A sender that pauses (a forwarded layer waiting for a keyframe) and resumes keeps most of
-/// its estimate, though what is acknowledged right after is little: the estimate comes down
-/// towards 1.5 x acknowledged slowly, not at once (at once, the floor, and an allocator that
-/// waits for a layer to fit would never raise it again).
+/// A sender that pauses (a forwarded layer waiting for a keyframe) and resumes keeps its
+/// estimate, though what is acknowledged right after is little (lowered, the floor, and an
+/// allocator that waits for a layer to fit would never raise it again); so does one that sends
+/// little for long (app-limited: nothing was learnt about the path above what it sent).
 #[test]
 fn a_pause_in_sending_keeps_most_of_the_estimate() {
     let mut path = Path::new(None, 0.0);
@@ -291,13 +291,11 @@ fn a_pause_in_sending_keeps_most_of_the_estimate() {
         "{after} after {before} (acknowledged {:?})",
         run.est.acknowledged()
     );
-    // Sending little for long, it does come down to 1.5 x what is acknowledged.
     run.run(&mut path, 40.0, &|_| 100_000.0);
-    let acked = run.est.acknowledged().unwrap();
     let target = run.est.target_bitrate();
     assert!(
-        target <= (1.5 * acked + 10_000.0).max(MIN_BITRATE) + 1.0,
-        "{target} with {acked} acknowledged"
+        target >= 0.9 * before,
+        "{target} after 40 s of little, from {before}"
     );
 }
 
