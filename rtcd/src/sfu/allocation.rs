@@ -32,6 +32,11 @@ pub const KEEP_SHARE: f64 = 0.95;
 pub const RAISE_SHARE: f64 = 0.80;
 /// How long after a downgrade nothing is raised: the estimate is still settling.
 pub const UPGRADE_HOLD: Duration = Duration::from_secs(3);
+/// A publisher heard within this long counts as a recent speaker (its cameras come first).
+/// Coarse on purpose: ordered by the instant of the last speech, two people talking in turn
+/// (or a test's beeping fake microphones) swapped the priority of their cameras several times
+/// a second, and every swap moved layers (a keyframe each) on constrained links.
+pub const RECENT_SPEECH: Duration = Duration::from_secs(10);
 
 /// What a layer is assumed to cost before it has been measured (a layer the publisher does not
 /// send now, or one that just started), by position from the top: the SDK's camera layers
@@ -119,6 +124,9 @@ pub struct RateMeter {
     start: Option<Instant>,
     current: u64,
     previous: u64,
+    /// A moving average of the completed buckets' rates (bits per second; 0: none yet), kept
+    /// while the stream is silent: what the stream typically costs.
+    typical: u64,
 }
 
 /// A [`RateMeter`] bucket.
@@ -135,10 +143,25 @@ impl RateMeter {
         let start = *self.start.get_or_insert(now);
         let age = now.saturating_duration_since(start);
         if age >= BUCKET {
+            if age < 2 * BUCKET && self.current > 0 {
+                let sample = self.current * 8 * 1000 / (age.as_millis().max(1) as u64);
+                self.typical = if self.typical == 0 {
+                    sample
+                } else {
+                    (self.typical * 7 + sample) / 8
+                };
+            }
             self.previous = if age < 2 * BUCKET { self.current } else { 0 };
             self.current = 0;
             self.start = Some(now);
         }
+    }
+
+    /// What the stream typically sends (bits per second, averaged over its last few seconds of
+    /// sending; kept while it is silent): what a subscriber's link needs for it. 0 before a
+    /// first half second was measured.
+    pub fn typical(&self) -> u64 {
+        self.typical
     }
 
     /// Bits per second over the last bucket and what the current one has seen (0 for a
@@ -218,10 +241,14 @@ impl Allocator {
         self.current
             .retain(|(id, _)| tracks.iter().any(|t| t.id == *id));
         let mut order: Vec<usize> = (0..tracks.len()).collect();
-        // Screens first; then the most recent speaker; then subscription order (stable sort).
+        // Screens first; then recent speakers; then subscription order (a stable sort).
+        let quiet = |t: &VideoTrack<'_>| {
+            t.spoke
+                .is_none_or(|s| now.saturating_duration_since(s) >= RECENT_SPEECH)
+        };
         order.sort_by(|&a, &b| {
             let (a, b) = (&tracks[a], &tracks[b]);
-            a.class.cmp(&b.class).then_with(|| b.spoke.cmp(&a.spoke))
+            a.class.cmp(&b.class).then_with(|| quiet(a).cmp(&quiet(b)))
         });
         let (keep, raise) = match self.estimate {
             Some(e) => {
@@ -273,8 +300,10 @@ impl Allocator {
         if lowered {
             self.lowered_at = Some(now);
         }
+        // No probe while the last downgrade is fresh: the link just said no.
         self.probe = self
             .estimate
+            .filter(|_| hold_over && !lowered)
             .and_then(|_| next_step(tracks, &order, |id| self.decision(id)))
             .map(|(used, extra)| ((used + extra + audio) as f64 / RAISE_SHARE) as u64);
     }
@@ -379,7 +408,19 @@ mod tests {
         }
         let r = m.bits_per_second(t0 + Duration::from_millis(2_000));
         assert!((700_000..=900_000).contains(&r), "{r}");
+        assert!(
+            (700_000..=900_000).contains(&m.typical()),
+            "{}",
+            m.typical()
+        );
         assert_eq!(m.bits_per_second(t0 + Duration::from_secs(4)), 0);
+        // Silent: the typical rate is kept.
+        m.add(1_000, t0 + Duration::from_secs(4));
+        assert!(
+            (700_000..=900_000).contains(&m.typical()),
+            "{}",
+            m.typical()
+        );
     }
 
     #[test]
@@ -422,7 +463,7 @@ mod tests {
         a.set_estimate(2_100_000);
         let now = Instant::now();
         let mut quiet = camera(1, &THREE);
-        quiet.spoke = Some(now - Duration::from_secs(30));
+        quiet.spoke = Some(now - RECENT_SPEECH);
         let mut speaker = camera(2, &THREE);
         speaker.spoke = Some(now);
         let screen = VideoTrack {

@@ -77,10 +77,15 @@ impl Rooms {
                 Class::Camera
             };
             let spoke = self.members.get(&t.owner).and_then(|o| o.spoke);
+            // Typical rates, not the last second's: a keyframe or a layer the publisher just
+            // stopped (dynacast) must not move the subscriber's layers.
             let rates = t
                 .layers
                 .iter()
-                .map(|l| l.rate.bits_per_second(now))
+                .map(|l| match l.rate.typical() {
+                    0 => l.rate.bits_per_second(now),
+                    typical => typical,
+                })
                 .collect();
             inputs.push((i, class, spoke, rates));
         }
@@ -269,10 +274,7 @@ fn plan_probe(m: &mut super::member::Member, video: u64, audio: u64, now: Instan
         return;
     }
     if probe.until.take().is_some() {
-        let proved = m
-            .allocator
-            .estimate()
-            .is_some_and(|e| e >= probe.goal * 9 / 10);
+        let proved = m.allocator.estimate().is_some_and(|e| e >= probe.goal);
         probe.backoff = if proved {
             PROBE_INTERVAL
         } else {
