@@ -691,6 +691,31 @@ fn trim_section(lines: &[&str]) -> Option<String> {
     changed.then_some(out)
 }
 
+/// The offer with every simulcast layer listed as sending: `None` if none is marked paused.
+///
+/// A publisher that stops encoding a layer (dynacast: `RTCRtpSender.setParameters` with
+/// `active: false`, asked for by `layers_wanted`) marks it paused in its next offer, `~` before
+/// the rid in `a=simulcast` (RFC 8853 5.1), and unmarks it when it starts again. To rtcd that is
+/// not a change of the section: the layer keeps its rid, and its SSRC when it comes back. Read
+/// as a change, the section lost its layers' bindings at every such renegotiation (see
+/// [`keep_simulcast_bindings`]): in a three-party Chromium call, every camera stalled for 30 s
+/// when the third joined. rtc gets the plain list (it would read `~f` as a rid named `~f`).
+fn unpause_simulcast(sdp: &str) -> Option<String> {
+    let paused = |l: &str| l.starts_with("a=simulcast:") && l.contains('~');
+    if !sdp.lines().any(paused) {
+        return None;
+    }
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        if paused(line) {
+            out.extend(line.chars().filter(|c| *c != '~'));
+        } else {
+            out.push_str(line);
+        }
+    }
+    Some(out)
+}
+
 /// What identifies each simulcast section of an offer (one with `a=rid` lines), by mid: its
 /// msid, rids, `a=simulcast` and direction lines, sorted (offers may reorder attributes). See
 /// [`keep_simulcast_bindings`].
@@ -1045,6 +1070,8 @@ impl Peer {
 
     /// [`Peer::set_offer`] without trimming.
     fn set_offer_as_given(&mut self, sdp: &str, now: Instant) -> Result<(), EngineError> {
+        let unpaused = unpause_simulcast(sdp);
+        let sdp = unpaused.as_deref().unwrap_or(sdp);
         let signatures = simulcast_signatures(sdp);
         let kept = keep_simulcast_bindings(sdp, &self.simulcast);
         let offer = RTCSessionDescription::offer(kept.as_deref().unwrap_or(sdp).to_owned())
@@ -3825,6 +3852,20 @@ a=sctp-port:5000\r\n";
                 PeerEvent::Rtp { packet, .. } if packet.ssrc == LAYERS[2].1 && packet.sequence == 3)),
             "a retransmission after the renegotiations"
         );
+    }
+
+    /// A layer marked paused (`~`, dynacast) is not a change of its section: the section keeps
+    /// its bindings, and rtc reads the plain list of rids.
+    #[test]
+    fn a_paused_simulcast_layer_is_not_a_change_of_its_section() {
+        let offer = simulcast_offer();
+        assert_eq!(unpause_simulcast(&offer), None);
+        let applied = simulcast_signatures(&offer);
+        let paused = offer.replace("a=simulcast:send q;h;f", "a=simulcast:send q;~h;~f");
+        let plain = unpause_simulcast(&paused).expect("paused layers");
+        assert_eq!(plain, offer);
+        assert_eq!(simulcast_signatures(&plain), applied);
+        assert!(keep_simulcast_bindings(&plain, &applied).is_some());
     }
 
     /// Which offers reach rtc without a simulcast section's msid: only a section unchanged
