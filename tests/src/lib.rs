@@ -16,4 +16,5 @@ pub mod netns;
 pub mod oidc;
 pub mod proxy;
 pub mod relay;
+pub mod shaping;
 pub mod webhook;
