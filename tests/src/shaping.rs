@@ -175,11 +175,9 @@ impl LinkCounters {
     }
 }
 
-/// A request to the client namespace's keeper thread.
-enum Request {
-    /// Open a TCP connection to the client namespace's `127.0.0.1:port`.
-    Connect(u16, std::sync::mpsc::Sender<std::io::Result<TcpStream>>),
-}
+/// Work for the client namespace's keeper thread: runs there, so that sockets it opens belong
+/// to the client namespace.
+type Request = Box<dyn FnOnce() + Send>;
 
 /// The client namespace: kept alive by a thread that lives in it and serves [`Request`]s.
 struct ClientNamespace {
@@ -190,17 +188,21 @@ struct ClientNamespace {
 }
 
 impl ClientNamespace {
-    fn connect(&self, port: u16) -> anyhow::Result<TcpStream> {
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
         let (tx, rx) = std::sync::mpsc::channel();
         lock(&self.requests)
             .as_ref()
             .context("the client namespace is gone")?
-            .send(Request::Connect(port, tx))
+            .send(Box::new(move || {
+                let _ = tx.send(work());
+            }))
             .ok()
             .context("the client namespace's keeper thread has ended")?;
-        Ok(rx
-            .recv()
-            .context("no answer from the client namespace's keeper thread")??)
+        rx.recv()
+            .context("no answer from the client namespace's keeper thread")
     }
 }
 
@@ -235,6 +237,16 @@ impl ClientNetns {
         command
     }
 
+    /// Runs `work` on a thread in the client namespace and returns its result: sockets it
+    /// creates belong to that namespace (and keep to it whichever thread uses them later), e.g.
+    /// `netns.run(|| std::net::UdpSocket::bind((CLIENT_ADDR, 0)))`. One at a time: keep it short.
+    pub fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        self.inner.run(work)
+    }
+
     /// Makes the client namespace's `127.0.0.1:port` reachable at the returned forwarder's
     /// [`Forward::port`] on `127.0.0.1` of the calling thread's namespace, without crossing the
     /// weak link (see the module doc).
@@ -265,7 +277,10 @@ impl Forward {
                         break;
                     }
                     let Ok(near) = near else { continue };
-                    match ns.connect(target) {
+                    match ns
+                        .run(move || TcpStream::connect((Ipv4Addr::LOCALHOST, target)))
+                        .and_then(|far| Ok(far?))
+                    {
                         Ok(far) => splice(near, far),
                         Err(e) => {
                             eprintln!("weak link: cannot reach 127.0.0.1:{target} in the client namespace: {e:#}");
@@ -485,12 +500,8 @@ impl WeakLink {
                     return;
                 }
                 // Serve until the namespace's owner drops the sender.
-                while let Ok(request) = requests_rx.recv() {
-                    match request {
-                        Request::Connect(port, reply) => {
-                            let _ = reply.send(TcpStream::connect((Ipv4Addr::LOCALHOST, port)));
-                        }
-                    }
+                while let Ok(work) = requests_rx.recv() {
+                    work();
                 }
             })?;
         let (path, client) = match ready_rx.recv() {

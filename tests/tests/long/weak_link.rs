@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use rtcd_e2e::browser::{BROWSER_STEP, BrowserKind, BrowserPage, Browsers, artifacts_dir};
 use rtcd_e2e::netns::{self, LAN_ADDR};
-use rtcd_e2e::shaping::{self, CLIENT_ADDR, LinkConfig, WeakLink};
+use rtcd_e2e::shaping::{self, CLIENT_ADDR, LinkConfig, Shaping, WeakLink};
 use serde_json::{Value, json};
 
 /// The sampling window of the rates.
@@ -108,6 +108,138 @@ async fn sample(
         (sender, receiver, counted) = (s, r, now);
     }
     Ok(out)
+}
+
+/// Sends `seconds` of 1200-byte UDP datagrams at `kbit` (counted as IP packets, as tbf
+/// counts) from `from` to `to`, paced every 5 ms; meanwhile `to_socket` counts what arrives.
+/// Returns the received rate in kbit/s (IP packets), from the first datagram to the last.
+fn udp_rate(
+    from: &std::net::UdpSocket,
+    to_socket: std::net::UdpSocket,
+    kbit: u32,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    const PAYLOAD: usize = 1200;
+    const IP_UDP: usize = 28;
+    let to = to_socket.local_addr()?;
+    to_socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let counter = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let (mut bytes, mut first, mut last) = (0usize, None, None);
+        // Ends at the first half-second without a datagram once some have come.
+        while let Ok(n) = to_socket.recv(&mut buf) {
+            let now = std::time::Instant::now();
+            first.get_or_insert(now);
+            last = Some(now);
+            bytes += n + IP_UDP;
+        }
+        (bytes, first, last)
+    });
+    let start = std::time::Instant::now();
+    let tick = Duration::from_millis(5);
+    let per_tick = (f64::from(kbit) * 1000.0 / 8.0 * tick.as_secs_f64()) as usize;
+    let (mut ticks, mut owed) = (0u32, 0usize);
+    while start.elapsed() < Duration::from_secs(seconds) {
+        owed += per_tick;
+        while owed >= PAYLOAD + IP_UDP {
+            from.send_to(&[0x5a; PAYLOAD], to)?;
+            owed -= PAYLOAD + IP_UDP;
+        }
+        ticks += 1;
+        // Pacing, not waiting for a condition.
+        let next = start + tick * ticks;
+        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+    }
+    let (bytes, first, last) = counter
+        .join()
+        .map_err(|_| anyhow::anyhow!("counter panicked"))?;
+    let span = match (first, last) {
+        (Some(first), Some(last)) if last > first => last - first,
+        _ => anyhow::bail!("nothing arrived at {to}"),
+    };
+    Ok(bytes as f64 * 8.0 / span.as_secs_f64() / 1000.0)
+}
+
+/// The link without browsers, over UDP between sockets in the two namespaces: the round trip
+/// is the two delays, each direction's rate is its tbf's, and the downlink's rate follows
+/// `shape_downlink` (changed, then lifted).
+#[test]
+fn weak_link_delays_and_rate_limits_udp_both_ways() -> anyhow::Result<()> {
+    netns::run(|| async {
+        tokio::task::spawn_blocking(|| -> anyhow::Result<()> {
+            use std::net::UdpSocket;
+            let link = WeakLink::start(LinkConfig {
+                uplink: Some(Shaping::kbit(300)),
+                ..LinkConfig::weak_subscriber()
+            })?;
+            let client = || -> anyhow::Result<UdpSocket> {
+                Ok(link.netns().run(|| UdpSocket::bind((CLIENT_ADDR, 0)))??)
+            };
+            let lan = || UdpSocket::bind((LAN_ADDR, 0));
+
+            // Round trip: an echo in the client namespace, pinged from the LAN namespace.
+            let echo = client()?;
+            let echo_addr = echo.local_addr()?;
+            echo.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let echoer = std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok((n, from)) = echo.recv_from(&mut buf) {
+                    let _ = echo.send_to(&buf[..n], from);
+                }
+            });
+            let pinger = lan()?;
+            pinger.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut rtts = Vec::new();
+            for i in 0u8..10 {
+                let sent = std::time::Instant::now();
+                pinger.send_to(&[i], echo_addr)?;
+                let mut buf = [0u8; 64];
+                let n = pinger.recv(&mut buf).context("no echo through the link")?;
+                ensure!(n == 1 && buf[0] == i, "echo {:?}", &buf[..n]);
+                rtts.push(sent.elapsed().as_secs_f64() * 1000.0);
+            }
+            drop(pinger);
+            let _ = echoer.join();
+            let min = rtts.iter().copied().fold(f64::MAX, f64::min);
+            eprintln!("weak link udp: round trips {rtts:.1?} ms");
+            ensure!(
+                (50.0..75.0).contains(&min),
+                "round trip {min:.1} ms through 2 x 25 ms"
+            );
+
+            // Each direction at its rate: 2 Mbit/s offered to a 600 kbit/s downlink, 1 Mbit/s
+            // to a 300 kbit/s uplink.
+            let down = udp_rate(&lan()?, client()?, 2000, 3)?;
+            let up = udp_rate(&client()?, lan()?, 1000, 3)?;
+            link.shape_downlink(Some(Shaping::kbit(1200)))?;
+            let changed = udp_rate(&lan()?, client()?, 2000, 3)?;
+            link.shape_downlink(None)?;
+            let lifted = udp_rate(&lan()?, client()?, 2000, 3)?;
+            eprintln!(
+                "weak link udp: downlink {down:.0} kbit/s (600), uplink {up:.0} (300), \
+                 downlink changed {changed:.0} (1200), lifted {lifted:.0} (2000 offered); \
+                 delay line down {:?}, up {:?}",
+                link.downlink_counts(),
+                link.uplink_counts()
+            );
+            for (what, rate, want) in [
+                ("downlink", down, 600.0),
+                ("uplink", up, 300.0),
+                ("changed downlink", changed, 1200.0),
+            ] {
+                ensure!(
+                    (want * 0.85..=want * MARGIN).contains(&rate),
+                    "{what}: {rate:.0} kbit/s, shaped to {want}"
+                );
+            }
+            ensure!(
+                lifted > 1700.0,
+                "lifted downlink: {lifted:.0} kbit/s of 2000"
+            );
+            Ok(())
+        })
+        .await?
+    })
 }
 
 /// The page's first round-trip measurement on its selected candidate pair (Chromium has one
