@@ -547,7 +547,9 @@ impl Browsers {
     }
 
     /// For pages behind `link`, in its client namespace ([`crate::shaping::WeakLink`]), with
-    /// more Chromium flags for every page. Chromium only for now. Drop it before the link.
+    /// more Chromium flags for every page (Chromium on a LAN origin needs
+    /// `--unsafely-treat-insecure-origin-as-secure=<origin>` for its camera; Firefox pages
+    /// there get the equivalent preferences). Drop it before the link.
     pub fn behind(link: &crate::shaping::WeakLink, chromium_args: Vec<String>) -> Self {
         Self {
             chromium_args,
@@ -591,12 +593,9 @@ impl Browsers {
                     .await?;
                 BrowserPage::Chromium(driver.page().await?)
             }
-            BrowserKind::Firefox if self.netns.is_some() => {
-                bail!("Firefox behind a weak link is not supported yet (Chromium only)")
-            }
-            BrowserKind::Firefox => {
-                BrowserPage::Firefox(crate::firefox::FirefoxPage::start().await?)
-            }
+            BrowserKind::Firefox => BrowserPage::Firefox(
+                crate::firefox::FirefoxPage::start_in(self.netns.as_ref()).await?,
+            ),
         })
     }
 }

@@ -248,8 +248,8 @@ impl ClientNetns {
     }
 
     /// Makes the client namespace's `127.0.0.1:port` reachable at the returned forwarder's
-    /// [`Forward::port`] on `127.0.0.1` of the calling thread's namespace, without crossing the
-    /// weak link (see the module doc).
+    /// [`Forward::port`] on `127.0.0.1` of the calling thread's namespace (the same number if
+    /// free), without crossing the weak link (see the module doc).
     pub fn expose(&self, port: u16) -> anyhow::Result<Forward> {
         Forward::start(self.inner.clone(), port)
     }
@@ -265,7 +265,10 @@ pub struct Forward {
 
 impl Forward {
     fn start(ns: Arc<ClientNamespace>, target: u16) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        // The same port number when it is free here (it usually is: the namespaces are the
+        // test's own): Firefox's BiDi server answers 400 to a Host header with another port.
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, target))
+            .or_else(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))?;
         let port = listener.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();

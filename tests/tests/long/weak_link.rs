@@ -47,6 +47,8 @@ async fn stats(page: &BrowserPage) -> anyhow::Result<Value> {
                      s.qualityLimitationReason]); }\
                  if (s.type === 'transport' && s.selectedCandidatePairId)\
                    pair = r.get(s.selectedCandidatePairId); });\
+               if (!pair) r.forEach((s) => {\
+                 if (s.type === 'candidate-pair' && s.selected) pair = s; });\
                const l = pair && r.get(pair.localCandidateId);\
                done({ t, received, sent, video,\
                  rtt: pair && pair.currentRoundTripTime !== undefined ? pair.currentRoundTripTime : null,\
@@ -262,7 +264,19 @@ async fn first_rtt_ms(page: &BrowserPage) -> anyhow::Result<f64> {
 #[test]
 fn weak_link_caps_a_chromium_subscriber_at_600_kbit_with_50_ms_rtt_until_lifted()
 -> anyhow::Result<()> {
-    netns::run(|| async {
+    weak_subscriber(BrowserKind::Chromium)
+}
+
+#[test]
+fn weak_link_caps_a_firefox_subscriber_at_600_kbit_with_50_ms_rtt_until_lifted()
+-> anyhow::Result<()> {
+    weak_subscriber(BrowserKind::Firefox)
+}
+
+/// A `kind` page behind a [`LinkConfig::weak_subscriber`] link receives a Chromium publisher
+/// on the plain LAN namespace (see the module doc).
+fn weak_subscriber(kind: BrowserKind) -> anyhow::Result<()> {
+    netns::run(move || async move {
         let dir = tempfile::tempdir()?;
         // On the LAN address: the weak page reaches it through the delay line (127.0.0.1
         // would be the client namespace's own).
@@ -290,7 +304,7 @@ fn weak_link_caps_a_chromium_subscriber_at_600_kbit_with_50_ms_rtt_until_lifted(
         ));
         let plain = Browsers::lan_with_chromium_args(publisher_args);
         let behind = Browsers::behind(&link, secure);
-        let outcome = scenario(&origin, &link, &plain, &behind).await;
+        let outcome = scenario(kind, &origin, &link, &plain, &behind).await;
         eprintln!(
             "weak link: downlink {:?}, uplink {:?}\n{}",
             link.downlink_counts(),
@@ -306,6 +320,7 @@ fn weak_link_caps_a_chromium_subscriber_at_600_kbit_with_50_ms_rtt_until_lifted(
 }
 
 async fn scenario(
+    kind: BrowserKind,
     origin: &str,
     link: &WeakLink,
     plain: &Browsers,
@@ -313,7 +328,7 @@ async fn scenario(
 ) -> anyhow::Result<()> {
     let url = format!("{origin}/?room=weak-link");
     // The weak page first, alone: its round trip is measured on an idle downlink.
-    let weak = behind.page(BrowserKind::Chromium).await?;
+    let weak = behind.page(kind).await?;
     weak.goto(&format!("{url}&name=Weak")).await?;
     weak.wait_state("connected").await?;
     let idle_rtt_ms = first_rtt_ms(&weak).await?;
@@ -396,7 +411,7 @@ async fn scenario(
         best > cap * 1.2,
         "after lifting the shaping the weak page received at most {best:.0} kbit/s: {lifted:?}"
     );
-    weak.screenshot(&artifacts_dir().join("weak-link-weak.png"))
+    weak.screenshot(&artifacts_dir().join(format!("weak-link-{kind}.png")))
         .await?;
     Ok(())
 }
