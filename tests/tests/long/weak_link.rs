@@ -293,7 +293,11 @@ fn weak_subscriber(kind: BrowserKind) -> anyhow::Result<()> {
         let secure = vec![format!(
             "--unsafely-treat-insecure-origin-as-secure={origin}"
         )];
-        let link = WeakLink::start(LinkConfig::weak_subscriber())?;
+        // The delays from the start, the rate limit once the weak page plays (see scenario).
+        let link = WeakLink::start(LinkConfig {
+            downlink: None,
+            ..LinkConfig::weak_subscriber()
+        })?;
         // A publisher that fills its bandwidth estimate (the built-in fake camera does not).
         let camera = dir.path().join("noise.y4m");
         shaping::noise_camera(&camera, 640, 480, 15, 15)?;
@@ -371,9 +375,17 @@ async fn scenario(
         .await?;
     ensure!(kept == json!("ok"), "publisher's sender parameters: {kept}");
 
+    // Shaped only now: a publisher that overshoots a 600 kbit/s link from the first frame
+    // can keep a subscriber from ever decoding a key frame (seen with Firefox: a busy 640x480
+    // key frame is larger than tbf's queue), and this test is about the link, not about
+    // recovering from that (issue 28's own tests are).
+    let shaping = LinkConfig::weak_subscriber()
+        .downlink
+        .context("issue 28's downlink")?;
+    link.shape_downlink(Some(shaping))?;
     let _warm_up = sample(&publisher, &weak, link, 2).await?;
     let shaped = sample(&publisher, &weak, link, SHAPED_WINDOWS).await?;
-    let cap = f64::from(link.config().downlink.context("shaped")?.rate_kbit);
+    let cap = f64::from(shaping.rate_kbit);
     let loaded_rtt: Vec<f64> = shaped.iter().filter_map(|w| w.rtt_ms).collect();
     eprintln!("weak link: round trips under load {loaded_rtt:?} ms");
     for w in &shaped {
