@@ -35,11 +35,35 @@
 //! it is turned off on both TUNs all the same, so that a packet from another source address
 //! (an ICE candidate of the other namespace) is never silently dropped.
 //!
-//! The browser's WebDriver control does not cross the weak link (it would queue behind media
-//! and its losses would stall the test, not the call): chromedriver listens on the client
-//! namespace's `127.0.0.1`, and [`WeakLink::expose`] forwards a port of the LAN namespace's
-//! `127.0.0.1` to it over sockets the test's own process opens in each namespace. The browser's
-//! signaling (the page, the SDK's WebSocket) and its media do cross it.
+//! Browsers run in the client namespace (`Browsers::behind`: chromedriver or Firefox started
+//! with `nsenter --net=`, their children inherit it). Their WebDriver control does not cross
+//! the weak link (it would queue behind media and its losses would stall the test, not the
+//! call): chromedriver and Firefox's BiDi server listen on the client namespace's `127.0.0.1`,
+//! and [`ClientNetns::expose`] forwards the same port of the LAN namespace's `127.0.0.1` to it
+//! over sockets the test's own process opens in each namespace ([`ClientNetns::run`]). The
+//! browser's signaling (the page, the SDK's WebSocket) and its media do cross the link, so the
+//! page must come from the LAN address (rtcd-dev listening on `netns::LAN_ADDR`), with
+//! `--unsafely-treat-insecure-origin-as-secure=<origin>` for Chromium's camera.
+//!
+//! ```ignore
+//! netns::run(|| async {
+//!     let stack = rtcd_dev::start(Options { listen: format!("{LAN_ADDR}:0"), .. }).await?;
+//!     let origin = format!("http://{}", stack.proxy.addr());
+//!     let secure = vec![format!("--unsafely-treat-insecure-origin-as-secure={origin}")];
+//!     let link = WeakLink::start(LinkConfig::weak_subscriber())?; // 600 kbit/s, 2 x 25 ms
+//!     let behind = Browsers::behind(&link, secure.clone());
+//!     let weak = behind.page(BrowserKind::Chromium).await?; // on 10.204.0.2
+//!     weak.goto(&format!("{origin}/?room=r&name=Weak")).await?;
+//!     // ...
+//!     link.shape_downlink(Some(Shaping::kbit(300)))?; // tc qdisc change
+//!     link.shape_downlink(None)?; // tc qdisc del: lifted
+//!     drop(weak);
+//!     drop(behind); // browsers before the link
+//!     drop(link);
+//!     stack.shutdown().await;
+//!     Ok(())
+//! })
+//! ```
 //!
 //! Teardown on drop: the relay threads stop (the reader's poll wakes on a closed socket pair),
 //! the TUN fds close (the devices vanish with them), and the client namespace disappears with
