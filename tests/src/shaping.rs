@@ -480,9 +480,13 @@ fn write_packets(
 }
 
 /// A weak link for one browser (see the module doc). Create it from inside
-/// [`crate::netns::run`]; drop it after the browsers that run behind it.
+/// [`crate::netns::run`] (one per LAN namespace: the device names and addresses are fixed);
+/// drop it after the browsers that run behind it. Its methods may be called from any thread.
 pub struct WeakLink {
     ns: ClientNetns,
+    /// The LAN namespace (held open), so that `tc` on [`LAN_TUN`] runs there whichever
+    /// thread asks.
+    lan_ns: std::fs::File,
     /// Closing these wakes the readers, which then stop.
     stops: Vec<UnixStream>,
     down: Direction,
@@ -496,6 +500,7 @@ impl WeakLink {
     /// runtime is).
     pub fn start(config: LinkConfig) -> anyhow::Result<Self> {
         // The LAN side: a TUN opened here belongs to this (the LAN) namespace.
+        let lan_ns = std::fs::File::open("/proc/thread-self/ns/net")?;
         let lan = Arc::new(open_tun(LAN_TUN, LAN_SIDE)?);
         set_rp_filter(LAN_TUN)?;
 
@@ -563,6 +568,7 @@ impl WeakLink {
         let up = Direction::start("up", client, lan, config.uplink_delay, up_wake)?;
         let link = Self {
             ns,
+            lan_ns,
             stops: vec![down_stop, up_stop],
             down,
             up,
@@ -575,6 +581,20 @@ impl WeakLink {
         link.shape_downlink(config.downlink)?;
         link.shape_uplink(config.uplink)?;
         Ok(link)
+    }
+
+    /// `program` run in the LAN namespace (through the fd held open: `/proc/PID/fd/N`).
+    fn in_lan(&self, program: &str) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!(
+                "--net=/proc/{}/fd/{}",
+                std::process::id(),
+                self.lan_ns.as_raw_fd()
+            ))
+            .arg("--")
+            .arg(program);
+        command
     }
 
     /// The client namespace, to launch browsers in it (see `Browsers::behind`).
@@ -591,7 +611,7 @@ impl WeakLink {
     pub fn shape_downlink(&self, shaping: Option<Shaping>) -> anyhow::Result<()> {
         let mut config = lock(&self.config);
         let current = config.downlink;
-        tc(&Command::new("tc"), LAN_TUN, current, shaping)?;
+        tc(&self.in_lan("tc"), LAN_TUN, current, shaping)?;
         config.downlink = shaping;
         Ok(())
     }
@@ -618,7 +638,8 @@ impl WeakLink {
     /// `tc -s qdisc show dev` [`LAN_TUN`]: the downlink shaper's counters (sent, dropped,
     /// overlimits, backlog), for reports.
     pub fn downlink_qdisc(&self) -> anyhow::Result<String> {
-        let out = Command::new("tc")
+        let out = self
+            .in_lan("tc")
             .args(["-s", "qdisc", "show", "dev", LAN_TUN])
             .output()
             .context("running tc")?;
