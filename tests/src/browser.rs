@@ -89,36 +89,54 @@ pub struct Chromedriver {
     /// More Chromium flags for every page (e.g. trusting a test TURN server's certificate).
     extra_args: Vec<String>,
     sessions: Arc<Mutex<Vec<String>>>,
+    /// For a chromedriver in a weak link's client namespace: the forwarder that `base` and
+    /// `port` point at (dropped after the sessions are ended and the driver is killed).
+    _forward: Option<crate::shaping::Forward>,
 }
 
 impl Chromedriver {
     /// Starts chromedriver on `127.0.0.1` with a port of its own choosing; its pages gather
     /// loopback ICE candidates (for tests in a namespace with only `lo`).
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(true, Vec::new()).await
+        Self::start_with(true, Vec::new(), None).await
     }
 
     /// Like [`Chromedriver::start`], for pages in the LAN namespace of [`crate::netns`]: no
     /// loopback candidates, only the namespace's private addresses (as on a real network).
     pub async fn start_lan() -> anyhow::Result<Self> {
-        Self::start_with(false, Vec::new()).await
+        Self::start_with(false, Vec::new(), None).await
     }
 
-    async fn start_with(loopback_ice: bool, extra_args: Vec<String>) -> anyhow::Result<Self> {
+    /// Starts chromedriver (and so its browsers) in `netns` when given, a weak link's client
+    /// namespace ([`crate::shaping`]): it listens on that namespace's `127.0.0.1`, reached
+    /// through a forwarder on this namespace's `127.0.0.1` that does not cross the weak link.
+    async fn start_with(
+        loopback_ice: bool,
+        extra_args: Vec<String>,
+        netns: Option<crate::shaping::ClientNetns>,
+    ) -> anyhow::Result<Self> {
         // Once in a suite run, under load, chromedriver came up without reporting a port; a
         // second start is what a person would do (the error says which way each failed).
-        match Self::start_once(loopback_ice, extra_args.clone()).await {
+        match Self::start_once(loopback_ice, extra_args.clone(), netns.clone()).await {
             Ok(driver) => Ok(driver),
-            Err(first) => Self::start_once(loopback_ice, extra_args)
+            Err(first) => Self::start_once(loopback_ice, extra_args, netns)
                 .await
                 .with_context(|| format!("second start (the first: {first:#})")),
         }
     }
 
-    async fn start_once(loopback_ice: bool, extra_args: Vec<String>) -> anyhow::Result<Self> {
+    async fn start_once(
+        loopback_ice: bool,
+        extra_args: Vec<String>,
+        netns: Option<crate::shaping::ClientNetns>,
+    ) -> anyhow::Result<Self> {
         let chromium = binary("CHROMIUM", CHROMIUM, "chromium")?;
         let driver = binary("CHROMEDRIVER", CHROMEDRIVER, "chromium-driver")?;
-        let mut child = Command::new(&driver)
+        let mut command = match &netns {
+            Some(netns) => netns.command(&driver),
+            None => Command::new(&driver),
+        };
+        let mut child = command
             .args(["--port=0", "--log-level=WARNING"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -159,6 +177,15 @@ impl Chromedriver {
                 );
             }
         };
+        let forward = match netns.map(|netns| netns.expose(port)).transpose() {
+            Ok(forward) => forward,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+        let port = forward.as_ref().map_or(port, |f| f.port());
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(90))
             .build()?;
@@ -171,6 +198,7 @@ impl Chromedriver {
             loopback_ice,
             extra_args,
             sessions: Arc::default(),
+            _forward: forward,
         })
     }
 
@@ -502,6 +530,8 @@ impl std::fmt::Display for BrowserKind {
 pub struct Browsers {
     lan: bool,
     chromium_args: Vec<String>,
+    /// A weak link's client namespace the browsers run in ([`Browsers::behind`]).
+    netns: Option<crate::shaping::ClientNetns>,
     chromedriver: tokio::sync::OnceCell<Chromedriver>,
 }
 
@@ -511,7 +541,20 @@ impl Browsers {
         Self {
             lan: true,
             chromium_args: Vec::new(),
+            netns: None,
             chromedriver: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// For pages behind `link`, in its client namespace ([`crate::shaping::WeakLink`]), with
+    /// more Chromium flags for every page (Chromium on a LAN origin needs
+    /// `--unsafely-treat-insecure-origin-as-secure=<origin>` for its camera; Firefox pages
+    /// there get the equivalent preferences). Drop it before the link.
+    pub fn behind(link: &crate::shaping::WeakLink, chromium_args: Vec<String>) -> Self {
+        Self {
+            chromium_args,
+            netns: Some(link.netns().clone()),
+            ..Self::lan()
         }
     }
 
@@ -529,6 +572,7 @@ impl Browsers {
         Self {
             lan: false,
             chromium_args: Vec::new(),
+            netns: None,
             chromedriver: tokio::sync::OnceCell::new(),
         }
     }
@@ -540,14 +584,18 @@ impl Browsers {
                 let driver = self
                     .chromedriver
                     .get_or_try_init(|| {
-                        Chromedriver::start_with(!self.lan, self.chromium_args.clone())
+                        Chromedriver::start_with(
+                            !self.lan,
+                            self.chromium_args.clone(),
+                            self.netns.clone(),
+                        )
                     })
                     .await?;
                 BrowserPage::Chromium(driver.page().await?)
             }
-            BrowserKind::Firefox => {
-                BrowserPage::Firefox(crate::firefox::FirefoxPage::start().await?)
-            }
+            BrowserKind::Firefox => BrowserPage::Firefox(
+                crate::firefox::FirefoxPage::start_in(self.netns.as_ref()).await?,
+            ),
         })
     }
 }

@@ -126,19 +126,44 @@ pub struct FirefoxPage {
     context: String,
     console: Arc<Mutex<Vec<LogEntry>>>,
     _profile: tempfile::TempDir,
+    /// For a Firefox in a weak link's client namespace: the forwarder its BiDi socket goes
+    /// through (see [`crate::shaping`]).
+    _forward: Option<crate::shaping::Forward>,
 }
 
 impl FirefoxPage {
     /// Starts Firefox with a fresh profile and opens a BiDi session on its blank tab.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_in(None).await
+    }
+
+    /// Like [`FirefoxPage::start`], in `netns` when given (a weak link's client namespace,
+    /// [`crate::shaping`]): Firefox's BiDi server listens on that namespace's `127.0.0.1`,
+    /// reached through a forwarder; pages on plain `http://` LAN origins may use the fake
+    /// camera (they are not at `127.0.0.1` there).
+    pub(crate) async fn start_in(
+        netns: Option<&crate::shaping::ClientNetns>,
+    ) -> anyhow::Result<Self> {
         let firefox = binary()?;
         let profile = tempfile::tempdir()?;
+        let insecure_media: &[(&str, &str)] = if netns.is_some() {
+            &[
+                ("media.devices.insecure.enabled", "true"),
+                ("media.getusermedia.insecure.enabled", "true"),
+            ]
+        } else {
+            &[]
+        };
         let prefs: String = USER_JS
             .iter()
+            .chain(insecure_media)
             .map(|(k, v)| format!("user_pref(\"{k}\", {v});\n"))
             .collect();
         std::fs::write(profile.path().join("user.js"), prefs)?;
-        let mut command = Command::new(&firefox);
+        let mut command = match netns {
+            Some(netns) => netns.command(&firefox),
+            None => Command::new(&firefox),
+        };
         command
             .args(["--headless", "--no-remote", "--profile"])
             .arg(profile.path())
@@ -173,7 +198,28 @@ impl FirefoxPage {
                 bail!("firefox did not report its WebDriver BiDi address");
             }
         };
+        // ws://127.0.0.1:PORT in the client namespace: through a forwarder from this one.
+        let (url, forward) = match netns {
+            Some(netns) => {
+                let port = url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
+                let forward = port
+                    .context("no port in Firefox's BiDi address")
+                    .and_then(|port| netns.expose(port));
+                match forward {
+                    Ok(forward) => (format!("ws://127.0.0.1:{}", forward.port()), Some(forward)),
+                    Err(e) => {
+                        kill_group(&mut child);
+                        return Err(e.context(format!("forwarding to Firefox's {url}")));
+                    }
+                }
+            }
+            None => (url, None),
+        };
         let mut page = Self::connect(child, &url, profile).await?;
+        page._forward = forward;
         match page.open().await {
             Ok(()) => Ok(page),
             Err(e) => {
@@ -255,6 +301,7 @@ impl FirefoxPage {
             context: String::new(),
             console,
             _profile: profile,
+            _forward: None,
         })
     }
 

@@ -16,6 +16,7 @@ pub mod netns;
 pub mod oidc;
 pub mod proxy;
 pub mod relay;
+pub mod shaping;
 pub mod webhook;
 
 /// Prints the logs of the daemons a test runs in-process (rtcd-dev's rtcd and proxy) when
