@@ -204,6 +204,11 @@ pub struct RtcConfig {
     pub max_sdp_bytes: usize,
     /// Shortest interval between two keyframe requests sent to one published track.
     pub keyframe_request_interval_ms: u64,
+    /// Whether each subscriber's bandwidth estimate decides which simulcast layer of each video
+    /// it gets, and pauses video that does not fit (docs/adaptive-video.md). Off by default
+    /// until the estimator is proven against Firefox receivers (see there); off, every
+    /// subscriber gets the best layer sending.
+    pub adaptive_video: bool,
     /// Silence on a session's connection after which it counts as disconnected (it may still
     /// recover; nothing is torn down yet). Silence: no answered connectivity check, no media,
     /// no RTCP (late checks alone never end a session whose media flows).
@@ -256,6 +261,7 @@ impl Default for RtcConfig {
             max_tracks_per_session: 4,
             max_sdp_bytes: 64 * 1024,
             keyframe_request_interval_ms: 500,
+            adaptive_video: false,
             // The defaults of the first releases (webrtc-rs 0.17's own), kept so that upgrading
             // changes nothing.
             ice_disconnected_timeout_ms: 5_000,

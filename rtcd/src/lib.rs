@@ -414,6 +414,7 @@ fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
         max_tracks_per_session: rtc.max_tracks_per_session,
         max_sdp_bytes: rtc.max_sdp_bytes,
         keyframe_interval: Duration::from_millis(rtc.keyframe_request_interval_ms),
+        adaptive_video: rtc.adaptive_video,
         ice_disconnected_timeout: Duration::from_millis(rtc.ice_disconnected_timeout_ms),
         ice_failed_timeout: Duration::from_millis(rtc.ice_failed_timeout_ms),
     })

@@ -343,6 +343,9 @@ pub struct SfuConfig {
     pub max_sdp_bytes: usize,
     /// Minimum interval between keyframe requests to one track.
     pub keyframe_interval: Duration,
+    /// Whether subscribers' bandwidth estimates drive their allocators
+    /// ([`allocation`]); without, every subscriber gets the best layer sending.
+    pub adaptive_video: bool,
     /// ICE silence before a connection counts as disconnected.
     pub ice_disconnected_timeout: Duration,
     /// Further silence before it counts as failed (the session then ends).
@@ -855,6 +858,7 @@ pub(crate) mod tests {
             max_tracks_per_session: 4,
             max_sdp_bytes: 64 * 1024,
             keyframe_interval: Duration::from_secs(1),
+            adaptive_video: true,
             ice_disconnected_timeout: Duration::from_secs(5),
             ice_failed_timeout: Duration::from_secs(5),
         }

@@ -354,7 +354,9 @@ impl Rooms {
             PeerEvent::Nack { slot, lost } => self.answer_nack(key, slot, lost, now),
             // Not used yet: the allocator that picks layers by bandwidth will read it.
             PeerEvent::BandwidthEstimate { bits_per_second } => {
-                self.on_estimate(key, bits_per_second, now);
+                if self.config.adaptive_video {
+                    self.on_estimate(key, bits_per_second, now);
+                }
             }
         }
         None
