@@ -623,7 +623,9 @@ async function main() {
   // ?relay=1: diagnosis of the TURN path (no direct candidates are even tried).
   const relay = params.get('relay');
   const iceTransportPolicy = relay === '1' || relay === 'true' ? 'relay' : 'all';
-  const client = new RtcdClient({ room, token, getToken, iceTransportPolicy });
+  // ?simulcast=1: the camera as three simulcast layers (docs/web-client.md).
+  const simulcast = params.get('simulcast') === '1' || params.get('simulcast') === 'true';
+  const client = new RtcdClient({ room, token, getToken, iceTransportPolicy, simulcast });
   activeClient = client;
   wireClient(client);
   wireControls(client);

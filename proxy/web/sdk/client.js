@@ -254,7 +254,9 @@ export class RtcdError extends Error {
  * The camera's simulcast layers, lowest first (the order the media server expects, protocol
  * section 4a): a quarter, half and full of the captured resolution, each capped so the three
  * together stay under about 2.2 Mbit/s. A subscriber gets one of them, the best its link and
- * its display need (docs/adaptive-video.md). `simulcast: false` sends the full layer alone.
+ * its display need (docs/adaptive-video.md). Sent with `simulcast: true`; by default (for now)
+ * the camera is the full layer alone: a Firefox subscriber of a Chromium simulcast camera that
+ * joined after it intermittently received nothing of it (docs/adaptive-video.md, state).
  * @type {RTCRtpEncodingParameters[]}
  */
 export const CAMERA_LAYERS = [
@@ -319,7 +321,7 @@ export class RtcdClient extends EventTarget {
       pongTimeoutMs: 10000,
       stepTimeoutMs: 10000,
       statsIntervalMs: 2000,
-      simulcast: true,
+      simulcast: false,
       ...options,
       reconnect: { maxAttempts: 8, baseDelayMs: 500, maxDelayMs: 15000, ...(options.reconnect || {}) },
     };

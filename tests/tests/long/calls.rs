@@ -841,8 +841,9 @@ async fn simulcast_publisher_encodes_only_what_is_received(
     b: BrowserKind,
 ) -> anyhow::Result<()> {
     let tag = format!("simulcast-{a}-{b}");
-    let (_dir, stack) = lan_stack(Vec::new()).await?;
+    let (_dir, stack) = lan_stack(vec![("RTCD_RTC_ADAPTIVE_VIDEO".into(), "true".into())]).await?;
     let mut call = Call::new(&stack, &tag);
+    call.url.push_str("&simulcast=1");
     let outcome = async {
         let alice = call.join(a, &format!("Alice-{a}")).await?;
         let bob = call.join(b, &format!("Bob-{b}")).await?;

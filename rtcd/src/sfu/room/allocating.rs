@@ -170,6 +170,10 @@ impl Rooms {
     /// asked for again at once; one nobody needs any more starts its [`DYNACAST_HOLD`]
     /// (the stop itself goes out from [`Rooms::stop_unwanted_layer`]).
     pub(super) fn update_wanted_layers(&mut self, call: CallKey, tid: TrackId, now: Instant) {
+        // Part of adaptive video: off, publishers encode every layer.
+        if !self.config.adaptive_video {
+            return;
+        }
         let Some(t) = self
             .calls
             .get_mut(&call)
