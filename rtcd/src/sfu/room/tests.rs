@@ -804,6 +804,26 @@ const LAYERS: [(&str, u32); 3] = [("q", 0xA101), ("h", 0xA102), ("f", 0xA103)];
 const LAYER_BYTES: [usize; 3] = [100, 400, 1100];
 
 impl Net {
+    /// Alice publishing a simulcast camera ([`LAYERS`]) that bob (a client made by `bob`)
+    /// receives, both connected.
+    fn simulcast_alice_to_bob(bob: fn(&str, Instant) -> Client) -> Self {
+        let mut net = Net::new();
+        net.join(ALICE, "alice", everything());
+        net.clients.insert(
+            ALICE,
+            Client::simulcast(&format!("10.9.0.{ALICE}:6000"), net.now),
+        );
+        net.join(BOB, "bob", everything());
+        net.clients
+            .insert(BOB, bob(&format!("10.9.0.{BOB}:6000"), net.now));
+        net.client(ALICE).publish_simulcast(&LAYERS);
+        net.negotiate(ALICE).expect("alice's offer is answered");
+        net.receive(BOB, MediaKind::Video);
+        net.negotiate(BOB).expect("bob's offer is answered");
+        assert!(net.run_until(2_000, |n| n.clients[&ALICE].connected));
+        net
+    }
+
     /// `rounds` packets (30 ms apart) of each of alice's `layers` (indices into [`LAYERS`]),
     /// MID and RID stamped or not; her sequence numbers continue per layer in `seq`.
     fn send_layers(&mut self, layers: &[usize], rounds: u16, stamp: bool, seq: &mut [u16; 3]) {
@@ -861,18 +881,7 @@ fn continuous(net: &Net, from: usize) -> Result<usize, String> {
 /// MID and RID.
 #[test]
 fn a_subscriber_receives_one_continuous_layer_of_a_simulcast_camera() {
-    let mut net = Net::new();
-    net.join(ALICE, "alice", everything());
-    net.clients.insert(
-        ALICE,
-        Client::simulcast(&format!("10.9.0.{ALICE}:6000"), net.now),
-    );
-    net.join(BOB, "bob", everything());
-    net.client(ALICE).publish_simulcast(&LAYERS);
-    net.negotiate(ALICE).expect("alice's offer is answered");
-    net.receive(BOB, MediaKind::Video);
-    net.negotiate(BOB).expect("bob's offer is answered");
-    assert!(net.run_until(2_000, |n| n.clients[&ALICE].connected));
+    let mut net = Net::simulcast_alice_to_bob(Client::new);
     let mut seq = [0u16; 3];
     // The layers bind by their MID and RID, then stop carrying them.
     net.send_layers(&[0, 1, 2], 10, true, &mut seq);
@@ -930,23 +939,8 @@ fn a_subscriber_receives_one_continuous_layer_of_a_simulcast_camera() {
 #[test]
 fn the_subscriber_estimate_lowers_pauses_and_resumes_a_simulcast_camera() {
     use crate::sfu::allocation::{PauseReason, UPGRADE_HOLD};
-    let mut net = Net::new();
-    net.join(ALICE, "alice", everything());
-    net.clients.insert(
-        ALICE,
-        Client::simulcast(&format!("10.9.0.{ALICE}:6000"), net.now),
-    );
-    net.join(BOB, "bob", everything());
     // Bob's estimates are the test's (his client sends no transport-wide feedback).
-    net.clients.insert(
-        BOB,
-        Client::without_congestion_feedback(&format!("10.9.0.{BOB}:6000"), net.now),
-    );
-    net.client(ALICE).publish_simulcast(&LAYERS);
-    net.negotiate(ALICE).expect("alice's offer is answered");
-    net.receive(BOB, MediaKind::Video);
-    net.negotiate(BOB).expect("bob's offer is answered");
-    assert!(net.run_until(2_000, |n| n.clients[&ALICE].connected));
+    let mut net = Net::simulcast_alice_to_bob(Client::without_congestion_feedback);
     let mut seq = [0u16; 3];
     net.send_layers(&[0, 1, 2], 10, true, &mut seq);
     net.send_layers(&[0, 1, 2], 50, false, &mut seq);
