@@ -61,6 +61,28 @@ impl std::fmt::Display for SessionId {
     }
 }
 
+/// How the client shows one video track it receives (`track_views`, adaptive stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackView {
+    /// The media section (mid) of the client's SDP that receives the track.
+    pub mid: String,
+    /// The track's id (`track_published.track_id`): a view that crosses a renegotiation giving
+    /// the section another track is ignored. Absent: whatever the section carries.
+    #[serde(default)]
+    pub track_id: Option<String>,
+    /// Whether the track is shown at all (false: the media server pauses it).
+    pub visible: bool,
+    /// The width it is drawn at, in device pixels (absent or 0: unknown, any quality).
+    #[serde(default)]
+    pub width: u32,
+    /// The height it is drawn at, in device pixels.
+    #[serde(default)]
+    pub height: u32,
+}
+
+/// The most views one `track_views` message may carry.
+pub const MAX_TRACK_VIEWS: usize = 64;
+
 /// An ICE candidate in the browser's `RTCIceCandidateInit` shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
@@ -144,6 +166,12 @@ pub enum ClientMessage {
     Unmute {
         /// Which source.
         source: TrackSource,
+    },
+    /// Adaptive stream: how the client shows video tracks it receives (sizes, visibility);
+    /// the media server sends nothing above what a view needs and pauses hidden tracks.
+    TrackViews {
+        /// One per track whose view changed (at most [`MAX_TRACK_VIEWS`]).
+        views: Vec<TrackView>,
     },
     /// Announce a screen share starting (before its offer).
     ScreenShareStart {},
@@ -252,6 +280,7 @@ impl ClientMessage {
             ClientMessage::Candidate { .. } => "candidate",
             ClientMessage::Mute { .. } => "mute",
             ClientMessage::Unmute { .. } => "unmute",
+            ClientMessage::TrackViews { .. } => "track_views",
             ClientMessage::ScreenShareStart {} => "screen_share_start",
             ClientMessage::ScreenShareStop {} => "screen_share_stop",
             ClientMessage::Leave {} => "leave",

@@ -61,6 +61,9 @@ pub enum RelayCommand {
         /// Muted?
         muted: bool,
     },
+    /// How the client shows video tracks it receives (validated: at most
+    /// [`crate::protocol::MAX_TRACK_VIEWS`], bounded strings).
+    TrackViews(Vec<crate::protocol::TrackView>),
     /// Screen share announced on (`true`) or off. Off withdraws the screen and screen-audio
     /// tracks; on needs nothing from rtcd (the offer's `tracks` name the screen's sections).
     ScreenShare(bool),

@@ -245,6 +245,22 @@ pub fn client_json(signal: &pb::client_signal::Signal) -> Option<Value> {
         Signal::ScreenShare(s) => {
             json!({"type": if s.on { "screen_share_start" } else { "screen_share_stop" }})
         }
+        Signal::TrackViews(v) => {
+            let views: Vec<Value> = v
+                .views
+                .iter()
+                .map(|v| {
+                    let mut view = json!({
+                        "mid": v.mid, "visible": v.visible, "width": v.width, "height": v.height,
+                    });
+                    if !v.track_id.is_empty() {
+                        view["track_id"] = json!(v.track_id);
+                    }
+                    view
+                })
+                .collect();
+            json!({"type": "track_views", "views": views})
+        }
         // The proxy takes permission changes from refreshed tokens, not from clients.
         Signal::Join(_) | Signal::Resume(_) | Signal::UpdatePermissions(_) | Signal::Token(_) => {
             return None;

@@ -8,7 +8,7 @@ use super::machine::{Close, Machine};
 use super::moderation;
 use crate::close::CloseReason;
 use crate::policy::{Capability, Permissions, PolicyError, TrackSource, authorize_sdp};
-use crate::protocol::{Candidate, ClientMessage, ServerMessage};
+use crate::protocol::{Candidate, ClientMessage, MAX_TRACK_VIEWS, ServerMessage};
 use crate::relay::RelayCommand;
 
 /// What the pump does with one message of a joined session.
@@ -71,6 +71,9 @@ fn forbid(kind: &'static str, action: String, capability: Capability) -> Step {
         kind,
     }
 }
+
+/// The longest `mid` or `track_id` a view may name (SDP mids and track ids are short tokens).
+const MAX_VIEW_ID_BYTES: usize = 64;
 
 /// What `message` means for a joined session in `machine`'s phase, holding `perms`.
 pub fn step(machine: &Machine, message: ClientMessage, perms: &Permissions) -> Step {
@@ -167,6 +170,30 @@ pub fn step(machine: &Machine, message: ClientMessage, perms: &Permissions) -> S
             RelayCommand::ScreenShare(true)
         }
         ClientMessage::ScreenShareStop {} => RelayCommand::ScreenShare(false),
+        ClientMessage::TrackViews { views } => {
+            if views.is_empty() || views.len() > MAX_TRACK_VIEWS {
+                return error(
+                    "bad_message",
+                    &format!("track_views: 1 to {MAX_TRACK_VIEWS} views"),
+                    kind,
+                );
+            }
+            let oversized = views.iter().any(|v| {
+                v.mid.is_empty()
+                    || v.mid.len() > MAX_VIEW_ID_BYTES
+                    || v.track_id
+                        .as_ref()
+                        .is_some_and(|t| t.len() > MAX_VIEW_ID_BYTES)
+            });
+            if oversized {
+                return error(
+                    "bad_message",
+                    &format!("track_views: mid and track_id of 1 to {MAX_VIEW_ID_BYTES} bytes"),
+                    kind,
+                );
+            }
+            RelayCommand::TrackViews(views)
+        }
     };
     Step::Forward { command, kind }
 }
@@ -314,6 +341,44 @@ mod tests {
             step(&m, parse(json!({"type": "leave"})), &p),
             Step::Close(_)
         ));
+    }
+
+    #[test]
+    fn track_views_are_relayed_for_anyone_and_bounded() {
+        let m = machine(true);
+        let views = json!({"type": "track_views", "views": [
+            {"mid": "3", "track_id": "t1", "visible": true, "width": 640, "height": 360},
+            {"mid": "4", "visible": false}
+        ]});
+        // A listener receives video too: its views are its own business.
+        match forwarded(step(&m, parse(views), &listener())) {
+            RelayCommand::TrackViews(v) => {
+                assert_eq!(v.len(), 2);
+                assert_eq!(
+                    (v[0].track_id.as_deref(), v[0].width, v[0].height),
+                    (Some("t1"), 640, 360)
+                );
+                assert_eq!(
+                    (v[1].visible, v[1].width, v[1].track_id.clone()),
+                    (false, 0, None)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let view = json!({"mid": "3", "visible": true});
+        let long = json!({"mid": "x".repeat(65), "visible": true});
+        for bad in [
+            json!({"type": "track_views", "views": []}),
+            json!({"type": "track_views", "views": vec![view; MAX_TRACK_VIEWS + 1]}),
+            json!({"type": "track_views", "views": [long]}),
+            json!({"type": "track_views", "views": [{"mid": "", "visible": true}]}),
+        ] {
+            let answer = reply(step(&m, parse(bad), &member()));
+            assert_eq!(
+                (&answer["code"], &answer["request"]),
+                (&json!("bad_message"), &json!("track_views"))
+            );
+        }
     }
 
     #[test]

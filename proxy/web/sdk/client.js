@@ -247,6 +247,7 @@ export class RtcdError extends Error {
  *   stepTimeoutMs?: number,
  *   statsIntervalMs?: number,
  *   simulcast?: boolean,
+ *   adaptiveStream?: boolean,
  * }} ClientOptions
  */
 
@@ -268,6 +269,15 @@ export const CAMERA_LAYERS = [
 /** A screen share is one layer at full resolution (text must stay readable; the browser
  * lowers its frame rate, not its resolution, under `contentHint = 'detail'`), capped here. */
 const SCREEN_MAX_BITRATE = 1500000;
+
+/** Adaptive stream: how often the SDK looks for `<video>` elements showing remote tracks (an
+ * element that starts showing one is watched from then on). */
+const VIEW_SCAN_MS = 1000;
+/** Adaptive stream: views go out at most this often (a window being resized changes sizes
+ * many times a second, and the proxy limits messages per second). */
+const VIEW_SEND_MS = 300;
+/** The most views per `track_views` message (the protocol's limit). */
+const MAX_TRACK_VIEWS = 64;
 
 /** Seconds of token validity a reconnect needs, else it asks `getToken` (or gives up). */
 const TOKEN_MARGIN_S = 5;
@@ -294,6 +304,26 @@ const ICE_RESTART_AFTER_MS = 2000;
 
 /** Media server errors that refuse the offer in flight (its SDP, or a limit it hit). */
 const REFUSES_OFFER = new Set([ErrorCode.bad_sdp, ErrorCode.bad_track, ErrorCode.media_limit]);
+
+/**
+ * The size (device pixels) at which `el` draws its video: its box, or with `object-fit: cover`
+ * the picture scaled to cover it (larger than the box on one side). With the default
+ * `contain`, the box: the media server takes the lowest layer that reaches either side.
+ * @param {HTMLVideoElement} el @param {number} dpr
+ * @returns {[number, number]}
+ */
+function drawnSize(el, dpr) {
+  let w = el.clientWidth * dpr;
+  let h = el.clientHeight * dpr;
+  const vw = el.videoWidth;
+  const vh = el.videoHeight;
+  if (w > 0 && h > 0 && vw > 0 && vh > 0 && getComputedStyle(el).objectFit === 'cover') {
+    const scale = Math.max(w / vw, h / vh);
+    w = vw * scale;
+    h = vh * scale;
+  }
+  return [Math.round(w), Math.round(h)];
+}
 
 /** Thrown into pending steps of a peer connection that was closed: not an error to report. */
 class Abandoned extends Error {}
@@ -322,6 +352,7 @@ export class RtcdClient extends EventTarget {
       stepTimeoutMs: 10000,
       statsIntervalMs: 2000,
       simulcast: false,
+      adaptiveStream: true,
       ...options,
       reconnect: { maxAttempts: 8, baseDelayMs: 500, maxDelayMs: 15000, ...(options.reconnect || {}) },
     };
@@ -380,6 +411,16 @@ export class RtcdClient extends EventTarget {
     this._published = new Map();
     /** @type {Map<string, string>} mids the media server paused (`track_paused`), with why */
     this._paused = new Map();
+    /** Adaptive stream: `<video>` elements showing a remote video track, watched for their
+     * size and visibility, with whether they intersect the viewport.
+     * @type {Map<HTMLVideoElement, {intersecting: boolean}>} */
+    this._viewed = new Map();
+    /** @type {Map<string, string>} the last view sent per mid (a key to compare) */
+    this._viewsSent = new Map();
+    this._viewTimer = 0;
+    this._viewScanTimer = 0;
+    /** @type {ResizeObserver|null} */ this._resizeObserver = null;
+    /** @type {IntersectionObserver|null} */ this._intersectionObserver = null;
     /** @type {WeakMap<RTCRtpSender, Promise<void>>} the last layer change of each sender */
     this._layerChanges = new WeakMap();
     /** @type {Map<string, {packets: number, progress: number, lost: number, progressAt: number,
@@ -790,6 +831,10 @@ export class RtcdClient extends EventTarget {
     clearTimeout(this._answerTimer);
     clearTimeout(this._failedTimer);
     clearTimeout(this._iceRestartTimer);
+    clearInterval(this._viewScanTimer);
+    clearTimeout(this._viewTimer);
+    this._viewTimer = 0;
+    this._viewsSent.clear();
     if (this._pc) {
       this._pc.close();
       this._pc = null;
@@ -998,6 +1043,7 @@ export class RtcdClient extends EventTarget {
     this._startPings();
     if (info.media) {
       this._createPeerConnection();
+      this._startViews();
       for (const source of this.muted) this._send({ type: 'mute', source });
       // Section 4a step 1: the client's first offer, even with nothing to send.
       this._wantOffer();
@@ -1034,6 +1080,7 @@ export class RtcdClient extends EventTarget {
       if (!now.has(identity)) this._participantLeft(identity);
     }
     for (const source of this.muted) this._send({ type: 'mute', source });
+    this._startViews();
     if (this._awaitingAnswer) {
       this._offerWanted = true;
       this._enqueue(() => this._rollback(), 'taking back an offer lost with the connection');
@@ -1399,6 +1446,8 @@ export class RtcdClient extends EventTarget {
     this._flow.set(mid, { packets: -1, progress: 0, lost: 0, progressAt: now, flowed: false, loss: 0, lossyRuns: 0 });
     this._participant(info.identity);
     this._emit('track', remote);
+    // The application usually shows it from its `track` handler: watch that element now.
+    this._scanViews();
     this._updateHealth();
   }
 
@@ -1407,7 +1456,101 @@ export class RtcdClient extends EventTarget {
     if (this.remoteTracks.get(mid) !== remote) return;
     this.remoteTracks.delete(mid);
     this._flow.delete(mid);
+    this._viewsSent.delete(mid);
     this._emit('trackended', remote);
+  }
+
+  // ---- adaptive stream ----------------------------------------------------------------------
+
+  /** Starts watching how remote video is shown (protocol `track_views`): every view is sent
+   * afresh to a new or resumed session. */
+  _startViews() {
+    clearInterval(this._viewScanTimer);
+    this._viewsSent.clear();
+    if (!this.options.adaptiveStream || typeof document === 'undefined') return;
+    if (!this._resizeObserver && typeof ResizeObserver !== 'undefined') {
+      this._resizeObserver = new ResizeObserver(() => this._scheduleViews());
+    }
+    if (!this._intersectionObserver && typeof IntersectionObserver !== 'undefined') {
+      this._intersectionObserver = new IntersectionObserver((entries) => {
+        for (const entry of entries) {
+          const state = this._viewed.get(/** @type {HTMLVideoElement} */ (entry.target));
+          if (state) state.intersecting = entry.isIntersecting;
+        }
+        this._scheduleViews();
+      });
+    }
+    this._viewScanTimer = setInterval(() => this._scanViews(), VIEW_SCAN_MS);
+    this._scanViews();
+  }
+
+  /** Finds the `<video>` elements whose `srcObject` holds a remote video track, and watches
+   * them; forgets the ones that no longer do. */
+  _scanViews() {
+    if (!this.options.adaptiveStream || typeof document === 'undefined') return;
+    const remote = new Set();
+    for (const r of this.remoteTracks.values()) if (r.track.kind === 'video') remote.add(r.track);
+    const showing = new Set();
+    for (const el of document.querySelectorAll('video')) {
+      const src = el.srcObject;
+      if (!(src instanceof MediaStream) || !src.getVideoTracks().some((t) => remote.has(t))) continue;
+      showing.add(el);
+      if (this._viewed.has(el)) continue;
+      // Intersecting until the observer says otherwise (a background tab may never say).
+      this._viewed.set(el, { intersecting: true });
+      if (this._resizeObserver) this._resizeObserver.observe(el);
+      if (this._intersectionObserver) this._intersectionObserver.observe(el);
+    }
+    for (const el of [...this._viewed.keys()]) {
+      if (showing.has(el)) continue;
+      this._viewed.delete(el);
+      if (this._resizeObserver) this._resizeObserver.unobserve(el);
+      if (this._intersectionObserver) this._intersectionObserver.unobserve(el);
+    }
+    this._scheduleViews();
+  }
+
+  _scheduleViews() {
+    if (this._viewTimer) return;
+    this._viewTimer = setTimeout(() => {
+      this._viewTimer = 0;
+      this._sendViews();
+    }, VIEW_SEND_MS);
+  }
+
+  /** Sends the views that changed: per remote video track, shown if any element showing it is
+   * laid out with a size and intersects the viewport, at the largest size it is drawn at
+   * (device pixels). A track no element shows any more is hidden; one no element ever showed
+   * is left alone (the media server sends it at any size). */
+  _sendViews() {
+    if (!this.session || !this.session.media) return;
+    const dpr = (typeof window !== 'undefined' && window.devicePixelRatio) || 1;
+    const views = [];
+    for (const [mid, r] of this.remoteTracks) {
+      if (r.track.kind !== 'video') continue;
+      let shown = false;
+      let visible = false;
+      let width = 0;
+      let height = 0;
+      for (const [el, state] of this._viewed) {
+        const src = el.srcObject;
+        if (!(src instanceof MediaStream) || !src.getVideoTracks().includes(r.track)) continue;
+        shown = true;
+        const [w, h] = drawnSize(el, dpr);
+        if (!state.intersecting || w === 0 || h === 0) continue;
+        visible = true;
+        width = Math.max(width, w);
+        height = Math.max(height, h);
+      }
+      if (!shown && !this._viewsSent.has(mid)) continue;
+      const key = `${r.trackId} ${visible} ${width}x${height}`;
+      if (this._viewsSent.get(mid) === key) continue;
+      this._viewsSent.set(mid, key);
+      views.push(visible ? { mid, track_id: r.trackId, visible, width, height } : { mid, track_id: r.trackId, visible });
+    }
+    for (let i = 0; i < views.length; i += MAX_TRACK_VIEWS) {
+      this._sendRelayed({ type: 'track_views', views: views.slice(i, i + MAX_TRACK_VIEWS) });
+    }
   }
 
   /** @param {string} identity */

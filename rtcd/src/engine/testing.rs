@@ -163,7 +163,8 @@ impl Client {
 
     /// Sends packet `seq` of the simulcast layer `rid` (VP8 as [`Client::send`]), with the
     /// MID and RID header extensions when `stamp` (browsers stop once rtcd's receiver
-    /// reports acknowledge the SSRC).
+    /// reports acknowledge the SSRC). Keyframes announce the picture size of a browser's 720p
+    /// camera layer by rid: `q` 320x180, `h` 640x360, anything else 1280x720.
     pub(crate) fn send_layer(
         &mut self,
         rid: &str,
@@ -181,7 +182,19 @@ impl Client {
         packet.header.payload_type = 96;
         packet.header.timestamp = u32::from(seq) * 3000;
         let key = seq.is_multiple_of(30);
-        let mut payload = vec![0x10, if key { 0x00 } else { 0x01 }, 0, 0, 9, 9, 9];
+        let mut payload = vec![0x10, if key { 0x00 } else { 0x01 }, 0, 0];
+        if key {
+            let (w, h): (u16, u16) = match rid {
+                "q" => (320, 180),
+                "h" => (640, 360),
+                _ => (1280, 720),
+            };
+            payload.extend_from_slice(&[0x9d, 0x01, 0x2a]);
+            payload.extend_from_slice(&w.to_le_bytes());
+            payload.extend_from_slice(&h.to_le_bytes());
+        } else {
+            payload.extend_from_slice(&[9, 9, 9]);
+        }
         payload.resize(size.max(payload.len()), 9);
         packet.payload = Bytes::from(payload);
         if stamp && let Some((mid_id, rid_id, mid)) = &self.stamps {

@@ -6,8 +6,9 @@ use rtcd_proto::v1 as pb;
 use crate::lobby::{Entrant, Notice, RoomPolicy};
 use crate::sfu::allocation::PauseReason;
 use crate::sfu::{
-    CallId, Candidate, JoinRequest, MAX_ID_BYTES, Participant, Permissions, SessionCommand,
-    SessionEvent, SessionId, SfuError, TenantId, TokenMeta, TrackKind, UserId, session::TrackInfo,
+    CallId, Candidate, JoinRequest, MAX_ID_BYTES, MAX_TRACK_VIEWS, Participant, Permissions,
+    SessionCommand, SessionEvent, SessionId, SfuError, TenantId, TokenMeta, TrackKind, TrackView,
+    UserId, session::TrackInfo,
 };
 
 /// A `Join` in the caller's namespace.
@@ -183,6 +184,24 @@ pub fn command(signal: pb::client_signal::Signal) -> Result<ClientCommand, SfuEr
             track_id: s.track_id,
         },
         Signal::UpdatePermissions(p) => SessionCommand::UpdatePermissions(permissions(p)),
+        Signal::TrackViews(v) => {
+            if v.views.len() > MAX_TRACK_VIEWS {
+                return Err(SfuError::InvalidArgument(format!(
+                    "track_views: at most {MAX_TRACK_VIEWS} views"
+                )));
+            }
+            SessionCommand::TrackViews(
+                v.views
+                    .into_iter()
+                    .map(|v| TrackView {
+                        mid: v.mid,
+                        track_id: v.track_id,
+                        visible: v.visible,
+                        size: (v.width > 0 && v.height > 0).then_some((v.width, v.height)),
+                    })
+                    .collect(),
+            )
+        }
         Signal::Token(_) => unreachable!("handled above"),
     }))
 }

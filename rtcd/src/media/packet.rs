@@ -183,6 +183,14 @@ impl MediaPacket {
         self
     }
 
+    /// The picture size a keyframe's first packet announces ([`keyframe_size`]; VP8 only).
+    pub fn keyframe_size(&self) -> Option<(u16, u16)> {
+        if !self.keyframe || self.vp8.is_none() {
+            return None;
+        }
+        keyframe_size(VideoCodec::Vp8, &self.payload)
+    }
+
     /// A packet with padding and no payload: the publisher probing bandwidth, not media.
     pub fn is_padding_only(&self) -> bool {
         self.payload.is_empty()
@@ -310,26 +318,25 @@ pub fn detect_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
 /// RFC 7741 §4.2 payload descriptor, then the VP8 frame tag (RFC 6386 §9.1): a keyframe when
 /// the packet starts partition 0 (S = 1, PID = 0) and the tag's P bit is 0.
 fn vp8_keyframe(p: &[u8]) -> bool {
-    let Some(&b0) = p.first() else {
-        return false;
-    };
+    vp8_keyframe_tag(p).is_some()
+}
+
+/// Where the frame tag of a VP8 keyframe starts in `p` (see [`vp8_keyframe`]).
+fn vp8_keyframe_tag(p: &[u8]) -> Option<usize> {
+    let &b0 = p.first()?;
     let start = b0 & 0x10 != 0;
     let pid = b0 & 0x07;
     if !start || pid != 0 {
-        return false;
+        return None;
     }
     let mut i = 1;
     if b0 & 0x80 != 0 {
         // X: extension byte I L T K.
-        let Some(&x) = p.get(i) else {
-            return false;
-        };
+        let &x = p.get(i)?;
         i += 1;
         if x & 0x80 != 0 {
             // I: picture id, 7 or 15 bits (M).
-            let Some(&pic) = p.get(i) else {
-                return false;
-            };
+            let &pic = p.get(i)?;
             i += if pic & 0x80 != 0 { 2 } else { 1 };
         }
         if x & 0x40 != 0 {
@@ -341,7 +348,26 @@ fn vp8_keyframe(p: &[u8]) -> bool {
             i += 1;
         }
     }
-    p.get(i).is_some_and(|tag| tag & 0x01 == 0)
+    p.get(i).is_some_and(|tag| tag & 0x01 == 0).then_some(i)
+}
+
+/// The picture size (width, height in pixels) a keyframe's first packet announces, where the
+/// codec puts it in a fixed place: VP8 (RFC 6386 §9.1: after the 3-byte frame tag, the start
+/// code 9d 01 2a, then 14-bit width and height, little-endian, each with 2 scaling bits).
+/// `None` for other codecs (their sizes sit in parameter sets that take a real parser), for
+/// packets that do not start a keyframe, and for malformed ones.
+pub fn keyframe_size(codec: VideoCodec, payload: &[u8]) -> Option<(u16, u16)> {
+    if codec != VideoCodec::Vp8 {
+        return None;
+    }
+    let tag = vp8_keyframe_tag(payload)?;
+    let header = payload.get(tag + 3..tag + 10)?;
+    if header[..3] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let width = u16::from_le_bytes([header[3], header[4]]) & 0x3fff;
+    let height = u16::from_le_bytes([header[5], header[6]]) & 0x3fff;
+    (width > 0 && height > 0).then_some((width, height))
 }
 
 /// RFC 9628 §4.2 payload descriptor: a keyframe when the packet starts a frame (B), the frame
@@ -440,6 +466,26 @@ mod tests {
         assert!(!detect_keyframe(VideoCodec::Vp8, &[]));
         assert!(!detect_keyframe(VideoCodec::Vp8, &[0x90, 0x80]));
         assert!(!detect_keyframe(VideoCodec::Vp8, &[0x10]));
+    }
+
+    #[test]
+    fn a_vp8_keyframe_announces_its_size() {
+        // Descriptor with a 15-bit picture id, frame tag (P = 0), start code, 640 x 360 with
+        // scaling bits set (they are not part of the size).
+        let mut kf = vec![0x90, 0x80, 0x80 | 0x12, 0x34, 0x50, 0x42, 0x00];
+        kf.extend_from_slice(&[0x9d, 0x01, 0x2a]);
+        kf.extend_from_slice(&(640u16 | 0x4000).to_le_bytes());
+        kf.extend_from_slice(&(360u16 | 0x8000).to_le_bytes());
+        assert_eq!(keyframe_size(VideoCodec::Vp8, &kf), Some((640, 360)));
+        // An interframe, a wrong start code, a truncated header, another codec: no size.
+        let mut delta = kf.clone();
+        delta[4] = 0x51;
+        assert_eq!(keyframe_size(VideoCodec::Vp8, &delta), None);
+        let mut bad = kf.clone();
+        bad[7] = 0x9c;
+        assert_eq!(keyframe_size(VideoCodec::Vp8, &bad), None);
+        assert_eq!(keyframe_size(VideoCodec::Vp8, &kf[..12]), None);
+        assert_eq!(keyframe_size(VideoCodec::H264, &kf), None);
     }
 
     #[test]

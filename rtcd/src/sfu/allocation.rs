@@ -250,6 +250,8 @@ impl Allocator {
             let (a, b) = (&tracks[a], &tracks[b]);
             a.class.cmp(&b.class).then_with(|| quiet(a).cmp(&quiet(b)))
         });
+        // What the subscriber wants (its views), then what its link allows of it.
+        let wanted = fit(tracks, &order, u64::MAX);
         let (keep, raise) = match self.estimate {
             Some(e) => {
                 let share = |s: f64| ((e as f64 * s) as u64).saturating_sub(audio);
@@ -258,10 +260,7 @@ impl Allocator {
                     fit(tracks, &order, share(RAISE_SHARE)),
                 )
             }
-            None => {
-                let all = fit(tracks, &order, u64::MAX);
-                (all.clone(), all)
-            }
+            None => (wanted.clone(), wanted.clone()),
         };
         let hold_over = self
             .lowered_at
@@ -275,8 +274,10 @@ impl Allocator {
                     lowered |= keep[i] == Decision::Paused(PauseReason::Bandwidth);
                     keep[i]
                 }
+                // Lowered: the hold starts only when the link is why (a view that shrank, or
+                // a track hidden, says nothing about the link).
                 Some(cur) if keep[i].rank() < cur.rank() => {
-                    lowered |= keep[i] != Decision::Paused(PauseReason::Hidden);
+                    lowered |= keep[i].rank() < wanted[i].rank();
                     keep[i]
                 }
                 // Shown again: not a raise after a downgrade for bandwidth, but during a hold
@@ -573,6 +574,33 @@ mod tests {
         assert_eq!(
             run(&mut a, 0, &[small, hidden], now),
             vec![Decision::Layer(0), Decision::Layer(2)]
+        );
+        // Neither is a tile that shrinks: when it grows again, it gets the layer at once.
+        hidden.max_layer = 1;
+        assert_eq!(
+            run(&mut a, 0, &[small, hidden], now),
+            vec![Decision::Layer(0), Decision::Layer(1)]
+        );
+        small.max_layer = usize::MAX;
+        hidden.max_layer = usize::MAX;
+        assert_eq!(
+            run(&mut a, 0, &[small, hidden], now),
+            vec![Decision::Layer(2), Decision::Layer(2)]
+        );
+        // A drop of the estimate still holds raises back.
+        a.set_estimate(1_200_000);
+        assert_eq!(
+            run(&mut a, 0, &[small, hidden], now),
+            vec![Decision::Layer(1), Decision::Layer(1)]
+        );
+        a.set_estimate(5_000_000);
+        assert_eq!(
+            run(&mut a, 0, &[small, hidden], now + UPGRADE_HOLD / 2),
+            vec![Decision::Layer(1), Decision::Layer(1)]
+        );
+        assert_eq!(
+            run(&mut a, 0, &[small, hidden], now + UPGRADE_HOLD),
+            vec![Decision::Layer(2), Decision::Layer(2)]
         );
     }
 

@@ -37,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 use crate::media::packet::MediaKind;
 use crate::media::sdp;
 use crate::metrics::Metrics;
-pub use session::{Candidate, SessionCommand, SessionEvent, SessionHandle};
+pub use session::{
+    Candidate, MAX_TRACK_VIEWS, SessionCommand, SessionEvent, SessionHandle, TrackView,
+};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {

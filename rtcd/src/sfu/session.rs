@@ -54,9 +54,30 @@ pub enum SessionCommand {
     },
     /// The session's permissions changed (a refreshed token): tracks no longer allowed stop.
     UpdatePermissions(Permissions),
+    /// Adaptive stream: how the client shows video tracks it receives. rtcd sends no layer
+    /// above what a view needs and pauses a hidden track (`docs/adaptive-video.md`).
+    TrackViews(Vec<TrackView>),
     /// The user leaves.
     Leave,
 }
+
+/// How a client shows one video track it receives (see [`SessionCommand::TrackViews`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackView {
+    /// The section (mid) of the session's SDP that receives the track.
+    pub mid: String,
+    /// The track id the client means (as in `TrackPublished`): a view of a track the section
+    /// no longer carries is ignored. Empty: whatever the section carries.
+    pub track_id: String,
+    /// Whether the track is shown at all.
+    pub visible: bool,
+    /// The size it is shown at, in device pixels; `None` when unknown (any layer).
+    pub size: Option<(u32, u32)>,
+}
+
+/// The most views one [`SessionCommand::TrackViews`] may carry (a session receives at most a
+/// few dozen tracks).
+pub const MAX_TRACK_VIEWS: usize = 64;
 
 /// A track of another session, as shown to this session.
 #[derive(Debug, Clone)]

@@ -832,10 +832,99 @@ async fn layers_sending(page: &BrowserPage, window: Duration) -> anyhow::Result<
         .collect())
 }
 
-/// Simulcast and dynacast (issue 28) in a browser: `a`'s camera goes out as the SDK's three
-/// layers; with `b` alone receiving it on an unconstrained link, rtcd forwards the full layer,
-/// and tells `a` to stop encoding the two layers nobody receives (`layers_wanted`), which
-/// `a`'s `getStats` shows as layers that no longer send; `b`'s video plays throughout.
+/// What `page` receives of its one remote camera: (frame width, frames decoded, bytes), from
+/// `getStats` (`inbound-rtp` video).
+async fn received_camera(page: &BrowserPage) -> anyhow::Result<(u64, u64, u64)> {
+    let value = page
+        .eval_async(
+            "const done = arguments[arguments.length - 1];
+             const pc = window.rtcd && window.rtcd.peerConnection;
+             if (!pc) { done([0, 0, 0]); return; }
+             pc.getStats().then((stats) => {
+               let out = [0, 0, 0];
+               stats.forEach((s) => {
+                 if (s.type === 'inbound-rtp' && s.kind === 'video' && (s.bytesReceived || 0) > out[2]) {
+                   out = [s.frameWidth || 0, s.framesDecoded || 0, s.bytesReceived || 0];
+                 }
+               });
+               done(out);
+             }, () => done([0, 0, 0]));",
+            json!([]),
+        )
+        .await?;
+    let n = |i: usize| value.get(i).and_then(Value::as_u64).unwrap_or(0);
+    Ok((n(0), n(1), n(2)))
+}
+
+/// Sets the style of the page's remote camera element (the demo page's tile video).
+async fn style_remote_camera(page: &BrowserPage, css: &str) -> anyhow::Result<()> {
+    page.eval(
+        "const v = document.querySelector('video[data-participant]:not([data-source=screen])');
+         if (!v) throw new Error('no remote camera element');
+         v.style.cssText = arguments[0];",
+        json!([css]),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Drawn at 1280 x 720 CSS pixels over the page (the window is 1280 x 800): the full layer.
+const LARGE: &str = "position:fixed;left:0;top:0;width:1280px;height:720px;z-index:9";
+/// A thumbnail (16:9, [`THUMBNAIL_WIDTH`] CSS pixels wide).
+const THUMBNAIL: &str = "position:fixed;left:0;top:0;width:160px;height:90px;z-index:9";
+const THUMBNAIL_WIDTH: u64 = 160;
+
+/// Polls `what` every 100 ms until it returns `Some` or `limit` passes; the time it took.
+async fn within<T, F, Fut>(limit: Duration, mut what: F) -> anyhow::Result<(T, Duration)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(v) = what().await? {
+            return Ok((v, started.elapsed()));
+        }
+        ensure!(started.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (up to 30 s) for a 3 s window in which `page` encodes only its layer `rid` (`""`:
+/// none); the layers then. On this busy host an estimate may dip for a moment, and the layers
+/// follow it: what must come is such a window.
+async fn only_layer(
+    page: &BrowserPage,
+    rid: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, (u64, u64)>> {
+    let mut seen = Vec::new();
+    let started = std::time::Instant::now();
+    loop {
+        let sending = layers_sending(page, Duration::from_secs(3)).await?;
+        let layers = sent_layers(page).await?;
+        let width = |rid: &str| layers.get(rid).map_or(0, |l| l.1);
+        // The full layer is the widest (not a stale entry of a smaller one).
+        let genuine = rid != "f" || width("f") > width("q");
+        let wanted: Vec<&str> = std::iter::once(rid).filter(|r| !r.is_empty()).collect();
+        if sending.iter().map(String::as_str).eq(wanted) && genuine {
+            return Ok(layers);
+        }
+        seen.push(format!("sending {sending:?} of {layers:?}"));
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "only layer {rid:?} is encoded: {seen:#?}"
+        );
+    }
+}
+
+/// Simulcast, adaptive stream and dynacast (issue 28) in a browser: `a`'s camera goes out as
+/// the SDK's three layers; `b` alone receives it on an unconstrained link.
+/// * Drawn large on `b`'s page, `b` gets the full layer, and rtcd tells `a` to stop encoding the
+///   two layers nobody receives (`layers_wanted`): `a`'s `getStats` shows them no longer sending.
+/// * Shrunk to a thumbnail, `b` gets the lowest layer that covers it within 2 s (the SDK's
+///   `track_views`), and `a` then encodes only that one.
+/// * Hidden (`display: none`), the track is paused for `b` (`track_paused`, reason `hidden`), and
+///   `a` encodes nothing at all; shown again, `b` plays it again at the full layer.
 async fn simulcast_publisher_encodes_only_what_is_received(
     a: BrowserKind,
     b: BrowserKind,
@@ -855,26 +944,77 @@ async fn simulcast_publisher_encodes_only_what_is_received(
             layers.len() >= 2,
             "{a} publishes at least two simulcast layers: {layers:?}"
         );
+        // The layer a thumbnail needs: the lowest at least as wide as it (the fake camera's
+        // capture size decides which; rids sort lowest first: f, h, q reversed).
+        let mut by_width: Vec<(u64, String)> = layers
+            .iter()
+            .filter(|(_, l)| l.1 > 0)
+            .map(|(rid, l)| (l.1, rid.clone()))
+            .collect();
+        by_width.sort();
+        let (thumb_width, thumb_rid) = by_width
+            .iter()
+            .find(|(w, _)| *w >= THUMBNAIL_WIDTH)
+            .or(by_width.last())
+            .cloned()
+            .context("layer widths")?;
+        style_remote_camera(&call.pages[bob], LARGE).await?;
         // Bob's estimate starts at 1 Mbit/s (the middle layer), a probe proves more, the
         // allocator raises him to the full layer, and the layers nobody receives stop after
-        // their 3 s hold. On this busy host an estimate may dip for a moment (and the layers
-        // follow it): what must come is a 3 s window in which only the full layer is sent.
+        // their 3 s hold.
         call.hold(Duration::from_secs(8)).await?;
-        let mut seen = Vec::new();
-        let started = std::time::Instant::now();
-        loop {
-            let sending = layers_sending(&call.pages[alice], Duration::from_secs(3)).await?;
-            let layers = sent_layers(&call.pages[alice]).await?;
-            let width = |rid: &str| layers.get(rid).map_or(0, |l| l.1);
-            if sending == ["f"] && width("f") > width("q") {
-                break;
-            }
-            seen.push(format!("sending {sending:?} of {layers:?}"));
-            ensure!(
-                started.elapsed() < Duration::from_secs(30),
-                "only the full layer is encoded once bob alone receives it: {seen:#?}"
-            );
-        }
+        let layers = only_layer(&call.pages[alice], "f").await?;
+        let full_width = layers.get("f").map_or(0, |l| l.1);
+
+        // A thumbnail: the layer it needs within 2 s, then only that one encoded.
+        style_remote_camera(&call.pages[bob], THUMBNAIL).await?;
+        let (_, took) = within(Duration::from_secs(2), || async {
+            let (width, _, _) = received_camera(&call.pages[bob]).await?;
+            Ok((width == thumb_width).then_some(()))
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "bob receives layer {thumb_rid} ({thumb_width} px wide) within 2 s of the thumbnail"
+            )
+        })?;
+        eprintln!("{tag}: thumbnail, bob receives {thumb_rid} ({thumb_width} px) after {took:?}");
+        only_layer(&call.pages[alice], &thumb_rid).await?;
+
+        // Hidden: paused for bob with the reason, nothing encoded once the hold is over.
+        call.flow.source_off(alice, "camera");
+        style_remote_camera(&call.pages[bob], "display:none").await?;
+        let (_, took) = within(Duration::from_secs(2), || async {
+            let reason = call.pages[bob]
+                .eval("return [...window.rtcd._paused.values()];", json!([]))
+                .await?;
+            Ok(reason
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r == "hidden"))
+                .then_some(()))
+        })
+        .await
+        .context("bob's camera of alice is paused as hidden within 2 s")?;
+        eprintln!("{tag}: hidden, paused after {took:?}");
+        only_layer(&call.pages[alice], "").await?;
+        let (_, _, bytes) = received_camera(&call.pages[bob]).await?;
+        call.hold(Duration::from_secs(2)).await?;
+        let (_, _, later) = received_camera(&call.pages[bob]).await?;
+        ensure!(
+            later == bytes,
+            "nothing reaches bob while hidden: {bytes} -> {later} bytes"
+        );
+
+        // Shown again, large: bob plays it again, at the full layer.
+        style_remote_camera(&call.pages[bob], LARGE).await?;
+        call.flow.source_on(alice, "camera");
+        let (_, took) = within(Duration::from_secs(10), || async {
+            let (width, _, _) = received_camera(&call.pages[bob]).await?;
+            Ok((width == full_width).then_some(()))
+        })
+        .await
+        .context("bob receives the full layer again once shown large")?;
+        eprintln!("{tag}: shown again, the full layer after {took:?}");
         call.hold(Duration::from_secs(5)).await
     }
     .await;
@@ -897,6 +1037,16 @@ fn firefox_simulcast_publisher_encodes_only_what_chromium_receives() -> anyhow::
         simulcast_publisher_encodes_only_what_is_received(
             BrowserKind::Firefox,
             BrowserKind::Chromium,
+        )
+    })
+}
+
+#[test]
+fn chromium_simulcast_publisher_encodes_only_what_firefox_receives() -> anyhow::Result<()> {
+    netns::run(|| {
+        simulcast_publisher_encodes_only_what_is_received(
+            BrowserKind::Chromium,
+            BrowserKind::Firefox,
         )
     })
 }

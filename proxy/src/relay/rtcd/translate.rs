@@ -207,6 +207,18 @@ pub(super) fn translate_command(command: RelayCommand) -> Option<pb::client_sign
             kind: kind_of(source) as i32,
             muted,
         }),
+        RelayCommand::TrackViews(views) => Signal::TrackViews(pb::TrackViews {
+            views: views
+                .into_iter()
+                .map(|v| pb::TrackView {
+                    mid: v.mid,
+                    track_id: v.track_id.unwrap_or_default(),
+                    visible: v.visible,
+                    width: v.width,
+                    height: v.height,
+                })
+                .collect(),
+        }),
         // The offer's `tracks` name the screen's sections; nothing to announce beforehand.
         RelayCommand::ScreenShare(true) => return None,
         RelayCommand::ScreenShare(false) => Signal::ScreenShare(pb::ScreenShare {
@@ -363,6 +375,38 @@ mod tests {
             Some(pb::client_signal::Signal::ScreenShare(pb::ScreenShare {
                 on: false,
                 track_id: String::new()
+            }))
+        );
+    }
+
+    #[test]
+    fn track_views_cross_with_an_empty_track_id_for_any_track() {
+        let view = |track_id: Option<&str>| crate::protocol::TrackView {
+            mid: "3".into(),
+            track_id: track_id.map(str::to_owned),
+            visible: true,
+            width: 320,
+            height: 180,
+        };
+        assert_eq!(
+            translate_command(RelayCommand::TrackViews(vec![view(Some("t")), view(None)])),
+            Some(pb::client_signal::Signal::TrackViews(pb::TrackViews {
+                views: vec![
+                    pb::TrackView {
+                        mid: "3".into(),
+                        track_id: "t".into(),
+                        visible: true,
+                        width: 320,
+                        height: 180
+                    },
+                    pb::TrackView {
+                        mid: "3".into(),
+                        track_id: String::new(),
+                        visible: true,
+                        width: 320,
+                        height: 180
+                    }
+                ]
             }))
         );
     }

@@ -12,6 +12,10 @@ use crate::sfu::TrackKind;
 use crate::sfu::allocation::{Class, Decision, VideoTrack};
 use crate::sfu::negotiation::TrackId;
 use crate::sfu::session::SessionEvent;
+use crate::sfu::{MAX_TRACK_VIEWS, SfuError, TrackView};
+
+use super::call::Layer;
+use super::member::View;
 
 /// How often a subscriber's allocation is decided again while estimates keep coming (each
 /// feedback report brings one, several a second): a drop below what is allocated is acted on
@@ -24,6 +28,56 @@ pub(super) const ALLOCATE_INTERVAL: Duration = Duration::from_millis(500);
 pub(super) const PACKET_OVERHEAD: usize = 60;
 
 impl Rooms {
+    /// Adaptive stream: the client says how it shows tracks it receives. Views of sections
+    /// that carry no video, or another track than the one named, are ignored (a view may cross
+    /// a renegotiation that gave the section another track); the allocation follows at once.
+    pub(super) fn set_views(
+        &mut self,
+        key: SessionKey,
+        views: Vec<TrackView>,
+        now: Instant,
+    ) -> Result<(), SfuError> {
+        if views.len() > MAX_TRACK_VIEWS {
+            return Err(SfuError::InvalidArgument(format!(
+                "track views: at most {MAX_TRACK_VIEWS} per message"
+            )));
+        }
+        let Some(m) = self.members.get_mut(&key) else {
+            return Ok(());
+        };
+        let call = self.calls.get(&m.call);
+        let mut changed = false;
+        for v in views {
+            let Some(i) = m.slots.iter().position(|s| s.mid == v.mid && !s.audio) else {
+                continue;
+            };
+            let carried = m
+                .negotiation
+                .track(i)
+                .and_then(|tid| call.and_then(|c| c.tracks.get(&tid)));
+            let Some(t) = carried else {
+                continue;
+            };
+            if !v.track_id.is_empty() && v.track_id != t.info.track_id {
+                continue;
+            }
+            let view = View {
+                visible: v.visible,
+                size: v.size.filter(|&(w, h)| w > 0 && h > 0),
+            };
+            let slot = &mut m.slots[i];
+            if slot.view != view {
+                tracing::debug!(session = %m.req.session, mid = %slot.mid, ?view, "track view");
+                slot.view = view;
+                changed = true;
+            }
+        }
+        if changed {
+            self.allocate(key, now);
+        }
+        Ok(())
+    }
+
     /// A new bandwidth estimate of `key`'s link (bits per second).
     pub(super) fn on_estimate(&mut self, key: SessionKey, bits_per_second: u64, now: Instant) {
         let Some(m) = self.members.get_mut(&key) else {
@@ -54,7 +108,8 @@ impl Rooms {
         // Rates per slot, then the tracks borrowing them (a few slots per subscriber; this
         // runs a few times a second, not per packet).
         let mut audio = 0;
-        let mut inputs: Vec<(usize, Class, Option<Instant>, Vec<u64>)> = Vec::new();
+        let mut inputs = Vec::new();
+        let mut rates: Vec<Vec<u64>> = Vec::new();
         for (i, slot) in m.slots.iter().enumerate() {
             let Some(t) = m.negotiation.track(i).and_then(|tid| call.tracks.get(&tid)) else {
                 continue;
@@ -79,26 +134,31 @@ impl Rooms {
             let spoke = self.members.get(&t.owner).and_then(|o| o.spoke);
             // Typical rates, not the last second's: a keyframe or a layer the publisher just
             // stopped (dynacast) must not move the subscriber's layers.
-            let rates = t
-                .layers
-                .iter()
-                .map(|l| match l.rate.typical() {
-                    0 => l.rate.bits_per_second(now),
-                    typical => typical,
-                })
-                .collect();
-            inputs.push((i, class, spoke, rates));
+            rates.push(
+                t.layers
+                    .iter()
+                    .map(|l| match l.rate.typical() {
+                        0 => l.rate.bits_per_second(now),
+                        typical => typical,
+                    })
+                    .collect(),
+            );
+            let max_layer = layer_for(slot.view, &t.layers);
+            inputs.push((i, class, spoke, slot.view.visible, max_layer));
         }
         let tracks: Vec<VideoTrack<'_>> = inputs
             .iter()
-            .map(|(i, class, spoke, rates)| VideoTrack {
-                id: *i,
-                class: *class,
-                spoke: *spoke,
-                rates,
-                max_layer: usize::MAX,
-                visible: true,
-            })
+            .zip(&rates)
+            .map(
+                |(&(id, class, spoke, visible, max_layer), rates)| VideoTrack {
+                    id,
+                    class,
+                    spoke,
+                    rates,
+                    max_layer,
+                    visible,
+                },
+            )
             .collect();
         let Some(m) = self.members.get_mut(&key) else {
             return;
@@ -254,6 +314,24 @@ impl Rooms {
             event: SessionEvent::LayersWanted { mid, rids },
         });
     }
+}
+
+/// The lowest layer that shows `view` without upscaling: the first (lowest first) whose known
+/// picture is at least as wide or as tall as the view (the view is the size the video is
+/// drawn at, so one side reaching it is enough for a picture scaled to fit). A layer whose size
+/// is unknown (no keyframe read yet, a codec whose size is not read) is never chosen on a
+/// guess; without any that fits, or without a size in the view, any layer.
+fn layer_for(view: View, layers: &[Layer]) -> usize {
+    let Some((w, h)) = view.size else {
+        return usize::MAX;
+    };
+    layers
+        .iter()
+        .position(|l| {
+            l.size
+                .is_some_and(|(lw, lh)| u32::from(lw) >= w || u32::from(lh) >= h)
+        })
+        .unwrap_or(usize::MAX)
 }
 
 /// How long a probe lasts: long enough for a few feedback reports to show what arrived, short

@@ -40,6 +40,10 @@ pub(super) struct Layer {
     /// Since when no subscriber needs it, while the publisher still sends it: it is told to stop
     /// [`DYNACAST_HOLD`] later (on one of the layer's own packets).
     pub unwanted_since: Option<Instant>,
+    /// Its picture size (width, height), as its latest keyframe announced it (VP8; `None`
+    /// where the codec's size is not read): what adaptive stream compares a subscriber's view
+    /// with.
+    pub size: Option<(u16, u16)>,
 }
 
 /// How long a layer nobody needs keeps being sent before its publisher is told to stop

@@ -70,6 +70,7 @@ impl Rooms {
                 self.set_permissions(key, p, now);
                 Ok(())
             }
+            SessionCommand::TrackViews(views) => self.set_views(key, views, now),
             SessionCommand::Leave => Ok(()),
         }
     }

@@ -32,6 +32,28 @@ pub(super) struct MemberSlot {
     pub layer_cap: usize,
     /// Why the allocator paused it, while it does (the down-track is paused).
     pub paused: Option<PauseReason>,
+    /// How the subscriber shows the slot's track (adaptive stream; reset when the slot
+    /// carries another track).
+    pub view: View,
+}
+
+/// How a subscriber shows one video track it receives (`SessionCommand::TrackViews`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    /// Whether it is shown at all.
+    pub visible: bool,
+    /// The size it is shown at, in device pixels; `None`: unknown (any layer).
+    pub size: Option<(u32, u32)>,
+}
+
+impl Default for View {
+    /// What a client that never says anything gets: shown, at any size.
+    fn default() -> Self {
+        Self {
+            visible: true,
+            size: None,
+        }
+    }
 }
 
 /// One session (one client peer connection).

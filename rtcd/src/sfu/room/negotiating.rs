@@ -67,6 +67,7 @@ impl Rooms {
                 down: None,
                 layer_cap: usize::MAX,
                 paused: None,
+                view: Default::default(),
             });
         }
         let receiving: Vec<bool> = m
@@ -191,6 +192,7 @@ impl Rooms {
         // one (decided below, once it is in place).
         slot.layer_cap = usize::MAX;
         slot.paused = None;
+        slot.view = Default::default();
         m.allocator.forget(i);
         if let Some(down) = slot.down.as_mut() {
             down.set_paused(false);

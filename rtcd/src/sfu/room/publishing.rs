@@ -135,6 +135,7 @@ impl Rooms {
             rate: Default::default(),
             wanted: true,
             unwanted_since: None,
+            size: None,
         };
         let layers: Vec<Layer> = if opened.rids.is_empty() {
             vec![layer(None, opened.ssrc)]

@@ -936,6 +936,87 @@ fn a_subscriber_receives_one_continuous_layer_of_a_simulcast_camera() {
 /// Bob's bandwidth estimate decides his layer of alice's simulcast camera: lowered at once
 /// when it drops, paused (and bob told why) when even the lowest layer does not fit, resumed
 /// and raised only after the hold, on one continuous stream throughout.
+/// Adaptive stream: bob says how he shows alice's simulcast camera. A small view gets the
+/// lowest layer whose picture covers it (sizes read from the layers' keyframes), a larger one a
+/// higher layer at its next keyframe with no hold (a view says nothing about the link), a
+/// hidden track is paused at once with the reason and resumes when shown again, all on one
+/// continuous stream; a view naming another track than the section's is ignored.
+#[test]
+fn a_subscriber_view_caps_the_layer_and_hiding_pauses_the_track() {
+    use crate::sfu::TrackView;
+    use crate::sfu::allocation::PauseReason;
+    let mut net = Net::simulcast_alice_to_bob(Client::new);
+    let mut seq = [0u16; 3];
+    net.send_layers(&[0, 1, 2], 10, true, &mut seq);
+    net.send_layers(&[0, 1, 2], 50, false, &mut seq);
+    assert_eq!(
+        bobs_layer(&net),
+        Some(LAYERS[2].1),
+        "no view: the best layer"
+    );
+    let mid = net.rooms.members[&BOB]
+        .slots
+        .iter()
+        .find(|s| !s.audio && s.down.is_some())
+        .map(|s| s.mid.clone())
+        .expect("bob's video section");
+    let view = |track_id: &str, visible: bool, size: Option<(u32, u32)>| {
+        SessionCommand::TrackViews(vec![TrackView {
+            mid: mid.clone(),
+            track_id: track_id.to_owned(),
+            visible,
+            size,
+        }])
+    };
+    // A thumbnail (320 x 180 device pixels): the quarter layer covers it. Within a keyframe
+    // interval of the publisher (30 packets here).
+    net.command(BOB, view("", true, Some((320, 180))));
+    net.send_layers(&[0, 1, 2], 40, false, &mut seq);
+    assert_eq!(bobs_layer(&net), Some(LAYERS[0].1), "the quarter layer");
+    // A larger tile, 600 x 400: the half layer is as wide (640 x 360), right away.
+    net.command(BOB, view("", true, Some((600, 400))));
+    net.send_layers(&[0, 1, 2], 40, false, &mut seq);
+    assert_eq!(bobs_layer(&net), Some(LAYERS[1].1), "the half layer");
+    // A view of a track the section does not carry changes nothing.
+    net.command(BOB, view("someone-else", false, None));
+    let paused = |net: &Net, reason| {
+        has(
+            net.events(BOB),
+            |e| matches!(e, SessionEvent::TrackPaused { reason: r, .. } if *r == reason),
+        )
+    };
+    assert!(!paused(&net, Some(PauseReason::Hidden)));
+    // Hidden: paused at once, bob is told why, nothing more reaches him.
+    net.command(BOB, view("", false, None));
+    assert!(paused(&net, Some(PauseReason::Hidden)));
+    net.send_layers(&[0, 1, 2], 5, false, &mut seq);
+    let frozen = net.received(BOB);
+    net.send_layers(&[0, 1, 2], 20, false, &mut seq);
+    assert_eq!(net.received(BOB), frozen, "nothing while hidden");
+    // Shown again at any size: resumed, at the best layer.
+    net.command(BOB, view("", true, None));
+    assert!(paused(&net, None), "resumed");
+    net.send_layers(&[0, 1, 2], 60, false, &mut seq);
+    assert!(net.received(BOB) > frozen + 20, "flowing again");
+    assert_eq!(bobs_layer(&net), Some(LAYERS[2].1), "back at the top");
+    continuous(&net, 0).unwrap();
+    // Too many views in one message: refused.
+    let many = SessionCommand::TrackViews(vec![
+        TrackView {
+            mid: mid.clone(),
+            track_id: String::new(),
+            visible: true,
+            size: None,
+        };
+        crate::sfu::MAX_TRACK_VIEWS + 1
+    ]);
+    net.command(BOB, many);
+    assert!(has(net.events(BOB), |e| matches!(
+        e,
+        SessionEvent::Error(SfuError::InvalidArgument(_))
+    )));
+}
+
 #[test]
 fn the_subscriber_estimate_lowers_pauses_and_resumes_a_simulcast_camera() {
     use crate::sfu::allocation::{PauseReason, UPGRADE_HOLD};
