@@ -71,6 +71,17 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the adaptive video counters (`rtcd_sfu_track_pauses_total`,
+/// `rtcd_sfu_layer_changes_total`, `rtcd_sfu_probes_total`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdaptiveLabels {
+    /// The registered client ID.
+    pub client_id: String,
+    /// Pauses: `bandwidth` or `hidden`. Layer changes: `up` or `down`. Probes: `proved` or
+    /// `failed` (RTX copies), `trial_proved` or `trial_failed` (a paused track resumed on trial).
+    pub what: &'static str,
+}
+
 /// Labels of `rtcd_media_dropped_datagrams_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
@@ -171,6 +182,16 @@ pub struct SfuMetrics {
     pub errors: Family<ReasonLabels, Counter>,
     /// Time from peer connection creation to `connected`, in seconds.
     pub connect_seconds: Histogram,
+    /// Video tracks paused towards a subscriber, by why.
+    pub track_pauses: Family<AdaptiveLabels, Counter>,
+    /// A subscriber's allowed layer of a track raised or lowered (resumes and pauses included).
+    pub layer_changes: Family<AdaptiveLabels, Counter>,
+    /// Probes of subscribers' links, by outcome.
+    pub probes: Family<AdaptiveLabels, Counter>,
+    /// Dynacast messages to publishers (`layers_wanted`).
+    pub layers_wanted: Family<ClientLabels, Counter>,
+    /// Subscribers' bandwidth estimates at each allocation, in bits per second.
+    pub subscriber_estimate_bits: Histogram,
 }
 
 /// Every metric rtcd exports. Clone the `Arc` into whoever records.
@@ -284,6 +305,12 @@ impl Metrics {
             nack_unrepairable: Family::default(),
             errors: Family::default(),
             connect_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+            track_pauses: Family::default(),
+            layer_changes: Family::default(),
+            probes: Family::default(),
+            layers_wanted: Family::default(),
+            // 50 kbit/s to 6.4 Mbit/s.
+            subscriber_estimate_bits: Histogram::new(exponential_buckets(50_000.0, 2.0, 8)),
         };
         let sub = registry.sub_registry_with_prefix("sfu");
         sub.register("sessions", "Live sessions", sfu.sessions.clone());
@@ -332,6 +359,31 @@ impl Metrics {
             "connect_seconds",
             "Peer connection creation to connected",
             sfu.connect_seconds.clone(),
+        );
+        sub.register(
+            "track_pauses",
+            "Video tracks paused towards a subscriber, by reason",
+            sfu.track_pauses.clone(),
+        );
+        sub.register(
+            "layer_changes",
+            "Subscribers' allowed layers raised or lowered",
+            sfu.layer_changes.clone(),
+        );
+        sub.register(
+            "probes",
+            "Probes of subscribers' links, by outcome",
+            sfu.probes.clone(),
+        );
+        sub.register(
+            "layers_wanted",
+            "Dynacast messages telling publishers which layers to send",
+            sfu.layers_wanted.clone(),
+        );
+        sub.register(
+            "subscriber_estimate_bits",
+            "Subscribers' bandwidth estimates at each allocation (bits per second)",
+            sfu.subscriber_estimate_bits.clone(),
         );
         let media_dropped = Family::<DropLabels, Counter>::default();
         registry.register(

@@ -196,6 +196,9 @@ pub struct Allocator {
     /// What the estimate would have to be for the next step up (a higher layer or a resumed
     /// track), when the estimate is what holds the subscriber back: the rate to probe at.
     probe: Option<u64>,
+    /// Until when the first track paused for bandwidth gets its lowest layer anyway
+    /// ([`Allocator::try_resume`]).
+    trial: Option<Instant>,
 }
 
 impl Allocator {
@@ -215,6 +218,17 @@ impl Allocator {
     /// sent).
     pub fn probe_target(&self) -> Option<u64> {
         self.probe
+    }
+
+    /// Until `until`, the first visible track (in priority order) paused for bandwidth gets its
+    /// lowest layer although the estimate says it does not fit: the probe of a subscriber whose
+    /// video is all paused. Its link then carries only audio, and an estimate proves only what
+    /// was sent (it may not grow far above what is acknowledged), so without sending video it
+    /// could never rise enough to resume any. At the first decision after `until` the rules
+    /// apply again: the estimate, with that video's feedback in it, keeps the track or pauses
+    /// it again.
+    pub fn try_resume(&mut self, until: Instant) {
+        self.trial = Some(until);
     }
 
     /// Forgets `id`'s decision: the next allocation decides it as a new track (its slot now
@@ -265,10 +279,23 @@ impl Allocator {
         let hold_over = self
             .lowered_at
             .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD);
+        // A resume on trial: the first track in order paused for bandwidth now.
+        let trial = match self.trial {
+            Some(until) if now < until => order.iter().copied().find(|&i| {
+                tracks[i].visible
+                    && tracks[i].top().is_some()
+                    && self.decision(tracks[i].id) == Some(Decision::Paused(PauseReason::Bandwidth))
+            }),
+            _ => {
+                self.trial = None;
+                None
+            }
+        };
         let mut lowered = false;
         for (i, t) in tracks.iter().enumerate() {
             let now_decided = self.decision(t.id);
             let next = match now_decided {
+                _ if trial == Some(i) => Decision::Layer(0),
                 // A new track that does not fit waits like one that stopped fitting.
                 None => {
                     lowered |= keep[i] == Decision::Paused(PauseReason::Bandwidth);
@@ -601,6 +628,47 @@ mod tests {
         assert_eq!(
             run(&mut a, 0, &[small, hidden], now + UPGRADE_HOLD),
             vec![Decision::Layer(2), Decision::Layer(2)]
+        );
+    }
+
+    #[test]
+    fn a_resume_on_trial_sends_the_first_paused_track_until_it_ends() {
+        let mut a = Allocator::default();
+        let now = Instant::now();
+        // 100 kbit/s with 50 kbit/s of audio: neither camera's lowest layer (150k) fits.
+        a.set_estimate(100_000);
+        let (first, second) = (camera(1, &THREE), camera(2, &THREE));
+        let paused = Decision::Paused(PauseReason::Bandwidth);
+        assert_eq!(run(&mut a, 50_000, &[first, second], now), vec![paused, paused]);
+        let later = now + UPGRADE_HOLD;
+        assert_eq!(run(&mut a, 50_000, &[first, second], later), vec![paused, paused]);
+        assert!(a.probe_target().is_some(), "the link is what holds them back");
+        // On trial: the first in order gets its lowest layer, whatever the estimate says.
+        a.try_resume(later + Duration::from_secs(1));
+        assert_eq!(
+            run(&mut a, 50_000, &[first, second], later),
+            vec![Decision::Layer(0), paused]
+        );
+        // The trial over and the estimate no better: paused again, and a hold starts.
+        let after = later + Duration::from_secs(1);
+        assert_eq!(run(&mut a, 50_000, &[first, second], after), vec![paused, paused]);
+        a.set_estimate(5_000_000);
+        assert_eq!(
+            run(&mut a, 50_000, &[first, second], after + UPGRADE_HOLD / 2),
+            vec![paused, paused]
+        );
+        // A trial the estimate confirms keeps the track: 230k leaves room to keep one lowest
+        // layer (95 %), not to resume one (80 %).
+        a.set_estimate(230_000);
+        let later = after + UPGRADE_HOLD;
+        a.try_resume(later + Duration::from_secs(1));
+        assert_eq!(
+            run(&mut a, 50_000, &[first, second], later),
+            vec![Decision::Layer(0), paused]
+        );
+        assert_eq!(
+            run(&mut a, 50_000, &[first, second], later + Duration::from_secs(1)),
+            vec![Decision::Layer(0), paused]
         );
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::call::DYNACAST_HOLD;
 use super::{CallKey, Rooms, SessionKey};
 use crate::sfu::TrackKind;
-use crate::sfu::allocation::{Class, Decision, VideoTrack};
+use crate::sfu::allocation::{Class, Decision, PauseReason, VideoTrack};
 use crate::sfu::negotiation::TrackId;
 use crate::sfu::session::SessionEvent;
 use crate::sfu::{MAX_TRACK_VIEWS, SfuError, TrackView};
@@ -164,8 +164,45 @@ impl Rooms {
             return;
         };
         let mut changes = Vec::new();
+        let before: Vec<Option<Decision>> =
+            tracks.iter().map(|t| m.allocator.decision(t.id)).collect();
         m.allocator
             .allocate(audio, &tracks, now, |slot, d| changes.push((slot, d)));
+        let label = |what| crate::metrics::AdaptiveLabels {
+            client_id: m.req.tenant.as_str().to_owned(),
+            what,
+        };
+        if let Some(e) = m.allocator.estimate() {
+            self.metrics
+                .sfu
+                .subscriber_estimate_bits
+                .observe(e as f64);
+        }
+        for &(id, decision) in &changes {
+            let was = tracks
+                .iter()
+                .position(|t| t.id == id)
+                .and_then(|i| before[i]);
+            if let Some(was) = was {
+                let direction = if rank(decision) > rank(was) { "up" } else { "down" };
+                self.metrics
+                    .sfu
+                    .layer_changes
+                    .get_or_create(&label(direction))
+                    .inc();
+            }
+            if let Decision::Paused(reason) = decision {
+                let reason = match reason {
+                    PauseReason::Bandwidth => "bandwidth",
+                    PauseReason::Hidden => "hidden",
+                };
+                self.metrics
+                    .sfu
+                    .track_pauses
+                    .get_or_create(&label(reason))
+                    .inc();
+            }
+        }
         // What the subscriber's video takes now, at the layers decided (measured rates).
         let video: u64 = tracks
             .iter()
@@ -174,7 +211,7 @@ impl Rooms {
                 _ => 0,
             })
             .sum();
-        plan_probe(m, video, audio, now);
+        let trial = plan_probe(m, video, audio, now, &self.metrics);
         let call = m.call;
         let mut touched: Vec<TrackId> = Vec::new();
         for (i, decision) in changes {
@@ -220,6 +257,10 @@ impl Rooms {
         }
         for tid in touched {
             self.update_wanted_layers(call, tid, now);
+        }
+        if trial {
+            // The resume on trial starts now, not at the next estimate.
+            self.allocate(key, now);
         }
     }
 }
@@ -309,10 +350,25 @@ impl Rooms {
             .collect();
         let (owner, mid) = (t.owner, t.info.mid.clone());
         tracing::debug!(%mid, ?rids, "layers wanted");
+        if let Some(o) = self.members.get(&owner) {
+            self.metrics
+                .sfu
+                .layers_wanted
+                .get_or_create(&crate::sfu::tenant_label(&o.req.tenant))
+                .inc();
+        }
         self.outputs.push_back(super::Output::Event {
             key: owner,
             event: SessionEvent::LayersWanted { mid, rids },
         });
+    }
+}
+
+/// Orders decisions by what they cost: a pause below every layer.
+fn rank(d: Decision) -> usize {
+    match d {
+        Decision::Paused(_) => 0,
+        Decision::Layer(l) => l.saturating_add(1),
     }
 }
 
@@ -341,6 +397,9 @@ const PROBE_DURATION: Duration = Duration::from_millis(500);
 /// did not, up to [`PROBE_BACKOFF_MAX`] (a weak link is not overloaded every few seconds).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(32);
+/// How long a resume on trial lasts: the track's keyframe must arrive, and feedback on a
+/// second of its video must reach the estimate.
+const TRIAL_DURATION: Duration = Duration::from_millis(1_500);
 /// The most a probe adds, as a multiple of the video the subscriber receives (from its 500
 /// kbit/s middle layer to the 1.5 Mbit/s top takes about 3; from the lowest, about 8).
 const PROBE_MAX_RATIO: f64 = 8.0;
@@ -349,11 +408,18 @@ const PROBE_MAX_RATIO: f64 = 8.0;
 const PROBE_OVERSHOOT: f64 = 1.1;
 
 /// Starts a probe of `m`'s link when its allocator's next step up needs more than the estimate
-/// says (and none ran lately); judges the previous one at the first decision after it.
-fn plan_probe(m: &mut super::member::Member, video: u64, audio: u64, now: Instant) {
+/// says (and none ran lately); judges the previous one at the first decision after it. Returns
+/// whether the probe is a resume on trial (decided again at once).
+fn plan_probe(
+    m: &mut super::member::Member,
+    video: u64,
+    audio: u64,
+    now: Instant,
+    metrics: &crate::metrics::Metrics,
+) -> bool {
     let probe = &mut m.probe;
     if probe.until.is_some_and(|u| now < u) {
-        return;
+        return false;
     }
     if probe.until.take().is_some() {
         let proved = m.allocator.estimate().is_some_and(|e| e >= probe.goal);
@@ -363,20 +429,45 @@ fn plan_probe(m: &mut super::member::Member, video: u64, audio: u64, now: Instan
             (probe.backoff * 2).clamp(PROBE_INTERVAL, PROBE_BACKOFF_MAX)
         };
         probe.next = Some(now + probe.backoff);
+        let outcome = match (probe.ratio == 0.0, proved) {
+            (false, true) => "proved",
+            (false, false) => "failed",
+            (true, true) => "trial_proved",
+            (true, false) => "trial_failed",
+        };
+        metrics
+            .sfu
+            .probes
+            .get_or_create(&crate::metrics::AdaptiveLabels {
+                client_id: m.req.tenant.as_str().to_owned(),
+                what: outcome,
+            })
+            .inc();
         tracing::debug!(session = %m.req.session, proved, goal = probe.goal, estimate = ?m.allocator.estimate(), "probe ended");
     }
     let (Some(goal), Some(estimate)) = (m.allocator.probe_target(), m.allocator.estimate()) else {
-        return;
+        return false;
     };
-    if goal <= estimate || video == 0 || probe.next.is_some_and(|n| now < n) {
-        return;
+    if goal <= estimate || probe.next.is_some_and(|n| now < n) {
+        return false;
     }
     if probe.next.is_none() {
         // The first probe of a subscriber waits PROBE_INTERVAL like any other: its first
         // estimates are still settling.
         probe.next = Some(now + PROBE_INTERVAL);
         probe.backoff = PROBE_INTERVAL;
-        return;
+        return false;
+    }
+    if video == 0 {
+        // Every video paused for bandwidth: nothing to copy. The probe is the lowest layer of
+        // the first of them, resumed on trial (see `Allocator::try_resume`).
+        let until = now + TRIAL_DURATION;
+        m.allocator.try_resume(until);
+        probe.ratio = 0.0;
+        probe.goal = goal;
+        probe.until = Some(until);
+        tracing::debug!(session = %m.req.session, goal, estimate, "resuming on trial");
+        return true;
     }
     // What the link must carry during the probe is the goal: the copies make up the difference
     // from what the subscriber receives now.
@@ -386,6 +477,7 @@ fn plan_probe(m: &mut super::member::Member, video: u64, audio: u64, now: Instan
     probe.goal = goal;
     probe.until = Some(now + PROBE_DURATION);
     tracing::debug!(session = %m.req.session, goal, estimate, video, ratio = probe.ratio, "probing");
+    false
 }
 
 /// At most this many simulcast layers per track are tracked for dynacast (rtcd answers at most

@@ -989,6 +989,20 @@ fn a_subscriber_view_caps_the_layer_and_hiding_pauses_the_track() {
     // Hidden: paused at once, bob is told why, nothing more reaches him.
     net.command(BOB, view("", false, None));
     assert!(paused(&net, Some(PauseReason::Hidden)));
+    let hidden = crate::metrics::AdaptiveLabels {
+        client_id: "t".into(),
+        what: "hidden",
+    };
+    assert_eq!(
+        net.rooms
+            .metrics
+            .sfu
+            .track_pauses
+            .get_or_create(&hidden)
+            .get(),
+        1,
+        "counted"
+    );
     net.send_layers(&[0, 1, 2], 5, false, &mut seq);
     let frozen = net.received(BOB);
     net.send_layers(&[0, 1, 2], 20, false, &mut seq);
