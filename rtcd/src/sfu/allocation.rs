@@ -639,10 +639,19 @@ mod tests {
         a.set_estimate(100_000);
         let (first, second) = (camera(1, &THREE), camera(2, &THREE));
         let paused = Decision::Paused(PauseReason::Bandwidth);
-        assert_eq!(run(&mut a, 50_000, &[first, second], now), vec![paused, paused]);
+        assert_eq!(
+            run(&mut a, 50_000, &[first, second], now),
+            vec![paused, paused]
+        );
         let later = now + UPGRADE_HOLD;
-        assert_eq!(run(&mut a, 50_000, &[first, second], later), vec![paused, paused]);
-        assert!(a.probe_target().is_some(), "the link is what holds them back");
+        assert_eq!(
+            run(&mut a, 50_000, &[first, second], later),
+            vec![paused, paused]
+        );
+        assert!(
+            a.probe_target().is_some(),
+            "the link is what holds them back"
+        );
         // On trial: the first in order gets its lowest layer, whatever the estimate says.
         a.try_resume(later + Duration::from_secs(1));
         assert_eq!(
@@ -651,7 +660,10 @@ mod tests {
         );
         // The trial over and the estimate no better: paused again, and a hold starts.
         let after = later + Duration::from_secs(1);
-        assert_eq!(run(&mut a, 50_000, &[first, second], after), vec![paused, paused]);
+        assert_eq!(
+            run(&mut a, 50_000, &[first, second], after),
+            vec![paused, paused]
+        );
         a.set_estimate(5_000_000);
         assert_eq!(
             run(&mut a, 50_000, &[first, second], after + UPGRADE_HOLD / 2),
@@ -667,7 +679,12 @@ mod tests {
             vec![Decision::Layer(0), paused]
         );
         assert_eq!(
-            run(&mut a, 50_000, &[first, second], later + Duration::from_secs(1)),
+            run(
+                &mut a,
+                50_000,
+                &[first, second],
+                later + Duration::from_secs(1)
+            ),
             vec![Decision::Layer(0), paused]
         );
     }

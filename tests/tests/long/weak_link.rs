@@ -511,7 +511,8 @@ impl Received {
                 let windows = ((last - first) / window).floor().max(1.0) as usize;
                 let advancing = (0..windows)
                     .filter(|w| {
-                        let (from, to) = (first + *w as f64 * window, first + (*w + 1) as f64 * window);
+                        let (from, to) =
+                            (first + *w as f64 * window, first + (*w + 1) as f64 * window);
                         let at = |t: f64| {
                             samples
                                 .iter()
@@ -532,7 +533,12 @@ impl Received {
                 }
                 longest = longest.max(last - since);
                 let width = samples[samples.len() - 1].2;
-                (name.clone(), advancing as f64 / windows as f64, longest, width)
+                (
+                    name.clone(),
+                    advancing as f64 / windows as f64,
+                    longest,
+                    width,
+                )
             })
             .collect()
     }
@@ -647,7 +653,10 @@ async fn weak_call_scenario(
     weak.goto(&format!("{url}&name=Weak-{weak_kind}")).await?;
     weak.wait_state("connected").await?;
     let everyone: Vec<&BrowserPage> = pages.iter().chain(std::iter::once(&weak)).collect();
-    for (page, name) in everyone.iter().zip(names.iter().chain(std::iter::once(&"weak".into()))) {
+    for (page, name) in everyone
+        .iter()
+        .zip(names.iter().chain(std::iter::once(&"weak".into())))
+    {
         page.wait_for(
             "[...document.querySelectorAll('video[data-participant]:not([data-source=screen])')]\
                .filter(v => v.videoWidth > 0).length === 3",
@@ -681,11 +690,16 @@ async fn weak_call_scenario(
     let full = full_widths(&named).await?;
     eprintln!("weak call: full layers {full:?}");
     let mut failures = Vec::new();
-    for (received, who) in shaped.iter().zip(names.iter().chain(std::iter::once(&"weak".into()))) {
+    for (received, who) in shaped
+        .iter()
+        .zip(names.iter().chain(std::iter::once(&"weak".into())))
+    {
         let weak_page = who == "weak";
         let flow = received.camera_flow();
         let concealment = received.concealment();
-        eprintln!("weak call: {who} cameras (name, share of windows, longest stall s, width) {flow:?}; audio concealed {concealment:?}");
+        eprintln!(
+            "weak call: {who} cameras (name, share of windows, longest stall s, width) {flow:?}; audio concealed {concealment:?}"
+        );
         for (name, share, longest, width) in &flow {
             let publisher = name.trim_end_matches("/camera");
             let is_publisher = full.contains_key(publisher);
@@ -698,17 +712,27 @@ async fn weak_call_scenario(
                 }
             } else if is_publisher {
                 if *share < 0.9 || *longest > 2.0 {
-                    failures.push(format!("{who}: {name} advanced in {:.0} % of windows, stall {longest:.1} s", share * 100.0));
+                    failures.push(format!(
+                        "{who}: {name} advanced in {:.0} % of windows, stall {longest:.1} s",
+                        share * 100.0
+                    ));
                 }
                 if *width != full[publisher] {
-                    failures.push(format!("{who}: {name} at {width} px, not the full {} px", full[publisher]));
+                    failures.push(format!(
+                        "{who}: {name} at {width} px, not the full {} px",
+                        full[publisher]
+                    ));
                 }
             }
         }
         for (name, share) in &concealment {
             let limit = if weak_page { 0.02 } else { 0.01 };
             if *share >= limit {
-                failures.push(format!("{who}: {name} audio {:.2} % concealed (limit {:.0} %)", share * 100.0, limit * 100.0));
+                failures.push(format!(
+                    "{who}: {name} audio {:.2} % concealed (limit {:.0} %)",
+                    share * 100.0,
+                    limit * 100.0
+                ));
             }
         }
         if flow.len() != 3 {
@@ -742,7 +766,10 @@ async fn weak_call_scenario(
         )),
     }
     if !failures.is_empty() {
-        for (page, name) in everyone.iter().zip(names.iter().chain(std::iter::once(&"weak".into()))) {
+        for (page, name) in everyone
+            .iter()
+            .zip(names.iter().chain(std::iter::once(&"weak".into())))
+        {
             let _ = page
                 .screenshot(&artifacts_dir().join(format!("weak-call-{weak_kind}-{name}.png")))
                 .await;
@@ -754,14 +781,16 @@ async fn weak_call_scenario(
 
 #[test]
 #[ignore = "issue 28: not passing yet on this 2-core host (docs/adaptive-video.md, state)"]
-fn weak_link_chromium_subscriber_keeps_three_simulcast_cameras_and_its_audio() -> anyhow::Result<()> {
+fn weak_link_chromium_subscriber_keeps_three_simulcast_cameras_and_its_audio() -> anyhow::Result<()>
+{
     use BrowserKind::Chromium;
     weak_call(Chromium, [Chromium, Chromium, Chromium])
 }
 
 #[test]
 #[ignore = "issue 28: not passing yet on this 2-core host (docs/adaptive-video.md, state)"]
-fn weak_link_firefox_subscriber_keeps_three_simulcast_cameras_and_its_audio() -> anyhow::Result<()> {
+fn weak_link_firefox_subscriber_keeps_three_simulcast_cameras_and_its_audio() -> anyhow::Result<()>
+{
     use BrowserKind::Chromium;
     weak_call(BrowserKind::Firefox, [Chromium, Chromium, Chromium])
 }

@@ -173,10 +173,7 @@ impl Rooms {
             what,
         };
         if let Some(e) = m.allocator.estimate() {
-            self.metrics
-                .sfu
-                .subscriber_estimate_bits
-                .observe(e as f64);
+            self.metrics.sfu.subscriber_estimate_bits.observe(e as f64);
         }
         for &(id, decision) in &changes {
             let was = tracks
@@ -184,7 +181,11 @@ impl Rooms {
                 .position(|t| t.id == id)
                 .and_then(|i| before[i]);
             if let Some(was) = was {
-                let direction = if rank(decision) > rank(was) { "up" } else { "down" };
+                let direction = if rank(decision) > rank(was) {
+                    "up"
+                } else {
+                    "down"
+                };
                 self.metrics
                     .sfu
                     .layer_changes
