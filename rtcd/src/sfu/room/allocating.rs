@@ -29,8 +29,15 @@ impl Rooms {
         let Some(m) = self.members.get_mut(&key) else {
             return;
         };
-        let dropped = m.allocator.estimate().is_some_and(|e| bits_per_second < e);
-        m.allocator.set_estimate(bits_per_second);
+        m.probe.measured = Some(bits_per_second);
+        let trial = m.probe.trial && m.probe.until.is_some_and(|u| now < u);
+        let budget = if trial {
+            bits_per_second.max(m.probe.goal)
+        } else {
+            bits_per_second
+        };
+        let dropped = m.allocator.estimate().is_some_and(|e| budget < e);
+        m.allocator.set_estimate(budget);
         let due = m
             .allocated_at
             .is_none_or(|t| now.saturating_duration_since(t) >= ALLOCATE_INTERVAL);
@@ -266,19 +273,34 @@ const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(32);
 /// The most a probe adds, as a multiple of the video the subscriber receives (from its 500
 /// kbit/s middle layer to the 1.5 Mbit/s top takes about 3; from the lowest, about 8).
 const PROBE_MAX_RATIO: f64 = 8.0;
+/// How long a trial lasts (a probe of a subscriber whose video is all paused: the paused video
+/// resumed as if the estimate were the goal): the resumed layer's keyframe, then long enough
+/// for the estimate to grow past what it sends (a few percent a second at most).
+const TRIAL_DURATION: Duration = Duration::from_secs(3);
 /// A probe aims this much above its goal: what arrives is measured a little short (feedback
 /// intervals, the copies' missing headers).
 const PROBE_OVERSHOOT: f64 = 1.1;
 
 /// Starts a probe of `m`'s link when its allocator's next step up needs more than the estimate
-/// says (and none ran lately); judges the previous one at the first decision after it.
+/// says (and none ran lately); judges the previous one at the first decision after it. With all
+/// its video paused, the probe is a trial of the paused video (see [`Probe`]).
+///
+/// [`Probe`]: super::member::Probe
 fn plan_probe(m: &mut super::member::Member, video: u64, audio: u64, now: Instant) {
     let probe = &mut m.probe;
     if probe.until.is_some_and(|u| now < u) {
         return;
     }
     if probe.until.take().is_some() {
-        let proved = m.allocator.estimate().is_some_and(|e| e >= probe.goal);
+        let proved = if std::mem::take(&mut probe.trial) {
+            // Back to the estimate as measured, for the next decision.
+            if let Some(measured) = probe.measured {
+                m.allocator.set_estimate(measured);
+            }
+            probe.measured.is_some_and(|e| e >= probe.goal)
+        } else {
+            m.allocator.estimate().is_some_and(|e| e >= probe.goal)
+        };
         probe.backoff = if proved {
             PROBE_INTERVAL
         } else {
@@ -290,7 +312,7 @@ fn plan_probe(m: &mut super::member::Member, video: u64, audio: u64, now: Instan
     let (Some(goal), Some(estimate)) = (m.allocator.probe_target(), m.allocator.estimate()) else {
         return;
     };
-    if goal <= estimate || video == 0 || probe.next.is_some_and(|n| now < n) {
+    if goal <= estimate || probe.next.is_some_and(|n| now < n) {
         return;
     }
     if probe.next.is_none() {
@@ -298,6 +320,21 @@ fn plan_probe(m: &mut super::member::Member, video: u64, audio: u64, now: Instan
         // estimates are still settling.
         probe.next = Some(now + PROBE_INTERVAL);
         probe.backoff = PROBE_INTERVAL;
+        return;
+    }
+    if video == 0 {
+        // All its video paused: no packet to copy, and without a probe the estimate never
+        // grows past what its audio proves (1.5 x that at most), so the video would stay paused
+        // for good (seen in Firefox calls, issue 28: 30 s of a camera never received). The
+        // paused video itself is the probe: resumed for a trial, kept if the estimate then
+        // carries it, else paused again and the next trial waits twice as long.
+        probe.trial = true;
+        probe.ratio = 0.0;
+        probe.credit = 0.0;
+        probe.goal = goal;
+        probe.until = Some(now + TRIAL_DURATION);
+        m.allocator.set_estimate(goal);
+        tracing::debug!(session = %m.req.session, goal, estimate, "probing by resuming");
         return;
     }
     // What the link must carry during the probe is the goal: the copies make up the difference

@@ -82,10 +82,15 @@ pub(super) struct Member {
 }
 
 /// A subscriber's link probe: while `until` is ahead, each video packet forwarded to it is
-/// followed by RTX copies worth `ratio` of its size (`credit` carries the fraction over).
+/// followed by RTX copies worth `ratio` of its size (`credit` carries the fraction over); or,
+/// when all its video is paused (nothing to copy), a trial: its allocator decides as if the
+/// estimate were `goal`, so the paused video resumes and is itself the probe.
 #[derive(Debug, Default)]
 pub(super) struct Probe {
     pub until: Option<Instant>,
+    pub trial: bool,
+    /// The subscriber's last estimate as measured (the allocator's is `goal` during a trial).
+    pub measured: Option<u64>,
     pub ratio: f64,
     pub credit: f64,
     /// The estimate the probe should prove; checked at the first decision after it.
