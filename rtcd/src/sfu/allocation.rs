@@ -333,7 +333,7 @@ impl Allocator {
             .estimate
             .filter(|_| hold_over && !lowered)
             .and_then(|_| next_step(tracks, &order, |id| self.decision(id)))
-            .map(|(used, extra)| ((used + extra + audio) as f64 / RAISE_SHARE) as u64);
+            .map(|(used, extra)| ((used + extra + audio) as f64 / RAISE_SHARE).ceil() as u64);
     }
 }
 

@@ -398,12 +398,12 @@ const PROBE_DURATION: Duration = Duration::from_millis(500);
 /// did not, up to [`PROBE_BACKOFF_MAX`] (a weak link is not overloaded every few seconds).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(32);
-/// How long a resume on trial lasts: the track's keyframe must arrive, and feedback on a
-/// second of its video must reach the estimate.
-const TRIAL_DURATION: Duration = Duration::from_millis(1_500);
 /// The most a probe adds, as a multiple of the video the subscriber receives (from its 500
 /// kbit/s middle layer to the 1.5 Mbit/s top takes about 3; from the lowest, about 8).
 const PROBE_MAX_RATIO: f64 = 8.0;
+/// How long a resume on trial lasts (the probe of a subscriber whose video is all paused): the
+/// resumed layer's keyframe, then long enough for the estimate to grow past what it sends.
+const TRIAL_DURATION: Duration = Duration::from_secs(3);
 /// A probe aims this much above its goal: what arrives is measured a little short (feedback
 /// intervals, the copies' missing headers).
 const PROBE_OVERSHOOT: f64 = 1.1;

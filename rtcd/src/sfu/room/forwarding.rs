@@ -111,6 +111,10 @@ impl Rooms {
                         tracing::debug!(error = %e, "forwarding a packet failed");
                     } else {
                         sent += 1;
+                        // A subscriber that never gets a track (issue 28): did rtcd send it?
+                        if down.sender_stats().packets == 1 {
+                            tracing::debug!(session = %s.req.session, mid = %ms.mid, ssrc = header.ssrc, source = packet.ssrc, payload_type = header.payload_type, "first packet forwarded");
+                        }
                     }
                     // Probing the subscriber's link: RTX copies of its video, worth the
                     // probe's share of what it receives.

@@ -104,7 +104,9 @@ pub(super) struct Member {
 }
 
 /// A subscriber's link probe: while `until` is ahead, each video packet forwarded to it is
-/// followed by RTX copies worth `ratio` of its size (`credit` carries the fraction over).
+/// followed by RTX copies worth `ratio` of its size (`credit` carries the fraction over); or,
+/// when all its video is paused (nothing to copy, `ratio` 0), a resume on trial of its first
+/// paused track (`Allocator::try_resume`): that video is itself the probe.
 #[derive(Debug, Default)]
 pub(super) struct Probe {
     pub until: Option<Instant>,

@@ -215,6 +215,8 @@ impl Rooms {
         let Some(m) = self.members.get_mut(&key) else {
             return;
         };
+        // The session names what the peer logs (its estimator's decisions, among others).
+        let _span = tracing::debug_span!("peer", session = %m.req.session).entered();
         m.peer.handle_datagram(transport, data, now);
         self.mark(key);
     }

@@ -1142,3 +1142,44 @@ fn the_subscriber_estimate_lowers_pauses_and_resumes_a_simulcast_camera() {
     assert!(told.contains(&Vec::new()), "{told:?}");
     assert_eq!(told.last(), Some(&vec!["f".to_owned()]), "{told:?}");
 }
+
+/// A subscriber whose video is all paused has nothing to probe with (probes are copies of its
+/// video), and its estimate cannot grow past what its audio proves: without more, the video
+/// stays paused for good, whatever the link carries again (seen in Firefox calls, issue 28:
+/// a camera never received for 30 s). So the paused video itself is the probe: resumed for a
+/// trial, and paused again when the estimate still does not carry it.
+#[test]
+fn a_subscriber_with_all_video_paused_tries_it_again() {
+    let mut net = Net::simulcast_alice_to_bob(Client::without_congestion_feedback);
+    let mut seq = [0u16; 3];
+    net.send_layers(&[0, 1, 2], 10, true, &mut seq);
+    net.send_layers(&[0, 1, 2], 50, false, &mut seq);
+    let paused = |net: &Net, reason: Option<PauseReason>| {
+        net.events(BOB)
+            .iter()
+            .filter(|e| matches!(e, SessionEvent::TrackPaused { reason: r, .. } if *r == reason))
+            .count()
+    };
+    use crate::sfu::allocation::PauseReason;
+    // 30 kbit/s, measured again and again: not even the lowest layer fits.
+    let start = net.now;
+    let mut resumed_at = None;
+    while net.now < start + std::time::Duration::from_secs(15) {
+        let now = net.now;
+        net.rooms.on_estimate(BOB, 30_000, now);
+        net.settle();
+        if resumed_at.is_none() && paused(&net, None) > 0 {
+            resumed_at = Some(now - start);
+        }
+        net.send_layers(&[0, 1, 2], 5, false, &mut seq);
+    }
+    assert!(
+        paused(&net, Some(PauseReason::Bandwidth)) >= 2,
+        "paused, and again after the trial"
+    );
+    let resumed_at = resumed_at.expect("the paused camera was tried again");
+    assert!(
+        resumed_at <= std::time::Duration::from_secs(8),
+        "tried again {resumed_at:?} after the pause"
+    );
+}

@@ -149,10 +149,13 @@ fn overuse_is_detected_within_a_few_groups_of_a_queue_growing() {
         .position(|(_, u)| *u == Usage::Over)
         .expect("over-use detected");
     // A group every 33 ms: detected on the reports of the first few groups sent into the
-    // growing queue (later ones are still in the queue: the feedback lags by its delay).
+    // growing queue (later ones are still in the queue: the feedback lags by its delay). Over-use
+    // needs four groups in a row above the threshold (a jittery receiver's trend crosses it for
+    // two or three, issue 28), which at one group a frame is the next feedback report: 8 groups
+    // (6 when two in a row were enough).
     let groups = ((run.reported_upto[over] - from) * 30.0).round();
     assert!(
-        groups <= 6.0,
+        groups <= 8.0,
         "over-use on the reports of {groups} groups sent into the growing queue, {} s after: {:?}",
         run.usages[over].0 - from,
         run.usages
@@ -177,7 +180,9 @@ fn overuse_is_detected_from_a_standing_start() {
         .iter()
         .find(|(_, u)| *u == Usage::Over)
         .expect("over-use detected");
-    assert!(*at <= 0.75, "over-use at {at} s: {:?}", run.usages);
+    // 0.7 s when two groups in a row above the threshold were enough; four take one feedback
+    // report more.
+    assert!(*at <= 0.85, "over-use at {at} s: {:?}", run.usages);
 }
 
 #[test]
@@ -344,5 +349,82 @@ fn cost_of_the_estimator_per_report() {
         total,
         model,
         (total.saturating_sub(model)).as_nanos() as f64 / run.id as f64
+    );
+}
+
+/// Firefox's arrival times as rtcd received them in a three-party browser call on a clean path
+/// (`firefox_groups.txt`: 20 s of one Firefox subscriber's packet groups, recorded in the long
+/// tier's call, issue 28): its packet handling jitters by 5-20 ms per group (90th percentile
+/// 7 ms, against 3.6 ms for the Chromium subscriber of the same call) and now and then falls
+/// behind and catches up, at 60-70 groups a second. Nothing queued on the path: the detector
+/// must not conclude over-use. With a trend over 20 groups alone (300 ms here) and over-use
+/// after two groups above the threshold, it concluded it three times in these 20 s (the trend
+/// just over the 6 ms threshold floor), and in the call each one cut the estimate to 0.85 x
+/// what was acknowledged and made the allocator drop layers, until all video was paused.
+#[test]
+fn firefox_arrival_jitter_on_a_clean_path_is_not_congestion() {
+    let trace = include_str!("firefox_groups.txt");
+    let t0 = Instant::now();
+    let mut trend = Trendline::new();
+    let group = |sent: u64, arrived: u64| {
+        let departure = t0 + Duration::from_micros(sent);
+        let arrival = Duration::from_micros(arrived);
+        Group {
+            first_departure: departure,
+            last_departure: departure,
+            first_arrival: arrival,
+            last_arrival: arrival,
+        }
+    };
+    let (mut sent, mut arrived) = (0u64, 0u64);
+    let mut previous = group(sent, arrived);
+    let mut over = Vec::new();
+    for (i, line) in trace.lines().filter(|l| !l.starts_with('#')).enumerate() {
+        let mut fields = line.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+        sent += fields.next().unwrap();
+        arrived += fields.next().unwrap();
+        let current = group(sent, arrived);
+        if trend.measure(previous, current) == Some(Usage::Over) {
+            over.push((i, trend.modified, trend.threshold));
+        }
+        previous = current;
+    }
+    assert!(
+        over.is_empty(),
+        "over-use at (group, trend, threshold) {over:?}"
+    );
+}
+
+/// A receiver that stalls and then handles its backlog at once stamps the packets that waited
+/// with one arrival time (seen in Firefox's feedback, issue 28): the packets sent during the
+/// stall form one group with the first of them (libwebrtc's burst rule), so the stall is not
+/// read as a queue that grew by its length and drained.
+#[test]
+fn a_backlog_handled_at_once_is_one_group() {
+    let t0 = Instant::now();
+    let mut trend = Trendline::new();
+    let mut largest: f64 = 0.0;
+    // A packet every 10 ms, 25 ms on the way; those sent at 100-150 ms are handled at 180 ms.
+    for i in 0..40u64 {
+        let sent = i * 10;
+        let arrived = if (100..=150).contains(&sent) {
+            180
+        } else {
+            sent + 25
+        };
+        let before = trend.accumulated;
+        if trend
+            .on_packet(
+                t0 + Duration::from_millis(sent),
+                Duration::from_millis(arrived),
+            )
+            .is_some()
+        {
+            largest = largest.max((trend.accumulated - before).abs());
+        }
+    }
+    assert!(
+        largest <= 10.0,
+        "a stall of 55 ms read as a delay variation of {largest} ms"
     );
 }
