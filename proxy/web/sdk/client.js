@@ -261,7 +261,7 @@ export class RtcdError extends Error {
  * @type {RTCRtpEncodingParameters[]}
  */
 export const CAMERA_LAYERS = [
-  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 100000 },
   { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
   { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1500000 },
 ];

@@ -42,7 +42,7 @@ pub const RECENT_SPEECH: Duration = Duration::from_secs(10);
 /// send now, or one that just started), by position from the top: the SDK's camera layers
 /// (`docs/web-client.md`), with the top layer of a single-layer track at the camera's full
 /// rate.
-const NOMINAL_FROM_TOP: [u64; 3] = [1_500_000, 500_000, 150_000];
+const NOMINAL_FROM_TOP: [u64; 3] = [1_500_000, 500_000, 100_000];
 
 /// What kind of video a track is: screen shares come before cameras.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -197,8 +197,11 @@ pub struct Allocator {
     /// track), when the estimate is what holds the subscriber back: the rate to probe at.
     probe: Option<u64>,
     /// Until when the first track paused for bandwidth gets its lowest layer anyway
-    /// ([`Allocator::try_resume`]).
-    trial: Option<Instant>,
+    /// ([`Allocator::try_resume`]), and which track that is once chosen (the same one for the
+    /// whole trial: re-chosen at each decision, it changed hands every second).
+    trial: Option<(Instant, Option<usize>)>,
+    /// See [`Allocator::probe_ceiling`].
+    ceiling: Option<u64>,
 }
 
 impl Allocator {
@@ -228,7 +231,7 @@ impl Allocator {
     /// apply again: the estimate, with that video's feedback in it, keeps the track or pauses
     /// it again.
     pub fn try_resume(&mut self, until: Instant) {
-        self.trial = Some(until);
+        self.trial = Some((until, None));
     }
 
     /// Forgets `id`'s decision: the next allocation decides it as a new track (its slot now
@@ -260,9 +263,17 @@ impl Allocator {
             t.spoke
                 .is_none_or(|s| now.saturating_duration_since(s) >= RECENT_SPEECH)
         };
+        // Among equals, what is sent now before what is paused: when the link carries only
+        // some of them, the ones flowing keep flowing (a change of order would pause one and
+        // resume another, a keyframe each and nothing decoded meanwhile: seen rotating every
+        // second in a weak browser call).
+        let paused = |t: &VideoTrack<'_>| matches!(self.decision(t.id), Some(Decision::Paused(_)));
         order.sort_by(|&a, &b| {
             let (a, b) = (&tracks[a], &tracks[b]);
-            a.class.cmp(&b.class).then_with(|| quiet(a).cmp(&quiet(b)))
+            a.class
+                .cmp(&b.class)
+                .then_with(|| quiet(a).cmp(&quiet(b)))
+                .then_with(|| paused(a).cmp(&paused(b)))
         });
         // What the subscriber wants (its views), then what its link allows of it.
         let wanted = fit(tracks, &order, u64::MAX);
@@ -279,13 +290,24 @@ impl Allocator {
         let hold_over = self
             .lowered_at
             .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD);
-        // A resume on trial: the first track in order paused for bandwidth now.
+        // A resume on trial: the first track in order paused for bandwidth when it starts.
         let trial = match self.trial {
-            Some(until) if now < until => order.iter().copied().find(|&i| {
-                tracks[i].visible
-                    && tracks[i].top().is_some()
-                    && self.decision(tracks[i].id) == Some(Decision::Paused(PauseReason::Bandwidth))
-            }),
+            Some((until, chosen)) if now < until => {
+                let id = chosen.or_else(|| {
+                    order
+                        .iter()
+                        .map(|&i| &tracks[i])
+                        .find(|t| {
+                            t.visible
+                                && t.top().is_some()
+                                && self.decision(t.id)
+                                    == Some(Decision::Paused(PauseReason::Bandwidth))
+                        })
+                        .map(|t| t.id)
+                });
+                self.trial = Some((until, id));
+                id.and_then(|id| tracks.iter().position(|t| t.id == id && t.visible))
+            }
             _ => {
                 self.trial = None;
                 None
@@ -329,11 +351,28 @@ impl Allocator {
             self.lowered_at = Some(now);
         }
         // No probe while the last downgrade is fresh: the link just said no.
+        let goal = |used: u64| ((used + audio) as f64 / RAISE_SHARE).ceil() as u64;
         self.probe = self
             .estimate
             .filter(|_| hold_over && !lowered)
             .and_then(|_| next_step(tracks, &order, |id| self.decision(id)))
-            .map(|(used, extra)| ((used + extra + audio) as f64 / RAISE_SHARE).ceil() as u64);
+            .map(|(used, extra)| goal(used + extra));
+        let want: u64 = tracks
+            .iter()
+            .zip(&wanted)
+            .map(|(t, d)| match d {
+                Decision::Layer(l) => t.cost(*l),
+                Decision::Paused(_) => 0,
+            })
+            .sum();
+        self.ceiling = self.probe.map(|_| goal(want));
+    }
+
+    /// What the estimate would have to be for every track to get what the subscriber wants
+    /// (while [`Allocator::probe_target`] is some): how far a probe may aim when the last one
+    /// proved its goal (doubling towards it, a link that recovers is found in a few probes).
+    pub fn probe_ceiling(&self) -> Option<u64> {
+        self.ceiling
     }
 }
 
@@ -351,14 +390,24 @@ fn next_step(
             _ => 0,
         })
         .sum();
-    order.iter().find_map(|&i| {
+    // Every visible track its lowest layer before any gets a higher one: resumes first.
+    let resume = order.iter().find_map(|&i| {
         let t = &tracks[i];
-        let top = t.top()?;
-        match decision(t.id)? {
-            Decision::Paused(PauseReason::Bandwidth) if t.visible => Some((used, t.cost(0))),
-            Decision::Layer(l) if l < top => Some((used, t.cost(l + 1).saturating_sub(t.cost(l)))),
-            _ => None,
-        }
+        t.top()?;
+        (t.visible && decision(t.id)? == Decision::Paused(PauseReason::Bandwidth))
+            .then(|| (used, t.cost(0)))
+    });
+    resume.or_else(|| {
+        order.iter().find_map(|&i| {
+            let t = &tracks[i];
+            let top = t.top()?;
+            match decision(t.id)? {
+                Decision::Layer(l) if l < top => {
+                    Some((used, t.cost(l + 1).saturating_sub(t.cost(l))))
+                }
+                _ => None,
+            }
+        })
     })
 }
 
@@ -658,6 +707,18 @@ mod tests {
             run(&mut a, 50_000, &[first, second], later),
             vec![Decision::Layer(0), paused]
         );
+        // The same track for the whole trial, whatever the order becomes meanwhile.
+        let mut speaking = second;
+        speaking.spoke = Some(later);
+        assert_eq!(
+            run(
+                &mut a,
+                50_000,
+                &[first, speaking],
+                later + Duration::from_millis(500)
+            ),
+            vec![Decision::Layer(0), paused]
+        );
         // The trial over and the estimate no better: paused again, and a hold starts.
         let after = later + Duration::from_secs(1);
         assert_eq!(
@@ -686,6 +747,40 @@ mod tests {
                 later + Duration::from_secs(1)
             ),
             vec![Decision::Layer(0), paused]
+        );
+    }
+
+    #[test]
+    fn among_equals_the_track_flowing_keeps_the_room_and_resumes_come_before_raises() {
+        let mut a = Allocator::default();
+        let now = Instant::now();
+        // Room for one lowest layer (150k) only.
+        a.set_estimate(200_000);
+        let (mut first, mut second) = (camera(1, &THREE), camera(2, &THREE));
+        let paused = Decision::Paused(PauseReason::Bandwidth);
+        // The second's publisher speaks: its camera takes the room.
+        second.spoke = Some(now);
+        assert_eq!(
+            run(&mut a, 0, &[first, second], now),
+            vec![paused, Decision::Layer(0)]
+        );
+        // Now both speak: equals, and the one flowing keeps flowing (subscription order alone
+        // would hand the room back to the first: a pause, a resume, two keyframes).
+        first.spoke = Some(now);
+        let later = now + UPGRADE_HOLD;
+        assert_eq!(
+            run(&mut a, 0, &[first, second], later),
+            vec![paused, Decision::Layer(0)]
+        );
+        // The next step up is the first's resume (lowest layers first), not the second's
+        // middle layer.
+        assert_eq!(
+            a.probe_target(),
+            Some(((150_000 + 150_000) as f64 / RAISE_SHARE) as u64)
+        );
+        assert_eq!(
+            a.probe_ceiling(),
+            Some(((3_000_000) as f64 / RAISE_SHARE) as u64)
         );
     }
 

@@ -395,9 +395,11 @@ fn layer_for(view: View, layers: &[Layer]) -> usize {
 /// enough that a link which cannot carry it loses little (the copies are redundant anyway).
 const PROBE_DURATION: Duration = Duration::from_millis(500);
 /// The wait before the first probe and after one that proved its goal; doubled after each that
-/// did not, up to [`PROBE_BACKOFF_MAX`] (a weak link is not overloaded every few seconds).
+/// did not, up to [`PROBE_BACKOFF_MAX`]. Short on purpose: a failed probe aims only at the next
+/// step (a little over the estimate for half a second), and a link that recovers must be found
+/// within seconds (issue 28: full layers again within 10 s of a weak link's shaping lifting).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
-const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(32);
+const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(4);
 /// The most a probe adds, as a multiple of the video the subscriber receives (from its 500
 /// kbit/s middle layer to the 1.5 Mbit/s top takes about 3; from the lowest, about 8).
 const PROBE_MAX_RATIO: f64 = 8.0;
@@ -424,6 +426,7 @@ fn plan_probe(
     }
     if probe.until.take().is_some() {
         let proved = m.allocator.estimate().is_some_and(|e| e >= probe.goal);
+        probe.proved = proved;
         probe.backoff = if proved {
             PROBE_INTERVAL
         } else {
@@ -446,9 +449,18 @@ fn plan_probe(
             .inc();
         tracing::debug!(session = %m.req.session, proved, goal = probe.goal, estimate = ?m.allocator.estimate(), "probe ended");
     }
-    let (Some(goal), Some(estimate)) = (m.allocator.probe_target(), m.allocator.estimate()) else {
+    let (Some(mut goal), Some(estimate)) = (m.allocator.probe_target(), m.allocator.estimate())
+    else {
         return false;
     };
+    // After a probe that proved its goal, aim at twice the estimate (up to what every track
+    // wants): a link that recovered is found in a few probes, not one layer every two seconds.
+    // After one that failed, the next step only: a weak link is overloaded a little, briefly.
+    if probe.proved
+        && let Some(ceiling) = m.allocator.probe_ceiling()
+    {
+        goal = goal.max(estimate.saturating_mul(2).min(ceiling));
+    }
     if goal <= estimate || probe.next.is_some_and(|n| now < n) {
         return false;
     }

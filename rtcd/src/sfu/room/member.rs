@@ -116,6 +116,8 @@ pub(super) struct Probe {
     pub goal: u64,
     /// When the next probe may start, and the wait after that one if it fails.
     pub next: Option<Instant>,
+    /// Whether the last probe proved its goal (the next one may aim higher).
+    pub proved: bool,
     pub backoff: std::time::Duration,
 }
 
