@@ -214,13 +214,11 @@ impl Rooms {
             .sum();
         let trial = plan_probe(m, video, audio, now, &self.metrics);
         let call = m.call;
-        // Every video track's wanted layers again, not only those whose decision changed: a
-        // subscriber that moved to the layer allowed no longer needs the one it left.
-        let touched: Vec<TrackId> = tracks
-            .iter()
-            .filter_map(|t| m.negotiation.track(t.id))
-            .collect();
+        let mut touched: Vec<TrackId> = Vec::new();
         for (i, decision) in changes {
+            if let Some(tid) = m.negotiation.track(i) {
+                touched.push(tid);
+            }
             let Some(ms) = m.slots.get_mut(i) else {
                 continue;
             };
@@ -295,15 +293,6 @@ impl Rooms {
             };
             if ms.paused.is_none() {
                 needed[ms.layer_cap.min(t.layers.len() - 1).min(MAX_LAYERS - 1)] = true;
-                // And the layer it receives now, until it has moved to the one allowed: that
-                // one may not be sending yet (a publisher's encoder starts its layers as its
-                // uplink estimate grows; a layer stopped earlier takes a round trip and a
-                // keyframe). Stopping what flows meanwhile left a subscriber with nothing: a
-                // Chromium camera that had only its low layer going was told to stop it, and a
-                // Firefox subscriber received nothing of it for 47 s.
-                if let Some(layer) = ms.down.as_ref().and_then(|d| t.layer_of(d.source_ssrc())) {
-                    needed[layer.min(MAX_LAYERS - 1)] = true;
-                }
             }
         }
         let mut ask = false;

@@ -81,7 +81,6 @@ impl Rooms {
         let muted = t.muted;
         let speaking = t.vad.as_ref().is_some_and(|(_, d)| d.speaking());
         let mut keyframes = std::mem::take(&mut self.keyframe_scratch);
-        let mut switched = false;
         if !muted {
             if let Some(buffer) = t.layers[layer].buffer.as_mut() {
                 buffer.insert(packet.clone());
@@ -103,14 +102,10 @@ impl Rooms {
                 };
                 // A packet of another layer than the one forwarded: whether to move to it (or
                 // away from a layer that stopped, or above the subscriber's cap).
-                let other_layer = simulcast && packet.ssrc != down.source_ssrc();
-                if other_layer {
+                if simulcast && packet.ssrc != down.source_ssrc() {
                     choose_layer(down, &t.layers, ms.layer_cap, now);
                 }
-                let forwarded = down.forward(&packet, now);
-                // Moved to this layer (at its keyframe): the layer it left may be unneeded now.
-                switched |= other_layer && down.source_ssrc() == packet.ssrc;
-                if let Forward::Send(header) = forwarded {
+                if let Forward::Send(header) = down.forward(&packet, now) {
                     let payload = header.payload(&packet);
                     if let Err(e) = s.peer.send_rtp(ms.id, &header, &packet, payload, now) {
                         tracing::debug!(error = %e, "forwarding a packet failed");
@@ -156,9 +151,6 @@ impl Rooms {
         }
         if unwanted {
             self.stop_unwanted_layer(call_key, tid, layer, now);
-        }
-        if switched {
-            self.update_wanted_layers(call_key, tid, now);
         }
         keyframes.sort_unstable();
         keyframes.dedup();
