@@ -625,7 +625,9 @@ async function main() {
   const iceTransportPolicy = relay === '1' || relay === 'true' ? 'relay' : 'all';
   // ?simulcast=1: the camera as three simulcast layers (docs/web-client.md).
   const simulcast = params.get('simulcast') === '1' || params.get('simulcast') === 'true';
-  const client = new RtcdClient({ room, token, getToken, iceTransportPolicy, simulcast });
+  // ?adaptive_stream=1: tell the media server how each tile is shown (docs/web-client.md).
+  const adaptiveStream = params.get('adaptive_stream') === '1' || params.get('adaptive_stream') === 'true';
+  const client = new RtcdClient({ room, token, getToken, iceTransportPolicy, simulcast, adaptiveStream });
   activeClient = client;
   wireClient(client);
   wireControls(client);

@@ -352,7 +352,9 @@ export class RtcdClient extends EventTarget {
       stepTimeoutMs: 10000,
       statsIntervalMs: 2000,
       simulcast: false,
-      adaptiveStream: true,
+      // Opt-in for now: with it on, a Firefox page intermittently received nothing of a camera
+      // that joined later (docs/adaptive-video.md, 4a).
+      adaptiveStream: false,
       ...options,
       reconnect: { maxAttempts: 8, baseDelayMs: 500, maxDelayMs: 15000, ...(options.reconnect || {}) },
     };

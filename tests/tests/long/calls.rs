@@ -941,7 +941,7 @@ async fn simulcast_publisher_encodes_only_what_is_received(
     let tag = format!("simulcast-{a}-{b}");
     let (_dir, stack) = lan_stack(vec![("RTCD_RTC_ADAPTIVE_VIDEO".into(), "true".into())]).await?;
     let mut call = Call::new(&stack, &tag);
-    call.url.push_str("&simulcast=1");
+    call.url.push_str("&simulcast=1&adaptive_stream=1");
     let outcome = async {
         let alice = call.join(a, &format!("Alice-{a}")).await?;
         let bob = call.join(b, &format!("Bob-{b}")).await?;

@@ -638,7 +638,7 @@ async fn weak_call_scenario(
     plain: &Browsers,
     behind: &Browsers,
 ) -> anyhow::Result<()> {
-    let url = format!("{origin}/?room=weak-call&simulcast=1");
+    let url = format!("{origin}/?room=weak-call&simulcast=1&adaptive_stream=1");
     let mut pages = Vec::new();
     let mut names = Vec::new();
     for (i, kind) in publisher_kinds.iter().enumerate() {
