@@ -13,6 +13,10 @@ pub const DEFAULT_WAIT_TIMEOUT_SECONDS: u32 = 600;
 /// (`JoinRefused` LOBBY_FULL).
 pub const MAX_WAITING_PER_ROOM: usize = 500;
 
+/// The most views one `TrackViews` may carry (a session receives at most a few dozen tracks);
+/// the proxy refuses more, rtcd too.
+pub const MAX_TRACK_VIEWS: usize = 64;
+
 /// The role of a room's hosts: it opens rooms under `wait_for_host`, gets lobby requests and
 /// may admit.
 pub const MODERATOR_ROLE: &str = "moderator";

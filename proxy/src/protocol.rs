@@ -80,8 +80,8 @@ pub struct TrackView {
     pub height: u32,
 }
 
-/// The most views one `track_views` message may carry.
-pub const MAX_TRACK_VIEWS: usize = 64;
+/// The most views one `track_views` message may carry (the contract's rule).
+pub use rtcd_proto::rules::MAX_TRACK_VIEWS;
 
 /// An ICE candidate in the browser's `RTCIceCandidateInit` shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,9 +6,9 @@ use rtcd_proto::v1 as pb;
 use crate::lobby::{Entrant, Notice, RoomPolicy};
 use crate::sfu::allocation::PauseReason;
 use crate::sfu::{
-    CallId, Candidate, JoinRequest, MAX_ID_BYTES, MAX_TRACK_VIEWS, Participant, Permissions,
-    SessionCommand, SessionEvent, SessionId, SfuError, TenantId, TokenMeta, TrackKind, TrackView,
-    UserId, session::TrackInfo,
+    CallId, Candidate, JoinRequest, MAX_ID_BYTES, Participant, Permissions, SessionCommand,
+    SessionEvent, SessionId, SfuError, TenantId, TokenMeta, TrackKind, TrackView, UserId,
+    session::TrackInfo,
 };
 
 /// A `Join` in the caller's namespace.
@@ -184,24 +184,18 @@ pub fn command(signal: pb::client_signal::Signal) -> Result<ClientCommand, SfuEr
             track_id: s.track_id,
         },
         Signal::UpdatePermissions(p) => SessionCommand::UpdatePermissions(permissions(p)),
-        Signal::TrackViews(v) => {
-            if v.views.len() > MAX_TRACK_VIEWS {
-                return Err(SfuError::InvalidArgument(format!(
-                    "track_views: at most {MAX_TRACK_VIEWS} views"
-                )));
-            }
-            SessionCommand::TrackViews(
-                v.views
-                    .into_iter()
-                    .map(|v| TrackView {
-                        mid: v.mid,
-                        track_id: v.track_id,
-                        visible: v.visible,
-                        size: (v.width > 0 && v.height > 0).then_some((v.width, v.height)),
-                    })
-                    .collect(),
-            )
-        }
+        // The SFU refuses more than MAX_TRACK_VIEWS (the rule_tests hold it to the contract's).
+        Signal::TrackViews(v) => SessionCommand::TrackViews(
+            v.views
+                .into_iter()
+                .map(|v| TrackView {
+                    mid: v.mid,
+                    track_id: v.track_id,
+                    visible: v.visible,
+                    size: (v.width > 0 && v.height > 0).then_some((v.width, v.height)),
+                })
+                .collect(),
+        ),
         Signal::Token(_) => unreachable!("handled above"),
     }))
 }
@@ -392,6 +386,16 @@ mod end_tests {
 mod rule_tests {
     use super::*;
     use rtcd_proto::rules::{PublishRight, publish_right};
+
+    /// The SFU's bound on views per message is the contract's (it keeps its own constant: it
+    /// must not depend on the contract).
+    #[test]
+    fn the_sfu_bounds_track_views_as_the_contract_does() {
+        assert_eq!(
+            crate::sfu::MAX_TRACK_VIEWS,
+            rtcd_proto::rules::MAX_TRACK_VIEWS
+        );
+    }
 
     /// The SFU keeps the contract's "which permission a kind needs" rule on its own types (it
     /// must not depend on the contract); this holds the two to one rule.

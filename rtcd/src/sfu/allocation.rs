@@ -73,7 +73,7 @@ pub enum Decision {
 
 impl Decision {
     /// Orders decisions by what they cost: a pause is below every layer.
-    fn rank(self) -> usize {
+    pub fn rank(self) -> usize {
         match self {
             Decision::Paused(_) => 0,
             Decision::Layer(l) => l + 1,

@@ -76,7 +76,8 @@ pub struct TrackView {
 }
 
 /// The most views one [`SessionCommand::TrackViews`] may carry (a session receives at most a
-/// few dozen tracks).
+/// few dozen tracks): the contract's `rules::MAX_TRACK_VIEWS` (a test in `grpc::convert` holds
+/// the two equal).
 pub const MAX_TRACK_VIEWS: usize = 64;
 
 /// A track of another session, as shown to this session.

@@ -273,26 +273,35 @@ fn weak_link_caps_a_firefox_subscriber_at_600_kbit_with_50_ms_rtt_until_lifted()
     weak_subscriber(BrowserKind::Firefox)
 }
 
+/// rtcd-dev on the LAN address with `rtc` settings (`RTCD_RTC_*`), its data in `dir`: the demo
+/// page's origin, and the Chromium flags its pages need there. On the LAN address, as pages
+/// behind the weak link reach it through the delay line (127.0.0.1 would be the client
+/// namespace's own); cameras on a non-loopback http origin need the flag (stack.md §10).
+async fn lan_addr_stack(
+    dir: &std::path::Path,
+    rtc: Vec<(String, String)>,
+) -> anyhow::Result<(rtcd_dev::DevStack, String, Vec<String>)> {
+    let stack = rtcd_dev::start(rtcd_dev::Options {
+        data_dir: dir.to_owned(),
+        listen: format!("{LAN_ADDR}:0"),
+        loopback: false,
+        udp_port: 0,
+        rtc,
+    })
+    .await?;
+    let origin = format!("http://{}", stack.proxy.addr());
+    let secure = vec![format!(
+        "--unsafely-treat-insecure-origin-as-secure={origin}"
+    )];
+    Ok((stack, origin, secure))
+}
+
 /// A `kind` page behind a [`LinkConfig::weak_subscriber`] link receives a Chromium publisher
 /// on the plain LAN namespace (see the module doc).
 fn weak_subscriber(kind: BrowserKind) -> anyhow::Result<()> {
     netns::run(move || async move {
         let dir = tempfile::tempdir()?;
-        // On the LAN address: the weak page reaches it through the delay line (127.0.0.1
-        // would be the client namespace's own).
-        let stack = rtcd_dev::start(rtcd_dev::Options {
-            data_dir: dir.path().to_owned(),
-            listen: format!("{LAN_ADDR}:0"),
-            loopback: false,
-            udp_port: 0,
-            rtc: Vec::new(),
-        })
-        .await?;
-        let origin = format!("http://{}", stack.proxy.addr());
-        // Cameras on a non-loopback http origin (stack.md §10).
-        let secure = vec![format!(
-            "--unsafely-treat-insecure-origin-as-secure={origin}"
-        )];
+        let (stack, origin, secure) = lan_addr_stack(dir.path(), Vec::new()).await?;
         // The delays from the start, the rate limit once the weak page plays (see scenario).
         let link = WeakLink::start(LinkConfig {
             downlink: None,
@@ -601,18 +610,8 @@ fn weak_call(weak: BrowserKind, publishers: [BrowserKind; 3]) -> anyhow::Result<
     netns::run(move || async move {
         rtcd_e2e::init_logs();
         let dir = tempfile::tempdir()?;
-        let stack = rtcd_dev::start(rtcd_dev::Options {
-            data_dir: dir.path().to_owned(),
-            listen: format!("{LAN_ADDR}:0"),
-            loopback: false,
-            udp_port: 0,
-            rtc: vec![("RTCD_RTC_ADAPTIVE_VIDEO".into(), "true".into())],
-        })
-        .await?;
-        let origin = format!("http://{}", stack.proxy.addr());
-        let secure = vec![format!(
-            "--unsafely-treat-insecure-origin-as-secure={origin}"
-        )];
+        let adaptive = vec![("RTCD_RTC_ADAPTIVE_VIDEO".into(), "true".into())];
+        let (stack, origin, secure) = lan_addr_stack(dir.path(), adaptive).await?;
         let link = WeakLink::start(LinkConfig::weak_subscriber())?;
         let plain = Browsers::lan_with_chromium_args(secure.clone());
         let behind = Browsers::behind(&link, secure);

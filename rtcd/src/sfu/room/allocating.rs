@@ -181,7 +181,7 @@ impl Rooms {
                 .position(|t| t.id == id)
                 .and_then(|i| before[i]);
             if let Some(was) = was {
-                let direction = if rank(decision) > rank(was) {
+                let direction = if decision.rank() > was.rank() {
                     "up"
                 } else {
                     "down"
@@ -362,14 +362,6 @@ impl Rooms {
             key: owner,
             event: SessionEvent::LayersWanted { mid, rids },
         });
-    }
-}
-
-/// Orders decisions by what they cost: a pause below every layer.
-fn rank(d: Decision) -> usize {
-    match d {
-        Decision::Paused(_) => 0,
-        Decision::Layer(l) => l.saturating_add(1),
     }
 }
 

@@ -53,9 +53,7 @@ impl Rooms {
         let simulcast = t.simulcast();
         let unwanted = t.layers[layer].unwanted_since.is_some();
         t.layers[layer].last_packet = Some(now);
-        if packet.keyframe
-            && let Some(size) = packet.keyframe_size()
-        {
+        if let Some(size) = packet.keyframe_size() {
             t.layers[layer].size = Some(size);
         }
         t.layers[layer]

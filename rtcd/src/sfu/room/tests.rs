@@ -933,9 +933,6 @@ fn a_subscriber_receives_one_continuous_layer_of_a_simulcast_camera() {
     assert!(n < 400, "one layer at a time: {n}");
 }
 
-/// Bob's bandwidth estimate decides his layer of alice's simulcast camera: lowered at once
-/// when it drops, paused (and bob told why) when even the lowest layer does not fit, resumed
-/// and raised only after the hold, on one continuous stream throughout.
 /// Adaptive stream: bob says how he shows alice's simulcast camera. A small view gets the
 /// lowest layer whose picture covers it (sizes read from the layers' keyframes), a larger one a
 /// higher layer at its next keyframe with no hold (a view says nothing about the link), a
@@ -1031,6 +1028,9 @@ fn a_subscriber_view_caps_the_layer_and_hiding_pauses_the_track() {
     )));
 }
 
+/// Bob's bandwidth estimate decides his layer of alice's simulcast camera: lowered at once
+/// when it drops, paused (and bob told why) when even the lowest layer does not fit, resumed
+/// and raised only after the hold, on one continuous stream throughout.
 #[test]
 fn the_subscriber_estimate_lowers_pauses_and_resumes_a_simulcast_camera() {
     use crate::sfu::allocation::{PauseReason, UPGRADE_HOLD};
