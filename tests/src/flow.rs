@@ -882,7 +882,9 @@ out.videos = [...document.querySelectorAll('video[data-participant]')].map((v) =
 const sections = (d) => d ? d.sdp.split(/\r?\nm=/).slice(1).map((m) => {
   const get = (re) => { const x = m.match(re); return x ? x[1] : '-'; };
   return [m.split(' ')[0], 'mid=' + get(/a=mid:(\S+)/), get(/a=(sendrecv|sendonly|recvonly|inactive)/),
-    'msid=' + get(/a=msid:([^\r\n]+)/), 'ssrc=' + get(/a=ssrc:(\d+)/), 'port=' + m.split(' ')[1]].join(' ')
+    'msid=' + get(/a=msid:([^\r\n]+)/), 'ssrc=' + get(/a=ssrc:(\d+)/),
+    'fid=' + get(/a=ssrc-group:FID ([^\r\n]+)/), 'pt=' + m.split(/\r?\n/)[0].split(' ').slice(3).join(','),
+    'vp8=' + get(/a=rtpmap:(\d+) VP8/i), 'port=' + m.split(' ')[1]].join(' ')
     + (/a=bundle-only/.test(m) ? ' bundle-only' : '');
 }) : null;
 out.local = sections(pc.currentLocalDescription || pc.localDescription);

@@ -294,6 +294,14 @@ pub struct Answer {
 struct SlotState {
     slot: Slot,
     track_id: String,
+    /// The mid header extension every packet of the slot carries (its id in the section, the
+    /// section's mid), where the section negotiated it. RFC 8843 wants it sent at least until
+    /// the receiver has the description that binds the SSRC; rtcd sends it always (a few
+    /// bytes): a packet of a new section reaches the client (always the offerer) before
+    /// rtcd's answer does, and Firefox, which demultiplexes such a packet by payload type
+    /// while its offer is pending, gave a new camera to the section of an earlier camera,
+    /// whose receiver then held the SSRC: the new section never received anything.
+    mid_stamp: Option<(u8, Bytes)>,
 }
 
 /// A sending transceiver created for a new receiving section of an offer being applied.
@@ -1263,6 +1271,7 @@ impl Peer {
                     extensions: Vec::new(),
                 },
                 track_id,
+                mid_stamp: None,
             });
         }
         let used: Vec<String> = self.slots.iter().map(|s| s.track_id.clone()).collect();
@@ -1336,7 +1345,12 @@ impl Peer {
                 .and_then(|e| e.rtp_coding_parameters.rtx.as_ref())
                 .map(|rtx| rtx.ssrc)
                 .filter(|_| codecs.iter().any(|c| c.rtx_payload_type.is_some()));
-            let slot = &mut self.slots[index].slot;
+            let state = &mut self.slots[index];
+            state.mid_stamp = extensions
+                .iter()
+                .find(|e| e.uri == MID_URI)
+                .map(|e| (e.id, Bytes::from(mid.clone())));
+            let slot = &mut state.slot;
             slot.codecs = codecs;
             slot.extensions = extensions;
             slot.rtx_ssrc = rtx_ssrc;
@@ -1487,6 +1501,12 @@ impl Peer {
             packet
                 .header
                 .set_extension(id, value.clone())
+                .map_err(internal)?;
+        }
+        if let Some((id, mid)) = &state.mid_stamp {
+            packet
+                .header
+                .set_extension(*id, mid.clone())
                 .map_err(internal)?;
         }
         // Straight into the pipeline: `RTCRtpSender::write_rtp` would rebuild the sender's
@@ -2724,6 +2744,31 @@ mod tests {
         let (_, first) = &rig.bob.received[0];
         assert_eq!(first.header.ssrc, rig.slot.ssrc);
         assert_eq!(first.header.payload_type, rig.vp8.payload_type);
+    }
+
+    /// Every packet rtcd sends a subscriber names the section it belongs to (the mid header
+    /// extension, where the section negotiated it): a client that gets a packet before it has
+    /// rtcd's answer routes it by that, not by guessing from the payload type.
+    #[test]
+    fn forwarded_packets_carry_the_mid_of_their_section() {
+        let mut rig = Rig::new();
+        flow_windows(&mut rig, 3);
+        let id = rig
+            .slot
+            .extensions
+            .iter()
+            .find(|e| e.uri == MID_URI)
+            .expect("the mid extension negotiated in bob's section")
+            .id;
+        assert!(rig.bob.received.len() > 50, "{}", rig.bob.received.len());
+        for (_, p) in &rig.bob.received {
+            assert_eq!(
+                p.header.get_extension(id).as_deref(),
+                Some(rig.slot.mid.as_bytes()),
+                "{:?}",
+                p.header
+            );
+        }
     }
 
     /// The sequence numbers rtcd NACKed to a client, in `feedback` it received.

@@ -788,7 +788,6 @@ fn chromium_and_chromium_keep_media_flowing_for_two_minutes() -> anyhow::Result<
 }
 
 #[test]
-#[ignore = "failing since 2026-12-02 (3 of 4 runs): the Firefox page gets no RTP of the Chromium camera that joins later, which rtcd forwards to it; cause unknown, first thing to fix (stop note)"]
 fn chromium_and_firefox_keep_media_flowing_for_two_minutes() -> anyhow::Result<()> {
     run_long_call(BrowserKind::Chromium, BrowserKind::Firefox)
 }
