@@ -623,10 +623,12 @@ async function main() {
   // ?relay=1: diagnosis of the TURN path (no direct candidates are even tried).
   const relay = params.get('relay');
   const iceTransportPolicy = relay === '1' || relay === 'true' ? 'relay' : 'all';
-  // ?simulcast=1: the camera as three simulcast layers (docs/web-client.md).
-  const simulcast = params.get('simulcast') === '1' || params.get('simulcast') === 'true';
-  // ?adaptive_stream=1: tell the media server how each tile is shown (docs/web-client.md).
-  const adaptiveStream = params.get('adaptive_stream') === '1' || params.get('adaptive_stream') === 'true';
+  // ?simulcast=0: the camera as one full layer instead of three simulcast layers
+  // (docs/web-client.md).
+  const off = (name) => params.get(name) === '0' || params.get(name) === 'false';
+  const simulcast = !off('simulcast');
+  // ?adaptive_stream=0: do not tell the media server how each tile is shown.
+  const adaptiveStream = !off('adaptive_stream');
   const client = new RtcdClient({ room, token, getToken, iceTransportPolicy, simulcast, adaptiveStream });
   activeClient = client;
   wireClient(client);

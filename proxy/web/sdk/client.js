@@ -255,9 +255,8 @@ export class RtcdError extends Error {
  * The camera's simulcast layers, lowest first (the order the media server expects, protocol
  * section 4a): a quarter, half and full of the captured resolution, each capped so the three
  * together stay under about 2.2 Mbit/s. A subscriber gets one of them, the best its link and
- * its display need (docs/adaptive-video.md). Sent with `simulcast: true`; by default (for now)
- * the camera is the full layer alone: a Firefox subscriber of a Chromium simulcast camera that
- * joined after it intermittently received nothing of it (docs/adaptive-video.md, state).
+ * its display need (docs/adaptive-video.md). Sent unless `simulcast: false` (then the camera
+ * is the full layer alone).
  * @type {RTCRtpEncodingParameters[]}
  */
 export const CAMERA_LAYERS = [
@@ -351,10 +350,8 @@ export class RtcdClient extends EventTarget {
       pongTimeoutMs: 10000,
       stepTimeoutMs: 10000,
       statsIntervalMs: 2000,
-      simulcast: false,
-      // Opt-in for now: with it on, a Firefox page intermittently received nothing of a camera
-      // that joined later (docs/adaptive-video.md, 4a).
-      adaptiveStream: false,
+      simulcast: true,
+      adaptiveStream: true,
       ...options,
       reconnect: { maxAttempts: 8, baseDelayMs: 500, maxDelayMs: 15000, ...(options.reconnect || {}) },
     };
