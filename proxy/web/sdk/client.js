@@ -253,17 +253,35 @@ export class RtcdError extends Error {
 
 /**
  * The camera's simulcast layers, lowest first (the order the media server expects, protocol
- * section 4a): a quarter, half and full of the captured resolution, each capped so the three
- * together stay under about 2.2 Mbit/s. A subscriber gets one of them, the best its link and
+ * section 4a): a quarter (at 15 frames a second), half and full of the captured resolution,
+ * each capped so the three together stay under about 2.1 Mbit/s. A subscriber gets one of them, the best its link and
  * its display need (docs/adaptive-video.md). Sent unless `simulcast: false` (then the camera
  * is the full layer alone).
  * @type {RTCRtpEncodingParameters[]}
  */
 export const CAMERA_LAYERS = [
-  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 100000 },
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 50000, maxFramerate: 15 },
   { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
   { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1500000 },
 ];
+
+/**
+ * The simulcast layers of a camera whose frames are `width` x `height`: all of
+ * `CAMERA_LAYERS` from 960 x 540 pixels up; `q` and `f` from 480 x 270; below, one layer
+ * (no simulcast). Chromium (libwebrtc's simulcast table, by the count of pixels) encodes at
+ * most that many layers and drops the ones above: a 640 x 480 camera (what `video: true`
+ * gives) sent as `q;h;f` never sent `f` while `q` was on, and every subscriber got half the
+ * resolution. Unknown size: all three.
+ * @param {number | undefined} width @param {number | undefined} height
+ * @returns {RTCRtpEncodingParameters[]}
+ */
+export function cameraLayers(width, height) {
+  const [q, , f] = CAMERA_LAYERS;
+  const pixels = (width || 0) * (height || 0);
+  if (pixels && pixels < 480 * 270) return [{ maxBitrate: f.maxBitrate }];
+  const layers = !pixels || pixels >= 960 * 540 ? CAMERA_LAYERS : [q, f];
+  return layers.map((l) => ({ ...l }));
+}
 
 /** A screen share is one layer at full resolution (text must stay readable; the browser
  * lowers its frame rate, not its resolution, under `contentHint = 'detail'`), capped here. */
@@ -1386,8 +1404,9 @@ export class RtcdClient extends EventTarget {
     /** @type {RTCRtpTransceiverInit} */
     const init = { direction: 'sendonly', streams: [stream] };
     if (source === 'camera') {
+      const { width, height } = track.getSettings ? track.getSettings() : {};
       init.sendEncodings = this.options.simulcast
-        ? CAMERA_LAYERS.map((l) => ({ ...l }))
+        ? cameraLayers(width, height)
         : [{ maxBitrate: CAMERA_LAYERS[CAMERA_LAYERS.length - 1].maxBitrate }];
     } else if (source === 'screen') {
       init.sendEncodings = [{ maxBitrate: SCREEN_MAX_BITRATE }];

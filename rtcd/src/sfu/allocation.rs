@@ -39,10 +39,12 @@ pub const UPGRADE_HOLD: Duration = Duration::from_secs(3);
 pub const RECENT_SPEECH: Duration = Duration::from_secs(10);
 
 /// What a layer is assumed to cost before it has been measured (a layer the publisher does not
-/// send now, or one that just started), by position from the top: the SDK's camera layers
-/// (`docs/web-client.md`), with the top layer of a single-layer track at the camera's full
-/// rate.
-const NOMINAL_FROM_TOP: [u64; 3] = [1_500_000, 500_000, 100_000];
+/// send now, or one that just started): the SDK's camera layers (`docs/web-client.md`), the
+/// top one at the full rate (a single-layer track's too), the lowest of several at the low
+/// layer's (the SDK sends `q;f` for a camera under 960 x 540), one between at the middle's.
+const NOMINAL_TOP: u64 = 1_500_000;
+const NOMINAL_MIDDLE: u64 = 500_000;
+const NOMINAL_LOW: u64 = 50_000;
 
 /// What kind of video a track is: screen shares come before cameras.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -108,10 +110,9 @@ impl VideoTrack<'_> {
     fn cost(&self, layer: usize) -> u64 {
         match self.rates.get(layer) {
             Some(&r) if r > 0 => r,
-            _ => {
-                let from_top = self.rates.len().saturating_sub(layer + 1);
-                NOMINAL_FROM_TOP[from_top.min(NOMINAL_FROM_TOP.len() - 1)]
-            }
+            _ if layer + 1 >= self.rates.len() => NOMINAL_TOP,
+            _ if layer == 0 => NOMINAL_LOW,
+            _ => NOMINAL_MIDDLE,
         }
     }
 }
@@ -798,5 +799,13 @@ mod tests {
         );
         a.allocate(0, &[], now, |_, _| {});
         assert_eq!(a.decision(1), None);
+        // Two layers (the SDK's q;f of a small camera): the low one costs the low layer's
+        // nominal 50k, not the middle's.
+        let mut a = Allocator::default();
+        a.set_estimate(100_000);
+        assert_eq!(
+            run(&mut a, 0, &[camera(1, &[0, 0])], now),
+            vec![Decision::Layer(0)]
+        );
     }
 }

@@ -51,6 +51,7 @@ async fn stats(page: &BrowserPage) -> anyhow::Result<Value> {
                  if (s.type === 'candidate-pair' && s.selected) pair = s; });\
                const l = pair && r.get(pair.localCandidateId);\
                done({ t, received, sent, video,\
+                 outgoing: pair && pair.availableOutgoingBitrate !== undefined ? pair.availableOutgoingBitrate : null,\
                  rtt: pair && pair.currentRoundTripTime !== undefined ? pair.currentRoundTripTime : null,\
                  local: l ? (l.address || l.ip || '') : null });\
              }, (e) => done({ error: String(e) }));",
@@ -580,21 +581,31 @@ async fn watch(pages: &[&BrowserPage], duration: Duration) -> anyhow::Result<Vec
     Ok(out)
 }
 
-/// The widest frame each page's publisher sends (its full layer), by identity.
+/// The width of each publisher's camera as captured (its full layer: the others must receive
+/// it at that width), by identity; what each sends per layer is logged.
 async fn full_widths(
     pages: &[(&str, &BrowserPage)],
 ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
     let mut out = std::collections::BTreeMap::new();
     for (identity, page) in pages {
         let s = stats(page).await?;
-        let widest = s["video"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.get(1).and_then(Value::as_u64))
-            .max()
+        // (rid, width, frames per second, target bitrate, quality limitation) per layer:
+        // why a layer is narrower than the capture (CPU on a loaded host, bandwidth).
+        eprintln!(
+            "weak call: {identity} sends {} (its uplink estimate {} bit/s)",
+            s["video"], s["outgoing"]
+        );
+        let captured = page
+            .eval(
+                "const t = rtcd.localTracks.get('camera');\
+                 return t ? t.getSettings().width || 0 : 0;",
+                json!([]),
+            )
+            .await?
+            .as_u64()
             .unwrap_or(0);
-        out.insert((*identity).to_owned(), widest);
+        ensure!(captured > 0, "{identity} has no camera");
+        out.insert((*identity).to_owned(), captured);
     }
     Ok(out)
 }

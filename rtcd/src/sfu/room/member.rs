@@ -114,6 +114,8 @@ pub(super) struct Probe {
     pub credit: f64,
     /// The estimate the probe should prove; checked at the first decision after it.
     pub goal: u64,
+    /// The estimate when it started (how far it moved it).
+    pub from: u64,
     /// When the next probe may start, and the wait after that one if it fails.
     pub next: Option<Instant>,
     /// Whether the last probe proved its goal (the next one may aim higher).
