@@ -790,6 +790,7 @@ async fn weak_call_scenario(
 }
 
 #[test]
+#[ignore = "issue 28: passes alone on an idle host, not yet beside the rest of the suite (stalls of 3.5-14.5 s at load 4-6): docs/adaptive-video.md 4b"]
 fn weak_link_chromium_subscriber_keeps_three_simulcast_cameras_and_its_audio() -> anyhow::Result<()>
 {
     use BrowserKind::Chromium;
@@ -797,6 +798,7 @@ fn weak_link_chromium_subscriber_keeps_three_simulcast_cameras_and_its_audio() -
 }
 
 #[test]
+#[ignore = "issue 28: passes alone on an idle host, not yet beside the rest of the suite (stalls of 3.5-14.5 s at load 4-6): docs/adaptive-video.md 4b"]
 fn weak_link_firefox_subscriber_keeps_three_simulcast_cameras_and_its_audio() -> anyhow::Result<()>
 {
     use BrowserKind::Chromium;
