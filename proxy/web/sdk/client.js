@@ -254,9 +254,9 @@ export class RtcdError extends Error {
 /**
  * The camera's simulcast layers, lowest first (the order the media server expects, protocol
  * section 4a): a quarter (at 15 frames a second), half and full of the captured resolution,
- * each capped so the three together stay under about 2.1 Mbit/s. A subscriber gets one of them, the best its link and
- * its display need (docs/adaptive-video.md). Sent unless `simulcast: false` (then the camera
- * is the full layer alone).
+ * each capped so the three together stay under about 2.1 Mbit/s. A subscriber gets one of
+ * them, the best its link and its display need (docs/adaptive-video.md). Sent unless
+ * `simulcast: false` (then the camera is the full layer alone, `cameraLayer()`).
  * @type {RTCRtpEncodingParameters[]}
  */
 export const CAMERA_LAYERS = [
@@ -278,9 +278,15 @@ export const CAMERA_LAYERS = [
 export function cameraLayers(width, height) {
   const [q, , f] = CAMERA_LAYERS;
   const pixels = (width || 0) * (height || 0);
-  if (pixels && pixels < 480 * 270) return [{ maxBitrate: f.maxBitrate }];
+  if (pixels && pixels < 480 * 270) return cameraLayer();
   const layers = !pixels || pixels >= 960 * 540 ? CAMERA_LAYERS : [q, f];
   return layers.map((l) => ({ ...l }));
+}
+
+/** A camera sent without simulcast: one layer, capped like the full one.
+ * @returns {RTCRtpEncodingParameters[]} */
+function cameraLayer() {
+  return [{ maxBitrate: CAMERA_LAYERS[CAMERA_LAYERS.length - 1].maxBitrate }];
 }
 
 /** A screen share is one layer at full resolution (text must stay readable; the browser
@@ -1407,7 +1413,7 @@ export class RtcdClient extends EventTarget {
       const { width, height } = track.getSettings ? track.getSettings() : {};
       init.sendEncodings = this.options.simulcast
         ? cameraLayers(width, height)
-        : [{ maxBitrate: CAMERA_LAYERS[CAMERA_LAYERS.length - 1].maxBitrate }];
+        : cameraLayer();
     } else if (source === 'screen') {
       init.sendEncodings = [{ maxBitrate: SCREEN_MAX_BITRATE }];
     }

@@ -392,8 +392,8 @@ const PROBE_DURATION: Duration = Duration::from_millis(500);
 /// within seconds (issue 28: full layers again within 10 s of a weak link's shaping lifting).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(4);
-/// The wait after a probe that proved its goal: the link had room, the next (twice the
-/// estimate) may follow soon (a weak link's shaping lifted: 18.7 s back to the full layers
+/// The wait after a probe that proved its goal (or moved the estimate [`PROBE_MOVED`] times):
+/// the link had room, the next may follow soon (a weak link's shaping lifted: 18.7 s back to the full layers
 /// with 2 s, the issue wants 10).
 const PROBE_AFTER_PROVED: Duration = Duration::from_secs(1);
 /// A probe proved its goal when the estimate reached this share of it: one that fell short by a
@@ -424,18 +424,14 @@ fn conclude_probe(probe: &mut super::member::Probe, estimate: Option<u64>, now: 
     // moves its estimate by a few percent.
     let moved = estimate.is_some_and(|e| e as f64 >= probe.from as f64 * PROBE_MOVED);
     probe.proved = proved;
-    probe.backoff = if proved || moved {
-        PROBE_INTERVAL
+    let (backoff, wait) = if proved || moved {
+        (PROBE_INTERVAL, PROBE_AFTER_PROVED)
     } else {
-        (probe.backoff * 2).clamp(PROBE_INTERVAL, PROBE_BACKOFF_MAX)
+        let doubled = (probe.backoff * 2).clamp(PROBE_INTERVAL, PROBE_BACKOFF_MAX);
+        (doubled, doubled)
     };
-    probe.next = Some(
-        now + if proved || moved {
-            PROBE_AFTER_PROVED
-        } else {
-            probe.backoff
-        },
-    );
+    probe.backoff = backoff;
+    probe.next = Some(now + wait);
     proved
 }
 
