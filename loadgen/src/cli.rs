@@ -83,6 +83,14 @@ struct Args {
     screen: Option<usize>,
     #[arg(long)]
     video_kbps: Option<u32>,
+    /// Cameras publish three simulcast layers and participants take one each (as the
+    /// `simulcast` scenario; `--video-kbps` then does not apply).
+    #[arg(long)]
+    simulcast: bool,
+    /// The target's name in the report (default ours / janus / raw-udp): a variant of a target
+    /// measured in the same run, e.g. `ours-adaptive` for rtcd with `RTCD_RTC_ADAPTIVE_VIDEO`.
+    #[arg(long)]
+    label: Option<String>,
     /// Joins per second (0 = as fast as admitted).
     #[arg(long)]
     rate: Option<f64>,
@@ -175,6 +183,7 @@ pub fn main() -> anyhow::Result<()> {
     if let Some(v) = args.bind {
         scenario.bind_ip = v;
     }
+    scenario.simulcast |= args.simulcast;
     let capacity = args.capacity || args.scenario == "capacity";
     if capacity {
         if args.step_rooms == 0 || args.start_rooms == 0 {
@@ -255,10 +264,10 @@ pub fn main() -> anyhow::Result<()> {
             },
             other => bail!("unknown target {other:?} (ours, janus, raw)"),
         };
-        let stem = args
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", scenario.name, target.name()));
+        let stem = args.name.clone().unwrap_or_else(|| {
+            let label = args.label.as_deref().unwrap_or(target.name());
+            format!("{}-{label}", scenario.name)
+        });
         if capacity {
             let ramp = Ramp {
                 start_rooms: args.start_rooms,
@@ -279,7 +288,10 @@ pub fn main() -> anyhow::Result<()> {
             println!("wrote {}/{stem}.json, .md", args.out.display());
             return Ok(());
         }
-        let report = crate::run(&scenario, &target, &watched, !args.quiet).await?;
+        let mut report = crate::run(&scenario, &target, &watched, !args.quiet).await?;
+        if let Some(label) = &args.label {
+            report.target = label.clone();
+        }
         report.write(&args.out, &stem)?;
         println!("{}", report.markdown());
         println!("wrote {}/{stem}.json, .md, .svg", args.out.display());

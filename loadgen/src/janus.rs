@@ -305,8 +305,8 @@ struct Subscriber {
     /// The transaction of the pending `attach`, if one is under way.
     attaching: Option<String>,
     state: SubscriberState,
-    /// Streams (feed, mid) to ask for at the next opportunity.
-    wanted: Vec<(u64, String)>,
+    /// Streams (feed, mid, is video) to ask for at the next opportunity.
+    wanted: Vec<(u64, String, bool)>,
     /// Streams asked for already (Janus would add a duplicate m-line for a repeat).
     requested: HashSet<(u64, String)>,
 }
@@ -440,11 +440,16 @@ impl Participant {
                             "ptype": "publisher",
                             "display": self.display,
                         });
-                        let jsep = json!({"type": "offer", "sdp": sdp, "trickle": false});
+                        let mut jsep = json!({"type": "offer", "sdp": sdp, "trickle": false});
+                        if self.config.tracks.iter().any(|t| t.layer.is_some()) {
+                            // Janus takes the rids of `a=simulcast` as high-to-low unless told
+                            // otherwise; ours (and the SDK's) list the lowest first.
+                            jsep["rid_order"] = "lmh".into();
+                        }
                         api.message(self.publisher_handle, body, Some(jsep)).await?;
                     }
                     Some(FromPeer::Answer(_)) => bail!("the publishing peer answered an offer it never got"),
-                    Some(FromPeer::Connected) => {}
+                    Some(FromPeer::Connected | FromPeer::Receiving { .. }) => {}
                     None => return Ok(()), // the peer stopped; its outcome says why
                 },
                 signal = next_signal(links.subscriber.as_mut()) => match signal {
@@ -454,7 +459,8 @@ impl Participant {
                         api.message(handle, json!({"request": "start"}), Some(jsep)).await?;
                     }
                     Some(FromPeer::Offer { .. }) => bail!("the subscribing peer offered"),
-                    Some(FromPeer::Connected) => {}
+                    // The layer goes with the subscription (`substream`), not as a view.
+                    Some(FromPeer::Connected | FromPeer::Receiving { .. }) => {}
                     None => return Ok(()),
                 },
                 message = next_message(stream) => {
@@ -591,9 +597,14 @@ impl Participant {
                 }
                 let key = (feed, mid.to_owned());
                 if !self.subscriber.requested.contains(&key)
-                    && !self.subscriber.wanted.contains(&key)
+                    && !self
+                        .subscriber
+                        .wanted
+                        .iter()
+                        .any(|w| (w.0, &w.1) == (key.0, &key.1))
                 {
-                    self.subscriber.wanted.push(key);
+                    let video = stream["type"] == "video";
+                    self.subscriber.wanted.push((key.0, key.1, video));
                 }
             }
         }
@@ -619,8 +630,13 @@ impl Participant {
             .subscriber
             .wanted
             .drain(..)
-            .map(|(feed, mid)| {
-                let value = json!({"feed": feed, "mid": mid});
+            .map(|(feed, mid, video)| {
+                let mut value = json!({"feed": feed, "mid": mid});
+                // The simulcast layer this participant takes (0 = the lowest), as a Janus
+                // client asks for one; a stream without simulcast ignores it.
+                if let (true, Some(layer)) = (video, self.config.receive_layer) {
+                    value["substream"] = layer.into();
+                }
                 self.subscriber.requested.insert((feed, mid));
                 value
             })

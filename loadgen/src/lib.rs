@@ -43,6 +43,10 @@ pub struct Scenario {
     pub video: usize,
     /// How many share a screen.
     pub screen: usize,
+    /// Cameras publish the SDK's three simulcast layers ([`peer::CAMERA_LAYERS`], instead of
+    /// one stream at `video_kbps`), and participant `i` of a call takes layer `i % 3` of every
+    /// camera it receives: the subscribers are spread evenly over low, middle and high.
+    pub simulcast: bool,
     /// Camera bitrate (kbit/s of payload).
     pub video_kbps: u32,
     /// Screen share bitrate (kbit/s).
@@ -82,6 +86,7 @@ impl Scenario {
             audio: 0,
             video: 0,
             screen: 0,
+            simulcast: false,
             video_kbps: 1000,
             screen_kbps: 500,
             video_payload: 1100,
@@ -131,6 +136,19 @@ impl Scenario {
                 video_kbps: 4000,
                 ..base
             },
+            // Simulcast (issue 28): 4 calls x 20, two publishers each with audio and a
+            // three-layer camera (the SDK's q / h / f), everyone taking one layer (i % 3) of
+            // the other's camera. Warm-up long enough for every view (and its keyframe) to
+            // take effect after the last join.
+            "simulcast" => Self {
+                calls: 4,
+                participants: 20,
+                audio: 2,
+                video: 2,
+                simulcast: true,
+                warmup: Duration::from_secs(6),
+                ..base
+            },
             // The capacity mode's room shape (`capacity`): rooms of 10, one
             // camera each; the ramp sets the number of rooms, each step measures 10 s.
             "capacity" => Self {
@@ -167,15 +185,20 @@ impl Scenario {
                 packets_per_second: 50,
                 payload_bytes: self.audio_payload,
                 frames_per_second: 50,
+                layer: None,
             });
+        }
+        if index < self.video && self.simulcast {
+            tracks.extend((0..peer::CAMERA_LAYERS.len()).map(|l| self.layer_spec(l)));
         }
         let video = |source, kbps: u32, fps| TrackSpec {
             source,
             packets_per_second: ((kbps as usize * 1000 / 8) / self.video_payload).max(1) as u32,
             payload_bytes: self.video_payload,
             frames_per_second: fps,
+            layer: None,
         };
-        if index < self.video {
+        if index < self.video && !self.simulcast {
             tracks.push(video(Source::Camera, self.video_kbps, 30));
         }
         if index < self.screen {
@@ -184,13 +207,66 @@ impl Scenario {
         tracks
     }
 
+    /// Simulcast layer `layer` of a camera: the layer's frame rate and bitrate
+    /// ([`peer::CAMERA_LAYERS`]), each frame in as few packets of at most `video_payload`
+    /// bytes as it takes, of equal size (an encoder's frame at the layer's bitrate).
+    pub fn layer_spec(&self, layer: usize) -> TrackSpec {
+        let l = peer::CAMERA_LAYERS[layer];
+        let fps = l.frames_per_second.max(1);
+        let frame_bytes = (l.kbps as usize * 1000 / 8 / fps as usize).max(1);
+        let per_frame = frame_bytes.div_ceil(self.video_payload.max(1)).max(1);
+        TrackSpec {
+            source: Source::Camera,
+            packets_per_second: per_frame as u32 * fps,
+            payload_bytes: frame_bytes.div_ceil(per_frame).max(peer::STAMP_BYTES + 32),
+            frames_per_second: fps,
+            layer: Some(layer),
+        }
+    }
+
+    /// The simulcast layer participant `index` of a call takes (None: no simulcast).
+    pub fn receive_layer(&self, index: usize) -> Option<usize> {
+        self.simulcast.then_some(index % peer::CAMERA_LAYERS.len())
+    }
+
     /// Forwarded packets per second the scenario should produce once everyone is connected.
     pub fn expected_forwarded_pps(&self) -> f64 {
-        let per_call: f64 = (0..self.participants)
-            .flat_map(|i| self.tracks_for(i))
-            .map(|t| t.packets_per_second as f64)
-            .sum();
-        per_call * (self.participants.saturating_sub(1)) as f64 * self.calls as f64
+        self.expected().0
+    }
+
+    /// Of [`Scenario::expected_forwarded_pps`], the packets of each simulcast layer.
+    pub fn expected_forwarded_pps_by_layer(&self) -> [f64; 3] {
+        self.expected().1
+    }
+
+    /// (all, per simulcast layer) forwarded packets per second: every participant receives
+    /// every other's tracks, of a simulcast camera only the layer it takes.
+    fn expected(&self) -> (f64, [f64; 3]) {
+        let mut all = 0.0;
+        let mut layers = [0.0; 3];
+        let published: Vec<Vec<TrackSpec>> =
+            (0..self.participants).map(|j| self.tracks_for(j)).collect();
+        for i in 0..self.participants {
+            let wanted = self.receive_layer(i);
+            for (j, tracks) in published.iter().enumerate() {
+                if j == i {
+                    continue;
+                }
+                for t in tracks {
+                    let pps = t.packets_per_second as f64;
+                    match t.layer {
+                        None => all += pps,
+                        Some(l) if wanted.is_none_or(|w| w == l) => {
+                            all += pps;
+                            layers[l] += pps;
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        let calls = self.calls as f64;
+        (all * calls, layers.map(|l| l * calls))
     }
 }
 
@@ -350,6 +426,11 @@ pub async fn run(
         forwarded_pps: forwarded as f64 / window,
         forwarded_bits_per_second: (window_end.bytes - window_start.bytes) as f64 * 8.0 / window,
         expected_forwarded_pps: scenario.expected_forwarded_pps(),
+        layers: scenario.simulcast.then(|| report::Layers {
+            forwarded_pps: [0, 1, 2]
+                .map(|l| (window_end.by_layer[l] - window_start.by_layer[l]) as f64 / window),
+            expected_pps: scenario.expected_forwarded_pps_by_layer(),
+        }),
         loss_percent: loss.percent(),
         loss,
         latency_us: report::LatencyQuantiles {
@@ -399,6 +480,7 @@ async fn spawn_joins(
             counts_as_join: true,
             bind_ip: scenario.bind_ip,
             keyframe_interval: Duration::from_secs(2),
+            receive_layer: scenario.receive_layer(index),
         };
         tasks.push(tokio::spawn(participant(
             target.clone(),
@@ -470,6 +552,7 @@ struct Snapshot {
     received: u64,
     expected: u64,
     bytes: u64,
+    by_layer: [u64; 3],
     latency: Vec<u64>,
     send_lag: Vec<u64>,
 }
@@ -482,6 +565,7 @@ impl Snapshot {
             received: c.received_packets.load(Relaxed),
             expected: c.expected_packets.load(Relaxed),
             bytes: c.received_bytes.load(Relaxed),
+            by_layer: [0, 1, 2].map(|l| c.received_by_layer[l].load(Relaxed)),
             latency: c.latency.snapshot(),
             send_lag: c.send_lag.snapshot(),
         }
@@ -567,5 +651,79 @@ impl Sampler {
         }
         self.series.push(s);
         self.last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulcast_layers_follow_the_sdk_rates() {
+        let s = Scenario::preset("simulcast").unwrap();
+        let layers: Vec<(u32, usize)> = (0..3)
+            .map(|l| {
+                let t = s.layer_spec(l);
+                (t.packets_per_second, t.payload_bytes)
+            })
+            .collect();
+        // q: 50 kbit/s at 15 fps = 416 B a frame, one packet; h: 500 kbit/s at 30 fps =
+        // 2,083 B, two packets; f: 1.5 Mbit/s = 6,250 B, six packets (payload <= 1,100 B).
+        assert_eq!(layers, vec![(15, 416), (60, 1042), (180, 1042)]);
+        for l in 0..3 {
+            let t = s.layer_spec(l);
+            let kbps = t.packets_per_second as usize * t.payload_bytes * 8 / 1000;
+            let want = peer::CAMERA_LAYERS[l].kbps as usize;
+            assert!(kbps.abs_diff(want) <= want / 10, "{l}: {kbps}");
+        }
+        // A publisher: audio, then the camera's three layers, lowest first.
+        let tracks = s.tracks_for(0);
+        let kinds: Vec<(Source, Option<usize>)> =
+            tracks.iter().map(|t| (t.source, t.layer)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (Source::Microphone, None),
+                (Source::Camera, Some(0)),
+                (Source::Camera, Some(1)),
+                (Source::Camera, Some(2)),
+            ]
+        );
+        assert!(s.tracks_for(2).is_empty());
+    }
+
+    #[test]
+    fn a_subscriber_is_expected_to_receive_only_its_layer() {
+        // One call of 5: participants 0 and 1 publish audio + a simulcast camera; participant
+        // i takes layer i % 3.
+        let s = Scenario {
+            calls: 2,
+            participants: 5,
+            audio: 2,
+            video: 2,
+            simulcast: true,
+            ..Scenario::preset("simulcast").unwrap()
+        };
+        let pps: Vec<f64> = (0..3)
+            .map(|l| s.layer_spec(l).packets_per_second as f64)
+            .collect();
+        // Layer takers: 0 -> {0, 3}, 1 -> {1, 4}, 2 -> {2}. Each receives both publishers
+        // but itself: participant 0 only 1's camera, 1 only 0's.
+        let by_layer = [(1.0 + 2.0) * pps[0], (1.0 + 2.0) * pps[1], 2.0 * pps[2]];
+        let audio = (1.0 + 1.0 + 2.0 + 2.0 + 2.0) * 50.0;
+        let want: [f64; 3] = by_layer.map(|v| v * 2.0);
+        assert_eq!(s.expected_forwarded_pps_by_layer(), want);
+        assert_eq!(
+            s.expected_forwarded_pps(),
+            2.0 * (audio + by_layer.iter().sum::<f64>())
+        );
+        assert_eq!(s.receive_layer(4), Some(1));
+
+        // Without simulcast nothing changes: everyone receives everything.
+        let plain = Scenario::preset("fanout16").unwrap();
+        assert_eq!(plain.receive_layer(3), None);
+        let camera = plain.tracks_for(0)[0].packets_per_second as f64;
+        assert_eq!(plain.expected_forwarded_pps(), 4.0 * 16.0 * camera);
+        assert_eq!(plain.expected_forwarded_pps_by_layer(), [0.0; 3]);
     }
 }

@@ -304,6 +304,12 @@ pub async fn participant(
                     // Only an offer from the remote makes the peer answer, and rtcd sends none.
                     Some(FromPeer::Answer(_)) => break Some("the peer answered an offer rtcd never sends".into()),
                     Some(FromPeer::Connected) => continue,
+                    // The layer this participant takes, as the SDK asks for it: a view of the
+                    // size the video is drawn at (docs/protocol.md section 3, `track_views`).
+                    Some(FromPeer::Receiving { mid, size: (width, height) }) => json!({
+                        "type": "track_views",
+                        "views": [{"mid": mid, "visible": true, "width": width, "height": height}],
+                    }),
                     None => break None, // the peer stopped; its outcome says why
                 };
                 tracing::debug!(%identity, "to proxy: {}", truncate(&text));
@@ -432,6 +438,7 @@ mod tests {
                     packets_per_second: 50,
                     payload_bytes: 100,
                     frames_per_second: 50,
+                    layer: None,
                 }]
             } else {
                 Vec::new()
@@ -440,6 +447,7 @@ mod tests {
             counts_as_join: true,
             bind_ip: [127, 0, 0, 1].into(),
             keyframe_interval: Duration::from_secs(2),
+            receive_layer: None,
         };
         let spawn = |identity: &str, publisher: u32, publishes: bool, stop: &CancellationToken| {
             let counters = Arc::new(Counters::default());

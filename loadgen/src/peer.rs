@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpWrite;
+use str0m::rtp::Ssrc;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -67,25 +68,98 @@ pub struct TrackSpec {
     pub payload_bytes: usize,
     /// Frames per second (video packets go out in per-frame bursts; audio: 50).
     pub frames_per_second: u32,
+    /// One simulcast layer of a camera (an index into [`CAMERA_LAYERS`]): the layers of a
+    /// camera are consecutive specs with `Some(0)`, `Some(1)`, `Some(2)`, published in one
+    /// media section with one rid each. None: a track of its own (no rids).
+    pub layer: Option<usize>,
 }
 
-/// The stamp at the end of every payload: magic, publisher, send time. The receiver needs
-/// nothing else to compute loss (from RTP sequence numbers) and latency.
+/// A simulcast layer of the camera, as the browser SDK publishes it (`proxy/web/sdk/client.js`
+/// `CAMERA_LAYERS`, docs/web-client.md): its rid, the picture size its keyframes announce (of a
+/// 1280 x 720 capture), frame rate and bitrate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CameraLayer {
+    /// The rid (`a=rid:<rid> send`).
+    pub rid: &'static str,
+    /// Picture width in pixels (in the VP8 keyframe header).
+    pub width: u16,
+    /// Picture height in pixels.
+    pub height: u16,
+    /// Frames per second.
+    pub frames_per_second: u32,
+    /// Payload bitrate, kbit/s (the SDK's `maxBitrate`).
+    pub kbps: u32,
+}
+
+/// The SDK's three camera layers, lowest first (the order of its `a=simulcast:send q;h;f`):
+/// `q` a quarter of the capture at 15 frames a second and 50 kbit/s, `h` half at 500 kbit/s,
+/// `f` the full 1280 x 720 at 1.5 Mbit/s.
+pub const CAMERA_LAYERS: [CameraLayer; 3] = [
+    CameraLayer {
+        rid: "q",
+        width: 320,
+        height: 180,
+        frames_per_second: 15,
+        kbps: 50,
+    },
+    CameraLayer {
+        rid: "h",
+        width: 640,
+        height: 360,
+        frames_per_second: 30,
+        kbps: 500,
+    },
+    CameraLayer {
+        rid: "f",
+        width: 1280,
+        height: 720,
+        frames_per_second: 30,
+        kbps: 1500,
+    },
+];
+
+/// The stamp at the end of every payload: magic, a tag (which simulcast layer), publisher,
+/// send time. The receiver needs nothing else to compute loss (from RTP sequence numbers),
+/// latency and what it received of each layer.
 pub const STAMP_BYTES: usize = 16;
-const MAGIC: [u8; 4] = *b"LG01";
+const MAGIC: [u8; 3] = *b"LG0";
+/// The tag of a track without layers (the stamp of the tool before simulcast: `LG01`).
+const PLAIN: u8 = b'1';
 
 /// Writes the stamp into the last [`STAMP_BYTES`] of `payload`.
 pub fn stamp(payload: &mut [u8], publisher: u32, sent_micros: u64) {
+    stamp_layer(payload, publisher, sent_micros, None);
+}
+
+/// Writes the stamp of a packet of simulcast layer `layer` (an index into [`CAMERA_LAYERS`];
+/// None: a track without layers) into the last [`STAMP_BYTES`] of `payload`.
+pub fn stamp_layer(payload: &mut [u8], publisher: u32, sent_micros: u64, layer: Option<usize>) {
     let at = payload.len() - STAMP_BYTES;
-    payload[at..at + 4].copy_from_slice(&MAGIC);
+    payload[at..at + 3].copy_from_slice(&MAGIC);
+    payload[at + 3] = layer
+        .and_then(|l| CAMERA_LAYERS.get(l))
+        .map_or(PLAIN, |l| l.rid.as_bytes()[0]);
     payload[at + 4..at + 8].copy_from_slice(&publisher.to_be_bytes());
     payload[at + 8..].copy_from_slice(&sent_micros.to_be_bytes());
+}
+
+/// The simulcast layer a stamped payload belongs to (None: no stamp, or a track without
+/// layers).
+pub fn read_layer(payload: &[u8]) -> Option<usize> {
+    let at = payload.len().checked_sub(STAMP_BYTES)?;
+    if payload[at..at + 3] != MAGIC {
+        return None;
+    }
+    let tag = payload[at + 3];
+    CAMERA_LAYERS
+        .iter()
+        .position(|l| l.rid.as_bytes()[0] == tag)
 }
 
 /// Reads a stamp: (publisher, send time in µs), or None if the payload carries none.
 pub fn read_stamp(payload: &[u8]) -> Option<(u32, u64)> {
     let at = payload.len().checked_sub(STAMP_BYTES)?;
-    if payload[at..at + 4] != MAGIC {
+    if payload[at..at + 3] != MAGIC {
         return None;
     }
     let publisher = u32::from_be_bytes(payload[at + 4..at + 8].try_into().ok()?);
@@ -105,6 +179,68 @@ fn vp8_payload(len: usize, first_of_frame: bool, keyframe: bool) -> Vec<u8> {
             p[1..11].copy_from_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
         } else {
             p[1..4].copy_from_slice(&[0x11, 0x02, 0x00]);
+        }
+    }
+    p
+}
+
+/// The numbers one VP8 encoder writes into its payload descriptors: a simulcast publisher runs
+/// one per layer, each from its own start (as browsers' encoders do), which is what an SFU
+/// that switches a subscriber between layers must renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vp8Numbers {
+    /// The 15-bit picture ID of the current frame.
+    pub picture_id: u16,
+    /// TL0PICIDX: every frame is in the base temporal layer, so it counts frames too.
+    pub tl0picidx: u8,
+}
+
+impl Vp8Numbers {
+    /// The numbers of the next frame.
+    pub fn next(self) -> Self {
+        Self {
+            picture_id: (self.picture_id + 1) & 0x7fff,
+            tl0picidx: self.tl0picidx.wrapping_add(1),
+        }
+    }
+}
+
+/// Bytes of the payload descriptor [`vp8_layer_payload`] writes.
+const VP8_DESCRIPTOR: usize = 6;
+
+/// A VP8 payload of `len` bytes as a simulcast layer's encoder sends it (RFC 7741 §4.2): the
+/// descriptor with X set and I (a 15-bit picture ID), L (TL0PICIDX) and T (TID 0, layer sync,
+/// KEYIDX 0), S on the first packet of a frame; the first packet of a frame then carries the
+/// frame tag (RFC 6386 §9.1), and a keyframe's the keyframe header with the picture's `size`
+/// (start code 9d 01 2a, 14-bit width and height, little-endian, no scaling), from which an SFU
+/// learns the layer's resolution. Filler follows; the stamp goes over the tail.
+pub fn vp8_layer_payload(
+    len: usize,
+    first_of_frame: bool,
+    keyframe: bool,
+    numbers: Vp8Numbers,
+    size: (u16, u16),
+) -> Vec<u8> {
+    let mut p = vec![0u8; len];
+    if len < VP8_DESCRIPTOR + 10 {
+        return p;
+    }
+    p[0] = 0x80 | if first_of_frame { 0x10 } else { 0x00 };
+    p[1] = 0xe0; // I, L, T
+    p[2] = 0x80 | (numbers.picture_id >> 8) as u8 & 0x7f;
+    p[3] = numbers.picture_id as u8;
+    p[4] = numbers.tl0picidx;
+    p[5] = 0x20; // TID 0, Y (layer sync), KEYIDX 0
+    if first_of_frame {
+        let at = VP8_DESCRIPTOR;
+        if keyframe {
+            let (w, h) = (size.0 & 0x3fff, size.1 & 0x3fff);
+            // Frame tag: P = 0 (key frame), version 0, show frame, first partition 16 bytes.
+            p[at..at + 6].copy_from_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a]);
+            p[at + 6..at + 8].copy_from_slice(&w.to_le_bytes());
+            p[at + 8..at + 10].copy_from_slice(&h.to_le_bytes());
+        } else {
+            p[at..at + 3].copy_from_slice(&[0x11, 0x02, 0x00]);
         }
     }
     p
@@ -143,6 +279,30 @@ pub enum FromPeer {
     Answer(String),
     /// ICE connected: the join is done (for the join-time measurement).
     Connected,
+    /// The first packet of a simulcast layer arrived on receiving section `mid` (and once more,
+    /// [`VIEW_AGAIN`] later): the adapter may tell the target which layer this participant
+    /// wants there (ours: a `track_views` view of `size`). Sent only when the peer has a
+    /// [`PeerConfig::receive_layer`].
+    Receiving {
+        /// The receiving section.
+        mid: String,
+        /// The view size that selects the wanted layer, in pixels.
+        size: (u16, u16),
+    },
+}
+
+/// When the view of a section is sent again after the first: rtcd picks a layer for a view
+/// only among layers whose picture size it has read from a keyframe, and it re-evaluates a view
+/// only when the view changes; a view that arrived before the sizes were known is sent again
+/// one pixel smaller (the same layer) once the keyframe interval has passed.
+pub const VIEW_AGAIN: Duration = Duration::from_secs(3);
+
+/// The view size that selects layer `layer` of [`CAMERA_LAYERS`] (the layer's own picture: the
+/// lowest layer at least as large), one pixel smaller when `again` (see [`VIEW_AGAIN`]).
+pub fn view_size(layer: usize, again: bool) -> (u16, u16) {
+    let l = CAMERA_LAYERS[layer.min(CAMERA_LAYERS.len() - 1)];
+    let less = u16::from(again);
+    (l.width - less, l.height - less)
 }
 
 /// How one peer is set up.
@@ -163,6 +323,9 @@ pub struct PeerConfig {
     pub bind_ip: std::net::IpAddr,
     /// A video key frame every this often (the first frame is one too).
     pub keyframe_interval: Duration,
+    /// The simulcast layer (an index into [`CAMERA_LAYERS`]) this participant wants of every
+    /// camera it receives; None: whatever the target sends.
+    pub receive_layer: Option<usize>,
 }
 
 /// What a peer reports when it stops.
@@ -240,6 +403,10 @@ fn scheduled_pps(tracks: &[Publishing]) -> u64 {
 struct Publishing {
     spec: TrackSpec,
     mid: Mid,
+    /// The simulcast layer's rid (None: a section with one stream).
+    rid: Option<Rid>,
+    /// A simulcast layer's VP8 numbers (None: the plain payload of [`vp8_payload`]).
+    vp8: Option<Vp8Numbers>,
     pt: Option<Pt>,
     seq: u64,
     clock: FrameClock,
@@ -293,6 +460,8 @@ pub async fn run(
         wanted: None,
         connected: false,
         counts_as_join: config.counts_as_join,
+        receive_layer: config.receive_layer,
+        views: Vec::new(),
     };
     let error = peer
         .drive(config, started, &to_adapter, &mut from_adapter, &stop)
@@ -331,6 +500,11 @@ struct Peer {
     /// DTLS connected (media may be sent).
     connected: bool,
     counts_as_join: bool,
+    /// [`PeerConfig::receive_layer`].
+    receive_layer: Option<usize>,
+    /// Receiving sections a simulcast layer arrived on: the SSRC it came with, the section,
+    /// when the first packet came, and whether the view went out again ([`VIEW_AGAIN`]).
+    views: Vec<(Ssrc, Mid, Instant, bool)>,
 }
 
 impl Peer {
@@ -359,18 +533,56 @@ impl Peer {
 
         if config.offer_first {
             let mut api = rtc.sdp_api();
-            for spec in &config.tracks {
-                let mid = api.add_media(
-                    spec.source.kind(),
-                    Direction::SendOnly,
-                    Some(format!("lg{}", config.publisher)),
-                    Some(spec.source.name().to_owned()),
-                    None,
-                );
-                self.tracks.push((mid.to_string(), spec.source));
+            for (i, spec) in config.tracks.iter().enumerate() {
+                // The layers of a camera share the section the first of them opens.
+                let layered = spec.layer.and_then(|_| {
+                    self.publishing
+                        .iter()
+                        .find(|p| p.spec.source == spec.source && p.rid.is_some())
+                        .map(|p| p.mid)
+                });
+                let mid = match layered {
+                    Some(mid) => mid,
+                    None => {
+                        // As a browser offers simulcast: `a=rid:<rid> send` per layer and
+                        // `a=simulcast:send q;h;f`, lowest first; str0m adds the rid header
+                        // extensions (rtp-stream-id, repaired-rtp-stream-id) to the section.
+                        let simulcast = spec.layer.map(|_| {
+                            let mut simulcast = Simulcast::new();
+                            for t in config.tracks[i..]
+                                .iter()
+                                .filter(|t| t.source == spec.source)
+                            {
+                                if let Some(l) = t.layer.and_then(|l| CAMERA_LAYERS.get(l)) {
+                                    simulcast.add_send_layer(SimulcastLayer::new(l.rid));
+                                }
+                            }
+                            simulcast
+                        });
+                        let mid = api.add_media(
+                            spec.source.kind(),
+                            Direction::SendOnly,
+                            Some(format!("lg{}", config.publisher)),
+                            Some(spec.source.name().to_owned()),
+                            simulcast,
+                        );
+                        self.tracks.push((mid.to_string(), spec.source));
+                        mid
+                    }
+                };
+                let layer = spec.layer.and_then(|l| CAMERA_LAYERS.get(l));
                 self.publishing.push(Publishing {
                     spec: *spec,
                     mid,
+                    rid: layer.map(|l| Rid::from(l.rid)),
+                    // Each layer's encoder numbers from its own start.
+                    vp8: spec.layer.map(|l| Vp8Numbers {
+                        picture_id: (config.publisher as u16)
+                            .wrapping_mul(7919)
+                            .wrapping_add(l as u16 * 10_007)
+                            & 0x7fff,
+                        tl0picidx: (config.publisher as u8).wrapping_add(l as u8 * 85),
+                    }),
                     pt: None,
                     seq: 0,
                     clock: FrameClock::new(spec, now),
@@ -401,7 +613,7 @@ impl Peer {
                     Output::Transmit(t) => {
                         socket.send_to(&t.contents, t.destination).await?;
                     }
-                    Output::Event(e) => self.on_event(e, started, to_adapter).await?,
+                    Output::Event(e) => self.on_event(&mut rtc, e, started, to_adapter).await?,
                 }
             };
             anyhow::ensure!(rtc.is_alive(), "the peer connection closed");
@@ -435,6 +647,7 @@ impl Peer {
             if self.connected {
                 self.send_due(&mut rtc, now, config.publisher, config.keyframe_interval);
             }
+            self.views_again(now, to_adapter).await?;
             // Every turn, not only when the last timeout is due: str0m advances its clock
             // (ICE pacing, DTLS) only through it, and an answer just applied must start the
             // connectivity checks now, not at a deadline computed before it (that cost every
@@ -515,8 +728,32 @@ impl Peer {
             .context("adapter gone")
     }
 
+    /// Sends the views due again ([`VIEW_AGAIN`]).
+    async fn views_again(
+        &mut self,
+        now: Instant,
+        to_adapter: &mpsc::Sender<FromPeer>,
+    ) -> anyhow::Result<()> {
+        let Some(layer) = self.receive_layer else {
+            return Ok(());
+        };
+        for (_, mid, first, again) in &mut self.views {
+            if *again || now.duration_since(*first) < VIEW_AGAIN {
+                continue;
+            }
+            *again = true;
+            let view = FromPeer::Receiving {
+                mid: mid.to_string(),
+                size: view_size(layer, true),
+            };
+            to_adapter.send(view).await.context("adapter gone")?;
+        }
+        Ok(())
+    }
+
     async fn on_event(
         &mut self,
+        rtc: &mut Rtc,
         event: Event,
         started: Instant,
         to_adapter: &mpsc::Sender<FromPeer>,
@@ -526,6 +763,23 @@ impl Peer {
                 let Some((publisher, sent)) = read_stamp(&packet.payload) else {
                     return Ok(());
                 };
+                let layer = read_layer(&packet.payload);
+                if let Some(l) = layer.and_then(|l| self.counters.received_by_layer.get(l)) {
+                    l.fetch_add(1, Relaxed);
+                }
+                let ssrc = packet.header.ssrc;
+                if let (Some(wanted), Some(_)) = (self.receive_layer, layer)
+                    && !self.views.iter().any(|v| v.0 == ssrc)
+                    && let Some(mid) = rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid())
+                    && !self.views.iter().any(|v| v.1 == mid)
+                {
+                    self.views.push((ssrc, mid, Instant::now(), false));
+                    let view = FromPeer::Receiving {
+                        mid: mid.to_string(),
+                        size: view_size(wanted, false),
+                    };
+                    to_adapter.send(view).await.context("adapter gone")?;
+                }
                 self.counters.received_packets.fetch_add(1, Relaxed);
                 self.counters
                     .received_bytes
@@ -559,7 +813,10 @@ impl Peer {
                 anyhow::bail!("ICE disconnected");
             }
             Event::KeyframeRequest(request) => {
-                for track in self.publishing.iter_mut().filter(|t| t.mid == request.mid) {
+                // Per layer when the request names one (a PLI to a simulcast SSRC).
+                for track in self.publishing.iter_mut().filter(|t| {
+                    t.mid == request.mid && (request.rid.is_none() || t.rid == request.rid)
+                }) {
                     track.keyframe_requested = true;
                 }
             }
@@ -586,7 +843,7 @@ impl Peer {
                 }
             };
             let mut api = rtc.direct_api();
-            let Some(stream) = api.stream_tx_by_mid(track.mid, None) else {
+            let Some(stream) = api.stream_tx_by_mid(track.mid, track.rid) else {
                 continue;
             };
             let frame = track.clock.frames();
@@ -605,13 +862,19 @@ impl Peer {
             }
             let rate = if audio { 48_000 } else { 90_000 };
             let time = (frame * rate / track.spec.frames_per_second.max(1) as u64) as u32;
+            let layer = track.spec.layer;
+            let size = layer
+                .and_then(|l| CAMERA_LAYERS.get(l))
+                .map_or((0, 0), |l| (l.width, l.height));
             for i in 0..packets {
-                let mut payload = if audio {
-                    vec![0xfc; track.spec.payload_bytes]
-                } else {
-                    vp8_payload(track.spec.payload_bytes, i == 0, keyframe)
+                let mut payload = match track.vp8 {
+                    _ if audio => vec![0xfc; track.spec.payload_bytes],
+                    Some(numbers) => {
+                        vp8_layer_payload(track.spec.payload_bytes, i == 0, keyframe, numbers, size)
+                    }
+                    None => vp8_payload(track.spec.payload_bytes, i == 0, keyframe),
                 };
-                stamp(&mut payload, publisher, now_micros());
+                stamp_layer(&mut payload, publisher, now_micros(), layer);
                 let marker = audio || i + 1 == packets;
                 stream.write_rtp(
                     RtpWrite::new(pt, track.seq.into(), time, now, payload)
@@ -620,6 +883,7 @@ impl Peer {
                 );
                 track.seq += 1;
             }
+            track.vp8 = track.vp8.map(Vp8Numbers::next);
             self.counters.sent_packets.fetch_add(packets, Relaxed);
         }
     }
@@ -843,6 +1107,8 @@ mod tests {
             wanted: None,
             connected: false,
             counts_as_join: true,
+            receive_layer: None,
+            views: Vec::new(),
         };
         let (to_adapter, mut from_peer) = mpsc::channel(16);
         for (audio, video) in [(1, 1), (2, 1)] {
@@ -884,6 +1150,7 @@ mod tests {
             packets_per_second: 100,
             payload_bytes: 1100,
             frames_per_second: 30,
+            layer: None,
         };
         let start = Instant::now();
         let mut clock = FrameClock::new(&spec, start);
@@ -900,6 +1167,152 @@ mod tests {
         let late = clock.next() + Duration::from_secs(1);
         assert!(clock.due(late).is_some());
         assert_eq!(clock.next(), late + Duration::from_secs(1) / 30);
+    }
+
+    /// The fields of an RFC 7741 payload descriptor, read independently of the writer:
+    /// (start of partition, picture ID, TL0PICIDX, TID, offset of the VP8 payload).
+    fn descriptor(p: &[u8]) -> (bool, Option<u16>, Option<u8>, Option<u8>, usize) {
+        let (start, mut at) = (p[0] & 0x10 != 0, 1);
+        let (mut picture_id, mut tl0, mut tid) = (None, None, None);
+        if p[0] & 0x80 != 0 {
+            let x = p[1];
+            at = 2;
+            if x & 0x80 != 0 {
+                if p[at] & 0x80 != 0 {
+                    picture_id = Some(u16::from_be_bytes([p[at] & 0x7f, p[at + 1]]));
+                    at += 2;
+                } else {
+                    picture_id = Some(u16::from(p[at]));
+                    at += 1;
+                }
+            }
+            if x & 0x40 != 0 {
+                tl0 = Some(p[at]);
+                at += 1;
+            }
+            if x & 0x30 != 0 {
+                tid = Some(p[at] >> 6);
+                at += 1;
+            }
+        }
+        (start, picture_id, tl0, tid, at)
+    }
+
+    #[test]
+    fn layer_keyframes_carry_descriptor_numbers_and_the_picture_size() {
+        let numbers = Vp8Numbers {
+            picture_id: 0x7ffe,
+            tl0picidx: 255,
+        };
+        let mut p = vp8_layer_payload(400, true, true, numbers, (320, 180));
+        stamp_layer(&mut p, 7, 99, Some(0));
+        let (start, picture_id, tl0, tid, at) = descriptor(&p);
+        assert!(start);
+        assert_eq!((picture_id, tl0, tid), (Some(0x7ffe), Some(255), Some(0)));
+        // Frame tag: P bit clear (key frame), show frame; start code; 14-bit sizes.
+        assert_eq!(p[at] & 0x01, 0);
+        assert_eq!(&p[at + 3..at + 6], &[0x9d, 0x01, 0x2a]);
+        let width = u16::from_le_bytes([p[at + 6], p[at + 7]]) & 0x3fff;
+        let height = u16::from_le_bytes([p[at + 8], p[at + 9]]) & 0x3fff;
+        assert_eq!((width, height), (320, 180));
+        assert_eq!(read_stamp(&p), Some((7, 99)));
+        assert_eq!(read_layer(&p), Some(0));
+
+        // The next frame: numbers advance (the picture ID wraps at 15 bits), an inter frame
+        // has its P bit set, and packets after the first of a frame start no partition.
+        let next = numbers.next();
+        assert_eq!(
+            next,
+            Vp8Numbers {
+                picture_id: 0x7fff,
+                tl0picidx: 0
+            }
+        );
+        assert_eq!(next.next().picture_id, 0);
+        let inter = vp8_layer_payload(400, true, false, next, (320, 180));
+        let (start, picture_id, _, _, at) = descriptor(&inter);
+        assert!(start);
+        assert_eq!(picture_id, Some(0x7fff));
+        assert_eq!(inter[at] & 0x01, 1);
+        let middle = vp8_layer_payload(400, false, true, next, (320, 180));
+        let (start, picture_id, ..) = descriptor(&middle);
+        assert!(!start, "only a frame's first packet starts it");
+        assert_eq!(
+            picture_id,
+            Some(0x7fff),
+            "every packet of a frame carries its ID"
+        );
+    }
+
+    #[test]
+    fn stamps_tag_layers_and_plain_tracks_apart() {
+        for (l, layer) in CAMERA_LAYERS.iter().enumerate() {
+            let mut p = vec![0u8; 64];
+            stamp_layer(&mut p, 3, 4, Some(l));
+            assert_eq!(read_layer(&p), Some(l), "{}", layer.rid);
+            assert_eq!(read_stamp(&p), Some((3, 4)));
+        }
+        let mut p = vec![0u8; 64];
+        stamp(&mut p, 3, 4);
+        assert_eq!(
+            &p[48..52],
+            b"LG01",
+            "the stamp of a plain track is unchanged"
+        );
+        assert_eq!(read_layer(&p), None);
+    }
+
+    #[test]
+    fn views_select_each_layer_by_its_own_picture() {
+        // rtcd's rule (docs/protocol.md `track_views`): the lowest layer whose picture reaches
+        // the view's width or height.
+        let pick = |(w, h): (u16, u16)| {
+            CAMERA_LAYERS
+                .iter()
+                .position(|l| l.width >= w || l.height >= h)
+        };
+        for layer in 0..CAMERA_LAYERS.len() {
+            assert_eq!(pick(view_size(layer, false)), Some(layer));
+            assert_eq!(pick(view_size(layer, true)), Some(layer));
+            assert_ne!(view_size(layer, false), view_size(layer, true));
+        }
+    }
+
+    #[test]
+    fn a_simulcast_camera_is_offered_as_browsers_do() {
+        let mut client = rtc();
+        let mut simulcast = Simulcast::new();
+        for layer in CAMERA_LAYERS {
+            simulcast.add_send_layer(SimulcastLayer::new(layer.rid));
+        }
+        let mut api = client.sdp_api();
+        api.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            None,
+            None,
+            Some(simulcast),
+        );
+        let (offer, _) = api.apply().unwrap();
+        let sdp = offer.to_sdp_string();
+        for line in [
+            "a=rid:q send",
+            "a=rid:h send",
+            "a=rid:f send",
+            "a=simulcast:send q;h;f",
+        ] {
+            assert!(sdp.lines().any(|l| l == line), "{line} missing:\n{sdp}");
+        }
+        for uri in [
+            "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+            "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+        ] {
+            assert!(
+                sdp.lines()
+                    .any(|l| l.starts_with("a=extmap:") && l.ends_with(uri)),
+                "{uri} missing:\n{sdp}"
+            );
+        }
     }
 
     #[test]

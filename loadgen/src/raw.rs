@@ -5,6 +5,13 @@
 //!
 //! Relay protocol: a datagram `JOIN <call>` makes the sender a member of `<call>` (answered with
 //! `OK`); any other datagram from a member goes to every other member of its call.
+//!
+//! Simulcast: `JOIN <call> <layer>` (a digit) makes a member that takes only that layer. A
+//! packet of a simulcast layer has bit 3 of its SSRC's last octet set and the layer in the three
+//! bits below (the raw participants number their SSRCs so); such a packet goes only to members
+//! that take its layer or none in particular. That is the least an SFU must do per packet to
+//! select layers (one octet read, one comparison per member), without keyframe-aligned
+//! switching or renumbering, which a member that never switches does not need.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket as StdSocket};
@@ -15,7 +22,9 @@ use anyhow::Context as _;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use super::peer::{FrameClock, PeerConfig, PeerOutcome, STAMP_BYTES, read_stamp, stamp};
+use super::peer::{
+    FrameClock, PeerConfig, PeerOutcome, STAMP_BYTES, read_layer, read_stamp, stamp_layer,
+};
 use super::stats::{Counters, StreamLoss, now_micros};
 
 /// The SRTP auth tag WebRTC adds (HMAC-SHA1-80): raw packets carry as many extra bytes, so the
@@ -25,17 +34,18 @@ const RTP_HEADER: usize = 12;
 
 /// Runs the relay on `socket` forever (the `udp-relay` binary).
 pub fn serve(socket: &StdSocket) -> std::io::Result<()> {
-    let mut calls: HashMap<Vec<u8>, Vec<SocketAddr>> = HashMap::new();
+    // Members of each call, with the simulcast layer each takes (None: everything).
+    let mut calls: HashMap<Vec<u8>, Vec<(SocketAddr, Option<u8>)>> = HashMap::new();
     let mut member_of: HashMap<SocketAddr, Vec<u8>> = HashMap::new();
     let mut buf = [0u8; 2048];
     loop {
         let (n, from) = socket.recv_from(&mut buf)?;
         let packet = &buf[..n];
-        if let Some(call) = packet.strip_prefix(b"JOIN ") {
+        if let Some(join) = packet.strip_prefix(b"JOIN ") {
+            let (call, layer) = parse_join(join);
             let members = calls.entry(call.to_vec()).or_default();
-            if !members.contains(&from) {
-                members.push(from);
-            }
+            members.retain(|(addr, _)| *addr != from);
+            members.push((from, layer));
             member_of.insert(from, call.to_vec());
             let _ = socket.send_to(b"OK", from);
             continue;
@@ -43,13 +53,38 @@ pub fn serve(socket: &StdSocket) -> std::io::Result<()> {
         let Some(members) = member_of.get(&from).and_then(|c| calls.get(c)) else {
             continue;
         };
-        for to in members {
-            if *to != from {
+        let layer = packet_layer(packet);
+        for (to, takes) in members {
+            if *to != from && (layer.is_none() || takes.is_none() || layer == *takes) {
                 // A full receiver buffer drops the packet, as a real network would.
                 let _ = socket.send_to(packet, *to);
             }
         }
     }
+}
+
+/// `<call>` or `<call> <layer digit>` of a `JOIN`: the call and the layer taken.
+fn parse_join(join: &[u8]) -> (&[u8], Option<u8>) {
+    match join {
+        [call @ .., b' ', digit] if digit.is_ascii_digit() => (call, Some(digit - b'0')),
+        call => (call, None),
+    }
+}
+
+/// The simulcast layer of a raw packet, from its SSRC (see the module doc); None for a packet
+/// of a track without layers or one too short to have an RTP header.
+fn packet_layer(packet: &[u8]) -> Option<u8> {
+    let last = *packet.get(RTP_HEADER - 1)?;
+    (last & 0x08 != 0).then_some(last & 0x07)
+}
+
+/// The SSRC of raw track `index` of `publisher` (layer: a simulcast layer, see the module doc).
+fn raw_ssrc(publisher: u32, index: usize, layer: Option<usize>) -> u32 {
+    let low = match layer {
+        Some(l) => 0x08 | (l as u32 & 0x07),
+        None => index as u32 & 0x07,
+    };
+    publisher.wrapping_mul(16).wrapping_add(low)
 }
 
 /// One raw participant: join the relay's call, publish the configured tracks, count what
@@ -104,7 +139,11 @@ async fn drive(
     let mut buf = vec![0u8; 2048];
     // Join (retried: UDP may drop the first datagram under load).
     loop {
-        socket.send(format!("JOIN {call}").as_bytes()).await?;
+        let join = match config.receive_layer {
+            Some(layer) => format!("JOIN {call} {layer}"),
+            None => format!("JOIN {call}"),
+        };
+        socket.send(join.as_bytes()).await?;
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             r = tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf)) => {
@@ -145,6 +184,7 @@ async fn publish_and_count(
         seq: u16,
         clock: FrameClock,
         bytes: usize,
+        layer: Option<usize>,
     }
     let now = Instant::now();
     let mut tracks: Vec<Track> = config
@@ -152,10 +192,11 @@ async fn publish_and_count(
         .iter()
         .enumerate()
         .map(|(i, t)| Track {
-            ssrc: config.publisher.wrapping_mul(16).wrapping_add(i as u32),
+            ssrc: raw_ssrc(config.publisher, i, t.layer),
             seq: 0,
             clock: FrameClock::new(t, now),
             bytes: t.payload_bytes,
+            layer: t.layer,
         })
         .collect();
     // Receive-side sequence extension per SSRC: (last 16-bit seq, extended).
@@ -177,7 +218,11 @@ async fn publish_and_count(
                 if n < RTP_HEADER + STAMP_BYTES { continue; }
                 let ssrc = u32::from_be_bytes(buf[8..12].try_into()?);
                 let seq16 = u16::from_be_bytes(buf[2..4].try_into()?);
-                let Some((publisher, sent)) = read_stamp(&buf[RTP_HEADER..n - SRTP_TAG]) else { continue };
+                let payload = &buf[RTP_HEADER..n - SRTP_TAG];
+                let Some((publisher, sent)) = read_stamp(payload) else { continue };
+                if let Some(l) = read_layer(payload).and_then(|l| counters.received_by_layer.get(l)) {
+                    l.fetch_add(1, Relaxed);
+                }
                 let entry = extended.entry(ssrc).or_insert((seq16, seq16 as u64));
                 let delta = seq16.wrapping_sub(entry.0) as i16 as i64;
                 entry.1 = (entry.1 as i64 + delta).max(0) as u64;
@@ -206,15 +251,46 @@ async fn publish_and_count(
                 p[2..4].copy_from_slice(&t.seq.to_be_bytes());
                 p[4..8].copy_from_slice(&(frame as u32).to_be_bytes());
                 p[8..12].copy_from_slice(&t.ssrc.to_be_bytes());
-                stamp(
+                stamp_layer(
                     &mut p[RTP_HEADER..RTP_HEADER + t.bytes],
                     config.publisher,
                     now_micros(),
+                    t.layer,
                 );
                 socket.send(p).await.context("send to the relay")?;
                 t.seq = t.seq.wrapping_add(1);
             }
             counters.sent_packets.fetch_add(packets, Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_name_the_call_and_optionally_a_layer() {
+        assert_eq!(parse_join(b"lg-3"), (&b"lg-3"[..], None));
+        assert_eq!(parse_join(b"lg-3 2"), (&b"lg-3"[..], Some(2)));
+        assert_eq!(parse_join(b"lg 3 x"), (&b"lg 3 x"[..], None));
+    }
+
+    #[test]
+    fn layered_ssrcs_carry_their_layer_and_plain_ones_none() {
+        let packet = |ssrc: u32| {
+            let mut p = [0u8; RTP_HEADER];
+            p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            p
+        };
+        for layer in 0..3 {
+            let ssrc = raw_ssrc(77, 1 + layer, Some(layer));
+            assert_eq!(packet_layer(&packet(ssrc)), Some(layer as u8));
+            assert_eq!(ssrc >> 4, 77, "the publisher stays in the high bits");
+        }
+        for index in 0..3 {
+            assert_eq!(packet_layer(&packet(raw_ssrc(77, index, None))), None);
+        }
+        assert_eq!(packet_layer(&[0u8; 4]), None);
     }
 }

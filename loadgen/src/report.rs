@@ -102,6 +102,9 @@ pub struct Report {
     pub forwarded_bits_per_second: f64,
     /// What the scenario should forward with everyone connected.
     pub expected_forwarded_pps: f64,
+    /// Simulcast scenarios: forwarded and expected per layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Layers>,
     /// Loss over the whole run, from sequence numbers.
     pub loss_percent: f64,
     /// Loss details.
@@ -116,6 +119,17 @@ pub struct Report {
     pub errors: Vec<String>,
     /// Per-second samples.
     pub series: Vec<Sample>,
+}
+
+/// Forwarded packets per simulcast layer (index as [`crate::peer::CAMERA_LAYERS`]: q, h, f) in
+/// the window, and what the scenario should forward of each (every subscriber receives only
+/// the layer it takes).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Layers {
+    /// Received per second, by the stamps' layer tags.
+    pub forwarded_pps: [f64; 3],
+    /// Expected per second.
+    pub expected_pps: [f64; 3],
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -160,6 +174,19 @@ impl Report {
             self.forwarded_bits_per_second / 1e6,
             self.expected_forwarded_pps
         );
+        if let Some(layers) = &self.layers {
+            for (l, layer) in crate::peer::CAMERA_LAYERS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "| forwarded of layer {} ({} x {}) | {:.0} pkt/s (expected {:.0}) |",
+                    layer.rid,
+                    layer.width,
+                    layer.height,
+                    layers.forwarded_pps[l],
+                    layers.expected_pps[l]
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "| loss | {:.2} % (worst stream {:.2} %, {} streams) |",

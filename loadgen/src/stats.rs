@@ -21,6 +21,9 @@ pub struct Counters {
     pub received_packets: AtomicU64,
     /// Payload bytes of those packets.
     pub received_bytes: AtomicU64,
+    /// Of those, the packets of each simulcast layer (by the stamp's tag; index as
+    /// [`super::peer::CAMERA_LAYERS`]).
+    pub received_by_layer: [AtomicU64; 3],
     /// One-way latency of received packets (send stamp to receive), in microseconds.
     pub latency: Histogram,
     /// Packets the receivers' sequence numbers say should have arrived so far (the running

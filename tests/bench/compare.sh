@@ -28,6 +28,11 @@
 #   sudo tests/bench/compare.sh                       # everything, ~15 min with the build
 #   SCENARIOS=smoke TARGETS=janus BUILD=0 DURATION=5 sudo tests/bench/compare.sh
 #   SCENARIOS=capacity sudo tests/bench/compare.sh    # capacity side by side
+# The `simulcast` scenario (not in the default list; docs/benchmarks.md "Simulcast"): cameras
+# publish three layers, subscribers take the low, middle or high one. Target `ours-adaptive`
+# is ours with rtc.adaptive_video on (the estimator and allocator per subscriber), reported
+# apart from `ours` (off, the default), so the two in one run give their cost:
+#   SCENARIOS=simulcast TARGETS="ours ours-adaptive janus raw" sudo tests/bench/compare.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -301,11 +306,14 @@ run_one() {
 	*) args+=(--duration "$DURATION") ;;
 	esac
 	case $target in
-	ours)
+	ours | ours-adaptive)
 		args+=(--target ours --target-cpus "$TARGET_CPU"
 			--rtcd-env "RTCD_RTC_ICE_ADDRESS_UDP=$ADDR"
 			--rtcd-env 'RTCD_RTC_ICE_INTERFACES=["veth0"]'
 			--rtcd-env RTCD_RTC_INCLUDE_LOOPBACK_CANDIDATES=false)
+		if [ "$target" = ours-adaptive ]; then
+			args+=(--rtcd-env RTCD_RTC_ADAPTIVE_VIDEO=true --label ours-adaptive)
+		fi
 		;;
 	janus)
 		start_janus "$OUT/logs/$name.janus.log"
@@ -315,7 +323,7 @@ run_one() {
 		start_relay "$OUT/logs/$name.relay.log"
 		args+=(--target raw --relay "$RELAY" --watch "udp-relay=$TARGET_PID")
 		;;
-	*) die "unknown target $target (ours, janus, raw)" ;;
+	*) die "unknown target $target (ours, ours-adaptive, janus, raw)" ;;
 	esac
 	log "$name"
 	local rc=0

@@ -16,9 +16,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-TARGETS = ["ours", "janus", "raw-udp"]
-SCENARIO_ORDER = ["fanout", "one-to-one", "rooms", "storm", "fanout16", "smoke"]
-TARGET_LABELS = {"ours": "ours", "janus": "Janus", "raw-udp": "raw UDP"}
+TARGETS = ["ours", "ours-adaptive", "janus", "raw-udp"]
+SCENARIO_ORDER = ["fanout", "one-to-one", "rooms", "storm", "fanout16", "simulcast", "smoke"]
+TARGET_LABELS = {"ours": "ours", "ours-adaptive": "ours, adaptive video", "janus": "Janus", "raw-udp": "raw UDP"}
+LAYERS = ["q", "h", "f"]
 
 
 def median(values):
@@ -68,6 +69,10 @@ def metrics(report):
         "participants": report.get("participants"),
         "client_cpu": report.get("client_cpu_utilisation"),
         "errors": report.get("errors", []),
+        # Simulcast runs: forwarded and expected pkt/s per layer (q, h, f), as tuples so that
+        # combine() takes the medians per layer.
+        "layers_fwd": tuple((report.get("layers") or {}).get("forwarded_pps", []) or []) or None,
+        "layers_exp": tuple((report.get("layers") or {}).get("expected_pps", []) or []) or None,
     }
 
 
@@ -199,6 +204,9 @@ def combine(samples):
     for field in samples[0]:
         if field == "errors":
             out[field] = sorted({e for s in samples for e in s[field]})
+        elif field in ("layers_fwd", "layers_exp"):
+            rows = [s[field] for s in samples if s[field]]
+            out[field] = tuple(median(list(col)) for col in zip(*rows)) if rows else None
         else:
             out[field] = median([s[field] for s in samples])
     out["reps"] = len(samples)
@@ -264,18 +272,66 @@ def main():
         "(ratio) | loss %: ours / janus / raw |"
     )
     print("|---|---|---|---|---|")
-    for scenario in scenarios:
-        ours = table.get((scenario, "ours"), {})
+    rows = [(s, "ours") for s in scenarios] + [
+        (s, "ours-adaptive") for s in scenarios if (s, "ours-adaptive") in table
+    ]
+    for scenario, mine in rows:
+        ours = table.get((scenario, mine), {})
         janus = table.get((scenario, "janus"), {})
         raw = table.get((scenario, "raw-udp"), {})
+        label = scenario if mine == "ours" else f"{scenario} (ours, adaptive video)"
         print(
-            f"| {scenario} "
+            f"| {label} "
             f"| {ratio(ours.get('cpu_per_m'), janus.get('cpu_per_m'))} "
             f"| {ratio(ours.get('cpu_per_m'), raw.get('cpu_per_m'))} "
             f"| {fmt(ours.get('join_p99'), 0)} / {fmt(janus.get('join_p99'), 0)} "
             f"({ratio(ours.get('join_p99'), janus.get('join_p99'))}) "
             f"| {fmt(ours.get('loss'), 2)} / {fmt(janus.get('loss'), 2)} / {fmt(raw.get('loss'), 2)} |"
         )
+
+    layered = [(key, m) for key, m in sorted(table.items()) if m.get("layers_fwd")]
+    if layered:
+        print("\n## Simulcast: forwarded pkt/s per layer (expected)\n")
+        print("| scenario | target | " + " | ".join(f"layer {l}" for l in LAYERS) + " |")
+        print("|---|---|" + "---|" * len(LAYERS))
+        for (scenario, target), m in layered:
+            cells = [
+                f"{fmt(f, 0)} ({fmt(e, 0)})"
+                for f, e in zip(m["layers_fwd"], m["layers_exp"] or [None] * len(LAYERS))
+            ]
+            print(f"| {scenario} | {target} | " + " | ".join(cells) + " |")
+
+    # Adaptive video's cost: the same scenario with rtc.adaptive_video on and off, as target
+    # CPU per participant-hour (every participant of these scenarios subscribes) and per
+    # million forwarded packets.
+    pairs = [
+        (scenario, table[(scenario, "ours")], table[(scenario, "ours-adaptive")])
+        for scenario in scenarios
+        if (scenario, "ours") in table and (scenario, "ours-adaptive") in table
+    ]
+    if pairs:
+        print("\n## Adaptive video on - off (ours)\n")
+        print(
+            "| scenario | target CPU off / on (cores) | CPU-s per subscriber-hour off / on / difference "
+            "| CPU-s per M forwarded off / on / difference |"
+        )
+        print("|---|---|---|---|")
+        for scenario, off, on in pairs:
+            def per_hour(m):
+                if m["cpu_util"] is None or not m["participants"]:
+                    return None
+                return m["cpu_util"] * 3600 / m["participants"]
+
+            def diff(a, b):
+                return None if a is None or b is None else b - a
+
+            h_off, h_on = per_hour(off), per_hour(on)
+            print(
+                f"| {scenario} | {fmt(off['cpu_util'], 3)} / {fmt(on['cpu_util'], 3)} "
+                f"| {fmt(h_off, 1)} / {fmt(h_on, 1)} / {fmt(diff(h_off, h_on), 1)} "
+                f"| {fmt(off['cpu_per_m'], 2)} / {fmt(on['cpu_per_m'], 2)} "
+                f"/ {fmt(diff(off['cpu_per_m'], on['cpu_per_m']), 2)} |"
+            )
 
     errors = [(k, m["errors"]) for k, m in sorted(table.items()) if m["errors"]]
     if errors:
