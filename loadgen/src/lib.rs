@@ -149,6 +149,18 @@ impl Scenario {
                 warmup: Duration::from_secs(6),
                 ..base
             },
+            // The same shape without simulcast: each camera one 1.5 Mbit/s stream (the `f`
+            // layer's rate), everyone receiving it. Beside `simulcast`, it tells what taking
+            // one of three layers costs against forwarding a single stream.
+            "simulcast-single" => Self {
+                calls: 4,
+                participants: 20,
+                audio: 2,
+                video: 2,
+                video_kbps: 1500,
+                warmup: Duration::from_secs(6),
+                ..base
+            },
             // The capacity mode's room shape (`capacity`): rooms of 10, one
             // camera each; the ramp sets the number of rooms, each step measures 10 s.
             "capacity" => Self {
