@@ -519,6 +519,8 @@ impl Participant {
                                 tracks: Vec::new(),
                                 offer_first: false,
                                 counts_as_join: false,
+                                // Janus was told the layer with the subscription: no views.
+                                receive_layer: None,
                                 ..self.config.clone()
                             };
                             Link::spawn(
