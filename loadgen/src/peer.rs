@@ -279,8 +279,7 @@ pub enum FromPeer {
     Answer(String),
     /// ICE connected: the join is done (for the join-time measurement).
     Connected,
-    /// The first packet of a simulcast layer arrived on receiving section `mid` (and once more,
-    /// [`VIEW_AGAIN`] later): the adapter may tell the target which layer this participant
+    /// The first packet of a simulcast layer arrived on receiving section `mid`: the adapter may tell the target which layer this participant
     /// wants there (ours: a `track_views` view of `size`). Sent only when the peer has a
     /// [`PeerConfig::receive_layer`].
     Receiving {
@@ -291,18 +290,12 @@ pub enum FromPeer {
     },
 }
 
-/// When the view of a section is sent again after the first: rtcd picks a layer for a view
-/// only among layers whose picture size it has read from a keyframe, and it re-evaluates a view
-/// only when the view changes; a view that arrived before the sizes were known is sent again
-/// one pixel smaller (the same layer) once the keyframe interval has passed.
-pub const VIEW_AGAIN: Duration = Duration::from_secs(3);
-
 /// The view size that selects layer `layer` of [`CAMERA_LAYERS`] (the layer's own picture: the
-/// lowest layer at least as large), one pixel smaller when `again` (see [`VIEW_AGAIN`]).
-pub fn view_size(layer: usize, again: bool) -> (u16, u16) {
+/// lowest layer at least as large). Sent once per section: a view that reaches rtcd before it
+/// has read the layers' sizes applies once it reads them.
+pub fn view_size(layer: usize) -> (u16, u16) {
     let l = CAMERA_LAYERS[layer.min(CAMERA_LAYERS.len() - 1)];
-    let less = u16::from(again);
-    (l.width - less, l.height - less)
+    (l.width, l.height)
 }
 
 /// How one peer is set up.
@@ -502,9 +495,9 @@ struct Peer {
     counts_as_join: bool,
     /// [`PeerConfig::receive_layer`].
     receive_layer: Option<usize>,
-    /// Receiving sections a simulcast layer arrived on: the SSRC it came with, the section,
-    /// when the first packet came, and whether the view went out again ([`VIEW_AGAIN`]).
-    views: Vec<(Ssrc, Mid, Instant, bool)>,
+    /// Receiving sections a simulcast layer arrived on (their view sent): the SSRC it came
+    /// with, the section.
+    views: Vec<(Ssrc, Mid)>,
 }
 
 impl Peer {
@@ -647,7 +640,6 @@ impl Peer {
             if self.connected {
                 self.send_due(&mut rtc, now, config.publisher, config.keyframe_interval);
             }
-            self.views_again(now, to_adapter).await?;
             // Every turn, not only when the last timeout is due: str0m advances its clock
             // (ICE pacing, DTLS) only through it, and an answer just applied must start the
             // connectivity checks now, not at a deadline computed before it (that cost every
@@ -728,29 +720,6 @@ impl Peer {
             .context("adapter gone")
     }
 
-    /// Sends the views due again ([`VIEW_AGAIN`]).
-    async fn views_again(
-        &mut self,
-        now: Instant,
-        to_adapter: &mpsc::Sender<FromPeer>,
-    ) -> anyhow::Result<()> {
-        let Some(layer) = self.receive_layer else {
-            return Ok(());
-        };
-        for (_, mid, first, again) in &mut self.views {
-            if *again || now.duration_since(*first) < VIEW_AGAIN {
-                continue;
-            }
-            *again = true;
-            let view = FromPeer::Receiving {
-                mid: mid.to_string(),
-                size: view_size(layer, true),
-            };
-            to_adapter.send(view).await.context("adapter gone")?;
-        }
-        Ok(())
-    }
-
     async fn on_event(
         &mut self,
         rtc: &mut Rtc,
@@ -773,10 +742,10 @@ impl Peer {
                     && let Some(mid) = rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid())
                     && !self.views.iter().any(|v| v.1 == mid)
                 {
-                    self.views.push((ssrc, mid, Instant::now(), false));
+                    self.views.push((ssrc, mid));
                     let view = FromPeer::Receiving {
                         mid: mid.to_string(),
-                        size: view_size(wanted, false),
+                        size: view_size(wanted),
                     };
                     to_adapter.send(view).await.context("adapter gone")?;
                 }
@@ -1272,9 +1241,7 @@ mod tests {
                 .position(|l| l.width >= w || l.height >= h)
         };
         for layer in 0..CAMERA_LAYERS.len() {
-            assert_eq!(pick(view_size(layer, false)), Some(layer));
-            assert_eq!(pick(view_size(layer, true)), Some(layer));
-            assert_ne!(view_size(layer, false), view_size(layer, true));
+            assert_eq!(pick(view_size(layer)), Some(layer));
         }
     }
 

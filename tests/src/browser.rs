@@ -558,7 +558,9 @@ impl Browsers {
         }
     }
 
-    /// Like [`Browsers::lan`], with more Chromium flags for every Chromium page.
+    /// Like [`Browsers::lan`], with more Chromium flags for every Chromium page. Flags that
+    /// treat an insecure origin as secure (a camera on a plain `http://` LAN origin) give its
+    /// Firefox pages the equivalent preferences too.
     pub fn lan_with_chromium_args(args: Vec<String>) -> Self {
         Self {
             chromium_args: args,
@@ -575,6 +577,14 @@ impl Browsers {
             netns: None,
             chromedriver: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Whether the Chromium flags name an insecure origin as secure: the pages' origin is a
+    /// plain `http://` LAN address, where cameras need it.
+    fn insecure_origin(&self) -> bool {
+        self.chromium_args
+            .iter()
+            .any(|a| a.starts_with("--unsafely-treat-insecure-origin-as-secure"))
     }
 
     /// A new page (fresh profile) of `kind`, showing nothing yet.
@@ -594,7 +604,11 @@ impl Browsers {
                 BrowserPage::Chromium(driver.page().await?)
             }
             BrowserKind::Firefox => BrowserPage::Firefox(
-                crate::firefox::FirefoxPage::start_in(self.netns.as_ref()).await?,
+                crate::firefox::FirefoxPage::start_in(
+                    self.netns.as_ref(),
+                    self.netns.is_some() || self.insecure_origin(),
+                )
+                .await?,
             ),
         })
     }

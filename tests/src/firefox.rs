@@ -134,19 +134,21 @@ pub struct FirefoxPage {
 impl FirefoxPage {
     /// Starts Firefox with a fresh profile and opens a BiDi session on its blank tab.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_in(None).await
+        Self::start_in(None, false).await
     }
 
     /// Like [`FirefoxPage::start`], in `netns` when given (a weak link's client namespace,
     /// [`crate::shaping`]): Firefox's BiDi server listens on that namespace's `127.0.0.1`,
-    /// reached through a forwarder; pages on plain `http://` LAN origins may use the fake
-    /// camera (they are not at `127.0.0.1` there).
+    /// reached through a forwarder. With `insecure_origin`, pages on plain `http://` LAN
+    /// origins may use the fake camera (getUserMedia needs a secure context, and only
+    /// `127.0.0.1` is one without TLS).
     pub(crate) async fn start_in(
         netns: Option<&crate::shaping::ClientNetns>,
+        insecure_origin: bool,
     ) -> anyhow::Result<Self> {
         let firefox = binary()?;
         let profile = tempfile::tempdir()?;
-        let insecure_media: &[(&str, &str)] = if netns.is_some() {
+        let insecure_media: &[(&str, &str)] = if insecure_origin {
             &[
                 ("media.devices.insecure.enabled", "true"),
                 ("media.getusermedia.insecure.enabled", "true"),
@@ -234,11 +236,22 @@ impl FirefoxPage {
         url: &str,
         profile: tempfile::TempDir,
     ) -> anyhow::Result<Self> {
-        let ws = match tokio_tungstenite::connect_async(format!("{url}/session")).await {
-            Ok((ws, _)) => ws,
-            Err(e) => {
-                kill_group(&mut child);
-                return Err(anyhow!(e).context(format!("connecting to {url}/session")));
+        // A few tries: Firefox in a weak link's client namespace (reached through a forwarder)
+        // once answered the first upgrade with 400 Bad Request right after reporting its
+        // address.
+        let mut tries = 0;
+        let ws = loop {
+            match tokio_tungstenite::connect_async(format!("{url}/session")).await {
+                Ok((ws, _)) => break ws,
+                Err(e) if tries < 4 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, tries, "connecting to Firefox's BiDi again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    kill_group(&mut child);
+                    return Err(anyhow!(e).context(format!("connecting to {url}/session")));
+                }
             }
         };
         let (mut sink, mut stream) = ws.split();

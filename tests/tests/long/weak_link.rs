@@ -10,8 +10,9 @@
 //! quality scaler drops to 320x240, capped at 600 kbit/s). rtcd (no bandwidth estimation per
 //! subscriber yet) forwards all of it, so behind the link the excess is dropped by tbf.
 //!
-//! A browser call: it belongs to nextest's `browser-calls` group (`.config/nextest.toml`),
-//! one call at a time.
+//! Browser calls: they belong to nextest's `browser-calls` group (`.config/nextest.toml`),
+//! one call at a time; issue 28's acceptance calls (`weak_link_*_keeps_*`, four browsers) run
+//! alone, with no other test beside them.
 
 use std::time::Duration;
 
@@ -581,20 +582,36 @@ async fn watch(pages: &[&BrowserPage], duration: Duration) -> anyhow::Result<Vec
     Ok(out)
 }
 
-/// The width of each publisher's camera as captured (its full layer: the others must receive
-/// it at that width), by identity; what each sends per layer is logged.
+/// Per remote microphone of `page` since the call began: packets received and lost (as the
+/// receiver counts them), and its jitter (s). Logged beside the concealment: concealment with
+/// no loss is audio that came late (a sender's or a receiver's CPU, a queue on the way).
+async fn audio_health(page: &BrowserPage) -> anyhow::Result<Value> {
+    page.eval_async(
+        "const done = arguments[arguments.length - 1];\
+         const c = window.rtcd; const names = {};\
+         for (const r of c.remoteTracks.values()) names[r.track.id] = r.identity + '/' + r.source;\
+         c.peerConnection.getStats().then((stats) => { const out = {};\
+           stats.forEach((s) => { if (s.type !== 'inbound-rtp' || s.kind !== 'audio') return;\
+             out[names[s.trackIdentifier] || s.trackIdentifier] =\
+               [s.packetsReceived || 0, s.packetsLost || 0, s.jitter || 0]; });\
+           done(out); }, (e) => done({ error: String(e) }));",
+        json!([]),
+    )
+    .await
+}
+
+/// Each publisher's full layer now: the width of the widest layer its camera sends (from its
+/// own `getStats`), logged with its capture size and its encoder's reasons. Chromium encodes
+/// its top layer at the capture size; Firefox scales every layer of its simulcast down on its
+/// own (CPU or its uplink estimate: 480 of 640 px seen), and rtcd can forward no more than
+/// that. `log`: print what each sends.
 async fn full_widths(
     pages: &[(&str, &BrowserPage)],
+    log: bool,
 ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
     let mut out = std::collections::BTreeMap::new();
     for (identity, page) in pages {
         let s = stats(page).await?;
-        // (rid, width, frames per second, target bitrate, quality limitation) per layer:
-        // why a layer is narrower than the capture (CPU on a loaded host, bandwidth).
-        eprintln!(
-            "weak call: {identity} sends {} (its uplink estimate {} bit/s)",
-            s["video"], s["outgoing"]
-        );
         let captured = page
             .eval(
                 "const t = rtcd.localTracks.get('camera');\
@@ -604,8 +621,22 @@ async fn full_widths(
             .await?
             .as_u64()
             .unwrap_or(0);
-        ensure!(captured > 0, "{identity} has no camera");
-        out.insert((*identity).to_owned(), captured);
+        // (rid, width, frames per second, target bitrate, quality limitation) per layer.
+        if log {
+            eprintln!(
+                "weak call: {identity} captures {captured} px, sends {} (its uplink estimate {} bit/s)",
+                s["video"], s["outgoing"]
+            );
+        }
+        let widest = s["video"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|layer| layer.get(1).and_then(Value::as_u64))
+            .max()
+            .unwrap_or(0);
+        ensure!(widest > 0, "{identity} sends no camera");
+        out.insert((*identity).to_owned(), widest);
     }
     Ok(out)
 }
@@ -697,7 +728,7 @@ async fn weak_call_scenario(
         .map(String::as_str)
         .zip(pages.iter())
         .collect();
-    let full = full_widths(&named).await?;
+    let full = full_widths(&named, true).await?;
     eprintln!("weak call: full layers {full:?}");
     let mut failures = Vec::new();
     for (received, who) in shaped
@@ -707,6 +738,15 @@ async fn weak_call_scenario(
         let weak_page = who == "weak";
         let flow = received.camera_flow();
         let concealment = received.concealment();
+        let page = if weak_page {
+            &weak
+        } else {
+            &pages[names.iter().position(|n| n == who).unwrap_or(0)]
+        };
+        eprintln!(
+            "weak call: {who} audio (received, lost, jitter s) {}",
+            audio_health(page).await.unwrap_or_default()
+        );
         eprintln!(
             "weak call: {who} cameras (name, share of windows, longest stall s, width) {flow:?}; audio concealed {concealment:?}"
         );
@@ -727,9 +767,11 @@ async fn weak_call_scenario(
                         share * 100.0
                     ));
                 }
-                if *width != full[publisher] {
+                // At least: Firefox scales its layers up and down on its own (480 and 640 px
+                // seen within a minute), and what was widest when sampled may have grown.
+                if *width < full[publisher] {
                     failures.push(format!(
-                        "{who}: {name} at {width} px, not the full {} px",
+                        "{who}: {name} at {width} px, below the full {} px",
                         full[publisher]
                     ));
                 }
@@ -755,12 +797,13 @@ async fn weak_call_scenario(
     let lifted = tokio::time::Instant::now();
     let mut back = None;
     while lifted.elapsed() < RECOVERY + Duration::from_secs(20) {
+        let full = full_widths(&named, false).await?;
         let sample = media(&weak).await?;
         let at_full = full.iter().all(|(identity, width)| {
             sample["video"][format!("{identity}/camera")]
                 .get(1)
                 .and_then(Value::as_u64)
-                == Some(*width)
+                .is_some_and(|w| w >= *width)
         });
         if at_full {
             back = Some(lifted.elapsed());
@@ -790,7 +833,6 @@ async fn weak_call_scenario(
 }
 
 #[test]
-#[ignore = "issue 28: passes alone on an idle host, not yet beside the rest of the suite (stalls of 3.5-14.5 s at load 4-6): docs/adaptive-video.md 4b"]
 fn weak_link_chromium_subscriber_keeps_three_simulcast_cameras_and_its_audio() -> anyhow::Result<()>
 {
     use BrowserKind::Chromium;
@@ -798,7 +840,6 @@ fn weak_link_chromium_subscriber_keeps_three_simulcast_cameras_and_its_audio() -
 }
 
 #[test]
-#[ignore = "issue 28: passes alone on an idle host, not yet beside the rest of the suite (stalls of 3.5-14.5 s at load 4-6): docs/adaptive-video.md 4b"]
 fn weak_link_firefox_subscriber_keeps_three_simulcast_cameras_and_its_audio() -> anyhow::Result<()>
 {
     use BrowserKind::Chromium;
@@ -806,7 +847,7 @@ fn weak_link_firefox_subscriber_keeps_three_simulcast_cameras_and_its_audio() ->
 }
 
 #[test]
-#[ignore = "issue 28: the Firefox publisher page publishes nothing here (rtcd opens no track of it; Firefox simulcast publishing passes in calls::firefox_simulcast_*), see docs/adaptive-video.md 4b"]
+#[ignore = "issue 28: a Firefox publisher's microphone arrives at every receiver (good links too) with 16-20 ms of jitter and no loss, concealed 0.1-7.5 % over 7 runs on this 2-core host (Chromium's: 7-9 ms, under 1 %): Firefox's sending under CPU load; docs/adaptive-video.md 4b"]
 fn weak_link_chromium_subscriber_keeps_a_firefox_simulcast_camera() -> anyhow::Result<()> {
     use BrowserKind::{Chromium, Firefox};
     weak_call(Chromium, [Firefox, Chromium, Chromium])

@@ -140,6 +140,15 @@ const OVERUSE_MIN_COUNT: u32 = 3;
 /// "Rate control": beta, 0.85): below what the path delivers, so the queue drains.
 const BETA: f64 = 0.85;
 
+/// One over-use takes the delay half down to no less than this fraction of where it was; a
+/// congestion that lasts takes it down again once per response time (halving ten times a
+/// second or so). The acknowledged rate it backs off from is only as good as the feedback
+/// behind it: a receiver that was starved of CPU sends its reports late and in a burst, the
+/// last second then acknowledges a fraction of what arrived, and a subscriber on an unshaped
+/// link went from 1.09 Mbit/s to 106 kbit/s in one step (every camera paused, 19 s to recover;
+/// seen in a weak-link browser call on a loaded host).
+const MAX_CUT: f64 = 0.5;
+
 /// Multiplicative increase per second far from the last congestion (draft §5.5: eta, at most
 /// 8 % per second).
 const INCREASE_PER_SECOND: f64 = 1.08;
@@ -633,7 +642,7 @@ impl Estimator {
     }
 
     /// The delay half's rate control (draft §5.5): over-use: down to [`BETA`] times the
-    /// acknowledged rate at once, then hold (again at most once per response time while it
+    /// acknowledged rate at once (but by at most [`MAX_CUT`]), then hold (again at most once per response time while it
     /// lasts); under-use: hold; normal: increase, multiplicatively far from the last
     /// congestion, additively near it.
     fn control_delay(&mut self, now: Instant, usage: Usage, acked: Option<f64>, growth_dt: f64) {
@@ -646,7 +655,9 @@ impl Estimator {
                 if due {
                     let peak = self.acked_recent.iter().map(|(_, a)| *a).reduce(f64::max);
                     let base = peak.or(acked).unwrap_or(self.delay_based);
-                    self.delay_based = self.delay_based.min(BETA * base);
+                    self.delay_based = self
+                        .delay_based
+                        .min((BETA * base).max(MAX_CUT * self.delay_based));
                     self.last_decrease = Some(now);
                     if let Some(acked) = acked {
                         self.congested_at = Some(match self.congested_at {

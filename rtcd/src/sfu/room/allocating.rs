@@ -414,6 +414,33 @@ const TRIAL_DURATION: Duration = Duration::from_secs(3);
 /// intervals, the copies' missing headers).
 const PROBE_OVERSHOOT: f64 = 1.1;
 
+/// The most a probe aims above the estimate, unless the last one moved it far: a camera's step
+/// from its lowest layer to its top one is 10 times the lowest's (50 to 650 kbit/s), and
+/// probing a 600 kbit/s link at 900 every 4 s overloaded it by half each time; the losses took
+/// the estimate below the lowest layers and paused a camera.
+const PROBE_MAX_STEP: f64 = 1.5;
+
+/// What a probe aims at, for the allocator's next `step` (the estimate it needs), the
+/// `estimate` now, whether the last probe `moved` it far, and the `ceiling` (what every track
+/// the subscriber shows would need):
+/// * the step divided by [`PROVED_SHARE`], so that a proved probe lets the allocator take
+///   the step at once (seen without: 446 of a 454 kbit/s step proved, nothing resumed, and
+///   the next probe aimed at the same step);
+/// * at most [`PROBE_MAX_STEP`] times the estimate: a step too large for one probe is climbed
+///   in several (each that proves moves the estimate 1.5 times);
+/// * after one that moved the estimate far, twice the estimate up to the ceiling: a link that
+///   recovered is found in a few probes, not one layer every two seconds. Not after every
+///   proved one: at a 600 kbit/s link's edge a probe proved a step of 2 %, 435 to 446 kbit/s,
+///   the next aimed at 883, failed, and its losses halved the estimate.
+fn probe_goal(step: u64, estimate: u64, moved: bool, ceiling: Option<u64>) -> u64 {
+    let goal =
+        ((step as f64 / PROVED_SHARE).ceil() as u64).min((estimate as f64 * PROBE_MAX_STEP) as u64);
+    match ceiling {
+        Some(ceiling) if moved => goal.max(estimate.saturating_mul(2).min(ceiling)),
+        _ => goal,
+    }
+}
+
 /// Judges the probe that just ended by the estimate now: whether it proved its goal, and when
 /// the next may start (`probe.next`, `probe.backoff`).
 fn conclude_probe(probe: &mut super::member::Probe, estimate: Option<u64>, now: Instant) -> bool {
@@ -424,11 +451,15 @@ fn conclude_probe(probe: &mut super::member::Probe, estimate: Option<u64>, now: 
     // moves its estimate by a few percent.
     let moved = estimate.is_some_and(|e| e as f64 >= probe.from as f64 * PROBE_MOVED);
     probe.proved = proved;
+    probe.moved = moved;
+    // A failure waits the back-off in force and doubles it for the next: the first after a
+    // success waits PROBE_INTERVAL (doubled at once, it waited 4 s: a weak link's shaping
+    // lifted, the probes climbing, and the first to fall short held the last camera back).
     let (backoff, wait) = if proved || moved {
         (PROBE_INTERVAL, PROBE_AFTER_PROVED)
     } else {
-        let doubled = (probe.backoff * 2).clamp(PROBE_INTERVAL, PROBE_BACKOFF_MAX);
-        (doubled, doubled)
+        let wait = probe.backoff.clamp(PROBE_INTERVAL, PROBE_BACKOFF_MAX);
+        ((wait * 2).min(PROBE_BACKOFF_MAX), wait)
     };
     probe.backoff = backoff;
     probe.next = Some(now + wait);
@@ -467,18 +498,10 @@ fn plan_probe(
             .inc();
         tracing::debug!(session = %m.req.session, proved, goal = probe.goal, estimate = ?m.allocator.estimate(), "probe ended");
     }
-    let (Some(mut goal), Some(estimate)) = (m.allocator.probe_target(), m.allocator.estimate())
-    else {
+    let (Some(step), Some(estimate)) = (m.allocator.probe_target(), m.allocator.estimate()) else {
         return false;
     };
-    // After a probe that proved its goal, aim at twice the estimate (up to what every track
-    // wants): a link that recovered is found in a few probes, not one layer every two seconds.
-    // After one that failed, the next step only: a weak link is overloaded a little, briefly.
-    if probe.proved
-        && let Some(ceiling) = m.allocator.probe_ceiling()
-    {
-        goal = goal.max(estimate.saturating_mul(2).min(ceiling));
-    }
+    let goal = probe_goal(step, estimate, probe.moved, m.allocator.probe_ceiling());
     if goal <= estimate || probe.next.is_some_and(|n| now < n) {
         return false;
     }
@@ -522,6 +545,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_probe_aims_at_the_step_at_most_half_again_the_estimate_or_twice_after_a_move() {
+        // A small step: just over it, so that proving it lets the allocator take it.
+        assert_eq!(
+            probe_goal(454_000, 440_000, false, Some(3_000_000)),
+            463_266
+        );
+        // A camera's jump from its lowest layer to its top on a 600 kbit/s link: 1.5 times.
+        assert_eq!(
+            probe_goal(900_000, 480_000, false, Some(3_000_000)),
+            720_000
+        );
+        // After a probe that moved the estimate: twice it, up to the ceiling.
+        assert_eq!(
+            probe_goal(900_000, 720_000, true, Some(3_000_000)),
+            1_440_000
+        );
+        assert_eq!(
+            probe_goal(900_000, 2_000_000, true, Some(3_000_000)),
+            3_000_000
+        );
+        assert_eq!(probe_goal(900_000, 720_000, true, None), 918_368);
+    }
+
+    #[test]
     fn a_probe_that_proves_or_moves_the_estimate_far_is_followed_soon_others_back_off() {
         let now = Instant::now();
         let ended = |goal: u64, from: u64| super::super::member::Probe {
@@ -535,13 +582,22 @@ mod tests {
         assert!(conclude_probe(&mut p, Some(1_318_144), now));
         assert_eq!(p.next, Some(now + PROBE_AFTER_PROVED));
         assert!(p.proved);
+        assert!(p.moved, "1.32 times where it started");
         // Short of the goal but far above where it started: not proved, yet soon again.
         let mut p = ended(878_403, 478_261);
         assert!(!conclude_probe(&mut p, Some(855_024), now));
         assert_eq!(p.next, Some(now + PROBE_AFTER_PROVED));
         assert_eq!(p.backoff, PROBE_INTERVAL);
-        // At a weak link's edge (a few percent): the wait doubles, up to its cap.
+        // Proved, but a small step at a weak link's edge: the next aims at the next step only.
+        let mut p = ended(446_319, 435_788);
+        assert!(conclude_probe(&mut p, Some(446_500), now));
+        assert!(!p.moved);
+        // At a weak link's edge (a few percent): the first waits the interval, then the wait
+        // doubles, up to its cap.
         let mut p = ended(894_870, 471_172);
+        assert!(!conclude_probe(&mut p, Some(477_248), now));
+        assert!(!p.moved);
+        assert_eq!(p.next, Some(now + PROBE_INTERVAL));
         assert!(!conclude_probe(&mut p, Some(477_248), now));
         assert_eq!(p.next, Some(now + PROBE_INTERVAL * 2));
         assert!(!conclude_probe(&mut p, Some(477_248), now));

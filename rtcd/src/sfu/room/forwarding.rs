@@ -53,9 +53,16 @@ impl Rooms {
         let simulcast = t.simulcast();
         let unwanted = t.layers[layer].unwanted_since.is_some();
         t.layers[layer].last_packet = Some(now);
-        if let Some(size) = packet.keyframe_size() {
-            t.layers[layer].size = Some(size);
-        }
+        // A layer's picture size, new or changed: its subscribers' views are decided again (a
+        // view that came before the size was known caps nothing until then, and without an
+        // estimate nothing else would decide it again). Rare: a keyframe of another size.
+        let resized = match packet.keyframe_size() {
+            Some(size) if t.layers[layer].size != Some(size) => {
+                t.layers[layer].size = Some(size);
+                t.subscribers.iter().map(|&(sub, _)| sub).collect()
+            }
+            _ => Vec::new(),
+        };
         t.layers[layer]
             .rate
             .add(packet.payload.len() + PACKET_OVERHEAD, now);
@@ -149,6 +156,9 @@ impl Rooms {
         }
         if unwanted {
             self.stop_unwanted_layer(call_key, tid, layer, now);
+        }
+        for sub in resized {
+            self.allocate(sub, now);
         }
         keyframes.sort_unstable();
         keyframes.dedup();

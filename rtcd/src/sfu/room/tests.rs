@@ -1028,6 +1028,38 @@ fn a_subscriber_view_caps_the_layer_and_hiding_pauses_the_track() {
     )));
 }
 
+/// A view that comes before rtcd has read the layers' sizes (a tile drawn before the
+/// publisher's first keyframes reached rtcd) takes effect once they are read, without another
+/// view (seen with the load tool: subscribers stayed on the top layer until their view changed).
+#[test]
+fn a_view_sent_before_the_layer_sizes_are_known_applies_once_they_are_read() {
+    use crate::sfu::TrackView;
+    // No estimates (a client without transport-wide feedback; or adaptive video off): only
+    // views decide.
+    let mut net = Net::simulcast_alice_to_bob(Client::without_congestion_feedback);
+    // From sequence number 1: the test client's first keyframes come at 30.
+    let mut seq = [1u16; 3];
+    net.send_layers(&[0, 1, 2], 10, true, &mut seq);
+    let mid = net.rooms.members[&BOB]
+        .slots
+        .iter()
+        .find(|s| !s.audio && s.down.is_some())
+        .map(|s| s.mid.clone())
+        .expect("bob's video section");
+    net.command(
+        BOB,
+        SessionCommand::TrackViews(vec![TrackView {
+            mid,
+            track_id: String::new(),
+            visible: true,
+            size: Some((320, 180)),
+        }]),
+    );
+    net.send_layers(&[0, 1, 2], 60, false, &mut seq);
+    assert_eq!(bobs_layer(&net), Some(LAYERS[0].1), "the quarter layer");
+    continuous(&net, 0).unwrap();
+}
+
 /// Bob's bandwidth estimate decides his layer of alice's simulcast camera: lowered at once
 /// when it drops, paused (and bob told why) when even the lowest layer does not fit, resumed
 /// and raised only after the hold, on one continuous stream throughout.

@@ -428,3 +428,30 @@ fn a_backlog_handled_at_once_is_one_group() {
         "a stall of 55 ms read as a delay variation of {largest} ms"
     );
 }
+
+/// One over-use halves the delay half at most, however little the last second acknowledged (a
+/// starved receiver's late reports); a lasting one keeps cutting, once per response time.
+#[test]
+fn one_over_use_cuts_at_most_half_and_a_lasting_one_keeps_cutting() {
+    let mut est = Estimator::new();
+    let t0 = Instant::now();
+    est.delay_based = 1_000_000.0;
+    est.control_delay(t0, Usage::Over, Some(100_000.0), 0.0);
+    assert_eq!(est.delay_based, 500_000.0);
+    // Within the response time: held.
+    est.control_delay(
+        t0 + Duration::from_millis(50),
+        Usage::Over,
+        Some(100_000.0),
+        0.0,
+    );
+    assert_eq!(est.delay_based, 500_000.0);
+    let later = t0 + DEFAULT_RTT + RESPONSE_MARGIN;
+    est.control_delay(later, Usage::Over, Some(100_000.0), 0.0);
+    assert_eq!(est.delay_based, 250_000.0);
+    // Near what was acknowledged: BETA of it, as before.
+    let mut est = Estimator::new();
+    est.delay_based = 1_000_000.0;
+    est.control_delay(t0, Usage::Over, Some(900_000.0), 0.0);
+    assert_eq!(est.delay_based, BETA * 900_000.0);
+}
