@@ -17,9 +17,9 @@
 //! * A track whose lowest layer does not fit is paused ([`PauseReason::Bandwidth`]), and
 //!   resumes when it fits again. A track flowing at its lowest layer keeps it while it fits in
 //!   the whole estimate, and is paused only when the shortfall lasts [`PAUSE_GRACE`] or is
-//!   deep (the lowest layers would not fit in twice the estimate): a pause freezes the picture for seconds (the hold, then a keyframe), and an
-//!   estimate's dip after a loss-based back-off is often over in one. A hidden track (the
-//!   subscriber said so) is paused at once.
+//!   deep (the lowest layers would not fit in twice the estimate): a pause freezes the
+//!   picture for seconds (the hold, then a keyframe), and an estimate's dip after a loss-based
+//!   back-off is often over in one. A hidden track (the subscriber said so) is paused at once.
 //! * Downgrades happen at once (a link that overflows loses audio and stalls every video);
 //!   upgrades and resumes wait [`UPGRADE_HOLD`] after the last downgrade and must fit in a
 //!   smaller share of the estimate ([`RAISE_SHARE`] against [`KEEP_SHARE`]): a link at the
@@ -42,6 +42,7 @@ pub const UPGRADE_HOLD: Duration = Duration::from_secs(3);
 /// cameras then flowing at their lowest layer were paused, and one stayed frozen for 15 s.
 /// The lowest layers are small (about 50 kbit/s each), so keeping them through a dip costs the
 /// link little.
+///
 /// 3 s, not 2: a false over-use of a Firefox receiver backed its estimate off to 0.85 times
 /// what it was sent (243 kbit/s), and 2 s later it had climbed back to 312 of the 316 its
 /// lowest layers needed.

@@ -612,17 +612,17 @@ async fn full_widths(
     let mut out = std::collections::BTreeMap::new();
     for (identity, page) in pages {
         let s = stats(page).await?;
-        let captured = page
-            .eval(
-                "const t = rtcd.localTracks.get('camera');\
-                 return t ? t.getSettings().width || 0 : 0;",
-                json!([]),
-            )
-            .await?
-            .as_u64()
-            .unwrap_or(0);
         // (rid, width, frames per second, target bitrate, quality limitation) per layer.
         if log {
+            let captured = page
+                .eval(
+                    "const t = rtcd.localTracks.get('camera');\
+                     return t ? t.getSettings().width || 0 : 0;",
+                    json!([]),
+                )
+                .await?
+                .as_u64()
+                .unwrap_or(0);
             eprintln!(
                 "weak call: {identity} captures {captured} px, sends {} (its uplink estimate {} bit/s)",
                 s["video"], s["outgoing"]
@@ -731,18 +731,14 @@ async fn weak_call_scenario(
     let full = full_widths(&named, true).await?;
     eprintln!("weak call: full layers {full:?}");
     let mut failures = Vec::new();
-    for (received, who) in shaped
+    for ((received, who), page) in shaped
         .iter()
         .zip(names.iter().chain(std::iter::once(&"weak".into())))
+        .zip(&everyone)
     {
         let weak_page = who == "weak";
         let flow = received.camera_flow();
         let concealment = received.concealment();
-        let page = if weak_page {
-            &weak
-        } else {
-            &pages[names.iter().position(|n| n == who).unwrap_or(0)]
-        };
         eprintln!(
             "weak call: {who} audio (received, lost, jitter s) {}",
             audio_health(page).await.unwrap_or_default()

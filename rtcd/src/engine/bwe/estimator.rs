@@ -642,9 +642,9 @@ impl Estimator {
     }
 
     /// The delay half's rate control (draft §5.5): over-use: down to [`BETA`] times the
-    /// acknowledged rate at once (but by at most [`MAX_CUT`]), then hold (again at most once per response time while it
-    /// lasts); under-use: hold; normal: increase, multiplicatively far from the last
-    /// congestion, additively near it.
+    /// acknowledged rate at once (but by at most [`MAX_CUT`]), then hold (again at most once
+    /// per response time while it lasts); under-use: hold; normal: increase, multiplicatively
+    /// far from the last congestion, additively near it.
     fn control_delay(&mut self, now: Instant, usage: Usage, acked: Option<f64>, growth_dt: f64) {
         match usage {
             Usage::Over => {

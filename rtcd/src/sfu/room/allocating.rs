@@ -450,7 +450,6 @@ fn conclude_probe(probe: &mut super::member::Probe, estimate: Option<u64>, now: 
     // as after a proved one (aiming at the next step only). A probe at a weak link's edge
     // moves its estimate by a few percent.
     let moved = estimate.is_some_and(|e| e as f64 >= probe.from as f64 * PROBE_MOVED);
-    probe.proved = proved;
     probe.moved = moved;
     // A failure waits the back-off in force and doubles it for the next: the first after a
     // success waits PROBE_INTERVAL (doubled at once, it waited 4 s: a weak link's shaping
@@ -581,7 +580,6 @@ mod tests {
         let mut p = ended(1_318_720, 1_000_000);
         assert!(conclude_probe(&mut p, Some(1_318_144), now));
         assert_eq!(p.next, Some(now + PROBE_AFTER_PROVED));
-        assert!(p.proved);
         assert!(p.moved, "1.32 times where it started");
         // Short of the goal but far above where it started: not proved, yet soon again.
         let mut p = ended(878_403, 478_261);

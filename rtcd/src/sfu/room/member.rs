@@ -118,8 +118,6 @@ pub(super) struct Probe {
     pub from: u64,
     /// When the next probe may start, and the wait after that one if it fails.
     pub next: Option<Instant>,
-    /// Whether the last probe proved its goal.
-    pub proved: bool,
     /// Whether the last probe moved the estimate far (`PROBE_MOVED` times where it started,
     /// `allocating.rs`): the link has room, the next one may aim higher.
     pub moved: bool,

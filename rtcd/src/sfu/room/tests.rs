@@ -840,6 +840,16 @@ impl Net {
     }
 }
 
+/// The mid of bob's video section (the one carrying alice's camera).
+fn bobs_video_mid(net: &Net) -> String {
+    net.rooms.members[&BOB]
+        .slots
+        .iter()
+        .find(|s| !s.audio && s.down.is_some())
+        .map(|s| s.mid.clone())
+        .expect("bob's video section")
+}
+
 /// The source SSRC (alice's layer) bob's video down-track forwards.
 fn bobs_layer(net: &Net) -> Option<u32> {
     net.rooms.members[&BOB]
@@ -951,12 +961,7 @@ fn a_subscriber_view_caps_the_layer_and_hiding_pauses_the_track() {
         Some(LAYERS[2].1),
         "no view: the best layer"
     );
-    let mid = net.rooms.members[&BOB]
-        .slots
-        .iter()
-        .find(|s| !s.audio && s.down.is_some())
-        .map(|s| s.mid.clone())
-        .expect("bob's video section");
+    let mid = bobs_video_mid(&net);
     let view = |track_id: &str, visible: bool, size: Option<(u32, u32)>| {
         SessionCommand::TrackViews(vec![TrackView {
             mid: mid.clone(),
@@ -1040,12 +1045,7 @@ fn a_view_sent_before_the_layer_sizes_are_known_applies_once_they_are_read() {
     // From sequence number 1: the test client's first keyframes come at 30.
     let mut seq = [1u16; 3];
     net.send_layers(&[0, 1, 2], 10, true, &mut seq);
-    let mid = net.rooms.members[&BOB]
-        .slots
-        .iter()
-        .find(|s| !s.audio && s.down.is_some())
-        .map(|s| s.mid.clone())
-        .expect("bob's video section");
+    let mid = bobs_video_mid(&net);
     net.command(
         BOB,
         SessionCommand::TrackViews(vec![TrackView {
