@@ -141,6 +141,8 @@ pub fn join(call: &str, session: &str, permissions: pb::Permissions) -> pb::Clie
 
 /// Synthetic video sends a keyframe this often (in packets), besides after each PLI.
 const KEYFRAME_EVERY: u64 = 50;
+/// The time between synthetic video's own keyframes at [`Participant::add_track`]'s pace.
+pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(20 * KEYFRAME_EVERY);
 
 /// The codec bytes before a synthetic video payload's text: a VP8 payload descriptor (start of
 /// partition 0) and frame tag, or an H.264 NAL header, saying keyframe (IDR) or not. Real enough

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use rtcd_e2e::daemon::TestRtcd;
-use rtcd_e2e::media::{Arrival, Participant, PeerOptions, all_permissions, eventually, publisher};
+use rtcd_e2e::media::{
+    Arrival, KEYFRAME_INTERVAL, Participant, PeerOptions, all_permissions, eventually, publisher,
+};
 use rtcd_e2e::netns;
 use rtcd_proto::v1 as pb;
 use rtcd_proto::v1::server_signal::Signal;
@@ -299,14 +301,21 @@ async fn reused_sections() -> anyhow::Result<()> {
                 .with_context(|| format!("bob received nothing of {flow}"))?
                 .ssrc;
             if kind == pb::TrackKind::Video {
-                *video_ssrcs.entry(ssrc).or_default() += 1;
+                let uses = video_ssrcs.entry(ssrc).or_default();
+                // The visitor that opens a section has no packet before its own on that SSRC:
+                // under the 3 % loss its first packet (the keyframe) may be lost unseen, and a
+                // receiver that only NACKs cannot ask for what it cannot know was sent (it
+                // failed so once in CI). Its first keyframe is still bounded below; each
+                // visitor after it follows a known sequence number, so a lost start is NACKed.
+                let opens = *uses == 0;
+                *uses += 1;
                 // First in sequence order (its first packet may have been lost and resent).
                 let (_, first) = unwrapped(&arrivals, ssrc)
                     .into_iter()
                     .filter(|(_, a)| a.flow == flow)
                     .min_by_key(|(ext, _)| *ext)
                     .context("no packet")?;
-                if !first.keyframe {
+                if !first.keyframe && !opens {
                     let mut around: Vec<(u64, &Arrival)> = unwrapped(&arrivals, ssrc);
                     around.sort_by_key(|(ext, _)| *ext);
                     let at = around
@@ -332,8 +341,14 @@ async fn reused_sections() -> anyhow::Result<()> {
                 }
                 let keyframe = mine.iter().find(|a| a.keyframe).context("no keyframe")?;
                 let took = keyframe.at.saturating_duration_since(published_at);
+                // An opener whose first keyframe was lost unseen has the next of its own.
+                let within = if opens {
+                    FIRST_KEYFRAME_WITHIN + KEYFRAME_INTERVAL
+                } else {
+                    FIRST_KEYFRAME_WITHIN
+                };
                 ensure!(
-                    took <= FIRST_KEYFRAME_WITHIN,
+                    took <= within,
                     "{flow}: first keyframe {took:?} after its TrackPublished"
                 );
             }

@@ -53,15 +53,22 @@ impl Rooms {
         let simulcast = t.simulcast();
         let unwanted = t.layers[layer].unwanted_since.is_some();
         t.layers[layer].last_packet = Some(now);
-        // A layer's picture size, new or changed: its subscribers' views are decided again (a
-        // view that came before the size was known caps nothing until then, and without an
-        // estimate nothing else would decide it again). Rare: a keyframe of another size.
-        let resized = match packet.keyframe_size() {
-            Some(size) if t.layers[layer].size != Some(size) => {
+        // A layer's picture size read for the first time: its subscribers' views are decided
+        // again (a view that came before the size was known caps nothing until then, and
+        // without an estimate nothing else would decide it again). A size that changes later
+        // (a publisher scaling down under CPU load) waits for the next decision: switching
+        // layers costs a keyframe of the publisher, the last thing a starved one needs.
+        let sized = match packet.keyframe_size() {
+            Some(size) => {
+                let first = t.layers[layer].size.is_none();
                 t.layers[layer].size = Some(size);
-                t.subscribers.iter().map(|&(sub, _)| sub).collect()
+                if first {
+                    t.subscribers.iter().map(|&(sub, _)| sub).collect()
+                } else {
+                    Vec::new()
+                }
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         t.layers[layer]
             .rate
@@ -157,7 +164,7 @@ impl Rooms {
         if unwanted {
             self.stop_unwanted_layer(call_key, tid, layer, now);
         }
-        for sub in resized {
+        for sub in sized {
             self.allocate(sub, now);
         }
         keyframes.sort_unstable();

@@ -354,7 +354,7 @@ impl Rooms {
                 }
             }
             PeerEvent::Nack { slot, lost } => self.answer_nack(key, slot, lost, now),
-            // Not used yet: the allocator that picks layers by bandwidth will read it.
+            // Adaptive video's input (off: layers follow the subscribers' views alone).
             PeerEvent::BandwidthEstimate { bits_per_second } => {
                 if self.config.adaptive_video {
                     self.on_estimate(key, bits_per_second, now);
