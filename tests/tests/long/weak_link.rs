@@ -443,41 +443,54 @@ async fn scenario(
 
 /// How long the weak call is measured with the link shaped.
 const CALL_SHAPED: Duration = Duration::from_secs(60);
-/// The sampling period of the weak call's media (frames decoded, audio concealed).
+/// How often the test collects what the pages sampled ([`media`]).
 const TICK: Duration = Duration::from_millis(500);
 /// The windows in which every remote camera must advance.
 const CAMERA_WINDOW: Duration = Duration::from_secs(2);
 /// How long after the shaping lifts the weak page must be back at the full layer.
 const RECOVERY: Duration = Duration::from_secs(10);
 
-/// What a page receives, per remote track (`identity/source`): for video (frames decoded,
-/// frame width), for audio (concealed samples, samples received); `t` in ms (page clock).
-async fn media(page: &BrowserPage) -> anyhow::Result<Value> {
+/// How often each page samples its own media ([`media`]).
+const PAGE_TICK_MS: u64 = 250;
+
+/// What a page received since the last call, per remote track (`identity/source`): samples
+/// `{t, video: {name: [frames decoded, frame width]}, audio: {name: [concealed samples,
+/// samples received]}}`, `t` in s on the page's clock, when its stats were gathered. The page
+/// samples itself every [`PAGE_TICK_MS`] (a timer installed at the first call): a stall is
+/// measured on the media, not on this harness's round trips to four browsers (one round once
+/// took 2.2 s, and every camera of every page showed the same "stall").
+async fn media(page: &BrowserPage) -> anyhow::Result<Vec<Value>> {
     let value = page
-        .eval_async(
-            "const done = arguments[arguments.length - 1];\
-             const c = window.rtcd; const pc = c && c.peerConnection;\
-             if (!pc) { done({ error: 'no peer connection' }); return; }\
-             const names = {};\
-             for (const r of c.remoteTracks.values()) names[r.track.id] = r.identity + '/' + r.source;\
-             pc.getStats().then((stats) => {\
-               const out = { t: performance.now(), video: {}, audio: {} };\
-               stats.forEach((s) => {\
-                 if (s.type !== 'inbound-rtp') return;\
-                 const name = names[s.trackIdentifier]; if (!name) return;\
-                 if (s.kind === 'video') out.video[name] = [s.framesDecoded || 0, s.frameWidth || 0];\
-                 else out.audio[name] = [s.concealedSamples || 0, s.totalSamplesReceived || 0];\
-               });\
-               done(out);\
-             }, (e) => done({ error: String(e) }));",
-            json!([]),
+        .eval(
+            "const c = window.rtcd; if (!c) return { error: 'no client' };\
+             if (!window.__media) {\
+               window.__media = [];\
+               setInterval(() => {\
+                 const pc = c.peerConnection; if (!pc) return;\
+                 const names = {};\
+                 for (const r of c.remoteTracks.values()) names[r.track.id] = r.identity + '/' + r.source;\
+                 pc.getStats().then((stats) => {\
+                   const out = { t: 0, video: {}, audio: {} };\
+                   stats.forEach((s) => {\
+                     if (s.type !== 'inbound-rtp') return;\
+                     const name = names[s.trackIdentifier]; if (!name) return;\
+                     out.t = Math.max(out.t, s.timestamp / 1000);\
+                     if (s.kind === 'video') out.video[name] = [s.framesDecoded || 0, s.frameWidth || 0];\
+                     else out.audio[name] = [s.concealedSamples || 0, s.totalSamplesReceived || 0];\
+                   });\
+                   if (out.t > 0) window.__media.push(out);\
+                 }, () => {});\
+               }, arguments[0]);\
+             }\
+             return { samples: window.__media.splice(0) };",
+            json!([PAGE_TICK_MS]),
         )
         .await?;
-    ensure!(value.get("error").is_none(), "getStats: {value}");
-    Ok(value)
+    ensure!(value.get("error").is_none(), "media samples: {value}");
+    Ok(value["samples"].as_array().cloned().unwrap_or_default())
 }
 
-/// One page's media over a stretch of the call, from [`media`] samples every [`TICK`].
+/// One page's media over a stretch of the call, from its [`media`] samples.
 #[derive(Debug, Default)]
 struct Received {
     /// Per remote camera: (sample time s, frames decoded, frame width).
@@ -490,7 +503,8 @@ struct Received {
 type Samples = (u64, u64);
 
 impl Received {
-    fn add(&mut self, at: f64, sample: &Value) {
+    fn add(&mut self, sample: &Value) {
+        let at = sample["t"].as_f64().unwrap_or(0.0);
         let n = |v: &Value, i: usize| v.get(i).and_then(Value::as_u64).unwrap_or(0);
         if let Some(video) = sample["video"].as_object() {
             for (name, v) in video.iter().filter(|(n, _)| n.ends_with("/camera")) {
@@ -567,16 +581,20 @@ impl Received {
     }
 }
 
-/// Samples every page's [`media`] every [`TICK`] for `duration`.
+/// Collects every page's [`media`] samples for `duration`.
 async fn watch(pages: &[&BrowserPage], duration: Duration) -> anyhow::Result<Vec<Received>> {
     let mut out: Vec<Received> = pages.iter().map(|_| Received::default()).collect();
+    for page in pages {
+        media(page).await?; // starts its sampling; what it has so far is before the stretch
+    }
     let started = tokio::time::Instant::now();
     let mut ticks = tokio::time::interval(TICK);
     while started.elapsed() < duration {
         ticks.tick().await;
-        let at = started.elapsed().as_secs_f64();
         for (page, received) in pages.iter().zip(&mut out) {
-            received.add(at, &media(page).await?);
+            for sample in media(page).await? {
+                received.add(&sample);
+            }
         }
     }
     Ok(out)
@@ -788,24 +806,35 @@ async fn weak_call_scenario(
         }
     }
 
-    // Lifted: the full layer of every publisher's camera on the weak page within 10 s.
+    // Lifted: the full layer of every publisher's camera on the weak page within 10 s. Timed
+    // by the page's own sample (stats carry wall-clock time on this same host), not by when
+    // this loop read it.
+    media(&weak).await?; // what it sampled shaped
     link.shape_downlink(None)?;
     let lifted = tokio::time::Instant::now();
+    let lifted_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
     let mut back = None;
-    while lifted.elapsed() < RECOVERY + Duration::from_secs(20) {
-        let full = full_widths(&named, false).await?;
-        let sample = media(&weak).await?;
-        let at_full = full.iter().all(|(identity, width)| {
-            sample["video"][format!("{identity}/camera")]
-                .get(1)
-                .and_then(Value::as_u64)
-                .is_some_and(|w| w >= *width)
-        });
-        if at_full {
-            back = Some(lifted.elapsed());
-            break;
-        }
+    while back.is_none() && lifted.elapsed() < RECOVERY + Duration::from_secs(20) {
         tokio::time::sleep(TICK).await;
+        let full = full_widths(&named, false).await?;
+        back = media(&weak).await?.iter().find_map(|sample| {
+            let at_full = full.iter().all(|(identity, width)| {
+                sample["video"][format!("{identity}/camera")]
+                    .get(1)
+                    .and_then(Value::as_u64)
+                    .is_some_and(|w| w >= *width)
+            });
+            let after = sample["t"].as_f64().unwrap_or(0.0) - lifted_wall;
+            // A page clock that is not wall-clock time: when this loop saw it.
+            let after = if (0.0..60.0).contains(&after) {
+                Duration::from_secs_f64(after)
+            } else {
+                lifted.elapsed()
+            };
+            at_full.then_some(after)
+        });
     }
     eprintln!("weak call: back at the full layers {back:?} after lifting the shaping");
     match back {
