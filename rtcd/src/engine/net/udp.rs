@@ -32,13 +32,14 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, getsockopt, recvmmsg, sendmmsg,
-    sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, getsockopt,
+    recvmmsg, sendmmsg, sockopt,
 };
+use nix::sys::time::TimeSpec;
 
 /// Datagrams one [`BatchSocket::recv_batch`] call can return (one `recvmmsg`).
 pub const RECV_BATCH: usize = 32;
@@ -216,6 +217,11 @@ impl BatchSocket {
         let local = socket.local_addr().map_err(bind_err)?;
         // Linux >= 4.18 knows UDP_SEGMENT; older kernels answer ENOPROTOOPT.
         let gso = config.gso && getsockopt(&socket, sockopt::UdpGsoSegment).is_ok();
+        // The kernel's receive time of each datagram (`RecvBatch::arrived`): what the
+        // transport-cc feedback to publishers reports, so that their congestion control reads
+        // the network's delay and not how long this process took to get to a datagram.
+        nix::sys::socket::setsockopt(&socket, sockopt::ReceiveTimestampns, &true)
+            .map_err(|e| option("SO_TIMESTAMPNS")(io::Error::from(e)))?;
         Ok(Self {
             socket,
             local,
@@ -271,8 +277,9 @@ impl BatchSocket {
         let headers = if self.ipv6 { &RECV_V6 } else { &RECV_V4 };
         let mut truncated = 0u64;
         let outcome = headers.with_borrow_mut(|headers| {
-            let headers =
-                headers.get_or_insert_with(|| MultiHeaders::preallocate(RECV_BATCH, None));
+            let headers = headers.get_or_insert_with(|| {
+                MultiHeaders::preallocate(RECV_BATCH, Some(nix::cmsg_space!(TimeSpec)))
+            });
             let mut buffers = batch.buffers.chunks_exact_mut(MAX_DATAGRAM);
             let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] = std::array::from_fn(|_| {
                 [IoSliceMut::new(
@@ -280,6 +287,10 @@ impl BatchSocket {
                 )]
             });
             let results = recvmmsg(fd, headers, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None)?;
+            // The kernel stamps with the wall clock; mapped to this process's monotonic one
+            // by the distance between the two now (one read of each per call).
+            let (mono, wall) = (Instant::now(), SystemTime::now());
+            batch.received_at = mono;
             for (index, msg) in results.enumerate() {
                 if msg.flags.contains(MsgFlags::MSG_TRUNC) {
                     truncated += 1;
@@ -288,10 +299,20 @@ impl BatchSocket {
                 let Some(peer) = msg.address.as_ref().and_then(to_std) else {
                     continue;
                 };
+                let stamped = msg
+                    .cmsgs()
+                    .ok()
+                    .into_iter()
+                    .flatten()
+                    .find_map(|c| match c {
+                        ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
+                        _ => None,
+                    });
                 batch.slots[batch.len] = Slot {
                     peer,
                     index: index as u8,
                     len: msg.bytes as u16,
+                    age: stamped.map_or(Duration::ZERO, |ts| age(ts, wall)),
                 };
                 batch.len += 1;
             }
@@ -520,6 +541,24 @@ struct Slot {
     /// Which buffer (the datagram's position in the `recvmmsg` call).
     index: u8,
     len: u16,
+    /// How long before the `recvmmsg` call returned the kernel received it.
+    age: Duration,
+}
+
+/// The most a kernel receive time may lie before the call that returned it: a datagram
+/// waits in the socket buffer for milliseconds, not seconds; an older stamp is a wall clock
+/// that was set meanwhile, and the datagram counts as just received.
+const MAX_AGE: Duration = Duration::from_secs(1);
+
+/// How long before `wall` (the wall clock when `recvmmsg` returned) the kernel stamped a
+/// datagram at `ts` (wall clock too): zero for a stamp from the future or older than
+/// [`MAX_AGE`] (the clock was set in between).
+fn age(ts: TimeSpec, wall: SystemTime) -> Duration {
+    let stamped = UNIX_EPOCH + Duration::from(ts);
+    match wall.duration_since(stamped) {
+        Ok(age) if age <= MAX_AGE => age,
+        _ => Duration::ZERO,
+    }
 }
 
 /// The preallocated receive buffers: [`RECV_BATCH`] x [`MAX_DATAGRAM`] bytes, reused by
@@ -528,6 +567,8 @@ pub struct RecvBatch {
     buffers: Box<[u8]>,
     slots: [Slot; RECV_BATCH],
     len: usize,
+    /// When the last `recvmmsg` call returned.
+    received_at: Instant,
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -554,8 +595,10 @@ impl RecvBatch {
                 peer: unspecified,
                 index: 0,
                 len: 0,
+                age: Duration::ZERO,
             }; RECV_BATCH],
             len: 0,
+            received_at: Instant::now(),
         }
     }
 
@@ -582,6 +625,17 @@ impl RecvBatch {
     /// The datagrams of the last receive, in arrival order.
     pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
         (0..self.len).filter_map(|i| self.get(i))
+    }
+
+    /// When the kernel received the `i`-th datagram of the last receive (on this process's
+    /// monotonic clock); when the call returned if the kernel gave no time.
+    pub fn arrived(&self, i: usize) -> Option<Instant> {
+        let slot = self.slots[..self.len].get(i)?;
+        Some(
+            self.received_at
+                .checked_sub(slot.age)
+                .unwrap_or(self.received_at),
+        )
     }
 }
 
@@ -768,7 +822,6 @@ impl SendBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     fn v4(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
@@ -810,6 +863,37 @@ mod tests {
                 buf[..n].to_vec()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_datagram_arrived_when_the_kernel_received_it_not_when_it_was_read() {
+        let socket = bind(false);
+        let a = receiver();
+        let sent = Instant::now();
+        a.send_to(&payload(1, 100), socket.local_addr()).unwrap();
+        // A busy receive thread: the datagram waits in the socket buffer.
+        std::thread::sleep(Duration::from_millis(80));
+        let mut batch = RecvBatch::new();
+        assert_eq!(socket.recv_batch(&mut batch).unwrap(), 1);
+        let read = Instant::now();
+        let arrived = batch.arrived(0).unwrap();
+        assert!(arrived >= sent.checked_sub(Duration::from_millis(5)).unwrap());
+        assert!(
+            read.duration_since(arrived) >= Duration::from_millis(70),
+            "arrived {:?} before the read",
+            read.duration_since(arrived)
+        );
+        assert_eq!(batch.arrived(1), None);
+    }
+
+    #[test]
+    fn a_kernel_stamp_from_the_future_or_long_ago_counts_as_just_received() {
+        let wall = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let stamp = |t: SystemTime| TimeSpec::from(t.duration_since(UNIX_EPOCH).unwrap());
+        let ms = Duration::from_millis;
+        assert_eq!(age(stamp(wall - ms(30)), wall), ms(30));
+        assert_eq!(age(stamp(wall + ms(30)), wall), Duration::ZERO);
+        assert_eq!(age(stamp(wall - ms(1500)), wall), Duration::ZERO);
     }
 
     #[test]

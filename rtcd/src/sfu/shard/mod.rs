@@ -29,6 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
@@ -53,6 +54,9 @@ pub(crate) struct Datagram {
     key: SessionKey,
     transport: Transport,
     data: BytesMut,
+    /// When it arrived: the kernel's receive time (UDP), the read of its frame (ICE-TCP).
+    /// The transport-cc feedback reports it, not when a busy worker got to the datagram.
+    arrived: Instant,
 }
 
 /// What signaling asks of a worker.
@@ -179,6 +183,7 @@ impl TcpHandler for TcpRoutes {
                 key,
                 transport: Transport::tcp(self.advertised, inbound.transport.peer),
                 data: BytesMut::from(&inbound.data[..]),
+                arrived: Instant::now(),
             })
             .is_ok()
     }

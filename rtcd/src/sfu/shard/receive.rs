@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
@@ -46,7 +47,7 @@ impl Receiver {
             if n == 0 {
                 continue;
             }
-            for (peer, data) in batch.iter() {
+            for (i, (peer, data)) in batch.iter().enumerate() {
                 let transport = Transport::udp(self.local, peer);
                 let key = match demux.route(transport, data) {
                     Route::Known(k) | Route::Learned(k) => k,
@@ -67,6 +68,7 @@ impl Receiver {
                     key,
                     transport,
                     data: BytesMut::from(data),
+                    arrived: batch.arrived(i).unwrap_or_else(Instant::now),
                 };
                 match inbox.try_send(datagram) {
                     Ok(()) => {}

@@ -143,7 +143,7 @@ impl Worker {
                         }
                         let now = Instant::now();
                         for d in inbox.drain(..) {
-                            self.rooms.datagram(d.key, d.transport, d.data, now);
+                            self.rooms.datagram(d.key, d.transport, d.data, d.arrived.min(now));
                         }
                     }
                     _ = sleep_until(deadline) => {}
