@@ -256,8 +256,7 @@ export class RtcdError extends Error {
  * section 4a): a quarter (at 15 frames a second), half and full of the captured resolution,
  * each capped so the three together stay under about 2.1 Mbit/s. A subscriber gets one of
  * them, the best its link and its display need (docs/adaptive-video.md). Sent unless
- * `simulcast: false` (then the camera is the full layer alone, `cameraLayer()`). Captures
- * under 1280 x 720 get lower caps (`cameraLayers`).
+ * `simulcast: false` (then the camera is the full layer alone, `cameraLayer()`).
  * @type {RTCRtpEncodingParameters[]}
  */
 export const CAMERA_LAYERS = [
@@ -266,9 +265,6 @@ export const CAMERA_LAYERS = [
   { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1500000 },
 ];
 
-/** The capture `CAMERA_LAYERS`' bitrates are for: 1280 x 720 pixels. */
-const CAMERA_LAYERS_PIXELS = 1280 * 720;
-
 /**
  * The simulcast layers of a camera whose frames are `width` x `height`: all of
  * `CAMERA_LAYERS` from 960 x 540 pixels up; `q` and `f` from 480 x 270; below, one layer
@@ -276,34 +272,21 @@ const CAMERA_LAYERS_PIXELS = 1280 * 720;
  * most that many layers and drops the ones above: a 640 x 480 camera (what `video: true`
  * gives) sent as `q;h;f` never sent `f` while `q` was on, and every subscriber got half the
  * resolution. Unknown size: all three.
- *
- * A capture smaller than 1280 x 720 caps `h` and `f` lower, by its pixels to the power 0.75
- * (the bits a picture needs grow slower than its pixels): 640 x 480 sends `f` at most
- * 658 kbit/s, 960 x 540 974 kbit/s (and `h` 325). At the 720p caps a 640 x 480 camera's `f` took
- * 1.5 Mbit/s, three times a 720p camera's bits per pixel. `q` keeps its 50 kbit/s.
  * @param {number | undefined} width @param {number | undefined} height
  * @returns {RTCRtpEncodingParameters[]}
  */
 export function cameraLayers(width, height) {
   const [q, , f] = CAMERA_LAYERS;
   const pixels = (width || 0) * (height || 0);
-  if (pixels && pixels < 480 * 270) return cameraLayer(pixels);
+  if (pixels && pixels < 480 * 270) return cameraLayer();
   const layers = !pixels || pixels >= 960 * 540 ? CAMERA_LAYERS : [q, f];
-  const scale = capScale(pixels);
-  return layers.map((l) => (l.rid === 'q' ? { ...l } : { ...l, maxBitrate: Math.round(l.maxBitrate * scale) }));
+  return layers.map((l) => ({ ...l }));
 }
 
-/** What the caps of `h` and `f` are multiplied by for a capture of `pixels` (unknown: 1).
- * @param {number} pixels @returns {number} */
-function capScale(pixels) {
-  return pixels ? Math.min(1, (pixels / CAMERA_LAYERS_PIXELS) ** 0.75) : 1;
-}
-
-/** A camera of `pixels` (unknown: 0) sent without simulcast: one layer, capped like the
- * full one.
- * @param {number} [pixels] @returns {RTCRtpEncodingParameters[]} */
-function cameraLayer(pixels = 0) {
-  return [{ maxBitrate: Math.round(CAMERA_LAYERS[CAMERA_LAYERS.length - 1].maxBitrate * capScale(pixels)) }];
+/** A camera sent without simulcast: one layer, capped like the full one.
+ * @returns {RTCRtpEncodingParameters[]} */
+function cameraLayer() {
+  return [{ maxBitrate: CAMERA_LAYERS[CAMERA_LAYERS.length - 1].maxBitrate }];
 }
 
 /** A screen share is one layer at full resolution (text must stay readable; the browser
@@ -1430,7 +1413,7 @@ export class RtcdClient extends EventTarget {
       const { width, height } = track.getSettings ? track.getSettings() : {};
       init.sendEncodings = this.options.simulcast
         ? cameraLayers(width, height)
-        : cameraLayer((width || 0) * (height || 0));
+        : cameraLayer();
     } else if (source === 'screen') {
       init.sendEncodings = [{ maxBitrate: SCREEN_MAX_BITRATE }];
     }

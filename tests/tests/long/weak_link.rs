@@ -858,7 +858,7 @@ async fn weak_call_scenario(
 }
 
 #[test]
-#[ignore = "issue 28: on this 2-core host its margins are not reliable. With rtcd's transport-cc feedback fixed (kernel receive times), publishers send their full layers, and after the lift every browser and rtcd compete for the CPU: full layers back after 9.5, 29.5 and 13.0 s in three runs, and publishers' audio concealed 0.9-1.25 % (limit 1 %). Before that fix: 4.2 and 7.4 s here, 10.7 s in CI. docs/adaptive-video.md 4b"]
+#[ignore = "issue 28: on this 2-core host its margins are not reliable. With rtcd's transport-cc feedback fixed (kernel receive times), publishers send their full layers, and after the lift every browser and rtcd compete for the CPU: full layers back after 9.5 and 29.5 s in two runs, and publishers' audio concealed 0.9-1.25 % (limit 1 %). Before that fix: 4.2 and 7.4 s here, 10.7 s in CI. docs/adaptive-video.md 4b"]
 fn weak_link_chromium_subscriber_keeps_three_simulcast_cameras_and_its_audio() -> anyhow::Result<()>
 {
     use BrowserKind::Chromium;
