@@ -220,6 +220,11 @@ pub struct Metrics {
     /// Datagrams on the media port dropped before a session saw them, by reason (no client
     /// label: the receive thread drops them before it knows whose they are).
     pub media_dropped: Family<DropLabels, Counter>,
+    /// From the start of a media worker's round (the instant its packets are recorded as sent
+    /// in transport-cc, which the estimators towards subscribers read) to the end of its flush
+    /// to the socket, in seconds. A long or varying lag is a busy host, and it reads to those
+    /// estimators as queueing on the path.
+    pub media_send_lag: Histogram,
     /// The webhook dispatcher's metrics.
     pub webhook: WebhookMetrics,
     /// Joins refused because they would open a new room on a host at its capacity
@@ -391,6 +396,12 @@ impl Metrics {
             "Datagrams on the media port dropped before a session saw them, by reason",
             media_dropped.clone(),
         );
+        let media_send_lag = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
+        registry.register(
+            "media_send_lag_seconds",
+            "A media worker's round: its packets' recorded departure to the end of their flush",
+            media_send_lag.clone(),
+        );
         // Registered at the top level (not a sub-registry): the e2e docs check derives names
         // from these calls and only knows the `sfu` sub-registry.
         let webhook = WebhookMetrics {
@@ -464,6 +475,7 @@ impl Metrics {
             sfu,
             webhook,
             media_dropped,
+            media_send_lag,
             runtime_alive_tasks,
             registry,
             auth_attempts,

@@ -869,15 +869,26 @@ mod tests {
     fn a_datagram_arrived_when_the_kernel_received_it_not_when_it_was_read() {
         let socket = bind(false);
         let a = receiver();
+        let mut batch = RecvBatch::new();
+        // The kernel turns receive stamps on a moment after the first socket asks (a deferred
+        // switch): until then a datagram is stamped when it is read. A running rtcd stamps
+        // from its first milliseconds on; the test waits that moment out.
+        a.send_to(&payload(0, 100), socket.local_addr()).unwrap();
+        assert_eq!(socket.recv_batch(&mut batch).unwrap(), 1);
+        std::thread::sleep(Duration::from_millis(50));
         let sent = Instant::now();
         a.send_to(&payload(1, 100), socket.local_addr()).unwrap();
         // A busy receive thread: the datagram waits in the socket buffer.
         std::thread::sleep(Duration::from_millis(80));
-        let mut batch = RecvBatch::new();
         assert_eq!(socket.recv_batch(&mut batch).unwrap(), 1);
         let read = Instant::now();
         let arrived = batch.arrived(0).unwrap();
-        assert!(arrived >= sent.checked_sub(Duration::from_millis(5)).unwrap());
+        assert!(
+            arrived >= sent.checked_sub(Duration::from_millis(5)).unwrap(),
+            "arrived {:?} before it was sent, read {:?} after",
+            sent.saturating_duration_since(arrived),
+            read.duration_since(sent)
+        );
         assert!(
             read.duration_since(arrived) >= Duration::from_millis(70),
             "arrived {:?} before the read",

@@ -9,7 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,9 +23,13 @@ use crate::sfu::events::RoomEventSink;
 use crate::sfu::room::{Output, Rooms, Setup};
 use crate::sfu::session::SessionEvent;
 use crate::sfu::{SfuConfig, SfuInner, unix_ms};
+use prometheus_client::metrics::histogram::Histogram;
 
 /// Datagrams handled per wake-up before timers and sends get their turn.
 const DATAGRAM_BATCH: usize = 64;
+/// A round (settle and flush) this long is logged at debug: what `rtcd_media_send_lag_seconds`
+/// counts, with the time it happened, to set beside the estimators' decisions.
+const SLOW_ROUND: Duration = Duration::from_millis(5);
 /// Datagrams per `sendmmsg`.
 const SEND_BATCH: usize = 64;
 
@@ -73,6 +77,8 @@ pub(super) struct Worker {
     /// Sessions whose signaling queue overflowed: they end (v1's policy: the proxy stopped
     /// reading, and waiting would pin the worker).
     backlog: Vec<SessionKey>,
+    /// `rtcd_media_send_lag_seconds`.
+    send_lag: Histogram,
 }
 
 impl Worker {
@@ -88,6 +94,7 @@ impl Worker {
             room_events,
             forwarded,
         } = wiring;
+        let send_lag = metrics.media_send_lag.clone();
         let rooms = Rooms::new(Setup {
             index,
             identity,
@@ -108,6 +115,7 @@ impl Worker {
             timers: BinaryHeap::new(),
             send: SendBatch::new(SEND_BATCH),
             backlog: Vec::new(),
+            send_lag,
         }
     }
 
@@ -182,8 +190,21 @@ impl Worker {
     /// Lets the core drain every touched session, then carries out what it asked; sessions
     /// whose signaling queue overflowed end, and what their ending asks is carried out too.
     fn settle(&mut self) {
-        self.rooms.settle(Instant::now());
+        // Every packet written in this round is recorded as sent at `started` (transport-cc
+        // departures, what the estimators towards subscribers read) and leaves at the flush:
+        // the lag is how much earlier than they left they are recorded.
+        let started = Instant::now();
+        self.rooms.settle(started);
         self.carry_out();
+        let lag = started.elapsed();
+        self.send_lag.observe(lag.as_secs_f64());
+        if lag >= SLOW_ROUND {
+            tracing::debug!(
+                worker = self.index,
+                lag_ms = lag.as_secs_f64() * 1e3,
+                "slow media round"
+            );
+        }
         while !self.backlog.is_empty() {
             let now = Instant::now();
             for key in std::mem::take(&mut self.backlog) {
