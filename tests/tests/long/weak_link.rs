@@ -826,14 +826,15 @@ async fn weak_call_scenario(
                     .and_then(Value::as_u64)
                     .is_some_and(|w| w >= *width)
             });
-            let after = sample["t"].as_f64().unwrap_or(0.0) - lifted_wall;
-            // A page clock that is not wall-clock time: when this loop saw it.
-            let after = if (0.0..60.0).contains(&after) {
-                Duration::from_secs_f64(after)
-            } else {
-                lifted.elapsed()
-            };
-            at_full.then_some(after)
+            at_full.then(|| {
+                let after = sample["t"].as_f64().unwrap_or(0.0) - lifted_wall;
+                // A page clock that is not wall-clock time: when this loop saw it.
+                if (0.0..60.0).contains(&after) {
+                    Duration::from_secs_f64(after)
+                } else {
+                    lifted.elapsed()
+                }
+            })
         });
     }
     eprintln!("weak call: back at the full layers {back:?} after lifting the shaping");

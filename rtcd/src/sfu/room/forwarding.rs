@@ -58,17 +58,13 @@ impl Rooms {
         // without an estimate nothing else would decide it again). A size that changes later
         // (a publisher scaling down under CPU load) waits for the next decision: switching
         // layers costs a keyframe of the publisher, the last thing a starved one needs.
-        let sized = match packet.keyframe_size() {
-            Some(size) => {
-                let first = t.layers[layer].size.is_none();
-                t.layers[layer].size = Some(size);
-                if first {
-                    t.subscribers.iter().map(|&(sub, _)| sub).collect()
-                } else {
-                    Vec::new()
-                }
-            }
-            None => Vec::new(),
+        let first_size = packet
+            .keyframe_size()
+            .is_some_and(|size| t.layers[layer].size.replace(size).is_none());
+        let sized: Vec<_> = if first_size {
+            t.subscribers.iter().map(|&(sub, _)| sub).collect()
+        } else {
+            Vec::new()
         };
         t.layers[layer]
             .rate

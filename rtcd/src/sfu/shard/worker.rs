@@ -11,6 +11,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +24,6 @@ use crate::sfu::events::RoomEventSink;
 use crate::sfu::room::{Output, Rooms, Setup};
 use crate::sfu::session::SessionEvent;
 use crate::sfu::{SfuConfig, SfuInner, unix_ms};
-use prometheus_client::metrics::histogram::Histogram;
 
 /// Datagrams handled per wake-up before timers and sends get their turn.
 const DATAGRAM_BATCH: usize = 64;
