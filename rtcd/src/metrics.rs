@@ -220,10 +220,10 @@ pub struct Metrics {
     /// Datagrams on the media port dropped before a session saw them, by reason (no client
     /// label: the receive thread drops them before it knows whose they are).
     pub media_dropped: Family<DropLabels, Counter>,
-    /// From the start of a media worker's round (the instant its packets are recorded as sent
-    /// in transport-cc, which the estimators towards subscribers read) to the end of its flush
-    /// to the socket, in seconds. A long or varying lag is a busy host, and it reads to those
-    /// estimators as queueing on the path.
+    /// From the start of a media worker's round (when the packets it forwards are written) to
+    /// the end of its flush to the socket, in seconds: how late a busy host sends. The
+    /// estimators towards subscribers take the flush's end as those packets' departure
+    /// (`engine::bwe::Departures`), so the lag is not read as queueing on the path.
     pub media_send_lag: Histogram,
     /// The webhook dispatcher's metrics.
     pub webhook: WebhookMetrics,
@@ -399,7 +399,7 @@ impl Metrics {
         let media_send_lag = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
         registry.register(
             "media_send_lag_seconds",
-            "A media worker's round: its packets' recorded departure to the end of their flush",
+            "A media worker's round: from its start to the end of its flush to the socket",
             media_send_lag.clone(),
         );
         // Registered at the top level (not a sub-registry): the e2e docs check derives names

@@ -119,6 +119,10 @@ pub struct PeerSettings {
     pub disconnected_timeout: Duration,
     /// And for this long: `Failed`, the session ends.
     pub failed_timeout: Duration,
+    /// When packets really leave, for the estimator towards the client: a media worker's
+    /// clock (its rounds are flushed after they are written). `None`: a packet leaves at the
+    /// `now` it is written with (tests, benches).
+    pub departures: Option<super::bwe::Departures>,
 }
 
 fn kind_from_rtc(kind: RtpCodecKind) -> Option<MediaKind> {
@@ -998,7 +1002,7 @@ impl Peer {
         // the client's transport-cc feedback drives the estimator (no pacer: see `bwe`).
         let estimate = std::sync::Arc::new(super::bwe::EstimateCell::default());
         let registry = if estimation {
-            super::bwe::configure(registry, estimate.clone())
+            super::bwe::configure(registry, estimate.clone(), settings.departures.clone())
         } else {
             registry
         };
@@ -2052,6 +2056,7 @@ mod tests {
             }],
             disconnected_timeout: Duration::from_secs(5),
             failed_timeout: Duration::from_secs(25),
+            departures: None,
         }
     }
 

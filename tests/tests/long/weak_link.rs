@@ -450,12 +450,16 @@ const CAMERA_WINDOW: Duration = Duration::from_secs(2);
 /// How long after the shaping lifts the weak page must be back at the full layer.
 const RECOVERY: Duration = Duration::from_secs(10);
 
+/// The audio a browser sends per packet (Opus at its default 20 ms frames).
+const AUDIO_PACKET: Duration = Duration::from_millis(20);
+
 /// How often each page samples its own media ([`media`]).
 const PAGE_TICK_MS: u64 = 250;
 
 /// What a page received since the last call, per remote track (`identity/source`): samples
 /// `{t, video: {name: [frames decoded, frame width]}, audio: {name: [concealed samples,
-/// samples received]}}`, `t` in s on the page's clock, when its stats were gathered. The page
+/// samples received]}, sent: [packets its own microphone sent, at s]}`, `t` in s on the page's
+/// clock, when its stats were gathered. The page
 /// samples itself every [`PAGE_TICK_MS`] (a timer installed at the first call): a stall is
 /// measured on the media, not on this harness's round trips to four browsers (one round once
 /// took 2.2 s, and every camera of every page showed the same "stall").
@@ -472,6 +476,8 @@ async fn media(page: &BrowserPage) -> anyhow::Result<Vec<Value>> {
                  pc.getStats().then((stats) => {\
                    const out = { t: 0, video: {}, audio: {} };\
                    stats.forEach((s) => {\
+                     if (s.type === 'outbound-rtp' && s.kind === 'audio')\
+                       out.sent = [s.packetsSent || 0, s.timestamp / 1000];\
                      if (s.type !== 'inbound-rtp') return;\
                      const name = names[s.trackIdentifier]; if (!name) return;\
                      out.t = Math.max(out.t, s.timestamp / 1000);\
@@ -497,6 +503,8 @@ struct Received {
     cameras: std::collections::BTreeMap<String, Vec<(f64, u64, u64)>>,
     /// Per remote microphone: the first and the last reading.
     audio: std::collections::BTreeMap<String, (Samples, Samples)>,
+    /// The page's own microphone: the first and the last (packets sent, at s).
+    sent: Option<((u64, f64), (u64, f64))>,
 }
 
 /// Audio samples received so far: (concealed, received).
@@ -513,6 +521,13 @@ impl Received {
                     .or_default()
                     .push((at, n(v, 0), n(v, 1)));
             }
+        }
+        if let Some(sent) = sample["sent"].as_array() {
+            let now = (
+                sent.first().and_then(Value::as_u64).unwrap_or(0),
+                sent.get(1).and_then(Value::as_f64).unwrap_or(0.0),
+            );
+            self.sent = Some(self.sent.map_or((now, now), |(first, _)| (first, now)));
         }
         if let Some(audio) = sample["audio"].as_object() {
             for (name, v) in audio.iter().filter(|(n, _)| n.ends_with("/microphone")) {
@@ -568,6 +583,21 @@ impl Received {
             .collect()
     }
 
+    /// The share of the stretch the page's own microphone sent nothing for: one packet every
+    /// [`AUDIO_PACKET`] is what a browser's Opus sends, so fewer is a sender that fell behind
+    /// (a fake capture device starved of CPU: Firefox on this 2-core host with four browsers
+    /// sent 42 packets a second, not 50, and every receiver concealed the missing 15 %).
+    fn sending_shortfall(&self) -> f64 {
+        let Some(((p0, t0), (p1, t1))) = self.sent else {
+            return 0.0;
+        };
+        if t1 - t0 < 5.0 {
+            return 0.0;
+        }
+        let sent = p1.saturating_sub(p0) as f64 * AUDIO_PACKET.as_secs_f64();
+        (1.0 - sent / (t1 - t0)).clamp(0.0, 1.0)
+    }
+
     /// Per remote microphone: the share of its samples concealed.
     fn concealment(&self) -> Vec<(String, f64)> {
         self.audio
@@ -602,14 +632,18 @@ async fn watch(pages: &[&BrowserPage], duration: Duration) -> anyhow::Result<Vec
 
 /// Per remote microphone of `page` since the call began: packets received and lost (as the
 /// receiver counts them), and its jitter (s). Logged beside the concealment: concealment with
-/// no loss is audio that came late (a sender's or a receiver's CPU, a queue on the way).
+/// no loss is audio that came late (a sender's or a receiver's CPU, a queue on the way). And
+/// `(own, sent)`: the packets its own microphone sent, to set beside what the others received
+/// of it (fewer sent than the call's length needs is a sender that fell behind).
 async fn audio_health(page: &BrowserPage) -> anyhow::Result<Value> {
     page.eval_async(
         "const done = arguments[arguments.length - 1];\
          const c = window.rtcd; const names = {};\
          for (const r of c.remoteTracks.values()) names[r.track.id] = r.identity + '/' + r.source;\
          c.peerConnection.getStats().then((stats) => { const out = {};\
-           stats.forEach((s) => { if (s.type !== 'inbound-rtp' || s.kind !== 'audio') return;\
+           stats.forEach((s) => {\
+             if (s.type === 'outbound-rtp' && s.kind === 'audio') out['(own, sent)'] = [s.packetsSent || 0, 0, 0];\
+             if (s.type !== 'inbound-rtp' || s.kind !== 'audio') return;\
              out[names[s.trackIdentifier] || s.trackIdentifier] =\
                [s.packetsReceived || 0, s.packetsLost || 0, s.jitter || 0]; });\
            done(out); }, (e) => done({ error: String(e) }));",
@@ -664,7 +698,8 @@ async fn full_widths(
 /// adaptive video. Held 60 s shaped: the weak page conceals under 2 % of each remote
 /// microphone's audio, and every remote camera advances in at least 90 % of 2 s windows with
 /// no stall over 2 s (at a reduced layer); the publishers receive each other's cameras at the
-/// full layer and conceal under 1 %. Then the shaping lifts and the weak page is back at every
+/// full layer and conceal under 1 % (beyond what a microphone's own sender did not send: see
+/// `Received::sending_shortfall`). Then the shaping lifts and the weak page is back at every
 /// camera's full layer within 10 s.
 fn weak_call(weak: BrowserKind, publishers: [BrowserKind; 3]) -> anyhow::Result<()> {
     netns::run(move || async move {
@@ -741,6 +776,26 @@ async fn weak_call_scenario(
         }
         v
     };
+    let weak_identity = weak
+        .eval("return window.rtcd.session.identity;", json!([]))
+        .await?
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // What each microphone's own sender left out (see `sending_shortfall`): audio nobody sent
+    // is concealed at every receiver whatever the path does, so it is not counted against it.
+    let shortfall: std::collections::BTreeMap<String, f64> = identities
+        .iter()
+        .chain(std::iter::once(&weak_identity))
+        .zip(&shaped)
+        .map(|(identity, received)| {
+            (
+                format!("{identity}/microphone"),
+                received.sending_shortfall(),
+            )
+        })
+        .collect();
+    eprintln!("weak call: microphones' own sending shortfall {shortfall:?}");
     let named: Vec<(&str, &BrowserPage)> = identities
         .iter()
         .map(String::as_str)
@@ -793,11 +848,13 @@ async fn weak_call_scenario(
         }
         for (name, share) in &concealment {
             let limit = if weak_page { 0.02 } else { 0.01 };
-            if *share >= limit {
+            let unsent = shortfall.get(name).copied().unwrap_or(0.0);
+            if *share - unsent >= limit {
                 failures.push(format!(
-                    "{who}: {name} audio {:.2} % concealed (limit {:.0} %)",
+                    "{who}: {name} audio {:.2} % concealed (limit {:.0} % beyond the {:.2} % its sender did not send)",
                     share * 100.0,
-                    limit * 100.0
+                    limit * 100.0,
+                    unsent * 100.0
                 ));
             }
         }
@@ -816,10 +873,23 @@ async fn weak_call_scenario(
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs_f64();
     let mut back = None;
+    // Once a second while waiting: the full widths and what the weak page receives.
+    let mut trace = 0u32;
     while back.is_none() && lifted.elapsed() < RECOVERY + Duration::from_secs(20) {
         tokio::time::sleep(TICK).await;
         let full = full_widths(&named, false).await?;
-        back = media(&weak).await?.iter().find_map(|sample| {
+        let samples = media(&weak).await?;
+        trace += 1;
+        if trace.is_multiple_of(2)
+            && let Some(last) = samples.last()
+        {
+            eprintln!(
+                "weak call: {:.1} s after the lift: full {full:?}, the weak page receives {}",
+                lifted.elapsed().as_secs_f64(),
+                last["video"]
+            );
+        }
+        back = samples.iter().find_map(|sample| {
             let at_full = full.iter().all(|(identity, width)| {
                 sample["video"][format!("{identity}/camera")]
                     .get(1)
@@ -859,7 +929,6 @@ async fn weak_call_scenario(
 }
 
 #[test]
-#[ignore = "issue 28: on this 2-core host its margins are not reliable. With rtcd's transport-cc feedback fixed (kernel receive times), publishers send their full layers, and after the lift every browser and rtcd compete for the CPU: full layers back after 9.5 and 29.5 s in two runs, and publishers' audio concealed 0.9-1.25 % (limit 1 %). Before that fix: 4.2 and 7.4 s here, 10.7 s in CI. docs/adaptive-video.md 4b"]
 fn weak_link_chromium_subscriber_keeps_three_simulcast_cameras_and_its_audio() -> anyhow::Result<()>
 {
     use BrowserKind::Chromium;
@@ -867,7 +936,6 @@ fn weak_link_chromium_subscriber_keeps_three_simulcast_cameras_and_its_audio() -
 }
 
 #[test]
-#[ignore = "issue 28: passes alone (its weak page: 100 % of windows, stalls under 1.1 s), but in the full suite its full layers did not come back within 30 s of the lift, and its own microphone reached the others with no loss but 22-25 ms of jitter, 10 % concealed (Firefox's sending under CPU load, as with Firefox publishers); docs/adaptive-video.md 4b"]
 fn weak_link_firefox_subscriber_keeps_three_simulcast_cameras_and_its_audio() -> anyhow::Result<()>
 {
     use BrowserKind::Chromium;
@@ -875,7 +943,7 @@ fn weak_link_firefox_subscriber_keeps_three_simulcast_cameras_and_its_audio() ->
 }
 
 #[test]
-#[ignore = "issue 28: a Firefox publisher's microphone arrives at every receiver (good links too) with 16-20 ms of jitter and no loss, concealed 0.1-7.5 % over 7 runs on this 2-core host (Chromium's: 7-9 ms, under 1 %): Firefox's sending under CPU load; docs/adaptive-video.md 4b"]
+#[ignore = "issue 28: alone on this 2-core host it passed 1 of 2 runs on 2026-12-03 (full layers back after 8.7 s); in the other the weak page was not back at the Firefox camera's and the others' full layers within 30 s of the lift (cause not found; the trace of each second after the lift is logged now). Its Firefox microphone sends 6-9 % fewer packets than its time needs (its own packetsSent), which receivers conceal: counted as its sender's, not the path's; docs/adaptive-video.md 4b"]
 fn weak_link_chromium_subscriber_keeps_a_firefox_simulcast_camera() -> anyhow::Result<()> {
     use BrowserKind::{Chromium, Firefox};
     weak_call(Chromium, [Firefox, Chromium, Chromium])

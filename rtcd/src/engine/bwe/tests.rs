@@ -49,6 +49,17 @@ struct Call {
     rtx_seq: u16,
     /// Wall-clock time spent in the server's methods (the cost measurement).
     server_time: Duration,
+    /// A media worker's send lag: how long after they are written the packets of a frame
+    /// leave, by frame number (`None`: when written).
+    lag: Option<fn(u64) -> Duration>,
+    /// The worker's clock the server's peer was given, if any.
+    departures: Option<Departures>,
+    /// Until when the busy worker is flushing its last round.
+    busy_until: Instant,
+    /// A frame is due (its time in the call, in milliseconds), not yet written.
+    frame_due: Option<u64>,
+    /// Frames written.
+    frames: u64,
 }
 
 impl Call {
@@ -57,9 +68,26 @@ impl Call {
     }
 
     fn build(down: Link, estimation: bool) -> Self {
+        Self::on_worker(down, estimation, None, false)
+    }
+
+    /// A call whose packets leave `lag(frame)` after they are written, as from a busy media
+    /// worker; with `clock`, the peer is told when (`Departures`), as a worker tells it.
+    fn lagging(down: Link, lag: fn(u64) -> Duration, clock: bool) -> Self {
+        Self::on_worker(down, true, Some(lag), clock)
+    }
+
+    fn on_worker(
+        down: Link,
+        estimation: bool,
+        lag: Option<fn(u64) -> Duration>,
+        clock: bool,
+    ) -> Self {
         let now = Instant::now();
         let identity = Identity::generate().unwrap();
-        let settings = testing::settings();
+        let mut settings = testing::settings();
+        let departures = clock.then(|| Departures::new(now));
+        settings.departures = departures.clone();
         let mut server = if estimation {
             Peer::new(&identity, &settings, now).unwrap()
         } else {
@@ -104,6 +132,11 @@ impl Call {
             wire: Vec::new(),
             rtx_seq: 1_000,
             server_time: Duration::ZERO,
+            lag,
+            departures,
+            busy_until: now,
+            frame_due: None,
+            frames: 0,
         }
         .with_transport_cc_id()
     }
@@ -148,37 +181,19 @@ impl Call {
             while let Some((at, _, data)) = self.down.poll(now) {
                 self.client.deliver(data, at);
             }
-            let started = std::time::Instant::now();
-            while let Some((at, transport, data)) = self.up.poll(now) {
-                self.server.handle_datagram(transport, data, at);
-            }
-            self.server.handle_timeout(now);
-            self.server_time += started.elapsed();
-            self.client.handle_timeout(now);
             if let Some(since) = self.connected {
                 let ms_in = (now - since).as_millis() as u64;
                 if ms_in.is_multiple_of(frame_every) {
                     self.credit += pps(self.estimate()) / f64::from(FPS);
-                    let started = std::time::Instant::now();
-                    while self.credit >= 1.0 {
-                        self.credit -= 1.0;
-                        self.send_one(ms_in);
-                    }
-                    self.server_time += started.elapsed();
+                    self.frame_due = Some(ms_in);
                 }
             }
-            let started = std::time::Instant::now();
-            let mut out = Vec::new();
-            while let Some(datagram) = self.server.poll_transmit() {
-                out.push(datagram);
+            // A busy worker takes nothing in until its round's flush is done (datagrams wait
+            // in the socket with their arrival instants, a frame due waits too).
+            if now >= self.busy_until {
+                self.server_round(now);
             }
-            self.server_time += started.elapsed();
-            for (transport, data) in out {
-                if let Some(rtp) = wire_rtp(&data, self.transport_cc_id) {
-                    self.wire.push(rtp);
-                }
-                self.down.send(now, transport, data);
-            }
+            self.client.handle_timeout(now);
             while let Some((transport, data)) = self.client.poll_transmit() {
                 self.up.send(now, transport, data);
             }
@@ -191,6 +206,46 @@ impl Call {
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// One round of the server: datagrams in, its timers, the frame due, then everything it
+    /// wrote onto the down link, leaving `lag(frame)` later when it is a busy worker (which
+    /// then takes nothing in until that flush is done, and tells its clock, if it has one).
+    fn server_round(&mut self, now: Instant) {
+        let started = std::time::Instant::now();
+        while let Some((at, transport, data)) = self.up.poll(now) {
+            self.server.handle_datagram(transport, data, at);
+        }
+        self.server.handle_timeout(now);
+        let mut leaves = now;
+        if let Some(ms_in) = self.frame_due.take() {
+            if let Some(lag) = self.lag {
+                leaves = now + lag(self.frames);
+            }
+            self.frames += 1;
+            while self.credit >= 1.0 {
+                self.credit -= 1.0;
+                self.send_one(ms_in);
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(datagram) = self.server.poll_transmit() {
+            out.push(datagram);
+        }
+        self.server_time += started.elapsed();
+        if out.is_empty() {
+            return;
+        }
+        for (transport, data) in out {
+            if let Some(rtp) = wire_rtp(&data, self.transport_cc_id) {
+                self.wire.push(rtp);
+            }
+            self.down.send(leaves, transport, data);
+        }
+        self.busy_until = leaves;
+        if let Some(departures) = &self.departures {
+            departures.flushed(leaves);
         }
     }
 
@@ -744,5 +799,85 @@ fn the_estimate_follows_a_path_that_narrows() {
     assert!(
         after.iter().any(|e| *e <= 750_000),
         "down to 750 kbit/s within 3 s: {after:?}"
+    );
+}
+
+/// A busy media worker's send lag, by frame: it grows 12 ms a frame for 20 frames (to 228 ms;
+/// measured on a two-core host in a weak-link call: 13 ms at the median, 204 ms at the 99th
+/// percentile, 564 ms at most), then the worker keeps up for 40 frames, again and again. A
+/// round's packets leave that long after they were written, and the worker takes nothing in
+/// meanwhile.
+fn busy_worker(frame: u64) -> Duration {
+    let k = frame % 60;
+    Duration::from_millis(if k < 20 { k * 12 } else { 0 })
+}
+
+/// A lag that grows on rtcd's side looks, in departures taken when packets are written, like a
+/// queue growing on the path: the delay half backed off on a clean path again and again, and
+/// with an allocator following the estimate (sending less, so less is acknowledged, so the next
+/// back-off goes lower) the estimate sank far below the link. With the worker's clock
+/// (`Departures`: when each round really left) it holds at what is sent, as without a lag.
+#[test]
+fn a_worker_s_send_lag_is_not_read_as_queueing() {
+    let sent_bps = (PPS * WIRE_BITS) as u64;
+    let steady = |clock: bool| {
+        let mut call = Call::lagging(Link::unshaped(ONE_WAY), busy_worker, clock);
+        let connected = call.connect();
+        call.run(20_000, &following(PPS));
+        let from = connected + Duration::from_secs(5);
+        let mut steady = call.estimates_between(from, call.elapsed());
+        // The estimate in force when the window opened counts too.
+        if let Some((_, e)) = call.estimates.iter().rev().find(|(at, _)| *at < from) {
+            steady.push(*e);
+        }
+        steady
+    };
+    let with_clock = steady(true);
+    assert!(
+        with_clock.iter().all(|e| *e >= sent_bps * 9 / 10),
+        "the estimate holds near the {sent_bps} bit/s sent: {with_clock:?}"
+    );
+    // The same call without the clock, for the record (`--nocapture`): what the fix removes.
+    let without = steady(false);
+    println!(
+        "lowest estimate from 5 s on: with the worker's clock {:?}, without {:?}",
+        with_clock.iter().min(),
+        without.iter().min()
+    );
+}
+
+/// The worker's clock: a packet written in a round reads as leaving when that round's flush was
+/// done; a round not yet flushed, or forgotten, keeps its stamp (never later than the truth).
+#[test]
+fn departures_resolve_each_round_to_its_flush() {
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    let clock = Departures::new(t0);
+    let first = clock.stamp();
+    clock.flushed(ms(40));
+    let second = clock.stamp();
+    assert_eq!(
+        second,
+        ms(40),
+        "the next round is stamped when the last one left"
+    );
+    assert_eq!(clock.left(first), Some(ms(40)));
+    assert_eq!(clock.left(second), None, "not flushed yet");
+    // A flush that ends at the same instant still makes a round of its own.
+    clock.flushed(ms(40));
+    let third = clock.stamp();
+    assert!(third > second);
+    assert_eq!(clock.left(second), Some(third));
+    for n in 0..ROUNDS_KEPT as u64 {
+        clock.flushed(ms(100 + n));
+    }
+    assert_eq!(
+        clock.left(first),
+        None,
+        "forgotten after {ROUNDS_KEPT} rounds"
+    );
+    assert_eq!(
+        clock.left(ms(100 + ROUNDS_KEPT as u64 - 2)),
+        Some(ms(100 + ROUNDS_KEPT as u64 - 1))
     );
 }

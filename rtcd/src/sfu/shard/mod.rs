@@ -269,6 +269,8 @@ impl Shards {
             candidates,
             disconnected_timeout: config.ice_disconnected_timeout,
             failed_timeout: config.ice_failed_timeout,
+            // Each worker sets its own clock (`Worker::new`).
+            departures: None,
         };
         let mut threads = Vec::with_capacity(count + 1);
         let forwarded: Vec<Arc<AtomicU64>> = (0..count).map(|_| Arc::default()).collect();

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Datagram, DemuxUpdate, Joining, Manage, SessionKey, TcpRoutes, WorkerCommand};
+use crate::engine::bwe::Departures;
 use crate::engine::net::udp::{BatchSocket, SendBatch};
 use crate::engine::net::{Protocol, Transport};
 use crate::engine::{Identity, PeerSettings};
@@ -79,6 +80,8 @@ pub(super) struct Worker {
     backlog: Vec<SessionKey>,
     /// `rtcd_media_send_lag_seconds`.
     send_lag: Histogram,
+    /// When each round's packets left, for the estimators of this worker's peers.
+    departures: Departures,
 }
 
 impl Worker {
@@ -87,7 +90,7 @@ impl Worker {
             socket,
             tcp,
             identity,
-            settings,
+            mut settings,
             demux,
             metrics,
             config,
@@ -95,6 +98,8 @@ impl Worker {
             forwarded,
         } = wiring;
         let send_lag = metrics.media_send_lag.clone();
+        let departures = Departures::new(Instant::now());
+        settings.departures = Some(departures.clone());
         let rooms = Rooms::new(Setup {
             index,
             identity,
@@ -116,6 +121,7 @@ impl Worker {
             send: SendBatch::new(SEND_BATCH),
             backlog: Vec::new(),
             send_lag,
+            departures,
         }
     }
 
@@ -190,9 +196,8 @@ impl Worker {
     /// Lets the core drain every touched session, then carries out what it asked; sessions
     /// whose signaling queue overflowed end, and what their ending asks is carried out too.
     fn settle(&mut self) {
-        // Every packet written in this round is recorded as sent at `started` (transport-cc
-        // departures, what the estimators towards subscribers read) and leaves at the flush:
-        // the lag is how much earlier than they left they are recorded.
+        // Every packet written in this round leaves at the flush: the lag is how long after
+        // the round started that is (the estimators read the flush's end: `Departures`).
         let started = Instant::now();
         self.rooms.settle(started);
         self.carry_out();
@@ -214,9 +219,12 @@ impl Worker {
         }
     }
 
-    /// Sends what the core queued (one flush) and delivers its outputs, in order.
+    /// Sends what the core queued (one flush), closing the round of the estimators' clock if
+    /// anything left, and delivers its outputs, in order.
     fn carry_out(&mut self) {
+        let mut sent = false;
         while let Some((transport, data)) = self.rooms.poll_transmit() {
+            sent = true;
             transmit(
                 &self.socket,
                 &mut self.send,
@@ -226,6 +234,9 @@ impl Worker {
             );
         }
         flush(&self.socket, &mut self.send);
+        if sent {
+            self.departures.flushed(Instant::now());
+        }
         while let Some(output) = self.rooms.poll_output() {
             match output {
                 Output::Event { key, event } => {
