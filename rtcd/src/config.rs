@@ -207,7 +207,8 @@ pub struct RtcConfig {
     /// Whether each subscriber's bandwidth estimate decides which simulcast layer of each video
     /// it gets, and pauses video that does not fit (docs/adaptive-video.md). Off by default
     /// until the estimator is proven against Firefox receivers (see there); off, every
-    /// subscriber gets the best layer sending.
+    /// subscriber gets the best layer sending, and no estimate is made towards subscribers
+    /// (nothing would read it: `PeerSettings::estimation`).
     pub adaptive_video: bool,
     /// Silence on a session's connection after which it counts as disconnected (it may still
     /// recover; nothing is torn down yet). Silence: no answered connectivity check, no media,

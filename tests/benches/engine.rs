@@ -55,6 +55,7 @@ fn bench(c: &mut Criterion) {
         }],
         disconnected_timeout: Duration::from_secs(5),
         failed_timeout: Duration::from_secs(25),
+        estimation: true,
         departures: None,
     };
     let offer = offer();

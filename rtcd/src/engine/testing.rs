@@ -43,6 +43,7 @@ pub(crate) fn settings() -> PeerSettings {
         candidates: vec![Transport::udp(server, server)],
         disconnected_timeout: Duration::from_secs(5),
         failed_timeout: Duration::from_secs(25),
+        estimation: true,
         departures: None,
     }
 }

@@ -88,11 +88,8 @@ impl Call {
         let mut settings = testing::settings();
         let departures = clock.then(|| Departures::new(now));
         settings.departures = departures.clone();
-        let mut server = if estimation {
-            Peer::new(&identity, &settings, now).unwrap()
-        } else {
-            Peer::without_estimation(&identity, &settings, now).unwrap()
-        };
+        settings.estimation = estimation;
+        let mut server = Peer::new(&identity, &settings, now).unwrap();
         let mut client = Client::new("10.9.0.3:6000", now);
         client.receive(MediaKind::Video);
         let offer = client.offer(now);

@@ -269,6 +269,8 @@ impl Shards {
             candidates,
             disconnected_timeout: config.ice_disconnected_timeout,
             failed_timeout: config.ice_failed_timeout,
+            // The estimate drives adaptive video and nothing else.
+            estimation: config.adaptive_video,
             // Each worker sets its own clock (`Worker::new`).
             departures: None,
         };

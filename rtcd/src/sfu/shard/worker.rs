@@ -80,8 +80,9 @@ pub(super) struct Worker {
     backlog: Vec<SessionKey>,
     /// `rtcd_media_send_lag_seconds`.
     send_lag: Histogram,
-    /// When each round's packets left, for the estimators of this worker's peers.
-    departures: Departures,
+    /// When each round's packets left, for the estimators of this worker's peers (if they
+    /// estimate: `PeerSettings::estimation`).
+    departures: Option<Departures>,
 }
 
 impl Worker {
@@ -98,8 +99,8 @@ impl Worker {
             forwarded,
         } = wiring;
         let send_lag = metrics.media_send_lag.clone();
-        let departures = Departures::new(Instant::now());
-        settings.departures = Some(departures.clone());
+        let departures = settings.estimation.then(|| Departures::new(Instant::now()));
+        settings.departures = departures.clone();
         let rooms = Rooms::new(Setup {
             index,
             identity,
@@ -234,8 +235,8 @@ impl Worker {
             );
         }
         flush(&self.socket, &mut self.send);
-        if sent {
-            self.departures.flushed(Instant::now());
+        if sent && let Some(departures) = &self.departures {
+            departures.flushed(Instant::now());
         }
         while let Some(output) = self.rooms.poll_output() {
             match output {
