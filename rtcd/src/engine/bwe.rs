@@ -188,19 +188,27 @@ impl Departures {
         self.0.epoch + Duration::from_nanos(self.0.open.load(Ordering::Relaxed))
     }
 
-    /// When the round stamped `stamp` left, if it is closed and still remembered.
-    fn left(&self, stamp: Instant) -> Option<Instant> {
+    /// When the round stamped `stamp` left, if it is closed and still remembered, in `closed`.
+    fn left_in(&self, closed: &VecDeque<(u64, u64)>, stamp: Instant) -> Option<Instant> {
         let stamp = self.nanos(stamp);
-        let closed = self.0.closed.lock().unwrap_or_else(|p| p.into_inner());
         let i = closed.binary_search_by_key(&stamp, |(s, _)| *s).ok()?;
         Some(self.0.epoch + Duration::from_nanos(closed[i].1))
     }
 
-    /// `reports` with each departure moved to when its round left, into `out`.
+    /// When the round stamped `stamp` left, if it is closed and still remembered.
+    #[cfg(test)]
+    fn left(&self, stamp: Instant) -> Option<Instant> {
+        let closed = self.0.closed.lock().unwrap_or_else(|p| p.into_inner());
+        self.left_in(&closed, stamp)
+    }
+
+    /// `reports` with each departure moved to when its round left, into `out` (the rounds
+    /// locked once for the batch).
     fn resolve(&self, reports: &[PacketReport], out: &mut Vec<PacketReport>) {
+        let closed = self.0.closed.lock().unwrap_or_else(|p| p.into_inner());
         out.clear();
         out.extend(reports.iter().cloned().map(|mut r| {
-            if let Some(left) = self.left(r.departure) {
+            if let Some(left) = self.left_in(&closed, r.departure) {
                 r.departure = left;
             }
             r

@@ -953,14 +953,6 @@ impl Peer {
         settings: &PeerSettings,
         now: Instant,
     ) -> Result<Self, EngineError> {
-        Self::build(identity, settings, now)
-    }
-
-    fn build(
-        identity: &Identity,
-        settings: &PeerSettings,
-        now: Instant,
-    ) -> Result<Self, EngineError> {
         let mut media = media_template()?.clone();
         // NACKs are answered by the SFU's down-tracks from one buffer per published track, so
         // no NACK responder (which would keep a copy per subscriber). Loss of published tracks

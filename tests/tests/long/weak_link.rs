@@ -632,9 +632,8 @@ async fn watch(pages: &[&BrowserPage], duration: Duration) -> anyhow::Result<Vec
 
 /// Per remote microphone of `page` since the call began: packets received and lost (as the
 /// receiver counts them), and its jitter (s). Logged beside the concealment: concealment with
-/// no loss is audio that came late (a sender's or a receiver's CPU, a queue on the way). And
-/// `(own, sent)`: the packets its own microphone sent, to set beside what the others received
-/// of it (fewer sent than the call's length needs is a sender that fell behind).
+/// no loss is audio that came late (a sender's or a receiver's CPU, a queue on the way; a
+/// sender that fell behind is logged apart, as its `sending_shortfall`).
 async fn audio_health(page: &BrowserPage) -> anyhow::Result<Value> {
     page.eval_async(
         "const done = arguments[arguments.length - 1];\
@@ -642,7 +641,6 @@ async fn audio_health(page: &BrowserPage) -> anyhow::Result<Value> {
          for (const r of c.remoteTracks.values()) names[r.track.id] = r.identity + '/' + r.source;\
          c.peerConnection.getStats().then((stats) => { const out = {};\
            stats.forEach((s) => {\
-             if (s.type === 'outbound-rtp' && s.kind === 'audio') out['(own, sent)'] = [s.packetsSent || 0, 0, 0];\
              if (s.type !== 'inbound-rtp' || s.kind !== 'audio') return;\
              out[names[s.trackIdentifier] || s.trackIdentifier] =\
                [s.packetsReceived || 0, s.packetsLost || 0, s.jitter || 0]; });\
@@ -763,9 +761,10 @@ async fn weak_call_scenario(
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     let shaped = watch(&everyone, CALL_SHAPED).await?;
-    let identities: Vec<String> = {
+    // Every page's identity: the publishers', then the weak page's.
+    let all_identities: Vec<String> = {
         let mut v = Vec::new();
-        for page in &pages {
+        for page in &everyone {
             v.push(
                 page.eval("return window.rtcd.session.identity;", json!([]))
                     .await?
@@ -776,17 +775,11 @@ async fn weak_call_scenario(
         }
         v
     };
-    let weak_identity = weak
-        .eval("return window.rtcd.session.identity;", json!([]))
-        .await?
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let identities = &all_identities[..pages.len()];
     // What each microphone's own sender left out (see `sending_shortfall`): audio nobody sent
     // is concealed at every receiver whatever the path does, so it is not counted against it.
-    let shortfall: std::collections::BTreeMap<String, f64> = identities
+    let shortfall: std::collections::BTreeMap<String, f64> = all_identities
         .iter()
-        .chain(std::iter::once(&weak_identity))
         .zip(&shaped)
         .map(|(identity, received)| {
             (

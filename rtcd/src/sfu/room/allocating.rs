@@ -390,10 +390,10 @@ const PROBE_DURATION: Duration = Duration::from_millis(500);
 /// did not, up to [`PROBE_BACKOFF_MAX`]. Short on purpose: a failed probe aims only at the next
 /// step (a little over the estimate for half a second), and a link that recovers must be found
 /// within seconds (issue 28: full layers again within 10 s of a weak link's shaping lifting).
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// At most 3 s: a link that recovers is found by the first probe after it does, and with 4 s
 /// the weak-link call's Firefox page was back at its full layers 10.7 s after the lift (three
 /// cameras waiting at their lowest layer for 9-10 s; the issue wants 10).
-const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(3);
 /// The wait after a probe that proved its goal (or moved the estimate [`PROBE_MOVED`] times):
 /// the link had room, the next may follow soon. A lifted 600 kbit/s link takes three such
