@@ -110,10 +110,19 @@ impl Rooms {
                 };
                 // A packet of another layer than the one forwarded: whether to move to it (or
                 // away from a layer that stopped, or above the subscriber's cap).
-                if simulcast && packet.ssrc != down.source_ssrc() {
+                let before = down.source_ssrc();
+                if simulcast && packet.ssrc != before {
+                    let target = down.target_layer();
                     choose_layer(down, &t.layers, ms.layer_cap, now);
+                    if down.target_layer() != target || down.source_ssrc() != before {
+                        tracing::debug!(session = %s.req.session, mid = %ms.mid, from = before, to = down.source_ssrc(), target = ?down.target_layer(), cap = ms.layer_cap, "layer choice");
+                    }
                 }
-                if let Forward::Send(header) = down.forward(&packet, now) {
+                let forwarded = down.forward(&packet, now);
+                if simulcast && down.source_ssrc() != before {
+                    tracing::debug!(session = %s.req.session, mid = %ms.mid, from = before, to = down.source_ssrc(), "layer switched");
+                }
+                if let Forward::Send(header) = forwarded {
                     let payload = header.payload(&packet);
                     if let Err(e) = s.peer.send_rtp(ms.id, &header, &packet, payload, now) {
                         tracing::debug!(error = %e, "forwarding a packet failed");
