@@ -63,6 +63,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverDirection};
 use rtc::sansio::Protocol as _;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
+use super::net::demux::{PacketKind, classify};
 use super::net::{Protocol, Transport};
 use crate::media::packet::{MediaKind, MediaPacket, RtpHeaderOut, VideoCodec};
 use crate::media::sdp;
@@ -890,6 +891,15 @@ const HELD_LIMIT: usize = 256;
 /// took 0.26-0.55 s here.
 const HELD_IN_LIMIT: usize = 512;
 
+/// Queues `item` while ICE restarts, bounded by `limit`: past it the oldest goes (the newest
+/// matter more, and a hole can still be NACKed).
+fn hold<T>(queue: &mut std::collections::VecDeque<T>, limit: usize, item: T) {
+    if queue.len() == limit {
+        queue.pop_front();
+    }
+    queue.push_back(item);
+}
+
 /// One client's peer connection. See the module docs.
 pub struct Peer {
     pc: RTCPeerConnection,
@@ -1406,19 +1416,16 @@ impl Peer {
     /// needed NACKs, and rtcd's receiver reports told the publisher of that loss (its SDK then
     /// showed its media `poor`: the turn-refresh test). Held and handed over in order once a
     /// pair is selected (rtc then takes media from any address: the session's keys are what
-    /// binds it), with the times they arrived. STUN (RFC 7983: a first byte of 0 to 3) is never
-    /// held: the checks are what ends the restart.
+    /// binds it), with the times they arrived. STUN (RFC 7983, [`classify`]) is never held:
+    /// the checks are what ends the restart. Bounded by [`HELD_IN_LIMIT`].
     fn read(&mut self, transport: Transport, data: BytesMut, now: Instant) {
         let msg = TaggedBytesMut {
             now,
             transport: context(&transport),
             message: data,
         };
-        if self.restarting && msg.message.first().is_some_and(|&b| b > 3) {
-            if self.held_in.len() == HELD_IN_LIMIT {
-                self.held_in.pop_front();
-            }
-            self.held_in.push_back(msg);
+        if self.restarting && classify(&msg.message) != PacketKind::Stun {
+            hold(&mut self.held_in, HELD_IN_LIMIT, msg);
             return;
         }
         if let Err(err) = self.pc.handle_read(msg) {
@@ -1583,10 +1590,7 @@ impl Peer {
     /// newest matter more, and the client can still NACK the hole).
     fn write_media(&mut self, msg: TaggedRTCMessage) -> Result<(), EngineError> {
         if self.restarting {
-            if self.held.len() == HELD_LIMIT {
-                self.held.pop_front();
-            }
-            self.held.push_back(msg);
+            hold(&mut self.held, HELD_LIMIT, msg);
             return Ok(());
         }
         self.pc.handle_write(msg).map_err(internal)

@@ -114,8 +114,9 @@ impl Rooms {
                 if simulcast && packet.ssrc != before {
                     let target = down.target_layer();
                     choose_layer(down, &t.layers, ms.layer_cap, now);
-                    if down.target_layer() != target || down.source_ssrc() != before {
-                        tracing::debug!(session = %s.req.session, mid = %ms.mid, from = before, to = down.source_ssrc(), target = ?down.target_layer(), cap = ms.layer_cap, "layer choice");
+                    // A switch made at once is logged below as "layer switched".
+                    if down.target_layer() != target && down.source_ssrc() == before {
+                        tracing::debug!(session = %s.req.session, mid = %ms.mid, current = before, target = ?down.target_layer(), cap = ms.layer_cap, "layer choice");
                     }
                 }
                 let forwarded = down.forward(&packet, now);
