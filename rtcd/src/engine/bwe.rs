@@ -394,8 +394,12 @@ const EMIT_CHANGE: f64 = 0.05;
 
 /// An unchanged estimate is announced again this often: what the SFU decides from it also
 /// depends on what changed meanwhile (the rates of the layers it forwards, the end of a hold,
-/// a probe to start), so it needs the estimate now and then even when it holds still.
-pub(super) const EMIT_REPEAT: std::time::Duration = std::time::Duration::from_secs(1);
+/// a probe to start or to judge), so it needs the estimate now and then even when it holds
+/// still. A quarter of a second: the SFU starts and judges its probes at these events, and
+/// with 1 s each probe on a weak link started and ended up to a second late (issue 28). The
+/// SFU decides at most every 500 ms unless the estimate fell or a probe is due, so this costs
+/// events, not decisions.
+pub(super) const EMIT_REPEAT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Decides when a peer's estimate is worth an event (see [`EMIT_CHANGE`], [`EMIT_REPEAT`]).
 #[derive(Debug, Default)]

@@ -706,6 +706,7 @@ fn weak_call(weak: BrowserKind, publishers: [BrowserKind; 3]) -> anyhow::Result<
         let adaptive = vec![("RTCD_RTC_ADAPTIVE_VIDEO".into(), "true".into())];
         let (stack, origin, secure) = lan_addr_stack(dir.path(), adaptive).await?;
         let link = WeakLink::start(LinkConfig::weak_subscriber())?;
+        raise_threads(&["rtcd-media", "weak-"], -10)?;
         let plain = Browsers::lan_with_chromium_args(secure.clone());
         let behind = Browsers::behind(&link, secure);
         let outcome = weak_call_scenario(weak, publishers, &origin, &link, &plain, &behind).await;
@@ -720,6 +721,33 @@ fn weak_call(weak: BrowserKind, publishers: [BrowserKind; 3]) -> anyhow::Result<
         stack.shutdown().await;
         outcome
     })
+}
+
+/// Gives this process's threads whose names start with one of `prefixes` the nice value
+/// `niceness` (`renice` on each thread id: Linux keeps a nice value per thread). The call's
+/// subject is rtcd's sending on a weak link and the link itself; on this host both share two
+/// cores with four browsers, whose Chromium raises its own media threads to -8 (run as root),
+/// and rtcd's media rounds then took 15 ms at the median, 92 at the 90th percentile (each
+/// flushed at its end: bursts the weak link's 12 KB bottleneck queue dropped); raised, 10 and
+/// 34 ms (docs/adaptive-video.md 4b). A media host is its own machine.
+fn raise_threads(prefixes: &[&str], niceness: i32) -> anyhow::Result<()> {
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let task = task?;
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if prefixes.iter().any(|p| name.starts_with(p)) {
+            let tid = task.file_name().to_string_lossy().into_owned();
+            let status = std::process::Command::new("renice")
+                .args(["-n", &niceness.to_string(), "-p", &tid])
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            ensure!(
+                status.success(),
+                "renice {niceness} thread {tid} ({})",
+                name.trim()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn weak_call_scenario(
@@ -860,6 +888,12 @@ async fn weak_call_scenario(
     // by the page's own sample (stats carry wall-clock time on this same host), not by when
     // this loop read it.
     media(&weak).await?; // what it sampled shaped
+    // The shaper's own counters (what it dropped) go with it: read them first.
+    eprintln!(
+        "weak call: shaped downlink {:?}\n{}",
+        link.downlink_counts(),
+        link.downlink_qdisc().unwrap_or_default()
+    );
     link.shape_downlink(None)?;
     let lifted = tokio::time::Instant::now();
     let lifted_wall = std::time::SystemTime::now()
@@ -922,7 +956,7 @@ async fn weak_call_scenario(
 }
 
 #[test]
-#[ignore = "issue 28: its margins on this 2-core host are thin. On 2026-12-03 it passed both full suites and 3 of 5 runs alone (full layers back after 5.0-8.7 s); one failed with a remote microphone 2.1 % concealed on the weak page (limit 2 %; 0.2-0.7 % in the passing runs; that run had a probe timer since reverted), and one with the code as it is failed on both that (2.1 %) and recovery (10.5 s, limit 10). docs/adaptive-video.md 4b"]
+#[ignore = "issue 28: recovery after the lift misses its 10 s now and then. On 2026-12-03 evening, with the code as it is: 2 of 2 runs alone passed (back after 3.5 and 6.0 s, the weak page's audio 0.07-0.23 % concealed); a run with a since-changed probe rule was back only after 11.8 s; earlier that day 3 of 5 alone and both full suites. docs/adaptive-video.md 4b"]
 fn weak_link_chromium_subscriber_keeps_three_simulcast_cameras_and_its_audio() -> anyhow::Result<()>
 {
     use BrowserKind::Chromium;
@@ -930,7 +964,7 @@ fn weak_link_chromium_subscriber_keeps_three_simulcast_cameras_and_its_audio() -
 }
 
 #[test]
-#[ignore = "issue 28: alone it passes (full layers back after 5.2-8.9 s, 4 runs on 2026-12-03; its own microphone's shortfall counted as its sender's), but in both full-suite runs of 2026-12-03 the weak Firefox page was back at every full layer only after 10.7 and 14.0 s (limit 10): its cameras stayed at 160 px for 9-10 s after the lift, then came back one probe cycle at a time; docs/adaptive-video.md 4b"]
+#[ignore = "issue 28: recovery after the lift misses its 10 s now and then. On 2026-12-03 evening, with the code as it is, 1 of 2 runs alone passed (back after 5.9 s); in the other the weak page's estimate had fallen to 334 kbit/s just before the lift and the probes sized from it were neither proved nor taken as a change for two cycles: back after 22.4 s. Audio 0.02-0.21 % concealed in both. docs/adaptive-video.md 4b"]
 fn weak_link_firefox_subscriber_keeps_three_simulcast_cameras_and_its_audio() -> anyhow::Result<()>
 {
     use BrowserKind::Chromium;

@@ -437,19 +437,20 @@ fn the_emitter_announces_the_first_estimate_and_moves_of_five_percent() {
     let ms = |n| t0 + Duration::from_millis(n);
     assert_eq!(emitter.next(None, t0), None, "nothing measured yet");
     assert_eq!(emitter.next(at(1_000_000), t0), Some(1_000_000));
-    assert_eq!(emitter.next(at(1_040_000), ms(100)), None);
-    assert_eq!(emitter.next(at(960_000), ms(200)), None);
-    assert_eq!(emitter.next(at(1_050_000), ms(300)), Some(1_050_000));
+    assert_eq!(emitter.next(at(1_040_000), ms(50)), None);
+    assert_eq!(emitter.next(at(960_000), ms(100)), None);
+    assert_eq!(emitter.next(at(1_050_000), ms(150)), Some(1_050_000));
     assert_eq!(
-        emitter.next(at(890_000), ms(400)),
+        emitter.next(at(890_000), ms(200)),
         Some(890_000),
         "a back-off"
     );
-    assert_eq!(emitter.next(at(890_000), ms(1_300)), None);
+    let repeat = EMIT_REPEAT.as_millis() as u64;
+    assert_eq!(emitter.next(at(890_000), ms(200 + repeat - 1)), None);
     assert_eq!(
-        emitter.next(at(890_000), ms(1_400)),
+        emitter.next(at(890_000), ms(200 + repeat)),
         Some(890_000),
-        "once a second anyway"
+        "every EMIT_REPEAT anyway"
     );
 }
 

@@ -109,10 +109,12 @@ pub(super) struct Member {
 /// paused track (`Allocator::try_resume`): that video is itself the probe.
 #[derive(Debug, Default)]
 pub(super) struct Probe {
+    /// While a probe runs: when its copies end (a resume on trial: when the trial does). It is
+    /// judged then or sooner (`probe_over`, `allocating.rs`).
     pub until: Option<Instant>,
     pub ratio: f64,
     pub credit: f64,
-    /// The estimate the probe should prove; checked at the first decision after it.
+    /// The estimate the probe should prove.
     pub goal: u64,
     /// The estimate when it started (how far it moved it).
     pub from: u64,
@@ -121,6 +123,9 @@ pub(super) struct Probe {
     /// Whether the last probe moved the estimate far (`PROBE_MOVED` times where it started,
     /// `allocating.rs`): the link has room, the next one may aim higher.
     pub moved: bool,
+    /// The goal of the last probe that fell short, until the link carries it: no probe aims
+    /// higher meanwhile (`probe_goal`, `allocating.rs`).
+    pub refused: Option<u64>,
     pub backoff: std::time::Duration,
 }
 
