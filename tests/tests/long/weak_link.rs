@@ -710,17 +710,22 @@ fn weak_call(weak: BrowserKind, publishers: [BrowserKind; 3]) -> anyhow::Result<
         let plain = Browsers::lan_with_chromium_args(secure.clone());
         let behind = Browsers::behind(&link, secure);
         let outcome = weak_call_scenario(weak, publishers, &origin, &link, &plain, &behind).await;
-        eprintln!(
-            "weak call: downlink {:?}\n{}",
-            link.downlink_counts(),
-            link.downlink_qdisc().unwrap_or_default()
-        );
+        report_downlink("downlink", &link);
         drop(behind);
         drop(plain);
         drop(link);
         stack.shutdown().await;
         outcome
     })
+}
+
+/// Prints what the weak call's downlink delivered and its shaper's counters (sent, dropped).
+fn report_downlink(what: &str, link: &WeakLink) {
+    eprintln!(
+        "weak call: {what} {:?}\n{}",
+        link.downlink_counts(),
+        link.downlink_qdisc().unwrap_or_default()
+    );
 }
 
 /// Gives this process's threads whose names start with one of `prefixes` the nice value
@@ -889,11 +894,7 @@ async fn weak_call_scenario(
     // this loop read it.
     media(&weak).await?; // what it sampled shaped
     // The shaper's own counters (what it dropped) go with it: read them first.
-    eprintln!(
-        "weak call: shaped downlink {:?}\n{}",
-        link.downlink_counts(),
-        link.downlink_qdisc().unwrap_or_default()
-    );
+    report_downlink("shaped downlink", link);
     link.shape_downlink(None)?;
     let lifted = tokio::time::Instant::now();
     let lifted_wall = std::time::SystemTime::now()

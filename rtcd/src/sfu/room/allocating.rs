@@ -507,9 +507,13 @@ fn probe_over(
     estimate: Option<u64>,
     now: Instant,
 ) -> bool {
-    let reached = estimate.is_some_and(|e| e as f64 >= probe.goal as f64 * PROVED_SHARE);
     let pushed_back = estimate.is_some_and(|e| e < probe.from);
-    reached || pushed_back || now >= until + PROBE_FEEDBACK
+    reaches(estimate, probe.goal) || pushed_back || now >= until + PROBE_FEEDBACK
+}
+
+/// Whether `estimate` proves `goal` (within [`PROVED_SHARE`]).
+fn reaches(estimate: Option<u64>, goal: u64) -> bool {
+    estimate.is_some_and(|e| e as f64 >= goal as f64 * PROVED_SHARE)
 }
 
 /// Whether a subscriber's allocation must be decided now for its probe's sake, `estimate` being
@@ -530,7 +534,7 @@ pub(super) fn probe_due(
 /// Judges the probe that just ended by the estimate now: whether it proved its goal, and when
 /// the next may start (`probe.next`, `probe.backoff`).
 fn conclude_probe(probe: &mut super::member::Probe, estimate: Option<u64>, now: Instant) -> bool {
-    let reached = |goal: u64| estimate.is_some_and(|e| e as f64 >= goal as f64 * PROVED_SHARE);
+    let reached = |goal: u64| reaches(estimate, goal);
     let proved = reached(probe.goal);
     // Far above where it started and near its goal: the link changed (a weak link's shaping
     // lifted: 478 to 855 kbit/s against a goal of 878), the next probe comes as soon as after
