@@ -126,7 +126,9 @@ pub(super) struct Probe {
     /// The goal of the last probe that fell short, until the link carries it: no probe aims
     /// higher meanwhile (`probe_goal`, `allocating.rs`).
     pub refused: Option<u64>,
-    pub backoff: std::time::Duration,
+    /// Whether the last probe fell just short of its goal and the next followed soon
+    /// (`NEAR_SHARE`, `allocating.rs`): a second near miss in a row backs off like a failure.
+    pub near_missed: bool,
 }
 
 impl Member {
