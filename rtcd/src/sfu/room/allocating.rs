@@ -822,14 +822,15 @@ mod tests {
     #[test]
     fn a_probe_that_nearly_proved_is_tried_again_soon_once() {
         let now = Instant::now();
-        // Seen on a weak link just lifted: 487 to 614 kbit/s against a goal of 665 (92 %),
-        // with an older refusal (673) the estimate did not reach: not moved, not proved.
-        let mut p = super::super::member::Probe {
-            goal: 664_915,
-            from: 486_712,
-            refused: Some(673_377),
+        let ended = |goal: u64, from: u64, refused: Option<u64>| super::super::member::Probe {
+            goal,
+            from,
+            refused,
             ..Default::default()
         };
+        // Seen on a weak link just lifted: 487 to 614 kbit/s against a goal of 665 (92 %),
+        // with an older refusal (673) the estimate did not reach: not moved, not proved.
+        let mut p = ended(664_915, 486_712, Some(673_377));
         assert!(!conclude_probe(&mut p, Some(613_847), now));
         assert!(!p.moved);
         assert!(p.near_missed);
@@ -846,20 +847,12 @@ mod tests {
         assert!(!p.near_missed);
         assert_eq!(p.next, Some(now + PROBE_INTERVAL));
         // A probe into a link that cannot carry its goal ends far from it: not a near miss.
-        let mut p = super::super::member::Probe {
-            goal: 673_372,
-            from: 479_821,
-            ..Default::default()
-        };
+        let mut p = ended(673_372, 479_821, None);
         assert!(!conclude_probe(&mut p, Some(474_680), now));
         assert!(!p.near_missed);
         assert_eq!(p.next, Some(now + PROBE_INTERVAL));
         // Nor one that reached 90 % of its goal without raising the estimate.
-        let mut p = super::super::member::Probe {
-            goal: 500_000,
-            from: 480_000,
-            ..Default::default()
-        };
+        let mut p = ended(500_000, 480_000, None);
         assert!(!conclude_probe(&mut p, Some(470_000), now));
         assert!(!p.near_missed);
     }
