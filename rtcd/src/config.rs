@@ -205,10 +205,11 @@ pub struct RtcConfig {
     /// Shortest interval between two keyframe requests sent to one published track.
     pub keyframe_request_interval_ms: u64,
     /// Whether each subscriber's bandwidth estimate decides which simulcast layer of each video
-    /// it gets, and pauses video that does not fit (docs/adaptive-video.md). Off by default
-    /// until the estimator is proven against Firefox receivers (see there); off, every
-    /// subscriber gets the best layer sending, and no estimate is made towards subscribers
-    /// (nothing would read it: `PeerSettings::estimation`).
+    /// it gets, and pauses video that does not fit (docs/adaptive-video.md). On by default: a
+    /// participant on a weak link otherwise loses its video for tens of seconds and its audio
+    /// with it. Off, every subscriber gets the best layer sending, and no estimate is made
+    /// towards subscribers (nothing would read it: `PeerSettings::estimation`), which saves
+    /// about 0.8 us of work per packet sent.
     pub adaptive_video: bool,
     /// Silence on a session's connection after which it counts as disconnected (it may still
     /// recover; nothing is torn down yet). Silence: no answered connectivity check, no media,
@@ -262,7 +263,7 @@ impl Default for RtcConfig {
             max_tracks_per_session: 4,
             max_sdp_bytes: 64 * 1024,
             keyframe_request_interval_ms: 500,
-            adaptive_video: false,
+            adaptive_video: true,
             // The defaults of the first releases (webrtc-rs 0.17's own), kept so that upgrading
             // changes nothing.
             ice_disconnected_timeout_ms: 5_000,

@@ -30,8 +30,9 @@
 #   SCENARIOS=capacity sudo tests/bench/compare.sh    # capacity side by side
 # The `simulcast` scenario (not in the default list; docs/benchmarks.md "Simulcast"): cameras
 # publish three layers, subscribers take the low, middle or high one. Target `ours-adaptive`
-# is ours with rtc.adaptive_video on (the estimator and allocator per subscriber), reported
-# apart from `ours` (off, the default), so the two in one run give their cost:
+# is ours with rtc.adaptive_video on (the estimator and allocator per subscriber: rtcd's
+# default since 2026-12-04), reported apart from `ours` (run with it off, forwarding alone, as
+# every earlier comparison with Janus), so the two in one run give their cost:
 #   SCENARIOS=simulcast TARGETS="ours ours-adaptive janus raw" sudo tests/bench/compare.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -313,6 +314,8 @@ run_one() {
 			--rtcd-env RTCD_RTC_INCLUDE_LOOPBACK_CANDIDATES=false)
 		if [ "$target" = ours-adaptive ]; then
 			args+=(--rtcd-env RTCD_RTC_ADAPTIVE_VIDEO=true --label ours-adaptive)
+		else
+			args+=(--rtcd-env RTCD_RTC_ADAPTIVE_VIDEO=false)
 		fi
 		;;
 	janus)

@@ -15,11 +15,11 @@
 //! * Every visible track gets its lowest layer before any gets a higher one; what remains then
 //!   raises tracks in priority order, each as far as it fits and it is wanted.
 //! * A track whose lowest layer does not fit is paused ([`PauseReason::Bandwidth`]), and
-//!   resumes when it fits again. A track flowing at its lowest layer keeps it while it fits in
-//!   the whole estimate, and is paused only when the shortfall lasts [`PAUSE_GRACE`] or is
-//!   deep (the lowest layers would not fit in twice the estimate): a pause freezes the
-//!   picture for seconds (the hold, then a keyframe), and an estimate's dip after a loss-based
-//!   back-off is often over in one. A hidden track (the subscriber said so) is paused at once.
+//!   resumes when it fits again. A track flowing (at any layer, or new and not measured yet)
+//!   keeps its lowest layer while that fits in the whole estimate, and is paused only when the
+//!   shortfall lasts [`PAUSE_GRACE`] or is deep (the lowest layers would not fit in twice the
+//!   estimate): a pause freezes the picture for seconds (the hold, then a keyframe), and an
+//!   estimate's dip after a loss-based back-off is often over in one. A hidden track (the subscriber said so) is paused at once.
 //! * Downgrades happen at once (a link that overflows loses audio and stalls every video);
 //!   upgrades and resumes wait [`UPGRADE_HOLD`] after the last downgrade and must fit in a
 //!   smaller share of the estimate ([`RAISE_SHARE`] against [`KEEP_SHARE`]): a link at the
@@ -36,9 +36,9 @@ pub const KEEP_SHARE: f64 = 0.95;
 pub const RAISE_SHARE: f64 = 0.80;
 /// How long after a downgrade nothing is raised: the estimate is still settling.
 pub const UPGRADE_HOLD: Duration = Duration::from_secs(3);
-/// How long a track flowing at its lowest layer keeps it while the estimate says it no longer
-/// fits (unless the shortfall is deep: see the module docs). Seen in a weak browser call: a
-/// failed probe's losses took the estimate from 490 to 254 kbit/s for about a second, both
+/// How long a track flowing (at any layer) keeps its lowest layer while the estimate says it
+/// no longer fits (unless the shortfall is deep: see the module docs). Seen in a weak browser
+/// call: a failed probe's losses took the estimate from 490 to 254 kbit/s for about a second, both
 /// cameras then flowing at their lowest layer were paused, and one stayed frozen for 15 s.
 /// The lowest layers are small (about 50 kbit/s each), so keeping them through a dip costs the
 /// link little.
@@ -221,7 +221,7 @@ pub struct Allocator {
     trial: Option<(Instant, Option<usize>)>,
     /// See [`Allocator::probe_ceiling`].
     ceiling: Option<u64>,
-    /// Since when a track flowing at its lowest layer has not fit (its [`PAUSE_GRACE`] runs).
+    /// Since when a flowing track's lowest layer has not fit (its [`PAUSE_GRACE`] runs).
     short_since: Option<Instant>,
 }
 
@@ -297,52 +297,70 @@ impl Allocator {
                 .then_with(|| paused(a).cmp(&paused(b)))
         });
         // What the subscriber wants (its views), then what its link allows of it.
-        let wanted = fit(tracks, &order, u64::MAX);
-        let (keep, raise, whole, deep) = match self.estimate {
-            Some(e) => {
-                let share = |s: f64| ((e as f64 * s) as u64).saturating_sub(audio);
-                (
-                    fit(tracks, &order, share(KEEP_SHARE)),
-                    fit(tracks, &order, share(RAISE_SHARE)),
-                    fit(tracks, &order, share(1.0)),
-                    fit(tracks, &order, share(2.0)),
-                )
-            }
-            None => (
-                wanted.clone(),
-                wanted.clone(),
-                wanted.clone(),
-                wanted.clone(),
-            ),
-        };
+        let none = vec![false; tracks.len()];
+        let wanted = fit(tracks, &order, u64::MAX, &none);
         let paused_for_bandwidth = |d: &Decision| *d == Decision::Paused(PauseReason::Bandwidth);
-        // A track flowing at its lowest layer that no longer fits in [`KEEP_SHARE`] of the
-        // estimate keeps it while it fits in the whole estimate (the margin is for the layers
-        // above the lowest: a delay-based estimate runs 5-15 % under what the link carries),
-        // and for [`PAUSE_GRACE`] while it would fit in twice the estimate.
-        // Not a track whose resume on trial is over: the link did not confirm it.
+        // A flowing track whose lowest layer no longer fits in [`KEEP_SHARE`] of the estimate
+        // keeps it while it fits in the whole estimate (the margin is for the layers above the
+        // lowest: a delay-based estimate runs 5-15 % under what the link carries), and for
+        // [`PAUSE_GRACE`] while it would fit in twice the estimate. Not a track whose resume
+        // on trial is over: the link did not confirm it.
         let tried = match self.trial {
             Some((until, id)) if now >= until => id,
             _ => None,
         };
-        let low = |i: usize| {
-            self.decision(tracks[i].id) == Some(Decision::Layer(0))
-                && paused_for_bandwidth(&keep[i])
-                && tried != Some(tracks[i].id)
+        // Flowing means at any layer: a track lowered from a higher one straight to a pause
+        // froze for seconds when a screen share started (the share, served first and not
+        // measured yet, counted at its nominal rate and took the cameras' room). A new track
+        // whose lowest layer is not measured yet gets the same benefit of the doubt: its cost
+        // is a guess until its first half second is measured (the next decision).
+        let flowing = |t: &VideoTrack<'_>| {
+            tried != Some(t.id)
+                && match self.decision(t.id) {
+                    Some(Decision::Layer(_)) => true,
+                    None => t.rates.first().is_none_or(|&r| r == 0),
+                    Some(Decision::Paused(_)) => false,
+                }
         };
-        let short: Vec<bool> = (0..tracks.len())
-            .map(|i| low(i) && paused_for_bandwidth(&whole[i]) && !paused_for_bandwidth(&deep[i]))
-            .collect();
-        let within: Vec<bool> = (0..tracks.len())
-            .map(|i| low(i) && !paused_for_bandwidth(&whole[i]))
-            .collect();
-        let grace = if short.contains(&true) {
-            let since = *self.short_since.get_or_insert(now);
-            now.saturating_duration_since(since) < PAUSE_GRACE
+        let grace_left = self
+            .short_since
+            .is_none_or(|since| now.saturating_duration_since(since) < PAUSE_GRACE);
+        // The tracks kept at their lowest layer that way (`kept`) take their room before the
+        // others are fitted, in every share: kept, a track costs the link what it did. Found
+        // by growing the set until nothing more joins it (each round can only add a track that
+        // the last one's kept tracks pushed out; a few tracks, a few rounds).
+        let mut kept = none.clone();
+        let mut short = false;
+        let (keep, raise) = loop {
+            let Some(e) = self.estimate else {
+                break (wanted.clone(), wanted.clone());
+            };
+            let share = |s: f64| ((e as f64 * s) as u64).saturating_sub(audio);
+            let keep = fit(tracks, &order, share(KEEP_SHARE), &kept);
+            let whole = fit(tracks, &order, share(1.0), &kept);
+            let deep = fit(tracks, &order, share(2.0), &kept);
+            let mut grown = false;
+            for (i, t) in tracks.iter().enumerate() {
+                if kept[i] || !flowing(t) || !paused_for_bandwidth(&keep[i]) {
+                    continue;
+                }
+                let within = !paused_for_bandwidth(&whole[i]);
+                let dip = !within && !paused_for_bandwidth(&deep[i]);
+                short |= dip;
+                if within || dip && grace_left {
+                    kept[i] = true;
+                    grown = true;
+                }
+            }
+            if !grown {
+                break (keep, fit(tracks, &order, share(RAISE_SHARE), &kept));
+            }
+        };
+        if short {
+            self.short_since.get_or_insert(now);
         } else {
             self.short_since = None;
-            false
-        };
+        }
         let hold_over = self
             .lowered_at
             .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD);
@@ -385,7 +403,12 @@ impl Allocator {
             let now_decided = self.decision(t.id);
             let next = match now_decided {
                 _ if trial == Some(i) => Decision::Layer(0),
-                _ if within[i] || grace && short[i] => Decision::Layer(0),
+                _ if kept[i] => {
+                    // Lowered to its lowest layer rather than paused: a hold when the link is
+                    // why, as for any lowering.
+                    lowered |= now_decided.is_some_and(|d| d.rank() > 1) && link_fell;
+                    Decision::Layer(0)
+                }
                 // A new track that does not fit waits like one that stopped fitting.
                 None => {
                     lowered |= keep[i] == Decision::Paused(PauseReason::Bandwidth);
@@ -480,7 +503,14 @@ fn next_step(
 }
 
 /// The decisions `budget` allows, by the rules of the module docs, indexed like `tracks`.
-fn fit(tracks: &[VideoTrack<'_>], order: &[usize], mut budget: u64) -> Vec<Decision> {
+/// Tracks marked `kept` take their lowest layer whatever it costs (the rest of the budget, if
+/// any, goes on).
+fn fit(
+    tracks: &[VideoTrack<'_>],
+    order: &[usize],
+    mut budget: u64,
+    kept: &[bool],
+) -> Vec<Decision> {
     let mut out = vec![Decision::Paused(PauseReason::Hidden); tracks.len()];
     // Every visible track its lowest layer first.
     for &i in order {
@@ -489,8 +519,8 @@ fn fit(tracks: &[VideoTrack<'_>], order: &[usize], mut budget: u64) -> Vec<Decis
             continue;
         }
         let cost = t.cost(0);
-        if cost <= budget {
-            budget -= cost;
+        if cost <= budget || kept[i] {
+            budget = budget.saturating_sub(cost);
             out[i] = Decision::Layer(0);
         } else {
             out[i] = Decision::Paused(PauseReason::Bandwidth);
@@ -730,6 +760,59 @@ mod tests {
         assert_eq!(
             run(&mut a, 60_000, &tracks, t0),
             vec![Decision::Paused(PauseReason::Bandwidth); 2]
+        );
+    }
+
+    /// Seen in the long browser calls with adaptive video on: a screen share starts, counts at
+    /// its nominal rate until measured, and both cameras (at their middle layer) were paused
+    /// at once, frozen until a keyframe after they came back.
+    #[test]
+    fn a_new_unmeasured_screen_lowers_flowing_cameras_to_their_lowest_layer_not_a_pause() {
+        let mut a = Allocator::default();
+        let t0 = Instant::now();
+        let two = [50_000, 500_000];
+        let cameras = [camera(1, &two), camera(2, &two)];
+        // 1.7M: 1.36M - 120k of audio to raise in: both at their top (1.0M).
+        a.set_estimate(1_700_000);
+        assert_eq!(
+            run(&mut a, 120_000, &cameras, t0),
+            vec![Decision::Layer(1); 2]
+        );
+        // A screen share, not measured yet (1.5M nominal): in 1.7M x 0.95 - 120k = 1.495M
+        // neither camera's lowest layer fits beside it, in twice the estimate both do.
+        let unmeasured = [0];
+        let screen = |rates| VideoTrack {
+            class: Class::Screen,
+            ..camera(3, rates)
+        };
+        let t1 = t0 + Duration::from_secs(10);
+        let with_screen = [cameras[0], cameras[1], screen(&unmeasured)];
+        assert_eq!(
+            run(&mut a, 120_000, &with_screen, t1),
+            vec![Decision::Layer(0), Decision::Layer(0), Decision::Layer(0)]
+        );
+        // Measured half a second later at 300k: the link said nothing (the estimate is where
+        // it was), so no hold: the first camera is raised at once (1.24M to raise in: 300k +
+        // 100k + 450k).
+        let measured = [300_000];
+        let t2 = t1 + Duration::from_millis(500);
+        assert_eq!(
+            run(
+                &mut a,
+                120_000,
+                &[cameras[0], cameras[1], screen(&measured)],
+                t2
+            ),
+            vec![Decision::Layer(1), Decision::Layer(0), Decision::Layer(0)]
+        );
+        // On a weak link the guess is not given the benefit of the doubt when even twice the
+        // estimate cannot carry it: the new screen is paused, the cameras keep their room.
+        let mut a = Allocator::default();
+        a.set_estimate(600_000);
+        run(&mut a, 120_000, &cameras, t0);
+        assert_eq!(
+            run(&mut a, 120_000, &with_screen, t1)[2],
+            Decision::Paused(PauseReason::Bandwidth)
         );
     }
 

@@ -177,6 +177,39 @@ impl Rooms {
             tracks.iter().map(|t| m.allocator.decision(t.id)).collect();
         m.allocator
             .allocate(audio, &tracks, now, |slot, d| changes.push((slot, d)));
+        // What the subscriber's video takes now, at the layers decided (measured rates), and
+        // whether any video is decided to flow at all.
+        let decided =
+            |m: &super::member::Member, t: &VideoTrack<'_>| match m.allocator.decision(t.id) {
+                Some(Decision::Layer(l)) => Some(t.rates.get(l).copied().unwrap_or(0)),
+                _ => None,
+            };
+        let video: u64 = tracks.iter().filter_map(|t| decided(m, t)).sum();
+        let flowing = tracks.iter().any(|t| decided(m, t).is_some());
+        if plan_probe(m, video, audio, flowing, now, &self.metrics) {
+            // The resume on trial starts now, decided again before anything is carried out: a
+            // track the first pass paused and the trial resumes must not see the pause (its
+            // down-track would drop its picture and wait for a keyframe, and the subscriber
+            // would be told twice; seen at a screen share's start).
+            m.allocator
+                .allocate(audio, &tracks, now, |slot, d| changes.push((slot, d)));
+        }
+        // What changed, once per track: its last decision, unless that is where it was.
+        let mut net: Vec<(usize, Decision)> = Vec::new();
+        for (id, decision) in changes {
+            match net.iter_mut().find(|(i, _)| *i == id) {
+                Some((_, d)) => *d = decision,
+                None => net.push((id, decision)),
+            }
+        }
+        net.retain(|&(id, decision)| {
+            tracks
+                .iter()
+                .position(|t| t.id == id)
+                .and_then(|i| before[i])
+                != Some(decision)
+        });
+        let changes = net;
         let label = |what| crate::metrics::AdaptiveLabels {
             client_id: m.req.tenant.as_str().to_owned(),
             what,
@@ -213,15 +246,6 @@ impl Rooms {
                     .inc();
             }
         }
-        // What the subscriber's video takes now, at the layers decided (measured rates).
-        let video: u64 = tracks
-            .iter()
-            .map(|t| match m.allocator.decision(t.id) {
-                Some(Decision::Layer(l)) => t.rates.get(l).copied().unwrap_or(0),
-                _ => 0,
-            })
-            .sum();
-        let trial = plan_probe(m, video, audio, now, &self.metrics);
         let call = m.call;
         let mut touched: Vec<TrackId> = Vec::new();
         for (i, decision) in changes {
@@ -267,10 +291,6 @@ impl Rooms {
         }
         for tid in touched {
             self.update_wanted_layers(call, tid, now);
-        }
-        if trial {
-            // The resume on trial starts now, not at the next estimate.
-            self.allocate(key, now);
         }
     }
 }
@@ -585,6 +605,7 @@ fn plan_probe(
     m: &mut super::member::Member,
     video: u64,
     audio: u64,
+    flowing: bool,
     now: Instant,
     metrics: &crate::metrics::Metrics,
 ) -> bool {
@@ -631,7 +652,7 @@ fn plan_probe(
         probe.next = Some(now + PROBE_INTERVAL);
         return false;
     }
-    if video == 0 {
+    if !flowing {
         // Every video paused for bandwidth: nothing to copy. The probe is the lowest layer of
         // the first of them, resumed on trial (see `Allocator::try_resume`).
         let until = now + TRIAL_DURATION;
@@ -642,6 +663,12 @@ fn plan_probe(
         probe.until = Some(until);
         tracing::debug!(session = %m.req.session, goal, estimate, "resuming on trial");
         return true;
+    }
+    if video == 0 {
+        // Video decided to flow but none measured yet (a track that just started): nothing
+        // to size the copies on until its first half second is (the next decision). Taken for
+        // "everything paused", this resumed on trial tracks that were not paused.
+        return false;
     }
     // What the link must carry during the probe is the goal: the copies make up the difference
     // from what the subscriber receives now.

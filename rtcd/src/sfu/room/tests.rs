@@ -1122,9 +1122,10 @@ fn the_subscriber_estimate_lowers_pauses_and_resumes_a_simulcast_camera() {
         copies(&net) - before
     );
 
-    // 30 kbit/s: not even the lowest layer. Bob is told, and gets nothing more.
+    // 20 kbit/s: not even the lowest layer, nor in twice that (a deep shortfall: no grace).
+    // Bob is told, and gets nothing more.
     let now = net.now;
-    net.rooms.on_estimate(BOB, 30_000, now);
+    net.rooms.on_estimate(BOB, 20_000, now);
     net.settle();
     let paused_at = net.now;
     assert!(has(net.events(BOB), |e| matches!(
