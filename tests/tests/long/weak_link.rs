@@ -7,8 +7,10 @@
 //! The publisher must send more than the link carries, which Chromium's built-in fake camera
 //! does not (about 500 kbit/s: its picture compresses too well): it captures a noise file
 //! instead ([`shaping::noise_camera`]) and is told to keep its resolution (otherwise its
-//! quality scaler drops to 320x240, capped at 600 kbit/s). rtcd (no bandwidth estimation per
-//! subscriber yet) forwards all of it, so behind the link the excess is dropped by tbf.
+//! quality scaler drops to 320x240, capped at 600 kbit/s). rtcd runs without adaptive video
+//! here (`rtc.adaptive_video = false`; on, its default, it would fit the camera to the link and
+//! tell the publisher to stop the layers the link cannot carry): it forwards all of it, so
+//! behind the link the excess is dropped by tbf.
 //!
 //! Browser calls: they belong to nextest's `browser-calls` group (`.config/nextest.toml`),
 //! one call at a time; issue 28's acceptance calls (`weak_link_*_keeps_*`, four browsers) run
@@ -299,11 +301,12 @@ async fn lan_addr_stack(
 }
 
 /// A `kind` page behind a [`LinkConfig::weak_subscriber`] link receives a Chromium publisher
-/// on the plain LAN namespace (see the module doc).
+/// on the plain LAN namespace, through rtcd without adaptive video (see the module doc).
 fn weak_subscriber(kind: BrowserKind) -> anyhow::Result<()> {
     netns::run(move || async move {
         let dir = tempfile::tempdir()?;
-        let (stack, origin, secure) = lan_addr_stack(dir.path(), Vec::new()).await?;
+        let fixed = vec![("RTCD_RTC_ADAPTIVE_VIDEO".into(), "false".into())];
+        let (stack, origin, secure) = lan_addr_stack(dir.path(), fixed).await?;
         // The delays from the start, the rate limit once the weak page plays (see scenario).
         let link = WeakLink::start(LinkConfig {
             downlink: None,
