@@ -19,7 +19,8 @@
 //!   keeps its lowest layer while that fits in the whole estimate, and is paused only when the
 //!   shortfall lasts [`PAUSE_GRACE`] or is deep (the lowest layers would not fit in twice the
 //!   estimate): a pause freezes the picture for seconds (the hold, then a keyframe), and an
-//!   estimate's dip after a loss-based back-off is often over in one. A hidden track (the subscriber said so) is paused at once.
+//!   estimate's dip after a loss-based back-off is often over in one. A hidden track (the
+//!   subscriber said so) is paused at once.
 //! * Downgrades happen at once (a link that overflows loses audio and stalls every video);
 //!   upgrades and resumes wait [`UPGRADE_HOLD`] after the last downgrade and must fit in a
 //!   smaller share of the estimate ([`RAISE_SHARE`] against [`KEEP_SHARE`]): a link at the
