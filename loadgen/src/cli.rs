@@ -221,7 +221,7 @@ pub fn main() -> anyhow::Result<()> {
             .build()?
     };
     runtime.block_on(async {
-        let mut _stack = None;
+        let mut stack_started = None;
         let target = match args.target.as_str() {
             "ours" => match &args.proxy_url {
                 Some(url) => Target::Ours {
@@ -252,7 +252,7 @@ pub fn main() -> anyhow::Result<()> {
                     let stack = ours::Stack::start(&config).await?;
                     watched.extend(stack.watched());
                     let ws_url = stack.ws_url.clone();
-                    _stack = Some(stack);
+                    stack_started = Some(stack);
                     Target::Ours { ws_url }
                 }
             },
@@ -295,6 +295,11 @@ pub fn main() -> anyhow::Result<()> {
         report.write(&args.out, &stem)?;
         println!("{}", report.markdown());
         println!("wrote {}/{stem}.json, .md, .svg", args.out.display());
+        if let Some(stack) = &stack_started {
+            let path = args.out.join(format!("{stem}.rtcd-metrics.txt"));
+            std::fs::write(&path, stack.rtcd_metrics().await?)?;
+            println!("wrote {}", path.display());
+        }
         Ok(())
     })
 }

@@ -54,6 +54,8 @@ pub struct Stack {
     proxy: Child,
     /// `ws://.../ws` of the proxy.
     pub ws_url: String,
+    /// rtcd's HTTP API (`/metrics` with the admin credentials).
+    http: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -150,8 +152,25 @@ impl Stack {
             rtcd,
             proxy,
             ws_url: format!("ws://{addr}/ws"),
+            http,
             _dir: dir,
         })
+    }
+
+    /// rtcd's Prometheus text at this moment: what it counted during the run (forwarded,
+    /// probe and dropped packets, layer changes), kept beside the report.
+    pub async fn rtcd_metrics(&self) -> anyhow::Result<String> {
+        let response = reqwest::Client::new()
+            .get(format!("http://{}/metrics", self.http))
+            .basic_auth("admin", Some(rtcd_e2e::daemon::ADMIN_SECRET))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "rtcd's /metrics: {}",
+            response.status()
+        );
+        Ok(response.text().await?)
     }
 
     /// The processes to measure.

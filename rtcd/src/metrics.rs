@@ -188,6 +188,9 @@ pub struct SfuMetrics {
     pub layer_changes: Family<AdaptiveLabels, Counter>,
     /// Probes of subscribers' links, by outcome.
     pub probes: Family<AdaptiveLabels, Counter>,
+    /// RTX copies of video sent to subscribers to probe their links: what probing costs, in
+    /// packets beside `forwarded_packets`.
+    pub probe_packets: Family<ClientLabels, Counter>,
     /// Dynacast messages to publishers (`layers_wanted`).
     pub layers_wanted: Family<ClientLabels, Counter>,
     /// Subscribers' bandwidth estimates at each allocation, in bits per second.
@@ -313,6 +316,7 @@ impl Metrics {
             track_pauses: Family::default(),
             layer_changes: Family::default(),
             probes: Family::default(),
+            probe_packets: Family::default(),
             layers_wanted: Family::default(),
             // 50 kbit/s to 6.4 Mbit/s.
             subscriber_estimate_bits: Histogram::new(exponential_buckets(50_000.0, 2.0, 8)),
@@ -379,6 +383,11 @@ impl Metrics {
             "probes",
             "Probes of subscribers' links, by outcome",
             sfu.probes.clone(),
+        );
+        sub.register(
+            "probe_packets",
+            "RTX copies sent to probe subscribers' links",
+            sfu.probe_packets.clone(),
         );
         sub.register(
             "layers_wanted",

@@ -1,8 +1,9 @@
 //! Send-side bandwidth estimation towards a subscriber: rtcd's own estimator, no pacer.
 //!
 //! Every RTP packet rtcd sends a peer (media, RTX, padding) gets a transport-wide sequence number
-//! (rtc's `TwccSenderInterceptor`) and is recorded by rtc's `CongestionControlInterceptor`, which
-//! joins the client's transport-cc feedback to those departures and drives our [`Estimator`]
+//! and a record of when it left ([`TransportCc`], `transport_cc.rs`, one interceptor that
+//! replaced rtc's `TwccSenderInterceptor` and `CongestionControlInterceptor`: see there why);
+//! the client's transport-cc feedback, joined to those records, drives our [`Estimator`]
 //! (`estimator.rs`, after draft-ietf-rmcat-gcc-02; it replaced rtc 0.21.1's `Gcc`, whose delay
 //! half never detected overuse, whose loss half collapsed to its floor under persistent loss
 //! and which grew without bound on a quiet path: see `docs/engine-v2.md`). The pacer
@@ -10,7 +11,7 @@
 //! rtcd, and the SFU decides what to send from the estimate instead (LiveKit turned pacing off
 //! for the same reason).
 //!
-//! Besides the estimator, two things are ours:
+//! Besides the estimator and [`TransportCc`], two things are ours:
 //! * [`SharedEstimator`] wraps it and publishes each estimate into an [`EstimateCell`] the
 //!   [`Peer`] reads in `pump`. The estimator lives inside a boxed interceptor the application
 //!   cannot reach, and the only other way out (`Attribute::TargetBitrateChanged` on the feedback
@@ -23,11 +24,6 @@
 //!   half exactly like a queue growing on the path, and it backed off towards subscribers whose
 //!   links were idle. So every recorded packet carries its round's stamp, the worker tells the
 //!   clock when each round left, and the estimator reads that instant instead.
-//! * [`RtxBound`] binds a stream's RTX SSRC in the interceptors it wraps. rtc binds one
-//!   `StreamInfo` per sending coding, keyed by the primary SSRC (the RTX SSRC is only a field of
-//!   it), and both the TWCC sender and the send history look packets up by SSRC: without this,
-//!   retransmissions leave unnumbered and unrecorded, and the estimator sees fewer bytes than are
-//!   on the wire exactly when the path is losing.
 //!
 //! [`Peer`]: super::Peer
 
@@ -36,14 +32,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{
-    BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Interceptor, PacketReport,
-    Registry, StreamInfo, TaggedPacket, TwccSenderBuilder,
-};
+use rtc::interceptor::{BandwidthEstimator, EstimatorStats, PacketReport, Registry};
 
 mod estimator;
+mod transport_cc;
 
 use estimator::Estimator;
+use transport_cc::TransportCc;
 
 /// Where a subscriber's estimate starts: about what one mid simulcast layer and audio need, so a
 /// new subscriber is neither starved while the estimate climbs (8 %/s at most far from
@@ -262,110 +257,9 @@ impl BandwidthEstimator for SharedEstimator {
     }
 }
 
-/// Wraps an interceptor so a local stream's RTX SSRC is bound in it as a stream of its own (with
-/// the primary's header extensions): see the module docs. With [`Departures`], every packet
-/// written through it is stamped with the worker's open round instead of the `now` it was
-/// written with (for the send history, whose departures the estimator resolves).
-pub(super) struct RtxBound<I> {
-    inner: I,
-    departures: Option<Departures>,
-}
-
-impl<I> RtxBound<I> {
-    fn new(inner: I) -> Self {
-        Self {
-            inner,
-            departures: None,
-        }
-    }
-
-    fn stamping(inner: I, departures: Option<Departures>) -> Self {
-        Self { inner, departures }
-    }
-
-    fn rtx_of(info: &StreamInfo) -> Option<StreamInfo> {
-        let ssrc = info.ssrc_rtx.filter(|rtx| *rtx != info.ssrc)?;
-        let mut rtx = info.clone();
-        rtx.ssrc = ssrc;
-        rtx.ssrc_rtx = None;
-        Some(rtx)
-    }
-}
-
-impl<I: Interceptor> rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for RtxBound<I> {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.inner.handle_read(msg)
-    }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.inner.poll_read()
-    }
-
-    fn handle_write(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Some(departures) = &self.departures {
-            msg.now = departures.stamp();
-        }
-        self.inner.handle_write(msg)
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.inner.poll_write()
-    }
-
-    fn handle_event(&mut self, evt: ()) -> Result<(), Self::Error> {
-        self.inner.handle_event(evt)
-    }
-
-    fn poll_event(&mut self) -> Option<()> {
-        self.inner.poll_event()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
-        self.inner.handle_timeout(now)
-    }
-
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        self.inner.poll_timeout()
-    }
-
-    fn close(&mut self) -> Result<(), Self::Error> {
-        self.inner.close()
-    }
-}
-
-impl<I: Interceptor> Interceptor for RtxBound<I> {
-    fn bind_local_stream(&mut self, info: &StreamInfo) {
-        self.inner.bind_local_stream(info);
-        if let Some(rtx) = Self::rtx_of(info) {
-            self.inner.bind_local_stream(&rtx);
-        }
-    }
-
-    fn unbind_local_stream(&mut self, info: &StreamInfo) {
-        self.inner.unbind_local_stream(info);
-        if let Some(rtx) = Self::rtx_of(info) {
-            self.inner.unbind_local_stream(&rtx);
-        }
-    }
-
-    fn bind_remote_stream(&mut self, info: &StreamInfo) {
-        self.inner.bind_remote_stream(info);
-    }
-
-    fn unbind_remote_stream(&mut self, info: &StreamInfo) {
-        self.inner.unbind_remote_stream(info);
-    }
-}
-
-/// Adds the TWCC sender and the send history driving the [`Estimator`] to a peer's registry,
-/// the estimate going to `cell`. Both sit at rtc's own slots (wire-most, below everything rtcd
-/// adds), so every packet that leaves is numbered and recorded, retransmissions included.
+/// Adds the [`TransportCc`] driving the [`Estimator`] to a peer's registry, the estimate going
+/// to `cell`. It sits at rtc's TWCC sender slot (wire-most, below everything rtcd adds), so every
+/// packet that leaves is numbered and recorded, retransmissions included.
 /// `departures`: the worker's clock, if packets leave later than they are written.
 pub(super) fn configure(
     registry: Registry,
@@ -373,15 +267,10 @@ pub(super) fn configure(
     departures: Option<Departures>,
 ) -> Registry {
     let estimator = SharedEstimator::new(cell, departures.clone());
-    registry
-        .with(
-            rtc::interceptor::Slot::CongestionControl,
-            RtxBound::stamping(CongestionControlBuilder::new(estimator).build(), departures),
-        )
-        .with(
-            rtc::interceptor::Slot::TwccSender,
-            RtxBound::new(TwccSenderBuilder::new().build()),
-        )
+    registry.with(
+        rtc::interceptor::Slot::TwccSender,
+        TransportCc::new(estimator, departures),
+    )
 }
 
 /// Emitted estimates differ from the last one emitted by at least this fraction. The estimator

@@ -19,6 +19,8 @@ pub(super) struct TrackCounters {
     pub forwarded: Counter,
     pub bytes: Counter,
     pub muted: Counter,
+    /// RTX copies of this track sent to probe subscribers' links.
+    pub probe_packets: Counter,
 }
 
 /// A layer of a published track: the one stream of a track without simulcast, or one

@@ -93,7 +93,7 @@ impl Rooms {
             if let Some(buffer) = t.layers[layer].buffer.as_mut() {
                 buffer.insert(packet.clone());
             }
-            let mut sent = 0u64;
+            let (mut sent, mut probes) = (0u64, 0u64);
             for &(sub, slot) in &t.subscribers {
                 let Some(s) = self.members.get_mut(&sub) else {
                     continue;
@@ -144,8 +144,9 @@ impl Rooms {
                             let Some((copy, payload)) = down.probe_copy(&header, &packet) else {
                                 break;
                             };
-                            if let Err(e) = s.peer.send_rtp(ms.id, &copy, &packet, payload, now) {
-                                tracing::debug!(error = %e, "a probe packet failed");
+                            match s.peer.send_rtp(ms.id, &copy, &packet, payload, now) {
+                                Ok(()) => probes += 1,
+                                Err(e) => tracing::debug!(error = %e, "a probe packet failed"),
                             }
                         }
                     }
@@ -165,6 +166,9 @@ impl Rooms {
                     .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
                 t.counters.forwarded.inc_by(sent);
                 t.counters.bytes.inc_by(sent * packet.payload.len() as u64);
+            }
+            if probes > 0 {
+                t.counters.probe_packets.inc_by(probes);
             }
         }
         if unwanted {

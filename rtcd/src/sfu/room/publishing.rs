@@ -107,6 +107,12 @@ impl Rooms {
                     reason: "muted",
                 })
                 .clone(),
+            probe_packets: sfu
+                .probe_packets
+                .get_or_create(&crate::metrics::ClientLabels {
+                    client_id: labels.client_id.clone(),
+                })
+                .clone(),
         };
         let vad = (kind == TrackKind::Audio)
             .then(|| {
