@@ -111,17 +111,17 @@ impl<E: BandwidthEstimator> TransportCc<E> {
             return;
         };
         let number = self.next;
-        self.next += 1;
         let wire = (number as u16).to_be_bytes();
         if packet
             .header
             .set_extension(id, Bytes::copy_from_slice(&wire))
             .is_err()
         {
-            // Not numbered on the wire: the feedback cannot name it, so it is not recorded
-            // (the gap in the numbers reads as one lost packet, as on any path).
+            // Not numbered on the wire, so not recorded, and its number goes to the next
+            // packet: the records stay one per number, which is how feedback finds them.
             return;
         }
+        self.next += 1;
         let departure = self.departures.as_ref().map_or(now, Departures::stamp);
         // Aged and surplus records leave from the front; a record never acknowledged counts
         // neither as arrived nor as lost.
@@ -414,6 +414,37 @@ mod tests {
         cc.unbind_local_stream(&stream(10, Some(11)));
         assert_eq!(send(&mut cc, rtp(11, 8, 100, now)), None, "unbound");
         assert_eq!(cc.outstanding(), 3);
+    }
+
+    /// A packet whose header cannot take the extension (here a one-byte header and an id
+    /// above 14) leaves unnumbered and does not use up a number: the next packet gets it, and
+    /// feedback for it finds its record.
+    #[test]
+    fn a_packet_that_cannot_be_numbered_does_not_use_up_a_number() {
+        let now = Instant::now();
+        let mut cc = TransportCc::new(Recorder::default(), None);
+        cc.bind_local_stream(&stream(10, None));
+        let mut wide = stream(20, None);
+        wide.rtp_header_extensions[0].id = 20;
+        cc.bind_local_stream(&wide);
+        let mut odd = rtp(20, 1, 100, now);
+        if let Packet::Rtp(p) = &mut odd.message.packet {
+            p.header.extension = true;
+            p.header.extension_profile = 0xBEDE;
+            p.header.extensions.push(rtc::rtp::header::Extension {
+                id: 1,
+                payload: Bytes::from_static(&[7]),
+            });
+        }
+        assert_eq!(send(&mut cc, odd), None);
+        assert_eq!(send(&mut cc, rtp(10, 1, 100, now)), Some(0));
+        assert_eq!(cc.outstanding(), 1);
+        read(
+            &mut cc,
+            feedback(0, &[true], now + Duration::from_millis(30)),
+        );
+        let batch = &cc.estimator().batches[0];
+        assert_eq!((batch.len(), batch[0].size), (1, 120));
     }
 
     #[test]
