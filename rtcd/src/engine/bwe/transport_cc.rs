@@ -59,10 +59,9 @@ pub(in crate::engine) struct TransportCc<E> {
     streams: Vec<(u32, u8)>,
     /// The next transport-wide sequence number, unwrapped.
     next: u64,
-    /// Records of the packets numbered `first..next` not yet reported, in send order.
+    /// Records of the packets numbered `next - sent.len()..next` not yet reported, in send
+    /// order: every number given out is recorded, so the records are contiguous.
     sent: VecDeque<Sent>,
-    /// The unwrapped number of `sent[0]`.
-    first: u64,
     /// The highest unwrapped number reported as arrived since the last reports were taken.
     highest_arrived: Option<u64>,
     /// Reports handed to the estimator (reused between feedback batches).
@@ -79,7 +78,6 @@ impl<E: BandwidthEstimator> TransportCc<E> {
             streams: Vec::new(),
             next: 0,
             sent: VecDeque::new(),
-            first: 0,
             highest_arrived: None,
             reports: Vec::new(),
             reads: VecDeque::new(),
@@ -88,7 +86,7 @@ impl<E: BandwidthEstimator> TransportCc<E> {
     }
 
     #[cfg(test)]
-    pub(in crate::engine) fn estimator(&self) -> &E {
+    fn estimator(&self) -> &E {
         &self.estimator
     }
 
@@ -96,6 +94,11 @@ impl<E: BandwidthEstimator> TransportCc<E> {
     #[cfg(test)]
     fn outstanding(&self) -> usize {
         self.sent.len()
+    }
+
+    /// The unwrapped number of `sent[0]`.
+    fn first(&self) -> u64 {
+        self.next - self.sent.len() as u64
     }
 
     fn extension_of(&self, ssrc: u32) -> Option<u8> {
@@ -121,7 +124,6 @@ impl<E: BandwidthEstimator> TransportCc<E> {
             // packet: the records stay one per number, which is how feedback finds them.
             return;
         }
-        self.next += 1;
         let departure = self.departures.as_ref().map_or(now, Departures::stamp);
         // Aged and surplus records leave from the front; a record never acknowledged counts
         // neither as arrived nor as lost.
@@ -130,11 +132,8 @@ impl<E: BandwidthEstimator> TransportCc<E> {
                 || departure.saturating_duration_since(s.departure) > HORIZON
         }) {
             self.sent.pop_front();
-            self.first += 1;
         }
-        if self.sent.is_empty() {
-            self.first = number;
-        }
+        self.next += 1;
         self.sent.push_back(Sent {
             departure,
             size: packet.marshal_size() as u32,
@@ -145,7 +144,7 @@ impl<E: BandwidthEstimator> TransportCc<E> {
 
     /// The record a feedback's 16-bit number names, if it is still kept.
     fn index_of(&self, wire: u16) -> Option<usize> {
-        let offset = usize::from(wire.wrapping_sub(self.first as u16));
+        let offset = usize::from(wire.wrapping_sub(self.first() as u16));
         (offset < self.sent.len()).then_some(offset)
     }
 
@@ -163,7 +162,7 @@ impl<E: BandwidthEstimator> TransportCc<E> {
                 let record = &mut self.sent[i];
                 record.arrived = true;
                 record.arrival = ack.arrival;
-                let number = self.first + i as u64;
+                let number = self.first() + i as u64;
                 self.highest_arrived = Some(self.highest_arrived.map_or(number, |h| h.max(number)));
             }
         }
@@ -177,12 +176,11 @@ impl<E: BandwidthEstimator> TransportCc<E> {
         let Some(highest) = self.highest_arrived.take() else {
             return;
         };
-        while self.first <= highest {
+        while self.first() <= highest {
+            let number = self.first();
             let Some(s) = self.sent.pop_front() else {
                 break;
             };
-            let number = self.first;
-            self.first += 1;
             self.reports.push(PacketReport {
                 ssrc: 0,
                 id: number,
@@ -242,14 +240,6 @@ impl<E: BandwidthEstimator> rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()
         self.writes.pop_front()
     }
 
-    fn handle_event(&mut self, _evt: ()) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    fn poll_event(&mut self) -> Option<()> {
-        None
-    }
-
     fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
         self.estimator.handle_timeout(now);
         Ok(())
@@ -257,10 +247,6 @@ impl<E: BandwidthEstimator> rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()
 
     fn poll_timeout(&mut self) -> Option<Instant> {
         self.estimator.poll_timeout()
-    }
-
-    fn close(&mut self) -> Result<(), Self::Error> {
-        Ok(())
     }
 }
 
