@@ -202,7 +202,9 @@ pub struct RtcConfig {
     pub max_tracks_per_session: usize,
     /// Largest SDP accepted, in bytes.
     pub max_sdp_bytes: usize,
-    /// Shortest interval between two keyframe requests sent to one published track.
+    /// Shortest interval between two keyframe requests sent for one layer of a published track
+    /// (a request inside it waits for the keyframe asked for, or for the interval's end when
+    /// that keyframe came before it: `sfu::keyframes`).
     pub keyframe_request_interval_ms: u64,
     /// Whether each subscriber's bandwidth estimate decides which simulcast layer of each video
     /// it gets, and pauses video that does not fit (docs/adaptive-video.md). On by default: a

@@ -324,6 +324,21 @@ impl Client {
         }
     }
 
+    /// Asks for a keyframe of what it receives with SSRC `media_ssrc` (a PLI, as a receiver
+    /// whose decoder lost its picture does).
+    pub(crate) fn send_pli(&mut self, media_ssrc: u32, now: Instant) {
+        use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        let receiver = self.pc.get_receivers().next();
+        if let Some(mut r) = receiver.and_then(|id| self.pc.rtp_receiver(id)) {
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc,
+            };
+            r.write_rtcp(now, vec![Box::new(pli)])
+                .expect("the PLI is written");
+        }
+    }
+
     /// Sends packet `seq` of the published track of `kind` (video: VP8, a keyframe every 30
     /// packets; audio: Opus).
     pub(crate) fn send(&mut self, kind: MediaKind, ssrc: u32, seq: u16, now: Instant) {

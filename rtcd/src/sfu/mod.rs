@@ -18,6 +18,7 @@
 pub mod allocation;
 pub mod downtrack;
 pub mod events;
+pub mod keyframes;
 pub mod negotiation;
 pub mod retransmit;
 mod room;

@@ -8,6 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use super::{CallKey, SessionKey};
 use crate::engine::peer::{Codec, HeaderExtension, TrackKey};
 use crate::sfu::allocation::RateMeter;
+use crate::sfu::keyframes::KeyframeGate;
 use crate::sfu::negotiation::TrackId;
 use crate::sfu::retransmit::RetransmitBuffer;
 use crate::sfu::session::TrackInfo;
@@ -32,7 +33,8 @@ pub(super) struct Layer {
     pub ssrc: u32,
     /// Video only: the packets subscribers may NACK, each stored once.
     pub buffer: Option<RetransmitBuffer>,
-    pub last_pli: Option<Instant>,
+    /// Video only: when to ask the publisher for its keyframe (bounded, see the module).
+    pub keyframes: KeyframeGate,
     /// When its latest packet arrived (a layer silent for [`LAYER_SILENCE`] has stopped).
     pub last_packet: Option<Instant>,
     /// What it sends (what a subscriber's link needs for it).

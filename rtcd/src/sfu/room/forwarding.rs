@@ -51,6 +51,15 @@ impl Rooms {
             return;
         };
         let simulcast = t.simulcast();
+        if packet.keyframe {
+            // Per keyframe, not per packet: how long a keyframe request took to be answered,
+            // when a subscriber's picture stalls.
+            tracing::debug!(track = %t.info.track_id, layer, ssrc = packet.ssrc, seq = packet.sequence, "keyframe arrived");
+            t.layers[layer].keyframes.keyframe(packet.timestamp);
+        }
+        let keyframe_due = t.layers[layer]
+            .keyframes
+            .due(now, self.config.keyframe_interval);
         let unwanted = t.layers[layer].unwanted_since.is_some();
         t.layers[layer].last_packet = Some(now);
         // A layer's picture size read for the first time: its subscribers' views are decided
@@ -89,6 +98,9 @@ impl Rooms {
         let muted = t.muted;
         let speaking = t.vad.as_ref().is_some_and(|(_, d)| d.speaking());
         let mut keyframes = std::mem::take(&mut self.keyframe_scratch);
+        if keyframe_due {
+            keyframes.push(packet.ssrc);
+        }
         if !muted {
             if let Some(buffer) = t.layers[layer].buffer.as_mut() {
                 buffer.insert(packet.clone());
@@ -200,7 +212,9 @@ impl Rooms {
     }
 
     /// A PLI to the publisher of `tid` for the layer sent with `ssrc` (a down-track's current
-    /// or target source), at most one per layer per keyframe interval.
+    /// or target source), at most one per layer per keyframe interval: a request inside it is
+    /// answered by the keyframe on its way, or deferred to the interval's end when that came
+    /// before it ([`crate::sfu::keyframes`]).
     pub(super) fn request_keyframe(
         &mut self,
         call: &CallKey,
@@ -221,12 +235,13 @@ impl Rooms {
         let Some(layer) = t.layer_of(ssrc).and_then(|i| t.layers.get_mut(i)) else {
             return;
         };
-        if let Some(last) = layer.last_pli
-            && now.saturating_duration_since(last) < self.config.keyframe_interval
-        {
+        if !layer.keyframes.request(now, self.config.keyframe_interval) {
+            // Deferred: the keyframe asked for last has come and gone, this one needs a newer
+            // one (sent at the interval's end); else the one on its way answers it.
+            tracing::debug!(track = %t.info.track_id, ssrc, deferred = layer.keyframes.deferred(), "keyframe request held back");
             return;
         }
-        layer.last_pli = Some(now);
+        tracing::debug!(track = %t.info.track_id, ssrc, "keyframe requested");
         let (owner, key) = (t.owner, t.key);
         if let Some(p) = self.members.get_mut(&owner) {
             p.peer.request_keyframe(key, ssrc, now);

@@ -349,6 +349,7 @@ impl Rooms {
                 if let Some(tid) = m.negotiation.track(slot.0 as usize)
                     && let Some(ssrc) = ssrc
                 {
+                    tracing::debug!(session = %m.req.session, slot = slot.0, ssrc, "subscriber asked for a keyframe");
                     let call = m.call;
                     self.request_keyframe(&call, tid, ssrc, now);
                 }

@@ -8,6 +8,7 @@ use super::{Rooms, SessionKey};
 use crate::media::packet::{AUDIO_LEVEL_URI, MediaKind};
 use crate::metrics::{KindLabels, ReasonLabels};
 use crate::sfu::events::RoomEventKind;
+use crate::sfu::keyframes::KeyframeGate;
 use crate::sfu::negotiation::TrackId;
 use crate::sfu::retransmit::RetransmitBuffer;
 use crate::sfu::session::{SessionEvent, TrackInfo};
@@ -136,7 +137,7 @@ impl Rooms {
             rid,
             ssrc,
             buffer: buffer(),
-            last_pli: None,
+            keyframes: KeyframeGate::default(),
             last_packet: None,
             rate: Default::default(),
             wanted: true,

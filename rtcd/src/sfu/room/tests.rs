@@ -1216,3 +1216,73 @@ fn a_subscriber_with_all_video_paused_tries_it_again() {
         "tried again {resumed_at:?} after the pause"
     );
 }
+
+/// A subscriber's keyframe request inside the PLI interval: answered by the keyframe already
+/// asked for while that is on its way, deferred to the interval's end (not dropped) when it
+/// came before the request (seen: Bob's Firefox, its pipeline rebuilt by a renegotiation, asked
+/// after the keyframe Carol's join had brought; dropped, his picture stood still 3-5 s).
+#[test]
+fn a_keyframe_request_after_the_last_keyframe_came_is_deferred_not_dropped() {
+    let mut net = Net::alice_to_bob();
+    // Alice's client sends a keyframe every 30 packets, one packet every 30 ms, and answers
+    // no PLI: where the next keyframe falls is known.
+    let next_seq = |net: &Net| {
+        net.senders
+            .iter()
+            .find(|(k, kind, _, _)| *k == ALICE && *kind == MediaKind::Video)
+            .map(|s| s.3)
+            .expect("alice sends video")
+    };
+    let run_to = |net: &mut Net, residue: u16| {
+        while next_seq(net) % 30 != residue {
+            net.run(5);
+        }
+    };
+    let plis = |net: &Net| net.clients[&ALICE].plis.len();
+    let bobs = net.client(BOB).received.last().expect("bob receives").ssrc;
+    net.run(600);
+
+    // Right after a keyframe: bob's request goes out at once; his next one, before any
+    // keyframe came, waits for the one on its way (none comes for 800 ms: nothing more).
+    run_to(&mut net, 2);
+    let before = plis(&net);
+    let now = net.now;
+    net.client(BOB).send_pli(bobs, now);
+    net.run(20);
+    assert_eq!(plis(&net), before + 1, "the first request is sent");
+    let now = net.now;
+    net.client(BOB).send_pli(bobs, now);
+    net.run(700);
+    assert_eq!(
+        plis(&net),
+        before + 1,
+        "the keyframe on its way answers the second"
+    );
+
+    // 300 ms before a keyframe: bob asks (sent), the keyframe comes, he asks again 100 ms
+    // later, inside the interval: sent at its end.
+    run_to(&mut net, 20);
+    let before = plis(&net);
+    let first = net.now;
+    net.client(BOB).send_pli(bobs, first);
+    net.run(20);
+    assert_eq!(plis(&net), before + 1);
+    run_to(&mut net, 1);
+    net.run(100);
+    let now = net.now;
+    let interval = config().keyframe_interval;
+    assert!(now - first < interval);
+    net.client(BOB).send_pli(bobs, now);
+    net.run(20);
+    assert_eq!(plis(&net), before + 1, "not before the interval's end");
+    let sent = net.run_until(interval.as_millis() as u64, |n| plis(n) == before + 2);
+    assert!(
+        sent,
+        "the request after the keyframe is sent at the interval's end"
+    );
+    let after = net.now - first;
+    assert!(
+        after >= interval && after < interval + Duration::from_millis(100),
+        "{after:?}"
+    );
+}
