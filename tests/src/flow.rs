@@ -32,6 +32,10 @@ use crate::browser::{BROWSER_STEP, BrowserKind, BrowserPage};
 /// How often each page samples its stats (ms).
 pub const SAMPLE_MS: u32 = 250;
 
+/// How far before a tile problem its participant's streams are looked at (ms): the SDK calls
+/// a stream stalled after 3 s without progress, read every 2 s.
+const STILL_BEFORE: f64 = 6000.0;
+
 /// Installs the in-page sampler (idempotent); see the module docs.
 const SAMPLER: &str = r#"
 if (window.__flow) return true;
@@ -784,11 +788,12 @@ impl Flow {
                         let window = (*from, sample.t);
                         if !self.starting(page, identity, what, window, start_grace) {
                             report.state_problems.push(format!(
-                                "{}: tile of {} media {what} from {:.1} s to {:.1} s",
+                                "{}: tile of {} media {what} from {:.1} s to {:.1} s{}",
                                 page.name,
                                 self.name_of(identity),
                                 self.rel(*from),
-                                self.rel(sample.t)
+                                self.rel(sample.t),
+                                self.still_streams(page, identity, window)
                             ));
                         }
                         *bad = None;
@@ -839,6 +844,57 @@ impl Flow {
     }
 
     /// The page name of a participant identity (the identity if it is not watched).
+    /// What a tile problem needs to be read: which of `identity`'s streams stood still (their
+    /// counter not growing) for longer than a second in the [`STILL_BEFORE`] before `window`
+    /// and during it, as ` (camera mid 4 still 66.1-69.3 s; ...)`, or nothing.
+    fn still_streams(&self, page: &Watched, identity: &str, (from, to): (f64, f64)) -> String {
+        let prefix = format!("{identity}/");
+        // Per stream (source, key): its last value, since when it has not grown, the longest
+        // such stretch.
+        type Still = (u64, f64, Option<(f64, f64)>);
+        let mut streams: BTreeMap<(String, String), Still> = BTreeMap::new();
+        for sample in page
+            .samples
+            .iter()
+            .filter(|s| s.t >= from - STILL_BEFORE && s.t <= to)
+        {
+            for (who, key, value) in &sample.k {
+                let Some(source) = who.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let entry = streams
+                    .entry((source.to_owned(), key.clone()))
+                    .or_insert((*value, sample.t, None));
+                if *value != entry.0 {
+                    entry.0 = *value;
+                    entry.1 = sample.t;
+                }
+                let still = (entry.1, sample.t);
+                if entry.2.is_none_or(|(a, b)| still.1 - still.0 > b - a) {
+                    entry.2 = Some(still);
+                }
+            }
+        }
+        let still: Vec<String> = streams
+            .iter()
+            .filter_map(|((source, key), (_, _, longest))| {
+                let (a, b) = (*longest)?;
+                (b - a > 1000.0).then(|| {
+                    format!(
+                        "{source} {key} still {:.1}-{:.1} s",
+                        self.rel(a),
+                        self.rel(b)
+                    )
+                })
+            })
+            .collect();
+        if still.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", still.join("; "))
+        }
+    }
+
     fn name_of(&self, identity: &str) -> String {
         self.pages
             .iter()
@@ -1122,6 +1178,15 @@ mod tests {
         assert_eq!(
             report.state_problems,
             ["Bob: tile of Alice media poor from 20.0 s to 22.0 s"]
+        );
+        // The report says which stream stood still (here: the camera, 17-21 s).
+        let report =
+            flow(30.0, |t| t >= 1.0 && !(17.0..21.0).contains(&t), poor).report(Thresholds::CALLS);
+        assert_eq!(
+            report.state_problems,
+            [
+                "Bob: tile of Alice media poor from 20.0 s to 22.0 s (camera mid 1 still 16.8-20.8 s)"
+            ]
         );
     }
 }

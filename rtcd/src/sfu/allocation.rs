@@ -15,7 +15,9 @@
 //! * Every visible track gets its lowest layer before any gets a higher one; what remains then
 //!   raises tracks in priority order, each as far as it fits and it is wanted.
 //! * A track whose lowest layer does not fit is paused ([`PauseReason::Bandwidth`]), and
-//!   resumes when it fits again. A track flowing (at any layer, or new and not measured yet)
+//!   resumes when it fits again. A track nothing of which is measured yet moves nobody: it
+//!   gets its lowest layer while that fits in twice the estimate beside the audio, and costs
+//!   the others nothing until measured. A track flowing (at any layer)
 //!   keeps its lowest layer while that fits in the whole estimate, and is paused only when the
 //!   shortfall lasts [`PAUSE_GRACE`] or is deep (the lowest layers would not fit in twice the
 //!   estimate): a pause freezes the picture for seconds (the hold, then a keyframe), and an
@@ -297,6 +299,29 @@ impl Allocator {
                 .then_with(|| quiet(a).cmp(&quiet(b)))
                 .then_with(|| paused(a).cmp(&paused(b)))
         });
+        // A track nothing of which is measured yet (just published, its first packets not
+        // in) moves nobody: its cost is a guess (the nominal rates), and acting on it is
+        // worse than useless. Seen at a screen share's start in the long browser calls: the
+        // share counted at its nominal 1.5 Mbit/s, both cameras were lowered for it, and 36 ms
+        // later its first keyframe measured it small and they went back up; lowering them had
+        // woken their publishers' stopped layers (an encoder reconfiguration in Firefox) and
+        // cost two keyframes and a switch each, and a camera's picture stood still for 3-4 s.
+        // Lowering would not have spared the link either: a switch takes a keyframe of the
+        // lower layer, far later than the measurement. Such a track gets its lowest layer
+        // while that fits in twice what the link has beside its audio (else it is paused, as a
+        // flowing track would be for so deep a shortfall) and takes nothing from the others
+        // until measured; the decision after its first packets places it by the rules.
+        let unknown: Vec<bool> = tracks
+            .iter()
+            .map(|t| {
+                self.estimate.is_some()
+                    && t.visible
+                    && t.top().is_some()
+                    && t.rates.iter().all(|&r| r == 0)
+                    && !matches!(self.decision(t.id), Some(Decision::Paused(_)))
+            })
+            .collect();
+        order.retain(|&i| !unknown[i]);
         // What the subscriber wants (its views), then what its link allows of it.
         let none = vec![false; tracks.len()];
         let wanted = fit(tracks, &order, u64::MAX, &none);
@@ -312,9 +337,9 @@ impl Allocator {
         };
         // Flowing means at any layer: a track lowered from a higher one straight to a pause
         // froze for seconds when a screen share started (the share, served first and not
-        // measured yet, counted at its nominal rate and took the cameras' room). A new track
-        // whose lowest layer is not measured yet gets the same benefit of the doubt: its cost
-        // is a guess until its first half second is measured (the next decision).
+        // measured yet, counted at its nominal rate and took the cameras' room; such a track
+        // now moves nobody, above). A new track whose lowest layer is not measured yet (another
+        // of its layers is) gets the same benefit of the doubt: its cost is a guess.
         let flowing = |t: &VideoTrack<'_>| {
             tried != Some(t.id)
                 && match self.decision(t.id) {
@@ -400,10 +425,18 @@ impl Allocator {
                 _ => true,
             };
         self.allocated_with = self.estimate;
+        let deep_limit = self
+            .estimate
+            .map_or(u64::MAX, |e| e.saturating_mul(2).saturating_sub(audio));
         for (i, t) in tracks.iter().enumerate() {
             let now_decided = self.decision(t.id);
             let next = match now_decided {
                 _ if trial == Some(i) => Decision::Layer(0),
+                _ if unknown[i] && t.cost(0) <= deep_limit => Decision::Layer(0),
+                _ if unknown[i] => {
+                    lowered = true;
+                    Decision::Paused(PauseReason::Bandwidth)
+                }
                 _ if kept[i] => {
                     // Lowered to its lowest layer rather than paused: a hold when the link is
                     // why, as for any lowering.
@@ -764,11 +797,13 @@ mod tests {
         );
     }
 
-    /// Seen in the long browser calls with adaptive video on: a screen share starts, counts at
-    /// its nominal rate until measured, and both cameras (at their middle layer) were paused
-    /// at once, frozen until a keyframe after they came back.
+    /// Seen in the long browser calls with adaptive video on: a screen share starts and, counted
+    /// at its nominal rate until measured, first paused both cameras (frozen until a keyframe
+    /// after they came back), then, once that was fixed, lowered them for the 36 ms until its
+    /// first keyframe measured it (a picture stood still for 3-4 s in Firefox). A guess moves
+    /// nobody; the measurement does.
     #[test]
-    fn a_new_unmeasured_screen_lowers_flowing_cameras_to_their_lowest_layer_not_a_pause() {
+    fn a_new_unmeasured_screen_moves_no_camera_until_it_is_measured() {
         let mut a = Allocator::default();
         let t0 = Instant::now();
         let two = [50_000, 500_000];
@@ -779,42 +814,48 @@ mod tests {
             run(&mut a, 120_000, &cameras, t0),
             vec![Decision::Layer(1); 2]
         );
-        // A screen share, not measured yet (1.5M nominal): in 1.7M x 0.95 - 120k = 1.495M
-        // neither camera's lowest layer fits beside it, in twice the estimate both do.
-        let unmeasured = [0];
+        // A screen share, not measured yet (1.5M nominal, which would not fit beside the
+        // cameras in 1.7M x 0.95 - 120k = 1.495M): its lowest layer, the cameras untouched.
         let screen = |rates| VideoTrack {
             class: Class::Screen,
             ..camera(3, rates)
         };
         let t1 = t0 + Duration::from_secs(10);
-        let with_screen = [cameras[0], cameras[1], screen(&unmeasured)];
+        let with_screen = [cameras[0], cameras[1], screen(&[0])];
         assert_eq!(
             run(&mut a, 120_000, &with_screen, t1),
+            vec![Decision::Layer(1), Decision::Layer(1), Decision::Layer(0)]
+        );
+        // Still not measured at the next decision (its first packets not in): the same.
+        let t2 = t1 + Duration::from_millis(20);
+        assert_eq!(
+            run(&mut a, 120_000, &with_screen, t2),
+            vec![Decision::Layer(1), Decision::Layer(1), Decision::Layer(0)]
+        );
+        // Measured at 300k: everything fits as it is (1.3M of 1.495M).
+        let t3 = t2 + Duration::from_millis(500);
+        let measured = [cameras[0], cameras[1], screen(&[300_000])];
+        assert_eq!(
+            run(&mut a, 120_000, &measured, t3),
+            vec![Decision::Layer(1), Decision::Layer(1), Decision::Layer(0)]
+        );
+        // Measured at 1.2M, a share that does need the room: served first, the cameras go to
+        // their lowest layers (1.2M + 2 x 50k), not paused.
+        let t4 = t3 + Duration::from_millis(500);
+        let heavy = [cameras[0], cameras[1], screen(&[1_200_000])];
+        assert_eq!(
+            run(&mut a, 120_000, &heavy, t4),
             vec![Decision::Layer(0), Decision::Layer(0), Decision::Layer(0)]
         );
-        // Measured half a second later at 300k: the link said nothing (the estimate is where
-        // it was), so no hold: the first camera is raised at once (1.24M to raise in: 300k +
-        // 100k + 450k).
-        let measured = [300_000];
-        let t2 = t1 + Duration::from_millis(500);
-        assert_eq!(
-            run(
-                &mut a,
-                120_000,
-                &[cameras[0], cameras[1], screen(&measured)],
-                t2
-            ),
-            vec![Decision::Layer(1), Decision::Layer(0), Decision::Layer(0)]
-        );
         // On a weak link the guess is not given the benefit of the doubt when even twice the
-        // estimate cannot carry it: the new screen is paused, the cameras keep their room.
+        // estimate cannot carry it (1.5M > 1.2M - 120k): the new screen is paused, the cameras
+        // keep their room.
         let mut a = Allocator::default();
         a.set_estimate(600_000);
-        run(&mut a, 120_000, &cameras, t0);
-        assert_eq!(
-            run(&mut a, 120_000, &with_screen, t1)[2],
-            Decision::Paused(PauseReason::Bandwidth)
-        );
+        let before = run(&mut a, 120_000, &cameras, t0);
+        let after = run(&mut a, 120_000, &with_screen, t1);
+        assert_eq!(after[2], Decision::Paused(PauseReason::Bandwidth));
+        assert_eq!(after[..2], before[..]);
     }
 
     #[test]
