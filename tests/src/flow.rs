@@ -843,7 +843,6 @@ impl Flow {
                 .any(|at| at <= from && to <= at + grace)
     }
 
-    /// The page name of a participant identity (the identity if it is not watched).
     /// What a tile problem needs to be read: which of `identity`'s streams stood still (their
     /// counter not growing) for longer than a second in the [`STILL_BEFORE`] before `window`
     /// and during it, as ` (camera mid 4 still 66.1-69.3 s; ...)`, or nothing.
@@ -895,6 +894,7 @@ impl Flow {
         }
     }
 
+    /// The page name of a participant identity (the identity if it is not watched).
     fn name_of(&self, identity: &str) -> String {
         self.pages
             .iter()

@@ -37,6 +37,10 @@ use std::time::{Duration, Instant};
 pub const KEEP_SHARE: f64 = 0.95;
 /// The share of the estimate a higher layer (or a resumed track) must fit in to be taken.
 pub const RAISE_SHARE: f64 = 0.80;
+/// A shortfall is deep when the lowest layers would not fit in this share of the estimate: a
+/// flowing track is then paused at once (no [`PAUSE_GRACE`]), and a track not measured yet is
+/// not given its lowest layer.
+pub const DEEP_SHARE: f64 = 2.0;
 /// How long after a downgrade nothing is raised: the estimate is still settling.
 pub const UPGRADE_HOLD: Duration = Duration::from_secs(3);
 /// How long a track flowing (at any layer) keeps its lowest layer while the estimate says it
@@ -357,14 +361,16 @@ impl Allocator {
         // the last one's kept tracks pushed out; a few tracks, a few rounds).
         let mut kept = none.clone();
         let mut short = false;
+        // What share `s` of the estimate leaves for video beside the audio.
+        let budget = |e: u64, s: f64| ((e as f64 * s) as u64).saturating_sub(audio);
         let (keep, raise) = loop {
             let Some(e) = self.estimate else {
                 break (wanted.clone(), wanted.clone());
             };
-            let share = |s: f64| ((e as f64 * s) as u64).saturating_sub(audio);
+            let share = |s: f64| budget(e, s);
             let keep = fit(tracks, &order, share(KEEP_SHARE), &kept);
             let whole = fit(tracks, &order, share(1.0), &kept);
-            let deep = fit(tracks, &order, share(2.0), &kept);
+            let deep = fit(tracks, &order, share(DEEP_SHARE), &kept);
             let mut grown = false;
             for (i, t) in tracks.iter().enumerate() {
                 if kept[i] || !flowing(t) || !paused_for_bandwidth(&keep[i]) {
@@ -425,9 +431,7 @@ impl Allocator {
                 _ => true,
             };
         self.allocated_with = self.estimate;
-        let deep_limit = self
-            .estimate
-            .map_or(u64::MAX, |e| e.saturating_mul(2).saturating_sub(audio));
+        let deep_limit = self.estimate.map_or(u64::MAX, |e| budget(e, DEEP_SHARE));
         for (i, t) in tracks.iter().enumerate() {
             let now_decided = self.decision(t.id);
             let next = match now_decided {
