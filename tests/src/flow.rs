@@ -51,7 +51,7 @@ const tick = async () => {
     const c = window.rtcd;
     const pc = c && c.peerConnection;
     const sample = { t: performance.timeOrigin + performance.now(), s: document.body.dataset.state || '',
-      m: document.body.dataset.media || '', k: [],
+      m: document.body.dataset.media || '', k: [], l: [],
       f: [...document.querySelectorAll('figure[data-participant]')].map((f) => [f.dataset.participant, f.dataset.media || '']) };
     if (pc) {
       const byTrack = new Map();
@@ -79,7 +79,9 @@ const tick = async () => {
         const who = (mid != null && byMid.get(mid)) || byTrack.get(r.trackIdentifier);
         if (!who) return;
         const count = r.kind === 'video' ? (r.framesDecoded || 0) : (r.packetsReceived || 0);
-        sample.k.push([who.identity + '/' + who.source, mid != null ? 'mid ' + mid : 'track ' + r.trackIdentifier, count]);
+        const key = mid != null ? 'mid ' + mid : 'track ' + r.trackIdentifier;
+        sample.k.push([who.identity + '/' + who.source, key, count]);
+        sample.l.push([who.identity + '/' + who.source, key, r.packetsLost || 0]);
       });
     }
     flow.samples.push(sample);
@@ -117,6 +119,10 @@ struct Sample {
     m: String,
     /// `[identity/source, stream key (mid or track id), counter]`.
     k: Vec<(String, String, u64)>,
+    /// `[identity/source, stream key, packets lost]` (the browser's cumulative count, which
+    /// falls again when late packets come).
+    #[serde(default)]
+    l: Vec<(String, String, i64)>,
     /// Remote tiles: `[identity, data-media]`.
     #[serde(default)]
     f: Vec<(String, String)>,
@@ -845,7 +851,9 @@ impl Flow {
 
     /// What a tile problem needs to be read: which of `identity`'s streams stood still (their
     /// counter not growing) for longer than a second in the [`STILL_BEFORE`] before `window`
-    /// and during it, as ` (camera mid 4 still 66.1-69.3 s; ...)`, or nothing.
+    /// and during it, and which lost packets then (the most their loss count rose above its
+    /// value at the start, and when), as ` (camera mid 4 still 66.1-69.3 s; microphone mid 3
+    /// lost 14 by 68.2 s)`, or nothing.
     fn still_streams(&self, page: &Watched, identity: &str, (from, to): (f64, f64)) -> String {
         let prefix = format!("{identity}/");
         // Per stream (source, key): its last value, since when it has not grown, the longest
@@ -874,7 +882,7 @@ impl Flow {
                 }
             }
         }
-        let still: Vec<String> = streams
+        let mut still: Vec<String> = streams
             .iter()
             .filter_map(|((source, key), (_, _, longest))| {
                 let (a, b) = (*longest)?;
@@ -887,6 +895,45 @@ impl Flow {
                 })
             })
             .collect();
+        // The page's own silences: a sampler that got nothing for over a second (its reads
+        // wait for the browser's statistics) saw no stream stand still meanwhile.
+        let times: Vec<f64> = page
+            .samples
+            .iter()
+            .map(|s| s.t)
+            .filter(|t| *t >= from - STILL_BEFORE && *t <= to)
+            .collect();
+        still.extend(
+            times
+                .windows(2)
+                .filter(|w| w[1] - w[0] > 1000.0)
+                .map(|w| format!("no sample {:.1}-{:.1} s", self.rel(w[0]), self.rel(w[1]))),
+        );
+        // Per stream: its loss count at the start, the most it rose, and when.
+        let mut lost: BTreeMap<(&str, &str), (i64, i64, f64)> = BTreeMap::new();
+        for sample in page
+            .samples
+            .iter()
+            .filter(|s| s.t >= from - STILL_BEFORE && s.t <= to)
+        {
+            for (who, key, value) in &sample.l {
+                let Some(source) = who.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let entry = lost
+                    .entry((source, key.as_str()))
+                    .or_insert((*value, 0, sample.t));
+                if value - entry.0 > entry.1 {
+                    entry.1 = value - entry.0;
+                    entry.2 = sample.t;
+                }
+            }
+        }
+        still.extend(lost.iter().filter(|(_, (_, rise, _))| *rise > 0).map(
+            |((source, key), (_, rise, at))| {
+                format!("{source} {key} lost {rise} by {:.1} s", self.rel(*at))
+            },
+        ));
         if still.is_empty() {
             String::new()
         } else {
@@ -989,12 +1036,23 @@ mod tests {
     /// Alice's camera, whose counter grows in every sample for which `grows(t)` holds
     /// (t in seconds), sampled every 250 ms for `secs`. Bob's tile of Alice shows `tile(t)`.
     fn flow(secs: f64, grows: impl Fn(f64) -> bool, tile: impl Fn(f64) -> &'static str) -> Flow {
+        flow_losing(secs, grows, tile, |_| 0)
+    }
+
+    /// [`flow`], with Alice's microphone at Bob having lost `lost(t)` packets by `t`.
+    fn flow_losing(
+        secs: f64,
+        grows: impl Fn(f64) -> bool,
+        tile: impl Fn(f64) -> &'static str,
+        lost: impl Fn(f64) -> i64,
+    ) -> Flow {
         let mut alice = page("Alice", BrowserKind::Chromium);
         alice.samples.push(Sample {
             t: T0 + secs * 1000.0,
             s: "connected".into(),
             m: "connected".into(),
             k: vec![],
+            l: vec![],
             f: vec![],
         });
         let mut bob = page("Bob", BrowserKind::Firefox);
@@ -1009,6 +1067,7 @@ mod tests {
                 s: "connected".into(),
                 m: "connected".into(),
                 k: vec![("alice/camera".into(), "mid 1".into(), frames)],
+                l: vec![("alice/microphone".into(), "mid 0".into(), lost(t))],
                 f: vec![("alice".into(), tile(t).into())],
             });
             t += 0.25;
@@ -1187,6 +1246,30 @@ mod tests {
             [
                 "Bob: tile of Alice media poor from 20.0 s to 22.0 s (camera mid 1 still 16.8-20.8 s)"
             ]
+        );
+        // And which lost packets: the most the count rose in the window (late packets lower
+        // it again), and when; loss before the window is not counted.
+        let lost = |t: f64| match t {
+            t if t < 10.0 => 5,
+            t if t < 18.0 => 7,
+            t if t < 21.0 => 30,
+            _ => 25,
+        };
+        let report = flow_losing(30.0, |t| t >= 1.0, poor, lost).report(Thresholds::CALLS);
+        assert_eq!(
+            report.state_problems,
+            [
+                "Bob: tile of Alice media poor from 20.0 s to 22.0 s (microphone mid 0 lost 23 by 18.0 s)"
+            ]
+        );
+        // And when the page's sampler got nothing (a browser slow to give its statistics).
+        let mut sparse = flow(30.0, |t| t >= 1.0, poor);
+        sparse.pages[1]
+            .samples
+            .retain(|s| !(T0 + 17_900.0..T0 + 19_900.0).contains(&s.t));
+        assert_eq!(
+            sparse.report(Thresholds::CALLS).state_problems,
+            ["Bob: tile of Alice media poor from 20.0 s to 22.0 s (no sample 17.8-20.0 s)"]
         );
     }
 }

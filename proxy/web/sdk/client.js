@@ -450,6 +450,11 @@ export class RtcdClient extends EventTarget {
      *   flowed: boolean, loss: number, lossyRuns: number}>} inbound counters by mid (progress:
      *   frames decoded for video, packets for audio) */
     this._flow = new Map();
+    /** When the inbound counters were last read: health is judged as of then. A stall is
+     * time without progress between readings; judging it at an event between readings (a
+     * participant joining) against the clock called a flowing track stalled whenever the
+     * browser was slow to give its statistics (a busy Firefox at a renegotiation). */
+    this._readAt = 0;
     /** Outbound loss reported by the media server (RTCP), over the last interval. */
     this._outboundLoss = 0;
     this._statsTimer = 0;
@@ -1640,6 +1645,7 @@ export class RtcdClient extends EventTarget {
       }
     });
     this._outboundLoss = sentOut ? lostOut / sentOut : 0;
+    this._readAt = now;
     this._updateHealth();
   }
 
@@ -1677,7 +1683,9 @@ export class RtcdClient extends EventTarget {
   _updateHealth() {
     const pc = this._pc;
     if (!pc) return;
-    const now = performance.now();
+    // As of the last reading: a track created since then has not been read yet, and one
+    // read then is not stalled by time that passed after it.
+    const now = this._readAt;
     /** @type {Map<string, {flowing: number, stalled: number, starting: number}>} */
     const byIdentity = new Map();
     let expected = 0;

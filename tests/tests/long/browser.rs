@@ -1518,6 +1518,100 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
     Ok(())
 }
 
+/// Health is judged as of the last statistics reading. A browser can take seconds to give its
+/// statistics (a busy Firefox at the renegotiation adding a participant); someone joining
+/// meanwhile made the SDK weigh the time since the last reading as a stall and call the
+/// participants whose media flowed, and its own media, `poor` (seen in CI: Bob's tile of
+/// Alice `poor` for 2 s just after Carol joined, no frame missing). Here Bob's readings take
+/// 7 s while Carol joins: no tile and not Bob's own media may leave `connected` but Carol's
+/// (whose media starts), and all are `connected` once readings are quick again.
+#[tokio::test]
+async fn a_join_while_statistics_are_slow_calls_no_flowing_media_poor() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stack = loopback_stack(dir.path()).await?;
+    let driver = Chromedriver::start().await?;
+    let url = |name: &str| format!("http://{}/?room=demo&name={name}", stack.proxy.addr());
+    let alice = driver.page().await?;
+    alice.goto(&url("Alice")).await?;
+    alice.wait_state("connected", "").await?;
+    let bob = driver.page().await?;
+    bob.goto(&url("Bob")).await?;
+    bob.wait_state("connected", "").await?;
+    plays_remote_videos(&bob, 1).await?;
+    let all_connected = |n: usize| {
+        format!(
+            "document.body.dataset.media === 'connected' && \
+             [...document.querySelectorAll('figure[data-participant]')].filter(f => f.dataset.media === 'connected').length === {n}"
+        )
+    };
+    bob.wait_for(&all_connected(1), BROWSER_STEP).await?;
+    let alice_id: String = serde_json::from_value(
+        bob.eval(
+            "return document.querySelector('figure[data-participant]').dataset.participant;",
+            json!([]),
+        )
+        .await?,
+    )?;
+
+    // From now on Bob's page notes every change of its media state and of its tiles', and its
+    // statistics come 7 s after they are asked for (under the SDK's 10 s step limit).
+    bob.eval(
+        "window.__states = [];\
+         const last = {};\
+         const note = (who, state) => {\
+           if (last[who] !== state) __states.push([who, last[who] = state, Math.round(performance.now())]);\
+         };\
+         setInterval(() => {\
+           note('self', document.body.dataset.media);\
+           for (const f of document.querySelectorAll('figure[data-participant]')) note(f.dataset.participant, f.dataset.media);\
+         }, 50);\
+         const pc = rtcd.peerConnection;\
+         const real = pc.getStats.bind(pc);\
+         window.__slow = true;\
+         pc.getStats = (...a) => window.__slow\
+           ? new Promise((ok, fail) => setTimeout(() => real(...a).then(ok, fail), 7000))\
+           : real(...a);\
+         return true;",
+        json!([]),
+    )
+    .await?;
+    // Past the SDK's 3 s stall limit since its last reading, Carol joins.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let carol = driver.page().await?;
+    carol.goto(&url("Carol")).await?;
+    carol.wait_state("connected", "").await?;
+    bob.wait_for(
+        "document.querySelectorAll('figure[data-participant]').length === 2",
+        BROWSER_STEP,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    bob.eval("window.__slow = false; return true;", json!([]))
+        .await?;
+    plays_remote_videos(&bob, 2).await?;
+    bob.wait_for(&all_connected(2), BROWSER_STEP).await?;
+
+    let states: Vec<(String, String, u64)> =
+        serde_json::from_value(bob.eval("return __states;", json!([])).await?)?;
+    let wrong: Vec<_> = states
+        .iter()
+        .filter(|(who, state, _)| (who == "self" || *who == alice_id) && state != "connected")
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "Bob's own media or his tile of Alice left `connected` while their media flowed \
+         (who, state, page ms): {wrong:?}; all changes: {states:?}"
+    );
+    for page in [&alice, &bob, &carol] {
+        assert_no_console_errors(page, &[]).await?;
+    }
+    for page in [alice, bob, carol] {
+        page.close().await?;
+    }
+    stack.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn demo_page_shows_the_waiting_screen_and_the_moderators_lobby_panel() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
