@@ -860,11 +860,12 @@ impl Flow {
         // such stretch.
         type Still = (u64, f64, Option<(f64, f64)>);
         let mut streams: BTreeMap<(String, String), Still> = BTreeMap::new();
-        for sample in page
-            .samples
-            .iter()
-            .filter(|s| s.t >= from - STILL_BEFORE && s.t <= to)
-        {
+        let around = || {
+            page.samples
+                .iter()
+                .filter(move |s| s.t >= from - STILL_BEFORE && s.t <= to)
+        };
+        for sample in around() {
             for (who, key, value) in &sample.k {
                 let Some(source) = who.strip_prefix(&prefix) else {
                     continue;
@@ -897,12 +898,7 @@ impl Flow {
             .collect();
         // The page's own silences: a sampler that got nothing for over a second (its reads
         // wait for the browser's statistics) saw no stream stand still meanwhile.
-        let times: Vec<f64> = page
-            .samples
-            .iter()
-            .map(|s| s.t)
-            .filter(|t| *t >= from - STILL_BEFORE && *t <= to)
-            .collect();
+        let times: Vec<f64> = around().map(|s| s.t).collect();
         still.extend(
             times
                 .windows(2)
@@ -911,11 +907,7 @@ impl Flow {
         );
         // Per stream: its loss count at the start, the most it rose, and when.
         let mut lost: BTreeMap<(&str, &str), (i64, i64, f64)> = BTreeMap::new();
-        for sample in page
-            .samples
-            .iter()
-            .filter(|s| s.t >= from - STILL_BEFORE && s.t <= to)
-        {
+        for sample in around() {
             for (who, key, value) in &sample.l {
                 let Some(source) = who.strip_prefix(&prefix) else {
                     continue;

@@ -1521,10 +1521,11 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
 /// Health is judged as of the last statistics reading. A browser can take seconds to give its
 /// statistics (a busy Firefox at the renegotiation adding a participant); someone joining
 /// meanwhile made the SDK weigh the time since the last reading as a stall and call the
-/// participants whose media flowed, and its own media, `poor` (seen in CI: Bob's tile of
-/// Alice `poor` for 2 s just after Carol joined, no frame missing). Here Bob's readings take
-/// 7 s while Carol joins: no tile and not Bob's own media may leave `connected` but Carol's
-/// (whose media starts), and all are `connected` once readings are quick again.
+/// participants whose media flowed, and its own media, `poor` (most likely what CI saw: Bob's
+/// tile of Alice `poor` for 2 s just after Carol joined, no stream of hers standing still).
+/// Here Bob's readings take 7 s while Carol joins: no tile and not Bob's own media may leave
+/// `connected` but Carol's (whose media starts), and all are `connected` once readings are
+/// quick again.
 #[tokio::test]
 async fn a_join_while_statistics_are_slow_calls_no_flowing_media_poor() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
