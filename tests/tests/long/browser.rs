@@ -56,6 +56,19 @@ async fn finish(page: Page, proxy: rtcd_proxy::Proxy, expected: &[&str]) -> anyh
     Ok(())
 }
 
+/// [`finish`] for a call on the real stack: no console error on any of its pages, then all
+/// close and the stack shuts down.
+async fn finish_call(pages: Vec<Page>, stack: rtcd_dev::DevStack) -> anyhow::Result<()> {
+    for page in &pages {
+        assert_no_console_errors(page, &[]).await?;
+    }
+    for page in pages {
+        page.close().await?;
+    }
+    stack.shutdown().await;
+    Ok(())
+}
+
 /// A demo page joined through a proxy whose media server is the test ([`ScriptedRelay`]).
 struct Relayed {
     proxy: rtcd_proxy::Proxy,
@@ -1508,14 +1521,7 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
         )
         .await?;
     }
-    for page in [&alice, &bob, &carol] {
-        assert_no_console_errors(page, &[]).await?;
-    }
-    for page in [alice, bob, carol] {
-        page.close().await?;
-    }
-    stack.shutdown().await;
-    Ok(())
+    finish_call(vec![alice, bob, carol], stack).await
 }
 
 /// Health is judged as of the last statistics reading. A browser can take seconds to give its
@@ -1603,14 +1609,7 @@ async fn a_join_while_statistics_are_slow_calls_no_flowing_media_poor() -> anyho
         "Bob's own media or his tile of Alice left `connected` while their media flowed \
          (who, state, page ms): {wrong:?}; all changes: {states:?}"
     );
-    for page in [&alice, &bob, &carol] {
-        assert_no_console_errors(page, &[]).await?;
-    }
-    for page in [alice, bob, carol] {
-        page.close().await?;
-    }
-    stack.shutdown().await;
-    Ok(())
+    finish_call(vec![alice, bob, carol], stack).await
 }
 
 #[tokio::test]
