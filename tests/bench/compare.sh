@@ -20,6 +20,8 @@
 #     CLIENT_CPU=1-3 CLIENT_THREADS=3) where a storm would otherwise measure the load tool
 #   PROFILE [release] (debug: the dev build, for smoke runs only)
 #   QUIET_WAIT [120] seconds to wait for compilers on the machine before each run
+#   Repetitions alternate the order of TARGETS (reversed in every second one): use an even
+#   REPS where a few percent matter.
 # The `capacity` scenario (not in the default list; docs/benchmarks.md "Capacity") ramps rooms
 # of 10 with one camera each until loss or p99 latency crosses its limit:
 #   CAP_START_ROOMS [5]   CAP_STEP_ROOMS [5]   CAP_STEP_SECONDS [10] window per step
@@ -348,9 +350,17 @@ run_one() {
 	sleep 2 # let TIME_WAIT sockets and the last packets drain between runs
 }
 
+# Every second repetition runs the targets in reverse order: the target measured second in a
+# pair cost ~2.3 CPU-s per M forwarded more than the first, whichever it was (docs/benchmarks.md,
+# 2026-12-04 evening), as much as the differences these runs are asked to show. With an even
+# REPS the order cancels out of the medians.
 for rep in $(seq "$REPS"); do
+	order=$TARGETS
+	if [ $((rep % 2)) = 0 ]; then
+		order=$(echo "$TARGETS" | tr ' ' '\n' | tac | tr '\n' ' ')
+	fi
 	for scenario in $SCENARIOS; do
-		for target in $TARGETS; do
+		for target in $order; do
 			run_one "$scenario" "$target" "$rep"
 		done
 	done

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{BandwidthEstimator, EstimatorStats, PacketReport, Registry};
+use rtc::interceptor::{BandwidthEstimator, EstimatorStats, PacketReport};
 
 mod estimator;
 mod transport_cc;
@@ -257,20 +257,16 @@ impl BandwidthEstimator for SharedEstimator {
     }
 }
 
-/// Adds the [`TransportCc`] driving the [`Estimator`] to a peer's registry, the estimate going
-/// to `cell`. It sits at rtc's TWCC sender slot (wire-most, below everything rtcd adds), so every
-/// packet that leaves is numbered and recorded, retransmissions included.
-/// `departures`: the worker's clock, if packets leave later than they are written.
-pub(super) fn configure(
-    registry: Registry,
+/// The [`TransportCc`] driving the [`Estimator`] of a peer, the estimate going to `cell`. It
+/// belongs at rtc's TWCC sender slot (wire-most, below everything rtcd adds), so every packet
+/// that leaves is numbered and recorded, retransmissions included; of RTP it reads only what it
+/// sends. `departures`: the worker's clock, if packets leave later than they are written.
+pub(super) fn interceptor(
     cell: Arc<EstimateCell>,
     departures: Option<Departures>,
-) -> Registry {
+) -> impl rtc::interceptor::Interceptor + 'static {
     let estimator = SharedEstimator::new(cell, departures.clone());
-    registry.with(
-        rtc::interceptor::Slot::TwccSender,
-        TransportCc::new(estimator, departures),
-    )
+    TransportCc::new(estimator, departures)
 }
 
 /// Emitted estimates differ from the last one emitted by at least this fraction. The estimator

@@ -14,6 +14,7 @@
 //!
 //! `docs/engine-v2.md` has the design, facts about `rtc` found on the way, and what is left.
 
+mod bundle;
 pub mod bwe;
 mod feedback;
 mod nack;

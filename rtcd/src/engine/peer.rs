@@ -37,12 +37,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rtc::crypto::{self, SignatureScheme};
 use rtc::interceptor::Registry;
+use rtc::interceptor::Slot as ChainSlot;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, configure_twcc_receiver_only,
-};
+use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_receiver_only;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
@@ -63,6 +62,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverDirection};
 use rtc::sansio::Protocol as _;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
+use super::bundle::{Bundle, Sees};
 use super::net::demux::{PacketKind, classify};
 use super::net::{Protocol, Transport};
 use crate::media::packet::{MediaKind, MediaPacket, RtpHeaderOut, VideoCodec};
@@ -370,6 +370,10 @@ impl TrackState {
 /// Requests per lost packet of a published track before rtcd gives up on it (10 at 100 ms:
 /// a second, past any retransmission that could still help a live stream).
 const NACKS_PER_PACKET: u16 = 10;
+
+/// Where the peer's [`Bundle`] of interceptors sits in rtc's chain: its only link (besides the
+/// terminus rtc appends), so any position would do.
+const BUNDLE_SLOT: usize = 5_500;
 
 /// The transport-wide congestion control extension (its feedback is rtcd's bandwidth input).
 const TRANSPORT_CC_URI: &str =
@@ -964,6 +968,71 @@ impl std::fmt::Debug for Peer {
     }
 }
 
+/// A peer's interceptors, each at its slot in rtc's order (wire-most first) and with the RTP
+/// it reads (`bundle`): transport-cc numbering and estimation if `estimation` (the cell its
+/// estimate goes to, the worker's departures clock), the RTX repair before the NACK generator
+/// (7 000) so repairs count as arrivals, rtc's TWCC receiver, the feedback tap counting
+/// inbound RTCP into `rtcp_seen` before the report interceptors (10 000, 11 000).
+///
+/// NACKs are answered by the SFU's down-tracks from one buffer per published track, so no NACK
+/// responder (which would keep a copy per subscriber). At most [`NACKS_PER_PACKET`] requests
+/// per lost packet (rtc's default is no limit: a packet the publisher cannot resend was asked
+/// for every 100 ms until it aged out), and a renegotiation does not wipe the log of what was
+/// lost (`nack`).
+pub(super) fn interceptors(
+    rtx_apt: super::rtx::AptMap,
+    rtcp_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    estimation: Option<(
+        std::sync::Arc<super::bwe::EstimateCell>,
+        Option<super::bwe::Departures>,
+    )>,
+) -> Vec<(ChainSlot, Sees, Box<dyn rtc::interceptor::Interceptor>)> {
+    let mut list: Vec<(ChainSlot, Sees, Box<dyn rtc::interceptor::Interceptor>)> = vec![
+        (
+            ChainSlot::Custom(super::rtx::SLOT),
+            Sees::READ,
+            Box::new(super::rtx::RtxRepair::new(rtx_apt)),
+        ),
+        (
+            ChainSlot::NackGenerator,
+            Sees::READ,
+            Box::new(super::nack::StableNackGenerator::new(
+                rtc::interceptor::NackGeneratorBuilder::new()
+                    .with_max_nacks_per_packet(NACKS_PER_PACKET)
+                    .build(),
+            )),
+        ),
+        (
+            ChainSlot::TwccReceiver,
+            Sees::READ,
+            Box::new(rtc::interceptor::TwccReceiverBuilder::new().build()),
+        ),
+        (
+            ChainSlot::Custom(9_000),
+            Sees::NONE,
+            Box::new(super::feedback::FeedbackTap::counting(rtcp_seen)),
+        ),
+        (
+            ChainSlot::ReceiverReport,
+            Sees::READ,
+            Box::new(rtc::interceptor::ReceiverReportBuilder::new().build()),
+        ),
+        (
+            ChainSlot::SenderReport,
+            Sees::WRITE,
+            Box::new(rtc::interceptor::SenderReportBuilder::new().build()),
+        ),
+    ];
+    if let Some((cell, departures)) = estimation {
+        list.push((
+            ChainSlot::TwccSender,
+            Sees::WRITE,
+            Box::new(super::bwe::interceptor(cell, departures)),
+        ));
+    }
+    list
+}
+
 impl Peer {
     /// A new peer connection, waiting for the client's first offer.
     pub fn new(
@@ -971,47 +1040,19 @@ impl Peer {
         settings: &PeerSettings,
         now: Instant,
     ) -> Result<Self, EngineError> {
-        let mut media = media_template()?.clone();
-        // NACKs are answered by the SFU's down-tracks from one buffer per published track, so
-        // no NACK responder (which would keep a copy per subscriber). Loss of published tracks
-        // is reported to their publishers by a NACK generator; reports and TWCC feedback come
-        // from rtc's interceptors.
-        // At most NACKS_PER_PACKET requests per lost packet (rtc's default is no limit: a
-        // packet the publisher cannot resend was asked for every 100 ms until it aged out);
-        // RTX repairs are seen as arrivals (`rtx`), and a renegotiation does not wipe the log of
-        // what was lost (`nack`).
+        let media = media_template()?.clone();
         let rtx_apt = super::rtx::AptMap::default();
-        let registry = Registry::new()
-            .with(
-                rtc::interceptor::Slot::NackGenerator,
-                super::nack::StableNackGenerator::new(
-                    rtc::interceptor::NackGeneratorBuilder::new()
-                        .with_max_nacks_per_packet(NACKS_PER_PACKET)
-                        .build(),
-                ),
-            )
-            .with(
-                rtc::interceptor::Slot::Custom(super::rtx::SLOT),
-                super::rtx::RtxRepair::new(rtx_apt.clone()),
-            );
-        // After the NACK generator (7 000), before the report interceptors (10 000).
         let rtcp_seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let registry = registry.with(
-            rtc::interceptor::Slot::Custom(9_000),
-            super::feedback::FeedbackTap::counting(rtcp_seen.clone()),
-        );
-        let registry = configure_rtcp_reports(registry);
-        // The template has what this registers in the media engine already (registering it
-        // again changes nothing); what it adds is the TWCC receiver interceptor.
-        let registry = configure_twcc_receiver_only(registry, &mut media).map_err(internal)?;
         // Send-side estimation towards the client: every packet sent is numbered and recorded,
         // the client's transport-cc feedback drives the estimator (no pacer: see `bwe`).
         let estimate = std::sync::Arc::new(super::bwe::EstimateCell::default());
-        let registry = if settings.estimation {
-            super::bwe::configure(registry, estimate.clone(), settings.departures.clone())
-        } else {
-            registry
-        };
+        let estimation = settings
+            .estimation
+            .then(|| (estimate.clone(), settings.departures.clone()));
+        let bundle: Bundle = interceptors(rtx_apt.clone(), rtcp_seen.clone(), estimation)
+            .into_iter()
+            .collect();
+        let registry = Registry::new().with(ChainSlot::Custom(BUNDLE_SLOT), bundle);
         let setting = SettingEngineBuilder::new()
             .with_lite(true)
             // rtc fails a session after its failed timeout without *STUN*, even while media
@@ -1537,11 +1578,11 @@ impl Peer {
         }
         // Straight into the pipeline: `RTCRtpSender::write_rtp` would rebuild the sender's
         // parameters (codec and extension lists) for every packet to validate what the
-        // down-track already guarantees.
-        let track_id = state.track_id.clone();
+        // down-track already guarantees. rtc routes a written packet by its SSRC and drops the
+        // track id at once, so none is given (a clone of it was an allocation per packet).
         self.write_media(TaggedRTCMessage {
             now,
-            message: RTCMessage::RtpPacket(track_id, packet),
+            message: RTCMessage::RtpPacket(String::new(), packet),
         })
     }
 
@@ -1555,9 +1596,9 @@ impl Peer {
         header: &RtpHeaderOut,
         now: Instant,
     ) -> Result<(), EngineError> {
-        let Some(state) = self.slots.get(slot.0 as usize) else {
+        if self.slots.get(slot.0 as usize).is_none() {
             return Err(internal("unknown slot"));
-        };
+        }
         let packet = rtp::Packet {
             header: rtp::header::Header {
                 version: 2,
@@ -1571,10 +1612,9 @@ impl Peer {
             },
             payload: Bytes::new(),
         };
-        let track_id = state.track_id.clone();
         self.write_media(TaggedRTCMessage {
             now,
-            message: RTCMessage::RtpPacket(track_id, packet),
+            message: RTCMessage::RtpPacket(String::new(), packet),
         })
     }
 
