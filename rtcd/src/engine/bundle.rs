@@ -59,6 +59,10 @@ impl Sees {
     };
 }
 
+/// One interceptor for a [`Bundle`]: where it sits (its slot in `rtc`'s order) and the RTP it
+/// reads.
+pub(super) type Entry = (Slot, Sees, Box<dyn Interceptor>);
+
 struct Member {
     slot: Slot,
     sees: Sees,
@@ -160,17 +164,15 @@ impl Bundle {
             Direction::Write => writes.append(belt),
         }
     }
-}
 
-impl Bundle {
     fn mark_pending(&mut self) {
         self.pending_reads = true;
         self.pending_writes = true;
     }
 }
 
-impl FromIterator<(Slot, Sees, Box<dyn Interceptor>)> for Bundle {
-    fn from_iter<I: IntoIterator<Item = (Slot, Sees, Box<dyn Interceptor>)>>(iter: I) -> Self {
+impl FromIterator<Entry> for Bundle {
+    fn from_iter<I: IntoIterator<Item = Entry>>(iter: I) -> Self {
         iter.into_iter()
             .fold(Self::default(), |bundle, (slot, sees, interceptor)| {
                 bundle.with(slot, sees, interceptor)

@@ -62,7 +62,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverDirection};
 use rtc::sansio::Protocol as _;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-use super::bundle::{Bundle, Sees};
+use super::bundle::{Bundle, Entry, Sees};
 use super::net::demux::{PacketKind, classify};
 use super::net::{Protocol, Transport};
 use crate::media::packet::{MediaKind, MediaPacket, RtpHeaderOut, VideoCodec};
@@ -373,7 +373,7 @@ const NACKS_PER_PACKET: u16 = 10;
 
 /// Where the peer's [`Bundle`] of interceptors sits in rtc's chain: its only link (besides the
 /// terminus rtc appends), so any position would do.
-const BUNDLE_SLOT: usize = 5_500;
+pub(super) const BUNDLE_SLOT: usize = 5_500;
 
 /// The transport-wide congestion control extension (its feedback is rtcd's bandwidth input).
 const TRANSPORT_CC_URI: &str =
@@ -986,8 +986,8 @@ pub(super) fn interceptors(
         std::sync::Arc<super::bwe::EstimateCell>,
         Option<super::bwe::Departures>,
     )>,
-) -> Vec<(ChainSlot, Sees, Box<dyn rtc::interceptor::Interceptor>)> {
-    let mut list: Vec<(ChainSlot, Sees, Box<dyn rtc::interceptor::Interceptor>)> = vec![
+) -> Vec<Entry> {
+    let mut list: Vec<Entry> = vec![
         (
             ChainSlot::Custom(super::rtx::SLOT),
             Sees::READ,

@@ -12,7 +12,7 @@ use rtc::shared::marshal::Marshal;
 
 use super::*;
 use crate::engine::bwe::EstimateCell;
-use crate::engine::peer::interceptors;
+use crate::engine::peer::{BUNDLE_SLOT, interceptors};
 
 const TRANSPORT_CC_URI: &str =
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
@@ -179,7 +179,7 @@ fn transcript(mut link: impl Interceptor) -> Vec<String> {
 }
 
 /// The peer's interceptors: with estimation (transport-cc numbering) or without.
-fn members(estimation: bool) -> Vec<(Slot, Sees, Box<dyn Interceptor>)> {
+fn members(estimation: bool) -> Vec<Entry> {
     interceptors(
         Default::default(),
         Arc::new(AtomicU64::new(0)),
@@ -187,16 +187,18 @@ fn members(estimation: bool) -> Vec<(Slot, Sees, Box<dyn Interceptor>)> {
     )
 }
 
-fn as_chain(members: Vec<(Slot, Sees, Box<dyn Interceptor>)>) -> impl Interceptor {
+fn as_chain(members: Vec<Entry>) -> impl Interceptor {
     members
         .into_iter()
         .fold(Registry::new(), |r, (slot, _, i)| r.with(slot, i))
         .build()
 }
 
-fn as_bundle(members: Vec<(Slot, Sees, Box<dyn Interceptor>)>) -> impl Interceptor {
+fn as_bundle(members: Vec<Entry>) -> impl Interceptor {
     let bundle: Bundle = members.into_iter().collect();
-    Registry::new().with(Slot::Custom(5_500), bundle).build()
+    Registry::new()
+        .with(Slot::Custom(BUNDLE_SLOT), bundle)
+        .build()
 }
 
 fn count(lines: &[String], what: &str) -> usize {
