@@ -250,6 +250,10 @@ pub struct FlowReport {
     pub checked: (usize, usize),
     /// What the test did, with times (seconds since the flow started).
     pub events: Vec<String>,
+    /// Streams whose counter went back (a browser that re-created a receiver's stream, and
+    /// its statistics with it), per observer: informational, since media health readers
+    /// (the SDK) must take such a drop as a restart, not as a stall.
+    pub restarts: Vec<String>,
 }
 
 impl FlowReport {
@@ -317,6 +321,9 @@ impl fmt::Display for FlowReport {
             self.checked.0, self.checked.1
         )?;
         writeln!(f, "events: {}", self.events.join("; "))?;
+        if !self.restarts.is_empty() {
+            writeln!(f, "counters back: {}", self.restarts.join("; "))?;
+        }
         for stall in &self.stalls {
             writeln!(f, "STALL {stall}")?;
         }
@@ -554,6 +561,16 @@ impl Flow {
             .into_iter()
             .map(|(t, what)| format!("{:.1} s {what}", self.rel(t)))
             .collect();
+        for page in &self.pages {
+            for (stream, t, from, to) in Self::counters_back(page, f64::NEG_INFINITY, f64::INFINITY)
+            {
+                report.restarts.push(format!(
+                    "{} {stream} {from} -> {to} at {:.1} s",
+                    page.name,
+                    self.rel(t)
+                ));
+            }
+        }
         let gap = thresholds.gap.as_secs_f64() * 1000.0;
         let start_grace = thresholds.start.as_secs_f64() * 1000.0;
         for observer in &self.pages {
@@ -849,6 +866,23 @@ impl Flow {
                 .any(|at| at <= from && to <= at + grace)
     }
 
+    /// Every time a stream's counter fell from one sample to the next within `from..=to`:
+    /// (`identity/source key`, when, from, to).
+    fn counters_back(page: &Watched, from: f64, to: f64) -> Vec<(String, f64, u64, u64)> {
+        let mut last: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        let mut back = Vec::new();
+        for sample in page.samples.iter().filter(|s| s.t >= from && s.t <= to) {
+            for (who, key, value) in &sample.k {
+                if let Some(before) = last.insert((who, key), *value)
+                    && *value < before
+                {
+                    back.push((format!("{who} {key}"), sample.t, before, *value));
+                }
+            }
+        }
+        back
+    }
+
     /// What a tile problem needs to be read: which of `identity`'s streams stood still (their
     /// counter not growing) for longer than a second in the [`STILL_BEFORE`] before `window`
     /// and during it, and which lost packets then (the most their loss count rose above its
@@ -926,6 +960,17 @@ impl Flow {
                 format!("{source} {key} lost {rise} by {:.1} s", self.rel(*at))
             },
         ));
+        still.extend(
+            Self::counters_back(page, from - STILL_BEFORE, to)
+                .into_iter()
+                .filter_map(|(stream, t, before, after)| {
+                    let stream = stream.strip_prefix(&prefix)?.to_owned();
+                    Some(format!(
+                        "{stream} back {before} -> {after} at {:.1} s",
+                        self.rel(t)
+                    ))
+                }),
+        );
         if still.is_empty() {
             String::new()
         } else {
@@ -1262,6 +1307,31 @@ mod tests {
         assert_eq!(
             sparse.report(Thresholds::CALLS).state_problems,
             ["Bob: tile of Alice media poor from 20.0 s to 22.0 s (no sample 17.8-20.0 s)"]
+        );
+        // And when a counter fell (a receive stream the browser made anew): in the tile's
+        // problem and in the report's list of such falls.
+        let mut restarted = flow(30.0, |t| t >= 1.0, poor);
+        for sample in &mut restarted.pages[1].samples {
+            if sample.t >= T0 + 19_000.0 {
+                sample.k[0].2 -= 217;
+            }
+        }
+        let report = restarted.report(Thresholds::CALLS);
+        assert_eq!(
+            report.state_problems,
+            [
+                "Bob: tile of Alice media poor from 20.0 s to 22.0 s (camera mid 1 back 216 -> 2 at 19.0 s)"
+            ]
+        );
+        assert_eq!(
+            report.restarts,
+            ["Bob alice/camera mid 1 216 -> 2 at 19.0 s"]
+        );
+        assert!(
+            report
+                .to_string()
+                .contains("counters back: Bob alice/camera"),
+            "{report}"
         );
     }
 }

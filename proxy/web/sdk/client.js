@@ -1623,7 +1623,11 @@ export class RtcdClient extends EventTarget {
         // Progress is what the user gets: decoded frames for video (packets that never
         // decode, e.g. without a keyframe, are a stall), packets for audio.
         const progress = s.kind === 'video' ? (s.framesDecoded || 0) : packets;
-        if (flow.packets >= 0) {
+        // Counters that went back are a receive stream the browser made anew, statistics and
+        // all (Firefox does at renegotiations, even one that changes nothing of the section): what it
+        // counts since is progress, and loss is measured from there.
+        const restarted = packets < flow.packets || progress < flow.progress;
+        if (flow.packets >= 0 && !restarted) {
           const got = packets - flow.packets;
           const missed = Math.max(0, lost - flow.lost);
           flow.loss = got + missed > 0 ? missed / (got + missed) : 0;

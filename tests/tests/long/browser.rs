@@ -1612,6 +1612,106 @@ async fn a_join_while_statistics_are_slow_calls_no_flowing_media_poor() -> anyho
     finish_call(vec![alice, bob, carol], stack).await
 }
 
+/// Firefox makes a section's receive stream anew at renegotiations, statistics included:
+/// framesDecoded and packetsReceived fall back near zero (seen in the two-minute calls: Bob's
+/// Firefox, counters of Carol's microphone 766 -> 7 and camera 290 -> 2 when Alice's screen
+/// share was added). The SDK took the fall for a reading without progress; with that reading
+/// late (a browser busy with the renegotiation) it was over the 3 s stall limit, and CI saw
+/// Bob's tile of Carol `poor` for one reading while her media flowed. Here Bob's statistics
+/// restart so (every inbound counter from a base taken at the restart) and that reading comes
+/// 2.5 s late: Bob's tile of Alice and his own media stay `connected`, and the counters keep
+/// counting from the restart.
+#[tokio::test]
+async fn statistics_that_restart_at_a_renegotiation_call_no_flowing_media_poor()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stack = loopback_stack(dir.path()).await?;
+    let driver = Chromedriver::start().await?;
+    let url = |name: &str| format!("http://{}/?room=demo&name={name}", stack.proxy.addr());
+    let alice = driver.page().await?;
+    alice.goto(&url("Alice")).await?;
+    alice.wait_state("connected", "").await?;
+    let bob = driver.page().await?;
+    bob.goto(&url("Bob")).await?;
+    bob.wait_state("connected", "").await?;
+    plays_remote_videos(&bob, 1).await?;
+    let connected = "document.body.dataset.media === 'connected' && \
+         [...document.querySelectorAll('figure[data-participant]')].every(f => f.dataset.media === 'connected')";
+    bob.wait_for(connected, BROWSER_STEP).await?;
+    // A reading that saw Alice's media flow, so the restart is measured against it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Bob's page notes every change of its media state and of its tiles'. From `__restart` on,
+    // every inbound counter of its statistics counts from a base taken at the first reading
+    // asked for after it (as a stream made anew would: a few frames and packets in), and that
+    // reading answers 2.5 s late.
+    bob.eval(
+        "window.__states = [];\
+         const last = {};\
+         const note = (who, state) => {\
+           if (last[who] !== state) __states.push([who, last[who] = state, Math.round(performance.now())]);\
+         };\
+         setInterval(() => {\
+           note('self', document.body.dataset.media);\
+           for (const f of document.querySelectorAll('figure[data-participant]')) note(f.dataset.participant, f.dataset.media);\
+         }, 50);\
+         const pc = rtcd.peerConnection;\
+         const real = pc.getStats.bind(pc);\
+         window.__base = null;\
+         window.__restarted = [];\
+         const counters = ['framesDecoded', 'packetsReceived', 'packetsLost', 'bytesReceived'];\
+         const rebase = (report) => {\
+           const out = new Map();\
+           report.forEach((s, id) => {\
+             if (s.type !== 'inbound-rtp') { out.set(id, s); return; }\
+             if (!__base.has(id)) {\
+               const b = {};\
+               for (const c of counters) if (typeof s[c] === 'number') b[c] = Math.max(0, s[c] - (c === 'packetsLost' ? 0 : 3));\
+               __base.set(id, b);\
+             }\
+             const b = __base.get(id);\
+             const copy = { ...s };\
+             for (const c of Object.keys(b)) copy[c] = s[c] - b[c];\
+             __restarted.push([s.kind, copy.framesDecoded ?? copy.packetsReceived]);\
+             out.set(id, copy);\
+           });\
+           return out;\
+         };\
+         pc.getStats = (...a) => {\
+           if (!window.__restart) return real(...a);\
+           const first = __base === null;\
+           if (first) __base = new Map();\
+           const read = real(...a).then(rebase);\
+           return first ? new Promise((ok, fail) => setTimeout(() => read.then(ok, fail), 2500)) : read;\
+         };\
+         return true;",
+        json!([]),
+    )
+    .await?;
+    bob.eval("window.__restart = true; return true;", json!([]))
+        .await?;
+    // Two readings after the late one: the counters grew again from their new base.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let restarted: Vec<(String, u64)> =
+        serde_json::from_value(bob.eval("return __restarted;", json!([])).await?)?;
+    anyhow::ensure!(
+        restarted.iter().any(|(kind, n)| kind == "video" && *n > 3),
+        "Bob's restarted statistics did not grow: {restarted:?}"
+    );
+    let states: Vec<(String, String, u64)> =
+        serde_json::from_value(bob.eval("return __states;", json!([])).await?)?;
+    let wrong: Vec<_> = states
+        .iter()
+        .filter(|(_, state, _)| state != "connected")
+        .collect();
+    anyhow::ensure!(
+        wrong.is_empty(),
+        "Bob's own media or his tile of Alice left `connected` while their media flowed \
+         (who, state, page ms): {wrong:?}; all changes: {states:?}"
+    );
+    finish_call(vec![alice, bob], stack).await
+}
+
 #[tokio::test]
 async fn demo_page_shows_the_waiting_screen_and_the_moderators_lobby_panel() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
