@@ -158,7 +158,7 @@ fn offer_checks(
         })
         .collect();
     // rtcd polishes its own answer, whose sections and mids come from this offer.
-    sdp::polish_answer(text, &current);
+    sdp::polish_answer(text, &current, &sdp::unsent_extensions(&sections));
     Ok(sections)
 }
 

@@ -36,6 +36,8 @@ pub struct Section {
     pub rejected: bool,
     /// The sender's MediaStreamTrack id (`a=msid:<stream> <track>`), if it names one.
     pub track_id: Option<String>,
+    /// The header extensions (`a=extmap:<id>/sendonly`) its writer offers to send only.
+    pub send_only_extensions: Vec<u16>,
 }
 
 impl Section {
@@ -71,6 +73,7 @@ pub fn sections(sdp: &str) -> Vec<Section> {
                     direction: Direction::SendRecv,
                     rejected,
                     track_id: None,
+                    send_only_extensions: Vec::new(),
                 },
                 None,
             ));
@@ -84,6 +87,13 @@ pub fn sections(sdp: &str) -> Vec<Section> {
             } else if let Some(msid) = attr.strip_prefix("msid:") {
                 if let Some((section, _)) = current {
                     section.track_id = msid.split_whitespace().nth(1).map(str::to_owned);
+                }
+            } else if let Some(extmap) = attr.strip_prefix("extmap:") {
+                let id = extmap.split_whitespace().next().unwrap_or("");
+                if let (Some((section, _)), Some(id)) = (current, id.strip_suffix("/sendonly"))
+                    && let Ok(id) = id.parse()
+                {
+                    section.send_only_extensions.push(id);
                 }
             } else if let Some(mid) = attr.strip_prefix("mid:") {
                 if let Some((section, _)) = current {
@@ -116,6 +126,26 @@ pub struct Msid {
     pub track: String,
 }
 
+/// Per section of an offer its writer does not send on, the header extensions it offered to
+/// send only: nothing will carry them there, and the answer leaves them out
+/// ([`polish_answer`]).
+///
+/// Firefox, once one of its sections sends simulcast, offers the rid extensions (`/sendonly`)
+/// on every video section of its later offers, receiving ones included; answered (rtc echoes
+/// them, without a direction), they changed what a receiving section had negotiated, and
+/// Firefox made that section's receive stream anew: its decoder waited for a keyframe and
+/// asked for one, at the first renegotiation after the simulcast section came (in every
+/// two-minute Chromium-Firefox call: Bob's receiver of Alice's camera at Carol's join).
+/// RFC 8285 section 6 also allows only `recvonly` or `inactive`, or leaving the extension out,
+/// in an answer to a `sendonly` one.
+pub fn unsent_extensions(offer: &[Section]) -> HashMap<String, Vec<u16>> {
+    offer
+        .iter()
+        .filter(|s| !s.sends() && !s.send_only_extensions.is_empty())
+        .map(|s| (s.mid.clone(), s.send_only_extensions.clone()))
+        .collect()
+}
+
 /// Finishes rtcd's answer before it is sent:
 /// * a session-level `a=msid-semantic: WMS *` (some stacks, aiortc among them, ignore `a=msid`
 ///   without it);
@@ -123,10 +153,16 @@ pub struct Msid {
 ///   section must name its current track, while the engine keeps the first one (RFC 8829
 ///   §5.2.2 keeps msid stable for an offerer; our answers describe what is sent now).
 ///
+/// * a section in `unsent` leaves out those header extensions ([`unsent_extensions`]).
+///
 /// An `inactive` section keeps its SSRC lines: Chromium (156), when a receiving section loses
 /// its SSRC and gets it back, never renders that receiver's track again although it decodes
 /// the frames; with the SSRC kept, it resumes the stream (the slot's sequence numbers run on).
-pub fn polish_answer(sdp: &str, current: &HashMap<String, Msid>) -> String {
+pub fn polish_answer(
+    sdp: &str,
+    current: &HashMap<String, Msid>,
+    unsent: &HashMap<String, Vec<u16>>,
+) -> String {
     let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
     for line in sdp.split("\r\n").filter(|l| !l.is_empty()) {
         if line.starts_with("m=") {
@@ -161,7 +197,13 @@ pub fn polish_answer(sdp: &str, current: &HashMap<String, Msid>) -> String {
             .unwrap_or("")
             .trim();
         let msid = current.get(mid);
+        let unsent = unsent.get(mid);
         for line in section {
+            if let Some(ids) = unsent
+                && extension_id(line).is_some_and(|id| ids.contains(&id))
+            {
+                continue;
+            }
             match (msid, rewrite_msid(line)) {
                 (Some(m), Some(prefix)) => {
                     out.push_str(&format!("{prefix}{} {}\r\n", m.stream, m.track));
@@ -174,6 +216,13 @@ pub fn polish_answer(sdp: &str, current: &HashMap<String, Msid>) -> String {
         }
     }
     out
+}
+
+/// The id of an `a=extmap:<id>[/<direction>] <uri>` line.
+fn extension_id(line: &str) -> Option<u16> {
+    let rest = line.strip_prefix("a=extmap:")?;
+    let id = rest.split([' ', '/']).next()?;
+    id.parse().ok()
 }
 
 /// For an `a=msid:` or `a=ssrc:<n> msid:` line, the part before the msid value.
@@ -260,7 +309,7 @@ mod tests {
                 track: "s7-video-3".into(),
             },
         )]);
-        let out = polish_answer(ANSWER, &current);
+        let out = polish_answer(ANSWER, &current, &HashMap::new());
         assert!(out.contains("t=0 0\r\na=msid-semantic: WMS *\r\n"), "{out}");
         assert!(out.contains("a=msid:s7 s7-video-3\r\n"), "{out}");
         assert!(out.contains("a=ssrc:11 msid:s7 s7-video-3\r\n"), "{out}");
@@ -278,9 +327,68 @@ mod tests {
         assert_eq!(shape(&out), shape(ANSWER), "sections are unchanged");
         assert_eq!(sections(&out)[0].track_id.as_deref(), Some("s7-video-3"));
         assert_eq!(
-            polish_answer(&out, &current),
+            polish_answer(&out, &current, &HashMap::new()),
             out,
             "polishing twice changes nothing"
+        );
+    }
+
+    /// Firefox's re-offer once its camera sends simulcast (from a two-minute call's trace,
+    /// trimmed): the rid extensions `/sendonly` on its receiving video section too.
+    const FIREFOX_REOFFER: &str = "v=0\r\no=mozilla...THIS_IS_SDPARTA-99.0 1 3 IN IP4 0.0.0.0\r\n\
+        s=-\r\nt=0 0\r\na=group:BUNDLE 1 3\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 120\r\na=extmap:3 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+        a=extmap:9/sendonly urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+        a=extmap:10/sendonly urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+        a=mid:1\r\na=recvonly\r\n\
+        m=video 0 UDP/TLS/RTP/SAVPF 120\r\na=bundle-only\r\na=extmap:3 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+        a=extmap:9/sendonly urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+        a=extmap:10/sendonly urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+        a=mid:3\r\na=sendonly\r\na=rid:q send\r\na=rid:f send\r\na=simulcast:send q;f\r\n";
+
+    /// What rtc 0.21 answered to it: every offered extension echoed, without a direction.
+    const ECHOING_ANSWER: &str = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+        a=group:BUNDLE 1 3\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 120\r\na=mid:1\r\n\
+        a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+        a=extmap:9 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+        a=extmap:3 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=sendonly\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 120\r\na=mid:3\r\n\
+        a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+        a=extmap:9 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+        a=extmap:3 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=recvonly\r\n";
+
+    #[test]
+    fn extensions_offered_send_only_are_left_out_where_the_offerer_does_not_send() {
+        let offer = sections(FIREFOX_REOFFER);
+        assert_eq!(offer[0].send_only_extensions, [9, 10]);
+        assert_eq!(offer[1].send_only_extensions, [9, 10]);
+        let unsent = unsent_extensions(&offer);
+        assert_eq!(
+            unsent,
+            HashMap::from([("1".to_owned(), vec![9, 10])]),
+            "only where Firefox receives"
+        );
+        let out = polish_answer(ECHOING_ANSWER, &HashMap::new(), &unsent);
+        let (receiving, sending) = out.split_at(out.find("a=mid:3").unwrap());
+        assert!(!receiving.contains("rtp-stream-id"), "{out}");
+        assert!(
+            receiving.contains("a=extmap:3 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"),
+            "{out}"
+        );
+        assert!(
+            sending.contains("a=extmap:9 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n"),
+            "{out}"
+        );
+        assert!(sending.contains("a=extmap:10 "), "{out}");
+        // Nothing offered send-only: the answer as before.
+        assert_eq!(
+            polish_answer(
+                ECHOING_ANSWER,
+                &HashMap::new(),
+                &unsent_extensions(&sections(OFFER))
+            ),
+            polish_answer(ECHOING_ANSWER, &HashMap::new(), &HashMap::new())
         );
     }
 }

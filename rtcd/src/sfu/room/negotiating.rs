@@ -124,7 +124,8 @@ impl Rooms {
                 }
             }
         }
-        let answer_sdp = sdp::polish_answer(&answer.sdp, &current);
+        let answer_sdp =
+            sdp::polish_answer(&answer.sdp, &current, &sdp::unsent_extensions(&sections));
         tracing::trace!(session = %m.req.session, sdp = %answer_sdp, "answer");
         self.outputs.push_back(Output::Event {
             key,
