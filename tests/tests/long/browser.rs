@@ -1524,6 +1524,34 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
     finish_call(vec![alice, bob, carol], stack).await
 }
 
+/// Alice's and Bob's pages in room `demo` of `stack`, connected, Bob playing Alice's video.
+async fn alice_and_bob_in_demo(
+    stack: &rtcd_dev::DevStack,
+) -> anyhow::Result<(Chromedriver, Page, Page)> {
+    let driver = Chromedriver::start().await?;
+    let url = |name: &str| format!("http://{}/?room=demo&name={name}", stack.proxy.addr());
+    let alice = driver.page().await?;
+    alice.goto(&url("Alice")).await?;
+    alice.wait_state("connected", "").await?;
+    let bob = driver.page().await?;
+    bob.goto(&url("Bob")).await?;
+    bob.wait_state("connected", "").await?;
+    plays_remote_videos(&bob, 1).await?;
+    Ok((driver, alice, bob))
+}
+
+/// Page script: notes every change of the page's own media state and of its tiles'
+/// (`__states`: [who, state, page ms], who `self` or a participant's identity), every 50 ms.
+const NOTE_STATES: &str = "window.__states = [];\
+     const last = {};\
+     const note = (who, state) => {\
+       if (last[who] !== state) __states.push([who, last[who] = state, Math.round(performance.now())]);\
+     };\
+     setInterval(() => {\
+       note('self', document.body.dataset.media);\
+       for (const f of document.querySelectorAll('figure[data-participant]')) note(f.dataset.participant, f.dataset.media);\
+     }, 50);";
+
 /// Health is judged as of the last statistics reading. A browser can take seconds to give its
 /// statistics (a busy Firefox at the renegotiation adding a participant); someone joining
 /// meanwhile made the SDK weigh the time since the last reading as a stall and call the
@@ -1536,15 +1564,8 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
 async fn a_join_while_statistics_are_slow_calls_no_flowing_media_poor() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let stack = loopback_stack(dir.path()).await?;
-    let driver = Chromedriver::start().await?;
+    let (driver, alice, bob) = alice_and_bob_in_demo(&stack).await?;
     let url = |name: &str| format!("http://{}/?room=demo&name={name}", stack.proxy.addr());
-    let alice = driver.page().await?;
-    alice.goto(&url("Alice")).await?;
-    alice.wait_state("connected", "").await?;
-    let bob = driver.page().await?;
-    bob.goto(&url("Bob")).await?;
-    bob.wait_state("connected", "").await?;
-    plays_remote_videos(&bob, 1).await?;
     let all_connected = |n: usize| {
         format!(
             "document.body.dataset.media === 'connected' && \
@@ -1563,22 +1584,17 @@ async fn a_join_while_statistics_are_slow_calls_no_flowing_media_poor() -> anyho
     // From now on Bob's page notes every change of its media state and of its tiles', and its
     // statistics come 7 s after they are asked for (under the SDK's 10 s step limit).
     bob.eval(
-        "window.__states = [];\
-         const last = {};\
-         const note = (who, state) => {\
-           if (last[who] !== state) __states.push([who, last[who] = state, Math.round(performance.now())]);\
-         };\
-         setInterval(() => {\
-           note('self', document.body.dataset.media);\
-           for (const f of document.querySelectorAll('figure[data-participant]')) note(f.dataset.participant, f.dataset.media);\
-         }, 50);\
-         const pc = rtcd.peerConnection;\
+        &[
+            NOTE_STATES,
+            "const pc = rtcd.peerConnection;\
          const real = pc.getStats.bind(pc);\
          window.__slow = true;\
          pc.getStats = (...a) => window.__slow\
            ? new Promise((ok, fail) => setTimeout(() => real(...a).then(ok, fail), 7000))\
            : real(...a);\
          return true;",
+        ]
+        .concat(),
         json!([]),
     )
     .await?;
@@ -1626,15 +1642,7 @@ async fn statistics_that_restart_at_a_renegotiation_call_no_flowing_media_poor()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let stack = loopback_stack(dir.path()).await?;
-    let driver = Chromedriver::start().await?;
-    let url = |name: &str| format!("http://{}/?room=demo&name={name}", stack.proxy.addr());
-    let alice = driver.page().await?;
-    alice.goto(&url("Alice")).await?;
-    alice.wait_state("connected", "").await?;
-    let bob = driver.page().await?;
-    bob.goto(&url("Bob")).await?;
-    bob.wait_state("connected", "").await?;
-    plays_remote_videos(&bob, 1).await?;
+    let (_driver, alice, bob) = alice_and_bob_in_demo(&stack).await?;
     let connected = "document.body.dataset.media === 'connected' && \
          [...document.querySelectorAll('figure[data-participant]')].every(f => f.dataset.media === 'connected')";
     bob.wait_for(connected, BROWSER_STEP).await?;
@@ -1646,16 +1654,9 @@ async fn statistics_that_restart_at_a_renegotiation_call_no_flowing_media_poor()
     // asked for after it (as a stream made anew would: a few frames and packets in), and that
     // reading answers 2.5 s late.
     bob.eval(
-        "window.__states = [];\
-         const last = {};\
-         const note = (who, state) => {\
-           if (last[who] !== state) __states.push([who, last[who] = state, Math.round(performance.now())]);\
-         };\
-         setInterval(() => {\
-           note('self', document.body.dataset.media);\
-           for (const f of document.querySelectorAll('figure[data-participant]')) note(f.dataset.participant, f.dataset.media);\
-         }, 50);\
-         const pc = rtcd.peerConnection;\
+        &[
+            NOTE_STATES,
+            "const pc = rtcd.peerConnection;\
          const real = pc.getStats.bind(pc);\
          window.__base = null;\
          window.__restarted = [];\
@@ -1685,6 +1686,8 @@ async fn statistics_that_restart_at_a_renegotiation_call_no_flowing_media_poor()
            return first ? new Promise((ok, fail) => setTimeout(() => read.then(ok, fail), 2500)) : read;\
          };\
          return true;",
+        ]
+        .concat(),
         json!([]),
     )
     .await?;
