@@ -88,10 +88,9 @@ pub fn sections(sdp: &str) -> Vec<Section> {
                 if let Some((section, _)) = current {
                     section.track_id = msid.split_whitespace().nth(1).map(str::to_owned);
                 }
-            } else if let Some(extmap) = attr.strip_prefix("extmap:") {
-                let id = extmap.split_whitespace().next().unwrap_or("");
-                if let (Some((section, _)), Some(id)) = (current, id.strip_suffix("/sendonly"))
-                    && let Ok(id) = id.parse()
+            } else if let Some((id, direction)) = extmap(attr) {
+                if let Some((section, _)) = current
+                    && direction == Some("sendonly")
                 {
                     section.send_only_extensions.push(id);
                 }
@@ -200,7 +199,10 @@ pub fn polish_answer(
         let unsent = unsent.get(mid);
         for line in section {
             if let Some(ids) = unsent
-                && extension_id(line).is_some_and(|id| ids.contains(&id))
+                && line
+                    .strip_prefix("a=")
+                    .and_then(extmap)
+                    .is_some_and(|(id, _)| ids.contains(&id))
             {
                 continue;
             }
@@ -218,11 +220,14 @@ pub fn polish_answer(
     out
 }
 
-/// The id of an `a=extmap:<id>[/<direction>] <uri>` line.
-fn extension_id(line: &str) -> Option<u16> {
-    let rest = line.strip_prefix("a=extmap:")?;
-    let id = rest.split([' ', '/']).next()?;
-    id.parse().ok()
+/// The id and direction of an `extmap:<id>[/<direction>] <uri>` attribute (after `a=`).
+fn extmap(attr: &str) -> Option<(u16, Option<&str>)> {
+    let field = attr.strip_prefix("extmap:")?.split_whitespace().next()?;
+    let (id, direction) = match field.split_once('/') {
+        Some((id, direction)) => (id, Some(direction)),
+        None => (field, None),
+    };
+    Some((id.parse().ok()?, direction))
 }
 
 /// For an `a=msid:` or `a=ssrc:<n> msid:` line, the part before the msid value.

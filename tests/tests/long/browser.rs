@@ -1409,10 +1409,10 @@ async fn loopback_stack(dir: &Path) -> anyhow::Result<rtcd_dev::DevStack> {
     .await
 }
 
-#[tokio::test]
-async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let stack = loopback_stack(dir.path()).await?;
+/// Alice's and Bob's pages in room `demo` of `stack`, both connected (Alice first).
+async fn alice_and_bob_in_demo(
+    stack: &rtcd_dev::DevStack,
+) -> anyhow::Result<(Chromedriver, Page, Page)> {
     let driver = Chromedriver::start().await?;
     let url = |name: &str| format!("http://{}/?room=demo&name={name}", stack.proxy.addr());
     let alice = driver.page().await?;
@@ -1421,6 +1421,15 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
     let bob = driver.page().await?;
     bob.goto(&url("Bob")).await?;
     bob.wait_state("connected", "").await?;
+    Ok((driver, alice, bob))
+}
+
+#[tokio::test]
+async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stack = loopback_stack(dir.path()).await?;
+    let (driver, alice, bob) = alice_and_bob_in_demo(&stack).await?;
+    let url = |name: &str| format!("http://{}/?room=demo&name={name}", stack.proxy.addr());
 
     // Each plays the other's camera, labelled with the other's display name, and frames and
     // audio keep arriving.
@@ -1524,22 +1533,6 @@ async fn pages_see_and_hear_each_other_through_the_real_stack() -> anyhow::Resul
     finish_call(vec![alice, bob, carol], stack).await
 }
 
-/// Alice's and Bob's pages in room `demo` of `stack`, connected, Bob playing Alice's video.
-async fn alice_and_bob_in_demo(
-    stack: &rtcd_dev::DevStack,
-) -> anyhow::Result<(Chromedriver, Page, Page)> {
-    let driver = Chromedriver::start().await?;
-    let url = |name: &str| format!("http://{}/?room=demo&name={name}", stack.proxy.addr());
-    let alice = driver.page().await?;
-    alice.goto(&url("Alice")).await?;
-    alice.wait_state("connected", "").await?;
-    let bob = driver.page().await?;
-    bob.goto(&url("Bob")).await?;
-    bob.wait_state("connected", "").await?;
-    plays_remote_videos(&bob, 1).await?;
-    Ok((driver, alice, bob))
-}
-
 /// Page script: notes every change of the page's own media state and of its tiles'
 /// (`__states`: [who, state, page ms], who `self` or a participant's identity), every 50 ms.
 const NOTE_STATES: &str = "window.__states = [];\
@@ -1565,6 +1558,7 @@ async fn a_join_while_statistics_are_slow_calls_no_flowing_media_poor() -> anyho
     let dir = tempfile::tempdir()?;
     let stack = loopback_stack(dir.path()).await?;
     let (driver, alice, bob) = alice_and_bob_in_demo(&stack).await?;
+    plays_remote_videos(&bob, 1).await?;
     let url = |name: &str| format!("http://{}/?room=demo&name={name}", stack.proxy.addr());
     let all_connected = |n: usize| {
         format!(
@@ -1643,6 +1637,7 @@ async fn statistics_that_restart_at_a_renegotiation_call_no_flowing_media_poor()
     let dir = tempfile::tempdir()?;
     let stack = loopback_stack(dir.path()).await?;
     let (_driver, alice, bob) = alice_and_bob_in_demo(&stack).await?;
+    plays_remote_videos(&bob, 1).await?;
     let connected = "document.body.dataset.media === 'connected' && \
          [...document.querySelectorAll('figure[data-participant]')].every(f => f.dataset.media === 'connected')";
     bob.wait_for(connected, BROWSER_STEP).await?;
