@@ -55,15 +55,18 @@ done
 if [ "$missing" = 1 ] \
 	|| ! command -v ip >/dev/null || ! command -v nft >/dev/null || ! command -v openssl >/dev/null \
 	|| ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl \
+	|| [ ! -x /usr/bin/etcd ] || [ ! -x /usr/bin/etcdctl ] \
 	|| ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then
-	need_root "installing chromium, chromium-driver, firefox-esr, iproute2, nftables (blocking UDP for the ICE-TCP and TURN tests), openssl (test PKI), pkg-config and libssl-dev (the load tool's WebRTC stack), coturn (the TURN tests), python3-seccomp (rtcd under the systemd unit's address-family filter)"
+	need_root "installing chromium, chromium-driver, firefox-esr, iproute2, nftables (blocking UDP for the ICE-TCP and TURN tests), openssl (test PKI), pkg-config and libssl-dev (the load tool's WebRTC stack), coturn (the TURN tests), python3-seccomp (rtcd under the systemd unit's address-family filter), etcd-server and etcd-client (the cluster store's tests start their own etcd members)"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update
-	apt-get install -y --no-install-recommends chromium chromium-driver firefox-esr iproute2 nftables openssl pkg-config libssl-dev coturn python3 python3-seccomp
+	apt-get install -y --no-install-recommends chromium chromium-driver firefox-esr iproute2 nftables openssl pkg-config libssl-dev coturn python3 python3-seccomp etcd-server etcd-client
 	# The tests start their own turnserver processes (tests/src/coturn.rs); the package's
 	# system-wide service must not run (policy-rc.d may already have kept it from starting).
 	if command -v systemctl >/dev/null; then
 		systemctl disable --now coturn >/dev/null 2>&1 || true
+		# Likewise etcd: the tests start their members on ports of their own (kit/tests/support).
+		systemctl disable --now etcd >/dev/null 2>&1 || true
 	fi
 fi
 for bin in "${browser_bins[@]}"; do

@@ -8,13 +8,15 @@
 //! environment), readiness ([`health`]), the HTTP accept loop ([`listener`]: deadlines against
 //! slow clients, connection caps, bounded drain) and its TLS set-up ([`tls`]), log set-up
 //! ([`logging`]), signal handling ([`signal`]), the async `main` ([`runtime`]), the rate limits ([`rate`]) and the secret
-//! wrapper with its weakness rule ([`secret`]). What the two
+//! wrapper with its weakness rule ([`secret`]), and the cluster store several hosts agree through
+//! ([`cluster`]: etcd, or one process's memory). What the two
 //! daemons still write twice belongs here too (issue 16, "One service kit"). When moving one
 //! in: give it a module here, keep daemon-specific policy (setting names, limits, defaults)
 //! in the daemon and pass it in, report errors with a `thiserror` type, and delete both old
 //! copies in the same change
 //! (`duplicates` should no longer pair them).
 
+pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

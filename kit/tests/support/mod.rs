@@ -1,0 +1,3 @@
+//! Shared helpers for kit's integration tests.
+
+pub mod etcd;
