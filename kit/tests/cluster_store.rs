@@ -411,6 +411,26 @@ suite!(
 
 // ---- what only etcd shows ----
 
+/// Compacts the cluster's history up to `revision` (what an operator's or etcd's own periodic
+/// compaction does).
+fn compact(cluster: &EtcdCluster, revision: i64) {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &cluster.endpoint(0),
+            "compact",
+            &revision.to_string(),
+        ])
+        .output()
+        .expect("etcdctl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn deployments_with_different_prefixes_share_one_etcd_without_seeing_each_other() {
     let cluster = EtcdCluster::start(1).unwrap();
@@ -437,21 +457,7 @@ async fn a_watch_from_a_compacted_revision_says_so() {
     for i in 0..5 {
         last = store.put("bans/a", vec![i], None).await.unwrap();
     }
-    let status = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            &cluster.endpoint(0),
-            "compact",
-            &last.to_string(),
-        ])
-        .output()
-        .expect("etcdctl runs");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    compact(&cluster, last);
     let mut watch = store.watch("bans/", old + 1).await.unwrap();
     let answer = next(&mut watch, Duration::from_secs(5)).await;
     assert!(
@@ -605,21 +611,7 @@ async fn a_replica_cut_off_past_a_compaction_reads_afresh_and_recovers() {
     for i in 0..20u8 {
         last = store.put("bans/carol", vec![i], None).await.unwrap();
     }
-    let compact = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            &cluster.endpoint(0),
-            "compact",
-            &last.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        compact.status.success(),
-        "{}",
-        String::from_utf8_lossy(&compact.stderr)
-    );
+    compact(&cluster, last);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         replica.stale_for(Instant::now()) >= Duration::from_millis(500),

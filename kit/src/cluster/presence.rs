@@ -110,6 +110,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The keys to write, copied out of the lock (writes await the store).
+fn copy(keys: &Mutex<BTreeMap<String, Vec<u8>>>) -> Vec<(String, Vec<u8>)> {
+    lock(keys)
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 async fn hold(
     store: Arc<dyn Store>,
     ttl: Duration,
@@ -136,10 +144,7 @@ async fn hold(
         };
         let mut written = false;
         while !written {
-            let snapshot: Vec<(String, Vec<u8>)> = lock(&keys)
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let snapshot = copy(&keys);
             written = true;
             for (key, value) in snapshot {
                 if let Err(e) = store.put(&key, value, Some(lease)).await {
@@ -187,10 +192,7 @@ async fn hold(
                 }
             }
             if rewrite {
-                let snapshot: Vec<(String, Vec<u8>)> = lock(&keys)
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
+                let snapshot = copy(&keys);
                 for (key, value) in snapshot {
                     if let Err(e) = store.put(&key, value, Some(lease)).await {
                         fail("announcement", &e);

@@ -139,6 +139,8 @@ async fn follow(
                         .collect();
                     copy.revision = listing.revision;
                     copy.synced_at.get_or_insert_with(Instant::now);
+                    // Current as of this read; the watch below keeps it so.
+                    copy.broken_since = None;
                     drop(copy);
                     tx.send_replace(listing.revision);
                     reread = false;
@@ -155,6 +157,7 @@ async fn follow(
         let mut watch = match store.watch(&prefix, from).await {
             Ok(w) => w,
             Err(e) => {
+                write(&shared).broken_since.get_or_insert_with(Instant::now);
                 tracing::debug!(prefix, error = %e, "cannot watch the cluster store");
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(MAX_RETRY);
