@@ -3,6 +3,24 @@
 //! and neither side can drift from the other. Plain values and functions only (and the
 //! generated enums they name): no daemon's domain types, and no IO.
 
+/// The load level at which a media host takes no new rooms (`load` 1.0 and above).
+pub const FULL_LOAD_LEVEL: u8 = 4;
+
+/// The coarse level of a media host's `load` (the larger of its CPU use and its share of its
+/// capacity; `/system` and its cluster announcement carry it): 0-0.25 is level 0, ...,
+/// 0.75-1.0 level 3, 1.0 and above [`FULL_LOAD_LEVEL`]; an unreadable load counts as idle.
+/// Coarse, so that proxy replicas reading loads seconds apart place alike, and so that a host
+/// rewrites its announcement only when its level changes.
+pub fn load_level(load: f64) -> u8 {
+    if !load.is_finite() || load <= 0.0 {
+        return 0;
+    }
+    // Bounded by FULL_LOAD_LEVEL: the cast cannot truncate.
+    (load * f64::from(FULL_LOAD_LEVEL))
+        .floor()
+        .min(f64::from(FULL_LOAD_LEVEL)) as u8
+}
+
 /// Longest wait a room policy may set (`RoomPolicy.wait_timeout_seconds`): a day.
 pub const MAX_WAIT_TIMEOUT_SECONDS: u32 = 86_400;
 

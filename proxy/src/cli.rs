@@ -209,9 +209,13 @@ async fn serve(config: Config) -> Result<(), (ExitCode, String)> {
         tracing::warn!("rtcd.url is not set: joins answer media_unavailable");
         None
     } else {
-        let relay = crate::relay::rtcd::RtcdRelay::start(&config.rtcd, relay_cancel.clone())
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let relay = crate::relay::rtcd::RtcdRelay::start_with(
+            &config.rtcd,
+            &config.cluster,
+            relay_cancel.clone(),
+        )
+        .await
+        .map_err(|e| failed(e.to_string()))?;
         Some(relay)
     };
     let proxy = crate::Proxy::start(config, relay)

@@ -56,6 +56,9 @@ pub struct Config {
     pub rooms: RoomsConfig,
     /// Log level and format.
     pub logger: LoggerConfig,
+    /// The etcd cluster the rtcd hosts announce themselves in (docs/cluster.md; off when
+    /// empty: hosts come from `rtcd.url`'s DNS).
+    pub cluster: rtcd_kit::cluster::Settings,
 }
 
 /// `[server]`.
@@ -901,6 +904,21 @@ impl Config {
         self.logger
             .validate()
             .map_err(|message| invalid("logger.level", message))?;
+        self.cluster
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
+        if self.cluster.enabled() && self.rtcd.url.is_empty() {
+            return Err(invalid(
+                "rtcd.url",
+                "required with cluster.etcd_endpoints: its scheme and TLS server name apply to every announced host (its host name is not resolved)",
+            ));
+        }
+        if !self.cluster.advertise_address.is_empty() {
+            return Err(invalid(
+                "cluster.advertise_address",
+                "is rtcd's setting (the address a media host announces); leave it empty here",
+            ));
+        }
         Ok(())
     }
 

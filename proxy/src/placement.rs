@@ -36,17 +36,9 @@ pub fn score(host: &str, room: &str) -> u64 {
     )
 }
 
-/// Load levels: `load` 0-0.25 is level 0, ..., 0.75-1.0 level 3, 1.0 and above [`FULL`].
-pub const FULL: u8 = 4;
-
-/// The coarse level of a host's load (an unreadable load counts as idle).
-pub fn level_of(load: f64) -> u8 {
-    if !load.is_finite() || load <= 0.0 {
-        return 0;
-    }
-    // Bounded by FULL: the cast cannot truncate.
-    (load * f64::from(FULL)).floor().min(f64::from(FULL)) as u8
-}
+/// Load levels (the contract's rule, [`rtcd_proto::rules::load_level`]): a host at [`FULL`]
+/// gets no new rooms.
+pub use rtcd_proto::rules::{FULL_LOAD_LEVEL as FULL, load_level as level_of};
 
 /// The share of new rooms a host of each level gets, relative to an idle one.
 fn weight(level: u8) -> f64 {

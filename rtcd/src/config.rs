@@ -37,6 +37,8 @@ pub struct Config {
     pub rtc: RtcConfig,
     /// `[webhooks]`: delivery of room events to the tenants' endpoints.
     pub webhooks: WebhooksConfig,
+    /// `[cluster]`: the etcd cluster this host announces itself in (off when empty).
+    pub cluster: rtcd_kit::cluster::Settings,
 }
 
 /// `[webhooks]`: how room events reach the URLs each tenant configures (through its proxy,
@@ -621,7 +623,28 @@ impl Config {
         self.logger
             .validate()
             .map_err(|message| invalid("logger.level", message))?;
+        self.cluster
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
+        if self.cluster.enabled() && self.advertised_ip().is_none() {
+            return Err(invalid(
+                "cluster.advertise_address",
+                "must be set when grpc.listen_address listens on every interface: the proxies need an address to reach this host at".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The address this host announces in cluster mode: `cluster.advertise_address`, else
+    /// `grpc.listen_address`'s when it is a specific one.
+    pub fn advertised_ip(&self) -> Option<std::net::IpAddr> {
+        if !self.cluster.advertise_address.is_empty() {
+            return self.cluster.advertise_address.parse().ok();
+        }
+        parse_listen_address(&self.grpc.listen_address)
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified())
     }
 
     fn validate_media(&self) -> Result<(), ConfigError> {

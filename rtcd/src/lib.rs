@@ -46,6 +46,7 @@ pub const BUILD_DATE: &str = match option_env!("RTCD_BUILD_DATE") {
 };
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 /// Parsers of outside input as the fuzz targets and their corpus replay call them (not an API).
@@ -122,6 +123,9 @@ pub enum StartError {
     /// The gRPC listener could not be set up (TLS files, bind).
     #[error("grpc: {0}")]
     Grpc(String),
+    /// `[cluster]` names a store that cannot be used (an unreadable TLS file).
+    #[error("cluster: {0}")]
+    Cluster(#[from] rtcd_kit::cluster::StoreError),
 }
 
 /// A running daemon. Drop does not stop it; call [`Rtcd::shutdown`].
@@ -141,6 +145,8 @@ pub struct Rtcd {
     relays: tokio_util::task::TaskTracker,
     cancel: CancellationToken,
     servers: Vec<JoinHandle<()>>,
+    /// This host's announcement in the cluster store (`[cluster]`), if on.
+    announcer: Option<cluster::Announcer>,
 }
 
 impl Rtcd {
@@ -229,6 +235,7 @@ impl Rtcd {
         let cancel = CancellationToken::new();
         let purger = moderation::spawn_purger(moderation, cancel.child_token());
         let load = Arc::new(SystemLoad::default());
+        let announce = load.clone();
         let capacity = sfu.clone();
         load.spawn_sampler(
             cancel.child_token(),
@@ -272,6 +279,26 @@ impl Rtcd {
             ));
         }
         health.set_ready();
+        // Announced once ready: a proxy that learns of the host may place rooms on it at once.
+        let announcer = match config.advertised_ip().filter(|_| config.cluster.enabled()) {
+            Some(address) => Some(
+                cluster::Announcer::start(
+                    &config.cluster,
+                    rtcd_kit::cluster::HostAnnouncement {
+                        address,
+                        grpc_port: grpc_addr.port(),
+                        api_port: http_addr.port(),
+                        load: 0.0,
+                        media_load: 0.0,
+                        draining: false,
+                    },
+                    announce,
+                    health.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         tracing::info!(%http_addr, ?metrics_addr, %grpc_addr, ice_udp = %sfu.udp_addr(), ice_tcp = ?sfu.tcp_addr(), store = %config.store.data_source, clients = auth.store().len(), "rtcd ready");
         Ok(Self {
             config,
@@ -289,6 +316,7 @@ impl Rtcd {
             relays,
             cancel,
             servers,
+            announcer,
         })
     }
 
@@ -345,6 +373,9 @@ impl Rtcd {
     /// flushed.
     pub async fn shutdown(self) {
         self.health.set_draining();
+        if let Some(announcer) = &self.announcer {
+            announcer.draining().await;
+        }
         // Nobody waiting can be let in any more: they rejoin elsewhere at once.
         self.sfu.start_draining();
         self.lobby.close_all();
@@ -366,6 +397,9 @@ impl Rtcd {
             tracing::warn!("session relay tasks did not finish within 5 s of the drain");
         }
         self.webhooks.shutdown(WEBHOOK_DRAIN).await;
+        if let Some(announcer) = self.announcer {
+            announcer.withdraw().await;
+        }
         self.grpc_cancel.cancel();
         if tokio::time::timeout(Duration::from_secs(5), self.grpc_server)
             .await

@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod browser;
 pub mod coturn;
 pub mod daemon;
+pub mod etcd;
 pub mod firefox;
 pub mod flow;
 pub mod media;

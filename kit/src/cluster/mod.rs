@@ -26,12 +26,14 @@ use std::pin::Pin;
 use std::time::Duration;
 
 mod etcd;
+mod hosts;
 mod local;
 mod presence;
 mod replica;
 mod settings;
 
 pub use etcd::Etcd;
+pub use hosts::{HOSTS_PREFIX, HostAnnouncement};
 pub use local::Local;
 pub use presence::{Presence, PresenceState};
 pub use replica::Replica;

@@ -66,7 +66,9 @@ impl Presence {
     /// store now; the key is still kept and written with the next lease.
     pub async fn set(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
         lock(&self.keys).insert(key.to_owned(), value.clone());
-        match self.state.borrow().clone() {
+        // Copied out first: the watch's read guard must not live across the write below.
+        let state = self.state.borrow().clone();
+        match state {
             PresenceState::Present(lease) => {
                 self.store.put(key, value, Some(lease)).await.map(drop)
             }
@@ -90,10 +92,12 @@ impl Presence {
         self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Stops renewing and revokes the lease, deleting its keys now.
-    pub async fn close(self) -> Result<(), StoreError> {
+    /// Stops renewing and revokes the lease, deleting its keys now (the presence then does
+    /// nothing more).
+    pub async fn close(&self) -> Result<(), StoreError> {
         self.task.abort();
-        match self.state.borrow().clone() {
+        let state = self.state.borrow().clone();
+        match state {
             PresenceState::Present(lease) => self.store.revoke(lease).await,
             PresenceState::Absent => Ok(()),
         }

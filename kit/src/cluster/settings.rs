@@ -28,6 +28,10 @@ pub struct Settings {
     pub tls_key_file: String,
     /// The deadline of every call to etcd, failover to another member included.
     pub request_timeout_ms: u64,
+    /// rtcd: the IP address the proxies reach this host's gRPC and HTTP API at, announced in
+    /// the store (empty: the address of `grpc.listen_address` when that is a specific one).
+    /// The proxy does not read it.
+    pub advertise_address: String,
     /// The time to live of this process's lease (its announcement and claims): how long after
     /// its death the cluster still believes in it, unless it revoked the lease on the way out.
     pub lease_ttl_s: u64,
@@ -42,6 +46,7 @@ impl Default for Settings {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             request_timeout_ms: 2_000,
+            advertise_address: String::new(),
             lease_ttl_s: 10,
         }
     }
@@ -63,7 +68,7 @@ impl Settings {
         Duration::from_secs(self.lease_ttl_s)
     }
 
-    /// What is wrong with the settings, as `(key, reason)` (keys relative to `[cluster]`);
+    /// What is wrong with the settings, as `(key, reason)` (keys as `cluster.<name>`);
     /// checked at start, so a bad endpoint or file fails there and not at the first join.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if !self.enabled() {
@@ -71,10 +76,10 @@ impl Settings {
         }
         let mut https = None;
         for url in &self.etcd_endpoints {
-            let secure = endpoint_scheme(url).map_err(|e| ("etcd_endpoints", e))?;
+            let secure = endpoint_scheme(url).map_err(|e| ("cluster.etcd_endpoints", e))?;
             if *https.get_or_insert(secure) != secure {
                 return Err((
-                    "etcd_endpoints",
+                    "cluster.etcd_endpoints",
                     "mixes http:// and https:// endpoints; one cluster uses one".into(),
                 ));
             }
@@ -82,7 +87,7 @@ impl Settings {
         let https = https.unwrap_or(false);
         if !self.key_prefix.starts_with('/') || !self.key_prefix.ends_with('/') {
             return Err((
-                "key_prefix",
+                "cluster.key_prefix",
                 format!(
                     "{:?} must start and end with '/' (e.g. \"/rtcd/\"), so that two deployments' prefixes cannot overlap",
                     self.key_prefix
@@ -91,14 +96,14 @@ impl Settings {
         }
         if self.key_prefix.len() > 256 || self.key_prefix.chars().any(char::is_control) {
             return Err((
-                "key_prefix",
+                "cluster.key_prefix",
                 "must be at most 256 printable characters".into(),
             ));
         }
         let files = [
-            ("tls_ca_file", &self.tls_ca_file),
-            ("tls_cert_file", &self.tls_cert_file),
-            ("tls_key_file", &self.tls_key_file),
+            ("cluster.tls_ca_file", &self.tls_ca_file),
+            ("cluster.tls_cert_file", &self.tls_cert_file),
+            ("cluster.tls_key_file", &self.tls_key_file),
         ];
         for (key, file) in files {
             if file.is_empty() {
@@ -116,15 +121,23 @@ impl Settings {
         }
         if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
             return Err((
-                "tls_cert_file",
+                "cluster.tls_cert_file",
                 "tls_cert_file and tls_key_file are set together or not at all".into(),
             ));
         }
         if !(100..=60_000).contains(&self.request_timeout_ms) {
-            return Err(("request_timeout_ms", "must be 100-60000".into()));
+            return Err(("cluster.request_timeout_ms", "must be 100-60000".into()));
+        }
+        if !self.advertise_address.is_empty()
+            && self.advertise_address.parse::<std::net::IpAddr>().is_err()
+        {
+            return Err((
+                "cluster.advertise_address",
+                format!("{:?} is not an IP address", self.advertise_address),
+            ));
         }
         if !(2..=300).contains(&self.lease_ttl_s) {
-            return Err(("lease_ttl_s", "must be 2-300".into()));
+            return Err(("cluster.lease_ttl_s", "must be 2-300".into()));
         }
         Ok(())
     }
@@ -183,7 +196,7 @@ mod tests {
             "unix:///x",
         ] {
             let err = with(&[bad]).validate().unwrap_err();
-            assert_eq!(err.0, "etcd_endpoints", "{bad}");
+            assert_eq!(err.0, "cluster.etcd_endpoints", "{bad}");
             assert!(err.1.contains(bad), "{bad}: {}", err.1);
         }
         let mixed = with(&["http://a:2379", "https://b:2379"])
@@ -196,15 +209,15 @@ mod tests {
     fn prefixes_cannot_overlap_and_tls_files_need_https() {
         let mut s = with(&["http://a:2379"]);
         s.key_prefix = "/rtcd".into();
-        assert_eq!(s.validate().unwrap_err().0, "key_prefix");
+        assert_eq!(s.validate().unwrap_err().0, "cluster.key_prefix");
         s.key_prefix = "/team-a/rtcd/".into();
         assert_eq!(s.validate(), Ok(()));
         s.tls_ca_file = "/etc/hostname".into();
-        assert_eq!(s.validate().unwrap_err().0, "tls_ca_file");
+        assert_eq!(s.validate().unwrap_err().0, "cluster.tls_ca_file");
         s.etcd_endpoints = vec!["https://a:2379".into()];
         assert_eq!(s.validate(), Ok(()));
         s.tls_cert_file = "/etc/hostname".into();
-        assert_eq!(s.validate().unwrap_err().0, "tls_cert_file");
+        assert_eq!(s.validate().unwrap_err().0, "cluster.tls_cert_file");
         s.tls_ca_file = "/nonexistent/ca.pem".into();
         assert!(s.validate().unwrap_err().1.contains("/nonexistent/ca.pem"));
     }
@@ -213,9 +226,14 @@ mod tests {
     fn deadlines_and_leases_are_bounded() {
         let mut s = with(&["http://a:2379"]);
         s.request_timeout_ms = 0;
-        assert_eq!(s.validate().unwrap_err().0, "request_timeout_ms");
+        assert_eq!(s.validate().unwrap_err().0, "cluster.request_timeout_ms");
         s.request_timeout_ms = 2_000;
         s.lease_ttl_s = 1;
-        assert_eq!(s.validate().unwrap_err().0, "lease_ttl_s");
+        assert_eq!(s.validate().unwrap_err().0, "cluster.lease_ttl_s");
+        s.lease_ttl_s = 10;
+        s.advertise_address = "rtcd-0.rtcd".into();
+        assert_eq!(s.validate().unwrap_err().0, "cluster.advertise_address");
+        s.advertise_address = "10.0.0.7".into();
+        assert_eq!(s.validate(), Ok(()));
     }
 }

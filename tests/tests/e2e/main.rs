@@ -5,8 +5,11 @@
 //! long tier (`tests/long/`).
 
 mod affiliation;
+mod cluster;
+mod cluster_store;
 mod dev;
 mod edges;
+mod etcd_harness;
 mod forwarding;
 mod grpc_tls;
 mod lifecycle;

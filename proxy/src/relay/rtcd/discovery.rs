@@ -37,13 +37,19 @@ impl RtcdRelay {
                 found.push((SocketAddr::new(ip, d.grpc_port).to_string(), d, ip));
             }
         }
+        self.adopt_hosts(&found);
+    }
+
+    /// Makes `found` (host key, how to reach it, its address) the candidate hosts: channels
+    /// for new ones, dropped for those gone; hosts that stay keep their health.
+    pub(super) fn adopt_hosts(&self, found: &[(String, &Discovery, IpAddr)]) {
         {
             let mut channels = self
                 .channels
                 .lock()
                 .expect("channel map lock is never poisoned");
             channels.retain(|key, _| found.iter().any(|(k, _, _)| k == key));
-            for (key, d, ip) in &found {
+            for (key, d, ip) in found {
                 if channels.contains_key(key) {
                     continue;
                 }
@@ -55,7 +61,60 @@ impl RtcdRelay {
                 }
             }
         }
-        self.hosts.set_hosts(found.into_iter().map(|(k, _, _)| k));
+        self.hosts
+            .set_hosts(found.iter().map(|(k, _, _)| k.clone()));
+    }
+
+    /// The hosts announced in the cluster store's copy `replica`, reached with `template`'s
+    /// scheme and TLS server name at the address and ports each announces; a draining host
+    /// is unready at once, and each one's load is its announced load.
+    pub(super) fn adopt_announcements(&self, replica: &Replica, template: &Discovery) {
+        let mut announced = Vec::new();
+        for entry in replica.entries(HOSTS_PREFIX) {
+            match HostAnnouncement::from_value(&entry.value) {
+                Ok(a) => announced.push(a),
+                // Another version's or a foreign key: not a host this proxy can use.
+                Err(e) => tracing::warn!(
+                    key = entry.key,
+                    error = e,
+                    "unreadable rtcd host announcement ignored"
+                ),
+            }
+        }
+        let ways: Vec<Discovery> = announced
+            .iter()
+            .map(|a| Discovery {
+                https: template.https,
+                host_name: a.address.to_string(),
+                server_name: template.server_name.clone(),
+                grpc_port: a.grpc_port,
+                api_port: a.api_port,
+                last: Mutex::new(Vec::new()),
+            })
+            .collect();
+        let found: Vec<(String, &Discovery, IpAddr)> = announced
+            .iter()
+            .zip(&ways)
+            .map(|(a, d)| {
+                (
+                    SocketAddr::new(a.address, a.grpc_port).to_string(),
+                    d,
+                    a.address,
+                )
+            })
+            .collect();
+        self.adopt_hosts(&found);
+        for (a, (key, _, _)) in announced.iter().zip(&found) {
+            if a.draining && self.hosts.set_health(key, HostHealth::Unready) {
+                tracing::info!(host = %key, "rtcd host announced it is draining");
+            }
+            let load = if self.cpu_weighted {
+                a.load
+            } else {
+                a.media_load
+            };
+            self.hosts.set_load(key, load);
+        }
     }
 
     /// The channel (connected lazily) and API client for the host at `ip`.

@@ -50,6 +50,9 @@ use crate::rooms::{
     BanInfo, ControlError, LobbyEntry, ParticipantInfo, Revocation, RoomControl, RoomDetail,
     RoomPolicy, RoomSummary, TrackInfo,
 };
+use rtcd_kit::cluster::{
+    Etcd, HOSTS_PREFIX, HostAnnouncement, Replica, Settings as ClusterSettings,
+};
 
 mod admin;
 mod discovery;
@@ -130,11 +133,22 @@ pub struct RtcdRelay {
 }
 
 impl RtcdRelay {
-    /// Builds the relay and starts host discovery and health probing (stopped by `cancel`).
-    /// Returns once the first resolution and probe have run, so a join right after start can
-    /// already be placed.
+    /// Builds the relay and starts host discovery through `rtcd.url`'s DNS and health probing
+    /// (stopped by `cancel`). Returns once the first resolution and probe have run, so a join
+    /// right after start can already be placed.
     pub async fn start(
         config: &RtcdConfig,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Self>, RtcdRelayError> {
+        Self::start_with(config, &ClusterSettings::default(), cancel).await
+    }
+
+    /// [`RtcdRelay::start`], with the hosts taken from their announcements in the cluster
+    /// store when `cluster` is on (docs/cluster.md): a new, draining or withdrawn host is
+    /// known as soon as the store says so, and probes keep checking health and load.
+    pub async fn start_with(
+        config: &RtcdConfig,
+        cluster: &ClusterSettings,
         cancel: CancellationToken,
     ) -> Result<Arc<Self>, RtcdRelayError> {
         let auth_key = if config.auth_key_file.is_empty() {
@@ -213,7 +227,29 @@ impl RtcdRelay {
             cpu_weighted: config.cpu_weighted_placement,
             this: this.clone(),
         });
-        relay.refresh_hosts(&discoveries).await;
+        let announced = if cluster.enabled() {
+            let store = Etcd::connect(cluster).map_err(|e| RtcdRelayError::Config {
+                key: "cluster.etcd_endpoints",
+                message: e.to_string(),
+            })?;
+            let template = discoveries.first().ok_or(RtcdRelayError::Config {
+                key: "rtcd.url",
+                message: "required with cluster.etcd_endpoints".into(),
+            })?;
+            let replica = Replica::start(Arc::new(store), HOSTS_PREFIX);
+            // The first read of the announcements, so that a join right after start can be
+            // placed; a store out of reach is waited for no longer than one request.
+            if !replica.caught_up(1, cluster.request_timeout()).await {
+                tracing::warn!(
+                    "the cluster store did not answer at start; no rtcd host is known until it does"
+                );
+            }
+            relay.adopt_announcements(&replica, template);
+            Some(replica)
+        } else {
+            relay.refresh_hosts(&discoveries).await;
+            None
+        };
         relay.probe().await;
         let weak = Arc::downgrade(&relay);
         let (resolve_every, probe_every) = (
@@ -223,10 +259,18 @@ impl RtcdRelay {
         tokio::spawn(async move {
             let mut resolve = tokio::time::interval(resolve_every);
             let mut probe = tokio::time::interval(probe_every);
+            let mut changes = announced.as_ref().map(Replica::changes);
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = resolve.tick() => {
+                    // An announcement changed: adopt the hosts and probe them now (a new host
+                    // takes rooms without waiting for the next probe, a draining one none).
+                    Ok(()) = async { changes.as_mut().expect("only with a replica").changed().await }, if changes.is_some() => {
+                        let (Some(relay), Some(replica)) = (weak.upgrade(), announced.as_ref()) else { return };
+                        relay.adopt_announcements(replica, &discoveries[0]);
+                        relay.probe().await;
+                    }
+                    _ = resolve.tick(), if announced.is_none() => {
                         let Some(relay) = weak.upgrade() else { return };
                         relay.refresh_hosts(&discoveries).await;
                     }

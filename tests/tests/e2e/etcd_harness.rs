@@ -1,11 +1,9 @@
 //! The etcd test harness itself: if it cannot elect, kill and restart reliably, every cluster
 //! client test built on it would fail for the wrong reason.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::etcd::EtcdCluster;
+use rtcd_e2e::etcd::EtcdCluster;
 
 #[test]
 fn three_members_survive_losing_the_leader() -> anyhow::Result<()> {

@@ -3,7 +3,6 @@
 //! members), not a mock. Blocking std only, so it works from sync and tokio tests alike.
 //!
 //! Indices are member positions (`0..members`); an out-of-range index panics, as in a test.
-#![allow(dead_code)] // Each test binary uses a different subset.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};

@@ -4,16 +4,14 @@
 //! report compaction) must hold the same on both. Then what only a real cluster can show:
 //! members dying, a leader killed mid-stream, an unreachable cluster answered within the deadline.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rtcd_e2e::etcd::EtcdCluster;
 use rtcd_kit::cluster::{
     Change, Created, Etcd, Local, Presence, PresenceState, Replica, Settings, Store, StoreError,
     Watch,
 };
-use support::etcd::EtcdCluster;
 
 fn settings(endpoints: Vec<String>, prefix: &str) -> Settings {
     Settings {
@@ -418,7 +416,7 @@ fn compact(cluster: &EtcdCluster, revision: i64) {
         .env("ETCDCTL_API", "3")
         .args([
             "--endpoints",
-            &cluster.endpoint(0),
+            &cluster.endpoints().join(","),
             "compact",
             &revision.to_string(),
         ])
@@ -598,13 +596,16 @@ async fn a_replica_cut_off_past_a_compaction_reads_afresh_and_recovers() {
     let mut cluster = EtcdCluster::start(3).unwrap();
     let store = etcd(&cluster, "/test/");
     store.put("bans/alice", b"1".to_vec(), None).await.unwrap();
-    let mut own = settings(vec![cluster.endpoint(2)], "/test/");
+    // The replica's member is a follower: the others keep a leader and go on without it.
+    let leader = cluster.wait_for_leader().unwrap();
+    let follower = (leader + 1) % 3;
+    let mut own = settings(vec![cluster.endpoint(follower)], "/test/");
     own.request_timeout_ms = 1_000;
     let replica = Replica::start(Arc::new(Etcd::connect(&own).unwrap()), "bans/");
     let r = store.put("bans/bob", b"1".to_vec(), None).await.unwrap();
     assert!(replica.caught_up(r, Duration::from_secs(5)).await);
 
-    cluster.kill(2);
+    cluster.kill(follower);
     let cut = Instant::now();
     store.delete("bans/alice").await.unwrap();
     let mut last = 0;
@@ -624,7 +625,7 @@ async fn a_replica_cut_off_past_a_compaction_reads_afresh_and_recovers() {
         "the last known copy stays"
     );
 
-    cluster.restart(2).unwrap();
+    cluster.restart(follower).unwrap();
     assert!(
         replica.caught_up(last, Duration::from_secs(15)).await,
         "caught up after the restart\n{}",

@@ -1,3 +1,0 @@
-//! Shared helpers for kit's integration tests.
-
-pub mod etcd;
