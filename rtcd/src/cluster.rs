@@ -1,6 +1,7 @@
 //! This host in the cluster store (`[cluster]`, docs/cluster.md): its announcement (address,
 //! ports, load, draining) under a lease it keeps alive, rewritten when its load level changes
-//! or it starts draining, and withdrawn when it stops.
+//! or it starts draining, and withdrawn when it stops; and the release of the placement claims
+//! (`claims/<tenant>/<room>`, written by the proxies) of its rooms that ended.
 //!
 //! The store being out of reach never holds rtcd up: the announcement is written whenever the
 //! store answers (the kit's `Presence` retries and re-announces by itself), and calls never
@@ -20,6 +21,19 @@ use crate::system::SystemLoad;
 
 /// How often the load level and the draining flag are looked at.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the claims naming this host are compared with the rooms it has, in lease times
+/// to live (30 s with the default 10 s). A claim is released when its room was absent at two
+/// sweeps in a row with the claim unchanged: a claim whose first join is still on its way
+/// (milliseconds) is never taken for an ended room.
+const CLAIM_SWEEP_TTLS: u32 = 3;
+
+/// The prefix of the rooms' placement claims (`claims/<tenant>/<room>` = host key).
+pub const CLAIMS_PREFIX: &str = "claims/";
+
+/// Whether this host has a room (sessions in it or people waiting to enter it), by tenant and
+/// room name: what `Rooms.HasRoom` answers.
+pub type RoomPresence = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
 /// How long a stop waits for the store to withdraw the announcement (after it, the lease
 /// expires on its own).
@@ -48,11 +62,12 @@ impl Announcer {
         base: HostAnnouncement,
         load: Arc<SystemLoad>,
         health: Arc<Health>,
+        rooms: RoomPresence,
     ) -> Result<Self, StoreError> {
         let store: Arc<dyn Store> = Arc::new(Etcd::connect(settings)?);
         let announcer = Self {
             inner: Arc::new(Inner {
-                presence: Presence::start(store, settings.lease_ttl()),
+                presence: Presence::start(store.clone(), settings.lease_ttl()),
                 base,
                 load,
                 health,
@@ -79,7 +94,14 @@ impl Announcer {
                 "cannot announce this host in the cluster store yet; retrying in the background"
             );
         }
-        announcer.spawn_checks(first);
+        announcer.spawn_checks(first.clone());
+        tokio::spawn(sweep_claims(
+            store,
+            first.key()[rtcd_kit::cluster::HOSTS_PREFIX.len()..].to_owned(),
+            rooms,
+            settings.lease_ttl() * CLAIM_SWEEP_TTLS,
+            announcer.cancel.clone(),
+        ));
         Ok(announcer)
     }
 
@@ -149,6 +171,61 @@ impl Inner {
             draining: self.health.phase() == Phase::Draining,
             ..self.base.clone()
         }
+    }
+}
+
+/// Releases the claims naming `host` (its host key) whose rooms ended, sweeping every `every`
+/// (see [`CLAIM_SWEEP_TTLS`]).
+async fn sweep_claims(
+    store: Arc<dyn Store>,
+    host: String,
+    rooms: RoomPresence,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    // Claims (key, revision) found without their room at the previous sweep.
+    let mut suspects: std::collections::HashSet<(String, i64)> = Default::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let listing = match store.list(CLAIMS_PREFIX).await {
+            Ok(listing) => listing,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the placement claims; next sweep");
+                continue;
+            }
+        };
+        let mut absent = std::collections::HashSet::new();
+        for claim in listing.entries {
+            if claim.value != host.as_bytes() {
+                continue;
+            }
+            let Some((tenant, room)) = claim.key[CLAIMS_PREFIX.len()..].split_once('/') else {
+                continue;
+            };
+            if rooms(tenant, room) {
+                continue;
+            }
+            let seen = (claim.key.clone(), claim.mod_revision);
+            if suspects.contains(&seen) {
+                match store.delete_if(&claim.key, claim.mod_revision).await {
+                    Ok(true) => {
+                        tracing::debug!(tenant, room, "placement claim of an ended room released")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot release a placement claim; next sweep")
+                    }
+                }
+            } else {
+                absent.insert(seen);
+            }
+        }
+        suspects = absent;
     }
 }
 

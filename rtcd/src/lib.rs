@@ -281,7 +281,12 @@ impl Rtcd {
         health.set_ready();
         // Announced once ready: a proxy that learns of the host may place rooms on it at once.
         let announcer = match config.advertised_ip().filter(|_| config.cluster.enabled()) {
-            Some(address) => Some(
+            Some(address) => Some({
+                let (rooms_sfu, rooms_lobby) = (sfu.clone(), lobby.clone());
+                let rooms: cluster::RoomPresence = Arc::new(move |tenant: &str, room: &str| {
+                    let (tenant, call) = (sfu::TenantId::new(tenant), sfu::CallId::new(room));
+                    rooms_sfu.has_call(&tenant, &call) || rooms_lobby.has_room(&tenant, &call)
+                });
                 cluster::Announcer::start(
                     &config.cluster,
                     rtcd_kit::cluster::HostAnnouncement {
@@ -294,9 +299,10 @@ impl Rtcd {
                     },
                     announce,
                     health.clone(),
+                    rooms,
                 )
-                .await?,
-            ),
+                .await?
+            }),
             None => None,
         };
         tracing::info!(%http_addr, ?metrics_addr, %grpc_addr, ice_udp = %sfu.udp_addr(), ice_tcp = ?sfu.tcp_addr(), store = %config.store.data_source, clients = auth.store().len(), "rtcd ready");

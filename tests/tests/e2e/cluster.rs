@@ -36,6 +36,9 @@ async fn announced_host(dir: &std::path::Path, ip: &str, etcd: &EtcdCluster) -> 
             ("RTCD_RTC_DRAIN_TIMEOUT_SECONDS", "0"),
             ("RTCD_CLUSTER_ETCD_ENDPOINTS", endpoints.as_str()),
             ("RTCD_CLUSTER_KEY_PREFIX", "/e2e/"),
+            ("RTCD_CLUSTER_LEASE_TTL_S", "2"),
+            // Sessions end with their streams (no parking), so rooms end when their clients go.
+            ("RTCD_RTC_RESUME_GRACE_SECONDS", "0"),
         ],
     )
     .await
@@ -185,4 +188,188 @@ async fn a_host_that_cannot_name_its_address_is_refused_at_start() {
     .await;
     let message = refused.err().map(|e| format!("{e:#}")).unwrap_or_default();
     assert!(message.contains("cluster.advertise_address"), "{message}");
+}
+
+fn moderator(sub: &str, room: &str) -> String {
+    let mut claims = rtcd_e2e::proxy::claims(sub, room);
+    claims["role"] = "moderator".into();
+    rtcd_e2e::proxy::hs_token(&claims)
+}
+
+/// A proxy replica in cluster mode (its relay reads the hosts and claims from `etcd`).
+async fn replica(etcd: &EtcdCluster, cancel: &CancellationToken) -> rtcd_proxy::Proxy {
+    let mut config = rtcd_e2e::proxy::base_config();
+    config.rtcd = RtcdConfig {
+        url: "http://127.0.0.1:9".into(),
+        client_id: "proxy-1".into(),
+        auth_key: Secret::new(key_for("proxy-1")),
+        health_interval_seconds: 3600,
+        // The shared machine's CPU must not weight placement: the spread below is rendezvous'.
+        cpu_weighted_placement: false,
+        ..RtcdConfig::default()
+    };
+    config.cluster = cluster_settings(etcd);
+    let relay = RtcdRelay::start_with(&config.rtcd, &config.cluster, cancel.clone())
+        .await
+        .unwrap();
+    rtcd_e2e::proxy::start_with_relay(config, Some(relay))
+        .await
+        .unwrap()
+}
+
+async fn joined(addr: std::net::SocketAddr, user: &str, room: &str) -> rtcd_e2e::proxy::Client {
+    let (client, outcome) = rtcd_e2e::proxy::join(addr, Some(&moderator(user, room)), room)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, rtcd_e2e::proxy::JoinOutcome::Joined(m) if m["media"] == true),
+        "{user} in {room}: {outcome:?}"
+    );
+    client
+}
+
+/// Issue 30's placement: the first joins of 150 new rooms race through two proxy replicas
+/// (one join each, at the same moment) and every room opens on exactly one of three hosts, the
+/// one its claim names; rooms already claimed on a host go there whatever rendezvous hashing
+/// would pick; a host that stops takes its claims with it (its lease), and a room whose
+/// sessions all left has its claim released by its host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_raced_through_two_replicas_open_on_the_one_host_their_claim_names() {
+    use rtcd::sfu::{CallId, TenantId};
+    let etcd = EtcdCluster::start(1).unwrap();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+    let mut hosts = Vec::new();
+    for (dir, ip) in dirs.iter().zip(ips) {
+        hosts.push(announced_host(dir.path(), ip, &etcd).await);
+    }
+    let store = Etcd::connect(&cluster_settings(&etcd)).unwrap();
+    // Thirty rooms claimed on the third host beforehand (as a join that went there would).
+    let third = format!("127.0.0.4:{}", hosts[2].grpc_addr().port());
+    let lease = store
+        .get(&format!("{HOSTS_PREFIX}{third}"))
+        .await
+        .unwrap()
+        .expect("the third host is announced")
+        .lease;
+    for i in 0..30 {
+        store
+            .create(
+                &format!("claims/proxy-1/held-{i}"),
+                third.clone().into_bytes(),
+                lease,
+            )
+            .await
+            .unwrap();
+    }
+    let cancel = CancellationToken::new();
+    let (p1, p2) = (replica(&etcd, &cancel).await, replica(&etcd, &cancel).await);
+
+    let mut clients = Vec::new();
+    for batch in 0..3 {
+        let joins = (0..50).flat_map(|i| {
+            let room = format!("race-{}", batch * 50 + i);
+            [
+                (p1.addr(), format!("a-{room}"), room.clone()),
+                (p2.addr(), format!("b-{room}"), room),
+            ]
+        });
+        let joins: Vec<_> = joins
+            .map(|(addr, user, room)| async move { joined(addr, &user, &room).await })
+            .collect();
+        clients.extend(futures_util::future::join_all(joins).await);
+    }
+    for i in 0..30 {
+        clients.push(joined(p1.addr(), &format!("h-{i}"), &format!("held-{i}")).await);
+    }
+
+    let tenant = TenantId::new("proxy-1");
+    let on = |room: &str| -> Vec<usize> {
+        let call = CallId::new(room);
+        (0..3)
+            .filter(|&h| hosts[h].rtcd.sfu().has_call(&tenant, &call))
+            .collect()
+    };
+    let mut per_host = [0; 3];
+    for i in 0..150 {
+        let room = format!("race-{i}");
+        let where_ = on(&room);
+        assert_eq!(where_.len(), 1, "{room} is open on hosts {where_:?}");
+        let claim = store
+            .get(&format!("claims/proxy-1/{room}"))
+            .await
+            .unwrap()
+            .unwrap();
+        let host_key = format!("{}:{}", ips[where_[0]], hosts[where_[0]].grpc_addr().port());
+        assert_eq!(
+            claim.value,
+            host_key.as_bytes(),
+            "{room}: the claim names its host"
+        );
+        per_host[where_[0]] += 1;
+    }
+    assert!(
+        per_host.iter().all(|&n| n > 10),
+        "rooms spread over the hosts: {per_host:?}"
+    );
+    for i in 0..30 {
+        assert_eq!(
+            on(&format!("held-{i}")),
+            [2],
+            "held-{i} opens where it was claimed"
+        );
+    }
+    assert_eq!(
+        hosts[0].rtcd.sfu().session_count()
+            + hosts[1].rtcd.sfu().session_count()
+            + hosts[2].rtcd.sfu().session_count(),
+        330
+    );
+
+    // The third host stops: its lease ends and every claim on it with it; the next join of a
+    // held room is claimed and opened on a survivor.
+    let third_host = hosts.pop().unwrap();
+    third_host.stop().await;
+    let left = store.list("claims/").await.unwrap().entries;
+    assert!(
+        left.iter().all(|c| c.value != third.as_bytes()),
+        "no claim names the stopped host"
+    );
+    clients.push(joined(p2.addr(), "late", "held-0").await);
+    let call = CallId::new("held-0");
+    assert_eq!(
+        hosts
+            .iter()
+            .filter(|h| h.rtcd.sfu().has_call(&tenant, &call))
+            .count(),
+        1
+    );
+
+    // Everyone leaves: each host releases the claims of its ended rooms within two sweeps
+    // (three lease times to live each: 6 s with the 2 s lease here).
+    drop(clients);
+    let start = Instant::now();
+    loop {
+        let left = store.list("claims/").await.unwrap().entries;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} claims still held: {:?}",
+            left.len(),
+            left.iter().take(3).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "claims of ended rooms released {:?} after everyone left",
+        start.elapsed()
+    );
+    p1.shutdown().await;
+    p2.shutdown().await;
+    cancel.cancel();
+    for h in hosts {
+        h.stop().await;
+    }
 }

@@ -51,7 +51,8 @@ use crate::rooms::{
     RoomPolicy, RoomSummary, TrackInfo,
 };
 use rtcd_kit::cluster::{
-    Etcd, HOSTS_PREFIX, HostAnnouncement, Replica, Settings as ClusterSettings,
+    Created, Etcd, HOSTS_PREFIX, HostAnnouncement, Replica, Settings as ClusterSettings, Store,
+    StoreError,
 };
 
 mod admin;
@@ -130,6 +131,16 @@ pub struct RtcdRelay {
     cpu_weighted: bool,
     /// Itself, for the background checks a join starts (see [`RtcdRelay::heal`]).
     this: std::sync::Weak<RtcdRelay>,
+    /// The cluster store, in cluster mode (set once at start).
+    cluster: std::sync::OnceLock<ClusterLink>,
+}
+
+/// What the relay holds of the cluster store (docs/cluster.md).
+struct ClusterLink {
+    /// The store itself: room placement claims (`claims/<client id>/<room>`).
+    store: Arc<dyn Store>,
+    /// The watched copy of the hosts' announcements, whose leases claims are bound to.
+    hosts: Arc<Replica>,
 }
 
 impl RtcdRelay {
@@ -226,6 +237,7 @@ impl RtcdRelay {
             webhooks: Mutex::new(None),
             cpu_weighted: config.cpu_weighted_placement,
             this: this.clone(),
+            cluster: std::sync::OnceLock::new(),
         });
         let announced = if cluster.enabled() {
             let store = Etcd::connect(cluster).map_err(|e| RtcdRelayError::Config {
@@ -236,7 +248,8 @@ impl RtcdRelay {
                 key: "rtcd.url",
                 message: "required with cluster.etcd_endpoints".into(),
             })?;
-            let replica = Replica::start(Arc::new(store), HOSTS_PREFIX);
+            let store: Arc<dyn Store> = Arc::new(store);
+            let replica = Arc::new(Replica::start(store.clone(), HOSTS_PREFIX));
             // The first read of the announcements, so that a join right after start can be
             // placed; a store out of reach is waited for no longer than one request.
             if !replica.caught_up(1, cluster.request_timeout()).await {
@@ -245,6 +258,10 @@ impl RtcdRelay {
                 );
             }
             relay.adopt_announcements(&replica, template);
+            let _ = relay.cluster.set(ClusterLink {
+                store,
+                hosts: replica.clone(),
+            });
             Some(replica)
         } else {
             relay.refresh_hosts(&discoveries).await;
@@ -259,7 +276,7 @@ impl RtcdRelay {
         tokio::spawn(async move {
             let mut resolve = tokio::time::interval(resolve_every);
             let mut probe = tokio::time::interval(probe_every);
-            let mut changes = announced.as_ref().map(Replica::changes);
+            let mut changes = announced.as_deref().map(Replica::changes);
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,

@@ -3,13 +3,24 @@
 
 use super::*;
 
+/// Whether placing may claim a room that has no claim yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// A join: claims the room on the host it picks.
+    Create,
+    /// A resume or a room administration call: reads the claim only.
+    Read,
+}
+
 impl RtcdRelay {
     /// The host `room` lives on or is placed on (sessions and room administration alike), or
     /// why there is none. With several ready hosts, they are asked first whether they have the
     /// room (`Rooms.HasRoom`): placement is weighted by load, and a room placed while the
     /// weights were different must be found where it is, not opened a second time.
+    /// In cluster mode it only reads the room's claim (a resume or an administration call
+    /// opens no room, so it claims none: the first join does).
     pub(super) async fn place(&self, room: &str) -> Result<(String, Arc<Host>), &'static str> {
-        self.place_found(room, &[])
+        self.place_as(room, &[], Claim::Read)
             .await
             .map(|(key, host, _)| (key, host))
     }
@@ -21,6 +32,27 @@ impl RtcdRelay {
         room: &str,
         except: &[String],
     ) -> Result<(String, Arc<Host>, bool), &'static str> {
+        self.place_as(room, except, Claim::Create).await
+    }
+
+    async fn place_as(
+        &self,
+        room: &str,
+        except: &[String],
+        claim: Claim,
+    ) -> Result<(String, Arc<Host>, bool), &'static str> {
+        if let Some(cluster) = self.cluster.get() {
+            match self.place_claimed(cluster, room, except, claim).await {
+                Ok(Some((key, host))) => return Ok((key, host, true)),
+                Ok(None) => return Err("no media server is ready"),
+                // The rule while the store is out of reach: place as without it (ask the hosts,
+                // then rendezvous), which a race between replicas may split and a later join
+                // heals, as in the multi-host mode without a store.
+                Err(e) => {
+                    tracing::warn!(room, error = %e, "cannot read or claim the room's placement in the cluster store; placing without it");
+                }
+            }
+        }
         let ready: Vec<_> = self
             .all_hosts(true)
             .into_iter()
@@ -43,6 +75,90 @@ impl RtcdRelay {
             .cloned()
             .ok_or("media server went away")?;
         Ok((key, host, false))
+    }
+
+    /// Placement by claim (cluster mode): the room's claim in the store names its host; the
+    /// first join of a room claims it on the host placement picks, with a compare-and-swap
+    /// bound to that host's lease (a host that dies takes its claims with it), so two replicas
+    /// racing for a new room agree on the one that won. A claim naming a host that is gone,
+    /// unready (draining) or in `except` (it just failed this join) is replaced the same way.
+    /// `None`: no host is ready.
+    async fn place_claimed(
+        &self,
+        cluster: &ClusterLink,
+        room: &str,
+        except: &[String],
+        claim_as: Claim,
+    ) -> Result<Option<(String, Arc<Host>)>, StoreError> {
+        let key = format!("claims/{}/{room}", self.client_id);
+        // A few rounds: each is a read or a compare-and-swap that someone else's change beat.
+        for _ in 0..4 {
+            let claim = cluster.store.get(&key).await?;
+            let pick = match claim {
+                Some(claim) => {
+                    let holder = String::from_utf8_lossy(&claim.value).into_owned();
+                    if !except.contains(&holder)
+                        && self.hosts.is_ready(&holder)
+                        && let Some(host) = self.channel(&holder)
+                    {
+                        return Ok(Some((holder, host)));
+                    }
+                    if claim_as == Claim::Read {
+                        break;
+                    }
+                    tracing::info!(room, host = %holder, "the room's claimed host is gone or unready; claiming it elsewhere");
+                    cluster.store.delete_if(&key, claim.mod_revision).await?;
+                    continue;
+                }
+                None => match self.hosts.place_except(room, except) {
+                    Some(pick) => pick,
+                    None => return Ok(None),
+                },
+            };
+            if claim_as == Claim::Read {
+                // Not opened anywhere: where its first join would go, unclaimed.
+                return Ok(self.channel(&pick).map(|host| (pick, host)));
+            }
+            let lease = cluster
+                .hosts
+                .get(&format!("{HOSTS_PREFIX}{pick}"))
+                .and_then(|announcement| announcement.lease);
+            match cluster
+                .store
+                .create(&key, pick.clone().into_bytes(), lease)
+                .await
+            {
+                Ok(Created::Won(_)) => {
+                    if let Some(host) = self.channel(&pick) {
+                        return Ok(Some((pick, host)));
+                    }
+                }
+                // Another replica claimed it first: read its claim in the next round.
+                Ok(Created::Taken(_)) => {}
+                // The host's lease ended between its announcement and this claim: it is gone.
+                Err(StoreError::LeaseExpired(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if claim_as == Claim::Read {
+            // Claimed on a host that is gone or unready: whoever joins next moves the claim.
+            return Ok(self
+                .hosts
+                .place_except(room, except)
+                .and_then(|pick| self.channel(&pick).map(|host| (pick, host))));
+        }
+        Err(StoreError::Unavailable(format!(
+            "the claim of room {room} kept changing"
+        )))
+    }
+
+    /// The channel of the host with `key`, if it is still known.
+    fn channel(&self, key: &str) -> Option<Arc<Host>> {
+        self.channels
+            .lock()
+            .expect("channel map lock is never poisoned")
+            .get(key)
+            .cloned()
     }
 
     /// The ready host that has `room` (sessions or people waiting), if any answers so within
