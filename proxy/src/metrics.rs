@@ -52,6 +52,10 @@ pub struct Metrics {
     /// busy, 4 at capacity: no new rooms), as of the last scrape. Replicas that disagree
     /// place new rooms differently.
     pub rtcd_host_load_level: Family<HostLabel, Gauge>,
+    /// Joins placed in cluster mode by outcome (copied from the relay at each scrape).
+    pub cluster_placements: Family<OutcomeLabel, Counter>,
+    /// How long the copy of the hosts' announcements has not followed the cluster store.
+    pub cluster_hosts_stale_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Connections the HTTP listeners closed or answered 408 to protect themselves.
     pub http_connections_cut: rtcd_kit::listener::Cuts,
     /// Tasks alive on the proxy's runtime, refreshed on every scrape (a leak shows as a count
@@ -144,6 +148,18 @@ impl Metrics {
             "Media server hosts' load levels as placement sees them (4 = at capacity)",
             rtcd_host_load_level.clone(),
         );
+        let cluster_placements = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "cluster_placements",
+            "Joins placed through the cluster store's room claims, by outcome",
+            cluster_placements.clone(),
+        );
+        let cluster_hosts_stale_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "cluster_hosts_stale_seconds",
+            "How long the copy of the hosts' announcements has not followed the cluster store",
+            cluster_hosts_stale_seconds.clone(),
+        );
         let http_connections_cut = rtcd_kit::listener::Cuts::default();
         http_connections_cut.register(&mut registry);
         let runtime_alive_tasks = Gauge::default();
@@ -167,6 +183,8 @@ impl Metrics {
             relay_answer_seconds,
             rtcd_hosts,
             rtcd_host_load_level,
+            cluster_placements,
+            cluster_hosts_stale_seconds,
             connections,
             connections_total,
             sessions,

@@ -363,6 +363,18 @@ impl RelayError {
     }
 }
 
+/// What a relay in cluster mode reports of the cluster store (docs/cluster.md).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterStatus {
+    /// Joins placed by outcome since start: `found` (the room's claim named a ready host),
+    /// `claimed` (a new room claimed), `moved` (a claim on a gone or unready host replaced),
+    /// `fallback` (the store out of reach: placed without it).
+    pub placements: [(&'static str, u64); 4],
+    /// How long the copy of the hosts' announcements has not followed the store (0 while it
+    /// does).
+    pub hosts_stale_seconds: f64,
+}
+
 /// A boxed, sendable future (the trait is object-safe without extra dependencies).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -379,6 +391,11 @@ pub trait Relay: Send + Sync + 'static {
     /// Each media server host's placement load level (see `placement::level_of`), for metrics.
     fn host_levels(&self) -> Vec<(String, u8)> {
         Vec::new()
+    }
+
+    /// The cluster store as this relay sees it (cluster mode only), for metrics.
+    fn cluster_status(&self) -> Option<ClusterStatus> {
+        None
     }
 
     /// Room administration on the media servers, if this relay offers it.

@@ -190,6 +190,21 @@ pub fn internal_routes(
                         .set(i64::from(level));
                 }
             }
+            if let Some(cluster) = state.relay.as_ref().and_then(|r| r.cluster_status()) {
+                for (outcome, n) in cluster.placements {
+                    let label = crate::metrics::OutcomeLabel { outcome };
+                    state
+                        .metrics
+                        .cluster_placements
+                        .get_or_create(&label)
+                        .inner()
+                        .store(n, std::sync::atomic::Ordering::Relaxed);
+                }
+                state
+                    .metrics
+                    .cluster_hosts_stale_seconds
+                    .set(cluster.hosts_stale_seconds);
+            }
             warp::reply::with_header(
                 state.metrics.encode(),
                 "content-type",

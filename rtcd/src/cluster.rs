@@ -17,6 +17,7 @@ use rtcd_kit::health::{Health, Phase};
 use rtcd_proto::rules::load_level;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::system::SystemLoad;
 
 /// How often the load level and the draining flag are looked at.
@@ -51,6 +52,7 @@ struct Inner {
     base: HostAnnouncement,
     load: Arc<SystemLoad>,
     health: Arc<Health>,
+    metrics: Arc<Metrics>,
 }
 
 impl Announcer {
@@ -63,6 +65,7 @@ impl Announcer {
         load: Arc<SystemLoad>,
         health: Arc<Health>,
         rooms: RoomPresence,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let store: Arc<dyn Store> = Arc::new(Etcd::connect(settings)?);
         let announcer = Self {
@@ -71,6 +74,7 @@ impl Announcer {
                 base,
                 load,
                 health,
+                metrics: metrics.clone(),
             }),
             cancel: CancellationToken::new(),
         };
@@ -94,11 +98,13 @@ impl Announcer {
                 "cannot announce this host in the cluster store yet; retrying in the background"
             );
         }
+        announcer.inner.report();
         announcer.spawn_checks(first.clone());
         tokio::spawn(sweep_claims(
             store,
             first.key()[rtcd_kit::cluster::HOSTS_PREFIX.len()..].to_owned(),
             rooms,
+            metrics,
             settings.lease_ttl() * CLAIM_SWEEP_TTLS,
             announcer.cancel.clone(),
         ));
@@ -116,6 +122,7 @@ impl Announcer {
                     () = cancel.cancelled() => return,
                     _ = tick.tick() => {}
                 }
+                inner.report();
                 let now = inner.current();
                 if !changed(&last, &now) {
                     continue;
@@ -163,6 +170,16 @@ impl Announcer {
 }
 
 impl Inner {
+    /// Copies the presence's state and failure count into the metrics.
+    fn report(&self) {
+        let held = matches!(self.presence.state(), PresenceState::Present(_));
+        self.metrics.cluster_announced.set(i64::from(held));
+        self.metrics.cluster_lease_failures.inner().store(
+            self.presence.failures(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// The announcement as of now.
     fn current(&self) -> HostAnnouncement {
         HostAnnouncement {
@@ -180,6 +197,7 @@ async fn sweep_claims(
     store: Arc<dyn Store>,
     host: String,
     rooms: RoomPresence,
+    metrics: Arc<Metrics>,
     every: Duration,
     cancel: CancellationToken,
 ) {
@@ -214,6 +232,7 @@ async fn sweep_claims(
             if suspects.contains(&seen) {
                 match store.delete_if(&claim.key, claim.mod_revision).await {
                     Ok(true) => {
+                        metrics.cluster_claims_released.inc();
                         tracing::debug!(tenant, room, "placement claim of an ended room released")
                     }
                     Ok(false) => {}

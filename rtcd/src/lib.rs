@@ -300,6 +300,7 @@ impl Rtcd {
                     announce,
                     health.clone(),
                     rooms,
+                    metrics.clone(),
                 )
                 .await?
             }),

@@ -247,6 +247,13 @@ pub struct Metrics {
     /// resumptions refused (`refused`): many `expired` mean clients that do not come back
     /// within the grace period (or proxies that do not resume).
     pub session_resumes: Family<OutcomeLabels, Counter>,
+    /// 1 while this host holds its lease in the cluster store and its announcement is
+    /// written (cluster mode only; 0 while the store is out of reach or before the first lease).
+    pub cluster_announced: Gauge,
+    /// Lease grants, renewals and announcement writes that failed (the store out of reach).
+    pub cluster_lease_failures: Counter,
+    /// Placement claims of ended rooms this host released.
+    pub cluster_claims_released: Counter,
     /// Tasks alive on the runtime that renders the metrics, refreshed on every scrape: a
     /// count that keeps climbing while sessions come and go is a leak (the e2e leak check
     /// asserts it returns to its baseline).
@@ -469,6 +476,24 @@ impl Metrics {
             "Parked sessions by how their wait ended, and refused resumes",
             session_resumes.clone(),
         );
+        let cluster_announced = Gauge::default();
+        registry.register(
+            "cluster_announced",
+            "1 while this host is announced in the cluster store under a live lease",
+            cluster_announced.clone(),
+        );
+        let cluster_lease_failures = Counter::default();
+        registry.register(
+            "cluster_lease_failures",
+            "Failed lease grants, renewals and announcement writes in the cluster store",
+            cluster_lease_failures.clone(),
+        );
+        let cluster_claims_released = Counter::default();
+        registry.register(
+            "cluster_claims_released",
+            "Placement claims of ended rooms released by this host",
+            cluster_claims_released.clone(),
+        );
         let runtime_alive_tasks = Gauge::default();
         registry.register(
             "runtime_alive_tasks",
@@ -481,6 +506,9 @@ impl Metrics {
             lobby_ended,
             sessions_parked,
             session_resumes,
+            cluster_announced,
+            cluster_lease_failures,
+            cluster_claims_released,
             sfu,
             webhook,
             media_dropped,

@@ -3,7 +3,7 @@
 //! trait, [`Store`], with two implementations: [`Etcd`] (a deployment with `[cluster]`
 //! settings: etcd's v3 API, linearizable, its leases and watches) and [`Local`] (one process,
 //! in memory, with the same semantics: the single-host mode, and a second implementation that
-//! the same test suite holds to etcd's behaviour, `kit/tests/cluster_store.rs`).
+//! the same test suite holds to etcd's behaviour, `tests/tests/e2e/cluster_store.rs`).
 //!
 //! The trait is etcd's model cut to what rtcd needs, so that code above it is written once:
 //! - keys are strings under the deployment's prefix (the implementation adds and strips it), each

@@ -141,6 +141,23 @@ struct ClusterLink {
     store: Arc<dyn Store>,
     /// The watched copy of the hosts' announcements, whose leases claims are bound to.
     hosts: Arc<Replica>,
+    /// Placements by outcome (`ClusterStatus::placements`' order).
+    placements: [std::sync::atomic::AtomicU64; 4],
+}
+
+/// The outcomes of a placement in cluster mode, as counted.
+#[derive(Debug, Clone, Copy)]
+enum Placement {
+    Found = 0,
+    Claimed = 1,
+    Moved = 2,
+    Fallback = 3,
+}
+
+impl ClusterLink {
+    fn count(&self, outcome: Placement) {
+        self.placements[outcome as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl RtcdRelay {
@@ -261,6 +278,7 @@ impl RtcdRelay {
             let _ = relay.cluster.set(ClusterLink {
                 store,
                 hosts: replica.clone(),
+                placements: Default::default(),
             });
             Some(replica)
         } else {
@@ -333,6 +351,22 @@ impl Relay for RtcdRelay {
 
     fn host_levels(&self) -> Vec<(String, u8)> {
         self.hosts.levels()
+    }
+
+    fn cluster_status(&self) -> Option<super::ClusterStatus> {
+        let cluster = self.cluster.get()?;
+        let n = |p: Placement| {
+            cluster.placements[p as usize].load(std::sync::atomic::Ordering::Relaxed)
+        };
+        Some(super::ClusterStatus {
+            placements: [
+                ("found", n(Placement::Found)),
+                ("claimed", n(Placement::Claimed)),
+                ("moved", n(Placement::Moved)),
+                ("fallback", n(Placement::Fallback)),
+            ],
+            hosts_stale_seconds: cluster.hosts.stale_for(Instant::now()).as_secs_f64(),
+        })
     }
 
     fn host_health(&self) -> Option<(usize, usize, usize)> {

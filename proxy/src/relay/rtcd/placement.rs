@@ -49,6 +49,7 @@ impl RtcdRelay {
                 // then rendezvous), which a race between replicas may split and a later join
                 // heals, as in the multi-host mode without a store.
                 Err(e) => {
+                    cluster.count(Placement::Fallback);
                     tracing::warn!(room, error = %e, "cannot read or claim the room's placement in the cluster store; placing without it");
                 }
             }
@@ -91,6 +92,7 @@ impl RtcdRelay {
         claim_as: Claim,
     ) -> Result<Option<(String, Arc<Host>)>, StoreError> {
         let key = format!("claims/{}/{room}", self.client_id);
+        let mut moved = false;
         // A few rounds: each is a read or a compare-and-swap that someone else's change beat.
         for _ in 0..4 {
             let claim = cluster.store.get(&key).await?;
@@ -101,6 +103,9 @@ impl RtcdRelay {
                         && self.hosts.is_ready(&holder)
                         && let Some(host) = self.channel(&holder)
                     {
+                        if claim_as == Claim::Create {
+                            cluster.count(Placement::Found);
+                        }
                         return Ok(Some((holder, host)));
                     }
                     if claim_as == Claim::Read {
@@ -108,6 +113,7 @@ impl RtcdRelay {
                     }
                     tracing::info!(room, host = %holder, "the room's claimed host is gone or unready; claiming it elsewhere");
                     cluster.store.delete_if(&key, claim.mod_revision).await?;
+                    moved = true;
                     continue;
                 }
                 None => match self.hosts.place_except(room, except) {
@@ -130,6 +136,11 @@ impl RtcdRelay {
             {
                 Ok(Created::Won(_)) => {
                     if let Some(host) = self.channel(&pick) {
+                        cluster.count(if moved {
+                            Placement::Moved
+                        } else {
+                            Placement::Claimed
+                        });
                         return Ok(Some((pick, host)));
                     }
                 }
