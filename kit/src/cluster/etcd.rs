@@ -41,6 +41,9 @@ use pb::mvccpb;
 /// How many keys one page of [`Store::list`] reads (etcd caps a response at 1.5 MiB).
 const LIST_PAGE: i64 = 500;
 
+/// The pause between two rounds of a call over every member (all refused or leaderless).
+const ROUND_PAUSE: Duration = Duration::from_millis(50);
+
 /// One member of the cluster.
 struct Member {
     url: String,
@@ -115,7 +118,9 @@ impl Etcd {
     }
 
     /// Runs `op` on a member, the last one that answered first, moving on while members are
-    /// unreachable or leaderless, all within the request deadline.
+    /// unreachable or leaderless, and going round them again until the request deadline: an
+    /// election (a second or two) is waited out rather than reported, so a caller sees
+    /// [`StoreError::Unavailable`] only when the cluster stayed without an answer that long.
     async fn call<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, StoreError>
     where
         F: Fn(Channel) -> Fut,
@@ -124,14 +129,25 @@ impl Etcd {
         let n = self.members.len();
         // Each member gets its share of the deadline (at least 100 ms), so one that hangs
         // (a partition drops packets rather than refusing them) leaves time for the others.
-        let attempt =
+        let share =
             (self.timeout / u32::try_from(n).unwrap_or(u32::MAX)).max(Duration::from_millis(100));
-        let all = async {
-            let first = self.current.load(Ordering::Relaxed);
-            let mut failures = Vec::new();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut failures = Vec::new();
+        let mut first = self.current.load(Ordering::Relaxed);
+        loop {
+            failures.clear();
             for i in 0..n {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(StoreError::Unavailable(format!(
+                        "{what}: no answer within {:?} ({})",
+                        self.timeout,
+                        failures.join("; ")
+                    )));
+                }
                 let at = (first + i) % n;
                 let member = &self.members[at];
+                let attempt = share.min(left);
                 match tokio::time::timeout(attempt, op(member.channel.clone())).await {
                     Ok(Ok(answer)) => {
                         self.current.store(at, Ordering::Relaxed);
@@ -146,17 +162,11 @@ impl Etcd {
                     }
                 }
             }
-            Err(StoreError::Unavailable(format!(
-                "{what}: {}",
-                failures.join("; ")
-            )))
-        };
-        match tokio::time::timeout(self.timeout, all).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "{what}: no member answered within {:?}",
-                self.timeout
-            ))),
+            // Every member failed at once (refused, or no leader yet): again shortly, from the
+            // next member.
+            first = (first + 1) % n;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tokio::time::sleep(ROUND_PAUSE.min(left)).await;
         }
     }
 

@@ -373,3 +373,70 @@ async fn rooms_raced_through_two_replicas_open_on_the_one_host_their_claim_names
         h.stop().await;
     }
 }
+
+/// Joins keep landing while etcd elects a new leader (issue 30: "no join fails for longer
+/// than the election; calls in progress never notice"): a new room every 40 ms through one
+/// replica, three etcd members, the leader killed after the 40th. Every join succeeds, within
+/// the store's deadline plus a join's own time, each room opens on exactly one host, and the
+/// sessions already in calls stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_go_on_through_an_etcd_leader_election() {
+    use rtcd::sfu::{CallId, TenantId};
+    let mut etcd = EtcdCluster::start(3).unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut hosts = Vec::new();
+    for (dir, ip) in dirs.iter().zip(["127.0.0.2", "127.0.0.3"]) {
+        hosts.push(announced_host(dir.path(), ip, &etcd).await);
+    }
+    let cancel = CancellationToken::new();
+    let proxy = replica(&etcd, &cancel).await;
+    let mut clients = Vec::new();
+    let mut slowest = Duration::ZERO;
+    let mut killed_at = None;
+    let started = Instant::now();
+    for i in 0..120 {
+        if i == 40 {
+            let leader = etcd.wait_for_leader().unwrap();
+            etcd.kill(leader);
+            killed_at = Some(started.elapsed());
+        }
+        let asked = Instant::now();
+        clients.push(joined(proxy.addr(), &format!("u-{i}"), &format!("e-{i}")).await);
+        slowest = slowest.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let url = format!("http://{}/metrics", proxy.metrics_addr().unwrap());
+    let text = rtcd_e2e::daemon::scrape(&url).await.unwrap();
+    let fallback = rtcd_e2e::daemon::metric_sum(
+        &text,
+        "proxy_cluster_placements_total{outcome=\"fallback\"}",
+    );
+    let claimed =
+        rtcd_e2e::daemon::metric_sum(&text, "proxy_cluster_placements_total{outcome=\"claimed\"}");
+    eprintln!(
+        "leader killed at {:?}: 120 joins, slowest {slowest:?}, {claimed} claimed, {fallback} placed without the store",
+        killed_at.unwrap()
+    );
+    // The store's deadline (2 s) and a join's own time on a loaded machine.
+    assert!(slowest < Duration::from_secs(6), "a join took {slowest:?}");
+    assert_eq!(claimed + fallback, 120.0, "{text}");
+    let tenant = TenantId::new("proxy-1");
+    for i in 0..120 {
+        let call = CallId::new(&format!("e-{i}"));
+        let on = hosts
+            .iter()
+            .filter(|h| h.rtcd.sfu().has_call(&tenant, &call))
+            .count();
+        assert_eq!(on, 1, "e-{i} is open on {on} hosts");
+    }
+    let sessions: usize = hosts.iter().map(|h| h.rtcd.sfu().session_count()).sum();
+    assert_eq!(
+        sessions, 120,
+        "every session, those from before the kill too, is still there"
+    );
+    proxy.shutdown().await;
+    cancel.cancel();
+    for h in hosts {
+        h.stop().await;
+    }
+}
