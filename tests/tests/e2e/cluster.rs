@@ -422,7 +422,7 @@ async fn joins_go_on_through_an_etcd_leader_election() {
     assert_eq!(claimed + fallback, 120.0, "{text}");
     let tenant = TenantId::new("proxy-1");
     for i in 0..120 {
-        let call = CallId::new(&format!("e-{i}"));
+        let call = CallId::new(format!("e-{i}"));
         let on = hosts
             .iter()
             .filter(|h| h.rtcd.sfu().has_call(&tenant, &call))
