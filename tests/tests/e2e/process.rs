@@ -743,10 +743,22 @@ async fn the_container_defaults_serve_as_documented() {
         );
         client.send(&json!({"type": "ping", "id": 1})).await?;
         anyhow::ensure!(client.expect("pong").await?["id"] == 1);
-        // The session is open at rtcd (metrics on the image's metrics port).
-        let text = rtcd_e2e::daemon::scrape("http://127.0.0.1:8046/metrics").await?;
-        let sessions = rtcd_e2e::daemon::metric_sum(&text, "rtcd_sfu_sessions{");
-        anyhow::ensure!(sessions == 1.0, "rtcd sessions {sessions}:\n{text}");
+        // The session is open at rtcd (metrics on the image's metrics port). Its media worker
+        // counts it when it takes the join up, which under a loaded suite came after the scrape
+        // (the call counted, no session series yet): read until it shows, 5 s at most.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = rtcd_e2e::daemon::scrape("http://127.0.0.1:8046/metrics").await?;
+            let sessions = rtcd_e2e::daemon::metric_sum(&text, "rtcd_sfu_sessions{");
+            if sessions == 1.0 {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "rtcd sessions {sessions}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         anyhow::Ok(())
     }
     .await;
