@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtcd_kit::cluster::{
-    Etcd, HostAnnouncement, Presence, PresenceState, Settings, Store, StoreError,
+    CLAIMS_PREFIX, Etcd, HostAnnouncement, Presence, PresenceState, Settings, Store, StoreError,
+    claimed_room,
 };
 use rtcd_kit::health::{Health, Phase};
 use rtcd_proto::rules::load_level;
@@ -28,9 +29,6 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// sweeps in a row with the claim unchanged: a claim whose first join is still on its way
 /// (milliseconds) is never taken for an ended room.
 const CLAIM_SWEEP_TTLS: u32 = 3;
-
-/// The prefix of the rooms' placement claims (`claims/<tenant>/<room>` = host key).
-pub const CLAIMS_PREFIX: &str = "claims/";
 
 /// Whether this host has a room (sessions in it or people waiting to enter it), by tenant and
 /// room name: what `Rooms.HasRoom` answers.
@@ -102,7 +100,7 @@ impl Announcer {
         announcer.spawn_checks(first.clone());
         tokio::spawn(sweep_claims(
             store,
-            first.key()[rtcd_kit::cluster::HOSTS_PREFIX.len()..].to_owned(),
+            first.host_key(),
             rooms,
             metrics,
             settings.lease_ttl() * CLAIM_SWEEP_TTLS,
@@ -222,7 +220,7 @@ async fn sweep_claims(
             if claim.value != host.as_bytes() {
                 continue;
             }
-            let Some((tenant, room)) = claim.key[CLAIMS_PREFIX.len()..].split_once('/') else {
+            let Some((tenant, room)) = claimed_room(&claim.key) else {
                 continue;
             };
             if rooms(tenant, room) {

@@ -285,7 +285,7 @@ impl Rtcd {
                 let (rooms_sfu, rooms_lobby) = (sfu.clone(), lobby.clone());
                 let rooms: cluster::RoomPresence = Arc::new(move |tenant: &str, room: &str| {
                     let (tenant, call) = (sfu::TenantId::new(tenant), sfu::CallId::new(room));
-                    rooms_sfu.has_call(&tenant, &call) || rooms_lobby.has_room(&tenant, &call)
+                    rooms::has_room(&rooms_sfu, &rooms_lobby, &tenant, &call)
                 });
                 cluster::Announcer::start(
                     &config.cluster,

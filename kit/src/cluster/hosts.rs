@@ -1,6 +1,6 @@
 //! What an rtcd host announces of itself in the cluster store (under [`HOSTS_PREFIX`], bound
-//! to its lease), and what the proxies read: written once here, since both sides must read it
-//! alike.
+//! to its lease), what the proxies read, and the keys of the rooms' placement claims (under
+//! [`CLAIMS_PREFIX`]): written once here, since both sides must read them alike.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -8,6 +8,26 @@ use serde::{Deserialize, Serialize};
 
 /// The prefix of every host's announcement.
 pub const HOSTS_PREFIX: &str = "hosts/";
+
+/// The prefix of the rooms' placement claims: `claims/<tenant>/<room>`, whose value is the
+/// host key ([`HostAnnouncement::host_key`]) of the room's host. Proxies write them, hosts
+/// release those of their rooms that ended.
+pub const CLAIMS_PREFIX: &str = "claims/";
+
+/// The announcement key of the host with `host_key`.
+pub fn announcement_key(host_key: &str) -> String {
+    format!("{HOSTS_PREFIX}{host_key}")
+}
+
+/// The claim key of `tenant`'s (a client ID's) `room`.
+pub fn claim_key(tenant: &str, room: &str) -> String {
+    format!("{CLAIMS_PREFIX}{tenant}/{room}")
+}
+
+/// The tenant and room a claim key names (client IDs hold no `/`; a room name may).
+pub fn claimed_room(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(CLAIMS_PREFIX)?.split_once('/')
+}
 
 /// One rtcd host, as it announces itself. Proxies reach its gRPC listener at
 /// `address:grpc_port` and its HTTP API at `address:api_port`, with the scheme and TLS server
@@ -31,13 +51,15 @@ pub struct HostAnnouncement {
 }
 
 impl HostAnnouncement {
-    /// Its key in the store: `hosts/<address>:<grpc_port>`, the host key the proxies use for
-    /// placement (identical on every replica).
+    /// The host key the proxies place by and claims name: `<address>:<grpc_port>`
+    /// (identical on every replica).
+    pub fn host_key(&self) -> String {
+        SocketAddr::new(self.address, self.grpc_port).to_string()
+    }
+
+    /// Its key in the store: `hosts/<host key>`.
     pub fn key(&self) -> String {
-        format!(
-            "{HOSTS_PREFIX}{}",
-            SocketAddr::new(self.address, self.grpc_port)
-        )
+        announcement_key(&self.host_key())
     }
 
     /// The announcement as stored.
@@ -66,6 +88,7 @@ mod tests {
             draining: false,
         };
         assert_eq!(a.key(), "hosts/10.0.0.7:8443");
+        assert_eq!(a.host_key(), "10.0.0.7:8443");
         assert_eq!(HostAnnouncement::from_value(&a.to_value()), Ok(a.clone()));
         let v6 = HostAnnouncement {
             address: "fd00::7".parse().unwrap(),
@@ -73,5 +96,14 @@ mod tests {
         };
         assert_eq!(v6.key(), "hosts/[fd00::7]:8443");
         assert!(HostAnnouncement::from_value(b"{\"address\":\"x\"}").is_err());
+    }
+
+    #[test]
+    fn a_claim_key_names_its_tenant_and_room() {
+        let key = claim_key("proxy-1", "team/standup");
+        assert_eq!(key, "claims/proxy-1/team/standup");
+        assert_eq!(claimed_room(&key), Some(("proxy-1", "team/standup")));
+        assert_eq!(claimed_room("claims/no-room"), None);
+        assert_eq!(claimed_room("hosts/10.0.0.7:8443"), None);
     }
 }

@@ -33,7 +33,9 @@ mod replica;
 mod settings;
 
 pub use etcd::Etcd;
-pub use hosts::{HOSTS_PREFIX, HostAnnouncement};
+pub use hosts::{
+    CLAIMS_PREFIX, HOSTS_PREFIX, HostAnnouncement, announcement_key, claim_key, claimed_room,
+};
 pub use local::Local;
 pub use presence::{Presence, PresenceState};
 pub use replica::Replica;

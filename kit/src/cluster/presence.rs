@@ -114,12 +114,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The keys to write, copied out of the lock (writes await the store).
-fn copy(keys: &Mutex<BTreeMap<String, Vec<u8>>>) -> Vec<(String, Vec<u8>)> {
-    lock(keys)
+/// Writes every key under `lease` (copied out of the lock first: the writes await the store),
+/// stopping at the first that fails.
+async fn write_all(
+    store: &dyn Store,
+    keys: &Mutex<BTreeMap<String, Vec<u8>>>,
+    lease: LeaseId,
+) -> Result<(), StoreError> {
+    let snapshot: Vec<(String, Vec<u8>)> = lock(keys)
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+        .collect();
+    for (key, value) in snapshot {
+        store.put(&key, value, Some(lease)).await?;
+    }
+    Ok(())
 }
 
 async fn hold(
@@ -148,15 +157,13 @@ async fn hold(
         };
         let mut written = false;
         while !written {
-            let snapshot = copy(&keys);
-            written = true;
-            for (key, value) in snapshot {
-                if let Err(e) = store.put(&key, value, Some(lease)).await {
+            written = match write_all(store.as_ref(), &keys, lease).await {
+                Ok(()) => true,
+                Err(e) => {
                     fail("announcement", &e);
-                    written = false;
-                    break;
+                    false
                 }
-            }
+            };
             if !written {
                 tokio::time::sleep(retry).await;
                 // A lease that expired meanwhile is replaced by the outer loop.
@@ -195,16 +202,10 @@ async fn hold(
                     continue;
                 }
             }
-            if rewrite {
-                let snapshot = copy(&keys);
-                for (key, value) in snapshot {
-                    if let Err(e) = store.put(&key, value, Some(lease)).await {
-                        fail("announcement", &e);
-                        wake.notify_one();
-                        wait = retry;
-                        break;
-                    }
-                }
+            if rewrite && let Err(e) = write_all(store.as_ref(), &keys, lease).await {
+                fail("announcement", &e);
+                wake.notify_one();
+                wait = retry;
             }
         }
         tx.send_replace(PresenceState::Absent);

@@ -296,6 +296,13 @@ impl RoomsService {
     }
 }
 
+/// Whether this host has `tenant`'s `call`: sessions in it, or people waiting to enter it.
+/// What `Rooms.HasRoom` answers (a draining host aside), and what a host keeps the room's
+/// placement claim for in cluster mode (`crate::cluster`).
+pub fn has_room(sfu: &Sfu, lobby: &Lobby, tenant: &TenantId, call: &CallId) -> bool {
+    sfu.has_call(tenant, call) || lobby.has_room(tenant, call)
+}
+
 fn invalid(m: impl Into<String>) -> RoomsError {
     RoomsError::InvalidArgument(m.into())
 }
@@ -661,8 +668,7 @@ impl Rooms for RoomsService {
         // A draining host takes no joins: its rooms are not "here" for placement, so a join
         // goes where the room's other participants are moving, not to a refusal.
         let result = call_id(&req.call_id).map(|call| pb::HasRoomResponse {
-            present: !self.sfu.is_draining()
-                && (self.sfu.has_call(&tenant, &call) || self.lobby.has_room(&tenant, &call)),
+            present: !self.sfu.is_draining() && has_room(&self.sfu, &self.lobby, &tenant, &call),
         });
         reply(result)
     }

@@ -95,13 +95,7 @@ impl RtcdRelay {
         let found: Vec<(String, &Discovery, IpAddr)> = announced
             .iter()
             .zip(&ways)
-            .map(|(a, d)| {
-                (
-                    SocketAddr::new(a.address, a.grpc_port).to_string(),
-                    d,
-                    a.address,
-                )
-            })
+            .map(|(a, d)| (a.host_key(), d, a.address))
             .collect();
         self.adopt_hosts(&found);
         for (a, (key, _, _)) in announced.iter().zip(&found) {

@@ -52,7 +52,7 @@ use crate::rooms::{
 };
 use rtcd_kit::cluster::{
     Created, Etcd, HOSTS_PREFIX, HostAnnouncement, Replica, Settings as ClusterSettings, Store,
-    StoreError,
+    StoreError, announcement_key, claim_key,
 };
 
 mod admin;

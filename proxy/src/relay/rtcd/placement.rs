@@ -91,43 +91,43 @@ impl RtcdRelay {
         except: &[String],
         claim_as: Claim,
     ) -> Result<Option<(String, Arc<Host>)>, StoreError> {
-        let key = format!("claims/{}/{room}", self.client_id);
+        let key = claim_key(&self.client_id, room);
         let mut moved = false;
         // A few rounds: each is a read or a compare-and-swap that someone else's change beat.
         for _ in 0..4 {
             let claim = cluster.store.get(&key).await?;
-            let pick = match claim {
-                Some(claim) => {
-                    let holder = String::from_utf8_lossy(&claim.value).into_owned();
-                    if !except.contains(&holder)
-                        && self.hosts.is_ready(&holder)
-                        && let Some(host) = self.channel(&holder)
-                    {
-                        if claim_as == Claim::Create {
-                            cluster.count(Placement::Found);
-                        }
-                        return Ok(Some((holder, host)));
+            if let Some(claim) = &claim {
+                let holder = String::from_utf8_lossy(&claim.value).into_owned();
+                if !except.contains(&holder)
+                    && self.hosts.is_ready(&holder)
+                    && let Some(host) = self.channel(&holder)
+                {
+                    if claim_as == Claim::Create {
+                        cluster.count(Placement::Found);
                     }
-                    if claim_as == Claim::Read {
-                        break;
-                    }
-                    tracing::info!(room, host = %holder, "the room's claimed host is gone or unready; claiming it elsewhere");
-                    cluster.store.delete_if(&key, claim.mod_revision).await?;
-                    moved = true;
-                    continue;
+                    return Ok(Some((holder, host)));
                 }
-                None => match self.hosts.place_except(room, except) {
-                    Some(pick) => pick,
-                    None => return Ok(None),
-                },
-            };
-            if claim_as == Claim::Read {
-                // Not opened anywhere: where its first join would go, unclaimed.
-                return Ok(self.channel(&pick).map(|host| (pick, host)));
             }
+            if claim_as == Claim::Read {
+                // Not opened anywhere, or claimed on a host that is gone or unready (whoever
+                // joins next moves the claim): where its next join would go, unclaimed.
+                return Ok(self
+                    .hosts
+                    .place_except(room, except)
+                    .and_then(|pick| self.channel(&pick).map(|host| (pick, host))));
+            }
+            if let Some(claim) = claim {
+                tracing::info!(room, host = %String::from_utf8_lossy(&claim.value), "the room's claimed host is gone or unready; claiming it elsewhere");
+                cluster.store.delete_if(&key, claim.mod_revision).await?;
+                moved = true;
+                continue;
+            }
+            let Some(pick) = self.hosts.place_except(room, except) else {
+                return Ok(None);
+            };
             let lease = cluster
                 .hosts
-                .get(&format!("{HOSTS_PREFIX}{pick}"))
+                .get(&announcement_key(&pick))
                 .and_then(|announcement| announcement.lease);
             match cluster
                 .store
@@ -150,13 +150,6 @@ impl RtcdRelay {
                 Err(StoreError::LeaseExpired(_)) => {}
                 Err(e) => return Err(e),
             }
-        }
-        if claim_as == Claim::Read {
-            // Claimed on a host that is gone or unready: whoever joins next moves the claim.
-            return Ok(self
-                .hosts
-                .place_except(room, except)
-                .and_then(|pick| self.channel(&pick).map(|host| (pick, host))));
         }
         Err(StoreError::Unavailable(format!(
             "the claim of room {room} kept changing"
