@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtcd_kit::cluster::{
-    CLAIMS_PREFIX, Etcd, HostAnnouncement, Presence, PresenceState, Settings, Store, StoreError,
+    CLAIMS_PREFIX, HostAnnouncement, Presence, PresenceState, Settings, Store, StoreError,
     claimed_room,
 };
 use rtcd_kit::health::{Health, Phase};
@@ -59,13 +59,13 @@ impl Announcer {
     /// an unreachable store is retried in the background.
     pub async fn start(
         settings: &Settings,
+        store: Arc<dyn Store>,
         base: HostAnnouncement,
         load: Arc<SystemLoad>,
         health: Arc<Health>,
         rooms: RoomPresence,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let store: Arc<dyn Store> = Arc::new(Etcd::connect(settings)?);
         let announcer = Self {
             inner: Arc::new(Inner {
                 presence: Presence::start(store.clone(), settings.lease_ttl()),

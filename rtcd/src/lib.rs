@@ -156,7 +156,7 @@ impl Rtcd {
         let health = Arc::new(Health::default());
         let metrics = Metrics::new();
         let store = ClientStore::open(Path::new(&config.store.data_source))?;
-        let moderation = ModerationStore::open(store.database())?;
+        let disk = moderation::Disk::open(store.database())?;
         let security = config.api.security.clone();
         let auth = {
             let metrics = metrics.clone();
@@ -205,6 +205,31 @@ impl Rtcd {
         let (webhooks, events) =
             Webhooks::start(&config.webhooks, metrics.clone()).map_err(StartError::Webhooks)?;
         let sfu = Sfu::new(sfu_config(&config.rtc)?, metrics.clone(), events).await?;
+        // Cluster mode: bans, revocations and room policies live in the cluster store; this
+        // host follows a copy, complete before it serves (waited for one request deadline at
+        // most: until it is, joins are refused, not admitted unchecked).
+        let cluster_store: Option<Arc<dyn rtcd_kit::cluster::Store>> = if config.cluster.enabled() {
+            Some(Arc::new(rtcd_kit::cluster::Etcd::connect(&config.cluster)?))
+        } else {
+            None
+        };
+        let moderation: ModerationStore = match &cluster_store {
+            Some(store) => {
+                let shared = Arc::new(moderation::Shared::start(
+                    store.clone(),
+                    config.cluster.stale_limit(),
+                    config.cluster.request_timeout(),
+                    metrics.cluster_joins_unchecked.clone(),
+                ));
+                if !shared.synced(config.cluster.request_timeout()).await {
+                    tracing::warn!(
+                        "cannot read bans and revocations from the cluster store yet; joins are refused until they are read"
+                    );
+                }
+                shared.into()
+            }
+            None => disk.into(),
+        };
         let grpc_cancel = CancellationToken::new();
         let lobby = Lobby::with_metrics(metrics.clone());
         let signaling = SignalingService::new(
@@ -233,7 +258,7 @@ impl Rtcd {
         .await?;
 
         let cancel = CancellationToken::new();
-        let purger = moderation::spawn_purger(moderation, cancel.child_token());
+        let purger = moderation::spawn_purger(moderation.clone(), cancel.child_token());
         let load = Arc::new(SystemLoad::default());
         let announce = load.clone();
         let capacity = sfu.clone();
@@ -263,14 +288,21 @@ impl Rtcd {
             shutdown: cancel.clone(),
             drain,
         };
-        let mut servers = vec![
-            purger,
-            rtcd_kit::listener::serve(
-                http_listener,
-                options(tls, "api"),
-                rtcd_kit::listener::routes_handler(api::public_routes(state.clone())),
-            ),
-        ];
+        let mut servers = vec![purger];
+        if let Some(shared) = moderation.shared() {
+            servers.push(rooms::decisions::spawn(
+                shared.clone(),
+                sfu.clone(),
+                lobby.clone(),
+                metrics.clone(),
+                cancel.child_token(),
+            ));
+        }
+        servers.push(rtcd_kit::listener::serve(
+            http_listener,
+            options(tls, "api"),
+            rtcd_kit::listener::routes_handler(api::public_routes(state.clone())),
+        ));
         if let Some((listener, _)) = metrics_listener {
             servers.push(rtcd_kit::listener::serve(
                 listener,
@@ -280,8 +312,8 @@ impl Rtcd {
         }
         health.set_ready();
         // Announced once ready: a proxy that learns of the host may place rooms on it at once.
-        let announcer = match config.advertised_ip().filter(|_| config.cluster.enabled()) {
-            Some(address) => Some({
+        let announcer = match (config.advertised_ip(), cluster_store) {
+            (Some(address), Some(store)) => Some({
                 let (rooms_sfu, rooms_lobby) = (sfu.clone(), lobby.clone());
                 let rooms: cluster::RoomPresence = Arc::new(move |tenant: &str, room: &str| {
                     let (tenant, call) = (sfu::TenantId::new(tenant), sfu::CallId::new(room));
@@ -289,6 +321,7 @@ impl Rtcd {
                 });
                 cluster::Announcer::start(
                     &config.cluster,
+                    store,
                     rtcd_kit::cluster::HostAnnouncement {
                         address,
                         grpc_port: grpc_addr.port(),
@@ -304,7 +337,7 @@ impl Rtcd {
                 )
                 .await?
             }),
-            None => None,
+            _ => None,
         };
         tracing::info!(%http_addr, ?metrics_addr, %grpc_addr, ice_udp = %sfu.udp_addr(), ice_tcp = ?sfu.tcp_addr(), store = %config.store.data_source, clients = auth.store().len(), "rtcd ready");
         Ok(Self {

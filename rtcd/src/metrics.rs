@@ -254,6 +254,13 @@ pub struct Metrics {
     pub cluster_lease_failures: Counter,
     /// Placement claims of ended rooms this host released.
     pub cluster_claims_released: Counter,
+    /// Seconds this host's copy of the cluster's bans, revocations and room policies has not
+    /// followed the store (0 while it does; cluster mode only). Past `cluster.stale_limit_s`
+    /// new joins are refused.
+    pub cluster_moderation_stale_seconds: Gauge,
+    /// Joins refused because the copy of bans and revocations was too old to check them
+    /// against (fail closed; the store out of reach of this host).
+    pub cluster_joins_unchecked: Counter,
     /// Tasks alive on the runtime that renders the metrics, refreshed on every scrape: a
     /// count that keeps climbing while sessions come and go is a leak (the e2e leak check
     /// asserts it returns to its baseline).
@@ -494,6 +501,18 @@ impl Metrics {
             "Placement claims of ended rooms released by this host",
             cluster_claims_released.clone(),
         );
+        let cluster_moderation_stale_seconds = Gauge::default();
+        registry.register(
+            "cluster_moderation_stale_seconds",
+            "Seconds this host's copy of bans, revocations and room policies has not followed the cluster store",
+            cluster_moderation_stale_seconds.clone(),
+        );
+        let cluster_joins_unchecked = Counter::default();
+        registry.register(
+            "cluster_joins_unchecked",
+            "Joins refused because the copy of bans and revocations was too old to check them",
+            cluster_joins_unchecked.clone(),
+        );
         let runtime_alive_tasks = Gauge::default();
         registry.register(
             "runtime_alive_tasks",
@@ -509,6 +528,8 @@ impl Metrics {
             cluster_announced,
             cluster_lease_failures,
             cluster_claims_released,
+            cluster_moderation_stale_seconds,
+            cluster_joins_unchecked,
             sfu,
             webhook,
             media_dropped,

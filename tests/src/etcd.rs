@@ -33,6 +33,8 @@ pub struct EtcdCluster {
     bin: PathBuf,
     token: String,
     initial_cluster: String,
+    /// Another address every member serves clients on (same port), if any.
+    also_on: Option<std::net::Ipv4Addr>,
     // Declared last so the processes are gone before their data dirs are deleted.
     _dir: tempfile::TempDir,
 }
@@ -45,19 +47,32 @@ impl EtcdCluster {
 
     /// Starts `members` processes as one fresh cluster and waits until every one is healthy.
     pub fn start(members: usize) -> anyhow::Result<EtcdCluster> {
+        Self::start_also_on(members, None)
+    }
+
+    /// [`EtcdCluster::start`], every member also serving clients on `also_on` (an address of
+    /// the test's own network namespace), same port: a test cuts one client's path (nftables
+    /// on that address) while others reach the cluster on 127.0.0.1.
+    pub fn start_also_on(
+        members: usize,
+        also_on: Option<std::net::Ipv4Addr>,
+    ) -> anyhow::Result<EtcdCluster> {
         // Free ports are found by binding and releasing them, so another test process may take
         // one before etcd binds it: a member that exits at start is tried again on new ports.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::start_once(members) {
+            match Self::start_once(members, also_on) {
                 Err(e) if attempt < 3 && e.to_string().contains("exited with") => continue,
                 started => return started,
             }
         }
     }
 
-    fn start_once(members: usize) -> anyhow::Result<EtcdCluster> {
+    fn start_once(
+        members: usize,
+        also_on: Option<std::net::Ipv4Addr>,
+    ) -> anyhow::Result<EtcdCluster> {
         if members == 0 {
             bail!("an etcd cluster needs at least one member");
         }
@@ -103,6 +118,7 @@ impl EtcdCluster {
             bin,
             token,
             initial_cluster,
+            also_on,
             _dir: dir,
         };
         for i in 0..cluster.members.len() {
@@ -122,6 +138,22 @@ impl EtcdCluster {
 
     pub fn endpoint(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// Client URLs of all members on the other address they serve on
+    /// ([`EtcdCluster::start_also_on`]); empty without one.
+    pub fn endpoints_also_on(&self) -> Vec<String> {
+        self.also_on.map_or_else(Vec::new, |ip| {
+            self.members
+                .iter()
+                .map(|m| format!("http://{ip}:{}", m.client_port))
+                .collect()
+        })
+    }
+
+    /// The client ports of all members, in index order.
+    pub fn client_ports(&self) -> Vec<u16> {
+        self.members.iter().map(|m| m.client_port).collect()
     }
 
     /// SIGKILLs member `i` (no graceful leave: this is a crash) and reaps it.
@@ -170,13 +202,17 @@ impl EtcdCluster {
         let m = &self.members[i];
         let log = OpenOptions::new().create(true).append(true).open(&m.log)?;
         let client = format!("http://127.0.0.1:{}", m.client_port);
+        let listen = match self.also_on {
+            Some(ip) => format!("{client},http://{ip}:{}", m.client_port),
+            None => client.clone(),
+        };
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let name = format!("m{i}");
         let data_dir = m.data_dir.to_string_lossy().into_owned();
         let flags = [
             ("--name", name.as_str()),
             ("--data-dir", &data_dir),
-            ("--listen-client-urls", &client),
+            ("--listen-client-urls", &listen),
             ("--advertise-client-urls", &client),
             ("--listen-peer-urls", &peer),
             ("--initial-advertise-peer-urls", &peer),

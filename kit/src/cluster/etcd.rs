@@ -422,6 +422,44 @@ impl Store for Etcd {
         })
     }
 
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        mod_revision: Revision,
+    ) -> StoreFuture<'a, Option<Revision>> {
+        Box::pin(async move {
+            let full = self.full_key(key);
+            let request = rpc::TxnRequest {
+                compare: vec![rpc::Compare {
+                    result: CompareResult::Equal as i32,
+                    target: CompareTarget::Mod as i32,
+                    key: full.clone(),
+                    target_union: Some(TargetUnion::ModRevision(mod_revision)),
+                }],
+                success: vec![rpc::RequestOp {
+                    request: Some(Request::RequestPut(rpc::PutRequest {
+                        key: full,
+                        value,
+                        lease: 0,
+                        prev_kv: false,
+                    })),
+                }],
+                failure: Vec::new(),
+            };
+            let answer = self
+                .call("put_if", |ch| {
+                    let request = request.clone();
+                    async move { KvClient::new(ch).txn(request).await }
+                })
+                .await?
+                .into_inner();
+            Ok(answer
+                .succeeded
+                .then(|| header_revision(answer.header.as_ref())))
+        })
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             let request = rpc::DeleteRangeRequest {

@@ -264,6 +264,26 @@ impl Store for Local {
         Box::pin(async move { self.with(|s| Ok(s.remove(key))) })
     }
 
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        mod_revision: Revision,
+    ) -> StoreFuture<'a, Option<Revision>> {
+        Box::pin(async move {
+            self.with(|s| {
+                if s.keys
+                    .get(key)
+                    .is_some_and(|e| e.mod_revision == mod_revision)
+                {
+                    Ok(Some(s.write(key, value, None)))
+                } else {
+                    Ok(None)
+                }
+            })
+        })
+    }
+
     fn delete_if<'a>(&'a self, key: &'a str, mod_revision: Revision) -> StoreFuture<'a, bool> {
         Box::pin(async move {
             self.with(|s| {

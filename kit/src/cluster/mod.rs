@@ -175,6 +175,16 @@ pub trait Store: Send + Sync {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> StoreFuture<'a, Created>;
+    /// Writes `value` at `key` (bound to no lease) only if `key` was last written at
+    /// `mod_revision`, atomically: a read-modify-write that loses to a concurrent writer
+    /// writes nothing and reads again. The revision written, or `None` if the key changed or
+    /// is gone.
+    fn put_if<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        mod_revision: Revision,
+    ) -> StoreFuture<'a, Option<Revision>>;
     /// Deletes `key`; whether it existed.
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool>;
     /// Deletes `key` only if it was last written at `mod_revision` (so a claim is released

@@ -35,6 +35,11 @@ pub struct Settings {
     /// The time to live of this process's lease (its announcement and claims): how long after
     /// its death the cluster still believes in it, unless it revoked the lease on the way out.
     pub lease_ttl_s: u64,
+    /// rtcd: how long its copy of the bans, revocations and room policies may go without
+    /// following the store before new joins are refused (fail closed: a ban written meanwhile
+    /// could be missed). Sessions already in, resumes and token refreshes are checked against
+    /// the copy as it is. The proxy does not read it.
+    pub stale_limit_s: u64,
 }
 
 impl Default for Settings {
@@ -48,6 +53,7 @@ impl Default for Settings {
             request_timeout_ms: 2_000,
             advertise_address: String::new(),
             lease_ttl_s: 10,
+            stale_limit_s: 30,
         }
     }
 }
@@ -66,6 +72,11 @@ impl Settings {
     /// [`Settings::lease_ttl_s`] as a duration.
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_secs(self.lease_ttl_s)
+    }
+
+    /// [`Settings::stale_limit_s`] as a duration.
+    pub fn stale_limit(&self) -> Duration {
+        Duration::from_secs(self.stale_limit_s)
     }
 
     /// What is wrong with the settings, as `(key, reason)` (keys as `cluster.<name>`);
@@ -138,6 +149,9 @@ impl Settings {
         }
         if !(2..=300).contains(&self.lease_ttl_s) {
             return Err(("cluster.lease_ttl_s", "must be 2-300".into()));
+        }
+        if !(1..=3_600).contains(&self.stale_limit_s) {
+            return Err(("cluster.stale_limit_s", "must be 1-3600".into()));
         }
         Ok(())
     }
@@ -231,6 +245,9 @@ mod tests {
         s.lease_ttl_s = 1;
         assert_eq!(s.validate().unwrap_err().0, "cluster.lease_ttl_s");
         s.lease_ttl_s = 10;
+        s.stale_limit_s = 0;
+        assert_eq!(s.validate().unwrap_err().0, "cluster.stale_limit_s");
+        s.stale_limit_s = 30;
         s.advertise_address = "rtcd-0.rtcd".into();
         assert_eq!(s.validate().unwrap_err().0, "cluster.advertise_address");
         s.advertise_address = "10.0.0.7".into();

@@ -34,6 +34,15 @@ pub enum StoreError {
     /// A record on disk could not be decoded (corruption or a newer format).
     #[error("corrupt record for client {0}")]
     Corrupt(String),
+    /// The cluster store (`[cluster]`) failed or could not be reached in time.
+    #[error(transparent)]
+    Cluster(#[from] rtcd_kit::cluster::StoreError),
+    /// This host's copy of the cluster's bans and revocations has not followed the store for
+    /// this many seconds, more than `cluster.stale_limit_s`: joins cannot be checked.
+    #[error(
+        "this media server cannot check bans and revocations: its copy has not been current for {0} s (cluster store out of reach)"
+    )]
+    Stale(u64),
 }
 
 /// What is kept per client. Versioned so the format can evolve without a migration tool.

@@ -100,8 +100,18 @@ fn refused(code: tonic::Code, message: String, reason: pb::JoinRefusal) -> Statu
 
 /// A failure of rtcd's database: internal (the detail is logged, not sent).
 pub fn from_store(e: &StoreError) -> Status {
-    tracing::error!(error = %e, "store failure");
-    Status::internal("internal error")
+    match e {
+        // Fail closed (docs/cluster.md): counted and alerted on, not an error per join.
+        StoreError::Stale(_) => Status::unavailable(e.to_string()),
+        StoreError::Cluster(rtcd_kit::cluster::StoreError::Unavailable(_)) => {
+            tracing::warn!(error = %e, "the cluster store is out of reach");
+            Status::unavailable("the cluster store is out of reach; retry")
+        }
+        _ => {
+            tracing::error!(error = %e, "store failure");
+            Status::internal("internal error")
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,245 @@
-//! Moderation decisions that must outlive a process: bans from a call, identity cut-offs and
-//! the token-id deny-list ([`store`]), and the one check every join and token refresh goes
-//! through ([`ModerationStore::refusal`]). It knows sled (through [`crate::auth::Database`])
-//! and the SFU's ID types, nothing of gRPC.
+//! Moderation decisions that must outlive a process: bans from a call, identity cut-offs, the
+//! token-id deny-list and stored room policies, and the one check every join and token refresh
+//! goes through ([`ModerationStore::refusal`]). Two stores behind one handle: rtcd's sled
+//! database ([`store`], one host or the DNS multi-host mode, where the proxies write every host)
+//! and the cluster store ([`shared`], `[cluster]`: written once, every host follows a copy).
+//! It knows sled, the cluster store and the SFU's ID types, nothing of gRPC.
 
+pub mod shared;
 pub mod store;
 
-pub use store::{Ban, ModerationStore, Refusal};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use shared::{Applying, Decision, Shared};
+pub use store::{Ban, Disk, Refusal};
+
+use crate::auth::StoreError;
+use crate::lobby::RoomPolicy;
+use crate::sfu::{CallId, TenantId, TokenMeta, UserId};
+
+/// The moderation store of this host. Cheap to clone.
+#[derive(Clone)]
+pub struct ModerationStore(Backend);
+
+#[derive(Clone)]
+enum Backend {
+    Disk(Disk),
+    Shared(Arc<Shared>),
+}
+
+impl From<Disk> for ModerationStore {
+    fn from(disk: Disk) -> Self {
+        Self(Backend::Disk(disk))
+    }
+}
+
+impl From<Arc<Shared>> for ModerationStore {
+    fn from(shared: Arc<Shared>) -> Self {
+        Self(Backend::Shared(shared))
+    }
+}
+
+impl ModerationStore {
+    /// The cluster store's copy, in cluster mode.
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        match &self.0 {
+            Backend::Shared(s) => Some(s),
+            Backend::Disk(_) => None,
+        }
+    }
+
+    /// Why `user` may not join (or resume in) `call` with `token` at `now`, if they may not,
+    /// by what this host knows (in cluster mode: its copy, however old).
+    pub fn refusal(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        user: &UserId,
+        token: &TokenMeta,
+        now: i64,
+    ) -> Result<Option<Refusal>, StoreError> {
+        match &self.0 {
+            Backend::Disk(d) => d.refusal(tenant, call, user, token, now),
+            Backend::Shared(s) => {
+                if let Some(ban) = s.ban_of(tenant, call, user, now)? {
+                    return Ok(Some(Refusal::Banned { until: ban.until }));
+                }
+                s.revoked(tenant, user, token, now)
+            }
+        }
+    }
+
+    /// [`Self::refusal`] for a new session: in cluster mode, refused with
+    /// [`StoreError::Stale`] when the copy is older than `cluster.stale_limit_s` (fail closed:
+    /// a ban written meanwhile could be missed). Sessions already in (resumes, token refreshes)
+    /// are checked against the copy as it is: calls in progress never depend on the store.
+    pub fn join_refusal(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        user: &UserId,
+        token: &TokenMeta,
+        now: i64,
+    ) -> Result<Option<Refusal>, StoreError> {
+        if let Backend::Shared(s) = &self.0 {
+            s.check_fresh(Instant::now())?;
+        }
+        self.refusal(tenant, call, user, token, now)
+    }
+
+    /// Whether `user`'s `token` is revoked at `now` (a cut-off after it was issued, or its ID
+    /// on the deny-list).
+    pub fn revoked(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        token: &TokenMeta,
+        now: i64,
+    ) -> Result<Option<Refusal>, StoreError> {
+        match &self.0 {
+            Backend::Disk(d) => d.revoked(tenant, user, token, now),
+            Backend::Shared(s) => s.revoked(tenant, user, token, now),
+        }
+    }
+
+    /// The policy stored for `call` (every field unset when none is).
+    pub fn policy(&self, tenant: &TenantId, call: &CallId) -> Result<RoomPolicy, StoreError> {
+        match &self.0 {
+            Backend::Disk(d) => d.policy(tenant, call),
+            Backend::Shared(s) => s.policy(tenant, call),
+        }
+    }
+
+    /// The tenant's bans in force (of one call, or of all), sorted by call then user.
+    pub fn bans(
+        &self,
+        tenant: &TenantId,
+        call: Option<&CallId>,
+        now: i64,
+    ) -> Result<Vec<Ban>, StoreError> {
+        match &self.0 {
+            Backend::Disk(d) => d.bans(tenant, call, now),
+            Backend::Shared(s) => s.bans(tenant, call, now),
+        }
+    }
+
+    /// Bans `user` from `call` until `until` (replacing an earlier ban), durably. The caller
+    /// applies the ban to this host's sessions while it holds the [`Applying`] returned (the
+    /// cluster's decisions task leaves it to the caller meanwhile); so for every write below.
+    pub async fn ban(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        user: &UserId,
+        until: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<Applying, StoreError> {
+        match &self.0 {
+            Backend::Disk(d) => {
+                d.ban(tenant, call, user, until, reason, now)?;
+                d.flush().await?;
+                Ok(Applying::none())
+            }
+            Backend::Shared(s) => s.ban(tenant, call, user, until, reason, now).await,
+        }
+    }
+
+    /// Lifts a ban, durably. False if there was none in force.
+    pub async fn unban(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        user: &UserId,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        match &self.0 {
+            Backend::Disk(d) => {
+                let lifted = d.unban(tenant, call, user, now)?;
+                if lifted {
+                    d.flush().await?;
+                }
+                Ok(lifted)
+            }
+            Backend::Shared(s) => s.unban(tenant, call, user, now).await,
+        }
+    }
+
+    /// Revokes `user`'s tokens issued before `issued_before` (a lower cut-off than the one in
+    /// force changes nothing), durably; the cut-off in force.
+    pub async fn raise_cutoff(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        issued_before: i64,
+    ) -> Result<(i64, Applying), StoreError> {
+        match &self.0 {
+            Backend::Disk(d) => {
+                let in_force = d.raise_cutoff(tenant, user, issued_before)?;
+                d.flush().await?;
+                Ok((in_force, Applying::none()))
+            }
+            Backend::Shared(s) => s.raise_cutoff(tenant, user, issued_before).await,
+        }
+    }
+
+    /// Puts a token ID on the deny-list until its expiry (capped), durably; the expiry kept.
+    pub async fn deny_token(
+        &self,
+        tenant: &TenantId,
+        token_id: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(i64, Applying), StoreError> {
+        match &self.0 {
+            Backend::Disk(d) => {
+                let kept = d.deny_token(tenant, token_id, expires_at, now)?;
+                d.flush().await?;
+                Ok((kept, Applying::none()))
+            }
+            Backend::Shared(s) => s.deny_token(tenant, token_id, expires_at, now).await,
+        }
+    }
+
+    /// Merges `change` over the stored policy of `call` (over none with `reset`) and stores the
+    /// result durably; the policy stored.
+    pub async fn set_policy(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        change: RoomPolicy,
+        reset: bool,
+    ) -> Result<(RoomPolicy, Applying), StoreError> {
+        match &self.0 {
+            Backend::Disk(d) => {
+                let base = if reset {
+                    RoomPolicy::default()
+                } else {
+                    d.policy(tenant, call)?
+                };
+                let stored = change.over(base);
+                d.set_policy(tenant, call, stored)?;
+                d.flush().await?;
+                Ok((stored, Applying::none()))
+            }
+            Backend::Shared(s) => s.set_policy(tenant, call, change, reset).await,
+        }
+    }
+
+    /// Removes up to `max` expired bans and deny-list entries; how many.
+    pub async fn purge_expired(&self, now: i64, max: usize) -> Result<usize, StoreError> {
+        match &self.0 {
+            Backend::Disk(d) => {
+                let d = d.clone();
+                tokio::task::spawn_blocking(move || d.purge_expired(now, max))
+                    .await
+                    .map_err(|_| StoreError::Corrupt("the purge task failed".into()))?
+            }
+            Backend::Shared(s) => s.purge_expired(now, max).await,
+        }
+    }
+}
 
 /// Now, in Unix seconds (the unit of bans, cut-offs and token times).
 pub fn unix_now() -> i64 {
@@ -19,7 +253,7 @@ pub const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(6
 /// Most entries one sweep removes (the rest wait for the next one; reads ignore them anyway).
 pub const PURGE_BATCH: usize = 10_000;
 
-/// Sweeps expired entries every [`PURGE_INTERVAL`] (on a blocking thread, at most
+/// Sweeps expired entries every [`PURGE_INTERVAL`] (sled's on a blocking thread; at most
 /// [`PURGE_BATCH`] each time) until `cancel`.
 pub fn spawn_purger(
     store: ModerationStore,
@@ -33,18 +267,14 @@ pub fn spawn_purger(
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.purge_expired(unix_now(), PURGE_BATCH))
-                .await
-            {
-                Ok(Ok(n)) if n > 0 => {
+            match store.purge_expired(unix_now(), PURGE_BATCH).await {
+                Ok(n) if n > 0 => {
                     tracing::debug!(removed = n, "expired moderation entries purged")
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
+                Ok(_) => {}
+                Err(e) => {
                     tracing::error!(error = %e, "purging expired moderation entries failed")
                 }
-                Err(_) => return,
             }
         }
     })

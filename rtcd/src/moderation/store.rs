@@ -1,5 +1,6 @@
-//! Bans, identity cut-offs and denied token IDs in rtcd's sled database, one tree each, in the
-//! same database (and group commit) as the client registry:
+//! Bans, identity cut-offs, denied token IDs and room policies in rtcd's sled database (the
+//! single-host and DNS multi-host modes; `super::shared` holds them in the cluster store), one
+//! tree each, in the same database (and group commit) as the client registry:
 //!
 //! | tree          | key                          | value (JSON, versioned)           |
 //! |---------------|------------------------------|-----------------------------------|
@@ -11,12 +12,13 @@
 //! Each key component is its length (u16, big endian) then its bytes, so a tenant's (or a
 //! call's) entries form one prefix and no ID can run into the next. Times are Unix seconds.
 //! Expired bans and deny-list entries are ignored when read, removed when met, and swept in
-//! bounded batches by [`ModerationStore::purge_expired`]. Cut-offs have no expiry (a user's
+//! bounded batches by [`Disk::purge_expired`]. Cut-offs have no expiry (a user's
 //! later cut-off replaces an earlier one; an earlier never replaces a later one). Nothing
 //! secret is stored: IDs, times and the moderator's reason.
 //!
-//! Writers call [`ModerationStore::flush`] before they acknowledge: it is the registry's group
-//! commit ([`Database::flush`]), never sled's `flush_async`.
+//! Writers call [`Disk::flush`] before they acknowledge: it is the registry's group
+//! commit ([`Database::flush`]), never sled's `flush_async`. The records' JSON is the same in
+//! both stores.
 
 use serde::{Deserialize, Serialize};
 
@@ -67,38 +69,49 @@ impl Refusal {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct BanRecord {
-    v: u32,
-    until: i64,
-    reason: String,
-    created_at: i64,
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct BanRecord {
+    pub(super) v: u32,
+    pub(super) until: i64,
+    pub(super) reason: String,
+    pub(super) created_at: i64,
 }
 
-#[derive(Serialize, Deserialize)]
-struct CutOffRecord {
-    v: u32,
-    issued_before: i64,
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct CutOffRecord {
+    pub(super) v: u32,
+    pub(super) issued_before: i64,
 }
 
-#[derive(Serialize, Deserialize)]
-struct PolicyRecord {
-    v: u32,
-    policy: RoomPolicy,
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct PolicyRecord {
+    pub(super) v: u32,
+    pub(super) policy: RoomPolicy,
 }
 
-#[derive(Serialize, Deserialize)]
-struct DeniedRecord {
-    v: u32,
-    expires_at: i64,
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct DeniedRecord {
+    pub(super) v: u32,
+    pub(super) expires_at: i64,
 }
 
 /// Longest a deny-list entry is kept (a token living longer is revoked by cut-off instead).
 pub const MAX_DENY_SECONDS: i64 = 30 * 24 * 3600;
 
-/// Handle to the three trees. Cheap to clone.
+/// How long a token ID stays on the deny-list: until the token's own expiry, at most
+/// [`MAX_DENY_SECONDS`] from `now` (`expires_at` 0 or less = unknown: the cap).
+pub(super) fn deny_until(expires_at: i64, now: i64) -> i64 {
+    let cap = now.saturating_add(MAX_DENY_SECONDS);
+    if expires_at <= 0 {
+        cap
+    } else {
+        expires_at.min(cap)
+    }
+}
+
+/// Handle to the four trees. Cheap to clone.
 #[derive(Clone)]
-pub struct ModerationStore {
+pub struct Disk {
     db: Database,
     bans: sled::Tree,
     cutoffs: sled::Tree,
@@ -129,16 +142,16 @@ fn parts(mut bytes: &[u8]) -> Option<Vec<String>> {
     Some(out)
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Plain structs of numbers and strings always serialize.
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn corrupt(tree: &str, k: &[u8]) -> StoreError {
+pub(super) fn corrupt(tree: &str, k: &[u8]) -> StoreError {
     StoreError::Corrupt(format!("{tree} entry {}", String::from_utf8_lossy(k)))
 }
 
-impl ModerationStore {
+impl Disk {
     /// Opens (creating if needed) the moderation trees of rtcd's database.
     pub fn open(db: &Database) -> Result<Self, StoreError> {
         Ok(Self {
@@ -330,12 +343,7 @@ impl ModerationStore {
         expires_at: i64,
         now: i64,
     ) -> Result<i64, StoreError> {
-        let cap = now.saturating_add(MAX_DENY_SECONDS);
-        let wanted = if expires_at <= 0 {
-            cap
-        } else {
-            expires_at.min(cap)
-        };
+        let wanted = deny_until(expires_at, now);
         let k = key(&[tenant.as_str(), token_id]);
         let mut kept = wanted;
         self.denied.fetch_and_update(&k, |old| {
@@ -462,10 +470,10 @@ mod tests {
         }
     }
 
-    fn open(dir: &std::path::Path) -> (ClientStore, ModerationStore) {
+    fn open(dir: &std::path::Path) -> (ClientStore, Disk) {
         // `ClientStore::open` waits out sled's background threads after the last handle.
         let clients = ClientStore::open(dir).unwrap();
-        let store = ModerationStore::open(clients.database()).unwrap();
+        let store = Disk::open(clients.database()).unwrap();
         (clients, store)
     }
 

@@ -12,6 +12,7 @@
 //! management action leaves one INFO line on the `audit` target (client, call, user, action,
 //! outcome). Errors are mapped once, in [`status`].
 
+pub mod decisions;
 pub mod status;
 
 use rtcd_proto::v1 as pb;
@@ -20,7 +21,6 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthService, StoreError};
 use crate::grpc::convert;
-use crate::lobby::RoomPolicy;
 use crate::lobby::{Lobby, LobbyError};
 use crate::moderation::{ModerationStore, unix_now};
 use crate::sfu::{
@@ -114,13 +114,17 @@ impl RoomsService {
                 "ban_seconds must be at most {MAX_BAN_SECONDS} (a year)"
             )));
         }
+        // Held until the removal below is done: this host applies its own ban (and counts).
+        let mut applying = None;
         let banned_until = if req.ban_seconds > 0 {
             let now = unix_now();
             // Bounded above: fits an i64.
             let until = now.saturating_add(req.ban_seconds as i64);
-            self.moderation
-                .ban(tenant, &call, &user, until, &req.reason, now)?;
-            self.moderation.flush().await?;
+            applying = Some(
+                self.moderation
+                    .ban(tenant, &call, &user, until, &req.reason, now)
+                    .await?,
+            );
             Some(until)
         } else {
             None
@@ -135,6 +139,7 @@ impl RoomsService {
             Err(SfuError::NotFound) if banned_until.is_some() => 0,
             Err(e) => return Err(e.into()),
         };
+        drop(applying);
         Ok(pb::RemoveParticipantResponse {
             sessions_closed: count(closed),
             banned_until: banned_until.unwrap_or(0),
@@ -209,10 +214,13 @@ impl RoomsService {
     ) -> Result<pb::UnbanResponse, RoomsError> {
         let call = call_id(&req.call_id)?;
         let user = user_id(&req.user_id)?;
-        if !self.moderation.unban(tenant, &call, &user, unix_now())? {
+        if !self
+            .moderation
+            .unban(tenant, &call, &user, unix_now())
+            .await?
+        {
             return Err(RoomsError::NotFound("no such ban"));
         }
-        self.moderation.flush().await?;
         Ok(pb::UnbanResponse {})
     }
 
@@ -232,10 +240,11 @@ impl RoomsService {
                     "issued_before must be a positive Unix time with user_id",
                 ));
             }
-            let in_force = self
+            let (in_force, applying) = self
                 .moderation
-                .raise_cutoff(tenant, &user, req.issued_before)?;
-            Some((user, in_force))
+                .raise_cutoff(tenant, &user, req.issued_before)
+                .await?;
+            Some((user, in_force, applying))
         } else {
             None
         };
@@ -244,14 +253,21 @@ impl RoomsService {
                 "token_id must be at most {MAX_ID_BYTES} bytes"
             )));
         }
-        if !req.token_id.is_empty() {
-            self.moderation
-                .deny_token(tenant, &req.token_id, req.token_expires_at, unix_now())?;
-        }
-        self.moderation.flush().await?;
-        let closed = self
-            .sfu
-            .revoke(tenant, cutoff.as_ref().map(|(u, t)| (u, *t)), &req.token_id);
+        let denied = if req.token_id.is_empty() {
+            None
+        } else {
+            Some(
+                self.moderation
+                    .deny_token(tenant, &req.token_id, req.token_expires_at, unix_now())
+                    .await?,
+            )
+        };
+        let closed = self.sfu.revoke(
+            tenant,
+            cutoff.as_ref().map(|(u, t, _)| (u, *t)),
+            &req.token_id,
+        );
+        drop((cutoff, denied));
         Ok(pb::RevokeResponse {
             sessions_closed: count(closed),
         })
@@ -267,15 +283,12 @@ impl RoomsService {
         let call = call_id(&req.call_id)?;
         let change = convert::room_policy(req.policy.unwrap_or_default());
         change.validate()?;
-        let base = if req.reset {
-            RoomPolicy::default()
-        } else {
-            self.moderation.policy(tenant, &call)?
-        };
-        let stored = change.over(base);
-        self.moderation.set_policy(tenant, &call, stored)?;
-        self.moderation.flush().await?;
+        let (stored, applying) = self
+            .moderation
+            .set_policy(tenant, &call, change, req.reset)
+            .await?;
         self.lobby.policy_changed(tenant, &call, stored);
+        drop(applying);
         Ok(convert::room_policy_to(stored))
     }
 

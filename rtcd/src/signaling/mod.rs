@@ -200,7 +200,7 @@ impl SignalingService {
     ) -> Result<Admitted, NotAdmitted> {
         if let Some(refusal) = self
             .moderation
-            .refusal(
+            .join_refusal(
                 &join.tenant,
                 &join.call,
                 &join.user,

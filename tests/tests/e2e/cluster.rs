@@ -15,7 +15,7 @@ use rtcd_proxy::placement::HostHealth;
 use rtcd_proxy::relay::rtcd::RtcdRelay;
 use tokio_util::sync::CancellationToken;
 
-fn cluster_settings(etcd: &EtcdCluster) -> Settings {
+pub(crate) fn cluster_settings(etcd: &EtcdCluster) -> Settings {
     Settings {
         etcd_endpoints: etcd.endpoints(),
         key_prefix: "/e2e/".into(),
@@ -25,7 +25,11 @@ fn cluster_settings(etcd: &EtcdCluster) -> Settings {
 
 /// An rtcd on `ip` (gRPC and API on ports of their own) announcing itself in `etcd`, with
 /// `proxy-1` registered.
-async fn announced_host(dir: &std::path::Path, ip: &str, etcd: &EtcdCluster) -> TestRtcd {
+pub(crate) async fn announced_host(
+    dir: &std::path::Path,
+    ip: &str,
+    etcd: &EtcdCluster,
+) -> TestRtcd {
     let (api, grpc) = (format!("{ip}:0"), format!("{ip}:0"));
     let endpoints = etcd.endpoints().join(",");
     let d = TestRtcd::start_in(
@@ -56,7 +60,11 @@ async fn announced_host(dir: &std::path::Path, ip: &str, etcd: &EtcdCluster) -> 
     d
 }
 
-async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
+pub(crate) async fn eventually(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Duration {
     let start = Instant::now();
     while !check() {
         assert!(
@@ -190,14 +198,14 @@ async fn a_host_that_cannot_name_its_address_is_refused_at_start() {
     assert!(message.contains("cluster.advertise_address"), "{message}");
 }
 
-fn moderator(sub: &str, room: &str) -> String {
+pub(crate) fn moderator(sub: &str, room: &str) -> String {
     let mut claims = rtcd_e2e::proxy::claims(sub, room);
     claims["role"] = "moderator".into();
     rtcd_e2e::proxy::hs_token(&claims)
 }
 
 /// A proxy replica in cluster mode (its relay reads the hosts and claims from `etcd`).
-async fn replica(etcd: &EtcdCluster, cancel: &CancellationToken) -> rtcd_proxy::Proxy {
+pub(crate) async fn replica(etcd: &EtcdCluster, cancel: &CancellationToken) -> rtcd_proxy::Proxy {
     let mut config = rtcd_e2e::proxy::base_config();
     config.rtcd = RtcdConfig {
         url: "http://127.0.0.1:9".into(),
@@ -217,7 +225,11 @@ async fn replica(etcd: &EtcdCluster, cancel: &CancellationToken) -> rtcd_proxy::
         .unwrap()
 }
 
-async fn joined(addr: std::net::SocketAddr, user: &str, room: &str) -> rtcd_e2e::proxy::Client {
+pub(crate) async fn joined(
+    addr: std::net::SocketAddr,
+    user: &str,
+    room: &str,
+) -> rtcd_e2e::proxy::Client {
     let (client, outcome) = rtcd_e2e::proxy::join(addr, Some(&moderator(user, room)), room)
         .await
         .unwrap();

@@ -166,6 +166,41 @@ async fn delete_if_releases_only_the_version_it_names(store: Arc<dyn Store>) {
     );
 }
 
+async fn put_if_writes_only_over_the_version_it_read(store: Arc<dyn Store>) {
+    let first = store.put("bans/t/c/u", b"1".to_vec(), None).await.unwrap();
+    // Two writers read `first`; the first to write wins, the other writes nothing.
+    let second = store
+        .put_if("bans/t/c/u", b"2".to_vec(), first)
+        .await
+        .unwrap()
+        .expect("the version read is current");
+    assert!(second > first);
+    assert_eq!(
+        store
+            .put_if("bans/t/c/u", b"3".to_vec(), first)
+            .await
+            .unwrap(),
+        None,
+        "a writer that read an older version writes nothing"
+    );
+    let entry = store.get("bans/t/c/u").await.unwrap().unwrap();
+    assert_eq!(
+        (entry.value.as_slice(), entry.mod_revision),
+        (&b"2"[..], second)
+    );
+    assert_eq!(entry.create_revision, first, "an update, not a new key");
+    store.delete("bans/t/c/u").await.unwrap();
+    assert_eq!(
+        store
+            .put_if("bans/t/c/u", b"4".to_vec(), second)
+            .await
+            .unwrap(),
+        None,
+        "a deleted key is not written again"
+    );
+    assert_eq!(store.get("bans/t/c/u").await.unwrap(), None);
+}
+
 async fn leases_take_their_keys_with_them(store: Arc<dyn Store>) {
     // Kept alive: the key outlives its time to live several times over.
     let kept = store.grant(Duration::from_secs(2)).await.unwrap();
@@ -401,6 +436,7 @@ suite!(
     many_keys_list_in_full,
     create_has_exactly_one_winner_per_key,
     delete_if_releases_only_the_version_it_names,
+    put_if_writes_only_over_the_version_it_read,
     leases_take_their_keys_with_them,
     watches_deliver_in_order_and_resume_from_a_revision,
     a_replica_follows_its_prefix_from_any_start,

@@ -6,6 +6,7 @@
 
 mod affiliation;
 mod cluster;
+mod cluster_moderation;
 mod cluster_store;
 mod dev;
 mod edges;

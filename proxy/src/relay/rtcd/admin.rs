@@ -90,6 +90,71 @@ impl RtcdRelay {
     }
 }
 
+impl RtcdRelay {
+    /// Whether the hosts share bans, revocations and room policies through the cluster store
+    /// (cluster mode): a decision is then written once, by the host that takes it, and every
+    /// other host follows it from the store (docs/cluster.md), instead of being written to
+    /// every host by this proxy.
+    fn shares_state(&self) -> bool {
+        self.cluster.get().is_some()
+    }
+
+    /// A revocation in cluster mode: stored once, by the first ready host that takes it (the
+    /// next one if a host cannot be reached); then asked of the other ready hosts only for
+    /// the sessions they close at once (each would close them within a second anyway, from the
+    /// store, so one that fails is logged, not reported). The sessions closed, summed.
+    async fn revoke_shared<F, Fut>(
+        &self,
+        request: pb::RevokeRequest,
+        revoke: F,
+    ) -> Result<u32, ControlError>
+    where
+        F: Fn(RoomsClient<Channel>, tonic::Request<pb::RevokeRequest>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<pb::RevokeResponse>, tonic::Status>>,
+    {
+        let hosts = self.all_hosts(true);
+        let mut failed = Vec::new();
+        let mut stored = None;
+        for (i, (key, host)) in hosts.iter().enumerate() {
+            match self.rooms_call(key, host, request.clone(), &revoke).await {
+                Ok(r) => {
+                    stored = Some((i, r.sessions_closed));
+                    break;
+                }
+                Err(ControlError::Unavailable(e)) => failed.push(format!("{key}: {e}")),
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((first, mut closed)) = stored else {
+            return Err(ControlError::Unavailable(if failed.is_empty() {
+                "no media server is ready".into()
+            } else {
+                format!(
+                    "no media server could store it; retry (failed: {})",
+                    failed.join("; ")
+                )
+            }));
+        };
+        let others = hosts
+            .iter()
+            .skip(first + 1)
+            .map(|(key, host)| self.rooms_call(key, host, request.clone(), &revoke));
+        for (result, (key, _)) in futures_util::future::join_all(others)
+            .await
+            .into_iter()
+            .zip(hosts.iter().skip(first + 1))
+        {
+            match result {
+                Ok(r) => closed += r.sessions_closed,
+                Err(e) => {
+                    tracing::info!(host = %key, error = %e, "a host did not take a revocation at once; it follows it from the cluster store")
+                }
+            }
+        }
+        Ok(closed)
+    }
+}
+
 /// What a call made on every known host returned: the results of the hosts that answered,
 /// or `Unavailable` naming those that did not (the calls are idempotent: the caller retries).
 pub(super) fn gathered<Resp>(
@@ -224,7 +289,7 @@ impl RoomControl for RtcdRelay {
             let remove =
                 |mut c: RoomsClient<Channel>, r| async move { c.remove_participant(r).await };
             let (key, r) = self.on_room_host(room, request.clone(), remove).await?;
-            if ban_seconds > 0 {
+            if ban_seconds > 0 && !self.shares_state() {
                 // The ban is recorded on every host too: if this one dies and the room is
                 // placed elsewhere, the user must still be kept out there.
                 self.on_every_host(Some(&key), request, remove, true)
@@ -340,7 +405,9 @@ impl RoomControl for RtcdRelay {
             let unban = |mut c: RoomsClient<Channel>, r| async move { c.unban(r).await };
             // The room's host says whether there was a ban; the others only follow.
             let (key, _) = self.on_room_host(room, request.clone(), unban).await?;
-            self.on_every_host(Some(&key), request, unban, true).await?;
+            if !self.shares_state() {
+                self.on_every_host(Some(&key), request, unban, true).await?;
+            }
             Ok(())
         })
     }
@@ -356,19 +423,16 @@ impl RoomControl for RtcdRelay {
                 token_id: revocation.token_id.clone().unwrap_or_default(),
                 token_expires_at: revocation.token_expires_at.unwrap_or(0),
             };
+            let revoke = |mut c: RoomsClient<Channel>, r| async move { c.revoke(r).await };
+            if self.shares_state() {
+                return self.revoke_shared(request, revoke).await;
+            }
             // Every known host, ready or not: a revocation must hold wherever the user joins
             // next.
             if self.all_hosts(false).is_empty() {
                 return Err(ControlError::Unavailable("no media server is known".into()));
             }
-            let answers = self
-                .on_every_host(
-                    None,
-                    request,
-                    |mut c, r| async move { c.revoke(r).await },
-                    false,
-                )
-                .await?;
+            let answers = self.on_every_host(None, request, revoke, false).await?;
             Ok(answers.iter().map(|r| r.sessions_closed).sum())
         })
     }
@@ -461,7 +525,9 @@ impl RoomControl for RtcdRelay {
             let set = |mut c: RoomsClient<Channel>, r| async move { c.set_room_policy(r).await };
             // The room's host first: it applies the policy to those waiting there now.
             let (key, r) = self.on_room_host(room, request.clone(), set).await?;
-            self.on_every_host(Some(&key), request, set, false).await?;
+            if !self.shares_state() {
+                self.on_every_host(Some(&key), request, set, false).await?;
+            }
             Ok(policy_from_pb(r))
         })
     }
