@@ -210,6 +210,20 @@ async fn clients(config: Config, action: &ClientsAction) -> Result<(), String> {
     logging::init(&config.logger);
     let store =
         ClientStore::open(Path::new(&config.store.data_source)).map_err(|e| e.to_string())?;
+    // In cluster mode the registry is the cluster store's: a change made here is every host's.
+    let store = if config.cluster.enabled() {
+        let cluster =
+            rtcd_kit::cluster::Etcd::connect(&config.cluster).map_err(|e| e.to_string())?;
+        store
+            .shared_in(
+                std::sync::Arc::new(cluster),
+                &config.cluster.key_prefix,
+                config.cluster.request_timeout(),
+            )
+            .await
+    } else {
+        store
+    };
     let auth = AuthService::new(store, config.api.security.clone(), Metrics::new())
         .map_err(|e| e.to_string())?;
     let local = IpAddr::V4(Ipv4Addr::LOCALHOST);

@@ -157,6 +157,25 @@ impl Rtcd {
         let metrics = Metrics::new();
         let store = ClientStore::open(Path::new(&config.store.data_source))?;
         let disk = moderation::Disk::open(store.database())?;
+        // Cluster mode: the client registry and the moderation decisions live in the cluster
+        // store (docs/cluster.md); this host follows copies of them.
+        let cluster_store: Option<Arc<dyn rtcd_kit::cluster::Store>> = if config.cluster.enabled() {
+            Some(Arc::new(rtcd_kit::cluster::Etcd::connect(&config.cluster)?))
+        } else {
+            None
+        };
+        let store = match &cluster_store {
+            Some(cluster) => {
+                store
+                    .shared_in(
+                        cluster.clone(),
+                        &config.cluster.key_prefix,
+                        config.cluster.request_timeout(),
+                    )
+                    .await
+            }
+            None => store,
+        };
         let security = config.api.security.clone();
         let auth = {
             let metrics = metrics.clone();
@@ -205,14 +224,9 @@ impl Rtcd {
         let (webhooks, events) =
             Webhooks::start(&config.webhooks, metrics.clone()).map_err(StartError::Webhooks)?;
         let sfu = Sfu::new(sfu_config(&config.rtc)?, metrics.clone(), events).await?;
-        // Cluster mode: bans, revocations and room policies live in the cluster store; this
-        // host follows a copy, complete before it serves (waited for one request deadline at
-        // most: until it is, joins are refused, not admitted unchecked).
-        let cluster_store: Option<Arc<dyn rtcd_kit::cluster::Store>> = if config.cluster.enabled() {
-            Some(Arc::new(rtcd_kit::cluster::Etcd::connect(&config.cluster)?))
-        } else {
-            None
-        };
+        // Bans, revocations and room policies: in cluster mode a copy, complete before this
+        // host serves (waited for one request deadline at most: until it is, joins are
+        // refused, not admitted unchecked).
         let moderation: ModerationStore = match &cluster_store {
             Some(store) => {
                 let shared = Arc::new(moderation::Shared::start(
@@ -226,6 +240,9 @@ impl Rtcd {
                         "cannot read bans and revocations from the cluster store yet; joins are refused until they are read"
                     );
                 }
+                shared
+                    .adopt(&disk, &config.cluster.key_prefix, moderation::unix_now())
+                    .await;
                 shared.into()
             }
             None => disk.into(),
@@ -289,6 +306,9 @@ impl Rtcd {
             drain,
         };
         let mut servers = vec![purger];
+        if let Some(follower) = auth.spawn_registry_follower(cancel.child_token()) {
+            servers.push(follower);
+        }
         if let Some(shared) = moderation.shared() {
             servers.push(rooms::decisions::spawn(
                 shared.clone(),

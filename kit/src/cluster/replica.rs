@@ -111,6 +111,41 @@ impl Replica {
     }
 }
 
+impl Replica {
+    /// Waits until the copy no longer holds `key` as written at `mod_revision` (a writer
+    /// deleted or replaced it), or `within` passes; whether it does.
+    pub async fn moved_past(&self, key: &str, mod_revision: Revision, within: Duration) -> bool {
+        let mut changed = self.changes();
+        let gone = async {
+            while self
+                .get(key)
+                .is_some_and(|e| e.mod_revision == mod_revision)
+            {
+                if changed.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        matches!(tokio::time::timeout(within, gone).await, Ok(true))
+    }
+
+    /// Waits until the copy was complete once (its first read of the prefix), or `within`
+    /// passes; whether it was.
+    pub async fn wait_synced(&self, within: Duration) -> bool {
+        let mut changed = self.changes();
+        let complete = async {
+            while !self.synced() {
+                if changed.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        matches!(tokio::time::timeout(within, complete).await, Ok(true))
+    }
+}
+
 impl Drop for Replica {
     fn drop(&mut self) {
         self.task.abort();

@@ -200,6 +200,23 @@ enum Plan {
 }
 
 impl AuthService {
+    /// Whether `client` is now registered as declared with its key, as read from the store
+    /// itself: another host reconciling the same file made the change this one lost a
+    /// compare-and-swap to (cluster mode; with sled nothing else writes).
+    async fn declared_elsewhere(&self, client: &DeclaredClient) -> Result<bool, AuthError> {
+        let Some(record) = self.inner.store.fresh(&client.id).await? else {
+            return Ok(false);
+        };
+        if !record.declared {
+            return Ok(false);
+        }
+        let (key, hash) = (client.key.clone(), record.hash);
+        Ok(self
+            .bcrypt(move || bcrypt::verify(key.expose(), &hash))
+            .await?
+            .unwrap_or(false))
+    }
+
     /// Reads the declared-clients file at `path` and reconciles it into the registry (see the
     /// module doc). Called at start, before any listener serves. Every line is validated, and
     /// every conflict with an API registration detected, before the first write; changes are
@@ -273,18 +290,32 @@ impl AuthService {
             let id = &client.id;
             match plan {
                 Plan::Keep => done.unchanged += 1,
-                Plan::Create => {
-                    self.insert_new(id, &client.key, true).await?;
-                    changed(id, "created");
-                    done.created += 1;
-                }
+                Plan::Create => match self.insert_new(id, &client.key, true).await {
+                    Ok(()) => {
+                        changed(id, "created");
+                        done.created += 1;
+                    }
+                    // Another host reconciling the same file got there first (cluster mode).
+                    Err(AuthError::Conflict(_)) if self.declared_elsewhere(client).await? => {
+                        done.unchanged += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                },
                 Plan::Rotate(old) => {
                     let new = ClientRecord {
                         hash: self.hash_key(&client.key).await?,
                         ..old.clone()
                     };
-                    if !store.replace(id, &old, &new).map_err(AuthError::from)? {
-                        return Err(AuthError::Conflict(id.clone()).into());
+                    if !store
+                        .replace(id, &old, &new)
+                        .await
+                        .map_err(AuthError::from)?
+                    {
+                        if !self.declared_elsewhere(client).await? {
+                            return Err(AuthError::Conflict(id.clone()).into());
+                        }
+                        done.unchanged += 1;
+                        continue;
                     }
                     // The old key's cached verification and its bearer tokens end here.
                     self.forget(id);
@@ -296,8 +327,16 @@ impl AuthService {
                         declared: true,
                         ..old.clone()
                     };
-                    if !store.replace(id, &old, &new).map_err(AuthError::from)? {
-                        return Err(AuthError::Conflict(id.clone()).into());
+                    if !store
+                        .replace(id, &old, &new)
+                        .await
+                        .map_err(AuthError::from)?
+                    {
+                        if !self.declared_elsewhere(client).await? {
+                            return Err(AuthError::Conflict(id.clone()).into());
+                        }
+                        done.unchanged += 1;
+                        continue;
                     }
                     changed(id, "adopted");
                     done.adopted += 1;
@@ -308,7 +347,7 @@ impl AuthService {
         let listed: HashSet<&ClientId> = declared.iter().map(|c| &c.id).collect();
         for (id, record) in store.records().map_err(AuthError::from)? {
             if record.declared && !listed.contains(&id) {
-                store.remove(&id).map_err(AuthError::from)?;
+                store.remove(&id).await.map_err(AuthError::from)?;
                 self.forget(&id);
                 changed(&id, "removed");
                 done.removed += 1;
@@ -597,5 +636,164 @@ mod tests {
         }
         assert!(files > 0);
         assert!(host.record("alpha").unwrap().hash.starts_with("$2b$"));
+    }
+
+    // ---- the registry in the cluster store (cluster mode), on the kit's in-memory store ----
+
+    const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+    impl Host {
+        /// A host whose registry is `cluster`'s (its sled directory of its own, or `dir`'s).
+        async fn in_cluster(
+            cluster: &std::sync::Arc<rtcd_kit::cluster::Local>,
+            dir: Option<tempfile::TempDir>,
+        ) -> Self {
+            let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+            let store = ClientStore::open(&dir.path().join("db"))
+                .unwrap()
+                .shared_in(cluster.clone(), "/t/", SETTLE)
+                .await;
+            let config = SecurityConfig {
+                bcrypt_cost: 4,
+                ..SecurityConfig::default()
+            };
+            let auth = AuthService::new(store, config, Metrics::new()).unwrap();
+            Self { dir, auth }
+        }
+    }
+
+    async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while !check().await {
+            assert!(start.elapsed() < SETTLE, "timed out waiting for: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn hosts_sharing_a_registry_see_each_others_clients_and_removals() {
+        let cluster = std::sync::Arc::new(rtcd_kit::cluster::Local::new());
+        let (a, b) = (
+            Host::in_cluster(&cluster, None).await,
+            Host::in_cluster(&cluster, None).await,
+        );
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let _follower = b.auth.spawn_registry_follower(cancel.clone()).unwrap();
+        let id = ClientId::parse("alpha").unwrap();
+        a.auth
+            .register(
+                Some(&Principal::Admin),
+                id.clone(),
+                Secret::new(KEY_API),
+                LOCAL,
+            )
+            .await
+            .unwrap();
+        assert!(a.logs_in("alpha", KEY_API).await, "the writer at once");
+        eventually("host B knows alpha", async || {
+            b.logs_in("alpha", KEY_API).await
+        })
+        .await;
+        let token = b
+            .auth
+            .login(id.clone(), Secret::new(KEY_API), LOCAL)
+            .await
+            .unwrap()
+            .token;
+        let bearer = crate::auth::Credentials::Bearer(token);
+        assert!(b.auth.authenticate(&bearer, LOCAL).await.is_ok());
+        // A second registration of the same ID through the other host is a conflict.
+        assert!(matches!(
+            b.auth
+                .register(
+                    Some(&Principal::Admin),
+                    id.clone(),
+                    Secret::new(KEY_A),
+                    LOCAL
+                )
+                .await,
+            Err(AuthError::Conflict(_))
+        ));
+
+        // Removed through host A: host B's bearer token and cached key stop working too.
+        a.auth
+            .unregister(&Principal::Admin, id.clone(), LOCAL)
+            .await
+            .unwrap();
+        eventually("host B forgets alpha's token", async || {
+            b.auth.authenticate(&bearer, LOCAL).await.is_err()
+        })
+        .await;
+        assert!(!b.logs_in("alpha", KEY_API).await);
+        assert_eq!(b.auth.list().unwrap(), vec![]);
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn hosts_reconciling_one_declared_file_at_once_all_start() {
+        let cluster = std::sync::Arc::new(rtcd_kit::cluster::Local::new());
+        let hosts = [
+            Host::in_cluster(&cluster, None).await,
+            Host::in_cluster(&cluster, None).await,
+            Host::in_cluster(&cluster, None).await,
+        ];
+        let text = format!("alpha:{KEY_A}\nbeta:{KEY_B}\n");
+        let results =
+            futures_util::future::join_all(hosts.iter().map(|h| h.reconcile(&text))).await;
+        let created: usize = results.iter().map(|r| r.as_ref().unwrap().created).sum();
+        assert_eq!(created, 2, "each client created once, by one host");
+        for host in &hosts {
+            eventually("every host knows both", async || {
+                host.logs_in("alpha", KEY_A).await && host.logs_in("beta", KEY_B).await
+            })
+            .await;
+        }
+        // A rotation made by all of them at once: one rotates, the others find it done.
+        let text = format!("alpha:{KEY_A2}\nbeta:{KEY_B}\n");
+        let results =
+            futures_util::future::join_all(hosts.iter().map(|h| h.reconcile(&text))).await;
+        for r in &results {
+            r.as_ref().unwrap();
+        }
+        eventually("the new key everywhere", async || {
+            hosts[2].logs_in("alpha", KEY_A2).await
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_host_brings_its_registrations_into_the_cluster_once() {
+        let cluster = std::sync::Arc::new(rtcd_kit::cluster::Local::new());
+        // Registered before the cluster mode, in the host's own sled registry.
+        let before = Host::new();
+        before
+            .auth
+            .register(
+                Some(&Principal::Admin),
+                ClientId::parse("old").unwrap(),
+                Secret::new(KEY_API),
+                LOCAL,
+            )
+            .await
+            .unwrap();
+        let Host { dir, auth } = before;
+        drop(auth);
+        let host = Host::in_cluster(&cluster, Some(dir)).await;
+        let other = Host::in_cluster(&cluster, None).await;
+        eventually("another host knows it", async || {
+            other.logs_in("old", KEY_API).await
+        })
+        .await;
+        // Removed in the cluster: a restart of the host that brought it does not bring it back.
+        other
+            .auth
+            .unregister(&Principal::Admin, ClientId::parse("old").unwrap(), LOCAL)
+            .await
+            .unwrap();
+        let Host { dir, auth } = host;
+        drop(auth);
+        let host = Host::in_cluster(&cluster, Some(dir)).await;
+        assert!(!host.logs_in("old", KEY_API).await);
+        assert_eq!(host.auth.list().unwrap(), vec![]);
     }
 }

@@ -452,7 +452,7 @@ impl AuthService {
             created_unix: unix_now(),
             declared,
         };
-        if !self.inner.store.insert_new(id, &record)? {
+        if !self.inner.store.insert_new(id, &record).await? {
             return Err(AuthError::Conflict(id.clone()));
         }
         Ok(())
@@ -495,7 +495,7 @@ impl AuthService {
                 return Err(AuthError::Forbidden("a client may unregister only itself"));
             }
         }
-        let removed = inner.store.remove(id)?;
+        let removed = inner.store.remove(id).await?;
         self.forget(id);
         if !removed {
             return Err(AuthError::NotFound(id.clone()));
@@ -638,6 +638,37 @@ impl AuthService {
                 Err(err)
             }
         }
+    }
+
+    /// Cluster mode: follows the registry's copy and drops the cached verifications and
+    /// bearer tokens of every client whose record another host changed or removed (a key
+    /// rotated or a client unregistered through any host ends its tokens on every host within
+    /// the watch's delay), keeping the registered-clients gauge current; until `cancel`.
+    /// `None` with the sled registry.
+    pub fn spawn_registry_follower(
+        &self,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let registry = self.inner.store.shared()?.clone();
+        let auth = self.clone();
+        Some(tokio::spawn(async move {
+            let mut changes = registry.changes();
+            let mut known = registry.versions();
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                let now = registry.versions();
+                for (id, revision) in &known {
+                    if now.get(id) != Some(revision) {
+                        auth.forget(id);
+                    }
+                }
+                auth.inner.metrics.clients_registered.set(now.len() as i64);
+                known = now;
+            }
+        }))
     }
 
     /// Lists registered clients (for the admin CLI and API).

@@ -62,11 +62,154 @@ pub struct ClientRecord {
     pub declared: bool,
 }
 
-/// Handle to the registry database. Cheap to clone (sled handles are reference counted).
+/// Handle to the registry. Cheap to clone (sled handles are reference counted). In cluster
+/// mode ([`ClientStore::shared_in`]) the registry is the cluster store's `clients/` prefix,
+/// read from this host's watched copy and written there once; the sled tree is then only the
+/// source of the migration into it.
 #[derive(Clone)]
 pub struct ClientStore {
     db: Database,
     clients: sled::Tree,
+    shared: Option<Arc<SharedRegistry>>,
+}
+
+/// The registry in the cluster store: `clients/<id>` -> the record's JSON (client IDs hold no
+/// `/`). Only bcrypt hashes, as on disk.
+pub struct SharedRegistry {
+    store: Arc<dyn rtcd_kit::cluster::Store>,
+    copy: rtcd_kit::cluster::Replica,
+    /// How long a write waits for this host's copy to show it (so a login right after a
+    /// registration on the same host finds the client).
+    settle: std::time::Duration,
+}
+
+/// The cluster store prefix of the registry.
+pub const CLIENTS_PREFIX: &str = "clients/";
+
+fn client_key(id: &ClientId) -> String {
+    format!("{CLIENTS_PREFIX}{}", id.as_str())
+}
+
+impl SharedRegistry {
+    fn decode(entry: &rtcd_kit::cluster::Entry) -> Result<(ClientId, ClientRecord), StoreError> {
+        let id = entry
+            .key
+            .strip_prefix(CLIENTS_PREFIX)
+            .and_then(|s| ClientId::parse(s).ok())
+            .ok_or_else(|| StoreError::Corrupt(entry.key.clone()))?;
+        let record = serde_json::from_slice(&entry.value)
+            .map_err(|_| StoreError::Corrupt(id.to_string()))?;
+        Ok((id, record))
+    }
+
+    fn records(&self) -> Result<Vec<(ClientId, ClientRecord)>, StoreError> {
+        self.copy
+            .entries(CLIENTS_PREFIX)
+            .iter()
+            .map(Self::decode)
+            .collect()
+    }
+
+    fn get(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        self.copy
+            .get(&client_key(id))
+            .map(|e| Self::decode(&e).map(|(_, r)| r))
+            .transpose()
+    }
+
+    async fn insert_new(&self, id: &ClientId, record: &ClientRecord) -> Result<bool, StoreError> {
+        let value = serde_json::to_vec(record).expect("a record always serializes");
+        match self.store.create(&client_key(id), value, None).await? {
+            rtcd_kit::cluster::Created::Won(revision) => {
+                let _ = self.copy.caught_up(revision, self.settle).await;
+                Ok(true)
+            }
+            rtcd_kit::cluster::Created::Taken(_) => Ok(false),
+        }
+    }
+
+    async fn replace(
+        &self,
+        id: &ClientId,
+        old: &ClientRecord,
+        new: &ClientRecord,
+    ) -> Result<bool, StoreError> {
+        let key = client_key(id);
+        let Some(current) = self.store.get(&key).await? else {
+            return Ok(false);
+        };
+        if Self::decode(&current)?.1 != *old {
+            return Ok(false);
+        }
+        let value = serde_json::to_vec(new).expect("a record always serializes");
+        match self.store.put_if(&key, value, current.mod_revision).await? {
+            Some(revision) => {
+                let _ = self.copy.caught_up(revision, self.settle).await;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn remove(&self, id: &ClientId) -> Result<bool, StoreError> {
+        let key = client_key(id);
+        loop {
+            let Some(current) = self.store.get(&key).await? else {
+                return Ok(false);
+            };
+            if self.store.delete_if(&key, current.mod_revision).await? {
+                let _ = self
+                    .copy
+                    .moved_past(&key, current.mod_revision, self.settle)
+                    .await;
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Copies the sled registry's clients that the cluster store lacks into it (never
+    /// overwriting one it has): the way a host entering the cluster mode brings the API
+    /// registrations it holds along. How many it copied.
+    async fn upload(&self, from: &sled::Tree) -> Result<usize, StoreError> {
+        let mut copied = 0;
+        for entry in from.iter() {
+            let (key, value) = entry?;
+            let Some(id) = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|s| ClientId::parse(s).ok())
+            else {
+                continue;
+            };
+            if let rtcd_kit::cluster::Created::Won(_) = self
+                .store
+                .create(&client_key(&id), value.to_vec(), None)
+                .await?
+            {
+                copied += 1;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// The copy's revision and a receiver of each new one (for whoever must act on changes:
+    /// the auth service drops the caches of clients changed elsewhere).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<rtcd_kit::cluster::Revision> {
+        self.copy.changes()
+    }
+
+    /// Every client of the copy with the revision its record was last written at.
+    pub fn versions(&self) -> std::collections::HashMap<ClientId, rtcd_kit::cluster::Revision> {
+        self.copy
+            .entries(CLIENTS_PREFIX)
+            .iter()
+            .filter_map(|e| Self::decode(e).ok().map(|(id, _)| (id, e.mod_revision)))
+            .collect()
+    }
+
+    /// Waits until the copy was read in full once, at most `within`; whether it was.
+    pub async fn synced(&self, within: std::time::Duration) -> bool {
+        self.copy.wait_synced(within).await
+    }
 }
 
 /// rtcd's one sled database (its data directory) and the group commit every writer shares:
@@ -107,6 +250,26 @@ impl Database {
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Whether this data directory's contents were copied into the cluster store under
+    /// `prefix` already (see [`Database::mark_uploaded`]).
+    pub fn uploaded(&self, what: &str, prefix: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .open_tree("cluster_uploads")?
+            .contains_key(format!("{what} {prefix}"))?)
+    }
+
+    /// Records, durably, that `what` (the clients, the moderation decisions) of this data
+    /// directory was copied into the cluster store under `prefix`: it is copied once, when the
+    /// host first enters the cluster mode, and never again, so a client removed or a ban
+    /// lifted in the cluster since is not brought back by a host's old copy.
+    pub async fn mark_uploaded(&self, what: &str, prefix: &str) -> Result<(), StoreError> {
+        self.db
+            .open_tree("cluster_uploads")?
+            .insert(format!("{what} {prefix}"), &b"1"[..])?;
+        self.flush().await
     }
 }
 
@@ -160,7 +323,59 @@ impl ClientStore {
                 commits: Arc::default(),
             },
             clients,
+            shared: None,
         })
+    }
+
+    /// This registry moved into the cluster store (cluster mode): reads come from a watched
+    /// copy of its `clients/` prefix, writes go there once. Waits (at most `settle`) for the
+    /// copy's first read, then, the first time this data directory enters the cluster mode
+    /// under `prefix`, copies the clients of the sled registry that the cluster store lacks
+    /// into it, so a host brings its API registrations along (an unreachable store: logged, and
+    /// tried again at the next start; once done, never again).
+    pub async fn shared_in(
+        self,
+        store: Arc<dyn rtcd_kit::cluster::Store>,
+        prefix: &str,
+        settle: std::time::Duration,
+    ) -> Self {
+        let registry = Arc::new(SharedRegistry {
+            copy: rtcd_kit::cluster::Replica::start(store.clone(), CLIENTS_PREFIX),
+            store,
+            settle,
+        });
+        if !registry.synced(settle).await {
+            tracing::warn!(
+                "cannot read the client registry from the cluster store yet; clients cannot log in until it is read"
+            );
+        }
+        match self.db.uploaded("clients", prefix) {
+            Ok(true) => {}
+            Ok(false) => match registry.upload(&self.clients).await {
+                Ok(n) => {
+                    tracing::info!(
+                        copied = n,
+                        "clients of this host's registry copied into the cluster store"
+                    );
+                    if let Err(e) = self.db.mark_uploaded("clients", prefix).await {
+                        tracing::warn!(error = %e, "cannot record that this host's clients were copied");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot copy this host's clients into the cluster store; tried again at the next start")
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot read this host's upload marker"),
+        }
+        Self {
+            shared: Some(registry),
+            ..self
+        }
+    }
+
+    /// The registry in the cluster store, in cluster mode.
+    pub fn shared(&self) -> Option<&Arc<SharedRegistry>> {
+        self.shared.as_ref()
     }
 
     /// The database this store lives in (for the other stores of the data directory).
@@ -169,7 +384,14 @@ impl ClientStore {
     }
 
     /// Inserts `record` for `id` only if `id` is absent. Returns false on conflict.
-    pub fn insert_new(&self, id: &ClientId, record: &ClientRecord) -> Result<bool, StoreError> {
+    pub async fn insert_new(
+        &self,
+        id: &ClientId,
+        record: &ClientRecord,
+    ) -> Result<bool, StoreError> {
+        if let Some(shared) = &self.shared {
+            return shared.insert_new(id, record).await;
+        }
         let value = serde_json::to_vec(record).expect("a record always serializes");
         Ok(self
             .clients
@@ -180,12 +402,15 @@ impl ClientStore {
     /// Replaces the record of `id` with `new` only if it is still `old` (compare-and-swap):
     /// how reconciliation rotates a declared client's hash without overwriting a concurrent
     /// change. Returns false if the record changed (or vanished) meanwhile.
-    pub fn replace(
+    pub async fn replace(
         &self,
         id: &ClientId,
         old: &ClientRecord,
         new: &ClientRecord,
     ) -> Result<bool, StoreError> {
+        if let Some(shared) = &self.shared {
+            return shared.replace(id, old, new).await;
+        }
         // Compared decoded, swapped against the bytes on disk: a record written by an older
         // version (another field order, no `declared`) still matches what was read.
         let Some(current) = self.clients.get(id.as_str())? else {
@@ -206,6 +431,9 @@ impl ClientStore {
     /// Every registered client with its record, sorted by ID (for reconciliation, which needs
     /// the `declared` marker).
     pub fn records(&self) -> Result<Vec<(ClientId, ClientRecord)>, StoreError> {
+        if let Some(shared) = &self.shared {
+            return shared.records();
+        }
         let mut out = Vec::new();
         for entry in self.clients.iter() {
             let (key, value) = entry?;
@@ -222,6 +450,9 @@ impl ClientStore {
 
     /// The record of `id`, if registered.
     pub fn get(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        if let Some(shared) = &self.shared {
+            return shared.get(id);
+        }
         match self.clients.get(id.as_str())? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
@@ -230,13 +461,31 @@ impl ClientStore {
         }
     }
 
+    /// The record of `id` as the store holds it now: in cluster mode read from the cluster
+    /// store (linearizable) rather than this host's copy, which may lag a write made elsewhere.
+    pub async fn fresh(&self, id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        match &self.shared {
+            Some(shared) => match shared.store.get(&client_key(id)).await? {
+                Some(entry) => SharedRegistry::decode(&entry).map(|(_, r)| Some(r)),
+                None => Ok(None),
+            },
+            None => self.get(id),
+        }
+    }
+
     /// Removes `id`. Returns false if it was not registered.
-    pub fn remove(&self, id: &ClientId) -> Result<bool, StoreError> {
+    pub async fn remove(&self, id: &ClientId) -> Result<bool, StoreError> {
+        if let Some(shared) = &self.shared {
+            return shared.remove(id).await;
+        }
         Ok(self.clients.remove(id.as_str())?.is_some())
     }
 
     /// All registered client IDs, sorted.
     pub fn list(&self) -> Result<Vec<ClientId>, StoreError> {
+        if let Some(shared) = &self.shared {
+            return Ok(shared.records()?.into_iter().map(|(id, _)| id).collect());
+        }
         let mut out = Vec::new();
         for entry in self.clients.iter() {
             let (key, _) = entry?;
@@ -251,12 +500,15 @@ impl ClientStore {
 
     /// Number of registered clients.
     pub fn len(&self) -> usize {
-        self.clients.len()
+        match &self.shared {
+            Some(shared) => shared.copy.entries(CLIENTS_PREFIX).len(),
+            None => self.clients.len(),
+        }
     }
 
     /// Whether no client is registered.
     pub fn is_empty(&self) -> bool {
-        self.clients.is_empty()
+        self.len() == 0
     }
 
     /// Makes every write so far durable. Await it before acknowledging a change.
@@ -292,8 +544,8 @@ mod tests {
 
     /// A record in an older layout (other field order, no `declared`) is read as an API
     /// registration and can still be replaced by compare-and-swap.
-    #[test]
-    fn legacy_records_decode_and_replace() {
+    #[tokio::test]
+    async fn legacy_records_decode_and_replace() {
         let dir = tempfile::tempdir().unwrap();
         let store = ClientStore::open(dir.path()).unwrap();
         let id = ClientId::parse("old").unwrap();
@@ -307,10 +559,10 @@ mod tests {
             declared: true,
             ..old.clone()
         };
-        assert!(store.replace(&id, &old, &new).unwrap());
+        assert!(store.replace(&id, &old, &new).await.unwrap());
         assert_eq!(store.get(&id).unwrap().unwrap(), new);
         assert!(
-            !store.replace(&id, &old, &new).unwrap(),
+            !store.replace(&id, &old, &new).await.unwrap(),
             "stale expectation"
         );
     }
@@ -327,7 +579,7 @@ mod tests {
             let store = store.clone();
             writers.spawn(async move {
                 let id = ClientId::parse(&format!("c{i}")).unwrap();
-                assert!(store.insert_new(&id, &record()).unwrap());
+                assert!(store.insert_new(&id, &record()).await.unwrap());
                 store.flush().await.unwrap();
             });
         }

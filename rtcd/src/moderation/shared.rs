@@ -28,7 +28,9 @@ use rtcd_kit::cluster::{Created, Entry, Replica, Revision, Store};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::store::{BanRecord, CutOffRecord, DeniedRecord, PolicyRecord, deny_until, encode};
+use super::store::{
+    BanRecord, CutOffRecord, DeniedRecord, Disk, PolicyRecord, Stored, deny_until, encode,
+};
 use super::{Ban, Refusal};
 use crate::auth::StoreError;
 use crate::lobby::RoomPolicy;
@@ -204,18 +206,7 @@ impl Shared {
 
     /// Waits until the copy was read in full once, at most `within`; whether it was.
     pub async fn synced(&self, within: Duration) -> bool {
-        let mut changes = self.copy.changes();
-        let complete = async {
-            while !self.copy.synced() {
-                if changes.changed().await.is_err() {
-                    return false;
-                }
-            }
-            true
-        };
-        tokio::time::timeout(within, complete)
-            .await
-            .unwrap_or(false)
+        self.copy.wait_synced(within).await
     }
 
     /// How long the copy has not been following the store (since the start, while it never
@@ -346,19 +337,7 @@ impl Shared {
 
     /// Waits (bounded) until the copy no longer holds the version of `key` this host deleted.
     async fn settle_deleted(&self, key: &str, mod_revision: Revision) {
-        let mut changes = self.copy.changes();
-        let gone = async {
-            while self
-                .copy
-                .get(key)
-                .is_some_and(|e| e.mod_revision == mod_revision)
-            {
-                if changes.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(self.settle, gone).await;
+        let _ = self.copy.moved_past(key, mod_revision, self.settle).await;
     }
 
     /// A read-modify-write of `key` on its current version in the store (a linearizable read):
@@ -524,6 +503,81 @@ impl Shared {
         })
         .await
         .map(|stored| (stored, applying))
+    }
+
+    /// The first time this data directory enters the cluster mode under `prefix`: copies its
+    /// decisions into the cluster store ([`Shared::upload`]) and records that it did, so they
+    /// are never copied again (a ban lifted in the cluster since would come back). A store out
+    /// of reach: logged, tried again at the next start.
+    pub async fn adopt(self: &Arc<Self>, disk: &Disk, prefix: &str, now: i64) {
+        let db = disk.database();
+        match db.uploaded("moderation", prefix) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read this host's upload marker");
+                return;
+            }
+        }
+        match self.upload(disk, now).await {
+            Ok(n) => {
+                tracing::info!(
+                    copied = n,
+                    "moderation decisions of this host copied into the cluster store"
+                );
+                if let Err(e) = db.mark_uploaded("moderation", prefix).await {
+                    tracing::warn!(error = %e, "cannot record that this host's decisions were copied");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot copy this host's moderation decisions into the cluster store; tried again at the next start")
+            }
+        }
+    }
+
+    /// Copies the decisions of this host's sled store into the cluster store, never weakening
+    /// one it holds: a ban or a policy only where there is none, a cut-off or a deny-list
+    /// expiry only raised. How a host entering the cluster mode brings along what the proxies
+    /// wrote to it (docs/operations.md, "Running the cluster mode"). How many it wrote.
+    pub async fn upload(self: &Arc<Self>, from: &Disk, now: i64) -> Result<usize, StoreError> {
+        let mut written = 0;
+        for stored in from.everything(now)? {
+            let wrote = match stored {
+                Stored::Ban(ids, record) => {
+                    let parts: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    matches!(
+                        self.store
+                            .create(&key(BANS, &parts), encode(&record), None)
+                            .await?,
+                        Created::Won(_)
+                    )
+                }
+                Stored::CutOff(ids, issued_before) => {
+                    let (tenant, user) = (TenantId::new(&ids[0]), UserId::new(&ids[1]));
+                    let before = self.copy.get(&key(CUTOFFS, &[&ids[0], &ids[1]]));
+                    let _ = self.raise_cutoff(&tenant, &user, issued_before).await?;
+                    self.copy.get(&key(CUTOFFS, &[&ids[0], &ids[1]])) != before
+                }
+                Stored::Denied(ids, expires_at) => {
+                    let before = self.copy.get(&key(TOKENS, &[&ids[0], &ids[1]]));
+                    let _ = self
+                        .deny_token(&TenantId::new(&ids[0]), &ids[1], expires_at, now)
+                        .await?;
+                    self.copy.get(&key(TOKENS, &[&ids[0], &ids[1]])) != before
+                }
+                Stored::Policy(ids, policy) => {
+                    let record = PolicyRecord { v: 1, policy };
+                    matches!(
+                        self.store
+                            .create(&key(POLICIES, &[&ids[0], &ids[1]]), encode(&record), None)
+                            .await?,
+                        Created::Won(_)
+                    )
+                }
+            };
+            written += usize::from(wrote);
+        }
+        Ok(written)
     }
 
     /// Deletes up to `max` expired bans and deny-list entries seen in the copy; how many.
@@ -818,5 +872,56 @@ mod tests {
         assert_eq!(unchecked.get(), 1);
         assert!(s.synced(SETTLE).await);
         assert!(s.check_fresh(Instant::now()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_host_brings_its_decisions_into_the_cluster_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let clients = crate::auth::ClientStore::open(dir.path()).unwrap();
+        let disk = Disk::open(clients.database()).unwrap();
+        let (t, c, u) = (TenantId::new("t"), CallId::new("c"), UserId::new("u"));
+        let now = 1_000;
+        disk.ban(&t, &c, &u, 9_000, "spam", now).unwrap();
+        disk.ban(&t, &CallId::new("gone"), &u, 900, "", 500)
+            .unwrap();
+        disk.raise_cutoff(&t, &u, 800).unwrap();
+        disk.deny_token(&t, "j", 5_000, now).unwrap();
+        let policy = RoomPolicy {
+            lobby: Some(true),
+            ..RoomPolicy::default()
+        };
+        disk.set_policy(&t, &c, policy).unwrap();
+
+        let store: Arc<dyn Store> = Arc::new(Local::new());
+        let s = shared(store.clone()).await;
+        // The cluster already holds a later cut-off: it is kept.
+        let _ = s.raise_cutoff(&t, &u, 950).await.unwrap();
+        s.adopt(&disk, "/t/", now).await;
+        assert!(s.ban_of(&t, &c, &u, now).unwrap().is_some());
+        assert!(
+            s.ban_of(&t, &CallId::new("gone"), &u, now)
+                .unwrap()
+                .is_none(),
+            "expired: not copied"
+        );
+        assert_eq!(
+            s.revoked(&t, &u, &token(900, ""), now).unwrap(),
+            Some(Refusal::CutOff { issued_before: 950 })
+        );
+        assert_eq!(
+            s.revoked(&t, &u, &token(2_000, "j"), now).unwrap(),
+            Some(Refusal::TokenDenied)
+        );
+        assert_eq!(s.policy(&t, &c).unwrap(), policy);
+
+        // Lifted in the cluster; the host adopts again (a restart): nothing comes back.
+        assert!(s.unban(&t, &c, &u, now).await.unwrap());
+        s.adopt(&disk, "/t/", now).await;
+        assert!(s.ban_of(&t, &c, &u, now).unwrap().is_none());
+        // Under another deployment prefix it is copied again.
+        let other: Arc<dyn Store> = Arc::new(Local::new());
+        let o = shared(other).await;
+        o.adopt(&disk, "/other/", now).await;
+        assert!(o.ban_of(&t, &c, &u, now).unwrap().is_some());
     }
 }

@@ -98,6 +98,18 @@ pub(super) struct DeniedRecord {
 /// Longest a deny-list entry is kept (a token living longer is revoked by cut-off instead).
 pub const MAX_DENY_SECONDS: i64 = 30 * 24 * 3600;
 
+/// One decision as the sled store holds it, with its key's IDs (tenant first).
+pub(super) enum Stored {
+    /// `[tenant, call, user]` and the ban.
+    Ban(Vec<String>, BanRecord),
+    /// `[tenant, user]` and the cut-off.
+    CutOff(Vec<String>, i64),
+    /// `[tenant, token id]` and the entry's expiry.
+    Denied(Vec<String>, i64),
+    /// `[tenant, call]` and the policy.
+    Policy(Vec<String>, RoomPolicy),
+}
+
 /// How long a token ID stays on the deny-list: until the token's own expiry, at most
 /// [`MAX_DENY_SECONDS`] from `now` (`expires_at` 0 or less = unknown: the cap).
 pub(super) fn deny_until(expires_at: i64, now: i64) -> i64 {
@@ -161,6 +173,11 @@ impl Disk {
             denied: db.open_tree("denied_jtis")?,
             policies: db.open_tree("room_policies")?,
         })
+    }
+
+    /// The database the trees live in.
+    pub(super) fn database(&self) -> &Database {
+        &self.db
     }
 
     /// Makes every write so far durable (the database's group commit).
@@ -418,6 +435,49 @@ impl Disk {
             return Ok(Some(Refusal::Banned { until: ban.until }));
         }
         self.revoked(tenant, user, token, now)
+    }
+
+    /// Every decision in force at `now`, of every tenant: what a host entering the cluster
+    /// mode copies into the cluster store (`super::shared::Shared::upload`).
+    pub(super) fn everything(&self, now: i64) -> Result<Vec<Stored>, StoreError> {
+        let mut out = Vec::new();
+        let ids = |tree: &str, k: &[u8], n: usize| {
+            parts(k)
+                .filter(|p| p.len() == n)
+                .ok_or_else(|| corrupt(tree, k))
+        };
+        for entry in self.bans.iter() {
+            let (k, bytes) = entry?;
+            let record: BanRecord =
+                serde_json::from_slice(&bytes).map_err(|_| corrupt("bans", &k))?;
+            if record.until > now {
+                out.push(Stored::Ban(ids("bans", &k, 3)?, record));
+            }
+        }
+        for entry in self.cutoffs.iter() {
+            let (k, bytes) = entry?;
+            let record: CutOffRecord =
+                serde_json::from_slice(&bytes).map_err(|_| corrupt("cutoffs", &k))?;
+            out.push(Stored::CutOff(ids("cutoffs", &k, 2)?, record.issued_before));
+        }
+        for entry in self.denied.iter() {
+            let (k, bytes) = entry?;
+            let record: DeniedRecord =
+                serde_json::from_slice(&bytes).map_err(|_| corrupt("denied_jtis", &k))?;
+            if record.expires_at > now {
+                out.push(Stored::Denied(
+                    ids("denied_jtis", &k, 2)?,
+                    record.expires_at,
+                ));
+            }
+        }
+        for entry in self.policies.iter() {
+            let (k, bytes) = entry?;
+            let record: PolicyRecord =
+                serde_json::from_slice(&bytes).map_err(|_| corrupt("room_policies", &k))?;
+            out.push(Stored::Policy(ids("room_policies", &k, 2)?, record.policy));
+        }
+        Ok(out)
     }
 
     /// Removes up to `max` expired bans and deny-list entries; returns how many. Bounded so
