@@ -173,14 +173,19 @@ impl Fleet {
 
 /// An (API, gRPC) port pair free on all three hosts' addresses.
 fn shared_ports() -> (u16, u16) {
+    shared_ports_on(&["127.0.0.2", "127.0.0.3", "127.0.0.4"])
+}
+
+/// An (API, gRPC) port pair free on every one of `ips` (hosts that listen alike, as on
+/// machines of their own).
+pub(crate) fn shared_ports_on(ips: &[&str]) -> (u16, u16) {
     let free = |port: u16| {
-        ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
-            .iter()
+        ips.iter()
             .all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok())
     };
     let pick = || {
         for _ in 0..100 {
-            let port = std::net::TcpListener::bind("127.0.0.2:0")
+            let port = std::net::TcpListener::bind((ips[0], 0))
                 .unwrap()
                 .local_addr()
                 .unwrap()
@@ -189,7 +194,7 @@ fn shared_ports() -> (u16, u16) {
                 return port;
             }
         }
-        panic!("no port free on 127.0.0.2-4");
+        panic!("no port free on {ips:?}");
     };
     let api = pick();
     loop {

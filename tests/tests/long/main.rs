@@ -11,6 +11,7 @@
 
 mod browser;
 mod calls;
+mod cluster;
 mod failover;
 mod interop;
 mod leaks;
