@@ -217,6 +217,24 @@ impl AuthService {
             .unwrap_or(false))
     }
 
+    /// Replaces `client`'s record `old` with `new` (compare-and-swap): true if it did; false
+    /// if another host reconciling the same file already made it so (cluster mode); a conflict
+    /// if the record changed otherwise.
+    async fn replace_declared(
+        &self,
+        client: &DeclaredClient,
+        old: &ClientRecord,
+        new: &ClientRecord,
+    ) -> Result<bool, AuthError> {
+        if self.inner.store.replace(&client.id, old, new).await? {
+            return Ok(true);
+        }
+        if self.declared_elsewhere(client).await? {
+            return Ok(false);
+        }
+        Err(AuthError::Conflict(client.id.clone()))
+    }
+
     /// Reads the declared-clients file at `path` and reconciles it into the registry (see the
     /// module doc). Called at start, before any listener serves. Every line is validated, and
     /// every conflict with an API registration detected, before the first write; changes are
@@ -306,40 +324,26 @@ impl AuthService {
                         hash: self.hash_key(&client.key).await?,
                         ..old.clone()
                     };
-                    if !store
-                        .replace(id, &old, &new)
-                        .await
-                        .map_err(AuthError::from)?
-                    {
-                        if !self.declared_elsewhere(client).await? {
-                            return Err(AuthError::Conflict(id.clone()).into());
-                        }
+                    if self.replace_declared(client, &old, &new).await? {
+                        // The old key's cached verification and its bearer tokens end here.
+                        self.forget(id);
+                        changed(id, "key rotated");
+                        done.rotated += 1;
+                    } else {
                         done.unchanged += 1;
-                        continue;
                     }
-                    // The old key's cached verification and its bearer tokens end here.
-                    self.forget(id);
-                    changed(id, "key rotated");
-                    done.rotated += 1;
                 }
                 Plan::Adopt(old) => {
                     let new = ClientRecord {
                         declared: true,
                         ..old.clone()
                     };
-                    if !store
-                        .replace(id, &old, &new)
-                        .await
-                        .map_err(AuthError::from)?
-                    {
-                        if !self.declared_elsewhere(client).await? {
-                            return Err(AuthError::Conflict(id.clone()).into());
-                        }
+                    if self.replace_declared(client, &old, &new).await? {
+                        changed(id, "adopted");
+                        done.adopted += 1;
+                    } else {
                         done.unchanged += 1;
-                        continue;
                     }
-                    changed(id, "adopted");
-                    done.adopted += 1;
                 }
             }
         }

@@ -59,15 +59,14 @@ impl ModerationStore {
         token: &TokenMeta,
         now: i64,
     ) -> Result<Option<Refusal>, StoreError> {
-        match &self.0 {
-            Backend::Disk(d) => d.refusal(tenant, call, user, token, now),
-            Backend::Shared(s) => {
-                if let Some(ban) = s.ban_of(tenant, call, user, now)? {
-                    return Ok(Some(Refusal::Banned { until: ban.until }));
-                }
-                s.revoked(tenant, user, token, now)
-            }
+        let ban = match &self.0 {
+            Backend::Disk(d) => d.ban_of(tenant, call, user, now)?,
+            Backend::Shared(s) => s.ban_of(tenant, call, user, now)?,
+        };
+        if let Some(ban) = ban {
+            return Ok(Some(Refusal::Banned { until: ban.until }));
         }
+        self.revoked(tenant, user, token, now)
     }
 
     /// [`Self::refusal`] for a new session: in cluster mode, refused with
@@ -88,8 +87,9 @@ impl ModerationStore {
         self.refusal(tenant, call, user, token, now)
     }
 
-    /// Whether `user`'s `token` is revoked at `now` (a cut-off after it was issued, or its ID
-    /// on the deny-list).
+    /// Whether `user`'s `token` is revoked at `now`: by a cut-off after its `issued_at` (a
+    /// token without one, `issued_at` 0, is revoked by any cut-off) or by its ID on the
+    /// deny-list.
     pub fn revoked(
         &self,
         tenant: &TenantId,
@@ -97,10 +97,20 @@ impl ModerationStore {
         token: &TokenMeta,
         now: i64,
     ) -> Result<Option<Refusal>, StoreError> {
-        match &self.0 {
-            Backend::Disk(d) => d.revoked(tenant, user, token, now),
-            Backend::Shared(s) => s.revoked(tenant, user, token, now),
+        let cutoff = match &self.0 {
+            Backend::Disk(d) => d.cutoff(tenant, user)?,
+            Backend::Shared(s) => s.cutoff(tenant, user)?,
+        };
+        if let Some(issued_before) = cutoff
+            && token.revoked_by(issued_before)
+        {
+            return Ok(Some(Refusal::CutOff { issued_before }));
         }
+        let denied = match &self.0 {
+            Backend::Disk(d) => d.is_denied(tenant, &token.token_id, now)?,
+            Backend::Shared(s) => s.is_denied(tenant, &token.token_id, now)?,
+        };
+        Ok(denied.then_some(Refusal::TokenDenied))
     }
 
     /// The policy stored for `call` (every field unset when none is).

@@ -28,13 +28,13 @@ use rtcd_kit::cluster::{Created, Entry, Replica, Revision, Store};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::Ban;
 use super::store::{
     BanRecord, CutOffRecord, DeniedRecord, Disk, PolicyRecord, Stored, deny_until, encode,
 };
-use super::{Ban, Refusal};
 use crate::auth::StoreError;
 use crate::lobby::RoomPolicy;
-use crate::sfu::{CallId, TenantId, TokenMeta, UserId};
+use crate::sfu::{CallId, TenantId, UserId};
 
 /// Every key of this module starts with it (one watched copy holds them all).
 pub const PREFIX: &str = "moderation/";
@@ -296,32 +296,26 @@ impl Shared {
             .map_or_else(RoomPolicy::default, |r| r.policy))
     }
 
-    /// Whether `token` of `user` is revoked at `now`, per the copy.
-    pub fn revoked(
+    /// The cut-off in force for `user`, per the copy.
+    pub fn cutoff(&self, tenant: &TenantId, user: &UserId) -> Result<Option<i64>, StoreError> {
+        let k = key(CUTOFFS, &[tenant.as_str(), user.as_str()]);
+        Ok(self.record::<CutOffRecord>(&k)?.map(|r| r.issued_before))
+    }
+
+    /// Whether `token_id` is on the tenant's deny-list at `now`, per the copy.
+    pub fn is_denied(
         &self,
         tenant: &TenantId,
-        user: &UserId,
-        token: &TokenMeta,
+        token_id: &str,
         now: i64,
-    ) -> Result<Option<Refusal>, StoreError> {
-        let k = key(CUTOFFS, &[tenant.as_str(), user.as_str()]);
-        if let Some(r) = self.record::<CutOffRecord>(&k)?
-            && token.revoked_by(r.issued_before)
-        {
-            return Ok(Some(Refusal::CutOff {
-                issued_before: r.issued_before,
-            }));
+    ) -> Result<bool, StoreError> {
+        if token_id.is_empty() {
+            return Ok(false);
         }
-        if !token.token_id.is_empty() {
-            let k = key(TOKENS, &[tenant.as_str(), &token.token_id]);
-            if self
-                .record::<DeniedRecord>(&k)?
-                .is_some_and(|r| r.expires_at > now)
-            {
-                return Ok(Some(Refusal::TokenDenied));
-            }
-        }
-        Ok(None)
+        let k = key(TOKENS, &[tenant.as_str(), token_id]);
+        Ok(self
+            .record::<DeniedRecord>(&k)?
+            .is_some_and(|r| r.expires_at > now))
     }
 
     /// Waits (bounded) until the copy shows `revision`, so this host's next read sees its own
@@ -668,6 +662,8 @@ fn decision(entry: &Entry, now: i64) -> Option<Decision> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::moderation::Refusal;
+    use crate::sfu::TokenMeta;
     use rtcd_kit::cluster::Local;
 
     const SETTLE: Duration = Duration::from_secs(2);
@@ -681,6 +677,17 @@ mod tests {
         ));
         assert!(s.synced(SETTLE).await);
         s
+    }
+
+    /// The revocation check every join and refresh makes (`ModerationStore::revoked`).
+    fn revoked(
+        s: &Arc<Shared>,
+        t: &TenantId,
+        u: &UserId,
+        token: &TokenMeta,
+        now: i64,
+    ) -> Result<Option<Refusal>, StoreError> {
+        super::super::ModerationStore::from(s.clone()).revoked(t, u, token, now)
     }
 
     fn token(issued_at: i64, id: &str) -> TokenMeta {
@@ -758,15 +765,14 @@ mod tests {
         assert_eq!(s.raise_cutoff(&t, &u, 500).await.unwrap().0, 1_000);
         assert_eq!(s.raise_cutoff(&t, &u, 1_200).await.unwrap().0, 1_200);
         assert_eq!(
-            s.revoked(&t, &u, &token(1_199, ""), 0).unwrap(),
+            revoked(&s, &t, &u, &token(1_199, ""), 0).unwrap(),
             Some(Refusal::CutOff {
                 issued_before: 1_200
             })
         );
-        assert_eq!(s.revoked(&t, &u, &token(1_200, ""), 0).unwrap(), None);
+        assert_eq!(revoked(&s, &t, &u, &token(1_200, ""), 0).unwrap(), None);
         assert_eq!(
-            s.revoked(&TenantId::new("t2"), &u, &token(1, ""), 0)
-                .unwrap(),
+            revoked(&s, &TenantId::new("t2"), &u, &token(1, ""), 0).unwrap(),
             None,
             "another tenant's user of the same name"
         );
@@ -777,10 +783,13 @@ mod tests {
             10 + super::super::store::MAX_DENY_SECONDS
         );
         assert_eq!(
-            s.revoked(&t, &u, &token(2_000, "j"), 11).unwrap(),
+            revoked(&s, &t, &u, &token(2_000, "j"), 11).unwrap(),
             Some(Refusal::TokenDenied)
         );
-        assert_eq!(s.revoked(&t, &u, &token(2_000, "j"), 5_000).unwrap(), None);
+        assert_eq!(
+            revoked(&s, &t, &u, &token(2_000, "j"), 5_000).unwrap(),
+            None
+        );
         let _ = c;
     }
 
@@ -905,11 +914,11 @@ mod tests {
             "expired: not copied"
         );
         assert_eq!(
-            s.revoked(&t, &u, &token(900, ""), now).unwrap(),
+            revoked(&s, &t, &u, &token(900, ""), now).unwrap(),
             Some(Refusal::CutOff { issued_before: 950 })
         );
         assert_eq!(
-            s.revoked(&t, &u, &token(2_000, "j"), now).unwrap(),
+            revoked(&s, &t, &u, &token(2_000, "j"), now).unwrap(),
             Some(Refusal::TokenDenied)
         );
         assert_eq!(s.policy(&t, &c).unwrap(), policy);

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Database, StoreError};
 use crate::lobby::RoomPolicy;
-use crate::sfu::{CallId, TenantId, TokenMeta, UserId};
+use crate::sfu::{CallId, TenantId, UserId};
 
 /// A ban in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -401,42 +401,6 @@ impl Disk {
         Ok(true)
     }
 
-    /// Whether a token (`user`'s, described by `token`) is revoked at `now`: by a cut-off after
-    /// its `issued_at` (a token without one, `issued_at` 0, is revoked by any cut-off) or by its
-    /// ID on the deny-list.
-    pub fn revoked(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-        token: &TokenMeta,
-        now: i64,
-    ) -> Result<Option<Refusal>, StoreError> {
-        if let Some(issued_before) = self.cutoff(tenant, user)?
-            && token.revoked_by(issued_before)
-        {
-            return Ok(Some(Refusal::CutOff { issued_before }));
-        }
-        if self.is_denied(tenant, &token.token_id, now)? {
-            return Ok(Some(Refusal::TokenDenied));
-        }
-        Ok(None)
-    }
-
-    /// Why `user` may not join `call` with `token` at `now`, if they may not.
-    pub fn refusal(
-        &self,
-        tenant: &TenantId,
-        call: &CallId,
-        user: &UserId,
-        token: &TokenMeta,
-        now: i64,
-    ) -> Result<Option<Refusal>, StoreError> {
-        if let Some(ban) = self.ban_of(tenant, call, user, now)? {
-            return Ok(Some(Refusal::Banned { until: ban.until }));
-        }
-        self.revoked(tenant, user, token, now)
-    }
-
     /// Every decision in force at `now`, of every tenant: what a host entering the cluster
     /// mode copies into the cluster store (`super::shared::Shared::upload`).
     pub(super) fn everything(&self, now: i64) -> Result<Vec<Stored>, StoreError> {
@@ -518,6 +482,7 @@ impl Disk {
 mod tests {
     use super::*;
     use crate::auth::ClientStore;
+    use crate::sfu::TokenMeta;
 
     fn ids() -> (TenantId, CallId, UserId) {
         (TenantId::new("t"), CallId::new("c"), UserId::new("u"))
@@ -528,6 +493,18 @@ mod tests {
             issued_at,
             token_id: id.into(),
         }
+    }
+
+    /// The check every join makes (`ModerationStore::refusal`), on this store.
+    fn refusal(
+        store: &Disk,
+        t: &TenantId,
+        c: &CallId,
+        u: &UserId,
+        token: &TokenMeta,
+        now: i64,
+    ) -> Result<Option<Refusal>, StoreError> {
+        super::super::ModerationStore::from(store.clone()).refusal(t, c, u, token, now)
     }
 
     fn open(dir: &std::path::Path) -> (ClientStore, Disk) {
@@ -578,7 +555,7 @@ mod tests {
         assert_eq!(store.cutoff(&t, &u).unwrap(), Some(1_500));
         assert!(store.is_denied(&t, "jti-1", 1_001).unwrap());
         assert_eq!(
-            store.refusal(&t, &c, &u, &token(1_600, ""), 1_001).unwrap(),
+            refusal(&store, &t, &c, &u, &token(1_600, ""), 1_001).unwrap(),
             Some(Refusal::Banned { until: 2_000 })
         );
     }
@@ -633,22 +610,22 @@ mod tests {
             issued_before: 1_200,
         });
         assert_eq!(
-            store.refusal(&t, &c, &u, &token(1_199, ""), 0).unwrap(),
+            refusal(&store, &t, &c, &u, &token(1_199, ""), 0).unwrap(),
             cut
         );
         assert_eq!(
-            store.refusal(&t, &c, &u, &token(0, ""), 0).unwrap(),
+            refusal(&store, &t, &c, &u, &token(0, ""), 0).unwrap(),
             cut,
             "undated"
         );
         assert_eq!(
-            store.refusal(&t, &c, &u, &token(1_200, ""), 0).unwrap(),
+            refusal(&store, &t, &c, &u, &token(1_200, ""), 0).unwrap(),
             None
         );
         // Another tenant's user of the same name is untouched.
         let other = TenantId::new("t2");
         assert_eq!(
-            store.refusal(&other, &c, &u, &token(1, ""), 0).unwrap(),
+            refusal(&store, &other, &c, &u, &token(1, ""), 0).unwrap(),
             None
         );
         // The deny-list: capped at 30 days, tenant-scoped, a later expiry wins.
@@ -661,7 +638,7 @@ mod tests {
             10 + MAX_DENY_SECONDS
         );
         assert_eq!(
-            store.refusal(&t, &c, &u, &token(2_000, "j"), 11).unwrap(),
+            refusal(&store, &t, &c, &u, &token(2_000, "j"), 11).unwrap(),
             Some(Refusal::TokenDenied)
         );
         assert!(!store.is_denied(&other, "j", 11).unwrap());
