@@ -383,6 +383,14 @@ pub trait Relay: Send + Sync + 'static {
     /// Places the session's room on a media server and opens its stream.
     fn join(&self, request: JoinRequest) -> BoxFuture<'_, Result<RelayLink, RelayError>>;
 
+    /// Whether a refreshed token of the session's user is refused by what this relay knows of
+    /// revocations (cluster mode: the proxy's copy of the decisions in etcd), so the refresh
+    /// is answered 4118 at once rather than `refreshed` and then closed by the media server.
+    /// `None` when it knows of none (the media server still checks).
+    fn refused_token(&self, _grant: &crate::auth::Grant) -> Option<RelayError> {
+        None
+    }
+
     /// Media server hosts as (ready, unready, unknown), for metrics; None if not applicable.
     fn host_health(&self) -> Option<(usize, usize, usize)> {
         None

@@ -28,6 +28,7 @@ use std::time::Duration;
 mod etcd;
 mod hosts;
 mod local;
+pub mod moderation;
 mod presence;
 mod replica;
 mod settings;

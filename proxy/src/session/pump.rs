@@ -876,6 +876,19 @@ impl Session {
             .await
         {
             Ok(grant) => {
+                // Revoked by what this proxy knows (cluster mode): closed at once, 4118.
+                if let Some(refused) = self
+                    .state
+                    .relay
+                    .as_ref()
+                    .and_then(|r| r.refused_token(&grant))
+                {
+                    tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), reason = "token_revoked", "refresh refused");
+                    return Next::Close(
+                        CloseReason::Auth(AuthError::Revoked),
+                        Some(refused.to_string()),
+                    );
+                }
                 // "verified", not "refreshed": revocations live at the media server, which
                 // checks the token next and closes the session (4118) if it is revoked.
                 tracing::info!(target: "audit", session = &*self.id.to_string(), peer = &*self.peer.to_string(), identity = grant.identity.as_str(), room = grant.room.as_str(), kid = grant.key_id.as_str(), role = grant.role.as_str(), expires_at = grant.expires_at, "refresh token verified");

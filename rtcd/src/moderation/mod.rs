@@ -50,7 +50,8 @@ impl ModerationStore {
     }
 
     /// Why `user` may not join (or resume in) `call` with `token` at `now`, if they may not,
-    /// by what this host knows (in cluster mode: its copy, however old).
+    /// by what this host knows (in cluster mode: its copy, however old). The rule is the
+    /// kit's (`rtcd_kit::cluster::moderation::refusal`), which the proxies apply too.
     pub fn refusal(
         &self,
         tenant: &TenantId,
@@ -63,10 +64,33 @@ impl ModerationStore {
             Backend::Disk(d) => d.ban_of(tenant, call, user, now)?,
             Backend::Shared(s) => s.ban_of(tenant, call, user, now)?,
         };
-        if let Some(ban) = ban {
-            return Ok(Some(Refusal::Banned { until: ban.until }));
-        }
-        self.revoked(tenant, user, token, now)
+        let (cutoff, denied) = self.revocations(tenant, user, token, now)?;
+        Ok(rtcd_kit::cluster::moderation::refusal(
+            ban.map(|b| b.until),
+            cutoff,
+            token.issued_at,
+            denied,
+        ))
+    }
+
+    /// The cut-off of `user` and whether `token`'s ID is denied, at `now`.
+    fn revocations(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        token: &TokenMeta,
+        now: i64,
+    ) -> Result<(Option<i64>, bool), StoreError> {
+        Ok(match &self.0 {
+            Backend::Disk(d) => (
+                d.cutoff(tenant, user)?,
+                d.is_denied(tenant, &token.token_id, now)?,
+            ),
+            Backend::Shared(s) => (
+                s.cutoff(tenant, user)?,
+                s.is_denied(tenant, &token.token_id, now)?,
+            ),
+        })
     }
 
     /// [`Self::refusal`] for a new session: in cluster mode, refused with
@@ -97,20 +121,13 @@ impl ModerationStore {
         token: &TokenMeta,
         now: i64,
     ) -> Result<Option<Refusal>, StoreError> {
-        let cutoff = match &self.0 {
-            Backend::Disk(d) => d.cutoff(tenant, user)?,
-            Backend::Shared(s) => s.cutoff(tenant, user)?,
-        };
-        if let Some(issued_before) = cutoff
-            && token.revoked_by(issued_before)
-        {
-            return Ok(Some(Refusal::CutOff { issued_before }));
-        }
-        let denied = match &self.0 {
-            Backend::Disk(d) => d.is_denied(tenant, &token.token_id, now)?,
-            Backend::Shared(s) => s.is_denied(tenant, &token.token_id, now)?,
-        };
-        Ok(denied.then_some(Refusal::TokenDenied))
+        let (cutoff, denied) = self.revocations(tenant, user, token, now)?;
+        Ok(rtcd_kit::cluster::moderation::refusal(
+            None,
+            cutoff,
+            token.issued_at,
+            denied,
+        ))
     }
 
     /// The policy stored for `call` (every field unset when none is).

@@ -1,21 +1,14 @@
 //! Bans, identity cut-offs, denied token IDs and room policies in the cluster store (`[cluster]`,
 //! docs/cluster.md): written once, by the host that takes the request, and read by every host
 //! from its own watched copy ([`Replica`]), so a join is checked without a round trip and a
-//! host started later knows everything written before it.
+//! host started later knows everything written before it. The key layout and the records are
+//! the kit's (`rtcd_kit::cluster::moderation`, which the proxies read too); the stored room
+//! policy's record is rtcd's own ([`PolicyRecord`], the sled one).
 //!
-//! | key (under the deployment prefix)          | value (the sled records' JSON)     |
-//! |--------------------------------------------|------------------------------------|
-//! | `moderation/bans/<tenant>/<call>/<user>`   | `{v, until, reason, created_at}`   |
-//! | `moderation/cutoffs/<tenant>/<user>`       | `{v, issued_before}`               |
-//! | `moderation/tokens/<tenant>/<token id>`    | `{v, expires_at}`                  |
-//! | `moderation/policies/<tenant>/<call>`      | `{v, policy}`                      |
-//!
-//! Each ID is one path segment: `%` and `/` in it are written `%25` and `%2F`, so a tenant's
-//! (or a call's) entries form one prefix and no ID runs into the next. Read-modify-writes
-//! (a cut-off is never lowered, a later deny-list expiry wins, a policy change merges over the
-//! stored one) are compare-and-swaps on the version read. Expired bans and deny-list entries
-//! are ignored when read and deleted by every host's sweep (`delete_if` on the version seen,
-//! so two sweeping hosts or a ban renewed meanwhile lose nothing).
+//! Read-modify-writes (a cut-off is never lowered, a later deny-list expiry wins, a policy
+//! change merges over the stored one) are compare-and-swaps on the version read. Expired bans
+//! and deny-list entries are ignored when read and deleted by every host's sweep (`delete_if`
+//! on the version seen, so two sweeping hosts or a ban renewed meanwhile lose nothing).
 //!
 //! A write returns once the store acknowledged it and this host's copy shows it (or, if the
 //! copy lags, after one request deadline): a list right after a ban on the same host sees it.
@@ -29,49 +22,18 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Ban;
-use super::store::{
-    BanRecord, CutOffRecord, DeniedRecord, Disk, PolicyRecord, Stored, deny_until, encode,
+use rtcd_kit::cluster::moderation::{
+    BANS, BanRecord, CUTOFFS, CutOffRecord, DeniedRecord, POLICIES, PREFIX, TOKENS, ids, key,
+    key_prefix,
 };
+
+use super::store::{Disk, PolicyRecord, Stored, deny_until, encode};
 use crate::auth::StoreError;
 use crate::lobby::RoomPolicy;
 use crate::sfu::{CallId, TenantId, UserId};
 
-/// Every key of this module starts with it (one watched copy holds them all).
-pub const PREFIX: &str = "moderation/";
-const BANS: &str = "moderation/bans/";
-const CUTOFFS: &str = "moderation/cutoffs/";
-const TOKENS: &str = "moderation/tokens/";
-const POLICIES: &str = "moderation/policies/";
-
 /// How many times a read-modify-write is tried against concurrent writers of the same key.
 const MAX_ATTEMPTS: usize = 16;
-
-/// One ID as a key segment.
-fn segment(id: &str) -> String {
-    id.replace('%', "%25").replace('/', "%2F")
-}
-
-/// A key segment's ID.
-fn unsegment(s: &str) -> String {
-    s.replace("%2F", "/").replace("%25", "%")
-}
-
-fn key(kind: &str, parts: &[&str]) -> String {
-    let mut out = kind.to_owned();
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        out.push_str(&segment(p));
-    }
-    out
-}
-
-/// The IDs of a key of `kind`, if it has `n` of them.
-fn ids(key: &str, kind: &str, n: usize) -> Option<Vec<String>> {
-    let parts: Vec<String> = key.strip_prefix(kind)?.split('/').map(unsegment).collect();
-    (parts.len() == n).then_some(parts)
-}
 
 fn decode<T: DeserializeOwned>(entry: &Entry) -> Result<T, StoreError> {
     serde_json::from_slice(&entry.value)
@@ -259,8 +221,8 @@ impl Shared {
         now: i64,
     ) -> Result<Vec<Ban>, StoreError> {
         let prefix = match call {
-            Some(c) => format!("{}/", key(BANS, &[tenant.as_str(), c.as_str()])),
-            None => format!("{}/", key(BANS, &[tenant.as_str()])),
+            Some(c) => key_prefix(BANS, &[tenant.as_str(), c.as_str()]),
+            None => key_prefix(BANS, &[tenant.as_str()]),
         };
         let mut out = Vec::new();
         for entry in self.copy.entries(&prefix) {
@@ -539,12 +501,8 @@ impl Shared {
             let wrote = match stored {
                 Stored::Ban(ids, record) => {
                     let parts: Vec<&str> = ids.iter().map(String::as_str).collect();
-                    matches!(
-                        self.store
-                            .create(&key(BANS, &parts), encode(&record), None)
-                            .await?,
-                        Created::Won(_)
-                    )
+                    self.create_settled(&key(BANS, &parts), encode(&record))
+                        .await?
                 }
                 Stored::CutOff(ids, issued_before) => {
                     let (tenant, user) = (TenantId::new(&ids[0]), UserId::new(&ids[1]));
@@ -561,17 +519,25 @@ impl Shared {
                 }
                 Stored::Policy(ids, policy) => {
                     let record = PolicyRecord { v: 1, policy };
-                    matches!(
-                        self.store
-                            .create(&key(POLICIES, &[&ids[0], &ids[1]]), encode(&record), None)
-                            .await?,
-                        Created::Won(_)
-                    )
+                    self.create_settled(&key(POLICIES, &[&ids[0], &ids[1]]), encode(&record))
+                        .await?
                 }
             };
             written += usize::from(wrote);
         }
         Ok(written)
+    }
+
+    /// Writes `value` at `key` only if absent, then waits (bounded) for the copy to show it;
+    /// whether it wrote.
+    async fn create_settled(&self, key: &str, value: Vec<u8>) -> Result<bool, StoreError> {
+        match self.store.create(key, value, None).await? {
+            Created::Won(revision) => {
+                self.settle(revision).await;
+                Ok(true)
+            }
+            Created::Taken(_) => Ok(false),
+        }
     }
 
     /// Deletes up to `max` expired bans and deny-list entries seen in the copy; how many.
@@ -605,7 +571,7 @@ impl Shared {
     /// The decisions written after revision `seen` that the copy holds (expired bans and
     /// deny-list entries left out, and those this host is applying itself), in key order;
     /// deletions (a lifted ban) need no action.
-    pub fn decisions_since(&self, seen: Revision, now: i64) -> Vec<Decision> {
+    pub fn decisions_since(&self, seen: Revision, now: i64) -> Vec<(String, Decision)> {
         let mut out = Vec::new();
         let applying = self.lock_applying().clone();
         for entry in self.copy.entries(PREFIX) {
@@ -613,10 +579,15 @@ impl Shared {
                 continue;
             }
             if let Some(decision) = decision(&entry, now) {
-                out.push(decision);
+                out.push((entry.key, decision));
             }
         }
         out
+    }
+
+    /// Whether a request on this host is writing and applying `key` itself right now.
+    pub fn applying(&self, key: &str) -> bool {
+        self.lock_applying().contains_key(key)
     }
 }
 
@@ -697,18 +668,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ids_with_slashes_and_percents_stay_one_segment() {
-        let k = key(BANS, &["t", "a/b%2F", "u/"]);
-        assert_eq!(k, "moderation/bans/t/a%2Fb%252F/u%2F");
-        assert_eq!(
-            ids(&k, BANS, 3).unwrap(),
-            vec!["t".to_owned(), "a/b%2F".into(), "u/".into()]
-        );
-        assert_eq!(ids(&k, BANS, 2), None);
-        assert_eq!(ids(&k, CUTOFFS, 3), None);
-    }
-
     #[tokio::test]
     async fn a_decision_written_by_one_host_is_seen_by_another() {
         let store: Arc<dyn Store> = Arc::new(Local::new());
@@ -735,12 +694,15 @@ mod tests {
         assert_eq!(b.bans(&TenantId::new("t2"), None, 1_001).unwrap().len(), 0);
         assert_eq!(
             b.decisions_since(seen, 1_001),
-            vec![Decision::Ban {
-                tenant: t.clone(),
-                call: c.clone(),
-                user: u.clone(),
-                until: 2_000
-            }]
+            vec![(
+                "moderation/bans/t/c%2F1/u".to_owned(),
+                Decision::Ban {
+                    tenant: t.clone(),
+                    call: c.clone(),
+                    user: u.clone(),
+                    until: 2_000
+                }
+            )]
         );
         assert_eq!(
             b.decisions_since(seen, 2_000),

@@ -22,6 +22,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use rtcd_kit::cluster::moderation::{BanRecord, CutOffRecord, DeniedRecord};
+
 use crate::auth::{Database, StoreError};
 use crate::lobby::RoomPolicy;
 use crate::sfu::{CallId, TenantId, UserId};
@@ -41,58 +43,12 @@ pub struct Ban {
     pub created_at: i64,
 }
 
-/// Why a join or a token refresh is refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// The user is banned from the call until this time (Unix seconds).
-    Banned {
-        /// Expiry.
-        until: i64,
-    },
-    /// The user's tokens issued before this time (Unix seconds) are revoked.
-    CutOff {
-        /// The cut-off.
-        issued_before: i64,
-    },
-    /// This token's ID is on the deny-list.
-    TokenDenied,
-}
-
-impl Refusal {
-    /// The `SessionClosed` reason of a session this refusal ends ("banned" or "revoked"),
-    /// which the proxy maps to its close codes.
-    pub fn close_reason(&self) -> &'static str {
-        match self {
-            Refusal::Banned { .. } => "banned",
-            Refusal::CutOff { .. } | Refusal::TokenDenied => "revoked",
-        }
-    }
-}
-
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct BanRecord {
-    pub(super) v: u32,
-    pub(super) until: i64,
-    pub(super) reason: String,
-    pub(super) created_at: i64,
-}
-
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct CutOffRecord {
-    pub(super) v: u32,
-    pub(super) issued_before: i64,
-}
+pub use rtcd_kit::cluster::moderation::Refusal;
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct PolicyRecord {
     pub(super) v: u32,
     pub(super) policy: RoomPolicy,
-}
-
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct DeniedRecord {
-    pub(super) v: u32,
-    pub(super) expires_at: i64,
 }
 
 /// Longest a deny-list entry is kept (a token living longer is revoked by cut-off instead).

@@ -1,12 +1,18 @@
 //! Moderation decisions that reach this host through the cluster store (cluster mode): a ban,
 //! a cut-off or a denied token written by whichever host took the request closes the sessions
-//! it concerns here too, within the watch's delay (milliseconds), and a stored policy is
-//! applied to those waiting here. The host that wrote a decision applied it already; applying
-//! it again finds nothing left to close.
+//! it concerns here too, and a stored policy is applied to those waiting here. The host that
+//! wrote a decision applied it already; applying it again finds nothing left to close.
+//!
+//! Bans and policies apply within the watch's delay (milliseconds). Revocations wait
+//! [`REVOCATION_GRACE`] first: a proxy asks every ready host for a revocation's sessions at
+//! once (its answer counts the sessions closed), and a host that applied the decision from the
+//! store a moment before its own request arrived would count nothing; a host the proxy did not
+//! reach applies it after the grace.
 //!
 //! Also keeps `rtcd_cluster_moderation_stale_seconds` current (the copy's age, the input of
 //! the fail-closed rule).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +23,12 @@ use crate::metrics::Metrics;
 use crate::moderation::{Decision, Shared, unix_now};
 use crate::sfu::{Moderation, Sfu, SfuError};
 
-/// How often the copy's age is published.
-const GAUGE_EVERY: Duration = Duration::from_secs(1);
+/// How often the copy's age is published and waiting revocations looked at.
+const GAUGE_EVERY: Duration = Duration::from_millis(200);
+
+/// How long a revocation seen in the store waits before this host applies it itself (see the
+/// module documentation).
+pub const REVOCATION_GRACE: Duration = Duration::from_millis(500);
 
 /// Applies every decision that appears in `shared`'s copy after its first complete read
 /// (those from before concern no session of this host: it had none) until `cancel`.
@@ -47,17 +57,34 @@ pub fn spawn(
             publish_age();
         }
         let (mut seen, mut changes) = shared.changes();
+        // Revocations seen, with when they are due (in the order seen).
+        let mut waiting: VecDeque<(Instant, String, Decision)> = VecDeque::new();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
-                _ = tick.tick() => publish_age(),
+                _ = tick.tick() => {
+                    publish_age();
+                    let now = Instant::now();
+                    while waiting.front().is_some_and(|(due, ..)| *due <= now) {
+                        let Some((_, key, decision)) = waiting.pop_front() else { break };
+                        // A request on this host applies it itself (and counts).
+                        if !shared.applying(&key) {
+                            apply(&sfu, &lobby, decision).await;
+                        }
+                    }
+                }
                 changed = changes.changed() => {
                     if changed.is_err() {
                         return;
                     }
                     let revision = *changes.borrow_and_update();
-                    for decision in shared.decisions_since(seen, unix_now()) {
-                        apply(&sfu, &lobby, decision).await;
+                    for (key, decision) in shared.decisions_since(seen, unix_now()) {
+                        match decision {
+                            Decision::CutOff { .. } | Decision::TokenDenied { .. } => {
+                                waiting.push_back((Instant::now() + REVOCATION_GRACE, key, decision));
+                            }
+                            _ => apply(&sfu, &lobby, decision).await,
+                        }
                     }
                     seen = seen.max(revision);
                 }

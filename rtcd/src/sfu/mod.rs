@@ -190,7 +190,7 @@ impl TokenMeta {
     /// Whether an identity cut-off at `issued_before` revokes this token: it was issued
     /// before, or does not say when (a token without `iat` cannot prove it is newer).
     pub fn revoked_by(&self, issued_before: i64) -> bool {
-        self.issued_at == 0 || self.issued_at < issued_before
+        rtcd_kit::cluster::moderation::revoked_by(self.issued_at, issued_before)
     }
 }
 

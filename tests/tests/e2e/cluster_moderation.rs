@@ -248,6 +248,50 @@ async fn decisions_written_once_hold_on_a_host_started_afterwards_and_reach_ever
         "measured: a cut-off written to etcd closed the session on another host {} ms later",
         written.elapsed().as_millis()
     );
+
+    // A refresh with a revoked token is refused by the proxy's own copy at once (4118), with
+    // no `refreshed` before the close.
+    let mut with_jti = claims("erin", "standup");
+    with_jti["role"] = "member".into();
+    with_jti["jti"] = "erin-1".into();
+    let (mut erin, outcome) = join(proxy.addr(), Some(&hs_token(&with_jti)), "standup")
+        .await
+        .unwrap();
+    assert!(with_media(&outcome), "{outcome:?}");
+    let (status, body) = api(
+        proxy.addr(),
+        "POST",
+        "/api/v1/revocations",
+        Some(&admin()),
+        Some(json!({"token_id": "erin-2", "token_expires_at": now() + 600})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["sessions"].as_u64()),
+        (200, Some(0)),
+        "{body}"
+    );
+    with_jti["jti"] = "erin-2".into();
+    erin.send(&json!({"type": "refresh", "token": hs_token(&with_jti)}))
+        .await
+        .unwrap();
+    let (code, _, seen) = tokio::time::timeout(Duration::from_secs(5), erin.closed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, 4118);
+    assert!(
+        !seen.iter().any(|m| m["type"] == "refreshed"),
+        "refused before `refreshed`: {seen:?}"
+    );
+    // A join with a denied token is refused by the proxy before placement.
+    assert_eq!(
+        join_code(proxy.addr(), &hs_token(&with_jti), "standup")
+            .await
+            .unwrap(),
+        4118
+    );
+
     drop(alice);
     proxy.shutdown().await;
     cancel.cancel();

@@ -289,7 +289,12 @@ impl RoomControl for RtcdRelay {
             let remove =
                 |mut c: RoomsClient<Channel>, r| async move { c.remove_participant(r).await };
             let (key, r) = self.on_room_host(room, request.clone(), remove).await?;
-            if ban_seconds > 0 && !self.shares_state() {
+            if ban_seconds > 0 && self.shares_state() {
+                use rtcd_kit::cluster::moderation::{BANS, key};
+                let (client, room, user) = (&self.client_id, room.as_str(), identity.as_str());
+                self.settle_moderation(&key(BANS, &[client, room, user]))
+                    .await;
+            } else if ban_seconds > 0 {
                 // The ban is recorded on every host too: if this one dies and the room is
                 // placed elsewhere, the user must still be kept out there.
                 self.on_every_host(Some(&key), request, remove, true)
@@ -425,7 +430,18 @@ impl RoomControl for RtcdRelay {
             };
             let revoke = |mut c: RoomsClient<Channel>, r| async move { c.revoke(r).await };
             if self.shares_state() {
-                return self.revoke_shared(request, revoke).await;
+                use rtcd_kit::cluster::moderation::{CUTOFFS, TOKENS, key};
+                let closed = self.revoke_shared(request.clone(), revoke).await?;
+                let client = self.client_id.as_str();
+                if !request.user_id.is_empty() {
+                    self.settle_moderation(&key(CUTOFFS, &[client, &request.user_id]))
+                        .await;
+                }
+                if !request.token_id.is_empty() {
+                    self.settle_moderation(&key(TOKENS, &[client, &request.token_id]))
+                        .await;
+                }
+                return Ok(closed);
             }
             // Every known host, ready or not: a revocation must hold wherever the user joins
             // next.

@@ -135,12 +135,19 @@ pub struct RtcdRelay {
     cluster: std::sync::OnceLock<ClusterLink>,
 }
 
+/// How long a moderation call waits for this proxy's copy to show the decision it wrote.
+const MODERATION_SETTLE: Duration = Duration::from_secs(2);
+
 /// What the relay holds of the cluster store (docs/cluster.md).
 struct ClusterLink {
     /// The store itself: room placement claims (`claims/<client id>/<room>`).
     store: Arc<dyn Store>,
     /// The watched copy of the hosts' announcements, whose leases claims are bound to.
     hosts: Arc<Replica>,
+    /// The watched copy of the moderation decisions (bans, cut-offs, denied token IDs): joins
+    /// and refreshes they refuse are refused here, before placement and before `refreshed`;
+    /// rtcd checks every join again with its own copy, and is the one that fails closed.
+    moderation: Replica,
     /// Placements by outcome (`ClusterStatus::placements`' order).
     placements: [std::sync::atomic::AtomicU64; 4],
 }
@@ -161,6 +168,50 @@ impl ClusterLink {
 }
 
 impl RtcdRelay {
+    /// After a moderation decision this proxy asked a host to write (cluster mode): waits,
+    /// one request deadline at most, until this proxy's copy shows `key` as the store holds it
+    /// now, so its own next check (a join, a refresh) sees the decision it just answered for.
+    async fn settle_moderation(&self, key: &str) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        if let Ok(Some(entry)) = cluster.store.get(key).await
+            && !cluster
+                .moderation
+                .caught_up(entry.mod_revision, MODERATION_SETTLE)
+                .await
+        {
+            tracing::debug!(key, "this proxy's copy of the moderation decisions lags");
+        }
+    }
+
+    /// What the cluster's moderation decisions say of `grant` (its ban from the room when
+    /// `joining`, its token's revocation either way), by this proxy's copy; `None` without a
+    /// cluster store. The rule is the kit's, the one rtcd applies.
+    fn refusal(&self, grant: &crate::auth::Grant, joining: bool) -> Option<RelayError> {
+        use rtcd_kit::cluster::moderation::{Refusal, refusal_in};
+        let cluster = self.cluster.get()?;
+        let refusal = refusal_in(
+            &cluster.moderation,
+            &self.client_id,
+            joining.then_some(grant.room.as_str()),
+            grant.identity.as_str(),
+            grant.issued_at.unwrap_or(0),
+            grant.token_id.as_deref().unwrap_or_default(),
+            crate::auth::unix_now(),
+        )?;
+        tracing::info!(target: "audit", identity = grant.identity.as_str(), room = grant.room.as_str(), ?refusal, joining, "refused by the cluster's moderation decisions");
+        Some(match refusal {
+            Refusal::Banned { until } => {
+                RelayError::Banned(format!("banned from this call until {until}"))
+            }
+            Refusal::CutOff { issued_before } => RelayError::Revoked(format!(
+                "revoked: this user's tokens issued before {issued_before} are no longer valid"
+            )),
+            Refusal::TokenDenied => RelayError::Revoked("revoked: this token was revoked".into()),
+        })
+    }
+
     /// Builds the relay and starts host discovery through `rtcd.url`'s DNS and health probing
     /// (stopped by `cancel`). Returns once the first resolution and probe have run, so a join
     /// right after start can already be placed.
@@ -276,6 +327,7 @@ impl RtcdRelay {
             }
             relay.adopt_announcements(&replica, template);
             let _ = relay.cluster.set(ClusterLink {
+                moderation: Replica::start(store.clone(), rtcd_kit::cluster::moderation::PREFIX),
                 store,
                 hosts: replica.clone(),
                 placements: Default::default(),
@@ -327,7 +379,16 @@ impl RtcdRelay {
 
 impl Relay for RtcdRelay {
     fn join(&self, request: JoinRequest) -> BoxFuture<'_, Result<RelayLink, RelayError>> {
-        Box::pin(async move { self.open(&request).await })
+        Box::pin(async move {
+            if let Some(refused) = self.refusal(&request.grant, true) {
+                return Err(refused);
+            }
+            self.open(&request).await
+        })
+    }
+
+    fn refused_token(&self, grant: &crate::auth::Grant) -> Option<RelayError> {
+        self.refusal(grant, false)
     }
 
     fn rooms(&self) -> Option<&dyn RoomControl> {
