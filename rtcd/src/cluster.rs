@@ -216,6 +216,14 @@ async fn sweep_claims(
             }
         };
         let mut absent = std::collections::HashSet::new();
+        let held = listing
+            .entries
+            .iter()
+            .filter(|c| c.value == host.as_bytes())
+            .count();
+        metrics
+            .cluster_claims_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
         for claim in listing.entries {
             if claim.value != host.as_bytes() {
                 continue;

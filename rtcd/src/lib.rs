@@ -160,7 +160,10 @@ impl Rtcd {
         // Cluster mode: the client registry and the moderation decisions live in the cluster
         // store (docs/cluster.md); this host follows copies of them.
         let cluster_store: Option<Arc<dyn rtcd_kit::cluster::Store>> = if config.cluster.enabled() {
-            Some(Arc::new(rtcd_kit::cluster::Etcd::connect(&config.cluster)?))
+            Some(Arc::new(
+                rtcd_kit::cluster::Etcd::connect(&config.cluster)?
+                    .with_round_trips(metrics.cluster_store_seconds.clone()),
+            ))
         } else {
             None
         };

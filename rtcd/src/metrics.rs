@@ -254,6 +254,11 @@ pub struct Metrics {
     pub cluster_lease_failures: Counter,
     /// Placement claims of ended rooms this host released.
     pub cluster_claims_released: Counter,
+    /// Placement claims naming this host, as its last claim sweep counted them (every three
+    /// lease TTLs; cluster mode only).
+    pub cluster_claims_held: Gauge,
+    /// Wall time of each call to the cluster store (etcd), failover and retries included.
+    pub cluster_store_seconds: Histogram,
     /// Seconds this host's copy of the cluster's bans, revocations and room policies has not
     /// followed the store (0 while it does; cluster mode only). Past `cluster.stale_limit_s`
     /// new joins are refused.
@@ -501,6 +506,18 @@ impl Metrics {
             "Placement claims of ended rooms released by this host",
             cluster_claims_released.clone(),
         );
+        let cluster_claims_held = Gauge::default();
+        registry.register(
+            "cluster_claims_held",
+            "Placement claims naming this host at its last claim sweep",
+            cluster_claims_held.clone(),
+        );
+        let cluster_store_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 13));
+        registry.register(
+            "cluster_store_seconds",
+            "Wall time of each call to the cluster store, failover and retries included",
+            cluster_store_seconds.clone(),
+        );
         let cluster_moderation_stale_seconds = Gauge::default();
         registry.register(
             "cluster_moderation_stale_seconds",
@@ -530,6 +547,8 @@ impl Metrics {
             cluster_claims_released,
             cluster_moderation_stale_seconds,
             cluster_joins_unchecked,
+            cluster_claims_held,
+            cluster_store_seconds,
             sfu,
             webhook,
             media_dropped,

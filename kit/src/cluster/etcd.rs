@@ -59,9 +59,20 @@ pub struct Etcd {
     current: AtomicUsize,
     prefix: String,
     timeout: Duration,
+    /// Every call's wall time, failover and retries included (the daemons' metrics).
+    round_trips: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl Etcd {
+    /// Observes every call's wall time (seconds, failover and retries included) in `histogram`.
+    pub fn with_round_trips(
+        mut self,
+        histogram: prometheus_client::metrics::histogram::Histogram,
+    ) -> Self {
+        self.round_trips = Some(histogram);
+        self
+    }
+
     /// A client for the cluster `settings` names (validated with [`Settings::validate`]).
     pub fn connect(settings: &Settings) -> Result<Self, StoreError> {
         let tls = if settings
@@ -114,6 +125,7 @@ impl Etcd {
             current: AtomicUsize::new(0),
             prefix: settings.key_prefix.clone(),
             timeout: settings.request_timeout(),
+            round_trips: None,
         })
     }
 
@@ -122,6 +134,20 @@ impl Etcd {
     /// election (a second or two) is waited out rather than reported, so a caller sees
     /// [`StoreError::Unavailable`] only when the cluster stayed without an answer that long.
     async fn call<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let started = std::time::Instant::now();
+        let result = self.call_members(what, op).await;
+        if let Some(h) = &self.round_trips {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    /// [`Etcd::call`] without the timing.
+    async fn call_members<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, StoreError>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,

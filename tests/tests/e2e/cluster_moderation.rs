@@ -373,6 +373,8 @@ fn a_host_cut_off_from_etcd_fails_closed_for_joins_and_recovers_by_itself() {
             "refused before the bound: {refused_after:?}"
         );
         anyhow::ensure!(scrape("rtcd_cluster_joins_unchecked_total").await >= 1.0);
+        // Every call to etcd is timed (the first read, the announcement, the lease, the sweeps).
+        anyhow::ensure!(scrape("rtcd_cluster_store_seconds_count").await >= 1.0);
         // Published every second, in whole seconds: at least the bound less one.
         anyhow::ensure!(scrape("rtcd_cluster_moderation_stale_seconds").await >= 2.0);
         // The call in progress never noticed.

@@ -691,3 +691,110 @@ async fn a_replica_cut_off_past_a_compaction_reads_afresh_and_recovers() {
     }
     assert_eq!(replica.stale_for(Instant::now()), Duration::ZERO);
 }
+
+/// An etcd member that serves clients over TLS and requires client certificates, killed on
+/// drop (started here, not by the harness: its health check speaks plain HTTP).
+struct TlsMember {
+    child: std::process::Child,
+}
+
+impl Drop for TlsMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 30's `[cluster]` TLS settings against a real etcd with `--client-cert-auth`: the
+/// client with the deployment's CA and a client certificate reads, writes, leases and watches;
+/// one without a certificate is refused within its deadline, as is one that does not trust the
+/// server's CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_client_certificates_serves_only_certified_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::grpc_tls::make_pki(dir.path()).unwrap();
+    let pki = |name: &str| dir.path().join(name).display().to_string();
+    let (client_port, peer_port) = (rtcd_e2e::proxy::free_port(), rtcd_e2e::proxy::free_port());
+    let client_url = format!("https://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let child = std::process::Command::new(
+        std::env::var_os("RTCD_ETCD_BIN").unwrap_or_else(|| "/usr/bin/etcd".into()),
+    )
+    .env_clear()
+    .args(["--name", "m0", "--data-dir", &pki("data")])
+    .args(["--listen-client-urls", &client_url])
+    .args(["--advertise-client-urls", &client_url])
+    .args(["--listen-peer-urls", &peer_url])
+    .args(["--initial-advertise-peer-urls", &peer_url])
+    .args(["--initial-cluster", &format!("m0={peer_url}")])
+    .args([
+        "--cert-file",
+        &pki("server.pem"),
+        "--key-file",
+        &pki("server.key"),
+    ])
+    .args(["--trusted-ca-file", &pki("ca.pem"), "--client-cert-auth"])
+    .args(["--log-level", "error", "--logger", "zap"])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("etcd runs");
+    let _member = TlsMember { child };
+    let with = |ca: &str, cert: &str, key: &str| {
+        let s = Settings {
+            etcd_endpoints: vec![client_url.clone()],
+            key_prefix: "/tls/".into(),
+            tls_ca_file: ca.into(),
+            tls_cert_file: cert.into(),
+            tls_key_file: key.into(),
+            request_timeout_ms: 1_000,
+            ..Settings::default()
+        };
+        s.validate().expect("valid TLS settings");
+        Arc::new(Etcd::connect(&s).expect("a client")) as Arc<dyn Store>
+    };
+    let certified = with(&pki("ca.pem"), &pki("proxy.pem"), &pki("proxy.key"));
+    // The member takes a moment to start: the first write is tried until it lands.
+    let start = Instant::now();
+    let first = loop {
+        match certified.put("hosts/a", b"1".to_vec(), None).await {
+            Ok(revision) => break revision,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "never served: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let replica = Replica::start(certified.clone(), "hosts/");
+    assert!(replica.caught_up(first, Duration::from_secs(5)).await);
+    let lease = certified.grant(Duration::from_secs(5)).await.unwrap();
+    let Created::Won(second) = certified
+        .create("hosts/b", b"2".to_vec(), Some(lease))
+        .await
+        .unwrap()
+    else {
+        panic!("a new key is won");
+    };
+    assert!(
+        replica.caught_up(second, Duration::from_secs(5)).await,
+        "the watch runs over TLS"
+    );
+    assert_eq!(replica.entries("hosts/").len(), 2);
+
+    // Without a client certificate, and with a CA that did not sign the server's: refused.
+    let uncertified = with(&pki("ca.pem"), "", "");
+    let refused = uncertified.get("hosts/a").await;
+    assert!(refused.is_err(), "no client certificate: {refused:?}");
+    let other = tempfile::tempdir().unwrap();
+    crate::grpc_tls::make_pki(other.path()).unwrap();
+    let stranger = with(
+        &other.path().join("ca.pem").display().to_string(),
+        &other.path().join("proxy.pem").display().to_string(),
+        &other.path().join("proxy.key").display().to_string(),
+    );
+    let refused = stranger.get("hosts/a").await;
+    assert!(refused.is_err(), "another CA's certificate: {refused:?}");
+}

@@ -44,10 +44,18 @@ struct Fleet {
     hosts: Vec<Host>,
     ports: (u16, u16),
     declared: tempfile::TempDir,
+    /// The etcd client URLs of the cluster mode (docs/cluster.md), if on: hosts announce
+    /// themselves there and replicas place rooms by claims there.
+    cluster: Option<String>,
 }
 
 impl Fleet {
     async fn start() -> Fleet {
+        Self::start_with(None).await
+    }
+
+    /// [`Fleet::start`], in cluster mode on `etcd` when given.
+    async fn start_with(etcd: Option<&rtcd_e2e::etcd::EtcdCluster>) -> Fleet {
         use std::os::unix::fs::PermissionsExt as _;
         let declared = tempfile::tempdir().unwrap();
         let file = declared.path().join("clients");
@@ -58,6 +66,7 @@ impl Fleet {
             hosts: Vec::new(),
             ports,
             declared,
+            cluster: etcd.map(|e| e.endpoints().join(",")),
         };
         for (ip, extra) in [
             ("127.0.0.2", vec![]),
@@ -95,6 +104,12 @@ impl Fleet {
             ("RTCD_RTC_DRAIN_MODE", "migrate"),
         ];
         overrides.extend(host.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if let Some(endpoints) = &self.cluster {
+            overrides.extend([
+                ("RTCD_CLUSTER_ETCD_ENDPOINTS", endpoints.as_str()),
+                ("RTCD_CLUSTER_KEY_PREFIX", "/failover/"),
+            ]);
+        }
         let env = test_env(host.dir.path(), &overrides);
         let mut process = RtcdProcess::spawn(Path::new(RTCD), &env).unwrap();
         process.ready().await.unwrap();
@@ -237,6 +252,10 @@ impl Replica {
         ] {
             env.retain(|(key, _)| key != k);
             env.push((k.into(), v.into()));
+        }
+        if let Some(endpoints) = &fleet.cluster {
+            env.push(("PROXY_CLUSTER_ETCD_ENDPOINTS".into(), endpoints.clone()));
+            env.push(("PROXY_CLUSTER_KEY_PREFIX".into(), "/failover/".into()));
         }
         let (child, addr) = rtcd_e2e::proxy::spawn_process(PROXY, &env).unwrap();
         assert_eq!(addr.port(), self.port);
@@ -537,6 +556,86 @@ async fn calls_survive_a_killed_host_restarted_proxies_and_a_drain_across_three_
     assert_ne!(fleet.host_of("failover").await, draining);
     flows(&[&alice, &bob], 2, "after the drain").await;
 
+    for page in [alice, bob] {
+        page.close().await.unwrap();
+    }
+    for i in 0..fleet.hosts.len() {
+        if fleet.hosts[i].process.is_some() {
+            fleet.signal(i, "KILL");
+            fleet.reap(i).await;
+        }
+    }
+}
+
+/// Issue 30's failover test in cluster mode: the same fleet (three hosts, two replicas, a
+/// balancer, two Chromium pages), with the hosts announced in a three-member etcd and rooms
+/// placed by claims there. SIGKILL of the call's host: both pages rejoin together on one
+/// survivor, the room's claim moved there by the first rejoin, media back both ways (timed).
+#[tokio::test]
+async fn a_call_survives_its_hosts_death_in_cluster_mode() {
+    let etcd = rtcd_e2e::etcd::EtcdCluster::start(3).unwrap();
+    let mut fleet = Fleet::start_with(Some(&etcd)).await;
+    let replicas = [
+        Replica::start(&fleet, free_port()),
+        Replica::start(&fleet, free_port()),
+    ];
+    let balancer = Balancer::start(vec![replicas[0].addr(), replicas[1].addr()])
+        .await
+        .unwrap();
+    let store = rtcd_kit::cluster::Etcd::connect(&rtcd_kit::cluster::Settings {
+        etcd_endpoints: etcd.endpoints(),
+        key_prefix: "/failover/".into(),
+        ..rtcd_kit::cluster::Settings::default()
+    })
+    .unwrap();
+    let store = &store;
+    let claimed = move || async move {
+        use rtcd_kit::cluster::Store as _;
+        store
+            .get(&format!("claims/{CLIENT}/failover"))
+            .await
+            .unwrap()
+            .map(|e| String::from_utf8(e.value).unwrap())
+    };
+
+    let driver = Chromedriver::start().await.unwrap();
+    let url = |name: &str| format!("http://{}/?room=failover&name={name}", balancer.addr());
+    let (alice, bob) = (driver.page().await.unwrap(), driver.page().await.unwrap());
+    alice.goto(&url("Alice")).await.unwrap();
+    alice.wait_state("connected", "").await.unwrap();
+    bob.goto(&url("Bob")).await.unwrap();
+    bob.wait_state("connected", "").await.unwrap();
+    for page in [&alice, &bob] {
+        plays_remote_videos(page, 1).await.unwrap();
+    }
+    flows(&[&alice, &bob], 3, "before anything fails").await;
+
+    for run in 0..2 {
+        let victim = fleet.host_of("failover").await;
+        let host_key = format!("{}:{}", fleet.hosts[victim].ip, fleet.ports.1);
+        assert_eq!(claimed().await.as_deref(), Some(host_key.as_str()));
+        let before = joins(&[&alice, &bob]).await;
+        watch_states(&[&alice, &bob]).await;
+        let start = Instant::now();
+        fleet.signal(victim, "KILL");
+        let (took, said) = recovery(&[&alice, &bob], &before, start).await;
+        fleet.reap(victim).await;
+        let now_on = fleet.host_of("failover").await;
+        assert_ne!(now_on, victim);
+        let survivor = format!("{}:{}", fleet.hosts[now_on].ip, fleet.ports.1);
+        assert_eq!(
+            claimed().await.as_deref(),
+            Some(survivor.as_str()),
+            "the claim moved to the survivor"
+        );
+        assert_eq!(said, [true, true], "run {run}: the pages said reconnecting");
+        println!(
+            "cluster failover run {run}: host {victim} killed, media back on host {now_on} in {took:?}"
+        );
+        flows(&[&alice, &bob], 2, "after the failover").await;
+        fleet.run(victim).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     for page in [alice, bob] {
         page.close().await.unwrap();
     }
