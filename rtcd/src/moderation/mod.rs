@@ -145,10 +145,12 @@ impl ModerationStore {
         call: Option<&CallId>,
         now: i64,
     ) -> Result<Vec<Ban>, StoreError> {
-        match &self.0 {
-            Backend::Disk(d) => d.bans(tenant, call, now),
-            Backend::Shared(s) => s.bans(tenant, call, now),
-        }
+        let mut bans = match &self.0 {
+            Backend::Disk(d) => d.bans(tenant, call, now)?,
+            Backend::Shared(s) => s.bans(tenant, call, now)?,
+        };
+        bans.sort_by(|a, b| (&a.call, &a.user).cmp(&(&b.call, &b.user)));
+        Ok(bans)
     }
 
     /// Bans `user` from `call` until `until` (replacing an earlier ban), durably. The caller

@@ -204,16 +204,10 @@ impl Shared {
         Ok(self
             .record::<BanRecord>(&k)?
             .filter(|r| r.until > now)
-            .map(|r| Ban {
-                call: call.clone(),
-                user: user.clone(),
-                until: r.until,
-                reason: r.reason,
-                created_at: r.created_at,
-            }))
+            .map(|r| Ban::from_record(call.clone(), user.clone(), r)))
     }
 
-    /// The tenant's bans in force (of one call, or of all), sorted by call then user.
+    /// The tenant's bans in force (of one call, or of all), in key order.
     pub fn bans(
         &self,
         tenant: &TenantId,
@@ -238,15 +232,12 @@ impl Shared {
                     entry.key
                 )));
             };
-            out.push(Ban {
-                call: CallId::new(call),
-                user: UserId::new(user),
-                until: record.until,
-                reason: record.reason,
-                created_at: record.created_at,
-            });
+            out.push(Ban::from_record(
+                CallId::new(call),
+                UserId::new(user),
+                record,
+            ));
         }
-        out.sort_by(|a, b| (&a.call, &a.user).cmp(&(&b.call, &b.user)));
         Ok(out)
     }
 

@@ -43,6 +43,19 @@ pub struct Ban {
     pub created_at: i64,
 }
 
+impl Ban {
+    /// The ban a stored record of `user` in `call` describes (either store's: the JSON is one).
+    pub(super) fn from_record(call: CallId, user: UserId, record: BanRecord) -> Self {
+        Self {
+            call,
+            user,
+            until: record.until,
+            reason: record.reason,
+            created_at: record.created_at,
+        }
+    }
+}
+
 pub use rtcd_kit::cluster::moderation::Refusal;
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -184,13 +197,7 @@ impl Disk {
                 .compare_and_swap(&k, Some(bytes), None as Option<&[u8]>)?;
             return Ok(None);
         }
-        Ok(Some(Ban {
-            call: call.clone(),
-            user: user.clone(),
-            until: record.until,
-            reason: record.reason,
-            created_at: record.created_at,
-        }))
+        Ok(Some(Ban::from_record(call.clone(), user.clone(), record)))
     }
 
     /// The policy stored for `call` (every field unset when none is).
@@ -237,7 +244,7 @@ impl Disk {
         Ok(in_force)
     }
 
-    /// The tenant's bans in force (of one call, or of all), sorted by call then user.
+    /// The tenant's bans in force (of one call, or of all), in no particular order.
     pub fn bans(
         &self,
         tenant: &TenantId,
@@ -260,15 +267,12 @@ impl Disk {
             else {
                 return Err(corrupt("bans", &k));
             };
-            out.push(Ban {
-                call: CallId::new(call),
-                user: UserId::new(user),
-                until: record.until,
-                reason: record.reason,
-                created_at: record.created_at,
-            });
+            out.push(Ban::from_record(
+                CallId::new(call),
+                UserId::new(user),
+                record,
+            ));
         }
-        out.sort_by(|a, b| (&a.call, &a.user).cmp(&(&b.call, &b.user)));
         Ok(out)
     }
 

@@ -184,6 +184,66 @@ impl Fleet {
         let mut process = self.hosts[i].process.take().unwrap();
         process.wait().await.unwrap();
     }
+
+    /// Host `i` as announced in the cluster store and named by claims: `ip:grpc port`.
+    fn host_key(&self, i: usize) -> String {
+        format!("{}:{}", self.hosts[i].ip, self.ports.1)
+    }
+
+    /// SIGKILL of the host of the call "failover" between `pages`: they rejoin on one
+    /// surviving host and said "reconnecting" meanwhile; media flows both ways again; the
+    /// killed host is started again (and not a candidate for the next kill until the replicas
+    /// see it ready). Returns (killed host, host now, time to media back).
+    async fn kill_the_calls_host(
+        &mut self,
+        pages: &[&Page],
+        run: usize,
+    ) -> (usize, usize, Duration) {
+        let victim = self.host_of("failover").await;
+        let before = joins(pages).await;
+        watch_states(pages).await;
+        let start = Instant::now();
+        self.signal(victim, "KILL");
+        let (took, said) = recovery(pages, &before, start).await;
+        self.reap(victim).await;
+        let now_on = self.host_of("failover").await;
+        assert_ne!(now_on, victim);
+        assert!(
+            said.iter().all(|s| *s),
+            "run {run}: the pages said reconnecting: {said:?}"
+        );
+        flows(pages, 2, "after the failover").await;
+        self.run(victim).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        (victim, now_on, took)
+    }
+
+    /// Kills every host still running.
+    async fn kill_all(&mut self) {
+        for i in 0..self.hosts.len() {
+            if self.hosts[i].process.is_some() {
+                self.signal(i, "KILL");
+                self.reap(i).await;
+            }
+        }
+    }
+}
+
+/// A call of two Chromium pages (Alice and Bob) in the room "failover" through `balancer`,
+/// media flowing both ways; the driver must outlive the pages.
+async fn call_of_two(balancer: &Balancer) -> (Chromedriver, Page, Page) {
+    let driver = Chromedriver::start().await.unwrap();
+    let url = |name: &str| format!("http://{}/?room=failover&name={name}", balancer.addr());
+    let (alice, bob) = (driver.page().await.unwrap(), driver.page().await.unwrap());
+    alice.goto(&url("Alice")).await.unwrap();
+    alice.wait_state("connected", "").await.unwrap();
+    bob.goto(&url("Bob")).await.unwrap();
+    bob.wait_state("connected", "").await.unwrap();
+    for page in [&alice, &bob] {
+        plays_remote_videos(page, 1).await.unwrap();
+    }
+    flows(&[&alice, &bob], 3, "before anything fails").await;
+    (driver, alice, bob)
 }
 
 /// An (API, gRPC) port pair free on all three hosts' addresses.
@@ -435,17 +495,7 @@ async fn calls_survive_a_killed_host_restarted_proxies_and_a_drain_across_three_
     drop(clients);
 
     // A call of two Chromium pages through the balancer.
-    let driver = Chromedriver::start().await.unwrap();
-    let url = |name: &str| format!("http://{}/?room=failover&name={name}", balancer.addr());
-    let (alice, bob) = (driver.page().await.unwrap(), driver.page().await.unwrap());
-    alice.goto(&url("Alice")).await.unwrap();
-    alice.wait_state("connected", "").await.unwrap();
-    bob.goto(&url("Bob")).await.unwrap();
-    bob.wait_state("connected", "").await.unwrap();
-    for page in [&alice, &bob] {
-        plays_remote_videos(page, 1).await.unwrap();
-    }
-    flows(&[&alice, &bob], 3, "before anything fails").await;
+    let (_driver, alice, bob) = call_of_two(&balancer).await;
 
     // SIGKILL of the call's host, repeated: both pages rejoin on one surviving host, media
     // both ways, and say "reconnecting" meanwhile. The killed host comes back afterwards.
@@ -455,24 +505,11 @@ async fn calls_survive_a_killed_host_restarted_proxies_and_a_drain_across_three_
         .unwrap_or(2);
     let mut times = Vec::new();
     for run in 0..runs {
-        let victim = fleet.host_of("failover").await;
-        let before = joins(&[&alice, &bob]).await;
-        watch_states(&[&alice, &bob]).await;
-        let start = Instant::now();
-        fleet.signal(victim, "KILL");
-        let (took, said) = recovery(&[&alice, &bob], &before, start).await;
-        fleet.reap(victim).await;
-        let now_on = fleet.host_of("failover").await;
-        assert_ne!(now_on, victim);
-        assert_eq!(said, [true, true], "run {run}: the pages said reconnecting");
+        let (victim, now_on, took) = fleet.kill_the_calls_host(&[&alice, &bob], run).await;
         println!(
             "failover run {run}: host {victim} killed, media back on host {now_on} in {took:?}"
         );
         times.push(took);
-        flows(&[&alice, &bob], 2, "after the failover").await;
-        fleet.run(victim).await;
-        // Until the replicas see it ready again, it is not a candidate for the next kill.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     times.sort();
     println!(
@@ -559,12 +596,7 @@ async fn calls_survive_a_killed_host_restarted_proxies_and_a_drain_across_three_
     for page in [alice, bob] {
         page.close().await.unwrap();
     }
-    for i in 0..fleet.hosts.len() {
-        if fleet.hosts[i].process.is_some() {
-            fleet.signal(i, "KILL");
-            fleet.reap(i).await;
-        }
-    }
+    fleet.kill_all().await;
 }
 
 /// Issue 30's failover test in cluster mode: the same fleet (three hosts, two replicas, a
@@ -598,51 +630,23 @@ async fn a_call_survives_its_hosts_death_in_cluster_mode() {
             .map(|e| String::from_utf8(e.value).unwrap())
     };
 
-    let driver = Chromedriver::start().await.unwrap();
-    let url = |name: &str| format!("http://{}/?room=failover&name={name}", balancer.addr());
-    let (alice, bob) = (driver.page().await.unwrap(), driver.page().await.unwrap());
-    alice.goto(&url("Alice")).await.unwrap();
-    alice.wait_state("connected", "").await.unwrap();
-    bob.goto(&url("Bob")).await.unwrap();
-    bob.wait_state("connected", "").await.unwrap();
-    for page in [&alice, &bob] {
-        plays_remote_videos(page, 1).await.unwrap();
-    }
-    flows(&[&alice, &bob], 3, "before anything fails").await;
+    let (_driver, alice, bob) = call_of_two(&balancer).await;
 
     for run in 0..2 {
-        let victim = fleet.host_of("failover").await;
-        let host_key = format!("{}:{}", fleet.hosts[victim].ip, fleet.ports.1);
-        assert_eq!(claimed().await.as_deref(), Some(host_key.as_str()));
-        let before = joins(&[&alice, &bob]).await;
-        watch_states(&[&alice, &bob]).await;
-        let start = Instant::now();
-        fleet.signal(victim, "KILL");
-        let (took, said) = recovery(&[&alice, &bob], &before, start).await;
-        fleet.reap(victim).await;
-        let now_on = fleet.host_of("failover").await;
-        assert_ne!(now_on, victim);
-        let survivor = format!("{}:{}", fleet.hosts[now_on].ip, fleet.ports.1);
+        let on = fleet.host_of("failover").await;
+        assert_eq!(claimed().await, Some(fleet.host_key(on)));
+        let (victim, now_on, took) = fleet.kill_the_calls_host(&[&alice, &bob], run).await;
         assert_eq!(
-            claimed().await.as_deref(),
-            Some(survivor.as_str()),
+            claimed().await,
+            Some(fleet.host_key(now_on)),
             "the claim moved to the survivor"
         );
-        assert_eq!(said, [true, true], "run {run}: the pages said reconnecting");
         println!(
             "cluster failover run {run}: host {victim} killed, media back on host {now_on} in {took:?}"
         );
-        flows(&[&alice, &bob], 2, "after the failover").await;
-        fleet.run(victim).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     for page in [alice, bob] {
         page.close().await.unwrap();
     }
-    for i in 0..fleet.hosts.len() {
-        if fleet.hosts[i].process.is_some() {
-            fleet.signal(i, "KILL");
-            fleet.reap(i).await;
-        }
-    }
+    fleet.kill_all().await;
 }
