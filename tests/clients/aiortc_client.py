@@ -20,8 +20,12 @@ Besides "t" and "received" a report carries:
   was answered, "checks": checks sent until then, "first_check_answered": bool}, or
   {"error": ...} if the restart could not be carried out.
 
+With --answer-delay SECONDS it applies every answer that much later than it arrives (a slow
+client, or signaling slower than media): what rtcd sends on a section before the answer that
+enables it is applied is dropped by aiortc (after decryption, so it cannot be resent).
+
 Usage: aiortc_client.py --url ws://HOST:PORT/ws --room ROOM --token JWT [--seconds N]
-       [--no-publish] [--ice-restart-at SECONDS] [--verbose]
+       [--no-publish] [--ice-restart-at SECONDS] [--answer-delay SECONDS] [--verbose]
 """
 
 import argparse
@@ -121,7 +125,8 @@ class Camera(VideoStreamTrack):
 
 
 class Client:
-    def __init__(self, ws, publish, started, verbose=False):
+    def __init__(self, ws, publish, started, verbose=False, answer_delay=0.0):
+        self.answer_delay = answer_delay
         self.started = started
         self.verbose = verbose
         self.ws = ws
@@ -325,6 +330,8 @@ class Client:
                 self.pc.addTransceiver("audio", direction="recvonly")
             await self.offer()
         elif kind == "answer":
+            if self.answer_delay > 0:
+                await asyncio.sleep(self.answer_delay)
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=m["sdp"], type="answer"))
             self.offer_pending = False
             if self.restart_answer_due:
@@ -424,12 +431,19 @@ async def main():
         metavar="SECONDS",
         help="restart ICE once, this many seconds after the start",
     )
+    parser.add_argument(
+        "--answer-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="apply every answer this much later than it arrives",
+    )
     parser.add_argument("--verbose", action="store_true", help="log messages to stderr")
     args = parser.parse_args()
     started = time.monotonic()
     started_unix = time.time()
     async with websockets.connect(args.url, max_size=1 << 20) as ws:
-        client = Client(ws, not args.no_publish, started, args.verbose)
+        client = Client(ws, not args.no_publish, started, args.verbose, args.answer_delay)
         client.started_unix = round(started_unix, 3)
         await ws.send(json.dumps({"type": "join", "room": args.room, "token": args.token}))
 

@@ -1618,6 +1618,45 @@ impl Peer {
         })
     }
 
+    /// Sends an empty RTX packet on a slot: `header` is the RTX stream's (its SSRC, payload type
+    /// and sequence number), the payload the original sequence number `osn` alone. What closes
+    /// a hole under a number something was already sent with (`DownTrack::poll_fill`,
+    /// `Fill::osn`): the receiver restores an empty packet numbered `osn`, as if padding had
+    /// come, and the media SSRC never carries two different packets under one SRTP number.
+    pub fn send_rtx_fill(
+        &mut self,
+        slot: SlotId,
+        header: &RtpHeaderOut,
+        osn: u16,
+        now: Instant,
+    ) -> Result<(), EngineError> {
+        let Some(state) = self.slots.get(slot.0 as usize) else {
+            return Err(internal("unknown slot"));
+        };
+        let mut packet = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                marker: false,
+                payload_type: header.payload_type,
+                sequence_number: header.sequence,
+                timestamp: header.timestamp,
+                ssrc: header.ssrc,
+                ..Default::default()
+            },
+            payload: Bytes::copy_from_slice(&osn.to_be_bytes()),
+        };
+        if let Some((id, mid)) = &state.mid_stamp {
+            packet
+                .header
+                .set_extension(*id, mid.clone())
+                .map_err(internal)?;
+        }
+        self.write_media(TaggedRTCMessage {
+            now,
+            message: RTCMessage::RtpPacket(String::new(), packet),
+        })
+    }
+
     /// Hands one outgoing RTP packet to rtc, or holds it while ICE restarts.
     ///
     /// rtc drops its selected pair the moment a restart is applied and silently discards what
@@ -2506,6 +2545,8 @@ mod tests {
         wire_to_bob: Vec<(u32, u8, u16)>,
         /// Server→bob datagrams whose RTP sequence (bob's) is listed here are dropped once.
         drop_to_bob: Vec<u16>,
+        /// Empty RTX packets sent to close a number already used (`Fill::osn`).
+        rtx_fills: usize,
         bob_events: Vec<PeerEvent>,
         alice_events: Vec<PeerEvent>,
         /// Sequence numbers of alice's packets as rtcd's SFU got them, in arrival order.
@@ -2564,6 +2605,7 @@ mod tests {
                 resent_rtx: 0,
                 wire_to_bob: Vec::new(),
                 drop_to_bob: Vec::new(),
+                rtx_fills: 0,
                 from_alice: Vec::new(),
                 bob_events: Vec::new(),
                 alice_events: Vec::new(),
@@ -2685,6 +2727,22 @@ mod tests {
                                     .unwrap();
                                 self.resent += 1;
                                 self.resent_rtx += usize::from(rtx);
+                            }
+                            while let Some(fill) = self.down.as_mut().and_then(|d| d.poll_fill(now))
+                            {
+                                match fill.osn {
+                                    Some(osn) => {
+                                        self.bob_s
+                                            .send_rtx_fill(self.slot.id, &fill.header, osn, now)
+                                            .unwrap();
+                                        self.rtx_fills += 1;
+                                    }
+                                    None => {
+                                        self.bob_s
+                                            .send_padding(self.slot.id, &fill.header, now)
+                                            .unwrap();
+                                    }
+                                }
                             }
                         }
                         _ => {}
@@ -3087,19 +3145,23 @@ mod tests {
         // back: the slot's SSRC, VP8, the lost sequence number, the payload without the 2-byte
         // original sequence number in front. More than once: rtc's NACK generator logs arrivals
         // by the SSRC on the wire, so a packet repaired through RTX stays "lost" to it and bob
-        // NACKs it again at every interval (a limit of the rtc client, not of the answer).
-        let repaired: Vec<_> = rig
+        // NACKs it again at every interval (a limit of the rtc client, not of the answer). Once
+        // the packet has left the buffer, such a NACK gets an empty RTX packet (`Fill::osn`),
+        // restored as an empty packet numbered `lost`.
+        let (repaired, emptied): (Vec<_>, Vec<_>) = rig
             .bob
             .received
             .iter()
             .map(|(_, p)| p)
             .filter(|p| p.header.sequence_number == lost)
-            .collect();
+            .partition(|p| !p.payload.is_empty());
+        assert_eq!(emptied.len(), rig.rtx_fills);
         assert_eq!(
-            repaired.len(),
+            repaired.len() + emptied.len(),
             rtx_sent.len(),
             "every RTX packet repaired {lost}"
         );
+        assert_eq!(repaired.len(), rig.resent_rtx);
         for p in repaired {
             assert_eq!(
                 (p.header.ssrc, p.header.payload_type),
@@ -3111,6 +3173,51 @@ mod tests {
         assert!(
             rig.bob.received.iter().all(|(_, p)| p.header.ssrc == ssrc),
             "bob's application never sees the RTX SSRC"
+        );
+    }
+
+    #[test]
+    fn a_packet_that_cannot_be_resent_is_closed_by_an_empty_rtx_packet_never_on_its_number() {
+        let mut rig = Rig::new();
+        rig.rtx = true;
+        rig.run(600, |_| {}); // 3 s: connected, flowing
+        let last = rig.bob.received.last().unwrap().1.header.sequence_number;
+        let lost = last.wrapping_add(1);
+        rig.drop_to_bob.push(lost);
+        while !rig.drop_to_bob.is_empty() {
+            rig.run(1, |_| {});
+        }
+        // The track ends right after it went out (lost): bob's NACK finds nothing to resend.
+        let source = rig.source.as_ref().unwrap().ssrc;
+        rig.down.as_mut().unwrap().switch_source(source);
+        rig.run(400, |_| {});
+        assert!(
+            rig.rtx_fills >= 1,
+            "the NACK was answered with an empty RTX packet"
+        );
+        assert_eq!(rig.resent, 0, "nothing to resend");
+        // The media SSRC carried `lost` once (the packet dropped on the way), never again.
+        let ssrc = rig.slot.ssrc;
+        let on_media = rig
+            .wire_to_bob
+            .iter()
+            .filter(|(s, _, seq)| *s == ssrc && *seq == lost)
+            .count();
+        assert_eq!(on_media, 1);
+        // Bob's stack restored the RTX packet as an empty packet numbered `lost`: the hole is
+        // closed for a receiver that waits for every number.
+        let closed: Vec<_> = rig
+            .bob
+            .received
+            .iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.header.sequence_number == lost)
+            .collect();
+        assert!(!closed.is_empty(), "bob got {lost}");
+        assert!(
+            closed
+                .iter()
+                .all(|p| p.header.ssrc == ssrc && p.payload.is_empty())
         );
     }
 

@@ -74,6 +74,17 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// (aiortc, and any stack whose jitter buffer waits for every sequence number) would otherwise
 /// hold every later frame behind the hole until its buffer overflows: 15-17 s of frozen video.
 pub const HOLE_PATIENCE: Duration = Duration::from_millis(300);
+/// How long a video section that carried a track waits before the next track starts on it
+/// ([`DownTrack::switch_source`]). rtcd sends a track as soon as its answer goes out, but the
+/// client accepts it only once it has applied that answer, and signaling (through the proxy,
+/// over TCP) usually arrives after the media. What arrives before is lost for good for a client
+/// that drops it after decrypting (aiortc, on a section whose receiver is not enabled yet): its
+/// SRTP replay check then refuses the same packet resent, and aiortc cannot route RTX when it
+/// receives several videos, so its jitter buffer waited behind the hole until 128 packets piled
+/// up: a visitor's camera was never decoded in 1 run of 5-7 of the interop test (the keyframe
+/// arrived 7 ms before the answer was applied). A new section needs no wait: a receiver that
+/// starts there starts at the first packet it gets, and asks for a keyframe.
+pub const REUSE_SETTLE: Duration = Duration::from_millis(250);
 /// Holes (runs of output sequence numbers) remembered for closing; on overflow the oldest is
 /// closed at once.
 const MAX_HOLES: usize = 16;
@@ -151,6 +162,13 @@ impl PayloadTypeMap {
         self.out[usize::from(source)] = subscriber;
         self.rtx[usize::from(source)] = rtx.unwrap_or(NO_PT);
         Ok(())
+    }
+
+    /// The subscriber's RTX payload type for one of its own (media) payload types.
+    pub fn rtx_of(&self, subscriber: u8) -> Option<u8> {
+        (0..128)
+            .find(|&i| self.out[i] == subscriber && self.rtx[i] != NO_PT)
+            .map(|i| self.rtx[i])
     }
 
     /// The subscriber's payload type and RTX payload type for a source payload type.
@@ -278,6 +296,8 @@ pub enum DropReason {
     /// Late: from before the stream's (re)start, older than the reorder window, or in a range
     /// the down-track has already skipped.
     Stale,
+    /// A new track on a section that carried one, during [`REUSE_SETTLE`].
+    Settling,
     /// Already forwarded.
     Duplicate,
     /// A packet of the layer a switch is pending to ([`DownTrack::set_target_layer`]), before
@@ -369,17 +389,38 @@ struct Hole {
     generation: u16,
 }
 
-/// A padding-only packet to send on the subscriber's SSRC, closing a hole in its sequence space
-/// ([`DownTrack::poll_fill`]).
+/// A packet closing a hole in the subscriber's sequence space ([`DownTrack::poll_fill`]): RTP
+/// padding on the subscriber's SSRC, or an empty RTX packet ([`Fill::osn`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fill {
-    /// The header (the subscriber's SSRC, the hole's sequence number, the timestamp and payload
-    /// type of the packet before it); the packet carries no payload, only RTP padding.
+    /// The header: for padding, the subscriber's SSRC, the hole's sequence number, the timestamp
+    /// and payload type of the packet before it (the packet carries no payload, only RTP
+    /// padding); for RTX, the RTX stream's SSRC, payload type and next sequence number, with
+    /// that timestamp.
     pub header: RtpHeaderOut,
+    /// `Some(n)`: an RTX packet whose payload is the original sequence number `n` and nothing
+    /// after it, for a number under which something was sent already (a NACKed packet that
+    /// cannot be resent). SRTP derives its keystream (AES-CM) and nonce (AES-GCM) from SSRC and
+    /// sequence number, so a padding packet there would reuse them with other bytes: with GCM,
+    /// enough for an eavesdropper to recover the authentication key and alter packets
+    /// undetected. The receiver restores an empty packet numbered `n`, which closes the hole as
+    /// padding would. Without negotiated RTX such a number is not closed at all.
+    pub osn: Option<u16>,
     /// Whether the hole is in the current source's stream: the frame it belonged to is lost and
     /// the subscriber's decoder needs a keyframe (ask the publisher). A hole left by a previous
     /// source needs none: the new source starts with a keyframe anyway.
     pub current: bool,
+}
+
+/// An output sequence number to close at once ([`DownTrack::poll_fill`]).
+#[derive(Debug, Clone, Copy)]
+struct Urgent {
+    ext: u64,
+    /// It belongs to the current source.
+    current: bool,
+    /// Something went out under it already, or may have (older than the history): it is never
+    /// sent again on the media SSRC with other bytes (see [`Fill::osn`]).
+    used: bool,
 }
 
 /// A run of source sequence numbers the down-track skipped in order (the offset was lowered
@@ -390,6 +431,17 @@ struct DropRun {
     end: u64,
     /// The sequence offset in force before the run.
     delta_before: u64,
+}
+
+/// The wait of a new track on a section that carried one ([`REUSE_SETTLE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// Nothing to wait for.
+    Done,
+    /// To wait, from the next packet or keyframe request on.
+    Due,
+    /// Waiting until then.
+    Until(Instant),
 }
 
 /// How the timestamp offset is chosen at the next (re)start.
@@ -435,6 +487,9 @@ pub struct DownTrack {
     anchored: bool,
     /// Video waiting for a keyframe before it (re)starts.
     need_keyframe: bool,
+    /// A new track on a section that carried one waits [`REUSE_SETTLE`] from its first packet
+    /// or keyframe request.
+    settle: Settle,
     keyframe_requested_at: Option<Instant>,
     ts_start: TimestampStart,
 
@@ -454,9 +509,8 @@ pub struct DownTrack {
     gen_start: u64,
     /// Holes of the output waiting for the publisher's retransmission, oldest first.
     holes: std::collections::VecDeque<Hole>,
-    /// Output sequence numbers to close with padding at the next [`DownTrack::poll_fill`], with
-    /// whether they belong to the current source.
-    urgent: std::collections::VecDeque<(u64, bool)>,
+    /// Output sequence numbers to close at the next [`DownTrack::poll_fill`].
+    urgent: std::collections::VecDeque<Urgent>,
     ts_delta: u32,
     rtx_sequence: u16,
 
@@ -493,6 +547,7 @@ impl DownTrack {
             paused: false,
             anchored: false,
             need_keyframe: config.kind == MediaKind::Video,
+            settle: Settle::Done,
             keyframe_requested_at: None,
             ts_start: TimestampStart::Initial,
             src_highest: 0,
@@ -555,6 +610,12 @@ impl DownTrack {
         self.vp8.pass_through();
         // What the previous sources sent is not answered any more.
         self.previous_layer_count = 0;
+        self.settle = if self.kind == MediaKind::Video && source_ssrc != 0 && self.stats.packets > 0
+        {
+            Settle::Due
+        } else {
+            Settle::Done
+        };
         if self.stats.last_timestamp.is_some() {
             self.ts_start = TimestampStart::Continue;
         }
@@ -700,7 +761,7 @@ impl DownTrack {
     /// `set_paused(false)` and periodically (e.g. on every packet or timer tick); the engine
     /// should still throttle PLIs per source across all of its down-tracks.
     pub fn poll_keyframe_request(&mut self, now: Instant) -> Option<u32> {
-        if self.paused {
+        if self.paused || self.settling(now) {
             return None;
         }
         let ssrc = match self.target {
@@ -746,6 +807,9 @@ impl DownTrack {
             return Forward::Drop(DropReason::Paused);
         }
         if !self.anchored {
+            if self.settling(now) {
+                return Forward::Drop(DropReason::Settling);
+            }
             if self.need_keyframe && !pkt.keyframe {
                 return Forward::Drop(DropReason::WaitingForKeyframe);
             }
@@ -759,7 +823,7 @@ impl DownTrack {
                 // keyframe's first packet is lost a receiver that only NACKs sees the gap and
                 // asks for it. Without it, that receiver cannot know the keyframe began earlier
                 // and waits for the publisher's next keyframe.
-                self.close_now(self.out_first.wrapping_sub(1), false);
+                self.close_now(self.out_first.wrapping_sub(1), false, false);
             }
             self.anchor(pkt, now);
             let ext = self.src_highest;
@@ -797,6 +861,24 @@ impl DownTrack {
             return Forward::Drop(DropReason::Duplicate);
         }
         self.emit(out_ext, pkt, pt, now)
+    }
+
+    /// Whether a new track on a section that carried one still waits ([`REUSE_SETTLE`]); the
+    /// wait starts at the first call. When it ends the keyframe is asked for at once.
+    fn settling(&mut self, now: Instant) -> bool {
+        match self.settle {
+            Settle::Done => false,
+            Settle::Due => {
+                self.settle = Settle::Until(now + REUSE_SETTLE);
+                true
+            }
+            Settle::Until(until) if now < until => true,
+            Settle::Until(_) => {
+                self.settle = Settle::Done;
+                self.keyframe_requested_at = None;
+                false
+            }
+        }
     }
 
     /// The subscriber's payload type for a packet worth forwarding.
@@ -965,8 +1047,9 @@ impl DownTrack {
     ///
     /// Numbers that were sent but cannot be resent (older than the history, their packet gone
     /// from `buf`, or from a previous source) and holes a previous source left are queued to be
-    /// closed with padding ([`DownTrack::poll_fill`], call it next): a receiver whose jitter
-    /// buffer waits for every sequence number would otherwise stall behind them. Returns how
+    /// closed ([`DownTrack::poll_fill`], call it next: holes with padding, sent numbers with an
+    /// empty RTX packet, [`Fill::osn`]): a receiver whose jitter buffer waits for every
+    /// sequence number would otherwise stall behind them. Returns how
     /// many of the numbers belonged to the current source and cannot be repaired: the
     /// subscriber's decoder waits for a keyframe, which the caller should ask the publisher for
     /// now (a browser asks by itself only seconds later: Chromium took 2.5 to 8.5 s after an ICE
@@ -1010,7 +1093,7 @@ impl DownTrack {
                 if !old {
                     unrepairable += 1;
                 }
-                self.close_now(ext, !old);
+                self.close_now(ext, !old, true);
                 continue;
             }
             let slot = (ext & self.mask) as usize;
@@ -1022,7 +1105,7 @@ impl DownTrack {
                 // A hole: nothing was sent there. A previous source will never fill it; the
                 // current one may (its hole closes by itself after HOLE_PATIENCE).
                 if old {
-                    self.close_now(ext, false);
+                    self.close_now(ext, false, false);
                 }
                 continue;
             }
@@ -1036,7 +1119,7 @@ impl DownTrack {
                     .map(|(_, ssrc)| *ssrc)
             };
             let Some(source) = source.filter(|_| !sent.filled) else {
-                self.close_now(ext, false);
+                self.close_now(ext, false, true);
                 continue;
             };
             let Some(pkt) = buffers(source)
@@ -1048,7 +1131,7 @@ impl DownTrack {
                 if current {
                     unrepairable += 1;
                 }
-                self.close_now(ext, current);
+                self.close_now(ext, current, true);
                 continue;
             };
             let Some((pt, rtx_pt)) = self.payload_types.get(pkt.payload_type) else {
@@ -1077,6 +1160,11 @@ impl DownTrack {
                     });
                 }
                 _ => {
+                    // Without RTX: the packet rebuilt on the media SSRC, as libwebrtc and Janus
+                    // resend without RTX. Its payload is the same; only its transport-wide
+                    // number differs, which with AES-GCM is a second header under one nonce
+                    // (docs/engine-v2.md, "Retransmission without RTX"). Every browser
+                    // negotiates RTX.
                     self.stats.packets += 1;
                     self.stats.octets += payload.len() as u64;
                     out(Retransmission {
@@ -1146,11 +1234,38 @@ impl DownTrack {
         });
     }
 
-    /// Queues output `ext` to be closed with padding at the next [`DownTrack::poll_fill`].
-    fn close_now(&mut self, ext: u64, current: bool) {
-        if self.urgent.len() < MAX_URGENT_FILLS && !self.urgent.iter().any(|&(e, _)| e == ext) {
-            self.urgent.push_back((ext, current));
+    /// Queues output `ext` to be closed at the next [`DownTrack::poll_fill`]; `used`: something
+    /// was (or may have been) sent under it already.
+    fn close_now(&mut self, ext: u64, current: bool, used: bool) {
+        if self.urgent.len() < MAX_URGENT_FILLS && !self.urgent.iter().any(|u| u.ext == ext) {
+            self.urgent.push_back(Urgent { ext, current, used });
         }
+    }
+
+    /// The empty RTX packet closing output `ext`, under which something was sent already (see
+    /// [`Fill::osn`]); `None` without negotiated RTX for its codec.
+    fn rtx_fill(&mut self, ext: u64, current: bool, now_ms: u32) -> Option<Fill> {
+        let rtx_ssrc = self.rtx_ssrc?;
+        if ext > self.out_highest {
+            return None;
+        }
+        let (timestamp, payload_type) = self.sent_near(ext)?;
+        let rtx_pt = self.payload_types.rtx_of(payload_type)?;
+        let header = RtpHeaderOut::new(rtx_ssrc, self.rtx_sequence, timestamp, rtx_pt, false);
+        self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
+        self.stats.rtx_packets += 1;
+        self.stats.rtx_octets += 2;
+        if self.out_highest - ext <= self.mask {
+            let sent = &mut self.history[(ext & self.mask) as usize];
+            if sent.valid && sent.out_seq == ext as u16 {
+                sent.resent_ms = now_ms;
+            }
+        }
+        Some(Fill {
+            header,
+            current,
+            osn: Some(ext as u16),
+        })
     }
 
     /// Whether holes wait to be closed (a cheap check for the forwarding path).
@@ -1165,15 +1280,25 @@ impl DownTrack {
     /// (and whose jitter buffer waits for every number) then moves on to the next frame, or to
     /// the keyframe the caller asks for when [`Fill::current`] says so. The filled number is
     /// recorded as sent, so a late retransmission from the publisher is not forwarded after it
-    /// (the subscriber's SRTP replay check would drop it anyway).
+    /// (the subscriber's SRTP replay check would drop it anyway). What [`DownTrack::on_nack`]
+    /// found unrepairable under a number already sent is closed by an empty RTX packet
+    /// instead ([`Fill::osn`]), or not at all without RTX.
     pub fn poll_fill(&mut self, now: Instant) -> Option<Fill> {
-        if !self.has_holes() || self.stats.packets == 0 {
+        // While a new track waits on a reused section, nothing goes out on it: a client that
+        // has not applied the answer would lose what closes the holes, for good.
+        if !self.has_holes() || self.stats.packets == 0 || self.settling(now) {
             return None;
         }
         let now_ms = self.millis(now);
         loop {
-            let (ext, current) = if let Some((ext, current)) = self.urgent.pop_front() {
-                (ext, current)
+            let (ext, current) = if let Some(u) = self.urgent.pop_front() {
+                if u.used {
+                    match self.rtx_fill(u.ext, u.current, now_ms) {
+                        Some(fill) => return Some(fill),
+                        None => continue,
+                    }
+                }
+                (u.ext, u.current)
             } else {
                 let hole = self.holes.front_mut()?;
                 let due = hole.due_ms == 0 || now_ms.wrapping_sub(hole.due_ms) as i32 >= 0;
@@ -1213,7 +1338,11 @@ impl DownTrack {
             };
             self.stats.packets += 1;
             let header = RtpHeaderOut::new(self.ssrc, ext as u16, timestamp, payload_type, false);
-            return Some(Fill { header, current });
+            return Some(Fill {
+                header,
+                current,
+                osn: None,
+            });
         }
     }
 
@@ -1395,6 +1524,68 @@ mod tests {
         e.insert(200, 4).unwrap();
         assert_eq!(e.get(200), Some(4));
         assert_eq!(e.get(3), None);
+    }
+
+    #[test]
+    fn a_new_track_on_a_section_that_carried_one_waits_before_anything_goes_out() {
+        let t0 = Instant::now();
+        // A fresh section starts at once: its receiver starts at whatever it gets first.
+        let mut dt = track(MediaKind::Video);
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC));
+        assert_eq!(seq(&mut dt, &pkt(SRC, 100, 9000, true, t0)), Ok(FIRST_SEQ));
+        // A resume is the same track on a section the client receives already: no wait.
+        dt.set_paused(true);
+        dt.set_paused(false);
+        assert_eq!(dt.poll_keyframe_request(t0), Some(SRC));
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC, 101, 9000 + FRAME_TS, true, t0 + FRAME)),
+            Ok(FIRST_SEQ + 1)
+        );
+        // Source 102 is lost upstream: a hole, then the track ends.
+        assert_eq!(
+            seq(
+                &mut dt,
+                &pkt(SRC, 103, 9000 + 3 * FRAME_TS, false, t0 + FRAME * 3)
+            ),
+            Ok(FIRST_SEQ + 3)
+        );
+        let _ = std::iter::from_fn(|| dt.poll_fill(t0 + FRAME * 3)).count(); // the lead-in
+        dt.switch_source(SRC2);
+        // For REUSE_SETTLE from the first packet or poll: nothing, not even the padding that
+        // closes the previous track's hole, and no keyframe request.
+        let t1 = t0 + FRAME * 4;
+        for (i, at) in [t1, t1 + REUSE_SETTLE / 2, t1 + REUSE_SETTLE - FRAME]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(dt.poll_keyframe_request(at), None);
+            assert!(dt.poll_fill(at).is_none());
+            assert_eq!(
+                seq(&mut dt, &pkt(SRC2, 7 + i as u16, 1 + i as u32, true, at)),
+                Err(DropReason::Settling)
+            );
+        }
+        // Then the hole closes, the keyframe is asked for at once, and the track starts at its
+        // next keyframe right after the last number sent.
+        let t2 = t1 + REUSE_SETTLE;
+        assert_eq!(
+            fills(&mut dt, t2),
+            vec![(FIRST_SEQ + 2, FIRST_TS + FRAME_TS, false)]
+        );
+        assert_eq!(dt.poll_keyframe_request(t2), Some(SRC2));
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC2, 10, 4, false, t2)),
+            Err(DropReason::WaitingForKeyframe)
+        );
+        assert_eq!(seq(&mut dt, &pkt(SRC2, 11, 5, true, t2)), Ok(FIRST_SEQ + 4));
+        // Audio never waits (no keyframe, and a lost packet costs 20 ms).
+        let mut audio = track(MediaKind::Audio);
+        assert_eq!(seq(&mut audio, &pkt(SRC, 1, 960, false, t0)), Ok(FIRST_SEQ));
+        audio.switch_source(SRC2);
+        assert_eq!(
+            seq(&mut audio, &pkt(SRC2, 1, 960, false, t0)),
+            Ok(FIRST_SEQ + 1)
+        );
     }
 
     #[test]
@@ -1638,15 +1829,23 @@ mod tests {
         dt.switch_source(SRC2);
         assert_eq!(dt.source_ssrc(), SRC2);
         assert!(dt.wants_keyframe());
-        assert_eq!(dt.poll_keyframe_request(last_at), Some(SRC2));
+        // The section carried a track: the new one waits REUSE_SETTLE (the client may not have
+        // applied the answer yet), keyframes included, and is asked for its keyframe after.
+        assert_eq!(dt.poll_keyframe_request(last_at), None);
+        assert_eq!(
+            seq(&mut dt, &pkt(SRC2, 6999, 900_000, true, last_at)),
+            Err(DropReason::Settling)
+        );
+        let settled = last_at + REUSE_SETTLE;
+        assert_eq!(dt.poll_keyframe_request(settled), Some(SRC2));
         // Still in flight from the old source: dropped.
         assert_eq!(
-            seq(&mut dt, &pkt(SRC, 110, 0, false, last_at)),
+            seq(&mut dt, &pkt(SRC, 110, 0, false, settled)),
             Err(DropReason::OtherSource)
         );
         // The new source, before its keyframe: dropped.
         assert_eq!(
-            seq(&mut dt, &pkt(SRC2, 7000, 1_000_000, false, last_at)),
+            seq(&mut dt, &pkt(SRC2, 7000, 1_000_000, false, settled)),
             Err(DropReason::WaitingForKeyframe)
         );
         // Its keyframe 500 ms after the last output: +45 000 at 90 kHz, seq + 1.
@@ -1845,9 +2044,20 @@ mod tests {
     /// Every padding packet `dt` has to send at `now`: (sequence, timestamp, current).
     fn fills(dt: &mut DownTrack, now: Instant) -> Vec<(u16, u32, bool)> {
         std::iter::from_fn(|| dt.poll_fill(now))
-            .map(|f| {
-                assert_eq!((f.header.ssrc, f.header.payload_type), (SUB, OUT_PT));
-                (f.header.sequence, f.header.timestamp, f.current)
+            .map(|f| match f.osn {
+                // Padding under a number never used.
+                None => {
+                    assert_eq!((f.header.ssrc, f.header.payload_type), (SUB, OUT_PT));
+                    (f.header.sequence, f.header.timestamp, f.current)
+                }
+                // An empty RTX packet for a number already used on the media SSRC.
+                Some(osn) => {
+                    assert_eq!(
+                        (f.header.ssrc, f.header.payload_type),
+                        (SUB_RTX, OUT_RTX_PT)
+                    );
+                    (osn, f.header.timestamp, f.current)
+                }
             })
             .collect()
     }
@@ -1855,6 +2065,16 @@ mod tests {
     /// [`started`], with the padding before its first packet sent.
     fn led_in(t0: Instant) -> DownTrack {
         let mut dt = started(t0);
+        assert_eq!(fills(&mut dt, t0), vec![(FIRST_SEQ - 1, FIRST_TS, false)]);
+        dt
+    }
+
+    /// [`led_in`], for a subscriber that negotiated RTX.
+    fn led_in_with_rtx(t0: Instant) -> DownTrack {
+        let mut c = config(MediaKind::Video);
+        c.rtx_ssrc = Some(SUB_RTX);
+        let mut dt = DownTrack::new(c, SRC).unwrap();
+        assert_eq!(seq(&mut dt, &pkt(SRC, 100, 9000, true, t0)), Ok(FIRST_SEQ));
         assert_eq!(fills(&mut dt, t0), vec![(FIRST_SEQ - 1, FIRST_TS, false)]);
         dt
     }
@@ -1870,8 +2090,10 @@ mod tests {
         assert_eq!(fills(&mut dt, t0), vec![(FIRST_SEQ - 1, FIRST_TS, false)]);
         // Only at the very start: a switch or a resume continues a known sequence.
         dt.switch_source(SRC2);
-        assert_eq!(seq(&mut dt, &pkt(SRC2, 5, 1, true, t0)), Ok(FIRST_SEQ + 1));
-        assert!(fills(&mut dt, t0).is_empty());
+        assert_eq!(dt.poll_keyframe_request(t0), None);
+        let t1 = t0 + REUSE_SETTLE;
+        assert_eq!(seq(&mut dt, &pkt(SRC2, 5, 1, true, t1)), Ok(FIRST_SEQ + 1));
+        assert!(fills(&mut dt, t1).is_empty());
         // Audio starts without one (nobody NACKs audio).
         let mut audio = track(MediaKind::Audio);
         assert_eq!(seq(&mut audio, &pkt(SRC, 1, 0, false, t0)), Ok(FIRST_SEQ));
@@ -1881,7 +2103,7 @@ mod tests {
     #[test]
     fn a_hole_the_publisher_does_not_repair_closes_with_padding_after_the_patience() {
         let t0 = Instant::now();
-        let mut dt = led_in(t0);
+        let mut dt = led_in_with_rtx(t0);
         // Source 101 is lost before the SFU: output FIRST_SEQ + 1 is a hole.
         assert_eq!(
             seq(&mut dt, &pkt(SRC, 102, 9000 + FRAME_TS * 2, false, t0)),
@@ -1899,7 +2121,8 @@ mod tests {
             vec![(FIRST_SEQ + 1, FIRST_TS, true)]
         );
         assert!(!dt.has_holes());
-        // The late original is not forwarded after the padding; a NACK gets padding again.
+        // The late original is not forwarded after the padding; a NACK gets it closed again,
+        // by an empty RTX packet this time (the number is used on the media SSRC now).
         assert_eq!(
             seq(&mut dt, &pkt(SRC, 101, 9000 + FRAME_TS, false, t0)),
             Err(DropReason::Duplicate)
@@ -1910,6 +2133,45 @@ mod tests {
             fills(&mut dt, later),
             vec![(FIRST_SEQ + 1, FIRST_TS, false)]
         );
+    }
+
+    /// SRTP derives its keystream (AES-CM) and nonce (AES-GCM) from SSRC and sequence number: a
+    /// number something went out under must never carry other bytes on the media SSRC. What a
+    /// NACK finds unrepairable there is closed by an empty RTX packet (its own, fresh number),
+    /// or, without RTX, not at all; numbers never used are still closed with padding.
+    #[test]
+    fn a_number_already_used_on_the_media_ssrc_is_never_padded() {
+        let t0 = Instant::now();
+        for rtx in [true, false] {
+            let mut dt = if rtx { led_in_with_rtx(t0) } else { led_in(t0) };
+            let buf = RetransmitBuffer::new(64).unwrap();
+            // FIRST_SEQ + 1 is a hole (never used); FIRST_SEQ + 2 is sent.
+            assert_eq!(
+                seq(&mut dt, &pkt(SRC, 102, 9000 + FRAME_TS * 2, false, t0)),
+                Ok(FIRST_SEQ + 2)
+            );
+            let at = t0 + HOLE_PATIENCE;
+            let filled: Vec<_> = std::iter::from_fn(|| dt.poll_fill(at)).collect();
+            assert_eq!(filled.len(), 1);
+            assert_eq!((filled[0].header.ssrc, filled[0].osn), (SUB, None));
+            assert_eq!(filled[0].header.sequence, FIRST_SEQ + 1);
+            // The sent packet is NACKed and gone from the buffer (empty here); the padded one
+            // is NACKed again too.
+            let later = at + Duration::from_secs(1);
+            let (resent, unrepairable) =
+                nacked_and_unrepairable(&mut dt, &[FIRST_SEQ + 1, FIRST_SEQ + 2], &buf, later);
+            assert_eq!((resent.len(), unrepairable), (0, 1));
+            let closed: Vec<_> = std::iter::from_fn(|| dt.poll_fill(later)).collect();
+            assert!(closed.iter().all(|f| f.header.ssrc != SUB), "{closed:?}");
+            if rtx {
+                let osns: Vec<_> = closed.iter().map(|f| f.osn).collect();
+                assert_eq!(osns, [Some(FIRST_SEQ + 1), Some(FIRST_SEQ + 2)]);
+                // Each on the RTX stream's next number.
+                assert_eq!(closed[1].header.sequence, closed[0].header.sequence + 1);
+            } else {
+                assert!(closed.is_empty());
+            }
+        }
     }
 
     #[test]
@@ -1935,7 +2197,7 @@ mod tests {
     #[test]
     fn holes_a_previous_source_left_close_at_the_switch_and_its_packets_are_padded_on_nack() {
         let t0 = Instant::now();
-        let mut dt = led_in(t0);
+        let mut dt = led_in_with_rtx(t0);
         let mut buf = RetransmitBuffer::new(64).unwrap();
         buf.insert(pkt(SRC, 100, 9000, true, t0));
         // 101 lost upstream (hole at FIRST_SEQ + 1); 102 sent (and, say, lost downstream).
@@ -1943,14 +2205,18 @@ mod tests {
             seq(&mut dt, &pkt(SRC, 102, 9000 + FRAME_TS * 2, false, t0)),
             Ok(FIRST_SEQ + 2)
         );
-        // The publisher leaves; the slot carries another track.
+        // The publisher leaves; the slot carries another track. Nothing goes out on the section
+        // until the settle is over (the client may not have applied the answer yet).
         dt.switch_source(SRC2);
         let t1 = t0 + Duration::from_millis(10);
+        assert!(fills(&mut dt, t1).is_empty());
+        let t1 = t1 + REUSE_SETTLE;
         assert_eq!(fills(&mut dt, t1), vec![(FIRST_SEQ + 1, FIRST_TS, false)]);
         // The new track starts right after, with a keyframe: no number in between.
         assert_eq!(seq(&mut dt, &pkt(SRC2, 7, 1, true, t1)), Ok(FIRST_SEQ + 3));
-        // NACKs for the old track's packets are answered with padding (its packets are gone),
-        // not with the new track's, and do not ask the new publisher for a keyframe.
+        // NACKs for the old track's packets are answered with empty RTX packets (its packets
+        // are gone, and their numbers were used), not with the new track's, and do not ask the
+        // new publisher for a keyframe.
         let (resent, unrepairable) =
             nacked_and_unrepairable(&mut dt, &[FIRST_SEQ, FIRST_SEQ + 2], &buf, t1);
         assert_eq!((resent.len(), unrepairable), (0, 0));
@@ -1966,13 +2232,19 @@ mod tests {
     #[test]
     fn a_packet_gone_from_the_buffer_is_padded_and_counted_unrepairable() {
         let t0 = Instant::now();
-        let (mut dt, mut buf) = with_buffer(t0, 16);
+        let mut dt = led_in_with_rtx(t0);
+        let mut buf = RetransmitBuffer::new(16).unwrap();
+        buf.insert(pkt(SRC, 100, 9000, true, t0));
+        for s in 101..=110u16 {
+            let p = pkt(SRC, s, 9000 + u32::from(s - 100) * FRAME_TS, false, t0);
+            dt.forward(&p, t0).header().unwrap();
+            buf.insert(p);
+        }
         for s in 111..140u16 {
             let p = pkt(SRC, s, 0, false, t0);
             dt.forward(&p, t0).header().unwrap();
             buf.insert(p);
         }
-        assert_eq!(fills(&mut dt, t0).len(), 1, "the lead-in");
         let (resent, unrepairable) = nacked_and_unrepairable(&mut dt, &[FIRST_SEQ + 1], &buf, t0);
         assert_eq!((resent.len(), unrepairable), (0, 1));
         let got = fills(&mut dt, t0);
@@ -2081,14 +2353,16 @@ mod tests {
         let t0 = Instant::now();
         let (mut dt, buf) = with_buffer(t0, 16);
         dt.switch_source(SRC2);
+        assert_eq!(dt.poll_keyframe_request(t0), None, "settling");
         assert!(nacked(&mut dt, &[FIRST_SEQ + 5], &buf, t0).is_empty());
-        // The new source's packets are answered from its own buffer.
+        // The new source's packets (after the settle) are answered from its own buffer.
+        let t1 = t0 + REUSE_SETTLE;
         let mut buf2 = RetransmitBuffer::new(16).unwrap();
-        let p = pkt(SRC2, 50, 0, true, t0);
+        let p = pkt(SRC2, 50, 0, true, t1);
         assert_eq!(seq(&mut dt, &p), Ok(FIRST_SEQ + 11));
         buf2.insert(p);
-        assert!(nacked(&mut dt, &[FIRST_SEQ + 5], &buf2, t0).is_empty());
-        assert_eq!(nacked(&mut dt, &[FIRST_SEQ + 11], &buf2, t0).len(), 1);
+        assert!(nacked(&mut dt, &[FIRST_SEQ + 5], &buf2, t1).is_empty());
+        assert_eq!(nacked(&mut dt, &[FIRST_SEQ + 11], &buf2, t1).len(), 1);
     }
 
     #[test]
@@ -2451,7 +2725,8 @@ mod tests {
         dt.set_target_layer(SRC2);
         dt.switch_source(SRC3);
         assert_eq!(dt.target_layer(), None);
-        assert_eq!(dt.poll_keyframe_request(later), Some(SRC3));
+        assert_eq!(dt.poll_keyframe_request(later), None, "settling");
+        assert_eq!(dt.poll_keyframe_request(later + REUSE_SETTLE), Some(SRC3));
     }
 
     #[test]
@@ -2674,9 +2949,11 @@ mod tests {
         // A switch of source (a slot reused for another publisher) passes the new source's
         // numbers through, as it always did: still no copy.
         dt.switch_source(SRC2);
+        assert_eq!(dt.poll_keyframe_request(t0), None);
+        let t1 = t0 + REUSE_SETTLE;
         for i in 0..5 {
-            for p in l1.frame(i == 0, t0) {
-                let h = dt.forward(&p, t0).header().unwrap();
+            for p in l1.frame(i == 0, t1) {
+                let h = dt.forward(&p, t1).header().unwrap();
                 assert_eq!(h.vp8(), None);
                 assert_eq!(h.payload(&p).as_ptr(), p.payload.as_ptr());
             }

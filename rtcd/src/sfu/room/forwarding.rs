@@ -345,7 +345,11 @@ pub(super) fn send_fills(
     let mut lost_frame = false;
     while let Some(fill) = down.poll_fill(now) {
         lost_frame |= fill.current;
-        if let Err(e) = peer.send_padding(slot, &fill.header, now) {
+        let sent = match fill.osn {
+            Some(osn) => peer.send_rtx_fill(slot, &fill.header, osn, now),
+            None => peer.send_padding(slot, &fill.header, now),
+        };
+        if let Err(e) = sent {
             tracing::debug!(error = %e, "padding failed");
         }
     }
