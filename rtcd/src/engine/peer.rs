@@ -895,6 +895,33 @@ const HELD_LIMIT: usize = 256;
 /// took 0.26-0.55 s here.
 const HELD_IN_LIMIT: usize = 512;
 
+/// An RTP packet with `header`'s fixed fields and `payload`, no extensions yet.
+fn rtp_packet(header: &RtpHeaderOut, payload: Bytes) -> rtp::Packet {
+    rtp::Packet {
+        header: rtp::header::Header {
+            version: 2,
+            marker: header.marker,
+            payload_type: header.payload_type,
+            sequence_number: header.sequence,
+            timestamp: header.timestamp,
+            ssrc: header.ssrc,
+            ..Default::default()
+        },
+        payload,
+    }
+}
+
+/// Adds the mid header extension of the slot's section, where it negotiated one.
+fn stamp_mid(state: &SlotState, packet: &mut rtp::Packet) -> Result<(), EngineError> {
+    if let Some((id, mid)) = &state.mid_stamp {
+        packet
+            .header
+            .set_extension(*id, mid.clone())
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
 /// Queues `item` while ICE restarts, bounded by `limit`: past it the oldest goes (the newest
 /// matter more, and a hole can still be NACKed).
 fn hold<T>(queue: &mut std::collections::VecDeque<T>, limit: usize, item: T) {
@@ -1552,30 +1579,14 @@ impl Peer {
         let Some(state) = self.slots.get(slot.0 as usize) else {
             return Err(internal("unknown slot"));
         };
-        let mut packet = rtp::Packet {
-            header: rtp::header::Header {
-                version: 2,
-                marker: header.marker,
-                payload_type: header.payload_type,
-                sequence_number: header.sequence,
-                timestamp: header.timestamp,
-                ssrc: header.ssrc,
-                ..Default::default()
-            },
-            payload,
-        };
+        let mut packet = rtp_packet(header, payload);
         for (id, value) in header.extensions(source) {
             packet
                 .header
                 .set_extension(id, value.clone())
                 .map_err(internal)?;
         }
-        if let Some((id, mid)) = &state.mid_stamp {
-            packet
-                .header
-                .set_extension(*id, mid.clone())
-                .map_err(internal)?;
-        }
+        stamp_mid(state, &mut packet)?;
         // Straight into the pipeline: `RTCRtpSender::write_rtp` would rebuild the sender's
         // parameters (codec and extension lists) for every packet to validate what the
         // down-track already guarantees. rtc routes a written packet by its SSRC and drops the
@@ -1633,24 +1644,8 @@ impl Peer {
         let Some(state) = self.slots.get(slot.0 as usize) else {
             return Err(internal("unknown slot"));
         };
-        let mut packet = rtp::Packet {
-            header: rtp::header::Header {
-                version: 2,
-                marker: false,
-                payload_type: header.payload_type,
-                sequence_number: header.sequence,
-                timestamp: header.timestamp,
-                ssrc: header.ssrc,
-                ..Default::default()
-            },
-            payload: Bytes::copy_from_slice(&osn.to_be_bytes()),
-        };
-        if let Some((id, mid)) = &state.mid_stamp {
-            packet
-                .header
-                .set_extension(*id, mid.clone())
-                .map_err(internal)?;
-        }
+        let mut packet = rtp_packet(header, Bytes::copy_from_slice(&osn.to_be_bytes()));
+        stamp_mid(state, &mut packet)?;
         self.write_media(TaggedRTCMessage {
             now,
             message: RTCMessage::RtpPacket(String::new(), packet),
