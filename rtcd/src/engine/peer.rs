@@ -1610,19 +1610,9 @@ impl Peer {
         if self.slots.get(slot.0 as usize).is_none() {
             return Err(internal("unknown slot"));
         }
-        let packet = rtp::Packet {
-            header: rtp::header::Header {
-                version: 2,
-                padding: true,
-                marker: false,
-                payload_type: header.payload_type,
-                sequence_number: header.sequence,
-                timestamp: header.timestamp,
-                ssrc: header.ssrc,
-                ..Default::default()
-            },
-            payload: Bytes::new(),
-        };
+        let mut packet = rtp_packet(header, Bytes::new());
+        packet.header.padding = true;
+        packet.header.marker = false;
         self.write_media(TaggedRTCMessage {
             now,
             message: RTCMessage::RtpPacket(String::new(), packet),

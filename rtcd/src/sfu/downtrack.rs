@@ -1143,15 +1143,12 @@ impl DownTrack {
             let payload = header.payload(pkt);
             match (self.rtx_ssrc, rtx_pt) {
                 (Some(rtx_ssrc), Some(rtx_pt)) => {
-                    header.ssrc = rtx_ssrc;
-                    header.payload_type = rtx_pt;
-                    header.sequence = self.rtx_sequence;
-                    self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
                     let mut rtx = BytesMut::with_capacity(2 + payload.len());
                     rtx.put_u16(seq);
                     rtx.put_slice(&payload);
-                    self.stats.rtx_packets += 1;
-                    self.stats.rtx_octets += rtx.len() as u64;
+                    header.ssrc = rtx_ssrc;
+                    header.payload_type = rtx_pt;
+                    header.sequence = self.next_rtx(rtx.len());
                     out(Retransmission {
                         header,
                         packet: pkt,
@@ -1194,16 +1191,13 @@ impl DownTrack {
             return None;
         };
         let payload = header.payload(pkt);
-        let mut copy = *header;
-        copy.ssrc = rtx_ssrc;
-        copy.payload_type = rtx_pt;
-        copy.sequence = self.rtx_sequence;
-        self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
         let mut rtx = BytesMut::with_capacity(2 + payload.len());
         rtx.put_u16(header.sequence);
         rtx.put_slice(&payload);
-        self.stats.rtx_packets += 1;
-        self.stats.rtx_octets += rtx.len() as u64;
+        let mut copy = *header;
+        copy.ssrc = rtx_ssrc;
+        copy.payload_type = rtx_pt;
+        copy.sequence = self.next_rtx(rtx.len());
         Some((copy, rtx.freeze()))
     }
 
@@ -1242,6 +1236,16 @@ impl DownTrack {
         }
     }
 
+    /// The RTX stream's sequence number for the next RTX packet (`octets` of payload, counted
+    /// in the sender stats): retransmissions, probes and empty fills share the one sequence.
+    fn next_rtx(&mut self, octets: usize) -> u16 {
+        let seq = self.rtx_sequence;
+        self.rtx_sequence = seq.wrapping_add(1);
+        self.stats.rtx_packets += 1;
+        self.stats.rtx_octets += octets as u64;
+        seq
+    }
+
     /// The empty RTX packet closing output `ext`, under which something was sent already (see
     /// [`Fill::osn`]); `None` without negotiated RTX for its codec.
     fn rtx_fill(&mut self, ext: u64, current: bool, now_ms: u32) -> Option<Fill> {
@@ -1251,10 +1255,7 @@ impl DownTrack {
         }
         let (timestamp, payload_type) = self.sent_near(ext)?;
         let rtx_pt = self.payload_types.rtx_of(payload_type)?;
-        let header = RtpHeaderOut::new(rtx_ssrc, self.rtx_sequence, timestamp, rtx_pt, false);
-        self.rtx_sequence = self.rtx_sequence.wrapping_add(1);
-        self.stats.rtx_packets += 1;
-        self.stats.rtx_octets += 2;
+        let header = RtpHeaderOut::new(rtx_ssrc, self.next_rtx(2), timestamp, rtx_pt, false);
         if self.out_highest - ext <= self.mask {
             let sent = &mut self.history[(ext & self.mask) as usize];
             if sent.valid && sent.out_seq == ext as u16 {
