@@ -55,6 +55,7 @@ pub fn room_policy_to(p: RoomPolicy) -> pb::RoomPolicy {
             crate::lobby::Opener::Moderator => pb::RoomOpener::Moderator as i32,
             crate::lobby::Opener::Member => pb::RoomOpener::Member as i32,
         }),
+        record: None,
     }
 }
 

@@ -406,6 +406,52 @@ fn room(detail: RoomDetail) -> pb::Room {
 
 #[tonic::async_trait]
 impl Rooms for RoomsService {
+    type ReadRecordingFileStream = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<pb::RecordingChunk, Status>> + Send>,
+    >;
+
+    async fn start_recording(
+        &self,
+        _request: Request<pb::StartRecordingRequest>,
+    ) -> Result<Response<pb::Recording>, Status> {
+        Err(Status::unimplemented("recording is not built yet"))
+    }
+
+    async fn stop_recording(
+        &self,
+        _request: Request<pb::StopRecordingRequest>,
+    ) -> Result<Response<pb::Recording>, Status> {
+        Err(Status::unimplemented("recording is not built yet"))
+    }
+
+    async fn list_recordings(
+        &self,
+        _request: Request<pb::ListRecordingsRequest>,
+    ) -> Result<Response<pb::ListRecordingsResponse>, Status> {
+        Err(Status::unimplemented("recording is not built yet"))
+    }
+
+    async fn get_recording(
+        &self,
+        _request: Request<pb::GetRecordingRequest>,
+    ) -> Result<Response<pb::Recording>, Status> {
+        Err(Status::unimplemented("recording is not built yet"))
+    }
+
+    async fn delete_recording(
+        &self,
+        _request: Request<pb::DeleteRecordingRequest>,
+    ) -> Result<Response<pb::DeleteRecordingResponse>, Status> {
+        Err(Status::unimplemented("recording is not built yet"))
+    }
+
+    async fn read_recording_file(
+        &self,
+        _request: Request<pb::ReadRecordingFileRequest>,
+    ) -> Result<Response<Self::ReadRecordingFileStream>, Status> {
+        Err(Status::unimplemented("recording is not built yet"))
+    }
+
     async fn list_rooms(
         &self,
         request: Request<pb::ListRoomsRequest>,

@@ -560,6 +560,7 @@ pub(super) fn policy_to_pb(p: RoomPolicy) -> pb::RoomPolicy {
             crate::rooms::Opener::Moderator => pb::RoomOpener::Moderator as i32,
             crate::rooms::Opener::Member => pb::RoomOpener::Member as i32,
         }),
+        record: None,
     }
 }
 

@@ -154,6 +154,8 @@ impl EventTranslator {
                 Some(source) => RelayEvent::UnmuteRequested(source),
                 None => return Vec::new(),
             },
+            // Relayed once the proxy knows recording (see docs/recording.md).
+            Signal::RecordingStarted(_) | Signal::RecordingStopped(_) => return Vec::new(),
             Signal::LayersWanted(l) => RelayEvent::LayersWanted {
                 mid: l.mid,
                 rids: l.rids,
