@@ -1,0 +1,8 @@
+//! Recordings as files: the contract between rtcd, which writes them, and whoever reads them
+//! (the platform, `rtcd-compose`, a person with ffprobe).
+//!
+//! A recording is one directory: one file per published track, written without transcoding,
+//! and [`manifest::Manifest`] (`manifest.json`) naming each file with its participant, source,
+//! codec and start on a common clock. `docs/recording.md` documents both.
+
+pub mod manifest;
