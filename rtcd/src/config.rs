@@ -37,6 +37,8 @@ pub struct Config {
     pub rtc: RtcConfig,
     /// `[webhooks]`: delivery of room events to the tenants' endpoints.
     pub webhooks: WebhooksConfig,
+    /// `[recording]`: where and how rooms are recorded (off unless enabled).
+    pub recording: RecordingSettings,
     /// `[cluster]`: the etcd cluster this host announces itself in (off when empty).
     pub cluster: rtcd_kit::cluster::Settings,
 }
@@ -128,6 +130,76 @@ impl WebhooksConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// `[recording]`: per-track recordings of rooms on this host's disk (`docs/recording.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingSettings {
+    /// Whether rooms may be recorded here. Off by default: recordings are personal data, and
+    /// a host must be given a disk for them on purpose.
+    pub enabled: bool,
+    /// Where recordings are written (created with mode 0700; required when enabled). One
+    /// directory per tenant, one per recording inside it.
+    pub directory: String,
+    /// A recording is not started, and one in progress stops cleanly, when the directory's
+    /// filesystem has less free space than this.
+    pub min_free_bytes: u64,
+    /// A recording stops by itself after this long.
+    pub max_duration_seconds: u64,
+    /// Packets queued per recording for its writer thread; when the disk cannot keep up the
+    /// newest are dropped (the files skip to the next keyframe, the manifest says
+    /// `degraded`), never the call's media.
+    pub queue_packets: usize,
+}
+
+impl Default for RecordingSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            directory: String::new(),
+            min_free_bytes: 1 << 30,
+            max_duration_seconds: 4 * 3600,
+            queue_packets: 8192,
+        }
+    }
+}
+
+impl RecordingSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.directory.trim().is_empty() {
+            return Err(invalid(
+                "recording.directory",
+                "must be set when recording is enabled".into(),
+            ));
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.max_duration_seconds) {
+            return Err(invalid(
+                "recording.max_duration_seconds",
+                "must be between 60 and 604800".into(),
+            ));
+        }
+        if !(256..=1_000_000).contains(&self.queue_packets) {
+            return Err(invalid(
+                "recording.queue_packets",
+                "must be between 256 and 1000000".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The recorder's settings.
+    pub fn recorder(&self) -> crate::recording::RecordingConfig {
+        crate::recording::RecordingConfig {
+            directory: self.directory.clone().into(),
+            min_free_bytes: self.min_free_bytes,
+            max_duration: std::time::Duration::from_secs(self.max_duration_seconds),
+            queue_packets: self.queue_packets,
+        }
     }
 }
 
@@ -610,6 +682,7 @@ impl Config {
         }
         self.validate_media()?;
         self.webhooks.validate()?;
+        self.recording.validate()?;
         if self.store.data_source.trim().is_empty() {
             return Err(invalid("store.data_source", "must name a directory".into()));
         }

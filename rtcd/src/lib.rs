@@ -58,6 +58,7 @@ pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod moderation;
+pub mod recording;
 pub mod rooms;
 pub mod sfu;
 pub mod signaling;
@@ -117,6 +118,9 @@ pub enum StartError {
     /// The SFU could not start (ICE UDP socket, media engine).
     #[error("sfu: {0}")]
     Sfu(#[from] sfu::SfuError),
+    /// `[recording]`'s directory is unusable.
+    #[error("recording: {0}")]
+    Recording(String),
     /// The webhook HTTP client could not be built (TLS backend).
     #[error("webhooks: {0}")]
     Webhooks(#[source] reqwest::Error),
@@ -227,6 +231,18 @@ impl Rtcd {
         let (webhooks, events) =
             Webhooks::start(&config.webhooks, metrics.clone()).map_err(StartError::Webhooks)?;
         let sfu = Sfu::new(sfu_config(&config.rtc)?, metrics.clone(), events).await?;
+        if config.recording.enabled {
+            let directory = std::path::PathBuf::from(&config.recording.directory);
+            // Also marks recordings a killed rtcd left unfinished as interrupted.
+            let library = recording::Library::open(directory.clone())
+                .map_err(|e| StartError::Recording(format!("{}: {e}", directory.display())))?;
+            sfu.enable_recording(sfu::RecordingSetup {
+                config: config.recording.recorder(),
+                library: Arc::new(library),
+                host: host_name(),
+            });
+            tracing::info!(directory = %directory.display(), "recording enabled");
+        }
         // Bans, revocations and room policies: in cluster mode a copy, complete before this
         // host serves (waited for one request deadline at most: until it is, joins are
         // refused, not admitted unchecked).
@@ -484,6 +500,15 @@ impl Rtcd {
 /// How long shutdown keeps delivering webhook events after the SFU drained (the calls' last
 /// `participant_left` / `room_finished`); what is left then is abandoned, and logged.
 pub const WEBHOOK_DRAIN: Duration = Duration::from_secs(5);
+
+/// This host's name, for recording manifests.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "rtcd".into())
+}
 
 fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
     let ip: std::net::IpAddr = rtc

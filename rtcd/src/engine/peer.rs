@@ -290,6 +290,19 @@ pub enum PeerEvent {
         /// The estimate, in bits per second.
         bits_per_second: u64,
     },
+    /// The publisher's RTCP sender report for one stream of a published track: which capture
+    /// time (its NTP clock) an RTP timestamp stands for. A recording puts tracks back in sync
+    /// with it; nothing else needs it (rtcd sends its own reports downstream).
+    SenderReport {
+        /// Which track.
+        track: TrackKey,
+        /// The stream (a simulcast layer's SSRC, or the track's).
+        ssrc: u32,
+        /// The capture time, 64-bit NTP format (seconds since 1900 in the high half).
+        ntp: u64,
+        /// The RTP timestamp that stands for it.
+        rtp_timestamp: u32,
+    },
 }
 
 /// rtcd's answer to an offer, with what the caller needs beside the SDP.
@@ -1776,6 +1789,11 @@ impl Peer {
                     }
                 }
                 RTCMessage::RtcpPacket(track_id, packets) => {
+                    // rtc files a compound packet under the first SSRC it names: a
+                    // publisher's sender report comes with the report blocks of what it
+                    // receives, so it may arrive under a sending slot's track. Read it
+                    // wherever it arrives.
+                    self.sender_reports(&packets);
                     if let Some(slot) = self.slot_by_track.get(&track_id).copied() {
                         self.feedback(slot, &packets);
                     }
@@ -1880,6 +1898,27 @@ impl Peer {
             codecs,
             extensions,
         }));
+    }
+
+    /// [`PeerEvent::SenderReport`] for each sender report about a stream of a published track.
+    fn sender_reports(&mut self, packets: &[Box<dyn rtcp::Packet>]) {
+        use rtcp::sender_report::SenderReport;
+        for sr in packets
+            .iter()
+            .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
+        {
+            let track = self.tracks.values().find(|t| {
+                t.ssrc == sr.ssrc || t.layers.iter().any(|&(_, ssrc)| ssrc == sr.ssrc)
+            });
+            if let Some(t) = track {
+                self.events.push_back(PeerEvent::SenderReport {
+                    track: t.key,
+                    ssrc: sr.ssrc,
+                    ntp: sr.ntp_time,
+                    rtp_timestamp: sr.rtp_time,
+                });
+            }
+        }
     }
 
     fn feedback(&mut self, slot: SlotId, packets: &[Box<dyn rtcp::Packet>]) {

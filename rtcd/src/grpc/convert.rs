@@ -220,6 +220,30 @@ fn participant(p: Participant) -> pb::ParticipantEvent {
     }
 }
 
+/// A recording notice for the wire.
+fn recording_event(n: crate::sfu::session::RecordingNotice) -> pb::RecordingEvent {
+    pb::RecordingEvent {
+        recording_id: n.recording_id,
+        started_at_ms: n.started_at_ms,
+        started_by: n.started_by,
+        reason: n.reason.map_or(0, |r| recording_stop(r) as i32),
+    }
+}
+
+/// Why a recording stopped, for the wire.
+pub fn recording_stop(r: rtcd_recording::manifest::StopReason) -> pb::RecordingStop {
+    use rtcd_recording::manifest::StopReason as S;
+    match r {
+        S::Requested => pb::RecordingStop::Requested,
+        S::RoomFinished => pb::RecordingStop::RoomFinished,
+        S::MaxDuration => pb::RecordingStop::MaxDuration,
+        S::DiskFull => pb::RecordingStop::DiskFull,
+        S::Error => pb::RecordingStop::Error,
+        S::Shutdown => pb::RecordingStop::Shutdown,
+        S::Interrupted => pb::RecordingStop::Interrupted,
+    }
+}
+
 /// An SFU event as a server message.
 pub fn event(e: SessionEvent) -> pb::ServerSignal {
     use pb::server_signal::Signal;
@@ -293,6 +317,8 @@ pub fn event(e: SessionEvent) -> pb::ServerSignal {
         SessionEvent::LayersWanted { mid, rids } => {
             Signal::LayersWanted(pb::LayersWanted { mid, rids })
         }
+        SessionEvent::RecordingStarted(n) => Signal::RecordingStarted(recording_event(n)),
+        SessionEvent::RecordingStopped(n) => Signal::RecordingStopped(recording_event(n)),
         SessionEvent::Error(e) => error(&e),
         SessionEvent::Closed { reason } => session_closed(reason),
     };

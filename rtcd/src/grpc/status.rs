@@ -28,7 +28,30 @@ pub fn from_sfu(e: &SfuError) -> Status {
         SfuError::Draining => Status::unavailable("rtcd is shutting down; join another instance"),
         SfuError::Closed => Status::failed_precondition("session closed"),
         SfuError::Media(_) => Status::internal("media engine error"),
+        SfuError::Recording(r) => recording_refused(*r),
     }
+}
+
+/// A refused recording request: FAILED_PRECONDITION with the typed `RecordingRefused`.
+pub fn recording_refused(r: crate::sfu::RecordingRefusal) -> Status {
+    use crate::sfu::RecordingRefusal as R;
+    let reason = match r {
+        R::AlreadyRecording => pb::RecordingRefusal::AlreadyRecording,
+        R::NotRecording => pb::RecordingRefusal::NotRecording,
+        R::NoRoom => pb::RecordingRefusal::NoRoom,
+        R::Disabled => pb::RecordingRefusal::Disabled,
+        R::DiskFull => pb::RecordingRefusal::DiskFull,
+        R::Encrypted => pb::RecordingRefusal::Encrypted,
+        R::StillRecording => pb::RecordingRefusal::StillRecording,
+    };
+    let details = pb::RecordingRefused {
+        reason: reason as i32,
+    };
+    Status::with_details(
+        tonic::Code::FailedPrecondition,
+        r.to_string(),
+        prost::Message::encode_to_vec(&details).into(),
+    )
 }
 
 /// An authentication failure as a gRPC status.

@@ -13,7 +13,8 @@
 //! outcome). Errors are mapped once, in [`status`].
 
 pub mod decisions;
-pub mod status;
+mod recordings;
+mod status;
 
 use rtcd_proto::v1 as pb;
 use rtcd_proto::v1::rooms_server::Rooms;
@@ -55,6 +56,9 @@ pub enum RoomsError {
     /// A room policy was refused.
     #[error(transparent)]
     Lobby(#[from] LobbyError),
+    /// A read beyond the end of a file.
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
 /// The service; cheap to clone (every member is a handle).
@@ -406,50 +410,72 @@ fn room(detail: RoomDetail) -> pb::Room {
 
 #[tonic::async_trait]
 impl Rooms for RoomsService {
-    type ReadRecordingFileStream = std::pin::Pin<
-        Box<dyn futures_util::Stream<Item = Result<pb::RecordingChunk, Status>> + Send>,
+    type ReadRecordingFileStream = tokio_stream::wrappers::ReceiverStream<
+        Result<pb::RecordingChunk, Status>,
     >;
 
     async fn start_recording(
         &self,
-        _request: Request<pb::StartRecordingRequest>,
+        request: Request<pb::StartRecordingRequest>,
     ) -> Result<Response<pb::Recording>, Status> {
-        Err(Status::unimplemented("recording is not built yet"))
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = self.start_recording_of(&tenant, &req).await;
+        audit(&tenant, &req.call_id, &req.requested_by, "start_recording", &result);
+        reply(result)
     }
 
     async fn stop_recording(
         &self,
-        _request: Request<pb::StopRecordingRequest>,
+        request: Request<pb::StopRecordingRequest>,
     ) -> Result<Response<pb::Recording>, Status> {
-        Err(Status::unimplemented("recording is not built yet"))
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = self.stop_recording_of(&tenant, &req).await;
+        audit(&tenant, &req.call_id, &req.requested_by, "stop_recording", &result);
+        reply(result)
     }
 
     async fn list_recordings(
         &self,
-        _request: Request<pb::ListRecordingsRequest>,
+        request: Request<pb::ListRecordingsRequest>,
     ) -> Result<Response<pb::ListRecordingsResponse>, Status> {
-        Err(Status::unimplemented("recording is not built yet"))
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        reply(self.list_recordings_of(&tenant, &req).await)
     }
 
     async fn get_recording(
         &self,
-        _request: Request<pb::GetRecordingRequest>,
+        request: Request<pb::GetRecordingRequest>,
     ) -> Result<Response<pb::Recording>, Status> {
-        Err(Status::unimplemented("recording is not built yet"))
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        reply(self.get_recording_of(&tenant, &req).await)
     }
 
     async fn delete_recording(
         &self,
-        _request: Request<pb::DeleteRecordingRequest>,
+        request: Request<pb::DeleteRecordingRequest>,
     ) -> Result<Response<pb::DeleteRecordingResponse>, Status> {
-        Err(Status::unimplemented("recording is not built yet"))
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        let result = self.delete_recording_of(&tenant, &req).await;
+        audit(&tenant, "", &req.recording_id, "delete_recording", &result);
+        reply(result)
     }
 
     async fn read_recording_file(
         &self,
-        _request: Request<pb::ReadRecordingFileRequest>,
+        request: Request<pb::ReadRecordingFileRequest>,
     ) -> Result<Response<Self::ReadRecordingFileStream>, Status> {
-        Err(Status::unimplemented("recording is not built yet"))
+        let tenant = self.tenant(&request).await?;
+        let req = request.into_inner();
+        reply(
+            self.read_recording_file_of(&tenant, &req)
+                .await
+                .map(tokio_stream::wrappers::ReceiverStream::new),
+        )
     }
 
     async fn list_rooms(

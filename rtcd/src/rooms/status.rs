@@ -19,6 +19,7 @@ pub fn from_rooms(e: &RoomsError) -> Status {
         RoomsError::Webhooks(WebhookError::Disabled) => Status::failed_precondition(e.to_string()),
         RoomsError::Webhooks(e) => Status::invalid_argument(e.to_string()),
         RoomsError::Lobby(e) => crate::grpc::status::from_lobby(e),
+        RoomsError::OutOfRange(m) => Status::out_of_range(m.clone()),
     }
 }
 
@@ -30,6 +31,6 @@ pub fn outcome(e: &RoomsError) -> &'static str {
         RoomsError::Sfu(e) => e.kind(),
         RoomsError::Store(_) => "store_error",
         RoomsError::Webhooks(_) => "webhooks_refused",
-        RoomsError::Lobby(_) => "invalid_argument",
+        RoomsError::Lobby(_) | RoomsError::OutOfRange(_) => "invalid_argument",
     }
 }

@@ -24,7 +24,7 @@ pub struct EventParticipant {
 }
 
 /// Which event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RoomEventKind {
     /// The first session joined (always `seq` 1 of a room instance).
     RoomStarted,
@@ -65,10 +65,32 @@ pub enum RoomEventKind {
         /// What it is.
         kind: TrackKind,
     },
+    /// The room started recording.
+    RecordingStarted {
+        /// The recording.
+        recording_id: String,
+        /// Who started it.
+        started_by: String,
+    },
+    /// The room's recording stopped (its files are being completed: `RecordingReady` follows).
+    RecordingStopped {
+        /// The recording.
+        recording_id: String,
+        /// Why.
+        reason: rtcd_recording::manifest::StopReason,
+    },
+    /// A recording's files are complete: what the platform copies. Emitted by the recording's
+    /// writer, possibly after `RoomFinished`: outside the room's sequence (`seq` 0).
+    RecordingReady {
+        /// The final manifest.
+        manifest: Box<rtcd_recording::manifest::Manifest>,
+        /// The recording's size on disk, manifest included.
+        bytes: u64,
+    },
 }
 
 /// One event of one room.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RoomEvent {
     /// Whose room.
     pub tenant: TenantId,

@@ -20,6 +20,7 @@ pub mod downtrack;
 pub mod events;
 pub mod keyframes;
 pub mod negotiation;
+mod recording;
 pub mod retransmit;
 mod room;
 pub mod session;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::media::packet::MediaKind;
 use crate::media::sdp;
 use crate::metrics::Metrics;
+pub use recording::RecordingSetup;
 pub use session::{
     Candidate, MAX_TRACK_VIEWS, SessionCommand, SessionEvent, SessionHandle, TrackView,
 };
@@ -264,6 +266,35 @@ pub enum SfuError {
     /// A webrtc-rs failure that is not the client's fault.
     #[error("media engine error: {0}")]
     Media(String),
+    /// A recording request that cannot be carried out now.
+    #[error("{0}")]
+    Recording(RecordingRefusal),
+}
+
+/// Why a recording request was refused (typed across gRPC as `RecordingRefusal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordingRefusal {
+    /// The room already records: one recording of a room at a time.
+    #[error("the room is already being recorded")]
+    AlreadyRecording,
+    /// The room records nothing.
+    #[error("the room is not being recorded")]
+    NotRecording,
+    /// Nobody is in the room on this host.
+    #[error("nobody is in the room")]
+    NoRoom,
+    /// Recording is off on this host.
+    #[error("recording is not enabled on this host")]
+    Disabled,
+    /// Less free space than the host's floor.
+    #[error("not enough free disk space to record")]
+    DiskFull,
+    /// The room's media is end-to-end encrypted.
+    #[error("the room is end-to-end encrypted: the server cannot read its media")]
+    Encrypted,
+    /// The recording is still being written.
+    #[error("the recording is still being written; stop it first")]
+    StillRecording,
 }
 
 impl SfuError {
@@ -278,6 +309,7 @@ impl SfuError {
             SfuError::Draining => "draining",
             SfuError::Closed => "closed",
             SfuError::Media(_) => "media",
+            SfuError::Recording(_) => "recording",
         }
     }
 }
@@ -497,6 +529,11 @@ pub(crate) struct SfuInner {
     registry: Mutex<Registry>,
     draining: AtomicBool,
     empty: watch::Sender<usize>,
+    /// Recording, once enabled ([`Sfu::enable_recording`]).
+    recording: recording::RecordingSlot,
+    /// Where room events go (the workers have their own clones): `recording_ready` comes from
+    /// a recording's writer thread.
+    room_events: Option<events::RoomEventSink>,
 }
 
 /// The SFU handle: join sessions, close them, drain. Clone it freely.
@@ -513,7 +550,7 @@ impl Sfu {
         metrics: Arc<Metrics>,
         room_events: Option<events::RoomEventSink>,
     ) -> Result<Self, SfuError> {
-        let shards = shard::Shards::start(&config, metrics.clone(), room_events).await?;
+        let shards = shard::Shards::start(&config, metrics.clone(), room_events.clone()).await?;
         Ok(Self {
             inner: Arc::new(SfuInner {
                 shards,
@@ -522,6 +559,8 @@ impl Sfu {
                 registry: Mutex::default(),
                 draining: AtomicBool::new(false),
                 empty: watch::channel(0).0,
+                recording: Default::default(),
+                room_events,
             }),
         })
     }

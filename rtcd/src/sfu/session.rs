@@ -97,6 +97,19 @@ pub struct TrackInfo {
     pub mid: String,
 }
 
+/// A call's recording as its sessions hear of it (`recording_started` / `recording_stopped`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingNotice {
+    /// The recording.
+    pub recording_id: String,
+    /// When it started (Unix milliseconds).
+    pub started_at_ms: i64,
+    /// Who started it.
+    pub started_by: String,
+    /// Why it stopped (`recording_stopped` only).
+    pub reason: Option<rtcd_recording::manifest::StopReason>,
+}
+
 /// Events for signaling to relay to the client.
 #[derive(Debug)]
 pub enum SessionEvent {
@@ -186,6 +199,10 @@ pub enum SessionEvent {
         /// Why.
         reason: String,
     },
+    /// The call records (sent when it starts, and to a session joining while it records).
+    RecordingStarted(RecordingNotice),
+    /// The call's recording stopped.
+    RecordingStopped(RecordingNotice),
 }
 
 /// Signaling's handle to a session. Dropping it ends the session ("disconnected").

@@ -17,6 +17,9 @@ pub fn event_type(kind: &RoomEventKind) -> &'static str {
         RoomEventKind::ParticipantRemoved { .. } => "participant_removed",
         RoomEventKind::TrackPublished { .. } => "track_published",
         RoomEventKind::TrackUnpublished { .. } => "track_unpublished",
+        RoomEventKind::RecordingStarted { .. } => "recording_started",
+        RoomEventKind::RecordingStopped { .. } => "recording_stopped",
+        RoomEventKind::RecordingReady { .. } => "recording_ready",
     }
 }
 
@@ -42,6 +45,59 @@ struct Body<'a> {
     reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     banned_until: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recording: Option<Recording<'a>>,
+}
+
+/// A recording as webhooks name it: its id always; the rest in `recording_ready`.
+#[derive(Serialize)]
+struct Recording<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_reason: Option<rtcd_recording::manifest::StopReason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segment: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stopped_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<Vec<RecordingFile<'a>>>,
+}
+
+/// One file of a ready recording.
+#[derive(Serialize)]
+struct RecordingFile<'a> {
+    name: &'a str,
+    bytes: u64,
+    duration_ms: u64,
+    identity: &'a str,
+    session_id: &'a str,
+    source: rtcd_recording::manifest::Source,
+    codec: rtcd_recording::manifest::Codec,
+    start_ms: f64,
+}
+
+impl<'a> Recording<'a> {
+    fn id(id: &'a str) -> Self {
+        Recording {
+            id,
+            started_by: None,
+            stop_reason: None,
+            segment: None,
+            started_at: None,
+            stopped_at: None,
+            degraded: None,
+            bytes: None,
+            files: None,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -90,6 +146,7 @@ pub fn encode(id: &str, event: &RoomEvent) -> Vec<u8> {
         track: None,
         reason: None,
         banned_until: None,
+        recording: None,
     };
     match &event.kind {
         RoomEventKind::RoomStarted | RoomEventKind::RoomFinished => {}
@@ -124,6 +181,52 @@ pub fn encode(id: &str, event: &RoomEvent) -> Vec<u8> {
             body.track = Some(Track {
                 id: track_id,
                 kind: kind.as_str(),
+            });
+        }
+        RoomEventKind::RecordingStarted {
+            recording_id,
+            started_by,
+        } => {
+            body.recording = Some(Recording {
+                started_by: Some(started_by),
+                ..Recording::id(recording_id)
+            });
+        }
+        RoomEventKind::RecordingStopped {
+            recording_id,
+            reason,
+        } => {
+            body.recording = Some(Recording {
+                stop_reason: Some(*reason),
+                ..Recording::id(recording_id)
+            });
+        }
+        RoomEventKind::RecordingReady { manifest, bytes } => {
+            body.recording = Some(Recording {
+                started_by: Some(&manifest.started_by),
+                stop_reason: manifest.stop_reason,
+                segment: Some(manifest.segment),
+                started_at: Some(manifest.started_at_ms),
+                stopped_at: manifest.stopped_at_ms,
+                degraded: Some(manifest.degraded),
+                bytes: Some(*bytes),
+                files: Some(
+                    manifest
+                        .tracks
+                        .iter()
+                        .map(|t| RecordingFile {
+                            name: &t.file,
+                            bytes: t.bytes,
+                            duration_ms: t.duration_ms,
+                            identity: &t.participant.user,
+                            session_id: &t.participant.session,
+                            source: t.source,
+                            codec: t.codec,
+                            start_ms: t.start_ms,
+                        })
+                        .collect(),
+                ),
+                ..Recording::id(&manifest.recording_id)
             });
         }
     }

@@ -316,6 +316,10 @@ impl Rooms {
             return;
         }
         let mut needed = [false; MAX_LAYERS];
+        // A recording writes the top layer.
+        if t.recorded != super::recording::Recorded::No {
+            needed[(t.layers.len() - 1).min(MAX_LAYERS - 1)] = true;
+        }
         for &(sub, slot) in &t.subscribers {
             let Some(ms) = self.members.get(&sub).and_then(|m| m.slots.get(slot)) else {
                 continue;

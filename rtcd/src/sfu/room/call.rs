@@ -83,6 +83,8 @@ pub(super) struct Published {
     pub subscribers: Vec<(SessionKey, usize)>,
     pub vad: Option<(u8, VoiceDetector)>,
     pub counters: TrackCounters,
+    /// Whether it is written to the call's recording.
+    pub recorded: super::recording::Recorded,
 }
 
 impl Published {
@@ -130,6 +132,8 @@ pub(super) struct Call {
     pub seq: u64,
     /// Whether room events go anywhere.
     pub events: bool,
+    /// Its recording, while it records.
+    pub recording: Option<super::recording::CallRecording>,
 }
 
 impl Call {
@@ -148,6 +152,7 @@ impl Call {
             names,
             members: Vec::new(),
             tracks: HashMap::new(),
+            recording: None,
         }
     }
 }

@@ -201,6 +201,28 @@ impl Rooms {
                     .ok_or(SfuError::NotFound);
             }
             ManageRequest::Moderate(action) => action,
+            ManageRequest::StartRecording { recorder, notice } => {
+                return match self.attach_recording(call_key, *recorder, notice, now) {
+                    Ok(notice) => Ok(Managed::Recording(Some(notice))),
+                    Err((e, recorder)) => {
+                        recorder.stop(rtcd_recording::manifest::StopReason::Requested);
+                        Err(e)
+                    }
+                };
+            }
+            ManageRequest::StopRecording(reason) => {
+                return Ok(Managed::Recording(
+                    self.detach_recording(call_key, reason, now),
+                ));
+            }
+            ManageRequest::Recording => {
+                return Ok(Managed::Recording(
+                    self.calls
+                        .get(&call_key)
+                        .and_then(|c| c.recording.as_ref())
+                        .map(|r| r.notice.clone()),
+                ));
+            }
         };
         let count = match action {
             Moderation::Remove { user, banned_until } => {

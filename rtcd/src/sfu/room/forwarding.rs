@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use super::allocating::PACKET_OVERHEAD;
 use super::call::Layer;
+use super::recording::Tap;
 use super::{CallKey, Rooms, SessionKey};
 use crate::engine::Peer;
 use crate::engine::peer::{SlotId, TrackKey};
@@ -43,6 +44,7 @@ impl Rooms {
         let Some(call) = self.calls.get_mut(&call_key) else {
             return;
         };
+        let recording = &mut call.recording;
         let Some(t) = call.tracks.get_mut(&tid) else {
             return;
         };
@@ -100,6 +102,19 @@ impl Rooms {
         let mut keyframes = std::mem::take(&mut self.keyframe_scratch);
         if keyframe_due {
             keyframes.push(packet.ssrc);
+        }
+        let mut recording_stopped = false;
+        if let Some(rec) = recording.as_mut() {
+            let tap = Tap {
+                layer,
+                packet: &packet,
+                muted,
+                voice,
+            };
+            if rec.tap(t, tap) {
+                keyframes.push(packet.ssrc);
+            }
+            recording_stopped = rec.recorder.stopped_itself().is_some();
         }
         if !muted {
             if let Some(buffer) = t.layers[layer].buffer.as_mut() {
@@ -196,6 +211,9 @@ impl Rooms {
         }
         keyframes.clear();
         self.keyframe_scratch = keyframes;
+        if recording_stopped {
+            self.recording_stopped_itself(call_key, now);
+        }
         if speaking && let Some(m) = self.members.get_mut(&key) {
             m.spoke = Some(now);
         }

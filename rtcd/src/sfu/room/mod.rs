@@ -29,6 +29,7 @@ mod forwarding;
 mod member;
 mod negotiating;
 mod publishing;
+mod recording;
 #[cfg(test)]
 mod tests;
 
@@ -60,6 +61,16 @@ pub(crate) enum ManageRequest {
     Describe,
     /// A moderator's action.
     Moderate(Moderation),
+    /// Start writing the call to this recorder (the caller made it; refused, and stopped, if
+    /// the call already records).
+    StartRecording {
+        recorder: Box<crate::recording::Recorder>,
+        notice: crate::sfu::session::RecordingNotice,
+    },
+    /// Stop the call's recording.
+    StopRecording(rtcd_recording::manifest::StopReason),
+    /// The call's recording, if it records.
+    Recording,
 }
 
 /// The answer to a [`ManageRequest`].
@@ -68,6 +79,8 @@ pub(crate) enum Managed {
     Room(RoomDetail),
     /// For `Moderate`: the sessions it applied to.
     Sessions(usize),
+    /// For the recording requests: the recording (started, stopped, or current).
+    Recording(Option<crate::sfu::session::RecordingNotice>),
 }
 
 /// Something for the owner of [`Rooms`] to carry out, in the order it happened.
@@ -355,6 +368,19 @@ impl Rooms {
                 }
             }
             PeerEvent::Nack { slot, lost } => self.answer_nack(key, slot, lost, now),
+            PeerEvent::SenderReport {
+                track,
+                ssrc,
+                ntp,
+                rtp_timestamp,
+            } => {
+                let m = self.members.get(&key)?;
+                let tid = *m.published.get(&track)?;
+                let call = self.calls.get(&m.call)?;
+                if let (Some(rec), Some(t)) = (call.recording.as_ref(), call.tracks.get(&tid)) {
+                    rec.sender_report(t, ssrc, ntp, rtp_timestamp);
+                }
+            }
             // Adaptive video's input (off: layers follow the subscribers' views alone).
             PeerEvent::BandwidthEstimate { bits_per_second } => {
                 if self.config.adaptive_video {
@@ -443,6 +469,7 @@ impl Rooms {
                 m.negotiation.want(tid, audio);
             }
         }
+        self.tell_recording(call_key, key);
         self.mark(key);
         Ok(())
     }
@@ -532,6 +559,11 @@ impl Rooms {
             }
         }
         if call_gone {
+            self.detach_recording(
+                call_key,
+                rtcd_recording::manifest::StopReason::RoomFinished,
+                now,
+            );
             self.room_event(call_key, || RoomEventKind::RoomFinished);
         }
         if call_gone && let Some(call) = self.calls.remove(&call_key) {

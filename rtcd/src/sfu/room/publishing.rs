@@ -180,6 +180,7 @@ impl Rooms {
             subscribers: Vec::new(),
             vad,
             counters,
+            recorded: super::recording::Recorded::No,
         };
         m.published.insert(opened.track, tid);
         m.kind_gauge(&self.metrics, kind, true).inc();
@@ -189,6 +190,10 @@ impl Rooms {
         let Some(call) = self.calls.get_mut(&call_key) else {
             return;
         };
+        let mut published = published;
+        if call.recording.is_some() {
+            published.recorded = super::recording::Recorded::Pending;
+        }
         call.tracks.insert(tid, published);
         self.room_event(call_key, || RoomEventKind::TrackPublished {
             participant: owner,
@@ -276,6 +281,9 @@ impl Rooms {
         if let Some(call) = self.calls.get_mut(&call_key) {
             for tid in &gone {
                 if let Some(t) = call.tracks.remove(tid) {
+                    if let Some(recording) = call.recording.as_ref() {
+                        recording.withdraw(&t);
+                    }
                     m.kind_gauge(&self.metrics, t.info.kind, true).dec();
                     tracing::info!(session = %m.req.session, call = %m.req.call, track = %t.info.track_id, "track withdrawn");
                     withdrawn.push((t.info.track_id, t.info.kind));

@@ -427,7 +427,20 @@ impl Shards {
     ) -> Result<RoomDetail, SfuError> {
         match self.manage(tenant, call, ManageRequest::Describe).await? {
             Managed::Room(room) => Ok(room),
-            Managed::Sessions(_) => Err(SfuError::Media("unexpected worker answer".into())),
+            _ => Err(SfuError::Media("unexpected worker answer".into())),
+        }
+    }
+
+    /// A recording request, carried out by the call's worker.
+    pub(crate) async fn record(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        request: ManageRequest,
+    ) -> Result<Option<crate::sfu::session::RecordingNotice>, SfuError> {
+        match self.manage(tenant, call, request).await? {
+            Managed::Recording(notice) => Ok(notice),
+            _ => Err(SfuError::Media("unexpected worker answer".into())),
         }
     }
 
@@ -443,7 +456,7 @@ impl Shards {
             .await?
         {
             Managed::Sessions(n) => Ok(n),
-            Managed::Room(_) => Err(SfuError::Media("unexpected worker answer".into())),
+            _ => Err(SfuError::Media("unexpected worker answer".into())),
         }
     }
 }
