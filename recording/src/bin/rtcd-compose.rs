@@ -2,6 +2,7 @@
 //! ffmpeg. The work is in `rtcd_recording::compose`; `docs/recording.md` describes the
 //! layout and the sync.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -55,7 +56,8 @@ fn main() -> ExitCode {
                 .chain(args.iter().map(|a| a.as_os_str()))
                 .map(|a| shell_quote(&a.to_string_lossy()))
                 .collect();
-            println!("{}", words.join(" "));
+            // A closed pipe (`| head`) is not an error of ours.
+            let _ = writeln!(std::io::stdout(), "{}", words.join(" "));
         })
     } else {
         compose::run(&cli.dir, &options).map(|prepared| {
