@@ -58,6 +58,7 @@ pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod moderation;
+pub mod recording;
 pub mod rooms;
 pub mod sfu;
 pub mod signaling;
