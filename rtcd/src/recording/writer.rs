@@ -802,8 +802,12 @@ impl Writer {
             let t = &self.tracks[i];
             if let Some(entry) = &t.out.entry {
                 let mut entry = entry.clone();
-                entry.dropped_packets =
-                    t.out.lost + t.shared.queue_dropped.load(Ordering::Relaxed);
+                // A packet dropped at the full queue also leaves a gap the reorder buffer gives
+                // up: the larger count, not the sum (trailing drops leave no gap).
+                entry.dropped_packets = t
+                    .out
+                    .lost
+                    .max(t.shared.queue_dropped.load(Ordering::Relaxed));
                 m.tracks.push(entry);
             }
         }
