@@ -68,7 +68,12 @@ pub(crate) struct SessionOffsets {
 impl SessionOffsets {
     /// Takes a sender report received at `received_unix_ms`; `true` when the session's offset
     /// changed (its tracks' starts are then recomputed).
-    pub(crate) fn report(&mut self, session: &str, ntp_unix_ms: f64, received_unix_ms: f64) -> bool {
+    pub(crate) fn report(
+        &mut self,
+        session: &str,
+        ntp_unix_ms: f64,
+        received_unix_ms: f64,
+    ) -> bool {
         let offset = received_unix_ms - ntp_unix_ms;
         if !offset.is_finite() {
             return false;

@@ -490,10 +490,8 @@ impl Vp8 {
             // RFC 6386 §9.1: the frame tag's P bit is 0 on a keyframe.
             self.frame.keyframe = data.first().is_some_and(|tag| tag & 0x01 == 0);
             if self.frame.keyframe {
-                self.frame.size = crate::media::packet::keyframe_size(
-                    crate::media::packet::VideoCodec::Vp8,
-                    p,
-                );
+                self.frame.size =
+                    crate::media::packet::keyframe_size(crate::media::packet::VideoCodec::Vp8, p);
             }
         } else if !self.frame.continues(packet) {
             self.frame.broken();
@@ -534,8 +532,12 @@ struct Vp9Descriptor {
 fn vp9_descriptor(p: &[u8]) -> Option<Vp9Descriptor> {
     let mut c = Cursor::new(p);
     let b0 = c.u8()?;
-    let (picture_id, inter, layers, flexible) =
-        (b0 & 0x80 != 0, b0 & 0x40 != 0, b0 & 0x20 != 0, b0 & 0x10 != 0);
+    let (picture_id, inter, layers, flexible) = (
+        b0 & 0x80 != 0,
+        b0 & 0x40 != 0,
+        b0 & 0x20 != 0,
+        b0 & 0x10 != 0,
+    );
     let (begin, end, ss) = (b0 & 0x08 != 0, b0 & 0x04 != 0, b0 & 0x02 != 0);
     if picture_id && c.u8()? & 0x80 != 0 {
         c.skip(1)?;
@@ -746,7 +748,11 @@ impl Av1 {
         let mut c = Cursor::new(&self.obu);
         let header = c.u8()?;
         let kind = (header >> 3) & 0x0f;
-        let extension = if header & 0x04 != 0 { Some(c.u8()?) } else { None };
+        let extension = if header & 0x04 != 0 {
+            Some(c.u8()?)
+        } else {
+            None
+        };
         let payload = if header & 0x02 != 0 {
             let n = c.leb128()?;
             c.take(n)?
@@ -880,7 +886,14 @@ mod tests {
     use bytes::Bytes;
 
     fn packet(sequence: u16, timestamp: u32, marker: bool, payload: Vec<u8>) -> MediaPacket {
-        let mut p = MediaPacket::new(1, sequence, timestamp, 96, Bytes::from(payload), Instant::now());
+        let mut p = MediaPacket::new(
+            1,
+            sequence,
+            timestamp,
+            96,
+            Bytes::from(payload),
+            Instant::now(),
+        );
         p.marker = marker;
         p
     }
@@ -969,14 +982,19 @@ mod tests {
     fn reorder_survives_a_jump_in_numbering() {
         let mut r = Reorder::default();
         assert_eq!(order(&mut r, seqs(&[0, 1])), ["0", "1"]);
-        assert_eq!(order(&mut r, seqs(&[30000, 30001])), ["lost29998", "30000", "30001"]);
+        assert_eq!(
+            order(&mut r, seqs(&[30000, 30001])),
+            ["lost29998", "30000", "30001"]
+        );
     }
 
     /// Feeds packets through a depacketizer: (timestamp, keyframe, data) of each frame out.
     fn frames(d: &mut Depacketizer, packets: &[MediaPacket]) -> Vec<(u32, bool, Vec<u8>)> {
         let mut got = Vec::new();
         for p in packets {
-            d.packet(p, &mut |f| got.push((f.timestamp, f.keyframe, f.data.to_vec())));
+            d.packet(p, &mut |f| {
+                got.push((f.timestamp, f.keyframe, f.data.to_vec()))
+            });
         }
         got
     }
@@ -1046,7 +1064,9 @@ mod tests {
     fn vp8_keyframe_size_and_garbage() {
         let mut d = Depacketizer::new(Codec::Vp8).unwrap();
         // S, PID 0, key tag, start code, 320 x 240.
-        let payload = vec![0x10, 0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00];
+        let payload = vec![
+            0x10, 0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00,
+        ];
         let mut sizes = Vec::new();
         d.packet(&packet(0, 0, true, payload), &mut |f| sizes.push(f.size));
         assert_eq!(sizes, [Some((320, 240))]);
@@ -1057,7 +1077,10 @@ mod tests {
 
     /// A VP9 packet: descriptor I (7-bit) P? B? E?, optionally with layer indices.
     fn vp9_packet(seq: u16, ts: u32, b: bool, e: bool, inter: bool, marker: bool) -> MediaPacket {
-        let b0 = 0x80 | if inter { 0x40 } else { 0 } | if b { 0x08 } else { 0 } | if e { 0x04 } else { 0 };
+        let b0 = 0x80
+            | if inter { 0x40 } else { 0 }
+            | if b { 0x08 } else { 0 }
+            | if e { 0x04 } else { 0 };
         packet(seq, ts, marker, vec![b0, 0x05, seq as u8, seq as u8])
     }
 
@@ -1078,7 +1101,10 @@ mod tests {
         assert!(frames(&mut d, &[vp9_packet(4, 6000, false, true, true, true)]).is_empty());
         assert!(frames(&mut d, &[vp9_packet(5, 9000, true, true, true, true)]).is_empty());
         assert!(d.take_wants_keyframe());
-        assert_eq!(frames(&mut d, &[vp9_packet(6, 12000, true, true, false, true)]).len(), 1);
+        assert_eq!(
+            frames(&mut d, &[vp9_packet(6, 12000, true, true, false, true)]).len(),
+            1
+        );
     }
 
     #[test]

@@ -99,8 +99,12 @@ impl Library {
                     t.complete = false;
                 }
                 match m.write(&dir) {
-                    Ok(()) => tracing::info!(recording = %id, tenant, "recording interrupted by a restart of rtcd: marked stopped"),
-                    Err(e) => tracing::warn!(recording = %id, tenant, error = %e, "cannot mark an interrupted recording stopped"),
+                    Ok(()) => {
+                        tracing::info!(recording = %id, tenant, "recording interrupted by a restart of rtcd: marked stopped")
+                    }
+                    Err(e) => {
+                        tracing::warn!(recording = %id, tenant, error = %e, "cannot mark an interrupted recording stopped")
+                    }
                 }
             }
         }
@@ -214,10 +218,8 @@ impl Library {
         id: &RecordingId,
         name: &str,
     ) -> Result<(std::fs::File, u64), RecordingError> {
-        let plain = !name.is_empty()
-            && name != "."
-            && name != ".."
-            && !name.contains(['/', '\\', '\0']);
+        let plain =
+            !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']);
         if !plain {
             return Err(RecordingError::NotFound);
         }

@@ -463,7 +463,13 @@ impl Recorder {
     /// format), the RTP timestamp paired with it, and when rtcd received it (Unix ms). Sets the
     /// track's `start_ms` on the publisher's clock (see the `clock` module). Dropped when the
     /// queue is full (the next report serves).
-    pub fn sender_report(&self, track: TrackRef, ntp: u64, rtp_timestamp: u32, received_unix_ms: f64) {
+    pub fn sender_report(
+        &self,
+        track: TrackRef,
+        ntp: u64,
+        rtp_timestamp: u32,
+        received_unix_ms: f64,
+    ) {
         if self.track(track).is_some() {
             let _ = self.events.try_send(Event::SenderReport {
                 track: track.0,

@@ -32,17 +32,20 @@ fn run(cmd: &mut Command) -> std::process::Output {
 /// (pts in 1/30 s, data).
 fn vp8_frames(dir: &Path, seconds: u32) -> Vec<(u64, Vec<u8>)> {
     let path = dir.join("in.ivf");
-    run(Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "lavfi", "-i"]).args([
-        "testsrc=size=320x240:rate=30",
-        "-t",
-        &seconds.to_string(),
-        "-c:v",
-        "libvpx",
-        "-g",
-        "30",
-        "-f",
-        "ivf",
-    ]).arg(&path));
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "testsrc=size=320x240:rate=30",
+            "-t",
+            &seconds.to_string(),
+            "-c:v",
+            "libvpx",
+            "-g",
+            "30",
+            "-f",
+            "ivf",
+        ])
+        .arg(&path));
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(&bytes[..4], b"DKIF");
     let mut at = usize::from(u16::from_le_bytes([bytes[6], bytes[7]]));
@@ -247,7 +250,14 @@ fn finished(rx: &mpsc::Receiver<Finished>) -> Finished {
 /// ffprobe's codec name of the file's first stream.
 fn codec_name(path: &Path) -> String {
     let out = run(Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "stream=codec_name", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(path));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
@@ -283,7 +293,11 @@ fn decode_errors(path: &Path) -> String {
         .args(["-f", "null", "-"])
         .output()
         .expect("ffmpeg");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -315,10 +329,13 @@ fn records_vp8_and_opus_that_ffmpeg_decodes() {
     let v = recorder.add_track(video_track("bob")).unwrap();
     let a = recorder.add_track(audio_track("bob")).unwrap();
     assert_eq!(
-        recorder.add_track(TrackMeta {
-            codec: Codec::H264,
-            ..video_track("bob")
-        }).unwrap_err().to_string(),
+        recorder
+            .add_track(TrackMeta {
+                codec: Codec::H264,
+                ..video_track("bob")
+            })
+            .unwrap_err()
+            .to_string(),
         RecordingError::UnsupportedCodec(Codec::H264).to_string()
     );
     let tracks = [v, a];
@@ -332,8 +349,18 @@ fn records_vp8_and_opus_that_ffmpeg_decodes() {
         if n == 100 {
             // Sender reports of one session: the same sender instant on both clocks.
             let ntp = (3_900_000_000u64) << 32;
-            recorder.sender_report(a, ntp, 1_000 + 48_000, 1_000.0 + (3_900_000_000.0 - 2_208_988_800.0) * 1000.0);
-            recorder.sender_report(v, ntp, (u32::MAX - 30_000).wrapping_add(90_000), 1_020.0 + (3_900_000_000.0 - 2_208_988_800.0) * 1000.0);
+            recorder.sender_report(
+                a,
+                ntp,
+                1_000 + 48_000,
+                1_000.0 + (3_900_000_000.0 - 2_208_988_800.0) * 1000.0,
+            );
+            recorder.sender_report(
+                v,
+                ntp,
+                (u32::MAX - 30_000).wrapping_add(90_000),
+                1_020.0 + (3_900_000_000.0 - 2_208_988_800.0) * 1000.0,
+            );
         }
     }
     recorder.speaking(a, false);
@@ -372,7 +399,12 @@ fn records_vp8_and_opus_that_ffmpeg_decodes() {
     // the same sender instant, and the session's offset is the smaller (audio's, 1000 ms).
     assert_eq!(vt.clock, ClockSource::SenderReport);
     assert_eq!(at.clock, ClockSource::SenderReport);
-    assert!((vt.start_ms - at.start_ms).abs() < 1.0, "{} vs {}", vt.start_ms, at.start_ms);
+    assert!(
+        (vt.start_ms - at.start_ms).abs() < 1.0,
+        "{} vs {}",
+        vt.start_ms,
+        at.start_ms
+    );
     let sr_unix_ms = (3_900_000_000.0 - 2_208_988_800.0) * 1000.0;
     assert!((at.start_ms - sr_unix_ms).abs() < 1.0, "{}", at.start_ms);
 
@@ -383,7 +415,12 @@ fn records_vp8_and_opus_that_ffmpeg_decodes() {
         assert_eq!(decode_errors(&path), "", "{}", t.file);
         assert_eq!(t.bytes, std::fs::metadata(&path).unwrap().len());
     }
-    assert_close(vt.duration_ms as f64 / 1000.0, 5.0 - 1.0 / 30.0, 0.05, "manifest video duration");
+    assert_close(
+        vt.duration_ms as f64 / 1000.0,
+        5.0 - 1.0 / 30.0,
+        0.05,
+        "manifest video duration",
+    );
 }
 
 #[test]
@@ -399,10 +436,7 @@ fn a_file_copied_while_recording_plays_up_to_the_last_flush() {
     }
     // Past the writer's flush (every second): what a kill -9 would leave on disk now.
     std::thread::sleep(Duration::from_millis(2500));
-    let dir = tmp
-        .path()
-        .join("t-acme")
-        .join(recorder.id().as_str());
+    let dir = tmp.path().join("t-acme").join(recorder.id().as_str());
     let copy: PathBuf = media.path().join("killed.webm");
     std::fs::copy(dir.join("01-camera-carol.webm"), &copy).unwrap();
     let manifest = Manifest::read(&dir).unwrap();
@@ -412,7 +446,10 @@ fn a_file_copied_while_recording_plays_up_to_the_last_flush() {
     let seconds = media_seconds(&copy);
     assert!(seconds >= 2.0, "only {seconds} s playable");
     recorder.stop(StopReason::Shutdown);
-    assert_eq!(finished(&rx).manifest.stop_reason, Some(StopReason::Shutdown));
+    assert_eq!(
+        finished(&rx).manifest.stop_reason,
+        Some(StopReason::Shutdown)
+    );
 }
 
 #[test]
@@ -424,7 +461,12 @@ fn start_is_refused_below_the_disk_floor() {
     let result = Recorder::start(&config, meta("acme"), &library, Box::new(|_| {}));
     assert!(matches!(result, Err(RecordingError::DiskFull)));
     assert!(library.list("acme", None).is_empty());
-    let bad = Recorder::start(&self::config(tmp.path()), meta("../x"), &library, Box::new(|_| {}));
+    let bad = Recorder::start(
+        &self::config(tmp.path()),
+        meta("../x"),
+        &library,
+        Box::new(|_| {}),
+    );
     assert!(matches!(bad, Err(RecordingError::InvalidTenant)));
 }
 
@@ -439,17 +481,32 @@ fn a_full_queue_drops_and_degrades_but_never_blocks() {
     let payload = Bytes::from_static(&[0xfc, 0xff, 0xfe]);
     let began = Instant::now();
     for i in 0..20_000u32 {
-        let p = MediaPacket::new(2, i as u16, i * 960, AUDIO_PT, payload.clone(), Instant::now());
+        let p = MediaPacket::new(
+            2,
+            i as u16,
+            i * 960,
+            AUDIO_PT,
+            payload.clone(),
+            Instant::now(),
+        );
         recorder.packet(a, &p);
     }
-    assert!(began.elapsed() < Duration::from_secs(2), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
     let dropped = recorder.dropped_packets();
     assert!(dropped > 0);
     recorder.stop(StopReason::Requested);
     let done = finished(&rx);
     assert!(done.manifest.degraded);
     let t = &done.manifest.tracks[0];
-    assert!(t.dropped_packets >= dropped, "{} < {dropped}", t.dropped_packets);
+    assert!(
+        t.dropped_packets >= dropped,
+        "{} < {dropped}",
+        t.dropped_packets
+    );
 }
 
 #[test]
@@ -471,7 +528,10 @@ fn a_dropped_recorder_stops_with_shutdown() {
     let library = Library::open(tmp.path().to_path_buf()).unwrap();
     let (recorder, rx) = start(&config(tmp.path()), &library, "acme");
     drop(recorder);
-    assert_eq!(finished(&rx).manifest.stop_reason, Some(StopReason::Shutdown));
+    assert_eq!(
+        finished(&rx).manifest.stop_reason,
+        Some(StopReason::Shutdown)
+    );
 }
 
 #[test]
@@ -527,27 +587,45 @@ fn library_recovers_guards_names_tenants_and_live_recordings() {
     assert_eq!(m.tracks[0].bytes, 1234);
     assert!(total > 1234);
     // Names: the manifest and the files it names, nothing else.
-    assert_eq!(library.open_file("acme", &id, "01-camera-bob.webm").unwrap().1, 1234);
+    assert_eq!(
+        library
+            .open_file("acme", &id, "01-camera-bob.webm")
+            .unwrap()
+            .1,
+        1234
+    );
     assert!(library.open_file("acme", &id, "manifest.json").is_ok());
     for name in ["../x", "a/b", "secret.txt", "..", ".", "", "../t-acme"] {
         assert!(
-            matches!(library.open_file("acme", &id, name), Err(RecordingError::NotFound)),
+            matches!(
+                library.open_file("acme", &id, name),
+                Err(RecordingError::NotFound)
+            ),
             "{name}"
         );
     }
     // Another tenant's ID.
-    assert!(matches!(library.get("other", &id), Err(RecordingError::NotFound)));
+    assert!(matches!(
+        library.get("other", &id),
+        Err(RecordingError::NotFound)
+    ));
     assert!(matches!(
         library.open_file("other", &id, "manifest.json"),
         Err(RecordingError::NotFound)
     ));
-    assert!(matches!(library.delete("other", &id), Err(RecordingError::NotFound)));
+    assert!(matches!(
+        library.delete("other", &id),
+        Err(RecordingError::NotFound)
+    ));
     assert!(library.list("other", None).is_empty());
 
     // A live recording cannot be deleted; once finished it can.
     let (recorder, rx) = start(&config(tmp.path()), &library, "acme");
     let live = recorder.id().clone();
-    assert!(matches!(library.delete("acme", &live), Err(RecordingError::StillRecording)));
+    assert!(matches!(
+        library.delete("acme", &live),
+        Err(RecordingError::StillRecording)
+    ));
     let listed = library.list("acme", Some("room1"));
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].0.recording_id, live.to_string(), "newest first");
@@ -555,7 +633,10 @@ fn library_recovers_guards_names_tenants_and_live_recordings() {
     recorder.stop(StopReason::Requested);
     finished(&rx);
     assert!(library.delete("acme", &live).unwrap() > 0);
-    assert!(matches!(library.get("acme", &live), Err(RecordingError::NotFound)));
+    assert!(matches!(
+        library.get("acme", &live),
+        Err(RecordingError::NotFound)
+    ));
     assert!(library.delete("acme", &id).unwrap() >= 1234);
 }
 

@@ -87,10 +87,7 @@ struct SinkInner {
 }
 
 impl Sink {
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut SinkInner) -> std::io::Result<T>,
-    ) -> std::io::Result<T> {
+    fn with<T>(&self, f: impl FnOnce(&mut SinkInner) -> std::io::Result<T>) -> std::io::Result<T> {
         let mut inner = self
             .0
             .lock()
@@ -164,7 +161,10 @@ impl WebmFile {
                 let (b, t) = builder
                     .add_audio_track(48_000, 2, mux::AudioCodecId::Opus, None)
                     .map_err(mux_error)?;
-                (b.set_codec_private(t, &OPUS_HEAD).map_err(mux_error)?, t.into())
+                (
+                    b.set_codec_private(t, &OPUS_HEAD).map_err(mux_error)?,
+                    t.into(),
+                )
             }
             Codec::Vp8 | Codec::Vp9 | Codec::Av1 => {
                 let id = match codec {
@@ -364,8 +364,9 @@ impl TrackOut {
 
     /// File time (ms) of an instant: relative to the first frame's arrival.
     fn file_ms(&self, at: Instant) -> u64 {
-        self.first_arrival
-            .map_or(0, |first| at.saturating_duration_since(first).as_millis() as u64)
+        self.first_arrival.map_or(0, |first| {
+            at.saturating_duration_since(first).as_millis() as u64
+        })
     }
 }
 
@@ -579,9 +580,9 @@ impl Writer {
                     c.report = Some(report);
                 }
                 let session = t.shared.meta.participant.session.clone();
-                let changed =
-                    self.offsets
-                        .report(&session, report.ntp_unix_ms, received_unix_ms);
+                let changed = self
+                    .offsets
+                    .report(&session, report.ntp_unix_ms, received_unix_ms);
                 if changed || first_report {
                     self.update_starts();
                 }
@@ -616,11 +617,7 @@ impl Writer {
 
     fn pick_up_tracks(&mut self) {
         let new: Vec<Arc<TrackShared>> = {
-            let tracks = self
-                .shared
-                .tracks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let tracks = self.shared.tracks.lock().unwrap_or_else(|e| e.into_inner());
             tracks.iter().skip(self.tracks.len()).cloned().collect()
         };
         for shared in new {
@@ -680,7 +677,8 @@ impl Writer {
             let (Some(clock), Some(entry)) = (t.out.clock, t.out.entry.as_mut()) else {
                 continue;
             };
-            let (start, source) = clock.start_ms(self.offsets.get(&t.shared.meta.participant.session));
+            let (start, source) =
+                clock.start_ms(self.offsets.get(&t.shared.meta.participant.session));
             entry.start_ms = start;
             entry.clock = source;
         }
@@ -773,7 +771,9 @@ impl Writer {
 
     /// The stop reason of the first write failure, if any (the error is kept for the manifest).
     fn take_failure(&mut self) -> Option<StopReason> {
-        if let Some(reason) = super::stop_from_code(self.shared.stopped_itself.load(Ordering::Relaxed)) {
+        if let Some(reason) =
+            super::stop_from_code(self.shared.stopped_itself.load(Ordering::Relaxed))
+        {
             return Some(reason);
         }
         for t in &mut self.tracks {
@@ -836,7 +836,8 @@ impl Writer {
                 .stopped_itself
                 .store(stop_code(reason), Ordering::Relaxed);
         }
-        let was_stopped_itself = super::stop_from_code(self.shared.stopped_itself.load(Ordering::Relaxed));
+        let was_stopped_itself =
+            super::stop_from_code(self.shared.stopped_itself.load(Ordering::Relaxed));
         for i in 0..self.tracks.len() {
             let t = &mut self.tracks[i];
             if t.out.closed {
@@ -846,12 +847,10 @@ impl Writer {
             Self::finalize_track(t);
         }
         self.new_entries();
-        // Failures while finishing are recorded, not acted on: the recording stops anyway.
-        let reason = match (self.take_failure(), was_stopped_itself) {
-            (_, Some(r)) => r,
-            (Some(StopReason::DiskFull), None) if reason != StopReason::DiskFull => reason,
-            (_, None) => reason,
-        };
+        // Failures while finishing are kept for the manifest's `error`; the stop reason stays
+        // the one that stopped it.
+        let _ = self.take_failure();
+        let reason = was_stopped_itself.unwrap_or(reason);
         match reason {
             StopReason::DiskFull | StopReason::Error => tracing::warn!(
                 recording = %self.meta.id,
