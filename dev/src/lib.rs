@@ -39,7 +39,8 @@ pub struct Options {
     pub loopback: bool,
     /// rtcd's UDP media port (0 = ephemeral).
     pub udp_port: u16,
-    /// More `RTCD_RTC_*` media settings, applied last (e.g. `("RTCD_RTC_ICE_PORT_TCP", "0")`).
+    /// More `RTCD_RTC_*` media settings (and `RTCD_RECORDING_*`), applied last (e.g.
+    /// `("RTCD_RTC_ICE_PORT_TCP", "0")`).
     pub rtc: Vec<(String, String)>,
 }
 
@@ -98,6 +99,12 @@ pub async fn start_with_proxy(
             "RTCD_WEBHOOKS_ALLOW_PRIVATE_ADDRESSES".into(),
             "true".into(),
         ),
+        // Recording works out of the box, into the data directory (docs/recording.md).
+        ("RTCD_RECORDING_ENABLED".into(), "true".into()),
+        (
+            "RTCD_RECORDING_DIRECTORY".into(),
+            args.data_dir.join("recordings").display().to_string(),
+        ),
     ];
     if args.loopback {
         env.extend([
@@ -108,17 +115,13 @@ pub async fn start_with_proxy(
     }
     // Media settings from the environment win (e.g. `RTCD_RTC_ICE_PORT_TCP=3478`, or a fixed
     // `RTCD_RTC_ICE_HOST_OVERRIDE`): the one-command stack stays tunable without a file.
+    let tunable = |k: &str| k.starts_with("RTCD_RTC_") || k.starts_with("RTCD_RECORDING_");
     env.extend(
         rtcd_kit::config::process_env()
             .into_iter()
-            .filter(|(k, _)| k.starts_with("RTCD_RTC_")),
+            .filter(|(k, _)| tunable(k)),
     );
-    env.extend(
-        args.rtc
-            .iter()
-            .filter(|(k, _)| k.starts_with("RTCD_RTC_"))
-            .cloned(),
-    );
+    env.extend(args.rtc.iter().filter(|(k, _)| tunable(k)).cloned());
     let rtcd_config = rtcd::config::Config::load(None, env)?;
     if !args.loopback {
         no_address_means_loopback(&rtcd_config.rtc)?;

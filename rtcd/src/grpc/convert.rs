@@ -41,6 +41,7 @@ pub fn room_policy(p: pb::RoomPolicy) -> RoomPolicy {
                 pb::RoomOpener::Member => Some(crate::lobby::Opener::Member),
             }
         }),
+        record: p.record,
     }
 }
 
@@ -55,7 +56,7 @@ pub fn room_policy_to(p: RoomPolicy) -> pb::RoomPolicy {
             crate::lobby::Opener::Moderator => pb::RoomOpener::Moderator as i32,
             crate::lobby::Opener::Member => pb::RoomOpener::Member as i32,
         }),
-        record: None,
+        record: p.record,
     }
 }
 

@@ -76,6 +76,9 @@ pub struct RoomPolicy {
     /// Who opens the room under `wait_for_host` (absent in policies stored before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened_by: Option<Opener>,
+    /// The room is recorded from its first join (absent in policies stored before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<bool>,
 }
 
 impl RoomPolicy {
@@ -87,6 +90,7 @@ impl RoomPolicy {
             guests_allowed: self.guests_allowed.or(base.guests_allowed),
             wait_timeout_seconds: self.wait_timeout_seconds.or(base.wait_timeout_seconds),
             opened_by: self.opened_by.or(base.opened_by),
+            record: self.record.or(base.record),
         }
     }
 

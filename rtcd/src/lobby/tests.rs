@@ -25,6 +25,7 @@ fn policy(wait_for_host: bool, lobby: bool, guests_allowed: bool) -> RoomPolicy 
         guests_allowed: Some(guests_allowed),
         wait_timeout_seconds: None,
         opened_by: None,
+        record: None,
     }
 }
 

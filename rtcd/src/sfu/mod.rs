@@ -1109,6 +1109,7 @@ pub(crate) mod tests {
                 RoomEventKind::TrackUnpublished { track_id, .. } => {
                     format!("unpublished {track_id}")
                 }
+                other => format!("{other:?}"),
             })
             .collect();
         assert_eq!(

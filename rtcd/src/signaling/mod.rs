@@ -75,6 +75,32 @@ impl SignalingService {
         tenant_of(&self.auth, req).await
     }
 
+    /// A room whose policy says `record` records from its first admitted session: started in
+    /// the background (the join does not wait for the disk); a room that records already, or a
+    /// start that races another, is left as it is.
+    fn record_by_policy(&self, tenant: &TenantId, call: &CallId) {
+        let (sfu, tenant, call) = (self.sfu.clone(), tenant.clone(), call.clone());
+        if sfu.recordings().is_none() {
+            tracing::debug!(client = %tenant, call = %call, "the room's policy asks for recording, which is off on this host");
+            return;
+        }
+        tokio::spawn(async move {
+            if let Ok(Some(_)) = sfu.recording_of(&tenant, &call).await {
+                return;
+            }
+            match sfu.start_recording(&tenant, &call, "policy").await {
+                Ok(_) => {}
+                Err(SfuError::Recording(
+                    crate::sfu::RecordingRefusal::AlreadyRecording
+                    | crate::sfu::RecordingRefusal::NoRoom,
+                )) => {}
+                Err(e) => {
+                    tracing::warn!(client = %tenant, call = %call, error = %e, "the room's policy asks for recording, which could not start");
+                }
+            }
+        });
+    }
+
     fn context(&self, ids: (TenantId, CallId, SessionId, UserId)) -> Context {
         Context {
             sfu: self.sfu.clone(),
@@ -459,6 +485,8 @@ impl Signaling for SignalingService {
             .moderation
             .policy(&join.tenant, &join.call)
             .map_err(|e| status::from_store(&e))?;
+        // The stored policy overrides the join's, field by field (as for entry).
+        let auto_record = stored.record.or(join_policy.record).unwrap_or(false);
         let entrant = Entrant {
             session: join.session.clone(),
             user: join.user.clone(),
@@ -491,6 +519,9 @@ impl Signaling for SignalingService {
                     .admit(join, &entrant, &tx)
                     .await
                     .map_err(Status::from)?;
+                if auto_record {
+                    self.record_by_policy(&ids.0, &ids.1);
+                }
                 self.relays
                     .spawn(serve(admitted, inbound, tx, service.context(ids)));
             }
@@ -514,7 +545,12 @@ impl Signaling for SignalingService {
                         WaitEnd::Gone => return,
                     }
                     match service.admit(join, &entrant, &tx).await {
-                        Ok(admitted) => serve(admitted, inbound, tx, service.context(ids)).await,
+                        Ok(admitted) => {
+                            if auto_record {
+                                service.record_by_policy(&ids.0, &ids.1);
+                            }
+                            serve(admitted, inbound, tx, service.context(ids)).await
+                        }
                         // The stream is already open: the refusal travels as its end.
                         Err(NotAdmitted::Refused(refusal)) => {
                             let _ = tx.send(closed(refusal.close_reason())).await;

@@ -176,7 +176,7 @@ pub(crate) struct Call {
 
 /// rtcd-dev (rtcd, proxy and demo page) for a call in the LAN namespace, with `rtc` settings
 /// (`RTCD_RTC_*`); the directory holds its data and must live as long as the stack.
-async fn lan_stack(
+pub(crate) async fn lan_stack(
     rtc: Vec<(String, String)>,
 ) -> anyhow::Result<(tempfile::TempDir, rtcd_dev::DevStack)> {
     rtcd_e2e::init_logs();
@@ -194,7 +194,7 @@ async fn lan_stack(
 
 impl Call {
     /// A call in `room` of `stack`'s demo page, nobody in it yet.
-    fn new(stack: &rtcd_dev::DevStack, room: &str) -> Self {
+    pub(crate) fn new(stack: &rtcd_dev::DevStack, room: &str) -> Self {
         Self {
             url: format!("http://{}/?room={room}", stack.proxy.addr()),
             browsers: Browsers::lan(),
@@ -235,7 +235,7 @@ impl Call {
             .map(|_| ())
     }
 
-    async fn click(&self, id: PageId, button: &str) -> anyhow::Result<()> {
+    pub(crate) async fn click(&self, id: PageId, button: &str) -> anyhow::Result<()> {
         self.pages[id]
             .wait_for(
                 &format!("!document.getElementById({}).disabled", json!(button)),

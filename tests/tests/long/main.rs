@@ -17,5 +17,6 @@ mod interop;
 mod leaks;
 mod loadgen;
 mod negotiation;
+mod recording;
 mod turn;
 mod weak_link;
