@@ -236,8 +236,7 @@ async fn handle(
         issuer.as_deref(),
         &method,
         tail.as_str(),
-        authorization,
-        peer,
+        (authorization, peer),
         body,
         &extra,
     )
@@ -254,8 +253,7 @@ async fn serve(
     issuer: Option<&TokenIssuer>,
     method: &Method,
     path: &str,
-    authorization: Option<String>,
-    peer: Option<IpAddr>,
+    (authorization, peer): (Option<String>, Option<IpAddr>),
     body: Option<bytes::Bytes>,
     extra: &Extra,
 ) -> Result<warp::reply::Response, ApiError> {
