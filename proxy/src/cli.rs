@@ -410,7 +410,7 @@ impl MintArgsRef<'_> {
                     .split_once('=')
                     .ok_or_else(|| format!("--permission `{p}`: use CAP=true|false"))?;
                 let _: crate::policy::Capability = serde_json::from_value(cap.into())
-                    .map_err(|_| format!("--permission `{cap}`: publish_audio, publish_video, publish_screen or subscribe"))?;
+                    .map_err(|_| format!("--permission `{cap}`: publish_audio, publish_video, publish_screen, subscribe or record"))?;
                 let on: bool = on
                     .parse()
                     .map_err(|_| format!("--permission `{p}`: true or false"))?;

@@ -387,16 +387,19 @@ pub struct OidcCapabilitiesConfig {
     pub publish_screen: Vec<String>,
     /// Values granting `subscribe`.
     pub subscribe: Vec<String>,
+    /// Values granting `record` (moderators only use it).
+    pub record: Vec<String>,
 }
 
 impl OidcCapabilitiesConfig {
     /// Each capability with its values.
-    pub fn entries(&self) -> [(Capability, &[String]); 4] {
+    pub fn entries(&self) -> [(Capability, &[String]); 5] {
         [
             (Capability::PublishAudio, &self.publish_audio),
             (Capability::PublishVideo, &self.publish_video),
             (Capability::PublishScreen, &self.publish_screen),
             (Capability::Subscribe, &self.subscribe),
+            (Capability::Record, &self.record),
         ]
     }
 }
@@ -737,6 +740,8 @@ pub struct RoomsConfig {
     pub guests_allowed: bool,
     /// How long a participant may wait before the session is closed (1-86400).
     pub wait_timeout_seconds: u32,
+    /// The media server records the room from its first join (docs/api.md, "Recordings").
+    pub record: bool,
     /// Per-room exceptions, by room name (`[rooms.overrides."standup"]`): set fields replace
     /// the defaults above for that room.
     pub overrides: BTreeMap<String, RoomPolicy>,
@@ -750,6 +755,7 @@ impl Default for RoomsConfig {
             lobby: false,
             guests_allowed: true,
             wait_timeout_seconds: 600,
+            record: false,
             overrides: BTreeMap::new(),
         }
     }
@@ -764,6 +770,7 @@ impl RoomsConfig {
             guests_allowed: Some(self.guests_allowed),
             wait_timeout_seconds: Some(self.wait_timeout_seconds),
             opened_by: Some(self.opened_by),
+            record: Some(self.record),
         };
         match self.overrides.get(room) {
             Some(o) => o.over(defaults),

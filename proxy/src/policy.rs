@@ -24,6 +24,11 @@ pub enum Capability {
     PublishScreen,
     /// Receive other participants' tracks.
     Subscribe,
+    /// Start and stop the room's recording (moderators only: the `moderate` actions
+    /// `start_recording` / `stop_recording`, and `record` in `set_policy`). Granted by the join
+    /// token (its `permissions`, or the role's `[auth.permissions]` list); the media server
+    /// does not know it, so it cannot be changed live.
+    Record,
 }
 
 impl Capability {
@@ -34,6 +39,7 @@ impl Capability {
             Capability::PublishVideo => "publish_video",
             Capability::PublishScreen => "publish_screen",
             Capability::Subscribe => "subscribe",
+            Capability::Record => "record",
         }
     }
 }
@@ -76,6 +82,10 @@ pub struct Permissions {
     pub publish_screen: bool,
     /// Receiving others' media.
     pub subscribe: bool,
+    /// Starting and stopping the room's recording (with the moderator role). Absent from the
+    /// JSON when false: the four media permissions stay the shape clients know.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record: bool,
 }
 
 impl Permissions {
@@ -95,6 +105,7 @@ impl Permissions {
             Capability::PublishVideo => self.publish_video,
             Capability::PublishScreen => self.publish_screen,
             Capability::Subscribe => self.subscribe,
+            Capability::Record => self.record,
         }
     }
 
@@ -105,6 +116,7 @@ impl Permissions {
             Capability::PublishVideo => self.publish_video = on,
             Capability::PublishScreen => self.publish_screen = on,
             Capability::Subscribe => self.subscribe = on,
+            Capability::Record => self.record = on,
         }
     }
 }
@@ -617,5 +629,25 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn record_is_a_capability_shown_only_when_granted() {
+        let mut p = Permissions::from_capabilities(&[Capability::Subscribe]);
+        assert!(!p.allows(Capability::Record));
+        // The four media permissions stay the shape clients know.
+        assert_eq!(
+            serde_json::to_value(p).unwrap(),
+            serde_json::json!({"publish_audio": false, "publish_video": false, "publish_screen": false, "subscribe": true})
+        );
+        p.set(Capability::Record, true);
+        assert!(p.record && p.allows(Capability::Record));
+        assert_eq!(serde_json::to_value(p).unwrap()["record"], true);
+        assert_eq!(Capability::Record.as_str(), "record");
+        let c: Capability = serde_json::from_value("record".into()).unwrap();
+        assert_eq!(c, Capability::Record);
+        // Absent means false (bodies and tokens written before it existed).
+        let q: Permissions = serde_json::from_value(serde_json::json!({"publish_audio": true, "publish_video": true, "publish_screen": true, "subscribe": true})).unwrap();
+        assert!(!q.record);
     }
 }

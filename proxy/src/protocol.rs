@@ -250,6 +250,10 @@ pub enum ModerationAction {
     Deny,
     /// Change the room's entry policy (`policy`, optionally `reset`).
     SetPolicy,
+    /// Start recording the room (needs the `record` permission).
+    StartRecording,
+    /// Stop the room's recording (needs the `record` permission).
+    StopRecording,
 }
 
 impl ModerationAction {
@@ -266,6 +270,8 @@ impl ModerationAction {
             ModerationAction::Admit => "admit",
             ModerationAction::Deny => "deny",
             ModerationAction::SetPolicy => "set_policy",
+            ModerationAction::StartRecording => "start_recording",
+            ModerationAction::StopRecording => "stop_recording",
         }
     }
 }
@@ -532,6 +538,28 @@ pub enum ServerMessage {
         identity: Option<Identity>,
         /// Sessions affected.
         sessions: u32,
+        /// `start_recording` / `stop_recording`: the recording.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recording_id: Option<String>,
+    },
+    /// The room is being recorded: sent to every participant when a recording starts, and
+    /// right after `joined` to one joining (or resuming) while it records. Show it: the
+    /// participants' consent depends on it.
+    RecordingStarted {
+        /// The recording.
+        recording_id: String,
+        /// When it started (Unix milliseconds).
+        started_at_ms: i64,
+        /// Who started it: a moderator's identity, `policy` (the room records by policy), or
+        /// "" (the platform).
+        started_by: String,
+    },
+    /// The room's recording stopped.
+    RecordingStopped {
+        /// The recording.
+        recording_id: String,
+        /// Why.
+        reason: crate::rooms::RecordingStop,
     },
 }
 
@@ -565,6 +593,8 @@ impl ServerMessage {
             ServerMessage::TrackPaused { .. } => "track_paused",
             ServerMessage::TrackResumed { .. } => "track_resumed",
             ServerMessage::LayersWanted { .. } => "layers_wanted",
+            ServerMessage::RecordingStarted { .. } => "recording_started",
+            ServerMessage::RecordingStopped { .. } => "recording_stopped",
         }
     }
 }
@@ -671,5 +701,49 @@ mod tests {
         for bad in ["", "*", "a b", "a/b", &"x".repeat(129), "é"] {
             assert!(RoomName::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn recording_actions_parse_and_recording_events_serialize() {
+        for (action, want) in [
+            ("start_recording", ModerationAction::StartRecording),
+            ("stop_recording", ModerationAction::StopRecording),
+        ] {
+            let m: ClientMessage =
+                serde_json::from_value(json!({"type": "moderate", "action": action})).unwrap();
+            match m {
+                ClientMessage::Moderate {
+                    action, identity, ..
+                } => assert_eq!((action, identity), (want, None)),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(want.as_str(), action);
+        }
+        assert!(
+            serde_json::from_value::<ClientMessage>(
+                json!({"type": "moderate", "action": "start_recording", "format": "mp4"})
+            )
+            .is_err(),
+            "unknown fields are refused"
+        );
+        let started = ServerMessage::RecordingStarted {
+            recording_id: "rec_abc".into(),
+            started_at_ms: 1_764_500_000_123,
+            started_by: "mia".into(),
+        };
+        assert_eq!(started.kind(), "recording_started");
+        assert_eq!(
+            serde_json::to_value(started).unwrap(),
+            json!({"type": "recording_started", "recording_id": "rec_abc", "started_at_ms": 1_764_500_000_123_i64, "started_by": "mia"})
+        );
+        let stopped = ServerMessage::RecordingStopped {
+            recording_id: "rec_abc".into(),
+            reason: crate::rooms::RecordingStop::RoomFinished,
+        };
+        assert_eq!(stopped.kind(), "recording_stopped");
+        assert_eq!(
+            serde_json::to_value(stopped).unwrap(),
+            json!({"type": "recording_stopped", "recording_id": "rec_abc", "reason": "room_finished"})
+        );
     }
 }

@@ -160,6 +160,23 @@ pub enum RelayEvent {
     },
     /// The platform or a moderator asks this session's user to unmute a source.
     UnmuteRequested(TrackSource),
+    /// The room is being recorded (a recording started, or this session joined one that
+    /// records).
+    RecordingStarted {
+        /// The recording.
+        recording_id: String,
+        /// When it started (Unix milliseconds).
+        started_at_ms: i64,
+        /// Who started it.
+        started_by: String,
+    },
+    /// The room's recording stopped.
+    RecordingStopped {
+        /// The recording.
+        recording_id: String,
+        /// Why.
+        reason: crate::rooms::RecordingStop,
+    },
     /// A session that waited (see [`RelayLink::waiting`]) was admitted: the client may now
     /// negotiate media. Carries the session's resume token, as [`RelayLink::resume_token`].
     Admitted {

@@ -38,6 +38,11 @@ pub struct RoomPolicy {
     /// Who opens the room under `wait_for_host`: `moderator` (default) or `member`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened_by: Option<Opener>,
+    /// The media server records the room from its first join, and goes on recording it in a
+    /// new segment if the room moves host (docs/api.md, "Recordings"). Setting it from inside
+    /// the call needs the `record` permission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<bool>,
 }
 
 /// Longest wait a policy may set (a day), as rtcd enforces: the contract's rule.
@@ -52,6 +57,7 @@ impl RoomPolicy {
             guests_allowed: self.guests_allowed.or(base.guests_allowed),
             wait_timeout_seconds: self.wait_timeout_seconds.or(base.wait_timeout_seconds),
             opened_by: self.opened_by.or(base.opened_by),
+            record: self.record.or(base.record),
         }
     }
 

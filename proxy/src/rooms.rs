@@ -119,6 +119,184 @@ pub struct Revocation {
     pub token_expires_at: Option<i64>,
 }
 
+/// Whether a recording still records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingState {
+    /// Being written.
+    Recording,
+    /// Complete: every file is closed.
+    Stopped,
+}
+
+/// Why a recording stopped (`stop_reason`, and `reason` in `recording_stopped`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingStop {
+    /// Stopped through the API or by a moderator.
+    Requested,
+    /// Everybody left, or the room was ended.
+    RoomFinished,
+    /// It reached the media server's longest recording.
+    MaxDuration,
+    /// The media server's disk filled up.
+    DiskFull,
+    /// A write failed.
+    Error,
+    /// The media server stopped (drained or shut down) while it recorded.
+    Shutdown,
+    /// The media server was killed while it recorded; its files play up to their last seconds.
+    Interrupted,
+}
+
+impl RecordingStop {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingStop::Requested => "requested",
+            RecordingStop::RoomFinished => "room_finished",
+            RecordingStop::MaxDuration => "max_duration",
+            RecordingStop::DiskFull => "disk_full",
+            RecordingStop::Error => "error",
+            RecordingStop::Shutdown => "shutdown",
+            RecordingStop::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// One file of a recording: one published track.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordingFile {
+    /// Its name within the recording.
+    pub name: String,
+    /// Size in bytes (it grows while the recording records).
+    pub bytes: u64,
+    /// Media duration (milliseconds).
+    pub duration_ms: u64,
+    /// The publisher's identity.
+    pub identity: String,
+    /// The publishing session (the media server's session ID, as in `GET /rooms/{room}`).
+    pub session_id: String,
+    /// What the track is (absent for a kind this proxy does not know).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<TrackSource>,
+    /// `opus`, `vp8`, `vp9`, `av1` or `h264`.
+    pub codec: String,
+    /// Its first frame on the recording's common clock (Unix milliseconds).
+    pub start_ms: i64,
+    /// Where the API serves its bytes ([`file_url`]).
+    pub url: String,
+}
+
+/// A recording of a room: one segment, on the media server that wrote it (a room that moved
+/// host while it recorded has one segment per host, each its own entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordingInfo {
+    /// Its ID (`rec_` and 26 base32 characters).
+    pub recording_id: String,
+    /// The room.
+    pub room: String,
+    /// Whether it still records.
+    pub state: RecordingState,
+    /// When it started (Unix milliseconds).
+    pub started_at_ms: i64,
+    /// When it stopped (Unix milliseconds; absent while recording).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at_ms: Option<i64>,
+    /// Why it stopped (absent while recording).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<RecordingStop>,
+    /// Who started it: a moderator's identity, `policy` (the room's `record` policy), or ""
+    /// (the platform, through the API).
+    pub started_by: String,
+    /// Its part: 1, or more when the room moved to another media server while it recorded.
+    pub segment: u32,
+    /// Some media could not be written in time and was left out.
+    pub degraded: bool,
+    /// Total size of its files, manifest included.
+    pub bytes: u64,
+    /// Its files (absent in lists: get the recording). `manifest.json` is not listed; it is
+    /// always there, at [`file_url`] with its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<RecordingFile>>,
+    /// The media server holding this segment (the relay's host key; never shown).
+    #[serde(skip)]
+    pub host: String,
+}
+
+/// Where the API serves a recording's file: the path of
+/// `GET /api/v1/rooms/{room}/recordings/{id}/files/{name}`, with `?segment=` when the
+/// recording has more than one segment (names are percent-encoded).
+pub fn file_url(room: &str, recording_id: &str, segment: u32, name: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    // RFC 3986 unreserved characters stay; room names add `@` and `:`, path-safe too.
+    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    const ROOM: &AsciiSet = &SEGMENT.remove(b'@').remove(b':');
+    let mut url = format!(
+        "/api/v1/rooms/{}/recordings/{}/files/{}",
+        utf8_percent_encode(room, ROOM),
+        utf8_percent_encode(recording_id, SEGMENT),
+        utf8_percent_encode(name, SEGMENT)
+    );
+    if segment > 1 {
+        url.push_str(&format!("?segment={segment}"));
+    }
+    url
+}
+
+/// Bytes of a recording's file, as the media server streams them.
+pub struct FileRead {
+    /// The file's size when the read started.
+    pub size: u64,
+    /// The bytes asked for, in order; an error ends them. Bounded: the media server's chunks
+    /// are at most 256 KiB and are read only as fast as this receiver takes them.
+    pub chunks: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, ControlError>>,
+}
+
+impl std::fmt::Debug for FileRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileRead")
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// Why the media server refused a recording call (its `RecordingRefused` details; NO_ROOM is
+/// [`ControlError::NotFound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingRefusal {
+    /// The room already records (one recording at a time).
+    AlreadyRecording,
+    /// The room records nothing.
+    NotRecording,
+    /// The recording still records: stop it before deleting it.
+    StillRecording,
+    /// Recording is off on the media server hosting the room.
+    Disabled,
+    /// The media server has less free space than its floor.
+    DiskFull,
+    /// The room's media is end-to-end encrypted: the server cannot read it.
+    Encrypted,
+}
+
+impl RecordingRefusal {
+    /// The stable code (API `reason`, WebSocket `error` code).
+    pub fn code(self) -> &'static str {
+        match self {
+            RecordingRefusal::AlreadyRecording => "already_recording",
+            RecordingRefusal::NotRecording => "not_recording",
+            RecordingRefusal::StillRecording => "still_recording",
+            RecordingRefusal::Disabled => "recording_disabled",
+            RecordingRefusal::DiskFull => "disk_full",
+            RecordingRefusal::Encrypted => "encrypted",
+        }
+    }
+}
+
 /// Why an action could not be carried out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -135,6 +313,9 @@ pub enum ControlError {
     /// No media server is reachable (or none is configured).
     #[error("media server unavailable: {0}")]
     Unavailable(String),
+    /// The media server refused a recording call; the text is its message.
+    #[error("{code}: {1}", code = .0.code())]
+    Recording(RecordingRefusal, String),
 }
 
 impl ControlError {
@@ -145,6 +326,7 @@ impl ControlError {
             ControlError::Invalid(_) => "bad_request",
             ControlError::Forbidden(_) => "forbidden",
             ControlError::Unavailable(_) => "media_unavailable",
+            ControlError::Recording(refusal, _) => refusal.code(),
         }
     }
 }
@@ -220,7 +402,61 @@ pub trait RoomControl: Send + Sync {
         change: RoomPolicy,
         reset: bool,
     ) -> BoxFuture<'a, Result<RoomPolicy, ControlError>>;
+    /// Starts recording the room (on the host it is placed on); `requested_by` is a
+    /// moderator's identity, or "" for the platform.
+    fn start_recording<'a>(
+        &'a self,
+        _room: &'a RoomName,
+        _requested_by: &'a str,
+    ) -> BoxFuture<'a, Result<RecordingInfo, ControlError>> {
+        Box::pin(async { Err(ControlError::Unavailable(NO_RECORDING.into())) })
+    }
+    /// Stops the room's recording; returns it complete.
+    fn stop_recording<'a>(
+        &'a self,
+        _room: &'a RoomName,
+        _requested_by: &'a str,
+    ) -> BoxFuture<'a, Result<RecordingInfo, ControlError>> {
+        Box::pin(async { Err(ControlError::Unavailable(NO_RECORDING.into())) })
+    }
+    /// The room's recordings on every media server, one entry per segment, newest first,
+    /// without their files.
+    fn recordings<'a>(
+        &'a self,
+        _room: &'a RoomName,
+    ) -> BoxFuture<'a, Result<Vec<RecordingInfo>, ControlError>> {
+        Box::pin(async { Err(ControlError::Unavailable(NO_RECORDING.into())) })
+    }
+    /// Every segment of one recording (any room: the caller checks it), with its files,
+    /// from every media server; empty if none has it.
+    fn recording<'a>(
+        &'a self,
+        _recording_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<RecordingInfo>, ControlError>> {
+        Box::pin(async { Err(ControlError::Unavailable(NO_RECORDING.into())) })
+    }
+    /// Deletes these segments (as [`RoomControl::recording`] found them) and their files;
+    /// returns the bytes freed.
+    fn delete_recording<'a>(
+        &'a self,
+        _segments: &'a [RecordingInfo],
+    ) -> BoxFuture<'a, Result<u64, ControlError>> {
+        Box::pin(async { Err(ControlError::Unavailable(NO_RECORDING.into())) })
+    }
+    /// Reads `length` bytes (0: to the end) of a file of `segment` from `offset`.
+    fn read_recording_file<'a>(
+        &'a self,
+        _segment: &'a RecordingInfo,
+        _name: &'a str,
+        _offset: u64,
+        _length: u64,
+    ) -> BoxFuture<'a, Result<FileRead, ControlError>> {
+        Box::pin(async { Err(ControlError::Unavailable(NO_RECORDING.into())) })
+    }
 }
+
+/// Why a relay without recording refuses recording calls.
+const NO_RECORDING: &str = "this media relay does not record";
 
 /// Who asks.
 #[derive(Debug, Clone)]
@@ -240,6 +476,15 @@ pub enum Actor {
 }
 
 impl Actor {
+    /// Who asks, as the media server keeps it with a recording (`started_by`): a moderator's
+    /// identity, or "" for the platform.
+    pub(crate) fn requested_by(&self) -> &str {
+        match self {
+            Actor::Api { .. } => "",
+            Actor::Moderator { identity, .. } => identity.as_str(),
+        }
+    }
+
     /// How audit lines name the actor (`api:<sub>`, `moderator:<identity>@<session>`).
     pub(crate) fn describe(&self) -> String {
         match self {
@@ -310,6 +555,10 @@ pub enum Action {
         /// Clear the stored policy first.
         reset: bool,
     },
+    /// Start recording the room.
+    StartRecording,
+    /// Stop the room's recording.
+    StopRecording,
 }
 
 impl Action {
@@ -326,12 +575,17 @@ impl Action {
             Action::Admit { .. } => "admit",
             Action::Deny { .. } => "deny",
             Action::SetPolicy { .. } => "set_policy",
+            Action::StartRecording => "start_recording",
+            Action::StopRecording => "stop_recording",
         }
     }
 
     fn target(&self) -> Option<&Identity> {
         match self {
-            Action::EndRoom | Action::SetPolicy { .. } => None,
+            Action::EndRoom
+            | Action::SetPolicy { .. }
+            | Action::StartRecording
+            | Action::StopRecording => None,
             Action::Admit { identity } | Action::Deny { identity } => Some(identity),
             Action::Remove { identity, .. }
             | Action::Mute { identity, .. }
@@ -350,6 +604,9 @@ pub struct Outcome {
     /// The ban's expiry (Unix seconds), for a ban.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub banned_until: Option<i64>,
+    /// The recording started or stopped (the API answers with it).
+    #[serde(skip)]
+    pub recording: Option<RecordingInfo>,
 }
 
 /// Longest ban accepted (one year, as rtcd enforces).
@@ -366,7 +623,7 @@ pub async fn perform(
 ) -> Result<Outcome, ControlError> {
     let name = action.name();
     let target = action.target().map(|i| i.as_str().to_owned());
-    let result = run(control, room, action, allow_remote_unmute).await;
+    let result = run(control, actor, room, action, allow_remote_unmute).await;
     // docs/api.md "Audit": strings are `&str` fields (quoted in the text format, plain JSON
     // strings with `[logger] json`), counts are numbers; `sessions` only when it succeeded.
     // The participant acted on is `identity`, never `target`: the JSON format flattens the
@@ -374,6 +631,12 @@ pub async fn perform(
     let (outcome, sessions) = match &result {
         Ok(o) => ("ok", Some(o.sessions)),
         Err(e) => (e.code(), None),
+    };
+    let recording_id = match &result {
+        Ok(Outcome {
+            recording: Some(r), ..
+        }) => Some(r.recording_id.as_str()),
+        _ => None,
     };
     tracing::info!(
         target: "audit",
@@ -383,6 +646,7 @@ pub async fn perform(
         identity = target.as_deref().unwrap_or(""),
         outcome,
         sessions,
+        recording_id,
         "room action"
     );
     result
@@ -390,13 +654,18 @@ pub async fn perform(
 
 async fn run(
     control: &dyn RoomControl,
+    actor: &Actor,
     room: &RoomName,
     action: Action,
     allow_remote_unmute: bool,
 ) -> Result<Outcome, ControlError> {
     let sessions = |n| Outcome {
         sessions: n,
-        banned_until: None,
+        ..Outcome::default()
+    };
+    let recorded = |r: RecordingInfo| Outcome {
+        recording: Some(r),
+        ..Outcome::default()
     };
     match action {
         Action::EndRoom => control.end(room).await.map(sessions),
@@ -419,6 +688,7 @@ async fn run(
             Ok(Outcome {
                 sessions: n,
                 banned_until: until,
+                recording: None,
             })
         }
         Action::Mute { identity, source } => control
@@ -454,6 +724,14 @@ async fn run(
                 .await
                 .map(|_| sessions(0))
         }
+        Action::StartRecording => control
+            .start_recording(room, actor.requested_by())
+            .await
+            .map(recorded),
+        Action::StopRecording => control
+            .stop_recording(room, actor.requested_by())
+            .await
+            .map(recorded),
     }
 }
 
@@ -480,6 +758,56 @@ pub async fn revoke(
     );
     result.map(|n| Outcome {
         sessions: n,
-        banned_until: None,
+        ..Outcome::default()
     })
+}
+
+/// Deletes a recording of `room` for the backend (every segment, on every media server that
+/// holds one), with its audit line: `not_found` when no media server has it for this room.
+/// Returns the bytes freed.
+pub async fn delete_recording(
+    control: &dyn RoomControl,
+    actor: &Actor,
+    room: &RoomName,
+    recording_id: &str,
+) -> Result<u64, ControlError> {
+    let result = async {
+        let segments = of_room(control.recording(recording_id).await?, room, recording_id)?;
+        control.delete_recording(&segments).await
+    }
+    .await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    tracing::info!(
+        target: "audit",
+        actor = actor.describe().as_str(),
+        action = "delete_recording",
+        room = room.as_str(),
+        identity = "",
+        outcome,
+        recording_id,
+        "room action"
+    );
+    result
+}
+
+/// The segments of a recording that belong to `room`: another room's recording (or one no
+/// media server has) is `NotFound`, exactly alike, so IDs cannot be probed across rooms.
+pub fn of_room(
+    segments: Vec<RecordingInfo>,
+    room: &RoomName,
+    recording_id: &str,
+) -> Result<Vec<RecordingInfo>, ControlError> {
+    let mine: Vec<RecordingInfo> = segments
+        .into_iter()
+        .filter(|s| s.room == room.as_str())
+        .collect();
+    if mine.is_empty() {
+        return Err(ControlError::NotFound(format!(
+            "no recording {recording_id} of this room"
+        )));
+    }
+    Ok(mine)
 }

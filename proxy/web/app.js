@@ -272,6 +272,24 @@ function moderationButtons(identity) {
 function setRole(role) {
   body.dataset.role = role || '';
   /** @type {HTMLButtonElement} */ ($('end-room')).hidden = role !== 'moderator';
+  showRecording();
+}
+
+// ---- recording -----------------------------------------------------------------------------
+
+/**
+ * The recording badge ("● REC This call is being recorded") while the room records, and the
+ * start / stop buttons for a moderator whose token grants `record`.
+ */
+function showRecording() {
+  const client = activeClient;
+  const recording = Boolean(client && client.recording);
+  $('rec-badge').hidden = !recording;
+  body.dataset.recording = recording ? 'true' : '';
+  const session = client && client.session;
+  const may = Boolean(session && session.role === 'moderator' && session.permissions && session.permissions.record);
+  /** @type {HTMLButtonElement} */ ($('start-recording')).hidden = !may || recording;
+  /** @type {HTMLButtonElement} */ ($('stop-recording')).hidden = !may || !recording;
 }
 
 // ---- waiting screen and lobby panel ------------------------------------------------------
@@ -366,6 +384,10 @@ function wireControls(client) {
   $('end-room').addEventListener('click', () => {
     if (confirm('End the call for everyone?')) client.moderate('end_room');
   });
+  $('start-recording').addEventListener('click', () => {
+    if (confirm('Record this call? Everyone in it will be told.')) client.startRecording();
+  });
+  $('stop-recording').addEventListener('click', () => client.stopRecording());
 }
 
 /** @param {RtcdClient} client */
@@ -444,6 +466,15 @@ function wireClient(client) {
       client.setMuted(e.detail.source, false);
       localBadges(client);
     }
+  });
+  client.addEventListener('recordingstarted', (e) => {
+    showRecording();
+    const by = e.detail.startedBy === 'policy' ? ' (room policy)' : e.detail.startedBy ? ` by ${e.detail.startedBy}` : '';
+    toast(`This call is now being recorded${by}.`);
+  });
+  client.addEventListener('recordingstopped', () => {
+    showRecording();
+    toast('The recording stopped.');
   });
   client.addEventListener('moderated', (e) => {
     toast(`${e.detail.action}${e.detail.identity ? ` ${e.detail.identity}` : ''}: done (${e.detail.sessions} session(s))`);

@@ -115,6 +115,7 @@ fn both(a: Permissions, b: Permissions) -> Permissions {
         publish_video: a.publish_video && b.publish_video,
         publish_screen: a.publish_screen && b.publish_screen,
         subscribe: a.subscribe && b.subscribe,
+        record: a.record && b.record,
     }
 }
 
@@ -134,6 +135,7 @@ fn capability_list(p: Permissions) -> Vec<Capability> {
         Capability::PublishVideo,
         Capability::PublishScreen,
         Capability::Subscribe,
+        Capability::Record,
     ]
     .into_iter()
     .filter(|c| p.allows(*c))

@@ -1016,6 +1016,15 @@ mod tests {
                 && !g.permissions.publish_video
                 && g.permissions.publish_audio
         );
+        // `record` is off unless the token grants it (no role's default list has it).
+        assert!(!g.permissions.record);
+        let claims = with(
+            with(base(), "role", json!("moderator")),
+            "permissions",
+            json!({"record": true}),
+        );
+        let g = check(rules(), claims, "r1").await.unwrap();
+        assert!(g.permissions.record && g.permissions.publish_screen);
         let e = check(rules(), with(base(), "role", json!("admin")), "r1")
             .await
             .unwrap_err();

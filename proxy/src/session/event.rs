@@ -109,6 +109,22 @@ pub fn classify(event: Option<RelayEvent>) -> Event {
             reason: None,
         } => ServerMessage::TrackResumed { mid, track_id },
         RelayEvent::UnmuteRequested(source) => ServerMessage::UnmuteRequested { source },
+        RelayEvent::RecordingStarted {
+            recording_id,
+            started_at_ms,
+            started_by,
+        } => ServerMessage::RecordingStarted {
+            recording_id,
+            started_at_ms,
+            started_by,
+        },
+        RelayEvent::RecordingStopped {
+            recording_id,
+            reason,
+        } => ServerMessage::RecordingStopped {
+            recording_id,
+            reason,
+        },
         RelayEvent::Error { code, message } => ServerMessage::Error {
             code,
             message,

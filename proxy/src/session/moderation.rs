@@ -64,6 +64,10 @@ pub enum ModerationError {
     /// `mute` / `request_unmute` without a `source`.
     #[error("`{}` needs a `source`", .0.as_str())]
     NeedsSource(ModerationAction),
+    /// A moderator whose token does not grant `record` starts or stops a recording, or sets
+    /// the room's `record` policy.
+    #[error("`{}` needs the `record` permission", .0.as_str())]
+    NeedsRecordPermission(ModerationAction),
 }
 
 impl ModerationError {
@@ -71,7 +75,9 @@ impl ModerationError {
     /// request's shape.
     pub fn code(&self) -> &'static str {
         match self {
-            ModerationError::NotModerator(_) => "forbidden",
+            ModerationError::NotModerator(_) | ModerationError::NeedsRecordPermission(_) => {
+                "forbidden"
+            }
             _ => "bad_message",
         }
     }
@@ -127,8 +133,23 @@ pub fn decide(
     if grant.role != Role::Moderator {
         return Err(ModerationError::NotModerator(action));
     }
+    // Recording is a right of its own, even among moderators: starting one (or making the
+    // room record by policy) records everyone.
+    let records = matches!(
+        action,
+        ModerationAction::StartRecording | ModerationAction::StopRecording
+    ) || policy.is_some_and(|p| p.record.is_some());
+    if records && !grant.permissions.record {
+        return Err(ModerationError::NeedsRecordPermission(action));
+    }
     let target = match (action, identity) {
-        (ModerationAction::EndRoom | ModerationAction::SetPolicy, _) => None,
+        (
+            ModerationAction::EndRoom
+            | ModerationAction::SetPolicy
+            | ModerationAction::StartRecording
+            | ModerationAction::StopRecording,
+            _,
+        ) => None,
         (_, Some(id)) if !id.is_empty() && id.len() <= MAX_IDENTITY_BYTES => {
             Some(Identity::new(id))
         }
@@ -184,6 +205,8 @@ pub fn decide(
             change: policy.unwrap_or_default(),
             reset,
         },
+        ModerationAction::StartRecording => Action::StartRecording,
+        ModerationAction::StopRecording => Action::StopRecording,
     };
     Ok(Permitted {
         action,
@@ -215,6 +238,7 @@ pub fn answer(
             action,
             identity: target,
             sessions: outcome.sessions,
+            recording_id: outcome.recording.map(|r| r.recording_id),
         },
         Err(e) => ServerMessage::Error {
             code: e.code(),
@@ -484,7 +508,7 @@ mod tests {
             kate.clone(),
             Ok(Outcome {
                 sessions: 2,
-                banned_until: None,
+                ..Outcome::default()
             }),
         );
         assert_eq!(
@@ -530,5 +554,142 @@ mod tests {
                 request: Some("moderate"),
             }
         );
+    }
+
+    #[test]
+    fn recording_needs_a_moderator_with_the_record_permission() {
+        let recorder = |role: Role, record: bool| {
+            let mut g = grant(role);
+            g.permissions.record = record;
+            g
+        };
+        let perms = permissions();
+        let rules = Rules {
+            default_ban_seconds: 3600,
+            permissions: &perms,
+        };
+        let bare = |action| Request {
+            action,
+            identity: None,
+            source: None,
+            ban_seconds: None,
+            reason: None,
+            policy: None,
+            reset: false,
+        };
+        for action in [
+            ModerationAction::StartRecording,
+            ModerationAction::StopRecording,
+        ] {
+            // A moderator without `record`: forbidden, naming the permission.
+            let e = decide(
+                bare(action),
+                &recorder(Role::Moderator, false),
+                SessionId(7),
+                rules,
+            )
+            .unwrap_err();
+            assert_eq!(e, ModerationError::NeedsRecordPermission(action));
+            assert_eq!(
+                refusal(e),
+                json!({
+                    "type": "error",
+                    "code": "forbidden",
+                    "message": format!("`{}` needs the `record` permission", action.as_str()),
+                    "request": "moderate",
+                })
+            );
+            // A member (or guest) with `record`: still not a moderator.
+            for role in [Role::Member, Role::Guest] {
+                assert_eq!(
+                    decide(bare(action), &recorder(role, true), SessionId(7), rules).unwrap_err(),
+                    ModerationError::NotModerator(action)
+                );
+            }
+            // A moderator with it: the room action, naming nobody.
+            let p = decide(
+                bare(action),
+                &recorder(Role::Moderator, true),
+                SessionId(7),
+                rules,
+            )
+            .unwrap();
+            assert_eq!((p.action, p.target), (action, None));
+            match (action, p.room_action) {
+                (ModerationAction::StartRecording, Action::StartRecording)
+                | (ModerationAction::StopRecording, Action::StopRecording) => {}
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(p.actor.requested_by(), "mia");
+        }
+        // The `record` policy records everyone too: the same permission.
+        let mut r = bare(ModerationAction::SetPolicy);
+        r.policy = Some(RoomPolicy {
+            record: Some(true),
+            ..Default::default()
+        });
+        assert_eq!(
+            decide(r, &recorder(Role::Moderator, false), SessionId(7), rules).unwrap_err(),
+            ModerationError::NeedsRecordPermission(ModerationAction::SetPolicy)
+        );
+        let mut r = bare(ModerationAction::SetPolicy);
+        r.policy = Some(RoomPolicy {
+            record: Some(false),
+            ..Default::default()
+        });
+        assert!(decide(r, &recorder(Role::Moderator, true), SessionId(7), rules).is_ok());
+        // Other policy fields need no `record`.
+        let mut r = bare(ModerationAction::SetPolicy);
+        r.policy = Some(RoomPolicy {
+            lobby: Some(true),
+            ..Default::default()
+        });
+        assert!(decide(r, &recorder(Role::Moderator, false), SessionId(7), rules).is_ok());
+    }
+
+    #[test]
+    fn recording_results_and_refusals_reach_the_client() {
+        let recording = crate::rooms::RecordingInfo {
+            recording_id: "rec_abc".into(),
+            room: "standup".into(),
+            state: crate::rooms::RecordingState::Recording,
+            started_at_ms: 1,
+            stopped_at_ms: None,
+            stop_reason: None,
+            started_by: "mia".into(),
+            segment: 1,
+            degraded: false,
+            bytes: 0,
+            files: Some(Vec::new()),
+            host: "h".into(),
+        };
+        let ok = answer(
+            ModerationAction::StartRecording,
+            None,
+            Ok(Outcome {
+                recording: Some(recording),
+                ..Outcome::default()
+            }),
+        );
+        assert_eq!(
+            serde_json::to_value(ok).unwrap(),
+            json!({"type": "moderated", "action": "start_recording", "sessions": 0, "recording_id": "rec_abc"})
+        );
+        use crate::rooms::RecordingRefusal as R;
+        for (refusal, code) in [
+            (R::AlreadyRecording, "already_recording"),
+            (R::NotRecording, "not_recording"),
+            (R::StillRecording, "still_recording"),
+            (R::Disabled, "recording_disabled"),
+            (R::DiskFull, "disk_full"),
+            (R::Encrypted, "encrypted"),
+        ] {
+            let e = ControlError::Recording(refusal, "said rtcd".into());
+            assert_eq!(
+                serde_json::to_value(answer(ModerationAction::StartRecording, None, Err(e)))
+                    .unwrap(),
+                json!({"type": "error", "code": code, "message": format!("{code}: said rtcd"), "request": "moderate"})
+            );
+        }
     }
 }

@@ -965,11 +965,16 @@ impl Session {
                 }
                 ServerMessage::Answer { sdp }
             }
-            Event::PermissionsChanged { role, permissions } => {
+            Event::PermissionsChanged {
+                role,
+                mut permissions,
+            } => {
                 if let Some(j) = self.joined.as_mut() {
                     tracing::info!(target: "audit", session = &*self.id.to_string(), identity = j.grant.identity.as_str(), room = j.grant.room.as_str(), role = role.as_str(), "permissions changed by the platform or a moderator");
                     j.resume
                         .on_permissions_changed(&mut j.grant, role, permissions);
+                    // What the session holds now (`record` kept from the token).
+                    permissions = j.grant.permissions;
                 }
                 ServerMessage::PermissionsChanged { role, permissions }
             }

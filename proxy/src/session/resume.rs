@@ -80,7 +80,10 @@ impl Resume {
         permissions: Permissions,
     ) {
         grant.role = role;
+        // The media server does not know `record`: it stays what the token granted.
+        let record = grant.permissions.record;
         grant.permissions = permissions;
+        grant.permissions.record = record;
         self.moderated = true;
     }
 

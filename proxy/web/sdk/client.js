@@ -136,6 +136,8 @@ export const ModerationAction = Object.freeze({
   admit: 'admit',
   deny: 'deny',
   set_policy: 'set_policy',
+  start_recording: 'start_recording',
+  stop_recording: 'stop_recording',
 });
 
 /** The label of a close code, e.g. 4106 -> `token_expired` (unknown codes: `close_<code>`). */
@@ -390,6 +392,12 @@ export class RtcdClient extends EventTarget {
     this.session = null;
     /** @type {Map<string, Participant>} remote participants by identity */
     this.participants = new Map();
+    /**
+     * The room's recording while it records (`recording_started`), else null. Show it: the
+     * participants' consent depends on it.
+     * @type {{recordingId: string, startedAtMs: number, startedBy: string} | null}
+     */
+    this.recording = null;
     /** Moderators: who knocks at the lobby now, by identity (`lobbyrequest` / `lobbyleft`).
      * @type {Map<string, {identity: string, name?: string, role?: string, since: number}>} */
     this.lobby = new Map();
@@ -615,6 +623,16 @@ export class RtcdClient extends EventTarget {
    */
   setRoomPolicy(policy, options = {}) {
     this.moderate('set_policy', { policy, reset: options.reset });
+  }
+
+  /** Moderators with the `record` permission: starts recording the room. */
+  startRecording() {
+    this.moderate('start_recording');
+  }
+
+  /** Moderators with the `record` permission: stops the room's recording. */
+  stopRecording() {
+    this.moderate('stop_recording');
   }
 
   /** Leaves the room: tells the proxy, stops local tracks, closes everything. */
@@ -972,7 +990,15 @@ export class RtcdClient extends EventTarget {
         this._emit('unmuterequested', { source: m.source });
         return;
       case 'moderated':
-        this._emit('moderated', { action: m.action, identity: m.identity, sessions: m.sessions });
+        this._emit('moderated', { action: m.action, identity: m.identity, sessions: m.sessions, recordingId: m.recording_id });
+        return;
+      case 'recording_started':
+        this.recording = { recordingId: m.recording_id, startedAtMs: m.started_at_ms, startedBy: m.started_by };
+        this._emit('recordingstarted', this.recording);
+        return;
+      case 'recording_stopped':
+        this.recording = null;
+        this._emit('recordingstopped', { recordingId: m.recording_id, reason: m.reason });
         return;
       case 'answer': return this._onAnswer(m);
       case 'negotiation_needed':
@@ -1062,6 +1088,8 @@ export class RtcdClient extends EventTarget {
     const { type: _type, ...info } = m;
     if (m.resumed && this._pc) return this._onResumed(info);
     this.session = info;
+    // The media server says again, right after, if the room records.
+    this.recording = null;
     this.waiting = null;
     this.joins += 1;
     // Before the peer connection exists: it is created with them.
@@ -1094,6 +1122,7 @@ export class RtcdClient extends EventTarget {
    */
   _onResumed(info) {
     this.session = info;
+    this.recording = null;
     this.waiting = null;
     this._attempt = 0;
     this.proxyIceServers = Array.isArray(info.ice_servers) ? info.ice_servers : this.proxyIceServers;

@@ -19,6 +19,7 @@ mod negotiation;
 mod oidc;
 mod process;
 mod proxy_auth;
+mod recording_api;
 mod registry;
 mod relay;
 mod resume;

@@ -198,11 +198,151 @@ pub(super) fn control_error(status: &tonic::Status) -> ControlError {
     let message = status.message().to_owned();
     match status.code() {
         Code::NotFound => ControlError::NotFound(message),
-        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-            ControlError::Invalid(message)
-        }
+        // Recording calls say why in the details (`RecordingRefused`).
+        Code::FailedPrecondition => match recording_refusal(status) {
+            Some(Ok(refusal)) => ControlError::Recording(refusal, message),
+            Some(Err(())) => ControlError::NotFound(message),
+            None => ControlError::Invalid(message),
+        },
+        Code::InvalidArgument | Code::OutOfRange => ControlError::Invalid(message),
         Code::PermissionDenied => ControlError::Forbidden(message),
         code => ControlError::Unavailable(format!("{code:?}: {message}")),
+    }
+}
+
+/// The typed refusal of a recording call (`rtcd.v1.RecordingRefused` in the status's
+/// details): `Err(())` for NO_ROOM (nobody in the room: the API's `not_found`), `None` when
+/// the details carry none (another FAILED_PRECONDITION).
+fn recording_refusal(status: &tonic::Status) -> Option<Result<RecordingRefusal, ()>> {
+    use pb::RecordingRefusal as R;
+    if status.details().is_empty() {
+        return None;
+    }
+    let refused = <pb::RecordingRefused as prost::Message>::decode(status.details()).ok()?;
+    Some(Ok(
+        match R::try_from(refused.reason).unwrap_or(R::Unspecified) {
+            R::Unspecified => return None,
+            R::NoRoom => return Some(Err(())),
+            R::AlreadyRecording => RecordingRefusal::AlreadyRecording,
+            R::NotRecording => RecordingRefusal::NotRecording,
+            R::StillRecording => RecordingRefusal::StillRecording,
+            R::Disabled => RecordingRefusal::Disabled,
+            R::DiskFull => RecordingRefusal::DiskFull,
+            R::Encrypted => RecordingRefusal::Encrypted,
+        },
+    ))
+}
+
+/// A recording from the wire, held by host `host`; `with_files`: the answer of
+/// `GetRecording`, `StartRecording` or `StopRecording` (a list's entries carry none).
+pub(super) fn recording_from(r: pb::Recording, host: &str, with_files: bool) -> RecordingInfo {
+    let state = match r.state() {
+        pb::RecordingState::Recording => RecordingState::Recording,
+        pb::RecordingState::Stopped => RecordingState::Stopped,
+        pb::RecordingState::Unspecified if r.stopped_at_ms > 0 => RecordingState::Stopped,
+        pb::RecordingState::Unspecified => RecordingState::Recording,
+    };
+    let files = with_files.then(|| {
+        r.files
+            .iter()
+            .map(|f| RecordingFile {
+                url: crate::rooms::file_url(&r.call_id, &r.recording_id, r.segment, &f.name),
+                name: f.name.clone(),
+                bytes: f.bytes,
+                duration_ms: f.duration_ms,
+                identity: f.user_id.clone(),
+                session_id: f.session_id.clone(),
+                source: source_of(f.kind()),
+                codec: f.codec.clone(),
+                start_ms: f.start_ms,
+            })
+            .collect()
+    });
+    RecordingInfo {
+        stop_reason: stop_reason_from(r.stop_reason()),
+        stopped_at_ms: (r.stopped_at_ms > 0).then_some(r.stopped_at_ms),
+        recording_id: r.recording_id,
+        room: r.call_id,
+        state,
+        started_at_ms: r.started_at_ms,
+        started_by: r.started_by,
+        segment: r.segment.max(1),
+        degraded: r.degraded,
+        bytes: r.bytes,
+        files,
+        host: host.to_owned(),
+    }
+}
+
+/// Why a recording stopped, from the wire (`None`: unspecified, i.e. it records).
+pub(super) fn stop_reason_from(reason: pb::RecordingStop) -> Option<RecordingStop> {
+    use pb::RecordingStop as S;
+    Some(match reason {
+        S::Unspecified => return None,
+        S::Requested => RecordingStop::Requested,
+        S::RoomFinished => RecordingStop::RoomFinished,
+        S::MaxDuration => RecordingStop::MaxDuration,
+        S::DiskFull => RecordingStop::DiskFull,
+        S::Error => RecordingStop::Error,
+        S::Shutdown => RecordingStop::Shutdown,
+        S::Interrupted => RecordingStop::Interrupted,
+    })
+}
+
+impl RtcdRelay {
+    /// The same call on every ready host, concurrently: each answer with its host's key.
+    /// Hosts that answer NOT_FOUND are left out; a host that cannot be reached fails the
+    /// whole call (a recording there would be missing from the answer).
+    async fn on_ready_hosts<Req, Resp, F, Fut>(
+        &self,
+        request: Req,
+        call: F,
+    ) -> Result<Vec<(String, Resp)>, ControlError>
+    where
+        Req: Clone,
+        F: Fn(RoomsClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let hosts = self.all_hosts(true);
+        if hosts.is_empty() {
+            return Err(ControlError::Unavailable("no media server is ready".into()));
+        }
+        let calls = hosts
+            .iter()
+            .map(|(key, host)| self.rooms_call(key, host, request.clone(), &call));
+        let results = futures_util::future::join_all(calls).await;
+        let mut answers = Vec::new();
+        let mut failed = Vec::new();
+        for ((key, _), result) in hosts.iter().zip(results) {
+            match result {
+                Ok(r) => answers.push((key.clone(), r)),
+                Err(ControlError::NotFound(_)) => {}
+                Err(ControlError::Unavailable(e)) => failed.push(format!("{key}: {e}")),
+                Err(e) => return Err(e),
+            }
+        }
+        if !failed.is_empty() {
+            return Err(ControlError::Unavailable(format!(
+                "{} of {} media servers did not answer; retry (failed: {})",
+                failed.len(),
+                hosts.len(),
+                failed.join("; ")
+            )));
+        }
+        Ok(answers)
+    }
+
+    /// The host a segment is on, by its key (Unavailable if it is no longer known).
+    fn host_by_key(&self, key: &str) -> Result<Arc<Host>, ControlError> {
+        self.all_hosts(false)
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, h)| h)
+            .ok_or_else(|| {
+                ControlError::Unavailable(format!(
+                    "the media server holding this recording ({key}) is not known now"
+                ))
+            })
     }
 }
 
@@ -547,6 +687,201 @@ impl RoomControl for RtcdRelay {
             Ok(policy_from_pb(r))
         })
     }
+
+    fn start_recording<'a>(
+        &'a self,
+        room: &'a RoomName,
+        requested_by: &'a str,
+    ) -> BoxFuture<'a, Result<RecordingInfo, ControlError>> {
+        Box::pin(async move {
+            let request = pb::StartRecordingRequest {
+                call_id: room.as_str().to_owned(),
+                requested_by: requested_by.to_owned(),
+            };
+            let (key, r) = self
+                .on_room_host(room, request, |mut c, r| async move {
+                    c.start_recording(r).await
+                })
+                .await?;
+            Ok(recording_from(r, &key, true))
+        })
+    }
+
+    fn stop_recording<'a>(
+        &'a self,
+        room: &'a RoomName,
+        requested_by: &'a str,
+    ) -> BoxFuture<'a, Result<RecordingInfo, ControlError>> {
+        Box::pin(async move {
+            let request = pb::StopRecordingRequest {
+                call_id: room.as_str().to_owned(),
+                requested_by: requested_by.to_owned(),
+            };
+            let (key, r) = self
+                .on_room_host(room, request, |mut c, r| async move {
+                    c.stop_recording(r).await
+                })
+                .await?;
+            Ok(recording_from(r, &key, true))
+        })
+    }
+
+    fn recordings<'a>(
+        &'a self,
+        room: &'a RoomName,
+    ) -> BoxFuture<'a, Result<Vec<RecordingInfo>, ControlError>> {
+        Box::pin(async move {
+            // A recording outlives its room, and a room that moved host has a segment on
+            // each: every ready host is asked.
+            let request = pb::ListRecordingsRequest {
+                call_id: room.as_str().to_owned(),
+            };
+            let answers = self
+                .on_ready_hosts(
+                    request,
+                    |mut c, r| async move { c.list_recordings(r).await },
+                )
+                .await?;
+            let mut all: Vec<RecordingInfo> = answers
+                .into_iter()
+                .flat_map(|(key, r)| {
+                    r.recordings
+                        .into_iter()
+                        .map(move |rec| recording_from(rec, &key, false))
+                })
+                .filter(|r| r.room == room.as_str())
+                .collect();
+            newest_first(&mut all);
+            Ok(all)
+        })
+    }
+
+    fn recording<'a>(
+        &'a self,
+        recording_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<RecordingInfo>, ControlError>> {
+        Box::pin(async move {
+            let request = pb::GetRecordingRequest {
+                recording_id: recording_id.to_owned(),
+            };
+            let answers = self
+                .on_ready_hosts(request, |mut c, r| async move { c.get_recording(r).await })
+                .await?;
+            let mut all: Vec<RecordingInfo> = answers
+                .into_iter()
+                .map(|(key, r)| recording_from(r, &key, true))
+                .collect();
+            newest_first(&mut all);
+            Ok(all)
+        })
+    }
+
+    fn delete_recording<'a>(
+        &'a self,
+        segments: &'a [RecordingInfo],
+    ) -> BoxFuture<'a, Result<u64, ControlError>> {
+        Box::pin(async move {
+            let mut freed = 0;
+            for segment in segments {
+                let host = self.host_by_key(&segment.host)?;
+                let request = pb::DeleteRecordingRequest {
+                    recording_id: segment.recording_id.clone(),
+                };
+                let r = self
+                    .rooms_call(&segment.host, &host, request, |mut c, r| async move {
+                        c.delete_recording(r).await
+                    })
+                    .await?;
+                freed += r.bytes;
+            }
+            Ok(freed)
+        })
+    }
+
+    fn read_recording_file<'a>(
+        &'a self,
+        segment: &'a RecordingInfo,
+        name: &'a str,
+        offset: u64,
+        length: u64,
+    ) -> BoxFuture<'a, Result<FileRead, ControlError>> {
+        Box::pin(async move {
+            let host = self.host_by_key(&segment.host)?;
+            let request = pb::ReadRecordingFileRequest {
+                recording_id: segment.recording_id.clone(),
+                name: name.to_owned(),
+                offset,
+                length,
+            };
+            let mut renew = false;
+            let mut stream = loop {
+                let token = self
+                    .token(&segment.host, &host, renew)
+                    .await
+                    .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+                let mut client = RoomsClient::new(host.channel.clone());
+                let opened = tokio::time::timeout(
+                    JOIN_TIMEOUT,
+                    client.read_recording_file(authed(&token, request.clone())),
+                )
+                .await
+                .map_err(|_| {
+                    ControlError::Unavailable("the media server did not answer in time".into())
+                })?;
+                match opened {
+                    Ok(response) => break response.into_inner(),
+                    Err(status) if status.code() == tonic::Code::Unauthenticated && !renew => {
+                        renew = true;
+                    }
+                    Err(status) => return Err(control_error(&status)),
+                }
+            };
+            // The first chunk says the file's size (and may carry bytes).
+            let first = tokio::time::timeout(JOIN_TIMEOUT, stream.message())
+                .await
+                .map_err(|_| {
+                    ControlError::Unavailable("the media server did not answer in time".into())
+                })?
+                .map_err(|status| control_error(&status))?;
+            let size = first.as_ref().map_or(0, |c| c.size);
+            // Two chunks (512 KiB at most) between the media server and the HTTP client: the
+            // gRPC stream is read only as fast as the client takes the bytes, and the task
+            // ends (dropping the stream) as soon as the client goes away.
+            let (tx, rx) = mpsc::channel(2);
+            tokio::spawn(async move {
+                if let Some(chunk) = first
+                    && !chunk.data.is_empty()
+                    && tx.send(Ok(chunk.data.into())).await.is_err()
+                {
+                    return;
+                }
+                loop {
+                    let next = match stream.message().await {
+                        Ok(Some(chunk)) if chunk.data.is_empty() => continue,
+                        Ok(Some(chunk)) => Ok(chunk.data.into()),
+                        Ok(None) => return,
+                        Err(status) => Err(control_error(&status)),
+                    };
+                    let failed = next.is_err();
+                    if tx.send(next).await.is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            Ok(FileRead { size, chunks: rx })
+        })
+    }
+}
+
+/// Recordings newest first (segments of one recording: the latest first).
+fn newest_first(recordings: &mut [RecordingInfo]) {
+    recordings.sort_by(|a, b| {
+        (b.started_at_ms, b.segment, &b.recording_id).cmp(&(
+            a.started_at_ms,
+            a.segment,
+            &a.recording_id,
+        ))
+    });
 }
 
 /// A room policy for the wire.
@@ -560,7 +895,7 @@ pub(super) fn policy_to_pb(p: RoomPolicy) -> pb::RoomPolicy {
             crate::rooms::Opener::Moderator => pb::RoomOpener::Moderator as i32,
             crate::rooms::Opener::Member => pb::RoomOpener::Member as i32,
         }),
-        record: None,
+        record: p.record,
     }
 }
 
@@ -578,5 +913,110 @@ pub(super) fn policy_from_pb(p: pb::RoomPolicy) -> RoomPolicy {
                 pb::RoomOpener::Member => Some(crate::rooms::Opener::Member),
             }
         }),
+        record: p.record,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(reason: pb::RecordingRefusal) -> tonic::Status {
+        let details = prost::Message::encode_to_vec(&pb::RecordingRefused {
+            reason: reason as i32,
+        });
+        tonic::Status::with_details(tonic::Code::FailedPrecondition, "said rtcd", details.into())
+    }
+
+    #[test]
+    fn recording_refusals_are_mapped_from_their_details() {
+        use pb::RecordingRefusal as P;
+        for (wire, want) in [
+            (P::AlreadyRecording, RecordingRefusal::AlreadyRecording),
+            (P::NotRecording, RecordingRefusal::NotRecording),
+            (P::StillRecording, RecordingRefusal::StillRecording),
+            (P::Disabled, RecordingRefusal::Disabled),
+            (P::DiskFull, RecordingRefusal::DiskFull),
+            (P::Encrypted, RecordingRefusal::Encrypted),
+        ] {
+            assert_eq!(
+                control_error(&refused(wire)),
+                ControlError::Recording(want, "said rtcd".into()),
+                "{wire:?}"
+            );
+        }
+        // Nobody in the room: the routes' `not_found`.
+        assert_eq!(
+            control_error(&refused(P::NoRoom)),
+            ControlError::NotFound("said rtcd".into())
+        );
+        // A FAILED_PRECONDITION without (or with an unspecified) refusal stays a bad request.
+        for status in [
+            tonic::Status::failed_precondition("said rtcd"),
+            refused(P::Unspecified),
+        ] {
+            assert_eq!(
+                control_error(&status),
+                ControlError::Invalid("said rtcd".into())
+            );
+        }
+        assert_eq!(
+            control_error(&tonic::Status::not_found("no such recording")),
+            ControlError::NotFound("no such recording".into())
+        );
+    }
+
+    #[test]
+    fn a_recording_from_the_wire_names_its_files_urls() {
+        let wire = pb::Recording {
+            recording_id: "rec_abc".into(),
+            call_id: "stand:up".into(),
+            state: pb::RecordingState::Stopped as i32,
+            started_at_ms: 1000,
+            stopped_at_ms: 5000,
+            stop_reason: pb::RecordingStop::RoomFinished as i32,
+            started_by: "".into(),
+            segment: 2,
+            degraded: true,
+            bytes: 42,
+            files: vec![pb::RecordingFile {
+                name: "alice 1-microphone.webm".into(),
+                bytes: 40,
+                duration_ms: 4000,
+                session_id: "s1".into(),
+                user_id: "alice".into(),
+                kind: pb::TrackKind::Audio as i32,
+                codec: "opus".into(),
+                start_ms: 1010,
+            }],
+        };
+        let r = recording_from(wire.clone(), "10.0.0.1:50051", true);
+        assert_eq!(r.host, "10.0.0.1:50051");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "recording_id": "rec_abc", "room": "stand:up", "state": "stopped",
+                "started_at_ms": 1000, "stopped_at_ms": 5000, "stop_reason": "room_finished",
+                "started_by": "", "segment": 2, "degraded": true, "bytes": 42,
+                "files": [{
+                    "name": "alice 1-microphone.webm", "bytes": 40, "duration_ms": 4000,
+                    "identity": "alice", "session_id": "s1", "source": "microphone",
+                    "codec": "opus", "start_ms": 1010,
+                    "url": "/api/v1/rooms/stand:up/recordings/rec_abc/files/alice%201-microphone.webm?segment=2",
+                }],
+            })
+        );
+        // A list's entry: no files; a recording that records: no stop.
+        let mut recording = wire;
+        recording.state = pb::RecordingState::Recording as i32;
+        recording.stopped_at_ms = 0;
+        recording.stop_reason = 0;
+        recording.segment = 1;
+        let json = serde_json::to_value(recording_from(recording, "h", false)).unwrap();
+        assert_eq!(json["state"], "recording");
+        for absent in ["files", "stopped_at_ms", "stop_reason", "host"] {
+            assert!(json.get(absent).is_none(), "{absent}");
+        }
     }
 }

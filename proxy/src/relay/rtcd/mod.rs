@@ -47,7 +47,8 @@ use crate::placement::{HostHealth, HostSet};
 use crate::policy::{Permissions, Role, TrackSource};
 use crate::protocol::{Candidate, Identity, Participant, PauseReason, RoomName};
 use crate::rooms::{
-    BanInfo, ControlError, LobbyEntry, ParticipantInfo, Revocation, RoomControl, RoomDetail,
+    BanInfo, ControlError, FileRead, LobbyEntry, ParticipantInfo, RecordingFile, RecordingInfo,
+    RecordingRefusal, RecordingState, RecordingStop, Revocation, RoomControl, RoomDetail,
     RoomPolicy, RoomSummary, TrackInfo,
 };
 use rtcd_kit::cluster::{

@@ -154,8 +154,17 @@ impl EventTranslator {
                 Some(source) => RelayEvent::UnmuteRequested(source),
                 None => return Vec::new(),
             },
-            // Relayed once the proxy knows recording (see docs/recording.md).
-            Signal::RecordingStarted(_) | Signal::RecordingStopped(_) => return Vec::new(),
+            Signal::RecordingStarted(r) => RelayEvent::RecordingStarted {
+                recording_id: r.recording_id,
+                started_at_ms: r.started_at_ms,
+                started_by: r.started_by,
+            },
+            Signal::RecordingStopped(r) => RelayEvent::RecordingStopped {
+                // An unspecified or newer reason: shown as the one that blames nobody.
+                reason: super::admin::stop_reason_from(r.reason())
+                    .unwrap_or(crate::rooms::RecordingStop::Error),
+                recording_id: r.recording_id,
+            },
             Signal::LayersWanted(l) => RelayEvent::LayersWanted {
                 mid: l.mid,
                 rids: l.rids,
@@ -261,6 +270,8 @@ pub(super) fn permissions_from_pb(p: Option<pb::Permissions>) -> Permissions {
         publish_video: p.publish_video,
         publish_screen: p.publish_screen,
         subscribe: p.subscribe,
+        // rtcd does not carry it: the session keeps its token's (`Resume::on_permissions_changed`).
+        record: false,
     }
 }
 
@@ -440,6 +451,7 @@ mod tests {
                 publish_video: false,
                 publish_screen: true,
                 subscribe: true,
+                record: true,
             },
             expires_at: 0,
             issued_at: None,
@@ -634,5 +646,49 @@ mod tests {
             t.translate(va("s3", "bob", false)),
             [RelayEvent::VoiceActivity(vec![])]
         );
+    }
+
+    #[test]
+    fn recording_events_are_relayed_with_their_reason() {
+        let mut t = EventTranslator::new("me".into());
+        let started = t.translate(Signal::RecordingStarted(pb::RecordingEvent {
+            recording_id: "rec_abc".into(),
+            started_at_ms: 1_764_500_000_123,
+            started_by: "mia".into(),
+            reason: 0,
+        }));
+        assert_eq!(
+            started,
+            vec![RelayEvent::RecordingStarted {
+                recording_id: "rec_abc".into(),
+                started_at_ms: 1_764_500_000_123,
+                started_by: "mia".into(),
+            }]
+        );
+        for (wire, reason) in [
+            (pb::RecordingStop::Requested, RecordingStop::Requested),
+            (pb::RecordingStop::RoomFinished, RecordingStop::RoomFinished),
+            (pb::RecordingStop::MaxDuration, RecordingStop::MaxDuration),
+            (pb::RecordingStop::DiskFull, RecordingStop::DiskFull),
+            (pb::RecordingStop::Error, RecordingStop::Error),
+            (pb::RecordingStop::Shutdown, RecordingStop::Shutdown),
+            (pb::RecordingStop::Interrupted, RecordingStop::Interrupted),
+            // Unspecified (or newer than this proxy): blames nobody.
+            (pb::RecordingStop::Unspecified, RecordingStop::Error),
+        ] {
+            let stopped = t.translate(Signal::RecordingStopped(pb::RecordingEvent {
+                recording_id: "rec_abc".into(),
+                reason: wire as i32,
+                ..Default::default()
+            }));
+            assert_eq!(
+                stopped,
+                vec![RelayEvent::RecordingStopped {
+                    recording_id: "rec_abc".into(),
+                    reason,
+                }],
+                "{wire:?}"
+            );
+        }
     }
 }

@@ -1,0 +1,377 @@
+//! Call recording through the proxy, end to end (docs/api.md "Recordings", docs/protocol.md
+//! section 5a): the room service API starts, stops, lists, reads and deletes recordings at a
+//! real rtcd; every participant is told (`recording_started` / `recording_stopped`), a late
+//! joiner too; files download whole and by range; moderators with the `record` permission
+//! start and stop from inside the call, the others are refused. Webhooks are rtcd's (its own
+//! tests).
+//!
+//! Needs the recorder at rtcd: its recording settings are [`RECORDING`] (adjust the variable
+//! names to rtcd's `[recording]` section if they differ).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rtcd_e2e::daemon::{TestRtcd, key_for};
+use rtcd_e2e::media::{Participant, eventually};
+use rtcd_e2e::proxy::{Client, claims, hs_token, join};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::rooms::{ENOUGH, admin, api, moderate, publisher, replica_with, server_token, user};
+
+/// rtcd's recording settings for these tests (`RTCD_RECORDING_DIRECTORY` is added per test).
+const RECORDING: &[(&str, &str)] = &[("RTCD_RECORDING_ENABLED", "true")];
+
+/// A join token for `sub` in `room` with `role`, granting `record`.
+fn recorder(sub: &str, room: &str, role: &str) -> String {
+    let mut c = claims(sub, room);
+    c["role"] = role.into();
+    c["permissions"] = json!({"record": true});
+    hs_token(&c)
+}
+
+/// rtcd with recording on, writing under a directory of its own, and a proxy replica.
+async fn setup(cancel: &CancellationToken) -> (TestRtcd, tempfile::TempDir, rtcd_proxy::Proxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_owned();
+    let mut env: Vec<(&str, &str)> = RECORDING.to_vec();
+    env.push(("RTCD_RECORDING_DIRECTORY", &path));
+    let rtcd = TestRtcd::start(&env).await.unwrap();
+    rtcd.register_key("tenant-a", &key_for("tenant-a"))
+        .await
+        .unwrap();
+    let proxy = replica_with(&rtcd, "tenant-a", cancel, |_| {}).await;
+    (rtcd, dir, proxy)
+}
+
+/// A raw WebSocket client joined to `room` (it sees every protocol message).
+async fn client(proxy: SocketAddr, token: &str, room: &str) -> Client {
+    let (mut c, _) = join(proxy, Some(token), room).await.unwrap();
+    c.expect("joined").await.unwrap();
+    c
+}
+
+/// One API call with any method and raw headers: (status, headers, body bytes).
+async fn raw(
+    proxy: SocketAddr,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    range: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("http://{proxy}{path}"))
+        .bearer_auth(token);
+    if let Some(range) = range {
+        req = req.header("range", range);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn the_api_records_a_room_and_everyone_is_told() {
+    let cancel = CancellationToken::new();
+    let (_rtcd, _dir, proxy) = setup(&cancel).await;
+    let addr = proxy.addr();
+    let room = "standup";
+    // Media to record: two publishers; two raw clients to watch the protocol.
+    let pat = publisher(addr, &user("pat", room, "member"), room, "pat").await;
+    let quinn = publisher(addr, &user("quinn", room, "member"), room, "quinn").await;
+    eventually("pat and quinn receive each other", || {
+        pat.received("quinn", "audio") >= ENOUGH && quinn.received("pat", "video") >= ENOUGH
+    })
+    .await
+    .unwrap();
+    let mut alice = client(addr, &user("alice", room, "member"), room).await;
+    let mut bob = client(addr, &user("bob", room, "member"), room).await;
+
+    // Nobody in another room: 404 like the other routes.
+    let (status, body) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/empty/recordings",
+        Some(&admin()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (404, &json!("not_found")),
+        "{body}"
+    );
+    // A reader cannot start one.
+    let read = server_token(&["rooms:read"], None);
+    let (status, _) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/standup/recordings",
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    let (status, started) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/standup/recordings",
+        Some(&admin()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{started}");
+    let id = started["recording_id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("rec_"), "{started}");
+    assert_eq!(started["room"], room);
+    assert_eq!(started["state"], "recording");
+    assert_eq!(started["segment"], 1);
+    assert_eq!(started["started_by"], "");
+    for c in [&mut alice, &mut bob] {
+        let m = c.expect("recording_started").await.unwrap();
+        assert_eq!(m["recording_id"], id.as_str(), "{m}");
+        assert!(m["started_at_ms"].as_i64().unwrap() > 0, "{m}");
+    }
+    // A late joiner is told right after `joined`.
+    let mut carol = client(addr, &user("carol", room, "member"), room).await;
+    let m = carol.expect("recording_started").await.unwrap();
+    assert_eq!(m["recording_id"], id.as_str());
+
+    // One at a time.
+    let (status, body) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/standup/recordings",
+        Some(&admin()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (409, &json!("already_recording")),
+        "{body}"
+    );
+    // Still recording: not deletable.
+    let path = format!("/api/v1/rooms/standup/recordings/{id}");
+    let (status, _, body) = raw(addr, reqwest::Method::DELETE, &path, &admin(), None).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, &body["reason"]),
+        (409, &json!("still_recording")),
+        "{body}"
+    );
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, stopped) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/standup/recordings/stop",
+        Some(&admin()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["state"], "stopped");
+    assert_eq!(stopped["stop_reason"], "requested");
+    for c in [&mut alice, &mut bob, &mut carol] {
+        let m = c.expect("recording_stopped").await.unwrap();
+        assert_eq!(
+            (&m["recording_id"], &m["reason"]),
+            (&json!(id), &json!("requested"))
+        );
+    }
+    let (status, body) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/standup/recordings/stop",
+        Some(&admin()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (409, &json!("not_recording")),
+        "{body}"
+    );
+
+    // Listed (without files), then got with its files: one per published track.
+    let (status, list) = api(
+        addr,
+        "GET",
+        "/api/v1/rooms/standup/recordings",
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    let entries = list["recordings"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{list}");
+    assert_eq!(entries[0]["recording_id"], id.as_str());
+    assert!(entries[0].get("files").is_none(), "{list}");
+    let (status, got) = api(addr, "GET", &path, Some(&read), None).await;
+    assert_eq!(status, 200, "{got}");
+    let files = got["files"].as_array().unwrap();
+    assert_eq!(
+        files.len(),
+        4,
+        "two publishers, audio and video each: {got}"
+    );
+    for who in ["pat", "quinn"] {
+        for source in ["microphone", "camera"] {
+            assert!(
+                files
+                    .iter()
+                    .any(|f| f["identity"] == who && f["source"] == source),
+                "{who} {source}: {got}"
+            );
+        }
+    }
+    // Another room's path does not find it.
+    let (status, _) = api(
+        addr,
+        "GET",
+        &format!("/api/v1/rooms/other/recordings/{id}"),
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // A file whole, then by range: the same bytes.
+    let video = files.iter().find(|f| f["source"] == "camera").unwrap();
+    let url = video["url"].as_str().unwrap();
+    let (status, headers, whole) = raw(addr, reqwest::Method::GET, url, &read, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "video/webm");
+    assert_eq!(headers["accept-ranges"], "bytes");
+    assert_eq!(whole.len() as u64, video["bytes"].as_u64().unwrap());
+    assert!(whole.len() > 1000, "{} bytes", whole.len());
+    assert_eq!(
+        &whole[..4],
+        &[0x1a, 0x45, 0xdf, 0xa3],
+        "an EBML (WebM) header"
+    );
+    let (status, headers, part) = raw(
+        addr,
+        reqwest::Method::GET,
+        url,
+        &read,
+        Some("bytes=100-599"),
+    )
+    .await;
+    assert_eq!(status, 206);
+    assert_eq!(
+        headers["content-range"],
+        format!("bytes 100-599/{}", whole.len()).as_str()
+    );
+    assert_eq!(part, whole[100..600]);
+    let (status, _, tail) = raw(addr, reqwest::Method::GET, url, &read, Some("bytes=-10")).await;
+    assert_eq!((status, tail.as_slice()), (206, &whole[whole.len() - 10..]));
+    let beyond = format!("bytes={}-", whole.len());
+    let (status, headers, _) = raw(addr, reqwest::Method::GET, url, &read, Some(&beyond)).await;
+    assert_eq!(status, 416);
+    assert_eq!(
+        headers["content-range"],
+        format!("bytes */{}", whole.len()).as_str()
+    );
+    let manifest = format!("{path}/files/manifest.json");
+    let (status, headers, body) = raw(addr, reqwest::Method::GET, &manifest, &read, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/json");
+    let manifest: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(manifest["recording_id"], id.as_str());
+
+    // Deleted: gone.
+    let (status, _, body) = raw(addr, reqwest::Method::DELETE, &path, &admin(), None).await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["bytes"].as_u64().unwrap() >= whole.len() as u64,
+        "{body}"
+    );
+    let (status, _) = api(addr, "GET", &path, Some(&read), None).await;
+    assert_eq!(status, 404);
+    let (_, list) = api(
+        addr,
+        "GET",
+        "/api/v1/rooms/standup/recordings",
+        Some(&read),
+        None,
+    )
+    .await;
+    assert_eq!(list["recordings"], json!([]));
+    drop((pat, quinn));
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn moderators_with_the_record_permission_record_from_the_call() {
+    let cancel = CancellationToken::new();
+    let (_rtcd, _dir, proxy) = setup(&cancel).await;
+    let addr = proxy.addr();
+    let room = "standup";
+    let pat: Participant = publisher(addr, &user("pat", room, "member"), room, "pat").await;
+    let mut mia = client(addr, &recorder("mia", room, "moderator"), room).await;
+    let mut max = client(addr, &user("max", room, "moderator"), room).await;
+    let mut meg = client(addr, &recorder("meg", room, "member"), room).await;
+
+    // A moderator without `record`, and a member with it: forbidden.
+    for (c, who) in [(&mut max, "max"), (&mut meg, "meg")] {
+        let answer = moderate(c, json!({"action": "start_recording"})).await;
+        assert_eq!(
+            (&answer["type"], &answer["code"]),
+            (&json!("error"), &json!("forbidden")),
+            "{who}: {answer}"
+        );
+    }
+    let answer = moderate(
+        &mut max,
+        json!({"action": "set_policy", "policy": {"record": true}}),
+    )
+    .await;
+    assert_eq!(answer["code"], "forbidden", "{answer}");
+
+    let answer = moderate(&mut mia, json!({"action": "start_recording"})).await;
+    assert_eq!(answer["type"], "moderated", "{answer}");
+    assert_eq!(answer["action"], "start_recording");
+    let id = answer["recording_id"].as_str().unwrap().to_owned();
+    for c in [&mut max, &mut meg] {
+        let m = c.expect("recording_started").await.unwrap();
+        assert_eq!(
+            (&m["recording_id"], &m["started_by"]),
+            (&json!(id), &json!("mia"))
+        );
+    }
+    let answer = moderate(&mut mia, json!({"action": "start_recording"})).await;
+    assert_eq!(answer["code"], "already_recording", "{answer}");
+    // Not a moderator's to stop without `record` either.
+    let answer = moderate(&mut max, json!({"action": "stop_recording"})).await;
+    assert_eq!(answer["code"], "forbidden", "{answer}");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let answer = moderate(&mut mia, json!({"action": "stop_recording"})).await;
+    assert_eq!(
+        (&answer["type"], &answer["recording_id"]),
+        (&json!("moderated"), &json!(id)),
+        "{answer}"
+    );
+    for c in [&mut max, &mut meg] {
+        let m = c.expect("recording_stopped").await.unwrap();
+        assert_eq!(m["reason"], "requested", "{m}");
+    }
+    let (status, got) = api(
+        addr,
+        "GET",
+        &format!("/api/v1/rooms/standup/recordings/{id}"),
+        Some(&admin()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["started_by"], "mia");
+    assert!(!got["files"].as_array().unwrap().is_empty(), "{got}");
+    drop(pat);
+    cancel.cancel();
+}
