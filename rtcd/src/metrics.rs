@@ -234,6 +234,12 @@ pub struct Metrics {
     /// (`rtc.max_sessions`): proxies placed those rooms elsewhere. Steady growth means the
     /// fleet needs another host.
     pub new_rooms_refused: Counter,
+    /// Rooms being recorded on this host now.
+    pub recordings_active: Gauge,
+    /// Packets of recorded tracks left out of their recordings because the writer could not
+    /// keep up (a full queue: the disk is too slow) or they never arrived; counted when a
+    /// recording stops. Growth from a full queue means the recordings' disk is too slow.
+    pub recording_dropped_packets: Counter,
     /// Sessions waiting to enter a room (wait-for-host or the lobby): people a moderator or a
     /// host has not let in yet.
     pub lobby_waiting: Gauge,
@@ -458,6 +464,18 @@ impl Metrics {
             "Room event accepted to its 2xx, retries included",
             webhook.delivery_seconds.clone(),
         );
+        let recordings_active = Gauge::default();
+        registry.register(
+            "recordings_active",
+            "Rooms being recorded on this host",
+            recordings_active.clone(),
+        );
+        let recording_dropped_packets = Counter::default();
+        registry.register(
+            "recording_dropped_packets",
+            "Packets of recorded tracks left out of their recordings (counted at stop)",
+            recording_dropped_packets.clone(),
+        );
         let new_rooms_refused = Counter::default();
         registry.register(
             "new_rooms_refused",
@@ -537,6 +555,8 @@ impl Metrics {
             runtime_alive_tasks.clone(),
         );
         Arc::new(Self {
+            recordings_active,
+            recording_dropped_packets,
             new_rooms_refused,
             lobby_waiting,
             lobby_ended,

@@ -336,6 +336,18 @@ impl Client {
             other => bail!("expected `{kind}`, got {other:?}"),
         }
     }
+
+    /// The next message of `type`, skipping other messages (an `error` fails).
+    pub async fn until(&mut self, kind: &str) -> anyhow::Result<Value> {
+        loop {
+            match self.next().await? {
+                Event::Message(m) if m["type"] == kind => return Ok(m),
+                Event::Message(m) if m["type"] == "error" => bail!("error: {m}"),
+                Event::Message(_) => continue,
+                other => bail!("expected `{kind}`, got {other:?}"),
+            }
+        }
+    }
 }
 
 /// The outcome of a join attempt.

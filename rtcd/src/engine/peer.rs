@@ -1907,9 +1907,11 @@ impl Peer {
             .iter()
             .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
         {
-            let track = self.tracks.values().find(|t| {
-                t.ssrc == sr.ssrc || t.layers.iter().any(|&(_, ssrc)| ssrc == sr.ssrc)
-            });
+            let track = self
+                .tracks
+                .values()
+                .find(|t| t.ssrc == sr.ssrc || t.layers.iter().any(|&(_, ssrc)| ssrc == sr.ssrc));
+            tracing::debug!(ssrc = sr.ssrc, known = track.is_some(), "sender report");
             if let Some(t) = track {
                 self.events.push_back(PeerEvent::SenderReport {
                     track: t.key,

@@ -334,10 +334,16 @@ impl TrackOut {
         if delta < 0 || self.clock_rate == 0 {
             return;
         }
-        let ns = (i128::from(delta) * 1_000_000_000 / i128::from(self.clock_rate)) as u64;
+        let mut ns = (i128::from(delta) * 1_000_000_000 / i128::from(self.clock_rate)) as u64;
         if ns < self.last_ns {
             // Not monotonic (the sender's timestamps went back): libwebm would refuse it.
             return;
+        }
+        // WebM counts in milliseconds: two frames in one millisecond (a second frame with the
+        // same RTP timestamp) would share a timecode, which players reject as a backward
+        // step. The later one goes a millisecond later.
+        if self.last_ts.is_some() && ns < self.last_ns + 1_000_000 {
+            ns = self.last_ns + 1_000_000;
         }
         let Some(file) = self.file.as_mut() else {
             return;

@@ -410,9 +410,8 @@ fn room(detail: RoomDetail) -> pb::Room {
 
 #[tonic::async_trait]
 impl Rooms for RoomsService {
-    type ReadRecordingFileStream = tokio_stream::wrappers::ReceiverStream<
-        Result<pb::RecordingChunk, Status>,
-    >;
+    type ReadRecordingFileStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::RecordingChunk, Status>>;
 
     async fn start_recording(
         &self,
@@ -421,7 +420,13 @@ impl Rooms for RoomsService {
         let tenant = self.tenant(&request).await?;
         let req = request.into_inner();
         let result = self.start_recording_of(&tenant, &req).await;
-        audit(&tenant, &req.call_id, &req.requested_by, "start_recording", &result);
+        audit(
+            &tenant,
+            &req.call_id,
+            &req.requested_by,
+            "start_recording",
+            &result,
+        );
         reply(result)
     }
 
@@ -432,7 +437,13 @@ impl Rooms for RoomsService {
         let tenant = self.tenant(&request).await?;
         let req = request.into_inner();
         let result = self.stop_recording_of(&tenant, &req).await;
-        audit(&tenant, &req.call_id, &req.requested_by, "stop_recording", &result);
+        audit(
+            &tenant,
+            &req.call_id,
+            &req.requested_by,
+            "stop_recording",
+            &result,
+        );
         reply(result)
     }
 

@@ -107,8 +107,7 @@ impl RoomsService {
         let library = self.library()?;
         let tenant = tenant.as_str().to_owned();
         let name = req.name.clone();
-        let (file, size) =
-            blocking(move || library.open_file(&tenant, &id, &name)).await?;
+        let (file, size) = blocking(move || library.open_file(&tenant, &id, &name)).await?;
         if req.offset > size {
             return Err(RoomsError::OutOfRange(format!(
                 "offset {} is beyond the file's {size} bytes",
@@ -143,7 +142,9 @@ impl RoomsService {
         self.sfu
             .recordings()
             .cloned()
-            .ok_or(RoomsError::Sfu(SfuError::Recording(RecordingRefusal::Disabled)))
+            .ok_or(RoomsError::Sfu(SfuError::Recording(
+                RecordingRefusal::Disabled,
+            )))
     }
 }
 

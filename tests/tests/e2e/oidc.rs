@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rtcd_e2e::daemon::TestRtcd;
 use rtcd_e2e::media::{Participant, keeps_flowing};
 use rtcd_e2e::oidc::{self, KEYCLOAK_ACCOUNT, OTHER_API, Provider, proxy_resource};
-use rtcd_e2e::proxy::{Client, Event, JoinOutcome, STEP, fixture, join, now, sign};
+use rtcd_e2e::proxy::{Client, JoinOutcome, STEP, fixture, join, now, sign};
 use rtcd_proxy::Proxy;
 use rtcd_proxy::config::{Config, OidcRolesConfig};
 use serde_json::{Value, json};
@@ -204,18 +204,6 @@ async fn room_comes_from_the_join_or_must_match_the_configured_claim() -> anyhow
     Ok(())
 }
 
-/// Waits for the next message of `kind`, skipping relayed media events.
-async fn expect_skipping(client: &mut Client, kind: &str) -> anyhow::Result<Value> {
-    loop {
-        match client.next().await? {
-            Event::Message(m) if m["type"] == kind => return Ok(m),
-            Event::Message(m) if m["type"] == "error" => anyhow::bail!("error: {m}"),
-            Event::Message(_) => continue,
-            other => anyhow::bail!("expected `{kind}`, got {other:?}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn key_rotation_mid_call_keeps_live_sessions_and_accepts_the_new_kid() -> anyhow::Result<()> {
     if !oidc::tools_present() {
@@ -286,7 +274,7 @@ async fn key_rotation_mid_call_keeps_live_sessions_and_accepts_the_new_kid() -> 
     watcher
         .send(&json!({"type": "refresh", "token": fresh}))
         .await?;
-    let r = expect_skipping(&mut watcher, "refreshed").await?;
+    let r = Client::until(&mut watcher, "refreshed").await?;
     assert_eq!(r["permissions"], permissions(false, false, false, true));
     // The withdrawn key is gone from the proxy's cache too: a new join on an old token fails.
     let (code, reason, _) = refused(&proxy, &alice_token, "standup").await?;

@@ -46,8 +46,8 @@ async fn setup(cancel: &CancellationToken) -> (TestRtcd, tempfile::TempDir, rtcd
 
 /// A raw WebSocket client joined to `room` (it sees every protocol message).
 async fn client(proxy: SocketAddr, token: &str, room: &str) -> Client {
-    let (mut c, _) = join(proxy, Some(token), room).await.unwrap();
-    c.expect("joined").await.unwrap();
+    // `join` has read `joined` already.
+    let (c, _) = join(proxy, Some(token), room).await.unwrap();
     c
 }
 
@@ -130,13 +130,13 @@ async fn the_api_records_a_room_and_everyone_is_told() {
     assert_eq!(started["segment"], 1);
     assert_eq!(started["started_by"], "");
     for c in [&mut alice, &mut bob] {
-        let m = c.expect("recording_started").await.unwrap();
+        let m = c.until("recording_started").await.unwrap();
         assert_eq!(m["recording_id"], id.as_str(), "{m}");
         assert!(m["started_at_ms"].as_i64().unwrap() > 0, "{m}");
     }
     // A late joiner is told right after `joined`.
     let mut carol = client(addr, &user("carol", room, "member"), room).await;
-    let m = carol.expect("recording_started").await.unwrap();
+    let m = carol.until("recording_started").await.unwrap();
     assert_eq!(m["recording_id"], id.as_str());
 
     // One at a time.
@@ -176,7 +176,7 @@ async fn the_api_records_a_room_and_everyone_is_told() {
     assert_eq!(stopped["state"], "stopped");
     assert_eq!(stopped["stop_reason"], "requested");
     for c in [&mut alice, &mut bob, &mut carol] {
-        let m = c.expect("recording_stopped").await.unwrap();
+        let m = c.until("recording_stopped").await.unwrap();
         assert_eq!(
             (&m["recording_id"], &m["reason"]),
             (&json!(id), &json!("requested"))
@@ -338,7 +338,7 @@ async fn moderators_with_the_record_permission_record_from_the_call() {
     assert_eq!(answer["action"], "start_recording");
     let id = answer["recording_id"].as_str().unwrap().to_owned();
     for c in [&mut max, &mut meg] {
-        let m = c.expect("recording_started").await.unwrap();
+        let m = c.until("recording_started").await.unwrap();
         assert_eq!(
             (&m["recording_id"], &m["started_by"]),
             (&json!(id), &json!("mia"))
@@ -358,7 +358,7 @@ async fn moderators_with_the_record_permission_record_from_the_call() {
         "{answer}"
     );
     for c in [&mut max, &mut meg] {
-        let m = c.expect("recording_stopped").await.unwrap();
+        let m = c.until("recording_stopped").await.unwrap();
         assert_eq!(m["reason"], "requested", "{m}");
     }
     let (status, got) = api(

@@ -24,7 +24,12 @@ const TENANT: &str = "dev-proxy";
 /// What ffprobe says of a file: its first stream's codec and the file's duration.
 async fn probe(file: &Path) -> anyhow::Result<(String, f64)> {
     let out = tokio::process::Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "stream=codec_name:format=duration"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name:format=duration",
+        ])
         .args(["-of", "json"])
         .arg(file)
         .output()
@@ -177,12 +182,20 @@ async fn recorded_call() -> anyhow::Result<()> {
         ("Alice", Source::Microphone, whole),
         ("Alice", Source::Camera, whole),
         ("Bob", Source::Microphone, whole),
-        ("Alice", Source::Screen, timeline.screen_off - timeline.screen_on),
+        (
+            "Alice",
+            Source::Screen,
+            timeline.screen_off - timeline.screen_on,
+        ),
     ];
     let mut checked = 0;
     for (who, source, seconds) in expected {
         let tracks = of(who, source);
-        ensure!(tracks.len() == 1, "{who} {source:?}: {} files", tracks.len());
+        ensure!(
+            tracks.len() == 1,
+            "{who} {source:?}: {} files",
+            tracks.len()
+        );
         let track = tracks[0];
         let file = recording.join(&track.file);
         let (codec, duration) = probe(&file).await?;
@@ -226,9 +239,12 @@ async fn recorded_call() -> anyhow::Result<()> {
     // recording's start (rtcd's clock), and the screen about when it was shared.
     for track in &manifest.tracks {
         let offset = (track.start_ms - manifest.started_at_ms as f64) / 1000.0;
-        let expected = if track.source == Source::Screen {
+        let expected = if matches!(track.source, Source::Screen | Source::ScreenAudio) {
             timeline.screen_on
-        } else if track.source == Source::Camera && track.participant.display_name.starts_with("Bob") && offset > 2.0 {
+        } else if track.source == Source::Camera
+            && track.participant.display_name.starts_with("Bob")
+            && offset > 2.0
+        {
             timeline.camera_on
         } else {
             0.0
@@ -251,7 +267,14 @@ async fn recorded_call() -> anyhow::Result<()> {
     rtcd_recording::compose::run(&recording, &options)?;
     eprintln!("composed in {:.1} s", composed.elapsed().as_secs_f64());
     let out = tokio::process::Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "stream=codec_type:format=duration", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type:format=duration",
+            "-of",
+            "json",
+        ])
         .arg(&composite)
         .output()
         .await?;

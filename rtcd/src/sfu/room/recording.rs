@@ -166,6 +166,7 @@ impl Rooms {
             recorder,
             notice: notice.clone(),
         });
+        self.metrics.recordings_active.inc();
         for tid in tids {
             self.update_wanted_layers(call_key, tid, now);
             self.ask_keyframe_for_recording(call_key, tid, now);
@@ -202,6 +203,10 @@ impl Rooms {
         for t in call.tracks.values_mut() {
             t.recorded = Recorded::No;
         }
+        self.metrics.recordings_active.dec();
+        self.metrics
+            .recording_dropped_packets
+            .inc_by(recording.recorder.dropped_packets());
         recording.recorder.stop(reason);
         let mut notice = recording.notice;
         notice.reason = Some(reason);
@@ -239,7 +244,12 @@ impl Rooms {
     }
 
     /// Asks the publisher of `tid` for a keyframe of the recorded layer: a file starts at one.
-    fn ask_keyframe_for_recording(&mut self, call_key: CallKey, tid: crate::sfu::negotiation::TrackId, now: Instant) {
+    fn ask_keyframe_for_recording(
+        &mut self,
+        call_key: CallKey,
+        tid: crate::sfu::negotiation::TrackId,
+        now: Instant,
+    ) {
         let Some(t) = self.calls.get(&call_key).and_then(|c| c.tracks.get(&tid)) else {
             return;
         };
