@@ -4,7 +4,8 @@
 //! marks it for the application. An SFU must see what subscribers ask of the streams it sends
 //! them: NACKs (answered from the SFU's own retransmission buffers, not by a per-subscriber copy
 //! in an interceptor) and keyframe requests (PLI, FIR: relayed to the publisher). This marks
-//! exactly those; reports and congestion feedback stay with rtc's interceptors.
+//! exactly those, and a copy of each sender report (recordings line tracks up with them);
+//! reports and congestion feedback stay with rtc's interceptors.
 //!
 //! rtc hands an RTCP compound to the application under the first destination SSRC of its first
 //! packet. Without `a=rtcp-rsize` (rtc never answers it) clients send feedback in compounds that
@@ -23,6 +24,7 @@ use rtc::interceptor::{
 };
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 
 /// Marks inbound NACK, PLI and FIR for delivery, each in a message of its own; passes
@@ -60,6 +62,30 @@ impl FeedbackTap {
     fn read(&mut self, mut msg: TaggedPacket) {
         let Packet::Rtcp(packets) = &mut msg.message.packet else {
             self.reads.push_back(msg);
+            return;
+        };
+        // A publisher's sender reports, for recordings (which capture time an RTP timestamp
+        // stands for): a copy of each, without its report blocks, so that rtc routes it by
+        // the stream it describes; the original stays in its compound for rtc's reports.
+        let reports: Vec<SenderReport> = packets
+            .iter()
+            .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
+            .map(|sr| SenderReport {
+                reports: Vec::new(),
+                profile_extensions: Default::default(),
+                ..sr.clone()
+            })
+            .collect();
+        let (now, transport) = (msg.now, msg.transport);
+        for sr in reports {
+            self.reads.push_back(TaggedPacket {
+                now,
+                transport,
+                message: AttributedPacket::new(Packet::Rtcp(vec![Box::new(sr)]))
+                    .with(Attribute::DeliverToApplication),
+            });
+        }
+        let Packet::Rtcp(packets) = &mut msg.message.packet else {
             return;
         };
         let feedback = packets.iter().filter(|p| is_feedback(p.as_ref())).count();
@@ -199,6 +225,40 @@ mod tests {
                 (true, vec![vec![20]]),
             ]
         );
+    }
+
+    #[test]
+    fn a_sender_report_reaches_the_application_as_a_copy_routed_by_its_own_stream() {
+        let mut tap = FeedbackTap::default();
+        let sr: Box<dyn rtc::rtcp::Packet> = Box::new(SenderReport {
+            ssrc: 77,
+            ntp_time: 0xe000_0000_8000_0000,
+            rtp_time: 1234,
+            reports: vec![rtc::rtcp::reception_report::ReceptionReport {
+                ssrc: 30,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        tap.handle_read(tagged(vec![sr, pli(20)])).unwrap();
+        let out: Vec<_> = std::iter::from_fn(|| tap.poll_read()).collect();
+        // The copy (marked, its own SSRC first), the compound without the PLI, the PLI.
+        let Packet::Rtcp(copy) = &out[0].message.packet else {
+            panic!("not RTCP");
+        };
+        let copy = copy[0]
+            .as_any()
+            .downcast_ref::<SenderReport>()
+            .expect("a sender report");
+        assert!(out[0].message.has(&Attribute::DeliverToApplication));
+        assert_eq!(
+            (copy.ssrc, copy.ntp_time, copy.rtp_time, copy.reports.len()),
+            (77, 0xe000_0000_8000_0000, 1234, 0)
+        );
+        assert_eq!(rtc::rtcp::Packet::destination_ssrc(copy), vec![77]);
+        assert!(!out[1].message.has(&Attribute::DeliverToApplication));
+        assert!(out[2].message.has(&Attribute::DeliverToApplication));
+        assert_eq!(out.len(), 3);
     }
 
     #[test]

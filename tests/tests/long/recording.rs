@@ -235,6 +235,17 @@ async fn recorded_call() -> anyhow::Result<()> {
         bob_seconds >= whole - off - 2.0 && bob_seconds <= whole + 1.0,
         "Bob's camera files last {bob_seconds:.2} s in all; recorded {whole:.2} s with {off:.2} s off"
     );
+    // Lip sync: every track long enough to have heard one is placed by its publisher's
+    // sender reports, not by when its first packet arrived.
+    for track in &manifest.tracks {
+        ensure!(
+            track.duration_ms < 10_000
+                || track.clock == rtcd_recording::manifest::ClockSource::SenderReport,
+            "{}: start from {:?}, not from sender reports",
+            track.file,
+            track.clock
+        );
+    }
     // The common clock: every track recorded from the start begins within a second of the
     // recording's start (rtcd's clock), and the screen about when it was shared.
     for track in &manifest.tracks {
