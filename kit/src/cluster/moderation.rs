@@ -29,6 +29,27 @@ pub const CUTOFFS: &str = "moderation/cutoffs/";
 pub const TOKENS: &str = "moderation/tokens/";
 /// Stored room policies: `<tenant>/<call>`.
 pub const POLICIES: &str = "moderation/policies/";
+/// A room's recording in progress, for the host the room moves to: `<tenant>/<call>`.
+pub const RECORDINGS: &str = "moderation/recordings/";
+
+/// A room records: the host that records it refreshes this while it does, and a host that
+/// opens the room soon after the refreshes stop (its host died, the room moved) continues the
+/// same recording in a new segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingRecord {
+    /// Format version (1).
+    pub v: u32,
+    /// The recording.
+    pub recording_id: String,
+    /// The segment being written.
+    pub segment: u32,
+    /// Who started it.
+    pub started_by: String,
+    /// When its first segment started (Unix milliseconds).
+    pub started_at_ms: i64,
+    /// Its latest refresh (Unix milliseconds).
+    pub updated_at_ms: i64,
+}
 
 /// A ban in force until `until` (Unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

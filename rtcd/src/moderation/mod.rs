@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use shared::{Applying, Decision, Shared};
+pub use rtcd_kit::cluster::moderation::RecordingRecord;
 pub use store::{Ban, Disk, Refusal};
 
 use crate::auth::StoreError;
@@ -135,6 +136,34 @@ impl ModerationStore {
         match &self.0 {
             Backend::Disk(d) => d.policy(tenant, call),
             Backend::Shared(s) => s.policy(tenant, call),
+        }
+    }
+
+    /// The room's recording in progress, as its host last refreshed it.
+    pub fn recording(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<Option<RecordingRecord>, StoreError> {
+        match &self.0 {
+            Backend::Disk(d) => d.recording(tenant, call),
+            Backend::Shared(s) => s.recording(tenant, call),
+        }
+    }
+
+    /// Replaces (or, with `None`, removes) the room's recording in progress, durably.
+    pub async fn set_recording(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        record: Option<RecordingRecord>,
+    ) -> Result<(), StoreError> {
+        match &self.0 {
+            Backend::Disk(d) => {
+                d.set_recording(tenant, call, record.as_ref())?;
+                d.flush().await
+            }
+            Backend::Shared(s) => s.set_recording(tenant, call, record).await,
         }
     }
 

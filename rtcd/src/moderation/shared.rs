@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 
 use super::Ban;
 use rtcd_kit::cluster::moderation::{
+    RECORDINGS, RecordingRecord,
     BANS, BanRecord, CUTOFFS, CutOffRecord, DeniedRecord, POLICIES, PREFIX, TOKENS, ids, key,
     key_prefix,
 };
@@ -247,6 +248,27 @@ impl Shared {
         Ok(self
             .record::<PolicyRecord>(&k)?
             .map_or_else(RoomPolicy::default, |r| r.policy))
+    }
+
+    /// The room's recording in progress, per the copy.
+    pub fn recording(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<Option<RecordingRecord>, StoreError> {
+        self.record::<RecordingRecord>(&key(RECORDINGS, &[tenant.as_str(), call.as_str()]))
+    }
+
+    /// Replaces (or removes) the room's recording in progress in the cluster store.
+    pub async fn set_recording(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        record: Option<RecordingRecord>,
+    ) -> Result<(), StoreError> {
+        let k = key(RECORDINGS, &[tenant.as_str(), call.as_str()]);
+        self.update::<RecordingRecord, ()>(&k, |_| (record.clone(), ()))
+            .await
     }
 
     /// The cut-off in force for `user`, per the copy.

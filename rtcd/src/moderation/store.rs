@@ -8,6 +8,7 @@
 //! | `cutoffs`     | tenant, user                 | `{v, issued_before}`              |
 //! | `denied_jtis` | tenant, jti                  | `{v, expires_at}`                 |
 //! | `room_policies` | tenant, call               | `{v, policy}` (a [`RoomPolicy`])  |
+//! | `room_recordings` | tenant, call             | a `RecordingRecord` (in progress)  |
 //!
 //! Each key component is its length (u16, big endian) then its bytes, so a tenant's (or a
 //! call's) entries form one prefix and no ID can run into the next. Times are Unix seconds.
@@ -22,7 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use rtcd_kit::cluster::moderation::{BanRecord, CutOffRecord, DeniedRecord};
+use rtcd_kit::cluster::moderation::{BanRecord, CutOffRecord, DeniedRecord, RecordingRecord};
 
 use crate::auth::{Database, StoreError};
 use crate::lobby::RoomPolicy;
@@ -98,6 +99,7 @@ pub struct Disk {
     cutoffs: sled::Tree,
     denied: sled::Tree,
     policies: sled::Tree,
+    recordings: sled::Tree,
 }
 
 fn key(parts: &[&str]) -> Vec<u8> {
@@ -141,6 +143,7 @@ impl Disk {
             cutoffs: db.open_tree("cutoffs")?,
             denied: db.open_tree("denied_jtis")?,
             policies: db.open_tree("room_policies")?,
+            recordings: db.open_tree("room_recordings")?,
         })
     }
 
@@ -224,6 +227,40 @@ impl Disk {
         } else {
             self.policies
                 .insert(k, encode(&PolicyRecord { v: 1, policy }))?;
+        }
+        Ok(())
+    }
+
+    /// The room's recording in progress, as last refreshed.
+    pub fn recording(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+    ) -> Result<Option<RecordingRecord>, StoreError> {
+        let k = key(&[tenant.as_str(), call.as_str()]);
+        match self.recordings.get(&k)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice::<RecordingRecord>(&bytes)
+                .map(Some)
+                .map_err(|_| corrupt("room_recordings", &k)),
+        }
+    }
+
+    /// Replaces (or, with `None`, removes) the room's recording in progress.
+    pub fn set_recording(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        record: Option<&RecordingRecord>,
+    ) -> Result<(), StoreError> {
+        let k = key(&[tenant.as_str(), call.as_str()]);
+        match record {
+            None => {
+                self.recordings.remove(k)?;
+            }
+            Some(r) => {
+                self.recordings.insert(k, encode(r))?;
+            }
         }
         Ok(())
     }

@@ -13,7 +13,7 @@
 //! outcome). Errors are mapped once, in [`status`].
 
 pub mod decisions;
-mod recordings;
+pub(crate) mod recordings;
 mod status;
 
 use rtcd_proto::v1 as pb;

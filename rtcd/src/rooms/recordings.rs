@@ -1,8 +1,15 @@
 //! The recording requests of the room service: start and stop (carried out by the SFU), list,
 //! get, delete and read (the recordings on this host's disk). Files are read off the async
 //! runtime and streamed in bounded chunks: a large download never sits in memory.
+//!
+//! A recording outlives its host: while a room records, its host refreshes a
+//! `RecordingRecord` in the moderation store (the cluster store in cluster mode) every
+//! [`REFRESH`]. A host that opens the room within [`CONTINUE_WITHIN`] of the last refresh
+//! (the first host died and the room's clients rejoined here) continues the same recording in
+//! its next segment; a requested stop removes the record.
 
 use std::io::{Read as _, Seek as _, SeekFrom};
+use std::time::Duration;
 
 use rtcd_proto::v1 as pb;
 use rtcd_recording::manifest::{Manifest, Source, State, StopReason};
@@ -12,7 +19,14 @@ use tonic::Status;
 use super::{RoomsError, RoomsService, call_id};
 use crate::grpc::convert::recording_stop;
 use crate::recording::{Library, RecordingError, RecordingId};
-use crate::sfu::{RecordingRefusal, SfuError, TenantId};
+use crate::moderation::{ModerationStore, RecordingRecord};
+use crate::sfu::session::RecordingNotice;
+use crate::sfu::{CallId, RecordingRefusal, Sfu, SfuError, TenantId};
+
+/// How often the recording host refreshes the room's `RecordingRecord`.
+const REFRESH: Duration = Duration::from_secs(10);
+/// A room opened this soon after its recording's last refresh continues that recording.
+const CONTINUE_WITHIN: Duration = Duration::from_secs(45);
 
 /// Largest chunk of a file in one `RecordingChunk`.
 const CHUNK: usize = 256 * 1024;
@@ -27,9 +41,7 @@ impl RoomsService {
     ) -> Result<pb::Recording, RoomsError> {
         let call = call_id(&req.call_id)?;
         by(&req.requested_by)?;
-        let notice = self
-            .sfu
-            .start_recording(tenant, &call, &req.requested_by)
+        let notice = start(&self.sfu, &self.moderation, tenant, &call, &req.requested_by, None)
             .await?;
         let id = parse_id(&notice.recording_id)?;
         self.recording(tenant, id, false).await
@@ -46,6 +58,10 @@ impl RoomsService {
             .sfu
             .stop_recording(tenant, &call, StopReason::Requested)
             .await?;
+        // Stopped on purpose: no other host continues it.
+        if let Err(e) = self.moderation.set_recording(tenant, &call, None).await {
+            tracing::warn!(client = %tenant, call = %call, error = %e, "cannot clear the room's recording record");
+        }
         let id = parse_id(&notice.recording_id)?;
         self.recording(tenant, id, false).await
     }
@@ -146,6 +162,137 @@ impl RoomsService {
                 RecordingRefusal::Disabled,
             )))
     }
+}
+
+/// Starts recording `call` (the next segment of `continuing`), records that it does in the
+/// moderation store, and keeps that record fresh while it does.
+async fn start(
+    sfu: &Sfu,
+    moderation: &ModerationStore,
+    tenant: &TenantId,
+    call: &CallId,
+    started_by: &str,
+    continuing: Option<&RecordingRecord>,
+) -> Result<RecordingNotice, RoomsError> {
+    let next = continuing
+        .map(|r| {
+            RecordingId::parse(&r.recording_id)
+                .map(|id| (id, r.segment.saturating_add(1)))
+                .map_err(RoomsError::from)
+        })
+        .transpose()?;
+    let segment = next.as_ref().map_or(1, |(_, s)| *s);
+    let notice = sfu.start_recording(tenant, call, started_by, next).await?;
+    let now = crate::sfu::unix_ms();
+    let record = RecordingRecord {
+        v: 1,
+        recording_id: notice.recording_id.clone(),
+        segment,
+        started_by: started_by.to_owned(),
+        started_at_ms: continuing.map_or(notice.started_at_ms, |r| r.started_at_ms),
+        updated_at_ms: now,
+    };
+    if let Err(e) = moderation
+        .set_recording(tenant, call, Some(record.clone()))
+        .await
+    {
+        // The recording goes on here; only a move to another host would start a new one.
+        tracing::warn!(client = %tenant, call = %call, error = %e, "cannot store the room's recording record");
+    }
+    tokio::spawn(refresh(
+        sfu.clone(),
+        moderation.clone(),
+        tenant.clone(),
+        call.clone(),
+        record,
+    ));
+    Ok(notice)
+}
+
+/// Refreshes the room's recording record while this host records it; stops when it no longer
+/// does (the record then ages out, unless a requested stop removed it).
+async fn refresh(
+    sfu: Sfu,
+    moderation: ModerationStore,
+    tenant: TenantId,
+    call: CallId,
+    mut record: RecordingRecord,
+) {
+    loop {
+        tokio::time::sleep(REFRESH).await;
+        match sfu.recording_of(&tenant, &call).await {
+            Ok(Some(n)) if n.recording_id == record.recording_id => {}
+            _ => return,
+        }
+        record.updated_at_ms = crate::sfu::unix_ms();
+        if let Err(e) = moderation
+            .set_recording(&tenant, &call, Some(record.clone()))
+            .await
+        {
+            tracing::debug!(client = %tenant, call = %call, error = %e, "cannot refresh the room's recording record");
+        }
+    }
+}
+
+/// A session was admitted to `call`: continue the room's recording if it recorded elsewhere
+/// a moment ago, else start one if `policy` says to. In the background; errors are logged.
+pub(crate) fn on_admitted(
+    sfu: Sfu,
+    moderation: ModerationStore,
+    tenant: TenantId,
+    call: CallId,
+    policy: bool,
+) {
+    if sfu.recordings().is_none() {
+        if policy {
+            tracing::debug!(client = %tenant, call = %call, "the room's policy asks for recording, which is off on this host");
+        }
+        return;
+    }
+    let fresh = match moderation.recording(&tenant, &call) {
+        Ok(Some(r)) => {
+            let age = crate::sfu::unix_ms().saturating_sub(r.updated_at_ms);
+            (u64::try_from(age).unwrap_or(0) < CONTINUE_WITHIN.as_millis() as u64).then_some(r)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(client = %tenant, call = %call, error = %e, "cannot read the room's recording record");
+            None
+        }
+    };
+    // A recording this host wrote itself ended here (everybody left): it is not continued
+    // (one directory per recording and host); the policy may start a new one.
+    let fresh = fresh.filter(|r| {
+        let library = sfu.recordings();
+        match (library, RecordingId::parse(&r.recording_id)) {
+            (Some(library), Ok(id)) => library.get(tenant.as_str(), &id).is_err(),
+            _ => false,
+        }
+    });
+    if fresh.is_none() && !policy {
+        return;
+    }
+    tokio::spawn(async move {
+        if let Ok(Some(_)) = sfu.recording_of(&tenant, &call).await {
+            return;
+        }
+        let by = fresh
+            .as_ref()
+            .map_or_else(|| "policy".to_owned(), |r| r.started_by.clone());
+        match start(&sfu, &moderation, &tenant, &call, &by, fresh.as_ref()).await {
+            Ok(notice) => {
+                if let Some(r) = &fresh {
+                    tracing::info!(client = %tenant, call = %call, recording = %notice.recording_id, segment = r.segment + 1, "recording continues on this host");
+                }
+            }
+            Err(RoomsError::Sfu(SfuError::Recording(
+                RecordingRefusal::AlreadyRecording | RecordingRefusal::NoRoom,
+            ))) => {}
+            Err(e) => {
+                tracing::warn!(client = %tenant, call = %call, error = %e, "the room's recording could not start");
+            }
+        }
+    });
 }
 
 /// Sends `length` bytes of `file` from `offset` in chunks; stops when the receiver is gone.
@@ -286,5 +433,128 @@ fn codec_name(c: rtcd_recording::manifest::Codec) -> &'static str {
         C::Vp9 => "vp9",
         C::Av1 => "av1",
         C::H264 => "h264",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A recording that follows its room to another host: two SFUs (hosts) sharing one
+    //! cluster store (in memory), sessions that never offer (enough to be in a room).
+
+    use std::sync::Arc;
+
+    use rtcd_kit::cluster::{Local, Store};
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::moderation::Shared;
+    use crate::recording::{Library, RecordingConfig};
+    use crate::sfu::session::SessionEvent;
+    use crate::sfu::{RecordingSetup, SessionId, Sfu};
+
+    async fn host(store: Arc<dyn Store>, dir: &std::path::Path) -> (Sfu, ModerationStore) {
+        let sfu = Sfu::new(crate::sfu::tests::config(), Metrics::new(), None)
+            .await
+            .expect("the SFU starts on loopback");
+        let config = RecordingConfig {
+            directory: dir.to_owned(),
+            min_free_bytes: 0,
+            max_duration: Duration::from_secs(3600),
+            queue_packets: 256,
+        };
+        sfu.enable_recording(RecordingSetup {
+            library: Arc::new(Library::open(dir.to_owned()).expect("a library")),
+            config,
+            host: "test".into(),
+        });
+        let shared = Arc::new(Shared::start(
+            store,
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+            prometheus_client::metrics::counter::Counter::default(),
+        ));
+        assert!(shared.synced(Duration::from_secs(2)).await);
+        (sfu, shared.into())
+    }
+
+    async fn recording_started(rx: &mut tokio::sync::mpsc::Receiver<SessionEvent>) -> String {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("recording_started comes")
+                .expect("the session lives");
+            if let SessionEvent::RecordingStarted(n) = event {
+                return n.recording_id;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_room_that_moves_host_goes_on_recording_in_its_next_segment() {
+        let store: Arc<dyn Store> = Arc::new(Local::new());
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (sfu_a, mod_a) = host(store.clone(), dir_a.path()).await;
+        let (sfu_b, mod_b) = host(store.clone(), dir_b.path()).await;
+        let (t, c) = (TenantId::new("t"), CallId::new("c"));
+
+        let (_a, mut a_events) = sfu_a
+            .join(crate::sfu::tests::join("a", 100))
+            .await
+            .unwrap();
+        let notice = start(&sfu_a, &mod_a, &t, &c, "alice", None)
+            .await
+            .expect("host A records");
+        assert_eq!(recording_started(&mut a_events).await, notice.recording_id);
+        // Host B sees the room's recording once its copy of the store has it.
+        let mut seen = None;
+        for _ in 0..40 {
+            seen = mod_b.recording(&t, &c).unwrap();
+            if seen.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let seen = seen.expect("the record reaches the other host");
+        assert_eq!((seen.recording_id.as_str(), seen.segment), (notice.recording_id.as_str(), 1));
+
+        // Host A loses the room (its clients are gone); they rejoin on host B.
+        sfu_a.close(&t, &c, &SessionId::new("a"), "migrate").unwrap();
+        let (_b, mut b_events) = sfu_b
+            .join(crate::sfu::tests::join("b", 100))
+            .await
+            .unwrap();
+        on_admitted(sfu_b.clone(), mod_b.clone(), t.clone(), c.clone(), false);
+        assert_eq!(
+            recording_started(&mut b_events).await,
+            notice.recording_id,
+            "the same recording"
+        );
+        let id = RecordingId::parse(&notice.recording_id).unwrap();
+        let (manifest, _) = sfu_b.recordings().unwrap().get("t", &id).unwrap();
+        assert_eq!((manifest.segment, manifest.started_by.as_str()), (2, "alice"));
+        let (first, _) = sfu_a.recordings().unwrap().get("t", &id).unwrap();
+        assert_eq!(first.segment, 1);
+
+        // Back on host A within the window, after B's recording was stopped on purpose: a
+        // requested stop removes the record, so nothing continues.
+        sfu_b
+            .stop_recording(&t, &c, StopReason::Requested)
+            .await
+            .unwrap();
+        mod_b.set_recording(&t, &c, None).await.unwrap();
+        for _ in 0..40 {
+            if mod_a.recording(&t, &c).unwrap().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(mod_a.recording(&t, &c).unwrap(), None);
+        let (_a2, _a2_events) = sfu_a
+            .join(crate::sfu::tests::join("a2", 100))
+            .await
+            .unwrap();
+        on_admitted(sfu_a.clone(), mod_a.clone(), t.clone(), c.clone(), false);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(sfu_a.recording_of(&t, &c).await.unwrap(), None);
     }
 }

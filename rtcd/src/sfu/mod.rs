@@ -906,7 +906,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn join(session: &str, issued_at: i64) -> JoinRequest {
+    pub(crate) fn join(session: &str, issued_at: i64) -> JoinRequest {
         JoinRequest {
             tenant: TenantId::new("t"),
             call: CallId::new("c"),

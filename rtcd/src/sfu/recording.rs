@@ -53,13 +53,15 @@ impl Sfu {
         self.inner.recording.get().map(|r| &r.setup.library)
     }
 
-    /// Starts recording a call on this host. Refused when recording is off, nobody is in the
-    /// call here, it already records, or the disk is below its floor.
+    /// Starts recording a call on this host: a new recording, or the next segment of one
+    /// (`continuing`: the room moved here while it recorded). Refused when recording is off,
+    /// nobody is in the call here, it already records, or the disk is below its floor.
     pub async fn start_recording(
         &self,
         tenant: &TenantId,
         call: &CallId,
         started_by: &str,
+        continuing: Option<(RecordingId, u32)>,
     ) -> Result<RecordingNotice, SfuError> {
         let recordings = self
             .inner
@@ -73,12 +75,12 @@ impl Sfu {
             Err(SfuError::NotFound) => return Err(SfuError::Recording(RecordingRefusal::NoRoom)),
             Err(e) => return Err(e),
         }
-        let id = RecordingId::generate();
+        let (id, segment) = continuing.unwrap_or_else(|| (RecordingId::generate(), 1));
         let meta = RecordingMeta {
             tenant: tenant.as_str().to_owned(),
             room: call.as_str().to_owned(),
             id: id.clone(),
-            segment: 1,
+            segment,
             host: recordings.setup.host.clone(),
             started_by: started_by.to_owned(),
         };

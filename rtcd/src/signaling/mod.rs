@@ -75,30 +75,17 @@ impl SignalingService {
         tenant_of(&self.auth, req).await
     }
 
-    /// A room whose policy says `record` records from its first admitted session: started in
-    /// the background (the join does not wait for the disk); a room that records already, or a
-    /// start that races another, is left as it is.
-    fn record_by_policy(&self, tenant: &TenantId, call: &CallId) {
-        let (sfu, tenant, call) = (self.sfu.clone(), tenant.clone(), call.clone());
-        if sfu.recordings().is_none() {
-            tracing::debug!(client = %tenant, call = %call, "the room's policy asks for recording, which is off on this host");
-            return;
-        }
-        tokio::spawn(async move {
-            if let Ok(Some(_)) = sfu.recording_of(&tenant, &call).await {
-                return;
-            }
-            match sfu.start_recording(&tenant, &call, "policy").await {
-                Ok(_) => {}
-                Err(SfuError::Recording(
-                    crate::sfu::RecordingRefusal::AlreadyRecording
-                    | crate::sfu::RecordingRefusal::NoRoom,
-                )) => {}
-                Err(e) => {
-                    tracing::warn!(client = %tenant, call = %call, error = %e, "the room's policy asks for recording, which could not start");
-                }
-            }
-        });
+    /// After a session is admitted: the room goes on recording if it recorded on another
+    /// host a moment ago (a new segment), or starts if its policy says `record`. In the
+    /// background: the join does not wait for the disk.
+    fn record_by_policy(&self, tenant: &TenantId, call: &CallId, policy: bool) {
+        crate::rooms::recordings::on_admitted(
+            self.sfu.clone(),
+            self.moderation.clone(),
+            tenant.clone(),
+            call.clone(),
+            policy,
+        );
     }
 
     fn context(&self, ids: (TenantId, CallId, SessionId, UserId)) -> Context {
@@ -519,9 +506,7 @@ impl Signaling for SignalingService {
                     .admit(join, &entrant, &tx)
                     .await
                     .map_err(Status::from)?;
-                if auto_record {
-                    self.record_by_policy(&ids.0, &ids.1);
-                }
+                self.record_by_policy(&ids.0, &ids.1, auto_record);
                 self.relays
                     .spawn(serve(admitted, inbound, tx, service.context(ids)));
             }
@@ -546,9 +531,7 @@ impl Signaling for SignalingService {
                     }
                     match service.admit(join, &entrant, &tx).await {
                         Ok(admitted) => {
-                            if auto_record {
-                                service.record_by_policy(&ids.0, &ids.1);
-                            }
+                            service.record_by_policy(&ids.0, &ids.1, auto_record);
                             serve(admitted, inbound, tx, service.context(ids)).await
                         }
                         // The stream is already open: the refusal travels as its end.

@@ -94,7 +94,7 @@ async fn recorded_call() -> anyhow::Result<()> {
         let bob = call.join(BrowserKind::Chromium, "Bob").await?;
         call.plays(alice, 1).await?;
         call.plays(bob, 1).await?;
-        let notice = sfu.start_recording(&tenant, &room, "test").await?;
+        let notice = sfu.start_recording(&tenant, &room, "test", None).await?;
         let started = Instant::now();
         let at = || started.elapsed().as_secs_f64();
         recording_id = notice.recording_id.clone();
