@@ -2,8 +2,8 @@
 //! section 5a): the room service API starts, stops, lists, reads and deletes recordings at a
 //! real rtcd; every participant is told (`recording_started` / `recording_stopped`), a late
 //! joiner too; files download whole and by range; moderators with the `record` permission
-//! start and stop from inside the call, the others are refused. Webhooks are rtcd's (its own
-//! tests).
+//! start and stop from inside the call, the others are refused. The platform's webhooks
+//! announce the start, the stop and the finished files (`recording_ready`).
 //!
 //! Needs the recorder at rtcd: its recording settings are [`RECORDING`] (adjust the variable
 //! names to rtcd's `[recording]` section if they differ).
@@ -14,6 +14,7 @@ use std::time::Duration;
 use rtcd_e2e::daemon::{TestRtcd, key_for};
 use rtcd_e2e::media::{Participant, eventually};
 use rtcd_e2e::proxy::{Client, claims, hs_token, join};
+use rtcd_e2e::webhook::WebhookReceiver;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -30,18 +31,38 @@ fn recorder(sub: &str, room: &str, role: &str) -> String {
     hs_token(&c)
 }
 
-/// rtcd with recording on, writing under a directory of its own, and a proxy replica.
-async fn setup(cancel: &CancellationToken) -> (TestRtcd, tempfile::TempDir, rtcd_proxy::Proxy) {
+/// The webhook receiver's signing secret.
+const SECRET: &str = "recording-webhook-secret-0123456789abcdef";
+
+/// rtcd with recording on, writing under a directory of its own, and a proxy replica that
+/// configures webhooks to `receiver`.
+async fn setup_with(
+    cancel: &CancellationToken,
+    receiver: Option<&WebhookReceiver>,
+) -> (TestRtcd, tempfile::TempDir, rtcd_proxy::Proxy) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_owned();
     let mut env: Vec<(&str, &str)> = RECORDING.to_vec();
     env.push(("RTCD_RECORDING_DIRECTORY", &path));
+    env.push(("RTCD_WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", "true"));
     let rtcd = TestRtcd::start(&env).await.unwrap();
     rtcd.register_key("tenant-a", &key_for("tenant-a"))
         .await
         .unwrap();
-    let proxy = replica_with(&rtcd, "tenant-a", cancel, |_| {}).await;
+    let url = receiver.map(WebhookReceiver::url);
+    let proxy = replica_with(&rtcd, "tenant-a", cancel, |c| {
+        if let Some(url) = url {
+            c.webhooks.urls = vec![url];
+            c.webhooks.secret = rtcd_proxy::config::Secret::new(SECRET);
+        }
+    })
+    .await;
     (rtcd, dir, proxy)
+}
+
+/// [`setup_with`] without webhooks.
+async fn setup(cancel: &CancellationToken) -> (TestRtcd, tempfile::TempDir, rtcd_proxy::Proxy) {
+    setup_with(cancel, None).await
 }
 
 /// A raw WebSocket client joined to `room` (it sees every protocol message).
@@ -74,7 +95,8 @@ async fn raw(
 #[tokio::test]
 async fn the_api_records_a_room_and_everyone_is_told() {
     let cancel = CancellationToken::new();
-    let (_rtcd, _dir, proxy) = setup(&cancel).await;
+    let receiver = WebhookReceiver::start(SECRET, 0).await.unwrap();
+    let (_rtcd, _dir, proxy) = setup_with(&cancel, Some(&receiver)).await;
     let addr = proxy.addr();
     let room = "standup";
     // Media to record: two publishers; two raw clients to watch the protocol.
@@ -228,6 +250,45 @@ async fn the_api_records_a_room_and_everyone_is_told() {
             );
         }
     }
+    // The platform heard of it: started, stopped, then ready with the same files.
+    eventually("recording_ready is delivered", || {
+        receiver
+            .delivered()
+            .iter()
+            .any(|e| e.kind() == "recording_ready")
+    })
+    .await
+    .unwrap();
+    let hooks: Vec<Value> = receiver
+        .delivered()
+        .into_iter()
+        .map(|e| e.event)
+        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("recording_")))
+        .collect();
+    let kinds: Vec<&str> = hooks.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["recording_started", "recording_stopped", "recording_ready"],
+        "{hooks:?}"
+    );
+    for hook in &hooks {
+        assert_eq!(hook["recording"]["id"], id.as_str(), "{hook}");
+        assert_eq!(hook["room"]["name"], room, "{hook}");
+    }
+    assert_eq!(hooks[1]["recording"]["stop_reason"], "requested");
+    let ready = &hooks[2]["recording"];
+    let ready_files = ready["files"].as_array().unwrap();
+    assert_eq!(ready_files.len(), 4, "{ready}");
+    for f in ready_files {
+        let listed = files
+            .iter()
+            .find(|g| g["name"] == f["name"])
+            .unwrap_or_else(|| panic!("{f} is not among the API's files"));
+        assert_eq!(f["bytes"], listed["bytes"], "{f}");
+        assert!(f["duration_ms"].as_u64().unwrap() > 1000, "{f}");
+    }
+    assert!(ready["bytes"].as_u64().unwrap() > 0, "{ready}");
+
     // Another room's path does not find it.
     let (status, _) = api(
         addr,
