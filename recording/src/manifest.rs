@@ -122,7 +122,7 @@ pub enum Codec {
     Vp9,
     /// AV1, in WebM.
     Av1,
-    /// H.264, in Matroska.
+    /// H.264: reserved; rtcd does not record it yet (docs/recording.md).
     H264,
 }
 
@@ -166,8 +166,9 @@ pub struct Track {
     pub frames: u64,
     /// Video only: keyframes written (the file starts at one, and resumes at one after a loss).
     pub keyframes: u64,
-    /// Packets the recording never got (lost on the way and not repaired, or dropped when the
-    /// disk could not keep up); their frames were left out.
+    /// Packets the recording never got (lost on the way and not repaired, dropped when the
+    /// disk could not keep up, or not forwarded while the track was muted); their frames were
+    /// left out.
     pub dropped_packets: u64,
     /// Video: the picture size of the latest keyframe, if the codec's header says it.
     pub width: Option<u16>,
