@@ -87,6 +87,10 @@ struct Args {
     /// `simulcast` scenario; `--video-kbps` then does not apply).
     #[arg(long)]
     simulcast: bool,
+    /// Record every call (our stack only: rtcd records into its temporary data directory,
+    /// started through the proxy's API once everyone joined).
+    #[arg(long)]
+    record: bool,
     /// The target's name in the report (default ours / janus / raw-udp): a variant of a target
     /// measured in the same run, e.g. `ours-adaptive` for rtcd with `RTCD_RTC_ADAPTIVE_VIDEO`.
     #[arg(long)]
@@ -184,6 +188,7 @@ pub fn main() -> anyhow::Result<()> {
         scenario.bind_ip = v;
     }
     scenario.simulcast |= args.simulcast;
+    scenario.record |= args.record;
     let capacity = args.capacity || args.scenario == "capacity";
     if capacity {
         if args.step_rooms == 0 || args.start_rooms == 0 {
@@ -248,6 +253,7 @@ pub fn main() -> anyhow::Result<()> {
                         rtcd_env,
                         log_level: args.log_level.clone(),
                         cpus: args.target_cpus.clone(),
+                        record: args.record,
                     };
                     let stack = ours::Stack::start(&config).await?;
                     watched.extend(stack.watched());

@@ -47,6 +47,9 @@ pub struct Scenario {
     /// one stream at `video_kbps`), and participant `i` of a call takes layer `i % 3` of every
     /// camera it receives: the subscribers are spread evenly over low, middle and high.
     pub simulcast: bool,
+    /// Our stack only: every call is recorded (docs/recording.md) from the end of the joins,
+    /// through the proxy's room service API: what recording costs beside forwarding.
+    pub record: bool,
     /// Camera bitrate (kbit/s of payload).
     pub video_kbps: u32,
     /// Screen share bitrate (kbit/s).
@@ -87,6 +90,7 @@ impl Scenario {
             video: 0,
             screen: 0,
             simulcast: false,
+            record: false,
             video_kbps: 1000,
             screen_kbps: 500,
             video_payload: 1100,
@@ -371,6 +375,12 @@ pub async fn run(
         .filter(|_| !watched.is_empty())
         .map(|c| c / ramp_wall);
 
+    if scenario.record {
+        let Target::Ours { ws_url } = target else {
+            anyhow::bail!("--record needs --target ours");
+        };
+        ours::record_calls(ws_url, scenario.calls).await?;
+    }
     sampler.run_for(scenario.warmup, || false).await;
 
     // Measurement window.

@@ -34,6 +34,37 @@ pub struct StackConfig {
     pub log_level: String,
     /// Run both processes under `taskset -c <cpus>` (e.g. "0"), away from the load tool's core.
     pub cpus: Option<String>,
+    /// rtcd may record (`[recording]` on, into its temporary data directory).
+    pub record: bool,
+}
+
+/// Starts recording every call `lg-0` .. `lg-<calls - 1>` through the proxy behind `ws_url`
+/// (its room service API, a server token the spawned proxy accepts).
+pub async fn record_calls(ws_url: &str, calls: usize) -> anyhow::Result<()> {
+    let base = ws_url
+        .strip_prefix("ws://")
+        .and_then(|u| u.strip_suffix("/ws"))
+        .with_context(|| format!("{ws_url} is not ws://HOST:PORT/ws"))?;
+    let t = rtcd_e2e::proxy::now();
+    let token = rtcd_e2e::proxy::hs_token(&json!({
+        "iss": rtcd_e2e::proxy::ISSUER, "aud": rtcd_e2e::proxy::AUDIENCE, "sub": "loadgen",
+        "iat": t, "exp": t + 3600, "api": ["rooms:admin"],
+    }));
+    let client = reqwest::Client::new();
+    for call in 0..calls {
+        let response = client
+            .post(format!("http://{base}/api/v1/rooms/lg-{call}/recordings"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        let status = response.status();
+        anyhow::ensure!(
+            status.as_u16() == 201,
+            "starting the recording of lg-{call}: {status} {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// `bin`, or `taskset -c <cpus> bin` (taskset execs, so the PID is the binary's).
@@ -73,6 +104,14 @@ impl Stack {
     pub async fn start(config: &StackConfig) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut env = rtcd_e2e::daemon::test_env(dir.path(), &[]);
+        if config.record {
+            env.push(("RTCD_RECORDING_ENABLED".into(), "true".into()));
+            env.push((
+                "RTCD_RECORDING_DIRECTORY".into(),
+                dir.path().join("recordings").display().to_string(),
+            ));
+            env.push(("RTCD_RECORDING_MIN_FREE_BYTES".into(), "0".into()));
+        }
         env.extend(config.rtcd_env.iter().cloned());
         env.push(("RTCD_LOGGER_JSON".into(), "true".into()));
         env.push((
