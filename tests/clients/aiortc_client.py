@@ -24,6 +24,8 @@ With --answer-delay SECONDS it applies every answer that much later than it arri
 client, or signaling slower than media): what rtcd sends on a section before the answer that
 enables it is applied is dropped by aiortc (after decryption, so it cannot be resent).
 
+SIGTERM ends it before --seconds, the same way (a final report, then a leave).
+
 Usage: aiortc_client.py --url ws://HOST:PORT/ws --room ROOM --token JWT [--seconds N]
        [--no-publish] [--ice-restart-at SECONDS] [--answer-delay SECONDS] [--verbose]
 """
@@ -34,6 +36,7 @@ import fractions
 import json
 import os
 import re
+import signal
 import sys
 import time
 
@@ -467,9 +470,16 @@ async def main(client_class=None, add_arguments=None):
                     print(json.dumps({"error": {"client": repr(e)}}), flush=True)
                     raise
 
+        # SIGTERM ends the run early, as its end would (the final report, a leave).
+        stopping = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+
         async def reporter():
-            while time.monotonic() - started < args.seconds:
-                await asyncio.sleep(1)
+            while time.monotonic() - started < args.seconds and not stopping.is_set():
+                try:
+                    await asyncio.wait_for(stopping.wait(), 1)
+                except asyncio.TimeoutError:
+                    pass
                 print(json.dumps(client.report(started)), flush=True)
                 if args.verbose:
                     for t in client.pc.getTransceivers():
