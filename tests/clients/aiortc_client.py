@@ -24,6 +24,8 @@ With --answer-delay SECONDS it applies every answer that much later than it arri
 client, or signaling slower than media): what rtcd sends on a section before the answer that
 enables it is applied is dropped by aiortc (after decryption, so it cannot be resent).
 
+SIGTERM ends it before --seconds, the same way (a final report, then a leave).
+
 Usage: aiortc_client.py --url ws://HOST:PORT/ws --room ROOM --token JWT [--seconds N]
        [--no-publish] [--ice-restart-at SECONDS] [--answer-delay SECONDS] [--verbose]
 """
@@ -34,6 +36,7 @@ import fractions
 import json
 import os
 import re
+import signal
 import sys
 import time
 
@@ -145,6 +148,10 @@ class Client:
         self.restart = None  # the "ice_restart" report, once a restart began
         self.restart_answer_due = False  # the pending offer is the restart's
         self.pc.on("track", self.on_track)
+
+    def sources(self):
+        """The microphone and camera tracks it publishes (a subclass may make others)."""
+        return AudioStreamTrack(), Camera()
 
     def t(self, now=None):
         return round((time.monotonic() if now is None else now) - self.started, 3)
@@ -323,8 +330,9 @@ class Client:
             print(json.dumps({"message": shown}), file=sys.stderr, flush=True)
         if kind == "joined":
             if self.publish:
-                self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
-                self.pc.addTransceiver(Camera(), direction="sendonly")
+                microphone, camera = self.sources()
+                self.pc.addTransceiver(microphone, direction="sendonly")
+                self.pc.addTransceiver(camera, direction="sendonly")
             else:
                 # An offer needs a section to set up the transport.
                 self.pc.addTransceiver("audio", direction="recvonly")
@@ -418,7 +426,10 @@ class Client:
         await self.offer()
 
 
-async def main():
+async def main(client_class=None, add_arguments=None):
+    """Runs a client of `client_class` (default `Client`); `add_arguments(parser)` may add
+    options, which reach the client as `client.args`."""
+    client_class = client_class or Client
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--room", required=True)
@@ -439,11 +450,14 @@ async def main():
         help="apply every answer this much later than it arrives",
     )
     parser.add_argument("--verbose", action="store_true", help="log messages to stderr")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args()
     started = time.monotonic()
     started_unix = time.time()
     async with websockets.connect(args.url, max_size=1 << 20) as ws:
-        client = Client(ws, not args.no_publish, started, args.verbose, args.answer_delay)
+        client = client_class(ws, not args.no_publish, started, args.verbose, args.answer_delay)
+        client.args = args
         client.started_unix = round(started_unix, 3)
         await ws.send(json.dumps({"type": "join", "room": args.room, "token": args.token}))
 
@@ -456,9 +470,16 @@ async def main():
                     print(json.dumps({"error": {"client": repr(e)}}), flush=True)
                     raise
 
+        # SIGTERM ends the run early, as its end would (the final report, a leave).
+        stopping = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+
         async def reporter():
-            while time.monotonic() - started < args.seconds:
-                await asyncio.sleep(1)
+            while time.monotonic() - started < args.seconds and not stopping.is_set():
+                try:
+                    await asyncio.wait_for(stopping.wait(), 1)
+                except asyncio.TimeoutError:
+                    pass
                 print(json.dumps(client.report(started)), flush=True)
                 if args.verbose:
                     for t in client.pc.getTransceivers():
@@ -488,7 +509,8 @@ async def main():
             await client.pc.close()
 
 
-if __name__ == "__main__":
+def run(client_class=None, add_arguments=None):
+    """The command line entry point (see `main`)."""
     if os.environ.get("AIORTC_DEBUG"):
         import logging
 
@@ -498,7 +520,11 @@ if __name__ == "__main__":
             format="%(process)d %(relativeCreated)d %(levelname)s:%(name)s:%(message)s",
         )
     try:
-        asyncio.run(main())
+        asyncio.run(main(client_class, add_arguments))
     except websockets.ConnectionClosed as e:
         print(json.dumps({"closed": e.code, "reason": e.reason}), flush=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

@@ -18,5 +18,6 @@ mod leaks;
 mod loadgen;
 mod negotiation;
 mod recording;
+mod recording_sync;
 mod turn;
 mod weak_link;
