@@ -332,7 +332,7 @@ fn recorded_tracks_are_in_sync_on_the_manifests_common_clock() -> anyhow::Result
         let mut alice = Client::start(&http, &base, "alice").await?;
         alice.connected().await?;
         phase("alice connected");
-        let notice = sfu.start_recording(&tenant, &room, "test").await?;
+        let notice = sfu.start_recording(&tenant, &room, "test", None).await?;
         tokio::time::sleep(BOB_JOINS_AFTER).await;
         let mut bob = Client::start(&http, &base, "bob").await?;
         bob.connected().await?;
