@@ -442,7 +442,9 @@ impl Recorder {
         let Some(shared) = self.track(track) else {
             return;
         };
-        if packet.payload_type != shared.meta.payload_type || packet.payload.is_empty() {
+        // Padding-only packets (a publisher probing its uplink on the media stream) go in
+        // too: they take sequence numbers, and leaving them out would read as losses.
+        if packet.payload_type != shared.meta.payload_type {
             return;
         }
         match self.events.try_send(Event::Packet(track.0, packet.clone())) {

@@ -312,9 +312,29 @@ fn assert_close(got: f64, want: f64, tolerance: f64, what: &str) {
 fn records_vp8_and_opus_that_ffmpeg_decodes() {
     let tmp = tempfile::tempdir().unwrap();
     let media = tempfile::tempdir().unwrap();
-    let video = packetize_vp8(&vp8_frames(media.path(), 5), 0);
+    let mut video = packetize_vp8(&vp8_frames(media.path(), 5), 0);
+    // A publisher probing its uplink on the media stream: a padding-only packet after the
+    // last packet of a frame takes the next sequence number, and is no loss.
+    let at = video
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, p))| p.marker)
+        .nth(40)
+        .map(|(i, _)| i)
+        .unwrap();
+    let (track, mut padding) = video[at].clone();
+    padding.payload = bytes::Bytes::new();
+    padding.padding = 200;
+    padding.marker = false;
+    padding.keyframe = false;
+    padding.vp8 = None;
+    padding.sequence = padding.sequence.wrapping_add(1);
+    for (_, p) in &mut video[at + 1..] {
+        p.sequence = p.sequence.wrapping_add(1);
+    }
+    video.insert(at + 1, (track, padding));
     let audio = packetize_opus(&opus_packets(media.path(), 5), 1);
-    let (video_packets, audio_packets) = (video.len(), audio.len());
+    let (video_packets, audio_packets) = (video.len() - 1, audio.len());
     let feed = interleave(video, audio);
     // Lose one packet of a delta frame in the middle of the first second (frame ~10): the
     // frames up to the next keyframe (frame 30) are left out.

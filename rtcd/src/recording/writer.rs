@@ -274,7 +274,8 @@ impl TrackOut {
     }
 
     fn packet(&mut self, p: &MediaPacket, base: &TimeBase) {
-        if self.closed {
+        // A padding-only packet has filled its place in the sequence; it carries no media.
+        if self.closed || p.payload.is_empty() {
             return;
         }
         let mut depack = std::mem::replace(&mut self.depack, Depacketizer::Opus);

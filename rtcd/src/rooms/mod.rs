@@ -69,6 +69,8 @@ pub struct RoomsService {
     moderation: ModerationStore,
     webhooks: Webhooks,
     lobby: Lobby,
+    /// Bytes per `RecordingChunk` (from the gRPC message limit: [`recordings::chunk_for`]).
+    chunk: usize,
 }
 
 impl RoomsService {
@@ -87,11 +89,13 @@ impl RoomsService {
             moderation,
             webhooks,
             lobby,
+            chunk: recordings::chunk_for(256 * 1024),
         }
     }
 
     /// The tonic server wrapper, with the message size limit applied in both directions.
-    pub fn into_server(self, max_message_bytes: usize) -> pb::rooms_server::RoomsServer<Self> {
+    pub fn into_server(mut self, max_message_bytes: usize) -> pb::rooms_server::RoomsServer<Self> {
+        self.chunk = recordings::chunk_for(max_message_bytes);
         pb::rooms_server::RoomsServer::new(self)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes)

@@ -28,8 +28,17 @@ const REFRESH: Duration = Duration::from_secs(10);
 /// A room opened this soon after its recording's last refresh continues that recording.
 const CONTINUE_WITHIN: Duration = Duration::from_secs(45);
 
-/// Largest chunk of a file in one `RecordingChunk`.
+/// Largest chunk of a file in one `RecordingChunk` (smaller when `grpc.max_message_bytes` is:
+/// [`chunk_for`]).
 const CHUNK: usize = 256 * 1024;
+/// What a `RecordingChunk` adds to its bytes (tags, lengths, `size`), with margin.
+const CHUNK_FRAMING: usize = 64;
+
+/// The chunk size for a gRPC message limit of `max_message_bytes`: a full chunk with its
+/// framing must fit, or the server refuses to send it.
+pub(super) fn chunk_for(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_sub(CHUNK_FRAMING).clamp(1024, CHUNK)
+}
 /// Chunks read ahead of the client.
 const READ_AHEAD: usize = 4;
 
@@ -137,8 +146,9 @@ impl RoomsService {
             req.length.min(available)
         };
         let offset = req.offset;
+        let chunk = self.chunk;
         let (tx, rx) = mpsc::channel(READ_AHEAD);
-        tokio::task::spawn_blocking(move || stream_file(file, size, offset, length, &tx));
+        tokio::task::spawn_blocking(move || stream_file(file, size, offset, length, chunk, &tx));
         Ok(rx)
     }
 
@@ -301,6 +311,7 @@ fn stream_file(
     size: u64,
     offset: u64,
     length: u64,
+    chunk: usize,
     tx: &mpsc::Sender<Result<pb::RecordingChunk, Status>>,
 ) {
     if let Err(e) = file.seek(SeekFrom::Start(offset)) {
@@ -310,7 +321,7 @@ fn stream_file(
     let mut left = length;
     let mut first = true;
     loop {
-        let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
+        let want = usize::try_from(left.min(chunk as u64)).unwrap_or(chunk);
         let mut data = vec![0u8; want];
         let mut got = 0;
         while got < want {
