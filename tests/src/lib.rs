@@ -7,12 +7,14 @@
 
 pub mod bridge;
 pub mod browser;
+pub mod clip;
 pub mod coturn;
 pub mod daemon;
 pub mod etcd;
 pub mod firefox;
 pub mod flow;
 pub mod media;
+pub mod mountns;
 pub mod netns;
 pub mod oidc;
 pub mod proxy;
