@@ -908,10 +908,8 @@ impl Participant {
         let s = sender.clone();
         tokio::spawn(async move {
             use rtc::rtp::packetizer::Payloader as _;
-            let mut payloader = rtc::rtp::codec::vp8::Vp8Payloader {
-                enable_picture_id: true,
-                ..Default::default()
-            };
+            let mut payloader = rtc::rtp::codec::vp8::Vp8Payloader::default();
+            payloader.enable_picture_id = true;
             let mut tick = tokio::time::interval(clip.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let (mut seq, mut timestamp) = (0u16, 0u32);

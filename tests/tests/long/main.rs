@@ -18,5 +18,6 @@ mod leaks;
 mod loadgen;
 mod negotiation;
 mod recording;
+mod recording_crash;
 mod turn;
 mod weak_link;
