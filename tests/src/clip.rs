@@ -37,15 +37,44 @@ impl Clip {
         let size = format!("testsrc2=size=320x240:rate={FPS}");
         let rate = format!("{kbps}k");
         let gop = FPS.to_string();
-        ffmpeg(&[
-            "-f", "lavfi", "-i", &size, "-t", &seconds.to_string(), "-c:v", "libvpx",
-            "-b:v", &rate, "-minrate", &rate, "-maxrate", &rate, "-g", &gop,
-            "-keyint_min", &gop, "-deadline", "realtime", "-cpu-used", "8",
-            "-auto-alt-ref", "0", "-lag-in-frames", "0", "-f", "ivf",
-        ], &file)?;
+        ffmpeg(
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                &size,
+                "-t",
+                &seconds.to_string(),
+                "-c:v",
+                "libvpx",
+                "-b:v",
+                &rate,
+                "-minrate",
+                &rate,
+                "-maxrate",
+                &rate,
+                "-g",
+                &gop,
+                "-keyint_min",
+                &gop,
+                "-deadline",
+                "realtime",
+                "-cpu-used",
+                "8",
+                "-auto-alt-ref",
+                "0",
+                "-lag-in-frames",
+                "0",
+                "-f",
+                "ivf",
+            ],
+            &file,
+        )?;
         let frames = ivf_frames(&std::fs::read(&file)?)?;
         ensure!(
-            frames.first().is_some_and(|f| f.first().is_some_and(|b| b & 1 == 0)),
+            frames
+                .first()
+                .is_some_and(|f| f.first().is_some_and(|b| b & 1 == 0)),
             "the VP8 clip does not start with a keyframe"
         );
         Ok(Self {
@@ -59,11 +88,25 @@ impl Clip {
     /// `seconds` of a 440 Hz tone as Opus, 20 ms frames at 48 kbit/s, written in `dir`.
     pub fn opus(dir: &Path, seconds: u32) -> anyhow::Result<Self> {
         let file = dir.join("clip.ogg");
-        ffmpeg(&[
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t",
-            &seconds.to_string(), "-c:a", "libopus", "-b:a", "48k", "-frame_duration", "20",
-            "-f", "ogg",
-        ], &file)?;
+        ffmpeg(
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=48000",
+                "-t",
+                &seconds.to_string(),
+                "-c:a",
+                "libopus",
+                "-b:a",
+                "48k",
+                "-frame_duration",
+                "20",
+                "-f",
+                "ogg",
+            ],
+            &file,
+        )?;
         let frames = ogg_packets(&std::fs::read(&file)?)?;
         // The first two packets are the OpusHead and OpusTags headers.
         ensure!(

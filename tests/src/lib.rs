@@ -18,6 +18,7 @@ pub mod mountns;
 pub mod netns;
 pub mod oidc;
 pub mod proxy;
+pub mod recording;
 pub mod relay;
 pub mod shaping;
 pub mod webhook;
