@@ -23,6 +23,9 @@ use rtcd_recording::manifest::{Manifest, State, StopReason};
 /// The rtcd CLI of this crate, run as a process (so it can be SIGKILLed).
 const RTCD: &str = env!("CARGO_BIN_EXE_rtcd-under-test");
 
+/// Bytes per `ReadRecordingFile` call when the test downloads a file.
+const RANGE: u64 = 128 * 1024;
+
 #[tokio::test]
 async fn a_recording_survives_kill_9_and_is_marked_interrupted() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
@@ -123,21 +126,34 @@ async fn a_recording_survives_kill_9_and_is_marked_interrupted() -> anyhow::Resu
     );
     ensure!(got.files.len() == 4, "GetRecording lists {:?}", got.files);
     for file in &got.files {
-        let mut chunks = rooms_client
-            .read_recording_file(authorized(
-                pb::ReadRecordingFileRequest {
-                    recording_id: id.clone(),
-                    name: file.name.clone(),
-                    offset: 0,
-                    length: 0,
-                },
-                Some(&auth),
-            ))
-            .await?
-            .into_inner();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = chunks.message().await? {
-            bytes.extend_from_slice(&chunk.data);
+        // In ranges of 128 KiB, as the proxy's range requests read them.
+        let (mut bytes, mut size) = (Vec::new(), None);
+        while size.is_none_or(|size| (bytes.len() as u64) < size) {
+            let mut chunks = rooms_client
+                .read_recording_file(authorized(
+                    pb::ReadRecordingFileRequest {
+                        recording_id: id.clone(),
+                        name: file.name.clone(),
+                        offset: bytes.len() as u64,
+                        length: RANGE,
+                    },
+                    Some(&auth),
+                ))
+                .await?
+                .into_inner();
+            let mut first = true;
+            while let Some(chunk) = chunks.message().await? {
+                if std::mem::take(&mut first) {
+                    size = Some(chunk.size);
+                }
+                bytes.extend_from_slice(&chunk.data);
+            }
+            ensure!(
+                !first,
+                "{}: a read from {} sent nothing",
+                file.name,
+                bytes.len()
+            );
         }
         let on_disk = std::fs::read(dir.join(&file.name))?;
         ensure!(
