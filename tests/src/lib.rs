@@ -7,15 +7,18 @@
 
 pub mod bridge;
 pub mod browser;
+pub mod clip;
 pub mod coturn;
 pub mod daemon;
 pub mod etcd;
 pub mod firefox;
 pub mod flow;
 pub mod media;
+pub mod mountns;
 pub mod netns;
 pub mod oidc;
 pub mod proxy;
+pub mod recording;
 pub mod relay;
 pub mod shaping;
 pub mod webhook;

@@ -53,6 +53,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
 use tonic::transport::Channel;
+
+pub use crate::clip::Clip;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -317,6 +319,8 @@ struct Shared {
     audio_level: AtomicU8,
     plis: AtomicU64,
     negotiations: AtomicU64,
+    /// RTP packets received on every track ([`Participant::packets_received`]).
+    packets_in: AtomicU64,
     closed: AtomicBool,
     /// While set, rtcd's `NegotiationNeeded` requests are ignored (the participant keeps its
     /// current sections, as a slow client would).
@@ -761,48 +765,8 @@ impl Participant {
         interval: Duration,
         pad: usize,
     ) -> anyhow::Result<()> {
-        let track_id = track_id_of(kind);
         let audio = kind == "audio" || kind == "screen_audio";
-        let media_kind = if audio {
-            RtpCodecKind::Audio
-        } else {
-            RtpCodecKind::Video
-        };
-        // 0.21 sends a packet only on an SSRC of the track's encodings: we choose it.
-        let ssrc = next_ssrc();
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            self.session.clone(),
-            track_id.to_owned(),
-            track_id.to_owned(),
-            media_kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: codec.clone(),
-                ..Default::default()
-            }],
-        )));
-        let local: Arc<dyn TrackLocal> = track.clone();
-        let sender = self
-            .pc
-            .add_track(local)
-            .await
-            .with_context(|| format!("{}: adding {kind}", self.session))?;
-        self.shared
-            .kinds
-            .lock()
-            .unwrap()
-            .insert(RTCRtpTransceiverId::from(sender.id()), media_kind);
-        offer_every_codec(&self.pc, sender.as_ref(), media_kind, &codec)
-            .await
-            .with_context(|| format!("{}: codecs of {kind}", self.session))?;
-        self.shared
-            .published
-            .lock()
-            .unwrap()
-            .insert(kind.to_owned(), ssrc);
+        let (track, sender, ssrc) = self.local_track(kind, &codec).await?;
         let stop = Arc::new(AtomicBool::new(false));
         let tag = format!("{}|{}|", self.session, kind);
         let mime = codec.mime_type.to_ascii_lowercase();
@@ -874,6 +838,134 @@ impl Participant {
             .unwrap()
             .insert(kind.to_owned(), (sender, stop));
         Ok(())
+    }
+
+    /// A local track of `kind` with `codec` on a new sender (SSRC chosen here), every codec of
+    /// its kind offered, and its SSRC noted as published.
+    async fn local_track(
+        &self,
+        kind: &str,
+        codec: &RTCRtpCodec,
+    ) -> anyhow::Result<(Arc<TrackLocalStaticRTP>, Arc<dyn RtpSender>, u32)> {
+        let track_id = track_id_of(kind);
+        let audio = kind == "audio" || kind == "screen_audio";
+        let media_kind = if audio {
+            RtpCodecKind::Audio
+        } else {
+            RtpCodecKind::Video
+        };
+        // 0.21 sends a packet only on an SSRC of the track's encodings: we choose it.
+        let ssrc = next_ssrc();
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            self.session.clone(),
+            track_id.to_owned(),
+            track_id.to_owned(),
+            media_kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.clone(),
+                ..Default::default()
+            }],
+        )));
+        let local: Arc<dyn TrackLocal> = track.clone();
+        let sender = self
+            .pc
+            .add_track(local)
+            .await
+            .with_context(|| format!("{}: adding {kind}", self.session))?;
+        self.shared
+            .kinds
+            .lock()
+            .unwrap()
+            .insert(RTCRtpTransceiverId::from(sender.id()), media_kind);
+        offer_every_codec(&self.pc, sender.as_ref(), media_kind, codec)
+            .await
+            .with_context(|| format!("{}: codecs of {kind}", self.session))?;
+        self.shared
+            .published
+            .lock()
+            .unwrap()
+            .insert(kind.to_owned(), ssrc);
+        Ok((track, sender, ssrc))
+    }
+
+    /// Adds a track (`kind` as in [`Participant::add_track`]) that sends real encoded media:
+    /// `clip`'s frames in real time, looped, packetized as a browser would (VP8 frames split
+    /// at 1200 bytes, the marker on a frame's last packet; one Opus frame per packet). What it
+    /// sends decodes (a recording of it can be checked with ffmpeg); its payloads carry no
+    /// `session|kind|n` tag, so receivers count it only in [`Participant::packets_received`].
+    /// A PLI is not answered: the clip has its own keyframes. Call
+    /// [`Participant::renegotiate`] afterwards.
+    pub async fn add_clip_track(&self, kind: &str, clip: Arc<Clip>) -> anyhow::Result<()> {
+        let codec = if clip.video { vp8() } else { opus() };
+        let (track, sender, ssrc) = self.local_track(kind, &codec).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let shared = Arc::downgrade(&self.shared);
+        let s = sender.clone();
+        tokio::spawn(async move {
+            use rtc::rtp::packetizer::Payloader as _;
+            let mut payloader = rtc::rtp::codec::vp8::Vp8Payloader::default();
+            payloader.enable_picture_id = true;
+            let mut tick = tokio::time::interval(clip.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let (mut seq, mut timestamp) = (0u16, 0u32);
+            let mut wire = None;
+            let mut negotiations_seen = u64::MAX;
+            for frame in clip.frames.iter().cycle() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
+                let negotiations = shared.negotiations.load(Ordering::Relaxed);
+                if negotiations != negotiations_seen {
+                    negotiations_seen = negotiations;
+                    wire = wire_format(s.as_ref(), &codec).await;
+                }
+                drop(shared);
+                let payloads = if clip.video {
+                    payloader.payload(1200, frame).unwrap_or_default()
+                } else {
+                    vec![frame.clone()]
+                };
+                let last = payloads.len().saturating_sub(1);
+                for (i, payload) in payloads.into_iter().enumerate() {
+                    if let Some((payload_type, _)) = wire {
+                        let packet = rtc::rtp::Packet {
+                            header: rtc::rtp::header::Header {
+                                version: 2,
+                                marker: i == last,
+                                payload_type,
+                                sequence_number: seq,
+                                timestamp,
+                                ssrc,
+                                ..Default::default()
+                            },
+                            payload,
+                        };
+                        let _ = track.write_rtp(packet).await;
+                    }
+                    seq = seq.wrapping_add(1);
+                }
+                timestamp = timestamp.wrapping_add(clip.ticks);
+            }
+        });
+        self.senders
+            .lock()
+            .unwrap()
+            .insert(kind.to_owned(), (sender, stop));
+        Ok(())
+    }
+
+    /// Every RTP packet received so far, of every track (tagged or not: real media too).
+    pub fn packets_received(&self) -> u64 {
+        self.shared.packets_in.load(Ordering::Relaxed)
     }
 
     /// Stops sending a track and removes it from the peer connection.
@@ -1449,6 +1541,7 @@ async fn read_track(track: Arc<dyn TrackRemote>, shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             break;
         };
+        shared.packets_in.fetch_add(1, Ordering::Relaxed);
         let ssrc = packet.header.ssrc;
         shared
             .remotes

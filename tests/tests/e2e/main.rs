@@ -20,6 +20,7 @@ mod oidc;
 mod process;
 mod proxy_auth;
 mod recording_api;
+mod recording_disk;
 mod registry;
 mod relay;
 mod resume;

@@ -18,6 +18,7 @@ mod leaks;
 mod loadgen;
 mod negotiation;
 mod recording;
+mod recording_crash;
 mod recording_sync;
 mod turn;
 mod weak_link;
