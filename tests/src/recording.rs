@@ -43,6 +43,9 @@ pub async fn start_rtcd(
             ("RTCD_RECORDING_DIRECTORY", &directory),
             ("RTCD_RECORDING_MIN_FREE_BYTES", &floor),
             ("RTCD_RTC_DRAIN_TIMEOUT_SECONDS", "0"),
+            // A small gRPC message limit: a file is served in many chunks, each of which must
+            // fit with its framing.
+            ("RTCD_GRPC_MAX_MESSAGE_BYTES", "65536"),
         ],
     );
     let mut process = RtcdProcess::spawn(rtcd, &env)?;

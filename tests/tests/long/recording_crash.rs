@@ -163,6 +163,31 @@ async fn a_recording_survives_kill_9_and_is_marked_interrupted() -> anyhow::Resu
             bytes.len(),
             on_disk.len()
         );
+        // Whole, in one read (as a download without a Range header): many chunks, each
+        // within the 64 KiB message limit this rtcd runs with.
+        let mut chunks = rooms_client
+            .read_recording_file(authorized(
+                pb::ReadRecordingFileRequest {
+                    recording_id: id.clone(),
+                    name: file.name.clone(),
+                    offset: 0,
+                    length: 0,
+                },
+                Some(&auth),
+            ))
+            .await?
+            .into_inner();
+        let mut whole = Vec::new();
+        while let Some(chunk) = chunks.message().await? {
+            whole.extend_from_slice(&chunk.data);
+        }
+        ensure!(
+            whole == on_disk,
+            "{}: {} bytes served whole, {} on disk",
+            file.name,
+            whole.len(),
+            on_disk.len()
+        );
     }
     drop(process);
     Ok(())
