@@ -467,6 +467,11 @@ impl Rtcd {
             // one new host (a room moved piecemeal could be split between two).
             config::DrainMode::Migrate => self.sfu.drain(Duration::ZERO, "migrate").await,
         }
+        // The rooms are gone, so are their recordings: their files are being completed (and
+        // `recording_ready` queued) before the webhooks drain.
+        if !self.sfu.recordings_complete(Duration::from_secs(10)).await {
+            tracing::warn!("recordings were not complete within 10 s of the drain");
+        }
         // The sessions are closed; their relay tasks (which hold the store) finish at once.
         self.relays.close();
         if tokio::time::timeout(Duration::from_secs(5), self.relays.wait())

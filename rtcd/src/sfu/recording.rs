@@ -177,6 +177,27 @@ impl Sfu {
         Ok(notice)
     }
 
+    /// Waits (at most `timeout`) until every recording that stopped has its files complete;
+    /// whether they all are. For a shutdown, after the rooms are closed.
+    pub async fn recordings_complete(&self, timeout: Duration) -> bool {
+        let Some(recordings) = self.inner.recording.get() else {
+            return true;
+        };
+        let pending: Vec<watch::Receiver<bool>> = recordings
+            .finishing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let all = async {
+            for mut done in pending {
+                let _ = done.wait_for(|d| *d).await;
+            }
+        };
+        tokio::time::timeout(timeout, all).await.is_ok()
+    }
+
     /// The call's recording here, if it records.
     pub async fn recording_of(
         &self,
