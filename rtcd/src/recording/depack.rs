@@ -846,7 +846,9 @@ fn h264_packet_opens_unit(p: &[u8]) -> bool {
     };
     match header & 0x1f {
         // STAP-A: header, size (2), then the first NAL unit.
-        NAL_STAP_A => p.get(3).is_some_and(|h| h264_opens_unit(h & 0x1f, p.get(4))),
+        NAL_STAP_A => p
+            .get(3)
+            .is_some_and(|h| h264_opens_unit(h & 0x1f, p.get(4))),
         // FU-A: the start fragment of a NAL unit that opens one.
         NAL_FU_A => p
             .get(1)
@@ -1083,9 +1085,10 @@ pub(crate) fn h264_sps_size(sps: &[u8]) -> Option<(u16, u16)> {
     }
     b.ue()?; // max_num_ref_frames
     b.read(1)?; // gaps_in_frame_num_value_allowed_flag
-    let width_mbs = b.ue()? + 1;
-    let height_units = b.ue()? + 1;
-    let frame_mbs_only = b.read(1)?;
+    // u64: nothing a (hostile) SPS says can overflow.
+    let width_mbs = u64::from(b.ue()?) + 1;
+    let height_units = u64::from(b.ue()?) + 1;
+    let frame_mbs_only = u64::from(b.read(1)?);
     if frame_mbs_only == 0 {
         b.read(1)?; // mb_adaptive_frame_field_flag
     }
@@ -1100,12 +1103,12 @@ pub(crate) fn h264_sps_size(sps: &[u8]) -> Option<(u16, u16)> {
         };
         let unit_x = if chroma_format == 0 { 1 } else { sub_width };
         let unit_y = (2 - frame_mbs_only) * if chroma_format == 0 { 1 } else { sub_height };
-        let (left, right, top, bottom) = (b.ue()?, b.ue()?, b.ue()?, b.ue()?);
+        let mut crop = || b.ue().map(u64::from);
+        let (left, right, top, bottom) = (crop()?, crop()?, crop()?, crop()?);
         width = width.checked_sub(unit_x * (left + right))?;
         height = height.checked_sub(unit_y * (top + bottom))?;
     }
-    Some((u16::try_from(width).ok()?, u16::try_from(height).ok()?))
-        .filter(|&(w, h)| w > 0 && h > 0)
+    Some((u16::try_from(width).ok()?, u16::try_from(height).ok()?)).filter(|&(w, h)| w > 0 && h > 0)
 }
 
 /// Reads bits, most significant first.
@@ -1654,6 +1657,8 @@ mod tests {
         assert_eq!(data, &avcc(&[&sps, &pps, &IDR]));
         assert_eq!(config, &h264_codec_private(&sps, &pps).unwrap());
         assert_eq!(*size, Some((320, 240)));
+        // Wanted since the skipped delta unit; no more once the keyframe came.
+        assert!(d.take_wants_keyframe());
         let got = frames(&mut d, &[h264_delta(5, 6000)]);
         assert_eq!(got, [(6000, false, avcc(&[&DELTA]))]);
         // A unit of two slices whose marker never came: handed on when the next one starts.

@@ -145,7 +145,9 @@ impl TrackFile {
             return WebmFile::create(path, codec, first).map(Self::Webm);
         }
         if first.config.is_empty() {
-            return Err(Failure::Error("an H.264 keyframe without its SPS / PPS".into()));
+            return Err(Failure::Error(
+                "an H.264 keyframe without its SPS / PPS".into(),
+            ));
         }
         let file = create_file(path)?;
         MkvFile::create(
