@@ -617,6 +617,25 @@ fn records_h264_in_matroska_that_ffmpeg_decodes() {
     assert_eq!(codec_name(&path), "h264");
     assert_close(media_seconds(&path), 5.0, 0.2, &t.file);
     assert_eq!(decode_errors(&path), "");
+    // The clean stop wrote the Duration into the header.
+    let out = run(Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&path));
+    let duration: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_close(duration, 5.0, 0.1, "header duration");
+    // Seeking (no cues: by reading the clusters) decodes cleanly too.
+    let out = run(Command::new("ffmpeg")
+        .args(["-v", "error", "-ss", "3.2", "-i"])
+        .arg(&path)
+        .args(["-f", "null", "-"]));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
     assert_eq!(t.bytes, std::fs::metadata(&path).unwrap().len());
     assert_close(
         t.duration_ms as f64 / 1000.0,
