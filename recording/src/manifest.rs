@@ -122,7 +122,8 @@ pub enum Codec {
     Vp9,
     /// AV1, in WebM.
     Av1,
-    /// H.264: reserved; rtcd does not record it yet (docs/recording.md).
+    /// H.264, in Matroska (`.mkv`; written by rtcd's own muxer: libwebm takes only WebM's
+    /// codecs, see docs/recording.md).
     H264,
 }
 

@@ -218,7 +218,7 @@ impl Reorder {
 #[derive(Debug)]
 pub(crate) struct Frame<'a> {
     /// The frame as the container stores it (payload descriptors stripped; AV1 in the low
-    /// overhead bitstream format).
+    /// overhead bitstream format; H.264 in AVCC form, each NAL unit after its 4-byte length).
     pub data: &'a [u8],
     /// Its RTP timestamp.
     pub timestamp: u32,
@@ -228,7 +228,8 @@ pub(crate) struct Frame<'a> {
     pub size: Option<(u16, u16)>,
     /// When its first packet arrived at rtcd.
     pub arrival: Instant,
-    /// AV1: the sequence header OBU of a keyframe (the file's `av1C` needs it); else empty.
+    /// A keyframe's decoder configuration, else empty. AV1: the sequence header OBU (the
+    /// file's `av1C` is built from it). H.264: the `avcC` itself (from the latest SPS and PPS).
     pub config: &'a [u8],
 }
 
@@ -242,17 +243,19 @@ pub(crate) enum Depacketizer {
     Vp9(Vp9),
     /// AV1, the AOM RTP payload format.
     Av1(Av1),
+    /// H.264, RFC 6184 packetization mode 1.
+    H264(H264),
 }
 
 impl Depacketizer {
-    /// The depacketizer of `codec`; `None` for codecs the recorder cannot write (H.264).
-    pub(crate) fn new(codec: Codec) -> Option<Self> {
+    /// The depacketizer of `codec`.
+    pub(crate) fn new(codec: Codec) -> Self {
         match codec {
-            Codec::Opus => Some(Self::Opus),
-            Codec::Vp8 => Some(Self::Vp8(Vp8::default())),
-            Codec::Vp9 => Some(Self::Vp9(Vp9::default())),
-            Codec::Av1 => Some(Self::Av1(Av1::default())),
-            Codec::H264 => None,
+            Codec::Opus => Self::Opus,
+            Codec::Vp8 => Self::Vp8(Vp8::default()),
+            Codec::Vp9 => Self::Vp9(Vp9::default()),
+            Codec::Av1 => Self::Av1(Av1::default()),
+            Codec::H264 => Self::H264(H264::default()),
         }
     }
 
@@ -274,6 +277,7 @@ impl Depacketizer {
             Self::Vp8(d) => d.packet(packet, out),
             Self::Vp9(d) => d.packet(packet, out),
             Self::Av1(d) => d.packet(packet, out),
+            Self::H264(d) => d.packet(packet, out),
         }
     }
 
@@ -285,6 +289,7 @@ impl Depacketizer {
             Self::Vp8(d) => d.frame.lost(),
             Self::Vp9(d) => d.frame.lost(),
             Self::Av1(d) => d.frame.lost(),
+            Self::H264(d) => d.frame.lost(),
         }
     }
 
@@ -296,6 +301,7 @@ impl Depacketizer {
             Self::Vp8(d) => &mut d.frame.gate,
             Self::Vp9(d) => &mut d.frame.gate,
             Self::Av1(d) => &mut d.frame.gate,
+            Self::H264(d) => &mut d.frame.gate,
         };
         std::mem::take(&mut gate.wants)
     }
@@ -789,6 +795,322 @@ fn write_leb128(buf: &mut Vec<u8>, mut value: usize) {
     }
 }
 
+/// H.264 (RFC 6184, packetization mode 1, the one rtcd negotiates): an access unit is the
+/// packets of one timestamp, ending with the marker (or, when a sender leaves the marker out,
+/// where the next timestamp starts: the reorder buffer reported no loss in between, so it is
+/// whole). Single NAL unit packets, STAP-A (24) and FU-A (28) are taken apart; the interleaved
+/// mode's types (STAP-B, MTAP, FU-B) break the unit, reserved types (0, 30, 31) are skipped.
+/// The unit is written in AVCC form (each NAL unit after its 4-byte big-endian length), SPS
+/// and PPS included (a decoder takes a mid-stream change from them). A unit is a keyframe when
+/// it holds an IDR slice (type 5) and an SPS and a PPS are known: the latest ones make the
+/// file's `avcC`.
+#[derive(Default)]
+pub(crate) struct H264 {
+    frame: Assembly,
+    /// A FU-A NAL unit is open: where its length field is in the buffer.
+    fu_start: Option<usize>,
+    /// The latest SPS and PPS NAL units (header included).
+    sps: Vec<u8>,
+    pps: Vec<u8>,
+    /// The `avcC` of `sps` and `pps` (empty until both are known).
+    config: Vec<u8>,
+    /// The picture size the SPS says.
+    size: Option<(u16, u16)>,
+}
+
+/// H.264 NAL unit types (ITU-T H.264 table 7-1; RFC 6184 §5.2) the recorder cares about.
+const NAL_SLICE: u8 = 1;
+const NAL_IDR: u8 = 5;
+const NAL_SEI: u8 = 6;
+const NAL_SPS: u8 = 7;
+const NAL_PPS: u8 = 8;
+const NAL_AUD: u8 = 9;
+const NAL_STAP_A: u8 = 24;
+const NAL_FU_A: u8 = 28;
+
+/// Whether a NAL unit of type `kind`, whose header is followed by `next`, can open an access
+/// unit (H.264 §7.4.1.2.3): the non-VCL units that precede a picture, or the first slice of a
+/// picture (`first_mb_in_slice` is 0, coded as a single 1 bit).
+fn h264_opens_unit(kind: u8, next: Option<&u8>) -> bool {
+    match kind {
+        NAL_SLICE | NAL_IDR => next.is_some_and(|b| b & 0x80 != 0),
+        NAL_SEI | NAL_SPS | NAL_PPS | NAL_AUD | 14..=18 => true,
+        _ => false,
+    }
+}
+
+/// Whether an RTP payload starts an access unit (its first NAL unit opens one).
+fn h264_packet_opens_unit(p: &[u8]) -> bool {
+    let Some(&header) = p.first() else {
+        return false;
+    };
+    match header & 0x1f {
+        // STAP-A: header, size (2), then the first NAL unit.
+        NAL_STAP_A => p
+            .get(3)
+            .is_some_and(|h| h264_opens_unit(h & 0x1f, p.get(4))),
+        // FU-A: the start fragment of a NAL unit that opens one.
+        NAL_FU_A => p
+            .get(1)
+            .is_some_and(|fu| fu & 0x80 != 0 && h264_opens_unit(fu & 0x1f, p.get(2))),
+        kind => h264_opens_unit(kind, p.get(1)),
+    }
+}
+
+impl H264 {
+    fn packet(&mut self, packet: &MediaPacket, out: &mut impl FnMut(Frame<'_>)) {
+        let p = &packet.payload[..];
+        if self.frame.active && packet.timestamp != self.frame.timestamp {
+            // The unit's marker never came, yet no packet is missing: it is whole unless a
+            // fragmented NAL unit is still open.
+            if self.fu_start.is_none() {
+                self.complete(out);
+            } else {
+                self.frame.broken();
+            }
+        }
+        if !self.frame.continues(packet) {
+            if !h264_packet_opens_unit(p) {
+                // The middle of a unit whose start was lost (or never seen): skipped.
+                self.frame.broken();
+                return;
+            }
+            self.frame.begin(packet);
+            self.fu_start = None;
+        }
+        if self.push(p).is_none() {
+            self.frame.broken();
+            return;
+        }
+        if packet.marker {
+            if self.fu_start.is_some() {
+                self.frame.broken();
+                return;
+            }
+            self.complete(out);
+        }
+    }
+
+    /// Appends the packet's NAL units (or fragment) to the unit; `None` when it is malformed
+    /// or of a type the recorder does not take.
+    fn push(&mut self, p: &[u8]) -> Option<()> {
+        let mut c = Cursor::new(p);
+        let header = c.u8()?;
+        let buf = &mut self.frame.buf;
+        match header & 0x1f {
+            1..=23 => {
+                if self.fu_start.is_some() {
+                    return None;
+                }
+                push_nal(buf, p);
+            }
+            NAL_STAP_A => {
+                if self.fu_start.is_some() {
+                    return None;
+                }
+                while c.at < c.bytes.len() {
+                    let n = usize::from(c.u16_be()?);
+                    let nal = c.take(n)?;
+                    if nal.is_empty() {
+                        return None;
+                    }
+                    push_nal(buf, nal);
+                }
+            }
+            NAL_FU_A => {
+                let fu = c.u8()?;
+                let (start, end) = (fu & 0x80 != 0, fu & 0x40 != 0);
+                match (start, self.fu_start) {
+                    (true, None) => {
+                        self.fu_start = Some(buf.len());
+                        buf.extend_from_slice(&[0; 4]);
+                        buf.push((header & 0xe0) | (fu & 0x1f));
+                    }
+                    (false, Some(_)) => {}
+                    // A start inside an open unit, or a fragment without its start.
+                    _ => return None,
+                }
+                buf.extend_from_slice(c.rest());
+                if end {
+                    let at = self.fu_start.take()?;
+                    let len = u32::try_from(buf.len() - at - 4).ok()?;
+                    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+                }
+            }
+            // Reserved (RFC 6184 table 1): ignored.
+            0 | 30 | 31 => {}
+            // STAP-B, MTAP16, MTAP24, FU-B: interleaved mode only, never negotiated.
+            _ => return None,
+        }
+        Some(())
+    }
+
+    /// The unit is whole: notes its SPS / PPS / IDR, hands it on through the keyframe gate.
+    fn complete(&mut self, out: &mut impl FnMut(Frame<'_>)) {
+        if self.frame.buf.is_empty() {
+            self.frame.active = false;
+            return;
+        }
+        let mut idr = false;
+        let mut changed = false;
+        let mut c = Cursor::new(&self.frame.buf);
+        while c.at < c.bytes.len() {
+            let Some(nal) = c
+                .take(4)
+                .and_then(|n| c.take(u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize))
+            else {
+                break;
+            };
+            let target = match nal.first().map(|h| h & 0x1f) {
+                Some(NAL_IDR) => {
+                    idr = true;
+                    continue;
+                }
+                Some(NAL_SPS) => &mut self.sps,
+                Some(NAL_PPS) => &mut self.pps,
+                _ => continue,
+            };
+            if target.as_slice() != nal {
+                target.clear();
+                target.extend_from_slice(nal);
+                changed = true;
+            }
+        }
+        if changed {
+            self.size = h264_sps_size(&self.sps);
+            self.config.clear();
+            if let Some(private) = h264_codec_private(&self.sps, &self.pps) {
+                self.config = private;
+            }
+        }
+        self.frame.keyframe = idr && !self.config.is_empty();
+        self.frame.size = if self.frame.keyframe { self.size } else { None };
+        let config = if self.frame.keyframe {
+            &self.config[..]
+        } else {
+            &[]
+        };
+        self.frame.complete(config, out);
+    }
+}
+
+/// Appends a NAL unit in AVCC form (its 4-byte big-endian length, then the unit).
+fn push_nal(buf: &mut Vec<u8>, nal: &[u8]) {
+    buf.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+    buf.extend_from_slice(nal);
+}
+
+/// The Matroska `CodecPrivate` of H.264 (`avcC`, ISO/IEC 14496-15 §5.3.3.1): version 1, the
+/// SPS's profile, compatibility and level, 4-byte NAL lengths, one SPS, one PPS. `None` when
+/// either is missing or too short.
+pub(crate) fn h264_codec_private(sps: &[u8], pps: &[u8]) -> Option<Vec<u8>> {
+    if sps.len() < 4 || pps.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(11 + sps.len() + pps.len());
+    out.extend_from_slice(&[1, sps[1], sps[2], sps[3], 0xff, 0xe1]);
+    out.extend_from_slice(&u16::try_from(sps.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(sps);
+    out.push(1);
+    out.extend_from_slice(&u16::try_from(pps.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(pps);
+    Some(out)
+}
+
+/// The picture size an SPS NAL unit (header included) says, cropping applied (H.264 §7.3.2.1).
+pub(crate) fn h264_sps_size(sps: &[u8]) -> Option<(u16, u16)> {
+    // The RBSP: emulation prevention bytes (0x03 after two zeros) removed.
+    let mut rbsp = Vec::with_capacity(sps.len());
+    let mut zeros = 0;
+    for &b in sps.get(1..)? {
+        if zeros >= 2 && b == 0x03 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        rbsp.push(b);
+    }
+    let mut b = Bits {
+        bytes: &rbsp,
+        bit: 0,
+    };
+    let profile = b.read(8)?;
+    b.read(16)?; // constraint flags, level
+    b.ue()?; // seq_parameter_set_id
+    let mut chroma_format = 1;
+    if matches!(
+        profile,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
+        chroma_format = b.ue()?;
+        if chroma_format == 3 && b.read(1)? == 1 {
+            chroma_format = 0; // separate colour planes: cropped like monochrome
+        }
+        b.ue()?; // bit_depth_luma_minus8
+        b.ue()?; // bit_depth_chroma_minus8
+        b.read(1)?; // qpprime_y_zero_transform_bypass_flag
+        if b.read(1)? == 1 {
+            // seq_scaling_matrix_present_flag: the lists are skipped (§7.3.2.1.1.1).
+            let lists = if chroma_format == 3 { 12 } else { 8 };
+            for i in 0..lists {
+                if b.read(1)? == 1 {
+                    let size = if i < 6 { 16 } else { 64 };
+                    let (mut last, mut next) = (8i64, 8i64);
+                    for _ in 0..size {
+                        if next != 0 {
+                            next = (last + b.se()? + 256) % 256;
+                        }
+                        if next != 0 {
+                            last = next;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    b.ue()?; // log2_max_frame_num_minus4
+    match b.ue()? {
+        0 => {
+            b.ue()?; // log2_max_pic_order_cnt_lsb_minus4
+        }
+        1 => {
+            b.read(1)?;
+            b.se()?;
+            b.se()?;
+            for _ in 0..b.ue()? {
+                b.se()?;
+            }
+        }
+        _ => {}
+    }
+    b.ue()?; // max_num_ref_frames
+    b.read(1)?; // gaps_in_frame_num_value_allowed_flag
+    // u64: nothing a (hostile) SPS says can overflow.
+    let width_mbs = u64::from(b.ue()?) + 1;
+    let height_units = u64::from(b.ue()?) + 1;
+    let frame_mbs_only = u64::from(b.read(1)?);
+    if frame_mbs_only == 0 {
+        b.read(1)?; // mb_adaptive_frame_field_flag
+    }
+    b.read(1)?; // direct_8x8_inference_flag
+    let mut width = width_mbs * 16;
+    let mut height = (2 - frame_mbs_only) * height_units * 16;
+    if b.read(1)? == 1 {
+        let (sub_width, sub_height) = match chroma_format {
+            1 => (2, 2),
+            2 => (2, 1),
+            _ => (1, 1),
+        };
+        let unit_x = if chroma_format == 0 { 1 } else { sub_width };
+        let unit_y = (2 - frame_mbs_only) * if chroma_format == 0 { 1 } else { sub_height };
+        let mut crop = || b.ue().map(u64::from);
+        let (left, right, top, bottom) = (crop()?, crop()?, crop()?, crop()?);
+        width = width.checked_sub(unit_x * (left + right))?;
+        height = height.checked_sub(unit_y * (top + bottom))?;
+    }
+    Some((u16::try_from(width).ok()?, u16::try_from(height).ok()?)).filter(|&(w, h)| w > 0 && h > 0)
+}
+
 /// Reads bits, most significant first.
 struct Bits<'a> {
     bytes: &'a [u8],
@@ -804,6 +1126,24 @@ impl Bits<'_> {
             self.bit += 1;
         }
         Some(v)
+    }
+    /// An unsigned Exp-Golomb number (H.264 §9.1), at most 31 leading zeros.
+    fn ue(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.read(1)? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        let rest = self.read(zeros)?;
+        Some(((1u64 << zeros) - 1 + u64::from(rest)).min(u64::from(u32::MAX)) as u32)
+    }
+
+    /// A signed Exp-Golomb number (H.264 §9.1.1).
+    fn se(&mut self) -> Option<i64> {
+        let k = i64::from(self.ue()?);
+        Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
     }
 }
 
@@ -1018,7 +1358,7 @@ mod tests {
 
     #[test]
     fn vp8_assembles_frames_and_waits_for_a_keyframe() {
-        let mut d = Depacketizer::new(Codec::Vp8).unwrap();
+        let mut d = Depacketizer::new(Codec::Vp8);
         assert!(d.take_wants_keyframe());
         // A delta frame first: skipped, keyframe wanted.
         assert!(frames(&mut d, &vp8_frame(0, 0, false, 2)).is_empty());
@@ -1037,7 +1377,7 @@ mod tests {
 
     #[test]
     fn vp8_drops_a_frame_with_a_loss_until_the_next_keyframe() {
-        let mut d = Depacketizer::new(Codec::Vp8).unwrap();
+        let mut d = Depacketizer::new(Codec::Vp8);
         assert_eq!(frames(&mut d, &vp8_frame(0, 0, true, 2)).len(), 1);
         d.take_wants_keyframe();
         let mut f = vp8_frame(2, 3000, false, 3);
@@ -1062,7 +1402,7 @@ mod tests {
 
     #[test]
     fn vp8_keyframe_size_and_garbage() {
-        let mut d = Depacketizer::new(Codec::Vp8).unwrap();
+        let mut d = Depacketizer::new(Codec::Vp8);
         // S, PID 0, key tag, start code, 320 x 240.
         let payload = vec![
             0x10, 0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00,
@@ -1086,7 +1426,7 @@ mod tests {
 
     #[test]
     fn vp9_assembles_a_picture_and_waits_for_a_keyframe_after_loss() {
-        let mut d = Depacketizer::new(Codec::Vp9).unwrap();
+        let mut d = Depacketizer::new(Codec::Vp9);
         let key = [
             vp9_packet(0, 0, true, false, false, false),
             vp9_packet(1, 0, false, true, false, true),
@@ -1109,7 +1449,7 @@ mod tests {
 
     #[test]
     fn vp9_two_spatial_layers_make_a_superframe() {
-        let mut d = Depacketizer::new(Codec::Vp9).unwrap();
+        let mut d = Depacketizer::new(Codec::Vp9);
         // L: TID 0, SID 0 / SID 1, non-flexible (TL0PICIDX follows).
         let p0 = packet(0, 0, false, vec![0x28 | 0x04, 0x00, 0x00, 0xaa, 0xaa]);
         let p1 = packet(1, 0, true, vec![0x28 | 0x04, 0x02, 0x00, 0xbb]);
@@ -1148,7 +1488,7 @@ mod tests {
 
     #[test]
     fn av1_rebuilds_a_temporal_unit_from_fragments() {
-        let mut d = Depacketizer::new(Codec::Av1).unwrap();
+        let mut d = Depacketizer::new(Codec::Av1);
         let seq = av1_sequence_header();
         // A frame OBU (type 6) without size field, split across two packets.
         let frame_obu = [0x30, 1, 2, 3, 4, 5];
@@ -1185,7 +1525,7 @@ mod tests {
 
     #[test]
     fn av1_continuation_without_its_start_is_dropped() {
-        let mut d = Depacketizer::new(Codec::Av1).unwrap();
+        let mut d = Depacketizer::new(Codec::Av1);
         // Z set on the first packet of a temporal unit: its start was lost.
         assert!(frames(&mut d, &[packet(0, 0, true, vec![0x90, 0x30, 1])]).is_empty());
         // A delta temporal unit (no N, no sequence header) before any keyframe: skipped.
@@ -1199,13 +1539,218 @@ mod tests {
 
     #[test]
     fn opus_passes_every_packet_and_ignores_losses() {
-        let mut d = Depacketizer::new(Codec::Opus).unwrap();
+        let mut d = Depacketizer::new(Codec::Opus);
         assert!(!d.take_wants_keyframe());
         let got = frames(&mut d, &[packet(0, 0, false, vec![1, 2])]);
         d.lost();
         let got2 = frames(&mut d, &[packet(2, 1920, false, vec![3])]);
         assert_eq!(got, [(0, true, vec![1, 2])]);
         assert_eq!(got2, [(1920, true, vec![3])]);
-        assert!(Depacketizer::new(Codec::H264).is_none());
+    }
+
+    /// The SPS and PPS of libx264's baseline 320 x 240 (with an emulation prevention byte).
+    const SPS_320X240: &str = "6742c00dd90141fb0110000003001000000303c0f142a480";
+    const PPS: &str = "68cb83cb20";
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// AVCC form of NAL units.
+    fn avcc(nals: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for n in nals {
+            out.extend((n.len() as u32).to_be_bytes());
+            out.extend_from_slice(n);
+        }
+        out
+    }
+
+    /// A STAP-A of NAL units.
+    fn stap_a(nals: &[&[u8]]) -> Vec<u8> {
+        let mut out = vec![0x78];
+        for n in nals {
+            out.extend((n.len() as u16).to_be_bytes());
+            out.extend_from_slice(n);
+        }
+        out
+    }
+
+    /// A NAL unit split into `parts` FU-A payloads.
+    fn fu_a(nal: &[u8], parts: usize) -> Vec<Vec<u8>> {
+        let body = &nal[1..];
+        let chunk = body.len().div_ceil(parts);
+        let chunks: Vec<&[u8]> = body.chunks(chunk).collect();
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut fu = nal[0] & 0x1f;
+                if i == 0 {
+                    fu |= 0x80;
+                }
+                if i + 1 == chunks.len() {
+                    fu |= 0x40;
+                }
+                let mut p = vec![(nal[0] & 0xe0) | 28, fu];
+                p.extend_from_slice(c);
+                p
+            })
+            .collect()
+    }
+
+    /// An IDR slice and a non-IDR slice (first_mb_in_slice 0: the first bit after the header).
+    const IDR: [u8; 8] = [0x65, 0x88, 1, 2, 3, 4, 5, 6];
+    const DELTA: [u8; 4] = [0x41, 0x9a, 7, 8];
+
+    /// Packets of a keyframe unit: STAP-A (SPS, PPS), then the IDR in 3 FU-As.
+    fn h264_key(seq: u16, ts: u32) -> Vec<MediaPacket> {
+        let (sps, pps) = (hex(SPS_320X240), hex(PPS));
+        let mut payloads = vec![stap_a(&[&sps, &pps])];
+        payloads.extend(fu_a(&IDR, 3));
+        let n = payloads.len();
+        payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| packet(seq.wrapping_add(i as u16), ts, i + 1 == n, p))
+            .collect()
+    }
+
+    fn h264_delta(seq: u16, ts: u32) -> MediaPacket {
+        packet(seq, ts, true, DELTA.to_vec())
+    }
+
+    #[test]
+    fn h264_sps_size_and_avcc() {
+        assert_eq!(h264_sps_size(&hex(SPS_320X240)), Some((320, 240)));
+        // libx264 high profile, 200 x 120: 13 x 8 macroblocks, cropped by 8 and 8.
+        let high = hex("6764000cacd943447965c044000003000400000300f03c50a658");
+        assert_eq!(h264_sps_size(&high), Some((200, 120)));
+        assert_eq!(h264_sps_size(&[0x67, 0x42]), None);
+        let (sps, pps) = (hex(SPS_320X240), hex(PPS));
+        let private = h264_codec_private(&sps, &pps).unwrap();
+        assert_eq!(&private[..8], &[1, 0x42, 0xc0, 0x0d, 0xff, 0xe1, 0, 24]);
+        assert_eq!(&private[8..32], &sps[..]);
+        assert_eq!(&private[32..], &[1, 0, 5, 0x68, 0xcb, 0x83, 0xcb, 0x20]);
+        assert!(h264_codec_private(&sps, &[]).is_none());
+    }
+
+    #[test]
+    fn h264_assembles_stap_a_and_fu_a_into_avcc() {
+        let mut d = Depacketizer::new(Codec::H264);
+        assert!(d.take_wants_keyframe());
+        // A delta unit first: skipped.
+        assert!(frames(&mut d, &[h264_delta(0, 0)]).is_empty());
+        let mut got = Vec::new();
+        for p in h264_key(1, 3000) {
+            d.packet(&p, &mut |f| {
+                got.push((f.keyframe, f.data.to_vec(), f.config.to_vec(), f.size))
+            });
+        }
+        assert_eq!(got.len(), 1);
+        let (sps, pps) = (hex(SPS_320X240), hex(PPS));
+        let (key, data, config, size) = &got[0];
+        assert!(key);
+        assert_eq!(data, &avcc(&[&sps, &pps, &IDR]));
+        assert_eq!(config, &h264_codec_private(&sps, &pps).unwrap());
+        assert_eq!(*size, Some((320, 240)));
+        // Wanted since the skipped delta unit; no more once the keyframe came.
+        assert!(d.take_wants_keyframe());
+        let got = frames(&mut d, &[h264_delta(5, 6000)]);
+        assert_eq!(got, [(6000, false, avcc(&[&DELTA]))]);
+        // A unit of two slices whose marker never came: handed on when the next one starts.
+        let second_slice = [0x41, 0x40, 9]; // first_mb_in_slice 1: continues a picture
+        let got = frames(
+            &mut d,
+            &[
+                packet(6, 9000, false, DELTA.to_vec()),
+                packet(7, 9000, false, second_slice.to_vec()),
+                h264_delta(8, 12000),
+            ],
+        );
+        assert_eq!(
+            got,
+            [
+                (9000, false, avcc(&[&DELTA, &second_slice])),
+                (12000, false, avcc(&[&DELTA]))
+            ]
+        );
+        assert!(!d.take_wants_keyframe());
+    }
+
+    #[test]
+    fn h264_reordered_and_wrapping_packets() {
+        let mut d = Depacketizer::new(Codec::H264);
+        let mut r = Reorder::default();
+        // Sequence numbers and timestamps both wrap inside the keyframe and after it.
+        let mut packets = h264_key(65534, u32::MAX - 1000);
+        packets.push(h264_delta(2, 1999));
+        packets.push(h264_delta(3, 4999));
+        packets.swap(1, 2);
+        packets.swap(4, 5);
+        let mut got = Vec::new();
+        for p in packets {
+            r.push(p, &mut |o| match o {
+                Ordered::Packet(p) => {
+                    d.packet(&p, &mut |f| got.push((f.timestamp, f.keyframe)));
+                }
+                Ordered::Lost(_) => d.lost(),
+            });
+        }
+        assert_eq!(got, [(u32::MAX - 1000, true), (1999, false), (4999, false)]);
+    }
+
+    #[test]
+    fn h264_fu_a_with_a_lost_middle_waits_for_the_next_idr() {
+        let mut d = Depacketizer::new(Codec::H264);
+        assert_eq!(frames(&mut d, &h264_key(0, 0)).len(), 1);
+        assert_eq!(frames(&mut d, &[h264_delta(4, 3000)]).len(), 1);
+        d.take_wants_keyframe();
+        // The next keyframe's middle FU-A is lost.
+        let mut key = h264_key(5, 6000);
+        let tail = key.split_off(2);
+        assert!(frames(&mut d, &key).is_empty());
+        d.lost();
+        assert!(frames(&mut d, &tail[1..]).is_empty());
+        assert!(d.take_wants_keyframe());
+        // Whole delta units after it are skipped, and keep asking.
+        assert!(frames(&mut d, &[h264_delta(9, 9000)]).is_empty());
+        assert!(d.take_wants_keyframe());
+        // The IDR's first fragment lost: its later fragments never start a unit.
+        let key = h264_key(10, 12000);
+        assert!(frames(&mut d, &key[..1]).is_empty());
+        d.lost();
+        assert!(frames(&mut d, &key[2..]).is_empty());
+        // The STAP-A lost, the IDR whole: a keyframe on the parameter sets already known.
+        let key = h264_key(14, 15000);
+        d.lost();
+        let got = frames(&mut d, &key[1..]);
+        assert_eq!(got, [(15000, true, avcc(&[&IDR]))]);
+        assert_eq!(frames(&mut d, &[h264_delta(18, 18000)]).len(), 1);
+    }
+
+    #[test]
+    fn h264_idr_without_parameter_sets_and_garbage() {
+        let mut d = Depacketizer::new(Codec::H264);
+        // An IDR before any SPS / PPS cannot start a file.
+        assert!(frames(&mut d, &[packet(0, 0, true, IDR.to_vec())]).is_empty());
+        assert!(d.take_wants_keyframe());
+        for junk in [
+            vec![],
+            vec![0x78],
+            vec![0x78, 0x00, 0x09, 0x67],
+            vec![0x7c],
+            vec![0x7c, 0x45],
+            vec![0x79, 0, 1, 2], // STAP-B
+            vec![0x7d, 0x85, 1], // FU-B
+        ] {
+            frames(&mut d, &[packet(1, 10, true, junk)]);
+        }
+        assert!(h264_sps_size(&[0x67, 0x64, 0, 0, 0, 0, 0, 0]).is_none());
+        // Still recovers at the next keyframe.
+        assert_eq!(frames(&mut d, &h264_key(2, 3000)).len(), 1);
     }
 }

@@ -1,5 +1,5 @@
-//! Recording a room: each published track written to its own WebM file, without decoding or
-//! transcoding, and a `manifest.json` (the [`rtcd_recording::manifest`] contract) that says
+//! Recording a room: each published track written to its own file (WebM; H.264 in Matroska),
+//! without decoding or transcoding, and a `manifest.json` (the [`rtcd_recording::manifest`] contract) that says
 //! how the files line up in time.
 //!
 //! # Shape
@@ -10,8 +10,9 @@
 //!   is full (the disk cannot keep up) the packet is dropped, counted, and the recording is
 //!   marked degraded.
 //! * The writer thread (`writer`): reorders and depacketizes (`depack`), writes the files
-//!   (libwebm through the `webm` crate, live mode, flushed and synced every second so that a
-//!   `kill -9` leaves them playable up to the last second), keeps the manifest current, watches
+//!   (libwebm through the `webm` crate; H.264, which libwebm cannot name, through the small
+//!   Matroska muxer in `mkv`; flushed and synced every second so that a `kill -9` leaves them
+//!   playable up to the last second), keeps the manifest current, watches
 //!   the disk floor and the maximum duration. It is the only code touching the files.
 //! * [`Library`]: the recordings on disk, for the API (list, get, delete, read a file), and
 //!   the recovery of recordings rtcd was killed in.
@@ -22,16 +23,18 @@
 //! # Layout on disk
 //!
 //! `{directory}/t-{tenant}/{recording id}/` holds `manifest.json` and one
-//! `{nn}-{source}-{user}.webm` per track. The `t-` prefix keeps tenant IDs such as `.` or `..`
+//! `{nn}-{source}-{user}.webm` per track (`.mkv` for H.264). The `t-` prefix keeps tenant IDs such as `.` or `..`
 //! harmless; recording IDs are checked strictly ([`RecordingId::parse`]), so neither can
 //! name a path outside the directory.
 //!
-//! H.264 is not recorded ([`RecordingError::UnsupportedCodec`]): libwebm muxes only WebM's
-//! codecs, and no maintained crate writes H.264 into Matroska or MP4 incrementally.
+//! H.264 goes into Matroska (`.mkv`, `V_MPEG4/ISO/AVC`) through a hand-written muxer (`mkv`):
+//! libwebm muxes only WebM's codecs, and no well-kept crate writes H.264 into Matroska or MP4
+//! incrementally (see that module for the crates checked).
 
 mod clock;
 mod depack;
 mod library;
+mod mkv;
 mod writer;
 
 #[cfg(test)]
@@ -198,7 +201,8 @@ pub enum RecordingError {
     /// The recording is still being written.
     #[error("the recording is still being written")]
     StillRecording,
-    /// The codec cannot be written to a file without transcoding.
+    /// The codec cannot be written to a file without transcoding (none of [`Codec`]'s is
+    /// refused today: every one has a container).
     #[error("codec {0:?} cannot be recorded")]
     UnsupportedCodec(Codec),
     /// A tenant ID that cannot name a directory.
@@ -403,12 +407,9 @@ impl Recorder {
     ///
     /// # Errors
     ///
-    /// [`RecordingError::UnsupportedCodec`] for H.264; [`RecordingError::TooManyTracks`];
-    /// [`RecordingError::Stopped`] when the recording already stopped itself.
+    /// [`RecordingError::TooManyTracks`]; [`RecordingError::Stopped`] when the recording
+    /// already stopped itself.
     pub fn add_track(&mut self, track: TrackMeta) -> Result<TrackRef, RecordingError> {
-        if track.codec == Codec::H264 {
-            return Err(RecordingError::UnsupportedCodec(track.codec));
-        }
         if self.stopped_itself().is_some() {
             return Err(RecordingError::Stopped);
         }
@@ -417,8 +418,14 @@ impl Recorder {
             return Err(RecordingError::TooManyTracks);
         }
         let index = tracks.len() as u32;
+        // H.264 goes into Matroska (libwebm writes only WebM's codecs: see `mkv`).
+        let extension = if track.codec == Codec::H264 {
+            "mkv"
+        } else {
+            "webm"
+        };
         let file = format!(
-            "{:02}-{}-{}.webm",
+            "{:02}-{}-{}.{extension}",
             index + 1,
             track.source.as_str(),
             sanitize_user(&track.participant.user)

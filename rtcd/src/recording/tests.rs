@@ -89,6 +89,125 @@ fn opus_packets(dir: &Path, seconds: u32) -> Vec<Vec<u8>> {
     packets.split_off(2)
 }
 
+/// `seconds` of 320x240 H.264 (baseline, as browsers send it) at 30 fps, an IDR every 30
+/// frames: the access units, each as its NAL units (the Annex B stream split at its start
+/// codes).
+fn h264_units(dir: &Path, seconds: u32) -> Vec<Vec<Vec<u8>>> {
+    let path = dir.join("in.h264");
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "testsrc=size=320x240:rate=30",
+            "-t",
+            &seconds.to_string(),
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "30",
+            "-bsf:v",
+            "h264_mp4toannexb",
+            "-f",
+            "h264",
+        ])
+        .arg(&path));
+    let bytes = std::fs::read(&path).unwrap();
+    // Each NAL unit starts after 00 00 01 (a 4-byte start code's extra zero is trailing, and a
+    // NAL unit never ends in a zero byte).
+    let starts: Vec<usize> = bytes
+        .windows(3)
+        .enumerate()
+        .filter(|(_, w)| *w == [0, 0, 1])
+        .map(|(i, _)| i + 3)
+        .collect();
+    let mut units: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut has_slice = false;
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).map_or(bytes.len(), |next| next - 3);
+        let mut nal = &bytes[start..end];
+        while let [rest @ .., 0] = nal {
+            nal = rest;
+        }
+        let kind = nal[0] & 0x1f;
+        // A unit opens at a parameter set / SEI / delimiter after a slice, or at the first slice
+        // of a picture (first_mb_in_slice 0).
+        let opens = match kind {
+            1 | 5 => nal[1] & 0x80 != 0,
+            6..=9 => true,
+            _ => false,
+        };
+        if units.is_empty() || (opens && has_slice) {
+            units.push(Vec::new());
+            has_slice = false;
+        }
+        has_slice |= matches!(kind, 1 | 5);
+        units.last_mut().unwrap().push(nal.to_vec());
+    }
+    units
+}
+
+/// A test-only H.264 packetizer (RFC 6184, mode 1): SPS and PPS in one STAP-A, NAL units over
+/// 1100 bytes in FU-As, others as single NAL unit packets; the marker on each unit's last
+/// packet. 90 kHz, 3000 ticks a frame; sequence numbers and timestamps both wrap.
+fn packetize_h264(units: &[Vec<Vec<u8>>], track: usize) -> Feed {
+    let mut seq: u16 = 65_500;
+    let base_ts: u32 = u32::MAX - 30_000;
+    let mut out = Vec::new();
+    for (n, unit) in units.iter().enumerate() {
+        let mut payloads = Vec::new();
+        let mut nals = unit.as_slice();
+        if let [sps, pps, rest @ ..] = nals
+            && sps[0] & 0x1f == 7
+            && pps[0] & 0x1f == 8
+        {
+            let mut p = vec![(sps[0] & 0x60) | 24];
+            for nal in [sps, pps] {
+                p.extend((nal.len() as u16).to_be_bytes());
+                p.extend_from_slice(nal);
+            }
+            payloads.push(p);
+            nals = rest;
+        }
+        for nal in nals {
+            if nal.len() <= 1100 {
+                payloads.push(nal.clone());
+                continue;
+            }
+            let chunks: Vec<&[u8]> = nal[1..].chunks(1100).collect();
+            for (i, chunk) in chunks.iter().enumerate() {
+                let mut fu = nal[0] & 0x1f;
+                if i == 0 {
+                    fu |= 0x80;
+                }
+                if i + 1 == chunks.len() {
+                    fu |= 0x40;
+                }
+                let mut p = vec![(nal[0] & 0xe0) | 28, fu];
+                p.extend_from_slice(chunk);
+                payloads.push(p);
+            }
+        }
+        let count = payloads.len();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let mut p = MediaPacket::new(
+                1,
+                seq,
+                base_ts.wrapping_add(n as u32 * 3000),
+                VIDEO_PT,
+                Bytes::from(payload),
+                Instant::now(),
+            );
+            p.marker = i + 1 == count;
+            out.push((track, p));
+            seq = seq.wrapping_add(1);
+        }
+    }
+    out
+}
+
 const VIDEO_PT: u8 = 96;
 const AUDIO_PT: u8 = 111;
 
@@ -209,6 +328,13 @@ fn video_track(user: &str) -> TrackMeta {
         codec: Codec::Vp8,
         payload_type: VIDEO_PT,
         clock_rate: 90_000,
+    }
+}
+
+fn h264_track(user: &str) -> TrackMeta {
+    TrackMeta {
+        codec: Codec::H264,
+        ..video_track(user)
     }
 }
 
@@ -348,16 +474,6 @@ fn records_vp8_and_opus_that_ffmpeg_decodes() {
     let (mut recorder, rx) = start(&config(tmp.path()), &library, "acme");
     let v = recorder.add_track(video_track("bob")).unwrap();
     let a = recorder.add_track(audio_track("bob")).unwrap();
-    assert_eq!(
-        recorder
-            .add_track(TrackMeta {
-                codec: Codec::H264,
-                ..video_track("bob")
-            })
-            .unwrap_err()
-            .to_string(),
-        RecordingError::UnsupportedCodec(Codec::H264).to_string()
-    );
     let tracks = [v, a];
     recorder.speaking(a, true);
     for (n, (t, p)) in feed.iter().enumerate() {
@@ -462,6 +578,111 @@ fn a_file_copied_while_recording_plays_up_to_the_last_flush() {
     let manifest = Manifest::read(&dir).unwrap();
     assert_eq!(manifest.state, State::Recording);
     assert_eq!(manifest.tracks.len(), 1);
+    assert_eq!(decode_errors(&copy), "");
+    let seconds = media_seconds(&copy);
+    assert!(seconds >= 2.0, "only {seconds} s playable");
+    recorder.stop(StopReason::Shutdown);
+    assert_eq!(
+        finished(&rx).manifest.stop_reason,
+        Some(StopReason::Shutdown)
+    );
+}
+
+#[test]
+fn records_h264_in_matroska_that_ffmpeg_decodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let media = tempfile::tempdir().unwrap();
+    let units = h264_units(media.path(), 5);
+    assert_eq!(units.len(), 150);
+    let feed = packetize_h264(&units, 0);
+    let packets = feed.len();
+    // Lose the first packet of frame 10 (a delta frame): frames 10 to 29 are left out.
+    let lose = feed
+        .iter()
+        .position(|(_, p)| p.timestamp == (u32::MAX - 30_000).wrapping_add(10 * 3000))
+        .unwrap();
+    let feed = disorder(feed, Some(lose));
+    assert!(
+        feed.iter().any(|(_, p)| p.payload[0] & 0x1f == 28),
+        "no FU-A"
+    );
+
+    let library = Library::open(tmp.path().to_path_buf()).unwrap();
+    let (mut recorder, rx) = start(&config(tmp.path()), &library, "acme");
+    let v = recorder.add_track(h264_track("erin")).unwrap();
+    for (_, p) in &feed {
+        recorder.packet(v, p);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(recorder.wants_keyframe(v));
+    recorder.stop(StopReason::Requested);
+    let done = finished(&rx);
+
+    let m = &done.manifest;
+    assert_eq!(m.stop_reason, Some(StopReason::Requested));
+    assert_eq!(m.tracks.len(), 1);
+    let t = &m.tracks[0];
+    assert_eq!(t.file, "01-camera-erin.mkv");
+    assert_eq!(t.codec, Codec::H264);
+    assert!(t.complete);
+    assert_eq!(t.dropped_packets, 1);
+    assert_eq!((t.width, t.height), (Some(320), Some(240)));
+    assert_eq!(t.keyframes, 5);
+    assert_eq!(t.frames, 150 - 20);
+    assert!(packets > 150);
+    let json = std::fs::read_to_string(done.directory.join("manifest.json")).unwrap();
+    assert!(json.contains("\"codec\": \"h264\""), "{json}");
+
+    let path = done.directory.join(&t.file);
+    assert_eq!(codec_name(&path), "h264");
+    assert_close(media_seconds(&path), 5.0, 0.2, &t.file);
+    assert_eq!(decode_errors(&path), "");
+    // The clean stop wrote the Duration into the header.
+    let out = run(Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&path));
+    let duration: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_close(duration, 5.0, 0.1, "header duration");
+    // Seeking (no cues: by reading the clusters) decodes cleanly too.
+    let out = run(Command::new("ffmpeg")
+        .args(["-v", "error", "-ss", "3.2", "-i"])
+        .arg(&path)
+        .args(["-f", "null", "-"]));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert_eq!(t.bytes, std::fs::metadata(&path).unwrap().len());
+    assert_close(
+        t.duration_ms as f64 / 1000.0,
+        5.0 - 1.0 / 30.0,
+        0.05,
+        "manifest video duration",
+    );
+}
+
+#[test]
+fn an_h264_file_copied_while_recording_plays_up_to_the_last_flush() {
+    let tmp = tempfile::tempdir().unwrap();
+    let media = tempfile::tempdir().unwrap();
+    let units = h264_units(media.path(), 3);
+    let library = Library::open(tmp.path().to_path_buf()).unwrap();
+    let (mut recorder, rx) = start(&config(tmp.path()), &library, "acme");
+    let v = recorder.add_track(h264_track("frank")).unwrap();
+    for (_, p) in packetize_h264(&units, 0) {
+        recorder.packet(v, &p);
+    }
+    // Past the writer's flush (every second): what a kill -9 would leave on disk now.
+    std::thread::sleep(Duration::from_millis(2500));
+    let dir = tmp.path().join("t-acme").join(recorder.id().as_str());
+    let copy: PathBuf = media.path().join("killed.mkv");
+    std::fs::copy(dir.join("01-camera-frank.mkv"), &copy).unwrap();
+    assert_eq!(Manifest::read(&dir).unwrap().state, State::Recording);
+    assert_eq!(codec_name(&copy), "h264");
     assert_eq!(decode_errors(&copy), "");
     let seconds = media_seconds(&copy);
     assert!(seconds >= 2.0, "only {seconds} s playable");

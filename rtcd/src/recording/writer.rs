@@ -1,7 +1,8 @@
 //! The writer thread of one recording: the only code that touches its files.
 //!
 //! It takes packets from the bounded queue, puts each track's packets in order and into frames
-//! (`depack`), writes the frames to the track's WebM file, and keeps the manifest current. Every
+//! (`depack`), writes the frames to the track's file (WebM through libwebm; H.264 in Matroska
+//! through the `mkv` module), and keeps the manifest current. Every
 //! [`TICK`] it gives up losses waited for too long; every [`FLUSH_EVERY`] it flushes and syncs
 //! every file (so a `kill -9` of rtcd leaves them playable up to about a second before), checks
 //! the disk floor and the maximum duration; every [`MANIFEST_EVERY`] it rewrites the manifest.
@@ -22,6 +23,7 @@ use webm::mux::{self, SegmentBuilder, SegmentMode};
 use super::clock::{SenderReport, SessionOffsets, TrackClock, ntp_to_unix_ms};
 use super::depack::{Depacketizer, Frame, Ordered, Reorder, av1_codec_private};
 use super::library::LiveGuard;
+use super::mkv::MkvFile;
 use super::{
     Control, Event, Finished, RecordingConfig, RecordingMeta, Shared, TrackShared, stop_code,
     unix_ms_now,
@@ -37,8 +39,8 @@ const MANIFEST_EVERY: Duration = Duration::from_secs(5);
 /// A file's write buffer: a second of video fits, so a flush is about one write per second.
 const FILE_BUFFER: usize = 256 * 1024;
 /// The picture size a video file announces when its first keyframe does not say (VP9 without
-/// a scalability structure, AV1 with timing info): informational only, decoders read the
-/// size from the bitstream.
+/// a scalability structure, AV1 with timing info, an SPS not understood): informational only,
+/// decoders read the size from the bitstream.
 const DEFAULT_SIZE: (u16, u16) = (640, 480);
 
 /// Creates a directory (and its parents) with mode 0700.
@@ -129,6 +131,75 @@ impl Seek for Sink {
     }
 }
 
+/// One track's file: WebM through libwebm, or (H.264, which libwebm cannot name) Matroska
+/// through the `mkv` module.
+enum TrackFile {
+    Webm(WebmFile),
+    Mkv(MkvFile),
+}
+
+impl TrackFile {
+    /// Creates the file for a track whose first frame (a keyframe) is `first`.
+    fn create(path: &Path, codec: Codec, first: &Frame<'_>) -> Result<Self, Failure> {
+        if codec != Codec::H264 {
+            return WebmFile::create(path, codec, first).map(Self::Webm);
+        }
+        if first.config.is_empty() {
+            return Err(Failure::Error(
+                "an H.264 keyframe without its SPS / PPS".into(),
+            ));
+        }
+        let file = create_file(path)?;
+        MkvFile::create(
+            file,
+            FILE_BUFFER,
+            first.config,
+            first.size.unwrap_or(DEFAULT_SIZE),
+        )
+        .map(Self::Mkv)
+        .map_err(|e| Failure::io("starting a Matroska file", &e))
+    }
+
+    /// Appends a frame at `ns` (not before the last one, and at least a millisecond after).
+    fn add(&mut self, data: &[u8], ns: u64, keyframe: bool) -> Result<(), Failure> {
+        match self {
+            Self::Webm(f) => f.add(data, ns, keyframe),
+            Self::Mkv(f) => f
+                .add(data, ns / 1_000_000, keyframe)
+                .map_err(|e| Failure::io("writing a track file", &e)),
+        }
+    }
+
+    /// Writes the buffer out and syncs the data to disk; the file's size.
+    fn sync(&mut self) -> std::io::Result<u64> {
+        match self {
+            Self::Webm(f) => f.sink.sync(),
+            Self::Mkv(f) => f.sync(),
+        }
+    }
+
+    /// Finalizes the file and syncs it; its size.
+    fn finish(self) -> Result<u64, Failure> {
+        match self {
+            Self::Webm(f) => f.finish(),
+            Self::Mkv(f) => f
+                .finish()
+                .map_err(|e| Failure::io("finishing a track file", &e)),
+        }
+    }
+}
+
+/// Creates a track's file: new (never overwriting), private to rtcd's user.
+fn create_file(path: &Path) -> Result<File, Failure> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Failure::io("creating a track file", &e))
+}
+
 /// One track's WebM file.
 struct WebmFile {
     segment: mux::Segment<Sink>,
@@ -139,13 +210,7 @@ struct WebmFile {
 impl WebmFile {
     /// Creates the file for a track whose first frame is `first`.
     fn create(path: &Path, codec: Codec, first: &Frame<'_>) -> Result<Self, Failure> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| Failure::io("creating a track file", &e))?;
+        let file = create_file(path)?;
         let sink = Sink(Arc::new(Mutex::new(SinkInner {
             file: BufWriter::with_capacity(FILE_BUFFER, file),
             error: None,
@@ -187,7 +252,7 @@ impl WebmFile {
                 };
                 (b, t.into())
             }
-            Codec::H264 => return Err(Failure::Error("H.264 cannot be recorded".into())),
+            Codec::H264 => return Err(Failure::Error("H.264 is not written to WebM".into())),
         };
         Ok(Self {
             segment: builder.build(),
@@ -242,7 +307,7 @@ struct TrackOut {
     codec: Codec,
     clock_rate: u32,
     path: PathBuf,
-    file: Option<WebmFile>,
+    file: Option<TrackFile>,
     /// The file was finalized (the track ended) or failed: nothing more is written.
     closed: bool,
     /// The raw and unwrapped RTP timestamp of the last frame written.
@@ -292,7 +357,7 @@ impl TrackOut {
             None => 0,
         };
         if self.file.is_none() {
-            match WebmFile::create(&self.path, self.codec, f) {
+            match TrackFile::create(&self.path, self.codec, f) {
                 Ok(file) => self.file = Some(file),
                 Err(e) => {
                     self.failure = Some(e);
@@ -337,10 +402,10 @@ impl TrackOut {
         }
         let mut ns = (i128::from(delta) * 1_000_000_000 / i128::from(self.clock_rate)) as u64;
         if ns < self.last_ns {
-            // Not monotonic (the sender's timestamps went back): libwebm would refuse it.
+            // Not monotonic (the sender's timestamps went back): the muxers would refuse it.
             return;
         }
-        // WebM counts in milliseconds: two frames in one millisecond (a second frame with the
+        // WebM and Matroska count in milliseconds: two frames in one millisecond (a second frame with the
         // same RTP timestamp) would share a timecode, which players reject as a backward
         // step. The later one goes a millisecond later.
         if self.last_ts.is_some() && ns < self.last_ns + 1_000_000 {
@@ -632,9 +697,7 @@ impl Writer {
             tracks.iter().skip(self.tracks.len()).cloned().collect()
         };
         for shared in new {
-            let Some(depack) = Depacketizer::new(shared.meta.codec) else {
-                continue;
-            };
+            let depack = Depacketizer::new(shared.meta.codec);
             if !shared.meta.source.is_audio() {
                 shared.wants_keyframe.store(true, Ordering::Relaxed);
             }
@@ -747,10 +810,10 @@ impl Writer {
 
     fn flush_files(&mut self) {
         for t in &mut self.tracks {
-            let Some(file) = t.out.file.as_ref() else {
+            let Some(file) = t.out.file.as_mut() else {
                 continue;
             };
-            match file.sink.sync() {
+            match file.sync() {
                 Ok(bytes) => {
                     if let Some(entry) = t.out.entry.as_mut() {
                         entry.bytes = bytes;
