@@ -11,8 +11,8 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use shared::{Applying, Decision, Shared};
 pub use rtcd_kit::cluster::moderation::RecordingRecord;
+pub use shared::{Applying, Decision, Shared};
 pub use store::{Ban, Disk, Refusal};
 
 use crate::auth::StoreError;

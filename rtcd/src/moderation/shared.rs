@@ -23,9 +23,8 @@ use serde::de::DeserializeOwned;
 
 use super::Ban;
 use rtcd_kit::cluster::moderation::{
-    RECORDINGS, RecordingRecord,
-    BANS, BanRecord, CUTOFFS, CutOffRecord, DeniedRecord, POLICIES, PREFIX, TOKENS, ids, key,
-    key_prefix,
+    BANS, BanRecord, CUTOFFS, CutOffRecord, DeniedRecord, POLICIES, PREFIX, RECORDINGS,
+    RecordingRecord, TOKENS, ids, key, key_prefix,
 };
 
 use super::store::{Disk, PolicyRecord, Stored, deny_until, encode};

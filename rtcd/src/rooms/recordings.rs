@@ -18,8 +18,8 @@ use tonic::Status;
 
 use super::{RoomsError, RoomsService, call_id};
 use crate::grpc::convert::recording_stop;
-use crate::recording::{Library, RecordingError, RecordingId};
 use crate::moderation::{ModerationStore, RecordingRecord};
+use crate::recording::{Library, RecordingError, RecordingId};
 use crate::sfu::session::RecordingNotice;
 use crate::sfu::{CallId, RecordingRefusal, Sfu, SfuError, TenantId};
 
@@ -37,7 +37,9 @@ const CHUNK_FRAMING: usize = 64;
 /// The chunk size for a gRPC message limit of `max_message_bytes`: a full chunk with its
 /// framing must fit, or the server refuses to send it.
 pub(super) fn chunk_for(max_message_bytes: usize) -> usize {
-    max_message_bytes.saturating_sub(CHUNK_FRAMING).clamp(1024, CHUNK)
+    max_message_bytes
+        .saturating_sub(CHUNK_FRAMING)
+        .clamp(1024, CHUNK)
 }
 /// Chunks read ahead of the client.
 const READ_AHEAD: usize = 4;
@@ -50,8 +52,15 @@ impl RoomsService {
     ) -> Result<pb::Recording, RoomsError> {
         let call = call_id(&req.call_id)?;
         by(&req.requested_by)?;
-        let notice = start(&self.sfu, &self.moderation, tenant, &call, &req.requested_by, None)
-            .await?;
+        let notice = start(
+            &self.sfu,
+            &self.moderation,
+            tenant,
+            &call,
+            &req.requested_by,
+            None,
+        )
+        .await?;
         let id = parse_id(&notice.recording_id)?;
         self.recording(tenant, id, false).await
     }
@@ -508,10 +517,7 @@ mod tests {
         let (sfu_b, mod_b) = host(store.clone(), dir_b.path()).await;
         let (t, c) = (TenantId::new("t"), CallId::new("c"));
 
-        let (_a, mut a_events) = sfu_a
-            .join(crate::sfu::tests::join("a", 100))
-            .await
-            .unwrap();
+        let (_a, mut a_events) = sfu_a.join(crate::sfu::tests::join("a", 100)).await.unwrap();
         let notice = start(&sfu_a, &mod_a, &t, &c, "alice", None)
             .await
             .expect("host A records");
@@ -526,14 +532,16 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let seen = seen.expect("the record reaches the other host");
-        assert_eq!((seen.recording_id.as_str(), seen.segment), (notice.recording_id.as_str(), 1));
+        assert_eq!(
+            (seen.recording_id.as_str(), seen.segment),
+            (notice.recording_id.as_str(), 1)
+        );
 
         // Host A loses the room (its clients are gone); they rejoin on host B.
-        sfu_a.close(&t, &c, &SessionId::new("a"), "migrate").unwrap();
-        let (_b, mut b_events) = sfu_b
-            .join(crate::sfu::tests::join("b", 100))
-            .await
+        sfu_a
+            .close(&t, &c, &SessionId::new("a"), "migrate")
             .unwrap();
+        let (_b, mut b_events) = sfu_b.join(crate::sfu::tests::join("b", 100)).await.unwrap();
         on_admitted(sfu_b.clone(), mod_b.clone(), t.clone(), c.clone(), false);
         assert_eq!(
             recording_started(&mut b_events).await,
@@ -542,7 +550,10 @@ mod tests {
         );
         let id = RecordingId::parse(&notice.recording_id).unwrap();
         let (manifest, _) = sfu_b.recordings().unwrap().get("t", &id).unwrap();
-        assert_eq!((manifest.segment, manifest.started_by.as_str()), (2, "alice"));
+        assert_eq!(
+            (manifest.segment, manifest.started_by.as_str()),
+            (2, "alice")
+        );
         let (first, _) = sfu_a.recordings().unwrap().get("t", &id).unwrap();
         assert_eq!(first.segment, 1);
 

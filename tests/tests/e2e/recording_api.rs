@@ -263,7 +263,11 @@ async fn the_api_records_a_room_and_everyone_is_told() {
         .delivered()
         .into_iter()
         .map(|e| e.event)
-        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("recording_")))
+        .filter(|e| {
+            e["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("recording_"))
+        })
         .collect();
     let kinds: Vec<&str> = hooks.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(
