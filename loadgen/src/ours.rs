@@ -48,7 +48,7 @@ pub async fn record_calls(ws_url: &str, calls: usize) -> anyhow::Result<()> {
     let t = rtcd_e2e::proxy::now();
     let token = rtcd_e2e::proxy::hs_token(&json!({
         "iss": rtcd_e2e::proxy::ISSUER, "aud": rtcd_e2e::proxy::AUDIENCE, "sub": "loadgen",
-        "iat": t, "exp": t + 3600, "api": ["rooms:admin"],
+        "iat": t, "exp": t + 300, "api": ["rooms:admin"],
     }));
     let client = reqwest::Client::new();
     for call in 0..calls {
