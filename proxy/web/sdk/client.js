@@ -122,6 +122,16 @@ export const ErrorCode = Object.freeze({
   bad_request: 'bad_request',
   /** A message other than ping / refresh / leave while the room's policy holds the session. */
   not_admitted: 'not_admitted',
+  /** (`moderate` `start_recording`) the room is already being recorded. */
+  already_recording: 'already_recording',
+  /** (`moderate` `stop_recording`) the room is not being recorded. */
+  not_recording: 'not_recording',
+  /** (`moderate` `start_recording`) recording is off at the media server. */
+  recording_disabled: 'recording_disabled',
+  /** (`moderate` `start_recording`) the media server's recording disk is full. */
+  disk_full: 'disk_full',
+  /** (`moderate` `start_recording`) the room is end-to-end encrypted: it cannot be recorded. */
+  encrypted: 'encrypted',
 });
 
 /** What a moderator can do from inside the call (`moderate`, docs/protocol.md section 5a). */
