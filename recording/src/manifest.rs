@@ -127,6 +127,19 @@ pub enum Codec {
     H264,
 }
 
+impl Codec {
+    /// Its name in JSON (and the API).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Codec::Opus => "opus",
+            Codec::Vp8 => "vp8",
+            Codec::Vp9 => "vp9",
+            Codec::Av1 => "av1",
+            Codec::H264 => "h264",
+        }
+    }
+}
+
 /// Who published a track.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Participant {
@@ -261,5 +274,25 @@ impl Manifest {
     /// The earliest track start (the common clock's origin), if any track started.
     pub fn origin_ms(&self) -> Option<f64> {
         self.tracks.iter().map(|t| t.start_ms).reduce(f64::min)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_json_names() {
+        for c in [Codec::Opus, Codec::Vp8, Codec::Vp9, Codec::Av1, Codec::H264] {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        for s in [
+            Source::Microphone,
+            Source::Camera,
+            Source::Screen,
+            Source::ScreenAudio,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 }

@@ -18,9 +18,6 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-/// Worker threads of the namespace's runtime (the machine running the suite has 2 cores).
-const WORKER_THREADS: usize = 2;
-
 /// Runs `body` on a tokio runtime inside a fresh, private mount namespace. Blocks until it
 /// returns.
 pub fn run<F, Fut, T>(body: F) -> anyhow::Result<T>
@@ -29,26 +26,16 @@ where
     Fut: Future<Output = anyhow::Result<T>>,
     T: Send + 'static,
 {
-    let thread = std::thread::Builder::new().name("mountns".into()).spawn(
-        move || -> anyhow::Result<T> {
+    crate::netns::run_on_thread(
+        "mountns",
+        || {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context(
                 "unshare(CLONE_NEWNS) failed: the mount-namespace tests need root (CAP_SYS_ADMIN)",
             )?;
-            mount(&["--make-rprivate", "/"])?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(WORKER_THREADS)
-                .thread_name("mountns-worker")
-                .enable_all()
-                .build()?;
-            let result = runtime.block_on(body());
-            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-            result
+            mount(&["--make-rprivate", "/"])
         },
-    )?;
-    match thread.join() {
-        Ok(result) => result,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+        body,
+    )
 }
 
 /// Runs `mount ARGS` (in the calling thread's mount namespace).

@@ -34,21 +34,40 @@ where
     Fut: Future<Output = anyhow::Result<T>>,
     T: Send + 'static,
 {
-    let thread = std::thread::Builder::new().name("lan-netns".into()).spawn(
-        move || -> anyhow::Result<T> {
-            enter()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(WORKER_THREADS)
-                .thread_name("lan-netns-worker")
-                .enable_all()
-                .build()?;
-            let result = runtime.block_on(body());
-            // Children (browsers) were killed by their owners' drops inside `body`; give the
-            // runtime's tasks a moment to wind down rather than waiting for stragglers.
-            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-            result
-        },
-    )?;
+    run_on_thread("lan-netns", enter, body)
+}
+
+/// Runs `body` on a tokio runtime on a dedicated thread named `name`, after `enter` moved that
+/// thread into namespaces of its own (`unshare` moves only the calling thread; the runtime's
+/// workers and every child process inherit them). Blocks until `body` returns; a panic in it
+/// is resumed here. Also [`crate::mountns`]'s.
+pub(crate) fn run_on_thread<F, Fut, T>(
+    name: &str,
+    enter: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
+    body: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<T>>,
+    T: Send + 'static,
+{
+    let workers = format!("{name}-worker");
+    let thread =
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || -> anyhow::Result<T> {
+                enter()?;
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(WORKER_THREADS)
+                    .thread_name(workers)
+                    .enable_all()
+                    .build()?;
+                let result = runtime.block_on(body());
+                // Children (browsers, rtcd) were killed by their owners' drops inside `body`; give
+                // the runtime's tasks a moment to wind down rather than waiting for stragglers.
+                runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+                result
+            })?;
     match thread.join() {
         Ok(result) => result,
         Err(panic) => std::panic::resume_unwind(panic),

@@ -138,8 +138,9 @@ impl Library {
             .join(id.as_str()))
     }
 
-    /// The bytes a recording takes: its files and its manifest.
-    fn total_bytes(dir: &Path, m: &Manifest) -> u64 {
+    /// The bytes a recording in `dir` takes: its files and its manifest (what the API's and
+    /// the webhooks' `bytes` say).
+    pub fn total_bytes(dir: &Path, m: &Manifest) -> u64 {
         let files: u64 = m
             .tracks
             .iter()

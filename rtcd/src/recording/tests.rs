@@ -559,25 +559,32 @@ fn records_vp8_and_opus_that_ffmpeg_decodes() {
     );
 }
 
-#[test]
-fn a_file_copied_while_recording_plays_up_to_the_last_flush() {
+/// Records `packets` of one `track` and, past the writer's flush (every second), copies its
+/// file as it is on disk (what a `kill -9` would leave now): the copy must decode without an
+/// error and hold at least 2 s; the manifest still says recording, with the one track. Then a
+/// clean stop.
+fn a_copy_while_recording_plays(
+    track: TrackMeta,
+    packets: Vec<(usize, crate::media::packet::MediaPacket)>,
+    file: &str,
+    codec: &str,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let media = tempfile::tempdir().unwrap();
-    let frames = vp8_frames(media.path(), 3);
     let library = Library::open(tmp.path().to_path_buf()).unwrap();
     let (mut recorder, rx) = start(&config(tmp.path()), &library, "acme");
-    let v = recorder.add_track(video_track("carol")).unwrap();
-    for (_, p) in packetize_vp8(&frames, 0) {
-        recorder.packet(v, &p);
+    let t = recorder.add_track(track).unwrap();
+    for (_, p) in packets {
+        recorder.packet(t, &p);
     }
-    // Past the writer's flush (every second): what a kill -9 would leave on disk now.
     std::thread::sleep(Duration::from_millis(2500));
     let dir = tmp.path().join("t-acme").join(recorder.id().as_str());
-    let copy: PathBuf = media.path().join("killed.webm");
-    std::fs::copy(dir.join("01-camera-carol.webm"), &copy).unwrap();
+    let copy: PathBuf = media.path().join(format!("killed-{file}"));
+    std::fs::copy(dir.join(file), &copy).unwrap();
     let manifest = Manifest::read(&dir).unwrap();
     assert_eq!(manifest.state, State::Recording);
     assert_eq!(manifest.tracks.len(), 1);
+    assert_eq!(codec_name(&copy), codec);
     assert_eq!(decode_errors(&copy), "");
     let seconds = media_seconds(&copy);
     assert!(seconds >= 2.0, "only {seconds} s playable");
@@ -586,6 +593,13 @@ fn a_file_copied_while_recording_plays_up_to_the_last_flush() {
         finished(&rx).manifest.stop_reason,
         Some(StopReason::Shutdown)
     );
+}
+
+#[test]
+fn a_file_copied_while_recording_plays_up_to_the_last_flush() {
+    let media = tempfile::tempdir().unwrap();
+    let packets = packetize_vp8(&vp8_frames(media.path(), 3), 0);
+    a_copy_while_recording_plays(video_track("carol"), packets, "01-camera-carol.webm", "vp8");
 }
 
 #[test]
@@ -667,30 +681,9 @@ fn records_h264_in_matroska_that_ffmpeg_decodes() {
 
 #[test]
 fn an_h264_file_copied_while_recording_plays_up_to_the_last_flush() {
-    let tmp = tempfile::tempdir().unwrap();
     let media = tempfile::tempdir().unwrap();
-    let units = h264_units(media.path(), 3);
-    let library = Library::open(tmp.path().to_path_buf()).unwrap();
-    let (mut recorder, rx) = start(&config(tmp.path()), &library, "acme");
-    let v = recorder.add_track(h264_track("frank")).unwrap();
-    for (_, p) in packetize_h264(&units, 0) {
-        recorder.packet(v, &p);
-    }
-    // Past the writer's flush (every second): what a kill -9 would leave on disk now.
-    std::thread::sleep(Duration::from_millis(2500));
-    let dir = tmp.path().join("t-acme").join(recorder.id().as_str());
-    let copy: PathBuf = media.path().join("killed.mkv");
-    std::fs::copy(dir.join("01-camera-frank.mkv"), &copy).unwrap();
-    assert_eq!(Manifest::read(&dir).unwrap().state, State::Recording);
-    assert_eq!(codec_name(&copy), "h264");
-    assert_eq!(decode_errors(&copy), "");
-    let seconds = media_seconds(&copy);
-    assert!(seconds >= 2.0, "only {seconds} s playable");
-    recorder.stop(StopReason::Shutdown);
-    assert_eq!(
-        finished(&rx).manifest.stop_reason,
-        Some(StopReason::Shutdown)
-    );
+    let packets = packetize_h264(&h264_units(media.path(), 3), 0);
+    a_copy_while_recording_plays(h264_track("frank"), packets, "01-camera-frank.mkv", "h264");
 }
 
 #[test]

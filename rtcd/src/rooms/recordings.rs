@@ -434,7 +434,7 @@ fn recording(m: &Manifest, bytes: u64, files: bool) -> pb::Recording {
                         Source::Screen => pb::TrackKind::Screen,
                         Source::ScreenAudio => pb::TrackKind::ScreenAudio,
                     } as i32,
-                    codec: codec_name(t.codec).into(),
+                    codec: t.codec.as_str().into(),
                     start_ms: t.start_ms.round() as i64,
                 })
                 .collect()
@@ -442,17 +442,6 @@ fn recording(m: &Manifest, bytes: u64, files: bool) -> pb::Recording {
             Vec::new()
         },
         bytes,
-    }
-}
-
-fn codec_name(c: rtcd_recording::manifest::Codec) -> &'static str {
-    use rtcd_recording::manifest::Codec as C;
-    match c {
-        C::Opus => "opus",
-        C::Vp8 => "vp8",
-        C::Vp9 => "vp9",
-        C::Av1 => "av1",
-        C::H264 => "h264",
     }
 }
 

@@ -231,7 +231,7 @@ fn finished_callback(
                 tracing::warn!(directory = %finished.directory.display(), error = %e, "cannot remove a refused recording");
             }
         } else if let Some(sink) = sink {
-            let bytes = dir_bytes(&finished.directory);
+            let bytes = Library::total_bytes(&finished.directory, &finished.manifest);
             sink.emit(RoomEvent {
                 tenant,
                 call,
@@ -246,20 +246,6 @@ fn finished_callback(
         }
         let _ = done.send(true);
     })
-}
-
-/// The size of the files directly in `dir`.
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Set in [`super::SfuInner`].

@@ -103,6 +103,12 @@ impl Published {
         }
     }
 
+    /// The SSRC of its top layer (what a recording writes); 0 while that layer has not
+    /// arrived.
+    pub fn top_ssrc(&self) -> u32 {
+        self.layers.last().map_or(self.ssrc, |l| l.ssrc)
+    }
+
     /// The SSRC a new subscriber starts on: the highest layer sending now, else the highest
     /// known, else the SSRC that opened the track.
     pub fn start_ssrc(&self, now: Instant) -> u32 {

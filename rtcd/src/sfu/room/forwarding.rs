@@ -103,7 +103,7 @@ impl Rooms {
         if keyframe_due {
             keyframes.push(packet.ssrc);
         }
-        let mut recording_stopped = false;
+        let mut recording_stopped = None;
         if let Some(rec) = recording.as_mut() {
             let tap = Tap {
                 layer,
@@ -114,7 +114,8 @@ impl Rooms {
             if rec.tap(t, tap) {
                 keyframes.push(packet.ssrc);
             }
-            recording_stopped = rec.recorder.stopped_itself().is_some();
+            // It stopped on its own (maximum duration, full disk, write error): an atomic load.
+            recording_stopped = rec.recorder.stopped_itself();
         }
         if !muted {
             if let Some(buffer) = t.layers[layer].buffer.as_mut() {
@@ -211,8 +212,8 @@ impl Rooms {
         }
         keyframes.clear();
         self.keyframe_scratch = keyframes;
-        if recording_stopped {
-            self.recording_stopped_itself(call_key, now);
+        if let Some(reason) = recording_stopped {
+            self.detach_recording(call_key, reason, now);
         }
         if speaking && let Some(m) = self.members.get_mut(&key) {
             m.spoke = Some(now);

@@ -100,10 +100,9 @@ impl CallRecording {
         let Recorded::Writing(track) = t.recorded else {
             return;
         };
-        let top = t.layers.last().map_or(t.ssrc, |l| l.ssrc);
-        if !t.simulcast() || ssrc == top {
+        if !t.simulcast() || ssrc == t.top_ssrc() {
             self.recorder
-                .sender_report(track, ntp, rtp_timestamp, crate::sfu::unix_ms() as f64);
+                .sender_report(track, ntp, rtp_timestamp, crate::recording::unix_ms_now());
         }
     }
 
@@ -229,20 +228,6 @@ impl Rooms {
         Some(notice)
     }
 
-    /// The call's recording stopped on its own (its maximum duration, a full disk, a write
-    /// error): the sessions are told as for a requested stop. Checked on the packets of
-    /// recorded tracks (an atomic load).
-    pub(super) fn recording_stopped_itself(&mut self, call_key: CallKey, now: Instant) {
-        let reason = self
-            .calls
-            .get(&call_key)
-            .and_then(|c| c.recording.as_ref())
-            .and_then(|r| r.recorder.stopped_itself());
-        if let Some(reason) = reason {
-            self.detach_recording(call_key, reason, now);
-        }
-    }
-
     /// Asks the publisher of `tid` for a keyframe of the recorded layer: a file starts at one.
     fn ask_keyframe_for_recording(
         &mut self,
@@ -256,7 +241,7 @@ impl Rooms {
         if t.info.kind.is_audio() {
             return;
         }
-        let ssrc = t.layers.last().map_or(t.ssrc, |l| l.ssrc);
+        let ssrc = t.top_ssrc();
         if ssrc != 0 {
             self.request_keyframe(&call_key, tid, ssrc, now);
         }
