@@ -109,6 +109,8 @@ impl From<ControlError> for ApiError {
             }
             // The room's (or the recording's) state says no; the request itself is fine.
             ControlError::Recording(..) => StatusCode::CONFLICT,
+            // The room's state (people in it) says no, as for recording refusals.
+            ControlError::Policy(..) => StatusCode::CONFLICT,
         };
         Self::new(status, e.code(), e.to_string())
     }
@@ -444,8 +446,10 @@ async fn serve(
                     wait_timeout_seconds: req.wait_timeout_seconds,
                     opened_by: req.opened_by,
                     record: req.record,
+                    e2ee: req.e2ee,
                 },
                 reset: req.reset,
+                configured: state.config.rooms.policy_for(room.as_str()),
             };
             crate::rooms::perform(media()?, &actor, room, action, allow_unmute).await?;
             policy_reply(state, room, media()?.policy(room).await?)
@@ -978,6 +982,8 @@ struct PolicyBody {
     #[serde(default)]
     record: Option<bool>,
     #[serde(default)]
+    e2ee: Option<bool>,
+    #[serde(default)]
     reset: bool,
 }
 
@@ -1298,6 +1304,11 @@ mod tests {
                 ControlError::Recording(R::DiskFull, "x".into()),
                 507,
                 "disk_full",
+            ),
+            (
+                ControlError::Policy(crate::rooms::PolicyRefusal::E2eeLocked, "x".into()),
+                409,
+                "e2ee_locked",
             ),
             (ControlError::NotFound("nobody".into()), 404, "not_found"),
             (

@@ -742,6 +742,9 @@ pub struct RoomsConfig {
     pub wait_timeout_seconds: u32,
     /// The media server records the room from its first join (docs/api.md, "Recordings").
     pub record: bool,
+    /// The room's media is end-to-end encrypted by its clients (docs/e2ee.md); never with
+    /// `record`.
+    pub e2ee: bool,
     /// Per-room exceptions, by room name (`[rooms.overrides."standup"]`): set fields replace
     /// the defaults above for that room.
     pub overrides: BTreeMap<String, RoomPolicy>,
@@ -756,6 +759,7 @@ impl Default for RoomsConfig {
             guests_allowed: true,
             wait_timeout_seconds: 600,
             record: false,
+            e2ee: false,
             overrides: BTreeMap::new(),
         }
     }
@@ -771,6 +775,7 @@ impl RoomsConfig {
             wait_timeout_seconds: Some(self.wait_timeout_seconds),
             opened_by: Some(self.opened_by),
             record: Some(self.record),
+            e2ee: Some(self.e2ee),
         };
         match self.overrides.get(room) {
             Some(o) => o.over(defaults),
@@ -937,12 +942,27 @@ impl Config {
                 format!("must be 1-{MAX_WAIT_TIMEOUT_SECONDS}"),
             ));
         }
+        if r.record && r.e2ee {
+            return Err(invalid(
+                "rooms.e2ee",
+                "an end-to-end encrypted room cannot be recorded: not with rooms.record",
+            ));
+        }
         for (room, policy) in &r.overrides {
             crate::protocol::RoomName::parse(room)
                 .map_err(|m| invalid("rooms.overrides", format!("{room:?}: {m}")))?;
             policy
                 .validate()
                 .map_err(|m| invalid("rooms.overrides", format!("{room:?}: {m}")))?;
+            // As it applies: an override may set one and the defaults the other.
+            if r.policy_for(room).records_encrypted() {
+                return Err(invalid(
+                    "rooms.overrides",
+                    format!(
+                        "{room:?}: an end-to-end encrypted room cannot be recorded (record with e2ee)"
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -1430,6 +1450,12 @@ mod tests {
         vars.push(("PROXY_ROOMS_WAIT_FOR_HOST".into(), "true".into()));
         let config = Config::from_text("", Some(Path::new("p.toml")), vars).unwrap();
         assert_eq!(config.rooms.policy_for("x").wait_for_host, Some(true));
+        assert_eq!(config.rooms.policy_for("x").e2ee, Some(false));
+        // One room encrypted, the others recorded: fine.
+        let text = "[rooms]\nrecord = true\n[rooms.overrides.\"x\"]\nrecord = false\ne2ee = true\n";
+        let config = Config::from_text(text, Some(Path::new("p.toml")), minimal()).unwrap();
+        assert_eq!(config.rooms.policy_for("x").e2ee, Some(true));
+        assert_eq!(config.rooms.policy_for("y").e2ee, Some(false));
         for (bad, key) in [
             (
                 "[rooms]\nwait_timeout_seconds = 0\n",
@@ -1444,6 +1470,12 @@ mod tests {
                 "rooms.overrides",
             ),
             ("[rooms.overrides.\"x\"]\nlobbby = true\n", "lobbby"),
+            // An end-to-end encrypted room is never recorded: not both, however they combine.
+            ("[rooms]\nrecord = true\ne2ee = true\n", "rooms.e2ee"),
+            (
+                "[rooms]\nrecord = true\n[rooms.overrides.\"x\"]\ne2ee = true\n",
+                "rooms.overrides",
+            ),
         ] {
             let e = Config::from_text(bad, Some(Path::new("p.toml")), minimal()).unwrap_err();
             assert!(e.to_string().contains(key), "{bad}: {e}");

@@ -356,6 +356,9 @@ pub enum ServerMessage {
         /// are not repeated; tracks and negotiation events are).
         #[serde(skip_serializing_if = "Option::is_none")]
         participants: Option<Vec<Participant>>,
+        /// The room is end-to-end encrypted (docs/e2ee.md): the client encrypts every frame
+        /// it sends and decrypts every frame it receives, with keys its platform gives it.
+        e2ee: bool,
     },
     /// New TURN credentials, before the previous ones expire: apply them to the peer
     /// connection (`setConfiguration`) so any new relay allocation uses them.

@@ -182,6 +182,8 @@ pub enum RelayEvent {
     Admitted {
         /// See [`RelayLink::resume_token`].
         resume_token: Option<crate::config::Secret>,
+        /// See [`RelayLink::e2ee`].
+        e2ee: bool,
     },
     /// Moderators only: someone knocks at the lobby.
     LobbyRequest(crate::protocol::Participant),
@@ -316,6 +318,9 @@ pub struct RelayLink {
     /// Set when the join resumed an earlier session instead of opening a new one: the peer
     /// connection lives on, and this is the session as the media server has it now.
     pub resumed: Option<Resumed>,
+    /// The room is end-to-end encrypted, as the media server applies its policy (known once
+    /// the session entered: for one that waits, [`RelayEvent::Admitted`] says it).
+    pub e2ee: bool,
 }
 
 /// A session taken over from the media server after its signaling was lost.

@@ -43,6 +43,11 @@ pub struct RoomPolicy {
     /// the call needs the `record` permission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<bool>,
+    /// The room's media is end-to-end encrypted by its clients (docs/e2ee.md): `joined` says
+    /// so, and the media server never records it. It cannot change while anyone is in the
+    /// room or waits to enter it, and never goes with `record`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2ee: Option<bool>,
 }
 
 /// Longest wait a policy may set (a day), as rtcd enforces: the contract's rule.
@@ -58,11 +63,20 @@ impl RoomPolicy {
             wait_timeout_seconds: self.wait_timeout_seconds.or(base.wait_timeout_seconds),
             opened_by: self.opened_by.or(base.opened_by),
             record: self.record.or(base.record),
+            e2ee: self.e2ee.or(base.e2ee),
         }
     }
 
     /// Refuses a timeout outside 1..=[`MAX_WAIT_TIMEOUT_SECONDS`].
     pub fn validate(&self) -> Result<(), String> {
         rtcd_proto::rules::check_wait_timeout(self.wait_timeout_seconds).map_err(|e| e.to_string())
+    }
+
+    /// Whether the policy sets both `record` and `e2ee`, which no room may have (the media
+    /// server cannot read what it would record). A change through the API or by a moderator
+    /// is refused by the media server, over what is stored (`encrypted`); the configuration is
+    /// checked with this when it is loaded.
+    pub fn records_encrypted(&self) -> bool {
+        self.record == Some(true) && self.e2ee == Some(true)
     }
 }

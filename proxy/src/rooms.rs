@@ -316,6 +316,26 @@ pub enum ControlError {
     /// The media server refused a recording call; the text is its message.
     #[error("{code}: {1}", code = .0.code())]
     Recording(RecordingRefusal, String),
+    /// The media server refused a policy change the room's state does not allow; the text is
+    /// its message.
+    #[error("{code}: {1}", code = .0.code())]
+    Policy(PolicyRefusal, String),
+}
+
+/// Why the media server refused a policy change (its `PolicyRefused` details).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyRefusal {
+    /// `e2ee` would change while someone is in the room or waits to enter it.
+    E2eeLocked,
+}
+
+impl PolicyRefusal {
+    /// The stable code (API `reason`, WebSocket `error` code).
+    pub fn code(self) -> &'static str {
+        match self {
+            PolicyRefusal::E2eeLocked => "e2ee_locked",
+        }
+    }
 }
 
 impl ControlError {
@@ -327,6 +347,7 @@ impl ControlError {
             ControlError::Forbidden(_) => "forbidden",
             ControlError::Unavailable(_) => "media_unavailable",
             ControlError::Recording(refusal, _) => refusal.code(),
+            ControlError::Policy(refusal, _) => refusal.code(),
         }
     }
 }
@@ -554,6 +575,9 @@ pub enum Action {
         change: RoomPolicy,
         /// Clear the stored policy first.
         reset: bool,
+        /// This proxy's configured policy for the room (`[rooms]` and its override): a change
+        /// whose result over it would set both `record` and `e2ee` is refused (`encrypted`).
+        configured: RoomPolicy,
     },
     /// Start recording the room.
     StartRecording,
@@ -717,8 +741,28 @@ async fn run(
         Action::Unban { identity } => control.unban(room, &identity).await.map(|()| sessions(0)),
         Action::Admit { identity } => control.decide(room, &identity, true).await.map(sessions),
         Action::Deny { identity } => control.decide(room, &identity, false).await.map(sessions),
-        Action::SetPolicy { change, reset } => {
+        Action::SetPolicy {
+            change,
+            reset,
+            configured,
+        } => {
             change.validate().map_err(ControlError::Invalid)?;
+            // The media server checks the same over what it knows of the room (the policy of
+            // its last join there); a room not yet opened there is only known here.
+            if change.record.is_some() || change.e2ee.is_some() || reset {
+                let stored = if reset {
+                    RoomPolicy::default()
+                } else {
+                    control.policy(room).await?
+                };
+                if change.over(stored).over(configured).records_encrypted() {
+                    return Err(ControlError::Recording(
+                        RecordingRefusal::Encrypted,
+                        "an end-to-end encrypted room cannot be recorded: not record with e2ee"
+                            .into(),
+                    ));
+                }
+            }
             control
                 .set_policy(room, change, reset)
                 .await

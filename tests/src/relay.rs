@@ -88,6 +88,7 @@ impl Relay for ScriptedRelay {
                 waiting: None,
                 resume_token: None,
                 resumed: None,
+                e2ee: false,
             })
         })
     }

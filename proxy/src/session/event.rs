@@ -22,8 +22,8 @@ pub enum Event {
         reason: Option<String>,
     },
     /// The room let the session in (`joined` follows if it was waiting), with the token that
-    /// resumes it.
-    Admitted(Option<Secret>),
+    /// resumes it and whether the room is end-to-end encrypted.
+    Admitted(Option<Secret>, bool),
     /// The platform or a moderator changed the role and permissions: the session holds them
     /// ([`super::resume::Resume::on_permissions_changed`]), then the client is told.
     PermissionsChanged {
@@ -51,7 +51,9 @@ pub fn classify(event: Option<RelayEvent>) -> Event {
                 reason: Some(reason.text),
             };
         }
-        RelayEvent::Admitted { resume_token } => return Event::Admitted(resume_token),
+        RelayEvent::Admitted { resume_token, e2ee } => {
+            return Event::Admitted(resume_token, e2ee);
+        }
         RelayEvent::PermissionsChanged { role, permissions } => {
             return Event::PermissionsChanged { role, permissions };
         }
@@ -174,9 +176,10 @@ mod tests {
         let token = Some(Secret::new("r"));
         assert_eq!(
             classify(Some(RelayEvent::Admitted {
-                resume_token: token.clone()
+                resume_token: token.clone(),
+                e2ee: true,
             })),
-            Event::Admitted(token)
+            Event::Admitted(token, true)
         );
         let permissions = Permissions::from_capabilities(&[Capability::Subscribe]);
         assert_eq!(

@@ -46,6 +46,8 @@ pub struct Rules<'a> {
     pub default_ban_seconds: u64,
     /// `auth.permissions`: what `grant_moderator` and `revoke_moderator` give.
     pub permissions: &'a PermissionsConfig,
+    /// The room's configured policy (`[rooms]` and its override), for `set_policy`.
+    pub configured: crate::rooms::RoomPolicy,
 }
 
 /// Why a `moderate` is refused before it reaches the media server: each is an `error` with
@@ -204,6 +206,7 @@ pub fn decide(
         ModerationAction::SetPolicy => Action::SetPolicy {
             change: policy.unwrap_or_default(),
             reset,
+            configured: rules.configured,
         },
         ModerationAction::StartRecording => Action::StartRecording,
         ModerationAction::StopRecording => Action::StopRecording,
@@ -308,6 +311,7 @@ mod tests {
         let rules = Rules {
             default_ban_seconds: 3600,
             permissions: &perms,
+            configured: crate::rooms::RoomPolicy::default(),
         };
         decide(request, &grant(role), SessionId(7), rules)
     }
@@ -493,7 +497,9 @@ mod tests {
         };
         r.policy = Some(change);
         match forwarded(r).room_action {
-            Action::SetPolicy { change: got, reset } => {
+            Action::SetPolicy {
+                change: got, reset, ..
+            } => {
                 assert_eq!((got, reset), (change, false))
             }
             other => panic!("{other:?}"),
@@ -567,6 +573,7 @@ mod tests {
         let rules = Rules {
             default_ban_seconds: 3600,
             permissions: &perms,
+            configured: crate::rooms::RoomPolicy::default(),
         };
         let bare = |action| Request {
             action,

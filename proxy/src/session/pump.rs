@@ -249,6 +249,9 @@ struct Joined {
     ceiling: Ceiling,
     /// Resumption and the role changes that outrank the token.
     resume: Resume,
+    /// The room is end-to-end encrypted (`joined.e2ee`): as the media server applies the
+    /// policy, or this proxy's configuration when no media server is attached.
+    e2ee: bool,
 }
 
 struct Session {
@@ -660,6 +663,9 @@ impl Session {
         let waiting = link.as_mut().and_then(|l| l.waiting.take());
         let resume_token = link.as_mut().and_then(|l| l.resume_token.take());
         let resumed = link.as_mut().and_then(|l| l.resumed.take());
+        let e2ee = link
+            .as_ref()
+            .map_or(configured.e2ee.unwrap_or(false), |l| l.e2ee);
         let room = grant.room.clone();
         // The session as the media server has it, when this join resumed one.
         let resume = Resume::on_join(&mut grant, resume_token, resumed);
@@ -676,6 +682,7 @@ impl Session {
             turn_refresh_at: None,
             ceiling,
             resume,
+            e2ee,
         });
         match waiting {
             Some(w) => {
@@ -715,6 +722,7 @@ impl Session {
             None => (None, None),
         };
         let resume = joined.resume.joined();
+        let e2ee = joined.e2ee;
         self.send(ServerMessage::Joined {
             session_id: self.id,
             room: grant.room,
@@ -730,6 +738,7 @@ impl Session {
             resume_token: resume.resume_token,
             resumed: resume.resumed,
             participants: resume.participants,
+            e2ee,
         })
         .await;
         if let Some((code, message)) = failure {
@@ -796,6 +805,7 @@ impl Session {
         let rules = moderation::Rules {
             default_ban_seconds: config.api.default_ban_seconds,
             permissions: &config.auth.permissions,
+            configured: config.rooms.policy_for(grant.room.as_str()),
         };
         let (action, identity) = (request.action, request.identity.clone());
         let permitted = match moderation::decide(request, &grant, self.id, rules) {
@@ -940,10 +950,11 @@ impl Session {
     async fn on_relay_event(&mut self, event: Option<RelayEvent>) -> Next {
         let message = match event::classify(event) {
             Event::Closed { end, reason } => return self.media_closed(end, reason).await,
-            Event::Admitted(resume_token) => {
+            Event::Admitted(resume_token, e2ee) => {
                 let waited = match self.joined.as_mut() {
                     Some(j) => {
                         j.resume.on_admitted(resume_token);
+                        j.e2ee = e2ee;
                         let waited = self.machine.phase() == Phase::Waiting;
                         self.machine.on_admitted();
                         waited

@@ -169,6 +169,7 @@ mod tests {
             resume_token: r.resume_token,
             resumed: r.resumed,
             participants: r.participants,
+            e2ee: false,
         })
         .unwrap()
     }

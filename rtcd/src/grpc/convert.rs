@@ -42,6 +42,7 @@ pub fn room_policy(p: pb::RoomPolicy) -> RoomPolicy {
             }
         }),
         record: p.record,
+        e2ee: p.e2ee,
     }
 }
 
@@ -57,6 +58,7 @@ pub fn room_policy_to(p: RoomPolicy) -> pb::RoomPolicy {
             crate::lobby::Opener::Member => pb::RoomOpener::Member as i32,
         }),
         record: p.record,
+        e2ee: p.e2ee,
     }
 }
 

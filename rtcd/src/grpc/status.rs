@@ -106,6 +106,16 @@ pub fn from_lobby(e: &LobbyError) -> Status {
             pb::JoinRefusal::LobbyFull,
         ),
         LobbyError::InvalidPolicy(_) => Status::invalid_argument(e.to_string()),
+        LobbyError::E2eeLocked => {
+            let details = pb::PolicyRefused {
+                reason: pb::PolicyRefusal::E2eeLocked as i32,
+            };
+            Status::with_details(
+                tonic::Code::FailedPrecondition,
+                e.to_string(),
+                prost::Message::encode_to_vec(&details).into(),
+            )
+        }
     }
 }
 
@@ -171,6 +181,19 @@ mod tests {
         assert_eq!(capacity.code(), tonic::Code::ResourceExhausted);
         assert!(capacity.message().contains("host capacity for new rooms"));
         assert_eq!(refusal(&capacity), pb::JoinRefusal::HostCapacity);
+        // A refused policy change is typed, and does not read as a recording refusal.
+        let locked = from_lobby(&LobbyError::E2eeLocked);
+        assert_eq!(locked.code(), tonic::Code::FailedPrecondition);
+        let policy = <pb::PolicyRefused as prost::Message>::decode(locked.details()).unwrap();
+        assert_eq!(policy.reason(), pb::PolicyRefusal::E2eeLocked);
+        let recording = <pb::RecordingRefused as prost::Message>::decode(locked.details()).unwrap();
+        assert_eq!(recording.reason(), pb::RecordingRefusal::Unspecified);
+        let encrypted = from_sfu(&SfuError::Recording(
+            crate::sfu::RecordingRefusal::Encrypted,
+        ));
+        assert_eq!(encrypted.code(), tonic::Code::FailedPrecondition);
+        let r = <pb::RecordingRefused as prost::Message>::decode(encrypted.details()).unwrap();
+        assert_eq!(r.reason(), pb::RecordingRefusal::Encrypted);
         // Any other limit is a plain refusal.
         let other = from_sfu(&SfuError::LimitReached("tracks per session"));
         assert_eq!(refusal(&other), pb::JoinRefusal::Unspecified);

@@ -79,6 +79,10 @@ pub struct RoomPolicy {
     /// The room is recorded from its first join (absent in policies stored before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<bool>,
+    /// The room's media is end-to-end encrypted by its clients: it is never recorded
+    /// (absent in policies stored before it existed). See docs/e2ee.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2ee: Option<bool>,
 }
 
 impl RoomPolicy {
@@ -91,7 +95,18 @@ impl RoomPolicy {
             wait_timeout_seconds: self.wait_timeout_seconds.or(base.wait_timeout_seconds),
             opened_by: self.opened_by.or(base.opened_by),
             record: self.record.or(base.record),
+            e2ee: self.e2ee.or(base.e2ee),
         }
+    }
+
+    /// Whether the room is end-to-end encrypted (unset: no).
+    pub fn encrypted(&self) -> bool {
+        self.e2ee.unwrap_or(false)
+    }
+
+    /// Whether the room is recorded from its first join (unset: no).
+    pub fn recorded(&self) -> bool {
+        self.record.unwrap_or(false)
     }
 
     /// Refuses a timeout outside 1..=[`MAX_WAIT_TIMEOUT_SECONDS`].
@@ -146,6 +161,12 @@ pub enum LobbyError {
     /// The room already holds [`MAX_WAITING_PER_ROOM`] waiting sessions.
     #[error("lobby full: at most {MAX_WAITING_PER_ROOM} people may wait to enter a room")]
     Full,
+    /// A policy change would turn end-to-end encryption on or off while someone is in the
+    /// room or waits to enter it (docs/e2ee.md, "Turning it on and off").
+    #[error(
+        "end-to-end encryption cannot be turned on or off while anyone is in the room or waits to enter it"
+    )]
+    E2eeLocked,
 }
 
 /// What a waiting session waits for.
@@ -613,6 +634,15 @@ impl Lobby {
             .rooms
             .get(&(tenant.clone(), call.clone()))
             .is_some_and(|r| !r.is_empty())
+    }
+
+    /// The policy the last Join of `call` here carried (the proxy's configuration for the
+    /// room); unset fields when none came (the room was never opened here, or was forgotten).
+    pub fn join_policy(&self, tenant: &TenantId, call: &CallId) -> RoomPolicy {
+        self.rooms()
+            .rooms
+            .get(&(tenant.clone(), call.clone()))
+            .map_or_else(RoomPolicy::default, |r| r.join_policy)
     }
 
     /// The sessions waiting to enter `call`, oldest first.

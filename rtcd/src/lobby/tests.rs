@@ -26,6 +26,7 @@ fn policy(wait_for_host: bool, lobby: bool, guests_allowed: bool) -> RoomPolicy 
         wait_timeout_seconds: None,
         opened_by: None,
         record: None,
+        e2ee: None,
     }
 }
 
@@ -366,4 +367,44 @@ fn a_member_opens_the_room_when_the_policy_says_so() {
         },
     );
     assert_eq!(decided_now(&mut guest), Some(Decision::Admitted));
+}
+
+#[test]
+fn the_join_policy_is_remembered_per_room_and_e2ee_merges_like_any_field() {
+    let lobby = Lobby::new();
+    assert_eq!(lobby.join_policy(&t(), &c()), RoomPolicy::default());
+    let configured = RoomPolicy {
+        record: Some(true),
+        ..RoomPolicy::default()
+    };
+    let stored = RoomPolicy {
+        e2ee: Some(true),
+        ..RoomPolicy::default()
+    };
+    enters(lobby.enter(&t(), &c(), who("s1", "a", "member"), configured, stored));
+    assert_eq!(lobby.join_policy(&t(), &c()), configured);
+    assert_eq!(
+        lobby.join_policy(&t(), &CallId::new("other")),
+        RoomPolicy::default()
+    );
+    // As it applies: stored over the join's, both set here (rtcd then records nothing).
+    let applying = stored.over(configured);
+    assert!(applying.encrypted() && applying.recorded());
+    // Unset means no.
+    assert!(!RoomPolicy::default().encrypted());
+    let off = RoomPolicy {
+        e2ee: Some(false),
+        ..RoomPolicy::default()
+    };
+    assert!(
+        !off.over(stored).encrypted(),
+        "a set false wins over true below"
+    );
+    // Stored policies from before the field read as unset, and unset is not written.
+    let old: RoomPolicy = serde_json::from_str(
+        r#"{"wait_for_host":null,"lobby":true,"guests_allowed":null,"wait_timeout_seconds":null}"#,
+    )
+    .unwrap();
+    assert_eq!(old.e2ee, None);
+    assert!(!serde_json::to_string(&old).unwrap().contains("e2ee"));
 }

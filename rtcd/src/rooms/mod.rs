@@ -291,6 +291,7 @@ impl RoomsService {
         let call = call_id(&req.call_id)?;
         let change = convert::room_policy(req.policy.unwrap_or_default());
         change.validate()?;
+        self.check_e2ee(tenant, &call, change, req.reset)?;
         let (stored, applying) = self
             .moderation
             .set_policy(tenant, &call, change, req.reset)
@@ -298,6 +299,36 @@ impl RoomsService {
         self.lobby.policy_changed(tenant, &call, stored);
         drop(applying);
         Ok(convert::room_policy_to(stored))
+    }
+
+    /// Refuses a change that would leave the room both recorded and end-to-end encrypted
+    /// (the server cannot read what it would record), or that would turn end-to-end encryption
+    /// on or off while anyone is in the room or waits to enter it here: those inside would
+    /// go on sending as they do (docs/e2ee.md). Both read the policy as it applies (stored over
+    /// the room's last Join policy here). Checked before the store is written; two changes
+    /// racing each other are as likely to interleave as for any other field.
+    fn check_e2ee(
+        &self,
+        tenant: &TenantId,
+        call: &CallId,
+        change: crate::lobby::RoomPolicy,
+        reset: bool,
+    ) -> Result<(), RoomsError> {
+        let before = self.moderation.policy(tenant, call)?;
+        let base = if reset {
+            crate::lobby::RoomPolicy::default()
+        } else {
+            before
+        };
+        let join = self.lobby.join_policy(tenant, call);
+        let (was, will) = (before.over(join), change.over(base).over(join));
+        if will.encrypted() && will.recorded() {
+            return Err(SfuError::Recording(crate::sfu::RecordingRefusal::Encrypted).into());
+        }
+        if was.encrypted() != will.encrypted() && has_room(&self.sfu, &self.lobby, tenant, call) {
+            return Err(LobbyError::E2eeLocked.into());
+        }
+        Ok(())
     }
 
     fn decide(

@@ -52,6 +52,9 @@ impl RoomsService {
     ) -> Result<pb::Recording, RoomsError> {
         let call = call_id(&req.call_id)?;
         by(&req.requested_by)?;
+        if self.encrypted(tenant, &call)? {
+            return Err(SfuError::Recording(RecordingRefusal::Encrypted).into());
+        }
         let notice = start(
             &self.sfu,
             &self.moderation,
@@ -173,6 +176,15 @@ impl RoomsService {
         Ok(recording(&manifest, bytes, files))
     }
 
+    /// Whether `call` is end-to-end encrypted: its stored policy over the policy of its last
+    /// Join here (the proxy's configuration), as a session entering now would get it.
+    pub(super) fn encrypted(&self, tenant: &TenantId, call: &CallId) -> Result<bool, RoomsError> {
+        let stored = self.moderation.policy(tenant, call)?;
+        Ok(stored
+            .over(self.lobby.join_policy(tenant, call))
+            .encrypted())
+    }
+
     fn library(&self) -> Result<std::sync::Arc<Library>, RoomsError> {
         self.sfu
             .recordings()
@@ -255,13 +267,21 @@ async fn refresh(
 
 /// A session was admitted to `call`: continue the room's recording if it recorded elsewhere
 /// a moment ago, else start one if `policy` says to. In the background; errors are logged.
+/// Never for an end-to-end encrypted room (`e2ee`): the server cannot read its media.
 pub(crate) fn on_admitted(
     sfu: Sfu,
     moderation: ModerationStore,
     tenant: TenantId,
     call: CallId,
     policy: bool,
+    e2ee: bool,
 ) {
+    if e2ee {
+        if policy {
+            tracing::info!(client = %tenant, call = %call, reason = %RecordingRefusal::Encrypted, "the room's policy asks for recording, refused");
+        }
+        return;
+    }
     if sfu.recordings().is_none() {
         if policy {
             tracing::debug!(client = %tenant, call = %call, "the room's policy asks for recording, which is off on this host");
@@ -531,7 +551,14 @@ mod tests {
             .close(&t, &c, &SessionId::new("a"), "migrate")
             .unwrap();
         let (_b, mut b_events) = sfu_b.join(crate::sfu::tests::join("b", 100)).await.unwrap();
-        on_admitted(sfu_b.clone(), mod_b.clone(), t.clone(), c.clone(), false);
+        on_admitted(
+            sfu_b.clone(),
+            mod_b.clone(),
+            t.clone(),
+            c.clone(),
+            false,
+            false,
+        );
         assert_eq!(
             recording_started(&mut b_events).await,
             notice.recording_id,
@@ -564,8 +591,59 @@ mod tests {
             .join(crate::sfu::tests::join("a2", 100))
             .await
             .unwrap();
-        on_admitted(sfu_a.clone(), mod_a.clone(), t.clone(), c.clone(), false);
+        on_admitted(
+            sfu_a.clone(),
+            mod_a.clone(),
+            t.clone(),
+            c.clone(),
+            false,
+            false,
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(sfu_a.recording_of(&t, &c).await.unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_encrypted_room_is_not_recorded_by_policy_nor_continued() {
+        let store: Arc<dyn Store> = Arc::new(Local::new());
+        let dir = tempfile::tempdir().unwrap();
+        let (sfu, moderation) = host(store, dir.path()).await;
+        let (t, c) = (TenantId::new("t"), CallId::new("c"));
+        let (_a, _events) = sfu.join(crate::sfu::tests::join("a", 100)).await.unwrap();
+        // A fresh record of a recording elsewhere, and a policy that says record: neither
+        // starts anything in an end-to-end encrypted room.
+        let record = RecordingRecord {
+            v: 1,
+            recording_id: RecordingId::generate().as_str().to_owned(),
+            segment: 1,
+            started_by: "alice".into(),
+            started_at_ms: crate::sfu::unix_ms(),
+            updated_at_ms: crate::sfu::unix_ms(),
+        };
+        moderation
+            .set_recording(&t, &c, Some(record))
+            .await
+            .unwrap();
+        on_admitted(
+            sfu.clone(),
+            moderation.clone(),
+            t.clone(),
+            c.clone(),
+            true,
+            true,
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(sfu.recording_of(&t, &c).await.unwrap(), None);
+        // The same room unencrypted would have been (the check is the flag, not the setup).
+        on_admitted(sfu.clone(), moderation, t.clone(), c.clone(), true, false);
+        let mut started = None;
+        for _ in 0..40 {
+            started = sfu.recording_of(&t, &c).await.unwrap();
+            if started.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(started.is_some(), "recorded when not encrypted");
     }
 }

@@ -31,6 +31,7 @@ pub fn outcome(e: &RoomsError) -> &'static str {
         RoomsError::Sfu(e) => e.kind(),
         RoomsError::Store(_) => "store_error",
         RoomsError::Webhooks(_) => "webhooks_refused",
+        RoomsError::Lobby(crate::lobby::LobbyError::E2eeLocked) => "e2ee_locked",
         RoomsError::Lobby(_) | RoomsError::OutOfRange(_) => "invalid_argument",
     }
 }

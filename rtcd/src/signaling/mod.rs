@@ -78,13 +78,14 @@ impl SignalingService {
     /// After a session is admitted: the room goes on recording if it recorded on another
     /// host a moment ago (a new segment), or starts if its policy says `record`. In the
     /// background: the join does not wait for the disk.
-    fn record_by_policy(&self, tenant: &TenantId, call: &CallId, policy: bool) {
+    fn record_by_policy(&self, tenant: &TenantId, call: &CallId, policy: bool, e2ee: bool) {
         crate::rooms::recordings::on_admitted(
             self.sfu.clone(),
             self.moderation.clone(),
             tenant.clone(),
             call.clone(),
             policy,
+            e2ee,
         );
     }
 
@@ -165,6 +166,8 @@ pub struct Admitted {
     _presence: Presence,
     notices: mpsc::Receiver<Notice>,
     secret: Option<Secret>,
+    /// The room is end-to-end encrypted (told again on a resume).
+    e2ee: bool,
 }
 
 /// Why a session was not admitted to the SFU.
@@ -210,6 +213,7 @@ impl SignalingService {
         join: JoinRequest,
         entrant: &Entrant,
         tx: &Outbound,
+        e2ee: bool,
     ) -> Result<Admitted, NotAdmitted> {
         if let Some(refusal) = self
             .moderation
@@ -257,6 +261,7 @@ impl SignalingService {
                 .as_ref()
                 .map(|s| s.expose().to_owned())
                 .unwrap_or_default(),
+            e2ee,
         };
         let _ = tx
             .send(signal(pb::server_signal::Signal::Joined(joined)))
@@ -267,6 +272,7 @@ impl SignalingService {
             _presence: presence,
             notices,
             secret,
+            e2ee,
         })
     }
 }
@@ -337,6 +343,7 @@ async fn serve(
             session,
             user,
             secret,
+            e2ee: admitted.e2ee,
         }
     });
     loop {
@@ -472,8 +479,11 @@ impl Signaling for SignalingService {
             .moderation
             .policy(&join.tenant, &join.call)
             .map_err(|e| status::from_store(&e))?;
-        // The stored policy overrides the join's, field by field (as for entry).
-        let auto_record = stored.record.or(join_policy.record).unwrap_or(false);
+        // The stored policy overrides the join's, field by field (as for entry). `e2ee` cannot
+        // change while this session waits (a policy change is refused while anyone is in the
+        // room or waits to enter it), so it is read once, here.
+        let applying = stored.over(join_policy);
+        let (auto_record, e2ee) = (applying.recorded(), applying.encrypted());
         let entrant = Entrant {
             session: join.session.clone(),
             user: join.user.clone(),
@@ -503,10 +513,10 @@ impl Signaling for SignalingService {
         match gate {
             Gate::Enter => {
                 let admitted = self
-                    .admit(join, &entrant, &tx)
+                    .admit(join, &entrant, &tx, e2ee)
                     .await
                     .map_err(Status::from)?;
-                self.record_by_policy(&ids.0, &ids.1, auto_record);
+                self.record_by_policy(&ids.0, &ids.1, auto_record, e2ee);
                 self.relays
                     .spawn(serve(admitted, inbound, tx, service.context(ids)));
             }
@@ -529,9 +539,9 @@ impl Signaling for SignalingService {
                         }
                         WaitEnd::Gone => return,
                     }
-                    match service.admit(join, &entrant, &tx).await {
+                    match service.admit(join, &entrant, &tx, e2ee).await {
                         Ok(admitted) => {
-                            service.record_by_policy(&ids.0, &ids.1, auto_record);
+                            service.record_by_policy(&ids.0, &ids.1, auto_record, e2ee);
                             serve(admitted, inbound, tx, service.context(ids)).await
                         }
                         // The stream is already open: the refusal travels as its end.

@@ -80,6 +80,9 @@ pub struct Parked {
     pub user: UserId,
     /// Its secret.
     pub secret: Secret,
+    /// The room is end-to-end encrypted (as its `Joined` said; it cannot change while the
+    /// session is in the room).
+    pub e2ee: bool,
 }
 
 struct Spot {
@@ -292,6 +295,7 @@ impl Parking {
                 .collect(),
             role: me.map(|p| p.role.clone()).unwrap_or_default(),
             permissions: me.map(|p| convert::permissions_to(p.permissions)),
+            e2ee: who.e2ee,
         };
         tracing::info!(target: "audit", client = %who.tenant, call = %who.call, user = %who.user, session = %who.session, action = "resume", missed = missed.len(), "parked session resumed");
         // Errors are left to the relay: a stream that is already gone parks the session again.

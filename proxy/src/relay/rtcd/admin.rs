@@ -202,7 +202,10 @@ pub(super) fn control_error(status: &tonic::Status) -> ControlError {
         Code::FailedPrecondition => match recording_refusal(status) {
             Some(Ok(refusal)) => ControlError::Recording(refusal, message),
             Some(Err(())) => ControlError::NotFound(message),
-            None => ControlError::Invalid(message),
+            None => match policy_refusal(status) {
+                Some(refusal) => ControlError::Policy(refusal, message),
+                None => ControlError::Invalid(message),
+            },
         },
         Code::InvalidArgument | Code::OutOfRange => ControlError::Invalid(message),
         Code::PermissionDenied => ControlError::Forbidden(message),
@@ -231,6 +234,20 @@ fn recording_refusal(status: &tonic::Status) -> Option<Result<RecordingRefusal, 
             R::Encrypted => RecordingRefusal::Encrypted,
         },
     ))
+}
+
+/// The typed refusal of a policy change (`rtcd.v1.PolicyRefused` in the status's details);
+/// `None` when the details carry none.
+fn policy_refusal(status: &tonic::Status) -> Option<PolicyRefusal> {
+    use pb::PolicyRefusal as R;
+    if status.details().is_empty() {
+        return None;
+    }
+    let refused = <pb::PolicyRefused as prost::Message>::decode(status.details()).ok()?;
+    match R::try_from(refused.reason).unwrap_or(R::Unspecified) {
+        R::Unspecified => None,
+        R::E2eeLocked => Some(PolicyRefusal::E2eeLocked),
+    }
 }
 
 /// A recording from the wire, held by host `host`; `with_files`: the answer of
@@ -896,6 +913,7 @@ pub(super) fn policy_to_pb(p: RoomPolicy) -> pb::RoomPolicy {
             crate::rooms::Opener::Member => pb::RoomOpener::Member as i32,
         }),
         record: p.record,
+        e2ee: p.e2ee,
     }
 }
 
@@ -914,6 +932,7 @@ pub(super) fn policy_from_pb(p: pb::RoomPolicy) -> RoomPolicy {
             }
         }),
         record: p.record,
+        e2ee: p.e2ee,
     }
 }
 
@@ -963,6 +982,19 @@ mod tests {
         assert_eq!(
             control_error(&tonic::Status::not_found("no such recording")),
             ControlError::NotFound("no such recording".into())
+        );
+        // A refused policy change is typed apart (its reason is not field 1).
+        let details = prost::Message::encode_to_vec(&pb::PolicyRefused {
+            reason: pb::PolicyRefusal::E2eeLocked as i32,
+        });
+        let locked = tonic::Status::with_details(
+            tonic::Code::FailedPrecondition,
+            "said rtcd",
+            details.into(),
+        );
+        assert_eq!(
+            control_error(&locked),
+            ControlError::Policy(crate::rooms::PolicyRefusal::E2eeLocked, "said rtcd".into())
         );
     }
 

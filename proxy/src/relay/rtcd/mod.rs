@@ -47,9 +47,9 @@ use crate::placement::{HostHealth, HostSet};
 use crate::policy::{Permissions, Role, TrackSource};
 use crate::protocol::{Candidate, Identity, Participant, PauseReason, RoomName};
 use crate::rooms::{
-    BanInfo, ControlError, FileRead, LobbyEntry, ParticipantInfo, RecordingFile, RecordingInfo,
-    RecordingRefusal, RecordingState, RecordingStop, Revocation, RoomControl, RoomDetail,
-    RoomPolicy, RoomSummary, TrackInfo,
+    BanInfo, ControlError, FileRead, LobbyEntry, ParticipantInfo, PolicyRefusal, RecordingFile,
+    RecordingInfo, RecordingRefusal, RecordingState, RecordingStop, Revocation, RoomControl,
+    RoomDetail, RoomPolicy, RoomSummary, TrackInfo,
 };
 use rtcd_kit::cluster::{
     Created, Etcd, HOSTS_PREFIX, HostAnnouncement, Replica, Settings as ClusterSettings, Store,

@@ -109,20 +109,22 @@ impl RtcdRelay {
                 first @ (pb::server_signal::Signal::Joined(_)
                 | pb::server_signal::Signal::Waiting(_)),
             ) => {
-                let (waiting, resume_token) = match first {
+                let (waiting, resume_token, e2ee) = match first {
                     pb::server_signal::Signal::Waiting(w) => (
                         Some(Waiting {
                             reason: w.reason,
                             timeout_seconds: w.timeout_seconds,
                         }),
                         None,
+                        false,
                     ),
                     pb::server_signal::Signal::Joined(j) => (
                         None,
                         (!j.resume_secret.is_empty())
                             .then(|| resume_token(&session_id, &j.resume_secret)),
+                        j.e2ee,
                     ),
-                    _ => (None, None),
+                    _ => (None, None, false),
                 };
                 tracing::debug!(session = %request.session, rtcd_session = %session_id, host = %key, waiting = ?waiting, "session opened on rtcd");
                 let (hosts, key) = (self.hosts.clone(), key.to_owned());
@@ -131,6 +133,7 @@ impl RtcdRelay {
                     spawn_pumps(to_rtcd, inbound, EventTranslator::new(session_id), lost);
                 link.waiting = waiting;
                 link.resume_token = resume_token;
+                link.e2ee = e2ee;
                 Ok(link)
             }
             Some(pb::server_signal::Signal::SessionClosed(c)) => Err(RelayError::Refused(c.reason)),
@@ -174,6 +177,7 @@ impl RtcdRelay {
         let lost = move || suspect(&hosts, &key, "a session's stream broke");
         let mut link = spawn_pumps(to_rtcd, inbound, translator, lost);
         link.resume_token = Some(resume_token(session, secret));
+        link.e2ee = resumed.e2ee;
         link.resumed = Some(Resumed {
             participants,
             role: role_from(&resumed.role),
@@ -408,6 +412,7 @@ pub(super) fn spawn_pumps(
         waiting: None,
         resume_token: None,
         resumed: None,
+        e2ee: false,
     }
 }
 

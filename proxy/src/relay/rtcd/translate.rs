@@ -53,6 +53,7 @@ impl EventTranslator {
             Signal::Joined(j) => RelayEvent::Admitted {
                 resume_token: (!j.resume_secret.is_empty())
                     .then(|| resume_token(&self.own_session, &j.resume_secret)),
+                e2ee: j.e2ee,
             },
             // Only ever the first message of a resumed stream, read when it opens.
             Signal::Waiting(_) | Signal::Resumed(_) => return Vec::new(),
