@@ -557,6 +557,103 @@ mod tests {
         assert!(!detect_keyframe(VideoCodec::Av1, &[]));
     }
 
+    /// `n` random bytes: an encrypted frame's body looks like this to the SFU.
+    fn noise(n: usize) -> Vec<u8> {
+        use rand::RngCore as _;
+        let mut v = vec![0; n];
+        rand::rng().fill_bytes(&mut v);
+        v
+    }
+
+    /// An end-to-end encrypted frame's trailer (docs/e2ee.md): tag and IV (noise), the clear
+    /// count, the key index and the format byte.
+    fn e2ee_trailer(clear: u8) -> Vec<u8> {
+        let mut t = noise(16 + 12);
+        t.extend_from_slice(&[clear, 3, 0xe1]);
+        t
+    }
+
+    /// The VP8 payload descriptors a browser writes (minimal; with a 15-bit picture ID,
+    /// TL0PICIDX and TID), for the first packet of a frame (S = 1, PID = 0) or a later one.
+    fn vp8_descriptors(start: bool) -> [Vec<u8>; 2] {
+        let s = if start { 0x10 } else { 0x00 };
+        [vec![s], vec![0x80 | s, 0xe0, 0x80 | 0x12, 0x34, 0x07, 0x40]]
+    }
+
+    #[test]
+    fn encrypted_vp8_frames_are_classified_by_their_clear_bytes_alone() {
+        for _ in 0..200 {
+            for descriptor in vp8_descriptors(true) {
+                // A key frame keeps 10 bytes clear: tag (P = 0), start code, 640x360.
+                let clear_key = [0x50, 0x2a, 0x01, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01];
+                let mut key = descriptor.clone();
+                key.extend_from_slice(&clear_key);
+                key.extend(noise(1000));
+                key.extend(e2ee_trailer(10));
+                assert!(detect_keyframe(VideoCodec::Vp8, &key), "{key:02x?}");
+                assert_eq!(keyframe_size(VideoCodec::Vp8, &key), Some((640, 360)));
+                // The first packet of a key frame split at the MTU: no trailer in it.
+                let first = &key[..descriptor.len() + 10 + 200];
+                assert!(detect_keyframe(VideoCodec::Vp8, first));
+                assert_eq!(keyframe_size(VideoCodec::Vp8, first), Some((640, 360)));
+                // A delta frame keeps 3 bytes clear: its tag (P = 1).
+                let mut delta = descriptor.clone();
+                delta.extend_from_slice(&[0x51, 0x10, 0x00]);
+                delta.extend(noise(300));
+                delta.extend(e2ee_trailer(3));
+                assert!(!detect_keyframe(VideoCodec::Vp8, &delta), "{delta:02x?}");
+                assert_eq!(keyframe_size(VideoCodec::Vp8, &delta), None);
+            }
+            // Later packets of a frame are never keyframes, whatever their (encrypted) bytes.
+            for descriptor in vp8_descriptors(false) {
+                let mut rest = descriptor;
+                rest.extend(noise(1000));
+                assert!(!detect_keyframe(VideoCodec::Vp8, &rest));
+                assert_eq!(keyframe_size(VideoCodec::Vp8, &rest), None);
+            }
+        }
+    }
+
+    #[test]
+    fn encrypted_vp8_bodies_pass_a_layer_switch_rewrite_untouched() {
+        for descriptor in vp8_descriptors(true) {
+            let mut payload = descriptor.clone();
+            payload.extend_from_slice(&[0x51, 0x10, 0x00]);
+            payload.extend(noise(500));
+            payload.extend(e2ee_trailer(3));
+            let payload = Bytes::from(payload);
+            let parsed = Vp8Descriptor::parse(&payload).expect("a whole descriptor");
+            let values = crate::media::vp8::Vp8Rewrite {
+                picture_id: 0x0777,
+                tl0picidx: 9,
+                keyidx: 0,
+            };
+            let out = parsed.rewrite(&payload, values);
+            assert_eq!(out.len(), payload.len());
+            // Only the descriptor (RTP payload header, outside the frame) may change.
+            assert_eq!(out[descriptor.len()..], payload[descriptor.len()..]);
+        }
+    }
+
+    #[test]
+    fn encrypted_vp9_and_av1_frames_are_classified_by_their_descriptors_alone() {
+        for _ in 0..200 {
+            // VP9: B = 1, P = 0 (a key frame) or P = 1; AV1: N = 1 or 0. The rest is noise.
+            for (codec, head, keyframe) in [
+                (VideoCodec::Vp9, 0x08u8, true),
+                (VideoCodec::Vp9, 0x48, false),
+                (VideoCodec::Av1, 0x18, true),
+                (VideoCodec::Av1, 0x10, false),
+            ] {
+                let mut p = vec![head];
+                p.extend(noise(800));
+                p.extend(e2ee_trailer(0));
+                assert_eq!(detect_keyframe(codec, &p), keyframe, "{codec:?} {p:02x?}");
+                assert_eq!(keyframe_size(codec, &p), None);
+            }
+        }
+    }
+
     #[test]
     fn media_packet_keyframe_from_codec() {
         let t = Instant::now();
