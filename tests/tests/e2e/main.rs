@@ -9,6 +9,7 @@ mod cluster;
 mod cluster_moderation;
 mod cluster_store;
 mod dev;
+mod e2ee;
 mod edges;
 mod etcd_harness;
 mod forwarding;

@@ -440,3 +440,224 @@ async fn moderators_with_the_record_permission_record_from_the_call() {
     drop(pat);
     cancel.cancel();
 }
+
+/// The `joined` of a raw client joining `room` (panics on any other outcome).
+async fn joined(proxy: SocketAddr, token: &str, room: &str) -> (Client, Value) {
+    match join(proxy, Some(token), room).await.unwrap() {
+        (c, rtcd_e2e::proxy::JoinOutcome::Joined(m)) => (c, m),
+        (_, other) => panic!("{room}: not joined: {other:?}"),
+    }
+}
+
+/// docs/e2ee.md: an end-to-end encrypted room is never recorded, whichever path asks (the
+/// API, a moderator, the policy's `record` at a join, a policy setting both), `joined` says
+/// the room is encrypted, and `e2ee` changes only while the room is empty.
+#[tokio::test]
+async fn an_encrypted_room_refuses_recording_from_every_path() {
+    let cancel = CancellationToken::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_owned();
+    let mut env: Vec<(&str, &str)> = RECORDING.to_vec();
+    env.push(("RTCD_RECORDING_DIRECTORY", &path));
+    let rtcd = TestRtcd::start(&env).await.unwrap();
+    rtcd.register_key("tenant-a", &key_for("tenant-a"))
+        .await
+        .unwrap();
+    // "recorded" is configured to record from its first join.
+    let proxy = replica_with(&rtcd, "tenant-a", &cancel, |c| {
+        c.rooms.overrides.insert(
+            "recorded".into(),
+            rtcd_proxy::rooms::RoomPolicy {
+                record: Some(true),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let addr = proxy.addr();
+    let policy = |room: &str| format!("/api/v1/rooms/{room}/policy");
+
+    // Marked before anyone comes.
+    let (status, body) = api(
+        addr,
+        "POST",
+        &policy("secret"),
+        Some(&admin()),
+        Some(json!({"e2ee": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["stored"]["e2ee"], &body["effective"]["e2ee"]),
+        (&json!(true), &json!(true)),
+        "{body}"
+    );
+    // Recording by policy cannot go with it: refused, nothing stored.
+    let (status, body) = api(
+        addr,
+        "POST",
+        &policy("secret"),
+        Some(&admin()),
+        Some(json!({"record": true})),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (409, &json!("encrypted")),
+        "{body}"
+    );
+    // Nor over the configuration's `record` (the proxy knows it; rtcd has not seen the room).
+    let (status, body) = api(
+        addr,
+        "POST",
+        &policy("recorded"),
+        Some(&admin()),
+        Some(json!({"e2ee": true})),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (409, &json!("encrypted")),
+        "{body}"
+    );
+
+    // Everyone entering is told; an ordinary room says false.
+    let pat = publisher(addr, &user("pat", "secret", "member"), "secret", "pat").await;
+    let (mut mia, m) = joined(addr, &recorder("mia", "secret", "moderator"), "secret").await;
+    assert_eq!(m["e2ee"], json!(true), "{m}");
+    let (_plain, m) = joined(addr, &user("pia", "plain", "member"), "plain").await;
+    assert_eq!(m["e2ee"], json!(false), "{m}");
+
+    // The API and a moderator with `record` are refused.
+    let (status, body) = api(
+        addr,
+        "POST",
+        "/api/v1/rooms/secret/recordings",
+        Some(&admin()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (409, &json!("encrypted")),
+        "{body}"
+    );
+    let answer = moderate(&mut mia, json!({"action": "start_recording"})).await;
+    assert_eq!(answer["code"], "encrypted", "{answer}");
+    let answer = moderate(
+        &mut mia,
+        json!({"action": "set_policy", "policy": {"record": true}}),
+    )
+    .await;
+    assert_eq!(answer["code"], "encrypted", "{answer}");
+    // Not switched off while people are in the room, by the API or a moderator.
+    let answer = moderate(
+        &mut mia,
+        json!({"action": "set_policy", "policy": {"e2ee": false}}),
+    )
+    .await;
+    assert_eq!(answer["code"], "e2ee_locked", "{answer}");
+    let (status, body) = api(
+        addr,
+        "POST",
+        &policy("secret"),
+        Some(&admin()),
+        Some(json!({"e2ee": false})),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (409, &json!("e2ee_locked")),
+        "{body}"
+    );
+    // Nor switched on in a room with people in it.
+    let (status, body) = api(
+        addr,
+        "POST",
+        &policy("plain"),
+        Some(&admin()),
+        Some(json!({"e2ee": true})),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (409, &json!("e2ee_locked")),
+        "{body}"
+    );
+    let (status, body) = api(addr, "GET", &policy("secret"), Some(&admin()), None).await;
+    assert_eq!(
+        (status, &body["effective"]["e2ee"]),
+        (200, &json!(true)),
+        "{body}"
+    );
+
+    // The policy's `record` at a join records nothing in a room stored encrypted: a proxy
+    // without "recorded"'s override stores e2ee for it (rtcd has not seen the room, so the
+    // combination is only seen once the other proxy's join brings its `record`).
+    let bare = replica_with(&rtcd, "tenant-a", &cancel, |_| {}).await;
+    let (status, body) = api(
+        bare.addr(),
+        "POST",
+        &policy("recorded"),
+        Some(&admin()),
+        Some(json!({"e2ee": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let quinn = publisher(
+        addr,
+        &user("quinn", "recorded", "member"),
+        "recorded",
+        "quinn",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Nothing was recorded.
+    for room in ["secret", "recorded"] {
+        let (status, body) = api(
+            addr,
+            "GET",
+            &format!("/api/v1/rooms/{room}/recordings"),
+            Some(&admin()),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, &body["recordings"]),
+            (200, &json!([])),
+            "{room}: {body}"
+        );
+    }
+
+    // Once everybody left, it may be switched off.
+    for p in [&pat, &quinn] {
+        p.send(rtcd_proto::v1::client_signal::Signal::Leave(
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    }
+    mia.send(&json!({"type": "leave"})).await.unwrap();
+    drop((pat, quinn, mia));
+    // Leaving is relayed at once; a session whose connection merely broke would be parked
+    // for rtc.resume_grace_seconds (15 s) and still count.
+    let mut last = (0, Value::Null);
+    for _ in 0..100 {
+        last = api(
+            addr,
+            "POST",
+            &policy("secret"),
+            Some(&admin()),
+            Some(json!({"e2ee": false})),
+        )
+        .await;
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last.0, 200, "{}", last.1);
+    assert_eq!(last.1["effective"]["e2ee"], json!(false), "{}", last.1);
+    cancel.cancel();
+}
