@@ -169,8 +169,15 @@ const E2EE_OVERHEAD: usize = 16 + 12 + 3;
 /// for the ciphertext and tag (a function of `ssrc` and `n`, so a receiver can rebuild it),
 /// then the IV (`ssrc`, timestamp, counter `n`), the clear count, key index 1 and 0xE1.
 pub fn e2ee_frame(ssrc: u32, n: u32, keyframe: bool) -> Vec<u8> {
+    e2ee_frame_sized(ssrc, n, keyframe, (640, 360))
+}
+
+/// [`e2ee_frame`] whose key frames announce the picture size `size` (width, height) in their
+/// clear bytes.
+pub fn e2ee_frame_sized(ssrc: u32, n: u32, keyframe: bool, size: (u16, u16)) -> Vec<u8> {
     let mut out: Vec<u8> = if keyframe {
-        vec![0x50, 0x2a, 0x01, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]
+        let ([w0, w1], [h0, h1]) = (size.0.to_le_bytes(), size.1.to_le_bytes());
+        vec![0x50, 0x2a, 0x01, 0x9d, 0x01, 0x2a, w0, w1, h0, h1]
     } else {
         vec![0x51, 0x10, 0x00]
     };
@@ -195,7 +202,7 @@ pub fn e2ee_frame(ssrc: u32, n: u32, keyframe: bool) -> Vec<u8> {
 /// publisher's SSRC and frame number (from the IV), whether it is a key frame, and whether it
 /// is byte for byte what was sent. `None` for anything else.
 fn e2ee_check(payload: &[u8]) -> Option<(u32, u32, bool, bool)> {
-    let frame = payload.get(1..)?;
+    let frame = payload.get(vp8_descriptor_len(payload)?..)?;
     let len = frame.len();
     if len < E2EE_OVERHEAD + 3 || frame[len - 1] != 0xe1 {
         return None;
@@ -204,8 +211,37 @@ fn e2ee_check(payload: &[u8]) -> Option<(u32, u32, bool, bool)> {
     let ssrc = u32::from_be_bytes([iv[0], iv[1], iv[2], iv[3]]);
     let n = u32::from_be_bytes([iv[8], iv[9], iv[10], iv[11]]);
     let keyframe = frame[0] & 0x01 == 0;
-    let intact = payload[0] == 0x10 && frame == e2ee_frame(ssrc, n, keyframe).as_slice();
+    let size = if keyframe && len >= 10 {
+        (
+            u16::from_le_bytes([frame[6], frame[7]]),
+            u16::from_le_bytes([frame[8], frame[9]]),
+        )
+    } else {
+        (640, 360)
+    };
+    let start = payload[0] & 0x10 != 0;
+    let intact = start && frame == e2ee_frame_sized(ssrc, n, keyframe, size).as_slice();
     Some((ssrc, n, keyframe, intact))
+}
+
+/// The length of the VP8 payload descriptor (RFC 7741 §4.2) at the start of `p`.
+fn vp8_descriptor_len(p: &[u8]) -> Option<usize> {
+    let b0 = *p.first()?;
+    if b0 & 0x80 == 0 {
+        return Some(1);
+    }
+    let x = *p.get(1)?;
+    let mut i = 2;
+    if x & 0x80 != 0 {
+        i += if *p.get(i)? & 0x80 != 0 { 2 } else { 1 };
+    }
+    if x & 0x40 != 0 {
+        i += 1;
+    }
+    if x & 0x30 != 0 {
+        i += 1;
+    }
+    Some(i)
 }
 
 /// A received payload without [`video_prefix`]'s bytes.
@@ -302,6 +338,10 @@ pub fn h264() -> RTCRtpCodec {
 
 /// The RFC 6464 audio level header extension, which rtcd's voice activity detection reads.
 const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+/// RFC 8843 mid header extension: with the rid, how rtcd binds a simulcast layer's SSRC.
+const SDES_MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+/// RFC 8852 rid header extension: which simulcast layer a packet belongs to.
+const SDES_RTP_STREAM_ID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 
 /// How long an offer waits for the host candidates to be in it (they are local: milliseconds).
 const GATHERING: Duration = Duration::from_secs(5);
@@ -324,6 +364,10 @@ pub struct PeerOptions {
     /// Keep a log of every RTP packet received ([`Participant::arrivals`]), for tests that
     /// check sequence spaces and keyframes packet by packet (off: long calls would grow it).
     pub log_packets: bool,
+    /// Negotiate the mid and rid header extensions for video, which a simulcast publisher
+    /// ([`Participant::add_encrypted_simulcast`]) writes on its packets so that rtcd binds
+    /// each layer.
+    pub simulcast: bool,
 }
 
 /// One RTP packet a participant received ([`PeerOptions::log_packets`]).
@@ -1077,6 +1121,120 @@ impl Participant {
         Ok(())
     }
 
+    /// Adds a VP8 simulcast track of three layers (rids `q`, `h`, `f`; key frames announce
+    /// 160x90, 320x180 and 640x360 in their clear bytes) whose frames are end-to-end encrypted
+    /// as in [`Participant::add_encrypted_video`], each packet carrying the mid and rid header
+    /// extensions (needs [`PeerOptions::simulcast`]) and a VP8 descriptor with a 15-bit
+    /// picture ID numbered per layer (which rtcd renumbers at a layer switch). Returns the
+    /// layers' SSRCs, lowest first. Call [`Participant::renegotiate`] afterwards.
+    pub async fn add_encrypted_simulcast(&self, kind: &str) -> anyhow::Result<Vec<u32>> {
+        const LAYERS: [(&str, (u16, u16)); 3] =
+            [("q", (160, 90)), ("h", (320, 180)), ("f", (640, 360))];
+        let codec = vp8();
+        let track_id = track_id_of(kind);
+        let ssrcs: Vec<u32> = LAYERS.iter().map(|_| next_ssrc()).collect();
+        let encodings = LAYERS
+            .iter()
+            .zip(&ssrcs)
+            .map(|((rid, _), ssrc)| RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    rid: (*rid).to_owned(),
+                    ssrc: Some(*ssrc),
+                    ..Default::default()
+                },
+                codec: codec.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            self.session.clone(),
+            track_id.to_owned(),
+            track_id.to_owned(),
+            RtpCodecKind::Video,
+            encodings,
+        )));
+        let local: Arc<dyn TrackLocal> = track.clone();
+        let sender = self
+            .pc
+            .add_track(local)
+            .await
+            .with_context(|| format!("{}: adding {kind}", self.session))?;
+        let transceiver_id = RTCRtpTransceiverId::from(sender.id());
+        self.shared
+            .kinds
+            .lock()
+            .unwrap()
+            .insert(transceiver_id, RtpCodecKind::Video);
+        offer_every_codec(&self.pc, sender.as_ref(), RtpCodecKind::Video, &codec).await?;
+        self.shared
+            .published
+            .lock()
+            .unwrap()
+            .insert(kind.to_owned(), ssrcs[0]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let shared = Arc::downgrade(&self.shared);
+        let (s, pc) = (sender.clone(), self.pc.clone());
+        let layers = ssrcs.clone();
+        tokio::spawn(async move {
+            let mut n: u64 = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let (mut wire, mut negotiations_seen, mut plis_seen) = (None, u64::MAX, 0);
+            let mut ids: Option<(u8, u8, String)> = None;
+            while !st.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    break;
+                };
+                let negotiations = shared.negotiations.load(Ordering::Relaxed);
+                if negotiations != negotiations_seen {
+                    negotiations_seen = negotiations;
+                    wire = wire_format(s.as_ref(), &codec).await;
+                    ids = simulcast_ids(&pc, s.as_ref(), transceiver_id).await;
+                }
+                let plis = shared.plis.load(Ordering::Relaxed);
+                let keyframe = n.is_multiple_of(KEYFRAME_EVERY) || plis != plis_seen;
+                plis_seen = plis;
+                drop(shared);
+                if let (Some((payload_type, _)), Some((mid_id, rid_id, mid))) = (wire, &ids) {
+                    for (((rid, size), ssrc), layer) in LAYERS.iter().zip(&layers).zip(0u16..) {
+                        // X, I with a 15-bit picture ID, each layer its own numbering.
+                        let picture = (n as u16).wrapping_add(layer * 5000) & 0x7fff;
+                        let [hi, lo] = picture.to_be_bytes();
+                        let mut payload = vec![0x90, 0x80, 0x80 | hi, lo];
+                        payload.extend(e2ee_frame_sized(*ssrc, n as u32, keyframe, *size));
+                        let mut packet = rtc::rtp::Packet {
+                            header: rtc::rtp::header::Header {
+                                version: 2,
+                                marker: true,
+                                payload_type,
+                                sequence_number: n as u16,
+                                timestamp: (n as u32).wrapping_mul(3000),
+                                ssrc: *ssrc,
+                                ..Default::default()
+                            },
+                            payload: Bytes::from(payload),
+                        };
+                        let _ = packet
+                            .header
+                            .set_extension(*mid_id, Bytes::from(mid.clone().into_bytes()));
+                        let _ = packet
+                            .header
+                            .set_extension(*rid_id, Bytes::from_static(rid.as_bytes()));
+                        let _ = track.write_rtp(packet).await;
+                    }
+                }
+                n += 1;
+            }
+        });
+        self.senders
+            .lock()
+            .unwrap()
+            .insert(kind.to_owned(), (sender, stop));
+        Ok(ssrcs)
+    }
+
     /// The SSRC of our published track of `kind`.
     pub fn published_ssrc(&self, kind: &str) -> Option<u32> {
         self.shared.published.lock().unwrap().get(kind).copied()
@@ -1516,6 +1674,31 @@ async fn wire_format(sender: &dyn RtpSender, codec: &RTCRtpCodec) -> Option<(u8,
     Some((chosen.payload_type, level))
 }
 
+/// The negotiated mid and rid header extension ids of `sender`'s section, and its mid.
+async fn simulcast_ids(
+    pc: &Arc<dyn PeerConnection>,
+    sender: &dyn RtpSender,
+    transceiver: RTCRtpTransceiverId,
+) -> Option<(u8, u8, String)> {
+    let params = sender.get_parameters().await.ok()?;
+    let id = |uri: &str| {
+        params
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == uri)
+            .and_then(|e| u8::try_from(e.id).ok())
+    };
+    let (mid_id, rid_id) = (id(SDES_MID_URI)?, id(SDES_RTP_STREAM_ID_URI)?);
+    for t in pc.get_transceivers().await {
+        if t.id() == transceiver {
+            let mid = t.mid().await.ok().flatten()?;
+            return Some((mid_id, rid_id, mid));
+        }
+    }
+    None
+}
+
 /// The primary video codecs webrtc-rs registers by default (`register_default_codecs`, without
 /// H.265), in its order; their RTX codecs follow them into a section by themselves.
 fn default_video_codecs() -> Vec<RTCRtpCodec> {
@@ -1619,6 +1802,17 @@ async fn new_peer(
         RtpCodecKind::Audio,
         None,
     )?;
+    if options.simulcast {
+        for uri in [SDES_MID_URI, SDES_RTP_STREAM_ID_URI] {
+            media.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: uri.to_owned(),
+                },
+                RtpCodecKind::Video,
+                None,
+            )?;
+        }
+    }
     let mut registry = register_default_interceptors(Registry::new(), &mut media)?;
     if options.stable_nacks {
         registry = registry.with(

@@ -4,15 +4,16 @@
 //! alone, and a subscriber that only NACKs (webrtc-rs sends no PLI of its own) gets lost
 //! packets back from rtcd's retransmission buffer, unchanged.
 //!
-//! Simulcast layer switching is not covered here: the webrtc-rs test peers publish one
-//! encoding per track. The unit tests of `rtcd::media::packet` show that a layer switch's
-//! VP8 descriptor rewrite leaves an encrypted body untouched and that key frames of every
-//! layer are found from the clear bytes.
+//! A simulcast publisher's encrypted layers: rtcd switches a subscriber between them (here
+//! by the size it shows the video at, matched against the picture size the key frames'
+//! clear bytes announce), each switch at a key frame, the frames byte for byte (the VP8
+//! descriptor, outside the frame, renumbered).
 
 use std::time::Duration;
 
 use rtcd_e2e::daemon::TestRtcd;
 use rtcd_e2e::media::{PATIENCE, Participant, PeerOptions, all_permissions, eventually};
+use rtcd_proto::v1 as pb;
 
 /// Frames that must arrive before the checks.
 const ENOUGH: u64 = 50;
@@ -79,6 +80,87 @@ async fn encrypted_frames_are_forwarded_and_retransmitted_byte_for_byte() -> any
     assert_eq!(bob.e2ee_corrupt(), 0, "a retransmitted frame changed");
     let f = bob.flows().remove(&flow).expect("flow exists");
     assert!(f.lost() <= 2, "frames lost on loopback: {}", f.lost());
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_switches_between_encrypted_simulcast_layers() -> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[]).await?;
+    let auth = rtcd.register("tenant-e2ee").await?;
+    let mut client = rtcd.client().await?;
+    let alice = Participant::join_with(
+        &mut client,
+        Some(&auth),
+        "secret",
+        "alice",
+        all_permissions(),
+        PeerOptions {
+            simulcast: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let layers = alice.add_encrypted_simulcast("video").await?;
+    alice.renegotiate().await?;
+    let flow = |ssrc: u32| format!("{ssrc:08x}/e2ee");
+    let bob =
+        Participant::listener(&mut client, &auth, "secret", "bob", PeerOptions::default()).await?;
+    eventually("bob receives one of alice's layers", || {
+        layers
+            .iter()
+            .any(|l| bob.flows().get(&flow(*l)).is_some_and(|f| f.packets >= 25))
+    })
+    .await?;
+    let mid = bob
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            pb::server_signal::Signal::TrackPublished(t)
+                if t.kind == pb::TrackKind::Video as i32 =>
+            {
+                Some(t.mid)
+            }
+            _ => None,
+        })
+        .expect("alice's video was announced");
+    let view = |width: u32, height: u32| {
+        pb::client_signal::Signal::TrackViews(pb::TrackViews {
+            views: vec![pb::TrackView {
+                mid: mid.clone(),
+                track_id: String::new(),
+                visible: true,
+                width,
+                height,
+            }],
+        })
+    };
+    // A thumbnail: the smallest layer fills it; then full size: the largest (loopback has the
+    // bandwidth). Each layer is reached from the other, so at least one switch happens.
+    for (size, layer) in [((160, 90), layers[0]), ((640, 360), layers[2])] {
+        bob.send(view(size.0, size.1)).await?;
+        let before = bob.flows().get(&flow(layer)).map_or(0, |f| f.packets);
+        eventually(
+            &format!("bob gets layer {layer:08x} for a {size:?} view"),
+            || {
+                bob.flows()
+                    .get(&flow(layer))
+                    .is_some_and(|f| f.packets >= before + 25)
+            },
+        )
+        .await?;
+        assert_eq!(
+            bob.e2ee_first_keyframe(&flow(layer)),
+            Some(true),
+            "layer {layer:08x} started at a key frame"
+        );
+    }
+    assert_eq!(bob.e2ee_corrupt(), 0, "a forwarded frame changed");
+    let reached = layers
+        .iter()
+        .filter(|l| bob.flows().contains_key(&flow(**l)))
+        .count();
+    assert!(reached >= 2, "bob saw {reached} layers");
     rtcd.rtcd.shutdown().await;
     Ok(())
 }
