@@ -417,7 +417,7 @@ async fn policies_change_live_through_the_api_or_a_moderator_and_races_resolve()
     assert_eq!(body["stored"], json!({}));
     assert_eq!(
         body["effective"],
-        json!({"wait_for_host": false, "lobby": false, "guests_allowed": true, "wait_timeout_seconds": 600, "opened_by": "moderator", "record": false})
+        json!({"wait_for_host": false, "lobby": false, "guests_allowed": true, "wait_timeout_seconds": 600, "opened_by": "moderator", "record": false, "e2ee": false})
     );
     // Bad requests are clear errors.
     for bad in [
