@@ -73,21 +73,32 @@ static STYLE: Asset = Asset::new(
     "text/css; charset=utf-8",
     false,
 );
-/// The SDK's modules by their path under `/sdk/` (and `sdk/dist/`): every `.js` file of
-/// `sdk/dist/`, which the unit test below checks, so a new module cannot be left out.
-static SDK: &[(&str, Asset)] = &[
-    ("client.js", sdk_module(include_str!("../../sdk/dist/client.js"))),
-    ("connection.js", sdk_module(include_str!("../../sdk/dist/connection.js"))),
-    ("errors.js", sdk_module(include_str!("../../sdk/dist/errors.js"))),
-    ("events.js", sdk_module(include_str!("../../sdk/dist/events.js"))),
-    ("layers.js", sdk_module(include_str!("../../sdk/dist/layers.js"))),
-    ("negotiation.js", sdk_module(include_str!("../../sdk/dist/negotiation.js"))),
-    ("protocol.js", sdk_module(include_str!("../../sdk/dist/protocol.js"))),
-];
 
-const fn sdk_module(body: &'static str) -> Asset {
-    Asset::new(body, "text/javascript; charset=utf-8", false)
+/// One built SDK module: its path under `/sdk/` (and `sdk/dist/`) and its embedded content.
+macro_rules! sdk_module {
+    ($path:literal) => {
+        (
+            $path,
+            Asset::new(
+                include_str!(concat!("../../sdk/dist/", $path)),
+                "text/javascript; charset=utf-8",
+                false,
+            ),
+        )
+    };
 }
+
+/// The SDK's modules: every `.js` file of `sdk/dist/`, which the unit test below checks, so a
+/// new module cannot be left out.
+static SDK: &[(&str, Asset)] = &[
+    sdk_module!("client.js"),
+    sdk_module!("connection.js"),
+    sdk_module!("errors.js"),
+    sdk_module!("events.js"),
+    sdk_module!("layers.js"),
+    sdk_module!("negotiation.js"),
+    sdk_module!("protocol.js"),
+];
 
 /// The SDK file at `path` under `/sdk/`, if there is one.
 fn sdk_file(path: &str) -> Option<&'static Asset> {
@@ -198,10 +209,7 @@ mod tests {
             .to_owned();
         assert_eq!(reply(sdk, Some(&tag)).status(), StatusCode::NOT_MODIFIED);
         let listed = format!("\"x\", {tag}");
-        assert_eq!(
-            reply(sdk, Some(&listed)).status(),
-            StatusCode::NOT_MODIFIED
-        );
+        assert_eq!(reply(sdk, Some(&listed)).status(), StatusCode::NOT_MODIFIED);
         assert_eq!(
             reply(sdk, Some("\"0000000000000000\"")).status(),
             StatusCode::OK
