@@ -121,6 +121,8 @@ export interface Permissions {
     publish_video: boolean;
     publish_screen: boolean;
     subscribe: boolean;
+    /** Starting and stopping the room's recording (moderators); absent when not granted. */
+    record?: boolean;
 }
 export interface RoomPolicy {
     wait_for_host?: boolean;

@@ -197,12 +197,13 @@ class Fields {
     }
     permissions(k) {
         const p = this.obj(k);
-        return {
+        return omitUndefined({
             publish_audio: p.bool('publish_audio'),
             publish_video: p.bool('publish_video'),
             publish_screen: p.bool('publish_screen'),
             subscribe: p.bool('subscribe'),
-        };
+            record: p.optBool('record'),
+        });
     }
     participant() {
         return omitUndefined({ identity: this.str('identity'), name: this.optStr('name'), role: this.optStr('role') });

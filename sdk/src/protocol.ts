@@ -145,6 +145,8 @@ export interface Permissions {
   publish_video: boolean;
   publish_screen: boolean;
   subscribe: boolean;
+  /** Starting and stopping the room's recording (moderators); absent when not granted. */
+  record?: boolean;
 }
 
 export interface RoomPolicy {
@@ -324,12 +326,13 @@ class Fields {
 
   permissions(k: string): Permissions {
     const p = this.obj(k);
-    return {
+    return omitUndefined({
       publish_audio: p.bool('publish_audio'),
       publish_video: p.bool('publish_video'),
       publish_screen: p.bool('publish_screen'),
       subscribe: p.bool('subscribe'),
-    };
+      record: p.optBool('record'),
+    });
   }
 
   participant(): ParticipantInfo {

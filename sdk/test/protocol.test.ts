@@ -31,6 +31,14 @@ describe('parseServerMessage', () => {
       permissions: { publish_audio: true, publish_video: true, publish_screen: false, subscribe: true },
       resume_token: 't', future_field: 1,
     }));
+    const recorder = parseServerMessage(JSON.stringify({
+      type: 'refreshed', expires_at: 5,
+      permissions: { publish_audio: false, publish_video: false, publish_screen: false, subscribe: true, record: true },
+    }));
+    assert.deepEqual(recorder, {
+      type: 'refreshed', expires_at: 5,
+      permissions: { publish_audio: false, publish_video: false, publish_screen: false, subscribe: true, record: true },
+    });
     assert.deepEqual(m, {
       type: 'joined', session_id: 7, room: 'r', identity: 'a', role: 'member', expires_at: 100, media: true,
       permissions: { publish_audio: true, publish_video: true, publish_screen: false, subscribe: true },
