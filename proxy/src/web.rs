@@ -95,6 +95,7 @@ static SDK: &[(&str, Asset)] = &[
     sdk_module!("connection.js"),
     sdk_module!("errors.js"),
     sdk_module!("events.js"),
+    sdk_module!("health.js"),
     sdk_module!("layers.js"),
     sdk_module!("negotiation.js"),
     sdk_module!("protocol.js"),

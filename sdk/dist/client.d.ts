@@ -104,15 +104,8 @@ export declare class RtcdClient extends TypedEventTarget {
     private _intersectionObserver;
     /** The last layer change of each sender. */
     private readonly _layerChanges;
-    /** Inbound counters by mid. */
-    private readonly _flow;
-    /** When the inbound counters were last read: health is judged as of then. A stall is
-     * time without progress between readings; judging it at an event between readings (a
-     * participant joining) against the clock called a flowing track stalled whenever the
-     * browser was slow to give its statistics (a busy Firefox at a renegotiation). */
-    private _readAt;
-    /** Outbound loss reported by the media server (RTCP), over the last interval. */
-    private _outboundLoss;
+    /** Inbound counters of the current peer connection's received sections (health.ts). */
+    private readonly _health;
     private _statsTimer;
     private _failedTimer;
     private _iceRestartTimer;
@@ -331,7 +324,7 @@ export declare class RtcdClient extends TypedEventTarget {
      * `selectedCandidatePairId`; Firefox: the pair marked `selected`).
      */
     private _updateRoute;
-    /** Recomputes the local media state and every participant's. */
+    /** Recomputes the local media state and every participant's (health.ts). */
     private _updateHealth;
     private _setMediaState;
 }

@@ -6,8 +6,8 @@
 // This module is the browser side: WebSocket, timers, RTCPeerConnection, getStats, the DOM
 // (adaptive stream). Its decisions live in plain classes it feeds and obeys, unit-tested in
 // Node without a browser: `Connection` (connection.ts: close codes, resume, reconnect and
-// backoff, the signaling state) and `Negotiation` (negotiation.ts: when to offer, coalescing,
-// rollback, the answer deadline). Server messages are parsed and checked in protocol.ts.
+// backoff, the signaling state), `Negotiation` (negotiation.ts: when to offer, coalescing,
+// rollback, the answer deadline) and `MediaHealth` (health.ts: stalls and loss). Server messages are parsed and checked in protocol.ts.
 //
 // What it does:
 //  * connects to the proxy, joins a room with a JWT, keeps the session alive (app-level pings
@@ -46,6 +46,7 @@ import {
   type Route,
   type Waiting,
 } from './events.js';
+import { MediaHealth, type InboundReading } from './health.js';
 import { cameraLayers, fullLayer } from './layers.js';
 import { Negotiation, type MediaKind } from './negotiation.js';
 import {
@@ -136,18 +137,6 @@ const VIEW_SEND_MS = 300;
 /** The most views per `track_views` message (the protocol's limit). */
 const MAX_TRACK_VIEWS = 64;
 
-/** A remote track without new packets for this long is stalled. */
-const STALL_MS = 3000;
-/** A new remote track that has produced nothing yet is stalled only after this long: it waits
- * for a renegotiation round, its publisher's keyframe and a first decode, which on a busy
- * device took up to 7 s (a screen share in two Firefox pages); calling its participant's
- * connection poor meanwhile is a false alarm. */
-const START_MS = 10000;
-/** Inbound loss above this fraction is poor when it lasts `POOR_LOSS_INTERVALS` stats
- * intervals in a row: a single burst (a sender resuming with a jump in its sequence numbers,
- * as after a camera comes back on) is not a poor connection. */
-const POOR_LOSS = 0.1;
-const POOR_LOSS_INTERVALS = 2;
 /** How long the peer connection may stay `failed` before the SDK gives up on the session
  * itself (the media server normally closes it first, with 4010 and a clearer message). */
 const FAILED_GRACE_MS = 5000;
@@ -156,18 +145,6 @@ const FAILED_GRACE_MS = 5000;
  * only new credentials make the browser gather on the network it has now. Short blips recover
  * by themselves inside this time; `failed` restarts at once. */
 const ICE_RESTART_AFTER_MS = 2000;
-
-/** Inbound counters of one received section (progress: frames decoded for video, packets
- * for audio). */
-interface Flow {
-  packets: number;
-  progress: number;
-  lost: number;
-  progressAt: number;
-  flowed: boolean;
-  loss: number;
-  lossyRuns: number;
-}
 
 /** The fields of the getStats entries the SDK reads (the DOM typings lack some, e.g.
  * Firefox's `selected` on a candidate pair). */
@@ -285,15 +262,8 @@ export class RtcdClient extends TypedEventTarget {
   private _intersectionObserver: IntersectionObserver | null = null;
   /** The last layer change of each sender. */
   private readonly _layerChanges = new WeakMap<RTCRtpSender, Promise<void>>();
-  /** Inbound counters by mid. */
-  private readonly _flow = new Map<string, Flow>();
-  /** When the inbound counters were last read: health is judged as of then. A stall is
-   * time without progress between readings; judging it at an event between readings (a
-   * participant joining) against the clock called a flowing track stalled whenever the
-   * browser was slow to give its statistics (a busy Firefox at a renegotiation). */
-  private _readAt = 0;
-  /** Outbound loss reported by the media server (RTCP), over the last interval. */
-  private _outboundLoss = 0;
+  /** Inbound counters of the current peer connection's received sections (health.ts). */
+  private readonly _health = new MediaHealth();
   private _statsTimer = 0;
   private _failedTimer = 0;
   private _iceRestartTimer = 0;
@@ -747,7 +717,7 @@ export class RtcdClient extends TypedEventTarget {
     for (const [mid, remote] of [...this.remoteTracks]) this._endRemote(mid, remote);
     this._published.clear();
     this._paused.clear();
-    this._flow.clear();
+    this._health.clear();
     if (this.route) {
       const previous = this.route;
       this.route = null;
@@ -887,12 +857,8 @@ export class RtcdClient extends TypedEventTarget {
         if (paused) this._paused.set(mid, m.reason);
         else this._paused.delete(mid);
         const remote = this.remoteTracks.get(mid);
-        const flow = this._flow.get(mid);
         // A resumed track starts again from a keyframe: give it the start grace period.
-        if (flow && !paused) {
-          flow.progressAt = performance.now();
-          flow.flowed = false;
-        }
+        if (!paused) this._health.restarted(mid, performance.now(), true);
         if (remote) {
           const detail = { identity: remote.identity, source: remote.source, trackId: remote.trackId, mid };
           if (paused) this.emit('trackpaused', { ...detail, reason: m.reason });
@@ -915,8 +881,7 @@ export class RtcdClient extends TypedEventTarget {
         p.muted[m.source] = m.muted;
         // An unmuted track restarts: give it the stall grace period again.
         for (const [mid, remote] of this.remoteTracks) {
-          const flow = this._flow.get(mid);
-          if (flow && remote.identity === m.identity && remote.source === m.source) flow.progressAt = performance.now();
+          if (remote.identity === m.identity && remote.source === m.source) this._health.restarted(mid, performance.now(), false);
         }
         this.emit('mutechanged', { identity: m.identity, source: m.source, muted: m.muted });
         return;
@@ -1340,7 +1305,7 @@ export class RtcdClient extends TypedEventTarget {
     const track = transceiver.receiver.track;
     const remote: RemoteTrack = { identity: info.identity, source: info.source, trackId: info.trackId, mid, track, stream: new MediaStream([track]) };
     this.remoteTracks.set(mid, remote);
-    this._flow.set(mid, { packets: -1, progress: 0, lost: 0, progressAt: performance.now(), flowed: false, loss: 0, lossyRuns: 0 });
+    this._health.watch(mid, performance.now());
     this._participant(info.identity);
     this.emit('track', remote);
     // The application usually shows it from its `track` handler: watch that element now.
@@ -1351,7 +1316,7 @@ export class RtcdClient extends TypedEventTarget {
   private _endRemote(mid: string, remote: RemoteTrack): void {
     if (this.remoteTracks.get(mid) !== remote) return;
     this.remoteTracks.delete(mid);
-    this._flow.delete(mid);
+    this._health.forget(mid);
     this._viewsSent.delete(mid);
     this.emit('trackended', remote);
   }
@@ -1475,47 +1440,25 @@ export class RtcdClient extends TypedEventTarget {
     if (pc !== this._pc) return;
     const midByTrack = new Map<string, string>();
     for (const t of pc.getTransceivers()) if (t.mid != null) midByTrack.set(t.receiver.track.id, t.mid);
-    const now = performance.now();
-    let lostOut = 0;
-    let sentOut = 0;
+    const inbound: InboundReading[] = [];
+    const outboundLoss: number[] = [];
     this._updateRoute(report);
     report.forEach((s: StatsEntry) => {
       if (s.type === 'inbound-rtp') {
         const mid = s.mid ?? (s.trackIdentifier === undefined ? undefined : midByTrack.get(s.trackIdentifier));
-        const flow = mid == null ? undefined : this._flow.get(String(mid));
-        if (!flow) return;
-        const packets = s.packetsReceived || 0;
-        const lost = Math.max(0, s.packetsLost || 0);
-        // Progress is what the user gets: decoded frames for video (packets that never
-        // decode, e.g. without a keyframe, are a stall), packets for audio.
-        const progress = s.kind === 'video' ? (s.framesDecoded || 0) : packets;
-        // Counters that went back are a receive stream the browser made anew, statistics and
-        // all (Firefox does at renegotiations, even one that changes nothing of the section):
-        // what it counts since is progress, and loss is measured from there.
-        const restarted = packets < flow.packets || progress < flow.progress;
-        if (flow.packets >= 0 && !restarted) {
-          const got = packets - flow.packets;
-          const missed = Math.max(0, lost - flow.lost);
-          flow.loss = got + missed > 0 ? missed / (got + missed) : 0;
-          flow.lossyRuns = flow.loss > POOR_LOSS ? flow.lossyRuns + 1 : 0;
-          if (progress > flow.progress) {
-            flow.progressAt = now;
-            flow.flowed = true;
-          }
-        } else if (progress > 0) {
-          flow.progressAt = now;
-          flow.flowed = true;
-        }
-        flow.packets = packets;
-        flow.progress = progress;
-        flow.lost = lost;
+        if (mid == null) return;
+        inbound.push({
+          mid: String(mid),
+          video: s.kind === 'video',
+          packetsReceived: s.packetsReceived || 0,
+          packetsLost: s.packetsLost || 0,
+          framesDecoded: s.framesDecoded || 0,
+        });
       } else if (s.type === 'remote-inbound-rtp') {
-        lostOut += Math.max(0, s.fractionLost || 0);
-        sentOut += 1;
+        outboundLoss.push(s.fractionLost || 0);
       }
     });
-    this._outboundLoss = sentOut ? lostOut / sentOut : 0;
-    this._readAt = now;
+    this._health.read(inbound, outboundLoss, performance.now());
     this._updateHealth();
   }
 
@@ -1548,60 +1491,23 @@ export class RtcdClient extends TypedEventTarget {
     this.emit('route', { route, previous: was });
   }
 
-  /** Recomputes the local media state and every participant's. */
+  /** Recomputes the local media state and every participant's (health.ts). */
   private _updateHealth(): void {
     const pc = this._pc;
     if (!pc) return;
-    // As of the last reading: a track created since then has not been read yet, and one
-    // read then is not stalled by time that passed after it.
-    const now = this._readAt;
-    const byIdentity = new Map<string, { flowing: number; stalled: number; starting: number }>();
-    let expected = 0;
-    let flowing = 0;
-    let lossy = false;
-    for (const [mid, remote] of this.remoteTracks) {
-      const flow = this._flow.get(mid);
-      const participant = this.participants.get(remote.identity);
-      // Muted, or paused by the media server (not a fault of anyone's connection).
-      if (!flow || (participant && participant.muted[remote.source]) || this._paused.has(mid)) continue;
-      const entry = byIdentity.get(remote.identity) || { flowing: 0, stalled: 0, starting: 0 };
-      const quiet = now - flow.progressAt > (flow.flowed ? STALL_MS : START_MS);
-      if (!flow.flowed && !quiet) entry.starting += 1;
-      else if (quiet || flow.lossyRuns >= POOR_LOSS_INTERVALS) entry.stalled += 1;
-      else entry.flowing += 1;
-      byIdentity.set(remote.identity, entry);
-      expected += 1;
-      if (flow.flowed && !quiet) flowing += 1;
-      if (flow.lossyRuns >= POOR_LOSS_INTERVALS) lossy = true;
-    }
-    let state: MediaState;
-    switch (pc.connectionState) {
-      case 'connected':
-        state = (expected > 0 && flowing === 0 && [...this._flow.values()].some((f) => f.flowed))
-          || lossy || this._outboundLoss > POOR_LOSS ? 'poor' : 'connected';
-        break;
-      case 'disconnected': state = 'reconnecting'; break;
-      case 'failed': state = 'failed'; break;
-      default:
-        // No media section at all (nothing to send, nothing to receive): nothing to connect.
-        state = pc.getTransceivers().length === 0 && pc.signalingState === 'stable' && pc.remoteDescription ? 'connected' : 'connecting';
-    }
+    const tracks = [...this.remoteTracks].map(([mid, remote]) => ({
+      mid,
+      identity: remote.identity,
+      excused: Boolean(this.participants.get(remote.identity)?.muted[remote.source]) || this._paused.has(mid),
+    }));
+    const { state, participants } = this._health.judge({
+      connectionState: pc.connectionState,
+      nothingToConnect: pc.getTransceivers().length === 0 && pc.signalingState === 'stable' && !!pc.remoteDescription,
+    }, tracks, this.participants.keys());
     this._setMediaState(state);
     for (const participant of this.participants.values()) {
-      const entry = byIdentity.get(participant.identity);
-      let media: RemoteMediaState;
-      if (!entry) {
-        // Nothing of theirs is expected here (a listener, or all muted): as good as our link.
-        media = state === 'connected' || state === 'poor' ? 'connected' : 'connecting';
-      } else if (entry.stalled > 0 && (entry.flowing > 0 || state === 'connected' || state === 'poor')) {
-        media = 'poor';
-      } else if (entry.flowing > 0) {
-        media = 'connected';
-      } else {
-        media = 'connecting';
-      }
-      if (state !== 'connected' && state !== 'poor' && media === 'connected') media = 'connecting';
-      if (participant.media !== media) {
+      const media = participants.get(participant.identity);
+      if (media && participant.media !== media) {
         const previous = participant.media;
         participant.media = media;
         this.emit('participantmedia', { identity: participant.identity, state: media, previous });
