@@ -271,7 +271,6 @@ export type ServerMessage = ({
     type: 'media_server_lost';
     message: string;
 };
-export type ServerMessageType = ServerMessage['type'];
 /** Every message this SDK sends (docs/protocol.md section 3). */
 export type ClientMessage = {
     type: 'join';
@@ -331,9 +330,6 @@ export interface ModerationFields {
 /** Why a server message was not understood. */
 export declare class MalformedMessage extends Error {
 }
-/** Drops `undefined` members, so optional fields are absent rather than present-and-empty
- * (what the old SDK's events carried, and what `JSON.stringify` comparisons expect). */
-export declare function omitUndefined<T extends object>(o: T): T;
 /**
  * Decodes one text frame. Returns the typed message; `{type: unknown}`-shaped frames of a
  * type this SDK does not know come back as `null` with their type in `unknownType` (the

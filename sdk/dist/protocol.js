@@ -236,7 +236,7 @@ function isRecord(v) {
 }
 /** Drops `undefined` members, so optional fields are absent rather than present-and-empty
  * (what the old SDK's events carried, and what `JSON.stringify` comparisons expect). */
-export function omitUndefined(o) {
+function omitUndefined(o) {
     for (const k of Object.keys(o)) {
         if (o[k] === undefined)
             delete o[k];

@@ -214,7 +214,6 @@ export type ServerMessage =
   | { type: 'recording_stopped'; recording_id: string; reason: string }
   | { type: 'media_server_lost'; message: string };
 
-export type ServerMessageType = ServerMessage['type'];
 
 /** Every message this SDK sends (docs/protocol.md section 3). */
 export type ClientMessage =
@@ -366,7 +365,7 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 
 /** Drops `undefined` members, so optional fields are absent rather than present-and-empty
  * (what the old SDK's events carried, and what `JSON.stringify` comparisons expect). */
-export function omitUndefined<T extends object>(o: T): T {
+function omitUndefined<T extends object>(o: T): T {
   for (const k of Object.keys(o) as (keyof T)[]) {
     if (o[k] === undefined) delete o[k];
   }
