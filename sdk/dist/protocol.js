@@ -234,8 +234,8 @@ class Fields {
 function isRecord(v) {
     return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
-/** Drops `undefined` members, so optional fields are absent rather than present-and-empty
- * (what the old SDK's events carried, and what `JSON.stringify` comparisons expect). */
+/** Drops `undefined` members, so an optional field not sent is absent from the typed message
+ * (as it was from the JSON), not present with `undefined`. */
 function omitUndefined(o) {
     for (const k of Object.keys(o)) {
         if (o[k] === undefined)

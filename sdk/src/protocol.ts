@@ -214,7 +214,6 @@ export type ServerMessage =
   | { type: 'recording_stopped'; recording_id: string; reason: string }
   | { type: 'media_server_lost'; message: string };
 
-
 /** Every message this SDK sends (docs/protocol.md section 3). */
 export type ClientMessage =
   | { type: 'join'; room: string; token: string; resume?: string }
@@ -363,8 +362,8 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** Drops `undefined` members, so optional fields are absent rather than present-and-empty
- * (what the old SDK's events carried, and what `JSON.stringify` comparisons expect). */
+/** Drops `undefined` members, so an optional field not sent is absent from the typed message
+ * (as it was from the JSON), not present with `undefined`. */
 function omitUndefined<T extends object>(o: T): T {
   for (const k of Object.keys(o) as (keyof T)[]) {
     if (o[k] === undefined) delete o[k];
