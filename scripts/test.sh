@@ -2,10 +2,11 @@
 # The test suite, from a fresh machine: installs what it needs, then runs the same gates CI
 # runs. README's second command; .ci/run calls exactly this.
 #
-#   scripts/test.sh          everything (CI): fmt, clippy, the deploy checks, unit tests, both
+#   scripts/test.sh          everything (CI): the SDK's build check and unit tests (sdk/, node),
+#                            fmt, clippy, the deploy checks, unit tests, both
 #                            e2e binaries (tests/e2e, the fast tier; tests/long, the long tier)
 #   scripts/test.sh --fast   a developer's loop (under 5 minutes on 2 cores with a warm build):
-#                            fmt, clippy, unit tests and the fast e2e binary; no browsers, no
+#                            the SDK's checks, fmt, clippy, unit tests and the fast e2e binary; no browsers, no
 #                            coturn, no failover, no load tool runs, no minute-long calls
 #
 # Tests run through cargo-nextest (a process per test; the browser calls serialized by a test
@@ -25,7 +26,7 @@ case "${1:-}" in
 --fast) fast=1 ;;
 "") ;;
 -h | --help)
-	sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
 	exit 0
 	;;
 *)
@@ -119,6 +120,32 @@ if [ ! -f tests/oidc/node_modules/.package-lock.json ] \
 	|| [ tests/oidc/package-lock.json -nt tests/oidc/node_modules/.package-lock.json ]; then
 	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 fi
+
+echo "== sdk (the TypeScript browser SDK, sdk/: committed build up to date, unit tests)"
+# The proxy embeds sdk/dist/ (include_str!), committed so that cargo builds without node; a
+# source change must come with its rebuilt dist/. Built afresh into a temporary directory and
+# compared with the checked-out one (extra, missing or different files fail), then the
+# node:test unit tests (sdk/test/, no browser). Dependencies (typescript, pinned by
+# sdk/package-lock.json) as for tests/oidc.
+if [ ! -f sdk/node_modules/.package-lock.json ] \
+	|| [ sdk/package-lock.json -nt sdk/node_modules/.package-lock.json ]; then
+	npm ci --prefix sdk --no-audit --no-fund --loglevel=error
+fi
+sdk_build=$(mktemp -d)
+if ! (cd sdk && node_modules/.bin/tsc -p tsconfig.json --outDir "$sdk_build") \
+	|| ! diff -r "$sdk_build" sdk/dist; then
+	rm -rf "$sdk_build"
+	echo "scripts/test.sh: sdk/dist is not the build of sdk/src: run 'npm run build --prefix sdk' and commit sdk/dist" >&2
+	exit 1
+fi
+rm -rf "$sdk_build"
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1 \
+	&& [ -n "$(git status --porcelain --untracked-files=all -- sdk/dist)" ]; then
+	git status --short --untracked-files=all -- sdk/dist >&2
+	echo "scripts/test.sh: sdk/dist has uncommitted changes: the proxy would embed files the commit lacks" >&2
+	exit 1
+fi
+npm test --prefix sdk
 
 echo "== cargo-nextest"
 # Pinned: the version .config/nextest.toml is written for (test groups, priorities). The

@@ -74,7 +74,7 @@ pub struct TrackSpec {
     pub layer: Option<usize>,
 }
 
-/// A simulcast layer of the camera, as the browser SDK publishes it (`proxy/web/sdk/client.js`
+/// A simulcast layer of the camera, as the browser SDK publishes it (`sdk/src/layers.ts`
 /// `CAMERA_LAYERS`, docs/web-client.md): its rid, the picture size its keyframes announce (of a
 /// 1280 x 720 capture), frame rate and bitrate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

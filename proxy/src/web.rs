@@ -1,5 +1,7 @@
 //! The browser client, served by the proxy itself: the demo call page at `/` (`index.html`,
-//! `/app.js`, `/style.css`) and the JavaScript SDK at `/sdk/client.js` (see `proxy/web/`).
+//! `/app.js`, `/style.css`, see `proxy/web/`) and the SDK at `/sdk/client.js` with the modules
+//! it imports (`/sdk/<module>.js`): the built JavaScript of the TypeScript package in `sdk/`,
+//! committed in `sdk/dist/` so that building the proxy needs no node.
 //!
 //! The files are compiled into the binary (`include_str!`), so the proxy serves them from any
 //! working directory and a deploy cannot ship a page that does not match its proxy. Each
@@ -9,7 +11,8 @@
 //! same-origin connections) and `Referrer-Policy: no-referrer`, because its URL may carry a
 //! token (`?token=`), which must not leak to any other origin.
 //!
-//! Endpoints (GET): `/`, `/app.js`, `/style.css`, `/sdk/client.js`.
+//! Endpoints (GET): `/`, `/app.js`, `/style.css`, `/sdk/<file>.js` for each file of `SDK`. The
+//! type declarations (`.d.ts`) are not served: they are for the package's users, not browsers.
 
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
@@ -70,11 +73,38 @@ static STYLE: Asset = Asset::new(
     "text/css; charset=utf-8",
     false,
 );
-static SDK: Asset = Asset::new(
-    include_str!("../web/sdk/client.js"),
-    "text/javascript; charset=utf-8",
-    false,
-);
+
+/// One built SDK module: its path under `/sdk/` (and `sdk/dist/`) and its embedded content.
+macro_rules! sdk_module {
+    ($path:literal) => {
+        (
+            $path,
+            Asset::new(
+                include_str!(concat!("../../sdk/dist/", $path)),
+                "text/javascript; charset=utf-8",
+                false,
+            ),
+        )
+    };
+}
+
+/// The SDK's modules: every `.js` file of `sdk/dist/`, which the unit test below checks, so a
+/// new module cannot be left out.
+static SDK: &[(&str, Asset)] = &[
+    sdk_module!("client.js"),
+    sdk_module!("connection.js"),
+    sdk_module!("errors.js"),
+    sdk_module!("events.js"),
+    sdk_module!("health.js"),
+    sdk_module!("layers.js"),
+    sdk_module!("negotiation.js"),
+    sdk_module!("protocol.js"),
+];
+
+/// The SDK file at `path` under `/sdk/`, if there is one.
+fn sdk_file(path: &str) -> Option<&'static Asset> {
+    SDK.iter().find(|(p, _)| *p == path).map(|(_, a)| a)
+}
 
 /// The web client's routes; anything else is rejected (not found) for the next filter.
 pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -87,7 +117,14 @@ pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
     let index = warp::path::end().and(asset(&INDEX));
     let app = warp::path!("app.js").and(asset(&APP));
     let style = warp::path!("style.css").and(asset(&STYLE));
-    let sdk = warp::path!("sdk" / "client.js").and(asset(&SDK));
+    let sdk = warp::get()
+        .and(warp::path("sdk"))
+        .and(warp::path::tail())
+        .and_then(|tail: warp::path::Tail| async move {
+            sdk_file(tail.as_str()).ok_or_else(warp::reject::not_found)
+        })
+        .and(if_none_match)
+        .map(|asset: &'static Asset, tag: Option<String>| reply(asset, tag.as_deref()));
     index.or(app).unify().or(style).unify().or(sdk).unify()
 }
 
@@ -138,9 +175,15 @@ mod tests {
             ),
             (&STYLE, "text/css; charset=utf-8", "body", false),
             (
-                &SDK,
+                sdk_file("client.js").unwrap(),
                 "text/javascript; charset=utf-8",
                 "export class RtcdClient",
+                false,
+            ),
+            (
+                sdk_file("connection.js").unwrap(),
+                "text/javascript; charset=utf-8",
+                "export class Connection",
                 false,
             ),
         ] {
@@ -160,27 +203,55 @@ mod tests {
 
     #[test]
     fn revalidation_with_the_etag_is_a_304_and_a_stale_tag_gets_the_file() {
-        let tag = reply(&SDK, None).headers()[header::ETAG]
+        let sdk = sdk_file("client.js").unwrap();
+        let tag = reply(sdk, None).headers()[header::ETAG]
             .to_str()
             .unwrap()
             .to_owned();
-        assert_eq!(reply(&SDK, Some(&tag)).status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(reply(sdk, Some(&tag)).status(), StatusCode::NOT_MODIFIED);
         let listed = format!("\"x\", {tag}");
+        assert_eq!(reply(sdk, Some(&listed)).status(), StatusCode::NOT_MODIFIED);
         assert_eq!(
-            reply(&SDK, Some(&listed)).status(),
-            StatusCode::NOT_MODIFIED
-        );
-        assert_eq!(
-            reply(&SDK, Some("\"0000000000000000\"")).status(),
+            reply(sdk, Some("\"0000000000000000\"")).status(),
             StatusCode::OK
         );
         let others: Vec<_> = [&INDEX, &APP, &STYLE]
-            .iter()
+            .into_iter()
+            .chain(SDK.iter().skip(1).map(|(_, a)| a))
             .map(|a| reply(a, None).headers()[header::ETAG].clone())
             .collect();
         assert!(
             others.iter().all(|t| t != tag.as_str()),
             "each file has its own tag"
         );
+    }
+
+    /// `SDK` lists exactly the `.js` files of `sdk/dist/` (at any depth): a module added to
+    /// the SDK and imported by another would otherwise be a 404 in the browser.
+    #[test]
+    fn the_sdk_table_lists_exactly_the_built_modules() {
+        fn walk(dir: &std::path::Path, under: &str, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                let name = entry.file_name().into_string().unwrap();
+                let path = format!("{under}{name}");
+                if entry.file_type().unwrap().is_dir() {
+                    walk(&entry.path(), &format!("{path}/"), found);
+                } else if name.ends_with(".js") {
+                    found.push(path);
+                }
+            }
+        }
+        let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/dist");
+        let mut on_disk = Vec::new();
+        walk(&dist, "", &mut on_disk);
+        on_disk.sort();
+        let mut listed: Vec<String> = SDK.iter().map(|(p, _)| (*p).to_owned()).collect();
+        listed.sort();
+        assert_eq!(listed, on_disk, "proxy/src/web.rs SDK vs sdk/dist");
+        for (path, asset) in SDK {
+            let file = std::fs::read_to_string(dist.join(path)).unwrap();
+            assert_eq!(asset.body, file, "{path} is embedded as built");
+        }
     }
 }

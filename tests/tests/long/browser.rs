@@ -164,6 +164,10 @@ async fn web_client_files_are_served_with_their_types_and_the_page_with_a_csp() 
         ("/app.js", "text/javascript; charset=utf-8"),
         ("/style.css", "text/css; charset=utf-8"),
         ("/sdk/client.js", "text/javascript; charset=utf-8"),
+        // The modules client.js imports (sdk/dist/, all listed in proxy/src/web.rs).
+        ("/sdk/connection.js", "text/javascript; charset=utf-8"),
+        ("/sdk/negotiation.js", "text/javascript; charset=utf-8"),
+        ("/sdk/protocol.js", "text/javascript; charset=utf-8"),
     ] {
         let r = http.get(format!("{base}{path}")).send().await?;
         assert_eq!(r.status(), 200, "{path}");
@@ -188,6 +192,8 @@ async fn web_client_files_are_served_with_their_types_and_the_page_with_a_csp() 
         "/index.html",
         "/sdk/",
         "/sdk/other.js",
+        // Type declarations are for the npm package, not served.
+        "/sdk/client.d.ts",
         "/app.js/x",
         "/web/app.js",
     ] {

@@ -1,0 +1,1474 @@
+// rtcd browser SDK: one call (room) over the rtcd-proxy WebSocket protocol (docs/protocol.md).
+//
+// `import { RtcdClient } from '/sdk/client.js'` (served by the proxy) or
+// `import { RtcdClient } from '@rtcd/client'` (the package in sdk/ of the repository).
+//
+// This module is the browser side: WebSocket, timers, RTCPeerConnection, getStats, the DOM
+// (adaptive stream). Its decisions live in plain classes it feeds and obeys, unit-tested in
+// Node without a browser: `Connection` (connection.ts: close codes, resume, reconnect and
+// backoff, the signaling state), `Negotiation` (negotiation.ts: when to offer, coalescing,
+// rollback, the answer deadline) and `MediaHealth` (health.ts: stalls and loss). Server messages are parsed and checked in protocol.ts.
+//
+// What it does:
+//  * connects to the proxy, joins a room with a JWT, keeps the session alive (app-level pings
+//    on top of the browser's WebSocket pongs), refreshes the token on `token_expiring` through
+//    a callback the application provides;
+//  * makes every offer (protocol section 4a): right after `joined`, whenever it publishes or
+//    stops publishing, and after each `negotiation_needed`, for which it first adds `recvonly`
+//    transceivers until it has as many receiving audio / video sections as the media server
+//    asked for. The media server only answers, so there is no glare and one ICE role
+//    assignment (browsers switch roles when they answer a renegotiation offer);
+//  * publishes microphone / camera / screen / screen audio, declaring each sending section's
+//    source in `tracks` (mid -> source) as the proxy's permission policy expects;
+//  * maps received tracks by the transceiver's mid (`track_published.mid`), never by
+//    `MediaStreamTrack.id` (Firefox gives received tracks random ids, and sections are reused
+//    for later tracks: a reused section ends the old publisher's track and starts the new one's);
+//  * trickles ICE both ways;
+//  * relays through TURN when the proxy hands out servers (`joined.ice_servers`);
+//  * watches media health (getStats every 2 s): a local media state and one per remote
+//    participant (see `MediaState`);
+//  * never wedges on the browser: each (re)connection gets a fresh message queue, every await
+//    on the peer connection is bounded (10 s) and abandoned when the peer connection closes;
+//  * resumes its session when only the signaling connection was lost, and reconnects with
+//    backoff after the close codes the protocol says to retry (connection.ts).
+import { Connection, DEFAULT_RECONNECT, needsNewToken } from './connection.js';
+import { describe, RtcdError } from './errors.js';
+import { TypedEventTarget, } from './events.js';
+import { MediaHealth } from './health.js';
+import { cameraLayers, fullLayer } from './layers.js';
+import { Negotiation } from './negotiation.js';
+import { closeLabel, CloseCode, ErrorCode, MalformedMessage, parseServerMessage, } from './protocol.js';
+export { CAMERA_LAYERS, cameraLayers } from './layers.js';
+export { closeLabel, CloseCode, ErrorCode, isTokenCloseCode, ModerationAction } from './protocol.js';
+export { RtcdError } from './errors.js';
+export { closePolicy, Connection } from './connection.js';
+export { Negotiation } from './negotiation.js';
+export { TypedEventTarget } from './events.js';
+/** Adaptive stream: how often the SDK looks for `<video>` elements showing remote tracks (an
+ * element that starts showing one is watched from then on). */
+const VIEW_SCAN_MS = 1000;
+/** Adaptive stream: views go out at most this often (a window being resized changes sizes
+ * many times a second, and the proxy limits messages per second). */
+const VIEW_SEND_MS = 300;
+/** The most views per `track_views` message (the protocol's limit). */
+const MAX_TRACK_VIEWS = 64;
+/** How long the peer connection may stay `failed` before the SDK gives up on the session
+ * itself (the media server normally closes it first, with 4010 and a clearer message). */
+const FAILED_GRACE_MS = 5000;
+/** How long ICE may stay `disconnected` before the SDK restarts it (protocol section 4a): a
+ * moved device (new Wi-Fi, VPN up, cable to Wi-Fi) keeps nothing of its old address, and
+ * only new credentials make the browser gather on the network it has now. Short blips recover
+ * by themselves inside this time; `failed` restarts at once. */
+const ICE_RESTART_AFTER_MS = 2000;
+/**
+ * The size (device pixels) at which `el` draws its video: its box, or with `object-fit: cover`
+ * the picture scaled to cover it (larger than the box on one side). With the default
+ * `contain`, the box: the media server takes the lowest layer that reaches either side.
+ */
+function drawnSize(el, dpr) {
+    let w = el.clientWidth * dpr;
+    let h = el.clientHeight * dpr;
+    const vw = el.videoWidth;
+    const vh = el.videoHeight;
+    if (w > 0 && h > 0 && vw > 0 && vh > 0 && getComputedStyle(el).objectFit === 'cover') {
+        const scale = Math.max(w / vw, h / vh);
+        w = vw * scale;
+        h = vh * scale;
+    }
+    return [Math.round(w), Math.round(h)];
+}
+/** Thrown into pending steps of a peer connection that was closed: not an error to report. */
+class Abandoned extends Error {
+}
+/** A peer connection step that did not settle in time: the session restarts. */
+class StepTimedOut extends RtcdError {
+}
+/**
+ * One participant's connection to one room.
+ *
+ * Lifecycle: `new RtcdClient(options)` -> `connect()` (resolves on the first `joined`) ->
+ * `publish(...)` / `unpublish(...)` / `startScreenShare()` / `setMuted(...)` -> `leave()`. Each
+ * (re)connection is a new proxy session with a new RTCPeerConnection; local tracks survive
+ * reconnects and are published again.
+ *
+ * For automation, `remoteTracks` (mid -> RemoteTrack), `participants`, `mediaState` and
+ * `peerConnection` reflect the current session.
+ */
+export class RtcdClient extends TypedEventTarget {
+    options;
+    url;
+    token;
+    /** This client's media health (see `MediaState`). */
+    mediaState = 'connecting';
+    /** The current session's `joined`. */
+    session = null;
+    /** Remote participants by identity. */
+    participants = new Map();
+    /** The room's recording while it records (`recording_started`), else null. Show it: the
+     * participants' consent depends on it. */
+    recording = null;
+    /** Moderators: who knocks at the lobby now, by identity (`lobbyrequest` / `lobbyleft`). */
+    lobby = new Map();
+    /** Set while the room's policy holds this session (`waiting`), null once joined. */
+    waiting = null;
+    /** Received tracks by the mid of their section. */
+    remoteTracks = new Map();
+    /** Published (or previewed) local tracks. */
+    localTracks = new Map();
+    /** Locally muted sources. */
+    muted = new Set();
+    /** TURN servers with credentials from the proxy (current session). */
+    proxyIceServers = [];
+    /** When `proxyIceServers`' credentials expire (Unix s; 0 = none). */
+    iceServersExpiresAt = 0;
+    /** The current media path (null until a candidate pair is selected). */
+    route = null;
+    _conn;
+    _ws = null;
+    _pc = null;
+    /** The current peer connection's offer / answer state (a new one per peer connection). */
+    _neg;
+    /** Bumped by every teardown: work of an older session sees it changed and stops. */
+    _gen = 0;
+    /** Rejects the pending steps of the current peer connection when it is closed. */
+    _pcClosed = new Promise(() => { });
+    _abandon = () => { };
+    /** Sending sections by source. */
+    _transceivers = new Map();
+    _answerTimer = 0;
+    /** Media server candidates that came before its first answer. */
+    _earlyCandidates = [];
+    /** `track_published` by mid, until unpublished. */
+    _published = new Map();
+    /** Mids the media server paused (`track_paused`), with why (read by the calls tests). */
+    _paused = new Map();
+    /** Adaptive stream: `<video>` elements showing a remote video track, watched for their
+     * size and visibility, with whether they intersect the viewport. */
+    _viewed = new Map();
+    /** The last view sent per mid (a key to compare). */
+    _viewsSent = new Map();
+    _viewTimer = 0;
+    _viewScanTimer = 0;
+    _resizeObserver = null;
+    _intersectionObserver = null;
+    /** The last layer change of each sender. */
+    _layerChanges = new WeakMap();
+    /** Inbound counters of the current peer connection's received sections (health.ts). */
+    _health = new MediaHealth();
+    _statsTimer = 0;
+    _failedTimer = 0;
+    _iceRestartTimer = 0;
+    /** ICE restarts of the current peer connection (event `icerestart`). */
+    _iceRestarts = 0;
+    /** Server messages are handled one at a time, in order (SDP steps are async); a new
+     * chain per session, so a new session never waits behind an old one. */
+    _queue = Promise.resolve();
+    _leaving = false;
+    _retryTimer = 0;
+    _pingTimer = 0;
+    _pongTimer = 0;
+    _pingId = 0;
+    /** The `error` that announced a close. */
+    _lastError = null;
+    /** Set while a lost connection is being resumed: the peer connection is kept (media keeps
+     * flowing) and the next `join` carries `resume`. */
+    _resuming = false;
+    _onFirstJoin = null;
+    _onFirstFail = null;
+    constructor(options) {
+        super();
+        if (!options || !options.room)
+            throw new TypeError('RtcdClient: `room` is required');
+        this.options = {
+            iceServers: [],
+            iceTransportPolicy: 'all',
+            pingIntervalMs: 25000,
+            pongTimeoutMs: 10000,
+            stepTimeoutMs: 10000,
+            statsIntervalMs: 2000,
+            simulcast: true,
+            adaptiveStream: true,
+            ...options,
+            reconnect: { ...DEFAULT_RECONNECT, ...(options.reconnect || {}) },
+        };
+        this.url = options.url || defaultUrl();
+        this.token = options.token;
+        this._conn = new Connection(this.options.reconnect);
+        this._neg = new Negotiation(this.options.stepTimeoutMs);
+    }
+    /** Signaling state (event `state`). */
+    get state() {
+        return this._conn.state;
+    }
+    /** Successful joins so far (1 + reconnects). */
+    get joins() {
+        return this._conn.joins;
+    }
+    // ---- public API -------------------------------------------------------------------------
+    /**
+     * Opens the connection and joins. Resolves with the `joined` info of the first session;
+     * rejects with an `RtcdError` if the client gives up before joining.
+     */
+    connect() {
+        if (this.state !== 'idle')
+            return Promise.reject(new RtcdError('bad_message', 'connect() called twice'));
+        const joined = new Promise((resolve, reject) => {
+            this._onFirstJoin = resolve;
+            this._onFirstFail = reject;
+        });
+        this._open();
+        return joined;
+    }
+    /**
+     * Captures and publishes the microphone and / or camera. Tracks are kept across reconnects.
+     * Without a media server the tracks are still captured (local preview).
+     * @returns the local stream (for a preview)
+     */
+    async publish(what = { audio: true, video: true }) {
+        let stream;
+        try {
+            stream = await navigator.mediaDevices.getUserMedia({ audio: what.audio ?? false, video: what.video ?? false });
+        }
+        catch (cause) {
+            throw this._reported(new RtcdError(ErrorCode.media_failed, `cannot open camera / microphone: ${describe(cause)}`, { cause }));
+        }
+        for (const track of stream.getTracks()) {
+            this._addLocal(track.kind === 'audio' ? 'microphone' : 'camera', track);
+        }
+        return stream;
+    }
+    /**
+     * Stops publishing a source (camera off, microphone off): the track is stopped and its
+     * section stops sending (kept for the next time), then the SDK offers again.
+     */
+    unpublish(source) {
+        if (source === 'screen' || source === 'screen_audio') {
+            this.stopScreenShare();
+            return;
+        }
+        this._removeLocal(source);
+    }
+    /**
+     * Shares a screen (getDisplayMedia) as source `screen`, and its sound (when the browser
+     * gives audio) as `screen_audio`, each on its own section.
+     */
+    async startScreenShare() {
+        if (this.session && !this.session.permissions.publish_screen) {
+            throw this._reported(new RtcdError(ErrorCode.forbidden, 'this token does not allow screen sharing', { request: 'screen_share_start' }));
+        }
+        let stream;
+        try {
+            stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: true });
+        }
+        catch (cause) {
+            throw this._reported(new RtcdError(ErrorCode.media_failed, `screen share refused: ${describe(cause)}`, { cause }));
+        }
+        this._sendRelayed({ type: 'screen_share_start' });
+        for (const track of stream.getTracks()) {
+            const source = track.kind === 'audio' ? 'screen_audio' : 'screen';
+            // The browser's own "stop sharing" button ends the track.
+            track.addEventListener('ended', () => this.stopScreenShare());
+            this._addLocal(source, track);
+        }
+        return stream;
+    }
+    /** Stops the screen share (no-op without one). */
+    stopScreenShare() {
+        const had = this.localTracks.has('screen') || this.localTracks.has('screen_audio');
+        this._removeLocal('screen');
+        this._removeLocal('screen_audio');
+        if (had)
+            this._sendRelayed({ type: 'screen_share_stop' });
+    }
+    /**
+     * Mutes or unmutes a local source: the track stops producing media at once (`enabled`), and
+     * the server is told so it stops forwarding and tells the others (`mute_changed`).
+     */
+    setMuted(source, muted) {
+        const track = this.localTracks.get(source);
+        if (track)
+            track.enabled = !muted;
+        if (muted)
+            this.muted.add(source);
+        else
+            this.muted.delete(source);
+        this._sendRelayed({ type: muted ? 'mute' : 'unmute', source });
+    }
+    /**
+     * A moderator's action on this room (moderators only; others get an `error` `forbidden`).
+     * The outcome arrives as a `moderated` event, or an `error` event with `request: 'moderate'`.
+     */
+    moderate(action, target = {}) {
+        const fields = {};
+        if (target.identity !== undefined)
+            fields.identity = target.identity;
+        if (target.source !== undefined)
+            fields.source = target.source;
+        if (target.banSeconds !== undefined)
+            fields.ban_seconds = target.banSeconds;
+        if (target.reason !== undefined)
+            fields.reason = target.reason;
+        if (target.policy !== undefined)
+            fields.policy = target.policy;
+        if (target.reset !== undefined)
+            fields.reset = target.reset;
+        this._send({ type: 'moderate', action, ...fields });
+    }
+    /** Moderators: lets someone waiting in the lobby in (`lobbyrequest` names them). */
+    admit(identity) {
+        this.moderate('admit', { identity });
+    }
+    /** Moderators: turns someone waiting in the lobby away (they are closed with 4015). */
+    deny(identity) {
+        this.moderate('deny', { identity });
+    }
+    /**
+     * Moderators: changes the room's entry policy (docs/protocol.md section 5b), e.g.
+     * `setRoomPolicy({lobby: false})` lets everyone knocking in.
+     */
+    setRoomPolicy(policy, options = {}) {
+        this.moderate('set_policy', options.reset === undefined ? { policy } : { policy, reset: options.reset });
+    }
+    /** Moderators with the `record` permission: starts recording the room. */
+    startRecording() {
+        this.moderate('start_recording');
+    }
+    /** Moderators with the `record` permission: stops the room's recording. */
+    stopRecording() {
+        this.moderate('stop_recording');
+    }
+    /** Leaves the room: tells the proxy, stops local tracks, closes everything. */
+    leave() {
+        this._leaving = true;
+        clearTimeout(this._retryTimer);
+        if (this._ws && this._ws.readyState === WebSocket.OPEN)
+            this._send({ type: 'leave' });
+        for (const source of [...this.localTracks.keys()])
+            this._removeLocal(source);
+        this._teardown();
+        if (this._ws && this._ws.readyState !== WebSocket.OPEN)
+            this._ws.close(1000);
+        this._transition(() => this._conn.ended());
+        this.emit('closed', { code: CloseCode.normal, label: 'normal', byClient: true });
+    }
+    /** The RTCPeerConnection of the current session (for getStats), if any. */
+    get peerConnection() {
+        return this._pc;
+    }
+    /** ICE restarts of the current peer connection (network changes survived in place). */
+    get iceRestarts() {
+        return this._iceRestarts;
+    }
+    /**
+     * Restarts ICE (new candidates, new relay allocations with the current credentials) and
+     * offers again. For a client whose network changed, or to test a path.
+     */
+    restartIce() {
+        if (this._pc)
+            this._restartIce(this._pc);
+    }
+    // ---- connection -------------------------------------------------------------------------
+    /** Runs a state change of the connection machine and emits `state` if it changed. */
+    _transition(change) {
+        const previous = this._conn.state;
+        change();
+        const state = this._conn.state;
+        if (state !== previous)
+            this.emit('state', { state, previous });
+    }
+    _open() {
+        this._transition(() => this._conn.opening());
+        this._lastError = null;
+        // A new session starts with a fresh chain: nothing of the previous one can hold it up.
+        // A resumed one keeps its peer connection, and the steps queued for it.
+        if (!this._resuming)
+            this._queue = Promise.resolve();
+        let ws;
+        try {
+            ws = new WebSocket(this.url);
+        }
+        catch (cause) {
+            this._fail(new RtcdError(ErrorCode.connection_failed, `bad signaling URL ${this.url}`, { cause, fatal: true }));
+            return;
+        }
+        this._ws = ws;
+        ws.addEventListener('open', () => {
+            const resume = this._resuming ? this.session?.resume_token : undefined;
+            this._send({ type: 'join', room: this.options.room, token: this.token, ...(resume !== undefined && { resume }) });
+        });
+        ws.addEventListener('message', (event) => this._onMessage(ws, event));
+        ws.addEventListener('close', (event) => this._onClose(ws, event.code, event.reason));
+    }
+    _onMessage(ws, event) {
+        if (ws !== this._ws)
+            return;
+        let message;
+        try {
+            message = parseServerMessage(String(event.data));
+        }
+        catch (e) {
+            console.warn(`rtcd: ignoring a malformed message: ${e instanceof MalformedMessage ? e.message : describe(e)}`);
+            return;
+        }
+        if ('unknownType' in message) {
+            console.warn(`rtcd: ignoring unknown message type \`${message.unknownType}\``);
+            return;
+        }
+        if (this._resuming && message.type === 'joined') {
+            // Decided on arrival, before anything queued after it: whatever follows belongs to the
+            // session this `joined` opens.
+            this._resuming = false;
+            if (!message.resumed) {
+                // The media server no longer had the session (its grace period ended, its host is
+                // gone): start over with a new peer connection.
+                this._teardown();
+                this._queue = Promise.resolve();
+            }
+        }
+        this._enqueue(() => this._handle(message), `handling \`${message.type}\``);
+    }
+    /** Runs `step` after everything queued before it, for this session only. */
+    _enqueue(step, what) {
+        const gen = this._gen;
+        this._queue = this._queue
+            .then(() => (gen === this._gen ? step() : undefined))
+            .catch((cause) => this._stepFailed(cause, gen, what));
+    }
+    /** A queued step threw: a browser refusal is reported; a step that did not settle in
+     * time means this peer connection cannot be trusted any more, so the session restarts. */
+    _stepFailed(cause, gen, what) {
+        if (gen !== this._gen || cause instanceof Abandoned)
+            return;
+        if (cause instanceof StepTimedOut) {
+            this._restart(cause);
+            return;
+        }
+        const error = cause instanceof RtcdError ? cause
+            : new RtcdError(ErrorCode.negotiation_failed, `${what}: ${describe(cause)}`, { cause });
+        this.emit('error', { error });
+    }
+    /**
+     * Bounds a peer connection step: rejects with `negotiation_failed` (and a restart) after
+     * `stepTimeoutMs`, and with `Abandoned` when the peer connection is closed meanwhile
+     * (Chromium never settles promises of a closed peer connection).
+     */
+    _bounded(promise, what) {
+        let timer = 0;
+        const limit = this.options.stepTimeoutMs;
+        const timeout = new Promise((_, reject) => {
+            timer = window.setTimeout(() => {
+                reject(new StepTimedOut(ErrorCode.negotiation_failed, `${what} did not complete within ${limit / 1000} s`));
+            }, limit);
+        });
+        return Promise.race([promise, timeout, this._pcClosed]).finally(() => clearTimeout(timer));
+    }
+    _onClose(ws, code, reason) {
+        if (ws !== this._ws)
+            return;
+        this._ws = null;
+        const label = reason || closeLabel(code);
+        const previous = this._conn.state;
+        const decision = this._conn.closed(code, { leaving: this._leaving, resumable: this._resumable() });
+        if (decision.action === 'resume') {
+            // Signaling is gone, media is not: stop what needs the socket, keep the peer connection.
+            this._stopPings();
+            this._resuming = true;
+            const error = new RtcdError(label, code === 1006
+                ? `lost the signaling connection to ${this.url}; resuming` : `${label}; resuming`, { closeCode: code });
+            this._scheduleReconnect(decision, previous, error, true);
+            return;
+        }
+        this._teardown();
+        if (this._leaving)
+            return;
+        const announced = this._lastError && this._lastError.code === label ? this._lastError.message : '';
+        const message = announced || (code === 1006 ? `cannot reach the signaling server at ${this.url}` : label);
+        this._afterClose(decision, previous, new RtcdError(label, message, { closeCode: code }));
+    }
+    /** Carries out a close decision that does not resume: stop, give up, or reconnect. */
+    _afterClose(decision, previous, error) {
+        switch (decision.action) {
+            case 'closed':
+                this._emitState(previous);
+                this.emit('closed', { code: error.closeCode ?? CloseCode.normal, label: error.code, byClient: false });
+                return;
+            case 'give_up':
+                this._fail(error, previous);
+                return;
+            case 'reconnect':
+            case 'resume':
+                this._scheduleReconnect(decision, previous, error, false);
+        }
+    }
+    /** Emits `state` when the connection machine moved since `previous`. */
+    _emitState(previous) {
+        const state = this._conn.state;
+        if (state !== previous)
+            this.emit('state', { state, previous });
+    }
+    /** Reports `error`, then the state `reconnecting`, and reconnects after the delay. */
+    _scheduleReconnect(decision, previous, error, resuming) {
+        this.emit('error', { error });
+        this._emitState(previous);
+        this.emit('reconnecting', { attempt: decision.attempt, delayMs: decision.delayMs, error, ...(resuming && { resuming }) });
+        this._retryTimer = window.setTimeout(() => void this._reconnect(), decision.delayMs);
+    }
+    /**
+     * Ends the current session from this side (a peer connection step hung, no answer came,
+     * the media connection failed) and reconnects as after a retryable close.
+     */
+    _restart(error) {
+        const ws = this._ws;
+        if (!ws || this._leaving)
+            return;
+        this._ws = null;
+        // The proxy ends the session at the media server: a new one follows.
+        try {
+            ws.close(1000);
+        }
+        catch { /* already closing */ }
+        this._teardown();
+        const previous = this._conn.state;
+        this._afterClose(this._conn.restarted(), previous, error);
+    }
+    /**
+     * Whether the session can be taken over through a new connection: the media server offered
+     * it (`joined.resume_token`) and the peer connection is still alive.
+     */
+    _resumable() {
+        const pc = this._pc;
+        return !!(this.session?.resume_token && this.session.media)
+            && !!pc && pc.connectionState !== 'failed' && pc.connectionState !== 'closed';
+    }
+    async _reconnect() {
+        if (this._leaving)
+            return;
+        if (needsNewToken(this.session?.expires_at, Date.now())) {
+            if (!this.options.getToken) {
+                this._fail(new RtcdError('token_expired', 'the token has expired; cannot reconnect without a new one', { fatal: true }));
+                return;
+            }
+            try {
+                this.token = await this.options.getToken({ reason: 'reconnect', room: this.options.room });
+            }
+            catch (cause) {
+                this._fail(new RtcdError('token_expired', `no new token to reconnect with: ${describe(cause)}`, { cause, fatal: true }));
+                return;
+            }
+        }
+        this._open();
+    }
+    /** Gives up for good: `error` event, state `error`, and the pending `connect()` rejects.
+     * `previous`: the state before the decision that led here (the machine may have moved). */
+    _fail(error, previous = this._conn.state) {
+        error.fatal = true;
+        this._teardown();
+        this.emit('error', { error });
+        this._conn.failed();
+        this._emitState(previous);
+        this._setMediaState('failed');
+        this.emit('closed', { code: error.closeCode ?? 0, label: error.code, byClient: false, error });
+        if (this._onFirstFail) {
+            this._onFirstFail(error);
+            this._onFirstJoin = this._onFirstFail = null;
+        }
+    }
+    /** Reports an error of a public method to the listeners and returns it (to throw). */
+    _reported(error) {
+        this.emit('error', { error });
+        return error;
+    }
+    /** Ends the current session's peer connection and timers; keeps local tracks. */
+    _teardown() {
+        this._resuming = false;
+        this._gen += 1;
+        this._stopPings();
+        clearInterval(this._statsTimer);
+        clearTimeout(this._answerTimer);
+        clearTimeout(this._failedTimer);
+        clearTimeout(this._iceRestartTimer);
+        clearInterval(this._viewScanTimer);
+        clearTimeout(this._viewTimer);
+        this._viewTimer = 0;
+        this._viewsSent.clear();
+        if (this._pc) {
+            this._pc.close();
+            this._pc = null;
+            this._abandon(new Abandoned('the peer connection was closed'));
+        }
+        this._transceivers.clear();
+        // A moderator's new session is sent the lobby as it is then.
+        for (const identity of [...this.lobby.keys()]) {
+            this.lobby.delete(identity);
+            this.emit('lobbyleft', { identity, outcome: 'reconnecting' });
+        }
+        for (const [mid, remote] of [...this.remoteTracks])
+            this._endRemote(mid, remote);
+        this._published.clear();
+        this._paused.clear();
+        this._health.clear();
+        if (this.route) {
+            const previous = this.route;
+            this.route = null;
+            this.emit('route', { route: null, previous });
+        }
+        for (const identity of [...this.participants.keys()]) {
+            this.participants.delete(identity);
+            this.emit('participantleft', { identity });
+        }
+        this._neg = new Negotiation(this.options.stepTimeoutMs);
+        this._earlyCandidates = [];
+        if (!this._leaving && this.mediaState !== 'failed')
+            this._setMediaState('connecting');
+    }
+    _send(message) {
+        if (this._ws && this._ws.readyState === WebSocket.OPEN)
+            this._ws.send(JSON.stringify(message));
+    }
+    /** A relayed message: only meaningful with a media server (else the proxy answers
+     * `media_unavailable` to each, which the client already reported once at join). */
+    _sendRelayed(message) {
+        if (this.session && this.session.media)
+            this._send(message);
+    }
+    _startPings() {
+        this._stopPings();
+        const every = this.options.pingIntervalMs;
+        if (!every)
+            return;
+        this._pingTimer = window.setInterval(() => {
+            const id = ++this._pingId;
+            this._send({ type: 'ping', id });
+            clearTimeout(this._pongTimer);
+            // A socket that stopped answering is dead even if the browser has not noticed yet.
+            this._pongTimer = window.setTimeout(() => {
+                const ws = this._ws;
+                if (!ws)
+                    return;
+                ws.close(CloseCode.idle_timeout, 'idle_timeout');
+                this._onClose(ws, CloseCode.idle_timeout, 'idle_timeout');
+            }, this.options.pongTimeoutMs);
+        }, every);
+    }
+    _stopPings() {
+        clearInterval(this._pingTimer);
+        clearTimeout(this._pongTimer);
+    }
+    // ---- server messages --------------------------------------------------------------------
+    async _handle(m) {
+        switch (m.type) {
+            case 'joined': return this._onJoined(m);
+            case 'waiting':
+                // Held by the room's policy: no media yet, but the socket must stay alive.
+                this.waiting = { room: m.room, reason: m.reason, timeoutSeconds: m.timeout_seconds };
+                this._startPings();
+                this._transition(() => this._conn.waiting());
+                this.emit('waiting', this.waiting);
+                return;
+            case 'lobby_request': {
+                const entry = { identity: m.identity, name: m.name, role: m.role, since: Date.now() };
+                this.lobby.set(m.identity, entry);
+                this.emit('lobbyrequest', entry);
+                return;
+            }
+            case 'lobby_left':
+                this.lobby.delete(m.identity);
+                this.emit('lobbyleft', { identity: m.identity, outcome: m.outcome });
+                return;
+            case 'error': return this._onError(m);
+            case 'pong':
+                clearTimeout(this._pongTimer);
+                return;
+            case 'token_expiring': return this._onTokenExpiring(m.expires_at);
+            case 'refreshed':
+                if (this.session)
+                    Object.assign(this.session, { expires_at: m.expires_at, permissions: m.permissions });
+                this.emit('refreshed', { expiresAt: m.expires_at, permissions: m.permissions });
+                return;
+            case 'ice_servers': return this._onIceServers(m.ice_servers, m.expires_at);
+            case 'permissions_changed': {
+                if (this.session)
+                    Object.assign(this.session, { role: m.role, permissions: m.permissions });
+                // Sources no longer allowed are stopped here too: the media server already drops them.
+                const caps = [
+                    ['microphone', 'publish_audio'], ['camera', 'publish_video'], ['screen', 'publish_screen'], ['screen_audio', 'publish_screen'],
+                ];
+                for (const [source, cap] of caps) {
+                    if (m.permissions[cap] === false && this.localTracks.has(source))
+                        this._removeLocal(source);
+                }
+                this.emit('permissionschanged', { role: m.role, permissions: m.permissions });
+                return;
+            }
+            case 'muted_by_moderator': {
+                const track = this.localTracks.get(m.source);
+                if (track)
+                    track.enabled = false;
+                this.muted.add(m.source);
+                this.emit('mutedbymoderator', { source: m.source });
+                return;
+            }
+            case 'unmute_requested':
+                this.emit('unmuterequested', { source: m.source });
+                return;
+            case 'moderated':
+                this.emit('moderated', { action: m.action, identity: m.identity, sessions: m.sessions, recordingId: m.recording_id });
+                return;
+            case 'recording_started':
+                this.recording = { recordingId: m.recording_id, startedAtMs: m.started_at_ms, startedBy: m.started_by };
+                this.emit('recordingstarted', this.recording);
+                return;
+            case 'recording_stopped':
+                this.recording = null;
+                this.emit('recordingstopped', { recordingId: m.recording_id, reason: m.reason });
+                return;
+            case 'answer': return this._onAnswer(m.sdp);
+            case 'negotiation_needed':
+                this._neg.negotiationNeeded({ audio: m.audio, video: m.video });
+                this._offerSoon();
+                return;
+            case 'candidate': return this._onCandidate(m);
+            case 'participant_joined':
+                this._participantJoined(m.participant);
+                this._updateHealth();
+                return;
+            case 'participant_left':
+                this._participantLeft(m.identity);
+                return;
+            case 'track_published':
+                // A section carrying a new track is not paused (whatever it carried before was).
+                this._paused.delete(m.mid);
+                this._published.set(m.mid, { identity: m.identity, source: m.source, trackId: m.track_id });
+                this._match(m.mid);
+                return;
+            case 'layers_wanted':
+                this._setLayers(m.mid, new Set(m.rids));
+                return;
+            case 'track_paused':
+            case 'track_resumed': {
+                const mid = m.mid;
+                const paused = m.type === 'track_paused';
+                if (paused)
+                    this._paused.set(mid, m.reason);
+                else
+                    this._paused.delete(mid);
+                const remote = this.remoteTracks.get(mid);
+                // A resumed track starts again from a keyframe: give it the start grace period.
+                if (!paused)
+                    this._health.restarted(mid, performance.now(), true);
+                if (remote) {
+                    const detail = { identity: remote.identity, source: remote.source, trackId: remote.trackId, mid };
+                    if (paused)
+                        this.emit('trackpaused', { ...detail, reason: m.reason });
+                    else
+                        this.emit('trackresumed', detail);
+                }
+                this._updateHealth();
+                return;
+            }
+            case 'track_unpublished':
+                for (const [mid, info] of [...this._published]) {
+                    if (info.trackId === m.track_id && info.identity === m.identity)
+                        this._published.delete(mid);
+                }
+                for (const [mid, remote] of [...this.remoteTracks]) {
+                    if (remote.trackId === m.track_id && remote.identity === m.identity)
+                        this._endRemote(mid, remote);
+                }
+                this._updateHealth();
+                return;
+            case 'mute_changed': {
+                const p = this._participant(m.identity);
+                p.muted[m.source] = m.muted;
+                // An unmuted track restarts: give it the stall grace period again.
+                for (const [mid, remote] of this.remoteTracks) {
+                    if (remote.identity === m.identity && remote.source === m.source)
+                        this._health.restarted(mid, performance.now(), false);
+                }
+                this.emit('mutechanged', { identity: m.identity, source: m.source, muted: m.muted });
+                return;
+            }
+            case 'voice_activity': {
+                const speakers = new Set(m.speakers);
+                for (const p of this.participants.values())
+                    p.speaking = speakers.has(p.identity);
+                this.emit('voiceactivity', { speakers: [...speakers] });
+                return;
+            }
+            case 'media_server_lost':
+                // The close (4008) follows; remember the message for the error it produces.
+                this._lastError = { code: 'media_server_lost', message: m.message };
+                return;
+            case 'offer':
+                // Proxies from before section 4a; this SDK never answers.
+                console.warn('rtcd: ignoring a server offer (this proxy predates client-only offers)');
+                return;
+        }
+    }
+    _onJoined(m) {
+        const { type: _type, ...info } = m;
+        if (m.resumed && this._pc) {
+            this._onResumed(info);
+            return;
+        }
+        this.session = info;
+        // The media server says again, right after, if the room records.
+        this.recording = null;
+        this.waiting = null;
+        // Before the peer connection exists: it is created with them.
+        this.proxyIceServers = info.ice_servers ?? [];
+        this.iceServersExpiresAt = info.ice_servers_expires_at ?? 0;
+        this._startPings();
+        if (info.media) {
+            this._createPeerConnection();
+            this._startViews();
+            for (const source of this.muted)
+                this._send({ type: 'mute', source });
+            // Section 4a step 1: the client's first offer, even with nothing to send.
+            this._wantOffer();
+        }
+        else {
+            this._setMediaState('failed');
+        }
+        this._transition(() => this._conn.joined(false));
+        this.emit('joined', info);
+        if (this._onFirstJoin) {
+            this._onFirstJoin(info);
+            this._onFirstJoin = this._onFirstFail = null;
+        }
+    }
+    /**
+     * The session was taken over through a new connection: same peer connection, media never
+     * stopped. Catch up on what was missed: the participants now, our mute states, and a fresh
+     * offer (an offer or answer may have been lost with the old connection).
+     */
+    _onResumed(info) {
+        this.session = info;
+        this.recording = null;
+        this.waiting = null;
+        this.proxyIceServers = info.ice_servers ?? this.proxyIceServers;
+        this.iceServersExpiresAt = info.ice_servers_expires_at || this.iceServersExpiresAt;
+        this._startPings();
+        const now = new Set();
+        for (const p of info.participants ?? []) {
+            now.add(p.identity);
+            this._participantJoined(p);
+        }
+        for (const identity of [...this.participants.keys()]) {
+            if (!now.has(identity))
+                this._participantLeft(identity);
+        }
+        for (const source of this.muted)
+            this._send({ type: 'mute', source });
+        this._startViews();
+        if (this._neg.resumed() === 'rollback') {
+            this._enqueue(() => this._rollback(), 'taking back an offer lost with the connection');
+        }
+        else {
+            this._offerSoon();
+        }
+        this._transition(() => this._conn.joined(true));
+        this.emit('resumed', info);
+        this._updateHealth();
+    }
+    /** Someone is in the room: added (event `participantjoined`), or a known one updated. */
+    _participantJoined(p) {
+        const known = this.participants.get(p.identity);
+        if (known) {
+            Object.assign(known, { name: p.name ?? known.name, role: p.role ?? known.role });
+            return;
+        }
+        const participant = { identity: p.identity, name: p.name, role: p.role, muted: {}, speaking: false, media: 'connecting' };
+        this.participants.set(p.identity, participant);
+        this.emit('participantjoined', participant);
+    }
+    /** Someone left the room: their tracks end, then `participantleft`. */
+    _participantLeft(identity) {
+        for (const [mid, remote] of [...this.remoteTracks]) {
+            if (remote.identity === identity) {
+                this._published.delete(mid);
+                this._endRemote(mid, remote);
+            }
+        }
+        if (this.participants.delete(identity))
+            this.emit('participantleft', { identity });
+    }
+    _onError(m) {
+        this._lastError = { code: m.code, message: m.message };
+        // An error without `request` carrying a close label announces the close that follows:
+        // it is reported once, with the close code, when the socket closes.
+        if (m.code in CloseCode && !m.request)
+            return;
+        // The offer in flight was refused: no answer will come, so take it back. Any other
+        // missing answer ends in the answer timeout.
+        if (this._neg.refusesOffer(m.code, m.request))
+            this._enqueue(() => this._rollback(), 'rolling back a refused offer');
+        this.emit('error', { error: new RtcdError(m.code, m.message, { request: m.request }) });
+    }
+    /**
+     * Fresh TURN credentials from the proxy: applied to the live peer connection, so every
+     * relay allocation it makes from now on uses them. An existing allocation keeps the username
+     * it was made with (TURN requires it), and its refreshes would carry the old, soon expired,
+     * credentials: whether a TURN server still accepts those is its own policy. So while media
+     * is relayed, ICE restarts at once: new allocations with the fresh credentials, media on the
+     * old path until the new one is checked (protocol section 4b).
+     */
+    _onIceServers(servers, expiresAt) {
+        this.proxyIceServers = servers;
+        this.iceServersExpiresAt = expiresAt;
+        const pc = this._pc;
+        if (pc && pc.connectionState !== 'closed') {
+            try {
+                pc.setConfiguration({ ...pc.getConfiguration(), iceServers: this._iceServers() });
+            }
+            catch (cause) {
+                this.emit('error', { error: new RtcdError(ErrorCode.ice_servers_rejected, `the browser refused the TURN servers: ${describe(cause)}`, { cause }) });
+                return;
+            }
+        }
+        this.emit('iceservers', { expiresAt: this.iceServersExpiresAt, urls: servers.flatMap((s) => [].concat(s.urls)) });
+        if (pc && this.route && this.route.path === 'relayed')
+            this._restartIce(pc);
+    }
+    /** The application's ICE servers, then the proxy's (TURN with this session's credentials). */
+    _iceServers() {
+        return [...this.options.iceServers, ...this.proxyIceServers];
+    }
+    async _onTokenExpiring(expiresAt) {
+        this.emit('tokenexpiring', { expiresAt });
+        if (!this.options.getToken)
+            return;
+        try {
+            const token = await this.options.getToken({ reason: 'refresh', room: this.options.room });
+            this.token = token;
+            this._send({ type: 'refresh', token });
+        }
+        catch (cause) {
+            this.emit('error', { error: new RtcdError('token_expired', `token refresh failed: ${describe(cause)}`, { cause, request: 'refresh' }) });
+        }
+    }
+    // ---- WebRTC -----------------------------------------------------------------------------
+    _createPeerConnection() {
+        const pc = new RTCPeerConnection({
+            iceServers: this._iceServers(),
+            iceTransportPolicy: this.options.iceTransportPolicy,
+            bundlePolicy: 'max-bundle',
+        });
+        this._pc = pc;
+        this._pcClosed = new Promise((_, reject) => { this._abandon = reject; });
+        this._pcClosed.catch(() => { });
+        pc.addEventListener('icecandidate', ({ candidate }) => {
+            if (pc !== this._pc)
+                return;
+            // null = gathering finished: the protocol's end-of-candidates is an empty candidate.
+            const c = candidate ? candidate.toJSON() : { candidate: '' };
+            this._send({
+                type: 'candidate',
+                candidate: c.candidate || '',
+                ...(c.sdpMid != null && { sdpMid: c.sdpMid }),
+                ...(c.sdpMLineIndex != null && { sdpMLineIndex: c.sdpMLineIndex }),
+                ...(c.usernameFragment != null && { usernameFragment: c.usernameFragment }),
+            });
+        });
+        pc.addEventListener('track', ({ transceiver }) => {
+            // Matched by the section, never by the track's id (random in Firefox).
+            if (pc === this._pc && transceiver && transceiver.mid != null)
+                this._match(transceiver.mid);
+        });
+        pc.addEventListener('connectionstatechange', () => {
+            if (pc !== this._pc)
+                return;
+            clearTimeout(this._failedTimer);
+            if (pc.connectionState === 'failed') {
+                // The media server closes the session with 4010 after its own timeout; if that does
+                // not come, start over from here.
+                this._failedTimer = window.setTimeout(() => {
+                    if (pc === this._pc && pc.connectionState === 'failed') {
+                        this._restart(new RtcdError('media_connection_failed', 'the media connection failed (no ICE or DTLS traffic); rejoining'));
+                    }
+                }, FAILED_GRACE_MS);
+            }
+            this._updateHealth();
+        });
+        this._iceRestarts = 0;
+        pc.addEventListener('iceconnectionstatechange', () => {
+            if (pc !== this._pc)
+                return;
+            clearTimeout(this._iceRestartTimer);
+            if (pc.iceConnectionState === 'failed')
+                this._restartIce(pc);
+            else if (pc.iceConnectionState === 'disconnected') {
+                this._iceRestartTimer = window.setTimeout(() => this._restartIce(pc), ICE_RESTART_AFTER_MS);
+            }
+        });
+        // A subscriber always receives: one receiving audio section from the first offer gives
+        // the transport something to connect on, so media health is known before anyone speaks.
+        if (this.session && this.session.permissions.subscribe)
+            this._neg.startWith({ audio: 1, video: 0 });
+        for (const [source, track] of this.localTracks)
+            this._attach(source, track);
+        this._statsTimer = window.setInterval(() => void this._poll(pc), this.options.statsIntervalMs);
+    }
+    /** Section 4a, ICE restart: new ICE credentials in the next offer; the session, its tracks
+     * and its subscriptions stay, and media resumes once the new checks succeed. */
+    _restartIce(pc) {
+        if (pc !== this._pc || pc.connectionState === 'closed')
+            return;
+        this._iceRestarts += 1;
+        this.emit('icerestart', { attempt: this._iceRestarts, state: pc.iceConnectionState });
+        pc.restartIce();
+        this._wantOffer();
+    }
+    /** Section 4a: asks for an offer, made once the peer connection is `stable` with no
+     * answer pending; several requests before that make one offer (negotiation.ts). */
+    _wantOffer() {
+        if (!this._pc)
+            return;
+        this._neg.want();
+        this._offerSoon();
+    }
+    /** Queues an offer attempt (after whatever is queued: it may find nothing to do). */
+    _offerSoon() {
+        if (this._pc)
+            this._enqueue(() => this._offer(), 'making an offer');
+    }
+    async _offer() {
+        const pc = this._pc;
+        if (!pc || !this._neg.takeOffer(pc.signalingState === 'stable'))
+            return;
+        this._ensureReceivers(pc);
+        await this._bounded(pc.setLocalDescription(), 'setLocalDescription(offer)');
+        if (pc !== this._pc || !pc.localDescription)
+            return;
+        this._neg.offerSent(performance.now());
+        this._send({ type: 'offer', sdp: pc.localDescription.sdp, tracks: this._trackMap() });
+        clearTimeout(this._answerTimer);
+        const neg = this._neg;
+        // One millisecond past the deadline: a timer is not held to the clock `now` came from.
+        this._answerTimer = window.setTimeout(() => {
+            if (pc === this._pc && neg === this._neg && neg.answerOverdue(performance.now())) {
+                this._restart(new RtcdError(ErrorCode.negotiation_failed, `no answer to the offer within ${this.options.stepTimeoutMs / 1000} s`));
+            }
+        }, this.options.stepTimeoutMs + 1);
+    }
+    /** Adds `recvonly` transceivers until the media server's needs are covered. */
+    _ensureReceivers(pc) {
+        // A stopped transceiver's direction is `stopped`: it is not counted.
+        const count = (kind) => pc.getTransceivers().filter((t) => t.receiver.track.kind === kind
+            && (t.direction === 'recvonly' || t.direction === 'sendrecv')).length;
+        const add = this._neg.receiversToAdd({ audio: count('audio'), video: count('video') });
+        for (const kind of ['audio', 'video']) {
+            for (let i = 0; i < add[kind]; i++)
+                pc.addTransceiver(kind, { direction: 'recvonly' });
+        }
+    }
+    async _onAnswer(sdp) {
+        const pc = this._pc;
+        if (!pc)
+            return;
+        if (this._neg.answerReceived(pc.signalingState === 'have-local-offer') === 'reoffer') {
+            // After a rollback on an ambiguous refusal the answer may still come: offer again so
+            // both sides agree on the sections.
+            console.warn(`rtcd: ignoring an answer in signaling state ${pc.signalingState}; offering again`);
+            this._offerSoon();
+            return;
+        }
+        clearTimeout(this._answerTimer);
+        await this._bounded(pc.setRemoteDescription({ type: 'answer', sdp }), 'setRemoteDescription(answer)');
+        if (pc !== this._pc)
+            return;
+        const again = this._neg.answerApplied();
+        for (const init of this._earlyCandidates.splice(0))
+            await this._addCandidate(pc, init);
+        // Sections may have been reassigned: recheck every announced track.
+        for (const mid of this._published.keys())
+            this._match(mid);
+        if (again)
+            this._offerSoon();
+    }
+    /** Takes back an offer that will get no answer, and offers again if still needed. */
+    async _rollback() {
+        const pc = this._pc;
+        if (!pc || !this._neg.awaitingAnswer)
+            return;
+        clearTimeout(this._answerTimer);
+        if (pc.signalingState === 'have-local-offer') {
+            await this._bounded(pc.setLocalDescription({ type: 'rollback' }), 'rollback');
+        }
+        if (this._neg.rolledBack())
+            this._offerSoon();
+    }
+    async _onCandidate(m) {
+        const pc = this._pc;
+        if (!pc)
+            return;
+        const init = { candidate: m.candidate, sdpMid: m.sdpMid ?? null, sdpMLineIndex: m.sdpMLineIndex ?? null };
+        if (m.usernameFragment != null)
+            init.usernameFragment = m.usernameFragment;
+        // A candidate before the first answer waits for it (the browser needs a remote description).
+        if (!pc.remoteDescription) {
+            this._earlyCandidates.push(init);
+            return;
+        }
+        await this._addCandidate(pc, init);
+    }
+    async _addCandidate(pc, init) {
+        try {
+            await this._bounded(pc.addIceCandidate(init), 'addIceCandidate');
+        }
+        catch (cause) {
+            // A hung step restarts the session; a refused candidate (e.g. for a section that was
+            // renegotiated away) costs nothing but that candidate.
+            if (cause instanceof Abandoned || cause instanceof StepTimedOut)
+                throw cause;
+            console.warn(`rtcd: candidate refused: ${describe(cause)}`);
+        }
+    }
+    /** The `tracks` field: mid -> source of every section this side sends on. */
+    _trackMap() {
+        const tracks = {};
+        for (const [source, transceiver] of this._transceivers) {
+            if (transceiver.mid != null && transceiver.direction !== 'inactive')
+                tracks[transceiver.mid] = source;
+        }
+        return tracks;
+    }
+    _addLocal(source, track) {
+        const old = this.localTracks.get(source);
+        if (old && old !== track)
+            old.stop();
+        this.localTracks.set(source, track);
+        if (this.muted.has(source))
+            track.enabled = false;
+        this._attach(source, track);
+        this.emit('localtrack', { source, track });
+    }
+    _removeLocal(source) {
+        const track = this.localTracks.get(source);
+        if (!track)
+            return;
+        this.localTracks.delete(source);
+        track.stop();
+        const transceiver = this._transceivers.get(source);
+        if (transceiver && this._pc && this._pc.signalingState !== 'closed') {
+            // Keep the section (and its mid -> source) for the next time; stop sending on it.
+            transceiver.sender.replaceTrack(null).catch(() => { });
+            transceiver.direction = 'inactive';
+            this._wantOffer();
+        }
+        this.emit('localtrackended', { source, track });
+    }
+    /** Sends `track` on the section of `source`, creating it on first use, then offers. */
+    _attach(source, track) {
+        const pc = this._pc;
+        if (!pc)
+            return;
+        const existing = this._transceivers.get(source);
+        if (existing) {
+            existing.sender.replaceTrack(track).catch(() => { });
+            if (existing.direction !== 'sendonly') {
+                existing.direction = 'sendonly';
+                this._wantOffer();
+            }
+            return;
+        }
+        const init = { direction: 'sendonly', streams: [new MediaStream([track])] };
+        if (source === 'camera') {
+            const { width, height } = track.getSettings ? track.getSettings() : { width: undefined, height: undefined };
+            init.sendEncodings = this.options.simulcast ? cameraLayers(width, height) : fullLayer();
+        }
+        else if (source === 'screen') {
+            init.sendEncodings = fullLayer();
+            if ('contentHint' in track)
+                track.contentHint = 'detail';
+        }
+        const transceiver = pc.addTransceiver(track, init);
+        this._transceivers.set(source, transceiver);
+        this._wantOffer();
+    }
+    /**
+     * Dynacast (protocol `layers_wanted`): encodes only the simulcast layers of the section `mid`
+     * someone receives, sparing this device's CPU and uplink; the others start again (from a
+     * keyframe) when the media server names them. Changes to one sender are applied in order.
+     */
+    _setLayers(mid, rids) {
+        const transceiver = [...this._transceivers.values()].find((t) => t.mid === mid);
+        if (!transceiver)
+            return;
+        const sender = transceiver.sender;
+        const previous = this._layerChanges.get(sender) || Promise.resolve();
+        const next = previous.then(async () => {
+            const params = sender.getParameters();
+            if (!params.encodings || params.encodings.length < 2)
+                return;
+            let changed = false;
+            for (const encoding of params.encodings) {
+                if (encoding.rid == null)
+                    continue;
+                const active = rids.has(encoding.rid);
+                if (encoding.active !== active) {
+                    encoding.active = active;
+                    changed = true;
+                }
+            }
+            if (changed)
+                await sender.setParameters(params);
+        }).catch((cause) => console.warn(`rtcd: could not change the layers sent on ${mid}: ${describe(cause)}`));
+        this._layerChanges.set(sender, next);
+    }
+    /** Emits `track` once a section's `track_published` and its receiving transceiver are both
+     * known; a section reused for another track first ends the previous one. */
+    _match(mid) {
+        const pc = this._pc;
+        const info = this._published.get(mid);
+        if (!pc || !info)
+            return;
+        const transceiver = pc.getTransceivers().find((t) => t.mid === mid);
+        if (!transceiver)
+            return;
+        const current = this.remoteTracks.get(mid);
+        if (current && current.trackId === info.trackId && current.identity === info.identity)
+            return;
+        if (current)
+            this._endRemote(mid, current);
+        const track = transceiver.receiver.track;
+        const remote = { identity: info.identity, source: info.source, trackId: info.trackId, mid, track, stream: new MediaStream([track]) };
+        this.remoteTracks.set(mid, remote);
+        this._health.watch(mid, performance.now());
+        this._participant(info.identity);
+        this.emit('track', remote);
+        // The application usually shows it from its `track` handler: watch that element now.
+        this._scanViews();
+        this._updateHealth();
+    }
+    _endRemote(mid, remote) {
+        if (this.remoteTracks.get(mid) !== remote)
+            return;
+        this.remoteTracks.delete(mid);
+        this._health.forget(mid);
+        this._viewsSent.delete(mid);
+        this.emit('trackended', remote);
+    }
+    // ---- adaptive stream ----------------------------------------------------------------------
+    /** Starts watching how remote video is shown (protocol `track_views`): every view is sent
+     * afresh to a new or resumed session. */
+    _startViews() {
+        clearInterval(this._viewScanTimer);
+        this._viewsSent.clear();
+        if (!this.options.adaptiveStream || typeof document === 'undefined')
+            return;
+        if (!this._resizeObserver && typeof ResizeObserver !== 'undefined') {
+            this._resizeObserver = new ResizeObserver(() => this._scheduleViews());
+        }
+        if (!this._intersectionObserver && typeof IntersectionObserver !== 'undefined') {
+            this._intersectionObserver = new IntersectionObserver((entries) => {
+                for (const entry of entries) {
+                    const state = this._viewed.get(entry.target);
+                    if (state)
+                        state.intersecting = entry.isIntersecting;
+                }
+                this._scheduleViews();
+            });
+        }
+        this._viewScanTimer = window.setInterval(() => this._scanViews(), VIEW_SCAN_MS);
+        this._scanViews();
+    }
+    /** Finds the `<video>` elements whose `srcObject` holds a remote video track, and watches
+     * them; forgets the ones that no longer do. */
+    _scanViews() {
+        if (!this.options.adaptiveStream || typeof document === 'undefined')
+            return;
+        const remote = new Set();
+        for (const r of this.remoteTracks.values())
+            if (r.track.kind === 'video')
+                remote.add(r.track);
+        const showing = new Set();
+        for (const el of document.querySelectorAll('video')) {
+            const src = el.srcObject;
+            if (!(src instanceof MediaStream) || !src.getVideoTracks().some((t) => remote.has(t)))
+                continue;
+            showing.add(el);
+            if (this._viewed.has(el))
+                continue;
+            // Intersecting until the observer says otherwise (a background tab may never say).
+            this._viewed.set(el, { intersecting: true });
+            this._resizeObserver?.observe(el);
+            this._intersectionObserver?.observe(el);
+        }
+        for (const el of [...this._viewed.keys()]) {
+            if (showing.has(el))
+                continue;
+            this._viewed.delete(el);
+            this._resizeObserver?.unobserve(el);
+            this._intersectionObserver?.unobserve(el);
+        }
+        this._scheduleViews();
+    }
+    _scheduleViews() {
+        if (this._viewTimer)
+            return;
+        this._viewTimer = window.setTimeout(() => {
+            this._viewTimer = 0;
+            this._sendViews();
+        }, VIEW_SEND_MS);
+    }
+    /** Sends the views that changed: per remote video track, shown if any element showing it is
+     * laid out with a size and intersects the viewport, at the largest size it is drawn at
+     * (device pixels). A track no element shows any more is hidden; one no element ever showed
+     * is left alone (the media server sends it at any size). */
+    _sendViews() {
+        if (!this.session || !this.session.media)
+            return;
+        const dpr = (typeof window !== 'undefined' && window.devicePixelRatio) || 1;
+        const views = [];
+        for (const [mid, r] of this.remoteTracks) {
+            if (r.track.kind !== 'video')
+                continue;
+            let shown = false;
+            let visible = false;
+            let width = 0;
+            let height = 0;
+            for (const [el, state] of this._viewed) {
+                const src = el.srcObject;
+                if (!(src instanceof MediaStream) || !src.getVideoTracks().includes(r.track))
+                    continue;
+                shown = true;
+                const [w, h] = drawnSize(el, dpr);
+                if (!state.intersecting || w === 0 || h === 0)
+                    continue;
+                visible = true;
+                width = Math.max(width, w);
+                height = Math.max(height, h);
+            }
+            if (!shown && !this._viewsSent.has(mid))
+                continue;
+            const key = `${r.trackId} ${visible} ${width}x${height}`;
+            if (this._viewsSent.get(mid) === key)
+                continue;
+            this._viewsSent.set(mid, key);
+            views.push(visible ? { mid, track_id: r.trackId, visible, width, height } : { mid, track_id: r.trackId, visible });
+        }
+        for (let i = 0; i < views.length; i += MAX_TRACK_VIEWS) {
+            this._sendRelayed({ type: 'track_views', views: views.slice(i, i + MAX_TRACK_VIEWS) });
+        }
+    }
+    _participant(identity) {
+        let p = this.participants.get(identity);
+        if (!p) {
+            p = { identity, muted: {}, speaking: false, media: 'connecting' };
+            this.participants.set(identity, p);
+            this.emit('participantjoined', p);
+        }
+        return p;
+    }
+    // ---- media health -----------------------------------------------------------------------
+    /** Reads inbound counters per received section and the media server's loss reports. */
+    async _poll(pc) {
+        if (pc !== this._pc || pc.connectionState === 'closed')
+            return;
+        const gen = this._gen;
+        let report;
+        try {
+            report = await this._bounded(pc.getStats(), 'getStats');
+        }
+        catch (cause) {
+            this._stepFailed(cause, gen, 'reading statistics');
+            return;
+        }
+        if (pc !== this._pc)
+            return;
+        const midByTrack = new Map();
+        for (const t of pc.getTransceivers())
+            if (t.mid != null)
+                midByTrack.set(t.receiver.track.id, t.mid);
+        const inbound = [];
+        const outboundLoss = [];
+        this._updateRoute(report);
+        report.forEach((s) => {
+            if (s.type === 'inbound-rtp') {
+                const mid = s.mid ?? (s.trackIdentifier === undefined ? undefined : midByTrack.get(s.trackIdentifier));
+                if (mid == null)
+                    return;
+                inbound.push({
+                    mid: String(mid),
+                    video: s.kind === 'video',
+                    packetsReceived: s.packetsReceived || 0,
+                    packetsLost: s.packetsLost || 0,
+                    framesDecoded: s.framesDecoded || 0,
+                });
+            }
+            else if (s.type === 'remote-inbound-rtp') {
+                outboundLoss.push(s.fractionLost || 0);
+            }
+        });
+        this._health.read(inbound, outboundLoss, performance.now());
+        this._updateHealth();
+    }
+    /**
+     * The media path from the selected candidate pair (Chromium: the transport's
+     * `selectedCandidatePairId`; Firefox: the pair marked `selected`).
+     */
+    _updateRoute(report) {
+        let pair;
+        report.forEach((s) => {
+            if (s.type === 'transport' && s.selectedCandidatePairId)
+                pair = report.get(s.selectedCandidatePairId) ?? pair;
+        });
+        if (!pair) {
+            report.forEach((s) => {
+                if (s.type === 'candidate-pair' && s.selected)
+                    pair = s;
+            });
+        }
+        const local = pair?.localCandidateId === undefined ? undefined : report.get(pair.localCandidateId);
+        const address = local?.address || local?.ip;
+        const route = local ? {
+            path: local.candidateType === 'relay' ? 'relayed' : 'direct',
+            candidateType: local.candidateType ?? '',
+            protocol: local.protocol ?? '',
+            ...(local.relayProtocol && { relayProtocol: local.relayProtocol }),
+            ...(address && { address }),
+        } : null;
+        const was = this.route;
+        if (JSON.stringify(was) === JSON.stringify(route))
+            return;
+        this.route = route;
+        this.emit('route', { route, previous: was });
+    }
+    /** Recomputes the local media state and every participant's (health.ts). */
+    _updateHealth() {
+        const pc = this._pc;
+        if (!pc)
+            return;
+        const tracks = [...this.remoteTracks].map(([mid, remote]) => ({
+            mid,
+            identity: remote.identity,
+            excused: Boolean(this.participants.get(remote.identity)?.muted[remote.source]) || this._paused.has(mid),
+        }));
+        const { state, participants } = this._health.judge({
+            connectionState: pc.connectionState,
+            nothingToConnect: pc.getTransceivers().length === 0 && pc.signalingState === 'stable' && !!pc.remoteDescription,
+        }, tracks, this.participants.keys());
+        this._setMediaState(state);
+        for (const participant of this.participants.values()) {
+            const media = participants.get(participant.identity);
+            if (media && participant.media !== media) {
+                const previous = participant.media;
+                participant.media = media;
+                this.emit('participantmedia', { identity: participant.identity, state: media, previous });
+            }
+        }
+    }
+    _setMediaState(state) {
+        if (state === this.mediaState)
+            return;
+        const previous = this.mediaState;
+        this.mediaState = state;
+        this.emit('mediastate', { state, previous });
+    }
+}
+/** `ws(s)://<this page's host>/ws`. */
+function defaultUrl() {
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    return `${scheme}//${location.host}/ws`;
+}
