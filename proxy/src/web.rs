@@ -93,6 +93,8 @@ macro_rules! sdk_module {
 static SDK: &[(&str, Asset)] = &[
     sdk_module!("client.js"),
     sdk_module!("connection.js"),
+    sdk_module!("e2ee/frame.js"),
+    sdk_module!("e2ee/keys.js"),
     sdk_module!("errors.js"),
     sdk_module!("events.js"),
     sdk_module!("health.js"),

@@ -65,6 +65,9 @@ export declare const ErrorCode: Readonly<{
     readonly connection_failed: "connection_failed";
     /** getUserMedia / getDisplayMedia failed (permission denied, no device). */
     readonly media_failed: "media_failed";
+    /** The room is end-to-end encrypted (`joined.e2ee`) and this SDK version does not encrypt
+     * frames yet: it sends no media there rather than plaintext (docs/e2ee.md). */
+    readonly e2ee_unsupported: "e2ee_unsupported";
     /** The browser refused an SDP or candidate, a peer connection step did not settle in
      * time, or no answer came: the SDK reconnects (a new session, a new peer connection). */
     readonly negotiation_failed: "negotiation_failed";
@@ -86,6 +89,8 @@ export declare const ErrorCode: Readonly<{
     readonly disk_full: "disk_full";
     /** (`moderate` `start_recording`) the room is end-to-end encrypted: it cannot be recorded. */
     readonly encrypted: "encrypted";
+    /** (`moderate` `set_policy`) `e2ee` would change while someone is in the room. */
+    readonly e2ee_locked: "e2ee_locked";
 }>;
 /** An error code of the protocol or of the SDK (not a close label). */
 export type ErrorCodeLabel = keyof typeof ErrorCode;
@@ -153,6 +158,8 @@ export interface JoinedInfo {
     resume_token?: string;
     resumed?: boolean;
     participants?: ParticipantInfo[];
+    /** The room is end-to-end encrypted (docs/e2ee.md); false from a proxy that does not say. */
+    e2ee: boolean;
 }
 /** Every server message this SDK acts on (docs/protocol.md section 4). */
 export type ServerMessage = ({

@@ -66,6 +66,9 @@ export const ErrorCode = Object.freeze({
     connection_failed: 'connection_failed',
     /** getUserMedia / getDisplayMedia failed (permission denied, no device). */
     media_failed: 'media_failed',
+    /** The room is end-to-end encrypted (`joined.e2ee`) and this SDK version does not encrypt
+     * frames yet: it sends no media there rather than plaintext (docs/e2ee.md). */
+    e2ee_unsupported: 'e2ee_unsupported',
     /** The browser refused an SDP or candidate, a peer connection step did not settle in
      * time, or no answer came: the SDK reconnects (a new session, a new peer connection). */
     negotiation_failed: 'negotiation_failed',
@@ -87,6 +90,8 @@ export const ErrorCode = Object.freeze({
     disk_full: 'disk_full',
     /** (`moderate` `start_recording`) the room is end-to-end encrypted: it cannot be recorded. */
     encrypted: 'encrypted',
+    /** (`moderate` `set_policy`) `e2ee` would change while someone is in the room. */
+    e2ee_locked: 'e2ee_locked',
 });
 /** What a moderator can do from inside the call (`moderate`, docs/protocol.md section 5a). */
 export const ModerationAction = Object.freeze({
@@ -278,6 +283,7 @@ export function parseServerMessage(text) {
                 resume_token: f.optStr('resume_token'),
                 resumed: f.optBool('resumed'),
                 participants: f.participants('participants'),
+                e2ee: f.optBool('e2ee') ?? false,
             });
         case 'waiting': {
             const reason = f.str('reason');

@@ -1242,6 +1242,14 @@ export class RtcdClient extends TypedEventTarget {
   private _attach(source: TrackSource, track: MediaStreamTrack): void {
     const pc = this._pc;
     if (!pc) return;
+    if (this.session?.e2ee) {
+      // This SDK does not encrypt frames yet (docs/e2ee.md): plaintext media in a room the
+      // platform marked end-to-end encrypted would break what the platform promised its users,
+      // so nothing is sent and the page is told why.
+      this._reported(new RtcdError(ErrorCode.e2ee_unsupported,
+        `the room is end-to-end encrypted and this SDK cannot encrypt yet: ${source} not sent`));
+      return;
+    }
     const existing = this._transceivers.get(source);
     if (existing) {
       existing.sender.replaceTrack(track).catch(() => {});

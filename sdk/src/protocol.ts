@@ -71,6 +71,9 @@ export const ErrorCode = Object.freeze({
   connection_failed: 'connection_failed',
   /** getUserMedia / getDisplayMedia failed (permission denied, no device). */
   media_failed: 'media_failed',
+  /** The room is end-to-end encrypted (`joined.e2ee`) and this SDK version does not encrypt
+   * frames yet: it sends no media there rather than plaintext (docs/e2ee.md). */
+  e2ee_unsupported: 'e2ee_unsupported',
   /** The browser refused an SDP or candidate, a peer connection step did not settle in
    * time, or no answer came: the SDK reconnects (a new session, a new peer connection). */
   negotiation_failed: 'negotiation_failed',
@@ -92,6 +95,8 @@ export const ErrorCode = Object.freeze({
   disk_full: 'disk_full',
   /** (`moderate` `start_recording`) the room is end-to-end encrypted: it cannot be recorded. */
   encrypted: 'encrypted',
+  /** (`moderate` `set_policy`) `e2ee` would change while someone is in the room. */
+  e2ee_locked: 'e2ee_locked',
 } as const);
 
 /** An error code of the protocol or of the SDK (not a close label). */
@@ -180,6 +185,8 @@ export interface JoinedInfo {
   resume_token?: string;
   resumed?: boolean;
   participants?: ParticipantInfo[];
+  /** The room is end-to-end encrypted (docs/e2ee.md); false from a proxy that does not say. */
+  e2ee: boolean;
 }
 
 /** Every server message this SDK acts on (docs/protocol.md section 4). */
@@ -404,6 +411,7 @@ export function parseServerMessage(text: string): ServerMessage | { unknownType:
         resume_token: f.optStr('resume_token'),
         resumed: f.optBool('resumed'),
         participants: f.participants('participants'),
+        e2ee: f.optBool('e2ee') ?? false,
       });
     case 'waiting': {
       const reason = f.str('reason');

@@ -25,7 +25,7 @@ describe('codes', () => {
 });
 
 describe('parseServerMessage', () => {
-  test('a joined message is typed, optional fields absent when not sent', () => {
+  test('a joined message is typed, optional fields absent when not sent, e2ee false unless said', () => {
     const m = parseServerMessage(JSON.stringify({
       type: 'joined', session_id: 7, room: 'r', identity: 'a', role: 'member', expires_at: 100, media: true,
       permissions: { publish_audio: true, publish_video: true, publish_screen: false, subscribe: true },
@@ -42,8 +42,13 @@ describe('parseServerMessage', () => {
     assert.deepEqual(m, {
       type: 'joined', session_id: 7, room: 'r', identity: 'a', role: 'member', expires_at: 100, media: true,
       permissions: { publish_audio: true, publish_video: true, publish_screen: false, subscribe: true },
-      resume_token: 't',
+      resume_token: 't', e2ee: false,
     });
+    const encrypted = parseServerMessage(JSON.stringify({
+      type: 'joined', session_id: 8, room: 'r', identity: 'b', role: 'member', expires_at: 100, media: true,
+      permissions: { publish_audio: true, publish_video: true, publish_screen: false, subscribe: true }, e2ee: true,
+    }));
+    assert.equal('e2ee' in encrypted && encrypted.e2ee, true);
   });
 
   test('counts and mids are read leniently, as the protocol\'s numbers and strings', () => {
