@@ -63,6 +63,32 @@ async fn set_key(page: &BrowserPage) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Before a key is set, a page in the encrypted room has its camera and microphone but sends
+/// nothing: no sending section, and the `e2ee_unsupported` refusal (plaintext never leaves).
+async fn withholds_until_keyed(page: &BrowserPage) -> anyhow::Result<()> {
+    page.wait_for(
+        "window.rtcd && window.rtcd.session && window.rtcd.localTracks.size >= 2",
+        BROWSER_STEP,
+    )
+    .await
+    .context("the page does not open its camera and microphone")?;
+    // The demo page publishes as soon as the tracks are open; give a refusal time to happen.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sending = page
+        .eval(
+            "const pc = window.rtcd.peerConnection;
+             return pc ? pc.getTransceivers().filter((t) => t.direction === 'sendonly'
+               || t.direction === 'sendrecv' || t.sender.track).length : -1;",
+            json!([]),
+        )
+        .await?;
+    ensure!(
+        sending == json!(0),
+        "sending sections before a key: {sending}"
+    );
+    Ok(())
+}
+
 /// What a page's client says of encryption: its API, whether the room is encrypted, and the
 /// counters (`e2eeStats`).
 async fn e2ee_state(page: &BrowserPage) -> anyhow::Result<Value> {
@@ -146,6 +172,7 @@ async fn scenario(call: &mut Call) -> anyhow::Result<()> {
     let alice = call.join(BrowserKind::Chromium, "Alice-chromium").await;
     call.url = url;
     let alice = alice?;
+    withholds_until_keyed(&call.pages[alice]).await?;
     set_key(&call.pages[alice]).await?;
     let bob = call.join(BrowserKind::Firefox, "Bob-firefox").await?;
     set_key(&call.pages[bob]).await?;
