@@ -20,10 +20,13 @@ use warp::{Filter, Rejection};
 
 /// The page's Content-Security-Policy. `connect-src 'self'` covers the same-origin `ws://` /
 /// `wss://` signaling socket and the dev token fetch; `media-src` admits `MediaStream`s;
-/// `img-src data:` is the inline empty favicon (without it the browser logs a 404).
+/// `img-src data:` is the inline empty favicon (without it the browser logs a 404);
+/// `worker-src 'self'` admits the SDK's end-to-end encryption worker (`/sdk/e2ee/worker.js`,
+/// a module worker behind `RTCRtpScriptTransform`) and nothing from elsewhere.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self' data:; media-src 'self' blob: mediastream:; \
-     connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+     connect-src 'self'; worker-src 'self'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
 
 /// One embedded file.
 struct Asset {
@@ -93,8 +96,11 @@ macro_rules! sdk_module {
 static SDK: &[(&str, Asset)] = &[
     sdk_module!("client.js"),
     sdk_module!("connection.js"),
+    sdk_module!("e2ee/cryptor.js"),
     sdk_module!("e2ee/frame.js"),
     sdk_module!("e2ee/keys.js"),
+    sdk_module!("e2ee/session.js"),
+    sdk_module!("e2ee/worker.js"),
     sdk_module!("errors.js"),
     sdk_module!("events.js"),
     sdk_module!("health.js"),
@@ -188,6 +194,12 @@ mod tests {
                 "export class Connection",
                 false,
             ),
+            (
+                sdk_file("e2ee/worker.js").unwrap(),
+                "text/javascript; charset=utf-8",
+                "onrtctransform",
+                false,
+            ),
         ] {
             let r = reply(asset, None);
             assert_eq!(r.status(), StatusCode::OK);
@@ -201,6 +213,8 @@ mod tests {
         }
         assert!(CONTENT_SECURITY_POLICY.starts_with("default-src 'none'"));
         assert!(!CONTENT_SECURITY_POLICY.contains("unsafe"));
+        // The e2ee worker is a same-origin module; no blob: or data: workers.
+        assert!(CONTENT_SECURITY_POLICY.contains("worker-src 'self';"));
     }
 
     #[test]

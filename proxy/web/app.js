@@ -660,7 +660,12 @@ async function main() {
   const simulcast = !off('simulcast');
   // ?adaptive_stream=0: do not tell the media server how each tile is shown.
   const adaptiveStream = !off('adaptive_stream');
-  const client = new RtcdClient({ room, token, getToken, iceTransportPolicy, simulcast, adaptiveStream });
+  // ?e2ee_api=streams: in an end-to-end encrypted room, transform frames with Chromium's older
+  // encoded-streams API instead of RTCRtpScriptTransform (to try the fallback). Keys are set by
+  // the platform through `window.rtcd.setE2eeKey` (docs/web-client.md), never from the URL.
+  const e2eeApi = params.get('e2ee_api');
+  const e2ee = e2eeApi === 'streams' || e2eeApi === 'script' ? { api: e2eeApi } : {};
+  const client = new RtcdClient({ room, token, getToken, iceTransportPolicy, simulcast, adaptiveStream, e2ee });
   activeClient = client;
   wireClient(client);
   wireControls(client);

@@ -1,12 +1,16 @@
 import { type ReconnectOptions } from './connection.js';
 import { TypedEventTarget, type ClientState, type LobbyEntry, type MediaState, type Participant, type Recording, type RemoteTrack, type Route, type Waiting } from './events.js';
 import { type JoinedInfo, type ModerationActionName, type RoomPolicy, type TrackSource } from './protocol.js';
+import { type E2eeOptions, type SetKeyOptions } from './e2ee/session.js';
+import { type E2eeStats } from './e2ee/cryptor.js';
 export { CAMERA_LAYERS, cameraLayers } from './layers.js';
 export { closeLabel, CloseCode, ErrorCode, isTokenCloseCode, ModerationAction } from './protocol.js';
 export type { CloseLabel, ClientMessage, ErrorCodeLabel, JoinedInfo, ModerationActionName, ParticipantInfo, Permissions, RoomPolicy, RtcdErrorCode, ServerMessage, TrackSource, } from './protocol.js';
 export { RtcdError, type RtcdErrorDetails } from './errors.js';
 export { closePolicy, Connection, type ClosePolicy, type CloseDecision, type ReconnectOptions } from './connection.js';
 export { Negotiation } from './negotiation.js';
+export { E2ee, KeyState, chooseApi, type E2eeApi, type E2eeKeyInit, type E2eeOptions, type SetKeyOptions } from './e2ee/session.js';
+export { codecOf, decryptFailures, emptyStats, videoCodecOrder, type E2eeStats } from './e2ee/cryptor.js';
 export { TypedEventTarget } from './events.js';
 export type { ClientEvent, ClientEventMap, ClientEventName, ClientState, LobbyEntry, MediaState, Participant, Recording, RemoteMediaState, RemoteTrack, Route, TrackPauseDetail, Waiting, } from './events.js';
 /** Why the SDK asks the application for a token. */
@@ -29,9 +33,12 @@ export interface ClientOptions {
     statsIntervalMs?: number;
     simulcast?: boolean;
     adaptiveStream?: boolean;
+    /** End-to-end encryption (docs/web-client.md): keys to start with, the worker's URL. Only
+     * used in a room whose `joined.e2ee` is true. */
+    e2ee?: E2eeOptions;
 }
 /** The options with every default filled in. */
-export type ResolvedOptions = Required<Omit<ClientOptions, 'url' | 'getToken' | 'reconnect'>> & Pick<ClientOptions, 'url' | 'getToken'> & {
+export type ResolvedOptions = Required<Omit<ClientOptions, 'url' | 'getToken' | 'reconnect' | 'e2ee'>> & Pick<ClientOptions, 'url' | 'getToken' | 'e2ee'> & {
     reconnect: ReconnectOptions;
 };
 /**
@@ -106,6 +113,8 @@ export declare class RtcdClient extends TypedEventTarget {
     private readonly _layerChanges;
     /** Inbound counters of the current peer connection's received sections (health.ts). */
     private readonly _health;
+    /** End-to-end encryption: keys, the worker, the transforms (e2ee/session.ts). */
+    private readonly _e2ee;
     private _statsTimer;
     private _failedTimer;
     private _iceRestartTimer;
@@ -127,6 +136,33 @@ export declare class RtcdClient extends TypedEventTarget {
     private _onFirstJoin;
     private _onFirstFail;
     constructor(options: ClientOptions);
+    /**
+     * Sets the end-to-end encryption key at `index` (0-255): raw bytes (16 or 32), or with
+     * `derive` key material (at least 16 bytes; a string is UTF-8) from which HKDF derives it.
+     * The first key set becomes current; set later ones on every participant first, then make
+     * them current with `useE2eeKey` (docs/e2ee.md, "Rotation without a gap"). In an encrypted
+     * room nothing is sent until a key is current; once it is, local tracks are sent.
+     * Rejects with a `RangeError` / `TypeError` for a bad index or key.
+     */
+    setE2eeKey(index: number, key: Uint8Array | string, options?: SetKeyOptions): Promise<void>;
+    /** Encrypts with the key at `index` from now on (rotation step 2). Rejects if none is there. */
+    useE2eeKey(index: number): Promise<void>;
+    /** Forgets the key at `index` (rotation step 3): frames under it no longer decrypt.
+     * Removing the current key stops sending (frames are dropped, never sent in the clear)
+     * until another is made current. Resolves to whether there was a key. */
+    removeE2eeKey(index: number): Promise<boolean>;
+    /** Frames encrypted, decrypted and dropped (by why) in encrypted rooms, updated about twice
+     * a second. A growing `decryptFailed.unknown_key` means this page lacks the key others
+     * send with: show "cannot decrypt". */
+    get e2eeStats(): E2eeStats;
+    /** How this browser transforms frames: `script` (RTCRtpScriptTransform in a worker),
+     * `streams` (Chromium's encoded streams) or `none` (cannot encrypt: sends nothing). */
+    get e2eeApi(): 'script' | 'streams' | 'none';
+    /** A key became current (or not): send the local tracks held back until now. */
+    private _e2eeKeyChanged;
+    /** In an encrypted room, gives `transceiver`'s receiver (and sender) its transform and
+     * leaves H.264 and AV1 out of its video codecs. */
+    private _e2eeTransceiver;
     /** Signaling state (event `state`). */
     get state(): ClientState;
     /** Successful joins so far (1 + reconnects). */

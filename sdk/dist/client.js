@@ -38,11 +38,15 @@ import { MediaHealth } from './health.js';
 import { cameraLayers, fullLayer } from './layers.js';
 import { Negotiation } from './negotiation.js';
 import { closeLabel, CloseCode, ErrorCode, MalformedMessage, parseServerMessage, } from './protocol.js';
+import { E2ee } from './e2ee/session.js';
+import { videoCodecOrder } from './e2ee/cryptor.js';
 export { CAMERA_LAYERS, cameraLayers } from './layers.js';
 export { closeLabel, CloseCode, ErrorCode, isTokenCloseCode, ModerationAction } from './protocol.js';
 export { RtcdError } from './errors.js';
 export { closePolicy, Connection } from './connection.js';
 export { Negotiation } from './negotiation.js';
+export { E2ee, KeyState, chooseApi } from './e2ee/session.js';
+export { codecOf, decryptFailures, emptyStats, videoCodecOrder } from './e2ee/cryptor.js';
 export { TypedEventTarget } from './events.js';
 /** Adaptive stream: how often the SDK looks for `<video>` elements showing remote tracks (an
  * element that starts showing one is watched from then on). */
@@ -155,6 +159,8 @@ export class RtcdClient extends TypedEventTarget {
     _layerChanges = new WeakMap();
     /** Inbound counters of the current peer connection's received sections (health.ts). */
     _health = new MediaHealth();
+    /** End-to-end encryption: keys, the worker, the transforms (e2ee/session.ts). */
+    _e2ee;
     _statsTimer = 0;
     _failedTimer = 0;
     _iceRestartTimer = 0;
@@ -195,6 +201,75 @@ export class RtcdClient extends TypedEventTarget {
         this.token = options.token;
         this._conn = new Connection(this.options.reconnect);
         this._neg = new Negotiation(this.options.stepTimeoutMs);
+        this._e2ee = new E2ee(options.e2ee ?? {}, new URL('./e2ee/worker.js', import.meta.url));
+        for (const k of options.e2ee?.keys ?? []) {
+            this.setE2eeKey(k.index, k.key, k).catch((cause) => this._reported(new RtcdError(ErrorCode.e2ee_unsupported, `end-to-end encryption key ${k.index} refused: ${describe(cause)}`, { cause })));
+        }
+    }
+    // ---- End-to-end encryption (docs/e2ee.md) ------------------------------------------------
+    /**
+     * Sets the end-to-end encryption key at `index` (0-255): raw bytes (16 or 32), or with
+     * `derive` key material (at least 16 bytes; a string is UTF-8) from which HKDF derives it.
+     * The first key set becomes current; set later ones on every participant first, then make
+     * them current with `useE2eeKey` (docs/e2ee.md, "Rotation without a gap"). In an encrypted
+     * room nothing is sent until a key is current; once it is, local tracks are sent.
+     * Rejects with a `RangeError` / `TypeError` for a bad index or key.
+     */
+    async setE2eeKey(index, key, options = {}) {
+        await this._e2ee.setKey(index, key, options);
+        this._e2eeKeyChanged();
+    }
+    /** Encrypts with the key at `index` from now on (rotation step 2). Rejects if none is there. */
+    async useE2eeKey(index) {
+        await this._e2ee.useKey(index);
+        this._e2eeKeyChanged();
+    }
+    /** Forgets the key at `index` (rotation step 3): frames under it no longer decrypt.
+     * Removing the current key stops sending (frames are dropped, never sent in the clear)
+     * until another is made current. Resolves to whether there was a key. */
+    removeE2eeKey(index) {
+        return this._e2ee.removeKey(index);
+    }
+    /** Frames encrypted, decrypted and dropped (by why) in encrypted rooms, updated about twice
+     * a second. A growing `decryptFailed.unknown_key` means this page lacks the key others
+     * send with: show "cannot decrypt". */
+    get e2eeStats() {
+        return this._e2ee.stats;
+    }
+    /** How this browser transforms frames: `script` (RTCRtpScriptTransform in a worker),
+     * `streams` (Chromium's encoded streams) or `none` (cannot encrypt: sends nothing). */
+    get e2eeApi() {
+        return this._e2ee.api;
+    }
+    /** A key became current (or not): send the local tracks held back until now. */
+    _e2eeKeyChanged() {
+        if (!this.session?.e2ee || !this._e2ee.canSend)
+            return;
+        for (const [source, track] of this.localTracks) {
+            if (!this._transceivers.has(source) || this._transceivers.get(source)?.direction !== 'sendonly')
+                this._attach(source, track);
+        }
+    }
+    /** In an encrypted room, gives `transceiver`'s receiver (and sender) its transform and
+     * leaves H.264 and AV1 out of its video codecs. */
+    _e2eeTransceiver(transceiver, kind, sending) {
+        if (!this.session?.e2ee)
+            return;
+        if (kind === 'video' && typeof RTCRtpReceiver.getCapabilities === 'function') {
+            const caps = RTCRtpReceiver.getCapabilities('video');
+            const order = caps ? videoCodecOrder(caps.codecs) : [];
+            if (order.length > 0) {
+                try {
+                    transceiver.setCodecPreferences(order);
+                }
+                catch (cause) {
+                    console.warn(`rtcd: could not prefer VP8 for end-to-end encryption: ${describe(cause)}`);
+                }
+            }
+        }
+        this._e2ee.attach(transceiver.receiver, { side: 'receive', kind });
+        if (sending)
+            this._e2ee.attach(transceiver.sender, { side: 'send', kind });
     }
     /** Signaling state (event `state`). */
     get state() {
@@ -340,6 +415,7 @@ export class RtcdClient extends TypedEventTarget {
     /** Leaves the room: tells the proxy, stops local tracks, closes everything. */
     leave() {
         this._leaving = true;
+        this._e2ee.close();
         clearTimeout(this._retryTimer);
         if (this._ws && this._ws.readyState === WebSocket.OPEN)
             this._send({ type: 'leave' });
@@ -953,6 +1029,8 @@ export class RtcdClient extends TypedEventTarget {
             iceServers: this._iceServers(),
             iceTransportPolicy: this.options.iceTransportPolicy,
             bundlePolicy: 'max-bundle',
+            // Chromium's older encoded-streams API needs it at creation (e2ee/session.ts).
+            ...(this.session?.e2ee ? this._e2ee.peerConnectionConfig : {}),
         });
         this._pc = pc;
         this._pcClosed = new Promise((_, reject) => { this._abandon = reject; });
@@ -972,8 +1050,12 @@ export class RtcdClient extends TypedEventTarget {
         });
         pc.addEventListener('track', ({ transceiver }) => {
             // Matched by the section, never by the track's id (random in Firefox).
-            if (pc === this._pc && transceiver && transceiver.mid != null)
-                this._match(transceiver.mid);
+            if (pc === this._pc && transceiver) {
+                // Normally given when the section was made; a section the browser made is covered here.
+                this._e2eeTransceiver(transceiver, transceiver.receiver.track.kind === 'audio' ? 'audio' : 'video', false);
+                if (transceiver.mid != null)
+                    this._match(transceiver.mid);
+            }
         });
         pc.addEventListener('connectionstatechange', () => {
             if (pc !== this._pc)
@@ -1059,7 +1141,7 @@ export class RtcdClient extends TypedEventTarget {
         const add = this._neg.receiversToAdd({ audio: count('audio'), video: count('video') });
         for (const kind of ['audio', 'video']) {
             for (let i = 0; i < add[kind]; i++)
-                pc.addTransceiver(kind, { direction: 'recvonly' });
+                this._e2eeTransceiver(pc.addTransceiver(kind, { direction: 'recvonly' }), kind, false);
         }
     }
     async _onAnswer(sdp) {
@@ -1163,11 +1245,13 @@ export class RtcdClient extends TypedEventTarget {
         const pc = this._pc;
         if (!pc)
             return;
-        if (this.session?.e2ee) {
-            // This SDK does not encrypt frames yet (docs/e2ee.md): plaintext media in a room the
-            // platform marked end-to-end encrypted would break what the platform promised its users,
-            // so nothing is sent and the page is told why.
-            this._reported(new RtcdError(ErrorCode.e2ee_unsupported, `the room is end-to-end encrypted and this SDK cannot encrypt yet: ${source} not sent`));
+        if (this.session?.e2ee && !this._e2ee.canSend) {
+            // Plaintext media in a room the platform marked end-to-end encrypted would break what
+            // the platform promised its users: nothing is sent until a key is current (then
+            // `setE2eeKey` / `useE2eeKey` send it), and never by a browser that cannot encrypt.
+            this._reported(new RtcdError(ErrorCode.e2ee_unsupported, this._e2ee.api === 'none'
+                ? `the room is end-to-end encrypted and this browser cannot transform media frames: ${source} not sent`
+                : `the room is end-to-end encrypted and no key is set (setE2eeKey): ${source} not sent yet`));
             return;
         }
         const existing = this._transceivers.get(source);
@@ -1190,6 +1274,7 @@ export class RtcdClient extends TypedEventTarget {
                 track.contentHint = 'detail';
         }
         const transceiver = pc.addTransceiver(track, init);
+        this._e2eeTransceiver(transceiver, track.kind === 'audio' ? 'audio' : 'video', true);
         this._transceivers.set(source, transceiver);
         this._wantOffer();
     }

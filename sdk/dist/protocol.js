@@ -66,8 +66,9 @@ export const ErrorCode = Object.freeze({
     connection_failed: 'connection_failed',
     /** getUserMedia / getDisplayMedia failed (permission denied, no device). */
     media_failed: 'media_failed',
-    /** The room is end-to-end encrypted (`joined.e2ee`) and this SDK version does not encrypt
-     * frames yet: it sends no media there rather than plaintext (docs/e2ee.md). */
+    /** The room is end-to-end encrypted (`joined.e2ee`) and this client cannot encrypt now: no
+     * key is current yet (`setE2eeKey`), or the browser cannot transform frames. It sends no
+     * media rather than plaintext (docs/e2ee.md); with a key, held-back tracks are sent. */
     e2ee_unsupported: 'e2ee_unsupported',
     /** The browser refused an SDP or candidate, a peer connection step did not settle in
      * time, or no answer came: the SDK reconnects (a new session, a new peer connection). */

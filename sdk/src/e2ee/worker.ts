@@ -1,0 +1,49 @@
+/**
+ * The dedicated worker behind `RTCRtpScriptTransform` (docs/e2ee.md): the client starts one
+ * per session as a module worker (`new Worker(new URL('./e2ee/worker.js', import.meta.url),
+ * { type: 'module' })`, served by the proxy at `/sdk/e2ee/worker.js`) and gives every sender
+ * and receiver of the peer connection a transform on it. Keys come as {@link KeyMessage}s;
+ * the counters go back to the page (`{ type: 'stats', stats }`) at most twice a second when
+ * they changed.
+ *
+ * The worker globals are typed here by hand (the SDK compiles against the DOM library, which
+ * does not have them).
+ */
+
+import type { EncodedFrameLike, KeyMessage, TransformOptions } from './cryptor.js';
+import { E2eeCryptor } from './cryptor.js';
+
+/** `RTCTransformEvent.transformer`. */
+interface Transformer {
+  readable: ReadableStream<EncodedFrameLike>;
+  writable: WritableStream<EncodedFrameLike>;
+  options: TransformOptions;
+}
+
+/** The dedicated worker scope, as far as used here. */
+interface WorkerScope {
+  onmessage: ((event: { data: KeyMessage }) => void) | null;
+  onrtctransform: ((event: { transformer: Transformer }) => void) | null;
+  postMessage(message: unknown): void;
+  setInterval(handler: () => void, ms: number): number;
+}
+
+/** How often changed counters go to the page. */
+const STATS_MS = 500;
+
+const scope = globalThis as unknown as WorkerScope;
+const cryptor = new E2eeCryptor();
+let reported = -1;
+
+scope.onmessage = (event) => {
+  void cryptor.handle(event.data);
+};
+scope.onrtctransform = (event) => {
+  const t = event.transformer;
+  void cryptor.pipe(t.readable, t.writable, t.options);
+};
+scope.setInterval(() => {
+  if (cryptor.version === reported) return;
+  reported = cryptor.version;
+  scope.postMessage({ type: 'stats', stats: cryptor.stats });
+}, STATS_MS);
