@@ -12,6 +12,7 @@
 mod browser;
 mod calls;
 mod cluster;
+mod devices;
 mod failover;
 mod interop;
 mod leaks;

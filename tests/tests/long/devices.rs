@@ -1,0 +1,193 @@
+//! Devices mid-call (issue 32, point 3): two pages of the same browser in a call through the
+//! real stack; Alice switches her camera and her microphone with the SDK's public methods
+//! (`switchCamera` / `switchMicrophone`: `RTCRtpSender.replaceTrack` on the same sections).
+//! The call must carry on: every remote track flows in every 5 s window across the switches
+//! ([`rtcd_e2e::flow`]), Alice makes no offer (no renegotiation) and her sending sections keep
+//! their mids, and Bob sees the new camera.
+//!
+//! The fake devices: Chromium (`--use-fake-device-for-media-stream`) and Firefox
+//! (`media.navigator.streams.fake`) each list one fake camera; a second camera or microphone,
+//! when listed, is switched to by its device id first. What proves that Bob sees a new
+//! source is a track the page makes itself and hands to `switchCamera`: a canvas's
+//! `captureStream()` drawn square (480 x 480) where the fake cameras are 4:3, so Bob's tile
+//! turns square whatever simulcast layer he receives. The microphone switches to a WebAudio
+//! oscillator's track; Bob's audio packets must keep growing across it.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use rtcd_e2e::browser::{BROWSER_STEP, BrowserKind, BrowserPage};
+use rtcd_e2e::netns;
+use serde_json::{Value, json};
+
+use crate::calls::{Call, conclude, lan_stack, scaled};
+
+/// Counts the offers the page sends from now on (`window.__offers`), by wrapping
+/// `WebSocket.prototype.send` (the SDK's socket looks `send` up at each call).
+const COUNT_OFFERS: &str = "if (!window.__offers) {\
+       window.__offers = { n: 0 }; const send = WebSocket.prototype.send;\
+       WebSocket.prototype.send = function (data) {\
+         try { if (JSON.parse(data).type === 'offer') window.__offers.n += 1; } catch (e) {}\
+         return send.call(this, data); };\
+     } return true;";
+
+/// The page's sending sections: source -> [mid, id of the track sent].
+const SENDERS: &str = "const pc = window.rtcd.peerConnection; const out = {};\
+     for (const [source, track] of window.rtcd.localTracks) {\
+       const t = pc.getTransceivers().find((x) => x.sender.track === track);\
+       out[source] = t ? [t.mid, track.id] : null; }\
+     return out;";
+
+/// A square canvas track (480 x 480, 30 fps, a moving bar so every frame differs).
+const CANVAS_TRACK: &str = "const c = document.createElement('canvas'); c.width = 480; c.height = 480;\
+     const g = c.getContext('2d'); let i = 0;\
+     window.__canvasTimer = setInterval(() => { g.fillStyle = '#c03'; g.fillRect(0, 0, 480, 480);\
+       g.fillStyle = '#fff'; g.fillRect((i++ * 8) % 480, 0, 40, 480); }, 33);\
+     const track = c.captureStream(30).getVideoTracks()[0];\
+     return window.rtcd.switchCamera(track).then((t) => t === track && t.id);";
+
+/// An oscillator's audio track (WebAudio; autoplay is allowed in both browsers' profiles).
+const TONE_TRACK: &str = "const ctx = new AudioContext(); const osc = ctx.createOscillator();\
+     const dst = ctx.createMediaStreamDestination(); osc.frequency.value = 440; osc.connect(dst);\
+     osc.start(); window.__tone = ctx;\
+     const track = dst.stream.getAudioTracks()[0];\
+     return ctx.resume().then(() => window.rtcd.switchMicrophone(track)).then((t) => t === track && t.id);";
+
+/// Switches `source` to the page's other device of `kind` when it lists one; returns its id.
+async fn switch_to_other_device(
+    page: &BrowserPage,
+    kind: &str,
+    source: &str,
+) -> anyhow::Result<Option<String>> {
+    let switched = page
+        .eval(
+            "const [kind, source] = arguments; const c = window.rtcd;\
+             return c.listDevices().then((d) => {\
+               const now = c.localTracks.get(source).getSettings().deviceId;\
+               const other = d[kind].find((x) => x.deviceId && x.deviceId !== now && x.deviceId !== 'default'\
+                 && x.deviceId !== 'communications');\
+               if (!other) return { devices: d[kind].map((x) => x.label || x.deviceId) };\
+               const m = source === 'camera' ? c.switchCamera(other.deviceId) : c.switchMicrophone(other.deviceId);\
+               return m.then((t) => ({ switched: other.deviceId, now: t.getSettings().deviceId }));\
+             });",
+            json!([kind, source]),
+        )
+        .await?;
+    eprintln!("{kind}: {switched}");
+    if let Some(id) = switched["switched"].as_str() {
+        ensure!(
+            switched["now"] == switched["switched"],
+            "{source} switched to {id} but captures from {}",
+            switched["now"]
+        );
+        return Ok(Some(id.to_owned()));
+    }
+    Ok(None)
+}
+
+async fn switch_devices_mid_call(kind: BrowserKind) -> anyhow::Result<()> {
+    let tag = format!("devices-{kind}");
+    let (_dir, stack) = lan_stack(Vec::new()).await?;
+    let mut call = Call::new(&stack, &tag);
+    let outcome = scenario(&mut call, kind).await;
+    conclude(call, stack, &tag, outcome).await
+}
+
+async fn scenario(call: &mut Call, kind: BrowserKind) -> anyhow::Result<()> {
+    let alice = call.join(kind, &format!("Alice-{kind}")).await?;
+    let bob = call.join(kind, &format!("Bob-{kind}")).await?;
+    call.plays(alice, 1).await?;
+    call.plays(bob, 1).await?;
+    call.hold(scaled(10)).await?;
+
+    let page = &call.pages[alice];
+    page.eval(COUNT_OFFERS, json!([])).await?;
+    let before = page.eval(SENDERS, json!([])).await?;
+    eprintln!("{kind}: Alice's senders before the switches {before}");
+    for source in ["camera", "microphone"] {
+        ensure!(
+            before[source][0].is_string(),
+            "{source} not sent: {before}"
+        );
+    }
+
+    // Another fake device, where the browser lists one (by its id).
+    let other_camera = switch_to_other_device(page, "videoinput", "camera").await?;
+    let other_mic = switch_to_other_device(page, "audioinput", "microphone").await?;
+    if other_camera.is_some() || other_mic.is_some() {
+        call.hold(scaled(10)).await?;
+    }
+
+    // The camera becomes a square canvas: Bob's tile turns square.
+    let page = &call.pages[alice];
+    let canvas = page.eval(CANVAS_TRACK, json!([])).await?;
+    ensure!(canvas.is_string(), "switchCamera(canvas track) gave {canvas}");
+    call.pages[bob]
+        .wait_for(
+            "[...document.querySelectorAll('video[data-participant]:not([data-source=screen])')]\
+               .some((v) => v.videoWidth > 0 && v.videoWidth === v.videoHeight)",
+            BROWSER_STEP,
+        )
+        .await
+        .context("Bob does not see Alice's new (square) camera")?;
+    call.hold(scaled(10)).await?;
+
+    // The microphone becomes a tone.
+    let page = &call.pages[alice];
+    let tone = page.eval(TONE_TRACK, json!([])).await?;
+    ensure!(tone.is_string(), "switchMicrophone(tone track) gave {tone}");
+    call.hold(scaled(15)).await?;
+
+    // Same sections, the new tracks on them, and no offer since the switches began.
+    let page = &call.pages[alice];
+    let after = page.eval(SENDERS, json!([])).await?;
+    eprintln!("{kind}: Alice's senders after the switches {after}");
+    for (source, track) in [("camera", &canvas), ("microphone", &tone)] {
+        ensure!(
+            after[source][0] == before[source][0],
+            "{source} moved from section {} to {}",
+            before[source][0],
+            after[source][0]
+        );
+        ensure!(
+            &after[source][1] == track,
+            "{source} sends {} instead of the new track {track}",
+            after[source][1]
+        );
+    }
+    let offers = page.eval("return window.__offers.n;", json!([])).await?;
+    ensure!(
+        offers == json!(0),
+        "Alice renegotiated: {offers} offer(s) during the switches"
+    );
+    // The call and its states held: both still connected.
+    for id in [alice, bob] {
+        let state: Value = call.pages[id].dataset().await?;
+        ensure!(
+            state["state"] == "connected" && state["media"] == "connected",
+            "{}: {state}",
+            call.names[id]
+        );
+    }
+    // Connection quality is judged for the remote participant.
+    let quality = call.pages[bob]
+        .wait_for(
+            "[...window.rtcd.participants.values()].map((p) => p.quality).find((q) => q)",
+            Duration::from_secs(10),
+        )
+        .await
+        .context("no connection quality for Alice on Bob's page")?;
+    eprintln!("{kind}: Bob rates Alice's connection {quality}");
+    call.plays(bob, 1).await?;
+    Ok(())
+}
+
+#[test]
+fn chromium_switches_camera_and_microphone_mid_call_without_renegotiation() -> anyhow::Result<()> {
+    netns::run(|| switch_devices_mid_call(BrowserKind::Chromium))
+}
+
+#[test]
+fn firefox_switches_camera_and_microphone_mid_call_without_renegotiation() -> anyhow::Result<()> {
+    netns::run(|| switch_devices_mid_call(BrowserKind::Firefox))
+}
