@@ -1674,10 +1674,18 @@ export class RtcdClient extends TypedEventTarget {
                 pairRtt = s.currentRoundTripTime;
             }
         });
-        const changes = pc.connectionState === 'connected'
-            ? this._quality.read(self, counters, uplink, pairRtt, now)
-            : [this._quality.judge(self, true, { loss: 0, jitterMs: 0, rttMs: null, framesPerSecond: null, packets: 0 }, now)]
-                .filter((c) => c !== null);
+        // Connected: judged from the reading. Disconnected or failed: this client is `lost`.
+        // Not connected yet: nothing to judge.
+        const down = pc.connectionState === 'disconnected' || pc.connectionState === 'failed';
+        let changes = [];
+        if (pc.connectionState === 'connected') {
+            changes = this._quality.read(self, counters, uplink, pairRtt, now);
+        }
+        else if (down) {
+            const change = this._quality.judge(self, true, { loss: 0, jitterMs: 0, rttMs: null, framesPerSecond: null, packets: 0 }, now);
+            if (change)
+                changes = [change];
+        }
         // Participants with nothing expected any more have no level.
         const expected = new Set(counters.map((c) => c.identity));
         for (const p of this.participants.values()) {

@@ -6,12 +6,14 @@
 //! their mids, and Bob sees the new camera.
 //!
 //! The fake devices: Chromium (`--use-fake-device-for-media-stream`) and Firefox
-//! (`media.navigator.streams.fake`) each list one fake camera; a second camera or microphone,
-//! when listed, is switched to by its device id first. What proves that Bob sees a new
+//! (`media.navigator.streams.fake`) each list one fake camera; Chromium lists several fake
+//! microphones, Firefox one. A second camera or microphone, when listed, is switched to by
+//! its device id first. What proves that Bob sees a new
 //! source is a track the page makes itself and hands to `switchCamera`: a canvas's
 //! `captureStream()` drawn square (480 x 480) where the fake cameras are 4:3, so Bob's tile
-//! turns square whatever simulcast layer he receives. The microphone switches to a WebAudio
-//! oscillator's track; Bob's audio packets must keep growing across it.
+//! turns square whatever simulcast layer he receives. The microphone then switches to a
+//! WebAudio oscillator's track (Chromium) or a fresh capture of the fake microphone (headless
+//! Firefox, whose audio context never runs); Bob's audio packets must keep growing across it.
 
 use std::time::Duration;
 
@@ -46,12 +48,19 @@ const CANVAS_TRACK: &str = "const c = document.createElement('canvas'); c.width 
      const track = c.captureStream(30).getVideoTracks()[0];\
      return window.rtcd.switchCamera(track).then((t) => t === track && t.id);";
 
-/// An oscillator's audio track (WebAudio; autoplay is allowed in both browsers' profiles).
-const TONE_TRACK: &str = "const ctx = new AudioContext(); const osc = ctx.createOscillator();\
-     const dst = ctx.createMediaStreamDestination(); osc.frequency.value = 440; osc.connect(dst);\
-     osc.start(); window.__tone = ctx;\
-     const track = dst.stream.getAudioTracks()[0];\
-     return ctx.resume().then(() => window.rtcd.switchMicrophone(track)).then((t) => t === track && t.id);";
+/// The microphone's new source: a WebAudio oscillator's track when the page's audio context
+/// runs (Chromium); headless Firefox has no audio device, its context never leaves
+/// `suspended` and the track would carry nothing, so there a fresh capture of the fake
+/// microphone (a new track, opened while the old one still sends). Returns `[track id, what]`.
+const TONE_TRACK: &str = "const ctx = new AudioContext();\
+     const running = Promise.race([ctx.resume().then(() => ctx.state === 'running'),\
+       new Promise((r) => setTimeout(() => r(false), 2000))]);\
+     return running.then((ok) => { if (ok) { const osc = ctx.createOscillator();\
+         const dst = ctx.createMediaStreamDestination(); osc.frequency.value = 440; osc.connect(dst);\
+         osc.start(); window.__tone = ctx; return [dst.stream.getAudioTracks()[0], 'tone']; }\
+       ctx.close(); return navigator.mediaDevices.getUserMedia({ audio: true })\
+         .then((s) => [s.getAudioTracks()[0], 'capture']); })\
+       .then(([track, what]) => window.rtcd.switchMicrophone(track).then((t) => t === track && [t.id, what]));";
 
 /// Switches `source` to the page's other device of `kind` when it lists one; returns its id.
 async fn switch_to_other_device(
@@ -105,10 +114,7 @@ async fn scenario(call: &mut Call, kind: BrowserKind) -> anyhow::Result<()> {
     let before = page.eval(SENDERS, json!([])).await?;
     eprintln!("{kind}: Alice's senders before the switches {before}");
     for source in ["camera", "microphone"] {
-        ensure!(
-            before[source][0].is_string(),
-            "{source} not sent: {before}"
-        );
+        ensure!(before[source][0].is_string(), "{source} not sent: {before}");
     }
 
     // Another fake device, where the browser lists one (by its id).
@@ -121,7 +127,10 @@ async fn scenario(call: &mut Call, kind: BrowserKind) -> anyhow::Result<()> {
     // The camera becomes a square canvas: Bob's tile turns square.
     let page = &call.pages[alice];
     let canvas = page.eval(CANVAS_TRACK, json!([])).await?;
-    ensure!(canvas.is_string(), "switchCamera(canvas track) gave {canvas}");
+    ensure!(
+        canvas.is_string(),
+        "switchCamera(canvas track) gave {canvas}"
+    );
     call.pages[bob]
         .wait_for(
             "[...document.querySelectorAll('video[data-participant]:not([data-source=screen])')]\
@@ -132,10 +141,12 @@ async fn scenario(call: &mut Call, kind: BrowserKind) -> anyhow::Result<()> {
         .context("Bob does not see Alice's new (square) camera")?;
     call.hold(scaled(10)).await?;
 
-    // The microphone becomes a tone.
+    // The microphone becomes a tone (or a new capture).
     let page = &call.pages[alice];
-    let tone = page.eval(TONE_TRACK, json!([])).await?;
-    ensure!(tone.is_string(), "switchMicrophone(tone track) gave {tone}");
+    let switched = page.eval(TONE_TRACK, json!([])).await?;
+    eprintln!("{kind}: microphone switched to {switched}");
+    let tone = switched[0].clone();
+    ensure!(tone.is_string(), "switchMicrophone(track) gave {switched}");
     call.hold(scaled(15)).await?;
 
     // Same sections, the new tracks on them, and no offer since the switches began.
