@@ -362,7 +362,7 @@ export declare class RtcdClient extends TypedEventTarget {
      * known; a section reused for another track first ends the previous one. */
     private _match;
     private _endRemote;
-    /** Opens `source` on device `deviceId`; a camera asks for the previous camera's size, so
+    /** Opens `source` on device `deviceId` (`''`: the browser's default); a camera asks for the previous camera's size, so
      * the simulcast layers negotiated for it still fit. */
     private _openDevice;
     /**

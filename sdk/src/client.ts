@@ -162,6 +162,10 @@ const VIEW_SEND_MS = 300;
 /** The most views per `track_views` message (the protocol's limit). */
 const MAX_TRACK_VIEWS = 64;
 
+/** How long a device fallback waits for the browser's device list before it chooses from
+ * the last one. */
+const DEVICE_LIST_WAIT_MS = 3000;
+
 /** How long the peer connection may stay `failed` before the SDK gives up on the session
  * itself (the media server normally closes it first, with 4010 and a clearer message). */
 const FAILED_GRACE_MS = 5000;
@@ -1476,10 +1480,10 @@ export class RtcdClient extends TypedEventTarget {
 
   // ---- devices ------------------------------------------------------------------------------
 
-  /** Opens `source` on device `deviceId`; a camera asks for the previous camera's size, so
+  /** Opens `source` on device `deviceId` (`''`: the browser's default); a camera asks for the previous camera's size, so
    * the simulcast layers negotiated for it still fit. */
   private async _openDevice(source: DeviceSource, deviceId: string): Promise<MediaStreamTrack> {
-    const constraints = constraintsFor(deviceId) as MediaTrackConstraints;
+    const constraints = (deviceId === '' ? {} : constraintsFor(deviceId)) as MediaTrackConstraints;
     const previous = this.localTracks.get(source);
     if (source === 'camera' && previous && typeof previous.getSettings === 'function') {
       const { width, height } = previous.getSettings();
@@ -1530,12 +1534,22 @@ export class RtcdClient extends TypedEventTarget {
   private async _deviceEnded(source: DeviceSource, track: MediaStreamTrack): Promise<void> {
     if (this.localTracks.get(source) !== track || this._leaving) return;
     const lost = trackDeviceId(track);
-    let fallback: string | null = null;
+    // The devices now; a browser that does not list them in time (or fails) leaves the last
+    // list to choose from: the fallback must not wait on it.
+    let devices = this.devices;
+    let timer = 0;
     try {
-      fallback = fallbackDevice(source, await this.listDevices(), lost);
+      devices = await Promise.race([
+        this.listDevices(),
+        new Promise<DeviceLists>((resolve) => { timer = window.setTimeout(() => resolve(this.devices), DEVICE_LIST_WAIT_MS); }),
+      ]);
     } catch (cause) {
       console.warn(`rtcd: cannot list devices: ${describe(cause)}`);
+    } finally {
+      clearTimeout(timer);
     }
+    // Never listed: the browser's default device of that kind.
+    const fallback = devices[kindOf(source)].length === 0 ? '' : fallbackDevice(source, devices, lost);
     this.emit('devicelost', { source, deviceId: lost, fallback });
     if (this.localTracks.get(source) !== track) return;
     if (fallback === null) {
