@@ -205,7 +205,7 @@ export RUST_LIB_BACKTRACE=0
 # The browser calls, run one at a time (nextest: test group browser-calls; cargo test: after
 # the rest, with one test thread). Every name the long binary's modules give them; no other
 # test's name contains these.
-serial=(calls:: browser:: e2ee::chromium_ turn::chromium_calls_ turn::turn_credentials_are_refreshed_ weak_link::)
+serial=(calls:: browser:: devices:: e2ee::chromium_ turn::chromium_calls_ turn::turn_credentials_are_refreshed_ weak_link::)
 in_namespace() {
 	unshare -n sh -c 'ip link set lo up && exec "$@"' sh "$@"
 }

@@ -96,6 +96,7 @@ macro_rules! sdk_module {
 static SDK: &[(&str, Asset)] = &[
     sdk_module!("client.js"),
     sdk_module!("connection.js"),
+    sdk_module!("devices.js"),
     sdk_module!("e2ee/cryptor.js"),
     sdk_module!("e2ee/frame.js"),
     sdk_module!("e2ee/keys.js"),
@@ -107,6 +108,7 @@ static SDK: &[(&str, Asset)] = &[
     sdk_module!("layers.js"),
     sdk_module!("negotiation.js"),
     sdk_module!("protocol.js"),
+    sdk_module!("quality.js"),
 ];
 
 /// The SDK file at `path` under `/sdk/`, if there is one.

@@ -1,9 +1,13 @@
+import { type DeviceLists, type DeviceSource } from './devices.js';
 import { type ReconnectOptions } from './connection.js';
 import { TypedEventTarget, type ClientState, type LobbyEntry, type MediaState, type Participant, type Recording, type RemoteTrack, type Route, type Waiting } from './events.js';
+import { type ConnectionQuality } from './quality.js';
 import { type JoinedInfo, type ModerationActionName, type RoomPolicy, type TrackSource } from './protocol.js';
 import { type E2eeOptions, type SetKeyOptions } from './e2ee/session.js';
 import { type E2eeStats } from './e2ee/cryptor.js';
 export { CAMERA_LAYERS, cameraLayers } from './layers.js';
+export { audioOutputSupported, fallbackDevice, listDevices, openLocalStream, type Device, type DeviceKind, type DeviceLists, type DeviceSource, } from './devices.js';
+export { QualityMonitor, qualityOf, QUALITY_UPGRADE_MS, type ConnectionQuality, type QualityChange, type QualityStats } from './quality.js';
 export { closeLabel, CloseCode, ErrorCode, isTokenCloseCode, ModerationAction } from './protocol.js';
 export type { CloseLabel, ClientMessage, ErrorCodeLabel, JoinedInfo, ModerationActionName, ParticipantInfo, Permissions, RoomPolicy, RtcdErrorCode, ServerMessage, TrackSource, } from './protocol.js';
 export { RtcdError, type RtcdErrorDetails } from './errors.js';
@@ -12,7 +16,7 @@ export { Negotiation } from './negotiation.js';
 export { E2ee, KeyState, chooseApi, type E2eeApi, type E2eeKeyInit, type E2eeOptions, type SetKeyOptions } from './e2ee/session.js';
 export { codecOf, decryptFailures, emptyStats, videoCodecOrder, type E2eeStats } from './e2ee/cryptor.js';
 export { TypedEventTarget } from './events.js';
-export type { ClientEvent, ClientEventMap, ClientEventName, ClientState, LobbyEntry, MediaState, Participant, Recording, RemoteMediaState, RemoteTrack, Route, TrackPauseDetail, Waiting, } from './events.js';
+export type { ClientEvent, ClientEventMap, ClientEventName, ClientState, DeviceSwitch, LobbyEntry, MediaState, Participant, Recording, RemoteMediaState, RemoteTrack, Route, TrackPauseDetail, Waiting, } from './events.js';
 /** Why the SDK asks the application for a token. */
 export interface TokenRequest {
     reason: 'refresh' | 'reconnect';
@@ -81,6 +85,17 @@ export declare class RtcdClient extends TypedEventTarget {
     iceServersExpiresAt: number;
     /** The current media path (null until a candidate pair is selected). */
     route: Route | null;
+    /** Cameras, microphones and speakers as last listed (`listDevices()`; refreshed on the
+     * browser's `devicechange`, event `deviceschanged`). */
+    devices: DeviceLists;
+    /** The speaker remote audio plays on (`setAudioOutput`), null for the browser's default. */
+    audioOutput: string | null;
+    /** This client's uplink quality (event `connectionquality` with `local: true`); null
+     * before the first judgement. Remote participants': `participants.get(id).quality`. */
+    connectionQuality: ConnectionQuality | null;
+    /** Who speaks now, loudest first (the media server's `voice_activity`; event
+     * `voiceactivity`). */
+    activeSpeakers: string[];
     private readonly _conn;
     private _ws;
     private _pc;
@@ -115,6 +130,10 @@ export declare class RtcdClient extends TypedEventTarget {
     private readonly _health;
     /** End-to-end encryption: keys, the worker, the transforms (e2ee/session.ts). */
     private readonly _e2ee;
+    /** Connection quality per participant (quality.ts). */
+    private readonly _quality;
+    /** The browser's `devicechange` listener (removed by `leave()`). */
+    private readonly _onDeviceChange;
     private _statsTimer;
     private _failedTimer;
     private _iceRestartTimer;
@@ -193,6 +212,45 @@ export declare class RtcdClient extends TypedEventTarget {
     startScreenShare(): Promise<MediaStream>;
     /** Stops the screen share (no-op without one). */
     stopScreenShare(): void;
+    /**
+     * Publishes tracks the application already holds, e.g. the preview it opened before
+     * joining (`openLocalStream()`): audio as `microphone`, video as `camera`. The devices are
+     * not opened again. Before `connect()` they wait for the session, like `publish`.
+     */
+    publishTracks(tracks: MediaStream | MediaStreamTrack[]): void;
+    /**
+     * Lists cameras (`videoinput`), microphones (`audioinput`) and speakers (`audiooutput`),
+     * keeps them in `devices` and emits `deviceschanged` when they differ from the last list.
+     * Labels are empty until the page was allowed a camera or microphone.
+     */
+    listDevices(): Promise<DeviceLists>;
+    /** `switchDevice('camera', deviceIdOrTrack)`. */
+    switchCamera(to: string | MediaStreamTrack): Promise<MediaStreamTrack>;
+    /** `switchDevice('microphone', deviceIdOrTrack)`. */
+    switchMicrophone(to: string | MediaStreamTrack): Promise<MediaStreamTrack>;
+    /**
+     * Captures `source` from another device (its id: opened here, a camera at the size the
+     * previous one had) or from a track the application made (e.g. a canvas's
+     * `captureStream()`), mid-call and without renegotiation: the new track replaces the old
+     * one on the same section (`RTCRtpSender.replaceTrack`; a camera keeps its simulcast
+     * layers), the old track is stopped, the mute state carries over. Not published yet: the
+     * track is published. Event `deviceswitched` (`reason: 'switched'`).
+     * @returns the new track
+     */
+    switchDevice(source: DeviceSource, to: string | MediaStreamTrack): Promise<MediaStreamTrack>;
+    /** Whether the browser can choose the speaker (`setAudioOutput`; `HTMLMediaElement.setSinkId`). */
+    get audioOutputSupported(): boolean;
+    /**
+     * Plays remote media on the speaker `deviceId` (from `devices.audiooutput`; `''` is the
+     * browser's default): every `<audio>` / `<video>` element of the document that shows a
+     * received track now, and each one the application shows later from its `track` handler
+     * (or hands to `attachAudioOutput`). Rejects with `audio_output_unsupported` where the
+     * browser cannot choose (`audioOutputSupported` false: Firefox ESR 115, Safari before 18).
+     */
+    setAudioOutput(deviceId: string): Promise<void>;
+    /** Plays `el` on the speaker chosen with `setAudioOutput` (nothing to do before, or
+     * where the browser cannot choose). */
+    attachAudioOutput(el: HTMLMediaElement): Promise<void>;
     /**
      * Mutes or unmutes a local source: the track stops producing media at once (`enabled`), and
      * the server is told so it stops forwarding and tells the others (`mute_changed`).
@@ -340,6 +398,24 @@ export declare class RtcdClient extends TypedEventTarget {
      * known; a section reused for another track first ends the previous one. */
     private _match;
     private _endRemote;
+    /** Opens `source` on device `deviceId` (`''`: the browser's default); a camera asks for the previous camera's size, so
+     * the simulcast layers negotiated for it still fit. */
+    private _openDevice;
+    /**
+     * `track` now carries `source`: on the section already sending it, through
+     * `replaceTrack` (no offer: same kind, same section), else published anew.
+     */
+    private _replaceLocal;
+    /** Follows the device `track` captures `source` from: when it ends without the SDK
+     * stopping it (unplugged, taken by the system), fall back to another device. */
+    private _watchDevice;
+    /** The device in use for `source` went away: capture from the default one (devices.ts
+     * `fallbackDevice`) and keep publishing; none left: the source stops. */
+    private _deviceEnded;
+    /** The `<audio>` / `<video>` elements of the document showing a received track. */
+    private _remoteMediaElements;
+    /** Applies the chosen speaker to the elements showing received tracks now. */
+    private _applyAudioOutput;
     /** Starts watching how remote video is shown (protocol `track_views`): every view is sent
      * afresh to a new or resumed session. */
     private _startViews;
@@ -355,6 +431,13 @@ export declare class RtcdClient extends TypedEventTarget {
     private _participant;
     /** Reads inbound counters per received section and the media server's loss reports. */
     private _poll;
+    /** Whether nothing is expected on `mid` now: its publisher muted it, or the media server
+     * paused it. */
+    private _excused;
+    /** Judges connection quality from one reading (quality.ts) and emits what changed. */
+    private _updateQuality;
+    /** The local candidate id of the selected pair (Chromium's transport stats), if any. */
+    private _selectedLocal;
     /**
      * The media path from the selected candidate pair (Chromium: the transport's
      * `selectedCandidatePairId`; Firefox: the pair marked `selected`).

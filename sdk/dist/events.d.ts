@@ -1,4 +1,6 @@
+import type { Device, DeviceLists, DeviceSource } from './devices.js';
 import type { RtcdError } from './errors.js';
+import type { ConnectionQuality, QualityChange } from './quality.js';
 import type { JoinedInfo, Permissions, TrackSource } from './protocol.js';
 /** Signaling state (`client.state`). */
 export type ClientState = 'idle' | 'connecting' | 'waiting' | 'connected' | 'reconnecting' | 'closed' | 'error';
@@ -24,6 +26,9 @@ export interface Participant {
     muted: Partial<Record<TrackSource, boolean>>;
     speaking: boolean;
     media: RemoteMediaState;
+    /** Their connection as received here (event `connectionquality`); absent while nothing of
+     * theirs is expected (a listener, all muted or paused) or before the first judgement. */
+    quality?: ConnectionQuality;
 }
 /** A received track, by the mid of its section (`client.remoteTracks`, event `track`). */
 export interface RemoteTrack {
@@ -172,6 +177,31 @@ export interface ClientEventMap {
         recordingId: string;
         reason: string;
     };
+    connectionquality: QualityChange;
+    deviceschanged: {
+        devices: DeviceLists;
+        added: Device[];
+        removed: Device[];
+    };
+    deviceswitched: DeviceSwitch;
+    devicelost: {
+        source: DeviceSource;
+        deviceId: string | null;
+        fallback: string | null;
+    };
+    audiooutput: {
+        deviceId: string;
+    };
+}
+/** A local source now captures from another device or track (event `deviceswitched`):
+ * `switched` by the application, `fallback` after the device in use went away. */
+export interface DeviceSwitch {
+    source: DeviceSource;
+    track: MediaStreamTrack;
+    previous: MediaStreamTrack | null;
+    /** The device the new track captures from (null: not a device, e.g. a canvas track). */
+    deviceId: string | null;
+    reason: 'switched' | 'fallback';
 }
 export type ClientEventName = keyof ClientEventMap;
 /** The event a listener of `type` receives. */

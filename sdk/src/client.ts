@@ -32,6 +32,18 @@
 //  * resumes its session when only the signaling connection was lost, and reconnects with
 //    backoff after the close codes the protocol says to retry (connection.ts).
 
+import {
+  audioOutputSupported,
+  constraintsFor,
+  deviceChanges,
+  deviceSource,
+  fallbackDevice,
+  kindOf,
+  listDevices,
+  trackDeviceId,
+  type DeviceLists,
+  type DeviceSource,
+} from './devices.js';
 import { Connection, DEFAULT_RECONNECT, needsNewToken, type CloseDecision, type ReconnectOptions } from './connection.js';
 import { describe, RtcdError } from './errors.js';
 import {
@@ -47,6 +59,7 @@ import {
   type Waiting,
 } from './events.js';
 import { MediaHealth, type InboundReading } from './health.js';
+import { QualityMonitor, type ConnectionQuality, type InboundCounters, type QualityChange, type UplinkReport } from './quality.js';
 import { cameraLayers, fullLayer } from './layers.js';
 import { Negotiation, type MediaKind } from './negotiation.js';
 import {
@@ -69,6 +82,17 @@ import {
 import { E2ee, type E2eeOptions, type SetKeyOptions } from './e2ee/session.js';
 import { videoCodecOrder, type E2eeStats } from './e2ee/cryptor.js';
 export { CAMERA_LAYERS, cameraLayers } from './layers.js';
+export {
+  audioOutputSupported,
+  fallbackDevice,
+  listDevices,
+  openLocalStream,
+  type Device,
+  type DeviceKind,
+  type DeviceLists,
+  type DeviceSource,
+} from './devices.js';
+export { QualityMonitor, qualityOf, QUALITY_UPGRADE_MS, type ConnectionQuality, type QualityChange, type QualityStats } from './quality.js';
 export { closeLabel, CloseCode, ErrorCode, isTokenCloseCode, ModerationAction } from './protocol.js';
 export type {
   CloseLabel,
@@ -94,6 +118,7 @@ export type {
   ClientEventMap,
   ClientEventName,
   ClientState,
+  DeviceSwitch,
   LobbyEntry,
   MediaState,
   Participant,
@@ -144,6 +169,10 @@ const VIEW_SEND_MS = 300;
 /** The most views per `track_views` message (the protocol's limit). */
 const MAX_TRACK_VIEWS = 64;
 
+/** How long a device fallback waits for the browser's device list before it chooses from
+ * the last one. */
+const DEVICE_LIST_WAIT_MS = 3000;
+
 /** How long the peer connection may stay `failed` before the SDK gives up on the session
  * itself (the media server normally closes it first, with 4010 and a clearer message). */
 const FAILED_GRACE_MS = 5000;
@@ -172,6 +201,9 @@ interface StatsEntry {
   relayProtocol?: string;
   address?: string;
   ip?: string;
+  jitter?: number;
+  roundTripTime?: number;
+  currentRoundTripTime?: number;
 }
 
 /**
@@ -238,6 +270,17 @@ export class RtcdClient extends TypedEventTarget {
   iceServersExpiresAt = 0;
   /** The current media path (null until a candidate pair is selected). */
   route: Route | null = null;
+  /** Cameras, microphones and speakers as last listed (`listDevices()`; refreshed on the
+   * browser's `devicechange`, event `deviceschanged`). */
+  devices: DeviceLists = { audioinput: [], videoinput: [], audiooutput: [] };
+  /** The speaker remote audio plays on (`setAudioOutput`), null for the browser's default. */
+  audioOutput: string | null = null;
+  /** This client's uplink quality (event `connectionquality` with `local: true`); null
+   * before the first judgement. Remote participants': `participants.get(id).quality`. */
+  connectionQuality: ConnectionQuality | null = null;
+  /** Who speaks now, loudest first (the media server's `voice_activity`; event
+   * `voiceactivity`). */
+  activeSpeakers: string[] = [];
 
   private readonly _conn: Connection;
   private _ws: WebSocket | null = null;
@@ -273,6 +316,12 @@ export class RtcdClient extends TypedEventTarget {
   private readonly _health = new MediaHealth();
   /** End-to-end encryption: keys, the worker, the transforms (e2ee/session.ts). */
   private readonly _e2ee: E2ee;
+  /** Connection quality per participant (quality.ts). */
+  private readonly _quality = new QualityMonitor();
+  /** The browser's `devicechange` listener (removed by `leave()`). */
+  private readonly _onDeviceChange = (): void => {
+    this.listDevices().catch((cause: unknown) => console.warn(`rtcd: cannot list devices: ${describe(cause)}`));
+  };
   private _statsTimer = 0;
   private _failedTimer = 0;
   private _iceRestartTimer = 0;
@@ -317,6 +366,9 @@ export class RtcdClient extends TypedEventTarget {
     for (const k of options.e2ee?.keys ?? []) {
       this.setE2eeKey(k.index, k.key, k).catch((cause: unknown) => this._reported(
         new RtcdError(ErrorCode.e2ee_unsupported, `end-to-end encryption key ${k.index} refused: ${describe(cause)}`, { cause })));
+    }
+    if (typeof navigator !== 'undefined' && navigator.mediaDevices?.addEventListener) {
+      navigator.mediaDevices.addEventListener('devicechange', this._onDeviceChange);
     }
   }
 
@@ -476,6 +528,93 @@ export class RtcdClient extends TypedEventTarget {
     if (had) this._sendRelayed({ type: 'screen_share_stop' });
   }
 
+  // ---- devices (devices.ts) -----------------------------------------------------------------
+
+  /**
+   * Publishes tracks the application already holds, e.g. the preview it opened before
+   * joining (`openLocalStream()`): audio as `microphone`, video as `camera`. The devices are
+   * not opened again. Before `connect()` they wait for the session, like `publish`.
+   */
+  publishTracks(tracks: MediaStream | MediaStreamTrack[]): void {
+    const list = Array.isArray(tracks) ? tracks : tracks.getTracks();
+    for (const track of list) this._addLocal(track.kind === 'audio' ? 'microphone' : 'camera', track);
+  }
+
+  /**
+   * Lists cameras (`videoinput`), microphones (`audioinput`) and speakers (`audiooutput`),
+   * keeps them in `devices` and emits `deviceschanged` when they differ from the last list.
+   * Labels are empty until the page was allowed a camera or microphone.
+   */
+  async listDevices(): Promise<DeviceLists> {
+    const devices = await listDevices();
+    const { added, removed } = deviceChanges(this.devices, devices);
+    this.devices = devices;
+    if (added.length > 0 || removed.length > 0) this.emit('deviceschanged', { devices, added, removed });
+    return devices;
+  }
+
+  /** `switchDevice('camera', deviceIdOrTrack)`. */
+  switchCamera(to: string | MediaStreamTrack): Promise<MediaStreamTrack> {
+    return this.switchDevice('camera', to);
+  }
+
+  /** `switchDevice('microphone', deviceIdOrTrack)`. */
+  switchMicrophone(to: string | MediaStreamTrack): Promise<MediaStreamTrack> {
+    return this.switchDevice('microphone', to);
+  }
+
+  /**
+   * Captures `source` from another device (its id: opened here, a camera at the size the
+   * previous one had) or from a track the application made (e.g. a canvas's
+   * `captureStream()`), mid-call and without renegotiation: the new track replaces the old
+   * one on the same section (`RTCRtpSender.replaceTrack`; a camera keeps its simulcast
+   * layers), the old track is stopped, the mute state carries over. Not published yet: the
+   * track is published. Event `deviceswitched` (`reason: 'switched'`).
+   * @returns the new track
+   */
+  async switchDevice(source: DeviceSource, to: string | MediaStreamTrack): Promise<MediaStreamTrack> {
+    const track = typeof to === 'string' ? await this._openDevice(source, to) : to;
+    try {
+      await this._replaceLocal(source, track, 'switched');
+    } catch (cause) {
+      if (typeof to === 'string') track.stop();
+      throw this._reported(new RtcdError(ErrorCode.media_failed, `cannot switch the ${source}: ${describe(cause)}`, { cause }));
+    }
+    return track;
+  }
+
+  /** Whether the browser can choose the speaker (`setAudioOutput`; `HTMLMediaElement.setSinkId`). */
+  get audioOutputSupported(): boolean {
+    return audioOutputSupported();
+  }
+
+  /**
+   * Plays remote media on the speaker `deviceId` (from `devices.audiooutput`; `''` is the
+   * browser's default): every `<audio>` / `<video>` element of the document that shows a
+   * received track now, and each one the application shows later from its `track` handler
+   * (or hands to `attachAudioOutput`). Rejects with `audio_output_unsupported` where the
+   * browser cannot choose (`audioOutputSupported` false: Firefox ESR 115, Safari before 18).
+   */
+  async setAudioOutput(deviceId: string): Promise<void> {
+    if (!audioOutputSupported()) {
+      throw this._reported(new RtcdError(ErrorCode.audio_output_unsupported, 'this browser cannot choose the audio output (no HTMLMediaElement.setSinkId)'));
+    }
+    this.audioOutput = deviceId;
+    try {
+      await Promise.all(this._remoteMediaElements().map((el) => this.attachAudioOutput(el)));
+    } catch (cause) {
+      throw this._reported(new RtcdError(ErrorCode.media_failed, `cannot play on audio output ${deviceId}: ${describe(cause)}`, { cause }));
+    }
+    this.emit('audiooutput', { deviceId });
+  }
+
+  /** Plays `el` on the speaker chosen with `setAudioOutput` (nothing to do before, or
+   * where the browser cannot choose). */
+  async attachAudioOutput(el: HTMLMediaElement): Promise<void> {
+    if (this.audioOutput === null || !audioOutputSupported() || el.sinkId === this.audioOutput) return;
+    await el.setSinkId(this.audioOutput);
+  }
+
   /**
    * Mutes or unmutes a local source: the track stops producing media at once (`enabled`), and
    * the server is told so it stops forwarding and tells the others (`mute_changed`).
@@ -535,6 +674,9 @@ export class RtcdClient extends TypedEventTarget {
     this._leaving = true;
     this._e2ee.close();
     clearTimeout(this._retryTimer);
+    if (typeof navigator !== 'undefined' && navigator.mediaDevices?.removeEventListener) {
+      navigator.mediaDevices.removeEventListener('devicechange', this._onDeviceChange);
+    }
     if (this._ws && this._ws.readyState === WebSocket.OPEN) this._send({ type: 'leave' });
     for (const source of [...this.localTracks.keys()]) this._removeLocal(source);
     this._teardown();
@@ -801,6 +943,8 @@ export class RtcdClient extends TypedEventTarget {
     this._published.clear();
     this._paused.clear();
     this._health.clear();
+    this._quality.clear();
+    this.connectionQuality = null;
     if (this.route) {
       const previous = this.route;
       this.route = null;
@@ -972,6 +1116,7 @@ export class RtcdClient extends TypedEventTarget {
       case 'voice_activity': {
         const speakers = new Set(m.speakers);
         for (const p of this.participants.values()) p.speaking = speakers.has(p.identity);
+        this.activeSpeakers = [...speakers];
         this.emit('voiceactivity', { speakers: [...speakers] });
         return;
       }
@@ -1069,6 +1214,7 @@ export class RtcdClient extends TypedEventTarget {
         this._endRemote(mid, remote);
       }
     }
+    this._quality.forget(identity);
     if (this.participants.delete(identity)) this.emit('participantleft', { identity });
   }
 
@@ -1308,6 +1454,7 @@ export class RtcdClient extends TypedEventTarget {
     if (old && old !== track) old.stop();
     this.localTracks.set(source, track);
     if (this.muted.has(source)) track.enabled = false;
+    if (old !== track) this._watchDevice(source, track);
     this._attach(source, track);
     this.emit('localtrack', { source, track });
   }
@@ -1407,8 +1554,10 @@ export class RtcdClient extends TypedEventTarget {
     this._health.watch(mid, performance.now());
     this._participant(info.identity);
     this.emit('track', remote);
-    // The application usually shows it from its `track` handler: watch that element now.
+    // The application usually shows it from its `track` handler: watch that element now,
+    // and play it on the chosen speaker.
     this._scanViews();
+    this._applyAudioOutput();
     this._updateHealth();
   }
 
@@ -1418,6 +1567,124 @@ export class RtcdClient extends TypedEventTarget {
     this._health.forget(mid);
     this._viewsSent.delete(mid);
     this.emit('trackended', remote);
+  }
+
+  // ---- devices ------------------------------------------------------------------------------
+
+  /** Opens `source` on device `deviceId` (`''`: the browser's default); a camera asks for the previous camera's size, so
+   * the simulcast layers negotiated for it still fit. */
+  private async _openDevice(source: DeviceSource, deviceId: string): Promise<MediaStreamTrack> {
+    const constraints = (deviceId === '' ? {} : constraintsFor(deviceId)) as MediaTrackConstraints;
+    const previous = this.localTracks.get(source);
+    if (source === 'camera' && previous && typeof previous.getSettings === 'function') {
+      const { width, height } = previous.getSettings();
+      if (width && height) Object.assign(constraints, { width: { ideal: width }, height: { ideal: height } });
+    }
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia(source === 'camera' ? { video: constraints } : { audio: constraints });
+      const track = stream.getTracks()[0];
+      if (!track) throw new Error('no track');
+      return track;
+    } catch (cause) {
+      throw this._reported(new RtcdError(ErrorCode.media_failed, `cannot open ${kindOf(source)} ${deviceId}: ${describe(cause)}`, { cause }));
+    }
+  }
+
+  /**
+   * `track` now carries `source`: on the section already sending it, through
+   * `replaceTrack` (no offer: same kind, same section), else published anew.
+   */
+  private async _replaceLocal(source: DeviceSource, track: MediaStreamTrack, reason: 'switched' | 'fallback'): Promise<void> {
+    const previous = this.localTracks.get(source) ?? null;
+    if (previous === track) return;
+    if (!previous) {
+      this._addLocal(source, track);
+    } else {
+      const transceiver = this._transceivers.get(source);
+      if (this.muted.has(source)) track.enabled = false;
+      if (transceiver && this._pc && this._pc.signalingState !== 'closed' && transceiver.direction !== 'inactive') {
+        await transceiver.sender.replaceTrack(track);
+      }
+      this.localTracks.set(source, track);
+      this._watchDevice(source, track);
+      previous.stop();
+      this.emit('localtrack', { source, track });
+    }
+    this.emit('deviceswitched', { source, track, previous, deviceId: trackDeviceId(track), reason });
+  }
+
+  /** Follows the device `track` captures `source` from: when it ends without the SDK
+   * stopping it (unplugged, taken by the system), fall back to another device. */
+  private _watchDevice(source: TrackSource, track: MediaStreamTrack): void {
+    const device = deviceSource(source);
+    if (device) track.addEventListener('ended', () => void this._deviceEnded(device, track));
+  }
+
+  /** The device in use for `source` went away: capture from the default one (devices.ts
+   * `fallbackDevice`) and keep publishing; none left: the source stops. */
+  private async _deviceEnded(source: DeviceSource, track: MediaStreamTrack): Promise<void> {
+    if (this.localTracks.get(source) !== track || this._leaving) return;
+    const lost = trackDeviceId(track);
+    // The devices now; a browser that does not list them in time (or fails) leaves the last
+    // list to choose from: the fallback must not wait on it.
+    let devices = this.devices;
+    let timer = 0;
+    try {
+      devices = await Promise.race([
+        this.listDevices(),
+        new Promise<DeviceLists>((resolve) => { timer = window.setTimeout(() => resolve(this.devices), DEVICE_LIST_WAIT_MS); }),
+      ]);
+    } catch (cause) {
+      console.warn(`rtcd: cannot list devices: ${describe(cause)}`);
+    } finally {
+      clearTimeout(timer);
+    }
+    // Never listed: the browser's default device of that kind.
+    const fallback = devices[kindOf(source)].length === 0 ? '' : fallbackDevice(source, devices, lost);
+    this.emit('devicelost', { source, deviceId: lost, fallback });
+    if (this.localTracks.get(source) !== track) return;
+    if (fallback === null) {
+      this._removeLocal(source);
+      this._reported(new RtcdError(ErrorCode.media_failed, `the ${source} went away and no other ${kindOf(source)} is left`));
+      return;
+    }
+    let next: MediaStreamTrack;
+    try {
+      next = await this._openDevice(source, fallback);
+    } catch {
+      // Reported by _openDevice.
+      this._removeLocal(source);
+      return;
+    }
+    if (this.localTracks.get(source) !== track) {
+      next.stop();
+      return;
+    }
+    try {
+      await this._replaceLocal(source, next, 'fallback');
+    } catch (cause) {
+      next.stop();
+      this._reported(new RtcdError(ErrorCode.media_failed, `cannot fall back to ${kindOf(source)} ${fallback}: ${describe(cause)}`, { cause }));
+    }
+  }
+
+  /** The `<audio>` / `<video>` elements of the document showing a received track. */
+  private _remoteMediaElements(): HTMLMediaElement[] {
+    if (typeof document === 'undefined') return [];
+    const remote = new Set<MediaStreamTrack>();
+    for (const r of this.remoteTracks.values()) remote.add(r.track);
+    return [...document.querySelectorAll<HTMLMediaElement>('audio, video')].filter((el) => {
+      const src = el.srcObject;
+      return src instanceof MediaStream && src.getTracks().some((t) => remote.has(t));
+    });
+  }
+
+  /** Applies the chosen speaker to the elements showing received tracks now. */
+  private _applyAudioOutput(): void {
+    if (this.audioOutput === null) return;
+    for (const el of this._remoteMediaElements()) {
+      this.attachAudioOutput(el).catch((cause: unknown) => console.warn(`rtcd: cannot set the audio output: ${describe(cause)}`));
+    }
   }
 
   // ---- adaptive stream ----------------------------------------------------------------------
@@ -1541,24 +1808,93 @@ export class RtcdClient extends TypedEventTarget {
     for (const t of pc.getTransceivers()) if (t.mid != null) midByTrack.set(t.receiver.track.id, t.mid);
     const inbound: InboundReading[] = [];
     const outboundLoss: number[] = [];
+    const counters: InboundCounters[] = [];
+    const uplink: UplinkReport[] = [];
     this._updateRoute(report);
     report.forEach((s: StatsEntry) => {
       if (s.type === 'inbound-rtp') {
         const mid = s.mid ?? (s.trackIdentifier === undefined ? undefined : midByTrack.get(s.trackIdentifier));
         if (mid == null) return;
-        inbound.push({
+        const reading = {
           mid: String(mid),
           video: s.kind === 'video',
           packetsReceived: s.packetsReceived || 0,
           packetsLost: s.packetsLost || 0,
           framesDecoded: s.framesDecoded || 0,
-        });
+        };
+        inbound.push(reading);
+        const remote = this.remoteTracks.get(reading.mid);
+        if (remote && !this._excused(reading.mid, remote)) counters.push({ ...reading, identity: remote.identity, jitter: s.jitter || 0 });
       } else if (s.type === 'remote-inbound-rtp') {
         outboundLoss.push(s.fractionLost || 0);
+        uplink.push({
+          fractionLost: s.fractionLost || 0,
+          jitter: s.jitter || 0,
+          roundTripTime: s.roundTripTime ?? null,
+          packetsReceived: s.packetsReceived ?? null,
+        });
       }
     });
-    this._health.read(inbound, outboundLoss, performance.now());
+    const now = performance.now();
+    this._health.read(inbound, outboundLoss, now);
     this._updateHealth();
+    this._updateQuality(pc, report, counters, uplink, now);
+  }
+
+  /** Whether nothing is expected on `mid` now: its publisher muted it, or the media server
+   * paused it. */
+  private _excused(mid: string, remote: RemoteTrack): boolean {
+    return Boolean(this.participants.get(remote.identity)?.muted[remote.source]) || this._paused.has(mid);
+  }
+
+  /** Judges connection quality from one reading (quality.ts) and emits what changed. */
+  private _updateQuality(pc: RTCPeerConnection, report: RTCStatsReport, counters: InboundCounters[], uplink: UplinkReport[], now: number): void {
+    const self = this.session?.identity ?? '';
+    let pairRtt: number | null = null;
+    report.forEach((s: StatsEntry) => {
+      if (s.type === 'candidate-pair' && s.currentRoundTripTime !== undefined && (s.selected || s.localCandidateId === this._selectedLocal(report))) {
+        pairRtt = s.currentRoundTripTime;
+      }
+    });
+    // Connected: judged from the reading. Disconnected or failed: this client is `lost`.
+    // Not connected yet: nothing to judge.
+    const down = pc.connectionState === 'disconnected' || pc.connectionState === 'failed';
+    let changes: QualityChange[] = [];
+    if (pc.connectionState === 'connected') {
+      changes = this._quality.read(self, counters, uplink, pairRtt, now);
+    } else if (down) {
+      const change = this._quality.judge(self, true, { loss: 0, jitterMs: 0, rttMs: null, framesPerSecond: null, packets: 0 }, now);
+      if (change) changes = [change];
+    }
+    // Participants with nothing expected any more have no level.
+    const expected = new Set(counters.map((c) => c.identity));
+    for (const p of this.participants.values()) {
+      if (!expected.has(p.identity) && p.quality !== undefined) {
+        this._quality.forget(p.identity);
+        delete p.quality;
+      }
+    }
+    for (const change of changes) {
+      if (change.local) {
+        this.connectionQuality = change.quality;
+      } else {
+        const participant = this.participants.get(change.identity);
+        if (!participant) continue;
+        participant.quality = change.quality;
+      }
+      this.emit('connectionquality', change);
+    }
+  }
+
+  /** The local candidate id of the selected pair (Chromium's transport stats), if any. */
+  private _selectedLocal(report: RTCStatsReport): string | undefined {
+    let id: string | undefined;
+    report.forEach((s: StatsEntry) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) {
+        id = (report.get(s.selectedCandidatePairId) as StatsEntry | undefined)?.localCandidateId;
+      }
+    });
+    return id;
   }
 
   /**

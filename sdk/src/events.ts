@@ -2,7 +2,9 @@
 // `addEventListener` / `on` know it. The events stay plain `CustomEvent`s with the names and
 // `detail` shapes of docs/web-client.md, so untyped JavaScript code keeps working unchanged.
 
+import type { Device, DeviceLists, DeviceSource } from './devices.js';
 import type { RtcdError } from './errors.js';
+import type { ConnectionQuality, QualityChange } from './quality.js';
 import type { JoinedInfo, Permissions, TrackSource } from './protocol.js';
 
 /** Signaling state (`client.state`). */
@@ -32,6 +34,9 @@ export interface Participant {
   muted: Partial<Record<TrackSource, boolean>>;
   speaking: boolean;
   media: RemoteMediaState;
+  /** Their connection as received here (event `connectionquality`); absent while nothing of
+   * theirs is expected (a listener, all muted or paused) or before the first judgement. */
+  quality?: ConnectionQuality;
 }
 
 /** A received track, by the mid of its section (`client.remoteTracks`, event `track`). */
@@ -119,6 +124,22 @@ export interface ClientEventMap {
   lobbyleft: { identity: string; outcome: string };
   recordingstarted: Recording;
   recordingstopped: { recordingId: string; reason: string };
+  connectionquality: QualityChange;
+  deviceschanged: { devices: DeviceLists; added: Device[]; removed: Device[] };
+  deviceswitched: DeviceSwitch;
+  devicelost: { source: DeviceSource; deviceId: string | null; fallback: string | null };
+  audiooutput: { deviceId: string };
+}
+
+/** A local source now captures from another device or track (event `deviceswitched`):
+ * `switched` by the application, `fallback` after the device in use went away. */
+export interface DeviceSwitch {
+  source: DeviceSource;
+  track: MediaStreamTrack;
+  previous: MediaStreamTrack | null;
+  /** The device the new track captures from (null: not a device, e.g. a canvas track). */
+  deviceId: string | null;
+  reason: 'switched' | 'fallback';
 }
 
 export type ClientEventName = keyof ClientEventMap;

@@ -54,7 +54,7 @@ export type CloseLabel = keyof typeof CloseCode;
 /**
  * Every `error.code` the proxy sends that is not also a close label (section 4), plus the
  * codes this SDK raises itself (`connection_failed`, `media_failed`, `negotiation_failed`,
- * `ice_servers_rejected`).
+ * `ice_servers_rejected`, `audio_output_unsupported`).
  */
 export const ErrorCode = Object.freeze({
   media_unavailable: 'media_unavailable',
@@ -78,6 +78,9 @@ export const ErrorCode = Object.freeze({
   /** The browser refused an SDP or candidate, a peer connection step did not settle in
    * time, or no answer came: the SDK reconnects (a new session, a new peer connection). */
   negotiation_failed: 'negotiation_failed',
+  /** `setAudioOutput`: this browser cannot choose where media plays (no
+   * `HTMLMediaElement.setSinkId`). */
+  audio_output_unsupported: 'audio_output_unsupported',
   /** The browser refused the TURN servers of an `ice_servers` message (setConfiguration). */
   ice_servers_rejected: 'ice_servers_rejected',
   /** (`moderate`) the identity has no session in the room. */
