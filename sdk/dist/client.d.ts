@@ -437,11 +437,7 @@ export declare class RtcdClient extends TypedEventTarget {
     /** Judges connection quality from one reading (quality.ts) and emits what changed. */
     private _updateQuality;
     /** The local candidate id of the selected pair (Chromium's transport stats), if any. */
-    private _selectedLocal;
-    /**
-     * The media path from the selected candidate pair (Chromium: the transport's
-     * `selectedCandidatePairId`; Firefox: the pair marked `selected`).
-     */
+    /** The media path from the selected candidate pair (`selectedPair`). */
     private _updateRoute;
     /** Recomputes the local media state and every participant's (health.ts). */
     private _updateHealth;

@@ -1726,7 +1726,8 @@ export class RtcdClient extends TypedEventTarget {
         const outboundLoss = [];
         const counters = [];
         const uplink = [];
-        this._updateRoute(report);
+        const pair = selectedPair(report);
+        this._updateRoute(report, pair);
         report.forEach((s) => {
             if (s.type === 'inbound-rtp') {
                 const mid = s.mid ?? (s.trackIdentifier === undefined ? undefined : midByTrack.get(s.trackIdentifier));
@@ -1757,7 +1758,7 @@ export class RtcdClient extends TypedEventTarget {
         const now = performance.now();
         this._health.read(inbound, outboundLoss, now);
         this._updateHealth();
-        this._updateQuality(pc, report, counters, uplink, now);
+        this._updateQuality(pc, pair?.currentRoundTripTime ?? null, counters, uplink, now);
     }
     /** Whether nothing is expected on `mid` now: its publisher muted it, or the media server
      * paused it. */
@@ -1765,14 +1766,8 @@ export class RtcdClient extends TypedEventTarget {
         return Boolean(this.participants.get(remote.identity)?.muted[remote.source]) || this._paused.has(mid);
     }
     /** Judges connection quality from one reading (quality.ts) and emits what changed. */
-    _updateQuality(pc, report, counters, uplink, now) {
+    _updateQuality(pc, pairRtt, counters, uplink, now) {
         const self = this.session?.identity ?? '';
-        let pairRtt = null;
-        report.forEach((s) => {
-            if (s.type === 'candidate-pair' && s.currentRoundTripTime !== undefined && (s.selected || s.localCandidateId === this._selectedLocal(report))) {
-                pairRtt = s.currentRoundTripTime;
-            }
-        });
         // Connected: judged from the reading. Disconnected or failed: this client is `lost`.
         // Not connected yet: nothing to judge.
         const down = pc.connectionState === 'disconnected' || pc.connectionState === 'failed';
@@ -1807,31 +1802,8 @@ export class RtcdClient extends TypedEventTarget {
         }
     }
     /** The local candidate id of the selected pair (Chromium's transport stats), if any. */
-    _selectedLocal(report) {
-        let id;
-        report.forEach((s) => {
-            if (s.type === 'transport' && s.selectedCandidatePairId) {
-                id = report.get(s.selectedCandidatePairId)?.localCandidateId;
-            }
-        });
-        return id;
-    }
-    /**
-     * The media path from the selected candidate pair (Chromium: the transport's
-     * `selectedCandidatePairId`; Firefox: the pair marked `selected`).
-     */
-    _updateRoute(report) {
-        let pair;
-        report.forEach((s) => {
-            if (s.type === 'transport' && s.selectedCandidatePairId)
-                pair = report.get(s.selectedCandidatePairId) ?? pair;
-        });
-        if (!pair) {
-            report.forEach((s) => {
-                if (s.type === 'candidate-pair' && s.selected)
-                    pair = s;
-            });
-        }
+    /** The media path from the selected candidate pair (`selectedPair`). */
+    _updateRoute(report, pair) {
         const local = pair?.localCandidateId === undefined ? undefined : report.get(pair.localCandidateId);
         const address = local?.address || local?.ip;
         const route = local ? {
@@ -1880,6 +1852,23 @@ export class RtcdClient extends TypedEventTarget {
     }
 }
 /** `ws(s)://<this page's host>/ws`. */
+/** The candidate pair the media goes over, read once per stats reading for the route and the
+ * round trip (Chromium: the transport's `selectedCandidatePairId`; Firefox: the pair marked
+ * `selected`). */
+function selectedPair(report) {
+    let pair;
+    report.forEach((s) => {
+        if (s.type === 'transport' && s.selectedCandidatePairId)
+            pair = report.get(s.selectedCandidatePairId) ?? pair;
+    });
+    if (!pair) {
+        report.forEach((s) => {
+            if (s.type === 'candidate-pair' && s.selected)
+                pair = s;
+        });
+    }
+    return pair;
+}
 function defaultUrl() {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     return `${scheme}//${location.host}/ws`;

@@ -1810,7 +1810,8 @@ export class RtcdClient extends TypedEventTarget {
     const outboundLoss: number[] = [];
     const counters: InboundCounters[] = [];
     const uplink: UplinkReport[] = [];
-    this._updateRoute(report);
+    const pair = selectedPair(report);
+    this._updateRoute(report, pair);
     report.forEach((s: StatsEntry) => {
       if (s.type === 'inbound-rtp') {
         const mid = s.mid ?? (s.trackIdentifier === undefined ? undefined : midByTrack.get(s.trackIdentifier));
@@ -1838,7 +1839,7 @@ export class RtcdClient extends TypedEventTarget {
     const now = performance.now();
     this._health.read(inbound, outboundLoss, now);
     this._updateHealth();
-    this._updateQuality(pc, report, counters, uplink, now);
+    this._updateQuality(pc, pair?.currentRoundTripTime ?? null, counters, uplink, now);
   }
 
   /** Whether nothing is expected on `mid` now: its publisher muted it, or the media server
@@ -1848,14 +1849,8 @@ export class RtcdClient extends TypedEventTarget {
   }
 
   /** Judges connection quality from one reading (quality.ts) and emits what changed. */
-  private _updateQuality(pc: RTCPeerConnection, report: RTCStatsReport, counters: InboundCounters[], uplink: UplinkReport[], now: number): void {
+  private _updateQuality(pc: RTCPeerConnection, pairRtt: number | null, counters: InboundCounters[], uplink: UplinkReport[], now: number): void {
     const self = this.session?.identity ?? '';
-    let pairRtt: number | null = null;
-    report.forEach((s: StatsEntry) => {
-      if (s.type === 'candidate-pair' && s.currentRoundTripTime !== undefined && (s.selected || s.localCandidateId === this._selectedLocal(report))) {
-        pairRtt = s.currentRoundTripTime;
-      }
-    });
     // Connected: judged from the reading. Disconnected or failed: this client is `lost`.
     // Not connected yet: nothing to judge.
     const down = pc.connectionState === 'disconnected' || pc.connectionState === 'failed';
@@ -1887,30 +1882,8 @@ export class RtcdClient extends TypedEventTarget {
   }
 
   /** The local candidate id of the selected pair (Chromium's transport stats), if any. */
-  private _selectedLocal(report: RTCStatsReport): string | undefined {
-    let id: string | undefined;
-    report.forEach((s: StatsEntry) => {
-      if (s.type === 'transport' && s.selectedCandidatePairId) {
-        id = (report.get(s.selectedCandidatePairId) as StatsEntry | undefined)?.localCandidateId;
-      }
-    });
-    return id;
-  }
-
-  /**
-   * The media path from the selected candidate pair (Chromium: the transport's
-   * `selectedCandidatePairId`; Firefox: the pair marked `selected`).
-   */
-  private _updateRoute(report: RTCStatsReport): void {
-    let pair: StatsEntry | undefined;
-    report.forEach((s: StatsEntry) => {
-      if (s.type === 'transport' && s.selectedCandidatePairId) pair = (report.get(s.selectedCandidatePairId) as StatsEntry | undefined) ?? pair;
-    });
-    if (!pair) {
-      report.forEach((s: StatsEntry) => {
-        if (s.type === 'candidate-pair' && s.selected) pair = s;
-      });
-    }
+  /** The media path from the selected candidate pair (`selectedPair`). */
+  private _updateRoute(report: RTCStatsReport, pair: StatsEntry | undefined): void {
     const local = pair?.localCandidateId === undefined ? undefined : report.get(pair.localCandidateId) as StatsEntry | undefined;
     const address = local?.address || local?.ip;
     const route: Route | null = local ? {
@@ -1959,6 +1932,22 @@ export class RtcdClient extends TypedEventTarget {
 }
 
 /** `ws(s)://<this page's host>/ws`. */
+/** The candidate pair the media goes over, read once per stats reading for the route and the
+ * round trip (Chromium: the transport's `selectedCandidatePairId`; Firefox: the pair marked
+ * `selected`). */
+function selectedPair(report: RTCStatsReport): StatsEntry | undefined {
+  let pair: StatsEntry | undefined;
+  report.forEach((s: StatsEntry) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = (report.get(s.selectedCandidatePairId) as StatsEntry | undefined) ?? pair;
+  });
+  if (!pair) {
+    report.forEach((s: StatsEntry) => {
+      if (s.type === 'candidate-pair' && s.selected) pair = s;
+    });
+  }
+  return pair;
+}
+
 function defaultUrl(): string {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   return `${scheme}//${location.host}/ws`;
