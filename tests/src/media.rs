@@ -876,26 +876,20 @@ impl Participant {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let padding = "x".repeat(pad);
-            let mut plis_seen = 0;
-            // Payload type and audio level extension id as negotiated, looked up again after
-            // every answer (rtc drops packets that carry anything else).
+            let mut turn = SendTurn::default();
+            // Payload type and audio level extension id as negotiated.
             let mut wire = None;
-            let mut negotiations_seen = u64::MAX;
             while !st.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let Some(shared) = shared.upgrade() else {
+                let Some(news) = turn.look(&shared) else {
                     break;
                 };
-                let negotiations = shared.negotiations.load(Ordering::Relaxed);
-                if negotiations != negotiations_seen {
-                    negotiations_seen = negotiations;
+                if news.renegotiated {
                     wire = wire_format(s.as_ref(), &codec).await;
                 }
                 // Video is a keyframe every KEYFRAME_EVERY packets and right after a PLI, as an
                 // encoder would send it: an SFU may hold a new subscriber's video until one.
-                let plis = shared.plis.load(Ordering::Relaxed);
-                let keyframe = n.is_multiple_of(KEYFRAME_EVERY) || plis != plis_seen;
-                plis_seen = plis;
+                let keyframe = n.is_multiple_of(KEYFRAME_EVERY) || news.pli;
                 let mut payload = if audio {
                     Vec::new()
                 } else {
@@ -916,7 +910,7 @@ impl Participant {
                         payload: Bytes::from(payload),
                     };
                     if audio && let Some(id) = level_id {
-                        let level = shared.audio_level.load(Ordering::Relaxed);
+                        let level = news.audio_level;
                         let ext = AudioLevelExtension {
                             level,
                             voice: level < 127,
@@ -925,7 +919,6 @@ impl Participant {
                             let _ = packet.header.set_extension(id, data.freeze());
                         }
                     }
-                    drop(shared);
                     let _ = track.write_rtp(packet).await;
                 }
                 n += 1;
@@ -1011,22 +1004,18 @@ impl Participant {
             let mut tick = tokio::time::interval(clip.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let (mut seq, mut timestamp) = (0u16, 0u32);
-            let mut wire = None;
-            let mut negotiations_seen = u64::MAX;
+            let (mut wire, mut turn) = (None, SendTurn::default());
             for frame in clip.frames.iter().cycle() {
                 if st.load(Ordering::Relaxed) {
                     break;
                 }
                 tick.tick().await;
-                let Some(shared) = shared.upgrade() else {
+                let Some(news) = turn.look(&shared) else {
                     break;
                 };
-                let negotiations = shared.negotiations.load(Ordering::Relaxed);
-                if negotiations != negotiations_seen {
-                    negotiations_seen = negotiations;
+                if news.renegotiated {
                     wire = wire_format(s.as_ref(), &codec).await;
                 }
-                drop(shared);
                 let payloads = if clip.video {
                     payloader.payload(1200, frame).unwrap_or_default()
                 } else {
@@ -1079,21 +1068,16 @@ impl Participant {
             let mut n: u64 = 0;
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let (mut wire, mut negotiations_seen, mut plis_seen) = (None, u64::MAX, 0);
+            let (mut wire, mut turn) = (None, SendTurn::default());
             while !st.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let Some(shared) = shared.upgrade() else {
+                let Some(news) = turn.look(&shared) else {
                     break;
                 };
-                let negotiations = shared.negotiations.load(Ordering::Relaxed);
-                if negotiations != negotiations_seen {
-                    negotiations_seen = negotiations;
+                if news.renegotiated {
                     wire = wire_format(s.as_ref(), &codec).await;
                 }
-                let plis = shared.plis.load(Ordering::Relaxed);
-                let keyframe = n.is_multiple_of(KEYFRAME_EVERY) || plis != plis_seen;
-                plis_seen = plis;
-                drop(shared);
+                let keyframe = n.is_multiple_of(KEYFRAME_EVERY) || news.pli;
                 if let Some((payload_type, _)) = wire {
                     let mut payload = vec![0x10];
                     payload.extend(e2ee_frame(ssrc, n as u32, keyframe));
@@ -1180,23 +1164,18 @@ impl Participant {
             let mut n: u64 = 0;
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let (mut wire, mut negotiations_seen, mut plis_seen) = (None, u64::MAX, 0);
+            let (mut wire, mut turn) = (None, SendTurn::default());
             let mut ids: Option<(u8, u8, String)> = None;
             while !st.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let Some(shared) = shared.upgrade() else {
+                let Some(news) = turn.look(&shared) else {
                     break;
                 };
-                let negotiations = shared.negotiations.load(Ordering::Relaxed);
-                if negotiations != negotiations_seen {
-                    negotiations_seen = negotiations;
+                if news.renegotiated {
                     wire = wire_format(s.as_ref(), &codec).await;
                     ids = simulcast_ids(&pc, s.as_ref(), transceiver_id).await;
                 }
-                let plis = shared.plis.load(Ordering::Relaxed);
-                let keyframe = n.is_multiple_of(KEYFRAME_EVERY) || plis != plis_seen;
-                plis_seen = plis;
-                drop(shared);
+                let keyframe = n.is_multiple_of(KEYFRAME_EVERY) || news.pli;
                 if let (Some((payload_type, _)), Some((mid_id, rid_id, mid))) = (wire, &ids) {
                     for (((rid, size), ssrc), layer) in LAYERS.iter().zip(&layers).zip(0u16..) {
                         // X, I with a 15-bit picture ID, each layer its own numbering.
@@ -1655,6 +1634,48 @@ fn next_ssrc() -> u32 {
 
 /// The payload type of `codec` and the audio level extension id (if negotiated) on `sender`'s
 /// section; `None` while the sender has no such codec.
+/// What a test peer's sending loop learns from its participant before each packet: whether a
+/// negotiation happened since the last look (the wire format must then be read again: rtc
+/// drops packets that carry anything else) and whether a PLI came in since (an encoder answers
+/// with a keyframe), and the audio level its audio is to carry. `look` is `None` once the
+/// participant is gone, which ends the loop.
+struct SendTurn {
+    negotiations_seen: u64,
+    plis_seen: u64,
+}
+
+/// One [`SendTurn::look`]'s news.
+struct SendNews {
+    renegotiated: bool,
+    pli: bool,
+    audio_level: u8,
+}
+
+impl Default for SendTurn {
+    fn default() -> Self {
+        // No negotiation seen yet: the first look reads the wire format.
+        Self {
+            negotiations_seen: u64::MAX,
+            plis_seen: 0,
+        }
+    }
+}
+
+impl SendTurn {
+    fn look(&mut self, shared: &Weak<Shared>) -> Option<SendNews> {
+        let shared = shared.upgrade()?;
+        let negotiations = shared.negotiations.load(Ordering::Relaxed);
+        let plis = shared.plis.load(Ordering::Relaxed);
+        let news = SendNews {
+            renegotiated: negotiations != self.negotiations_seen,
+            pli: plis != self.plis_seen,
+            audio_level: shared.audio_level.load(Ordering::Relaxed),
+        };
+        (self.negotiations_seen, self.plis_seen) = (negotiations, plis);
+        Some(news)
+    }
+}
+
 async fn wire_format(sender: &dyn RtpSender, codec: &RTCRtpCodec) -> Option<(u8, Option<u8>)> {
     let params = sender.get_parameters().await.ok()?;
     let codecs = &params.rtp_parameters.codecs;

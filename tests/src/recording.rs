@@ -3,6 +3,7 @@
 //! two webrtc-rs publishers sending real Opus and VP8 ([`Clip`]), rtcd's gRPC room service to
 //! start and read recordings, and ffmpeg / ffprobe to judge the files.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -128,33 +129,38 @@ pub async fn decode_errors(file: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stderr).trim().to_owned())
 }
 
-/// The time of the file's last packet (seconds): how much media it holds. After a kill the
-/// header's Duration is a placeholder; the packets are what plays.
-pub async fn last_packet_seconds(file: &Path) -> anyhow::Result<f64> {
+/// What Debian's ffprobe prints on stdout for `args` and the `input` (a file, or a graph
+/// after `-f lavfi`), quiet but for errors; its stderr is the error when it fails.
+pub async fn ffprobe(args: &[&str], input: impl AsRef<OsStr>) -> anyhow::Result<String> {
+    let input = input.as_ref();
     let out = tokio::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "packet=pts_time",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(file)
+        .args(["-v", "error"])
+        .args(args)
+        .arg(input)
         .output()
         .await
         .context("running ffprobe")?;
     ensure!(
         out.status.success(),
         "ffprobe {}: {}",
-        file.display(),
+        input.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().trim_end_matches(',').parse::<f64>().ok())
-        .reduce(f64::max)
-        .with_context(|| format!("{}: no packets", file.display()))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The time of the file's last packet (seconds): how much media it holds. After a kill the
+/// header's Duration is a placeholder; the packets are what plays.
+pub async fn last_packet_seconds(file: &Path) -> anyhow::Result<f64> {
+    ffprobe(
+        &["-show_entries", "packet=pts_time", "-of", "csv=p=0"],
+        file,
+    )
+    .await?
+    .lines()
+    .filter_map(|l| l.trim().trim_end_matches(',').parse::<f64>().ok())
+    .reduce(f64::max)
+    .with_context(|| format!("{}: no packets", file.display()))
 }
 
 /// The track files (`*.webm`) in a recording's directory, by name.

@@ -13,6 +13,7 @@ use anyhow::{Context as _, ensure};
 use rtcd::sfu::{CallId, TenantId};
 use rtcd_e2e::browser::{BROWSER_STEP, BrowserKind};
 use rtcd_e2e::netns;
+use rtcd_e2e::recording::{decode_errors, ffprobe};
 use rtcd_recording::manifest::{Manifest, Source, State, StopReason};
 use serde_json::json;
 
@@ -23,25 +24,17 @@ const TENANT: &str = "dev-proxy";
 
 /// What ffprobe says of a file: its first stream's codec and the file's duration.
 async fn probe(file: &Path) -> anyhow::Result<(String, f64)> {
-    let out = tokio::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
+    let out = ffprobe(
+        &[
             "-show_entries",
             "stream=codec_name:format=duration",
-        ])
-        .args(["-of", "json"])
-        .arg(file)
-        .output()
-        .await
-        .context("running ffprobe")?;
-    ensure!(
-        out.status.success(),
-        "ffprobe {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            "-of",
+            "json",
+        ],
+        file,
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
     let codec = v["streams"][0]["codec_name"]
         .as_str()
         .unwrap_or_default()
@@ -51,18 +44,6 @@ async fn probe(file: &Path) -> anyhow::Result<(String, f64)> {
         .and_then(|d| d.parse::<f64>().ok())
         .unwrap_or(0.0);
     Ok((codec, duration))
-}
-
-/// Decodes the whole file; what ffmpeg reports at level `error` (nothing for a clean file).
-async fn decode_errors(file: &Path) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-i"])
-        .arg(file)
-        .args(["-f", "null", "-"])
-        .output()
-        .await
-        .context("running ffmpeg")?;
-    Ok(String::from_utf8_lossy(&out.stderr).trim().to_owned())
 }
 
 /// When, in seconds after the recording started, each step of the scenario happened.
@@ -277,19 +258,17 @@ async fn recorded_call() -> anyhow::Result<()> {
     let composed = Instant::now();
     rtcd_recording::compose::run(&recording, &options)?;
     eprintln!("composed in {:.1} s", composed.elapsed().as_secs_f64());
-    let out = tokio::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
+    let out = ffprobe(
+        &[
             "-show_entries",
             "stream=codec_type:format=duration",
             "-of",
             "json",
-        ])
-        .arg(&composite)
-        .output()
-        .await?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        ],
+        &composite,
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
     let kinds: Vec<&str> = v["streams"]
         .as_array()
         .into_iter()

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use rtcd::sfu::{CallId, TenantId};
 use rtcd_e2e::netns::{self, LAN_ADDR};
+use rtcd_e2e::recording::ffprobe;
 use rtcd_recording::manifest::{ClockSource, Manifest, Source, State, StopReason, Track};
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt as _;
@@ -190,20 +191,14 @@ async fn frames(
         .context("a recording path that is not UTF-8")?;
     ensure!(!path.contains('\''), "a quote in {path}");
     let graph = format!("{source}='{path}',{filters}");
-    let out = tokio::process::Command::new("ffprobe")
-        .args(["-v", "error", "-f", "lavfi", "-i", &graph])
-        .args(["-show_entries", &format!("frame=pts_time:frame_tags={tag}")])
-        .args(["-of", "csv=p=0"])
-        .output()
-        .await
-        .context("running ffprobe")?;
-    ensure!(
-        out.status.success(),
-        "ffprobe {graph}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let entries = format!("frame=pts_time:frame_tags={tag}");
+    let out = ffprobe(
+        &["-f", "lavfi", "-show_entries", &entries, "-of", "csv=p=0"],
+        &graph,
+    )
+    .await?;
     let mut frames = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in out.lines() {
         let mut fields = line.split(',');
         let (Some(t), Some(v)) = (fields.next(), fields.next()) else {
             continue;
