@@ -713,9 +713,38 @@ impl BrowserPage {
         }
         let shown = self.dataset().await.unwrap_or(Value::Null);
         bail!(
-            "{}: `{condition}` still false after {timeout:?}; body data {shown}",
-            self.kind()
+            "{}: `{condition}` still false after {timeout:?}; body data {shown}{}",
+            self.kind(),
+            self.diagnosis().await
         );
+    }
+
+    /// What a failed wait reports beyond the body's data: the document's load state, the
+    /// SDK's states, the resources that failed to load, console errors and warnings and
+    /// uncaught page errors (a page whose script never ran shows only its HTML's data).
+    async fn diagnosis(&self) -> String {
+        let page = self
+            .eval(
+                "const failed = performance.getEntriesByType('resource')\
+                   .filter((r) => r.responseStatus >= 400 || r.transferSize === 0 && r.decodedBodySize === 0)\
+                   .map((r) => `${r.name} ${r.responseStatus || ''} ${Math.round(r.duration)} ms`);\
+                 const c = window.rtcd;\
+                 return { readyState: document.readyState, sdk: c ? c.state : null,\
+                   media: c ? c.mediaState : null, failedResources: failed };",
+                json!([]),
+            )
+            .await
+            .unwrap_or_else(|e| json!(format!("unreadable: {e:#}")));
+        let mut out = format!("; page {page}");
+        if let Ok(entries) = self.console().await {
+            for e in entries.iter().filter(|e| e.level == "SEVERE" || e.level == "WARNING") {
+                out.push_str(&format!("; console {} {}", e.level, e.message));
+            }
+        }
+        for e in self.page_errors().await.unwrap_or_default() {
+            out.push_str(&format!("; {e}"));
+        }
+        out
     }
 
     /// Waits until `document.body.dataset.state` is `state`.
