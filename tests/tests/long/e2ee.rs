@@ -20,6 +20,9 @@ use crate::calls::{Call, conclude, scaled};
 /// the SDK derives the AES-GCM key from it with HKDF (docs/e2ee.md, "Derived keys").
 const MATERIAL: &str = "the platform's secret for room e2ee-call";
 
+/// The key material of the rotation (key index 1).
+const NEXT_MATERIAL: &str = "the platform's next secret for room e2ee-call";
+
 /// rtcd-dev in the LAN namespace with `room` marked end-to-end encrypted.
 async fn encrypted_stack(room: &str) -> anyhow::Result<(tempfile::TempDir, rtcd_dev::DevStack)> {
     rtcd_e2e::init_logs();
@@ -142,7 +145,7 @@ async fn received_video(page: &BrowserPage) -> anyhow::Result<Vec<(u64, u64)>> {
 
 /// Chromium and Firefox in an encrypted room with the same key see and hear each other (every
 /// remote track flows in every window of the hold, `flow::`), while a third page (Chromium)
-/// that joins without the key decodes nothing.
+/// that joins without the key decodes nothing; then they rotate to a new key mid-call.
 ///
 /// How the test shows that the server never had plaintext: the keyless page is a view of
 /// exactly what rtcd forwards (the receiver transform gets each frame as it was reassembled
@@ -207,6 +210,7 @@ async fn scenario(call: &mut Call) -> anyhow::Result<()> {
     outcome?;
 
     call.hold(scaled(10)).await?;
+    rotate_keys(call, &[alice, bob]).await?;
     for id in [alice, bob] {
         let state = e2ee_state(&call.pages[id]).await?;
         eprintln!("{} at the end: {state}", call.names[id]);
@@ -219,6 +223,58 @@ async fn scenario(call: &mut Call) -> anyhow::Result<()> {
             count(&state, "/stats/decryptFailed/not_encrypted") == 0
                 && count(&state, "/stats/decryptFailed/authentication_failed") == 0,
             "{}: received frames that were not encrypted or did not authenticate: {state}",
+            call.names[id]
+        );
+    }
+    Ok(())
+}
+
+/// The rotation docs/e2ee.md describes, mid-call: every page gets key 1, then sends with it,
+/// then forgets key 0. Media flows in every window throughout (`hold`), and once key 0 is gone
+/// no page meets a frame under a key it lacks: everything was re-encrypted under key 1.
+async fn rotate_keys(call: &mut Call, ids: &[usize]) -> anyhow::Result<()> {
+    let step = |script: &'static str| {
+        format!(
+            "const done = arguments[arguments.length - 1];
+             Promise.resolve().then(() => {script}).then(() => done('ok'), (e) => done(String(e)));"
+        )
+    };
+    let run = async |call: &Call, script: &'static str, arg: Value| -> anyhow::Result<()> {
+        for &id in ids {
+            let outcome = call.pages[id].eval_async(&step(script), arg.clone()).await?;
+            ensure!(outcome == json!("ok"), "{}: `{script}`: {outcome}", call.names[id]);
+        }
+        Ok(())
+    };
+    run(
+        call,
+        "window.rtcd.setE2eeKey(1, arguments[0], { derive: true })",
+        json!([NEXT_MATERIAL]),
+    )
+    .await?;
+    call.hold(scaled(5)).await?;
+    run(call, "window.rtcd.useE2eeKey(1)", json!([])).await?;
+    call.hold(scaled(5)).await?;
+    run(call, "window.rtcd.removeE2eeKey(0)", json!([])).await?;
+    // Frames in flight under key 0 when it went may still count; from here on none may.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut before = Vec::new();
+    for &id in ids {
+        before.push(e2ee_state(&call.pages[id]).await?);
+    }
+    call.hold(scaled(10)).await?;
+    for (&id, before) in ids.iter().zip(before) {
+        let after = e2ee_state(&call.pages[id]).await?;
+        eprintln!("{} after the rotation: {after}", call.names[id]);
+        let grew = |path: &str| count(&after, path).saturating_sub(count(&before, path));
+        ensure!(
+            grew("/stats/decryptFailed/unknown_key") == 0,
+            "{}: frames under a removed key after the rotation: {before} -> {after}",
+            call.names[id]
+        );
+        ensure!(
+            grew("/stats/decrypted") > 100 && grew("/stats/encrypted") > 100,
+            "{}: too few frames under the new key: {before} -> {after}",
             call.names[id]
         );
     }
