@@ -198,6 +198,7 @@ async fn scenario(call: &mut Call, kind: BrowserKind) -> anyhow::Result<()> {
             call.names[id]
         );
     }
+    audio_output(&call.pages[bob]).await?;
     // Connection quality is judged for the remote participant.
     let quality = call.pages[bob]
         .wait_for(
@@ -208,6 +209,42 @@ async fn scenario(call: &mut Call, kind: BrowserKind) -> anyhow::Result<()> {
         .context("no connection quality for Alice on Bob's page")?;
     eprintln!("{kind}: Bob rates Alice's connection {quality}");
     call.plays(bob, 1).await?;
+    Ok(())
+}
+
+/// Chooses the speaker on the page (`setAudioOutput`, docs/web-client.md "Devices"): where the
+/// browser can (`setSinkId`), every element showing a received track plays on the chosen
+/// output (the last listed; headless Firefox lists none, so the default `''`), and so does one
+/// shown later (`attachAudioOutput`); where it cannot (Firefox ESR 115) the call rejects with
+/// `audio_output_unsupported`. Returns `[supported, output, sink ids, later element's sink id]`
+/// or `[supported, null, error code]`.
+const SET_AUDIO_OUTPUT: &str = "const done = arguments[arguments.length - 1]; const c = window.rtcd;\
+     const shown = () => [...document.querySelectorAll('video, audio')]\
+       .filter((el) => el.srcObject && el.srcObject.getTracks().some((t) => [...c.remoteTracks.values()].some((r) => r.track === t)));\
+     c.listDevices().then((d) => {\
+       const id = d.audiooutput.length ? d.audiooutput[d.audiooutput.length - 1].deviceId : '';\
+       return c.setAudioOutput(id).then(() => {\
+         const late = document.createElement('video'); late.srcObject = shown()[0].srcObject;\
+         return c.attachAudioOutput(late).then(() => [id, late.sinkId]); }); })\
+       .then(([id, late]) => done([c.audioOutputSupported, id, shown().map((el) => el.sinkId), late]),\
+             (e) => done([c.audioOutputSupported, null, e.code || String(e)]));";
+
+async fn audio_output(page: &BrowserPage) -> anyhow::Result<()> {
+    let outcome = page.eval_async(SET_AUDIO_OUTPUT, json!([])).await?;
+    eprintln!("{}: setAudioOutput gave {outcome}", page.kind());
+    if outcome[0] == json!(true) {
+        let id = outcome[1].as_str().context("no output chosen")?;
+        let sinks = outcome[2].as_array().context("setAudioOutput failed")?;
+        ensure!(
+            !sinks.is_empty() && sinks.iter().all(|s| s == id) && outcome[3] == id,
+            "not every element plays on output {id:?}: {outcome}"
+        );
+    } else {
+        ensure!(
+            outcome[2] == "audio_output_unsupported",
+            "a browser without setSinkId gave {outcome}"
+        );
+    }
     Ok(())
 }
 

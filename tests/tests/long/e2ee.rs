@@ -241,8 +241,14 @@ async fn rotate_keys(call: &mut Call, ids: &[usize]) -> anyhow::Result<()> {
     };
     let run = async |call: &Call, script: &'static str, arg: Value| -> anyhow::Result<()> {
         for &id in ids {
-            let outcome = call.pages[id].eval_async(&step(script), arg.clone()).await?;
-            ensure!(outcome == json!("ok"), "{}: `{script}`: {outcome}", call.names[id]);
+            let outcome = call.pages[id]
+                .eval_async(&step(script), arg.clone())
+                .await?;
+            ensure!(
+                outcome == json!("ok"),
+                "{}: `{script}`: {outcome}",
+                call.names[id]
+            );
         }
         Ok(())
     };
