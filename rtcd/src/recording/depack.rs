@@ -1223,6 +1223,7 @@ pub(crate) fn av1_codec_private(obu: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recording::h264_rtp::{fu_a, stap_a};
     use bytes::Bytes;
 
     fn packet(sequence: u16, timestamp: u32, marker: bool, payload: Vec<u8>) -> MediaPacket {
@@ -1569,39 +1570,6 @@ mod tests {
         out
     }
 
-    /// A STAP-A of NAL units.
-    fn stap_a(nals: &[&[u8]]) -> Vec<u8> {
-        let mut out = vec![0x78];
-        for n in nals {
-            out.extend((n.len() as u16).to_be_bytes());
-            out.extend_from_slice(n);
-        }
-        out
-    }
-
-    /// A NAL unit split into `parts` FU-A payloads.
-    fn fu_a(nal: &[u8], parts: usize) -> Vec<Vec<u8>> {
-        let body = &nal[1..];
-        let chunk = body.len().div_ceil(parts);
-        let chunks: Vec<&[u8]> = body.chunks(chunk).collect();
-        chunks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let mut fu = nal[0] & 0x1f;
-                if i == 0 {
-                    fu |= 0x80;
-                }
-                if i + 1 == chunks.len() {
-                    fu |= 0x40;
-                }
-                let mut p = vec![(nal[0] & 0xe0) | 28, fu];
-                p.extend_from_slice(c);
-                p
-            })
-            .collect()
-    }
-
     /// An IDR slice and a non-IDR slice (first_mb_in_slice 0: the first bit after the header).
     const IDR: [u8; 8] = [0x65, 0x88, 1, 2, 3, 4, 5, 6];
     const DELTA: [u8; 4] = [0x41, 0x9a, 7, 8];
@@ -1610,7 +1578,7 @@ mod tests {
     fn h264_key(seq: u16, ts: u32) -> Vec<MediaPacket> {
         let (sps, pps) = (hex(SPS_320X240), hex(PPS));
         let mut payloads = vec![stap_a(&[&sps, &pps])];
-        payloads.extend(fu_a(&IDR, 3));
+        payloads.extend(fu_a(&IDR, (IDR.len() - 1).div_ceil(3)));
         let n = payloads.len();
         payloads
             .into_iter()

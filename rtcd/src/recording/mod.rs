@@ -33,6 +33,8 @@
 
 mod clock;
 mod depack;
+#[cfg(test)]
+mod h264_rtp;
 mod library;
 mod mkv;
 mod writer;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rtcd_recording::manifest::{ClockSource, State};
 
+use super::h264_rtp::{fu_a, stap_a};
 use super::*;
 
 /// A recording's media as RTP packets: (track, packet).
@@ -163,12 +164,7 @@ fn packetize_h264(units: &[Vec<Vec<u8>>], track: usize) -> Feed {
             && sps[0] & 0x1f == 7
             && pps[0] & 0x1f == 8
         {
-            let mut p = vec![(sps[0] & 0x60) | 24];
-            for nal in [sps, pps] {
-                p.extend((nal.len() as u16).to_be_bytes());
-                p.extend_from_slice(nal);
-            }
-            payloads.push(p);
+            payloads.push(stap_a(&[sps, pps]));
             nals = rest;
         }
         for nal in nals {
@@ -176,19 +172,7 @@ fn packetize_h264(units: &[Vec<Vec<u8>>], track: usize) -> Feed {
                 payloads.push(nal.clone());
                 continue;
             }
-            let chunks: Vec<&[u8]> = nal[1..].chunks(1100).collect();
-            for (i, chunk) in chunks.iter().enumerate() {
-                let mut fu = nal[0] & 0x1f;
-                if i == 0 {
-                    fu |= 0x80;
-                }
-                if i + 1 == chunks.len() {
-                    fu |= 0x40;
-                }
-                let mut p = vec![(nal[0] & 0xe0) | 28, fu];
-                p.extend_from_slice(chunk);
-                payloads.push(p);
-            }
+            payloads.extend(fu_a(nal, 1100));
         }
         let count = payloads.len();
         for (i, payload) in payloads.into_iter().enumerate() {

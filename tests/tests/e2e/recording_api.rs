@@ -92,6 +92,15 @@ async fn raw(
     (status, headers, resp.bytes().await.unwrap().to_vec())
 }
 
+/// The admin's `method path` (with `body`) is refused with `409` and `reason`.
+async fn refused(addr: SocketAddr, method: &str, path: &str, body: Option<Value>, reason: &str) {
+    let (status, answer) = api(addr, method, path, Some(&admin()), body).await;
+    assert_eq!(
+        (status, &answer["reason"]),
+        (409, &json!(reason)),
+        "{method} {path}: {answer}"
+    );
+}
 #[tokio::test]
 async fn the_api_records_a_room_and_everyone_is_told() {
     let cancel = CancellationToken::new();
@@ -162,19 +171,14 @@ async fn the_api_records_a_room_and_everyone_is_told() {
     assert_eq!(m["recording_id"], id.as_str());
 
     // One at a time.
-    let (status, body) = api(
+    refused(
         addr,
         "POST",
         "/api/v1/rooms/standup/recordings",
-        Some(&admin()),
         None,
+        "already_recording",
     )
     .await;
-    assert_eq!(
-        (status, &body["reason"]),
-        (409, &json!("already_recording")),
-        "{body}"
-    );
     // Still recording: not deletable.
     let path = format!("/api/v1/rooms/standup/recordings/{id}");
     let (status, _, body) = raw(addr, reqwest::Method::DELETE, &path, &admin(), None).await;
@@ -204,19 +208,14 @@ async fn the_api_records_a_room_and_everyone_is_told() {
             (&json!(id), &json!("requested"))
         );
     }
-    let (status, body) = api(
+    refused(
         addr,
         "POST",
         "/api/v1/rooms/standup/recordings/stop",
-        Some(&admin()),
         None,
+        "not_recording",
     )
     .await;
-    assert_eq!(
-        (status, &body["reason"]),
-        (409, &json!("not_recording")),
-        "{body}"
-    );
 
     // Listed (without files), then got with its files: one per published track.
     let (status, list) = api(
@@ -493,33 +492,23 @@ async fn an_encrypted_room_refuses_recording_from_every_path() {
         "{body}"
     );
     // Recording by policy cannot go with it: refused, nothing stored.
-    let (status, body) = api(
+    refused(
         addr,
         "POST",
         &policy("secret"),
-        Some(&admin()),
         Some(json!({"record": true})),
+        "encrypted",
     )
     .await;
-    assert_eq!(
-        (status, &body["reason"]),
-        (409, &json!("encrypted")),
-        "{body}"
-    );
     // Nor over the configuration's `record` (the proxy knows it; rtcd has not seen the room).
-    let (status, body) = api(
+    refused(
         addr,
         "POST",
         &policy("recorded"),
-        Some(&admin()),
         Some(json!({"e2ee": true})),
+        "encrypted",
     )
     .await;
-    assert_eq!(
-        (status, &body["reason"]),
-        (409, &json!("encrypted")),
-        "{body}"
-    );
 
     // Everyone entering is told; an ordinary room says false.
     let pat = publisher(addr, &user("pat", "secret", "member"), "secret", "pat").await;
@@ -529,19 +518,14 @@ async fn an_encrypted_room_refuses_recording_from_every_path() {
     assert_eq!(m["e2ee"], json!(false), "{m}");
 
     // The API and a moderator with `record` are refused.
-    let (status, body) = api(
+    refused(
         addr,
         "POST",
         "/api/v1/rooms/secret/recordings",
-        Some(&admin()),
         None,
+        "encrypted",
     )
     .await;
-    assert_eq!(
-        (status, &body["reason"]),
-        (409, &json!("encrypted")),
-        "{body}"
-    );
     let answer = moderate(&mut mia, json!({"action": "start_recording"})).await;
     assert_eq!(answer["code"], "encrypted", "{answer}");
     let answer = moderate(
@@ -557,33 +541,23 @@ async fn an_encrypted_room_refuses_recording_from_every_path() {
     )
     .await;
     assert_eq!(answer["code"], "e2ee_locked", "{answer}");
-    let (status, body) = api(
+    refused(
         addr,
         "POST",
         &policy("secret"),
-        Some(&admin()),
         Some(json!({"e2ee": false})),
+        "e2ee_locked",
     )
     .await;
-    assert_eq!(
-        (status, &body["reason"]),
-        (409, &json!("e2ee_locked")),
-        "{body}"
-    );
     // Nor switched on in a room with people in it.
-    let (status, body) = api(
+    refused(
         addr,
         "POST",
         &policy("plain"),
-        Some(&admin()),
         Some(json!({"e2ee": true})),
+        "e2ee_locked",
     )
     .await;
-    assert_eq!(
-        (status, &body["reason"]),
-        (409, &json!("e2ee_locked")),
-        "{body}"
-    );
     let (status, body) = api(addr, "GET", &policy("secret"), Some(&admin()), None).await;
     assert_eq!(
         (status, &body["effective"]["e2ee"]),
