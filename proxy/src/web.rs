@@ -109,6 +109,7 @@ static SDK: &[(&str, Asset)] = &[
     sdk_module!("negotiation.js"),
     sdk_module!("protocol.js"),
     sdk_module!("quality.js"),
+    sdk_module!("views.js"),
 ];
 
 /// The SDK file at `path` under `/sdk/`, if there is one.

@@ -118,8 +118,8 @@ export declare class RtcdClient extends TypedEventTarget {
     /** Adaptive stream: `<video>` elements showing a remote video track, watched for their
      * size and visibility, with whether they intersect the viewport. */
     private readonly _viewed;
-    /** The last view sent per mid (a key to compare). */
-    private readonly _viewsSent;
+    /** What adaptive stream last sent (views.ts decides what changed). */
+    private readonly _views;
     private _viewTimer;
     private _viewScanTimer;
     private _resizeObserver;
@@ -423,10 +423,8 @@ export declare class RtcdClient extends TypedEventTarget {
      * them; forgets the ones that no longer do. */
     private _scanViews;
     private _scheduleViews;
-    /** Sends the views that changed: per remote video track, shown if any element showing it is
-     * laid out with a size and intersects the viewport, at the largest size it is drawn at
-     * (device pixels). A track no element shows any more is hidden; one no element ever showed
-     * is left alone (the media server sends it at any size). */
+    /** Measures the watched elements and sends the views that changed (`TrackViews.changed`
+     * says which and how). */
     private _sendViews;
     private _participant;
     /** Reads inbound counters per received section and the media server's loss reports. */

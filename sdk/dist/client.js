@@ -39,6 +39,7 @@ import { MediaHealth } from './health.js';
 import { QualityMonitor } from './quality.js';
 import { cameraLayers, fullLayer } from './layers.js';
 import { Negotiation } from './negotiation.js';
+import { TrackViews, viewMessages } from './views.js';
 import { closeLabel, CloseCode, ErrorCode, MalformedMessage, parseServerMessage, } from './protocol.js';
 import { E2ee } from './e2ee/session.js';
 import { videoCodecOrder } from './e2ee/cryptor.js';
@@ -58,8 +59,6 @@ const VIEW_SCAN_MS = 1000;
 /** Adaptive stream: views go out at most this often (a window being resized changes sizes
  * many times a second, and the proxy limits messages per second). */
 const VIEW_SEND_MS = 300;
-/** The most views per `track_views` message (the protocol's limit). */
-const MAX_TRACK_VIEWS = 64;
 /** How long a device fallback waits for the browser's device list before it chooses from
  * the last one. */
 const DEVICE_LIST_WAIT_MS = 3000;
@@ -167,8 +166,8 @@ export class RtcdClient extends TypedEventTarget {
     /** Adaptive stream: `<video>` elements showing a remote video track, watched for their
      * size and visibility, with whether they intersect the viewport. */
     _viewed = new Map();
-    /** The last view sent per mid (a key to compare). */
-    _viewsSent = new Map();
+    /** What adaptive stream last sent (views.ts decides what changed). */
+    _views = new TrackViews();
     _viewTimer = 0;
     _viewScanTimer = 0;
     _resizeObserver = null;
@@ -780,7 +779,7 @@ export class RtcdClient extends TypedEventTarget {
         clearInterval(this._viewScanTimer);
         clearTimeout(this._viewTimer);
         this._viewTimer = 0;
-        this._viewsSent.clear();
+        this._views.reset();
         if (this._pc) {
             this._pc.close();
             this._pc = null;
@@ -1460,7 +1459,7 @@ export class RtcdClient extends TypedEventTarget {
             return;
         this.remoteTracks.delete(mid);
         this._health.forget(mid);
-        this._viewsSent.delete(mid);
+        this._views.forget(mid);
         this.emit('trackended', remote);
     }
     // ---- devices ------------------------------------------------------------------------------
@@ -1595,7 +1594,7 @@ export class RtcdClient extends TypedEventTarget {
      * afresh to a new or resumed session. */
     _startViews() {
         clearInterval(this._viewScanTimer);
-        this._viewsSent.clear();
+        this._views.reset();
         if (!this.options.adaptiveStream || typeof document === 'undefined')
             return;
         if (!this._resizeObserver && typeof ResizeObserver !== 'undefined') {
@@ -1653,44 +1652,23 @@ export class RtcdClient extends TypedEventTarget {
             this._sendViews();
         }, VIEW_SEND_MS);
     }
-    /** Sends the views that changed: per remote video track, shown if any element showing it is
-     * laid out with a size and intersects the viewport, at the largest size it is drawn at
-     * (device pixels). A track no element shows any more is hidden; one no element ever showed
-     * is left alone (the media server sends it at any size). */
+    /** Measures the watched elements and sends the views that changed (`TrackViews.changed`
+     * says which and how). */
     _sendViews() {
         if (!this.session || !this.session.media)
             return;
         const dpr = (typeof window !== 'undefined' && window.devicePixelRatio) || 1;
-        const views = [];
-        for (const [mid, r] of this.remoteTracks) {
-            if (r.track.kind !== 'video')
+        const elements = [];
+        for (const [el, state] of this._viewed) {
+            const src = el.srcObject;
+            if (!(src instanceof MediaStream))
                 continue;
-            let shown = false;
-            let visible = false;
-            let width = 0;
-            let height = 0;
-            for (const [el, state] of this._viewed) {
-                const src = el.srcObject;
-                if (!(src instanceof MediaStream) || !src.getVideoTracks().includes(r.track))
-                    continue;
-                shown = true;
-                const [w, h] = drawnSize(el, dpr);
-                if (!state.intersecting || w === 0 || h === 0)
-                    continue;
-                visible = true;
-                width = Math.max(width, w);
-                height = Math.max(height, h);
-            }
-            if (!shown && !this._viewsSent.has(mid))
-                continue;
-            const key = `${r.trackId} ${visible} ${width}x${height}`;
-            if (this._viewsSent.get(mid) === key)
-                continue;
-            this._viewsSent.set(mid, key);
-            views.push(visible ? { mid, track_id: r.trackId, visible, width, height } : { mid, track_id: r.trackId, visible });
+            const [width, height] = drawnSize(el, dpr);
+            elements.push({ tracks: src.getVideoTracks(), intersecting: state.intersecting, width, height });
         }
-        for (let i = 0; i < views.length; i += MAX_TRACK_VIEWS) {
-            this._sendRelayed({ type: 'track_views', views: views.slice(i, i + MAX_TRACK_VIEWS) });
+        const video = [...this.remoteTracks.values()].filter((r) => r.track.kind === 'video');
+        for (const views of viewMessages(this._views.changed(video, elements))) {
+            this._sendRelayed({ type: 'track_views', views });
         }
     }
     _participant(identity) {

@@ -62,6 +62,7 @@ import { MediaHealth, type InboundReading } from './health.js';
 import { QualityMonitor, type ConnectionQuality, type InboundCounters, type QualityChange, type UplinkReport } from './quality.js';
 import { cameraLayers, fullLayer } from './layers.js';
 import { Negotiation, type MediaKind } from './negotiation.js';
+import { TrackViews, viewMessages, type ElementView } from './views.js';
 import {
   closeLabel,
   CloseCode,
@@ -76,7 +77,6 @@ import {
   type RoomPolicy,
   type ServerMessage,
   type TrackSource,
-  type TrackView,
 } from './protocol.js';
 
 import { E2ee, type E2eeOptions, type SetKeyOptions } from './e2ee/session.js';
@@ -166,8 +166,6 @@ const VIEW_SCAN_MS = 1000;
 /** Adaptive stream: views go out at most this often (a window being resized changes sizes
  * many times a second, and the proxy limits messages per second). */
 const VIEW_SEND_MS = 300;
-/** The most views per `track_views` message (the protocol's limit). */
-const MAX_TRACK_VIEWS = 64;
 
 /** How long a device fallback waits for the browser's device list before it chooses from
  * the last one. */
@@ -304,8 +302,8 @@ export class RtcdClient extends TypedEventTarget {
   /** Adaptive stream: `<video>` elements showing a remote video track, watched for their
    * size and visibility, with whether they intersect the viewport. */
   private readonly _viewed = new Map<HTMLVideoElement, { intersecting: boolean }>();
-  /** The last view sent per mid (a key to compare). */
-  private readonly _viewsSent = new Map<string, string>();
+  /** What adaptive stream last sent (views.ts decides what changed). */
+  private readonly _views = new TrackViews();
   private _viewTimer = 0;
   private _viewScanTimer = 0;
   private _resizeObserver: ResizeObserver | null = null;
@@ -927,7 +925,7 @@ export class RtcdClient extends TypedEventTarget {
     clearInterval(this._viewScanTimer);
     clearTimeout(this._viewTimer);
     this._viewTimer = 0;
-    this._viewsSent.clear();
+    this._views.reset();
     if (this._pc) {
       this._pc.close();
       this._pc = null;
@@ -1565,7 +1563,7 @@ export class RtcdClient extends TypedEventTarget {
     if (this.remoteTracks.get(mid) !== remote) return;
     this.remoteTracks.delete(mid);
     this._health.forget(mid);
-    this._viewsSent.delete(mid);
+    this._views.forget(mid);
     this.emit('trackended', remote);
   }
 
@@ -1693,7 +1691,7 @@ export class RtcdClient extends TypedEventTarget {
    * afresh to a new or resumed session. */
   private _startViews(): void {
     clearInterval(this._viewScanTimer);
-    this._viewsSent.clear();
+    this._views.reset();
     if (!this.options.adaptiveStream || typeof document === 'undefined') return;
     if (!this._resizeObserver && typeof ResizeObserver !== 'undefined') {
       this._resizeObserver = new ResizeObserver(() => this._scheduleViews());
@@ -1745,38 +1743,21 @@ export class RtcdClient extends TypedEventTarget {
     }, VIEW_SEND_MS);
   }
 
-  /** Sends the views that changed: per remote video track, shown if any element showing it is
-   * laid out with a size and intersects the viewport, at the largest size it is drawn at
-   * (device pixels). A track no element shows any more is hidden; one no element ever showed
-   * is left alone (the media server sends it at any size). */
+  /** Measures the watched elements and sends the views that changed (`TrackViews.changed`
+   * says which and how). */
   private _sendViews(): void {
     if (!this.session || !this.session.media) return;
     const dpr = (typeof window !== 'undefined' && window.devicePixelRatio) || 1;
-    const views: TrackView[] = [];
-    for (const [mid, r] of this.remoteTracks) {
-      if (r.track.kind !== 'video') continue;
-      let shown = false;
-      let visible = false;
-      let width = 0;
-      let height = 0;
-      for (const [el, state] of this._viewed) {
-        const src = el.srcObject;
-        if (!(src instanceof MediaStream) || !src.getVideoTracks().includes(r.track)) continue;
-        shown = true;
-        const [w, h] = drawnSize(el, dpr);
-        if (!state.intersecting || w === 0 || h === 0) continue;
-        visible = true;
-        width = Math.max(width, w);
-        height = Math.max(height, h);
-      }
-      if (!shown && !this._viewsSent.has(mid)) continue;
-      const key = `${r.trackId} ${visible} ${width}x${height}`;
-      if (this._viewsSent.get(mid) === key) continue;
-      this._viewsSent.set(mid, key);
-      views.push(visible ? { mid, track_id: r.trackId, visible, width, height } : { mid, track_id: r.trackId, visible });
+    const elements: ElementView<MediaStreamTrack>[] = [];
+    for (const [el, state] of this._viewed) {
+      const src = el.srcObject;
+      if (!(src instanceof MediaStream)) continue;
+      const [width, height] = drawnSize(el, dpr);
+      elements.push({ tracks: src.getVideoTracks(), intersecting: state.intersecting, width, height });
     }
-    for (let i = 0; i < views.length; i += MAX_TRACK_VIEWS) {
-      this._sendRelayed({ type: 'track_views', views: views.slice(i, i + MAX_TRACK_VIEWS) });
+    const video = [...this.remoteTracks.values()].filter((r) => r.track.kind === 'video');
+    for (const views of viewMessages(this._views.changed(video, elements))) {
+      this._sendRelayed({ type: 'track_views', views });
     }
   }
 
