@@ -265,9 +265,59 @@ async fn refresh(
     }
 }
 
+/// The room's recording record as a newly admitted session's host sees it.
+#[derive(Debug, Clone, Copy)]
+struct RecordSeen {
+    /// Since the recording host last refreshed it (negative clocks count as 0).
+    age_ms: i64,
+    /// This host has a directory for that recording: it wrote it, and the room finished here.
+    written_here: bool,
+}
+
+/// What an admission does about recording: the rule of [`on_admitted`], apart from its I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AtAdmission {
+    /// Nothing to record.
+    Nothing,
+    /// The policy asks for recording in an end-to-end encrypted room: refused (logged).
+    RefusedEncrypted,
+    /// The policy asks for recording on a host where it is off (logged).
+    Disabled,
+    /// The room recorded on another host a moment ago: its next segment starts here.
+    Continue,
+    /// A new recording, started by the room's policy.
+    StartByPolicy,
+}
+
+/// Decides [`AtAdmission`]. A room whose recording host stopped refreshing its record less
+/// than [`CONTINUE_WITHIN`] ago moved here (that host died, the clients rejoined), so its
+/// recording continues; a recording this host wrote itself ended here (everybody left) and
+/// is not continued (one directory per recording and host): the policy may start a new one.
+/// An encrypted room never records: the server cannot read its media.
+fn at_admission(
+    policy: bool,
+    e2ee: bool,
+    enabled: bool,
+    record: Option<RecordSeen>,
+) -> AtAdmission {
+    let continues = record.is_some_and(|r| {
+        !r.written_here
+            && u128::try_from(r.age_ms.max(0)).unwrap_or(0) < CONTINUE_WITHIN.as_millis()
+    });
+    match (e2ee, enabled) {
+        (true, _) if policy => AtAdmission::RefusedEncrypted,
+        (true, _) => AtAdmission::Nothing,
+        (false, false) if policy => AtAdmission::Disabled,
+        (false, false) => AtAdmission::Nothing,
+        (false, true) if continues => AtAdmission::Continue,
+        (false, true) if policy => AtAdmission::StartByPolicy,
+        (false, true) => AtAdmission::Nothing,
+    }
+}
+
 /// A session was admitted to `call`: continue the room's recording if it recorded elsewhere
-/// a moment ago, else start one if `policy` says to. In the background; errors are logged.
-/// Never for an end-to-end encrypted room (`e2ee`): the server cannot read its media.
+/// a moment ago, else start one if `policy` says to ([`at_admission`]). In the background;
+/// errors are logged.
 pub(crate) fn on_admitted(
     sfu: Sfu,
     moderation: ModerationStore,
@@ -276,51 +326,47 @@ pub(crate) fn on_admitted(
     policy: bool,
     e2ee: bool,
 ) {
-    if e2ee {
-        if policy {
-            tracing::info!(client = %tenant, call = %call, reason = %RecordingRefusal::Encrypted, "the room's policy asks for recording, refused");
-        }
-        return;
-    }
-    if sfu.recordings().is_none() {
-        if policy {
-            tracing::debug!(client = %tenant, call = %call, "the room's policy asks for recording, which is off on this host");
-        }
-        return;
-    }
-    let fresh = match moderation.recording(&tenant, &call) {
-        Ok(Some(r)) => {
-            let age = crate::sfu::unix_ms().saturating_sub(r.updated_at_ms);
-            (u64::try_from(age).unwrap_or(0) < CONTINUE_WITHIN.as_millis() as u64).then_some(r)
-        }
-        Ok(None) => None,
-        Err(e) => {
+    let library = sfu.recordings();
+    // Read only where it can matter: an encrypted room or a host without recording never
+    // continues one.
+    let record = if library.is_none() || e2ee {
+        None
+    } else {
+        moderation.recording(&tenant, &call).unwrap_or_else(|e| {
             tracing::warn!(client = %tenant, call = %call, error = %e, "cannot read the room's recording record");
             None
-        }
+        })
     };
-    // A recording this host wrote itself ended here (everybody left): it is not continued
-    // (one directory per recording and host); the policy may start a new one.
-    let fresh = fresh.filter(|r| {
-        let library = sfu.recordings();
-        match (library, RecordingId::parse(&r.recording_id)) {
-            (Some(library), Ok(id)) => library.get(tenant.as_str(), &id).is_err(),
-            _ => false,
-        }
+    let seen = record.as_ref().map(|r| RecordSeen {
+        age_ms: crate::sfu::unix_ms().saturating_sub(r.updated_at_ms),
+        written_here: match (&library, RecordingId::parse(&r.recording_id)) {
+            (Some(library), Ok(id)) => library.get(tenant.as_str(), &id).is_ok(),
+            _ => true,
+        },
     });
-    if fresh.is_none() && !policy {
-        return;
-    }
+    let continued = match at_admission(policy, e2ee, library.is_some(), seen) {
+        AtAdmission::Nothing => return,
+        AtAdmission::RefusedEncrypted => {
+            tracing::info!(client = %tenant, call = %call, reason = %RecordingRefusal::Encrypted, "the room's policy asks for recording, refused");
+            return;
+        }
+        AtAdmission::Disabled => {
+            tracing::debug!(client = %tenant, call = %call, "the room's policy asks for recording, which is off on this host");
+            return;
+        }
+        AtAdmission::Continue => record,
+        AtAdmission::StartByPolicy => None,
+    };
     tokio::spawn(async move {
         if let Ok(Some(_)) = sfu.recording_of(&tenant, &call).await {
             return;
         }
-        let by = fresh
+        let by = continued
             .as_ref()
             .map_or_else(|| "policy".to_owned(), |r| r.started_by.clone());
-        match start(&sfu, &moderation, &tenant, &call, &by, fresh.as_ref()).await {
+        match start(&sfu, &moderation, &tenant, &call, &by, continued.as_ref()).await {
             Ok(notice) => {
-                if let Some(r) = &fresh {
+                if let Some(r) = &continued {
                     tracing::info!(client = %tenant, call = %call, recording = %notice.recording_id, segment = r.segment + 1, "recording continues on this host");
                 }
             }
@@ -480,6 +526,51 @@ mod tests {
     use crate::recording::{Library, RecordingConfig};
     use crate::sfu::session::SessionEvent;
     use crate::sfu::{RecordingSetup, SessionId, Sfu};
+
+    #[test]
+    fn an_admission_continues_a_fresh_record_from_elsewhere_else_follows_the_policy() {
+        use AtAdmission::*;
+        let within = CONTINUE_WITHIN.as_millis() as i64 - 1;
+        let elsewhere = |age_ms| {
+            Some(RecordSeen {
+                age_ms,
+                written_here: false,
+            })
+        };
+        let here = Some(RecordSeen {
+            age_ms: 1_000,
+            written_here: true,
+        });
+        // (policy, e2ee, enabled, record) -> decision
+        let cases = [
+            ((false, false, true, None), Nothing),
+            ((true, false, true, None), StartByPolicy),
+            ((false, false, true, elsewhere(1_000)), Continue),
+            ((true, false, true, elsewhere(within)), Continue),
+            // Stale: that recording ended; only the policy starts one.
+            ((false, false, true, elsewhere(within + 1)), Nothing),
+            ((true, false, true, elsewhere(within + 1)), StartByPolicy),
+            // A clock behind the record's: as fresh as can be.
+            ((false, false, true, elsewhere(-5_000)), Continue),
+            // Written by this host: it ended here, never continued.
+            ((false, false, true, here), Nothing),
+            ((true, false, true, here), StartByPolicy),
+            // Encrypted rooms never record, not even a continuation.
+            ((true, true, true, None), RefusedEncrypted),
+            ((false, true, true, elsewhere(1_000)), Nothing),
+            ((true, true, true, elsewhere(1_000)), RefusedEncrypted),
+            // Recording off on this host.
+            ((true, false, false, None), Disabled),
+            ((false, false, false, elsewhere(1_000)), Nothing),
+        ];
+        for ((policy, e2ee, enabled, record), expected) in cases {
+            assert_eq!(
+                at_admission(policy, e2ee, enabled, record),
+                expected,
+                "policy {policy}, e2ee {e2ee}, enabled {enabled}, {record:?}"
+            );
+        }
+    }
 
     async fn host(store: Arc<dyn Store>, dir: &std::path::Path) -> (Sfu, ModerationStore) {
         let sfu = Sfu::new(crate::sfu::tests::config(), Metrics::new(), None)
