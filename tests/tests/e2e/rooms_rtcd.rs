@@ -961,6 +961,33 @@ async fn malformed_and_unauthenticated_requests_are_refused() -> anyhow::Result<
         code(rooms.list_bans(authorized(bans, a)).await),
         Code::InvalidArgument
     );
+    // Recording requests: a requester over 256 bytes, a bad room (before any disk is
+    // touched; this host does not record at all, so the check comes first).
+    let start = |call: &str, by: &str| pb::StartRecordingRequest {
+        call_id: call.into(),
+        requested_by: by.into(),
+    };
+    let stop = |call: &str, by: &str| pb::StopRecordingRequest {
+        call_id: call.into(),
+        requested_by: by.into(),
+    };
+    let by = "b".repeat(257);
+    for (call, by) in [("call", by.as_str()), ("", ""), (long.as_str(), "")] {
+        assert_eq!(
+            code(rooms.start_recording(authorized(start(call, by), a)).await),
+            Code::InvalidArgument,
+            "start: call {} bytes, requested_by {} bytes",
+            call.len(),
+            by.len()
+        );
+        assert_eq!(
+            code(rooms.stop_recording(authorized(stop(call, by), a)).await),
+            Code::InvalidArgument,
+            "stop: call {} bytes, requested_by {} bytes",
+            call.len(),
+            by.len()
+        );
+    }
     // A bad join field is refused before anything happens.
     let err = join(
         &mut client,
