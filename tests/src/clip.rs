@@ -10,12 +10,19 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 use bytes::Bytes;
 
+/// What a clip's frames are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipCodec {
+    Vp8,
+    Vp9,
+    Opus,
+}
+
 /// Encoded frames, sent in a loop at `interval` with `ticks` RTP clock ticks between frames.
 #[derive(Debug, Clone)]
 pub struct Clip {
-    /// VP8 (true) or Opus (false).
-    pub video: bool,
-    /// One encoded frame each (a VP8 frame, an Opus packet). A video clip starts with a
+    pub codec: ClipCodec,
+    /// One encoded frame each (a VP8 or VP9 frame, an Opus packet). A video clip starts with a
     /// keyframe, so the loop restarts on one.
     pub frames: Vec<Bytes>,
     /// Time between frames.
@@ -33,56 +40,43 @@ impl Clip {
     /// alternate reference frames: every frame is shown, one per RTP timestamp), written in
     /// `dir`.
     pub fn vp8(dir: &Path, seconds: u32, kbps: u32) -> anyhow::Result<Self> {
-        let file = dir.join("clip.ivf");
-        let size = format!("testsrc2=size=320x240:rate={FPS}");
-        let rate = format!("{kbps}k");
-        let gop = FPS.to_string();
-        ffmpeg(
-            &[
-                "-f",
-                "lavfi",
-                "-i",
-                &size,
-                "-t",
-                &seconds.to_string(),
-                "-c:v",
-                "libvpx",
-                "-b:v",
-                &rate,
-                "-minrate",
-                &rate,
-                "-maxrate",
-                &rate,
-                "-g",
-                &gop,
-                "-keyint_min",
-                &gop,
-                "-deadline",
-                "realtime",
-                "-cpu-used",
-                "8",
-                "-auto-alt-ref",
-                "0",
-                "-lag-in-frames",
-                "0",
-                "-f",
-                "ivf",
-            ],
-            &file,
-        )?;
-        let frames = ivf_frames(&std::fs::read(&file)?)?;
+        let frames = encode_video(dir, "libvpx", seconds, kbps)?;
         ensure!(
             frames
                 .first()
                 .is_some_and(|f| f.first().is_some_and(|b| b & 1 == 0)),
             "the VP8 clip does not start with a keyframe"
         );
-        Ok(Self {
-            video: true,
+        Ok(Self::video(ClipCodec::Vp8, frames))
+    }
+
+    /// The same as VP9 profile 0 (libvpx-vp9, one spatial layer: no superframes), a real
+    /// encoder's stream for what rtcd does with VP9.
+    pub fn vp9(dir: &Path, seconds: u32, kbps: u32) -> anyhow::Result<Self> {
+        let frames = encode_video(dir, "libvpx-vp9", seconds, kbps)?;
+        // The uncompressed header: frame marker 0b10, profile 0 (two bits), show_existing_frame
+        // 0, then frame_type 0 for a keyframe: the top five bits 0b10000.
+        ensure!(
+            frames
+                .first()
+                .is_some_and(|f| f.first().is_some_and(|b| b & 0xf8 == 0x80)),
+            "the VP9 clip does not start with a profile 0 keyframe"
+        );
+        Ok(Self::video(ClipCodec::Vp9, frames))
+    }
+
+    fn video(codec: ClipCodec, frames: Vec<Bytes>) -> Self {
+        Self {
+            codec,
             frames,
             interval: Duration::from_secs(1) / FPS,
             ticks: 90_000 / FPS,
-        })
+        }
+    }
+
+    /// Whether this is a video clip.
+    pub fn is_video(&self) -> bool {
+        self.codec != ClipCodec::Opus
     }
 
     /// `seconds` of a 440 Hz tone as Opus, 20 ms frames at 48 kbit/s, written in `dir`.
@@ -114,12 +108,56 @@ impl Clip {
             "not an Ogg Opus stream"
         );
         Ok(Self {
-            video: false,
+            codec: ClipCodec::Opus,
             frames: frames[2..].to_vec(),
             interval: Duration::from_millis(20),
             ticks: 960,
         })
     }
+}
+
+/// `seconds` of ffmpeg's `testsrc2` through `encoder` (libvpx or libvpx-vp9) at about `kbps`
+/// (realtime settings, no alternate reference frames: every frame is shown, one per RTP
+/// timestamp), written in `dir`; its frames.
+fn encode_video(dir: &Path, encoder: &str, seconds: u32, kbps: u32) -> anyhow::Result<Vec<Bytes>> {
+    let file = dir.join(format!("clip-{encoder}.ivf"));
+    let size = format!("testsrc2=size=320x240:rate={FPS}");
+    let rate = format!("{kbps}k");
+    let gop = FPS.to_string();
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            &size,
+            "-t",
+            &seconds.to_string(),
+            "-c:v",
+            encoder,
+            "-b:v",
+            &rate,
+            "-minrate",
+            &rate,
+            "-maxrate",
+            &rate,
+            "-g",
+            &gop,
+            "-keyint_min",
+            &gop,
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-auto-alt-ref",
+            "0",
+            "-lag-in-frames",
+            "0",
+            "-f",
+            "ivf",
+        ],
+        &file,
+    )?;
+    ivf_frames(&std::fs::read(&file)?)
 }
 
 /// Runs `ffmpeg -y ARGS OUTPUT` (quietly), failing with its error output.

@@ -54,7 +54,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
 use tonic::transport::Channel;
 
-pub use crate::clip::Clip;
+pub use crate::clip::{Clip, ClipCodec};
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -321,6 +321,16 @@ fn vp8() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: "video/VP8".to_owned(),
         clock_rate: 90_000,
+        ..Default::default()
+    }
+}
+
+/// VP9 profile 0, as browsers offer it.
+fn vp9() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "video/VP9".to_owned(),
+        clock_rate: 90_000,
+        sdp_fmtp_line: "profile-id=0".to_owned(),
         ..Default::default()
     }
 }
@@ -984,23 +994,32 @@ impl Participant {
     }
 
     /// Adds a track (`kind` as in [`Participant::add_track`]) that sends real encoded media:
-    /// `clip`'s frames in real time, looped, packetized as a browser would (VP8 frames split
-    /// at 1200 bytes, the marker on a frame's last packet; one Opus frame per packet). What it
+    /// `clip`'s frames in real time, looped, packetized as a browser would (VP8 or VP9 frames
+    /// split at 1200 bytes, the marker on a frame's last packet; one Opus frame per packet). What it
     /// sends decodes (a recording of it can be checked with ffmpeg); its payloads carry no
     /// `session|kind|n` tag, so receivers count it only in [`Participant::packets_received`].
     /// A PLI is not answered: the clip has its own keyframes. Call
     /// [`Participant::renegotiate`] afterwards.
     pub async fn add_clip_track(&self, kind: &str, clip: Arc<Clip>) -> anyhow::Result<()> {
-        let codec = if clip.video { vp8() } else { opus() };
+        let codec = match clip.codec {
+            ClipCodec::Vp8 => vp8(),
+            ClipCodec::Vp9 => vp9(),
+            ClipCodec::Opus => opus(),
+        };
         let (track, sender, ssrc) = self.local_track(kind, &codec).await?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let shared = Arc::downgrade(&self.shared);
         let s = sender.clone();
         tokio::spawn(async move {
-            use rtc::rtp::packetizer::Payloader as _;
-            let mut payloader = rtc::rtp::codec::vp8::Vp8Payloader::default();
-            payloader.enable_picture_id = true;
+            let mut payloader: Box<dyn rtc::rtp::packetizer::Payloader + Send> = match clip.codec {
+                ClipCodec::Vp9 => Box::new(rtc::rtp::codec::vp9::Vp9Payloader::default()),
+                _ => {
+                    let mut vp8 = rtc::rtp::codec::vp8::Vp8Payloader::default();
+                    vp8.enable_picture_id = true;
+                    Box::new(vp8)
+                }
+            };
             let mut tick = tokio::time::interval(clip.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let (mut seq, mut timestamp) = (0u16, 0u32);
@@ -1016,7 +1035,7 @@ impl Participant {
                 if news.renegotiated {
                     wire = wire_format(s.as_ref(), &codec).await;
                 }
-                let payloads = if clip.video {
+                let payloads = if clip.is_video() {
                     payloader.payload(1200, frame).unwrap_or_default()
                 } else {
                     vec![frame.clone()]

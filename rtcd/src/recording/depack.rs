@@ -590,6 +590,59 @@ fn vp9_descriptor(p: &[u8]) -> Option<Vp9Descriptor> {
     })
 }
 
+/// What a VP9 frame's uncompressed header says of it (VP9 bitstream specification, 6.2).
+#[derive(Debug, PartialEq, Eq)]
+enum Vp9Header {
+    /// A keyframe (frame_type 0, with its sync code), and its size.
+    Key((u16, u16)),
+    /// An inter or intra-only frame, or one that shows an earlier frame again.
+    NotKey,
+}
+
+/// Reads the start of a VP9 frame's uncompressed header; `None` when it is not one (no frame
+/// marker, a keyframe without its sync code, too short). The recorder checks the payload
+/// descriptor's P bit against it: a sender that marks every frame as not inter-predicted
+/// (webrtc-rs's payloader does) would otherwise have a file resume at a delta frame after a
+/// loss. Only where the media can be read: recording refuses end-to-end encrypted rooms.
+fn vp9_header(frame: &[u8]) -> Option<Vp9Header> {
+    let mut b = Bits {
+        bytes: frame,
+        bit: 0,
+    };
+    if b.read(2)? != 2 {
+        return None;
+    }
+    let low = b.read(1)?;
+    let profile = (b.read(1)? << 1) | low;
+    if profile == 3 {
+        b.read(1)?;
+    }
+    // show_existing_frame, then frame_type (0: KEY_FRAME).
+    if b.read(1)? == 1 || b.read(1)? == 1 {
+        return Some(Vp9Header::NotKey);
+    }
+    // show_frame, error_resilient_mode, frame_sync_code.
+    b.read(2)?;
+    if b.read(24)? != 0x49_83_42 {
+        return None;
+    }
+    // color_config.
+    if profile >= 2 {
+        b.read(1)?;
+    }
+    let rgb = b.read(3)? == 7;
+    let subsampling = profile == 1 || profile == 3;
+    match (rgb, subsampling) {
+        (false, false) => b.read(1)?,
+        (false, true) => b.read(4)?,
+        (true, true) => b.read(1)?,
+        (true, false) => 0,
+    };
+    let width = u16::try_from(b.read(16)? + 1).ok()?;
+    let height = u16::try_from(b.read(16)? + 1).ok()?;
+    Some(Vp9Header::Key((width, height)))
+}
+
 impl Vp9 {
     fn packet(&mut self, packet: &MediaPacket, out: &mut impl FnMut(Frame<'_>)) {
         let Some(d) = vp9_descriptor(&packet.payload) else {
@@ -605,8 +658,12 @@ impl Vp9 {
             self.frame.begin(packet);
             self.frames = 0;
             self.layer_start = None;
-            self.frame.keyframe = !d.inter;
-            self.frame.size = d.size;
+            let header = vp9_header(data);
+            self.frame.keyframe = !d.inter && header != Some(Vp9Header::NotKey);
+            self.frame.size = match header {
+                Some(Vp9Header::Key(size)) => d.size.or(Some(size)),
+                _ => d.size,
+            };
         }
         if d.begin {
             if self.layer_start.is_some() {
@@ -1452,12 +1509,66 @@ mod tests {
     fn vp9_two_spatial_layers_make_a_superframe() {
         let mut d = Depacketizer::new(Codec::Vp9);
         // L: TID 0, SID 0 / SID 1, non-flexible (TL0PICIDX follows).
-        let p0 = packet(0, 0, false, vec![0x28 | 0x04, 0x00, 0x00, 0xaa, 0xaa]);
+        // The frames' bytes have no VP9 frame marker: the descriptor alone decides.
+        let p0 = packet(0, 0, false, vec![0x28 | 0x04, 0x00, 0x00, 0x2a, 0x2a]);
         let p1 = packet(1, 0, true, vec![0x28 | 0x04, 0x02, 0x00, 0xbb]);
         let got = frames(&mut d, &[p0, p1]);
         assert_eq!(got.len(), 1);
         // Frames, then the index: marker 0b110_00_001, sizes 2 and 1, marker.
-        assert_eq!(got[0].2, [0xaa, 0xaa, 0xbb, 0xc1, 2, 1, 0xc1]);
+        assert_eq!(got[0].2, [0x2a, 0x2a, 0xbb, 0xc1, 2, 1, 0xc1]);
+    }
+
+    /// The start of a keyframe as libvpx-vp9 writes it, profile 0: marker 10, profile 00,
+    /// show_existing 0, frame_type 0, show_frame 1, error_resilient 0; the sync code;
+    /// color_space 010 (BT.709), range 0; 320 x 240 as (w - 1, h - 1) in 16 bits each.
+    const VP9_KEY_320X240: [u8; 9] = [0x82, 0x49, 0x83, 0x42, 0x40, 0x13, 0xf0, 0x0e, 0xf0];
+
+    #[test]
+    fn vp9_frame_headers_tell_keyframes_and_their_size() {
+        let key = VP9_KEY_320X240;
+        assert_eq!(vp9_header(&key), Some(Vp9Header::Key((320, 240))));
+        // frame_type 1 and show_existing_frame 1.
+        assert_eq!(vp9_header(&[0x86, 0x00]), Some(Vp9Header::NotKey));
+        assert_eq!(vp9_header(&[0x88, 0x00]), Some(Vp9Header::NotKey));
+        // No frame marker, a keyframe without its sync code, cut short.
+        assert_eq!(vp9_header(&[0x02, 0x49, 0x83, 0x42]), None);
+        assert_eq!(
+            vp9_header(&[0x82, 0x49, 0x83, 0x43, 0x40, 0, 0, 0, 0]),
+            None
+        );
+        assert_eq!(vp9_header(&key[..6]), None);
+        assert_eq!(vp9_header(&[]), None);
+    }
+
+    #[test]
+    fn vp9_trusts_the_frame_header_over_a_descriptor_that_says_every_frame_is_key() {
+        // A sender that never sets P (webrtc-rs's payloader): the delta frame's header says
+        // so, and after a loss the file waits for the real keyframe.
+        let mut key = vec![0x80 | 0x08 | 0x04, 0x05];
+        key.extend(VP9_KEY_320X240);
+        let delta = vec![0x80 | 0x08 | 0x04, 0x05, 0x86, 0x00, 0x11];
+        let mut d = Depacketizer::new(Codec::Vp9);
+        let mut out = Vec::new();
+        for p in [
+            packet(1, 0, true, key.clone()),
+            packet(2, 3000, true, delta.clone()),
+            packet(4, 9000, true, delta),
+            packet(5, 12000, true, key),
+        ] {
+            // Packet 3 is lost: the next delta frame is not written, the keyframe after it is.
+            if p.sequence == 4 {
+                d.lost();
+            }
+            d.packet(&p, &mut |f| out.push((f.timestamp, f.keyframe, f.size)));
+        }
+        assert_eq!(
+            out,
+            [
+                (0, true, Some((320, 240))),
+                (3000, false, None),
+                (12000, true, Some((320, 240)))
+            ]
+        );
     }
 
     #[test]

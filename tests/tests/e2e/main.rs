@@ -22,6 +22,7 @@ mod process;
 mod proxy_auth;
 mod recording_api;
 mod recording_disk;
+mod recording_vp9;
 mod registry;
 mod relay;
 mod resume;

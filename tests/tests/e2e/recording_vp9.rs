@@ -1,0 +1,148 @@
+//! Recording (issue 31) of VP9 from a real encoder: rtcd as a process, two webrtc-rs
+//! publishers sending libvpx-vp9's stream of ffmpeg's test picture (profile 0, one spatial
+//! layer) and Opus ([`Clip::vp9`]), packetized by webrtc-rs (flexible mode, picture IDs).
+//! The recorder's VP9 path had been checked only with hand-made frames: here each camera's
+//! WebM must say VP9 at the clip's size, hold the frames of the time recorded, start at a
+//! keyframe, and decode in ffmpeg without an error. About 15 s; needs ffmpeg, as the suite has.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use rtcd_e2e::media::{Clip, authorized};
+use rtcd_e2e::recording::{
+    ROOM, call, decode_errors, ffprobe, recording_dir, register, rooms, start_rtcd,
+};
+use rtcd_proto::v1 as pb;
+use rtcd_recording::manifest::{Codec, Manifest, State};
+
+/// The rtcd CLI of this crate, run as a process.
+const RTCD: &str = env!("CARGO_BIN_EXE_rtcd-under-test");
+
+/// How long the test records.
+const RECORDED: Duration = Duration::from_secs(6);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp9_from_a_real_encoder_is_recorded_into_webm_files_that_decode() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let recordings = tempfile::tempdir()?;
+    let media = tempfile::tempdir()?;
+    let audio = Arc::new(Clip::opus(media.path(), 4)?);
+    let video = Arc::new(Clip::vp9(media.path(), 4, 300)?);
+    let (mut process, grpc) = start_rtcd(RTCD.as_ref(), data.path(), recordings.path(), 0).await?;
+    let outcome = async {
+        let auth = register(&process).await?;
+        let (alice, bob) = call(&grpc, &auth, &audio, &video).await?;
+        let mut rooms_client = rooms(&grpc).await?;
+        let started = rooms_client
+            .start_recording(authorized(
+                pb::StartRecordingRequest {
+                    call_id: ROOM.into(),
+                    requested_by: String::new(),
+                },
+                Some(&auth),
+            ))
+            .await?
+            .into_inner();
+        tokio::time::sleep(RECORDED).await;
+        rooms_client
+            .stop_recording(authorized(
+                pb::StopRecordingRequest {
+                    call_id: ROOM.into(),
+                    requested_by: String::new(),
+                },
+                Some(&auth),
+            ))
+            .await?;
+        let dir = recording_dir(recordings.path(), &started.recording_id);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let manifest = loop {
+            let manifest = Manifest::read(&dir)?;
+            if manifest.state == State::Stopped || Instant::now() > deadline {
+                break manifest;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        ensure!(manifest.state == State::Stopped, "{:?}", manifest.state);
+        let cameras: Vec<_> = manifest
+            .tracks
+            .iter()
+            .filter(|t| t.codec != Codec::Opus)
+            .collect();
+        ensure!(cameras.len() == 2, "video tracks: {:?}", manifest.tracks);
+        for track in cameras {
+            let file = dir.join(&track.file);
+            eprintln!(
+                "{}: {:?} {:?}x{:?}, {} ms, {} frames ({} keyframes), {} bytes, {} packets dropped",
+                track.file,
+                track.codec,
+                track.width,
+                track.height,
+                track.duration_ms,
+                track.frames,
+                track.keyframes,
+                track.bytes,
+                track.dropped_packets
+            );
+            ensure!(
+                track.codec == Codec::Vp9 && track.file.ends_with(".webm") && track.complete,
+                "{track:?}"
+            );
+            ensure!(
+                (track.width, track.height) == (Some(320), Some(240)),
+                "the keyframe header's size: {track:?}"
+            );
+            // 15 frames a second for most of the time recorded (the file starts at the first
+            // keyframe after the start: at most a second of the clip's GOP is skipped).
+            let least = (RECORDED.as_secs() - 1) * 15 * 8 / 10;
+            // And a keyframe a second (the clip's GOP): webrtc-rs's payloader marks every
+            // frame as not inter-predicted, so only the frame headers tell them apart.
+            ensure!(
+                track.frames >= least && (4..=track.frames / 10).contains(&track.keyframes),
+                "{} frames, {} keyframes: fewer than {least} frames, or not one keyframe in 15",
+                track.frames,
+                track.keyframes
+            );
+            let probed = ffprobe(
+                &[
+                    "-select_streams",
+                    "v:0",
+                    "-count_frames",
+                    "-show_entries",
+                    "stream=codec_name,width,height,nb_read_frames",
+                    "-of",
+                    "csv=p=0",
+                ],
+                &file,
+            )
+            .await
+            .with_context(|| format!("probing {}", track.file))?;
+            ensure!(
+                probed.starts_with("vp9,320,240,"),
+                "{}: ffprobe says {probed}",
+                track.file
+            );
+            let decoded: u64 = probed
+                .trim()
+                .rsplit(',')
+                .next()
+                .unwrap_or("")
+                .parse()
+                .with_context(|| format!("ffprobe said {probed}"))?;
+            ensure!(
+                decoded == track.frames,
+                "{}: ffmpeg decodes {decoded} frames, the manifest says {}",
+                track.file,
+                track.frames
+            );
+            let errors = decode_errors(&file).await?;
+            ensure!(errors.is_empty(), "{}: {errors}", track.file);
+        }
+        drop((alice, bob));
+        Ok(())
+    }
+    .await;
+    let _ = process.signal("KILL");
+    let _ = process.wait().await;
+    outcome
+}
