@@ -15,6 +15,7 @@ use bytes::Bytes;
 pub enum ClipCodec {
     Vp8,
     Vp9,
+    Av1,
     Opus,
 }
 
@@ -40,7 +41,7 @@ impl Clip {
     /// alternate reference frames: every frame is shown, one per RTP timestamp), written in
     /// `dir`.
     pub fn vp8(dir: &Path, seconds: u32, kbps: u32) -> anyhow::Result<Self> {
-        let frames = encode_video(dir, "libvpx", seconds, kbps)?;
+        let frames = encode_video(dir, "libvpx", LIBVPX_REALTIME, seconds, kbps)?;
         ensure!(
             frames
                 .first()
@@ -53,7 +54,7 @@ impl Clip {
     /// The same as VP9 profile 0 (libvpx-vp9, one spatial layer: no superframes), a real
     /// encoder's stream for what rtcd does with VP9.
     pub fn vp9(dir: &Path, seconds: u32, kbps: u32) -> anyhow::Result<Self> {
-        let frames = encode_video(dir, "libvpx-vp9", seconds, kbps)?;
+        let frames = encode_video(dir, "libvpx-vp9", LIBVPX_REALTIME, seconds, kbps)?;
         // The uncompressed header: frame marker 0b10, profile 0 (two bits), show_existing_frame
         // 0, then frame_type 0 for a keyframe: the top five bits 0b10000.
         ensure!(
@@ -63,6 +64,30 @@ impl Clip {
             "the VP9 clip does not start with a profile 0 keyframe"
         );
         Ok(Self::video(ClipCodec::Vp9, frames))
+    }
+
+    /// The same as AV1 (libaom, realtime), each frame a temporal unit of OBUs with their
+    /// sizes (what an IVF file holds, and what webrtc-rs's AV1 payloader takes).
+    pub fn av1(dir: &Path, seconds: u32, kbps: u32) -> anyhow::Result<Self> {
+        let frames = encode_video(
+            dir,
+            "libaom-av1",
+            &[
+                "-usage",
+                "realtime",
+                "-cpu-used",
+                "8",
+                "-lag-in-frames",
+                "0",
+            ],
+            seconds,
+            kbps,
+        )?;
+        ensure!(
+            frames.first().is_some_and(|f| obu_types(f).contains(&1)),
+            "the AV1 clip does not start with a sequence header"
+        );
+        Ok(Self::video(ClipCodec::Av1, frames))
     }
 
     fn video(codec: ClipCodec, frames: Vec<Bytes>) -> Self {
@@ -116,10 +141,50 @@ impl Clip {
     }
 }
 
-/// `seconds` of ffmpeg's `testsrc2` through `encoder` (libvpx or libvpx-vp9) at about `kbps`
-/// (realtime settings, no alternate reference frames: every frame is shown, one per RTP
-/// timestamp), written in `dir`; its frames.
-fn encode_video(dir: &Path, encoder: &str, seconds: u32, kbps: u32) -> anyhow::Result<Vec<Bytes>> {
+/// libvpx's realtime settings, without alternate reference frames: every frame is shown, one
+/// per RTP timestamp.
+const LIBVPX_REALTIME: &[&str] = &[
+    "-deadline",
+    "realtime",
+    "-cpu-used",
+    "8",
+    "-auto-alt-ref",
+    "0",
+    "-lag-in-frames",
+    "0",
+];
+
+/// The OBU types of a temporal unit whose OBUs all carry their size (AV1 5.3), in order.
+fn obu_types(mut unit: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while let Some(&header) = unit.first() {
+        let extension = usize::from(header & 0x04 != 0);
+        let (mut size, mut at) = (0usize, 1 + extension);
+        for i in 0..8 {
+            let Some(&b) = unit.get(at) else {
+                return types;
+            };
+            at += 1;
+            size |= usize::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        types.push((header >> 3) & 0x0f);
+        unit = unit.get(at + size..).unwrap_or_default();
+    }
+    types
+}
+
+/// `seconds` of ffmpeg's `testsrc2` through `encoder` with `settings` at about `kbps`, a
+/// keyframe a second, written in `dir`; its frames.
+fn encode_video(
+    dir: &Path,
+    encoder: &str,
+    settings: &[&str],
+    seconds: u32,
+    kbps: u32,
+) -> anyhow::Result<Vec<Bytes>> {
     let file = dir.join(format!("clip-{encoder}.ivf"));
     let size = format!("testsrc2=size=320x240:rate={FPS}");
     let rate = format!("{kbps}k");
@@ -144,17 +209,11 @@ fn encode_video(dir: &Path, encoder: &str, seconds: u32, kbps: u32) -> anyhow::R
             &gop,
             "-keyint_min",
             &gop,
-            "-deadline",
-            "realtime",
-            "-cpu-used",
-            "8",
-            "-auto-alt-ref",
-            "0",
-            "-lag-in-frames",
-            "0",
-            "-f",
-            "ivf",
-        ],
+        ]
+        .into_iter()
+        .chain(settings.iter().copied())
+        .chain(["-f", "ivf"])
+        .collect::<Vec<_>>(),
         &file,
     )?;
     ivf_frames(&std::fs::read(&file)?)

@@ -335,6 +335,16 @@ fn vp9() -> RTCRtpCodec {
     }
 }
 
+/// AV1 (profile 0), as browsers offer it.
+fn av1() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "video/AV1".to_owned(),
+        clock_rate: 90_000,
+        sdp_fmtp_line: "profile-id=0".to_owned(),
+        ..Default::default()
+    }
+}
+
 /// H.264 (constrained baseline, packetization mode 1: what browsers offer first).
 pub fn h264() -> RTCRtpCodec {
     RTCRtpCodec {
@@ -1004,6 +1014,7 @@ impl Participant {
         let codec = match clip.codec {
             ClipCodec::Vp8 => vp8(),
             ClipCodec::Vp9 => vp9(),
+            ClipCodec::Av1 => av1(),
             ClipCodec::Opus => opus(),
         };
         let (track, sender, ssrc) = self.local_track(kind, &codec).await?;
@@ -1014,6 +1025,7 @@ impl Participant {
         tokio::spawn(async move {
             let mut payloader: Box<dyn rtc::rtp::packetizer::Payloader + Send> = match clip.codec {
                 ClipCodec::Vp9 => Box::new(rtc::rtp::codec::vp9::Vp9Payloader::default()),
+                ClipCodec::Av1 => Box::new(rtc::rtp::codec::av1::Av1Payloader::default()),
                 _ => {
                     let mut vp8 = rtc::rtp::codec::vp8::Vp8Payloader::default();
                     vp8.enable_picture_id = true;

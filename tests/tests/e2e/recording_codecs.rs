@@ -1,15 +1,16 @@
-//! Recording (issue 31) of VP9 from a real encoder: rtcd as a process, two webrtc-rs
-//! publishers sending libvpx-vp9's stream of ffmpeg's test picture (profile 0, one spatial
-//! layer) and Opus ([`Clip::vp9`]), packetized by webrtc-rs (flexible mode, picture IDs).
-//! The recorder's VP9 path had been checked only with hand-made frames: here each camera's
-//! WebM must say VP9 at the clip's size, hold the frames of the time recorded, start at a
-//! keyframe, and decode in ffmpeg without an error. About 15 s; needs ffmpeg, as the suite has.
+//! Recording (issue 31) of VP9 and AV1 from real encoders: rtcd as a process, two webrtc-rs
+//! publishers sending ffmpeg's test picture encoded by libvpx-vp9 (profile 0, one spatial
+//! layer; [`Clip::vp9`]) or libaom (AV1; [`Clip::av1`]), and Opus, packetized by webrtc-rs.
+//! The recorder's VP9 and AV1 paths had been checked only with hand-made frames: here each
+//! camera's WebM must name the codec at the clip's size, hold the frames of the time
+//! recorded with a keyframe a second, and decode in ffmpeg without an error. About 10 s each;
+//! needs ffmpeg, as the suite has.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use rtcd_e2e::media::{Clip, authorized};
+use rtcd_e2e::media::{Clip, ClipCodec, authorized};
 use rtcd_e2e::recording::{
     ROOM, call, decode_errors, ffprobe, recording_dir, register, rooms, start_rtcd,
 };
@@ -24,11 +25,28 @@ const RECORDED: Duration = Duration::from_secs(6);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vp9_from_a_real_encoder_is_recorded_into_webm_files_that_decode() -> anyhow::Result<()> {
+    let media = tempfile::tempdir()?;
+    record(Clip::vp9(media.path(), 4, 300)?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn av1_from_a_real_encoder_is_recorded_into_webm_files_that_decode() -> anyhow::Result<()> {
+    let media = tempfile::tempdir()?;
+    record(Clip::av1(media.path(), 4, 300)?).await
+}
+
+/// Records a call of two publishers sending `video` (and Opus) and checks both cameras' files.
+async fn record(video: Clip) -> anyhow::Result<()> {
+    let (codec, probed_as) = match video.codec {
+        ClipCodec::Vp9 => (Codec::Vp9, "vp9"),
+        ClipCodec::Av1 => (Codec::Av1, "av1"),
+        other => anyhow::bail!("not a codec this test records: {other:?}"),
+    };
     let data = tempfile::tempdir()?;
     let recordings = tempfile::tempdir()?;
     let media = tempfile::tempdir()?;
     let audio = Arc::new(Clip::opus(media.path(), 4)?);
-    let video = Arc::new(Clip::vp9(media.path(), 4, 300)?);
+    let video = Arc::new(video);
     let (mut process, grpc) = start_rtcd(RTCD.as_ref(), data.path(), recordings.path(), 0).await?;
     let outcome = async {
         let auth = register(&process).await?;
@@ -85,7 +103,7 @@ async fn vp9_from_a_real_encoder_is_recorded_into_webm_files_that_decode() -> an
                 track.dropped_packets
             );
             ensure!(
-                track.codec == Codec::Vp9 && track.file.ends_with(".webm") && track.complete,
+                track.codec == codec && track.file.ends_with(".webm") && track.complete,
                 "{track:?}"
             );
             ensure!(
@@ -95,7 +113,7 @@ async fn vp9_from_a_real_encoder_is_recorded_into_webm_files_that_decode() -> an
             // 15 frames a second for most of the time recorded (the file starts at the first
             // keyframe after the start: at most a second of the clip's GOP is skipped).
             let least = (RECORDED.as_secs() - 1) * 15 * 8 / 10;
-            // And a keyframe a second (the clip's GOP): webrtc-rs's payloader marks every
+            // And a keyframe a second (the clip's GOP): webrtc-rs's VP9 payloader marks every
             // frame as not inter-predicted, so only the frame headers tell them apart.
             ensure!(
                 track.frames >= least && (4..=track.frames / 10).contains(&track.keyframes),
@@ -118,7 +136,7 @@ async fn vp9_from_a_real_encoder_is_recorded_into_webm_files_that_decode() -> an
             .await
             .with_context(|| format!("probing {}", track.file))?;
             ensure!(
-                probed.starts_with("vp9,320,240,"),
+                probed.starts_with(&format!("{probed_as},320,240,")),
                 "{}: ffprobe says {probed}",
                 track.file
             );
