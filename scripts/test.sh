@@ -58,11 +58,12 @@ if [ "$missing" = 1 ] \
 	|| ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl \
 	|| [ ! -x /usr/bin/etcd ] || [ ! -x /usr/bin/etcdctl ] \
 	|| ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null \
+	|| ! command -v tesseract >/dev/null \
 	|| ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then
-	need_root "installing chromium, chromium-driver, firefox-esr, iproute2, nftables (blocking UDP for the ICE-TCP and TURN tests), openssl (test PKI), pkg-config and libssl-dev (the load tool's WebRTC stack), coturn (the TURN tests), python3-seccomp (rtcd under the systemd unit's address-family filter), etcd-server and etcd-client (the cluster store's tests start their own etcd members), ffmpeg (rtcd-compose's tests make WebM tracks, compose them and check the result with ffprobe)"
+	need_root "installing chromium, chromium-driver, firefox-esr, iproute2, nftables (blocking UDP for the ICE-TCP and TURN tests), openssl (test PKI), pkg-config and libssl-dev (the load tool's WebRTC stack), coturn (the TURN tests), python3-seccomp (rtcd under the systemd unit's address-family filter), etcd-server and etcd-client (the cluster store's tests start their own etcd members), ffmpeg (rtcd-compose's tests make WebM tracks, compose them and check the result with ffprobe), tesseract-ocr (the call page tests read the names in a screenshot)"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update
-	apt-get install -y --no-install-recommends chromium chromium-driver firefox-esr iproute2 nftables openssl pkg-config libssl-dev coturn python3 python3-seccomp etcd-server etcd-client ffmpeg
+	apt-get install -y --no-install-recommends chromium chromium-driver firefox-esr iproute2 nftables openssl pkg-config libssl-dev coturn python3 python3-seccomp etcd-server etcd-client ffmpeg tesseract-ocr
 	# The tests start their own turnserver processes (tests/src/coturn.rs); the package's
 	# system-wide service must not run (policy-rc.d may already have kept it from starting).
 	if command -v systemctl >/dev/null; then
@@ -205,7 +206,7 @@ export RUST_LIB_BACKTRACE=0
 # The browser calls, run one at a time (nextest: test group browser-calls; cargo test: after
 # the rest, with one test thread). Every name the long binary's modules give them; no other
 # test's name contains these.
-serial=(calls:: browser:: devices:: e2ee::chromium_ turn::chromium_calls_ turn::turn_credentials_are_refreshed_ weak_link::)
+serial=(calls:: call_page:: browser:: devices:: e2ee::chromium_ turn::chromium_calls_ turn::turn_credentials_are_refreshed_ weak_link::)
 in_namespace() {
 	unshare -n sh -c 'ip link set lo up && exec "$@"' sh "$@"
 }

@@ -220,6 +220,30 @@ mod tests {
         assert!(CONTENT_SECURITY_POLICY.contains("worker-src 'self';"));
     }
 
+    /// The CSP (`style-src 'self'`, `script-src 'self'`) would block inline styles and
+    /// scripts, silently: the page must need none (app.js sets styles from script, which the
+    /// CSP allows).
+    #[test]
+    fn the_page_has_no_inline_style_or_script() {
+        let page = INDEX.body;
+        assert!(!page.contains(" style="), "a style attribute in index.html");
+        assert!(!page.contains("<style"), "a <style> block in index.html");
+        for script in page.split("<script").skip(1) {
+            assert!(
+                script
+                    .split('>')
+                    .next()
+                    .unwrap_or_default()
+                    .contains("src="),
+                "an inline <script> in index.html"
+            );
+        }
+        assert!(
+            !APP.body.contains("innerHTML"),
+            "app.js builds its DOM with nodes"
+        );
+    }
+
     #[test]
     fn revalidation_with_the_etag_is_a_304_and_a_stale_tag_gets_the_file() {
         let sdk = sdk_file("client.js").unwrap();

@@ -19,9 +19,14 @@
 // <figure data-participant="IDENTITY" data-media="connecting|connected|poor">; their camera +
 // microphone play in its <video data-participant="IDENTITY"> (screen shares in a second tile,
 // <figure data-screen-of="IDENTITY">, with <video data-participant="IDENTITY" data-source="screen">).
-// A moderator (role from the token, or granted live) sees moderation buttons on every remote
-// tile (<div class="moderation"> with data-action="mute|kick|ban|grant_moderator|
-// revoke_moderator") and an "End for all" button (#end-room); body[data-role] is the role.
+// Tiles are laid out by layout(): <main id="grid" data-layout="grid|speaker|screen"> (a
+// screen share is always shown large; #layout toggles the speaker view). Each tile has
+// data-quality (excellent|good|poor|lost, absent while unknown) and an aria-label naming the
+// person and their state. A moderator (role from the token, or granted live) gets a menu
+// button on every remote tile (button.actions, "Actions for NAME") opening #tile-menu, whose
+// [role=menuitem][data-action=mute|grant_moderator|revoke_moderator|kick|ban] items are only
+// those that apply (mute items carry data-source), and an "End for all" button (#end-room);
+// body[data-role] is the role. #devices opens the device picker (#devices-dialog).
 // `window.rtcd` is the RtcdClient (docs/web-client.md, "Automation").
 
 import { RtcdClient, ErrorCode } from '/sdk/client.js';
@@ -104,7 +109,11 @@ function toast(text) {
 
 // ---- tiles --------------------------------------------------------------------------------
 
-/** @type {Map<string, {tile: HTMLElement, video: HTMLVideoElement, stream: MediaStream, screen?: HTMLElement}>} */
+/**
+ * @typedef {{tile: HTMLElement, video: HTMLVideoElement, stream: MediaStream, name: string,
+ *   screen?: HTMLElement}} TileEntry
+ */
+/** @type {Map<string, TileEntry>} */
 const tiles = new Map();
 
 function initials(text) {
@@ -138,9 +147,28 @@ function offerSound() {
   $('toasts').append(button);
 }
 
+/** The top-left status row of a tile: connection bars, mute badges, media health. */
+function tileStatus() {
+  const status = document.createElement('div');
+  status.className = 'tile-status';
+  const bars = document.createElement('span');
+  bars.className = 'bars';
+  bars.setAttribute('role', 'img');
+  bars.hidden = true;
+  bars.append(document.createElement('i'), document.createElement('i'), document.createElement('i'));
+  const badges = document.createElement('span');
+  badges.className = 'badges';
+  const health = document.createElement('span');
+  health.className = 'health';
+  status.append(bars, badges, health);
+  return status;
+}
+
+/** @param {string} identity @param {string} label @param {'camera'|'screen'} source */
 function makeTile(identity, label, source) {
   const tile = document.createElement('figure');
   tile.className = source === 'screen' ? 'tile screen' : 'tile';
+  tile.setAttribute('role', 'group');
   tile.dataset.identity = identity;
   // Only the participant's own tile answers figure[data-participant=…]; a screen tile says
   // whose screen it is.
@@ -156,21 +184,44 @@ function makeTile(identity, label, source) {
   if (source === 'screen') video.dataset.source = 'screen';
   const avatar = document.createElement('div');
   avatar.className = 'avatar';
-  avatar.textContent = initials(label);
+  avatar.setAttribute('aria-hidden', 'true');
   const caption = document.createElement('figcaption');
   const name = document.createElement('span');
   name.className = 'name';
-  name.textContent = source === 'screen' ? `${label} (screen)` : label;
-  const badges = document.createElement('span');
-  badges.className = 'badges';
-  const health = document.createElement('span');
-  health.className = 'health';
-  caption.append(name, badges, health);
-  if (source !== 'screen') caption.append(moderationButtons(identity));
-  tile.append(video, avatar, caption);
+  caption.append(name);
+  tile.append(video, avatar, tileStatus(), caption);
+  if (source !== 'screen') tile.append(actionsButton(identity));
+  setTileName(tile, source === 'screen' ? `${label} (screen)` : label);
   $('grid').append(tile);
-  updateGrid();
+  layout();
   return { tile, video };
+}
+
+/** The name on a tile, its avatar's initials, and the labels that carry it. */
+function setTileName(tile, name) {
+  const el = /** @type {HTMLElement} */ (tile.querySelector('.name'));
+  el.textContent = name;
+  // Shown in full on hover when the tile is too narrow for it.
+  el.title = name;
+  const avatar = tile.querySelector('.avatar');
+  if (avatar) avatar.textContent = initials(name.replace(/ \((you|screen)\)$/, ''));
+  const actions = tile.querySelector('.actions');
+  if (actions) actions.setAttribute('aria-label', `Actions for ${name}`);
+  describeTile(tile);
+}
+
+/**
+ * The tile's accessible label: who, then their state as a screen reader should say it, e.g.
+ * "Bruno Costa, microphone muted, speaking, connection good".
+ * @param {HTMLElement} tile
+ */
+function describeTile(tile) {
+  const parts = [/** @type {HTMLElement} */ (tile.querySelector('.name')).textContent];
+  if (tile.classList.contains('mic-off')) parts.push('microphone muted');
+  if (tile.classList.contains('camera-off')) parts.push('camera off');
+  if (tile.classList.contains('speaking')) parts.push('speaking');
+  if (tile.dataset.quality) parts.push(`connection ${tile.dataset.quality}`);
+  tile.setAttribute('aria-label', parts.join(', '));
 }
 
 /**
@@ -184,15 +235,18 @@ function show(video, tracks) {
   if (tracks.length) play(video);
 }
 
+/** @param {string} identity @param {string} [name] @returns {TileEntry} */
 function tileFor(identity, name) {
   let entry = tiles.get(identity);
   if (!entry) {
-    const { tile, video } = makeTile(identity, name || identity, 'camera');
-    entry = { tile, video, stream: new MediaStream() };
+    const label = name || identity;
+    const { tile, video } = makeTile(identity, label, 'camera');
+    entry = { tile, video, stream: new MediaStream(), name: label };
     video.srcObject = entry.stream;
     tiles.set(identity, entry);
-  } else if (name) {
-    entry.tile.querySelector('.name').textContent = name;
+  } else if (name && name !== entry.name) {
+    entry.name = name;
+    setTileName(entry.tile, name);
   }
   return entry;
 }
@@ -207,29 +261,49 @@ function setTileMedia(identity, media) {
   entry.tile.querySelector('.health').textContent = HEALTH_TEXT[media] ?? media;
 }
 
+/**
+ * Connection bars from the SDK's judgement (`connectionquality`); hidden while unknown.
+ * @param {HTMLElement} tile @param {string|null|undefined} quality
+ */
+function setQuality(tile, quality) {
+  const bars = /** @type {HTMLElement} */ (tile.querySelector('.bars'));
+  if (quality) tile.dataset.quality = quality;
+  else delete tile.dataset.quality;
+  bars.hidden = !quality;
+  bars.setAttribute('aria-label', quality ? `Connection: ${quality}` : '');
+  bars.title = quality ? `Connection: ${quality}` : '';
+  describeTile(tile);
+}
+
 function removeTile(identity) {
   const entry = tiles.get(identity);
   if (!entry) return;
+  if (menu.identity === identity) closeMenu(false);
   entry.tile.remove();
   if (entry.screen) entry.screen.remove();
   tiles.delete(identity);
-  updateGrid();
+  layout();
 }
 
-function updateGrid() {
-  $('grid').dataset.count = String($('grid').children.length);
-}
-
+/** The mute badges and the speaking outline of a remote tile. */
 function setBadges(identity, participant) {
   const entry = tiles.get(identity);
   if (!entry) return;
   const muted = participant.muted || {};
-  const badges = entry.tile.querySelector('.badges');
-  badges.textContent = '';
-  if (muted.microphone) badges.append(badge('mic off', 'off'));
-  if (muted.camera) badges.append(badge('camera off', 'off'));
+  const cameraOff = Boolean(muted.camera) || entry.stream.getVideoTracks().length === 0;
+  showBadges(entry.tile, Boolean(muted.microphone), cameraOff && Boolean(muted.camera));
   entry.tile.classList.toggle('speaking', Boolean(participant.speaking));
-  entry.tile.classList.toggle('camera-off', Boolean(muted.camera) || entry.stream.getVideoTracks().length === 0);
+  entry.tile.classList.toggle('camera-off', cameraOff);
+  describeTile(entry.tile);
+}
+
+/** @param {HTMLElement} tile @param {boolean} micOff @param {boolean} cameraMuted */
+function showBadges(tile, micOff, cameraMuted) {
+  const badges = tile.querySelector('.badges');
+  badges.textContent = '';
+  if (micOff) badges.append(badge('mic off', 'off'));
+  if (cameraMuted) badges.append(badge('camera off', 'off'));
+  tile.classList.toggle('mic-off', micOff);
 }
 
 function badge(text, kind) {
@@ -239,46 +313,297 @@ function badge(text, kind) {
   return el;
 }
 
+/** Says joins and leaves to screen readers (a polite live region). @param {string} text */
+function announce(text) {
+  const el = $('announcer');
+  el.textContent = '';
+  // A new text node after a tick: the same sentence twice is still read twice.
+  setTimeout(() => { el.textContent = text; }, 50);
+}
+
+// ---- layouts ------------------------------------------------------------------------------
+
+/** Space around and between tiles (px). */
+const PAD = 16;
+const GAP = 12;
+/** Strip tiles (speaker and screen views): at most this wide, and no narrower than the minimum. */
+const STRIP_MAX = 240;
+const STRIP_MIN = 140;
+/** Grid rows that fit on screen; more people scroll. */
+const MAX_ROWS = 3;
+
+/** The remote participant the speaker view shows large: whoever spoke last (sticky). */
+let featuredSpeaker = '';
+
+/** Columns of the grid for `n` tiles: 1, 2, 2x2, 3x2, 3x3, then 4 a row. @param {number} n */
+function columnsFor(n) {
+  return n <= 1 ? 1 : n <= 4 ? 2 : n <= 9 ? 3 : 4;
+}
+
+/**
+ * @typedef {{x: number, y: number, w: number, h: number}} Box
+ */
+
+/**
+ * Equal 16:9 tiles as large as the space allows, each row centered.
+ * @param {number} n @param {number} width @param {number} height @returns {Box[]}
+ */
+function gridBoxes(n, width, height) {
+  const cols = columnsFor(n);
+  const rows = Math.ceil(n / cols);
+  const shown = Math.min(rows, MAX_ROWS);
+  // Whole pixels, rounded down: a fraction over the height would add a scrollbar.
+  const w = Math.floor(Math.min((width - GAP * (cols - 1)) / cols, ((height - GAP * (shown - 1)) / shown) * 16 / 9));
+  const h = w * 9 / 16;
+  const top = Math.max(0, (height - rows * h - (rows - 1) * GAP) / 2);
+  const boxes = [];
+  for (let i = 0; i < n; i++) {
+    const row = Math.floor(i / cols);
+    const inRow = Math.min(cols, n - row * cols);
+    const left = (width - inRow * w - (inRow - 1) * GAP) / 2;
+    boxes.push({ x: left + (i % cols) * (w + GAP), y: top + row * (h + GAP), w, h });
+  }
+  return boxes;
+}
+
+/**
+ * One large tile on top, the `others` in a strip below it (wrapping when they do not fit).
+ * @param {number} others @param {number} width @param {number} height @returns {Box[]}
+ */
+function stageBoxes(others, width, height) {
+  const perRow = Math.max(1, Math.min(others, Math.floor((width + GAP) / (STRIP_MIN + GAP))));
+  const sw = Math.floor(Math.min(STRIP_MAX, (width - GAP * (perRow - 1)) / perRow));
+  const sh = sw * 9 / 16;
+  const stripRows = Math.ceil(others / perRow);
+  const stripHeight = others ? stripRows * sh + (stripRows - 1) * GAP + GAP : 0;
+  const w = Math.floor(Math.min(width, Math.max(0, height - stripHeight) * 16 / 9));
+  const h = w * 9 / 16;
+  const top = Math.max(0, (height - h - stripHeight) / 2);
+  const boxes = [{ x: (width - w) / 2, y: top, w, h }];
+  for (let i = 0; i < others; i++) {
+    const row = Math.floor(i / perRow);
+    const inRow = Math.min(perRow, others - row * perRow);
+    const left = (width - inRow * sw - (inRow - 1) * GAP) / 2;
+    boxes.push({ x: left + (i % perRow) * (sw + GAP), y: top + h + GAP + row * (sh + GAP), w: sw, h: sh });
+  }
+  return boxes;
+}
+
+/** The tile the speaker view shows large. @param {HTMLElement[]} figures */
+function speakerTile(figures) {
+  const remote = figures.filter((f) => f.dataset.participant);
+  return remote.find((f) => f.dataset.participant === featuredSpeaker) || remote[0] || figures[0];
+}
+
+/**
+ * Places every tile: a screen share large with everyone in a strip; else the speaker view
+ * (when on) with the active speaker large; else the grid. `#grid[data-layout]` says which.
+ * Runs on joins, leaves, screen shares, the toggle, a new speaker and every resize.
+ */
+function layout() {
+  const grid = $('grid');
+  const figures = /** @type {HTMLElement[]} */ ([...grid.children].filter((el) => el.matches('figure.tile')));
+  const screen = figures.find((f) => f.classList.contains('screen'));
+  const speakerView = $('layout').getAttribute('aria-pressed') === 'true' && figures.length > 1;
+  const featured = screen || (speakerView ? speakerTile(figures) : null);
+  grid.dataset.layout = screen ? 'screen' : featured ? 'speaker' : 'grid';
+  const width = grid.clientWidth - 2 * PAD;
+  const height = grid.clientHeight - 2 * PAD;
+  if (width <= 0 || height <= 0) return;
+  const ordered = featured ? [featured, ...figures.filter((f) => f !== featured)] : figures;
+  const boxes = featured ? stageBoxes(figures.length - 1, width, height) : gridBoxes(figures.length, width, height);
+  ordered.forEach((tile, i) => {
+    const box = boxes[i];
+    tile.style.left = `${PAD + box.x}px`;
+    tile.style.top = `${PAD + box.y}px`;
+    tile.style.width = `${box.w}px`;
+    tile.style.height = `${box.h}px`;
+    tile.classList.toggle('small', Boolean(featured) && tile !== featured);
+  });
+  if (menu.button) placeMenu();
+}
+
+/** A new loudest speaker becomes the speaker view's large tile (and stays until another speaks). */
+function followSpeaker(speakers) {
+  const next = speakers.find((identity) => tiles.has(identity));
+  if (!next || next === featuredSpeaker) return;
+  featuredSpeaker = next;
+  if ($('grid').dataset.layout === 'speaker') layout();
+}
+
 // ---- moderation ---------------------------------------------------------------------------
 
-/** The page's client, once created (moderation buttons act through it). */
+/** The page's client, once created (moderation and the device picker act through it). */
 let activeClient = null;
 
-/** Moderation buttons for a remote participant's tile; shown only to moderators (CSS). */
-function moderationButtons(identity) {
-  const box = document.createElement('div');
-  box.className = 'moderation';
-  const actions = [
-    ['mute', 'Mute', { source: 'microphone' }],
-    ['kick', 'Remove', {}],
-    ['ban', 'Ban 1 h', { banSeconds: 3600 }],
-    ['grant_moderator', 'Make moderator', {}],
-    ['revoke_moderator', 'Revoke moderator', {}],
-  ];
-  for (const [action, text, extra] of actions) {
-    const button = document.createElement('button');
-    button.type = 'button';
-    button.dataset.action = action;
-    button.textContent = text;
-    button.addEventListener('click', () => {
-      if (activeClient) activeClient.moderate(/** @type {any} */ (action), { identity, ...extra });
-    });
-    box.append(button);
+/**
+ * Other participants' roles as this page knows them: from `participant_joined` when the
+ * server says (through rtcd it does not), and from this page's own grant / revoke. Unknown
+ * counts as `member`: the menu then offers "Make moderator", after which it offers "Revoke".
+ * @type {Map<string, string>}
+ */
+const roles = new Map();
+
+/** The open moderation menu: the button that opened it and whose it is. */
+const menu = {
+  /** @type {HTMLButtonElement|null} */
+  button: null,
+  identity: '',
+};
+
+/** The "Actions for NAME" menu button of a remote tile; CSS shows it to moderators only. */
+function actionsButton(identity) {
+  const button = document.createElement('button');
+  button.type = 'button';
+  button.className = 'actions';
+  button.textContent = '⋯';
+  button.setAttribute('aria-haspopup', 'menu');
+  button.setAttribute('aria-expanded', 'false');
+  button.setAttribute('aria-controls', 'tile-menu');
+  button.addEventListener('click', () => {
+    if (menu.button === button) closeMenu(true);
+    else openMenu(button, identity, 'first');
+  });
+  button.addEventListener('keydown', (e) => {
+    const focus = { ArrowDown: 'first', Enter: 'first', ' ': 'first', ArrowUp: 'last' }[e.key];
+    if (!focus) return;
+    e.preventDefault();
+    openMenu(button, identity, focus);
+  });
+  return button;
+}
+
+/**
+ * @typedef {{action: string, label: string, source?: string, banSeconds?: number,
+ *   confirm?: string, danger?: boolean}} MenuItem
+ */
+
+/**
+ * What a moderator can do to `identity` now, and only that: a mute item per source they
+ * publish unmuted, "Make" or "Revoke moderator" by their role, remove, ban.
+ * @param {RtcdClient} client @param {string} identity @returns {MenuItem[]}
+ */
+function menuItems(client, identity) {
+  const participant = client.participants.get(identity);
+  const name = (participant && participant.name) || identity;
+  const muted = (participant && participant.muted) || {};
+  const published = new Set([...client.remoteTracks.values()].filter((t) => t.identity === identity).map((t) => t.source));
+  /** @type {MenuItem[]} */
+  const items = [];
+  for (const [source, label] of [['microphone', 'Mute microphone'], ['camera', 'Turn off camera'], ['screen', 'Stop screen share']]) {
+    if (published.has(source) && !muted[source]) items.push({ action: 'mute', label, source });
   }
-  return box;
+  items.push(roles.get(identity) === 'moderator'
+    ? { action: 'revoke_moderator', label: 'Revoke moderator' }
+    : { action: 'grant_moderator', label: 'Make moderator' });
+  items.push({ action: 'kick', label: 'Remove from call', danger: true });
+  items.push({ action: 'ban', label: 'Ban for 1 hour', banSeconds: 3600, danger: true, confirm: `Ban ${name} from this room for an hour?` });
+  return items;
+}
+
+/**
+ * Opens the menu under `button` with the items that apply now; focuses the first or last.
+ * @param {HTMLButtonElement} button @param {string} identity @param {string} focus
+ */
+function openMenu(button, identity, focus) {
+  const client = activeClient;
+  if (!client) return;
+  closeMenu(false);
+  const el = $('tile-menu');
+  el.textContent = '';
+  for (const item of menuItems(client, identity)) {
+    const entry = document.createElement('button');
+    entry.type = 'button';
+    entry.setAttribute('role', 'menuitem');
+    entry.tabIndex = -1;
+    entry.dataset.action = item.action;
+    if (item.source) entry.dataset.source = item.source;
+    if (item.danger) entry.className = 'danger';
+    entry.textContent = item.label;
+    entry.addEventListener('click', () => {
+      closeMenu(true);
+      if (item.confirm && !confirm(item.confirm)) return;
+      client.moderate(/** @type {any} */ (item.action), { identity, source: item.source, banSeconds: item.banSeconds });
+    });
+    el.append(entry);
+  }
+  el.setAttribute('aria-label', button.getAttribute('aria-label') || 'Actions');
+  el.hidden = false;
+  menu.button = button;
+  menu.identity = identity;
+  button.setAttribute('aria-expanded', 'true');
+  placeMenu();
+  const items = menuEntries();
+  (focus === 'last' ? items[items.length - 1] : items[0]).focus();
+}
+
+/** @returns {HTMLElement[]} */
+function menuEntries() {
+  return [...$('tile-menu').querySelectorAll('[role=menuitem]')];
+}
+
+/** Below its button, right-aligned with it; above it when there is no room below. */
+function placeMenu() {
+  const el = $('tile-menu');
+  const at = menu.button.getBoundingClientRect();
+  const { width, height } = el.getBoundingClientRect();
+  const below = at.bottom + 4 + height <= window.innerHeight;
+  el.style.top = `${Math.max(4, below ? at.bottom + 4 : at.top - 4 - height)}px`;
+  el.style.left = `${Math.min(window.innerWidth - width - 4, Math.max(4, at.right - width))}px`;
+}
+
+/** @param {boolean} refocus give the focus back to the menu button */
+function closeMenu(refocus) {
+  const button = menu.button;
+  if (!button) return;
+  const el = $('tile-menu');
+  el.hidden = true;
+  el.textContent = '';
+  menu.button = null;
+  menu.identity = '';
+  button.setAttribute('aria-expanded', 'false');
+  if (refocus) button.focus();
+}
+
+/** The menu's keys (WAI-ARIA menu button): arrows, Home, End move; Escape and Tab close. */
+function wireMenu() {
+  const el = $('tile-menu');
+  el.addEventListener('keydown', (e) => {
+    const items = menuEntries();
+    const at = items.indexOf(/** @type {HTMLElement} */ (document.activeElement));
+    const to = {
+      ArrowDown: (at + 1) % items.length,
+      ArrowUp: (at - 1 + items.length) % items.length,
+      Home: 0,
+      End: items.length - 1,
+    }[e.key];
+    if (to !== undefined) {
+      e.preventDefault();
+      items[to].focus();
+    } else if (e.key === 'Escape' || e.key === 'Tab') {
+      e.preventDefault();
+      closeMenu(true);
+    }
+  });
+  // A click anywhere else closes it.
+  document.addEventListener('pointerdown', (e) => {
+    const target = /** @type {Node} */ (e.target);
+    if (menu.button && !el.contains(target) && !menu.button.contains(target)) closeMenu(false);
+  }, true);
 }
 
 /** Shows or hides the moderator's controls. @param {string} role */
 function setRole(role) {
   body.dataset.role = role || '';
   /** @type {HTMLButtonElement} */ ($('end-room')).hidden = role !== 'moderator';
+  if (role !== 'moderator') closeMenu(false);
   showRecording();
 }
 
 // ---- recording -----------------------------------------------------------------------------
 
 /**
- * The recording badge ("● REC This call is being recorded") while the room records, and the
+ * The recording badge ("● This call is being recorded", in the header) while the room records, and the
  * start / stop buttons for a moderator whose token grants `record`.
  */
 function showRecording() {
@@ -362,6 +687,7 @@ function wireControls(client) {
       client.setMuted(source, !client.muted.has(source));
       show();
       if (source === 'camera') $('local-tile').classList.toggle('camera-off', client.muted.has('camera'));
+      describeTile($('local-tile'));
       if (source === 'microphone') localBadges(client);
     });
     show();
@@ -380,6 +706,12 @@ function wireControls(client) {
       }
     }
   });
+  const layoutButton = $('layout');
+  layoutButton.addEventListener('click', () => {
+    const on = layoutButton.getAttribute('aria-pressed') !== 'true';
+    layoutButton.setAttribute('aria-pressed', String(on));
+    layout();
+  });
   $('leave').addEventListener('click', () => client.leave());
   $('end-room').addEventListener('click', () => {
     if (confirm('End the call for everyone?')) client.moderate('end_room');
@@ -392,13 +724,92 @@ function wireControls(client) {
 
 /** @param {RtcdClient} client */
 function localBadges(client) {
-  const badges = $('local-tile').querySelector('.badges');
-  badges.textContent = '';
-  if (client.muted.has('microphone')) badges.append(badge('mic off', 'off'));
+  const tile = $('local-tile');
+  showBadges(tile, client.muted.has('microphone'), false);
+  describeTile(tile);
+}
+
+/** What a moderation request did, as a sentence ("Bruno Costa is now a moderator."). */
+function moderatedText(client, { action, identity, sessions }) {
+  const participant = identity ? client.participants.get(identity) : undefined;
+  const who = (participant && participant.name) || (identity && tiles.get(identity)?.name) || identity;
+  const done = {
+    grant_moderator: `${who} is now a moderator.`,
+    revoke_moderator: `${who} is no longer a moderator.`,
+    mute: `${who} was muted.`,
+    kick: `${who} was removed from the call.`,
+    ban: `${who} was banned from this room.`,
+  }[action];
+  return done || `${action}${identity ? ` ${identity}` : ''}: done (${sessions} session(s))`;
+}
+
+// ---- devices ------------------------------------------------------------------------------
+
+/**
+ * The device picker: a modal dialog with a camera, microphone and (where the browser can
+ * choose it) speaker list, each showing the device in use; a change switches at once.
+ * @param {RtcdClient} client
+ */
+function wireDevices(client) {
+  const dialog = /** @type {HTMLDialogElement} */ ($('devices-dialog'));
+  $('devices').addEventListener('click', async () => {
+    fillDevices(client, await client.listDevices().catch(() => client.devices));
+    dialog.showModal();
+    $('device-camera').focus();
+  });
+  // The dialog closes on Escape or Done; the focus goes back to the button that opened it.
+  dialog.addEventListener('close', () => $('devices').focus());
+  client.addEventListener('deviceschanged', (e) => fillDevices(client, e.detail.devices));
+  client.addEventListener('deviceswitched', () => fillDevices(client, client.devices));
+  /** @type {[string, (id: string) => Promise<unknown>][]} */
+  const pickers = [
+    ['device-camera', (id) => client.switchCamera(id)],
+    ['device-microphone', (id) => client.switchMicrophone(id)],
+    ['device-speaker', (id) => client.setAudioOutput(id)],
+  ];
+  for (const [id, use] of pickers) {
+    const select = /** @type {HTMLSelectElement} */ ($(id));
+    // A failure is an `error` event (a toast); the list goes back to the device in use.
+    select.addEventListener('change', () => use(select.value).catch(() => fillDevices(client, client.devices)));
+  }
+}
+
+/**
+ * @param {RtcdClient} client
+ * @param {{videoinput: {deviceId: string, label: string}[], audioinput: {deviceId: string, label: string}[],
+ *   audiooutput: {deviceId: string, label: string}[]}} devices
+ */
+function fillDevices(client, devices) {
+  const inUse = (source) => {
+    const track = client.localTracks.get(source);
+    return (track && track.getSettings().deviceId) || '';
+  };
+  fillSelect('device-camera', devices.videoinput, inUse('camera'), 'Camera');
+  fillSelect('device-microphone', devices.audioinput, inUse('microphone'), 'Microphone');
+  const speaker = client.audioOutputSupported;
+  $('device-speaker').hidden = $('device-speaker-label').hidden = !speaker;
+  if (speaker) fillSelect('device-speaker', devices.audiooutput, client.audioOutput || 'default', 'Speaker');
+}
+
+/**
+ * @param {string} id @param {{deviceId: string, label: string}[]} list @param {string} current
+ * @param {string} kind what to call a device the browser gives no label (before permission)
+ */
+function fillSelect(id, list, current, kind) {
+  const select = /** @type {HTMLSelectElement} */ ($(id));
+  select.textContent = '';
+  list.forEach((device, i) => {
+    const option = document.createElement('option');
+    option.value = device.deviceId;
+    option.textContent = device.label || `${kind} ${i + 1}`;
+    option.selected = device.deviceId === current;
+    select.append(option);
+  });
+  select.disabled = list.length === 0;
 }
 
 function setControls(enabled, permissions) {
-  for (const id of ['mic', 'camera', 'screen', 'leave', 'end-room']) {
+  for (const id of ['mic', 'camera', 'screen', 'devices', 'leave', 'end-room']) {
     /** @type {HTMLButtonElement} */ ($(id)).disabled = !enabled;
   }
   if (enabled && permissions) {
@@ -438,7 +849,7 @@ function wireClient(client) {
     showWaiting(null);
     body.dataset.joins = String(client.joins);
     $('identity').textContent = `as ${info.name || info.identity}`;
-    $('local-tile').querySelector('.name').textContent = `${info.name || info.identity} (you)`;
+    setTileName($('local-tile'), `${info.name || info.identity} (you)`);
     view.problem = null;
     setControls(true, info.permissions);
     setRole(info.role);
@@ -477,7 +888,11 @@ function wireClient(client) {
     toast('The recording stopped.');
   });
   client.addEventListener('moderated', (e) => {
-    toast(`${e.detail.action}${e.detail.identity ? ` ${e.detail.identity}` : ''}: done (${e.detail.sessions} session(s))`);
+    const { action, identity } = e.detail;
+    if (identity && (action === 'grant_moderator' || action === 'revoke_moderator')) {
+      roles.set(identity, action === 'grant_moderator' ? 'moderator' : 'member');
+    }
+    toast(moderatedText(client, e.detail));
   });
   client.addEventListener('error', (e) => {
     const error = e.detail.error;
@@ -501,6 +916,8 @@ function wireClient(client) {
     problem(error.code, 'Reconnecting…', `${error.message} (attempt ${attempt}, in ${(delayMs / 1000).toFixed(1)} s)`, false);
   });
   client.addEventListener('participantjoined', (e) => {
+    if (e.detail.role) roles.set(e.detail.identity, e.detail.role);
+    announce(`${e.detail.name || e.detail.identity} joined`);
     tileFor(e.detail.identity, e.detail.name);
     setBadges(e.detail.identity, e.detail);
     setTileMedia(e.detail.identity, e.detail.media || 'connecting');
@@ -510,7 +927,16 @@ function wireClient(client) {
     view.media = e.detail.state;
     render();
   });
-  client.addEventListener('participantleft', (e) => removeTile(e.detail.identity));
+  client.addEventListener('participantleft', (e) => {
+    const entry = tiles.get(e.detail.identity);
+    announce(`${entry ? entry.name : e.detail.identity} left`);
+    removeTile(e.detail.identity);
+  });
+  client.addEventListener('connectionquality', (e) => {
+    const { identity, local, quality } = e.detail;
+    const tile = local ? $('local-tile') : tiles.get(identity)?.tile;
+    if (tile) setQuality(tile, quality);
+  });
   client.addEventListener('route', (e) => showRoute(e.detail.route));
   client.addEventListener('track', (e) => {
     const { identity, source, track } = e.detail;
@@ -542,7 +968,7 @@ function wireClient(client) {
         if (rest.length === 0) {
           entry.screen.remove();
           entry.screen = undefined;
-          updateGrid();
+          layout();
         }
       }
     } else {
@@ -552,14 +978,19 @@ function wireClient(client) {
     }
   });
   client.addEventListener('mutechanged', (e) => setBadges(e.detail.identity, client.participants.get(e.detail.identity) || { muted: {} }));
-  client.addEventListener('voiceactivity', () => {
+  client.addEventListener('voiceactivity', (e) => {
     for (const [identity, participant] of client.participants) setBadges(identity, participant);
+    const me = $('local-tile');
+    me.classList.toggle('speaking', Boolean(client.session) && e.detail.speakers.includes(client.session.identity));
+    describeTile(me);
+    followSpeaker(e.detail.speakers);
   });
   client.addEventListener('localtrack', (e) => {
     if (e.detail.source !== 'camera') return;
     const video = /** @type {HTMLVideoElement} */ ($('local-video'));
     video.srcObject = new MediaStream([e.detail.track]);
     $('local-tile').classList.remove('camera-off');
+    describeTile($('local-tile'));
     play(video);
   });
   client.addEventListener('localtrackended', (e) => {
@@ -620,7 +1051,15 @@ async function main() {
   const role = params.get('role');
   let token = params.get('token');
   setControls(false);
-  updateGrid();
+  wireMenu();
+  // Laid out in the next frame: placing tiles from the observer's callback could change the
+  // grid's own size (a scrollbar) in the same frame, which the browser reports as an error.
+  let frame = 0;
+  new ResizeObserver(() => {
+    cancelAnimationFrame(frame);
+    frame = requestAnimationFrame(layout);
+  }).observe($('grid'));
+  layout();
   $('local-tile').classList.add('camera-off');
   if (!room || (!token && !name)) {
     view.sdk = 'closed';
@@ -669,6 +1108,7 @@ async function main() {
   activeClient = client;
   wireClient(client);
   wireControls(client);
+  wireDevices(client);
   // The automation entry point (docs/web-client.md): tests read `remoteTracks`,
   // `mediaState`, `participants` and `peerConnection.getStats()` through it.
   window.rtcd = client;

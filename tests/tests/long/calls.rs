@@ -681,10 +681,11 @@ async fn loss_repaired_on_every_stream() -> anyhow::Result<()> {
     conclude(call, stack, "lossy", outcome).await
 }
 
-/// Issue 12 on the demo page: moderators see moderation controls on every remote tile and
-/// "End for all"; a moderator revokes another's role (his controls go), mutes him (his mic
-/// button shows it), removes him (his page says `removed`), and ends the room (`room_ended`).
-/// Media flows continuously until each step that stops it.
+/// Issue 12 on the demo page: moderators see a menu button on every remote tile and "End for
+/// all"; a moderator, through Bob's menu like a user (open it, click the item), revokes his
+/// role (his controls go), mutes him (his mic button shows it), removes him (his page says
+/// `removed`), and ends the room (`room_ended`). Media flows continuously until each step that
+/// stops it.
 async fn moderation_from_the_demo_page() -> anyhow::Result<()> {
     let (_dir, stack) = lan_stack(Vec::new()).await?;
     let mut call = Call::new(&stack, "moderation");
@@ -700,21 +701,39 @@ async fn moderation_from_the_demo_page() -> anyhow::Result<()> {
                 .wait_for(
                     "document.body.dataset.role === 'moderator' \
                        && !document.getElementById('end-room').hidden \
-                       && getComputedStyle(document.querySelector('figure[data-participant] .moderation')).display !== 'none'",
+                       && getComputedStyle(document.querySelector('figure[data-participant] .actions')).display !== 'none'",
                     BROWSER_STEP,
                 )
                 .await
                 .with_context(|| format!("{} shows no moderation controls", call.names[id]))?;
         }
         let bob_identity = json!(call.flow.identity(bob));
-        let on_bobs_tile = |action: &str| {
+        // Opens the menu on Bob's tile and clicks `item` in it (the menu lists only what
+        // applies, so an item that does not is an error here).
+        let on_bobs_tile = |item: &str| {
             format!(
-                "document.querySelector('figure[data-participant={}] .moderation [data-action={action}]').click(); return true",
+                "document.querySelector('figure[data-participant={}] .actions').click();\
+                 const item = document.querySelector('#tile-menu [role=menuitem]{item}');\
+                 if (!item) throw new Error('no {item} in ' + document.getElementById('tile-menu').innerText);\
+                 item.click(); return true",
                 bob_identity
             )
         };
+        // Nothing tells Alice's page that Bob's token made him a moderator (participant_joined
+        // carries no role through rtcd), so her menu offers to make him one; once she did,
+        // it offers to revoke it.
         call.pages[alice]
-            .eval(&on_bobs_tile("revoke_moderator"), json!([]))
+            .eval(&on_bobs_tile("[data-action=grant_moderator]"), json!([]))
+            .await?;
+        call.pages[alice]
+            .wait_for(
+                "document.getElementById('toasts').innerText.includes('is now a moderator')",
+                BROWSER_STEP,
+            )
+            .await
+            .context("Alice's grant_moderator got no answer")?;
+        call.pages[alice]
+            .eval(&on_bobs_tile("[data-action=revoke_moderator]"), json!([]))
             .await?;
         call.pages[bob]
             .wait_for(
@@ -725,7 +744,12 @@ async fn moderation_from_the_demo_page() -> anyhow::Result<()> {
             .context("Bob's page still offers moderation after his role was revoked")?;
         call.hold(scaled(5)).await?;
         call.flow.source_off(bob, "microphone");
-        call.pages[alice].eval(&on_bobs_tile("mute"), json!([])).await?;
+        call.pages[alice]
+            .eval(
+                &on_bobs_tile("[data-action=mute][data-source=microphone]"),
+                json!([]),
+            )
+            .await?;
         call.pages[bob]
             .wait_for(
                 "document.getElementById('mic').getAttribute('aria-pressed') === 'true'",
@@ -736,7 +760,9 @@ async fn moderation_from_the_demo_page() -> anyhow::Result<()> {
         call.hold(scaled(5)).await?;
         call.hold(Duration::ZERO).await?;
         call.flow.left(bob);
-        call.pages[alice].eval(&on_bobs_tile("kick"), json!([])).await?;
+        call.pages[alice]
+            .eval(&on_bobs_tile("[data-action=kick]"), json!([]))
+            .await?;
         call.pages[bob]
             .wait_for("document.body.dataset.reason === 'removed'", BROWSER_STEP)
             .await
