@@ -118,11 +118,18 @@ pub async fn rooms(grpc: &str) -> anyhow::Result<RoomsClient<Channel>> {
 }
 
 /// Decodes the whole file; what ffmpeg reports at level `error` (nothing for a clean file).
+///
+/// The decoded frames keep the file's own time base (`-enc_time_base -1`: milliseconds in
+/// WebM and Matroska). By default ffmpeg restamps them at the frame rate it guesses, and two
+/// frames captured a few milliseconds apart (Chromium's fake camera under load delivers such
+/// bursts; measured: 1-5 ms apart at 30 fps fail, 10 ms pass) then share a timestamp in its
+/// null output, which it reports as "non monotonically increasing dts to muxer": an artefact
+/// of the check, not of the file, which stores them in order.
 pub async fn decode_errors(file: &Path) -> anyhow::Result<String> {
     let out = tokio::process::Command::new("ffmpeg")
         .args(["-nostdin", "-v", "error", "-i"])
         .arg(file)
-        .args(["-f", "null", "-"])
+        .args(["-enc_time_base", "-1", "-f", "null", "-"])
         .output()
         .await
         .context("running ffmpeg")?;
