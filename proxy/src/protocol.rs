@@ -426,6 +426,11 @@ pub enum ServerMessage {
         /// Who.
         participant: Participant,
     },
+    /// Someone's role changed.
+    ParticipantUpdated {
+        /// Who, with their role now.
+        participant: Participant,
+    },
     /// Someone left.
     ParticipantLeft {
         /// Who.
@@ -580,6 +585,7 @@ impl ServerMessage {
             ServerMessage::LobbyRequest { .. } => "lobby_request",
             ServerMessage::LobbyLeft { .. } => "lobby_left",
             ServerMessage::ParticipantJoined { .. } => "participant_joined",
+            ServerMessage::ParticipantUpdated { .. } => "participant_updated",
             ServerMessage::ParticipantLeft { .. } => "participant_left",
             ServerMessage::TrackPublished { .. } => "track_published",
             ServerMessage::TrackUnpublished { .. } => "track_unpublished",

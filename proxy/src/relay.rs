@@ -102,6 +102,8 @@ pub enum RelayEvent {
     ParticipantJoined(Participant),
     /// Someone left (their last session ended).
     ParticipantLeft(Identity),
+    /// Someone's role changed (a moderator granted or revoked one).
+    ParticipantUpdated(Participant),
     /// A track was published.
     TrackPublished {
         /// Publisher.

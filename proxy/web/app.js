@@ -22,7 +22,7 @@
 // Tiles are laid out by layout(): <main id="grid" data-layout="grid|speaker|screen"> (a
 // screen share is always shown large; #layout toggles the speaker view). Each tile has
 // data-quality (excellent|good|poor|lost, absent while unknown) and an aria-label naming the
-// person and their state. A moderator (role from the token, or granted live) gets a menu
+// person and their state. A moderator (by token, or granted live) gets a menu
 // button on every remote tile (button.actions, "Actions for NAME") opening #tile-menu, whose
 // [role=menuitem][data-action=mute|grant_moderator|revoke_moderator|kick|ban] items are only
 // those that apply (mute items carry data-source), and an "End for all" button (#end-room);
@@ -436,14 +436,6 @@ function followSpeaker(speakers) {
 /** The page's client, once created (moderation and the device picker act through it). */
 let activeClient = null;
 
-/**
- * Other participants' roles as this page knows them: from `participant_joined` when the
- * server says (through rtcd it does not), and from this page's own grant / revoke. Unknown
- * counts as `member`: the menu then offers "Make moderator", after which it offers "Revoke".
- * @type {Map<string, string>}
- */
-const roles = new Map();
-
 /** The open moderation menu: the button that opened it and whose it is. */
 const menu = {
   /** @type {HTMLButtonElement|null} */
@@ -493,7 +485,8 @@ function menuItems(client, identity) {
   for (const [source, label] of [['microphone', 'Mute microphone'], ['camera', 'Turn off camera'], ['screen', 'Stop screen share']]) {
     if (published.has(source) && !muted[source]) items.push({ action: 'mute', label, source });
   }
-  items.push(roles.get(identity) === 'moderator'
+  // Their role as the server last said (`participant_joined`, then `participant_updated`).
+  items.push(participant && participant.role === 'moderator'
     ? { action: 'revoke_moderator', label: 'Revoke moderator' }
     : { action: 'grant_moderator', label: 'Make moderator' });
   items.push({ action: 'kick', label: 'Remove from call', danger: true });
@@ -888,10 +881,6 @@ function wireClient(client) {
     toast('The recording stopped.');
   });
   client.addEventListener('moderated', (e) => {
-    const { action, identity } = e.detail;
-    if (identity && (action === 'grant_moderator' || action === 'revoke_moderator')) {
-      roles.set(identity, action === 'grant_moderator' ? 'moderator' : 'member');
-    }
     toast(moderatedText(client, e.detail));
   });
   client.addEventListener('error', (e) => {
@@ -916,13 +905,17 @@ function wireClient(client) {
     problem(error.code, 'Reconnecting…', `${error.message} (attempt ${attempt}, in ${(delayMs / 1000).toFixed(1)} s)`, false);
   });
   client.addEventListener('participantjoined', (e) => {
-    if (e.detail.role) roles.set(e.detail.identity, e.detail.role);
     announce(`${e.detail.name || e.detail.identity} joined`);
     tileFor(e.detail.identity, e.detail.name);
     setBadges(e.detail.identity, e.detail);
     setTileMedia(e.detail.identity, e.detail.media || 'connecting');
   });
   client.addEventListener('participantmedia', (e) => setTileMedia(e.detail.identity, e.detail.state));
+  // A role changed (a moderator here or elsewhere, or the platform): an open menu for that
+  // person shows what applies now.
+  client.addEventListener('participantupdated', (e) => {
+    if (menu.button && menu.identity === e.detail.participant.identity) openMenu(menu.button, menu.identity, 'first');
+  });
   client.addEventListener('mediastate', (e) => {
     view.media = e.detail.state;
     render();

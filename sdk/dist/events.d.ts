@@ -89,6 +89,11 @@ export interface ClientEventMap {
     participantleft: {
         identity: string;
     };
+    /** Someone's role changed (`participant_updated`): `participant.role` holds the new one. */
+    participantupdated: {
+        participant: Participant;
+        previousRole?: string;
+    };
     participantmedia: {
         identity: string;
         state: RemoteMediaState;

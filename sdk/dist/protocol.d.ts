@@ -140,7 +140,8 @@ export interface RoomPolicy {
     wait_timeout_seconds?: number;
     opened_by?: 'moderator' | 'member';
 }
-/** A participant as the proxy names it (`participant_joined`, `joined.participants`). */
+/** A participant as the proxy names it (`participant_joined`, `participant_updated`,
+ * `joined.participants`); `role` is the one they joined with or were last given. */
 export interface ParticipantInfo {
     identity: string;
     name?: string;
@@ -222,6 +223,9 @@ export type ServerMessage = ({
 } | {
     type: 'participant_left';
     identity: string;
+} | {
+    type: 'participant_updated';
+    participant: ParticipantInfo;
 } | {
     type: 'track_published';
     identity: string;

@@ -327,6 +327,8 @@ export function parseServerMessage(text) {
             return { type, participant: f.obj('participant').participant() };
         case 'participant_left':
             return { type, identity: f.str('identity') };
+        case 'participant_updated':
+            return { type, participant: f.obj('participant').participant() };
         case 'track_published':
             return { type, identity: f.str('identity'), track_id: f.str('track_id'), source: f.source('source'), mid: f.text('mid') };
         case 'track_unpublished':

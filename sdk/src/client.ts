@@ -1066,6 +1066,15 @@ export class RtcdClient extends TypedEventTarget {
       case 'participant_left':
         this._participantLeft(m.identity);
         return;
+      case 'participant_updated': {
+        const known = this.participants.get(m.participant.identity);
+        if (!known || m.participant.role === undefined || known.role === m.participant.role) return;
+        const previousRole = known.role;
+        known.role = m.participant.role;
+        if (m.participant.name !== undefined) known.name = m.participant.name;
+        this.emit('participantupdated', { participant: known, previousRole });
+        return;
+      }
       case 'track_published':
         // A section carrying a new track is not paused (whatever it carried before was).
         this._paused.delete(m.mid);

@@ -97,6 +97,8 @@ export interface ClientEventMap {
   error: { error: RtcdError };
   participantjoined: Participant;
   participantleft: { identity: string };
+  /** Someone's role changed (`participant_updated`): `participant.role` holds the new one. */
+  participantupdated: { participant: Participant; previousRole?: string };
   participantmedia: { identity: string; state: RemoteMediaState; previous: RemoteMediaState };
   track: RemoteTrack;
   trackended: RemoteTrack;

@@ -166,7 +166,8 @@ export interface RoomPolicy {
   opened_by?: 'moderator' | 'member';
 }
 
-/** A participant as the proxy names it (`participant_joined`, `joined.participants`). */
+/** A participant as the proxy names it (`participant_joined`, `participant_updated`,
+ * `joined.participants`); `role` is the one they joined with or were last given. */
 export interface ParticipantInfo {
   identity: string;
   name?: string;
@@ -210,6 +211,7 @@ export type ServerMessage =
   | { type: 'candidate'; candidate: string; sdpMid?: string; sdpMLineIndex?: number; usernameFragment?: string }
   | { type: 'participant_joined'; participant: ParticipantInfo }
   | { type: 'participant_left'; identity: string }
+  | { type: 'participant_updated'; participant: ParticipantInfo }
   | { type: 'track_published'; identity: string; track_id: string; source: TrackSource; mid: string }
   | { type: 'track_unpublished'; identity: string; track_id: string }
   | { type: 'mute_changed'; identity: string; source: TrackSource; muted: boolean }
@@ -454,6 +456,8 @@ export function parseServerMessage(text: string): ServerMessage | { unknownType:
       return { type, participant: f.obj('participant').participant() };
     case 'participant_left':
       return { type, identity: f.str('identity') };
+    case 'participant_updated':
+      return { type, participant: f.obj('participant').participant() };
     case 'track_published':
       return { type, identity: f.str('identity'), track_id: f.str('track_id'), source: f.source('source'), mid: f.text('mid') };
     case 'track_unpublished':

@@ -57,6 +57,14 @@ describe('parseServerMessage', () => {
       { type: 'track_paused', mid: '3', track_id: 't', reason: 'hidden' });
   });
 
+  test('participants carry their role; participant_updated is typed like participant_joined', () => {
+    assert.deepEqual(parseServerMessage('{"type":"participant_joined","participant":{"identity":"b","name":"Bob","role":"moderator"}}'),
+      { type: 'participant_joined', participant: { identity: 'b', name: 'Bob', role: 'moderator' } });
+    assert.deepEqual(parseServerMessage('{"type":"participant_updated","participant":{"identity":"b","role":"member"}}'),
+      { type: 'participant_updated', participant: { identity: 'b', role: 'member' } });
+    assert.throws(() => parseServerMessage('{"type":"participant_updated","participant":{"role":"member"}}'), MalformedMessage);
+  });
+
   test('an unknown type is reported as such (the proxy may add types)', () => {
     assert.deepEqual(parseServerMessage('{"type":"something_new","x":1}'), { unknownType: 'something_new' });
   });

@@ -315,6 +315,10 @@ pub fn server_signal(msg: &Value) -> Option<pb::server_signal::Signal> {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned(),
+            role: msg["participant"]["role"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         }),
         "participant_left" => Signal::ParticipantLeft(pb::ParticipantEvent {
             user_id: text("identity"),

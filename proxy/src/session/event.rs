@@ -70,6 +70,9 @@ pub fn classify(event: Option<RelayEvent>) -> Event {
             ServerMessage::ParticipantJoined { participant }
         }
         RelayEvent::ParticipantLeft(identity) => ServerMessage::ParticipantLeft { identity },
+        RelayEvent::ParticipantUpdated(participant) => {
+            ServerMessage::ParticipantUpdated { participant }
+        }
         RelayEvent::TrackPublished {
             identity,
             track_id,

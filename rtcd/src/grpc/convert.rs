@@ -220,6 +220,7 @@ fn participant(p: Participant) -> pb::ParticipantEvent {
         session_id: p.session.as_str().to_owned(),
         user_id: p.user.as_str().to_owned(),
         display_name: p.display_name,
+        role: p.role,
     }
 }
 
@@ -266,6 +267,7 @@ pub fn event(e: SessionEvent) -> pb::ServerSignal {
         SessionEvent::TrackPublished(t) => Signal::TrackPublished(track_event(t)),
         SessionEvent::TrackRemoved(t) => Signal::TrackRemoved(track_event(t)),
         SessionEvent::ParticipantJoined(p) => Signal::ParticipantJoined(participant(p)),
+        SessionEvent::ParticipantUpdated(p) => Signal::ParticipantUpdated(participant(p)),
         SessionEvent::ParticipantLeft(p) => Signal::ParticipantLeft(participant(p)),
         SessionEvent::VoiceActivity {
             session,

@@ -396,6 +396,8 @@ pub struct Participant {
     pub user: UserId,
     /// Its display name.
     pub display_name: String,
+    /// Its role now (as joined, or as last updated).
+    pub role: String,
 }
 
 struct SessionEntry {

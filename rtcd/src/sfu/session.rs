@@ -133,6 +133,8 @@ pub enum SessionEvent {
     ParticipantJoined(Participant),
     /// A session left the call.
     ParticipantLeft(Participant),
+    /// Another session's role changed (a moderator or the platform updated it).
+    ParticipantUpdated(Participant),
     /// Another session started or stopped speaking.
     VoiceActivity {
         /// Who.

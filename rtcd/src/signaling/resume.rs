@@ -241,7 +241,8 @@ impl Parking {
                     Some(
                         SessionEvent::VoiceActivity { .. }
                         | SessionEvent::ParticipantJoined(_)
-                        | SessionEvent::ParticipantLeft(_),
+                        | SessionEvent::ParticipantLeft(_)
+                        | SessionEvent::ParticipantUpdated(_),
                     ) => {}
                     Some(event) => {
                         let over = matches!(event, SessionEvent::Closed { .. });
@@ -291,6 +292,7 @@ impl Parking {
                     session_id: p.session.as_str().to_owned(),
                     user_id: p.user.as_str().to_owned(),
                     display_name: p.display_name.clone(),
+                    role: p.role.clone(),
                 })
                 .collect(),
             role: me.map(|p| p.role.clone()).unwrap_or_default(),

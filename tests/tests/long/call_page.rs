@@ -80,9 +80,14 @@ impl PageCall {
     /// `name` joins through the proxy with a dev token and publishes the VP8 clip as its
     /// camera (and, with `audio`, a microphone whose RTP says it talks); returns their identity.
     async fn join(&mut self, name: &str, audio: bool) -> anyhow::Result<String> {
+        self.join_as(name, audio, "member").await
+    }
+
+    /// [`PageCall::join`] with a token for `role` (dev tokens: `moderator`, `member`, `guest`).
+    async fn join_as(&mut self, name: &str, audio: bool, role: &str) -> anyhow::Result<String> {
         let minted: Value = reqwest::Client::new()
             .get(format!("{}/dev/token", self.base))
-            .query(&[("room", self.room.as_str()), ("name", name)])
+            .query(&[("room", self.room.as_str()), ("name", name), ("role", role)])
             .send()
             .await?
             .error_for_status()?
@@ -439,7 +444,8 @@ async fn menu_and_layouts() -> anyhow::Result<()> {
         let bruno = call.join(NAMES[1], true).await?;
         // Chiara's microphone is silent until she speaks.
         let chiara = call.join(NAMES[2], false).await?;
-        let dmitri = call.join(NAMES[3], false).await?;
+        // Dmitri's token makes him a moderator: the page knows it from his announcement.
+        let dmitri = call.join_as(NAMES[3], false, "moderator").await?;
         call.plays(3).await?;
         call.page
             .wait_for(
@@ -517,16 +523,27 @@ async fn menu_and_layouts() -> anyhow::Result<()> {
         ensure!(open == json!(1), "{open} menus open");
         call.eval(&press("Escape")).await?;
 
-        // Make Bruno a moderator: his menu then offers to revoke it, not to grant it.
+        let dmitris = call.open_menu(&dmitri, "Enter").await?;
+        ensure!(
+            dmitris == ["mute:camera", "revoke_moderator", "kick", "ban"],
+            "Dmitri joined as a moderator: {dmitris:?}"
+        );
+        call.eval(&press("Escape")).await?;
+
+        // Make Bruno a moderator: the server tells the page (`participant_updated`), and his
+        // menu then offers to revoke it, not to grant it.
         call.open_menu(&bruno, "Enter").await?;
         call.choose("grant_moderator").await?;
         call.page
             .wait_for(
-                "document.getElementById('toasts').innerText.includes('is now a moderator')",
+                &format!(
+                    "document.getElementById('toasts').innerText.includes('is now a moderator')                        && rtcd.participants.get({}).role === 'moderator'",
+                    json!(bruno)
+                ),
                 BROWSER_STEP,
             )
             .await
-            .context("no answer to grant_moderator")?;
+            .context("no answer to grant_moderator, or no participant_updated")?;
         let items = call.open_menu(&bruno, "Enter").await?;
         call.page
             .screenshot(&artifacts_dir().join("call-menu.png"))

@@ -719,19 +719,8 @@ async fn moderation_from_the_demo_page() -> anyhow::Result<()> {
                 bob_identity
             )
         };
-        // Nothing tells Alice's page that Bob's token made him a moderator (participant_joined
-        // carries no role through rtcd), so her menu offers to make him one; once she did,
-        // it offers to revoke it.
-        call.pages[alice]
-            .eval(&on_bobs_tile("[data-action=grant_moderator]"), json!([]))
-            .await?;
-        call.pages[alice]
-            .wait_for(
-                "document.getElementById('toasts').innerText.includes('is now a moderator')",
-                BROWSER_STEP,
-            )
-            .await
-            .context("Alice's grant_moderator got no answer")?;
+        // Bob's token made him a moderator, and Alice's page knows it from his announcement
+        // (`participant_joined`): her menu offers to revoke it, never to grant it.
         call.pages[alice]
             .eval(&on_bobs_tile("[data-action=revoke_moderator]"), json!([]))
             .await?;
@@ -742,6 +731,21 @@ async fn moderation_from_the_demo_page() -> anyhow::Result<()> {
             )
             .await
             .context("Bob's page still offers moderation after his role was revoked")?;
+        // Alice's page is told (`participant_updated`): the menu now offers to grant it.
+        let items = call.pages[alice]
+            .wait_for(
+                &format!(
+                    "rtcd.participants.get({bob_identity}).role === 'member' && (() => {{                       const button = document.querySelector('figure[data-participant={bob_identity}] .actions');                       button.click();                       const items = [...document.querySelectorAll('#tile-menu [role=menuitem]')].map((i) => i.dataset.action);                       button.click(); return items; }})()"
+                ),
+                BROWSER_STEP,
+            )
+            .await
+            .context("Alice's page was not told Bob's new role")?;
+        ensure!(
+            items.as_array().is_some_and(|i| i.contains(&json!("grant_moderator"))
+                && !i.contains(&json!("revoke_moderator"))),
+            "Alice's menu for Bob, a member now: {items}"
+        );
         call.hold(scaled(5)).await?;
         call.flow.source_off(bob, "microphone");
         call.pages[alice]

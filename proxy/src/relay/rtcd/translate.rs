@@ -12,6 +12,8 @@ pub(super) struct EventTranslator {
     pub(super) speaking: BTreeSet<(String, String)>,
     /// user ID -> that user's sessions in the call (other than this one).
     pub(super) sessions_by_user: HashMap<String, BTreeSet<String>>,
+    /// user ID -> the role rtcd last named for them (relayed again only when it changes).
+    pub(super) roles_by_user: HashMap<String, String>,
 }
 
 impl EventTranslator {
@@ -20,6 +22,7 @@ impl EventTranslator {
             own_session,
             speaking: BTreeSet::new(),
             sessions_by_user: HashMap::new(),
+            roles_by_user: HashMap::new(),
         }
     }
 
@@ -32,16 +35,27 @@ impl EventTranslator {
                 continue;
             }
             let sessions = self.sessions_by_user.entry(p.user_id.clone()).or_default();
-            if sessions.is_empty() {
+            let first = sessions.is_empty();
+            sessions.insert(p.session_id.clone());
+            if first {
                 out.push(Participant {
                     identity: Identity::new(p.user_id.clone()),
                     name: (!p.display_name.is_empty()).then(|| p.display_name.clone()),
-                    role: None,
+                    role: self.role_of(&p.user_id, &p.role),
                 });
             }
-            sessions.insert(p.session_id.clone());
         }
         out
+    }
+
+    /// The role rtcd names for `user`'s session, remembered as the user's (`None` when rtcd
+    /// names none: an older rtcd).
+    fn role_of(&mut self, user: &str, role: &str) -> Option<Role> {
+        if role.is_empty() {
+            return None;
+        }
+        self.roles_by_user.insert(user.to_owned(), role.to_owned());
+        Some(role_from(role))
     }
 
     /// Zero or more events for one rtcd signal. [`RelayEvent::Closed`] is always last.
@@ -88,9 +102,23 @@ impl EventTranslator {
                     return Vec::new();
                 }
                 RelayEvent::ParticipantJoined(Participant {
+                    role: self.role_of(&p.user_id, &p.role),
                     identity: Identity::new(p.user_id),
                     name: (!p.display_name.is_empty()).then_some(p.display_name),
-                    role: None,
+                })
+            }
+            // One per identity and change: every session of the user is updated at once.
+            Signal::ParticipantUpdated(p) => {
+                if p.session_id == self.own_session
+                    || !self.sessions_by_user.contains_key(&p.user_id)
+                    || self.roles_by_user.get(&p.user_id) == Some(&p.role)
+                {
+                    return Vec::new();
+                }
+                RelayEvent::ParticipantUpdated(Participant {
+                    role: self.role_of(&p.user_id, &p.role),
+                    identity: Identity::new(p.user_id),
+                    name: (!p.display_name.is_empty()).then_some(p.display_name),
                 })
             }
             Signal::ParticipantLeft(p) => {
@@ -101,6 +129,7 @@ impl EventTranslator {
                     return Vec::new();
                 }
                 self.sessions_by_user.remove(&p.user_id);
+                self.roles_by_user.remove(&p.user_id);
                 self.speaking.retain(|(_, user)| *user != p.user_id);
                 RelayEvent::ParticipantLeft(Identity::new(p.user_id))
             }
@@ -347,7 +376,76 @@ mod tests {
             session_id: session.into(),
             user_id: user.into(),
             display_name: name.into(),
+            role: String::new(),
         }
+    }
+
+    fn with_role(mut p: pb::ParticipantEvent, role: &str) -> pb::ParticipantEvent {
+        p.role = role.into();
+        p
+    }
+
+    #[test]
+    fn roles_are_announced_with_each_identity_and_relayed_once_per_change() {
+        let mut t = EventTranslator::new("me".into());
+        let bob = |session: &str, role: &str| with_role(participant(session, "bob", "Bob"), role);
+        let announced = |role| {
+            [RelayEvent::ParticipantJoined(Participant {
+                identity: Identity::new("bob"),
+                name: Some("Bob".into()),
+                role: Some(role),
+            })]
+        };
+        let updated = |role| {
+            [RelayEvent::ParticipantUpdated(Participant {
+                identity: Identity::new("bob"),
+                name: Some("Bob".into()),
+                role: Some(role),
+            })]
+        };
+        assert_eq!(
+            t.translate(Signal::ParticipantJoined(bob("s2", "moderator"))),
+            announced(Role::Moderator)
+        );
+        assert!(
+            t.translate(Signal::ParticipantJoined(bob("s3", "moderator")))
+                .is_empty()
+        );
+        // A revoke updates both of Bob's sessions: relayed once.
+        assert_eq!(
+            t.translate(Signal::ParticipantUpdated(bob("s2", "member"))),
+            updated(Role::Member)
+        );
+        assert!(
+            t.translate(Signal::ParticipantUpdated(bob("s3", "member")))
+                .is_empty()
+        );
+        assert_eq!(
+            t.translate(Signal::ParticipantUpdated(bob("s3", "moderator"))),
+            updated(Role::Moderator)
+        );
+        // Our own session and someone never announced are not relayed.
+        let me = with_role(participant("me", "alice", "A"), "member");
+        assert!(t.translate(Signal::ParticipantUpdated(me)).is_empty());
+        let dave = with_role(participant("s9", "dave", ""), "member");
+        assert!(t.translate(Signal::ParticipantUpdated(dave)).is_empty());
+        // After Bob left, coming back announces his role again.
+        t.translate(Signal::ParticipantLeft(bob("s2", "")));
+        t.translate(Signal::ParticipantLeft(bob("s3", "")));
+        assert_eq!(
+            t.translate(Signal::ParticipantJoined(bob("s4", "member"))),
+            announced(Role::Member)
+        );
+        // A resumed session's roster carries roles too.
+        let mut fresh = EventTranslator::new("me".into());
+        assert_eq!(
+            fresh.seed(&[bob("s2", "moderator")]),
+            [Participant {
+                identity: Identity::new("bob"),
+                name: Some("Bob".into()),
+                role: Some(Role::Moderator),
+            }]
+        );
     }
 
     #[test]

@@ -287,6 +287,7 @@ impl Rooms {
                         );
                     }
                     self.mark(k);
+                    self.announce_update(k);
                 }
                 keys.len()
             }

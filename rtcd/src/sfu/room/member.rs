@@ -181,6 +181,7 @@ impl Member {
             session: self.req.session.clone(),
             user: self.req.user.clone(),
             display_name: self.req.display_name.clone(),
+            role: self.req.role.clone(),
         }
     }
 

@@ -475,6 +475,28 @@ impl Rooms {
     }
 
     /// A command of session `key`'s signaling stream; a refusal goes back to it as an error.
+    /// Tells every session that was told `key` joined that its role is now what its member
+    /// says (`participant_updated`), so that their moderation menus follow grants and revokes.
+    pub(super) fn announce_update(&mut self, key: SessionKey) {
+        let Some(m) = self.members.get(&key) else {
+            return;
+        };
+        let me = m.participant();
+        let Some(call) = self.calls.get(&m.call) else {
+            return;
+        };
+        for k in call.members.clone() {
+            if k != key
+                && self
+                    .members
+                    .get(&k)
+                    .is_some_and(|o| o.announced.contains(&key))
+            {
+                self.emit(k, SessionEvent::ParticipantUpdated(me.clone()));
+            }
+        }
+    }
+
     pub(crate) fn command(&mut self, key: SessionKey, command: SessionCommand, now: Instant) {
         if !self.members.contains_key(&key) {
             return;

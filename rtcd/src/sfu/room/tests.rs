@@ -653,6 +653,13 @@ fn moderators_mute_ask_update_describe_remove_and_end() {
     .expect("applied");
     assert!(has(net.events(BOB), |e| matches!(e,
         SessionEvent::PermissionsChanged { role, .. } if role == "viewer")));
+    // The others are told Bob's new role (their menus follow it); Bob is not.
+    assert!(has(net.events(ALICE), |e| matches!(e,
+        SessionEvent::ParticipantUpdated(p) if p.user.as_str() == "user-bob" && p.role == "viewer")));
+    assert!(!has(net.events(BOB), |e| matches!(
+        e,
+        SessionEvent::ParticipantUpdated(_)
+    )));
     // An unknown user is not found.
     assert!(matches!(
         net.manage(ManageRequest::Moderate(Moderation::Mute {
