@@ -291,7 +291,7 @@ function setBadges(identity, participant) {
   if (!entry) return;
   const muted = participant.muted || {};
   const cameraOff = Boolean(muted.camera) || entry.stream.getVideoTracks().length === 0;
-  showBadges(entry.tile, Boolean(muted.microphone), cameraOff && Boolean(muted.camera));
+  showBadges(entry.tile, Boolean(muted.microphone), Boolean(muted.camera));
   entry.tile.classList.toggle('speaking', Boolean(participant.speaking));
   entry.tile.classList.toggle('camera-off', cameraOff);
   describeTile(entry.tile);
@@ -356,12 +356,21 @@ function gridBoxes(n, width, height) {
   const w = Math.floor(Math.min((width - GAP * (cols - 1)) / cols, ((height - GAP * (shown - 1)) / shown) * 16 / 9));
   const h = w * 9 / 16;
   const top = Math.max(0, (height - rows * h - (rows - 1) * GAP) / 2);
+  return rowBoxes(n, cols, w, h, width, top);
+}
+
+/**
+ * `n` boxes of `w` x `h`, `perRow` a row from `top` down, each row centered in `width`.
+ * @param {number} n @param {number} perRow @param {number} w @param {number} h
+ * @param {number} width @param {number} top @returns {Box[]}
+ */
+function rowBoxes(n, perRow, w, h, width, top) {
   const boxes = [];
   for (let i = 0; i < n; i++) {
-    const row = Math.floor(i / cols);
-    const inRow = Math.min(cols, n - row * cols);
+    const row = Math.floor(i / perRow);
+    const inRow = Math.min(perRow, n - row * perRow);
     const left = (width - inRow * w - (inRow - 1) * GAP) / 2;
-    boxes.push({ x: left + (i % cols) * (w + GAP), y: top + row * (h + GAP), w, h });
+    boxes.push({ x: left + (i % perRow) * (w + GAP), y: top + row * (h + GAP), w, h });
   }
   return boxes;
 }
@@ -379,14 +388,7 @@ function stageBoxes(others, width, height) {
   const w = Math.floor(Math.min(width, Math.max(0, height - stripHeight) * 16 / 9));
   const h = w * 9 / 16;
   const top = Math.max(0, (height - h - stripHeight) / 2);
-  const boxes = [{ x: (width - w) / 2, y: top, w, h }];
-  for (let i = 0; i < others; i++) {
-    const row = Math.floor(i / perRow);
-    const inRow = Math.min(perRow, others - row * perRow);
-    const left = (width - inRow * sw - (inRow - 1) * GAP) / 2;
-    boxes.push({ x: left + (i % perRow) * (sw + GAP), y: top + h + GAP + row * (sh + GAP), w: sw, h: sh });
-  }
-  return boxes;
+  return [{ x: (width - w) / 2, y: top, w, h }, ...rowBoxes(others, perRow, sw, sh, width, top + h + GAP)];
 }
 
 /** The tile the speaker view shows large. @param {HTMLElement[]} figures */

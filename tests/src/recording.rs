@@ -15,7 +15,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::daemon::{ADMIN_SECRET, RtcdProcess, client, key_for, test_env};
-use crate::media::{Clip, Participant, all_permissions, basic, eventually};
+use crate::media::{Clip, Participant, all_permissions, authorized, basic, eventually};
 
 /// The platform (client ID) whose room is recorded.
 pub const TENANT: &str = "recorder-platform";
@@ -110,6 +110,28 @@ pub async fn call(
     })
     .await?;
     Ok((alice, bob))
+}
+
+/// The room service's request to start recording [`ROOM`], as the platform `auth` asks it.
+pub fn start_request(auth: &str) -> tonic::Request<pb::StartRecordingRequest> {
+    authorized(
+        pb::StartRecordingRequest {
+            call_id: ROOM.into(),
+            requested_by: String::new(),
+        },
+        Some(auth),
+    )
+}
+
+/// The room service's request to stop recording [`ROOM`], as the platform `auth` asks it.
+pub fn stop_request(auth: &str) -> tonic::Request<pb::StopRecordingRequest> {
+    authorized(
+        pb::StopRecordingRequest {
+            call_id: ROOM.into(),
+            requested_by: String::new(),
+        },
+        Some(auth),
+    )
 }
 
 /// rtcd's room service at `grpc` (`http://…`).

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use rtcd_e2e::media::{Clip, ClipCodec, authorized};
+use rtcd_e2e::media::{Clip, ClipCodec};
 use rtcd_e2e::recording::{
-    ROOM, call, decode_errors, ffprobe, recording_dir, register, rooms, start_rtcd,
+    call, decode_errors, ffprobe, recording_dir, register, rooms, start_request, start_rtcd,
+    stop_request,
 };
-use rtcd_proto::v1 as pb;
 use rtcd_recording::manifest::{Codec, Manifest, State};
 
 /// The rtcd CLI of this crate, run as a process.
@@ -53,25 +53,11 @@ async fn record(video: Clip) -> anyhow::Result<()> {
         let (alice, bob) = call(&grpc, &auth, &audio, &video).await?;
         let mut rooms_client = rooms(&grpc).await?;
         let started = rooms_client
-            .start_recording(authorized(
-                pb::StartRecordingRequest {
-                    call_id: ROOM.into(),
-                    requested_by: String::new(),
-                },
-                Some(&auth),
-            ))
+            .start_recording(start_request(&auth))
             .await?
             .into_inner();
         tokio::time::sleep(RECORDED).await;
-        rooms_client
-            .stop_recording(authorized(
-                pb::StopRecordingRequest {
-                    call_id: ROOM.into(),
-                    requested_by: String::new(),
-                },
-                Some(&auth),
-            ))
-            .await?;
+        rooms_client.stop_recording(stop_request(&auth)).await?;
         let dir = recording_dir(recordings.path(), &started.recording_id);
         let deadline = Instant::now() + Duration::from_secs(10);
         let manifest = loop {

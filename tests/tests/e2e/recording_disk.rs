@@ -11,10 +11,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use rtcd_e2e::media::authorized;
 use rtcd_e2e::mountns::{self, Tmpfs};
 use rtcd_e2e::recording::{
-    ROOM, call, clips, decode_errors, recording_dir, register, rooms, start_rtcd, stopped_event,
+    call, clips, decode_errors, recording_dir, register, rooms, start_request, start_rtcd,
+    stopped_event,
 };
 use rtcd_proto::v1 as pb;
 use rtcd_recording::manifest::{Manifest, State, StopReason};
@@ -53,15 +53,7 @@ async fn full_disk() -> anyhow::Result<()> {
         let auth = register(&process).await?;
         let (alice, bob) = call(&grpc, &auth, &audio, &video).await?;
         let mut rooms_client = rooms(&grpc).await?;
-        let start = || {
-            authorized(
-                pb::StartRecordingRequest {
-                    call_id: ROOM.into(),
-                    requested_by: String::new(),
-                },
-                Some(&auth),
-            )
-        };
+        let start = || start_request(&auth);
         let started = rooms_client.start_recording(start()).await?.into_inner();
         let id = started.recording_id.clone();
         let recorded_from = Instant::now();

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use rtcd_e2e::media::authorized;
 use rtcd_e2e::recording::{
-    call, clips, decode_errors, last_packet_seconds, recording_dir, register, rooms, start_rtcd,
-    track_files,
+    call, clips, decode_errors, last_packet_seconds, recording_dir, register, rooms, start_request,
+    start_rtcd, track_files,
 };
 use rtcd_proto::v1 as pb;
 use rtcd_recording::manifest::{Manifest, State, StopReason};
@@ -41,13 +41,7 @@ async fn a_recording_survives_kill_9_and_is_marked_interrupted() -> anyhow::Resu
 
     let mut rooms_client = rooms(&grpc).await?;
     let started = rooms_client
-        .start_recording(authorized(
-            pb::StartRecordingRequest {
-                call_id: rtcd_e2e::recording::ROOM.into(),
-                requested_by: String::new(),
-            },
-            Some(&auth),
-        ))
+        .start_recording(start_request(&auth))
         .await?
         .into_inner();
     let id = started.recording_id.clone();

@@ -38,24 +38,24 @@ impl EventTranslator {
             let first = sessions.is_empty();
             sessions.insert(p.session_id.clone());
             if first {
-                out.push(Participant {
-                    identity: Identity::new(p.user_id.clone()),
-                    name: (!p.display_name.is_empty()).then(|| p.display_name.clone()),
-                    role: self.role_of(&p.user_id, &p.role),
-                });
+                out.push(self.participant(p));
             }
         }
         out
     }
 
-    /// The role rtcd names for `user`'s session, remembered as the user's (`None` when rtcd
-    /// names none: an older rtcd).
-    fn role_of(&mut self, user: &str, role: &str) -> Option<Role> {
-        if role.is_empty() {
-            return None;
+    /// The client's view of an announced session: its user, name and role. The role is
+    /// remembered as the user's (`None` when rtcd names none: an older rtcd).
+    fn participant(&mut self, p: &pb::ParticipantEvent) -> Participant {
+        let role = (!p.role.is_empty()).then(|| {
+            self.roles_by_user.insert(p.user_id.clone(), p.role.clone());
+            role_from(&p.role)
+        });
+        Participant {
+            identity: Identity::new(p.user_id.clone()),
+            name: (!p.display_name.is_empty()).then(|| p.display_name.clone()),
+            role,
         }
-        self.roles_by_user.insert(user.to_owned(), role.to_owned());
-        Some(role_from(role))
     }
 
     /// Zero or more events for one rtcd signal. [`RelayEvent::Closed`] is always last.
@@ -97,15 +97,11 @@ impl EventTranslator {
                 }
                 let sessions = self.sessions_by_user.entry(p.user_id.clone()).or_default();
                 let first = sessions.is_empty();
-                sessions.insert(p.session_id);
+                sessions.insert(p.session_id.clone());
                 if !first {
                     return Vec::new();
                 }
-                RelayEvent::ParticipantJoined(Participant {
-                    role: self.role_of(&p.user_id, &p.role),
-                    identity: Identity::new(p.user_id),
-                    name: (!p.display_name.is_empty()).then_some(p.display_name),
-                })
+                RelayEvent::ParticipantJoined(self.participant(&p))
             }
             // One per identity and change: every session of the user is updated at once.
             Signal::ParticipantUpdated(p) => {
@@ -115,11 +111,7 @@ impl EventTranslator {
                 {
                     return Vec::new();
                 }
-                RelayEvent::ParticipantUpdated(Participant {
-                    role: self.role_of(&p.user_id, &p.role),
-                    identity: Identity::new(p.user_id),
-                    name: (!p.display_name.is_empty()).then_some(p.display_name),
-                })
+                RelayEvent::ParticipantUpdated(self.participant(&p))
             }
             Signal::ParticipantLeft(p) => {
                 let Some(sessions) = self.sessions_by_user.get_mut(&p.user_id) else {
