@@ -16,11 +16,13 @@
 
 mod bundle;
 pub mod bwe;
+mod dtls;
 mod feedback;
 mod nack;
 pub mod net;
 mod nomination;
 pub mod peer;
+mod receiving;
 mod rtx;
 #[cfg(test)]
 pub(crate) mod testing;

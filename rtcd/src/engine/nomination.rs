@@ -66,6 +66,12 @@ impl NominationReplay {
     }
 }
 
+/// Whether a datagram is a Binding request that nominates its pair (USE-CANDIDATE).
+pub(super) fn is_nominating(data: &[u8]) -> bool {
+    parse_stun_header(data)
+        .is_ok_and(|h| h.message_type == BINDING_REQUEST && has_use_candidate(data, h.length))
+}
+
 /// Whether a STUN message's attributes (`length` bytes after the header) include
 /// USE-CANDIDATE. Framing errors read as "no".
 fn has_use_candidate(data: &[u8], length: u16) -> bool {

@@ -36,20 +36,21 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtc::crypto::{self, SignatureScheme};
-use rtc::interceptor::Registry;
 use rtc::interceptor::Slot as ChainSlot;
+use rtc::interceptor::{
+    AttributedPacket, Interceptor as _, Packet, Registry, StreamInfo, TaggedPacket,
+};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_receiver_only;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
-use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
+use rtc::peer_connection::state::RTCIceConnectionState;
 use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp;
@@ -60,11 +61,14 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpTransceiverDirection};
 use rtc::sansio::Protocol as _;
+use rtc::shared::marshal::{Marshal as _, MarshalSize as _, Unmarshal as _};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::bundle::{Bundle, Entry, Sees};
+use super::dtls::{Handshake, Outcome, SrtpKeys};
 use super::net::demux::{PacketKind, classify};
 use super::net::{Protocol, Transport};
+use super::receiving;
 use crate::media::packet::{MediaKind, MediaPacket, RtpHeaderOut, VideoCodec};
 use crate::media::sdp;
 
@@ -102,6 +106,13 @@ impl Identity {
             RTCCertificate::generate(provider.crypto(), SignatureScheme::EcdsaP256Sha256, params)
                 .map_err(internal)?;
         Ok(Self { certificate })
+    }
+}
+
+impl Identity {
+    /// The certificate the engine's own DTLS handshakes present (`dtls`).
+    pub(super) fn dtls_certificate(&self) -> rtc::dtls::crypto::Certificate {
+        self.certificate.dtls_certificate.clone()
     }
 }
 
@@ -327,6 +338,8 @@ struct SlotState {
     /// while its offer is pending, gave a new camera to the section of an earlier camera,
     /// whose receiver then held the SSRC: the new section never received anything.
     mid_stamp: Option<(u8, Bytes)>,
+    /// What the interceptors were told of the slot's stream (at its first packet), if anything.
+    bound: Option<StreamInfo>,
 }
 
 /// A sending transceiver created for a new receiving section of an offer being applied.
@@ -386,6 +399,7 @@ const NACKS_PER_PACKET: u16 = 10;
 
 /// Where the peer's [`Bundle`] of interceptors sits in rtc's chain: its only link (besides the
 /// terminus rtc appends), so any position would do.
+#[cfg(test)]
 pub(super) const BUNDLE_SLOT: usize = 5_500;
 
 /// The transport-wide congestion control extension (its feedback is rtcd's bandwidth input).
@@ -903,11 +917,6 @@ fn fmtp_matches(name: &str, ours: &str, theirs: &str) -> bool {
 /// video at 2-3 Mbit/s; a restart normally completes in one round trip.
 const HELD_LIMIT: usize = 256;
 
-/// Datagrams received while ICE restarts, held the same way (see [`Peer::read`]): about a
-/// second of a publisher's three simulcast layers and audio. Through a TURN relay a restart
-/// took 0.26-0.55 s here.
-const HELD_IN_LIMIT: usize = 512;
-
 /// An RTP packet with `header`'s fixed fields and `payload`, no extensions yet.
 fn rtp_packet(header: &RtpHeaderOut, payload: Bytes) -> rtp::Packet {
     rtp::Packet {
@@ -952,8 +961,6 @@ pub struct Peer {
     next_track: u32,
     /// Sending slots by mid.
     slots: Vec<SlotState>,
-    /// Slot by our sender's track id, which RTCP feedback for the slot carries.
-    slot_by_track: HashMap<String, SlotId>,
     /// Numbers our slot tracks' ids (`rtcd-N`), unique for the peer's life.
     next_slot_track: u32,
     /// Mids of the applied offer's sections on which the client sends (a slot there is
@@ -982,15 +989,42 @@ pub struct Peer {
     now: Instant,
     /// Set once the silence limit passed and `Failed` was reported.
     silent: bool,
-    /// Whether ICE is restarting on a connection that was up: rtc dropped its selected pair
-    /// and discards whatever is written until the client's checks select a new one.
+    /// Whether ICE is restarting on a connection that was up (until the client's checks
+    /// select a pair again).
     restarting: bool,
-    /// RTP written while `restarting`, sent in order once a pair is selected again (see
-    /// [`Peer::write_media`]).
-    held: std::collections::VecDeque<TaggedRTCMessage>,
-    /// What the client sent while `restarting` (its media still on the old path, as RFC 8445
-    /// wants), handed to rtc in order once a pair is selected again (see [`Peer::read`]).
-    held_in: std::collections::VecDeque<TaggedBytesMut>,
+    /// RTP written while `restarting`, by slot, sent in order once a pair is selected again
+    /// (see [`Peer::write_media`]).
+    held: std::collections::VecDeque<(usize, rtp::Packet, Instant)>,
+    /// The process's certificate, for the DTLS handshake.
+    certificate: rtc::dtls::crypto::Certificate,
+    /// The DTLS handshake (from the first offer: its fingerprint and role decide it).
+    dtls: Option<Handshake>,
+    /// The SRTP contexts the handshake keyed; media flows only once they exist.
+    srtp: Option<Box<SrtpKeys>>,
+    /// The interceptors (NACK generator, reports, transport-cc, RTX repair), driven by the
+    /// engine on its own media path.
+    bundle: Bundle,
+    /// The client's sending sections, rebuilt after every offer (`receiving`).
+    receiving: receiving::Table<RTCRtpReceiverId>,
+    /// Track id (of `tracks`) by the SSRC of every stream bound to one, with what the
+    /// interceptors were told of it.
+    by_ssrc: HashMap<u32, (String, StreamInfo)>,
+    /// Where media to the client goes: the pair the client's last nominating check selected
+    /// (ICE decides the path; the engine only follows it).
+    path: Option<Transport>,
+    /// Where the last nominating check came from (it becomes `path` once answered), and where
+    /// the last check rtc answered did (the path if the client never nominates).
+    nominating: Option<Transport>,
+    answered: Option<Transport>,
+    /// Datagrams to send, in order: rtc's (STUN), the handshake's, and the media path's.
+    out: std::collections::VecDeque<(Transport, BytesMut)>,
+    /// Whether rtc was handed something since its events, writes and timeout were last read
+    /// (reading them walks its whole pipeline: only when it may have something).
+    rtc_touched: bool,
+    /// rtc's next timeout, as of the last time it was touched.
+    rtc_timeout: Option<Instant>,
+    /// A marshalling buffer for packets on their way to SRTP.
+    scratch: Vec<u8>,
     /// The send-side estimate towards the client, written by the estimator inside the
     /// interceptor chain.
     estimate: std::sync::Arc<super::bwe::EstimateCell>,
@@ -1092,9 +1126,13 @@ impl Peer {
         let bundle: Bundle = interceptors(rtx_apt.clone(), rtcp_seen.clone(), estimation)
             .into_iter()
             .collect();
-        let registry = Registry::new().with(ChainSlot::Custom(BUNDLE_SLOT), bundle);
+        // rtc's pipeline carries no media (the engine's own path does, `dtls`): no interceptors
+        // in it, and its DTLS endpoint is a server that never hears a record (see
+        // `Peer::answer` for the role the client is told).
+        let registry = Registry::new();
         let setting = SettingEngineBuilder::new()
             .with_lite(true)
+            .with_answering_dtls_role(RTCDtlsRole::Server)
             // rtc fails a session after its failed timeout without *STUN*, even while media
             // flows (its ICE agent never sees media): its failure is off, rtcd's own silence
             // timer replaces it (`heard`). Its disconnected state stays (informational).
@@ -1120,7 +1158,6 @@ impl Peer {
             tracks: HashMap::new(),
             next_track: 0,
             slots: Vec::new(),
-            slot_by_track: HashMap::new(),
             next_slot_track: 0,
             client_sending: Vec::new(),
             events: Default::default(),
@@ -1136,7 +1173,19 @@ impl Peer {
             silent: false,
             restarting: false,
             held: Default::default(),
-            held_in: Default::default(),
+            certificate: identity.dtls_certificate(),
+            dtls: None,
+            srtp: None,
+            bundle,
+            receiving: Default::default(),
+            by_ssrc: HashMap::new(),
+            path: None,
+            nominating: None,
+            answered: None,
+            out: Default::default(),
+            rtc_touched: true,
+            rtc_timeout: None,
+            scratch: Vec::new(),
             estimate,
             estimate_emitter: Default::default(),
         };
@@ -1177,10 +1226,32 @@ impl Peer {
         let offer = RTCSessionDescription::offer(kept.as_deref().unwrap_or(sdp).to_owned())
             .map_err(|e| EngineError::InvalidSdp(e.to_string()))?;
         let sections = sdp::sections(sdp);
+        // The DTLS role (RFC 5763 section 5: an offer says `actpass`; `active` is taken too).
+        let is_client = match super::dtls::offer_setup(sdp) {
+            Some("passive") => {
+                return Err(EngineError::InvalidSdp(
+                    "an offer must be a=setup:actpass (RFC 5763), not passive".into(),
+                ));
+            }
+            Some("active") => false,
+            _ => true,
+        };
+        let handshake = match &self.dtls {
+            Some(_) => None,
+            None => Some(Handshake::new(
+                self.certificate.clone(),
+                is_client,
+                super::dtls::offer_fingerprints(sdp),
+            )?),
+        };
         let prepared = self.prepare_slots(sdp, &sections)?;
+        self.rtc_touched = true;
         if let Err(e) = self.pc.set_remote_description(now, offer) {
             self.discard_unassociated(&prepared);
             return Err(EngineError::InvalidSdp(e.to_string()));
+        }
+        if handshake.is_some() {
+            self.dtls = handshake;
         }
         self.simulcast = signatures;
         self.associate_slots(prepared);
@@ -1189,7 +1260,70 @@ impl Peer {
             .filter(|s| s.sends())
             .map(|s| s.mid)
             .collect();
+        self.refresh_receiving();
         Ok(())
+    }
+
+    /// Rebuilds the table of the client's sending sections from rtc's receivers, and forgets
+    /// the streams of sections that are gone.
+    fn refresh_receiving(&mut self) {
+        let mut table = receiving::Table::<RTCRtpReceiverId>::default();
+        let mut track_ids: Vec<String> = Vec::new();
+        let mut extensions: Vec<(String, u8)> = Vec::new();
+        for id in self.pc.get_transceivers().collect::<Vec<_>>() {
+            table.transceivers += 1;
+            let Some(t) = self.pc.rtp_transceiver(id) else {
+                continue;
+            };
+            let Some(mid) = t.mid().clone() else { continue };
+            if !self.client_sending.contains(&mid) {
+                continue;
+            }
+            let Some(receiver) = t.receiver() else {
+                continue;
+            };
+            let Some(mut r) = self.pc.rtp_receiver(receiver) else {
+                continue;
+            };
+            track_ids.push(r.track().track_id().to_string());
+            let codings = r
+                .track()
+                .codings()
+                .iter()
+                .map(|c| receiving::Coding {
+                    rid: c.rtp_coding_parameters.rid.clone(),
+                    ssrc: c.rtp_coding_parameters.ssrc,
+                    rtx_ssrc: c.rtp_coding_parameters.rtx.as_ref().map(|r| r.ssrc),
+                })
+                .collect();
+            let params = &r.get_parameters().rtp_parameters;
+            let (codecs, exts) = codecs_of(&params.codecs, &params.header_extensions);
+            extensions.extend(exts.into_iter().map(|e| (e.uri, e.id)));
+            table.sections.push(receiving::Section {
+                mid,
+                receiver,
+                codings,
+                payload_types: codecs.iter().map(|c| c.payload_type).collect(),
+                rtx: codecs
+                    .iter()
+                    .filter_map(|c| Some((c.rtx_payload_type?, c.payload_type)))
+                    .collect(),
+            });
+        }
+        table.ids =
+            receiving::SdesIds::from_extensions(extensions.iter().map(|(u, id)| (u.as_str(), *id)));
+        self.receiving = table;
+        let gone: Vec<u32> = self
+            .by_ssrc
+            .iter()
+            .filter(|(_, (track, _))| !track_ids.contains(track))
+            .map(|(ssrc, _)| *ssrc)
+            .collect();
+        for ssrc in gone {
+            if let Some((_, info)) = self.by_ssrc.remove(&ssrc) {
+                self.bundle.unbind_remote_stream(&info);
+            }
+        }
     }
 
     /// Whether `slot` is answered as sending (else `inactive`, or `recvonly` where the client
@@ -1200,6 +1334,7 @@ impl Peer {
             return;
         };
         let client_sends = self.client_sending.contains(&mid);
+        self.rtc_touched = true;
         for id in self.pc.get_transceivers().collect::<Vec<_>>() {
             let Some(mut t) = self.pc.rtp_transceiver(id) else {
                 continue;
@@ -1216,6 +1351,7 @@ impl Peer {
     /// Second half of answering: creates and applies our answer to the offer given to
     /// [`Peer::set_offer`].
     pub fn answer(&mut self, now: Instant) -> Result<Answer, EngineError> {
+        self.rtc_touched = true;
         let answer = self
             .pc
             .create_answer(None)
@@ -1229,6 +1365,8 @@ impl Peer {
             .ok_or_else(|| internal("no local description after answering"))?
             .sdp;
         self.refresh_slots();
+        // rtc sets a receiver's codings (declared SSRCs, rids) when the answer starts it.
+        self.refresh_receiving();
         // An ICE restart took effect in this negotiation: learn it now, before the next
         // packet is written into a connection without a selected pair.
         self.pump();
@@ -1239,11 +1377,13 @@ impl Peer {
             .trim()
             .to_owned();
         let slots = self.slots.iter().map(|s| s.slot.id).collect();
-        Ok(Answer {
-            sdp: tidy_answer(&sdp),
-            ufrag,
-            slots,
-        })
+        let mut sdp = tidy_answer(&sdp);
+        // rtc answers `passive` (its own DTLS endpoint is a server that hears nothing); where
+        // the engine is the DTLS client, as rtc was before, the client is told so.
+        if self.dtls.as_ref().is_some_and(Handshake::is_client) {
+            sdp = sdp.replace("a=setup:passive", "a=setup:active");
+        }
+        Ok(Answer { sdp, ufrag, slots })
     }
 
     /// Before the offer is applied, one sending transceiver of ours per new section in which the
@@ -1351,7 +1491,6 @@ impl Peer {
                 continue;
             };
             let slot = SlotId(self.slots.len() as u32);
-            self.slot_by_track.insert(track_id.clone(), slot);
             self.slots.push(SlotState {
                 slot: Slot {
                     id: slot,
@@ -1364,6 +1503,7 @@ impl Peer {
                 },
                 track_id,
                 mid_stamp: None,
+                bound: None,
             });
         }
         let used: Vec<String> = self.slots.iter().map(|s| s.track_id.clone()).collect();
@@ -1475,88 +1615,328 @@ impl Peer {
             .map_err(|e| EngineError::InvalidCandidate(e.to_string()))
     }
 
-    /// Feeds one received datagram (or ICE-TCP frame).
+    /// Feeds one received datagram (or ICE-TCP frame): STUN to rtc's ICE agent, DTLS to the
+    /// handshake, SRTP and SRTCP to the engine's media path (RFC 7983's first-byte rule).
     pub fn handle_datagram(&mut self, transport: Transport, data: BytesMut, now: Instant) {
         self.now = self.now.max(now);
-        let replay = self.nomination.inbound(&transport, &data, now);
-        self.read(transport, data, now);
-        // The client's nominating check, which rtc left unanswered until this response
-        // validated its pair (see `nomination`).
-        if let Some((transport, request)) = replay {
-            self.read(transport, request, now);
+        match classify(&data) {
+            PacketKind::Stun => {
+                let replay = self.nomination.inbound(&transport, &data, now);
+                self.read_stun(transport, data, now);
+                // The client's nominating check, which rtc left unanswered until this response
+                // validated its pair (see `nomination`).
+                if let Some((transport, request)) = replay {
+                    self.read_stun(transport, request, now);
+                }
+            }
+            PacketKind::Dtls => self.read_dtls(transport, data, now),
+            PacketKind::Rtp => self.read_srtp(data, now),
+            _ => {}
         }
         self.pump();
     }
 
-    /// Hands one datagram to rtc, or holds it while ICE restarts.
-    ///
-    /// rtc drops its selected pair the moment a restart is applied, and with it everything
-    /// but STUN that arrives until the client's checks select a new one. The client meanwhile
-    /// goes on sending on its old pair (RFC 8445 section 9; browsers do): lost there, a
-    /// restarting publisher's audio had a hole of 0.26-0.55 s for every subscriber, its video
-    /// needed NACKs, and rtcd's receiver reports told the publisher of that loss (its SDK then
-    /// showed its media `poor`: the turn-refresh test). Held and handed over in order once a
-    /// pair is selected (rtc then takes media from any address: the session's keys are what
-    /// binds it), with the times they arrived. STUN (RFC 7983, [`classify`]) is never held:
-    /// the checks are what ends the restart. Bounded by [`HELD_IN_LIMIT`].
-    fn read(&mut self, transport: Transport, data: BytesMut, now: Instant) {
+    /// Hands a STUN message to rtc (ICE is rtc's), noting a nominating check's origin: the pair
+    /// it nominates is where media goes once rtc answers it.
+    fn read_stun(&mut self, transport: Transport, data: BytesMut, now: Instant) {
+        if super::nomination::is_nominating(&data) {
+            self.nominating = Some(transport);
+        }
+        self.rtc_touched = true;
         let msg = TaggedBytesMut {
             now,
             transport: context(&transport),
             message: data,
         };
-        if self.restarting && classify(&msg.message) != PacketKind::Stun {
-            hold(&mut self.held_in, HELD_IN_LIMIT, msg);
-            return;
-        }
         if let Err(err) = self.pc.handle_read(msg) {
             tracing::debug!(%err, "datagram rejected");
         }
     }
 
-    /// When [`Peer::handle_timeout`] must be called next.
-    pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let rtc = self.pc.poll_timeout();
-        if self.silent {
-            return rtc;
+    fn read_dtls(&mut self, transport: Transport, data: BytesMut, now: Instant) {
+        let Some(dtls) = self.dtls.as_mut() else {
+            return;
+        };
+        // Before ICE chose a path (a server's first flight answers where the client is).
+        if self.path.is_none() {
+            self.answered = self.answered.or(Some(transport));
         }
-        let silence = self.heard + self.silence_limit;
-        Some(rtc.map_or(silence, |t| t.min(silence)))
+        let outcome = dtls.read(now, data);
+        self.dtls_out();
+        if let Some(outcome) = outcome {
+            self.on_dtls(outcome, now);
+        }
     }
 
-    /// Lets time pass: retransmissions, reports, ICE consent and timeouts.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = self.now.max(now);
-        if let Err(err) = self.pc.handle_timeout(now) {
-            tracing::debug!(%err, "timeout handling failed");
+    /// Queues what the handshake has to send, on the current path.
+    fn dtls_out(&mut self) {
+        let Some(dtls) = self.dtls.as_mut() else {
+            return;
+        };
+        let to = self.path.or(self.answered);
+        while let Some(data) = dtls.poll_transmit() {
+            if let Some(to) = to {
+                self.out.push_back((to, data));
+            }
         }
-        self.pump();
-        if !self.silent && now >= self.heard + self.silence_limit {
+    }
+
+    fn on_dtls(&mut self, outcome: Outcome, now: Instant) {
+        match outcome {
+            Outcome::Keyed(keys) => {
+                self.srtp = Some(keys);
+                self.heard = self.heard.max(now);
+                if !self.silent && !self.connected {
+                    self.connected = true;
+                    self.events.push_back(PeerEvent::Connected);
+                }
+            }
+            Outcome::Closed | Outcome::Failed(_) => {
+                if let Outcome::Failed(why) = &outcome {
+                    tracing::debug!(why, "dtls failed");
+                }
+                self.fail();
+            }
+        }
+    }
+
+    /// Reports `Failed` once.
+    fn fail(&mut self) {
+        self.restarting = false;
+        self.held.clear();
+        if !self.silent {
             self.silent = true;
             self.connected = false;
             self.events.push_back(PeerEvent::Failed);
         }
     }
 
+    /// Starts the handshake once ICE has a path, where rtcd is the DTLS client.
+    fn start_dtls(&mut self, now: Instant) {
+        if self.path.is_none() {
+            return;
+        }
+        let Some(dtls) = self.dtls.as_mut() else {
+            return;
+        };
+        if !dtls.waiting_to_start() {
+            return;
+        }
+        let outcome = dtls.start(now);
+        self.dtls_out();
+        if let Some(outcome) = outcome {
+            self.on_dtls(outcome, now);
+        }
+    }
+
+    /// SRTP or SRTCP from the client: decrypted (which proves it is the client: only it has
+    /// the keys), its stream bound on its first packet, then through the interceptors.
+    fn read_srtp(&mut self, data: BytesMut, now: Instant) {
+        let Some(keys) = self.srtp.as_mut() else {
+            return;
+        };
+        let packet = if rtc::shared::util::is_rtcp(&data) {
+            let plain = match keys.remote.decrypt_rtcp(&data) {
+                Ok(plain) => plain,
+                Err(err) => {
+                    tracing::debug!(%err, "srtcp rejected");
+                    return;
+                }
+            };
+            let mut plain = plain.freeze();
+            match rtcp::packet::unmarshal(&mut plain) {
+                Ok(packets) if !packets.is_empty() => Packet::Rtcp(packets),
+                _ => return,
+            }
+        } else {
+            let mut raw: &[u8] = &data;
+            let Ok(header) = rtp::header::Header::unmarshal(&mut raw) else {
+                return;
+            };
+            let plain = match keys.remote.decrypt_rtp_with_header(&data, &header) {
+                Ok(plain) => plain,
+                Err(err) => {
+                    tracing::debug!(%err, "srtp rejected");
+                    return;
+                }
+            };
+            let mut plain = plain.freeze();
+            let Ok(packet) = rtp::Packet::unmarshal(&mut plain) else {
+                return;
+            };
+            if !self.by_ssrc.contains_key(&packet.header.ssrc) {
+                self.bind_stream(&packet.header);
+            }
+            Packet::Rtp(packet)
+        };
+        self.heard = self.heard.max(now);
+        let msg = TaggedPacket {
+            now,
+            transport: TransportContext::default(),
+            message: AttributedPacket::new(packet),
+        };
+        if let Err(err) = self.bundle.handle_read(msg) {
+            tracing::debug!(%err, "interceptors refused a packet");
+        }
+        while let Some(msg) = self.bundle.poll_read() {
+            match msg.message.packet {
+                Packet::Rtp(packet) => self.deliver(packet, msg.now),
+                Packet::Rtcp(packets) if !packets.is_empty() => {
+                    self.sender_reports(&packets);
+                    self.feedback(&packets);
+                }
+                _ => {}
+            }
+        }
+        // What the interceptors answered at once (none of rtc's do today; cheap if empty).
+        self.drain_writes();
+    }
+
+    /// Binds the stream of a packet with an unknown SSRC to its section (`receiving`), tells
+    /// the interceptors of it before they see its first packet (as rtc does), and opens its
+    /// track or layer. A packet that belongs nowhere binds nothing (it is dropped after the
+    /// interceptors, which know nothing of it either).
+    fn bind_stream(&mut self, header: &rtp::header::Header) {
+        let Some(binding) = self.receiving.bind(header) else {
+            return;
+        };
+        if self.by_ssrc.contains_key(&binding.ssrc) {
+            return; // an RTX packet of a bound stream
+        }
+        let Some(section) = self.receiving.sections.get(binding.section) else {
+            return;
+        };
+        let receiver = section.receiver;
+        let Some(mut r) = self.pc.rtp_receiver(receiver) else {
+            return;
+        };
+        let track_id = r.track().track_id().to_string();
+        let params = r.get_parameters().rtp_parameters.clone();
+        let Some(codec) = params
+            .codecs
+            .iter()
+            .find(|c| c.payload_type == binding.payload_type)
+        else {
+            return;
+        };
+        let (codecs, _) = codecs_of(&params.codecs, &params.header_extensions);
+        let rtx_payload_type = codecs
+            .iter()
+            .find(|c| c.payload_type == binding.payload_type)
+            .and_then(|c| c.rtx_payload_type);
+        let rtx = binding.rtx_ssrc.zip(rtx_payload_type);
+        let feedback = codec
+            .rtp_codec
+            .rtcp_feedback
+            .iter()
+            .map(|f| rtc::interceptor::RTCPFeedback {
+                typ: f.typ.clone(),
+                parameter: f.parameter.clone(),
+            })
+            .collect::<Vec<_>>();
+        let extensions = params
+            .header_extensions
+            .iter()
+            .map(|h| rtc::interceptor::RTPHeaderExtension {
+                id: h.id,
+                uri: h.uri.clone(),
+            })
+            .collect::<Vec<_>>();
+        let info = StreamInfo {
+            ssrc: binding.ssrc,
+            ssrc_rtx: rtx.map(|(s, _)| s),
+            ssrc_fec: None,
+            payload_type: binding.payload_type,
+            payload_type_rtx: rtx.map(|(_, p)| p),
+            payload_type_fec: None,
+            rtp_header_extensions: extensions,
+            mime_type: codec.rtp_codec.mime_type.clone(),
+            clock_rate: codec.rtp_codec.clock_rate,
+            channels: codec.rtp_codec.channels,
+            sdp_fmtp_line: codec.rtp_codec.sdp_fmtp_line.clone(),
+            rtcp_feedback: feedback,
+        };
+        self.bundle.bind_remote_stream(&info);
+        if let Some((rtx_ssrc, rtx_payload_type)) = rtx {
+            // The repair flow in its own right, as rtc binds it.
+            let repair = StreamInfo {
+                ssrc: rtx_ssrc,
+                ssrc_rtx: None,
+                payload_type: rtx_payload_type,
+                payload_type_rtx: None,
+                ..info.clone()
+            };
+            self.bundle.bind_remote_stream(&repair);
+        }
+        self.by_ssrc.insert(binding.ssrc, (track_id.clone(), info));
+        self.open_track(track_id, receiver, binding.ssrc, binding.rid);
+    }
+
+    /// A packet out of the interceptors, to its track.
+    fn deliver(&mut self, packet: rtp::Packet, now: Instant) {
+        let Some((track_id, _)) = self.by_ssrc.get(&packet.header.ssrc) else {
+            return;
+        };
+        if let Some(state) = self.tracks.get(track_id) {
+            let packet = state.media_packet(packet, now);
+            self.events.push_back(PeerEvent::Rtp {
+                track: state.key,
+                packet,
+            });
+        }
+    }
+
+    /// When [`Peer::handle_timeout`] must be called next.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.pump();
+        let mut next = self.rtc_timeout;
+        let mut earliest = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        earliest(self.bundle.poll_timeout());
+        earliest(self.dtls.as_ref().and_then(Handshake::poll_timeout));
+        if !self.silent {
+            earliest(Some(self.heard + self.silence_limit));
+        }
+        next
+    }
+
+    /// Lets time pass: retransmissions, reports, ICE consent and timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if self.rtc_timeout.is_some_and(|t| t <= now) {
+            self.rtc_touched = true;
+            if let Err(err) = self.pc.handle_timeout(now) {
+                tracing::debug!(%err, "timeout handling failed");
+            }
+        }
+        if let Some(dtls) = self.dtls.as_mut()
+            && dtls.poll_timeout().is_some_and(|t| t <= now)
+        {
+            let outcome = dtls.handle_timeout(now);
+            self.dtls_out();
+            if let Some(outcome) = outcome {
+                self.on_dtls(outcome, now);
+            }
+        }
+        if let Err(err) = self.bundle.handle_timeout(now) {
+            tracing::debug!(%err, "interceptor timeout failed");
+        }
+        self.drain_writes();
+        self.pump();
+        if !self.silent && now >= self.heard + self.silence_limit {
+            self.fail();
+        }
+    }
+
     /// The next datagram to send and where to.
     pub fn poll_transmit(&mut self) -> Option<(Transport, BytesMut)> {
-        let msg = self.pc.poll_write()?;
-        // A Binding success response: rtc authenticated a check of the client's.
-        if msg.message.len() >= 20 && msg.message[..2] == [0x01, 0x01] {
-            self.heard = self.heard.max(self.now);
+        if self.rtc_touched {
+            self.pump();
         }
-        let protocol = match msg.transport.transport_protocol {
-            TransportProtocol::TCP => Protocol::Tcp,
-            _ => Protocol::Udp,
-        };
-        Some((
-            Transport {
-                local: msg.transport.local_addr,
-                peer: msg.transport.peer_addr,
-                protocol,
-            },
-            msg.message,
-        ))
+        self.out.pop_front()
     }
 
     /// The next event, media included.
@@ -1589,7 +1969,8 @@ impl Peer {
         payload: Bytes,
         now: Instant,
     ) -> Result<(), EngineError> {
-        let Some(state) = self.slots.get(slot.0 as usize) else {
+        let index = slot.0 as usize;
+        let Some(state) = self.slots.get(index) else {
             return Err(internal("unknown slot"));
         };
         let mut packet = rtp_packet(header, payload);
@@ -1600,14 +1981,7 @@ impl Peer {
                 .map_err(internal)?;
         }
         stamp_mid(state, &mut packet)?;
-        // Straight into the pipeline: `RTCRtpSender::write_rtp` would rebuild the sender's
-        // parameters (codec and extension lists) for every packet to validate what the
-        // down-track already guarantees. rtc routes a written packet by its SSRC and drops the
-        // track id at once, so none is given (a clone of it was an allocation per packet).
-        self.write_media(TaggedRTCMessage {
-            now,
-            message: RTCMessage::RtpPacket(String::new(), packet),
-        })
+        self.write_media(index, packet, now)
     }
 
     /// Sends a padding-only packet on a slot (RTP padding, no payload, no extensions): what
@@ -1620,16 +1994,14 @@ impl Peer {
         header: &RtpHeaderOut,
         now: Instant,
     ) -> Result<(), EngineError> {
-        if self.slots.get(slot.0 as usize).is_none() {
+        let index = slot.0 as usize;
+        if self.slots.get(index).is_none() {
             return Err(internal("unknown slot"));
         }
         let mut packet = rtp_packet(header, Bytes::new());
         packet.header.padding = true;
         packet.header.marker = false;
-        self.write_media(TaggedRTCMessage {
-            now,
-            message: RTCMessage::RtpPacket(String::new(), packet),
-        })
+        self.write_media(index, packet, now)
     }
 
     /// Sends an empty RTX packet on a slot: `header` is the RTX stream's (its SSRC, payload type
@@ -1644,65 +2016,169 @@ impl Peer {
         osn: u16,
         now: Instant,
     ) -> Result<(), EngineError> {
-        let Some(state) = self.slots.get(slot.0 as usize) else {
+        let index = slot.0 as usize;
+        let Some(state) = self.slots.get(index) else {
             return Err(internal("unknown slot"));
         };
         let mut packet = rtp_packet(header, Bytes::copy_from_slice(&osn.to_be_bytes()));
         stamp_mid(state, &mut packet)?;
-        self.write_media(TaggedRTCMessage {
-            now,
-            message: RTCMessage::RtpPacket(String::new(), packet),
-        })
+        self.write_media(index, packet, now)
     }
 
-    /// Hands one outgoing RTP packet to rtc, or holds it while ICE restarts.
+    /// Protects one outgoing RTP packet of slot `index` and queues it, through the
+    /// interceptors (sender reports count it, transport-cc numbers it); held while ICE
+    /// restarts.
     ///
-    /// rtc drops its selected pair the moment a restart is applied and silently discards what
-    /// is written until the client's checks with the new credentials select one (usually one
-    /// round trip, RFC 8445 9 wants media to go on meanwhile). A packet lost there is only
-    /// repaired if the client NACKs it and can use the answer: aiortc, for one, NACKs a loss
-    /// once and drops RTX whose SSRC it cannot route when it receives several videos, and then
-    /// waits for its jitter buffer to overflow (4-8 s of frozen video). Holding the packets
-    /// makes the restart lossless. Bounded by [`HELD_LIMIT`]: past it the oldest goes (the
-    /// newest matter more, and the client can still NACK the hole).
-    fn write_media(&mut self, msg: TaggedRTCMessage) -> Result<(), EngineError> {
-        if self.restarting {
-            hold(&mut self.held, HELD_LIMIT, msg);
+    /// While ICE restarts, what is written waits for the client's checks to select a pair
+    /// (usually one round trip; RFC 8445 9 wants media to go on meanwhile): a packet sent to a
+    /// path the client has left is only repaired if the client NACKs it and can use the
+    /// answer, and aiortc, for one, NACKs a loss once and drops RTX whose SSRC it cannot route
+    /// when it receives several videos, then waits for its jitter buffer to overflow (4-8 s of
+    /// frozen video). Holding the packets makes the restart lossless. Bounded by
+    /// [`HELD_LIMIT`]: past it the oldest goes (the newest matter more, and the client can
+    /// still NACK the hole). Nothing is sent before DTLS has keyed SRTP.
+    fn write_media(
+        &mut self,
+        index: usize,
+        packet: rtp::Packet,
+        now: Instant,
+    ) -> Result<(), EngineError> {
+        if self.srtp.is_none() {
             return Ok(());
         }
-        self.pc.handle_write(msg).map_err(internal)
+        if self.restarting {
+            hold(&mut self.held, HELD_LIMIT, (index, packet, now));
+            return Ok(());
+        }
+        self.bind_slot(index);
+        let msg = TaggedPacket {
+            now,
+            transport: TransportContext::default(),
+            message: AttributedPacket::new(Packet::Rtp(packet)),
+        };
+        self.bundle.handle_write(msg).map_err(internal)?;
+        self.drain_writes();
+        Ok(())
     }
 
-    /// Follows rtc's ICE state: a restart on a connection that was up starts holding media, a
-    /// selected pair (`connected`) sends what was held, and a failed or closed one drops it.
+    /// Tells the interceptors of a slot's stream before its first packet (rtc binds a sender's
+    /// stream when it starts, with its first codec and RTX), and again if a renegotiation
+    /// changed what they were told.
+    fn bind_slot(&mut self, index: usize) {
+        let Some(state) = self.slots.get_mut(index) else {
+            return;
+        };
+        let slot = &state.slot;
+        let Some(codec) = slot.codecs.first() else {
+            return;
+        };
+        if let Some(bound) = &state.bound
+            && bound.ssrc == slot.ssrc
+            && bound.ssrc_rtx == slot.rtx_ssrc
+            && bound.payload_type == codec.payload_type
+            && bound.rtp_header_extensions.len() == slot.extensions.len()
+        {
+            return;
+        }
+        let info = StreamInfo {
+            ssrc: slot.ssrc,
+            ssrc_rtx: slot.rtx_ssrc.filter(|_| codec.rtx_payload_type.is_some()),
+            ssrc_fec: None,
+            payload_type: codec.payload_type,
+            payload_type_rtx: codec.rtx_payload_type.filter(|_| slot.rtx_ssrc.is_some()),
+            payload_type_fec: None,
+            rtp_header_extensions: slot
+                .extensions
+                .iter()
+                .map(|e| rtc::interceptor::RTPHeaderExtension {
+                    id: u16::from(e.id),
+                    uri: e.uri.clone(),
+                })
+                .collect(),
+            mime_type: codec.mime_type.clone(),
+            clock_rate: codec.clock_rate,
+            channels: u16::from(slot.kind == MediaKind::Audio) * 2,
+            sdp_fmtp_line: codec.fmtp.clone(),
+            rtcp_feedback: Vec::new(),
+        };
+        if let Some(old) = state.bound.replace(info.clone()) {
+            self.bundle.unbind_local_stream(&old);
+        }
+        self.bundle.bind_local_stream(&info);
+    }
+
+    /// Protects and queues what the interceptors let out (media written, reports and NACKs
+    /// they generated).
+    fn drain_writes(&mut self) {
+        while let Some(msg) = self.bundle.poll_write() {
+            let (Some(keys), Some(to)) = (self.srtp.as_mut(), self.path) else {
+                continue;
+            };
+            // While ICE restarts the path may be one the client has left: reports and NACKs
+            // wait for the next ones (media is held, `write_media`), as they did in rtc.
+            if self.restarting {
+                continue;
+            }
+            let protected = match &msg.message.packet {
+                Packet::Rtp(packet) => {
+                    let size = packet.marshal_size();
+                    self.scratch.resize(size, 0);
+                    match packet.marshal_to(&mut self.scratch) {
+                        Ok(n) => keys
+                            .local
+                            .encrypt_rtp_with_header(&self.scratch[..n], &packet.header),
+                        Err(err) => {
+                            tracing::debug!(%err, "rtp not marshalled");
+                            continue;
+                        }
+                    }
+                }
+                Packet::Rtcp(packets) if !packets.is_empty() => {
+                    match rtcp::packet::marshal(packets) {
+                        Ok(plain) => keys.local.encrypt_rtcp(&plain),
+                        Err(err) => {
+                            tracing::debug!(%err, "rtcp not marshalled");
+                            continue;
+                        }
+                    }
+                }
+                _ => continue,
+            };
+            match protected {
+                Ok(data) => self.out.push_back((to, data)),
+                Err(err) => tracing::debug!(%err, "not protected"),
+            }
+        }
+    }
+
+    /// Follows rtc's ICE state: the pair a nominating check selected becomes the path (and the
+    /// DTLS client starts there), a restart on a connection that was up starts holding media,
+    /// a selected pair sends what was held, and a failed or closed one drops it.
     fn on_ice_state(&mut self, state: RTCIceConnectionState) {
-        tracing::debug!(
-            ?state,
-            held = self.held.len(),
-            held_in = self.held_in.len(),
-            "ice connection state"
-        );
+        tracing::debug!(?state, held = self.held.len(), "ice connection state");
+        let now = self.now;
         match state {
             RTCIceConnectionState::Checking if self.connected => self.restarting = true,
             RTCIceConnectionState::Connected | RTCIceConnectionState::Completed => {
-                self.restarting = false;
-                while let Some(msg) = self.held_in.pop_front() {
-                    if let Err(err) = self.pc.handle_read(msg) {
-                        tracing::debug!(%err, "held datagram rejected");
-                    }
+                if let Some(path) = self.nominating.or(self.answered) {
+                    self.path = Some(path);
                 }
-                while let Some(mut msg) = self.held.pop_front() {
-                    msg.now = self.now.max(msg.now);
-                    if let Err(err) = self.pc.handle_write(msg) {
+                self.restarting = false;
+                self.start_dtls(now);
+                while let Some((index, packet, at)) = self.held.pop_front() {
+                    if let Err(err) = self.write_media(index, packet, now.max(at)) {
                         tracing::debug!(%err, "held packet not sent");
                     }
                 }
+                if self.srtp.is_some() && !self.connected && !self.silent {
+                    self.connected = true;
+                    self.events.push_back(PeerEvent::Connected);
+                }
             }
-            RTCIceConnectionState::Failed | RTCIceConnectionState::Closed => {
-                self.restarting = false;
-                self.held.clear();
-                self.held_in.clear();
+            RTCIceConnectionState::Disconnected => {
+                self.events.push_back(PeerEvent::Disconnected);
             }
+            RTCIceConnectionState::Failed | RTCIceConnectionState::Closed => self.fail(),
             _ => {}
         }
     }
@@ -1716,90 +2192,74 @@ impl Peer {
             return;
         };
         let known = ssrc == state.ssrc || state.layers.iter().any(|(_, s)| *s == ssrc);
-        let (receiver, ssrc) = (state.receiver, if known { ssrc } else { state.ssrc });
-        if let Some(mut r) = self.pc.rtp_receiver(receiver) {
-            let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
-                sender_ssrc: 0,
-                media_ssrc: ssrc,
-            };
-            if let Err(err) = r.write_rtcp(now, vec![Box::new(pli)]) {
-                tracing::debug!(%err, "keyframe request not sent");
-            }
+        let ssrc = if known { ssrc } else { state.ssrc };
+        if self.srtp.is_none() {
+            return;
         }
+        let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+        };
+        let msg = TaggedPacket {
+            now,
+            transport: TransportContext::default(),
+            message: AttributedPacket::new(Packet::Rtcp(vec![Box::new(pli)])),
+        };
+        if let Err(err) = self.bundle.handle_write(msg) {
+            tracing::debug!(%err, "keyframe request not sent");
+        }
+        self.drain_writes();
     }
 
     /// Closes the connection (DTLS close_notify goes out with the next transmits).
     pub fn close(&mut self) {
+        if let Some(dtls) = self.dtls.as_mut() {
+            dtls.close(self.now);
+        }
+        self.dtls_out();
+        self.rtc_touched = true;
         let _ = self.pc.close();
     }
 
-    /// Moves everything `rtc` produced into our event queue, in order.
+    /// Moves what rtc produced since it was last touched (its answers to checks, its ICE
+    /// events) into our queues, in order, and the estimate into an event when it is worth one.
     fn pump(&mut self) {
         let rtcp = self.rtcp_seen.load(std::sync::atomic::Ordering::Relaxed);
         if rtcp != self.rtcp_counted {
             self.rtcp_counted = rtcp;
             self.heard = self.heard.max(self.now);
         }
-        while let Some(event) = self.pc.poll_event() {
-            match event {
-                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
-                    RTCPeerConnectionState::Connected => {
-                        self.connected = true;
-                        self.events.push_back(PeerEvent::Connected);
+        if self.rtc_touched {
+            self.rtc_touched = false;
+            while let Some(msg) = self.pc.poll_write() {
+                if classify(&msg.message) == PacketKind::Dtls {
+                    continue; // rtc's own DTLS endpoint: the engine runs DTLS (never expected)
+                }
+                let protocol = match msg.transport.transport_protocol {
+                    TransportProtocol::TCP => Protocol::Tcp,
+                    _ => Protocol::Udp,
+                };
+                let transport = Transport {
+                    local: msg.transport.local_addr,
+                    peer: msg.transport.peer_addr,
+                    protocol,
+                };
+                // A Binding success response: rtc authenticated a check of the client's.
+                if msg.message.len() >= 20 && msg.message[..2] == [0x01, 0x01] {
+                    self.heard = self.heard.max(self.now);
+                    self.answered = Some(transport);
+                    if self.nominating == Some(transport) && self.path.is_some() {
+                        self.path = Some(transport);
                     }
-                    RTCPeerConnectionState::Disconnected => {
-                        self.events.push_back(PeerEvent::Disconnected);
-                    }
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        self.connected = false;
-                        self.events.push_back(PeerEvent::Failed);
-                    }
-                    _ => {}
-                },
-                RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state) => {
+                }
+                self.out.push_back((transport, msg.message));
+            }
+            while let Some(event) = self.pc.poll_event() {
+                if let RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state) = event {
                     self.on_ice_state(state);
                 }
-                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                    self.open_track(init.track_id, init.receiver_id, init.ssrc, init.rid);
-                }
-                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
-                    if let Some(state) = self.tracks.remove(&track_id) {
-                        self.events.push_back(PeerEvent::TrackClosed(state.key));
-                    }
-                }
-                _ => {}
             }
-        }
-        while let Some(msg) = self.pc.poll_read() {
-            if matches!(
-                msg.message,
-                RTCMessage::RtpPacket(..) | RTCMessage::RtcpPacket(..)
-            ) {
-                // Decrypted SRTP / SRTCP: only the client has the keys.
-                self.heard = self.heard.max(msg.now);
-            }
-            match msg.message {
-                RTCMessage::RtpPacket(track_id, packet) => {
-                    if let Some(state) = self.tracks.get(&track_id) {
-                        let packet = state.media_packet(packet, msg.now);
-                        self.events.push_back(PeerEvent::Rtp {
-                            track: state.key,
-                            packet,
-                        });
-                    }
-                }
-                RTCMessage::RtcpPacket(track_id, packets) => {
-                    // rtc files a compound packet under the first SSRC it names: a
-                    // publisher's sender report comes with the report blocks of what it
-                    // receives, so it may arrive under a sending slot's track. Read it
-                    // wherever it arrives.
-                    self.sender_reports(&packets);
-                    if let Some(slot) = self.slot_by_track.get(&track_id).copied() {
-                        self.feedback(slot, &packets);
-                    }
-                }
-                _ => {}
-            }
+            self.rtc_timeout = self.pc.poll_timeout();
         }
         // After the reads: the feedback that moved the estimate was among them.
         if let Some(bits_per_second) = self.estimate_emitter.next(self.estimate.get(), self.now) {
@@ -1923,15 +2383,37 @@ impl Peer {
         }
     }
 
-    fn feedback(&mut self, slot: SlotId, packets: &[Box<dyn rtcp::Packet>]) {
+    /// Keyframe requests and NACKs, each to the slot whose stream it names (a compound packet
+    /// may carry feedback for several).
+    fn feedback(&mut self, packets: &[Box<dyn rtcp::Packet>]) {
         use rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
         use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
         use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        let slot_of = |slots: &[SlotState], ssrc: u32| {
+            slots
+                .iter()
+                .find(|s| s.slot.ssrc == ssrc || s.slot.rtx_ssrc == Some(ssrc))
+                .map(|s| s.slot.id)
+        };
         for packet in packets {
             let any = packet.as_any();
-            if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
-                self.events.push_back(PeerEvent::KeyframeRequested(slot));
-            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+            if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                if let Some(slot) = slot_of(&self.slots, pli.media_ssrc) {
+                    self.events.push_back(PeerEvent::KeyframeRequested(slot));
+                }
+            } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                let named = fir
+                    .fir
+                    .iter()
+                    .map(|e| e.ssrc)
+                    .chain(std::iter::once(fir.media_ssrc))
+                    .find_map(|ssrc| slot_of(&self.slots, ssrc));
+                if let Some(slot) = named {
+                    self.events.push_back(PeerEvent::KeyframeRequested(slot));
+                }
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>()
+                && let Some(slot) = slot_of(&self.slots, nack.media_ssrc)
+            {
                 let lost = nack
                     .nacks
                     .iter()
@@ -2179,6 +2661,8 @@ mod tests {
     use crate::engine::testing;
     use crate::sfu::downtrack::{DownTrack, DownTrackConfig, Forward};
     use crate::sfu::retransmit::RetransmitBuffer;
+    use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+    use rtc::peer_connection::state::RTCPeerConnectionState;
     use rtc::rtp_transceiver::RTCRtpTransceiverInit;
 
     const SERVER: &str = "10.9.0.1:5000";
