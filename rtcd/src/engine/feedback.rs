@@ -1,4 +1,6 @@
-//! The interceptor that lets a subscriber's feedback reach the SFU.
+//! The interceptor that lets feedback reach the application of an `rtc` peer connection: the
+//! test client's (`testing`). rtcd's own peers read RTCP on the engine's media path, each
+//! feedback packet routed by the SSRC it names (`Peer::feedback`), so they need none of this.
 //!
 //! `rtc` ends every inbound RTCP packet at the end of its interceptor chain unless an interceptor
 //! marks it for the application. An SFU must see what subscribers ask of the streams it sends
@@ -33,19 +35,6 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 pub(super) struct FeedbackTap {
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
-    /// Inbound RTCP compounds seen (all of them, reports included): decrypted SRTCP proves the
-    /// client is there, which the peer's silence timer counts (rtc hands reports to no one).
-    rtcp_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl FeedbackTap {
-    /// A tap that counts inbound RTCP into `rtcp_seen`.
-    pub(super) fn counting(rtcp_seen: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
-        Self {
-            rtcp_seen,
-            ..Default::default()
-        }
-    }
 }
 
 fn is_feedback(packet: &dyn rtc::rtcp::Packet) -> bool {
@@ -127,10 +116,6 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
     type Time = Instant;
 
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        if matches!(msg.message.packet, Packet::Rtcp(_)) {
-            self.rtcp_seen
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
         self.read(msg);
         Ok(())
     }

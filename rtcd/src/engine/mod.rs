@@ -17,6 +17,7 @@
 mod bundle;
 pub mod bwe;
 mod dtls;
+#[cfg(test)]
 mod feedback;
 mod nack;
 pub mod net;

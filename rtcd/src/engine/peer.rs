@@ -980,9 +980,6 @@ pub struct Peer {
     /// RTX payload type → repaired payload type of the published tracks' codecs, for the
     /// repair interceptor's simulcast layers (whose RTX rtc does not resolve).
     rtx_apt: super::rtx::AptMap,
-    /// Inbound RTCP compounds the feedback tap saw, and how many `heard` has counted.
-    rtcp_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    rtcp_counted: u64,
     /// Silence after which the session fails (`disconnected_timeout + failed_timeout`).
     silence_limit: Duration,
     /// The latest `now` given (what `poll_transmit` stamps an answered check with).
@@ -1055,7 +1052,6 @@ impl std::fmt::Debug for Peer {
 /// lost (`nack`).
 pub(super) fn interceptors(
     rtx_apt: super::rtx::AptMap,
-    rtcp_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
     estimation: Option<(
         std::sync::Arc<super::bwe::EstimateCell>,
         Option<super::bwe::Departures>,
@@ -1080,11 +1076,6 @@ pub(super) fn interceptors(
             ChainSlot::TwccReceiver,
             Sees::READ,
             Box::new(rtc::interceptor::TwccReceiverBuilder::new().build()),
-        ),
-        (
-            ChainSlot::Custom(9_000),
-            Sees::NONE,
-            Box::new(super::feedback::FeedbackTap::counting(rtcp_seen)),
         ),
         (
             ChainSlot::ReceiverReport,
@@ -1116,14 +1107,13 @@ impl Peer {
     ) -> Result<Self, EngineError> {
         let media = media_template()?.clone();
         let rtx_apt = super::rtx::AptMap::default();
-        let rtcp_seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         // Send-side estimation towards the client: every packet sent is numbered and recorded,
         // the client's transport-cc feedback drives the estimator (no pacer: see `bwe`).
         let estimate = std::sync::Arc::new(super::bwe::EstimateCell::default());
         let estimation = settings
             .estimation
             .then(|| (estimate.clone(), settings.departures.clone()));
-        let bundle: Bundle = interceptors(rtx_apt.clone(), rtcp_seen.clone(), estimation)
+        let bundle: Bundle = interceptors(rtx_apt.clone(), estimation)
             .into_iter()
             .collect();
         // rtc's pipeline carries no media (the engine's own path does, `dtls`): no interceptors
@@ -1166,8 +1156,6 @@ impl Peer {
             heard: now,
             rtx_apt,
             simulcast: HashMap::new(),
-            rtcp_seen,
-            rtcp_counted: 0,
             silence_limit: settings.disconnected_timeout + settings.failed_timeout,
             now,
             silent: false,
@@ -2224,11 +2212,6 @@ impl Peer {
     /// Moves what rtc produced since it was last touched (its answers to checks, its ICE
     /// events) into our queues, in order, and the estimate into an event when it is worth one.
     fn pump(&mut self) {
-        let rtcp = self.rtcp_seen.load(std::sync::atomic::Ordering::Relaxed);
-        if rtcp != self.rtcp_counted {
-            self.rtcp_counted = rtcp;
-            self.heard = self.heard.max(self.now);
-        }
         if self.rtc_touched {
             self.rtc_touched = false;
             while let Some(msg) = self.pc.poll_write() {
@@ -3983,6 +3966,104 @@ mod tests {
             failures.is_empty(),
             "(to client, k-th DTLS datagram lost, (client, server) connected, DTLS datagrams \
              seen): {failures:?}"
+        );
+    }
+
+    /// Bob (receiving video) negotiates with his offer edited by `edit`, and both sides run for
+    /// up to 10 s: (the answer, Bob connected, rtcd connected).
+    fn handshake_with(
+        edit: impl Fn(&str) -> String,
+    ) -> Result<(Answer, bool, bool), EngineError> {
+        let identity = Identity::generate().unwrap();
+        let mut now = Instant::now();
+        let mut bob = Client::new("10.9.0.3:6000", now);
+        let mut server = Peer::new(&identity, &settings(), now).unwrap();
+        bob.receive(RtpCodecKind::Video);
+        let offer = bob.pc.create_offer(None).unwrap();
+        bob.pc.set_local_description(now, offer.clone()).unwrap();
+        let answer = server.apply_offer(&edit(&offer.sdp), now)?;
+        bob.pc
+            .set_remote_description(
+                now,
+                RTCSessionDescription::answer(answer.sdp.clone()).unwrap(),
+            )
+            .unwrap();
+        let mut server_connected = false;
+        for _ in 0..(10_000 / 5) {
+            now += Duration::from_millis(5);
+            // A refused handshake leaves Bob's side in error: that is not the test's concern.
+            let _ = bob.pc.handle_timeout(now);
+            if server.poll_timeout().is_some_and(|d| d <= now) {
+                server.handle_timeout(now);
+            }
+            route(&mut bob, &mut server, now, &mut |_| false, &mut |_| false);
+            while let Some(e) = server.poll_event() {
+                server_connected |= matches!(e, PeerEvent::Connected);
+            }
+            if bob.connected && server_connected {
+                break;
+            }
+        }
+        Ok((answer, bob.connected, server_connected))
+    }
+
+    /// rtcd runs DTLS itself (`dtls`): as the client where the offer leaves the choice to it
+    /// (`actpass`, what every browser offers), as rtc did; as the server where the client wants
+    /// to be the client (`active`); an offer that wants rtcd to be the client (`passive`) breaks
+    /// RFC 5763 and is refused.
+    #[test]
+    fn the_dtls_role_follows_the_offer() {
+        let (answer, bob, rtcd) = handshake_with(str::to_owned).unwrap();
+        assert!(answer.sdp.contains("a=setup:active"), "{}", answer.sdp);
+        assert_eq!((bob, rtcd), (true, true), "rtcd as the DTLS client");
+        let (answer, bob, rtcd) =
+            handshake_with(|o| o.replace("a=setup:actpass", "a=setup:active")).unwrap();
+        assert!(answer.sdp.contains("a=setup:passive"), "{}", answer.sdp);
+        assert_eq!((bob, rtcd), (true, true), "rtcd as the DTLS server");
+        let refused = handshake_with(|o| o.replace("a=setup:actpass", "a=setup:passive"));
+        assert!(
+            matches!(refused, Err(EngineError::InvalidSdp(ref why)) if why.contains("RFC 5763")),
+            "{:?}",
+            refused.map(|(_, b, r)| (b, r))
+        );
+    }
+
+    /// The client's certificate must be the one its offer's fingerprint names: a client whose
+    /// offer names another is never connected and receives nothing (in either DTLS role), and
+    /// an offer without a SHA-256 fingerprint is refused.
+    #[test]
+    fn a_certificate_that_does_not_match_the_offers_fingerprint_is_refused() {
+        let forge = |offer: &str| {
+            offer
+                .lines()
+                .map(|l| match l.strip_prefix("a=fingerprint:sha-256 ") {
+                    // Another certificate's: the first byte changed.
+                    Some(value) => {
+                        let first = u8::from_str_radix(&value[..2], 16).unwrap() ^ 0xff;
+                        format!("a=fingerprint:sha-256 {first:02X}{}", &value[2..])
+                    }
+                    None => l.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("\r\n")
+                + "\r\n"
+        };
+        let (_, _, rtcd) = handshake_with(forge).unwrap();
+        assert!(!rtcd, "rtcd (the DTLS client) accepted a forged certificate");
+        let (_, _, rtcd) =
+            handshake_with(|o| forge(o).replace("a=setup:actpass", "a=setup:active")).unwrap();
+        assert!(!rtcd, "rtcd (the DTLS server) accepted a forged certificate");
+        let missing = handshake_with(|o| {
+            o.lines()
+                .filter(|l| !l.starts_with("a=fingerprint:"))
+                .collect::<Vec<_>>()
+                .join("\r\n")
+                + "\r\n"
+        });
+        assert!(
+            matches!(missing, Err(EngineError::InvalidSdp(_))),
+            "{:?}",
+            missing.map(|(_, b, r)| (b, r))
         );
     }
 

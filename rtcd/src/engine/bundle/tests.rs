@@ -1,5 +1,4 @@
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -182,7 +181,6 @@ fn transcript(mut link: impl Interceptor) -> Vec<String> {
 fn members(estimation: bool) -> Vec<Entry> {
     interceptors(
         Default::default(),
-        Arc::new(AtomicU64::new(0)),
         estimation.then(|| (Arc::new(EstimateCell::default()), None)),
     )
 }
@@ -215,7 +213,8 @@ fn a_bundle_sends_and_delivers_exactly_what_the_chain_does() {
         let chain = transcript(as_chain(members(estimation)));
         let bundle = transcript(as_bundle(members(estimation)));
         // The traffic exercised every member: reports both ways, NACKs, transport-cc feedback,
-        // the keyframe request delivered, and the RTX repairs restored.
+        // and the RTX repairs restored. (What RTCP the peer reads is not the chain's to
+        // deliver: the peer drives the bundle itself and reads every packet off it.)
         assert!(count(&chain, "write rtcp") >= 10, "{chain:#?}");
         for (kind, byte) in [
             ("sender report", "[80, c8"),
@@ -225,11 +224,6 @@ fn a_bundle_sends_and_delivers_exactly_what_the_chain_does() {
         ] {
             assert!(count(&chain, byte) > 0, "no {kind} in {chain:#?}");
         }
-        assert_eq!(
-            count(&chain, "read rtcp delivered=true [81, ce"),
-            1,
-            "{chain:#?}"
-        );
         assert_eq!(count(&chain, "read rtp"), 296 + 2);
         assert_eq!(chain.len(), bundle.len(), "estimation {estimation}");
         for (c, b) in chain.iter().zip(&bundle) {
