@@ -165,6 +165,18 @@ impl Bundle {
         }
     }
 
+    /// What came out of the members towards the application, without polling any of them
+    /// (the engine's media path takes a packet's own result at once, and polls for what the
+    /// members generated once per round: `Peer::collect`).
+    pub(super) fn take_read(&mut self) -> Option<TaggedPacket> {
+        self.reads.pop_front()
+    }
+
+    /// As [`Bundle::take_read`], towards the client.
+    pub(super) fn take_write(&mut self) -> Option<TaggedPacket> {
+        self.writes.pop_front()
+    }
+
     fn mark_pending(&mut self) {
         self.pending_reads = true;
         self.pending_writes = true;

@@ -1018,6 +1018,8 @@ pub struct Peer {
     /// Whether rtc was handed something since its events, writes and timeout were last read
     /// (reading them walks its whole pipeline: only when it may have something).
     rtc_touched: bool,
+    /// Whether the interceptors may hold something generated (see [`Peer::collect`]).
+    interceptors_dirty: bool,
     /// rtc's next timeout, as of the last time it was touched.
     rtc_timeout: Option<Instant>,
     /// A marshalling buffer for packets on their way to SRTP.
@@ -1172,6 +1174,7 @@ impl Peer {
             answered: None,
             out: Default::default(),
             rtc_touched: true,
+            interceptors_dirty: false,
             rtc_timeout: None,
             scratch: Vec::new(),
             estimate,
@@ -1766,18 +1769,37 @@ impl Peer {
         if let Err(err) = self.bundle.handle_read(msg) {
             tracing::debug!(%err, "interceptors refused a packet");
         }
-        while let Some(msg) = self.bundle.poll_read() {
-            match msg.message.packet {
-                Packet::Rtp(packet) => self.deliver(packet, msg.now),
-                Packet::Rtcp(packets) if !packets.is_empty() => {
-                    self.sender_reports(&packets);
-                    self.feedback(&packets);
-                }
-                _ => {}
-            }
+        self.interceptors_dirty = true;
+        while let Some(msg) = self.bundle.take_read() {
+            self.read_out(msg);
         }
-        // What the interceptors answered at once (none of rtc's do today; cheap if empty).
-        self.drain_writes();
+    }
+
+    /// What the interceptors let through towards rtcd: media to its track, feedback to its
+    /// slot, sender reports to their track.
+    fn read_out(&mut self, msg: TaggedPacket) {
+        match msg.message.packet {
+            Packet::Rtp(packet) => self.deliver(packet, msg.now),
+            Packet::Rtcp(packets) if !packets.is_empty() => {
+                self.sender_reports(&packets);
+                self.feedback(&packets);
+            }
+            _ => {}
+        }
+    }
+
+    /// Once per round (and after timeouts): polls every interceptor for what it generated
+    /// (reports, NACKs, transport-cc feedback) and what passed a member blind to it, instead of
+    /// once per packet.
+    fn collect(&mut self) {
+        if !self.interceptors_dirty {
+            return;
+        }
+        self.interceptors_dirty = false;
+        while let Some(msg) = self.bundle.poll_read() {
+            self.read_out(msg);
+        }
+        self.drain_writes(true);
     }
 
     /// Binds the stream of a packet with an unknown SSRC to its section (`receiving`), tells
@@ -1912,7 +1934,8 @@ impl Peer {
         if let Err(err) = self.bundle.handle_timeout(now) {
             tracing::debug!(%err, "interceptor timeout failed");
         }
-        self.drain_writes();
+        self.interceptors_dirty = true;
+        self.collect();
         self.pump();
         if !self.silent && now >= self.heard + self.silence_limit {
             self.fail();
@@ -1921,6 +1944,7 @@ impl Peer {
 
     /// The next datagram to send and where to.
     pub fn poll_transmit(&mut self) -> Option<(Transport, BytesMut)> {
+        self.collect();
         if self.rtc_touched {
             self.pump();
         }
@@ -2045,7 +2069,8 @@ impl Peer {
             message: AttributedPacket::new(Packet::Rtp(packet)),
         };
         self.bundle.handle_write(msg).map_err(internal)?;
-        self.drain_writes();
+        self.interceptors_dirty = true;
+        self.drain_writes(false);
         Ok(())
     }
 
@@ -2095,10 +2120,16 @@ impl Peer {
         self.bundle.bind_local_stream(&info);
     }
 
-    /// Protects and queues what the interceptors let out (media written, reports and NACKs
-    /// they generated).
-    fn drain_writes(&mut self) {
-        while let Some(msg) = self.bundle.poll_write() {
+    /// Protects and queues what the interceptors let out towards the client: media written,
+    /// and with `poll`, what they generated (reports, NACKs) after polling them all.
+    fn drain_writes(&mut self, poll: bool) {
+        loop {
+            let next = if poll {
+                self.bundle.poll_write()
+            } else {
+                self.bundle.take_write()
+            };
+            let Some(msg) = next else { break };
             let (Some(keys), Some(to)) = (self.srtp.as_mut(), self.path) else {
                 continue;
             };
@@ -2196,7 +2227,8 @@ impl Peer {
         if let Err(err) = self.bundle.handle_write(msg) {
             tracing::debug!(%err, "keyframe request not sent");
         }
-        self.drain_writes();
+        self.interceptors_dirty = true;
+        self.drain_writes(false);
     }
 
     /// Closes the connection (DTLS close_notify goes out with the next transmits).
