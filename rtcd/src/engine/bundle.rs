@@ -52,7 +52,8 @@ impl Sees {
         read: false,
         write: true,
     };
-    /// No RTP at all (RTCP only).
+    /// No RTP at all (RTCP only; the tests' declarations).
+    #[cfg(test)]
     pub const NONE: Self = Self {
         read: false,
         write: false,

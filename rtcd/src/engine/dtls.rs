@@ -276,9 +276,8 @@ impl Handshake {
         if self.ended {
             return None;
         }
-        if self.endpoint.get_connection_state(TUNNEL).is_none() {
-            return None;
-        }
+        // No connection yet (a server before the client's first flight): nothing to resend.
+        self.endpoint.get_connection_state(TUNNEL)?;
         if let Err(e) = self.endpoint.handle_timeout(TUNNEL, now) {
             tracing::debug!(error = %e, keyed = self.keyed, "dtls timeout handling failed");
         }

@@ -11,6 +11,9 @@
 //!   draft-ietf-rmcat-gcc, no pacer).
 //! * [`peer`]: one client's peer connection, driven by hand: datagrams in, datagrams and events
 //!   out, time passed in explicitly, so a whole session runs in a unit test without a socket.
+//!   `rtc` does its SDP and ICE; the media path is the engine's own: `dtls` (the handshake
+//!   that keys SRTP), `receiving` (which section an arriving stream belongs to) and the
+//!   interceptors as one `bundle`.
 //!
 //! `docs/engine-v2.md` has the design, facts about `rtc` found on the way, and what is left.
 

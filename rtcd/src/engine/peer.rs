@@ -14,11 +14,25 @@
 //! whose sender has an SSRC of ours, fixed for the life of the slot, into which the SFU's
 //! down-tracks write whatever source they currently forward.
 //!
+//! # The media path
+//! `rtc`'s peer connection does SDP and ICE; media never enters its pipeline, which walked
+//! every packet by value through eight handlers at every read and write (about half of rtcd's
+//! CPU in a one-to-one call, issue 33). The engine runs the DTLS handshake itself (`dtls`: the
+//! same certificate, the client's certificate checked against its offer's fingerprint) and
+//! keeps the SRTP contexts it keys: a datagram is told apart by its first byte (RFC 7983),
+//! STUN goes to `rtc`, DTLS to the handshake, SRTP and SRTCP are decrypted here, bound to the
+//! client's section on their first packet (`receiving`, `rtc`'s rules), and walked through the
+//! interceptors (`bundle`), which the engine drives directly; what rtcd sends goes through them
+//! the other way and is encrypted here. Media goes where ICE put the path: the pair the
+//! client's last nominating check selected, once `rtc` answered it. `rtc`'s own DTLS endpoint
+//! is a server that never hears a record; where the client's offer leaves the role open
+//! (`actpass`), the answer tells the client rtcd is the DTLS client, as `rtc` chose before.
+//!
 //! # Simulcast
 //! A publisher may send a video section as several layers (RFC 8853: `a=rid` and
 //! `a=simulcast`, each layer with its own SSRC, declared nowhere). The mid, rid and
-//! repaired-rid header extensions are negotiated for video so `rtc` can bind each layer from
-//! its first packets; the first layer to arrive opens the track ([`PeerEvent::TrackOpened`],
+//! repaired-rid header extensions are negotiated for video so each layer binds from its first
+//! packets (`receiving`); the first layer to arrive opens the track ([`PeerEvent::TrackOpened`],
 //! with the section's rids), each other one arrives as [`PeerEvent::LayerOpened`], and all
 //! their packets come as the track's `Rtp` events, told apart by SSRC. Three things `rtc`
 //! 0.21.1 lacks are done here: a layer's retransmissions (repaired-rid) are restored by the
@@ -397,8 +411,8 @@ impl TrackState {
 /// a second, past any retransmission that could still help a live stream).
 const NACKS_PER_PACKET: u16 = 10;
 
-/// Where the peer's [`Bundle`] of interceptors sits in rtc's chain: its only link (besides the
-/// terminus rtc appends), so any position would do.
+/// Where a test registers a [`Bundle`] in rtc's chain (`bundle::tests`, which compares it with
+/// the chain of its members): its only link besides rtc's terminus, so any position would do.
 #[cfg(test)]
 pub(super) const BUNDLE_SLOT: usize = 5_500;
 
@@ -4003,9 +4017,7 @@ mod tests {
 
     /// Bob (receiving video) negotiates with his offer edited by `edit`, and both sides run for
     /// up to 10 s: (the answer, Bob connected, rtcd connected).
-    fn handshake_with(
-        edit: impl Fn(&str) -> String,
-    ) -> Result<(Answer, bool, bool), EngineError> {
+    fn handshake_with(edit: impl Fn(&str) -> String) -> Result<(Answer, bool, bool), EngineError> {
         let identity = Identity::generate().unwrap();
         let mut now = Instant::now();
         let mut bob = Client::new("10.9.0.3:6000", now);
@@ -4081,10 +4093,16 @@ mod tests {
                 + "\r\n"
         };
         let (_, _, rtcd) = handshake_with(forge).unwrap();
-        assert!(!rtcd, "rtcd (the DTLS client) accepted a forged certificate");
+        assert!(
+            !rtcd,
+            "rtcd (the DTLS client) accepted a forged certificate"
+        );
         let (_, _, rtcd) =
             handshake_with(|o| forge(o).replace("a=setup:actpass", "a=setup:active")).unwrap();
-        assert!(!rtcd, "rtcd (the DTLS server) accepted a forged certificate");
+        assert!(
+            !rtcd,
+            "rtcd (the DTLS server) accepted a forged certificate"
+        );
         let missing = handshake_with(|o| {
             o.lines()
                 .filter(|l| !l.starts_with("a=fingerprint:"))
