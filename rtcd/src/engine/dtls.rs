@@ -61,6 +61,8 @@ pub(super) struct Handshake {
     /// The client's configuration until [`Handshake::start`] uses it (rtcd as the DTLS client).
     client: Option<Arc<HandshakeConfig>>,
     is_client: bool,
+    /// The crypto the SRTP contexts are keyed with (the handshake's own).
+    provider: Arc<dyn crypto::RTCCryptoProvider>,
     keyed: bool,
     ended: bool,
 }
@@ -121,7 +123,7 @@ impl Handshake {
         })
         .collect();
         let config = ConfigBuilder::default()
-            .with_crypto_provider(provider)
+            .with_crypto_provider(provider.clone())
             .with_certificates(vec![certificate])
             .with_srtp_protection_profiles(profiles)
             .with_client_auth(ClientAuthType::RequireAnyClientCert)
@@ -147,6 +149,7 @@ impl Handshake {
             endpoint,
             client,
             is_client,
+            provider,
             keyed: false,
             ended: false,
         })
@@ -236,7 +239,7 @@ impl Handshake {
         config
             .set_session_keys_from_keying_material(material.as_ref(), state.is_client())
             .map_err(|e| e.to_string())?;
-        let provider = crypto::default_provider().map_err(|e| e.to_string())?;
+        let provider = &self.provider;
         let local = srtp::context::Context::new(
             &config.keys.local_master_key,
             &config.keys.local_master_salt,

@@ -285,8 +285,6 @@ pub enum PeerEvent {
     /// (a publisher restarting it). Not sent for the layer that opened the track, nor for a
     /// track without rids. Its `Rtp` events carry the track's key and the layer's SSRC.
     LayerOpened(OpenedLayer),
-    /// A published track ended (its section was removed or stopped).
-    TrackClosed(TrackKey),
     /// An RTP packet of a published track, as the SFU's own packet type (keyframe flag set,
     /// only end-to-end header extensions kept).
     Rtp {
@@ -958,6 +956,30 @@ fn stamp_mid(state: &SlotState, packet: &mut rtp::Packet) -> Result<(), EngineEr
     Ok(())
 }
 
+/// Whether two descriptions of a stream tell the interceptors the same (what they read of it).
+fn same_stream(a: &StreamInfo, b: &StreamInfo) -> bool {
+    let extensions = |i: &StreamInfo| {
+        i.rtp_header_extensions
+            .iter()
+            .map(|e| (e.id, e.uri.clone()))
+            .collect::<Vec<_>>()
+    };
+    (
+        a.ssrc,
+        a.ssrc_rtx,
+        a.payload_type,
+        a.payload_type_rtx,
+        a.clock_rate,
+    ) == (
+        b.ssrc,
+        b.ssrc_rtx,
+        b.payload_type,
+        b.payload_type_rtx,
+        b.clock_rate,
+    ) && a.mime_type == b.mime_type
+        && extensions(a) == extensions(b)
+}
+
 /// Queues `item` while ICE restarts, bounded by `limit`: past it the oldest goes (the newest
 /// matter more, and a hole can still be NACKed).
 fn hold<T>(queue: &mut std::collections::VecDeque<T>, limit: usize, item: T) {
@@ -1015,7 +1037,7 @@ pub struct Peer {
     /// The interceptors (NACK generator, reports, transport-cc, RTX repair), driven by the
     /// engine on its own media path.
     bundle: Bundle,
-    /// The client's sending sections, rebuilt after every offer (`receiving`).
+    /// The client's sending sections, rebuilt at every answer (`receiving`).
     receiving: receiving::Table<RTCRtpReceiverId>,
     /// Track id (of `tracks`) by the SSRC of every stream bound to one, with what the
     /// interceptors were told of it.
@@ -1265,7 +1287,6 @@ impl Peer {
             .filter(|s| s.sends())
             .map(|s| s.mid)
             .collect();
-        self.refresh_receiving();
         Ok(())
     }
 
@@ -1591,6 +1612,9 @@ impl Peer {
             slot.codecs = codecs;
             slot.extensions = extensions;
             slot.rtx_ssrc = rtx_ssrc;
+            if state.bound.is_some() {
+                self.bind_slot(index);
+            }
         }
     }
 
@@ -1831,6 +1855,11 @@ impl Peer {
             return;
         };
         let receiver = section.receiver;
+        let rtx_payload_type = section
+            .rtx
+            .iter()
+            .find(|&(_, &apt)| apt == binding.payload_type)
+            .map(|(&rtx, _)| rtx);
         let Some(mut r) = self.pc.rtp_receiver(receiver) else {
             return;
         };
@@ -1843,11 +1872,6 @@ impl Peer {
         else {
             return;
         };
-        let (codecs, _) = codecs_of(&params.codecs, &params.header_extensions);
-        let rtx_payload_type = codecs
-            .iter()
-            .find(|c| c.payload_type == binding.payload_type)
-            .and_then(|c| c.rtx_payload_type);
         let rtx = binding.rtx_ssrc.zip(rtx_payload_type);
         let feedback = codec
             .rtp_codec
@@ -1912,8 +1936,13 @@ impl Peer {
 
     /// When [`Peer::handle_timeout`] must be called next.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.pump();
-        let mut next = self.rtc_timeout;
+        // rtc's own, read again only if it was handed something since (its events and
+        // writes are left for `pump`, which the next datagram, timeout or poll runs).
+        let mut next = if self.rtc_touched {
+            self.pc.poll_timeout()
+        } else {
+            self.rtc_timeout
+        };
         let mut earliest = |t: Option<Instant>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n| n.min(t)));
@@ -2076,7 +2105,9 @@ impl Peer {
             hold(&mut self.held, HELD_LIMIT, (index, packet, now));
             return Ok(());
         }
-        self.bind_slot(index);
+        if self.slots.get(index).is_some_and(|s| s.bound.is_none()) {
+            self.bind_slot(index);
+        }
         let msg = TaggedPacket {
             now,
             transport: TransportContext::default(),
@@ -2088,9 +2119,9 @@ impl Peer {
         Ok(())
     }
 
-    /// Tells the interceptors of a slot's stream before its first packet (rtc binds a sender's
-    /// stream when it starts, with its first codec and RTX), and again if a renegotiation
-    /// changed what they were told.
+    /// Tells the interceptors of a slot's stream (rtc binds a sender's stream when it starts,
+    /// with its first codec and RTX): before its first packet ([`Peer::write_media`]), and
+    /// again after a negotiation that changed what they were told ([`Peer::refresh_slots`]).
     fn bind_slot(&mut self, index: usize) {
         let Some(state) = self.slots.get_mut(index) else {
             return;
@@ -2099,14 +2130,6 @@ impl Peer {
         let Some(codec) = slot.codecs.first() else {
             return;
         };
-        if let Some(bound) = &state.bound
-            && bound.ssrc == slot.ssrc
-            && bound.ssrc_rtx == slot.rtx_ssrc
-            && bound.payload_type == codec.payload_type
-            && bound.rtp_header_extensions.len() == slot.extensions.len()
-        {
-            return;
-        }
         let info = StreamInfo {
             ssrc: slot.ssrc,
             ssrc_rtx: slot.rtx_ssrc.filter(|_| codec.rtx_payload_type.is_some()),
@@ -2128,10 +2151,14 @@ impl Peer {
             sdp_fmtp_line: codec.fmtp.clone(),
             rtcp_feedback: Vec::new(),
         };
-        if let Some(old) = state.bound.replace(info.clone()) {
-            self.bundle.unbind_local_stream(&old);
+        if let Some(old) = &state.bound {
+            if same_stream(old, &info) {
+                return;
+            }
+            self.bundle.unbind_local_stream(old);
         }
         self.bundle.bind_local_stream(&info);
+        state.bound = Some(info);
     }
 
     /// Protects and queues what the interceptors let out towards the client: media written,
@@ -2202,10 +2229,6 @@ impl Peer {
                     if let Err(err) = self.write_media(index, packet, now.max(at)) {
                         tracing::debug!(%err, "held packet not sent");
                     }
-                }
-                if self.srtp.is_some() && !self.connected && !self.silent {
-                    self.connected = true;
-                    self.events.push_back(PeerEvent::Connected);
                 }
             }
             RTCIceConnectionState::Disconnected => {

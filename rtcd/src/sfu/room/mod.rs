@@ -347,9 +347,6 @@ impl Rooms {
                     l.ssrc = layer.ssrc;
                 }
             }
-            PeerEvent::TrackClosed(track) => {
-                self.unpublish(key, |t| t.key == track, now);
-            }
             PeerEvent::KeyframeRequested(slot) => {
                 let m = self.members.get(&key)?;
                 // The layer the subscriber is about to get (a pending switch), else the one
