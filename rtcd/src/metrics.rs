@@ -85,8 +85,10 @@ pub struct AdaptiveLabels {
 /// Labels of `rtcd_media_dropped_datagrams_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
-    /// `worker_behind` (the owning media worker's queue was full: the host is out of CPU) or
-    /// `no_session` (nothing on the port matched the datagram: stale peers, scans).
+    /// `worker_behind` (the owning media worker's queue was full: the host is out of CPU),
+    /// `socket_full` (the kernel dropped it: the port's receive buffer was full because the
+    /// worker that reads it was behind, the same cause) or `no_session` (nothing on the port
+    /// matched the datagram: stale peers, scans).
     pub reason: &'static str,
 }
 
@@ -221,7 +223,7 @@ pub struct Metrics {
     /// The SFU's metrics.
     pub sfu: SfuMetrics,
     /// Datagrams on the media port dropped before a session saw them, by reason (no client
-    /// label: the receive thread drops them before it knows whose they are).
+    /// label: the receiving worker drops them before it knows whose they are).
     pub media_dropped: Family<DropLabels, Counter>,
     /// From the start of a media worker's round (when the packets it forwards are written) to
     /// the end of its flush to the socket, in seconds: how late a busy host sends. The

@@ -3,10 +3,11 @@
 //!
 //! `rtc`'s chain walks every packet by value through every interceptor in it: into the
 //! interceptor, onto its queue, off it, onto the chain's belt and off again, a few hundred bytes
-//! copied at each step. A peer of rtcd has seven interceptors (transport-cc numbering, RTX
-//! repair, NACK generator, TWCC receiver, feedback tap, receiver and sender reports), and a
-//! forwarded RTP packet is *read* by two of them (the sender reports count it, transport-cc
-//! numbers it); a received one by four. In the simulcast benchmark the chain's copies were about
+//! copied at each step. A peer of rtcd has five interceptors (transport-cc numbering, NACK
+//! generator, TWCC receiver, receiver and sender reports; the RTX repair runs before them, on
+//! the packet itself), and a forwarded RTP packet is *read* by two of them (the sender reports
+//! count it, transport-cc numbers it); a received one by three. In the simulcast benchmark the
+//! chain's copies were about
 //! a third of rtcd's `memmove`, the largest single cost (`docs/benchmarks.md`).
 //!
 //! A [`Bundle`] holds the same interceptors in the same order (by [`Slot`], wire-most first) and

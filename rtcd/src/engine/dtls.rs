@@ -65,6 +65,11 @@ pub(super) struct Handshake {
     provider: Arc<dyn crypto::RTCCryptoProvider>,
     keyed: bool,
     ended: bool,
+    /// The endpoint's timer as last read, and whether anything may have moved it since: a
+    /// peer asks at every round of its worker, and reading it walks the endpoint's state,
+    /// which once keyed changes only when a DTLS datagram comes or a timer fires.
+    timeout: Option<Instant>,
+    timeout_stale: bool,
 }
 
 impl Handshake {
@@ -152,6 +157,8 @@ impl Handshake {
             provider,
             keyed: false,
             ended: false,
+            timeout: None,
+            timeout_stale: true,
         })
     }
 
@@ -163,6 +170,7 @@ impl Handshake {
     /// Sends the first flight if rtcd is the client and has not yet (a server waits).
     pub(super) fn start(&mut self, now: Instant) -> Option<Outcome> {
         let config = self.client.take()?;
+        self.timeout_stale = true;
         match self.endpoint.connect(now, TUNNEL, config, None) {
             Ok(()) => None,
             Err(e) => self.fail(e.to_string()),
@@ -176,6 +184,7 @@ impl Handshake {
 
     /// One DTLS datagram from the client.
     pub(super) fn read(&mut self, now: Instant, data: BytesMut) -> Option<Outcome> {
+        self.timeout_stale = true;
         if self.ended || self.client.is_some() {
             // Ended, or a client's record before rtcd (the DTLS client) began: nothing to do.
             return None;
@@ -263,15 +272,20 @@ impl Handshake {
 
     /// The next DTLS datagram to send (on the peer's current path).
     pub(super) fn poll_transmit(&mut self) -> Option<BytesMut> {
+        self.timeout_stale = true;
         self.endpoint.poll_transmit().map(|t| t.message)
     }
 
     /// When the handshake next retransmits.
-    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+    pub(super) fn poll_timeout(&mut self) -> Option<Instant> {
         if self.ended {
             return None;
         }
-        self.endpoint.poll_timeout(&TUNNEL)
+        if self.timeout_stale {
+            self.timeout_stale = false;
+            self.timeout = self.endpoint.poll_timeout(&TUNNEL);
+        }
+        self.timeout
     }
 
     /// Retransmits a flight that went unanswered.
@@ -279,6 +293,7 @@ impl Handshake {
         if self.ended {
             return None;
         }
+        self.timeout_stale = true;
         // No connection yet (a server before the client's first flight): nothing to resend.
         self.endpoint.get_connection_state(TUNNEL)?;
         if let Err(e) = self.endpoint.handle_timeout(TUNNEL, now) {

@@ -1034,9 +1034,11 @@ pub struct Peer {
     dtls: Option<Handshake>,
     /// The SRTP contexts the handshake keyed; media flows only once they exist.
     srtp: Option<Box<SrtpKeys>>,
-    /// The interceptors (NACK generator, reports, transport-cc, RTX repair), driven by the
-    /// engine on its own media path.
+    /// The interceptors (NACK generator, reports, transport-cc), driven by the engine on its
+    /// own media path.
     bundle: Bundle,
+    /// Restores received retransmissions (RTX) before the interceptors see them.
+    rtx: super::rtx::RtxRepair,
     /// The client's sending sections, rebuilt at every answer (`receiving`).
     receiving: receiving::Table<RTCRtpReceiverId>,
     /// Track id (of `tracks`) by the SSRC of every stream bound to one, with what the
@@ -1079,9 +1081,10 @@ impl std::fmt::Debug for Peer {
 
 /// A peer's interceptors, each at its slot in rtc's order (wire-most first) and with the RTP
 /// it reads (`bundle`): transport-cc numbering and estimation if `estimation` (the cell its
-/// estimate goes to, the worker's departures clock), the RTX repair before the NACK generator
-/// (7 000) so repairs count as arrivals, rtc's TWCC receiver, the feedback tap counting
-/// inbound RTCP into `rtcp_seen` before the report interceptors (10 000, 11 000).
+/// estimate goes to, the worker's departures clock), rtc's NACK generator, TWCC receiver and
+/// report interceptors. The RTX repair (`rtx`) is not among them: the peer applies it to each
+/// received packet before the bundle, so repairs count as arrivals for the NACK generator,
+/// without one more walk.
 ///
 /// NACKs are answered by the SFU's down-tracks from one buffer per published track, so no NACK
 /// responder (which would keep a copy per subscriber). At most [`NACKS_PER_PACKET`] requests
@@ -1089,18 +1092,12 @@ impl std::fmt::Debug for Peer {
 /// for every 100 ms until it aged out), and a renegotiation does not wipe the log of what was
 /// lost (`nack`).
 pub(super) fn interceptors(
-    rtx_apt: super::rtx::AptMap,
     estimation: Option<(
         std::sync::Arc<super::bwe::EstimateCell>,
         Option<super::bwe::Departures>,
     )>,
 ) -> Vec<Entry> {
     let mut list: Vec<Entry> = vec![
-        (
-            ChainSlot::Custom(super::rtx::SLOT),
-            Sees::READ,
-            Box::new(super::rtx::RtxRepair::new(rtx_apt)),
-        ),
         (
             ChainSlot::NackGenerator,
             Sees::READ,
@@ -1151,9 +1148,7 @@ impl Peer {
         let estimation = settings
             .estimation
             .then(|| (estimate.clone(), settings.departures.clone()));
-        let bundle: Bundle = interceptors(rtx_apt.clone(), estimation)
-            .into_iter()
-            .collect();
+        let bundle: Bundle = interceptors(estimation).into_iter().collect();
         // rtc's pipeline carries no media (the engine's own path does, `dtls`): no interceptors
         // in it, and its DTLS endpoint is a server that never hears a record (see
         // `Peer::answer` for the role the client is told).
@@ -1192,6 +1187,7 @@ impl Peer {
             connected: false,
             nomination: Default::default(),
             heard: now,
+            rtx: super::rtx::RtxRepair::new(rtx_apt.clone()),
             rtx_apt,
             simulcast: HashMap::new(),
             silence_limit: settings.disconnected_timeout + settings.failed_timeout,
@@ -1348,6 +1344,7 @@ impl Peer {
         for ssrc in gone {
             if let Some((_, info)) = self.by_ssrc.remove(&ssrc) {
                 self.bundle.unbind_remote_stream(&info);
+                self.rtx.unbind_remote_stream(&info);
             }
         }
     }
@@ -1646,19 +1643,21 @@ impl Peer {
 
     /// Feeds one received datagram (or ICE-TCP frame): STUN to rtc's ICE agent, DTLS to the
     /// handshake, SRTP and SRTCP to the engine's media path (RFC 7983's first-byte rule).
-    pub fn handle_datagram(&mut self, transport: Transport, data: BytesMut, now: Instant) {
+    /// Borrowed: media is decrypted straight from the receive buffer into the packet it
+    /// becomes, and only STUN and DTLS (a handful per session) are copied.
+    pub fn handle_datagram(&mut self, transport: Transport, data: &[u8], now: Instant) {
         self.now = self.now.max(now);
-        match classify(&data) {
+        match classify(data) {
             PacketKind::Stun => {
-                let replay = self.nomination.inbound(&transport, &data, now);
-                self.read_stun(transport, data, now);
+                let replay = self.nomination.inbound(&transport, data, now);
+                self.read_stun(transport, BytesMut::from(data), now);
                 // The client's nominating check, which rtc left unanswered until this response
                 // validated its pair (see `nomination`).
                 if let Some((transport, request)) = replay {
                     self.read_stun(transport, request, now);
                 }
             }
-            PacketKind::Dtls => self.read_dtls(transport, data, now),
+            PacketKind::Dtls => self.read_dtls(transport, BytesMut::from(data), now),
             PacketKind::Rtp => self.read_srtp(data, now),
             _ => {}
         }
@@ -1760,12 +1759,12 @@ impl Peer {
 
     /// SRTP or SRTCP from the client: decrypted (which proves it is the client: only it has
     /// the keys), its stream bound on its first packet, then through the interceptors.
-    fn read_srtp(&mut self, data: BytesMut, now: Instant) {
+    fn read_srtp(&mut self, data: &[u8], now: Instant) {
         let Some(keys) = self.srtp.as_mut() else {
             return;
         };
-        let packet = if rtc::shared::util::is_rtcp(&data) {
-            let plain = match keys.remote.decrypt_rtcp(&data) {
+        let packet = if rtc::shared::util::is_rtcp(data) {
+            let plain = match keys.remote.decrypt_rtcp(data) {
                 Ok(plain) => plain,
                 Err(err) => {
                     tracing::debug!(%err, "srtcp rejected");
@@ -1778,24 +1777,27 @@ impl Peer {
                 _ => return,
             }
         } else {
-            let mut raw: &[u8] = &data;
+            let mut raw: &[u8] = data;
             let Ok(header) = rtp::header::Header::unmarshal(&mut raw) else {
                 return;
             };
-            let plain = match keys.remote.decrypt_rtp_with_header(&data, &header) {
+            let plain = match keys.remote.decrypt_rtp_with_header(data, &header) {
                 Ok(plain) => plain,
                 Err(err) => {
                     tracing::debug!(%err, "srtp rejected");
                     return;
                 }
             };
-            let mut plain = plain.freeze();
-            let Ok(packet) = rtp::Packet::unmarshal(&mut plain) else {
+            // The header is parsed once: SRTP leaves it in clear and authenticated it where
+            // `marshal_size` says it ends (a packet it decrypted ends its header there).
+            let Some(payload) = rtp_payload(plain.freeze(), &header) else {
                 return;
             };
+            let mut packet = rtp::Packet { header, payload };
             if !self.by_ssrc.contains_key(&packet.header.ssrc) {
                 self.bind_stream(&packet.header);
             }
+            self.rtx.repair(&mut packet);
             Packet::Rtp(packet)
         };
         self.heard = self.heard.max(now);
@@ -1905,6 +1907,7 @@ impl Peer {
             rtcp_feedback: feedback,
         };
         self.bundle.bind_remote_stream(&info);
+        self.rtx.bind_remote_stream(&info);
         if let Some((rtx_ssrc, rtx_payload_type)) = rtx {
             // The repair flow in its own right, as rtc binds it.
             let repair = StreamInfo {
@@ -1949,7 +1952,7 @@ impl Peer {
             }
         };
         earliest(self.bundle.poll_timeout());
-        earliest(self.dtls.as_ref().and_then(Handshake::poll_timeout));
+        earliest(self.dtls.as_mut().and_then(Handshake::poll_timeout));
         if !self.silent {
             earliest(Some(self.heard + self.silence_limit));
         }
@@ -2703,6 +2706,23 @@ fn codecs_of(
     (out, extensions)
 }
 
+/// The payload of a decrypted RTP packet whose header is `header`, without its padding (as
+/// `rtp::Packet::unmarshal` would cut it, without parsing the header again). `None` for
+/// padding longer than the payload, which `unmarshal` refuses too.
+fn rtp_payload(plain: bytes::Bytes, header: &rtp::header::Header) -> Option<bytes::Bytes> {
+    let start = header.marshal_size();
+    if start > plain.len() {
+        return None;
+    }
+    let payload = plain.slice(start..);
+    if !header.padding {
+        return Some(payload);
+    }
+    let padding = usize::from(*payload.last()?);
+    let end = payload.len().checked_sub(padding)?;
+    Some(payload.slice(..end))
+}
+
 #[cfg(test)]
 mod tests {
     //! Whole sessions in memory: `rtc` clients and our [`Peer`]s exchange datagrams through a
@@ -3032,7 +3052,7 @@ mod tests {
                         peer: client.addr,
                         protocol: Protocol::Udp,
                     },
-                    msg.message,
+                    &msg.message,
                     now,
                 );
             }
@@ -3899,7 +3919,7 @@ mod tests {
                     peer: rig.alice.addr,
                     protocol: Protocol::Udp,
                 },
-                data,
+                &data,
                 now,
             );
         }
@@ -4202,7 +4222,7 @@ mod tests {
             protocol: Protocol::Udp,
         };
         let (check, id) = nominating_check(&rig.bob, &answer.sdp);
-        rig.bob_s.handle_datagram(from_bob, check, now);
+        rig.bob_s.handle_datagram(from_bob, &check, now);
         // One round trip: what rtcd sends reaches bob, bob's answers reach rtcd, and back.
         let mut answered = false;
         for _ in 0..2 {
@@ -4213,7 +4233,7 @@ mod tests {
             // Only bob's answers go back (his own new checks would hide the fault).
             while let Some(msg) = rig.bob.pc.poll_write() {
                 if msg.message.len() >= 2 && msg.message[..2] == [0x01, 0x01] {
-                    rig.bob_s.handle_datagram(from_bob, msg.message, now);
+                    rig.bob_s.handle_datagram(from_bob, &msg.message, now);
                 }
             }
         }
@@ -4983,5 +5003,63 @@ a=sctp-port:5000\r\n";
             peer.add_remote_candidate("candidate:garbage", Some("0".into()), None),
             Err(EngineError::InvalidCandidate(_))
         ));
+    }
+
+    #[test]
+    fn a_payload_cut_after_decryption_is_what_a_second_parse_would_give() {
+        use rtc::shared::marshal::{Marshal, Unmarshal};
+        let mut with_extensions = rtp::header::Header {
+            version: 2,
+            payload_type: 96,
+            sequence_number: 7,
+            timestamp: 90_000,
+            ssrc: 0x1234,
+            csrc: vec![1, 2],
+            ..Default::default()
+        };
+        with_extensions
+            .set_extension(1, bytes::Bytes::from_static(&[9]))
+            .unwrap();
+        with_extensions
+            .set_extension(3, bytes::Bytes::from_static(&[1, 2, 3]))
+            .unwrap();
+        let plain_header = rtp::header::Header {
+            version: 2,
+            payload_type: 111,
+            ssrc: 5,
+            ..Default::default()
+        };
+        for header in [plain_header, with_extensions] {
+            for padding in [None, Some(1u8), Some(4), Some(10)] {
+                let mut header = header.clone();
+                header.padding = padding.is_some();
+                let mut wire = header.marshal().unwrap().to_vec();
+                wire.extend_from_slice(b"payload bytes");
+                if let Some(n) = padding {
+                    wire.extend(std::iter::repeat_n(0, usize::from(n) - 1));
+                    wire.push(n);
+                }
+                let wire = bytes::Bytes::from(wire);
+                let parsed = rtp::Packet::unmarshal(&mut wire.clone())
+                    .ok()
+                    .map(|p| p.payload);
+                assert_eq!(rtp_payload(wire, &header), parsed, "padding {padding:?}");
+            }
+        }
+        // Padding longer than the payload, and a header longer than the packet.
+        let mut bad = rtp::header::Header {
+            version: 2,
+            padding: true,
+            ..Default::default()
+        };
+        let mut wire = bad.marshal().unwrap().to_vec();
+        wire.push(200);
+        assert_eq!(rtp_payload(bytes::Bytes::from(wire), &bad), None);
+        bad.padding = false;
+        bad.csrc = vec![1];
+        assert_eq!(
+            rtp_payload(bytes::Bytes::from_static(&[0x80; 12]), &bad),
+            None
+        );
     }
 }

@@ -42,7 +42,9 @@ struct SdesIds {
     rrid: Option<u8>,
 }
 
-/// Where it sits in the chain: after the FEC decoder (6 000), before the NACK generator (7 000).
+/// Where a chain of rtc's (the tests') puts it: after the FEC decoder (6 000), before the NACK
+/// generator (7 000). The peer applies it before its interceptors instead (`RtxRepair::repair`).
+#[cfg(test)]
 pub(super) const SLOT: usize = 6_500;
 
 /// What an RTX stream repairs.
@@ -75,24 +77,8 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for RtxRepair {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtp(packet) = &mut msg.message.packet
-            && packet.header.extension
-            && !self.streams.contains_key(&packet.header.ssrc)
-        {
-            self.learn(&packet.header);
-        }
-        if let Packet::Rtp(packet) = &mut msg.message.packet
-            && let Some(r) = self.streams.get(&packet.header.ssrc)
-            && packet.header.payload_type == r.rtx_payload_type
-            // Shorter: padding only (a bandwidth probe), nothing to restore; rtc drops it.
-            && packet.payload.len() >= 2
-        {
-            let original = u16::from_be_bytes([packet.payload[0], packet.payload[1]]);
-            packet.header.ssrc = r.ssrc;
-            packet.header.payload_type = r.payload_type;
-            packet.header.sequence_number = original;
-            packet.header.padding = false;
-            packet.payload = packet.payload.slice(2..);
+        if let Packet::Rtp(packet) = &mut msg.message.packet {
+            self.repair(packet);
         }
         self.reads.push_back(msg);
         Ok(())
@@ -118,6 +104,27 @@ impl RtxRepair {
         Self {
             apt,
             ..Self::default()
+        }
+    }
+
+    /// Restores `packet` if it is a retransmission of a known stream (and learns layers from
+    /// it). The peer calls this on every received packet before its interceptors, instead of
+    /// walking the packet through one more interceptor (each walk moves it twice).
+    pub(super) fn repair(&mut self, packet: &mut rtc::rtp::Packet) {
+        if packet.header.extension && !self.streams.contains_key(&packet.header.ssrc) {
+            self.learn(&packet.header);
+        }
+        if let Some(r) = self.streams.get(&packet.header.ssrc)
+            && packet.header.payload_type == r.rtx_payload_type
+            // Shorter: padding only (a bandwidth probe), nothing to restore; rtc drops it.
+            && packet.payload.len() >= 2
+        {
+            let original = u16::from_be_bytes([packet.payload[0], packet.payload[1]]);
+            packet.header.ssrc = r.ssrc;
+            packet.header.payload_type = r.payload_type;
+            packet.header.sequence_number = original;
+            packet.header.padding = false;
+            packet.payload = packet.payload.slice(2..);
         }
     }
 

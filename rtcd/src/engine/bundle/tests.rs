@@ -179,10 +179,7 @@ fn transcript(mut link: impl Interceptor) -> Vec<String> {
 
 /// The peer's interceptors: with estimation (transport-cc numbering) or without.
 fn members(estimation: bool) -> Vec<Entry> {
-    interceptors(
-        Default::default(),
-        estimation.then(|| (Arc::new(EstimateCell::default()), None)),
-    )
+    interceptors(estimation.then(|| (Arc::new(EstimateCell::default()), None)))
 }
 
 fn as_chain(members: Vec<Entry>) -> impl Interceptor {

@@ -212,7 +212,7 @@ impl Call {
     fn server_round(&mut self, now: Instant) {
         let started = std::time::Instant::now();
         while let Some((at, transport, data)) = self.up.poll(now) {
-            self.server.handle_datagram(transport, data, at);
+            self.server.handle_datagram(transport, &data, at);
         }
         self.server.handle_timeout(now);
         let mut leaves = now;

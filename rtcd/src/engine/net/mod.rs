@@ -69,7 +69,7 @@ impl Transport {
 }
 
 /// A packet received on a media path, owned, for hand-off to the session's worker (the
-/// ICE-TCP reader delivers these; the UDP receive thread may build them too).
+/// ICE-TCP reader delivers these).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
     /// The path it arrived on (reply on the same one).

@@ -3,9 +3,10 @@
 //! webrtc-rs 0.17 paid one system call (and several tokio hand-offs) per packet; the relay
 //! ceiling in `docs/benchmarks.md` is set by system calls. [`BatchSocket`] amortises them:
 //!
-//! * the receive thread calls [`BatchSocket::recv_batch`]: one `recvmmsg` returns up to
-//!   [`RECV_BATCH`] datagrams into the preallocated buffers of a [`RecvBatch`], blocking for
-//!   the first one at most [`UdpConfig::read_timeout`] (so the thread notices shutdown);
+//! * the receiving worker calls [`BatchSocket::try_recv_batch`] when its reactor says the
+//!   socket is readable: one `recvmmsg` returns up to [`RECV_BATCH`] datagrams into the
+//!   preallocated buffers of a [`RecvBatch`] ([`BatchSocket::recv_batch`] blocks for the
+//!   first one at most [`UdpConfig::read_timeout`] instead, for a thread of its own);
 //! * workers fill a [`SendBatch`] and call [`BatchSocket::send_batch`]: one `sendmmsg` per
 //!   up to [`SEND_CHUNK`] messages, and with UDP GSO (`UDP_SEGMENT`) consecutive datagrams to
 //!   one destination with one size (the last may be shorter) become a single message the
@@ -62,7 +63,7 @@ pub struct UdpConfig {
     /// `SO_SNDBUF` to ask for (capped at `net.core.wmem_max`). `None`: the system default.
     pub send_buffer_bytes: Option<usize>,
     /// How long [`BatchSocket::recv_batch`] blocks for the first datagram before returning
-    /// `Ok(0)`: the receive thread's shutdown latency. Zero is raised to 1 ms.
+    /// `Ok(0)`: a receiving thread's shutdown latency. Zero is raised to 1 ms.
     pub read_timeout: Duration,
     /// How long a send may block on a full send buffer; past it the rest of the batch is
     /// dropped (counted): a stalled socket must not stall a worker. Zero is raised to 1 ms.
@@ -130,6 +131,10 @@ pub struct UdpStats {
     pub icmp_errors: u64,
     /// Send and receive system calls.
     pub syscalls: u64,
+    /// Datagrams the kernel dropped because the receive buffer was full (the reader was
+    /// behind), as of the last datagram read (`SO_RXQ_OVFL`: the kernel reports its count
+    /// with the next datagram it queues).
+    pub overflowed: u64,
 }
 
 /// What one [`BatchSocket::send_batch`] did.
@@ -147,6 +152,7 @@ pub struct SendReport {
 
 #[derive(Default)]
 struct Counters {
+    overflowed: AtomicU64,
     received: AtomicU64,
     truncated: AtomicU64,
     sent: AtomicU64,
@@ -155,7 +161,7 @@ struct Counters {
     syscalls: AtomicU64,
 }
 
-/// One bound UDP socket shared by the receive thread and the workers (`Arc<BatchSocket>`):
+/// One bound UDP socket shared by the workers (`Arc<BatchSocket>`):
 /// every method takes `&self`; the kernel serialises concurrent calls.
 #[derive(Debug)]
 pub struct BatchSocket {
@@ -222,6 +228,10 @@ impl BatchSocket {
         // the network's delay and not how long this process took to get to a datagram.
         nix::sys::socket::setsockopt(&socket, sockopt::ReceiveTimestampns, &true)
             .map_err(|e| option("SO_TIMESTAMPNS")(io::Error::from(e)))?;
+        // How many datagrams the kernel dropped for a full receive buffer: the one drop of
+        // media nobody else sees (`UdpStats::overflowed`).
+        nix::sys::socket::setsockopt(&socket, sockopt::RxqOvfl, &1)
+            .map_err(|e| option("SO_RXQ_OVFL")(io::Error::from(e)))?;
         Ok(Self {
             socket,
             local,
@@ -252,6 +262,11 @@ impl BatchSocket {
         self.gso.store(false, Ordering::Relaxed);
     }
 
+    /// [`UdpStats::overflowed`] alone (the receiving worker reads it after every batch).
+    pub fn overflowed(&self) -> u64 {
+        self.counters.overflowed.load(Ordering::Relaxed)
+    }
+
     /// The counters since bind.
     pub fn stats(&self) -> UdpStats {
         let c = &self.counters;
@@ -263,6 +278,7 @@ impl BatchSocket {
             send_dropped: get(&c.send_dropped),
             icmp_errors: get(&c.icmp_errors),
             syscalls: get(&c.syscalls),
+            overflowed: get(&c.overflowed),
         }
     }
 
@@ -272,13 +288,47 @@ impl BatchSocket {
     /// call or an ICMP error report): check for shutdown and call again. An `Err` is a broken
     /// socket. Source addresses are canonical (an IPv4-mapped IPv6 source is returned as IPv4).
     pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        match self.recv_with(batch, MsgFlags::MSG_WAITFORONE) {
+            Err(Errno::EAGAIN | Errno::EINTR) => Ok(0),
+            other => self.received(other),
+        }
+    }
+
+    /// [`Self::recv_batch`] without blocking (`MSG_DONTWAIT`), for a thread that waits for
+    /// readiness itself (the receiving worker's reactor). `Err` of kind
+    /// [`io::ErrorKind::WouldBlock`]: nothing is queued, wait for readiness again; `Ok(0)`:
+    /// an interrupted call or an ICMP error report, call again at once (the socket may still
+    /// hold datagrams); any other `Err` is a broken socket.
+    pub fn try_recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        match self.recv_with(batch, MsgFlags::MSG_WAITFORONE | MsgFlags::MSG_DONTWAIT) {
+            Err(Errno::EAGAIN) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(Errno::EINTR) => Ok(0),
+            other => self.received(other),
+        }
+    }
+
+    /// Counts what one `recvmmsg` returned: datagrams, or an ICMP report (`Ok(0)`).
+    fn received(&self, outcome: Result<usize, Errno>) -> io::Result<usize> {
+        match outcome {
+            Ok(n) => Ok(n),
+            Err(e) if is_icmp_error(e) => {
+                self.counters.icmp_errors.fetch_add(1, Ordering::Relaxed);
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One `recvmmsg` with `flags` into `batch`, counted.
+    fn recv_with(&self, batch: &mut RecvBatch, flags: MsgFlags) -> Result<usize, Errno> {
         batch.len = 0;
         let fd = self.socket.as_raw_fd();
         let headers = if self.ipv6 { &RECV_V6 } else { &RECV_V4 };
         let mut truncated = 0u64;
-        let outcome = headers.with_borrow_mut(|headers| {
-            let headers = headers.get_or_insert_with(|| {
-                MultiHeaders::preallocate(RECV_BATCH, Some(nix::cmsg_space!(TimeSpec)))
+        let mut overflowed = 0u32;
+        let outcome = headers.with_borrow_mut(|slot| {
+            let headers = slot.get_or_insert_with(|| {
+                MultiHeaders::preallocate(RECV_BATCH, Some(nix::cmsg_space!(TimeSpec, u32)))
             });
             let mut buffers = batch.buffers.chunks_exact_mut(MAX_DATAGRAM);
             let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] = std::array::from_fn(|_| {
@@ -286,12 +336,18 @@ impl BatchSocket {
                     buffers.next().expect("RecvBatch holds RECV_BATCH buffers"),
                 )]
             });
-            let results = recvmmsg(fd, headers, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None)?;
+            let results = recvmmsg(fd, headers, iovs.iter_mut(), flags, None)?;
             // The kernel stamps with the wall clock; mapped to this process's monotonic one
             // by the distance between the two now (one read of each per call).
             let (mono, wall) = (Instant::now(), SystemTime::now());
             batch.received_at = mono;
+            let mut shrunk = false;
             for (index, msg) in results.enumerate() {
+                // nix leaves each header's control length at what the kernel last wrote into
+                // it (the timestamp alone, until a drop is reported): the drop count did not
+                // fit. The headers are made again for the next call, which reads the count
+                // (cumulative: it comes with every datagram after the first drop).
+                shrunk |= msg.flags.contains(MsgFlags::MSG_CTRUNC);
                 if msg.flags.contains(MsgFlags::MSG_TRUNC) {
                     truncated += 1;
                     continue;
@@ -299,15 +355,15 @@ impl BatchSocket {
                 let Some(peer) = msg.address.as_ref().and_then(to_std) else {
                     continue;
                 };
-                let stamped = msg
-                    .cmsgs()
-                    .ok()
-                    .into_iter()
-                    .flatten()
-                    .find_map(|c| match c {
-                        ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
-                        _ => None,
-                    });
+                let mut stamped = None;
+                for c in msg.cmsgs().ok().into_iter().flatten() {
+                    match c {
+                        ControlMessageOwned::ScmTimestampns(ts) => stamped = Some(ts),
+                        // Cumulative since the socket opened (it wraps at 2^32).
+                        ControlMessageOwned::RxqOvfl(n) => overflowed = overflowed.max(n),
+                        _ => {}
+                    }
+                }
                 batch.slots[batch.len] = Slot {
                     peer,
                     index: index as u8,
@@ -316,25 +372,23 @@ impl BatchSocket {
                 };
                 batch.len += 1;
             }
+            if shrunk {
+                *slot = None;
+            }
             Ok::<_, Errno>(())
         });
         self.counters.syscalls.fetch_add(1, Ordering::Relaxed);
-        match outcome {
-            Ok(()) => {
-                let c = &self.counters;
-                c.received.fetch_add(batch.len as u64, Ordering::Relaxed);
-                if truncated > 0 {
-                    c.truncated.fetch_add(truncated, Ordering::Relaxed);
-                }
-                Ok(batch.len)
-            }
-            Err(Errno::EAGAIN | Errno::EINTR) => Ok(0),
-            Err(e) if is_icmp_error(e) => {
-                self.counters.icmp_errors.fetch_add(1, Ordering::Relaxed);
-                Ok(0)
-            }
-            Err(e) => Err(e.into()),
+        outcome?;
+        let c = &self.counters;
+        if overflowed > 0 {
+            c.overflowed
+                .fetch_max(u64::from(overflowed), Ordering::Relaxed);
         }
+        c.received.fetch_add(batch.len as u64, Ordering::Relaxed);
+        if truncated > 0 {
+            c.truncated.fetch_add(truncated, Ordering::Relaxed);
+        }
+        Ok(batch.len)
     }
 
     /// Sends every datagram of `batch` and clears it. Datagrams to one destination keep their
@@ -477,6 +531,15 @@ impl AsFd for BatchSocket {
     }
 }
 
+impl AsRawFd for BatchSocket {
+    /// For the receiving worker's reactor (readiness only; it reads with
+    /// [`BatchSocket::try_recv_batch`]). Always the socket's own descriptor, open as long as
+    /// the `BatchSocket` is.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
 enum ChunkEnd {
     Done,
     /// GSO refused at this packet index.
@@ -562,7 +625,7 @@ fn age(ts: TimeSpec, wall: SystemTime) -> Duration {
 }
 
 /// The preallocated receive buffers: [`RECV_BATCH`] x [`MAX_DATAGRAM`] bytes, reused by
-/// every [`BatchSocket::recv_batch`] call of the receive thread. Create one per thread.
+/// every receive of one thread. Create one per thread.
 pub struct RecvBatch {
     buffers: Box<[u8]>,
     slots: [Slot; RECV_BATCH],
@@ -936,6 +999,61 @@ mod tests {
             assert_eq!(data[0], i as u8);
         }
         assert_eq!(socket.stats().received, 40);
+    }
+
+    #[test]
+    fn datagrams_the_kernel_dropped_for_a_full_buffer_are_counted() {
+        let socket = BatchSocket::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &UdpConfig {
+                recv_buffer_bytes: Some(4096),
+                ..UdpConfig::default()
+            },
+        )
+        .unwrap();
+        let a = receiver();
+        for i in 0..200u8 {
+            a.send_to(&payload(i, 1000), socket.local_addr()).unwrap();
+        }
+        let mut batch = RecvBatch::new();
+        let mut queued = 0u64;
+        while let Ok(n) = socket.try_recv_batch(&mut batch) {
+            queued += n as u64;
+        }
+        assert!(queued < 200, "a 4 KiB buffer held all of them");
+        // The kernel reports its count with the next datagram it queues (and with every one
+        // after: the first may find no room for it in a header the drained reads shrank).
+        for i in 0..2 {
+            a.send_to(&payload(i, 10), socket.local_addr()).unwrap();
+            assert_eq!(socket.try_recv_batch(&mut batch).unwrap(), 1);
+        }
+        assert_eq!(socket.overflowed(), 200 - queued);
+        assert_eq!(socket.stats().overflowed, 200 - queued);
+    }
+
+    #[test]
+    fn try_recv_batch_never_waits_and_says_when_the_socket_is_empty() {
+        let socket = bind(true);
+        let mut batch = RecvBatch::new();
+        let started = Instant::now();
+        let empty = socket.try_recv_batch(&mut batch).unwrap_err();
+        assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
+        // The socket's read timeout (which `recv_batch` waits for) does not apply.
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let a = receiver();
+        for i in 0..(RECV_BATCH as u8 + 3) {
+            a.send_to(&payload(i, 60), socket.local_addr()).unwrap();
+        }
+        // Loopback delivers synchronously: every datagram is queued before the first read.
+        assert_eq!(socket.try_recv_batch(&mut batch).unwrap(), RECV_BATCH);
+        assert_eq!(batch.get(0).unwrap().1[0], 0);
+        assert_eq!(socket.try_recv_batch(&mut batch).unwrap(), 3);
+        assert_eq!(batch.get(2).unwrap().1[0], RECV_BATCH as u8 + 2);
+        assert!(batch.arrived(2).is_some());
+        let drained = socket.try_recv_batch(&mut batch).unwrap_err();
+        assert_eq!(drained.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(batch.len(), 0);
+        assert_eq!(socket.stats().received, RECV_BATCH as u64 + 3);
     }
 
     #[test]

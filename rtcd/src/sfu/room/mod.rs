@@ -222,7 +222,7 @@ impl Rooms {
         &mut self,
         key: SessionKey,
         transport: Transport,
-        data: BytesMut,
+        data: &[u8],
         now: Instant,
     ) {
         let Some(m) = self.members.get_mut(&key) else {

@@ -230,7 +230,7 @@ impl Net {
             for (key, client) in &mut self.clients {
                 while let Some((transport, data)) = client.poll_transmit() {
                     moved = true;
-                    self.rooms.datagram(*key, transport, data, self.now);
+                    self.rooms.datagram(*key, transport, &data, self.now);
                 }
             }
             if !moved {

@@ -1,19 +1,23 @@
 //! The v2 media engine's threads: calls sharded over worker threads, one shared UDP port.
 //!
 //! ```text
-//!  UDP port ──recvmmsg──▶ receive thread ──demux (ufrag, 5-tuple)──▶ worker k ──sendmmsg/GSO──▶ UDP port
-//!                                                          ▲
-//!  signaling (tokio) ──SessionHandle──▶ bridge task ───────┘ commands; events go straight back
+//!  UDP port ──recvmmsg──▶ worker 0 ──demux (ufrag, 5-tuple)──▶ its own calls ──sendmmsg/GSO──▶ UDP port
+//!                            └────────────────────────────────▶ worker k ─────sendmmsg/GSO──▶ UDP port
+//!                                                                  ▲
+//!  signaling (tokio) ──SessionHandle──▶ bridge task ──────────────┘ commands; events go straight back
 //! ```
 //!
-//! * A call lives on one worker ([`Shards::worker_of`]), so a call's packets never hop threads:
-//!   a worker owns the [`crate::engine::Peer`]s, down-tracks and retransmission buffers of its
-//!   calls, with no lock between receiving a packet and sending it to every subscriber.
-//! * The receive thread owns the demultiplexer; workers tell it about new and ended sessions
-//!   over an unbounded control channel (a handful of messages per session, never per packet).
-//! * Datagrams reach a worker over a bounded channel; when a worker falls behind, the newest
-//!   datagram is dropped (as a full socket buffer would) and counted, and the receive thread
-//!   never waits.
+//! * A call lives on one worker ([`Shards::worker_of`]), so a call's packets never hop threads
+//!   after they were read: a worker owns the [`crate::engine::Peer`]s, down-tracks and
+//!   retransmission buffers of its calls, with no lock between receiving a packet and sending
+//!   it to every subscriber.
+//! * Worker 0 reads the UDP port (`receive`) and owns the demultiplexer; it handles its own
+//!   calls' datagrams where it read them and queues the others' to their workers. Workers
+//!   tell it about new and ended sessions over an unbounded control channel (a handful of
+//!   messages per session, never per packet).
+//! * Datagrams reach another worker over a bounded channel; when a worker falls behind, the
+//!   newest datagram is dropped (as a full socket buffer would) and counted, and worker 0
+//!   never waits for it.
 //! * Each session keeps signaling's API ([`SessionHandle`], [`SessionCommand`],
 //!   [`SessionEvent`]): a small bridge task per session forwards commands to the worker
 //!   (awaiting, so a busy worker pushes back on that session's stream only) and turns a close
@@ -26,7 +30,7 @@ mod worker;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -37,8 +41,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::{SessionCommand, SessionEvent, SessionHandle};
 use super::{CallId, JoinRequest, Moderation, RoomDetail, SfuConfig, SfuError, SfuInner, TenantId};
+use crate::engine::net::demux::Demux;
 use crate::engine::net::tcp::{IceTcpServer, TcpConfig, TcpHandler};
-use crate::engine::net::udp::{BatchSocket, UdpConfig};
+use crate::engine::net::udp::{BatchSocket, RecvBatch, UdpConfig};
 use crate::engine::net::{Inbound, Transport};
 use crate::engine::{Identity, PeerSettings};
 
@@ -94,7 +99,7 @@ pub(crate) struct Joining {
     ended: CancellationToken,
 }
 
-/// What the receive thread's demultiplexer learns from workers.
+/// What the receiving worker's demultiplexer learns from workers.
 pub(crate) enum DemuxUpdate {
     /// Route STUN checks naming `ufrag` to `key` (a session answered; again on ICE restart).
     Register { key: SessionKey, ufrag: String },
@@ -102,13 +107,12 @@ pub(crate) enum DemuxUpdate {
     Remove { key: SessionKey },
 }
 
-/// The running v2 engine: worker threads and the receive thread.
+/// The running v2 engine: its worker threads.
 pub(crate) struct Shards {
     workers: Vec<mpsc::Sender<WorkerCommand>>,
     local_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
     next_key: AtomicU64,
-    stop: Arc<AtomicBool>,
     /// Stops the ICE-TCP port (its accept loop and connections).
     tcp_stop: CancellationToken,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -195,7 +199,7 @@ impl TcpHandler for TcpRoutes {
 
 impl Shards {
     /// Binds the shared UDP port (and the ICE-TCP port if configured) and starts one worker per
-    /// core plus the receive thread.
+    /// core, the first of which reads the UDP port.
     pub(crate) async fn start(
         config: &SfuConfig,
         metrics: Arc<crate::metrics::Metrics>,
@@ -219,7 +223,6 @@ impl Shards {
             .map(|n| n.get())
             .unwrap_or(1)
             .clamp(1, 64);
-        let stop = Arc::new(AtomicBool::new(false));
         let (demux_tx, demux_rx) = std::sync::mpsc::channel();
         let mut workers = Vec::with_capacity(count);
         let mut inboxes = Vec::with_capacity(count);
@@ -274,9 +277,36 @@ impl Shards {
             // Each worker sets its own clock (`Worker::new`).
             departures: None,
         };
-        let mut threads = Vec::with_capacity(count + 1);
+        // One statement each: a `get_or_create` guard alive across the next `get_or_create`
+        // of the same family deadlocks (read guard held, write lock wanted).
+        let dropped = |reason| {
+            metrics
+                .media_dropped
+                .get_or_create(&crate::metrics::DropLabels { reason })
+                .clone()
+        };
+        let dropped_behind = dropped("worker_behind");
+        let dropped_unknown = dropped("no_session");
+        let dropped_full = dropped("socket_full");
+        let mut receiver = Some(receive::Receiver {
+            socket: socket.clone(),
+            local: advertised,
+            own: 0,
+            workers: inboxes,
+            updates: demux_rx,
+            dropped_behind,
+            dropped_unknown,
+            dropped_full,
+            overflowed_seen: 0,
+            overflow_reports: 0,
+            demux: Demux::default(),
+            batch: RecvBatch::new(),
+            overflow: 0,
+        });
+        let mut threads = Vec::with_capacity(count);
         let forwarded: Vec<Arc<AtomicU64>> = (0..count).map(|_| Arc::default()).collect();
         for (index, (cmd_rx, dg_rx)) in receivers.into_iter().enumerate() {
+            let receiving = receiver.take();
             let w = worker::Worker::new(
                 index,
                 worker::Wiring {
@@ -293,42 +323,16 @@ impl Shards {
             );
             let thread = std::thread::Builder::new()
                 .name(format!("rtcd-media-{index}"))
-                .spawn(move || w.run(cmd_rx, dg_rx))
+                .spawn(move || w.run(cmd_rx, dg_rx, receiving))
                 .map_err(|e| SfuError::Media(format!("cannot start a media worker: {e}")))?;
             threads.push(thread);
         }
-        // One statement each: a `get_or_create` guard alive across the next `get_or_create`
-        // of the same family deadlocks (read guard held, write lock wanted).
-        let dropped = |reason| {
-            metrics
-                .media_dropped
-                .get_or_create(&crate::metrics::DropLabels { reason })
-                .clone()
-        };
-        let dropped_behind = dropped("worker_behind");
-        let dropped_unknown = dropped("no_session");
-        let receiver = receive::Receiver {
-            socket,
-            local: advertised,
-            workers: inboxes,
-            updates: demux_rx,
-            stop: stop.clone(),
-            dropped_behind,
-            dropped_unknown,
-        };
-        threads.push(
-            std::thread::Builder::new()
-                .name("rtcd-media-recv".into())
-                .spawn(move || receiver.run())
-                .map_err(|e| SfuError::Media(format!("cannot start the receive thread: {e}")))?,
-        );
         tracing::info!(udp = %bound, advertised = %advertised, tcp = ?tcp.as_ref().map(|t| t.advertised), workers = count, "media engine v2 started");
         Ok(Self {
             workers,
             local_addr: bound,
             tcp_addr: tcp.as_ref().map(|t| t.bound),
             next_key: AtomicU64::new(1),
-            stop,
             tcp_stop,
             threads: Mutex::new(threads),
             forwarded,
@@ -463,12 +467,11 @@ impl Shards {
 
 impl Drop for Shards {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
         self.tcp_stop.cancel();
         self.workers.clear();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        // Workers end when their command channels close (just now); the receive thread within
-        // its read timeout. Detached rather than joined: dropping may happen on a runtime thread.
+        // Workers end when their command channels close (just now). Detached rather than
+        // joined: dropping may happen on a runtime thread.
         drop(threads);
     }
 }

@@ -1,10 +1,11 @@
 //! One media worker thread: it owns a shard of calls ([`Rooms`], the sans-IO core that holds
 //! every session, slot and published track and decides everything about them) and carries out
 //! what the core asks: datagrams onto the shared UDP port in `sendmmsg` batches (or onto ICE-TCP
-//! connections), events into each session's signaling queue, routes to the receive thread's
+//! connections), events into each session's signaling queue, routes to the receiving worker's
 //! demultiplexer, room events to their sink, and timers on one heap. It serialises everything
 //! that touches its calls: signaling commands, datagrams and timers. Nothing here is shared
-//! with another thread, so nothing is locked.
+//! with another thread, so nothing is locked. Worker 0 also reads the shared UDP port
+//! (`receive`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -12,9 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::Histogram;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::receive::Receiver;
 use super::{Datagram, DemuxUpdate, Joining, Manage, SessionKey, TcpRoutes, WorkerCommand};
 use crate::engine::bwe::Departures;
 use crate::engine::net::udp::{BatchSocket, SendBatch};
@@ -42,7 +46,7 @@ struct Link {
     ended: CancellationToken,
 }
 
-/// What every worker shares with the others and the receive thread.
+/// What every worker shares with the others.
 #[derive(Clone)]
 pub(super) struct Wiring {
     /// The shared UDP port (sends).
@@ -53,7 +57,7 @@ pub(super) struct Wiring {
     pub identity: Identity,
     /// Our candidates and ICE timeouts, for every peer.
     pub settings: PeerSettings,
-    /// Registrations for the receive thread's demultiplexer.
+    /// Registrations for the receiving worker's demultiplexer.
     pub demux: std::sync::mpsc::Sender<DemuxUpdate>,
     pub metrics: Arc<Metrics>,
     pub config: SfuConfig,
@@ -126,14 +130,17 @@ impl Worker {
         }
     }
 
-    /// The thread's body: a single-threaded runtime whose one task owns everything.
+    /// The thread's body: a single-threaded runtime whose one task owns everything. With a
+    /// `receiver` (worker 0), the worker also reads the shared UDP port when it is readable.
     pub(super) fn run(
         mut self,
         mut commands: mpsc::Receiver<WorkerCommand>,
         mut datagrams: mpsc::Receiver<Datagram>,
+        mut receiver: Option<Receiver>,
     ) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
+            .enable_io()
             .build()
         {
             Ok(rt) => rt,
@@ -143,9 +150,24 @@ impl Worker {
             }
         };
         runtime.block_on(async move {
+            // Registered with this thread's reactor (edge-triggered): read until the socket
+            // says it is empty, one batch per turn of the loop.
+            // `AsyncFd::with_interest` is deprecated because safe code cannot promise the
+            // descriptor outlives its registration; here it does: the `AsyncFd` owns an `Arc` of
+            // the socket. (tokio's own `UdpSocket` refuses a blocking socket, and the socket's
+            // sends rely on blocking with a timeout; the workspace forbids `unsafe`.)
+            #[allow(deprecated)]
+            let mut port = receiver.as_ref().and_then(|r| {
+                AsyncFd::with_interest(r.socket.clone(), Interest::READABLE)
+                    .inspect_err(|e| {
+                        tracing::error!(worker = self.index, error = %e, "media UDP socket cannot be watched; no more media is received");
+                    })
+                    .ok()
+            });
             let mut inbox = Vec::with_capacity(DATAGRAM_BATCH);
             loop {
                 let deadline = self.next_deadline();
+                let mut read_port = false;
                 tokio::select! {
                     biased;
                     command = commands.recv() => match command {
@@ -158,10 +180,30 @@ impl Worker {
                         }
                         let now = Instant::now();
                         for d in inbox.drain(..) {
-                            self.rooms.datagram(d.key, d.transport, d.data, d.arrived.min(now));
+                            self.rooms.datagram(d.key, d.transport, &d.data, d.arrived.min(now));
                         }
+                        // The port gets its turn too: this branch comes first, and a steady
+                        // ICE-TCP stream would otherwise keep the port from being read.
+                        read_port = true;
                     }
+                    ready = readable(port.as_ref()) => match ready {
+                        Ok(()) => read_port = true,
+                        Err(e) => {
+                            tracing::error!(error = %e, "media UDP socket cannot be watched; no more media is received");
+                            port = None;
+                        }
+                    },
                     _ = sleep_until(deadline) => {}
+                }
+                if read_port
+                    && let (Some(p), Some(r)) = (port.as_ref(), receiver.as_mut())
+                    // `WouldBlock`: the socket is empty (its readiness is cleared) or was not
+                    // ready; one batch per turn, so commands and timers keep theirs.
+                    && let Err(e) = p.try_io(Interest::READABLE, |_| self.receive(r))
+                    && e.kind() != std::io::ErrorKind::WouldBlock
+                {
+                    tracing::error!(error = %e, "media UDP socket broken; no more media is received");
+                    port = None;
                 }
                 self.run_timers(Instant::now());
                 self.settle();
@@ -172,6 +214,16 @@ impl Worker {
             }
             self.settle();
         });
+    }
+
+    /// One batch from the shared UDP port: other workers' datagrams queued to them, this
+    /// worker's handled at once.
+    fn receive(&mut self, receiver: &mut Receiver) -> std::io::Result<usize> {
+        let rooms = &mut self.rooms;
+        // `arrived` is the kernel's receive time (never after the read returned).
+        receiver.receive(|key, transport, data, arrived| {
+            rooms.datagram(key, transport, data, arrived);
+        })
     }
 
     fn next_deadline(&mut self) -> Option<Instant> {
@@ -367,6 +419,15 @@ fn flush(socket: &BatchSocket, batch: &mut SendBatch) {
     }
     if let Err(e) = socket.send_batch(batch) {
         tracing::error!(error = %e, "media UDP socket broken; media cannot be sent");
+    }
+}
+
+/// Readiness of the shared UDP port, if this worker reads it (never, if not).
+async fn readable(port: Option<&AsyncFd<Arc<BatchSocket>>>) -> std::io::Result<()> {
+    match port {
+        // The guard is not kept: `try_io` on the `AsyncFd` clears readiness when it must.
+        Some(port) => port.readable().await.map(drop),
+        None => std::future::pending().await,
     }
 }
 
