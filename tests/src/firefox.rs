@@ -290,9 +290,10 @@ impl FirefoxPage {
                                 None => String::new(),
                             },
                             message: format!(
-                                "{} {}",
+                                "{} {}{}",
                                 entry["source"]["realm"].as_str().unwrap_or(""),
-                                entry["text"].as_str().unwrap_or("")
+                                entry["text"].as_str().unwrap_or(""),
+                                stack(&entry["stackTrace"])
                             )
                             .trim()
                             .to_owned(),
@@ -510,6 +511,34 @@ impl FirefoxPage {
 impl Drop for FirefoxPage {
     fn drop(&mut self) {
         kill_group(&mut self.child);
+    }
+}
+
+/// Where a logged error came from: the first frames of a BiDi `log.entryAdded` stack trace
+/// (` at f (url:line:col) < g (...)`), empty if it has none.
+fn stack(trace: &Value) -> String {
+    let frames: Vec<String> = trace["callFrames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(4)
+        .map(|f| {
+            format!(
+                "{} ({}:{}:{})",
+                f["functionName"]
+                    .as_str()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or("?"),
+                f["url"].as_str().unwrap_or(""),
+                f["lineNumber"],
+                f["columnNumber"]
+            )
+        })
+        .collect();
+    if frames.is_empty() {
+        String::new()
+    } else {
+        format!(" at {}", frames.join(" < "))
     }
 }
 
