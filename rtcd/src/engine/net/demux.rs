@@ -453,7 +453,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::net::SocketAddr;
 
@@ -488,7 +488,8 @@ mod tests {
         msg
     }
 
-    fn binding(username: &str) -> Vec<u8> {
+    /// A STUN Binding request naming `username` (also the shard's receiver tests' checks).
+    pub(crate) fn binding(username: &str) -> Vec<u8> {
         // PRIORITY first, so USERNAME is not the first attribute.
         stun(
             STUN_BINDING_REQUEST,

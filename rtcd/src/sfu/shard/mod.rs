@@ -41,9 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::{SessionCommand, SessionEvent, SessionHandle};
 use super::{CallId, JoinRequest, Moderation, RoomDetail, SfuConfig, SfuError, SfuInner, TenantId};
-use crate::engine::net::demux::Demux;
 use crate::engine::net::tcp::{IceTcpServer, TcpConfig, TcpHandler};
-use crate::engine::net::udp::{BatchSocket, RecvBatch, UdpConfig};
+use crate::engine::net::udp::{BatchSocket, UdpConfig};
 use crate::engine::net::{Inbound, Transport};
 use crate::engine::{Identity, PeerSettings};
 
@@ -277,32 +276,28 @@ impl Shards {
             // Each worker sets its own clock (`Worker::new`).
             departures: None,
         };
-        // One statement each: a `get_or_create` guard alive across the next `get_or_create`
-        // of the same family deadlocks (read guard held, write lock wanted).
+        // Through this closure, which returns an owned counter: a `get_or_create` guard alive
+        // across the next `get_or_create` of the same family deadlocks (read guard held, write
+        // lock wanted).
         let dropped = |reason| {
             metrics
                 .media_dropped
                 .get_or_create(&crate::metrics::DropLabels { reason })
                 .clone()
         };
-        let dropped_behind = dropped("worker_behind");
-        let dropped_unknown = dropped("no_session");
-        let dropped_full = dropped("socket_full");
-        let mut receiver = Some(receive::Receiver {
-            socket: socket.clone(),
-            local: advertised,
-            own: 0,
-            workers: inboxes,
-            updates: demux_rx,
-            dropped_behind,
-            dropped_unknown,
-            dropped_full,
-            overflowed_seen: 0,
-            overflow_reports: 0,
-            demux: Demux::default(),
-            batch: RecvBatch::new(),
-            overflow: 0,
-        });
+        let drops = receive::Drops {
+            behind: dropped("worker_behind"),
+            unknown: dropped("no_session"),
+            full: dropped("socket_full"),
+        };
+        let mut receiver = Some(receive::Receiver::new(
+            socket.clone(),
+            advertised,
+            0,
+            inboxes,
+            demux_rx,
+            drops,
+        ));
         let mut threads = Vec::with_capacity(count);
         let forwarded: Vec<Arc<AtomicU64>> = (0..count).map(|_| Arc::default()).collect();
         for (index, (cmd_rx, dg_rx)) in receivers.into_iter().enumerate() {

@@ -27,30 +27,60 @@ use crate::engine::net::udp::{BatchSocket, RecvBatch};
 pub(super) struct Receiver {
     pub socket: Arc<BatchSocket>,
     /// The address of our candidate (what the peers' ICE agents know us by).
-    pub local: SocketAddr,
+    local: SocketAddr,
     /// The worker this receiver belongs to: its datagrams are not queued.
-    pub own: usize,
+    own: usize,
     /// Every worker's datagram queue, by index.
-    pub workers: Vec<mpsc::Sender<Datagram>>,
-    pub updates: std::sync::mpsc::Receiver<DemuxUpdate>,
-    /// `rtcd_media_dropped_datagrams_total{reason="worker_behind"}`.
-    pub dropped_behind: Counter,
-    /// `rtcd_media_dropped_datagrams_total{reason="no_session"}`.
-    pub dropped_unknown: Counter,
-    /// `rtcd_media_dropped_datagrams_total{reason="socket_full"}`: what the kernel dropped
-    /// while this worker was behind (no queue of ours in between any more).
-    pub dropped_full: Counter,
-    /// The kernel's count of those as last read (`UdpStats::overflowed`).
-    pub overflowed_seen: u64,
+    workers: Vec<mpsc::Sender<Datagram>>,
+    updates: std::sync::mpsc::Receiver<DemuxUpdate>,
+    drops: Drops,
+    /// The kernel's count of `socket_full` drops as last read (`UdpStats::overflowed`).
+    overflowed_seen: u64,
     /// How often it grew, for the log's rate limit.
-    pub overflow_reports: u64,
-    pub demux: Demux<SessionKey>,
-    pub batch: RecvBatch,
+    overflow_reports: u64,
+    demux: Demux<SessionKey>,
+    batch: RecvBatch,
     /// Datagrams dropped because a worker was behind, for the log's rate limit.
-    pub overflow: u64,
+    overflow: u64,
+}
+
+/// The receiver's series of `rtcd_media_dropped_datagrams_total`.
+pub(super) struct Drops {
+    /// `reason="worker_behind"`.
+    pub behind: Counter,
+    /// `reason="no_session"`.
+    pub unknown: Counter,
+    /// `reason="socket_full"`: what the kernel dropped while the receiving worker was behind
+    /// (no queue of ours in between any more).
+    pub full: Counter,
 }
 
 impl Receiver {
+    /// The receiver of worker `own`, routing to `workers` (every worker's queue, by index) as
+    /// `updates` register and remove sessions; `local` is our candidate's address.
+    pub(super) fn new(
+        socket: Arc<BatchSocket>,
+        local: SocketAddr,
+        own: usize,
+        workers: Vec<mpsc::Sender<Datagram>>,
+        updates: std::sync::mpsc::Receiver<DemuxUpdate>,
+        drops: Drops,
+    ) -> Self {
+        Self {
+            socket,
+            local,
+            own,
+            workers,
+            updates,
+            drops,
+            overflowed_seen: 0,
+            overflow_reports: 0,
+            demux: Demux::default(),
+            batch: RecvBatch::new(),
+            overflow: 0,
+        }
+    }
+
     /// Reads one batch without waiting (`Err` of kind `WouldBlock`: the socket is empty; any
     /// other `Err`: the socket is broken) and routes it: other workers' datagrams are queued
     /// first, so they never wait for this worker's own, then `own` gets each of this worker's.
@@ -73,7 +103,7 @@ impl Receiver {
             let key = match self.demux.route(transport, data) {
                 Route::Known(k) | Route::Learned(k) => k,
                 Route::Unknown | Route::Drop => {
-                    self.dropped_unknown.inc();
+                    self.drops.unknown.inc();
                     let dropped = self.demux.stats().unknown + self.demux.stats().dropped;
                     if dropped.is_power_of_two() {
                         tracing::debug!(%peer, dropped, ufrag = ?crate::engine::net::demux::binding_request_local_ufrag(data).ok(), "datagrams for no session");
@@ -99,7 +129,7 @@ impl Receiver {
             match inbox.try_send(datagram) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.dropped_behind.inc();
+                    self.drops.behind.inc();
                     self.overflow += 1;
                     if self.overflow.is_power_of_two() {
                         tracing::warn!(
@@ -130,7 +160,7 @@ impl Receiver {
         }
         let dropped = total - self.overflowed_seen;
         self.overflowed_seen = total;
-        self.dropped_full.inc_by(dropped);
+        self.drops.full.inc_by(dropped);
         self.overflow_reports += 1;
         if self.overflow_reports.is_power_of_two() {
             tracing::warn!(
@@ -160,21 +190,8 @@ mod tests {
     use std::net::UdpSocket;
 
     use super::*;
+    use crate::engine::net::demux::tests::binding;
     use crate::engine::net::udp::UdpConfig;
-
-    /// A STUN Binding request naming `username` (RFC 8489: header, then USERNAME padded to 4).
-    fn binding(username: &str) -> Vec<u8> {
-        let mut attr = vec![0x00, 0x06];
-        attr.extend_from_slice(&(username.len() as u16).to_be_bytes());
-        attr.extend_from_slice(username.as_bytes());
-        attr.resize(attr.len().next_multiple_of(4), 0);
-        let mut msg = vec![0x00, 0x01];
-        msg.extend_from_slice(&(attr.len() as u16).to_be_bytes());
-        msg.extend_from_slice(&0x2112_A442u32.to_be_bytes());
-        msg.extend_from_slice(&[7; 12]);
-        msg.extend_from_slice(&attr);
-        msg
-    }
 
     #[test]
     fn other_workers_datagrams_are_queued_before_its_own_are_handled_in_place() {
@@ -197,21 +214,18 @@ mod tests {
                 ufrag: "them".into(),
             })
             .unwrap();
-        let mut receiver = Receiver {
-            socket: socket.clone(),
-            local: socket.local_addr(),
-            own: 0,
-            workers: vec![to_0, to_1],
-            updates: updates_rx,
-            dropped_behind: Counter::default(),
-            dropped_unknown: Counter::default(),
-            dropped_full: Counter::default(),
-            overflowed_seen: 0,
-            overflow_reports: 0,
-            demux: Demux::default(),
-            batch: RecvBatch::new(),
-            overflow: 0,
-        };
+        let mut receiver = Receiver::new(
+            socket.clone(),
+            socket.local_addr(),
+            0,
+            vec![to_0, to_1],
+            updates_rx,
+            Drops {
+                behind: Counter::default(),
+                unknown: Counter::default(),
+                full: Counter::default(),
+            },
+        );
         let client = || UdpSocket::bind("127.0.0.1:0").unwrap();
         let (a, b, stranger) = (client(), client(), client());
         let rtp = [0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9];
@@ -246,7 +260,7 @@ mod tests {
         assert_eq!(queued[0].transport.peer, b.local_addr().unwrap());
         assert_eq!(&queued[1].data[..], &rtp[..]);
         assert!(inbox_0.try_recv().is_err(), "its own are never queued");
-        assert_eq!(receiver.dropped_unknown.get(), 2);
+        assert_eq!(receiver.drops.unknown.get(), 2);
         let empty = receiver
             .receive(|_, _, _, _| panic!("nothing left"))
             .unwrap_err();
