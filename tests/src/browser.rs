@@ -274,7 +274,8 @@ fn delete_session_blocking(port: u16, id: &str) -> std::io::Result<()> {
 }
 
 /// Records uncaught errors and unhandled rejections in `window.__pageErrors` (installed on
-/// every new document, by both drivers).
+/// every new Chromium document; Firefox reports them in its console instead, see
+/// [`crate::firefox`]).
 pub(crate) const ERROR_HOOK: &str = "window.__pageErrors = [];\
     window.addEventListener('error', e => window.__pageErrors.push(String(e.message)));\
     window.addEventListener('unhandledrejection', e => window.__pageErrors.push('unhandled rejection: ' + String(e.reason && e.reason.message || e.reason)));";
@@ -833,7 +834,8 @@ impl BrowserPage {
         }
     }
 
-    /// Uncaught errors and unhandled rejections the page recorded (see `ERROR_HOOK`).
+    /// Uncaught errors and unhandled rejections the page recorded (see `ERROR_HOOK`; none in
+    /// Firefox, whose console has them).
     pub async fn page_errors(&self) -> anyhow::Result<Vec<String>> {
         let hooked = self
             .eval("return window.__pageErrors || [];", json!([]))

@@ -37,13 +37,18 @@ const MARGIN: f64 = 1.10;
 /// One getStats reading of a page: `t` (ms, the report's clock), `received` (payload bytes of
 /// every inbound RTP stream), `sent` (payload bytes of every outbound video stream), `rtt` (s,
 /// the selected candidate pair's current round trip, or null) and `local` (its local address).
+/// Firefox 140 ESR reports no round trip on its candidate pairs (later versions do): there
+/// `rtt` is the smallest round trip of rtcd's RTCP reports on the page's sent streams
+/// (`remote-inbound-rtp`), which crosses the same delay line and the same queue.
 async fn stats(page: &BrowserPage) -> anyhow::Result<Value> {
     let value = page
         .eval_async(
             "const done = arguments[arguments.length - 1];\
              rtcd.peerConnection.getStats().then((r) => {\
-               let t = 0, received = 0, sent = 0, pair = null; const video = [];\
+               let t = 0, received = 0, sent = 0, pair = null, rtcp = null; const video = [];\
                r.forEach((s) => { t = Math.max(t, s.timestamp);\
+                 if (s.type === 'remote-inbound-rtp' && s.roundTripTime !== undefined)\
+                   rtcp = rtcp === null ? s.roundTripTime : Math.min(rtcp, s.roundTripTime);\
                  if (s.type === 'inbound-rtp') received += s.bytesReceived || 0;\
                  if (s.type === 'outbound-rtp' && s.kind === 'video') { sent += s.bytesSent || 0;\
                    video.push([s.rid || '', s.frameWidth, s.framesPerSecond, s.targetBitrate,\
@@ -55,7 +60,7 @@ async fn stats(page: &BrowserPage) -> anyhow::Result<Value> {
                const l = pair && r.get(pair.localCandidateId);\
                done({ t, received, sent, video,\
                  outgoing: pair && pair.availableOutgoingBitrate !== undefined ? pair.availableOutgoingBitrate : null,\
-                 rtt: pair && pair.currentRoundTripTime !== undefined ? pair.currentRoundTripTime : null,\
+                 rtt: pair && pair.currentRoundTripTime !== undefined ? pair.currentRoundTripTime : rtcp,\
                  local: l ? (l.address || l.ip || '') : null });\
              }, (e) => done({ error: String(e) }));",
             json!([]),
@@ -248,8 +253,9 @@ fn weak_link_delays_and_rate_limits_udp_both_ways() -> anyhow::Result<()> {
     })
 }
 
-/// The page's first round-trip measurement on its selected candidate pair (Chromium has one
-/// after its first consent check), in ms; polled like [`BrowserPage::wait_for`].
+/// The page's first round-trip measurement (see [`stats`]: on its selected candidate pair,
+/// which Chromium has after its first consent check, or from RTCP), in ms; polled like
+/// [`BrowserPage::wait_for`].
 async fn first_rtt_ms(page: &BrowserPage) -> anyhow::Result<f64> {
     let deadline = tokio::time::Instant::now() + BROWSER_STEP;
     loop {
