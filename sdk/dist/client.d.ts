@@ -179,6 +179,8 @@ export declare class RtcdClient extends TypedEventTarget {
     get e2eeApi(): 'script' | 'streams' | 'none';
     /** A key became current (or not): send the local tracks held back until now. */
     private _e2eeKeyChanged;
+    /** Waits (bounded, like a negotiation step) until frame transforms can be given. */
+    private _e2eeReady;
     /** In an encrypted room, gives `transceiver`'s receiver (and sender) its transform and
      * leaves H.264 and AV1 out of its video codecs. */
     private _e2eeTransceiver;

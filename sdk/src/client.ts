@@ -419,6 +419,11 @@ export class RtcdClient extends TypedEventTarget {
     }
   }
 
+  /** Waits (bounded, like a negotiation step) until frame transforms can be given. */
+  private _e2eeReady(): Promise<void> {
+    return this._bounded(this._e2ee.ready(), 'starting the end-to-end encryption worker');
+  }
+
   /** In an encrypted room, gives `transceiver`'s receiver (and sender) its transform and
    * leaves H.264 and AV1 out of its video codecs. */
   private _e2eeTransceiver(transceiver: RTCRtpTransceiver, kind: 'audio' | 'video', sending: boolean): void {
@@ -1154,6 +1159,8 @@ export class RtcdClient extends TypedEventTarget {
     this._startPings();
     if (info.media) {
       this._createPeerConnection();
+      // In an encrypted room, no section gets a transform before the worker runs (e2ee/session.ts).
+      if (info.e2ee && !this._e2ee.isReady) this._enqueue(() => this._e2eeReady(), 'starting end-to-end encryption');
       this._startViews();
       for (const source of this.muted) this._send({ type: 'mute', source });
       // Section 4a step 1: the client's first offer, even with nothing to send.
@@ -1492,6 +1499,14 @@ export class RtcdClient extends TypedEventTarget {
       this._reported(new RtcdError(ErrorCode.e2ee_unsupported, this._e2ee.api === 'none'
         ? `the room is end-to-end encrypted and this browser cannot transform media frames: ${source} not sent`
         : `the room is end-to-end encrypted and no key is set (setE2eeKey): ${source} not sent yet`));
+      return;
+    }
+    if (this.session?.e2ee && !this._e2ee.isReady) {
+      // Once the worker runs, if the track is still the one to send.
+      this._enqueue(async () => {
+        await this._e2eeReady();
+        if (this.localTracks.get(source) === track) this._attach(source, track);
+      }, `sending the ${source}`);
       return;
     }
     const existing = this._transceivers.get(source);

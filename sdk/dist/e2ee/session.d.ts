@@ -83,6 +83,18 @@ export declare class E2ee {
     get canSend(): boolean;
     /** The counters (a copy). */
     get stats(): E2eeStats;
+    /**
+     * Whether transforms can be given now: always, except with `script` before the worker ran
+     * (see {@link ready}).
+     */
+    get isReady(): boolean;
+    /**
+     * Resolves once transforms can be given (starting the worker if needed); rejects if the
+     * worker fails to load. The client waits for it before its first offer and before sending
+     * in an encrypted room: Firefox 140 ESR, given an RTCRtpScriptTransform on a worker whose
+     * module was still loading, at times never settled getStats again and sent nothing.
+     */
+    ready(): Promise<void>;
     /** Sets a key (see {@link SetKeyOptions}); resolves once it is on its way to the frames. */
     setKey(index: number, key: Uint8Array | string, options?: SetKeyOptions): Promise<void>;
     /** Makes the key at `index` current (rotation step 2). */

@@ -88,6 +88,9 @@ export class E2ee {
     api;
     #workerUrl;
     #worker = null;
+    /** Settles when the worker said it runs (or failed to load). */
+    #started = Promise.resolve();
+    #running = false;
     #local = null;
     #workerStats = emptyStats();
     #attached = new WeakSet();
@@ -118,14 +121,47 @@ export class E2ee {
     #ensureWorker() {
         if (!this.#worker) {
             const worker = new Worker(this.#workerUrl, { type: 'module', name: 'rtcd-e2ee' });
+            let started;
+            let failed;
+            this.#started = new Promise((resolve, reject) => { started = resolve; failed = reject; });
+            this.#started.catch(() => { });
             worker.addEventListener('message', (event) => {
-                if (event.data && event.data.type === 'stats' && event.data.stats)
+                if (!event.data)
+                    return;
+                if (event.data.type === 'ready') {
+                    this.#running = true;
+                    started();
+                }
+                else if (event.data.type === 'stats' && event.data.stats) {
                     this.#workerStats = event.data.stats;
+                }
             });
-            worker.addEventListener('error', (event) => console.warn(`rtcd: the end-to-end encryption worker failed: ${event.message}`));
+            worker.addEventListener('error', (event) => {
+                console.warn(`rtcd: the end-to-end encryption worker failed: ${event.message}`);
+                failed(new Error(`the end-to-end encryption worker failed: ${event.message}`));
+            });
             this.#worker = worker;
         }
         return this.#worker;
+    }
+    /**
+     * Whether transforms can be given now: always, except with `script` before the worker ran
+     * (see {@link ready}).
+     */
+    get isReady() {
+        return this.api !== 'script' || this.#running;
+    }
+    /**
+     * Resolves once transforms can be given (starting the worker if needed); rejects if the
+     * worker fails to load. The client waits for it before its first offer and before sending
+     * in an encrypted room: Firefox 140 ESR, given an RTCRtpScriptTransform on a worker whose
+     * module was still loading, at times never settled getStats again and sent nothing.
+     */
+    ready() {
+        if (this.api !== 'script')
+            return Promise.resolve();
+        this.#ensureWorker();
+        return this.#started;
     }
     #ensureLocal() {
         if (!this.#local)
@@ -187,5 +223,6 @@ export class E2ee {
     close() {
         this.#worker?.terminate();
         this.#worker = null;
+        this.#running = false;
     }
 }

@@ -132,6 +132,9 @@ export class E2ee {
   readonly api: E2eeApi;
   readonly #workerUrl: string | URL;
   #worker: Worker | null = null;
+  /** Settles when the worker said it runs (or failed to load). */
+  #started: Promise<void> = Promise.resolve();
+  #running = false;
   #local: E2eeCryptor | null = null;
   #workerStats: E2eeStats = emptyStats();
   readonly #attached = new WeakSet<RTCRtpSender | RTCRtpReceiver>();
@@ -166,13 +169,46 @@ export class E2ee {
   #ensureWorker(): Worker {
     if (!this.#worker) {
       const worker = new Worker(this.#workerUrl, { type: 'module', name: 'rtcd-e2ee' });
+      let started!: () => void;
+      let failed!: (cause: Error) => void;
+      this.#started = new Promise<void>((resolve, reject) => { started = resolve; failed = reject; });
+      this.#started.catch(() => {});
       worker.addEventListener('message', (event: MessageEvent<{ type: string; stats?: E2eeStats }>) => {
-        if (event.data && event.data.type === 'stats' && event.data.stats) this.#workerStats = event.data.stats;
+        if (!event.data) return;
+        if (event.data.type === 'ready') {
+          this.#running = true;
+          started();
+        } else if (event.data.type === 'stats' && event.data.stats) {
+          this.#workerStats = event.data.stats;
+        }
       });
-      worker.addEventListener('error', (event) => console.warn(`rtcd: the end-to-end encryption worker failed: ${event.message}`));
+      worker.addEventListener('error', (event) => {
+        console.warn(`rtcd: the end-to-end encryption worker failed: ${event.message}`);
+        failed(new Error(`the end-to-end encryption worker failed: ${event.message}`));
+      });
       this.#worker = worker;
     }
     return this.#worker;
+  }
+
+  /**
+   * Whether transforms can be given now: always, except with `script` before the worker ran
+   * (see {@link ready}).
+   */
+  get isReady(): boolean {
+    return this.api !== 'script' || this.#running;
+  }
+
+  /**
+   * Resolves once transforms can be given (starting the worker if needed); rejects if the
+   * worker fails to load. The client waits for it before its first offer and before sending
+   * in an encrypted room: Firefox 140 ESR, given an RTCRtpScriptTransform on a worker whose
+   * module was still loading, at times never settled getStats again and sent nothing.
+   */
+  ready(): Promise<void> {
+    if (this.api !== 'script') return Promise.resolve();
+    this.#ensureWorker();
+    return this.#started;
   }
 
   #ensureLocal(): E2eeCryptor {
@@ -236,5 +272,6 @@ export class E2ee {
   close(): void {
     this.#worker?.terminate();
     this.#worker = null;
+    this.#running = false;
   }
 }
