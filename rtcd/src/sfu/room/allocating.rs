@@ -681,7 +681,9 @@ fn plan_probe(
     // from what the subscriber receives now.
     let short = goal as f64 * PROBE_OVERSHOOT - (video + audio) as f64;
     probe.ratio = (short / video as f64).clamp(0.0, PROBE_MAX_RATIO);
-    probe.credit = 0.0;
+    probe.started = Some(now);
+    probe.rate = goal as f64 * PROBE_OVERSHOOT / 8.0;
+    probe.carried = 0.0;
     probe.goal = goal;
     probe.from = estimate;
     probe.until = Some(now + PROBE_DURATION);

@@ -103,17 +103,25 @@ pub(super) struct Member {
     pub probe: Probe,
 }
 
-/// A subscriber's link probe: while `until` is ahead, each video packet forwarded to it is
-/// followed by RTX copies worth `ratio` of its size (`credit` carries the fraction over); or,
-/// when all its video is paused (nothing to copy, `ratio` 0), a resume on trial of its first
-/// paused track (`Allocator::try_resume`): that video is itself the probe.
+/// A subscriber's link probe: while `until` is ahead, video packets forwarded to it are
+/// followed by RTX copies of themselves whenever what it was sent since `started` (`carried`,
+/// media and copies) falls behind `rate`; or, when all its video is paused (nothing to copy,
+/// `ratio` 0), a resume on trial of its first paused track (`Allocator::try_resume`): that
+/// video is itself the probe.
 #[derive(Debug, Default)]
 pub(super) struct Probe {
     /// While a probe runs: when its copies end (a resume on trial: when the trial does). It is
     /// judged then or sooner (`probe_over`, `allocating.rs`).
     pub until: Option<Instant>,
+    /// The copies' share of the video the subscriber received when the probe started (0: a
+    /// resume on trial); it bounds how many copies one packet may be followed by.
     pub ratio: f64,
-    pub credit: f64,
+    /// When the copies started, and what the link must carry meanwhile (bytes per second:
+    /// the goal with its overshoot).
+    pub started: Option<Instant>,
+    pub rate: f64,
+    /// Bytes sent to the subscriber since `started` (RTP headers and payloads).
+    pub carried: f64,
     /// The estimate the probe should prove.
     pub goal: u64,
     /// The estimate when it started (how far it moved it).
@@ -129,6 +137,21 @@ pub(super) struct Probe {
     /// Whether the last probe fell just short of its goal and the next followed soon
     /// (`NEAR_SHARE`, `allocating.rs`): a second near miss in a row backs off like a failure.
     pub near_missed: bool,
+}
+
+impl Probe {
+    /// Whether copies are being sent now (a probe with copies, not yet over).
+    pub fn copying(&self, now: Instant) -> bool {
+        self.ratio > 0.0 && self.until.is_some_and(|u| now < u)
+    }
+
+    /// Bytes the link is owed now: what the probe's rate asked for since it started, minus what
+    /// was sent.
+    pub fn owed(&self, now: Instant) -> f64 {
+        self.started.map_or(0.0, |s| {
+            self.rate * now.saturating_duration_since(s).as_secs_f64() - self.carried
+        })
+    }
 }
 
 impl Member {
@@ -210,5 +233,38 @@ impl Member {
                 reason: e.kind(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A probe owes the link its rate since it started, less what was sent (media and copies
+    /// alike), so copies make up for video that runs below what was measured before it; it
+    /// copies only while it runs, and a resume on trial (ratio 0) never does.
+    #[test]
+    fn a_probe_owes_its_rate_since_it_started_less_what_was_sent() {
+        let t0 = Instant::now();
+        let mut probe = Probe {
+            until: Some(t0 + Duration::from_millis(700)),
+            ratio: 1.5,
+            started: Some(t0),
+            rate: 80_000.0,
+            ..Probe::default()
+        };
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(probe.copying(at(0)));
+        assert_eq!(probe.owed(at(100)), 8_000.0);
+        probe.carried = 3_000.0; // the media sent so far: copies owe the rest
+        assert_eq!(probe.owed(at(100)), 5_000.0);
+        probe.carried = 9_000.0; // ahead of its rate: nothing owed
+        assert!(probe.owed(at(100)) < 0.0);
+        assert!(!probe.copying(at(700)), "over at `until`");
+        probe.ratio = 0.0;
+        assert!(!probe.copying(at(100)), "a resume on trial sends no copies");
+        assert_eq!(Probe::default().owed(at(100)), 0.0, "never started");
     }
 }
