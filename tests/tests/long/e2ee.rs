@@ -348,6 +348,14 @@ async fn keyless_page(call: &Call, carol: &BrowserPage) -> anyhow::Result<()> {
         )
         .await
         .context("Carol does not play both cameras once she has the key")?;
+    // The worker reports its counters to the page at most twice a second: the frames she
+    // plays were decrypted up to half a second before the page hears of it.
+    let _ = carol
+        .wait_for(
+            "window.rtcd.e2eeStats.decrypted > 0",
+            Duration::from_secs(5),
+        )
+        .await;
     let state = e2ee_state(carol).await?;
     eprintln!("Carol with the key: {state}");
     ensure!(
