@@ -475,7 +475,7 @@ const PROBE_MAX_RATIO: f64 = 8.0;
 const TRIAL_DURATION: Duration = Duration::from_secs(3);
 /// A probe aims this much above its goal: what arrives is measured a little short (feedback
 /// intervals, the copies' missing headers).
-const PROBE_OVERSHOOT: f64 = 1.1;
+pub(super) const PROBE_OVERSHOOT: f64 = 1.1;
 
 /// The most a probe aims above the estimate, unless the last one moved it far: a camera's step
 /// from its lowest layer to its top one is 10 times the lowest's (50 to 650 kbit/s), and
@@ -682,7 +682,6 @@ fn plan_probe(
     let short = goal as f64 * PROBE_OVERSHOOT - (video + audio) as f64;
     probe.ratio = (short / video as f64).clamp(0.0, PROBE_MAX_RATIO);
     probe.started = Some(now);
-    probe.rate = goal as f64 * PROBE_OVERSHOOT / 8.0;
     probe.carried = 0.0;
     probe.goal = goal;
     probe.from = estimate;

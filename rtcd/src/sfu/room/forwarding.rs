@@ -12,6 +12,9 @@ use crate::engine::peer::{SlotId, TrackKey};
 use crate::media::packet::MediaPacket;
 use crate::sfu::downtrack::{DownTrack, Forward};
 use crate::sfu::negotiation::TrackId;
+use crate::sfu::session::SessionEvent;
+use crate::sfu::tenant_label;
+use crate::sfu::voice::VoiceDetector;
 
 /// What a forwarded packet weighs on the subscriber's link beside its payload, as its bandwidth
 /// estimate counts packets (RTP header and extensions, before SRTP): a probe's copies make up
@@ -20,9 +23,6 @@ const PROBE_HEADER_BYTES: usize = 24;
 /// The most RTX copies one forwarded packet is followed by: twice its share of the probe
 /// (`Probe::ratio`) when the video runs behind, never more than this.
 const PROBE_MAX_COPIES: f64 = 8.0;
-use crate::sfu::session::SessionEvent;
-use crate::sfu::tenant_label;
-use crate::sfu::voice::VoiceDetector;
 
 impl Rooms {
     /// One packet of a published track to every subscriber.

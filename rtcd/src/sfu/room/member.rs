@@ -105,7 +105,7 @@ pub(super) struct Member {
 
 /// A subscriber's link probe: while `until` is ahead, video packets forwarded to it are
 /// followed by RTX copies of themselves whenever what it was sent since `started` (`carried`,
-/// media and copies) falls behind `rate`; or, when all its video is paused (nothing to copy,
+/// media and copies) falls behind the goal with its overshoot; or, when all its video is paused (nothing to copy,
 /// `ratio` 0), a resume on trial of its first paused track (`Allocator::try_resume`): that
 /// video is itself the probe.
 #[derive(Debug, Default)]
@@ -116,10 +116,8 @@ pub(super) struct Probe {
     /// The copies' share of the video the subscriber received when the probe started (0: a
     /// resume on trial); it bounds how many copies one packet may be followed by.
     pub ratio: f64,
-    /// When the copies started, and what the link must carry meanwhile (bytes per second:
-    /// the goal with its overshoot).
+    /// When the copies started.
     pub started: Option<Instant>,
-    pub rate: f64,
     /// Bytes sent to the subscriber since `started` (RTP headers and payloads).
     pub carried: f64,
     /// The estimate the probe should prove.
@@ -145,11 +143,12 @@ impl Probe {
         self.ratio > 0.0 && self.until.is_some_and(|u| now < u)
     }
 
-    /// Bytes the link is owed now: what the probe's rate asked for since it started, minus what
-    /// was sent.
+    /// Bytes the link is owed now: what the goal with its overshoot asked for since the probe
+    /// started, minus what was sent.
     pub fn owed(&self, now: Instant) -> f64 {
+        let rate = self.goal as f64 * super::allocating::PROBE_OVERSHOOT / 8.0;
         self.started.map_or(0.0, |s| {
-            self.rate * now.saturating_duration_since(s).as_secs_f64() - self.carried
+            rate * now.saturating_duration_since(s).as_secs_f64() - self.carried
         })
     }
 }
@@ -252,15 +251,25 @@ mod tests {
             until: Some(t0 + Duration::from_millis(700)),
             ratio: 1.5,
             started: Some(t0),
-            rate: 80_000.0,
+            goal: 800_000, // 110,000 bytes per second with the overshoot
             ..Probe::default()
         };
         let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // To a millionth of a byte: the overshoot (1.1) is not exact in binary.
+        let about = |owed: f64, bytes: f64| (owed - bytes).abs() < 1e-6;
         assert!(probe.copying(at(0)));
-        assert_eq!(probe.owed(at(100)), 8_000.0);
+        assert!(
+            about(probe.owed(at(100)), 11_000.0),
+            "{}",
+            probe.owed(at(100))
+        );
         probe.carried = 3_000.0; // the media sent so far: copies owe the rest
-        assert_eq!(probe.owed(at(100)), 5_000.0);
-        probe.carried = 9_000.0; // ahead of its rate: nothing owed
+        assert!(
+            about(probe.owed(at(100)), 8_000.0),
+            "{}",
+            probe.owed(at(100))
+        );
+        probe.carried = 12_000.0; // ahead of its rate: nothing owed
         assert!(probe.owed(at(100)) < 0.0);
         assert!(!probe.copying(at(700)), "over at `until`");
         probe.ratio = 0.0;
