@@ -288,7 +288,11 @@ pub fn main() -> anyhow::Result<()> {
                     max_send_lag_p99_ms: args.max_send_lag_ms,
                 },
             };
-            let report = capacity::run(&scenario, &ramp, &target, &watched, !args.quiet).await?;
+            let mut report =
+                capacity::run(&scenario, &ramp, &target, &watched, !args.quiet).await?;
+            if let Some(label) = &args.label {
+                report.target = label.clone();
+            }
             report.write(&args.out, &stem)?;
             println!("{}", report.markdown());
             println!("wrote {}/{stem}.json, .md", args.out.display());

@@ -30,6 +30,10 @@
 #   sudo tests/bench/compare.sh                       # everything, ~15 min with the build
 #   SCENARIOS=smoke TARGETS=janus BUILD=0 DURATION=5 sudo tests/bench/compare.sh
 #   SCENARIOS=capacity sudo tests/bench/compare.sh    # capacity side by side
+# The `capacity-dm` scenario ramps one-to-one calls instead (the `one-to-one` shape: two
+# people, each publishing audio and video), the same limits, by calls:
+#   CAP_DM_START_CALLS [25]   CAP_DM_STEP_CALLS [25]
+#   SCENARIOS=capacity-dm TARGETS="ours ours-adaptive janus" sudo tests/bench/compare.sh
 # The `simulcast` scenario (not in the default list; docs/benchmarks.md "Simulcast"): cameras
 # publish three layers, subscribers take the low, middle or high one. Target `ours-adaptive`
 # is ours with rtc.adaptive_video on (the estimator and allocator per subscriber: rtcd's
@@ -60,6 +64,8 @@ CAP_STEP_SECONDS=${CAP_STEP_SECONDS:-10}
 CAP_MAX=${CAP_MAX:-2000}
 CAP_MAX_LOSS=${CAP_MAX_LOSS:-1}
 CAP_MAX_P99_MS=${CAP_MAX_P99_MS:-200}
+CAP_DM_START_CALLS=${CAP_DM_START_CALLS:-25}
+CAP_DM_STEP_CALLS=${CAP_DM_STEP_CALLS:-25}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 case $PROFILE in
 release) CARGO_PROFILE=release ;;
@@ -157,7 +163,7 @@ log "environment"
 	git -C "$ROOT" rev-parse HEAD 2>/dev/null || true
 	echo "SCENARIOS=$SCENARIOS TARGETS=$TARGETS REPS=$REPS DURATION=$DURATION WARMUP=$WARMUP"
 	echo "TARGET_CPU=$TARGET_CPU CLIENT_CPU=$CLIENT_CPU CLIENT_THREADS=$CLIENT_THREADS JANUS_EVENT_LOOPS=$JANUS_EVENT_LOOPS PROFILE=$PROFILE"
-	echo "CAP_START_ROOMS=$CAP_START_ROOMS CAP_STEP_ROOMS=$CAP_STEP_ROOMS CAP_STEP_SECONDS=$CAP_STEP_SECONDS CAP_MAX=$CAP_MAX CAP_MAX_LOSS=$CAP_MAX_LOSS CAP_MAX_P99_MS=$CAP_MAX_P99_MS"
+	echo "CAP_START_ROOMS=$CAP_START_ROOMS CAP_STEP_ROOMS=$CAP_STEP_ROOMS CAP_STEP_SECONDS=$CAP_STEP_SECONDS CAP_MAX=$CAP_MAX CAP_MAX_LOSS=$CAP_MAX_LOSS CAP_MAX_P99_MS=$CAP_MAX_P99_MS CAP_DM_START_CALLS=$CAP_DM_START_CALLS CAP_DM_STEP_CALLS=$CAP_DM_STEP_CALLS"
 } >"$OUT/environment.txt"
 
 # Janus configuration: Debian's files copied, then the ones that matter rewritten
@@ -297,13 +303,20 @@ run_one() {
 	local scenario=$1 target=$2 rep=$3
 	wait_until_quiet "$scenario-$target-$rep"
 	local name=$scenario-$target-$rep
-	local args=(--scenario "$scenario" --bind "$ADDR" --out "$OUT/reports" --name "$name" --quiet
+	local preset=$scenario
+	[ "$scenario" = capacity-dm ] && preset=one-to-one
+	local args=(--scenario "$preset" --bind "$ADDR" --out "$OUT/reports" --name "$name" --quiet
 		--warmup "$WARMUP" --threads "$CLIENT_THREADS")
 	case $scenario in
 	storm) args+=(--duration "$STORM_DURATION") ;;
 	capacity)
 		args+=(--duration "$CAP_STEP_SECONDS" --start-rooms "$CAP_START_ROOMS"
 			--step-rooms "$CAP_STEP_ROOMS" --max-participants "$CAP_MAX"
+			--max-loss "$CAP_MAX_LOSS" --max-p99-ms "$CAP_MAX_P99_MS")
+		;;
+	capacity-dm)
+		args+=(--capacity --duration "$CAP_STEP_SECONDS" --start-rooms "$CAP_DM_START_CALLS"
+			--step-rooms "$CAP_DM_STEP_CALLS" --max-participants "$CAP_MAX"
 			--max-loss "$CAP_MAX_LOSS" --max-p99-ms "$CAP_MAX_P99_MS")
 		;;
 	*) args+=(--duration "$DURATION") ;;

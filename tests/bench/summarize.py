@@ -138,7 +138,10 @@ def capacity_table(capacity):
     repetition are listed), then the ratios. A capacity limited by the client or by the
     maximum is a lower bound, shown with >=, and so is a ratio involving one."""
     LOWER = {"client-bound", "max"}
-    print("## Capacity (participants in rooms of 10, one camera each)\n")
+    print(
+        "## Capacity (participants; `capacity`: rooms of 10, one camera each; `one-to-one`: "
+        "calls of two, each publishing audio and video)\n"
+    )
     print(
         "| scenario | target | reps | participants at limit | limited by | target cores at limit "
         "| target RSS MiB at limit | forwarded pkt/s at limit | latency p99 ms at limit "
@@ -174,8 +177,8 @@ def capacity_table(capacity):
             f"| {fmt(m['client_cores'], 2)} |"
         )
 
-    print("\n| scenario | capacity: ours / Janus | ours / raw |")
-    print("|---|---|---|")
+    print("\n| scenario | capacity: ours / Janus | ours with adaptive video / Janus | ours / raw |")
+    print("|---|---|---|---|")
 
     def cap_ratio(a, b):
         if a is None or b is None:
@@ -193,8 +196,10 @@ def capacity_table(capacity):
 
     for scenario in sorted({s for s, _ in table}):
         ours = table.get((scenario, "ours"))
+        adaptive = table.get((scenario, "ours-adaptive"))
+        janus = table.get((scenario, "janus"))
         print(
-            f"| {scenario} | {cap_ratio(ours, table.get((scenario, 'janus')))} "
+            f"| {scenario} | {cap_ratio(ours, janus)} | {cap_ratio(adaptive, janus)} "
             f"| {cap_ratio(ours, table.get((scenario, 'raw-udp')))} |"
         )
 

@@ -69,6 +69,9 @@ use webrtc::runtime::{
     TokioRuntime, Transmit,
 };
 
+/// Sender reports kept per SSRC (about one a second arrives: a minute's worth).
+pub const SENDER_REPORTS_KEPT: usize = 64;
+
 /// A peer connection's overall state, as the tests compare it (see
 /// [`Participant::connection_state`]).
 pub use webrtc::peer_connection::RTCPeerConnectionState;
@@ -424,8 +427,9 @@ struct Shared {
     published: Mutex<HashMap<String, u32>>,
     /// The media kind of every transceiver we made (0.21's transceivers do not say).
     kinds: Mutex<HashMap<RTCRtpTransceiverId, RtpCodecKind>>,
-    /// Sender reports received, by the SSRC they describe (one of the flows we receive).
-    sender_reports: Mutex<HashMap<u32, u64>>,
+    /// Sender reports received, by the SSRC they describe (one of the flows we receive), with
+    /// when each arrived on our clock; the latest [`SENDER_REPORTS_KEPT`] of each.
+    sender_reports: Mutex<HashMap<u32, VecDeque<(Instant, SenderReport)>>>,
     /// Receiver report blocks received, by the SSRC they describe (one of our tracks).
     receiver_reports: Mutex<HashMap<u32, u64>>,
     /// RFC 6464 level our audio carries (0 = loudest, 127 = silence).
@@ -456,12 +460,12 @@ impl Shared {
             if any.is::<PictureLossIndication>() {
                 self.plis.fetch_add(1, Ordering::Relaxed);
             } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
-                *self
-                    .sender_reports
-                    .lock()
-                    .unwrap()
-                    .entry(sr.ssrc)
-                    .or_default() += 1;
+                let mut reports = self.sender_reports.lock().unwrap();
+                let kept = reports.entry(sr.ssrc).or_default();
+                if kept.len() == SENDER_REPORTS_KEPT {
+                    kept.pop_front();
+                }
+                kept.push_back((Instant::now(), sr.clone()));
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                 let mut counts = self.receiver_reports.lock().unwrap();
                 for r in &rr.reports {
@@ -1417,15 +1421,25 @@ impl Participant {
         Ok(())
     }
 
-    /// Sender reports received for the SSRC `ssrc`.
+    /// Sender reports received for the SSRC `ssrc` (at most [`SENDER_REPORTS_KEPT`]).
     pub fn sender_reports(&self, ssrc: u32) -> u64 {
         self.shared
             .sender_reports
             .lock()
             .unwrap()
             .get(&ssrc)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |kept| kept.len() as u64)
+    }
+
+    /// The latest sender reports received for `ssrc`, oldest first, each with when it arrived.
+    pub fn sender_report_history(&self, ssrc: u32) -> Vec<(Instant, SenderReport)> {
+        self.shared
+            .sender_reports
+            .lock()
+            .unwrap()
+            .get(&ssrc)
+            .map(|kept| kept.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Receiver reports received about this participant's `kind` track.

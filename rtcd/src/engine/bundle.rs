@@ -3,12 +3,14 @@
 //!
 //! `rtc`'s chain walks every packet by value through every interceptor in it: into the
 //! interceptor, onto its queue, off it, onto the chain's belt and off again, a few hundred bytes
-//! copied at each step. A peer of rtcd has five interceptors (transport-cc numbering, NACK
-//! generator, TWCC receiver, receiver and sender reports; the RTX repair runs before them, on
-//! the packet itself), and a forwarded RTP packet is *read* by two of them (the sender reports
-//! count it, transport-cc numbers it); a received one by three. In the simulcast benchmark the
-//! chain's copies were about
-//! a third of rtcd's `memmove`, the largest single cost (`docs/benchmarks.md`).
+//! copied at each step. In the simulcast benchmark the chain's copies were about a third of
+//! rtcd's `memmove`, the largest single cost (`docs/benchmarks.md`). Since 2026-12-06 a peer of
+//! rtcd has one interceptor left, rtc's TWCC receiver, reading what the client sends. The rest
+//! went out of the walk into the peer, which keeps them in place on its media path: receiver
+//! reports and NACKs (`reception`, in place of rtc's receiver reports and NACK generator),
+//! sender reports (`sender_reports`) and transport-cc numbering (`bwe::TransportCc`); the RTX
+//! repair runs on the packet itself before any of them. The bundle stays the way the TWCC
+//! receiver is driven (and the way any interceptor rtcd adds would be).
 //!
 //! A [`Bundle`] holds the same interceptors in the same order (by [`Slot`], wire-most first) and
 //! is registered as one link. An RTP packet walks only through the members that say they look
@@ -18,14 +20,13 @@
 //! the link with its queue empty, which it does at every flush; the bundle then polls every
 //! member, but only if one may hold something (after a timeout, a stream bound, a packet walked
 //! the other way), not once per packet sent as the chain does. Measured
-//! (`tests::cost_of_the_interceptors_per_packet_sent`, release): the peer's interceptors cost
-//! 0.81-1.03 us per packet sent as a chain, 0.51-0.55 as a bundle.
+//! (`tests::cost_of_the_interceptors_per_packet_sent`, release, with the five members of
+//! 2026-12-04): 0.81-1.03 us per packet sent as a chain, 0.51-0.55 as a bundle.
 //!
-//! What a member declares is a fact about its code: `rtc` 0.21's NACK generator, receiver
-//! reports and TWCC receiver pass written RTP on untouched, its sender reports read RTP on
-//! untouched, and so do rtcd's own where it says so. The tests below hold each declaration to
-//! the interceptor itself, so an upgrade of `rtc` that starts reading where a member is declared
-//! blind fails here, not in a call.
+//! What a member declares is a fact about its code: `rtc` 0.21's TWCC receiver passes written
+//! RTP on untouched. The tests below hold each declaration to the interceptor itself, so an
+//! upgrade of `rtc` that starts reading where a member is declared blind fails here, not in a
+//! call.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -47,11 +48,6 @@ impl Sees {
     pub const READ: Self = Self {
         read: true,
         write: false,
-    };
-    /// Departing RTP only (sender reports, transport-wide numbering).
-    pub const WRITE: Self = Self {
-        read: false,
-        write: true,
     };
     /// No RTP at all (RTCP only; the tests' declarations).
     #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Send-side bandwidth estimation towards a subscriber: rtcd's own estimator, no pacer.
 //!
 //! Every RTP packet rtcd sends a peer (media, RTX, padding) gets a transport-wide sequence number
-//! and a record of when it left ([`TransportCc`], `transport_cc.rs`, one interceptor that
-//! replaced rtc's `TwccSenderInterceptor` and `CongestionControlInterceptor`: see there why);
+//! and a record of when it left ([`TransportCc`], `transport_cc.rs`, which replaced rtc's
+//! `TwccSenderInterceptor` and `CongestionControlInterceptor`, and is driven by the peer on its
+//! media path, no interceptor: see there why);
 //! the client's transport-cc feedback, joined to those records, drives our [`Estimator`]
 //! (`estimator.rs`, after draft-ietf-rmcat-gcc-02; it replaced rtc 0.21.1's `Gcc`, whose delay
 //! half never detected overuse, whose loss half collapsed to its floor under persistent loss
@@ -13,9 +14,8 @@
 //!
 //! Besides the estimator and [`TransportCc`], two things are ours:
 //! * [`SharedEstimator`] wraps it and publishes each estimate into an [`EstimateCell`] the
-//!   [`Peer`] reads in `pump`. The estimator lives inside a boxed interceptor the application
-//!   cannot reach, and the only other way out (`Attribute::TargetBitrateChanged` on the feedback
-//!   packet) carries the target alone, not the delay / loss halves.
+//!   [`Peer`] reads in `pump`, with the delay / loss halves (the peer reads the cell, not the
+//!   estimator: the estimate is also what the tests and the metrics read, from one place).
 //! * [`Departures`] says when a packet really left. rtc records a packet as sent at the `now` it
 //!   was written with, but a media worker writes a whole round of packets (every session it
 //!   touched) and sends them in one flush at the round's end: on a busy host that came 13 ms
@@ -38,7 +38,7 @@ mod estimator;
 mod transport_cc;
 
 use estimator::Estimator;
-use transport_cc::TransportCc;
+pub(super) use transport_cc::TransportCc;
 
 /// Where a subscriber's estimate starts: about what one mid simulcast layer and audio need, so a
 /// new subscriber is neither starved while the estimate climbs (8 %/s at most far from
@@ -257,14 +257,14 @@ impl BandwidthEstimator for SharedEstimator {
     }
 }
 
-/// The [`TransportCc`] driving the [`Estimator`] of a peer, the estimate going to `cell`. It
-/// belongs at rtc's TWCC sender slot (wire-most, below everything rtcd adds), so every packet
-/// that leaves is numbered and recorded, retransmissions included; of RTP it reads only what it
-/// sends. `departures`: the worker's clock, if packets leave later than they are written.
-pub(super) fn interceptor(
+/// The [`TransportCc`] driving the [`Estimator`] of a peer, the estimate going to `cell`. The
+/// peer numbers and records every packet it protects with it (retransmissions included) and
+/// hands it the RTCP it reads. `departures`: the worker's clock, if packets leave later than
+/// they are written.
+pub(super) fn transport_cc(
     cell: Arc<EstimateCell>,
     departures: Option<Departures>,
-) -> impl rtc::interceptor::Interceptor + 'static {
+) -> TransportCc<SharedEstimator> {
     let estimator = SharedEstimator::new(cell, departures.clone());
     TransportCc::new(estimator, departures)
 }

@@ -12,8 +12,10 @@
 //! * [`peer`]: one client's peer connection, driven by hand: datagrams in, datagrams and events
 //!   out, time passed in explicitly, so a whole session runs in a unit test without a socket.
 //!   `rtc` does its SDP and ICE; the media path is the engine's own: `dtls` (the handshake
-//!   that keys SRTP), `receiving` (which section an arriving stream belongs to) and the
-//!   interceptors as one `bundle`.
+//!   that keys SRTP), `receiving` (which section an arriving stream belongs to), what the
+//!   client sends counted for reports and NACKs in place (`reception`), rtc's TWCC receiver as
+//!   the one interceptor left (`bundle`), and what rtcd sends counted and numbered in place
+//!   (`sender_reports`, `bwe`'s transport-cc).
 //!
 //! `docs/engine-v2.md` has the design, facts about `rtc` found on the way, and what is left.
 
@@ -27,11 +29,14 @@ pub mod net;
 mod nomination;
 pub mod peer;
 mod receiving;
+mod reception;
 mod rtx;
+mod sender_reports;
 #[cfg(test)]
 pub(crate) mod testing;
 
-/// Also for the e2e harness's webrtc-rs peers, whose NACK generator has the same defect: a test
-/// client that stops NACKing at every renegotiation would blame rtcd for its own holes.
+/// For the e2e harness's webrtc-rs peers, whose NACK generator has the defect rtcd's own
+/// (`reception`) does not: a test client that stops NACKing at every renegotiation would blame
+/// rtcd for its own holes.
 pub use nack::StableNackGenerator;
 pub use peer::{EngineError, Identity, Peer, PeerEvent, PeerSettings};

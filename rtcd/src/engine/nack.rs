@@ -8,6 +8,10 @@
 //! video froze until its own keyframe request went round (seconds, in a browser over TURN).
 //! This wrapper passes a bind on only for a stream that is not bound already with the same
 //! NACK support, so the log, and with it the gap, survives the renegotiation.
+//!
+//! rtcd itself no longer runs rtc's generator (since 2026-12-06 its NACKs come from
+//! `reception`, which keeps a rebound stream's log the same way): the wrapper is for the e2e
+//! harness's webrtc-rs peers, and [`supports_nack`] is the one test of NACK support for both.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -17,7 +21,7 @@ use rtc::sansio::Protocol;
 
 /// Whether rtc's NACK generator tracks a stream described so (its own test, restated: the
 /// generator keeps a log only for streams that negotiated generic NACK).
-fn supports_nack(info: &StreamInfo) -> bool {
+pub(super) fn supports_nack(info: &StreamInfo) -> bool {
     info.rtcp_feedback
         .iter()
         .any(|fb| fb.typ == "nack" && fb.parameter.is_empty())

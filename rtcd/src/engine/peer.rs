@@ -1034,9 +1034,19 @@ pub struct Peer {
     dtls: Option<Handshake>,
     /// The SRTP contexts the handshake keyed; media flows only once they exist.
     srtp: Option<Box<SrtpKeys>>,
-    /// The interceptors (NACK generator, reports, transport-cc), driven by the engine on its
-    /// own media path.
+    /// The interceptor that reads what the client sends (rtc's TWCC receiver), driven by the
+    /// engine on its own media path.
     bundle: Bundle,
+    /// Receiver reports and NACKs on the client's streams, kept as packets arrive.
+    reception: super::reception::Reception,
+    /// What `reception` has due, reused between timeouts.
+    rtcp_due: Vec<Box<dyn rtcp::Packet>>,
+    /// Sender reports on the slots' streams, counted as packets are protected.
+    reporting: super::sender_reports::SenderReports,
+    /// Transport-wide numbering of what is sent and the estimator it feeds (with estimation).
+    transport_cc: Option<Box<super::bwe::TransportCc<super::bwe::SharedEstimator>>>,
+    /// Sender reports due, reused between timeouts.
+    reports_due: Vec<rtcp::sender_report::SenderReport>,
     /// Restores received retransmissions (RTX) before the interceptors see them.
     rtx: super::rtx::RtxRepair,
     /// The client's sending sections, rebuilt at every answer (`receiving`).
@@ -1062,8 +1072,7 @@ pub struct Peer {
     rtc_timeout: Option<Instant>,
     /// A marshalling buffer for packets on their way to SRTP.
     scratch: Vec<u8>,
-    /// The send-side estimate towards the client, written by the estimator inside the
-    /// interceptor chain.
+    /// The send-side estimate towards the client, written by the estimator (`transport_cc`).
     estimate: std::sync::Arc<super::bwe::EstimateCell>,
     /// When that estimate is worth a [`PeerEvent::BandwidthEstimate`].
     estimate_emitter: super::bwe::Emitter,
@@ -1080,57 +1089,23 @@ impl std::fmt::Debug for Peer {
 }
 
 /// A peer's interceptors, each at its slot in rtc's order (wire-most first) and with the RTP
-/// it reads (`bundle`): transport-cc numbering and estimation if `estimation` (the cell its
-/// estimate goes to, the worker's departures clock), rtc's NACK generator, TWCC receiver and
-/// report interceptors. The RTX repair (`rtx`) is not among them: the peer applies it to each
-/// received packet before the bundle, so repairs count as arrivals for the NACK generator,
-/// without one more walk.
+/// it reads (`bundle`): rtc's TWCC receiver alone, on what the client sends. Everything else
+/// the peer keeps in place on its media path, without a walk: what the client sends is counted
+/// for receiver reports and NACKs (`reception`) after the RTX repair (`rtx`, so a repair counts
+/// as an arrival), what rtcd sends for its sender reports (`sender_reports`) and numbered for
+/// transport-cc (`bwe::TransportCc`) as it is protected.
 ///
 /// NACKs are answered by the SFU's down-tracks from one buffer per published track, so no NACK
 /// responder (which would keep a copy per subscriber). At most [`NACKS_PER_PACKET`] requests
 /// per lost packet (rtc's default is no limit: a packet the publisher cannot resend was asked
 /// for every 100 ms until it aged out), and a renegotiation does not wipe the log of what was
-/// lost (`nack`).
-pub(super) fn interceptors(
-    estimation: Option<(
-        std::sync::Arc<super::bwe::EstimateCell>,
-        Option<super::bwe::Departures>,
-    )>,
-) -> Vec<Entry> {
-    let mut list: Vec<Entry> = vec![
-        (
-            ChainSlot::NackGenerator,
-            Sees::READ,
-            Box::new(super::nack::StableNackGenerator::new(
-                rtc::interceptor::NackGeneratorBuilder::new()
-                    .with_max_nacks_per_packet(NACKS_PER_PACKET)
-                    .build(),
-            )),
-        ),
-        (
-            ChainSlot::TwccReceiver,
-            Sees::READ,
-            Box::new(rtc::interceptor::TwccReceiverBuilder::new().build()),
-        ),
-        (
-            ChainSlot::ReceiverReport,
-            Sees::READ,
-            Box::new(rtc::interceptor::ReceiverReportBuilder::new().build()),
-        ),
-        (
-            ChainSlot::SenderReport,
-            Sees::WRITE,
-            Box::new(rtc::interceptor::SenderReportBuilder::new().build()),
-        ),
-    ];
-    if let Some((cell, departures)) = estimation {
-        list.push((
-            ChainSlot::TwccSender,
-            Sees::WRITE,
-            Box::new(super::bwe::interceptor(cell, departures)),
-        ));
-    }
-    list
+/// lost (`reception`).
+pub(super) fn interceptors() -> Vec<Entry> {
+    vec![(
+        ChainSlot::TwccReceiver,
+        Sees::READ,
+        Box::new(rtc::interceptor::TwccReceiverBuilder::new().build()),
+    )]
 }
 
 impl Peer {
@@ -1145,10 +1120,13 @@ impl Peer {
         // Send-side estimation towards the client: every packet sent is numbered and recorded,
         // the client's transport-cc feedback drives the estimator (no pacer: see `bwe`).
         let estimate = std::sync::Arc::new(super::bwe::EstimateCell::default());
-        let estimation = settings
-            .estimation
-            .then(|| (estimate.clone(), settings.departures.clone()));
-        let bundle: Bundle = interceptors(estimation).into_iter().collect();
+        let transport_cc = settings.estimation.then(|| {
+            Box::new(super::bwe::transport_cc(
+                estimate.clone(),
+                settings.departures.clone(),
+            ))
+        });
+        let bundle: Bundle = interceptors().into_iter().collect();
         // rtc's pipeline carries no media (the engine's own path does, `dtls`): no interceptors
         // in it, and its DTLS endpoint is a server that never hears a record (see
         // `Peer::answer` for the role the client is told).
@@ -1199,6 +1177,11 @@ impl Peer {
             dtls: None,
             srtp: None,
             bundle,
+            reception: super::reception::Reception::new(rand::random(), NACKS_PER_PACKET),
+            rtcp_due: Vec::new(),
+            reporting: Default::default(),
+            transport_cc,
+            reports_due: Vec::new(),
             receiving: Default::default(),
             by_ssrc: HashMap::new(),
             path: None,
@@ -1345,6 +1328,7 @@ impl Peer {
             if let Some((_, info)) = self.by_ssrc.remove(&ssrc) {
                 self.bundle.unbind_remote_stream(&info);
                 self.rtx.unbind_remote_stream(&info);
+                self.reception.unbind(ssrc);
             }
         }
     }
@@ -1798,6 +1782,7 @@ impl Peer {
                 self.bind_stream(&packet.header);
             }
             self.rtx.repair(&mut packet);
+            self.reception.receive(&packet.header, now);
             Packet::Rtp(packet)
         };
         self.heard = self.heard.max(now);
@@ -1821,7 +1806,10 @@ impl Peer {
         match msg.message.packet {
             Packet::Rtp(packet) => self.deliver(packet, msg.now),
             Packet::Rtcp(packets) if !packets.is_empty() => {
-                self.sender_reports(&packets);
+                if let Some(cc) = self.transport_cc.as_mut() {
+                    cc.on_rtcp(msg.now, &packets);
+                }
+                self.sender_reports(&packets, msg.now);
                 self.feedback(&packets);
             }
             _ => {}
@@ -1908,6 +1896,11 @@ impl Peer {
         };
         self.bundle.bind_remote_stream(&info);
         self.rtx.bind_remote_stream(&info);
+        self.reception.bind(
+            info.ssrc,
+            info.clock_rate,
+            super::nack::supports_nack(&info),
+        );
         if let Some((rtx_ssrc, rtx_payload_type)) = rtx {
             // The repair flow in its own right, as rtc binds it.
             let repair = StreamInfo {
@@ -1952,6 +1945,9 @@ impl Peer {
             }
         };
         earliest(self.bundle.poll_timeout());
+        earliest(self.reception.poll_timeout());
+        earliest(self.reporting.poll_timeout());
+        earliest(self.transport_cc.as_mut().and_then(|cc| cc.poll_timeout()));
         earliest(self.dtls.as_mut().and_then(Handshake::poll_timeout));
         if !self.silent {
             earliest(Some(self.heard + self.silence_limit));
@@ -1980,6 +1976,23 @@ impl Peer {
         if let Err(err) = self.bundle.handle_timeout(now) {
             tracing::debug!(%err, "interceptor timeout failed");
         }
+        if let Some(cc) = self.transport_cc.as_mut() {
+            cc.handle_timeout(now);
+        }
+        let mut due = std::mem::take(&mut self.rtcp_due);
+        self.reception.poll(now, &mut due);
+        for packet in due.drain(..) {
+            // NACKs and receiver reports each in their own RTCP packet, as rtc sent them.
+            self.protect_rtcp(std::slice::from_ref(&packet));
+        }
+        self.rtcp_due = due;
+        let mut due = std::mem::take(&mut self.reports_due);
+        self.reporting.poll(now, &mut due);
+        for report in due.drain(..) {
+            // One report per RTCP packet, as rtc sent them.
+            self.protect_rtcp(&[Box::new(report)]);
+        }
+        self.reports_due = due;
         self.interceptors_dirty = true;
         self.collect();
         self.pump();
@@ -2083,8 +2096,8 @@ impl Peer {
         self.write_media(index, packet, now)
     }
 
-    /// Protects one outgoing RTP packet of slot `index` and queues it, through the
-    /// interceptors (sender reports count it, transport-cc numbers it); held while ICE
+    /// Protects one outgoing RTP packet of slot `index` and queues it, counted for the sender
+    /// reports and numbered for transport-cc in place (no interceptor sees it); held while ICE
     /// restarts.
     ///
     /// While ICE restarts, what is written waits for the client's checks to select a pair
@@ -2098,7 +2111,7 @@ impl Peer {
     fn write_media(
         &mut self,
         index: usize,
-        packet: rtp::Packet,
+        mut packet: rtp::Packet,
         now: Instant,
     ) -> Result<(), EngineError> {
         if self.srtp.is_none() {
@@ -2111,14 +2124,12 @@ impl Peer {
         if self.slots.get(index).is_some_and(|s| s.bound.is_none()) {
             self.bind_slot(index);
         }
-        let msg = TaggedPacket {
-            now,
-            transport: TransportContext::default(),
-            message: AttributedPacket::new(Packet::Rtp(packet)),
-        };
-        self.bundle.handle_write(msg).map_err(internal)?;
-        self.interceptors_dirty = true;
-        self.drain_writes(false);
+        self.reporting
+            .count(&packet.header, packet.payload.len(), now);
+        if let Some(cc) = self.transport_cc.as_mut() {
+            cc.number(&mut packet, now);
+        }
+        self.protect_rtp(&packet);
         Ok(())
     }
 
@@ -2159,13 +2170,22 @@ impl Peer {
                 return;
             }
             self.bundle.unbind_local_stream(old);
+            self.reporting.unbind(old.ssrc);
+            if let Some(cc) = self.transport_cc.as_mut() {
+                cc.unbind_local_stream(old);
+            }
         }
         self.bundle.bind_local_stream(&info);
+        self.reporting.bind(info.ssrc, info.clock_rate);
+        if let Some(cc) = self.transport_cc.as_mut() {
+            cc.bind_local_stream(&info);
+        }
         state.bound = Some(info);
     }
 
-    /// Protects and queues what the interceptors let out towards the client: media written,
-    /// and with `poll`, what they generated (reports, NACKs) after polling them all.
+    /// Protects and queues what the interceptors let out towards the client (RTCP: NACKs,
+    /// receiver reports, transport-cc feedback, keyframe requests), and with `poll`, what they
+    /// generated after polling them all.
     fn drain_writes(&mut self, poll: bool) {
         loop {
             let next = if poll {
@@ -2174,43 +2194,66 @@ impl Peer {
                 self.bundle.take_write()
             };
             let Some(msg) = next else { break };
-            let (Some(keys), Some(to)) = (self.srtp.as_mut(), self.path) else {
-                continue;
-            };
-            // While ICE restarts the path may be one the client has left: reports and NACKs
-            // wait for the next ones (media is held, `write_media`), as they did in rtc.
-            if self.restarting {
-                continue;
+            match &msg.message.packet {
+                Packet::Rtp(packet) => self.protect_rtp(packet),
+                Packet::Rtcp(packets) => self.protect_rtcp(packets),
+                _ => {}
             }
-            let protected = match &msg.message.packet {
-                Packet::Rtp(packet) => {
-                    let size = packet.marshal_size();
-                    self.scratch.resize(size, 0);
-                    match packet.marshal_to(&mut self.scratch) {
-                        Ok(n) => keys
-                            .local
-                            .encrypt_rtp_with_header(&self.scratch[..n], &packet.header),
-                        Err(err) => {
-                            tracing::debug!(%err, "rtp not marshalled");
-                            continue;
-                        }
-                    }
-                }
-                Packet::Rtcp(packets) if !packets.is_empty() => {
-                    match rtcp::packet::marshal(packets) {
-                        Ok(plain) => keys.local.encrypt_rtcp(&plain),
-                        Err(err) => {
-                            tracing::debug!(%err, "rtcp not marshalled");
-                            continue;
-                        }
-                    }
-                }
-                _ => continue,
-            };
-            match protected {
+        }
+    }
+
+    /// Where protected packets go now: nowhere before DTLS keyed SRTP or a pair was selected,
+    /// nor while ICE restarts (the path may be one the client has left: media is held,
+    /// [`Peer::write_media`], reports and NACKs wait for the next ones, as they did in rtc).
+    fn destination(&mut self) -> Option<(&mut SrtpKeys, Transport)> {
+        if self.restarting {
+            return None;
+        }
+        Some((self.srtp.as_deref_mut()?, self.path?))
+    }
+
+    /// Marshals, encrypts and queues one RTP packet towards the client.
+    fn protect_rtp(&mut self, packet: &rtp::Packet) {
+        let size = packet.marshal_size();
+        self.scratch.resize(size, 0);
+        let n = match packet.marshal_to(&mut self.scratch) {
+            Ok(n) => n,
+            Err(err) => {
+                tracing::debug!(%err, "rtp not marshalled");
+                return;
+            }
+        };
+        let scratch = std::mem::take(&mut self.scratch);
+        if let Some((keys, to)) = self.destination() {
+            match keys
+                .local
+                .encrypt_rtp_with_header(&scratch[..n], &packet.header)
+            {
                 Ok(data) => self.out.push_back((to, data)),
-                Err(err) => tracing::debug!(%err, "not protected"),
+                Err(err) => tracing::debug!(%err, "rtp not protected"),
             }
+        }
+        self.scratch = scratch;
+    }
+
+    /// Marshals, encrypts and queues one compound RTCP packet towards the client.
+    fn protect_rtcp(&mut self, packets: &[Box<dyn rtcp::Packet>]) {
+        if packets.is_empty() {
+            return;
+        }
+        let Some((keys, to)) = self.destination() else {
+            return;
+        };
+        let protected = match rtcp::packet::marshal(packets) {
+            Ok(plain) => keys.local.encrypt_rtcp(&plain),
+            Err(err) => {
+                tracing::debug!(%err, "rtcp not marshalled");
+                return;
+            }
+        };
+        match protected {
+            Ok(data) => self.out.push_back((to, data)),
+            Err(err) => tracing::debug!(%err, "rtcp not protected"),
         }
     }
 
@@ -2416,12 +2459,13 @@ impl Peer {
     }
 
     /// [`PeerEvent::SenderReport`] for each sender report about a stream of a published track.
-    fn sender_reports(&mut self, packets: &[Box<dyn rtcp::Packet>]) {
+    fn sender_reports(&mut self, packets: &[Box<dyn rtcp::Packet>], now: Instant) {
         use rtcp::sender_report::SenderReport;
         for sr in packets
             .iter()
             .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
         {
+            self.reception.sender_report(sr, now);
             let track = self
                 .tracks
                 .values()

@@ -1,5 +1,6 @@
-//! The interceptor that turns a publisher's retransmissions (RTX, RFC 4588) back into the
-//! packets they repair before rtc's NACK generator sees them.
+//! Turns a publisher's retransmissions (RTX, RFC 4588) back into the packets they repair
+//! before anything counts them (the peer applies it first; it began as an interceptor placed
+//! ahead of rtc's NACK generator, and still is one for the tests that compare chains).
 //!
 //! `rtc` 0.21.1 de-encapsulates RTX only after its interceptor chain, and its NACK generator
 //! logs arrivals by the SSRC on the wire: a packet repaired through RTX stayed "lost" to it, and
@@ -8,9 +9,9 @@
 //! that was every repaired packet of every browser publisher. Placed nearer the wire than the
 //! generator (rtc's registry docs put repair there, as its FEC decoder), this restores the
 //! original packet: primary SSRC, the payload type RTX names (`apt`), the original sequence
-//! number, the payload without its 2-byte prefix. Everything after it, the generator, receiver
-//! reports and the application, sees one stream; rtc's own de-encapsulation then finds nothing
-//! left to do.
+//! number, the payload without its 2-byte prefix. Everything after it, the NACK log and
+//! receiver reports (`reception`) and the application, sees one stream; rtc's own
+//! de-encapsulation then finds nothing left to do.
 //!
 //! Simulcast layers (rids) declare no SSRCs, so their RTX streams are known to nobody: rtc
 //! 0.21.1 binds a layer from its MID and RID header extensions but returns early on a

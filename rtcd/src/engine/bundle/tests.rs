@@ -1,4 +1,3 @@
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,7 +9,6 @@ use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::shared::marshal::Marshal;
 
 use super::*;
-use crate::engine::bwe::EstimateCell;
 use crate::engine::peer::{BUNDLE_SLOT, interceptors};
 
 const TRANSPORT_CC_URI: &str =
@@ -177,9 +175,9 @@ fn transcript(mut link: impl Interceptor) -> Vec<String> {
     out
 }
 
-/// The peer's interceptors: with estimation (transport-cc numbering) or without.
-fn members(estimation: bool) -> Vec<Entry> {
-    interceptors(estimation.then(|| (Arc::new(EstimateCell::default()), None)))
+/// The peer's interceptors.
+fn members() -> Vec<Entry> {
+    interceptors()
 }
 
 fn as_chain(members: Vec<Entry>) -> impl Interceptor {
@@ -206,26 +204,20 @@ fn count(lines: &[String], what: &str) -> usize {
 /// sender report that missed the packets it should count, a NACK for a packet that arrived.
 #[test]
 fn a_bundle_sends_and_delivers_exactly_what_the_chain_does() {
-    for estimation in [false, true] {
-        let chain = transcript(as_chain(members(estimation)));
-        let bundle = transcript(as_bundle(members(estimation)));
-        // The traffic exercised every member: reports both ways, NACKs, transport-cc feedback,
-        // and the RTX repairs restored. (What RTCP the peer reads is not the chain's to
-        // deliver: the peer drives the bundle itself and reads every packet off it.)
-        assert!(count(&chain, "write rtcp") >= 10, "{chain:#?}");
-        for (kind, byte) in [
-            ("sender report", "[80, c8"),
-            ("receiver report", "[81, c9"),
-            ("NACK", "[81, cd"),
-            ("transport-cc feedback", "[8f, cd"),
-        ] {
-            assert!(count(&chain, byte) > 0, "no {kind} in {chain:#?}");
-        }
-        assert_eq!(count(&chain, "read rtp"), 296 + 2);
-        assert_eq!(chain.len(), bundle.len(), "estimation {estimation}");
-        for (c, b) in chain.iter().zip(&bundle) {
-            assert_eq!(c, b, "estimation {estimation}");
-        }
+    let chain = transcript(as_chain(members()));
+    let bundle = transcript(as_bundle(members()));
+    // The traffic exercised the member: transport-cc feedback. (What RTCP the peer reads is
+    // not the chain's to deliver: the peer drives the bundle itself and reads every packet off
+    // it.)
+    assert!(count(&chain, "write rtcp") >= 10, "{chain:#?}");
+    assert!(
+        count(&chain, "[8f, cd") > 0,
+        "no transport-cc feedback in {chain:#?}"
+    );
+    assert_eq!(count(&chain, "read rtp"), 296 + 2);
+    assert_eq!(chain.len(), bundle.len());
+    for (c, b) in chain.iter().zip(&bundle) {
+        assert_eq!(c, b);
     }
 }
 
@@ -233,23 +225,23 @@ fn a_bundle_sends_and_delivers_exactly_what_the_chain_does() {
 /// transcript (the test above can fail).
 #[test]
 fn a_member_wrongly_declared_blind_changes_what_leaves() {
-    let mut wrong = members(false);
+    let mut wrong = members();
     for (slot, sees, _) in &mut wrong {
-        if *slot == Slot::SenderReport {
+        if *slot == Slot::TwccReceiver {
             *sees = Sees::NONE;
         }
     }
-    let chain = transcript(as_chain(members(false)));
+    let chain = transcript(as_chain(members()));
     let bundle = transcript(as_bundle(wrong));
     assert_ne!(chain, bundle);
     assert_eq!(
-        count(&bundle, "[80, c8"),
+        count(&bundle, "[8f, cd"),
         0,
-        "a sender report of nothing sent"
+        "a TWCC receiver that saw nothing reports nothing"
     );
 }
 
-/// Wall-clock cost of the interceptors per packet sent, the peer's (with estimation) as `rtc`'s
+/// Wall-clock cost of the interceptors per packet sent, the peer's as `rtc`'s
 /// chain and as a bundle, alternated: 200,000 packets each, one received for every ten sent,
 /// timeouts every 10 ms. Run in release mode: `cargo test --release -p rtcd --lib
 /// engine::bundle::tests::cost -- --ignored --nocapture`.
@@ -292,8 +284,8 @@ fn cost_of_the_interceptors_per_packet_sent() {
         began.elapsed().as_secs_f64() * 1e6 / f64::from(packets)
     }
     for _ in 0..2 {
-        let chain = run(as_chain(members(true)));
-        let bundle = run(as_bundle(members(true)));
+        let chain = run(as_chain(members()));
+        let bundle = run(as_bundle(members()));
         println!("per packet sent: chain {chain:.3} us, bundle {bundle:.3} us");
     }
 }

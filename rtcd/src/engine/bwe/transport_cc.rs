@@ -1,4 +1,4 @@
-//! Transport-wide congestion control towards one peer, in one interceptor: every RTP packet sent
+//! Transport-wide congestion control towards one peer: every RTP packet sent
 //! on a stream that negotiated transport-cc (its RTX SSRC too) gets the next transport-wide
 //! sequence number and a record of when it was written and how big it was; the peer's feedback
 //! (`TransportLayerCc`) is joined to those records and handed to the estimator in send order.
@@ -12,14 +12,19 @@
 //! number itself: the feedback names packets by that number, so a record is found by
 //! subtraction, and records leave from the front in send order. RFC 8888 feedback is not read:
 //! rtcd never negotiates it.
+//!
+//! Since 2026-12-06 it is no interceptor either: the peer numbers a packet in place as it
+//! protects it ([`TransportCc::number`]) and hands it the RTCP it reads
+//! ([`TransportCc::on_rtcp`]). As an interceptor every packet sent walked into it by value and
+//! back out, and that walk (with the sender reports', `sender_reports`) was about a tenth of
+//! rtcd's CPU in one-to-one.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rtc::interceptor::{
-    BandwidthEstimator, Interceptor, Packet, PacketReport, StreamInfo, TaggedPacket, convert_twcc,
-};
+use rtc::interceptor::{BandwidthEstimator, PacketReport, StreamInfo, convert_twcc};
+use rtc::rtcp::Packet as RtcpPacket;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::shared::marshal::MarshalSize;
 
@@ -66,8 +71,6 @@ pub(in crate::engine) struct TransportCc<E> {
     highest_arrived: Option<u64>,
     /// Reports handed to the estimator (reused between feedback batches).
     reports: Vec<PacketReport>,
-    reads: VecDeque<TaggedPacket>,
-    writes: VecDeque<TaggedPacket>,
 }
 
 impl<E: BandwidthEstimator> TransportCc<E> {
@@ -80,8 +83,6 @@ impl<E: BandwidthEstimator> TransportCc<E> {
             sent: VecDeque::new(),
             highest_arrived: None,
             reports: Vec::new(),
-            reads: VecDeque::new(),
-            writes: VecDeque::new(),
         }
     }
 
@@ -108,8 +109,10 @@ impl<E: BandwidthEstimator> TransportCc<E> {
             .map(|(_, id)| *id)
     }
 
-    /// Numbers `packet` if its stream negotiated transport-cc, and records it.
-    fn number(&mut self, packet: &mut rtc::rtp::Packet, now: Instant) {
+    /// Numbers `packet` if its stream negotiated transport-cc, and records it: the last thing
+    /// done to a packet before it is protected, so every packet that leaves is numbered,
+    /// retransmissions included.
+    pub(in crate::engine) fn number(&mut self, packet: &mut rtc::rtp::Packet, now: Instant) {
         let Some(id) = self.extension_of(packet.header.ssrc) else {
             return;
         };
@@ -197,65 +200,37 @@ impl<E: BandwidthEstimator> TransportCc<E> {
     }
 }
 
-impl<E: BandwidthEstimator> rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()>
-    for TransportCc<E>
-{
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet {
-            let mut named = false;
-            for packet in packets {
-                if let Some(feedback) = packet.as_any().downcast_ref::<TransportLayerCc>() {
-                    named |= self.acknowledge(feedback);
-                }
-            }
-            if named {
-                self.take_reports();
-                self.estimator.on_reports(msg.now, &self.reports);
+impl<E: BandwidthEstimator> TransportCc<E> {
+    /// Joins the client's transport-cc feedback among `packets` (one compound RTCP packet) to
+    /// the records, and hands what it reported to the estimator.
+    pub(in crate::engine) fn on_rtcp(&mut self, now: Instant, packets: &[Box<dyn RtcpPacket>]) {
+        let mut named = false;
+        for packet in packets {
+            if let Some(feedback) = packet.as_any().downcast_ref::<TransportLayerCc>() {
+                named |= self.acknowledge(feedback);
             }
         }
-        self.reads.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.reads.pop_front()
-    }
-
-    fn handle_write(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        let now = msg.now;
-        if let Packet::Rtp(packet) = &mut msg.message.packet {
-            self.number(packet, now);
+        if named {
+            self.take_reports();
+            self.estimator.on_reports(now, &self.reports);
         }
-        self.writes.push_back(msg);
-        Ok(())
     }
 
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.writes.pop_front()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
+    /// Lets the estimator's time pass.
+    pub(in crate::engine) fn handle_timeout(&mut self, now: Instant) {
         self.estimator.handle_timeout(now);
-        Ok(())
     }
 
-    fn poll_timeout(&mut self) -> Option<Instant> {
+    /// When [`TransportCc::handle_timeout`] is due next.
+    pub(in crate::engine) fn poll_timeout(&mut self) -> Option<Instant> {
         self.estimator.poll_timeout()
     }
-}
 
-impl<E: BandwidthEstimator> Interceptor for TransportCc<E> {
-    /// A stream that negotiated transport-cc is numbered, and so is its RTX SSRC: rtc binds one
-    /// stream per sending coding, keyed by the primary SSRC, and without its own entry every
+    /// A stream that negotiated transport-cc is numbered, and so is its RTX SSRC: a stream is
+    /// bound once per sending coding, keyed by the primary SSRC, and without its own entry every
     /// retransmission would leave unnumbered, so the estimator would see fewer bytes than are
     /// on the wire exactly when the path is losing.
-    fn bind_local_stream(&mut self, info: &StreamInfo) {
+    pub(in crate::engine) fn bind_local_stream(&mut self, info: &StreamInfo) {
         let Some(id) = info
             .rtp_header_extensions
             .iter()
@@ -271,24 +246,19 @@ impl<E: BandwidthEstimator> Interceptor for TransportCc<E> {
         }
     }
 
-    fn unbind_local_stream(&mut self, info: &StreamInfo) {
+    pub(in crate::engine) fn unbind_local_stream(&mut self, info: &StreamInfo) {
         self.streams
             .retain(|(s, _)| *s != info.ssrc && Some(*s) != info.ssrc_rtx);
     }
-
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtc::interceptor::{AttributedPacket, RTPHeaderExtension};
+    use rtc::interceptor::RTPHeaderExtension;
     use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
         PacketStatusChunk, RecvDelta, RunLengthChunk, SymbolTypeTcc,
     };
-    use rtc::sansio::Protocol;
 
     /// Counts what it is told.
     #[derive(Default)]
@@ -317,7 +287,7 @@ mod tests {
         }
     }
 
-    fn rtp(ssrc: u32, seq: u16, payload: usize, now: Instant) -> TaggedPacket {
+    fn rtp(ssrc: u32, seq: u16, payload: usize, now: Instant) -> (rtc::rtp::Packet, Instant) {
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
@@ -327,26 +297,21 @@ mod tests {
             },
             payload: Bytes::from(vec![0u8; payload]),
         };
-        TaggedPacket {
-            now,
-            transport: Default::default(),
-            message: AttributedPacket::new(Packet::Rtp(packet)),
-        }
+        (packet, now)
     }
 
-    /// Sends `packet` through and returns the transport-wide number it left with, if any.
-    fn send(cc: &mut TransportCc<Recorder>, packet: TaggedPacket) -> Option<u16> {
-        cc.handle_write(packet).unwrap();
-        let out = cc.poll_write().unwrap();
-        let Packet::Rtp(p) = out.message.packet else {
-            panic!("an RTP packet comes out as one");
-        };
+    /// Numbers `packet` and returns the transport-wide number it left with, if any.
+    fn send(
+        cc: &mut TransportCc<Recorder>,
+        (mut p, now): (rtc::rtp::Packet, Instant),
+    ) -> Option<u16> {
+        cc.number(&mut p, now);
         let ext = p.header.get_extension(3)?;
         Some(u16::from_be_bytes([ext[0], ext[1]]))
     }
 
     /// Feedback from `base`: `statuses` (true: arrived, 1 ms after the previous arrival).
-    fn feedback(base: u16, statuses: &[bool], now: Instant) -> TaggedPacket {
+    fn feedback(base: u16, statuses: &[bool], now: Instant) -> (Vec<Box<dyn RtcpPacket>>, Instant) {
         let mut chunks = Vec::new();
         for &arrived in statuses {
             let symbol = if arrived {
@@ -376,16 +341,11 @@ mod tests {
             recv_deltas: deltas,
             ..Default::default()
         };
-        TaggedPacket {
-            now,
-            transport: Default::default(),
-            message: AttributedPacket::new(Packet::Rtcp(vec![Box::new(fb)])),
-        }
+        (vec![Box::new(fb)], now)
     }
 
-    fn read(cc: &mut TransportCc<Recorder>, msg: TaggedPacket) {
-        cc.handle_read(msg).unwrap();
-        assert!(cc.poll_read().is_some(), "every read goes on up the chain");
+    fn read(cc: &mut TransportCc<Recorder>, (packets, now): (Vec<Box<dyn RtcpPacket>>, Instant)) {
+        cc.on_rtcp(now, &packets);
     }
 
     #[test]
@@ -414,14 +374,12 @@ mod tests {
         wide.rtp_header_extensions[0].id = 20;
         cc.bind_local_stream(&wide);
         let mut odd = rtp(20, 1, 100, now);
-        if let Packet::Rtp(p) = &mut odd.message.packet {
-            p.header.extension = true;
-            p.header.extension_profile = 0xBEDE;
-            p.header.extensions.push(rtc::rtp::header::Extension {
-                id: 1,
-                payload: Bytes::from_static(&[7]),
-            });
-        }
+        odd.0.header.extension = true;
+        odd.0.header.extension_profile = 0xBEDE;
+        odd.0.header.extensions.push(rtc::rtp::header::Extension {
+            id: 1,
+            payload: Bytes::from_static(&[7]),
+        });
         assert_eq!(send(&mut cc, odd), None);
         assert_eq!(send(&mut cc, rtp(10, 1, 100, now)), Some(0));
         assert_eq!(cc.outstanding(), 1);
