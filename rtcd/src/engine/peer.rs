@@ -1039,14 +1039,12 @@ pub struct Peer {
     bundle: Bundle,
     /// Receiver reports and NACKs on the client's streams, kept as packets arrive.
     reception: super::reception::Reception,
-    /// What `reception` has due, reused between timeouts.
+    /// What `reception` and `reporting` have due, reused between timeouts.
     rtcp_due: Vec<Box<dyn rtcp::Packet>>,
     /// Sender reports on the slots' streams, counted as packets are protected.
     reporting: super::sender_reports::SenderReports,
     /// Transport-wide numbering of what is sent and the estimator it feeds (with estimation).
     transport_cc: Option<Box<super::bwe::TransportCc<super::bwe::SharedEstimator>>>,
-    /// Sender reports due, reused between timeouts.
-    reports_due: Vec<rtcp::sender_report::SenderReport>,
     /// Restores received retransmissions (RTX) before the interceptors see them.
     rtx: super::rtx::RtxRepair,
     /// The client's sending sections, rebuilt at every answer (`receiving`).
@@ -1181,7 +1179,6 @@ impl Peer {
             rtcp_due: Vec::new(),
             reporting: Default::default(),
             transport_cc,
-            reports_due: Vec::new(),
             receiving: Default::default(),
             by_ssrc: HashMap::new(),
             path: None,
@@ -1981,18 +1978,13 @@ impl Peer {
         }
         let mut due = std::mem::take(&mut self.rtcp_due);
         self.reception.poll(now, &mut due);
+        self.reporting.poll(now, &mut due);
         for packet in due.drain(..) {
-            // NACKs and receiver reports each in their own RTCP packet, as rtc sent them.
+            // NACKs, receiver and sender reports each in their own RTCP packet, as rtc sent
+            // them.
             self.protect_rtcp(std::slice::from_ref(&packet));
         }
         self.rtcp_due = due;
-        let mut due = std::mem::take(&mut self.reports_due);
-        self.reporting.poll(now, &mut due);
-        for report in due.drain(..) {
-            // One report per RTCP packet, as rtc sent them.
-            self.protect_rtcp(&[Box::new(report)]);
-        }
-        self.reports_due = due;
         self.interceptors_dirty = true;
         self.collect();
         self.pump();
@@ -2202,20 +2194,12 @@ impl Peer {
         }
     }
 
-    /// Where protected packets go now: nowhere before DTLS keyed SRTP or a pair was selected,
-    /// nor while ICE restarts (the path may be one the client has left: media is held,
-    /// [`Peer::write_media`], reports and NACKs wait for the next ones, as they did in rtc).
-    fn destination(&mut self) -> Option<(&mut SrtpKeys, Transport)> {
-        if self.restarting {
-            return None;
-        }
-        Some((self.srtp.as_deref_mut()?, self.path?))
-    }
-
     /// Marshals, encrypts and queues one RTP packet towards the client.
     fn protect_rtp(&mut self, packet: &rtp::Packet) {
-        let size = packet.marshal_size();
-        self.scratch.resize(size, 0);
+        let Some((keys, to)) = destination(self.restarting, &mut self.srtp, self.path) else {
+            return;
+        };
+        self.scratch.resize(packet.marshal_size(), 0);
         let n = match packet.marshal_to(&mut self.scratch) {
             Ok(n) => n,
             Err(err) => {
@@ -2223,17 +2207,13 @@ impl Peer {
                 return;
             }
         };
-        let scratch = std::mem::take(&mut self.scratch);
-        if let Some((keys, to)) = self.destination() {
-            match keys
-                .local
-                .encrypt_rtp_with_header(&scratch[..n], &packet.header)
-            {
-                Ok(data) => self.out.push_back((to, data)),
-                Err(err) => tracing::debug!(%err, "rtp not protected"),
-            }
+        match keys
+            .local
+            .encrypt_rtp_with_header(&self.scratch[..n], &packet.header)
+        {
+            Ok(data) => self.out.push_back((to, data)),
+            Err(err) => tracing::debug!(%err, "rtp not protected"),
         }
-        self.scratch = scratch;
     }
 
     /// Marshals, encrypts and queues one compound RTCP packet towards the client.
@@ -2241,7 +2221,7 @@ impl Peer {
         if packets.is_empty() {
             return;
         }
-        let Some((keys, to)) = self.destination() else {
+        let Some((keys, to)) = destination(self.restarting, &mut self.srtp, self.path) else {
             return;
         };
         let protected = match rtcp::packet::marshal(packets) {
@@ -2522,6 +2502,21 @@ impl Peer {
             }
         }
     }
+}
+
+/// Where packets protected now go, with the keys that protect them: nowhere before DTLS keyed
+/// SRTP or a pair was selected, nor while ICE restarts (the path may be one the client has
+/// left: media is held, [`Peer::write_media`], reports and NACKs wait for the next ones, as they
+/// did in rtc). Of the peer's fields, so the marshalling buffer and the queue stay free.
+fn destination(
+    restarting: bool,
+    srtp: &mut Option<Box<SrtpKeys>>,
+    path: Option<Transport>,
+) -> Option<(&mut SrtpKeys, Transport)> {
+    if restarting {
+        return None;
+    }
+    Some((srtp.as_deref_mut()?, path?))
 }
 
 fn context(transport: &Transport) -> TransportContext {

@@ -125,24 +125,23 @@ impl NackLog {
         }
         if ahead < HALF {
             self.received.clear_between(end, seq);
+            self.received.set(seq);
             self.end = Some(seq);
             if self.last_consecutive.wrapping_add(1) == seq {
                 self.last_consecutive = seq;
             } else if seq.wrapping_sub(self.last_consecutive) > NACK_LOG {
                 // Holes older than the log are forgotten.
                 self.last_consecutive = seq.wrapping_sub(NACK_LOG);
-                self.received.set(seq);
                 self.fix_last_consecutive(seq);
-                return;
             }
-        } else if self.last_consecutive.wrapping_add(1) == seq {
-            // A late packet that filled the oldest hole.
+        } else {
             self.received.set(seq);
-            self.last_consecutive = seq;
-            self.fix_last_consecutive(end);
-            return;
+            if self.last_consecutive.wrapping_add(1) == seq {
+                // A late packet that filled the oldest hole.
+                self.last_consecutive = seq;
+                self.fix_last_consecutive(end);
+            }
         }
-        self.received.set(seq);
     }
 
     /// Moves `last_consecutive` over the arrivals that follow it, up to `end`.
@@ -224,7 +223,6 @@ impl Stats {
     }
 
     fn add(&mut self, seq: u16, timestamp: u32, clock_rate: f64, now: Instant) {
-        self.received.set(seq);
         match self.previous {
             None => {
                 self.last_seq = seq;
@@ -245,24 +243,19 @@ impl Stats {
                 self.jitter += (d.abs() - self.jitter) / 16.0;
             }
         }
+        self.received.set(seq);
         self.previous = Some((timestamp, now));
     }
 
     fn block(&mut self, ssrc: u32, now: Instant) -> ReceptionReport {
+        // The holes between the last report's highest number and this one's.
         let since = self.last_seq.wrapping_sub(self.last_report_seq);
-        let mut lost = 0u32;
-        if since > 0 {
-            let mut seq = self.last_report_seq.wrapping_add(1);
-            while seq != self.last_seq {
-                if !self.received.get(seq) {
-                    lost += 1;
-                }
-                seq = seq.wrapping_add(1);
-            }
-        }
+        let lost = (1..since)
+            .filter(|&k| !self.received.get(self.last_report_seq.wrapping_add(k)))
+            .count() as u32;
         self.total_lost = (self.total_lost + lost).min(0xFF_FFFF);
         let fraction_lost = if since > 0 {
-            (f64::from(lost.min(0xFF_FFFF) * 256) / f64::from(since)) as u8
+            (f64::from(lost * 256) / f64::from(since)) as u8
         } else {
             0
         };
@@ -368,10 +361,7 @@ impl Reception {
 
     /// When [`Reception::poll`] has something next.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        match (self.next_report, self.next_nack) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.next_report.into_iter().chain(self.next_nack).min()
     }
 
     /// What is due at `now`, one RTCP packet each, into `out`: a NACK per stream with holes to

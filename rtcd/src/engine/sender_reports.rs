@@ -17,6 +17,7 @@
 
 use std::time::{Duration, Instant};
 
+use rtc::rtcp::Packet as RtcpPacket;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::shared::time::SystemInstant;
 
@@ -116,14 +117,17 @@ impl SenderReports {
         self.next
     }
 
-    /// The reports due at `now`, one per stream that has sent something, into `out`.
-    pub(super) fn poll(&mut self, now: Instant, out: &mut Vec<SenderReport>) {
+    /// The reports due at `now`, one RTCP packet per stream that has sent something, into
+    /// `out`.
+    pub(super) fn poll(&mut self, now: Instant, out: &mut Vec<Box<dyn RtcpPacket>>) {
         if self.next.is_none_or(|next| now < next) {
             return;
         }
         self.next = Some(now + INTERVAL);
         let wall = SystemInstant::now(now);
-        out.extend(self.streams.iter().filter_map(|s| s.report(now, &wall)));
+        for report in self.streams.iter().filter_map(|s| s.report(now, &wall)) {
+            out.push(Box::new(report));
+        }
     }
 }
 
@@ -144,7 +148,14 @@ mod tests {
     fn due(reports: &mut SenderReports, now: Instant) -> Vec<SenderReport> {
         let mut out = Vec::new();
         reports.poll(now, &mut out);
-        out
+        out.iter()
+            .map(|p| {
+                p.as_any()
+                    .downcast_ref::<SenderReport>()
+                    .expect("sender reports only")
+                    .clone()
+            })
+            .collect()
     }
 
     #[test]

@@ -198,9 +198,7 @@ impl<E: BandwidthEstimator> TransportCc<E> {
             });
         }
     }
-}
 
-impl<E: BandwidthEstimator> TransportCc<E> {
     /// Joins the client's transport-cc feedback among `packets` (one compound RTCP packet) to
     /// the records, and hands what it reported to the estimator.
     pub(in crate::engine) fn on_rtcp(&mut self, now: Instant, packets: &[Box<dyn RtcpPacket>]) {
