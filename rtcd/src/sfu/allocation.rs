@@ -24,9 +24,10 @@
 //!   estimate's dip after a loss-based back-off is often over in one. A hidden track (the
 //!   subscriber said so) is paused at once.
 //! * Downgrades happen at once (a link that overflows loses audio and stalls every video);
-//!   upgrades and resumes wait [`UPGRADE_HOLD`] after the last downgrade and must fit in a
-//!   smaller share of the estimate ([`RAISE_SHARE`] against [`KEEP_SHARE`]): a link at the
-//!   edge of a layer does not flap between two.
+//!   upgrades and resumes wait [`UPGRADE_HOLD`] after the last downgrade the link caused (a
+//!   lower estimate; not the first estimate, which is only where the estimator starts) and
+//!   must fit in a smaller share of the estimate ([`RAISE_SHARE`] against [`KEEP_SHARE`]): a
+//!   link at the edge of a layer does not flap between two.
 //!
 //! Plain data in, decisions out, time passed in: unit-tested without a network.
 
@@ -425,10 +426,15 @@ impl Allocator {
         // ended: the link did not confirm it) starts the hold (seen: a weak link's shaping
         // lifted, the estimate climbing, one camera raised, then its publisher fell silent and
         // the layer went to another's camera; the hold that followed delayed the rest 3.7 s).
+        // Nor does the first estimate: it is where the estimator starts, not what the link said
+        // (a 1 Mbit/s start lowered every camera of a three-layer room at join, and the hold
+        // kept them there 5-8 s on links that carried the top layers: the first seconds of
+        // every call blurred).
         let link_fell = had_trial && self.trial.is_none()
             || match (self.estimate, self.allocated_with) {
                 (Some(e), Some(before)) => e < before,
-                _ => true,
+                (Some(_), None) => false,
+                (None, _) => true,
             };
         self.allocated_with = self.estimate;
         let deep_limit = self.estimate.map_or(u64::MAX, |e| budget(e, DEEP_SHARE));
@@ -860,6 +866,37 @@ mod tests {
         let after = run(&mut a, 120_000, &with_screen, t1);
         assert_eq!(after[2], Decision::Paused(PauseReason::Bandwidth));
         assert_eq!(after[..2], before[..]);
+    }
+
+    #[test]
+    fn the_first_estimate_lowers_without_a_hold_and_the_probe_may_follow_at_once() {
+        let mut a = Allocator::default();
+        let t0 = Instant::now();
+        let tracks = [camera(1, &THREE), camera(2, &THREE)];
+        // Joined without an estimate: the top layers.
+        assert_eq!(run(&mut a, 0, &tracks, t0), vec![Decision::Layer(2); 2]);
+        // The estimator's start (1 Mbit/s): lowered to what fits...
+        a.set_estimate(1_000_000);
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(
+            run(&mut a, 0, &tracks, t1),
+            vec![Decision::Layer(1), Decision::Layer(0)]
+        );
+        // ...with the next step to probe for at once, and no hold on the raise once the link
+        // shows it carries more.
+        assert!(a.probe_target().is_some());
+        a.set_estimate(4_000_000);
+        let t2 = t1 + Duration::from_millis(500);
+        assert_eq!(run(&mut a, 0, &tracks, t2), vec![Decision::Layer(2); 2]);
+        // A later fall is the link: the hold follows it.
+        a.set_estimate(1_000_000);
+        run(&mut a, 0, &tracks, t2);
+        a.set_estimate(4_000_000);
+        assert_eq!(
+            run(&mut a, 0, &tracks, t2 + UPGRADE_HOLD / 2),
+            vec![Decision::Layer(1), Decision::Layer(0)]
+        );
+        assert_eq!(a.probe_target(), None);
     }
 
     #[test]
