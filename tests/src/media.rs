@@ -1179,6 +1179,16 @@ impl Participant {
             .await
             .with_context(|| format!("{}: adding {kind}", self.session))?;
         let transceiver_id = RTCRtpTransceiverId::from(sender.id());
+        // Send-only, as the SDK publishes: rtcd may send another participant's video into a
+        // sendrecv section (protocol.md), and webrtc-rs 0.21 receives nothing in a section it
+        // sends simulcast on (it drops a declared stream there; rtcd forwards it).
+        for t in self.pc.get_transceivers().await {
+            if t.id() == transceiver_id {
+                t.set_direction(RTCRtpTransceiverDirection::Sendonly)
+                    .await
+                    .with_context(|| format!("{}: {kind} send-only", self.session))?;
+            }
+        }
         self.shared
             .kinds
             .lock()
@@ -1619,6 +1629,32 @@ pub async fn publisher(
     p.add_track("video").await?;
     p.renegotiate().await?;
     Ok(p)
+}
+
+/// Joins `call` as `session` publishing a three-layer VP8 simulcast camera of end-to-end
+/// encrypted frames ([`Participant::add_encrypted_simulcast`]); returns the participant and
+/// its layers' SSRCs, lowest first (a subscriber's flows of it are keyed `{ssrc:08x}/e2ee`).
+pub async fn simulcast_publisher(
+    client: &mut SignalingClient<Channel>,
+    auth: &str,
+    call: &str,
+    session: &str,
+) -> anyhow::Result<(Participant, Vec<u32>)> {
+    let p = Participant::join_with(
+        client,
+        Some(auth),
+        call,
+        session,
+        all_permissions(),
+        PeerOptions {
+            simulcast: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let layers = p.add_encrypted_simulcast("video").await?;
+    p.renegotiate().await?;
+    Ok((p, layers))
 }
 
 /// Checks that every flow in `flows` (`sender/kind`) that `p` receives keeps growing in every

@@ -12,7 +12,9 @@
 use std::time::Duration;
 
 use rtcd_e2e::daemon::TestRtcd;
-use rtcd_e2e::media::{PATIENCE, Participant, PeerOptions, all_permissions, eventually};
+use rtcd_e2e::media::{
+    PATIENCE, Participant, PeerOptions, all_permissions, eventually, simulcast_publisher,
+};
 use rtcd_proto::v1 as pb;
 
 /// Frames that must arrive before the checks.
@@ -89,20 +91,7 @@ async fn a_subscriber_switches_between_encrypted_simulcast_layers() -> anyhow::R
     let rtcd = TestRtcd::start(&[]).await?;
     let auth = rtcd.register("tenant-e2ee").await?;
     let mut client = rtcd.client().await?;
-    let alice = Participant::join_with(
-        &mut client,
-        Some(&auth),
-        "secret",
-        "alice",
-        all_permissions(),
-        PeerOptions {
-            simulcast: true,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let layers = alice.add_encrypted_simulcast("video").await?;
-    alice.renegotiate().await?;
+    let (_alice, layers) = simulcast_publisher(&mut client, &auth, "secret", "alice").await?;
     let flow = |ssrc: u32| format!("{ssrc:08x}/e2ee");
     let bob =
         Participant::listener(&mut client, &auth, "secret", "bob", PeerOptions::default()).await?;

@@ -1,12 +1,16 @@
 //! SFU forwarding with real webrtc-rs peers over the real gRPC service: fan-out verified by
 //! payload, late joiner + keyframe request, leave by renegotiation, mute, screen share, H.264,
-//! voice activity on and off, the per-session track limit.
+//! voice activity on and off, the per-session track limit, a single-layer publisher beside a
+//! simulcast one.
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use rtcd_e2e::daemon::TestRtcd;
 use rtcd_e2e::media::{
-    Participant, all_permissions, eventually, h264, keeps_flowing, publisher, subscribe_only,
+    Participant, PeerOptions, all_permissions, eventually, h264, keeps_flowing, publisher,
+    simulcast_publisher, subscribe_only,
 };
 use rtcd_proto::v1 as pb;
 
@@ -371,6 +375,62 @@ async fn a_track_beyond_the_session_limit_is_refused_and_not_forwarded() -> anyh
             .contains("rtcd_sfu_tracks_in{client_id=\"tenant-a\",kind=\"video\"} 2"),
         "one camera each, no screen"
     );
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+/// Issue 28: a publisher that sends a single layer (as aiortc and older clients do) in a room
+/// where another publishes a three-layer simulcast camera, rtcd's adaptive video on. Everyone
+/// receives the single-layer camera and microphone, and one layer of the simulcast camera, and
+/// every one of those flows keeps growing in every second for five seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_layer_publisher_beside_a_simulcast_one_is_received_by_everyone()
+-> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[("RTCD_RTC_ADAPTIVE_VIDEO", "true")]).await?;
+    let auth = rtcd.register("tenant-mixed").await?;
+    let mut client = rtcd.client().await?;
+    let (alice, layers) = simulcast_publisher(&mut client, &auth, "call", "alice").await?;
+    let bob = publisher(&mut client, &auth, "bob").await?;
+    let carol =
+        Participant::listener(&mut client, &auth, "call", "carol", PeerOptions::default()).await?;
+    // Alice's camera at whichever layer rtcd forwards: its frames carry the layer's SSRC.
+    let simulcast = |p: &Participant| -> u64 {
+        let flows = p.flows();
+        layers
+            .iter()
+            .filter_map(|l| flows.get(&format!("{l:08x}/e2ee")))
+            .map(|f| f.packets)
+            .sum()
+    };
+    let counts = |a: &Participant, b: &Participant, c: &Participant| {
+        [
+            ("alice: bob's camera", a.received("bob", "video")),
+            ("alice: bob's microphone", a.received("bob", "audio")),
+            ("carol: bob's camera", c.received("bob", "video")),
+            ("carol: bob's microphone", c.received("bob", "audio")),
+            ("bob: alice's simulcast camera", simulcast(b)),
+            ("carol: alice's simulcast camera", simulcast(c)),
+        ]
+    };
+    eventually("everyone receives both cameras", || {
+        counts(&alice, &bob, &carol)
+            .iter()
+            .all(|(_, n)| *n >= ENOUGH)
+    })
+    .await
+    .with_context(|| format!("{:?}", counts(&alice, &bob, &carol)))?;
+    let mut last = counts(&alice, &bob, &carol);
+    for second in 1..=5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = counts(&alice, &bob, &carol);
+        for ((what, before), (_, after)) in last.iter().zip(&now) {
+            anyhow::ensure!(
+                after > before,
+                "{what} stalled at {after} packets in second {second}"
+            );
+        }
+        last = now;
+    }
     rtcd.rtcd.shutdown().await;
     Ok(())
 }
