@@ -63,7 +63,7 @@ use webrtc::peer_connection::{
     RTCIceCandidateInit, RTCSessionDescription, Registry, SettingEngineBuilder,
     register_default_interceptors,
 };
-use webrtc::rtp_transceiver::RtpSender;
+use webrtc::rtp_transceiver::{RtpSender, RtpTransceiver};
 use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
     TokioRuntime, Transmit,
@@ -1182,13 +1182,12 @@ impl Participant {
         // Send-only, as the SDK publishes: rtcd may send another participant's video into a
         // sendrecv section (protocol.md), and webrtc-rs 0.21 receives nothing in a section it
         // sends simulcast on (it drops a declared stream there; rtcd forwards it).
-        for t in self.pc.get_transceivers().await {
-            if t.id() == transceiver_id {
-                t.set_direction(RTCRtpTransceiverDirection::Sendonly)
-                    .await
-                    .with_context(|| format!("{}: {kind} send-only", self.session))?;
-            }
-        }
+        transceiver(&self.pc, transceiver_id)
+            .await
+            .context("the sender's transceiver is gone")?
+            .set_direction(RTCRtpTransceiverDirection::Sendonly)
+            .await
+            .with_context(|| format!("{}: {kind} send-only", self.session))?;
         self.shared
             .kinds
             .lock()
@@ -1780,7 +1779,7 @@ async fn wire_format(sender: &dyn RtpSender, codec: &RTCRtpCodec) -> Option<(u8,
 async fn simulcast_ids(
     pc: &Arc<dyn PeerConnection>,
     sender: &dyn RtpSender,
-    transceiver: RTCRtpTransceiverId,
+    transceiver_id: RTCRtpTransceiverId,
 ) -> Option<(u8, u8, String)> {
     let params = sender.get_parameters().await.ok()?;
     let id = |uri: &str| {
@@ -1792,13 +1791,24 @@ async fn simulcast_ids(
             .and_then(|e| u8::try_from(e.id).ok())
     };
     let (mid_id, rid_id) = (id(SDES_MID_URI)?, id(SDES_RTP_STREAM_ID_URI)?);
-    for t in pc.get_transceivers().await {
-        if t.id() == transceiver {
-            let mid = t.mid().await.ok().flatten()?;
-            return Some((mid_id, rid_id, mid));
-        }
-    }
-    None
+    let mid = transceiver(pc, transceiver_id)
+        .await?
+        .mid()
+        .await
+        .ok()
+        .flatten()?;
+    Some((mid_id, rid_id, mid))
+}
+
+/// The transceiver `id` of `pc`, if it still has it.
+async fn transceiver(
+    pc: &Arc<dyn PeerConnection>,
+    id: RTCRtpTransceiverId,
+) -> Option<Arc<dyn RtpTransceiver>> {
+    pc.get_transceivers()
+        .await
+        .into_iter()
+        .find(|t| t.id() == id)
 }
 
 /// The primary video codecs webrtc-rs registers by default (`register_default_codecs`, without
@@ -1858,14 +1868,12 @@ async fn offer_every_codec(
             payload_type: 0,
         })
         .collect();
-    let id = RTCRtpTransceiverId::from(sender.id());
-    for t in pc.get_transceivers().await {
-        if t.id() == id {
-            t.set_codec_preferences(preferences).await?;
-            return Ok(());
-        }
-    }
-    Err(anyhow!("the sender's transceiver is gone"))
+    transceiver(pc, RTCRtpTransceiverId::from(sender.id()))
+        .await
+        .context("the sender's transceiver is gone")?
+        .set_codec_preferences(preferences)
+        .await?;
+    Ok(())
 }
 
 /// A receive-only transceiver of `kind`, remembered with its kind.
