@@ -29,20 +29,17 @@ use rtc::srtp;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 use super::peer::EngineError;
+use super::srtp::Context;
 
 /// The address the one connection is keyed by (any address with a port: the endpoint refuses
 /// port 0).
 const TUNNEL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9);
 
-/// Replay windows on what the client sends: `rtc`'s defaults (64 packets per SSRC).
-const SRTP_REPLAY_WINDOW: usize = 64;
-const SRTCP_REPLAY_WINDOW: usize = 64;
-
-/// The SRTP contexts a completed handshake keyed: `local` protects what rtcd sends, `remote`
-/// checks and decrypts what the client sends.
+/// The SRTP contexts a completed handshake keyed (the engine's own, [`super::srtp`]): `local`
+/// protects what rtcd sends, `remote` checks and decrypts what the client sends.
 pub(super) struct SrtpKeys {
-    pub local: srtp::context::Context,
-    pub remote: srtp::context::Context,
+    pub local: Context,
+    pub remote: Context,
 }
 
 /// What a datagram or a timeout did to the handshake.
@@ -248,23 +245,19 @@ impl Handshake {
         config
             .set_session_keys_from_keying_material(material.as_ref(), state.is_client())
             .map_err(|e| e.to_string())?;
-        let provider = &self.provider;
-        let local = srtp::context::Context::new(
+        let crypto = self.provider.crypto();
+        let local = Context::new(
+            profile,
             &config.keys.local_master_key,
             &config.keys.local_master_salt,
-            profile,
-            None,
-            None,
-            provider.crypto(),
+            crypto,
         )
         .map_err(|e| e.to_string())?;
-        let remote = srtp::context::Context::new(
+        let remote = Context::new(
+            profile,
             &config.keys.remote_master_key,
             &config.keys.remote_master_salt,
-            profile,
-            Some(srtp::option::srtp_replay_protection(SRTP_REPLAY_WINDOW)),
-            Some(srtp::option::srtcp_replay_protection(SRTCP_REPLAY_WINDOW)),
-            provider.crypto(),
+            crypto,
         )
         .map_err(|e| e.to_string())?;
         Ok(SrtpKeys { local, remote })

@@ -32,6 +32,7 @@ mod receiving;
 mod reception;
 mod rtx;
 mod sender_reports;
+mod srtp;
 #[cfg(test)]
 pub(crate) mod testing;
 

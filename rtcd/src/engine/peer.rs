@@ -1068,8 +1068,11 @@ pub struct Peer {
     interceptors_dirty: bool,
     /// rtc's next timeout, as of the last time it was touched.
     rtc_timeout: Option<Instant>,
-    /// A marshalling buffer for packets on their way to SRTP.
-    scratch: Vec<u8>,
+    /// What packets are protected in (marshalled, then encrypted in place) and what received
+    /// ones are copied to and decrypted in: each packet is split off as it is done, sharing
+    /// the chunk ([`make_room`]), so neither direction allocates per packet.
+    tx: BytesMut,
+    rx: BytesMut,
     /// The send-side estimate towards the client, written by the estimator (`transport_cc`).
     estimate: std::sync::Arc<super::bwe::EstimateCell>,
     /// When that estimate is worth a [`PeerEvent::BandwidthEstimate`].
@@ -1188,7 +1191,8 @@ impl Peer {
             rtc_touched: true,
             interceptors_dirty: false,
             rtc_timeout: None,
-            scratch: Vec::new(),
+            tx: BytesMut::new(),
+            rx: BytesMut::new(),
             estimate,
             estimate_emitter: Default::default(),
         };
@@ -1744,34 +1748,36 @@ impl Peer {
         let Some(keys) = self.srtp.as_mut() else {
             return;
         };
+        make_room(&mut self.rx, data.len(), RX_CHUNK);
+        self.rx.extend_from_slice(data);
+        let mut buf = self.rx.split();
         let packet = if rtc::shared::util::is_rtcp(data) {
-            let plain = match keys.remote.decrypt_rtcp(data) {
-                Ok(plain) => plain,
+            match keys.remote.unprotect_rtcp(&mut buf) {
+                Ok(end) => buf.truncate(end),
                 Err(err) => {
                     tracing::debug!(%err, "srtcp rejected");
                     return;
                 }
-            };
-            let mut plain = plain.freeze();
+            }
+            let mut plain = buf.freeze();
             match rtcp::packet::unmarshal(&mut plain) {
                 Ok(packets) if !packets.is_empty() => Packet::Rtcp(packets),
                 _ => return,
             }
         } else {
-            let mut raw: &[u8] = data;
-            let Ok(header) = rtp::header::Header::unmarshal(&mut raw) else {
-                return;
-            };
-            let plain = match keys.remote.decrypt_rtp_with_header(data, &header) {
-                Ok(plain) => plain,
+            match keys.remote.unprotect_rtp(&mut buf) {
+                Ok((end, _)) => buf.truncate(end),
                 Err(err) => {
                     tracing::debug!(%err, "srtp rejected");
                     return;
                 }
+            }
+            // Parsed once it proved to be the client's.
+            let mut raw: &[u8] = &buf;
+            let Ok(header) = rtp::header::Header::unmarshal(&mut raw) else {
+                return;
             };
-            // The header is parsed once: SRTP leaves it in clear and authenticated it where
-            // `marshal_size` says it ends (a packet it decrypted ends its header there).
-            let Some(payload) = rtp_payload(plain.freeze(), &header) else {
+            let Some(payload) = rtp_payload(buf.freeze(), header.padding) else {
                 return;
             };
             let mut packet = rtp::Packet { header, payload };
@@ -2199,20 +2205,23 @@ impl Peer {
         let Some((keys, to)) = destination(self.restarting, &mut self.srtp, self.path) else {
             return;
         };
-        self.scratch.resize(packet.marshal_size(), 0);
-        let n = match packet.marshal_to(&mut self.scratch) {
-            Ok(n) => n,
+        let size = packet.marshal_size();
+        make_room(&mut self.tx, size + keys.local.rtp_overhead(), TX_CHUNK);
+        self.tx.resize(size, 0);
+        match packet.marshal_to(&mut self.tx) {
+            Ok(n) => self.tx.truncate(n),
             Err(err) => {
+                self.tx.clear();
                 tracing::debug!(%err, "rtp not marshalled");
                 return;
             }
-        };
-        match keys
-            .local
-            .encrypt_rtp_with_header(&self.scratch[..n], &packet.header)
-        {
-            Ok(data) => self.out.push_back((to, data)),
-            Err(err) => tracing::debug!(%err, "rtp not protected"),
+        }
+        match keys.local.protect_rtp(&mut self.tx) {
+            Ok(()) => self.out.push_back((to, self.tx.split())),
+            Err(err) => {
+                self.tx.clear();
+                tracing::debug!(%err, "rtp not protected");
+            }
         }
     }
 
@@ -2224,16 +2233,25 @@ impl Peer {
         let Some((keys, to)) = destination(self.restarting, &mut self.srtp, self.path) else {
             return;
         };
-        let protected = match rtcp::packet::marshal(packets) {
-            Ok(plain) => keys.local.encrypt_rtcp(&plain),
+        let plain = match rtcp::packet::marshal(packets) {
+            Ok(plain) => plain,
             Err(err) => {
                 tracing::debug!(%err, "rtcp not marshalled");
                 return;
             }
         };
-        match protected {
-            Ok(data) => self.out.push_back((to, data)),
-            Err(err) => tracing::debug!(%err, "rtcp not protected"),
+        make_room(
+            &mut self.tx,
+            plain.len() + keys.local.rtcp_overhead(),
+            TX_CHUNK,
+        );
+        self.tx.extend_from_slice(&plain);
+        match keys.local.protect_rtcp(&mut self.tx) {
+            Ok(()) => self.out.push_back((to, self.tx.split())),
+            Err(err) => {
+                self.tx.clear();
+                tracing::debug!(%err, "rtcp not protected");
+            }
         }
     }
 
@@ -2745,21 +2763,37 @@ fn codecs_of(
     (out, extensions)
 }
 
-/// The payload of a decrypted RTP packet whose header is `header`, without its padding (as
-/// `rtp::Packet::unmarshal` would cut it, without parsing the header again). `None` for
-/// padding longer than the payload, which `unmarshal` refuses too.
-fn rtp_payload(plain: bytes::Bytes, header: &rtp::header::Header) -> Option<bytes::Bytes> {
-    let start = header.marshal_size();
-    if start > plain.len() {
-        return None;
-    }
-    let payload = plain.slice(start..);
-    if !header.padding {
+/// The payload of a decrypted RTP packet (after its header as written, where SRTP began
+/// encrypting), without its padding if its header says it has some (as `rtp::Packet::unmarshal`
+/// would cut it, without parsing the header again). `None` for padding longer than the payload,
+/// which `unmarshal` refuses too.
+fn rtp_payload(plain: bytes::Bytes, padding: bool) -> Option<bytes::Bytes> {
+    let payload = plain.slice(super::srtp::rtp_header_len(&plain)?..);
+    if !padding {
         return Some(payload);
     }
     let padding = usize::from(*payload.last()?);
     let end = payload.len().checked_sub(padding)?;
     Some(payload.slice(..end))
+}
+
+/// The chunks packets to send are cut from. What is protected goes out by the end of the
+/// worker's round, so by the next one the chunk is free and used again without an allocation:
+/// it need only hold one round's packets of a peer (usually one or two; a keyframe burst takes
+/// a new chunk). A chunk stays with its peer, so a small one keeps memory down.
+const TX_CHUNK: usize = 2 * 1024;
+/// The chunks received packets are cut from: one allocation per few packets instead of one per
+/// packet. A chunk lives as long as the last packet cut from it (video waits up to half a
+/// second in its retransmission buffer), so it is rarely free again; larger chunks would
+/// allocate less often and hold more memory per peer.
+const RX_CHUNK: usize = 4 * 1024;
+
+/// Room for `n` more bytes at the end of `buf`: the chunk it was cut from again once every
+/// packet cut from it has gone (no allocation), a new one of `chunk` bytes (or `n`) otherwise.
+fn make_room(buf: &mut BytesMut, n: usize, chunk: usize) {
+    if buf.capacity() - buf.len() < n {
+        buf.reserve(n.max(chunk));
+    }
 }
 
 #[cfg(test)]
@@ -5082,22 +5116,27 @@ a=sctp-port:5000\r\n";
                 let parsed = rtp::Packet::unmarshal(&mut wire.clone())
                     .ok()
                     .map(|p| p.payload);
-                assert_eq!(rtp_payload(wire, &header), parsed, "padding {padding:?}");
+                assert_eq!(
+                    rtp_payload(wire, header.padding),
+                    parsed,
+                    "padding {padding:?}"
+                );
             }
         }
         // Padding longer than the payload, and a header longer than the packet.
-        let mut bad = rtp::header::Header {
+        let bad = rtp::header::Header {
             version: 2,
             padding: true,
             ..Default::default()
         };
         let mut wire = bad.marshal().unwrap().to_vec();
         wire.push(200);
-        assert_eq!(rtp_payload(bytes::Bytes::from(wire), &bad), None);
-        bad.padding = false;
-        bad.csrc = vec![1];
+        assert_eq!(rtp_payload(bytes::Bytes::from(wire), bad.padding), None);
+        // Twelve bytes that announce a CSRC.
+        let mut short = [0x80; 12];
+        short[0] = 0x81;
         assert_eq!(
-            rtp_payload(bytes::Bytes::from_static(&[0x80; 12]), &bad),
+            rtp_payload(bytes::Bytes::copy_from_slice(&short), false),
             None
         );
     }
