@@ -1146,7 +1146,11 @@ impl Participant {
     /// extensions (needs [`PeerOptions::simulcast`]) and a VP8 descriptor with a 15-bit
     /// picture ID numbered per layer (which rtcd renumbers at a layer switch). Returns the
     /// layers' SSRCs, lowest first. Call [`Participant::renegotiate`] afterwards.
-    pub async fn add_encrypted_simulcast(&self, kind: &str) -> anyhow::Result<Vec<u32>> {
+    pub async fn add_encrypted_simulcast(
+        &self,
+        kind: &str,
+        section: SimulcastSection,
+    ) -> anyhow::Result<Vec<u32>> {
         const LAYERS: [(&str, (u16, u16)); 3] =
             [("q", (160, 90)), ("h", (320, 180)), ("f", (640, 360))];
         let codec = vp8();
@@ -1179,15 +1183,14 @@ impl Participant {
             .await
             .with_context(|| format!("{}: adding {kind}", self.session))?;
         let transceiver_id = RTCRtpTransceiverId::from(sender.id());
-        // Send-only, as the SDK publishes: rtcd may send another participant's video into a
-        // sendrecv section (protocol.md), and webrtc-rs 0.21 receives nothing in a section it
-        // sends simulcast on (it drops a declared stream there; rtcd forwards it).
-        transceiver(&self.pc, transceiver_id)
-            .await
-            .context("the sender's transceiver is gone")?
-            .set_direction(RTCRtpTransceiverDirection::Sendonly)
-            .await
-            .with_context(|| format!("{}: {kind} send-only", self.session))?;
+        if section == SimulcastSection::SendOnly {
+            transceiver(&self.pc, transceiver_id)
+                .await
+                .context("the sender's transceiver is gone")?
+                .set_direction(RTCRtpTransceiverDirection::Sendonly)
+                .await
+                .with_context(|| format!("{}: {kind} send-only", self.session))?;
+        }
         self.shared
             .kinds
             .lock()
@@ -1630,14 +1633,27 @@ pub async fn publisher(
     Ok(p)
 }
 
+/// The section a simulcast camera is published on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimulcastSection {
+    /// `sendonly`, as the SDK publishes.
+    SendOnly,
+    /// `sendrecv` (`add_track`'s default): rtcd must send nothing of others on it, because
+    /// webrtc-rs 0.21 takes the answer's `a=rid` lines as the only streams it receives there
+    /// (protocol.md section 4a).
+    SendRecv,
+}
+
 /// Joins `call` as `session` publishing a three-layer VP8 simulcast camera of end-to-end
-/// encrypted frames ([`Participant::add_encrypted_simulcast`]); returns the participant and
-/// its layers' SSRCs, lowest first (a subscriber's flows of it are keyed `{ssrc:08x}/e2ee`).
+/// encrypted frames ([`Participant::add_encrypted_simulcast`]) on `section`; returns the
+/// participant and its layers' SSRCs, lowest first (a subscriber's flows of it are keyed
+/// `{ssrc:08x}/e2ee`).
 pub async fn simulcast_publisher(
     client: &mut SignalingClient<Channel>,
     auth: &str,
     call: &str,
     session: &str,
+    section: SimulcastSection,
 ) -> anyhow::Result<(Participant, Vec<u32>)> {
     let p = Participant::join_with(
         client,
@@ -1651,7 +1667,7 @@ pub async fn simulcast_publisher(
         },
     )
     .await?;
-    let layers = p.add_encrypted_simulcast("video").await?;
+    let layers = p.add_encrypted_simulcast("video", section).await?;
     p.renegotiate().await?;
     Ok((p, layers))
 }

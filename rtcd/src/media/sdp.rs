@@ -38,6 +38,8 @@ pub struct Section {
     pub track_id: Option<String>,
     /// The header extensions (`a=extmap:<id>/sendonly`) its writer offers to send only.
     pub send_only_extensions: Vec<u16>,
+    /// Its writer sends simulcast on it (`a=simulcast:` with a `send` list, RFC 8853).
+    pub sends_simulcast: bool,
 }
 
 impl Section {
@@ -49,6 +51,14 @@ impl Section {
     /// Whether the section is in use and its writer sends on it.
     pub fn sends(&self) -> bool {
         !self.rejected && self.direction.sends()
+    }
+
+    /// Whether the media server may send another participant's track on it: its writer
+    /// receives on it and does not send simulcast on it. A stack may take every `a=rid` of a
+    /// section as layers it receives, whatever their direction (webrtc-rs 0.21 does), and then
+    /// drop a stream declared there by `a=ssrc`: what the media server sent on it was lost.
+    pub fn may_carry(&self) -> bool {
+        self.receives() && !self.sends_simulcast
     }
 }
 
@@ -74,6 +84,7 @@ pub fn sections(sdp: &str) -> Vec<Section> {
                     rejected,
                     track_id: None,
                     send_only_extensions: Vec::new(),
+                    sends_simulcast: false,
                 },
                 None,
             ));
@@ -93,6 +104,12 @@ pub fn sections(sdp: &str) -> Vec<Section> {
                     && direction == Some("sendonly")
                 {
                     section.send_only_extensions.push(id);
+                }
+            } else if let Some(simulcast) = attr.strip_prefix("simulcast:") {
+                // `<direction> <list>` pairs: `send q;h;f`, `recv 1;2`, both.
+                if let Some((section, _)) = current {
+                    section.sends_simulcast |=
+                        simulcast.split_whitespace().step_by(2).any(|d| d == "send");
                 }
             } else if let Some(mid) = attr.strip_prefix("mid:") {
                 if let Some((section, _)) = current {
@@ -291,6 +308,24 @@ mod tests {
         assert!(s[1].sends() && !s[1].rejected);
         assert!(s[2].receives());
         assert!(s[3].rejected && !s[3].receives(), "no bundle-only: stopped");
+    }
+
+    #[test]
+    fn a_section_its_writer_sends_simulcast_on_may_not_carry_another_track() {
+        let s = sections(
+            "v=0\r\nm=video 9 X 96\r\na=mid:0\r\na=sendrecv\r\na=rid:q send\r\na=rid:f send\r\n\
+             a=simulcast:send q;f\r\n\
+             m=video 9 X 96\r\na=mid:1\r\na=sendrecv\r\n\
+             m=video 9 X 96\r\na=mid:2\r\na=sendrecv\r\na=simulcast:recv 1;2\r\n\
+             m=video 9 X 96\r\na=mid:3\r\na=simulcast:recv a send b\r\n",
+        );
+        assert!(s[0].receives() && s[0].sends_simulcast && !s[0].may_carry());
+        assert!(s[1].may_carry());
+        assert!(
+            !s[2].sends_simulcast && s[2].may_carry(),
+            "it receives simulcast"
+        );
+        assert!(s[3].sends_simulcast, "send in the second pair");
     }
 
     #[test]

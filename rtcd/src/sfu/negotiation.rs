@@ -14,6 +14,10 @@
 //!   with the most tracks ever live at once, not with the call's history.
 //! * A section the client no longer receives on is *gone*; its track waits for another slot.
 //!   The section may come back in a later offer.
+//! * A section the client sends simulcast on is *kept* for it: rtcd sends nothing on it (a
+//!   stack may take its `a=rid` lines as the only streams it receives there, `docs/protocol.md`
+//!   section 4a), but counts it among the receiving sections it asks for, since the client
+//!   counts every receiving section.
 
 /// A forwarded track, as the caller numbers them.
 pub type TrackId = u64;
@@ -29,6 +33,20 @@ pub enum SlotUse {
     Busy(TrackId),
     /// The client's latest offer does not receive on this section.
     Gone,
+    /// The client sends simulcast on this section: nothing is sent on it, and it is counted
+    /// in what is asked for.
+    Kept,
+}
+
+/// What the client's latest offer does with a slot's section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// It does not receive on it (or the section is gone).
+    NotReceiving,
+    /// It receives on it: the section may carry a track.
+    Receiving,
+    /// It receives on it but sends simulcast on it too: it may not carry a track.
+    SendsSimulcast,
 }
 
 #[derive(Debug)]
@@ -103,22 +121,28 @@ impl Negotiation {
         self.pending.len() != before
     }
 
-    /// The start of an offer, applied by the engine: `receives(i)` says whether the offer
-    /// receives on slot `i`'s section. Slots the client stopped receiving on are gone (their
-    /// tracks wait again, and are returned so the caller stops forwarding them); slots that
-    /// receive again are free. The counts asked for so far are answered by this offer.
-    pub fn offer(&mut self, receives: impl Fn(usize) -> bool) -> Vec<(usize, TrackId)> {
+    /// The start of an offer, applied by the engine: `section(i)` says what the offer does
+    /// with slot `i`'s section. Slots the client stopped receiving on are gone, slots it sends
+    /// simulcast on are kept (either way their tracks wait again, and are returned so the
+    /// caller stops forwarding them); slots that may carry a track again are free. The counts
+    /// asked for so far are answered by this offer.
+    pub fn offer(&mut self, section: impl Fn(usize) -> Offered) -> Vec<(usize, TrackId)> {
         self.asked = None;
         let mut lost = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
-            match (receives(i), slot.usage) {
-                (false, SlotUse::Busy(tid)) => {
-                    slot.usage = SlotUse::Gone;
+            let now = match section(i) {
+                Offered::NotReceiving => SlotUse::Gone,
+                Offered::SendsSimulcast => SlotUse::Kept,
+                Offered::Receiving => match slot.usage {
+                    SlotUse::Gone | SlotUse::Kept => SlotUse::Free,
+                    usage => usage,
+                },
+            };
+            if now != slot.usage {
+                if let SlotUse::Busy(tid) = slot.usage {
                     lost.push((i, tid));
                 }
-                (false, _) => slot.usage = SlotUse::Gone,
-                (true, SlotUse::Gone) => slot.usage = SlotUse::Free,
-                _ => {}
+                slot.usage = now;
             }
         }
         for &(i, tid) in &lost {
@@ -202,8 +226,8 @@ impl Negotiation {
     }
 
     /// The receiving sections (audio, video) to ask the client for, when that is news: every
-    /// slot that sends or cools, plus every waiting track. `None` before the first offer, and
-    /// when the same counts were already asked for since the last offer.
+    /// slot that sends, cools or is kept, plus every waiting track. `None` before the first
+    /// offer, and when the same counts were already asked for since the last offer.
     pub fn request(&mut self) -> Option<(u32, u32)> {
         if !self.offered {
             return None;
@@ -212,7 +236,7 @@ impl Negotiation {
         let kinds = self
             .slots
             .iter()
-            .filter(|s| matches!(s.usage, SlotUse::Busy(_) | SlotUse::Cooling))
+            .filter(|s| matches!(s.usage, SlotUse::Busy(_) | SlotUse::Cooling | SlotUse::Kept))
             .map(|s| s.audio)
             .chain(self.pending.iter().map(|(_, a)| *a));
         for audio_kind in kinds {
@@ -249,7 +273,7 @@ mod tests {
         for _ in have_video..video {
             n.add_slot(VIDEO);
         }
-        n.offer(|_| true);
+        n.offer(|_| Offered::Receiving);
         let cooling = n.cooling();
         let placed = n.place(|_| true);
         n.answered(&cooling);
@@ -315,7 +339,7 @@ mod tests {
         n.want(1, VIDEO);
         round(&mut n, 0, 1);
         assert_eq!(n.track(0), Some(1));
-        let lost = n.offer(|_| false);
+        let lost = n.offer(|_| Offered::NotReceiving);
         assert_eq!(lost, vec![(0, 1)]);
         assert_eq!(n.usage(0), SlotUse::Gone);
         assert!(n.has_pending());
@@ -326,7 +350,7 @@ mod tests {
         );
         n.answered(&[]);
         // The section comes back: free again, and the track returns to it.
-        n.offer(|_| true);
+        n.offer(|_| Offered::Receiving);
         assert_eq!(n.place(|_| true), vec![0]);
         assert_eq!(n.track(0), Some(1));
     }
@@ -341,7 +365,7 @@ mod tests {
         assert!(n.forget(|t| t == 1));
         assert!(!n.forget(|t| t == 1));
         assert_eq!(n.request(), Some((0, 1)), "a track wanted twice waits once");
-        n.offer(|_| true);
+        n.offer(|_| Offered::Receiving);
         assert_eq!(n.place(|t| t != 2), Vec::<usize>::new());
         assert!(!n.has_pending());
     }
@@ -361,6 +385,45 @@ mod tests {
         assert_eq!(n.request(), Some((1, 1)));
         round(&mut n, 1, 1);
         assert_eq!(n.request(), Some((0, 0)));
+    }
+
+    #[test]
+    fn a_section_the_client_sends_simulcast_on_carries_nothing_but_is_counted() {
+        let mut n = Negotiation::default();
+        // The client publishes a simulcast camera on a sendrecv section (slot 0).
+        n.add_slot(VIDEO);
+        let simulcast = |i: usize| {
+            if i == 0 {
+                Offered::SendsSimulcast
+            } else {
+                Offered::Receiving
+            }
+        };
+        n.offer(simulcast);
+        n.answered(&[]);
+        assert_eq!(n.usage(0), SlotUse::Kept);
+        n.want(7, VIDEO);
+        assert_eq!(
+            n.place(|_| true),
+            Vec::<usize>::new(),
+            "not on the simulcast section"
+        );
+        // Counted as the client counts it: one receiving section more is needed than it has.
+        assert_eq!(n.request(), Some((0, 2)));
+        n.add_slot(VIDEO);
+        n.offer(simulcast);
+        assert_eq!(n.place(|_| true), vec![1]);
+        n.answered(&[]);
+        assert_eq!(n.track(1), Some(7));
+        assert_eq!(n.request(), Some((0, 2)), "steady: what it has");
+        // A section that carried a track and then sends simulcast gives the track back.
+        let lost = n.offer(|_| Offered::SendsSimulcast);
+        assert_eq!(lost, vec![(1, 7)]);
+        assert_eq!(n.usage(1), SlotUse::Kept);
+        assert!(n.has_pending());
+        // Receiving plainly again: free, and the track returns.
+        n.offer(|_| Offered::Receiving);
+        assert_eq!(n.place(|_| true), vec![0]);
     }
 
     #[test]

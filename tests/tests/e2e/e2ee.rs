@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use rtcd_e2e::daemon::TestRtcd;
 use rtcd_e2e::media::{
-    PATIENCE, Participant, PeerOptions, all_permissions, eventually, simulcast_publisher,
+    PATIENCE, Participant, PeerOptions, SimulcastSection, all_permissions, eventually,
+    simulcast_publisher,
 };
 use rtcd_proto::v1 as pb;
 
@@ -91,7 +92,14 @@ async fn a_subscriber_switches_between_encrypted_simulcast_layers() -> anyhow::R
     let rtcd = TestRtcd::start(&[]).await?;
     let auth = rtcd.register("tenant-e2ee").await?;
     let mut client = rtcd.client().await?;
-    let (_alice, layers) = simulcast_publisher(&mut client, &auth, "secret", "alice").await?;
+    let (_alice, layers) = simulcast_publisher(
+        &mut client,
+        &auth,
+        "secret",
+        "alice",
+        SimulcastSection::SendOnly,
+    )
+    .await?;
     let flow = |ssrc: u32| format!("{ssrc:08x}/e2ee");
     let bob =
         Participant::listener(&mut client, &auth, "secret", "bob", PeerOptions::default()).await?;

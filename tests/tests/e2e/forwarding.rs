@@ -9,8 +9,8 @@ use anyhow::Context as _;
 
 use rtcd_e2e::daemon::TestRtcd;
 use rtcd_e2e::media::{
-    Participant, PeerOptions, all_permissions, eventually, h264, keeps_flowing, publisher,
-    simulcast_publisher, subscribe_only,
+    Participant, PeerOptions, SimulcastSection, all_permissions, eventually, h264, keeps_flowing,
+    publisher, simulcast_publisher, subscribe_only,
 };
 use rtcd_proto::v1 as pb;
 
@@ -380,16 +380,30 @@ async fn a_track_beyond_the_session_limit_is_refused_and_not_forwarded() -> anyh
 }
 
 /// Issue 28: a publisher that sends a single layer (as aiortc and older clients do) in a room
-/// where another publishes a three-layer simulcast camera, rtcd's adaptive video on. Everyone
-/// receives the single-layer camera and microphone, and one layer of the simulcast camera, and
-/// every one of those flows keeps growing in every second for five seconds.
+/// where another publishes a three-layer simulcast camera (send-only, as the SDK does), rtcd's
+/// adaptive video on. Everyone receives the single-layer camera and microphone, and one layer
+/// of the simulcast camera, and every one of those flows keeps growing in every second for
+/// five seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_layer_publisher_beside_a_simulcast_one_is_received_by_everyone()
 -> anyhow::Result<()> {
+    single_layer_beside_simulcast(SimulcastSection::SendOnly).await
+}
+
+/// The same with the simulcast camera published on a sendrecv section, as `add_track` makes
+/// it: rtcd sends nothing of Bob's on that section (webrtc-rs would drop it there) but asks
+/// Alice for one receiving section more, counted as she counts them (protocol.md 4a).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulcast_publisher_on_a_sendrecv_section_receives_the_others_on_sections_of_their_own()
+-> anyhow::Result<()> {
+    single_layer_beside_simulcast(SimulcastSection::SendRecv).await
+}
+
+async fn single_layer_beside_simulcast(section: SimulcastSection) -> anyhow::Result<()> {
     let rtcd = TestRtcd::start(&[("RTCD_RTC_ADAPTIVE_VIDEO", "true")]).await?;
     let auth = rtcd.register("tenant-mixed").await?;
     let mut client = rtcd.client().await?;
-    let (alice, layers) = simulcast_publisher(&mut client, &auth, "call", "alice").await?;
+    let (alice, layers) = simulcast_publisher(&mut client, &auth, "call", "alice", section).await?;
     let bob = publisher(&mut client, &auth, "bob").await?;
     let carol =
         Participant::listener(&mut client, &auth, "call", "carol", PeerOptions::default()).await?;

@@ -11,7 +11,7 @@ use crate::engine::peer::{Codec, HeaderExtension, SlotId};
 use crate::media::packet::MediaKind;
 use crate::media::sdp;
 use crate::sfu::downtrack::{DownTrack, DownTrackConfig, ExtensionMap, PayloadTypeMap};
-use crate::sfu::negotiation::TrackId;
+use crate::sfu::negotiation::{Offered, TrackId};
 use crate::sfu::session::{SessionEvent, TrackInfo};
 use crate::sfu::{SfuError, TrackKind};
 
@@ -70,12 +70,16 @@ impl Rooms {
                 view: Default::default(),
             });
         }
-        let receiving: Vec<bool> = m
+        let offered: Vec<Offered> = m
             .slots
             .iter()
-            .map(|slot| sections.iter().any(|s| s.mid == slot.mid && s.receives()))
+            .map(|slot| match sections.iter().find(|s| s.mid == slot.mid) {
+                Some(s) if s.may_carry() => Offered::Receiving,
+                Some(s) if s.receives() => Offered::SendsSimulcast,
+                _ => Offered::NotReceiving,
+            })
             .collect();
-        let lost = m.negotiation.offer(|i| receiving[i]);
+        let lost = m.negotiation.offer(|i| offered[i]);
         for (i, tid) in lost {
             self.unsubscribe(key, i, tid, now);
         }
