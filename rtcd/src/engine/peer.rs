@@ -1766,7 +1766,7 @@ impl Peer {
             }
         } else {
             match keys.remote.unprotect_rtp(&mut buf) {
-                Ok((end, _)) => buf.truncate(end),
+                Ok(end) => buf.truncate(end),
                 Err(err) => {
                     tracing::debug!(%err, "srtp rejected");
                     return;

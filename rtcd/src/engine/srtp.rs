@@ -65,8 +65,6 @@ enum Cipher {
     Cm {
         stream: Box<dyn StreamCipher>,
         mac: Box<dyn Mac>,
-        /// Bytes of the HMAC's 20 sent (10 or 4).
-        tag: usize,
     },
     Gcm(Box<dyn AeadCipher>),
 }
@@ -227,70 +225,55 @@ impl Context {
             Ok(salt)
         };
         let key_len = master_key.len();
-        let session =
-            |enc: u8, auth: u8, salt_label: u8, tag: usize| -> Result<Session, SrtpError> {
-                let key = SecretVec::new(kdf(enc, key_len)?);
-                let cipher = match profile {
-                    ProtectionProfile::AeadAes128Gcm | ProtectionProfile::AeadAes256Gcm => {
-                        let algorithm = if key_len == 16 {
-                            AeadAlgorithm::Aes128Gcm
-                        } else {
-                            AeadAlgorithm::Aes256Gcm
-                        };
-                        let aead = crypto.new_aead(algorithm, key.as_ref()).map_err(err)?;
-                        if aead.tag_len() != GCM_TAG {
-                            return Err(SrtpError::Keying(format!(
-                                "AES-GCM tag of {} bytes",
-                                aead.tag_len()
-                            )));
-                        }
-                        Cipher::Gcm(aead)
-                    }
-                    _ => {
-                        let algorithm = if key_len == 16 {
-                            StreamCipherAlgorithm::Aes128Ctr
-                        } else {
-                            StreamCipherAlgorithm::Aes256Ctr
-                        };
-                        let auth = SecretVec::new(kdf(auth, profile.auth_key_len())?);
-                        Cipher::Cm {
-                            stream: crypto
-                                .new_stream_cipher(algorithm, key.as_ref())
-                                .map_err(err)?,
-                            mac: crypto
-                                .new_hmac(HmacAlgorithm::Sha1, auth.as_ref())
-                                .map_err(err)?,
-                            tag,
-                        }
-                    }
-                };
-                Ok(Session {
-                    cipher,
-                    salt: salt(salt_label)?,
-                })
-            };
         let gcm = matches!(
             profile,
             ProtectionProfile::AeadAes128Gcm | ProtectionProfile::AeadAes256Gcm
         );
+        let session = |enc: u8, auth: u8, salt_label: u8| -> Result<Session, SrtpError> {
+            let key = SecretVec::new(kdf(enc, key_len)?);
+            let cipher = if gcm {
+                let algorithm = if key_len == 16 {
+                    AeadAlgorithm::Aes128Gcm
+                } else {
+                    AeadAlgorithm::Aes256Gcm
+                };
+                let aead = crypto.new_aead(algorithm, key.as_ref()).map_err(err)?;
+                if aead.tag_len() != GCM_TAG {
+                    return Err(SrtpError::Keying(format!(
+                        "AES-GCM tag of {} bytes",
+                        aead.tag_len()
+                    )));
+                }
+                Cipher::Gcm(aead)
+            } else {
+                let algorithm = if key_len == 16 {
+                    StreamCipherAlgorithm::Aes128Ctr
+                } else {
+                    StreamCipherAlgorithm::Aes256Ctr
+                };
+                let auth = SecretVec::new(kdf(auth, profile.auth_key_len())?);
+                Cipher::Cm {
+                    stream: crypto
+                        .new_stream_cipher(algorithm, key.as_ref())
+                        .map_err(err)?,
+                    mac: crypto
+                        .new_hmac(HmacAlgorithm::Sha1, auth.as_ref())
+                        .map_err(err)?,
+                }
+            };
+            Ok(Session {
+                cipher,
+                salt: salt(salt_label)?,
+            })
+        };
         let (rtp_tag, rtcp_tag) = if gcm {
             (GCM_TAG, GCM_TAG)
         } else {
             (profile.rtp_auth_tag_len(), profile.rtcp_auth_tag_len())
         };
         Ok(Self {
-            rtp: session(
-                LABEL_RTP_ENCRYPTION,
-                LABEL_RTP_AUTH,
-                LABEL_RTP_SALT,
-                rtp_tag,
-            )?,
-            rtcp: session(
-                LABEL_RTCP_ENCRYPTION,
-                LABEL_RTCP_AUTH,
-                LABEL_RTCP_SALT,
-                rtcp_tag,
-            )?,
+            rtp: session(LABEL_RTP_ENCRYPTION, LABEL_RTP_AUTH, LABEL_RTP_SALT)?,
+            rtcp: session(LABEL_RTCP_ENCRYPTION, LABEL_RTCP_AUTH, LABEL_RTCP_SALT)?,
             rtp_tag,
             rtcp_tag,
             rtp_streams: Streams::default(),
@@ -322,9 +305,10 @@ impl Context {
             },
         )?;
         let roc = u32::try_from(index >> 16).map_err(|_| SrtpError::Exhausted)?;
+        let tag = self.rtp_tag;
         let session = &mut self.rtp;
         match &mut session.cipher {
-            Cipher::Cm { stream, mac, tag } => {
+            Cipher::Cm { stream, mac } => {
                 let iv = cm_iv(&session.salt, ssrc, index);
                 stream
                     .apply_keystream(&iv, &mut packet[header..])
@@ -332,7 +316,7 @@ impl Context {
                 let mut full = [0; 20];
                 mac.sign(&[&packet[..], &roc.to_be_bytes()], &mut full)
                     .map_err(|_| SrtpError::Cipher)?;
-                packet.extend_from_slice(&full[..*tag]);
+                packet.extend_from_slice(&full[..tag]);
             }
             Cipher::Gcm(aead) => {
                 let nonce = gcm_rtp_nonce(&session.salt, ssrc, roc, seq);
@@ -348,8 +332,8 @@ impl Context {
     }
 
     /// Authenticates and decrypts the SRTP packet in `packet`, in place. Returns the length of
-    /// the RTP packet it now begins with (the tag is what follows), and its header's length.
-    pub(super) fn unprotect_rtp(&mut self, packet: &mut [u8]) -> Result<(usize, usize), SrtpError> {
+    /// the RTP packet it now begins with (the tag is what follows).
+    pub(super) fn unprotect_rtp(&mut self, packet: &mut [u8]) -> Result<usize, SrtpError> {
         let header = rtp_header_len(packet).ok_or(SrtpError::TooShort)?;
         if packet.len() < header + self.rtp_tag {
             return Err(SrtpError::TooShort);
@@ -363,14 +347,15 @@ impl Context {
         })?;
         replay_check(stream, ssrc, index)?;
         let roc = u32::try_from(index >> 16).map_err(|_| SrtpError::Exhausted)?;
-        let end = packet.len() - self.rtp_tag;
+        let tag = self.rtp_tag;
+        let end = packet.len() - tag;
         let session = &mut self.rtp;
         match &mut session.cipher {
-            Cipher::Cm { stream, mac, tag } => {
+            Cipher::Cm { stream, mac } => {
                 let mut full = [0; 20];
                 mac.sign(&[&packet[..end], &roc.to_be_bytes()], &mut full)
                     .map_err(|_| SrtpError::Auth)?;
-                if !constant_time_eq(&full[..*tag], &packet[end..]) {
+                if !constant_time_eq(&full[..tag], &packet[end..]) {
                     return Err(SrtpError::Auth);
                 }
                 let iv = cm_iv(&session.salt, ssrc, index);
@@ -387,7 +372,7 @@ impl Context {
             }
         }
         self.rtp_streams.accept(ssrc, index);
-        Ok((end, header))
+        Ok(end)
     }
 
     /// Encrypts the compound RTCP packet `packet` holds and appends the E flag, the SRTCP index
@@ -403,9 +388,10 @@ impl Context {
         let index = self.rtcp_index;
         let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
         let trailer = (index | 1 << 31).to_be_bytes();
+        let tag = self.rtcp_tag;
         let session = &mut self.rtcp;
         match &mut session.cipher {
-            Cipher::Cm { stream, mac, tag } => {
+            Cipher::Cm { stream, mac } => {
                 let iv = cm_iv(&session.salt, ssrc, u64::from(index));
                 stream
                     .apply_keystream(&iv, &mut packet[8..])
@@ -414,7 +400,7 @@ impl Context {
                 let mut full = [0; 20];
                 mac.sign(&[&packet[..]], &mut full)
                     .map_err(|_| SrtpError::Cipher)?;
-                packet.extend_from_slice(&full[..*tag]);
+                packet.extend_from_slice(&full[..tag]);
             }
             Cipher::Gcm(aead) => {
                 let nonce = gcm_rtcp_nonce(&session.salt, ssrc, index);
@@ -461,11 +447,11 @@ impl Context {
         let stream = self.rtcp_streams.get(ssrc);
         replay_check(stream, ssrc, u64::from(index))?;
         match &mut session.cipher {
-            Cipher::Cm { stream, mac, tag } => {
+            Cipher::Cm { stream, mac } => {
                 let mut full = [0; 20];
                 mac.sign(&[&packet[..trailer_at + SRTCP_INDEX]], &mut full)
                     .map_err(|_| SrtpError::Auth)?;
-                if !constant_time_eq(&full[..*tag], &packet[trailer_at + SRTCP_INDEX..]) {
+                if !constant_time_eq(&full[..tag_len], &packet[trailer_at + SRTCP_INDEX..]) {
                     return Err(SrtpError::Auth);
                 }
                 if encrypted {

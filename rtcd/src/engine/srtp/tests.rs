@@ -125,7 +125,7 @@ fn protect(ctx: &mut Context, plain: &[u8]) -> Vec<u8> {
 
 fn unprotect(ctx: &mut Context, protected: &[u8]) -> Result<Vec<u8>, SrtpError> {
     let mut buf = protected.to_vec();
-    let (end, _) = ctx.unprotect_rtp(&mut buf)?;
+    let end = ctx.unprotect_rtp(&mut buf)?;
     buf.truncate(end);
     Ok(buf)
 }
