@@ -33,9 +33,11 @@ use base64::Engine;
 use bytes::Bytes;
 use rtc::interceptor::{Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_sender_only;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
 use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -391,7 +393,14 @@ pub struct PeerOptions {
     /// ([`Participant::add_encrypted_simulcast`]) writes on its packets so that rtcd binds
     /// each layer.
     pub simulcast: bool,
+    /// Number every packet sent with the transport-wide sequence number (webrtc-rs's TWCC
+    /// sender), as browsers do, so that rtcd sends transport-cc feedback on what it received
+    /// ([`Participant::transport_cc_feedback`]).
+    pub transport_cc: bool,
 }
+
+/// Transport-cc feedback messages a participant keeps (the latest; about 10 a second).
+const TRANSPORT_CC_KEPT: usize = 1_000;
 
 /// One RTP packet a participant received ([`PeerOptions::log_packets`]).
 #[derive(Debug, Clone)]
@@ -432,6 +441,9 @@ struct Shared {
     sender_reports: Mutex<HashMap<u32, VecDeque<(Instant, SenderReport)>>>,
     /// Receiver report blocks received, by the SSRC they describe (one of our tracks).
     receiver_reports: Mutex<HashMap<u32, u64>>,
+    /// Transport-cc feedback received, the latest [`TRANSPORT_CC_KEPT`], each with when it
+    /// arrived on our clock.
+    transport_cc: Mutex<VecDeque<(Instant, TransportLayerCc)>>,
     /// RFC 6464 level our audio carries (0 = loudest, 127 = silence).
     audio_level: AtomicU8,
     plis: AtomicU64,
@@ -471,6 +483,12 @@ impl Shared {
                 for r in &rr.reports {
                     *counts.entry(r.ssrc).or_default() += 1;
                 }
+            } else if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
+                let mut kept = self.transport_cc.lock().unwrap();
+                if kept.len() == TRANSPORT_CC_KEPT {
+                    kept.pop_front();
+                }
+                kept.push_back((Instant::now(), cc.clone()));
             }
         }
     }
@@ -1454,6 +1472,18 @@ impl Participant {
             .unwrap_or_default()
     }
 
+    /// The transport-cc feedback received (the latest [`TRANSPORT_CC_KEPT`]), oldest first,
+    /// each with when it arrived ([`PeerOptions::transport_cc`]).
+    pub fn transport_cc_feedback(&self) -> Vec<(Instant, TransportLayerCc)> {
+        self.shared
+            .transport_cc
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// Receiver reports received about this participant's `kind` track.
     pub fn receiver_reports(&self, kind: &str) -> u64 {
         let Some(ssrc) = self.shared.published.lock().unwrap().get(kind).copied() else {
@@ -1940,6 +1970,9 @@ async fn new_peer(
         }
     }
     let mut registry = register_default_interceptors(Registry::new(), &mut media)?;
+    if options.transport_cc {
+        registry = configure_twcc_sender_only(registry, &mut media)?;
+    }
     if options.stable_nacks {
         registry = registry.with(
             Slot::NackGenerator,

@@ -13,13 +13,13 @@
 //!   out, time passed in explicitly, so a whole session runs in a unit test without a socket.
 //!   `rtc` does its SDP and ICE; the media path is the engine's own: `dtls` (the handshake
 //!   that keys SRTP), `receiving` (which section an arriving stream belongs to), what the
-//!   client sends counted for reports and NACKs in place (`reception`), rtc's TWCC receiver as
-//!   the one interceptor left (`bundle`), and what rtcd sends counted and numbered in place
-//!   (`sender_reports`, `bwe`'s transport-cc).
+//!   client sends counted for reports and NACKs (`reception`) and for transport-cc feedback
+//!   (`arrivals`) in place, and what rtcd sends counted and numbered in place
+//!   (`sender_reports`, `bwe`'s transport-cc). No interceptor of `rtc`'s is left on it.
 //!
 //! `docs/engine-v2.md` has the design, facts about `rtc` found on the way, and what is left.
 
-mod bundle;
+mod arrivals;
 pub mod bwe;
 mod dtls;
 #[cfg(test)]

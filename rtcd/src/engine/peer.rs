@@ -21,9 +21,9 @@
 //! same certificate, the client's certificate checked against its offer's fingerprint) and
 //! keeps the SRTP contexts it keys: a datagram is told apart by its first byte (RFC 7983),
 //! STUN goes to `rtc`, DTLS to the handshake, SRTP and SRTCP are decrypted here, bound to the
-//! client's section on their first packet (`receiving`, `rtc`'s rules), and walked through the
-//! interceptors (`bundle`), which the engine drives directly; what rtcd sends goes through them
-//! the other way and is encrypted here. Media goes where ICE put the path: the pair the
+//! client's section on their first packet (`receiving`, `rtc`'s rules), counted for reports,
+//! NACKs and transport-cc feedback in place (`reception`, `arrivals`), and handed to their
+//! track; what rtcd sends is counted and numbered in place and encrypted here. Media goes where ICE put the path: the pair the
 //! client's last nominating check selected, once `rtc` answered it. `rtc`'s own DTLS endpoint
 //! is a server that never hears a record; where the client's offer leaves the role open
 //! (`actpass`), the answer tells the client rtcd is the DTLS client, as `rtc` chose before.
@@ -44,16 +44,14 @@
 //! One DTLS certificate per process ([`Identity`]), not one per peer connection: generating a key
 //! per join is the most expensive part of a join, and the fingerprint says nothing about the user.
 
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtc::crypto::{self, SignatureScheme};
-use rtc::interceptor::Slot as ChainSlot;
-use rtc::interceptor::{
-    AttributedPacket, Interceptor as _, Packet, Registry, StreamInfo, TaggedPacket,
-};
+use rtc::interceptor::{Interceptor as _, Packet, Registry, StreamInfo};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -78,7 +76,6 @@ use rtc::sansio::Protocol as _;
 use rtc::shared::marshal::{Marshal as _, MarshalSize as _, Unmarshal as _};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-use super::bundle::{Bundle, Entry, Sees};
 use super::dtls::{Handshake, Outcome, SrtpKeys};
 use super::net::demux::{PacketKind, classify};
 use super::net::{Protocol, Transport};
@@ -350,7 +347,8 @@ struct SlotState {
     /// while its offer is pending, gave a new camera to the section of an earlier camera,
     /// whose receiver then held the SSRC: the new section never received anything.
     mid_stamp: Option<(u8, Bytes)>,
-    /// What the interceptors were told of the slot's stream (at its first packet), if anything.
+    /// What sender reports and transport-cc numbering were told of the slot's stream (at its
+    /// first packet), if anything.
     bound: Option<StreamInfo>,
 }
 
@@ -408,11 +406,6 @@ impl TrackState {
 /// Requests per lost packet of a published track before rtcd gives up on it (10 at 100 ms:
 /// a second, past any retransmission that could still help a live stream).
 const NACKS_PER_PACKET: u16 = 10;
-
-/// Where a test registers a [`Bundle`] in rtc's chain (`bundle::tests`, which compares it with
-/// the chain of its members): its only link besides rtc's terminus, so any position would do.
-#[cfg(test)]
-pub(super) const BUNDLE_SLOT: usize = 5_500;
 
 /// The transport-wide congestion control extension (its feedback is rtcd's bandwidth input).
 const TRANSPORT_CC_URI: &str =
@@ -605,7 +598,7 @@ fn build_media_template() -> Result<MediaEngine, EngineError> {
             None,
         )
         .map_err(internal)?;
-    // transport-cc feedback (audio too) and its header extension; the interceptor is per peer.
+    // transport-cc feedback (audio too) and its header extension (the feedback is `arrivals`').
     configure_twcc_receiver_only(Registry::new(), &mut media).map_err(internal)?;
     // mid, rid and repaired-rid for video: without them rtc cannot bind a simulcast layer's
     // SSRC (browsers declare none for rid layers) and its answer to a simulcast offer announces
@@ -956,7 +949,8 @@ fn stamp_mid(state: &SlotState, packet: &mut rtp::Packet) -> Result<(), EngineEr
     Ok(())
 }
 
-/// Whether two descriptions of a stream tell the interceptors the same (what they read of it).
+/// Whether two descriptions of a stream tell sender reports and transport-cc numbering the same
+/// (what they read of it).
 fn same_stream(a: &StreamInfo, b: &StreamInfo) -> bool {
     let extensions = |i: &StreamInfo| {
         i.rtp_header_extensions
@@ -990,10 +984,25 @@ fn hold<T>(queue: &mut std::collections::VecDeque<T>, limit: usize, item: T) {
 }
 
 /// One client's peer connection. See the module docs.
+///
+/// It keeps none of `rtc`'s interceptors. What the client sends is counted for
+/// receiver reports and NACKs (`reception`) and for transport-cc feedback (`arrivals`) after
+/// the RTX repair (`rtx`, so a repair counts as an arrival); what rtcd sends is counted for its
+/// sender reports (`sender_reports`) and numbered for transport-cc (`bwe::TransportCc`) as it
+/// is protected. Each in place on the media path, instead of a walk of the packet by value
+/// through `rtc`'s chain (`docs/benchmarks.md`, issue 33).
+///
+/// NACKs are answered by the SFU's down-tracks from one buffer per published track, so no NACK
+/// responder (which would keep a copy per subscriber). At most [`NACKS_PER_PACKET`] requests
+/// per lost packet (rtc's default is no limit: a packet the publisher cannot resend was asked
+/// for every 100 ms until it aged out), and a renegotiation does not wipe the log of what was
+/// lost (`reception`).
 pub struct Peer {
     pc: RTCPeerConnection,
-    /// Published tracks by `rtc`'s track id, which every received packet carries.
-    tracks: HashMap<String, TrackState>,
+    /// Published tracks by `rtc`'s track id, which every received packet carries. Looked up per
+    /// packet (as `by_ssrc` is) with a fast hash: a client can put only as many entries in
+    /// either as its offer has sections and layers, so hash flooding buys it nothing.
+    tracks: FxHashMap<String, TrackState>,
     next_track: u32,
     /// Sending slots by mid.
     slots: Vec<SlotState>,
@@ -1034,24 +1043,23 @@ pub struct Peer {
     dtls: Option<Handshake>,
     /// The SRTP contexts the handshake keyed; media flows only once they exist.
     srtp: Option<Box<SrtpKeys>>,
-    /// The interceptor that reads what the client sends (rtc's TWCC receiver), driven by the
-    /// engine on its own media path.
-    bundle: Bundle,
+    /// Transport-cc feedback towards the client: when each of its packets arrived.
+    arrivals: super::arrivals::Arrivals,
     /// Receiver reports and NACKs on the client's streams, kept as packets arrive.
     reception: super::reception::Reception,
-    /// What `reception` and `reporting` have due, reused between timeouts.
+    /// What `reception`, `arrivals` and `reporting` have due, reused between timeouts.
     rtcp_due: Vec<Box<dyn rtcp::Packet>>,
     /// Sender reports on the slots' streams, counted as packets are protected.
     reporting: super::sender_reports::SenderReports,
     /// Transport-wide numbering of what is sent and the estimator it feeds (with estimation).
     transport_cc: Option<Box<super::bwe::TransportCc<super::bwe::SharedEstimator>>>,
-    /// Restores received retransmissions (RTX) before the interceptors see them.
+    /// Restores received retransmissions (RTX) before anything counts them.
     rtx: super::rtx::RtxRepair,
     /// The client's sending sections, rebuilt at every answer (`receiving`).
     receiving: receiving::Table<RTCRtpReceiverId>,
-    /// Track id (of `tracks`) by the SSRC of every stream bound to one, with what the
-    /// interceptors were told of it.
-    by_ssrc: HashMap<u32, (String, StreamInfo)>,
+    /// Track id (of `tracks`) by the SSRC of every stream bound to one, with what was known
+    /// of it when it was bound.
+    by_ssrc: FxHashMap<u32, (String, StreamInfo)>,
     /// Where media to the client goes: the pair the client's last nominating check selected
     /// (ICE decides the path; the engine only follows it).
     path: Option<Transport>,
@@ -1064,8 +1072,6 @@ pub struct Peer {
     /// Whether rtc was handed something since its events, writes and timeout were last read
     /// (reading them walks its whole pipeline: only when it may have something).
     rtc_touched: bool,
-    /// Whether the interceptors may hold something generated (see [`Peer::collect`]).
-    interceptors_dirty: bool,
     /// rtc's next timeout, as of the last time it was touched.
     rtc_timeout: Option<Instant>,
     /// What packets are protected in (marshalled, then encrypted in place) and what received
@@ -1089,26 +1095,6 @@ impl std::fmt::Debug for Peer {
     }
 }
 
-/// A peer's interceptors, each at its slot in rtc's order (wire-most first) and with the RTP
-/// it reads (`bundle`): rtc's TWCC receiver alone, on what the client sends. Everything else
-/// the peer keeps in place on its media path, without a walk: what the client sends is counted
-/// for receiver reports and NACKs (`reception`) after the RTX repair (`rtx`, so a repair counts
-/// as an arrival), what rtcd sends for its sender reports (`sender_reports`) and numbered for
-/// transport-cc (`bwe::TransportCc`) as it is protected.
-///
-/// NACKs are answered by the SFU's down-tracks from one buffer per published track, so no NACK
-/// responder (which would keep a copy per subscriber). At most [`NACKS_PER_PACKET`] requests
-/// per lost packet (rtc's default is no limit: a packet the publisher cannot resend was asked
-/// for every 100 ms until it aged out), and a renegotiation does not wipe the log of what was
-/// lost (`reception`).
-pub(super) fn interceptors() -> Vec<Entry> {
-    vec![(
-        ChainSlot::TwccReceiver,
-        Sees::READ,
-        Box::new(rtc::interceptor::TwccReceiverBuilder::new().build()),
-    )]
-}
-
 impl Peer {
     /// A new peer connection, waiting for the client's first offer.
     pub fn new(
@@ -1127,7 +1113,6 @@ impl Peer {
                 settings.departures.clone(),
             ))
         });
-        let bundle: Bundle = interceptors().into_iter().collect();
         // rtc's pipeline carries no media (the engine's own path does, `dtls`): no interceptors
         // in it, and its DTLS endpoint is a server that never hears a record (see
         // `Peer::answer` for the role the client is told).
@@ -1157,7 +1142,7 @@ impl Peer {
             .map_err(internal)?;
         let mut peer = Self {
             pc,
-            tracks: HashMap::new(),
+            tracks: FxHashMap::default(),
             next_track: 0,
             slots: Vec::new(),
             next_slot_track: 0,
@@ -1177,19 +1162,18 @@ impl Peer {
             certificate: identity.dtls_certificate(),
             dtls: None,
             srtp: None,
-            bundle,
+            arrivals: super::arrivals::Arrivals::new(rand::random()),
             reception: super::reception::Reception::new(rand::random(), NACKS_PER_PACKET),
             rtcp_due: Vec::new(),
             reporting: Default::default(),
             transport_cc,
             receiving: Default::default(),
-            by_ssrc: HashMap::new(),
+            by_ssrc: FxHashMap::default(),
             path: None,
             nominating: None,
             answered: None,
             out: Default::default(),
             rtc_touched: true,
-            interceptors_dirty: false,
             rtc_timeout: None,
             tx: BytesMut::new(),
             rx: BytesMut::new(),
@@ -1327,7 +1311,7 @@ impl Peer {
             .collect();
         for ssrc in gone {
             if let Some((_, info)) = self.by_ssrc.remove(&ssrc) {
-                self.bundle.unbind_remote_stream(&info);
+                self.arrivals.unbind(ssrc);
                 self.rtx.unbind_remote_stream(&info);
                 self.reception.unbind(ssrc);
             }
@@ -1743,7 +1727,7 @@ impl Peer {
     }
 
     /// SRTP or SRTCP from the client: decrypted (which proves it is the client: only it has
-    /// the keys), its stream bound on its first packet, then through the interceptors.
+    /// the keys), its stream bound on its first packet, counted, then to its track.
     fn read_srtp(&mut self, data: &[u8], now: Instant) {
         let Some(keys) = self.srtp.as_mut() else {
             return;
@@ -1772,12 +1756,14 @@ impl Peer {
                     return;
                 }
             }
-            // Parsed once it proved to be the client's.
-            let mut raw: &[u8] = &buf;
-            let Ok(header) = rtp::header::Header::unmarshal(&mut raw) else {
+            // Parsed once it proved to be the client's, from the shared chunk: rtc's parser
+            // takes each header extension's value with `copy_to_bytes`, which slices a `Bytes`
+            // but allocates a copy from a plain slice (one allocation per extension per packet).
+            let plain = buf.freeze();
+            let Ok(header) = rtp::header::Header::unmarshal(&mut plain.clone()) else {
                 return;
             };
-            let Some(payload) = rtp_payload(buf.freeze(), header.padding) else {
+            let Some(payload) = rtp_payload(plain, header.padding) else {
                 return;
             };
             let mut packet = rtp::Packet { header, payload };
@@ -1786,57 +1772,31 @@ impl Peer {
             }
             self.rtx.repair(&mut packet);
             self.reception.receive(&packet.header, now);
+            self.arrivals.record(&packet.header, now);
             Packet::Rtp(packet)
         };
         self.heard = self.heard.max(now);
-        let msg = TaggedPacket {
-            now,
-            transport: TransportContext::default(),
-            message: AttributedPacket::new(packet),
-        };
-        if let Err(err) = self.bundle.handle_read(msg) {
-            tracing::debug!(%err, "interceptors refused a packet");
-        }
-        self.interceptors_dirty = true;
-        while let Some(msg) = self.bundle.take_read() {
-            self.read_out(msg);
-        }
-    }
-
-    /// What the interceptors let through towards rtcd: media to its track, feedback to its
-    /// slot, sender reports to their track.
-    fn read_out(&mut self, msg: TaggedPacket) {
-        match msg.message.packet {
-            Packet::Rtp(packet) => self.deliver(packet, msg.now),
-            Packet::Rtcp(packets) if !packets.is_empty() => {
-                if let Some(cc) = self.transport_cc.as_mut() {
-                    cc.on_rtcp(msg.now, &packets);
-                }
-                self.sender_reports(&packets, msg.now);
-                self.feedback(&packets);
-            }
+        match packet {
+            Packet::Rtp(packet) => self.deliver(packet, now),
+            Packet::Rtcp(packets) => self.read_rtcp(&packets, now),
             _ => {}
         }
     }
 
-    /// Once per round (and after timeouts): polls every interceptor for what it generated
-    /// (reports, NACKs, transport-cc feedback) and what passed a member blind to it, instead of
-    /// once per packet.
-    fn collect(&mut self) {
-        if !self.interceptors_dirty {
-            return;
+    /// Feedback and reports from the client: transport-cc feedback to the estimator, sender
+    /// reports to their track, the rest to its slot.
+    fn read_rtcp(&mut self, packets: &[Box<dyn rtcp::Packet>], now: Instant) {
+        if let Some(cc) = self.transport_cc.as_mut() {
+            cc.on_rtcp(now, packets);
         }
-        self.interceptors_dirty = false;
-        while let Some(msg) = self.bundle.poll_read() {
-            self.read_out(msg);
-        }
-        self.drain_writes(true);
+        self.sender_reports(packets, now);
+        self.feedback(packets);
     }
 
     /// Binds the stream of a packet with an unknown SSRC to its section (`receiving`), tells
-    /// the interceptors of it before they see its first packet (as rtc does), and opens its
-    /// track or layer. A packet that belongs nowhere binds nothing (it is dropped after the
-    /// interceptors, which know nothing of it either).
+    /// what counts it (the RTX repair, `reception`, `arrivals`) before its first packet (as rtc
+    /// did), and opens its track or layer. A packet that belongs nowhere binds nothing (it is
+    /// dropped, and nothing counted it either).
     fn bind_stream(&mut self, header: &rtp::header::Header) {
         let Some(binding) = self.receiving.bind(header) else {
             return;
@@ -1897,29 +1857,29 @@ impl Peer {
             sdp_fmtp_line: codec.rtp_codec.sdp_fmtp_line.clone(),
             rtcp_feedback: feedback,
         };
-        self.bundle.bind_remote_stream(&info);
         self.rtx.bind_remote_stream(&info);
         self.reception.bind(
             info.ssrc,
             info.clock_rate,
             super::nack::supports_nack(&info),
         );
-        if let Some((rtx_ssrc, rtx_payload_type)) = rtx {
-            // The repair flow in its own right, as rtc binds it.
-            let repair = StreamInfo {
-                ssrc: rtx_ssrc,
-                ssrc_rtx: None,
-                payload_type: rtx_payload_type,
-                payload_type_rtx: None,
-                ..info.clone()
-            };
-            self.bundle.bind_remote_stream(&repair);
+        let twcc = info
+            .rtp_header_extensions
+            .iter()
+            .find(|h| h.uri == TRANSPORT_CC_URI)
+            .and_then(|h| u8::try_from(h.id).ok());
+        if let Some(id) = twcc {
+            self.arrivals.bind(info.ssrc, id);
+            // The repair flow in its own right, as rtc bound it.
+            if let Some((rtx_ssrc, _)) = rtx {
+                self.arrivals.bind(rtx_ssrc, id);
+            }
         }
         self.by_ssrc.insert(binding.ssrc, (track_id.clone(), info));
         self.open_track(track_id, receiver, binding.ssrc, binding.rid);
     }
 
-    /// A packet out of the interceptors, to its track.
+    /// A received packet, counted, to its track.
     fn deliver(&mut self, packet: rtp::Packet, now: Instant) {
         let Some((track_id, _)) = self.by_ssrc.get(&packet.header.ssrc) else {
             return;
@@ -1947,7 +1907,7 @@ impl Peer {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        earliest(self.bundle.poll_timeout());
+        earliest(self.arrivals.poll_timeout());
         earliest(self.reception.poll_timeout());
         earliest(self.reporting.poll_timeout());
         earliest(self.transport_cc.as_mut().and_then(|cc| cc.poll_timeout()));
@@ -1976,23 +1936,19 @@ impl Peer {
                 self.on_dtls(outcome, now);
             }
         }
-        if let Err(err) = self.bundle.handle_timeout(now) {
-            tracing::debug!(%err, "interceptor timeout failed");
-        }
         if let Some(cc) = self.transport_cc.as_mut() {
             cc.handle_timeout(now);
         }
         let mut due = std::mem::take(&mut self.rtcp_due);
         self.reception.poll(now, &mut due);
+        self.arrivals.poll(now, &mut due);
         self.reporting.poll(now, &mut due);
         for packet in due.drain(..) {
-            // NACKs, receiver and sender reports each in their own RTCP packet, as rtc sent
-            // them.
+            // NACKs, receiver reports, transport-cc feedback and sender reports each in their
+            // own RTCP packet, as rtc sent them.
             self.protect_rtcp(std::slice::from_ref(&packet));
         }
         self.rtcp_due = due;
-        self.interceptors_dirty = true;
-        self.collect();
         self.pump();
         if !self.silent && now >= self.heard + self.silence_limit {
             self.fail();
@@ -2001,7 +1957,6 @@ impl Peer {
 
     /// The next datagram to send and where to.
     pub fn poll_transmit(&mut self) -> Option<(Transport, BytesMut)> {
-        self.collect();
         if self.rtc_touched {
             self.pump();
         }
@@ -2131,9 +2086,10 @@ impl Peer {
         Ok(())
     }
 
-    /// Tells the interceptors of a slot's stream (rtc binds a sender's stream when it starts,
-    /// with its first codec and RTX): before its first packet ([`Peer::write_media`]), and
-    /// again after a negotiation that changed what they were told ([`Peer::refresh_slots`]).
+    /// Tells sender reports and transport-cc numbering of a slot's stream (rtc bound a sender's
+    /// stream when it started, with its first codec and RTX): before its first packet
+    /// ([`Peer::write_media`]), and again after a negotiation that changed what they were told
+    /// ([`Peer::refresh_slots`]).
     fn bind_slot(&mut self, index: usize) {
         let Some(state) = self.slots.get_mut(index) else {
             return;
@@ -2167,37 +2123,16 @@ impl Peer {
             if same_stream(old, &info) {
                 return;
             }
-            self.bundle.unbind_local_stream(old);
             self.reporting.unbind(old.ssrc);
             if let Some(cc) = self.transport_cc.as_mut() {
                 cc.unbind_local_stream(old);
             }
         }
-        self.bundle.bind_local_stream(&info);
         self.reporting.bind(info.ssrc, info.clock_rate);
         if let Some(cc) = self.transport_cc.as_mut() {
             cc.bind_local_stream(&info);
         }
         state.bound = Some(info);
-    }
-
-    /// Protects and queues what the interceptors let out towards the client (RTCP: NACKs,
-    /// receiver reports, transport-cc feedback, keyframe requests), and with `poll`, what they
-    /// generated after polling them all.
-    fn drain_writes(&mut self, poll: bool) {
-        loop {
-            let next = if poll {
-                self.bundle.poll_write()
-            } else {
-                self.bundle.take_write()
-            };
-            let Some(msg) = next else { break };
-            match &msg.message.packet {
-                Packet::Rtp(packet) => self.protect_rtp(packet),
-                Packet::Rtcp(packets) => self.protect_rtcp(packets),
-                _ => {}
-            }
-        }
     }
 
     /// Marshals, encrypts and queues one RTP packet towards the client.
@@ -2288,6 +2223,7 @@ impl Peer {
     /// which, [`crate::sfu::downtrack::DownTrack::poll_keyframe_request`]). An SSRC the track
     /// does not send (a source restarted since, or a layer not opened): its current stream.
     pub fn request_keyframe(&mut self, track: TrackKey, ssrc: u32, now: Instant) {
+        self.now = self.now.max(now);
         let Some(state) = self.tracks.values().find(|t| t.key == track) else {
             return;
         };
@@ -2300,16 +2236,7 @@ impl Peer {
             sender_ssrc: 0,
             media_ssrc: ssrc,
         };
-        let msg = TaggedPacket {
-            now,
-            transport: TransportContext::default(),
-            message: AttributedPacket::new(Packet::Rtcp(vec![Box::new(pli)])),
-        };
-        if let Err(err) = self.bundle.handle_write(msg) {
-            tracing::debug!(%err, "keyframe request not sent");
-        }
-        self.interceptors_dirty = true;
-        self.drain_writes(false);
+        self.protect_rtcp(&[Box::new(pli)]);
     }
 
     /// Closes the connection (DTLS close_notify goes out with the next transmits).

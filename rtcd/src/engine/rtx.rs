@@ -22,6 +22,7 @@
 //! packets are restored as above, with the payload type its RTX payload type repairs
 //! ([`AptMap`], filled from the negotiated codecs).
 
+use rustc_hash::FxHashMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -60,8 +61,9 @@ struct Repairs {
 /// everything else through unchanged.
 #[derive(Default)]
 pub(super) struct RtxRepair {
-    /// By RTX SSRC.
-    streams: HashMap<u32, Repairs>,
+    /// By RTX SSRC, looked up for every packet with extensions (a fast hash: entries come
+    /// only from layers the client declared in its packets).
+    streams: FxHashMap<u32, Repairs>,
     /// Simulcast layers seen: (mid, rid) → the layer's SSRC.
     layers: HashMap<(Bytes, Bytes), u32>,
     ids: SdesIds,
@@ -109,8 +111,8 @@ impl RtxRepair {
     }
 
     /// Restores `packet` if it is a retransmission of a known stream (and learns layers from
-    /// it). The peer calls this on every received packet before its interceptors, instead of
-    /// walking the packet through one more interceptor (each walk moves it twice).
+    /// it). The peer calls this on every received packet before anything counts it, instead
+    /// of walking the packet through one more interceptor (each walk moved it twice).
     pub(super) fn repair(&mut self, packet: &mut rtc::rtp::Packet) {
         if packet.header.extension && !self.streams.contains_key(&packet.header.ssrc) {
             self.learn(&packet.header);

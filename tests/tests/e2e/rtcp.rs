@@ -4,7 +4,8 @@
 //! webrtc-rs 0.21 facts these tests rest on (`rtc` 0.21.1, under the async `webrtc` 0.21.1):
 //! `register_default_interceptors` installs a NACK generator and responder, sender and receiver
 //! reports (about once a second, `rtc-interceptor` `report/{sender,receiver}.rs`) and the TWCC
-//! receiver. The default video codecs each come with an RTX codec, so a subscriber's section
+//! receiver; a participant built with `PeerOptions::transport_cc` also numbers what it sends
+//! (`configure_twcc_sender_only`), so rtcd sends it transport-cc feedback. The default video codecs each come with an RTX codec, so a subscriber's section
 //! offers RTX and rtcd answers its NACK with an RTX packet (own SSRC, original sequence number in
 //! front of the payload); the subscriber's `rtc` turns it back into the original packet before
 //! the track sees it (`peer_connection/handler/endpoint.rs`), so the payload counter arrives
@@ -15,6 +16,10 @@
 //! their own (`media::RtcpTap`).
 
 use std::time::Duration;
+
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
+    PacketStatusChunk, SymbolTypeTcc, TransportLayerCc,
+};
 
 use rtcd_e2e::daemon::{TestRtcd, metric_sum};
 use rtcd_e2e::media::{
@@ -180,6 +185,134 @@ async fn subscribers_get_sender_reports_and_publishers_get_receiver_reports() ->
         alice.receiver_reports("audio") >= 2 && alice.receiver_reports("video") >= 2
     })
     .await?;
+    rtcd.rtcd.shutdown().await;
+    Ok(())
+}
+
+/// What one transport-cc feedback says: per number from its base, received or not, and the
+/// arrival time of its last received packet (us on rtcd's clock).
+fn read_feedback(fb: &TransportLayerCc) -> (Vec<bool>, Option<i64>) {
+    let mut states = Vec::new();
+    for chunk in &fb.packet_chunks {
+        match chunk {
+            PacketStatusChunk::RunLengthChunk(run) => states.extend(std::iter::repeat_n(
+                run.packet_status_symbol,
+                usize::from(run.run_length),
+            )),
+            PacketStatusChunk::StatusVectorChunk(v) => states.extend(v.symbol_list.iter()),
+        }
+    }
+    states.truncate(usize::from(fb.packet_status_count));
+    let received: Vec<bool> = states
+        .iter()
+        .map(|s| *s != SymbolTypeTcc::PacketNotReceived)
+        .collect();
+    let clock = i64::from(fb.reference_time) * 64_000;
+    let last = (!fb.recv_deltas.is_empty())
+        .then(|| clock + fb.recv_deltas.iter().map(|d| d.delta).sum::<i64>());
+    (received, last)
+}
+
+/// A publisher that numbers its packets with the transport-wide sequence number (as browsers
+/// do, and as their bandwidth estimators need) gets transport-cc feedback from rtcd on them:
+/// about ten a second, all the time, its counter without a gap, no number skipped, nearly
+/// every packet received (loopback), and arrival times that run with the wall clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_numbers_its_packets_gets_transport_cc_feedback_on_them()
+-> anyhow::Result<()> {
+    let rtcd = TestRtcd::start(&[]).await?;
+    let auth = rtcd.register("tenant-rtcp").await?;
+    let mut client = rtcd.client().await?;
+    let numbering = PeerOptions {
+        transport_cc: true,
+        ..Default::default()
+    };
+    let alice = Participant::join_with(
+        &mut client,
+        Some(&auth),
+        "call",
+        "alice",
+        all_permissions(),
+        numbering,
+    )
+    .await?;
+    alice.add_track("audio").await?;
+    alice.add_track("video").await?;
+    alice.renegotiate().await?;
+    let bob =
+        Participant::listener(&mut client, &auth, "call", "bob", PeerOptions::default()).await?;
+    eventually("bob receives alice", || {
+        bob.received("alice", "audio") >= ENOUGH && bob.received("alice", "video") >= ENOUGH
+    })
+    .await?;
+    eventually("transport-cc feedback", || {
+        !alice.transport_cc_feedback().is_empty()
+    })
+    .await?;
+    // Flowing in every window of two seconds (10 a second; at least 5).
+    let mut seen = alice.transport_cc_feedback().len();
+    for window in 0..3 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = alice.transport_cc_feedback().len();
+        assert!(
+            now >= seen + 10,
+            "window {window}: {} feedback messages",
+            now - seen
+        );
+        seen = now;
+    }
+    keeps_flowing(
+        &bob,
+        &["alice/audio", "alice/video"],
+        Duration::from_secs(2),
+        Duration::from_secs(1),
+    )
+    .await?;
+    let feedback = alice.transport_cc_feedback();
+    let (mut received, mut lost) = (0usize, 0usize);
+    let mut next: Option<u16> = None;
+    let mut timeline = Vec::new();
+    for pair in feedback.windows(2) {
+        assert_eq!(
+            pair[1].1.fb_pkt_count,
+            pair[0].1.fb_pkt_count.wrapping_add(1),
+            "the feedback counter runs without a gap"
+        );
+    }
+    for (at, fb) in &feedback {
+        if let Some(next) = next {
+            // At or before where the previous one stopped (a late packet is reported again).
+            let ahead = fb.base_sequence_number.wrapping_sub(next);
+            assert!(
+                ahead == 0 || ahead > 0x8000,
+                "numbers {next}..{} skipped",
+                fb.base_sequence_number
+            );
+        }
+        let (states, last) = read_feedback(fb);
+        assert!(
+            states.last() == Some(&true),
+            "a feedback ends on a received packet"
+        );
+        received += states.iter().filter(|r| **r).count();
+        lost += states.iter().filter(|r| !**r).count();
+        next = Some(fb.base_sequence_number.wrapping_add(states.len() as u16));
+        timeline.extend(last.map(|us| (*at, us)));
+    }
+    assert!(received >= 300, "{received} packets reported received");
+    assert!(
+        lost * 100 <= received,
+        "{lost} reported lost of {received} on loopback"
+    );
+    // rtcd's arrival times run with the wall clock (the feedback left within 100 ms of its last
+    // arrival, and loopback adds nothing).
+    let (first, last) = (timeline[0], timeline[timeline.len() - 1]);
+    let wall = last.0.duration_since(first.0).as_micros() as i64;
+    let rtcd_clock = last.1 - first.1;
+    assert!(
+        (wall - rtcd_clock).abs() < 300_000,
+        "arrivals span {rtcd_clock} us on rtcd's clock, {wall} us on ours"
+    );
     rtcd.rtcd.shutdown().await;
     Ok(())
 }

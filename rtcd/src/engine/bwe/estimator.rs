@@ -216,9 +216,6 @@ const FEEDBACK_GAP: Duration = Duration::from_secs(1);
 /// bottleneck the acknowledged rate is the bottleneck's, dip or not.
 const ACKED_PEAK_SPAN: Duration = Duration::from_secs(1);
 
-/// Capacity of the per-packet buffers: a 500 ms window at ~2,000 packets a second.
-const ACKED_CAPACITY: usize = 1_024;
-
 /// What the delay-based detector concludes about the path (draft §5.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Usage {
@@ -251,7 +248,10 @@ pub(super) struct AckedRate {
 impl AckedRate {
     fn new() -> Self {
         Self {
-            arrivals: VecDeque::with_capacity(ACKED_CAPACITY),
+            // Grown to what the window holds at the peer's rate, not reserved for the highest
+            // rate: a ring this size is touched all over as it turns, and 1,024 slots reserved
+            // per peer were 24 KiB of resident memory for a one-to-one call's ~80 packets.
+            arrivals: VecDeque::new(),
             bytes: 0,
             first: None,
             newest: Duration::ZERO,

@@ -1,6 +1,6 @@
 //! A call and the tracks published in it.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
@@ -129,7 +129,9 @@ pub(super) struct Call {
     /// Whose call and which: the key of `Rooms::call_ids`.
     pub names: (TenantId, CallId),
     pub members: Vec<SessionKey>,
-    pub tracks: HashMap<TrackId, Published>,
+    /// The call's published tracks, keyed by our own counter (a fast hash, looked up per
+    /// packet; no client picks the keys).
+    pub tracks: FxHashMap<TrackId, Published>,
     /// When its first session joined (Unix milliseconds).
     pub created_at_ms: i64,
     /// This instance of the room, for room events (unique per process and room start).
@@ -157,7 +159,7 @@ impl Call {
             events,
             names,
             members: Vec::new(),
-            tracks: HashMap::new(),
+            tracks: FxHashMap::default(),
             recording: None,
         }
     }

@@ -1,5 +1,6 @@
 //! One session (one client peer connection) as its call sees it.
 
+use rustc_hash::FxHashMap;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
@@ -65,8 +66,9 @@ pub(super) struct Member {
     pub slots: Vec<MemberSlot>,
     /// Which track each slot carries, what waits, when to ask for an offer.
     pub negotiation: Negotiation,
-    /// This session's published tracks, by the peer's track key.
-    pub published: HashMap<TrackKey, TrackId>,
+    /// This session's published tracks, by the peer's track key (the peer's own counter: a
+    /// fast hash, looked up per packet; no client picks the keys).
+    pub published: FxHashMap<TrackKey, TrackId>,
     /// Every track the client has opened, by mid (a section that sends again is published
     /// again from it).
     pub opened: HashMap<String, OpenedTrack>,
@@ -167,7 +169,7 @@ impl Member {
             peer,
             slots: Vec::new(),
             negotiation: Negotiation::default(),
-            published: HashMap::new(),
+            published: FxHashMap::default(),
             opened: HashMap::new(),
             refused: HashMap::new(),
             track_ids: HashMap::new(),

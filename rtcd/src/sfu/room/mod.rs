@@ -33,6 +33,7 @@ mod recording;
 #[cfg(test)]
 mod tests;
 
+use rustc_hash::FxHashMap;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
@@ -136,10 +137,11 @@ pub(crate) struct Rooms {
     config: SfuConfig,
     room_events: bool,
     forwarded: Arc<std::sync::atomic::AtomicU64>,
-    calls: HashMap<CallKey, Call>,
+    /// Keyed by our own counters: a fast hash, no attacker picks the keys (`FxHashMap`).
+    calls: FxHashMap<CallKey, Call>,
     call_ids: HashMap<(TenantId, CallId), CallKey>,
     next_call: CallKey,
-    members: HashMap<SessionKey, Member>,
+    members: FxHashMap<SessionKey, Member>,
     next_track: TrackId,
     /// Sessions with datagrams or events to drain.
     dirty: Vec<SessionKey>,
@@ -173,10 +175,10 @@ impl Rooms {
             config,
             room_events,
             forwarded,
-            calls: HashMap::new(),
+            calls: FxHashMap::default(),
             call_ids: HashMap::new(),
             next_call: 1,
-            members: HashMap::new(),
+            members: FxHashMap::default(),
             next_track: 1,
             dirty: Vec::new(),
             dirty_set: HashSet::new(),
