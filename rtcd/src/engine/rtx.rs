@@ -57,6 +57,10 @@ struct Repairs {
     payload_type: u8,
 }
 
+/// Simulcast layers, and RTX streams, the repair remembers at most (a client sends a handful;
+/// see `learn`).
+const MAX_LAYERS: usize = 256;
+
 /// Rewrites inbound RTX packets of bound remote streams into their originals; passes
 /// everything else through unchanged.
 #[derive(Default)]
@@ -143,8 +147,17 @@ impl RtxRepair {
             return;
         };
         if let Some(rid) = ext(self.ids.rid) {
-            self.layers.insert((mid, rid), header.ssrc);
-        } else if let Some(rrid) = ext(self.ids.rrid)
+            let known = self.layers.get(&(mid.clone(), rid.clone()));
+            // At most MAX_LAYERS: a client's packets name any (mid, rid) they like, and a
+            // layer is forgotten only when its stream is unbound.
+            if known != Some(&header.ssrc) && (known.is_some() || self.layers.len() < MAX_LAYERS) {
+                // Copied out: the values are slices of the received chunk, which a key kept
+                // for the layer's life would keep from being freed.
+                let key = (Bytes::copy_from_slice(&mid), Bytes::copy_from_slice(&rid));
+                self.layers.insert(key, header.ssrc);
+            }
+        } else if self.streams.len() < MAX_LAYERS
+            && let Some(rrid) = ext(self.ids.rrid)
             && let Some(&ssrc) = self.layers.get(&(mid, rrid))
             && let Some(&payload_type) = self
                 .apt
@@ -359,12 +372,14 @@ mod tests {
     /// A simulcast layer's RTX: no SSRC declared anywhere, only MID and repaired-rid on its
     /// first packets. It is restored as the layer's packet, also once the extensions stop;
     /// a repaired-rid of an unknown layer and an RTX payload type without `apt` stay as they are.
-    #[test]
-    fn a_repaired_rid_retransmission_becomes_its_layers_packet() {
-        const LAYER: u32 = 0x5102;
-        const LAYER_RTX: u32 = 0x6102;
-        let (mid_id, rid_id, rrid_id) = (4u8, 10u8, 11u8);
-        let now = Instant::now();
+    /// The simulcast header extensions' ids in the layer tests.
+    const MID_ID: u8 = 4;
+    const RID_ID: u8 = 10;
+    const RRID_ID: u8 = 11;
+
+    /// A repair that resolves RTX of VP8, with the layer `ssrc` bound as rtc binds one:
+    /// without RTX (it knows none), with the mid, rid and repaired-rid extensions.
+    fn layer_repair(ssrc: u32) -> RtxRepair {
         let apt: AptMap = Arc::default();
         apt.lock().unwrap().insert(RTX, VP8);
         let mut repair = RtxRepair::new(apt);
@@ -372,18 +387,27 @@ mod tests {
             uri: uri.into(),
             id: id.into(),
         };
-        // rtc binds a layer without RTX (it knows none).
         repair.bind_remote_stream(&StreamInfo {
-            ssrc: LAYER,
+            ssrc,
             ssrc_rtx: None,
             payload_type_rtx: None,
             rtp_header_extensions: vec![
-                ext(MID_URI, mid_id),
-                ext(RID_URI, rid_id),
-                ext(REPAIRED_RID_URI, rrid_id),
+                ext(MID_URI, MID_ID),
+                ext(RID_URI, RID_ID),
+                ext(REPAIRED_RID_URI, RRID_ID),
             ],
             ..video()
         });
+        repair
+    }
+
+    #[test]
+    fn a_repaired_rid_retransmission_becomes_its_layers_packet() {
+        const LAYER: u32 = 0x5102;
+        const LAYER_RTX: u32 = 0x6102;
+        let (mid_id, rid_id, rrid_id) = (MID_ID, RID_ID, RRID_ID);
+        let now = Instant::now();
+        let mut repair = layer_repair(LAYER);
         let stamped = |mut msg: TaggedPacket, pairs: &[(u8, &'static [u8])]| {
             if let Packet::Rtp(p) = &mut msg.message.packet {
                 p.header.extension = true;
@@ -458,6 +482,52 @@ mod tests {
             panic!("not RTP");
         };
         assert_eq!(p.header.ssrc, LAYER_RTX, "unbound: left alone");
+    }
+
+    /// A client's packets may name any (mid, rid) and any RTX SSRC: what the repair learns
+    /// from them stays bounded, and a key it keeps is its own copy, not a slice of the
+    /// received packet (which would keep that packet's chunk alive with the layer).
+    #[test]
+    fn what_a_client_names_is_remembered_up_to_a_bound_and_copied_out_of_its_packet() {
+        let (mid_id, rid_id, rrid_id) = (MID_ID, RID_ID, RRID_ID);
+        let mut repair = layer_repair(1);
+        let stamped = |ssrc: u32, payload_type: u8, pairs: &[(u8, Bytes)]| {
+            let mut packet = rtc::rtp::Packet {
+                payload: Bytes::from_static(&[0, 1, 7]),
+                ..Default::default()
+            };
+            packet.header.ssrc = ssrc;
+            packet.header.payload_type = payload_type;
+            packet.header.extension = true;
+            packet.header.extension_profile = 0xBEDE;
+            for (id, value) in pairs {
+                packet.header.set_extension(*id, value.clone()).unwrap();
+            }
+            packet
+        };
+        let received = Bytes::from_static(b"1h");
+        for i in 0..10_000u32 {
+            let rid = Bytes::from(format!("r{i}"));
+            repair.repair(&mut stamped(
+                1_000 + i,
+                VP8,
+                &[(mid_id, received.slice(..1)), (rid_id, rid.clone())],
+            ));
+            repair.repair(&mut stamped(
+                100_000 + i,
+                RTX,
+                &[(mid_id, received.slice(..1)), (rrid_id, rid)],
+            ));
+        }
+        assert_eq!(repair.layers.len(), MAX_LAYERS);
+        assert_eq!(repair.streams.len(), MAX_LAYERS);
+        let inside = received.as_ptr_range();
+        for (mid, _) in repair.layers.keys() {
+            assert!(
+                !inside.contains(&mid.as_ptr()),
+                "a key points into a packet"
+            );
+        }
     }
 
     #[test]
