@@ -22,6 +22,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use rtc::interceptor::StreamInfo;
 use rtc::rtcp::Packet as RtcpPacket;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
     PacketStatusChunk, RecvDelta, RunLengthChunk, StatusChunkTypeTcc, StatusVectorChunk,
@@ -54,10 +55,10 @@ const MISSING: i64 = -1;
 pub(super) struct Arrivals {
     /// Our SSRC in the feedback (any: the client does not look it up).
     sender_ssrc: u32,
-    /// The extension id of each bound stream that negotiated transport-cc.
+    /// The extension id of each bound stream that negotiated transport-cc (its RTX SSRC too),
+    /// in the order they were bound: a packet of a stream not bound is read with the id of the
+    /// last one (as `rtc` did).
     ids: Vec<(u32, u8)>,
-    /// The id of the stream bound last: for a packet of a stream not bound (as `rtc` did).
-    transport_id: Option<u8>,
     /// The first numbered packet's arrival: the origin of arrival times.
     start: Option<Instant>,
     next_feedback: Option<Instant>,
@@ -83,7 +84,6 @@ impl Arrivals {
         Self {
             sender_ssrc,
             ids: Vec::new(),
-            transport_id: None,
             start: None,
             next_feedback: None,
             media_ssrc: 0,
@@ -96,33 +96,30 @@ impl Arrivals {
         }
     }
 
-    /// Starts numbering a stream the client sends with transport-cc in extension `id`.
-    pub(super) fn bind(&mut self, ssrc: u32, id: u8) {
-        if id == 0 {
+    /// Starts reading the transport-wide numbers of a stream the client sends, and of its RTX
+    /// SSRC (the repair flow in its own right, as `rtc` bound it), if it negotiated them.
+    pub(super) fn bind(&mut self, info: &StreamInfo) {
+        let Some(id) = super::bwe::transport_cc_id(info) else {
             return;
-        }
-        self.unbind(ssrc);
-        self.ids.push((ssrc, id));
-        self.transport_id = Some(id);
+        };
+        self.unbind(info);
+        self.ids.push((info.ssrc, id));
+        self.ids.extend(info.ssrc_rtx.map(|rtx| (rtx, id)));
     }
 
-    /// Forgets a stream (with the last one, packets of streams not bound count no more).
-    pub(super) fn unbind(&mut self, ssrc: u32) {
-        self.ids.retain(|&(s, _)| s != ssrc);
-        if self.ids.is_empty() {
-            self.transport_id = None;
-        }
+    /// Forgets a stream and its RTX SSRC (with the last one, packets of streams not bound
+    /// count no more).
+    pub(super) fn unbind(&mut self, info: &StreamInfo) {
+        self.ids
+            .retain(|&(s, _)| s != info.ssrc && Some(s) != info.ssrc_rtx);
     }
 
     /// One packet received (after its RTX repair): its transport-wide number, if it has one,
     /// arrived at `now`.
     pub(super) fn record(&mut self, header: &rtc::rtp::header::Header, now: Instant) {
-        let id = match self.ids.iter().find(|&&(s, _)| s == header.ssrc) {
-            Some(&(_, id)) => id,
-            None => match self.transport_id {
-                Some(id) => id,
-                None => return,
-            },
+        let bound = self.ids.iter().find(|&&(s, _)| s == header.ssrc);
+        let Some(&(_, id)) = bound.or(self.ids.last()) else {
+            return;
         };
         let Some(ext) = header.get_extension(id) else {
             return;
@@ -257,12 +254,13 @@ impl Arrivals {
             } else {
                 SymbolTypeTcc::PacketReceivedLargeDelta
             };
+            let delta = i64::from(units) * DELTA_UNIT;
             states.push(state);
             deltas.push(RecvDelta {
                 type_tcc_packet: state,
-                delta: i64::from(units) * DELTA_UNIT,
+                delta,
             });
-            clock += i64::from(units) * DELTA_UNIT;
+            clock += delta;
             seq += 1;
             next = seq;
         }

@@ -23,8 +23,9 @@
 //! STUN goes to `rtc`, DTLS to the handshake, SRTP and SRTCP are decrypted here, bound to the
 //! client's section on their first packet (`receiving`, `rtc`'s rules), counted for reports,
 //! NACKs and transport-cc feedback in place (`reception`, `arrivals`), and handed to their
-//! track; what rtcd sends is counted and numbered in place and encrypted here. Media goes where ICE put the path: the pair the
-//! client's last nominating check selected, once `rtc` answered it. `rtc`'s own DTLS endpoint
+//! track; what rtcd sends is counted and numbered in place and encrypted here. Media goes
+//! where ICE put the path: the pair the client's last nominating check selected, once `rtc`
+//! answered it. `rtc`'s own DTLS endpoint
 //! is a server that never hears a record; where the client's offer leaves the role open
 //! (`actpass`), the answer tells the client rtcd is the DTLS client, as `rtc` chose before.
 //!
@@ -51,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtc::crypto::{self, SignatureScheme};
-use rtc::interceptor::{Interceptor as _, Packet, Registry, StreamInfo};
+use rtc::interceptor::{Interceptor as _, Registry, StreamInfo};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -1311,7 +1312,7 @@ impl Peer {
             .collect();
         for ssrc in gone {
             if let Some((_, info)) = self.by_ssrc.remove(&ssrc) {
-                self.arrivals.unbind(ssrc);
+                self.arrivals.unbind(&info);
                 self.rtx.unbind_remote_stream(&info);
                 self.reception.unbind(ssrc);
             }
@@ -1735,7 +1736,7 @@ impl Peer {
         make_room(&mut self.rx, data.len(), RX_CHUNK);
         self.rx.extend_from_slice(data);
         let mut buf = self.rx.split();
-        let packet = if rtc::shared::util::is_rtcp(data) {
+        if rtc::shared::util::is_rtcp(data) {
             match keys.remote.unprotect_rtcp(&mut buf) {
                 Ok(end) => buf.truncate(end),
                 Err(err) => {
@@ -1744,10 +1745,12 @@ impl Peer {
                 }
             }
             let mut plain = buf.freeze();
-            match rtcp::packet::unmarshal(&mut plain) {
-                Ok(packets) if !packets.is_empty() => Packet::Rtcp(packets),
+            let packets = match rtcp::packet::unmarshal(&mut plain) {
+                Ok(packets) if !packets.is_empty() => packets,
                 _ => return,
-            }
+            };
+            self.heard = self.heard.max(now);
+            self.read_rtcp(&packets, now);
         } else {
             match keys.remote.unprotect_rtp(&mut buf) {
                 Ok(end) => buf.truncate(end),
@@ -1773,13 +1776,8 @@ impl Peer {
             self.rtx.repair(&mut packet);
             self.reception.receive(&packet.header, now);
             self.arrivals.record(&packet.header, now);
-            Packet::Rtp(packet)
-        };
-        self.heard = self.heard.max(now);
-        match packet {
-            Packet::Rtp(packet) => self.deliver(packet, now),
-            Packet::Rtcp(packets) => self.read_rtcp(&packets, now),
-            _ => {}
+            self.heard = self.heard.max(now);
+            self.deliver(packet, now);
         }
     }
 
@@ -1863,18 +1861,7 @@ impl Peer {
             info.clock_rate,
             super::nack::supports_nack(&info),
         );
-        let twcc = info
-            .rtp_header_extensions
-            .iter()
-            .find(|h| h.uri == TRANSPORT_CC_URI)
-            .and_then(|h| u8::try_from(h.id).ok());
-        if let Some(id) = twcc {
-            self.arrivals.bind(info.ssrc, id);
-            // The repair flow in its own right, as rtc bound it.
-            if let Some((rtx_ssrc, _)) = rtx {
-                self.arrivals.bind(rtx_ssrc, id);
-            }
-        }
+        self.arrivals.bind(&info);
         self.by_ssrc.insert(binding.ssrc, (track_id.clone(), info));
         self.open_track(track_id, receiver, binding.ssrc, binding.rid);
     }

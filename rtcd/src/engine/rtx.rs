@@ -369,9 +369,6 @@ mod tests {
         nacks
     }
 
-    /// A simulcast layer's RTX: no SSRC declared anywhere, only MID and repaired-rid on its
-    /// first packets. It is restored as the layer's packet, also once the extensions stop;
-    /// a repaired-rid of an unknown layer and an RTX payload type without `apt` stay as they are.
     /// The simulcast header extensions' ids in the layer tests.
     const MID_ID: u8 = 4;
     const RID_ID: u8 = 10;
@@ -401,6 +398,9 @@ mod tests {
         repair
     }
 
+    /// A simulcast layer's RTX: no SSRC declared anywhere, only MID and repaired-rid on its
+    /// first packets. It is restored as the layer's packet, also once the extensions stop;
+    /// a repaired-rid of an unknown layer and an RTX payload type without `apt` stay as they are.
     #[test]
     fn a_repaired_rid_retransmission_becomes_its_layers_packet() {
         const LAYER: u32 = 0x5102;

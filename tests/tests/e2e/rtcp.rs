@@ -249,7 +249,7 @@ async fn a_publisher_that_numbers_its_packets_gets_transport_cc_feedback_on_them
         !alice.transport_cc_feedback().is_empty()
     })
     .await?;
-    // Flowing in every window of two seconds (10 a second; at least 5).
+    // Flowing in every window of two seconds (about 10 a second; at least 5 a second).
     let mut seen = alice.transport_cc_feedback().len();
     for window in 0..3 {
         tokio::time::sleep(Duration::from_secs(2)).await;

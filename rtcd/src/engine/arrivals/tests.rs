@@ -82,20 +82,26 @@ fn read_all(packets: Vec<Box<dyn RtcpPacket>>) -> Vec<Said> {
         .collect()
 }
 
+/// The stream the tests send, with transport-cc in extension [`ID`] and an RTX SSRC.
+fn info(ssrc: u32) -> StreamInfo {
+    StreamInfo {
+        ssrc,
+        ssrc_rtx: Some(ssrc + 100),
+        rtp_header_extensions: vec![RTPHeaderExtension {
+            id: u16::from(ID),
+            uri: URI.into(),
+        }],
+        ..Default::default()
+    }
+}
+
 /// rtc's TWCC receiver, fed what [`Arrivals`] is fed.
 struct Rtc(rtc::interceptor::TwccReceiverInterceptor);
 
 impl Rtc {
     fn new() -> Self {
         let mut twcc = TwccReceiverBuilder::new().build();
-        twcc.bind_remote_stream(&StreamInfo {
-            ssrc: SSRC,
-            rtp_header_extensions: vec![RTPHeaderExtension {
-                id: u16::from(ID),
-                uri: URI.into(),
-            }],
-            ..Default::default()
-        });
+        twcc.bind_remote_stream(&info(SSRC));
         Self(twcc)
     }
 
@@ -127,7 +133,7 @@ impl Rtc {
 
 fn ours() -> Arrivals {
     let mut a = Arrivals::new(1);
-    a.bind(SSRC, ID);
+    a.bind(&info(SSRC));
     a
 }
 
@@ -271,7 +277,13 @@ fn only_numbered_packets_of_a_stream_that_negotiated_it_count() {
     let mut ours = Arrivals::new(1);
     ours.record(&header(SSRC, 1), t0);
     assert_eq!(ours.poll_timeout(), None, "no stream bound: nothing");
-    ours.bind(SSRC, ID);
+    ours.bind(&StreamInfo {
+        rtp_header_extensions: Vec::new(),
+        ..info(SSRC)
+    });
+    ours.record(&header(SSRC, 1), t0);
+    assert_eq!(ours.poll_timeout(), None, "not negotiated: nothing");
+    ours.bind(&info(SSRC));
     let mut plain = header(SSRC, 2);
     plain.extensions.clear();
     plain.extension = false;
@@ -280,11 +292,14 @@ fn only_numbered_packets_of_a_stream_that_negotiated_it_count() {
     // Another SSRC, not bound: the transport's id, as rtc did (an RTX stream's packets).
     ours.record(&header(SSRC + 1, 3), t0);
     assert_eq!(ours.poll_timeout(), Some(t0 + FEEDBACK_INTERVAL));
-    ours.unbind(SSRC);
-    ours.record(&header(SSRC + 1, 4), t0);
+    // Bound with its stream: the RTX SSRC's packets.
+    ours.record(&header(SSRC + 100, 4), t0);
+    ours.unbind(&info(SSRC));
+    ours.record(&header(SSRC + 1, 5), t0);
+    ours.record(&header(SSRC + 100, 6), t0);
     let mut out = Vec::new();
     ours.poll(t0 + FEEDBACK_INTERVAL, &mut out);
-    assert_eq!(read_all(out), vec![(0, vec![(3, Some(0))])]);
+    assert_eq!(read_all(out), vec![(0, vec![(3, Some(0)), (4, Some(0))])]);
 }
 
 #[test]

@@ -34,6 +34,16 @@ use super::Departures;
 const TRANSPORT_CC_URI: &str =
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
+/// The transport-cc extension id a stream negotiated, if any (0 is no id: RFC 8285 reserves
+/// it). What rtcd sends is numbered with it, what it receives is read with it (`arrivals`).
+pub(in crate::engine) fn transport_cc_id(info: &StreamInfo) -> Option<u8> {
+    info.rtp_header_extensions
+        .iter()
+        .find(|e| e.uri == TRANSPORT_CC_URI)
+        .and_then(|e| u8::try_from(e.id).ok())
+        .filter(|id| *id != 0)
+}
+
 /// Records older than this that no feedback acknowledged are dropped (the packet or its
 /// feedback was lost for good): feedback comes every 50-100 ms plus a round trip, and rtc's
 /// history kept the same horizon.
@@ -229,13 +239,7 @@ impl<E: BandwidthEstimator> TransportCc<E> {
     /// retransmission would leave unnumbered, so the estimator would see fewer bytes than are
     /// on the wire exactly when the path is losing.
     pub(in crate::engine) fn bind_local_stream(&mut self, info: &StreamInfo) {
-        let Some(id) = info
-            .rtp_header_extensions
-            .iter()
-            .find(|e| e.uri == TRANSPORT_CC_URI)
-            .and_then(|e| u8::try_from(e.id).ok())
-            .filter(|id| *id != 0)
-        else {
+        let Some(id) = transport_cc_id(info) else {
             return;
         };
         for ssrc in std::iter::once(info.ssrc).chain(info.ssrc_rtx) {
