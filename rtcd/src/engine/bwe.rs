@@ -38,7 +38,7 @@ mod estimator;
 mod transport_cc;
 
 use estimator::Estimator;
-pub(super) use transport_cc::{TransportCc, transport_cc_id};
+pub(super) use transport_cc::{TRANSPORT_CC_URI, TransportCc, transport_cc_id};
 
 /// Where a subscriber's estimate starts: about what one mid simulcast layer and audio need, so a
 /// new subscriber is neither starved while the estimate climbs (8 %/s at most far from

@@ -77,6 +77,7 @@ use rtc::sansio::Protocol as _;
 use rtc::shared::marshal::{Marshal as _, MarshalSize as _, Unmarshal as _};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
+use super::bwe::TRANSPORT_CC_URI;
 use super::dtls::{Handshake, Outcome, SrtpKeys};
 use super::net::demux::{PacketKind, classify};
 use super::net::{Protocol, Transport};
@@ -407,10 +408,6 @@ impl TrackState {
 /// Requests per lost packet of a published track before rtcd gives up on it (10 at 100 ms:
 /// a second, past any retransmission that could still help a live stream).
 const NACKS_PER_PACKET: u16 = 10;
-
-/// The transport-wide congestion control extension (its feedback is rtcd's bandwidth input).
-const TRANSPORT_CC_URI: &str =
-    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
 /// The header extensions every peer's media engine registers, by kind: what an answer of ours
 /// can contain. [`trim_offer`] drops the offer's others (a browser offers about a dozen).

@@ -29,6 +29,7 @@ use rtc::sansio::Protocol as _;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::PeerSettings;
+use super::bwe::TRANSPORT_CC_URI;
 use super::net::{Protocol, Transport};
 use super::peer::host_candidate;
 use crate::media::packet::MediaKind;
@@ -368,10 +369,6 @@ impl Client {
         });
     }
 }
-
-/// The transport-wide congestion control header extension.
-const TRANSPORT_CC_URI: &str =
-    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
 /// The id `sdp` gives the header extension `uri` (its first `a=extmap` line for it).
 fn extension_id(sdp: &str, uri: &str) -> Option<u8> {

@@ -30,8 +30,9 @@ use rtc::shared::marshal::MarshalSize;
 
 use super::Departures;
 
-/// The header extension's URI (draft-holmer-rmcat-transport-wide-cc-extensions-01).
-const TRANSPORT_CC_URI: &str =
+/// The header extension's URI (draft-holmer-rmcat-transport-wide-cc-extensions-01): what the
+/// peer negotiates, numbers what it sends with, and reads what it receives with.
+pub(in crate::engine) const TRANSPORT_CC_URI: &str =
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
 /// The transport-cc extension id a stream negotiated, if any (0 is no id: RFC 8285 reserves
