@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod rules;
 
 /// Version 1 of the signaling contract (`rtcd.v1`). Breaking changes go to `v2` side by side.

@@ -67,8 +67,10 @@ pub enum RelayCommand {
     /// Screen share announced on (`true`) or off. Off withdraws the screen and screen-audio
     /// tracks; on needs nothing from rtcd (the offer's `tracks` name the screen's sections).
     ScreenShare(bool),
-    /// Permissions changed after a token refresh.
-    UpdateGrant(Grant),
+    /// Permissions changed after a token refresh. Boxed: a grant is the largest command by far
+    /// (176 bytes against 80), and every session's command queue allocates 32 slots of the
+    /// largest up front.
+    UpdateGrant(Box<Grant>),
     /// The session's token was replaced by a refresh: the media server checks it against its
     /// revocations.
     Token {

@@ -924,7 +924,8 @@ impl Session {
                 )
                 .await;
                 if update {
-                    self.forward(RelayCommand::UpdateGrant(grant), None).await;
+                    self.forward(RelayCommand::UpdateGrant(Box::new(grant)), None)
+                        .await;
                 }
                 self.send(ServerMessage::Refreshed {
                     expires_at,

@@ -9,8 +9,8 @@ use std::pin::Pin;
 use rtcd_proto::v1 as pb;
 use rtcd_proto::v1::signaling_server::Signaling;
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -137,7 +137,7 @@ impl SignalingService {
                 .close(&tenant, &call, &session, refusal.close_reason());
             return Err(status::from_refusal(&refusal));
         }
-        let (tx, rx) = mpsc::channel::<Result<pb::ServerSignal, Status>>(64);
+        let (tx, stream) = Outbound::channel();
         self.parking
             .take(
                 &tenant,
@@ -148,14 +148,44 @@ impl SignalingService {
                 Claim { tx, inbound },
             )
             .map_err(|_| not_found())?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream))
     }
 }
 
 type ServerStream = Pin<Box<dyn Stream<Item = Result<pb::ServerSignal, Status>> + Send>>;
 
-/// Where a session's stream goes: the proxy's end of the response stream.
-type Outbound = mpsc::Sender<Result<pb::ServerSignal, Status>>;
+/// Where a session's stream goes: the proxy's end of the response stream, bounded (if the proxy
+/// reads slowly, the session's events wait: per-session backpressure).
+///
+/// Messages are boxed in the queue: a channel allocates its first block of 32 slots up front,
+/// and an unboxed `Result<ServerSignal, Status>` is 136 bytes, 4.3 KiB per session for a queue
+/// that mostly holds nothing.
+#[derive(Debug, Clone)]
+pub struct Outbound(mpsc::Sender<Result<Box<pb::ServerSignal>, Status>>);
+
+impl Outbound {
+    /// A session's queue of [`OUTBOUND_CAPACITY`] and the response stream that drains it.
+    fn channel() -> (Self, ServerStream) {
+        let (tx, rx) = mpsc::channel::<Result<Box<pb::ServerSignal>, Status>>(OUTBOUND_CAPACITY);
+        let stream = ReceiverStream::new(rx).map(|message| message.map(|signal| *signal));
+        (Self(tx), Box::pin(stream))
+    }
+
+    /// Queues one message, waiting while the queue is full. If the stream is gone, the message
+    /// comes back when it was one (not an error status), for a parked session to send later.
+    async fn send(
+        &self,
+        message: Result<pb::ServerSignal, Status>,
+    ) -> Result<(), Option<pb::ServerSignal>> {
+        self.0
+            .send(message.map(Box::new))
+            .await
+            .map_err(|unsent| unsent.0.ok().map(|signal| *signal))
+    }
+}
+
+/// Messages a session's response stream holds before its events wait.
+const OUTBOUND_CAPACITY: usize = 64;
 
 /// An admitted session: its SFU handle and events, its place in the room's lobby state, and
 /// the secret that resumes it (when resumption is on). Outlives any one stream.
@@ -392,14 +422,14 @@ async fn relay(
             event = admitted.events.recv() => match event {
                 Some(event) => {
                     if let Err(e) = tx.send(Ok(convert::event(event))).await {
-                        return StreamEnd::Lost(e.0.ok());
+                        return StreamEnd::Lost(e);
                     }
                 }
                 None => return StreamEnd::SessionOver,
             },
             Some(notice) = admitted.notices.recv() => {
                 if let Err(e) = tx.send(signal(convert::lobby_notice(notice))).await {
-                    return StreamEnd::Lost(e.0.ok());
+                    return StreamEnd::Lost(e);
                 }
             }
             msg = inbound.message() => {
@@ -426,7 +456,7 @@ async fn relay(
                         if let Err(e) = result {
                             let error = pb::ServerSignal { signal: Some(convert::error(&e)) };
                             if let Err(e) = tx.send(Ok(error)).await {
-                                return StreamEnd::Lost(e.0.ok());
+                                return StreamEnd::Lost(e);
                             }
                         }
                     }
@@ -434,7 +464,7 @@ async fn relay(
                         let e = SfuError::InvalidArgument("empty ClientSignal".into());
                         let error = pb::ServerSignal { signal: Some(convert::error(&e)) };
                         if let Err(e) = tx.send(Ok(error)).await {
-                            return StreamEnd::Lost(e.0.ok());
+                            return StreamEnd::Lost(e);
                         }
                     }
                     // The proxy closed its side or the connection broke, without a Leave (a
@@ -507,8 +537,7 @@ impl Signaling for SignalingService {
                 tracing::info!(target: "audit", client = %ids.0, call = %ids.1, user = %ids.3, action = "join", outcome = "refused", reason = %e);
                 status::from_lobby(&e)
             })?;
-        // Bounded: if the proxy reads slowly, the session's events wait (per-session backpressure).
-        let (tx, rx) = mpsc::channel::<Result<pb::ServerSignal, Status>>(64);
+        let (tx, stream) = Outbound::channel();
         let service = self.clone();
         match gate {
             Gate::Enter => {
@@ -555,7 +584,7 @@ impl Signaling for SignalingService {
                 });
             }
         }
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream))
     }
 
     async fn close_session(

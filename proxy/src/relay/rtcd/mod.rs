@@ -34,6 +34,7 @@ use rtcd_proto::v1 as pb;
 use rtcd_proto::v1::rooms_client::RoomsClient;
 use rtcd_proto::v1::signaling_client::SignalingClient;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};

@@ -550,7 +550,7 @@ mod tests {
             key_id: String::new(),
         };
         assert_eq!(
-            translate_command(RelayCommand::UpdateGrant(grant)),
+            translate_command(RelayCommand::UpdateGrant(Box::new(grant))),
             Some(pb::client_signal::Signal::UpdatePermissions(
                 pb::Permissions {
                     publish_audio: true,
