@@ -3,9 +3,10 @@
 //! Why: tonic allocates `buffer_size` up front for each direction of every RPC (8 KiB by
 //! default) and keeps it for the RPC's life. A session is one bidirectional stream that lives as
 //! long as the call, so the default cost 16 KiB per participant at each end (proxy and rtcd)
-//! for messages that are mostly a few hundred bytes; measured with heaptrack in the one-to-one
-//! benchmark, it was about a fifth of the proxy's memory per participant. A larger message (an
-//! SDP of a few KiB) still goes through: both directions reserve what a message needs.
+//! for messages that are mostly a few hundred bytes. With heaptrack in the one-to-one
+//! benchmark it was about a fifth of the proxy's heap per participant (less of its resident
+//! memory: pages never written stay out of it). A larger message (an SDP of a few KiB) still
+//! goes through: both directions reserve what a message needs.
 
 use std::marker::PhantomData;
 

@@ -1,7 +1,8 @@
 //! Send-side bandwidth estimation towards a subscriber: rtcd's own estimator, no pacer.
 //!
-//! Every RTP packet rtcd sends a peer (media, RTX, padding) gets a transport-wide sequence number
-//! and a record of when it left ([`TransportCc`], `transport_cc.rs`, which replaced rtc's
+//! Every RTP packet rtcd sends a peer (media, RTX, padding; audio only while the peer also gets
+//! video: see [`TransportCc::number`]) gets a transport-wide sequence number and a record of
+//! when it left ([`TransportCc`], `transport_cc.rs`, which replaced rtc's
 //! `TwccSenderInterceptor` and `CongestionControlInterceptor`, and is driven by the peer on its
 //! media path, no interceptor: see there why);
 //! the client's transport-cc feedback, joined to those records, drives our [`Estimator`]

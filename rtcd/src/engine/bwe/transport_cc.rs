@@ -1,7 +1,8 @@
-//! Transport-wide congestion control towards one peer: every RTP packet sent
-//! on a stream that negotiated transport-cc (its RTX SSRC too) gets the next transport-wide
-//! sequence number and a record of when it was written and how big it was; the peer's feedback
-//! (`TransportLayerCc`) is joined to those records and handed to the estimator in send order.
+//! Transport-wide congestion control towards one peer: every RTP packet sent on a stream that
+//! negotiated transport-cc (its RTX SSRC too; audio only beside video) gets the next
+//! transport-wide sequence number and a record of when it was written and how big it was; the
+//! peer's feedback (`TransportLayerCc`) is joined to those records and handed to the estimator
+//! in send order.
 //!
 //! It replaces rtc's `TwccSenderInterceptor` and `CongestionControlInterceptor` (with its send
 //! `History`), which did the same in two links of the chain. Measured in the simulcast benchmark
@@ -66,13 +67,24 @@ struct Sent {
     arrival: Option<Duration>,
 }
 
+/// A local stream that numbers its packets.
+#[derive(Debug, Clone, Copy)]
+struct Numbered {
+    ssrc: u32,
+    /// Its transport-cc extension id.
+    id: u8,
+    audio: bool,
+}
+
 /// See the module docs.
 pub(in crate::engine) struct TransportCc<E> {
     estimator: E,
     /// The worker's clock, if packets leave later than they are written.
     departures: Option<Departures>,
-    /// (SSRC, extension id) of every local stream (primary and RTX) that numbers its packets.
-    streams: Vec<(u32, u8)>,
+    /// Every local stream (primary and RTX) that numbers its packets.
+    streams: Vec<Numbered>,
+    /// Whether a stream that is not audio is among `streams` (see [`TransportCc::number`]).
+    video: bool,
     /// The next transport-wide sequence number, unwrapped.
     next: u64,
     /// Records of the packets numbered `next - sent.len()..next` not yet reported, in send
@@ -90,6 +102,7 @@ impl<E: BandwidthEstimator> TransportCc<E> {
             estimator,
             departures,
             streams: Vec::new(),
+            video: false,
             next: 0,
             sent: VecDeque::new(),
             highest_arrived: None,
@@ -113,16 +126,25 @@ impl<E: BandwidthEstimator> TransportCc<E> {
         self.next - self.sent.len() as u64
     }
 
+    /// The extension id to number a packet of `ssrc` with, if it is numbered.
     fn extension_of(&self, ssrc: u32) -> Option<u8> {
-        self.streams
-            .iter()
-            .find(|(s, _)| *s == ssrc)
-            .map(|(_, id)| *id)
+        let stream = self.streams.iter().find(|s| s.ssrc == ssrc)?;
+        (!stream.audio || self.video).then_some(stream.id)
     }
 
     /// Numbers `packet` if its stream negotiated transport-cc, and records it: the last thing
     /// done to a packet before it is protected, so every packet that leaves is numbered,
     /// retransmissions included.
+    ///
+    /// Audio is numbered only while the peer also has a video stream bound. The estimate
+    /// exists to choose video layers; a peer that receives audio alone (a voice call, the
+    /// listeners of a talk) has nothing to choose, and numbered audio only brings its
+    /// feedback: about ten packets a second per peer, each waking a media worker, decrypted,
+    /// parsed and run through the estimator. In the audio fan-out benchmark (50 listeners,
+    /// two speakers) that feedback was most of what adaptive video cost, 4.4 CPU-s per
+    /// million forwarded packets on top of 6.5. Once a video stream is bound (its first packet
+    /// written), audio is numbered again, so the estimate of a path that carries video counts
+    /// everything on it.
     pub(in crate::engine) fn number(&mut self, packet: &mut rtc::rtp::Packet, now: Instant) {
         let Some(id) = self.extension_of(packet.header.ssrc) else {
             return;
@@ -243,15 +265,21 @@ impl<E: BandwidthEstimator> TransportCc<E> {
         let Some(id) = transport_cc_id(info) else {
             return;
         };
+        let audio = info
+            .mime_type
+            .get(..6)
+            .is_some_and(|kind| kind.eq_ignore_ascii_case("audio/"));
         for ssrc in std::iter::once(info.ssrc).chain(info.ssrc_rtx) {
-            self.streams.retain(|(s, _)| *s != ssrc);
-            self.streams.push((ssrc, id));
+            self.streams.retain(|s| s.ssrc != ssrc);
+            self.streams.push(Numbered { ssrc, id, audio });
         }
+        self.video = self.streams.iter().any(|s| !s.audio);
     }
 
     pub(in crate::engine) fn unbind_local_stream(&mut self, info: &StreamInfo) {
         self.streams
-            .retain(|(s, _)| *s != info.ssrc && Some(*s) != info.ssrc_rtx);
+            .retain(|s| s.ssrc != info.ssrc && Some(s.ssrc) != info.ssrc_rtx);
+        self.video = self.streams.iter().any(|s| !s.audio);
     }
 }
 
@@ -349,6 +377,48 @@ mod tests {
 
     fn read(cc: &mut TransportCc<Recorder>, (packets, now): (Vec<Box<dyn RtcpPacket>>, Instant)) {
         cc.on_rtcp(now, &packets);
+    }
+
+    fn audio_stream(ssrc: u32) -> StreamInfo {
+        StreamInfo {
+            mime_type: "audio/opus".to_owned(),
+            ..stream(ssrc, None)
+        }
+    }
+
+    /// A peer that receives audio alone gets it unnumbered (so it sends no feedback to wake
+    /// rtcd for); from the first video stream bound, audio is numbered with it, in one
+    /// sequence, and again not once the video is unbound.
+    #[test]
+    fn audio_is_numbered_only_beside_video() {
+        let now = Instant::now();
+        let mut cc = TransportCc::new(Recorder::default(), None);
+        cc.bind_local_stream(&audio_stream(20));
+        assert_eq!(send(&mut cc, rtp(20, 1, 100, now)), None, "audio alone");
+        cc.bind_local_stream(&stream(10, Some(11)));
+        assert_eq!(send(&mut cc, rtp(10, 500, 1_000, now)), Some(0));
+        assert_eq!(send(&mut cc, rtp(20, 2, 100, now)), Some(1), "beside video");
+        assert_eq!(
+            send(&mut cc, rtp(11, 7, 1_000, now)),
+            Some(2),
+            "video's RTX"
+        );
+        cc.unbind_local_stream(&stream(10, Some(11)));
+        assert_eq!(
+            send(&mut cc, rtp(20, 3, 100, now)),
+            None,
+            "audio alone again"
+        );
+        assert_eq!(cc.outstanding(), 3, "unnumbered audio leaves no record");
+        let mut upper = audio_stream(30);
+        upper.mime_type = "AUDIO/opus".to_owned();
+        cc.bind_local_stream(&upper);
+        cc.bind_local_stream(&stream(10, None));
+        assert_eq!(
+            send(&mut cc, rtp(30, 1, 100, now)),
+            Some(3),
+            "a kind in any case"
+        );
     }
 
     #[test]
