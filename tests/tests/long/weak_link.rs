@@ -308,6 +308,20 @@ async fn lan_addr_stack(
     Ok((stack, origin, secure))
 }
 
+/// Chromium arguments (`secure`'s, and a camera) for a publisher that fills its bandwidth
+/// estimate, which the built-in fake camera does not: a 640x480 noise picture written to `dir`
+/// (`shaping::noise_camera`).
+fn noise_publisher_args(dir: &std::path::Path, secure: &[String]) -> anyhow::Result<Vec<String>> {
+    let camera = dir.join("noise.y4m");
+    shaping::noise_camera(&camera, 640, 480, 15, 15)?;
+    let mut args = secure.to_vec();
+    args.push(format!(
+        "--use-file-for-fake-video-capture={}",
+        camera.display()
+    ));
+    Ok(args)
+}
+
 /// A `kind` page behind a [`LinkConfig::weak_subscriber`] link receives a Chromium publisher
 /// on the plain LAN namespace, through rtcd without adaptive video (see the module doc).
 fn weak_subscriber(kind: BrowserKind) -> anyhow::Result<()> {
@@ -320,15 +334,7 @@ fn weak_subscriber(kind: BrowserKind) -> anyhow::Result<()> {
             downlink: None,
             ..LinkConfig::weak_subscriber()
         })?;
-        // A publisher that fills its bandwidth estimate (the built-in fake camera does not).
-        let camera = dir.path().join("noise.y4m");
-        shaping::noise_camera(&camera, 640, 480, 15, 15)?;
-        let mut publisher_args = secure.clone();
-        publisher_args.push(format!(
-            "--use-file-for-fake-video-capture={}",
-            camera.display()
-        ));
-        let plain = Browsers::lan_with_chromium_args(publisher_args);
+        let plain = Browsers::lan_with_chromium_args(noise_publisher_args(dir.path(), &secure)?);
         let behind = Browsers::behind(&link, secure);
         let outcome = scenario(kind, &origin, &link, &plain, &behind).await;
         eprintln!(
@@ -481,14 +487,7 @@ fn weak_link_chromium_publisher_fits_its_camera_to_a_600_kbit_uplink_on_rtcds_fe
             uplink: None,
             ..LinkConfig::weak_subscriber()
         })?;
-        let camera = dir.path().join("noise.y4m");
-        shaping::noise_camera(&camera, 640, 480, 15, 15)?;
-        let mut publisher_args = secure.clone();
-        publisher_args.push(format!(
-            "--use-file-for-fake-video-capture={}",
-            camera.display()
-        ));
-        let behind = Browsers::behind(&link, publisher_args);
+        let behind = Browsers::behind(&link, noise_publisher_args(dir.path(), &secure)?);
         let plain = Browsers::lan_with_chromium_args(secure);
         let outcome = weak_publisher(&origin, &link, &plain, &behind).await;
         eprintln!("weak link: uplink {:?}", link.uplink_counts());
