@@ -351,6 +351,19 @@ fn weak_subscriber(kind: BrowserKind) -> anyhow::Result<()> {
     })
 }
 
+/// A `kind` page of `browsers` joined to the call at `url` as `name`, once connected.
+async fn connected(
+    browsers: &Browsers,
+    kind: BrowserKind,
+    url: &str,
+    name: &str,
+) -> anyhow::Result<BrowserPage> {
+    let page = browsers.page(kind).await?;
+    page.goto(&format!("{url}&name={name}")).await?;
+    page.wait_state("connected").await?;
+    Ok(page)
+}
+
 /// Waits until `page` plays a remote camera.
 async fn plays_a_camera(page: &BrowserPage) -> anyhow::Result<()> {
     page.wait_for(
@@ -391,9 +404,7 @@ async fn scenario(
 ) -> anyhow::Result<()> {
     let url = format!("{origin}/?room=weak-link");
     // The weak page first, alone: its round trip is measured on an idle downlink.
-    let weak = behind.page(kind).await?;
-    weak.goto(&format!("{url}&name=Weak")).await?;
-    weak.wait_state("connected").await?;
+    let weak = connected(behind, kind, &url, "Weak").await?;
     let idle_rtt_ms = first_rtt_ms(&weak).await?;
     let local = stats(&weak).await?["local"].clone();
     eprintln!("weak link: idle round trip {idle_rtt_ms:.1} ms, local candidate {local}");
@@ -407,9 +418,7 @@ async fn scenario(
     );
 
     // A publisher on the plain LAN: its camera, forwarded by rtcd, exceeds the downlink.
-    let publisher = plain.page(BrowserKind::Chromium).await?;
-    publisher.goto(&format!("{url}&name=Publisher")).await?;
-    publisher.wait_state("connected").await?;
+    let publisher = connected(plain, BrowserKind::Chromium, &url, "Publisher").await?;
     plays_a_camera(&weak)
         .await
         .context("the weak page does not play the publisher's camera")?;
@@ -506,12 +515,8 @@ async fn weak_publisher(
     behind: &Browsers,
 ) -> anyhow::Result<()> {
     let url = format!("{origin}/?room=weak-uplink");
-    let subscriber = plain.page(BrowserKind::Chromium).await?;
-    subscriber.goto(&format!("{url}&name=Subscriber")).await?;
-    subscriber.wait_state("connected").await?;
-    let publisher = behind.page(BrowserKind::Chromium).await?;
-    publisher.goto(&format!("{url}&name=Weak")).await?;
-    publisher.wait_state("connected").await?;
+    let subscriber = connected(plain, BrowserKind::Chromium, &url, "Subscriber").await?;
+    let publisher = connected(behind, BrowserKind::Chromium, &url, "Weak").await?;
     plays_a_camera(&subscriber)
         .await
         .context("the subscriber does not play the weak publisher's camera")?;
@@ -931,16 +936,12 @@ async fn weak_call_scenario(
     let mut pages = Vec::new();
     let mut names = Vec::new();
     for (i, kind) in publisher_kinds.iter().enumerate() {
-        let page = plain.page(*kind).await?;
         let name = format!("P{i}-{kind}");
-        page.goto(&format!("{url}&name={name}")).await?;
-        page.wait_state("connected").await?;
+        let page = connected(plain, *kind, &url, &name).await?;
         pages.push(page);
         names.push(name);
     }
-    let weak = behind.page(weak_kind).await?;
-    weak.goto(&format!("{url}&name=Weak-{weak_kind}")).await?;
-    weak.wait_state("connected").await?;
+    let weak = connected(behind, weak_kind, &url, &format!("Weak-{weak_kind}")).await?;
     let everyone: Vec<&BrowserPage> = pages.iter().chain(std::iter::once(&weak)).collect();
     for (page, name) in everyone
         .iter()
