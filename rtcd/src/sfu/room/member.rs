@@ -135,7 +135,8 @@ pub(super) struct Probe {
     /// higher meanwhile (`probe_goal`, `allocating.rs`).
     pub refused: Option<u64>,
     /// Whether the last probe fell just short of its goal and the next followed soon
-    /// (`NEAR_SHARE`, `allocating.rs`): a second near miss in a row backs off like a failure.
+    /// (`NEAR_SHARE`, `allocating.rs`): a second near miss in a row backs off like a failure,
+    /// unless it still raised the estimate far (`NEAR_CLIMB`).
     pub near_missed: bool,
 }
 
