@@ -917,11 +917,9 @@ mod tests {
         assert!(p.near_missed);
         assert_eq!(p.next, Some(now + PROBE_AFTER_PROVED));
         assert_eq!(p.refused, Some(1_401_422));
-        // ... and at the edge a third that moved it 5 % backs off.
-        let mut p = ended(585_000, 468_000, None);
+        // At a link's edge, one that moved it 5 % after a near miss backs off.
+        let mut p = ended(700_000, 572_000, None);
         p.near_missed = true;
-        p.from = 572_000;
-        p.goal = 700_000;
         assert!(!conclude_probe(&mut p, Some(601_000), now));
         assert!(!p.near_missed);
         assert_eq!(p.next, Some(now + PROBE_INTERVAL));
