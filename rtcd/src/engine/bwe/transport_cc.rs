@@ -55,6 +55,25 @@ const HORIZON: Duration = Duration::from_secs(2);
 /// a 16-bit transport-wide sequence number can name without ambiguity.
 const MAX_RECORDS: usize = 4_096;
 
+/// Every 16-bit number in network byte order, for [`wire`].
+static WIRE: [u8; 2 << 16] = {
+    let mut all = [0u8; 2 << 16];
+    let mut n = 0;
+    while n < 1 << 16 {
+        all[2 * n] = (n >> 8) as u8;
+        all[2 * n + 1] = n as u8;
+        n += 1;
+    }
+    all
+};
+
+/// A transport-wide number as its extension's value. A static slice: the value of an extension
+/// is a `Bytes`, and one copied from the stack was an allocation for every packet sent.
+fn wire(number: u16) -> Bytes {
+    let at = 2 * usize::from(number);
+    Bytes::from_static(&WIRE[at..at + 2])
+}
+
 /// One packet sent, until feedback reported it (or it aged out).
 #[derive(Debug, Clone, Copy)]
 struct Sent {
@@ -150,10 +169,9 @@ impl<E: BandwidthEstimator> TransportCc<E> {
             return;
         };
         let number = self.next;
-        let wire = (number as u16).to_be_bytes();
         if packet
             .header
-            .set_extension(id, Bytes::copy_from_slice(&wire))
+            .set_extension(id, wire(number as u16))
             .is_err()
         {
             // Not numbered on the wire, so not recorded, and its number goes to the next
@@ -522,6 +540,13 @@ mod tests {
             vec![3, 4]
         );
         assert_eq!(cc.outstanding(), 0);
+    }
+
+    #[test]
+    fn numbers_go_on_the_wire_in_network_byte_order() {
+        for n in [0u16, 1, 0x00ff, 0x0100, 0x1234, 0xfffe, 0xffff] {
+            assert_eq!(&wire(n)[..], &n.to_be_bytes());
+        }
     }
 
     #[test]
