@@ -920,14 +920,14 @@ fn fmtp_matches(name: &str, ours: &str, theirs: &str) -> bool {
 /// video at 2-3 Mbit/s; a restart normally completes in one round trip.
 const HELD_LIMIT: usize = 256;
 
-/// Makes `packet` an RTP packet with `header`'s fixed fields and `payload`, no extensions
-/// yet. A peer's outgoing packets are one value used again ([`Peer::outgoing`]): its extension
-/// list keeps its allocation, where a new packet allocated one for every packet sent (each
-/// carries a mid or a transport-wide number).
-fn rtp_packet(packet: &mut rtp::Packet, header: &RtpHeaderOut, payload: Bytes) {
-    let mut extensions = std::mem::take(&mut packet.header.extensions);
+/// An RTP packet with `header`'s fixed fields and `payload`, no extensions yet, built in the
+/// peer's spare one ([`Peer::outgoing`], which [`Peer::write_media`] gives back): its
+/// extension list keeps its allocation, where a new packet allocated one for every packet
+/// sent (each carries a mid or a transport-wide number).
+fn rtp_packet(spare: &mut rtp::Packet, header: &RtpHeaderOut, payload: Bytes) -> rtp::Packet {
+    let mut extensions = std::mem::take(&mut spare.header.extensions);
     extensions.clear();
-    *packet = rtp::Packet {
+    rtp::Packet {
         header: rtp::header::Header {
             version: 2,
             marker: header.marker,
@@ -939,7 +939,7 @@ fn rtp_packet(packet: &mut rtp::Packet, header: &RtpHeaderOut, payload: Bytes) {
             ..Default::default()
         },
         payload,
-    };
+    }
 }
 
 /// Adds the mid header extension of the slot's section, where it negotiated one.
@@ -1041,7 +1041,8 @@ pub struct Peer {
     /// RTP written while `restarting`, by slot, sent in order once a pair is selected again
     /// (see [`Peer::write_media`]).
     held: std::collections::VecDeque<(usize, rtp::Packet, Instant)>,
-    /// The packet every RTP packet sent is built in (see [`rtp_packet`]), empty between sends.
+    /// The last RTP packet sent, emptied, whose extension list the next one is built with
+    /// (see [`rtp_packet`]).
     outgoing: rtp::Packet,
     /// The process's certificate, for the DTLS handshake.
     certificate: rtc::dtls::crypto::Certificate,
@@ -1988,8 +1989,7 @@ impl Peer {
         let Some(state) = self.slots.get(index) else {
             return Err(internal("unknown slot"));
         };
-        let mut packet = std::mem::take(&mut self.outgoing);
-        rtp_packet(&mut packet, header, payload);
+        let mut packet = rtp_packet(&mut self.outgoing, header, payload);
         for (id, value) in header.extensions(source) {
             packet
                 .header
@@ -1997,17 +1997,7 @@ impl Peer {
                 .map_err(internal)?;
         }
         stamp_mid(state, &mut packet)?;
-        let sent = self.write_media(index, &mut packet, now);
-        self.recycle(packet);
-        sent
-    }
-
-    /// Keeps the packet just sent for the next one, without what it referred to (the payload
-    /// and extension values hold the received packet's chunk).
-    fn recycle(&mut self, mut packet: rtp::Packet) {
-        packet.payload = Bytes::new();
-        packet.header.extensions.clear();
-        self.outgoing = packet;
+        self.write_media(index, packet, now)
     }
 
     /// Sends a padding-only packet on a slot (RTP padding, no payload, no extensions): what
@@ -2024,13 +2014,10 @@ impl Peer {
         if self.slots.get(index).is_none() {
             return Err(internal("unknown slot"));
         }
-        let mut packet = std::mem::take(&mut self.outgoing);
-        rtp_packet(&mut packet, header, Bytes::new());
+        let mut packet = rtp_packet(&mut self.outgoing, header, Bytes::new());
         packet.header.padding = true;
         packet.header.marker = false;
-        let sent = self.write_media(index, &mut packet, now);
-        self.recycle(packet);
-        sent
+        self.write_media(index, packet, now)
     }
 
     /// Sends an empty RTX packet on a slot: `header` is the RTX stream's (its SSRC, payload type
@@ -2049,16 +2036,13 @@ impl Peer {
         let Some(state) = self.slots.get(index) else {
             return Err(internal("unknown slot"));
         };
-        let mut packet = std::mem::take(&mut self.outgoing);
-        rtp_packet(
-            &mut packet,
+        let mut packet = rtp_packet(
+            &mut self.outgoing,
             header,
             Bytes::copy_from_slice(&osn.to_be_bytes()),
         );
         stamp_mid(state, &mut packet)?;
-        let sent = self.write_media(index, &mut packet, now);
-        self.recycle(packet);
-        sent
+        self.write_media(index, packet, now)
     }
 
     /// Protects one outgoing RTP packet of slot `index` and queues it, counted for the sender
@@ -2076,14 +2060,14 @@ impl Peer {
     fn write_media(
         &mut self,
         index: usize,
-        packet: &mut rtp::Packet,
+        mut packet: rtp::Packet,
         now: Instant,
     ) -> Result<(), EngineError> {
         if self.srtp.is_none() {
             return Ok(());
         }
         if self.restarting {
-            hold(&mut self.held, HELD_LIMIT, (index, packet.clone(), now));
+            hold(&mut self.held, HELD_LIMIT, (index, packet, now));
             return Ok(());
         }
         if self.slots.get(index).is_some_and(|s| s.bound.is_none()) {
@@ -2092,9 +2076,14 @@ impl Peer {
         self.reporting
             .count(&packet.header, packet.payload.len(), now);
         if let Some(cc) = self.transport_cc.as_mut() {
-            cc.number(packet, now);
+            cc.number(&mut packet, now);
         }
-        self.protect_rtp(packet);
+        self.protect_rtp(&packet);
+        // Kept for the next packet's extension list, without what it referred to (the
+        // payload and extension values hold the received packet's chunk).
+        packet.payload = Bytes::new();
+        packet.header.extensions.clear();
+        self.outgoing = packet;
         Ok(())
     }
 
@@ -2155,8 +2144,7 @@ impl Peer {
         let out = &mut self.out;
         TX.with_borrow_mut(|tx| {
             let size = packet.marshal_size();
-            rewind(tx);
-            make_room(tx, size + keys.local.rtp_overhead(), TX_CHUNK);
+            tx_room(tx, size + keys.local.rtp_overhead());
             tx.resize(size, 0);
             match packet.marshal_to(tx) {
                 Ok(n) => tx.truncate(n),
@@ -2193,8 +2181,7 @@ impl Peer {
         };
         let out = &mut self.out;
         TX.with_borrow_mut(|tx| {
-            rewind(tx);
-            make_room(tx, plain.len() + keys.local.rtcp_overhead(), TX_CHUNK);
+            tx_room(tx, plain.len() + keys.local.rtcp_overhead());
             tx.extend_from_slice(&plain);
             match keys.local.protect_rtcp(tx) {
                 Ok(()) => out.push_back((to, tx.split())),
@@ -2220,8 +2207,8 @@ impl Peer {
                 }
                 self.restarting = false;
                 self.start_dtls(now);
-                while let Some((index, mut packet, at)) = self.held.pop_front() {
-                    if let Err(err) = self.write_media(index, &mut packet, now.max(at)) {
+                while let Some((index, packet, at)) = self.held.pop_front() {
+                    if let Err(err) = self.write_media(index, packet, now.max(at)) {
                         tracing::debug!(%err, "held packet not sent");
                     }
                 }
@@ -2742,17 +2729,18 @@ const TX_CHUNK: usize = 64 * 1024;
 /// allocate less often and hold more memory per peer.
 const RX_CHUNK: usize = 4 * 1024;
 
-/// Back to the start of [`TX`]'s chunk once every packet cut from it has gone (the rounds
-/// before were sent): a round's packets then stay in the chunk's first kilobytes, which the
-/// cache holds, and only a round larger than the chunk takes a new one. Without it the cursor
-/// walked the whole chunk and each time it reached the end took a new one (a packet of the
-/// round was still in it): one-to-one cost 15-30 % more CPU per packet than with a chunk
-/// per peer.
-fn rewind(tx: &mut BytesMut) {
+/// Room for `n` more bytes in [`TX`]'s chunk, first back at its start if every packet cut
+/// from it has gone (the rounds before were sent): a round's packets then stay in the chunk's
+/// first kilobytes, which the cache holds, and only a round larger than the chunk takes a new
+/// one. Without the rewind the cursor walked the whole chunk and each time it reached the end
+/// took a new one (a packet of the round was still in it): one-to-one cost 15-30 % more CPU
+/// per packet than with a chunk per peer.
+fn tx_room(tx: &mut BytesMut, n: usize) {
     if tx.is_empty() {
-        // False while a packet of this round is still in the chunk: `make_room` goes on in it.
+        // False while a packet of this round is still in the chunk: it goes on from there.
         let _ = tx.try_reclaim(TX_CHUNK);
     }
+    make_room(tx, n, TX_CHUNK);
 }
 
 /// Room for `n` more bytes at the end of `buf`: the chunk it was cut from again once every
