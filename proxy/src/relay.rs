@@ -309,10 +309,12 @@ pub enum MediaEnd {
 /// having been sent and without [`RelayEvent::Closed`], the media server was lost.
 #[derive(Debug)]
 pub struct RelayLink {
-    /// Session -> media server.
-    pub commands: mpsc::Sender<RelayCommand>,
+    /// Session -> media server. Both queues carry boxes: a tokio channel allocates its slots 32
+    /// at a time, and the two types inline were ~6 KiB of every session's memory for queues
+    /// that rarely hold more than a few.
+    pub commands: mpsc::Sender<Box<RelayCommand>>,
     /// Media server -> session.
-    pub events: mpsc::Receiver<RelayEvent>,
+    pub events: mpsc::Receiver<Box<RelayEvent>>,
     /// Set when the session must wait before it enters (the room's policy): it is admitted
     /// when [`RelayEvent::Admitted`] arrives, or closed.
     pub waiting: Option<Waiting>,

@@ -19,7 +19,8 @@ taskset -c 1 "$R/loadgen" --target ours --rtcd-bin "$R/rtcd" --proxy-bin "$R/rtc
 LG=$!
 # Joins ramp at 20/s, then 3 s warm-up: sample from 12 s to 22 s.
 sleep 12
-PID=$(pgrep -f "^$R/rtcd serve" | head -1)
+# The newest: an rtcd left running from another run must not be the one sampled.
+PID=$(pgrep -n -f "^$R/rtcd serve")
 perf record -q -e cpu-clock -F 999 -C 0 -o "$OUT/perf.data" -- sleep 10 2>/dev/null
 wait $LG
 grep -E "forwarded|rtcd" "$OUT/loadgen.out" || true

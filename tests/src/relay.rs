@@ -24,9 +24,9 @@ pub struct FarEnd {
     /// What the proxy asked for (identity, room, permissions).
     pub request: JoinRequest,
     /// Commands the proxy relayed, in order.
-    pub commands: mpsc::Receiver<RelayCommand>,
+    pub commands: mpsc::Receiver<Box<RelayCommand>>,
     /// Events to push to the client; dropping it is "the media server is gone".
-    pub events: mpsc::Sender<RelayEvent>,
+    pub events: mpsc::Sender<Box<RelayEvent>>,
 }
 
 impl FarEnd {
@@ -35,6 +35,7 @@ impl FarEnd {
         tokio::time::timeout(wait, self.commands.recv())
             .await
             .context("no command relayed in time")?
+            .map(|command| *command)
             .context("the session ended")
     }
 
@@ -53,7 +54,7 @@ impl FarEnd {
     /// Pushes an event to the client.
     pub async fn send(&self, event: RelayEvent) -> anyhow::Result<()> {
         self.events
-            .send(event)
+            .send(Box::new(event))
             .await
             .map_err(|_| anyhow::anyhow!("the session ended"))
     }

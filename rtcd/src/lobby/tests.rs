@@ -104,18 +104,18 @@ fn lobby_requests_reach_moderators_and_admitting_twice_is_harmless() {
     let knocker = who("k1", "kate", "member");
     let mut k = ticket(lobby.enter(&t(), &c(), knocker.clone(), p, p));
     assert_eq!(k.reason, WaitReason::Lobby);
-    assert_eq!(rx1.try_recv().unwrap(), Notice::Request(knocker.clone()));
+    assert_eq!(*rx1.try_recv().unwrap(), Notice::Request(knocker.clone()));
     // A second moderator joining learns of the knocker already waiting.
     let (tx2, mut rx2) = mpsc::channel(NOTICE_CAPACITY);
     let _h2 = lobby.present(&t(), &c(), &who("h2", "mod2", HOST_ROLE), tx2);
-    assert_eq!(rx2.try_recv().unwrap(), Notice::Request(knocker.clone()));
+    assert_eq!(*rx2.try_recv().unwrap(), Notice::Request(knocker.clone()));
     // Both admit at once: one admits the session, the other finds it done.
     assert_eq!(lobby.admit(&t(), &c(), &knocker.user), 1);
     assert_eq!(lobby.admit(&t(), &c(), &knocker.user), 0);
     assert_eq!(decided_now(&mut k), Some(Decision::Admitted));
     let left = Notice::Left(knocker.clone(), Outcome::Admitted);
-    assert_eq!(rx1.try_recv().unwrap(), left);
-    assert_eq!(rx2.try_recv().unwrap(), left);
+    assert_eq!(*rx1.try_recv().unwrap(), left);
+    assert_eq!(*rx2.try_recv().unwrap(), left);
     assert!(rx1.try_recv().is_err(), "one lobby_left, not two");
     // Admitted once: re-entering (say after a proxy restart) does not knock again.
     enters(lobby.enter(&t(), &c(), who("k2", "kate", "member"), p, p));
@@ -157,7 +157,7 @@ fn deny_closes_the_knocker_and_a_knocker_leaving_tells_the_moderators() {
     let b = who("b1", "ben", "member");
     let tb = ticket(lobby.enter(&t(), &c(), b.clone(), p, p));
     drop(tb);
-    let notices: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    let notices: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok().map(|n| *n)).collect();
     assert_eq!(
         notices,
         vec![

@@ -16,14 +16,16 @@ use super::vp8::{Vp8Descriptor, Vp8Rewrite};
 /// How many header extensions a [`MediaPacket`] keeps. The engine hands over only extensions
 /// that the publisher's section negotiated and that describe the media rather than the hop
 /// (transport-cc, abs-send-time, mid and rid never are): today that is the audio level alone.
-/// Four leaves room for the ones a later step may negotiate (playout delay, absolute capture
+/// Two leave room for one that a later step may negotiate (playout delay, absolute capture
 /// time, the AV1 dependency descriptor) while keeping a packet small: every slot of every
-/// retransmission buffer holds one, and at sixteen `Bytes` (512 bytes) the unused extension
-/// slots were most of a one-to-one participant's memory.
-pub const MAX_EXTENSIONS: usize = 4;
+/// retransmission buffer holds one (a published camera's ring is ~64 slots), and each slot is
+/// a `Bytes` (32 bytes). At sixteen the unused slots were most of a one-to-one participant's
+/// memory; going from four to two took a packet from 208 to 144 bytes (2026-12-07), 4 KiB per
+/// published camera.
+pub const MAX_EXTENSIONS: usize = 2;
 
-// A retransmission slot holds a whole packet inline; keep it well under the ~600 bytes it was.
-const _: () = assert!(std::mem::size_of::<MediaPacket>() <= 256);
+// A retransmission slot holds a whole packet inline; keep it at what it is.
+const _: () = assert!(std::mem::size_of::<MediaPacket>() <= 144);
 
 /// RFC 6464 client-to-mixer audio level, negotiated so the SFU can detect voice activity.
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
@@ -672,16 +674,16 @@ mod tests {
         }
         assert!(!e.push(99, Bytes::new()));
         assert_eq!(e.len(), MAX_EXTENSIONS);
-        assert_eq!(e.get(3).map(|v| v[0]), Some(3));
+        assert_eq!(e.get(2).map(|v| v[0]), Some(2));
         assert_eq!(e.get(99), None);
 
         let t = Instant::now();
         let mut p = MediaPacket::new(1, 2, 3, 96, Bytes::new(), t);
         p.extensions = e;
         let mut h = RtpHeaderOut::new(5, 6, 7, 100, true);
-        h.push_extension(11, 0);
-        h.push_extension(12, 3);
+        h.push_extension(11, 1);
+        h.push_extension(12, 0);
         let out: Vec<_> = h.extensions(&p).map(|(id, v)| (id, v[0])).collect();
-        assert_eq!(out, vec![(11, 1), (12, 4)]);
+        assert_eq!(out, vec![(11, 2), (12, 1)]);
     }
 }

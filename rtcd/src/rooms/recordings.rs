@@ -597,7 +597,7 @@ mod tests {
         (sfu, shared.into())
     }
 
-    async fn recording_started(rx: &mut tokio::sync::mpsc::Receiver<SessionEvent>) -> String {
+    async fn recording_started(rx: &mut crate::sfu::SessionEvents) -> String {
         loop {
             let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
                 .await

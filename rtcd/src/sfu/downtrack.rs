@@ -1908,7 +1908,6 @@ mod tests {
         let mut dt = track(MediaKind::Video);
         let mut p = pkt(SRC, 1, 0, true, t0);
         let mut e = HeaderExtensions::new();
-        e.push(4, Bytes::from_static(b"unknown"));
         e.push(2, Bytes::from_static(b"two"));
         e.push(1, Bytes::from_static(b"one"));
         p.extensions = e;
@@ -1920,6 +1919,19 @@ mod tests {
         let ext: Vec<_> = h.extensions(&p).map(|(id, v)| (id, &v[..])).collect();
         assert_eq!(ext, vec![(5, &b"two"[..]), (3, &b"one"[..])]);
         assert_eq!(h.extension_count(), 2);
+
+        // An id the subscriber did not negotiate is left out.
+        let mut p = pkt(SRC, 2, 0, true, t0);
+        let mut e = HeaderExtensions::new();
+        e.push(4, Bytes::from_static(b"unknown"));
+        e.push(1, Bytes::from_static(b"one"));
+        p.extensions = e;
+        let Forward::Send(h) = dt.forward(&p, t0) else {
+            panic!("not forwarded");
+        };
+        let ext: Vec<_> = h.extensions(&p).map(|(id, v)| (id, &v[..])).collect();
+        assert_eq!(ext, vec![(3, &b"one"[..])]);
+        assert_eq!(h.extension_count(), 1);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::media::packet::MediaKind;
@@ -41,7 +41,8 @@ use crate::media::sdp;
 use crate::metrics::Metrics;
 pub use recording::RecordingSetup;
 pub use session::{
-    Candidate, MAX_TRACK_VIEWS, SessionCommand, SessionEvent, SessionHandle, TrackView,
+    Candidate, MAX_TRACK_VIEWS, SessionCommand, SessionEvent, SessionEvents, SessionHandle,
+    TrackView,
 };
 
 macro_rules! id_type {
@@ -579,10 +580,7 @@ impl Sfu {
 
     /// Creates the session (and the call if needed) and starts its actor. The receiver yields the
     /// session's events and ends after [`SessionEvent::Closed`].
-    pub async fn join(
-        &self,
-        req: JoinRequest,
-    ) -> Result<(SessionHandle, mpsc::Receiver<SessionEvent>), SfuError> {
+    pub async fn join(&self, req: JoinRequest) -> Result<(SessionHandle, SessionEvents), SfuError> {
         req.validate()?;
         let close = CancellationToken::new();
         let reason = Arc::new(Mutex::new(None));
@@ -960,7 +958,7 @@ pub(crate) mod tests {
     }
 
     /// The session's events until it closes (bounded wait), and the close reason.
-    async fn until_closed(rx: &mut mpsc::Receiver<SessionEvent>) -> (Vec<SessionEvent>, String) {
+    async fn until_closed(rx: &mut SessionEvents) -> (Vec<SessionEvent>, String) {
         let mut seen = Vec::new();
         loop {
             let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -974,13 +972,13 @@ pub(crate) mod tests {
         }
     }
 
-    fn drain(rx: &mut mpsc::Receiver<SessionEvent>) -> Vec<SessionEvent> {
+    fn drain(rx: &mut SessionEvents) -> Vec<SessionEvent> {
         std::iter::from_fn(|| rx.try_recv().ok()).collect()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn moderation_applies_to_the_users_sessions_and_room_events_come_in_order() {
-        let (tx, mut room_events) = mpsc::channel::<RoomEvent>(64);
+        let (tx, mut room_events) = tokio::sync::mpsc::channel::<RoomEvent>(64);
         let sink = RoomEventSink::new(tx, Default::default());
         let sfu = Sfu::new(config(), Metrics::new(), Some(sink))
             .await

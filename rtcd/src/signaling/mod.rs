@@ -191,10 +191,10 @@ const OUTBOUND_CAPACITY: usize = 64;
 /// the secret that resumes it (when resumption is on). Outlives any one stream.
 pub struct Admitted {
     handle: crate::sfu::SessionHandle,
-    events: mpsc::Receiver<crate::sfu::SessionEvent>,
+    events: crate::sfu::SessionEvents,
     /// Unregisters from the lobby state when the session ends, however it ends.
     _presence: Presence,
-    notices: mpsc::Receiver<Notice>,
+    notices: mpsc::Receiver<Box<Notice>>,
     secret: Option<Secret>,
     /// The room is end-to-end encrypted (told again on a resume).
     e2ee: bool,
@@ -428,7 +428,7 @@ async fn relay(
                 None => return StreamEnd::SessionOver,
             },
             Some(notice) = admitted.notices.recv() => {
-                if let Err(e) = tx.send(signal(convert::lobby_notice(notice))).await {
+                if let Err(e) = tx.send(signal(convert::lobby_notice(*notice))).await {
                     return StreamEnd::Lost(e);
                 }
             }

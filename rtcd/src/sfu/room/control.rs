@@ -233,11 +233,7 @@ impl Rooms {
                     "removed"
                 };
                 for &k in &keys {
-                    if let Some(participant) = self
-                        .members
-                        .get(&k)
-                        .map(super::member::Member::event_participant)
-                    {
+                    if let Some(participant) = self.members.get(&k).map(|m| m.event_participant()) {
                         self.room_event(call_key, || RoomEventKind::ParticipantRemoved {
                             participant,
                             banned_until,

@@ -141,7 +141,9 @@ pub(crate) struct Rooms {
     calls: FxHashMap<CallKey, Call>,
     call_ids: HashMap<(TenantId, CallId), CallKey>,
     next_call: CallKey,
-    members: FxHashMap<SessionKey, Member>,
+    /// Boxed: a member is ~11 KiB (its peer connection inline), and a table of them inline
+    /// kept that much in each empty bucket and moved every member on each growth.
+    members: FxHashMap<SessionKey, Box<Member>>,
     next_track: TrackId,
     /// Sessions with datagrams or events to drain.
     dirty: Vec<SessionKey>,
@@ -423,7 +425,7 @@ impl Rooms {
                 (k, true)
             }
         };
-        let member = Member::new(req, call_key, peer, now, joined_at_ms);
+        let member = Box::new(Member::new(req, call_key, peer, now, joined_at_ms));
         let me = member.participant();
         let joined = member.event_participant();
         let index = self.index;

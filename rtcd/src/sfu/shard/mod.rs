@@ -39,7 +39,7 @@ use bytes::BytesMut;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::session::{SessionCommand, SessionEvent, SessionHandle};
+use super::session::{EventSender, SessionCommand, SessionEvents, SessionHandle};
 use super::{CallId, JoinRequest, Moderation, RoomDetail, SfuConfig, SfuError, SfuInner, TenantId};
 use crate::engine::net::tcp::{IceTcpServer, TcpConfig, TcpHandler};
 use crate::engine::net::udp::{BatchSocket, UdpConfig};
@@ -93,7 +93,7 @@ pub(crate) struct Joining {
     req: JoinRequest,
     /// When the call's first session joined (the registry's clock, Unix milliseconds).
     call_created_ms: i64,
-    events: mpsc::Sender<SessionEvent>,
+    events: EventSender,
     /// Cancelled by the worker when the session has ended (the bridge task then stops).
     ended: CancellationToken,
 }
@@ -369,13 +369,13 @@ impl Shards {
         call_created_ms: i64,
         close: CancellationToken,
         reason: Arc<Mutex<Option<String>>>,
-    ) -> Result<(SessionHandle, mpsc::Receiver<SessionEvent>), SfuError> {
+    ) -> Result<(SessionHandle, SessionEvents), SfuError> {
         let index = self.worker_of(&req.tenant, &req.call);
         let worker = self.workers[index].clone();
         let key = ((index as u64) << 48)
             | (self.next_key.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff);
         let (cmd_tx, cmd_rx) = mpsc::channel(32);
-        let (event_tx, event_rx) = mpsc::channel(256);
+        let (event_tx, event_rx) = SessionEvents::channel(256);
         let (alive_tx, alive_rx) = oneshot::channel();
         let ended = CancellationToken::new();
         worker
@@ -476,7 +476,7 @@ impl Drop for Shards {
 async fn bridge(
     key: SessionKey,
     worker: mpsc::Sender<WorkerCommand>,
-    mut commands: mpsc::Receiver<SessionCommand>,
+    mut commands: mpsc::Receiver<Box<SessionCommand>>,
     mut alive: oneshot::Receiver<()>,
     close: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
@@ -492,8 +492,9 @@ async fn bridge(
             }
             cmd = commands.recv() => match cmd {
                 None => break "disconnected".into(),
-                Some(SessionCommand::Leave) => break "leave".into(),
+                Some(command) if matches!(*command, SessionCommand::Leave) => break "leave".into(),
                 Some(command) => {
+                    let command = *command;
                     if worker.send(WorkerCommand::Session { key, command }).await.is_err() {
                         return;
                     }

@@ -27,7 +27,7 @@ use crate::engine::{Identity, PeerSettings};
 use crate::metrics::Metrics;
 use crate::sfu::events::RoomEventSink;
 use crate::sfu::room::{Output, Rooms, Setup};
-use crate::sfu::session::SessionEvent;
+use crate::sfu::session::{EventSender, SessionEvent};
 use crate::sfu::{SfuConfig, SfuInner, unix_ms};
 
 /// Datagrams handled per wake-up before timers and sends get their turn.
@@ -41,7 +41,7 @@ const SEND_BATCH: usize = 64;
 /// A session's ends outside the core: its signaling queue and the registry it was admitted by.
 struct Link {
     inner: Arc<SfuInner>,
-    events: mpsc::Sender<SessionEvent>,
+    events: EventSender,
     /// Cancelled when the session has ended (its bridge task then stops).
     ended: CancellationToken,
 }
@@ -296,7 +296,8 @@ impl Worker {
                     let Some(link) = self.links.get(&key) else {
                         continue;
                     };
-                    if let Err(mpsc::error::TrySendError::Full(_)) = link.events.try_send(event)
+                    if let Err(mpsc::error::TrySendError::Full(_)) =
+                        link.events.try_send(Box::new(event))
                         && !self.backlog.contains(&key)
                     {
                         self.backlog.push(key);
@@ -329,7 +330,9 @@ impl Worker {
                     self.backlog.retain(|k| *k != key);
                     if let Some(link) = self.links.remove(&key) {
                         link.inner.remove_session(&tenant, &call, &session);
-                        let _ = link.events.try_send(SessionEvent::Closed { reason });
+                        let _ = link
+                            .events
+                            .try_send(Box::new(SessionEvent::Closed { reason }));
                         link.ended.cancel();
                     }
                 }
@@ -376,9 +379,9 @@ impl Worker {
             .is_err()
         {
             inner.remove_session(&tenant, &call, &session);
-            let _ = events.try_send(SessionEvent::Closed {
+            let _ = events.try_send(Box::new(SessionEvent::Closed {
                 reason: "media engine error".into(),
-            });
+            }));
             ended.cancel();
             return;
         }
