@@ -7,7 +7,7 @@
 //! It holds, one module each: the configuration loader ([`config`]: defaults, TOML,
 //! environment), readiness ([`health`]), the HTTP accept loop ([`listener`]: deadlines against
 //! slow clients, connection caps, bounded drain) and its TLS set-up ([`tls`]), log set-up
-//! ([`logging`]), signal handling ([`signal`]), the async `main` ([`runtime`]), the rate limits ([`rate`]) and the secret
+//! ([`logging`]), signal handling ([`signal`]), the async `main` ([`runtime`]), the rate limits ([`rate`]), the boxed queues sessions talk through ([`queue`]) and the secret
 //! wrapper with its weakness rule ([`secret`]), and the cluster store several hosts agree through
 //! ([`cluster`]: etcd, or one process's memory). What the two
 //! daemons still write twice belongs here too (issue 16, "One service kit"). When moving one
@@ -23,6 +23,7 @@ pub mod fuzzing;
 pub mod health;
 pub mod listener;
 pub mod logging;
+pub mod queue;
 pub mod rate;
 pub mod runtime;
 pub mod secret;

@@ -16,8 +16,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use tokio::sync::mpsc;
-
 use crate::auth::Grant;
 use crate::policy::TrackSource;
 use crate::protocol::{Candidate, Identity, Participant, SessionId};
@@ -309,12 +307,10 @@ pub enum MediaEnd {
 /// having been sent and without [`RelayEvent::Closed`], the media server was lost.
 #[derive(Debug)]
 pub struct RelayLink {
-    /// Session -> media server. Both queues carry boxes: a tokio channel allocates its slots 32
-    /// at a time, and the two types inline were ~6 KiB of every session's memory for queues
-    /// that rarely hold more than a few.
-    pub commands: mpsc::Sender<Box<RelayCommand>>,
+    /// Session -> media server (boxed slots, as every session queue: [`rtcd_kit::queue`]).
+    pub commands: rtcd_kit::queue::Sender<RelayCommand>,
     /// Media server -> session.
-    pub events: mpsc::Receiver<Box<RelayEvent>>,
+    pub events: rtcd_kit::queue::Receiver<RelayEvent>,
     /// Set when the session must wait before it enters (the room's policy): it is admitted
     /// when [`RelayEvent::Admitted`] arrives, or closed.
     pub waiting: Option<Waiting>,

@@ -24,9 +24,9 @@ pub struct FarEnd {
     /// What the proxy asked for (identity, room, permissions).
     pub request: JoinRequest,
     /// Commands the proxy relayed, in order.
-    pub commands: mpsc::Receiver<Box<RelayCommand>>,
+    pub commands: rtcd_kit::queue::Receiver<RelayCommand>,
     /// Events to push to the client; dropping it is "the media server is gone".
-    pub events: mpsc::Sender<Box<RelayEvent>>,
+    pub events: rtcd_kit::queue::Sender<RelayEvent>,
 }
 
 impl FarEnd {
@@ -35,7 +35,6 @@ impl FarEnd {
         tokio::time::timeout(wait, self.commands.recv())
             .await
             .context("no command relayed in time")?
-            .map(|command| *command)
             .context("the session ended")
     }
 
@@ -54,7 +53,7 @@ impl FarEnd {
     /// Pushes an event to the client.
     pub async fn send(&self, event: RelayEvent) -> anyhow::Result<()> {
         self.events
-            .send(Box::new(event))
+            .send(event)
             .await
             .map_err(|_| anyhow::anyhow!("the session ended"))
     }
@@ -74,8 +73,8 @@ impl ScriptedRelay {
 impl Relay for ScriptedRelay {
     fn join(&self, request: JoinRequest) -> BoxFuture<'_, Result<RelayLink, RelayError>> {
         Box::pin(async move {
-            let (commands, command_rx) = mpsc::channel(LINK_CAPACITY);
-            let (events, event_rx) = mpsc::channel(LINK_CAPACITY);
+            let (commands, command_rx) = rtcd_kit::queue::channel(LINK_CAPACITY);
+            let (events, event_rx) = rtcd_kit::queue::channel(LINK_CAPACITY);
             self.0
                 .send(FarEnd {
                     request,

@@ -342,11 +342,7 @@ impl Session {
         };
         // Bounded: a link too backed up to take it ends without (the session then expires at
         // the media server after its grace period).
-        let _ = tokio::time::timeout(
-            LEAVE_SEND,
-            link.commands.send(Box::new(RelayCommand::Leave)),
-        )
-        .await;
+        let _ = tokio::time::timeout(LEAVE_SEND, link.commands.send(RelayCommand::Leave)).await;
     }
 
     async fn serve(&mut self, mut tokens: UpgradeTokens) -> (CloseReason, Option<String>) {
@@ -864,7 +860,7 @@ impl Session {
                 {
                     j.offer_sent = Some(Instant::now());
                 }
-                if tx.send(Box::new(command)).await.is_err() {
+                if tx.send(command).await.is_err() {
                     tracing::debug!(session = %self.id, "relay stream already ended");
                 }
             }
@@ -1021,7 +1017,7 @@ impl Session {
 /// The next relay event, or pending forever when there is no link.
 async fn next_event(joined: &mut Option<Joined>) -> Option<RelayEvent> {
     match joined.as_mut().and_then(|j| j.link.as_mut()) {
-        Some(link) => link.events.recv().await.map(|event| *event),
+        Some(link) => link.events.recv().await,
         None => std::future::pending().await,
     }
 }

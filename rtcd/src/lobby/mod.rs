@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::sfu::{CallId, SessionId, TenantId, UserId};
@@ -294,10 +294,9 @@ pub enum Notice {
     Left(Entrant, Outcome),
 }
 
-/// A moderator's end of its notice queue. Notices travel boxed: a tokio channel allocates its
-/// slots 32 at a time, and 32 notices inline (104 bytes each) were 3.3 KiB of every session's
-/// memory (every session has the queue; only moderators are ever told anything).
-pub type NoticeSender = mpsc::Sender<Box<Notice>>;
+/// A moderator's end of its notice queue (every session has one; boxed slots:
+/// [`rtcd_kit::queue`]).
+pub type NoticeSender = rtcd_kit::queue::Sender<Notice>;
 
 /// The gate's answer to a join.
 #[derive(Debug)]
@@ -347,7 +346,7 @@ impl Room {
 
     fn tell_hosts(&self, notice: &Notice) {
         for m in self.members.values().filter(|m| m.role == HOST_ROLE) {
-            if m.notices.try_send(Box::new(notice.clone())).is_err() {
+            if m.notices.try_send(notice.clone()).is_err() {
                 tracing::debug!(user = %m.user, "lobby notice dropped: the moderator's queue is full");
             }
         }
@@ -382,7 +381,7 @@ impl Room {
     fn host_arrived(&mut self, notices: &NoticeSender) {
         self.opened();
         for w in &self.waiting {
-            let _ = notices.try_send(Box::new(Notice::Request(w.waiter.entrant.clone())));
+            let _ = notices.try_send(Notice::Request(w.waiter.entrant.clone()));
         }
     }
 

@@ -72,7 +72,7 @@ fn wait_for_host_admits_everyone_when_a_moderator_arrives() {
         None,
         "entering is not being present yet"
     );
-    let (tx, _rx) = mpsc::channel(NOTICE_CAPACITY);
+    let (tx, _rx) = rtcd_kit::queue::channel(NOTICE_CAPACITY);
     let _present = lobby.present(&t(), &c(), &host, tx);
     assert_eq!(decided_now(&mut a), Some(Decision::Admitted));
     assert_eq!(decided_now(&mut b), Some(Decision::Admitted));
@@ -86,7 +86,7 @@ fn when_the_only_moderator_leaves_newcomers_wait_again() {
     let lobby = Lobby::new();
     let p = policy(true, false, true);
     let host = who("s1", "mod", HOST_ROLE);
-    let (tx, _rx) = mpsc::channel(NOTICE_CAPACITY);
+    let (tx, _rx) = rtcd_kit::queue::channel(NOTICE_CAPACITY);
     let present = lobby.present(&t(), &c(), &host, tx);
     enters(lobby.enter(&t(), &c(), who("s2", "a", "member"), p, p));
     drop(present);
@@ -99,23 +99,23 @@ fn lobby_requests_reach_moderators_and_admitting_twice_is_harmless() {
     let lobby = Lobby::new();
     let p = policy(false, true, true);
     let host = who("h1", "mod1", HOST_ROLE);
-    let (tx1, mut rx1) = mpsc::channel(NOTICE_CAPACITY);
+    let (tx1, mut rx1) = rtcd_kit::queue::channel(NOTICE_CAPACITY);
     let _h1 = lobby.present(&t(), &c(), &host, tx1);
     let knocker = who("k1", "kate", "member");
     let mut k = ticket(lobby.enter(&t(), &c(), knocker.clone(), p, p));
     assert_eq!(k.reason, WaitReason::Lobby);
-    assert_eq!(*rx1.try_recv().unwrap(), Notice::Request(knocker.clone()));
+    assert_eq!(rx1.try_recv().unwrap(), Notice::Request(knocker.clone()));
     // A second moderator joining learns of the knocker already waiting.
-    let (tx2, mut rx2) = mpsc::channel(NOTICE_CAPACITY);
+    let (tx2, mut rx2) = rtcd_kit::queue::channel(NOTICE_CAPACITY);
     let _h2 = lobby.present(&t(), &c(), &who("h2", "mod2", HOST_ROLE), tx2);
-    assert_eq!(*rx2.try_recv().unwrap(), Notice::Request(knocker.clone()));
+    assert_eq!(rx2.try_recv().unwrap(), Notice::Request(knocker.clone()));
     // Both admit at once: one admits the session, the other finds it done.
     assert_eq!(lobby.admit(&t(), &c(), &knocker.user), 1);
     assert_eq!(lobby.admit(&t(), &c(), &knocker.user), 0);
     assert_eq!(decided_now(&mut k), Some(Decision::Admitted));
     let left = Notice::Left(knocker.clone(), Outcome::Admitted);
-    assert_eq!(*rx1.try_recv().unwrap(), left);
-    assert_eq!(*rx2.try_recv().unwrap(), left);
+    assert_eq!(rx1.try_recv().unwrap(), left);
+    assert_eq!(rx2.try_recv().unwrap(), left);
     assert!(rx1.try_recv().is_err(), "one lobby_left, not two");
     // Admitted once: re-entering (say after a proxy restart) does not knock again.
     enters(lobby.enter(&t(), &c(), who("k2", "kate", "member"), p, p));
@@ -146,7 +146,7 @@ fn moderators_are_never_held_and_guests_can_be_refused() {
 fn deny_closes_the_knocker_and_a_knocker_leaving_tells_the_moderators() {
     let lobby = Lobby::new();
     let p = policy(false, true, true);
-    let (tx, mut rx) = mpsc::channel(NOTICE_CAPACITY);
+    let (tx, mut rx) = rtcd_kit::queue::channel(NOTICE_CAPACITY);
     let _h = lobby.present(&t(), &c(), &who("h", "mod", HOST_ROLE), tx);
     let a = who("a1", "ann", "member");
     let mut ta = ticket(lobby.enter(&t(), &c(), a.clone(), p, p));
@@ -157,7 +157,7 @@ fn deny_closes_the_knocker_and_a_knocker_leaving_tells_the_moderators() {
     let b = who("b1", "ben", "member");
     let tb = ticket(lobby.enter(&t(), &c(), b.clone(), p, p));
     drop(tb);
-    let notices: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok().map(|n| *n)).collect();
+    let notices: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
     assert_eq!(
         notices,
         vec![
@@ -215,7 +215,7 @@ fn policy_changes_apply_to_those_waiting() {
 fn promotion_makes_a_host_and_demotion_unmakes_one() {
     let lobby = Lobby::new();
     let p = policy(true, false, true);
-    let (tx, _rx) = mpsc::channel(NOTICE_CAPACITY);
+    let (tx, _rx) = rtcd_kit::queue::channel(NOTICE_CAPACITY);
     let m = who("m", "mia", "member");
     let _pm = lobby.present(&t(), &c(), &m, tx);
     let mut w = ticket(lobby.enter(&t(), &c(), who("w", "wes", "member"), p, p));
@@ -307,7 +307,7 @@ fn a_full_lobby_refuses_and_a_shutdown_ends_every_wait() {
 /// moderators'; with the default, a member waits like a guest.
 #[test]
 fn a_member_opens_the_room_when_the_policy_says_so() {
-    let (tx, mut notices) = mpsc::channel(NOTICE_CAPACITY);
+    let (tx, mut notices) = rtcd_kit::queue::channel(NOTICE_CAPACITY);
     // Default: moderators open rooms; a member waits, and their presence opens nothing.
     let lobby = Lobby::new();
     let p = policy(true, false, true);

@@ -9,7 +9,8 @@
 
 use std::collections::HashMap;
 
-use tokio::sync::{mpsc, oneshot};
+use rtcd_kit::queue;
+use tokio::sync::oneshot;
 
 use super::{Participant, Permissions, SessionId, SfuError, TrackKind, UserId};
 
@@ -207,48 +208,22 @@ pub enum SessionEvent {
     RecordingStopped(RecordingNotice),
 }
 
-/// The worker's end of a session's event queue. Events travel boxed, as commands do: a tokio
-/// channel allocates its slots 32 at a time, and 32 events inline (136 bytes each) were 4.3 KiB
-/// of every session's memory for a queue that rarely holds more than a few.
-pub(crate) type EventSender = mpsc::Sender<Box<SessionEvent>>;
+/// The worker's end of a session's event queue (boxed slots: [`rtcd_kit::queue`]).
+pub(crate) type EventSender = queue::Sender<SessionEvent>;
 
-/// A session's events as signaling reads them (see [`EventSender`]); the queue ends after
-/// [`SessionEvent::Closed`].
-pub struct SessionEvents(mpsc::Receiver<Box<SessionEvent>>);
-
-impl SessionEvents {
-    /// A session's event queue of `capacity` events.
-    pub(crate) fn channel(capacity: usize) -> (EventSender, Self) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (tx, Self(rx))
-    }
-
-    /// The next event; `None` once the session ended and every event was read. Cancel-safe,
-    /// as [`mpsc::Receiver::recv`] is.
-    pub async fn recv(&mut self) -> Option<SessionEvent> {
-        self.0.recv().await.map(|event| *event)
-    }
-
-    /// The next event if one is queued.
-    pub fn try_recv(&mut self) -> Result<SessionEvent, mpsc::error::TryRecvError> {
-        self.0.try_recv().map(|event| *event)
-    }
-}
+/// A session's events as signaling reads them; the queue ends after [`SessionEvent::Closed`].
+pub type SessionEvents = queue::Receiver<SessionEvent>;
 
 /// Signaling's handle to a session. Dropping it ends the session ("disconnected").
 pub struct SessionHandle {
-    /// Boxed, see [`EventSender`] (72 bytes inline, 2.3 KiB per session in the first block).
-    commands: mpsc::Sender<Box<SessionCommand>>,
+    commands: queue::Sender<SessionCommand>,
     _alive: oneshot::Sender<()>,
 }
 
 impl SessionHandle {
     /// The handle over a session's command queue and liveness signal (the shard's bridge task
     /// holds the other ends).
-    pub(crate) fn new(
-        commands: mpsc::Sender<Box<SessionCommand>>,
-        alive: oneshot::Sender<()>,
-    ) -> Self {
+    pub(crate) fn new(commands: queue::Sender<SessionCommand>, alive: oneshot::Sender<()>) -> Self {
         Self {
             commands,
             _alive: alive,
@@ -258,7 +233,7 @@ impl SessionHandle {
     /// Queues a command. Waits if the session is behind (backpressure on this session's stream only).
     pub async fn send(&self, command: SessionCommand) -> Result<(), SfuError> {
         self.commands
-            .send(Box::new(command))
+            .send(command)
             .await
             .map_err(|_| SfuError::Closed)
     }

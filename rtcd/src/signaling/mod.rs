@@ -194,7 +194,7 @@ pub struct Admitted {
     events: crate::sfu::SessionEvents,
     /// Unregisters from the lobby state when the session ends, however it ends.
     _presence: Presence,
-    notices: mpsc::Receiver<Box<Notice>>,
+    notices: rtcd_kit::queue::Receiver<Notice>,
     secret: Option<Secret>,
     /// The room is end-to-end encrypted (told again on a resume).
     e2ee: bool,
@@ -282,7 +282,7 @@ impl SignalingService {
                 .sfu
                 .close(&tenant, &call, &session, refusal.close_reason());
         }
-        let (notices_tx, notices) = mpsc::channel(lobby::NOTICE_CAPACITY);
+        let (notices_tx, notices) = rtcd_kit::queue::channel(lobby::NOTICE_CAPACITY);
         let presence = self.lobby.present(&tenant, &call, entrant, notices_tx);
         let secret = self.parking.enabled().then(Secret::random);
         let joined = pb::Joined {
@@ -428,7 +428,7 @@ async fn relay(
                 None => return StreamEnd::SessionOver,
             },
             Some(notice) = admitted.notices.recv() => {
-                if let Err(e) = tx.send(signal(convert::lobby_notice(*notice))).await {
+                if let Err(e) = tx.send(signal(convert::lobby_notice(notice))).await {
                     return StreamEnd::Lost(e);
                 }
             }

@@ -253,7 +253,7 @@ impl Parking {
                     }
                 },
                 Some(notice) = admitted.notices.recv() => {
-                    missed.push_back(pb::ServerSignal { signal: Some(convert::lobby_notice(*notice)) });
+                    missed.push_back(pb::ServerSignal { signal: Some(convert::lobby_notice(notice)) });
                 }
             }
         };

@@ -772,7 +772,7 @@ async fn relay_seam_forwards_only_authorized_messages_and_reports_a_lost_media_s
     client
         .send(&json!({"type": "mute", "source": "microphone"}))
         .await?;
-    let first = *tokio::time::timeout(STEP, far.commands.recv())
+    let first = tokio::time::timeout(STEP, far.commands.recv())
         .await?
         .expect("command");
     assert_eq!(
@@ -785,7 +785,7 @@ async fn relay_seam_forwards_only_authorized_messages_and_reports_a_lost_media_s
         },
         "the forbidden offer was not relayed before it"
     );
-    let RelayCommand::Candidate(c) = *tokio::time::timeout(STEP, far.commands.recv())
+    let RelayCommand::Candidate(c) = tokio::time::timeout(STEP, far.commands.recv())
         .await?
         .expect("candidate")
     else {
@@ -796,9 +796,7 @@ async fn relay_seam_forwards_only_authorized_messages_and_reports_a_lost_media_s
         (Some("0"), Some(0))
     );
     assert_eq!(
-        tokio::time::timeout(STEP, far.commands.recv())
-            .await?
-            .map(|command| *command),
+        tokio::time::timeout(STEP, far.commands.recv()).await?,
         Some(RelayCommand::Mute {
             source: TrackSource::Microphone,
             muted: true
@@ -806,14 +804,18 @@ async fn relay_seam_forwards_only_authorized_messages_and_reports_a_lost_media_s
     );
 
     // Media server events reach the client in protocol form.
-    far.send(RelayEvent::Answer("v=0\r\n".into())).await?;
-    far.send(RelayEvent::ParticipantJoined(Participant {
-        identity: Identity::new("rita"),
-        name: None,
-        role: Some(rtcd_proxy::policy::Role::Guest),
-    }))
-    .await?;
-    far.send(RelayEvent::VoiceActivity(vec![Identity::new("rita")]))
+    far.events
+        .send(RelayEvent::Answer("v=0\r\n".into()))
+        .await?;
+    far.events
+        .send(RelayEvent::ParticipantJoined(Participant {
+            identity: Identity::new("rita"),
+            name: None,
+            role: Some(rtcd_proxy::policy::Role::Guest),
+        }))
+        .await?;
+    far.events
+        .send(RelayEvent::VoiceActivity(vec![Identity::new("rita")]))
         .await?;
     assert_eq!(client.expect("answer").await?["sdp"], "v=0\r\n");
     assert_eq!(
@@ -1116,7 +1118,7 @@ async fn client_that_stops_reading_is_dropped_not_waited_on() -> anyhow::Result<
         loop {
             if far
                 .events
-                .send(Box::new(RelayEvent::Answer(big.clone())))
+                .send(RelayEvent::Answer(big.clone()))
                 .await
                 .is_err()
             {

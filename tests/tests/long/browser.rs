@@ -722,7 +722,7 @@ impl FarSide {
     async fn pump(&mut self, page: &Page, far: &mut rtcd_e2e::relay::FarEnd) -> anyhow::Result<()> {
         use rtcd_proxy::relay::{RelayCommand, RelayEvent};
         while let Ok(command) = far.commands.try_recv() {
-            match *command {
+            match command {
                 RelayCommand::Candidate(c) => {
                     page.eval(
                         "__far.addIceCandidate(arguments[0]).catch(() => {});",

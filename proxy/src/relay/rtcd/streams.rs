@@ -340,8 +340,8 @@ pub(super) fn spawn_pumps(
     mut translator: EventTranslator,
     lost: impl FnOnce() + Send + 'static,
 ) -> RelayLink {
-    let (commands, mut command_rx) = mpsc::channel::<Box<RelayCommand>>(LINK_CAPACITY);
-    let (event_tx, events) = mpsc::channel::<Box<RelayEvent>>(LINK_CAPACITY);
+    let (commands, mut command_rx) = rtcd_kit::queue::channel::<RelayCommand>(LINK_CAPACITY);
+    let (event_tx, events) = rtcd_kit::queue::channel::<RelayEvent>(LINK_CAPACITY);
     // Whether the command pump relayed a `Leave`, known once it has stopped sending.
     let (left_tx, left_rx) = tokio::sync::oneshot::channel::<bool>();
     // Dropped by the event pump when it stops (after reading rtcd's close, following a Leave).
@@ -349,8 +349,8 @@ pub(super) fn spawn_pumps(
     tokio::spawn(async move {
         let mut left = false;
         while let Some(command) = command_rx.recv().await {
-            let leaving = matches!(*command, RelayCommand::Leave);
-            let Some(signal) = translate_command(*command) else {
+            let leaving = matches!(command, RelayCommand::Leave);
+            let Some(signal) = translate_command(command) else {
                 continue;
             };
             if to_rtcd
@@ -403,7 +403,7 @@ pub(super) fn spawn_pumps(
             };
             for event in translator.translate(signal) {
                 let closed = matches!(event, RelayEvent::Closed { .. });
-                if event_tx.send(Box::new(event)).await.is_err() || closed {
+                if event_tx.send(event).await.is_err() || closed {
                     return;
                 }
             }

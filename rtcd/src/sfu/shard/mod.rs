@@ -374,8 +374,8 @@ impl Shards {
         let worker = self.workers[index].clone();
         let key = ((index as u64) << 48)
             | (self.next_key.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff);
-        let (cmd_tx, cmd_rx) = mpsc::channel(32);
-        let (event_tx, event_rx) = SessionEvents::channel(256);
+        let (cmd_tx, cmd_rx) = rtcd_kit::queue::channel(32);
+        let (event_tx, event_rx) = rtcd_kit::queue::channel(256);
         let (alive_tx, alive_rx) = oneshot::channel();
         let ended = CancellationToken::new();
         worker
@@ -476,7 +476,7 @@ impl Drop for Shards {
 async fn bridge(
     key: SessionKey,
     worker: mpsc::Sender<WorkerCommand>,
-    mut commands: mpsc::Receiver<Box<SessionCommand>>,
+    mut commands: rtcd_kit::queue::Receiver<SessionCommand>,
     mut alive: oneshot::Receiver<()>,
     close: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
@@ -492,9 +492,8 @@ async fn bridge(
             }
             cmd = commands.recv() => match cmd {
                 None => break "disconnected".into(),
-                Some(command) if matches!(*command, SessionCommand::Leave) => break "leave".into(),
+                Some(SessionCommand::Leave) => break "leave".into(),
                 Some(command) => {
-                    let command = *command;
                     if worker.send(WorkerCommand::Session { key, command }).await.is_err() {
                         return;
                     }

@@ -296,8 +296,7 @@ impl Worker {
                     let Some(link) = self.links.get(&key) else {
                         continue;
                     };
-                    if let Err(mpsc::error::TrySendError::Full(_)) =
-                        link.events.try_send(Box::new(event))
+                    if let Err(mpsc::error::TrySendError::Full(_)) = link.events.try_send(event)
                         && !self.backlog.contains(&key)
                     {
                         self.backlog.push(key);
@@ -330,9 +329,7 @@ impl Worker {
                     self.backlog.retain(|k| *k != key);
                     if let Some(link) = self.links.remove(&key) {
                         link.inner.remove_session(&tenant, &call, &session);
-                        let _ = link
-                            .events
-                            .try_send(Box::new(SessionEvent::Closed { reason }));
+                        let _ = link.events.try_send(SessionEvent::Closed { reason });
                         link.ended.cancel();
                     }
                 }
@@ -379,9 +376,9 @@ impl Worker {
             .is_err()
         {
             inner.remove_session(&tenant, &call, &session);
-            let _ = events.try_send(Box::new(SessionEvent::Closed {
+            let _ = events.try_send(SessionEvent::Closed {
                 reason: "media engine error".into(),
-            }));
+            });
             ended.cancel();
             return;
         }
