@@ -3,6 +3,12 @@
 //! participants that send the same packet sizes and rates as the WebRTC peers, with a
 //! 12-byte RTP header (sequence numbers for loss) and the same stamp (latency).
 //!
+//! `udp-relay --batched` ([`serve_batched`], compare.sh's target `raw-batched`) is the same
+//! relay with rtcd's system calls: a `recvmmsg` per batch, the sends grouped by destination
+//! into UDP GSO messages, a `sendmmsg` per 64 of them. The plain relay is the ceiling of a
+//! naive server; the batched one is the kernel's part of forwarding alone, the floor under
+//! any server that batches as rtcd does.
+//!
 //! Relay protocol: a datagram `JOIN <call>` makes the sender a member of `<call>` (answered with
 //! `OK`); any other datagram from a member goes to every other member of its call.
 //!
@@ -34,30 +40,207 @@ const RTP_HEADER: usize = 12;
 
 /// Runs the relay on `socket` forever (the `udp-relay` binary).
 pub fn serve(socket: &StdSocket) -> std::io::Result<()> {
-    // Members of each call, with the simulcast layer each takes (None: everything).
-    let mut calls: HashMap<Vec<u8>, Vec<(SocketAddr, Option<u8>)>> = HashMap::new();
-    let mut member_of: HashMap<SocketAddr, Vec<u8>> = HashMap::new();
+    let mut calls = Calls::default();
+    let mut to = Vec::new();
     let mut buf = [0u8; 2048];
     loop {
         let (n, from) = socket.recv_from(&mut buf)?;
         let packet = &buf[..n];
+        to.clear();
+        calls.route(packet, from, &mut to);
+        for &(addr, joined) in &to {
+            // A full receiver buffer drops the packet, as a real network would.
+            let _ = socket.send_to(if joined { JOINED } else { packet }, addr);
+        }
+    }
+}
+
+/// The answer to a `JOIN`.
+const JOINED: &[u8] = b"OK";
+/// Datagrams one `recvmmsg` of [`serve_batched`] takes at most (as many as rtcd's).
+const RECV_BATCH: usize = 32;
+/// Messages one `sendmmsg` of [`serve_batched`] gives at most (as many as rtcd's).
+const SEND_BATCH: usize = 64;
+/// Datagrams and bytes one GSO message carries at most (rtcd's limits).
+const GSO_SEGMENTS: usize = 64;
+const GSO_BYTES: usize = 65_000;
+
+/// The relay with a batching server's system calls (`udp-relay --batched`): one blocking
+/// `recvmmsg` returns what is queued (at least one datagram); what those datagrams go to is
+/// grouped by destination, and each run to one destination of one size (the last may be
+/// shorter) leaves as one UDP GSO message, up to 64 messages per `sendmmsg`: rtcd's way of
+/// sending. Still no ICE, DTLS, SRTP, RTCP or state per stream, so its cost per packet is
+/// the kernel's part of forwarding alone, with the system calls and wake-ups shared the way
+/// rtcd shares them. Its cost in one scenario against another tells how much of an SFU's
+/// difference between them belongs to the kernel (a fan-out shares each receive and wake-up
+/// among many sends, and sends runs of a frame's packets to one subscriber as one message; a
+/// two-person call can do neither as much), which no code above the socket can change.
+pub fn serve_batched(socket: &StdSocket) -> std::io::Result<()> {
+    use nix::sys::socket::{
+        ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
+    };
+    use std::io::{IoSlice, IoSliceMut};
+    use std::os::fd::AsRawFd;
+
+    let fd = socket.as_raw_fd();
+    let mut calls = Calls::default();
+    let mut buffers = vec![[0u8; 2048]; RECV_BATCH];
+    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
+    let mut plain_headers = MultiHeaders::<SockaddrStorage>::preallocate(SEND_BATCH, None);
+    let mut gso_headers =
+        MultiHeaders::<SockaddrStorage>::preallocate(SEND_BATCH, Some(nix::cmsg_space!(u16)));
+    // Each received datagram's length and source.
+    let mut received: Vec<(usize, SocketAddr)> = Vec::with_capacity(RECV_BATCH);
+    let mut to = Vec::new();
+    // (destination, position, the received datagram's index or None for a join's answer)
+    let mut sends: Vec<(SocketAddr, usize, Option<usize>)> = Vec::new();
+    // The datagrams in destination order, contiguous, and the messages over them: (start,
+    // length, segment size if more than one datagram, destination).
+    let mut data: Vec<u8> = Vec::new();
+    let mut messages: Vec<(usize, usize, Option<u16>, SockaddrStorage)> = Vec::new();
+    loop {
+        received.clear();
+        {
+            let mut slices = buffers.iter_mut();
+            let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] = std::array::from_fn(|_| {
+                [IoSliceMut::new(
+                    &mut slices.next().expect("RECV_BATCH buffers")[..],
+                )]
+            });
+            let results = match recvmmsg(
+                fd,
+                &mut recv_headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(results) => results,
+                // Interrupted, or an ICMP error of an earlier send reported on this call.
+                Err(_) => continue,
+            };
+            for msg in results {
+                let from = msg.address.as_ref().and_then(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| SocketAddr::V4((*v4).into()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
+                });
+                if let Some(from) = from {
+                    received.push((msg.bytes, from));
+                }
+            }
+        }
+        sends.clear();
+        for (index, &(len, from)) in received.iter().enumerate() {
+            to.clear();
+            calls.route(&buffers[index][..len], from, &mut to);
+            for &(addr, joined) in &to {
+                sends.push((addr, sends.len(), (!joined).then_some(index)));
+            }
+        }
+        // By destination, in order within each.
+        sends.sort_unstable_by_key(|&(addr, position, _)| (addr, position));
+        let bytes = |send: &(SocketAddr, usize, Option<usize>)| match send.2 {
+            Some(index) => &buffers[index][..received[index].0],
+            None => JOINED,
+        };
+        data.clear();
+        messages.clear();
+        let mut i = 0;
+        while i < sends.len() {
+            let first = sends[i];
+            let size = bytes(&first).len();
+            let start = data.len();
+            data.extend_from_slice(bytes(&first));
+            let mut count = 1;
+            while let Some(next) = sends.get(i + count) {
+                let next_len = bytes(next).len();
+                let last_len = bytes(&sends[i + count - 1]).len();
+                if next.0 != first.0
+                    || next_len > size
+                    || last_len < size
+                    || count >= GSO_SEGMENTS
+                    || data.len() - start + next_len > GSO_BYTES
+                {
+                    break;
+                }
+                data.extend_from_slice(bytes(next));
+                count += 1;
+            }
+            let segment = (count > 1).then_some(size as u16);
+            messages.push((start, data.len() - start, segment, first.0.into()));
+            i += count;
+        }
+        // One `sendmmsg` per run of messages that share a segment size (single datagrams
+        // share the plain call).
+        let mut from = 0;
+        while from < messages.len() {
+            let segment = messages[from].2;
+            let end = (from..messages.len())
+                .take(SEND_BATCH)
+                .find(|&m| messages[m].2 != segment)
+                .unwrap_or((from + SEND_BATCH).min(messages.len()));
+            let chunk = &messages[from..end];
+            let iovs: [[IoSlice<'_>; 1]; SEND_BATCH] = std::array::from_fn(|i| {
+                [IoSlice::new(
+                    chunk.get(i).map_or(&[][..], |m| &data[m.0..m.0 + m.1]),
+                )]
+            });
+            let addrs: [Option<SockaddrStorage>; SEND_BATCH] =
+                std::array::from_fn(|i| chunk.get(i).map(|m| m.3));
+            let size = segment.unwrap_or(0);
+            let gso = [ControlMessage::UdpGsoSegments(&size)];
+            let (headers, cmsgs): (_, &[ControlMessage<'_>]) = match segment {
+                Some(_) => (&mut gso_headers, &gso),
+                None => (&mut plain_headers, &[]),
+            };
+            let mut pos = 0;
+            while pos < chunk.len() {
+                match sendmmsg(
+                    fd,
+                    headers,
+                    &iovs[pos..chunk.len()],
+                    &addrs[pos..chunk.len()],
+                    cmsgs,
+                    MsgFlags::empty(),
+                ) {
+                    Ok(sent) => pos += sent.count().max(1),
+                    // A full buffer or an ICMP error: that message is dropped, as a real
+                    // network would drop it.
+                    Err(_) => pos += 1,
+                }
+            }
+            from = end;
+        }
+    }
+}
+
+/// The relay's calls: members, with the simulcast layer each takes (None: everything).
+#[derive(Default)]
+struct Calls {
+    calls: HashMap<Vec<u8>, Vec<(SocketAddr, Option<u8>)>>,
+    member_of: HashMap<SocketAddr, Vec<u8>>,
+}
+
+impl Calls {
+    /// Where `packet` from `from` goes, onto `to`: (address, whether it is the answer to a
+    /// join rather than the packet); see the module doc for the protocol.
+    fn route(&mut self, packet: &[u8], from: SocketAddr, to: &mut Vec<(SocketAddr, bool)>) {
         if let Some(join) = packet.strip_prefix(b"JOIN ") {
             let (call, layer) = parse_join(join);
-            let members = calls.entry(call.to_vec()).or_default();
+            let members = self.calls.entry(call.to_vec()).or_default();
             members.retain(|(addr, _)| *addr != from);
             members.push((from, layer));
-            member_of.insert(from, call.to_vec());
-            let _ = socket.send_to(b"OK", from);
-            continue;
+            self.member_of.insert(from, call.to_vec());
+            to.push((from, true));
+            return;
         }
-        let Some(members) = member_of.get(&from).and_then(|c| calls.get(c)) else {
-            continue;
+        let Some(members) = self.member_of.get(&from).and_then(|c| self.calls.get(c)) else {
+            return;
         };
         let layer = packet_layer(packet);
-        for (to, takes) in members {
-            if *to != from && (layer.is_none() || takes.is_none() || layer == *takes) {
-                // A full receiver buffer drops the packet, as a real network would.
-                let _ = socket.send_to(packet, *to);
+        for &(addr, takes) in members {
+            if addr != from && (layer.is_none() || takes.is_none() || layer == takes) {
+                to.push((addr, false));
             }
         }
     }
@@ -268,6 +451,70 @@ async fn publish_and_count(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both relays over real sockets on loopback: a burst from one member reaches every
+    /// other member of its call whole and in order (the batched relay sends a run of equal
+    /// datagrams as one GSO message: the kernel must cut it back at the same boundaries), a
+    /// layered packet only the members taking its layer, and nothing crosses calls.
+    #[test]
+    fn both_relays_forward_bursts_whole_and_in_order_within_a_call() {
+        for batched in [false, true] {
+            let relay = StdSocket::bind("127.0.0.1:0").unwrap();
+            let address = relay.local_addr().unwrap();
+            // The relay runs until the test process ends (it has no way to stop).
+            std::thread::spawn(move || {
+                let _ = if batched {
+                    serve_batched(&relay)
+                } else {
+                    serve(&relay)
+                };
+            });
+            let member = |join: &str| {
+                let s = StdSocket::bind("127.0.0.1:0").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                s.connect(address).unwrap();
+                s.send(format!("JOIN {join}").as_bytes()).unwrap();
+                let mut buf = [0u8; 16];
+                let n = s.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], JOINED);
+                s
+            };
+            let (a, b, c) = (member("c"), member("c"), member("c 1"));
+            let other = member("d");
+            other
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            // Five full datagrams and a short one (one GSO run), then a layered packet.
+            let burst: Vec<Vec<u8>> = (0..6u8)
+                .map(|i| vec![i; if i == 5 { 300 } else { 1100 }])
+                .collect();
+            for p in &burst {
+                a.send(p).unwrap();
+            }
+            let mut layered = vec![9u8; 200];
+            layered[RTP_HEADER - 1] = 0x08 | 2; // layer 2: not what c takes
+            a.send(&layered).unwrap();
+            let mut buf = [0u8; 2048];
+            for p in &burst {
+                for to in [&b, &c] {
+                    let n = to.recv(&mut buf).unwrap();
+                    assert!(
+                        buf[..n] == p[..],
+                        "batched: {batched}: {n} bytes of {} (want {} of {})",
+                        buf[0],
+                        p.len(),
+                        p[0]
+                    );
+                }
+            }
+            let n = b.recv(&mut buf).unwrap();
+            assert!(buf[..n] == layered[..], "batched: {batched}: {n} bytes");
+            c.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            assert!(c.recv(&mut buf).is_err(), "c takes layer 1 only");
+            assert!(other.recv(&mut buf).is_err(), "another call's member");
+        }
+    }
 
     #[test]
     fn joins_name_the_call_and_optionally_a_layer() {

@@ -40,6 +40,11 @@
 # default since 2026-12-04), reported apart from `ours` (run with it off, forwarding alone, as
 # every earlier comparison with Janus), so the two in one run give their cost:
 #   SCENARIOS=simulcast TARGETS="ours ours-adaptive janus raw" sudo tests/bench/compare.sh
+# Target `raw-batched` is the raw relay with a batching server's system calls (`udp-relay
+# --batched`: one recvmmsg, one sendmmsg per batch): the kernel's part of forwarding alone,
+# shared the way rtcd shares it, for the question how much of one scenario's cost against
+# another's no code above the socket can change (docs/benchmarks.md, issue 33):
+#   SCENARIOS="one-to-one fanout16" TARGETS="ours-adaptive raw raw-batched" sudo tests/bench/compare.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -257,8 +262,8 @@ start_janus() {
 }
 RELAY=
 start_relay() {
-	local log=$1
-	ip netns exec "$NS" taskset -c "$TARGET_CPU" "$BIN/udp-relay" "$ADDR:0" >"$log" 2>&1 &
+	local log=$1 mode=${2:-}
+	ip netns exec "$NS" taskset -c "$TARGET_CPU" "$BIN/udp-relay" $mode "$ADDR:0" >"$log" 2>&1 &
 	TARGET_PID=$!
 	STARTED+=("$TARGET_PID")
 	for _ in $(seq 100); do
@@ -341,7 +346,11 @@ run_one() {
 		start_relay "$OUT/logs/$name.relay.log"
 		args+=(--target raw --relay "$RELAY" --watch "udp-relay=$TARGET_PID")
 		;;
-	*) die "unknown target $target (ours, ours-adaptive, janus, raw)" ;;
+	raw-batched)
+		start_relay "$OUT/logs/$name.relay.log" --batched
+		args+=(--target raw --relay "$RELAY" --watch "udp-relay=$TARGET_PID" --label raw-batched)
+		;;
+	*) die "unknown target $target (ours, ours-adaptive, janus, raw, raw-batched)" ;;
 	esac
 	log "$name"
 	local rc=0

@@ -16,9 +16,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-TARGETS = ["ours", "ours-adaptive", "janus", "raw-udp"]
+TARGETS = ["ours", "ours-adaptive", "janus", "raw-udp", "raw-batched"]
 SCENARIO_ORDER = ["fanout", "one-to-one", "rooms", "storm", "fanout16", "simulcast", "smoke"]
-TARGET_LABELS = {"ours": "ours", "ours-adaptive": "ours, adaptive video", "janus": "Janus", "raw-udp": "raw UDP"}
+TARGET_LABELS = {"ours": "ours", "ours-adaptive": "ours, adaptive video", "janus": "Janus", "raw-udp": "raw UDP",
+                 "raw-batched": "raw UDP, batched"}
 LAYERS = ["q", "h", "f"]
 
 
@@ -273,10 +274,10 @@ def main():
 
     print("\n## Ratios (below 1.00 = ours cheaper / faster)\n")
     print(
-        "| scenario | CPU per M forwarded: ours / janus | ours / raw | join p99 ms: ours / janus "
-        "(ratio) | loss %: ours / janus / raw |"
+        "| scenario | CPU per M forwarded: ours / janus | ours / raw | ours / raw batched "
+        "| join p99 ms: ours / janus (ratio) | loss %: ours / janus / raw |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     rows = [(s, "ours") for s in scenarios] + [
         (s, "ours-adaptive") for s in scenarios if (s, "ours-adaptive") in table
     ]
@@ -289,10 +290,34 @@ def main():
             f"| {label} "
             f"| {ratio(ours.get('cpu_per_m'), janus.get('cpu_per_m'))} "
             f"| {ratio(ours.get('cpu_per_m'), raw.get('cpu_per_m'))} "
+            f"| {ratio(ours.get('cpu_per_m'), table.get((scenario, 'raw-batched'), {}).get('cpu_per_m'))} "
             f"| {fmt(ours.get('join_p99'), 0)} / {fmt(janus.get('join_p99'), 0)} "
             f"({ratio(ours.get('join_p99'), janus.get('join_p99'))}) "
             f"| {fmt(ours.get('loss'), 2)} / {fmt(janus.get('loss'), 2)} / {fmt(raw.get('loss'), 2)} |"
         )
+
+    # Issue 33's ratio: what a forwarded packet costs in two-person calls against fan-out 16,
+    # per target (repetitions paired in order; the median of the per-repetition ratios).
+    pairs = [
+        (target, runs[("one-to-one", target)], runs[("fanout16", target)])
+        for target in TARGETS
+        if ("one-to-one", target) in runs and ("fanout16", target) in runs
+    ]
+    if pairs:
+        print("\n## One-to-one per packet / fan-out 16's\n")
+        print("| target | per repetition | median |")
+        print("|---|---|---|")
+        for target, one, fan in pairs:
+            per_rep = [
+                a["cpu_per_m"] / b["cpu_per_m"]
+                for a, b in zip(one, fan)
+                if a["cpu_per_m"] is not None and b["cpu_per_m"]
+            ]
+            print(
+                f"| {TARGET_LABELS.get(target, target)} "
+                f"| {', '.join(f'{r:.2f}' for r in per_rep) or '-'} "
+                f"| {fmt(median(per_rep), 2)} |"
+            )
 
     layered = [(key, m) for key, m in sorted(table.items()) if m.get("layers_fwd")]
     if layered:
