@@ -136,34 +136,40 @@ fn smoke_against_our_stack() -> anyhow::Result<()> {
 
 #[test]
 fn smoke_against_the_raw_relay() -> anyhow::Result<()> {
-    let mut relay = std::process::Command::new(tool("udp-relay")?)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let result = (|| {
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(relay.stdout.as_mut().unwrap()),
-            &mut line,
-        )?;
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let out = tempfile::tempdir()?;
-        let watch = format!("udp-relay={}", relay.id());
-        let (report, _) = loadgen(
-            &["--target", "raw", "--relay", &addr, "--watch", &watch],
-            out.path(),
-        )?;
-        assert_complete(&report, &["udp-relay"]);
-        assert_eq!(report["target"], "raw-udp");
-        anyhow::Ok(())
-    })();
-    let _ = relay.kill();
-    let _ = relay.wait();
-    result
+    // The plain relay, then the batched one (compare.sh's target `raw-batched`).
+    for (mode, label) in [(None, "raw-udp"), (Some("--batched"), "raw-batched")] {
+        let mut relay = std::process::Command::new(tool("udp-relay")?)
+            .args(mode)
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let result = (|| {
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(relay.stdout.as_mut().unwrap()),
+                &mut line,
+            )?;
+            let addr = line
+                .trim()
+                .rsplit(' ')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let out = tempfile::tempdir()?;
+            let watch = format!("udp-relay={}", relay.id());
+            let mut args = vec!["--target", "raw", "--relay", &addr, "--watch", &watch];
+            if mode.is_some() {
+                args.extend(["--label", label]);
+            }
+            let (report, _) = loadgen(&args, out.path())?;
+            assert_complete(&report, &["udp-relay"]);
+            assert_eq!(report["target"], label);
+            anyhow::Ok(())
+        })();
+        let _ = relay.kill();
+        let _ = relay.wait();
+        result?;
+    }
+    Ok(())
 }
 
 #[test]
