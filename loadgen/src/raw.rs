@@ -4,8 +4,8 @@
 //! 12-byte RTP header (sequence numbers for loss) and the same stamp (latency).
 //!
 //! `udp-relay --batched` ([`serve_batched`], compare.sh's target `raw-batched`) is the same
-//! relay with rtcd's system calls: a `recvmmsg` per batch, the sends grouped by destination
-//! into UDP GSO messages, a `sendmmsg` per 64 of them. The plain relay is the ceiling of a
+//! relay on rtcd's own batched socket: a `recvmmsg` per batch, the sends grouped by
+//! destination into UDP GSO messages, a `sendmmsg` per 64 of them. The plain relay is the ceiling of a
 //! naive server; the batched one is the kernel's part of forwarding alone, the floor under
 //! any server that batches as rtcd does.
 //!
@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use rtcd::engine::net::udp::{BatchSocket, PushError, RecvBatch, SEND_CHUNK, SendBatch};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -57,160 +58,41 @@ pub fn serve(socket: &StdSocket) -> std::io::Result<()> {
 
 /// The answer to a `JOIN`.
 const JOINED: &[u8] = b"OK";
-/// Datagrams one `recvmmsg` of [`serve_batched`] takes at most (as many as rtcd's).
-const RECV_BATCH: usize = 32;
-/// Messages one `sendmmsg` of [`serve_batched`] gives at most (as many as rtcd's).
-const SEND_BATCH: usize = 64;
-/// Datagrams and bytes one GSO message carries at most (rtcd's limits).
-const GSO_SEGMENTS: usize = 64;
-const GSO_BYTES: usize = 65_000;
-
-/// The relay with a batching server's system calls (`udp-relay --batched`): one blocking
+/// The relay with rtcd's own batched socket (`udp-relay --batched`): it receives and sends
+/// through [`BatchSocket`] (`rtcd::engine::net::udp`), as rtcd's media workers do: a blocking
 /// `recvmmsg` returns what is queued (at least one datagram); what those datagrams go to is
-/// grouped by destination, and each run to one destination of one size (the last may be
-/// shorter) leaves as one UDP GSO message, up to 64 messages per `sendmmsg`: rtcd's way of
-/// sending. Still no ICE, DTLS, SRTP, RTCP or state per stream, so its cost per packet is
-/// the kernel's part of forwarding alone, with the system calls and wake-ups shared the way
-/// rtcd shares them. Its cost in one scenario against another tells how much of an SFU's
-/// difference between them belongs to the kernel (a fan-out shares each receive and wake-up
-/// among many sends, and sends runs of a frame's packets to one subscriber as one message; a
-/// two-person call can do neither as much), which no code above the socket can change.
-pub fn serve_batched(socket: &StdSocket) -> std::io::Result<()> {
-    use nix::sys::socket::{
-        ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
-    };
-    use std::io::{IoSlice, IoSliceMut};
-    use std::os::fd::AsRawFd;
-
-    let fd = socket.as_raw_fd();
+/// pushed onto a [`SendBatch`] of rtcd's size and sent with one [`BatchSocket::send_batch`],
+/// which groups it by destination into UDP GSO messages and gives them to `sendmmsg`. Still
+/// no ICE, DTLS, SRTP, RTCP or state per stream, so its cost per packet is the kernel's part
+/// of forwarding alone, with the system calls and wake-ups shared the way rtcd shares them.
+/// Its cost in one scenario against another tells how much of an SFU's difference between
+/// them belongs to the kernel (a fan-out shares each receive and wake-up among many sends,
+/// and sends runs of a frame's packets to one subscriber as one message; a two-person call
+/// can do neither as much), which no code above the socket can change.
+pub fn serve_batched(socket: &BatchSocket) -> std::io::Result<()> {
     let mut calls = Calls::default();
-    let mut buffers = vec![[0u8; 2048]; RECV_BATCH];
-    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(RECV_BATCH, None);
-    let mut plain_headers = MultiHeaders::<SockaddrStorage>::preallocate(SEND_BATCH, None);
-    let mut gso_headers =
-        MultiHeaders::<SockaddrStorage>::preallocate(SEND_BATCH, Some(nix::cmsg_space!(u16)));
-    // Each received datagram's length and source.
-    let mut received: Vec<(usize, SocketAddr)> = Vec::with_capacity(RECV_BATCH);
     let mut to = Vec::new();
-    // (destination, position, the received datagram's index or None for a join's answer)
-    let mut sends: Vec<(SocketAddr, usize, Option<usize>)> = Vec::new();
-    // The datagrams in destination order, contiguous, and the messages over them: (start,
-    // length, segment size if more than one datagram, destination).
-    let mut data: Vec<u8> = Vec::new();
-    let mut messages: Vec<(usize, usize, Option<u16>, SockaddrStorage)> = Vec::new();
+    let mut received = RecvBatch::new();
+    let mut sends = SendBatch::new(SEND_CHUNK);
     loop {
-        received.clear();
-        {
-            let mut slices = buffers.iter_mut();
-            let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] = std::array::from_fn(|_| {
-                [IoSliceMut::new(
-                    &mut slices.next().expect("RECV_BATCH buffers")[..],
-                )]
-            });
-            let results = match recvmmsg(
-                fd,
-                &mut recv_headers,
-                iovs.iter_mut(),
-                MsgFlags::MSG_WAITFORONE,
-                None,
-            ) {
-                Ok(results) => results,
-                // Interrupted, or an ICMP error of an earlier send reported on this call.
-                Err(_) => continue,
-            };
-            for msg in results {
-                let from = msg.address.as_ref().and_then(|a| {
-                    a.as_sockaddr_in()
-                        .map(|v4| SocketAddr::V4((*v4).into()))
-                        .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
-                });
-                if let Some(from) = from {
-                    received.push((msg.bytes, from));
-                }
-            }
+        // 0: the read timeout passed, or an ICMP error report came instead of a datagram.
+        if socket.recv_batch(&mut received)? == 0 {
+            continue;
         }
-        sends.clear();
-        for (index, &(len, from)) in received.iter().enumerate() {
+        for (from, packet) in received.iter() {
             to.clear();
-            calls.route(&buffers[index][..len], from, &mut to);
+            calls.route(packet, from, &mut to);
             for &(addr, joined) in &to {
-                sends.push((addr, sends.len(), (!joined).then_some(index)));
-            }
-        }
-        // By destination, in order within each.
-        sends.sort_unstable_by_key(|&(addr, position, _)| (addr, position));
-        let bytes = |send: &(SocketAddr, usize, Option<usize>)| match send.2 {
-            Some(index) => &buffers[index][..received[index].0],
-            None => JOINED,
-        };
-        data.clear();
-        messages.clear();
-        let mut i = 0;
-        while i < sends.len() {
-            let first = sends[i];
-            let size = bytes(&first).len();
-            let start = data.len();
-            data.extend_from_slice(bytes(&first));
-            let mut count = 1;
-            while let Some(next) = sends.get(i + count) {
-                let next_len = bytes(next).len();
-                let last_len = bytes(&sends[i + count - 1]).len();
-                if next.0 != first.0
-                    || next_len > size
-                    || last_len < size
-                    || count >= GSO_SEGMENTS
-                    || data.len() - start + next_len > GSO_BYTES
-                {
-                    break;
-                }
-                data.extend_from_slice(bytes(next));
-                count += 1;
-            }
-            let segment = (count > 1).then_some(size as u16);
-            messages.push((start, data.len() - start, segment, first.0.into()));
-            i += count;
-        }
-        // One `sendmmsg` per run of messages that share a segment size (single datagrams
-        // share the plain call).
-        let mut from = 0;
-        while from < messages.len() {
-            let segment = messages[from].2;
-            let end = (from..messages.len())
-                .take(SEND_BATCH)
-                .find(|&m| messages[m].2 != segment)
-                .unwrap_or((from + SEND_BATCH).min(messages.len()));
-            let chunk = &messages[from..end];
-            let iovs: [[IoSlice<'_>; 1]; SEND_BATCH] = std::array::from_fn(|i| {
-                [IoSlice::new(
-                    chunk.get(i).map_or(&[][..], |m| &data[m.0..m.0 + m.1]),
-                )]
-            });
-            let addrs: [Option<SockaddrStorage>; SEND_BATCH] =
-                std::array::from_fn(|i| chunk.get(i).map(|m| m.3));
-            let size = segment.unwrap_or(0);
-            let gso = [ControlMessage::UdpGsoSegments(&size)];
-            let (headers, cmsgs): (_, &[ControlMessage<'_>]) = match segment {
-                Some(_) => (&mut gso_headers, &gso),
-                None => (&mut plain_headers, &[]),
-            };
-            let mut pos = 0;
-            while pos < chunk.len() {
-                match sendmmsg(
-                    fd,
-                    headers,
-                    &iovs[pos..chunk.len()],
-                    &addrs[pos..chunk.len()],
-                    cmsgs,
-                    MsgFlags::empty(),
-                ) {
-                    Ok(sent) => pos += sent.count().max(1),
-                    // A full buffer or an ICMP error: that message is dropped, as a real
-                    // network would drop it.
-                    Err(_) => pos += 1,
+                let datagram = if joined { JOINED } else { packet };
+                // Full: sent, as rtcd's workers do, and pushed again. A received datagram is
+                // never too large (the receive buffers are `MAX_DATAGRAM` bytes).
+                if sends.push(addr, datagram) == Err(PushError::Full) {
+                    socket.send_batch(&mut sends)?;
+                    let _ = sends.push(addr, datagram);
                 }
             }
-            from = end;
         }
+        socket.send_batch(&mut sends)?;
     }
 }
 
@@ -459,16 +341,19 @@ mod tests {
     #[test]
     fn both_relays_forward_bursts_whole_and_in_order_within_a_call() {
         for batched in [false, true] {
-            let relay = StdSocket::bind("127.0.0.1:0").unwrap();
-            let address = relay.local_addr().unwrap();
+            let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
             // The relay runs until the test process ends (it has no way to stop).
-            std::thread::spawn(move || {
-                let _ = if batched {
-                    serve_batched(&relay)
-                } else {
-                    serve(&relay)
-                };
-            });
+            let address = if batched {
+                let relay = BatchSocket::bind(any, &Default::default()).unwrap();
+                let address = relay.local_addr();
+                std::thread::spawn(move || serve_batched(&relay));
+                address
+            } else {
+                let relay = StdSocket::bind(any).unwrap();
+                let address = relay.local_addr().unwrap();
+                std::thread::spawn(move || serve(&relay));
+                address
+            };
             let member = |join: &str| {
                 let s = StdSocket::bind("127.0.0.1:0").unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
