@@ -533,6 +533,7 @@ fn sfu_config(rtc: &config::RtcConfig) -> Result<SfuConfig, StartError> {
         interfaces: rtc.ice_interfaces.clone(),
         include_loopback: rtc.include_loopback_candidates,
         udp_buffer_bytes: rtc.udp_buffer_bytes,
+        read_coalesce: Duration::from_micros(rtc.read_coalesce_us),
         nack_buffer_packets: rtc.nack_buffer_packets,
         nack_buffer_age: std::time::Duration::from_millis(rtc.nack_buffer_ms),
         max_sessions_per_call: rtc.max_sessions_per_call,

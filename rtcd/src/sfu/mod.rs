@@ -363,6 +363,8 @@ pub struct SfuConfig {
     pub include_loopback: bool,
     /// SO_RCVBUF / SO_SNDBUF of the shared socket (0 = kernel default).
     pub udp_buffer_bytes: usize,
+    /// How long worker 0 lets a busy port fill after a read that drained it (zero: never).
+    pub read_coalesce: std::time::Duration,
     /// Retransmission buffer per video down-track, in packets (rounded up to a power of two).
     pub nack_buffer_packets: usize,
     /// How long a packet stays in it.
@@ -892,6 +894,7 @@ pub(crate) mod tests {
             interfaces: Vec::new(),
             include_loopback: true,
             udp_buffer_bytes: 0,
+            read_coalesce: Duration::ZERO,
             nack_buffer_packets: 64,
             nack_buffer_age: crate::sfu::retransmit::MAX_AGE,
             max_sessions_per_call: 8,

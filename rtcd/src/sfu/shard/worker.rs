@@ -87,6 +87,8 @@ pub(super) struct Worker {
     /// When each round's packets left, for the estimators of this worker's peers (if they
     /// estimate: `PeerSettings::estimation`).
     departures: Option<Departures>,
+    /// `SfuConfig::read_coalesce`, for [`PortPace`].
+    read_coalesce: Duration,
 }
 
 impl Worker {
@@ -103,6 +105,7 @@ impl Worker {
             forwarded,
         } = wiring;
         let send_lag = metrics.media_send_lag.clone();
+        let read_coalesce = config.read_coalesce;
         let departures = settings.estimation.then(|| Departures::new(Instant::now()));
         settings.departures = departures.clone();
         let rooms = Rooms::new(Setup {
@@ -127,6 +130,7 @@ impl Worker {
             backlog: Vec::new(),
             send_lag,
             departures,
+            read_coalesce,
         }
     }
 
@@ -165,7 +169,7 @@ impl Worker {
                     .ok()
             });
             let mut inbox = Vec::with_capacity(DATAGRAM_BATCH);
-            let mut pace = PortPace::new(Instant::now());
+            let mut pace = PortPace::new(self.read_coalesce, Instant::now());
             loop {
                 let deadline = self.next_deadline();
                 let mut read_port = false;
@@ -403,13 +407,11 @@ impl Worker {
     }
 }
 
-/// How long the shared port is left to fill after a read that drained it, while datagrams
-/// come at least at [`BUSY_RATE`].
-const COALESCE: Duration = Duration::from_millis(1);
-/// Datagrams per second on the shared port from which reads are spaced by [`COALESCE`]: eight
-/// or more gather per wait. Below, a wait gathers too few to pay for its own wake-up (fan-out
-/// 16, about 3,000 a second with its subscribers' feedback, measured no gain at a threshold of
-/// 3,000), and a quiet host keeps its latency.
+/// Datagrams per second on the shared port from which [`PortPace`] spaces its reads: eight
+/// or more gather per wait of a millisecond (the default `rtc.read_coalesce_us`). Below, a
+/// wait gathers too few to pay for its own wake-up (fan-out 16, about 3,000 a second with its
+/// subscribers' feedback, measured no gain at a threshold of 3,000), and a quiet host keeps its
+/// latency.
 const BUSY_RATE: u64 = 8_000;
 /// How often [`PortPace`] measures the port's rate.
 const RATE_PERIOD: Duration = Duration::from_millis(100);
@@ -417,12 +419,14 @@ const RATE_PERIOD: Duration = Duration::from_millis(100);
 /// Spaces the reads of the shared UDP port under load. A read that emptied the socket found
 /// only what arrived since the previous one: at 16,000 datagrams a second spread over a hundred
 /// two-person calls that is two or three, and every read is a wake-up, a `recvmmsg`, a round of
-/// timers and a `sendmmsg` for them. While the port is busy the worker waits until
-/// [`COALESCE`] after such a read before the next, so a batch gathers instead (the kernel
-/// stamps each datagram's arrival, so the estimators are not misled by the wait; what was read
-/// has left before it). A read that filled its batch is followed at once (the socket holds
-/// more, and waiting would cap the rate), and below [`BUSY_RATE`] nothing waits.
+/// timers and a `sendmmsg` for them. While the port is busy the worker waits until `coalesce`
+/// after such a read before the next, so a batch gathers instead (the kernel stamps each
+/// datagram's arrival, so the estimators are not misled by the wait; what was read has left
+/// before it). A read that filled its batch is followed at once (the socket holds more, and
+/// waiting would cap the rate), and below [`BUSY_RATE`] nothing waits.
 struct PortPace {
+    /// How long after a read that drained the port the next waits (zero: never).
+    coalesce: Duration,
     /// When the last read that drained the socket happened, while the port is busy.
     drained_at: Option<Instant>,
     /// Datagrams read since `since`.
@@ -432,8 +436,9 @@ struct PortPace {
 }
 
 impl PortPace {
-    fn new(now: Instant) -> Self {
+    fn new(coalesce: Duration, now: Instant) -> Self {
         Self {
+            coalesce,
             drained_at: None,
             count: 0,
             since: now,
@@ -451,14 +456,16 @@ impl PortPace {
             self.count = 0;
             self.since = now;
         }
-        self.drained_at = (self.busy && n < crate::engine::net::udp::RECV_BATCH).then_some(now);
+        self.drained_at =
+            (self.busy && !self.coalesce.is_zero() && n < crate::engine::net::udp::RECV_BATCH)
+                .then_some(now);
     }
 
     /// At the end of a round, before waiting for the port again: how long to sleep first
-    /// (while it is busy, the rest of [`COALESCE`] after a read that drained it). The round's
+    /// (while it is busy, the rest of `coalesce` after a read that drained it). The round's
     /// packets have left by then.
     fn pause(&mut self, now: Instant) -> Option<Duration> {
-        let resume = self.drained_at.take()? + COALESCE;
+        let resume = self.drained_at.take()? + self.coalesce;
         (resume > now).then(|| resume - now)
     }
 }
@@ -513,9 +520,15 @@ mod tests {
     use super::*;
     use crate::engine::net::udp::RECV_BATCH;
 
+    const COALESCE: Duration = Duration::from_millis(1);
+
     /// A pace that has measured a busy port: `BUSY_RATE` datagrams a second over a period.
     fn busy(start: Instant) -> (PortPace, Instant) {
-        let mut pace = PortPace::new(start);
+        busy_with(COALESCE, start)
+    }
+
+    fn busy_with(coalesce: Duration, start: Instant) -> (PortPace, Instant) {
+        let mut pace = PortPace::new(coalesce, start);
         let per_read = 8;
         let reads = BUSY_RATE as usize * RATE_PERIOD.as_millis() as usize / 1000 / per_read;
         let step = RATE_PERIOD / reads as u32;
@@ -530,7 +543,7 @@ mod tests {
     #[test]
     fn a_quiet_port_is_read_as_soon_as_it_is_readable() {
         let start = Instant::now();
-        let mut pace = PortPace::new(start);
+        let mut pace = PortPace::new(COALESCE, start);
         let mut now = start;
         // A two-person call: a datagram every 3 ms or so, each read alone.
         for _ in 0..200 {
@@ -562,6 +575,14 @@ mod tests {
     fn a_full_batch_is_followed_at_once_as_the_socket_holds_more() {
         let (mut pace, now) = busy(Instant::now());
         pace.read(now, RECV_BATCH);
+        assert_eq!(pace.pause(now), None);
+    }
+
+    #[test]
+    fn no_coalescing_configured_never_waits() {
+        let (mut pace, now) = busy_with(Duration::ZERO, Instant::now());
+        assert!(pace.busy);
+        pace.read(now, 1);
         assert_eq!(pace.pause(now), None);
     }
 
