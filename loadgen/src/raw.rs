@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rtcd::engine::net::udp::{BatchSocket, PushError, RecvBatch, SEND_CHUNK, SendBatch};
+use rtcd::engine::net::udp::{BatchSocket, RecvBatch, SEND_CHUNK, SendBatch};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -61,7 +61,8 @@ const JOINED: &[u8] = b"OK";
 /// The relay with rtcd's own batched socket (`udp-relay --batched`): it receives and sends
 /// through [`BatchSocket`] (`rtcd::engine::net::udp`), as rtcd's media workers do: a blocking
 /// `recvmmsg` returns what is queued (at least one datagram); what those datagrams go to is
-/// pushed onto a [`SendBatch`] of rtcd's size and sent with one [`BatchSocket::send_batch`],
+/// pushed onto a [`SendBatch`] of rtcd's size with [`BatchSocket::queue`] (which sends it
+/// when full, as rtcd's workers do) and the rest sent with one [`BatchSocket::send_batch`],
 /// which groups it by destination into UDP GSO messages and gives them to `sendmmsg`. Still
 /// no ICE, DTLS, SRTP, RTCP or state per stream, so its cost per packet is the kernel's part
 /// of forwarding alone, with the system calls and wake-ups shared the way rtcd shares them.
@@ -84,12 +85,8 @@ pub fn serve_batched(socket: &BatchSocket) -> std::io::Result<()> {
             calls.route(packet, from, &mut to);
             for &(addr, joined) in &to {
                 let datagram = if joined { JOINED } else { packet };
-                // Full: sent, as rtcd's workers do, and pushed again. A received datagram is
-                // never too large (the receive buffers are `MAX_DATAGRAM` bytes).
-                if sends.push(addr, datagram) == Err(PushError::Full) {
-                    socket.send_batch(&mut sends)?;
-                    let _ = sends.push(addr, datagram);
-                }
+                // A full batch is sent first, as rtcd's workers send theirs.
+                socket.queue(&mut sends, addr, datagram)?;
             }
         }
         socket.send_batch(&mut sends)?;

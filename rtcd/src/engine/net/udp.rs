@@ -435,6 +435,19 @@ impl BatchSocket {
         result.map(|()| report)
     }
 
+    /// Pushes one datagram onto `batch`, sending the batch first when it is full: how a
+    /// sender fills a batch without ever waiting for a round's end to make room. A datagram
+    /// over [`MAX_DATAGRAM`] is dropped (nothing could send it). `Err` only from that send
+    /// ([`BatchSocket::send_batch`]: a broken socket); the datagram is pushed either way.
+    pub fn queue(&self, batch: &mut SendBatch, dest: SocketAddr, packet: &[u8]) -> io::Result<()> {
+        if batch.push(dest, packet) != Err(PushError::Full) {
+            return Ok(());
+        }
+        let sent = self.send_batch(batch);
+        let _ = batch.push(dest, packet);
+        sent.map(drop)
+    }
+
     /// Sends one datagram with one `sendto` (the per-packet baseline, and for the odd packet
     /// outside a batch). Destination errors are returned, not counted.
     pub fn send_to(&self, packet: &[u8], dest: SocketAddr) -> io::Result<usize> {
@@ -1175,6 +1188,26 @@ mod tests {
             let got = recv_all(sink, expected.len());
             assert!(&got == expected, "datagrams reordered or changed");
         }
+    }
+
+    #[test]
+    fn queue_sends_a_full_batch_first_and_keeps_every_datagram_in_order() {
+        let socket = bind(true);
+        let rx = receiver();
+        let to = rx.local_addr().unwrap();
+        let mut batch = SendBatch::new(4);
+        for tag in 0..10u8 {
+            socket.queue(&mut batch, to, &payload(tag, 100)).unwrap();
+        }
+        // Two full batches went out on the way; the last two wait for the caller's send.
+        assert_eq!(batch.len(), 2);
+        socket
+            .queue(&mut batch, to, &vec![0; MAX_DATAGRAM + 1])
+            .unwrap();
+        assert_eq!(batch.len(), 2, "an oversized datagram is dropped");
+        socket.send_batch(&mut batch).unwrap();
+        let tags: Vec<u8> = recv_all(&rx, 10).iter().map(|d| d[0]).collect();
+        assert_eq!(tags, (0..10).collect::<Vec<_>>());
     }
 
     #[test]

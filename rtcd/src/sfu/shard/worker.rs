@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::receive::Receiver;
 use super::{Datagram, DemuxUpdate, Joining, Manage, SessionKey, TcpRoutes, WorkerCommand};
 use crate::engine::bwe::Departures;
-use crate::engine::net::udp::{BatchSocket, SendBatch};
+use crate::engine::net::udp::{BatchSocket, SEND_CHUNK, SendBatch};
 use crate::engine::net::{Protocol, Transport};
 use crate::engine::{Identity, PeerSettings};
 use crate::metrics::Metrics;
@@ -35,8 +35,6 @@ const DATAGRAM_BATCH: usize = 64;
 /// A round (settle and flush) this long is logged at debug: what `rtcd_media_send_lag_seconds`
 /// counts, with the time it happened, to set beside the estimators' decisions.
 const SLOW_ROUND: Duration = Duration::from_millis(5);
-/// Datagrams per `sendmmsg`.
-const SEND_BATCH: usize = 64;
 
 /// A session's ends outside the core: its signaling queue and the registry it was admitted by.
 struct Link {
@@ -126,7 +124,8 @@ impl Worker {
             rooms,
             links: HashMap::new(),
             timers: BinaryHeap::new(),
-            send: SendBatch::new(SEND_BATCH),
+            // A round's datagrams go out a `sendmmsg`'s worth at a time.
+            send: SendBatch::new(SEND_CHUNK),
             backlog: Vec::new(),
             send_lag,
             departures,
@@ -484,9 +483,8 @@ fn transmit(
         }
         return;
     }
-    if batch.push(transport.peer, &data).is_err() {
-        flush(socket, batch);
-        let _ = batch.push(transport.peer, &data);
+    if let Err(e) = socket.queue(batch, transport.peer, &data) {
+        send_failed(&e);
     }
 }
 
@@ -495,8 +493,12 @@ fn flush(socket: &BatchSocket, batch: &mut SendBatch) {
         return;
     }
     if let Err(e) = socket.send_batch(batch) {
-        tracing::error!(error = %e, "media UDP socket broken; media cannot be sent");
+        send_failed(&e);
     }
+}
+
+fn send_failed(e: &std::io::Error) {
+    tracing::error!(error = %e, "media UDP socket broken; media cannot be sent");
 }
 
 /// Readiness of the shared UDP port, if this worker reads it (never, if not).
