@@ -124,7 +124,8 @@ impl Worker {
             rooms,
             links: HashMap::new(),
             timers: BinaryHeap::new(),
-            // A round's datagrams go out a `sendmmsg`'s worth at a time.
+            // A round's datagrams go out at most one `sendmmsg`'s worth at a time (GSO can
+            // make them fewer messages than datagrams, never more).
             send: SendBatch::new(SEND_CHUNK),
             backlog: Vec::new(),
             send_lag,
@@ -497,6 +498,8 @@ fn flush(socket: &BatchSocket, batch: &mut SendBatch) {
     }
 }
 
+/// The one error an operator must act on when sending: the socket itself is broken (a
+/// destination's error is counted, not logged, by `BatchSocket`).
 fn send_failed(e: &std::io::Error) {
     tracing::error!(error = %e, "media UDP socket broken; media cannot be sent");
 }
